@@ -1,0 +1,116 @@
+"""Plumbing shared by every process: socket addresses, logging, parent-death
+signals and the heartbeat a child sends to its supervisor.
+
+Kept deliberately small: policy lives in the role packages, this module only
+does I/O the roles would otherwise each write again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from syncsup import proto
+
+__all__ = [
+    "ChildRuntime",
+    "endpoint",
+    "new_incarnation",
+    "set_pdeathsig",
+    "setup_logging",
+]
+
+_PR_SET_PDEATHSIG = 1
+HEARTBEAT_INTERVAL = 1.0
+# Unix socket paths are limited to 107 bytes (sun_path); fail early and clearly.
+_SUN_PATH_MAX = 107
+
+
+def endpoint(state_dir: Path, name: str) -> str:
+    """The ``ipc://`` address of socket ``name`` inside ``state_dir``."""
+    path = f"{state_dir}/{name}.sock"
+    if len(path.encode()) > _SUN_PATH_MAX:
+        raise OSError(f"socket path too long for a unix socket ({len(path)} bytes): {path}; "
+                      "choose a shorter settings.state_dir")
+    return f"ipc://{path}"
+
+
+def new_incarnation() -> str:
+    """A random token naming one run of one process."""
+    return secrets.token_hex(8)
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send ``sig`` when our parent dies.
+
+    Used as ``preexec_fn`` for every child (it survives exec), so that a
+    SIGKILLed supervisor or syncer never leaves an rsync writing behind it.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:  # pragma: no cover - kernel refused
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def setup_logging(level: str, role: str, name: str = "") -> None:
+    """Log to stderr, one line per record, prefixed with the component so that
+    the interleaved output of all processes (and journald) stays readable."""
+    label = f"{role}[{name}]" if name and name != role else role
+    fmt = f"%(asctime)s %(levelname)-7s {label} %(process)d: %(message)s"
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+
+
+class ChildRuntime:
+    """What every child of the supervisor shares: the ZeroMQ context, the
+    control socket, heartbeats, and the stop flag set by SIGTERM/SIGINT.
+
+    Children notice a dead supervisor two ways: PR_SET_PDEATHSIG (set by the
+    supervisor at spawn) and ``parent_alive()``, checked in the main loop.
+    """
+
+    def __init__(self, state_dir: Path, role: str, name: str) -> None:
+        self.role = role
+        self.name = name
+        self.incarnation = new_incarnation()
+        self.ctx = zmq.Context()
+        self.control = self.ctx.socket(zmq.DEALER)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.setsockopt(zmq.SNDHWM, 10)
+        self.control.connect(endpoint(state_dir, "control"))
+        self.stopping = False
+        self._parent = os.getppid()
+        self._last_beat = 0.0
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stopping = True
+
+    def parent_alive(self) -> bool:
+        return os.getppid() == self._parent
+
+    def heartbeat(self, info: Callable[[], dict[str, Any]], force: bool = False) -> None:
+        """Send a heartbeat if one is due (about once a second); ``info`` is
+        only called then, so it may be costly."""
+        now = time.monotonic()
+        if not force and now - self._last_beat < HEARTBEAT_INTERVAL:
+            return
+        self._last_beat = now
+        msg = proto.Heartbeat(role=self.role, name=self.name, pid=os.getpid(),
+                              incarnation=self.incarnation, info=info())
+        try:
+            self.control.send_multipart(proto.encode(msg), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # supervisor busy or gone; the next beat will do
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)

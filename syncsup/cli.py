@@ -1,0 +1,158 @@
+"""The ``syncsup`` command line.
+
+Commands and their exit codes:
+
+* ``start CONFIG``: run in the foreground until SIGTERM/SIGINT; 0 after a
+  clean stop, 78 for a bad config, 1 if it cannot start (already running,
+  unusable state_dir, rsync missing).
+* ``status [--json] CONFIG``: ask the running daemon; 0 if it answered,
+  3 if it is not running (the LSB convention), 1 if it did not answer.
+* ``check CONFIG``: validate the config only; 0 or 78.
+* ``stop CONFIG``: ask the running daemon to stop, as SIGTERM would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from syncsup import __version__, proto
+from syncsup import config as cfg
+from syncsup._runtime import endpoint, setup_logging
+
+__all__ = ["main"]
+
+EX_NOT_RUNNING = 3
+
+
+def _load(path: str) -> cfg.Config:
+    try:
+        return cfg.load(path)
+    except cfg.ConfigError as exc:
+        print(f"syncsup: config error: {exc}", file=sys.stderr)
+        raise SystemExit(cfg.EX_CONFIG) from None
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from syncsup.supervisor import StartError, Supervisor
+
+    conf = _load(args.config)
+    setup_logging(conf.settings.log_level, "supervisor")
+    try:
+        sup = Supervisor(conf)
+    except (StartError, OSError) as exc:
+        print(f"syncsup: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return sup.run()
+
+
+def request(conf: cfg.Config, msg: proto.Message, timeout: float = 5.0) -> proto.Message | None:
+    """Send ``msg`` to the running supervisor; its reply, or None if it is
+    not running (no reply expected for Stop)."""
+    from syncsup.supervisor._supervisor import is_running
+
+    if not is_running(conf.settings.state_dir):
+        return None
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(endpoint(conf.settings.state_dir, "control"))
+        sock.send_multipart(proto.encode(msg))
+        if isinstance(msg, proto.Stop):
+            return msg
+        if not sock.poll(int(timeout * 1000), zmq.POLLIN):
+            raise TimeoutError(f"no answer from the daemon in {timeout:.0f}s")
+        return proto.decode(sock.recv_multipart())
+    finally:
+        ctx.destroy(linger=1000)
+
+
+def _age(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    secs = max(0.0, time.time() - ts)
+    return f"{secs:.0f}s ago" if secs < 120 else f"{secs / 60:.0f}m ago"
+
+
+def format_status(doc: dict[str, Any]) -> str:
+    """The human table of ``syncsup status``."""
+    lines = [f"{'COMPONENT':<24} {'ROLE':<10} {'PID':>7} {'STATE':<9} {'RESTARTS':>8} UPTIME"]
+    for c in doc["components"]:
+        up = "-" if c.get("uptime") is None else f"{c['uptime']:.0f}s"
+        lines.append(f"{c['name']:<24} {c['role']:<10} {c['pid'] or '-'!s:>7} "
+                     f"{c['state']:<9} {c['restarts']:>8} {up}")
+    for s in doc["syncs"]:
+        lines.append("")
+        lines.append(f"sync {s['name']}: {s['source']} (mode {s['mode']}, "
+                     f"{s.get('watches') or 0} directories watched)")
+        lines.append(f"  {'TARGET':<40} {'STATE':<9} {'PENDING':>7} {'LAG':>6} "
+                     f"{'LAST SYNC':<10} LAST ERROR")
+        for t in s["targets"]:
+            lag = "-" if t.get("lag") is None else f"{t['lag']:.0f}s"
+            lines.append(f"  {t['target']:<40} {t['state']:<9} {t['pending']:>7} {lag:>6} "
+                         f"{_age(t.get('last_sync')):<10} {t.get('last_error') or '-'}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    conf = _load(args.config)
+    try:
+        reply = request(conf, proto.StatusRequest())
+    except TimeoutError as exc:
+        print(f"syncsup: {exc}", file=sys.stderr)
+        return 1
+    if reply is None:
+        print(f"syncsup is not running (state_dir {conf.settings.state_dir})", file=sys.stderr)
+        return EX_NOT_RUNNING
+    assert isinstance(reply, proto.StatusReply)
+    if args.json:
+        print(json.dumps(reply.status, indent=2))
+    else:
+        print(format_status(reply.status))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    conf = _load(args.config)
+    if request(conf, proto.Stop(reason="syncsup stop")) is None:
+        print(f"syncsup is not running (state_dir {conf.settings.state_dir})", file=sys.stderr)
+        return EX_NOT_RUNNING
+    from syncsup.supervisor._supervisor import is_running
+
+    deadline = time.monotonic() + 15
+    while is_running(conf.settings.state_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return 1 if is_running(conf.settings.state_dir) else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    conf = _load(args.config)
+    print(f"{conf.path}: ok ({len(conf.syncs)} sync(s))")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="syncsup", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"syncsup {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("start", help="run the daemon in the foreground")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_start)
+    p = sub.add_parser("status", help="show what the running daemon is doing")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("stop", help="stop the running daemon")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_stop)
+    p = sub.add_parser("check", help="validate the config")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_check)
+    args = parser.parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,191 @@
+"""The collator process: sockets and journal I/O around the pure policy in
+``journal`` and ``target``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import zmq
+
+from syncsup import config as cfg
+from syncsup import proto
+from syncsup._runtime import ChildRuntime, endpoint, setup_logging
+from syncsup.collator.journal import TREE, Journal
+from syncsup.collator.target import TargetQueue
+
+__all__ = ["Collator", "main"]
+
+log = logging.getLogger("syncsup.collator")
+
+BATCH_LIMIT = 20_000          # paths per transfer
+BATCH_BYTES = 4 * 1024 * 1024  # path bytes per transfer
+MAX_PENDING = 500_000         # rows per target before collapsing to a rescan
+
+
+class Collator:
+    def __init__(self, conf: cfg.Config, sync: cfg.Sync, run_id: str) -> None:
+        self.sync = sync
+        self.run_id = run_id
+        state_dir = conf.settings.state_dir
+        self.rt = ChildRuntime(state_dir, "collator", f"collator:{sync.name}")
+        self.journal = Journal(state_dir / f"journal-{sync.name}.db")
+        self.journal.forget_targets(t.spec for t in sync.targets)
+        self.targets = [TargetQueue(spec=t.spec, delay=sync.delay) for t in sync.targets]
+        for q in self.targets:
+            q.synced_this_run = self.journal.get_meta(f"synced:{q.spec}") == run_id
+        self.ingest = self.rt.ctx.socket(zmq.ROUTER)
+        self.dispatch = self.rt.ctx.socket(zmq.ROUTER)
+        for sock, name in ((self.ingest, "ingest"), (self.dispatch, "dispatch")):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.bind(endpoint(state_dir, f"{name}-{sync.name}"))
+        self.next_batch = int(time.time() * 1000)  # unique across restarts
+        self.malformed = 0
+
+    # -- message handlers -------------------------------------------------
+
+    def on_ingest(self, frames: list[bytes]) -> None:
+        peer, body = frames[0], frames[1:]
+        try:
+            msg = proto.decode(body)
+        except proto.ProtocolError as exc:
+            self.malformed += 1
+            log.warning("dropped malformed message on ingest: %s", exc)
+            return
+        if not isinstance(msg, proto.Events):
+            log.warning("dropped unexpected %s on ingest", type(msg).__name__)
+            return
+        self.journal.mark((t.spec for t in self.sync.targets), msg.paths, msg.trees, time.time())
+        self._send(self.ingest, peer, proto.Ack(seq=msg.seq))
+        if msg.trees:
+            log.info("rescan requested: %s", ", ".join(
+                repr(t.decode(errors="replace") or "/") for t in msg.trees[:5]))
+
+    def on_dispatch(self, frames: list[bytes]) -> None:
+        peer, body = frames[0], frames[1:]
+        try:
+            msg = proto.decode(body)
+        except proto.ProtocolError as exc:
+            self.malformed += 1
+            log.warning("dropped malformed message on dispatch: %s", exc)
+            return
+        if isinstance(msg, (proto.Ready, proto.Done)) and not 0 <= msg.target < len(self.targets):
+            log.warning("dropped %s for unknown target %d", type(msg).__name__, msg.target)
+            return
+        if isinstance(msg, proto.Ready):
+            released = self.targets[msg.target].on_ready(peer, msg.incarnation)
+            if released is not None:
+                log.info("target %s: syncer restarted, batch %d goes back to pending",
+                         self.targets[msg.target].spec, released.batch_id)
+        elif isinstance(msg, proto.Done):
+            self.on_done(msg)
+        else:
+            log.warning("dropped unexpected %s on dispatch", type(msg).__name__)
+
+    def on_done(self, msg: proto.Done) -> None:
+        q = self.targets[msg.target]
+        now = time.time()
+        lease = q.lease
+        ok = q.finish(msg.batch_id, msg.outcome, msg.error, now)
+        if lease is None or lease.batch_id != msg.batch_id:
+            log.debug("ignored DONE for unknown batch %d", msg.batch_id)
+            return
+        if ok is not None:
+            self.journal.complete(q.spec, ok.rows)
+            if any(r.kind == TREE and r.path == b"" for r in ok.rows):
+                q.synced_this_run = True
+                self.journal.set_meta(f"synced:{q.spec}", self.run_id)
+        else:
+            log.warning("target %s: transfer %s (rc %d): %s; retrying in %.1fs",
+                        q.spec, msg.outcome, msg.rc, msg.error, max(0.0, q.next_try - now))
+
+    # -- dispatch -----------------------------------------------------------
+
+    def dispatch_due(self) -> None:
+        now = time.time()
+        for index, q in enumerate(self.targets):
+            if q.ready_peer is None or q.lease is not None:
+                continue
+            if not q.due(self.journal.oldest(q.spec), now):
+                continue
+            rows = self.journal.take(q.spec, BATCH_LIMIT, BATCH_BYTES)
+            if not rows:
+                continue
+            self.next_batch += 1
+            peer = q.ready_peer
+            lease = q.start(self.next_batch, rows, now)
+            batch = proto.Batch(
+                batch_id=lease.batch_id, target=index,
+                paths=[r.path for r in rows if r.kind != TREE],
+                trees=[r.path for r in rows if r.kind == TREE],
+                startup=not q.synced_this_run,
+            )
+            if not self._send(self.dispatch, peer, batch):
+                q.lease = None  # syncer gone; wait for its next READY
+
+    def _send(self, sock: zmq.Socket[bytes], peer: bytes, msg: proto.Message) -> bool:
+        try:
+            sock.send_multipart([peer, *proto.encode(msg)], flags=zmq.NOBLOCK)
+            return True
+        except (zmq.Again, zmq.ZMQError) as exc:
+            log.debug("could not send %s: %s", type(msg).__name__, exc)
+            return False
+
+    # -- status ----------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        now = time.time()
+        targets = []
+        for q in self.targets:
+            pending = self.journal.pending(q.spec)
+            if pending > MAX_PENDING and q.lease is None:
+                log.warning("target %s: %d pending paths, collapsing into one rescan",
+                            q.spec, pending)
+                self.journal.collapse(q.spec, now)
+                pending = 1
+            oldest = self.journal.oldest(q.spec)
+            targets.append({
+                "target": q.spec,
+                "state": q.state(pending, self.journal.has_tree(q.spec)),
+                "pending": pending,
+                "lag": None if oldest is None else max(0.0, now - oldest),
+                "last_sync": q.last_ok,
+                "last_error": q.last_error,
+            })
+        return {"sync": self.sync.name, "targets": targets, "malformed": self.malformed}
+
+    def run(self) -> int:
+        poller = zmq.Poller()
+        poller.register(self.ingest, zmq.POLLIN)
+        poller.register(self.dispatch, zmq.POLLIN)
+        log.info("collator for %s up (%d targets)", self.sync.name, len(self.targets))
+        while not self.rt.stopping and self.rt.parent_alive():
+            events = dict(poller.poll(100))
+            if self.ingest in events:
+                for _ in range(1000):
+                    try:
+                        self.on_ingest(self.ingest.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            if self.dispatch in events:
+                for _ in range(1000):
+                    try:
+                        self.on_dispatch(self.dispatch.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            self.dispatch_due()
+            self.rt.heartbeat(self.info)
+        self.journal.close()
+        self.rt.close()
+        return 0
+
+
+def main(argv: list[str]) -> int:
+    config_path, sync_name, run_id, *_ = argv
+    conf = cfg.load_for_child(config_path, sync_name)
+    setup_logging(conf.settings.log_level, "collator", sync_name)
+    os.umask(0o077)
+    return Collator(conf, conf.sync(sync_name), run_id).run()

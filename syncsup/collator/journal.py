@@ -1,0 +1,165 @@
+"""The journal: which paths are dirty for which target, in SQLite.
+
+This is the only durable state of a sync. It is level-triggered: a row says
+"this path (or this whole subtree) may differ on this target", never what
+happened to it; the syncer reads the truth from the filesystem when it
+transfers. That makes every write an idempotent upsert, so a watcher may
+resend a message it is unsure about, and the table is bounded by the number
+of distinct paths, not by the number of events.
+
+Each upsert stamps the row with a new generation number. A transfer leases
+rows with the generation it saw; on success only rows whose generation did
+not move are deleted, so a change that lands while rsync runs is never lost
+(design, section 3, point 4).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PATH", "TREE", "Journal", "Row"]
+
+PATH = 0  # sync this entry alone (a directory without its contents)
+TREE = 1  # sync this subtree recursively, deleting extras on the target
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dirty (
+    target     TEXT    NOT NULL,
+    kind       INTEGER NOT NULL,
+    path       BLOB    NOT NULL,
+    gen        INTEGER NOT NULL,
+    first_seen REAL    NOT NULL,
+    PRIMARY KEY (target, kind, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dirty_age ON dirty (target, first_seen);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One leased journal row: ``gen`` is the generation seen at lease time."""
+
+    kind: int
+    path: bytes
+    gen: int
+
+
+class Journal:
+    """A thin, typed layer over one SQLite file (WAL mode)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable against a crash of any process (the WAL is
+        # written before commit returns); only power loss may drop the last
+        # transactions, and a restart rescans anyway.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        row = self.db.execute("SELECT MAX(gen) FROM dirty").fetchone()
+        meta = self.get_meta("gen")
+        self.gen = max(int(row[0] or 0), int(meta or 0))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def mark(self, targets: Iterable[str], paths: Iterable[bytes], trees: Iterable[bytes],
+             now: float) -> int:
+        """Mark ``paths`` and ``trees`` dirty for every target in one
+        transaction; returns the new generation."""
+        self.gen += 1
+        gen = self.gen
+        items = [(PATH, p) for p in paths] + [(TREE, t) for t in trees]
+        rows = [(t, kind, p, gen, now) for t in targets for kind, p in items]
+        with self._tx():
+            self.db.executemany(
+                "INSERT INTO dirty (target, kind, path, gen, first_seen) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (target, kind, path) DO UPDATE SET gen = excluded.gen", rows)
+            self.set_meta("gen", str(gen))
+        return gen
+
+    def take(self, target: str, limit: int, max_bytes: int) -> list[Row]:
+        """Up to ``limit`` dirty rows of ``target``, trees first (they are the
+        expensive, covering ones), stopping near ``max_bytes`` of path data."""
+        out: list[Row] = []
+        size = 0
+        cur = self.db.execute(
+            "SELECT kind, path, gen FROM dirty WHERE target = ? ORDER BY kind DESC, first_seen",
+            (target,))
+        for kind, path, gen in cur:
+            out.append(Row(int(kind), bytes(path), int(gen)))
+            size += len(path) + 1
+            if len(out) >= limit or size >= max_bytes:
+                break
+        cur.close()
+        return out
+
+    def complete(self, target: str, rows: Iterable[Row]) -> None:
+        """Forget rows a successful transfer covered, unless they changed since."""
+        with self._tx():
+            self.db.executemany(
+                "DELETE FROM dirty WHERE target = ? AND kind = ? AND path = ? AND gen <= ?",
+                [(target, r.kind, r.path, r.gen) for r in rows])
+
+    def pending(self, target: str) -> int:
+        row = self.db.execute("SELECT COUNT(*) FROM dirty WHERE target = ?", (target,)).fetchone()
+        return int(row[0])
+
+    def oldest(self, target: str) -> float | None:
+        """When the oldest pending change of ``target`` was first recorded."""
+        row = self.db.execute(
+            "SELECT MIN(first_seen) FROM dirty WHERE target = ?", (target,)).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def has_tree(self, target: str, path: bytes = b"") -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM dirty WHERE target = ? AND kind = ? AND path = ?",
+            (target, TREE, path)).fetchone()
+        return row is not None
+
+    def collapse(self, target: str, now: float) -> None:
+        """Replace everything pending for ``target`` by one rescan of the root:
+        the bound that keeps a target down for a week from growing the file."""
+        self.gen += 1
+        with self._tx():
+            first = self.oldest(target) or now
+            self.db.execute("DELETE FROM dirty WHERE target = ?", (target,))
+            self.db.execute(
+                "INSERT INTO dirty (target, kind, path, gen, first_seen) VALUES (?, ?, ?, ?, ?)",
+                (target, TREE, b"", self.gen, first))
+            self.set_meta("gen", str(self.gen))
+
+    def forget_targets(self, keep: Iterable[str]) -> None:
+        """Drop rows of targets no longer in the config."""
+        keep = list(keep)
+        marks = ",".join("?" * len(keep))
+        with self._tx():
+            self.db.execute(f"DELETE FROM dirty WHERE target NOT IN ({marks})", keep)
+
+    def _tx(self) -> _Tx:
+        return _Tx(self.db)
+
+
+class _Tx:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,114 @@
+"""Per-target dispatch policy, pure: when may this target get its next batch,
+and what state does status show.
+
+One lease per target at a time (one rsync per target), so a slow or broken
+target only ever delays itself. Failures back off exponentially with jitter
+so that a dead host costs a retry every minute, not a busy loop.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from syncsup.collator.journal import Row
+
+__all__ = ["Backoff", "Lease", "TargetQueue"]
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with +-20% jitter: base * 2**(failures-1), capped."""
+
+    base: float = 0.5
+    cap: float = 30.0
+    fatal_cap: float = 300.0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, failures: int, fatal: bool = False) -> float:
+        if failures <= 0:
+            return 0.0
+        raw = min(self.fatal_cap if fatal else self.cap, self.base * 2 ** (failures - 1))
+        return float(raw * self.rng.uniform(0.8, 1.2))
+
+
+@dataclass
+class Lease:
+    """Rows handed to a syncer incarnation as batch ``batch_id``."""
+
+    batch_id: int
+    incarnation: str
+    rows: list[Row]
+    started: float
+
+
+@dataclass
+class TargetQueue:
+    """Dispatch state of one target (all times are ``time.time()``)."""
+
+    spec: str
+    delay: float
+    backoff: Backoff = field(default_factory=Backoff)
+    ready_peer: bytes | None = None
+    ready_incarnation: str | None = None
+    lease: Lease | None = None
+    failures: int = 0
+    fatal: bool = False
+    next_try: float = 0.0
+    last_ok: float | None = None
+    last_error: str | None = None
+    synced_this_run: bool = False
+
+    def on_ready(self, peer: bytes, incarnation: str) -> Lease | None:
+        """A credit from a syncer. Returns a lease that must go back to
+        pending because the syncer that held it was replaced."""
+        released = None
+        if self.lease is not None and self.lease.incarnation != incarnation:
+            released, self.lease = self.lease, None
+        if self.lease is None:
+            self.ready_peer, self.ready_incarnation = peer, incarnation
+        return released
+
+    def due(self, oldest: float | None, now: float) -> bool:
+        """May a batch be handed out now? Needs a credit, no lease, work
+        whose batching delay has passed, and no backoff in force."""
+        if self.ready_peer is None or self.lease is not None or oldest is None:
+            return False
+        if now < self.next_try:
+            return False
+        return now >= oldest + self.delay
+
+    def start(self, batch_id: int, rows: list[Row], now: float) -> Lease:
+        assert self.ready_incarnation is not None
+        self.lease = Lease(batch_id, self.ready_incarnation, rows, now)
+        self.ready_peer = None
+        return self.lease
+
+    def finish(self, batch_id: int, outcome: str, error: str, now: float) -> Lease | None:
+        """Record a DONE; returns the lease if ``outcome`` lets the journal
+        forget its rows, else None. A DONE for an unknown batch (from before a
+        collator restart) is ignored."""
+        if self.lease is None or self.lease.batch_id != batch_id:
+            return None
+        lease, self.lease = self.lease, None
+        if outcome == "ok":
+            self.failures, self.fatal, self.next_try = 0, False, 0.0
+            self.last_ok, self.last_error = now, None
+            return lease
+        self.failures += 1
+        self.fatal = outcome == "fatal"
+        self.last_error = error or outcome
+        self.next_try = now + self.backoff.delay(self.failures, self.fatal)
+        return None
+
+    def state(self, pending: int, startup_pending: bool) -> str:
+        """The word status shows for this target."""
+        if self.lease is not None:
+            return "startup" if startup_pending and not self.synced_this_run else "syncing"
+        if self.fatal:
+            return "failed"
+        if self.failures:
+            return "retrying"
+        if not self.synced_this_run:
+            return "startup"
+        return "pending" if pending else "idle"

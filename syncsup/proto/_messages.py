@@ -1,0 +1,173 @@
+"""Message types. One small frozen class per message; the docstring says what
+each field means and who sends it to whom.
+
+Bodies are validated field by field on decode (see ``_codec``): a peer that
+sends the wrong type for a field gets its message dropped, not a crash deep in
+a handler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+__all__ = [
+    "Ack",
+    "Batch",
+    "Done",
+    "Events",
+    "Heartbeat",
+    "Message",
+    "Ready",
+    "StatusReply",
+    "StatusRequest",
+    "Stop",
+]
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base class. ``TYPE`` is the second frame on the wire; ``FIELDS`` maps
+    each field to its wire kind (``int``, ``float``, ``str``, ``bytes``,
+    ``bool``, ``bytes_list``, ``map``, ``opt_str``, ``opt_float``)."""
+
+    TYPE: ClassVar[bytes] = b""
+    FIELDS: ClassVar[dict[str, str]] = {}
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    """child -> supervisor (control socket), about once a second.
+
+    The first heartbeat of an incarnation doubles as its hello. ``role`` is
+    ``watcher``/``collator``/``syncer``; ``name`` the component name the
+    supervisor gave it on its command line; ``incarnation`` a random token
+    new at each start; ``info`` a role-specific status map (the collator puts
+    its per-target queue state there) that ``syncsup status`` shows.
+    """
+
+    TYPE: ClassVar[bytes] = b"HEARTBEAT"
+    FIELDS: ClassVar[dict[str, str]] = {
+        "role": "str", "name": "str", "pid": "int", "incarnation": "str", "info": "map",
+    }
+    role: str
+    name: str
+    pid: int
+    incarnation: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StatusRequest(Message):
+    """CLI -> supervisor: ask for the status document. No fields."""
+
+    TYPE: ClassVar[bytes] = b"STATUS"
+
+
+@dataclass(frozen=True)
+class StatusReply(Message):
+    """supervisor -> CLI: ``status`` is the document ``syncsup status --json``
+    prints (``components`` and ``syncs``)."""
+
+    TYPE: ClassVar[bytes] = b"STATUS_REPLY"
+    FIELDS: ClassVar[dict[str, str]] = {"status": "map"}
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Stop(Message):
+    """CLI -> supervisor: stop the daemon as SIGTERM would. ``reason`` is logged."""
+
+    TYPE: ClassVar[bytes] = b"STOP"
+    FIELDS: ClassVar[dict[str, str]] = {"reason": "str"}
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Events(Message):
+    """watcher -> collator (ingest socket): paths that may have changed.
+
+    ``seq`` identifies the message for its ACK; the watcher resends anything
+    unacked, and the collator's journal upserts make a resend harmless.
+    ``paths`` are relative to the source root and are synced one by one (a
+    directory without its contents). ``trees`` are subtrees to rescan whole,
+    with deletes (``b""`` is the root): this is the RESCAN of the design, sent
+    at watcher start, after a queue overflow and for new directories.
+    """
+
+    TYPE: ClassVar[bytes] = b"EVENTS"
+    FIELDS: ClassVar[dict[str, str]] = {"seq": "int", "paths": "bytes_list", "trees": "bytes_list"}
+    seq: int
+    paths: list[bytes] = field(default_factory=list)
+    trees: list[bytes] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    """collator -> watcher: the EVENTS message ``seq`` is committed to the journal."""
+
+    TYPE: ClassVar[bytes] = b"ACK"
+    FIELDS: ClassVar[dict[str, str]] = {"seq": "int"}
+    seq: int
+
+
+@dataclass(frozen=True)
+class Ready(Message):
+    """syncer -> collator (dispatch socket): one credit for ``target``.
+
+    ``target`` is the index of the target in its sync. ``incarnation`` lets
+    the collator tell a restarted syncer from a repeated credit: a new
+    incarnation releases every lease the old one held, so work handed to a
+    syncer that died goes back to pending. Idle syncers repeat READY every
+    few seconds, so a restarted collator learns about them.
+    """
+
+    TYPE: ClassVar[bytes] = b"READY"
+    FIELDS: ClassVar[dict[str, str]] = {"target": "int", "incarnation": "str"}
+    target: int
+    incarnation: str
+
+
+@dataclass(frozen=True)
+class Batch(Message):
+    """collator -> syncer: transfer these for ``target``.
+
+    ``batch_id`` names the lease. ``trees`` are synced recursively with
+    deletes (``b""`` is the root); ``paths`` one by one, the filesystem read
+    at transfer time decides (present: sent, absent: deleted on the target).
+    ``startup`` is true while the initial full sync is part of the batch.
+    """
+
+    TYPE: ClassVar[bytes] = b"BATCH"
+    FIELDS: ClassVar[dict[str, str]] = {
+        "batch_id": "int", "target": "int", "paths": "bytes_list", "trees": "bytes_list",
+        "startup": "bool",
+    }
+    batch_id: int
+    target: int
+    paths: list[bytes] = field(default_factory=list)
+    trees: list[bytes] = field(default_factory=list)
+    startup: bool = False
+
+
+@dataclass(frozen=True)
+class Done(Message):
+    """syncer -> collator: the outcome of batch ``batch_id`` on ``target``.
+
+    ``outcome`` is ``ok`` (the journal may forget what the lease covered),
+    ``retry`` (keep it, back off, try again) or ``fatal`` (keep it, stop the
+    target until resync or restart). ``rc`` is rsync's exit code (negative for
+    a signal), ``error`` a one-line reason, ``seconds`` the wall time.
+    """
+
+    TYPE: ClassVar[bytes] = b"DONE"
+    FIELDS: ClassVar[dict[str, str]] = {
+        "batch_id": "int", "target": "int", "outcome": "str", "rc": "int", "error": "str",
+        "seconds": "float",
+    }
+    batch_id: int
+    target: int
+    outcome: str
+    rc: int = 0
+    error: str = ""
+    seconds: float = 0.0

@@ -1,0 +1,110 @@
+"""Restart policy: a pure state machine per component, driven by
+``(event, now)``, in the manner of supervisord's process states.
+
+::
+
+    STOPPED --start--> STARTING --up for STABLE_AFTER--> RUNNING
+       ^                  |  \\                             |
+       |                  |   exit(78) --> FATAL           | exit
+       |                  v                                v
+       +--stop--------- BACKOFF <---------------------- (restart due)
+                          | too many restarts in WINDOW
+                          v
+                       DEGRADED (keeps retrying, slowly)
+
+Why these rules: a component that crashes once restarts at once; one that
+keeps crashing backs off exponentially (with jitter, so several syncs do
+not restart in lockstep) instead of burning a CPU; a configuration error
+(exit 78) is never retried because it cannot fix itself.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+__all__ = ["EX_CONFIG", "RestartPolicy", "State"]
+
+EX_CONFIG = 78
+
+
+class State(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    DEGRADED = "degraded"
+    FATAL = "fatal"
+
+
+@dataclass
+class RestartPolicy:
+    """Decides when a component (re)starts. Times are monotonic seconds."""
+
+    base: float = 0.2           # first restart delay
+    cap: float = 10.0           # max delay while not degraded
+    degraded_cap: float = 60.0  # max delay once degraded
+    stable_after: float = 5.0   # up this long resets the backoff
+    window: float = 60.0        # restart intensity window
+    max_restarts: int = 10      # restarts in window before "degraded"
+    rng: random.Random = field(default_factory=random.Random)
+
+    state: State = State.STOPPED
+    restarts: int = 0
+    failures: int = 0           # consecutive quick failures
+    started_at: float | None = None
+    next_start: float | None = None
+    last_exit: int | None = None
+    _recent: deque[float] = field(default_factory=deque)
+
+    def start(self, now: float) -> None:
+        """The process was spawned."""
+        self.state = State.DEGRADED if self.state is State.DEGRADED else State.STARTING
+        self.started_at = now
+        self.next_start = None
+
+    def tick(self, now: float) -> None:
+        """Time passes: a process up long enough is stable."""
+        up = now - self.started_at if self.started_at is not None else -1.0
+        if self.state in (State.STARTING, State.DEGRADED) and up >= self.stable_after:
+            self.failures = 0
+            if self.state is State.STARTING or not self._too_many(now):
+                self.state = State.RUNNING
+
+    def exited(self, rc: int, now: float) -> None:
+        """The process exited with ``rc`` (negative: signal). Schedules a restart."""
+        self.last_exit = rc
+        if self.state is State.STOPPED:
+            return
+        if rc == EX_CONFIG:
+            self.state, self.next_start = State.FATAL, None
+            return
+        up = now - self.started_at if self.started_at is not None else 0.0
+        if up >= self.stable_after:
+            self.failures = 0
+        self.failures += 1
+        self.restarts += 1
+        self._recent.append(now)
+        degraded = self._too_many(now)
+        cap = self.degraded_cap if degraded else self.cap
+        delay = 0.0 if self.failures == 1 else min(cap, self.base * 2 ** (self.failures - 2))
+        if degraded:
+            delay = max(delay, self.degraded_cap / 4)
+        self.next_start = now + delay * self.rng.uniform(0.8, 1.2)
+        self.state = State.DEGRADED if degraded else State.BACKOFF
+        self.started_at = None
+
+    def due(self, now: float) -> bool:
+        """Should the supervisor spawn the process now?"""
+        return self.next_start is not None and now >= self.next_start
+
+    def stop(self) -> None:
+        """The supervisor is stopping it on purpose: no restart."""
+        self.state, self.next_start = State.STOPPED, None
+
+    def _too_many(self, now: float) -> bool:
+        while self._recent and now - self._recent[0] > self.window:
+            self._recent.popleft()
+        return len(self._recent) > self.max_restarts

@@ -1,0 +1,175 @@
+"""The watcher process: the inotify fd and the ingest socket.
+
+Every EVENTS message stays in ``inflight`` until the collator acks it, and
+is resent when the ack does not come (the collator may have restarted). When
+too many messages are unacked the watcher stops reading inotify: the kernel
+queue absorbs the burst, and if it overflows, the overflow becomes a rescan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+from typing import Any
+
+import zmq
+from inotify_simple import INotify
+
+from syncsup import config as cfg
+from syncsup import proto
+from syncsup._runtime import ChildRuntime, endpoint, setup_logging
+from syncsup.watcher.tree import Changes, WatchTree
+
+__all__ = ["Watcher", "main"]
+
+log = logging.getLogger("syncsup.watcher")
+
+_EVENT = struct.Struct("iIII")
+MAX_INFLIGHT = 8           # unacked EVENTS messages before we stop reading
+RESEND_AFTER = 2.0         # seconds without ack before a resend
+MAX_PATHS_PER_MSG = 20_000
+ROOT_POLL = 2.0            # seconds between checks for a missing source root
+
+
+def parse(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    """Raw inotify records to ``(wd, mask, cookie, name)``, names kept as bytes."""
+    out = []
+    pos = 0
+    while pos + _EVENT.size <= len(data):
+        wd, mask, cookie, size = _EVENT.unpack_from(data, pos)
+        pos += _EVENT.size
+        out.append((wd, mask, cookie, data[pos:pos + size].split(b"\0", 1)[0]))
+        pos += size
+    return out
+
+
+class Watcher:
+    def __init__(self, conf: cfg.Config, sync: cfg.Sync) -> None:
+        self.sync = sync
+        self.rt = ChildRuntime(conf.settings.state_dir, "watcher", f"watcher:{sync.name}")
+        self.sock = self.rt.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint(conf.settings.state_dir, f"ingest-{sync.name}"))
+        self.ino = INotify(nonblocking=True)
+        self.tree = WatchTree(os.fsencode(sync.source), self.ino.add_watch, self.ino.rm_watch)
+        self.seq = int(time.time() * 1000) << 16  # unique across restarts
+        self.inflight: dict[int, tuple[float, list[bytes]]] = {}
+        self.pending = Changes()
+        self.overflows = 0
+
+    def send(self, changes: Changes) -> None:
+        paths, trees = sorted(changes.paths), sorted(changes.trees)
+        for i in range(0, max(len(paths), 1), MAX_PATHS_PER_MSG):
+            self.seq += 1
+            frames = proto.encode(proto.Events(
+                seq=self.seq, paths=paths[i:i + MAX_PATHS_PER_MSG], trees=trees if i == 0 else []))
+            self.inflight[self.seq] = (time.monotonic(), frames)
+            self.sock.send_multipart(frames)
+
+    def on_ack(self, frames: list[bytes]) -> None:
+        try:
+            msg = proto.decode(frames)
+        except proto.ProtocolError as exc:
+            log.warning("dropped malformed message: %s", exc)
+            return
+        if isinstance(msg, proto.Ack):
+            self.inflight.pop(msg.seq, None)
+
+    def resend(self) -> None:
+        now = time.monotonic()
+        for seq, (sent, frames) in list(self.inflight.items()):
+            if now - sent >= RESEND_AFTER:
+                log.debug("resending unacked message %d", seq)
+                self.inflight[seq] = (now, frames)
+                self.sock.send_multipart(frames)
+
+    def read_events(self) -> None:
+        while len(self.inflight) < MAX_INFLIGHT:
+            try:
+                data = os.read(self.ino.fileno(), 1 << 20)
+            except BlockingIOError:
+                break
+            changes = Changes()
+            self.tree.apply(parse(data), changes)
+            if changes.overflow:
+                self.overflows += 1
+                log.warning("inotify queue overflowed (fs.inotify.max_queued_events): "
+                            "rescanning the whole source")
+            if changes.root_gone:
+                raise SystemExit(f"source root {self.sync.source} was moved or deleted")
+            self.pending.paths |= changes.paths
+            self.pending.trees |= changes.trees
+            if len(self.pending.paths) >= MAX_PATHS_PER_MSG:
+                break
+        if self.pending:
+            self.send(self.pending)
+            self.pending = Changes()
+
+    def info(self) -> dict[str, Any]:
+        return {"sync": self.sync.name, "watches": len(self.tree.paths),
+                "unwatched": len(self.tree.failed), "overflows": self.overflows,
+                "inflight": len(self.inflight)}
+
+    def wait_for_source(self) -> bool:
+        """Block (heartbeating) until the source root is a directory."""
+        warned = False
+        while not os.path.isdir(self.sync.source):
+            if not warned:
+                log.error("source %s is missing; waiting for it to come back, "
+                          "nothing is deleted on the targets", self.sync.source)
+                warned = True
+            self.rt.heartbeat(self.info)
+            time.sleep(ROOT_POLL)
+            if self.rt.stopping or not self.rt.parent_alive():
+                return False
+        return True
+
+    def run(self) -> int:
+        if not self.wait_for_source():
+            return 0
+        started = time.monotonic()
+        last_log = [started]
+
+        def progress(n: int) -> None:
+            now = time.monotonic()
+            if now - last_log[0] >= 5:
+                last_log[0] = now
+                log.info("placing watches: %d directories so far", n)
+            self.rt.heartbeat(self.info)
+
+        self.tree.watch(b"", progress)
+        log.info("watching %s: %d directories in %.1fs", self.sync.source, len(self.tree.paths),
+                 time.monotonic() - started)
+        # Watches first, then the full rescan: nothing falls in between.
+        self.send(Changes(trees={b""}))
+        # Two pollers: while too much is unacked, the inotify fd is not
+        # polled at all (polling it without reading would spin).
+        acks_only = zmq.Poller()
+        acks_only.register(self.sock, zmq.POLLIN)
+        both = zmq.Poller()
+        both.register(self.sock, zmq.POLLIN)
+        both.register(self.ino.fileno(), zmq.POLLIN)
+        while not self.rt.stopping and self.rt.parent_alive():
+            poller = both if len(self.inflight) < MAX_INFLIGHT else acks_only
+            events = dict(poller.poll(200))
+            if self.sock in events:
+                while True:
+                    try:
+                        self.on_ack(self.sock.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            self.read_events()
+            self.resend()
+            self.rt.heartbeat(self.info)
+        self.ino.close()
+        self.rt.close()
+        return 0
+
+
+def main(argv: list[str]) -> int:
+    config_path, sync_name, *_ = argv
+    conf = cfg.load_for_child(config_path, sync_name)
+    setup_logging(conf.settings.log_level, "watcher", sync_name)
+    return Watcher(conf, conf.sync(sync_name)).run()

@@ -1,0 +1,262 @@
+"""Run the real syncsup CLI and daemon from tests: config writing, start/stop, status, kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import toml
+from .procs import cmdline_of
+
+REPO = Path(__file__).resolve().parents[2]
+READY_TIMEOUT = 120.0
+STOP_TIMEOUT = 10.0
+COMPONENT_ROLES = ("supervisor", "watcher", "collator", "syncer")
+TARGET_STATES = ("startup", "idle", "pending", "syncing", "retrying", "failed")
+COMPONENT_STATES = ("starting", "running", "backoff", "degraded", "fatal", "stopped")
+LOG_LEVEL = os.environ.get("SYNCSUP_TEST_LOG_LEVEL", "info")
+
+
+# --------------------------------------------------------------------- CLI
+def syncsup_env() -> dict[str, str]:
+    """The environment for syncsup: the checkout importable even without ``pip install -e``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("NOTIFY_SOCKET", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def syncsup_argv(*args: str | os.PathLike) -> list[str]:
+    return [sys.executable, "-m", "syncsup", *map(os.fspath, args)]
+
+
+def run_cli(*args: str | os.PathLike, timeout: float = 30, cwd: os.PathLike | str | None = None):
+    """Run ``python -m syncsup ARGS`` to completion; text output (undecodable bytes replaced)."""
+    return subprocess.run(
+        syncsup_argv(*args),
+        capture_output=True,
+        text=True,
+        errors="replace",
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        cwd=cwd,
+        env=syncsup_env(),
+    )
+
+
+def write_config(path: Path, doc: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(toml.dumps(doc))
+    return path
+
+
+def sync_entry(
+    source: os.PathLike | str,
+    targets: list[str | os.PathLike],
+    *,
+    name: str = "www",
+    delay: float = 0,
+    delete: bool | str = True,
+    exclude: list[str] | None = None,
+    ssh: dict[str, Any] | None = None,
+    mode: str = "rsync",
+) -> dict[str, Any]:
+    """One ``[[sync]]`` table."""
+    d: dict[str, Any] = {
+        "name": name,
+        "source": os.fspath(source),
+        "mode": mode,
+        "delay": delay,
+        "delete": delete,
+        "targets": [os.fspath(t) for t in targets],
+    }
+    if exclude is not None:
+        d["exclude"] = exclude
+    if ssh is not None:
+        d["ssh"] = ssh
+    return d
+
+
+# ------------------------------------------------------------------ daemon
+class Daemon:
+    """A ``syncsup start CONFIG`` process running in the foreground, as systemd would run it."""
+
+    def __init__(self, tmp_path: Path, doc: dict[str, Any], config: Path | None = None) -> None:
+        self.tmp_path = tmp_path
+        self.doc = doc
+        self.config = write_config(config or tmp_path / "syncsup.toml", doc)
+        self.log_path = tmp_path / f"daemon-{self.config.stem}.log"
+        self.cwd = tmp_path / "cwd"
+        self.cwd.mkdir(exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+        self.stopped_rc: int | None = None
+
+    # lifecycle ------------------------------------------------------------
+    def start(self, wait: bool = True, timeout: float = READY_TIMEOUT) -> Daemon:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                syncsup_argv("start", self.config),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+                env=syncsup_env(),
+                start_new_session=True,
+            )
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _fail_if_exited(self, what: str) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(
+                f"syncsup start exited with {self.proc.returncode} while {what}\n{self.log_tail()}"
+            )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
+        """Send ``sig`` and require exit status 0 within ``timeout`` seconds."""
+        assert self.proc is not None, "daemon was never started"
+        self._fail_if_exited("it should have been running (before stop)")
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._kill_hard()
+            raise AssertionError(
+                f"syncsup start did not exit within {timeout}s of {signal.Signals(sig).name}\n{self.log_tail()}"
+            ) from None
+        self.stopped_rc = rc
+        assert rc == 0, (
+            f"syncsup start exited {rc} after {signal.Signals(sig).name} "
+            f"({time.monotonic() - t0:.1f}s)\n{self.log_tail()}"
+        )
+        return rc
+
+    def _kill_hard(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    # status ---------------------------------------------------------------
+    def status_raw(self, as_json: bool = True, timeout: float = 30):
+        args = ["status", "--json", self.config] if as_json else ["status", self.config]
+        return run_cli(*args, timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        r = self.status_raw()
+        assert r.returncode == 0, f"status --json exited {r.returncode}: {r.stdout}{r.stderr}"
+        try:
+            return json.loads(r.stdout)
+        except json.JSONDecodeError as e:
+            raise AssertionError(f"status --json printed no JSON ({e}): {r.stdout!r}") from None
+
+    def try_status(self) -> dict[str, Any] | None:
+        try:
+            r = self.status_raw(timeout=15)
+        except subprocess.TimeoutExpired:
+            return None
+        if r.returncode != 0:
+            return None
+        try:
+            return json.loads(r.stdout)
+        except json.JSONDecodeError:
+            return None
+
+    def targets(self, st: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        st = st if st is not None else self.status()
+        return [t for s in st.get("syncs", []) for t in s.get("targets", [])]
+
+    def wait_for(self, pred, what: str, timeout: float = READY_TIMEOUT, interval: float = 0.3) -> dict:
+        deadline = time.monotonic() + timeout
+        last: dict | None = None
+        while True:
+            self._fail_if_exited(f"waiting for {what}")
+            st = self.try_status()
+            if st is not None:
+                last = st
+                if pred(st):
+                    return st
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"timed out after {timeout:.0f}s waiting for {what}; last status:\n"
+                    f"{json.dumps(last, indent=1)}\n{self.log_tail()}"
+                )
+            time.sleep(interval)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> dict:
+        """Status answers and no target is still in its initial sync ("startup")."""
+
+        def ready(st: dict) -> bool:
+            ts = self.targets(st)
+            return bool(st.get("syncs")) and bool(ts) and all(t.get("state") != "startup" for t in ts)
+
+        return self.wait_for(ready, "every target past its initial sync", timeout)
+
+    def wait_idle(self, timeout: float = READY_TIMEOUT) -> dict:
+        def idle(st: dict) -> bool:
+            ts = self.targets(st)
+            return bool(ts) and all(t.get("state") == "idle" and not t.get("pending") for t in ts)
+
+        return self.wait_for(idle, "every target idle", timeout)
+
+    def components(self, role: str | None = None, st: dict | None = None) -> list[dict[str, Any]]:
+        st = st if st is not None else self.status()
+        return [c for c in st.get("components", []) if role is None or c.get("role") == role]
+
+    def kill_component(self, role: str, rng: random.Random | None = None, sig: int = signal.SIGKILL):
+        """SIGKILL one running component of ``role`` (pid from status); returns (name, pid) or None."""
+        st = self.try_status()
+        if st is None:
+            return None
+        cands = [c for c in self.components(role, st) if c.get("pid") and c.get("state") == "running"]
+        if not cands:
+            return None
+        c = (rng or random).choice(cands)
+        pid = int(c["pid"])
+        # guard against pid reuse: it must be one of ours
+        if os.fsencode(self.config) not in b"\0".join(cmdline_of(pid)):
+            return None
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return None
+        return c["name"], pid
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_bytes().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n: int = 80) -> str:
+        lines = self.log_text().splitlines()[-n:]
+        return f"--- last {len(lines)} lines of {self.log_path}:\n" + "\n".join(lines)
+
+    def describe(self) -> str:
+        st = self.try_status() if self.running else None
+        return f"status: {json.dumps(st, indent=1)}\n{self.log_tail()}"

@@ -1,0 +1,76 @@
+"""Find processes a test left behind, by the test's unique tmp dir in their command line."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return data[data.rindex(b")") + 2:].split()[0].decode()
+    except (OSError, ValueError, IndexError):
+        return "?"
+
+
+def processes_mentioning(path: os.PathLike | str | bytes, exclude: set[int] | None = None) -> list[tuple[int, str]]:
+    """(pid, readable cmdline) of live processes with an argument naming ``path`` or a path under it."""
+    p = os.fsencode(os.path.abspath(os.fsencode(path)))
+    exclude = set(exclude or ()) | {os.getpid()}
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        pid = int(d)
+        if pid in exclude:
+            continue
+        cmd = _cmdline(pid)
+        if not cmd:
+            continue  # kernel thread or zombie
+        if _state(pid) in ("Z", "X"):
+            continue
+        args = cmd.rstrip(b"\0").split(b"\0")
+        if any(a == p or a.endswith(p) or (p + b"/") in a for a in args):
+            out.append((pid, " ".join(repr(a)[2:-1] for a in args)))
+    return out
+
+
+def assert_no_leftovers(tmp_path: os.PathLike | str, timeout: float = 5.0) -> None:
+    """No process other than pytest may still mention ``tmp_path`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = processes_mentioning(tmp_path)
+        if not left:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"processes left behind for {os.fspath(tmp_path)}:\n"
+                + "\n".join(f"  pid {pid} [{_state(pid)}]: {cmd}" for pid, cmd in left)
+            )
+        time.sleep(0.2)
+
+
+def kill_leftovers(tmp_path: os.PathLike | str) -> list[tuple[int, str]]:
+    """SIGKILL whatever still mentions ``tmp_path`` (cleanup after a failed test)."""
+    left = processes_mentioning(tmp_path)
+    for pid, _ in left:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+def cmdline_of(pid: int) -> list[bytes]:
+    cmd = _cmdline(pid)
+    return cmd.rstrip(b"\0").split(b"\0") if cmd else []
