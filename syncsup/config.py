@@ -18,8 +18,10 @@ from typing import Any
 
 __all__ = [
     "EX_CONFIG",
+    "Commands",
     "Config",
     "ConfigError",
+    "RsyncOptions",
     "Settings",
     "SshOptions",
     "Sync",
@@ -44,10 +46,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    """``[settings]``: where the daemon keeps its state, and how it logs."""
+    """``[settings]``: where the daemon keeps its state, how it logs, and the
+    global cap on concurrent transfers (0: no cap)."""
 
     state_dir: Path
     log_level: str = "info"
+    max_processes: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,37 @@ class SshOptions:
     port: int | None = None
     identity_file: Path | None = None
     options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RsyncOptions:
+    """``[sync.rsync]``: how rsync is run. ``timeout`` (seconds, 0: none) is
+    passed to rsync as ``--timeout`` and also bounds a transfer that makes no
+    progress at all."""
+
+    binary: str = "rsync"
+    archive: bool = True
+    compress: bool = False
+    checksum: bool = False
+    bwlimit: str | None = None
+    chown: str | None = None
+    chmod: str | None = None
+    usermap: str | None = None
+    groupmap: str | None = None
+    extra: tuple[str, ...] = ()
+    timeout: int = 0
+
+
+@dataclass(frozen=True)
+class Commands:
+    """Command mode: argv templates per change kind, or a Python action."""
+
+    on_create: tuple[str, ...] = ()
+    on_modify: tuple[str, ...] = ()
+    on_delete: tuple[str, ...] = ()
+    on_move: tuple[str, ...] = ()
+    on_startup: tuple[str, ...] = ()
+    action: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,8 +130,20 @@ class Sync:
     mode: str = "rsync"
     delay: float = 1.0
     delete: bool | str = True
+    init: bool = True
+    max_delays: int = 1000
     exclude: tuple[str, ...] = ()
+    exclude_from: Path | None = None
+    filter: tuple[str, ...] = ()
+    filter_from: Path | None = None
     ssh: SshOptions = SshOptions()
+    rsync: RsyncOptions = RsyncOptions()
+    commands: Commands = Commands()
+
+    @property
+    def moves_on_target(self) -> bool:
+        """Modes that replay renames on the target instead of resending."""
+        return self.mode in ("rsyncssh", "direct")
 
 
 @dataclass(frozen=True)
@@ -171,24 +218,106 @@ def _default_state_dir(path: Path) -> Path:
     return Path(base) / "syncsup" / path.stem
 
 
-def _parse_ssh(raw: Any, where: str, base: Path) -> SshOptions:
+def _opt_str(table: dict[str, Any], key: str, where: str) -> str | None:
+    value = _pop(table, key, str, where, None)
+    if value is not None and (not value or "\0" in value or "\n" in value):
+        raise ConfigError(f"{where}.{key}", "must be a non-empty single-line string")
+    assert value is None or isinstance(value, str)
+    return value
+
+
+def _opt_path(table: dict[str, Any], key: str, where: str, base: Path) -> Path | None:
+    value = _opt_str(table, key, where)
+    return (base / value).resolve() if value else None
+
+
+def _parse_ssh(raw: Any, where: str, base: Path) -> tuple[SshOptions, str | None, str | None]:
+    """``[sync.ssh]``; also returns its ``host`` and ``user`` (used to turn
+    plain target paths into remote ones)."""
     if not isinstance(raw, dict):
         raise ConfigError(where, "must be a table")
     table = dict(raw)
+    host = _opt_str(table, "host", where)
+    user = _opt_str(table, "user", where)
+    for key, val in (("host", host), ("user", user)):
+        if val and (val.startswith("-") or any(c in val for c in " @:/'\"")):
+            raise ConfigError(f"{where}.{key}", f"invalid {key} {val!r}")
     port = _pop(table, "port", int, where, None)
     if port is not None and not 0 < port < 65536:
         raise ConfigError(f"{where}.port", "must be between 1 and 65535")
-    ident = _pop(table, "identity_file", str, where, None)
+    ident = _opt_path(table, "identity_file", where, base)
     options = _str_list(_pop(table, "options", list, where, []), f"{where}.options")
     for i, opt in enumerate(options):
-        if "=" not in opt and " " not in opt:
+        name = opt.split("=", 1)[0]
+        if "=" not in opt or not name.isalnum():
             raise ConfigError(f"{where}.options[{i}]", "must look like 'Name=value'")
     _no_extra(table, where)
-    return SshOptions(
-        port=port,
-        identity_file=(base / ident).resolve() if ident else None,
-        options=options,
-    )
+    return SshOptions(port=port, identity_file=ident, options=options), host, user
+
+
+def _parse_rsync(raw: Any, where: str) -> RsyncOptions:
+    if not isinstance(raw, dict):
+        raise ConfigError(where, "must be a table")
+    table = dict(raw)
+    archive = _pop(table, "archive", bool, where, True)
+    compress = _pop(table, "compress", bool, where, False)
+    checksum = _pop(table, "checksum", bool, where, False)
+    bwlimit = _pop(table, "bwlimit", (int, str), where, None)
+    if bwlimit is not None:
+        bwlimit = str(bwlimit)
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?[KMGkmg]?", bwlimit):
+            raise ConfigError(f"{where}.bwlimit", "must be a rate like 1000 or '10M' (KiB/s)")
+    chown, chmod = _opt_str(table, "chown", where), _opt_str(table, "chmod", where)
+    usermap, groupmap = _opt_str(table, "usermap", where), _opt_str(table, "groupmap", where)
+    binary = _pop(table, "binary", str, where, "rsync")
+    if not binary:
+        raise ConfigError(f"{where}.binary", "must not be empty")
+    extra = _str_list(_pop(table, "extra", list, where, []), f"{where}.extra")
+    for i, arg in enumerate(extra):
+        if not arg.startswith("-"):
+            raise ConfigError(f"{where}.extra[{i}]", "must be an option starting with '-'")
+    timeout = _pop(table, "timeout", int, where, 0)
+    if timeout < 0:
+        raise ConfigError(f"{where}.timeout", "must be >= 0 (seconds; 0 = no timeout)")
+    _no_extra(table, where)
+    return RsyncOptions(binary=binary, archive=archive, compress=compress, checksum=checksum,
+                        bwlimit=bwlimit, chown=chown, chmod=chmod, usermap=usermap,
+                        groupmap=groupmap, extra=extra, timeout=timeout)
+
+
+_PLACEHOLDERS = frozenset({"path", "source", "target", "from", "to", "name", "kind", "sync"})
+
+
+def _template(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    raw = _pop(table, key, list, where, [])
+    argv = _str_list(raw, f"{where}.{key}")
+    for arg in argv:
+        for field_name in re.findall(r"\{([^{}]*)\}", arg):
+            if field_name not in _PLACEHOLDERS:
+                raise ConfigError(f"{where}.{key}", f"unknown placeholder {{{field_name}}}; "
+                                  f"use {', '.join(sorted(_PLACEHOLDERS))}")
+    return argv
+
+
+def _parse_target(raw: Any, key: str, base: Path, host: str | None,
+                  user: str | None) -> Target:
+    if isinstance(raw, str):
+        target = parse_target(raw, key, base)
+        if target.host is None and host is not None:
+            return Target(spec=f"{user + '@' if user else ''}{host}:{raw}", path=raw,
+                          host=host, user=user)
+        return target
+    if isinstance(raw, dict):
+        table = dict(raw)
+        path = _pop(table, "path", str, key)
+        t_host = _opt_str(table, "host", key) or host
+        t_user = _opt_str(table, "user", key) or user
+        _no_extra(table, key)
+        if t_host is None:
+            return parse_target(path, f"{key}.path", base)
+        spec = f"{t_user + '@' if t_user else ''}{t_host}:{path}"
+        return parse_target(spec, key, base)
+    raise ConfigError(key, "must be a string or a table with path (and host, user)")
 
 
 def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
@@ -203,30 +332,68 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     mode = _pop(table, "mode", str, where, "rsync")
     if mode not in MODES:
         raise ConfigError(f"{where}.mode", f"must be one of {', '.join(MODES)}")
-    if mode != "rsync":
-        raise ConfigError(f"{where}.mode", f"{mode!r} is not implemented yet; use 'rsync'")
     delay = float(_pop(table, "delay", (int, float), where, 1.0))
     if not 0 <= delay <= 86400:
         raise ConfigError(f"{where}.delay", "must be a number >= 0 (seconds, at most 86400)")
     delete = _pop(table, "delete", (bool, str), where, True)
     if isinstance(delete, str) and delete not in ("startup", "running"):
         raise ConfigError(f"{where}.delete", "must be true, false, 'startup' or 'running'")
-    raw_targets = _pop(table, "targets", list, where)
-    if not raw_targets:
+    init = _pop(table, "init", bool, where, True)
+    max_delays = _pop(table, "max_delays", int, where, 1000)
+    if max_delays < 1:
+        raise ConfigError(f"{where}.max_delays", "must be >= 1")
+    exclude = _str_list(_pop(table, "exclude", list, where, []), f"{where}.exclude")
+    filters = _str_list(_pop(table, "filter", list, where, []), f"{where}.filter")
+    for i, rule in enumerate(filters):
+        if not re.match(r"^([-+.:PRHS!]|exclude|include|merge|dir-merge|hide|show|protect"
+                        r"|risk|clear)[,a-z]*( |_|$)", rule):
+            raise ConfigError(f"{where}.filter[{i}]", f"not an rsync filter rule: {rule!r}")
+    exclude_from = _opt_path(table, "exclude_from", where, base)
+    filter_from = _opt_path(table, "filter_from", where, base)
+    for key, p in (("exclude_from", exclude_from), ("filter_from", filter_from)):
+        if p is not None and not p.is_file():
+            raise ConfigError(f"{where}.{key}", f"{p}: no such file")
+    ssh, host, user = _parse_ssh(table.pop("ssh", {}), f"{where}.ssh", base)
+    rsync = _parse_rsync(table.pop("rsync", {}), f"{where}.rsync")
+    commands = Commands(
+        **{k: _template(table, k, where)
+           for k in ("on_create", "on_modify", "on_delete", "on_move", "on_startup")},
+        action=_opt_str(table, "action", where),
+    )
+    if commands.action is not None and not re.fullmatch(r"[\w.]+:[A-Za-z_]\w*", commands.action):
+        raise ConfigError(f"{where}.action", "must look like 'package.module:ClassName'")
+    raw_targets = _pop(table, "targets", list, where, [] if mode == "command" else ...)
+    if not raw_targets and mode != "command":
         raise ConfigError(f"{where}.targets", "must list at least one target")
-    targets: list[Target] = []
-    for i, spec in enumerate(raw_targets):
-        if not isinstance(spec, str):
-            raise ConfigError(f"{where}.targets[{i}]", "must be a string")
-        targets.append(parse_target(spec, f"{where}.targets[{i}]", base))
+    targets = [_parse_target(spec, f"{where}.targets[{i}]", base, host, user)
+               for i, spec in enumerate(raw_targets)]
     if len({t.spec for t in targets}) != len(targets):
         raise ConfigError(f"{where}.targets", "lists the same target twice")
-    exclude = _str_list(_pop(table, "exclude", list, where, []), f"{where}.exclude")
-    ssh = _parse_ssh(table.pop("ssh", {}), f"{where}.ssh", base)
+    for i, t in enumerate(targets):
+        if mode == "rsyncssh" and not t.is_remote:
+            raise ConfigError(f"{where}.targets[{i}]",
+                              "rsyncssh needs a remote target: host:/path, or set ssh.host")
+        if mode == "direct" and t.is_remote:
+            raise ConfigError(f"{where}.targets[{i}]", "direct mode needs a local path")
+    if mode == "command":
+        has_any = commands.action or any(
+            getattr(commands, k) for k in ("on_create", "on_modify", "on_delete", "on_move"))
+        if not has_any:
+            raise ConfigError(f"{where}.action",
+                              "command mode needs action or at least one on_* command")
+        if not targets:
+            targets = [Target(spec="command", path="")]
+    elif commands != Commands():
+        key = "action" if commands.action else next(
+            k for k in ("on_create", "on_modify", "on_delete", "on_move", "on_startup")
+            if getattr(commands, k))
+        raise ConfigError(f"{where}.{key}", "only used with mode = \"command\"")
     _no_extra(table, where)
     return Sync(
         name=name, source=source, targets=tuple(targets), mode=mode, delay=delay,
-        delete=delete, exclude=exclude, ssh=ssh,
+        delete=delete, init=init, max_delays=max_delays, exclude=exclude,
+        exclude_from=exclude_from, filter=filters, filter_from=filter_from, ssh=ssh,
+        rsync=rsync, commands=commands,
     )
 
 
@@ -240,6 +407,9 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     settings_t = dict(raw_settings)
     state_dir = _pop(settings_t, "state_dir", str, "settings", None)
     log_level = _pop(settings_t, "log_level", str, "settings", "info")
+    max_processes = _pop(settings_t, "max_processes", int, "settings", 0)
+    if max_processes < 0:
+        raise ConfigError("settings.max_processes", "must be >= 0 (0 = no limit)")
     if log_level not in LOG_LEVELS:
         raise ConfigError("settings.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
     _no_extra(settings_t, "settings")
@@ -257,6 +427,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     settings = Settings(
         state_dir=(base / state_dir).resolve() if state_dir else _default_state_dir(path),
         log_level=log_level,
+        max_processes=max_processes,
     )
     return Config(path=path, settings=settings, syncs=syncs)
 

@@ -58,11 +58,32 @@ class Collator:
         if not isinstance(msg, proto.Events):
             log.warning("dropped unexpected %s on ingest", type(msg).__name__)
             return
-        self.journal.mark((t.spec for t in self.sync.targets), msg.paths, msg.trees, time.time())
+        trees = msg.trees
+        if b"" in trees and not self.sync.init and not self.init_skipped():
+            trees = [t for t in trees if t != b""]
+        moves = msg.moves if self.sync.moves_on_target or self.sync.mode == "command" else []
+        for q in self.targets:
+            q.marked += len(msg.paths) + len(trees)
+        self.journal.mark((t.spec for t in self.sync.targets), msg.paths, trees, time.time(),
+                          moves=moves, seq=msg.seq)
         self._send(self.ingest, peer, proto.Ack(seq=msg.seq))
         if msg.trees:
             log.info("rescan requested: %s", ", ".join(
                 repr(t.decode(errors="replace") or "/") for t in msg.trees[:5]))
+
+    def init_skipped(self) -> bool:
+        """``init = false``: the first full rescan of this run is dropped (the
+        user vouches that the targets are current); later ones, which follow
+        lost events, are kept. Returns True if it was dropped before."""
+        key = "init_skipped"
+        if self.journal.get_meta(key) == self.run_id:
+            return True
+        log.info("init = false: skipping the startup sync")
+        self.journal.set_meta(key, self.run_id)
+        for q in self.targets:
+            q.synced_this_run = True
+            self.journal.set_meta(f"synced:{q.spec}", self.run_id)
+        return False
 
     def on_dispatch(self, frames: list[bytes]) -> None:
         peer, body = frames[0], frames[1:]
@@ -93,6 +114,9 @@ class Collator:
         if lease is None or lease.batch_id != msg.batch_id:
             log.debug("ignored DONE for unknown batch %d", msg.batch_id)
             return
+        if lease.moves and msg.moves_done > 0:
+            done = lease.moves[:msg.moves_done]
+            self.journal.drop_moves(q.spec, done[-1][0])
         if ok is not None:
             self.journal.complete(q.spec, ok.rows)
             if any(r.kind == TREE and r.path == b"" for r in ok.rows):
@@ -109,19 +133,24 @@ class Collator:
         for index, q in enumerate(self.targets):
             if q.ready_peer is None or q.lease is not None:
                 continue
-            if not q.due(self.journal.oldest(q.spec), now):
+            oldest = self.journal.oldest(q.spec)
+            # max_delays: enough changes flush the batch before its delay.
+            if not q.due(oldest, now, flush=q.marked >= self.sync.max_delays):
                 continue
             rows = self.journal.take(q.spec, BATCH_LIMIT, BATCH_BYTES)
             if not rows:
                 continue
+            moves = self.journal.take_moves(q.spec, BATCH_LIMIT)
             self.next_batch += 1
             peer = q.ready_peer
-            lease = q.start(self.next_batch, rows, now)
+            lease = q.start(self.next_batch, rows, now, moves)
+            q.marked = 0
             batch = proto.Batch(
                 batch_id=lease.batch_id, target=index,
                 paths=[r.path for r in rows if r.kind != TREE],
                 trees=[r.path for r in rows if r.kind == TREE],
                 startup=not q.synced_this_run,
+                moves=[[a, b] for _, a, b in moves],
             )
             if not self._send(self.dispatch, peer, batch):
                 q.lease = None  # syncer gone; wait for its next READY

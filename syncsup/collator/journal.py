@@ -16,7 +16,7 @@ not move are deleted, so a change that lands while rsync runs is never lost
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,15 @@ CREATE TABLE IF NOT EXISTS dirty (
     PRIMARY KEY (target, kind, path)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dirty_age ON dirty (target, first_seen);
+CREATE TABLE IF NOT EXISTS moves (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT    NOT NULL,
+    seq    INTEGER NOT NULL,
+    idx    INTEGER NOT NULL,
+    src    BLOB    NOT NULL,
+    dst    BLOB    NOT NULL,
+    UNIQUE (target, seq, idx)
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
 
@@ -76,19 +85,41 @@ class Journal:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
     def mark(self, targets: Iterable[str], paths: Iterable[bytes], trees: Iterable[bytes],
-             now: float) -> int:
+             now: float, moves: Sequence[Sequence[bytes]] = (), seq: int = 0) -> int:
         """Mark ``paths`` and ``trees`` dirty for every target in one
-        transaction; returns the new generation."""
+        transaction; returns the new generation.
+
+        ``moves`` (renames to replay, in order) are the one part that is a
+        log rather than a set; ``seq`` (the sender's message number) makes
+        their insert idempotent, so a resent message adds nothing.
+        """
         self.gen += 1
         gen = self.gen
+        targets = list(targets)
         items = [(PATH, p) for p in paths] + [(TREE, t) for t in trees]
         rows = [(t, kind, p, gen, now) for t in targets for kind, p in items]
         with self._tx():
             self.db.executemany(
                 "INSERT INTO dirty (target, kind, path, gen, first_seen) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (target, kind, path) DO UPDATE SET gen = excluded.gen", rows)
+            if moves:
+                self.db.executemany(
+                    "INSERT OR IGNORE INTO moves (target, seq, idx, src, dst) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(t, seq, i, m[0], m[1]) for t in targets for i, m in enumerate(moves)])
             self.set_meta("gen", str(gen))
         return gen
+
+    def take_moves(self, target: str, limit: int) -> list[tuple[int, bytes, bytes]]:
+        """The oldest ``limit`` renames pending for ``target``, in order."""
+        cur = self.db.execute(
+            "SELECT id, src, dst FROM moves WHERE target = ? ORDER BY id LIMIT ?", (target, limit))
+        return [(int(i), bytes(a), bytes(b)) for i, a, b in cur]
+
+    def drop_moves(self, target: str, upto: int) -> None:
+        """Forget renames up to id ``upto`` (they were attempted)."""
+        with self._tx():
+            self.db.execute("DELETE FROM moves WHERE target = ? AND id <= ?", (target, upto))
 
     def take(self, target: str, limit: int, max_bytes: int) -> list[Row]:
         """Up to ``limit`` dirty rows of ``target``, trees first (they are the
@@ -96,7 +127,7 @@ class Journal:
         out: list[Row] = []
         size = 0
         cur = self.db.execute(
-            "SELECT kind, path, gen FROM dirty WHERE target = ? ORDER BY kind DESC, first_seen",
+            "SELECT kind, path, gen FROM dirty WHERE target = ? ORDER BY kind DESC, path",
             (target,))
         for kind, path, gen in cur:
             out.append(Row(int(kind), bytes(path), int(gen)))
@@ -136,6 +167,7 @@ class Journal:
         with self._tx():
             first = self.oldest(target) or now
             self.db.execute("DELETE FROM dirty WHERE target = ?", (target,))
+            self.db.execute("DELETE FROM moves WHERE target = ?", (target,))
             self.db.execute(
                 "INSERT INTO dirty (target, kind, path, gen, first_seen) VALUES (?, ?, ?, ?, ?)",
                 (target, TREE, b"", self.gen, first))
@@ -147,6 +179,7 @@ class Journal:
         marks = ",".join("?" * len(keep))
         with self._tx():
             self.db.execute(f"DELETE FROM dirty WHERE target NOT IN ({marks})", keep)
+            self.db.execute(f"DELETE FROM moves WHERE target NOT IN ({marks})", keep)
 
     def _tx(self) -> _Tx:
         return _Tx(self.db)

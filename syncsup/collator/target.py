@@ -40,6 +40,7 @@ class Lease:
     incarnation: str
     rows: list[Row]
     started: float
+    moves: list[tuple[int, bytes, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class TargetQueue:
     last_ok: float | None = None
     last_error: str | None = None
     synced_this_run: bool = False
+    marked: int = 0  # changes recorded since the last batch (for max_delays)
 
     def on_ready(self, peer: bytes, incarnation: str) -> Lease | None:
         """A credit from a syncer. Returns a lease that must go back to
@@ -69,18 +71,20 @@ class TargetQueue:
             self.ready_peer, self.ready_incarnation = peer, incarnation
         return released
 
-    def due(self, oldest: float | None, now: float) -> bool:
+    def due(self, oldest: float | None, now: float, flush: bool = False) -> bool:
         """May a batch be handed out now? Needs a credit, no lease, work
-        whose batching delay has passed, and no backoff in force."""
+        whose batching delay has passed (or ``flush``: max_delays reached),
+        and no backoff in force."""
         if self.ready_peer is None or self.lease is not None or oldest is None:
             return False
         if now < self.next_try:
             return False
-        return now >= oldest + self.delay
+        return flush or now >= oldest + self.delay
 
-    def start(self, batch_id: int, rows: list[Row], now: float) -> Lease:
+    def start(self, batch_id: int, rows: list[Row], now: float,
+              moves: list[tuple[int, bytes, bytes]] | None = None) -> Lease:
         assert self.ready_incarnation is not None
-        self.lease = Lease(batch_id, self.ready_incarnation, rows, now)
+        self.lease = Lease(batch_id, self.ready_incarnation, rows, now, moves or [])
         self.ready_peer = None
         return self.lease
 

@@ -64,6 +64,10 @@ def _check(kind: str, value: Any) -> bool:
         return isinstance(value, bool)
     if kind == "bytes_list":
         return isinstance(value, list) and all(isinstance(v, bytes) for v in value)
+    if kind == "pair_list":
+        return isinstance(value, list) and all(
+            isinstance(v, list) and len(v) == 2 and all(isinstance(x, bytes) for x in v)
+            for v in value)
     if kind == "map":
         return isinstance(value, dict)
     if kind == "opt_str":

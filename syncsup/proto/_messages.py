@@ -93,13 +93,20 @@ class Events(Message):
     directory without its contents). ``trees`` are subtrees to rescan whole,
     with deletes (``b""`` is the root): this is the RESCAN of the design, sent
     at watcher start, after a queue overflow and for new directories.
+    ``moves`` are ``[from, to]`` renames inside the tree, in the order they
+    happened, for the modes that replay renames on the target; both ends are
+    in ``paths`` or ``trees`` too, so a rename that cannot be replayed is
+    repaired by the transfer.
     """
 
     TYPE: ClassVar[bytes] = b"EVENTS"
-    FIELDS: ClassVar[dict[str, str]] = {"seq": "int", "paths": "bytes_list", "trees": "bytes_list"}
+    FIELDS: ClassVar[dict[str, str]] = {
+        "seq": "int", "paths": "bytes_list", "trees": "bytes_list", "moves": "pair_list",
+    }
     seq: int
     paths: list[bytes] = field(default_factory=list)
     trees: list[bytes] = field(default_factory=list)
+    moves: list[list[bytes]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -135,19 +142,21 @@ class Batch(Message):
     ``batch_id`` names the lease. ``trees`` are synced recursively with
     deletes (``b""`` is the root); ``paths`` one by one, the filesystem read
     at transfer time decides (present: sent, absent: deleted on the target).
-    ``startup`` is true while the initial full sync is part of the batch.
+    ``startup`` is true until the initial full sync of this run succeeded.
+    ``moves`` are renames to replay on the target first (rsyncssh, direct).
     """
 
     TYPE: ClassVar[bytes] = b"BATCH"
     FIELDS: ClassVar[dict[str, str]] = {
         "batch_id": "int", "target": "int", "paths": "bytes_list", "trees": "bytes_list",
-        "startup": "bool",
+        "startup": "bool", "moves": "pair_list",
     }
     batch_id: int
     target: int
     paths: list[bytes] = field(default_factory=list)
     trees: list[bytes] = field(default_factory=list)
     startup: bool = False
+    moves: list[list[bytes]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -158,12 +167,15 @@ class Done(Message):
     ``retry`` (keep it, back off, try again) or ``fatal`` (keep it, stop the
     target until resync or restart). ``rc`` is rsync's exit code (negative for
     a signal), ``error`` a one-line reason, ``seconds`` the wall time.
+    ``moves_done`` says how many of the batch's renames were attempted: those
+    are never replayed, whatever the outcome (the transfer repairs a failed
+    one, a replay could undo a later one).
     """
 
     TYPE: ClassVar[bytes] = b"DONE"
     FIELDS: ClassVar[dict[str, str]] = {
         "batch_id": "int", "target": "int", "outcome": "str", "rc": "int", "error": "str",
-        "seconds": "float",
+        "seconds": "float", "moves_done": "int",
     }
     batch_id: int
     target: int
@@ -171,3 +183,4 @@ class Done(Message):
     rc: int = 0
     error: str = ""
     seconds: float = 0.0
+    moves_done: int = 0

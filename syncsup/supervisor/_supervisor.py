@@ -192,6 +192,8 @@ class Supervisor:
             if c is None or c.proc is None or c.proc.pid != msg.pid:
                 return  # a stale incarnation, or a stranger
             c.last_beat = time.monotonic()
+            if c.incarnation != msg.incarnation:
+                c.policy.up(c.last_beat)
             c.incarnation = msg.incarnation
             c.info = msg.info
         elif isinstance(msg, proto.StatusRequest):
@@ -230,7 +232,7 @@ class Supervisor:
             known = {t["target"]: t for t in collator.get("targets", [])
                      if isinstance(t, dict) and "target" in t}
             targets = [known.get(t.spec) or {
-                "target": t.spec, "state": "unknown", "pending": 0, "lag": None,
+                "target": t.spec, "state": "startup", "pending": 0, "lag": None,
                 "last_sync": None, "last_error": None} for t in s.targets]
             syncs.append({
                 "name": s.name, "source": str(s.source), "mode": s.mode,

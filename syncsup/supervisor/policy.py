@@ -3,7 +3,7 @@
 
 ::
 
-    STOPPED --start--> STARTING --up for STABLE_AFTER--> RUNNING
+    STOPPED --start--> STARTING --first heartbeat (up)--> RUNNING
        ^                  |  \\                             |
        |                  |   exit(78) --> FATAL           | exit
        |                  v                                v
@@ -65,12 +65,19 @@ class RestartPolicy:
         self.started_at = now
         self.next_start = None
 
+    def up(self, now: float) -> None:
+        """The process said hello (its first heartbeat): it is running,
+        unless it is degraded, which only time without restarts clears."""
+        if self.state is State.STARTING:
+            self.state = State.RUNNING
+
     def tick(self, now: float) -> None:
-        """Time passes: a process up long enough is stable."""
-        up = now - self.started_at if self.started_at is not None else -1.0
-        if self.state in (State.STARTING, State.DEGRADED) and up >= self.stable_after:
+        """Time passes: a process up for ``stable_after`` has its backoff
+        reset; a degraded one whose window has cleared is running again."""
+        alive = now - self.started_at if self.started_at is not None else -1.0
+        if alive >= self.stable_after:
             self.failures = 0
-            if self.state is State.STARTING or not self._too_many(now):
+            if self.state is State.DEGRADED and not self._too_many(now):
                 self.state = State.RUNNING
 
     def exited(self, rc: int, now: float) -> None:

@@ -1,14 +1,14 @@
-"""The syncer process: one slot per target, each running at most one rsync.
+"""The syncer process: one slot per target, each running at most one
+transfer (a rename replay, then rsync for subtrees, then rsync for paths).
 
-Single-threaded: rsync children are polled, never waited on, so one hung
-transfer cannot stall the other targets, the heartbeats or a stop request.
-Every rsync runs in its own process group with PR_SET_PDEATHSIG, so killing
-the syncer (or its whole group) never leaves a transfer behind.
+Single-threaded: children are polled, never waited on, so one hung transfer
+cannot stall the other targets, the heartbeats or a stop request. Every
+child runs in its own process group with PR_SET_PDEATHSIG, so killing the
+syncer (or its whole group) never leaves a transfer behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -23,45 +23,68 @@ import zmq
 from syncsup import config as cfg
 from syncsup import proto
 from syncsup._runtime import ChildRuntime, endpoint, set_pdeathsig, setup_logging
-from syncsup.syncer.argv import rsync_argv
+from syncsup.syncer.argv import rsync_argv, ssh_argv
 from syncsup.syncer.exitcodes import Outcome, classify
+from syncsup.syncer.moves import local_renames, remote_rename_command
+from syncsup.syncer.tokens import Tokens
 
 __all__ = ["Syncer", "main"]
 
 log = logging.getLogger("syncsup.syncer")
 
 READY_REPEAT = 2.0   # seconds between repeated credits while idle
-STOP_GRACE = 2.0     # seconds between SIGTERM and SIGKILL of an rsync group
+STOP_GRACE = 2.0     # seconds between SIGTERM and SIGKILL of a child group
+MASTER_RETRY = (2.0, 60.0)  # backoff of the ssh master connection: first, cap
 
 
 @dataclass
 class Slot:
-    """One target's transfer in progress, if any."""
+    """One target: its transfer in progress, if any, and its ssh master."""
 
     index: int
     target: cfg.Target
+    control_path: str | None = None
     batch: proto.Batch | None = None
     phases: list[str] = field(default_factory=list)
+    phase: str = ""
     proc: subprocess.Popen[bytes] | None = None
     errfile: IO[bytes] | None = None
+    token: IO[str] | None = None
     started: float = 0.0
+    moves_done: int = 0
     last_ready: float = 0.0
+    master: subprocess.Popen[bytes] | None = None
+    master_failures: int = 0
+    master_next: float = 0.0
 
 
 def _names(paths: list[bytes]) -> bytes:
     return b"".join((p or b".") + b"\0" for p in paths)
 
 
+def _spawn(argv: list[str], stdin: Any = subprocess.DEVNULL,
+           stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """A child in its own process group that dies with us."""
+    return subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=stderr,
+                            start_new_session=True, preexec_fn=set_pdeathsig, close_fds=True)
+
+
 class Syncer:
     def __init__(self, conf: cfg.Config, sync: cfg.Sync) -> None:
         self.sync = sync
-        self.rt = ChildRuntime(conf.settings.state_dir, "syncer", f"syncer:{sync.name}")
-        self.tmp = conf.settings.state_dir / "tmp"
+        state_dir = conf.settings.state_dir
+        self.rt = ChildRuntime(state_dir, "syncer", f"syncer:{sync.name}")
+        self.tmp = state_dir / "tmp"
         self.tmp.mkdir(mode=0o700, exist_ok=True)
+        self.tokens = Tokens(state_dir / "slots", conf.settings.max_processes)
         self.sock = self.rt.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint(conf.settings.state_dir, f"dispatch-{sync.name}"))
+        self.sock.connect(endpoint(state_dir, f"dispatch-{sync.name}"))
         self.slots = [Slot(i, t) for i, t in enumerate(sync.targets)]
+        for slot in self.slots:
+            cp = f"{state_dir}/cm-{sync.name}-{slot.index}"
+            if slot.target.is_remote and len(cp) < 100:
+                slot.control_path = cp
         self.transfers = 0
 
     def send(self, msg: proto.Message) -> None:
@@ -74,7 +97,38 @@ class Syncer:
         slot.last_ready = now
         self.send(proto.Ready(target=slot.index, incarnation=self.rt.incarnation))
 
-    # -- transfers ---------------------------------------------------------
+    # -- ssh master ------------------------------------------------------------
+
+    def tend_master(self, slot: Slot, now: float) -> None:
+        """Keep one multiplexing ssh connection per remote target, so a
+        transfer costs no handshake; if it is down, transfers connect
+        directly (ControlMaster=no falls back) and it is retried with backoff."""
+        if slot.control_path is None or slot.target.host is None:
+            return
+        if slot.master is not None:
+            rc = slot.master.poll()
+            if rc is None:
+                return
+            slot.master = None
+            slot.master_failures += 1
+            first, cap = MASTER_RETRY
+            slot.master_next = now + min(cap, first * 2 ** (slot.master_failures - 1))
+            log.info("target %s: ssh master connection ended (rc %d); direct connections "
+                     "until it is back", slot.target.spec, rc)
+            return
+        if now < slot.master_next:
+            return
+        login = (f"{slot.target.user}@{slot.target.host}" if slot.target.user
+                 else slot.target.host)
+        argv = [*ssh_argv(self.sync), "-M", "-N", "-o", f"ControlPath={slot.control_path}",
+                "-o", "ControlPersist=no", "--", login]
+        try:
+            slot.master = _spawn(argv)
+        except OSError as exc:
+            log.error("cannot run ssh: %s", exc)
+            slot.master_next = now + MASTER_RETRY[1]
+
+    # -- transfers ---------------------------------------------------------------
 
     def on_batch(self, batch: proto.Batch) -> None:
         if not 0 <= batch.target < len(self.slots):
@@ -85,39 +139,84 @@ class Syncer:
             log.warning("target %s busy, dropped batch %d", slot.target.spec, batch.batch_id)
             return
         slot.batch = batch
-        slot.phases = (["tree"] if batch.trees else []) + (["paths"] if batch.paths else [])
+        slot.phases = ((["moves"] if batch.moves and self.sync.moves_on_target else [])
+                       + (["tree"] if batch.trees else []) + (["paths"] if batch.paths else []))
+        slot.moves_done = 0
         slot.started = time.monotonic()
         self.next_phase(slot)
 
-    def list_file(self, slot: Slot, kind: str) -> Path:
-        return self.tmp / f"{self.sync.name}-{slot.index}-{kind}.list"
-
     def next_phase(self, slot: Slot) -> None:
+        """Start the slot's next phase, or finish the batch if none is left.
+        Waits (returns with nothing started) while max_processes is reached."""
         assert slot.batch is not None
         if not slot.phases:
             self.finish(slot, Outcome.OK, 0, "")
             return
+        if slot.token is None:
+            slot.token = self.tokens.acquire()
+            if slot.token is None:
+                return  # every transfer token is taken; retried from the loop
+        batch = slot.batch
         kind = slot.phases.pop(0)
-        names = slot.batch.trees if kind == "tree" else slot.batch.paths
-        lst = self.list_file(slot, kind)
+        slot.phase = kind
+        if slot.errfile is None:
+            slot.errfile = open(self.tmp / f"{self.sync.name}-{slot.index}.err", "w+b")  # noqa: SIM115
+        slot.errfile.seek(0)
+        slot.errfile.truncate()
+        lst = self.tmp / f"{self.sync.name}-{slot.index}-{kind}.list"
+        if kind == "moves":
+            lst.write_bytes(b"".join(a + b"\0" + b + b"\0" for a, b in batch.moves))
+            if not slot.target.is_remote:
+                slot.moves_done = len(batch.moves)
+                applied = local_renames(slot.target.path, batch.moves)
+                log.debug("target %s: %d of %d renames replayed", slot.target.spec, applied,
+                          len(batch.moves))
+                self.next_phase(slot)
+                return
+            argv = [*ssh_argv(self.sync, slot.control_path), "--", self._login(slot),
+                    remote_rename_command(slot.target.path)]
+            self._start(slot, argv, stdin_path=lst)
+            return
+        names = batch.trees if kind == "tree" else batch.paths
         lst.write_bytes(_names(names))
-        argv = rsync_argv(self.sync, slot.target, kind, str(lst), slot.batch.startup)
+        verify = kind == "tree" and b"" in batch.trees and not batch.startup
+        argv = rsync_argv(self.sync, slot.target, kind, str(lst), batch.startup, verify,
+                          slot.control_path)
+        self._start(slot, argv)
+
+    def _login(self, slot: Slot) -> str:
+        t = slot.target
+        assert t.host is not None
+        return f"{t.user}@{t.host}" if t.user else t.host
+
+    def _start(self, slot: Slot, argv: list[str], stdin_path: Path | None = None) -> None:
         log.debug("target %s: %s", slot.target.spec, argv)
-        slot.errfile = open(self.tmp / f"{self.sync.name}-{slot.index}.err", "w+b")  # noqa: SIM115
         try:
-            slot.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slot.errfile,
-                start_new_session=True, preexec_fn=set_pdeathsig, close_fds=True)
+            if stdin_path is not None:
+                with open(stdin_path, "rb") as stdin:
+                    slot.proc = _spawn(argv, stdin=stdin, stderr=slot.errfile)
+            else:
+                slot.proc = _spawn(argv, stderr=slot.errfile)
         except OSError as exc:
-            self.finish(slot, Outcome.FATAL, 127, f"cannot run rsync: {exc}")
+            self.finish(slot, Outcome.FATAL, 127, f"cannot run {argv[0]}: {exc}")
 
     def poll_slot(self, slot: Slot) -> None:
+        if slot.batch is not None and slot.proc is None and slot.token is None:
+            self.next_phase(slot)  # was waiting for a transfer token
+            return
         if slot.proc is None:
             return
         rc = slot.proc.poll()
         if rc is None:
             return
         slot.proc = None
+        if slot.phase == "moves":
+            if rc == 255:  # ssh could not reach the target: nothing was renamed
+                self.finish(slot, Outcome.RETRY, rc, self.stderr_tail(slot) or "ssh failed")
+                return
+            slot.moves_done = len(slot.batch.moves) if slot.batch else 0
+            self.next_phase(slot)
+            return
         outcome = classify(rc)
         if outcome is Outcome.OK:
             self.next_phase(slot)
@@ -138,39 +237,47 @@ class Syncer:
         seconds = time.monotonic() - slot.started
         self.transfers += 1
         level = logging.INFO if outcome is Outcome.OK else logging.WARNING
-        log.log(level, "target %s: batch %d, %d paths, %d trees, %.2fs: %s%s",
-                slot.target.spec, batch.batch_id, len(batch.paths), len(batch.trees), seconds,
-                outcome.value, f" (rc {rc}: {error})" if outcome is not Outcome.OK else "")
+        log.log(level, "target %s: batch %d, %d paths, %d trees, %d renames, %.2fs: %s%s",
+                slot.target.spec, batch.batch_id, len(batch.paths), len(batch.trees),
+                slot.moves_done, seconds, outcome.value,
+                f" (rc {rc}: {error})" if outcome is not Outcome.OK else "")
         self.send(proto.Done(batch_id=batch.batch_id, target=slot.index, outcome=outcome.value,
-                             rc=rc, error=error, seconds=seconds))
+                             rc=rc, error=error, seconds=seconds, moves_done=slot.moves_done))
         if slot.errfile is not None:
             slot.errfile.close()
             slot.errfile = None
+        if slot.token is not None:
+            slot.token.close()  # releases the flock
+            slot.token = None
         slot.batch = None
         slot.phases = []
+        slot.phase = ""
         self.ready(slot, time.monotonic())
 
     def kill_all(self) -> None:
-        """TERM every rsync group, give them STOP_GRACE, then KILL."""
-        procs = [s.proc for s in self.slots if s.proc is not None]
+        """TERM every child group, give them STOP_GRACE, then KILL."""
+        procs = [p for s in self.slots for p in (s.proc, s.master) if p is not None]
         for p in procs:
             _killpg(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
         for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            try:
                 p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
             _killpg(p.pid, signal.SIGKILL)
             p.wait()
 
-    # -- main loop -------------------------------------------------------------
+    # -- main loop -------------------------------------------------------------------
 
     def run(self) -> int:
         now = time.monotonic()
         for slot in self.slots:
+            self.tend_master(slot, now)
             self.ready(slot, now)
         while not self.rt.stopping and self.rt.parent_alive():
-            busy = any(s.proc is not None for s in self.slots)
-            if self.sock.poll(50 if busy else 200, zmq.POLLIN):
+            busy = any(s.batch is not None for s in self.slots)
+            if self.sock.poll(20 if busy else 200, zmq.POLLIN):
                 for _ in range(100):
                     try:
                         frames = self.sock.recv_multipart(zmq.NOBLOCK)
@@ -188,6 +295,7 @@ class Syncer:
             now = time.monotonic()
             for slot in self.slots:
                 self.poll_slot(slot)
+                self.tend_master(slot, now)
                 if slot.batch is None and now - slot.last_ready >= READY_REPEAT:
                     self.ready(slot, now)
             self.rt.heartbeat(self.info)
@@ -201,8 +309,10 @@ class Syncer:
 
 
 def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
+    try:
         os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def main(argv: list[str]) -> int:

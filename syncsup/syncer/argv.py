@@ -8,8 +8,12 @@ config file.
 Two kinds of transfer (design, section 4):
 
 * ``tree``: subtrees rescanned whole, recursively, with ``--delete``
-  (startup, overflow, new directories). No ``-I``: rsync's quick check is
-  right for a full comparison and makes it cheap.
+  (startup, overflow, new directories). No ``-I``: rsync's quick check,
+  exact to the nanosecond (``--modify-window=-1``), keeps a full comparison
+  cheap. A rescan that is not the startup one means events were lost (a
+  watcher restart, a queue overflow); a lost same-size rewrite that kept its
+  mtime would pass the quick check, so those add ``--checksum``, which costs
+  a read only of files whose size matches on both sides.
 * ``paths``: entries named by events, one by one (``-d``, no recursion).
   ``-I`` because the quick check would skip a same-size rewrite made within
   one timestamp tick; ``--delete-missing-args`` so that a path gone from
@@ -23,16 +27,20 @@ import shlex
 
 from syncsup.config import Sync, Target
 
-__all__ = ["SSH_DEFAULTS", "rsync_argv", "ssh_command"]
+__all__ = ["SSH_DEFAULTS", "rsync_argv", "ssh_argv", "ssh_command"]
 
 # Fail fast on a dead host and notice a dead connection, instead of hanging.
 SSH_DEFAULTS = ("BatchMode=yes", "ConnectTimeout=10", "ServerAliveInterval=15",
                 "ServerAliveCountMax=3")
 
 
-def ssh_command(sync: Sync) -> str:
-    """The ``-e`` argument for rsync. rsync splits it itself (spaces, with
-    single or double quotes), so every part is quoted."""
+def ssh_argv(sync: Sync, control_path: str | None = None) -> list[str]:
+    """ssh and its options for ``sync`` (without host or command).
+
+    ``control_path`` points at the syncer's multiplexing master for this
+    target (``ControlMaster=no``: use it if it is up, else connect directly),
+    so a transfer costs no new ssh handshake.
+    """
     parts = ["ssh"]
     if sync.ssh.port is not None:
         parts += ["-p", str(sync.ssh.port)]
@@ -44,26 +52,56 @@ def ssh_command(sync: Sync) -> str:
             parts += ["-o", opt]
     for opt in sync.ssh.options:
         parts += ["-o", opt]
-    return " ".join(shlex.quote(p) for p in parts)
+    if control_path is not None:
+        parts += ["-o", "ControlMaster=no", "-o", f"ControlPath={control_path}"]
+    return parts
+
+
+def ssh_command(sync: Sync, control_path: str | None = None) -> str:
+    """The ``-e`` argument for rsync. rsync splits it itself (spaces, with
+    single or double quotes), so every part is quoted."""
+    return " ".join(shlex.quote(p) for p in ssh_argv(sync, control_path))
 
 
 def rsync_argv(sync: Sync, target: Target, kind: str, list_file: str, startup: bool,
-               rsync: str = "rsync") -> list[str]:
+               verify: bool = False, control_path: str | None = None) -> list[str]:
     """argv for one transfer of ``kind`` (``tree`` or ``paths``) of ``sync``
-    to ``target``, reading NUL-separated relative names from ``list_file``."""
+    to ``target``, reading NUL-separated relative names from ``list_file``.
+    ``verify`` adds ``--checksum`` to a tree transfer (a rescan after lost
+    events)."""
     if kind not in ("tree", "paths"):
         raise ValueError(f"unknown transfer kind {kind!r}")
+    opts = sync.rsync
     deletes = sync.delete is True or sync.delete == ("startup" if startup else "running")
-    argv = [rsync, "-a", "--from0", f"--files-from={list_file}", "--force"]
+    # Without archive, keep symlinks as symlinks and times (for the quick check).
+    argv = [opts.binary, "-a" if opts.archive else "-lt", "--from0",
+            f"--files-from={list_file}", "--force"]
     if kind == "tree":
-        argv += ["-r"]
+        argv += ["-r", "--modify-window=-1"]
+        if verify or opts.checksum:
+            argv += ["--checksum"]
         if deletes:
             argv += ["--delete"]
     else:
         argv += ["-d", "-I"]
     argv += ["--delete-missing-args" if deletes else "--ignore-missing-args"]
+    if opts.compress:
+        argv += ["-z"]
+    for flag, value in (("--bwlimit", opts.bwlimit), ("--chown", opts.chown),
+                        ("--chmod", opts.chmod), ("--usermap", opts.usermap),
+                        ("--groupmap", opts.groupmap)):
+        if value is not None:
+            argv += [f"{flag}={value}"]
+    if opts.timeout:
+        argv += [f"--timeout={opts.timeout}"]
     argv += [f"--exclude={pattern}" for pattern in sync.exclude]
+    if sync.exclude_from is not None:
+        argv += [f"--exclude-from={sync.exclude_from}"]
+    argv += [f"--filter={rule}" for rule in sync.filter]
+    if sync.filter_from is not None:
+        argv += [f"--filter=merge {sync.filter_from}"]
+    argv += list(opts.extra)
     if target.is_remote:
-        argv += ["-e", ssh_command(sync)]
+        argv += ["-e", ssh_command(sync, control_path)]
     argv += [str(sync.source).rstrip("/") + "/", target.rsync_dest()]
     return argv

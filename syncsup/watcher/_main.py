@@ -53,7 +53,9 @@ class Watcher:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint(conf.settings.state_dir, f"ingest-{sync.name}"))
         self.ino = INotify(nonblocking=True)
-        self.tree = WatchTree(os.fsencode(sync.source), self.ino.add_watch, self.ino.rm_watch)
+        self.tree = WatchTree(os.fsencode(sync.source), self.ino.add_watch, self.ino.rm_watch,
+                              self.progress)
+        self._last_progress = time.monotonic()
         self.seq = int(time.time() * 1000) << 16  # unique across restarts
         self.inflight: dict[int, tuple[float, list[bytes]]] = {}
         self.pending = Changes()
@@ -64,7 +66,8 @@ class Watcher:
         for i in range(0, max(len(paths), 1), MAX_PATHS_PER_MSG):
             self.seq += 1
             frames = proto.encode(proto.Events(
-                seq=self.seq, paths=paths[i:i + MAX_PATHS_PER_MSG], trees=trees if i == 0 else []))
+                seq=self.seq, paths=paths[i:i + MAX_PATHS_PER_MSG], trees=trees if i == 0 else [],
+                moves=[[a, b] for a, b in changes.moves] if i == 0 else []))
             self.inflight[self.seq] = (time.monotonic(), frames)
             self.sock.send_multipart(frames)
 
@@ -101,6 +104,7 @@ class Watcher:
                 raise SystemExit(f"source root {self.sync.source} was moved or deleted")
             self.pending.paths |= changes.paths
             self.pending.trees |= changes.trees
+            self.pending.moves += changes.moves
             if len(self.pending.paths) >= MAX_PATHS_PER_MSG:
                 break
         if self.pending:
@@ -111,6 +115,14 @@ class Watcher:
         return {"sync": self.sync.name, "watches": len(self.tree.paths),
                 "unwatched": len(self.tree.failed), "overflows": self.overflows,
                 "inflight": len(self.inflight)}
+
+    def progress(self, watches: int) -> None:
+        """Called per new watch: log progress of long walks, keep beating."""
+        now = time.monotonic()
+        if now - self._last_progress >= 5:
+            self._last_progress = now
+            log.info("placing watches: %d directories so far", watches)
+        self.rt.heartbeat(self.info)
 
     def wait_for_source(self) -> bool:
         """Block (heartbeating) until the source root is a directory."""
@@ -130,16 +142,7 @@ class Watcher:
         if not self.wait_for_source():
             return 0
         started = time.monotonic()
-        last_log = [started]
-
-        def progress(n: int) -> None:
-            now = time.monotonic()
-            if now - last_log[0] >= 5:
-                last_log[0] = now
-                log.info("placing watches: %d directories so far", n)
-            self.rt.heartbeat(self.info)
-
-        self.tree.watch(b"", progress)
+        self.tree.watch(b"")
         log.info("watching %s: %d directories in %.1fs", self.sync.source, len(self.tree.paths),
                  time.monotonic() - started)
         # Watches first, then the full rescan: nothing falls in between.

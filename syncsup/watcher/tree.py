@@ -34,6 +34,7 @@ class Changes:
 
     paths: set[bytes] = field(default_factory=set)
     trees: set[bytes] = field(default_factory=set)
+    moves: list[tuple[bytes, bytes]] = field(default_factory=list)
     root_gone: bool = False
     overflow: bool = False
 
@@ -45,8 +46,12 @@ class WatchTree:
     """Watch descriptors of one source tree."""
 
     def __init__(self, root: bytes, add_watch: Callable[[bytes, int], int],
-                 rm_watch: Callable[[int], None]) -> None:
+                 rm_watch: Callable[[int], None],
+                 progress: Callable[[int], None] | None = None) -> None:
+        """``progress(n_watches)`` is called after each new watch, so a long
+        walk of a big tree can log and keep heartbeating."""
         self.root = root
+        self.progress = progress
         self._add = add_watch
         self._rm = rm_watch
         self.paths: dict[int, bytes] = {}
@@ -56,7 +61,7 @@ class WatchTree:
     def abspath(self, rel: bytes) -> bytes:
         return join(self.root, rel) if rel else self.root
 
-    def watch(self, rel: bytes, progress: Callable[[int], None] | None = None) -> None:
+    def watch(self, rel: bytes) -> None:
         """Watch ``rel`` and every directory below it (symlinks not followed)."""
         stack = [rel]
         while stack:
@@ -76,8 +81,8 @@ class WatchTree:
                     continue
                 raise
             self.paths[wd] = d
-            if progress is not None:
-                progress(len(self.paths))
+            if self.progress is not None:
+                self.progress(len(self.paths))
             try:
                 with os.scandir(self.abspath(d)) as it:
                     for entry in it:
@@ -101,8 +106,14 @@ class WatchTree:
                 pass  # the kernel dropped it already
 
     def apply(self, events: Iterable[tuple[int, int, int, bytes]], changes: Changes) -> None:
-        """Fold raw ``(wd, mask, cookie, name)`` events into ``changes``."""
-        for wd, mask, _cookie, name in events:
+        """Fold raw ``(wd, mask, cookie, name)`` events into ``changes``.
+
+        A MOVED_FROM and MOVED_TO with the same cookie in one read are a
+        rename inside the tree and are recorded in ``changes.moves`` too; an
+        unpaired one is just a delete or a create.
+        """
+        moved_from: dict[int, bytes] = {}
+        for wd, mask, cookie, name in events:
             if mask & F.Q_OVERFLOW:
                 changes.overflow = True
                 changes.trees.add(b"")
@@ -122,12 +133,18 @@ class WatchTree:
                 continue
             path = join(parent, name)
             is_dir = bool(mask & F.ISDIR)
+            if mask & F.MOVED_FROM:
+                moved_from[cookie] = path
+            elif mask & F.MOVED_TO and cookie in moved_from:
+                changes.moves.append((moved_from.pop(cookie), path))
             if is_dir and mask & (F.CREATE | F.MOVED_TO):
                 # Watch first, then rescan: a change in between is seen by one.
                 self.watch(path)
                 changes.trees.add(path)
             elif is_dir and mask & F.MOVED_FROM:
+                # A tree, not a path: if something comes back at this name
+                # its whole content must be compared, not just the entry.
                 self.forget(path)
-                changes.paths.add(path)
+                changes.trees.add(path)
             else:
                 changes.paths.add(path)
