@@ -13,7 +13,7 @@ import zmq
 from syncsup import config as cfg
 from syncsup import proto
 from syncsup._runtime import ChildRuntime, endpoint, setup_logging
-from syncsup.collator.journal import TREE, Journal
+from syncsup.collator.journal import CREATED, PATH, TREE, Journal
 from syncsup.collator.target import TargetQueue
 
 __all__ = ["Collator", "main"]
@@ -65,7 +65,8 @@ class Collator:
         for q in self.targets:
             q.marked += len(msg.paths) + len(trees)
         self.journal.mark((t.spec for t in self.sync.targets), msg.paths, trees, time.time(),
-                          moves=moves, seq=msg.seq)
+                          moves=moves, seq=msg.seq,
+                          created=msg.created if self.sync.mode == "command" else ())
         self._send(self.ingest, peer, proto.Ack(seq=msg.seq))
         if msg.trees:
             log.info("rescan requested: %s", ", ".join(
@@ -147,8 +148,9 @@ class Collator:
             q.marked = 0
             batch = proto.Batch(
                 batch_id=lease.batch_id, target=index,
-                paths=[r.path for r in rows if r.kind != TREE],
+                paths=[r.path for r in rows if r.kind == PATH],
                 trees=[r.path for r in rows if r.kind == TREE],
+                created=[r.path for r in rows if r.kind == CREATED],
                 startup=not q.synced_this_run,
                 moves=[[a, b] for _, a, b in moves],
             )

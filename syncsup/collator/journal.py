@@ -20,10 +20,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PATH", "TREE", "Journal", "Row"]
+__all__ = ["CREATED", "PATH", "TREE", "Journal", "Row"]
 
 PATH = 0  # sync this entry alone (a directory without its contents)
 TREE = 1  # sync this subtree recursively, deleting extras on the target
+CREATED = 2  # command mode: this path appeared (on_create rather than on_modify)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dirty (
@@ -85,7 +86,8 @@ class Journal:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
     def mark(self, targets: Iterable[str], paths: Iterable[bytes], trees: Iterable[bytes],
-             now: float, moves: Sequence[Sequence[bytes]] = (), seq: int = 0) -> int:
+             now: float, moves: Sequence[Sequence[bytes]] = (), seq: int = 0,
+             created: Iterable[bytes] = ()) -> int:
         """Mark ``paths`` and ``trees`` dirty for every target in one
         transaction; returns the new generation.
 
@@ -96,7 +98,8 @@ class Journal:
         self.gen += 1
         gen = self.gen
         targets = list(targets)
-        items = [(PATH, p) for p in paths] + [(TREE, t) for t in trees]
+        items = ([(PATH, p) for p in paths] + [(TREE, t) for t in trees]
+                 + [(CREATED, c) for c in created])
         rows = [(t, kind, p, gen, now) for t in targets for kind, p in items]
         with self._tx():
             self.db.executemany(

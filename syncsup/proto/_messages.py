@@ -96,17 +96,21 @@ class Events(Message):
     ``moves`` are ``[from, to]`` renames inside the tree, in the order they
     happened, for the modes that replay renames on the target; both ends are
     in ``paths`` or ``trees`` too, so a rename that cannot be replayed is
-    repaired by the transfer.
+    repaired by the transfer. ``created`` (command mode only) are the paths
+    among ``paths`` that appeared (created or moved in), so that an action can
+    tell ``on_create`` from ``on_modify``.
     """
 
     TYPE: ClassVar[bytes] = b"EVENTS"
     FIELDS: ClassVar[dict[str, str]] = {
         "seq": "int", "paths": "bytes_list", "trees": "bytes_list", "moves": "pair_list",
+        "created": "bytes_list",
     }
     seq: int
     paths: list[bytes] = field(default_factory=list)
     trees: list[bytes] = field(default_factory=list)
     moves: list[list[bytes]] = field(default_factory=list)
+    created: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -143,13 +147,15 @@ class Batch(Message):
     deletes (``b""`` is the root); ``paths`` one by one, the filesystem read
     at transfer time decides (present: sent, absent: deleted on the target).
     ``startup`` is true until the initial full sync of this run succeeded.
-    ``moves`` are renames to replay on the target first (rsyncssh, direct).
+    ``moves`` are renames to replay on the target first (rsyncssh, direct)
+    or to report to ``on_move`` (command). ``created`` (command mode) marks
+    paths that appeared since the last batch.
     """
 
     TYPE: ClassVar[bytes] = b"BATCH"
     FIELDS: ClassVar[dict[str, str]] = {
         "batch_id": "int", "target": "int", "paths": "bytes_list", "trees": "bytes_list",
-        "startup": "bool", "moves": "pair_list",
+        "startup": "bool", "moves": "pair_list", "created": "bytes_list",
     }
     batch_id: int
     target: int
@@ -157,6 +163,7 @@ class Batch(Message):
     trees: list[bytes] = field(default_factory=list)
     startup: bool = False
     moves: list[list[bytes]] = field(default_factory=list)
+    created: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

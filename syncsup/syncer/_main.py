@@ -13,11 +13,13 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import msgpack
 import zmq
 
 from syncsup import config as cfg
@@ -72,6 +74,7 @@ def _spawn(argv: list[str], stdin: Any = subprocess.DEVNULL,
 class Syncer:
     def __init__(self, conf: cfg.Config, sync: cfg.Sync) -> None:
         self.sync = sync
+        self.config_path = conf.path
         state_dir = conf.settings.state_dir
         self.rt = ChildRuntime(state_dir, "syncer", f"syncer:{sync.name}")
         self.tmp = state_dir / "tmp"
@@ -139,8 +142,12 @@ class Syncer:
             log.warning("target %s busy, dropped batch %d", slot.target.spec, batch.batch_id)
             return
         slot.batch = batch
-        slot.phases = ((["moves"] if batch.moves and self.sync.moves_on_target else [])
-                       + (["tree"] if batch.trees else []) + (["paths"] if batch.paths else []))
+        if self.sync.mode == "command":
+            slot.phases = ["command"]
+        else:
+            slot.phases = ((["moves"] if batch.moves and self.sync.moves_on_target else [])
+                           + (["tree"] if batch.trees else [])
+                           + (["paths"] if batch.paths else []))
         slot.moves_done = 0
         slot.started = time.monotonic()
         self.next_phase(slot)
@@ -176,6 +183,14 @@ class Syncer:
             argv = [*ssh_argv(self.sync, slot.control_path), "--", self._login(slot),
                     remote_rename_command(slot.target.path)]
             self._start(slot, argv, stdin_path=lst)
+            return
+        if kind == "command":
+            lst.write_bytes(msgpack.packb({
+                "moves": batch.moves, "trees": batch.trees, "paths": batch.paths,
+                "created": batch.created, "startup": batch.startup}, use_bin_type=True))
+            slot.moves_done = len(batch.moves)  # reported again only if the batch fails
+            self._start(slot, [sys.executable, "-m", "syncsup.syncer.actions",
+                               str(self.config_path), self.sync.name, str(slot.index), str(lst)])
             return
         names = batch.trees if kind == "tree" else batch.paths
         lst.write_bytes(_names(names))
@@ -217,11 +232,17 @@ class Syncer:
             slot.moves_done = len(slot.batch.moves) if slot.batch else 0
             self.next_phase(slot)
             return
-        outcome = classify(rc)
+        if slot.phase == "command":
+            if rc != 0:
+                slot.moves_done = 0
+            outcome = Outcome.OK if rc == 0 else Outcome.RETRY
+        else:
+            outcome = classify(rc)
         if outcome is Outcome.OK:
             self.next_phase(slot)
             return
-        self.finish(slot, outcome, rc, self.stderr_tail(slot) or f"rsync exited with {rc}")
+        self.finish(slot, outcome, rc,
+                    self.stderr_tail(slot) or f"{slot.phase} transfer exited with {rc}")
 
     def stderr_tail(self, slot: Slot) -> str:
         if slot.errfile is None:

@@ -60,6 +60,7 @@ class Watcher:
         self.inflight: dict[int, tuple[float, list[bytes]]] = {}
         self.pending = Changes()
         self.overflows = 0
+        self.commands = sync.mode == "command"
 
     def send(self, changes: Changes) -> None:
         paths, trees = sorted(changes.paths), sorted(changes.trees)
@@ -67,7 +68,8 @@ class Watcher:
             self.seq += 1
             frames = proto.encode(proto.Events(
                 seq=self.seq, paths=paths[i:i + MAX_PATHS_PER_MSG], trees=trees if i == 0 else [],
-                moves=[[a, b] for a, b in changes.moves] if i == 0 else []))
+                moves=[[a, b] for a, b in changes.moves] if i == 0 else [],
+                created=sorted(changes.created) if i == 0 and self.commands else []))
             self.inflight[self.seq] = (time.monotonic(), frames)
             self.sock.send_multipart(frames)
 
@@ -105,6 +107,7 @@ class Watcher:
             self.pending.paths |= changes.paths
             self.pending.trees |= changes.trees
             self.pending.moves += changes.moves
+            self.pending.created |= changes.created
             if len(self.pending.paths) >= MAX_PATHS_PER_MSG:
                 break
         if self.pending:

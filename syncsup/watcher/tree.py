@@ -35,6 +35,7 @@ class Changes:
     paths: set[bytes] = field(default_factory=set)
     trees: set[bytes] = field(default_factory=set)
     moves: list[tuple[bytes, bytes]] = field(default_factory=list)
+    created: set[bytes] = field(default_factory=set)  # new names (for command mode)
     root_gone: bool = False
     overflow: bool = False
 
@@ -133,6 +134,8 @@ class WatchTree:
                 continue
             path = join(parent, name)
             is_dir = bool(mask & F.ISDIR)
+            if mask & (F.CREATE | F.MOVED_TO):
+                changes.created.add(path)
             if mask & F.MOVED_FROM:
                 moved_from[cookie] = path
             elif mask & F.MOVED_TO and cookie in moved_from:

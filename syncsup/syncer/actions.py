@@ -1,0 +1,203 @@
+"""Command mode: user actions per change, run in a child process per batch.
+
+Two layers, as Lsyncd has shell and Lua:
+
+* **argv templates** in the config (``on_create``, ``on_modify``,
+  ``on_delete``, ``on_move``, ``on_startup``): lists of strings, run
+  directly with ``execve`` — never through a shell — after replacing these
+  placeholders inside each element:
+
+  ==============  ======================================================
+  ``{path}``      absolute path of the changed entry in the source
+  ``{name}``      the same path relative to the source root
+  ``{source}``    the source root
+  ``{target}``    the target as written in the config ("" if none)
+  ``{from}``      ``on_move``: absolute old path
+  ``{to}``        ``on_move``: absolute new path
+  ``{kind}``      ``create``, ``modify``, ``delete``, ``move`` or ``startup``
+  ``{sync}``      the sync's name
+  ==============  ======================================================
+
+  A file name is always one argv element, whatever bytes it holds: a name
+  like ``$(touch pwned)`` is passed as those characters and runs nothing.
+
+* **a Python class** (``action = "package.module:Class"``), importable by
+  the daemon's interpreter: see :class:`Action` for the API.
+
+Semantics: each batch runs in a fresh child process (so a crashing action
+cannot take the syncer down, and a hung one is killed with its group).
+Moves are reported first, in order, then new subtrees, then paths: an entry
+that exists is ``create`` if it appeared since the last batch, else
+``modify``; one that is gone is ``delete`` (unless it appeared and vanished
+within the batch, which reports nothing). With ``on_move`` configured the
+two ends of a reported rename do not also fire create/delete. A startup or
+after lost events, ``on_startup`` runs once (with ``{path}`` = the source).
+The first failing action (non-zero exit or an exception) fails the batch,
+which is retried with backoff: **actions must be idempotent**, since a
+retried batch runs its earlier actions again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from typing import Any
+
+import msgpack
+
+from syncsup import config as cfg
+
+__all__ = ["Action", "ActionError", "TemplateAction", "load_action", "run_batch"]
+
+
+class ActionError(RuntimeError):
+    """An action failed; the message says which and why."""
+
+
+class Action:
+    """Base class of Python actions. Subclass it and override what you need.
+
+    The constructor gets the :class:`syncsup.config.Sync` and the
+    :class:`syncsup.config.Target`. Paths are ``bytes``, relative to the
+    source root (``b""`` is the root). Raise any exception to fail the batch.
+    """
+
+    def __init__(self, sync: cfg.Sync, target: cfg.Target) -> None:
+        self.sync = sync
+        self.target = target
+
+    def on_startup(self) -> None:
+        """The whole tree may have changed (startup, lost events)."""
+
+    def on_create(self, path: bytes) -> None:
+        """``path`` appeared (created or moved in from outside)."""
+
+    def on_modify(self, path: bytes) -> None:
+        """``path`` changed (content or attributes)."""
+
+    def on_delete(self, path: bytes) -> None:
+        """``path`` is gone."""
+
+    def on_move(self, src: bytes, dst: bytes) -> None:
+        """``src`` was renamed to ``dst`` inside the tree."""
+
+    def handles_moves(self) -> bool:
+        """Whether on_move is meaningful (else a move is delete + create)."""
+        return type(self).on_move is not Action.on_move
+
+
+class TemplateAction(Action):
+    """Runs the argv templates of the config."""
+
+    def _run(self, kind: str, template: tuple[str, ...], **values: bytes) -> None:
+        if not template:
+            return
+        fields: dict[str, bytes] = {
+            "source": os.fsencode(self.sync.source), "target": os.fsencode(self.target.path),
+            "sync": self.sync.name.encode(), "kind": kind.encode(), **values,
+        }
+        argv = [_fill(arg, fields) for arg in template]
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False)
+        except OSError as exc:
+            raise ActionError(f"on_{kind}: cannot run {template[0]!r}: {exc.strerror}") from None
+        if proc.returncode != 0:
+            raise ActionError(f"on_{kind} exited with {proc.returncode} "
+                              f"for {values.get('name', b'')!r}")
+
+    def _abs(self, rel: bytes) -> bytes:
+        root = os.fsencode(self.sync.source)
+        return os.path.join(root, rel) if rel else root
+
+    def on_startup(self) -> None:
+        self._run("startup", self.sync.commands.on_startup, path=self._abs(b""), name=b"")
+
+    def on_create(self, path: bytes) -> None:
+        self._run("create", self.sync.commands.on_create, path=self._abs(path), name=path)
+
+    def on_modify(self, path: bytes) -> None:
+        self._run("modify", self.sync.commands.on_modify, path=self._abs(path), name=path)
+
+    def on_delete(self, path: bytes) -> None:
+        self._run("delete", self.sync.commands.on_delete, path=self._abs(path), name=path)
+
+    def on_move(self, src: bytes, dst: bytes) -> None:
+        self._run("move", self.sync.commands.on_move, path=self._abs(dst), name=dst,
+                  **{"from": self._abs(src), "to": self._abs(dst)})
+
+    def handles_moves(self) -> bool:
+        return bool(self.sync.commands.on_move)
+
+
+def _fill(arg: str, fields: dict[str, bytes]) -> bytes:
+    """Replace ``{placeholder}`` in one argv element; bytes in, bytes out."""
+    out = os.fsencode(arg)
+    for key, value in fields.items():
+        out = out.replace(b"{" + key.encode() + b"}", value)
+    return out
+
+
+def load_action(sync: cfg.Sync, target: cfg.Target) -> Action:
+    if sync.commands.action is None:
+        return TemplateAction(sync, target)
+    module_name, _, class_name = sync.commands.action.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, Action)):
+        raise ActionError(f"{sync.commands.action} is not a subclass of syncsup Action")
+    return cls(sync, target)
+
+
+def run_batch(action: Action, batch: dict[str, Any]) -> None:
+    """Report one batch to ``action`` in the documented order."""
+    root = os.fsencode(action.sync.source)
+    moves: list[list[bytes]] = batch["moves"]
+    created = set(batch["created"])
+    skip: set[bytes] = set()
+    if action.handles_moves():
+        for src, dst in moves:
+            action.on_move(src, dst)
+            skip.update((src, dst))
+    for tree in batch["trees"]:
+        if tree == b"":
+            action.on_startup()
+            continue
+        for rel in _walk(root, tree):
+            if os.path.lexists(os.path.join(root, rel)):
+                action.on_create(rel)
+            skip.add(rel)
+    for path in batch["paths"]:
+        if path in skip:
+            continue
+        if os.path.lexists(os.path.join(root, path) if path else root):
+            (action.on_create if path in created else action.on_modify)(path)
+        elif path not in created:
+            action.on_delete(path)
+
+
+def _walk(root: bytes, top: bytes) -> list[bytes]:
+    """``top`` and everything below it, parents first, without following symlinks."""
+    out = [top]
+    for dirpath, dirnames, filenames in os.walk(os.path.join(root, top)):
+        rel = os.path.relpath(dirpath, root)
+        out += [os.path.join(rel, n) for n in sorted(dirnames) + sorted(filenames)]
+    return out
+
+
+def main(argv: list[str]) -> int:
+    config_path, sync_name, target_index, batch_file = argv
+    conf = cfg.load_for_child(config_path, sync_name)
+    sync = conf.sync(sync_name)
+    with open(batch_file, "rb") as fh:
+        batch = msgpack.unpackb(fh.read(), raw=False)
+    try:
+        run_batch(load_action(sync, sync.targets[int(target_index)]), batch)
+    except Exception as exc:
+        print(f"action failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
