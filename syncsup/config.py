@@ -196,6 +196,14 @@ def _pop(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
     if not isinstance(value, kind):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise ConfigError(full, f"must be of type {names}, got {type(value).__name__}")
+    if isinstance(value, str) and "\0" in value:
+        raise ConfigError(full, "must not contain a NUL character")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, str) and "\0" in item:
+                raise ConfigError(f"{full}[{i}]", "must not contain a NUL character")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        raise ConfigError(full, "is out of range")
     return value
 
 
@@ -208,6 +216,9 @@ def _no_extra(table: dict[str, Any], where: str) -> None:
 def _str_list(value: Any, key: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(key, "must be a list of strings")
+    for i, v in enumerate(value):
+        if "\0" in v:
+            raise ConfigError(f"{key}[{i}]", "must not contain a NUL character")
     return tuple(value)
 
 
@@ -418,6 +429,8 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         raise ConfigError("sync", "at least one [[sync]] block is required")
     if not isinstance(raw_syncs, list):
         raise ConfigError("sync", "must be an array of tables: write [[sync]]")
+    if not raw_syncs:
+        raise ConfigError("sync", "at least one [[sync]] block is required")
     _no_extra(top, "")
     syncs = tuple(_parse_sync(raw, i, base) for i, raw in enumerate(raw_syncs))
     names = [s.name for s in syncs]

@@ -20,6 +20,7 @@ from inotify_simple import INotify
 from syncsup import config as cfg
 from syncsup import proto
 from syncsup._runtime import ChildRuntime, endpoint, setup_logging
+from syncsup.watcher.filters import DirFilter, exclude_patterns
 from syncsup.watcher.tree import Changes, WatchTree
 
 __all__ = ["Watcher", "main"]
@@ -53,8 +54,9 @@ class Watcher:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint(conf.settings.state_dir, f"ingest-{sync.name}"))
         self.ino = INotify(nonblocking=True)
+        self.filter = DirFilter(exclude_patterns(sync))
         self.tree = WatchTree(os.fsencode(sync.source), self.ino.add_watch, self.ino.rm_watch,
-                              self.progress)
+                              self.progress, self.filter.excluded)
         self._last_progress = time.monotonic()
         self.seq = int(time.time() * 1000) << 16  # unique across restarts
         self.inflight: dict[int, tuple[float, list[bytes]]] = {}

@@ -48,11 +48,14 @@ class WatchTree:
 
     def __init__(self, root: bytes, add_watch: Callable[[bytes, int], int],
                  rm_watch: Callable[[int], None],
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None,
+                 excluded: Callable[[bytes], bool] | None = None) -> None:
         """``progress(n_watches)`` is called after each new watch, so a long
-        walk of a big tree can log and keep heartbeating."""
+        walk of a big tree can log and keep heartbeating. ``excluded(rel)``
+        says a directory needs no watch (rsync excludes it)."""
         self.root = root
         self.progress = progress
+        self.excluded = excluded or (lambda rel: False)
         self._add = add_watch
         self._rm = rm_watch
         self.paths: dict[int, bytes] = {}
@@ -89,7 +92,9 @@ class WatchTree:
                     for entry in it:
                         try:
                             if entry.is_dir(follow_symlinks=False):
-                                stack.append(join(d, entry.name))
+                                sub = join(d, entry.name)
+                                if not self.excluded(sub):
+                                    stack.append(sub)
                         except OSError:
                             continue
             except OSError:
@@ -134,6 +139,8 @@ class WatchTree:
                 continue
             path = join(parent, name)
             is_dir = bool(mask & F.ISDIR)
+            if is_dir and mask & (F.CREATE | F.MOVED_TO) and self.excluded(path):
+                continue  # rsync never sends it: nothing to watch, replay or report
             if mask & (F.CREATE | F.MOVED_TO):
                 changes.created.add(path)
             if mask & F.MOVED_FROM:

@@ -1,0 +1,115 @@
+"""Which directories need no watch because rsync would exclude them anyway.
+
+Not watching an excluded directory saves watches (a ``node_modules`` or a
+cache can hold most of a tree's directories). The price of a mistake is
+asymmetric: watching too much only costs a watch, watching too little loses
+changes. So this module is deliberately conservative: rsync's filter rules
+are first-match-wins, so only exclude rules that come *before* the first
+include rule can be trusted, and rule kinds it does not understand stop the
+list there too. Everything else is watched.
+
+Pattern semantics follow rsync(1), "PATTERN MATCHING RULES": a leading ``/``
+anchors at the source root, a trailing ``/`` matches only directories,
+``*`` stays within one path component, ``**`` crosses ``/``, a pattern with a
+``/`` in it (or ``**``) is matched against the whole path's tail, otherwise
+against the last component; ``dir/***`` matches ``dir`` and all below it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from syncsup.config import Sync
+
+__all__ = ["DirFilter", "exclude_patterns"]
+
+
+def _translate(pattern: bytes) -> bytes:
+    out = b""
+    i = 0
+    while i < len(pattern):
+        c = pattern[i:i + 1]
+        if pattern.startswith(b"**", i):
+            out += b".*"
+            i += 2
+            continue
+        if c == b"*":
+            out += b"[^/]*"
+        elif c == b"?":
+            out += b"[^/]"
+        elif c == b"[":
+            end = pattern.find(b"]", i + 2)
+            if end < 0:
+                out += re.escape(c)
+            else:
+                body = pattern[i + 1:end].replace(b"\\", b"\\\\")
+                if body.startswith(b"!"):
+                    body = b"^" + body[1:]
+                out += b"[" + body + b"]"
+                i = end
+        else:
+            out += re.escape(c)
+        i += 1
+    return out
+
+
+class _Rule:
+    def __init__(self, pattern: bytes) -> None:
+        self.dir_only = pattern.endswith(b"/")
+        pattern = pattern.rstrip(b"/")
+        self.subtree = pattern.endswith(b"/***")
+        if self.subtree:
+            pattern = pattern[:-4]
+        anchored = pattern.startswith(b"/")
+        pattern = pattern.lstrip(b"/")
+        self.whole = anchored or b"/" in pattern or b"**" in pattern
+        body = _translate(pattern)
+        prefix = b"" if anchored else b"(?:.*/)?"
+        self.regex = re.compile(b"^" + prefix + body + b"$", re.DOTALL)
+
+    def matches(self, rel: bytes, is_dir: bool) -> bool:
+        if self.dir_only and not is_dir:
+            return False
+        subject = rel if self.whole else rel.rsplit(b"/", 1)[-1]
+        return bool(self.regex.match(subject))
+
+
+def _rule_lines(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    try:
+        text = path.read_text(errors="surrogateescape")
+    except OSError:
+        return ["?"]  # unreadable: stop trusting rules here
+    return [ln for ln in text.splitlines() if ln.strip() and ln[0] not in "#;"]
+
+
+def exclude_patterns(sync: Sync) -> list[bytes]:
+    """The exclude patterns that rsync applies before any include rule, in
+    the order rsync sees them (see ``syncsup.syncer.argv``)."""
+    out: list[bytes] = []
+    rules: list[str] = [f"- {p}" for p in sync.exclude]
+    rules += [f"- {p}" for p in _rule_lines(sync.exclude_from)]
+    rules += list(sync.filter)
+    rules += _rule_lines(sync.filter_from)
+    for rule in rules:
+        m = re.match(r"^(-|exclude) (.+)$", rule)
+        if m is None:
+            if re.match(r"^[PRHS]( |,|$)|^(protect|risk|hide|show) ", rule):
+                continue  # sender/receiver-side only: does not decide what is sent
+            break  # include, merge, modifiers...: rules after this can't be trusted
+        out.append(m.group(2).encode("utf-8", "surrogateescape"))
+    return out
+
+
+class DirFilter:
+    """``excluded(rel)``: True if rsync would never transfer the directory
+    ``rel`` (relative to the source root), so it needs no watch."""
+
+    def __init__(self, patterns: Iterable[bytes]) -> None:
+        self.rules = [_Rule(p) for p in patterns if p.strip(b"/")]
+
+    def excluded(self, rel: bytes, is_dir: bool = True) -> bool:
+        return bool(rel) and any(r.matches(rel, is_dir) for r in self.rules)

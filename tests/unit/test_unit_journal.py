@@ -1,0 +1,330 @@
+"""Journal: the collator's durable set of dirty paths per target (real SQLite)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from syncsup.collator.journal import PATH, TREE, Journal, Row
+
+T1, T2 = "/mnt/a", "backup@host:/srv/b"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "journal.db"
+
+
+@pytest.fixture
+def journal(db_path: Path) -> Iterator[Journal]:
+    j = Journal(db_path)
+    yield j
+    j.close()
+
+
+def everything(j: Journal, target: str) -> list[Row]:
+    return j.take(target, limit=1_000_000, max_bytes=1 << 40)
+
+
+def keys(rows: list[Row]) -> set[tuple[int, bytes]]:
+    return {(r.kind, r.path) for r in rows}
+
+
+def test_mark_is_an_idempotent_upsert(journal: Journal) -> None:
+    g1 = journal.mark([T1], [b"a", b"b"], [b"d"], now=1.0)
+    g2 = journal.mark([T1], [b"a", b"b"], [b"d"], now=2.0)  # the same message resent
+    assert journal.pending(T1) == 3
+    assert keys(everything(journal, T1)) == {(PATH, b"a"), (PATH, b"b"), (TREE, b"d")}
+    assert g2 > g1
+    # Every row carries the newest generation.
+    assert {r.gen for r in everything(journal, T1)} == {g2}
+
+
+def test_duplicate_paths_in_one_message(journal: Journal) -> None:
+    journal.mark([T1], [b"a", b"a", b"a"], [], now=1.0)
+    assert journal.pending(T1) == 1
+
+
+def test_rows_are_per_target(journal: Journal) -> None:
+    journal.mark([T1, T2], [b"a"], [], now=1.0)
+    journal.mark([T1], [b"b"], [], now=2.0)
+    assert journal.pending(T1) == 2
+    assert journal.pending(T2) == 1
+    assert journal.pending("/never") == 0
+    assert keys(everything(journal, T2)) == {(PATH, b"a")}
+    journal.complete(T1, everything(journal, T1))
+    assert journal.pending(T1) == 0
+    assert keys(everything(journal, T2)) == {(PATH, b"a")}
+
+
+def test_take_returns_trees_first(journal: Journal) -> None:
+    journal.mark([T1], [b"p1", b"p2", b"p3"], [], now=1.0)
+    journal.mark([T1], [], [b"t1", b"t2"], now=2.0)  # newer, but trees
+    journal.mark([T1], [b"p0"], [], now=3.0)
+    rows = everything(journal, T1)
+    assert [r.kind for r in rows] == [TREE, TREE, PATH, PATH, PATH, PATH]
+    first_two = journal.take(T1, limit=2, max_bytes=1 << 20)
+    assert keys(first_two) == {(TREE, b"t1"), (TREE, b"t2")}
+
+
+def test_take_respects_limit(journal: Journal) -> None:
+    journal.mark([T1], [b"%03d" % i for i in range(50)], [], now=1.0)
+    assert len(journal.take(T1, limit=7, max_bytes=1 << 20)) == 7
+    assert len(journal.take(T1, limit=1, max_bytes=1 << 20)) == 1
+    assert len(journal.take(T1, limit=500, max_bytes=1 << 20)) == 50
+    # take() leases nothing by itself: rows stay until complete().
+    assert journal.pending(T1) == 50
+
+
+def test_take_stops_near_max_bytes(journal: Journal) -> None:
+    paths = [b"x" * 99 + b"%03d" % i for i in range(100)]  # 102 bytes + separator each
+    journal.mark([T1], paths, [], now=1.0)
+    rows = journal.take(T1, limit=1000, max_bytes=1000)
+    assert 1 <= len(rows) < 100
+    sizes = [len(r.path) + 1 for r in rows]
+    # Stops at the first row that reaches the budget, not long after it.
+    assert sum(sizes[:-1]) < 1000
+    assert sum(sizes) >= 1000
+    # A single path bigger than the budget is still handed out (no livelock).
+    rows = journal.take(T1, limit=1000, max_bytes=1)
+    assert len(rows) == 1
+
+
+def test_complete_deletes_only_unchanged_rows(journal: Journal) -> None:
+    journal.mark([T1], [b"a", b"b"], [b"t"], now=1.0)
+    leased = everything(journal, T1)
+    # While rsync runs, a and t change again.
+    journal.mark([T1], [b"a"], [b"t"], now=2.0)
+    journal.complete(T1, leased)
+    left = everything(journal, T1)
+    assert keys(left) == {(PATH, b"a"), (TREE, b"t")}
+    # And the survivors carry the new generation, so the next transfer can clear them.
+    journal.complete(T1, left)
+    assert journal.pending(T1) == 0
+
+
+def test_complete_of_stale_lease_after_re_mark_and_second_complete(journal: Journal) -> None:
+    journal.mark([T1], [b"a"], [], now=1.0)
+    old = everything(journal, T1)
+    journal.mark([T1], [b"a"], [], now=2.0)
+    journal.complete(T1, old)
+    journal.complete(T1, old)  # a duplicate DONE changes nothing either
+    assert journal.pending(T1) == 1
+
+
+def test_complete_only_touches_its_target(journal: Journal) -> None:
+    journal.mark([T1, T2], [b"a"], [], now=1.0)
+    journal.complete(T1, everything(journal, T1))
+    assert journal.pending(T1) == 0
+    assert journal.pending(T2) == 1
+
+
+def test_complete_needs_the_same_kind(journal: Journal) -> None:
+    journal.mark([T1], [b"a"], [b"a"], now=1.0)
+    rows = everything(journal, T1)
+    journal.complete(T1, [r for r in rows if r.kind == PATH])
+    assert keys(everything(journal, T1)) == {(TREE, b"a")}
+
+
+def test_first_seen_preserved_across_re_marks(journal: Journal) -> None:
+    assert journal.oldest(T1) is None
+    journal.mark([T1], [b"a"], [], now=10.0)
+    journal.mark([T1], [b"b"], [], now=15.0)
+    journal.mark([T1], [b"a"], [], now=20.0)
+    assert journal.oldest(T1) == 10.0
+    rows = [r for r in everything(journal, T1) if r.path == b"a"]
+    journal.complete(T1, rows)
+    assert journal.oldest(T1) == 15.0
+    journal.complete(T1, everything(journal, T1))
+    assert journal.oldest(T1) is None
+
+
+def test_oldest_is_per_target(journal: Journal) -> None:
+    journal.mark([T1], [b"a"], [], now=5.0)
+    journal.mark([T2], [b"a"], [], now=9.0)
+    assert journal.oldest(T1) == 5.0
+    assert journal.oldest(T2) == 9.0
+
+
+def test_collapse_replaces_everything_by_one_root_tree(journal: Journal) -> None:
+    journal.mark([T1, T2], [b"a", b"b"], [b"t"], now=3.0)
+    journal.mark([T1], [b"c"], [], now=4.0)
+    before = journal.gen
+    journal.collapse(T1, now=100.0)
+    rows = everything(journal, T1)
+    assert len(rows) == 1
+    assert rows[0].kind == TREE and rows[0].path == b""
+    assert rows[0].gen > before
+    assert journal.has_tree(T1)
+    assert journal.has_tree(T1, b"")
+    # The age of the oldest change is kept, so the delay is not restarted.
+    assert journal.oldest(T1) == 3.0
+    # Other targets are untouched.
+    assert journal.pending(T2) == 3
+    assert not journal.has_tree(T2)
+
+
+def test_collapse_of_empty_target_uses_now(journal: Journal) -> None:
+    journal.collapse(T1, now=42.0)
+    assert journal.pending(T1) == 1
+    assert journal.oldest(T1) == 42.0
+
+
+def test_collapse_survives_complete_of_an_older_lease(journal: Journal) -> None:
+    journal.mark([T1], [], [b""], now=1.0)
+    old = everything(journal, T1)
+    journal.mark([T1], [b"x"], [], now=2.0)
+    journal.collapse(T1, now=3.0)  # while the old root rescan was running
+    journal.complete(T1, old)
+    assert journal.has_tree(T1, b"")
+
+
+def test_has_tree_distinguishes_paths_and_subtrees(journal: Journal) -> None:
+    journal.mark([T1], [b""], [b"sub"], now=1.0)
+    assert not journal.has_tree(T1)  # b"" is only marked as a path
+    assert journal.has_tree(T1, b"sub")
+    assert not journal.has_tree(T2, b"sub")
+
+
+def test_forget_targets(journal: Journal) -> None:
+    journal.mark([T1, T2, "/gone"], [b"a"], [b"t"], now=1.0)
+    journal.forget_targets([T1, T2])
+    assert journal.pending("/gone") == 0
+    assert journal.pending(T1) == 2
+    assert journal.pending(T2) == 2
+    journal.forget_targets(iter([T2]))  # any iterable
+    assert journal.pending(T1) == 0
+    assert journal.pending(T2) == 2
+    journal.forget_targets([])
+    assert journal.pending(T2) == 0
+
+
+def test_reopen_keeps_rows(db_path: Path) -> None:
+    j = Journal(db_path)
+    j.mark([T1, T2], [b"a", b"b"], [b"t"], now=7.0)
+    before = {t: sorted(keys(everything(j, t))) for t in (T1, T2)}
+    gens = {r.gen for r in everything(j, T1)}
+    j.close()
+    j = Journal(db_path)
+    try:
+        assert {t: sorted(keys(everything(j, t))) for t in (T1, T2)} == before
+        assert {r.gen for r in everything(j, T1)} == gens
+        assert j.oldest(T1) == 7.0
+    finally:
+        j.close()
+
+
+def test_generation_never_goes_backwards_across_reopen(db_path: Path) -> None:
+    j = Journal(db_path)
+    for i in range(5):
+        g = j.mark([T1], [b"a%d" % i], [], now=float(i))
+    j.complete(T1, everything(j, T1))  # the table is empty now
+    assert j.pending(T1) == 0
+    j.close()
+
+    j = Journal(db_path)
+    try:
+        assert j.gen >= g
+        g2 = j.mark([T1], [b"z"], [], now=10.0)
+        assert g2 > g
+    finally:
+        j.close()
+
+
+def test_generation_after_collapse_survives_reopen(db_path: Path) -> None:
+    j = Journal(db_path)
+    j.mark([T1], [b"a"], [], now=1.0)
+    j.collapse(T1, now=2.0)
+    g = j.gen
+    j.complete(T1, everything(j, T1))
+    j.close()
+    j = Journal(db_path)
+    try:
+        assert j.mark([T1], [b"b"], [], now=3.0) > g
+    finally:
+        j.close()
+
+
+def test_stale_lease_from_before_reopen_does_not_delete_new_change(db_path: Path) -> None:
+    j = Journal(db_path)
+    j.mark([T1], [b"a"], [], now=1.0)
+    old = everything(j, T1)
+    j.complete(T1, old)
+    j.close()
+    j = Journal(db_path)
+    try:
+        j.mark([T1], [b"a"], [], now=2.0)
+        j.complete(T1, old)  # a late DONE from the previous incarnation
+        assert j.pending(T1) == 1
+    finally:
+        j.close()
+
+
+WEIRD = [b"a\nb", b"\xff\xfe", b"-x", b"--delete", b"dir/sub/\x80name", b"sp ace", b"\t"]
+
+
+def test_bytes_paths_round_trip(db_path: Path) -> None:
+    j = Journal(db_path)
+    j.mark([T1], WEIRD, [b"tree\n\xff", b""], now=1.0)
+    rows = everything(j, T1)
+    assert all(type(r.path) is bytes for r in rows)
+    assert {r.path for r in rows if r.kind == PATH} == set(WEIRD)
+    assert {r.path for r in rows if r.kind == TREE} == {b"tree\n\xff", b""}
+    j.close()
+    j = Journal(db_path)
+    try:
+        rows = everything(j, T1)
+        assert {r.path for r in rows if r.kind == PATH} == set(WEIRD)
+        j.complete(T1, rows)
+        assert j.pending(T1) == 0
+    finally:
+        j.close()
+
+
+def test_meta_round_trip(db_path: Path) -> None:
+    j = Journal(db_path)
+    assert j.get_meta("synced:x") is None
+    j.set_meta("synced:x", "run1")
+    j.set_meta("synced:x", "run2")
+    j.close()
+    j = Journal(db_path)
+    try:
+        assert j.get_meta("synced:x") == "run2"
+    finally:
+        j.close()
+
+
+# ------------------------------------------------------------------ moves
+def test_moves_are_kept_in_order_per_target(journal: Journal) -> None:
+    journal.mark([T1, T2], [b"a", b"b"], [], now=1.0, moves=[(b"a", b"b")], seq=10)
+    journal.mark([T1], [b"b", b"c"], [], now=2.0, moves=[(b"b", b"c"), (b"c", b"d")], seq=11)
+    assert [(a, b) for _, a, b in journal.take_moves(T1, 100)] == [
+        (b"a", b"b"), (b"b", b"c"), (b"c", b"d")]
+    assert [(a, b) for _, a, b in journal.take_moves(T2, 100)] == [(b"a", b"b")]
+    assert len(journal.take_moves(T1, 2)) == 2
+
+
+def test_resent_moves_are_not_replayed_twice(journal: Journal) -> None:
+    for _ in range(3):  # the watcher resends an unacked message
+        journal.mark([T1], [b"a", b"b"], [], now=1.0, moves=[(b"a", b"b")], seq=10)
+    assert len(journal.take_moves(T1, 100)) == 1
+    assert journal.pending(T1) == 2
+
+
+def test_drop_moves_up_to_an_id(journal: Journal) -> None:
+    journal.mark([T1], [], [], now=1.0,
+                 moves=[(b"a", b"b"), (b"b", b"c"), (b"\xff\n", b"-x")], seq=5)
+    moves = journal.take_moves(T1, 100)
+    journal.drop_moves(T1, moves[1][0])
+    assert [(a, b) for _, a, b in journal.take_moves(T1, 100)] == [(b"\xff\n", b"-x")]
+
+
+def test_collapse_and_forget_drop_moves(journal: Journal) -> None:
+    journal.mark([T1, T2, "/gone"], [], [], now=1.0, moves=[(b"a", b"b")], seq=1)
+    journal.collapse(T1, now=2.0)
+    assert journal.take_moves(T1, 10) == []
+    journal.forget_targets([T1, T2])
+    assert journal.take_moves("/gone", 10) == []
+    assert len(journal.take_moves(T2, 10)) == 1

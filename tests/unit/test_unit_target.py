@@ -1,0 +1,260 @@
+"""TargetQueue and Backoff: per-target dispatch policy in the collator."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from syncsup.collator.journal import PATH, TREE, Row
+from syncsup.collator.target import Backoff, TargetQueue
+
+ROWS = [Row(TREE, b"", 1), Row(PATH, b"a", 2)]
+
+
+def make(delay: float = 1.0, seed: int = 0) -> TargetQueue:
+    return TargetQueue(spec="/mnt/t", delay=delay, backoff=Backoff(rng=random.Random(seed)))
+
+
+def leased(q: TargetQueue, batch_id: int = 1, now: float = 100.0,
+           incarnation: str = "inc1") -> None:
+    q.on_ready(b"peer1", incarnation)
+    q.start(batch_id, list(ROWS), now)
+
+
+# ----------------------------------------------------------------- Backoff
+def test_backoff_zero_without_failures() -> None:
+    b = Backoff(rng=random.Random(1))
+    assert b.delay(0) == 0.0
+    assert b.delay(-3) == 0.0
+
+
+def test_backoff_exponential_with_jitter() -> None:
+    b = Backoff(base=0.5, cap=1e9, rng=random.Random(1))
+    for n in range(1, 12):
+        expected = 0.5 * 2 ** (n - 1)
+        assert expected * 0.8 <= b.delay(n) <= expected * 1.2
+
+
+def test_backoff_caps_and_fatal_cap_is_larger() -> None:
+    b = Backoff(base=0.5, cap=30.0, fatal_cap=300.0, rng=random.Random(2))
+    normal = [b.delay(40) for _ in range(200)]
+    fatal = [b.delay(40, fatal=True) for _ in range(200)]
+    assert all(24.0 <= d <= 36.0 for d in normal)
+    assert all(240.0 <= d <= 360.0 for d in fatal)
+    assert len(set(normal)) > 100  # jittered
+
+
+# --------------------------------------------------------------------- due
+def test_due_needs_a_credit() -> None:
+    q = make()
+    assert not q.due(oldest=0.0, now=100.0)
+    q.on_ready(b"peer1", "inc1")
+    assert q.due(oldest=0.0, now=100.0)
+
+
+def test_due_needs_work() -> None:
+    q = make()
+    q.on_ready(b"peer1", "inc1")
+    assert not q.due(oldest=None, now=100.0)
+
+
+def test_due_waits_for_the_batching_delay() -> None:
+    q = make(delay=2.0)
+    q.on_ready(b"peer1", "inc1")
+    assert not q.due(oldest=99.0, now=100.0)
+    assert not q.due(oldest=98.01, now=100.0)
+    assert q.due(oldest=98.0, now=100.0)
+
+
+def test_zero_delay_is_due_at_once() -> None:
+    q = make(delay=0.0)
+    q.on_ready(b"peer1", "inc1")
+    assert q.due(oldest=100.0, now=100.0)
+
+
+def test_due_needs_no_lease() -> None:
+    q = make()
+    leased(q)
+    q.on_ready(b"peer1", "inc1")  # a repeated credit while busy
+    assert not q.due(oldest=0.0, now=1000.0)
+
+
+def test_start_consumes_the_credit() -> None:
+    q = make()
+    leased(q, batch_id=1)
+    assert q.finish(1, "ok", "", 101.0) is not None
+    assert not q.due(oldest=0.0, now=1000.0)  # no new READY yet
+    q.on_ready(b"peer1", "inc1")
+    assert q.due(oldest=0.0, now=1000.0)
+
+
+def test_due_waits_for_backoff() -> None:
+    q = make()
+    leased(q)
+    assert q.finish(1, "retry", "rsync rc 23", 100.0) is None
+    q.on_ready(b"peer1", "inc1")
+    assert q.next_try > 100.0
+    assert not q.due(oldest=0.0, now=q.next_try - 1e-3)
+    assert q.due(oldest=0.0, now=q.next_try)
+
+
+# ------------------------------------------------------------------ finish
+def test_finish_ok_returns_lease_and_resets_failures() -> None:
+    q = make()
+    for i in range(3):
+        leased(q, batch_id=i)
+        q.finish(i, "retry", "boom", 100.0 + i)
+    assert q.failures == 3
+    leased(q, batch_id=10)
+    lease = q.finish(10, "ok", "", 200.0)
+    assert lease is not None
+    assert lease.batch_id == 10
+    assert lease.rows == ROWS
+    assert lease.incarnation == "inc1"
+    assert q.lease is None
+    assert q.failures == 0
+    assert not q.fatal
+    assert q.next_try == 0.0
+    assert q.last_ok == 200.0
+    assert q.last_error is None
+
+
+@pytest.mark.parametrize("outcome", ["retry", "fatal"])
+def test_failed_outcome_keeps_rows_and_backs_off(outcome: str) -> None:
+    q = make()
+    leased(q, batch_id=5)
+    assert q.finish(5, outcome, "ssh: connection refused", 100.0) is None
+    assert q.lease is None  # the rows go back to pending
+    assert q.failures == 1
+    assert q.fatal is (outcome == "fatal")
+    assert q.last_error == "ssh: connection refused"
+    assert 100.0 + 0.5 * 0.8 <= q.next_try <= 100.0 + 0.5 * 1.2
+    assert q.last_ok is None
+
+
+def test_failed_outcome_without_message_records_outcome() -> None:
+    q = make()
+    leased(q)
+    q.finish(1, "retry", "", 100.0)
+    assert q.last_error == "retry"
+
+
+def test_repeated_failures_back_off_further() -> None:
+    q = make()
+    waits = []
+    now = 100.0
+    for i in range(6):
+        leased(q, batch_id=i, now=now)
+        q.finish(i, "retry", "x", now)
+        waits.append(q.next_try - now)
+        now = q.next_try
+    assert q.failures == 6
+    for n, w in enumerate(waits, start=1):
+        assert 0.5 * 2 ** (n - 1) * 0.8 <= w <= 0.5 * 2 ** (n - 1) * 1.2
+
+
+def test_fatal_backs_off_beyond_normal_cap_and_ok_clears_it() -> None:
+    q = make()
+    now = 0.0
+    for i in range(20):
+        leased(q, batch_id=i, now=now)
+        q.finish(i, "fatal", "rsync rc 1", now)
+        now = q.next_try
+    leased(q, batch_id=99, now=now)
+    q.finish(99, "fatal", "rsync rc 1", now)
+    assert q.next_try - now >= 300.0 * 0.8
+    leased(q, batch_id=100, now=now)
+    q.finish(100, "ok", "", now + 1)
+    assert not q.fatal
+    assert q.failures == 0
+
+
+def test_done_for_unknown_batch_is_ignored() -> None:
+    q = make()
+    assert q.finish(1, "ok", "", 100.0) is None  # nothing leased at all
+    leased(q, batch_id=7)
+    assert q.finish(6, "ok", "", 101.0) is None
+    assert q.finish(6, "fatal", "x", 101.0) is None
+    assert q.lease is not None and q.lease.batch_id == 7
+    assert q.failures == 0
+    assert not q.fatal
+    assert q.last_ok is None
+    assert q.finish(7, "ok", "", 102.0) is not None
+    assert q.finish(7, "ok", "", 103.0) is None  # a duplicate DONE
+
+
+# ---------------------------------------------------------------- on_ready
+def test_new_incarnation_releases_the_old_lease() -> None:
+    q = make()
+    leased(q, batch_id=3, incarnation="inc1")
+    released = q.on_ready(b"peer2", "inc2")
+    assert released is not None
+    assert released.batch_id == 3
+    assert released.rows == ROWS
+    assert q.lease is None
+    assert q.ready_peer == b"peer2"
+    assert q.ready_incarnation == "inc2"
+    assert q.due(oldest=0.0, now=1000.0)
+    # A late DONE from the dead syncer no longer counts.
+    assert q.finish(3, "ok", "", 1000.0) is None
+
+
+def test_same_incarnation_keeps_its_lease() -> None:
+    q = make()
+    leased(q, batch_id=3, incarnation="inc1")
+    assert q.on_ready(b"peer1", "inc1") is None
+    assert q.lease is not None and q.lease.batch_id == 3
+    assert not q.due(oldest=0.0, now=1000.0)
+
+
+def test_on_ready_without_lease_releases_nothing() -> None:
+    q = make()
+    assert q.on_ready(b"peer1", "inc1") is None
+    assert q.on_ready(b"peer2", "inc2") is None
+    assert q.ready_peer == b"peer2"
+
+
+def test_lease_carries_the_incarnation_of_the_credit() -> None:
+    q = make()
+    q.on_ready(b"peer9", "inc9")
+    lease = q.start(4, list(ROWS), 50.0)
+    assert lease.incarnation == "inc9"
+    assert lease.started == 50.0
+    assert q.lease is lease
+
+
+# ------------------------------------------------------------------- state
+def test_state_startup_before_first_full_sync() -> None:
+    q = make()
+    assert q.state(pending=0, startup_pending=True) == "startup"
+    assert q.state(pending=5, startup_pending=True) == "startup"
+    leased(q)
+    assert q.state(pending=5, startup_pending=True) == "startup"
+    assert q.state(pending=5, startup_pending=False) == "syncing"
+
+
+def test_state_syncing_idle_pending() -> None:
+    q = make()
+    q.synced_this_run = True
+    assert q.state(pending=0, startup_pending=False) == "idle"
+    assert q.state(pending=3, startup_pending=False) == "pending"
+    leased(q)
+    assert q.state(pending=3, startup_pending=True) == "syncing"
+    q.finish(1, "ok", "", 101.0)
+    assert q.state(pending=0, startup_pending=False) == "idle"
+
+
+def test_state_retrying_and_failed() -> None:
+    q = make()
+    q.synced_this_run = True
+    leased(q)
+    q.finish(1, "retry", "x", 101.0)
+    assert q.state(pending=3, startup_pending=False) == "retrying"
+    leased(q, batch_id=2)
+    assert q.state(pending=3, startup_pending=False) == "syncing"
+    q.finish(2, "fatal", "x", 102.0)
+    assert q.state(pending=3, startup_pending=False) == "failed"
+    # Failure words win over "startup" too.
+    q.synced_this_run = False
+    assert q.state(pending=3, startup_pending=True) == "failed"

@@ -1,0 +1,327 @@
+"""WatchTree: the watch table and the translation of raw inotify events.
+
+The kernel is replaced by two fake callables; directory walks use a real
+temporary tree.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from inotify_simple import flags as F
+
+from syncsup.watcher.tree import MASK, Changes, WatchTree, join
+
+
+class FakeInotify:
+    def __init__(self) -> None:
+        self.next_wd = 1
+        self.added: list[tuple[bytes, int]] = []
+        self.removed: list[int] = []
+        self.fail: dict[bytes, int] = {}  # absolute path -> errno
+        self.rm_errno: int | None = None
+
+    def add_watch(self, path: bytes, mask: int) -> int:
+        assert isinstance(path, bytes)
+        err = self.fail.get(path)
+        if err is None and not os.path.lexists(path):
+            err = errno.ENOENT  # like the kernel
+        if err is not None:
+            raise OSError(err, os.strerror(err))
+        self.added.append((path, mask))
+        wd = self.next_wd
+        self.next_wd += 1
+        return wd
+
+    def rm_watch(self, wd: int) -> None:
+        self.removed.append(wd)
+        if self.rm_errno is not None:
+            raise OSError(self.rm_errno, os.strerror(self.rm_errno))
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    """src/{a/{b/},ab/,c/,f,link->a,out->../outside}"""
+    root = tmp_path / "src"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "ab").mkdir()
+    (root / "c").mkdir()
+    (root / "f").write_text("x")
+    (root / "a" / "file").write_text("y")
+    (tmp_path / "outside" / "deep").mkdir(parents=True)
+    (root / "link").symlink_to("a")
+    (root / "out").symlink_to(tmp_path / "outside")
+    return root
+
+
+def make(src: Path) -> tuple[WatchTree, FakeInotify]:
+    fake = FakeInotify()
+    tree = WatchTree(os.fsencode(src), fake.add_watch, fake.rm_watch)
+    return tree, fake
+
+
+def watched(src: Path) -> tuple[WatchTree, FakeInotify, dict[bytes, int]]:
+    tree, fake = make(src)
+    tree.watch(b"")
+    return tree, fake, {p: wd for wd, p in tree.paths.items()}
+
+
+def test_join() -> None:
+    assert join(b"", b"x") == b"x"
+    assert join(b"a/b", b"x") == b"a/b/x"
+
+
+# ------------------------------------------------------------------ watch
+def test_watch_registers_every_directory(src: Path) -> None:
+    tree, fake, _ = watched(src)
+    assert sorted(tree.paths.values()) == [b"", b"a", b"a/b", b"ab", b"c"]
+    root = os.fsencode(src)
+    assert sorted(p for p, _ in fake.added) == sorted(
+        [root, root + b"/a", root + b"/a/b", root + b"/ab", root + b"/c"])
+    assert all(mask == MASK for _, mask in fake.added)
+    assert not tree.failed
+
+
+def test_watch_does_not_follow_symlinks(src: Path) -> None:
+    _, fake, _ = watched(src)
+    added = [p for p, _ in fake.added]
+    assert not any(p.endswith((b"/link", b"/out")) for p in added)
+    assert not any(b"outside" in p for p in added)
+    assert len(added) == len(set(added))  # nothing watched twice via the link
+
+
+def test_watch_mask_does_not_follow_symlinks_either() -> None:
+    assert MASK & F.DONT_FOLLOW
+    assert MASK & F.ONLYDIR
+    for needed in (F.CREATE, F.DELETE, F.MOVED_FROM, F.MOVED_TO, F.CLOSE_WRITE, F.MODIFY,
+                   F.ATTRIB, F.DELETE_SELF):
+        assert MASK & needed
+
+
+def test_watch_a_subtree_only(src: Path) -> None:
+    tree, _ = make(src)
+    tree.watch(b"a")
+    assert sorted(tree.paths.values()) == [b"a", b"a/b"]
+
+
+def test_progress_is_reported(src: Path) -> None:
+    seen: list[int] = []
+    fake = FakeInotify()
+    tree = WatchTree(os.fsencode(src), fake.add_watch, fake.rm_watch, progress=seen.append)
+    tree.watch(b"")
+    assert seen == [1, 2, 3, 4, 5]
+
+
+def test_enospc_records_subtree_and_continues(src: Path) -> None:
+    tree, fake = make(src)
+    fake.fail[os.fsencode(src / "a")] = errno.ENOSPC
+    tree.watch(b"")
+    assert tree.failed == {b"a"}
+    assert tree.watch_errors == 1
+    # Everything else is still watched; below the failed one there is nothing to add.
+    assert sorted(tree.paths.values()) == [b"", b"ab", b"c"]
+
+
+def test_enospc_counted_per_failure(src: Path) -> None:
+    tree, fake = make(src)
+    fake.fail[os.fsencode(src / "a")] = errno.ENOSPC
+    fake.fail[os.fsencode(src / "c")] = errno.ENOSPC
+    tree.watch(b"")
+    assert tree.failed == {b"a", b"c"}
+    assert tree.watch_errors == 2
+    assert sorted(tree.paths.values()) == [b"", b"ab"]
+
+
+@pytest.mark.parametrize("err", [errno.ENOENT, errno.ENOTDIR, errno.EACCES])
+def test_vanished_or_unreadable_dirs_are_skipped(src: Path, err: int) -> None:
+    tree, fake = make(src)
+    fake.fail[os.fsencode(src / "a")] = err
+    tree.watch(b"")
+    assert not tree.failed
+    assert sorted(tree.paths.values()) == [b"", b"ab", b"c"]
+
+
+def test_watch_of_missing_dir_is_harmless(src: Path) -> None:
+    tree, _ = make(src)
+    tree.watch(b"gone")
+    assert tree.paths == {}
+
+
+def test_non_utf8_directory_names(tmp_path: Path) -> None:
+    root = os.fsencode(tmp_path)
+    os.makedirs(root + b"/caf\xe9/new\nline")
+    tree, _ = make(tmp_path)
+    tree.watch(b"")
+    assert sorted(tree.paths.values()) == [b"", b"caf\xe9", b"caf\xe9/new\nline"]
+
+
+# ------------------------------------------------------------------ apply
+def apply(tree: WatchTree, *events: tuple[int, int, int, bytes]) -> Changes:
+    ch = Changes()
+    tree.apply(list(events), ch)
+    return ch
+
+
+@pytest.mark.parametrize("mask", [F.MODIFY, F.CLOSE_WRITE, F.ATTRIB, F.CREATE, F.DELETE,
+                                  F.MOVED_FROM, F.MOVED_TO])
+def test_file_events_mark_paths(src: Path, mask: int) -> None:
+    tree, _, wd = watched(src)
+    ch = apply(tree, (wd[b""], mask, 0, b"f"), (wd[b"a/b"], mask, 0, b"x\ny"))
+    assert ch.paths == {b"f", b"a/b/x\ny"}
+    assert ch.trees == set()
+    assert not ch.overflow and not ch.root_gone
+    assert ch
+
+
+def test_directory_delete_marks_the_path(src: Path) -> None:
+    tree, _, wd = watched(src)
+    ch = apply(tree, (wd[b"a"], F.DELETE | F.ISDIR, 0, b"b"))
+    assert ch.paths == {b"a/b"}
+    assert ch.trees == set()
+
+
+def test_event_on_the_directory_itself_marks_it(src: Path) -> None:
+    tree, _, wd = watched(src)
+    ch = apply(tree, (wd[b"a"], F.ATTRIB | F.ISDIR, 0, b""))
+    assert ch.paths == {b"a"}
+
+
+@pytest.mark.parametrize("mask", [F.CREATE | F.ISDIR, F.MOVED_TO | F.ISDIR])
+def test_new_directory_is_watched_and_rescanned(src: Path, mask: int) -> None:
+    tree, fake, wd = watched(src)
+    (src / "c" / "new" / "deep").mkdir(parents=True)  # filled before we could watch it
+    before = len(fake.added)
+    ch = apply(tree, (wd[b"c"], mask, 0, b"new"))
+    assert ch.trees == {b"c/new"}
+    assert b"c/new" not in ch.paths
+    new = [p for p, _ in fake.added[before:]]
+    assert sorted(new) == [os.fsencode(src / "c" / "new"), os.fsencode(src / "c" / "new" / "deep")]
+    assert {b"c/new", b"c/new/deep"} <= set(tree.paths.values())
+    # Events from the new watch are understood.
+    new_wd = {p: w for w, p in tree.paths.items()}[b"c/new/deep"]
+    assert apply(tree, (new_wd, F.CLOSE_WRITE, 0, b"z")).paths == {b"c/new/deep/z"}
+
+
+def test_new_directory_already_gone_is_still_rescanned(src: Path) -> None:
+    tree, _, wd = watched(src)
+    ch = apply(tree, (wd[b"c"], F.CREATE | F.ISDIR, 0, b"ghost"))
+    assert ch.trees == {b"c/ghost"}
+    assert b"c/ghost" not in tree.paths.values()
+
+
+def test_moved_from_dir_forgets_its_watches(src: Path) -> None:
+    tree, fake, wd = watched(src)
+    ch = apply(tree, (wd[b""], F.MOVED_FROM | F.ISDIR, 42, b"a"))
+    assert b"a" in ch.paths | ch.trees
+    assert ch.paths | ch.trees == {b"a"}
+    assert sorted(fake.removed) == sorted([wd[b"a"], wd[b"a/b"]])
+    assert sorted(tree.paths.values()) == [b"", b"ab", b"c"]  # "ab" is not below "a"
+    # Late events from the forgotten watches are ignored.
+    late = apply(tree, (wd[b"a/b"], F.MODIFY, 0, b"x"), (wd[b"a"], F.CREATE, 0, b"y"))
+    assert not late
+    assert late.paths == set()
+
+
+def test_moved_from_dir_tolerates_rm_watch_errors(src: Path) -> None:
+    tree, fake, wd = watched(src)
+    fake.rm_errno = errno.EINVAL  # the kernel dropped the watch already
+    ch = apply(tree, (wd[b""], F.MOVED_FROM | F.ISDIR, 1, b"a"))
+    assert ch.paths | ch.trees == {b"a"}
+    assert len(fake.removed) == 2
+    assert b"a" not in tree.paths.values()
+    assert b"a/b" not in tree.paths.values()
+
+
+def test_move_within_tree_rewatches_under_new_name(src: Path) -> None:
+    tree, _, wd = watched(src)
+    (src / "a").rename(src / "c" / "moved")
+    ch = apply(tree, (wd[b""], F.MOVED_FROM | F.ISDIR, 7, b"a"),
+               (wd[b"c"], F.MOVED_TO | F.ISDIR, 7, b"moved"))
+    assert b"a" in ch.paths | ch.trees  # the old name is marked
+    assert b"c/moved" in ch.trees
+    names = set(tree.paths.values())
+    assert {b"c/moved", b"c/moved/b"} <= names
+    assert not {b"a", b"a/b"} & names
+
+
+def test_queue_overflow_rescans_root(src: Path) -> None:
+    tree, _, _ = watched(src)
+    ch = apply(tree, (-1, F.Q_OVERFLOW, 0, b""))
+    assert ch.overflow
+    assert ch.trees == {b""}
+    assert ch
+
+
+def test_delete_self_on_root_sets_root_gone(src: Path) -> None:
+    tree, _, wd = watched(src)
+    ch = apply(tree, (wd[b""], F.DELETE_SELF, 0, b""))
+    assert ch.root_gone
+    assert ch.paths == set()
+    assert ch.trees == set()
+
+
+def test_move_self_on_root_sets_root_gone(src: Path) -> None:
+    tree, _, wd = watched(src)
+    assert apply(tree, (wd[b""], F.MOVE_SELF, 0, b"")).root_gone
+
+
+def test_delete_self_on_subdir_is_not_root_gone(src: Path) -> None:
+    tree, _, wd = watched(src)
+    ch = apply(tree, (wd[b"a/b"], F.DELETE_SELF, 0, b""))
+    assert not ch.root_gone
+    assert not ch  # the parent's IN_DELETE reports it
+
+
+def test_ignored_drops_the_wd(src: Path) -> None:
+    tree, fake, wd = watched(src)
+    ch = apply(tree, (wd[b"c"], F.IGNORED, 0, b""))
+    assert not ch
+    assert wd[b"c"] not in tree.paths
+    assert fake.removed == []  # the kernel already removed it
+    assert not apply(tree, (wd[b"c"], F.MODIFY, 0, b"x"))
+
+
+def test_unknown_wd_is_ignored(src: Path) -> None:
+    tree, _, _ = watched(src)
+    before = dict(tree.paths)
+    ch = apply(tree, (999, F.MODIFY, 0, b"x"), (998, F.CREATE | F.ISDIR, 0, b"d"),
+               (997, F.DELETE_SELF, 0, b""), (996, F.IGNORED, 0, b""))
+    assert not ch
+    assert not ch.root_gone
+    assert ch.paths == set() and ch.trees == set()
+    assert tree.paths == before
+
+
+def test_changes_accumulate_over_several_reads(src: Path) -> None:
+    tree, _, wd = watched(src)
+    ch = Changes()
+    tree.apply([(wd[b""], F.MODIFY, 0, b"f")], ch)
+    tree.apply([(wd[b"a"], F.DELETE, 0, b"file")], ch)
+    tree.apply([(wd[b"a"], F.DELETE, 0, b"file")], ch)
+    assert ch.paths == {b"f", b"a/file"}
+
+
+def test_empty_changes_are_falsy() -> None:
+    assert not Changes()
+    assert not Changes(root_gone=True)  # nothing to sync, but the caller checks the flag
+    assert Changes(trees={b""})
+    assert Changes(paths={b"x"})
+
+
+def test_paired_moves_in_one_read_are_recorded_as_renames(src: Path) -> None:
+    tree, _, wd = watched(src)
+    ch = apply(tree, (wd[b""], F.MOVED_FROM, 5, b"f"), (wd[b"c"], F.MOVED_TO, 5, b"g"))
+    assert ch.moves == [(b"f", b"c/g")]
+    # Both ends are marked too, so a rename that cannot be replayed is repaired.
+    assert {b"f", b"c/g"} <= ch.paths
+
+
+def test_unpaired_moves_are_not_renames(src: Path) -> None:
+    tree, _, wd = watched(src)
+    ch = apply(tree, (wd[b""], F.MOVED_FROM, 5, b"f"), (wd[b"c"], F.MOVED_TO, 6, b"g"),
+               (wd[b"c"], F.MOVED_TO, 7, b"h"))
+    assert ch.moves == []
+    assert {b"f", b"c/g", b"c/h"} <= ch.paths
