@@ -67,7 +67,8 @@ class SshOptions:
 class RsyncOptions:
     """``[sync.rsync]``: how rsync is run. ``timeout`` (seconds, 0: none) is
     passed to rsync as ``--timeout`` and also bounds a transfer that makes no
-    progress at all."""
+    progress at all (no byte read or written by its processes, e.g. a
+    stopped rsync or a dead network), which the syncer then kills."""
 
     binary: str = "rsync"
     archive: bool = True
@@ -79,7 +80,7 @@ class RsyncOptions:
     usermap: str | None = None
     groupmap: str | None = None
     extra: tuple[str, ...] = ()
-    timeout: int = 0
+    timeout: int = 300
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,8 @@ class Sync:
     delete: bool | str = True
     init: bool = True
     max_delays: int = 1000
+    max_delete: int = 0
+    full_sync_interval: float = 0.0
     exclude: tuple[str, ...] = ()
     exclude_from: Path | None = None
     filter: tuple[str, ...] = ()
@@ -287,7 +290,7 @@ def _parse_rsync(raw: Any, where: str) -> RsyncOptions:
     for i, arg in enumerate(extra):
         if not arg.startswith("-"):
             raise ConfigError(f"{where}.extra[{i}]", "must be an option starting with '-'")
-    timeout = _pop(table, "timeout", int, where, 0)
+    timeout = _pop(table, "timeout", int, where, 300)
     if timeout < 0:
         raise ConfigError(f"{where}.timeout", "must be >= 0 (seconds; 0 = no timeout)")
     _no_extra(table, where)
@@ -350,6 +353,12 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     if isinstance(delete, str) and delete not in ("startup", "running"):
         raise ConfigError(f"{where}.delete", "must be true, false, 'startup' or 'running'")
     init = _pop(table, "init", bool, where, True)
+    max_delete = _pop(table, "max_delete", int, where, 0)
+    if max_delete < 0:
+        raise ConfigError(f"{where}.max_delete", "must be >= 0 (0 = no limit)")
+    full_sync_interval = float(_pop(table, "full_sync_interval", (int, float), where, 0))
+    if full_sync_interval != 0 and full_sync_interval < 10:
+        raise ConfigError(f"{where}.full_sync_interval", "must be 0 (off) or >= 10 seconds")
     max_delays = _pop(table, "max_delays", int, where, 1000)
     if max_delays < 1:
         raise ConfigError(f"{where}.max_delays", "must be >= 1")
@@ -402,7 +411,8 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     _no_extra(table, where)
     return Sync(
         name=name, source=source, targets=tuple(targets), mode=mode, delay=delay,
-        delete=delete, init=init, max_delays=max_delays, exclude=exclude,
+        delete=delete, init=init, max_delays=max_delays, max_delete=max_delete,
+        full_sync_interval=full_sync_interval, exclude=exclude,
         exclude_from=exclude_from, filter=filters, filter_from=filter_from, ssh=ssh,
         rsync=rsync, commands=commands,
     )

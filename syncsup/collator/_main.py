@@ -193,7 +193,15 @@ class Collator:
         poller.register(self.ingest, zmq.POLLIN)
         poller.register(self.dispatch, zmq.POLLIN)
         log.info("collator for %s up (%d targets)", self.sync.name, len(self.targets))
+        interval = self.sync.full_sync_interval
+        next_full = time.monotonic() + interval
         while not self.rt.stopping and self.rt.parent_alive():
+            if interval and time.monotonic() >= next_full:
+                # A full comparison (with --checksum, as any later rescan) to
+                # repair what changed behind our back on either side.
+                log.info("full_sync_interval: scheduling a full comparison")
+                self.journal.mark((t.spec for t in self.sync.targets), [], [b""], time.time())
+                next_full = time.monotonic() + interval
             events = dict(poller.poll(100))
             if self.ingest in events:
                 for _ in range(1000):

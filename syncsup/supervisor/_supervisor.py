@@ -26,7 +26,7 @@ __all__ = ["StartError", "Supervisor"]
 log = logging.getLogger("syncsup.supervisor")
 
 ROLES_IN_START_ORDER = ("collator", "syncer", "watcher")
-HEARTBEAT_TIMEOUT = 15.0  # seconds of silence before a child is killed
+HEARTBEAT_TIMEOUT = 8.0   # seconds of silence before a child is killed (beats are 1/s)
 STOP_GRACE = 6.0          # seconds between SIGTERM and SIGKILL at stop
 
 
@@ -237,6 +237,7 @@ class Supervisor:
             syncs.append({
                 "name": s.name, "source": str(s.source), "mode": s.mode,
                 "watches": watcher.get("watches"), "unwatched": watcher.get("unwatched"),
+                "watch_limit_needed": watcher.get("watch_limit_needed") or None,
                 "overflows": watcher.get("overflows"), "targets": targets,
             })
         return {"version": 1, "config": str(self.conf.path), "started": self.started,

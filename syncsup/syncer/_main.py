@@ -55,6 +55,11 @@ class Slot:
     started: float = 0.0
     moves_done: int = 0
     last_ready: float = 0.0
+    io_seen: int = -1          # bytes read+written by the transfer's processes
+    io_changed: float = 0.0    # when that last moved
+    io_checked: float = 0.0    # when we last looked
+    killing: float = 0.0       # when we sent SIGTERM to a stalled transfer
+    empty_guard: bool = False  # this phase runs with the empty-source guard
     master: subprocess.Popen[bytes] | None = None
     master_failures: int = 0
     master_next: float = 0.0
@@ -197,6 +202,12 @@ class Syncer:
         verify = kind == "tree" and b"" in batch.trees and not batch.startup
         argv = rsync_argv(self.sync, slot.target, kind, str(lst), batch.startup, verify,
                           slot.control_path)
+        slot.empty_guard = kind == "tree" and b"" in batch.trees and _empty(self.sync.source)
+        if slot.empty_guard:
+            # An empty source root looks like an unmounted disk: never let it
+            # wipe the mirror. --max-delete=0 deletes nothing and fails (25)
+            # if there was anything to delete.
+            argv.insert(1, "--max-delete=0")
         self._start(slot, argv)
 
     def _login(self, slot: Slot) -> str:
@@ -214,6 +225,9 @@ class Syncer:
                 slot.proc = _spawn(argv, stderr=slot.errfile)
         except OSError as exc:
             self.finish(slot, Outcome.FATAL, 127, f"cannot run {argv[0]}: {exc}")
+            return
+        slot.io_seen, slot.io_changed, slot.io_checked = -1, time.monotonic(), 0.0
+        slot.killing = 0.0
 
     def poll_slot(self, slot: Slot) -> None:
         if slot.batch is not None and slot.proc is None and slot.token is None:
@@ -223,8 +237,20 @@ class Syncer:
             return
         rc = slot.proc.poll()
         if rc is None:
+            self.watch_progress(slot)
             return
         slot.proc = None
+        if slot.killing:
+            self.finish(slot, Outcome.RETRY, rc, f"no progress for {self.sync.rsync.timeout}s: "
+                        "transfer killed, will retry")
+            return
+        if slot.empty_guard and rc == 25:
+            log.error("source %s is empty but target %s is not: refusing to delete the "
+                      "mirror (an unmounted disk?); retrying until the source is back",
+                      self.sync.source, slot.target.spec)
+            self.finish(slot, Outcome.RETRY, rc, f"source {self.sync.source} is empty: "
+                        "refusing to delete the mirror")
+            return
         if slot.phase == "moves":
             if rc == 255:  # ssh could not reach the target: nothing was renamed
                 self.finish(slot, Outcome.RETRY, rc, self.stderr_tail(slot) or "ssh failed")
@@ -243,6 +269,30 @@ class Syncer:
             return
         self.finish(slot, outcome, rc,
                     self.stderr_tail(slot) or f"{slot.phase} transfer exited with {rc}")
+
+    def watch_progress(self, slot: Slot) -> None:
+        """Kill a transfer whose processes have read and written nothing for
+        ``rsync.timeout`` seconds (a stopped rsync, a dead link): TERM the
+        group, then KILL it STOP_GRACE later. It is retried like any failure."""
+        timeout = self.sync.rsync.timeout
+        if not timeout or slot.proc is None:
+            return
+        now = time.monotonic()
+        if slot.killing:
+            if now - slot.killing >= STOP_GRACE:
+                _killpg(slot.proc.pid, signal.SIGKILL)
+            return
+        if now - slot.io_checked < 1.0:
+            return  # /proc is read at most once a second per transfer
+        slot.io_checked = now
+        seen = _io_bytes(slot.proc.pid)
+        if seen != slot.io_seen:
+            slot.io_seen, slot.io_changed = seen, now
+        elif now - slot.io_changed >= timeout:
+            log.warning("target %s: %s transfer made no progress for %ds: killing it",
+                        slot.target.spec, slot.phase, timeout)
+            slot.killing = now
+            _killpg(slot.proc.pid, signal.SIGTERM)
 
     def stderr_tail(self, slot: Slot) -> str:
         if slot.errfile is None:
@@ -327,6 +377,34 @@ class Syncer:
     def info(self) -> dict[str, Any]:
         return {"sync": self.sync.name, "transfers": self.transfers,
                 "busy": [s.target.spec for s in self.slots if s.proc is not None]}
+
+
+def _empty(source: Path) -> bool:
+    """True if the source root has no entries (or is not there at all)."""
+    try:
+        with os.scandir(source) as it:
+            return next(it, None) is None
+    except OSError:
+        return True
+
+
+def _io_bytes(pid: int) -> int:
+    """Bytes read and written so far by ``pid`` and its descendants (rchar +
+    wchar from /proc): a transfer whose total does not move is stalled."""
+    total = 0
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/io", "rb") as fh:
+                for line in fh:
+                    if line.startswith((b"rchar:", b"wchar:")):
+                        total += int(line.split()[1])
+            with open(f"/proc/{p}/task/{p}/children", "rb") as fh:
+                stack += [int(c) for c in fh.read().split()]
+        except (OSError, ValueError):
+            continue
+    return total
 
 
 def _killpg(pgid: int, sig: int) -> None:

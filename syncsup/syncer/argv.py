@@ -94,6 +94,8 @@ def rsync_argv(sync: Sync, target: Target, kind: str, list_file: str, startup: b
             argv += [f"{flag}={value}"]
     if opts.timeout:
         argv += [f"--timeout={opts.timeout}"]
+    if sync.max_delete and deletes:
+        argv += [f"--max-delete={sync.max_delete}"]
     argv += [f"--exclude={pattern}" for pattern in sync.exclude]
     if sync.exclude_from is not None:
         argv += [f"--exclude-from={sync.exclude_from}"]

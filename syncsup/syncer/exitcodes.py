@@ -23,7 +23,8 @@ code   rsync's meaning                           class
 22     error allocating core memory buffers     retry
 23     partial transfer due to error            retry (and reported: files the
                                                  target refused are not done)
-25     --max-delete limit stopped deletions     retry
+25     --max-delete limit stopped deletions     fatal (an operator must look:
+                                                 retrying would hit it again)
 30     timeout in data send/receive              retry
 35     timeout waiting for daemon connection    retry
 255    ssh failed (unreachable, auth refused)   retry
@@ -49,7 +50,7 @@ class Outcome(StrEnum):
 
 
 _OK = frozenset({0, 24})
-_FATAL = frozenset({1, 2, 4, 6, 13})
+_FATAL = frozenset({1, 2, 4, 6, 13, 25})
 
 
 def classify(rc: int) -> Outcome:

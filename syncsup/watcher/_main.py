@@ -32,6 +32,7 @@ MAX_INFLIGHT = 8           # unacked EVENTS messages before we stop reading
 RESEND_AFTER = 2.0         # seconds without ack before a resend
 MAX_PATHS_PER_MSG = 20_000
 ROOT_POLL = 2.0            # seconds between checks for a missing source root
+UNWATCHED_RESCAN = 10.0    # seconds between rescans of subtrees we could not watch
 
 
 def parse(data: bytes) -> list[tuple[int, int, int, bytes]]:
@@ -63,6 +64,8 @@ class Watcher:
         self.pending = Changes()
         self.overflows = 0
         self.commands = sync.mode == "command"
+        self.needed = 0  # max_user_watches that would cover the whole tree
+        self.reported: set[bytes] = set()  # blind subtrees already logged
 
     def send(self, changes: Changes) -> None:
         paths, trees = sorted(changes.paths), sorted(changes.trees)
@@ -116,9 +119,36 @@ class Watcher:
             self.send(self.pending)
             self.pending = Changes()
 
+    def report_watch_limit(self) -> None:
+        """One clear error when the watch limit left (new) parts of the tree
+        blind; not repeated while the same subtrees stay blind."""
+        self.reported = set(self.tree.failed)
+        if not self.tree.failed:
+            self.needed = 0
+            return
+        missing = self.tree.unwatched_dirs()
+        self.needed = _current_watch_limit() + missing
+        log.error("inotify watch limit reached: %d directories of %s are not watched; "
+                  "raise fs.inotify.max_user_watches to at least %d (sysctl -w "
+                  "fs.inotify.max_user_watches=%d). Until then they are rescanned every %.0fs",
+                  missing, self.sync.source, self.needed, self.needed, UNWATCHED_RESCAN)
+
+    def rescan_unwatched(self) -> None:
+        """Try to watch the blind subtrees again (the limit may have been
+        raised), then rescan them: watch first, then scan, as always."""
+        failed = set(self.tree.failed)
+        self.tree.failed.clear()
+        for rel in failed:
+            self.tree.watch(rel)
+        if not self.tree.failed:
+            log.info("all directories of %s are watched again", self.sync.source)
+            self.needed = 0
+        self.send(Changes(trees=failed))
+
     def info(self) -> dict[str, Any]:
         return {"sync": self.sync.name, "watches": len(self.tree.paths),
-                "unwatched": len(self.tree.failed), "overflows": self.overflows,
+                "unwatched": len(self.tree.failed), "watch_limit_needed": self.needed,
+                "overflows": self.overflows,
                 "inflight": len(self.inflight)}
 
     def progress(self, watches: int) -> None:
@@ -150,6 +180,8 @@ class Watcher:
         self.tree.watch(b"")
         log.info("watching %s: %d directories in %.1fs", self.sync.source, len(self.tree.paths),
                  time.monotonic() - started)
+        self.report_watch_limit()
+        next_unwatched = time.monotonic() + UNWATCHED_RESCAN
         # Watches first, then the full rescan: nothing falls in between.
         self.send(Changes(trees={b""}))
         # Two pollers: while too much is unacked, the inotify fd is not
@@ -169,10 +201,23 @@ class Watcher:
                     except zmq.Again:
                         break
             self.read_events()
+            if not self.tree.failed <= self.reported:
+                self.report_watch_limit()
+            if self.tree.failed and time.monotonic() >= next_unwatched:
+                self.rescan_unwatched()
+                next_unwatched = time.monotonic() + UNWATCHED_RESCAN
             self.resend()
             self.rt.heartbeat(self.info)
         self.ino.close()
         self.rt.close()
+        return 0
+
+
+def _current_watch_limit() -> int:
+    try:
+        with open("/proc/sys/fs/inotify/max_user_watches") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
         return 0
 
 

@@ -76,12 +76,8 @@ class WatchTree:
                 if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
                     continue  # gone meanwhile (an event says so) or unreadable
                 if exc.errno == errno.ENOSPC:
-                    self.failed.add(d)
+                    self.failed.add(d)  # rescanned periodically by the watcher
                     self.watch_errors += 1
-                    if self.watch_errors == 1:
-                        log.error("inotify watch limit reached at %d watches: raise "
-                                  "fs.inotify.max_user_watches (sysctl); %r stays unwatched",
-                                  len(self.paths), d)
                     continue
                 raise
             self.paths[wd] = d
@@ -99,6 +95,11 @@ class WatchTree:
                             continue
             except OSError:
                 continue
+
+    def unwatched_dirs(self) -> int:
+        """How many directories the failed subtrees hold (what a raised
+        watch limit would have to cover)."""
+        return sum(1 for rel in self.failed for _ in os.walk(self.abspath(rel)))
 
     def forget(self, rel: bytes) -> None:
         """Drop the watches of ``rel`` and below (moved out of sight)."""
