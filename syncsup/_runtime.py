@@ -8,6 +8,7 @@ does I/O the roles would otherwise each write again.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import secrets
@@ -21,6 +22,7 @@ from typing import Any
 import zmq
 
 from syncsup import proto
+from syncsup.config import Settings
 
 __all__ = [
     "ChildRuntime",
@@ -61,12 +63,61 @@ def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
-def setup_logging(level: str, role: str, name: str = "") -> None:
-    """Log to stderr, one line per record, prefixed with the component so that
-    the interleaved output of all processes (and journald) stays readable."""
+_JOURNAL_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+class _JournalFormatter(logging.Formatter):
+    """Under systemd: ``<N>`` priority prefixes that journald understands,
+    no timestamp (journald adds its own)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _JOURNAL_PRIORITY.get(record.levelname, 6)
+        return f"<{prio}>{super().format(record)}"
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def __init__(self, role: str, name: str) -> None:
+        super().__init__()
+        self.role, self.name = role, name
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"time": record.created, "level": record.levelname.lower(), "role": self.role,
+               "component": self.name, "pid": record.process, "message": record.getMessage()}
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup_logging(settings: Settings | None, role: str, name: str = "") -> None:
+    """Log one line per record, prefixed with the component, so that the
+    interleaved output of all processes stays readable: to stderr (with
+    journald priorities when systemd is reading it) and, if configured, to
+    ``log_file`` too; ``log_format = "json"`` for machines."""
+    level = settings.log_level if settings else "info"
     label = f"{role}[{name}]" if name and name != role else role
-    fmt = f"%(asctime)s %(levelname)-7s {label} %(process)d: %(message)s"
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    text = f"%(levelname)-7s {label} %(process)d: %(message)s"
+    stamped = f"%(asctime)s {text}"
+    handlers: list[logging.Handler] = []
+    err = logging.StreamHandler(sys.stderr)
+    json_format = settings is not None and settings.log_format == "json"
+    if json_format:
+        err.setFormatter(_JsonFormatter(role, name or role))
+    elif os.environ.get("JOURNAL_STREAM"):
+        err.setFormatter(_JournalFormatter(text))
+    else:
+        err.setFormatter(logging.Formatter(stamped))
+    handlers.append(err)
+    if settings is not None and settings.log_file is not None:
+        try:
+            fh = logging.FileHandler(settings.log_file)
+            fh.setFormatter(_JsonFormatter(role, name or role) if json_format
+                            else logging.Formatter(stamped))
+            handlers.append(fh)
+        except OSError as exc:
+            print(f"syncsup: cannot open log_file {settings.log_file}: {exc}", file=sys.stderr)
+    logging.basicConfig(level=level.upper(), handlers=handlers, force=True)
 
 
 class ChildRuntime:
@@ -87,7 +138,14 @@ class ChildRuntime:
         self.control.setsockopt(zmq.SNDHWM, 10)
         self.control.connect(endpoint(state_dir, "control"))
         self.stopping = False
+        # Die with the supervisor. Set here rather than between fork and
+        # exec (the supervisor may have threads); the check closes the race
+        # of a supervisor that died before the prctl.
+        set_pdeathsig(signal.SIGKILL)
         self._parent = os.getppid()
+        expected = os.environ.get("SYNCSUP_SUPERVISOR_PID")
+        if expected and expected != str(self._parent):
+            raise SystemExit("supervisor is gone")
         self._last_beat = 0.0
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)

@@ -7,8 +7,16 @@ Commands and their exit codes:
   unusable state_dir, rsync missing).
 * ``status [--json] CONFIG``: ask the running daemon; 0 if it answered,
   3 if it is not running (the LSB convention), 1 if it did not answer.
-* ``check CONFIG``: validate the config only; 0 or 78.
+* ``check CONFIG``: validate the config, sources, rsync and every target
+  (ssh, remote rsync, writable); 0, 1 if a problem was found, 78.
 * ``stop CONFIG``: ask the running daemon to stop, as SIGTERM would.
+* ``resync [--sync S] [--target T] CONFIG``: compare everything again, with
+  ``--checksum`` (also SIGUSR1).
+* ``pause`` / ``resume [--sync S] [--target T] CONFIG``: stop and restart
+  sending; changes keep being recorded while paused.
+
+Signals to ``syncsup start``: TERM/INT stop, HUP reloads the config
+(restarting the children; pending work stays in the journal), USR1 resyncs.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     from syncsup.supervisor import StartError, Supervisor
 
     conf = _load(args.config)
-    setup_logging(conf.settings.log_level, "supervisor")
+    setup_logging(conf.settings, "supervisor")
     try:
         sup = Supervisor(conf)
     except (StartError, OSError) as exc:
@@ -132,9 +140,33 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from syncsup.check import run_checks
+
     conf = _load(args.config)
-    print(f"{conf.path}: ok ({len(conf.syncs)} sync(s))")
-    return 0
+    lines: list[str] = []
+    problems = run_checks(conf, lines)
+    print("\n".join(lines))
+    if problems:
+        print(f"{problems} problem(s)", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    conf = _load(args.config)
+    msg = proto.Control(command=args.command, sync=getattr(args, "sync", None) or "",
+                        target=getattr(args, "target", None) or "")
+    try:
+        reply = request(conf, msg)
+    except TimeoutError as exc:
+        print(f"syncsup: {exc}", file=sys.stderr)
+        return 1
+    if reply is None:
+        print(f"syncsup is not running (state_dir {conf.settings.state_dir})", file=sys.stderr)
+        return EX_NOT_RUNNING
+    assert isinstance(reply, proto.StatusReply)
+    ok, message = bool(reply.status.get("ok")), str(reply.status.get("message", ""))
+    print(message, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,8 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("stop", help="stop the running daemon")
     p.add_argument("config")
     p.set_defaults(func=cmd_stop)
-    p = sub.add_parser("check", help="validate the config")
+    p = sub.add_parser("check", help="validate the config, sources and targets (changes nothing)")
     p.add_argument("config")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("resync", help="compare everything again (with --checksum)")
+    p.add_argument("--sync", help="only this sync")
+    p.add_argument("--target", help="only this target (as written in the config)")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_control)
+    for name, text in (("pause", "stop sending; changes are still recorded"),
+                       ("resume", "send what was recorded while paused")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--sync", help="only this sync")
+        p.add_argument("--target", help="only this target")
+        p.add_argument("config")
+        p.set_defaults(func=cmd_control)
     args = parser.parse_args(argv)
     return int(args.func(args))

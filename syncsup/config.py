@@ -52,6 +52,11 @@ class Settings:
     state_dir: Path
     log_level: str = "info"
     max_processes: int = 0
+    log_file: Path | None = None
+    log_format: str = "text"
+    metrics: str | None = None
+    status_file: Path | None = None
+    status_interval: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -431,6 +436,19 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     max_processes = _pop(settings_t, "max_processes", int, "settings", 0)
     if max_processes < 0:
         raise ConfigError("settings.max_processes", "must be >= 0 (0 = no limit)")
+    log_file = _opt_path(settings_t, "log_file", "settings", base)
+    log_format = _pop(settings_t, "log_format", str, "settings", "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError("settings.log_format", "must be 'text' or 'json'")
+    metrics = _opt_str(settings_t, "metrics", "settings")
+    if metrics is not None:
+        host, _, port = metrics.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError("settings.metrics", "must be 'host:port', e.g. '127.0.0.1:9473'")
+    status_file = _opt_path(settings_t, "status_file", "settings", base)
+    status_interval = float(_pop(settings_t, "status_interval", (int, float), "settings", 10))
+    if not 1 <= status_interval <= 86400:
+        raise ConfigError("settings.status_interval", "must be between 1 and 86400 seconds")
     if log_level not in LOG_LEVELS:
         raise ConfigError("settings.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
     _no_extra(settings_t, "settings")
@@ -451,6 +469,11 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         state_dir=(base / state_dir).resolve() if state_dir else _default_state_dir(path),
         log_level=log_level,
         max_processes=max_processes,
+        log_file=log_file,
+        log_format=log_format,
+        metrics=metrics,
+        status_file=status_file,
+        status_interval=status_interval,
     )
     return Config(path=path, settings=settings, syncs=syncs)
 

@@ -36,6 +36,7 @@ class Collator:
         self.targets = [TargetQueue(spec=t.spec, delay=sync.delay) for t in sync.targets]
         for q in self.targets:
             q.synced_this_run = self.journal.get_meta(f"synced:{q.spec}") == run_id
+            q.paused = self.journal.get_meta(f"paused:{q.spec}") == run_id
         self.ingest = self.rt.ctx.socket(zmq.ROUTER)
         self.dispatch = self.rt.ctx.socket(zmq.ROUTER)
         for sock, name in ((self.ingest, "ingest"), (self.dispatch, "dispatch")):
@@ -44,6 +45,7 @@ class Collator:
             sock.bind(endpoint(state_dir, f"{name}-{sync.name}"))
         self.next_batch = int(time.time() * 1000)  # unique across restarts
         self.malformed = 0
+        self.rescans = 0
 
     # -- message handlers -------------------------------------------------
 
@@ -68,6 +70,7 @@ class Collator:
                           moves=moves, seq=msg.seq,
                           created=msg.created if self.sync.mode == "command" else ())
         self._send(self.ingest, peer, proto.Ack(seq=msg.seq))
+        self.rescans += len(trees)
         if msg.trees:
             log.info("rescan requested: %s", ", ".join(
                 repr(t.decode(errors="replace") or "/") for t in msg.trees[:5]))
@@ -107,10 +110,34 @@ class Collator:
         else:
             log.warning("dropped unexpected %s on dispatch", type(msg).__name__)
 
+    def on_control(self, frames: list[bytes]) -> None:
+        """An operator command relayed by the supervisor."""
+        try:
+            msg = proto.decode(frames)
+        except proto.ProtocolError as exc:
+            log.warning("dropped malformed control message: %s", exc)
+            return
+        if not isinstance(msg, proto.Control):
+            return
+        queues = [q for q in self.targets if msg.target in ("", q.spec)]
+        if msg.command == "resync":
+            log.info("resync requested for %s", ", ".join(q.spec for q in queues))
+            self.journal.mark((q.spec for q in queues), [], [b""], time.time())
+        elif msg.command in ("pause", "resume"):
+            paused = msg.command == "pause"
+            for q in queues:
+                q.paused = paused
+                self.journal.set_meta(f"paused:{q.spec}", self.run_id if paused else "")
+            log.info("%s: %s", "paused (changes are still recorded)" if paused else "resumed",
+                     ", ".join(q.spec for q in queues))
+
     def on_done(self, msg: proto.Done) -> None:
         q = self.targets[msg.target]
         now = time.time()
         lease = q.lease
+        if lease is not None and lease.batch_id == msg.batch_id:
+            q.outcomes[msg.outcome] = q.outcomes.get(msg.outcome, 0) + 1
+            q.bytes_sent += max(0, msg.bytes)
         ok = q.finish(msg.batch_id, msg.outcome, msg.error, now)
         if lease is None or lease.batch_id != msg.batch_id:
             log.debug("ignored DONE for unknown batch %d", msg.batch_id)
@@ -132,7 +159,7 @@ class Collator:
     def dispatch_due(self) -> None:
         now = time.time()
         for index, q in enumerate(self.targets):
-            if q.ready_peer is None or q.lease is not None:
+            if q.ready_peer is None or q.lease is not None or q.paused:
                 continue
             oldest = self.journal.oldest(q.spec)
             # max_delays: enough changes flush the batch before its delay.
@@ -185,13 +212,17 @@ class Collator:
                 "lag": None if oldest is None else max(0.0, now - oldest),
                 "last_sync": q.last_ok,
                 "last_error": q.last_error,
+                "transfers": dict(q.outcomes),
+                "bytes_sent": q.bytes_sent,
             })
-        return {"sync": self.sync.name, "targets": targets, "malformed": self.malformed}
+        return {"sync": self.sync.name, "targets": targets, "malformed": self.malformed,
+                "rescans": self.rescans}
 
     def run(self) -> int:
         poller = zmq.Poller()
         poller.register(self.ingest, zmq.POLLIN)
         poller.register(self.dispatch, zmq.POLLIN)
+        poller.register(self.rt.control, zmq.POLLIN)
         log.info("collator for %s up (%d targets)", self.sync.name, len(self.targets))
         interval = self.sync.full_sync_interval
         next_full = time.monotonic() + interval
@@ -215,6 +246,12 @@ class Collator:
                         self.on_dispatch(self.dispatch.recv_multipart(zmq.NOBLOCK))
                     except zmq.Again:
                         break
+            if self.rt.control in events:
+                for _ in range(100):
+                    try:
+                        self.on_control(self.rt.control.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
             self.dispatch_due()
             self.rt.heartbeat(self.info)
         self.journal.close()
@@ -225,6 +262,6 @@ class Collator:
 def main(argv: list[str]) -> int:
     config_path, sync_name, run_id, *_ = argv
     conf = cfg.load_for_child(config_path, sync_name)
-    setup_logging(conf.settings.log_level, "collator", sync_name)
+    setup_logging(conf.settings, "collator", sync_name)
     os.umask(0o077)
     return Collator(conf, conf.sync(sync_name), run_id).run()

@@ -60,6 +60,9 @@ class TargetQueue:
     last_error: str | None = None
     synced_this_run: bool = False
     marked: int = 0  # changes recorded since the last batch (for max_delays)
+    paused: bool = False
+    outcomes: dict[str, int] = field(default_factory=dict)  # transfers by outcome
+    bytes_sent: int = 0
 
     def on_ready(self, peer: bytes, incarnation: str) -> Lease | None:
         """A credit from a syncer. Returns a lease that must go back to
@@ -109,6 +112,8 @@ class TargetQueue:
         """The word status shows for this target."""
         if self.lease is not None:
             return "startup" if startup_pending and not self.synced_this_run else "syncing"
+        if self.paused:
+            return "paused"
         if self.fatal:
             return "failed"
         if self.failures:

@@ -9,6 +9,7 @@ from syncsup.proto._codec import MAX_BODY, VERSION, ProtocolError, decode, encod
 from syncsup.proto._messages import (
     Ack,
     Batch,
+    Control,
     Done,
     Events,
     Heartbeat,
@@ -24,6 +25,7 @@ __all__ = [
     "VERSION",
     "Ack",
     "Batch",
+    "Control",
     "Done",
     "Events",
     "Heartbeat",

@@ -19,6 +19,7 @@ import msgpack
 from syncsup.proto._messages import (
     Ack,
     Batch,
+    Control,
     Done,
     Events,
     Heartbeat,
@@ -37,7 +38,8 @@ MAX_ITEMS = 1_000_000
 
 _TYPES: dict[bytes, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Ack, Batch, Done, Events, Heartbeat, Ready, StatusReply, StatusRequest, Stop)
+    for cls in (Ack, Batch, Control, Done, Events, Heartbeat, Ready, StatusReply, StatusRequest,
+                Stop)
 }
 
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 __all__ = [
     "Ack",
     "Batch",
+    "Control",
     "Done",
     "Events",
     "Heartbeat",
@@ -81,6 +82,23 @@ class Stop(Message):
     TYPE: ClassVar[bytes] = b"STOP"
     FIELDS: ClassVar[dict[str, str]] = {"reason": "str"}
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class Control(Message):
+    """CLI -> supervisor -> collator(s): an operator command.
+
+    ``command`` is ``resync`` (compare everything again, with --checksum),
+    ``pause`` (keep recording changes, send nothing) or ``resume``.
+    ``sync`` and ``target`` narrow it ("" means all). The supervisor answers
+    the CLI with a StatusReply whose ``status`` has ``ok`` and ``message``.
+    """
+
+    TYPE: ClassVar[bytes] = b"CONTROL"
+    FIELDS: ClassVar[dict[str, str]] = {"command": "str", "sync": "str", "target": "str"}
+    command: str
+    sync: str = ""
+    target: str = ""
 
 
 @dataclass(frozen=True)
@@ -176,13 +194,14 @@ class Done(Message):
     a signal), ``error`` a one-line reason, ``seconds`` the wall time.
     ``moves_done`` says how many of the batch's renames were attempted: those
     are never replayed, whatever the outcome (the transfer repairs a failed
-    one, a replay could undo a later one).
+    one, a replay could undo a later one). ``bytes`` is what rsync reported
+    sending (its ``--stats``).
     """
 
     TYPE: ClassVar[bytes] = b"DONE"
     FIELDS: ClassVar[dict[str, str]] = {
         "batch_id": "int", "target": "int", "outcome": "str", "rc": "int", "error": "str",
-        "seconds": "float", "moves_done": "int",
+        "seconds": "float", "moves_done": "int", "bytes": "int",
     }
     batch_id: int
     target: int
@@ -191,3 +210,4 @@ class Done(Message):
     error: str = ""
     seconds: float = 0.0
     moves_done: int = 0
+    bytes: int = 0

@@ -18,8 +18,11 @@ import zmq
 
 from syncsup import config as cfg
 from syncsup import proto
-from syncsup._runtime import endpoint, new_incarnation, set_pdeathsig
+from syncsup._runtime import endpoint, new_incarnation
+from syncsup.supervisor.metrics import serve
+from syncsup.supervisor.notify import Notifier
 from syncsup.supervisor.policy import RestartPolicy, State
+from syncsup.supervisor.status_file import write_status_file
 
 __all__ = ["StartError", "Supervisor"]
 
@@ -47,6 +50,7 @@ class Component:
     spawned: float = 0.0
     last_beat: float = 0.0
     incarnation: str | None = None
+    peer: bytes | None = None  # its routing id on the control socket
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -102,13 +106,13 @@ class Supervisor:
         self.lock = acquire_lock(state_dir)
         if shutil.which("rsync") is None:
             raise StartError("rsync is not installed (apt-get install rsync)")
-        self.components: list[Component] = []
-        for role in ROLES_IN_START_ORDER:
-            for sync in conf.syncs:
-                argv = [sys.executable, "-m", f"syncsup.{role}", str(conf.path), sync.name,
-                        self.run_id]
-                self.components.append(Component(f"{role}:{sync.name}", role, sync.name, argv))
+        self.components = self._components(conf)
         self.by_name = {c.name: c for c in self.components}
+        self.pending_signal: str | None = None
+        self.notifier = Notifier()
+        self.metrics: Any = None
+        self.last_periodic = 0.0
+        self.next_status_file = 0.0
         self.ctx = zmq.Context()
         self.control = self.ctx.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
@@ -120,10 +124,23 @@ class Supervisor:
 
     # -- children --------------------------------------------------------------
 
+    def _components(self, conf: cfg.Config) -> list[Component]:
+        out = []
+        for role in ROLES_IN_START_ORDER:
+            for sync in conf.syncs:
+                argv = [sys.executable, "-m", f"syncsup.{role}", str(conf.path), sync.name,
+                        self.run_id]
+                out.append(Component(f"{role}:{sync.name}", role, sync.name, argv))
+        return out
+
     def spawn(self, c: Component, now: float) -> None:
         try:
+            # No preexec_fn: the supervisor may run a metrics thread, and
+            # running Python between fork and exec is unsafe with threads.
+            # The child sets PR_SET_PDEATHSIG itself (syncsup._runtime).
+            env = {**os.environ, "SYNCSUP_SUPERVISOR_PID": str(os.getpid())}
             c.proc = subprocess.Popen(c.argv, stdin=subprocess.DEVNULL, start_new_session=True,
-                                      preexec_fn=set_pdeathsig, close_fds=True)
+                                      close_fds=True, env=env)
         except OSError as exc:
             log.error("cannot start %s: %s", c.name, exc)
             c.policy.start(now)
@@ -192,18 +209,46 @@ class Supervisor:
             if c is None or c.proc is None or c.proc.pid != msg.pid:
                 return  # a stale incarnation, or a stranger
             c.last_beat = time.monotonic()
+            c.peer = peer
             if c.incarnation != msg.incarnation:
                 c.policy.up(c.last_beat)
             c.incarnation = msg.incarnation
             c.info = msg.info
         elif isinstance(msg, proto.StatusRequest):
             self._reply(peer, proto.StatusReply(status=self.status()))
+        elif isinstance(msg, proto.Control):
+            ok, message = self.relay(msg)
+            self._reply(peer, proto.StatusReply(status={"ok": ok, "message": message}))
         elif isinstance(msg, proto.Stop):
             log.info("stop requested over the control socket%s",
                      f": {msg.reason}" if msg.reason else "")
             self.stopping = True
         else:
             log.warning("dropped unexpected %s on control", type(msg).__name__)
+
+    def relay(self, msg: proto.Control) -> tuple[bool, str]:
+        """Check an operator command and pass it to the collators it concerns."""
+        if msg.command not in ("resync", "pause", "resume"):
+            return False, f"unknown command {msg.command!r}"
+        syncs = [s for s in self.conf.syncs if msg.sync in ("", s.name)]
+        if not syncs:
+            return False, f"no sync named {msg.sync!r}"
+        if msg.target and not any(t.spec == msg.target for s in syncs for t in s.targets):
+            return False, f"no target {msg.target!r}" + (f" in sync {msg.sync!r}" if msg.sync
+                                                        else "")
+        sent = []
+        for s in syncs:
+            c = self.by_name[f"collator:{s.name}"]
+            if c.peer is None or c.proc is None:
+                return False, f"collator of {s.name} is not running; try again"
+            if msg.target and not any(t.spec == msg.target for t in s.targets):
+                continue
+            fwd = proto.Control(command=msg.command, sync=s.name, target=msg.target)
+            self.control.send_multipart([c.peer, *proto.encode(fwd)])
+            sent.append(s.name)
+        log.info("%s requested for %s%s", msg.command, ", ".join(sent),
+                 f" target {msg.target}" if msg.target else "")
+        return True, f"{msg.command}: {', '.join(sent)}"
 
     def _reply(self, peer: bytes, msg: proto.Message) -> None:
         try:
@@ -236,6 +281,7 @@ class Supervisor:
                 "last_sync": None, "last_error": None} for t in s.targets]
             syncs.append({
                 "name": s.name, "source": str(s.source), "mode": s.mode,
+                "rescans": collator.get("rescans", 0),
                 "watches": watcher.get("watches"), "unwatched": watcher.get("unwatched"),
                 "watch_limit_needed": watcher.get("watch_limit_needed") or None,
                 "overflows": watcher.get("overflows"), "targets": targets,
@@ -246,20 +292,102 @@ class Supervisor:
     # -- main loop ---------------------------------------------------------------
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            self.pending_signal = "reload"
+            return
+        if signum == signal.SIGUSR1:
+            self.pending_signal = "resync"
+            return
         if not self.stopping:
             log.info("received %s: stopping", signal.Signals(signum).name)
         self.stopping = True
 
+    def handle_signal(self) -> None:
+        what, self.pending_signal = self.pending_signal, None
+        if what == "resync":
+            log.info("SIGUSR1: resync of every target")
+            self.relay(proto.Control(command="resync"))
+        elif what == "reload":
+            self.reload()
+
+    def reload(self) -> None:
+        """SIGHUP: read the config again and restart the children on it.
+        Pending work is in the journals, so nothing is lost; a bad new config
+        is refused and the old one keeps running."""
+        try:
+            new = cfg.load(self.conf.path)
+        except cfg.ConfigError as exc:
+            log.error("SIGHUP: config error, keeping the running config: %s", exc)
+            return
+        if new.settings.state_dir != self.conf.settings.state_dir:
+            log.error("SIGHUP: settings.state_dir changed; that needs a restart. "
+                      "Keeping the running config")
+            return
+        log.info("SIGHUP: reloading %s (%d sync(s))", new.path, len(new.syncs))
+        self.stop_children()
+        self.conf = new
+        self.components = self._components(new)
+        self.by_name = {c.name: c for c in self.components}
+        now = time.monotonic()
+        for c in self.components:
+            self.spawn(c, now)
+
+    def summary(self) -> tuple[bool, str]:
+        """(initial sync done everywhere, one-line summary) for systemd."""
+        doc = self.status()
+        targets = [t for s in doc["syncs"] for t in s["targets"]]
+        starting = sum(t["state"] == "startup" for t in targets)
+        failing = sum(t["state"] in ("retrying", "failed") for t in targets)
+        pending = sum(t["pending"] for t in targets)
+        down = [c["name"] for c in doc["components"] if c["state"] != "running"]
+        parts = [f"{len(targets)} target(s)"]
+        if starting:
+            parts.append(f"{starting} in initial sync")
+        parts.append(f"{pending} pending")
+        if failing:
+            parts.append(f"{failing} failing")
+        if down:
+            parts.append(f"not running: {', '.join(down)}")
+        return starting == 0, ", ".join(parts)
+
+    def periodic(self, now: float) -> None:
+        """systemd notifications and the status file, at most once a second."""
+        if now - self.last_periodic < 1.0:
+            return
+        self.last_periodic = now
+        self.notifier.watchdog(now)
+        if self.notifier.addr is not None:
+            ready, summary = self.summary()
+            if ready:
+                self.notifier.ready(summary)
+            if self.notifier.ready_sent:
+                self.notifier.status(summary)
+        settings = self.conf.settings
+        if settings.status_file is not None and now >= self.next_status_file:
+            self.next_status_file = now + settings.status_interval
+            write_status_file(settings.status_file, self.status())
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_signal)
+        signal.signal(signal.SIGUSR1, self._on_signal)
         log.info("syncsup starting: %d sync(s), state in %s", len(self.conf.syncs),
                  self.conf.settings.state_dir)
+        if self.conf.settings.metrics:
+            try:
+                self.metrics = serve(self.conf.settings.metrics, self.status)
+                log.info("metrics on http://%s/metrics", self.conf.settings.metrics)
+            except OSError as exc:
+                log.error("cannot serve metrics on %s: %s; running without",
+                          self.conf.settings.metrics, exc)
         now = time.monotonic()
         for c in self.components:
             self.spawn(c, now)
         try:
             while not self.stopping:
+                if self.pending_signal:
+                    self.handle_signal()
                 if self.control.poll(200, zmq.POLLIN):
                     for _ in range(1000):
                         try:
@@ -272,8 +400,13 @@ class Supervisor:
                     c.policy.tick(now)
                     if c.proc is None and c.policy.due(now) and not self.stopping:
                         self.spawn(c, now)
+                self.periodic(now)
         finally:
+            self.notifier.stopping()
             self.stop_children()
+            if self.metrics is not None:
+                self.metrics.shutdown()
+            self.notifier.close()
             self.ctx.destroy(linger=0)
             log.info("syncsup stopped")
         return 0

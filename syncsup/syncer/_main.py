@@ -51,6 +51,8 @@ class Slot:
     phase: str = ""
     proc: subprocess.Popen[bytes] | None = None
     errfile: IO[bytes] | None = None
+    outfile: IO[bytes] | None = None  # rsync's --stats
+    sent: int = 0
     token: IO[str] | None = None
     started: float = 0.0
     moves_done: int = 0
@@ -69,10 +71,10 @@ def _names(paths: list[bytes]) -> bytes:
     return b"".join((p or b".") + b"\0" for p in paths)
 
 
-def _spawn(argv: list[str], stdin: Any = subprocess.DEVNULL,
-           stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+def _spawn(argv: list[str], stdin: Any = subprocess.DEVNULL, stderr: Any = subprocess.DEVNULL,
+           stdout: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
     """A child in its own process group that dies with us."""
-    return subprocess.Popen(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=stderr,
+    return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
                             start_new_session=True, preexec_fn=set_pdeathsig, close_fds=True)
 
 
@@ -175,6 +177,10 @@ class Syncer:
             slot.errfile = open(self.tmp / f"{self.sync.name}-{slot.index}.err", "w+b")  # noqa: SIM115
         slot.errfile.seek(0)
         slot.errfile.truncate()
+        if slot.outfile is None:
+            slot.outfile = open(self.tmp / f"{self.sync.name}-{slot.index}.out", "w+b")  # noqa: SIM115
+        slot.outfile.seek(0)
+        slot.outfile.truncate()
         lst = self.tmp / f"{self.sync.name}-{slot.index}-{kind}.list"
         if kind == "moves":
             lst.write_bytes(b"".join(a + b"\0" + b + b"\0" for a, b in batch.moves))
@@ -222,7 +228,7 @@ class Syncer:
                 with open(stdin_path, "rb") as stdin:
                     slot.proc = _spawn(argv, stdin=stdin, stderr=slot.errfile)
             else:
-                slot.proc = _spawn(argv, stderr=slot.errfile)
+                slot.proc = _spawn(argv, stderr=slot.errfile, stdout=slot.outfile)
         except OSError as exc:
             self.finish(slot, Outcome.FATAL, 127, f"cannot run {argv[0]}: {exc}")
             return
@@ -240,6 +246,7 @@ class Syncer:
             self.watch_progress(slot)
             return
         slot.proc = None
+        slot.sent += _stats_sent(slot.outfile)
         if slot.killing:
             self.finish(slot, Outcome.RETRY, rc, f"no progress for {self.sync.rsync.timeout}s: "
                         "transfer killed, will retry")
@@ -308,15 +315,18 @@ class Syncer:
         seconds = time.monotonic() - slot.started
         self.transfers += 1
         level = logging.INFO if outcome is Outcome.OK else logging.WARNING
-        log.log(level, "target %s: batch %d, %d paths, %d trees, %d renames, %.2fs: %s%s",
+        log.log(level, "target %s: batch %d, %d paths, %d trees, %d renames, %d bytes, %.2fs: %s%s",
                 slot.target.spec, batch.batch_id, len(batch.paths), len(batch.trees),
-                slot.moves_done, seconds, outcome.value,
+                slot.moves_done, slot.sent, seconds, outcome.value,
                 f" (rc {rc}: {error})" if outcome is not Outcome.OK else "")
         self.send(proto.Done(batch_id=batch.batch_id, target=slot.index, outcome=outcome.value,
-                             rc=rc, error=error, seconds=seconds, moves_done=slot.moves_done))
-        if slot.errfile is not None:
-            slot.errfile.close()
-            slot.errfile = None
+                             rc=rc, error=error, seconds=seconds, moves_done=slot.moves_done,
+                             bytes=slot.sent))
+        slot.sent = 0
+        for fh in (slot.errfile, slot.outfile):
+            if fh is not None:
+                fh.close()
+        slot.errfile = slot.outfile = None
         if slot.token is not None:
             slot.token.close()  # releases the flock
             slot.token = None
@@ -379,6 +389,20 @@ class Syncer:
                 "busy": [s.target.spec for s in self.slots if s.proc is not None]}
 
 
+def _stats_sent(out: IO[bytes] | None) -> int:
+    """'Total bytes sent: 1,234' from rsync's --stats output, or 0."""
+    if out is None:
+        return 0
+    out.seek(0)
+    for line in out.read()[-16384:].splitlines():
+        if line.startswith(b"Total bytes sent:"):
+            try:
+                return int(line.split(b":", 1)[1].strip().replace(b",", b""))
+            except ValueError:
+                return 0
+    return 0
+
+
 def _empty(source: Path) -> bool:
     """True if the source root has no entries (or is not there at all)."""
     try:
@@ -417,5 +441,5 @@ def _killpg(pgid: int, sig: int) -> None:
 def main(argv: list[str]) -> int:
     config_path, sync_name, *_ = argv
     conf = cfg.load_for_child(config_path, sync_name)
-    setup_logging(conf.settings.log_level, "syncer", sync_name)
+    setup_logging(conf.settings, "syncer", sync_name)
     return Syncer(conf, conf.sync(sync_name)).run()

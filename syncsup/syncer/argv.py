@@ -75,7 +75,7 @@ def rsync_argv(sync: Sync, target: Target, kind: str, list_file: str, startup: b
     deletes = sync.delete is True or sync.delete == ("startup" if startup else "running")
     # Without archive, keep symlinks as symlinks and times (for the quick check).
     argv = [opts.binary, "-a" if opts.archive else "-lt", "--from0",
-            f"--files-from={list_file}", "--force"]
+            f"--files-from={list_file}", "--force", "--stats"]
     if kind == "tree":
         argv += ["-r", "--modify-window=-1"]
         if verify or opts.checksum:

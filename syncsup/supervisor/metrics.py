@@ -1,0 +1,85 @@
+"""Prometheus metrics, served by ``prometheus_client`` when
+``[settings] metrics = "127.0.0.1:PORT"`` is set.
+
+The numbers come from the same status document ``syncsup status`` prints
+(built from the children's heartbeats), read at scrape time by a custom
+collector, so there is no second copy of the state to keep in sync. Counters
+that live in a child (transfers, bytes, overflows) restart from zero when
+that child restarts; Prometheus' ``rate()`` handles such resets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+__all__ = ["StatusCollector", "serve"]
+
+
+class StatusCollector(Collector):
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Any]:
+        doc = self.status()
+        t_labels = ["sync", "target"]
+        lag = GaugeMetricFamily("syncsup_target_lag_seconds",
+                                "Age of the oldest change not yet on the target", labels=t_labels)
+        pending = GaugeMetricFamily("syncsup_target_pending_paths",
+                                    "Paths and subtrees waiting for the target", labels=t_labels)
+        last_ok = GaugeMetricFamily("syncsup_target_last_success_timestamp_seconds",
+                                    "Unix time of the last successful transfer", labels=t_labels)
+        up_t = GaugeMetricFamily("syncsup_target_healthy",
+                                 "1 unless the last transfer failed", labels=t_labels)
+        transfers = CounterMetricFamily("syncsup_transfers", "Transfers by outcome",
+                                        labels=[*t_labels, "outcome"])
+        sent = CounterMetricFamily("syncsup_sent_bytes", "Bytes sent by rsync", labels=t_labels)
+        watches = GaugeMetricFamily("syncsup_watches", "Directories watched", labels=["sync"])
+        unwatched = GaugeMetricFamily("syncsup_unwatched_subtrees",
+                                      "Subtrees left unwatched (watch limit)", labels=["sync"])
+        overflows = CounterMetricFamily("syncsup_inotify_overflows",
+                                        "inotify queue overflows", labels=["sync"])
+        rescans = CounterMetricFamily("syncsup_rescans", "Subtree rescans requested",
+                                      labels=["sync"])
+        for s in doc["syncs"]:
+            name = s["name"]
+            watches.add_metric([name], s.get("watches") or 0)
+            unwatched.add_metric([name], s.get("unwatched") or 0)
+            overflows.add_metric([name], s.get("overflows") or 0)
+            rescans.add_metric([name], s.get("rescans") or 0)
+            for t in s["targets"]:
+                labels = [name, t["target"]]
+                lag.add_metric(labels, t.get("lag") or 0.0)
+                pending.add_metric(labels, t.get("pending") or 0)
+                if t.get("last_sync") is not None:
+                    last_ok.add_metric(labels, t["last_sync"])
+                up_t.add_metric(labels, 0 if t["state"] in ("retrying", "failed") else 1)
+                for outcome, n in (t.get("transfers") or {}).items():
+                    transfers.add_metric([*labels, outcome], n)
+                sent.add_metric(labels, t.get("bytes_sent") or 0)
+        c_labels = ["component", "role"]
+        restarts = CounterMetricFamily("syncsup_component_restarts", "Restarts since start",
+                                       labels=c_labels)
+        up = GaugeMetricFamily("syncsup_component_up", "1 if the component is running",
+                               labels=c_labels)
+        for c in doc["components"]:
+            restarts.add_metric([c["name"], c["role"]], c["restarts"])
+            up.add_metric([c["name"], c["role"]], 1 if c["state"] == "running" else 0)
+        yield from (lag, pending, last_ok, up_t, transfers, sent, watches, unwatched, overflows,
+                    rescans, restarts, up)
+
+
+def serve(address: str, status: Callable[[], dict[str, Any]]) -> Any:
+    """Serve /metrics on ``host:port`` in a background thread; returns the
+    server (``shutdown()`` it at stop)."""
+    from prometheus_client import start_http_server
+
+    host, _, port = address.rpartition(":")
+    registry = CollectorRegistry()
+    registry.register(StatusCollector(status))
+    server, _thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
+                                        registry=registry)
+    return server
