@@ -26,8 +26,10 @@ from syncsup.config import Settings
 
 __all__ = [
     "ChildRuntime",
+    "bind_private",
     "endpoint",
     "new_incarnation",
+    "recv_trusted",
     "set_pdeathsig",
     "setup_logging",
 ]
@@ -45,6 +47,46 @@ def endpoint(state_dir: Path, name: str) -> str:
         raise OSError(f"socket path too long for a unix socket ({len(path)} bytes): {path}; "
                       "choose a shorter settings.state_dir")
     return f"ipc://{path}"
+
+
+def bind_private(sock: zmq.Socket[bytes], state_dir: Path, name: str) -> None:
+    """Bind ``sock`` to socket ``name`` in ``state_dir``, readable and
+    writable by our user only (0600, inside a 0700 directory)."""
+    addr = endpoint(state_dir, name)
+    old = os.umask(0o077)
+    try:
+        sock.bind(addr)
+    finally:
+        os.umask(old)
+    os.chmod(addr[len("ipc://"):], 0o600)
+
+
+_refused: dict[int, float] = {}
+
+
+def recv_trusted(sock: zmq.Socket[bytes], log: logging.Logger) -> list[bytes] | None:
+    """Receive one message without blocking (raises zmq.Again if none), and
+    return it only if the peer runs as our user (or root).
+
+    The peer's credentials come from the kernel (SO_PEERCRED on the unix
+    socket, which libzmq exposes as the ``Peer-Address`` property
+    ``host:uid:gid:pid``), not from anything the peer says. A refusal is
+    logged (at most once a minute per uid) and the message dropped.
+    """
+    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+    try:
+        uid = int(str(frames[0].get("Peer-Address")).rsplit(":", 3)[1])
+    except (zmq.ZMQError, IndexError, ValueError, TypeError):
+        uid = -1
+    if uid not in (os.getuid(), 0):
+        now = time.monotonic()
+        if now - _refused.get(uid, -1e9) > 60:
+            _refused[uid] = now
+            log.warning("refused a message on %s from uid %d: only uid %d may talk to "
+                        "this daemon", sock.getsockopt_string(zmq.LAST_ENDPOINT), uid,
+                        os.getuid())
+        return None
+    return [f.bytes for f in frames]
 
 
 def new_incarnation() -> str:
@@ -138,6 +180,7 @@ class ChildRuntime:
         self.control.setsockopt(zmq.SNDHWM, 10)
         self.control.connect(endpoint(state_dir, "control"))
         self.stopping = False
+        os.umask(0o077)  # journal, lists and sockets are ours alone
         # Die with the supervisor. Set here rather than between fork and
         # exec (the supervisor may have threads); the check closes the race
         # of a supervisor that died before the prctl.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -423,6 +424,56 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     )
 
 
+def _inside(a: str, b: str) -> bool:
+    """Is path ``a`` equal to or below path ``b``?"""
+    return a == b or a.startswith(b.rstrip("/") + "/")
+
+
+def _check_overlaps(syncs: tuple[Sync, ...]) -> None:
+    """Refuse configs that would mirror a tree into itself or let two syncs
+    fight over one target: both end in data loss or endless transfers."""
+    seen: dict[str, str] = {}
+    for i, sync in enumerate(syncs):
+        src = os.path.realpath(sync.source)
+        for j, t in enumerate(sync.targets):
+            key = f"sync[{i}].targets[{j}]"
+            if sync.mode == "command" and t.spec == "command":
+                continue
+            if not t.is_remote:
+                dst = os.path.realpath(t.path)
+                if dst == src:
+                    raise ConfigError(key, "is the source itself")
+                if _inside(dst, src):
+                    raise ConfigError(key, f"is inside its own source {src}")
+                if _inside(src, dst):
+                    raise ConfigError(key, f"contains its own source {src}")
+                ident = dst
+            else:
+                ident = f"{t.user or ''}@{t.host}:{os.path.normpath(t.path)}"
+            for other, where in seen.items():
+                same_host = ident.partition(":")[0] == other.partition(":")[0]
+                a, b = ident.rpartition(":")[2], other.rpartition(":")[2]
+                if (ident.startswith("/") == other.startswith("/")) and same_host and (
+                        _inside(a, b) or _inside(b, a)):
+                    raise ConfigError(key, f"overlaps {where}: two syncs would write the "
+                                      "same files")
+            seen[ident] = f"sync[{i}].targets[{j}]"
+
+
+def _check_private(path: Path, key: str) -> None:
+    """A config or state_dir others can write would let them run commands
+    as us (command mode) or redirect the mirror: refuse it."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    if st.st_mode & 0o022:
+        raise ConfigError(key, f"{path} is writable by other users (mode "
+                          f"{stat.S_IMODE(st.st_mode):o}); chmod go-w it")
+    if st.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(key, f"{path} belongs to uid {st.st_uid}, not to us or root")
+
+
 def parse(data: dict[str, Any], path: Path) -> Config:
     """Build a :class:`Config` from already-parsed TOML ``data``."""
     base = path.parent
@@ -465,6 +516,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"sync[{i}].name", f"duplicate sync name {name!r}")
+    _check_overlaps(syncs)
     settings = Settings(
         state_dir=(base / state_dir).resolve() if state_dir else _default_state_dir(path),
         log_level=log_level,
@@ -490,7 +542,10 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError("config", f"{p}: permission denied") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{p}: invalid TOML: {exc}") from None
-    return parse(data, p)
+    _check_private(p, "config")
+    conf = parse(data, p)
+    _check_private(conf.settings.state_dir, "settings.state_dir")
+    return conf
 
 
 def load_for_child(path: str, sync_name: str | None = None) -> Config:

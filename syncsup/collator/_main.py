@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -12,7 +11,7 @@ import zmq
 
 from syncsup import config as cfg
 from syncsup import proto
-from syncsup._runtime import ChildRuntime, endpoint, setup_logging
+from syncsup._runtime import ChildRuntime, bind_private, recv_trusted, setup_logging
 from syncsup.collator.journal import CREATED, PATH, TREE, Journal
 from syncsup.collator.target import TargetQueue
 
@@ -42,7 +41,7 @@ class Collator:
         for sock, name in ((self.ingest, "ingest"), (self.dispatch, "dispatch")):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            sock.bind(endpoint(state_dir, f"{name}-{sync.name}"))
+            bind_private(sock, state_dir, f"{name}-{sync.name}")
         self.next_batch = int(time.time() * 1000)  # unique across restarts
         self.malformed = 0
         self.rescans = 0
@@ -237,13 +236,17 @@ class Collator:
             if self.ingest in events:
                 for _ in range(1000):
                     try:
-                        self.on_ingest(self.ingest.recv_multipart(zmq.NOBLOCK))
+                        frames = recv_trusted(self.ingest, log)
+                        if frames is not None:
+                            self.on_ingest(frames)
                     except zmq.Again:
                         break
             if self.dispatch in events:
                 for _ in range(1000):
                     try:
-                        self.on_dispatch(self.dispatch.recv_multipart(zmq.NOBLOCK))
+                        frames = recv_trusted(self.dispatch, log)
+                        if frames is not None:
+                            self.on_dispatch(frames)
                     except zmq.Again:
                         break
             if self.rt.control in events:
@@ -263,5 +266,4 @@ def main(argv: list[str]) -> int:
     config_path, sync_name, run_id, *_ = argv
     conf = cfg.load_for_child(config_path, sync_name)
     setup_logging(conf.settings, "collator", sync_name)
-    os.umask(0o077)
     return Collator(conf, conf.sync(sync_name), run_id).run()

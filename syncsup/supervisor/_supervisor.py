@@ -18,7 +18,7 @@ import zmq
 
 from syncsup import config as cfg
 from syncsup import proto
-from syncsup._runtime import endpoint, new_incarnation
+from syncsup._runtime import bind_private, new_incarnation, recv_trusted
 from syncsup.supervisor.metrics import serve
 from syncsup.supervisor.notify import Notifier
 from syncsup.supervisor.policy import RestartPolicy, State
@@ -116,11 +116,7 @@ class Supervisor:
         self.ctx = zmq.Context()
         self.control = self.ctx.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
-        old = os.umask(0o077)
-        try:
-            self.control.bind(endpoint(state_dir, "control"))
-        finally:
-            os.umask(old)
+        bind_private(self.control, state_dir, "control")
 
     # -- children --------------------------------------------------------------
 
@@ -391,7 +387,9 @@ class Supervisor:
                 if self.control.poll(200, zmq.POLLIN):
                     for _ in range(1000):
                         try:
-                            self.on_control(self.control.recv_multipart(zmq.NOBLOCK))
+                            frames = recv_trusted(self.control, log)
+                            if frames is not None:
+                                self.on_control(frames)
                         except zmq.Again:
                             break
                 now = time.monotonic()
