@@ -44,28 +44,40 @@ def _local_target(sync: cfg.Sync, target: cfg.Target) -> list[str]:
 
 
 def _remote_target(sync: cfg.Sync, target: cfg.Target) -> tuple[list[str], str]:
+    """Probe a remote target: ssh, rsync there, writable. Two commands, the
+    first of which a target confined by ``syncsup-target`` also allows."""
     assert target.host is not None
     login = f"{target.user}@{target.host}" if target.user else target.host
-    q = shlex.quote(target.path)
-    script = (f"rsync --version | head -n 1; "
-              f"if test -d {q}; then test -w {q} && echo WRITABLE; "
-              f"else test -w \"$(dirname -- {q})\" && echo WRITABLE; fi")
-    argv = [*ssh_argv(sync), "--", login, script]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT,
-                              stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired:
-        return [f"{sync.name} -> {target.spec}: ssh did not answer in {TIMEOUT}s"], ""
-    except OSError as exc:
-        return [f"{sync.name} -> {target.spec}: cannot run ssh: {exc.strerror}"], ""
+    name = f"{sync.name} -> {target.spec}"
+
+    def remote(command: str) -> subprocess.CompletedProcess[str] | str:
+        try:
+            return subprocess.run([*ssh_argv(sync), "--", login, command], capture_output=True,
+                                  text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+                                  check=False)
+        except subprocess.TimeoutExpired:
+            return f"{name}: ssh did not answer in {TIMEOUT}s"
+        except OSError as exc:
+            return f"{name}: cannot run ssh: {exc.strerror}"
+
+    proc = remote("rsync --version")
+    if isinstance(proc, str):
+        return [proc], ""
     if proc.returncode == 255:
         err = (proc.stderr.strip().splitlines() or ["ssh failed"])[-1]
-        return [f"{sync.name} -> {target.spec}: ssh failed: {err}"], ""
+        return [f"{name}: ssh failed: {err}"], ""
     if not proc.stdout.startswith("rsync"):
-        return [f"{sync.name} -> {target.spec}: rsync is not installed on {target.host}"], ""
+        return [f"{name}: rsync is not installed on {target.host}"], ""
     version = _version(proc.stdout)
-    if "WRITABLE" not in proc.stdout:
-        return [f"{sync.name} -> {target.spec}: {target.path} is not writable"], version
+    q = shlex.quote(target.path)
+    probe = remote(f"if test -d {q}; then test -w {q}; else test -w \"$(dirname -- {q})\"; fi "
+                   "&& echo WRITABLE")
+    if isinstance(probe, str):
+        return [probe], version
+    if "syncsup-target: refused" in probe.stderr:
+        return [], f"{version} (confined by syncsup-target; writability not probed)"
+    if "WRITABLE" not in probe.stdout:
+        return [f"{name}: {target.path} is not writable"], version
     return [], version
 
 
@@ -104,8 +116,9 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
         for target in sync.targets:
             if target.is_remote:
                 issues, version = _remote_target(sync, target)
-                report(issues, f"{sync.name} -> {target.spec}: ssh works, rsync {version}, "
-                               "writable")
+                writable = "" if "not probed" in version else ", writable"
+                report(issues, f"{sync.name} -> {target.spec}: ssh works, rsync {version}"
+                               f"{writable}")
             else:
                 report(_local_target(sync, target), f"{sync.name} -> {target.spec}: writable")
     return problems
