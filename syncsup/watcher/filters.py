@@ -44,7 +44,7 @@ def _translate(pattern: bytes) -> bytes:
             if end < 0:
                 out += re.escape(c)
             else:
-                body = pattern[i + 1:end].replace(b"\\", b"\\\\")
+                body = pattern[i + 1:end].replace(b"\\", b"\\\\").replace(b"[", b"\\[")
                 if body.startswith(b"!"):
                     body = b"^" + body[1:]
                 out += b"[" + body + b"]"
@@ -65,6 +65,8 @@ class _Rule:
         anchored = pattern.startswith(b"/")
         pattern = pattern.lstrip(b"/")
         self.whole = anchored or b"/" in pattern or b"**" in pattern
+        if pattern.startswith(b"**/"):
+            pattern = pattern[3:]  # a leading "**/" also matches no directory at all
         body = _translate(pattern)
         prefix = b"" if anchored else b"(?:.*/)?"
         self.regex = re.compile(b"^" + prefix + body + b"$", re.DOTALL)

@@ -1,0 +1,82 @@
+"""The watcher's exclude matching, checked against rsync itself: a directory
+the watcher skips must be one rsync never transfers (the reverse — watching
+something rsync excludes — only costs a watch)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from syncsup.config import Sync, Target
+from syncsup.watcher.filters import DirFilter, exclude_patterns
+
+DIRS = ["cache", "a/cache", "a/b/cache", "node_modules", "x/node_modules/y", "build",
+        "src/build", "tmp.d", "a/tmp.d", "a/bq/c", "z/a/bq/c", "a/bq/r/c", "deep/x", "q/deep/x",
+        "keep/cache", "-dash", "sp ace", "ab[1]"]
+
+PATTERN_SETS = [
+    ["/cache/"], ["cache"], ["node_modules/"], ["*.d"], ["a/b*/c"], ["**/deep/x"], ["/build"],
+    ["build/***"], ["-dash", "sp ace"], ["ab[[]1]"], ["c?che"], ["[a-c]ache"],
+]
+
+rsync = shutil.which("rsync")
+
+
+def _rsync_sends(src: Path, patterns: list[str], filters: list[str] = ()) -> set[str]:
+    argv = [rsync or "rsync", "-a", "--dry-run", "--out-format=%n", *(
+        f"--exclude={p}" for p in patterns), *(f"--filter={f}" for f in filters),
+        f"{src}/", str(src.parent / "dst") + "/"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return {line.rstrip("/") for line in out.splitlines() if line.strip() and line != "./"}
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    for d in DIRS:
+        (src / d).mkdir(parents=True, exist_ok=True)
+        (src / d / "file").write_text("x")
+    return src
+
+
+@pytest.mark.skipif(rsync is None, reason="rsync not installed")
+@pytest.mark.parametrize("patterns", PATTERN_SETS)
+def test_skipped_dirs_are_never_sent_by_rsync(tree: Path, patterns: list[str]) -> None:
+    sent = _rsync_sends(tree, patterns)
+    f = DirFilter([p.encode() for p in patterns])
+    all_dirs = {str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_dir()}
+    skipped = {d for d in all_dirs if f.excluded(os.fsencode(d))}
+    assert skipped, f"{patterns} should exclude something in the test tree"
+    assert not (skipped & sent), f"watcher skips dirs rsync sends: {sorted(skipped & sent)}"
+    # and it is not uselessly timid: every directory rsync leaves out whose
+    # parent it sends (the top of an excluded subtree) is skipped too
+    top_excluded = {d for d in all_dirs if d not in sent and os.path.dirname(d) in sent | {""}}
+    assert top_excluded <= skipped, sorted(top_excluded - skipped)
+
+
+def _sync(**kw: object) -> Sync:
+    return Sync(name="s", source=Path("/src"), targets=(Target("/dst", "/dst"),), **kw)  # type: ignore[arg-type]
+
+
+def test_only_excludes_before_the_first_include_are_trusted() -> None:
+    s = _sync(exclude=("cache/",), filter=("- tmp/", "+ keep/", "- other/"))
+    assert exclude_patterns(s) == [b"cache/", b"tmp/"]
+
+
+def test_target_side_rules_do_not_stop_the_list() -> None:
+    s = _sync(filter=("P /protected", "- tmp/", "H hidden", "- more/"))
+    assert exclude_patterns(s) == [b"tmp/", b"more/"]
+
+
+def test_exclude_from_file(tmp_path: Path) -> None:
+    f = tmp_path / "ex"
+    f.write_text("# comment\n\ncache/\n*.o\n")
+    assert exclude_patterns(_sync(exclude_from=f)) == [b"cache/", b"*.o"]
+
+
+def test_root_is_never_excluded() -> None:
+    assert not DirFilter([b"*"]).excluded(b"")
