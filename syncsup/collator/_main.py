@@ -65,6 +65,7 @@ class Collator:
         moves = msg.moves if self.sync.moves_on_target or self.sync.mode == "command" else []
         for q in self.targets:
             q.marked += len(msg.paths) + len(trees)
+            q.maybe_pending = True
         self.journal.mark((t.spec for t in self.sync.targets), msg.paths, trees, time.time(),
                           moves=moves, seq=msg.seq,
                           created=msg.created if self.sync.mode == "command" else ())
@@ -122,6 +123,8 @@ class Collator:
         if msg.command == "resync":
             log.info("resync requested for %s", ", ".join(q.spec for q in queues))
             self.journal.mark((q.spec for q in queues), [], [b""], time.time())
+            for q in queues:
+                q.maybe_pending = True
         elif msg.command in ("pause", "resume"):
             paused = msg.command == "pause"
             for q in queues:
@@ -160,7 +163,12 @@ class Collator:
         for index, q in enumerate(self.targets):
             if q.ready_peer is None or q.lease is not None or q.paused:
                 continue
+            if not q.maybe_pending:
+                continue  # nothing was marked since the journal was last empty
             oldest = self.journal.oldest(q.spec)
+            if oldest is None:
+                q.maybe_pending = False
+                continue
             # max_delays: enough changes flush the batch before its delay.
             if not q.due(oldest, now, flush=q.marked >= self.sync.max_delays):
                 continue
@@ -203,7 +211,12 @@ class Collator:
                             q.spec, pending)
                 self.journal.collapse(q.spec, now)
                 pending = 1
+            if not q.maybe_pending:
+                continue  # nothing was marked since the journal was last empty
             oldest = self.journal.oldest(q.spec)
+            if oldest is None:
+                q.maybe_pending = False
+                continue
             targets.append({
                 "target": q.spec,
                 "state": q.state(pending, self.journal.has_tree(q.spec)),
@@ -231,8 +244,14 @@ class Collator:
                 # repair what changed behind our back on either side.
                 log.info("full_sync_interval: scheduling a full comparison")
                 self.journal.mark((t.spec for t in self.sync.targets), [], [b""], time.time())
+                for q in self.targets:
+                    q.maybe_pending = True
                 next_full = time.monotonic() + interval
-            events = dict(poller.poll(100))
+            # Sleep long when idle; wake often only while a batch waits for
+            # its delay or backoff (messages wake us at once anyway).
+            waiting = any(q.maybe_pending and q.ready_peer is not None and q.lease is None
+                          and not q.paused for q in self.targets)
+            events = dict(poller.poll(20 if waiting else 500))
             if self.ingest in events:
                 for _ in range(1000):
                     try:

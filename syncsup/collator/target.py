@@ -61,6 +61,7 @@ class TargetQueue:
     synced_this_run: bool = False
     marked: int = 0  # changes recorded since the last batch (for max_delays)
     paused: bool = False
+    maybe_pending: bool = True  # False once the journal was seen empty for it
     outcomes: dict[str, int] = field(default_factory=dict)  # transfers by outcome
     bytes_sent: int = 0
 
@@ -98,6 +99,7 @@ class TargetQueue:
         if self.lease is None or self.lease.batch_id != batch_id:
             return None
         lease, self.lease = self.lease, None
+        self.maybe_pending = True  # changes may have come in during the transfer
         if outcome == "ok":
             self.failures, self.fatal, self.next_try = 0, False, 0.0
             self.last_ok, self.last_error = now, None
