@@ -158,8 +158,11 @@ class Collator:
 
     # -- dispatch -----------------------------------------------------------
 
-    def dispatch_due(self) -> None:
+    def dispatch_due(self) -> float:
+        """Hand out every batch that is due; return when the next one may
+        become due (a delay or backoff running out), for the poll timeout."""
         now = time.time()
+        wake = now + 0.5
         for index, q in enumerate(self.targets):
             if q.ready_peer is None or q.lease is not None or q.paused:
                 continue
@@ -171,6 +174,7 @@ class Collator:
                 continue
             # max_delays: enough changes flush the batch before its delay.
             if not q.due(oldest, now, flush=q.marked >= self.sync.max_delays):
+                wake = min(wake, max(oldest + q.delay, q.next_try))
                 continue
             rows = self.journal.take(q.spec, BATCH_LIMIT, BATCH_BYTES)
             if not rows:
@@ -190,6 +194,7 @@ class Collator:
             )
             if not self._send(self.dispatch, peer, batch):
                 q.lease = None  # syncer gone; wait for its next READY
+        return wake
 
     def _send(self, sock: zmq.Socket[bytes], peer: bytes, msg: proto.Message) -> bool:
         try:
@@ -238,6 +243,7 @@ class Collator:
         log.info("collator for %s up (%d targets)", self.sync.name, len(self.targets))
         interval = self.sync.full_sync_interval
         next_full = time.monotonic() + interval
+        wake = time.time()
         while not self.rt.stopping and self.rt.parent_alive():
             if interval and time.monotonic() >= next_full:
                 # A full comparison (with --checksum, as any later rescan) to
@@ -247,11 +253,10 @@ class Collator:
                 for q in self.targets:
                     q.maybe_pending = True
                 next_full = time.monotonic() + interval
-            # Sleep long when idle; wake often only while a batch waits for
-            # its delay or backoff (messages wake us at once anyway).
-            waiting = any(q.maybe_pending and q.ready_peer is not None and q.lease is None
-                          and not q.paused for q in self.targets)
-            events = dict(poller.poll(20 if waiting else 500))
+            # Messages wake us at once; otherwise sleep until a batch's delay
+            # or backoff runs out, or half a second.
+            timeout_ms = min(500, max(1, int((wake - time.time()) * 1000) + 1))
+            events = dict(poller.poll(timeout_ms))
             if self.ingest in events:
                 for _ in range(1000):
                     try:
@@ -274,7 +279,7 @@ class Collator:
                         self.on_control(self.rt.control.recv_multipart(zmq.NOBLOCK))
                     except zmq.Again:
                         break
-            self.dispatch_due()
+            wake = self.dispatch_due()
             self.rt.heartbeat(self.info)
         self.journal.close()
         self.rt.close()

@@ -18,7 +18,7 @@ import zmq
 
 from syncsup import config as cfg
 from syncsup import proto
-from syncsup._runtime import bind_private, new_incarnation, recv_trusted
+from syncsup._runtime import bind_private, child_exit_fd, drain, new_incarnation, recv_trusted
 from syncsup.supervisor.metrics import serve
 from syncsup.supervisor.notify import Notifier
 from syncsup.supervisor.policy import RestartPolicy, State
@@ -380,11 +380,18 @@ class Supervisor:
         now = time.monotonic()
         for c in self.components:
             self.spawn(c, now)
+        exits = child_exit_fd()
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        poller.register(exits, zmq.POLLIN)
         try:
             while not self.stopping:
                 if self.pending_signal:
                     self.handle_signal()
-                if self.control.poll(200, zmq.POLLIN):
+                events = dict(poller.poll(500))
+                if exits in events:
+                    drain(exits)
+                if self.control in events:
                     for _ in range(1000):
                         try:
                             frames = recv_trusted(self.control, log)

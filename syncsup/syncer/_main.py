@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,14 @@ import zmq
 
 from syncsup import config as cfg
 from syncsup import proto
-from syncsup._runtime import ChildRuntime, endpoint, set_pdeathsig, setup_logging
+from syncsup._runtime import (
+    ChildRuntime,
+    child_exit_fd,
+    drain,
+    endpoint,
+    set_pdeathsig,
+    setup_logging,
+)
 from syncsup.syncer.argv import rsync_argv, ssh_argv
 from syncsup.syncer.exitcodes import Outcome, classify
 from syncsup.syncer.moves import local_renames, remote_rename_command
@@ -71,9 +79,20 @@ def _names(paths: list[bytes]) -> bytes:
     return b"".join((p or b".") + b"\0" for p in paths)
 
 
+_SETPRIV = shutil.which("setpriv")
+
+
 def _spawn(argv: list[str], stdin: Any = subprocess.DEVNULL, stderr: Any = subprocess.DEVNULL,
            stdout: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-    """A child in its own process group that dies with us."""
+    """A child in its own process group that dies with us (PR_SET_PDEATHSIG).
+
+    util-linux's ``setpriv --pdeathsig`` sets it and execs the command; that
+    keeps Python out of the forked child, so CPython can use vfork (a spawn
+    costs ~1.5 ms instead of ~4 ms with a ``preexec_fn``)."""
+    if _SETPRIV is not None:
+        return subprocess.Popen([_SETPRIV, "--pdeathsig", "KILL", "--", *argv], stdin=stdin,
+                                stdout=stdout, stderr=stderr, start_new_session=True,
+                                close_fds=True)
     return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
                             start_new_session=True, preexec_fn=set_pdeathsig, close_fds=True)
 
@@ -356,9 +375,18 @@ class Syncer:
         for slot in self.slots:
             self.tend_master(slot, now)
             self.ready(slot, now)
+        exits = child_exit_fd()
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(exits, zmq.POLLIN)
         while not self.rt.stopping and self.rt.parent_alive():
-            busy = any(s.batch is not None for s in self.slots)
-            if self.sock.poll(20 if busy else 200, zmq.POLLIN):
+            # Children's exits wake us (SIGCHLD); otherwise wake for the
+            # heartbeat, the stall check and slots waiting for a token.
+            waiting = any(s.batch is not None and s.proc is None for s in self.slots)
+            events = dict(poller.poll(100 if waiting else 1000))
+            if exits in events:
+                drain(exits)
+            if self.sock in events:
                 for _ in range(100):
                     try:
                         frames = self.sock.recv_multipart(zmq.NOBLOCK)

@@ -32,6 +32,7 @@ MAX_INFLIGHT = 8           # unacked EVENTS messages before we stop reading
 RESEND_AFTER = 2.0         # seconds without ack before a resend
 MAX_PATHS_PER_MSG = 20_000
 ROOT_POLL = 2.0            # seconds between checks for a missing source root
+SETTLE = 0.002             # seconds to let an event's companions arrive
 UNWATCHED_RESCAN = 10.0    # seconds between rescans of subtrees we could not watch
 
 
@@ -193,7 +194,7 @@ class Watcher:
         both.register(self.ino.fileno(), zmq.POLLIN)
         while not self.rt.stopping and self.rt.parent_alive():
             poller = both if len(self.inflight) < MAX_INFLIGHT else acks_only
-            events = dict(poller.poll(200))
+            events = dict(poller.poll(1000))
             if self.sock in events:
                 while True:
                     try:
