@@ -159,7 +159,11 @@ def setup_logging(settings: Settings | None, role: str, name: str = "") -> None:
     journald priorities when systemd is reading it) and, if configured, to
     ``log_file`` too; ``log_format = "json"`` for machines."""
     level = settings.log_level if settings else "info"
-    label = f"{role}[{name}]" if name and name != role else role
+    # "collator:www" is shown as "collator[www]" in text logs; JSON logs and
+    # status use the component name as is.
+    label = role
+    if name and name != role:
+        label = f"{role}[{name.split(':', 1)[-1]}]"
     text = f"%(levelname)-7s {label} %(process)d: %(message)s"
     stamped = f"%(asctime)s {text}"
     handlers: list[logging.Handler] = []

@@ -172,8 +172,10 @@ class Collator:
             if oldest is None:
                 q.maybe_pending = False
                 continue
-            # max_delays: enough changes flush the batch before its delay.
-            if not q.due(oldest, now, flush=q.marked >= self.sync.max_delays):
+            # max_delays: enough changes flush the batch before its delay;
+            # the initial sync never waits for it either.
+            flush = q.marked >= self.sync.max_delays or not q.synced_this_run
+            if not q.due(oldest, now, flush=flush):
                 wake = min(wake, max(oldest + q.delay, q.next_try))
                 continue
             rows = self.journal.take(q.spec, BATCH_LIMIT, BATCH_BYTES)
@@ -216,12 +218,7 @@ class Collator:
                             q.spec, pending)
                 self.journal.collapse(q.spec, now)
                 pending = 1
-            if not q.maybe_pending:
-                continue  # nothing was marked since the journal was last empty
-            oldest = self.journal.oldest(q.spec)
-            if oldest is None:
-                q.maybe_pending = False
-                continue
+            oldest = self.journal.oldest(q.spec) if pending else None
             targets.append({
                 "target": q.spec,
                 "state": q.state(pending, self.journal.has_tree(q.spec)),
@@ -289,5 +286,5 @@ class Collator:
 def main(argv: list[str]) -> int:
     config_path, sync_name, run_id, *_ = argv
     conf = cfg.load_for_child(config_path, sync_name)
-    setup_logging(conf.settings, "collator", sync_name)
+    setup_logging(conf.settings, "collator", f"collator:{sync_name}")
     return Collator(conf, conf.sync(sync_name), run_id).run()

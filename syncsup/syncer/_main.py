@@ -469,5 +469,5 @@ def _killpg(pgid: int, sig: int) -> None:
 def main(argv: list[str]) -> int:
     config_path, sync_name, *_ = argv
     conf = cfg.load_for_child(config_path, sync_name)
-    setup_logging(conf.settings, "syncer", sync_name)
+    setup_logging(conf.settings, "syncer", f"syncer:{sync_name}")
     return Syncer(conf, conf.sync(sync_name)).run()

@@ -225,5 +225,5 @@ def _current_watch_limit() -> int:
 def main(argv: list[str]) -> int:
     config_path, sync_name, *_ = argv
     conf = cfg.load_for_child(config_path, sync_name)
-    setup_logging(conf.settings, "watcher", sync_name)
+    setup_logging(conf.settings, "watcher", f"watcher:{sync_name}")
     return Watcher(conf, conf.sync(sync_name)).run()
