@@ -63,14 +63,20 @@ def acquire_lock(state_dir: os.PathLike[str] | str) -> IO[str]:
     process; the kernel drops it however we die, so no stale lock is possible."""
     path = os.path.join(state_dir, "lock")
     fh = open(path, "a+")  # noqa: SIM115 - held until exit
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        other = fh.read().strip() or "?"
-        fh.close()
-        raise StartError(f"syncsup is already running with state_dir {state_dir} "
-                         f"(pid {other})") from None
+    # `syncsup status` takes a shared lock for an instant to see whether we
+    # run; retry briefly so that a status poll never makes a start fail.
+    for attempt in range(20):
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            fh.seek(0)
+            other = fh.read().strip()
+            if other or attempt == 19:
+                fh.close()
+                raise StartError(f"syncsup is already running with state_dir {state_dir} "
+                                 f"(pid {other or '?'})") from None
+            time.sleep(0.05)
     fh.seek(0)
     fh.truncate()
     fh.write(f"{os.getpid()}\n")

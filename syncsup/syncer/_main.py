@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -76,7 +77,41 @@ class Slot:
 
 
 def _names(paths: list[bytes]) -> bytes:
-    return b"".join((p or b".") + b"\0" for p in paths)
+    """The ``--files-from`` list. Every name gets a ``./`` prefix: rsync
+    skips list entries starting with ``#`` or ``;`` as comments, even with
+    ``--from0``, and ``./`` is harmless for every other name."""
+    return b"".join((b"./" + p if p else b".") + b"\0" for p in paths)
+
+
+def _effective(root: bytes, paths: list[bytes]) -> list[bytes]:
+    """Replace each path whose parent is no longer a directory in the source
+    by its first ancestor that is not one (a file, a symlink, or gone).
+
+    rsync fails on ``a/b`` when ``a`` became a file ("Not a directory", exit
+    23, retried forever), and must never be sent through ``a`` if ``a``
+    became a symlink. Sending ``a`` itself is what the target needs: it
+    replaces the old directory (``--force``) or deletes it.
+    """
+    is_dir: dict[bytes, bool] = {b"": True}
+    out: dict[bytes, None] = {}
+    for path in paths:
+        parts = path.split(b"/")
+        prefix = b""
+        chosen = path
+        for part in parts[:-1]:
+            prefix = prefix + b"/" + part if prefix else part
+            known = is_dir.get(prefix)
+            if known is None:
+                try:
+                    known = stat.S_ISDIR(os.lstat(os.path.join(root, prefix)).st_mode)
+                except OSError:
+                    known = False
+                is_dir[prefix] = known
+            if not known:
+                chosen = prefix
+                break
+        out[chosen] = None
+    return list(out)
 
 
 _SETPRIV = shutil.which("setpriv")
@@ -223,7 +258,7 @@ class Syncer:
                                str(self.config_path), self.sync.name, str(slot.index), str(lst)])
             return
         names = batch.trees if kind == "tree" else batch.paths
-        lst.write_bytes(_names(names))
+        lst.write_bytes(_names(_effective(os.fsencode(self.sync.source), names)))
         verify = kind == "tree" and b"" in batch.trees and not batch.startup
         argv = rsync_argv(self.sync, slot.target, kind, str(lst), batch.startup, verify,
                           slot.control_path)

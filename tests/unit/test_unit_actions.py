@@ -107,3 +107,20 @@ def test_local_renames_keep_inodes_and_refuse_symlinked_parents(tmp_path: Path) 
     assert local_renames(str(dst), [[b"d", b"e"], [b"e/f", b"link/f"], [b"nope", b"x"]]) == 1
     assert (dst / "e" / "f").stat().st_ino == ino
     assert not (tmp_path / "outside" / "f").exists()
+
+
+def test_files_from_names_are_never_comments() -> None:
+    from syncsup.syncer._main import _names
+
+    assert _names([b"", b"#hash", b";semi", b"a/b"]) == b".\0./#hash\0./;semi\0./a/b\0"
+
+
+def test_paths_below_a_non_directory_become_that_ancestor(tmp_path: Path) -> None:
+    from syncsup.syncer._main import _effective
+
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "file").write_text("now a file")
+    os.symlink(tmp_path / "d", tmp_path / "link")
+    root = os.fsencode(tmp_path)
+    got = _effective(root, [b"d/e/x", b"file/old/y", b"file/z", b"link/e", b"gone/q", b"top"])
+    assert got == [b"d/e/x", b"file", b"link", b"gone", b"top"]
