@@ -5,4 +5,5 @@
 - :mod:`tests.helpers.sshd`   a throw-away sshd on 127.0.0.1 for ssh targets
 - :mod:`tests.helpers.procs`  leftover-process checks
 - :mod:`tests.helpers.toml`   minimal TOML rendering for test configs
+- :mod:`tests.helpers.daemon` run ``python -m syncsup`` (start/stop/status/kill components)
 """

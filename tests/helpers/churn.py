@@ -21,6 +21,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable
+from typing import ClassVar
 
 from .tree import find_named
 
@@ -94,7 +95,9 @@ class _OrderedSet:
 class Churn:
     """Random operations on the live tree at ``root``; ``seed`` makes them reproducible."""
 
-    def __init__(self, root: bytes | str | os.PathLike, seed: int, hostile_ratio: float = 0.3) -> None:
+    def __init__(
+        self, root: bytes | str | os.PathLike, seed: int, hostile_ratio: float = 0.3
+    ) -> None:
         self.root = os.fsencode(root)
         self.rng = random.Random(seed)
         self.seed = seed
@@ -179,14 +182,14 @@ class Churn:
                     s.add(new)
                 elif p.startswith(pre):
                     s.discard(p)
-                    s.add(new + p[len(old):])
+                    s.add(new + p[len(old) :])
 
     def _write(self, rel: bytes, data: bytes, mode: int | None = None) -> None:
         fd = os.open(self._abs(rel), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
         if mode is not None:
@@ -233,7 +236,9 @@ class Churn:
         with open(path, "r+b") as f:
             f.seek(off)
             old = f.read(n)
-            new = bytes((b ^ 0xFF) for b in old) if self.rng.random() < 0.5 else self.rng.randbytes(n)
+            new = (
+                bytes((b ^ 0xFF) for b in old) if self.rng.random() < 0.5 else self.rng.randbytes(n)
+            )
             if new == old:
                 new = bytes([(old[0] + 1) & 0xFF]) + new[1:]
             f.seek(off)
@@ -321,7 +326,8 @@ class Churn:
         src = self.rng.choice(cands)
         pre = src + b"/"
         parents = [
-            d for d in self.dirs.list()
+            d
+            for d in self.dirs.list()
             if d != src and not d.startswith(pre) and self._depth(d) < MAX_DEPTH - 1
         ]
         if not parents:
@@ -331,7 +337,10 @@ class Churn:
         if dst is None:
             return
         # deepest path after the move must stay reasonable
-        longest = max([len(p) for s in (self.files, self.dirs, self.links) for p in s if p.startswith(pre)] + [0])
+        longest = max(
+            [len(p) for s in (self.files, self.dirs, self.links) for p in s if p.startswith(pre)]
+            + [0]
+        )
         if len(self.root) + longest - len(src) + len(dst) > MAX_PATH:
             return
         os.rename(self._abs(src), self._abs(dst))
@@ -449,7 +458,7 @@ class Churn:
             self.files.add(rel)
             self._note("dir->file", rel)
 
-    OPS: list[tuple[str, int]] = [
+    OPS: ClassVar[list[tuple[str, int]]] = [
         ("op_create", 22),
         ("op_append", 7),
         ("op_rewrite_same_size", 8),
@@ -490,7 +499,9 @@ class Churn:
                 time.sleep(self.rng.uniform(0, max_sleep))
             self.step()
 
-    def populate(self, n_files: int, n_dirs: int, big_every: int = 0, max_size: int = 64 * 1024) -> None:
+    def populate(
+        self, n_files: int, n_dirs: int, big_every: int = 0, max_size: int = 64 * 1024
+    ) -> None:
         """Create a starting tree: ``n_dirs`` directories and ``n_files`` files spread over them."""
         for _ in range(n_dirs):
             parent = self._pick_dir(4)
@@ -522,7 +533,9 @@ class Churn:
 class ChurnThread(threading.Thread):
     """Run a Churn in a thread, keeping any exception for :meth:`join_checked`."""
 
-    def __init__(self, churn: Churn, n: int, sleep_prob: float = 0.3, max_sleep: float = 0.02) -> None:
+    def __init__(
+        self, churn: Churn, n: int, sleep_prob: float = 0.3, max_sleep: float = 0.02
+    ) -> None:
         super().__init__(daemon=True, name=f"churn-{churn.seed}")
         self.churn = churn
         self.n = n
@@ -545,12 +558,13 @@ class ChurnThread(threading.Thread):
             raise AssertionError(f"churn thread did not finish in time ({self.churn.summary()})")
         if self.error is not None:
             raise AssertionError(
-                f"churn itself failed ({self.churn.summary()}); last ops:\n" + "\n".join(self.churn.log)
+                f"churn itself failed ({self.churn.summary()}); last ops:\n"
+                + "\n".join(self.churn.log)
             ) from self.error
 
 
 def pwned_hits(*extra_roots: bytes | str | os.PathLike) -> list[bytes]:
-    """Files called exactly ``pwned`` in cwd, /tmp, $HOME, / (non-recursive) and under ``extra_roots``."""
+    """Entries called exactly ``pwned`` in cwd, /tmp, $HOME, / and (recursively) ``extra_roots``."""
     shallow = [os.getcwd(), "/tmp", os.path.expanduser("~"), "/"]
     hits = find_named(shallow, b"pwned", recursive=False)
     hits += find_named(extra_roots, b"pwned", recursive=True)
@@ -565,6 +579,6 @@ def assert_not_pwned(*roots: bytes | str | os.PathLike) -> None:
 def all_names(roots: Iterable[bytes]) -> list[bytes]:
     out = []
     for r in roots:
-        for dirpath, dirnames, filenames in os.walk(r):
+        for _dirpath, dirnames, filenames in os.walk(r):
             out.extend(dirnames + filenames)
     return out

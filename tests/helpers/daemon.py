@@ -28,7 +28,9 @@ LOG_LEVEL = os.environ.get("SYNCSUP_TEST_LOG_LEVEL", "info")
 def syncsup_env() -> dict[str, str]:
     """The environment for syncsup: the checkout importable even without ``pip install -e``."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(REPO) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
     env.pop("NOTIFY_SOCKET", None)
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -141,7 +143,8 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self._kill_hard()
             raise AssertionError(
-                f"syncsup start did not exit within {timeout}s of {signal.Signals(sig).name}\n{self.log_tail()}"
+                f"syncsup start did not exit within {timeout}s of {signal.Signals(sig).name}\n"
+                + self.log_tail()
             ) from None
         self.stopped_rc = rc
         assert rc == 0, (
@@ -191,7 +194,9 @@ class Daemon:
         st = st if st is not None else self.status()
         return [t for s in st.get("syncs", []) for t in s.get("targets", [])]
 
-    def wait_for(self, pred, what: str, timeout: float = READY_TIMEOUT, interval: float = 0.3) -> dict:
+    def wait_for(
+        self, pred, what: str, timeout: float = READY_TIMEOUT, interval: float = 0.3
+    ) -> dict:
         deadline = time.monotonic() + timeout
         last: dict | None = None
         while True:
@@ -213,7 +218,9 @@ class Daemon:
 
         def ready(st: dict) -> bool:
             ts = self.targets(st)
-            return bool(st.get("syncs")) and bool(ts) and all(t.get("state") != "startup" for t in ts)
+            return (
+                bool(st.get("syncs")) and bool(ts) and all(t.get("state") != "startup" for t in ts)
+            )
 
         return self.wait_for(ready, "every target past its initial sync", timeout)
 
@@ -228,12 +235,16 @@ class Daemon:
         st = st if st is not None else self.status()
         return [c for c in st.get("components", []) if role is None or c.get("role") == role]
 
-    def kill_component(self, role: str, rng: random.Random | None = None, sig: int = signal.SIGKILL):
-        """SIGKILL one running component of ``role`` (pid from status); returns (name, pid) or None."""
+    def kill_component(
+        self, role: str, rng: random.Random | None = None, sig: int = signal.SIGKILL
+    ):
+        """SIGKILL a running ``role`` component (pid from status); returns (name, pid) or None."""
         st = self.try_status()
         if st is None:
             return None
-        cands = [c for c in self.components(role, st) if c.get("pid") and c.get("state") == "running"]
+        cands = [
+            c for c in self.components(role, st) if c.get("pid") and c.get("state") == "running"
+        ]
         if not cands:
             return None
         c = (rng or random).choice(cands)

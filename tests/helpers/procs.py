@@ -18,13 +18,15 @@ def _state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-        return data[data.rindex(b")") + 2:].split()[0].decode()
+        return data[data.rindex(b")") + 2 :].split()[0].decode()
     except (OSError, ValueError, IndexError):
         return "?"
 
 
-def processes_mentioning(path: os.PathLike | str | bytes, exclude: set[int] | None = None) -> list[tuple[int, str]]:
-    """(pid, readable cmdline) of live processes with an argument naming ``path`` or a path under it."""
+def processes_mentioning(
+    path: os.PathLike | str | bytes, exclude: set[int] | None = None
+) -> list[tuple[int, str]]:
+    """(pid, cmdline) of live processes with an argument naming ``path`` or a path under it."""
     p = os.fsencode(os.path.abspath(os.fsencode(path)))
     exclude = set(exclude or ()) | {os.getpid()}
     out = []

@@ -55,7 +55,10 @@ class Sshd:
 
     # ------------------------------------------------------------------ setup
     def _keygen(self) -> None:
-        for key, comment in ((self.host_key, "syncsup-test-host"), (self.identity_file, "syncsup-test-client")):
+        for key, comment in (
+            (self.host_key, "syncsup-test-host"),
+            (self.identity_file, "syncsup-test-client"),
+        ):
             if not key.exists():
                 subprocess.run(
                     ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)],
@@ -108,7 +111,9 @@ class Sshd:
             if not self.port or attempts > 1:
                 self.port = free_port()
             self._write_config()
-            test = subprocess.run([SSHD, "-t", "-f", str(self.config)], capture_output=True, text=True)
+            test = subprocess.run(
+                [SSHD, "-t", "-f", str(self.config)], capture_output=True, text=True
+            )
             if test.returncode != 0:
                 raise RuntimeError(f"sshd -t rejected the config: {test.stderr}")
             with open(self.log, "ab") as log:
@@ -169,7 +174,7 @@ class Sshd:
             try:
                 with open(f"/proc/{d}/stat", "rb") as f:
                     data = f.read()
-                ppid = int(data[data.rindex(b")") + 2:].split()[1])
+                ppid = int(data[data.rindex(b")") + 2 :].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
             children.setdefault(ppid, []).append(int(d))
@@ -207,7 +212,11 @@ class Sshd:
 
     def check_login(self) -> subprocess.CompletedProcess:
         return subprocess.run(
-            self.ssh_argv("true"), capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=20
+            self.ssh_argv("true"),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=20,
         )
 
     def target(self, path: os.PathLike | str) -> str:

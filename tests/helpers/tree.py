@@ -101,7 +101,9 @@ def _fmt_entry(e: Entry) -> str:
     return f"other fmt={e[1]:o} mode={e[2]:04o}"
 
 
-def diff_trees(a: Snapshot, b: Snapshot, limit: int = 20, names: tuple[str, str] = ("src", "dst")) -> list[str]:
+def diff_trees(
+    a: Snapshot, b: Snapshot, limit: int = 20, names: tuple[str, str] = ("src", "dst")
+) -> list[str]:
     """Human-readable differences between two snapshots (first ``limit`` of them)."""
     out: list[str] = []
     total = 0
@@ -117,7 +119,9 @@ def diff_trees(a: Snapshot, b: Snapshot, limit: int = 20, names: tuple[str, str]
         elif ea is None:
             out.append(f"only in {names[1]}: {rel!r} ({_fmt_entry(eb)})")
         else:
-            out.append(f"differs: {rel!r}: {names[0]} {_fmt_entry(ea)} != {names[1]} {_fmt_entry(eb)}")
+            out.append(
+                f"differs: {rel!r}: {names[0]} {_fmt_entry(ea)} != {names[1]} {_fmt_entry(eb)}"
+            )
     if total > len(out):
         out.append(f"... and {total - len(out)} more differences ({total} in all)")
     return out
@@ -136,10 +140,8 @@ def wait_converged(
     ``timeout`` seconds.  ``on_timeout`` (optional callable returning str) adds
     context such as daemon status to the error.  Returns the source snapshot.
     """
-    if isinstance(dst, (bytes, str, os.PathLike)):
-        dsts = [dst]
-    else:
-        dsts = list(dst)
+    __tracebackhide__ = True
+    dsts = [dst] if isinstance(dst, (bytes, str, os.PathLike)) else list(dst)
     deadline = time.monotonic() + timeout
     last: list[str] = []
     while True:
@@ -177,7 +179,9 @@ def assert_same_tree(src, dst) -> None:
     assert not d, "trees differ:\n" + "\n".join(d)
 
 
-def find_named(roots: Iterable[bytes | str | os.PathLike], name: bytes, recursive: bool = True) -> list[bytes]:
+def find_named(
+    roots: Iterable[bytes | str | os.PathLike], name: bytes, recursive: bool = True
+) -> list[bytes]:
     """Every entry called exactly ``name`` under ``roots`` (symlinks not followed)."""
     hits: list[bytes] = []
     for r in roots:

