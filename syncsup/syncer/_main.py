@@ -34,7 +34,7 @@ from syncsup._runtime import (
     set_pdeathsig,
     setup_logging,
 )
-from syncsup.syncer.argv import rsync_argv, ssh_argv
+from syncsup.syncer.argv import expand_rule_files, rsync_argv, ssh_argv
 from syncsup.syncer.exitcodes import Outcome, classify
 from syncsup.syncer.moves import local_renames, remote_rename_command
 from syncsup.syncer.tokens import Tokens
@@ -134,7 +134,7 @@ def _spawn(argv: list[str], stdin: Any = subprocess.DEVNULL, stderr: Any = subpr
 
 class Syncer:
     def __init__(self, conf: cfg.Config, sync: cfg.Sync) -> None:
-        self.sync = sync
+        self.sync = expand_rule_files(sync)
         self.config_path = conf.path
         state_dir = conf.settings.state_dir
         self.rt = ChildRuntime(state_dir, "syncer", f"syncer:{sync.name}")
@@ -254,7 +254,7 @@ class Syncer:
                 "moves": batch.moves, "trees": batch.trees, "paths": batch.paths,
                 "created": batch.created, "startup": batch.startup}, use_bin_type=True))
             slot.moves_done = len(batch.moves)  # reported again only if the batch fails
-            self._start(slot, [sys.executable, "-m", "syncsup.syncer.actions",
+            self._start(slot, [sys.executable, "-m", "syncsup.syncer.action_runner",
                                str(self.config_path), self.sync.name, str(slot.index), str(lst)])
             return
         names = batch.trees if kind == "tree" else batch.paths

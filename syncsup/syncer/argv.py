@@ -23,11 +23,13 @@ Two kinds of transfer (design, section 4):
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
+from pathlib import Path
 
 from syncsup.config import Sync, Target
 
-__all__ = ["SSH_DEFAULTS", "rsync_argv", "ssh_argv", "ssh_command"]
+__all__ = ["SSH_DEFAULTS", "expand_rule_files", "rsync_argv", "ssh_argv", "ssh_command"]
 
 # Fail fast on a dead host and notice a dead connection, instead of hanging.
 SSH_DEFAULTS = ("BatchMode=yes", "ConnectTimeout=10", "ServerAliveInterval=15",
@@ -61,6 +63,27 @@ def ssh_command(sync: Sync, control_path: str | None = None) -> str:
     """The ``-e`` argument for rsync. rsync splits it itself (spaces, with
     single or double quotes), so every part is quoted."""
     return " ".join(shlex.quote(p) for p in ssh_argv(sync, control_path))
+
+
+def _rules(path: Path | None) -> tuple[str, ...]:
+    if path is None:
+        return ()
+    text = path.read_text(errors="surrogateescape")
+    return tuple(ln for ln in text.splitlines() if ln.strip() and ln[0] not in "#;")
+
+
+def expand_rule_files(sync: Sync) -> Sync:
+    """``exclude_from`` and ``filter_from`` read into ``exclude`` and
+    ``filter``. rsync's ``--from0`` (needed for the file lists) also makes
+    it read rule files as NUL-separated, so newline-separated rule files
+    cannot be passed as they are. Read once when the syncer starts: edits
+    take effect at the next restart or SIGHUP."""
+    if sync.exclude_from is None and sync.filter_from is None:
+        return sync
+    return dataclasses.replace(
+        sync, exclude=sync.exclude + _rules(sync.exclude_from), exclude_from=None,
+        filter=sync.filter + _rules(sync.filter_from),
+        filter_from=None)
 
 
 def rsync_argv(sync: Sync, target: Target, kind: str, list_file: str, startup: bool,
@@ -97,11 +120,9 @@ def rsync_argv(sync: Sync, target: Target, kind: str, list_file: str, startup: b
     if sync.max_delete and deletes:
         argv += [f"--max-delete={sync.max_delete}"]
     argv += [f"--exclude={pattern}" for pattern in sync.exclude]
-    if sync.exclude_from is not None:
-        argv += [f"--exclude-from={sync.exclude_from}"]
+    if sync.exclude_from is not None or sync.filter_from is not None:
+        raise ValueError("expand_rule_files() first: rule files cannot be read under --from0")
     argv += [f"--filter={rule}" for rule in sync.filter]
-    if sync.filter_from is not None:
-        argv += [f"--filter=merge {sync.filter_from}"]
     argv += list(opts.extra)
     if target.is_remote:
         argv += ["-e", ssh_command(sync, control_path)]

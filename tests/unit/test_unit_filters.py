@@ -80,3 +80,20 @@ def test_exclude_from_file(tmp_path: Path) -> None:
 
 def test_root_is_never_excluded() -> None:
     assert not DirFilter([b"*"]).excluded(b"")
+
+
+def test_rule_files_are_expanded_for_rsync(tmp_path: Path) -> None:
+    """--from0 makes rsync read rule files NUL-separated, so the syncer
+    passes their lines as options instead (and refuses to forget that)."""
+    from syncsup.syncer.argv import expand_rule_files, rsync_argv
+
+    ex, fl = tmp_path / "ex", tmp_path / "fl"
+    ex.write_text("# comment\n*.swp\n\n/cache/\n")
+    fl.write_text("- *.bak\n; comment\n+ keep/\n")
+    s = _sync(exclude=("*.tmp",), exclude_from=ex, filter_from=fl)
+    with pytest.raises(ValueError):
+        rsync_argv(s, s.targets[0], "paths", "/l", False)
+    argv = rsync_argv(expand_rule_files(s), s.targets[0], "paths", "/l", False)
+    assert [a for a in argv if a.startswith(("--exclude", "--filter"))] == [
+        "--exclude=*.tmp", "--exclude=*.swp", "--exclude=/cache/", "--filter=- *.bak",
+        "--filter=+ keep/"]
