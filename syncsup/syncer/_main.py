@@ -259,7 +259,14 @@ class Syncer:
             return
         names = batch.trees if kind == "tree" else batch.paths
         lst.write_bytes(_names(_effective(os.fsencode(self.sync.source), names)))
-        verify = kind == "tree" and b"" in batch.trees and not batch.startup
+        # --checksum for rescans that follow lost events, and for directories
+        # a replayed rename just moved on the target: their contents were
+        # changed under the old name (or between the rename and our watch on
+        # the new one) may have kept size and mtime, and the quick check
+        # would trust the moved copy. It reads, but sends nothing that matches.
+        moved_to = {dst for _src, dst in batch.moves} if self.sync.moves_on_target else set()
+        verify = kind == "tree" and ((b"" in batch.trees and not batch.startup)
+                                     or any(t in moved_to for t in batch.trees))
         argv = rsync_argv(self.sync, slot.target, kind, str(lst), batch.startup, verify,
                           slot.control_path)
         slot.empty_guard = kind == "tree" and b"" in batch.trees and _empty(self.sync.source)
