@@ -358,7 +358,8 @@ def test_python_action_class(tmp_path, src, daemon_factory, monkeypatch):
     for i, (do, want) in enumerate(steps):
         before = len(lines())
         do()
-        wait_until(lambda: len(lines()) > before, f"step {i} ({want})", 90, context=d.describe)
+        wait_until(lambda n=before: len(lines()) > n, f"step {i} ({want})", 90,
+                   context=d.describe)
         d.wait_idle(90)
         assert lines()[before:] == want, (i, lines())
 
