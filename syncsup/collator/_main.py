@@ -12,7 +12,7 @@ import zmq
 from syncsup import config as cfg
 from syncsup import proto
 from syncsup._runtime import ChildRuntime, bind_private, recv_trusted, setup_logging
-from syncsup.collator.journal import CREATED, PATH, TREE, Journal
+from syncsup.collator.journal import CREATED, PATH, TREE, VERIFY, Journal
 from syncsup.collator.target import TargetQueue
 
 __all__ = ["Collator", "main"]
@@ -59,21 +59,24 @@ class Collator:
         if not isinstance(msg, proto.Events):
             log.warning("dropped unexpected %s on ingest", type(msg).__name__)
             return
-        trees = msg.trees
-        if b"" in trees and not self.sync.init and not self.init_skipped():
+        trees, verify = msg.trees, msg.verify
+        if b"" in trees + verify and not self.sync.init and not self.init_skipped():
             trees = [t for t in trees if t != b""]
+            verify = [t for t in verify if t != b""]
         moves = msg.moves if self.sync.moves_on_target or self.sync.mode == "command" else []
         for q in self.targets:
-            q.marked += len(msg.paths) + len(trees)
+            q.marked += len(msg.paths) + len(trees) + len(verify)
             q.maybe_pending = True
         self.journal.mark((t.spec for t in self.sync.targets), msg.paths, trees, time.time(),
                           moves=moves, seq=msg.seq,
-                          created=msg.created if self.sync.mode == "command" else ())
+                          created=msg.created if self.sync.mode == "command" else (),
+                          verify=verify)
         self._send(self.ingest, peer, proto.Ack(seq=msg.seq))
-        self.rescans += len(trees)
-        if msg.trees:
+        self.rescans += len(trees) + len(verify)
+        if trees or verify:
             log.info("rescan requested: %s", ", ".join(
-                repr(t.decode(errors="replace") or "/") for t in msg.trees[:5]))
+                repr(t.decode(errors="replace") or "/") + (" (verify)" if t in verify else "")
+                for t in (verify + trees)[:5]))
 
     def init_skipped(self) -> bool:
         """``init = false``: the first full rescan of this run is dropped (the
@@ -122,13 +125,16 @@ class Collator:
         queues = [q for q in self.targets if msg.target in ("", q.spec)]
         if msg.command == "resync":
             log.info("resync requested for %s", ", ".join(q.spec for q in queues))
-            self.journal.mark((q.spec for q in queues), [], [b""], time.time())
+            self.journal.mark((q.spec for q in queues), [], [], time.time(), verify=[b""])
             for q in queues:
                 q.maybe_pending = True
+                q.release_halt()
         elif msg.command in ("pause", "resume"):
             paused = msg.command == "pause"
             for q in queues:
                 q.paused = paused
+                if not paused:
+                    q.release_halt()
                 self.journal.set_meta(f"paused:{q.spec}", self.run_id if paused else "")
             log.info("%s: %s", "paused (changes are still recorded)" if paused else "resumed",
                      ", ".join(q.spec for q in queues))
@@ -149,12 +155,16 @@ class Collator:
             self.journal.drop_moves(q.spec, done[-1][0])
         if ok is not None:
             self.journal.complete(q.spec, ok.rows)
-            if any(r.kind == TREE and r.path == b"" for r in ok.rows):
+            if any(r.kind in (TREE, VERIFY) and r.path == b"" for r in ok.rows):
                 q.synced_this_run = True
                 self.journal.set_meta(f"synced:{q.spec}", self.run_id)
         else:
-            log.warning("target %s: transfer %s (rc %d): %s; retrying in %.1fs",
-                        q.spec, msg.outcome, msg.rc, msg.error, max(0.0, q.next_try - now))
+            if q.halted:
+                log.error("target %s: transfer halted (rc %d): %s; not retrying until "
+                          "`syncsup resync` or `syncsup resume`", q.spec, msg.rc, msg.error)
+            else:
+                log.warning("target %s: transfer %s (rc %d): %s; retrying in %.1fs",
+                            q.spec, msg.outcome, msg.rc, msg.error, max(0.0, q.next_try - now))
 
     # -- dispatch -----------------------------------------------------------
 
@@ -191,6 +201,7 @@ class Collator:
                 paths=[r.path for r in rows if r.kind == PATH],
                 trees=[r.path for r in rows if r.kind == TREE],
                 created=[r.path for r in rows if r.kind == CREATED],
+                verify=[r.path for r in rows if r.kind == VERIFY],
                 startup=not q.synced_this_run,
                 moves=[[a, b] for _, a, b in moves],
             )
@@ -246,7 +257,8 @@ class Collator:
                 # A full comparison (with --checksum, as any later rescan) to
                 # repair what changed behind our back on either side.
                 log.info("full_sync_interval: scheduling a full comparison")
-                self.journal.mark((t.spec for t in self.sync.targets), [], [b""], time.time())
+                self.journal.mark((t.spec for t in self.sync.targets), [], [], time.time(),
+                                  verify=[b""])
                 for q in self.targets:
                     q.maybe_pending = True
                 next_full = time.monotonic() + interval

@@ -20,11 +20,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CREATED", "PATH", "TREE", "Journal", "Row"]
+__all__ = ["CREATED", "PATH", "TREE", "VERIFY", "Journal", "Row"]
 
 PATH = 0  # sync this entry alone (a directory without its contents)
 TREE = 1  # sync this subtree recursively, deleting extras on the target
 CREATED = 2  # command mode: this path appeared (on_create rather than on_modify)
+VERIFY = 3  # like TREE, but compare content (--checksum): events were lost there
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dirty (
@@ -87,7 +88,7 @@ class Journal:
 
     def mark(self, targets: Iterable[str], paths: Iterable[bytes], trees: Iterable[bytes],
              now: float, moves: Sequence[Sequence[bytes]] = (), seq: int = 0,
-             created: Iterable[bytes] = ()) -> int:
+             created: Iterable[bytes] = (), verify: Iterable[bytes] = ()) -> int:
         """Mark ``paths`` and ``trees`` dirty for every target in one
         transaction; returns the new generation.
 
@@ -99,7 +100,7 @@ class Journal:
         gen = self.gen
         targets = list(targets)
         items = ([(PATH, p) for p in paths] + [(TREE, t) for t in trees]
-                 + [(CREATED, c) for c in created])
+                 + [(CREATED, c) for c in created] + [(VERIFY, v) for v in verify])
         rows = [(t, kind, p, gen, now) for t in targets for kind, p in items]
         with self._tx():
             self.db.executemany(
@@ -158,14 +159,16 @@ class Journal:
         return None if row[0] is None else float(row[0])
 
     def has_tree(self, target: str, path: bytes = b"") -> bool:
+        """Is a rescan (plain or verifying) of ``path`` pending?"""
         row = self.db.execute(
-            "SELECT 1 FROM dirty WHERE target = ? AND kind = ? AND path = ?",
-            (target, TREE, path)).fetchone()
+            "SELECT 1 FROM dirty WHERE target = ? AND kind IN (?, ?) AND path = ?",
+            (target, TREE, VERIFY, path)).fetchone()
         return row is not None
 
     def collapse(self, target: str, now: float) -> None:
         """Replace everything pending for ``target`` by one rescan of the root:
-        the bound that keeps a target down for a week from growing the file."""
+        the bound that keeps a target down for a week from growing the file.
+        A verifying one: the collapsed rows may have been same-size rewrites."""
         self.gen += 1
         with self._tx():
             first = self.oldest(target) or now
@@ -173,7 +176,7 @@ class Journal:
             self.db.execute("DELETE FROM moves WHERE target = ?", (target,))
             self.db.execute(
                 "INSERT INTO dirty (target, kind, path, gen, first_seen) VALUES (?, ?, ?, ?, ?)",
-                (target, TREE, b"", self.gen, first))
+                (target, VERIFY, b"", self.gen, first))
             self.set_meta("gen", str(self.gen))
 
     def forget_targets(self, keep: Iterable[str]) -> None:

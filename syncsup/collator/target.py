@@ -28,7 +28,7 @@ class Backoff:
     def delay(self, failures: int, fatal: bool = False) -> float:
         if failures <= 0:
             return 0.0
-        raw = min(self.fatal_cap if fatal else self.cap, self.base * 2 ** (failures - 1))
+        raw = self.fatal_cap if fatal else min(self.cap, self.base * 2 ** (failures - 1))
         return float(raw * self.rng.uniform(0.8, 1.2))
 
 
@@ -61,6 +61,7 @@ class TargetQueue:
     synced_this_run: bool = False
     marked: int = 0  # changes recorded since the last batch (for max_delays)
     paused: bool = False
+    halted: bool = False  # "halt" outcome: no retry until an operator says so
     maybe_pending: bool = True  # False once the journal was seen empty for it
     outcomes: dict[str, int] = field(default_factory=dict)  # transfers by outcome
     bytes_sent: int = 0
@@ -79,11 +80,15 @@ class TargetQueue:
         """May a batch be handed out now? Needs a credit, no lease, work
         whose batching delay has passed (or ``flush``: max_delays reached),
         and no backoff in force."""
-        if self.ready_peer is None or self.lease is not None or oldest is None:
+        if self.ready_peer is None or self.lease is not None or oldest is None or self.halted:
             return False
         if now < self.next_try:
             return False
         return flush or now >= oldest + self.delay
+
+    def release_halt(self) -> None:
+        """An operator's resync or resume: try again now."""
+        self.halted, self.next_try = False, 0.0
 
     def start(self, batch_id: int, rows: list[Row], now: float,
               moves: list[tuple[int, bytes, bytes]] | None = None) -> Lease:
@@ -105,7 +110,8 @@ class TargetQueue:
             self.last_ok, self.last_error = now, None
             return lease
         self.failures += 1
-        self.fatal = outcome == "fatal"
+        self.fatal = outcome in ("fatal", "halt")
+        self.halted = outcome == "halt"
         self.last_error = error or outcome
         self.next_try = now + self.backoff.delay(self.failures, self.fatal)
         return None
@@ -117,7 +123,7 @@ class TargetQueue:
         if self.paused:
             return "paused"
         if self.fatal:
-            return "failed"
+            return "failed"  # halted targets too: last_error says why
         if self.failures:
             return "retrying"
         if not self.synced_this_run:

@@ -114,7 +114,11 @@ class Events(Message):
     ``moves`` are ``[from, to]`` renames inside the tree, in the order they
     happened, for the modes that replay renames on the target; both ends are
     in ``paths`` or ``trees`` too, so a rename that cannot be replayed is
-    repaired by the transfer. ``created`` (command mode only) are the paths
+    repaired by the transfer. ``verify`` are subtrees to rescan like
+    ``trees`` but comparing content (``--checksum``): events were lost there
+    (queue overflow, a blind subtree, an unclean restart), and a lost
+    same-size rewrite that kept its mtime would fool rsync's quick check.
+    ``created`` (command mode only) are the paths
     among ``paths`` that appeared (created or moved in), so that an action can
     tell ``on_create`` from ``on_modify``.
     """
@@ -122,13 +126,14 @@ class Events(Message):
     TYPE: ClassVar[bytes] = b"EVENTS"
     FIELDS: ClassVar[dict[str, str]] = {
         "seq": "int", "paths": "bytes_list", "trees": "bytes_list", "moves": "pair_list",
-        "created": "bytes_list",
+        "created": "bytes_list", "verify": "bytes_list",
     }
     seq: int
     paths: list[bytes] = field(default_factory=list)
     trees: list[bytes] = field(default_factory=list)
     moves: list[list[bytes]] = field(default_factory=list)
     created: list[bytes] = field(default_factory=list)
+    verify: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -167,13 +172,15 @@ class Batch(Message):
     ``startup`` is true until the initial full sync of this run succeeded.
     ``moves`` are renames to replay on the target first (rsyncssh, direct)
     or to report to ``on_move`` (command). ``created`` (command mode) marks
-    paths that appeared since the last batch.
+    paths that appeared since the last batch. ``verify`` are subtrees to
+    compare with ``--checksum`` (see Events).
     """
 
     TYPE: ClassVar[bytes] = b"BATCH"
     FIELDS: ClassVar[dict[str, str]] = {
         "batch_id": "int", "target": "int", "paths": "bytes_list", "trees": "bytes_list",
         "startup": "bool", "moves": "pair_list", "created": "bytes_list",
+        "verify": "bytes_list",
     }
     batch_id: int
     target: int
@@ -182,6 +189,7 @@ class Batch(Message):
     startup: bool = False
     moves: list[list[bytes]] = field(default_factory=list)
     created: list[bytes] = field(default_factory=list)
+    verify: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -186,6 +186,7 @@ class Supervisor:
             c.policy.stop()
             assert c.proc is not None
             _killpg(c.proc.pid, signal.SIGTERM)
+            _killpg(c.proc.pid, signal.SIGCONT)  # a stopped child acts on TERM only once continued
         deadline = time.monotonic() + STOP_GRACE
         for c in live:
             assert c.proc is not None

@@ -207,7 +207,7 @@ class Syncer:
             slot.phases = ["command"]
         else:
             slot.phases = ((["moves"] if batch.moves and self.sync.moves_on_target else [])
-                           + (["tree"] if batch.trees else [])
+                           + (["tree"] if batch.trees or batch.verify else [])
                            + (["paths"] if batch.paths else []))
         slot.moves_done = 0
         slot.started = time.monotonic()
@@ -257,7 +257,7 @@ class Syncer:
             self._start(slot, [sys.executable, "-m", "syncsup.syncer.action_runner",
                                str(self.config_path), self.sync.name, str(slot.index), str(lst)])
             return
-        names = batch.trees if kind == "tree" else batch.paths
+        names = batch.trees + batch.verify if kind == "tree" else batch.paths
         lst.write_bytes(_names(_effective(os.fsencode(self.sync.source), names)))
         # --checksum for rescans that follow lost events, and for directories
         # a replayed rename just moved on the target: their contents were
@@ -265,11 +265,12 @@ class Syncer:
         # the new one) may have kept size and mtime, and the quick check
         # would trust the moved copy. It reads, but sends nothing that matches.
         moved_to = {dst for _src, dst in batch.moves} if self.sync.moves_on_target else set()
-        verify = kind == "tree" and ((b"" in batch.trees and not batch.startup)
+        verify = kind == "tree" and (bool(batch.verify)
                                      or any(t in moved_to for t in batch.trees))
         argv = rsync_argv(self.sync, slot.target, kind, str(lst), batch.startup, verify,
                           slot.control_path)
-        slot.empty_guard = kind == "tree" and b"" in batch.trees and _empty(self.sync.source)
+        slot.empty_guard = (kind == "tree" and b"" in batch.trees + batch.verify
+                            and _empty(self.sync.source))
         if slot.empty_guard:
             # An empty source root looks like an unmounted disk: never let it
             # wipe the mirror. --max-delete=0 deletes nothing and fails (25)
@@ -360,7 +361,7 @@ class Syncer:
             log.warning("target %s: %s transfer made no progress for %ds: killing it",
                         slot.target.spec, slot.phase, timeout)
             slot.killing = now
-            _killpg(slot.proc.pid, signal.SIGTERM)
+            _terminate(slot.proc.pid)
 
     def stderr_tail(self, slot: Slot) -> str:
         if slot.errfile is None:
@@ -400,7 +401,7 @@ class Syncer:
         """TERM every child group, give them STOP_GRACE, then KILL."""
         procs = [p for s in self.slots for p in (s.proc, s.master) if p is not None]
         for p in procs:
-            _killpg(p.pid, signal.SIGTERM)
+            _terminate(p.pid)
         deadline = time.monotonic() + STOP_GRACE
         for p in procs:
             try:
@@ -499,6 +500,14 @@ def _io_bytes(pid: int) -> int:
         except (OSError, ValueError):
             continue
     return total
+
+
+def _terminate(pgid: int) -> None:
+    """SIGTERM a process group, then SIGCONT it: a stopped rsync only acts on
+    the TERM once continued, and then removes its temporary file on the way
+    out, where a KILL would leave it on the target."""
+    _killpg(pgid, signal.SIGTERM)
+    _killpg(pgid, signal.SIGCONT)
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -23,8 +23,10 @@ code   rsync's meaning                           class
 22     error allocating core memory buffers     retry
 23     partial transfer due to error            retry (and reported: files the
                                                  target refused are not done)
-25     --max-delete limit stopped deletions     fatal (an operator must look:
-                                                 retrying would hit it again)
+25     --max-delete limit stopped deletions     halt (no automatic retry: each
+                                                 retry would delete max_delete
+                                                 more; resync or resume after
+                                                 looking)
 30     timeout in data send/receive              retry
 35     timeout waiting for daemon connection    retry
 255    ssh failed (unreachable, auth refused)   retry
@@ -32,8 +34,9 @@ code   rsync's meaning                           class
 other  unknown                                   retry
 =====  =======================================  ========
 
-"fatal" stops only that target (it is retried slowly, and shown as failed);
-"retry" backs off exponentially. Nothing but "ok" lets the journal forget.
+"fatal" stops only that target (it is retried every 5 minutes, and shown as
+failed); "halt" stops it until ``syncsup resync`` or ``resume``; "retry"
+backs off exponentially. Nothing but "ok" lets the journal forget.
 """
 
 from __future__ import annotations
@@ -47,10 +50,12 @@ class Outcome(StrEnum):
     OK = "ok"
     RETRY = "retry"
     FATAL = "fatal"
+    HALT = "halt"
 
 
 _OK = frozenset({0, 24})
-_FATAL = frozenset({1, 2, 4, 6, 13, 25})
+_FATAL = frozenset({1, 2, 4, 6, 13})
+_HALT = frozenset({25})
 
 
 def classify(rc: int) -> Outcome:
@@ -59,4 +64,6 @@ def classify(rc: int) -> Outcome:
         return Outcome.OK
     if rc in _FATAL:
         return Outcome.FATAL
+    if rc in _HALT:
+        return Outcome.HALT
     return Outcome.RETRY

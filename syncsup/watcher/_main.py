@@ -65,6 +65,7 @@ class Watcher:
         self.pending = Changes()
         self.overflows = 0
         self.commands = sync.mode == "command"
+        self.clean_mark = conf.settings.state_dir / f"clean-{sync.name}"
         self.needed = 0  # max_user_watches that would cover the whole tree
         self.reported: set[bytes] = set()  # blind subtrees already logged
 
@@ -75,6 +76,7 @@ class Watcher:
             frames = proto.encode(proto.Events(
                 seq=self.seq, paths=paths[i:i + MAX_PATHS_PER_MSG], trees=trees if i == 0 else [],
                 moves=[[a, b] for a, b in changes.moves] if i == 0 else [],
+                verify=sorted(changes.verify) if i == 0 else [],
                 created=sorted(changes.created) if i == 0 and self.commands else []))
             self.inflight[self.seq] = (time.monotonic(), frames)
             self.sock.send_multipart(frames)
@@ -107,11 +109,16 @@ class Watcher:
             if changes.overflow:
                 self.overflows += 1
                 log.warning("inotify queue overflowed (fs.inotify.max_queued_events): "
-                            "rescanning the whole source")
+                            "watching new directories, then rescanning the whole source")
+                # Directories created while events were dropped have no watch
+                # yet: walk again (existing watches are kept), then verify.
+                self.tree.watch(b"")
+                changes.verify.add(b"")
             if changes.root_gone:
                 raise SystemExit(f"source root {self.sync.source} was moved or deleted")
             self.pending.paths |= changes.paths
             self.pending.trees |= changes.trees
+            self.pending.verify |= changes.verify
             self.pending.moves += changes.moves
             self.pending.created |= changes.created
             if len(self.pending.paths) >= MAX_PATHS_PER_MSG:
@@ -144,13 +151,22 @@ class Watcher:
         if not self.tree.failed:
             log.info("all directories of %s are watched again", self.sync.source)
             self.needed = 0
-        self.send(Changes(trees=failed))
+        self.send(Changes(verify=failed))
 
     def info(self) -> dict[str, Any]:
         return {"sync": self.sync.name, "watches": len(self.tree.paths),
                 "unwatched": len(self.tree.failed), "watch_limit_needed": self.needed,
                 "overflows": self.overflows,
                 "inflight": len(self.inflight)}
+
+    def _take_clean_mark(self) -> bool:
+        """Did the previous watcher of this sync stop with nothing unacked?
+        The mark is consumed: only a clean stop writes it again."""
+        try:
+            self.clean_mark.unlink()
+            return True
+        except FileNotFoundError:
+            return False
 
     def progress(self, watches: int) -> None:
         """Called per new watch: log progress of long walks, keep beating."""
@@ -183,8 +199,14 @@ class Watcher:
                  time.monotonic() - started)
         self.report_watch_limit()
         next_unwatched = time.monotonic() + UNWATCHED_RESCAN
-        # Watches first, then the full rescan: nothing falls in between.
-        self.send(Changes(trees={b""}))
+        # Watches first, then the full rescan: nothing falls in between. After
+        # an unclean end (crash, kill, unacked events) events were lost, so
+        # the rescan compares content, not just size and mtime.
+        clean = self._take_clean_mark()
+        if not clean:
+            log.info("previous watcher did not stop cleanly: the startup rescan compares "
+                     "content (--checksum)")
+        self.send(Changes(trees={b""}) if clean else Changes(verify={b""}))
         # Two pollers: while too much is unacked, the inotify fd is not
         # polled at all (polling it without reading would spin).
         acks_only = zmq.Poller()
@@ -209,6 +231,8 @@ class Watcher:
                 next_unwatched = time.monotonic() + UNWATCHED_RESCAN
             self.resend()
             self.rt.heartbeat(self.info)
+        if not self.inflight and not self.pending and not self.tree.failed:
+            self.clean_mark.touch()  # every event we saw is in the journal
         self.ino.close()
         self.rt.close()
         return 0

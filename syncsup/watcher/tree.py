@@ -36,11 +36,12 @@ class Changes:
     trees: set[bytes] = field(default_factory=set)
     moves: list[tuple[bytes, bytes]] = field(default_factory=list)
     created: set[bytes] = field(default_factory=set)  # new names (for command mode)
+    verify: set[bytes] = field(default_factory=set)  # rescans after lost events
     root_gone: bool = False
     overflow: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.paths or self.trees)
+        return bool(self.paths or self.trees or self.verify)
 
 
 class WatchTree:
@@ -122,8 +123,7 @@ class WatchTree:
         moved_from: dict[int, bytes] = {}
         for wd, mask, cookie, name in events:
             if mask & F.Q_OVERFLOW:
-                changes.overflow = True
-                changes.trees.add(b"")
+                changes.overflow = True  # the watcher re-walks, then verifies the root
                 continue
             parent = self.paths.get(wd)
             if parent is None:

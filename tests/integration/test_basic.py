@@ -77,18 +77,13 @@ def test_initial_sync_copies_tree_and_deletes_extras(tmp_path, src, dst, daemon_
     finish(d, tmp_path, src, dst)
 
 
-def test_initial_sync_with_checksum_fixes_same_size_same_mtime_target_file(
-    tmp_path, src, dst, daemon_factory
-):
-    """A target file with the source's size and mtime but other content is
-    fixed by the initial sync when ``[sync.rsync] checksum = true``.
+def test_initial_sync_fixes_same_size_same_mtime_target_file(tmp_path, src, dst, daemon_factory):
+    """A target file with the source's size and mtime but other content is still fixed.
 
     This is what a same-size rewrite with a restored mtime looks like to the
-    initial sync when it happened while the daemon was down. By design the
-    startup sync uses rsync's quick check unless checksum is set (reading
-    every byte of a large mirror at each restart would cost hours of I/O;
-    docs/architecture.md); rescans after lost events while running always
-    use --checksum, which test_chaos and the overflow test cover.
+    initial sync (or to any RESCAN) when it happened while nobody was
+    watching: daemon down, or watcher restarting.  A size+mtime quick check
+    cannot see it; a first start (no clean-stop mark) compares content.
     """
     s, d_ = b(src), b(dst)
     for i in range(3):
@@ -96,9 +91,7 @@ def test_initial_sync_with_checksum_fixes_same_size_same_mtime_target_file(
         write(os.path.join(d_, b"same%d" % i), b"TARGET CONTENT %d\n" % i)
         st = os.stat(os.path.join(s, b"same%d" % i))
         os.utime(os.path.join(d_, b"same%d" % i), ns=(st.st_atime_ns, st.st_mtime_ns))
-    entry = sync_entry(src, [dst], delete=True)
-    entry["rsync"] = {"checksum": True}
-    d = daemon_factory([entry])
+    d = daemon_factory([sync_entry(src, [dst], delete=True)])
     finish(d, tmp_path, src, dst)
 
 

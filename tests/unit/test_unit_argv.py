@@ -225,10 +225,14 @@ def test_retry_codes(rc: int) -> None:
     assert classify(rc) is Outcome.RETRY
 
 
-@pytest.mark.parametrize("rc", [1, 2, 4, 6, 13, 25])
+def test_max_delete_halts() -> None:
+    assert classify(25) is Outcome.HALT
+
+
+@pytest.mark.parametrize("rc", [1, 2, 4, 6, 13])
 def test_fatal_codes(rc: int) -> None:
     assert classify(rc) is Outcome.FATAL
 
 
 def test_outcome_words_match_the_done_message() -> None:
-    assert {o.value for o in Outcome} == {"ok", "retry", "fatal"}
+    assert {o.value for o in Outcome} == {"ok", "retry", "fatal", "halt"}

@@ -129,8 +129,20 @@ def test_failed_outcome_keeps_rows_and_backs_off(outcome: str) -> None:
     assert q.failures == 1
     assert q.fatal is (outcome == "fatal")
     assert q.last_error == "ssh: connection refused"
-    assert 100.0 + 0.5 * 0.8 <= q.next_try <= 100.0 + 0.5 * 1.2
+    first = 300.0 if outcome == "fatal" else 0.5  # fatal: every 5 minutes
+    assert 100.0 + first * 0.8 <= q.next_try <= 100.0 + first * 1.2
     assert q.last_ok is None
+
+
+def test_halt_stops_the_target_until_released() -> None:
+    q = make()
+    leased(q, batch_id=5)
+    assert q.finish(5, "halt", "max-delete", 100.0) is None
+    assert q.halted and q.fatal
+    q.on_ready(b"peer", "inc")
+    assert not q.due(oldest=0.0, now=1e9)
+    q.release_halt()
+    assert q.due(oldest=0.0, now=1e9)
 
 
 def test_failed_outcome_without_message_records_outcome() -> None:
