@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Install everything, then run the whole test suite: lint, types, unit and
-# integration tests (real inotify, rsync, ZeroMQ and an sshd on loopback).
+# integration tests (real inotify, rsync, ZeroMQ and an sshd on loopback),
+# then the benchmark's smoke mode against Lsyncd (never fails on speed, only
+# if a tool does not converge).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-python3 -m ruff check syncsup tests
+python3 -m ruff check syncsup tests bench
 python3 -m mypy
-python3 -m pytest -q -p no:cacheprovider "$@"
+# Integration tests mostly wait on real processes: three workers cut the
+# wall time without loading the machine much (each test has its own tmp dir,
+# state_dir and sshd).
+python3 -m pytest -q -p no:cacheprovider -n 3 "$@"
+if [ "${SYNCSUP_SKIP_BENCH:-}" != 1 ]; then
+    python3 bench/run.py --smoke
+fi

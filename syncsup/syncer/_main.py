@@ -251,7 +251,7 @@ class Syncer:
             return
         if kind == "command":
             lst.write_bytes(msgpack.packb({
-                "moves": batch.moves, "trees": batch.trees, "paths": batch.paths,
+                "moves": batch.moves, "trees": batch.trees + batch.verify, "paths": batch.paths,
                 "created": batch.created, "startup": batch.startup}, use_bin_type=True))
             slot.moves_done = len(batch.moves)  # reported again only if the batch fails
             self._start(slot, [sys.executable, "-m", "syncsup.syncer.action_runner",
