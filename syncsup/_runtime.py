@@ -28,6 +28,7 @@ __all__ = [
     "ChildRuntime",
     "bind_private",
     "child_exit_fd",
+    "decode_logged",
     "drain",
     "endpoint",
     "new_incarnation",
@@ -108,6 +109,16 @@ def drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
+
+
+def decode_logged(frames: list[bytes], log: logging.Logger, where: str) -> proto.Message | None:
+    """Decode a message from a peer, or log why it is dropped and return
+    None: garbage on a socket must never crash the receiver."""
+    try:
+        return proto.decode(frames)
+    except proto.ProtocolError as exc:
+        log.warning("dropped malformed message on %s: %s", where, exc)
+        return None
 
 
 def new_incarnation() -> str:

@@ -81,6 +81,23 @@ def request(conf: cfg.Config, msg: proto.Message, timeout: float = 5.0) -> proto
         ctx.destroy(linger=1000)
 
 
+def _ask(conf: cfg.Config, msg: proto.Message) -> proto.StatusReply | int:
+    """The supervisor's reply to ``msg``, or the exit code to return: 3 (and
+    a message) if it is not running, 1 if it does not answer."""
+    try:
+        reply = request(conf, msg)
+    except TimeoutError as exc:
+        print(f"syncsup: {exc}", file=sys.stderr)
+        return 1
+    if reply is None:
+        print(f"syncsup is not running (state_dir {conf.settings.state_dir})", file=sys.stderr)
+        return EX_NOT_RUNNING
+    if not isinstance(reply, proto.StatusReply):
+        print(f"syncsup: unexpected answer {type(reply).__name__}", file=sys.stderr)
+        return 1
+    return reply
+
+
 def _age(ts: float | None) -> str:
     if ts is None:
         return "never"
@@ -109,16 +126,9 @@ def format_status(doc: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    conf = _load(args.config)
-    try:
-        reply = request(conf, proto.StatusRequest())
-    except TimeoutError as exc:
-        print(f"syncsup: {exc}", file=sys.stderr)
-        return 1
-    if reply is None:
-        print(f"syncsup is not running (state_dir {conf.settings.state_dir})", file=sys.stderr)
-        return EX_NOT_RUNNING
-    assert isinstance(reply, proto.StatusReply)
+    reply = _ask(_load(args.config), proto.StatusRequest())
+    if isinstance(reply, int):
+        return reply
     if args.json:
         print(json.dumps(reply.status, indent=2))
     else:
@@ -152,18 +162,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-    conf = _load(args.config)
     msg = proto.Control(command=args.command, sync=getattr(args, "sync", None) or "",
                         target=getattr(args, "target", None) or "")
-    try:
-        reply = request(conf, msg)
-    except TimeoutError as exc:
-        print(f"syncsup: {exc}", file=sys.stderr)
-        return 1
-    if reply is None:
-        print(f"syncsup is not running (state_dir {conf.settings.state_dir})", file=sys.stderr)
-        return EX_NOT_RUNNING
-    assert isinstance(reply, proto.StatusReply)
+    reply = _ask(_load(args.config), msg)
+    if isinstance(reply, int):
+        return reply
     ok, message = bool(reply.status.get("ok")), str(reply.status.get("message", ""))
     print(message, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1

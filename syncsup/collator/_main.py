@@ -11,7 +11,13 @@ import zmq
 
 from syncsup import config as cfg
 from syncsup import proto
-from syncsup._runtime import ChildRuntime, bind_private, recv_trusted, setup_logging
+from syncsup._runtime import (
+    ChildRuntime,
+    bind_private,
+    decode_logged,
+    recv_trusted,
+    setup_logging,
+)
 from syncsup.collator.journal import CREATED, PATH, TREE, VERIFY, Journal
 from syncsup.collator.target import TargetQueue
 
@@ -50,11 +56,9 @@ class Collator:
 
     def on_ingest(self, frames: list[bytes]) -> None:
         peer, body = frames[0], frames[1:]
-        try:
-            msg = proto.decode(body)
-        except proto.ProtocolError as exc:
+        msg = decode_logged(body, log, "ingest")
+        if msg is None:
             self.malformed += 1
-            log.warning("dropped malformed message on ingest: %s", exc)
             return
         if not isinstance(msg, proto.Events):
             log.warning("dropped unexpected %s on ingest", type(msg).__name__)
@@ -94,11 +98,9 @@ class Collator:
 
     def on_dispatch(self, frames: list[bytes]) -> None:
         peer, body = frames[0], frames[1:]
-        try:
-            msg = proto.decode(body)
-        except proto.ProtocolError as exc:
+        msg = decode_logged(body, log, "dispatch")
+        if msg is None:
             self.malformed += 1
-            log.warning("dropped malformed message on dispatch: %s", exc)
             return
         if isinstance(msg, (proto.Ready, proto.Done)) and not 0 <= msg.target < len(self.targets):
             log.warning("dropped %s for unknown target %d", type(msg).__name__, msg.target)
@@ -115,11 +117,7 @@ class Collator:
 
     def on_control(self, frames: list[bytes]) -> None:
         """An operator command relayed by the supervisor."""
-        try:
-            msg = proto.decode(frames)
-        except proto.ProtocolError as exc:
-            log.warning("dropped malformed control message: %s", exc)
-            return
+        msg = decode_logged(frames, log, "control")
         if not isinstance(msg, proto.Control):
             return
         queues = [q for q in self.targets if msg.target in ("", q.spec)]

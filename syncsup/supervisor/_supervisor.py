@@ -18,7 +18,14 @@ import zmq
 
 from syncsup import config as cfg
 from syncsup import proto
-from syncsup._runtime import bind_private, child_exit_fd, drain, new_incarnation, recv_trusted
+from syncsup._runtime import (
+    bind_private,
+    child_exit_fd,
+    decode_logged,
+    drain,
+    new_incarnation,
+    recv_trusted,
+)
 from syncsup.supervisor.metrics import serve
 from syncsup.supervisor.notify import Notifier
 from syncsup.supervisor.policy import RestartPolicy, State
@@ -202,10 +209,8 @@ class Supervisor:
 
     def on_control(self, frames: list[bytes]) -> None:
         peer, body = frames[0], frames[1:]
-        try:
-            msg = proto.decode(body)
-        except proto.ProtocolError as exc:
-            log.warning("dropped malformed control message: %s", exc)
+        msg = decode_logged(body, log, "control")
+        if msg is None:
             return
         if isinstance(msg, proto.Heartbeat):
             c = self.by_name.get(msg.name)

@@ -29,6 +29,7 @@ from syncsup import proto
 from syncsup._runtime import (
     ChildRuntime,
     child_exit_fd,
+    decode_logged,
     drain,
     endpoint,
     set_pdeathsig,
@@ -435,14 +436,10 @@ class Syncer:
                         frames = self.sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    try:
-                        msg = proto.decode(frames)
-                    except proto.ProtocolError as exc:
-                        log.warning("dropped malformed message: %s", exc)
-                        continue
+                    msg = decode_logged(frames, log, "dispatch")
                     if isinstance(msg, proto.Batch):
                         self.on_batch(msg)
-                    else:
+                    elif msg is not None:
                         log.warning("dropped unexpected %s", type(msg).__name__)
             now = time.monotonic()
             for slot in self.slots:

@@ -19,7 +19,7 @@ from inotify_simple import INotify
 
 from syncsup import config as cfg
 from syncsup import proto
-from syncsup._runtime import ChildRuntime, endpoint, setup_logging
+from syncsup._runtime import ChildRuntime, decode_logged, endpoint, setup_logging
 from syncsup.watcher.filters import DirFilter, exclude_patterns
 from syncsup.watcher.tree import Changes, WatchTree
 
@@ -82,11 +82,7 @@ class Watcher:
             self.sock.send_multipart(frames)
 
     def on_ack(self, frames: list[bytes]) -> None:
-        try:
-            msg = proto.decode(frames)
-        except proto.ProtocolError as exc:
-            log.warning("dropped malformed message: %s", exc)
-            return
+        msg = decode_logged(frames, log, "ingest")
         if isinstance(msg, proto.Ack):
             self.inflight.pop(msg.seq, None)
 
