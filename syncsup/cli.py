@@ -122,6 +122,10 @@ def format_status(doc: dict[str, Any]) -> str:
             lag = "-" if t.get("lag") is None else f"{t['lag']:.0f}s"
             lines.append(f"  {t['target']:<40} {t['state']:<9} {t['pending']:>7} {lag:>6} "
                          f"{_age(t.get('last_sync')):<10} {t.get('last_error') or '-'}")
+            xfer = t.get("transfer")
+            if xfer and xfer.get("seconds", 0) >= 5:
+                lines.append(f"    running: {xfer['phase']} transfer for {xfer['seconds']:.0f}s, "
+                             f"{xfer['io_bytes'] / 1e6:.1f} MB read+written")
     return "\n".join(lines)
 
 

@@ -282,11 +282,13 @@ class Supervisor:
         for s in self.conf.syncs:
             collator = self.by_name[f"collator:{s.name}"].info
             watcher = self.by_name[f"watcher:{s.name}"].info
+            running = self.by_name[f"syncer:{s.name}"].info.get("running") or {}
             known = {t["target"]: t for t in collator.get("targets", [])
                      if isinstance(t, dict) and "target" in t}
-            targets = [known.get(t.spec) or {
+            targets = [{**(known.get(t.spec) or {
                 "target": t.spec, "state": "startup", "pending": 0, "lag": None,
-                "last_sync": None, "last_error": None} for t in s.targets]
+                "last_sync": None, "last_error": None}), "transfer": running.get(t.spec)}
+                for t in s.targets]
             syncs.append({
                 "name": s.name, "source": str(s.source), "mode": s.mode,
                 "rescans": collator.get("rescans", 0),

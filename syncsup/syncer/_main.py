@@ -46,6 +46,7 @@ log = logging.getLogger("syncsup.syncer")
 
 READY_REPEAT = 2.0   # seconds between repeated credits while idle
 STOP_GRACE = 2.0     # seconds between SIGTERM and SIGKILL of a child group
+PROGRESS_LOG = 30.0  # seconds between progress lines of a long transfer
 MASTER_RETRY = (2.0, 60.0)  # backoff of the ssh master connection: first, cap
 
 
@@ -70,6 +71,7 @@ class Slot:
     io_seen: int = -1          # bytes read+written by the transfer's processes
     io_changed: float = 0.0    # when that last moved
     io_checked: float = 0.0    # when we last looked
+    last_progress_log: float = 0.0
     killing: float = 0.0       # when we sent SIGTERM to a stalled transfer
     empty_guard: bool = False  # this phase runs with the empty-source guard
     master: subprocess.Popen[bytes] | None = None
@@ -296,6 +298,7 @@ class Syncer:
             self.finish(slot, Outcome.FATAL, 127, f"cannot run {argv[0]}: {exc}")
             return
         slot.io_seen, slot.io_changed, slot.io_checked = -1, time.monotonic(), 0.0
+        slot.last_progress_log = time.monotonic()
         slot.killing = 0.0
 
     def poll_slot(self, slot: Slot) -> None:
@@ -345,7 +348,7 @@ class Syncer:
         ``rsync.timeout`` seconds (a stopped rsync, a dead link): TERM the
         group, then KILL it STOP_GRACE later. It is retried like any failure."""
         timeout = self.sync.rsync.timeout
-        if not timeout or slot.proc is None:
+        if slot.proc is None:
             return
         now = time.monotonic()
         if slot.killing:
@@ -356,9 +359,14 @@ class Syncer:
             return  # /proc is read at most once a second per transfer
         slot.io_checked = now
         seen = _io_bytes(slot.proc.pid)
+        if now - slot.last_progress_log >= PROGRESS_LOG:
+            # A long transfer (an initial sync of a big tree) says it is alive.
+            slot.last_progress_log = now
+            log.info("target %s: %s transfer running for %.0fs, %s read+written so far",
+                     slot.target.spec, slot.phase, now - slot.started, _human(seen))
         if seen != slot.io_seen:
             slot.io_seen, slot.io_changed = seen, now
-        elif now - slot.io_changed >= timeout:
+        elif timeout and now - slot.io_changed >= timeout:
             log.warning("target %s: %s transfer made no progress for %ds: killing it",
                         slot.target.spec, slot.phase, timeout)
             slot.killing = now
@@ -453,8 +461,19 @@ class Syncer:
         return 0
 
     def info(self) -> dict[str, Any]:
-        return {"sync": self.sync.name, "transfers": self.transfers,
-                "busy": [s.target.spec for s in self.slots if s.proc is not None]}
+        now = time.monotonic()
+        running = {s.target.spec: {"phase": s.phase, "seconds": now - s.started,
+                                   "io_bytes": max(0, s.io_seen)}
+                   for s in self.slots if s.batch is not None}
+        return {"sync": self.sync.name, "transfers": self.transfers, "running": running}
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _stats_sent(out: IO[bytes] | None) -> int:

@@ -247,3 +247,35 @@ def test_targets_as_tables(tmp_path, src, dst, sshd, daemon_factory):
     write(src / "d" / "h", b"live")
     os.unlink(src / "f")
     finish(d, tmp_path, src, dst, dst_ssh)
+
+
+def test_excluded_directories_are_not_watched(tmp_path, src, dst, daemon_factory):
+    """Excludes apply to watching too: an excluded subtree costs no watches,
+    at startup or when created later, and nothing of it reaches the target."""
+    (src / "keep" / "a").mkdir(parents=True)
+    for i in range(30):
+        (src / "node_modules" / f"pkg{i}" / "lib").mkdir(parents=True)
+        write(src / "node_modules" / f"pkg{i}" / "lib" / "x.js", b"x")
+    (src / "logs" / "old").mkdir(parents=True)
+    sync = sync_table(src, [dst], exclude=["node_modules/", "/logs/"])
+    d = daemon_factory([sync])
+    d.wait_idle(120)
+
+    def watches() -> int:
+        return int(d.status()["syncs"][0]["watches"])
+
+    # root, keep, keep/a: the 61 excluded directories have no watch
+    assert watches() == 3, d.status()["syncs"][0]
+    (src / "keep" / "node_modules" / "deep").mkdir(parents=True)  # unanchored rule
+    (src / "logs" / "new").mkdir()
+    (src / "keep" / "b").mkdir()
+    write(src / "keep" / "node_modules" / "deep" / "y.js", b"y")
+    write(src / "keep" / "b" / "marker", b"m")
+    wait_marker(d, dst, "keep/b/marker")
+    # status carries the watcher's last heartbeat (every 2 s): wait for it
+    wait_until(lambda: watches() != 3, "the watch count to change", 60, context=d.describe)
+    time.sleep(2.5)  # one more heartbeat: a late extra watch would show now
+    assert watches() == 4  # only keep/b was added
+    assert not (dst / "node_modules").exists() and not (dst / "logs").exists()
+    assert not (dst / "keep" / "node_modules").exists()
+    d.stop()
