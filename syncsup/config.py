@@ -432,32 +432,29 @@ def _inside(a: str, b: str) -> bool:
 def _check_overlaps(syncs: tuple[Sync, ...]) -> None:
     """Refuse configs that would mirror a tree into itself or let two syncs
     fight over one target: both end in data loss or endless transfers."""
-    seen: dict[str, str] = {}
+    seen: list[tuple[str, str, str]] = []  # (host, path, key) of earlier targets
     for i, sync in enumerate(syncs):
         src = os.path.realpath(sync.source)
         for j, t in enumerate(sync.targets):
             key = f"sync[{i}].targets[{j}]"
             if sync.mode == "command" and t.spec == "command":
                 continue
-            if not t.is_remote:
-                dst = os.path.realpath(t.path)
-                if dst == src:
-                    raise ConfigError(key, "is the source itself")
-                if _inside(dst, src):
-                    raise ConfigError(key, f"is inside its own source {src}")
-                if _inside(src, dst):
-                    raise ConfigError(key, f"contains its own source {src}")
-                ident = dst
+            if t.is_remote:
+                host, path = f"{t.user or ''}@{t.host}", os.path.normpath(t.path)
             else:
-                ident = f"{t.user or ''}@{t.host}:{os.path.normpath(t.path)}"
-            for other, where in seen.items():
-                same_host = ident.partition(":")[0] == other.partition(":")[0]
-                a, b = ident.rpartition(":")[2], other.rpartition(":")[2]
-                if (ident.startswith("/") == other.startswith("/")) and same_host and (
-                        _inside(a, b) or _inside(b, a)):
-                    raise ConfigError(key, f"overlaps {where}: two syncs would write the "
+                host, path = "", os.path.realpath(t.path)
+                if path == src:
+                    raise ConfigError(key, "is the source itself")
+                if _inside(path, src):
+                    raise ConfigError(key, f"is inside its own source {src}")
+                if _inside(src, path):
+                    raise ConfigError(key, f"contains its own source {src}")
+            for other_host, other_path, where in seen:
+                if host == other_host and (_inside(path, other_path)
+                                           or _inside(other_path, path)):
+                    raise ConfigError(key, f"overlaps {where}: two targets would write the "
                                       "same files")
-            seen[ident] = f"sync[{i}].targets[{j}]"
+            seen.append((host, path, key))
 
 
 def _check_private(path: Path, key: str) -> None:
