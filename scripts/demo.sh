@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+# syncsup refuses a config others may write (a clone made with umask 002
+# gives 0664 files): the demo's config is ours alone.
+chmod go-w demo/sync.toml
 echo
 echo "syncsup demo: mirroring $(pwd)/demo/source -> $(pwd)/demo/target"
 echo "  try:  echo hello > demo/source/new.txt && ls demo/target"
