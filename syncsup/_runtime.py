@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 _PR_SET_PDEATHSIG = 1
-HEARTBEAT_INTERVAL = 2.0  # the supervisor's timeout (8 s) allows three lost beats
+HEARTBEAT_INTERVAL = 2.0  # the supervisor's timeout (7 s) allows two lost beats and a late one
 # Unix socket paths are limited to 107 bytes (sun_path); fail early and clearly.
 _SUN_PATH_MAX = 107
 

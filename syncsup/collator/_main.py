@@ -151,6 +151,11 @@ class Collator:
         if lease.moves and msg.moves_done > 0:
             done = lease.moves[:msg.moves_done]
             self.journal.drop_moves(q.spec, done[-1][0])
+            if ok is None and self.sync.moves_on_target:
+                # Replayed, but the transfer after it failed: the retry will
+                # not carry these renames, so have it verify their
+                # destinations itself (see the syncer's --checksum rule).
+                self.journal.mark([q.spec], [], [], now, verify=[dst for _, _, dst in done])
         if ok is not None:
             self.journal.complete(q.spec, ok.rows)
             if any(r.kind in (TREE, VERIFY) and r.path == b"" for r in ok.rows):

@@ -36,7 +36,7 @@ __all__ = ["StartError", "Supervisor"]
 log = logging.getLogger("syncsup.supervisor")
 
 ROLES_IN_START_ORDER = ("collator", "syncer", "watcher")
-HEARTBEAT_TIMEOUT = 8.0   # seconds of silence before a child is killed (beats are 1/s)
+HEARTBEAT_TIMEOUT = 7.0   # seconds of silence before a child is killed (beats every 2 s)
 STOP_GRACE = 6.0          # seconds between SIGTERM and SIGKILL at stop
 
 
