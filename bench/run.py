@@ -50,15 +50,15 @@ TOOLS = ("syncsup", "lsyncd")
 
 SIZES = {
     "smoke": {
-        "latency_local": 15,
-        "latency_ssh": 8,
+        "latency_local": 10,
+        "latency_ssh": 6,
         "bursts": [2000],
         "overflow_files": 9000,
         "startup": (5000, 200),
         "fanout": [8, 32],
-        "fanout_files": 500,
+        "fanout_files": 300,
         "rename_mb": 10,
-        "idle_s": 10.0,
+        "idle_s": 4.0,
         "timeout": 120.0,
     },
     "full": {
