@@ -56,7 +56,7 @@ def wait_until(
             extra = ""
             if context is not None:
                 try:
-                    extra = "\n" + context()
+                    extra = "\n" + str(context())
                 except Exception as e:  # context only
                     extra = f"\n(context failed: {e!r})"
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")

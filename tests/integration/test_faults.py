@@ -29,6 +29,8 @@ from tests.helpers.daemon import READY_TIMEOUT, Daemon, sync_entry, syncsup_argv
 from tests.helpers.procs import assert_no_leftovers, cmdline_of
 from tests.helpers.tree import diff_trees, snapshot, wait_converged
 
+from ._modes_helpers import wait_until
+
 pytestmark = pytest.mark.timeout(300)
 
 NAME = "www"  # sync_entry's default sync name
@@ -96,23 +98,6 @@ def pids_matching(*needles: bytes, prog: bytes | None = None) -> list[int]:
 
 def rsync_pids(target_dir: os.PathLike | str) -> list[int]:
     return pids_matching(b(target_dir), prog=b"rsync")
-
-
-def wait_until(pred, what: str, timeout: float = 60.0, interval: float = 0.1, context=None):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            extra = ""
-            if context is not None:
-                try:
-                    extra = "\n" + str(context())
-                except Exception as e:  # context only
-                    extra = f"\n(context failed: {e!r})"
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
-        time.sleep(interval)
 
 
 def log_lines(d: Daemon, *needles: str) -> list[str]:
