@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Install what syncsup needs on a Debian/Ubuntu host: rsync, the OpenSSH
-# client and server (the tests run a real sshd on loopback), and the Python
-# package with its test extras. Safe to run again; apt-get only when missing.
+# client and server (the tests run a real sshd on loopback), promtool (the
+# alert rules in deploy/prometheus are checked with it), and the Python
+# package with its test extras (lupa, the Lua runtime import-lsyncd uses,
+# is a self-contained wheel: no system Lua needed). Safe to run again;
+# apt-get only when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +12,7 @@ need=()
 command -v rsync >/dev/null || need+=(rsync)
 command -v ssh >/dev/null || need+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v promtool >/dev/null || need+=(prometheus)
 if [ "${1:-}" = "--with-lsyncd" ] && ! command -v lsyncd >/dev/null; then need+=(lsyncd); fi
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""

@@ -5,7 +5,8 @@
 # if a tool does not converge).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+# lsyncd: the benchmark and the import-lsyncd comparison test run it
+bash scripts/install-deps.sh --with-lsyncd
 python3 -m ruff check syncsup tests bench
 python3 -m mypy
 # Integration tests mostly wait on real processes: three workers cut the

@@ -176,6 +176,14 @@ def cmd_control(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# --- import-lsyncd (syncsup/lsyncd): lazy, so the daemon never loads the importer or lupa
+def cmd_import_lsyncd(args: argparse.Namespace) -> int:
+    from syncsup.lsyncd import import_lsyncd
+
+    return import_lsyncd(args.config)
+# --- end import-lsyncd
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="syncsup", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"syncsup {__version__}")
@@ -205,5 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--target", help="only this target")
         p.add_argument("config")
         p.set_defaults(func=cmd_control)
+    p = sub.add_parser("import-lsyncd", help="convert an Lsyncd Lua config to TOML on stdout")
+    p.add_argument("config", help="the Lsyncd config (lsyncd.conf.lua)")
+    p.set_defaults(func=cmd_import_lsyncd)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -1,0 +1,421 @@
+"""What an Lsyncd config recorded, mapped to a syncsup TOML document. Pure:
+no Lua, no file system writes, so every rule is unit-testable.
+
+The input is what the sandbox recorded (:class:`Recorded`): each ``sync{}``
+after Lsyncd's own inheritance, with the default layers' functions marked
+by name. A sync's mode is read off its ``action`` function, as Lsyncd
+decides what a sync does: ``default.rsync.action`` is mode ``rsync``, and so
+on. Whatever the config asked for that the TOML cannot express becomes a
+``dropped`` message naming the key and the syncsup way to get it.
+
+Values come from Lsyncd's defaults where the config did not set them, so
+the TOML says what Lsyncd did: ``delay = 15`` for rsync and rsyncssh
+(syncsup's own default is 1), rsync ``-lts`` (``archive = false``) unless
+the config asked for archive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from syncsup.lsyncd._lua import LuaFunction, LuaOther, Recorded, RecordedSync, array
+from syncsup.lsyncd._messages import Messages
+from syncsup.lsyncd._rsync import _truthy, map_rsync, map_ssh
+
+__all__ = ["Imported", "map_config"]
+
+LAYERS = {"default.rsync": "rsync", "default.rsyncssh": "rsyncssh", "default.direct": "direct"}
+HANDLERS = ("onCreate", "onModify", "onDelete", "onMove", "onStartup", "onAttrib")
+_SYNCSUP_KEY = {"onCreate": "on_create", "onModify": "on_modify", "onDelete": "on_delete",
+                "onMove": "on_move", "onStartup": "on_startup", "onAttrib": "on_modify"}
+COMMAND_HINT = ('use a separate [[sync]] with mode = "command" and {key} = ["/path/to/program",'
+                ' "{{path}}"] argv templates, or a Python Action class (action = '
+                '"package.module:Class", see syncsup/syncer/actions.py)')
+# Keys the mapping reads, or internal keys of Lsyncd's layers with no meaning
+# for the result.
+_HANDLED = {"source", "target", "host", "targetdir", "delay", "maxDelays", "maxProcesses",
+            "init", "delete", "exclude", "excludeFrom", "filter", "filterFrom", "rsync", "ssh",
+            "name", "exitcodes", "rsyncExitCodes", "sshExitCodes", "action", "prepare",
+            "collect", "checkgauge", "monitor", *HANDLERS}
+RSYNC_EXIT = {0: "ok", 1: "die", 2: "die", 3: "again", 4: "die", 5: "again", 6: "again",
+              10: "again", 11: "again", 12: "again", 14: "again", 20: "again", 21: "again",
+              22: "again", 23: "ok", 24: "ok", 25: "die", 30: "again", 35: "again",
+              255: "again"}
+SSH_EXIT = {0: "ok", 255: "again"}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class Imported:
+    """The TOML document (as a dict for a TOML writer) and the findings."""
+
+    doc: dict[str, Any]
+    messages: Messages
+
+
+def _number(value: Any) -> int | float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _path(value: str, cwd: Path, msgs: Messages, where: str, key: str) -> str:
+    """Absolute path; Lsyncd resolves relative ones against its working
+    directory, which is the importer's as far as anyone can tell."""
+    if os.path.isabs(value):
+        return value
+    resolved = os.path.normpath(cwd / value)
+    msgs.note(where, f"{key} {value!r} is relative; resolved against the current directory "
+              f"(as Lsyncd started here would): {resolved}")
+    return resolved
+
+
+def _is_remote(spec: str) -> bool:
+    colon, slash = spec.find(":"), spec.find("/")
+    return colon > 0 and (slash < 0 or colon < slash)
+
+
+def _layer(config: dict[Any, Any]) -> str | None:
+    """The default layer a sync inherits, from its layer functions."""
+    for key in ("action", "prepare", "init", "collect"):
+        fn = config.get(key)
+        if isinstance(fn, LuaFunction) and fn.builtin:
+            layer = LAYERS.get(fn.builtin.rsplit(".", 1)[0])
+            if layer:
+                return layer
+    return None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, LuaFunction):
+        return value.describe()
+    if isinstance(value, str):
+        return f"the shell command {value!r}"
+    return repr(value)
+
+
+def _custom_code(config: dict[Any, Any], mode: str | None, msgs: Messages, where: str) -> None:
+    """One line per piece of the config's own code, saying what replaces it."""
+    for key in HANDLERS:
+        value = config.get(key)
+        if value is None or isinstance(value, bool):
+            continue  # onMove = true is a layer flag ("do not split moves")
+        hint = COMMAND_HINT.format(key=_SYNCSUP_KEY[key])
+        if key == "onAttrib":
+            hint += " (on_modify also fires on attribute changes)"
+        what = f"syncsup's {mode} mode transfers changes itself; " if mode else ""
+        msgs.dropped(where, f"{key} is {_describe(value)}: {what}{hint}")
+    action = config.get("action")
+    if isinstance(action, LuaFunction) and not action.builtin:
+        instead = (f"syncsup's {mode} transfers replace it" if mode else
+                   COMMAND_HINT.format(key="on_create"))
+        msgs.dropped(where, f"action is {action.describe()}: {instead}")
+    init = config.get("init")
+    if isinstance(init, LuaFunction) and not init.builtin:
+        msgs.dropped(where, f"init is {init.describe()}: syncsup runs its own startup sync "
+                     "(init = true); to run a program at startup use on_startup in a "
+                     '[[sync]] with mode = "command"')
+    prepare = config.get("prepare")
+    if isinstance(prepare, LuaFunction) and not prepare.builtin:
+        msgs.dropped(where, f"prepare is {prepare.describe()}: it changed the config when "
+                     "Lsyncd started, which the import cannot replay; check the keys it set")
+    collect = config.get("collect")
+    if isinstance(collect, LuaFunction) and not collect.builtin:
+        msgs.dropped(where, f"collect is {collect.describe()}: syncsup classifies rsync exit "
+                     "codes itself (docs/config.md, 'rsync exit codes')")
+
+
+def _exit_codes(config: dict[Any, Any], mode: str, msgs: Messages, where: str) -> None:
+    expected = {"exitcodes": False if mode == "rsyncssh" else RSYNC_EXIT,
+                "rsyncExitCodes": RSYNC_EXIT, "sshExitCodes": SSH_EXIT}
+    for key, default in expected.items():
+        if key in config and config[key] != default and config[key] is not None:
+            msgs.dropped(where, f"{key} is a custom exit code table: syncsup's classification "
+                         "is fixed (docs/config.md, 'rsync exit codes')")
+
+
+def _str_list(value: Any, key: str, msgs: Messages, where: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    items = array(value) if isinstance(value, dict) else None
+    if items is None or not all(isinstance(v, str) for v in items):
+        msgs.dropped(where, f"{key} must be a string or a list of strings, not {value!r}")
+        return []
+    return items
+
+
+def _targets(config: dict[Any, Any], mode: str, cwd: Path, msgs: Messages,
+             where: str) -> list[str] | None:
+    if mode == "rsyncssh":
+        host, targetdir = config.get("host"), config.get("targetdir")
+        if not isinstance(host, str) or not isinstance(targetdir, str) or not host \
+                or not targetdir:
+            msgs.dropped(where, "default.rsyncssh needs host and targetdir (Lsyncd refuses it "
+                         "too): sync not imported")
+            return None
+        if "target" in config:
+            msgs.note(where, "target ignored: default.rsyncssh uses host and targetdir")
+        return [f"{host}:{targetdir}"]
+    target = config.get("target")
+    if not isinstance(target, str) or not target:
+        msgs.dropped(where, f"default.{mode} needs a target (Lsyncd refuses it too): sync "
+                     "not imported")
+        return None
+    if "::" in target or target.startswith("rsync://"):
+        msgs.dropped(where, f"target {target!r} is an rsync daemon: syncsup pushes over ssh "
+                     "only (host:/path); sync not imported")
+        return None
+    if _is_remote(target):
+        if mode == "direct":
+            msgs.dropped(where, f"target {target!r} is remote, default.direct is for local "
+                         "targets (Lsyncd would run cp on a path with a colon): sync not "
+                         "imported")
+            return None
+        if target.endswith(":"):
+            target += "."  # Lsyncd: "host:" is the login's home directory
+        return [target]
+    return [_path(target, cwd, msgs, where, "target")]
+
+
+def _map_sync(rec: RecordedSync, mode: str, cwd: Path, msgs: Messages,
+              where: str) -> dict[str, Any] | None:
+    """The [[sync]] table for one sync{} (without its name), or None."""
+    config = rec.config
+    entry: dict[str, Any] = {"source": _path(str(config["source"]), cwd, msgs, where, "source"),
+                             "mode": mode}
+    targets = _targets(config, mode, cwd, msgs, where)
+    if targets is None:
+        return None
+    entry["targets"] = targets
+    delay = _number(config.get("delay"))
+    if delay is None or not 0 <= delay <= 86400:
+        msgs.dropped(where, f"delay = {config.get('delay')!r} is not 0..86400 seconds; using 15")
+        delay = 15
+    entry["delay"] = delay
+    delete = config.get("delete", True)
+    if delete in (True, False, "startup", "running"):
+        if delete is not True:
+            entry["delete"] = delete
+    else:
+        msgs.dropped(where, f"delete = {delete!r}: syncsup knows true, false, \"startup\" and "
+                     "\"running\"; using true")
+    init = config.get("init")
+    if init is False:
+        entry["init"] = False
+    elif init is not None and not isinstance(init, LuaFunction):
+        msgs.dropped(where, f"init = {init!r}: only false (skip the startup sync) has a "
+                     "meaning; using true")
+    max_delays = _number(config.get("maxDelays"))
+    if isinstance(max_delays, int) and max_delays >= 1:
+        if max_delays != 1000:
+            entry["max_delays"] = max_delays
+    elif "maxDelays" in config:
+        msgs.dropped(where, f"maxDelays = {config.get('maxDelays')!r} is not a count >= 1")
+    procs = config.get("maxProcesses")
+    if "maxProcesses" not in rec.from_settings and procs not in (None, 1):
+        msgs.note(where, f"maxProcesses = {procs!r}: syncsup runs one transfer per target at "
+                  "a time and batches what changes meanwhile; [settings] max_processes caps "
+                  "transfers across all syncs")
+    if "exclude" in config:
+        excludes = _str_list(config["exclude"], "exclude", msgs, where)
+        if excludes:
+            entry["exclude"] = excludes
+    if "filter" in config:
+        rules = _str_list(config["filter"], "filter", msgs, where)
+        if rules:
+            entry["filter"] = rules
+    for lkey, skey in (("excludeFrom", "exclude_from"), ("filterFrom", "filter_from")):
+        value = config.get(lkey)
+        if isinstance(value, str) and value:
+            entry[skey] = _path(value, cwd, msgs, where, lkey)
+        elif value is not None:
+            msgs.dropped(where, f"{lkey} = {value!r} is not a file name")
+    rsync, rsh_ssh = map_rsync(config.get("rsync", {}), mode, msgs, where)
+    ssh: dict[str, Any] = {}
+    if mode == "rsyncssh":
+        ssh = map_ssh(config.get("ssh", {}), msgs, where)
+    elif config.get("ssh") is not None:
+        msgs.dropped(where, "ssh table: Lsyncd uses it with default.rsyncssh only; for "
+                     "default.rsync set ssh options in rsync.rsh or ~/.ssh/config")
+    ssh.update(rsh_ssh)
+    user = ssh.pop("user", None)
+    if user:
+        entry["targets"] = [t if "@" in t.split(":", 1)[0] or not _is_remote(t)
+                            else f"{user}@{t}" for t in entry["targets"]]
+    if mode == "direct" and ssh:
+        ssh = {}
+    if ssh:
+        entry["ssh"] = ssh
+    if rsync:
+        entry["rsync"] = rsync
+    _exit_codes(config, mode, msgs, where)
+    if config.get("monitor") not in (None, "inotify"):
+        msgs.dropped(where, f"monitor = {config.get('monitor')!r}: syncsup watches with "
+                     "inotify only")
+    for key in sorted((k for k in config if k not in _HANDLED), key=str):
+        value = config[key]
+        if key == "onMove" or (key == "tunnel" and value is None):
+            continue
+        if isinstance(key, int):
+            msgs.dropped(where, f"positional value {value!r} in the sync table: not a layer, "
+                         "ignored (Lsyncd ignores it too)")
+        elif key == "tunnel":
+            msgs.dropped(where, "tunnel: syncsup has no rsync-daemon tunnel; remote targets "
+                         "use ssh directly (host:/path with [sync.ssh])")
+        else:
+            msgs.dropped(where, f"{key} = {_describe(value)}: unknown key, no syncsup "
+                         "equivalent (Lsyncd 2.2 refuses unknown keys too)")
+    return entry
+
+
+def _name(config: dict[Any, Any], source: str, taken: set[str]) -> str:
+    wanted = config.get("name")
+    if not isinstance(wanted, str) or not _NAME_RE.match(wanted):
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(source.rstrip("/")))
+        wanted = base.strip("-._")[:56] or "sync"
+        if not wanted[0].isalnum():
+            wanted = "sync"
+    name, n = wanted, 2
+    while name in taken:
+        name, n = f"{wanted[:60]}-{n}", n + 1
+    taken.add(name)
+    return name
+
+
+def _merge(entries: list[tuple[RecordedSync, str, dict[str, Any]]], msgs: Messages
+           ) -> list[tuple[RecordedSync, dict[str, Any]]]:
+    """Syncs of one source, mode and settings become one sync with several
+    targets (one watcher instead of several); others stay apart, said why."""
+    merged: list[tuple[RecordedSync, str, dict[str, Any]]] = []
+    for rec, where, entry in entries:
+        key = {k: v for k, v in entry.items() if k != "targets"}
+        for _first, first_where, other in merged:
+            if other["source"] != entry["source"]:
+                continue
+            other_key = {k: v for k, v in other.items() if k != "targets"}
+            if json.dumps(key, sort_keys=True) == json.dumps(other_key, sort_keys=True):
+                for t in entry["targets"]:
+                    if t in other["targets"]:
+                        msgs.note(where, f"target {t} repeats {first_where}; mirrored once")
+                    else:
+                        other["targets"].append(t)
+                msgs.note(where, f"merged into the [[sync]] of {first_where} (same source, "
+                          "mode and settings): one watcher, one more target")
+                break
+            diff = sorted(k for k in set(key) | set(other_key) if key.get(k) != other_key.get(k))
+            msgs.note(where, f"same source as {first_where} but different {', '.join(diff)}: "
+                      "kept as a separate [[sync]] (syncsup keeps these per sync)")
+        else:
+            merged.append((rec, where, entry))
+    return [(rec, entry) for rec, _where, entry in merged]
+
+
+def _settings(rec: Recorded, cwd: Path, msgs: Messages) -> dict[str, Any]:
+    s = dict(rec.settings)
+    out: dict[str, Any] = {}
+    where = "settings"
+    if rec.settings_assigned:
+        msgs.note(where, "settings = {...} (with '='): Lsyncd 2.2 refuses this old form; "
+                  "imported as settings{...}")
+    if isinstance(s.get("logfile"), str):
+        out["log_file"] = _path(s.pop("logfile"), cwd, msgs, where, "logfile")
+    if isinstance(s.get("statusFile"), str):
+        out["status_file"] = _path(s.pop("statusFile"), cwd, msgs, where, "statusFile")
+        msgs.note(where, "statusFile: syncsup writes its own status table there (as "
+                  "`syncsup status` prints it), not Lsyncd's report format")
+    if "statusInterval" in s:
+        value = _number(s.pop("statusInterval"))
+        if value is not None and 1 <= value <= 86400:
+            if value != 10:
+                out["status_interval"] = value
+        else:
+            out["status_interval"] = 1 if value is not None and value < 1 else 86400
+            msgs.dropped(where, f"statusInterval = {value!r}: syncsup writes the status file "
+                         f"every 1 to 86400 s; using {out['status_interval']}")
+    if "maxProcesses" in s:
+        value = _number(s.pop("maxProcesses"))
+        if isinstance(value, int) and value >= 0:
+            out["max_processes"] = value
+        else:
+            msgs.dropped(where, f"maxProcesses = {value!r} is not a count")
+    s.pop("maxDelays", None)  # applied to every sync, as Lsyncd does
+    if "nodaemon" in s:
+        value = s.pop("nodaemon")
+        if _truthy(value):
+            msgs.note(where, "nodaemon: syncsup always runs in the foreground (under systemd: "
+                      "deploy/syncsup@.service)")
+        else:
+            msgs.dropped(where, "nodaemon = false: syncsup does not detach; run it as a "
+                         "service (deploy/syncsup@.service)")
+    if "insist" in s:
+        if _truthy(s.pop("insist")):
+            msgs.note(where, "insist: syncsup always keeps retrying unreachable targets")
+        else:
+            msgs.dropped(where, "insist = false: syncsup never exits because a target is "
+                         "unreachable at startup; it retries and shows the error in "
+                         "`syncsup status`")
+    if "inotifyMode" in s:
+        value = s.pop("inotifyMode")
+        msgs.note(where, f"inotifyMode = {value!r}: syncsup always reacts to both modify and "
+                  "close-write events (batched by delay); the mirror ends up the same")
+    for key in ("logfacility", "logident"):
+        if key in s:
+            s.pop(key)
+            msgs.dropped(where, f"{key}: syncsup logs to stderr (the journal under systemd) "
+                         "or log_file; set SyslogFacility=/SyslogIdentifier= in the unit")
+    if "pidfile" in s:
+        s.pop("pidfile")
+        msgs.dropped(where, "pidfile: syncsup writes no pid file; systemd tracks its main "
+                     "process and `syncsup status` shows every pid")
+    for key in sorted(s, key=str):
+        msgs.dropped(where, f"{key}: unknown setting, no syncsup equivalent (Lsyncd 2.2 "
+                     "refuses it too)")
+    return out
+
+
+def map_config(rec: Recorded, cwd: Path) -> Imported:
+    """The TOML document for everything ``rec`` holds, and the findings."""
+    msgs = Messages()
+    for name, value in rec.getenv:
+        msgs.note("os.getenv", f"{name} was read at import time ({value!r}); that value is "
+                  "now fixed in the TOML")
+    settings = _settings(rec, cwd, msgs)
+    entries: list[tuple[RecordedSync, str, dict[str, Any]]] = []
+    for sync in rec.syncs:
+        source = sync.config.get("source")
+        line = f"line {sync.line}, " if sync.line else ""
+        where = f"sync #{sync.index} ({line}source {source})"
+        if not isinstance(source, str) or not source:
+            msgs.dropped(where, "no source (Lsyncd refuses this sync too): not imported")
+            continue
+        for key, value in sync.config.items():
+            if isinstance(value, LuaOther):
+                msgs.dropped(where, f"{key} is a {value.kind}, which has no TOML form")
+        mode = _layer(sync.config)
+        _custom_code(sync.config, mode, msgs, where)
+        if mode is None:
+            msgs.dropped(where, "uses no default layer (default.rsync, default.rsyncssh or "
+                         "default.direct), only its own actions: sync not imported; "
+                         + COMMAND_HINT.format(key="on_create"))
+            continue
+        entry = _map_sync(sync, mode, cwd, msgs, where)
+        if entry is not None:
+            entries.append((sync, where, entry))
+    taken: set[str] = set()
+    syncs = []
+    for sync, entry in _merge(entries, msgs):
+        syncs.append({"name": _name(sync.config, entry["source"], taken), **entry})
+    doc: dict[str, Any] = {}
+    if settings:
+        doc["settings"] = settings
+    if syncs:
+        doc["sync"] = syncs
+    else:
+        msgs.dropped("", "no sync could be imported: the TOML has no [[sync]] and syncsup "
+                     "will refuse it until you add one")
+    return Imported(doc=doc, messages=msgs)
