@@ -400,8 +400,8 @@ def map_config(rec: Recorded, cwd: Path) -> Imported:
         _custom_code(sync.config, mode, msgs, where)
         if mode is None:
             msgs.dropped(where, "uses no default layer (default.rsync, default.rsyncssh or "
-                         "default.direct), only its own actions: sync not imported; "
-                         + COMMAND_HINT.format(key="on_create"))
+                         "default.direct), only its own actions: sync not imported (write it "
+                         'as a [[sync]] with mode = "command", see the lines about its actions)')
             continue
         entry = _map_sync(sync, mode, cwd, msgs, where)
         if entry is not None:

@@ -47,6 +47,14 @@ DEFAULT_SSH = ("/usr/bin/ssh", "ssh")
 _REFUSED = re.compile(r"^(-e|--rsh|--files-from|--from0|-0|--dry-run|-n|--list-only|"
                       r"--write-batch|--only-write-batch|--read-batch|--server|--sender|"
                       r"--daemon|--info|--out-format|--log-file)(=|$)")
+# Long options whose value may come as the next _extra entry.
+_TAKES_VALUE = frozenset(
+    f"--{o}" for o in ("exclude", "include", "filter", "exclude-from", "include-from",
+                       "bwlimit", "chmod", "chown", "usermap", "groupmap", "backup-dir",
+                       "suffix", "temp-dir", "partial-dir", "compare-dest", "copy-dest",
+                       "link-dest", "timeout", "contimeout", "max-size", "min-size",
+                       "max-delete", "modify-window", "rsync-path", "iconv",
+                       "compress-level", "skip-compress", "block-size", "checksum-choice"))
 
 
 def _truthy(value: Any) -> bool:
@@ -116,9 +124,7 @@ def _extra(values: list[Any], msgs: Messages, where: str, ssh: dict[str, Any],
         if arg is None:
             msgs.dropped(where, f"rsync._extra[{i}] is not a string")
             continue
-        if arg.startswith("--") and "=" not in arg and i < len(values) \
-                and isinstance(values[i], str) and not values[i].startswith("-") \
-                and not _REFUSED.match(arg) and arg not in ("--backup", "--inplace"):
+        if arg in _TAKES_VALUE and i < len(values) and isinstance(values[i], str):
             arg = f"{arg}={values[i]}"
             i += 1
         rsh = re.match(r"^(?:-e|--rsh=?)(.*)$", arg)

@@ -1,0 +1,9 @@
+settings {
+    logfile = "/tmp/x.log",
+}
+
+sync {
+    default.rsync
+    source = "/srv/www",
+    target = "/mnt/www",
+}

@@ -1,0 +1,1 @@
+dofile("@BASE@/payload.lua")

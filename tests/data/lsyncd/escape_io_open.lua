@@ -1,0 +1,3 @@
+local f = io.open("@BASE@/pwned", "w")
+f:write("escaped")
+f:close()

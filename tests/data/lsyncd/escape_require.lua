@@ -1,0 +1,2 @@
+local o = require("os")
+o.execute("touch @BASE@/pwned")

@@ -1,0 +1,389 @@
+"""import-lsyncd's mapping as pure logic: recorded Lsyncd syncs (as the Lua
+sandbox hands them over, after Lsyncd's inheritance) in, a syncsup TOML
+document and findings out. Every generated document must pass syncsup's
+own config parser."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from syncsup import config as cfg
+from syncsup.lsyncd import render
+from syncsup.lsyncd._lua import LuaFunction, Recorded, RecordedSync
+from syncsup.lsyncd._mapping import RSYNC_EXIT, SSH_EXIT, map_config
+
+CWD = Path("/work/here")
+
+
+def fn(name: str) -> LuaFunction:
+    return LuaFunction(builtin=name)
+
+
+def rsync_layer(**over: Any) -> dict[Any, Any]:
+    """A sync{default.rsync, ...} as Lsyncd's inheritance resolves it."""
+    base: dict[Any, Any] = {
+        "action": fn("default.rsync.action"), "init": fn("default.rsync.init"),
+        "prepare": fn("default.rsync.prepare"), "collect": fn("default.collect"),
+        "checkgauge": {}, "delete": True, "exitcodes": dict(RSYNC_EXIT), "delay": 15,
+        "maxDelays": 1000, "maxProcesses": 1,
+        "rsync": {"binary": "/usr/bin/rsync", "links": True, "times": True,
+                  "protect_args": True},
+        "source": "/srv/www", "target": "/mnt/www",
+    }
+    rsync_over = over.pop("rsync", None)
+    base.update(over)
+    if rsync_over is not None:
+        base["rsync"] = {**base["rsync"], **rsync_over}
+    return base
+
+
+def rsyncssh_layer(**over: Any) -> dict[Any, Any]:
+    base = rsync_layer()
+    del base["target"]
+    base.update({"action": fn("default.rsyncssh.action"),
+                 "prepare": fn("default.rsyncssh.prepare"),
+                 "collect": fn("default.rsyncssh.collect"), "exitcodes": False,
+                 "rsyncExitCodes": dict(RSYNC_EXIT), "sshExitCodes": dict(SSH_EXIT),
+                 "onMove": True, "ssh": {"binary": "/usr/bin/ssh", "_extra": {}},
+                 "host": "backup@h1", "targetdir": "/srv/www"})
+    base.update(over)
+    return base
+
+
+def direct_layer(**over: Any) -> dict[Any, Any]:
+    base = rsync_layer()
+    base.update({"action": fn("default.direct.action"), "prepare": fn("default.direct.prepare"),
+                 "collect": fn("default.direct.collect"), "rsyncExitCodes": dict(RSYNC_EXIT),
+                 "delay": 1, "onMove": True})
+    del base["exitcodes"]
+    base.update(over)
+    return base
+
+
+def run(*configs: dict[Any, Any], settings: dict[str, Any] | None = None,
+        assigned: bool = False, from_settings: frozenset[str] = frozenset()):
+    rec = Recorded(settings=settings or {}, settings_assigned=assigned,
+                   syncs=[RecordedSync(index=i, line=10 + i, config=c,
+                                       from_settings=from_settings)
+                          for i, c in enumerate(configs, start=1)])
+    imported = map_config(rec, CWD)
+    return imported.doc, imported.messages
+
+
+def levels(msgs, level: str) -> list[str]:
+    return [m.line() for m in msgs if m.level == level]
+
+
+def parses(doc: dict[str, Any]) -> cfg.Config:
+    """The document as syncsup reads it, after a trip through the TOML writer."""
+    text = render(doc, Path("/etc/lsyncd/lsyncd.conf.lua"), False)
+    assert text.startswith("# syncsup config imported from the Lsyncd config /etc/lsyncd/")
+    return cfg.parse(tomllib.loads(text), CWD / "sync.toml")
+
+
+# ------------------------------------------------------------------ rsync
+def test_flat_rsync_keeps_lsyncd_defaults():
+    doc, msgs = run(rsync_layer())
+    assert not msgs.partial, msgs
+    (s,) = doc["sync"]
+    assert s == {"name": "www", "source": "/srv/www", "mode": "rsync", "targets": ["/mnt/www"],
+                 "delay": 15, "rsync": {"archive": False}}
+    conf = parses(doc)
+    assert conf.syncs[0].delay == 15 and conf.syncs[0].rsync.archive is False
+    assert "settings" not in doc, "no state_dir or other setting is invented"
+
+
+def test_archive_sets_every_part_and_a_switched_off_part_falls_back_to_lt():
+    doc, _ = run(rsync_layer(rsync={"archive": True}))
+    assert doc["sync"][0]["rsync"] == {"archive": True}
+    doc, _ = run(rsync_layer(rsync={"archive": True, "owner": False}))
+    assert doc["sync"][0]["rsync"] == {"archive": False, "extra": [
+        "--perms", "--group", "--devices", "--specials"]}
+    doc, _ = run(rsync_layer(rsync={"links": False, "times": False}))
+    assert doc["sync"][0]["rsync"]["extra"] == ["--no-links", "--no-times"]
+    parses(doc)
+
+
+def test_rsync_flags_values_and_strings():
+    doc, msgs = run(rsync_layer(rsync={
+        "compress": True, "checksum": True, "acls": True, "xattrs": True, "hard_links": True,
+        "sparse": True, "whole_file": True, "update": True, "executability": True,
+        "one_file_system": True, "cvs_exclude": True, "copy_links": True,
+        "copy_unsafe_links": True, "keep_dirlinks": True, "inplace": True, "backup": True,
+        "backup_dir": "/var/bak", "suffix": ".old", "temp_dir": "/var/tmp",
+        "rsync_path": "sudo rsync", "bwlimit": 1000, "chown": "www:www", "chmod": "D755,F644",
+        "usermap": "a:b", "groupmap": "c:d", "timeout": 60, "binary": "/opt/rsync",
+        "group": True, "perms": True, "owner": False, "protect_args": True}))
+    assert not msgs.partial, levels(msgs, "dropped")
+    r = doc["sync"][0]["rsync"]
+    assert r["compress"] is r["checksum"] is True
+    assert (r["bwlimit"], r["chown"], r["chmod"], r["usermap"], r["groupmap"], r["timeout"],
+            r["binary"]) == (1000, "www:www", "D755,F644", "a:b", "c:d", 60, "/opt/rsync")
+    assert r["archive"] is False
+    for opt in ("--perms", "--group", "--acls", "--xattrs", "--hard-links", "--sparse",
+                "--whole-file", "--update", "--executability", "--one-file-system",
+                "--cvs-exclude", "--copy-links", "--copy-unsafe-links", "--keep-dirlinks",
+                "--inplace", "--backup", "--backup-dir=/var/bak", "--suffix=.old",
+                "--temp-dir=/var/tmp", "--rsync-path=sudo rsync"):
+        assert opt in r["extra"], opt
+    assert "--owner" not in r["extra"]
+    assert parses(doc).syncs[0].rsync.extra == tuple(r["extra"])
+
+
+def test_rsync_keys_without_equivalent_are_listed():
+    doc, msgs = run(rsync_layer(rsync={"dry_run": True, "password_file": "/p", "verbose": True,
+                                       "quiet": True, "frobnicate": True}))
+    dropped = levels(msgs, "dropped")
+    assert any("rsync.dry_run" in d for d in dropped)
+    assert any("rsync.password_file" in d for d in dropped)
+    assert any("rsync.frobnicate" in d for d in dropped)
+    notes = levels(msgs, "note")
+    assert any("rsync.verbose" in n for n in notes) and any("rsync.quiet" in n for n in notes)
+    assert "extra" not in doc["sync"][0]["rsync"]
+    assert all(d.startswith("dropped: sync #1 (line 11, source /srv/www): ") for d in dropped)
+
+
+def test_extra_joined_refused_and_rsh():
+    doc, msgs = run(rsync_layer(target="h1:/srv/www", rsync={"_extra": {
+        1: "--exclude", 2: "*.tmp", 3: "--dry-run", 4: "-avn", 5: "-e",
+        6: "ssh -p 2222 -o StrictHostKeyChecking=yes", 7: "--delete-excluded", 8: "junk"}}))
+    s = doc["sync"][0]
+    assert s["rsync"]["extra"] == ["--exclude=*.tmp", "--delete-excluded"]
+    assert s["ssh"] == {"port": 2222, "options": ["StrictHostKeyChecking=yes"]}
+    dropped = levels(msgs, "dropped")
+    assert len(dropped) == 3, dropped  # --dry-run, -avn, junk
+    parses(doc)
+
+
+def test_rsh_mapped_or_listed():
+    doc, msgs = run(rsync_layer(target="h1:/srv/www",
+                                rsync={"rsh": "/usr/bin/ssh -l backup -p 22 -i /k/id"}))
+    s = doc["sync"][0]
+    assert s["ssh"] == {"port": 22, "identity_file": "/k/id"}
+    assert s["targets"] == ["backup@h1:/srv/www"]
+    assert not msgs.partial
+    _, msgs = run(rsync_layer(target="h1:/x", rsync={"rsh": "ssh -F /etc/ssh/other"}))
+    assert any("rsync.rsh" in d for d in levels(msgs, "dropped"))
+    _, msgs = run(rsync_layer(target="h1:/x", rsync={"rsh": "rsh"}))
+    assert any("always connects with ssh" in d for d in levels(msgs, "dropped"))
+
+
+# -------------------------------------------------------------- rsyncssh
+def test_rsyncssh_host_targetdir_and_ssh_table():
+    doc, msgs = run(rsyncssh_layer(delay=3, ssh={
+        "binary": "/usr/bin/ssh", "port": 2222, "identityFile": "/etc/lsyncd/id",
+        "options": {"StrictHostKeyChecking": "yes", "UserKnownHostsFile": "/k"},
+        "_extra": {1: "-o", 2: "Compression=no"}}))
+    assert not msgs.partial, levels(msgs, "dropped")
+    s = doc["sync"][0]
+    assert (s["mode"], s["targets"], s["delay"]) == ("rsyncssh", ["backup@h1:/srv/www"], 3)
+    assert s["ssh"] == {"port": 2222, "identity_file": "/etc/lsyncd/id", "options": [
+        "StrictHostKeyChecking=yes", "UserKnownHostsFile=/k", "Compression=no"]}
+    conf = parses(doc)
+    assert conf.syncs[0].targets[0].host == "h1" and conf.syncs[0].ssh.port == 2222
+
+
+def test_rsyncssh_custom_ssh_binary_rsh_and_missing_host():
+    _, msgs = run(rsyncssh_layer(ssh={"binary": "/opt/ssh"}, rsync={"rsh": "ssh -p 2"}))
+    dropped = levels(msgs, "dropped")
+    assert any("ssh.binary" in d for d in dropped)
+    assert any("rsync.rsh with default.rsyncssh" in d for d in dropped)
+    doc, msgs = run(rsyncssh_layer(host=None))
+    assert "sync" not in doc and msgs.partial
+
+
+# ---------------------------------------------------------------- direct
+def test_direct_local_only():
+    doc, msgs = run(direct_layer(delete="running"))
+    assert not msgs.partial
+    s = doc["sync"][0]
+    assert (s["mode"], s["delay"], s["delete"]) == ("direct", 1, "running")
+    parses(doc)
+    doc, msgs = run(direct_layer(target="h1:/x"))
+    assert "sync" not in doc and any("default.direct is for local" in d
+                                     for d in levels(msgs, "dropped"))
+
+
+# ------------------------------------------------------------ sync keys
+@pytest.mark.parametrize("delete", [True, False, "startup", "running"])
+def test_delete_values(delete):
+    doc, msgs = run(rsync_layer(delete=delete))
+    assert doc["sync"][0].get("delete", True) == delete and not msgs.partial
+    assert parses(doc).syncs[0].delete == delete
+
+
+def test_bad_delete_and_delay_listed_with_a_safe_value():
+    doc, msgs = run(rsync_layer(delete="sometimes", delay=-1))
+    assert "delete" not in doc["sync"][0] and doc["sync"][0]["delay"] == 15
+    assert len(levels(msgs, "dropped")) == 2
+
+
+def test_excludes_filters_and_relative_paths(tmp_path):
+    (tmp_path / "ex.txt").write_text("*.o\n")
+    doc, msgs = run(rsync_layer(source="src", target="../mirror", exclude="*.log",
+                                excludeFrom="ex.txt",
+                                filter={1: "- *.tmp", 2: "+ /keep/"}, filterFrom="/etc/f"))
+    s = doc["sync"][0]
+    assert s["source"] == "/work/here/src" and s["targets"] == ["/work/mirror"]
+    assert s["exclude"] == ["*.log"] and s["filter"] == ["- *.tmp", "+ /keep/"]
+    assert s["exclude_from"] == "/work/here/ex.txt" and s["filter_from"] == "/etc/f"
+    notes = levels(msgs, "note")
+    assert sum("is relative" in n for n in notes) == 3
+    assert not msgs.partial
+    doc, msgs = run(rsync_layer(exclude={1: "*.a", 2: "*.b"}))
+    assert doc["sync"][0]["exclude"] == ["*.a", "*.b"]
+    doc, msgs = run(rsync_layer(exclude={1: 3}))
+    assert "exclude" not in doc["sync"][0] and msgs.partial
+
+
+def test_init_false_maxdelays_maxprocesses():
+    doc, msgs = run(rsync_layer(init=False, maxDelays=20, maxProcesses=4))
+    s = doc["sync"][0]
+    assert s["init"] is False and s["max_delays"] == 20
+    assert any("maxProcesses = 4" in n for n in levels(msgs, "note")) and not msgs.partial
+    parses(doc)
+
+
+def test_daemon_targets_are_not_imported():
+    for target in ("h1::module/path", "rsync://h1/module"):
+        doc, msgs = run(rsync_layer(target=target))
+        assert "sync" not in doc
+        assert any("rsync daemon" in d for d in levels(msgs, "dropped"))
+
+
+# ----------------------------------------------------------- custom code
+def test_custom_handlers_on_a_default_layer_are_dropped_but_the_sync_imports():
+    doc, msgs = run(rsync_layer(onCreate=LuaFunction(line=7), onModify="logger ^pathname",
+                                onAttrib=LuaFunction(line=9), collect=LuaFunction(line=12),
+                                init=LuaFunction(line=14), prepare=LuaFunction(line=15)))
+    assert doc["sync"][0]["mode"] == "rsync"
+    dropped = levels(msgs, "dropped")
+    assert len(dropped) == 6, dropped
+    create = next(d for d in dropped if "onCreate" in d)
+    assert 'mode = "command"' in create and "on_create" in create and "line 7" in create
+    assert any("onModify is the shell command 'logger ^pathname'" in d for d in dropped)
+
+
+def test_layer_three_sync_is_not_imported():
+    config = {"action": fn("default.action"), "init": fn("default.init"),
+              "prepare": fn("default.prepare"), "collect": fn("default.collect"),
+              "delay": 5, "source": "/srv/in", "onCreate": "cp ^sourcePathname /x",
+              "maxDelays": 1000, "maxProcesses": 1}
+    doc, msgs = run(rsync_layer(), config)
+    assert len(doc["sync"]) == 1
+    dropped = levels(msgs, "dropped")
+    assert any("sync #2" in d and "uses no default layer" in d for d in dropped)
+    assert any("sync #2" in d and "onCreate" in d for d in dropped)
+
+
+def test_custom_action_on_a_layer_keeps_the_layer():
+    doc, msgs = run(rsyncssh_layer(action=LuaFunction(line=3)))
+    assert doc["sync"][0]["mode"] == "rsyncssh"
+    assert any("action is a Lua function (line 3)" in d for d in levels(msgs, "dropped"))
+
+
+def test_custom_exit_codes_and_unknown_keys():
+    codes = dict(RSYNC_EXIT)
+    codes[23] = "again"
+    config = rsync_layer(exitcodes=codes, tunnel={"x": 1}, frob=1)
+    config[3] = "stray"
+    _, msgs = run(config)
+    dropped = levels(msgs, "dropped")
+    assert any("exitcodes is a custom exit code table" in d for d in dropped)
+    assert any("tunnel" in d for d in dropped)
+    assert any("frob = 1: unknown key" in d for d in dropped)
+    assert any("positional value 'stray'" in d for d in dropped)
+
+
+def test_no_source_is_not_imported():
+    doc, msgs = run(rsync_layer(source=None))
+    assert "sync" not in doc
+    assert any("no source" in d for d in levels(msgs, "dropped"))
+
+
+# --------------------------------------------------------------- merging
+def test_same_source_and_settings_merge_into_one_sync():
+    doc, msgs = run(rsync_layer(target="/m/a"), rsync_layer(target="/m/b"),
+                    rsync_layer(target="/m/a"))
+    (s,) = doc["sync"]
+    assert s["targets"] == ["/m/a", "/m/b"]
+    notes = levels(msgs, "note")
+    assert any("merged into the [[sync]] of sync #1" in n for n in notes)
+    assert any("repeats" in n for n in notes)
+    parses(doc)
+
+
+def test_same_source_different_settings_stay_apart_and_say_why():
+    doc, msgs = run(rsync_layer(target="/m/a"), rsync_layer(target="/m/b", delay=2),
+                    rsyncssh_layer())
+    assert [s["name"] for s in doc["sync"]] == ["www", "www-2", "www-3"]
+    notes = levels(msgs, "note")
+    assert any("sync #2" in n and "different delay:" in n for n in notes)
+    assert any("sync #3" in n and "kept as a separate [[sync]]" in n for n in notes)
+    parses(doc)
+
+
+def test_names_from_lsyncd_name_or_source():
+    doc, _ = run(rsync_layer(name="web.main", target="/m/1"),
+                 rsync_layer(source="/srv/My Files!", target="/m/2"),
+                 rsync_layer(source="/srv/-/", target="/m/3"))
+    assert [s["name"] for s in doc["sync"]] == ["web.main", "My-Files", "sync"]
+    parses(doc)
+
+
+# -------------------------------------------------------------- settings
+def test_settings_mapping():
+    doc, msgs = run(rsync_layer(maxDelays=30), settings={
+        "logfile": "/var/log/lsyncd.log", "statusFile": "/run/lsyncd.status",
+        "statusInterval": 20, "maxProcesses": 3, "maxDelays": 30, "nodaemon": True,
+        "insist": True, "inotifyMode": "CloseWrite"}, from_settings=frozenset({"maxDelays"}))
+    assert doc["settings"] == {"log_file": "/var/log/lsyncd.log",
+                               "status_file": "/run/lsyncd.status", "status_interval": 20,
+                               "max_processes": 3}
+    assert doc["sync"][0]["max_delays"] == 30
+    assert not msgs.partial, levels(msgs, "dropped")
+    notes = " ".join(levels(msgs, "note"))
+    for key in ("nodaemon", "insist", "inotifyMode", "statusFile"):
+        assert key in notes
+    conf = parses(doc)
+    assert conf.settings.max_processes == 3 and conf.settings.status_interval == 20
+
+
+def test_settings_without_equivalent():
+    doc, msgs = run(rsync_layer(), settings={
+        "pidfile": "/run/l.pid", "logfacility": "daemon", "logident": "l", "insist": False,
+        "nodaemon": False, "statusInterval": 0, "bogus": 1}, assigned=True)
+    dropped = " ".join(levels(msgs, "dropped"))
+    for key in ("pidfile", "logfacility", "logident", "insist = false", "nodaemon = false",
+                "statusInterval = 0", "bogus"):
+        assert key in dropped, key
+    assert doc["settings"] == {"status_interval": 1}
+    assert any("settings = {...}" in n for n in levels(msgs, "note"))
+
+
+def test_getenv_reads_are_noted():
+    rec = Recorded(syncs=[RecordedSync(1, 1, rsync_layer())], getenv=[("HOME", "/root")])
+    imported = map_config(rec, CWD)
+    assert any("HOME was read at import time ('/root')" in m.line()
+               for m in imported.messages)
+
+
+def test_nothing_importable_is_partial():
+    doc, msgs = run()
+    assert doc == {} and msgs.partial
+
+
+def test_message_lines_are_single_lines():
+    _, msgs = run(rsync_layer(source="/srv/a\nb", target="h1::x"))
+    assert msgs and all("\n" not in m.line() for m in msgs)
+
+
+def test_toml_writer_escapes_hostile_names():
+    doc, _ = run(rsync_layer(source='/srv/"quoted" $(x)\ttab', target="/m/x"))
+    text = tomli_w.dumps(doc)
+    assert tomllib.loads(text)["sync"][0]["source"] == '/srv/"quoted" $(x)\ttab'
