@@ -180,6 +180,21 @@ def map_rsync(table: Any, mode: str, msgs: Messages, where: str
             t.setdefault(part, True)
     on = {part for part in ARCHIVE_PARTS if _truthy(t.get(part))}
     extra: list[str] = []
+    umask_chmod = False
+    if "perms" not in on:
+        # Without -p rsync gives new files the source mode masked by the
+        # receiver's umask: Lsyncd's (usually 022), but syncsup's processes
+        # run with 077, which would make every new file 0600. -p with
+        # --chmod=go-w gives what Lsyncd gave under umask 022 (and default.
+        # direct copied with cp -p: plain -p there).
+        on.add("perms")
+        umask_chmod = mode != "direct"
+        msgs.note(where, "Lsyncd's rsync ran without --perms, so new files got the source "
+                  "mode masked by Lsyncd's umask; syncsup's daemon runs with umask 077, so "
+                  "the import adds --perms" + (" with chmod go-w (umask 022's result)"
+                                               if umask_chmod else " (default.direct "
+                                               "copied with cp -p)")
+                  + "; existing target files now follow the source's mode too")
     if on == set(ARCHIVE_PARTS):
         rsync["archive"] = True
     else:
@@ -211,6 +226,8 @@ def map_rsync(table: Any, mode: str, msgs: Messages, where: str
                 rsync[key] = value
             else:
                 msgs.dropped(where, f"rsync.{key} is not a string")
+    if umask_chmod:
+        rsync["chmod"] = f"{rsync['chmod']},go-w" if rsync.get("chmod") else "go-w"
     if "timeout" in t:
         value = t.pop("timeout")
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 \

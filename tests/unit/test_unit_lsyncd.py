@@ -91,8 +91,11 @@ def test_flat_rsync_keeps_lsyncd_defaults():
     doc, msgs = run(rsync_layer())
     assert not msgs.partial, msgs
     (s,) = doc["sync"]
+    # Lsyncd ran rsync -lts under its umask (022): syncsup's daemon has umask
+    # 077, so the same modes need --perms with go-w masked off.
     assert s == {"name": "www", "source": "/srv/www", "mode": "rsync", "targets": ["/mnt/www"],
-                 "delay": 15, "rsync": {"archive": False}}
+                 "delay": 15, "rsync": {"archive": False, "chmod": "go-w", "extra": ["--perms"]}}
+    assert any("umask" in n for n in levels(msgs, "note"))
     conf = parses(doc)
     assert conf.syncs[0].delay == 15 and conf.syncs[0].rsync.archive is False
     assert "settings" not in doc, "no state_dir or other setting is invented"
@@ -105,7 +108,11 @@ def test_archive_sets_every_part_and_a_switched_off_part_falls_back_to_lt():
     assert doc["sync"][0]["rsync"] == {"archive": False, "extra": [
         "--perms", "--group", "--devices", "--specials"]}
     doc, _ = run(rsync_layer(rsync={"links": False, "times": False}))
-    assert doc["sync"][0]["rsync"]["extra"] == ["--no-links", "--no-times"]
+    assert doc["sync"][0]["rsync"]["extra"] == ["--no-links", "--no-times", "--perms"]
+    doc, _ = run(rsync_layer(rsync={"chmod": "D750"}))
+    assert doc["sync"][0]["rsync"]["chmod"] == "D750,go-w"
+    doc, _ = run(rsync_layer(rsync={"perms": True}))
+    assert doc["sync"][0]["rsync"] == {"archive": False, "extra": ["--perms"]}
     parses(doc)
 
 
@@ -144,7 +151,7 @@ def test_rsync_keys_without_equivalent_are_listed():
     assert any("rsync.frobnicate" in d for d in dropped)
     notes = levels(msgs, "note")
     assert any("rsync.verbose" in n for n in notes) and any("rsync.quiet" in n for n in notes)
-    assert "extra" not in doc["sync"][0]["rsync"]
+    assert doc["sync"][0]["rsync"]["extra"] == ["--perms"]
     assert all(d.startswith("dropped: sync #1 (line 11, source /srv/www): ") for d in dropped)
 
 
@@ -153,7 +160,7 @@ def test_extra_joined_refused_and_rsh():
         1: "--exclude", 2: "*.tmp", 3: "--dry-run", 4: "-avn", 5: "-e",
         6: "ssh -p 2222 -o StrictHostKeyChecking=yes", 7: "--delete-excluded", 8: "junk"}}))
     s = doc["sync"][0]
-    assert s["rsync"]["extra"] == ["--exclude=*.tmp", "--delete-excluded"]
+    assert s["rsync"]["extra"] == ["--perms", "--exclude=*.tmp", "--delete-excluded"]
     assert s["ssh"] == {"port": 2222, "options": ["StrictHostKeyChecking=yes"]}
     dropped = levels(msgs, "dropped")
     assert len(dropped) == 3, dropped  # --dry-run, -avn, junk
@@ -203,6 +210,7 @@ def test_direct_local_only():
     assert not msgs.partial
     s = doc["sync"][0]
     assert (s["mode"], s["delay"], s["delete"]) == ("direct", 1, "running")
+    assert s["rsync"] == {"archive": False, "extra": ["--perms"]}, "cp -p: modes, no go-w"
     parses(doc)
     doc, msgs = run(direct_layer(target="h1:/x"))
     assert "sync" not in doc and any("default.direct is for local" in d
