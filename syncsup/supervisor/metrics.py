@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-__all__ = ["StatusCollector", "serve"]
+__all__ = ["COMPONENT_STATES", "TARGET_STATES", "StatusCollector", "serve", "state_families"]
 
 
 class StatusCollector(Collector):
@@ -70,6 +70,36 @@ class StatusCollector(Collector):
             up.add_metric([c["name"], c["role"]], 1 if c["state"] == "running" else 0)
         yield from (lag, pending, last_ok, up_t, transfers, sent, watches, unwatched, overflows,
                     rescans, restarts, up)
+        yield from state_families(doc)
+
+
+# --- state gauges (alerting on halted targets and degraded components) -------
+# The state words of the status document as one-hot gauges: one series per
+# possible state, 1 for the current one. Alerts need them: "healthy" cannot
+# tell a target halted by max_delete (state failed, never retried alone) from
+# one retrying a flaky link, nor "up" a degraded component from a stopped one.
+TARGET_STATES = ("startup", "idle", "pending", "syncing", "paused", "retrying", "failed")
+COMPONENT_STATES = ("starting", "running", "backoff", "degraded", "fatal", "stopped")
+
+
+def state_families(doc: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
+    """``syncsup_target_state`` and ``syncsup_component_state``."""
+    target = GaugeMetricFamily("syncsup_target_state",
+                               "1 for the target's current state (as syncsup status shows it)",
+                               labels=["sync", "target", "state"])
+    for s in doc["syncs"]:
+        for t in s["targets"]:
+            for state in TARGET_STATES:
+                target.add_metric([s["name"], t["target"], state], 1 if t["state"] == state else 0)
+    component = GaugeMetricFamily("syncsup_component_state",
+                                  "1 for the component's current state",
+                                  labels=["component", "role", "state"])
+    for c in doc["components"]:
+        for state in COMPONENT_STATES:
+            component.add_metric([c["name"], c["role"], state], 1 if c["state"] == state else 0)
+    yield target
+    yield component
+# --- end state gauges
 
 
 def serve(address: str, status: Callable[[], dict[str, Any]]) -> Any:
