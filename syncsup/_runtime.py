@@ -32,6 +32,7 @@ __all__ = [
     "drain",
     "endpoint",
     "new_incarnation",
+    "new_socket",
     "recv_trusted",
     "set_pdeathsig",
     "setup_logging",
@@ -50,6 +51,16 @@ def endpoint(state_dir: Path, name: str) -> str:
         raise OSError(f"socket path too long for a unix socket ({len(path)} bytes): {path}; "
                       "choose a shorter settings.state_dir")
     return f"ipc://{path}"
+
+
+def new_socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int) -> zmq.Socket[bytes]:
+    """A socket with our defaults: no linger at close (a dead peer must not
+    hold up a stop), and ``ZMQ_MAXMSGSIZE`` so that libzmq itself drops a
+    peer sending a frame larger than any message we accept."""
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, proto.MAX_FRAME)
+    return sock
 
 
 def bind_private(sock: zmq.Socket[bytes], state_dir: Path, name: str) -> None:
@@ -164,6 +175,17 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+class _NoFollowFileHandler(logging.FileHandler):
+    """Appends to ``log_file`` but never through a symlink at its name: a
+    daemon running as root must not let someone who can write to the log's
+    directory redirect its appends to another file."""
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o640)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def setup_logging(settings: Settings | None, role: str, name: str = "") -> None:
     """Log one line per record, prefixed with the component, so that the
     interleaved output of all processes stays readable: to stderr (with
@@ -189,7 +211,7 @@ def setup_logging(settings: Settings | None, role: str, name: str = "") -> None:
     handlers.append(err)
     if settings is not None and settings.log_file is not None:
         try:
-            fh = logging.FileHandler(settings.log_file)
+            fh = _NoFollowFileHandler(settings.log_file)
             fh.setFormatter(_JsonFormatter(role, name or role) if json_format
                             else logging.Formatter(stamped))
             handlers.append(fh)
@@ -211,8 +233,7 @@ class ChildRuntime:
         self.name = name
         self.incarnation = new_incarnation()
         self.ctx = zmq.Context()
-        self.control = self.ctx.socket(zmq.DEALER)
-        self.control.setsockopt(zmq.LINGER, 0)
+        self.control = new_socket(self.ctx, zmq.DEALER)
         self.control.setsockopt(zmq.SNDHWM, 10)
         self.control.connect(endpoint(state_dir, "control"))
         self.stopping = False

@@ -31,7 +31,7 @@ import zmq
 
 from syncsup import __version__, proto
 from syncsup import config as cfg
-from syncsup._runtime import endpoint, setup_logging
+from syncsup._runtime import endpoint, new_socket, setup_logging
 
 __all__ = ["main"]
 
@@ -68,7 +68,7 @@ def request(conf: cfg.Config, msg: proto.Message, timeout: float = 5.0) -> proto
         return None
     ctx = zmq.Context()
     try:
-        sock = ctx.socket(zmq.DEALER)
+        sock = new_socket(ctx, zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.connect(endpoint(conf.settings.state_dir, "control"))
         sock.send_multipart(proto.encode(msg))

@@ -8,7 +8,10 @@ and exits 78 (EX_CONFIG), which the supervisor never restarts.
 
 from __future__ import annotations
 
+import dataclasses
+import grp
 import os
+import pwd
 import re
 import stat
 import sys
@@ -67,6 +70,7 @@ class SshOptions:
     port: int | None = None
     identity_file: Path | None = None
     options: tuple[str, ...] = ()
+    confined: bool = False  # default for this sync's remote targets
 
 
 @dataclass(frozen=True)
@@ -107,24 +111,37 @@ class Target:
 
     ``spec`` is the string as written (shown in status); ``path`` the
     directory on the target host; ``user`` the ssh login, if given.
+    ``confined``: the key reaches the host only through ``syncsup-target``
+    (its forced command), so transfers use rsync's daemon mode over ssh and
+    renames go through syncsup's agent; ``path`` must then be the forced
+    command's ROOT.
     """
 
     spec: str
     path: str
     host: str | None = None
     user: str | None = None
+    confined: bool = False
 
     @property
     def is_remote(self) -> bool:
         return self.host is not None
 
+    @property
+    def login(self) -> str:
+        """``user@host`` (or ``host``) for ssh; only for remote targets."""
+        assert self.host is not None, "a local target has no login"
+        return f"{self.user}@{self.host}" if self.user else self.host
+
     def rsync_dest(self) -> str:
-        """The destination argument for rsync, always ending in ``/``."""
-        path = self.path.rstrip("/") + "/"
+        """The destination argument for rsync, always ending in ``/``: a
+        local path, ``login:/path/``, or for a confined target the module
+        that ``syncsup-target`` serves, ``login::syncsup/``."""
         if self.host is None:
-            return path
-        login = f"{self.user}@{self.host}" if self.user else self.host
-        return f"{login}:{path}"
+            return self.path.rstrip("/") + "/"
+        if self.confined:
+            return f"{self.login}::syncsup/"
+        return f"{self.login}:{self.path.rstrip('/')}/"
 
 
 @dataclass(frozen=True)
@@ -186,6 +203,8 @@ def parse_target(spec: str, key: str, base: Path) -> Target:
             raise ConfigError(key, f"bad host in {spec!r}")
         if not path:
             raise ConfigError(key, f"missing path after ':' in {spec!r}")
+        if path.startswith("-"):
+            raise ConfigError(key, f"a remote path must not start with '-': {spec!r}")
         if "::" in spec or spec.startswith("rsync://"):
             raise ConfigError(key, "rsync daemon targets are not supported; use host:/path")
         return Target(spec=spec, path=path, host=host, user=user or None)
@@ -266,13 +285,15 @@ def _parse_ssh(raw: Any, where: str, base: Path) -> tuple[SshOptions, str | None
     if port is not None and not 0 < port < 65536:
         raise ConfigError(f"{where}.port", "must be between 1 and 65535")
     ident = _opt_path(table, "identity_file", where, base)
+    confined = _pop(table, "confined", bool, where, False)
     options = _str_list(_pop(table, "options", list, where, []), f"{where}.options")
     for i, opt in enumerate(options):
         name = opt.split("=", 1)[0]
         if "=" not in opt or not name.isalnum():
             raise ConfigError(f"{where}.options[{i}]", "must look like 'Name=value'")
     _no_extra(table, where)
-    return SshOptions(port=port, identity_file=ident, options=options), host, user
+    return (SshOptions(port=port, identity_file=ident, options=options, confined=confined),
+            host, user)
 
 
 def _parse_rsync(raw: Any, where: str) -> RsyncOptions:
@@ -320,24 +341,31 @@ def _template(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
 
 
 def _parse_target(raw: Any, key: str, base: Path, host: str | None,
-                  user: str | None) -> Target:
+                  user: str | None, confined: bool) -> Target:
     if isinstance(raw, str):
         target = parse_target(raw, key, base)
         if target.host is None and host is not None:
-            return Target(spec=f"{user + '@' if user else ''}{host}:{raw}", path=raw,
-                          host=host, user=user)
-        return target
-    if isinstance(raw, dict):
+            target = parse_target(f"{user + '@' if user else ''}{host}:{raw}", key, base)
+    elif isinstance(raw, dict):
         table = dict(raw)
         path = _pop(table, "path", str, key)
         t_host = _opt_str(table, "host", key) or host
         t_user = _opt_str(table, "user", key) or user
+        confined = _pop(table, "confined", bool, key, confined)
         _no_extra(table, key)
         if t_host is None:
-            return parse_target(path, f"{key}.path", base)
-        spec = f"{t_user + '@' if t_user else ''}{t_host}:{path}"
-        return parse_target(spec, key, base)
-    raise ConfigError(key, "must be a string or a table with path (and host, user)")
+            target = parse_target(path, f"{key}.path", base)
+        else:
+            target = parse_target(f"{t_user + '@' if t_user else ''}{t_host}:{path}", key, base)
+    else:
+        raise ConfigError(key, "must be a string or a table with path (and host, user, "
+                          "confined)")
+    if not (confined and target.is_remote):
+        return target
+    if not target.path.startswith("/"):
+        raise ConfigError(key, "a confined target needs an absolute path: the ROOT given to "
+                          "syncsup-target on that host")
+    return dataclasses.replace(target, confined=True, path=os.path.normpath(target.path))
 
 
 def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
@@ -391,7 +419,7 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     raw_targets = _pop(table, "targets", list, where, [] if mode == "command" else ...)
     if not raw_targets and mode != "command":
         raise ConfigError(f"{where}.targets", "must list at least one target")
-    targets = [_parse_target(spec, f"{where}.targets[{i}]", base, host, user)
+    targets = [_parse_target(spec, f"{where}.targets[{i}]", base, host, user, ssh.confined)
                for i, spec in enumerate(raw_targets)]
     if len({t.spec for t in targets}) != len(targets):
         raise ConfigError(f"{where}.targets", "lists the same target twice")
@@ -457,18 +485,87 @@ def _check_overlaps(syncs: tuple[Sync, ...]) -> None:
             seen.append((host, path, key))
 
 
-def _check_private(path: Path, key: str) -> None:
+def _owned_safely(st: os.stat_result) -> bool:
+    return st.st_uid in (os.geteuid(), 0)
+
+
+def _private_group(gid: int) -> bool:
+    """Is ``gid`` our own primary group with no other members (the usual
+    user-private group, which a umask of 002 makes directories writable by)?"""
+    if gid != os.getegid():
+        return False
+    try:
+        members = set(grp.getgrgid(gid).gr_mem)
+        me = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return False
+    return members <= {me}
+
+
+def _check_ancestors(path: Path, key: str) -> None:
+    """Every directory above ``path`` (after resolving symlinks) must be
+    ours or root's and not writable by others, as OpenSSH's StrictModes
+    requires: whoever can rename entries in one of them can put another
+    file in the config's place. World-writable directories with the sticky
+    bit (/tmp) are fine: others cannot rename our entries there."""
+    real = Path(os.path.realpath(path))
+    for parent in real.parents:
+        try:
+            st = os.stat(parent)
+        except OSError:
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        sticky = bool(mode & stat.S_ISVTX)
+        if not _owned_safely(st) and not sticky:
+            raise ConfigError(key, f"{parent} (above {path}) belongs to uid {st.st_uid}, "
+                              "not to us or root: others could replace the file")
+        if mode & 0o002 and not sticky:
+            raise ConfigError(key, f"{parent} (above {path}) is writable by every user; "
+                              "chmod o-w it")
+        if mode & 0o020 and not sticky and not _private_group(st.st_gid):
+            raise ConfigError(key, f"{parent} (above {path}) is writable by group "
+                              f"{st.st_gid}; chmod g-w it")
+
+
+def _check_private_stat(st: os.stat_result, path: Path, key: str) -> None:
     """A config or state_dir others can write would let them run commands
     as us (command mode) or redirect the mirror: refuse it."""
+    if st.st_mode & 0o022:
+        raise ConfigError(key, f"{path} is writable by other users (mode "
+                          f"{stat.S_IMODE(st.st_mode):o}); chmod go-w it")
+    if not _owned_safely(st):
+        raise ConfigError(key, f"{path} belongs to uid {st.st_uid}, not to us or root")
+
+
+def _check_private(path: Path, key: str) -> None:
     try:
         st = path.stat()
     except FileNotFoundError:
         return
-    if st.st_mode & 0o022:
-        raise ConfigError(key, f"{path} is writable by other users (mode "
-                          f"{stat.S_IMODE(st.st_mode):o}); chmod go-w it")
-    if st.st_uid not in (os.geteuid(), 0):
-        raise ConfigError(key, f"{path} belongs to uid {st.st_uid}, not to us or root")
+    _check_private_stat(st, path, key)
+    _check_ancestors(path, key)
+
+
+def read_private(path: Path, key: str) -> bytes:
+    """The bytes of ``path``, checked on the very file that is read: the
+    descriptor is opened first, its owner and mode are checked with fstat,
+    then it is read, so no rename between check and read can substitute
+    another file. Its directories are checked too."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ConfigError(key, f"{path}: no such file") from None
+    except PermissionError:
+        raise ConfigError(key, f"{path}: permission denied") from None
+    except OSError as exc:
+        raise ConfigError(key, f"{path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(key, f"{path} is not a regular file")
+        _check_private_stat(st, path, key)
+        _check_ancestors(path, key)
+        return fh.read(16 * 1024 * 1024)
 
 
 def parse(data: dict[str, Any], path: Path) -> Config:
@@ -530,16 +627,14 @@ def parse(data: dict[str, Any], path: Path) -> Config:
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate the TOML file at ``path``."""
     p = Path(path).resolve()
+    raw = read_private(p, "config")
     try:
-        with open(p, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError("config", f"{p}: no such file") from None
-    except PermissionError:
-        raise ConfigError("config", f"{p}: permission denied") from None
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config", f"{p}: not UTF-8 text (byte {exc.start}); a TOML file "
+                          "must be UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{p}: invalid TOML: {exc}") from None
-    _check_private(p, "config")
     conf = parse(data, p)
     _check_private(conf.settings.state_dir, "settings.state_dir")
     return conf

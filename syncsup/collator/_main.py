@@ -15,6 +15,7 @@ from syncsup._runtime import (
     ChildRuntime,
     bind_private,
     decode_logged,
+    new_socket,
     recv_trusted,
     setup_logging,
 )
@@ -42,10 +43,9 @@ class Collator:
         for q in self.targets:
             q.synced_this_run = self.journal.get_meta(f"synced:{q.spec}") == run_id
             q.paused = self.journal.get_meta(f"paused:{q.spec}") == run_id
-        self.ingest = self.rt.ctx.socket(zmq.ROUTER)
-        self.dispatch = self.rt.ctx.socket(zmq.ROUTER)
+        self.ingest = new_socket(self.rt.ctx, zmq.ROUTER)
+        self.dispatch = new_socket(self.rt.ctx, zmq.ROUTER)
         for sock, name in ((self.ingest, "ingest"), (self.dispatch, "dispatch")):
-            sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             bind_private(sock, state_dir, f"{name}-{sync.name}")
         self.next_batch = int(time.time() * 1000)  # unique across restarts

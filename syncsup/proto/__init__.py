@@ -5,7 +5,7 @@ where ``body`` is a msgpack map. Paths are msgpack ``bin`` (bytes) end to
 end because Linux file names need not be UTF-8.
 """
 
-from syncsup.proto._codec import MAX_BODY, VERSION, ProtocolError, decode, encode
+from syncsup.proto._codec import MAX_BODY, MAX_FRAME, VERSION, ProtocolError, decode, encode
 from syncsup.proto._messages import (
     Ack,
     Batch,
@@ -22,6 +22,7 @@ from syncsup.proto._messages import (
 
 __all__ = [
     "MAX_BODY",
+    "MAX_FRAME",
     "VERSION",
     "Ack",
     "Batch",

@@ -4,9 +4,12 @@
 
 Why so strict: every socket lives in ``state_dir`` and any local process
 with access could write to it; a bug in one component must not crash
-another. Limits are enforced inside msgpack's unpacker (so a huge declared
-length never allocates) and field kinds are checked before any handler sees
-the message.
+another. Each message type has its own size budget (bytes, objects, nesting)
+checked on the encoded bytes before anything is allocated (``_scan``), then
+msgpack's own limits apply inside the unpacker, and field kinds are checked
+before any handler sees the message. Sockets also set ``ZMQ_MAXMSGSIZE``
+(:data:`MAX_FRAME`), so libzmq drops a peer that sends a larger frame before
+it is ever buffered whole.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from syncsup.proto._messages import (
     StatusRequest,
     Stop,
 )
+from syncsup.proto._scan import StructureError, check
 
-__all__ = ["MAX_BODY", "VERSION", "ProtocolError", "decode", "encode"]
+__all__ = ["MAX_BODY", "MAX_FRAME", "VERSION", "ProtocolError", "decode", "encode"]
 
 VERSION = b"syncsup/1"
-MAX_BODY = 32 * 1024 * 1024
-MAX_ITEMS = 1_000_000
+MAX_BODY = max(cls.MAX_BODY for cls in (Ack, Batch, Control, Done, Events, Heartbeat, Ready,
+                                        StatusReply, StatusRequest, Stop))
+MAX_FRAME = MAX_BODY + 64  # ZMQ_MAXMSGSIZE for every socket
 
 _TYPES: dict[bytes, type[Message]] = {
     cls.TYPE: cls
@@ -89,18 +94,22 @@ def decode(frames: list[bytes]) -> Message:
     cls = _TYPES.get(mtype)
     if cls is None:
         raise ProtocolError(f"unknown message type {mtype[:32]!r}")
-    if len(body) > MAX_BODY:
-        raise ProtocolError(f"body of {len(body)} bytes exceeds {MAX_BODY}")
+    if len(body) > cls.MAX_BODY:
+        raise ProtocolError(f"{cls.__name__} body of {len(body)} bytes exceeds {cls.MAX_BODY}")
+    try:
+        check(body, cls.MAX_OBJECTS, cls.MAX_DEPTH)
+    except StructureError as exc:
+        raise ProtocolError(f"{cls.__name__} body refused: {exc}") from None
     try:
         data = msgpack.unpackb(
             body,
             raw=False,
             strict_map_key=True,
             use_list=True,
-            max_bin_len=MAX_BODY,
-            max_str_len=1024 * 1024,
-            max_array_len=MAX_ITEMS,
-            max_map_len=MAX_ITEMS,
+            max_bin_len=cls.MAX_BODY,
+            max_str_len=min(cls.MAX_BODY, 1024 * 1024),
+            max_array_len=cls.MAX_OBJECTS,
+            max_map_len=cls.MAX_OBJECTS,
             max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises many types for bad input

@@ -30,10 +30,18 @@ __all__ = [
 class Message:
     """Base class. ``TYPE`` is the second frame on the wire; ``FIELDS`` maps
     each field to its wire kind (``int``, ``float``, ``str``, ``bytes``,
-    ``bool``, ``bytes_list``, ``map``, ``opt_str``, ``opt_float``)."""
+    ``bool``, ``bytes_list``, ``map``, ``opt_str``, ``opt_float``).
+
+    ``MAX_BODY`` (bytes), ``MAX_OBJECTS`` (msgpack objects in all) and
+    ``MAX_DEPTH`` (nested containers) bound what decoding one body may cost;
+    small control messages get small budgets so that nothing a peer sends can
+    make a receiver allocate much more than the bytes it was sent."""
 
     TYPE: ClassVar[bytes] = b""
     FIELDS: ClassVar[dict[str, str]] = {}
+    MAX_BODY: ClassVar[int] = 64 * 1024
+    MAX_OBJECTS: ClassVar[int] = 1024
+    MAX_DEPTH: ClassVar[int] = 2
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,9 @@ class Heartbeat(Message):
     FIELDS: ClassVar[dict[str, str]] = {
         "role": "str", "name": "str", "pid": "int", "incarnation": "str", "info": "map",
     }
+    MAX_BODY: ClassVar[int] = 4 * 1024 * 1024
+    MAX_OBJECTS: ClassVar[int] = 200_000
+    MAX_DEPTH: ClassVar[int] = 8
     role: str
     name: str
     pid: int
@@ -72,6 +83,9 @@ class StatusReply(Message):
 
     TYPE: ClassVar[bytes] = b"STATUS_REPLY"
     FIELDS: ClassVar[dict[str, str]] = {"status": "map"}
+    MAX_BODY: ClassVar[int] = 8 * 1024 * 1024
+    MAX_OBJECTS: ClassVar[int] = 400_000
+    MAX_DEPTH: ClassVar[int] = 8
     status: dict[str, Any]
 
 
@@ -128,6 +142,9 @@ class Events(Message):
         "seq": "int", "paths": "bytes_list", "trees": "bytes_list", "moves": "pair_list",
         "created": "bytes_list", "verify": "bytes_list",
     }
+    MAX_BODY: ClassVar[int] = 12 * 1024 * 1024
+    MAX_OBJECTS: ClassVar[int] = 200_000
+    MAX_DEPTH: ClassVar[int] = 3
     seq: int
     paths: list[bytes] = field(default_factory=list)
     trees: list[bytes] = field(default_factory=list)
@@ -182,6 +199,9 @@ class Batch(Message):
         "startup": "bool", "moves": "pair_list", "created": "bytes_list",
         "verify": "bytes_list",
     }
+    MAX_BODY: ClassVar[int] = 12 * 1024 * 1024
+    MAX_OBJECTS: ClassVar[int] = 200_000
+    MAX_DEPTH: ClassVar[int] = 3
     batch_id: int
     target: int
     paths: list[bytes] = field(default_factory=list)

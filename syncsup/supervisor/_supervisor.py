@@ -24,8 +24,10 @@ from syncsup._runtime import (
     decode_logged,
     drain,
     new_incarnation,
+    new_socket,
     recv_trusted,
 )
+from syncsup.rsync_version import MIN_SOURCE, format_version, rsync_version
 from syncsup.supervisor.metrics import serve
 from syncsup.supervisor.notify import Notifier
 from syncsup.supervisor.policy import RestartPolicy, State
@@ -117,8 +119,15 @@ class Supervisor:
         except OSError as exc:
             raise StartError(f"cannot use state_dir {state_dir}: {exc.strerror}") from None
         self.lock = acquire_lock(state_dir)
-        if shutil.which("rsync") is None:
-            raise StartError("rsync is not installed (apt-get install rsync)")
+        for binary in sorted({s.rsync.binary for s in conf.syncs}):
+            if shutil.which(binary) is None:
+                raise StartError(f"{binary} is not installed (apt-get install rsync)")
+            version = rsync_version(binary)
+            if version is None or version < MIN_SOURCE:
+                raise StartError(
+                    f"{binary} is version {format_version(version) if version else 'unknown'}; "
+                    f"syncsup needs rsync {format_version(MIN_SOURCE)} or newer, whose sender "
+                    "never follows a symlink raced into a parent directory of the source")
         self.components = self._components(conf)
         self.by_name = {c.name: c for c in self.components}
         self.pending_signal: str | None = None
@@ -127,8 +136,7 @@ class Supervisor:
         self.last_periodic = 0.0
         self.next_status_file = 0.0
         self.ctx = zmq.Context()
-        self.control = self.ctx.socket(zmq.ROUTER)
-        self.control.setsockopt(zmq.LINGER, 0)
+        self.control = new_socket(self.ctx, zmq.ROUTER)
         bind_private(self.control, state_dir, "control")
 
     # -- children --------------------------------------------------------------
@@ -137,8 +145,11 @@ class Supervisor:
         out = []
         for role in ROLES_IN_START_ORDER:
             for sync in conf.syncs:
-                argv = [sys.executable, "-m", f"syncsup.{role}", str(conf.path), sync.name,
-                        self.run_id]
+                # -P: the working directory is not put on the module path, so
+                # a daemon started from a directory others can write (the
+                # source tree, say) never imports their "syncsup" package.
+                argv = [sys.executable, "-P", "-m", f"syncsup.{role}", str(conf.path),
+                        sync.name, self.run_id]
                 out.append(Component(f"{role}:{sync.name}", role, sync.name, argv))
         return out
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,23 @@ def write_status_file(path: Path, doc: dict[str, Any]) -> None:
 
     text = (f"syncsup status, written {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n"
             f"{format_status(doc)}\n")
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A random name created with O_EXCL (mkstemp), and its mode set on the
+    # descriptor: a symlink planted in the directory can neither be opened
+    # for writing nor chmodded through. rename() replaces a symlink at the
+    # final name instead of following it.
     try:
-        with open(tmp, "w") as fh:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        log.warning("cannot write status file %s: %s", path, exc)
+        return
+    try:
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), 0o644)
             fh.write(text)
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("cannot write status file %s: %s", path, exc)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass

@@ -32,12 +32,18 @@ from syncsup._runtime import (
     decode_logged,
     drain,
     endpoint,
+    new_socket,
     set_pdeathsig,
     setup_logging,
 )
 from syncsup.syncer.argv import expand_rule_files, rsync_argv, ssh_argv
 from syncsup.syncer.exitcodes import Outcome, classify
-from syncsup.syncer.moves import local_renames, remote_rename_command
+from syncsup.syncer.moves import (
+    agent_command,
+    agent_requests,
+    local_renames,
+    remote_rename_command,
+)
 from syncsup.syncer.tokens import Tokens
 
 __all__ = ["Syncer", "main"]
@@ -144,8 +150,7 @@ class Syncer:
         self.tmp = state_dir / "tmp"
         self.tmp.mkdir(mode=0o700, exist_ok=True)
         self.tokens = Tokens(state_dir / "slots", conf.settings.max_processes)
-        self.sock = self.rt.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock = new_socket(self.rt.ctx, zmq.DEALER)
         self.sock.connect(endpoint(state_dir, f"dispatch-{sync.name}"))
         self.slots = [Slot(i, t) for i, t in enumerate(sync.targets)]
         for slot in self.slots:
@@ -185,10 +190,8 @@ class Syncer:
             return
         if now < slot.master_next:
             return
-        login = (f"{slot.target.user}@{slot.target.host}" if slot.target.user
-                 else slot.target.host)
         argv = [*ssh_argv(self.sync), "-M", "-N", "-o", f"ControlPath={slot.control_path}",
-                "-o", "ControlPersist=no", "--", login]
+                "-o", "ControlPersist=no", "--", slot.target.login]
         try:
             slot.master = _spawn(argv)
         except OSError as exc:
@@ -240,7 +243,6 @@ class Syncer:
         slot.outfile.truncate()
         lst = self.tmp / f"{self.sync.name}-{slot.index}-{kind}.list"
         if kind == "moves":
-            lst.write_bytes(b"".join(a + b"\0" + b + b"\0" for a, b in batch.moves))
             if not slot.target.is_remote:
                 slot.moves_done = len(batch.moves)
                 applied = local_renames(slot.target.path, batch.moves)
@@ -248,8 +250,13 @@ class Syncer:
                           len(batch.moves))
                 self.next_phase(slot)
                 return
-            argv = [*ssh_argv(self.sync, slot.control_path), "--", self._login(slot),
-                    remote_rename_command(slot.target.path)]
+            if slot.target.confined:
+                lst.write_bytes(agent_requests(batch.moves))
+                command = agent_command(slot.target.path)
+            else:
+                lst.write_bytes(b"".join(a + b"\0" + b + b"\0" for a, b in batch.moves))
+                command = remote_rename_command(slot.target.path)
+            argv = [*ssh_argv(self.sync, slot.control_path), "--", slot.target.login, command]
             self._start(slot, argv, stdin_path=lst)
             return
         if kind == "command":
@@ -257,7 +264,7 @@ class Syncer:
                 "moves": batch.moves, "trees": batch.trees + batch.verify, "paths": batch.paths,
                 "created": batch.created, "startup": batch.startup}, use_bin_type=True))
             slot.moves_done = len(batch.moves)  # reported again only if the batch fails
-            self._start(slot, [sys.executable, "-m", "syncsup.syncer.action_runner",
+            self._start(slot, [sys.executable, "-P", "-m", "syncsup.syncer.action_runner",
                                str(self.config_path), self.sync.name, str(slot.index), str(lst)])
             return
         names = batch.trees + batch.verify if kind == "tree" else batch.paths
@@ -280,11 +287,6 @@ class Syncer:
             # if there was anything to delete.
             argv.insert(1, "--max-delete=0")
         self._start(slot, argv)
-
-    def _login(self, slot: Slot) -> str:
-        t = slot.target
-        assert t.host is not None
-        return f"{t.user}@{t.host}" if t.user else t.host
 
     def _start(self, slot: Slot, argv: list[str], stdin_path: Path | None = None) -> None:
         log.debug("target %s: %s", slot.target.spec, argv)
@@ -327,6 +329,12 @@ class Syncer:
         if slot.phase == "moves":
             if rc == 255:  # ssh could not reach the target: nothing was renamed
                 self.finish(slot, Outcome.RETRY, rc, self.stderr_tail(slot) or "ssh failed")
+                return
+            tail = self.stderr_tail(slot)
+            if slot.target.confined and "syncsup-target: refused" in tail:
+                # Wrong ROOT, no confinement possible on that host: a
+                # configuration problem that retrying cannot fix.
+                self.finish(slot, Outcome.FATAL, rc, tail)
                 return
             slot.moves_done = len(slot.batch.moves) if slot.batch else 0
             self.next_phase(slot)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -48,6 +49,7 @@ from typing import Any
 import msgpack
 
 from syncsup import config as cfg
+from syncsup.dirfd import lstat_below, walk_below
 
 __all__ = ["Action", "ActionError", "TemplateAction", "load_action", "run_batch"]
 
@@ -131,12 +133,15 @@ class TemplateAction(Action):
         return bool(self.sync.commands.on_move)
 
 
+_PLACEHOLDER = re.compile(rb"\{([a-z]+)\}")
+
+
 def _fill(arg: str, fields: dict[str, bytes]) -> bytes:
-    """Replace ``{placeholder}`` in one argv element; bytes in, bytes out."""
-    out = os.fsencode(arg)
-    for key, value in fields.items():
-        out = out.replace(b"{" + key.encode() + b"}", value)
-    return out
+    """Replace ``{placeholder}`` in one argv element, in a single pass over
+    the template: a substituted value is never scanned again, so a file named
+    ``{path}{name}`` stays that name. Bytes in, bytes out."""
+    return _PLACEHOLDER.sub(lambda m: fields.get(m.group(1).decode(), m.group(0)),
+                            os.fsencode(arg))
 
 
 def load_action(sync: cfg.Sync, target: cfg.Target) -> Action:
@@ -150,8 +155,19 @@ def load_action(sync: cfg.Sync, target: cfg.Target) -> Action:
 
 
 def run_batch(action: Action, batch: dict[str, Any]) -> None:
-    """Report one batch to ``action`` in the documented order."""
-    root = os.fsencode(action.sync.source)
+    """Report one batch to ``action`` in the documented order.
+
+    The source is read through descriptors (:mod:`syncsup.dirfd`): a
+    directory swapped for a symlink is an entry of its own, never a way out
+    of the source, so no hook ever runs for a file outside it."""
+    root_fd = os.open(action.sync.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _report(action, batch, root_fd)
+    finally:
+        os.close(root_fd)
+
+
+def _report(action: Action, batch: dict[str, Any], root_fd: int) -> None:
     moves: list[list[bytes]] = batch["moves"]
     created = set(batch["created"])
     skip: set[bytes] = set()
@@ -163,26 +179,17 @@ def run_batch(action: Action, batch: dict[str, Any]) -> None:
         if tree == b"":
             action.on_startup()
             continue
-        for rel in _walk(root, tree):
-            if os.path.lexists(os.path.join(root, rel)):
-                action.on_create(rel)
+        for rel in walk_below(root_fd, tree):
+            action.on_create(rel)
             skip.add(rel)
+        skip.add(tree)
     for path in batch["paths"]:
         if path in skip:
             continue
-        if os.path.lexists(os.path.join(root, path) if path else root):
+        if lstat_below(root_fd, path) is not None:
             (action.on_create if path in created else action.on_modify)(path)
         elif path not in created:
             action.on_delete(path)
-
-
-def _walk(root: bytes, top: bytes) -> list[bytes]:
-    """``top`` and everything below it, parents first, without following symlinks."""
-    out = [top]
-    for dirpath, dirnames, filenames in os.walk(os.path.join(root, top)):
-        rel = os.path.relpath(dirpath, root)
-        out += [os.path.join(rel, n) for n in sorted(dirnames) + sorted(filenames)]
-    return out
 
 
 def main(argv: list[str]) -> int:

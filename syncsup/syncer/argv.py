@@ -99,6 +99,10 @@ def rsync_argv(sync: Sync, target: Target, kind: str, list_file: str, startup: b
     # Without archive, keep symlinks as symlinks and times (for the quick check).
     argv = [opts.binary, "-a" if opts.archive else "-lt", "--from0",
             f"--files-from={list_file}", "--force", "--stats"]
+    if target.confined and opts.archive:
+        # syncsup-target refuses device files (a device node written inside
+        # ROOT would open the host's disks to its local users).
+        argv.insert(2, "--no-devices")
     if kind == "tree":
         argv += ["-r", "--modify-window=-1"]
         if verify or opts.checksum:

@@ -19,7 +19,7 @@ from inotify_simple import INotify
 
 from syncsup import config as cfg
 from syncsup import proto
-from syncsup._runtime import ChildRuntime, decode_logged, endpoint, setup_logging
+from syncsup._runtime import ChildRuntime, decode_logged, endpoint, new_socket, setup_logging
 from syncsup.watcher.filters import DirFilter, exclude_patterns
 from syncsup.watcher.tree import Changes, WatchTree
 
@@ -52,8 +52,7 @@ class Watcher:
     def __init__(self, conf: cfg.Config, sync: cfg.Sync) -> None:
         self.sync = sync
         self.rt = ChildRuntime(conf.settings.state_dir, "watcher", f"watcher:{sync.name}")
-        self.sock = self.rt.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock = new_socket(self.rt.ctx, zmq.DEALER)
         self.sock.connect(endpoint(conf.settings.state_dir, f"ingest-{sync.name}"))
         self.ino = INotify(nonblocking=True)
         self.filter = DirFilter(exclude_patterns(sync))

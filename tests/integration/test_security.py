@@ -62,7 +62,7 @@ def confined_sshd(tmp_path_factory):
     wrapper.write_text("#!/bin/sh\n"
                        f"PYTHONPATH={shlex.quote(str(REPO))}\n"
                        "export PYTHONPATH\n"
-                       f"exec {shlex.quote(sys.executable)} -m syncsup.target \"$@\"\n")
+                       f"exec {shlex.quote(sys.executable)} -P -m syncsup.target \"$@\"\n")
     os.chmod(wrapper, 0o755)
     s = Sshd(base / "sshd")
     s.start()
@@ -284,7 +284,8 @@ def test_confined_key_refuses_rsync_client(attempt, world, confined_sshd, tmp_pa
 
 # =============================================== churn through the confined key
 def _confined_sync(sshd: Sshd, src: Path, dst: Path, mode: str, delay: float) -> dict:
-    return sync_entry(src, [sshd.target(dst)], mode=mode, delay=delay, ssh=sshd.ssh_config())
+    return sync_entry(src, [sshd.target(dst)], mode=mode, delay=delay,
+                      ssh={**sshd.ssh_config(), "confined": True})
 
 
 def _assert_key_still_confined(sshd: Sshd) -> None:
