@@ -17,6 +17,7 @@ import stat
 import sys
 import tomllib
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,19 @@ __all__ = [
     "load_for_child",
 ]
 
-EX_CONFIG = 78
-MODES = ("rsync", "rsyncssh", "direct", "command")
+EX_CONFIG = 78  # sysexits' EX_CONFIG: a config error, never restarted
+
+
+class Mode(StrEnum):
+    """How a sync reaches its targets (see docs/config.md)."""
+
+    RSYNC = "rsync"
+    RSYNCSSH = "rsyncssh"
+    DIRECT = "direct"
+    COMMAND = "command"
+
+
+MODES = tuple(m.value for m in Mode)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -151,7 +163,7 @@ class Sync:
     name: str
     source: Path
     targets: tuple[Target, ...]
-    mode: str = "rsync"
+    mode: Mode = Mode.RSYNC
     delay: float = 1.0
     delete: bool | str = True
     init: bool = True
@@ -169,7 +181,17 @@ class Sync:
     @property
     def moves_on_target(self) -> bool:
         """Modes that replay renames on the target instead of resending."""
-        return self.mode in ("rsyncssh", "direct")
+        return self.mode in (Mode.RSYNCSSH, Mode.DIRECT)
+
+    @property
+    def runs_commands(self) -> bool:
+        """Command mode: changes go to the user's actions, not to rsync."""
+        return self.mode is Mode.COMMAND
+
+    @property
+    def records_moves(self) -> bool:
+        """Modes whose journal keeps renames (replayed, or reported to on_move)."""
+        return self.moves_on_target or self.runs_commands
 
 
 @dataclass(frozen=True)
@@ -377,9 +399,10 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     if not _NAME_RE.match(name):
         raise ConfigError(f"{where}.name", "use 1-64 letters, digits, '.', '_' or '-'")
     source = (base / _pop(table, "source", str, where)).resolve()
-    mode = _pop(table, "mode", str, where, "rsync")
-    if mode not in MODES:
+    mode_name = _pop(table, "mode", str, where, "rsync")
+    if mode_name not in MODES:
         raise ConfigError(f"{where}.mode", f"must be one of {', '.join(MODES)}")
+    mode = Mode(mode_name)
     delay = float(_pop(table, "delay", (int, float), where, 1.0))
     if not 0 <= delay <= 86400:
         raise ConfigError(f"{where}.delay", "must be a number >= 0 (seconds, at most 86400)")
@@ -416,20 +439,20 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     )
     if commands.action is not None and not re.fullmatch(r"[\w.]+:[A-Za-z_]\w*", commands.action):
         raise ConfigError(f"{where}.action", "must look like 'package.module:ClassName'")
-    raw_targets = _pop(table, "targets", list, where, [] if mode == "command" else ...)
-    if not raw_targets and mode != "command":
+    raw_targets = _pop(table, "targets", list, where, [] if mode is Mode.COMMAND else ...)
+    if not raw_targets and mode is not Mode.COMMAND:
         raise ConfigError(f"{where}.targets", "must list at least one target")
     targets = [_parse_target(spec, f"{where}.targets[{i}]", base, host, user, ssh.confined)
                for i, spec in enumerate(raw_targets)]
     if len({t.spec for t in targets}) != len(targets):
         raise ConfigError(f"{where}.targets", "lists the same target twice")
     for i, t in enumerate(targets):
-        if mode == "rsyncssh" and not t.is_remote:
+        if mode is Mode.RSYNCSSH and not t.is_remote:
             raise ConfigError(f"{where}.targets[{i}]",
                               "rsyncssh needs a remote target: host:/path, or set ssh.host")
-        if mode == "direct" and t.is_remote:
+        if mode is Mode.DIRECT and t.is_remote:
             raise ConfigError(f"{where}.targets[{i}]", "direct mode needs a local path")
-    if mode == "command":
+    if mode is Mode.COMMAND:
         has_any = commands.action or any(
             getattr(commands, k) for k in ("on_create", "on_modify", "on_delete", "on_move"))
         if not has_any:
@@ -465,7 +488,7 @@ def _check_overlaps(syncs: tuple[Sync, ...]) -> None:
         src = os.path.realpath(sync.source)
         for j, t in enumerate(sync.targets):
             key = f"sync[{i}].targets[{j}]"
-            if sync.mode == "command" and t.spec == "command":
+            if sync.runs_commands and t.spec == "command":
                 continue
             if t.is_remote:
                 host, path = f"{t.user or ''}@{t.host}", os.path.normpath(t.path)
@@ -640,18 +663,12 @@ def load(path: str | os.PathLike[str]) -> Config:
     return conf
 
 
-def load_for_child(path: str, sync_name: str | None = None) -> Config:
+def load_for_child(path: str) -> Config:
     """Load the config in a child process. A child cannot print a usage
     error to a user, so any problem ends the process with exit code 78,
     which the supervisor reads as "do not restart"."""
     try:
-        conf = load(path)
-        if sync_name is not None:
-            conf.sync(sync_name)
+        return load(path)
     except ConfigError as exc:
         print(f"syncsup: config error: {exc}", file=sys.stderr)
         raise SystemExit(EX_CONFIG) from None
-    except KeyError:
-        print(f"syncsup: config error: sync {sync_name!r} is no longer in {path}", file=sys.stderr)
-        raise SystemExit(EX_CONFIG) from None
-    return conf

@@ -9,23 +9,32 @@ of distinct paths, not by the number of events.
 
 Each upsert stamps the row with a new generation number. A transfer leases
 rows with the generation it saw; on success only rows whose generation did
-not move are deleted, so a change that lands while rsync runs is never lost
-(design, section 3, point 4).
+not move are deleted, so a change that lands while rsync runs is never lost.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 
-__all__ = ["CREATED", "PATH", "TREE", "VERIFY", "Journal", "Row"]
+from syncsup.proto import Changes
 
-PATH = 0  # sync this entry alone (a directory without its contents)
-TREE = 1  # sync this subtree recursively, deleting extras on the target
-CREATED = 2  # command mode: this path appeared (on_create rather than on_modify)
-VERIFY = 3  # like TREE, but compare content (--checksum): events were lost there
+__all__ = ["CREATED", "PATH", "TREE", "VERIFY", "Journal", "Kind", "Row", "to_changes"]
+
+
+class Kind(IntEnum):
+    """How a journal row stores one field of :class:`~syncsup.proto.Changes`."""
+
+    PATH = 0     # changes.paths: this entry alone (a directory without its contents)
+    TREE = 1     # changes.trees: this subtree, recursively, deleting extras
+    CREATED = 2  # changes.created: command mode, this path appeared
+    VERIFY = 3   # changes.verify: like TREE, comparing content: events were lost there
+
+
+PATH, TREE, CREATED, VERIFY = Kind.PATH, Kind.TREE, Kind.CREATED, Kind.VERIFY
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dirty (
@@ -54,7 +63,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 class Row:
     """One leased journal row: ``gen`` is the generation seen at lease time."""
 
-    kind: int
+    kind: Kind
     path: bytes
     gen: int
 
@@ -69,6 +78,9 @@ class Journal:
         # written before commit returns); only power loss may drop the last
         # transactions, and a restart rescans anyway.
         self.db.execute("PRAGMA synchronous=NORMAL")
+        # One journal per sync, all in one collator: keep each page cache
+        # small (the default is 2 MiB per connection).
+        self.db.execute("PRAGMA cache_size=-256")
         self.db.executescript(_SCHEMA)
         row = self.db.execute("SELECT MAX(gen) FROM dirty").fetchone()
         meta = self.get_meta("gen")
@@ -86,21 +98,21 @@ class Journal:
             "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
-    def mark(self, targets: Iterable[str], paths: Iterable[bytes], trees: Iterable[bytes],
-             now: float, moves: Sequence[Sequence[bytes]] = (), seq: int = 0,
-             created: Iterable[bytes] = (), verify: Iterable[bytes] = ()) -> int:
-        """Mark ``paths`` and ``trees`` dirty for every target in one
-        transaction; returns the new generation.
+    def mark(self, targets: Iterable[str], changes: Changes, now: float, seq: int = 0) -> int:
+        """Mark ``changes`` dirty for every target in one transaction;
+        returns the new generation.
 
-        ``moves`` (renames to replay, in order) are the one part that is a
-        log rather than a set; ``seq`` (the sender's message number) makes
-        their insert idempotent, so a resent message adds nothing.
+        ``changes.moves`` (renames to replay, in order) are the one part that
+        is a log rather than a set; ``seq`` (the sender's message number)
+        makes their insert idempotent, so a resent message adds nothing.
         """
         self.gen += 1
         gen = self.gen
         targets = list(targets)
-        items = ([(PATH, p) for p in paths] + [(TREE, t) for t in trees]
-                 + [(CREATED, c) for c in created] + [(VERIFY, v) for v in verify])
+        moves = changes.moves
+        items = ([(PATH, p) for p in changes.paths] + [(TREE, t) for t in changes.trees]
+                 + [(CREATED, c) for c in changes.created]
+                 + [(VERIFY, v) for v in changes.verify])
         rows = [(t, kind, p, gen, now) for t in targets for kind, p in items]
         with self._tx():
             self.db.executemany(
@@ -134,7 +146,7 @@ class Journal:
             "SELECT kind, path, gen FROM dirty WHERE target = ? ORDER BY kind DESC, path",
             (target,))
         for kind, path, gen in cur:
-            out.append(Row(int(kind), bytes(path), int(gen)))
+            out.append(Row(Kind(kind), bytes(path), int(gen)))
             size += len(path) + 1
             if len(out) >= limit or size >= max_bytes:
                 break
@@ -189,6 +201,16 @@ class Journal:
 
     def _tx(self) -> _Tx:
         return _Tx(self.db)
+
+
+def to_changes(rows: Iterable[Row], moves: Iterable[tuple[int, bytes, bytes]] = ()
+               ) -> Changes:
+    """The Changes that leased ``rows`` and ``moves`` stand for."""
+    out = Changes(moves=[(a, b) for _id, a, b in moves])
+    fields = {PATH: out.paths, TREE: out.trees, CREATED: out.created, VERIFY: out.verify}
+    for r in rows:
+        fields[r.kind].add(r.path)
+    return out
 
 
 class _Tx:

@@ -16,11 +16,13 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from syncsup.status import Status
+
 __all__ = ["StatusCollector", "serve"]
 
 
 class StatusCollector(Collector):
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, status: Callable[[], Status]) -> None:
         self.status = status
 
     def collect(self) -> Iterator[Any]:
@@ -44,35 +46,34 @@ class StatusCollector(Collector):
                                         "inotify queue overflows", labels=["sync"])
         rescans = CounterMetricFamily("syncsup_rescans", "Subtree rescans requested",
                                       labels=["sync"])
-        for s in doc["syncs"]:
-            name = s["name"]
-            watches.add_metric([name], s.get("watches") or 0)
-            unwatched.add_metric([name], s.get("unwatched") or 0)
-            overflows.add_metric([name], s.get("overflows") or 0)
-            rescans.add_metric([name], s.get("rescans") or 0)
-            for t in s["targets"]:
-                labels = [name, t["target"]]
-                lag.add_metric(labels, t.get("lag") or 0.0)
-                pending.add_metric(labels, t.get("pending") or 0)
-                if t.get("last_sync") is not None:
-                    last_ok.add_metric(labels, t["last_sync"])
-                up_t.add_metric(labels, 0 if t["state"] in ("retrying", "failed") else 1)
-                for outcome, n in (t.get("transfers") or {}).items():
+        for s in doc.syncs:
+            watches.add_metric([s.name], s.watches or 0)
+            unwatched.add_metric([s.name], s.unwatched or 0)
+            overflows.add_metric([s.name], s.overflows or 0)
+            rescans.add_metric([s.name], s.rescans)
+            for t in s.targets:
+                labels = [s.name, t.target]
+                lag.add_metric(labels, t.lag or 0.0)
+                pending.add_metric(labels, t.pending)
+                if t.last_sync is not None:
+                    last_ok.add_metric(labels, t.last_sync)
+                up_t.add_metric(labels, 0 if t.state in ("retrying", "failed") else 1)
+                for outcome, n in t.transfers.items():
                     transfers.add_metric([*labels, outcome], n)
-                sent.add_metric(labels, t.get("bytes_sent") or 0)
+                sent.add_metric(labels, t.bytes_sent)
         c_labels = ["component", "role"]
         restarts = CounterMetricFamily("syncsup_component_restarts", "Restarts since start",
                                        labels=c_labels)
         up = GaugeMetricFamily("syncsup_component_up", "1 if the component is running",
                                labels=c_labels)
-        for c in doc["components"]:
-            restarts.add_metric([c["name"], c["role"]], c["restarts"])
-            up.add_metric([c["name"], c["role"]], 1 if c["state"] == "running" else 0)
+        for c in doc.components:
+            restarts.add_metric([c.name, c.role], c.restarts)
+            up.add_metric([c.name, c.role], 1 if c.state == "running" else 0)
         yield from (lag, pending, last_ok, up_t, transfers, sent, watches, unwatched, overflows,
                     rescans, restarts, up)
 
 
-def serve(address: str, status: Callable[[], dict[str, Any]]) -> Any:
+def serve(address: str, status: Callable[[], Status]) -> Any:
     """Serve /metrics on ``host:port`` in a background thread; returns the
     server (``shutdown()`` it at stop)."""
     from prometheus_client import start_http_server

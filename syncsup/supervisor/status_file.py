@@ -10,16 +10,15 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+
+from syncsup.status import Status, format_status
 
 __all__ = ["write_status_file"]
 
 log = logging.getLogger("syncsup.supervisor")
 
 
-def write_status_file(path: Path, doc: dict[str, Any]) -> None:
-    from syncsup.cli import format_status
-
+def write_status_file(path: Path, doc: Status) -> None:
     text = (f"syncsup status, written {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n"
             f"{format_status(doc)}\n")
     # A random name created with O_EXCL (mkstemp), and its mode set on the

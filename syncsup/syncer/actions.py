@@ -44,12 +44,13 @@ import os
 import re
 import subprocess
 import sys
-from typing import Any
 
 import msgpack
 
 from syncsup import config as cfg
 from syncsup.dirfd import lstat_below, walk_below
+from syncsup.proto import Changes
+from syncsup.proto._typed import from_wire
 
 __all__ = ["Action", "ActionError", "TemplateAction", "load_action", "run_batch"]
 
@@ -154,7 +155,7 @@ def load_action(sync: cfg.Sync, target: cfg.Target) -> Action:
     return cls(sync, target)
 
 
-def run_batch(action: Action, batch: dict[str, Any]) -> None:
+def run_batch(action: Action, changes: Changes) -> None:
     """Report one batch to ``action`` in the documented order.
 
     The source is read through descriptors (:mod:`syncsup.dirfd`): a
@@ -162,20 +163,18 @@ def run_batch(action: Action, batch: dict[str, Any]) -> None:
     of the source, so no hook ever runs for a file outside it."""
     root_fd = os.open(action.sync.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        _report(action, batch, root_fd)
+        _report(action, changes, root_fd)
     finally:
         os.close(root_fd)
 
 
-def _report(action: Action, batch: dict[str, Any], root_fd: int) -> None:
-    moves: list[list[bytes]] = batch["moves"]
-    created = set(batch["created"])
+def _report(action: Action, changes: Changes, root_fd: int) -> None:
     skip: set[bytes] = set()
     if action.handles_moves():
-        for src, dst in moves:
+        for src, dst in changes.moves:
             action.on_move(src, dst)
             skip.update((src, dst))
-    for tree in batch["trees"]:
+    for tree in sorted(changes.trees | changes.verify):
         if tree == b"":
             action.on_startup()
             continue
@@ -183,25 +182,29 @@ def _report(action: Action, batch: dict[str, Any], root_fd: int) -> None:
             action.on_create(rel)
             skip.add(rel)
         skip.add(tree)
-    for path in batch["paths"]:
+    for path in sorted(changes.paths):
         if path in skip:
             continue
         if lstat_below(root_fd, path) is not None:
-            (action.on_create if path in created else action.on_modify)(path)
-        elif path not in created:
+            (action.on_create if path in changes.created else action.on_modify)(path)
+        elif path not in changes.created:
             action.on_delete(path)
 
 
 def main(argv: list[str]) -> int:
     config_path, sync_name, target_index, batch_file = argv
-    conf = cfg.load_for_child(config_path, sync_name)
-    sync = conf.sync(sync_name)
-    with open(batch_file, "rb") as fh:
-        batch = msgpack.unpackb(fh.read(), raw=False)
+    conf = cfg.load_for_child(config_path)
     try:
-        run_batch(load_action(sync, sync.targets[int(target_index)]), batch)
+        sync = conf.sync(sync_name)
+    except KeyError:
+        print(f"syncsup: sync {sync_name!r} is no longer in {config_path}", file=sys.stderr)
+        return cfg.EX_CONFIG
+    with open(batch_file, "rb") as fh:
+        doc = msgpack.unpackb(fh.read(), raw=False)
+    changes = from_wire(Changes, doc["changes"])
+    try:
+        run_batch(load_action(sync, sync.targets[int(target_index)]), changes)
     except Exception as exc:
         print(f"action failed: {exc}", file=sys.stderr)
         return 1
     return 0
-

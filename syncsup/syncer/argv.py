@@ -5,7 +5,7 @@ File names never appear on a command line: they go NUL-separated into a
 shell (local or remote). The only strings on the command line come from the
 config file.
 
-Two kinds of transfer (design, section 4):
+Two kinds of transfer:
 
 * ``tree``: subtrees rescanned whole, recursively, with ``--delete``
   (startup, overflow, new directories). No ``-I``: rsync's quick check,
@@ -28,6 +28,7 @@ import shlex
 from pathlib import Path
 
 from syncsup.config import Sync, Target
+from syncsup.syncer.plan import Step
 
 __all__ = ["SSH_DEFAULTS", "expand_rule_files", "rsync_argv", "ssh_argv", "ssh_command"]
 
@@ -86,14 +87,17 @@ def expand_rule_files(sync: Sync) -> Sync:
         filter_from=None)
 
 
-def rsync_argv(sync: Sync, target: Target, kind: str, list_file: str, startup: bool,
-               verify: bool = False, control_path: str | None = None) -> list[str]:
-    """argv for one transfer of ``kind`` (``tree`` or ``paths``) of ``sync``
-    to ``target``, reading NUL-separated relative names from ``list_file``.
-    ``verify`` adds ``--checksum`` to a tree transfer (a rescan after lost
-    events)."""
+def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: bool,
+               control_path: str | None = None) -> list[str]:
+    """argv for one ``tree`` or ``paths`` step of ``sync`` to ``target``,
+    reading NUL-separated relative names from ``list_file``. A tree step's
+    ``checksum`` adds ``--checksum`` (a rescan after lost events); its
+    ``empty_guard`` adds ``--max-delete=0`` (an empty source root must never
+    wipe the mirror: rsync then deletes nothing and exits 25)."""
+    kind = step.kind.value
     if kind not in ("tree", "paths"):
-        raise ValueError(f"unknown transfer kind {kind!r}")
+        raise ValueError(f"not an rsync step: {kind!r}")
+    verify = step.checksum
     opts = sync.rsync
     deletes = sync.delete is True or sync.delete == ("startup" if startup else "running")
     # Without archive, keep symlinks as symlinks and times (for the quick check).
@@ -121,7 +125,9 @@ def rsync_argv(sync: Sync, target: Target, kind: str, list_file: str, startup: b
             argv += [f"{flag}={value}"]
     if opts.timeout:
         argv += [f"--timeout={opts.timeout}"]
-    if sync.max_delete and deletes:
+    if step.empty_guard:
+        argv += ["--max-delete=0"]
+    elif sync.max_delete and deletes:
         argv += [f"--max-delete={sync.max_delete}"]
     argv += [f"--exclude={pattern}" for pattern in sync.exclude]
     if sync.exclude_from is not None or sync.filter_from is not None:
