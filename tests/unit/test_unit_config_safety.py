@@ -8,7 +8,6 @@ writable by other users: all refused with a ConfigError whose ``key`` says where
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,35 +16,8 @@ import pytest
 
 from syncsup.config import ConfigError, load
 from syncsup.syncer.argv import ssh_argv
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
-    if isinstance(v, list):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    raise TypeError(type(v))
-
-
-def _render(state_dir: Path, syncs: list[dict[str, Any]]) -> str:
-    lines = ["[settings]", f"state_dir = {_value(str(state_dir))}", ""]
-    for s in syncs:
-        lines.append("[[sync]]")
-        sub: dict[str, dict[str, Any]] = {}
-        for k, v in s.items():
-            if isinstance(v, dict):
-                sub[k] = v
-            else:
-                lines.append(f"{k} = {_value(v)}")
-        for name, table in sub.items():
-            lines.append(f"[sync.{name}]")
-            lines.extend(f"{k} = {_value(v)}" for k, v in table.items())
-        lines.append("")
-    return "\n".join(lines)
+from tests.helpers.toml import dumps
+from tests.helpers.unit import write
 
 
 @pytest.fixture
@@ -61,10 +33,8 @@ def area(tmp_path: Path) -> Path:
 
 def write_config(area: Path, syncs: list[dict[str, Any]], *, mode: int = 0o644,
                  state_dir: Path | None = None) -> Path:
-    p = area / "syncsup.toml"
-    p.write_text(_render(state_dir or area / "state", syncs))
-    os.chmod(p, mode)
-    return p
+    doc = {"settings": {"state_dir": str(state_dir or area / "state")}, "sync": syncs}
+    return write(area / "syncsup.toml", dumps(doc), mode=mode)
 
 
 def sync(name: str, source: Path | str, targets: list[str | Path], **kw: Any) -> dict[str, Any]:
