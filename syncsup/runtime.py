@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import secrets
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -49,7 +48,7 @@ _PR_SET_PDEATHSIG = 1
 
 def new_incarnation() -> str:
     """A random token naming one run of one process."""
-    return secrets.token_hex(8)
+    return os.urandom(8).hex()
 
 
 def new_socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int) -> zmq.Socket[bytes]:

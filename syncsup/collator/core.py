@@ -41,7 +41,7 @@ class SyncQueues:
     journal: Journal
     queues: list[TargetQueue]
     rescans: int = 0
-    next_full: float = 0.0
+    next_full: float = 0.0  # monotonic time of the next full_sync_interval comparison
     specs: list[str] = field(default_factory=list)
 
 
@@ -61,10 +61,7 @@ class Collator:
             for q in queues:
                 q.synced_this_run = journal.get_meta(f"synced:{q.spec}") == run_id
                 q.paused = journal.get_meta(f"paused:{q.spec}") == run_id
-            interval = sync.full_sync_interval
-            self.syncs[sync.name] = SyncQueues(sync, journal, queues,
-                                               next_full=now + interval if interval else 0.0,
-                                               specs=specs)
+            self.syncs[sync.name] = SyncQueues(sync, journal, queues, specs=specs)
         self.next_batch = int(now * 1000)  # unique across restarts
 
     def close(self) -> None:

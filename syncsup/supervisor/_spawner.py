@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from syncsup.runtime import killpg
+from syncsup.runtime import killpg, set_pdeathsig
 
 __all__ = ["SpawnError", "Spawner", "become_subreaper"]
 
@@ -46,14 +46,43 @@ class Spawner:
     def __init__(self, config: Path, run_id: str) -> None:
         self.config = config
         self.run_id = run_id
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
         self.chan: socket.socket | None = None
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
+    def fork(self, close: list[int]) -> None:
+        """Start the template by forking this process. Only while it has a
+        single thread (before any ZeroMQ context or metrics thread); the
+        child closes ``close`` (the state_dir lock, say) first."""
+        import gc
+
+        from syncsup.supervisor import template
+
+        # What exists now is shared with the template and the children: keep
+        # our garbage collector from writing to it (which would copy pages).
+        gc.collect()
+        gc.freeze()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        supervisor = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the template
+            code = 1
+            try:
+                mine.close()
+                for fd in close:
+                    os.close(fd)
+                os.setsid()
+                set_pdeathsig()
+                if os.getppid() == supervisor:
+                    template.preload()
+                    code = template.serve(theirs, str(self.config), self.run_id, supervisor)
+            finally:
+                os._exit(code)
+        theirs.close()
+        mine.settimeout(ANSWER_TIMEOUT)
+        self.pid, self.chan = pid, mine
 
     def start(self) -> None:
+        """Start the template as a fresh interpreter."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             argv = [sys.executable, "-P", "-m", "syncsup.supervisor.template",
@@ -61,41 +90,43 @@ class Spawner:
                     "--run", self.run_id, str(self.config)]
             # No preexec_fn: we may run a metrics thread. The template sets
             # PR_SET_PDEATHSIG itself and checks that we are its parent.
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                         pass_fds=(theirs.fileno(),), start_new_session=True)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                    pass_fds=(theirs.fileno(),), start_new_session=True)
         except OSError:
             mine.close()
             raise
         finally:
             theirs.close()
         mine.settimeout(ANSWER_TIMEOUT)
-        self.chan = mine
+        self.pid, self.chan = proc.pid, mine
 
-    def stop(self) -> None:
-        """End the template (its children are not affected)."""
+    def release(self) -> None:
+        """The children are started: let the template exit (it is reaped
+        with the other children)."""
         if self.chan is not None:
             self.chan.close()
             self.chan = None
-        if self.proc is not None:
-            killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-            self.proc = None
+
+    def stop(self) -> None:
+        self.release()
+        if self.pid is not None:
+            killpg(self.pid, signal.SIGKILL)
 
     def exited(self, pid: int) -> bool:
         """Called for every reaped pid: True (and forgotten) if it was the
         template; the next spawn starts a new one."""
-        if self.proc is None or pid != self.proc.pid:
+        if pid != self.pid:
             return False
-        self.proc.returncode = 0
-        self.proc = None
+        self.pid = None
         if self.chan is not None:
             self.chan.close()
             self.chan = None
-        log.warning("the template process (pid %d) ended; starting a new one when needed", pid)
+            log.warning("the template process (pid %d) ended early; a new one is started "
+                        "when a child needs one", pid)
         return True
 
     def _ask(self, role: str) -> int:
-        if self.chan is None or self.proc is None:
+        if self.chan is None:
             self.start()
         assert self.chan is not None
         self.chan.send(f"spawn {role}".encode())
@@ -111,18 +142,8 @@ class Spawner:
         except (OSError, ValueError) as first:
             log.warning("the template did not start %s (%s); starting a new template", role,
                         first)
-            pid = self.pid
             self.stop()
-            if pid is not None:
-                _reap_quietly(pid)
             try:
                 return self._ask(role)
             except (OSError, ValueError) as exc:
                 raise SpawnError(0, f"cannot start {role}: {exc}") from None
-
-
-def _reap_quietly(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

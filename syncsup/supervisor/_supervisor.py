@@ -89,6 +89,9 @@ class Supervisor:
             raise StartError(str(exc)) from None
         self.run_id = new_incarnation()
         self.spawner = Spawner(conf.path, self.run_id)
+        # Fork the template now, while this process has a single thread: the
+        # children then share the supervisor's image (imports and all).
+        self.spawner.fork(close=[self.lock.fileno()])
         self.components = {role: Component(role) for role in ROLES_IN_START_ORDER}
         self.pending_signal: str | None = None
         self.notifier = Notifier()
@@ -327,6 +330,7 @@ class Supervisor:
         now = self.clock()
         for c in self.components.values():
             self.spawn(c, now)
+        self.spawner.release()
 
     def periodic(self, now: float) -> None:
         """systemd notifications and the status file, when they are due."""
@@ -379,6 +383,7 @@ class Supervisor:
         now = self.clock()
         for c in self.components.values():
             self.spawn(c, now)
+        self.spawner.release()
         if self.conf.settings.metrics:
             from syncsup.supervisor.metrics import serve
 
@@ -410,6 +415,7 @@ class Supervisor:
                     c.policy.tick(now)
                     if c.pid is None and c.policy.due(now) and not self.stopping:
                         self.spawn(c, now)
+                self.spawner.release()  # the template is not needed until a restart
                 for consumer in self.queries.expire(now):
                     consumer()
                 self.periodic(now)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,12 +20,14 @@ log = logging.getLogger("syncsup.supervisor")
 def write_status_file(path: Path, doc: Status) -> None:
     text = (f"syncsup status, written {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n"
             f"{format_status(doc)}\n")
-    # A random name created with O_EXCL (mkstemp), and its mode set on the
-    # descriptor: a symlink planted in the directory can neither be opened
-    # for writing nor chmodded through. rename() replaces a symlink at the
-    # final name instead of following it.
+    # A random name created with O_EXCL and O_NOFOLLOW, and its mode set on
+    # the descriptor: a symlink planted in the directory can neither be
+    # opened for writing nor chmodded through. rename() replaces a symlink at
+    # the final name instead of following it.
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
     except OSError as exc:
         log.warning("cannot write status file %s: %s", path, exc)
         return

@@ -8,6 +8,13 @@ msgpack and rsync.
 """
 
 from syncsup.target._apply import Applier, ApplyError, Protection, split_path
-from syncsup.target._command import Refused, classify, main
 
-__all__ = ["Applier", "ApplyError", "Protection", "Refused", "classify", "main", "split_path"]
+__all__ = ["Applier", "ApplyError", "Protection", "main", "split_path"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``syncsup-target`` command (imported only when it runs: the
+    syncer uses the applier above and needs none of it)."""
+    from syncsup.target._command import main as command
+
+    return command(argv)

@@ -125,8 +125,8 @@ class SyncWatch:
             # yet: walk again (existing watches are kept), then verify.
             self.tree.queue(b"", proto.Changes(verify={b""}))
         if signals.root_gone:
-            log.error("source root %s of %s was moved or deleted; waiting for it to come "
-                      "back, nothing is deleted on the targets", self.sync.source,
+            log.error("source %s of %s is missing (moved or deleted); waiting for it to "
+                      "come back, nothing is deleted on the targets", self.sync.source,
                       self.sync.name)
             self.stop()
             self.missing_logged = True

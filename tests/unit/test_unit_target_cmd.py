@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from syncsup.target import Applier, Protection, Refused, classify
+from syncsup.target import Applier, Protection
 from syncsup.target._agent import serve
+from syncsup.target._command import Refused, classify
 from syncsup.target._daemon import ALLOWED_OPTIONS, daemon_config, exclude_rules
 from syncsup.target._protocol import MAX_FRAME, VERSION, encode_frame, read_frame
 
