@@ -83,10 +83,10 @@ def walk_below(root_fd: int, top: bytes) -> Iterator[bytes]:
     try:
         while stack:
             rel, dfd = stack.pop()
+            subdirs: list[tuple[bytes, int]] = []
             try:
                 with os.scandir(dfd) as it:
                     entries = sorted(it, key=lambda e: e.name)
-                subdirs = []
                 for entry in entries:
                     name = os.fsencode(entry.name)
                     child = rel + b"/" + name if rel else name
@@ -96,11 +96,12 @@ def walk_below(root_fd: int, top: bytes) -> Iterator[bytes]:
                             subdirs.append((child, os.open(name, DIR_FLAGS, dir_fd=dfd)))
                         except OSError:
                             continue
-                stack.extend(reversed(subdirs))
             except OSError:
                 pass
             finally:
                 os.close(dfd)
+                # whatever happened, the outer finally closes what was opened
+                stack.extend(reversed(subdirs))
     finally:
         for _rel, dfd in stack:
             os.close(dfd)

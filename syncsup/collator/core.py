@@ -187,7 +187,7 @@ class Collator:
                 # the initial sync never waits for it either.
                 flush = q.marked >= s.sync.max_delays or not q.synced_this_run
                 if not q.due(oldest, now, flush=flush):
-                    at = max(oldest + q.delay, q.next_try)
+                    at = q.next_try if flush else max(oldest + q.delay, q.next_try)
                     wake = at if wake is None else min(wake, at)
                     continue
                 self._hand_out(s, index, q, now)
@@ -202,7 +202,7 @@ class Collator:
         rows = s.journal.take(q.spec, BATCH_LIMIT, BATCH_BYTES)
         if not rows:
             return
-        moves = s.journal.take_moves(q.spec, BATCH_LIMIT)
+        moves = s.journal.take_moves(q.spec, BATCH_LIMIT, BATCH_BYTES)
         self.next_batch += 1
         peer = q.ready_peer
         assert peer is not None

@@ -126,11 +126,22 @@ class Journal:
             self.set_meta("gen", str(gen))
         return gen
 
-    def take_moves(self, target: str, limit: int) -> list[tuple[int, bytes, bytes]]:
-        """The oldest ``limit`` renames pending for ``target``, in order."""
+    def take_moves(self, target: str, limit: int, max_bytes: int = 1 << 62
+                   ) -> list[tuple[int, bytes, bytes]]:
+        """The oldest renames pending for ``target``, in order: at most
+        ``limit``, stopping near ``max_bytes`` of names (a batch must stay
+        within what the syncer accepts)."""
+        out: list[tuple[int, bytes, bytes]] = []
+        size = 0
         cur = self.db.execute(
             "SELECT id, src, dst FROM moves WHERE target = ? ORDER BY id LIMIT ?", (target, limit))
-        return [(int(i), bytes(a), bytes(b)) for i, a, b in cur]
+        for i, a, b in cur:
+            out.append((int(i), bytes(a), bytes(b)))
+            size += len(a) + len(b) + 2
+            if size >= max_bytes:
+                break
+        cur.close()
+        return out
 
     def drop_moves(self, target: str, upto: int) -> None:
         """Forget renames up to id ``upto`` (they were attempted)."""
@@ -142,11 +153,19 @@ class Journal:
         expensive, covering ones), stopping near ``max_bytes`` of path data."""
         out: list[Row] = []
         size = 0
+        # Rescans first (they cover the most), then paths. A CREATED row
+        # (command mode) only qualifies a PATH row: it goes with its path,
+        # outside the limits, never alone.
         cur = self.db.execute(
-            "SELECT kind, path, gen FROM dirty WHERE target = ? ORDER BY kind DESC, path",
-            (target,))
-        for kind, path, gen in cur:
+            "SELECT d.kind, d.path, d.gen, c.gen FROM dirty d LEFT JOIN dirty c "
+            "ON c.target = d.target AND c.kind = ? AND c.path = d.path AND d.kind = ? "
+            "WHERE d.target = ? AND d.kind != ? "
+            "ORDER BY d.kind = ?, d.kind DESC, d.path",
+            (CREATED, PATH, target, CREATED, PATH))
+        for kind, path, gen, created_gen in cur:
             out.append(Row(Kind(kind), bytes(path), int(gen)))
+            if created_gen is not None:
+                out.append(Row(CREATED, bytes(path), int(created_gen)))
             size += len(path) + 1
             if len(out) >= limit or size >= max_bytes:
                 break

@@ -89,6 +89,8 @@ def from_wire(tp: Any, data: Any, where: str = "") -> Any:
             raise WireError(f"{where}: expected {tp.__name__}")
         return data
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        if not any(type(data) is type(m.value) for m in tp):
+            raise WireError(f"{where}: {data!r} is not a {tp.__name__}")
         try:
             return tp(data)
         except ValueError:

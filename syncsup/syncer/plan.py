@@ -117,6 +117,8 @@ class Plan:
         """The next step after ``step`` ended with ``result``, or the outcome."""
         self.done.append(step.kind)
         if result.stalled:
+            if step.kind is StepKind.MOVES:
+                self.moves_done = self.moves  # some may have been applied: never replay
             return Finished(Outcome.RETRY, result.rc,
                             result.error or "no progress: transfer killed, will retry")
         if step.kind is StepKind.COMMAND:

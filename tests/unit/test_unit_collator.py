@@ -349,11 +349,6 @@ def test_backoff_after_a_failure(h: Harness) -> None:
     assert again.batch_id > batch.batch_id
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "dispatch_due returns max(oldest + delay, next_try) as the wake time even when the "
-    "batch is flushed (initial sync or max_delays), which does not wait for the delay: "
-    "the retry of a failed initial sync sleeps until the delay (or the next heartbeat) "
-    "instead of its backoff"))
 def test_a_flushed_batch_wakes_at_its_backoff_not_at_its_delay(
         make: Callable[..., Harness], tmp_path: Path) -> None:
     h = make(sync(tmp_path, targets=1, delay=60.0))
@@ -509,10 +504,6 @@ def test_a_batch_holds_about_batch_bytes_of_paths(h: Harness,
     assert len(h.batch().changes.paths) == 4
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Journal.take orders rows by kind DESC (VERIFY, CREATED, TREE, PATH): when more "
-    "than BATCH_LIMIT rows are pending, CREATED rows are leased apart from their PATH "
-    "rows, so command mode reports new files as on_modify instead of on_create"))
 def test_a_new_path_keeps_its_created_flag_in_a_split_batch(
         make: Callable[..., Harness], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(core, "BATCH_LIMIT", 4)
@@ -535,10 +526,6 @@ def test_a_new_path_keeps_its_created_flag_in_a_split_batch(
     assert reported_as_created == new
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "renames are taken by count only (BATCH_LIMIT), not by size: 2000 renames of "
-    "2.4 KB names (with 4 MiB of rows) make a Batch over Batch.MAX_BODY, which the syncer refuses "
-    "(and libzmq drops at ZMQ_MAXMSGSIZE): the lease is never finished"))
 def test_a_batch_never_exceeds_what_the_syncer_accepts(make: Callable[..., Harness],
                                                        tmp_path: Path) -> None:
     h = make(sync(tmp_path, targets=1, mode="direct"))

@@ -237,10 +237,6 @@ def test_a_walk_abandoned_before_descending_closes_everything(root: int) -> None
 
 
 @pytest.mark.parametrize("how", ["close", "garbage"])
-@pytest.mark.xfail(strict=True, reason=(
-    "walk_below leaks the descriptors of subdirectories opened while listing a "
-    "directory when the generator is closed (or an OSError is raised) before that "
-    "listing ends: they are in the local `subdirs`, not yet on `stack`"))
 def test_a_walk_abandoned_half_way_closes_everything(tmp_path: Path, how: str) -> None:
     src = tmp_path / "src"
     for name in ("a", "b", "c"):

@@ -353,10 +353,11 @@ def test_every_field_of_changes_is_a_kind_of_row(journal: Journal) -> None:
 
 
 def test_take_orders_by_kind_then_path(journal: Journal) -> None:
+    """Rescans first, then paths; a CREATED row right after its path."""
     journal.mark([T1], Changes(paths={b"b", b"a"}, trees={b"t"}, created={b"a"},
                                verify={b"v"}), 1.0)
     assert [(r.kind, r.path) for r in everything(journal, T1)] == [
-        (VERIFY, b"v"), (CREATED, b"a"), (TREE, b"t"), (PATH, b"a"), (PATH, b"b")]
+        (VERIFY, b"v"), (TREE, b"t"), (PATH, b"a"), (CREATED, b"a"), (PATH, b"b")]
 
 
 def test_to_changes_inverts_mark(journal: Journal) -> None:
