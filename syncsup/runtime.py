@@ -41,8 +41,8 @@ __all__ = [
 # Children beat every few seconds; the supervisor kills one silent for
 # HEARTBEAT_TIMEOUT (two lost beats and a late one). A beat costs a few
 # microseconds: no status travels with it (status is asked for on demand).
-HEARTBEAT_INTERVAL = 3.0
-HEARTBEAT_TIMEOUT = 10.0
+HEARTBEAT_INTERVAL = 5.0
+HEARTBEAT_TIMEOUT = 15.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -89,7 +89,6 @@ def receive(sock: zmq.Socket[bytes], log: logging.Logger, limit: int = 1000
     is logged and dropped: it must never crash the receiver.
     """
     router = sock.socket_type == zmq.ROUTER
-    where = sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit("/", 1)[-1]
     for _ in range(limit):
         try:
             parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -104,16 +103,20 @@ def receive(sock: zmq.Socket[bytes], log: logging.Logger, limit: int = 1000
             if now - _refused.get(uid, -1e9) > 60:
                 _refused[uid] = now
                 log.warning("refused a message on %s from uid %d: only uid %d may talk to "
-                            "this daemon", where, uid, os.getuid())
+                            "this daemon", _where(sock), uid, os.getuid())
             continue
         frames = [p.bytes for p in parts]
         peer = frames.pop(0) if router and frames else None
         try:
             msg = proto.decode(frames)
         except proto.ProtocolError as exc:
-            log.warning("dropped malformed message on %s: %s", where, exc)
+            log.warning("dropped malformed message on %s: %s", _where(sock), exc)
             continue
         yield peer, msg
+
+
+def _where(sock: zmq.Socket[bytes]) -> str:
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit("/", 1)[-1]
 
 
 def send(sock: zmq.Socket[bytes], msg: proto.Message, peer: bytes | None = None,

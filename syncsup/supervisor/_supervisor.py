@@ -166,6 +166,11 @@ class Supervisor:
                 if c.pid == pid:
                     self._exited(c, os.waitstatus_to_exitcode(status), now)
 
+    def _silent(self, now: float) -> bool:
+        """Has a running child missed its heartbeat deadline?"""
+        return any(c.pid is not None and now - c.last_beat > HEARTBEAT_TIMEOUT
+                   for c in self.components.values())
+
     def stop_children(self) -> None:
         """TERM in reverse start order, wait up to STOP_GRACE, then KILL."""
         live = [c for c in reversed(list(self.components.values())) if c.pid is not None]
@@ -410,7 +415,8 @@ class Supervisor:
                         self.on_control(peer, msg, now)
                 if self.wake_r in events:
                     self._serve_waiters()
-                self.reap(now)
+                if exits in events or self._silent(now):
+                    self.reap(now)
                 for c in self.components.values():
                     c.policy.tick(now)
                     if c.pid is None and c.policy.due(now) and not self.stopping:

@@ -237,16 +237,22 @@ class Watcher:
                 log.info("%s: the previous watcher did not stop cleanly: the startup "
                          "rescan compares content (--checksum)", w.sync.name)
             w.start(now, lost_events=not clean)
+        poller = zmq.Poller()
+        for sock in (self.sock, self.monitor, self.rt.control):
+            poller.register(sock, zmq.POLLIN)
+        polled: set[int] = set()
         while not self.rt.stopping:
             now = time.monotonic()
             beat_in = self.rt.heartbeat(now)
-            poller = zmq.Poller()
-            poller.register(self.sock, zmq.POLLIN)
-            poller.register(self.monitor, zmq.POLLIN)
-            poller.register(self.rt.control, zmq.POLLIN)
-            for w in self.syncs:
-                if w.fd is not None and not self.outbox.full(w.sync.name):
-                    poller.register(w.fd, zmq.POLLIN)
+            # A sync's inotify fd is polled unless too much of it is unacked
+            # (polling it without reading would spin).
+            wanted = {w.fd for w in self.syncs
+                      if w.fd is not None and not self.outbox.full(w.sync.name)}
+            for fd in polled - wanted:
+                poller.unregister(fd)
+            for fd in wanted - polled:
+                poller.register(fd, zmq.POLLIN)
+            polled = wanted
             events = dict(poller.poll(int(self.timeout(now, beat_in) * 1000) + 1))
             now = time.monotonic()
             if self.sock in events:
