@@ -155,6 +155,37 @@ def test_home_inside_root_is_protected(root: Path) -> None:
     assert Protection.for_home(str(root), "/elsewhere") == Protection()
 
 
+def test_nothing_below_a_protected_home_entry_is_reachable(root: Path) -> None:
+    """Renames and deletes may not walk into a dot-entry of the home either:
+    renaming a file onto ``.ssh/authorized_keys`` changes no protected name,
+    only what is inside one."""
+    home = root / "sub" / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "authorized_keys").write_text("key")
+    (home / ".config" / "deep").mkdir(parents=True)
+    (root / "evil").write_text("attacker's key")
+    for h, prefix in ((home, b"sub/home/"), (root, b"")):
+        if h == root:  # the home is ROOT itself
+            (root / ".ssh").mkdir()
+            (root / ".ssh" / "authorized_keys").write_text("key")
+        a = Applier.open(str(root), Protection.for_home(str(root), str(h)))
+        try:
+            for src, dst in ((b"evil", prefix + b".ssh/authorized_keys"),
+                             (prefix + b".ssh/authorized_keys", b"stolen"),
+                             (b"evil", prefix + b".config/deep/x")):
+                with pytest.raises(OSError):
+                    a.rename(src, dst)
+            with pytest.raises(OSError):
+                a.delete(prefix + b".ssh/authorized_keys")
+            with pytest.raises(OSError):
+                a.delete(prefix + b".config/deep")
+        finally:
+            a.close()
+        assert (h / ".ssh" / "authorized_keys").read_text() == "key"
+    assert (home / ".config" / "deep").is_dir()
+    assert (root / "evil").read_text() == "attacker's key"
+
+
 # ------------------------------------------------------------ the agent
 def _session(root: Path, *frames: bytes) -> list[dict[str, object]]:
     out = io.BytesIO()
