@@ -73,6 +73,17 @@ def test_daemon_module_is_chrooted_write_only_and_refuses_devices() -> None:
     assert "devices" not in ALLOWED_OPTIONS and "D" not in ALLOWED_OPTIONS
 
 
+def test_daemon_module_strips_setuid_and_root_refuses_xattrs() -> None:
+    """A set-user-ID file or a file capability written by a root receiver
+    would give every local user who can reach ROOT root on the host."""
+    for uid in (0, 1000):
+        lines = [ln.strip() for ln in daemon_config("/srv", uid, uid, None).splitlines()]
+        assert "incoming chmod = Fug-s" in lines
+        refuse = next(ln for ln in lines if ln.startswith("refuse options = ")).split()
+        assert ("!xattrs" in refuse) == (uid != 0)
+        assert "!acls" in refuse
+
+
 def test_home_exclude_rules_escape_wildcards() -> None:
     assert exclude_rules(None) == ""
     assert exclude_rules("") == "/.*\n"
