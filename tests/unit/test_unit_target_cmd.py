@@ -53,6 +53,21 @@ def test_everything_else_is_refused(root: Path, command: list[str]) -> None:
         classify(str(root), [w.format(root=root) for w in command])
 
 
+def test_request_as_arguments_without_a_forced_command(root: Path, capsys, monkeypatch) -> None:
+    """``syncsup-target ROOT info`` run by a shell (a key without a forced
+    command) answers, saying it is not forced: what ``syncsup check``
+    reports as a missing forced command."""
+    import json
+
+    from syncsup.target import main
+
+    monkeypatch.delenv("SSH_ORIGINAL_COMMAND", raising=False)
+    assert main([str(root), "info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["forced"] is False and info["root"] == str(root)
+    assert main([str(root), "sh"]) == 1
+
+
 # ---------------------------------------------------------- daemon module
 def test_daemon_module_is_chrooted_write_only_and_refuses_devices() -> None:
     conf = daemon_config("/srv/w w%x", 0, 0, None)
