@@ -725,7 +725,8 @@ def test_config_swapped_between_check_and_read_is_never_parsed(tmp_path, other_u
 
 # ======================================================= 10. memory amplification
 def _bombs() -> list[tuple[str, bytes, bytes]]:
-    inner = b"\xdd" + (0xFFFF0).to_bytes(4, "big") + b"\x90" * 0xFFFF0
+    # arrays of 1,000,000 items: the old per-container limit, so only the total counts
+    inner = b"\xdd" + (1_000_000).to_bytes(4, "big") + b"\x90" * 1_000_000
     return [
         ("32 MiB of empty arrays", b"EVENTS", b"\xdc\x00\x20" + inner * 32),
         ("11 MiB of empty arrays", b"EVENTS", b"\xdc\x00\x0b" + inner * 11),
@@ -837,6 +838,9 @@ def test_hostile_frames_to_the_agent_are_refused_without_buffering(world, asshd)
     header or a bomb at once, and a stream of small frames must not grow it;
     the legacy rename command is refused outright."""
     w, s = world, asshd
+    legacy = f"cd -- {w.root} && xargs -0 -r -n 2 mv -f -T --"
+    peak, _rc = _stream(s, w, legacy, b"a\0b\0" * (1 << 18), 8, read_replies=False)
+    assert peak < 100 << 20, f"the rename replay held {peak >> 20} MiB of stdin"
     t0 = time.monotonic()
     r = ssh_run(s, w, f"syncsup-target {w.root} agent",
                 stdin=hello() + b"\xff\xff\xff\xff" + b"\x00" * (1 << 20), timeout=60)
@@ -849,9 +853,6 @@ def test_hostile_frames_to_the_agent_are_refused_without_buffering(world, asshd)
     small = frame({"op": "noop", "pad": b"x" * 200}) * 2000
     peak, _rc = _stream(s, w, f"syncsup-target {w.root} agent", small, 8)
     assert 0 < peak < 100 << 20, f"the agent grew to {peak >> 20} MiB"
-    legacy = f"cd -- {w.root} && xargs -0 -r -n 2 mv -f -T --"
-    peak, _rc = _stream(s, w, legacy, b"a\0b\0" * (1 << 18), 8, read_replies=False)
-    assert peak < 100 << 20, f"the rename replay held {peak >> 20} MiB of stdin"
     w.assert_unchanged()
 
 
