@@ -292,6 +292,20 @@ def _opt_path(table: dict[str, Any], key: str, where: str, base: Path) -> Path |
     return (base / value).resolve() if value else None
 
 
+def _opt_file(table: dict[str, Any], key: str, where: str, base: Path) -> Path | None:
+    """A file the daemon writes (``status_file``, ``log_file``): its directory
+    is resolved, its own name is not. Resolving the name too would follow a
+    symlink planted there by whoever can write the directory, and the root
+    daemon would then replace or append to the file it points to."""
+    value = _opt_str(table, key, where)
+    if not value:
+        return None
+    path = base / value
+    if path.name in ("", ".", ".."):
+        raise ConfigError(f"{where}.{key}", "must name a file")
+    return path.parent.resolve() / path.name
+
+
 def _parse_ssh(raw: Any, where: str, base: Path) -> tuple[SshOptions, str | None, str | None]:
     """``[sync.ssh]``; also returns its ``host`` and ``user`` (used to turn
     plain target paths into remote ones)."""
@@ -604,7 +618,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     max_processes = _pop(settings_t, "max_processes", int, "settings", 0)
     if max_processes < 0:
         raise ConfigError("settings.max_processes", "must be >= 0 (0 = no limit)")
-    log_file = _opt_path(settings_t, "log_file", "settings", base)
+    log_file = _opt_file(settings_t, "log_file", "settings", base)
     log_format = _pop(settings_t, "log_format", str, "settings", "text")
     if log_format not in ("text", "json"):
         raise ConfigError("settings.log_format", "must be 'text' or 'json'")
@@ -613,7 +627,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         host, _, port = metrics.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError("settings.metrics", "must be 'host:port', e.g. '127.0.0.1:9473'")
-    status_file = _opt_path(settings_t, "status_file", "settings", base)
+    status_file = _opt_file(settings_t, "status_file", "settings", base)
     status_interval = float(_pop(settings_t, "status_interval", (int, float), "settings", 10))
     if not 1 <= status_interval <= 86400:
         raise ConfigError("settings.status_interval", "must be between 1 and 86400 seconds")

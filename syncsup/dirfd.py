@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 __all__ = ["DIR_FLAGS", "lstat_below", "open_below", "split_path", "walk_below"]
 
@@ -32,12 +32,17 @@ def split_path(rel: bytes) -> tuple[list[bytes], bytes]:
     return parts[:-1], parts[-1]
 
 
-def open_below(root_fd: int, parts: list[bytes]) -> int:
+def open_below(root_fd: int, parts: list[bytes],
+               guard: Callable[[int, bytes], None] | None = None) -> int:
     """A new descriptor of the directory ``parts`` below ``root_fd``. Raises
-    OSError (ELOOP or ENOTDIR for a symlink on the way, ENOENT if gone)."""
+    OSError (ELOOP or ENOTDIR for a symlink on the way, ENOENT if gone).
+    ``guard(parent_fd, name)``, if given, is called before each step and may
+    raise to refuse walking into ``name``."""
     fd = os.dup(root_fd)
     try:
         for part in parts:
+            if guard is not None:
+                guard(fd, part)
             nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = nxt

@@ -54,6 +54,18 @@ class Protection:
         st = os.lstat(home_r)
         return cls(frozenset(dirs), (st.st_dev, st.st_ino))
 
+    def check_enter(self, parent_fd: int, name: bytes) -> None:
+        """Raise if the directory ``name`` in the open directory ``parent_fd``
+        may not be walked into: a ``.`` entry of the home (``.ssh``,
+        ``.config``). Protecting those names is not enough, their contents
+        must be out of reach too: a rename onto ``.ssh/authorized_keys``
+        never changes ``.ssh`` itself."""
+        if self.home is None or not name.startswith(b"."):
+            return
+        pst = os.fstat(parent_fd)
+        if (pst.st_dev, pst.st_ino) == self.home:
+            raise ApplyError(errno.EPERM, f"{name!r} in the account's home is protected")
+
     def check(self, parent_fd: int, name: bytes) -> None:
         """Raise if ``name`` in the open directory ``parent_fd`` is protected."""
         if self.home is None:
@@ -85,8 +97,8 @@ class Applier:
 
     def _open_dir(self, parts: list[bytes]) -> int:
         """A new descriptor of the directory ``parts`` below ROOT, opened
-        without following any symlink."""
-        return open_below(self.root_fd, parts)
+        without following any symlink and never through a protected entry."""
+        return open_below(self.root_fd, parts, self.protection.check_enter)
 
     def rename(self, src: bytes, dst: bytes) -> None:
         """Rename ``src`` onto ``dst`` (both relative), replacing a file or an

@@ -125,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     root = os.path.realpath(args[0])
     forced = "SSH_ORIGINAL_COMMAND" in os.environ and len(args) == 1
+    # Without a forced command the request is our own command line, which has
+    # the same form as the request a forced command gets: syncsup-target ROOT ...
     command = os.environ.get("SSH_ORIGINAL_COMMAND", "") if len(args) == 1 else shlex.join(
-        args[1:])
+        ["syncsup-target", *args])
     try:
         words = shlex.split(command)
     except ValueError:

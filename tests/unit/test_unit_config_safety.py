@@ -244,3 +244,23 @@ def test_ssh_user_strict_host_key_checking_yes_is_kept(area: Path) -> None:
     opts = _ssh_opts(ssh_argv(load(p).syncs[0]))
     assert "StrictHostKeyChecking=yes" in opts
     assert "StrictHostKeyChecking=no" not in opts
+
+
+# ------------------------------------------------------- files the daemon writes
+def test_status_and_log_file_names_are_not_resolved(area: Path, tmp_path: Path) -> None:
+    """A symlink at ``status_file`` or ``log_file`` must stay a symlink in the
+    config: resolving it would make the daemon replace (status) or append
+    to (log) whatever it points at. Their directories are resolved."""
+    victim = tmp_path / "victim"
+    victim.write_text("private")
+    (area / "real").mkdir()
+    os.symlink(area / "real", area / "via")
+    for name in ("status", "daemon.log"):
+        os.symlink(victim, area / "real" / name)
+    p = area / "syncsup.toml"
+    p.write_text(_render(area / "state", [sync("s", area / "src", [area / "dst"])])
+                 .replace("[[sync]]", f'status_file = "{area}/via/status"\n'
+                          f'log_file = "via/daemon.log"\n\n[[sync]]', 1))
+    conf = load(p)
+    assert conf.settings.status_file == area / "real" / "status"
+    assert conf.settings.log_file == area / "real" / "daemon.log"

@@ -54,6 +54,21 @@ def test_everything_else_is_refused(root: Path, command: list[str]) -> None:
         classify(str(root), [w.format(root=root) for w in command])
 
 
+def test_request_as_arguments_without_a_forced_command(root: Path, capsys, monkeypatch) -> None:
+    """``syncsup-target ROOT info`` run by a shell (a key without a forced
+    command) answers, saying it is not forced: what ``syncsup check``
+    reports as a missing forced command."""
+    import json
+
+    from syncsup.target import main
+
+    monkeypatch.delenv("SSH_ORIGINAL_COMMAND", raising=False)
+    assert main([str(root), "info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["forced"] is False and info["root"] == str(root)
+    assert main([str(root), "sh"]) == 1
+
+
 # ---------------------------------------------------------- daemon module
 def test_daemon_module_is_chrooted_write_only_and_refuses_devices() -> None:
     conf = daemon_config("/srv/w w%x", 0, 0, None)
@@ -72,6 +87,17 @@ def test_daemon_module_is_chrooted_write_only_and_refuses_devices() -> None:
     with pytest.raises(ValueError):
         daemon_config("/srv/a\nuse chroot = no", 0, 0, None)
     assert "devices" not in ALLOWED_OPTIONS and "D" not in ALLOWED_OPTIONS
+
+
+def test_daemon_module_strips_setuid_and_root_refuses_xattrs() -> None:
+    """A set-user-ID file or a file capability written by a root receiver
+    would give every local user who can reach ROOT root on the host."""
+    for uid in (0, 1000):
+        lines = [ln.strip() for ln in daemon_config("/srv", uid, uid, None).splitlines()]
+        assert "incoming chmod = Fug-s" in lines
+        refuse = next(ln for ln in lines if ln.startswith("refuse options = ")).split()
+        assert ("!xattrs" in refuse) == (uid != 0)
+        assert "!acls" in refuse
 
 
 def test_home_exclude_rules_escape_wildcards() -> None:
@@ -154,6 +180,37 @@ def test_home_inside_root_is_protected(root: Path) -> None:
     assert (home / ".ssh" / "authorized_keys").read_text() == "key"
     assert (home / ".bashrc").read_text() == "rc"
     assert Protection.for_home(str(root), "/elsewhere") == Protection()
+
+
+def test_nothing_below_a_protected_home_entry_is_reachable(root: Path) -> None:
+    """Renames and deletes may not walk into a dot-entry of the home either:
+    renaming a file onto ``.ssh/authorized_keys`` changes no protected name,
+    only what is inside one."""
+    home = root / "sub" / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "authorized_keys").write_text("key")
+    (home / ".config" / "deep").mkdir(parents=True)
+    (root / "evil").write_text("attacker's key")
+    for h, prefix in ((home, b"sub/home/"), (root, b"")):
+        if h == root:  # the home is ROOT itself
+            (root / ".ssh").mkdir()
+            (root / ".ssh" / "authorized_keys").write_text("key")
+        a = Applier.open(str(root), Protection.for_home(str(root), str(h)))
+        try:
+            for src, dst in ((b"evil", prefix + b".ssh/authorized_keys"),
+                             (prefix + b".ssh/authorized_keys", b"stolen"),
+                             (b"evil", prefix + b".config/deep/x")):
+                with pytest.raises(OSError):
+                    a.rename(src, dst)
+            with pytest.raises(OSError):
+                a.delete(prefix + b".ssh/authorized_keys")
+            with pytest.raises(OSError):
+                a.delete(prefix + b".config/deep")
+        finally:
+            a.close()
+        assert (h / ".ssh" / "authorized_keys").read_text() == "key"
+    assert (home / ".config" / "deep").is_dir()
+    assert (root / "evil").read_text() == "attacker's key"
 
 
 # ------------------------------------------------------------ the agent
