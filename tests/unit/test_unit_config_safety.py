@@ -257,10 +257,9 @@ def test_status_and_log_file_names_are_not_resolved(area: Path, tmp_path: Path) 
     os.symlink(area / "real", area / "via")
     for name in ("status", "daemon.log"):
         os.symlink(victim, area / "real" / name)
-    p = area / "syncsup.toml"
-    p.write_text(_render(area / "state", [sync("s", area / "src", [area / "dst"])])
-                 .replace("[[sync]]", f'status_file = "{area}/via/status"\n'
-                          f'log_file = "via/daemon.log"\n\n[[sync]]', 1))
-    conf = load(p)
+    doc = {"settings": {"state_dir": str(area / "state"), "status_file": f"{area}/via/status",
+                        "log_file": "via/daemon.log"},
+           "sync": [sync("s", area / "src", [area / "dst"])]}
+    conf = load(write(area / "syncsup.toml", dumps(doc), mode=0o600))
     assert conf.settings.status_file == area / "real" / "status"
     assert conf.settings.log_file == area / "real" / "daemon.log"
