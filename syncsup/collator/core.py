@@ -19,6 +19,7 @@ from syncsup import config as cfg
 from syncsup import proto
 from syncsup.collator.journal import TREE, VERIFY, Journal, to_changes
 from syncsup.collator.queue import TargetQueue
+from syncsup.runtime import trim_memory
 from syncsup.statedir import StateDir
 from syncsup.status import QueueStatus, StatusPart, TargetStatus
 
@@ -191,6 +192,13 @@ class Collator:
                     wake = at if wake is None else min(wake, at)
                     continue
                 self._hand_out(s, index, q, now)
+        released = False
+        for s in self.syncs.values():
+            if s.journal.is_open and not any(q.maybe_pending or q.lease for q in s.queues):
+                s.journal.release()  # empty: no need to hold a connection open
+                released = True
+        if released:
+            trim_memory()  # the closed connections' memory
         return wake
 
     def _hand_out(self, s: SyncQueues, index: int, q: TargetQueue, now: float) -> None:
@@ -265,10 +273,14 @@ class Collator:
         for s in self.syncs.values():
             targets = []
             for q in s.queues:
-                pending = s.journal.pending(q.spec)
+                # A queue with nothing marked since it was seen empty is
+                # empty: no need to open its journal to say so.
+                known = q.maybe_pending or q.lease is not None
+                pending = s.journal.pending(q.spec) if known else 0
                 oldest = s.journal.oldest(q.spec) if pending else None
+                tree = s.journal.has_tree(q.spec) if pending else False
                 targets.append(TargetStatus(
-                    target=q.spec, state=q.state(pending, s.journal.has_tree(q.spec)),
+                    target=q.spec, state=q.state(pending, tree),
                     pending=pending, lag=None if oldest is None else max(0.0, now - oldest),
                     last_sync=q.last_ok, last_error=q.last_error, transfers=dict(q.outcomes),
                     bytes_sent=q.bytes_sent))

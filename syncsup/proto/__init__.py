@@ -14,6 +14,7 @@ from syncsup.proto._codec import (
     ProtocolError,
     decode,
     encode,
+    warm_up,
 )
 from syncsup.proto._messages import (
     Ack,
@@ -60,4 +61,5 @@ __all__ = [
     "Stop",
     "decode",
     "encode",
+    "warm_up",
 ]

@@ -14,6 +14,7 @@ peer that sends a larger frame before it is ever buffered whole.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +39,9 @@ from syncsup.proto._messages import (
 from syncsup.proto._scan import StructureError, check
 from syncsup.proto._typed import WireError, from_wire, to_wire
 
-__all__ = ["MAX_BODY", "MAX_FRAME", "TYPES", "VERSION", "ProtocolError", "decode", "encode"]
+__all__ = [
+    "MAX_BODY", "MAX_FRAME", "TYPES", "VERSION", "ProtocolError", "decode", "encode", "warm_up",
+]
 
 VERSION = b"syncsup/1"
 TYPES: dict[bytes, type[Message]] = {
@@ -52,6 +55,23 @@ MAX_FRAME = MAX_BODY + 64  # ZMQ_MAXMSGSIZE for every socket
 
 class ProtocolError(ValueError):
     """A message that cannot be trusted: wrong version, type, size or field."""
+
+
+def warm_up() -> None:
+    """Resolve every message's schema now (it is cached), so that processes
+    forked afterwards share it instead of each building its own."""
+    for cls in TYPES.values():
+        _hints_of(cls)
+
+
+def _hints_of(cls: type) -> None:
+    from syncsup.proto._typed import _hints
+
+    hints = _hints(cls)
+    for tp in hints.values():
+        for arg in (tp, *getattr(tp, "__args__", ())):
+            if dataclasses.is_dataclass(arg) and isinstance(arg, type):
+                _hints_of(arg)
 
 
 def encode(msg: Message) -> list[bytes]:

@@ -33,6 +33,7 @@ from syncsup.runtime import (
     new_socket,
     receive,
     send,
+    trim_memory,
 )
 from syncsup.statedir import AlreadyRunning, StateDir
 from syncsup.status import ComponentStatus, Status, assemble, summary
@@ -422,6 +423,8 @@ class Supervisor:
                     if c.pid is None and c.policy.due(now) and not self.stopping:
                         self.spawn(c, now)
                 self.spawner.release()  # the template is not needed until a restart
+                if exits in events:
+                    trim_memory()
                 for consumer in self.queries.expire(now):
                     consumer()
                 self.periodic(now)

@@ -153,6 +153,7 @@ def preload() -> None:
     """Import what the children run, so that they share it."""
     for role in ROLES:
         importlib.import_module(f"syncsup.{role}._main")
+    proto.warm_up()  # the schema of every message, resolved once for all children
     gc.collect()
     gc.freeze()  # inherited objects stay in shared pages: the GC never writes to them
 

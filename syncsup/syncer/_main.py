@@ -144,6 +144,7 @@ class Syncer:
             for i, t in enumerate(sync.targets):
                 cp = self.state.control_path(sync.name, i) if t.is_remote else None
                 self.slots[(sync.name, i)] = Slot(sync, i, t, cp)
+        self.remote = [s for s in self.slots.values() if s.control_path is not None]
         self.files: dict[tuple[str, int], tuple[IO[bytes], IO[bytes]]] = {}
         self.transfers = 0
         self.connections = 0
@@ -312,14 +313,14 @@ class Syncer:
         return StatusPart(role="syncer", transfers=running)
 
     def timeout(self, now: float, beat_in: float) -> float:
+        """Idle, only the heartbeat and the ssh masters' retries wake us (a
+        master that ends wakes us through SIGCHLD)."""
         due = [beat_in]
-        for s in self.slots.values():
-            if s.transfer is not None:
-                due.append(1.0)  # progress checks of running transfers
-            elif s.control_path is not None and s.master is None:
+        if any(s.batch is not None for s in self.slots.values()):
+            due.append(1.0)  # progress checks, and steps waiting for a free transfer
+        for s in self.remote:
+            if s.master is None:
                 due.append(max(0.0, s.master_next - now))
-            elif s.master is not None:
-                due.append(30.0)  # notice a master that ended (SIGCHLD wakes us too)
         return min(due)
 
     def on_connected(self) -> None:
@@ -363,7 +364,9 @@ class Syncer:
                 self.rt.on_control(log, self.status)
             now = time.monotonic()
             for slot in self.slots.values():
-                self.poll(slot, now)
+                if slot.batch is not None:
+                    self.poll(slot, now)
+            for slot in self.remote:
                 self.tend_master(slot, now)
         self.kill_all()
         self.monitor.close()

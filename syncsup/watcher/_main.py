@@ -193,28 +193,36 @@ class Watcher:
     def status(self) -> StatusPart:
         return StatusPart(role="watcher", watches=[w.status() for w in self.syncs])
 
-    def timeout(self, now: float, beat_in: float) -> float:
+    def busy(self) -> list[SyncWatch]:
+        """Syncs with work of their own to do (a walk, a missing source,
+        blind subtrees): only these are looked at when no event came, so an
+        idle turn costs the same for 1 sync or 100."""
+        return [w for w in self.syncs
+                if w.tree is None or w.tree.walking or w.tree.failed]
+
+    def timeout(self, now: float, beat_in: float, busy: list[SyncWatch]) -> float:
         due = [now + beat_in]
         resend = self.outbox.next_resend()
         if resend is not None:
             due.append(resend)
-        for w in self.syncs:
+        for w in busy:
             if w.tree is None:
                 due.append(w.next_root_poll)
             elif w.tree.walking:
                 due.append(now)
-            elif w.tree.failed:
+            else:
                 due.append(w.next_unwatched)
         return max(0.0, min(due) - now)
 
-    def turn(self, readable: set[int], now: float) -> None:
-        """One round over the syncs, each with bounded work."""
-        for w in self.syncs:
+    def turn(self, readable: list[SyncWatch], busy: list[SyncWatch], now: float) -> None:
+        """One round over the syncs that have something to do, each with
+        bounded work."""
+        for w in dict.fromkeys(readable + busy):
             if w.tree is None:
                 if now >= w.next_root_poll and w.start(now, lost_events=True):
                     log.info("source %s of %s is back", w.sync.source, w.sync.name)
                 continue
-            if w.fd in readable and not self.outbox.full(w.sync.name):
+            if w in readable and not self.outbox.full(w.sync.name):
                 w.read()
                 if w.tree is None:
                     continue
@@ -240,20 +248,22 @@ class Watcher:
         poller = zmq.Poller()
         for sock in (self.sock, self.monitor, self.rt.control):
             poller.register(sock, zmq.POLLIN)
-        polled: set[int] = set()
+        polled: dict[int, SyncWatch] = {}
         while not self.rt.stopping:
             now = time.monotonic()
             beat_in = self.rt.heartbeat(now)
             # A sync's inotify fd is polled unless too much of it is unacked
             # (polling it without reading would spin).
-            wanted = {w.fd for w in self.syncs
+            wanted = {w.fd: w for w in self.syncs
                       if w.fd is not None and not self.outbox.full(w.sync.name)}
-            for fd in polled - wanted:
-                poller.unregister(fd)
-            for fd in wanted - polled:
-                poller.register(fd, zmq.POLLIN)
-            polled = wanted
-            events = dict(poller.poll(int(self.timeout(now, beat_in) * 1000) + 1))
+            if wanted.keys() != polled.keys():
+                for fd in polled.keys() - wanted.keys():
+                    poller.unregister(fd)
+                for fd in wanted.keys() - polled.keys():
+                    poller.register(fd, zmq.POLLIN)
+                polled = wanted
+            busy = self.busy()
+            events = dict(poller.poll(int(self.timeout(now, beat_in, busy) * 1000) + 1))
             now = time.monotonic()
             if self.sock in events:
                 for _peer, msg in receive(self.sock, log):
@@ -263,7 +273,8 @@ class Watcher:
                 self.on_connected(now)
             if self.rt.control in events:
                 self.rt.on_control(log, self.status)
-            self.turn({fd for fd in events if isinstance(fd, int)}, now)
+            readable = [polled[fd] for fd in events if isinstance(fd, int) and fd in polled]
+            self.turn(readable, busy, now)
             self.send(self.outbox.due(now))
         for w in self.syncs:
             idle = (w.tree is not None and not w.tree.walking and not w.tree.failed
