@@ -17,6 +17,7 @@ import shutil
 import subprocess
 
 from syncsup import config as cfg
+from syncsup.paths import is_within
 from syncsup.rsync_version import (
     MIN_SOURCE,
     MIN_TARGET,
@@ -46,7 +47,7 @@ def _local_target(sync: cfg.Sync, target: cfg.Target) -> list[str]:
         return [f"{sync.name} -> {target.spec}: {probe} is not writable"]
     real_src = os.path.realpath(sync.source)
     real_dst = os.path.realpath(path)
-    if real_dst == real_src or real_dst.startswith(real_src + os.sep):
+    if is_within(real_dst, real_src):
         return [f"{sync.name} -> {target.spec}: the target is inside its own source"]
     return []
 

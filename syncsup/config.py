@@ -21,6 +21,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from syncsup.paths import is_within
+
 __all__ = [
     "EX_CONFIG",
     "Commands",
@@ -257,6 +259,12 @@ def _pop(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
     return value
 
 
+def _default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of dataclass ``cls``: defaults are
+    written once, on the dataclasses, and the parser takes them from there."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
 def _no_extra(table: dict[str, Any], where: str) -> None:
     if table:
         key = sorted(table)[0]
@@ -317,11 +325,11 @@ def _parse_ssh(raw: Any, where: str, base: Path) -> tuple[SshOptions, str | None
     for key, val in (("host", host), ("user", user)):
         if val and (val.startswith("-") or any(c in val for c in " @:/'\"")):
             raise ConfigError(f"{where}.{key}", f"invalid {key} {val!r}")
-    port = _pop(table, "port", int, where, None)
+    port = _pop(table, "port", int, where, _default(SshOptions, "port"))
     if port is not None and not 0 < port < 65536:
         raise ConfigError(f"{where}.port", "must be between 1 and 65535")
     ident = _opt_path(table, "identity_file", where, base)
-    confined = _pop(table, "confined", bool, where, False)
+    confined = _pop(table, "confined", bool, where, _default(SshOptions, "confined"))
     options = _str_list(_pop(table, "options", list, where, []), f"{where}.options")
     for i, opt in enumerate(options):
         name = opt.split("=", 1)[0]
@@ -336,9 +344,9 @@ def _parse_rsync(raw: Any, where: str) -> RsyncOptions:
     if not isinstance(raw, dict):
         raise ConfigError(where, "must be a table")
     table = dict(raw)
-    archive = _pop(table, "archive", bool, where, True)
-    compress = _pop(table, "compress", bool, where, False)
-    checksum = _pop(table, "checksum", bool, where, False)
+    archive = _pop(table, "archive", bool, where, _default(RsyncOptions, "archive"))
+    compress = _pop(table, "compress", bool, where, _default(RsyncOptions, "compress"))
+    checksum = _pop(table, "checksum", bool, where, _default(RsyncOptions, "checksum"))
     bwlimit = _pop(table, "bwlimit", (int, str), where, None)
     if bwlimit is not None:
         bwlimit = str(bwlimit)
@@ -346,14 +354,14 @@ def _parse_rsync(raw: Any, where: str) -> RsyncOptions:
             raise ConfigError(f"{where}.bwlimit", "must be a rate like 1000 or '10M' (KiB/s)")
     chown, chmod = _opt_str(table, "chown", where), _opt_str(table, "chmod", where)
     usermap, groupmap = _opt_str(table, "usermap", where), _opt_str(table, "groupmap", where)
-    binary = _pop(table, "binary", str, where, "rsync")
+    binary = _pop(table, "binary", str, where, _default(RsyncOptions, "binary"))
     if not binary:
         raise ConfigError(f"{where}.binary", "must not be empty")
     extra = _str_list(_pop(table, "extra", list, where, []), f"{where}.extra")
     for i, arg in enumerate(extra):
         if not arg.startswith("-"):
             raise ConfigError(f"{where}.extra[{i}]", "must be an option starting with '-'")
-    timeout = _pop(table, "timeout", int, where, 300)
+    timeout = _pop(table, "timeout", int, where, _default(RsyncOptions, "timeout"))
     if timeout < 0:
         raise ConfigError(f"{where}.timeout", "must be >= 0 (seconds; 0 = no timeout)")
     _no_extra(table, where)
@@ -413,24 +421,25 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     if not _NAME_RE.match(name):
         raise ConfigError(f"{where}.name", "use 1-64 letters, digits, '.', '_' or '-'")
     source = (base / _pop(table, "source", str, where)).resolve()
-    mode_name = _pop(table, "mode", str, where, "rsync")
+    mode_name = _pop(table, "mode", str, where, _default(Sync, "mode").value)
     if mode_name not in MODES:
         raise ConfigError(f"{where}.mode", f"must be one of {', '.join(MODES)}")
     mode = Mode(mode_name)
-    delay = float(_pop(table, "delay", (int, float), where, 1.0))
+    delay = float(_pop(table, "delay", (int, float), where, _default(Sync, "delay")))
     if not 0 <= delay <= 86400:
         raise ConfigError(f"{where}.delay", "must be a number >= 0 (seconds, at most 86400)")
-    delete = _pop(table, "delete", (bool, str), where, True)
+    delete = _pop(table, "delete", (bool, str), where, _default(Sync, "delete"))
     if isinstance(delete, str) and delete not in ("startup", "running"):
         raise ConfigError(f"{where}.delete", "must be true, false, 'startup' or 'running'")
-    init = _pop(table, "init", bool, where, True)
-    max_delete = _pop(table, "max_delete", int, where, 0)
+    init = _pop(table, "init", bool, where, _default(Sync, "init"))
+    max_delete = _pop(table, "max_delete", int, where, _default(Sync, "max_delete"))
     if max_delete < 0:
         raise ConfigError(f"{where}.max_delete", "must be >= 0 (0 = no limit)")
-    full_sync_interval = float(_pop(table, "full_sync_interval", (int, float), where, 0))
+    full_sync_interval = float(_pop(table, "full_sync_interval", (int, float), where,
+                                    _default(Sync, "full_sync_interval")))
     if full_sync_interval != 0 and full_sync_interval < 10:
         raise ConfigError(f"{where}.full_sync_interval", "must be 0 (off) or >= 10 seconds")
-    max_delays = _pop(table, "max_delays", int, where, 1000)
+    max_delays = _pop(table, "max_delays", int, where, _default(Sync, "max_delays"))
     if max_delays < 1:
         raise ConfigError(f"{where}.max_delays", "must be >= 1")
     exclude = _str_list(_pop(table, "exclude", list, where, []), f"{where}.exclude")
@@ -489,9 +498,12 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     )
 
 
-def _inside(a: str, b: str) -> bool:
-    """Is path ``a`` equal to or below path ``b``?"""
-    return a == b or a.startswith(b.rstrip("/") + "/")
+def read_rule_file(path: Path) -> list[str]:
+    """The rules of an ``exclude_from`` / ``filter_from`` file: one per line,
+    blank lines and ``#`` or ``;`` comments skipped (as rsync reads them).
+    Raises OSError."""
+    text = path.read_text(errors="surrogateescape")
+    return [ln for ln in text.splitlines() if ln.strip() and ln[0] not in "#;"]
 
 
 def _check_overlaps(syncs: tuple[Sync, ...]) -> None:
@@ -510,13 +522,13 @@ def _check_overlaps(syncs: tuple[Sync, ...]) -> None:
                 host, path = "", os.path.realpath(t.path)
                 if path == src:
                     raise ConfigError(key, "is the source itself")
-                if _inside(path, src):
+                if is_within(path, src):
                     raise ConfigError(key, f"is inside its own source {src}")
-                if _inside(src, path):
+                if is_within(src, path):
                     raise ConfigError(key, f"contains its own source {src}")
             for other_host, other_path, where in seen:
-                if host == other_host and (_inside(path, other_path)
-                                           or _inside(other_path, path)):
+                if host == other_host and (is_within(path, other_path)
+                                           or is_within(other_path, path)):
                     raise ConfigError(key, f"overlaps {where}: two targets would write the "
                                       "same files")
             seen.append((host, path, key))
@@ -614,12 +626,13 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         raise ConfigError("settings", "must be a table")
     settings_t = dict(raw_settings)
     state_dir = _pop(settings_t, "state_dir", str, "settings", None)
-    log_level = _pop(settings_t, "log_level", str, "settings", "info")
-    max_processes = _pop(settings_t, "max_processes", int, "settings", 0)
+    log_level = _pop(settings_t, "log_level", str, "settings", _default(Settings, "log_level"))
+    max_processes = _pop(settings_t, "max_processes", int, "settings",
+                         _default(Settings, "max_processes"))
     if max_processes < 0:
         raise ConfigError("settings.max_processes", "must be >= 0 (0 = no limit)")
     log_file = _opt_file(settings_t, "log_file", "settings", base)
-    log_format = _pop(settings_t, "log_format", str, "settings", "text")
+    log_format = _pop(settings_t, "log_format", str, "settings", _default(Settings, "log_format"))
     if log_format not in ("text", "json"):
         raise ConfigError("settings.log_format", "must be 'text' or 'json'")
     metrics = _opt_str(settings_t, "metrics", "settings")
@@ -628,7 +641,8 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError("settings.metrics", "must be 'host:port', e.g. '127.0.0.1:9473'")
     status_file = _opt_file(settings_t, "status_file", "settings", base)
-    status_interval = float(_pop(settings_t, "status_interval", (int, float), "settings", 10))
+    status_interval = float(_pop(settings_t, "status_interval", (int, float), "settings",
+                                 _default(Settings, "status_interval")))
     if not 1 <= status_interval <= 86400:
         raise ConfigError("settings.status_interval", "must be between 1 and 86400 seconds")
     if log_level not in LOG_LEVELS:

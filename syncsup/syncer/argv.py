@@ -27,7 +27,7 @@ import dataclasses
 import shlex
 from pathlib import Path
 
-from syncsup.config import Sync, Target
+from syncsup.config import Sync, Target, read_rule_file
 from syncsup.syncer.plan import Step
 
 __all__ = ["SSH_DEFAULTS", "expand_rule_files", "rsync_argv", "ssh_argv", "ssh_command"]
@@ -67,10 +67,7 @@ def ssh_command(sync: Sync, control_path: str | None = None) -> str:
 
 
 def _rules(path: Path | None) -> tuple[str, ...]:
-    if path is None:
-        return ()
-    text = path.read_text(errors="surrogateescape")
-    return tuple(ln for ln in text.splitlines() if ln.strip() and ln[0] not in "#;")
+    return tuple(read_rule_file(path)) if path is not None else ()
 
 
 def expand_rule_files(sync: Sync) -> Sync:

@@ -22,6 +22,7 @@ import stat
 from dataclasses import dataclass, field
 
 from syncsup.dirfd import DIR_FLAGS, open_below, split_path
+from syncsup.paths import is_within
 
 __all__ = ["Applier", "ApplyError", "Protection", "split_path"]
 
@@ -43,7 +44,7 @@ class Protection:
     @classmethod
     def for_home(cls, root: str, home: str) -> Protection:
         root_r, home_r = os.path.realpath(root), os.path.realpath(home)
-        if not (home_r == root_r or home_r.startswith(root_r.rstrip("/") + "/")):
+        if not is_within(home_r, root_r):
             return cls()
         dirs = set()
         path = home_r

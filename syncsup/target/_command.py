@@ -33,6 +33,7 @@ import sys
 import syslog
 
 from syncsup import __version__
+from syncsup.paths import relative_to
 from syncsup.target._confine import ConfineError, chroot_self, describe, grant_chroot_for_exec
 
 __all__ = ["Refused", "classify", "main"]
@@ -71,11 +72,7 @@ def home_inside(root: str) -> str | None:
         home = os.path.realpath(pwd.getpwuid(os.geteuid()).pw_dir)
     except KeyError:
         return None
-    if home == root:
-        return ""
-    if home.startswith(root.rstrip("/") + "/"):
-        return home[len(root.rstrip("/")) + 1:]
-    return None
+    return relative_to(home, root)
 
 
 def _refuse(reason: str, command: str) -> int:

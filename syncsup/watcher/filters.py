@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from syncsup.config import Sync
+from syncsup.config import Sync, read_rule_file
 
 __all__ = ["DirFilter", "exclude_patterns"]
 
@@ -82,10 +82,9 @@ def _rule_lines(path: Path | None) -> list[str]:
     if path is None:
         return []
     try:
-        text = path.read_text(errors="surrogateescape")
+        return read_rule_file(path)
     except OSError:
         return ["?"]  # unreadable: stop trusting rules here
-    return [ln for ln in text.splitlines() if ln.strip() and ln[0] not in "#;"]
 
 
 def exclude_patterns(sync: Sync) -> list[bytes]:

@@ -1,4 +1,4 @@
-"""Faults in depth (issue 4): hung components and transfers, inotify overflow, the
+"""Faults in depth: hung components and transfers, inotify overflow, the
 watch limit, dead or read-only targets, flapping and fatal components, a killed
 supervisor, a vanished or emptied source, ``max_delete`` and ``full_sync_interval``.
 

@@ -1,4 +1,4 @@
-"""Operations (issue 5): ``syncsup resync`` and SIGUSR1 repair changes made
+"""Operations: ``syncsup resync`` and SIGUSR1 repair changes made
 behind the daemon's back (with ``--checksum``), SIGHUP reloads the config
 (a new target converges; a broken config is refused and the old one keeps
 running)."""

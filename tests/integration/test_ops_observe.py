@@ -1,4 +1,4 @@
-"""Operations (issue 5): what a sysadmin and systemd see of a running daemon.
+"""Operations: what a sysadmin and systemd see of a running daemon.
 
 Prometheus metrics scraped over HTTP while syncing; the sd_notify protocol
 (READY=1, STATUS=, WATCHDOG=1, STOPPING=1) received on a real unix datagram

@@ -1,4 +1,4 @@
-"""Operations (issue 5): ``syncsup status`` fields against a running daemon,
+"""Operations: ``syncsup status`` fields against a running daemon,
 pause / resume (changes recorded, nothing sent, lag and pending visible),
 ``syncsup stop``, control-command errors, and the status file."""
 

@@ -1,4 +1,4 @@
-"""Config safety (issue 6, point 4): every refusal through ``syncsup.config.load``
+"""Config safety: every refusal through ``syncsup.config.load``
 on real files, each naming the offending key; and host key checking left on.
 
 A target equal to, inside, or containing its own source; two syncs writing the
