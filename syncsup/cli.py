@@ -38,9 +38,15 @@ __all__ = ["main"]
 EX_NOT_RUNNING = 3
 
 
-def _load(path: str) -> cfg.Config:
+def _load(path: str, sources: bool = False) -> cfg.Config:
+    """The config, or exit 78 with one line; ``sources``: they must exist
+    (start and check; not status or stop, which must work while a source
+    is away)."""
     try:
-        return cfg.load(path)
+        conf = cfg.load(path)
+        if sources:
+            cfg.check_sources(conf)
+        return conf
     except cfg.ConfigError as exc:
         print(f"syncsup: config error: {exc}", file=sys.stderr)
         raise SystemExit(cfg.EX_CONFIG) from None
@@ -49,7 +55,7 @@ def _load(path: str) -> cfg.Config:
 def cmd_start(args: argparse.Namespace) -> int:
     from syncsup.supervisor import StartError, Supervisor
 
-    conf = _load(args.config)
+    conf = _load(args.config, sources=True)
     setup_logging(conf.settings, "supervisor")
     try:
         sup = Supervisor(conf)
@@ -105,7 +111,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from syncsup.check import run_checks
 
-    conf = _load(args.config)
+    conf = _load(args.config, sources=True)
     lines: list[str] = []
     problems = run_checks(conf, lines)
     print("\n".join(lines))

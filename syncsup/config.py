@@ -33,6 +33,7 @@ __all__ = [
     "SshOptions",
     "Sync",
     "Target",
+    "check_sources",
     "load",
     "load_for_child",
 ]
@@ -689,6 +690,17 @@ def load(path: str | os.PathLike[str]) -> Config:
     conf = parse(data, p)
     _check_private(conf.settings.state_dir, "settings.state_dir")
     return conf
+
+
+def check_sources(conf: Config) -> None:
+    """Every source must be a directory when the daemon starts (or reloads):
+    a source that is missing then is a mistake in the config, reported as
+    one. (A source that vanishes while running is different: the daemon
+    halts that sync and waits, nothing is deleted on the targets.)"""
+    for i, sync in enumerate(conf.syncs):
+        if not sync.source.is_dir():
+            what = "is not a directory" if sync.source.exists() else "does not exist"
+            raise ConfigError(f"sync[{i}].source", f"{sync.source} {what}")
 
 
 def load_for_child(path: str) -> Config:

@@ -65,6 +65,7 @@ class WatchStatus:
     unwatched: int = 0
     watch_limit_needed: int | None = None
     overflows: int = 0
+    seen: float | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class SyncStatus:
     unwatched: int | None = None
     watch_limit_needed: int | None = None
     overflows: int | None = None
+    seen: float | None = None
     targets: list[TargetStatus] = field(default_factory=list)
 
 
@@ -148,7 +150,8 @@ def assemble(config: str, started: float, components: list[ComponentStatus],
             journal=q.journal if q else "ok",
             watches=w.watches if w else None, unwatched=w.unwatched if w else None,
             watch_limit_needed=(w.watch_limit_needed or None) if w else None,
-            overflows=w.overflows if w else None, targets=targets))
+            overflows=w.overflows if w else None, seen=w.seen if w else None,
+            targets=targets))
     return Status(config=config, started=started, components=components, syncs=out)
 
 

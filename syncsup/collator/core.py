@@ -11,15 +11,25 @@ batch or failing target never delays another's.
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from syncsup import config as cfg
 from syncsup import proto
-from syncsup.collator.journal import TREE, VERIFY, Journal, to_changes
+from syncsup.collator.journal import (
+    TREE,
+    VERIFY,
+    Journal,
+    is_damage,
+    move_aside,
+    to_changes,
+)
 from syncsup.collator.queue import TargetQueue
 from syncsup.runtime import trim_memory
+from syncsup.seen import Seen
 from syncsup.statedir import StateDir
 from syncsup.status import QueueStatus, StatusPart, TargetStatus
 
@@ -44,6 +54,23 @@ class SyncQueues:
     rescans: int = 0
     next_full: float = 0.0  # monotonic time of the next full_sync_interval comparison
     specs: list[str] = field(default_factory=list)
+    health: str = "ok"      # the journal's state, for status: ok, rebuilt..., error...
+
+
+def _no_space(path: str) -> bool:
+    """Is the file system holding ``path`` (nearly) full? SQLite reports a
+    full disk as an I/O error when the WAL index cannot grow."""
+    try:
+        st = os.statvfs(os.path.dirname(path))
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1024 * 1024
+
+
+def _raise(exc: BaseException) -> Callable[[SyncQueues], None]:
+    def again(_s: SyncQueues) -> None:
+        raise exc
+    return again
 
 
 class Collator:
@@ -57,13 +84,71 @@ class Collator:
         for sync in conf.syncs:
             journal = Journal(state.journal(sync.name))
             specs = [t.spec for t in sync.targets]
-            journal.forget_targets(specs)
             queues = [TargetQueue(spec=spec, delay=sync.delay) for spec in specs]
-            for q in queues:
-                q.synced_this_run = journal.get_meta(f"synced:{q.spec}") == run_id
-                q.paused = journal.get_meta(f"paused:{q.spec}") == run_id
-            self.syncs[sync.name] = SyncQueues(sync, journal, queues, specs=specs)
+            s = self.syncs[sync.name] = SyncQueues(sync, journal, queues, specs=specs)
+            self._safely(s, self._load)
         self.next_batch = int(now * 1000)  # unique across restarts
+
+    def _load(self, s: SyncQueues) -> None:
+        """What this run already did for the sync (a collator restart)."""
+        s.journal.forget_targets(s.specs)
+        for q in s.queues:
+            q.synced_this_run = s.journal.get_meta(f"synced:{q.spec}") == self.run_id
+            q.paused = s.journal.get_meta(f"paused:{q.spec}") == self.run_id
+
+    # -- the journal's health ---------------------------------------------------------
+
+    def _safely(self, s: SyncQueues, op: Callable[..., object], *args: object) -> bool:
+        """Run ``op`` on the sync's journal. A damaged journal is moved aside
+        and rebuilt; a full disk (or any other SQLite error) is reported in
+        status and left to be retried: the caller does not ack, commit or
+        forget anything, so nothing is lost. True if ``op`` succeeded."""
+        try:
+            op(s, *args)
+        except sqlite3.Error as exc:
+            if is_damage(exc):
+                self._rebuild(s, exc)
+            else:
+                self._trouble(s, exc)
+            return False
+        if s.health.startswith("error"):
+            log.info("%s: the journal works again", s.sync.name)
+            s.health = "ok"
+        return True
+
+    def _trouble(self, s: SyncQueues, exc: sqlite3.Error) -> None:
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        full = name == "SQLITE_FULL" or (name.startswith("SQLITE_IOERR") and _no_space(
+            s.journal.path))
+        what = "disk full under state_dir" if full else f"{exc} ({name or type(exc).__name__})"
+        health = f"error: {what}; retrying"
+        if s.health != health:
+            log.error("%s: cannot write the journal %s: %s; changes are kept by the "
+                      "watcher and retried", s.sync.name, s.journal.path, what)
+        s.health = health
+        s.journal.release()
+
+    def _rebuild(self, s: SyncQueues, exc: sqlite3.Error) -> None:
+        s.journal.release()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        try:
+            aside = str(move_aside(s.journal.path, stamp))
+        except OSError as err:
+            self._trouble(s, sqlite3.OperationalError(f"cannot move the damaged journal "
+                                                      f"aside: {err.strerror}"))
+            return
+        log.error("%s: the journal was damaged (%s): moved to %s; a new one starts, and "
+                  "every target is compared in full", s.sync.name, exc, aside)
+        s.journal = Journal(s.journal.path)
+        s.health = f"rebuilt {time.strftime('%Y-%m-%d %H:%M:%S')}: the damaged journal " \
+                   f"was moved to {aside}"
+        for q in s.queues:
+            q.synced_this_run = False
+            q.lease = None
+        try:
+            self.mark(s, proto.Changes(verify={b""}))
+        except sqlite3.Error as again:
+            self._trouble(s, again)
 
     def close(self) -> None:
         for s in self.syncs.values():
@@ -78,14 +163,20 @@ class Collator:
             log.warning("dropped EVENTS for unknown sync %r", msg.sync)
             return
         changes = msg.changes
-        if b"" in changes.trees | changes.verify and not s.sync.init and not self._init_skipped(s):
-            changes.trees.discard(b"")
-            changes.verify.discard(b"")
         if not s.sync.records_moves:
             changes.moves = []
         if not s.sync.runs_commands:
             changes.created = set()
-        self.mark(s, changes, seq=msg.seq)
+
+        def record(s: SyncQueues) -> None:
+            if b"" in changes.trees | changes.verify and not s.sync.init and (
+                    not self._init_skipped(s)):
+                changes.trees.discard(b"")
+                changes.verify.discard(b"")
+            self.mark(s, changes, seq=msg.seq, seen=msg.seen)
+
+        if not self._safely(s, record):
+            return  # not acked: the watcher sends it again
         self.send("ingest", peer, proto.Ack(seq=msg.seq))
         rescans = sorted(changes.verify) + sorted(changes.trees)
         s.rescans += len(rescans)
@@ -95,9 +186,11 @@ class Collator:
                 + (" (verify)" if t in changes.verify else "") for t in rescans[:5]))
 
     def mark(self, s: SyncQueues, changes: proto.Changes, seq: int = 0,
-             queues: list[TargetQueue] | None = None) -> None:
+             queues: list[TargetQueue] | None = None, seen: Seen | None = None) -> None:
         targets = s.queues if queues is None else queues
-        s.journal.mark((q.spec for q in targets), changes, self.clock(), seq=seq)
+        s.journal.mark((q.spec for q in targets), changes, self.clock(), seq=seq, seen=seen)
+        if not changes:
+            return
         for q in targets:
             q.marked += changes.size()
             q.maybe_pending = True
@@ -147,19 +240,26 @@ class Collator:
             return
         q.bytes_sent += max(0, msg.bytes)
         ok = q.finish(msg.batch_id, msg.outcome, msg.error, now)
-        if lease.moves and msg.moves_done > 0:
-            done = lease.moves[:msg.moves_done]
-            s.journal.drop_moves(q.spec, done[-1][0])
-            if ok is None and s.sync.moves_on_target:
-                # Replayed, but the transfer after it failed: the retry will
-                # not carry these renames, so have it verify their
-                # destinations itself (see the syncer's --checksum rule).
-                self.mark(s, proto.Changes(verify={dst for _, _, dst in done}), queues=[q])
+
+        def settle(s: SyncQueues) -> None:
+            if lease.moves and msg.moves_done > 0:
+                done = lease.moves[:msg.moves_done]
+                s.journal.drop_moves(q.spec, done[-1][0])
+                if ok is None and s.sync.moves_on_target:
+                    # Replayed, but the transfer after it failed: the retry
+                    # will not carry these renames, so have it verify their
+                    # destinations itself (see the syncer's --checksum rule).
+                    self.mark(s, proto.Changes(verify={dst for _, _, dst in done}), queues=[q])
+            if ok is not None:
+                s.journal.complete(q.spec, ok.rows)
+                if any(r.kind in (TREE, VERIFY) and r.path == b"" for r in ok.rows):
+                    q.synced_this_run = True
+                    s.journal.set_meta(f"synced:{q.spec}", self.run_id)
+
+        # If the journal cannot be written now, the rows stay and are sent
+        # again later: at-least-once, never lost.
+        self._safely(s, settle)
         if ok is not None:
-            s.journal.complete(q.spec, ok.rows)
-            if any(r.kind in (TREE, VERIFY) and r.path == b"" for r in ok.rows):
-                q.synced_this_run = True
-                s.journal.set_meta(f"synced:{q.spec}", self.run_id)
             return
         if q.halted:
             log.error("target %s: transfer halted (rc %d): %s; not retrying until "
@@ -180,7 +280,11 @@ class Collator:
                     continue
                 if not q.maybe_pending:
                     continue  # nothing was marked since the journal was last empty
-                oldest = s.journal.oldest(q.spec)
+                try:
+                    oldest = s.journal.oldest(q.spec)
+                except sqlite3.Error as exc:
+                    self._safely(s, _raise(exc))
+                    continue
                 if oldest is None:
                     q.maybe_pending = False
                     continue
@@ -191,7 +295,7 @@ class Collator:
                     at = q.next_try if flush else max(oldest + q.delay, q.next_try)
                     wake = at if wake is None else min(wake, at)
                     continue
-                self._hand_out(s, index, q, now)
+                self._safely(s, self._hand_out, index, q, now)
         released = False
         for s in self.syncs.values():
             if s.journal.is_open and not any(q.maybe_pending or q.lease for q in s.queues):
@@ -233,7 +337,7 @@ class Collator:
                 continue
             if msg.command is proto.Command.RESYNC:
                 log.info("resync requested for %s", ", ".join(q.spec for q in queues))
-                self.mark(s, proto.Changes(verify={b""}), queues=queues)
+                self._safely(s, self.mark, proto.Changes(verify={b""}), 0, queues)
                 for q in queues:
                     q.release_halt()
             else:
@@ -242,9 +346,12 @@ class Collator:
                     q.paused = paused
                     if not paused:
                         q.release_halt()
-                    s.journal.set_meta(f"paused:{q.spec}", self.run_id if paused else "")
+                    self._safely(s, self._remember_pause, q.spec, paused)
                 log.info("%s: %s", "paused (changes are still recorded)" if paused else "resumed",
                          ", ".join(q.spec for q in queues))
+
+    def _remember_pause(self, s: SyncQueues, spec: str, paused: bool) -> None:
+        s.journal.set_meta(f"paused:{spec}", self.run_id if paused else "")
 
     def periodic(self, now_mono: float) -> float | None:
         """``full_sync_interval``: schedule a full comparison when due; the
@@ -260,7 +367,7 @@ class Collator:
                 # A full comparison (with --checksum, as any later rescan) to
                 # repair what changed behind our back on either side.
                 log.info("%s: full_sync_interval: scheduling a full comparison", s.sync.name)
-                self.mark(s, proto.Changes(verify={b""}))
+                self._safely(s, self.mark, proto.Changes(verify={b""}))
                 s.next_full = now_mono + interval
             wake = s.next_full if wake is None else min(wake, s.next_full)
         return wake
@@ -276,13 +383,20 @@ class Collator:
                 # A queue with nothing marked since it was seen empty is
                 # empty: no need to open its journal to say so.
                 known = q.maybe_pending or q.lease is not None
-                pending = s.journal.pending(q.spec) if known else 0
-                oldest = s.journal.oldest(q.spec) if pending else None
-                tree = s.journal.has_tree(q.spec) if pending else False
+                pending, oldest, tree = 0, None, False
+                try:
+                    if known:
+                        pending = s.journal.pending(q.spec)
+                    if pending:
+                        oldest = s.journal.oldest(q.spec)
+                        tree = s.journal.has_tree(q.spec)
+                except sqlite3.Error:
+                    pass  # its health says why (status never changes anything)
                 targets.append(TargetStatus(
                     target=q.spec, state=q.state(pending, tree),
                     pending=pending, lag=None if oldest is None else max(0.0, now - oldest),
                     last_sync=q.last_ok, last_error=q.last_error, transfers=dict(q.outcomes),
                     bytes_sent=q.bytes_sent))
-            out.append(QueueStatus(sync=s.sync.name, rescans=s.rescans, targets=targets))
+            out.append(QueueStatus(sync=s.sync.name, rescans=s.rescans, journal=s.health,
+                                   targets=targets))
         return StatusPart(role="collator", queues=out)

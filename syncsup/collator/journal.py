@@ -21,8 +21,12 @@ from enum import IntEnum
 from pathlib import Path
 
 from syncsup.proto import Changes
+from syncsup.seen import Seen
 
-__all__ = ["CREATED", "PATH", "TREE", "VERIFY", "Journal", "Kind", "Row", "to_changes"]
+__all__ = [
+    "CREATED", "PATH", "TREE", "VERIFY", "Journal", "JournalDamaged", "Kind", "Row", "is_damage",
+    "move_aside", "read_seen", "to_changes",
+]
 
 
 class Kind(IntEnum):
@@ -80,8 +84,13 @@ class Journal:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         self._db: sqlite3.Connection | None = None
-        self.gen = 0
-        self._open()  # fail now, at start, if the file cannot be used
+        self._gen = 0
+
+    @property
+    def gen(self) -> int:
+        """The newest generation stamped on a row (opens the journal)."""
+        self.db  # noqa: B018 - opening reads the stored generation
+        return self._gen
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -102,7 +111,7 @@ class Journal:
         self._db = db
         row = db.execute("SELECT MAX(gen) FROM dirty").fetchone()
         meta = self.get_meta("gen")
-        self.gen = max(self.gen, int(row[0] or 0), int(meta or 0))
+        self._gen = max(self._gen, int(row[0] or 0), int(meta or 0))
         return db
 
     @property
@@ -127,16 +136,19 @@ class Journal:
             "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
-    def mark(self, targets: Iterable[str], changes: Changes, now: float, seq: int = 0) -> int:
+    def mark(self, targets: Iterable[str], changes: Changes, now: float, seq: int = 0,
+             seen: Seen | None = None) -> int:
         """Mark ``changes`` dirty for every target in one transaction;
-        returns the new generation.
+        returns the new generation. ``seen`` (the watcher's seen-point) is
+        committed in the same transaction.
 
         ``changes.moves`` (renames to replay, in order) are the one part that
         is a log rather than a set; ``seq`` (the sender's message number)
         makes their insert idempotent, so a resent message adds nothing.
         """
-        self.gen += 1
-        gen = self.gen
+        db = self.db  # opened first: it knows the last generation
+        self._gen += 1
+        gen = self._gen
         targets = list(targets)
         moves = changes.moves
         items = ([(PATH, p) for p in changes.paths] + [(TREE, t) for t in changes.trees]
@@ -144,7 +156,7 @@ class Journal:
                  + [(VERIFY, v) for v in changes.verify])
         rows = [(t, kind, p, gen, now) for t in targets for kind, p in items]
         with self._tx():
-            self.db.executemany(
+            db.executemany(
                 "INSERT INTO dirty (target, kind, path, gen, first_seen) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (target, kind, path) DO UPDATE SET gen = excluded.gen", rows)
             if moves:
@@ -153,6 +165,8 @@ class Journal:
                     "VALUES (?, ?, ?, ?, ?)",
                     [(t, seq, i, m[0], m[1]) for t in targets for i, m in enumerate(moves)])
             self.set_meta("gen", str(gen))
+            if seen is not None:
+                self.set_meta("seen", seen.to_json())
         return gen
 
     def take_moves(self, target: str, limit: int, max_bytes: int = 1 << 62
@@ -229,9 +243,9 @@ class Journal:
         """Replace everything pending for ``target`` by one rescan of the root:
         the bound that keeps a target down for a week from growing the file.
         A verifying one: the collapsed rows may have been same-size rewrites."""
-        self.gen += 1
+        first = self.oldest(target) or now  # opens the journal: it knows the generation
+        self._gen += 1
         with self._tx():
-            first = self.oldest(target) or now
             self.db.execute("DELETE FROM dirty WHERE target = ?", (target,))
             self.db.execute("DELETE FROM moves WHERE target = ?", (target,))
             self.db.execute(
@@ -249,6 +263,52 @@ class Journal:
 
     def _tx(self) -> _Tx:
         return _Tx(self.db)
+
+
+class JournalDamaged(Exception):
+    """The journal file is not a usable SQLite database (overwritten,
+    truncated, corrupt): it must be moved aside and rebuilt."""
+
+
+_DAMAGE = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    """Is ``exc`` a sign of a damaged file (as opposed to a full disk, a
+    permission problem or an I/O error, which may pass)?"""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.split("_")[:2] == ["SQLITE", "CORRUPT"] or name in _DAMAGE or (
+        "malformed" in str(exc) or "not a database" in str(exc))
+
+
+def move_aside(path: Path | str, stamp: str) -> Path:
+    """Rename a damaged journal (and its WAL and shared-memory files) out of
+    the way; returns the new name of the main file."""
+    base = Path(path)
+    aside = base.with_name(f"{base.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            Path(f"{base}{suffix}").rename(f"{aside}{suffix}")
+        except FileNotFoundError:
+            pass
+    return aside
+
+
+def read_seen(path: Path | str) -> Seen | None:
+    """The seen-point committed in the journal at ``path``, read without
+    writing anything (the watcher reads it at start; the collator owns the
+    file). None if there is none, or the journal cannot be read."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return None
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'seen'").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+    return Seen.from_json(None if row is None else str(row[0]))
 
 
 def to_changes(rows: Iterable[Row], moves: Iterable[tuple[int, bytes, bytes]] = ()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar
 
+from syncsup.seen import Seen
 from syncsup.status import Status, StatusPart
 
 __all__ = [
@@ -204,6 +205,9 @@ class Events(Message):
 
     ``seq`` identifies the message for its ACK; the watcher resends anything
     unacked, and the collator's journal upserts make a resend harmless.
+    ``seen``, when set, says that every change before that moment is in
+    this message or an earlier one; the collator commits it with the
+    changes, and a recovery trusts the quick check for files older than it.
     """
 
     TYPE: ClassVar[bytes] = b"EVENTS"
@@ -213,6 +217,7 @@ class Events(Message):
     seq: int
     sync: str
     changes: Changes = field(default_factory=Changes)
+    seen: Seen | None = None
 
 
 @dataclass(frozen=True)

@@ -193,6 +193,16 @@ class Syncer:
         return self.files[key]
 
     def start(self, slot: Slot, step: Step) -> None:
+        """Start ``step`` (or, for renames on a local target, do it)."""
+        try:
+            self._start(slot, step)
+        except OSError as exc:
+            # state_dir full or unwritable (the file lists live there): the
+            # batch goes back to pending and is retried with backoff.
+            self.finish(slot, Finished(proto.Outcome.RETRY, -1,
+                                       f"cannot prepare the transfer: {exc.strerror or exc}"))
+
+    def _start(self, slot: Slot, step: Step) -> None:
         assert slot.batch is not None and slot.plan is not None
         changes = slot.batch.changes
         lst = self.state.tmp / f"{slot.sync.name}-{slot.index}-{step.kind.value}.list"
@@ -227,7 +237,7 @@ class Syncer:
         try:
             slot.transfer = Transfer(f"{slot.label}: {step.kind.value} transfer", argv, err, out,
                                      time.monotonic(), stdin_path=stdin)
-        except OSError as exc:
+        except FileNotFoundError as exc:
             self.finish(slot, Finished(proto.Outcome.FATAL, 127, f"cannot run {argv[0]}: {exc}"))
 
     def poll(self, slot: Slot, now: float) -> None:

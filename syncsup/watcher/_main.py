@@ -20,8 +20,10 @@ from inotify_simple import INotify
 
 from syncsup import config as cfg
 from syncsup import proto
+from syncsup.collator.journal import read_seen
 from syncsup.logs import setup_logging
 from syncsup.runtime import ChildRuntime, new_socket, receive, send
+from syncsup.seen import MARGIN, Seen
 from syncsup.statedir import StateDir
 from syncsup.status import StatusPart, WatchStatus
 from syncsup.watcher.filters import DirFilter, exclude_patterns
@@ -37,6 +39,8 @@ READ_SIZE = 1 << 20        # bytes of inotify events read per sync per turn
 WALK_BUDGET = 2000         # watches placed per sync per turn
 ROOT_POLL = 2.0            # seconds between checks for a missing source root
 UNWATCHED_RESCAN = 10.0    # seconds between rescans of subtrees we could not watch
+SEEN_DELAY = 6.0           # seconds idle before a seen-point is sent (more than MARGIN)
+FINAL_ACK_WAIT = 2.0       # seconds a stopping watcher waits for its last acks
 
 
 def parse(data: bytes) -> list[tuple[int, int, int, bytes]]:
@@ -56,7 +60,7 @@ class SyncWatch:
 
     def __init__(self, sync: cfg.Sync, state: StateDir) -> None:
         self.sync = sync
-        self.clean_mark = state.clean_mark(sync.name)
+        self.journal = state.journal(sync.name)
         self.filter = DirFilter(exclude_patterns(sync))
         self.ino: INotify | None = None
         self.tree: WatchTree | None = None
@@ -68,24 +72,35 @@ class SyncWatch:
         self.next_unwatched = 0.0
         self.missing_logged = False
         self.walk_started = 0.0
+        self.seen: Seen | None = None      # the last seen-point sent to the journal
+        self.idle_since: float | None = None
+        self.seen_sent = False             # a seen-point went out in this idle stretch
 
     @property
     def fd(self) -> int | None:
         return self.ino.fileno() if self.ino is not None else None
 
-    def take_clean_mark(self) -> bool:
-        """Did the previous watcher of this sync stop with nothing unacked?
-        The mark is consumed: only a clean stop writes it again."""
-        try:
-            self.clean_mark.unlink()
-            return True
-        except FileNotFoundError:
-            return False
+    def rescan(self, rel: bytes, why: str) -> None:
+        """Queue a walk of ``rel`` that finds what changed while events were
+        lost: a quick-check rescan plus the files whose ctime is not older
+        than the last seen-point, or, with no seen-point, a rescan comparing
+        every file's content."""
+        assert self.tree is not None
+        cutoff = self.seen.cutoff(Seen.now()) if self.seen is not None else None
+        if cutoff is None:
+            log.info("%s: %s: no earlier state is known, so the rescan compares content "
+                     "(--checksum)", self.sync.name, why)
+            self.tree.queue(rel, proto.Changes(verify={rel}))
+        else:
+            log.info("%s: %s: rescanning, comparing the content of files changed since %s",
+                     self.sync.name, why,
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cutoff)))
+            self.tree.queue(rel, proto.Changes(trees={rel}), since=cutoff)
 
-    def start(self, now: float, lost_events: bool) -> bool:
+    def start(self, now: float) -> bool:
         """Open the inotify instance and queue the walk of the whole tree;
-        its rescan follows the walk (a verifying one after lost events).
-        False if the source root is not there (retried every ROOT_POLL)."""
+        its rescan follows the walk. False if the source root is not there
+        (retried every ROOT_POLL)."""
         if not os.path.isdir(self.sync.source):
             if not self.missing_logged:
                 log.error("source %s of %s is missing; waiting for it to come back, nothing "
@@ -94,14 +109,42 @@ class SyncWatch:
             self.next_root_poll = now + ROOT_POLL
             return False
         self.missing_logged = False
+        if self.seen is None:
+            self.seen = read_seen(self.journal)
         self.ino = INotify(nonblocking=True)
         self.tree = WatchTree(os.fsencode(self.sync.source), self.ino.add_watch,
                               self.ino.rm_watch, self.filter.excluded)
-        rescan = proto.Changes(verify={b""}) if lost_events else proto.Changes(trees={b""})
-        self.tree.queue(b"", rescan)
+        self.rescan(b"", "start")
         self.walk_started = now
         self.next_unwatched = now + UNWATCHED_RESCAN
         return True
+
+    def idle(self, outbox: Outbox) -> bool:
+        """Everything this sync's watcher saw is acknowledged."""
+        return (self.tree is not None and not self.tree.walking and not self.pending
+                and outbox.pending(self.sync.name) == 0)
+
+    def seen_due(self, now: float, outbox: Outbox) -> float | None:
+        """When a seen-point should be sent: SEEN_DELAY after the sync went
+        idle (once per stretch of idleness: nothing is sent while idle)."""
+        if not self.idle(outbox):
+            self.idle_since, self.seen_sent = None, False
+            return None
+        if self.idle_since is None:
+            self.idle_since = now
+        return None if self.seen_sent else self.idle_since + SEEN_DELAY
+
+    def next_seen(self) -> Seen:
+        """A seen-point for now (called when the queue was just found empty),
+        held back so that its cutoff is no later than that of the next
+        rescan of a blind subtree: their changes are seen only by rescans."""
+        point = Seen.now()
+        assert self.tree is not None
+        if self.tree.failed:
+            held = min(self.tree.failed.values()) + MARGIN
+            point = Seen(min(point.wall, held), point.boot, point.offset)
+        self.seen, self.seen_sent = point, True
+        return point
 
     def stop(self) -> None:
         if self.ino is not None:
@@ -119,11 +162,11 @@ class SyncWatch:
         if signals.overflow:
             self.overflows += 1
             log.warning("%s: inotify queue overflowed (fs.inotify.max_queued_events): "
-                        "watching new directories, then rescanning the whole source",
+                        "watching new directories, then rescanning the source",
                         self.sync.name)
             # Directories created while events were dropped have no watch
-            # yet: walk again (existing watches are kept), then verify.
-            self.tree.queue(b"", proto.Changes(verify={b""}))
+            # yet: walk again (existing watches are kept), then rescan.
+            self.rescan(b"", "events were lost")
         if signals.root_gone:
             log.error("source %s of %s is missing (moved or deleted); waiting for it to "
                       "come back, nothing is deleted on the targets", self.sync.source,
@@ -140,7 +183,7 @@ class SyncWatch:
             log.info("%s: watching %s: %d directories in %.1fs", self.sync.name,
                      self.sync.source, len(self.tree.paths), now - self.walk_started)
             self.walk_started = 0.0
-        if not self.tree.walking and not self.tree.failed <= self.reported:
+        if not self.tree.walking and not self.tree.failed.keys() <= self.reported:
             self.report_watch_limit()
 
     def report_watch_limit(self) -> None:
@@ -151,6 +194,7 @@ class SyncWatch:
         if not self.tree.failed:
             self.needed = 0
             return
+
         missing = self.tree.unwatched_dirs()
         self.needed = _current_watch_limit() + missing
         log.error("inotify watch limit reached: %d directories of %s are not watched; "
@@ -160,19 +204,22 @@ class SyncWatch:
 
     def rescan_unwatched(self, now: float) -> None:
         """Try to watch the blind subtrees again (the limit may have been
-        raised), then rescan them: watch first, then scan, as always."""
+        raised), then rescan them: watch first, then scan, as always. Only
+        files changed since their previous scan are compared by content."""
         assert self.tree is not None
         self.next_unwatched = now + UNWATCHED_RESCAN
-        failed = set(self.tree.failed)
+        failed = dict(self.tree.failed)
         self.tree.failed.clear()
-        for rel in failed:
-            self.tree.queue(rel, proto.Changes(verify={rel}))
+        mark = time.time() - MARGIN
+        for rel, since in failed.items():
+            self.tree.queue(rel, proto.Changes(trees={rel}), since=since, mark=mark)
 
     def status(self) -> WatchStatus:
         tree = self.tree
         return WatchStatus(sync=self.sync.name, watches=len(tree.paths) if tree else 0,
                            unwatched=len(tree.failed) if tree else 0,
-                           watch_limit_needed=self.needed or None, overflows=self.overflows)
+                           watch_limit_needed=self.needed or None, overflows=self.overflows,
+                           seen=self.seen.wall if self.seen is not None else None)
 
 
 class Watcher:
@@ -205,6 +252,10 @@ class Watcher:
         resend = self.outbox.next_resend()
         if resend is not None:
             due.append(resend)
+        for w in self.syncs:
+            when = w.seen_due(now, self.outbox)
+            if when is not None:
+                due.append(when)
         for w in busy:
             if w.tree is None:
                 due.append(w.next_root_poll)
@@ -219,7 +270,7 @@ class Watcher:
         bounded work."""
         for w in dict.fromkeys(readable + busy):
             if w.tree is None:
-                if now >= w.next_root_poll and w.start(now, lost_events=True):
+                if now >= w.next_root_poll and w.start(now):
                     log.info("source %s of %s is back", w.sync.source, w.sync.name)
                 continue
             if w in readable and not self.outbox.full(w.sync.name):
@@ -237,14 +288,7 @@ class Watcher:
     def run(self) -> int:
         now = time.monotonic()
         for w in self.syncs:
-            # After an unclean end (crash, kill, unacked events) events were
-            # lost, so the startup rescan compares content, not just size and
-            # mtime.
-            clean = w.take_clean_mark()
-            if not clean:
-                log.info("%s: the previous watcher did not stop cleanly: the startup "
-                         "rescan compares content (--checksum)", w.sync.name)
-            w.start(now, lost_events=not clean)
+            w.start(now)
         poller = zmq.Poller()
         for sock in (self.sock, self.monitor, self.rt.control):
             poller.register(sock, zmq.POLLIN)
@@ -276,15 +320,39 @@ class Watcher:
             readable = [polled[fd] for fd in events if isinstance(fd, int) and fd in polled]
             self.turn(readable, busy, now)
             self.send(self.outbox.due(now))
+            self.send_seen(now, readable)
+        self.final_seen()
         for w in self.syncs:
-            idle = (w.tree is not None and not w.tree.walking and not w.tree.failed
-                    and not w.pending and self.outbox.pending(w.sync.name) == 0)
-            if idle:
-                w.clean_mark.touch()  # every event it saw is in the journal
             w.stop()
         self.monitor.close()
         self.rt.close()
         return 0
+
+    def send_seen(self, now: float, readable: list[SyncWatch]) -> None:
+        """Seen-points of the syncs that have been idle for SEEN_DELAY: their
+        inotify queue was just found empty, so everything before now is in
+        the journal (or in messages on their way to it)."""
+        for w in self.syncs:
+            due = w.seen_due(now, self.outbox)
+            if due is not None and now >= due and w not in readable:
+                self.send(self.outbox.add(w.sync.name, proto.Changes(), now,
+                                          seen=w.next_seen()))
+
+    def final_seen(self) -> None:
+        """At a clean stop: a seen-point for every idle sync, acknowledged
+        before we go (a bounded wait), so that the next start compares only
+        what changes while syncsup is not running."""
+        now = time.monotonic()
+        for w in self.syncs:
+            if w.idle(self.outbox):
+                self.send(self.outbox.add(w.sync.name, proto.Changes(), now,
+                                          seen=w.next_seen()))
+        deadline = time.monotonic() + FINAL_ACK_WAIT
+        while self.outbox.inflight and time.monotonic() < deadline:
+            if self.sock.poll(100, zmq.POLLIN):
+                for _peer, msg in receive(self.sock, log):
+                    if isinstance(msg, proto.Ack):
+                        self.outbox.ack(msg.seq)
 
     def on_connected(self, now: float) -> None:
         """The connection to the collator was made (again): a restarted

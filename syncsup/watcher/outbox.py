@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from syncsup.proto import Changes, Events
+from syncsup.seen import Seen
 
 __all__ = ["MAX_INFLIGHT", "MAX_PATHS", "MAX_PATH_BYTES", "RESEND_AFTER", "Outbox", "split"]
 
@@ -75,12 +76,16 @@ class Outbox:
         self.inflight: dict[int, _Sent] = {}
         self.per_sync: Counter[str] = Counter()
 
-    def add(self, sync: str, changes: Changes, now: float) -> list[Events]:
-        """Messages for ``changes`` of ``sync``, recorded as sent now."""
+    def add(self, sync: str, changes: Changes, now: float,
+            seen: Seen | None = None) -> list[Events]:
+        """Messages for ``changes`` of ``sync``, recorded as sent now; the
+        last one carries ``seen``."""
         msgs = []
-        for part in split(changes):
+        parts = split(changes)
+        for i, part in enumerate(parts):
             self.seq += 1
-            msg = Events(seq=self.seq, sync=sync, changes=part)
+            msg = Events(seq=self.seq, sync=sync, changes=part,
+                         seen=seen if i == len(parts) - 1 else None)
             self.inflight[self.seq] = _Sent(sync, now, msg)
             self.per_sync[sync] += 1
             msgs.append(msg)

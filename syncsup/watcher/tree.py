@@ -12,6 +12,11 @@ watches on one tree must not stop the others' events for minutes. A rescan
 asked for while a walk is in progress is released only when the walk is
 done: watch first, then scan, so a change in between is seen by one or the
 other.
+
+A walk after lost events (``since``: a ctime) also lists the regular files
+whose ctime is not older than it: they changed while nobody was looking and
+are sent as paths, compared by content; rsync's quick check is trusted for
+the rest (see :mod:`syncsup.seen`).
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from inotify_simple import flags as F
 
 from syncsup.proto import Changes
+from syncsup.seen import MARGIN
 
 __all__ = ["MASK", "Signals", "WatchTree", "join"]
 
@@ -47,21 +55,39 @@ class Signals:
     root_gone: bool = False
 
 
+@dataclass(frozen=True)
+class _Walk:
+    """A directory still to visit: ``since`` is the ctime cutoff of the
+    candidate scan (None: no scan); ``mark`` what to remember for a subtree
+    that cannot be watched (the cutoff of its next rescan); ``blind`` that it
+    lies below such a subtree (scanned, not watched)."""
+
+    rel: bytes
+    since: float | None
+    mark: float
+    blind: bool = False
+
+
 class WatchTree:
     """Watch descriptors of one source tree."""
 
     def __init__(self, root: bytes, add_watch: Callable[[bytes, int], int],
                  rm_watch: Callable[[int], None],
-                 excluded: Callable[[bytes], bool] | None = None) -> None:
-        """``excluded(rel)`` says a directory needs no watch (rsync excludes it)."""
+                 excluded: Callable[[bytes], bool] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``excluded(rel)`` says a directory needs no watch (rsync excludes
+        it); ``clock`` is the wall clock ctimes are compared with."""
         self.root = root
         self.excluded = excluded or (lambda rel: False)
+        self.clock = clock
         self._add = add_watch
         self._rm = rm_watch
         self.paths: dict[int, bytes] = {}
-        self.failed: set[bytes] = set()   # subtrees left unwatched (ENOSPC)
+        # Subtrees left unwatched (the watch limit): each with the ctime
+        # cutoff its next rescan must compare content from.
+        self.failed: dict[bytes, float] = {}
         self.watch_errors = 0
-        self._stack: list[bytes] = []
+        self._stack: list[_Walk] = []
         self._after_walk = Changes()      # rescans waiting for the walk to finish
 
     def abspath(self, rel: bytes) -> bytes:
@@ -71,15 +97,21 @@ class WatchTree:
     def walking(self) -> bool:
         return bool(self._stack)
 
-    def queue(self, rel: bytes, rescan: Changes | None = None) -> None:
+    def queue(self, rel: bytes, rescan: Changes | None = None, since: float | None = None,
+              mark: float | None = None) -> None:
         """Watch ``rel`` and every directory below it (symlinks not
-        followed) in coming steps; ``rescan`` is released when they are done."""
-        self._stack.append(rel)
+        followed) in coming steps; ``rescan`` is released when they are done,
+        with the regular files whose ctime is ``since`` or later among its
+        paths. A subtree that cannot be watched is remembered with ``mark``
+        (default: ``since``, or now minus the margin)."""
+        if mark is None:
+            mark = since if since is not None else self.clock() - MARGIN
+        self._stack.append(_Walk(rel, since, mark))
         if rescan is not None:
             self._after_walk.update(rescan)
 
     def step(self, out: Changes, budget: int = 2000) -> int:
-        """Place up to ``budget`` watches; once no walk is left, move the
+        """Visit up to ``budget`` directories; once no walk is left, move the
         waiting rescans into ``out``. Returns the directories visited."""
         visited = 0
         while self._stack and visited < budget:
@@ -96,18 +128,22 @@ class WatchTree:
         while self._stack:
             self._visit(self._stack.pop())
 
-    def _visit(self, d: bytes) -> None:
-        try:
-            wd = self._add(self.abspath(d), MASK)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
-                return  # gone meanwhile (an event says so) or unreadable
-            if exc.errno == errno.ENOSPC:
-                self.failed.add(d)  # rescanned periodically by the watcher
+    def _visit(self, walk: _Walk) -> None:
+        d, blind = walk.rel, walk.blind
+        if not blind:
+            try:
+                wd = self._add(self.abspath(d), MASK)
+                self.paths[wd] = d
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+                    return  # gone meanwhile (an event says so) or unreadable
+                if exc.errno != errno.ENOSPC:
+                    raise
+                self.failed[d] = min(walk.mark, self.failed.get(d, walk.mark))
                 self.watch_errors += 1
-                return
-            raise
-        self.paths[wd] = d
+                blind = True  # rescanned periodically by the watcher
+        if blind and walk.since is None:
+            return  # nothing to look for below: its rescan covers it
         try:
             with os.scandir(self.abspath(d)) as it:
                 for entry in it:
@@ -115,7 +151,11 @@ class WatchTree:
                         if entry.is_dir(follow_symlinks=False):
                             sub = join(d, os.fsencode(entry.name))
                             if not self.excluded(sub):
-                                self._stack.append(sub)
+                                self._stack.append(_Walk(sub, walk.since, walk.mark, blind))
+                        elif walk.since is not None:
+                            st = entry.stat(follow_symlinks=False)
+                            if stat.S_ISREG(st.st_mode) and st.st_ctime >= walk.since:
+                                self._after_walk.paths.add(join(d, os.fsencode(entry.name)))
                     except OSError:
                         continue
         except OSError:
@@ -136,7 +176,8 @@ class WatchTree:
                 self._rm(wd)
             except OSError:
                 pass  # the kernel dropped it already
-        self._stack = [p for p in self._stack if not (p == rel or p.startswith(prefix))]
+        self._stack = [w for w in self._stack
+                       if not (w.rel == rel or w.rel.startswith(prefix))]
 
     def apply(self, events: Iterable[tuple[int, int, int, bytes]], changes: Changes) -> Signals:
         """Fold raw ``(wd, mask, cookie, name)`` events into ``changes``.
