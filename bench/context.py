@@ -31,7 +31,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "idle_s": 4.0,
         "syncs": [1, 20],
         "syncs_files": 5,
-        "syncs_settle_s": 12.0,
+        "syncs_settle_s": 11.0,
         "syncs_idle_s": 10.0,
         "timeout": 120.0,
     },

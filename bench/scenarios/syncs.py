@@ -13,7 +13,7 @@ local targets, one config (syncsup: N ``[[sync]]`` blocks; Lsyncd: N
 2. **one change per sync**: a new file written in each of the N sources at
    once; from the last write until every target has its file (confirmed
    byte for byte).  A warm-up round first makes sure events flow;
-3. **at rest**: after ``syncs_settle_s`` (15 s full, 12 s smoke) with
+3. **at rest**: after ``syncs_settle_s`` (15 s full, 11 s smoke) with
    nothing happening, the number of processes in the tree and the sums of
    RSS and PSS over it (``smaps_rollup``).  The wait matters: syncsup's
    children give freed heap back at their first heartbeat after a busy
