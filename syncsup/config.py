@@ -51,6 +51,7 @@ class Mode(StrEnum):
 
 
 MODES = tuple(m.value for m in Mode)
+AGENT_MAX_SIZE_LIMIT = 4 * 1024 * 1024  # a file travels in one agent frame
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -173,6 +174,7 @@ class Sync:
     max_delays: int = 1000
     max_delete: int = 0
     full_sync_interval: float = 0.0
+    agent_max_size: int = 1024 * 1024
     exclude: tuple[str, ...] = ()
     exclude_from: Path | None = None
     filter: tuple[str, ...] = ()
@@ -441,6 +443,10 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     if full_sync_interval != 0 and full_sync_interval < 10:
         raise ConfigError(f"{where}.full_sync_interval", "must be 0 (off) or >= 10 seconds")
     max_delays = _pop(table, "max_delays", int, where, _default(Sync, "max_delays"))
+    agent_max_size = _pop(table, "agent_max_size", int, where, _default(Sync, "agent_max_size"))
+    if not 0 <= agent_max_size <= AGENT_MAX_SIZE_LIMIT:
+        raise ConfigError(f"{where}.agent_max_size", f"must be between 0 (never use the agent) "
+                          f"and {AGENT_MAX_SIZE_LIMIT} bytes")
     if max_delays < 1:
         raise ConfigError(f"{where}.max_delays", "must be >= 1")
     exclude = _str_list(_pop(table, "exclude", list, where, []), f"{where}.exclude")
@@ -493,7 +499,7 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     return Sync(
         name=name, source=source, targets=tuple(targets), mode=mode, delay=delay,
         delete=delete, init=init, max_delays=max_delays, max_delete=max_delete,
-        full_sync_interval=full_sync_interval, exclude=exclude,
+        full_sync_interval=full_sync_interval, agent_max_size=agent_max_size, exclude=exclude,
         exclude_from=exclude_from, filter=filters, filter_from=filter_from, ssh=ssh,
         rsync=rsync, commands=commands,
     )

@@ -24,6 +24,7 @@ __all__ = [
     "SyncStatus",
     "TargetStatus",
     "TransferStatus",
+    "TransportStatus",
     "WatchStatus",
     "assemble",
     "format_status",
@@ -54,6 +55,16 @@ class TransferStatus:
     phase: str
     seconds: float
     io_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class TransportStatus:
+    """How a target's small changes travel (from the syncer): ``agent`` (a
+    long-lived channel) or ``rsync`` (a process per batch)."""
+
+    sync: str
+    target: str
+    transport: str
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,7 @@ class StatusPart:
     watches: list[WatchStatus] = field(default_factory=list)
     queues: list[QueueStatus] = field(default_factory=list)
     transfers: list[TransferStatus] = field(default_factory=list)
+    transports: list[TransportStatus] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -138,12 +150,14 @@ def assemble(config: str, started: float, components: list[ComponentStatus],
     watches = {w.sync: w for p in parts for w in p.watches}
     queues = {q.sync: q for p in parts for q in p.queues}
     running = {(t.sync, t.target): t for p in parts for t in p.transfers}
+    transport = {(t.sync, t.target): t.transport for p in parts for t in p.transports}
     out = []
     for name, source, mode, specs in syncs:
         w, q = watches.get(name), queues.get(name)
         known = {t.target: t for t in (q.targets if q else [])}
         targets = [dataclasses.replace(known.get(spec) or TargetStatus(target=spec),
-                                       transfer=running.get((name, spec)))
+                                       transfer=running.get((name, spec)),
+                                       transport=transport.get((name, spec), "rsync"))
                    for spec in specs]
         out.append(SyncStatus(
             name=name, source=source, mode=mode, rescans=q.rescans if q else 0,

@@ -46,6 +46,7 @@ def run(conf: cfg.Config, run_id: str) -> int:
     log.info("collator up: %d sync(s)", len(core.syncs))
     wake: float | None = time.time()
     full: float | None = None
+    idle: float | None = None
     while not rt.stopping:
         mono = time.monotonic()
         due = [rt.heartbeat(mono)]
@@ -53,6 +54,8 @@ def run(conf: cfg.Config, run_id: str) -> int:
             due.append(wake - time.time())
         if full is not None:
             due.append(full - mono)
+        if idle is not None:
+            due.append(idle - mono)
         events = dict(poller.poll(int(max(0.0, min(due)) * 1000) + 1))
         if sockets["ingest"] in events:
             for peer, msg in receive(sockets["ingest"], log):
@@ -72,6 +75,7 @@ def run(conf: cfg.Config, run_id: str) -> int:
             rt.on_control(log, core.status, _control(core))
         full = core.periodic(time.monotonic())
         wake = core.dispatch_due()
+        idle = core.release_idle(time.monotonic())
     core.close()
     rt.close()
     return 0

@@ -39,7 +39,8 @@ from syncsup.runtime import (
     send,
 )
 from syncsup.statedir import StateDir
-from syncsup.status import StatusPart, TransferStatus
+from syncsup.status import StatusPart, TransferStatus, TransportStatus
+from syncsup.syncer.agents import Channel, unusable
 from syncsup.syncer.argv import expand_rule_files, rsync_argv, ssh_argv
 from syncsup.syncer.moves import (
     agent_command,
@@ -75,6 +76,7 @@ class Slot:
     master: subprocess.Popen[bytes] | None = None
     master_failures: int = 0
     master_next: float = 0.0
+    channel: Channel | None = None  # the target's agent, if the sync can use one
 
     @property
     def label(self) -> str:
@@ -143,8 +145,14 @@ class Syncer:
             sync = expand_rule_files(raw)
             for i, t in enumerate(sync.targets):
                 cp = self.state.control_path(sync.name, i) if t.is_remote else None
-                self.slots[(sync.name, i)] = Slot(sync, i, t, cp)
+                slot = self.slots[(sync.name, i)] = Slot(sync, i, t, cp)
+                why = unusable(sync)
+                if why is None:
+                    slot.channel = Channel(sync, t, cp, self._agent_errfile(slot))
+                elif i == 0:
+                    log.info("%s: every change goes through rsync (%s)", sync.name, why)
         self.remote = [s for s in self.slots.values() if s.control_path is not None]
+        self.agents = [s for s in self.remote if s.channel is not None]
         self.files: dict[tuple[str, int], tuple[IO[bytes], IO[bytes]]] = {}
         self.transfers = 0
         self.connections = 0
@@ -164,10 +172,12 @@ class Syncer:
             log.warning("%s busy, dropped batch %d", slot.label, batch.batch_id)
             return
         slot.batch = batch
+        now = time.monotonic()
         slot.plan = Plan.make(batch.changes, commands=slot.sync.runs_commands,
                               replay_moves=slot.sync.moves_on_target,
-                              source_empty=_empty(slot.sync.source))
-        slot.started = time.monotonic()
+                              source_empty=_empty(slot.sync.source),
+                              agent=slot.channel is not None and slot.channel.available(now))
+        slot.started = now
         slot.sent = 0
         self.proceed(slot, slot.plan.first())
 
@@ -184,6 +194,9 @@ class Syncer:
 
     def running(self) -> int:
         return sum(1 for s in self.slots.values() if s.transfer is not None)
+
+    def _agent_errfile(self, slot: Slot) -> IO[bytes]:
+        return open(self.state.tmp / f"{slot.sync.name}-{slot.index}.agent.err", "w+b")
 
     def _files(self, slot: Slot) -> tuple[IO[bytes], IO[bytes]]:
         key = (slot.sync.name, slot.index)
@@ -205,6 +218,14 @@ class Syncer:
     def _start(self, slot: Slot, step: Step) -> None:
         assert slot.batch is not None and slot.plan is not None
         changes = slot.batch.changes
+        if step.kind is StepKind.AGENT:
+            assert slot.channel is not None
+            names = _effective(os.fsencode(slot.sync.source), list(step.names))
+            done = slot.channel.begin(names, slot.batch.startup, time.monotonic())
+            slot.sent += slot.channel.sent
+            if done is not None:
+                self.proceed(slot, slot.plan.advance(step, done))
+            return
         lst = self.state.tmp / f"{slot.sync.name}-{slot.index}-{step.kind.value}.list"
         stdin: Path | None = None
         t = slot.target
@@ -241,6 +262,12 @@ class Syncer:
             self.finish(slot, Finished(proto.Outcome.FATAL, 127, f"cannot run {argv[0]}: {exc}"))
 
     def poll(self, slot: Slot, now: float) -> None:
+        if slot.step is not None and slot.step.kind is StepKind.AGENT and slot.plan is not None:
+            assert slot.channel is not None
+            done = slot.channel.poll(now)
+            if done is not None:
+                self.proceed(slot, slot.plan.advance(slot.step, done))
+            return
         if slot.transfer is None:
             if slot.step is not None and slot.batch is not None and (
                     not self.max_processes or self.running() < self.max_processes):
@@ -320,18 +347,39 @@ class Syncer:
                                   seconds=now - s.started,
                                   io_bytes=max(0, s.transfer.io_seen) if s.transfer else 0)
                    for s in self.slots.values() if s.batch is not None]
-        return StatusPart(role="syncer", transfers=running)
+        transports = [TransportStatus(sync=s.sync.name, target=s.target.spec,
+                                      transport=s.channel.transport(now) if s.channel else "rsync")
+                      for s in self.slots.values()]
+        return StatusPart(role="syncer", transfers=running, transports=transports)
 
     def timeout(self, now: float, beat_in: float) -> float:
         """Idle, only the heartbeat and the ssh masters' retries wake us (a
         master that ends wakes us through SIGCHLD)."""
         due = [beat_in]
         if any(s.batch is not None for s in self.slots.values()):
-            due.append(1.0)  # progress checks, and steps waiting for a free transfer
+            due.append(1.0)  # progress checks, steps waiting for a free transfer or an agent
         for s in self.remote:
             if s.master is None:
                 due.append(max(0.0, s.master_next - now))
         return min(due)
+
+    def _poll_agents(self, poller: zmq.Poller, polled: dict[int, int]) -> dict[int, int]:
+        """Keep the poller watching the remote agents' pipes: stdout always,
+        stdin while there is something to write."""
+        wanted: dict[int, int] = {}
+        for slot in self.agents:
+            assert slot.channel is not None
+            rfd, wfd = slot.channel.fds()
+            if rfd is not None:
+                wanted[rfd] = zmq.POLLIN
+            if wfd is not None:
+                wanted[wfd] = zmq.POLLOUT
+        for fd in polled.keys() - wanted.keys():
+            poller.unregister(fd)
+        for fd, flags in wanted.items():
+            if polled.get(fd) != flags:
+                poller.register(fd, flags)
+        return wanted
 
     def on_connected(self) -> None:
         """(Re)connected to the collator: a restarted one knows no credits."""
@@ -356,9 +404,11 @@ class Syncer:
         for sock in (self.sock, self.monitor, self.rt.control):
             poller.register(sock, zmq.POLLIN)
         poller.register(exits, zmq.POLLIN)
+        polled: dict[int, int] = {}
         while not self.rt.stopping:
             now = time.monotonic()
             beat_in = self.rt.heartbeat(now)
+            polled = self._poll_agents(poller, polled)
             events = dict(poller.poll(int(self.timeout(now, beat_in) * 1000) + 1))
             if exits in events:
                 drain_fd(exits)
@@ -373,6 +423,11 @@ class Syncer:
             if self.rt.control in events:
                 self.rt.on_control(log, self.status)
             now = time.monotonic()
+            for slot in self.agents:
+                if slot.batch is None and slot.channel is not None:
+                    rfd, _ = slot.channel.fds()
+                    if rfd is not None and rfd in events:
+                        slot.channel.read_ready(now)  # an idle session ended or spoke
             for slot in self.slots.values():
                 if slot.batch is not None:
                     self.poll(slot, now)
@@ -385,6 +440,8 @@ class Syncer:
 
     def kill_all(self) -> None:
         for slot in self.slots.values():
+            if slot.channel is not None:
+                slot.channel.close()
             if slot.transfer is not None:
                 slot.transfer.kill()
             if slot.master is not None:

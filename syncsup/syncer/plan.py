@@ -3,9 +3,9 @@ what each step's result means.
 
 ::
 
-    Batch ──> [moves] ──> [tree] ──> [paths] ──> ok
-                 │          │           │
-                 └──────────┴───────────┴──> outcome (retry / fatal / halt)
+    Batch ──> [moves] ──> [tree] ──> [agent] ──> [paths] ──> ok
+                 │          │                     │
+                 └──────────┴─────────────────────┴──> outcome (retry / fatal / halt)
 
     command mode:  Batch ──> [command] ──> ok | retry
 
@@ -21,6 +21,11 @@ what each step's result means.
   size and mtime). An empty source root looks like an unmounted disk: the
   step then deletes nothing (``--max-delete=0``), and rsync's 25 means
   "refused to wipe the mirror", a retry, not a halt.
+* ``agent`` applies the paths through the target's agent (small files,
+  directories, symlinks, deletes: no process per batch); what it leaves to
+  rsync (larger files, special files, anything that failed) becomes the
+  ``paths`` step. An agent that dies or stalls is never the batch's
+  outcome: all its paths go to rsync instead.
 * ``paths`` sends entries one by one (``-I``, ``--delete-missing-args``).
 * A step that was killed for making no progress is a retry.
 
@@ -42,6 +47,7 @@ __all__ = ["Finished", "Plan", "Result", "Step", "StepKind"]
 class StepKind(StrEnum):
     MOVES = "moves"
     TREE = "tree"
+    AGENT = "agent"
     PATHS = "paths"
     COMMAND = "command"
 
@@ -68,6 +74,7 @@ class Result:
     stalled: bool = False
     error: str = ""
     refused: bool = False
+    fallback: tuple[bytes, ...] = ()  # an agent step: the paths left to rsync
 
 
 @dataclass(frozen=True)
@@ -90,9 +97,10 @@ class Plan:
 
     @classmethod
     def make(cls, changes: Changes, *, commands: bool, replay_moves: bool,
-             source_empty: bool) -> Plan:
+             source_empty: bool, agent: bool = False) -> Plan:
         """The plan for ``changes``. ``replay_moves``: the mode renames on
-        the target; ``source_empty``: the source root has no entries now."""
+        the target; ``source_empty``: the source root has no entries now;
+        ``agent``: the target's agent takes the paths it can."""
         if commands:
             return cls([Step(StepKind.COMMAND)], moves=len(changes.moves))
         steps = []
@@ -107,7 +115,8 @@ class Plan:
                 checksum=bool(changes.verify) or bool(moved_to & changes.trees),
                 empty_guard=b"" in trees and source_empty))
         if changes.paths:
-            steps.append(Step(StepKind.PATHS, tuple(sorted(changes.paths))))
+            kind = StepKind.AGENT if agent else StepKind.PATHS
+            steps.append(Step(kind, tuple(sorted(changes.paths))))
         return cls(steps, moves=len(changes.moves) if replay_moves else 0)
 
     def first(self) -> Step | Finished:
@@ -116,7 +125,7 @@ class Plan:
     def advance(self, step: Step, result: Result) -> Step | Finished:
         """The next step after ``step`` ended with ``result``, or the outcome."""
         self.done.append(step.kind)
-        if result.stalled:
+        if result.stalled and step.kind is not StepKind.AGENT:
             if step.kind is StepKind.MOVES:
                 self.moves_done = self.moves  # some may have been applied: never replay
             return Finished(Outcome.RETRY, result.rc,
@@ -133,6 +142,14 @@ class Plan:
             if result.refused:  # wrong ROOT, no confinement there: retrying cannot help
                 return Finished(Outcome.FATAL, result.rc, result.error)
             self.moves_done = self.moves
+            return self._next(step)
+        if step.kind is StepKind.AGENT:
+            # A dead or wedged agent hands everything to rsync; a working one
+            # hands over what it does not do.
+            left = step.names if result.rc != 0 or result.stalled else result.fallback
+            if left:
+                nxt = Step(StepKind.PATHS, tuple(sorted(set(left))))
+                self.steps.insert(self.steps.index(step) + 1, nxt)
             return self._next(step)
         if step.empty_guard and result.rc == 25:
             return Finished(Outcome.RETRY, result.rc,

@@ -102,17 +102,35 @@ def info(root: str, forced: bool) -> dict[str, object]:
             "home_protected": home_inside(root) is not None}
 
 
-def serve_agent(root: str) -> int:
-    from syncsup.target._agent import serve
+def serve_agent(root: str, forced: bool) -> int:
+    """The agent. Behind the forced command it is chrooted to ROOT and keeps
+    numeric owners (like the chrooted rsync daemon beside it). Run directly
+    (a key that can run any command anyway) it is confined by its descriptors
+    alone and maps owners by name, like a plain ``rsync -a`` over ssh."""
+    import signal
+
+    from syncsup.target._agent import Ids, serve
     from syncsup.target._apply import Applier, Protection
 
     home = home_inside(root)
     protection = Protection()
     if home is not None:
         protection = Protection.for_home(root, pwd.getpwuid(os.geteuid()).pw_dir)
+    # Opened before the chroot: the way to name a file written unnamed.
+    proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    if not forced:
+        applier = Applier(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC),
+                          protection, proc_fd)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        return serve(applier, {"root": root, "confinement": "descriptors only (no forced "
+                               "command)"}, ids=Ids(by_name=True))
     how = chroot_self(root)
-    applier = Applier.open("/", protection)
-    return serve(applier, {"root": root, "confinement": how})
+    # A hang-up ends the session only between operations: the current one
+    # finishes (no half-written temporary file), then stdin reaches its end.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    applier = Applier(os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), protection,
+                      proc_fd)
+    return serve(applier, {"root": root, "confinement": how}, ids=Ids(by_name=False))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(info(root, forced)))
             return 0
         if service == "agent":
-            return serve_agent(root)
+            return serve_agent(root, forced)
         from syncsup.target._daemon import run_daemon
 
         grant_chroot_for_exec()

@@ -130,7 +130,7 @@ class Killer(threading.Thread):
                 if self.d.kill_component(role, self.rng) is not None:
                     self.killed.append(role)
                     order.pop(0)
-        except BaseException as e:  # noqa: BLE001 - reported by the test
+        except BaseException as e:
             self.error = e
 
 

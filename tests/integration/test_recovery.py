@@ -281,11 +281,10 @@ def test_a_full_state_dir_is_an_error_and_heals(tmp_path, src, dst, daemon_facto
         (src / "before").write_bytes(b"before")
         wait_converged(src, dst, timeout=60, on_timeout=d.describe)
         filler = state / "filler"
-        with open(filler, "wb") as fh:
-            with contextlib.suppress(OSError):
-                while True:
-                    fh.write(b"\0" * 65536)
-                    fh.flush()
+        with open(filler, "wb") as fh, contextlib.suppress(OSError):
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
         for i in range(30):
             (src / f"during-{i}").write_bytes(os.urandom(2000))
         st = d.wait_for(lambda st: st["syncs"][0]["journal"].startswith("error"),

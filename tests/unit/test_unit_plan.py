@@ -146,7 +146,44 @@ def test_the_table_covers_every_combination() -> None:
     assert len(SHAPES) == 2 * 2 * 2 * 4 * 3 * 2 * 2
     assert len(set(SHAPES)) == len(SHAPES)
     kinds = {s.kind for shape in SHAPES for s in expected_steps(*shape)}
-    assert kinds == set(StepKind)
+    assert kinds == set(StepKind) - {StepKind.AGENT}  # the agent's own table is below
+
+
+# ------------------------------------------------------------------- the agent
+AGENT_RESULTS = {
+    "all done": (Result(0), ()),
+    "some left": (Result(0, fallback=(b"\xff\n", b"p")), (b"p", b"\xff\n")),
+    "dead": (Result(255, error="agent gone"), "all"),
+    "stalled": (Result(-9, stalled=True), "all"),
+    "refused": (Result(1, refused=True, error=REFUSAL), "all"),
+}
+
+
+@pytest.mark.parametrize("renames", [False, True])
+@pytest.mark.parametrize("trees", ["no-trees", "root"])
+@pytest.mark.parametrize("outcome", list(AGENT_RESULTS))
+def test_the_agent_step_never_decides_the_batch(renames: bool, trees: str, outcome: str) -> None:
+    """Paths go to the agent; whatever it leaves (or all of them, if it
+    died, stalled or was refused) goes to an rsync paths step; the agent's
+    own failure is never the batch's outcome."""
+    changes = changes_of(renames, trees, "no-verify", "paths")
+    plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False, agent=True)
+    kinds = [s.kind for s in plan.steps]
+    assert kinds[-1] is StepKind.AGENT and PATHS not in kinds
+    assert plan.steps[-1].names == tuple(sorted(changes.paths))
+    step: Step | Finished = plan.first()
+    while isinstance(step, Step) and step.kind is not StepKind.AGENT:
+        step = plan.advance(step, Result(0))
+    assert isinstance(step, Step) and step.kind is StepKind.AGENT
+    result, left = AGENT_RESULTS[outcome]
+    nxt = plan.advance(step, result)
+    expected = tuple(sorted(changes.paths)) if left == "all" else left
+    if expected:
+        assert nxt == Step(PATHS, expected)
+        assert plan.advance(nxt, Result(0)) == Finished(Outcome.OK)
+    else:
+        assert nxt == Finished(Outcome.OK)
+    assert plan.moves_done == (len(RENAMES) if renames else 0)
 
 
 @pytest.mark.parametrize("trees", ["no-trees", "rename-dst"])
