@@ -87,6 +87,9 @@ class SshOptions:
     identity_file: Path | None = None
     options: tuple[str, ...] = ()
     confined: bool = False  # default for this sync's remote targets
+    # What runs the agent on a target whose key is not confined (a key that
+    # is confined runs syncsup-target whatever the client asks for).
+    target_command: str = "syncsup-target"
 
 
 @dataclass(frozen=True)
@@ -333,14 +336,18 @@ def _parse_ssh(raw: Any, where: str, base: Path) -> tuple[SshOptions, str | None
         raise ConfigError(f"{where}.port", "must be between 1 and 65535")
     ident = _opt_path(table, "identity_file", where, base)
     confined = _pop(table, "confined", bool, where, _default(SshOptions, "confined"))
+    target_command = _pop(table, "target_command", str, where,
+                          _default(SshOptions, "target_command"))
+    if not target_command or any(c in target_command for c in "\0\n"):
+        raise ConfigError(f"{where}.target_command", "must be a command (a path or a name)")
     options = _str_list(_pop(table, "options", list, where, []), f"{where}.options")
     for i, opt in enumerate(options):
         name = opt.split("=", 1)[0]
         if "=" not in opt or not name.isalnum():
             raise ConfigError(f"{where}.options[{i}]", "must look like 'Name=value'")
     _no_extra(table, where)
-    return (SshOptions(port=port, identity_file=ident, options=options, confined=confined),
-            host, user)
+    return (SshOptions(port=port, identity_file=ident, options=options, confined=confined,
+                       target_command=target_command), host, user)
 
 
 def _parse_rsync(raw: Any, where: str) -> RsyncOptions:

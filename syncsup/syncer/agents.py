@@ -137,7 +137,8 @@ class Channel:
         if now < self.off_until:
             return None
         argv = [*ssh_argv(self.sync, self.control_path), "--", self.target.login,
-                agent_command(self.target.path)]
+                agent_command(self.target.path, "syncsup-target" if self.target.confined
+                              else self.sync.ssh.target_command)]
         try:
             self.remote = RemoteAgent(f"{self.label}: agent", argv, self.errfile, now)
         except OSError as exc:

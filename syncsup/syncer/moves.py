@@ -45,11 +45,11 @@ def local_renames(target_root: str, moves: list[list[bytes]]) -> int:
     return done
 
 
-def agent_command(target_path: str) -> str:
+def agent_command(target_path: str, program: str = "syncsup-target") -> str:
     """The remote command that starts syncsup's agent for ``target_path``
     (for a confined key, sshd runs the forced command instead and passes
-    this as the request)."""
-    return f"syncsup-target {shlex.quote(target_path)} agent"
+    this as the request: there the program is always ``syncsup-target``)."""
+    return f"{shlex.quote(program)} {shlex.quote(target_path)} agent"
 
 
 def agent_requests(moves: list[list[bytes]]) -> bytes:
