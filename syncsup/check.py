@@ -153,10 +153,11 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
                     "symlink raced into a source directory)"], "")
         else:
             report([], f"rsync {format_version(found)} (local)")
-    for sync in conf.syncs:
+    for i, sync in enumerate(conf.syncs):
         src = sync.source
         if not os.path.isdir(src):
-            report([f"{sync.name}: source {src} is not a directory"], "")
+            what = "is not a directory" if os.path.lexists(src) else "does not exist"
+            report([f"sync[{i}].source: {src} {what} (syncsup start refuses it)"], "")
         elif not os.access(src, os.R_OK | os.X_OK):
             report([f"{sync.name}: source {src} is not readable"], "")
         else:

@@ -40,8 +40,8 @@ EX_NOT_RUNNING = 3
 
 def _load(path: str, sources: bool = False) -> cfg.Config:
     """The config, or exit 78 with one line; ``sources``: they must exist
-    (start and check; not status or stop, which must work while a source
-    is away)."""
+    (start; ``check`` lists a missing source among its problems, and status
+    or stop must work while a source is away)."""
     try:
         conf = cfg.load(path)
         if sources:
@@ -111,7 +111,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from syncsup.check import run_checks
 
-    conf = _load(args.config, sources=True)
+    conf = _load(args.config, sources=False)
     lines: list[str] = []
     problems = run_checks(conf, lines)
     print("\n".join(lines))

@@ -322,8 +322,13 @@ def test_a_missing_source_at_start_is_a_config_error(tmp_path, dst, settings):
                  sync_entry(tmp_path / "nowhere", [tmp_path / "dst2"], name="b")]})
     os.chmod(conf, 0o600)
     (tmp_path / "src-ok").mkdir()
-    for cmd in ("start", "check"):
-        r = run_cli(cmd, conf)
-        assert r.returncode == 78, (cmd, r.returncode, r.stdout, r.stderr)
-        assert "sync[1].source" in r.stderr and "does not exist" in r.stderr, r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = run_cli("start", conf)
+    assert r.returncode == 78, (r.returncode, r.stdout, r.stderr)
+    assert "sync[1].source" in r.stderr and "does not exist" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    # check lists it among every problem it finds (exit 1), naming the key
+    r = run_cli("check", conf)
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    problems = [ln for ln in r.stdout.splitlines() if ln.startswith("problem:")]
+    assert len(problems) == 1, r.stdout
+    assert "sync[1].source" in problems[0] and "does not exist" in problems[0], r.stdout
