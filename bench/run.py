@@ -104,6 +104,15 @@ def runs_for(scn: str, args: argparse.Namespace) -> int:
     return min(3, cap) if cap else 3
 
 
+def describe_runs(runs: dict[str, int]) -> str:
+    """"3 runs", or "3 runs (syncs: 1)" when some scenario runs a different number."""
+    counts = sorted(set(runs.values()), key=list(runs.values()).count, reverse=True)
+    main = counts[0] if counts else 0
+    text = f"{main} run" + ("" if main == 1 else "s")
+    odd = [f"{scn}: {n}" for scn, n in runs.items() if n != main]
+    return text + (f" ({', '.join(odd)})" if odd else "")
+
+
 def run_all(ctx: Ctx, selected: list[str], args: argparse.Namespace,
             raw: Raw, failures: list[str]) -> None:
     """Every selected scenario, every run, both tools (alternating who goes first)."""
@@ -165,9 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Ctx(mode, base)
     mach = machine()
     started = _dt.datetime.now(_dt.UTC)
-    runs_txt = "1 run" if args.smoke else (
-        f"{args.runs} run(s)" if args.runs else "3 runs (syncs: 1)"
-    )
+    runs = {scn: runs_for(scn, args) for scn in selected}
+    runs_txt = describe_runs(runs)
     print(f"syncsup vs Lsyncd — {mode} run, {runs_txt} per scenario, in {base}")
     print(
         f"  {mach['cores']} cores, {mach['memory_gb']} GB, kernel {mach['kernel']}, "
@@ -189,7 +197,6 @@ def main(argv: list[str] | None = None) -> int:
 
     elapsed = time.monotonic() - t_all
     rows = summarize(raw, scenarios.describe, scenarios.sort_key)
-    runs = {scn: runs_for(scn, args) for scn in selected}
     print()
     print(table_text(rows))
     print(f"\n{mode} run: medians of {runs_txt}; {elapsed:.0f}s in all")
