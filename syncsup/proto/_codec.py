@@ -65,10 +65,12 @@ def warm_up() -> None:
 
 
 def _hints_of(cls: type) -> None:
-    from syncsup.proto._typed import _hints
+    from syncsup.proto._typed import _converter, _hints
 
+    _converter(cls)
     hints = _hints(cls)
     for tp in hints.values():
+        _converter(tp)
         for arg in (tp, *getattr(tp, "__args__", ())):
             if dataclasses.is_dataclass(arg) and isinstance(arg, type):
                 _hints_of(arg)

@@ -55,76 +55,130 @@ def _fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
     return tuple(f for f in dataclasses.fields(cls) if f.init)
 
 
+Convert = typing.Callable[[Any, str], Any]
+
+
 def from_wire(tp: Any, data: Any, where: str = "") -> Any:
     """``data`` as a value of type ``tp``; raises WireError."""
+    return _converter(tp)(data, where)
+
+
+@functools.cache
+def _converter(tp: Any) -> Convert:
+    """The checking converter for ``tp``, built once per type: the
+    annotations are read when a message type is first seen, not on every
+    value (decoding is on the path of every change)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
-        return data
+        return lambda data, where: data
     if origin in (typing.Union, types.UnionType):
-        if data is None and type(None) in args:
-            return None
         rest = [a for a in args if a is not type(None)]
         if len(rest) != 1:
-            raise WireError(f"{where}: unsupported union {tp}")
-        return from_wire(rest[0], data, where)
+            return _fail(f"unsupported union {tp}")
+        inner, nullable = _converter(rest[0]), type(None) in args
+
+        def union(data: Any, where: str) -> Any:
+            if data is None and nullable:
+                return None
+            return inner(data, where)
+        return union
     if tp is type(None):
-        if data is not None:
-            raise WireError(f"{where}: expected nil")
-        return None
+        return _exact(type(None), "expected nil")
     if tp is bool:
-        if type(data) is not bool:
-            raise WireError(f"{where}: expected a boolean")
-        return data
+        return _exact(bool, "expected a boolean")
     if tp is int:
-        if type(data) is not int:
-            raise WireError(f"{where}: expected an integer")
-        return data
+        return _exact(int, "expected an integer")
     if tp is float:
-        if type(data) not in (int, float):
-            raise WireError(f"{where}: expected a number")
-        return float(data)
+        def number(data: Any, where: str) -> float:
+            if type(data) not in (int, float):
+                raise WireError(f"{where}: expected a number")
+            return float(data)
+        return number
     if tp in (str, bytes):
-        if type(data) is not tp:
-            raise WireError(f"{where}: expected {tp.__name__}")
-        return data
+        return _exact(tp, f"expected {tp.__name__}")
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        if not any(type(data) is type(m.value) for m in tp):
+        return _enum(tp)
+    if origin in (list, set):
+        return _sequence(_converter(args[0]), origin is set)
+    if origin is tuple:
+        return _tuple([_converter(a) for a in args])
+    if origin is dict:
+        key, val = _converter(args[0]), _converter(args[1])
+
+        def mapping(data: Any, where: str) -> dict[Any, Any]:
+            if type(data) is not dict:
+                raise WireError(f"{where}: expected a map")
+            return {key(k, f"{where} key"): val(v, f"{where}[{k!r}]") for k, v in data.items()}
+        return mapping
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _dataclass(tp)
+    return _fail(f"unsupported type {tp}")
+
+
+def _fail(why: str) -> Convert:
+    def fail(data: Any, where: str) -> Any:
+        raise WireError(f"{where}: {why}")
+    return fail
+
+
+def _exact(tp: type, why: str) -> Convert:
+    def exact(data: Any, where: str) -> Any:
+        if type(data) is not tp:
+            raise WireError(f"{where}: {why}")
+        return data
+    return exact
+
+
+def _enum(tp: type[enum.Enum]) -> Convert:
+    kinds = {type(m.value) for m in tp}
+
+    def member(data: Any, where: str) -> Any:
+        if type(data) not in kinds:
             raise WireError(f"{where}: {data!r} is not a {tp.__name__}")
         try:
             return tp(data)
         except ValueError:
             raise WireError(f"{where}: {data!r} is not a {tp.__name__}") from None
-    if origin in (list, set):
+    return member
+
+
+def _sequence(item: Convert, as_set: bool) -> Convert:
+    def sequence(data: Any, where: str) -> Any:
         if type(data) is not list:
             raise WireError(f"{where}: expected a list")
-        items = [from_wire(args[0], v, f"{where}[{i}]") for i, v in enumerate(data)]
-        return items if origin is list else set(items)
-    if origin is tuple:
-        if type(data) is not list or len(data) != len(args):
-            raise WireError(f"{where}: expected a list of {len(args)}")
-        return tuple(from_wire(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(
-            zip(args, data, strict=True)))
-    if origin is dict:
-        if type(data) is not dict:
-            raise WireError(f"{where}: expected a map")
-        return {from_wire(args[0], k, f"{where} key"): from_wire(args[1], v, f"{where}[{k!r}]")
-                for k, v in data.items()}
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return _dataclass(tp, data, where)
-    raise WireError(f"{where}: unsupported type {tp}")
+        items = [item(v, f"{where}[{i}]") for i, v in enumerate(data)]
+        return set(items) if as_set else items
+    return sequence
 
 
-def _dataclass(cls: type, data: Any, where: str) -> Any:
-    if type(data) is not dict:
-        raise WireError(f"{where or cls.__name__}: expected a map")
+def _tuple(items: list[Convert]) -> Convert:
+    def fixed(data: Any, where: str) -> tuple[Any, ...]:
+        if type(data) is not list or len(data) != len(items):
+            raise WireError(f"{where}: expected a list of {len(items)}")
+        return tuple(c(v, f"{where}[{i}]") for i, (c, v) in enumerate(
+            zip(items, data, strict=True)))
+    return fixed
+
+
+def _dataclass(cls: type) -> Convert:
     hints = _hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in _fields(cls):
-        path = f"{where}.{f.name}" if where else f"{cls.__name__}.{f.name}"
-        if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise WireError(f"{path}: missing")
-            continue
-        kwargs[f.name] = from_wire(hints[f.name], data[f.name], path)
-    return cls(**kwargs)
+    # (name, converter, required): converters of nested types are built on
+    # first use, so a recursive schema does not recurse here.
+    fields = [(f.name, hints[f.name], f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING) for f in _fields(cls)]
+
+    def instance(data: Any, where: str) -> Any:
+        if type(data) is not dict:
+            raise WireError(f"{where or cls.__name__}: expected a map")
+        kwargs: dict[str, Any] = {}
+        for name, tp, required in fields:
+            if name not in data:
+                if required:
+                    path = f"{where}.{name}" if where else f"{cls.__name__}.{name}"
+                    raise WireError(f"{path}: missing")
+                continue
+            path = f"{where}.{name}" if where else f"{cls.__name__}.{name}"
+            kwargs[name] = _converter(tp)(data[name], path)
+        return cls(**kwargs)
+    return instance

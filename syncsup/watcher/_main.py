@@ -120,9 +120,9 @@ class SyncWatch:
         return True
 
     def idle(self, outbox: Outbox) -> bool:
-        """Everything this sync's watcher saw is acknowledged."""
+        """Every change this sync's watcher saw is acknowledged."""
         return (self.tree is not None and not self.tree.walking and not self.pending
-                and outbox.pending(self.sync.name) == 0)
+                and outbox.unacked_changes(self.sync.name) == 0)
 
     def seen_due(self, now: float, outbox: Outbox) -> float | None:
         """When a seen-point should be sent: SEEN_DELAY after the sync went

@@ -75,6 +75,7 @@ class Outbox:
         self.seq = first_seq
         self.inflight: dict[int, _Sent] = {}
         self.per_sync: Counter[str] = Counter()
+        self.changing: Counter[str] = Counter()  # of those, the ones carrying changes
 
     def add(self, sync: str, changes: Changes, now: float,
             seen: Seen | None = None) -> list[Events]:
@@ -88,6 +89,8 @@ class Outbox:
                          seen=seen if i == len(parts) - 1 else None)
             self.inflight[self.seq] = _Sent(sync, now, msg)
             self.per_sync[sync] += 1
+            if part:
+                self.changing[sync] += 1
             msgs.append(msg)
         return msgs
 
@@ -95,12 +98,20 @@ class Outbox:
         sent = self.inflight.pop(seq, None)
         if sent is not None:
             self.per_sync[sent.sync] -= 1
+            if sent.msg.changes:
+                self.changing[sent.sync] -= 1
 
     def full(self, sync: str) -> bool:
         return self.per_sync[sync] >= MAX_INFLIGHT
 
     def pending(self, sync: str) -> int:
         return self.per_sync[sync]
+
+    def unacked_changes(self, sync: str) -> int:
+        """Unacked messages of ``sync`` that carry changes (a seen-point
+        alone is not activity: counting it would make every acknowledged
+        seen-point start the wait for the next one, forever)."""
+        return self.changing[sync]
 
     def due(self, now: float, everything: bool = False) -> list[Events]:
         """Messages to send again: unacked for RESEND_AFTER, or all of them

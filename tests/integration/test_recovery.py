@@ -122,10 +122,11 @@ def restarted_watcher(d: Daemon, before: int) -> None:
 # ------------------------------------------------------------ recovery cost
 def test_a_killed_watcher_costs_what_changed(tmp_path, src, dst, counted, daemon_factory):
     make_tree(src)
+    started = time.time()
     d = daemon_with(daemon_factory, src, dst, counted)
     wait_converged(src, dst, timeout=120, on_timeout=d.describe)
     d.wait_idle()
-    wait_seen(d, time.time())
+    wait_seen(d, started)
     logs = tmp_path / "io"
     reset(logs)
     assert d.kill_component("watcher") is not None
@@ -144,10 +145,11 @@ def test_an_overflow_costs_what_changed(tmp_path, src, dst, counted, daemon_fact
     names = [spam / f"s{i:05d}" for i in range(2000)]
     for p in names:
         p.write_bytes(b"x")
+    started = time.time()
     d = daemon_with(daemon_factory, src, dst, counted)
     wait_converged(src, dst, timeout=120, on_timeout=d.describe)
     d.wait_idle()
-    wait_seen(d, time.time())
+    wait_seen(d, started)
     logs = tmp_path / "io"
     reset(logs)
     watcher = next(c for c in d.status()["components"] if c["role"] == "watcher")
@@ -170,10 +172,11 @@ def test_an_overflow_costs_what_changed(tmp_path, src, dst, counted, daemon_fact
 
 def test_an_unclean_start_costs_what_changed(tmp_path, src, dst, counted, daemon_factory):
     make_tree(src)
+    started = time.time()
     d = daemon_with(daemon_factory, src, dst, counted)
     wait_converged(src, dst, timeout=120, on_timeout=d.describe)
     d.wait_idle()
-    wait_seen(d, time.time())
+    wait_seen(d, started)
     os.killpg(d.pid, signal.SIGKILL)  # the supervisor and (by PDEATHSIG) every child
     d.proc.wait(30)
     wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in _tree_pids(tmp_path)),
@@ -203,6 +206,26 @@ def test_changes_while_stopped_cost_what_changed(tmp_path, src, dst, counted, da
     d.start()
     wait_converged(src, dst, timeout=120, on_timeout=d.describe)
     assert_cheap(logs, src, dst, "after changes made while stopped")
+    d.stop()
+    assert_no_leftovers(tmp_path)
+
+
+def test_a_quiet_sync_commits_one_seen_point_per_quiet_stretch(tmp_path, src, dst,
+                                                              daemon_factory):
+    """The seen-point is written once, a few seconds after a burst: a quiet
+    sync costs nothing at rest (no journal write every few seconds)."""
+    (src / "a").write_bytes(b"a")
+    started = time.time()
+    d = daemon_factory([sync_entry(src, [dst], delay=0)])
+    wait_converged(src, dst, timeout=120, on_timeout=d.describe)
+    wait_seen(d, started)
+    first = d.status()["syncs"][0]["seen"]
+    time.sleep(20)  # more than three times the wait before a seen-point
+    assert d.status()["syncs"][0]["seen"] == first, "a seen-point was written while quiet"
+    changed = time.time()
+    (src / "b").write_bytes(b"b")
+    wait_converged(src, dst, timeout=120, on_timeout=d.describe)
+    wait_seen(d, changed)  # the next burst gets its own
     d.stop()
     assert_no_leftovers(tmp_path)
 

@@ -180,6 +180,28 @@ def test_ack() -> None:
     assert box.due(1e9, everything=True) == []
 
 
+def test_a_seen_point_alone_is_not_unacked_activity() -> None:
+    """The watcher waits for its sync to be quiet (no unacked changes)
+    before it sends a seen-point; if the seen-point's own message counted,
+    its ack would start the wait for the next one, every few seconds."""
+    from syncsup.seen import Seen
+
+    box = Outbox(0)
+    [m] = box.add("a", Changes(paths={b"x"}), now=0.0)
+    assert box.unacked_changes("a") == 1
+    [s] = box.add("a", Changes(), now=1.0, seen=Seen.now())
+    assert box.pending("a") == 2 and box.unacked_changes("a") == 1
+    box.ack(m.seq)
+    assert box.pending("a") == 1 and box.unacked_changes("a") == 0
+    box.ack(s.seq)
+    box.ack(s.seq)
+    assert box.pending("a") == 0 and box.unacked_changes("a") == 0
+    # A split message: only its parts with changes count.
+    parts = box.add("b", Changes(paths={b"%06d" % i for i in range(MAX_PATHS + 1)}), now=2.0,
+                    seen=Seen.now())
+    assert len(parts) == 2 and box.unacked_changes("b") == 2
+
+
 def test_unacked_messages_are_resent_after_a_while() -> None:
     box = Outbox(0)
     [m1] = box.add("a", Changes(paths={b"x"}), now=10.0)
