@@ -9,7 +9,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-command -v rsync >/dev/null || need+=(rsync)
+# syncsup needs rsync 3.5.0 or newer (its sender never follows a symlink
+# raced into a source directory): install it, or upgrade an older one.
+rsync_ok() {
+    local out
+    out=$(rsync --version 2>/dev/null) || return 1
+    python3 -c 'import re, sys
+v = re.search(r"version (\d+)\.(\d+)\.(\d+)", sys.argv[1])
+sys.exit(not v or tuple(map(int, v.groups())) < (3, 5, 0))' "$out"
+}
+rsync_ok || need+=(rsync)
+command -v strace >/dev/null || need+=(strace)  # the tests count the bytes rsync reads
 command -v ssh >/dev/null || need+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v promtool >/dev/null || need+=(prometheus)
@@ -20,5 +30,6 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "installing with apt-get: ${need[*]}"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    rsync_ok || echo "warning: this rsync is older than 3.5.0 (or missing); syncsup will refuse to start" >&2
 fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -10,12 +10,21 @@ returns the number of problems.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 import subprocess
 
 from syncsup import config as cfg
+from syncsup.paths import is_within
+from syncsup.rsync_version import (
+    MIN_SOURCE,
+    MIN_TARGET,
+    format_version,
+    parse_version,
+    rsync_version,
+)
 from syncsup.syncer.argv import ssh_argv
 
 __all__ = ["run_checks"]
@@ -38,16 +47,48 @@ def _local_target(sync: cfg.Sync, target: cfg.Target) -> list[str]:
         return [f"{sync.name} -> {target.spec}: {probe} is not writable"]
     real_src = os.path.realpath(sync.source)
     real_dst = os.path.realpath(path)
-    if real_dst == real_src or real_dst.startswith(real_src + os.sep):
+    if is_within(real_dst, real_src):
         return [f"{sync.name} -> {target.spec}: the target is inside its own source"]
     return []
 
 
+def _confined_target(name: str, target: cfg.Target, proc: subprocess.CompletedProcess[str]
+                     ) -> tuple[list[str], str]:
+    """Judge the answer of ``syncsup-target ROOT info`` on a confined target."""
+    if proc.returncode != 0 or not proc.stdout.strip().startswith("{"):
+        err = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        if proc.returncode == 127 or "not found" in err:
+            err = "syncsup-target is not installed there (pip install syncsup)"
+        return [f"{name}: the confined key does not answer: {err}"], ""
+    try:
+        info = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return [f"{name}: syncsup-target answered garbage: {proc.stdout[:100]!r}"], ""
+    issues = []
+    version = parse_version(str(info.get("rsync", "")))
+    if version is None or version < MIN_TARGET:
+        issues.append(f"{name}: rsync there is {info.get('rsync') or 'missing'}; a confined "
+                      f"target needs {format_version(MIN_TARGET)} or newer")
+    confinement = str(info.get("confinement", ""))
+    if not confinement.startswith("ok"):
+        issues.append(f"{name}: the target cannot confine the key to its ROOT: {confinement}")
+    if info.get("root") != target.path:
+        issues.append(f"{name}: the key is confined to {info.get('root')}, the config says "
+                      f"{target.path}")
+    if not info.get("forced"):
+        issues.append(f"{name}: confined = true, but the key is not restricted to "
+                      "syncsup-target on that host (add command=\"syncsup-target ROOT\" to "
+                      "its authorized_keys line)")
+    how = confinement.removeprefix("ok: ")
+    home = ", the account's start-up files protected" if info.get("home_protected") else ""
+    return issues, f"{info.get('rsync')} (confined by syncsup-target to {info.get('root')}: " \
+                   f"{how}{home})"
+
+
 def _remote_target(sync: cfg.Sync, target: cfg.Target) -> tuple[list[str], str]:
-    """Probe a remote target: ssh, rsync there, writable. Two commands, the
-    first of which a target confined by ``syncsup-target`` also allows."""
-    assert target.host is not None
-    login = f"{target.user}@{target.host}" if target.user else target.host
+    """Probe a remote target: ssh, rsync there, writable; a confined one
+    through ``syncsup-target``'s ``info`` answer."""
+    login = target.login
     name = f"{sync.name} -> {target.spec}"
 
     def remote(command: str) -> subprocess.CompletedProcess[str] | str:
@@ -60,6 +101,14 @@ def _remote_target(sync: cfg.Sync, target: cfg.Target) -> tuple[list[str], str]:
         except OSError as exc:
             return f"{name}: cannot run ssh: {exc.strerror}"
 
+    if target.confined:
+        answer = remote(f"syncsup-target {shlex.quote(target.path)} info")
+        if isinstance(answer, str):
+            return [answer], ""
+        if answer.returncode == 255:
+            err = (answer.stderr.strip().splitlines() or ["ssh failed"])[-1]
+            return [f"{name}: ssh failed: {err}"], ""
+        return _confined_target(name, target, answer)
     proc = remote("rsync --version")
     if isinstance(proc, str):
         return [proc], ""
@@ -75,7 +124,8 @@ def _remote_target(sync: cfg.Sync, target: cfg.Target) -> tuple[list[str], str]:
     if isinstance(probe, str):
         return [probe], version
     if "syncsup-target: refused" in probe.stderr:
-        return [], f"{version} (confined by syncsup-target; writability not probed)"
+        return [f"{name}: the key is confined by syncsup-target there: set confined = true "
+                "for this target"], version
     if "WRITABLE" not in probe.stdout:
         return [f"{name}: {target.path} is not writable"], version
     return [], version
@@ -93,16 +143,21 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
             out.append(f"ok: {ok}")
 
     out.append(f"ok: config {conf.path} ({len(conf.syncs)} sync(s))")
-    try:
-        local = subprocess.run(["rsync", "--version"], capture_output=True, text=True,
-                               timeout=TIMEOUT, check=False).stdout
-        report([], f"rsync {_version(local)} (local)")
-    except OSError:
-        report(["rsync is not installed locally (apt-get install rsync)"], "")
-    for sync in conf.syncs:
+    for binary in sorted({s.rsync.binary for s in conf.syncs}):
+        found = rsync_version(binary)
+        if found is None:
+            report([f"{binary} is not installed locally (apt-get install rsync)"], "")
+        elif found < MIN_SOURCE:
+            report([f"{binary} is {format_version(found)}; syncsup needs "
+                    f"{format_version(MIN_SOURCE)} or newer (older senders can follow a "
+                    "symlink raced into a source directory)"], "")
+        else:
+            report([], f"rsync {format_version(found)} (local)")
+    for i, sync in enumerate(conf.syncs):
         src = sync.source
         if not os.path.isdir(src):
-            report([f"{sync.name}: source {src} is not a directory"], "")
+            what = "is not a directory" if os.path.lexists(src) else "does not exist"
+            report([f"sync[{i}].source: {src} {what} (syncsup start refuses it)"], "")
         elif not os.access(src, os.R_OK | os.X_OK):
             report([f"{sync.name}: source {src} is not readable"], "")
         else:
@@ -116,7 +171,7 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
         for target in sync.targets:
             if target.is_remote:
                 issues, version = _remote_target(sync, target)
-                writable = "" if "not probed" in version else ", writable"
+                writable = "" if "confined" in version else ", writable"
                 report(issues, f"{sync.name} -> {target.spec}: ssh works, rsync {version}"
                                f"{writable}")
             else:

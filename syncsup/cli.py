@@ -25,22 +25,28 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
-
-import zmq
 
 from syncsup import __version__, proto
 from syncsup import config as cfg
-from syncsup._runtime import endpoint, setup_logging
+from syncsup.client import NotRunning, request
+from syncsup.logs import setup_logging
+from syncsup.statedir import is_running
+from syncsup.status import format_status, to_json
 
 __all__ = ["main"]
 
 EX_NOT_RUNNING = 3
 
 
-def _load(path: str) -> cfg.Config:
+def _load(path: str, sources: bool = False) -> cfg.Config:
+    """The config, or exit 78 with one line; ``sources``: they must exist
+    (start; ``check`` lists a missing source among its problems, and status
+    or stop must work while a source is away)."""
     try:
-        return cfg.load(path)
+        conf = cfg.load(path)
+        if sources:
+            cfg.check_sources(conf)
+        return conf
     except cfg.ConfigError as exc:
         print(f"syncsup: config error: {exc}", file=sys.stderr)
         raise SystemExit(cfg.EX_CONFIG) from None
@@ -49,7 +55,7 @@ def _load(path: str) -> cfg.Config:
 def cmd_start(args: argparse.Namespace) -> int:
     from syncsup.supervisor import StartError, Supervisor
 
-    conf = _load(args.config)
+    conf = _load(args.config, sources=True)
     setup_logging(conf.settings, "supervisor")
     try:
         sup = Supervisor(conf)
@@ -59,82 +65,31 @@ def cmd_start(args: argparse.Namespace) -> int:
     return sup.run()
 
 
-def request(conf: cfg.Config, msg: proto.Message, timeout: float = 5.0) -> proto.Message | None:
-    """Send ``msg`` to the running supervisor; its reply, or None if it is
-    not running (no reply expected for Stop)."""
-    from syncsup.supervisor._supervisor import is_running
-
-    if not is_running(conf.settings.state_dir):
-        return None
-    ctx = zmq.Context()
-    try:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.connect(endpoint(conf.settings.state_dir, "control"))
-        sock.send_multipart(proto.encode(msg))
-        if isinstance(msg, proto.Stop):
-            return msg
-        if not sock.poll(int(timeout * 1000), zmq.POLLIN):
-            raise TimeoutError(f"no answer from the daemon in {timeout:.0f}s")
-        return proto.decode(sock.recv_multipart())
-    finally:
-        ctx.destroy(linger=1000)
-
-
-def _ask(conf: cfg.Config, msg: proto.Message) -> proto.StatusReply | int:
+def _ask(conf: cfg.Config, msg: proto.Message) -> proto.Message | int:
     """The supervisor's reply to ``msg``, or the exit code to return: 3 (and
     a message) if it is not running, 1 if it does not answer."""
     try:
         reply = request(conf, msg)
+    except NotRunning as exc:
+        print(exc, file=sys.stderr)
+        return EX_NOT_RUNNING
     except TimeoutError as exc:
         print(f"syncsup: {exc}", file=sys.stderr)
         return 1
     if reply is None:
-        print(f"syncsup is not running (state_dir {conf.settings.state_dir})", file=sys.stderr)
-        return EX_NOT_RUNNING
-    if not isinstance(reply, proto.StatusReply):
-        print(f"syncsup: unexpected answer {type(reply).__name__}", file=sys.stderr)
         return 1
     return reply
-
-
-def _age(ts: float | None) -> str:
-    if ts is None:
-        return "never"
-    secs = max(0.0, time.time() - ts)
-    return f"{secs:.0f}s ago" if secs < 120 else f"{secs / 60:.0f}m ago"
-
-
-def format_status(doc: dict[str, Any]) -> str:
-    """The human table of ``syncsup status``."""
-    lines = [f"{'COMPONENT':<24} {'ROLE':<10} {'PID':>7} {'STATE':<9} {'RESTARTS':>8} UPTIME"]
-    for c in doc["components"]:
-        up = "-" if c.get("uptime") is None else f"{c['uptime']:.0f}s"
-        lines.append(f"{c['name']:<24} {c['role']:<10} {c['pid'] or '-'!s:>7} "
-                     f"{c['state']:<9} {c['restarts']:>8} {up}")
-    for s in doc["syncs"]:
-        lines.append("")
-        lines.append(f"sync {s['name']}: {s['source']} (mode {s['mode']}, "
-                     f"{s.get('watches') or 0} directories watched)")
-        lines.append(f"  {'TARGET':<40} {'STATE':<9} {'PENDING':>7} {'LAG':>6} "
-                     f"{'LAST SYNC':<10} LAST ERROR")
-        for t in s["targets"]:
-            lag = "-" if t.get("lag") is None else f"{t['lag']:.0f}s"
-            lines.append(f"  {t['target']:<40} {t['state']:<9} {t['pending']:>7} {lag:>6} "
-                         f"{_age(t.get('last_sync')):<10} {t.get('last_error') or '-'}")
-            xfer = t.get("transfer")
-            if xfer and xfer.get("seconds", 0) >= 5:
-                lines.append(f"    running: {xfer['phase']} transfer for {xfer['seconds']:.0f}s, "
-                             f"{xfer['io_bytes'] / 1e6:.1f} MB read+written")
-    return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     reply = _ask(_load(args.config), proto.StatusRequest())
     if isinstance(reply, int):
         return reply
+    if not isinstance(reply, proto.StatusReply):
+        print(f"syncsup: unexpected answer {type(reply).__name__}", file=sys.stderr)
+        return 1
     if args.json:
-        print(json.dumps(reply.status, indent=2))
+        print(json.dumps(to_json(reply.status), indent=2))
     else:
         print(format_status(reply.status))
     return 0
@@ -142,11 +97,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     conf = _load(args.config)
-    if request(conf, proto.Stop(reason="syncsup stop")) is None:
-        print(f"syncsup is not running (state_dir {conf.settings.state_dir})", file=sys.stderr)
+    try:
+        request(conf, proto.Stop(reason="syncsup stop"))
+    except NotRunning as exc:
+        print(exc, file=sys.stderr)
         return EX_NOT_RUNNING
-    from syncsup.supervisor._supervisor import is_running
-
     deadline = time.monotonic() + 15
     while is_running(conf.settings.state_dir) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -156,7 +111,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from syncsup.check import run_checks
 
-    conf = _load(args.config)
+    conf = _load(args.config, sources=False)
     lines: list[str] = []
     problems = run_checks(conf, lines)
     print("\n".join(lines))
@@ -166,22 +121,24 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
-    msg = proto.Control(command=args.command, sync=getattr(args, "sync", None) or "",
-                        target=getattr(args, "target", None) or "")
+    msg = proto.Control(command=proto.Command(args.command),
+                        sync=getattr(args, "sync", None) or "",
+                        target_spec=getattr(args, "target", None) or "")
     reply = _ask(_load(args.config), msg)
     if isinstance(reply, int):
         return reply
-    ok, message = bool(reply.status.get("ok")), str(reply.status.get("message", ""))
-    print(message, file=sys.stdout if ok else sys.stderr)
-    return 0 if ok else 1
+    if not isinstance(reply, proto.ControlReply):
+        print(f"syncsup: unexpected answer {type(reply).__name__}", file=sys.stderr)
+        return 1
+    print(reply.message, file=sys.stdout if reply.ok else sys.stderr)
+    return 0 if reply.ok else 1
 
 
-# --- import-lsyncd (syncsup/lsyncd): lazy, so the daemon never loads the importer or lupa
+# import-lsyncd is imported lazily: the daemon never loads the importer or lupa
 def cmd_import_lsyncd(args: argparse.Namespace) -> int:
     from syncsup.lsyncd import import_lsyncd
 
     return import_lsyncd(args.config)
-# --- end import-lsyncd
 
 
 def main(argv: list[str] | None = None) -> int:

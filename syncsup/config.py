@@ -8,14 +8,20 @@ and exits 78 (EX_CONFIG), which the supervisor never restarts.
 
 from __future__ import annotations
 
+import dataclasses
+import grp
 import os
+import pwd
 import re
 import stat
 import sys
 import tomllib
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from syncsup.paths import is_within
 
 __all__ = [
     "EX_CONFIG",
@@ -27,12 +33,25 @@ __all__ = [
     "SshOptions",
     "Sync",
     "Target",
+    "check_sources",
     "load",
     "load_for_child",
 ]
 
-EX_CONFIG = 78
-MODES = ("rsync", "rsyncssh", "direct", "command")
+EX_CONFIG = 78  # sysexits' EX_CONFIG: a config error, never restarted
+
+
+class Mode(StrEnum):
+    """How a sync reaches its targets (see docs/config.md)."""
+
+    RSYNC = "rsync"
+    RSYNCSSH = "rsyncssh"
+    DIRECT = "direct"
+    COMMAND = "command"
+
+
+MODES = tuple(m.value for m in Mode)
+AGENT_MAX_SIZE_LIMIT = 4 * 1024 * 1024  # a file travels in one agent frame
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -67,6 +86,10 @@ class SshOptions:
     port: int | None = None
     identity_file: Path | None = None
     options: tuple[str, ...] = ()
+    confined: bool = False  # default for this sync's remote targets
+    # What runs the agent on a target whose key is not confined (a key that
+    # is confined runs syncsup-target whatever the client asks for).
+    target_command: str = "syncsup-target"
 
 
 @dataclass(frozen=True)
@@ -107,24 +130,37 @@ class Target:
 
     ``spec`` is the string as written (shown in status); ``path`` the
     directory on the target host; ``user`` the ssh login, if given.
+    ``confined``: the key reaches the host only through ``syncsup-target``
+    (its forced command), so transfers use rsync's daemon mode over ssh and
+    renames go through syncsup's agent; ``path`` must then be the forced
+    command's ROOT.
     """
 
     spec: str
     path: str
     host: str | None = None
     user: str | None = None
+    confined: bool = False
 
     @property
     def is_remote(self) -> bool:
         return self.host is not None
 
+    @property
+    def login(self) -> str:
+        """``user@host`` (or ``host``) for ssh; only for remote targets."""
+        assert self.host is not None, "a local target has no login"
+        return f"{self.user}@{self.host}" if self.user else self.host
+
     def rsync_dest(self) -> str:
-        """The destination argument for rsync, always ending in ``/``."""
-        path = self.path.rstrip("/") + "/"
+        """The destination argument for rsync, always ending in ``/``: a
+        local path, ``login:/path/``, or for a confined target the module
+        that ``syncsup-target`` serves, ``login::syncsup/``."""
         if self.host is None:
-            return path
-        login = f"{self.user}@{self.host}" if self.user else self.host
-        return f"{login}:{path}"
+            return self.path.rstrip("/") + "/"
+        if self.confined:
+            return f"{self.login}::syncsup/"
+        return f"{self.login}:{self.path.rstrip('/')}/"
 
 
 @dataclass(frozen=True)
@@ -134,13 +170,14 @@ class Sync:
     name: str
     source: Path
     targets: tuple[Target, ...]
-    mode: str = "rsync"
+    mode: Mode = Mode.RSYNC
     delay: float = 1.0
     delete: bool | str = True
     init: bool = True
     max_delays: int = 1000
     max_delete: int = 0
     full_sync_interval: float = 0.0
+    agent_max_size: int = 1024 * 1024
     exclude: tuple[str, ...] = ()
     exclude_from: Path | None = None
     filter: tuple[str, ...] = ()
@@ -152,7 +189,17 @@ class Sync:
     @property
     def moves_on_target(self) -> bool:
         """Modes that replay renames on the target instead of resending."""
-        return self.mode in ("rsyncssh", "direct")
+        return self.mode in (Mode.RSYNCSSH, Mode.DIRECT)
+
+    @property
+    def runs_commands(self) -> bool:
+        """Command mode: changes go to the user's actions, not to rsync."""
+        return self.mode is Mode.COMMAND
+
+    @property
+    def records_moves(self) -> bool:
+        """Modes whose journal keeps renames (replayed, or reported to on_move)."""
+        return self.moves_on_target or self.runs_commands
 
 
 @dataclass(frozen=True)
@@ -186,6 +233,8 @@ def parse_target(spec: str, key: str, base: Path) -> Target:
             raise ConfigError(key, f"bad host in {spec!r}")
         if not path:
             raise ConfigError(key, f"missing path after ':' in {spec!r}")
+        if path.startswith("-"):
+            raise ConfigError(key, f"a remote path must not start with '-': {spec!r}")
         if "::" in spec or spec.startswith("rsync://"):
             raise ConfigError(key, "rsync daemon targets are not supported; use host:/path")
         return Target(spec=spec, path=path, host=host, user=user or None)
@@ -214,6 +263,12 @@ def _pop(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
         raise ConfigError(full, "is out of range")
     return value
+
+
+def _default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of dataclass ``cls``: defaults are
+    written once, on the dataclasses, and the parser takes them from there."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 def _no_extra(table: dict[str, Any], where: str) -> None:
@@ -251,6 +306,20 @@ def _opt_path(table: dict[str, Any], key: str, where: str, base: Path) -> Path |
     return (base / value).resolve() if value else None
 
 
+def _opt_file(table: dict[str, Any], key: str, where: str, base: Path) -> Path | None:
+    """A file the daemon writes (``status_file``, ``log_file``): its directory
+    is resolved, its own name is not. Resolving the name too would follow a
+    symlink planted there by whoever can write the directory, and the root
+    daemon would then replace or append to the file it points to."""
+    value = _opt_str(table, key, where)
+    if not value:
+        return None
+    path = base / value
+    if path.name in ("", ".", ".."):
+        raise ConfigError(f"{where}.{key}", "must name a file")
+    return path.parent.resolve() / path.name
+
+
 def _parse_ssh(raw: Any, where: str, base: Path) -> tuple[SshOptions, str | None, str | None]:
     """``[sync.ssh]``; also returns its ``host`` and ``user`` (used to turn
     plain target paths into remote ones)."""
@@ -262,26 +331,32 @@ def _parse_ssh(raw: Any, where: str, base: Path) -> tuple[SshOptions, str | None
     for key, val in (("host", host), ("user", user)):
         if val and (val.startswith("-") or any(c in val for c in " @:/'\"")):
             raise ConfigError(f"{where}.{key}", f"invalid {key} {val!r}")
-    port = _pop(table, "port", int, where, None)
+    port = _pop(table, "port", int, where, _default(SshOptions, "port"))
     if port is not None and not 0 < port < 65536:
         raise ConfigError(f"{where}.port", "must be between 1 and 65535")
     ident = _opt_path(table, "identity_file", where, base)
+    confined = _pop(table, "confined", bool, where, _default(SshOptions, "confined"))
+    target_command = _pop(table, "target_command", str, where,
+                          _default(SshOptions, "target_command"))
+    if not target_command or any(c in target_command for c in "\0\n"):
+        raise ConfigError(f"{where}.target_command", "must be a command (a path or a name)")
     options = _str_list(_pop(table, "options", list, where, []), f"{where}.options")
     for i, opt in enumerate(options):
         name = opt.split("=", 1)[0]
         if "=" not in opt or not name.isalnum():
             raise ConfigError(f"{where}.options[{i}]", "must look like 'Name=value'")
     _no_extra(table, where)
-    return SshOptions(port=port, identity_file=ident, options=options), host, user
+    return (SshOptions(port=port, identity_file=ident, options=options, confined=confined,
+                       target_command=target_command), host, user)
 
 
 def _parse_rsync(raw: Any, where: str) -> RsyncOptions:
     if not isinstance(raw, dict):
         raise ConfigError(where, "must be a table")
     table = dict(raw)
-    archive = _pop(table, "archive", bool, where, True)
-    compress = _pop(table, "compress", bool, where, False)
-    checksum = _pop(table, "checksum", bool, where, False)
+    archive = _pop(table, "archive", bool, where, _default(RsyncOptions, "archive"))
+    compress = _pop(table, "compress", bool, where, _default(RsyncOptions, "compress"))
+    checksum = _pop(table, "checksum", bool, where, _default(RsyncOptions, "checksum"))
     bwlimit = _pop(table, "bwlimit", (int, str), where, None)
     if bwlimit is not None:
         bwlimit = str(bwlimit)
@@ -289,14 +364,14 @@ def _parse_rsync(raw: Any, where: str) -> RsyncOptions:
             raise ConfigError(f"{where}.bwlimit", "must be a rate like 1000 or '10M' (KiB/s)")
     chown, chmod = _opt_str(table, "chown", where), _opt_str(table, "chmod", where)
     usermap, groupmap = _opt_str(table, "usermap", where), _opt_str(table, "groupmap", where)
-    binary = _pop(table, "binary", str, where, "rsync")
+    binary = _pop(table, "binary", str, where, _default(RsyncOptions, "binary"))
     if not binary:
         raise ConfigError(f"{where}.binary", "must not be empty")
     extra = _str_list(_pop(table, "extra", list, where, []), f"{where}.extra")
     for i, arg in enumerate(extra):
         if not arg.startswith("-"):
             raise ConfigError(f"{where}.extra[{i}]", "must be an option starting with '-'")
-    timeout = _pop(table, "timeout", int, where, 300)
+    timeout = _pop(table, "timeout", int, where, _default(RsyncOptions, "timeout"))
     if timeout < 0:
         raise ConfigError(f"{where}.timeout", "must be >= 0 (seconds; 0 = no timeout)")
     _no_extra(table, where)
@@ -320,24 +395,31 @@ def _template(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
 
 
 def _parse_target(raw: Any, key: str, base: Path, host: str | None,
-                  user: str | None) -> Target:
+                  user: str | None, confined: bool) -> Target:
     if isinstance(raw, str):
         target = parse_target(raw, key, base)
         if target.host is None and host is not None:
-            return Target(spec=f"{user + '@' if user else ''}{host}:{raw}", path=raw,
-                          host=host, user=user)
-        return target
-    if isinstance(raw, dict):
+            target = parse_target(f"{user + '@' if user else ''}{host}:{raw}", key, base)
+    elif isinstance(raw, dict):
         table = dict(raw)
         path = _pop(table, "path", str, key)
         t_host = _opt_str(table, "host", key) or host
         t_user = _opt_str(table, "user", key) or user
+        confined = _pop(table, "confined", bool, key, confined)
         _no_extra(table, key)
         if t_host is None:
-            return parse_target(path, f"{key}.path", base)
-        spec = f"{t_user + '@' if t_user else ''}{t_host}:{path}"
-        return parse_target(spec, key, base)
-    raise ConfigError(key, "must be a string or a table with path (and host, user)")
+            target = parse_target(path, f"{key}.path", base)
+        else:
+            target = parse_target(f"{t_user + '@' if t_user else ''}{t_host}:{path}", key, base)
+    else:
+        raise ConfigError(key, "must be a string or a table with path (and host, user, "
+                          "confined)")
+    if not (confined and target.is_remote):
+        return target
+    if not target.path.startswith("/"):
+        raise ConfigError(key, "a confined target needs an absolute path: the ROOT given to "
+                          "syncsup-target on that host")
+    return dataclasses.replace(target, confined=True, path=os.path.normpath(target.path))
 
 
 def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
@@ -349,23 +431,29 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     if not _NAME_RE.match(name):
         raise ConfigError(f"{where}.name", "use 1-64 letters, digits, '.', '_' or '-'")
     source = (base / _pop(table, "source", str, where)).resolve()
-    mode = _pop(table, "mode", str, where, "rsync")
-    if mode not in MODES:
+    mode_name = _pop(table, "mode", str, where, _default(Sync, "mode").value)
+    if mode_name not in MODES:
         raise ConfigError(f"{where}.mode", f"must be one of {', '.join(MODES)}")
-    delay = float(_pop(table, "delay", (int, float), where, 1.0))
+    mode = Mode(mode_name)
+    delay = float(_pop(table, "delay", (int, float), where, _default(Sync, "delay")))
     if not 0 <= delay <= 86400:
         raise ConfigError(f"{where}.delay", "must be a number >= 0 (seconds, at most 86400)")
-    delete = _pop(table, "delete", (bool, str), where, True)
+    delete = _pop(table, "delete", (bool, str), where, _default(Sync, "delete"))
     if isinstance(delete, str) and delete not in ("startup", "running"):
         raise ConfigError(f"{where}.delete", "must be true, false, 'startup' or 'running'")
-    init = _pop(table, "init", bool, where, True)
-    max_delete = _pop(table, "max_delete", int, where, 0)
+    init = _pop(table, "init", bool, where, _default(Sync, "init"))
+    max_delete = _pop(table, "max_delete", int, where, _default(Sync, "max_delete"))
     if max_delete < 0:
         raise ConfigError(f"{where}.max_delete", "must be >= 0 (0 = no limit)")
-    full_sync_interval = float(_pop(table, "full_sync_interval", (int, float), where, 0))
+    full_sync_interval = float(_pop(table, "full_sync_interval", (int, float), where,
+                                    _default(Sync, "full_sync_interval")))
     if full_sync_interval != 0 and full_sync_interval < 10:
         raise ConfigError(f"{where}.full_sync_interval", "must be 0 (off) or >= 10 seconds")
-    max_delays = _pop(table, "max_delays", int, where, 1000)
+    max_delays = _pop(table, "max_delays", int, where, _default(Sync, "max_delays"))
+    agent_max_size = _pop(table, "agent_max_size", int, where, _default(Sync, "agent_max_size"))
+    if not 0 <= agent_max_size <= AGENT_MAX_SIZE_LIMIT:
+        raise ConfigError(f"{where}.agent_max_size", f"must be between 0 (never use the agent) "
+                          f"and {AGENT_MAX_SIZE_LIMIT} bytes")
     if max_delays < 1:
         raise ConfigError(f"{where}.max_delays", "must be >= 1")
     exclude = _str_list(_pop(table, "exclude", list, where, []), f"{where}.exclude")
@@ -388,20 +476,20 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     )
     if commands.action is not None and not re.fullmatch(r"[\w.]+:[A-Za-z_]\w*", commands.action):
         raise ConfigError(f"{where}.action", "must look like 'package.module:ClassName'")
-    raw_targets = _pop(table, "targets", list, where, [] if mode == "command" else ...)
-    if not raw_targets and mode != "command":
+    raw_targets = _pop(table, "targets", list, where, [] if mode is Mode.COMMAND else ...)
+    if not raw_targets and mode is not Mode.COMMAND:
         raise ConfigError(f"{where}.targets", "must list at least one target")
-    targets = [_parse_target(spec, f"{where}.targets[{i}]", base, host, user)
+    targets = [_parse_target(spec, f"{where}.targets[{i}]", base, host, user, ssh.confined)
                for i, spec in enumerate(raw_targets)]
     if len({t.spec for t in targets}) != len(targets):
         raise ConfigError(f"{where}.targets", "lists the same target twice")
     for i, t in enumerate(targets):
-        if mode == "rsyncssh" and not t.is_remote:
+        if mode is Mode.RSYNCSSH and not t.is_remote:
             raise ConfigError(f"{where}.targets[{i}]",
                               "rsyncssh needs a remote target: host:/path, or set ssh.host")
-        if mode == "direct" and t.is_remote:
+        if mode is Mode.DIRECT and t.is_remote:
             raise ConfigError(f"{where}.targets[{i}]", "direct mode needs a local path")
-    if mode == "command":
+    if mode is Mode.COMMAND:
         has_any = commands.action or any(
             getattr(commands, k) for k in ("on_create", "on_modify", "on_delete", "on_move"))
         if not has_any:
@@ -418,15 +506,18 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     return Sync(
         name=name, source=source, targets=tuple(targets), mode=mode, delay=delay,
         delete=delete, init=init, max_delays=max_delays, max_delete=max_delete,
-        full_sync_interval=full_sync_interval, exclude=exclude,
+        full_sync_interval=full_sync_interval, agent_max_size=agent_max_size, exclude=exclude,
         exclude_from=exclude_from, filter=filters, filter_from=filter_from, ssh=ssh,
         rsync=rsync, commands=commands,
     )
 
 
-def _inside(a: str, b: str) -> bool:
-    """Is path ``a`` equal to or below path ``b``?"""
-    return a == b or a.startswith(b.rstrip("/") + "/")
+def read_rule_file(path: Path) -> list[str]:
+    """The rules of an ``exclude_from`` / ``filter_from`` file: one per line,
+    blank lines and ``#`` or ``;`` comments skipped (as rsync reads them).
+    Raises OSError."""
+    text = path.read_text(errors="surrogateescape")
+    return [ln for ln in text.splitlines() if ln.strip() and ln[0] not in "#;"]
 
 
 def _check_overlaps(syncs: tuple[Sync, ...]) -> None:
@@ -437,7 +528,7 @@ def _check_overlaps(syncs: tuple[Sync, ...]) -> None:
         src = os.path.realpath(sync.source)
         for j, t in enumerate(sync.targets):
             key = f"sync[{i}].targets[{j}]"
-            if sync.mode == "command" and t.spec == "command":
+            if sync.runs_commands and t.spec == "command":
                 continue
             if t.is_remote:
                 host, path = f"{t.user or ''}@{t.host}", os.path.normpath(t.path)
@@ -445,30 +536,99 @@ def _check_overlaps(syncs: tuple[Sync, ...]) -> None:
                 host, path = "", os.path.realpath(t.path)
                 if path == src:
                     raise ConfigError(key, "is the source itself")
-                if _inside(path, src):
+                if is_within(path, src):
                     raise ConfigError(key, f"is inside its own source {src}")
-                if _inside(src, path):
+                if is_within(src, path):
                     raise ConfigError(key, f"contains its own source {src}")
             for other_host, other_path, where in seen:
-                if host == other_host and (_inside(path, other_path)
-                                           or _inside(other_path, path)):
+                if host == other_host and (is_within(path, other_path)
+                                           or is_within(other_path, path)):
                     raise ConfigError(key, f"overlaps {where}: two targets would write the "
                                       "same files")
             seen.append((host, path, key))
 
 
-def _check_private(path: Path, key: str) -> None:
+def _owned_safely(st: os.stat_result) -> bool:
+    return st.st_uid in (os.geteuid(), 0)
+
+
+def _private_group(gid: int) -> bool:
+    """Is ``gid`` our own primary group with no other members (the usual
+    user-private group, which a umask of 002 makes directories writable by)?"""
+    if gid != os.getegid():
+        return False
+    try:
+        members = set(grp.getgrgid(gid).gr_mem)
+        me = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return False
+    return members <= {me}
+
+
+def _check_ancestors(path: Path, key: str) -> None:
+    """Every directory above ``path`` (after resolving symlinks) must be
+    ours or root's and not writable by others, as OpenSSH's StrictModes
+    requires: whoever can rename entries in one of them can put another
+    file in the config's place. World-writable directories with the sticky
+    bit (/tmp) are fine: others cannot rename our entries there."""
+    real = Path(os.path.realpath(path))
+    for parent in real.parents:
+        try:
+            st = os.stat(parent)
+        except OSError:
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        sticky = bool(mode & stat.S_ISVTX)
+        if not _owned_safely(st) and not sticky:
+            raise ConfigError(key, f"{parent} (above {path}) belongs to uid {st.st_uid}, "
+                              "not to us or root: others could replace the file")
+        if mode & 0o002 and not sticky:
+            raise ConfigError(key, f"{parent} (above {path}) is writable by every user; "
+                              "chmod o-w it")
+        if mode & 0o020 and not sticky and not _private_group(st.st_gid):
+            raise ConfigError(key, f"{parent} (above {path}) is writable by group "
+                              f"{st.st_gid}; chmod g-w it")
+
+
+def _check_private_stat(st: os.stat_result, path: Path, key: str) -> None:
     """A config or state_dir others can write would let them run commands
     as us (command mode) or redirect the mirror: refuse it."""
+    if st.st_mode & 0o022:
+        raise ConfigError(key, f"{path} is writable by other users (mode "
+                          f"{stat.S_IMODE(st.st_mode):o}); chmod go-w it")
+    if not _owned_safely(st):
+        raise ConfigError(key, f"{path} belongs to uid {st.st_uid}, not to us or root")
+
+
+def _check_private(path: Path, key: str) -> None:
     try:
         st = path.stat()
     except FileNotFoundError:
         return
-    if st.st_mode & 0o022:
-        raise ConfigError(key, f"{path} is writable by other users (mode "
-                          f"{stat.S_IMODE(st.st_mode):o}); chmod go-w it")
-    if st.st_uid not in (os.geteuid(), 0):
-        raise ConfigError(key, f"{path} belongs to uid {st.st_uid}, not to us or root")
+    _check_private_stat(st, path, key)
+    _check_ancestors(path, key)
+
+
+def read_private(path: Path, key: str) -> bytes:
+    """The bytes of ``path``, checked on the very file that is read: the
+    descriptor is opened first, its owner and mode are checked with fstat,
+    then it is read, so no rename between check and read can substitute
+    another file. Its directories are checked too."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ConfigError(key, f"{path}: no such file") from None
+    except PermissionError:
+        raise ConfigError(key, f"{path}: permission denied") from None
+    except OSError as exc:
+        raise ConfigError(key, f"{path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(key, f"{path} is not a regular file")
+        _check_private_stat(st, path, key)
+        _check_ancestors(path, key)
+        return fh.read(16 * 1024 * 1024)
 
 
 def parse(data: dict[str, Any], path: Path) -> Config:
@@ -480,12 +640,13 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         raise ConfigError("settings", "must be a table")
     settings_t = dict(raw_settings)
     state_dir = _pop(settings_t, "state_dir", str, "settings", None)
-    log_level = _pop(settings_t, "log_level", str, "settings", "info")
-    max_processes = _pop(settings_t, "max_processes", int, "settings", 0)
+    log_level = _pop(settings_t, "log_level", str, "settings", _default(Settings, "log_level"))
+    max_processes = _pop(settings_t, "max_processes", int, "settings",
+                         _default(Settings, "max_processes"))
     if max_processes < 0:
         raise ConfigError("settings.max_processes", "must be >= 0 (0 = no limit)")
-    log_file = _opt_path(settings_t, "log_file", "settings", base)
-    log_format = _pop(settings_t, "log_format", str, "settings", "text")
+    log_file = _opt_file(settings_t, "log_file", "settings", base)
+    log_format = _pop(settings_t, "log_format", str, "settings", _default(Settings, "log_format"))
     if log_format not in ("text", "json"):
         raise ConfigError("settings.log_format", "must be 'text' or 'json'")
     metrics = _opt_str(settings_t, "metrics", "settings")
@@ -493,8 +654,9 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         host, _, port = metrics.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError("settings.metrics", "must be 'host:port', e.g. '127.0.0.1:9473'")
-    status_file = _opt_path(settings_t, "status_file", "settings", base)
-    status_interval = float(_pop(settings_t, "status_interval", (int, float), "settings", 10))
+    status_file = _opt_file(settings_t, "status_file", "settings", base)
+    status_interval = float(_pop(settings_t, "status_interval", (int, float), "settings",
+                                 _default(Settings, "status_interval")))
     if not 1 <= status_interval <= 86400:
         raise ConfigError("settings.status_interval", "must be between 1 and 86400 seconds")
     if log_level not in LOG_LEVELS:
@@ -530,33 +692,36 @@ def parse(data: dict[str, Any], path: Path) -> Config:
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate the TOML file at ``path``."""
     p = Path(path).resolve()
+    raw = read_private(p, "config")
     try:
-        with open(p, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError("config", f"{p}: no such file") from None
-    except PermissionError:
-        raise ConfigError("config", f"{p}: permission denied") from None
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config", f"{p}: not UTF-8 text (byte {exc.start}); a TOML file "
+                          "must be UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{p}: invalid TOML: {exc}") from None
-    _check_private(p, "config")
     conf = parse(data, p)
     _check_private(conf.settings.state_dir, "settings.state_dir")
     return conf
 
 
-def load_for_child(path: str, sync_name: str | None = None) -> Config:
+def check_sources(conf: Config) -> None:
+    """Every source must be a directory when the daemon starts (or reloads):
+    a source that is missing then is a mistake in the config, reported as
+    one. (A source that vanishes while running is different: the daemon
+    halts that sync and waits, nothing is deleted on the targets.)"""
+    for i, sync in enumerate(conf.syncs):
+        if not sync.source.is_dir():
+            what = "is not a directory" if sync.source.exists() else "does not exist"
+            raise ConfigError(f"sync[{i}].source", f"{sync.source} {what}")
+
+
+def load_for_child(path: str) -> Config:
     """Load the config in a child process. A child cannot print a usage
     error to a user, so any problem ends the process with exit code 78,
     which the supervisor reads as "do not restart"."""
     try:
-        conf = load(path)
-        if sync_name is not None:
-            conf.sync(sync_name)
+        return load(path)
     except ConfigError as exc:
         print(f"syncsup: config error: {exc}", file=sys.stderr)
         raise SystemExit(EX_CONFIG) from None
-    except KeyError:
-        print(f"syncsup: config error: sync {sync_name!r} is no longer in {path}", file=sys.stderr)
-        raise SystemExit(EX_CONFIG) from None
-    return conf

@@ -1,8 +1,9 @@
-"""The collator: one per sync, owner of the journal.
+"""The collator: one process, owner of every sync's journal.
 
 It binds the ``ingest`` socket (watcher EVENTS -> ACK after commit) and the
-``dispatch`` socket (syncer READY -> BATCH -> DONE), and turns dirty paths
-into batches per target after the configured ``delay``.
+``dispatch`` socket (syncer READY -> BATCH -> DONE). Its core (``core``)
+decides what to record and what to hand out, with per-target queues
+(``queue``, pure) over one SQLite journal per sync (``journal``).
 """
 
 __all__: list[str] = []

@@ -9,23 +9,36 @@ of distinct paths, not by the number of events.
 
 Each upsert stamps the row with a new generation number. A transfer leases
 rows with the generation it saw; on success only rows whose generation did
-not move are deleted, so a change that lands while rsync runs is never lost
-(design, section 3, point 4).
+not move are deleted, so a change that lands while rsync runs is never lost.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 
-__all__ = ["CREATED", "PATH", "TREE", "VERIFY", "Journal", "Row"]
+from syncsup.proto import Changes
+from syncsup.seen import Seen
 
-PATH = 0  # sync this entry alone (a directory without its contents)
-TREE = 1  # sync this subtree recursively, deleting extras on the target
-CREATED = 2  # command mode: this path appeared (on_create rather than on_modify)
-VERIFY = 3  # like TREE, but compare content (--checksum): events were lost there
+__all__ = [
+    "CREATED", "PATH", "TREE", "VERIFY", "Journal", "JournalDamaged", "Kind", "Row", "is_damage",
+    "move_aside", "read_seen", "to_changes",
+]
+
+
+class Kind(IntEnum):
+    """How a journal row stores one field of :class:`~syncsup.proto.Changes`."""
+
+    PATH = 0     # changes.paths: this entry alone (a directory without its contents)
+    TREE = 1     # changes.trees: this subtree, recursively, deleting extras
+    CREATED = 2  # changes.created: command mode, this path appeared
+    VERIFY = 3   # changes.verify: like TREE, comparing content: events were lost there
+
+
+PATH, TREE, CREATED, VERIFY = Kind.PATH, Kind.TREE, Kind.CREATED, Kind.VERIFY
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dirty (
@@ -54,28 +67,65 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 class Row:
     """One leased journal row: ``gen`` is the generation seen at lease time."""
 
-    kind: int
+    kind: Kind
     path: bytes
     gen: int
 
 
 class Journal:
-    """A thin, typed layer over one SQLite file (WAL mode)."""
+    """A thin, typed layer over one SQLite file (WAL mode).
+
+    The connection is opened on first use and can be released
+    (:meth:`release`) while the journal is empty: one collator holds the
+    journals of every sync, and an open SQLite connection costs about
+    0.2 MB, so a hundred idle syncs would otherwise cost 20 MB for nothing.
+    """
 
     def __init__(self, path: Path | str) -> None:
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.path = str(path)
+        self._db: sqlite3.Connection | None = None
+        self._gen = 0
+
+    @property
+    def gen(self) -> int:
+        """The newest generation stamped on a row (opens the journal)."""
+        self.db  # noqa: B018 - opening reads the stored generation
+        return self._gen
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self._db if self._db is not None else self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                             cached_statements=16)
+        db.execute("PRAGMA journal_mode=WAL")
         # NORMAL is durable against a crash of any process (the WAL is
         # written before commit returns); only power loss may drop the last
         # transactions, and a restart rescans anyway.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
-        row = self.db.execute("SELECT MAX(gen) FROM dirty").fetchone()
+        db.execute("PRAGMA synchronous=NORMAL")
+        # One collator holds every sync's journal: keep each page cache
+        # small (the default is 2 MiB per connection).
+        db.execute("PRAGMA cache_size=-256")
+        db.executescript(_SCHEMA)
+        self._db = db
+        row = db.execute("SELECT MAX(gen) FROM dirty").fetchone()
         meta = self.get_meta("gen")
-        self.gen = max(int(row[0] or 0), int(meta or 0))
+        self._gen = max(self._gen, int(row[0] or 0), int(meta or 0))
+        return db
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    def release(self) -> None:
+        """Close the connection until the next use."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def close(self) -> None:
-        self.db.close()
+        self.release()
 
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -86,24 +136,27 @@ class Journal:
             "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
-    def mark(self, targets: Iterable[str], paths: Iterable[bytes], trees: Iterable[bytes],
-             now: float, moves: Sequence[Sequence[bytes]] = (), seq: int = 0,
-             created: Iterable[bytes] = (), verify: Iterable[bytes] = ()) -> int:
-        """Mark ``paths`` and ``trees`` dirty for every target in one
-        transaction; returns the new generation.
+    def mark(self, targets: Iterable[str], changes: Changes, now: float, seq: int = 0,
+             seen: Seen | None = None) -> int:
+        """Mark ``changes`` dirty for every target in one transaction;
+        returns the new generation. ``seen`` (the watcher's seen-point) is
+        committed in the same transaction.
 
-        ``moves`` (renames to replay, in order) are the one part that is a
-        log rather than a set; ``seq`` (the sender's message number) makes
-        their insert idempotent, so a resent message adds nothing.
+        ``changes.moves`` (renames to replay, in order) are the one part that
+        is a log rather than a set; ``seq`` (the sender's message number)
+        makes their insert idempotent, so a resent message adds nothing.
         """
-        self.gen += 1
-        gen = self.gen
+        db = self.db  # opened first: it knows the last generation
+        self._gen += 1
+        gen = self._gen
         targets = list(targets)
-        items = ([(PATH, p) for p in paths] + [(TREE, t) for t in trees]
-                 + [(CREATED, c) for c in created] + [(VERIFY, v) for v in verify])
+        moves = changes.moves
+        items = ([(PATH, p) for p in changes.paths] + [(TREE, t) for t in changes.trees]
+                 + [(CREATED, c) for c in changes.created]
+                 + [(VERIFY, v) for v in changes.verify])
         rows = [(t, kind, p, gen, now) for t in targets for kind, p in items]
         with self._tx():
-            self.db.executemany(
+            db.executemany(
                 "INSERT INTO dirty (target, kind, path, gen, first_seen) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (target, kind, path) DO UPDATE SET gen = excluded.gen", rows)
             if moves:
@@ -112,13 +165,26 @@ class Journal:
                     "VALUES (?, ?, ?, ?, ?)",
                     [(t, seq, i, m[0], m[1]) for t in targets for i, m in enumerate(moves)])
             self.set_meta("gen", str(gen))
+            if seen is not None:
+                self.set_meta("seen", seen.to_json())
         return gen
 
-    def take_moves(self, target: str, limit: int) -> list[tuple[int, bytes, bytes]]:
-        """The oldest ``limit`` renames pending for ``target``, in order."""
+    def take_moves(self, target: str, limit: int, max_bytes: int = 1 << 62
+                   ) -> list[tuple[int, bytes, bytes]]:
+        """The oldest renames pending for ``target``, in order: at most
+        ``limit``, stopping near ``max_bytes`` of names (a batch must stay
+        within what the syncer accepts)."""
+        out: list[tuple[int, bytes, bytes]] = []
+        size = 0
         cur = self.db.execute(
             "SELECT id, src, dst FROM moves WHERE target = ? ORDER BY id LIMIT ?", (target, limit))
-        return [(int(i), bytes(a), bytes(b)) for i, a, b in cur]
+        for i, a, b in cur:
+            out.append((int(i), bytes(a), bytes(b)))
+            size += len(a) + len(b) + 2
+            if size >= max_bytes:
+                break
+        cur.close()
+        return out
 
     def drop_moves(self, target: str, upto: int) -> None:
         """Forget renames up to id ``upto`` (they were attempted)."""
@@ -130,11 +196,19 @@ class Journal:
         expensive, covering ones), stopping near ``max_bytes`` of path data."""
         out: list[Row] = []
         size = 0
+        # Rescans first (they cover the most), then paths. A CREATED row
+        # (command mode) only qualifies a PATH row: it goes with its path,
+        # outside the limits, never alone.
         cur = self.db.execute(
-            "SELECT kind, path, gen FROM dirty WHERE target = ? ORDER BY kind DESC, path",
-            (target,))
-        for kind, path, gen in cur:
-            out.append(Row(int(kind), bytes(path), int(gen)))
+            "SELECT d.kind, d.path, d.gen, c.gen FROM dirty d LEFT JOIN dirty c "
+            "ON c.target = d.target AND c.kind = ? AND c.path = d.path AND d.kind = ? "
+            "WHERE d.target = ? AND d.kind != ? "
+            "ORDER BY d.kind = ?, d.kind DESC, d.path",
+            (CREATED, PATH, target, CREATED, PATH))
+        for kind, path, gen, created_gen in cur:
+            out.append(Row(Kind(kind), bytes(path), int(gen)))
+            if created_gen is not None:
+                out.append(Row(CREATED, bytes(path), int(created_gen)))
             size += len(path) + 1
             if len(out) >= limit or size >= max_bytes:
                 break
@@ -169,9 +243,9 @@ class Journal:
         """Replace everything pending for ``target`` by one rescan of the root:
         the bound that keeps a target down for a week from growing the file.
         A verifying one: the collapsed rows may have been same-size rewrites."""
-        self.gen += 1
+        first = self.oldest(target) or now  # opens the journal: it knows the generation
+        self._gen += 1
         with self._tx():
-            first = self.oldest(target) or now
             self.db.execute("DELETE FROM dirty WHERE target = ?", (target,))
             self.db.execute("DELETE FROM moves WHERE target = ?", (target,))
             self.db.execute(
@@ -189,6 +263,62 @@ class Journal:
 
     def _tx(self) -> _Tx:
         return _Tx(self.db)
+
+
+class JournalDamaged(Exception):
+    """The journal file is not a usable SQLite database (overwritten,
+    truncated, corrupt): it must be moved aside and rebuilt."""
+
+
+_DAMAGE = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    """Is ``exc`` a sign of a damaged file (as opposed to a full disk, a
+    permission problem or an I/O error, which may pass)?"""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.split("_")[:2] == ["SQLITE", "CORRUPT"] or name in _DAMAGE or (
+        "malformed" in str(exc) or "not a database" in str(exc))
+
+
+def move_aside(path: Path | str, stamp: str) -> Path:
+    """Rename a damaged journal (and its WAL and shared-memory files) out of
+    the way; returns the new name of the main file."""
+    base = Path(path)
+    aside = base.with_name(f"{base.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            Path(f"{base}{suffix}").rename(f"{aside}{suffix}")
+        except FileNotFoundError:
+            pass
+    return aside
+
+
+def read_seen(path: Path | str) -> Seen | None:
+    """The seen-point committed in the journal at ``path``, read without
+    writing anything (the watcher reads it at start; the collator owns the
+    file). None if there is none, or the journal cannot be read."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return None
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'seen'").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+    return Seen.from_json(None if row is None else str(row[0]))
+
+
+def to_changes(rows: Iterable[Row], moves: Iterable[tuple[int, bytes, bytes]] = ()
+               ) -> Changes:
+    """The Changes that leased ``rows`` and ``moves`` stand for."""
+    out = Changes(moves=[(a, b) for _id, a, b in moves])
+    fields = {PATH: out.paths, TREE: out.trees, CREATED: out.created, VERIFY: out.verify}
+    for r in rows:
+        fields[r.kind].add(r.path)
+    return out
 
 
 class _Tx:

@@ -4,14 +4,18 @@
 
 Why so strict: every socket lives in ``state_dir`` and any local process
 with access could write to it; a bug in one component must not crash
-another. Limits are enforced inside msgpack's unpacker (so a huge declared
-length never allocates) and field kinds are checked before any handler sees
-the message.
+another. Each message type has its own size budget (bytes, objects, nesting)
+checked on the encoded bytes before anything is allocated (``_scan``), then
+msgpack's own limits apply inside the unpacker, and every field is checked
+against its annotation (``_typed``) before any handler sees the message.
+Sockets also set ``ZMQ_MAXMSGSIZE`` (:data:`MAX_FRAME`), so libzmq drops a
+peer that sends a larger frame before it is ever buffered whole.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -20,107 +24,91 @@ from syncsup.proto._messages import (
     Ack,
     Batch,
     Control,
+    ControlReply,
     Done,
     Events,
     Heartbeat,
     Message,
     Ready,
+    StatusAnswer,
+    StatusQuery,
     StatusReply,
     StatusRequest,
     Stop,
 )
+from syncsup.proto._scan import StructureError, check
+from syncsup.proto._typed import WireError, from_wire, to_wire
 
-__all__ = ["MAX_BODY", "VERSION", "ProtocolError", "decode", "encode"]
+__all__ = [
+    "MAX_BODY", "MAX_FRAME", "TYPES", "VERSION", "ProtocolError", "decode", "encode", "warm_up",
+]
 
 VERSION = b"syncsup/1"
-MAX_BODY = 32 * 1024 * 1024
-MAX_ITEMS = 1_000_000
-
-_TYPES: dict[bytes, type[Message]] = {
+TYPES: dict[bytes, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Ack, Batch, Control, Done, Events, Heartbeat, Ready, StatusReply, StatusRequest,
-                Stop)
+    for cls in (Ack, Batch, Control, ControlReply, Done, Events, Heartbeat, Ready, StatusAnswer,
+                StatusQuery, StatusReply, StatusRequest, Stop)
 }
+MAX_BODY = max(cls.MAX_BODY for cls in TYPES.values())
+MAX_FRAME = MAX_BODY + 64  # ZMQ_MAXMSGSIZE for every socket
 
 
 class ProtocolError(ValueError):
     """A message that cannot be trusted: wrong version, type, size or field."""
 
 
+def warm_up() -> None:
+    """Resolve every message's schema now (it is cached), so that processes
+    forked afterwards share it instead of each building its own."""
+    for cls in TYPES.values():
+        _hints_of(cls)
+
+
+def _hints_of(cls: type) -> None:
+    from syncsup.proto._typed import _converter, _hints
+
+    _converter(cls)
+    hints = _hints(cls)
+    for tp in hints.values():
+        _converter(tp)
+        for arg in (tp, *getattr(tp, "__args__", ())):
+            if dataclasses.is_dataclass(arg) and isinstance(arg, type):
+                _hints_of(arg)
+
+
 def encode(msg: Message) -> list[bytes]:
     """Frames for ``msg``: version, type, msgpack body."""
-    body = {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
-    return [VERSION, msg.TYPE, msgpack.packb(body, use_bin_type=True)]
+    body: bytes = msgpack.packb(to_wire(msg), use_bin_type=True)
+    return [VERSION, msg.TYPE, body]
 
 
-def _check(kind: str, value: Any) -> bool:
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == "str":
-        return isinstance(value, str)
-    if kind == "bytes":
-        return isinstance(value, bytes)
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "bytes_list":
-        return isinstance(value, list) and all(isinstance(v, bytes) for v in value)
-    if kind == "pair_list":
-        return isinstance(value, list) and all(
-            isinstance(v, list) and len(v) == 2 and all(isinstance(x, bytes) for x in v)
-            for v in value)
-    if kind == "map":
-        return isinstance(value, dict)
-    if kind == "opt_str":
-        return value is None or isinstance(value, str)
-    if kind == "opt_float":
-        return value is None or _check("float", value)
-    raise AssertionError(f"unknown field kind {kind}")
-
-
-def decode(frames: list[bytes]) -> Message:
+def decode(frames: Sequence[bytes]) -> Message:
     """Parse ``[version, type, body]``; raise ProtocolError on anything else."""
     if len(frames) != 3:
         raise ProtocolError(f"expected 3 frames, got {len(frames)}")
     version, mtype, body = frames
     if version != VERSION:
-        raise ProtocolError(f"unsupported protocol version {version[:32]!r}")
-    cls = _TYPES.get(mtype)
+        raise ProtocolError(f"unsupported protocol version {bytes(version[:32])!r}")
+    cls = TYPES.get(bytes(mtype))
     if cls is None:
-        raise ProtocolError(f"unknown message type {mtype[:32]!r}")
-    if len(body) > MAX_BODY:
-        raise ProtocolError(f"body of {len(body)} bytes exceeds {MAX_BODY}")
+        raise ProtocolError(f"unknown message type {bytes(mtype[:32])!r}")
+    if len(body) > cls.MAX_BODY:
+        raise ProtocolError(f"{cls.__name__} body of {len(body)} bytes exceeds {cls.MAX_BODY}")
     try:
-        data = msgpack.unpackb(
-            body,
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            max_bin_len=MAX_BODY,
-            max_str_len=1024 * 1024,
-            max_array_len=MAX_ITEMS,
-            max_map_len=MAX_ITEMS,
-            max_ext_len=0,
-        )
+        check(body, cls.MAX_OBJECTS, cls.MAX_DEPTH)
+    except StructureError as exc:
+        raise ProtocolError(f"{cls.__name__} body refused: {exc}") from None
+    try:
+        data: Any = msgpack.unpackb(
+            body, raw=False, strict_map_key=True, use_list=True,
+            max_bin_len=cls.MAX_BODY, max_str_len=min(cls.MAX_BODY, 1024 * 1024),
+            max_array_len=cls.MAX_OBJECTS, max_map_len=cls.MAX_OBJECTS, max_ext_len=0)
     except Exception as exc:  # msgpack raises many types for bad input
-        raise ProtocolError(f"undecodable {mtype.decode('ascii', 'replace')} body: {exc}") from None
-    if not isinstance(data, dict):
-        raise ProtocolError("body is not a map")
-    kwargs: dict[str, Any] = {}
-    for name, kind in cls.FIELDS.items():
-        if name not in data:
-            has_default = any(
-                f.name == name
-                and (f.default is not dataclasses.MISSING
-                     or f.default_factory is not dataclasses.MISSING)
-                for f in dataclasses.fields(cls)
-            )
-            if has_default:
-                continue
-            raise ProtocolError(f"{cls.__name__}: missing field {name!r}")
-        value = data[name]
-        if not _check(kind, value):
-            raise ProtocolError(f"{cls.__name__}: field {name!r} has the wrong type")
-        kwargs[name] = value
-    return cls(**kwargs)
+        raise ProtocolError(f"undecodable {cls.__name__} body: {exc}") from None
+    try:
+        msg: Message = from_wire(cls, data)
+    except WireError as exc:
+        raise ProtocolError(str(exc)) from None
+    except TypeError as exc:  # a field name that is not a str key, etc.
+        raise ProtocolError(f"{cls.__name__}: {exc}") from None
+    return msg

@@ -1,61 +1,155 @@
 """Message types. One small frozen class per message; the docstring says what
-each field means and who sends it to whom.
+each field means and who sends it to whom. The fields' annotations are the
+wire schema (see ``_typed``): a peer that sends the wrong type for a field
+gets its message dropped, not a crash deep in a handler.
 
-Bodies are validated field by field on decode (see ``_codec``): a peer that
-sends the wrong type for a field gets its message dropped, not a crash deep in
-a handler.
+There is one watcher, one collator and one syncer for all syncs, so every
+message about a sync names it (``sync``) and every message about a target
+names it by its index in that sync's ``targets`` (``target``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from enum import StrEnum
+from typing import ClassVar
+
+from syncsup.seen import Seen
+from syncsup.status import Status, StatusPart
 
 __all__ = [
     "Ack",
     "Batch",
+    "Changes",
+    "Command",
     "Control",
+    "ControlReply",
     "Done",
     "Events",
     "Heartbeat",
     "Message",
+    "Outcome",
     "Ready",
+    "StatusAnswer",
+    "StatusQuery",
     "StatusReply",
     "StatusRequest",
     "Stop",
 ]
 
 
+class Outcome(StrEnum):
+    """What a transfer means for the journal: ``ok`` forgets what it
+    covered; ``retry`` keeps it and backs off; ``fatal`` keeps it and retries
+    only every few minutes; ``halt`` keeps it until an operator's resync or
+    resume (each retry would repeat the harm, e.g. max_delete)."""
+
+    OK = "ok"
+    RETRY = "retry"
+    FATAL = "fatal"
+    HALT = "halt"
+
+
+class Command(StrEnum):
+    """Operator commands: ``resync`` compares everything again
+    (``--checksum``), ``pause`` keeps recording changes but sends nothing,
+    ``resume`` undoes a pause (and a halt)."""
+
+    RESYNC = "resync"
+    PAUSE = "pause"
+    RESUME = "resume"
+
+
+@dataclass
+class Changes:
+    """What may differ between a source and a target: the dirty set, the
+    one shape changes have from the watcher through the journal to a
+    transfer or a command-mode action.
+
+    ``paths`` are synced one by one (a directory without its contents); the
+    filesystem read at transfer time decides (present: sent, absent:
+    deleted). ``trees`` are subtrees to rescan whole, with deletes (``b""``
+    is the root); ``verify`` subtrees to rescan comparing content
+    (``--checksum``) because events were lost there. ``moves`` are renames
+    inside the tree in the order they happened, for the modes that replay
+    them on the target; both ends are in ``paths`` or ``trees`` too, so a
+    rename that cannot be replayed is repaired by the transfer. ``created``
+    (command mode) are the paths among ``paths`` that appeared, so that an
+    action can tell ``on_create`` from ``on_modify``.
+    """
+
+    paths: set[bytes] = field(default_factory=set)
+    trees: set[bytes] = field(default_factory=set)
+    verify: set[bytes] = field(default_factory=set)
+    created: set[bytes] = field(default_factory=set)
+    moves: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.paths or self.trees or self.verify or self.moves)
+
+    def size(self) -> int:
+        """Entries in all, for batching limits."""
+        return (len(self.paths) + len(self.trees) + len(self.verify) + len(self.created)
+                + 2 * len(self.moves))
+
+    def update(self, other: Changes) -> None:
+        """Add ``other``'s entries (its moves after ours)."""
+        self.paths |= other.paths
+        self.trees |= other.trees
+        self.verify |= other.verify
+        self.created |= other.created
+        self.moves += other.moves
+
+
 @dataclass(frozen=True)
 class Message:
-    """Base class. ``TYPE`` is the second frame on the wire; ``FIELDS`` maps
-    each field to its wire kind (``int``, ``float``, ``str``, ``bytes``,
-    ``bool``, ``bytes_list``, ``map``, ``opt_str``, ``opt_float``)."""
+    """Base class. ``TYPE`` is the second frame on the wire.
+
+    ``MAX_BODY`` (bytes), ``MAX_OBJECTS`` (msgpack objects in all) and
+    ``MAX_DEPTH`` (nested containers) bound what decoding one body may cost;
+    small control messages get small budgets so that nothing a peer sends can
+    make a receiver allocate much more than the bytes it was sent."""
 
     TYPE: ClassVar[bytes] = b""
-    FIELDS: ClassVar[dict[str, str]] = {}
+    MAX_BODY: ClassVar[int] = 64 * 1024
+    MAX_OBJECTS: ClassVar[int] = 1024
+    MAX_DEPTH: ClassVar[int] = 3
+
+
+_BIG = 12 * 1024 * 1024  # Events and Batch: up to ~8 MiB of path bytes
 
 
 @dataclass(frozen=True)
 class Heartbeat(Message):
-    """child -> supervisor (control socket), about once a second.
-
-    The first heartbeat of an incarnation doubles as its hello. ``role`` is
-    ``watcher``/``collator``/``syncer``; ``name`` the component name the
-    supervisor gave it on its command line; ``incarnation`` a random token
-    new at each start; ``info`` a role-specific status map (the collator puts
-    its per-target queue state there) that ``syncsup status`` shows.
-    """
+    """child -> supervisor (control socket), every few seconds and at once
+    after start (the first one of an incarnation is its hello). ``role`` is
+    ``watcher``, ``collator`` or ``syncer``; ``incarnation`` a random token
+    new at each start."""
 
     TYPE: ClassVar[bytes] = b"HEARTBEAT"
-    FIELDS: ClassVar[dict[str, str]] = {
-        "role": "str", "name": "str", "pid": "int", "incarnation": "str", "info": "map",
-    }
     role: str
-    name: str
     pid: int
     incarnation: str
-    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StatusQuery(Message):
+    """supervisor -> child: answer with a StatusAnswer carrying ``query``."""
+
+    TYPE: ClassVar[bytes] = b"STATUS_QUERY"
+    query: int
+
+
+@dataclass(frozen=True)
+class StatusAnswer(Message):
+    """child -> supervisor: the child's part of the status, for ``query``."""
+
+    TYPE: ClassVar[bytes] = b"STATUS_ANSWER"
+    MAX_BODY: ClassVar[int] = 8 * 1024 * 1024
+    MAX_OBJECTS: ClassVar[int] = 400_000
+    MAX_DEPTH: ClassVar[int] = 8
+    query: int
+    part: StatusPart
 
 
 @dataclass(frozen=True)
@@ -67,12 +161,13 @@ class StatusRequest(Message):
 
 @dataclass(frozen=True)
 class StatusReply(Message):
-    """supervisor -> CLI: ``status`` is the document ``syncsup status --json``
-    prints (``components`` and ``syncs``)."""
+    """supervisor -> CLI: the document ``syncsup status --json`` prints."""
 
     TYPE: ClassVar[bytes] = b"STATUS_REPLY"
-    FIELDS: ClassVar[dict[str, str]] = {"status": "map"}
-    status: dict[str, Any]
+    MAX_BODY: ClassVar[int] = 8 * 1024 * 1024
+    MAX_OBJECTS: ClassVar[int] = 400_000
+    MAX_DEPTH: ClassVar[int] = 8
+    status: Status
 
 
 @dataclass(frozen=True)
@@ -80,60 +175,49 @@ class Stop(Message):
     """CLI -> supervisor: stop the daemon as SIGTERM would. ``reason`` is logged."""
 
     TYPE: ClassVar[bytes] = b"STOP"
-    FIELDS: ClassVar[dict[str, str]] = {"reason": "str"}
     reason: str = ""
 
 
 @dataclass(frozen=True)
 class Control(Message):
-    """CLI -> supervisor -> collator(s): an operator command.
-
-    ``command`` is ``resync`` (compare everything again, with --checksum),
-    ``pause`` (keep recording changes, send nothing) or ``resume``.
-    ``sync`` and ``target`` narrow it ("" means all). The supervisor answers
-    the CLI with a StatusReply whose ``status`` has ``ok`` and ``message``.
-    """
+    """CLI -> supervisor -> collator: an operator command. ``sync`` and
+    ``target_spec`` (the target as written in the config) narrow it; ""
+    means all."""
 
     TYPE: ClassVar[bytes] = b"CONTROL"
-    FIELDS: ClassVar[dict[str, str]] = {"command": "str", "sync": "str", "target": "str"}
-    command: str
+    command: Command
     sync: str = ""
-    target: str = ""
+    target_spec: str = ""
+
+
+@dataclass(frozen=True)
+class ControlReply(Message):
+    """supervisor -> CLI: whether a Control was accepted, and what it did."""
+
+    TYPE: ClassVar[bytes] = b"CONTROL_REPLY"
+    ok: bool
+    message: str = ""
 
 
 @dataclass(frozen=True)
 class Events(Message):
-    """watcher -> collator (ingest socket): paths that may have changed.
+    """watcher -> collator (ingest socket): ``changes`` in sync ``sync``.
 
     ``seq`` identifies the message for its ACK; the watcher resends anything
     unacked, and the collator's journal upserts make a resend harmless.
-    ``paths`` are relative to the source root and are synced one by one (a
-    directory without its contents). ``trees`` are subtrees to rescan whole,
-    with deletes (``b""`` is the root): this is the RESCAN of the design, sent
-    at watcher start, after a queue overflow and for new directories.
-    ``moves`` are ``[from, to]`` renames inside the tree, in the order they
-    happened, for the modes that replay renames on the target; both ends are
-    in ``paths`` or ``trees`` too, so a rename that cannot be replayed is
-    repaired by the transfer. ``verify`` are subtrees to rescan like
-    ``trees`` but comparing content (``--checksum``): events were lost there
-    (queue overflow, a blind subtree, an unclean restart), and a lost
-    same-size rewrite that kept its mtime would fool rsync's quick check.
-    ``created`` (command mode only) are the paths
-    among ``paths`` that appeared (created or moved in), so that an action can
-    tell ``on_create`` from ``on_modify``.
+    ``seen``, when set, says that every change before that moment is in
+    this message or an earlier one; the collator commits it with the
+    changes, and a recovery trusts the quick check for files older than it.
     """
 
     TYPE: ClassVar[bytes] = b"EVENTS"
-    FIELDS: ClassVar[dict[str, str]] = {
-        "seq": "int", "paths": "bytes_list", "trees": "bytes_list", "moves": "pair_list",
-        "created": "bytes_list", "verify": "bytes_list",
-    }
+    MAX_BODY: ClassVar[int] = _BIG
+    MAX_OBJECTS: ClassVar[int] = 250_000
+    MAX_DEPTH: ClassVar[int] = 4
     seq: int
-    paths: list[bytes] = field(default_factory=list)
-    trees: list[bytes] = field(default_factory=list)
-    moves: list[list[bytes]] = field(default_factory=list)
-    created: list[bytes] = field(default_factory=list)
-    verify: list[bytes] = field(default_factory=list)
+    sync: str
+    changes: Changes = field(default_factory=Changes)
+    seen: Seen | None = None
 
 
 @dataclass(frozen=True)
@@ -141,79 +225,62 @@ class Ack(Message):
     """collator -> watcher: the EVENTS message ``seq`` is committed to the journal."""
 
     TYPE: ClassVar[bytes] = b"ACK"
-    FIELDS: ClassVar[dict[str, str]] = {"seq": "int"}
     seq: int
 
 
 @dataclass(frozen=True)
 class Ready(Message):
-    """syncer -> collator (dispatch socket): one credit for ``target``.
+    """syncer -> collator (dispatch socket): one credit for a target.
 
-    ``target`` is the index of the target in its sync. ``incarnation`` lets
-    the collator tell a restarted syncer from a repeated credit: a new
-    incarnation releases every lease the old one held, so work handed to a
-    syncer that died goes back to pending. Idle syncers repeat READY every
-    few seconds, so a restarted collator learns about them.
+    ``incarnation`` lets the collator tell a restarted syncer from a
+    repeated credit: a new incarnation releases every lease the old one
+    held, so work handed to a syncer that died goes back to pending. The
+    syncer sends one per idle target at start, after each DONE and whenever
+    its connection to the collator is made again (a restarted collator).
     """
 
     TYPE: ClassVar[bytes] = b"READY"
-    FIELDS: ClassVar[dict[str, str]] = {"target": "int", "incarnation": "str"}
+    sync: str
     target: int
     incarnation: str
 
 
 @dataclass(frozen=True)
 class Batch(Message):
-    """collator -> syncer: transfer these for ``target``.
+    """collator -> syncer: transfer ``changes`` to a target.
 
-    ``batch_id`` names the lease. ``trees`` are synced recursively with
-    deletes (``b""`` is the root); ``paths`` one by one, the filesystem read
-    at transfer time decides (present: sent, absent: deleted on the target).
-    ``startup`` is true until the initial full sync of this run succeeded.
-    ``moves`` are renames to replay on the target first (rsyncssh, direct)
-    or to report to ``on_move`` (command). ``created`` (command mode) marks
-    paths that appeared since the last batch. ``verify`` are subtrees to
-    compare with ``--checksum`` (see Events).
+    ``batch_id`` names the lease. ``startup`` is true until the initial full
+    sync of this run succeeded.
     """
 
     TYPE: ClassVar[bytes] = b"BATCH"
-    FIELDS: ClassVar[dict[str, str]] = {
-        "batch_id": "int", "target": "int", "paths": "bytes_list", "trees": "bytes_list",
-        "startup": "bool", "moves": "pair_list", "created": "bytes_list",
-        "verify": "bytes_list",
-    }
+    MAX_BODY: ClassVar[int] = _BIG
+    MAX_OBJECTS: ClassVar[int] = 250_000
+    MAX_DEPTH: ClassVar[int] = 4
     batch_id: int
+    sync: str
     target: int
-    paths: list[bytes] = field(default_factory=list)
-    trees: list[bytes] = field(default_factory=list)
     startup: bool = False
-    moves: list[list[bytes]] = field(default_factory=list)
-    created: list[bytes] = field(default_factory=list)
-    verify: list[bytes] = field(default_factory=list)
+    changes: Changes = field(default_factory=Changes)
 
 
 @dataclass(frozen=True)
 class Done(Message):
-    """syncer -> collator: the outcome of batch ``batch_id`` on ``target``.
+    """syncer -> collator: the outcome of batch ``batch_id``.
 
-    ``outcome`` is ``ok`` (the journal may forget what the lease covered),
-    ``retry`` (keep it, back off, try again) or ``fatal`` (keep it, stop the
-    target until resync or restart). ``rc`` is rsync's exit code (negative for
-    a signal), ``error`` a one-line reason, ``seconds`` the wall time.
-    ``moves_done`` says how many of the batch's renames were attempted: those
-    are never replayed, whatever the outcome (the transfer repairs a failed
-    one, a replay could undo a later one). ``bytes`` is what rsync reported
-    sending (its ``--stats``).
+    ``rc`` is the exit code of the step that decided (negative for a
+    signal), ``error`` a one-line reason, ``seconds`` the wall time.
+    ``moves_done`` says how many of the batch's renames were attempted:
+    those are never replayed, whatever the outcome (the transfer repairs a
+    failed one, a replay could undo a later one). ``bytes`` is what was
+    sent (rsync's ``--stats``).
     """
 
     TYPE: ClassVar[bytes] = b"DONE"
-    FIELDS: ClassVar[dict[str, str]] = {
-        "batch_id": "int", "target": "int", "outcome": "str", "rc": "int", "error": "str",
-        "seconds": "float", "moves_done": "int", "bytes": "int",
-    }
     batch_id: int
+    sync: str
     target: int
-    outcome: str
+    outcome: Outcome
     rc: int = 0
     error: str = ""
     seconds: float = 0.0

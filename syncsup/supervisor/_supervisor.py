@@ -1,43 +1,55 @@
-"""The supervisor process: spawning, reaping, heartbeats, status, stop."""
+"""The supervisor process: children, heartbeats, status, operator commands,
+stop. Restart decisions are made by the pure :mod:`policy`; status queries
+are tracked by the pure :mod:`queries`; this module is the I/O around them.
+
+One watcher, one collator and one syncer serve every sync, so the set of
+processes is fixed whatever the config's length: the supervisor, the
+template that forks the children (``template``) and the three children.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
-import shutil
 import signal
-import subprocess
-import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 import zmq
 
 from syncsup import config as cfg
 from syncsup import proto
-from syncsup._runtime import (
+from syncsup.rsync_version import MIN_SOURCE, format_version, rsync_version
+from syncsup.runtime import (
+    HEARTBEAT_TIMEOUT,
     bind_private,
     child_exit_fd,
-    decode_logged,
-    drain,
+    drain_fd,
+    killpg,
     new_incarnation,
-    recv_trusted,
+    new_socket,
+    receive,
+    send,
+    trim_memory,
 )
-from syncsup.supervisor.metrics import serve
+from syncsup.statedir import AlreadyRunning, StateDir
+from syncsup.status import ComponentStatus, Status, assemble, summary
+from syncsup.supervisor._spawner import Spawner, SpawnError, become_subreaper
 from syncsup.supervisor.notify import Notifier
 from syncsup.supervisor.policy import RestartPolicy, State
+from syncsup.supervisor.queries import Queries
 from syncsup.supervisor.status_file import write_status_file
 
-__all__ = ["StartError", "Supervisor"]
+__all__ = ["ROLES_IN_START_ORDER", "StartError", "Supervisor"]
 
 log = logging.getLogger("syncsup.supervisor")
 
 ROLES_IN_START_ORDER = ("collator", "syncer", "watcher")
-HEARTBEAT_TIMEOUT = 7.0   # seconds of silence before a child is killed (beats every 2 s)
 STOP_GRACE = 6.0          # seconds between SIGTERM and SIGKILL at stop
+NOTIFY_INTERVAL = 2.0     # seconds between systemd STATUS= updates (under systemd only)
 
 
 class StartError(RuntimeError):
@@ -48,185 +60,165 @@ class StartError(RuntimeError):
 class Component:
     """One supervised child and what the supervisor knows of it."""
 
-    name: str
     role: str
-    sync: str
-    argv: list[str]
     policy: RestartPolicy = field(default_factory=RestartPolicy)
-    proc: subprocess.Popen[bytes] | None = None
+    pid: int | None = None
     spawned: float = 0.0
     last_beat: float = 0.0
     incarnation: str | None = None
     peer: bytes | None = None  # its routing id on the control socket
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-
-def acquire_lock(state_dir: os.PathLike[str] | str) -> IO[str]:
-    """Hold an exclusive flock on ``state_dir/lock`` for the life of the
-    process; the kernel drops it however we die, so no stale lock is possible."""
-    path = os.path.join(state_dir, "lock")
-    fh = open(path, "a+")  # noqa: SIM115 - held until exit
-    # `syncsup status` takes a shared lock for an instant to see whether we
-    # run; retry briefly so that a status poll never makes a start fail.
-    for attempt in range(20):
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            fh.seek(0)
-            other = fh.read().strip()
-            if other or attempt == 19:
-                fh.close()
-                raise StartError(f"syncsup is already running with state_dir {state_dir} "
-                                 f"(pid {other or '?'})") from None
-            time.sleep(0.05)
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"{os.getpid()}\n")
-    fh.flush()
-    return fh
-
-
-def is_running(state_dir: os.PathLike[str] | str) -> bool:
-    """True if a supervisor holds the lock of ``state_dir``."""
-    path = os.path.join(state_dir, "lock")
-    try:
-        with open(path) as fh:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-    except FileNotFoundError:
-        return False
-    except BlockingIOError:
-        return True
 
 
 class Supervisor:
-    def __init__(self, conf: cfg.Config) -> None:
+    def __init__(self, conf: cfg.Config, clock: Callable[[], float] = time.monotonic) -> None:
         self.conf = conf
-        self.run_id = new_incarnation()
+        self.clock = clock
         self.started = time.time()
         self.stopping = False
-        state_dir = conf.settings.state_dir
+        self.state = StateDir(conf.settings.state_dir)
         try:
-            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(state_dir, 0o700)
+            self.state.create()
+            self.lock = self.state.acquire_lock()
+        except AlreadyRunning as exc:
+            raise StartError(str(exc)) from None
         except OSError as exc:
-            raise StartError(f"cannot use state_dir {state_dir}: {exc.strerror}") from None
-        self.lock = acquire_lock(state_dir)
-        if shutil.which("rsync") is None:
-            raise StartError("rsync is not installed (apt-get install rsync)")
-        self.components = self._components(conf)
-        self.by_name = {c.name: c for c in self.components}
+            raise StartError(f"cannot use state_dir {self.state.path}: {exc.strerror}") from None
+        _check_rsync(conf)
+        try:
+            become_subreaper()
+        except OSError as exc:
+            raise StartError(str(exc)) from None
+        self.run_id = new_incarnation()
+        self.spawner = Spawner(conf.path, self.run_id)
+        # Fork the template now, while this process has a single thread: the
+        # children then share the supervisor's image (imports and all).
+        self.spawner.fork(close=[self.lock.fileno()])
+        self.components = {role: Component(role) for role in ROLES_IN_START_ORDER}
         self.pending_signal: str | None = None
         self.notifier = Notifier()
         self.metrics: Any = None
-        self.last_periodic = 0.0
+        self.queries = Queries()
+        self.next_notify = 0.0
         self.next_status_file = 0.0
-        self.ctx = zmq.Context()
-        self.control = self.ctx.socket(zmq.ROUTER)
-        self.control.setsockopt(zmq.LINGER, 0)
-        bind_private(self.control, state_dir, "control")
+        self.last_status: Status | None = None
+        self._waiters: list[tuple[threading.Event, list[Status]]] = []
+        self._waiters_lock = threading.Lock()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.control = new_socket(self.ctx, zmq.ROUTER)
+        bind_private(self.control, self.state, "control")
 
-    # -- children --------------------------------------------------------------
-
-    def _components(self, conf: cfg.Config) -> list[Component]:
-        out = []
-        for role in ROLES_IN_START_ORDER:
-            for sync in conf.syncs:
-                argv = [sys.executable, "-m", f"syncsup.{role}", str(conf.path), sync.name,
-                        self.run_id]
-                out.append(Component(f"{role}:{sync.name}", role, sync.name, argv))
-        return out
+    # -- children ----------------------------------------------------------------
 
     def spawn(self, c: Component, now: float) -> None:
+        c.policy.start(now)
         try:
-            # No preexec_fn: the supervisor may run a metrics thread, and
-            # running Python between fork and exec is unsafe with threads.
-            # The child sets PR_SET_PDEATHSIG itself (syncsup._runtime).
-            env = {**os.environ, "SYNCSUP_SUPERVISOR_PID": str(os.getpid())}
-            c.proc = subprocess.Popen(c.argv, stdin=subprocess.DEVNULL, start_new_session=True,
-                                      close_fds=True, env=env)
-        except OSError as exc:
-            log.error("cannot start %s: %s", c.name, exc)
-            c.policy.start(now)
+            c.pid = self.spawner.spawn(c.role)
+        except SpawnError as exc:
+            log.error("cannot start %s: %s", c.role, exc.strerror or exc)
             c.policy.exited(127, now)
             return
         c.spawned = c.last_beat = now
-        c.incarnation = None
-        c.policy.start(now)
-        log.debug("started %s (pid %d)", c.name, c.proc.pid)
+        c.incarnation = c.peer = None
+        log.debug("started %s (pid %d)", c.role, c.pid)
 
-    def reap(self, c: Component, now: float) -> None:
-        if c.proc is None:
-            return
-        pid = c.proc.pid
-        # Peek without reaping: while the zombie exists its pid (and so its
-        # process group id) cannot be reused, so the killpg below is safe.
-        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-            if now - c.last_beat > HEARTBEAT_TIMEOUT:
-                log.error("%s (pid %d) sent no heartbeat for %.0fs: killing it",
-                          c.name, pid, now - c.last_beat)
-                _killpg(pid, signal.SIGKILL)
-            return
-        _killpg(pid, signal.SIGKILL)  # anything it left in its group
-        rc = c.proc.wait()
-        c.proc = None
+    def _exited(self, c: Component, rc: int, now: float) -> None:
+        pid, c.pid, c.peer = c.pid, None, None
         c.policy.exited(rc, now)
+        for consumer in self.queries.forget(c.role):
+            consumer()
         if c.policy.state is State.FATAL:
             log.error("%s exited with a configuration error (78): not restarting; "
-                      "fix the config and restart syncsup", c.name)
-        else:
+                      "fix the config and restart syncsup", c.role)
+        elif not self.stopping:
             how = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
-            log.warning("%s (pid %d) died (%s); restart #%d in %.1fs%s", c.name, pid, how,
+            log.warning("%s (pid %s) died (%s); restart #%d in %.1fs%s", c.role, pid, how,
                         c.policy.restarts, max(0.0, (c.policy.next_start or now) - now),
                         " [degraded: restarting too often]"
                         if c.policy.state is State.DEGRADED else "")
 
+    def reap(self, now: float) -> None:
+        """Collect exited children; kill the silent ones. A known child is
+        peeked at first (``WNOWAIT``): while its zombie exists its pid, and so
+        its process group id, cannot be reused, so killing the group is safe.
+        Then every other zombie (the template, orphans re-parented to us)."""
+        for c in self.components.values():
+            if c.pid is None:
+                continue
+            if os.waitid(os.P_PID, c.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                if now - c.last_beat > HEARTBEAT_TIMEOUT:
+                    log.error("%s (pid %d) sent no heartbeat for %.0fs: killing it", c.role,
+                              c.pid, now - c.last_beat)
+                    killpg(c.pid, signal.SIGKILL)
+                continue
+            killpg(c.pid, signal.SIGKILL)  # anything it left in its group
+            _pid, status = os.waitpid(c.pid, 0)
+            self._exited(c, os.waitstatus_to_exitcode(status), now)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self.spawner.exited(pid):
+                continue
+            for c in self.components.values():
+                if c.pid == pid:
+                    self._exited(c, os.waitstatus_to_exitcode(status), now)
+
+    def _silent(self, now: float) -> bool:
+        """Has a running child missed its heartbeat deadline?"""
+        return any(c.pid is not None and now - c.last_beat > HEARTBEAT_TIMEOUT
+                   for c in self.components.values())
+
     def stop_children(self) -> None:
         """TERM in reverse start order, wait up to STOP_GRACE, then KILL."""
-        live = [c for c in reversed(self.components) if c.proc is not None]
+        live = [c for c in reversed(list(self.components.values())) if c.pid is not None]
         for c in live:
             c.policy.stop()
-            assert c.proc is not None
-            _killpg(c.proc.pid, signal.SIGTERM)
-            _killpg(c.proc.pid, signal.SIGCONT)  # a stopped child acts on TERM only once continued
+            assert c.pid is not None
+            killpg(c.pid, signal.SIGTERM)
+            killpg(c.pid, signal.SIGCONT)  # a stopped child acts on TERM only once continued
         deadline = time.monotonic() + STOP_GRACE
         for c in live:
-            assert c.proc is not None
+            assert c.pid is not None
+            while time.monotonic() < deadline:
+                if os.waitid(os.P_PID, c.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                    break
+                time.sleep(0.02)
+            else:
+                log.warning("%s did not stop in %.0fs: killing it", c.role, STOP_GRACE)
+            killpg(c.pid, signal.SIGKILL)
             try:
-                c.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %.0fs: killing it", c.name, STOP_GRACE)
-            _killpg(c.proc.pid, signal.SIGKILL)
-            c.proc.wait()
-            c.proc = None
+                os.waitpid(c.pid, 0)
+            except ChildProcessError:
+                pass
+            c.pid = c.peer = None
 
-    # -- control socket ------------------------------------------------------------
+    # -- control socket --------------------------------------------------------------
 
-    def on_control(self, frames: list[bytes]) -> None:
-        peer, body = frames[0], frames[1:]
-        msg = decode_logged(body, log, "control")
-        if msg is None:
-            return
+    def on_control(self, peer: bytes | None, msg: proto.Message, now: float) -> None:
+        assert peer is not None
         if isinstance(msg, proto.Heartbeat):
-            c = self.by_name.get(msg.name)
-            if c is None or c.proc is None or c.proc.pid != msg.pid:
+            c = self.components.get(msg.role)
+            if c is None or c.pid != msg.pid:
                 return  # a stale incarnation, or a stranger
-            c.last_beat = time.monotonic()
+            c.last_beat = now
             c.peer = peer
             if c.incarnation != msg.incarnation:
-                c.policy.up(c.last_beat)
+                c.policy.up(now)
             c.incarnation = msg.incarnation
-            c.info = msg.info
+        elif isinstance(msg, proto.StatusAnswer):
+            for consumer in self.queries.answer(msg.query, msg.part):
+                consumer()
         elif isinstance(msg, proto.StatusRequest):
-            self._reply(peer, proto.StatusReply(status=self.status()))
+            def reply() -> None:
+                send(self.control, proto.StatusReply(status=self.status()), peer, log)
+            self.ask_status(reply)
         elif isinstance(msg, proto.Control):
             ok, message = self.relay(msg)
-            self._reply(peer, proto.StatusReply(status={"ok": ok, "message": message}))
+            send(self.control, proto.ControlReply(ok=ok, message=message), peer, log)
         elif isinstance(msg, proto.Stop):
             log.info("stop requested over the control socket%s",
                      f": {msg.reason}" if msg.reason else "")
@@ -234,89 +226,93 @@ class Supervisor:
         else:
             log.warning("dropped unexpected %s on control", type(msg).__name__)
 
+    def ask_status(self, consumer: Callable[[], None]) -> None:
+        """Call ``consumer`` once the children's parts are fresh (or late)."""
+        running = {c.role: c.peer for c in self.components.values()
+                   if c.pid is not None and c.peer is not None}
+        qid = self.queries.ask(set(running), self.clock(), consumer)
+        if qid is not None:
+            for peer in running.values():
+                assert peer is not None
+                send(self.control, proto.StatusQuery(query=qid), peer, log)
+
     def relay(self, msg: proto.Control) -> tuple[bool, str]:
-        """Check an operator command and pass it to the collators it concerns."""
-        if msg.command not in ("resync", "pause", "resume"):
-            return False, f"unknown command {msg.command!r}"
+        """Check an operator command and pass it to the collator."""
         syncs = [s for s in self.conf.syncs if msg.sync in ("", s.name)]
         if not syncs:
             return False, f"no sync named {msg.sync!r}"
-        if msg.target and not any(t.spec == msg.target for s in syncs for t in s.targets):
-            return False, f"no target {msg.target!r}" + (f" in sync {msg.sync!r}" if msg.sync
-                                                        else "")
-        sent = []
-        for s in syncs:
-            c = self.by_name[f"collator:{s.name}"]
-            if c.peer is None or c.proc is None:
-                return False, f"collator of {s.name} is not running; try again"
-            if msg.target and not any(t.spec == msg.target for t in s.targets):
-                continue
-            fwd = proto.Control(command=msg.command, sync=s.name, target=msg.target)
-            self.control.send_multipart([c.peer, *proto.encode(fwd)])
-            sent.append(s.name)
-        log.info("%s requested for %s%s", msg.command, ", ".join(sent),
-                 f" target {msg.target}" if msg.target else "")
-        return True, f"{msg.command}: {', '.join(sent)}"
+        if msg.target_spec:
+            syncs = [s for s in syncs if any(t.spec == msg.target_spec for t in s.targets)]
+            if not syncs:
+                return False, f"no target {msg.target_spec!r}" + (
+                    f" in sync {msg.sync!r}" if msg.sync else "")
+        collator = self.components["collator"]
+        if collator.peer is None or collator.pid is None:
+            return False, "the collator is not running; try again"
+        send(self.control, msg, collator.peer, log)
+        names = ", ".join(s.name for s in syncs)
+        log.info("%s requested for %s%s", msg.command.value, names,
+                 f" target {msg.target_spec}" if msg.target_spec else "")
+        return True, f"{msg.command.value}: {names}"
 
-    def _reply(self, peer: bytes, msg: proto.Message) -> None:
-        try:
-            self.control.send_multipart([peer, *proto.encode(msg)], flags=zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            log.debug("could not answer %r: %s", peer, exc)
-
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         """The document ``syncsup status --json`` prints (see docs/status.md)."""
-        now_wall, now = time.time(), time.monotonic()
-        comps: list[dict[str, Any]] = [{
-            "name": "supervisor", "role": "supervisor", "pid": os.getpid(), "state": "running",
-            "restarts": 0, "uptime": now_wall - self.started, "last_exit": None,
-        }]
-        for c in self.components:
-            comps.append({
-                "name": c.name, "role": c.role, "pid": c.pid, "state": c.policy.state.value,
-                "restarts": c.policy.restarts,
-                "uptime": now - c.spawned if c.proc is not None else None,
-                "last_exit": c.policy.last_exit,
-            })
-        syncs = []
-        for s in self.conf.syncs:
-            collator = self.by_name[f"collator:{s.name}"].info
-            watcher = self.by_name[f"watcher:{s.name}"].info
-            running = self.by_name[f"syncer:{s.name}"].info.get("running") or {}
-            known = {t["target"]: t for t in collator.get("targets", [])
-                     if isinstance(t, dict) and "target" in t}
-            targets = [{**(known.get(t.spec) or {
-                "target": t.spec, "state": "startup", "pending": 0, "lag": None,
-                "last_sync": None, "last_error": None}), "transfer": running.get(t.spec)}
-                for t in s.targets]
-            syncs.append({
-                "name": s.name, "source": str(s.source), "mode": s.mode,
-                "rescans": collator.get("rescans", 0),
-                "watches": watcher.get("watches"), "unwatched": watcher.get("unwatched"),
-                "watch_limit_needed": watcher.get("watch_limit_needed") or None,
-                "overflows": watcher.get("overflows"), "targets": targets,
-            })
-        return {"version": 1, "config": str(self.conf.path), "started": self.started,
-                "components": comps, "syncs": syncs}
+        now = self.clock()
+        comps = [ComponentStatus(name="supervisor", role="supervisor", pid=os.getpid(),
+                                 state="running", uptime=time.time() - self.started)]
+        comps += [ComponentStatus(
+            name=c.role, role=c.role, pid=c.pid, state=c.policy.state.value,
+            restarts=c.policy.restarts, uptime=now - c.spawned if c.pid is not None else None,
+            last_exit=c.policy.last_exit) for c in self.components.values()]
+        syncs = [(s.name, str(s.source), s.mode.value, [t.spec for t in s.targets])
+                 for s in self.conf.syncs]
+        self.last_status = assemble(str(self.conf.path), self.started, comps, syncs,
+                                    list(self.queries.parts.values()))
+        return self.last_status
 
-    # -- main loop ---------------------------------------------------------------
+    def metrics_status(self) -> Status:
+        """For the metrics thread: a fresh status from the main loop (woken
+        through a pipe), or the last one if the loop does not answer."""
+        event, box = threading.Event(), list[Status]()
+        with self._waiters_lock:
+            self._waiters.append((event, box))
+        try:
+            os.write(self.wake_w, b"m")
+        except BlockingIOError:
+            pass
+        event.wait(2.0)
+        return box[0] if box else (self.last_status or self.status_placeholder())
+
+    def status_placeholder(self) -> Status:
+        return Status(config=str(self.conf.path), started=self.started, components=[], syncs=[])
+
+    def _serve_waiters(self) -> None:
+        drain_fd(self.wake_r)
+        with self._waiters_lock:
+            waiters, self._waiters = self._waiters, []
+        for event, box in waiters:
+            def done(event: threading.Event = event, box: list[Status] = box) -> None:
+                box.append(self.status())
+                event.set()
+            self.ask_status(done)
+
+    # -- signals and periodic work -----------------------------------------------------
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if signum == signal.SIGHUP:
             self.pending_signal = "reload"
-            return
-        if signum == signal.SIGUSR1:
+        elif signum == signal.SIGUSR1:
             self.pending_signal = "resync"
-            return
-        if not self.stopping:
-            log.info("received %s: stopping", signal.Signals(signum).name)
-        self.stopping = True
+        else:
+            if not self.stopping:
+                log.info("received %s: stopping", signal.Signals(signum).name)
+            self.stopping = True
 
     def handle_signal(self) -> None:
         what, self.pending_signal = self.pending_signal, None
         if what == "resync":
             log.info("SIGUSR1: resync of every target")
-            self.relay(proto.Control(command="resync"))
+            self.relay(proto.Control(command=proto.Command.RESYNC))
         elif what == "reload":
             self.reload()
 
@@ -326,6 +322,7 @@ class Supervisor:
         is refused and the old one keeps running."""
         try:
             new = cfg.load(self.conf.path)
+            cfg.check_sources(new)
         except cfg.ConfigError as exc:
             log.error("SIGHUP: config error, keeping the running config: %s", exc)
             return
@@ -336,93 +333,107 @@ class Supervisor:
         log.info("SIGHUP: reloading %s (%d sync(s))", new.path, len(new.syncs))
         self.stop_children()
         self.conf = new
-        self.components = self._components(new)
-        self.by_name = {c.name: c for c in self.components}
-        now = time.monotonic()
-        for c in self.components:
+        self.components = {role: Component(role) for role in ROLES_IN_START_ORDER}
+        now = self.clock()
+        for c in self.components.values():
             self.spawn(c, now)
-
-    def summary(self) -> tuple[bool, str]:
-        """(initial sync done everywhere, one-line summary) for systemd."""
-        doc = self.status()
-        targets = [t for s in doc["syncs"] for t in s["targets"]]
-        starting = sum(t["state"] == "startup" for t in targets)
-        failing = sum(t["state"] in ("retrying", "failed") for t in targets)
-        pending = sum(t["pending"] for t in targets)
-        down = [c["name"] for c in doc["components"] if c["state"] != "running"]
-        parts = [f"{len(targets)} target(s)"]
-        if starting:
-            parts.append(f"{starting} in initial sync")
-        parts.append(f"{pending} pending")
-        if failing:
-            parts.append(f"{failing} failing")
-        if down:
-            parts.append(f"not running: {', '.join(down)}")
-        return starting == 0, ", ".join(parts)
+        self.spawner.release()
 
     def periodic(self, now: float) -> None:
-        """systemd notifications and the status file, at most once a second."""
-        if now - self.last_periodic < 1.0:
-            return
-        self.last_periodic = now
+        """systemd notifications and the status file, when they are due."""
         self.notifier.watchdog(now)
-        if self.notifier.addr is not None:
-            ready, summary = self.summary()
-            if ready:
-                self.notifier.ready(summary)
-            if self.notifier.ready_sent:
-                self.notifier.status(summary)
+        if self.notifier.addr is not None and now >= self.next_notify:
+            self.next_notify = now + NOTIFY_INTERVAL
+            self.ask_status(self._notify)
         settings = self.conf.settings
         if settings.status_file is not None and now >= self.next_status_file:
             self.next_status_file = now + settings.status_interval
-            write_status_file(settings.status_file, self.status())
+            path = settings.status_file
+            self.ask_status(lambda: write_status_file(path, self.status()))
+
+    def _notify(self) -> None:
+        ready, line = summary(self.status())
+        if ready:
+            self.notifier.ready(line)
+        if self.notifier.ready_sent:
+            self.notifier.status(line)
+
+    def timeout(self, now: float) -> float:
+        """Seconds until something is due: a restart, a heartbeat deadline,
+        a status query's deadline, a periodic task. None of these exist in
+        an idle daemon except the heartbeat deadlines (every few seconds)."""
+        due = [now + 60.0]
+        for c in self.components.values():
+            if c.pid is not None:
+                due.append(c.last_beat + HEARTBEAT_TIMEOUT + 0.05)
+            elif c.policy.next_start is not None:
+                due.append(c.policy.next_start)
+            if c.policy.state is State.DEGRADED and c.policy.started_at is not None:
+                due.append(c.policy.started_at + c.policy.stable_after)
+        deadline = self.queries.next_deadline()
+        if deadline is not None:
+            due.append(deadline)
+        if self.notifier.addr is not None:
+            due.append(self.next_notify)
+        if self.notifier.watchdog_interval is not None:
+            due.append(self.notifier.last_watchdog + self.notifier.watchdog_interval)
+        if self.conf.settings.status_file is not None:
+            due.append(self.next_status_file)
+        return max(0.0, min(due) - now)
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGHUP, self._on_signal)
-        signal.signal(signal.SIGUSR1, self._on_signal)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
         log.info("syncsup starting: %d sync(s), state in %s", len(self.conf.syncs),
-                 self.conf.settings.state_dir)
+                 self.state.path)
+        exits = child_exit_fd()
+        now = self.clock()
+        for c in self.components.values():
+            self.spawn(c, now)
+        self.spawner.release()
         if self.conf.settings.metrics:
+            from syncsup.supervisor.metrics import serve
+
             try:
-                self.metrics = serve(self.conf.settings.metrics, self.status)
+                self.metrics = serve(self.conf.settings.metrics, self.metrics_status)
                 log.info("metrics on http://%s/metrics", self.conf.settings.metrics)
             except OSError as exc:
                 log.error("cannot serve metrics on %s: %s; running without",
                           self.conf.settings.metrics, exc)
-        now = time.monotonic()
-        for c in self.components:
-            self.spawn(c, now)
-        exits = child_exit_fd()
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         poller.register(exits, zmq.POLLIN)
+        poller.register(self.wake_r, zmq.POLLIN)
         try:
             while not self.stopping:
                 if self.pending_signal:
                     self.handle_signal()
-                events = dict(poller.poll(500))
+                events = dict(poller.poll(int(self.timeout(self.clock()) * 1000) + 1))
+                now = self.clock()
                 if exits in events:
-                    drain(exits)
+                    drain_fd(exits)
                 if self.control in events:
-                    for _ in range(1000):
-                        try:
-                            frames = recv_trusted(self.control, log)
-                            if frames is not None:
-                                self.on_control(frames)
-                        except zmq.Again:
-                            break
-                now = time.monotonic()
-                for c in self.components:
-                    self.reap(c, now)
+                    for peer, msg in receive(self.control, log):
+                        self.on_control(peer, msg, now)
+                if self.wake_r in events:
+                    self._serve_waiters()
+                if exits in events or self._silent(now):
+                    self.reap(now)
+                for c in self.components.values():
                     c.policy.tick(now)
-                    if c.proc is None and c.policy.due(now) and not self.stopping:
+                    if c.pid is None and c.policy.due(now) and not self.stopping:
                         self.spawn(c, now)
+                self.spawner.release()  # the template is not needed until a restart
+                if exits in events:
+                    trim_memory()
+                for consumer in self.queries.expire(now):
+                    consumer()
                 self.periodic(now)
         finally:
             self.notifier.stopping()
             self.stop_children()
+            self.spawner.stop()
+            self.reap(self.clock())
             if self.metrics is not None:
                 self.metrics.shutdown()
             self.notifier.close()
@@ -431,6 +442,13 @@ class Supervisor:
         return 0
 
 
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+def _check_rsync(conf: cfg.Config) -> None:
+    for binary in sorted({s.rsync.binary for s in conf.syncs}):
+        version = rsync_version(binary)
+        if version is None:
+            raise StartError(f"{binary} does not run (is rsync installed? apt-get install rsync)")
+        if version < MIN_SOURCE:
+            raise StartError(
+                f"{binary} is version {format_version(version)}; syncsup needs rsync "
+                f"{format_version(MIN_SOURCE)} or newer, whose sender never follows a symlink "
+                "raced into a parent directory of the source")

@@ -16,11 +16,17 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-__all__ = ["COMPONENT_STATES", "TARGET_STATES", "StatusCollector", "serve", "state_families"]
+from syncsup.status import Status
+from syncsup.supervisor.policy import State
+
+__all__ = [
+    "COMPONENT_STATES", "TARGET_STATES", "TRANSPORTS", "StatusCollector", "serve",
+    "state_families",
+]
 
 
 class StatusCollector(Collector):
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, status: Callable[[], Status]) -> None:
         self.status = status
 
     def collect(self) -> Iterator[Any]:
@@ -44,65 +50,70 @@ class StatusCollector(Collector):
                                         "inotify queue overflows", labels=["sync"])
         rescans = CounterMetricFamily("syncsup_rescans", "Subtree rescans requested",
                                       labels=["sync"])
-        for s in doc["syncs"]:
-            name = s["name"]
-            watches.add_metric([name], s.get("watches") or 0)
-            unwatched.add_metric([name], s.get("unwatched") or 0)
-            overflows.add_metric([name], s.get("overflows") or 0)
-            rescans.add_metric([name], s.get("rescans") or 0)
-            for t in s["targets"]:
-                labels = [name, t["target"]]
-                lag.add_metric(labels, t.get("lag") or 0.0)
-                pending.add_metric(labels, t.get("pending") or 0)
-                if t.get("last_sync") is not None:
-                    last_ok.add_metric(labels, t["last_sync"])
-                up_t.add_metric(labels, 0 if t["state"] in ("retrying", "failed") else 1)
-                for outcome, n in (t.get("transfers") or {}).items():
+        for s in doc.syncs:
+            watches.add_metric([s.name], s.watches or 0)
+            unwatched.add_metric([s.name], s.unwatched or 0)
+            overflows.add_metric([s.name], s.overflows or 0)
+            rescans.add_metric([s.name], s.rescans)
+            for t in s.targets:
+                labels = [s.name, t.target]
+                lag.add_metric(labels, t.lag or 0.0)
+                pending.add_metric(labels, t.pending)
+                if t.last_sync is not None:
+                    last_ok.add_metric(labels, t.last_sync)
+                up_t.add_metric(labels, 0 if t.state in ("retrying", "failed") else 1)
+                for outcome, n in t.transfers.items():
                     transfers.add_metric([*labels, outcome], n)
-                sent.add_metric(labels, t.get("bytes_sent") or 0)
+                sent.add_metric(labels, t.bytes_sent)
         c_labels = ["component", "role"]
         restarts = CounterMetricFamily("syncsup_component_restarts", "Restarts since start",
                                        labels=c_labels)
         up = GaugeMetricFamily("syncsup_component_up", "1 if the component is running",
                                labels=c_labels)
-        for c in doc["components"]:
-            restarts.add_metric([c["name"], c["role"]], c["restarts"])
-            up.add_metric([c["name"], c["role"]], 1 if c["state"] == "running" else 0)
+        for c in doc.components:
+            restarts.add_metric([c.name, c.role], c.restarts)
+            up.add_metric([c.name, c.role], 1 if c.state == "running" else 0)
         yield from (lag, pending, last_ok, up_t, transfers, sent, watches, unwatched, overflows,
                     rescans, restarts, up)
         yield from state_families(doc)
 
 
-# --- state gauges (alerting on halted targets and degraded components) -------
 # The state words of the status document as one-hot gauges: one series per
 # possible state, 1 for the current one. Alerts need them: "healthy" cannot
 # tell a target halted by max_delete (state failed, never retried alone) from
 # one retrying a flaky link, nor "up" a degraded component from a stopped one.
 TARGET_STATES = ("startup", "idle", "pending", "syncing", "paused", "retrying", "failed")
-COMPONENT_STATES = ("starting", "running", "backoff", "degraded", "fatal", "stopped")
+COMPONENT_STATES = tuple(state.value for state in State)
+TRANSPORTS = ("agent", "rsync")
 
 
-def state_families(doc: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
-    """``syncsup_target_state`` and ``syncsup_component_state``."""
+def state_families(doc: Status) -> Iterator[GaugeMetricFamily]:
+    """``syncsup_target_state``, ``syncsup_target_transport`` and
+    ``syncsup_component_state``."""
     target = GaugeMetricFamily("syncsup_target_state",
                                "1 for the target's current state (as syncsup status shows it)",
                                labels=["sync", "target", "state"])
-    for s in doc["syncs"]:
-        for t in s["targets"]:
+    transport = GaugeMetricFamily("syncsup_target_transport",
+                                  "1 for the way small changes reach the target now",
+                                  labels=["sync", "target", "transport"])
+    for s in doc.syncs:
+        for t in s.targets:
             for state in TARGET_STATES:
-                target.add_metric([s["name"], t["target"], state], 1 if t["state"] == state else 0)
+                target.add_metric([s.name, t.target, state], 1 if t.state == state else 0)
+            for way in TRANSPORTS:
+                transport.add_metric([s.name, t.target, way], 1 if t.transport == way else 0)
     component = GaugeMetricFamily("syncsup_component_state",
                                   "1 for the component's current state",
                                   labels=["component", "role", "state"])
-    for c in doc["components"]:
+    for c in doc.components:
         for state in COMPONENT_STATES:
-            component.add_metric([c["name"], c["role"], state], 1 if c["state"] == state else 0)
+            component.add_metric([c.name, c.role, state], 1 if c.state == state else 0)
     yield target
+    yield transport
     yield component
-# --- end state gauges
 
 
-def serve(address: str, status: Callable[[], dict[str, Any]]) -> Any:
+def serve(address: str, status: Callable[[], Status]) -> Any:
     """Serve /metrics on ``host:port`` in a background thread; returns the
     server (``shutdown()`` it at stop)."""
     from prometheus_client import start_http_server

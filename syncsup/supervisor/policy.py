@@ -25,9 +25,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-__all__ = ["EX_CONFIG", "RestartPolicy", "State"]
+from syncsup.config import EX_CONFIG
 
-EX_CONFIG = 78
+__all__ = ["EX_CONFIG", "RestartPolicy", "State"]
 
 
 class State(StrEnum):

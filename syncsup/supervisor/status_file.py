@@ -9,23 +9,36 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+
+from syncsup.status import Status, format_status
 
 __all__ = ["write_status_file"]
 
 log = logging.getLogger("syncsup.supervisor")
 
 
-def write_status_file(path: Path, doc: dict[str, Any]) -> None:
-    from syncsup.cli import format_status
-
+def write_status_file(path: Path, doc: Status) -> None:
     text = (f"syncsup status, written {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n"
             f"{format_status(doc)}\n")
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A random name created with O_EXCL and O_NOFOLLOW, and its mode set on
+    # the descriptor: a symlink planted in the directory can neither be
+    # opened for writing nor chmodded through. rename() replaces a symlink at
+    # the final name instead of following it.
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}")
     try:
-        with open(tmp, "w") as fh:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except OSError as exc:
+        log.warning("cannot write status file %s: %s", path, exc)
+        return
+    try:
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), 0o644)
             fh.write(text)
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("cannot write status file %s: %s", path, exc)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass

@@ -1,9 +1,11 @@
-"""The syncer: runs rsync for the targets of one sync.
+"""The syncer: one process running the transfers of every target of every
+sync.
 
-One process serves every target of its sync (memory grows with transfers in
-flight, not with targets); each target still has its own lease, its own
-rsync process group and its own backoff, so a hung transfer blocks only its
-own target.
+Each target has a slot: its own lease, its own plan (``plan``, pure), its own
+process group per step and its own ssh master, so a hung transfer blocks
+only its own target; ``max_processes`` caps the transfers running at once.
+Local targets get renames (and small changes) applied in-process through
+directory descriptors; everything else goes through rsync.
 """
 
 __all__: list[str] = []

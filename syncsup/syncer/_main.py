@@ -1,82 +1,86 @@
-"""The syncer process: one slot per target, each running at most one
-transfer (a rename replay, then rsync for subtrees, then rsync for paths).
+"""The syncer process: one slot per target of every sync, each running at
+most one step of one batch at a time, as decided by its :class:`Plan`.
 
 Single-threaded: children are polled, never waited on, so one hung transfer
-cannot stall the other targets, the heartbeats or a stop request. Every
-child runs in its own process group with PR_SET_PDEATHSIG, so killing the
-syncer (or its whole group) never leaves a transfer behind.
+cannot stall the other targets, the heartbeats or a stop request; SIGCHLD
+wakes the loop when a child ends. Every child runs in its own process group
+with PR_SET_PDEATHSIG, so killing the syncer (or its whole group) never
+leaves a transfer behind. ``max_processes`` caps the transfers running at
+once across all syncs; a slot waiting for one is served in turn.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import msgpack
 import zmq
 
 from syncsup import config as cfg
 from syncsup import proto
-from syncsup._runtime import (
+from syncsup.logs import setup_logging
+from syncsup.proto._typed import to_wire
+from syncsup.runtime import (
     ChildRuntime,
     child_exit_fd,
-    decode_logged,
-    drain,
-    endpoint,
-    set_pdeathsig,
-    setup_logging,
+    drain_fd,
+    killpg,
+    new_socket,
+    receive,
+    send,
 )
+from syncsup.statedir import StateDir
+from syncsup.status import StatusPart, TransferStatus, TransportStatus
+from syncsup.syncer.agents import Channel, unusable
 from syncsup.syncer.argv import expand_rule_files, rsync_argv, ssh_argv
-from syncsup.syncer.exitcodes import Outcome, classify
-from syncsup.syncer.moves import local_renames, remote_rename_command
-from syncsup.syncer.tokens import Tokens
+from syncsup.syncer.moves import (
+    agent_command,
+    agent_requests,
+    local_renames,
+    remote_rename_command,
+)
+from syncsup.syncer.plan import Finished, Plan, Result, Step, StepKind
+from syncsup.syncer.transfer import Transfer, spawn
 
-__all__ = ["Syncer", "main"]
+__all__ = ["Slot", "Syncer", "main"]
 
 log = logging.getLogger("syncsup.syncer")
 
-READY_REPEAT = 2.0   # seconds between repeated credits while idle
-STOP_GRACE = 2.0     # seconds between SIGTERM and SIGKILL of a child group
-PROGRESS_LOG = 30.0  # seconds between progress lines of a long transfer
 MASTER_RETRY = (2.0, 60.0)  # backoff of the ssh master connection: first, cap
 
 
 @dataclass
 class Slot:
-    """One target: its transfer in progress, if any, and its ssh master."""
+    """One target of one sync: its batch, plan and running step, and its
+    ssh master connection."""
 
+    sync: cfg.Sync
     index: int
     target: cfg.Target
-    control_path: str | None = None
+    control_path: str | None
     batch: proto.Batch | None = None
-    phases: list[str] = field(default_factory=list)
-    phase: str = ""
-    proc: subprocess.Popen[bytes] | None = None
-    errfile: IO[bytes] | None = None
-    outfile: IO[bytes] | None = None  # rsync's --stats
-    sent: int = 0
-    token: IO[str] | None = None
+    plan: Plan | None = None
+    step: Step | None = None
+    transfer: Transfer | None = None
     started: float = 0.0
-    moves_done: int = 0
-    last_ready: float = 0.0
-    io_seen: int = -1          # bytes read+written by the transfer's processes
-    io_changed: float = 0.0    # when that last moved
-    io_checked: float = 0.0    # when we last looked
-    last_progress_log: float = 0.0
-    killing: float = 0.0       # when we sent SIGTERM to a stalled transfer
-    empty_guard: bool = False  # this phase runs with the empty-source guard
+    sent: int = 0
     master: subprocess.Popen[bytes] | None = None
     master_failures: int = 0
     master_next: float = 0.0
+    channel: Channel | None = None  # the target's agent, if the sync can use one
+
+    @property
+    def label(self) -> str:
+        return f"target {self.target.spec}"
 
 
 def _names(paths: list[bytes]) -> bytes:
@@ -91,10 +95,10 @@ def _effective(root: bytes, paths: list[bytes]) -> list[bytes]:
     by its first ancestor that is not one (a file, a symlink, or gone).
 
     rsync fails on ``a/b`` when ``a`` became a file ("Not a directory", exit
-    23, retried forever), and must never be sent through ``a`` if ``a``
-    became a symlink. Sending ``a`` itself is what the target needs: it
-    replaces the old directory (``--force``) or deletes it.
-    """
+    23, retried forever); sending ``a`` itself is what the target needs: it
+    replaces the old directory (``--force``) or deletes it. (A symlinked
+    ``a`` is never followed either way: rsync's sender refuses symlinks in
+    parent components.)"""
     is_dir: dict[bytes, bool] = {b"": True}
     out: dict[bytes, None] = {}
     for path in paths:
@@ -117,379 +121,6 @@ def _effective(root: bytes, paths: list[bytes]) -> list[bytes]:
     return list(out)
 
 
-_SETPRIV = shutil.which("setpriv")
-
-
-def _spawn(argv: list[str], stdin: Any = subprocess.DEVNULL, stderr: Any = subprocess.DEVNULL,
-           stdout: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-    """A child in its own process group that dies with us (PR_SET_PDEATHSIG).
-
-    util-linux's ``setpriv --pdeathsig`` sets it and execs the command; that
-    keeps Python out of the forked child, so CPython can use vfork (a spawn
-    costs ~1.5 ms instead of ~4 ms with a ``preexec_fn``)."""
-    if _SETPRIV is not None:
-        return subprocess.Popen([_SETPRIV, "--pdeathsig", "KILL", "--", *argv], stdin=stdin,
-                                stdout=stdout, stderr=stderr, start_new_session=True,
-                                close_fds=True)
-    return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
-                            start_new_session=True, preexec_fn=set_pdeathsig, close_fds=True)
-
-
-class Syncer:
-    def __init__(self, conf: cfg.Config, sync: cfg.Sync) -> None:
-        self.sync = expand_rule_files(sync)
-        self.config_path = conf.path
-        state_dir = conf.settings.state_dir
-        self.rt = ChildRuntime(state_dir, "syncer", f"syncer:{sync.name}")
-        self.tmp = state_dir / "tmp"
-        self.tmp.mkdir(mode=0o700, exist_ok=True)
-        self.tokens = Tokens(state_dir / "slots", conf.settings.max_processes)
-        self.sock = self.rt.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint(state_dir, f"dispatch-{sync.name}"))
-        self.slots = [Slot(i, t) for i, t in enumerate(sync.targets)]
-        for slot in self.slots:
-            cp = f"{state_dir}/cm-{sync.name}-{slot.index}"
-            if slot.target.is_remote and len(cp) < 100:
-                slot.control_path = cp
-        self.transfers = 0
-
-    def send(self, msg: proto.Message) -> None:
-        try:
-            self.sock.send_multipart(proto.encode(msg), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            log.debug("dispatch socket full, dropped %s", type(msg).__name__)
-
-    def ready(self, slot: Slot, now: float) -> None:
-        slot.last_ready = now
-        self.send(proto.Ready(target=slot.index, incarnation=self.rt.incarnation))
-
-    # -- ssh master ------------------------------------------------------------
-
-    def tend_master(self, slot: Slot, now: float) -> None:
-        """Keep one multiplexing ssh connection per remote target, so a
-        transfer costs no handshake; if it is down, transfers connect
-        directly (ControlMaster=no falls back) and it is retried with backoff."""
-        if slot.control_path is None or slot.target.host is None:
-            return
-        if slot.master is not None:
-            rc = slot.master.poll()
-            if rc is None:
-                return
-            slot.master = None
-            slot.master_failures += 1
-            first, cap = MASTER_RETRY
-            slot.master_next = now + min(cap, first * 2 ** (slot.master_failures - 1))
-            log.info("target %s: ssh master connection ended (rc %d); direct connections "
-                     "until it is back", slot.target.spec, rc)
-            return
-        if now < slot.master_next:
-            return
-        login = (f"{slot.target.user}@{slot.target.host}" if slot.target.user
-                 else slot.target.host)
-        argv = [*ssh_argv(self.sync), "-M", "-N", "-o", f"ControlPath={slot.control_path}",
-                "-o", "ControlPersist=no", "--", login]
-        try:
-            slot.master = _spawn(argv)
-        except OSError as exc:
-            log.error("cannot run ssh: %s", exc)
-            slot.master_next = now + MASTER_RETRY[1]
-
-    # -- transfers ---------------------------------------------------------------
-
-    def on_batch(self, batch: proto.Batch) -> None:
-        if not 0 <= batch.target < len(self.slots):
-            log.warning("dropped batch for unknown target %d", batch.target)
-            return
-        slot = self.slots[batch.target]
-        if slot.batch is not None:
-            log.warning("target %s busy, dropped batch %d", slot.target.spec, batch.batch_id)
-            return
-        slot.batch = batch
-        if self.sync.mode == "command":
-            slot.phases = ["command"]
-        else:
-            slot.phases = ((["moves"] if batch.moves and self.sync.moves_on_target else [])
-                           + (["tree"] if batch.trees or batch.verify else [])
-                           + (["paths"] if batch.paths else []))
-        slot.moves_done = 0
-        slot.started = time.monotonic()
-        self.next_phase(slot)
-
-    def next_phase(self, slot: Slot) -> None:
-        """Start the slot's next phase, or finish the batch if none is left.
-        Waits (returns with nothing started) while max_processes is reached."""
-        assert slot.batch is not None
-        if not slot.phases:
-            self.finish(slot, Outcome.OK, 0, "")
-            return
-        if slot.token is None:
-            slot.token = self.tokens.acquire()
-            if slot.token is None:
-                return  # every transfer token is taken; retried from the loop
-        batch = slot.batch
-        kind = slot.phases.pop(0)
-        slot.phase = kind
-        if slot.errfile is None:
-            slot.errfile = open(self.tmp / f"{self.sync.name}-{slot.index}.err", "w+b")  # noqa: SIM115
-        slot.errfile.seek(0)
-        slot.errfile.truncate()
-        if slot.outfile is None:
-            slot.outfile = open(self.tmp / f"{self.sync.name}-{slot.index}.out", "w+b")  # noqa: SIM115
-        slot.outfile.seek(0)
-        slot.outfile.truncate()
-        lst = self.tmp / f"{self.sync.name}-{slot.index}-{kind}.list"
-        if kind == "moves":
-            lst.write_bytes(b"".join(a + b"\0" + b + b"\0" for a, b in batch.moves))
-            if not slot.target.is_remote:
-                slot.moves_done = len(batch.moves)
-                applied = local_renames(slot.target.path, batch.moves)
-                log.debug("target %s: %d of %d renames replayed", slot.target.spec, applied,
-                          len(batch.moves))
-                self.next_phase(slot)
-                return
-            argv = [*ssh_argv(self.sync, slot.control_path), "--", self._login(slot),
-                    remote_rename_command(slot.target.path)]
-            self._start(slot, argv, stdin_path=lst)
-            return
-        if kind == "command":
-            lst.write_bytes(msgpack.packb({
-                "moves": batch.moves, "trees": batch.trees + batch.verify, "paths": batch.paths,
-                "created": batch.created, "startup": batch.startup}, use_bin_type=True))
-            slot.moves_done = len(batch.moves)  # reported again only if the batch fails
-            self._start(slot, [sys.executable, "-m", "syncsup.syncer.action_runner",
-                               str(self.config_path), self.sync.name, str(slot.index), str(lst)])
-            return
-        names = batch.trees + batch.verify if kind == "tree" else batch.paths
-        lst.write_bytes(_names(_effective(os.fsencode(self.sync.source), names)))
-        # --checksum for rescans that follow lost events, and for directories
-        # a replayed rename just moved on the target: their contents were
-        # changed under the old name (or between the rename and our watch on
-        # the new one) may have kept size and mtime, and the quick check
-        # would trust the moved copy. It reads, but sends nothing that matches.
-        moved_to = {dst for _src, dst in batch.moves} if self.sync.moves_on_target else set()
-        verify = kind == "tree" and (bool(batch.verify)
-                                     or any(t in moved_to for t in batch.trees))
-        argv = rsync_argv(self.sync, slot.target, kind, str(lst), batch.startup, verify,
-                          slot.control_path)
-        slot.empty_guard = (kind == "tree" and b"" in batch.trees + batch.verify
-                            and _empty(self.sync.source))
-        if slot.empty_guard:
-            # An empty source root looks like an unmounted disk: never let it
-            # wipe the mirror. --max-delete=0 deletes nothing and fails (25)
-            # if there was anything to delete.
-            argv.insert(1, "--max-delete=0")
-        self._start(slot, argv)
-
-    def _login(self, slot: Slot) -> str:
-        t = slot.target
-        assert t.host is not None
-        return f"{t.user}@{t.host}" if t.user else t.host
-
-    def _start(self, slot: Slot, argv: list[str], stdin_path: Path | None = None) -> None:
-        log.debug("target %s: %s", slot.target.spec, argv)
-        try:
-            if stdin_path is not None:
-                with open(stdin_path, "rb") as stdin:
-                    slot.proc = _spawn(argv, stdin=stdin, stderr=slot.errfile)
-            else:
-                slot.proc = _spawn(argv, stderr=slot.errfile, stdout=slot.outfile)
-        except OSError as exc:
-            self.finish(slot, Outcome.FATAL, 127, f"cannot run {argv[0]}: {exc}")
-            return
-        slot.io_seen, slot.io_changed, slot.io_checked = -1, time.monotonic(), 0.0
-        slot.last_progress_log = time.monotonic()
-        slot.killing = 0.0
-
-    def poll_slot(self, slot: Slot) -> None:
-        if slot.batch is not None and slot.proc is None and slot.token is None:
-            self.next_phase(slot)  # was waiting for a transfer token
-            return
-        if slot.proc is None:
-            return
-        rc = slot.proc.poll()
-        if rc is None:
-            self.watch_progress(slot)
-            return
-        slot.proc = None
-        slot.sent += _stats_sent(slot.outfile)
-        if slot.killing:
-            self.finish(slot, Outcome.RETRY, rc, f"no progress for {self.sync.rsync.timeout}s: "
-                        "transfer killed, will retry")
-            return
-        if slot.empty_guard and rc == 25:
-            log.error("source %s is empty but target %s is not: refusing to delete the "
-                      "mirror (an unmounted disk?); retrying until the source is back",
-                      self.sync.source, slot.target.spec)
-            self.finish(slot, Outcome.RETRY, rc, f"source {self.sync.source} is empty: "
-                        "refusing to delete the mirror")
-            return
-        if slot.phase == "moves":
-            if rc == 255:  # ssh could not reach the target: nothing was renamed
-                self.finish(slot, Outcome.RETRY, rc, self.stderr_tail(slot) or "ssh failed")
-                return
-            slot.moves_done = len(slot.batch.moves) if slot.batch else 0
-            self.next_phase(slot)
-            return
-        if slot.phase == "command":
-            if rc != 0:
-                slot.moves_done = 0
-            outcome = Outcome.OK if rc == 0 else Outcome.RETRY
-        else:
-            outcome = classify(rc)
-        if outcome is Outcome.OK:
-            self.next_phase(slot)
-            return
-        self.finish(slot, outcome, rc,
-                    self.stderr_tail(slot) or f"{slot.phase} transfer exited with {rc}")
-
-    def watch_progress(self, slot: Slot) -> None:
-        """Kill a transfer whose processes have read and written nothing for
-        ``rsync.timeout`` seconds (a stopped rsync, a dead link): TERM the
-        group, then KILL it STOP_GRACE later. It is retried like any failure."""
-        timeout = self.sync.rsync.timeout
-        if slot.proc is None:
-            return
-        now = time.monotonic()
-        if slot.killing:
-            if now - slot.killing >= STOP_GRACE:
-                _killpg(slot.proc.pid, signal.SIGKILL)
-            return
-        if now - slot.io_checked < 1.0:
-            return  # /proc is read at most once a second per transfer
-        slot.io_checked = now
-        seen = _io_bytes(slot.proc.pid)
-        if now - slot.last_progress_log >= PROGRESS_LOG:
-            # A long transfer (an initial sync of a big tree) says it is alive.
-            slot.last_progress_log = now
-            log.info("target %s: %s transfer running for %.0fs, %s read+written so far",
-                     slot.target.spec, slot.phase, now - slot.started, _human(seen))
-        if seen != slot.io_seen:
-            slot.io_seen, slot.io_changed = seen, now
-        elif timeout and now - slot.io_changed >= timeout:
-            log.warning("target %s: %s transfer made no progress for %ds: killing it",
-                        slot.target.spec, slot.phase, timeout)
-            slot.killing = now
-            _terminate(slot.proc.pid)
-
-    def stderr_tail(self, slot: Slot) -> str:
-        if slot.errfile is None:
-            return ""
-        slot.errfile.seek(0)
-        lines = [ln for ln in slot.errfile.read()[-8192:].decode(errors="replace").splitlines()
-                 if ln.strip() and not ln.startswith("file has vanished")]
-        return " | ".join(lines[-3:])
-
-    def finish(self, slot: Slot, outcome: Outcome, rc: int, error: str) -> None:
-        batch = slot.batch
-        assert batch is not None
-        seconds = time.monotonic() - slot.started
-        self.transfers += 1
-        level = logging.INFO if outcome is Outcome.OK else logging.WARNING
-        log.log(level, "target %s: batch %d, %d paths, %d trees, %d renames, %d bytes, %.2fs: %s%s",
-                slot.target.spec, batch.batch_id, len(batch.paths), len(batch.trees),
-                slot.moves_done, slot.sent, seconds, outcome.value,
-                f" (rc {rc}: {error})" if outcome is not Outcome.OK else "")
-        self.send(proto.Done(batch_id=batch.batch_id, target=slot.index, outcome=outcome.value,
-                             rc=rc, error=error, seconds=seconds, moves_done=slot.moves_done,
-                             bytes=slot.sent))
-        slot.sent = 0
-        for fh in (slot.errfile, slot.outfile):
-            if fh is not None:
-                fh.close()
-        slot.errfile = slot.outfile = None
-        if slot.token is not None:
-            slot.token.close()  # releases the flock
-            slot.token = None
-        slot.batch = None
-        slot.phases = []
-        slot.phase = ""
-        self.ready(slot, time.monotonic())
-
-    def kill_all(self) -> None:
-        """TERM every child group, give them STOP_GRACE, then KILL."""
-        procs = [p for s in self.slots for p in (s.proc, s.master) if p is not None]
-        for p in procs:
-            _terminate(p.pid)
-        deadline = time.monotonic() + STOP_GRACE
-        for p in procs:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            _killpg(p.pid, signal.SIGKILL)
-            p.wait()
-
-    # -- main loop -------------------------------------------------------------------
-
-    def run(self) -> int:
-        now = time.monotonic()
-        for slot in self.slots:
-            self.tend_master(slot, now)
-            self.ready(slot, now)
-        exits = child_exit_fd()
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        poller.register(exits, zmq.POLLIN)
-        while not self.rt.stopping and self.rt.parent_alive():
-            # Children's exits wake us (SIGCHLD); otherwise wake for the
-            # heartbeat, the stall check and slots waiting for a token.
-            waiting = any(s.batch is not None and s.proc is None for s in self.slots)
-            events = dict(poller.poll(100 if waiting else 1000))
-            if exits in events:
-                drain(exits)
-            if self.sock in events:
-                for _ in range(100):
-                    try:
-                        frames = self.sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    msg = decode_logged(frames, log, "dispatch")
-                    if isinstance(msg, proto.Batch):
-                        self.on_batch(msg)
-                    elif msg is not None:
-                        log.warning("dropped unexpected %s", type(msg).__name__)
-            now = time.monotonic()
-            for slot in self.slots:
-                self.poll_slot(slot)
-                self.tend_master(slot, now)
-                if slot.batch is None and now - slot.last_ready >= READY_REPEAT:
-                    self.ready(slot, now)
-            self.rt.heartbeat(self.info)
-        self.kill_all()
-        self.rt.close()
-        return 0
-
-    def info(self) -> dict[str, Any]:
-        now = time.monotonic()
-        running = {s.target.spec: {"phase": s.phase, "seconds": now - s.started,
-                                   "io_bytes": max(0, s.io_seen)}
-                   for s in self.slots if s.batch is not None}
-        return {"sync": self.sync.name, "transfers": self.transfers, "running": running}
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def _stats_sent(out: IO[bytes] | None) -> int:
-    """'Total bytes sent: 1,234' from rsync's --stats output, or 0."""
-    if out is None:
-        return 0
-    out.seek(0)
-    for line in out.read()[-16384:].splitlines():
-        if line.startswith(b"Total bytes sent:"):
-            try:
-                return int(line.split(b":", 1)[1].strip().replace(b",", b""))
-            except ValueError:
-                return 0
-    return 0
-
-
 def _empty(source: Path) -> bool:
     """True if the source root has no entries (or is not there at all)."""
     try:
@@ -499,42 +130,331 @@ def _empty(source: Path) -> bool:
         return True
 
 
-def _io_bytes(pid: int) -> int:
-    """Bytes read and written so far by ``pid`` and its descendants (rchar +
-    wchar from /proc): a transfer whose total does not move is stalled."""
-    total = 0
-    stack = [pid]
-    while stack:
-        p = stack.pop()
+class Syncer:
+    def __init__(self, conf: cfg.Config) -> None:
+        self.config_path = conf.path
+        self.state = StateDir(conf.settings.state_dir)
+        self.rt = ChildRuntime(self.state, "syncer")
+        self.state.tmp.mkdir(mode=0o700, exist_ok=True)
+        self.max_processes = conf.settings.max_processes
+        self.sock = new_socket(self.rt.ctx, zmq.DEALER)
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED)
+        self.sock.connect(self.state.endpoint("dispatch"))
+        self.slots: dict[tuple[str, int], Slot] = {}
+        for raw in conf.syncs:
+            sync = expand_rule_files(raw)
+            for i, t in enumerate(sync.targets):
+                cp = self.state.control_path(sync.name, i) if t.is_remote else None
+                slot = self.slots[(sync.name, i)] = Slot(sync, i, t, cp)
+                why = unusable(sync)
+                if why is None:
+                    slot.channel = Channel(sync, t, cp, self._agent_errfile(slot))
+                elif i == 0:
+                    log.info("%s: every change goes through rsync (%s)", sync.name, why)
+        self.remote = [s for s in self.slots.values() if s.control_path is not None]
+        self.agents = [s for s in self.remote if s.channel is not None]
+        self.files: dict[tuple[str, int], tuple[IO[bytes], IO[bytes]]] = {}
+        self.transfers = 0
+        self.connections = 0
+
+    # -- collator ------------------------------------------------------------------
+
+    def ready(self, slot: Slot) -> None:
+        send(self.sock, proto.Ready(sync=slot.sync.name, target=slot.index,
+                                    incarnation=self.rt.incarnation), log=log)
+
+    def on_batch(self, batch: proto.Batch) -> None:
+        slot = self.slots.get((batch.sync, batch.target))
+        if slot is None:
+            log.warning("dropped batch for unknown target %s/%d", batch.sync, batch.target)
+            return
+        if slot.batch is not None:
+            log.warning("%s busy, dropped batch %d", slot.label, batch.batch_id)
+            return
+        slot.batch = batch
+        now = time.monotonic()
+        slot.plan = Plan.make(batch.changes, commands=slot.sync.runs_commands,
+                              replay_moves=slot.sync.moves_on_target,
+                              source_empty=_empty(slot.sync.source),
+                              agent=slot.channel is not None and slot.channel.available(now))
+        slot.started = now
+        slot.sent = 0
+        self.proceed(slot, slot.plan.first())
+
+    def proceed(self, slot: Slot, nxt: Step | Finished) -> None:
+        """Start ``nxt`` or report the batch's outcome. A step waits (the
+        slot keeps it, with no transfer) while max_processes is reached."""
+        if isinstance(nxt, Finished):
+            self.finish(slot, nxt)
+            return
+        slot.step = nxt
+        if self.max_processes and self.running() >= self.max_processes:
+            return  # started from the loop when a transfer ends
+        self.start(slot, nxt)
+
+    def running(self) -> int:
+        return sum(1 for s in self.slots.values() if s.transfer is not None)
+
+    def _agent_errfile(self, slot: Slot) -> IO[bytes]:
+        return open(self.state.tmp / f"{slot.sync.name}-{slot.index}.agent.err", "w+b")
+
+    def _files(self, slot: Slot) -> tuple[IO[bytes], IO[bytes]]:
+        key = (slot.sync.name, slot.index)
+        if key not in self.files:
+            base = self.state.tmp / f"{slot.sync.name}-{slot.index}"
+            self.files[key] = (open(f"{base}.err", "w+b"), open(f"{base}.out", "w+b"))  # noqa: SIM115
+        return self.files[key]
+
+    def start(self, slot: Slot, step: Step) -> None:
+        """Start ``step`` (or, for renames on a local target, do it)."""
         try:
-            with open(f"/proc/{p}/io", "rb") as fh:
-                for line in fh:
-                    if line.startswith((b"rchar:", b"wchar:")):
-                        total += int(line.split()[1])
-            with open(f"/proc/{p}/task/{p}/children", "rb") as fh:
-                stack += [int(c) for c in fh.read().split()]
-        except (OSError, ValueError):
-            continue
-    return total
+            self._start(slot, step)
+        except OSError as exc:
+            # state_dir full or unwritable (the file lists live there): the
+            # batch goes back to pending and is retried with backoff.
+            self.finish(slot, Finished(proto.Outcome.RETRY, -1,
+                                       f"cannot prepare the transfer: {exc.strerror or exc}"))
+
+    def _start(self, slot: Slot, step: Step) -> None:
+        assert slot.batch is not None and slot.plan is not None
+        changes = slot.batch.changes
+        if step.kind is StepKind.AGENT:
+            assert slot.channel is not None
+            names = _effective(os.fsencode(slot.sync.source), list(step.names))
+            done = slot.channel.begin(names, slot.batch.startup, time.monotonic())
+            slot.sent += slot.channel.sent
+            if done is not None:
+                self.proceed(slot, slot.plan.advance(step, done))
+            return
+        lst = self.state.tmp / f"{slot.sync.name}-{slot.index}-{step.kind.value}.list"
+        stdin: Path | None = None
+        t = slot.target
+        if step.kind is StepKind.MOVES and not t.is_remote:
+            applied = local_renames(t.path, [[a, b] for a, b in changes.moves])
+            log.debug("%s: %d of %d renames replayed", slot.label, applied, len(changes.moves))
+            self.proceed(slot, slot.plan.advance(step, Result(rc=0)))
+            return
+        if step.kind is StepKind.MOVES:
+            moves = [[a, b] for a, b in changes.moves]
+            if t.confined:
+                lst.write_bytes(agent_requests(moves))
+                command = agent_command(t.path)
+            else:
+                lst.write_bytes(b"".join(a + b"\0" + b + b"\0" for a, b in moves))
+                command = remote_rename_command(t.path)
+            argv = [*ssh_argv(slot.sync, slot.control_path), "--", t.login, command]
+            stdin = lst
+        elif step.kind is StepKind.COMMAND:
+            lst.write_bytes(msgpack.packb({"changes": to_wire(changes),
+                                           "startup": slot.batch.startup}, use_bin_type=True))
+            argv = [sys.executable, "-P", "-m", "syncsup.syncer.action_runner",
+                    str(self.config_path), slot.sync.name, str(slot.index), str(lst)]
+        else:
+            lst.write_bytes(_names(_effective(os.fsencode(slot.sync.source), list(step.names))))
+            argv = rsync_argv(slot.sync, t, step, str(lst), slot.batch.startup,
+                              slot.control_path)
+        log.debug("%s: %s", slot.label, argv)
+        err, out = self._files(slot)
+        try:
+            slot.transfer = Transfer(f"{slot.label}: {step.kind.value} transfer", argv, err, out,
+                                     time.monotonic(), stdin_path=stdin)
+        except FileNotFoundError as exc:
+            self.finish(slot, Finished(proto.Outcome.FATAL, 127, f"cannot run {argv[0]}: {exc}"))
+
+    def poll(self, slot: Slot, now: float) -> None:
+        if slot.step is not None and slot.step.kind is StepKind.AGENT and slot.plan is not None:
+            assert slot.channel is not None
+            done = slot.channel.poll(now)
+            if done is not None:
+                self.proceed(slot, slot.plan.advance(slot.step, done))
+            return
+        if slot.transfer is None:
+            if slot.step is not None and slot.batch is not None and (
+                    not self.max_processes or self.running() < self.max_processes):
+                self.start(slot, slot.step)  # was waiting for a free transfer
+            return
+        result = slot.transfer.poll()
+        if result is None:
+            slot.transfer.check(now, slot.sync.rsync.timeout)
+            return
+        slot.sent += slot.transfer.sent_bytes()
+        slot.transfer = None
+        assert slot.plan is not None and slot.step is not None
+        if result.stalled:
+            result = Result(rc=result.rc, stalled=True,
+                            error=f"no progress for {slot.sync.rsync.timeout}s: transfer "
+                                  "killed, will retry")
+        if slot.step.empty_guard and result.rc == 25:
+            log.error("source %s is empty but %s is not: refusing to delete the mirror (an "
+                      "unmounted disk?); retrying until the source is back", slot.sync.source,
+                      slot.label)
+        self.proceed(slot, slot.plan.advance(slot.step, result))
+
+    def finish(self, slot: Slot, end: Finished) -> None:
+        batch, plan = slot.batch, slot.plan
+        assert batch is not None and plan is not None
+        seconds = time.monotonic() - slot.started
+        self.transfers += 1
+        ch = batch.changes
+        ok = end.outcome is proto.Outcome.OK
+        error = end.error
+        log.log(logging.INFO if ok else logging.WARNING,
+                "%s: batch %d, %d paths, %d trees, %d renames, %d bytes, %.2fs: %s%s",
+                slot.label, batch.batch_id, len(ch.paths), len(ch.trees | ch.verify),
+                plan.moves_done, slot.sent, seconds, end.outcome.value,
+                "" if ok else f" (rc {end.rc}: {error})")
+        send(self.sock, proto.Done(batch_id=batch.batch_id, sync=batch.sync, target=batch.target,
+                                   outcome=end.outcome, rc=end.rc, error=error, seconds=seconds,
+                                   moves_done=plan.moves_done, bytes=slot.sent), log=log)
+        slot.batch = slot.plan = slot.step = None
+        self.ready(slot)
+
+    # -- ssh masters -----------------------------------------------------------------
+
+    def tend_master(self, slot: Slot, now: float) -> None:
+        """Keep one multiplexing ssh connection per remote target, so a
+        transfer costs no handshake; if it is down, transfers connect
+        directly (ControlMaster=no falls back) and it is retried with backoff."""
+        if slot.control_path is None:
+            return
+        if slot.master is not None:
+            rc = slot.master.poll()
+            if rc is None:
+                return
+            slot.master = None
+            slot.master_failures += 1
+            first, cap = MASTER_RETRY
+            slot.master_next = now + min(cap, first * 2 ** (slot.master_failures - 1))
+            log.info("%s: ssh master connection ended (rc %d); direct connections until it "
+                     "is back", slot.label, rc)
+            return
+        if now < slot.master_next:
+            return
+        argv = [*ssh_argv(slot.sync), "-M", "-N", "-o", f"ControlPath={slot.control_path}",
+                "-o", "ControlPersist=no", "--", slot.target.login]
+        try:
+            slot.master = spawn(argv)
+        except OSError as exc:
+            log.error("cannot run ssh: %s", exc)
+            slot.master_next = now + MASTER_RETRY[1]
+
+    # -- loop --------------------------------------------------------------------------
+
+    def status(self) -> StatusPart:
+        now = time.monotonic()
+        running = [TransferStatus(sync=s.sync.name, target=s.target.spec,
+                                  phase=s.step.kind.value if s.step else "",
+                                  seconds=now - s.started,
+                                  io_bytes=max(0, s.transfer.io_seen) if s.transfer else 0)
+                   for s in self.slots.values() if s.batch is not None]
+        transports = [TransportStatus(sync=s.sync.name, target=s.target.spec,
+                                      transport=s.channel.transport(now) if s.channel else "rsync")
+                      for s in self.slots.values()]
+        return StatusPart(role="syncer", transfers=running, transports=transports)
+
+    def timeout(self, now: float, beat_in: float) -> float:
+        """Idle, only the heartbeat and the ssh masters' retries wake us (a
+        master that ends wakes us through SIGCHLD)."""
+        due = [beat_in]
+        if any(s.batch is not None for s in self.slots.values()):
+            due.append(1.0)  # progress checks, steps waiting for a free transfer or an agent
+        for s in self.remote:
+            if s.master is None:
+                due.append(max(0.0, s.master_next - now))
+        return min(due)
+
+    def _poll_agents(self, poller: zmq.Poller, polled: dict[int, int]) -> dict[int, int]:
+        """Keep the poller watching the remote agents' pipes: stdout always,
+        stdin while there is something to write."""
+        wanted: dict[int, int] = {}
+        for slot in self.agents:
+            assert slot.channel is not None
+            rfd, wfd = slot.channel.fds()
+            if rfd is not None:
+                wanted[rfd] = zmq.POLLIN
+            if wfd is not None:
+                wanted[wfd] = zmq.POLLOUT
+        for fd in polled.keys() - wanted.keys():
+            poller.unregister(fd)
+        for fd, flags in wanted.items():
+            if polled.get(fd) != flags:
+                poller.register(fd, flags)
+        return wanted
+
+    def on_connected(self) -> None:
+        """(Re)connected to the collator: a restarted one knows no credits."""
+        while True:
+            try:
+                self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.connections += 1
+            if self.connections > 1:
+                for slot in self.slots.values():
+                    if slot.batch is None:
+                        self.ready(slot)
+
+    def run(self) -> int:
+        now = time.monotonic()
+        for slot in self.slots.values():
+            self.tend_master(slot, now)
+            self.ready(slot)
+        exits = child_exit_fd()
+        poller = zmq.Poller()
+        for sock in (self.sock, self.monitor, self.rt.control):
+            poller.register(sock, zmq.POLLIN)
+        poller.register(exits, zmq.POLLIN)
+        polled: dict[int, int] = {}
+        while not self.rt.stopping:
+            now = time.monotonic()
+            beat_in = self.rt.heartbeat(now)
+            polled = self._poll_agents(poller, polled)
+            events = dict(poller.poll(int(self.timeout(now, beat_in) * 1000) + 1))
+            if exits in events:
+                drain_fd(exits)
+            if self.sock in events:
+                for _peer, msg in receive(self.sock, log, limit=100):
+                    if isinstance(msg, proto.Batch):
+                        self.on_batch(msg)
+                    else:
+                        log.warning("dropped unexpected %s", type(msg).__name__)
+            if self.monitor in events:
+                self.on_connected()
+            if self.rt.control in events:
+                self.rt.on_control(log, self.status)
+            now = time.monotonic()
+            for slot in self.agents:
+                if slot.batch is None and slot.channel is not None:
+                    rfd, _ = slot.channel.fds()
+                    if rfd is not None and rfd in events:
+                        slot.channel.read_ready(now)  # an idle session ended or spoke
+            for slot in self.slots.values():
+                if slot.batch is not None:
+                    self.poll(slot, now)
+            for slot in self.remote:
+                self.tend_master(slot, now)
+        self.kill_all()
+        self.monitor.close()
+        self.rt.close()
+        return 0
+
+    def kill_all(self) -> None:
+        for slot in self.slots.values():
+            if slot.channel is not None:
+                slot.channel.close()
+            if slot.transfer is not None:
+                slot.transfer.kill()
+            if slot.master is not None:
+                killpg(slot.master.pid, signal.SIGTERM)
+                try:
+                    slot.master.wait(2)
+                except subprocess.TimeoutExpired:
+                    killpg(slot.master.pid, signal.SIGKILL)
+                    slot.master.wait()
 
 
-def _terminate(pgid: int) -> None:
-    """SIGTERM a process group, then SIGCONT it: a stopped rsync only acts on
-    the TERM once continued, and then removes its temporary file on the way
-    out, where a KILL would leave it on the target."""
-    _killpg(pgid, signal.SIGTERM)
-    _killpg(pgid, signal.SIGCONT)
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def main(argv: list[str]) -> int:
-    config_path, sync_name, *_ = argv
-    conf = cfg.load_for_child(config_path, sync_name)
-    setup_logging(conf.settings, "syncer", f"syncer:{sync_name}")
-    return Syncer(conf, conf.sync(sync_name)).run()
+def main(config_path: str, run_id: str) -> int:
+    """Run the whole process; ``run_id`` names this run of the supervisor."""
+    conf = cfg.load_for_child(config_path)
+    setup_logging(conf.settings, "syncer")
+    return Syncer(conf).run()

@@ -41,13 +41,16 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import sys
-from typing import Any
 
 import msgpack
 
 from syncsup import config as cfg
+from syncsup.dirfd import lstat_below, walk_below
+from syncsup.proto import Changes
+from syncsup.proto._typed import from_wire
 
 __all__ = ["Action", "ActionError", "TemplateAction", "load_action", "run_batch"]
 
@@ -131,12 +134,15 @@ class TemplateAction(Action):
         return bool(self.sync.commands.on_move)
 
 
+_PLACEHOLDER = re.compile(rb"\{([a-z]+)\}")
+
+
 def _fill(arg: str, fields: dict[str, bytes]) -> bytes:
-    """Replace ``{placeholder}`` in one argv element; bytes in, bytes out."""
-    out = os.fsencode(arg)
-    for key, value in fields.items():
-        out = out.replace(b"{" + key.encode() + b"}", value)
-    return out
+    """Replace ``{placeholder}`` in one argv element, in a single pass over
+    the template: a substituted value is never scanned again, so a file named
+    ``{path}{name}`` stays that name. Bytes in, bytes out."""
+    return _PLACEHOLDER.sub(lambda m: fields.get(m.group(1).decode(), m.group(0)),
+                            os.fsencode(arg))
 
 
 def load_action(sync: cfg.Sync, target: cfg.Target) -> Action:
@@ -149,52 +155,56 @@ def load_action(sync: cfg.Sync, target: cfg.Target) -> Action:
     return cls(sync, target)
 
 
-def run_batch(action: Action, batch: dict[str, Any]) -> None:
-    """Report one batch to ``action`` in the documented order."""
-    root = os.fsencode(action.sync.source)
-    moves: list[list[bytes]] = batch["moves"]
-    created = set(batch["created"])
+def run_batch(action: Action, changes: Changes) -> None:
+    """Report one batch to ``action`` in the documented order.
+
+    The source is read through descriptors (:mod:`syncsup.dirfd`): a
+    directory swapped for a symlink is an entry of its own, never a way out
+    of the source, so no hook ever runs for a file outside it."""
+    root_fd = os.open(action.sync.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _report(action, changes, root_fd)
+    finally:
+        os.close(root_fd)
+
+
+def _report(action: Action, changes: Changes, root_fd: int) -> None:
     skip: set[bytes] = set()
     if action.handles_moves():
-        for src, dst in moves:
+        for src, dst in changes.moves:
             action.on_move(src, dst)
             skip.update((src, dst))
-    for tree in batch["trees"]:
+    for tree in sorted(changes.trees | changes.verify):
         if tree == b"":
             action.on_startup()
             continue
-        for rel in _walk(root, tree):
-            if os.path.lexists(os.path.join(root, rel)):
-                action.on_create(rel)
+        for rel in walk_below(root_fd, tree):
+            action.on_create(rel)
             skip.add(rel)
-    for path in batch["paths"]:
+        skip.add(tree)
+    for path in sorted(changes.paths):
         if path in skip:
             continue
-        if os.path.lexists(os.path.join(root, path) if path else root):
-            (action.on_create if path in created else action.on_modify)(path)
-        elif path not in created:
+        if lstat_below(root_fd, path) is not None:
+            (action.on_create if path in changes.created else action.on_modify)(path)
+        elif path not in changes.created:
             action.on_delete(path)
-
-
-def _walk(root: bytes, top: bytes) -> list[bytes]:
-    """``top`` and everything below it, parents first, without following symlinks."""
-    out = [top]
-    for dirpath, dirnames, filenames in os.walk(os.path.join(root, top)):
-        rel = os.path.relpath(dirpath, root)
-        out += [os.path.join(rel, n) for n in sorted(dirnames) + sorted(filenames)]
-    return out
 
 
 def main(argv: list[str]) -> int:
     config_path, sync_name, target_index, batch_file = argv
-    conf = cfg.load_for_child(config_path, sync_name)
-    sync = conf.sync(sync_name)
-    with open(batch_file, "rb") as fh:
-        batch = msgpack.unpackb(fh.read(), raw=False)
+    conf = cfg.load_for_child(config_path)
     try:
-        run_batch(load_action(sync, sync.targets[int(target_index)]), batch)
+        sync = conf.sync(sync_name)
+    except KeyError:
+        print(f"syncsup: sync {sync_name!r} is no longer in {config_path}", file=sys.stderr)
+        return cfg.EX_CONFIG
+    with open(batch_file, "rb") as fh:
+        doc = msgpack.unpackb(fh.read(), raw=False)
+    changes = from_wire(Changes, doc["changes"])
+    try:
+        run_batch(load_action(sync, sync.targets[int(target_index)]), changes)
     except Exception as exc:
         print(f"action failed: {exc}", file=sys.stderr)
         return 1
     return 0
-

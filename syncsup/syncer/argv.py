@@ -5,7 +5,7 @@ File names never appear on a command line: they go NUL-separated into a
 shell (local or remote). The only strings on the command line come from the
 config file.
 
-Two kinds of transfer (design, section 4):
+Two kinds of transfer:
 
 * ``tree``: subtrees rescanned whole, recursively, with ``--delete``
   (startup, overflow, new directories). No ``-I``: rsync's quick check,
@@ -27,7 +27,8 @@ import dataclasses
 import shlex
 from pathlib import Path
 
-from syncsup.config import Sync, Target
+from syncsup.config import Sync, Target, read_rule_file
+from syncsup.syncer.plan import Step
 
 __all__ = ["SSH_DEFAULTS", "expand_rule_files", "rsync_argv", "ssh_argv", "ssh_command"]
 
@@ -66,10 +67,7 @@ def ssh_command(sync: Sync, control_path: str | None = None) -> str:
 
 
 def _rules(path: Path | None) -> tuple[str, ...]:
-    if path is None:
-        return ()
-    text = path.read_text(errors="surrogateescape")
-    return tuple(ln for ln in text.splitlines() if ln.strip() and ln[0] not in "#;")
+    return tuple(read_rule_file(path)) if path is not None else ()
 
 
 def expand_rule_files(sync: Sync) -> Sync:
@@ -86,19 +84,26 @@ def expand_rule_files(sync: Sync) -> Sync:
         filter_from=None)
 
 
-def rsync_argv(sync: Sync, target: Target, kind: str, list_file: str, startup: bool,
-               verify: bool = False, control_path: str | None = None) -> list[str]:
-    """argv for one transfer of ``kind`` (``tree`` or ``paths``) of ``sync``
-    to ``target``, reading NUL-separated relative names from ``list_file``.
-    ``verify`` adds ``--checksum`` to a tree transfer (a rescan after lost
-    events)."""
+def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: bool,
+               control_path: str | None = None) -> list[str]:
+    """argv for one ``tree`` or ``paths`` step of ``sync`` to ``target``,
+    reading NUL-separated relative names from ``list_file``. A tree step's
+    ``checksum`` adds ``--checksum`` (a rescan after lost events); its
+    ``empty_guard`` adds ``--max-delete=0`` (an empty source root must never
+    wipe the mirror: rsync then deletes nothing and exits 25)."""
+    kind = step.kind.value
     if kind not in ("tree", "paths"):
-        raise ValueError(f"unknown transfer kind {kind!r}")
+        raise ValueError(f"not an rsync step: {kind!r}")
+    verify = step.checksum
     opts = sync.rsync
     deletes = sync.delete is True or sync.delete == ("startup" if startup else "running")
     # Without archive, keep symlinks as symlinks and times (for the quick check).
     argv = [opts.binary, "-a" if opts.archive else "-lt", "--from0",
             f"--files-from={list_file}", "--force", "--stats"]
+    if target.confined and opts.archive:
+        # syncsup-target refuses device files (a device node written inside
+        # ROOT would open the host's disks to its local users).
+        argv.insert(2, "--no-devices")
     if kind == "tree":
         argv += ["-r", "--modify-window=-1"]
         if verify or opts.checksum:
@@ -117,7 +122,9 @@ def rsync_argv(sync: Sync, target: Target, kind: str, list_file: str, startup: b
             argv += [f"{flag}={value}"]
     if opts.timeout:
         argv += [f"--timeout={opts.timeout}"]
-    if sync.max_delete and deletes:
+    if step.empty_guard:
+        argv += ["--max-delete=0"]
+    elif sync.max_delete and deletes:
         argv += [f"--max-delete={sync.max_delete}"]
     argv += [f"--exclude={pattern}" for pattern in sync.exclude]
     if sync.exclude_from is not None or sync.filter_from is not None:

@@ -41,16 +41,9 @@ backs off exponentially. Nothing but "ok" lets the journal forget.
 
 from __future__ import annotations
 
-from enum import StrEnum
+from syncsup.proto import Outcome
 
 __all__ = ["Outcome", "classify"]
-
-
-class Outcome(StrEnum):
-    OK = "ok"
-    RETRY = "retry"
-    FATAL = "fatal"
-    HALT = "halt"
 
 
 _OK = frozenset({0, 24})

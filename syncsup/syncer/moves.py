@@ -5,46 +5,59 @@ of every rename are also dirty paths, so whatever a rename gets wrong (the
 source was not on the target yet, the destination is a non-empty directory)
 the transfer that follows repairs. Hence failures here are logged at debug
 level and never fail a batch; only "could not reach the target at all" does.
+
+Three ways, by target: a local target is renamed in-process through
+directory descriptors (:class:`syncsup.target.Applier`, no symlink ever
+followed); a confined remote target through syncsup's agent behind
+``syncsup-target``; any other remote target with ``mv`` over ssh, names on
+stdin.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 
-__all__ = ["local_renames", "remote_rename_command"]
+from syncsup.target import Applier
+from syncsup.target._protocol import VERSION, encode_frame
+
+__all__ = ["agent_command", "agent_requests", "local_renames", "remote_rename_command"]
 
 log = logging.getLogger("syncsup.syncer")
 
 
-def _inside(root: bytes, path: bytes) -> bool:
-    """Is ``path``'s parent directory really inside ``root`` (no symlink in
-    the way)? Renaming through a symlinked directory on the target could
-    write outside the mirror."""
-    parent = os.path.realpath(os.path.dirname(path))
-    return parent == root or parent.startswith(root + b"/")
-
-
 def local_renames(target_root: str, moves: list[list[bytes]]) -> int:
     """Apply ``moves`` (relative ``[from, to]`` pairs) under ``target_root``
-    with rename(2), which keeps inodes and costs no data. Returns how many
-    were applied."""
-    root = os.path.realpath(os.fsencode(target_root))
+    with renameat(2) on directories opened without following symlinks, which
+    keeps inodes and costs no data. Returns how many were applied."""
+    applier = Applier.open(target_root)
     done = 0
-    for src_rel, dst_rel in moves:
-        src, dst = os.path.join(root, src_rel), os.path.join(root, dst_rel)
-        if not (_inside(root, src) and _inside(root, dst)):
-            log.warning("not replaying rename %r -> %r: a symlink on the target leads outside",
-                        src_rel, dst_rel)
-            continue
-        try:
-            os.rename(src, dst)
-            done += 1
-        except OSError as exc:
-            log.debug("rename %r -> %r not replayed (%s); the transfer repairs it",
-                      src_rel, dst_rel, exc.strerror)
+    try:
+        for src_rel, dst_rel in moves:
+            try:
+                applier.rename(src_rel, dst_rel)
+                done += 1
+            except OSError as exc:
+                log.debug("rename %r -> %r not replayed (%s); the transfer repairs it",
+                          src_rel, dst_rel, exc.strerror)
+    finally:
+        applier.close()
     return done
+
+
+def agent_command(target_path: str, program: str = "syncsup-target") -> str:
+    """The remote command that starts syncsup's agent for ``target_path``
+    (for a confined key, sshd runs the forced command instead and passes
+    this as the request: there the program is always ``syncsup-target``)."""
+    return f"{shlex.quote(program)} {shlex.quote(target_path)} agent"
+
+
+def agent_requests(moves: list[list[bytes]]) -> bytes:
+    """The agent's input for a rename replay: hello, one rename per move, bye."""
+    frames = [encode_frame({"op": "hello", "version": VERSION})]
+    frames += [encode_frame({"op": "rename", "src": a, "dst": b}) for a, b in moves]
+    frames.append(encode_frame({"op": "bye"}))
+    return b"".join(frames)
 
 
 def remote_rename_command(target_path: str) -> str:

@@ -1,9 +1,10 @@
-"""The watcher: one per sync, inotify on one source tree.
+"""The watcher: one process, one inotify instance per sync.
 
-It turns kernel events into dirty paths and subtrees and sends them to the
-collator, keeping every message until it is acknowledged. Whatever it cannot
-see (its own start, a queue overflow, a new directory) becomes a rescan of
-the affected subtree, sent only after the watches are in place.
+It turns kernel events into dirty paths and subtrees (``tree``, pure apart
+from the kernel calls it is given) and sends them to the collator, keeping
+every message until it is acknowledged (``outbox``, pure). Whatever it
+cannot see (its own start, a queue overflow, a new directory) becomes a
+rescan of the affected subtree, sent only after the watches are in place.
 """
 
 __all__: list[str] = []

@@ -21,9 +21,9 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from syncsup.config import Sync
+from syncsup.config import Sync, read_rule_file
 
-__all__ = ["DirFilter", "exclude_patterns"]
+__all__ = ["DirFilter", "exclude_patterns", "plain_excludes"]
 
 
 def _translate(pattern: bytes) -> bytes:
@@ -82,16 +82,29 @@ def _rule_lines(path: Path | None) -> list[str]:
     if path is None:
         return []
     try:
-        text = path.read_text(errors="surrogateescape")
+        return read_rule_file(path)
     except OSError:
         return ["?"]  # unreadable: stop trusting rules here
-    return [ln for ln in text.splitlines() if ln.strip() and ln[0] not in "#;"]
 
 
 def exclude_patterns(sync: Sync) -> list[bytes]:
     """The exclude patterns that rsync applies before any include rule, in
     the order rsync sees them (see ``syncsup.syncer.argv``)."""
+    return _patterns(sync)[0]
+
+
+def plain_excludes(sync: Sync) -> list[bytes] | None:
+    """The patterns, if every rule of the sync is a plain exclude (then a
+    path is sent exactly when no pattern matches it); None if any rule is
+    something else (an include, a merge, a protect rule...), whose meaning
+    only rsync knows."""
+    patterns, complete = _patterns(sync)
+    return patterns if complete else None
+
+
+def _patterns(sync: Sync) -> tuple[list[bytes], bool]:
     out: list[bytes] = []
+    complete = True
     rules: list[str] = [f"- {p}" for p in sync.exclude]
     rules += [f"- {p}" for p in _rule_lines(sync.exclude_from)]
     rules += list(sync.filter)
@@ -99,11 +112,12 @@ def exclude_patterns(sync: Sync) -> list[bytes]:
     for rule in rules:
         m = re.match(r"^(-|exclude) (.+)$", rule)
         if m is None:
+            complete = False
             if re.match(r"^[PRHS]( |,|$)|^(protect|risk|hide|show) ", rule):
                 continue  # sender/receiver-side only: does not decide what is sent
             break  # include, merge, modifiers...: rules after this can't be trusted
         out.append(m.group(2).encode("utf-8", "surrogateescape"))
-    return out
+    return out, complete
 
 
 class DirFilter:

@@ -1,9 +1,22 @@
-"""The watch table: which inotify watch descriptor is which directory, and
-the translation of raw events into dirty paths and subtrees.
+"""The watch table of one source tree: which inotify watch descriptor is
+which directory, the walks that place watches, and the translation of raw
+events into dirty paths and subtrees.
 
 Pure apart from the two callables it is given (``add_watch``, ``rm_watch``)
-so the logic is testable without a kernel. Paths are bytes relative to the
-source root; the root itself is ``b""``.
+and directory reads, so the logic is testable without a kernel. Paths are
+bytes relative to the source root; the root itself is ``b""``.
+
+Walks are incremental (:meth:`WatchTree.step` places at most a budget of
+watches per call): one watcher serves every sync, and placing a million
+watches on one tree must not stop the others' events for minutes. A rescan
+asked for while a walk is in progress is released only when the walk is
+done: watch first, then scan, so a change in between is seen by one or the
+other.
+
+A walk after lost events (``since``: a ctime) also lists the regular files
+whose ctime is not older than it: they changed while nobody was looking and
+are sent as paths, compared by content; rsync's quick check is trusted for
+the rest (see :mod:`syncsup.seen`).
 """
 
 from __future__ import annotations
@@ -11,12 +24,17 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from inotify_simple import flags as F
 
-__all__ = ["MASK", "Changes", "WatchTree", "join"]
+from syncsup.proto import Changes
+from syncsup.seen import MARGIN
+
+__all__ = ["MASK", "Signals", "WatchTree", "join"]
 
 log = logging.getLogger("syncsup.watcher")
 
@@ -29,19 +47,25 @@ def join(parent: bytes, name: bytes) -> bytes:
 
 
 @dataclass
-class Changes:
-    """What one read of the inotify queue amounts to."""
+class Signals:
+    """What a batch of events says beyond paths: the queue overflowed
+    (events were lost), or the source root itself went away."""
 
-    paths: set[bytes] = field(default_factory=set)
-    trees: set[bytes] = field(default_factory=set)
-    moves: list[tuple[bytes, bytes]] = field(default_factory=list)
-    created: set[bytes] = field(default_factory=set)  # new names (for command mode)
-    verify: set[bytes] = field(default_factory=set)  # rescans after lost events
-    root_gone: bool = False
     overflow: bool = False
+    root_gone: bool = False
 
-    def __bool__(self) -> bool:
-        return bool(self.paths or self.trees or self.verify)
+
+@dataclass(frozen=True)
+class _Walk:
+    """A directory still to visit: ``since`` is the ctime cutoff of the
+    candidate scan (None: no scan); ``mark`` what to remember for a subtree
+    that cannot be watched (the cutoff of its next rescan); ``blind`` that it
+    lies below such a subtree (scanned, not watched)."""
+
+    rel: bytes
+    since: float | None
+    mark: float
+    blind: bool = False
 
 
 class WatchTree:
@@ -49,53 +73,93 @@ class WatchTree:
 
     def __init__(self, root: bytes, add_watch: Callable[[bytes, int], int],
                  rm_watch: Callable[[int], None],
-                 progress: Callable[[int], None] | None = None,
-                 excluded: Callable[[bytes], bool] | None = None) -> None:
-        """``progress(n_watches)`` is called after each new watch, so a long
-        walk of a big tree can log and keep heartbeating. ``excluded(rel)``
-        says a directory needs no watch (rsync excludes it)."""
+                 excluded: Callable[[bytes], bool] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``excluded(rel)`` says a directory needs no watch (rsync excludes
+        it); ``clock`` is the wall clock ctimes are compared with."""
         self.root = root
-        self.progress = progress
         self.excluded = excluded or (lambda rel: False)
+        self.clock = clock
         self._add = add_watch
         self._rm = rm_watch
         self.paths: dict[int, bytes] = {}
-        self.failed: set[bytes] = set()   # subtrees left unwatched (ENOSPC)
+        # Subtrees left unwatched (the watch limit): each with the ctime
+        # cutoff its next rescan must compare content from.
+        self.failed: dict[bytes, float] = {}
         self.watch_errors = 0
+        self._stack: list[_Walk] = []
+        self._after_walk = Changes()      # rescans waiting for the walk to finish
 
     def abspath(self, rel: bytes) -> bytes:
         return join(self.root, rel) if rel else self.root
 
+    @property
+    def walking(self) -> bool:
+        return bool(self._stack)
+
+    def queue(self, rel: bytes, rescan: Changes | None = None, since: float | None = None,
+              mark: float | None = None) -> None:
+        """Watch ``rel`` and every directory below it (symlinks not
+        followed) in coming steps; ``rescan`` is released when they are done,
+        with the regular files whose ctime is ``since`` or later among its
+        paths. A subtree that cannot be watched is remembered with ``mark``
+        (default: ``since``, or now minus the margin)."""
+        if mark is None:
+            mark = since if since is not None else self.clock() - MARGIN
+        self._stack.append(_Walk(rel, since, mark))
+        if rescan is not None:
+            self._after_walk.update(rescan)
+
+    def step(self, out: Changes, budget: int = 2000) -> int:
+        """Visit up to ``budget`` directories; once no walk is left, move the
+        waiting rescans into ``out``. Returns the directories visited."""
+        visited = 0
+        while self._stack and visited < budget:
+            self._visit(self._stack.pop())
+            visited += 1
+        if not self._stack and self._after_walk:
+            out.update(self._after_walk)
+            self._after_walk = Changes()
+        return visited
+
     def watch(self, rel: bytes) -> None:
-        """Watch ``rel`` and every directory below it (symlinks not followed)."""
-        stack = [rel]
-        while stack:
-            d = stack.pop()
+        """Watch ``rel`` and below, now (a whole walk in one call)."""
+        self.queue(rel)
+        while self._stack:
+            self._visit(self._stack.pop())
+
+    def _visit(self, walk: _Walk) -> None:
+        d, blind = walk.rel, walk.blind
+        if not blind:
             try:
                 wd = self._add(self.abspath(d), MASK)
+                self.paths[wd] = d
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
-                    continue  # gone meanwhile (an event says so) or unreadable
-                if exc.errno == errno.ENOSPC:
-                    self.failed.add(d)  # rescanned periodically by the watcher
-                    self.watch_errors += 1
-                    continue
-                raise
-            self.paths[wd] = d
-            if self.progress is not None:
-                self.progress(len(self.paths))
-            try:
-                with os.scandir(self.abspath(d)) as it:
-                    for entry in it:
-                        try:
-                            if entry.is_dir(follow_symlinks=False):
-                                sub = join(d, entry.name)
-                                if not self.excluded(sub):
-                                    stack.append(sub)
-                        except OSError:
-                            continue
-            except OSError:
-                continue
+                    return  # gone meanwhile (an event says so) or unreadable
+                if exc.errno != errno.ENOSPC:
+                    raise
+                self.failed[d] = min(walk.mark, self.failed.get(d, walk.mark))
+                self.watch_errors += 1
+                blind = True  # rescanned periodically by the watcher
+        if blind and walk.since is None:
+            return  # nothing to look for below: its rescan covers it
+        try:
+            with os.scandir(self.abspath(d)) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            sub = join(d, os.fsencode(entry.name))
+                            if not self.excluded(sub):
+                                self._stack.append(_Walk(sub, walk.since, walk.mark, blind))
+                        elif walk.since is not None:
+                            st = entry.stat(follow_symlinks=False)
+                            if stat.S_ISREG(st.st_mode) and st.st_ctime >= walk.since:
+                                self._after_walk.paths.add(join(d, os.fsencode(entry.name)))
+                    except OSError:
+                        continue
+        except OSError:
+            return
 
     def unwatched_dirs(self) -> int:
         """How many directories the failed subtrees hold (what a raised
@@ -112,18 +176,22 @@ class WatchTree:
                 self._rm(wd)
             except OSError:
                 pass  # the kernel dropped it already
+        self._stack = [w for w in self._stack
+                       if not (w.rel == rel or w.rel.startswith(prefix))]
 
-    def apply(self, events: Iterable[tuple[int, int, int, bytes]], changes: Changes) -> None:
+    def apply(self, events: Iterable[tuple[int, int, int, bytes]], changes: Changes) -> Signals:
         """Fold raw ``(wd, mask, cookie, name)`` events into ``changes``.
 
         A MOVED_FROM and MOVED_TO with the same cookie in one read are a
         rename inside the tree and are recorded in ``changes.moves`` too; an
-        unpaired one is just a delete or a create.
+        unpaired one is just a delete or a create. A new directory is queued
+        for watching; its rescan comes out of :meth:`step` after the walk.
         """
+        signals = Signals()
         moved_from: dict[int, bytes] = {}
         for wd, mask, cookie, name in events:
             if mask & F.Q_OVERFLOW:
-                changes.overflow = True  # the watcher re-walks, then verifies the root
+                signals.overflow = True  # the watcher re-walks, then verifies the root
                 continue
             parent = self.paths.get(wd)
             if parent is None:
@@ -134,7 +202,7 @@ class WatchTree:
             if not name:
                 if mask & (F.DELETE_SELF | F.MOVE_SELF):
                     if parent == b"":
-                        changes.root_gone = True
+                        signals.root_gone = True
                     continue  # the parent directory's event reports it
                 changes.paths.add(parent)  # attributes of the directory itself
                 continue
@@ -150,8 +218,7 @@ class WatchTree:
                 changes.moves.append((moved_from.pop(cookie), path))
             if is_dir and mask & (F.CREATE | F.MOVED_TO):
                 # Watch first, then rescan: a change in between is seen by one.
-                self.watch(path)
-                changes.trees.add(path)
+                self.queue(path, Changes(trees={path}))
             elif is_dir and mask & F.MOVED_FROM:
                 # A tree, not a path: if something comes back at this name
                 # its whole content must be compared, not just the entry.
@@ -159,3 +226,4 @@ class WatchTree:
                 changes.trees.add(path)
             else:
                 changes.paths.add(path)
+        return signals

@@ -33,6 +33,22 @@ def pytest_runtest_makereport(item, call):
             rep.sections.append((f"syncsup log ({d.config.name})", d.log_tail(120)))
 
 
+FAULT_SUITES = {"test_faults", "test_recovery", "test_chaos", "test_many_syncs"}
+
+
+@pytest.fixture(autouse=True)
+def no_traceback_in_faults(request):
+    """The fault suites: a fault the design expects (a killed or stopped
+    component, an overflow, a damaged journal, a full disk, an unreachable
+    target...) is handled and logged in words, never with a traceback."""
+    yield
+    if request.module.__name__.rsplit(".", 1)[-1] not in FAULT_SUITES:
+        return
+    for d in getattr(request.node, "_syncsup_daemons", []):
+        assert "Traceback" not in d.log_text(), (
+            f"a traceback in the log of {request.node.name}:\n{d.log_tail(80)}")
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> dict[str, Any]:
     return {"state_dir": str(tmp_path / "state"), "log_level": LOG_LEVEL}

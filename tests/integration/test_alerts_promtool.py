@@ -131,18 +131,18 @@ def test_alerts_fire_on_series_from_a_failing_daemon(tmp_path, daemon_factory, s
     d.wait_for(lambda st: st["syncs"][1]["targets"][0]["pending"] >= 3, "lag pending")
 
     scrapes = [scrape(port)]
-    # The watcher of sync "ok" dies four times; a scrape after each restart.
+    # The watcher dies four times; a scrape after each restart.
     for _ in range(4):
-        (c,) = [c for c in d.components("watcher") if c["name"] == "watcher:ok"]
+        (c,) = [c for c in d.components("watcher") if c["name"] == "watcher"]
         assert c["state"] == "running" and c["pid"], c
         assert os.fsencode(d.config) in b"\0".join(cmdline_of(int(c["pid"])))
         os.kill(int(c["pid"]), signal.SIGKILL)
         d.wait_for(lambda st, pid=c["pid"]: any(
-            x["name"] == "watcher:ok" and x["state"] == "running" and x["pid"] != pid
-            for x in st["components"]), "watcher:ok restarted")
+            x["name"] == "watcher" and x["state"] == "running" and x["pid"] != pid
+            for x in st["components"]), "watcher restarted")
         scrapes.append(scrape(port))
     restarts = ("syncsup_component_restarts_total",
-                frozenset({("component", "watcher:ok"), ("role", "watcher")}))
+                frozenset({("component", "watcher"), ("role", "watcher")}))
     assert [m[restarts] for m in scrapes] == [0, 1, 2, 3, 4]
     lag_key = ("syncsup_target_lag_seconds", frozenset({("sync", "lag"),
                                                        ("target", str(lag_dst))}))
@@ -152,15 +152,15 @@ def test_alerts_fire_on_series_from_a_failing_daemon(tmp_path, daemon_factory, s
     assert _target_state(scrapes[-1], "lag") == "paused"
 
     # Constructed by hand (no test waits minutes for these), on the real
-    # label sets of this daemon: collator:halt degraded and down, and two
+    # label sets of this daemon: the collator degraded and down, and two
     # subtrees of sync "halt" unwatched.
     last = dict(scrapes[-1])
     for state in ("running", "degraded"):
-        last[("syncsup_component_state", frozenset({("component", "collator:halt"),
+        last[("syncsup_component_state", frozenset({("component", "collator"),
                                                     ("role", "collator"),
                                                     ("state", state)}))] = \
             1.0 if state == "degraded" else 0.0
-    last[("syncsup_component_up", frozenset({("component", "collator:halt"),
+    last[("syncsup_component_up", frozenset({("component", "collator"),
                                              ("role", "collator")}))] = 0.0
     last[("syncsup_unwatched_subtrees", frozenset({("sync", "halt")}))] = 2.0
     scrapes.append(last)
@@ -168,7 +168,7 @@ def test_alerts_fire_on_series_from_a_failing_daemon(tmp_path, daemon_factory, s
     def tl(sync: str, target) -> dict[str, str]:
         return {"sync": sync, "target": str(target)}
 
-    collator = {"component": "collator:halt", "role": "collator"}
+    collator = {"component": "collator", "role": "collator"}
     want = {
         "SyncsupTargetLagging": [tl("lag", lag_dst)],
         "SyncsupTargetFailing": [tl("fail", fail_target), tl("halt", halt_dst)],
@@ -183,6 +183,6 @@ def test_alerts_fire_on_series_from_a_failing_daemon(tmp_path, daemon_factory, s
     # Four restarts within minutes 1-4 of the series: firing at minute 5.
     checks.append({"eval_time": "5m", "alertname": "SyncsupComponentRestarting",
                    "exp_alerts": [expected("SyncsupComponentRestarting",
-                                           {"component": "watcher:ok", "role": "watcher"})]})
+                                           {"component": "watcher", "role": "watcher"})]})
     series = input_series(scrapes, growing={lag_key})
     run_tests(tmp_path, promtool_doc(series, checks))

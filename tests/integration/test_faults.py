@@ -1,4 +1,4 @@
-"""Faults in depth (issue 4): hung components and transfers, inotify overflow, the
+"""Faults in depth: hung components and transfers, inotify overflow, the
 watch limit, dead or read-only targets, flapping and fatal components, a killed
 supervisor, a vanished or emptied source, ``max_delete`` and ``full_sync_interval``.
 
@@ -166,7 +166,7 @@ def test_sigstopped_component_is_killed_and_restarted(role, tmp_path, src, dst, 
     d = daemon_factory([sync_entry(src, [dst], delay=0.2)])
     converge(d, src, dst, churn=c)
 
-    name = f"{role}:{NAME}"
+    name = role
     before = comp_of(d.status(), name)
     assert before["state"] == "running" and before["pid"], before
     pid = int(before["pid"])
@@ -190,7 +190,7 @@ def test_sigstopped_component_is_killed_and_restarted(role, tmp_path, src, dst, 
     assert log_lines(d, name, "no heartbeat"), "the supervisor logged no heartbeat timeout"
     for other in ("watcher", "collator", "syncer"):
         if other != role:
-            assert comp_of(st, f"{other}:{NAME}")["restarts"] == 0, (
+            assert comp_of(st, other)["restarts"] == 0, (
                 f"freezing {name} restarted {other} too: {st['components']}"
             )
 
@@ -221,7 +221,7 @@ def test_frozen_rsync_is_killed_and_retried(tmp_path, src, dst, daemon_factory):
     try:
         # the daemon answers while the transfer hangs
         st = d.status()
-        assert comp_of(st, f"syncer:{NAME}")["state"] == "running", st["components"]
+        assert comp_of(st, "syncer")["state"] == "running", st["components"]
         wait_log(d, "made no progress for 3s", timeout=90)
         wait_until(
             lambda: not any(alive(p) for p in pids),
@@ -241,7 +241,7 @@ def test_frozen_rsync_is_killed_and_retried(tmp_path, src, dst, daemon_factory):
     write(src / "after", b"written while the big file is retried\n")
     converge(d, src, dst, timeout=120)
     st = d.wait_for(lambda st: target_of(st, dst)["last_error"] is None, "last_error cleared", 60)
-    syncer = comp_of(st, f"syncer:{NAME}")
+    syncer = comp_of(st, "syncer")
     assert syncer["restarts"] == 0, f"the syncer itself was restarted: {syncer}"
     d.stop()
     assert_no_leftovers(tmp_path)
@@ -268,7 +268,7 @@ def test_inotify_overflow_while_watcher_frozen(tmp_path, src, dst, daemon_factor
     converge(d, src, dst, churn=c)
 
     st = d.status()
-    watcher = comp_of(st, f"watcher:{NAME}")
+    watcher = comp_of(st, "watcher")
     pid = int(watcher["pid"])
     n_files = 3000  # CREATE + MODIFY + CLOSE_WRITE each
     late = src / "late" / "deeper"
@@ -299,17 +299,17 @@ def test_inotify_overflow_while_watcher_frozen(tmp_path, src, dst, daemon_factor
     st = d.wait_for(
         lambda st: (
             (sync_of(st).get("overflows") or 0) >= 1
-            or comp_of(st, f"watcher:{NAME}")["restarts"] > 0
+            or comp_of(st, "watcher")["restarts"] > 0
         ),
         "the watcher to report the overflow",
         timeout=60,
     )
-    w = comp_of(st, f"watcher:{NAME}")
+    w = comp_of(st, "watcher")
     if w["restarts"] > 0:
         # only acceptable if the machine was so slow that the freeze outlasted
-        # the 7 s heartbeat timeout (beats every 2 s, so a freeze of 5 s or
-        # more can already be too long); then the restart's rescan covers it
-        assert flood_secs > 5.0, (
+        # the 30 s heartbeat timeout (beats every 10 s, so a freeze of 25 s
+        # or more can already be too long); then the restart's rescan covers it
+        assert flood_secs > 25.0, (
             f"the watcher was restarted instead of handling the overflow: {w}\n{d.log_tail()}"
         )
     else:
@@ -441,7 +441,7 @@ def test_watch_limit_reported_and_blind_part_rescanned(request, tmp_path, src, d
     assert m, f"the watch-limit error names no count: {line}"
     assert s["watch_limit_needed"] == int(m.group(1)), (s, line)
     assert s["watch_limit_needed"] > 0
-    watcher_pid = int(comp_of(st, f"watcher:{NAME}")["pid"])
+    watcher_pid = int(comp_of(st, "watcher")["pid"])
     watched = watched_inodes(watcher_pid)
     blind = [p for p in dirs if os.stat(p).st_ino not in watched]
     if restore is None:
@@ -581,7 +581,7 @@ def test_flapping_component_becomes_degraded(tmp_path, src, dst, daemon_factory)
     d = daemon_factory([sync_entry(src, [dst], delay=0.2)])
     converge(d, src, dst, churn=c)
 
-    name = f"collator:{NAME}"
+    name = "collator"
     role_arg = b"syncsup.collator"
     killed: list[int] = []
     deadline = time.monotonic() + 150
@@ -612,7 +612,7 @@ def test_flapping_component_becomes_degraded(tmp_path, src, dst, daemon_factory)
     # degraded: restarts at least 15 s apart (minus the 20 % jitter)
     assert m and float(m.group(1)) >= 12.0, f"degraded restarts are not slowed down: {lines[-1]}"
     for other in ("watcher", "syncer"):
-        assert comp_of(st, f"{other}:{NAME}")["state"] == "running", st["components"]
+        assert comp_of(st, other)["state"] == "running", st["components"]
 
     assert comp["pid"] is None, f"a degraded restart should wait, not happen at once: {comp}"
 
@@ -637,7 +637,7 @@ def test_config_error_is_fatal_and_never_restarted(tmp_path, src, dst, daemon_fa
     d.config = tmp_path / "intact-copy.toml"
     d.config.write_text(good)
     config.write_text(good + "\nthis is [not toml\n")
-    name = f"collator:{NAME}"
+    name = "collator"
     pid = int(comp_of(d.status(), name)["pid"])
     os.kill(pid, signal.SIGKILL)
     st = d.wait_for(lambda st: comp_of(st, name)["state"] == "fatal", f"{name} to be fatal", 60)

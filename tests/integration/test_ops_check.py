@@ -1,4 +1,4 @@
-"""Operations (issue 5): ``syncsup check CONFIG`` on good and broken configs
+"""Operations: ``syncsup check CONFIG`` on good and broken configs
 and targets (local and over ssh); it prints ``ok:``/``problem:`` lines,
 exits 0 / 1 / 78, and changes nothing."""
 

@@ -1,4 +1,4 @@
-"""Operations (issue 5): ``syncsup resync`` and SIGUSR1 repair changes made
+"""Operations: ``syncsup resync`` and SIGUSR1 repair changes made
 behind the daemon's back (with ``--checksum``), SIGHUP reloads the config
 (a new target converges; a broken config is refused and the old one keeps
 running)."""
@@ -141,7 +141,7 @@ def test_sighup_reload_adds_target_and_refuses_bad_config(tmp_path, src, daemon_
     )
     new = _pids(st)
     assert new["supervisor"] == old["supervisor"] == d.pid, (old, new)
-    for name in ("collator:www", "syncer:www", "watcher:www"):
+    for name in ("collator", "syncer", "watcher"):
         assert new[name] != old[name], f"{name} was not restarted on SIGHUP: {old} -> {new}"
     converge(d, src, dst1, dst2)
     d.wait_idle()

@@ -1,4 +1,4 @@
-"""Operations (issue 5): what a sysadmin and systemd see of a running daemon.
+"""Operations: what a sysadmin and systemd see of a running daemon.
 
 Prometheus metrics scraped over HTTP while syncing; the sd_notify protocol
 (READY=1, STATUS=, WATCHDOG=1, STOPPING=1) received on a real unix datagram
@@ -124,9 +124,9 @@ SYNC_METRICS = (
 )
 COMPONENTS = {
     "supervisor": "supervisor",
-    "collator:www": "collator",
-    "syncer:www": "syncer",
-    "watcher:www": "watcher",
+    "collator": "collator",
+    "syncer": "syncer",
+    "watcher": "watcher",
 }
 
 
@@ -231,7 +231,7 @@ def test_metrics_scraped_while_syncing(tmp_path, src, dst, settings, daemon_fact
     # ---- a component restart shows in the counters
     killed = d.kill_component("watcher")
     assert killed is not None, d.describe()
-    wl = {"component": "watcher:www", "role": "watcher"}
+    wl = {"component": "watcher", "role": "watcher"}
 
     def watcher_restarted(x):
         return (
@@ -449,7 +449,7 @@ def test_journald_priority_prefixes_under_journal_stream(tmp_path, src, dst, dae
     d.wait_for(
         lambda s: (
             all(c["state"] == "running" for c in s["components"])
-            and any(c["name"] == "watcher:www" and c["restarts"] == 1 for c in s["components"])
+            and any(c["name"] == "watcher" and c["restarts"] == 1 for c in s["components"])
         ),
         "the watcher restarted",
         60,
@@ -467,7 +467,7 @@ def test_journald_priority_prefixes_under_journal_stream(tmp_path, src, dst, dae
     transfers = [ln for ln in lines if TRANSFER_LINE.search(ln)]
     assert transfers, "no per-transfer line at info:\n" + "\n".join(lines[-40:])
     assert all(ln.startswith("<6>") for ln in transfers if ": ok" in ln), transfers
-    died = [ln for ln in lines if "watcher:www" in ln and "died" in ln]
+    died = [ln for ln in lines if "watcher" in ln and "died" in ln]
     assert died and all(ln.startswith("<4>") for ln in died), (
         "the watcher's death must be logged at warning (<4>):\n" + "\n".join(lines[-40:])
     )
@@ -509,7 +509,7 @@ def test_json_log_file(tmp_path, src, dst, settings, daemon_factory):
         "every process logs to the same log_file"
     )
     for doc in docs:
-        name = "supervisor" if doc["role"] == "supervisor" else f"{doc['role']}:www"
+        name = doc["role"]
         assert isinstance(doc["component"], str) and doc["component"], doc
         assert doc["pid"] == pids[name], f"pid of {name} is {pids[name]}: {doc}"
     sent = []

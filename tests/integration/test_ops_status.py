@@ -1,4 +1,4 @@
-"""Operations (issue 5): ``syncsup status`` fields against a running daemon,
+"""Operations: ``syncsup status`` fields against a running daemon,
 pause / resume (changes recorded, nothing sent, lag and pending visible),
 ``syncsup stop``, control-command errors, and the status file."""
 
@@ -64,14 +64,14 @@ def check_status_document(st: dict, d, src: Path, specs: list[str]) -> None:
 
     comps = st["components"]
     names = {c["name"] for c in comps}
-    assert names == {"supervisor", "collator:www", "syncer:www", "watcher:www"}, names
+    assert names == {"supervisor", "collator", "syncer", "watcher"}, names
     for c in comps:
         assert set(c) >= {"name", "role", "pid", "state", "restarts", "uptime", "last_exit"}, c
         assert c["role"] in COMPONENT_ROLES, c
         assert (
             c["name"] == "supervisor"
             if c["role"] == "supervisor"
-            else c["name"] == f"{c['role']}:www"
+            else c["name"] == c["role"]
         ), c
         assert c["state"] in COMPONENT_STATES, c
         assert c["state"] == "running", f"nothing was killed, yet: {c}"
@@ -349,7 +349,7 @@ def test_status_file_rewritten_atomically(tmp_path, src, dst, settings, daemon_f
     text = read_until(
         lambda t: re.search(rf"{re.escape(str(dst))}\s+idle\b", t) is not None, "the target idle"
     )
-    for name in ("supervisor", "collator:www", "syncer:www", "watcher:www"):
+    for name in ("supervisor", "collator", "syncer", "watcher"):
         assert name in text, f"{name} missing from the status file:\n{text}"
     assert str(src) in text, text
 
@@ -373,7 +373,7 @@ def test_status_file_rewritten_atomically(tmp_path, src, dst, settings, daemon_f
             os.close(fd)
         reads += 1
         t = data.decode()
-        assert t.endswith("\n") and "watcher:www" in t and str(dst) in t, (
+        assert t.endswith("\n") and "watcher" in t and str(dst) in t, (
             f"partial status file read:\n{t!r}"
         )
         time.sleep(0.01)

@@ -1,4 +1,4 @@
-"""Operations (issue 5): ``deploy/syncsup@.service`` has the settings the
+"""Operations: ``deploy/syncsup@.service`` has the settings the
 design relies on, and passes ``systemd-analyze verify`` when that tool is
 available."""
 

@@ -11,11 +11,16 @@ import pytest
 from syncsup.config import RsyncOptions, SshOptions, Sync, Target
 from syncsup.syncer.argv import SSH_DEFAULTS, rsync_argv, ssh_command
 from syncsup.syncer.exitcodes import Outcome, classify
+from syncsup.syncer.plan import Step, StepKind
 
 LOCAL = Target(spec="/mnt/mirror/www", path="/mnt/mirror/www")
 REMOTE = Target(spec="backup@host1:/srv/www", path="/srv/www", host="host1", user="backup")
 REMOTE_NO_USER = Target(spec="host2:/srv/www/", path="/srv/www/", host="host2")
 LIST = "/run/syncsup/list-7"
+TREE = Step(StepKind.TREE, (b"",))
+PATHS = Step(StepKind.PATHS, (b"a",))
+VERIFY = Step(StepKind.TREE, (b"",), checksum=True)
+STEPS = {"tree": TREE, "paths": PATHS}
 
 
 def make_sync(delete: bool | str = True, exclude: tuple[str, ...] = (),
@@ -51,7 +56,7 @@ def positionals(argv: list[str]) -> list[str]:
 # ---------------------------------------------------------------- kinds
 @pytest.mark.parametrize("startup", [True, False])
 def test_tree_transfer_flags(startup: bool) -> None:
-    argv = rsync_argv(make_sync(), LOCAL, "tree", LIST, startup=startup)
+    argv = rsync_argv(make_sync(), LOCAL, TREE, LIST, startup=startup)
     assert argv[0] == "rsync"
     assert "-a" in argv
     assert "-r" in argv
@@ -62,7 +67,7 @@ def test_tree_transfer_flags(startup: bool) -> None:
 
 @pytest.mark.parametrize("startup", [True, False])
 def test_paths_transfer_flags(startup: bool) -> None:
-    argv = rsync_argv(make_sync(), LOCAL, "paths", LIST, startup=startup)
+    argv = rsync_argv(make_sync(), LOCAL, PATHS, LIST, startup=startup)
     assert "-a" in argv
     assert "-d" in argv
     assert "-I" in argv
@@ -73,17 +78,17 @@ def test_paths_transfer_flags(startup: bool) -> None:
 
 def test_only_verifying_rescans_compare_checksums() -> None:
     sync = make_sync()
-    assert "--checksum" not in rsync_argv(sync, LOCAL, "tree", LIST, startup=True)
-    assert "--checksum" not in rsync_argv(sync, LOCAL, "tree", LIST, startup=False)
-    assert "--checksum" in rsync_argv(sync, LOCAL, "tree", LIST, startup=False, verify=True)
+    assert "--checksum" not in rsync_argv(sync, LOCAL, TREE, LIST, startup=True)
+    assert "--checksum" not in rsync_argv(sync, LOCAL, TREE, LIST, startup=False)
+    assert "--checksum" in rsync_argv(sync, LOCAL, VERIFY, LIST, startup=False)
     # A paths batch already uses -I; never a checksum pass over named entries.
-    assert "--checksum" not in rsync_argv(sync, LOCAL, "paths", LIST, startup=False,
-                                          verify=True)
+    paths = Step(StepKind.PATHS, (b"a",), checksum=True)
+    assert "--checksum" not in rsync_argv(sync, LOCAL, paths, LIST, startup=False)
 
 
 @pytest.mark.parametrize("kind", ["tree", "paths"])
 def test_file_list_is_nul_separated_from_a_file(kind: str) -> None:
-    argv = rsync_argv(make_sync(), LOCAL, kind, LIST, startup=False)
+    argv = rsync_argv(make_sync(), LOCAL, STEPS[kind], LIST, startup=False)
     assert "--from0" in argv
     assert f"--files-from={LIST}" in argv
     assert "--force" in argv
@@ -91,9 +96,10 @@ def test_file_list_is_nul_separated_from_a_file(kind: str) -> None:
     assert [a for a in argv if LIST in a] == [f"--files-from={LIST}"]
 
 
-def test_unknown_kind_is_rejected() -> None:
-    with pytest.raises(ValueError):
-        rsync_argv(make_sync(), LOCAL, "everything", LIST, startup=False)
+@pytest.mark.parametrize("kind", [StepKind.MOVES, StepKind.COMMAND])
+def test_steps_that_are_not_rsync_are_rejected(kind: StepKind) -> None:
+    with pytest.raises(ValueError, match="not an rsync step"):
+        rsync_argv(make_sync(), LOCAL, Step(kind), LIST, startup=False)
 
 
 @pytest.mark.parametrize(("delete", "startup", "deletes"), [
@@ -108,7 +114,7 @@ def test_unknown_kind_is_rejected() -> None:
 ])
 @pytest.mark.parametrize("kind", ["tree", "paths"])
 def test_delete_setting(kind: str, delete: bool | str, startup: bool, deletes: bool) -> None:
-    argv = rsync_argv(make_sync(delete=delete), LOCAL, kind, LIST, startup=startup)
+    argv = rsync_argv(make_sync(delete=delete), LOCAL, STEPS[kind], LIST, startup=startup)
     assert ("--delete-missing-args" in argv) is deletes
     assert ("--ignore-missing-args" in argv) is not deletes
     assert ("--delete" in argv) is (deletes and kind == "tree")
@@ -116,27 +122,27 @@ def test_delete_setting(kind: str, delete: bool | str, startup: bool, deletes: b
 
 def test_excludes_are_single_arguments_in_order() -> None:
     pats = ("*.swp", "/cache/", "name with spaces", "-dash")
-    argv = rsync_argv(make_sync(exclude=pats), LOCAL, "paths", LIST, startup=False)
+    argv = rsync_argv(make_sync(exclude=pats), LOCAL, PATHS, LIST, startup=False)
     assert [a for a in argv if a.startswith("--exclude")] == [f"--exclude={p}" for p in pats]
 
 
 def test_no_excludes_no_exclude_flags() -> None:
-    argv = rsync_argv(make_sync(), LOCAL, "paths", LIST, startup=False)
+    argv = rsync_argv(make_sync(), LOCAL, PATHS, LIST, startup=False)
     assert not any(a.startswith("--exclude") for a in argv)
 
 
 # ------------------------------------------------------ source and dest
 @pytest.mark.parametrize("source", ["/srv/www", "/srv/www/", "/srv/www//"])
 def test_local_source_and_dest(source: str) -> None:
-    argv = rsync_argv(make_sync(source=source), LOCAL, "tree", LIST, startup=True)
+    argv = rsync_argv(make_sync(source=source), LOCAL, TREE, LIST, startup=True)
     assert argv[-2:] == ["/srv/www/", "/mnt/mirror/www/"]
     assert "-e" not in argv
 
 
 def test_remote_dest() -> None:
-    argv = rsync_argv(make_sync(), REMOTE, "paths", LIST, startup=False)
+    argv = rsync_argv(make_sync(), REMOTE, PATHS, LIST, startup=False)
     assert argv[-2:] == ["/srv/www/", "backup@host1:/srv/www/"]
-    argv = rsync_argv(make_sync(), REMOTE_NO_USER, "paths", LIST, startup=False)
+    argv = rsync_argv(make_sync(), REMOTE_NO_USER, PATHS, LIST, startup=False)
     assert argv[-1] == "host2:/srv/www/"
 
 
@@ -144,7 +150,7 @@ def test_remote_dest() -> None:
 @pytest.mark.parametrize("kind", ["tree", "paths"])
 def test_no_file_name_on_the_command_line(target: Target, kind: str) -> None:
     sync = make_sync(exclude=("*.tmp",), ssh=SshOptions(port=2222))
-    argv = rsync_argv(sync, target, kind, LIST, startup=False)
+    argv = rsync_argv(sync, target, STEPS[kind], LIST, startup=False)
     # Only the source root and the destination are operands; everything else
     # is an option. The names to transfer travel only in the list file.
     assert positionals(argv) == [argv[-2], argv[-1]]
@@ -153,14 +159,79 @@ def test_no_file_name_on_the_command_line(target: Target, kind: str) -> None:
 
 def test_custom_rsync_binary() -> None:
     sync = dataclasses.replace(make_sync(), rsync=RsyncOptions(binary="/opt/rsync"))
-    argv = rsync_argv(sync, LOCAL, "paths", LIST, startup=False)
+    argv = rsync_argv(sync, LOCAL, PATHS, LIST, startup=False)
     assert argv[0] == "/opt/rsync"
+
+
+# --------------------------------------------------- step flags and limits
+@pytest.mark.parametrize("kind", ["tree", "paths"])
+def test_the_names_of_a_step_never_reach_the_command_line(kind: str) -> None:
+    hostile = Step(StepKind(kind), (b"--delete", b"-e sh", b"$(id)", b"a\nb"))
+    sync = make_sync()
+    assert rsync_argv(sync, REMOTE, hostile, LIST, startup=False) == rsync_argv(
+        sync, REMOTE, Step(StepKind(kind)), LIST, startup=False)
+
+
+@pytest.mark.parametrize("delete", [True, False, "startup", "running"])
+@pytest.mark.parametrize("max_delete", [0, 50])
+def test_empty_guard_deletes_nothing_whatever_the_settings(delete: bool | str,
+                                                           max_delete: int) -> None:
+    sync = dataclasses.replace(make_sync(delete=delete), max_delete=max_delete)
+    guard = Step(StepKind.TREE, (b"",), empty_guard=True)
+    for startup in (True, False):
+        argv = rsync_argv(sync, LOCAL, guard, LIST, startup=startup)
+        assert [a for a in argv if a.startswith("--max-delete")] == ["--max-delete=0"]
+
+
+@pytest.mark.parametrize(("delete", "startup", "limited"), [
+    (True, False, True), (False, False, False), ("startup", True, True),
+    ("startup", False, False), ("running", False, True)])
+@pytest.mark.parametrize("kind", ["tree", "paths"])
+def test_max_delete_applies_only_when_deleting(kind: str, delete: bool | str, startup: bool,
+                                               limited: bool) -> None:
+    sync = dataclasses.replace(make_sync(delete=delete), max_delete=7)
+    argv = rsync_argv(sync, LOCAL, STEPS[kind], LIST, startup=startup)
+    assert [a for a in argv if a.startswith("--max-delete")] == (
+        ["--max-delete=7"] if limited else [])
+    assert "--max-delete=7" not in rsync_argv(make_sync(delete=delete), LOCAL, STEPS[kind],
+                                              LIST, startup=startup)
+
+
+def test_checksum_setting_applies_to_every_tree_step() -> None:
+    sync = dataclasses.replace(make_sync(), rsync=RsyncOptions(checksum=True))
+    assert "--checksum" in rsync_argv(sync, LOCAL, TREE, LIST, startup=True)
+    assert "--checksum" not in rsync_argv(sync, LOCAL, PATHS, LIST, startup=True)
+    assert rsync_argv(sync, LOCAL, VERIFY, LIST, startup=False).count("--checksum") == 1
+
+
+def test_confined_target_goes_to_the_daemon_module_without_devices() -> None:
+    confined = dataclasses.replace(REMOTE, confined=True)
+    argv = rsync_argv(make_sync(), confined, TREE, LIST, startup=False)
+    assert argv[-1] == "backup@host1::syncsup/"
+    assert "--no-devices" in argv
+    assert "--no-devices" not in rsync_argv(make_sync(), REMOTE, TREE, LIST, startup=False)
+    # Without -a no devices are sent anyway.
+    plain = dataclasses.replace(make_sync(), rsync=RsyncOptions(archive=False))
+    argv = rsync_argv(plain, confined, TREE, LIST, startup=False)
+    assert "--no-devices" not in argv and "-lt" in argv
+
+
+def test_control_path_reuses_the_master_connection() -> None:
+    argv = rsync_argv(make_sync(), REMOTE, PATHS, LIST, startup=False,
+                      control_path="/state/cm-www-1")
+    opts = ssh_opts(ssh_parts(argv))
+    assert opts[-2:] == ["ControlMaster=no", "ControlPath=/state/cm-www-1"]
+    assert "ControlPath" not in " ".join(
+        rsync_argv(make_sync(), REMOTE, PATHS, LIST, startup=False))
+    # A local target has no ssh at all.
+    assert "-e" not in rsync_argv(make_sync(), LOCAL, PATHS, LIST, startup=False,
+                                  control_path="/state/cm-www-0")
 
 
 # ------------------------------------------------------------------ ssh
 def test_remote_gets_ssh_with_port_and_identity() -> None:
     ssh = SshOptions(port=2222, identity_file=Path("/etc/syncsup/id ed25519"))
-    argv = rsync_argv(make_sync(ssh=ssh), REMOTE, "tree", LIST, startup=True)
+    argv = rsync_argv(make_sync(ssh=ssh), REMOTE, TREE, LIST, startup=True)
     parts = ssh_parts(argv)
     assert parts[0] == "ssh"
     assert parts[parts.index("-p") + 1] == "2222"

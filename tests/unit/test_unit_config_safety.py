@@ -1,4 +1,4 @@
-"""Config safety (issue 6, point 4): every refusal through ``syncsup.config.load``
+"""Config safety: every refusal through ``syncsup.config.load``
 on real files, each naming the offending key; and host key checking left on.
 
 A target equal to, inside, or containing its own source; two syncs writing the
@@ -8,7 +8,6 @@ writable by other users: all refused with a ConfigError whose ``key`` says where
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,35 +16,8 @@ import pytest
 
 from syncsup.config import ConfigError, load
 from syncsup.syncer.argv import ssh_argv
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
-    if isinstance(v, list):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    raise TypeError(type(v))
-
-
-def _render(state_dir: Path, syncs: list[dict[str, Any]]) -> str:
-    lines = ["[settings]", f"state_dir = {_value(str(state_dir))}", ""]
-    for s in syncs:
-        lines.append("[[sync]]")
-        sub: dict[str, dict[str, Any]] = {}
-        for k, v in s.items():
-            if isinstance(v, dict):
-                sub[k] = v
-            else:
-                lines.append(f"{k} = {_value(v)}")
-        for name, table in sub.items():
-            lines.append(f"[sync.{name}]")
-            lines.extend(f"{k} = {_value(v)}" for k, v in table.items())
-        lines.append("")
-    return "\n".join(lines)
+from tests.helpers.toml import dumps
+from tests.helpers.unit import write
 
 
 @pytest.fixture
@@ -61,10 +33,8 @@ def area(tmp_path: Path) -> Path:
 
 def write_config(area: Path, syncs: list[dict[str, Any]], *, mode: int = 0o644,
                  state_dir: Path | None = None) -> Path:
-    p = area / "syncsup.toml"
-    p.write_text(_render(state_dir or area / "state", syncs))
-    os.chmod(p, mode)
-    return p
+    doc = {"settings": {"state_dir": str(state_dir or area / "state")}, "sync": syncs}
+    return write(area / "syncsup.toml", dumps(doc), mode=mode)
 
 
 def sync(name: str, source: Path | str, targets: list[str | Path], **kw: Any) -> dict[str, Any]:
@@ -274,3 +244,22 @@ def test_ssh_user_strict_host_key_checking_yes_is_kept(area: Path) -> None:
     opts = _ssh_opts(ssh_argv(load(p).syncs[0]))
     assert "StrictHostKeyChecking=yes" in opts
     assert "StrictHostKeyChecking=no" not in opts
+
+
+# ------------------------------------------------------- files the daemon writes
+def test_status_and_log_file_names_are_not_resolved(area: Path, tmp_path: Path) -> None:
+    """A symlink at ``status_file`` or ``log_file`` must stay a symlink in the
+    config: resolving it would make the daemon replace (status) or append
+    to (log) whatever it points at. Their directories are resolved."""
+    victim = tmp_path / "victim"
+    victim.write_text("private")
+    (area / "real").mkdir()
+    os.symlink(area / "real", area / "via")
+    for name in ("status", "daemon.log"):
+        os.symlink(victim, area / "real" / name)
+    doc = {"settings": {"state_dir": str(area / "state"), "status_file": f"{area}/via/status",
+                        "log_file": "via/daemon.log"},
+           "sync": [sync("s", area / "src", [area / "dst"])]}
+    conf = load(write(area / "syncsup.toml", dumps(doc), mode=0o600))
+    assert conf.settings.status_file == area / "real" / "status"
+    assert conf.settings.log_file == area / "real" / "daemon.log"

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
+from syncsup.status import ComponentStatus, Status, SyncStatus, TargetStatus
 from syncsup.supervisor.metrics import (
     COMPONENT_STATES,
     TARGET_STATES,
+    TRANSPORTS,
     StatusCollector,
     state_families,
 )
@@ -21,20 +22,25 @@ DASHBOARD = REPO / "deploy" / "grafana" / "syncsup.json"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 
 
-def status_doc() -> dict[str, Any]:
-    return {
-        "components": [
-            {"name": "supervisor", "role": "supervisor", "state": "running", "restarts": 0},
-            {"name": "watcher:www", "role": "watcher", "state": "degraded", "restarts": 12},
+def status_doc() -> Status:
+    return Status(
+        config="/etc/syncsup.toml", started=1.0e9,
+        components=[
+            ComponentStatus(name="supervisor", role="supervisor", pid=1, state="running"),
+            ComponentStatus(name="watcher", role="watcher", pid=2, state="degraded",
+                            restarts=12),
         ],
-        "syncs": [{"name": "www", "watches": 3, "unwatched": 1, "overflows": 2, "rescans": 4,
-                   "targets": [
-                       {"target": "/m/a", "state": "idle", "pending": 0, "lag": None,
-                        "last_sync": 1.0e9, "transfers": {"ok": 3, "retry": 1},
-                        "bytes_sent": 10},
-                       {"target": "h:/b", "state": "failed", "pending": 5, "lag": 60.0,
-                        "last_sync": None, "transfers": {"halt": 1}, "bytes_sent": 0}]}],
-    }
+        syncs=[SyncStatus(
+            name="www", source="/srv/www", mode="rsync", rescans=4, watches=3, unwatched=1,
+            overflows=2,
+            targets=[
+                TargetStatus(target="/m/a", state="idle", last_sync=1.0e9,
+                             transfers={"ok": 3, "retry": 1}, bytes_sent=10,
+                             transport="agent"),
+                TargetStatus(target="h:/b", state="failed", pending=5, lag=60.0,
+                             transfers={"halt": 1}),
+            ])],
+    )
 
 
 def exported() -> set[str]:
@@ -89,4 +95,8 @@ def test_state_gauges_are_one_hot():
     comp = fams["syncsup_component_state"].samples
     assert len(comp) == 2 * len(COMPONENT_STATES)
     on = {(s.labels["component"], s.labels["state"]) for s in comp if s.value == 1}
-    assert on == {("supervisor", "running"), ("watcher:www", "degraded")}
+    assert on == {("supervisor", "running"), ("watcher", "degraded")}
+    way = fams["syncsup_target_transport"].samples
+    assert len(way) == 2 * len(TRANSPORTS)
+    on = {(s.labels["target"], s.labels["transport"]) for s in way if s.value == 1}
+    assert on == {("/m/a", "agent"), ("h:/b", "rsync")}

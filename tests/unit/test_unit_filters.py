@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from syncsup.config import Sync, Target
+from syncsup.syncer.argv import expand_rule_files, rsync_argv
+from syncsup.syncer.plan import Step, StepKind
 from syncsup.watcher.filters import DirFilter, exclude_patterns
 
 DIRS = ["cache", "a/cache", "a/b/cache", "node_modules", "x/node_modules/y", "build",
@@ -26,7 +29,7 @@ PATTERN_SETS = [
 rsync = shutil.which("rsync")
 
 
-def _rsync_sends(src: Path, patterns: list[str], filters: list[str] = ()) -> set[str]:
+def _rsync_sends(src: Path, patterns: list[str], filters: Sequence[str] = ()) -> set[str]:
     argv = [rsync or "rsync", "-a", "--dry-run", "--out-format=%n", *(
         f"--exclude={p}" for p in patterns), *(f"--filter={f}" for f in filters),
         f"{src}/", str(src.parent / "dst") + "/"]
@@ -85,15 +88,14 @@ def test_root_is_never_excluded() -> None:
 def test_rule_files_are_expanded_for_rsync(tmp_path: Path) -> None:
     """--from0 makes rsync read rule files NUL-separated, so the syncer
     passes their lines as options instead (and refuses to forget that)."""
-    from syncsup.syncer.argv import expand_rule_files, rsync_argv
-
     ex, fl = tmp_path / "ex", tmp_path / "fl"
     ex.write_text("# comment\n*.swp\n\n/cache/\n")
     fl.write_text("- *.bak\n; comment\n+ keep/\n")
     s = _sync(exclude=("*.tmp",), exclude_from=ex, filter_from=fl)
     with pytest.raises(ValueError):
-        rsync_argv(s, s.targets[0], "paths", "/l", False)
-    argv = rsync_argv(expand_rule_files(s), s.targets[0], "paths", "/l", False)
+        rsync_argv(s, s.targets[0], Step(StepKind.PATHS), "/l", False)
+    argv = rsync_argv(expand_rule_files(s), s.targets[0], Step(StepKind.PATHS), "/l",
+                      False)
     assert [a for a in argv if a.startswith(("--exclude", "--filter"))] == [
         "--exclude=*.tmp", "--exclude=*.swp", "--exclude=/cache/", "--filter=- *.bak",
         "--filter=+ keep/"]

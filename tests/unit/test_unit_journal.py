@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from syncsup.collator.journal import PATH, TREE, VERIFY, Journal, Row
+from syncsup.collator.journal import CREATED, PATH, TREE, VERIFY, Journal, Kind, Row, to_changes
+from syncsup.proto import Changes
 
 T1, T2 = "/mnt/a", "backup@host:/srv/b"
 
@@ -33,8 +34,9 @@ def keys(rows: list[Row]) -> set[tuple[int, bytes]]:
 
 
 def test_mark_is_an_idempotent_upsert(journal: Journal) -> None:
-    g1 = journal.mark([T1], [b"a", b"b"], [b"d"], now=1.0)
-    g2 = journal.mark([T1], [b"a", b"b"], [b"d"], now=2.0)  # the same message resent
+    g1 = journal.mark([T1], Changes(paths={b"a", b"b"}, trees={b"d"}), 1.0)
+    # the same message resent
+    g2 = journal.mark([T1], Changes(paths={b"a", b"b"}, trees={b"d"}), 2.0)
     assert journal.pending(T1) == 3
     assert keys(everything(journal, T1)) == {(PATH, b"a"), (PATH, b"b"), (TREE, b"d")}
     assert g2 > g1
@@ -42,14 +44,16 @@ def test_mark_is_an_idempotent_upsert(journal: Journal) -> None:
     assert {r.gen for r in everything(journal, T1)} == {g2}
 
 
-def test_duplicate_paths_in_one_message(journal: Journal) -> None:
-    journal.mark([T1], [b"a", b"a", b"a"], [], now=1.0)
+def test_duplicate_rows_in_one_transaction(journal: Journal) -> None:
+    # Changes holds sets, so a path cannot repeat inside one field; the same
+    # target named twice makes the same row twice in one transaction.
+    journal.mark([T1, T1, T1], Changes(paths={b"a"}), 1.0)
     assert journal.pending(T1) == 1
 
 
 def test_rows_are_per_target(journal: Journal) -> None:
-    journal.mark([T1, T2], [b"a"], [], now=1.0)
-    journal.mark([T1], [b"b"], [], now=2.0)
+    journal.mark([T1, T2], Changes(paths={b"a"}), 1.0)
+    journal.mark([T1], Changes(paths={b"b"}), 2.0)
     assert journal.pending(T1) == 2
     assert journal.pending(T2) == 1
     assert journal.pending("/never") == 0
@@ -60,9 +64,9 @@ def test_rows_are_per_target(journal: Journal) -> None:
 
 
 def test_take_returns_trees_first(journal: Journal) -> None:
-    journal.mark([T1], [b"p1", b"p2", b"p3"], [], now=1.0)
-    journal.mark([T1], [], [b"t1", b"t2"], now=2.0)  # newer, but trees
-    journal.mark([T1], [b"p0"], [], now=3.0)
+    journal.mark([T1], Changes(paths={b"p1", b"p2", b"p3"}), 1.0)
+    journal.mark([T1], Changes(trees={b"t1", b"t2"}), 2.0)  # newer, but trees
+    journal.mark([T1], Changes(paths={b"p0"}), 3.0)
     rows = everything(journal, T1)
     assert [r.kind for r in rows] == [TREE, TREE, PATH, PATH, PATH, PATH]
     first_two = journal.take(T1, limit=2, max_bytes=1 << 20)
@@ -70,7 +74,7 @@ def test_take_returns_trees_first(journal: Journal) -> None:
 
 
 def test_take_respects_limit(journal: Journal) -> None:
-    journal.mark([T1], [b"%03d" % i for i in range(50)], [], now=1.0)
+    journal.mark([T1], Changes(paths={b"%03d" % i for i in range(50)}), 1.0)
     assert len(journal.take(T1, limit=7, max_bytes=1 << 20)) == 7
     assert len(journal.take(T1, limit=1, max_bytes=1 << 20)) == 1
     assert len(journal.take(T1, limit=500, max_bytes=1 << 20)) == 50
@@ -80,7 +84,7 @@ def test_take_respects_limit(journal: Journal) -> None:
 
 def test_take_stops_near_max_bytes(journal: Journal) -> None:
     paths = [b"x" * 99 + b"%03d" % i for i in range(100)]  # 102 bytes + separator each
-    journal.mark([T1], paths, [], now=1.0)
+    journal.mark([T1], Changes(paths=set(paths)), 1.0)
     rows = journal.take(T1, limit=1000, max_bytes=1000)
     assert 1 <= len(rows) < 100
     sizes = [len(r.path) + 1 for r in rows]
@@ -93,10 +97,10 @@ def test_take_stops_near_max_bytes(journal: Journal) -> None:
 
 
 def test_complete_deletes_only_unchanged_rows(journal: Journal) -> None:
-    journal.mark([T1], [b"a", b"b"], [b"t"], now=1.0)
+    journal.mark([T1], Changes(paths={b"a", b"b"}, trees={b"t"}), 1.0)
     leased = everything(journal, T1)
     # While rsync runs, a and t change again.
-    journal.mark([T1], [b"a"], [b"t"], now=2.0)
+    journal.mark([T1], Changes(paths={b"a"}, trees={b"t"}), 2.0)
     journal.complete(T1, leased)
     left = everything(journal, T1)
     assert keys(left) == {(PATH, b"a"), (TREE, b"t")}
@@ -106,23 +110,23 @@ def test_complete_deletes_only_unchanged_rows(journal: Journal) -> None:
 
 
 def test_complete_of_stale_lease_after_re_mark_and_second_complete(journal: Journal) -> None:
-    journal.mark([T1], [b"a"], [], now=1.0)
+    journal.mark([T1], Changes(paths={b"a"}), 1.0)
     old = everything(journal, T1)
-    journal.mark([T1], [b"a"], [], now=2.0)
+    journal.mark([T1], Changes(paths={b"a"}), 2.0)
     journal.complete(T1, old)
     journal.complete(T1, old)  # a duplicate DONE changes nothing either
     assert journal.pending(T1) == 1
 
 
 def test_complete_only_touches_its_target(journal: Journal) -> None:
-    journal.mark([T1, T2], [b"a"], [], now=1.0)
+    journal.mark([T1, T2], Changes(paths={b"a"}), 1.0)
     journal.complete(T1, everything(journal, T1))
     assert journal.pending(T1) == 0
     assert journal.pending(T2) == 1
 
 
 def test_complete_needs_the_same_kind(journal: Journal) -> None:
-    journal.mark([T1], [b"a"], [b"a"], now=1.0)
+    journal.mark([T1], Changes(paths={b"a"}, trees={b"a"}), 1.0)
     rows = everything(journal, T1)
     journal.complete(T1, [r for r in rows if r.kind == PATH])
     assert keys(everything(journal, T1)) == {(TREE, b"a")}
@@ -130,9 +134,9 @@ def test_complete_needs_the_same_kind(journal: Journal) -> None:
 
 def test_first_seen_preserved_across_re_marks(journal: Journal) -> None:
     assert journal.oldest(T1) is None
-    journal.mark([T1], [b"a"], [], now=10.0)
-    journal.mark([T1], [b"b"], [], now=15.0)
-    journal.mark([T1], [b"a"], [], now=20.0)
+    journal.mark([T1], Changes(paths={b"a"}), 10.0)
+    journal.mark([T1], Changes(paths={b"b"}), 15.0)
+    journal.mark([T1], Changes(paths={b"a"}), 20.0)
     assert journal.oldest(T1) == 10.0
     rows = [r for r in everything(journal, T1) if r.path == b"a"]
     journal.complete(T1, rows)
@@ -142,15 +146,15 @@ def test_first_seen_preserved_across_re_marks(journal: Journal) -> None:
 
 
 def test_oldest_is_per_target(journal: Journal) -> None:
-    journal.mark([T1], [b"a"], [], now=5.0)
-    journal.mark([T2], [b"a"], [], now=9.0)
+    journal.mark([T1], Changes(paths={b"a"}), 5.0)
+    journal.mark([T2], Changes(paths={b"a"}), 9.0)
     assert journal.oldest(T1) == 5.0
     assert journal.oldest(T2) == 9.0
 
 
 def test_collapse_replaces_everything_by_one_root_tree(journal: Journal) -> None:
-    journal.mark([T1, T2], [b"a", b"b"], [b"t"], now=3.0)
-    journal.mark([T1], [b"c"], [], now=4.0)
+    journal.mark([T1, T2], Changes(paths={b"a", b"b"}, trees={b"t"}), 3.0)
+    journal.mark([T1], Changes(paths={b"c"}), 4.0)
     before = journal.gen
     journal.collapse(T1, now=100.0)
     rows = everything(journal, T1)
@@ -174,23 +178,23 @@ def test_collapse_of_empty_target_uses_now(journal: Journal) -> None:
 
 
 def test_collapse_survives_complete_of_an_older_lease(journal: Journal) -> None:
-    journal.mark([T1], [], [b""], now=1.0)
+    journal.mark([T1], Changes(trees={b""}), 1.0)
     old = everything(journal, T1)
-    journal.mark([T1], [b"x"], [], now=2.0)
+    journal.mark([T1], Changes(paths={b"x"}), 2.0)
     journal.collapse(T1, now=3.0)  # while the old root rescan was running
     journal.complete(T1, old)
     assert journal.has_tree(T1, b"")
 
 
 def test_has_tree_distinguishes_paths_and_subtrees(journal: Journal) -> None:
-    journal.mark([T1], [b""], [b"sub"], now=1.0)
+    journal.mark([T1], Changes(paths={b""}, trees={b"sub"}), 1.0)
     assert not journal.has_tree(T1)  # b"" is only marked as a path
     assert journal.has_tree(T1, b"sub")
     assert not journal.has_tree(T2, b"sub")
 
 
 def test_forget_targets(journal: Journal) -> None:
-    journal.mark([T1, T2, "/gone"], [b"a"], [b"t"], now=1.0)
+    journal.mark([T1, T2, "/gone"], Changes(paths={b"a"}, trees={b"t"}), 1.0)
     journal.forget_targets([T1, T2])
     assert journal.pending("/gone") == 0
     assert journal.pending(T1) == 2
@@ -204,7 +208,7 @@ def test_forget_targets(journal: Journal) -> None:
 
 def test_reopen_keeps_rows(db_path: Path) -> None:
     j = Journal(db_path)
-    j.mark([T1, T2], [b"a", b"b"], [b"t"], now=7.0)
+    j.mark([T1, T2], Changes(paths={b"a", b"b"}, trees={b"t"}), 7.0)
     before = {t: sorted(keys(everything(j, t))) for t in (T1, T2)}
     gens = {r.gen for r in everything(j, T1)}
     j.close()
@@ -220,7 +224,7 @@ def test_reopen_keeps_rows(db_path: Path) -> None:
 def test_generation_never_goes_backwards_across_reopen(db_path: Path) -> None:
     j = Journal(db_path)
     for i in range(5):
-        g = j.mark([T1], [b"a%d" % i], [], now=float(i))
+        g = j.mark([T1], Changes(paths={b"a%d" % i}), float(i))
     j.complete(T1, everything(j, T1))  # the table is empty now
     assert j.pending(T1) == 0
     j.close()
@@ -228,7 +232,7 @@ def test_generation_never_goes_backwards_across_reopen(db_path: Path) -> None:
     j = Journal(db_path)
     try:
         assert j.gen >= g
-        g2 = j.mark([T1], [b"z"], [], now=10.0)
+        g2 = j.mark([T1], Changes(paths={b"z"}), 10.0)
         assert g2 > g
     finally:
         j.close()
@@ -236,27 +240,27 @@ def test_generation_never_goes_backwards_across_reopen(db_path: Path) -> None:
 
 def test_generation_after_collapse_survives_reopen(db_path: Path) -> None:
     j = Journal(db_path)
-    j.mark([T1], [b"a"], [], now=1.0)
+    j.mark([T1], Changes(paths={b"a"}), 1.0)
     j.collapse(T1, now=2.0)
     g = j.gen
     j.complete(T1, everything(j, T1))
     j.close()
     j = Journal(db_path)
     try:
-        assert j.mark([T1], [b"b"], [], now=3.0) > g
+        assert j.mark([T1], Changes(paths={b"b"}), 3.0) > g
     finally:
         j.close()
 
 
 def test_stale_lease_from_before_reopen_does_not_delete_new_change(db_path: Path) -> None:
     j = Journal(db_path)
-    j.mark([T1], [b"a"], [], now=1.0)
+    j.mark([T1], Changes(paths={b"a"}), 1.0)
     old = everything(j, T1)
     j.complete(T1, old)
     j.close()
     j = Journal(db_path)
     try:
-        j.mark([T1], [b"a"], [], now=2.0)
+        j.mark([T1], Changes(paths={b"a"}), 2.0)
         j.complete(T1, old)  # a late DONE from the previous incarnation
         assert j.pending(T1) == 1
     finally:
@@ -268,7 +272,7 @@ WEIRD = [b"a\nb", b"\xff\xfe", b"-x", b"--delete", b"dir/sub/\x80name", b"sp ace
 
 def test_bytes_paths_round_trip(db_path: Path) -> None:
     j = Journal(db_path)
-    j.mark([T1], WEIRD, [b"tree\n\xff", b""], now=1.0)
+    j.mark([T1], Changes(paths=set(WEIRD), trees={b"tree\n\xff", b""}), 1.0)
     rows = everything(j, T1)
     assert all(type(r.path) is bytes for r in rows)
     assert {r.path for r in rows if r.kind == PATH} == set(WEIRD)
@@ -299,8 +303,9 @@ def test_meta_round_trip(db_path: Path) -> None:
 
 # ------------------------------------------------------------------ moves
 def test_moves_are_kept_in_order_per_target(journal: Journal) -> None:
-    journal.mark([T1, T2], [b"a", b"b"], [], now=1.0, moves=[(b"a", b"b")], seq=10)
-    journal.mark([T1], [b"b", b"c"], [], now=2.0, moves=[(b"b", b"c"), (b"c", b"d")], seq=11)
+    journal.mark([T1, T2], Changes(paths={b"a", b"b"}, moves=[(b"a", b"b")]), 1.0, seq=10)
+    journal.mark([T1], Changes(paths={b"b", b"c"}, moves=[(b"b", b"c"), (b"c", b"d")]), 2.0,
+                 seq=11)
     assert [(a, b) for _, a, b in journal.take_moves(T1, 100)] == [
         (b"a", b"b"), (b"b", b"c"), (b"c", b"d")]
     assert [(a, b) for _, a, b in journal.take_moves(T2, 100)] == [(b"a", b"b")]
@@ -309,23 +314,78 @@ def test_moves_are_kept_in_order_per_target(journal: Journal) -> None:
 
 def test_resent_moves_are_not_replayed_twice(journal: Journal) -> None:
     for _ in range(3):  # the watcher resends an unacked message
-        journal.mark([T1], [b"a", b"b"], [], now=1.0, moves=[(b"a", b"b")], seq=10)
+        journal.mark([T1], Changes(paths={b"a", b"b"}, moves=[(b"a", b"b")]), 1.0, seq=10)
     assert len(journal.take_moves(T1, 100)) == 1
     assert journal.pending(T1) == 2
 
 
 def test_drop_moves_up_to_an_id(journal: Journal) -> None:
-    journal.mark([T1], [], [], now=1.0,
-                 moves=[(b"a", b"b"), (b"b", b"c"), (b"\xff\n", b"-x")], seq=5)
+    journal.mark([T1], Changes(moves=[(b"a", b"b"), (b"b", b"c"), (b"\xff\n", b"-x")]), 1.0,
+                 seq=5)
     moves = journal.take_moves(T1, 100)
     journal.drop_moves(T1, moves[1][0])
     assert [(a, b) for _, a, b in journal.take_moves(T1, 100)] == [(b"\xff\n", b"-x")]
 
 
 def test_collapse_and_forget_drop_moves(journal: Journal) -> None:
-    journal.mark([T1, T2, "/gone"], [], [], now=1.0, moves=[(b"a", b"b")], seq=1)
+    journal.mark([T1, T2, "/gone"], Changes(moves=[(b"a", b"b")]), 1.0, seq=1)
     journal.collapse(T1, now=2.0)
     assert journal.take_moves(T1, 10) == []
     journal.forget_targets([T1, T2])
     assert journal.take_moves("/gone", 10) == []
     assert len(journal.take_moves(T2, 10)) == 1
+
+
+# ------------------------------------------------- Changes in, Changes out
+def test_every_field_of_changes_is_a_kind_of_row(journal: Journal) -> None:
+    assert [k.name for k in Kind] == ["PATH", "TREE", "CREATED", "VERIFY"]
+    assert (PATH, TREE, CREATED, VERIFY) == (Kind.PATH, Kind.TREE, Kind.CREATED, Kind.VERIFY)
+    journal.mark([T1], Changes(paths={b"p", b"n"}, trees={b"t"}, created={b"n"},
+                               verify={b"v", b""}), 1.0)
+    rows = everything(journal, T1)
+    assert all(type(r.kind) is Kind for r in rows)
+    assert keys(rows) == {(PATH, b"p"), (PATH, b"n"), (TREE, b"t"), (CREATED, b"n"),
+                          (VERIFY, b"v"), (VERIFY, b"")}
+    # A verifying rescan of the root counts as a pending rescan of it.
+    assert journal.has_tree(T1)
+    assert journal.has_tree(T1, b"t") and journal.has_tree(T1, b"v")
+    assert not journal.has_tree(T1, b"p")
+
+
+def test_take_orders_by_kind_then_path(journal: Journal) -> None:
+    """Rescans first, then paths; a CREATED row right after its path."""
+    journal.mark([T1], Changes(paths={b"b", b"a"}, trees={b"t"}, created={b"a"},
+                               verify={b"v"}), 1.0)
+    assert [(r.kind, r.path) for r in everything(journal, T1)] == [
+        (VERIFY, b"v"), (TREE, b"t"), (PATH, b"a"), (CREATED, b"a"), (PATH, b"b")]
+
+
+def test_to_changes_inverts_mark(journal: Journal) -> None:
+    sent = Changes(paths={b"p", b"\xff\n"}, trees={b"t", b""}, created={b"\xff\n"},
+                   verify={b"v"}, moves=[(b"p", b"q"), (b"q", b"-x")])
+    journal.mark([T1], sent, 1.0, seq=3)
+    back = to_changes(everything(journal, T1), journal.take_moves(T1, 100))
+    assert back == sent
+    assert to_changes([]) == Changes()
+    assert not to_changes([])
+
+
+def test_to_changes_keeps_the_order_of_moves() -> None:
+    moves = [(3, b"c", b"d"), (1, b"a", b"b"), (2, b"b", b"c")]
+    assert to_changes([], moves).moves == [(b"c", b"d"), (b"a", b"b"), (b"b", b"c")]
+
+
+def test_mark_returns_increasing_generations_and_stamps_every_kind(journal: Journal) -> None:
+    g1 = journal.mark([T1], Changes(paths={b"a"}), 1.0)
+    g2 = journal.mark([T1], Changes(verify={b"a"}, created={b"a"}), 2.0)
+    assert g2 == g1 + 1 == journal.gen
+    gens = {(r.kind, r.path): r.gen for r in everything(journal, T1)}
+    assert gens == {(PATH, b"a"): g1, (VERIFY, b"a"): g2, (CREATED, b"a"): g2}
+
+
+def test_an_empty_mark_adds_no_rows_but_moves_the_generation(journal: Journal) -> None:
+    g = journal.mark([T1, T2], Changes(), 1.0)
+    assert journal.pending(T1) == journal.pending(T2) == 0
+    assert journal.oldest(T1) is None
+    assert journal.mark([], Changes(paths={b"a"}), 2.0) == g + 1  # no target: no rows
+    assert journal.pending(T1) == 0

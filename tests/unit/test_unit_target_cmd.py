@@ -1,14 +1,21 @@
-"""syncsup-target's request parsing and confined renames (no ssh needed:
-the forced command is a pure function of $SSH_ORIGINAL_COMMAND and stdin)."""
+"""syncsup-target's pure parts: which service a request selects, the rsync
+daemon module it generates, the applier's descriptor-only renames and
+deletes, the home protection and the agent's framed protocol (no ssh: the
+integration tests in test_security.py go through a real sshd)."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import pytest
 
-from syncsup.target import Refused, parse_request, rename_pairs
+from syncsup.target import Applier, Protection
+from syncsup.target._agent import serve
+from syncsup.target._command import Refused, classify
+from syncsup.target._daemon import ALLOWED_OPTIONS, daemon_config, exclude_rules
+from syncsup.target._protocol import MAX_FRAME, VERSION, encode_frame, read_frame
 
 
 @pytest.fixture
@@ -16,76 +23,231 @@ def root(tmp_path: Path) -> Path:
     r = tmp_path / "mirror"
     (r / "sub").mkdir(parents=True)
     (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_text("s")
     os.symlink(tmp_path / "outside", r / "escape")
     return r
 
 
-def test_rsync_receiver_inside_root_is_allowed(root: Path) -> None:
-    kind, argv = parse_request(str(root), f"rsync --server -ldogDtpIRe.LsfxCIvu --timeout=300 "
-                                          f"--force --stats --delete-missing-args . {root}/")
-    assert kind == "rsync"
-    assert argv[:2] == ["rsync", "--server"] and argv[-1] == f"{root}/"
-
-
-def test_escaped_space_in_dest_is_one_word(root: Path) -> None:
-    (root / "a b").mkdir()
-    _kind, argv = parse_request(str(root), f"rsync --server -logDtpre.iLsfxC . {root}/a\\ b/")
-    assert argv[-1] == f"{root}/a b/"
-
-
-def test_not_yet_existing_dest_below_root_is_allowed(root: Path) -> None:
-    parse_request(str(root), f"rsync --server -logDtpre.iLsfxC . {root}/new/deeper/")
+# ------------------------------------------------------------ classify
+def test_services(root: Path) -> None:
+    r = str(root)
+    assert classify(r, ["true"]) == "true"
+    assert classify(r, ["rsync", "--version"]) == "version"
+    assert classify(r, ["rsync", "--server", "--daemon", "."]) == "daemon"
+    assert classify(r, ["syncsup-target", r, "agent"]) == "agent"
+    assert classify(r, ["syncsup-target", r + "/", "info"]) == "info"
 
 
 @pytest.mark.parametrize("command", [
-    "sh", "bash -c id", "cat /etc/passwd", "", "rsync --server --sender -logDtpre.iLsfxC . {root}/",
-    "rsync --server -logDtpre.iLsfxC . {root}/../outside", "rsync --server -logDtpre.iLsfxC . /etc",
-    "rsync --server -logDtpre.iLsfxC . {root}/escape/",
-    "rsync --server -logDtpre.iLsfxC . {root}/escape/x/y",
-    "rsync --server --log-file=/tmp/x -logDtpre.iLsfxC . {root}/",
-    "rsync --server --rsync-path=sh -logDtpre.iLsfxC . {root}/",
-    "rsync --server -logDtpre.iLsfxC {root}/",
-    "rsync --version; sh", "true && sh", "rsync --server -e.LsfxC . {root}/ ; id",
-    "cd -- {root}/../outside && xargs -0 -r -n 2 mv -f -T --",
-    "cd -- {root} && xargs -0 -r -n 2 rm -rf --",
-    "cd -- {root} && xargs -0 -r -n 2 mv -f -T -- ; id",
-    "'unbalanced",
+    [], ["sh"], ["bash", "-c", "id"], ["cat", "/etc/passwd"],
+    ["rsync", "--server", "-logDtpre.iLsfxC", ".", "{root}/"],
+    ["rsync", "--server", "-sr", ".", "{root}/"],
+    ["rsync", "--server", "--sender", "-r", ".", "{root}/"],
+    ["syncsup-target", "{root}/../outside", "agent"],
+    ["syncsup-target", "/etc", "agent"],
+    ["syncsup-target", "{root}", "shell"],
+    ["syncsup-target", "{root}", "agent", "extra"],
+    ["true", "&&", "sh"],
 ])
-def test_everything_else_is_refused(root: Path, command: str) -> None:
+def test_everything_else_is_refused(root: Path, command: list[str]) -> None:
     with pytest.raises(Refused):
-        parse_request(str(root), command.format(root=root))
+        classify(str(root), [w.format(root=root) for w in command])
 
 
-def test_info_commands(root: Path) -> None:
-    assert parse_request(str(root), "rsync --version")[0] == "info"
-    assert parse_request(str(root), "true")[0] == "info"
+def test_request_as_arguments_without_a_forced_command(root: Path, capsys, monkeypatch) -> None:
+    """``syncsup-target ROOT info`` run by a shell (a key without a forced
+    command) answers, saying it is not forced: what ``syncsup check``
+    reports as a missing forced command."""
+    import json
+
+    from syncsup.target import main
+
+    monkeypatch.delenv("SSH_ORIGINAL_COMMAND", raising=False)
+    assert main([str(root), "info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["forced"] is False and info["root"] == str(root)
+    assert main([str(root), "sh"]) == 1
 
 
-def test_rename_request_and_pairs(root: Path) -> None:
-    kind, words = parse_request(str(root), f"cd -- {root} && xargs -0 -r -n 2 mv -f -T --")
-    assert kind == "rename"
+# ---------------------------------------------------------- daemon module
+def test_daemon_module_is_chrooted_write_only_and_refuses_devices() -> None:
+    conf = daemon_config("/srv/w w%x", 0, 0, None)
+    lines = [ln.strip() for ln in conf.splitlines()]
+    assert "use chroot = yes" in lines
+    assert "path = /srv/w w%%x" in lines  # rsync expands %VAR%: literal %
+    assert "write only = yes" in lines and "read only = no" in lines
+    assert "munge symlinks = no" in lines
+    refuse = next(ln for ln in lines if ln.startswith("refuse options = "))
+    words = refuse.split(" = ", 1)[1].split()
+    assert words[0] == "*" and words[-2:] == ["D", "devices"]
+    assert "!temp-dir" not in words and "!T" not in words and "!sender" not in words
+    assert {"!a", "!delete", "!files-from"} <= set(words)
+    assert "uid = 0" in lines  # as root: keep owners, not "nobody"
+    assert "uid = 1000" not in daemon_config("/srv", 1000, 1000, None)
+    with pytest.raises(ValueError):
+        daemon_config("/srv/a\nuse chroot = no", 0, 0, None)
+    assert "devices" not in ALLOWED_OPTIONS and "D" not in ALLOWED_OPTIONS
+
+
+def test_daemon_module_strips_setuid_and_root_refuses_xattrs() -> None:
+    """A set-user-ID file or a file capability written by a root receiver
+    would give every local user who can reach ROOT root on the host."""
+    for uid in (0, 1000):
+        lines = [ln.strip() for ln in daemon_config("/srv", uid, uid, None).splitlines()]
+        assert "incoming chmod = Fug-s" in lines
+        refuse = next(ln for ln in lines if ln.startswith("refuse options = ")).split()
+        assert ("!xattrs" in refuse) == (uid != 0)
+        assert "!acls" in refuse
+
+
+def test_home_exclude_rules_escape_wildcards() -> None:
+    assert exclude_rules(None) == ""
+    assert exclude_rules("") == "/.*\n"
+    assert exclude_rules("home/backup") == "/home/backup/.*\n"
+    assert exclude_rules("a*b?[c]\\") == "/a\\*b\\?\\[c]\\\\/.*\n"
+
+
+# ----------------------------------------------------------- the applier
+def test_renames_keep_inodes_and_replace_like_mv_T(root: Path) -> None:
     (root / "sub" / "f").write_text("x")
     ino = (root / "sub" / "f").stat().st_ino
-    assert rename_pairs(words[0], b"sub/f\0sub/g\0sub\0moved\0") == 0
-    assert (root / "moved" / "g").stat().st_ino == ino
+    a = Applier.open(str(root))
+    try:
+        a.rename(b"sub/f", b"sub/g")
+        a.rename(b"sub", b"moved")
+        assert (root / "moved" / "g").stat().st_ino == ino
+        (root / "other").write_text("o")
+        a.rename(b"other", b"moved/g")  # replaces a file
+        assert (root / "moved" / "g").read_text() == "o"
+    finally:
+        a.close()
 
 
-def test_renames_never_leave_the_root(root: Path, tmp_path: Path) -> None:
+def test_renames_and_deletes_never_follow_a_symlink(root: Path, tmp_path: Path) -> None:
     (root / "f").write_text("x")
-    # through a symlinked directory on the target, as a destination and a source
-    assert rename_pairs(str(root), b"f\0escape/f\0") == 1
-    (tmp_path / "outside" / "secret").write_text("s")
-    assert rename_pairs(str(root), b"escape/secret\0stolen\0") == 1
-    assert not (tmp_path / "outside" / "f").exists()
-    assert (tmp_path / "outside" / "secret").exists() and not (root / "stolen").exists()
-    for bad in (b"../x\0f\0", b"f\0../x\0", b"/etc/passwd\0f\0", b"f\0sub/./g\0", b"f\0\0"):
-        with pytest.raises(Refused):
-            rename_pairs(str(root), bad)
-    with pytest.raises(Refused):
-        rename_pairs(str(root), b"f\0")
+    a = Applier.open(str(root))
+    try:
+        for src, dst in ((b"f", b"escape/f"), (b"escape/secret", b"stolen")):
+            with pytest.raises(OSError):
+                a.rename(src, dst)
+        for bad in (b"../x", b"/etc/passwd", b"sub/./g", b"", b"a//b", b"a\0b"):
+            with pytest.raises(OSError):
+                a.rename(b"f", bad)
+        a.delete(b"escape")  # the symlink itself goes, not what it points to
+        assert not os.path.lexists(root / "escape")
+        with pytest.raises(OSError):
+            a.delete(b"../outside")
+    finally:
+        a.close()
+    assert (tmp_path / "outside" / "secret").read_text() == "s"
+    assert not (tmp_path / "outside" / "f").exists() and not (root / "stolen").exists()
 
 
-def test_a_failed_rename_does_not_stop_the_rest(root: Path) -> None:
+def test_delete_removes_a_tree_with_hostile_names(root: Path) -> None:
+    d = os.fsencode(root / "sub")
+    for name in (b"-rf", b"a\nb", b"\xff", b"$(id)"):
+        os.mkdir(os.path.join(d, name))
+        with open(os.path.join(d, name, name), "wb") as fh:
+            fh.write(b"x")
+    a = Applier.open(str(root))
+    try:
+        a.delete(b"sub")
+        a.delete(b"sub")  # gone already: fine
+    finally:
+        a.close()
+    assert not (root / "sub").exists()
+
+
+def test_home_inside_root_is_protected(root: Path) -> None:
+    home = root / "sub" / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "authorized_keys").write_text("key")
+    (home / ".bashrc").write_text("rc")
+    (home / "data").write_text("d")
+    (root / "sub" / "other").write_text("o")
+    a = Applier.open(str(root), Protection.for_home(str(root), str(home)))
+    try:
+        for src, dst in ((b"sub/other", b"sub/home/.bashrc"), (b"sub/home/.ssh", b"x"),
+                         (b"sub/home", b"moved"), (b"sub", b"moved"),
+                         (b"sub/other", b"sub/home/.ssh")):
+            with pytest.raises(OSError):
+                a.rename(src, dst)
+        a.rename(b"sub/home/data", b"sub/home/data2")  # ordinary files are not protected
+        with pytest.raises(OSError):
+            a.delete(b"sub")
+    finally:
+        a.close()
+    assert (home / ".ssh" / "authorized_keys").read_text() == "key"
+    assert (home / ".bashrc").read_text() == "rc"
+    assert Protection.for_home(str(root), "/elsewhere") == Protection()
+
+
+def test_nothing_below_a_protected_home_entry_is_reachable(root: Path) -> None:
+    """Renames and deletes may not walk into a dot-entry of the home either:
+    renaming a file onto ``.ssh/authorized_keys`` changes no protected name,
+    only what is inside one."""
+    home = root / "sub" / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "authorized_keys").write_text("key")
+    (home / ".config" / "deep").mkdir(parents=True)
+    (root / "evil").write_text("attacker's key")
+    for h, prefix in ((home, b"sub/home/"), (root, b"")):
+        if h == root:  # the home is ROOT itself
+            (root / ".ssh").mkdir()
+            (root / ".ssh" / "authorized_keys").write_text("key")
+        a = Applier.open(str(root), Protection.for_home(str(root), str(h)))
+        try:
+            for src, dst in ((b"evil", prefix + b".ssh/authorized_keys"),
+                             (prefix + b".ssh/authorized_keys", b"stolen"),
+                             (b"evil", prefix + b".config/deep/x")):
+                with pytest.raises(OSError):
+                    a.rename(src, dst)
+            with pytest.raises(OSError):
+                a.delete(prefix + b".ssh/authorized_keys")
+            with pytest.raises(OSError):
+                a.delete(prefix + b".config/deep")
+        finally:
+            a.close()
+        assert (h / ".ssh" / "authorized_keys").read_text() == "key"
+    assert (home / ".config" / "deep").is_dir()
+    assert (root / "evil").read_text() == "attacker's key"
+
+
+# ------------------------------------------------------------ the agent
+def _session(root: Path, *frames: bytes) -> list[dict[str, object]]:
+    out = io.BytesIO()
+    a = Applier.open(str(root))
+    try:
+        serve(a, {"root": str(root)}, io.BytesIO(b"".join(frames)), out)
+    finally:
+        a.close()
+    out.seek(0)
+    replies = []
+    while (doc := read_frame(out)) is not None:
+        replies.append(doc)
+    return replies
+
+
+def test_agent_session(root: Path) -> None:
     (root / "a").write_text("a")
-    assert rename_pairs(str(root), b"missing\0x\0a\0b\0") == 1
+    replies = _session(
+        root, encode_frame({"op": "hello", "version": VERSION}),
+        encode_frame({"op": "rename", "src": b"missing", "dst": b"x"}),
+        encode_frame({"op": "rename", "src": b"a", "dst": b"b"}),
+        encode_frame({"op": "rename", "src": b"b", "dst": b"escape/b"}),
+        encode_frame({"op": "rename", "src": "not bytes", "dst": b"c"}),
+        encode_frame({"op": "launch", "cmd": b"sh"}),
+        encode_frame({"op": "bye"}))
+    assert [r["ok"] for r in replies] == [True, False, True, False, False, False]
+    assert replies[0]["version"] == VERSION and replies[0]["root"] == str(root)
     assert (root / "b").read_text() == "a"
+
+
+def test_agent_refuses_another_version_and_bad_frames(root: Path) -> None:
+    assert _session(root, encode_frame({"op": "hello", "version": 99}))[0]["ok"] is False
+    huge = (MAX_FRAME + 1).to_bytes(4, "big")
+    replies = _session(root, huge)
+    assert replies[-1]["ok"] is False and replies[-1]["fatal"] is True
+    nested = b"\x91" * 100  # 100 nested arrays
+    replies = _session(root, len(nested).to_bytes(4, "big") + nested)
+    assert replies[-1]["fatal"] is True

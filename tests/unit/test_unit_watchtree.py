@@ -1,4 +1,5 @@
-"""WatchTree: the watch table and the translation of raw inotify events.
+"""WatchTree: the watch table, its incremental walks and the translation of
+raw inotify events into Changes.
 
 The kernel is replaced by two fake callables; directory walks use a real
 temporary tree.
@@ -8,12 +9,15 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from inotify_simple import flags as F
 
-from syncsup.watcher.tree import MASK, Changes, WatchTree, join
+from syncsup.proto import Changes
+from syncsup.watcher.tree import MASK, Signals, WatchTree, join
+from tests.helpers.unit import b
 
 
 class FakeInotify:
@@ -29,6 +33,9 @@ class FakeInotify:
         err = self.fail.get(path)
         if err is None and not os.path.lexists(path):
             err = errno.ENOENT  # like the kernel
+        if err is None and mask & F.ONLYDIR and mask & F.DONT_FOLLOW and not (
+                os.path.isdir(path) and not os.path.islink(path)):
+            err = errno.ENOTDIR  # IN_ONLYDIR | IN_DONT_FOLLOW: a symlink is refused
         if err is not None:
             raise OSError(err, os.strerror(err))
         self.added.append((path, mask))
@@ -57,9 +64,10 @@ def src(tmp_path: Path) -> Path:
     return root
 
 
-def make(src: Path) -> tuple[WatchTree, FakeInotify]:
+def make(src: Path, excluded: Callable[[bytes], bool] | None = None
+         ) -> tuple[WatchTree, FakeInotify]:
     fake = FakeInotify()
-    tree = WatchTree(os.fsencode(src), fake.add_watch, fake.rm_watch)
+    tree = WatchTree(b(src), fake.add_watch, fake.rm_watch, excluded)
     return tree, fake
 
 
@@ -107,19 +115,25 @@ def test_watch_a_subtree_only(src: Path) -> None:
     assert sorted(tree.paths.values()) == [b"a", b"a/b"]
 
 
-def test_progress_is_reported(src: Path) -> None:
-    seen: list[int] = []
-    fake = FakeInotify()
-    tree = WatchTree(os.fsencode(src), fake.add_watch, fake.rm_watch, progress=seen.append)
-    tree.watch(b"")
-    assert seen == [1, 2, 3, 4, 5]
+def test_step_places_at_most_budget_watches(src: Path) -> None:
+    """Walks are incremental (the progress callback is gone: one watcher
+    serves every sync, so a walk is cut into steps instead)."""
+    tree, fake = make(src)
+    tree.queue(b"")
+    assert tree.walking
+    out = Changes()
+    assert [tree.step(out, budget=2) for _ in range(4)] == [2, 2, 1, 0]
+    assert not tree.walking
+    assert sorted(tree.paths.values()) == [b"", b"a", b"a/b", b"ab", b"c"]
+    assert len(fake.added) == 5
+    assert not out
 
 
 def test_enospc_records_subtree_and_continues(src: Path) -> None:
     tree, fake = make(src)
     fake.fail[os.fsencode(src / "a")] = errno.ENOSPC
     tree.watch(b"")
-    assert tree.failed == {b"a"}
+    assert tree.failed.keys() == {b"a"}
     assert tree.watch_errors == 1
     # Everything else is still watched; below the failed one there is nothing to add.
     assert sorted(tree.paths.values()) == [b"", b"ab", b"c"]
@@ -130,7 +144,7 @@ def test_enospc_counted_per_failure(src: Path) -> None:
     fake.fail[os.fsencode(src / "a")] = errno.ENOSPC
     fake.fail[os.fsencode(src / "c")] = errno.ENOSPC
     tree.watch(b"")
-    assert tree.failed == {b"a", b"c"}
+    assert tree.failed.keys() == {b"a", b"c"}
     assert tree.watch_errors == 2
     assert sorted(tree.paths.values()) == [b"", b"ab"]
 
@@ -159,33 +173,46 @@ def test_non_utf8_directory_names(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ apply
-def apply(tree: WatchTree, *events: tuple[int, int, int, bytes]) -> Changes:
+def apply(tree: WatchTree, *events: tuple[int, int, int, bytes]) -> tuple[Changes, Signals]:
     ch = Changes()
-    tree.apply(list(events), ch)
-    return ch
+    signals = tree.apply(list(events), ch)
+    return ch, signals
+
+
+def walked(tree: WatchTree) -> Changes:
+    """Finish every queued walk; what it released."""
+    out = Changes()
+    while tree.walking:
+        tree.step(out)
+    tree.step(out)
+    return out
 
 
 @pytest.mark.parametrize("mask", [F.MODIFY, F.CLOSE_WRITE, F.ATTRIB, F.CREATE, F.DELETE,
                                   F.MOVED_FROM, F.MOVED_TO])
 def test_file_events_mark_paths(src: Path, mask: int) -> None:
     tree, _, wd = watched(src)
-    ch = apply(tree, (wd[b""], mask, 0, b"f"), (wd[b"a/b"], mask, 0, b"x\ny"))
+    ch, signals = apply(tree, (wd[b""], mask, 0, b"f"), (wd[b"a/b"], mask, 0, b"x\ny"))
     assert ch.paths == {b"f", b"a/b/x\ny"}
     assert ch.trees == set()
-    assert not ch.overflow and not ch.root_gone
+    assert signals == Signals()
+    assert not signals.overflow and not signals.root_gone
     assert ch
+    # Command mode tells on_create from on_modify by this.
+    assert ch.created == (ch.paths if mask in (F.CREATE, F.MOVED_TO) else set())
+    assert not tree.walking
 
 
 def test_directory_delete_marks_the_path(src: Path) -> None:
     tree, _, wd = watched(src)
-    ch = apply(tree, (wd[b"a"], F.DELETE | F.ISDIR, 0, b"b"))
+    ch, _ = apply(tree, (wd[b"a"], F.DELETE | F.ISDIR, 0, b"b"))
     assert ch.paths == {b"a/b"}
     assert ch.trees == set()
 
 
 def test_event_on_the_directory_itself_marks_it(src: Path) -> None:
     tree, _, wd = watched(src)
-    ch = apply(tree, (wd[b"a"], F.ATTRIB | F.ISDIR, 0, b""))
+    ch, _ = apply(tree, (wd[b"a"], F.ATTRIB | F.ISDIR, 0, b""))
     assert ch.paths == {b"a"}
 
 
@@ -194,33 +221,89 @@ def test_new_directory_is_watched_and_rescanned(src: Path, mask: int) -> None:
     tree, fake, wd = watched(src)
     (src / "c" / "new" / "deep").mkdir(parents=True)  # filled before we could watch it
     before = len(fake.added)
-    ch = apply(tree, (wd[b"c"], mask, 0, b"new"))
-    assert ch.trees == {b"c/new"}
+    ch, _ = apply(tree, (wd[b"c"], mask, 0, b"new"))
+    # Queued, not walked yet: watch first, then rescan.
+    assert tree.walking
+    assert ch.trees == set()
     assert b"c/new" not in ch.paths
+    assert ch.created == {b"c/new"}
+    assert len(fake.added) == before
+    out = walked(tree)
+    assert out.trees == {b"c/new"}
+    assert not out.paths
     new = [p for p, _ in fake.added[before:]]
-    assert sorted(new) == [os.fsencode(src / "c" / "new"), os.fsencode(src / "c" / "new" / "deep")]
+    assert sorted(new) == [b(src / "c" / "new"), b(src / "c" / "new" / "deep")]
     assert {b"c/new", b"c/new/deep"} <= set(tree.paths.values())
     # Events from the new watch are understood.
     new_wd = {p: w for w, p in tree.paths.items()}[b"c/new/deep"]
-    assert apply(tree, (new_wd, F.CLOSE_WRITE, 0, b"z")).paths == {b"c/new/deep/z"}
+    assert apply(tree, (new_wd, F.CLOSE_WRITE, 0, b"z"))[0].paths == {b"c/new/deep/z"}
+
+
+def test_rescan_is_released_only_after_the_walk(src: Path) -> None:
+    tree, fake = make(src)
+    tree.queue(b"", Changes(verify={b""}))
+    out = Changes()
+    tree.step(out, budget=1)
+    assert not out and tree.walking
+    tree.step(out, budget=3)
+    assert not out and tree.walking  # one directory left
+    assert tree.step(out, budget=3) == 1
+    assert out == Changes(verify={b""})
+    assert len(fake.added) == 5
+    # Released once: the next step adds nothing.
+    again = Changes()
+    assert tree.step(again) == 0
+    assert not again
+
+
+def test_a_rescan_waits_for_every_walk_in_progress(src: Path) -> None:
+    tree, _ = make(src)
+    tree.queue(b"")
+    out = Changes()
+    tree.step(out, budget=1)
+    tree.queue(b"c", Changes(trees={b"c"}))  # asked for while the root walk runs
+    tree.queue(b"a", Changes(trees={b"a"}))
+    while tree.walking:
+        assert not out
+        tree.step(out, budget=1)
+    assert out.trees == {b"c", b"a"}
+
+
+def test_step_with_nothing_queued(src: Path) -> None:
+    tree, fake = make(src)
+    out = Changes(paths={b"kept"})
+    assert tree.step(out) == 0
+    assert out == Changes(paths={b"kept"})
+    assert fake.added == []
 
 
 def test_new_directory_already_gone_is_still_rescanned(src: Path) -> None:
     tree, _, wd = watched(src)
-    ch = apply(tree, (wd[b"c"], F.CREATE | F.ISDIR, 0, b"ghost"))
-    assert ch.trees == {b"c/ghost"}
+    ch, _ = apply(tree, (wd[b"c"], F.CREATE | F.ISDIR, 0, b"ghost"))
+    assert ch.created == {b"c/ghost"}
+    assert walked(tree).trees == {b"c/ghost"}
     assert b"c/ghost" not in tree.paths.values()
+
+
+def test_new_directory_replaced_by_a_symlink_is_not_followed(src: Path, tmp_path: Path) -> None:
+    tree, fake, wd = watched(src)
+    (src / "c" / "sneaky").symlink_to(tmp_path / "outside")  # was a directory a moment ago
+    apply(tree, (wd[b"c"], F.CREATE | F.ISDIR, 0, b"sneaky"))
+    assert walked(tree).trees == {b"c/sneaky"}  # rsync sends the link itself
+    assert not any(b"outside" in p or p.endswith(b"sneaky") for p, _ in fake.added)
+    assert b"c/sneaky" not in tree.paths.values()
 
 
 def test_moved_from_dir_forgets_its_watches(src: Path) -> None:
     tree, fake, wd = watched(src)
-    ch = apply(tree, (wd[b""], F.MOVED_FROM | F.ISDIR, 42, b"a"))
-    assert b"a" in ch.paths | ch.trees
+    ch, _ = apply(tree, (wd[b""], F.MOVED_FROM | F.ISDIR, 42, b"a"))
+    # A tree, not a path: whatever comes back at this name is compared whole.
+    assert ch.trees == {b"a"}
     assert ch.paths | ch.trees == {b"a"}
     assert sorted(fake.removed) == sorted([wd[b"a"], wd[b"a/b"]])
     assert sorted(tree.paths.values()) == [b"", b"ab", b"c"]  # "ab" is not below "a"
     # Late events from the forgotten watches are ignored.
-    late = apply(tree, (wd[b"a/b"], F.MODIFY, 0, b"x"), (wd[b"a"], F.CREATE, 0, b"y"))
+    late, _ = apply(tree, (wd[b"a/b"], F.MODIFY, 0, b"x"), (wd[b"a"], F.CREATE, 0, b"y"))
     assert not late
     assert late.paths == set()
 
@@ -228,20 +311,31 @@ def test_moved_from_dir_forgets_its_watches(src: Path) -> None:
 def test_moved_from_dir_tolerates_rm_watch_errors(src: Path) -> None:
     tree, fake, wd = watched(src)
     fake.rm_errno = errno.EINVAL  # the kernel dropped the watch already
-    ch = apply(tree, (wd[b""], F.MOVED_FROM | F.ISDIR, 1, b"a"))
+    ch, _ = apply(tree, (wd[b""], F.MOVED_FROM | F.ISDIR, 1, b"a"))
     assert ch.paths | ch.trees == {b"a"}
     assert len(fake.removed) == 2
     assert b"a" not in tree.paths.values()
     assert b"a/b" not in tree.paths.values()
 
 
+def test_forget_drops_walks_not_yet_done(src: Path) -> None:
+    tree, _ = make(src)
+    tree.watch(b"")
+    tree.queue(b"a")
+    tree.forget(b"a")
+    assert not tree.walking
+    tree.forget(b"never-watched")  # harmless
+    assert sorted(tree.paths.values()) == [b"", b"ab", b"c"]
+
+
 def test_move_within_tree_rewatches_under_new_name(src: Path) -> None:
     tree, _, wd = watched(src)
     (src / "a").rename(src / "c" / "moved")
-    ch = apply(tree, (wd[b""], F.MOVED_FROM | F.ISDIR, 7, b"a"),
-               (wd[b"c"], F.MOVED_TO | F.ISDIR, 7, b"moved"))
+    ch, _ = apply(tree, (wd[b""], F.MOVED_FROM | F.ISDIR, 7, b"a"),
+                  (wd[b"c"], F.MOVED_TO | F.ISDIR, 7, b"moved"))
     assert b"a" in ch.paths | ch.trees  # the old name is marked
-    assert b"c/moved" in ch.trees
+    assert ch.moves == [(b"a", b"c/moved")]
+    assert b"c/moved" in walked(tree).trees
     names = set(tree.paths.values())
     assert {b"c/moved", b"c/moved/b"} <= names
     assert not {b"a", b"a/b"} & names
@@ -250,49 +344,52 @@ def test_move_within_tree_rewatches_under_new_name(src: Path) -> None:
 def test_queue_overflow_is_flagged_for_the_watcher(src: Path) -> None:
     """The watcher itself re-walks and asks for a verifying root rescan."""
     tree, _, _ = watched(src)
-    ch = apply(tree, (-1, F.Q_OVERFLOW, 0, b""))
-    assert ch.overflow
+    ch, signals = apply(tree, (-1, F.Q_OVERFLOW, 0, b""))
+    assert signals.overflow
+    assert not signals.root_gone
     assert not ch.trees and not ch.paths
+    assert not ch
 
 
 def test_delete_self_on_root_sets_root_gone(src: Path) -> None:
     tree, _, wd = watched(src)
-    ch = apply(tree, (wd[b""], F.DELETE_SELF, 0, b""))
-    assert ch.root_gone
+    ch, signals = apply(tree, (wd[b""], F.DELETE_SELF, 0, b""))
+    assert signals.root_gone
     assert ch.paths == set()
     assert ch.trees == set()
 
 
 def test_move_self_on_root_sets_root_gone(src: Path) -> None:
     tree, _, wd = watched(src)
-    assert apply(tree, (wd[b""], F.MOVE_SELF, 0, b"")).root_gone
+    assert apply(tree, (wd[b""], F.MOVE_SELF, 0, b""))[1].root_gone
 
 
 def test_delete_self_on_subdir_is_not_root_gone(src: Path) -> None:
     tree, _, wd = watched(src)
-    ch = apply(tree, (wd[b"a/b"], F.DELETE_SELF, 0, b""))
-    assert not ch.root_gone
+    ch, signals = apply(tree, (wd[b"a/b"], F.DELETE_SELF, 0, b""))
+    assert not signals.root_gone
     assert not ch  # the parent's IN_DELETE reports it
 
 
 def test_ignored_drops_the_wd(src: Path) -> None:
     tree, fake, wd = watched(src)
-    ch = apply(tree, (wd[b"c"], F.IGNORED, 0, b""))
+    ch, _ = apply(tree, (wd[b"c"], F.IGNORED, 0, b""))
     assert not ch
     assert wd[b"c"] not in tree.paths
     assert fake.removed == []  # the kernel already removed it
-    assert not apply(tree, (wd[b"c"], F.MODIFY, 0, b"x"))
+    assert not apply(tree, (wd[b"c"], F.MODIFY, 0, b"x"))[0]
 
 
 def test_unknown_wd_is_ignored(src: Path) -> None:
     tree, _, _ = watched(src)
     before = dict(tree.paths)
-    ch = apply(tree, (999, F.MODIFY, 0, b"x"), (998, F.CREATE | F.ISDIR, 0, b"d"),
-               (997, F.DELETE_SELF, 0, b""), (996, F.IGNORED, 0, b""))
+    ch, signals = apply(tree, (999, F.MODIFY, 0, b"x"), (998, F.CREATE | F.ISDIR, 0, b"d"),
+                        (997, F.DELETE_SELF, 0, b""), (996, F.IGNORED, 0, b""))
     assert not ch
-    assert not ch.root_gone
+    assert not signals.root_gone
     assert ch.paths == set() and ch.trees == set()
     assert tree.paths == before
+    assert not tree.walking
 
 
 def test_changes_accumulate_over_several_reads(src: Path) -> None:
@@ -305,23 +402,65 @@ def test_changes_accumulate_over_several_reads(src: Path) -> None:
 
 
 def test_empty_changes_are_falsy() -> None:
+    """Flags moved out of Changes into Signals; renames alone now make
+    Changes true (they must be sent), ``created`` alone does not (it only
+    qualifies paths)."""
     assert not Changes()
-    assert not Changes(root_gone=True)  # nothing to sync, but the caller checks the flag
+    assert Signals() == Signals(overflow=False, root_gone=False)
+    assert not Changes(created={b"x"})
     assert Changes(trees={b""})
+    assert Changes(verify={b""})
     assert Changes(paths={b"x"})
+    assert Changes(moves=[(b"a", b"b")])
 
 
 def test_paired_moves_in_one_read_are_recorded_as_renames(src: Path) -> None:
     tree, _, wd = watched(src)
-    ch = apply(tree, (wd[b""], F.MOVED_FROM, 5, b"f"), (wd[b"c"], F.MOVED_TO, 5, b"g"))
+    ch, _ = apply(tree, (wd[b""], F.MOVED_FROM, 5, b"f"), (wd[b"c"], F.MOVED_TO, 5, b"g"))
     assert ch.moves == [(b"f", b"c/g")]
     # Both ends are marked too, so a rename that cannot be replayed is repaired.
     assert {b"f", b"c/g"} <= ch.paths
+    assert ch.created == {b"c/g"}
 
 
 def test_unpaired_moves_are_not_renames(src: Path) -> None:
     tree, _, wd = watched(src)
-    ch = apply(tree, (wd[b""], F.MOVED_FROM, 5, b"f"), (wd[b"c"], F.MOVED_TO, 6, b"g"),
-               (wd[b"c"], F.MOVED_TO, 7, b"h"))
+    ch, _ = apply(tree, (wd[b""], F.MOVED_FROM, 5, b"f"), (wd[b"c"], F.MOVED_TO, 6, b"g"),
+                  (wd[b"c"], F.MOVED_TO, 7, b"h"))
     assert ch.moves == []
     assert {b"f", b"c/g", b"c/h"} <= ch.paths
+
+
+def test_renames_keep_their_order(src: Path) -> None:
+    tree, _, wd = watched(src)
+    ch, _ = apply(tree, (wd[b""], F.MOVED_FROM, 1, b"x"), (wd[b""], F.MOVED_TO, 1, b"y"),
+                  (wd[b""], F.MOVED_FROM, 2, b"y"), (wd[b"c"], F.MOVED_TO, 2, b"x"),
+                  (wd[b"c"], F.MOVED_FROM, 3, b"x"), (wd[b""], F.MOVED_TO, 3, b"x"))
+    assert ch.moves == [(b"x", b"y"), (b"y", b"c/x"), (b"c/x", b"x")]
+
+
+# --------------------------------------------------------------- excluded
+def test_excluded_directories_are_neither_watched_nor_reported(src: Path) -> None:
+    def excluded(rel: bytes) -> bool:
+        return rel.rsplit(b"/", 1)[-1] == b"cache"
+
+    (src / "a" / "cache" / "deep").mkdir(parents=True)
+    tree, fake = make(src, excluded)
+    tree.watch(b"")
+    assert sorted(tree.paths.values()) == [b"", b"a", b"a/b", b"ab", b"c"]
+    wd = {p: w for w, p in tree.paths.items()}
+    (src / "c" / "cache").mkdir()
+    ch, _ = apply(tree, (wd[b"c"], F.CREATE | F.ISDIR, 0, b"cache"),
+                  (wd[b""], F.MOVED_TO | F.ISDIR, 9, b"cache"))
+    assert not ch and not ch.created and not tree.walking
+    # A file of that name is not a directory: rsync's rule does not apply here.
+    ch, _ = apply(tree, (wd[b"c"], F.CREATE, 0, b"cache"))
+    assert ch.paths == {b"c/cache"}
+    assert not any(p.endswith(b"cache") or b"/cache/" in p for p, _ in fake.added)
+
+
+def test_unwatched_dirs_counts_the_blind_subtrees(src: Path) -> None:
+    tree, fake = make(src)
+    fake.fail[b(src / "a")] = errno.ENOSPC
+    tree.watch(b"")
+    assert tree.unwatched_dirs() == 2  # a and a/b

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 
 from syncsup.collator.journal import Row
+from syncsup.proto import Outcome
 
 __all__ = ["Backoff", "Lease", "TargetQueue"]
 
@@ -63,7 +64,7 @@ class TargetQueue:
     paused: bool = False
     halted: bool = False  # "halt" outcome: no retry until an operator says so
     maybe_pending: bool = True  # False once the journal was seen empty for it
-    outcomes: dict[str, int] = field(default_factory=dict)  # transfers by outcome
+    outcomes: dict[str, int] = field(default_factory=dict)  # transfers by outcome value
     bytes_sent: int = 0
 
     def on_ready(self, peer: bytes, incarnation: str) -> Lease | None:
@@ -97,7 +98,7 @@ class TargetQueue:
         self.ready_peer = None
         return self.lease
 
-    def finish(self, batch_id: int, outcome: str, error: str, now: float) -> Lease | None:
+    def finish(self, batch_id: int, outcome: Outcome, error: str, now: float) -> Lease | None:
         """Record a DONE; returns the lease if ``outcome`` lets the journal
         forget its rows, else None. A DONE for an unknown batch (from before a
         collator restart) is ignored."""
@@ -105,14 +106,15 @@ class TargetQueue:
             return None
         lease, self.lease = self.lease, None
         self.maybe_pending = True  # changes may have come in during the transfer
-        if outcome == "ok":
+        self.outcomes[outcome.value] = self.outcomes.get(outcome.value, 0) + 1
+        if outcome is Outcome.OK:
             self.failures, self.fatal, self.next_try = 0, False, 0.0
             self.last_ok, self.last_error = now, None
             return lease
         self.failures += 1
-        self.fatal = outcome in ("fatal", "halt")
-        self.halted = outcome == "halt"
-        self.last_error = error or outcome
+        self.fatal = outcome in (Outcome.FATAL, Outcome.HALT)
+        self.halted = outcome is Outcome.HALT
+        self.last_error = error or outcome.value
         self.next_try = now + self.backoff.delay(self.failures, self.fatal)
         return None
 

@@ -1,4 +1,4 @@
-"""TargetQueue and Backoff: per-target dispatch policy in the collator."""
+"""TargetQueue and Backoff: per-target dispatch policy in the collator (pure)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import random
 import pytest
 
 from syncsup.collator.journal import PATH, TREE, Row
-from syncsup.collator.target import Backoff, TargetQueue
+from syncsup.collator.queue import Backoff, TargetQueue
+from syncsup.proto import Outcome
 
 ROWS = [Row(TREE, b"", 1), Row(PATH, b"a", 2)]
 
@@ -83,7 +84,7 @@ def test_due_needs_no_lease() -> None:
 def test_start_consumes_the_credit() -> None:
     q = make()
     leased(q, batch_id=1)
-    assert q.finish(1, "ok", "", 101.0) is not None
+    assert q.finish(1, Outcome.OK, "", 101.0) is not None
     assert not q.due(oldest=0.0, now=1000.0)  # no new READY yet
     q.on_ready(b"peer1", "inc1")
     assert q.due(oldest=0.0, now=1000.0)
@@ -92,7 +93,7 @@ def test_start_consumes_the_credit() -> None:
 def test_due_waits_for_backoff() -> None:
     q = make()
     leased(q)
-    assert q.finish(1, "retry", "rsync rc 23", 100.0) is None
+    assert q.finish(1, Outcome.RETRY, "rsync rc 23", 100.0) is None
     q.on_ready(b"peer1", "inc1")
     assert q.next_try > 100.0
     assert not q.due(oldest=0.0, now=q.next_try - 1e-3)
@@ -104,10 +105,10 @@ def test_finish_ok_returns_lease_and_resets_failures() -> None:
     q = make()
     for i in range(3):
         leased(q, batch_id=i)
-        q.finish(i, "retry", "boom", 100.0 + i)
+        q.finish(i, Outcome.RETRY, "boom", 100.0 + i)
     assert q.failures == 3
     leased(q, batch_id=10)
-    lease = q.finish(10, "ok", "", 200.0)
+    lease = q.finish(10, Outcome.OK, "", 200.0)
     assert lease is not None
     assert lease.batch_id == 10
     assert lease.rows == ROWS
@@ -120,16 +121,16 @@ def test_finish_ok_returns_lease_and_resets_failures() -> None:
     assert q.last_error is None
 
 
-@pytest.mark.parametrize("outcome", ["retry", "fatal"])
-def test_failed_outcome_keeps_rows_and_backs_off(outcome: str) -> None:
+@pytest.mark.parametrize("outcome", [Outcome.RETRY, Outcome.FATAL])
+def test_failed_outcome_keeps_rows_and_backs_off(outcome: Outcome) -> None:
     q = make()
     leased(q, batch_id=5)
     assert q.finish(5, outcome, "ssh: connection refused", 100.0) is None
     assert q.lease is None  # the rows go back to pending
     assert q.failures == 1
-    assert q.fatal is (outcome == "fatal")
+    assert q.fatal is (outcome is Outcome.FATAL)
     assert q.last_error == "ssh: connection refused"
-    first = 300.0 if outcome == "fatal" else 0.5  # fatal: every 5 minutes
+    first = 300.0 if outcome is Outcome.FATAL else 0.5  # fatal: every 5 minutes
     assert 100.0 + first * 0.8 <= q.next_try <= 100.0 + first * 1.2
     assert q.last_ok is None
 
@@ -137,7 +138,7 @@ def test_failed_outcome_keeps_rows_and_backs_off(outcome: str) -> None:
 def test_halt_stops_the_target_until_released() -> None:
     q = make()
     leased(q, batch_id=5)
-    assert q.finish(5, "halt", "max-delete", 100.0) is None
+    assert q.finish(5, Outcome.HALT, "max-delete", 100.0) is None
     assert q.halted and q.fatal
     q.on_ready(b"peer", "inc")
     assert not q.due(oldest=0.0, now=1e9)
@@ -148,7 +149,7 @@ def test_halt_stops_the_target_until_released() -> None:
 def test_failed_outcome_without_message_records_outcome() -> None:
     q = make()
     leased(q)
-    q.finish(1, "retry", "", 100.0)
+    q.finish(1, Outcome.RETRY, "", 100.0)
     assert q.last_error == "retry"
 
 
@@ -158,7 +159,7 @@ def test_repeated_failures_back_off_further() -> None:
     now = 100.0
     for i in range(6):
         leased(q, batch_id=i, now=now)
-        q.finish(i, "retry", "x", now)
+        q.finish(i, Outcome.RETRY, "x", now)
         waits.append(q.next_try - now)
         now = q.next_try
     assert q.failures == 6
@@ -171,29 +172,29 @@ def test_fatal_backs_off_beyond_normal_cap_and_ok_clears_it() -> None:
     now = 0.0
     for i in range(20):
         leased(q, batch_id=i, now=now)
-        q.finish(i, "fatal", "rsync rc 1", now)
+        q.finish(i, Outcome.FATAL, "rsync rc 1", now)
         now = q.next_try
     leased(q, batch_id=99, now=now)
-    q.finish(99, "fatal", "rsync rc 1", now)
+    q.finish(99, Outcome.FATAL, "rsync rc 1", now)
     assert q.next_try - now >= 300.0 * 0.8
     leased(q, batch_id=100, now=now)
-    q.finish(100, "ok", "", now + 1)
+    q.finish(100, Outcome.OK, "", now + 1)
     assert not q.fatal
     assert q.failures == 0
 
 
 def test_done_for_unknown_batch_is_ignored() -> None:
     q = make()
-    assert q.finish(1, "ok", "", 100.0) is None  # nothing leased at all
+    assert q.finish(1, Outcome.OK, "", 100.0) is None  # nothing leased at all
     leased(q, batch_id=7)
-    assert q.finish(6, "ok", "", 101.0) is None
-    assert q.finish(6, "fatal", "x", 101.0) is None
+    assert q.finish(6, Outcome.OK, "", 101.0) is None
+    assert q.finish(6, Outcome.FATAL, "x", 101.0) is None
     assert q.lease is not None and q.lease.batch_id == 7
     assert q.failures == 0
     assert not q.fatal
     assert q.last_ok is None
-    assert q.finish(7, "ok", "", 102.0) is not None
-    assert q.finish(7, "ok", "", 103.0) is None  # a duplicate DONE
+    assert q.finish(7, Outcome.OK, "", 102.0) is not None
+    assert q.finish(7, Outcome.OK, "", 103.0) is None  # a duplicate DONE
 
 
 # ---------------------------------------------------------------- on_ready
@@ -209,7 +210,7 @@ def test_new_incarnation_releases_the_old_lease() -> None:
     assert q.ready_incarnation == "inc2"
     assert q.due(oldest=0.0, now=1000.0)
     # A late DONE from the dead syncer no longer counts.
-    assert q.finish(3, "ok", "", 1000.0) is None
+    assert q.finish(3, Outcome.OK, "", 1000.0) is None
 
 
 def test_same_incarnation_keeps_its_lease() -> None:
@@ -253,7 +254,7 @@ def test_state_syncing_idle_pending() -> None:
     assert q.state(pending=3, startup_pending=False) == "pending"
     leased(q)
     assert q.state(pending=3, startup_pending=True) == "syncing"
-    q.finish(1, "ok", "", 101.0)
+    q.finish(1, Outcome.OK, "", 101.0)
     assert q.state(pending=0, startup_pending=False) == "idle"
 
 
@@ -261,12 +262,55 @@ def test_state_retrying_and_failed() -> None:
     q = make()
     q.synced_this_run = True
     leased(q)
-    q.finish(1, "retry", "x", 101.0)
+    q.finish(1, Outcome.RETRY, "x", 101.0)
     assert q.state(pending=3, startup_pending=False) == "retrying"
     leased(q, batch_id=2)
     assert q.state(pending=3, startup_pending=False) == "syncing"
-    q.finish(2, "fatal", "x", 102.0)
+    q.finish(2, Outcome.FATAL, "x", 102.0)
     assert q.state(pending=3, startup_pending=False) == "failed"
     # Failure words win over "startup" too.
     q.synced_this_run = False
     assert q.state(pending=3, startup_pending=True) == "failed"
+
+
+def test_state_paused_unless_a_transfer_runs() -> None:
+    q = make()
+    q.synced_this_run = True
+    q.paused = True
+    assert q.state(pending=3, startup_pending=False) == "paused"
+    leased(q)  # one already handed out finishes
+    assert q.state(pending=3, startup_pending=False) == "syncing"
+    q.finish(1, Outcome.FATAL, "x", 101.0)
+    assert q.state(pending=3, startup_pending=False) == "paused"
+
+
+def test_outcomes_are_counted_and_any_done_may_leave_work() -> None:
+    q = make()
+    for i, outcome in enumerate([Outcome.OK, Outcome.RETRY, Outcome.OK, Outcome.HALT]):
+        leased(q, batch_id=i)
+        q.maybe_pending = False
+        q.finish(i, outcome, "", 100.0 + i)
+        assert q.maybe_pending  # changes may have come in during the transfer
+    assert q.outcomes == {"ok": 2, "retry": 1, "halt": 1}
+    q.finish(99, Outcome.OK, "", 200.0)  # unknown: not counted
+    assert sum(q.outcomes.values()) == 4
+
+
+def test_start_carries_the_moves_and_clears_the_credit() -> None:
+    q = make()
+    q.on_ready(b"peer1", "inc1")
+    lease = q.start(1, list(ROWS), 10.0, [(7, b"a", b"b")])
+    assert lease.moves == [(7, b"a", b"b")]
+    assert q.ready_peer is None
+    q.on_ready(b"peer1", "inc1")
+    assert q.start(2, [], 11.0).moves == []
+
+
+def test_release_halt_retries_at_once() -> None:
+    q = make()
+    leased(q, batch_id=1)
+    q.finish(1, Outcome.HALT, "max-delete", 100.0)
+    assert q.next_try > 100.0
+    q.release_halt()
+    assert not q.halted and q.next_try == 0.0
+    assert q.failures == 1 and q.fatal  # the record stays until a success

@@ -1,0 +1,208 @@
+"""What a tool's process tree costs, read from ``/proc``.
+
+Both tools are measured the same way: the process the bench started and every
+live descendant (syncsup's supervisor and its children, Lsyncd and the rsyncs
+it runs).  Processes on the far side of ssh (sshd, the remote rsync) are not
+counted for either tool.
+
+Two ways of counting CPU live here, on purpose:
+
+* :func:`tree_cpu` sums ``utime + stime + cutime + cstime`` from
+  ``/proc/PID/stat``.  It is in clock ticks (10 ms) but includes every
+  child the tree already reaped (each finished rsync), so it is right for
+  busy scenarios (burst) where thousands of short rsyncs come and go.
+* :func:`cpu_sample` / :func:`cpu_seconds_between` read the nanosecond run
+  time of every live thread from ``/proc/PID/task/TID/schedstat``.  A daemon
+  at rest uses a few milliseconds a minute, well below one tick per process,
+  so idle figures must be measured this way (ticks read 0 or 0.01 at random).
+  Children reaped during the window are added from ``cutime``/``cstime``.
+
+Memory: :func:`tree_rss_kb` (``VmRSS``, what the older scenarios report) and
+:func:`tree_memory` (``Rss`` and ``Pss`` from ``/proc/PID/smaps_rollup``).  PSS
+divides each shared page among the processes mapping it, so the PSS sum of a
+tree counts pages its processes share with each other (syncsup's children are
+forked from one parent) once, which RSS sums count once per process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from tests.helpers.procs import cmdline_of
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def stat_fields(pid: int) -> list[bytes] | None:
+    """Fields of ``/proc/PID/stat`` after the command name: index 0 is the state
+    (field 3 in proc(5)), index 1 the parent pid; None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2 :].split()
+
+
+def children_map() -> dict[int, list[int]]:
+    """Parent pid -> child pids, for every process on the machine."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        f = stat_fields(int(d))
+        if f is None:
+            continue
+        kids.setdefault(int(f[1]), []).append(int(d))
+    return kids
+
+
+def tree_pids(root: int) -> list[int]:
+    """``root`` and all its live descendants (zombies included)."""
+    kids = children_map()
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def start_time(pid: int) -> int | None:
+    """Start time in ticks since boot: with the pid, identifies a process (pids are reused)."""
+    f = stat_fields(pid)
+    return int(f[19]) if f else None
+
+
+def is_dead(pid: int) -> bool:
+    """Gone, or a zombie waiting to be reaped."""
+    f = stat_fields(pid)
+    return f is None or f[0] in (b"Z", b"X")
+
+
+def cmdline(pid: int) -> bytes:
+    """The raw NUL-separated command line (empty for a kernel thread or a gone process)."""
+    return b"\0".join(cmdline_of(pid))
+
+
+# ------------------------------------------------------------------------ CPU
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user+system) of ``root`` and all live descendants, including
+    the children each of them already reaped (cutime/cstime).  Tick resolution."""
+    ticks = 0
+    for pid in tree_pids(root):
+        f = stat_fields(pid)
+        if f is None:
+            continue
+        ticks += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+    return ticks / CLK_TCK
+
+
+@dataclass
+class CpuSample:
+    """Run time of every live thread of a tree, and the CPU of what it reaped.
+
+    ``threads`` maps (pid, process start time, tid) to nanoseconds on a CPU;
+    ``reaped_ticks`` maps (pid, process start time) to that process's
+    ``cutime + cstime``.  Keys carry the start time so that a reused pid is
+    never taken for the process it replaced.
+    """
+
+    threads: dict[tuple[int, int, int], int] = field(default_factory=dict)
+    reaped_ticks: dict[tuple[int, int], int] = field(default_factory=dict)
+
+
+def cpu_sample(root: int) -> CpuSample:
+    """Read ``/proc/PID/task/*/schedstat`` of every process in the tree of ``root``."""
+    s = CpuSample()
+    for pid in tree_pids(root):
+        f = stat_fields(pid)
+        if f is None:
+            continue
+        st = int(f[19])
+        s.reaped_ticks[(pid, st)] = int(f[13]) + int(f[14])
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as fh:
+                    ns = int(fh.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+            s.threads[(pid, st, int(tid))] = ns
+    return s
+
+
+def cpu_seconds_between(a: CpuSample, b: CpuSample) -> float:
+    """CPU seconds the tree used from sample ``a`` to sample ``b``.
+
+    Threads alive at ``b`` count from ``a`` (or from their start if they are
+    new); a process reaped meanwhile by a member of the tree counts through
+    the reaper's ``cutime``/``cstime`` (ticks, its whole life, so a process
+    that was already running at ``a`` is over-counted by what it used before
+    ``a``).  A thread that ended inside the window
+    without its process ending is lost: the kernel keeps its time only in the
+    process's tick-rounded ``utime``.  At rest neither happens.
+    """
+    ns = sum(v - a.threads.get(k, 0) for k, v in b.threads.items())
+    ticks = sum(v - a.reaped_ticks.get(k, 0) for k, v in b.reaped_ticks.items())
+    return ns / 1e9 + ticks / CLK_TCK
+
+
+# --------------------------------------------------------------------- memory
+def tree_rss_kb(root: int) -> int:
+    """Sum of ``VmRSS`` over the tree, in kB."""
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+@dataclass(frozen=True)
+class TreeMemory:
+    """Processes in a tree and the sums of their ``Rss`` and ``Pss``, in kB."""
+
+    processes: int
+    rss_kb: int
+    pss_kb: int
+
+
+def tree_memory(root: int) -> TreeMemory:
+    """Count the tree's processes and sum ``Rss``/``Pss`` from ``smaps_rollup``.
+
+    Zombies and processes that vanish while being read count as processes
+    with no memory (a zombie has none)."""
+    pids = tree_pids(root)
+    rss = pss = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith(b"Pss:"):
+                        pss += int(line.split()[1])
+        except OSError:
+            pass
+    return TreeMemory(len(pids), rss, pss)
+
+
+# -------------------------------------------------------------------- network
+def lo_rx_bytes() -> int:
+    """Bytes received on the loopback interface so far (machine-wide)."""
+    with open("/proc/net/dev") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name.strip() == "lo":
+                return int(rest.split()[0])
+    return 0

@@ -1,0 +1,29 @@
+"""The scenarios, in the order they run and appear in the tables.
+
+Each module defines ``SCENARIO``: a :class:`bench.scenarios.base.Scenario`
+with the function that runs it for one tool, the description of each figure
+it returns (labels, unit, goal) and the order of its rows.  Adding a
+scenario is adding a module here and its name to :data:`REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from bench.report import Figure
+from bench.scenarios import burst, fanout, idle, latency, overflow, rename, startup, syncs
+from bench.scenarios.base import Scenario
+
+REGISTRY: dict[str, Scenario] = {
+    m.SCENARIO.name: m.SCENARIO
+    for m in (latency, burst, overflow, startup, fanout, rename, idle, syncs)
+}
+NAMES: tuple[str, ...] = tuple(REGISTRY)
+
+
+def describe(scenario: str, key: str) -> Figure:
+    """How the metric ``key`` of ``scenario`` is shown."""
+    return REGISTRY[scenario].describe(key)
+
+
+def sort_key(scenario: str, key: str) -> tuple[int, str]:
+    """Rows grouped by scenario (registry order), then in the scenario's own order."""
+    return (NAMES.index(scenario), REGISTRY[scenario].order(key))

@@ -1,0 +1,27 @@
+"""What a scenario module provides (see :mod:`bench.scenarios`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench.context import Ctx
+from bench.report import Figure
+
+
+def _by_key(key: str) -> str:
+    return key
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """``run(ctx, tool, run)`` returns ``{metric: value}`` for one tool and run;
+    ``describe(metric)`` says how to show it; ``order(metric)`` sorts the rows
+    within the scenario.  ``default_runs`` caps the number of runs when the
+    command line does not set ``--runs`` (long scenarios run once)."""
+
+    name: str
+    run: Callable[[Ctx, str, int], dict[str, float]]
+    describe: Callable[[str], Figure]
+    order: Callable[[str], str] = _by_key
+    default_runs: int | None = None

@@ -1,0 +1,227 @@
+"""Plumbing shared by every process: sockets with our limits, receiving from
+trusted peers only, SIGCHLD as a file descriptor, process groups, and what
+every child of the supervisor does (heartbeats, status queries, stop).
+
+Kept deliberately small: policy lives in the role packages, this module only
+does I/O the roles would otherwise each write again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import zmq
+
+from syncsup import proto
+from syncsup.statedir import StateDir
+from syncsup.status import StatusPart
+
+__all__ = [
+    "HEARTBEAT_INTERVAL",
+    "HEARTBEAT_TIMEOUT",
+    "ChildRuntime",
+    "bind_private",
+    "child_exit_fd",
+    "drain_fd",
+    "killpg",
+    "new_incarnation",
+    "new_socket",
+    "receive",
+    "send",
+    "set_pdeathsig",
+    "trim_memory",
+]
+
+# Children beat every HEARTBEAT_INTERVAL; the supervisor kills one silent
+# for HEARTBEAT_TIMEOUT (two lost beats and a late one). No status travels
+# with a beat (status is asked for on demand), but each one still wakes two
+# processes and their ZeroMQ threads: about half a millisecond of CPU, which
+# is what an idle daemon spends. Ten seconds keeps that near 0.02 CPU
+# seconds a minute; a hung child is still replaced within half a minute.
+HEARTBEAT_INTERVAL = 10.0
+HEARTBEAT_TIMEOUT = 30.0
+_PR_SET_PDEATHSIG = 1
+
+
+def new_incarnation() -> str:
+    """A random token naming one run of one process."""
+    return os.urandom(8).hex()
+
+
+def new_socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int) -> zmq.Socket[bytes]:
+    """A socket with our defaults: no linger at close (a dead peer must not
+    hold up a stop), and ``ZMQ_MAXMSGSIZE`` so that libzmq itself drops a
+    peer sending a frame larger than any message we accept."""
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, proto.MAX_FRAME)
+    return sock
+
+
+def bind_private(sock: zmq.Socket[bytes], state: StateDir, name: str) -> None:
+    """Bind ``sock`` to socket ``name`` in ``state_dir``, readable and
+    writable by our user only (0600, inside a 0700 directory)."""
+    addr = state.endpoint(name)
+    old = os.umask(0o077)
+    try:
+        sock.bind(addr)
+    finally:
+        os.umask(old)
+    os.chmod(addr[len("ipc://"):], 0o600)
+
+
+_refused: dict[int, float] = {}
+
+
+def receive(sock: zmq.Socket[bytes], log: logging.Logger, limit: int = 1000
+            ) -> Iterator[tuple[bytes | None, proto.Message]]:
+    """Every message waiting on ``sock`` (at most ``limit``, so that one busy
+    socket cannot starve the others), without blocking, as ``(peer,
+    message)``; ``peer`` is the routing id on a ROUTER socket, else None.
+
+    Only peers running as our user (or root) are heard: the uid comes from
+    the kernel (SO_PEERCRED on the unix socket, which libzmq exposes as the
+    ``Peer-Address`` property ``host:uid:gid:pid``), not from anything the
+    peer says. A refusal is logged at most once a minute per uid. Garbage
+    is logged and dropped: it must never crash the receiver.
+    """
+    router = sock.socket_type == zmq.ROUTER
+    for _ in range(limit):
+        try:
+            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        try:
+            uid = int(str(parts[0].get("Peer-Address")).rsplit(":", 3)[1])
+        except (zmq.ZMQError, IndexError, ValueError, TypeError):
+            uid = -1
+        if uid not in (os.getuid(), 0):
+            now = time.monotonic()
+            if now - _refused.get(uid, -1e9) > 60:
+                _refused[uid] = now
+                log.warning("refused a message on %s from uid %d: only uid %d may talk to "
+                            "this daemon", _where(sock), uid, os.getuid())
+            continue
+        frames = [p.bytes for p in parts]
+        peer = frames.pop(0) if router and frames else None
+        try:
+            msg = proto.decode(frames)
+        except proto.ProtocolError as exc:
+            log.warning("dropped malformed message on %s: %s", _where(sock), exc)
+            continue
+        yield peer, msg
+
+
+def _where(sock: zmq.Socket[bytes]) -> str:
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit("/", 1)[-1]
+
+
+def send(sock: zmq.Socket[bytes], msg: proto.Message, peer: bytes | None = None,
+         log: logging.Logger | None = None) -> bool:
+    """Send without blocking; False (and a debug line) if it could not go."""
+    frames = proto.encode(msg)
+    try:
+        sock.send_multipart([peer, *frames] if peer is not None else frames, flags=zmq.NOBLOCK)
+        return True
+    except zmq.ZMQError as exc:
+        if log is not None:
+            log.debug("could not send %s: %s", type(msg).__name__, exc)
+        return False
+
+
+def child_exit_fd() -> int:
+    """A file descriptor that becomes readable when a child exits (or any
+    signal arrives), for the poll loop: reacting to SIGCHLD at once instead of
+    polling children saves both latency and idle CPU. Empty it with
+    :func:`drain_fd`."""
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
+    return r
+
+
+def drain_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def killpg(pgid: int, sig: int) -> None:
+    """Signal a process group that may be gone already (or, in a user
+    namespace, no longer ours)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def trim_memory() -> None:
+    """Give freed heap memory back to the system: glibc keeps it otherwise,
+    and a daemon at rest after a busy start should not hold its peak."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
+def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send ``sig`` when our parent dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:  # pragma: no cover - kernel refused
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+class ChildRuntime:
+    """What every child of the supervisor shares: the ZeroMQ context, the
+    control socket, heartbeats, status answers and the stop flag (set by
+    SIGTERM or SIGINT). ``clock`` is injectable for tests."""
+
+    def __init__(self, state: StateDir, role: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.role = role
+        self.clock = clock
+        self.incarnation = new_incarnation()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.control = new_socket(self.ctx, zmq.DEALER)
+        self.control.setsockopt(zmq.SNDHWM, 10)
+        self.control.connect(state.endpoint("control"))
+        self.stopping = False
+        self.next_beat = 0.0
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, _signum: int, _frame: Any) -> None:
+        self.stopping = True
+
+    def heartbeat(self, now: float) -> float:
+        """Beat if due; return the seconds until the next beat (for the
+        poll timeout, so that an idle child sleeps until then)."""
+        if now >= self.next_beat:
+            if self.next_beat:
+                trim_memory()  # cheap, and what a busy stretch freed goes back
+            self.next_beat = now + HEARTBEAT_INTERVAL
+            send(self.control, proto.Heartbeat(role=self.role, pid=os.getpid(),
+                                               incarnation=self.incarnation))
+        return max(0.0, self.next_beat - now)
+
+    def on_control(self, log: logging.Logger, status: Callable[[], StatusPart],
+                   other: Callable[[proto.Message], None] | None = None) -> None:
+        """Handle what the supervisor sent: status queries are answered
+        here; anything else goes to ``other`` (the collator's Control)."""
+        for _peer, msg in receive(self.control, log, limit=100):
+            if isinstance(msg, proto.StatusQuery):
+                send(self.control, proto.StatusAnswer(query=msg.query, part=status()))
+            elif other is not None:
+                other(msg)
+            else:
+                log.warning("dropped unexpected %s on control", type(msg).__name__)
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)

@@ -1,0 +1,78 @@
+"""The watcher's seen-point: the moment before which every change of a sync
+is known to be in its journal, and what a recovery may trust because of it.
+
+Why it matters: when events are lost (the watcher was killed, the inotify
+queue overflowed, syncsup was not running), something must find what
+changed meanwhile. rsync's quick check (size and modification time) finds
+almost everything, but not a rewrite that kept the size and put the old
+mtime back. The kernel records more: a file's ctime moves on every write,
+chmod, chown and rename, and no user can set it. So a file whose ctime is
+older than the seen-point (minus a margin) is exactly as the journal last
+knew it, and only the others — what changed in the gap — need their content
+compared. A recovery then costs what changed, not a read of both trees.
+
+The seen-point is committed in the journal in the same transaction as the
+changes it vouches for (a power loss drops both together), with the boot it
+belongs to and the offset of the wall clock to the boot-time clock, so that
+a clock stepped backwards, or a reboot, widens the margin instead of hiding
+a change.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+__all__ = ["MARGIN", "REBOOT_MARGIN", "Seen", "boot_id"]
+
+MARGIN = 5.0           # seconds: timestamp granularity, a coarse clock, small skews
+REBOOT_MARGIN = 600.0  # after a reboot: writes the page cache had not flushed, clock fixes
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Seen:
+    """Everything that changed before ``wall`` (``time.time()``) is in the
+    journal. ``boot`` is the kernel's boot id; ``offset`` the wall clock
+    minus the boot-time clock when it was taken."""
+
+    wall: float
+    boot: str
+    offset: float
+
+    @classmethod
+    def now(cls) -> Seen:
+        wall = time.time()
+        return cls(wall, boot_id(), wall - time.clock_gettime(time.CLOCK_BOOTTIME))
+
+    def cutoff(self, current: Seen) -> float:
+        """The ctime from which a file must be compared by content, judged at
+        ``current``: the seen-point minus the margin, minus any backward step
+        of the wall clock since (same boot), or minus a wider margin after a
+        reboot."""
+        if current.boot != self.boot or not self.boot:
+            return self.wall - REBOOT_MARGIN
+        stepped_back = max(0.0, self.offset - current.offset)
+        return self.wall - MARGIN - stepped_back
+
+    def to_json(self) -> str:
+        return json.dumps({"wall": self.wall, "boot": self.boot, "offset": self.offset})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Seen | None:
+        """None for anything unreadable: the caller then compares everything."""
+        if not text:
+            return None
+        try:
+            doc = json.loads(text)
+            return cls(float(doc["wall"]), str(doc["boot"]), float(doc["offset"]))
+        except (ValueError, KeyError, TypeError):
+            return None

@@ -1,0 +1,108 @@
+"""The layout of ``state_dir``, in one place.
+
+::
+
+    state_dir/                 0700, ours alone
+      lock                     flock held by the running supervisor (its pid inside)
+      control.sock             supervisor: children and the CLI
+      ingest.sock              collator: the watcher's EVENTS
+      dispatch.sock            collator: the syncer's READY/DONE
+      journal-NAME.db          one sync's journal (SQLite, WAL)
+      clean-NAME               the watcher of NAME stopped with nothing unacked
+      tmp/                     the syncer's file lists and stderr captures
+      cm-NAME-I                ssh ControlPath of target I of sync NAME
+
+Unix socket paths are limited to 107 bytes, so a long ``state_dir`` fails
+early with a clear message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+from typing import IO
+
+__all__ = ["AlreadyRunning", "StateDir", "is_running"]
+
+_SUN_PATH_MAX = 107
+
+
+class AlreadyRunning(RuntimeError):
+    """Another supervisor holds the lock."""
+
+
+class StateDir:
+    """Paths inside one ``state_dir``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def endpoint(self, name: str) -> str:
+        """The ``ipc://`` address of socket ``name``."""
+        sock = f"{self.path}/{name}.sock"
+        if len(sock.encode()) > _SUN_PATH_MAX:
+            raise OSError(f"socket path too long for a unix socket ({len(sock)} bytes): "
+                          f"{sock}; choose a shorter settings.state_dir")
+        return f"ipc://{sock}"
+
+    @property
+    def lock(self) -> Path:
+        return self.path / "lock"
+
+    @property
+    def tmp(self) -> Path:
+        return self.path / "tmp"
+
+    def journal(self, sync: str) -> Path:
+        return self.path / f"journal-{sync}.db"
+
+    def clean_mark(self, sync: str) -> Path:
+        return self.path / f"clean-{sync}"
+
+    def control_path(self, sync: str, target: int) -> str | None:
+        """The ssh ControlPath for a remote target, or None if too long for
+        a unix socket (ssh then connects directly every time)."""
+        path = f"{self.path}/cm-{sync}-{target}"
+        return path if len(path) < 100 else None
+
+    def create(self) -> None:
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.path, 0o700)
+
+    def acquire_lock(self) -> IO[str]:
+        """Hold an exclusive flock on ``lock`` for the life of the process;
+        the kernel drops it however we die, so no stale lock is possible."""
+        fh = open(self.lock, "a+")  # noqa: SIM115 - held until exit
+        # `syncsup status` takes a shared lock for an instant to see whether
+        # we run; retry briefly so that a status poll never makes a start fail.
+        for attempt in range(20):
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                fh.seek(0)
+                other = fh.read().strip()
+                if other or attempt == 19:
+                    fh.close()
+                    raise AlreadyRunning(f"syncsup is already running with state_dir "
+                                         f"{self.path} (pid {other or '?'})") from None
+                time.sleep(0.05)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        return fh
+
+
+def is_running(state_dir: Path) -> bool:
+    """True if a supervisor holds the lock of ``state_dir``."""
+    try:
+        with open(StateDir(state_dir).lock) as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        return True

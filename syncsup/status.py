@@ -1,0 +1,223 @@
+"""What ``syncsup status`` shows, as typed records: the one schema that the
+CLI, the Prometheus metrics, the status file and systemd's STATUS= line all
+read (docs/status.md describes the JSON).
+
+Each child answers a status query with its own part (:class:`StatusPart`:
+the watcher its watches, the collator its queues, the syncer its running
+transfers); the supervisor merges the parts with what it knows of its
+children into one :class:`Status` (:func:`assemble`, pure). Nothing here
+does I/O, and building a status never changes any state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ComponentStatus",
+    "QueueStatus",
+    "Status",
+    "StatusPart",
+    "SyncStatus",
+    "TargetStatus",
+    "TransferStatus",
+    "TransportStatus",
+    "WatchStatus",
+    "assemble",
+    "format_status",
+    "summary",
+    "to_json",
+]
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """One process under the supervisor (or the supervisor itself)."""
+
+    name: str
+    role: str
+    pid: int | None
+    state: str
+    restarts: int = 0
+    uptime: float | None = None
+    last_exit: int | None = None
+
+
+@dataclass(frozen=True)
+class TransferStatus:
+    """A transfer running now (from the syncer)."""
+
+    sync: str
+    target: str
+    phase: str
+    seconds: float
+    io_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class TransportStatus:
+    """How a target's small changes travel (from the syncer): ``agent`` (a
+    long-lived channel) or ``rsync`` (a process per batch)."""
+
+    sync: str
+    target: str
+    transport: str
+
+
+@dataclass(frozen=True)
+class WatchStatus:
+    """One sync's inotify state (from the watcher)."""
+
+    sync: str
+    watches: int = 0
+    unwatched: int = 0
+    watch_limit_needed: int | None = None
+    overflows: int = 0
+    seen: float | None = None
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    """One target's queue (from the collator)."""
+
+    target: str
+    state: str = "startup"
+    pending: int = 0
+    lag: float | None = None
+    last_sync: float | None = None
+    last_error: str | None = None
+    transfers: dict[str, int] = field(default_factory=dict)
+    bytes_sent: int = 0
+    transport: str = "rsync"
+    transfer: TransferStatus | None = None
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """One sync's queues (from the collator)."""
+
+    sync: str
+    rescans: int = 0
+    journal: str = "ok"
+    targets: list[TargetStatus] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StatusPart:
+    """A child's answer to a status query: the part its role knows."""
+
+    role: str
+    watches: list[WatchStatus] = field(default_factory=list)
+    queues: list[QueueStatus] = field(default_factory=list)
+    transfers: list[TransferStatus] = field(default_factory=list)
+    transports: list[TransportStatus] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SyncStatus:
+    name: str
+    source: str
+    mode: str
+    rescans: int = 0
+    journal: str = "ok"
+    watches: int | None = None
+    unwatched: int | None = None
+    watch_limit_needed: int | None = None
+    overflows: int | None = None
+    seen: float | None = None
+    targets: list[TargetStatus] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Status:
+    """The document ``syncsup status --json`` prints."""
+
+    config: str
+    started: float
+    components: list[ComponentStatus]
+    syncs: list[SyncStatus]
+    version: int = 1
+
+
+def assemble(config: str, started: float, components: list[ComponentStatus],
+             syncs: list[tuple[str, str, str, list[str]]], parts: list[StatusPart]) -> Status:
+    """Merge the children's parts. ``syncs`` lists (name, source, mode,
+    target specs) from the config, so that a sync or target a child has not
+    reported yet still shows, in state ``startup``."""
+    watches = {w.sync: w for p in parts for w in p.watches}
+    queues = {q.sync: q for p in parts for q in p.queues}
+    running = {(t.sync, t.target): t for p in parts for t in p.transfers}
+    transport = {(t.sync, t.target): t.transport for p in parts for t in p.transports}
+    out = []
+    for name, source, mode, specs in syncs:
+        w, q = watches.get(name), queues.get(name)
+        known = {t.target: t for t in (q.targets if q else [])}
+        targets = [dataclasses.replace(known.get(spec) or TargetStatus(target=spec),
+                                       transfer=running.get((name, spec)),
+                                       transport=transport.get((name, spec), "rsync"))
+                   for spec in specs]
+        out.append(SyncStatus(
+            name=name, source=source, mode=mode, rescans=q.rescans if q else 0,
+            journal=q.journal if q else "ok",
+            watches=w.watches if w else None, unwatched=w.unwatched if w else None,
+            watch_limit_needed=(w.watch_limit_needed or None) if w else None,
+            overflows=w.overflows if w else None, seen=w.seen if w else None,
+            targets=targets))
+    return Status(config=config, started=started, components=components, syncs=out)
+
+
+def to_json(status: Status) -> dict[str, Any]:
+    return dataclasses.asdict(status)
+
+
+def summary(status: Status) -> tuple[bool, str]:
+    """(initial sync done everywhere, one line) for systemd's STATUS=."""
+    targets = [t for s in status.syncs for t in s.targets]
+    starting = sum(t.state == "startup" for t in targets)
+    failing = sum(t.state in ("retrying", "failed") for t in targets)
+    pending = sum(t.pending for t in targets)
+    down = [c.name for c in status.components if c.state != "running"]
+    parts = [f"{len(targets)} target(s)"]
+    if starting:
+        parts.append(f"{starting} in initial sync")
+    parts.append(f"{pending} pending")
+    if failing:
+        parts.append(f"{failing} failing")
+    if down:
+        parts.append(f"not running: {', '.join(down)}")
+    return starting == 0, ", ".join(parts)
+
+
+def _age(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    secs = max(0.0, time.time() - ts)
+    return f"{secs:.0f}s ago" if secs < 120 else f"{secs / 60:.0f}m ago"
+
+
+def format_status(status: Status) -> str:
+    """The human table of ``syncsup status``."""
+    lines = [f"{'COMPONENT':<24} {'ROLE':<10} {'PID':>7} {'STATE':<9} {'RESTARTS':>8} UPTIME"]
+    for c in status.components:
+        up = "-" if c.uptime is None else f"{c.uptime:.0f}s"
+        lines.append(f"{c.name:<24} {c.role:<10} {c.pid or '-'!s:>7} "
+                     f"{c.state:<9} {c.restarts:>8} {up}")
+    for s in status.syncs:
+        lines.append("")
+        journal = "" if s.journal == "ok" else f", journal: {s.journal}"
+        lines.append(f"sync {s.name}: {s.source} (mode {s.mode}, "
+                     f"{s.watches or 0} directories watched{journal})")
+        lines.append(f"  {'TARGET':<40} {'STATE':<9} {'PENDING':>7} {'LAG':>6} "
+                     f"{'LAST SYNC':<10} LAST ERROR")
+        for t in s.targets:
+            lag = "-" if t.lag is None else f"{t.lag:.0f}s"
+            lines.append(f"  {t.target:<40} {t.state:<9} {t.pending:>7} {lag:>6} "
+                         f"{_age(t.last_sync):<10} {t.last_error or '-'}")
+            x = t.transfer
+            if x is not None and x.seconds >= 5:
+                lines.append(f"    running: {x.phase} transfer for {x.seconds:.0f}s, "
+                             f"{x.io_bytes / 1e6:.1f} MB read+written")
+    return "\n".join(lines)

@@ -1,0 +1,235 @@
+"""The agent of a target, as the syncer sees it: one long-lived channel per
+target instead of a process (and, over ssh, a remote session) per batch.
+
+* :class:`LocalAgent`: for a local target the syncer applies the operations
+  itself, through :class:`syncsup.target.Applier` (directory descriptors,
+  ``O_NOFOLLOW``), at once.
+* :class:`RemoteAgent`: ``syncsup-target ROOT agent`` behind the target's
+  ssh master connection, fed framed requests on its stdin and answering on
+  its stdout; non-blocking pipes in the syncer's poll loop, requests
+  pipelined. A session that ends, answers garbage or says nothing for
+  :data:`AGENT_TIMEOUT` while answers are due is killed; the step's paths
+  then go to rsync, and a new session is tried for a later batch.
+
+Either way a step ends with a ``commit`` whose answer says the target made
+the batch durable; only then is the batch acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from collections import deque
+from typing import IO, Any
+
+from syncsup.runtime import killpg
+from syncsup.syncer.plan import Result
+from syncsup.syncer.transfer import spawn
+from syncsup.target import Applier
+from syncsup.target._agent import Ids, handle
+from syncsup.target._protocol import (
+    MAX_FRAME,
+    VERSION,
+    FrameError,
+    decode_body,
+    encode_frame,
+)
+
+__all__ = ["AGENT_RETRY", "AGENT_TIMEOUT", "LocalAgent", "RemoteAgent"]
+
+log = logging.getLogger("syncsup.syncer")
+
+AGENT_TIMEOUT = 30.0   # seconds without an answer while answers are due: wedged
+AGENT_RETRY = 600.0    # seconds before a target whose agent failed to start is tried again
+
+
+class LocalAgent:
+    """Operations on a local target, in this process."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.applier: Applier | None = None
+
+    def apply(self, ops: list[dict[str, Any]]) -> Result:
+        """Apply ``ops`` now. Paths whose operation failed are handed back
+        for rsync (which repairs or reports them)."""
+        if self.applier is None:
+            try:
+                self.applier = Applier.open(self.root)
+            except OSError as exc:
+                return Result(rc=1, error=f"cannot open the target: {exc.strerror}")
+        failed: list[bytes] = []
+        ids = Ids(by_name=False)
+        for op in ops:
+            reply = handle(self.applier, op, {}, ids)
+            if not reply["ok"]:
+                path = op.get("path")
+                if isinstance(path, bytes):
+                    failed.append(path)
+                elif op["op"] == "commit":
+                    return Result(rc=1, error=f"commit failed: {reply.get('error')}")
+        return Result(rc=0, fallback=tuple(failed))
+
+    def close(self) -> None:
+        if self.applier is not None:
+            self.applier.close()
+            self.applier = None
+
+
+class RemoteAgent:
+    """One ``syncsup-target ROOT agent`` session over ssh."""
+
+    def __init__(self, label: str, argv: list[str], errfile: IO[bytes], now: float) -> None:
+        self.label = label
+        self.errfile = errfile
+        errfile.seek(0)
+        errfile.truncate()
+        self.proc = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errfile)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin_fd = self.proc.stdin.fileno()
+        self.stdout_fd = self.proc.stdout.fileno()
+        os.set_blocking(self.stdin_fd, False)
+        os.set_blocking(self.stdout_fd, False)
+        self.out = bytearray()
+        self.inbuf = bytearray()
+        self.waiting: deque[dict[str, Any]] = deque()  # requests whose answer is due
+        self.ready = False        # hello answered
+        self.dead: str | None = None
+        self.last_progress = now
+        self.failed: list[bytes] = []
+        self.step_ops = 0
+        self.commit_error: str | None = None
+        self.request({"op": "hello", "version": VERSION})
+
+    # -- requests and answers -----------------------------------------------------
+
+    def request(self, op: dict[str, Any]) -> None:
+        self.out += encode_frame(op)
+        self.waiting.append({"op": op["op"], "path": op.get("path")})
+
+    def start_step(self, ops: list[dict[str, Any]], now: float) -> None:
+        self.failed, self.commit_error = [], None
+        self.step_ops = len(ops)
+        self.last_progress = now
+        for op in ops:
+            self.request(op)
+
+    def busy(self) -> bool:
+        return bool(self.waiting)
+
+    def flush(self) -> None:
+        """Write what the pipe takes now."""
+        if not self.out or self.dead:
+            return
+        try:
+            n = os.write(self.stdin_fd, self.out)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.fail(f"cannot write to the agent: {exc.strerror}")
+            return
+        del self.out[:n]
+
+    def read(self, now: float) -> None:
+        """Read and consume what the agent answered."""
+        while not self.dead:
+            try:
+                chunk = os.read(self.stdout_fd, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.fail(f"cannot read from the agent: {exc.strerror}")
+                return
+            if not chunk:
+                self.fail(self.stderr_tail() or "the agent ended")
+                return
+            self.inbuf += chunk
+            self.last_progress = now
+            self._consume()
+
+    def _consume(self) -> None:
+        while len(self.inbuf) >= 4:
+            size = int.from_bytes(self.inbuf[:4], "big")
+            if size > MAX_FRAME:
+                self.fail("the agent sent an oversized frame")
+                return
+            if len(self.inbuf) < 4 + size:
+                return
+            body = bytes(self.inbuf[4:4 + size])
+            del self.inbuf[:4 + size]
+            try:
+                reply = decode_body(body)
+            except FrameError as exc:
+                self.fail(f"the agent sent garbage: {exc}")
+                return
+            if not self.waiting:
+                self.fail("the agent answered what was not asked")
+                return
+            asked = self.waiting.popleft()
+            self._answer(asked, reply)
+
+    def _answer(self, asked: dict[str, Any], reply: dict[str, Any]) -> None:
+        ok = reply.get("ok") is True
+        if asked["op"] == "hello":
+            if not ok:
+                self.fail(str(reply.get("error") or "the agent refused the session"))
+            else:
+                self.ready = True
+            return
+        if ok:
+            return
+        if asked["op"] == "commit":
+            self.commit_error = str(reply.get("error") or "commit failed")
+        elif isinstance(asked.get("path"), bytes):
+            self.failed.append(asked["path"])
+
+    def result(self, now: float) -> Result | None:
+        """The step's result once every answer is in (or the agent is gone)."""
+        if self.dead:
+            return Result(rc=255, error=self.dead)
+        if self.waiting:
+            if now - self.last_progress >= AGENT_TIMEOUT:
+                log.warning("%s: the agent answered nothing for %.0fs: killing it",
+                            self.label, AGENT_TIMEOUT)
+                self.fail(f"no answer for {AGENT_TIMEOUT:.0f}s")
+                return Result(rc=-9, stalled=True, error=self.dead or "")
+            return None
+        if self.commit_error is not None:
+            return Result(rc=1, error=self.commit_error)
+        return Result(rc=0, fallback=tuple(self.failed))
+
+    # -- life -------------------------------------------------------------------------
+
+    def fail(self, why: str) -> None:
+        if self.dead is None:
+            self.dead = why
+            self.kill()
+
+    def stderr_tail(self) -> str:
+        self.errfile.seek(0)
+        lines = [ln for ln in self.errfile.read()[-4096:].decode(errors="replace").splitlines()
+                 if ln.strip()]
+        return " | ".join(lines[-2:])
+
+    def kill(self) -> None:
+        killpg(self.proc.pid, signal.SIGTERM)
+        killpg(self.proc.pid, signal.SIGCONT)
+        try:
+            self.proc.wait(2)
+        except subprocess.TimeoutExpired:
+            killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                if pipe is not None:
+                    pipe.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """A clean end: close stdin, the agent sees the end of its input."""
+        if self.dead is None:
+            self.dead = "closed"
+            self.kill()

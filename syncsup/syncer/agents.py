@@ -1,0 +1,175 @@
+"""Which targets get an agent, and the agent step of a batch.
+
+A sync whose settings the agent cannot honour exactly (:func:`unusable`)
+uses rsync for everything; so does a remote target whose agent cannot be
+started (``syncsup-target`` missing there, refused, no confinement), tried
+again every :data:`~syncsup.syncer.agent_session.AGENT_RETRY` seconds.
+What the agent does not take in a step (larger files, special files, what
+failed) goes to rsync in the same batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import IO
+
+from syncsup import config as cfg
+from syncsup.syncer.agent_ops import prepare
+from syncsup.syncer.agent_session import AGENT_RETRY, LocalAgent, RemoteAgent
+from syncsup.syncer.argv import ssh_argv
+from syncsup.syncer.moves import agent_command
+from syncsup.syncer.plan import Result
+from syncsup.watcher.filters import DirFilter, plain_excludes
+
+__all__ = ["Channel", "unusable"]
+
+log = logging.getLogger("syncsup.syncer")
+
+
+def unusable(sync: cfg.Sync) -> str | None:
+    """Why the agent cannot mirror exactly what rsync would for ``sync``
+    (None: it can)."""
+    opts = sync.rsync
+    if sync.agent_max_size == 0:
+        return "agent_max_size = 0"
+    if sync.runs_commands:
+        return "command mode"
+    if not opts.archive:
+        return "[sync.rsync] archive = false"
+    for key in ("chown", "chmod", "usermap", "groupmap", "bwlimit"):
+        if getattr(opts, key) is not None:
+            return f"[sync.rsync] {key}"
+    if opts.compress:
+        return "[sync.rsync] compress"
+    if opts.extra:
+        return "[sync.rsync] extra"
+    if sync.max_delete:
+        return "max_delete"
+    if plain_excludes(sync) is None:
+        return "filter rules other than plain excludes"
+    return None
+
+
+class Channel:
+    """The agent of one target, local or remote."""
+
+    def __init__(self, sync: cfg.Sync, target: cfg.Target, control_path: str | None,
+                 errfile: IO[bytes]) -> None:
+        self.sync, self.target = sync, target
+        self.control_path = control_path
+        self.errfile = errfile
+        self.filter = DirFilter(plain_excludes(sync) or [])
+        self.local = LocalAgent(target.path) if not target.is_remote else None
+        self.remote: RemoteAgent | None = None
+        self.off_until = 0.0
+        self.ever_ready = False
+        self._fallback: tuple[bytes, ...] = ()
+        self.sent = 0  # content bytes of the current step
+
+    @property
+    def label(self) -> str:
+        return f"target {self.target.spec}"
+
+    def available(self, now: float) -> bool:
+        return self.local is not None or now >= self.off_until
+
+    def transport(self, now: float) -> str:
+        return "agent" if self.available(now) else "rsync"
+
+    def fds(self) -> tuple[int | None, int | None]:
+        """(fd to read, fd to write) for the poll loop; None when idle."""
+        r = self.remote
+        if r is None or r.dead:
+            return None, None
+        return r.stdout_fd, (r.stdin_fd if r.out else None)
+
+    def begin(self, names: list[bytes], startup: bool, now: float) -> Result | None:
+        """Start the agent step for ``names``: its result now (local, or
+        nothing to do), or None if the answers are awaited (see poll)."""
+        deletes = self.sync.delete is True or self.sync.delete == (
+            "startup" if startup else "running")
+        try:
+            root_fd = os.open(self.sync.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            return Result(rc=1, error=f"cannot open the source: {exc.strerror}")
+        try:
+            prep = prepare(root_fd, names, max_size=self.sync.agent_max_size, deletes=deletes,
+                           excluded=self.filter.excluded)
+        finally:
+            os.close(root_fd)
+        self._fallback = tuple(prep.fallback)
+        self.sent = prep.size
+        if not prep.ops:
+            return Result(rc=0, fallback=self._fallback)
+        if self.local is not None:
+            return self._merge(self.local.apply(prep.ops))
+        session = self._session(now)
+        if session is None:
+            return Result(rc=255, error="no agent")
+        session.start_step(prep.ops, now)
+        session.flush()
+        return None
+
+    def poll(self, now: float) -> Result | None:
+        r = self.remote
+        if r is None:
+            return Result(rc=255, error="no agent")
+        r.flush()
+        r.read(now)
+        result = r.result(now)
+        if result is None:
+            return None
+        if r.dead:
+            self._lost(r, now)
+        elif not self.ever_ready and r.ready:
+            self.ever_ready = True
+        return self._merge(result)
+
+    def _merge(self, result: Result) -> Result:
+        if result.rc != 0 or result.stalled:
+            return result
+        return Result(rc=0, fallback=tuple(result.fallback) + self._fallback)
+
+    def _session(self, now: float) -> RemoteAgent | None:
+        if self.remote is not None and not self.remote.dead:
+            return self.remote
+        if now < self.off_until:
+            return None
+        argv = [*ssh_argv(self.sync, self.control_path), "--", self.target.login,
+                agent_command(self.target.path, "syncsup-target" if self.target.confined
+                              else self.sync.ssh.target_command)]
+        try:
+            self.remote = RemoteAgent(f"{self.label}: agent", argv, self.errfile, now)
+        except OSError as exc:
+            log.warning("%s: cannot start the agent (%s); using rsync", self.label, exc)
+            self.off_until = now + AGENT_RETRY
+            return None
+        return self.remote
+
+    def _lost(self, r: RemoteAgent, now: float) -> None:
+        """A session ended. One that never answered its hello means no agent
+        there (not installed, refused): rsync only, tried again later."""
+        if not r.ready:
+            log.warning("%s: no agent there (%s); rsync does everything, the agent is tried "
+                        "again in %.0f minutes", self.label, r.dead, AGENT_RETRY / 60)
+            self.off_until = now + AGENT_RETRY
+        else:
+            log.info("%s: the agent session ended (%s); a new one starts with the next batch",
+                     self.label, r.dead)
+        self.remote = None
+
+    def read_ready(self, now: float) -> None:
+        """The agent's stdout is readable outside a step: an end, or garbage."""
+        r = self.remote
+        if r is not None:
+            r.read(now)
+            if r.dead:
+                self._lost(r, now)
+
+    def close(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
+            self.remote = None
+        if self.local is not None:
+            self.local.close()

@@ -1,0 +1,154 @@
+"""One running step's process: spawned in its own process group, dying with
+the syncer, its stderr and ``--stats`` captured, and watched for progress.
+
+A transfer whose processes read and write nothing for ``rsync.timeout``
+seconds (a stopped rsync, a dead link) is stalled: it gets SIGTERM then
+SIGCONT (a stopped rsync acts on TERM only once continued, and then removes
+its temporary file on the way out, where a KILL would leave it on the
+target), and SIGKILL if it is still there :data:`STOP_GRACE` later.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import IO, Any
+
+from syncsup.runtime import killpg, set_pdeathsig
+from syncsup.syncer.plan import Result
+
+__all__ = ["STOP_GRACE", "Transfer", "spawn"]
+
+log = logging.getLogger("syncsup.syncer")
+
+STOP_GRACE = 2.0      # seconds between SIGTERM and SIGKILL of a stalled group
+PROGRESS_LOG = 30.0   # seconds between progress lines of a long transfer
+_SETPRIV = shutil.which("setpriv")
+
+
+def spawn(argv: list[str], stdin: Any = subprocess.DEVNULL, stdout: Any = subprocess.DEVNULL,
+          stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """A child in its own process group that dies with us (PR_SET_PDEATHSIG).
+
+    util-linux's ``setpriv --pdeathsig`` sets it and execs the command; that
+    keeps Python out of the forked child, so CPython can use vfork (a spawn
+    costs ~1.5 ms instead of ~4 ms with a ``preexec_fn``)."""
+    if _SETPRIV is not None:
+        return subprocess.Popen([_SETPRIV, "--pdeathsig", "KILL", "--", *argv], stdin=stdin,
+                                stdout=stdout, stderr=stderr, start_new_session=True,
+                                close_fds=True)
+    return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
+                            start_new_session=True, preexec_fn=set_pdeathsig, close_fds=True)
+
+
+def _io_bytes(pid: int) -> int:
+    """Bytes read and written so far by ``pid`` and its descendants (rchar +
+    wchar from /proc): a transfer whose total does not move is stalled."""
+    total = 0
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/io", "rb") as fh:
+                for line in fh:
+                    if line.startswith((b"rchar:", b"wchar:")):
+                        total += int(line.split()[1])
+            with open(f"/proc/{p}/task/{p}/children", "rb") as fh:
+                stack += [int(c) for c in fh.read().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class Transfer:
+    """A running step. ``poll()`` gives its Result once it has ended."""
+
+    def __init__(self, label: str, argv: list[str], errfile: IO[bytes], outfile: IO[bytes],
+                 now: float, stdin_path: Path | None = None) -> None:
+        self.label = label
+        self.errfile, self.outfile = errfile, outfile
+        for fh in (errfile, outfile):
+            fh.seek(0)
+            fh.truncate()
+        if stdin_path is not None:
+            with open(stdin_path, "rb") as stdin:
+                self.proc = spawn(argv, stdin=stdin, stderr=errfile, stdout=outfile)
+        else:
+            self.proc = spawn(argv, stderr=errfile, stdout=outfile)
+        self.started = now
+        self.io_seen = -1
+        self.io_changed = now
+        self.io_checked = 0.0
+        self.last_log = now
+        self.killing = 0.0
+
+    def check(self, now: float, timeout: int) -> None:
+        """Progress and stall handling, at most once a second."""
+        if self.killing:
+            if now - self.killing >= STOP_GRACE:
+                killpg(self.proc.pid, signal.SIGKILL)
+            return
+        if now - self.io_checked < 1.0:
+            return
+        self.io_checked = now
+        seen = _io_bytes(self.proc.pid)
+        if now - self.last_log >= PROGRESS_LOG:
+            self.last_log = now
+            log.info("%s running for %.0fs, %s read+written so far", self.label,
+                     now - self.started, _human(seen))
+        if seen != self.io_seen:
+            self.io_seen, self.io_changed = seen, now
+        elif timeout and now - self.io_changed >= timeout:
+            log.warning("%s made no progress for %ds: killing it", self.label, timeout)
+            self.killing = now
+            self.terminate()
+
+    def terminate(self) -> None:
+        killpg(self.proc.pid, signal.SIGTERM)
+        killpg(self.proc.pid, signal.SIGCONT)
+
+    def poll(self) -> Result | None:
+        rc = self.proc.poll()
+        if rc is None:
+            return None
+        tail = self.stderr_tail()
+        return Result(rc=rc, stalled=bool(self.killing), error=tail,
+                      refused="syncsup-target: refused" in tail)
+
+    def stderr_tail(self) -> str:
+        self.errfile.seek(0)
+        lines = [ln for ln in self.errfile.read()[-8192:].decode(errors="replace").splitlines()
+                 if ln.strip() and not ln.startswith("file has vanished")]
+        return " | ".join(lines[-3:])
+
+    def sent_bytes(self) -> int:
+        """'Total bytes sent: 1,234' from rsync's --stats output, or 0."""
+        self.outfile.seek(0)
+        for line in self.outfile.read()[-16384:].splitlines():
+            if line.startswith(b"Total bytes sent:"):
+                try:
+                    return int(line.split(b":", 1)[1].strip().replace(b",", b""))
+                except ValueError:
+                    return 0
+        return 0
+
+    def kill(self) -> None:
+        """At stop: TERM the group, wait STOP_GRACE, KILL."""
+        self.terminate()
+        try:
+            self.proc.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            pass
+        killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()

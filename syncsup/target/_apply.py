@@ -1,0 +1,352 @@
+"""Changes applied to a target tree by syncsup itself (renames, deletes,
+and small files, directories and symlinks written whole), always through
+directory file descriptors.
+
+Every path is split into components and opened one component at a time,
+relative to the descriptor of the one before, with ``O_NOFOLLOW``: a symlink
+anywhere on the way is never followed, whatever it points to and whenever it
+appeared. The final operation (``renameat``, ``unlinkat``) acts on a name in
+a directory that is already open, so no later change of a path string can
+redirect it. A path is validated once, as a list of plain names; it is never
+resolved again as a string.
+
+On a remote target this runs inside the chroot of ``_confine`` as well: two
+independent mechanisms, each enough on its own. For a local target the
+syncer uses it directly.
+
+A file is written where no reader can see it half done: an unnamed file
+(``O_TMPFILE``) in the target directory, given a name only once it is
+complete, fsynced and has its attributes, then renamed over the old one. If
+the writer is killed while writing, nothing is left behind; only the two
+calls that name and rename it leave a ``.syncsup.*`` temporary name for an
+instant. Where ``O_TMPFILE`` is not supported, a named temporary file is
+used instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+
+from syncsup.dirfd import DIR_FLAGS, open_below, split_path
+from syncsup.paths import is_within
+
+__all__ = ["Applier", "ApplyError", "Attrs", "Protection", "split_path"]
+
+MAX_UNSYNCED = 256  # written files kept open until commit()
+
+
+class ApplyError(OSError):
+    """An operation was refused or failed; ``strerror`` says why."""
+
+
+@dataclass(frozen=True)
+class Attrs:
+    """What ``rsync -a`` keeps of an entry: permission bits, modification
+    time (nanoseconds), and owner and group (-1: leave them; only a
+    privileged writer sets the owner)."""
+
+    mode: int
+    mtime_ns: int
+    uid: int = -1
+    gid: int = -1
+
+
+@dataclass(frozen=True)
+class Protection:
+    """Entries a mirror must never change on this target: the directories
+    from ROOT down to the account's home (when the home is inside ROOT), and
+    every name starting with ``.`` directly in that home (``.ssh``, shell
+    start-up files), by inode, not by name."""
+
+    dirs: frozenset[tuple[int, int]] = field(default_factory=frozenset)
+    home: tuple[int, int] | None = None
+
+    @classmethod
+    def for_home(cls, root: str, home: str) -> Protection:
+        root_r, home_r = os.path.realpath(root), os.path.realpath(home)
+        if not is_within(home_r, root_r):
+            return cls()
+        dirs = set()
+        path = home_r
+        while path != root_r:
+            st = os.lstat(path)
+            dirs.add((st.st_dev, st.st_ino))
+            path = os.path.dirname(path)
+        st = os.lstat(home_r)
+        return cls(frozenset(dirs), (st.st_dev, st.st_ino))
+
+    def check_enter(self, parent_fd: int, name: bytes) -> None:
+        """Raise if the directory ``name`` in the open directory ``parent_fd``
+        may not be walked into: a ``.`` entry of the home (``.ssh``,
+        ``.config``). Protecting those names is not enough, their contents
+        must be out of reach too: a rename onto ``.ssh/authorized_keys``
+        never changes ``.ssh`` itself."""
+        if self.home is None or not name.startswith(b"."):
+            return
+        pst = os.fstat(parent_fd)
+        if (pst.st_dev, pst.st_ino) == self.home:
+            raise ApplyError(errno.EPERM, f"{name!r} in the account's home is protected")
+
+    def check(self, parent_fd: int, name: bytes) -> None:
+        """Raise if ``name`` in the open directory ``parent_fd`` is protected."""
+        if self.home is None:
+            return
+        pst = os.fstat(parent_fd)
+        if name.startswith(b".") and (pst.st_dev, pst.st_ino) == self.home:
+            raise ApplyError(errno.EPERM, f"{name!r} in the account's home is protected")
+        try:
+            st = os.lstat(name, dir_fd=parent_fd)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) in self.dirs:
+            raise ApplyError(errno.EPERM, f"{name!r} leads to the account's home; protected")
+
+
+class Applier:
+    """Operations below the directory open as ``root_fd``. ``proc_fd`` is a
+    descriptor of ``/proc/self/fd`` (opened before any chroot), needed to
+    give an unnamed file a name."""
+
+    def __init__(self, root_fd: int, protection: Protection | None = None,
+                 proc_fd: int | None = None) -> None:
+        self.root_fd = root_fd
+        self.protection = protection or Protection()
+        self.proc_fd = proc_fd
+        self.privileged = os.geteuid() == 0
+        self.touched: set[bytes] = set()  # directories written into, fsynced by commit()
+        self.pending: list[int] = []      # files written, fsynced by commit()
+
+    @classmethod
+    def open(cls, root: str | bytes, protection: Protection | None = None) -> Applier:
+        try:
+            proc_fd: int | None = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY
+                                          | os.O_CLOEXEC)
+        except OSError:
+            proc_fd = None
+        return cls(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), protection,
+                   proc_fd)
+
+    def close(self) -> None:
+        for fd in self.pending:
+            os.close(fd)
+        self.pending = []
+        os.close(self.root_fd)
+        if self.proc_fd is not None:
+            os.close(self.proc_fd)
+
+    # -- writing whole entries ------------------------------------------------------
+
+    def put(self, rel: bytes, data: bytes, attrs: Attrs) -> None:
+        """Make ``rel`` a regular file holding ``data``, replacing whatever
+        was there (a directory too, as rsync's ``--force``)."""
+        dirs, name = split_path(rel)
+        dfd = self._open_dir(dirs)
+        try:
+            self.protection.check(dfd, name)
+            fd, tmp = self._new_file(dfd, name)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                self._fattrs(fd, attrs)
+                if tmp is None:  # unnamed: give it a name now that it is complete
+                    tmp = self._tmp_name(name)
+                    assert self.proc_fd is not None
+                    os.link(str(fd), tmp, src_dir_fd=self.proc_fd, dst_dir_fd=dfd,
+                            follow_symlinks=True)
+                self._replace(dfd, tmp, name)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._unsynced(fd)
+            self.touched.add(b"/".join(dirs))
+        finally:
+            os.close(dfd)
+
+    def mkdir(self, rel: bytes, attrs: Attrs) -> None:
+        """Make ``rel`` a directory (keeping its contents if it is one)."""
+        dirs, name = split_path(rel)
+        dfd = self._open_dir(dirs)
+        try:
+            self.protection.check(dfd, name)
+            try:
+                st = os.lstat(name, dir_fd=dfd)
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=dfd)
+                    raise FileNotFoundError
+            except FileNotFoundError:
+                os.mkdir(name, 0o700, dir_fd=dfd)
+            fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
+            try:
+                self._fattrs(fd, attrs)
+            finally:
+                os.close(fd)
+            self.touched.add(b"/".join(dirs))
+        finally:
+            os.close(dfd)
+
+    def symlink(self, rel: bytes, target: bytes, attrs: Attrs) -> None:
+        """Make ``rel`` a symlink to ``target``, exactly (never resolved)."""
+        dirs, name = split_path(rel)
+        dfd = self._open_dir(dirs)
+        try:
+            self.protection.check(dfd, name)
+            tmp = self._tmp_name(name)
+            os.symlink(target, tmp, dir_fd=dfd)
+            try:
+                if self.privileged and attrs.uid >= 0:
+                    os.chown(tmp, attrs.uid, attrs.gid, dir_fd=dfd, follow_symlinks=False)
+                os.utime(tmp, ns=(attrs.mtime_ns, attrs.mtime_ns), dir_fd=dfd,
+                         follow_symlinks=False)
+            except OSError:
+                pass  # a symlink's owner and time are best effort, as for rsync
+            self._replace(dfd, tmp, name)
+            self.touched.add(b"/".join(dirs))
+        finally:
+            os.close(dfd)
+
+    def set_time(self, rel: bytes, mtime_ns: int) -> None:
+        """A directory's modification time, once its entries are written."""
+        if rel == b"":
+            os.utime(self.root_fd, ns=(mtime_ns, mtime_ns))
+            return
+        dirs, name = split_path(rel)
+        dfd = self._open_dir(dirs)
+        try:
+            self.protection.check(dfd, name)
+            os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=dfd, follow_symlinks=False)
+        finally:
+            os.close(dfd)
+
+    def _unsynced(self, fd: int) -> None:
+        """Keep a written file's descriptor for commit(); past a bound, sync
+        the oldest now (a batch may write thousands of files)."""
+        self.pending.append(fd)
+        while len(self.pending) > MAX_UNSYNCED:
+            old = self.pending.pop(0)
+            try:
+                os.fsync(old)
+            finally:
+                os.close(old)
+
+    def commit(self) -> None:
+        """Make what was written durable: fsync every file written (they
+        became visible at once; durability is what the batch's
+        acknowledgement waits for) and every directory written into."""
+        pending, self.pending = self.pending, []
+        try:
+            for fd in pending:
+                os.fsync(fd)
+        finally:
+            for fd in pending:
+                os.close(fd)
+        touched, self.touched = self.touched, set()
+        for rel in sorted(touched):
+            try:
+                fd = self._open_dir(rel.split(b"/")) if rel else os.dup(self.root_fd)
+            except OSError:
+                continue  # gone since: nothing of ours to make durable there
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _new_file(self, dfd: int, name: bytes) -> tuple[int, bytes | None]:
+        """An unnamed file in ``dfd`` (None), or a named temporary one."""
+        if self.proc_fd is not None:
+            try:
+                return os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600,
+                               dir_fd=dfd), None
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+        tmp = self._tmp_name(name)
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                       | os.O_CLOEXEC, 0o600, dir_fd=dfd), tmp
+
+    @staticmethod
+    def _tmp_name(name: bytes) -> bytes:
+        return b".syncsup." + name[:180] + b"." + os.urandom(4).hex().encode()
+
+    def _fattrs(self, fd: int, attrs: Attrs) -> None:
+        if self.privileged and attrs.uid >= 0:
+            os.fchown(fd, attrs.uid, attrs.gid)
+        elif attrs.gid >= 0:
+            try:
+                os.fchown(fd, -1, attrs.gid)  # a group we belong to, as rsync does
+            except PermissionError:
+                pass
+        os.fchmod(fd, attrs.mode & 0o7777)
+        os.utime(fd, ns=(attrs.mtime_ns, attrs.mtime_ns))
+
+    def _replace(self, dfd: int, tmp: bytes, name: bytes) -> None:
+        """Rename ``tmp`` over ``name``; a directory in the way is removed
+        first (rsync's ``--force``)."""
+        try:
+            try:
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except (IsADirectoryError, OSError) as exc:
+                if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                self._remove(dfd, name)
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            raise
+
+    def _open_dir(self, parts: list[bytes]) -> int:
+        """A new descriptor of the directory ``parts`` below ROOT, opened
+        without following any symlink and never through a protected entry."""
+        return open_below(self.root_fd, parts, self.protection.check_enter)
+
+    def rename(self, src: bytes, dst: bytes) -> None:
+        """Rename ``src`` onto ``dst`` (both relative), replacing a file or an
+        empty directory there, like ``mv -f -T``."""
+        sdirs, sname = split_path(src)
+        ddirs, dname = split_path(dst)
+        sfd = self._open_dir(sdirs)
+        try:
+            dfd = self._open_dir(ddirs)
+            try:
+                self.protection.check(sfd, sname)
+                self.protection.check(dfd, dname)
+                os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+
+    def delete(self, rel: bytes) -> None:
+        """Remove ``rel`` and everything below it; gone already is fine."""
+        dirs, name = split_path(rel)
+        try:
+            fd = self._open_dir(dirs)
+        except FileNotFoundError:
+            return
+        try:
+            self._remove(fd, name)
+        finally:
+            os.close(fd)
+
+    def _remove(self, parent: int, name: bytes) -> None:
+        self.protection.check(parent, name)
+        try:
+            st = os.lstat(name, dir_fd=parent)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=parent)
+            return
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+        try:
+            for child in os.listdir(fd):
+                self._remove(fd, os.fsencode(child))
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=parent)

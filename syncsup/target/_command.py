@@ -1,0 +1,173 @@
+"""``syncsup-target ROOT``: what a syncsup source may do on a target host.
+
+As the forced command of the source's key (see docs/security.md)::
+
+    command="/usr/local/bin/syncsup-target /srv/www",restrict ssh-ed25519 AAAA... syncsup@src
+
+sshd runs it instead of whatever the client asked for, with the request in
+``$SSH_ORIGINAL_COMMAND``. Without a forced command the same requests can
+be given as arguments (``syncsup-target ROOT agent``). The request only
+*selects* one of a few fixed services; nothing in it decides what may be
+written or where, so no parsing of it can be tricked:
+
+* ``rsync --server --daemon .``: an rsync transfer, served by rsync's own
+  daemon mode with a generated module (``_daemon``): chrooted to ROOT,
+  write-only, options on an allow-list that rsync itself enforces;
+* ``syncsup-target ROOT agent``: syncsup's agent (renames and deletes
+  through directory descriptors), chrooted to ROOT;
+* ``syncsup-target ROOT info``, ``rsync --version``, ``true``: read-only
+  answers for ``syncsup check``.
+
+Anything else is refused on stderr and in syslog, exit 1. If the kernel
+cannot confine the account (see ``_confine``), nothing runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shlex
+import subprocess
+import sys
+import syslog
+
+from syncsup import __version__
+from syncsup.paths import relative_to
+from syncsup.target._confine import ConfineError, chroot_self, describe, grant_chroot_for_exec
+
+__all__ = ["Refused", "classify", "main"]
+
+USAGE = "usage: syncsup-target ROOT [REQUEST...]   (as a forced command in authorized_keys)"
+
+
+class Refused(Exception):
+    """The request is not one syncsup-target serves."""
+
+
+def classify(root: str, words: list[str]) -> str:
+    """Which service ``words`` (the client's request) selects: ``daemon``,
+    ``agent``, ``info``, ``version`` or ``true``. Raises Refused."""
+    if words == ["true"]:
+        return "true"
+    if words == ["rsync", "--version"]:
+        return "version"
+    if words[:2] == ["rsync", "--server"]:
+        if "--daemon" in words:
+            return "daemon"
+        raise Refused("plain rsync is not served through this key: syncsup uses rsync's daemon "
+                      "mode for confined targets; set confined = true for this target")
+    if len(words) == 3 and words[0] == "syncsup-target" and words[2] in ("agent", "info"):
+        asked = os.path.normpath(words[1])
+        if asked != root:
+            raise Refused(f"this key is confined to {root}, not {asked}: make the target's "
+                          "path in the config the same as the forced command's ROOT")
+        return words[2]
+    raise Refused("only syncsup's rsync transfers and its agent are allowed")
+
+
+def home_inside(root: str) -> str | None:
+    """The account's home relative to ROOT if it is ROOT or below, else None."""
+    try:
+        home = os.path.realpath(pwd.getpwuid(os.geteuid()).pw_dir)
+    except KeyError:
+        return None
+    return relative_to(home, root)
+
+
+def _refuse(reason: str, command: str) -> int:
+    msg = f"syncsup-target: refused: {reason} (command: {command[:200]!r})"
+    print(msg, file=sys.stderr)
+    try:
+        syslog.syslog(syslog.LOG_WARNING, msg)
+    except OSError:
+        pass  # no syslog here; stderr reached the client
+    return 1
+
+
+def _rsync_version() -> str:
+    try:
+        out = subprocess.run(["rsync", "--version"], capture_output=True, text=True,
+                             timeout=20, check=False).stdout
+    except OSError:
+        return ""
+    first = out.splitlines()[0].split() if out else []
+    return first[2] if len(first) > 2 and first[0] == "rsync" else ""
+
+
+def info(root: str, forced: bool) -> dict[str, object]:
+    """What ``syncsup check`` shows about this target."""
+    return {"syncsup": __version__, "root": root, "rsync": _rsync_version(),
+            "confinement": describe(), "uid": os.geteuid(), "forced": forced,
+            "home_protected": home_inside(root) is not None}
+
+
+def serve_agent(root: str, forced: bool) -> int:
+    """The agent. Behind the forced command it is chrooted to ROOT and keeps
+    numeric owners (like the chrooted rsync daemon beside it). Run directly
+    (a key that can run any command anyway) it is confined by its descriptors
+    alone and maps owners by name, like a plain ``rsync -a`` over ssh."""
+    import signal
+
+    from syncsup.target._agent import Ids, serve
+    from syncsup.target._apply import Applier, Protection
+
+    home = home_inside(root)
+    protection = Protection()
+    if home is not None:
+        protection = Protection.for_home(root, pwd.getpwuid(os.geteuid()).pw_dir)
+    # Opened before the chroot: the way to name a file written unnamed.
+    proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    if not forced:
+        applier = Applier(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC),
+                          protection, proc_fd)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        return serve(applier, {"root": root, "confinement": "descriptors only (no forced "
+                               "command)"}, ids=Ids(by_name=True))
+    how = chroot_self(root)
+    # A hang-up ends the session only between operations: the current one
+    # finishes (no half-written temporary file), then stdin reaches its end.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    applier = Applier(os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), protection,
+                      proc_fd)
+    return serve(applier, {"root": root, "confinement": how}, ids=Ids(by_name=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or not args[0].startswith("/"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    root = os.path.realpath(args[0])
+    forced = "SSH_ORIGINAL_COMMAND" in os.environ and len(args) == 1
+    # Without a forced command the request is our own command line, which has
+    # the same form as the request a forced command gets: syncsup-target ROOT ...
+    command = os.environ.get("SSH_ORIGINAL_COMMAND", "") if len(args) == 1 else shlex.join(
+        ["syncsup-target", *args])
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return _refuse("unparsable command", command)
+    try:
+        service = classify(root, words)
+    except Refused as exc:
+        return _refuse(str(exc), command)
+    if not os.path.isdir(root):
+        return _refuse(f"ROOT {root} is not a directory", command)
+    try:
+        if service == "true":
+            return 0
+        if service == "version":
+            print(f"rsync  version {_rsync_version()}  (served by syncsup-target {__version__})")
+            return 0
+        if service == "info":
+            print(json.dumps(info(root, forced)))
+            return 0
+        if service == "agent":
+            return serve_agent(root, forced)
+        from syncsup.target._daemon import run_daemon
+
+        grant_chroot_for_exec()
+        return run_daemon(root, home_inside(root))
+    except ConfineError as exc:
+        return _refuse(f"cannot confine the account to {root}: {exc.strerror}", command)

@@ -1,0 +1,256 @@
+"""The syncer's transfer plan (syncer/plan.py), exhaustively.
+
+Every shape of batch (command mode or not, renames replayed or not, renames,
+trees, verifying trees and paths present or not, an empty source or not) is
+combined with every kind of step result at every step of its plan, and the
+next step or the batch's outcome is compared with a table written out here
+from the documented rules, not from the code.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from syncsup.proto import Changes, Outcome
+from syncsup.syncer.plan import Finished, Plan, Result, Step, StepKind
+
+MOVES, TREE, PATHS, COMMAND = StepKind.MOVES, StepKind.TREE, StepKind.PATHS, StepKind.COMMAND
+
+RENAMES = [(b"src", b"dst"), (b"dst", b"dst2")]
+TREES = {"no-trees": set(), "sub": {b"sub"}, "root": {b""}, "rename-dst": {b"dst"}}
+VERIFY = {"no-verify": set(), "verify-sub": {b"v"}, "verify-root": {b""}}
+PATHS_SETS = {"no-paths": set(), "paths": {b"p", b"src", b"dst", b"\xff\n"}}
+
+SHAPES = list(itertools.product(
+    [False, True],   # commands
+    [False, True],   # replay_moves
+    [False, True],   # renames in the batch
+    TREES, VERIFY, PATHS_SETS,
+    [False, True],   # source_empty
+))
+
+# rsync's exit codes by class (docs in syncer/exitcodes.py)
+OK_CODES = {0, 24}
+FATAL_CODES = {1, 2, 4, 6, 13}
+REFUSAL = "syncsup-target: refused: not the configured ROOT"
+RESULTS = {
+    "rc0": Result(0), "rc24": Result(24), "rc23": Result(23), "rc25": Result(25),
+    "rc1": Result(1), "rc2": Result(2), "rc4": Result(4), "rc6": Result(6), "rc13": Result(13),
+    "rc255": Result(255), "refused": Result(1, error=REFUSAL, refused=True),
+    "refused255": Result(255, error=REFUSAL, refused=True),
+    "signal": Result(-9), "stalled": Result(-15, stalled=True),
+}
+
+
+def shape_id(shape: tuple[object, ...]) -> str:
+    commands, replay, renames, trees, verify, paths, empty = shape
+    return "-".join([
+        "commands" if commands else "rsync", "replay" if replay else "no-replay",
+        "renames" if renames else "no-renames", str(trees), str(verify), str(paths),
+        "empty-source" if empty else "source"])
+
+
+def changes_of(renames: bool, trees: str, verify: str, paths: str) -> Changes:
+    return Changes(paths=set(PATHS_SETS[paths]), trees=set(TREES[trees]),
+                   verify=set(VERIFY[verify]), moves=list(RENAMES) if renames else [])
+
+
+def expected_steps(commands: bool, replay: bool, renames: bool, trees: str, verify: str,
+                   paths: str, empty: bool) -> list[Step]:
+    """The plan, by the documented rules."""
+    if commands:
+        return [Step(COMMAND)]
+    steps = []
+    if replay and renames:
+        steps.append(Step(MOVES))
+    names = TREES[trees] | VERIFY[verify]
+    if names:
+        # --checksum: events were lost (verify), or a replayed rename just
+        # moved a directory whose content may have changed under the old name
+        checksum = verify != "no-verify" or (trees == "rename-dst" and replay and renames)
+        # --max-delete=0: only the root, only when the source is empty now
+        guard = empty and (trees == "root" or verify == "verify-root")
+        steps.append(Step(TREE, tuple(sorted(names)), checksum=checksum, empty_guard=guard))
+    if paths != "no-paths":
+        steps.append(Step(PATHS, tuple(sorted(PATHS_SETS[paths]))))
+    return steps
+
+
+def expected_after(steps: list[Step], i: int, r: Result, renames: int
+                   ) -> tuple[Step | Finished, int]:
+    """(what follows step ``i`` ending with ``r``, moves_done), all earlier
+    steps having succeeded. ``renames`` is how many the plan counts."""
+    step = steps[i]
+    moved_before = renames if any(s.kind is MOVES for s in steps[:i]) else 0
+    nxt: Step | Finished = steps[i + 1] if i + 1 < len(steps) else Finished(Outcome.OK)
+    if r.stalled:
+        # a stalled MOVES step may have applied some renames: they count as done
+        return Finished(Outcome.RETRY, r.rc, "no progress: transfer killed, will retry"), (
+            renames if step.kind is MOVES else moved_before)
+    if step.kind is COMMAND:
+        if r.rc == 0:
+            return Finished(Outcome.OK), renames
+        return Finished(Outcome.RETRY, r.rc, r.error or f"command exited with {r.rc}"), 0
+    if step.kind is MOVES:
+        if r.rc == 255:
+            return Finished(Outcome.RETRY, 255, r.error or "ssh failed"), 0
+        if r.refused:
+            return Finished(Outcome.FATAL, r.rc, r.error), 0
+        return nxt, renames  # a failed rename is repaired by the transfers
+    if step.empty_guard and r.rc == 25:
+        return Finished(Outcome.RETRY, 25,
+                        "the source is empty: refusing to delete the mirror"), moved_before
+    default = r.error or f"{step.kind.value} transfer exited with {r.rc}"
+    if r.rc in OK_CODES:
+        return nxt, moved_before
+    if r.rc in FATAL_CODES:
+        return Finished(Outcome.FATAL, r.rc, default), moved_before
+    if r.rc == 25:
+        return Finished(Outcome.HALT, 25, default), moved_before
+    return Finished(Outcome.RETRY, r.rc, default), moved_before
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[shape_id(s) for s in SHAPES])
+def test_every_result_at_every_step(shape: tuple[bool, bool, bool, str, str, str, bool]
+                                    ) -> None:
+    commands, replay, renames, trees, verify, paths, empty = shape
+    changes = changes_of(renames, trees, verify, paths)
+    steps = expected_steps(*shape)
+    counted = len(RENAMES) if renames and (commands or replay) else 0
+
+    plan = Plan.make(changes, commands=commands, replay_moves=replay, source_empty=empty)
+    assert plan.steps == steps
+    assert plan.moves == counted
+    assert plan.moves_done == 0
+    assert plan.first() == (steps[0] if steps else Finished(Outcome.OK))
+    assert isinstance(plan.first(), Finished) == (not steps)
+
+    for i, step in enumerate(steps):
+        for name, result in RESULTS.items():
+            plan = Plan.make(changes, commands=commands, replay_moves=replay,
+                             source_empty=empty)
+            for j in range(i):  # everything before succeeded
+                assert plan.advance(steps[j], Result(0)) == steps[j + 1]
+            want, moves_done = expected_after(steps, i, result, counted)
+            got = plan.advance(step, result)
+            where = f"{step.kind.value} step #{i} with {name}"
+            assert got == want, where
+            assert plan.done == [s.kind for s in steps[:i + 1]], where
+            if not (result.stalled and step.kind is MOVES):
+                assert plan.moves_done == moves_done, where
+
+
+def test_the_table_covers_every_combination() -> None:
+    assert len(SHAPES) == 2 * 2 * 2 * 4 * 3 * 2 * 2
+    assert len(set(SHAPES)) == len(SHAPES)
+    kinds = {s.kind for shape in SHAPES for s in expected_steps(*shape)}
+    assert kinds == set(StepKind) - {StepKind.AGENT}  # the agent's own table is below
+
+
+# ------------------------------------------------------------------- the agent
+AGENT_RESULTS = {
+    "all done": (Result(0), ()),
+    "some left": (Result(0, fallback=(b"\xff\n", b"p")), (b"p", b"\xff\n")),
+    "dead": (Result(255, error="agent gone"), "all"),
+    "stalled": (Result(-9, stalled=True), "all"),
+    "refused": (Result(1, refused=True, error=REFUSAL), "all"),
+}
+
+
+@pytest.mark.parametrize("renames", [False, True])
+@pytest.mark.parametrize("trees", ["no-trees", "root"])
+@pytest.mark.parametrize("outcome", list(AGENT_RESULTS))
+def test_the_agent_step_never_decides_the_batch(renames: bool, trees: str, outcome: str) -> None:
+    """Paths go to the agent; whatever it leaves (or all of them, if it
+    died, stalled or was refused) goes to an rsync paths step; the agent's
+    own failure is never the batch's outcome."""
+    changes = changes_of(renames, trees, "no-verify", "paths")
+    plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False, agent=True)
+    kinds = [s.kind for s in plan.steps]
+    assert kinds[-1] is StepKind.AGENT and PATHS not in kinds
+    assert plan.steps[-1].names == tuple(sorted(changes.paths))
+    step: Step | Finished = plan.first()
+    while isinstance(step, Step) and step.kind is not StepKind.AGENT:
+        step = plan.advance(step, Result(0))
+    assert isinstance(step, Step) and step.kind is StepKind.AGENT
+    result, left = AGENT_RESULTS[outcome]
+    nxt = plan.advance(step, result)
+    expected = tuple(sorted(changes.paths)) if left == "all" else left
+    if expected:
+        assert nxt == Step(PATHS, expected)
+        assert plan.advance(nxt, Result(0)) == Finished(Outcome.OK)
+    else:
+        assert nxt == Finished(Outcome.OK)
+    assert plan.moves_done == (len(RENAMES) if renames else 0)
+
+
+@pytest.mark.parametrize("trees", ["no-trees", "rename-dst"])
+def test_a_stalled_moves_step_counts_its_renames_as_attempted(trees: str) -> None:
+    changes = changes_of(True, trees, "no-verify", "paths")
+    plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False)
+    assert plan.steps[0] == Step(MOVES)
+    end = plan.advance(plan.steps[0], Result(-15, stalled=True))
+    assert end == Finished(Outcome.RETRY, -15, "no progress: transfer killed, will retry")
+    assert plan.moves_done == len(RENAMES)
+
+
+@pytest.mark.parametrize("kind", [TREE, PATHS, COMMAND])
+def test_a_stalled_step_keeps_its_own_error_text(kind: StepKind) -> None:
+    plan = Plan([Step(kind)])
+    end = plan.advance(Step(kind), Result(-15, stalled=True, error="no progress for 30s"))
+    assert end == Finished(Outcome.RETRY, -15, "no progress for 30s")
+
+
+@pytest.mark.parametrize("kind", [TREE, PATHS])
+@pytest.mark.parametrize("rc", sorted(FATAL_CODES | {23, 25, 30, 255, -9}))
+def test_a_failed_transfer_reports_its_stderr(kind: StepKind, rc: int) -> None:
+    plan = Plan([Step(kind), Step(PATHS if kind is TREE else TREE)])
+    end = plan.advance(plan.steps[0], Result(rc, error="rsync: connection unexpectedly closed"))
+    assert isinstance(end, Finished)
+    assert end.error == "rsync: connection unexpectedly closed"
+    assert end.rc == rc
+    assert end.outcome is not Outcome.OK
+
+
+def test_command_mode_counts_renames_even_without_replaying_them() -> None:
+    changes = Changes(paths={b"a", b"b"}, moves=[(b"a", b"b")])
+    plan = Plan.make(changes, commands=True, replay_moves=False, source_empty=True)
+    assert plan.steps == [Step(COMMAND)]  # nothing else, even with an empty source
+    assert plan.moves == 1
+    assert plan.advance(plan.steps[0], Result(0)) == Finished(Outcome.OK)
+    assert plan.moves_done == 1
+
+
+def test_an_empty_batch_is_done_at_once() -> None:
+    plan = Plan.make(Changes(), commands=False, replay_moves=True, source_empty=True)
+    assert plan.steps == []
+    assert plan.first() == Finished(Outcome.OK, 0, "")
+    assert plan.moves_done == 0
+    # ``created`` alone never makes a transfer: it only qualifies paths.
+    assert Plan.make(Changes(created={b"x"}), commands=False, replay_moves=False,
+                     source_empty=False).steps == []
+
+
+def test_the_empty_guard_is_only_for_the_root() -> None:
+    for trees in ({b"sub"}, {b"a", b"b/c"}):
+        step = Plan.make(Changes(trees=trees), commands=False, replay_moves=False,
+                         source_empty=True).steps[0]
+        assert not step.empty_guard
+    step = Plan.make(Changes(trees={b"sub"}, verify={b""}), commands=False,
+                     replay_moves=False, source_empty=True).steps[0]
+    assert step == Step(TREE, (b"", b"sub"), checksum=True, empty_guard=True)
+
+
+def test_checksum_only_for_trees_that_are_rename_destinations() -> None:
+    changes = Changes(trees={b"other"}, paths={b"a", b"b"}, moves=[(b"a", b"b")])
+    plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False)
+    assert plan.steps[1] == Step(TREE, (b"other",))  # b is a path here, not a tree
+    changes.trees.add(b"b")
+    plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False)
+    assert plan.steps[1] == Step(TREE, (b"b", b"other"), checksum=True)
+    # The source of a rename is no reason: nothing new arrived there.
+    changes = Changes(trees={b"a"}, moves=[(b"a", b"b")])
+    plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False)
+    assert plan.steps[1] == Step(TREE, (b"a",))
