@@ -282,6 +282,11 @@ class Collator:
                     continue
                 if not q.maybe_pending:
                     continue  # nothing was marked since the journal was last empty
+                if q.delay == 0 and now >= q.next_try:
+                    # Nothing to wait for: take what is there (one query
+                    # fewer on the path of every change).
+                    self._safely(s, self._hand_out, index, q, now)
+                    continue
                 try:
                     oldest = s.journal.oldest(q.spec)
                 except sqlite3.Error as exc:
@@ -325,14 +330,19 @@ class Collator:
         return wake
 
     def _hand_out(self, s: SyncQueues, index: int, q: TargetQueue, now: float) -> None:
-        pending = s.journal.pending(q.spec)
-        if pending > MAX_PENDING:
-            log.warning("target %s: %d pending paths, collapsing into one rescan", q.spec,
-                        pending)
-            s.journal.collapse(q.spec, now)
         rows = s.journal.take(q.spec, BATCH_LIMIT, BATCH_BYTES)
         if not rows:
+            q.maybe_pending = False
             return
+        # Counting is for big queues only: with more than MAX_PENDING rows,
+        # take() returns at least this many (paths are at most 4096 bytes).
+        if len(rows) >= min(MAX_PENDING, BATCH_LIMIT, BATCH_BYTES // 4096):
+            pending = s.journal.pending(q.spec)
+            if pending > MAX_PENDING:
+                log.warning("target %s: %d pending paths, collapsing into one rescan", q.spec,
+                            pending)
+                s.journal.collapse(q.spec, now)
+                rows = s.journal.take(q.spec, BATCH_LIMIT, BATCH_BYTES)
         moves = s.journal.take_moves(q.spec, BATCH_LIMIT, BATCH_BYTES)
         self.next_batch += 1
         peer = q.ready_peer
