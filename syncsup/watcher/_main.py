@@ -121,8 +121,8 @@ class SyncWatch:
 
     def idle(self, outbox: Outbox) -> bool:
         """Every change this sync's watcher saw is acknowledged."""
-        return (self.tree is not None and not self.tree.walking and not self.pending
-                and outbox.unacked_changes(self.sync.name) == 0)
+        return (self.tree is not None and not self.tree.walking and not self.tree.writing
+                and not self.pending and outbox.unacked_changes(self.sync.name) == 0)
 
     def seen_due(self, now: float, outbox: Outbox) -> float | None:
         """When a seen-point should be sent: SEEN_DELAY after the sync went
@@ -151,14 +151,15 @@ class SyncWatch:
             self.ino.close()
         self.ino = self.tree = None
 
-    def read(self) -> None:
-        """One read of the inotify queue into ``pending``."""
+    def read(self, now: float) -> None:
+        """One read of the inotify queue into ``pending`` (files still being
+        written are held in the tree until closed)."""
         assert self.ino is not None and self.tree is not None
         try:
             data = os.read(self.ino.fileno(), READ_SIZE)
         except BlockingIOError:
             return
-        signals = self.tree.apply(parse(data), self.pending)
+        signals = self.tree.apply(parse(data), self.pending, now)
         if signals.overflow:
             self.overflows += 1
             log.warning("%s: inotify queue overflowed (fs.inotify.max_queued_events): "
@@ -245,7 +246,7 @@ class Watcher:
         blind subtrees): only these are looked at when no event came, so an
         idle turn costs the same for 1 sync or 100."""
         return [w for w in self.syncs
-                if w.tree is None or w.tree.walking or w.tree.failed]
+                if w.tree is None or w.tree.walking or w.tree.failed or w.tree.writing]
 
     def timeout(self, now: float, beat_in: float, busy: list[SyncWatch]) -> float:
         due = [now + beat_in]
@@ -262,7 +263,10 @@ class Watcher:
             elif w.tree.walking:
                 due.append(now)
             else:
-                due.append(w.next_unwatched)
+                if w.tree.failed:
+                    due.append(w.next_unwatched)
+                if w.tree.writing:
+                    due.append(min(w.tree.writing.values()))
         return max(0.0, min(due) - now)
 
     def turn(self, readable: list[SyncWatch], busy: list[SyncWatch], now: float) -> None:
@@ -274,13 +278,15 @@ class Watcher:
                     log.info("source %s of %s is back", w.sync.source, w.sync.name)
                 continue
             if w in readable and not self.outbox.full(w.sync.name):
-                w.read()
+                w.read(now)
                 if w.tree is None:
                     continue
             if w.tree.walking:
                 w.walk(now)
             elif w.tree.failed and now >= w.next_unwatched:
                 w.rescan_unwatched(now)
+            if w.tree.writing:
+                w.tree.release(now, w.pending)
             if w.pending:
                 self.send(self.outbox.add(w.sync.name, w.pending, now))
                 w.pending = proto.Changes()
@@ -321,6 +327,7 @@ class Watcher:
             self.turn(readable, busy, now)
             self.send(self.outbox.due(now))
             self.send_seen(now, readable)
+        self.flush_writing()
         self.final_seen()
         for w in self.syncs:
             w.stop()
@@ -337,6 +344,16 @@ class Watcher:
             if due is not None and now >= due and w not in readable:
                 self.send(self.outbox.add(w.sync.name, proto.Changes(), now,
                                           seen=w.next_seen()))
+
+    def flush_writing(self) -> None:
+        """At a clean stop: files still held as being written go now (the
+        next start would find them by their ctime anyway; this is cheaper)."""
+        now = time.monotonic()
+        for w in self.syncs:
+            if w.tree is not None and w.tree.writing:
+                w.tree.release(float("inf"), w.pending)
+                self.send(self.outbox.add(w.sync.name, w.pending, now))
+                w.pending = proto.Changes()
 
     def final_seen(self) -> None:
         """At a clean stop: a seen-point for every idle sync, acknowledged

@@ -17,6 +17,11 @@ A walk after lost events (``since``: a ctime) also lists the regular files
 whose ctime is not older than it: they changed while nobody was looking and
 are sent as paths, compared by content; rsync's quick check is trusted for
 the rest (see :mod:`syncsup.seen`).
+
+A regular file being written is held back until it is closed (or for
+:data:`WRITE_HOLD` at most): a writer's CREATE or MODIFY often reaches us
+before its data, and sending the path then costs a transfer of a partial
+file and a second batch right after it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ log = logging.getLogger("syncsup.watcher")
 
 MASK = (F.MODIFY | F.ATTRIB | F.CLOSE_WRITE | F.MOVED_FROM | F.MOVED_TO | F.CREATE | F.DELETE
         | F.DELETE_SELF | F.MOVE_SELF | F.ONLYDIR | F.DONT_FOLLOW | F.EXCL_UNLINK)
+
+
+WRITE_HOLD = 0.5  # seconds a file open for writing is held back at most
+
+_WRITING = F.CREATE | F.MODIFY
+_DONE = F.CLOSE_WRITE | F.DELETE | F.MOVED_FROM | F.MOVED_TO
 
 
 def join(parent: bytes, name: bytes) -> bytes:
@@ -89,6 +100,9 @@ class WatchTree:
         self.watch_errors = 0
         self._stack: list[_Walk] = []
         self._after_walk = Changes()      # rescans waiting for the walk to finish
+        # Files open for writing, held back until their CLOSE_WRITE: path ->
+        # the (monotonic) time they are sent anyway.
+        self.writing: dict[bytes, float] = {}
 
     def abspath(self, rel: bytes) -> bytes:
         return join(self.root, rel) if rel else self.root
@@ -179,13 +193,19 @@ class WatchTree:
         self._stack = [w for w in self._stack
                        if not (w.rel == rel or w.rel.startswith(prefix))]
 
-    def apply(self, events: Iterable[tuple[int, int, int, bytes]], changes: Changes) -> Signals:
+    def apply(self, events: Iterable[tuple[int, int, int, bytes]], changes: Changes,
+              now: float | None = None) -> Signals:
         """Fold raw ``(wd, mask, cookie, name)`` events into ``changes``.
 
         A MOVED_FROM and MOVED_TO with the same cookie in one read are a
         rename inside the tree and are recorded in ``changes.moves`` too; an
         unpaired one is just a delete or a create. A new directory is queued
         for watching; its rescan comes out of :meth:`step` after the walk.
+
+        With ``now`` (monotonic), a regular file created or modified and not
+        yet closed is held in :attr:`writing` instead (see :meth:`release`);
+        a new hard link, symlink or special file is never held: no close
+        follows them.
         """
         signals = Signals()
         moved_from: dict[int, bytes] = {}
@@ -224,6 +244,36 @@ class WatchTree:
                 # its whole content must be compared, not just the entry.
                 self.forget(path)
                 changes.trees.add(path)
+            elif now is not None and not is_dir and self._hold(path, mask, now):
+                continue
             else:
                 changes.paths.add(path)
         return signals
+
+    def _hold(self, path: bytes, mask: int, now: float) -> bool:
+        """Is ``path`` (not a directory) held back as being written?"""
+        if mask & _DONE:
+            self.writing.pop(path, None)  # closed, gone or renamed: send it now
+            return False
+        if path in self.writing:
+            return True  # an ATTRIB or another write while open: the close sends it
+        if not mask & _WRITING:
+            return False
+        if mask & F.CREATE:
+            try:
+                st = os.lstat(self.abspath(path))
+            except OSError:
+                return False
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                return False  # no writer behind it: a link, a symlink, a fifo...
+        self.writing[path] = now + WRITE_HOLD
+        return True
+
+    def release(self, now: float, changes: Changes) -> float | None:
+        """Move the held files whose hold ran out into ``changes``; returns
+        when the next one runs out (None: nothing held)."""
+        due = [p for p, until in self.writing.items() if until <= now]
+        for path in due:
+            del self.writing[path]
+            changes.paths.add(path)
+        return min(self.writing.values(), default=None)

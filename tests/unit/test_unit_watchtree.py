@@ -16,7 +16,7 @@ import pytest
 from inotify_simple import flags as F
 
 from syncsup.proto import Changes
-from syncsup.watcher.tree import MASK, Signals, WatchTree, join
+from syncsup.watcher.tree import MASK, WRITE_HOLD, Signals, WatchTree, join
 from tests.helpers.unit import b
 
 
@@ -464,3 +464,58 @@ def test_unwatched_dirs_counts_the_blind_subtrees(src: Path) -> None:
     fake.fail[b(src / "a")] = errno.ENOSPC
     tree.watch(b"")
     assert tree.unwatched_dirs() == 2  # a and a/b
+
+
+# --------------------------------------------------------- files being written
+def test_a_file_being_written_is_held_until_closed(src: Path) -> None:
+    tree, _, wd = watched(src)
+    ch = Changes()
+    tree.apply([(wd[b""], F.CREATE, 0, b"f"), (wd[b""], F.MODIFY, 0, b"f")], ch, now=10.0)
+    assert ch.paths == set() and ch.created == {b"f"}  # command mode still sees the create
+    assert tree.writing == {b"f": 10.0 + WRITE_HOLD}
+    tree.apply([(wd[b""], F.ATTRIB, 0, b"f"), (wd[b""], F.MODIFY, 0, b"f")], ch, now=10.2)
+    assert ch.paths == set() and tree.writing == {b"f": 10.0 + WRITE_HOLD}  # not extended
+    tree.apply([(wd[b""], F.CLOSE_WRITE, 0, b"f")], ch, now=10.3)
+    assert ch.paths == {b"f"} and tree.writing == {}
+    assert tree.release(11.0, ch) is None
+
+
+def test_a_file_never_closed_goes_when_its_hold_runs_out(src: Path) -> None:
+    tree, _, wd = watched(src)
+    ch = Changes()
+    tree.apply([(wd[b"a"], F.MODIFY, 0, b"file")], ch, now=5.0)  # an appending writer
+    tree.apply([(wd[b""], F.MODIFY, 0, b"f")], ch, now=5.1)
+    assert tree.release(5.0 + WRITE_HOLD - 0.01, ch) == 5.0 + WRITE_HOLD
+    assert ch.paths == set()
+    assert tree.release(5.0 + WRITE_HOLD, ch) == 5.1 + WRITE_HOLD
+    assert ch.paths == {b"a/file"}
+    assert tree.release(99.0, ch) is None
+    assert ch.paths == {b"a/file", b"f"}
+
+
+@pytest.mark.parametrize("mask", [F.DELETE, F.MOVED_FROM, F.MOVED_TO, F.CLOSE_WRITE])
+def test_a_held_file_goes_at_once_when_it_is_closed_or_moved(src: Path, mask: int) -> None:
+    tree, _, wd = watched(src)
+    ch = Changes()
+    tree.apply([(wd[b""], F.MODIFY, 0, b"f")], ch, now=1.0)
+    tree.apply([(wd[b""], mask, 0, b"f")], ch, now=1.1)
+    assert ch.paths == {b"f"} and tree.writing == {}
+
+
+def test_links_symlinks_and_special_files_are_never_held(src: Path) -> None:
+    """No close follows a new hard link, symlink or fifo: holding them would
+    only delay them."""
+    os.link(src / "f", src / "hard")
+    os.symlink("f", src / "sym")
+    os.mkfifo(src / "fifo")
+    tree, _, wd = watched(src)
+    ch = Changes()
+    tree.apply([(wd[b""], F.CREATE, 0, n) for n in (b"hard", b"sym", b"fifo", b"gone")], ch,
+               now=1.0)
+    assert ch.paths == {b"hard", b"sym", b"fifo", b"gone"} and tree.writing == {}
+
+
+def test_nothing_is_held_without_a_clock(src: Path) -> None:
+    tree, _, wd = watched(src)
+    ch, _ = apply(tree, (wd[b""], F.CREATE, 0, b"f"), (wd[b""], F.MODIFY, 0, b"f"))
+    assert ch.paths == {b"f"} and tree.writing == {}
