@@ -116,6 +116,7 @@ def serve(applier: Applier, info: dict[str, Any], stdin: IO[bytes] | None = None
     rin = stdin or sys.stdin.buffer
     out = stdout or sys.stdout.buffer
     info = {"agent": __version__, "pid": os.getpid(), **info}
+    greeted = False
     while True:
         try:
             req = read_frame(rin)
@@ -125,5 +126,11 @@ def serve(applier: Applier, info: dict[str, Any], stdin: IO[bytes] | None = None
             return 2
         if req is None or req.get("op") == "bye":
             return 0
-        out.write(encode_frame(handle(applier, req, info, ids)))
+        if not greeted and req.get("op") != "hello":
+            req = {"op": "hello", "version": None}  # answered as a wrong version: fatal
+        answer = handle(applier, req, info, ids)
+        out.write(encode_frame(answer))
         out.flush()
+        if answer.get("fatal"):
+            return 2  # a peer speaking another protocol: nothing it sends can be trusted
+        greeted = True

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from syncsup.dirfd import DIR_FLAGS, open_below, split_path
 from syncsup.paths import is_within
 
-__all__ = ["Applier", "ApplyError", "Attrs", "Protection", "split_path"]
+__all__ = ["Applier", "ApplyError", "Attrs", "Clear", "Protection", "split_path"]
 
 MAX_UNSYNCED = 256  # written files kept open until commit()
 
@@ -105,16 +105,29 @@ class Protection:
             raise ApplyError(errno.EPERM, f"{name!r} leads to the account's home; protected")
 
 
+@dataclass(frozen=True)
+class Clear:
+    """Mode bits never set on what arrives, the agent's counterpart of the
+    confined rsync module's ``incoming chmod`` (both transports must leave
+    the same tree): behind a confined key no file keeps set-user-ID or
+    set-group-ID, and with the account's home inside ROOT no directory is
+    writable by group or others (the home itself among them)."""
+
+    files: int = 0
+    dirs: int = 0
+
+
 class Applier:
     """Operations below the directory open as ``root_fd``. ``proc_fd`` is a
     descriptor of ``/proc/self/fd`` (opened before any chroot), needed to
     give an unnamed file a name."""
 
     def __init__(self, root_fd: int, protection: Protection | None = None,
-                 proc_fd: int | None = None) -> None:
+                 proc_fd: int | None = None, clear: Clear | None = None) -> None:
         self.root_fd = root_fd
         self.protection = protection or Protection()
         self.proc_fd = proc_fd
+        self.clear = clear or Clear()
         self.privileged = os.geteuid() == 0
         self.touched: set[bytes] = set()  # directories written into, fsynced by commit()
         self.pending: list[int] = []      # files written, fsynced by commit()
@@ -151,7 +164,7 @@ class Applier:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-                self._fattrs(fd, attrs)
+                self._fattrs(fd, attrs, self.clear.files)
                 if tmp is None:  # unnamed: give it a name now that it is complete
                     tmp = self._tmp_name(name)
                     assert self.proc_fd is not None
@@ -181,7 +194,7 @@ class Applier:
                 os.mkdir(name, 0o700, dir_fd=dfd)
             fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
             try:
-                self._fattrs(fd, attrs)
+                self._fattrs(fd, attrs, self.clear.dirs)
             finally:
                 os.close(fd)
             self.touched.add(b"/".join(dirs))
@@ -271,15 +284,18 @@ class Applier:
     def _tmp_name(name: bytes) -> bytes:
         return b".syncsup." + name[:180] + b"." + os.urandom(4).hex().encode()
 
-    def _fattrs(self, fd: int, attrs: Attrs) -> None:
+    def _fattrs(self, fd: int, attrs: Attrs, clear: int) -> None:
         if self.privileged and attrs.uid >= 0:
             os.fchown(fd, attrs.uid, attrs.gid)
         elif attrs.gid >= 0:
             try:
                 os.fchown(fd, -1, attrs.gid)  # a group we belong to, as rsync does
-            except PermissionError:
-                pass
-        os.fchmod(fd, attrs.mode & 0o7777)
+            except OSError as exc:
+                # not ours (EPERM), or not mapped in the user namespace of
+                # an unprivileged confinement (EINVAL): kept, as rsync does
+                if exc.errno not in (errno.EPERM, errno.EINVAL):
+                    raise
+        os.fchmod(fd, attrs.mode & 0o7777 & ~clear)
         os.utime(fd, ns=(attrs.mtime_ns, attrs.mtime_ns))
 
     def _replace(self, dfd: int, tmp: bytes, name: bytes) -> None:

@@ -110,7 +110,7 @@ def serve_agent(root: str, forced: bool) -> int:
     import signal
 
     from syncsup.target._agent import Ids, serve
-    from syncsup.target._apply import Applier, Protection
+    from syncsup.target._apply import Applier, Clear, Protection
 
     home = home_inside(root)
     protection = Protection()
@@ -128,8 +128,10 @@ def serve_agent(root: str, forced: bool) -> int:
     # A hang-up ends the session only between operations: the current one
     # finishes (no half-written temporary file), then stdin reaches its end.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # The same mode rules as the rsync module beside it (its incoming chmod).
+    clear = Clear(files=0o6000, dirs=0o022 if home is not None else 0)
     applier = Applier(os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), protection,
-                      proc_fd)
+                      proc_fd, clear)
     return serve(applier, {"root": root, "confinement": how}, ids=Ids(by_name=False))
 
 
@@ -154,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         return _refuse(str(exc), command)
     if not os.path.isdir(root):
         return _refuse(f"ROOT {root} is not a directory", command)
+    if forced and os.geteuid() == 0 and service != "true" and home_inside(root) is not None:
+        # As root the mirror keeps owners: it could hand root's home (and so
+        # its start-up files) to another account.
+        return _refuse(f"ROOT {root} contains root's home directory: confine root's key to a "
+                       "directory outside it", command)
     try:
         if service == "true":
             return 0

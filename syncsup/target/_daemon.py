@@ -79,6 +79,11 @@ def exclude_rules(home_rel: str | None) -> str:
 # set-user-ID or set-group-ID bits (directories may keep setgid, which only
 # passes on a group).
 INCOMING_CHMOD = "Fug-s"
+# With the account's home inside ROOT, the mirror also sets the home's own
+# mode (and its ancestors'): no directory may then become writable by group
+# or others, or another local user could replace the home's start-up files
+# (which the exclude rules keep from the mirror) and run code as the account.
+INCOMING_CHMOD_HOME = "Fug-s,Dgo-w"
 
 # Options a root account must refuse on top of the allow-list: as root,
 # rsync -X stores every extended attribute namespace but system.*, so
@@ -104,7 +109,7 @@ def daemon_config(root: str, uid: int, gid: int, exclude_file: str | None) -> st
         "    munge symlinks = no",
         "    max connections = 0",
         f"    refuse options = {refuse}",
-        f"    incoming chmod = {INCOMING_CHMOD}",
+        f"    incoming chmod = {INCOMING_CHMOD if exclude_file is None else INCOMING_CHMOD_HOME}",
     ]
     if uid == 0:
         # As root, the daemon would otherwise switch to "nobody" and could

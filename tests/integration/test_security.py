@@ -1531,3 +1531,85 @@ def test_unprivileged_user_with_read_access_runs_the_daemon(other_user, public_d
     assert_no_leftovers(base)
     assert_not_pwned(base)
     assert not _pids_of_uid(uid), "processes of the unprivileged user are left"
+
+
+# ================================ set-user-ID bits and the home's own mode
+@pytest.mark.parametrize("world", ["root", "home-outside"], indirect=True)
+def test_the_agent_strips_set_id_bits_like_the_rsync_module(world, asshd):
+    """The agent must not be the way around the rsync module's ``incoming
+    chmod``: a set-user-ID root file written into ROOT would give root to
+    every local user who can reach it."""
+    w, s = world, asshd
+    agent = AgentSession(s, w)
+    try:
+        assert (agent.ask({"op": "hello", "version": 1}) or {}).get("ok")
+        for name, mode in ((b"suid", 0o4755), (b"sgid", 0o2755), (b"both", 0o6777)):
+            answer = agent.ask({"op": "put", "path": name, "data": b"#!/bin/sh\nid\n",
+                                "mode": mode, "mtime": 10**18, "uid": 0, "gid": 0})
+            assert answer == {"ok": True}, answer
+        assert agent.ask({"op": "commit"}) == {"ok": True}
+    finally:
+        rc, err = agent.close()
+    assert rc == 0, err
+    for name in ("suid", "sgid", "both"):
+        st = (w.root / name).stat()
+        assert st.st_mode & 0o6000 == 0, (name, oct(st.st_mode))
+    assert (w.root / "both").stat().st_mode & 0o777 == 0o777  # the rest of the mode is kept
+    w.assert_unchanged("set-id puts")
+
+
+@pytest.mark.parametrize("world", ["home-inside", "home-is-root"], indirect=True)
+def test_a_push_cannot_open_the_home_inside_root_to_others(world, asshd, tmp_path):
+    """With the account's home inside ROOT, the mirror sets the home's own
+    mode: made writable by everyone, another local user could replace the
+    start-up files the mirror may not touch. Through rsync and the agent,
+    no directory arrives writable by group or others."""
+    w, s = world, asshd
+    home_rel = os.fsdecode(w.home_rel or b"")
+    evil = tmp_path / "evil"
+    (evil / home_rel / "sub").mkdir(parents=True)
+    (evil / home_rel / "file").write_bytes(b"ordinary\n")
+    # the source's copies of ROOT, the home's ancestors, the home: all 0777
+    rels = [Path(*Path(home_rel).parts[:i]) for i in range(len(Path(home_rel).parts) + 1)]
+    for rel in [*rels, Path(home_rel) / "sub"]:
+        os.chmod(evil / rel, 0o777)
+    r = push(s, w, evil, "")
+    assert r.returncode == 0, r.stderr
+    assert (w.home / "file").read_bytes() == b"ordinary\n"  # the push did arrive
+    for rel in [*rels, Path(home_rel) / "sub"]:
+        mode = (w.root / rel).stat().st_mode
+        assert mode & 0o022 == 0, (rel, oct(mode))
+    agent = AgentSession(s, w)
+    try:
+        assert (agent.ask({"op": "hello", "version": 1}) or {}).get("ok")
+        prefix = (home_rel + "/") if home_rel else ""
+        answer = agent.ask({"op": "mkdir", "path": f"{prefix}sub2".encode(), "mode": 0o777,
+                            "mtime": 10**18})
+        assert answer == {"ok": True}, answer
+        # the home itself: refused outright (its dot-files' directory)
+        if home_rel:
+            answer = agent.ask({"op": "mkdir", "path": home_rel.encode(), "mode": 0o777,
+                                "mtime": 10**18})
+            assert answer is not None and answer.get("ok") is False, answer
+    finally:
+        agent.close()
+    assert (w.home / "sub2").stat().st_mode & 0o777 == 0o755
+    assert w.home.stat().st_mode & 0o022 == 0
+    w.assert_unchanged("opening the home")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root's own key")
+def test_a_root_key_confined_to_a_tree_holding_roots_home_is_refused(tmp_path):
+    """As root the mirror keeps owners: a ROOT that holds root's home could
+    hand it (and its start-up files) to another account. Refused at once,
+    whatever the request."""
+    home = os.path.realpath(os.path.expanduser("~root"))
+    for root in ("/", os.path.dirname(home) or "/", home):
+        for request in (f"syncsup-target {root} agent", f"syncsup-target {root} info",
+                        "rsync --server --daemon ."):
+            r = subprocess.run([sys.executable, "-P", "-m", "syncsup.target", root],
+                               env={**syncsup_env(), "SSH_ORIGINAL_COMMAND": request},
+                               capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+            assert r.returncode != 0, (root, request, r.stdout)
+            assert b"refused" in r.stderr and b"root's home" in r.stderr, (root, r.stderr)
+            assert r.stdout == b"", r.stdout

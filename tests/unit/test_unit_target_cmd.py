@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from syncsup.target import Applier, Protection
+from syncsup.target._apply import Attrs, Clear
 from syncsup.target._agent import serve
 from syncsup.target._command import Refused, classify
 from syncsup.target._daemon import ALLOWED_OPTIONS, daemon_config, exclude_rules
@@ -98,6 +99,17 @@ def test_daemon_module_strips_setuid_and_root_refuses_xattrs() -> None:
         refuse = next(ln for ln in lines if ln.startswith("refuse options = ")).split()
         assert ("!xattrs" in refuse) == (uid != 0)
         assert "!acls" in refuse
+
+
+def test_daemon_module_keeps_directories_private_when_the_home_is_inside() -> None:
+    """With the home inside ROOT the mirror sets the home's own mode: no
+    directory may become writable by group or others (another local user
+    could then replace the home's start-up files)."""
+    for uid in (0, 1000):
+        lines = [ln.strip() for ln in daemon_config("/srv", uid, uid, "/tmp/x/exclude")
+                 .splitlines()]
+        assert "incoming chmod = Fug-s,Dgo-w" in lines
+        assert "exclude from = /tmp/x/exclude" in lines
 
 
 def test_home_exclude_rules_escape_wildcards() -> None:
@@ -244,10 +256,41 @@ def test_agent_session(root: Path) -> None:
 
 
 def test_agent_refuses_another_version_and_bad_frames(root: Path) -> None:
-    assert _session(root, encode_frame({"op": "hello", "version": 99}))[0]["ok"] is False
+    (root / "a").write_text("a")
+    rename = encode_frame({"op": "rename", "src": b"a", "dst": b"b"})
+    # another version, or no hello at all: one fatal answer, nothing done
+    for first in (encode_frame({"op": "hello", "version": 99}), rename):
+        replies = _session(root, first, rename)
+        assert len(replies) == 1 and replies[0]["ok"] is False and replies[0]["fatal"] is True
+        assert (root / "a").exists() and not (root / "b").exists()
     huge = (MAX_FRAME + 1).to_bytes(4, "big")
     replies = _session(root, huge)
     assert replies[-1]["ok"] is False and replies[-1]["fatal"] is True
     nested = b"\x91" * 100  # 100 nested arrays
     replies = _session(root, len(nested).to_bytes(4, "big") + nested)
     assert replies[-1]["fatal"] is True
+
+
+# ------------------------------------------------------------ mode rules
+def test_clear_takes_bits_off_files_and_directories(root: Path) -> None:
+    """Behind a confined key the agent leaves the tree the rsync module
+    would: no set-user-ID or set-group-ID file, and (home inside ROOT) no
+    directory writable by group or others."""
+    a = Applier.open(str(root))
+    a.clear = Clear(files=0o6000, dirs=0o022)
+    try:
+        a.put(b"suid", b"#!/bin/sh\n", Attrs(mode=0o6755, mtime_ns=10**18))
+        a.mkdir(b"open", Attrs(mode=0o1777, mtime_ns=10**18))
+        a.commit()
+    finally:
+        a.close()
+    assert (root / "suid").stat().st_mode & 0o7777 == 0o755
+    assert (root / "open").stat().st_mode & 0o7777 == 0o1755
+    b = Applier.open(str(root))  # no rules (a local target): exact modes
+    try:
+        b.put(b"suid2", b"x", Attrs(mode=0o6755, mtime_ns=10**18))
+        b.mkdir(b"open2", Attrs(mode=0o777, mtime_ns=10**18))
+    finally:
+        b.close()
+    assert (root / "suid2").stat().st_mode & 0o7777 == 0o6755
+    assert (root / "open2").stat().st_mode & 0o7777 == 0o777
