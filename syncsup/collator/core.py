@@ -179,6 +179,9 @@ class Collator:
 
         if not self._safely(s, record):
             return  # not acked: the watcher sends it again
+        # The batch first: the ack wakes the watcher, which would compete
+        # for a CPU with the syncer starting on the change.
+        self.dispatch_due()
         self.send("ingest", peer, proto.Ack(seq=msg.seq))
         rescans = sorted(changes.verify) + sorted(changes.trees)
         s.rescans += len(rescans)

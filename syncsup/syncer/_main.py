@@ -175,7 +175,8 @@ class Syncer:
         now = time.monotonic()
         slot.plan = Plan.make(batch.changes, commands=slot.sync.runs_commands,
                               replay_moves=slot.sync.moves_on_target,
-                              source_empty=_empty(slot.sync.source),
+                              source_empty=b"" in batch.changes.trees | batch.changes.verify
+                              and _empty(slot.sync.source),
                               agent=slot.channel is not None and slot.channel.available(now))
         slot.started = now
         slot.sent = 0
