@@ -1,0 +1,462 @@
+"""The agent beside rsync, end to end: real inotify, rsync, sshd and processes.
+
+Every target has an agent (docs/config.md, "The agent"): a local target's is
+the syncer itself, a remote one's a long-lived ``syncsup-target ROOT agent``
+session over ssh. Small files, directories, symlinks, deletes and attributes
+go through it; rsync keeps larger files, special files, rescans and syncs
+whose settings only rsync honours.
+
+How a test knows which way a change went: rsync runs through a wrapper given
+as ``[sync.rsync] binary`` (:func:`rsync_logger`) that records each
+invocation's argv and a copy of its ``--files-from`` list. A ``paths`` step
+(``-d -I``, the per-path transfer) after the initial sync means the agent did
+not take those paths; ``tree`` steps (``-r``) are rescans, which stay
+rsync's (the initial sync, and every new or moved-in directory, which the
+watcher watches and then rescans).
+
+Every test ends with a byte-for-byte comparison of the trees, no
+``.syncsup.*`` temporary name left in the target and, where processes were
+killed, nothing left running.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.attack import AttackSshd, make_world, remove_public
+from tests.helpers.attack import public_dir as make_public_dir
+from tests.helpers.churn import HOSTILE, Churn, ChurnThread, assert_not_pwned
+from tests.helpers.daemon import REPO, Daemon, run_cli, sync_entry
+from tests.helpers.procs import assert_no_leftovers, cmdline_of
+from tests.helpers.tree import wait_converged
+
+from ._modes_helpers import wait_until
+
+pytestmark = pytest.mark.timeout(300)
+
+RSYNC = shutil.which("rsync") or "/usr/bin/rsync"
+AGENT_TIMEOUT = 30.0  # syncsup/syncer/agent_session.py; no setting or env var shortens it
+CONVERGE = 150.0
+
+
+def b(p: os.PathLike | str | bytes) -> bytes:
+    return os.fsencode(p)
+
+
+# ============================================================ rsync, recorded
+@dataclass(frozen=True)
+class RsyncRun:
+    """One invocation of rsync by the daemon."""
+
+    stamp: str
+    argv: tuple[bytes, ...]
+    names: tuple[bytes, ...] | None  # the --files-from list, without the "./" prefix
+
+    @property
+    def kind(self) -> str:
+        if not any(a.startswith(b"--files-from=") for a in self.argv):
+            return "other"  # rsync --version
+        if b"-r" in self.argv:
+            return "tree"
+        if b"-I" in self.argv and b"-d" in self.argv:
+            return "paths"
+        return "other"
+
+    def describe(self) -> str:
+        names = list(self.names or ())
+        return f"{self.kind} {names[:12]!r}{' ...' if len(names) > 12 else ''}"
+
+
+def rsync_logger(tmp_path: Path) -> tuple[Path, Path]:
+    """An rsync that records every invocation in a directory: ``N.list``
+    (a copy of its ``--files-from`` list), then ``N.argv`` (NUL-separated),
+    then execs the real rsync. Returns (wrapper, directory)."""
+    runs = tmp_path / "rsync-runs"
+    runs.mkdir()
+    wrapper = tmp_path / "rsync-logged"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"n={shlex.quote(str(runs))}/$(date +%s%N).$$\n"
+        'for a in "$@"; do\n'
+        '    case "$a" in --files-from=*) cp -- "${a#--files-from=}" "$n.list" ;; esac\n'
+        "done\n"
+        "printf '%s\\0' \"$@\" > \"$n.part\"\n"
+        'mv -- "$n.part" "$n.argv"\n'
+        f"exec {shlex.quote(RSYNC)} \"$@\"\n")
+    os.chmod(wrapper, 0o755)
+    return wrapper, runs
+
+
+def rsync_runs(runs: Path) -> list[RsyncRun]:
+    out = []
+    for f in sorted(runs.glob("*.argv"), key=lambda p: int(p.name.split(".")[0])):
+        stamp = f.name[: -len(".argv")]
+        argv = tuple(f.read_bytes().split(b"\0")[:-1])
+        lst = runs / f"{stamp}.list"
+        names = None
+        if lst.exists():
+            names = tuple(n[2:] if n.startswith(b"./") else (b"" if n == b"." else n)
+                          for n in lst.read_bytes().split(b"\0")[:-1])
+        out.append(RsyncRun(stamp, argv, names))
+    return out
+
+
+def runs_after(runs: Path, mark: int, kind: str | None = None) -> list[RsyncRun]:
+    return [r for r in rsync_runs(runs)[mark:] if kind is None or r.kind == kind]
+
+
+# ================================================================ the daemon
+def with_rsync(sync: dict, binary: Path, **rsync_opts) -> dict:
+    sync["rsync"] = {"binary": str(binary), **rsync_opts}
+    return sync
+
+
+def transports(d: Daemon, st: dict | None = None) -> dict[str, str]:
+    return {t["target"]: t.get("transport") for t in d.targets(st)}
+
+
+def pending(d: Daemon) -> int:
+    st = d.try_status()
+    return -1 if st is None else sum(t.get("pending") or 0 for t in d.targets(st))
+
+
+def control(d: Daemon, verb: str) -> None:
+    r = run_cli(verb, d.config)
+    assert r.returncode == 0, f"syncsup {verb}: {r.returncode} {r.stdout}{r.stderr}"
+
+
+def settle_paused(d: Daemon, quiet: float = 1.5, timeout: float = 60) -> int:
+    """With the target paused: until the journal's pending count has stopped
+    growing for ``quiet`` seconds (every event of the round recorded)."""
+    deadline = time.monotonic() + timeout
+    last, since = -2, time.monotonic()
+    while time.monotonic() < deadline:
+        n = pending(d)
+        if n != last:
+            last, since = n, time.monotonic()
+        elif n > 0 and time.monotonic() - since >= quiet:
+            return n
+        time.sleep(0.3)
+    raise AssertionError(f"pending never settled (last {last})\n{d.describe()}")
+
+
+def temp_names(root: Path) -> list[bytes]:
+    """``.syncsup.*`` names (the agent's temporary files) anywhere below ``root``."""
+    hits = []
+    for dirpath, dirnames, filenames in os.walk(b(root)):
+        hits += [os.path.join(dirpath, n) for n in dirnames + filenames
+                 if n.startswith(b".syncsup.")]
+    return hits
+
+
+def converge(d: Daemon, src: Path, dst: Path, churn: Churn | None = None,
+             timeout: float = CONVERGE) -> None:
+    wait_converged(src, dst, timeout=timeout,
+                   on_timeout=lambda: (churn.summary() + "\n" if churn else "") + d.describe())
+    assert not temp_names(dst), f"agent temp files left in the target: {temp_names(dst)}"
+
+
+def finish(d: Daemon, tmp_path: Path, src: Path, dst: Path, *also: Path) -> None:
+    """The common end: converged, stopped cleanly, nothing left behind."""
+    converge(d, src, dst)
+    d.stop()
+    assert not temp_names(dst), f"agent temp files left in the target: {temp_names(dst)}"
+    assert_no_leftovers(tmp_path)
+    for p in also:
+        assert_no_leftovers(p)
+    assert_not_pwned(tmp_path, src, dst)
+
+
+# ========================================================= agent processes
+def write_target_command(tmp_path: Path) -> tuple[Path, Path]:
+    """A ``[sync.ssh] target_command`` that logs each start (pid and
+    arguments) and runs this checkout's ``syncsup-target``, whatever the
+    remote PATH holds. Returns (wrapper, log)."""
+    log = tmp_path / "target-command.log"
+    wrapper = tmp_path / "syncsup-target-wrapper"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'echo "$$ $*" >> {shlex.quote(str(log))}\n'
+        f"PYTHONPATH={shlex.quote(str(REPO))}; export PYTHONPATH\n"
+        f'exec {shlex.quote(sys.executable)} -P -m syncsup.target "$@"\n')
+    os.chmod(wrapper, 0o755)
+    return wrapper, log
+
+
+def started_agents(log: Path, root: Path) -> list[str]:
+    """The lines of the target_command log that started an agent for ``root``."""
+    try:
+        lines = log.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [ln for ln in lines if ln.split(" ", 1)[-1] == f"{root} agent"]
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return []
+
+
+def _pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def remote_agents(root: Path) -> list[int]:
+    """Target side: the ``syncsup-target ROOT agent`` processes serving
+    ``root`` (run with ``agent`` as an argument, or behind a forced command
+    with the request in SSH_ORIGINAL_COMMAND)."""
+    out = []
+    for pid in _pids():
+        argv = cmdline_of(pid)
+        if b"syncsup.target" not in argv or b(root) not in argv:
+            continue
+        if argv[-1] == b"agent" or any(e.startswith(b"SSH_ORIGINAL_COMMAND=")
+                                       and e.endswith(b" agent") for e in _environ(pid)):
+            out.append(pid)
+    return out
+
+
+def agent_clients(root: Path) -> list[int]:
+    """Source side: the ssh processes of the agent sessions for ``root``
+    (``ssh ... -- LOGIN 'PROGRAM ROOT agent'``)."""
+    out = []
+    for pid in _pids():
+        argv = cmdline_of(pid)
+        if argv and os.path.basename(argv[0]) == b"ssh" and argv[-1].endswith(b" agent") \
+                and b(root) in argv[-1]:
+            out.append(pid)
+    return out
+
+
+def wait_agent(find, root: Path, d: Daemon, timeout: float = 60) -> int:
+    pids = wait_until(lambda: find(root), f"an agent session for {root}", timeout=timeout,
+                      context=d.describe)
+    return pids[0]
+
+
+# ============================================================== the source
+class SmallChurn(Churn):
+    """Churn whose files all stay well under the default agent_max_size."""
+
+    def _size(self) -> int:
+        r = self.rng.random()
+        return 0 if r < 0.08 else self.rng.randint(1, 64 * 1024)
+
+
+def hostile_tree(root: Path) -> None:
+    """Every hostile name as a file, and as a directory holding a file of
+    that name: newline, backslash, quotes, ``$(...)``, leading ``-``, bytes
+    that are not UTF-8..."""
+    r = b(root)
+    for i, n in enumerate(HOSTILE):
+        with open(os.path.join(r, n), "wb") as f:
+            f.write(n * 3)
+        os.mkdir(os.path.join(r, n + b".d"))
+        with open(os.path.join(r, n + b".d", n), "wb") as f:
+            f.write(bytes([i]) * 99)
+
+
+def scripted_round(root: Path, rnd: int) -> None:
+    """The operations the agent must get exactly right, all of them every
+    time (the random churn may or may not hit each): hostile names, a
+    same-size rewrite within the same second (mtime put back), symlinks
+    dangling and not, mode changes, renames of a file and of a directory,
+    a type change, and a whole tree deleted."""
+    r = b(root)
+    tag = b"r%d-" % rnd
+    hostile = [HOSTILE[(rnd * 7 + k) % len(HOSTILE)] for k in range(6)]
+    # new files with hostile names, in the root and in an existing hostile dir
+    for k, n in enumerate(hostile):
+        where = r if k % 2 else os.path.join(r, HOSTILE[k] + b".d")
+        if os.path.isdir(where):
+            with open(os.path.join(where, tag + n), "wb") as f:
+                f.write(os.urandom(100 + 997 * k))
+    # write, then rewrite the same size within the same second, old mtime back
+    p = os.path.join(r, tag + b"same-size")
+    with open(p, "wb") as f:
+        f.write(b"A" * 4000)
+    st = os.stat(p)
+    with open(p, "r+b") as f:
+        f.write(b"B" * 4000)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # an earlier round's file rewritten the same way
+    if rnd:
+        p = os.path.join(r, b"r%d-same-size" % (rnd - 1))
+        if os.path.exists(p):
+            st = os.stat(p)
+            with open(p, "r+b") as f:
+                f.seek(1000)
+                f.write(os.urandom(1000))
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # symlinks: to a file, to a directory, dangling, absolute outside, hostile text
+    os.symlink(tag + b"same-size", os.path.join(r, tag + b"ln-file"))
+    os.symlink(HOSTILE[0] + b".d", os.path.join(r, tag + b"ln-dir"))
+    os.symlink(b"../no/such/" + hostile[0], os.path.join(r, tag + b"ln-dangling"))
+    os.symlink(b"/etc/hostname", os.path.join(r, tag + b"ln-abs"))
+    os.symlink(hostile[1] + b"\n$(touch pwned)", os.path.join(r, tag + b"ln-hostile"))
+    # mode changes: a file and a directory
+    os.chmod(os.path.join(r, tag + b"same-size"), 0o640 if rnd % 2 else 0o604)
+    os.chmod(os.path.join(r, HOSTILE[rnd % len(HOSTILE)] + b".d"), 0o750 if rnd % 2 else 0o755)
+    # a tree to delete next round, renames of a file and of a directory
+    t = os.path.join(r, tag + b"tree")
+    os.makedirs(os.path.join(t, b"a", b"b"))
+    for k in range(5):
+        with open(os.path.join(t, b"a", b"b", b"%d-" % k + hostile[k % 6]), "wb") as f:
+            f.write(os.urandom(3000))
+    if rnd:
+        prev = b"r%d-" % (rnd - 1)
+        shutil.rmtree(os.path.join(r, prev + b"tree"), ignore_errors=True)
+        for old, new in ((prev + b"ln-file", tag + b"moved-" + hostile[2]),
+                         (HOSTILE[2 + rnd % 5] + b".d", tag + b"moved-dir-" + hostile[3])):
+            if os.path.lexists(os.path.join(r, old)):
+                os.rename(os.path.join(r, old), os.path.join(r, new))
+        # a file becomes a directory, a symlink a file
+        p = os.path.join(r, prev + b"ln-abs")
+        if os.path.lexists(p):
+            os.unlink(p)
+            with open(p, "wb") as f:
+                f.write(b"was a symlink")
+        p = os.path.join(r, HOSTILE[(rnd + 11) % len(HOSTILE)])
+        if os.path.isfile(p) and not os.path.islink(p):
+            os.unlink(p)
+            os.mkdir(p)
+            with open(os.path.join(p, b"inside"), "wb") as f:
+                f.write(b"was a file")
+
+
+def churned_source(src: Path, seed: int, n_files: int = 80) -> tuple[Churn, Path]:
+    """``src/s``: every hostile name (scripted rounds change it); ``src/c``:
+    a seeded churn of small files (its own model, nothing else touches it)."""
+    (src / "s").mkdir()
+    hostile_tree(src / "s")
+    (src / "c").mkdir()
+    c = SmallChurn(src / "c", seed, hostile_ratio=0.4)
+    c.populate(n_files=n_files, n_dirs=10)
+    return c, src / "s"
+
+
+def agent_rounds(d: Daemon, src: Path, dst: Path, runs: Path, c: Churn, scripted: Path,
+                 rounds: int = 3, ops: int = 60) -> list[RsyncRun]:
+    """Rounds of changes made while the target is paused, sent once the
+    source is quiet: the agent reads a source nobody is changing, so nothing
+    it takes may end in an rsync ``paths`` step. Returns the rsync runs of
+    the rounds."""
+    mark = len(rsync_runs(runs))
+    for rnd in range(rounds):
+        control(d, "pause")
+        scripted_round(scripted, rnd)
+        c.run(ops, sleep_prob=0.2, max_sleep=0.01)
+        settle_paused(d)
+        control(d, "resume")
+        converge(d, src, dst, c)
+        d.wait_idle(60)
+        paths = runs_after(runs, mark, "paths")
+        assert not paths, (
+            f"round {rnd}: small files, directories, symlinks and deletes went through rsync "
+            f"instead of the agent:\n" + "\n".join(r.describe() for r in paths)
+            + f"\n{c.summary()}\n{d.log_tail(40)}")
+    return runs_after(runs, mark)
+
+
+# ====================================================== 1. local target
+def test_local_small_file_churn_goes_through_the_agent(tmp_path, src, dst, daemon_factory):
+    rsync_bin, runs = rsync_logger(tmp_path)
+    c, scripted = churned_source(src, seed=71)
+    d = daemon_factory([with_rsync(sync_entry(src, [dst], delay=0.2), rsync_bin)])
+    converge(d, src, dst, c)
+    st = d.wait_idle()
+    assert transports(d, st) == {str(dst): "agent"}, d.describe()
+    initial = [r for r in rsync_runs(runs) if r.kind != "other"]
+    assert initial and all(r.kind == "tree" for r in initial), (
+        "the initial sync is rsync's recursive comparison: "
+        + "; ".join(r.describe() for r in initial))
+
+    rounds = agent_rounds(d, src, dst, runs, c, scripted)
+    # rsync only rescanned the directories that appeared (new or moved in)
+    assert all(r.kind == "tree" for r in rounds if r.kind != "other"), rounds
+
+    # and live, while the tree keeps changing
+    t = ChurnThread(c, 200, sleep_prob=0.4, max_sleep=0.02)
+    t.start()
+    t.join_checked(120)
+    converge(d, src, dst, c)
+    assert transports(d) == {str(dst): "agent"}, d.describe()
+    finish(d, tmp_path, src, dst)
+
+
+# ====================================================== 2. remote targets
+@pytest.fixture(scope="module")
+def asshd(tmp_path_factory):
+    """An sshd whose key each world confines to ``syncsup-target ROOT``."""
+    pub = make_public_dir("syncsup-sshd-")
+    s = AttackSshd(tmp_path_factory.mktemp("attack") / "sshd", pub)
+    s.authorized_keys.write_text(Path(f"{s.identity_file}.pub").read_text())
+    s.start()
+    yield s
+    s.close()
+    remove_public(pub)
+
+
+@pytest.fixture
+def world(asshd):
+    """ROOT and its surroundings, the key confined to ROOT (root account)."""
+    yield from make_world("root", asshd)
+
+
+def test_confined_key_small_file_churn_goes_through_the_agent(world, asshd, tmp_path, src,
+                                                              daemon_factory):
+    w, s = world, asshd
+    rsync_bin, runs = rsync_logger(tmp_path)
+    c, scripted = churned_source(src, seed=72)
+    target = f"{w.login}:{w.root}"
+    sync = sync_entry(src, [target], delay=0.2, ssh={**s.ssh_config(), "confined": True})
+    d = daemon_factory([with_rsync(sync, rsync_bin)])
+    converge(d, src, w.root, c)  # ROOT's own a, sub/ and links are deleted: delete = true
+    assert transports(d, d.wait_idle()) == {target: "agent"}, d.describe()
+
+    agent_rounds(d, src, w.root, runs, c, scripted)
+    agents = remote_agents(w.root)
+    assert len(agents) == 1, f"one long-lived agent session, not {agents}"
+    t = ChurnThread(c, 150, sleep_prob=0.4, max_sleep=0.02)
+    t.start()
+    t.join_checked(120)
+    converge(d, src, w.root, c)
+    assert remote_agents(w.root) == agents, "the agent session was replaced\n" + d.log_tail()
+    assert transports(d) == {target: "agent"}, d.describe()
+    finish(d, tmp_path, src, w.root, w.base)
+    w.assert_unchanged("the mirror through the confined key")
+
+
+def test_unconfined_key_runs_the_agent_given_as_target_command(sshd, tmp_path, src, dst,
+                                                               daemon_factory):
+    rsync_bin, runs = rsync_logger(tmp_path)
+    wrapper, started = write_target_command(tmp_path)
+    c, scripted = churned_source(src, seed=73)
+    target = sshd.target(dst)
+    sync = sync_entry(src, [target], delay=0.2,
+                      ssh={**sshd.ssh_config(), "target_command": str(wrapper)})
+    d = daemon_factory([with_rsync(sync, rsync_bin)])
+    converge(d, src, dst, c)
+    assert transports(d, d.wait_idle()) == {target: "agent"}, d.describe()
+
+    agent_rounds(d, src, dst, runs, c, scripted)
+    t = ChurnThread(c, 150, sleep_prob=0.4, max_sleep=0.02)
+    t.start()
+    t.join_checked(120)
+    converge(d, src, dst, c)
+    assert len(started_agents(started, dst)) == 1, (
+        "one long-lived agent session, started through target_command: "
+        f"{started_agents(started, dst)}\n{d.log_tail()}")
+    assert transports(d) == {target: "agent"}, d.describe()
+    finish(d, tmp_path, src, dst)
