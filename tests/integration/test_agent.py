@@ -460,3 +460,143 @@ def test_unconfined_key_runs_the_agent_given_as_target_command(sshd, tmp_path, s
         f"{started_agents(started, dst)}\n{d.log_tail()}")
     assert transports(d) == {target: "agent"}, d.describe()
     finish(d, tmp_path, src, dst)
+
+
+# ====================================================== 3. what stays rsync's
+def one_round(d: Daemon, change) -> None:
+    """``change()`` made while the target is paused, sent once it is done."""
+    control(d, "pause")
+    change()
+    settle_paused(d)
+    control(d, "resume")
+
+
+def names_in(runs: list[RsyncRun]) -> set[bytes]:
+    return {n for r in runs for n in (r.names or ())}
+
+
+def test_larger_files_and_fifos_go_by_rsync(tmp_path, src, dst, daemon_factory):
+    """agent_max_size = 4096: a file of 4096 bytes goes through the agent,
+    one of 4097 or 10 KiB through rsync's paths step, and so does a fifo;
+    each path once, in the same batch, and the trees converge."""
+    rsync_bin, runs = rsync_logger(tmp_path)
+    s = b(src)
+    os.mkdir(os.path.join(s, b"d"))
+    for n in (b"big-old", b"small-old"):
+        with open(os.path.join(s, b"d", n), "wb") as f:
+            f.write(os.urandom(10240 if n.startswith(b"big") else 100))
+    sync = with_rsync(sync_entry(src, [dst], delay=0.2), rsync_bin)
+    sync["agent_max_size"] = 4096
+    d = daemon_factory([sync])
+    converge(d, src, dst)
+    assert transports(d, d.wait_idle()) == {str(dst): "agent"}, d.describe()
+    mark = len(rsync_runs(runs))
+
+    big = [b"big-" + n for n in HOSTILE[:6]] + [b"d/big-old", b"edge-4097"]
+    small = [b"small-" + n for n in HOSTILE[:6]] + [b"d/small-old", b"edge-4096", b"d/new-dir"]
+    fifos = [b"fifo", b"d/-fifo\n$(touch pwned)"]
+
+    def change() -> None:
+        for n in big:
+            size = 4097 if n == b"edge-4097" else 10240
+            with open(os.path.join(s, n), "wb") as f:
+                f.write(os.urandom(size))
+        for n in small:
+            if n == b"d/new-dir":
+                os.mkdir(os.path.join(s, n))
+                continue
+            with open(os.path.join(s, n), "wb") as f:
+                f.write(os.urandom(4096 if n == b"edge-4096" else 200))
+        for n in fifos:
+            os.mkfifo(os.path.join(s, n), 0o640)
+
+    one_round(d, change)
+    converge(d, src, dst)
+    d.wait_idle(60)
+    done = runs_after(runs, mark)
+    paths = [r for r in done if r.kind == "paths"]
+    assert names_in(paths) == set(big) | set(fifos), (
+        "rsync's paths step must take exactly the files over agent_max_size and the fifos:\n"
+        + "\n".join(r.describe() for r in done))
+    assert not names_in(done) & (set(small) - {b"d/new-dir"}), "small files went through rsync"
+    # a new directory is watched, then rescanned: rsync's tree step, by design
+    assert names_in([r for r in done if r.kind == "tree"]) == {b"d/new-dir"}
+
+    # rewritten in place, same size, old mtime back: the agent for the small,
+    # rsync (-I, no quick check) for the big one
+    def rewrite() -> None:
+        for n in (b"d/big-old", b"d/small-old"):
+            p = os.path.join(s, n)
+            st = os.stat(p)
+            with open(p, "r+b") as f:
+                f.write(os.urandom(50))
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    mark = len(rsync_runs(runs))
+    one_round(d, rewrite)
+    converge(d, src, dst)
+    assert names_in(runs_after(runs, mark, "paths")) == {b"d/big-old"}, (
+        "\n".join(r.describe() for r in runs_after(runs, mark)))
+    assert transports(d) == {str(dst): "agent"}, d.describe()
+    finish(d, tmp_path, src, dst)
+
+
+@pytest.mark.parametrize("opts,why", [
+    ({"compress": True}, "[sync.rsync] compress"),
+    ({"chmod": "Fu+r"}, "[sync.rsync] chmod"),  # changes no mode Churn uses
+], ids=["compress", "chmod"])
+def test_settings_only_rsync_honours_send_everything_by_rsync(opts, why, tmp_path, src, dst,
+                                                            daemon_factory):
+    rsync_bin, runs = rsync_logger(tmp_path)
+    c, scripted = churned_source(src, seed=74, n_files=40)
+    d = daemon_factory([with_rsync(sync_entry(src, [dst], delay=0.2), rsync_bin, **opts)])
+    converge(d, src, dst, c)
+    assert transports(d, d.wait_idle()) == {str(dst): "rsync"}, d.describe()
+    assert f"www: every change goes through rsync ({why})" in d.log_text(), d.log_tail()
+    mark = len(rsync_runs(runs))
+
+    def change() -> None:
+        scripted_round(scripted, 0)
+        c.run(40, sleep_prob=0.2, max_sleep=0.01)
+
+    one_round(d, change)
+    converge(d, src, dst, c)
+    paths = runs_after(runs, mark, "paths")
+    assert paths, "the paths of the round went nowhere near rsync"
+    flag = b"-z" if "compress" in opts else b"--chmod=Fu+r"
+    assert all(flag in r.argv for r in runs_after(runs, mark) if r.kind != "other")
+    # every changed small file went through rsync: e.g. the scripted ones
+    assert {b"s/r0-same-size", b"s/r0-ln-dangling"} <= names_in(paths)
+    assert transports(d) == {str(dst): "rsync"}, d.describe()
+    finish(d, tmp_path, src, dst)
+
+
+# ====================================================== 4. no agent there
+def test_remote_agent_that_cannot_start_falls_back_to_rsync(sshd, tmp_path, src, dst,
+                                                          daemon_factory):
+    rsync_bin, runs = rsync_logger(tmp_path)
+    missing = tmp_path / "not-installed" / "syncsup-target"
+    c, scripted = churned_source(src, seed=75, n_files=40)
+    target = sshd.target(dst)
+    sync = sync_entry(src, [target], delay=0.2,
+                      ssh={**sshd.ssh_config(), "target_command": str(missing)})
+    d = daemon_factory([with_rsync(sync, rsync_bin)])
+    converge(d, src, dst, c)
+    d.wait_idle()
+    mark = len(rsync_runs(runs))
+
+    for rnd in range(2):
+        scripted_round(scripted, rnd)
+        c.run(40, sleep_prob=0.2, max_sleep=0.01)
+        converge(d, src, dst, c)
+        d.wait_for(lambda st: transports(d, st) == {target: "rsync"},
+                   "the target's transport to say rsync", timeout=60)
+    assert names_in(runs_after(runs, mark, "paths")) >= {b"s/r0-same-size", b"s/r1-same-size"}
+    lines = [ln for ln in d.log_text().splitlines() if "no agent there" in ln]
+    assert len(lines) == 1, (
+        "one clear line, and no new attempt before AGENT_RETRY (10 minutes):\n"
+        + "\n".join(lines) + "\n" + d.log_tail())
+    assert f"target {target}: no agent there (" in lines[0], lines[0]
+    assert "No such file or directory" in lines[0] or "not found" in lines[0], lines[0]
+    assert "rsync does everything, the agent is tried again in 10 minutes" in lines[0], lines[0]
+    finish(d, tmp_path, src, dst)
