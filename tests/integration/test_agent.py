@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -176,15 +177,18 @@ def finish(d: Daemon, tmp_path: Path, src: Path, dst: Path, *also: Path) -> None
 
 
 # ========================================================= agent processes
-def write_target_command(tmp_path: Path) -> tuple[Path, Path]:
+def write_target_command(tmp_path: Path, slow_if: Path | None = None) -> tuple[Path, Path]:
     """A ``[sync.ssh] target_command`` that logs each start (pid and
     arguments) and runs this checkout's ``syncsup-target``, whatever the
-    remote PATH holds. Returns (wrapper, log)."""
+    remote PATH holds; while the file ``slow_if`` exists it waits 3 s
+    before starting the agent. Returns (wrapper, log)."""
     log = tmp_path / "target-command.log"
     wrapper = tmp_path / "syncsup-target-wrapper"
+    slow = f"[ -e {shlex.quote(str(slow_if))} ] && sleep 3\n" if slow_if else ""
     wrapper.write_text(
         "#!/bin/sh\n"
         f'echo "$$ $*" >> {shlex.quote(str(log))}\n'
+        + slow +
         f"PYTHONPATH={shlex.quote(str(REPO))}; export PYTHONPATH\n"
         f'exec {shlex.quote(sys.executable)} -P -m syncsup.target "$@"\n')
     os.chmod(wrapper, 0o755)
@@ -243,6 +247,29 @@ def wait_agent(find, root: Path, d: Daemon, timeout: float = 60) -> int:
     pids = wait_until(lambda: find(root), f"an agent session for {root}", timeout=timeout,
                       context=d.describe)
     return pids[0]
+
+
+def age(pid: int) -> float:
+    """Seconds since ``pid`` started (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])
+    except OSError:
+        return 0.0
+    started = int(data[data.rindex(b")") + 2:].split()[19])
+    return up - started / os.sysconf("SC_CLK_TCK")
+
+
+def established_session(root: Path, settled: float = 2.0) -> tuple[int, int] | None:
+    """(target-side agent, source-side ssh) of a session whose agent has run
+    for ``settled`` seconds (its hello long answered), or None."""
+    agents = [p for p in remote_agents(root) if age(p) >= settled]
+    clients = agent_clients(root)
+    if len(agents) == 1 and len(clients) == 1:
+        return agents[0], clients[0]
+    return None
 
 
 # ============================================================== the source
@@ -599,4 +626,266 @@ def test_remote_agent_that_cannot_start_falls_back_to_rsync(sshd, tmp_path, src,
     assert f"target {target}: no agent there (" in lines[0], lines[0]
     assert "No such file or directory" in lines[0] or "not found" in lines[0], lines[0]
     assert "rsync does everything, the agent is tried again in 10 minutes" in lines[0], lines[0]
+    finish(d, tmp_path, src, dst)
+
+
+# ====================================================== 5. chaos
+def remote_sync(sshd, src: Path, dst: Path, wrapper: Path, **kw) -> dict:
+    """A sync to ``dst`` over the session's sshd, the agent started by ``wrapper``."""
+    return sync_entry(src, [sshd.target(dst)],
+                      ssh={**sshd.ssh_config(), "target_command": str(wrapper)}, **kw)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2:].split()[0] not in (b"Z", b"X")
+
+
+def kill_quietly(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def restarts(d: Daemon, role: str) -> int:
+    return sum(c.get("restarts") or 0 for c in d.components(role))
+
+
+def test_local_agent_killed_with_the_syncer_during_churn(tmp_path, src, dst, daemon_factory):
+    """The local agent is the syncer: SIGKILLed at random under churn, its
+    unfinished batches are leased again and resent; nothing is lost and no
+    half-written file (``.syncsup.*``) stays."""
+    c = Churn(src, 81, hostile_ratio=0.3)  # a few files over 1 MiB: rsync's, killed too
+    c.populate(n_files=120, n_dirs=12)
+    d = daemon_factory([sync_entry(src, [dst], delay=0.1)])
+    converge(d, src, dst, c)
+    t = ChurnThread(c, 400, sleep_prob=1.0, max_sleep=0.06)
+    rng = __import__("random").Random(81)
+    kills = []
+    t.start()
+    while t.is_alive():
+        time.sleep(rng.uniform(1.0, 2.5))
+        hit = d.kill_component("syncer", rng)
+        if hit is not None:
+            kills.append(hit)
+    t.join_checked(120)
+    assert len(kills) >= 3, f"too few kills landed: {kills}"
+    converge(d, src, dst, c)
+    assert restarts(d, "syncer") >= 1, d.describe()
+    assert transports(d) == {str(dst): "agent"}, d.describe()
+    finish(d, tmp_path, src, dst)
+
+
+def test_remote_agent_and_its_ssh_killed_during_churn(sshd, tmp_path, src, dst, daemon_factory):
+    """SIGKILL, in turn, the agent on the target (``syncsup-target ROOT
+    agent``) and the ssh process of its session on the source: each time
+    the step's paths go to rsync and the next batch starts a new session."""
+    wrapper, started = write_target_command(tmp_path)
+    c = SmallChurn(src, 82, hostile_ratio=0.3)
+    c.populate(n_files=100, n_dirs=12)
+    d = daemon_factory([remote_sync(sshd, src, dst, wrapper, delay=0.1)])
+    converge(d, src, dst, c)
+    t = ChurnThread(c, 450, sleep_prob=1.0, max_sleep=0.06)
+    kills: dict[str, list[int]] = {"target-side agent": [], "source-side ssh": []}
+    t.start()
+    turn = 0
+    while t.is_alive():
+        time.sleep(0.5)
+        # only sessions past their hello: one lost while starting turns the
+        # agent off for 10 minutes (see the xfail test below)
+        session = established_session(dst)
+        if session is not None:
+            name = ("target-side agent", "source-side ssh")[turn % 2]
+            kill_quietly(session[turn % 2], signal.SIGKILL)
+            kills[name].append(session[turn % 2])
+            turn += 1
+    t.join_checked(120)
+    assert all(kills.values()), f"not every kind of kill landed: {kills}"
+    converge(d, src, dst, c)
+    # the last kill may have come after the last batch: one more change
+    (src / "after-the-kills").write_bytes(b"x" * 300)
+    converge(d, src, dst, c)
+    assert len(started_agents(started, dst)) >= 2, started.read_text()
+    assert "the agent session ended" in d.log_text(), d.log_tail()
+    assert "no agent there" not in d.log_text(), d.log_tail()
+    assert transports(d) == {sshd.target(dst): "agent"}, d.describe()
+    finish(d, tmp_path, src, dst)
+
+
+@pytest.mark.timeout(240)
+def test_remote_agent_stopped_past_the_deadline_during_churn(sshd, tmp_path, src, dst,
+                                                             daemon_factory):
+    """SIGSTOP the agent on the target under churn and keep it stopped: after
+    AGENT_TIMEOUT (30 s; no setting shortens it) without an answer the
+    syncer kills the session, the step's paths go to rsync and a new session
+    serves the next batches. The stopped process is then SIGKILLed by the
+    test (what woken up it would do is the xfail test below)."""
+    wrapper, started = write_target_command(tmp_path)
+    c = SmallChurn(src, 83, hostile_ratio=0.3)
+    c.populate(n_files=80, n_dirs=10)
+    d = daemon_factory([remote_sync(sshd, src, dst, wrapper, delay=0.1)])
+    (src / "wake-the-agent").write_bytes(b"1")
+    converge(d, src, dst, c)
+    stopped = wait_agent(remote_agents, dst, d)
+    t = ChurnThread(c, 300, sleep_prob=1.0, max_sleep=0.06)
+    try:
+        os.kill(stopped, signal.SIGSTOP)
+        t.start()
+        t.join_checked(120)
+        wait_until(lambda: "the agent answered nothing for 30s: killing it" in d.log_text(),
+                   "the wedged agent to be given up", timeout=AGENT_TIMEOUT + 60,
+                   context=d.describe)
+        converge(d, src, dst, c)
+        assert alive(stopped), "the test's stopped agent is gone: nothing was tested"
+        assert len(started_agents(started, dst)) >= 2, "no new session after the wedged one"
+        assert transports(d) == {sshd.target(dst): "agent"}, d.describe()
+    finally:
+        kill_quietly(stopped, signal.SIGKILL)
+    finish(d, tmp_path, src, dst)
+
+
+# ====================================================== 6. acknowledged once durable
+def in_agent_step(d: Daemon):
+    def pred(st: dict) -> bool:
+        ts = d.targets(st)
+        return bool(ts) and all((t.get("transfer") or {}).get("phase") == "agent"
+                                and (t.get("pending") or 0) > 0 for t in ts)
+    return pred
+
+
+def read(p: Path) -> bytes | None:
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def test_local_change_survives_a_syncer_killed_around_its_batch(tmp_path, src, dst,
+                                                                daemon_factory):
+    """The local agent writes, fsyncs, then the batch is acknowledged: a
+    syncer SIGKILLed at any moment around that (before, during, after the
+    write) loses nothing; the collator leases the batch again."""
+    d = daemon_factory([sync_entry(src, [dst], delay=0)])
+    for i, pause in enumerate((0.0, 0.01, 0.03, 0.06, 0.1, 0.2, 0.4)):
+        d.wait_for(lambda st: all(c.get("state") == "running" for c in d.components("syncer", st)),
+                   "the syncer running", timeout=60)
+        (src / f"f{i}").write_bytes(os.urandom(5000))
+        if i:
+            (src / f"f{i - 1}").write_bytes(os.urandom(3000))  # rewrite the last one
+        time.sleep(pause)
+        assert d.kill_component("syncer") is not None
+        converge(d, src, dst)
+    assert restarts(d, "syncer") >= 7, d.describe()
+    finish(d, tmp_path, src, dst)
+
+
+def test_remote_batch_is_acknowledged_only_once_the_agent_confirmed(sshd, tmp_path, src, dst,
+                                                                    daemon_factory):
+    """A batch waiting on a stopped agent stays pending (not acknowledged,
+    nothing written); the syncer SIGKILLed right then, the restarted one
+    sends the batch again through a new session."""
+    wrapper, started = write_target_command(tmp_path)
+    d = daemon_factory([remote_sync(sshd, src, dst, wrapper, delay=0)])
+    (src / "g").write_bytes(b"first")
+    converge(d, src, dst)
+    stopped = wait_agent(remote_agents, dst, d)
+    try:
+        os.kill(stopped, signal.SIGSTOP)
+        (src / "f").write_bytes(b"v1" * 2000)
+        d.wait_for(in_agent_step(d), "the batch to wait on the stopped agent", timeout=30)
+        time.sleep(2)
+        st = d.status()
+        assert [t["pending"] for t in d.targets(st)] == [1], st
+        assert read(dst / "f") is None
+        assert d.kill_component("syncer") is not None
+        converge(d, src, dst)
+        d.wait_idle(60)
+        assert len(started_agents(started, dst)) == 2, started.read_text()
+    finally:
+        kill_quietly(stopped, signal.SIGKILL)
+    finish(d, tmp_path, src, dst)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "product bug: a wedged remote agent given up by the syncer (AGENT_TIMEOUT) is only cut "
+    "off on the source side; when it wakes it still applies the requests buffered on its "
+    "stdin (syncsup/target/_agent.py serve() reads and applies every frame without checking "
+    "that its session is still there), overwriting what rsync and the next session wrote "
+    "after the batch was acknowledged"))
+def test_wedged_agent_woken_after_its_replacement_writes_nothing_stale(sshd, tmp_path, src, dst,
+                                                                      daemon_factory):
+    """f is v1 in a batch sent to a stopped agent, then v2; the syncer gives
+    the agent up after 30 s and rsync, then a new session, deliver v2. When
+    the stopped agent wakes (a wedge that clears: a hung NFS server back, a
+    frozen cgroup thawed) its stdin still holds ``put f v1``: it must not
+    write it."""
+    wrapper, _started = write_target_command(tmp_path)
+    (src / "f").write_bytes(b"v0" * 2000)
+    d = daemon_factory([remote_sync(sshd, src, dst, wrapper, delay=0)])
+    (src / "g").write_bytes(b"first")
+    converge(d, src, dst)
+    agent = wait_agent(remote_agents, dst, d)
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        (src / "f").write_bytes(b"v1" * 2000)
+        d.wait_for(in_agent_step(d), "the batch to wait on the stopped agent", timeout=30)
+        assert read(dst / "f") == b"v0" * 2000
+        (src / "f").write_bytes(b"v2" * 2000)
+        wait_until(lambda: "the agent answered nothing for 30s: killing it" in d.log_text(),
+                   "the wedged agent to be given up", timeout=AGENT_TIMEOUT + 60,
+                   context=d.describe)
+        converge(d, src, dst)
+        d.wait_idle(60)
+        assert read(dst / "f") == b"v2" * 2000
+    finally:
+        kill_quietly(agent, signal.SIGCONT)
+    wait_until(lambda: not alive(agent), "the woken agent to end", timeout=30)
+    time.sleep(0.5)
+    # the batch was acknowledged: nothing will send f again until it changes
+    assert d.wait_idle(10) and read(dst / "f") == b"v2" * 2000, (
+        f"the woken agent overwrote f with the stale {read(dst / 'f')[:6]!r}... after its "
+        "batch was acknowledged; nothing is pending to repair it")
+    finish(d, tmp_path, src, dst)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "product bug: a session lost before its hello is answered is taken for 'no agent there' "
+    "even on a target whose agent has answered before (syncsup/syncer/agents.py "
+    "Channel._lost() looks only at r.ready; Channel.ever_ready is set in poll() and never "
+    "read): rsync does everything for AGENT_RETRY (10 minutes) after a transient failure"))
+def test_a_session_lost_while_starting_does_not_turn_a_working_agent_off(sshd, tmp_path, src,
+                                                                         dst, daemon_factory):
+    """The agent works on this target; then one session's ssh dies while the
+    agent is starting (a network drop, the connection killed): that is a
+    session that ended, not a target without an agent. The next batch
+    should start a new session."""
+    slow = tmp_path / "slow-start"
+    wrapper, started = write_target_command(tmp_path, slow_if=slow)
+    d = daemon_factory([remote_sync(sshd, src, dst, wrapper, delay=0)])
+    (src / "a").write_bytes(b"a" * 100)
+    converge(d, src, dst)
+    first = wait_agent(remote_agents, dst, d)
+    slow.touch()
+    kill_quietly(first, signal.SIGKILL)
+    wait_until(lambda: "the agent session ended" in d.log_text(), "the session to end",
+               timeout=30, context=d.describe)
+    (src / "b").write_bytes(b"b" * 100)  # a new session, slow to start
+    wait_until(lambda: len(started_agents(started, dst)) == 2, "a second session", timeout=30,
+               context=d.describe)
+    kill_quietly(wait_agent(agent_clients, dst, d), signal.SIGKILL)
+    converge(d, src, dst)  # b by rsync: the batch falls back
+    slow.unlink()
+    time.sleep(3)  # the abandoned wrapper's sleep
+    (src / "c").write_bytes(b"c" * 100)
+    converge(d, src, dst)
+    assert "no agent there" not in d.log_text(), (
+        "a working agent was turned off for 10 minutes after one session was lost while "
+        "starting:\n" + d.log_tail(10))
+    assert len(started_agents(started, dst)) == 3
+    assert transports(d) == {sshd.target(dst): "agent"}, d.describe()
     finish(d, tmp_path, src, dst)
