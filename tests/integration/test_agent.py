@@ -14,9 +14,23 @@ not take those paths; ``tree`` steps (``-r``) are rescans, which stay
 rsync's (the initial sync, and every new or moved-in directory, which the
 watcher watches and then rescans).
 
-Every test ends with a byte-for-byte comparison of the trees, no
-``.syncsup.*`` temporary name left in the target and, where processes were
-killed, nothing left running.
+Every test ends with a byte-for-byte comparison of the trees (or, with
+excludes, with what rsync itself makes of the same target), no
+``.syncsup.*`` temporary name left in the target and nothing left running.
+
+A wedged agent is given up after AGENT_TIMEOUT (30 s, a constant in
+syncsup/syncer/agent_session.py; no setting or environment variable
+shortens it), so the two tests that SIGSTOP an agent take over 30 s each.
+
+Known product bugs, each shown by an ``xfail(strict=True)`` test here:
+
+* a directory deleted through the agent takes the target's excluded files
+  with it (rsync keeps them);
+* a wedged remote agent that wakes after being given up still applies the
+  requests buffered on its stdin, over newer content, after the batch was
+  acknowledged;
+* a session lost before its hello is answered turns a working agent off for
+  10 minutes (AGENT_RETRY), as if the target had none.
 """
 
 from __future__ import annotations
