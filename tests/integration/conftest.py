@@ -33,7 +33,7 @@ def pytest_runtest_makereport(item, call):
             rep.sections.append((f"syncsup log ({d.config.name})", d.log_tail(120)))
 
 
-FAULT_SUITES = {"test_faults", "test_recovery", "test_chaos", "test_many_syncs"}
+FAULT_SUITES = {"test_faults", "test_recovery", "test_chaos", "test_many_syncs", "test_agent"}
 
 
 @pytest.fixture(autouse=True)
