@@ -24,9 +24,12 @@ from syncsup.logs import setup_logging
 from syncsup.statedir import is_running
 from syncsup.status import format_status, to_json
 
-__all__ = ["EXIT_STATUS", "SIGNALS", "build_parser", "main"]
+__all__ = ["ENVIRONMENT", "EXIT_STATUS", "FILES", "SIGNALS", "SUMMARY", "build_parser",
+           "main"]
 
 EX_NOT_RUNNING = 3
+
+SUMMARY = "live mirror daemon for Linux: inotify and rsync under a supervisor"
 
 DESCRIPTION = """\
 A live mirror daemon for Linux: it watches directory trees with inotify,
@@ -55,6 +58,27 @@ SIGNALS: tuple[tuple[str, str], ...] = (
     ("HUP", "reload the config: the children restart on it and pending work stays in the "
             "journal; a broken new config is refused and logged"),
     ("USR1", "compare every target again, as syncsup resync does"),
+)
+
+# (variable, what it does): for the man page
+ENVIRONMENT: tuple[tuple[str, str], ...] = (
+    ("XDG_STATE_HOME", "where a user's state directories go when the config has no "
+                       "state_dir: $XDG_STATE_HOME/syncsup/NAME (default ~/.local/state)"),
+    ("NOTIFY_SOCKET, WATCHDOG_USEC", "set by systemd for a Type=notify unit: start reports "
+                                     "readiness, a one-line status and the watchdog"),
+    ("JOURNAL_STREAM", "set by systemd when stderr goes to the journal: log lines carry "
+                       "their priority and no time stamp"),
+)
+
+# (path, what it is): for the man page
+FILES: tuple[tuple[str, str], ...] = (
+    ("/etc/syncsup/NAME.toml", "a config, as deploy/syncsup@.service runs it "
+                               "(syncsup@NAME); any path works"),
+    ("/var/lib/syncsup/NAME", "root's state directory for the config NAME.toml when it "
+                              "sets no state_dir: the lock, the sockets and one journal per "
+                              "sync (journal-SYNC.db)"),
+    ("$XDG_STATE_HOME/syncsup/NAME", "the same for any other user"),
+    ("STATE_DIR/sync.toml", "the config written by start --source ... --target ..."),
 )
 
 START_DESCRIPTION = """\
