@@ -89,6 +89,22 @@ def prepare(source: str, targets: list[str], *, mode: str | None = None,
     return AdHoc(path=where / CONFIG_NAME, state_dir=where, doc=doc)
 
 
+def _check_ours(path: Path) -> None:
+    """Only a file this module wrote may be replaced: ``--state-dir`` may
+    name a directory that holds someone's own ``sync.toml``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise cfg.ConfigError("settings.state_dir", f"{path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        head = fh.read(len(_HEADER))
+    if head != _HEADER.encode():
+        raise cfg.ConfigError("settings.state_dir", f"{path} exists and was not written by "
+                              "syncsup start --source: choose another state directory")
+
+
 def write(adhoc: AdHoc) -> None:
     """Write the config, 0600 in a 0700 directory of ours. The file is
     replaced whole (a new file renamed over the old one), so a daemon
@@ -103,6 +119,7 @@ def write(adhoc: AdHoc) -> None:
     # A directory that others can write, or that is not ours, is refused
     # here as it would be at start: before anything is written into it.
     cfg.check_private(adhoc.state_dir, "settings.state_dir")
+    _check_ours(adhoc.path)
     tmp = adhoc.path.with_name(f".{CONFIG_NAME}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)

@@ -320,8 +320,8 @@ def test_start_without_config_mirrors_and_stops(tmp_path, src, dst, adhoc_daemon
     (src / "before").write_bytes(b"1")
     (src / "gone").write_bytes(b"2")
     # relative paths are taken from the working directory (tmp_path/cwd)
-    d = adhoc_daemon("--source", "../src", "--target", "../dst", "--delay", "0",
-                     "--state-dir", "../state")
+    args = ("--source", "../src", "--target", "../dst", "--delay", "0", "--state-dir", "../state")
+    d = adhoc_daemon(*args)
     d.start()
     named = [ln for ln in d.log_text().splitlines() if str(d.config) in ln]
     assert len(named) == 1 and "config written to" in named[0], d.log_tail()
@@ -342,6 +342,14 @@ def test_start_without_config_mirrors_and_stops(tmp_path, src, dst, adhoc_daemon
     (sync,) = st["syncs"]
     assert sync["name"].startswith("adhoc-") and sync["source"] == str(src), sync
     assert [t["target"] for t in sync["targets"]] == [str(dst)], sync
+
+    # the same command again: refused, the running daemon's config untouched
+    written = d.config.read_bytes()
+    again = list(args)
+    again[again.index("--delay") + 1] = "5"
+    r = run_cli("start", *again, timeout=30, cwd=d.cwd)
+    assert r.returncode == 1 and "already running" in r.stderr, r.stdout + r.stderr
+    assert d.config.read_bytes() == written
     d.stop()  # SIGTERM, exit 0
     assert_no_leftovers(tmp_path)
     assert not (tmp_path / "xdg").exists() and not (tmp_path / "home").exists()

@@ -110,3 +110,19 @@ def test_a_state_dir_others_can_write_is_refused(tree: Path) -> None:
         adhoc.write(plan)
     assert exc.value.key == "settings.state_dir"
     assert not plan.path.exists()
+
+
+def test_a_config_it_did_not_write_is_never_replaced(tree: Path) -> None:
+    (tree / "st").mkdir(mode=0o700)
+    mine = b"[settings]\n# my own config\n"
+    (tree / "st" / "sync.toml").write_bytes(mine)
+    plan = adhoc.prepare("src", ["dst"], state_dir="st", cwd=tree)
+    with pytest.raises(cfg.ConfigError) as exc:
+        adhoc.write(plan)
+    assert exc.value.key == "settings.state_dir" and "not written by" in str(exc.value)
+    assert (tree / "st" / "sync.toml").read_bytes() == mine
+    (tree / "st" / "sync.toml").unlink()
+    os.symlink(tree / "elsewhere", tree / "st" / "sync.toml")
+    with pytest.raises(cfg.ConfigError):
+        adhoc.write(plan)
+    assert (tree / "st" / "sync.toml").is_symlink()
