@@ -79,7 +79,7 @@ def prepare(source: str, targets: list[str], *, mode: str | None = None,
     if name is not None and not cfg.valid_name(name):
         raise cfg.ConfigError("sync[0].name", "use 1-64 letters, digits, '.', '_' or '-'")
     name = name or default_name(src, specs)
-    where = (base / state_dir).resolve() if state_dir else cfg.default_state_dir(name)
+    where = (base / (state_dir or cfg.default_state_dir(name))).resolve()
     sync: dict[str, Any] = {"name": name, "source": src, "targets": specs}
     if mode is not None:
         sync["mode"] = mode

@@ -157,6 +157,12 @@ def _epilog() -> str:
     return "\n".join(lines)
 
 
+def _config_error(exc: cfg.ConfigError) -> NoReturn:
+    """One line naming the key, exit 78."""
+    print(f"syncsup: config error: {exc}", file=sys.stderr)
+    raise SystemExit(cfg.EX_CONFIG) from None
+
+
 def _load(path: str, sources: bool = False) -> cfg.Config:
     """The config, or exit 78 with one line; ``sources``: they must exist
     (start; ``check`` lists a missing source among its problems, and status
@@ -167,8 +173,7 @@ def _load(path: str, sources: bool = False) -> cfg.Config:
             cfg.check_sources(conf)
         return conf
     except cfg.ConfigError as exc:
-        print(f"syncsup: config error: {exc}", file=sys.stderr)
-        raise SystemExit(cfg.EX_CONFIG) from None
+        _config_error(exc)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -188,13 +193,13 @@ def cmd_start(args: argparse.Namespace) -> int:
 def _check_start_args(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> None:
     """CONFIG, or --source with at least one --target: exactly one of them
     (argparse's usage error, exit 2, otherwise)."""
-    adhoc = [opt for opt, value in (("--source", args.source), ("--target", args.target),
+    given = [opt for opt, value in (("--source", args.source), ("--target", args.target),
                                     ("--mode", args.mode), ("--delay", args.delay),
                                     ("--name", args.name), ("--state-dir", args.state_dir))
              if value is not None]
-    if args.config is not None and adhoc:
+    if args.config is not None and given:
         error(f"give either CONFIG or --source and --target, not both "
-              f"({args.config} and {', '.join(adhoc)})")
+              f"({args.config} and {', '.join(given)})")
     if args.config is None and (args.source is None or not args.target):
         error("give CONFIG, or --source SRC and at least one --target DST")
 
@@ -202,21 +207,24 @@ def _check_start_args(args: argparse.Namespace, error: Callable[[str], NoReturn]
 def _write_adhoc(args: argparse.Namespace) -> str:
     """Write the config that ``--source``/``--target`` amount to and return
     its path, or exit: 78 for a bad config (nothing written), 1 if that
-    mirror already runs (its file left as it is)."""
+    mirror already runs (its file left as it is) or the file cannot be
+    written."""
     try:
         plan = adhoc.prepare(args.source, args.target, mode=args.mode, delay=args.delay,
                              name=args.name, state_dir=args.state_dir)
         # Validated before anything is written: a mistyped source leaves no
         # state directory behind. The file is loaded and checked again at start.
         cfg.check_sources(cfg.parse(plan.doc, plan.path))
-        if is_running(plan.state_dir):
-            print(f"syncsup: cannot start: syncsup is already running with state_dir "
-                  f"{plan.state_dir} (config {plan.path})", file=sys.stderr)
-            raise SystemExit(1)
+    except cfg.ConfigError as exc:
+        _config_error(exc)
+    if is_running(plan.state_dir):
+        print(f"syncsup: cannot start: syncsup is already running with state_dir "
+              f"{plan.state_dir} (config {plan.path})", file=sys.stderr)
+        raise SystemExit(1)
+    try:
         adhoc.write(plan)
     except cfg.ConfigError as exc:
-        print(f"syncsup: config error: {exc}", file=sys.stderr)
-        raise SystemExit(cfg.EX_CONFIG) from None
+        _config_error(exc)
     except OSError as exc:
         print(f"syncsup: cannot start: cannot write {plan.path}: {exc.strerror}",
               file=sys.stderr)
