@@ -1,41 +1,166 @@
 """The ``syncsup`` command line.
 
-Commands and their exit codes:
-
-* ``start CONFIG``: run in the foreground until SIGTERM/SIGINT; 0 after a
-  clean stop, 78 for a bad config, 1 if it cannot start (already running,
-  unusable state_dir, rsync missing).
-* ``status [--json] CONFIG``: ask the running daemon; 0 if it answered,
-  3 if it is not running (the LSB convention), 1 if it did not answer.
-* ``check CONFIG``: validate the config, sources, rsync and every target
-  (ssh, remote rsync, writable); 0, 1 if a problem was found, 78.
-* ``stop CONFIG``: ask the running daemon to stop, as SIGTERM would.
-* ``resync [--sync S] [--target T] CONFIG``: compare everything again, with
-  ``--checksum`` (also SIGUSR1).
-* ``pause`` / ``resume [--sync S] [--target T] CONFIG``: stop and restart
-  sending; changes keep being recorded while paused.
-
-Signals to ``syncsup start``: TERM/INT stop, HUP reloads the config
-(restarting the children; pending work stays in the journal), USR1 resyncs.
+:func:`build_parser` is the one description of the commands, their options,
+exit statuses and signals: ``syncsup --help``, the man page (man/syncsup.1)
+and the shell completions are generated from it (``python -m
+syncsup._docgen``), so they cannot drift apart. Building it has no side
+effects, which is what lets the generator import it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
+from collections.abc import Callable
+from typing import NoReturn
 
-from syncsup import __version__, proto
+from syncsup import __version__, adhoc, proto
 from syncsup import config as cfg
 from syncsup.client import NotRunning, request
 from syncsup.logs import setup_logging
 from syncsup.statedir import is_running
 from syncsup.status import format_status, to_json
 
-__all__ = ["main"]
+__all__ = ["ENVIRONMENT", "EXIT_STATUS", "FILES", "SIGNALS", "SUMMARY", "build_parser",
+           "main"]
 
 EX_NOT_RUNNING = 3
+
+SUMMARY = "live mirror daemon for Linux: inotify and rsync under a supervisor"
+
+DESCRIPTION = """\
+A live mirror daemon for Linux: it watches directory trees with inotify,
+collates changes for a short delay and pushes them with rsync to local
+paths or user@host:/path over ssh. Pending changes live in a journal, so
+nothing is lost when any part of it is killed."""
+
+# (status, meaning): what every command returns
+EXIT_STATUS: tuple[tuple[int, str], ...] = (
+    (0, "success; for start, a clean stop after SIGTERM, SIGINT or syncsup stop"),
+    (1, "start cannot start (already running, unusable state_dir, rsync missing); "
+        "check found a problem; the daemon did not answer or refused the request; "
+        "stop: the daemon did not stop within 15 seconds; import-lsyncd cannot read "
+        "the file"),
+    (2, "a usage error on the command line; import-lsyncd: a partial import "
+        "(what was not mapped is listed on stderr)"),
+    (EX_NOT_RUNNING, "status, stop, resync, pause, resume: the daemon is not running "
+        "(the LSB convention)"),
+    (cfg.EX_CONFIG, "a bad config, with one line on stderr naming the key (EX_CONFIG; "
+        "the systemd unit never restarts it); import-lsyncd: the Lua config is broken"),
+)
+
+# (signals, effect) on a running `syncsup start`
+SIGNALS: tuple[tuple[str, str], ...] = (
+    ("TERM, INT", "stop: the children are stopped in order, exit 0, nothing is left running"),
+    ("HUP", "reload the config: the children restart on it and pending work stays in the "
+            "journal; a broken new config is refused and logged"),
+    ("USR1", "compare every target again, as syncsup resync does"),
+)
+
+# (variable, what it does): for the man page
+ENVIRONMENT: tuple[tuple[str, str], ...] = (
+    ("XDG_STATE_HOME", "where a user's state directories go when the config has no "
+                       "state_dir: $XDG_STATE_HOME/syncsup/NAME (default ~/.local/state)"),
+    ("NOTIFY_SOCKET, WATCHDOG_USEC", "set by systemd for a Type=notify unit: start reports "
+                                     "readiness, a one-line status and the watchdog"),
+    ("JOURNAL_STREAM", "set by systemd when stderr goes to the journal: log lines carry "
+                       "their priority and no time stamp"),
+)
+
+# (path, what it is): for the man page
+FILES: tuple[tuple[str, str], ...] = (
+    ("/etc/syncsup/NAME.toml", "a config, as deploy/syncsup@.service runs it "
+                               "(syncsup@NAME); any path works"),
+    ("/var/lib/syncsup/NAME", "root's state directory for the config NAME.toml when it "
+                              "sets no state_dir: the lock, the sockets and one journal per "
+                              "sync (journal-SYNC.db)"),
+    ("$XDG_STATE_HOME/syncsup/NAME", "the same for any other user"),
+    ("STATE_DIR/sync.toml", "the config written by start --source ... --target ..."),
+)
+
+START_DESCRIPTION = """\
+Run the daemon in the foreground until SIGTERM or SIGINT, as systemd runs
+it. CONFIG is the TOML file described in syncsup.toml(5).
+
+Without CONFIG, --source and at least one --target describe one mirror, as
+lsyncd -rsync SRC DST does. The config they amount to is written to
+sync.toml (mode 0600) in the mirror's state directory, named on stderr, and
+the daemon starts from that file exactly as it would from a config file:
+same validation, same refusals. Give that file to syncsup status and
+syncsup stop. The state directory is /var/lib/syncsup/NAME for root, else
+$XDG_STATE_HOME/syncsup/NAME (~/.local/state by default); NAME defaults to
+adhoc- and a hash of the source and targets, so the same command line
+finds its journal again after a restart.
+
+Exit 0 after a clean stop, 78 for a bad config (one line naming the key),
+1 if it cannot start, 2 for CONFIG together with --source, or neither."""
+
+STATUS_DESCRIPTION = """\
+Ask the running daemon what it is doing: every process (role, pid, state,
+restarts, uptime) and every target (state, pending paths, lag, last sync,
+last error). Exit 0 if it answered, 3 if it is not running, 1 if it did
+not answer."""
+
+CHECK_DESCRIPTION = """\
+Validate the config, the sources, the local and remote rsync (with their
+versions), ssh and that every target is writable; one line per problem.
+Changes nothing. Exit 0, 1 if a problem was found, 78 for a bad config."""
+
+STOP_DESCRIPTION = """\
+Ask the running daemon to stop, as SIGTERM would, and wait up to 15
+seconds for it to exit. Exit 0 once stopped, 3 if it was not running, 1 if
+it is still running."""
+
+RESYNC_DESCRIPTION = """\
+Compare everything again, with rsync --checksum (SIGUSR1 does it for every
+target). Exit 0 if the daemon accepted it, 1 if it refused, 3 if it is not
+running."""
+
+PAUSE_DESCRIPTION = """\
+Stop sending to the targets; changes are still recorded, and sent after
+resume. Exit 0 if the daemon accepted it, 1 if it refused, 3 if it is not
+running."""
+
+RESUME_DESCRIPTION = """\
+Send what was recorded while paused; also restarts a target halted by
+max_delete. Exit 0 if the daemon accepted it, 1 if it refused, 3 if it is
+not running."""
+
+IMPORT_DESCRIPTION = """\
+Convert an Lsyncd Lua config to a syncsup TOML config on stdout. The Lua
+config is run in a sandboxed Lua 5.3; stderr lists one line per finding.
+Exit 0 when everything was mapped, 2 when something was dropped (the TOML
+is still printed), 78 when the Lua config is broken, 1 when it cannot be
+read."""
+
+
+def _epilog() -> str:
+    """Exit statuses and signals for ``syncsup --help`` (the man page has
+    them as sections)."""
+    import textwrap
+
+    def item(head: str, text: str) -> list[str]:
+        return textwrap.wrap(text, 76, initial_indent=f"  {head:<4}", break_on_hyphens=False,
+                             subsequent_indent=" " * 6)
+
+    lines = ["exit status:"]
+    for code, text in EXIT_STATUS:
+        lines += item(str(code), text)
+    lines += ["", "signals to syncsup start:"]
+    for sigs, text in SIGNALS:
+        lines += textwrap.wrap(f"{sigs}: {text}", 76, initial_indent="  ", break_on_hyphens=False,
+                               subsequent_indent=" " * 6)
+    lines += ["", "See syncsup(1) and syncsup.toml(5)."]
+    return "\n".join(lines)
+
+
+def _config_error(exc: cfg.ConfigError) -> NoReturn:
+    """One line naming the key, exit 78."""
+    print(f"syncsup: config error: {exc}", file=sys.stderr)
+    raise SystemExit(cfg.EX_CONFIG) from None
 
 
 def _load(path: str, sources: bool = False) -> cfg.Config:
@@ -48,14 +173,14 @@ def _load(path: str, sources: bool = False) -> cfg.Config:
             cfg.check_sources(conf)
         return conf
     except cfg.ConfigError as exc:
-        print(f"syncsup: config error: {exc}", file=sys.stderr)
-        raise SystemExit(cfg.EX_CONFIG) from None
+        _config_error(exc)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
     from syncsup.supervisor import StartError, Supervisor
 
-    conf = _load(args.config, sources=True)
+    config = args.config if args.config is not None else _write_adhoc(args)
+    conf = _load(config, sources=True)
     setup_logging(conf.settings, "supervisor")
     try:
         sup = Supervisor(conf)
@@ -63,6 +188,50 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"syncsup: cannot start: {exc}", file=sys.stderr)
         return 1
     return sup.run()
+
+
+def _check_start_args(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> None:
+    """CONFIG, or --source with at least one --target: exactly one of them
+    (argparse's usage error, exit 2, otherwise)."""
+    given = [opt for opt, value in (("--source", args.source), ("--target", args.target),
+                                    ("--mode", args.mode), ("--delay", args.delay),
+                                    ("--name", args.name), ("--state-dir", args.state_dir))
+             if value is not None]
+    if args.config is not None and given:
+        error(f"give either CONFIG or --source and --target, not both "
+              f"({args.config} and {', '.join(given)})")
+    if args.config is None and (args.source is None or not args.target):
+        error("give CONFIG, or --source SRC and at least one --target DST")
+
+
+def _write_adhoc(args: argparse.Namespace) -> str:
+    """Write the config that ``--source``/``--target`` amount to and return
+    its path, or exit: 78 for a bad config (nothing written), 1 if that
+    mirror already runs (its file left as it is) or the file cannot be
+    written."""
+    try:
+        plan = adhoc.prepare(args.source, args.target, mode=args.mode, delay=args.delay,
+                             name=args.name, state_dir=args.state_dir)
+        # Validated before anything is written: a mistyped source leaves no
+        # state directory behind. The file is loaded and checked again at start.
+        cfg.check_sources(cfg.parse(plan.doc, plan.path))
+    except cfg.ConfigError as exc:
+        _config_error(exc)
+    if is_running(plan.state_dir):
+        print(f"syncsup: cannot start: syncsup is already running with state_dir "
+              f"{plan.state_dir} (config {plan.path})", file=sys.stderr)
+        raise SystemExit(1)
+    try:
+        adhoc.write(plan)
+    except cfg.ConfigError as exc:
+        _config_error(exc)
+    except OSError as exc:
+        print(f"syncsup: cannot start: cannot write {plan.path}: {exc.strerror}",
+              file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"syncsup: config written to {plan.path} (syncsup status|stop {plan.path})",
+          file=sys.stderr)
+    return str(plan.path)
 
 
 def _ask(conf: cfg.Config, msg: proto.Message) -> proto.Message | int:
@@ -141,37 +310,87 @@ def cmd_import_lsyncd(args: argparse.Namespace) -> int:
     return import_lsyncd(args.config)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="syncsup", description=__doc__.split("\n")[0])
+def _add_config(p: argparse.ArgumentParser, help: str = "the config file (TOML)") -> None:
+    p.add_argument("config", metavar="CONFIG", help=help)
+
+
+def _subparser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+               help: str, description: str, usage: str | None = None) -> argparse.ArgumentParser:
+    """A command; its description is kept as written (paragraphs)."""
+    return sub.add_parser(name, help=help, description=description, usage=usage,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: commands, options, help texts, exit statuses."""
+    parser = argparse.ArgumentParser(prog="syncsup", description=DESCRIPTION, epilog=_epilog(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"syncsup {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("start", help="run the daemon in the foreground")
-    p.add_argument("config")
-    p.set_defaults(func=cmd_start)
-    p = sub.add_parser("status", help="show what the running daemon is doing")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("config")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _subparser(sub, "start", "run the daemon in the foreground", START_DESCRIPTION,
+                   usage="%(prog)s CONFIG\n       %(prog)s --source SRC --target DST "
+                         "[--target DST ...] [--mode MODE] [--delay SECONDS] [--name NAME] "
+                         "[--state-dir DIR]")
+    p.add_argument("config", metavar="CONFIG", nargs="?",
+                   help="the config file (TOML); not with --source")
+    g = p.add_argument_group(
+        "without a config file",
+        "One mirror from the command line; the other keys take their defaults.")
+    g.add_argument("--source", metavar="SRC", help="the tree to watch (sync[0].source)")
+    g.add_argument("--target", metavar="DST", action="append",
+                   help="a local path or [user@]host:/path; repeat for more targets "
+                        "(sync[0].targets)")
+    g.add_argument("--mode", choices=adhoc.MODES,
+                   help="how targets are reached (sync[0].mode; default rsync)")
+    g.add_argument("--delay", metavar="SECONDS", type=float,
+                   help="seconds to batch changes; 0 sends at once (sync[0].delay; "
+                        "default 1)")
+    g.add_argument("--name", metavar="NAME",
+                   help="the sync's name and its state directory's (default: adhoc- and a "
+                        "hash of the source and targets)")
+    g.add_argument("--state-dir", metavar="DIR",
+                   help="keep the state, and the written config, in DIR instead "
+                        "(settings.state_dir)")
+    p.set_defaults(func=cmd_start, validate=functools.partial(_check_start_args, error=p.error))
+
+    p = _subparser(sub, "status", "show what the running daemon is doing", STATUS_DESCRIPTION)
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output (described in docs/status.md)")
+    _add_config(p)
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("stop", help="stop the running daemon")
-    p.add_argument("config")
+
+    p = _subparser(sub, "stop", "stop the running daemon", STOP_DESCRIPTION)
+    _add_config(p)
     p.set_defaults(func=cmd_stop)
-    p = sub.add_parser("check", help="validate the config, sources and targets (changes nothing)")
-    p.add_argument("config")
+
+    p = _subparser(sub, "check", "validate the config, sources and targets (changes nothing)",
+                   CHECK_DESCRIPTION)
+    _add_config(p)
     p.set_defaults(func=cmd_check)
-    p = sub.add_parser("resync", help="compare everything again (with --checksum)")
-    p.add_argument("--sync", help="only this sync")
-    p.add_argument("--target", help="only this target (as written in the config)")
-    p.add_argument("config")
-    p.set_defaults(func=cmd_control)
-    for name, text in (("pause", "stop sending; changes are still recorded"),
-                       ("resume", "send what was recorded while paused")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--sync", help="only this sync")
-        p.add_argument("--target", help="only this target")
-        p.add_argument("config")
+
+    for name, text, description in (
+            ("resync", "compare everything again (with --checksum)", RESYNC_DESCRIPTION),
+            ("pause", "stop sending; changes are still recorded", PAUSE_DESCRIPTION),
+            ("resume", "send what was recorded while paused", RESUME_DESCRIPTION)):
+        p = _subparser(sub, name, text, description)
+        p.add_argument("--sync", metavar="SYNC", help="only this sync (its name)")
+        p.add_argument("--target", metavar="TARGET",
+                       help="only this target (as written in the config)")
+        _add_config(p)
         p.set_defaults(func=cmd_control)
-    p = sub.add_parser("import-lsyncd", help="convert an Lsyncd Lua config to TOML on stdout")
-    p.add_argument("config", help="the Lsyncd config (lsyncd.conf.lua)")
+
+    p = _subparser(sub, "import-lsyncd", "convert an Lsyncd Lua config to TOML on stdout",
+                   IMPORT_DESCRIPTION)
+    _add_config(p, "the Lsyncd config (lsyncd.conf.lua)")
     p.set_defaults(func=cmd_import_lsyncd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    validate = getattr(args, "validate", None)
+    if validate is not None:
+        validate(args)  # exits 2 with the command's usage, as argparse does
     return int(args.func(args))

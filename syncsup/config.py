@@ -33,9 +33,13 @@ __all__ = [
     "SshOptions",
     "Sync",
     "Target",
+    "check_private",
     "check_sources",
+    "default_state_dir",
     "load",
     "load_for_child",
+    "parse_target",
+    "valid_name",
 ]
 
 EX_CONFIG = 78  # sysexits' EX_CONFIG: a config error, never restarted
@@ -286,11 +290,21 @@ def _str_list(value: Any, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _default_state_dir(path: Path) -> Path:
+def default_state_dir(name: str) -> Path:
+    """Where the state of the config called ``name`` goes when it does not
+    say: ``/var/lib/syncsup/NAME`` for root, else under the user's
+    ``$XDG_STATE_HOME`` (``~/.local/state``). Short on purpose: unix socket
+    paths inside it are limited to 107 bytes."""
     if os.geteuid() == 0:
-        return Path("/var/lib/syncsup") / path.stem
+        return Path("/var/lib/syncsup") / name
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "syncsup" / path.stem
+    return Path(base) / "syncsup" / name
+
+
+def valid_name(name: str) -> bool:
+    """A sync name: 1-64 letters, digits, ``.``, ``_`` or ``-``, not starting
+    with a punctuation character (it names files in ``state_dir``)."""
+    return _NAME_RE.fullmatch(name) is not None
 
 
 def _opt_str(table: dict[str, Any], key: str, where: str) -> str | None:
@@ -428,7 +442,7 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
         raise ConfigError(where, "must be a table")
     table = dict(raw)
     name = _pop(table, "name", str, where, f"sync{index}")
-    if not _NAME_RE.match(name):
+    if not valid_name(name):
         raise ConfigError(f"{where}.name", "use 1-64 letters, digits, '.', '_' or '-'")
     source = (base / _pop(table, "source", str, where)).resolve()
     mode_name = _pop(table, "mode", str, where, _default(Sync, "mode").value)
@@ -600,7 +614,9 @@ def _check_private_stat(st: os.stat_result, path: Path, key: str) -> None:
         raise ConfigError(key, f"{path} belongs to uid {st.st_uid}, not to us or root")
 
 
-def _check_private(path: Path, key: str) -> None:
+def check_private(path: Path, key: str) -> None:
+    """``path`` (a state_dir), if it exists, and every directory above it
+    must be ours or root's and not writable by others."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -677,7 +693,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
             raise ConfigError(f"sync[{i}].name", f"duplicate sync name {name!r}")
     _check_overlaps(syncs)
     settings = Settings(
-        state_dir=(base / state_dir).resolve() if state_dir else _default_state_dir(path),
+        state_dir=(base / state_dir).resolve() if state_dir else default_state_dir(path.stem),
         log_level=log_level,
         max_processes=max_processes,
         log_file=log_file,
@@ -701,7 +717,7 @@ def load(path: str | os.PathLike[str]) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{p}: invalid TOML: {exc}") from None
     conf = parse(data, p)
-    _check_private(conf.settings.state_dir, "settings.state_dir")
+    check_private(conf.settings.state_dir, "settings.state_dir")
     return conf
 
 

@@ -24,6 +24,7 @@ cannot confine the account (see ``_confine``), nothing runs.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pwd
@@ -36,9 +37,91 @@ from syncsup import __version__
 from syncsup.paths import relative_to
 from syncsup.target._confine import ConfineError, chroot_self, describe, grant_chroot_for_exec
 
-__all__ = ["Refused", "classify", "main"]
+__all__ = ["EXIT_STATUS", "REQUESTS", "Refused", "build_parser", "classify", "main"]
 
-USAGE = "usage: syncsup-target ROOT [REQUEST...]   (as a forced command in authorized_keys)"
+# What ``syncsup-target --help`` and its man page (generated from
+# build_parser() and these tables) say. The run-time path below does not use
+# argparse: it must classify $SSH_ORIGINAL_COMMAND, which no option parser
+# should interpret.
+SUMMARY = "what a syncsup source may do on a target host"
+
+DESCRIPTION = """\
+syncsup-target is the forced command of a syncsup source's ssh key on a
+target host: sshd runs it, whatever the client asked for, with the
+client's request in $SSH_ORIGINAL_COMMAND. The request only selects one of
+a few fixed services; nothing in it decides what may be written or where.
+Every service works inside ROOT, the mirror's directory on this host, and
+behind the forced command runs chrooted to it (an account other than root
+in a user namespace of its own; if the kernel refuses both, nothing runs).
+
+Without a forced command (a key that may run anything anyway), the same
+requests can be given as arguments: syncsup-target ROOT agent. Targets in
+a syncsup config whose key is confined this way set confined = true (see
+syncsup.toml(5)); syncsup check asks for info to verify it."""
+
+# (request, service)
+REQUESTS: tuple[tuple[str, str], ...] = (
+    ("rsync --server --daemon .",
+     "an rsync transfer, served by rsync's own daemon mode with a generated module: "
+     "chrooted to ROOT, write-only, options on an allow-list that rsync itself enforces; "
+     "device files are refused"),
+    ("syncsup-target ROOT agent",
+     "syncsup's agent: small files, directories, symlinks, deletes and renames applied "
+     "through directory descriptors that never follow a symlink, chrooted to ROOT"),
+    ("syncsup-target ROOT info",
+     "a JSON line for syncsup check: versions, ROOT, how the account is confined"),
+    ("rsync --version, true", "read-only answers for syncsup check"),
+)
+
+EXIT_STATUS: tuple[tuple[int, str], ...] = (
+    (0, "the request was served (for rsync: rsync's own exit status)"),
+    (1, "refused, on stderr and in syslog: a request that is not one of the above, "
+        "ROOT is not a directory, or the account cannot be confined"),
+    (2, "ROOT is missing or not an absolute path; the agent read a malformed frame"),
+)
+
+ENVIRONMENT: tuple[tuple[str, str], ...] = (
+    ("SSH_ORIGINAL_COMMAND",
+     "the client's request, set by sshd for a forced command; read only when ROOT is "
+     "the only argument"),
+)
+
+EXAMPLE = ('command="/usr/local/bin/syncsup-target /srv/www",restrict '
+           'ssh-ed25519 AAAA... syncsup@source')
+
+
+def _epilog() -> str:
+    import textwrap
+
+    def wrap(text: str, indent: str) -> list[str]:
+        return textwrap.wrap(text, 76, initial_indent=indent, subsequent_indent=" " * 6,
+                             break_on_hyphens=False)
+
+    lines = ["requests:"]
+    for request, text in REQUESTS:
+        lines += [f"  {request}", *wrap(text, " " * 6)]
+    lines += ["", "environment:"]
+    for name, text in ENVIRONMENT:
+        lines += [f"  {name}", *wrap(text, " " * 6)]
+    lines += ["", "exit status:"]
+    for code, text in EXIT_STATUS:
+        lines += wrap(text, f"  {code:<4}")
+    lines += ["", "example (~/.ssh/authorized_keys of the target account):", f"  {EXAMPLE}",
+              "", "See syncsup-target(1), syncsup(1) and docs/security.md."]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line as ``--help``, ``--version`` and the man page show it."""
+    parser = argparse.ArgumentParser(
+        prog="syncsup-target", usage="%(prog)s ROOT [agent|info]", description=DESCRIPTION,
+        epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"syncsup-target {__version__}")
+    parser.add_argument("root", metavar="ROOT",
+                        help="the mirror's directory on this host (an absolute path)")
+    parser.add_argument("request", metavar="REQUEST", nargs="?", choices=("agent", "info"),
+                        help="agent or info, when not run as a forced command")
+    return parser
 
 
 class Refused(Exception):
@@ -137,8 +220,17 @@ def serve_agent(root: str, forced: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help", "--version"):
+        # Only from a command line: behind a forced command the arguments
+        # are the ones in authorized_keys, never the client's.
+        try:
+            build_parser().parse_args(args[:1])
+        except SystemExit as exc:
+            return int(exc.code or 0)
     if not args or not args[0].startswith("/"):
-        print(USAGE, file=sys.stderr)
+        build_parser().print_usage(sys.stderr)
+        print("syncsup-target: ROOT must be an absolute path; it is meant to be the forced "
+              "command of a key in authorized_keys (see syncsup-target --help)", file=sys.stderr)
         return 2
     root = os.path.realpath(args[0])
     forced = "SSH_ORIGINAL_COMMAND" in os.environ and len(args) == 1

@@ -89,12 +89,19 @@ def sync_entry(
 
 # ------------------------------------------------------------------ daemon
 class Daemon:
-    """A ``syncsup start CONFIG`` process running in the foreground, as systemd would run it."""
+    """A ``syncsup start CONFIG`` process running in the foreground, as systemd would run it.
 
-    def __init__(self, tmp_path: Path, doc: dict[str, Any], config: Path | None = None) -> None:
+    ``doc`` None: the test does not write the config (``start_argv`` makes
+    the daemon write it, at ``config``); ``env`` is the daemon's environment.
+    """
+
+    def __init__(self, tmp_path: Path, doc: dict[str, Any] | None,
+                 config: Path | None = None) -> None:
         self.tmp_path = tmp_path
         self.doc = doc
-        self.config = write_config(config or tmp_path / "syncsup.toml", doc)
+        config = config or tmp_path / "syncsup.toml"
+        self.config = write_config(config, doc) if doc is not None else config
+        self.env = syncsup_env()
         self.log_path = tmp_path / f"daemon-{self.config.stem}.log"
         self.cwd = tmp_path / "cwd"
         self.cwd.mkdir(exist_ok=True)
@@ -102,15 +109,18 @@ class Daemon:
         self.stopped_rc: int | None = None
 
     # lifecycle ------------------------------------------------------------
+    def start_argv(self) -> list[str]:
+        return syncsup_argv("start", self.config)
+
     def start(self, wait: bool = True, timeout: float = READY_TIMEOUT) -> Daemon:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                syncsup_argv("start", self.config),
+                self.start_argv(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.cwd,
-                env=syncsup_env(),
+                env=self.env,
                 start_new_session=True,
             )
         if wait:

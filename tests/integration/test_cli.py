@@ -1,4 +1,5 @@
-"""The command line contract: config errors, single instance, signals, status."""
+"""The command line contract: config errors, single instance, signals, status,
+and a mirror started from the command line alone."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from tests.helpers.daemon import (
     COMPONENT_ROLES,
     COMPONENT_STATES,
     TARGET_STATES,
+    Daemon,
     run_cli,
     sync_entry,
+    syncsup_argv,
     write_config,
 )
-from tests.helpers.procs import assert_no_leftovers, cmdline_of
+from tests.helpers.procs import assert_no_leftovers, cmdline_of, kill_leftovers
 from tests.helpers.tree import wait_converged
 
 pytestmark = pytest.mark.timeout(180)
@@ -273,3 +276,124 @@ def test_start_with_missing_config_file(tmp_path):
     r = run_cli("start", tmp_path / "nope.toml", timeout=30)
     assert r.returncode != 0
     assert (r.stdout + r.stderr).strip()
+
+
+# ------------------------------------------- start --source/--target (no config file)
+class AdHocDaemon(Daemon):
+    """``syncsup start --source ... --target ...``: the daemon writes its own
+    config, at ``config`` (in the state directory the test names with
+    ``--state-dir``: as root the default is /var/lib/syncsup). HOME and
+    XDG_STATE_HOME point into tmp_path, so nothing reaches the real ones."""
+
+    def __init__(self, tmp_path: Path, args: list[str]) -> None:
+        super().__init__(tmp_path, None, tmp_path / "state" / "sync.toml")
+        self.args = args
+        self.env.update(HOME=str(tmp_path / "home"), XDG_STATE_HOME=str(tmp_path / "xdg"))
+
+    def start_argv(self) -> list[str]:
+        return syncsup_argv("start", *self.args)
+
+
+@pytest.fixture
+def adhoc_daemon(tmp_path, request):
+    made: list[AdHocDaemon] = []
+    request.node._syncsup_daemons = made
+
+    def make(*args: str) -> AdHocDaemon:
+        d = AdHocDaemon(tmp_path, list(args))
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        if d.running:
+            d._kill_hard()
+    kill_leftovers(tmp_path)
+
+
+def _adhoc_run(tmp_path: Path, *args: str | os.PathLike):
+    """``syncsup start`` run to completion, its state (if any) under tmp_path."""
+    return run_cli("start", *args, "--state-dir", tmp_path / "state", timeout=30, cwd=tmp_path)
+
+
+def test_start_without_config_mirrors_and_stops(tmp_path, src, dst, adhoc_daemon):
+    (src / "before").write_bytes(b"1")
+    (src / "gone").write_bytes(b"2")
+    # relative paths are taken from the working directory (tmp_path/cwd)
+    args = ("--source", "../src", "--target", "../dst", "--delay", "0", "--state-dir", "../state")
+    d = adhoc_daemon(*args)
+    d.start()
+    named = [ln for ln in d.log_text().splitlines() if str(d.config) in ln]
+    assert len(named) == 1 and "config written to" in named[0], d.log_tail()
+    assert (d.config.stat().st_mode & 0o777) == 0o600, oct(d.config.stat().st_mode)
+    assert (d.config.parent.stat().st_mode & 0o777) == 0o700
+
+    (src / "new").write_bytes(b"new")
+    (src / "before").write_bytes(b"changed")
+    (src / "gone").unlink()
+    (src / "dir").mkdir()
+    (src / "dir" / "deep").write_bytes(os.urandom(3000))
+    wait_converged(src, dst, timeout=120, on_timeout=d.describe)
+
+    r = run_cli("status", d.config, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert str(src) in r.stdout and str(dst) in r.stdout, r.stdout
+    st = d.status()
+    (sync,) = st["syncs"]
+    assert sync["name"].startswith("adhoc-") and sync["source"] == str(src), sync
+    assert [t["target"] for t in sync["targets"]] == [str(dst)], sync
+
+    # the same command again: refused, the running daemon's config untouched
+    written = d.config.read_bytes()
+    again = list(args)
+    again[again.index("--delay") + 1] = "5"
+    r = run_cli("start", *again, timeout=30, cwd=d.cwd)
+    assert r.returncode == 1 and "already running" in r.stderr, r.stdout + r.stderr
+    assert d.config.read_bytes() == written
+    d.stop()  # SIGTERM, exit 0
+    assert_no_leftovers(tmp_path)
+    assert not (tmp_path / "xdg").exists() and not (tmp_path / "home").exists()
+    assert not Path("/var/lib/syncsup", sync["name"]).exists()
+
+
+def test_start_without_config_missing_source_exits_78(tmp_path, dst):
+    r = _adhoc_run(tmp_path, "--source", tmp_path / "nope", "--target", dst)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 78, r.stdout + r.stderr
+    assert len(lines) == 1 and "sync[0].source" in lines[0], r.stderr
+    assert not (tmp_path / "state").exists(), "a refused start wrote its state directory"
+    assert_no_leftovers(tmp_path)
+
+
+def test_start_without_config_target_inside_source_exits_78(tmp_path, src):
+    r = _adhoc_run(tmp_path, "--source", src, "--target", src / "mirror")
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 78, r.stdout + r.stderr
+    assert len(lines) == 1 and "sync[0].targets[0]" in lines[0], r.stderr
+    assert "inside its own source" in lines[0], r.stderr
+    assert not (tmp_path / "state").exists()
+    assert_no_leftovers(tmp_path)
+
+
+def test_start_without_config_bad_name_exits_78(tmp_path, src, dst):
+    r = _adhoc_run(tmp_path, "--source", src, "--target", dst, "--name", "../escape")
+    assert r.returncode == 78, r.stdout + r.stderr
+    assert "sync[0].name" in r.stderr, r.stderr
+    assert not (tmp_path / "state").exists() and not (tmp_path / "escape").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ("CONFIG", "--source", "SRC", "--target", "DST"),
+    ("CONFIG", "--delay", "0"),
+    (),
+    ("--source", "SRC"),
+    ("--target", "DST"),
+], ids=["config-and-source", "config-and-delay", "nothing", "no-target", "no-source"])
+def test_start_usage_errors_exit_2(tmp_path, src, dst, args):
+    cfg = write_config(tmp_path / "syncsup.toml", _good(tmp_path))
+    subst = {"CONFIG": str(cfg), "SRC": str(src), "DST": str(dst)}
+    r = run_cli("start", *[subst.get(a, a) for a in args], timeout=30, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "usage: syncsup start CONFIG" in r.stderr, r.stderr
+    assert "error: give " in r.stderr, r.stderr
+    assert_no_leftovers(tmp_path)

@@ -230,6 +230,7 @@ INVALID: list[tuple[str, Any, str]] = [
     ("sync-entry-not-table", _set(["sync"], ["x"]), "sync[0]"),
     ("name-bad", _set([*S, "name"], "has space"), "sync[0].name"),
     ("name-int", _set([*S, "name"], 5), "sync[0].name"),
+    ("name-newline", _set([*S, "name"], "www\n"), "sync[0].name"),  # it names files
     ("missing-source", _del([*S, "source"]), "sync[0].source"),
     ("source-int", _set([*S, "source"], 1), "sync[0].source"),
     ("delay-negative", _set([*S, "delay"], -0.5), "sync[0].delay"),
