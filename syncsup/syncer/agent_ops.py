@@ -89,9 +89,14 @@ def _read(dfd: int, name: bytes, max_size: int) -> tuple[bytes, os.stat_result] 
 
 
 def prepare(root_fd: int, paths: Iterable[bytes], *, max_size: int, deletes: bool,
-            excluded: Callable[[bytes, bool], bool]) -> Prepared:
-    """Operations for ``paths`` (relative to the source open as ``root_fd``)."""
+            excluded: Callable[[bytes, bool], bool], keep_trees: bool = False) -> Prepared:
+    """Operations for ``paths`` (relative to the source open as ``root_fd``).
+    ``keep_trees`` (the sync has excludes): no operation may remove a
+    non-empty directory on the target, which may hold excluded files that
+    rsync would keep; the agent refuses such a removal and the path goes to
+    rsync."""
     out = Prepared()
+    tree = {"tree": False} if keep_trees else {}
     dirs_done: set[bytes] = set()
     parents: set[bytes] = set()
     for path in sorted(paths):
@@ -112,7 +117,7 @@ def prepare(root_fd: int, paths: Iterable[bytes], *, max_size: int, deletes: boo
                 st = os.lstat(name, dir_fd=dfd)
             except FileNotFoundError:
                 if deletes and not excluded(path, False):
-                    out.ops.append({"op": "delete", "path": path})
+                    out.ops.append({"op": "delete", "path": path, **tree})
                 continue
             if excluded(path, stat.S_ISDIR(st.st_mode)):
                 continue  # rsync neither sends nor deletes it
@@ -122,7 +127,7 @@ def prepare(root_fd: int, paths: Iterable[bytes], *, max_size: int, deletes: boo
                     out.fallback.append(path)
                     continue
                 data, st = got
-                out.ops.append({"op": "put", "path": path, "data": data, **_attrs(st)})
+                out.ops.append({"op": "put", "path": path, "data": data, **_attrs(st), **tree})
                 out.size += len(data)
             elif stat.S_ISDIR(st.st_mode):
                 out.ops.append({"op": "mkdir", "path": path, **_attrs(st)})
@@ -130,7 +135,7 @@ def prepare(root_fd: int, paths: Iterable[bytes], *, max_size: int, deletes: boo
             elif stat.S_ISLNK(st.st_mode):
                 target = os.readlink(name, dir_fd=dfd)
                 out.ops.append({"op": "symlink", "path": path, "target": os.fsencode(target),
-                                **_attrs(st)})
+                                **_attrs(st), **tree})
             else:
                 out.fallback.append(path)  # devices, fifos, sockets: rsync's job
         finally:

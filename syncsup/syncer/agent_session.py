@@ -37,12 +37,13 @@ from syncsup.target._protocol import (
     encode_frame,
 )
 
-__all__ = ["AGENT_RETRY", "AGENT_TIMEOUT", "LocalAgent", "RemoteAgent"]
+__all__ = ["AGENT_RESTART", "AGENT_RETRY", "AGENT_TIMEOUT", "LocalAgent", "RemoteAgent"]
 
 log = logging.getLogger("syncsup.syncer")
 
 AGENT_TIMEOUT = 30.0   # seconds without an answer while answers are due: wedged
 AGENT_RETRY = 600.0    # seconds before a target whose agent failed to start is tried again
+AGENT_RESTART = 30.0   # first backoff where an agent has worked before (a lost connection)
 
 
 class LocalAgent:

@@ -16,7 +16,7 @@ from typing import IO
 
 from syncsup import config as cfg
 from syncsup.syncer.agent_ops import prepare
-from syncsup.syncer.agent_session import AGENT_RETRY, LocalAgent, RemoteAgent
+from syncsup.syncer.agent_session import AGENT_RESTART, AGENT_RETRY, LocalAgent, RemoteAgent
 from syncsup.syncer.argv import ssh_argv
 from syncsup.syncer.moves import agent_command
 from syncsup.syncer.plan import Result
@@ -59,11 +59,14 @@ class Channel:
         self.sync, self.target = sync, target
         self.control_path = control_path
         self.errfile = errfile
-        self.filter = DirFilter(plain_excludes(sync) or [])
+        excludes = plain_excludes(sync) or []
+        self.filter = DirFilter(excludes)
+        self.keep_trees = bool(excludes)
         self.local = LocalAgent(target.path) if not target.is_remote else None
         self.remote: RemoteAgent | None = None
         self.off_until = 0.0
         self.ever_ready = False
+        self.start_failures = 0  # sessions in a row that ended before their hello
         self._fallback: tuple[bytes, ...] = ()
         self.sent = 0  # content bytes of the current step
 
@@ -95,7 +98,7 @@ class Channel:
             return Result(rc=1, error=f"cannot open the source: {exc.strerror}")
         try:
             prep = prepare(root_fd, names, max_size=self.sync.agent_max_size, deletes=deletes,
-                           excluded=self.filter.excluded)
+                           excluded=self.filter.excluded, keep_trees=self.keep_trees)
         finally:
             os.close(root_fd)
         self._fallback = tuple(prep.fallback)
@@ -122,8 +125,8 @@ class Channel:
             return None
         if r.dead:
             self._lost(r, now)
-        elif not self.ever_ready and r.ready:
-            self.ever_ready = True
+        elif r.ready:
+            self.ever_ready, self.start_failures = True, 0
         return self._merge(result)
 
     def _merge(self, result: Result) -> Result:
@@ -148,12 +151,22 @@ class Channel:
         return self.remote
 
     def _lost(self, r: RemoteAgent, now: float) -> None:
-        """A session ended. One that never answered its hello means no agent
-        there (not installed, refused): rsync only, tried again later."""
-        if not r.ready:
+        """A session ended. One that never answered its hello, on a target
+        where no session ever did, means no agent there (not installed,
+        refused): rsync only, tried again later. Where one worked before it
+        was a lost connection: a new session soon."""
+        if not r.ready and not self.ever_ready:
             log.warning("%s: no agent there (%s); rsync does everything, the agent is tried "
                         "again in %.0f minutes", self.label, r.dead, AGENT_RETRY / 60)
             self.off_until = now + AGENT_RETRY
+        elif not r.ready:
+            # Again at once the first time, then backing off up to AGENT_RETRY.
+            self.start_failures += 1
+            wait = min(AGENT_RETRY, AGENT_RESTART * 2 ** (self.start_failures - 2)) \
+                if self.start_failures > 1 else 0.0
+            log.info("%s: an agent session ended before it started (%s); the next one starts "
+                     "in %.0f s", self.label, r.dead, wait)
+            self.off_until = now + wait
         else:
             log.info("%s: the agent session ended (%s); a new one starts with the next batch",
                      self.label, r.dead)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import select
 import sys
 from typing import IO, Any
 
@@ -68,6 +69,26 @@ def _attrs(req: dict[str, Any], ids: Ids) -> Attrs:
                  gid=ids.resolve("group", req.get("group"), _int(req, "gid", -1)))
 
 
+def _peer_gone(out: IO[bytes]) -> bool:
+    """Has the reader of our answers gone (the other end of the pipe or
+    socket closed)?"""
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError):
+        return False  # not a descriptor (tests): nothing to ask
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _fd, ev in poller.poll(0))
+
+
+def _tree(req: dict[str, Any]) -> bool:
+    """``tree``: may a directory in the way go with what it holds (default)?"""
+    tree = req.get("tree", True)
+    if not isinstance(tree, bool):
+        raise ApplyError(22, "'tree' must be a boolean")
+    return tree
+
+
 def handle(applier: Applier, req: dict[str, Any], info: dict[str, Any],
            ids: Ids | None = None) -> dict[str, Any]:
     """The answer to one request."""
@@ -83,18 +104,19 @@ def handle(applier: Applier, req: dict[str, Any], info: dict[str, Any],
             data = req.get("data")
             if not isinstance(data, bytes):
                 raise ApplyError(22, "'data' must be bytes")
-            applier.put(_path(req, "path"), data, _attrs(req, ids))
+            applier.put(_path(req, "path"), data, _attrs(req, ids), _tree(req))
         elif op == "mkdir":
             applier.mkdir(_path(req, "path"), _attrs(req, ids))
         elif op == "symlink":
-            applier.symlink(_path(req, "path"), _path(req, "target"), _attrs(req, ids))
+            applier.symlink(_path(req, "path"), _path(req, "target"), _attrs(req, ids),
+                            _tree(req))
         elif op == "time":
             rel = req.get("path")
             if not isinstance(rel, bytes):
                 raise ApplyError(22, "'path' must be bytes")
             applier.set_time(rel, _int(req, "mtime"))
         elif op == "delete":
-            applier.delete(_path(req, "path"))
+            applier.delete(_path(req, "path"), _tree(req))
         elif op == "rename":
             applier.rename(_path(req, "src"), _path(req, "dst"))
         elif op == "commit":
@@ -111,7 +133,8 @@ def handle(applier: Applier, req: dict[str, Any], info: dict[str, Any],
 def serve(applier: Applier, info: dict[str, Any], stdin: IO[bytes] | None = None,
           stdout: IO[bytes] | None = None, ids: Ids | None = None) -> int:
     """Answer requests until the client closes the stream. Exit codes: 0
-    after a clean end, 2 after a malformed frame."""
+    after a clean end, 2 after a malformed frame or a fatal answer, 3 when the
+    client is gone (nothing more is applied)."""
     ids = ids or Ids(by_name=False)
     rin = stdin or sys.stdin.buffer
     out = stdout or sys.stdout.buffer
@@ -126,6 +149,12 @@ def serve(applier: Applier, info: dict[str, Any], stdin: IO[bytes] | None = None
             return 2
         if req is None or req.get("op") == "bye":
             return 0
+        if _peer_gone(out):
+            # The client gave up on us (it killed its end after a deadline:
+            # we were stopped or stuck) and has sent these paths another
+            # way since; applying what is still buffered could put back
+            # older content.
+            return 3
         if not greeted and req.get("op") != "hello":
             req = {"op": "hello", "version": None}  # answered as a wrong version: fatal
         answer = handle(applier, req, info, ids)

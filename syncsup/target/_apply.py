@@ -152,9 +152,10 @@ class Applier:
 
     # -- writing whole entries ------------------------------------------------------
 
-    def put(self, rel: bytes, data: bytes, attrs: Attrs) -> None:
+    def put(self, rel: bytes, data: bytes, attrs: Attrs, tree: bool = True) -> None:
         """Make ``rel`` a regular file holding ``data``, replacing whatever
-        was there (a directory too, as rsync's ``--force``)."""
+        was there (a directory too, as rsync's ``--force``; with ``tree``
+        false only an empty one)."""
         dirs, name = split_path(rel)
         dfd = self._open_dir(dirs)
         try:
@@ -170,7 +171,7 @@ class Applier:
                     assert self.proc_fd is not None
                     os.link(str(fd), tmp, src_dir_fd=self.proc_fd, dst_dir_fd=dfd,
                             follow_symlinks=True)
-                self._replace(dfd, tmp, name)
+                self._replace(dfd, tmp, name, tree)
             except BaseException:
                 os.close(fd)
                 raise
@@ -201,8 +202,9 @@ class Applier:
         finally:
             os.close(dfd)
 
-    def symlink(self, rel: bytes, target: bytes, attrs: Attrs) -> None:
-        """Make ``rel`` a symlink to ``target``, exactly (never resolved)."""
+    def symlink(self, rel: bytes, target: bytes, attrs: Attrs, tree: bool = True) -> None:
+        """Make ``rel`` a symlink to ``target``, exactly (never resolved);
+        ``tree`` as for :meth:`put`."""
         dirs, name = split_path(rel)
         dfd = self._open_dir(dirs)
         try:
@@ -216,7 +218,7 @@ class Applier:
                          follow_symlinks=False)
             except OSError:
                 pass  # a symlink's owner and time are best effort, as for rsync
-            self._replace(dfd, tmp, name)
+            self._replace(dfd, tmp, name, tree)
             self.touched.add(b"/".join(dirs))
         finally:
             os.close(dfd)
@@ -298,16 +300,16 @@ class Applier:
         os.fchmod(fd, attrs.mode & 0o7777 & ~clear)
         os.utime(fd, ns=(attrs.mtime_ns, attrs.mtime_ns))
 
-    def _replace(self, dfd: int, tmp: bytes, name: bytes) -> None:
+    def _replace(self, dfd: int, tmp: bytes, name: bytes, tree: bool) -> None:
         """Rename ``tmp`` over ``name``; a directory in the way is removed
-        first (rsync's ``--force``)."""
+        first (rsync's ``--force``), if ``tree`` with all it holds."""
         try:
             try:
                 os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except (IsADirectoryError, OSError) as exc:
                 if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
                     raise
-                self._remove(dfd, name)
+                self._remove(dfd, name, tree)
                 os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         except OSError:
             try:
@@ -338,19 +340,23 @@ class Applier:
         finally:
             os.close(sfd)
 
-    def delete(self, rel: bytes) -> None:
-        """Remove ``rel`` and everything below it; gone already is fine."""
+    def delete(self, rel: bytes, tree: bool = True) -> None:
+        """Remove ``rel`` and everything below it; gone already is fine.
+        With ``tree`` false a directory is removed only if it is empty
+        (ENOTEMPTY otherwise): a sync with excludes leaves such a delete to
+        rsync, which keeps the excluded files and the directories holding
+        them."""
         dirs, name = split_path(rel)
         try:
             fd = self._open_dir(dirs)
         except FileNotFoundError:
             return
         try:
-            self._remove(fd, name)
+            self._remove(fd, name, tree)
         finally:
             os.close(fd)
 
-    def _remove(self, parent: int, name: bytes) -> None:
+    def _remove(self, parent: int, name: bytes, tree: bool = True) -> None:
         self.protection.check(parent, name)
         try:
             st = os.lstat(name, dir_fd=parent)
@@ -358,6 +364,9 @@ class Applier:
             return
         if not stat.S_ISDIR(st.st_mode):
             os.unlink(name, dir_fd=parent)
+            return
+        if not tree:
+            os.rmdir(name, dir_fd=parent)
             return
         fd = os.open(name, DIR_FLAGS, dir_fd=parent)
         try:

@@ -22,15 +22,11 @@ A wedged agent is given up after AGENT_TIMEOUT (30 s, a constant in
 syncsup/syncer/agent_session.py; no setting or environment variable
 shortens it), so the two tests that SIGSTOP an agent take over 30 s each.
 
-Known product bugs, each shown by an ``xfail(strict=True)`` test here:
-
-* a directory deleted through the agent takes the target's excluded files
-  with it (rsync keeps them);
-* a wedged remote agent that wakes after being given up still applies the
-  requests buffered on its stdin, over newer content, after the batch was
-  acknowledged;
-* a session lost before its hello is answered turns a working agent off for
-  10 minutes (AGENT_RETRY), as if the target had none.
+Three tests guard against faults found here: a directory deleted through
+the agent must keep the target's excluded files (as rsync does); a wedged
+remote agent that wakes after being given up must apply nothing it still
+had buffered; a session lost before its hello on a target whose agent
+worked must not turn the agent off.
 """
 
 from __future__ import annotations
@@ -703,12 +699,6 @@ def finish_same(d: Daemon, tmp_path: Path, dst: Path, ref: Path) -> None:
     assert_no_leftovers(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: the agent deletes a directory with everything in it, excluded entries "
-    "included (syncsup/target/_apply.py Applier.delete()/_remove() recurse without the "
-    "sync's excludes; syncsup/syncer/agent_ops.py prepare() checks only the deleted path), "
-    "where rsync leaves excluded files on the target alone (docs/config.md, exclude) and "
-    "keeps their directory"))
 def test_a_deleted_directory_keeps_the_targets_excluded_files(tmp_path, src, dst,
                                                              daemon_factory):
     write_all(dst, {"d/x.tmp": b"excluded: the target's own"})
@@ -943,12 +933,6 @@ def test_remote_batch_is_acknowledged_only_once_the_agent_confirmed(sshd, tmp_pa
     finish(d, tmp_path, src, dst)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: a wedged remote agent given up by the syncer (AGENT_TIMEOUT) is only cut "
-    "off on the source side; when it wakes it still applies the requests buffered on its "
-    "stdin (syncsup/target/_agent.py serve() reads and applies every frame without checking "
-    "that its session is still there), overwriting what rsync and the next session wrote "
-    "after the batch was acknowledged"))
 def test_wedged_agent_woken_after_its_replacement_writes_nothing_stale(sshd, tmp_path, src, dst,
                                                                       daemon_factory):
     """f is v1 in a batch sent to a stopped agent, then v2; the syncer gives
@@ -985,11 +969,6 @@ def test_wedged_agent_woken_after_its_replacement_writes_nothing_stale(sshd, tmp
     finish(d, tmp_path, src, dst)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: a session lost before its hello is answered is taken for 'no agent there' "
-    "even on a target whose agent has answered before (syncsup/syncer/agents.py "
-    "Channel._lost() looks only at r.ready; Channel.ever_ready is set in poll() and never "
-    "read): rsync does everything for AGENT_RETRY (10 minutes) after a transient failure"))
 def test_a_session_lost_while_starting_does_not_turn_a_working_agent_off(sshd, tmp_path, src,
                                                                          dst, daemon_factory):
     """The agent works on this target; then one session's ssh dies while the

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from syncsup.target import Applier, Protection
-from syncsup.target._apply import Attrs, Clear
 from syncsup.target._agent import serve
+from syncsup.target._apply import Attrs, Clear
 from syncsup.target._command import Refused, classify
 from syncsup.target._daemon import ALLOWED_OPTIONS, daemon_config, exclude_rules
 from syncsup.target._protocol import MAX_FRAME, VERSION, encode_frame, read_frame
@@ -294,3 +294,27 @@ def test_clear_takes_bits_off_files_and_directories(root: Path) -> None:
         b.close()
     assert (root / "suid2").stat().st_mode & 0o7777 == 0o6755
     assert (root / "open2").stat().st_mode & 0o7777 == 0o777
+
+
+def test_without_tree_only_empty_directories_are_removed(root: Path) -> None:
+    """A sync with excludes: the target's directory may hold excluded files
+    rsync would keep, so the agent removes only an empty one and the path
+    goes to rsync otherwise."""
+    (root / "full").mkdir()
+    (root / "full" / "x.tmp").write_text("excluded")
+    (root / "empty").mkdir()
+    (root / "file").write_text("f")
+    a = Applier.open(str(root))
+    try:
+        with pytest.raises(OSError):
+            a.delete(b"full", tree=False)
+        with pytest.raises(OSError):
+            a.put(b"full", b"now a file", Attrs(mode=0o644, mtime_ns=10**18), tree=False)
+        a.delete(b"empty", tree=False)
+        a.delete(b"file", tree=False)
+        a.put(b"gone", b"x", Attrs(mode=0o644, mtime_ns=10**18), tree=False)
+    finally:
+        a.close()
+    assert (root / "full" / "x.tmp").read_text() == "excluded"
+    assert not (root / "empty").exists() and not (root / "file").exists()
+    assert not [p for p in os.listdir(root) if p.startswith(".syncsup.")]
