@@ -35,7 +35,7 @@ from pathlib import Path
 import msgpack
 
 from tests.helpers.daemon import REPO
-from tests.helpers.procs import assert_no_leftovers, kill_leftovers
+from tests.helpers.procs import assert_no_leftovers, kill_leftovers, pids_of_uid, tree_pids
 from tests.helpers.sshd import Sshd
 from tests.helpers.tree import snapshot
 
@@ -60,18 +60,6 @@ def public_dir(prefix: str = "syncsup-atk-") -> Path:
 def remove_public(p: Path) -> None:
     kill_leftovers(p)
     shutil.rmtree(p, ignore_errors=True)
-
-
-def pids_of_uid(uid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                if os.stat(f"/proc/{d}").st_uid == uid:
-                    out.append(int(d))
-            except OSError:
-                pass
-    return out
 
 
 def make_site(dest: Path) -> Path:
@@ -483,31 +471,6 @@ class OutsideWatch:
 
 
 # ------------------------------------------------------------ memory
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat", "rb") as f:
-                data = f.read()
-            ppid = int(data[data.rindex(b")") + 2:].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        kids.setdefault(ppid, []).append(int(d))
-    return kids
-
-
-def tree_pids(pid: int) -> list[int]:
-    kids = _children()
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
 def rss(pid: int) -> int:
     """Resident set size of one process in bytes (0 if gone)."""
     try:

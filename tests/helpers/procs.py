@@ -23,6 +23,51 @@ def _state(pid: int) -> str:
         return "?"
 
 
+def children_map() -> dict[int, list[int]]:
+    """Every live process's children (zombies included), from /proc."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                data = f.read()
+            ppid = int(data[data.rindex(b")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (not ``pid`` itself)."""
+    kids = children_map()
+    out, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and every descendant."""
+    return [pid, *descendants(pid)]
+
+
+def pids_of_uid(uid: int) -> list[int]:
+    """Live processes owned by ``uid``."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.stat(f"/proc/{d}").st_uid == uid:
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
 def processes_mentioning(
     path: os.PathLike | str | bytes, exclude: set[int] | None = None
 ) -> list[tuple[int, str]]:

@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.helpers.procs import descendants
+
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin:/bin") or "/usr/sbin/sshd"
 
 
@@ -167,25 +169,7 @@ class Sshd:
         """All descendants of the listening sshd: per-connection sshd and what they run."""
         if self.proc is None:
             return []
-        children: dict[int, list[int]] = {}
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                with open(f"/proc/{d}/stat", "rb") as f:
-                    data = f.read()
-                ppid = int(data[data.rindex(b")") + 2 :].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(d))
-        out: list[int] = []
-        todo = [self.proc.pid]
-        while todo:
-            p = todo.pop()
-            for c in children.get(p, []):
-                out.append(c)
-                todo.append(c)
-        return out
+        return descendants(self.proc.pid)
 
     @property
     def running(self) -> bool:

@@ -4,7 +4,6 @@ killed while all of them are busy."""
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -14,29 +13,10 @@ import pytest
 
 from tests.helpers.churn import Churn, ChurnThread, assert_not_pwned
 from tests.helpers.daemon import COMPONENT_ROLES, sync_entry
-from tests.helpers.procs import assert_no_leftovers
+from tests.helpers.procs import assert_no_leftovers, descendants
 from tests.helpers.tree import wait_converged
 
 KILLABLE = ("watcher", "collator", "syncer")
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat", "rb") as fh:
-                    data = fh.read()
-                ppid = int(data[data.rindex(b")") + 2:].split()[1])
-            except (OSError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
 
 
 def python_children(pid: int) -> list[int]:

@@ -56,14 +56,19 @@ from tests.helpers.attack import (
     rewriting_ssh,
     rsync,
     ssh_run,
-    tree_pids,
     tree_rss,
 )
 from tests.helpers.attack import public_dir as make_public_dir
 from tests.helpers.attack import rss as proc_rss
 from tests.helpers.churn import HOSTILE, Churn, ChurnThread, assert_not_pwned
 from tests.helpers.daemon import REPO, Daemon, run_cli, sync_entry, syncsup_env, write_config
-from tests.helpers.procs import assert_no_leftovers, cmdline_of, kill_leftovers
+from tests.helpers.procs import (
+    assert_no_leftovers,
+    cmdline_of,
+    kill_leftovers,
+    pids_of_uid,
+    tree_pids,
+)
 from tests.helpers.tree import diff_trees, snapshot, wait_converged
 
 from ._modes_helpers import make_recorder, read_records, wait_until
@@ -1244,7 +1249,7 @@ def other_user():
     try:
         yield pw.pw_uid, pw.pw_gid, name
     finally:
-        for pid in _pids_of_uid(pw.pw_uid):
+        for pid in pids_of_uid(pw.pw_uid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -1256,18 +1261,6 @@ def other_user():
             time.sleep(0.2)  # its processes may take a moment to be reaped
             r = subprocess.run(["userdel", name], capture_output=True, text=True)
         assert r.returncode == 0, f"userdel {name}: {r.stderr}"
-
-
-def _pids_of_uid(uid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                if os.stat(f"/proc/{d}").st_uid == uid:
-                    out.append(int(d))
-            except OSError:
-                pass
-    return out
 
 
 @pytest.fixture
@@ -1530,7 +1523,7 @@ def test_unprivileged_user_with_read_access_runs_the_daemon(other_user, public_d
             proc.wait(10)
     assert_no_leftovers(base)
     assert_not_pwned(base)
-    assert not _pids_of_uid(uid), "processes of the unprivileged user are left"
+    assert not pids_of_uid(uid), "processes of the unprivileged user are left"
 
 
 # ================================ set-user-ID bits and the home's own mode
