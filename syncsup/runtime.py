@@ -13,6 +13,7 @@ import ctypes
 import logging
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
     "receive",
     "send",
     "set_pdeathsig",
+    "stop_group",
     "trim_memory",
 ]
 
@@ -160,6 +162,18 @@ def killpg(pgid: int, sig: int) -> None:
     namespace, no longer ours)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """End the process group led by ``proc``: TERM (and CONT, should it be
+    stopped), ``grace`` seconds to exit, then KILL; reaped either way."""
+    killpg(proc.pid, signal.SIGTERM)
+    killpg(proc.pid, signal.SIGCONT)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def trim_memory() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -33,10 +32,10 @@ from syncsup.runtime import (
     ChildRuntime,
     child_exit_fd,
     drain_fd,
-    killpg,
     new_socket,
     receive,
     send,
+    stop_group,
 )
 from syncsup.statedir import StateDir
 from syncsup.status import StatusPart, TransferStatus, TransportStatus
@@ -446,12 +445,7 @@ class Syncer:
             if slot.transfer is not None:
                 slot.transfer.kill()
             if slot.master is not None:
-                killpg(slot.master.pid, signal.SIGTERM)
-                try:
-                    slot.master.wait(2)
-                except subprocess.TimeoutExpired:
-                    killpg(slot.master.pid, signal.SIGKILL)
-                    slot.master.wait()
+                stop_group(slot.master, 2.0)
 
 
 def main(config_path: str, run_id: str) -> int:

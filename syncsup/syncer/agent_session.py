@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 from collections import deque
 from typing import IO, Any
 
-from syncsup.runtime import killpg
+from syncsup.runtime import stop_group
 from syncsup.syncer.plan import Result
 from syncsup.syncer.transfer import spawn
 from syncsup.target import Applier
@@ -215,13 +214,7 @@ class RemoteAgent:
         return " | ".join(lines[-2:])
 
     def kill(self) -> None:
-        killpg(self.proc.pid, signal.SIGTERM)
-        killpg(self.proc.pid, signal.SIGCONT)
-        try:
-            self.proc.wait(2)
-        except subprocess.TimeoutExpired:
-            killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_group(self.proc, 2.0)
         for pipe in (self.proc.stdin, self.proc.stdout):
             try:
                 if pipe is not None:

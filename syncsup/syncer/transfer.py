@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import IO, Any
 
-from syncsup.runtime import killpg, set_pdeathsig
+from syncsup.runtime import killpg, set_pdeathsig, stop_group
 from syncsup.syncer.plan import Result
 
 __all__ = ["STOP_GRACE", "Transfer", "spawn"]
@@ -145,10 +145,4 @@ class Transfer:
 
     def kill(self) -> None:
         """At stop: TERM the group, wait STOP_GRACE, KILL."""
-        self.terminate()
-        try:
-            self.proc.wait(STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            pass
-        killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        stop_group(self.proc, STOP_GRACE)
