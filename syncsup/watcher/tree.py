@@ -103,6 +103,7 @@ class WatchTree:
         # Files open for writing, held back until their CLOSE_WRITE: path ->
         # the (monotonic) time they are sent anyway.
         self.writing: dict[bytes, float] = {}
+        self._new: set[bytes] = set()  # held files that were created (command mode)
 
     def abspath(self, rel: bytes) -> bytes:
         return join(self.root, rel) if rel else self.root
@@ -230,6 +231,10 @@ class WatchTree:
             is_dir = bool(mask & F.ISDIR)
             if is_dir and mask & (F.CREATE | F.MOVED_TO) and self.excluded(path):
                 continue  # rsync never sends it: nothing to watch, replay or report
+            if mask & F.CREATE and not is_dir and now is not None and self._hold(
+                    path, mask, now):
+                self._new.add(path)  # "created" goes with the path when it is released
+                continue
             if mask & (F.CREATE | F.MOVED_TO):
                 changes.created.add(path)
             if mask & F.MOVED_FROM:
@@ -248,6 +253,9 @@ class WatchTree:
                 continue
             else:
                 changes.paths.add(path)
+                if path in self._new:
+                    self._new.discard(path)
+                    changes.created.add(path)
         return signals
 
     def _hold(self, path: bytes, mask: int, now: float) -> bool:
@@ -276,4 +284,7 @@ class WatchTree:
         for path in due:
             del self.writing[path]
             changes.paths.add(path)
+            if path in self._new:
+                self._new.discard(path)
+                changes.created.add(path)
         return min(self.writing.values(), default=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,32 @@ HOSTILE_NAMES = [
     b'it\'s "q" \\ back',
     b"\xff\xfe-not-utf8",
 ]
+
+
+def test_a_file_written_slowly_is_created_once(tmp_path, src, daemon_factory):
+    """A writer that takes its time: the CREATE event is read long before
+    the data and the close, together with another file's whole life. With
+    no delay both must be reported as created (once), not as modified."""
+    rec, log = make_recorder(tmp_path), tmp_path / "actions.log"
+    d = daemon_factory([cmd_sync(src, rec, log, delay=0)])
+    r = Records(log)
+    r.wait_new(lambda rs: len(rs) >= 1, "the startup action", d)
+    settle(d)
+    r.wait_new(lambda rs: True, "nothing", d)
+    with open(src / "slow.txt", "wb") as f:
+        write(src / "quick.txt", b"done at once")  # read with slow.txt's CREATE
+        time.sleep(0.3)  # the watcher has read both by now
+        f.write(b"partial ")
+        f.flush()
+        time.sleep(0.1)
+        f.write(b"and the rest")
+    got = r.wait_new(lambda rs: any(x[1] == b"slow.txt" for x in rs), "slow.txt", d)
+    settle(d)
+    got += r.wait_new(lambda rs: True, "nothing", d)
+    assert sorted(got) == sorted([expect_path_record(b"create", src, b"quick.txt"),
+                                  expect_path_record(b"create", src, b"slow.txt")]), got
+    d.stop()
+    assert_no_leftovers(tmp_path)
 
 
 def test_hostile_names_are_one_argv_element_and_run_nothing(tmp_path, src, daemon_factory):

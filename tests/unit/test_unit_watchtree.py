@@ -471,7 +471,7 @@ def test_a_file_being_written_is_held_until_closed(src: Path) -> None:
     tree, _, wd = watched(src)
     ch = Changes()
     tree.apply([(wd[b""], F.CREATE, 0, b"f"), (wd[b""], F.MODIFY, 0, b"f")], ch, now=10.0)
-    assert ch.paths == set() and ch.created == {b"f"}  # command mode still sees the create
+    assert ch.paths == set() and ch.created == set()  # "created" waits with the path
     assert tree.writing == {b"f": 10.0 + WRITE_HOLD}
     tree.apply([(wd[b""], F.ATTRIB, 0, b"f"), (wd[b""], F.MODIFY, 0, b"f")], ch, now=10.2)
     assert ch.paths == set() and tree.writing == {b"f": 10.0 + WRITE_HOLD}  # not extended
@@ -519,3 +519,22 @@ def test_nothing_is_held_without_a_clock(src: Path) -> None:
     tree, _, wd = watched(src)
     ch, _ = apply(tree, (wd[b""], F.CREATE, 0, b"f"), (wd[b""], F.MODIFY, 0, b"f"))
     assert ch.paths == {b"f"} and tree.writing == {}
+
+
+def test_a_held_new_file_is_still_created_when_it_is_released(src: Path) -> None:
+    """Command mode tells on_create from on_modify by ``created``, which
+    only travels with its path: a held file keeps it until released."""
+    tree, _, wd = watched(src)
+    ch = Changes()
+    tree.apply([(wd[b""], F.CREATE, 0, b"f")], ch, now=1.0)
+    assert ch.created == set() and ch.paths == set()
+    tree.apply([(wd[b""], F.CLOSE_WRITE, 0, b"f")], ch, now=1.1)
+    assert ch.paths == {b"f"} and ch.created == {b"f"}
+    later = Changes()
+    tree.apply([(wd[b""], F.MODIFY, 0, b"f")], later, now=2.0)
+    tree.apply([(wd[b""], F.CLOSE_WRITE, 0, b"f")], later, now=2.1)
+    assert later.paths == {b"f"} and later.created == set()  # a rewrite, not a create
+    gone = Changes()
+    tree.apply([(wd[b"a"], F.CREATE, 0, b"file")], gone, now=3.0)
+    assert tree.release(3.0 + WRITE_HOLD, gone) is None
+    assert gone.paths == gone.created == {b"a/file"}
