@@ -17,7 +17,7 @@ import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -49,6 +49,7 @@ from syncsup.syncer.moves import (
 )
 from syncsup.syncer.plan import Finished, Plan, Result, Step, StepKind
 from syncsup.syncer.transfer import Transfer, spawn
+from syncsup.watcher.filters import RuleList
 
 __all__ = ["Slot", "Syncer", "main"]
 
@@ -76,6 +77,7 @@ class Slot:
     master_failures: int = 0
     master_next: float = 0.0
     channel: Channel | None = None  # the target's agent, if the sync can use one
+    rules: RuleList = field(default_factory=RuleList)
 
     @property
     def label(self) -> str:
@@ -142,9 +144,10 @@ class Syncer:
         self.slots: dict[tuple[str, int], Slot] = {}
         for raw in conf.syncs:
             sync = expand_rule_files(raw)
+            rules = RuleList(sync)
             for i, t in enumerate(sync.targets):
                 cp = self.state.control_path(sync.name, i) if t.is_remote else None
-                slot = self.slots[(sync.name, i)] = Slot(sync, i, t, cp)
+                slot = self.slots[(sync.name, i)] = Slot(sync, i, t, cp, rules=rules)
                 why = unusable(sync)
                 if why is None:
                     slot.channel = Channel(sync, t, cp, self._agent_errfile(slot))
@@ -250,7 +253,12 @@ class Syncer:
             argv = [sys.executable, "-P", "-m", "syncsup.syncer.action_runner",
                     str(self.config_path), slot.sync.name, str(slot.index), str(lst)]
         else:
-            lst.write_bytes(_names(_effective(os.fsencode(slot.sync.source), list(step.names))))
+            names = [n for n in _effective(os.fsencode(slot.sync.source), list(step.names))
+                     if not slot.rules.below_excluded(n)]
+            if not names:  # all below excluded directories: nothing rsync would send
+                self.proceed(slot, slot.plan.advance(step, Result(rc=0)))
+                return
+            lst.write_bytes(_names(names))
             argv = rsync_argv(slot.sync, t, step, str(lst), slot.batch.startup,
                               slot.control_path)
         log.debug("%s: %s", slot.label, argv)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from syncsup.config import Sync, read_rule_file
 
-__all__ = ["DirFilter", "exclude_patterns", "plain_excludes"]
+__all__ = ["DirFilter", "RuleList", "exclude_patterns", "plain_excludes"]
 
 
 def _translate(pattern: bytes) -> bytes:
@@ -118,6 +118,48 @@ def _patterns(sync: Sync) -> tuple[list[bytes], bool]:
             break  # include, merge, modifiers...: rules after this can't be trusted
         out.append(m.group(2).encode("utf-8", "surrogateescape"))
     return out, complete
+
+
+class RuleList:
+    """rsync's include/exclude rules of a sync, in order, for one question
+    rsync does not ask itself: is a path listed in ``--files-from`` below a
+    directory the rules exclude? rsync checks each listed name, not its
+    parents, so a file in an excluded directory would be sent (creating the
+    directory on the target) when the watcher watches that directory, i.e.
+    when an include rule comes before its exclude. First match wins, as in
+    rsync; a rule of a kind this module does not understand (merge files,
+    modifiers) ends the list: nothing after it is taken as excluded, so a
+    doubt sends the path as before."""
+
+    def __init__(self, sync: Sync | None = None) -> None:
+        self.rules: list[tuple[bool, _Rule]] = []  # (excludes, pattern)
+        if sync is None:
+            return  # no rules
+        lines: list[str] = [f"- {p}" for p in sync.exclude]
+        lines += [f"- {p}" for p in _rule_lines(sync.exclude_from)]
+        lines += list(sync.filter)
+        lines += _rule_lines(sync.filter_from)
+        for rule in lines:
+            m = re.match(r"^(-|\+|exclude|include) (.+)$", rule)
+            if m is None:
+                if re.match(r"^[PRHS]( |,|$)|^(protect|risk|hide|show) ", rule):
+                    continue  # receiver- or sender-only: says nothing about sending
+                break
+            pattern = m.group(2).encode("utf-8", "surrogateescape")
+            if pattern.strip(b"/"):
+                self.rules.append((m.group(1) in ("-", "exclude"), _Rule(pattern)))
+
+    def below_excluded(self, rel: bytes) -> bool:
+        """Is a directory above ``rel`` excluded by the rules?"""
+        parts = rel.split(b"/")
+        for i in range(1, len(parts)):
+            ancestor = b"/".join(parts[:i])
+            for excludes, rule in self.rules:
+                if rule.matches(ancestor, True):
+                    if excludes:
+                        return True
+                    break  # included: look at the next directory down
+        return False
 
 
 class DirFilter:

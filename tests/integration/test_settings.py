@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.helpers.churn import Churn, ChurnThread
-from tests.helpers.procs import processes_mentioning
+from tests.helpers.procs import assert_no_leftovers, processes_mentioning
 from tests.helpers.tree import diff_trees, snapshot
 
 from ._modes_helpers import b, converge, finish, sync_table, wait_until, write
@@ -132,6 +132,37 @@ def test_init_false(tmp_path, src, dst, daemon_factory):
 
 
 # --------------------------------------------------------------- exclude/filter
+def test_an_exclude_after_an_include_keeps_its_directory_off_target(tmp_path, src, dst,
+                                                                     daemon_factory):
+    """``+ /keep/`` before ``- /scratch/``: the watcher cannot trust the
+    exclude (first match wins), so it watches scratch/ and reports the files
+    written there; listed one by one, rsync would send them (it checks a
+    listed name, not its directories). Neither they nor the directory may
+    reach the target, whether the change is a file or a new subtree."""
+    (src / "scratch").mkdir()
+    sync = sync_table(src, [dst], delay=0, filter=["+ /keep/", "- /scratch/", "- *.tmp"])
+    d = daemon_factory([sync])
+    write(src / "first", b"1")
+    wait_marker(d, dst, "first")
+    d.wait_idle(120)
+    time.sleep(1)  # scratch/ is watched by now
+    write(src / "scratch" / "s.txt", b"in an excluded directory")
+    (src / "scratch" / "sub").mkdir()
+    write(src / "scratch" / "sub" / "deep", b"deeper")
+    (src / "keep").mkdir()
+    write(src / "keep" / "k.txt", b"kept")
+    write(src / "keep" / "k.tmp", b"excluded by name")
+    time.sleep(1)
+    write(src / "zz-marker", b"last")
+    wait_marker(d, dst, "zz-marker")
+    d.wait_idle(120)
+    assert (dst / "keep" / "k.txt").read_bytes() == b"kept"
+    assert not (dst / "keep" / "k.tmp").exists()
+    assert not (dst / "scratch").exists(), sorted(os.listdir(dst / "scratch"))
+    d.stop()
+    assert_no_leftovers(tmp_path)
+
+
 def test_exclude_and_filter_keep_files_off_target(tmp_path, src, dst, daemon_factory):
     (tmp_path / "excl.txt").write_text("*.swp\n")
     (tmp_path / "filt.txt").write_text("- *.bak\n")

@@ -15,7 +15,7 @@ import pytest
 from syncsup.config import Sync, Target
 from syncsup.syncer.argv import expand_rule_files, rsync_argv
 from syncsup.syncer.plan import Step, StepKind
-from syncsup.watcher.filters import DirFilter, exclude_patterns
+from syncsup.watcher.filters import DirFilter, RuleList, exclude_patterns
 
 DIRS = ["cache", "a/cache", "a/b/cache", "node_modules", "x/node_modules/y", "build",
         "src/build", "tmp.d", "a/tmp.d", "a/bq/c", "z/a/bq/c", "a/bq/r/c", "deep/x", "q/deep/x",
@@ -99,3 +99,35 @@ def test_rule_files_are_expanded_for_rsync(tmp_path: Path) -> None:
     assert [a for a in argv if a.startswith(("--exclude", "--filter"))] == [
         "--exclude=*.tmp", "--exclude=*.swp", "--exclude=/cache/", "--filter=- *.bak",
         "--filter=+ keep/"]
+
+
+# ------------------------------------------------------------------ RuleList
+FILTER_SETS: list[list[str]] = [
+    ["+ /keep/", "- /cache/"],
+    ["+ a/", "- */cache/", "- /build"],
+    ["+ q/", "- deep/", "+ */", "- cache/"],
+    ["- *.d", "+ x/", "- node_modules/"],
+    ["+ keep/", "- cache", "- a/b*/c"],
+]
+
+
+@pytest.mark.skipif(rsync is None, reason="rsync not installed")
+@pytest.mark.parametrize("filters", FILTER_SETS)
+def test_below_excluded_is_what_a_recursive_rsync_leaves_out(tree: Path,
+                                                             filters: list[str]) -> None:
+    """A file listed alone is dropped exactly when a recursive rsync with
+    the same rules would not send it because of a directory above it."""
+    sent = _rsync_sends(tree, [], filters)
+    rules = RuleList(_sync(filter=tuple(filters)))
+    assert any(d not in sent for d in DIRS), f"{filters} should exclude something"
+    for d in DIRS:  # a recursive rsync sends d only if it sends every directory above
+        rel = f"{d}/file"
+        assert rules.below_excluded(rel.encode()) == (d not in sent), (filters, rel, sent)
+
+
+def test_rules_it_cannot_read_end_the_list() -> None:
+    """After a merge rule nothing is taken as excluded: a doubt sends."""
+    rules = RuleList(_sync(filter=("- /a/", ": .rsync-filter", "- /b/")))
+    assert rules.below_excluded(b"a/x") and not rules.below_excluded(b"b/x")
+    assert not RuleList().below_excluded(b"a/b/c")
+    assert not RuleList(_sync(filter=("P /a/", "- /z/"))).below_excluded(b"a/x")
