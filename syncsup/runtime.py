@@ -37,6 +37,7 @@ __all__ = [
     "receive",
     "send",
     "set_pdeathsig",
+    "signal_fd",
     "stop_group",
     "trim_memory",
 ]
@@ -138,13 +139,21 @@ def send(sock: zmq.Socket[bytes], msg: proto.Message, peer: bytes | None = None,
         return False
 
 
-def child_exit_fd() -> int:
-    """A file descriptor that becomes readable when a child exits (or any
-    signal arrives), for the poll loop: reacting to SIGCHLD at once instead of
-    polling children saves both latency and idle CPU. Empty it with
-    :func:`drain_fd`."""
+def signal_fd() -> int:
+    """A file descriptor that becomes readable when any signal with a Python
+    handler arrives, for the poll loop: a ZeroMQ poll resumes after a
+    signal instead of returning, so without it a SIGTERM would be noticed
+    only when the poll times out. Empty it with :func:`drain_fd`."""
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    return r
+
+
+def child_exit_fd() -> int:
+    """:func:`signal_fd`, also woken when a child exits: reacting to
+    SIGCHLD at once instead of polling children saves both latency and
+    idle CPU."""
+    r = signal_fd()
     signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
     return r
 
@@ -210,6 +219,14 @@ class ChildRuntime:
         self.next_beat = 0.0
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        # Readable when a signal arrived: every child polls it with its
+        # sockets, so that TERM ends the loop at once.
+        self.wakeup = signal_fd()
+
+    def watch_children(self) -> int:
+        """Make :attr:`wakeup` readable when a child process exits, too."""
+        signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
+        return self.wakeup
 
     def _on_signal(self, _signum: int, _frame: Any) -> None:
         self.stopping = True

@@ -18,7 +18,7 @@ from syncsup import config as cfg
 from syncsup import proto
 from syncsup.collator.core import Collator
 from syncsup.logs import setup_logging
-from syncsup.runtime import ChildRuntime, bind_private, new_socket, receive, send
+from syncsup.runtime import ChildRuntime, bind_private, drain_fd, new_socket, receive, send
 from syncsup.statedir import StateDir
 
 __all__ = ["main"]
@@ -43,6 +43,7 @@ def run(conf: cfg.Config, run_id: str) -> int:
     poller = zmq.Poller()
     for sock in (*sockets.values(), rt.control):
         poller.register(sock, zmq.POLLIN)
+    poller.register(rt.wakeup, zmq.POLLIN)  # a signal: TERM ends the loop at once
     log.info("collator up: %d sync(s)", len(core.syncs))
     wake: float | None = time.time()
     full: float | None = None
@@ -57,6 +58,8 @@ def run(conf: cfg.Config, run_id: str) -> int:
         if idle is not None:
             due.append(idle - mono)
         events = dict(poller.poll(int(max(0.0, min(due)) * 1000) + 1))
+        if rt.wakeup in events:
+            drain_fd(rt.wakeup)
         if sockets["ingest"] in events:
             for peer, msg in receive(sockets["ingest"], log):
                 if isinstance(msg, proto.Events) and peer is not None:

@@ -173,14 +173,23 @@ class Supervisor:
                    for c in self.components.values())
 
     def stop_children(self) -> None:
-        """TERM in reverse start order, wait up to STOP_GRACE, then KILL."""
+        """TERM in reverse start order, wait up to STOP_GRACE, then KILL.
+        The watcher goes first, alone: at a clean stop it hands its last
+        changes and a seen-point to the collator and waits for the ack,
+        which needs the collator still running (without it the next start
+        compares more than what changed while syncsup was stopped)."""
         live = [c for c in reversed(list(self.components.values())) if c.pid is not None]
+        deadline = time.monotonic() + STOP_GRACE
+        first = [c for c in live if c.role == "watcher"]
+        self._term_and_wait(first, deadline)
+        self._term_and_wait([c for c in live if c not in first], deadline)
+
+    def _term_and_wait(self, live: list[Component], deadline: float) -> None:
         for c in live:
             c.policy.stop()
             assert c.pid is not None
             killpg(c.pid, signal.SIGTERM)
             killpg(c.pid, signal.SIGCONT)  # a stopped child acts on TERM only once continued
-        deadline = time.monotonic() + STOP_GRACE
         for c in live:
             assert c.pid is not None
             while time.monotonic() < deadline:

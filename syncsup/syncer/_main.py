@@ -30,7 +30,6 @@ from syncsup.logs import setup_logging
 from syncsup.proto._typed import to_wire
 from syncsup.runtime import (
     ChildRuntime,
-    child_exit_fd,
     drain_fd,
     new_socket,
     receive,
@@ -407,7 +406,7 @@ class Syncer:
         for slot in self.slots.values():
             self.tend_master(slot, now)
             self.ready(slot)
-        exits = child_exit_fd()
+        exits = self.rt.watch_children()
         poller = zmq.Poller()
         for sock in (self.sock, self.monitor, self.rt.control):
             poller.register(sock, zmq.POLLIN)

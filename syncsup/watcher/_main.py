@@ -22,7 +22,7 @@ from syncsup import config as cfg
 from syncsup import proto
 from syncsup.collator.journal import read_seen
 from syncsup.logs import setup_logging
-from syncsup.runtime import ChildRuntime, new_socket, receive, send
+from syncsup.runtime import ChildRuntime, drain_fd, new_socket, receive, send
 from syncsup.seen import MARGIN, Seen
 from syncsup.statedir import StateDir
 from syncsup.status import StatusPart, WatchStatus
@@ -298,6 +298,7 @@ class Watcher:
         poller = zmq.Poller()
         for sock in (self.sock, self.monitor, self.rt.control):
             poller.register(sock, zmq.POLLIN)
+        poller.register(self.rt.wakeup, zmq.POLLIN)  # a signal: TERM ends the loop at once
         polled: dict[int, SyncWatch] = {}
         while not self.rt.stopping:
             now = time.monotonic()
@@ -314,6 +315,8 @@ class Watcher:
                 polled = wanted
             busy = self.busy()
             events = dict(poller.poll(int(self.timeout(now, beat_in, busy) * 1000) + 1))
+            if self.rt.wakeup in events:
+                drain_fd(self.rt.wakeup)
             now = time.monotonic()
             if self.sock in events:
                 for _peer, msg in receive(self.sock, log):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from syncsup.collator.journal import read_seen
 from tests.helpers.daemon import Daemon, run_cli, sync_entry, write_config
 from tests.helpers.procs import assert_no_leftovers
 from tests.helpers.tree import wait_converged
@@ -227,6 +228,25 @@ def test_a_quiet_sync_commits_one_seen_point_per_quiet_stretch(tmp_path, src, ds
     wait_converged(src, dst, timeout=120, on_timeout=d.describe)
     wait_seen(d, changed)  # the next burst gets its own
     d.stop()
+    assert_no_leftovers(tmp_path)
+
+
+def test_a_clean_stop_commits_a_seen_point_after_the_last_change(tmp_path, src, dst,
+                                                                  daemon_factory, settings):
+    """Stopped right after a change, the watcher hands its last changes and
+    a seen-point to the collator (which still runs) before anything ends:
+    the next start compares only what changes while syncsup is stopped.
+    Each child leaves at once on TERM (none is killed at the deadline)."""
+    d = daemon_factory([sync_entry(src, [dst], delay=0, name="s")])
+    (src / "a").write_bytes(b"a")
+    wait_converged(src, dst, timeout=120, on_timeout=d.describe)
+    changed = time.time()
+    (src / "b").write_bytes(b"b")
+    time.sleep(0.2)  # read by the watcher, maybe not yet acknowledged
+    d.stop()
+    seen = read_seen(Path(settings["state_dir"]) / "journal-s.db")
+    assert seen is not None and seen.wall > changed, (seen, changed)
+    assert "did not stop" not in d.log_text(), d.log_tail(20)
     assert_no_leftovers(tmp_path)
 
 
