@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --with-lsyncd
 python3 -m ruff check syncsup tests bench
 python3 -m mypy
-# Integration tests mostly wait on real processes: three workers cut the
-# wall time without loading the machine much (each test has its own tmp dir,
-# state_dir and sshd).
-python3 -m pytest -q -p no:cacheprovider -n 3 "$@"
+# Integration tests mostly wait on real processes (daemons converging,
+# deadlines running out): four workers cut the wall time on a 2-core machine
+# without loading it much (each test has its own tmp dir, state_dir and
+# sshd), and work stealing keeps the long tests from ending on one worker.
+python3 -m pytest -q -p no:cacheprovider -n 4 --dist worksteal "$@"
 if [ "${SYNCSUP_SKIP_BENCH:-}" != 1 ]; then
     python3 bench/run.py --smoke
 fi
