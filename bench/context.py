@@ -2,8 +2,9 @@
 
 Every scenario function has the signature ``run(ctx, tool, run) -> figures``:
 ``ctx`` (:class:`Ctx`) holds the mode's sizes, the temp dir, the lazily
-started sshd and trees shared between runs; ``tool`` is ``"syncsup"`` or
-``"lsyncd"``; ``run`` the run number (used in directory names so no run sees
+started sshd and trees shared between runs; ``tool`` is ``"syncsup"``,
+``"syncsup-rsync"`` or ``"lsyncd"`` (:data:`bench.tools.TOOLS`); ``run`` the
+run number (used in directory names, with :func:`tag`, so no run sees
 another's leftovers).  A :class:`Session` starts the tool on its syncs and
 stops and reaps it on exit, whatever happened.
 """
@@ -33,6 +34,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "syncs_files": 5,
         "syncs_settle_s": 11.0,
         "syncs_idle_s": 10.0,
+        "churn_s": 15.0,
+        "recovery_files": 10,
         "timeout": 120.0,
     },
     "full": {
@@ -49,9 +52,16 @@ SIZES: dict[str, dict[str, Any]] = {
         "syncs_files": 5,
         "syncs_settle_s": 15.0,
         "syncs_idle_s": 60.0,
+        "churn_s": 180.0,
+        "recovery_files": 40,
         "timeout": 600.0,
     },
 }
+
+
+def tag(tool: str) -> str:
+    """One letter for a tool in directory names: s (syncsup), r (syncsup-rsync), l."""
+    return {"syncsup": "s", "syncsup-rsync": "r", "lsyncd": "l"}[tool]
 
 
 class Ctx:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from bench.context import Ctx, Session
+from bench.context import Ctx, Session, tag
 from bench.converge import ready
 from bench.procs import cpu_sample, cpu_seconds_between, tree_rss_kb
 from bench.report import Figure, Goal
@@ -19,7 +19,7 @@ from bench.trees import make_tree, rm_rf
 
 
 def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
-    root = ctx.dir(f"idle-{tool[0]}{run}")
+    root = ctx.dir(f"idle-{tag(tool)}{run}")
     src, dst = root / "src", root / "dst"
     make_tree(src, 100, 5)
     secs = ctx.size["idle_s"]

@@ -15,7 +15,7 @@ import os
 import signal
 import time
 
-from bench.context import Ctx, Session
+from bench.context import Ctx, Session, tag
 from bench.converge import ready, wait_converged
 from bench.procs import start_time
 from bench.report import Figure, Goal
@@ -25,7 +25,7 @@ from bench.trees import make_tree, rm_rf, write_file
 
 def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
     n = ctx.size["overflow_files"]
-    root = ctx.dir(f"ovf-{tool[0]}{run}")
+    root = ctx.dir(f"ovf-{tag(tool)}{run}")
     src, dst = root / "src", root / "dst"
     make_tree(src / "o", 50, 10, prefix="seed")
     with Session(ctx, tool, root / "w", src, [dst]) as t:

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from bench.context import Ctx, Session
+from bench.context import Ctx, Session, tag
 from bench.converge import wait_converged
 from bench.procs import tree_rss_kb
 from bench.report import Figure, Goal
@@ -31,7 +31,7 @@ def shared_tree(ctx: Ctx) -> Path:
 
 def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
     src = shared_tree(ctx)
-    root = ctx.dir(f"start-{tool[0]}{run}")
+    root = ctx.dir(f"start-{tag(tool)}{run}")
     dst = root / "dst"
     probe = src / f"probe-{tool}-{run}"
     try:

@@ -38,7 +38,7 @@ import os
 import time
 from pathlib import Path
 
-from bench.context import Ctx, Session
+from bench.context import Ctx, Session, tag
 from bench.converge import wait_pairs
 from bench.procs import cpu_sample, cpu_seconds_between, tree_memory
 from bench.report import Figure, Goal
@@ -77,7 +77,7 @@ def _change_round(t: Tool, pairs: Pairs, tag: str, timeout: float) -> float:
 
 def measure(ctx: Ctx, tool: str, run: int, n: int) -> dict[str, float]:
     """All figures for ``n`` syncs and one tool."""
-    root = ctx.dir(f"syncs{n}-{tool[0]}{run}")
+    root = ctx.dir(f"syncs{n}-{tag(tool)}{run}")
     pairs: Pairs = [(root / "src" / f"s{i:03d}", root / "dst" / f"s{i:03d}") for i in range(n)]
     for i, (src, _) in enumerate(pairs):
         make_tree(src, ctx.size["syncs_files"], 1, prefix=f"s{i:03d}-")
