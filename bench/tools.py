@@ -100,6 +100,8 @@ class Tool:
         """Prepended to the command line (the recovery scenario runs the tool under strace)."""
         self.rsync_binary: str | None = None
         """The rsync program the tool runs, when not ``rsync`` from ``PATH``."""
+        self._terminated: float | None = None
+        self._tree: list[tuple[int, int | None]] = []
 
     # ----------------------------------------------------------- lifecycle
     def write_config(self, syncs: list[SyncSpec]) -> Path:
@@ -156,38 +158,55 @@ class Tool:
     def log_text(self) -> str:
         return _read(self.log)
 
+    def terminate(self) -> None:
+        """Ask the daemon to stop (SIGTERM, after SIGCONT to its whole tree:
+        a frozen process cannot stop) without waiting; :meth:`stop` then
+        waits and reaps.  Once only."""
+        if self.proc is None or self._terminated is not None:
+            return
+        proc = self.proc
+        self._tree = [(p, start_time(p)) for p in tree_pids(proc.pid)]
+        self._terminated = time.monotonic()
+        if proc.poll() is not None:
+            self.crashed = f"exited {proc.returncode}"
+            return
+        for p, _ in self._tree:
+            try:
+                os.kill(p, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        try:
+            os.kill(self.daemon_pid(proc.pid), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def exited(self) -> bool:
+        """The main process has exited (or was never started): :meth:`stop`
+        will not wait for it."""
+        return self.proc is None or self.proc.poll() is not None
+
     def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL of whatever of its tree is left; reaps it."""
+        """:meth:`terminate` if not done yet, wait up to ``timeout`` seconds
+        from then, then SIGKILL of whatever of its tree is left; reaps it."""
         if self.proc is None:
             return None
+        self.terminate()
+        assert self._terminated is not None
         proc, self.proc = self.proc, None
         if self in LIVE:
             LIVE.remove(self)
-        tree = [(p, start_time(p)) for p in tree_pids(proc.pid)]
-        rc = proc.poll()
-        if rc is None:
-            for p, _ in tree:  # a frozen process cannot stop
-                try:
-                    os.kill(p, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
+        left = timeout - (time.monotonic() - self._terminated)
+        try:
+            rc = proc.wait(max(0.1, left))
+        except subprocess.TimeoutExpired:
+            print(f"  ! {self.name} did not stop within {timeout:.0f}s of SIGTERM: SIGKILL")
             try:
-                os.kill(self.daemon_pid(proc.pid), signal.SIGTERM)
+                os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            try:
-                rc = proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                print(f"  ! {self.name} did not stop within {timeout:.0f}s of SIGTERM: SIGKILL")
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                rc = proc.wait(10)
-        else:
-            self.crashed = f"exited {rc}"
+            rc = proc.wait(10)
         deadline = time.monotonic() + 10
-        for p, st in tree[1:]:
+        for p, st in self._tree[1:]:
             if st is None:
                 continue
             while start_time(p) == st and not is_dead(p) and time.monotonic() < deadline:
@@ -195,6 +214,7 @@ class Tool:
             if start_time(p) == st and not is_dead(p):
                 print(f"  ! {self.name}: pid {p} survived the stop: SIGKILL")
                 os.kill(p, signal.SIGKILL)
+        self._terminated = None
         if self._logf:
             self._logf.close()
         return rc

@@ -15,7 +15,7 @@ from bench.converge import ready, wait_converged
 from bench.procs import tree_cpu
 from bench.report import Figure, Goal
 from bench.scenarios.base import BOTH_TRANSPORTS, Scenario
-from bench.trees import make_tree, rm_rf, write_file
+from bench.trees import make_tree, write_file
 
 
 def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
@@ -38,7 +38,7 @@ def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
         out[f"burst_{n}_s"] = t_conv - t_last
         out[f"burst_{n}_write_s"] = t_last - t_first
         out[f"cpu_per_1k_{n}_s"] = (cpu1 - cpu0) / (n / 1000)
-        rm_rf(root)
+        ctx.discard(root)
     return out
 
 

@@ -43,7 +43,6 @@ from bench.converge import ready, wait_converged
 from bench.procs import tree_cpu, tree_cpu_by
 from bench.report import Figure, Goal
 from bench.scenarios.base import BOTH_TRANSPORTS, Scenario
-from bench.trees import rm_rf
 
 RATE = 44.0
 DIRS = 20
@@ -159,7 +158,7 @@ def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
     shown = ", ".join(f"{k} {(v - by0.get(k, 0.0)) * 1000 / n:.2f}"
                       for k, v in sorted(by1.items()) if v - by0.get(k, 0.0) > 0)
     print(f"    {t.name}: CPU ms per change by process (with what each reaped): {shown}")
-    rm_rf(root)
+    ctx.discard(root)
     return {
         "churn_cpu_ms_per_change": (cpu1 - cpu0) * 1000 / n,
         "churn_settle_s": t_conv - t_last,

@@ -15,7 +15,7 @@ from bench.procs import tree_rss_kb
 from bench.report import Figure, Goal
 from bench.scenarios.base import BOTH_TRANSPORTS, Scenario
 from bench.tools import Target
-from bench.trees import make_tree, rm_rf, write_file
+from bench.trees import make_tree, write_file
 
 
 def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
@@ -47,7 +47,7 @@ def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
         out[f"fanout_{k}_s"] = t_conv - t_last
         out[f"fanout_{k}_rss_mb"] = peak[0] / 1024
         out[f"fanout_{k}_steady_rss_mb"] = steady / 1024
-        rm_rf(root)
+        ctx.discard(root)
     return out
 
 

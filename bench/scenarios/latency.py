@@ -23,7 +23,6 @@ from bench.converge import ready, wait_converged
 from bench.report import Figure, Goal
 from bench.scenarios.base import BOTH_TRANSPORTS, Scenario
 from bench.tools import NotConverged, Remote, Target, Tool
-from bench.trees import rm_rf
 
 
 def pctl(xs: list[float], q: float) -> float:
@@ -56,7 +55,7 @@ def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
             wait_converged(t, src, [dst], ctx.timeout)
         out[f"latency_{where}_p50_ms"] = statistics.median(lat) * 1000
         out[f"latency_{where}_p95_ms"] = pctl(lat, 0.95) * 1000
-        rm_rf(root)
+        ctx.discard(root)
     return out
 
 

@@ -44,7 +44,7 @@ from bench.procs import tree_pids
 from bench.report import Figure
 from bench.scenarios.base import Scenario
 from bench.tools import BenchFailure, NotConverged, Syncsup, Tool
-from bench.trees import diff_all, rm_rf
+from bench.trees import diff_all
 
 SIZE = 1_000_000
 VARIANTS = {"syncsup": ("restart", "kill"), "lsyncd": ("restart",)}
@@ -168,6 +168,7 @@ def restart(ctx: Ctx, tool: str, run: int) -> tuple[float, bool]:
     log_from = len(sess.tool.log_text())
     with sess as t:
         converged = _settle(t, src, dst, n, victim, ctx.timeout, log_from)
+        t.stop()  # strace has written its logs once the tool is gone
     return _read_pct(t, "restart", logs, [src, dst], n), converged
 
 
@@ -206,7 +207,7 @@ def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
         pct, ok = (restart if variant == "restart" else kill)(ctx, tool, run)
         out[f"recovery_{variant}_read_pct"] = pct
         out[f"recovery_{variant}_converged"] = 1.0 if ok else 0.0
-        rm_rf(_root(ctx, run, tool, variant))
+        ctx.discard(_root(ctx, run, tool, variant))
     return out
 
 

@@ -16,7 +16,7 @@ from bench.procs import lo_rx_bytes
 from bench.report import Figure
 from bench.scenarios.base import Scenario
 from bench.tools import Remote
-from bench.trees import count_entries, rm_rf
+from bench.trees import count_entries
 
 
 def shared_tree(ctx: Ctx) -> Path:
@@ -75,7 +75,7 @@ def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
     finally:
         if (src / "big2").exists():
             os.rename(src / "big2", src / "big")
-    rm_rf(root)
+    ctx.discard(root)
     return {
         "rename_s": t_conv - t0,
         "rename_lo_mb": (lo1 - lo0) / 1e6,

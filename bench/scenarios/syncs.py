@@ -44,7 +44,7 @@ from bench.procs import cpu_sample, cpu_seconds_between, tree_memory
 from bench.report import Figure, Goal
 from bench.scenarios.base import Scenario
 from bench.tools import Target, Tool
-from bench.trees import make_tree, rm_rf
+from bench.trees import make_tree
 
 Pairs = list[tuple[Path, Path]]
 
@@ -96,7 +96,7 @@ def measure(ctx: Ctx, tool: str, run: int, n: int) -> dict[str, float]:
         time.sleep(secs)
         t.check()
         cpu = cpu_seconds_between(c0, cpu_sample(t.pid))
-    rm_rf(root)
+    ctx.discard(root)
     return {
         "processes": float(mem.processes),
         "rss_mb": mem.rss_kb / 1024,
