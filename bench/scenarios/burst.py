@@ -52,7 +52,7 @@ def describe(key: str) -> Figure:
         return Figure("CPU", f"CPU s per 1 000 changes (burst {_n(int(k[3]))})", "s")
     n = int(k[1])
     if key.endswith("_write_s"):
-        return Figure(f"burst {_n(n)}", "writing the files (same for both)", "s")
+        return Figure(f"burst {_n(n)}", "writing the files (same for all)", "s")
     goal = 0.5 if n >= 100000 else 0.7
     return Figure(f"burst {_n(n)}", "last write → identical", "s", Goal("ratio", goal))
 

@@ -2,7 +2,7 @@
 CPU each change costs.
 
 A tree of 400 small files in 20 directories; then, for ``churn_s`` seconds
-(full: 180 s; smoke: 10 s), 44 operations a second on it, from a fixed
+(full: 180 s; smoke: 6 s), 44 operations a second on it, from a fixed
 seed so that every tool gets the same sequence: 20 % new files, 45 %
 rewrites of an existing file keeping its size, 15 % renames (to a new name,
 often in another directory), 20 % deletes; files of 200 B to 8 kB.  Local

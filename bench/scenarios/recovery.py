@@ -1,7 +1,7 @@
 """Recovery cost: how much of the trees a tool reads to catch up with
 changes it did not see.
 
-A tree of ``recovery_files`` files of 1 MB (full: 40; smoke: 10) plus a
+A tree of ``recovery_files`` files of 1 MB (full: 40; smoke: 5) plus a
 small one, mirrored to a local target.  Then, with no events for the tool
 to see:
 

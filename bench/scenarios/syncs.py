@@ -13,12 +13,13 @@ local targets, one config (syncsup: N ``[[sync]]`` blocks; Lsyncd: N
 2. **one change per sync**: a new file written in each of the N sources at
    once; from the last write until every target has its file (confirmed
    byte for byte).  A warm-up round first makes sure events flow;
-3. **at rest**: after ``syncs_settle_s`` (15 s full, 11 s smoke) with
+3. **at rest**: after ``syncs_settle_s`` (15 s full, 1 s smoke) with
    nothing happening, the number of processes in the tree and the sums of
    RSS and PSS over it (``smaps_rollup``).  The wait matters: syncsup's
    children give freed heap back at their first heartbeat after a busy
-   stretch (every 10 s), and the figure wanted is the resting one;
-4. **idle CPU** over ``syncs_idle_s`` (60 s full, 10 s smoke) right after,
+   stretch (every 10 s), and the figure wanted is the resting one (the
+   smoke's 1 s is too short for that: its memory figures are a check only);
+4. **idle CPU** over ``syncs_idle_s`` (60 s full, 2 s smoke) right after,
    in CPU seconds per minute, from every thread's nanosecond run time
    (``/proc/PID/task/TID/schedstat``), not clock ticks.
 
