@@ -38,7 +38,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "latency_ssh": 5,
         "bursts": [1000],
         "churn_s": 6.0,
-        "overflow_files": 7000,
+        "overflow_files": 9000,  # Lsyncd: ~2 events a file; the queue holds 16 384
         "startup": (2000, 100),
         "fanout": [8],
         "fanout_files": 200,

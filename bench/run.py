@@ -196,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     prev_handler = signal.signal(signal.SIGTERM, _interrupt)
     t_all = time.monotonic()
     try:
+        for scn in selected:
+            prepare = scenarios.REGISTRY[scn].prepare
+            if prepare is not None:
+                prepare(ctx, runs[scn])
         run_all(ctx, selected, args, raw, failures)
     except KeyboardInterrupt:
         failures.append("interrupted")

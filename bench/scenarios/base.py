@@ -21,7 +21,9 @@ class Scenario:
     command line does not set ``--runs`` (long scenarios run once).
     ``tools`` are the tools it runs (:data:`bench.tools.TOOLS`): syncsup as
     shipped and Lsyncd, and where the two transports differ most also
-    ``syncsup-rsync`` (``agent_max_size = 0``)."""
+    ``syncsup-rsync`` (``agent_max_size = 0``).  ``prepare(ctx, runs)``, if
+    set, runs before the first scenario of the bench (files that must be
+    old by the time the scenario runs)."""
 
     name: str
     run: Callable[[Ctx, str, int], dict[str, float]]
@@ -29,6 +31,7 @@ class Scenario:
     order: Callable[[str], str] = _by_key
     default_runs: int | None = None
     tools: tuple[str, ...] = ("syncsup", "lsyncd")
+    prepare: Callable[[Ctx, int], None] | None = None
 
 
 BOTH_TRANSPORTS: tuple[str, ...] = ("syncsup", "syncsup-rsync", "lsyncd")

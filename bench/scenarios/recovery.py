@@ -25,9 +25,10 @@ other difference left is a failure, as in every scenario.
 
 syncsup's recovery compares by content the files whose ctime is not older
 than its last seen-point minus 5 s (docs/operations.md, "After lost
-events"), so the trees are made before the first tool starts and each
-measurement waits until they are more than 5 s older than that
-seen-point; otherwise every file would count as possibly changed.
+events"), so the trees are made before the bench's first scenario
+(:func:`prepare`) and each measurement waits, if need be, until they are
+more than 5 s older than that seen-point; otherwise every file would count
+as possibly changed.
 """
 
 from __future__ import annotations
@@ -56,8 +57,15 @@ def _root(ctx: Ctx, run: int, tool: str, variant: str) -> Path:
     return ctx.base / f"rec-{variant}-{tag(tool)}{run}"
 
 
+def prepare(ctx: Ctx, runs: int) -> None:
+    """Every source tree of every run, made before the bench's first
+    scenario, so that they are old enough when this one starts."""
+    for run in range(runs):
+        _prepare(ctx, run)
+
+
 def _prepare(ctx: Ctx, run: int) -> None:
-    """Every source tree of this run, made once before any tool starts."""
+    """Every source tree of this run (once)."""
     if any(k[0] == run for k in _made):
         return
     for tool, variants in VARIANTS.items():
@@ -226,4 +234,4 @@ def order(key: str) -> str:
     return ("0" if "_restart_" in key else "1") + ("0" if key.endswith("pct") else "1")
 
 
-SCENARIO = Scenario("recovery", run, describe, order)
+SCENARIO = Scenario("recovery", run, describe, order, prepare=prepare)
