@@ -2,10 +2,23 @@
 
 Every scenario function has the signature ``run(ctx, tool, run) -> figures``:
 ``ctx`` (:class:`Ctx`) holds the mode's sizes, the temp dir, the lazily
-started sshd and trees shared between runs; ``tool`` is ``"syncsup"`` or
-``"lsyncd"``; ``run`` the run number (used in directory names so no run sees
+started sshd and trees shared between runs; ``tool`` is ``"syncsup"``,
+``"syncsup-rsync"`` or ``"lsyncd"`` (:data:`bench.tools.TOOLS`); ``run`` the
+run number (used in directory names, with :func:`tag`, so no run sees
 another's leftovers).  A :class:`Session` starts the tool on its syncs and
-stops and reaps it on exit, whatever happened.
+asks it to stop on exit, whatever happened.
+
+Stopping does not hold up the next run: the tool gets SIGTERM and is reaped
+later (:meth:`Ctx.reap`: when the next session starts, when a directory it
+works in is to be reused, and at the end of the bench, which waits for every
+one and fails on any process left behind).  syncsup's watcher and collator
+notice a SIGTERM only when their ZeroMQ poll next times out (pyzmq resumes
+the poll after the signal), so a syncsup stop takes up to its supervisor's
+6 s grace; waiting for each would cost the smoke run minutes.  A stopping
+daemon sleeps until then and exits, which costs the next run nothing
+measurable.  Directories a stopping tool works in are removed once it is
+gone (:meth:`Ctx.discard`).  A scenario that needs the stop finished (the
+recovery scenario's clean stop) calls :meth:`Tool.stop` itself.
 """
 
 from __future__ import annotations
@@ -20,19 +33,23 @@ from tests.helpers.sshd import Sshd
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
-        "latency_local": 10,
-        "latency_ssh": 6,
-        "bursts": [2000],
-        "overflow_files": 9000,
-        "startup": (5000, 200),
-        "fanout": [8, 32],
-        "fanout_files": 300,
-        "rename_mb": 10,
-        "idle_s": 4.0,
+        # every scenario at least once, small: CI runs this after the tests
+        "latency_local": 8,
+        "latency_ssh": 5,
+        "bursts": [1000],
+        "churn_s": 6.0,
+        "overflow_files": 9000,  # Lsyncd: ~2 events a file; the queue holds 16 384
+        "startup": (2000, 100),
+        "fanout": [8],
+        "fanout_files": 200,
+        "rename_mb": 5,
+        "recovery_files": 5,
+        "idle_settle_s": 0.5,
+        "idle_s": 2.0,
         "syncs": [1, 20],
         "syncs_files": 5,
-        "syncs_settle_s": 11.0,
-        "syncs_idle_s": 10.0,
+        "syncs_settle_s": 1.0,
+        "syncs_idle_s": 2.0,
         "timeout": 120.0,
     },
     "full": {
@@ -49,9 +66,17 @@ SIZES: dict[str, dict[str, Any]] = {
         "syncs_files": 5,
         "syncs_settle_s": 15.0,
         "syncs_idle_s": 60.0,
+        "churn_s": 180.0,
+        "recovery_files": 40,
+        "idle_settle_s": 2.0,
         "timeout": 600.0,
     },
 }
+
+
+def tag(tool: str) -> str:
+    """One letter for a tool in directory names: s (syncsup), r (syncsup-rsync), l."""
+    return {"syncsup": "s", "syncsup-rsync": "r", "lsyncd": "l"}[tool]
 
 
 class Ctx:
@@ -64,6 +89,8 @@ class Ctx:
         self.timeout: float = self.size["timeout"]
         self._sshd: Sshd | None = None
         self.shared: dict[str, Path] = {}
+        self.stopping: list[Tool] = []
+        self.deferred: list[Path] = []
 
     def sshd(self) -> Sshd:
         """The throw-away sshd on 127.0.0.1 (started on first use, for all ssh scenarios)."""
@@ -74,16 +101,51 @@ class Ctx:
         return self._sshd
 
     def close(self) -> None:
+        self.reap(block=True)
         if self._sshd is not None:
             self._sshd.close()
             self._sshd = None
 
     def dir(self, *parts: str) -> Path:
-        """A fresh, empty directory under the run's temp dir."""
+        """A fresh, empty directory under the run's temp dir (a tool still
+        stopping in it is waited for first)."""
         p = self.base.joinpath(*parts)
+        self.reap(block=True, under=p)
         rm_rf(p)
         p.mkdir(parents=True)
         return p
+
+    def stop_later(self, tool: Tool) -> None:
+        """SIGTERM now; reaped by :meth:`reap`."""
+        if tool.proc is None:  # stopped already
+            return
+        tool.terminate()
+        self.stopping.append(tool)
+
+    def reap(self, block: bool = False, under: Path | None = None) -> None:
+        """Reap the stopping tools that have exited (``block``: all of them,
+        or those working below ``under``), then remove the directories
+        :meth:`discard` left for them."""
+        for t in list(self.stopping):
+            if under is not None and not t.work.is_relative_to(under):
+                continue
+            if block or t.exited():
+                t.stop()
+                self.stopping.remove(t)
+        for p in list(self.deferred):
+            if not self._busy(p):
+                rm_rf(p)
+                self.deferred.remove(p)
+
+    def discard(self, path: Path) -> None:
+        """Remove ``path`` now, or once no stopping tool works in it."""
+        if self._busy(path):
+            self.deferred.append(path)
+        else:
+            rm_rf(path)
+
+    def _busy(self, path: Path) -> bool:
+        return any(t.work.is_relative_to(path) for t in self.stopping)
 
 
 class Session:
@@ -111,6 +173,7 @@ class Session:
         self.ctx = ctx
 
     def __enter__(self) -> Tool:
+        self.ctx.reap()
         for d in self.dsts:
             d.mkdir(parents=True, exist_ok=True)
         self.tool.start(self.syncs)
@@ -122,4 +185,4 @@ class Session:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.tool.stop()
+        self.ctx.stop_later(self.tool)

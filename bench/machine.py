@@ -77,10 +77,11 @@ def ensure_lsyncd() -> None:
 
 
 def check_prerequisites() -> None:
-    """Lsyncd (installed if needed), rsync and OpenSSH's client tools."""
+    """Lsyncd (installed if needed), rsync, OpenSSH's client tools and strace
+    (the recovery scenario counts bytes read with it)."""
     if os.geteuid() != 0:
         print("bench: note: not root; the throw-away sshd and apt-get may fail", file=sys.stderr)
     ensure_lsyncd()
-    for prog in ("rsync", "ssh", "ssh-keygen"):
+    for prog in ("rsync", "ssh", "ssh-keygen", "strace"):
         if not shutil.which(prog):
             sys.exit(f"bench: {prog} is required")

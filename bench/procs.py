@@ -99,6 +99,24 @@ def tree_cpu(root: int) -> float:
     return ticks / CLK_TCK
 
 
+def tree_cpu_by(root: int) -> dict[str, float]:
+    """:func:`tree_cpu` split by process: ``syncsup.watcher`` etc. for
+    syncsup's children (their reaped children, rsync, included), else the
+    program's name (``python3`` for syncsup's supervisor, ``lsyncd``)."""
+    out: dict[str, float] = {}
+    for pid in tree_pids(root):
+        f = stat_fields(pid)
+        if f is None:
+            continue
+        argv = cmdline_of(pid)
+        label = next((a.split()[0].decode() for a in argv if a.startswith(b"syncsup.")), "")
+        if not label:
+            label = os.path.basename(argv[0]).decode(errors="replace") if argv else "?"
+        secs = (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) / CLK_TCK
+        out[label] = out.get(label, 0.0) + secs
+    return out
+
+
 @dataclass
 class CpuSample:
     """Run time of every live thread of a tree, and the CPU of what it reaped.

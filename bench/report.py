@@ -6,6 +6,12 @@ label, figure label, unit, goal).  A goal is either a ratio against Lsyncd
 (``Goal("max", 40)``: syncsup ≤ 40 in the figure's unit); Lsyncd's figure is
 then printed beside it for comparison, with no verdict of its own.  Goals
 only print PASS or MISS: speed never fails a run.
+
+Columns: syncsup as configured by default (small changes through the
+agent), syncsup with ``agent_max_size = 0`` (rsync for everything; only the
+scenarios that run it fill this column), Lsyncd, and the two ratios
+agent / Lsyncd and rsync / Lsyncd.  Goals judge the first: syncsup as
+shipped.
 """
 
 from __future__ import annotations
@@ -92,7 +98,7 @@ def summarize(
         vals = raw[(scn, key)]
         fig = describe(scn, key)
         med = {t: (statistics.median(vals[t]) if vals.get(t) else None) for t in TOOLS}
-        s, lq = med["syncsup"], med["lsyncd"]
+        s, r, lq = med["syncsup"], med["syncsup-rsync"], med["lsyncd"]
         goal = fig.goal
         rows.append(
             {
@@ -101,8 +107,10 @@ def summarize(
                 "figure": fig.figure,
                 "unit": fig.unit,
                 "syncsup": s,
+                "syncsup_rsync": r,
                 "lsyncd": lq,
                 "ratio": _ratio(s, lq),
+                "ratio_rsync": _ratio(r, lq),
                 "goal": goal.text(fig.unit) if goal else None,
                 "verdict": goal.verdict(s, lq) if goal else None,
                 "runs": {t: vals.get(t, []) for t in TOOLS},
@@ -111,39 +119,41 @@ def summarize(
     return rows
 
 
-def _cells(r: dict[str, Any]) -> tuple[str, str, str]:
+def _cells(r: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """syncsup (agent), syncsup (rsync), Lsyncd, agent / Lsyncd, rsync / Lsyncd."""
     u = f" {r['unit']}" if r["unit"] else ""
-    return (
-        fmt(r["syncsup"], r["unit"]) + (u if r["syncsup"] is not None else ""),
-        fmt(r["lsyncd"], r["unit"]) + (u if r["lsyncd"] is not None else ""),
-        fmt(r["ratio"], "x") if r["ratio"] is not None else "—",
-    )
+
+    def val(v: float | None) -> str:
+        return fmt(v, r["unit"]) + (u if v is not None else "")
+
+    def ratio(v: float | None) -> str:
+        return fmt(v, "x") if v is not None else "—"
+
+    return (val(r["syncsup"]), val(r.get("syncsup_rsync")), val(r["lsyncd"]),
+            ratio(r["ratio"]), ratio(r.get("ratio_rsync")))
+
+
+HEADER = ("scenario", "figure", "syncsup agent", "syncsup rsync", "Lsyncd",
+          "agent / Lsyncd", "rsync / Lsyncd", "goal", "verdict")
 
 
 def table_text(rows: list[dict[str, Any]]) -> str:
     """The table printed at the end of a run, columns padded."""
-    hdr = ("scenario", "figure", "syncsup", "Lsyncd", "ratio", "goal", "")
-    data = [hdr]
+    data = [HEADER]
     for r in rows:
-        s, lq, ratio = _cells(r)
-        data.append((r["scenario"], r["figure"], s, lq, ratio, r["goal"] or "", r["verdict"] or ""))
-    w = [max(len(row[i]) for row in data) for i in range(len(hdr))]
+        data.append((r["scenario"], r["figure"], *_cells(r), r["goal"] or "",
+                     r["verdict"] or ""))
+    w = [max(len(row[i]) for row in data) for i in range(len(HEADER))]
     return "\n".join("  ".join(c.ljust(w[i]) for i, c in enumerate(row)).rstrip() for row in data)
 
 
 def table_md(rows: list[dict[str, Any]]) -> str:
     """The same table in Markdown (MISS in bold), as pasted into docs/benchmarks.md."""
-    out = [
-        "| scenario | figure | syncsup | Lsyncd | syncsup / Lsyncd | goal | verdict |",
-        "|---|---|---:|---:|---:|---|---|",
-    ]
+    out = ["| " + " | ".join(HEADER) + " |", "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
-        s, lq, ratio = _cells(r)
         verdict = f"**{r['verdict']}**" if r["verdict"] == "MISS" else (r["verdict"] or "")
-        out.append(
-            f"| {r['scenario']} | {r['figure']} | {s} | {lq} | {ratio} | {r['goal'] or ''} "
-            f"| {verdict} |"
-        )
+        out.append("| " + " | ".join((r["scenario"], r["figure"], *_cells(r),
+                                      r["goal"] or "", verdict)) + " |")
     return "\n".join(out)
 
 

@@ -4,14 +4,18 @@
     python3 bench/run.py                 # full run, 3 runs per scenario (syncs: 1)
     python3 bench/run.py --smoke         # small sizes, 1 run, a few minutes (CI)
     python3 bench/run.py --runs 1 --only latency burst
+    python3 bench/stages.py              # where one change's milliseconds go (strace)
 
 Each scenario runs syncsup (``python3 -m syncsup start CONFIG``) and Lsyncd
 (``lsyncd -nodaemon CONFIG``) back to back on the same workload, with the same
 settings (delay 0, rsync archive mode, same sources and targets), checks that
 every target is identical to its source (``rsync -n --checksum --delete``
 itemizing nothing: type, mode, owner, content, symlink targets), and prints
-the median of every figure for both tools, the ratio syncsup / Lsyncd and
-the goal with PASS/MISS.
+the median of every figure for each tool, the ratio syncsup / Lsyncd and
+the goal with PASS/MISS.  syncsup runs as shipped (small changes through
+its agent); the latency, burst, churn and fan-out scenarios also run it
+with ``agent_max_size = 0`` (rsync for everything), in a column and a ratio
+of its own.
 
 Results:
 
@@ -35,7 +39,10 @@ a throw-away sshd on 127.0.0.1 (``tests/helpers/sshd.py``).  The modules:
 * :mod:`bench.trees` / :mod:`bench.converge` workload files and waiting
   until targets are identical;
 * :mod:`bench.report` medians, goals and tables; :mod:`bench.machine` the
-  machine's description.
+  machine's description;
+* :mod:`bench.iotrace` bytes read from the trees, counted with strace
+  (the recovery scenario); ``bench/stages.py`` a separate command timing
+  each stage of one change.
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ from bench import scenarios  # noqa: E402
 from bench.context import SIZES, Ctx  # noqa: E402
 from bench.machine import check_prerequisites, machine  # noqa: E402
 from bench.report import Raw, summarize, table_md, table_text, write_results  # noqa: E402
-from bench.tools import LIVE, TOOLS, BenchFailure  # noqa: E402
+from bench.tools import LIVE, BenchFailure  # noqa: E402
 from bench.trees import rm_rf  # noqa: E402
 from tests.helpers.procs import kill_leftovers  # noqa: E402
 
@@ -115,12 +122,14 @@ def describe_runs(runs: dict[str, int]) -> str:
 
 def run_all(ctx: Ctx, selected: list[str], args: argparse.Namespace,
             raw: Raw, failures: list[str]) -> None:
-    """Every selected scenario, every run, both tools (alternating who goes first)."""
+    """Every selected scenario, every run, each of its tools (who goes first
+    rotates from run to run)."""
     for scn in selected:
         runs = runs_for(scn, args)
+        tools = scenarios.REGISTRY[scn].tools
         for run in range(runs):
-            order = TOOLS if run % 2 == 0 else tuple(reversed(TOOLS))
-            for tool in order:
+            first = run % len(tools)
+            for tool in tools[first:] + tools[:first]:
                 t0 = time.monotonic()
                 try:
                     res = scenarios.REGISTRY[scn].run(ctx, tool, run)
@@ -138,7 +147,7 @@ def run_all(ctx: Ctx, selected: list[str], args: argparse.Namespace,
                     raw.setdefault((scn, k), {}).setdefault(tool, []).append(v)
                 shown = ", ".join(f"{k}={v:.3g}" for k, v in res.items())
                 print(
-                    f"  {scn:8s} run {run + 1}/{runs} {tool:7s} "
+                    f"  {scn:8s} run {run + 1}/{runs} {tool:13s} "
                     f"{time.monotonic() - t0:5.1f}s  {shown}",
                     flush=True,
                 )
@@ -187,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     prev_handler = signal.signal(signal.SIGTERM, _interrupt)
     t_all = time.monotonic()
     try:
+        for scn in selected:
+            prepare = scenarios.REGISTRY[scn].prepare
+            if prepare is not None:
+                prepare(ctx, runs[scn])
         run_all(ctx, selected, args, raw, failures)
     except KeyboardInterrupt:
         failures.append("interrupted")

@@ -2,28 +2,51 @@
 
 A :class:`Tool` runs one daemon (``python3 -m syncsup start CONFIG`` or
 ``lsyncd -nodaemon CONFIG``) in its own session, with its output in
-``WORK/tool.log``.  Both get the same settings for every sync: delay 0, rsync
+``WORK/tool.log``.  All get the same settings for every sync: delay 0, rsync
 in archive mode, one rsync at a time per target (both tools' default).  A
 sync is a source and its targets (:data:`SyncSpec`); syncsup takes one
 ``[[sync]]`` block per sync with all its targets, Lsyncd one ``sync {}``
 block per (source, target) pair, since an Lsyncd sync has one target.
 
+Three tools, by name (:data:`TOOLS`):
+
+* ``syncsup``: syncsup as configured by default, so small changes go
+  through each target's *agent* (``agent_max_size`` = 1 MiB): in the syncer
+  itself for a local target, a ``syncsup-target ROOT agent`` session over
+  the ssh master for a remote one;
+* ``syncsup-rsync``: the same with ``agent_max_size = 0``: rsync for
+  everything, one rsync per batch;
+* ``lsyncd``: Lsyncd.
+
 syncsup's config and environment come from ``tests.helpers.daemon`` (the
 same ``[[sync]]`` tables and ``PYTHONPATH`` the integration tests use), so
-the bench runs the syncsup of this checkout, not whatever is installed.
+the bench runs the syncsup of this checkout, not whatever is installed.  The
+remote agent is started through ``[sync.ssh] target_command``, a small
+script that runs this checkout's ``syncsup.target`` (the sshd is on this
+machine): a ``syncsup-target`` on ``PATH`` may be another checkout's.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import IO, Any
 
-from bench.procs import cmdline, is_dead, start_time, tree_pids
-from tests.helpers.daemon import sync_entry, syncsup_argv, syncsup_env, write_config
+from bench.procs import children_map, cmdline, is_dead, start_time, tree_pids
+from tests.helpers.daemon import (
+    REPO,
+    run_cli,
+    sync_entry,
+    syncsup_argv,
+    syncsup_env,
+    write_config,
+)
 from tests.helpers.sshd import Sshd
 
 
@@ -72,6 +95,13 @@ class Tool:
         self._logf: IO[bytes] | None = None
         self.crashed: str | None = None
         self.started_at = 0.0
+        self.config: Path | None = None
+        self.wrap: list[str] = []
+        """Prepended to the command line (the recovery scenario runs the tool under strace)."""
+        self.rsync_binary: str | None = None
+        """The rsync program the tool runs, when not ``rsync`` from ``PATH``."""
+        self._terminated: float | None = None
+        self._tree: list[tuple[int, int | None]] = []
 
     # ----------------------------------------------------------- lifecycle
     def write_config(self, syncs: list[SyncSpec]) -> Path:
@@ -86,11 +116,11 @@ class Tool:
     def start(self, syncs: list[SyncSpec]) -> None:
         """Write the config and start the daemon; ``started_at`` is the
         monotonic time just before the process was created."""
-        config = self.write_config(syncs)
+        config = self.config = self.write_config(syncs)
         self._logf = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
-            self.argv(config),
+            [*self.wrap, *self.argv(config)],
             stdin=subprocess.DEVNULL,
             stdout=self._logf,
             stderr=subprocess.STDOUT,
@@ -105,6 +135,16 @@ class Tool:
         assert self.proc is not None
         return self.proc.pid
 
+    def daemon_pid(self, pid: int) -> int:
+        """The daemon's own process: ``pid`` (the process started), or its
+        child when it runs under a wrapper (strace), which then reaps it
+        and exits."""
+        if self.wrap:
+            kids = children_map().get(pid, [])
+            if kids:
+                return min(kids)
+        return pid
+
     def check(self) -> None:
         """Raise :class:`ToolCrashed` if the main process has exited."""
         if self.proc is not None and self.proc.poll() is not None:
@@ -118,35 +158,55 @@ class Tool:
     def log_text(self) -> str:
         return _read(self.log)
 
+    def terminate(self) -> None:
+        """Ask the daemon to stop (SIGTERM, after SIGCONT to its whole tree:
+        a frozen process cannot stop) without waiting; :meth:`stop` then
+        waits and reaps.  Once only."""
+        if self.proc is None or self._terminated is not None:
+            return
+        proc = self.proc
+        self._tree = [(p, start_time(p)) for p in tree_pids(proc.pid)]
+        self._terminated = time.monotonic()
+        if proc.poll() is not None:
+            self.crashed = f"exited {proc.returncode}"
+            return
+        for p, _ in self._tree:
+            try:
+                os.kill(p, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        try:
+            os.kill(self.daemon_pid(proc.pid), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def exited(self) -> bool:
+        """The main process has exited (or was never started): :meth:`stop`
+        will not wait for it."""
+        return self.proc is None or self.proc.poll() is not None
+
     def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL of whatever of its tree is left; reaps it."""
+        """:meth:`terminate` if not done yet, wait up to ``timeout`` seconds
+        from then, then SIGKILL of whatever of its tree is left; reaps it."""
         if self.proc is None:
             return None
+        self.terminate()
+        assert self._terminated is not None
         proc, self.proc = self.proc, None
         if self in LIVE:
             LIVE.remove(self)
-        tree = [(p, start_time(p)) for p in tree_pids(proc.pid)]
-        rc = proc.poll()
-        if rc is None:
-            for p, _ in tree:  # a frozen process cannot stop
-                try:
-                    os.kill(p, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
-            proc.send_signal(signal.SIGTERM)
+        left = timeout - (time.monotonic() - self._terminated)
+        try:
+            rc = proc.wait(max(0.1, left))
+        except subprocess.TimeoutExpired:
+            print(f"  ! {self.name} did not stop within {timeout:.0f}s of SIGTERM: SIGKILL")
             try:
-                rc = proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                print(f"  ! {self.name} did not stop within {timeout:.0f}s of SIGTERM: SIGKILL")
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                rc = proc.wait(10)
-        else:
-            self.crashed = f"exited {rc}"
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            rc = proc.wait(10)
         deadline = time.monotonic() + 10
-        for p, st in tree[1:]:
+        for p, st in self._tree[1:]:
             if st is None:
                 continue
             while start_time(p) == st and not is_dead(p) and time.monotonic() < deadline:
@@ -154,6 +214,7 @@ class Tool:
             if start_time(p) == st and not is_dead(p):
                 print(f"  ! {self.name}: pid {p} survived the stop: SIGKILL")
                 os.kill(p, signal.SIGKILL)
+        self._terminated = None
         if self._logf:
             self._logf.close()
         return rc
@@ -162,9 +223,14 @@ class Tool:
         """The process that reads inotify events."""
         raise NotImplementedError
 
+    def expect_transport(self, remote_roots: list[Path] | None = None) -> None:
+        """syncsup: fail unless its targets use the transport measured (Lsyncd: nothing)."""
+
 
 class Syncsup(Tool):
     name = "syncsup"
+    agent_max_size: int | None = None
+    """``None``: syncsup's default (the agent for files up to 1 MiB)."""
 
     def write_config(self, syncs: list[SyncSpec]) -> Path:
         """One ``[[sync]]`` per source: ``b`` alone, ``s000``... for several."""
@@ -174,17 +240,21 @@ class Syncsup(Tool):
             ssh: dict[str, Any] | None = None
             if remote:
                 s = remote[0].sshd
-                ssh = {"host": s.host, "user": s.user, **s.ssh_config()}
-            blocks.append(
-                sync_entry(
-                    source,
-                    [target_path(t) for t in targets],
-                    name="b" if len(syncs) == 1 else f"s{i:03d}",
-                    delay=0,
-                    mode="rsyncssh" if remote else "rsync",
-                    ssh=ssh,
-                )
+                ssh = {"host": s.host, "user": s.user, **s.ssh_config(),
+                       "target_command": str(target_command(self.work))}
+            block = sync_entry(
+                source,
+                [target_path(t) for t in targets],
+                name="b" if len(syncs) == 1 else f"s{i:03d}",
+                delay=0,
+                mode="rsyncssh" if remote else "rsync",
+                ssh=ssh,
             )
+            if self.agent_max_size is not None:
+                block["agent_max_size"] = self.agent_max_size
+            if self.rsync_binary is not None:
+                block["rsync"] = {"binary": self.rsync_binary}
+            blocks.append(block)
         doc = {
             "settings": {"state_dir": str(self.work / "st"), "log_level": "info"},
             "sync": blocks,
@@ -197,14 +267,83 @@ class Syncsup(Tool):
     def env(self) -> dict[str, str]:
         return syncsup_env()
 
+    def status(self) -> dict[str, Any]:
+        """``syncsup status --json`` of the running daemon."""
+        assert self.config is not None
+        r = run_cli("status", "--json", self.config, timeout=30)
+        if r.returncode != 0:
+            raise BenchFailure(f"{self.name}: status --json exited {r.returncode}: "
+                               f"{r.stdout}{r.stderr}")
+        doc: dict[str, Any] = json.loads(r.stdout)
+        return doc
+
+    def transports(self) -> list[str]:
+        """Each target's ``transport`` in status (``agent`` or ``rsync``)."""
+        return [str(t.get("transport")) for s in self.status().get("syncs", [])
+                for t in s.get("targets", [])]
+
+    def expect_transport(self, remote_roots: list[Path] | None = None) -> None:
+        """Fail loudly unless every target uses the transport this tool is
+        about: ``agent`` for ``syncsup``, ``rsync`` for ``syncsup-rsync``.
+
+        For remote targets status alone is not proof (a remote agent that
+        has not been tried yet also reads ``agent``), so an agent process
+        for each remote root must be running too (the sshd is on this
+        machine), and the log must not say the agent was missing."""
+        want = "rsync" if self.agent_max_size == 0 else "agent"
+        got = self.transports()
+        if not got or any(t != want for t in got):
+            raise BenchFailure(f"{self.name}: transport in status is {got}, expected {want} "
+                               f"for every target\n{self.log_tail()}")
+        if want != "agent" or not remote_roots:
+            return
+        if "no agent there" in self.log_text():
+            raise BenchFailure(f"{self.name}: the remote agent did not start\n{self.log_tail()}")
+        cmds = [cmdline(p) for p in _all_pids()]
+        for root in remote_roots:
+            needle = os.fsencode(root) + b"\0agent"
+            if not any(b"syncsup.target" in c and needle in c for c in cmds):
+                raise BenchFailure(f"{self.name}: no agent process for {root} "
+                                   f"(syncsup.target ... {root} agent)\n{self.log_tail()}")
+
     def freeze_pid(self) -> int:
+        return self.component_pid("watcher")
+
+    def component_pid(self, role: str) -> int:
+        """The pid of ``syncsup.ROLE`` (watcher, collator, syncer) in the tree."""
+        needle = f"syncsup.{role}".encode()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             for p in tree_pids(self.pid):
-                if b"syncsup.watcher" in cmdline(p):
+                if needle in cmdline(p):
                     return p
             time.sleep(0.05)
-        raise ToolCrashed("syncsup: no syncsup.watcher process found")
+        raise ToolCrashed(f"syncsup: no {needle.decode()} process found")
+
+
+class SyncsupRsync(Syncsup):
+    """syncsup with ``agent_max_size = 0``: every change by rsync."""
+
+    name = "syncsup-rsync"
+    agent_max_size = 0
+
+
+def target_command(work: Path) -> Path:
+    """A script running this checkout's ``syncsup.target`` with this Python:
+    the remote agent's ``target_command`` (the throw-away sshd is local, and
+    its sessions get a fresh environment, hence ``PYTHONPATH`` here)."""
+    script = work / "syncsup-target"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"PYTHONPATH={shlex.quote(str(REPO))} exec {shlex.quote(sys.executable)} "
+        '-P -m syncsup.target "$@"\n'
+    )
+    os.chmod(script, 0o755)
+    return script
+
+
+def _all_pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
 
 
 def _lua_str(s: str) -> str:
@@ -226,7 +365,7 @@ class Lsyncd(Tool):
         ]
         for source, targets in syncs:
             for t in targets:
-                out += _lsyncd_block(source, t)
+                out += _lsyncd_block(source, t, self.rsync_binary)
         config = self.work / "lsyncd.lua"
         config.write_text("\n".join(out) + "\n")
         return config
@@ -241,7 +380,9 @@ class Lsyncd(Tool):
         return super().log_text() + _read(self.work / "lsyncd.log")
 
 
-def _lsyncd_block(source: Path, t: Target) -> list[str]:
+def _lsyncd_block(source: Path, t: Target, binary: str | None) -> list[str]:
+    rsync = "  rsync = { archive = true"
+    rsync += f", binary = {_lua_str(binary)} }}," if binary else " },"
     if isinstance(t, Remote):
         s = t.sshd
         opts = ", ".join(
@@ -254,7 +395,7 @@ def _lsyncd_block(source: Path, t: Target) -> list[str]:
             f"  host = {_lua_str(f'{s.user}@{s.host}')},",
             f"  targetdir = {_lua_str(str(t.path))},",
             "  delay = 0,",
-            "  rsync = { archive = true },",
+            rsync,
             f"  ssh = {{ port = {s.port}, identityFile = {_lua_str(str(s.identity_file))},"
             f" options = {{ {opts} }} }},",
             "}",
@@ -265,7 +406,7 @@ def _lsyncd_block(source: Path, t: Target) -> list[str]:
         f"  source = {_lua_str(str(source))},",
         f"  target = {_lua_str(str(t))},",
         "  delay = 0,",
-        "  rsync = { archive = true },",
+        rsync,
         "}",
     ]
 
@@ -277,5 +418,8 @@ def _read(p: Path) -> str:
         return ""
 
 
-TOOLS: tuple[str, ...] = ("syncsup", "lsyncd")
-TOOL_CLASSES: dict[str, type[Tool]] = {"syncsup": Syncsup, "lsyncd": Lsyncd}
+TOOLS: tuple[str, ...] = ("syncsup", "syncsup-rsync", "lsyncd")
+"""Every tool, in the order of the table's columns; a scenario runs some of them."""
+TOOL_CLASSES: dict[str, type[Tool]] = {
+    "syncsup": Syncsup, "syncsup-rsync": SyncsupRsync, "lsyncd": Lsyncd,
+}

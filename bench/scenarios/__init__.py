@@ -9,12 +9,23 @@ scenario is adding a module here and its name to :data:`REGISTRY`.
 from __future__ import annotations
 
 from bench.report import Figure
-from bench.scenarios import burst, fanout, idle, latency, overflow, rename, startup, syncs
+from bench.scenarios import (
+    burst,
+    churn,
+    fanout,
+    idle,
+    latency,
+    overflow,
+    recovery,
+    rename,
+    startup,
+    syncs,
+)
 from bench.scenarios.base import Scenario
 
 REGISTRY: dict[str, Scenario] = {
     m.SCENARIO.name: m.SCENARIO
-    for m in (latency, burst, overflow, startup, fanout, rename, idle, syncs)
+    for m in (latency, burst, churn, overflow, startup, fanout, rename, recovery, idle, syncs)
 }
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 

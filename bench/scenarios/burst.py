@@ -10,22 +10,23 @@ from __future__ import annotations
 import os
 import time
 
-from bench.context import Ctx, Session
+from bench.context import Ctx, Session, tag
 from bench.converge import ready, wait_converged
 from bench.procs import tree_cpu
 from bench.report import Figure, Goal
-from bench.scenarios.base import Scenario
-from bench.trees import make_tree, rm_rf, write_file
+from bench.scenarios.base import BOTH_TRANSPORTS, Scenario
+from bench.trees import make_tree, write_file
 
 
 def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for n in ctx.size["bursts"]:
-        root = ctx.dir(f"burst-{tool[0]}{run}")
+        root = ctx.dir(f"burst-{tag(tool)}{run}")
         src, dst = root / "src", root / "dst"
         make_tree(src / "b", 100, 100, prefix="seed")
         with Session(ctx, tool, root / "w", src, [dst]) as t:
             ready(t, src, [dst], ctx.timeout)
+            t.expect_transport()
             cpu0 = tree_cpu(t.pid)
             t_first = time.monotonic()
             dirs = [os.fspath(src / "b" / f"d{j:04d}") for j in range(100)]
@@ -37,7 +38,7 @@ def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
         out[f"burst_{n}_s"] = t_conv - t_last
         out[f"burst_{n}_write_s"] = t_last - t_first
         out[f"cpu_per_1k_{n}_s"] = (cpu1 - cpu0) / (n / 1000)
-        rm_rf(root)
+        ctx.discard(root)
     return out
 
 
@@ -51,7 +52,7 @@ def describe(key: str) -> Figure:
         return Figure("CPU", f"CPU s per 1 000 changes (burst {_n(int(k[3]))})", "s")
     n = int(k[1])
     if key.endswith("_write_s"):
-        return Figure(f"burst {_n(n)}", "writing the files (same for both)", "s")
+        return Figure(f"burst {_n(n)}", "writing the files (same for all)", "s")
     goal = 0.5 if n >= 100000 else 0.7
     return Figure(f"burst {_n(n)}", "last write → identical", "s", Goal("ratio", goal))
 
@@ -62,4 +63,4 @@ def order(key: str) -> str:
     return f"0{int(key.split('_')[1]):09d}{key}"
 
 
-SCENARIO = Scenario("burst", run, describe, order)
+SCENARIO = Scenario("burst", run, describe, order, tools=BOTH_TRANSPORTS)

@@ -9,26 +9,27 @@ from __future__ import annotations
 import os
 import time
 
-from bench.context import Ctx, Session
+from bench.context import Ctx, Session, tag
 from bench.converge import ready, wait_converged
 from bench.procs import tree_rss_kb
 from bench.report import Figure, Goal
-from bench.scenarios.base import Scenario
+from bench.scenarios.base import BOTH_TRANSPORTS, Scenario
 from bench.tools import Target
-from bench.trees import make_tree, rm_rf, write_file
+from bench.trees import make_tree, write_file
 
 
 def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
     out: dict[str, float] = {}
     m = ctx.size["fanout_files"]
     for k in ctx.size["fanout"]:
-        root = ctx.dir(f"fan{k}-{tool[0]}{run}")
+        root = ctx.dir(f"fan{k}-{tag(tool)}{run}")
         src = root / "src"
         make_tree(src / "f", 100, 10, prefix="seed")
         dsts = [root / f"t{j:02d}" for j in range(k)]
         targets: list[Target] = list(dsts)
         with Session(ctx, tool, root / "w", src, targets) as t:
             ready(t, src, dsts, ctx.timeout)
+            t.expect_transport()
             time.sleep(0.5)
             steady = tree_rss_kb(t.pid)
             peak = [steady]
@@ -46,7 +47,7 @@ def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
         out[f"fanout_{k}_s"] = t_conv - t_last
         out[f"fanout_{k}_rss_mb"] = peak[0] / 1024
         out[f"fanout_{k}_steady_rss_mb"] = steady / 1024
-        rm_rf(root)
+        ctx.discard(root)
     return out
 
 
@@ -64,4 +65,4 @@ def order(key: str) -> str:
     return f"{int(key.split('_')[1]):04d}{key}"
 
 
-SCENARIO = Scenario("fanout", run, describe, order)
+SCENARIO = Scenario("fanout", run, describe, order, tools=BOTH_TRANSPORTS)

@@ -10,28 +10,28 @@ from __future__ import annotations
 
 import time
 
-from bench.context import Ctx, Session
+from bench.context import Ctx, Session, tag
 from bench.converge import ready
 from bench.procs import cpu_sample, cpu_seconds_between, tree_rss_kb
 from bench.report import Figure, Goal
 from bench.scenarios.base import Scenario
-from bench.trees import make_tree, rm_rf
+from bench.trees import make_tree
 
 
 def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
-    root = ctx.dir(f"idle-{tool[0]}{run}")
+    root = ctx.dir(f"idle-{tag(tool)}{run}")
     src, dst = root / "src", root / "dst"
     make_tree(src, 100, 5)
     secs = ctx.size["idle_s"]
     with Session(ctx, tool, root / "w", src, [dst]) as t:
         ready(t, src, [dst], ctx.timeout)
-        time.sleep(2.0)
+        time.sleep(ctx.size["idle_settle_s"])
         c0 = cpu_sample(t.pid)
         time.sleep(secs)
         t.check()
         c1 = cpu_sample(t.pid)
         rss = tree_rss_kb(t.pid)
-    rm_rf(root)
+    ctx.discard(root)
     cpu = cpu_seconds_between(c0, c1)
     return {"idle_cpu_s_per_min": cpu * 60.0 / secs, "idle_rss_mb": rss / 1024}
 

@@ -15,17 +15,17 @@ import os
 import signal
 import time
 
-from bench.context import Ctx, Session
+from bench.context import Ctx, Session, tag
 from bench.converge import ready, wait_converged
 from bench.procs import start_time
 from bench.report import Figure, Goal
 from bench.scenarios.base import Scenario
-from bench.trees import make_tree, rm_rf, write_file
+from bench.trees import make_tree, write_file
 
 
 def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
     n = ctx.size["overflow_files"]
-    root = ctx.dir(f"ovf-{tool[0]}{run}")
+    root = ctx.dir(f"ovf-{tag(tool)}{run}")
     src, dst = root / "src", root / "dst"
     make_tree(src / "o", 50, 10, prefix="seed")
     with Session(ctx, tool, root / "w", src, [dst]) as t:
@@ -58,7 +58,7 @@ def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
         log = t.log_text()[log_before:]
         restarted = start_time(victim) != vstart
         overflowed = "overflow" in log.lower()
-    rm_rf(root)
+    ctx.discard(root)
     return {
         "overflow_s": t_conv - t_cont,
         "overflow_frozen_s": frozen,

@@ -10,13 +10,13 @@ import os
 import time
 from pathlib import Path
 
-from bench.context import Ctx, Session
+from bench.context import Ctx, Session, tag
 from bench.converge import ready, wait_converged
 from bench.procs import lo_rx_bytes
 from bench.report import Figure
 from bench.scenarios.base import Scenario
 from bench.tools import Remote
-from bench.trees import count_entries, rm_rf
+from bench.trees import count_entries
 
 
 def shared_tree(ctx: Ctx) -> Path:
@@ -45,7 +45,7 @@ def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
     src = shared_tree(ctx)
     if (src / "big2").exists():
         os.rename(src / "big2", src / "big")
-    root = ctx.dir(f"ren-{tool[0]}{run}")
+    root = ctx.dir(f"ren-{tag(tool)}{run}")
     dst = root / "dst"
     try:
         with Session(ctx, tool, root / "w", src, [Remote(ctx.sshd(), dst)]) as t:
@@ -75,7 +75,7 @@ def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
     finally:
         if (src / "big2").exists():
             os.rename(src / "big2", src / "big")
-    rm_rf(root)
+    ctx.discard(root)
     return {
         "rename_s": t_conv - t0,
         "rename_lo_mb": (lo1 - lo0) / 1e6,

@@ -10,12 +10,12 @@ import os
 import time
 from pathlib import Path
 
-from bench.context import Ctx, Session
+from bench.context import Ctx, Session, tag
 from bench.converge import wait_converged
 from bench.procs import tree_rss_kb
 from bench.report import Figure, Goal
 from bench.scenarios.base import Scenario
-from bench.trees import make_tree, rm_rf, write_file
+from bench.trees import make_tree, write_file
 
 
 def shared_tree(ctx: Ctx) -> Path:
@@ -31,7 +31,7 @@ def shared_tree(ctx: Ctx) -> Path:
 
 def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
     src = shared_tree(ctx)
-    root = ctx.dir(f"start-{tool[0]}{run}")
+    root = ctx.dir(f"start-{tag(tool)}{run}")
     dst = root / "dst"
     probe = src / f"probe-{tool}-{run}"
     try:
@@ -46,7 +46,7 @@ def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
     finally:
         if probe.exists():
             probe.unlink()
-    rm_rf(root)
+    ctx.discard(root)
     return {"startup_s": t_conv - t0, "startup_rss_mb": rss / 1024}
 
 

@@ -13,12 +13,13 @@ local targets, one config (syncsup: N ``[[sync]]`` blocks; Lsyncd: N
 2. **one change per sync**: a new file written in each of the N sources at
    once; from the last write until every target has its file (confirmed
    byte for byte).  A warm-up round first makes sure events flow;
-3. **at rest**: after ``syncs_settle_s`` (15 s full, 11 s smoke) with
+3. **at rest**: after ``syncs_settle_s`` (15 s full, 1 s smoke) with
    nothing happening, the number of processes in the tree and the sums of
    RSS and PSS over it (``smaps_rollup``).  The wait matters: syncsup's
    children give freed heap back at their first heartbeat after a busy
-   stretch (every 10 s), and the figure wanted is the resting one;
-4. **idle CPU** over ``syncs_idle_s`` (60 s full, 10 s smoke) right after,
+   stretch (every 10 s), and the figure wanted is the resting one (the
+   smoke's 1 s is too short for that: its memory figures are a check only);
+4. **idle CPU** over ``syncs_idle_s`` (60 s full, 2 s smoke) right after,
    in CPU seconds per minute, from every thread's nanosecond run time
    (``/proc/PID/task/TID/schedstat``), not clock ticks.
 
@@ -38,13 +39,13 @@ import os
 import time
 from pathlib import Path
 
-from bench.context import Ctx, Session
+from bench.context import Ctx, Session, tag
 from bench.converge import wait_pairs
 from bench.procs import cpu_sample, cpu_seconds_between, tree_memory
 from bench.report import Figure, Goal
 from bench.scenarios.base import Scenario
 from bench.tools import Target, Tool
-from bench.trees import make_tree, rm_rf
+from bench.trees import make_tree
 
 Pairs = list[tuple[Path, Path]]
 
@@ -77,7 +78,7 @@ def _change_round(t: Tool, pairs: Pairs, tag: str, timeout: float) -> float:
 
 def measure(ctx: Ctx, tool: str, run: int, n: int) -> dict[str, float]:
     """All figures for ``n`` syncs and one tool."""
-    root = ctx.dir(f"syncs{n}-{tool[0]}{run}")
+    root = ctx.dir(f"syncs{n}-{tag(tool)}{run}")
     pairs: Pairs = [(root / "src" / f"s{i:03d}", root / "dst" / f"s{i:03d}") for i in range(n)]
     for i, (src, _) in enumerate(pairs):
         make_tree(src, ctx.size["syncs_files"], 1, prefix=f"s{i:03d}-")
@@ -96,7 +97,7 @@ def measure(ctx: Ctx, tool: str, run: int, n: int) -> dict[str, float]:
         time.sleep(secs)
         t.check()
         cpu = cpu_seconds_between(c0, cpu_sample(t.pid))
-    rm_rf(root)
+    ctx.discard(root)
     return {
         "processes": float(mem.processes),
         "rss_mb": mem.rss_kb / 1024,
