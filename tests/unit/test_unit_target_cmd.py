@@ -5,6 +5,8 @@ integration tests in test_security.py go through a real sshd)."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import io
 import os
 from pathlib import Path
@@ -318,3 +320,58 @@ def test_without_tree_only_empty_directories_are_removed(root: Path) -> None:
     assert (root / "full" / "x.tmp").read_text() == "excluded"
     assert not (root / "empty").exists() and not (root / "file").exists()
     assert not [p for p in os.listdir(root) if p.startswith(".syncsup.")]
+
+
+@pytest.mark.parametrize("files", [2, 40])
+def test_commit_makes_every_write_durable_and_keeps_no_descriptor(
+        root: Path, files: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few entries get an fsync each, many one syncfs per filesystem; either
+    way commit() leaves no descriptor open and its calls really reach the
+    kernel (a failure is raised, not swallowed)."""
+    import syncsup.target._apply as apply_mod
+
+    calls: list[str] = []
+    real_fsync, real_syncfs = os.fsync, apply_mod._libc.syncfs
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    def syncfs(fd: int) -> int:
+        calls.append("syncfs")
+        return int(real_syncfs(fd))
+
+    monkeypatch.setattr(apply_mod.os, "fsync", fsync)
+    monkeypatch.setattr(apply_mod._libc, "syncfs", syncfs)
+    before = set(os.listdir("/proc/self/fd"))
+    a = Applier.open(str(root))
+    try:
+        a.mkdir(b"d", Attrs(mode=0o755, mtime_ns=10**18))
+        for i in range(files):
+            a.put(b"d/f%d" % i, b"x" * i, Attrs(mode=0o644, mtime_ns=10**18))
+        a.commit()
+        assert not a.pending and not a.touched
+    finally:
+        a.close()
+    assert set(os.listdir("/proc/self/fd")) <= before
+    if files + 2 <= apply_mod.FSYNC_MAX:
+        assert calls == ["fsync"] * (files + 2)
+    else:
+        assert calls == ["syncfs"]  # one filesystem
+    assert sorted(os.listdir(root / "d")) == sorted(f"f{i}" for i in range(files))
+
+    def failing(fd: int) -> int:
+        ctypes.set_errno(errno.EIO)  # as a failed writeback reports it
+        return -1
+
+    monkeypatch.setattr(apply_mod._libc, "syncfs", failing)
+    b = Applier.open(str(root))
+    try:
+        for i in range(files):
+            b.put(b"g%d" % i, b"y", Attrs(mode=0o644, mtime_ns=10**18))
+        if files + 1 > apply_mod.FSYNC_MAX:
+            with pytest.raises(OSError):
+                b.commit()
+    finally:
+        b.close()
+    assert set(os.listdir("/proc/self/fd")) <= before
