@@ -27,7 +27,13 @@ from typing import Any
 
 from syncsup.dirfd import open_below, split_path
 
-__all__ = ["Prepared", "prepare"]
+__all__ = ["STEP_BYTES", "Prepared", "prepare"]
+
+# File content one agent step may carry: the step is read into memory whole
+# (and framed once more for a remote agent), so a batch of a thousand
+# 1 MiB files must not become a gigabyte in the syncer. What does not fit
+# goes to rsync in the same batch, which streams it.
+STEP_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -89,8 +95,10 @@ def _read(dfd: int, name: bytes, max_size: int) -> tuple[bytes, os.stat_result] 
 
 
 def prepare(root_fd: int, paths: Iterable[bytes], *, max_size: int, deletes: bool,
-            excluded: Callable[[bytes, bool], bool], keep_trees: bool = False) -> Prepared:
-    """Operations for ``paths`` (relative to the source open as ``root_fd``).
+            excluded: Callable[[bytes, bool], bool], keep_trees: bool = False,
+            max_bytes: int = STEP_BYTES) -> Prepared:
+    """Operations for ``paths`` (relative to the source open as ``root_fd``),
+    with at most ``max_bytes`` of file content (the rest goes to rsync).
     ``keep_trees`` (the sync has excludes): no operation may remove a
     non-empty directory on the target, which may hold excluded files that
     rsync would keep; the agent refuses such a removal and the path goes to
@@ -122,7 +130,8 @@ def prepare(root_fd: int, paths: Iterable[bytes], *, max_size: int, deletes: boo
             if excluded(path, stat.S_ISDIR(st.st_mode)):
                 continue  # rsync neither sends nor deletes it
             if stat.S_ISREG(st.st_mode):
-                got = _read(dfd, name, max_size) if st.st_size <= max_size else None
+                room = min(max_size, max_bytes - out.size)
+                got = _read(dfd, name, room) if st.st_size <= room else None
                 if got is None:
                     out.fallback.append(path)
                     continue

@@ -1,0 +1,53 @@
+"""What an agent step carries for a batch, read from a real source tree:
+content up to the per-file and per-step bounds, the rest left to rsync."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from syncsup.syncer.agent_ops import prepare
+
+
+def _never(_path: bytes, _is_dir: bool) -> bool:
+    return False
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Iterator[int]:
+    (tmp_path / "d").mkdir()
+    for i in range(10):
+        (tmp_path / "d" / f"f{i}").write_bytes(bytes([i]) * 1000)
+    (tmp_path / "big").write_bytes(b"b" * 5000)
+    os.symlink("d/f0", tmp_path / "ln")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+def _puts(ops: list[dict[str, object]]) -> list[bytes]:
+    return [op["path"] for op in ops if op["op"] == "put"]  # type: ignore[misc]
+
+
+def test_a_step_carries_at_most_max_bytes_and_rsync_gets_the_rest(src: int) -> None:
+    names = [b"d", *(b"d/f%d" % i for i in range(10)), b"big", b"ln"]
+    prep = prepare(src, names, max_size=4096, deletes=True, excluded=_never, max_bytes=3500)
+    assert _puts(prep.ops) == [b"d/f0", b"d/f1", b"d/f2"]
+    assert prep.size == 3000
+    assert sorted(prep.fallback) == sorted([b"big", *(b"d/f%d" % i for i in range(3, 10))])
+    kinds = {op["path"]: op["op"] for op in prep.ops if op["op"] not in ("time", "commit")}
+    assert kinds[b"d"] == "mkdir" and kinds[b"ln"] == "symlink"  # no content: always sent
+    assert prep.ops[-1] == {"op": "commit"}
+    assert [op["data"] for op in prep.ops if op["op"] == "put"] == [
+        bytes([i]) * 1000 for i in range(3)]
+
+
+def test_without_a_step_bound_only_the_per_file_bound_applies(src: int) -> None:
+    prep = prepare(src, [b"big", b"d/f9", b"gone"], max_size=4096, deletes=True,
+                   excluded=_never)
+    assert _puts(prep.ops) == [b"d/f9"] and prep.fallback == [b"big"]
+    assert {"op": "delete", "path": b"gone"} in prep.ops
+    assert [op["data"] for op in prep.ops if op["op"] == "put"] == [b"\x09" * 1000]
