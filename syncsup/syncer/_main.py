@@ -423,6 +423,9 @@ class Syncer:
                 for _peer, msg in receive(self.sock, log, limit=100):
                     if isinstance(msg, proto.Batch):
                         self.on_batch(msg)
+                        # a local agent step runs here, in this thread: beat
+                        # between batches, not only once per loop turn
+                        self.rt.heartbeat(time.monotonic())
                     else:
                         log.warning("dropped unexpected %s", type(msg).__name__)
             if self.monitor in events:
