@@ -11,14 +11,12 @@ asks it to stop on exit, whatever happened.
 Stopping does not hold up the next run: the tool gets SIGTERM and is reaped
 later (:meth:`Ctx.reap`: when the next session starts, when a directory it
 works in is to be reused, and at the end of the bench, which waits for every
-one and fails on any process left behind).  syncsup's watcher and collator
-notice a SIGTERM only when their ZeroMQ poll next times out (pyzmq resumes
-the poll after the signal), so a syncsup stop takes up to its supervisor's
-6 s grace; waiting for each would cost the smoke run minutes.  A stopping
-daemon sleeps until then and exits, which costs the next run nothing
-measurable.  Directories a stopping tool works in are removed once it is
-gone (:meth:`Ctx.discard`).  A scenario that needs the stop finished (the
-recovery scenario's clean stop) calls :meth:`Tool.stop` itself.
+one and fails on any process left behind): a stopping daemon finishes its
+stop while the next run starts, which keeps the bench short and costs the
+next run nothing measurable. Directories a stopping tool works in are
+removed once it is gone (:meth:`Ctx.discard`). A scenario that needs the
+stop finished (the recovery scenario's clean stop) calls :meth:`Tool.stop`
+itself.
 """
 
 from __future__ import annotations
