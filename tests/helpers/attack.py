@@ -37,15 +37,11 @@ import msgpack
 from tests.helpers.daemon import REPO
 from tests.helpers.procs import assert_no_leftovers, kill_leftovers, pids_of_uid, tree_pids
 from tests.helpers.sshd import Sshd
-from tests.helpers.tree import snapshot
+from tests.helpers.tree import b, snapshot
 
 REFUSED = "syncsup-target: refused"
 PROBE_FLAGS = "-logDtpre.iLsfxC"  # what an rsync 3.x client sends for -a
 SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def b(p: os.PathLike | str | bytes) -> bytes:
-    return os.fsencode(p)
 
 
 # ------------------------------------------------------------ public places

@@ -19,6 +19,23 @@ Snapshot = dict[bytes, Entry]
 _CHUNK = 1 << 20
 
 
+def b(p: os.PathLike[str] | str | bytes) -> bytes:
+    """A path as bytes (Linux file names need not be UTF-8)."""
+    return os.fsencode(p)
+
+
+def write(path: os.PathLike[str] | str | bytes, data: bytes | str = b"x",
+          mode: int | None = None) -> Path:
+    """Create or replace a file (and its parent directories) holding ``data``."""
+    raw = os.fsencode(path)
+    os.makedirs(os.path.dirname(raw) or b".", exist_ok=True)
+    with open(raw, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+    if mode is not None:
+        os.chmod(raw, mode)
+    return Path(os.fsdecode(raw))
+
+
 def _as_bytes(path: bytes | str | os.PathLike) -> bytes:
     return os.fsencode(path)
 

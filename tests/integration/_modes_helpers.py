@@ -12,18 +12,7 @@ from typing import Any
 
 from tests.helpers.churn import assert_not_pwned
 from tests.helpers.procs import assert_no_leftovers
-from tests.helpers.tree import snapshot, wait_converged
-
-
-def b(p: os.PathLike | str | bytes) -> bytes:
-    return os.fsencode(p)
-
-
-def write(path: bytes | str | os.PathLike, data: bytes, mode: int | None = None) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-    if mode is not None:
-        os.chmod(path, mode)
+from tests.helpers.tree import b, snapshot, wait_converged, write
 
 
 def converge(d, src, *dsts, timeout: float = 150):

@@ -49,7 +49,7 @@ from tests.helpers.attack import public_dir as make_public_dir
 from tests.helpers.churn import HOSTILE, Churn, ChurnThread, assert_not_pwned
 from tests.helpers.daemon import REPO, Daemon, run_cli, sync_entry
 from tests.helpers.procs import assert_no_leftovers, cmdline_of
-from tests.helpers.tree import diff_trees, snapshot, wait_converged
+from tests.helpers.tree import b, diff_trees, snapshot, wait_converged
 
 from ._modes_helpers import wait_until
 
@@ -58,10 +58,6 @@ pytestmark = pytest.mark.timeout(300)
 RSYNC = shutil.which("rsync") or "/usr/bin/rsync"
 AGENT_TIMEOUT = 30.0  # syncsup/syncer/agent_session.py; no setting or env var shortens it
 CONVERGE = 150.0
-
-
-def b(p: os.PathLike | str | bytes) -> bytes:
-    return os.fsencode(p)
 
 
 # ============================================================ rsync, recorded

@@ -13,20 +13,9 @@ import pytest
 from tests.helpers.churn import HOSTILE, Churn, ChurnThread, assert_not_pwned
 from tests.helpers.daemon import sync_entry
 from tests.helpers.procs import assert_no_leftovers
-from tests.helpers.tree import snapshot, wait_converged
+from tests.helpers.tree import b, snapshot, wait_converged, write
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def b(p: os.PathLike | str) -> bytes:
-    return os.fsencode(p)
-
-
-def write(path: bytes | os.PathLike, data: bytes, mode: int | None = None) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-    if mode is not None:
-        os.chmod(path, mode)
 
 
 def converge(d, src, *dsts, timeout: float = 120):

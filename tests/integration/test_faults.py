@@ -27,7 +27,7 @@ import pytest
 from tests.helpers.churn import Churn, assert_not_pwned
 from tests.helpers.daemon import READY_TIMEOUT, Daemon, sync_entry, syncsup_argv, syncsup_env
 from tests.helpers.procs import assert_no_leftovers, cmdline_of
-from tests.helpers.tree import diff_trees, snapshot, wait_converged
+from tests.helpers.tree import b, diff_trees, snapshot, wait_converged, write
 
 from ._modes_helpers import wait_until
 
@@ -37,13 +37,6 @@ NAME = "www"  # sync_entry's default sync name
 
 
 # ------------------------------------------------------------------ helpers
-def b(p: os.PathLike | str) -> bytes:
-    return os.fsencode(p)
-
-
-def write(path: os.PathLike | str | bytes, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 def comp_of(st: dict, name: str) -> dict[str, Any]:

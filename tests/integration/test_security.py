@@ -69,17 +69,13 @@ from tests.helpers.procs import (
     pids_of_uid,
     tree_pids,
 )
-from tests.helpers.tree import diff_trees, snapshot, wait_converged
+from tests.helpers.tree import b, diff_trees, snapshot, wait_converged
 
 from ._modes_helpers import make_recorder, read_records, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
 ACCOUNTS = ["root", "home-inside", "home-is-root", "home-outside"]
-
-
-def b(p: os.PathLike | str | bytes) -> bytes:
-    return os.fsencode(p)
 
 
 # ======================================================= fixtures
