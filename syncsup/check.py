@@ -162,7 +162,7 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
             report([f"{sync.name}: source {src} is not readable"], "")
         else:
             report([], f"{sync.name}: source {src}")
-        if sync.mode == "command":
+        if sync.runs_commands:
             for kind in ("on_create", "on_modify", "on_delete", "on_move", "on_startup"):
                 template = getattr(sync.commands, kind)
                 if template and shutil.which(template[0]) is None:
