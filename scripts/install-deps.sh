@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what syncsup needs on a Debian/Ubuntu host: rsync, the OpenSSH
 # client and server (the tests run a real sshd on loopback), promtool (the
-# alert rules in deploy/prometheus are checked with it), groff (the man
-# pages are rendered by a test), and the Python package with its test
+# alert rules in deploy/prometheus are checked with it), groff and zsh (a
+# test renders the man pages and loads the zsh completion), and the Python
+# package with its test
 # extras (shtab among them, for the generated completion scripts; lupa, the
 # Lua runtime import-lsyncd uses, is a self-contained wheel: no system Lua
 # needed). Safe to run again; apt-get only when missing.
@@ -25,6 +26,7 @@ command -v ssh >/dev/null || need+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v groff >/dev/null || need+=(groff-base)  # the man pages are rendered by a test
+command -v zsh >/dev/null || need+=(zsh)  # the zsh completion is loaded by a test
 if [ "${1:-}" = "--with-lsyncd" ] && ! command -v lsyncd >/dev/null; then need+=(lsyncd); fi
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""

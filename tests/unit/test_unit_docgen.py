@@ -180,9 +180,21 @@ def test_bash_completion_loads_and_completes() -> None:
 
 
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="no zsh")
-def test_zsh_completion_parses() -> None:
-    r = _run("zsh", "-n", str(REPO / "completion" / "_syncsup"))
+def test_zsh_completion_parses_and_lists_commands_and_options() -> None:
+    script = REPO / "completion" / "_syncsup"
+    r = _run("zsh", "-n", str(script))
     assert r.returncode == 0, r.stderr
+    # Loaded outside a completion widget: zsh's own _arguments and _describe
+    # only run inside one, so they print what they were given instead.
+    r = _run("zsh", "-fc", "_arguments() { :; }; _describe() { print -l -- ${(P)2}; }; "
+             f"source {str(script)!r}; _shtab_syncsup_commands; "
+             "print -l -- ${_shtab_syncsup_start_options[@]}")
+    assert r.returncode == 0, r.stderr
+    commands = [ln.split(":", 1)[0] for ln in r.stdout.splitlines() if ":" in ln
+                and not ln.startswith(("(", "-", "*", ":"))]
+    assert {"start", "status", "stop", "check", "import-lsyncd"} <= set(commands), r.stdout
+    assert "--mode[how targets are reached" in r.stdout
+    assert ":mode:(rsync rsyncssh direct)" in r.stdout
 
 
 # ------------------------------------------------------- the converter
