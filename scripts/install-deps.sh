@@ -4,9 +4,9 @@
 # alert rules in deploy/prometheus are checked with it), groff and zsh (a
 # test renders the man pages and loads the zsh completion), and the Python
 # package with its test extras (shtab among them, for the generated
-# completion scripts; lupa, the Lua runtime import-lsyncd uses, is a self-
-# contained wheel: no system Lua needed). Safe to run again; apt-get only
-# when missing.
+# completion scripts; lupa, the Lua runtime import-lsyncd uses, is a
+# self-contained wheel: no system Lua needed). Safe to run again; apt-get
+# only when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
