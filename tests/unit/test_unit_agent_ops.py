@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from syncsup.syncer.agent_ops import prepare
+from syncsup.syncer.agents import MAX_PATHS_LOCAL, Channel
+from tests.helpers.unit import make_config
 
 
 def _never(_path: bytes, _is_dir: bool) -> bool:
@@ -51,3 +53,29 @@ def test_without_a_step_bound_only_the_per_file_bound_applies(src: int) -> None:
     assert _puts(prep.ops) == [b"d/f9"] and prep.fallback == [b"big"]
     assert {"op": "delete", "path": b"gone"} in prep.ops
     assert [op["data"] for op in prep.ops if op["op"] == "put"] == [b"\x09" * 1000]
+
+
+@pytest.mark.parametrize("count", [3, MAX_PATHS_LOCAL + 1])
+def test_a_large_batch_goes_to_rsync_whole(tmp_path: Path, count: int) -> None:
+    """Past MAX_PATHS_LOCAL paths one rsync is quicker than the agent, and
+    runs beside the syncer: the local agent applies nothing and hands every
+    path back."""
+    conf = make_config(tmp_path, [{"name": "s", "source": str(tmp_path / "src"),
+                                   "targets": [str(tmp_path / "dst")]}])
+    (tmp_path / "dst").mkdir()
+    names = [b"f%d" % i for i in range(count)]
+    for name in names:
+        (tmp_path / "src" / name.decode()).write_bytes(name)
+    sync = conf.syncs[0]
+    with open(tmp_path / "err", "w+b") as err:
+        channel = Channel(sync, sync.targets[0], None, err)
+        try:
+            result = channel.begin(names, startup=False, now=0.0)
+        finally:
+            channel.close()
+    assert result is not None and result.rc == 0
+    written = sorted(os.listdir(tmp_path / "dst"))
+    if count > MAX_PATHS_LOCAL:
+        assert sorted(result.fallback) == sorted(names) and written == []
+    else:
+        assert result.fallback == () and written == sorted(n.decode() for n in names)
