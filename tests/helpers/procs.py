@@ -23,6 +23,11 @@ def _state(pid: int) -> str:
         return "?"
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    return _state(pid) not in ("?", "Z", "X")
+
+
 def children_map() -> dict[int, list[int]]:
     """Every live process's children (zombies included), from /proc."""
     kids: dict[int, list[int]] = {}

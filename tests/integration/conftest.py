@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.helpers.attack import AttackSshd, public_dir, remove_public  # noqa: E402
 from tests.helpers.daemon import LOG_LEVEL, Daemon, sync_entry  # noqa: E402
 from tests.helpers.procs import assert_no_leftovers, kill_leftovers  # noqa: E402
 from tests.helpers.sshd import Sshd  # noqa: E402
@@ -135,3 +136,19 @@ def sshd(_sshd_session) -> Sshd:
     if not _sshd_session.running:
         _sshd_session.start()
     return _sshd_session
+
+
+@pytest.fixture(scope="module")
+def asshd(tmp_path_factory):
+    """A private sshd for the confined key (see AttackSshd): the attack
+    tests and the agent tests point its key at ``syncsup-target ROOT``."""
+    if not os.path.exists("/usr/sbin/sshd"):
+        pytest.fail("openssh-server (/usr/sbin/sshd) is required for the confined-key tests")
+    pub = public_dir("syncsup-sshd-")
+    s = AttackSshd(tmp_path_factory.mktemp("attack") / "sshd", pub)
+    # a plain key line for sshd's start-up login check; each test confines it
+    s.authorized_keys.write_text(Path(f"{s.identity_file}.pub").read_text())
+    s.start()
+    yield s
+    s.close()
+    remove_public(pub)

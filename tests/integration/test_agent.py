@@ -44,11 +44,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.attack import AttackSshd, make_world, remove_public
-from tests.helpers.attack import public_dir as make_public_dir
+from tests.helpers.attack import make_world
 from tests.helpers.churn import HOSTILE, Churn, ChurnThread, assert_not_pwned
 from tests.helpers.daemon import REPO, Daemon, run_cli, sync_entry
-from tests.helpers.procs import assert_no_leftovers, cmdline_of
+from tests.helpers.procs import alive, assert_no_leftovers, cmdline_of
 from tests.helpers.tree import b, diff_trees, snapshot, wait_converged
 
 from ._modes_helpers import wait_until
@@ -446,18 +445,6 @@ def test_local_small_file_churn_goes_through_the_agent(tmp_path, src, dst, daemo
 
 
 # ====================================================== 2. remote targets
-@pytest.fixture(scope="module")
-def asshd(tmp_path_factory):
-    """An sshd whose key each world confines to ``syncsup-target ROOT``."""
-    pub = make_public_dir("syncsup-sshd-")
-    s = AttackSshd(tmp_path_factory.mktemp("attack") / "sshd", pub)
-    s.authorized_keys.write_text(Path(f"{s.identity_file}.pub").read_text())
-    s.start()
-    yield s
-    s.close()
-    remove_public(pub)
-
-
 @pytest.fixture
 def world(asshd):
     """ROOT and its surroundings, the key confined to ROOT (root account)."""
@@ -752,15 +739,6 @@ def remote_sync(sshd, src: Path, dst: Path, wrapper: Path, **kw) -> dict:
     """A sync to ``dst`` over the session's sshd, the agent started by ``wrapper``."""
     return sync_entry(src, [sshd.target(dst)],
                       ssh={**sshd.ssh_config(), "target_command": str(wrapper)}, **kw)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rindex(b")") + 2:].split()[0] not in (b"Z", b"X")
 
 
 def kill_quietly(pid: int, sig: int) -> None:

@@ -26,7 +26,7 @@ import pytest
 
 from tests.helpers.churn import Churn, assert_not_pwned
 from tests.helpers.daemon import READY_TIMEOUT, Daemon, sync_entry, syncsup_argv, syncsup_env
-from tests.helpers.procs import assert_no_leftovers, cmdline_of
+from tests.helpers.procs import alive, assert_no_leftovers, cmdline_of
 from tests.helpers.tree import b, diff_trees, snapshot, wait_converged, write
 
 from ._modes_helpers import wait_until
@@ -56,16 +56,6 @@ def target_of(st: dict, spec: str | os.PathLike) -> dict[str, Any]:
         if t.get("target") == spec:
             return t
     raise AssertionError(f"no target {spec!r} in status: {sync_of(st)}")
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return data[data.rindex(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
 def is_ours(pid: int, marker: os.PathLike | str | bytes) -> bool:

@@ -79,21 +79,6 @@ ACCOUNTS = ["root", "home-inside", "home-is-root", "home-outside"]
 
 
 # ======================================================= fixtures
-@pytest.fixture(scope="module")
-def asshd(tmp_path_factory):
-    """A private sshd for the confined key (see AttackSshd)."""
-    if not os.path.exists("/usr/sbin/sshd"):
-        pytest.fail("openssh-server (/usr/sbin/sshd) is required for the confined-key tests")
-    pub = make_public_dir("syncsup-sshd-")
-    s = AttackSshd(tmp_path_factory.mktemp("attack") / "sshd", pub)
-    # a plain key line for sshd's start-up login check; each world confines it
-    s.authorized_keys.write_text(Path(f"{s.identity_file}.pub").read_text())
-    s.start()
-    yield s
-    s.close()
-    remove_public(pub)
-
-
 @pytest.fixture
 def world(request, asshd):
     """ROOT and its surroundings for one account kind (default: root)."""
