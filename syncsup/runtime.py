@@ -30,6 +30,7 @@ __all__ = [
     "ChildRuntime",
     "bind_private",
     "child_exit_fd",
+    "connections_made",
     "drain_fd",
     "killpg",
     "new_incarnation",
@@ -137,6 +138,19 @@ def send(sock: zmq.Socket[bytes], msg: proto.Message, peer: bytes | None = None,
         if log is not None:
             log.debug("could not send %s: %s", type(msg).__name__, exc)
         return False
+
+
+def connections_made(monitor: zmq.Socket[bytes]) -> int:
+    """How many connections a socket monitor (``EVENT_CONNECTED``) reported
+    since it was last read; its queue is left empty. A child that connects
+    to the collator learns this way that a restarted collator is there."""
+    made = 0
+    while True:
+        try:
+            monitor.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return made
+        made += 1
 
 
 def signal_fd() -> int:

@@ -30,6 +30,7 @@ from syncsup.logs import setup_logging
 from syncsup.proto._typed import to_wire
 from syncsup.runtime import (
     ChildRuntime,
+    connections_made,
     drain_fd,
     new_socket,
     receive,
@@ -390,16 +391,13 @@ class Syncer:
 
     def on_connected(self) -> None:
         """(Re)connected to the collator: a restarted one knows no credits."""
-        while True:
-            try:
-                self.monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self.connections += 1
-            if self.connections > 1:
-                for slot in self.slots.values():
-                    if slot.batch is None:
-                        self.ready(slot)
+        made = connections_made(self.monitor)
+        reconnected = self.connections + made > 1  # not only the first connection
+        self.connections += made
+        if made and reconnected:
+            for slot in self.slots.values():
+                if slot.batch is None:
+                    self.ready(slot)
 
     def run(self) -> int:
         now = time.monotonic()

@@ -22,7 +22,7 @@ from syncsup import config as cfg
 from syncsup import proto
 from syncsup.collator.journal import read_seen
 from syncsup.logs import setup_logging
-from syncsup.runtime import ChildRuntime, drain_fd, new_socket, receive, send
+from syncsup.runtime import ChildRuntime, connections_made, drain_fd, new_socket, receive, send
 from syncsup.seen import MARGIN, Seen
 from syncsup.statedir import StateDir
 from syncsup.status import StatusPart, WatchStatus
@@ -377,14 +377,11 @@ class Watcher:
     def on_connected(self, now: float) -> None:
         """The connection to the collator was made (again): a restarted
         collator lost nothing committed, but everything unacked must go now."""
-        while True:
-            try:
-                self.monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self.connections += 1
-            if self.connections > 1:
-                self.send(self.outbox.due(now, everything=True))
+        made = connections_made(self.monitor)
+        reconnected = self.connections + made > 1  # not only the first connection
+        self.connections += made
+        if made and reconnected:
+            self.send(self.outbox.due(now, everything=True))
 
 
 def _current_watch_limit() -> int:
