@@ -96,7 +96,7 @@ def receive(sock: zmq.Socket[bytes], log: logging.Logger, limit: int = 1000
     peer says. A refusal is logged at most once a minute per uid. Garbage
     is logged and dropped: it must never crash the receiver.
     """
-    router = sock.socket_type == zmq.ROUTER
+    router = sock.type == zmq.ROUTER
     for _ in range(limit):
         try:
             parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)

@@ -71,7 +71,7 @@ def run(conf: cfg.Config, run_id: str) -> int:
                 if isinstance(msg, proto.Ready) and peer is not None:
                     core.on_ready(peer, msg)
                 elif isinstance(msg, proto.Done):
-                    core.on_done(msg)
+                    core.on_done(msg, peer)
                 else:
                     log.warning("dropped unexpected %s on dispatch", type(msg).__name__)
         if rt.control in events:

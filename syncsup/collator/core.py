@@ -233,10 +233,18 @@ class Collator:
             log.info("target %s: syncer restarted, batch %d goes back to pending", q.spec,
                      released.batch_id)
 
-    def on_done(self, msg: proto.Done) -> None:
+    def on_done(self, msg: proto.Done, peer: bytes | None = None) -> None:
+        """A batch's outcome; with an incarnation (and the syncer's ``peer``)
+        also the target's next credit, taken once the outcome is recorded."""
         found = self._queue(msg.sync, msg.target, "DONE")
         if found is None:
             return
+        self._done(found, msg)
+        if peer is not None and msg.incarnation:
+            self.on_ready(peer, proto.Ready(sync=msg.sync, target=msg.target,
+                                            incarnation=msg.incarnation))
+
+    def _done(self, found: tuple[SyncQueues, TargetQueue], msg: proto.Done) -> None:
         s, q = found
         now = self.clock()
         lease = q.lease

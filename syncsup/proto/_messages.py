@@ -235,8 +235,9 @@ class Ready(Message):
     ``incarnation`` lets the collator tell a restarted syncer from a
     repeated credit: a new incarnation releases every lease the old one
     held, so work handed to a syncer that died goes back to pending. The
-    syncer sends one per idle target at start, after each DONE and whenever
-    its connection to the collator is made again (a restarted collator).
+    syncer sends one per idle target at start and whenever its connection
+    to the collator is made again (a restarted collator); after a batch,
+    the DONE carries the credit itself.
     """
 
     TYPE: ClassVar[bytes] = b"READY"
@@ -274,6 +275,10 @@ class Done(Message):
     those are never replayed, whatever the outcome (the transfer repairs a
     failed one, a replay could undo a later one). ``bytes`` is what was
     sent (rsync's ``--stats``).
+
+    A DONE with an ``incarnation`` is also the target's next credit, as a
+    READY from that incarnation would be: one message per batch fewer on
+    the path of every change.
     """
 
     TYPE: ClassVar[bytes] = b"DONE"
@@ -286,3 +291,4 @@ class Done(Message):
     seconds: float = 0.0
     moves_done: int = 0
     bytes: int = 0
+    incarnation: str = ""

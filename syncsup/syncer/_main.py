@@ -313,9 +313,9 @@ class Syncer:
                 "" if ok else f" (rc {end.rc}: {error})")
         send(self.sock, proto.Done(batch_id=batch.batch_id, sync=batch.sync, target=batch.target,
                                    outcome=end.outcome, rc=end.rc, error=error, seconds=seconds,
-                                   moves_done=plan.moves_done, bytes=slot.sent), log=log)
+                                   moves_done=plan.moves_done, bytes=slot.sent,
+                                   incarnation=self.rt.incarnation), log=log)  # and a credit
         slot.batch = slot.plan = slot.step = None
-        self.ready(slot)
 
     # -- ssh masters -----------------------------------------------------------------
 

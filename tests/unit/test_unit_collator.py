@@ -569,6 +569,34 @@ def test_a_new_syncer_incarnation_gets_the_lease_back(h: Harness) -> None:
     assert h.rows() == {(TREE, b"")}
 
 
+def test_a_done_with_an_incarnation_is_also_the_next_credit(h: Harness) -> None:
+    h.synced()
+    h.events("www", Changes(paths={b"a"}))
+    h.ready("www", 0, "inc1")
+    h.clock.advance(2.0)
+    first = h.batch()
+    h.events("www", Changes(paths={b"b"}))  # while the syncer works on the first
+    h.core.on_done(Done(batch_id=first.batch_id, sync="www", target=0, outcome=Outcome.OK,
+                        incarnation="inc1"), SYNCER)  # and no READY
+    assert h.rows() == {(PATH, b"b")}
+    h.clock.advance(2.0)
+    assert h.batch().changes == Changes(paths={b"b"})
+    # Without an incarnation (or a peer) a DONE gives no credit.
+    h.events("www", Changes(paths={b"c"}))
+    lease = h.q().lease
+    assert lease is not None
+    h.core.on_done(Done(batch_id=lease.batch_id, sync="www", target=0, outcome=Outcome.OK),
+                   SYNCER)
+    h.clock.advance(2.0)
+    h.core.dispatch_due()
+    assert h.take(Batch) == []
+    # A DONE for a batch that is not leased (from before a restart) still
+    # carries a credit: the syncer that sent it is idle.
+    h.core.on_done(Done(batch_id=12345, sync="www", target=0, outcome=Outcome.OK,
+                        incarnation="inc1"), SYNCER)
+    assert h.batch().changes == Changes(paths={b"c"})
+
+
 def test_ready_and_done_for_unknown_targets_are_dropped(h: Harness) -> None:
     for name, index in (("nope", 0), ("www", 2), ("www", -1)):
         h.ready(name, index)
