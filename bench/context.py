@@ -21,6 +21,7 @@ itself.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -172,6 +173,10 @@ class Session:
 
     def __enter__(self) -> Tool:
         self.ctx.reap()
+        # Dirty pages of earlier runs (hundreds of MB in burst, fan-out and
+        # startup) would otherwise be written back while this one is timed,
+        # and a tool would pay for what the one before it wrote.
+        os.sync()
         for d in self.dsts:
             d.mkdir(parents=True, exist_ok=True)
         self.tool.start(self.syncs)
