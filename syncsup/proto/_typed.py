@@ -30,11 +30,20 @@ class WireError(ValueError):
     """A value does not match its declared type; the message says where."""
 
 
+_PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
+
+
 def to_wire(value: Any) -> Any:
     """Plain msgpack-able data for ``value`` (dataclasses become maps, enums
-    their values, sets sorted lists)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    their values, sets sorted lists). Every message sent goes through here,
+    so the common cases are decided by the value's exact type, and a
+    dataclass's field names are looked up once per class."""
+    kind: type = type(value)
+    if kind in _PLAIN:  # exact types: an enum member is none of these
+        return value
+    names = _field_names(kind)
+    if names is not None:
+        return {name: to_wire(getattr(value, name)) for name in names}
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (set, frozenset)):
@@ -44,6 +53,14 @@ def to_wire(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: to_wire(v) for k, v in value.items()}
     return value
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """The fields of dataclass ``cls`` (None: not a dataclass)."""
+    if not dataclasses.is_dataclass(cls):
+        return None
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 @functools.cache
