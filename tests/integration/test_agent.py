@@ -820,7 +820,8 @@ def test_remote_agent_stopped_past_the_deadline_during_churn(sshd, tmp_path, src
     AGENT_TIMEOUT (30 s; no setting shortens it) without an answer the
     syncer kills the session, the step's paths go to rsync and a new session
     serves the next batches. The stopped process is then SIGKILLed by the
-    test (what woken up it would do is the xfail test below)."""
+    test (what it does when woken instead is the test of a wedged agent
+    woken after its replacement, below)."""
     wrapper, started = write_target_command(tmp_path)
     c = SmallChurn(src, 83, hostile_ratio=0.3)
     c.populate(n_files=80, n_dirs=10)
