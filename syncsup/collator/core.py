@@ -100,11 +100,15 @@ class Collator:
 
     # -- the journal's health ---------------------------------------------------------
 
-    def _safely(self, s: SyncQueues, op: Callable[..., object], *args: object) -> bool:
+    def _safely(self, s: SyncQueues, op: Callable[..., object], *args: object,
+                heals: bool = True) -> bool:
         """Run ``op`` on the sync's journal. A damaged journal is moved aside
         and rebuilt; a full disk (or any other SQLite error) is reported in
         status and left to be retried: the caller does not ack, commit or
-        forget anything, so nothing is lost. True if ``op`` succeeded."""
+        forget anything, so nothing is lost. True if ``op`` succeeded.
+        Only an ``op`` that writes ``heals`` the journal's health: reads
+        still work on a full disk, and an error that a read cleared would be
+        logged again at the next failed write."""
         try:
             op(s, *args)
         except sqlite3.Error as exc:
@@ -113,7 +117,7 @@ class Collator:
             else:
                 self._trouble(s, exc)
             return False
-        if s.health.startswith("error"):
+        if heals and s.health.startswith("error"):
             log.info("%s: the journal works again", s.sync.name)
             s.health = "ok"
         return True
@@ -270,9 +274,13 @@ class Collator:
                     s.journal.set_meta(f"synced:{q.spec}", self.run_id)
 
         # If the journal cannot be written now, the rows stay and are sent
-        # again later: at-least-once, never lost.
-        self._safely(s, settle)
+        # again later: at-least-once, never lost. Later, not at once: the
+        # same batch handed out again straight away would loop for as long
+        # as the disk stays full.
+        settled = self._safely(s, settle)
         if ok is not None:
+            if not settled:
+                q.defer(now, f"journal: {s.health}")
             return
         if q.halted:
             log.error("target %s: transfer halted (rc %d): %s; not retrying until "
@@ -296,7 +304,7 @@ class Collator:
                 if q.delay == 0 and now >= q.next_try:
                     # Nothing to wait for: take what is there (one query
                     # fewer on the path of every change).
-                    self._safely(s, self._hand_out, index, q, now)
+                    self._safely(s, self._hand_out, index, q, now, heals=False)
                     continue
                 try:
                     oldest = s.journal.oldest(q.spec)
@@ -313,7 +321,7 @@ class Collator:
                     at = q.next_try if flush else max(oldest + q.delay, q.next_try)
                     wake = at if wake is None else min(wake, at)
                     continue
-                self._safely(s, self._hand_out, index, q, now)
+                self._safely(s, self._hand_out, index, q, now, heals=False)
         return wake
 
     def release_idle(self, now: float) -> float | None:

@@ -118,6 +118,13 @@ class TargetQueue:
         self.next_try = now + self.backoff.delay(self.failures, self.fatal)
         return None
 
+    def defer(self, now: float, error: str) -> None:
+        """A batch that worked but could not be recorded as done (the
+        journal cannot be written): its rows go again, after a backoff."""
+        self.failures += 1
+        self.last_error = error
+        self.next_try = now + self.backoff.delay(self.failures)
+
     def state(self, pending: int, startup_pending: bool) -> str:
         """The word status shows for this target."""
         if self.lease is not None:

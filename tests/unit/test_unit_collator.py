@@ -914,3 +914,41 @@ def test_batch_ids_grow_across_restarts(h: Harness) -> None:
     h.restart("run1")
     h.ready("www", 0)
     assert h.batch().batch_id > first.batch_id
+
+
+# ================================================================ full disk
+def test_a_journal_that_cannot_forget_backs_off_and_reports_once(
+        h: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A transfer that worked while the journal cannot be written (a full
+    state_dir): its rows stay and go again, after a backoff, not in a loop;
+    the error is logged once, since reads between the failed writes do not
+    count as the journal working again."""
+    h.synced()
+    h.events("www", Changes(paths={b"a"}))
+
+    def full(*_args: object, **_kw: object) -> None:
+        exc = sqlite3.OperationalError("database or disk is full")
+        exc.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
+        raise exc
+
+    monkeypatch.setattr(h.journal(), "complete", full)
+    caplog.set_level("INFO", logger="syncsup.collator")
+    for _ in range(5):
+        h.ready("www", 0)
+        h.clock.advance(2.0)
+        h.done(h.batch())  # the same rows each time
+        assert h.s().health.startswith("error")
+        assert h.q().next_try > h.clock.now  # backing off, not at once
+        h.ready("www", 0)
+        h.core.dispatch_due()
+        assert h.take(Batch) == []  # nothing handed out during the backoff
+        h.clock.advance(h.q().next_try - h.clock.now)
+    assert h.rows() == {(PATH, b"a")}  # never forgotten
+    assert h.q().state(1, False) == "retrying" and "disk full" in (h.q().last_error or "")
+    errors = [r for r in caplog.records if "cannot write the journal" in r.getMessage()]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    monkeypatch.undo()  # space again
+    h.ready("www", 0)
+    h.clock.advance(60.0)
+    h.done(h.batch())
+    assert h.rows() == set() and h.s().health == "ok" and h.q().failures == 0
