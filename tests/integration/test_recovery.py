@@ -107,6 +107,21 @@ def wait_seen(d: Daemon, after: float) -> None:
                "a seen-point after the last change", timeout=60)
 
 
+def mirrored(daemon_factory, src: Path, dst: Path, binary: Path) -> Daemon:
+    """The daemon started on the tree already in ``src``, converged, idle,
+    and with a seen-point later than the tree: the tree is then older than
+    the seen-point's safety margin, so a recovery has only what changed
+    afterwards to compare (a stop right after the tree was made would leave
+    every file inside the margin, and all of them compared: correct, not
+    cheap)."""
+    made = time.time()
+    d = daemon_with(daemon_factory, src, dst, binary)
+    wait_converged(src, dst, timeout=120, on_timeout=d.describe)
+    d.wait_idle()
+    wait_seen(d, made)
+    return d
+
+
 def assert_cheap(logs: Path, src: Path, dst: Path, what: str) -> None:
     read = bytes_read(logs, [src, dst])
     tree = FILES * SIZE
@@ -123,11 +138,7 @@ def restarted_watcher(d: Daemon, before: int) -> None:
 # ------------------------------------------------------------ recovery cost
 def test_a_killed_watcher_costs_what_changed(tmp_path, src, dst, counted, daemon_factory):
     make_tree(src)
-    started = time.time()
-    d = daemon_with(daemon_factory, src, dst, counted)
-    wait_converged(src, dst, timeout=120, on_timeout=d.describe)
-    d.wait_idle()
-    wait_seen(d, started)
+    d = mirrored(daemon_factory, src, dst, counted)
     logs = tmp_path / "io"
     reset(logs)
     assert d.kill_component("watcher") is not None
@@ -146,11 +157,7 @@ def test_an_overflow_costs_what_changed(tmp_path, src, dst, counted, daemon_fact
     names = [spam / f"s{i:05d}" for i in range(2000)]
     for p in names:
         p.write_bytes(b"x")
-    started = time.time()
-    d = daemon_with(daemon_factory, src, dst, counted)
-    wait_converged(src, dst, timeout=120, on_timeout=d.describe)
-    d.wait_idle()
-    wait_seen(d, started)
+    d = mirrored(daemon_factory, src, dst, counted)
     logs = tmp_path / "io"
     reset(logs)
     watcher = next(c for c in d.status()["components"] if c["role"] == "watcher")
@@ -173,11 +180,7 @@ def test_an_overflow_costs_what_changed(tmp_path, src, dst, counted, daemon_fact
 
 def test_an_unclean_start_costs_what_changed(tmp_path, src, dst, counted, daemon_factory):
     make_tree(src)
-    started = time.time()
-    d = daemon_with(daemon_factory, src, dst, counted)
-    wait_converged(src, dst, timeout=120, on_timeout=d.describe)
-    d.wait_idle()
-    wait_seen(d, started)
+    d = mirrored(daemon_factory, src, dst, counted)
     os.killpg(d.pid, signal.SIGKILL)  # the supervisor and (by PDEATHSIG) every child
     d.proc.wait(30)
     wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in _tree_pids(tmp_path)),
@@ -196,14 +199,7 @@ def test_changes_while_stopped_cost_what_changed(tmp_path, src, dst, counted, da
     """The gap that a clean stop used to leave open: a same-size rewrite
     with the old mtime, made while syncsup was not running, is found."""
     make_tree(src)
-    started = time.time()
-    d = daemon_with(daemon_factory, src, dst, counted)
-    wait_converged(src, dst, timeout=120, on_timeout=d.describe)
-    d.wait_idle()
-    # The tree must be older than the seen-point's safety margin, as in the
-    # tests above: a stop right after the tree was made leaves every file
-    # within the margin, and all of them are compared (correct, not cheap).
-    wait_seen(d, started)
+    d = mirrored(daemon_factory, src, dst, counted)
     d.stop()
     logs = tmp_path / "io"
     reset(logs)
