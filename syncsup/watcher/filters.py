@@ -102,18 +102,29 @@ def plain_excludes(sync: Sync) -> list[bytes] | None:
     return patterns if complete else None
 
 
-def _patterns(sync: Sync) -> tuple[list[bytes], bool]:
-    out: list[bytes] = []
-    complete = True
+# Rules that act on one side only (protect, risk, hide, show): they never
+# decide what the sender sends.
+_ONE_SIDED = re.compile(r"^[PRHS]( |,|$)|^(protect|risk|hide|show) ")
+
+
+def _rules(sync: Sync) -> list[str]:
+    """Every filter rule of ``sync`` in rsync's order: ``exclude``,
+    ``exclude_from``, ``filter``, ``filter_from``."""
     rules: list[str] = [f"- {p}" for p in sync.exclude]
     rules += [f"- {p}" for p in _rule_lines(sync.exclude_from)]
     rules += list(sync.filter)
     rules += _rule_lines(sync.filter_from)
-    for rule in rules:
+    return rules
+
+
+def _patterns(sync: Sync) -> tuple[list[bytes], bool]:
+    out: list[bytes] = []
+    complete = True
+    for rule in _rules(sync):
         m = re.match(r"^(-|exclude) (.+)$", rule)
         if m is None:
             complete = False
-            if re.match(r"^[PRHS]( |,|$)|^(protect|risk|hide|show) ", rule):
+            if _ONE_SIDED.match(rule):
                 continue  # sender/receiver-side only: does not decide what is sent
             break  # include, merge, modifiers...: rules after this can't be trusted
         out.append(m.group(2).encode("utf-8", "surrogateescape"))
@@ -135,14 +146,10 @@ class RuleList:
         self.rules: list[tuple[bool, _Rule]] = []  # (excludes, pattern)
         if sync is None:
             return  # no rules
-        lines: list[str] = [f"- {p}" for p in sync.exclude]
-        lines += [f"- {p}" for p in _rule_lines(sync.exclude_from)]
-        lines += list(sync.filter)
-        lines += _rule_lines(sync.filter_from)
-        for rule in lines:
+        for rule in _rules(sync):
             m = re.match(r"^(-|\+|exclude|include) (.+)$", rule)
             if m is None:
-                if re.match(r"^[PRHS]( |,|$)|^(protect|risk|hide|show) ", rule):
+                if _ONE_SIDED.match(rule):
                     continue  # receiver- or sender-only: says nothing about sending
                 break
             pattern = m.group(2).encode("utf-8", "surrogateescape")

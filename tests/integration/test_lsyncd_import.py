@@ -217,17 +217,23 @@ def test_print_goes_to_stderr_and_getenv_is_noted(tmp_path):
 
 
 # ------------------------------------------------------ imported, then run
-@pytest.mark.parametrize("name", ["flat_rsync.lua", "direct.lua", "default_override.lua"])
-def test_imported_config_converges(tmp_path, daemon_factory, name):
-    src = tmp_path / "src"
-    seed(src)
-    syncs, settings = runnable(imported(name, tmp_path), tmp_path)
+def converges_like_lsyncd(daemon_factory, doc, src: Path, tmp_path: Path) -> None:
+    """The imported config passes check, mirrors ``src`` to tmp_path/dst at
+    start, and keeps it identical through churn."""
+    syncs, settings = runnable(doc, tmp_path)
     d = daemon_factory(syncs, settings_override=settings, start=False)
     check_ok(d)
     d.start()
     wait_converged(src, tmp_path / "dst", on_timeout=d.describe)
     churn(src)
     wait_converged(src, tmp_path / "dst", on_timeout=d.describe)
+
+
+@pytest.mark.parametrize("name", ["flat_rsync.lua", "direct.lua", "default_override.lua"])
+def test_imported_config_converges(tmp_path, daemon_factory, name):
+    src = tmp_path / "src"
+    seed(src)
+    converges_like_lsyncd(daemon_factory, imported(name, tmp_path), src, tmp_path)
 
 
 def test_imported_fan_out_converges_on_every_target(tmp_path, daemon_factory):
@@ -281,13 +287,7 @@ def test_imported_rsyncssh_converges_over_the_test_sshd(tmp_path, daemon_factory
                    KNOWN_HOSTS=str(sshd.known_hosts))
     (s,) = doc["sync"]
     assert s["mode"] == "rsyncssh" and s["ssh"]["port"] == sshd.port
-    syncs, settings = runnable(doc, tmp_path)
-    d = daemon_factory(syncs, settings_override=settings, start=False)
-    check_ok(d)
-    d.start()
-    wait_converged(src, tmp_path / "dst", on_timeout=d.describe)
-    churn(src)
-    wait_converged(src, tmp_path / "dst", on_timeout=d.describe)
+    converges_like_lsyncd(daemon_factory, doc, src, tmp_path)
 
 
 # ------------------------------------------------- the same as real Lsyncd
