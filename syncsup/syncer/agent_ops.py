@@ -5,10 +5,11 @@ descriptors opened with ``O_NOFOLLOW`` (:mod:`syncsup.dirfd`), so a
 directory swapped for a symlink is an entry of its own, never a way out of
 the source. Each path becomes one operation, in order (parents before their
 entries): a regular file up to ``max_size`` is sent whole (``put``), a
-directory is made (``mkdir``), a symlink made exactly (``symlink``), a path
-gone from the source deleted (``delete``, when the sync deletes). Anything
-else (a larger file, a device, a fifo, a socket, a file that grew while it
-was read) is left to rsync, which does it exactly. Directory times come
+directory is made (``mkdir``), a symlink made exactly (``symlink``; not to
+a confined target, whose agent cannot set a link's time), a path gone from
+the source deleted (``delete``, when the sync deletes). Anything else (a
+larger file, a device, a fifo, a socket, a file that grew while it was
+read) is left to rsync, which does it exactly. Directory times come
 last (writing their entries changed them), then ``commit``.
 
 Owners travel as numbers and names: the agent maps names when it can, as
@@ -96,13 +97,15 @@ def _read(dfd: int, name: bytes, max_size: int) -> tuple[bytes, os.stat_result] 
 
 def prepare(root_fd: int, paths: Iterable[bytes], *, max_size: int, deletes: bool,
             excluded: Callable[[bytes, bool], bool], keep_trees: bool = False,
-            max_bytes: int = STEP_BYTES) -> Prepared:
+            max_bytes: int = STEP_BYTES, links: bool = True) -> Prepared:
     """Operations for ``paths`` (relative to the source open as ``root_fd``),
     with at most ``max_bytes`` of file content (the rest goes to rsync).
     ``keep_trees`` (the sync has excludes): no operation may remove a
     non-empty directory on the target, which may hold excluded files that
     rsync would keep; the agent refuses such a removal and the path goes to
-    rsync."""
+    rsync. ``links`` false: symlinks go to rsync too (a confined agent
+    cannot set a link's time or owner: it may change metadata only through
+    descriptors, and a symlink has none to open)."""
     out = Prepared()
     tree = {"tree": False} if keep_trees else {}
     dirs_done: set[bytes] = set()
@@ -141,6 +144,8 @@ def prepare(root_fd: int, paths: Iterable[bytes], *, max_size: int, deletes: boo
             elif stat.S_ISDIR(st.st_mode):
                 out.ops.append({"op": "mkdir", "path": path, **_attrs(st)})
                 dirs_done.add(path)
+            elif stat.S_ISLNK(st.st_mode) and not links:
+                out.fallback.append(path)
             elif stat.S_ISLNK(st.st_mode):
                 target = os.readlink(name, dir_fd=dfd)
                 out.ops.append({"op": "symlink", "path": path, "target": os.fsencode(target),

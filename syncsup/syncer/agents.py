@@ -112,7 +112,8 @@ class Channel:
             return Result(rc=1, error=f"cannot open the source: {exc.strerror}")
         try:
             prep = prepare(root_fd, names, max_size=self.sync.agent_max_size, deletes=deletes,
-                           excluded=self.filter.excluded, keep_trees=self.keep_trees)
+                           excluded=self.filter.excluded, keep_trees=self.keep_trees,
+                           links=self.local is not None or not self.target.confined)
         finally:
             os.close(root_fd)
         self._fallback = tuple(prep.fallback)

@@ -10,9 +10,12 @@ a directory that is already open, so no later change of a path string can
 redirect it. A path is validated once, as a list of plain names; it is never
 resolved again as a string.
 
-On a remote target this runs inside the chroot of ``_confine`` as well: two
-independent mechanisms, each enough on its own. For a local target the
-syncer uses it directly.
+On a remote target this runs inside the kernel confinement of ``_kernel``
+as well (Landlock, seccomp): two independent mechanisms, each enough on its
+own. Metadata is changed only through descriptors (``fchmod``, ``fchown``,
+``futimens``), which is all that confinement allows; a symlink's owner and
+time cannot be set that way, so the syncer sends symlinks to a confined
+target with rsync. For a local target the syncer uses this directly.
 
 A file is written where no reader can see it half done: an unnamed file
 (``O_TMPFILE``) in the target directory, given a name only once it is
@@ -43,6 +46,9 @@ FSYNC_MAX = 4       # more entries to make durable than this: one syncfs per fil
 # Loaded now: the remote agent runs this after its chroot, where no library
 # can be opened any more (dlopen(NULL) names the running program).
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                         ctypes.c_int]
+_AT_EMPTY_PATH = 0x1000
 
 
 class ApplyError(OSError):
@@ -125,9 +131,13 @@ class Clear:
 
 
 class Applier:
-    """Operations below the directory open as ``root_fd``. ``proc_fd`` is a
-    descriptor of ``/proc/self/fd`` (opened before any chroot), needed to
-    give an unnamed file a name."""
+    """Operations below the directory open as ``root_fd``.
+
+    ``proc_fd``, a descriptor of ``/proc/self/fd``, is a second way to give
+    an unnamed file a name on kernels that refuse ``linkat(AT_EMPTY_PATH)``
+    to an unprivileged caller (before 6.10). The confined agent never holds
+    one (it would be a directory outside ROOT): there a file that cannot be
+    named that way is written under a temporary name instead."""
 
     def __init__(self, root_fd: int, protection: Protection | None = None,
                  proc_fd: int | None = None, clear: Clear | None = None) -> None:
@@ -136,6 +146,7 @@ class Applier:
         self.proc_fd = proc_fd
         self.clear = clear or Clear()
         self.privileged = os.geteuid() == 0
+        self.unnamed = True  # O_TMPFILE until the filesystem or the kernel says no
         self.touched: set[bytes] = set()  # directories written into, made durable by commit()
         self.pending: list[int] = []      # files written, made durable by commit()
 
@@ -174,10 +185,16 @@ class Applier:
                     view = view[os.write(fd, view):]
                 self._fattrs(fd, attrs, self.clear.files)
                 if tmp is None:  # unnamed: give it a name now that it is complete
-                    tmp = self._tmp_name(name)
-                    assert self.proc_fd is not None
-                    os.link(str(fd), tmp, src_dir_fd=self.proc_fd, dst_dir_fd=dfd,
-                            follow_symlinks=True)
+                    tmp = self._name_unnamed(fd, dfd, name)
+                    if tmp is None:  # refused: write it again under a temporary name
+                        self.unnamed = False
+                        os.close(fd)
+                        fd, tmp = self._new_file(dfd, name)
+                        view = memoryview(data)
+                        while view:
+                            view = view[os.write(fd, view):]
+                        self._fattrs(fd, attrs, self.clear.files)
+                assert tmp is not None
                 self._replace(dfd, tmp, name, tree)
             except BaseException:
                 os.close(fd)
@@ -231,7 +248,8 @@ class Applier:
             os.close(dfd)
 
     def set_time(self, rel: bytes, mtime_ns: int) -> None:
-        """A directory's modification time, once its entries are written."""
+        """A directory's modification time, once its entries are written
+        (ENOTDIR for anything but a directory)."""
         if rel == b"":
             os.utime(self.root_fd, ns=(mtime_ns, mtime_ns))
             return
@@ -239,7 +257,13 @@ class Applier:
         dfd = self._open_dir(dirs)
         try:
             self.protection.check(dfd, name)
-            os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=dfd, follow_symlinks=False)
+            # Through a descriptor, never by name: the confined agent may not
+            # change metadata by path at all (see _kernel).
+            fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
+            try:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            finally:
+                os.close(fd)
         finally:
             os.close(dfd)
 
@@ -269,16 +293,33 @@ class Applier:
 
     def _new_file(self, dfd: int, name: bytes) -> tuple[int, bytes | None]:
         """An unnamed file in ``dfd`` (None), or a named temporary one."""
-        if self.proc_fd is not None:
+        if self.unnamed:
             try:
                 return os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600,
                                dir_fd=dfd), None
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     raise
+                self.unnamed = False
         tmp = self._tmp_name(name)
         return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                        | os.O_CLOEXEC, 0o600, dir_fd=dfd), tmp
+
+    def _name_unnamed(self, fd: int, dfd: int, name: bytes) -> bytes | None:
+        """Give the unnamed file ``fd`` a temporary name in ``dfd``: by
+        ``linkat(fd, "", AT_EMPTY_PATH)`` (Linux 6.10+ for its opener, or
+        with ``CAP_DAC_READ_SEARCH``), else through ``/proc/self/fd`` if we
+        hold it. None if neither is allowed here."""
+        tmp = self._tmp_name(name)
+        if _libc.linkat(fd, b"", dfd, tmp, _AT_EMPTY_PATH) == 0:
+            return tmp
+        err = ctypes.get_errno()
+        if err not in (errno.ENOENT, errno.EPERM, errno.EINVAL):
+            raise OSError(err, os.strerror(err))
+        if self.proc_fd is None:
+            return None
+        os.link(str(fd), tmp, src_dir_fd=self.proc_fd, dst_dir_fd=dfd, follow_symlinks=True)
+        return tmp
 
     @staticmethod
     def _tmp_name(name: bytes) -> bytes:

@@ -35,9 +35,11 @@ import syslog
 
 from syncsup import __version__
 from syncsup.paths import relative_to
-from syncsup.target._confine import ConfineError, chroot_self, describe, grant_chroot_for_exec
+from syncsup.target._confine import ConfineError, describe, grant_chroot_for_exec
+from syncsup.target._kernel import MECHANISMS
 
-__all__ = ["EXIT_STATUS", "REQUESTS", "Refused", "build_parser", "classify", "main"]
+__all__ = ["EXIT_STATUS", "REQUESTS", "Refused", "build_parser", "classify", "main",
+           "parse_options"]
 
 # What ``syncsup-target --help`` and its man page (generated from
 # build_parser() and these tables) say. The run-time path below does not use
@@ -50,9 +52,13 @@ syncsup-target is the forced command of a syncsup source's ssh key on a
 target host: sshd runs it, whatever the client asked for, with the
 client's request in $SSH_ORIGINAL_COMMAND. The request only selects one of
 a few fixed services; nothing in it decides what may be written or where.
-Every service works inside ROOT, the mirror's directory on this host, and
-behind the forced command runs chrooted to it (an account other than root
-in a user namespace of its own; if the kernel refuses both, nothing runs).
+Every service works inside ROOT, the mirror's directory on this host. Behind
+the forced command, rsync runs chrooted to ROOT (an account other than root
+in a user namespace of its own) and the agent runs in an isolated
+interpreter that Landlock and seccomp confine to ROOT, with no capability
+beyond those root needs to keep owners. If the kernel lacks a mechanism,
+nothing runs, unless the forced command accepts running without it
+(--allow-without).
 
 Without a forced command (a key that may run anything anyway), the same
 requests can be given as arguments: syncsup-target ROOT agent. Targets in
@@ -67,7 +73,8 @@ REQUESTS: tuple[tuple[str, str], ...] = (
      "device files are refused"),
     ("syncsup-target ROOT agent",
      "syncsup's agent: small files, directories, symlinks, deletes and renames applied "
-     "through directory descriptors that never follow a symlink, chrooted to ROOT"),
+     "through directory descriptors that never follow a symlink, in an isolated interpreter "
+     "that the kernel confines to ROOT (Landlock, seccomp, no capabilities)"),
     ("syncsup-target ROOT info",
      "a JSON line for syncsup check: versions, ROOT, how the account is confined"),
     ("rsync --version, true", "read-only answers for syncsup check"),
@@ -77,6 +84,7 @@ EXIT_STATUS: tuple[tuple[int, str], ...] = (
     (0, "the request was served (for rsync: rsync's own exit status)"),
     (1, "refused, on stderr and in syslog: a request that is not one of the above, "
         "ROOT is not a directory, or the account cannot be confined"),
+    (70, "the agent stopped on an internal error (one fixed line on stderr)"),
     (2, "ROOT is missing or not an absolute path; the agent read a malformed frame"),
 )
 
@@ -114,9 +122,15 @@ def _epilog() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command line as ``--help``, ``--version`` and the man page show it."""
     parser = argparse.ArgumentParser(
-        prog="syncsup-target", usage="%(prog)s ROOT [agent|info]", description=DESCRIPTION,
+        prog="syncsup-target", usage="%(prog)s [--allow-without=MECHANISM] ROOT [agent|info]",
+        description=DESCRIPTION,
         epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"syncsup-target {__version__}")
+    parser.add_argument("--allow-without", metavar="MECHANISM", action="append",
+                        choices=MECHANISMS,
+                        help="serve the agent even where the kernel lacks MECHANISM (landlock or "
+                             "seccomp), with the layers that remain; only in authorized_keys, "
+                             "never needed on Linux 5.13+ with libseccomp")
     parser.add_argument("root", metavar="ROOT",
                         help="the mirror's directory on this host (an absolute path)")
     parser.add_argument("request", metavar="REQUEST", nargs="?", choices=("agent", "info"),
@@ -178,44 +192,51 @@ def _rsync_version() -> str:
     return first[2] if len(first) > 2 and first[0] == "rsync" else ""
 
 
-def info(root: str, forced: bool) -> dict[str, object]:
+def info(root: str, forced: bool, allow_without: frozenset[str] = frozenset()
+         ) -> dict[str, object]:
     """What ``syncsup check`` shows about this target."""
     return {"syncsup": __version__, "root": root, "rsync": _rsync_version(),
-            "confinement": describe(), "uid": os.geteuid(), "forced": forced,
+            "confinement": describe(allow_without), "uid": os.geteuid(), "forced": forced,
             "home_protected": home_inside(root) is not None}
 
 
-def serve_agent(root: str, forced: bool) -> int:
-    """The agent. Behind the forced command it is chrooted to ROOT and keeps
-    numeric owners (like the chrooted rsync daemon beside it). Run directly
-    (a key that can run any command anyway) it is confined by its descriptors
+def serve_agent(root: str, forced: bool, allow_without: frozenset[str]) -> int:
+    """The agent. Behind the forced command it is a fresh, isolated
+    interpreter under the kernel layer (``_confined``: Landlock, seccomp, no
+    capabilities but root's ownership ones), keeping numeric owners like the
+    rsync daemon beside it; this call then never returns. Run directly (a
+    key that can run any command anyway) it is confined by its descriptors
     alone and maps owners by name, like a plain ``rsync -a`` over ssh."""
     import signal
 
-    from syncsup.target._agent import Ids, serve
-    from syncsup.target._apply import Applier, Clear, Protection
+    if forced:
+        from syncsup.target._confined import start
 
-    home = home_inside(root)
+        start(root, allow_without)
+    from syncsup.target._agent import Ids, serve
+    from syncsup.target._apply import Applier, Protection
+
     protection = Protection()
-    if home is not None:
+    if home_inside(root) is not None:
         protection = Protection.for_home(root, pwd.getpwuid(os.geteuid()).pw_dir)
-    # Opened before the chroot: the way to name a file written unnamed.
-    proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    if not forced:
-        applier = Applier(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC),
-                          protection, proc_fd)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        return serve(applier, {"root": root, "confinement": "descriptors only (no forced "
-                               "command)"}, ids=Ids(by_name=True))
-    how = chroot_self(root)
-    # A hang-up ends the session only between operations: the current one
-    # finishes (no half-written temporary file), then stdin reaches its end.
+    applier = Applier(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), protection)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    # The same mode rules as the rsync module beside it (its incoming chmod).
-    clear = Clear(files=0o6000, dirs=0o022 if home is not None else 0)
-    applier = Applier(os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), protection,
-                      proc_fd, clear)
-    return serve(applier, {"root": root, "confinement": how}, ids=Ids(by_name=False))
+    return serve(applier, {"root": root, "confinement": "descriptors only (no forced "
+                           "command)"}, ids=Ids(by_name=True))
+
+
+def parse_options(args: list[str]) -> tuple[frozenset[str], list[str]]:
+    """``--allow-without=MECHANISM`` options before ROOT (only ever from the
+    forced command in authorized_keys, which the key cannot change), and
+    the arguments after them. Raises Refused for an unknown one."""
+    allowed: set[str] = set()
+    rest = list(args)
+    while rest and rest[0].startswith("--allow-without="):
+        name = rest.pop(0).partition("=")[2]
+        if name not in MECHANISMS:
+            raise Refused(f"--allow-without takes one of {', '.join(MECHANISMS)}, not {name!r}")
+        allowed.add(name)
+    return frozenset(allowed), rest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
             build_parser().parse_args(args[:1])
         except SystemExit as exc:
             return int(exc.code or 0)
+    try:
+        allow_without, args = parse_options(args)
+    except Refused as exc:
+        return _refuse(str(exc), shlex.join(args))
     if not args or not args[0].startswith("/"):
         build_parser().print_usage(sys.stderr)
         print("syncsup-target: ROOT must be an absolute path; it is meant to be the forced "
@@ -260,10 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rsync  version {_rsync_version()}  (served by syncsup-target {__version__})")
             return 0
         if service == "info":
-            print(json.dumps(info(root, forced)))
+            print(json.dumps(info(root, forced, allow_without)))
             return 0
         if service == "agent":
-            return serve_agent(root, forced)
+            return serve_agent(root, forced, allow_without)
         from syncsup.target._daemon import run_daemon
 
         grant_chroot_for_exec()

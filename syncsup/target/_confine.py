@@ -1,12 +1,17 @@
-"""Kernel confinement of everything that writes on a target: a chroot into
-ROOT, inside a fresh user and mount namespace when the account is not root.
+"""The chroot of rsync's daemon on a target: rsync (``use chroot = yes``)
+chroots itself into ROOT once it has read its module; this module makes that
+possible for an account that is not root, and describes the whole
+confinement of a target for ``info`` (the agent's kernel layer is
+:mod:`._kernel`).
 
-Why a chroot and not path checks: the writer (rsync's receiver, or the
-agent) resolves paths the client chooses, through symlinks the client may
-have created a moment earlier. After ``chroot(ROOT)`` the kernel resolves
-every path, ``..`` and absolute symlink targets included, inside ROOT, so no
-race and no option can reach a byte outside it. Symlinks are stored exactly
-as sent: they only ever *resolve* inside ROOT.
+Why a chroot for rsync and not path checks: rsync's receiver resolves paths
+the client chooses, through symlinks the client may have created a moment
+earlier. After ``chroot(ROOT)`` the kernel resolves every path, ``..`` and
+absolute symlink targets included, inside ROOT, so no race and no option
+can reach a byte outside it. Symlinks are stored exactly as sent: they only
+ever *resolve* inside ROOT. rsync runs no code of the client's, so a chroot
+into a tree the client writes is safe for it; the agent, a Python
+interpreter that reads its own files by path, is never chrooted there.
 
 An unprivileged account cannot chroot. It can create a user namespace in
 which it holds ``CAP_SYS_CHROOT`` over a new mount namespace of its own; its
@@ -27,7 +32,8 @@ import ctypes
 import errno
 import os
 
-__all__ = ["ConfineError", "chroot_self", "describe", "grant_chroot_for_exec"]
+__all__ = ["ConfineError", "chroot_self", "describe", "grant_chroot_for_exec",
+           "limit_daemon_capabilities"]
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
@@ -123,9 +129,36 @@ def grant_chroot_for_exec() -> str:
     return "chroot in a user namespace"
 
 
-def describe() -> str:
-    """How confinement would work for this account, tried in a throw-away
-    child so that this process is unchanged (for ``info`` and ``check``)."""
+# What rsync's daemon needs as root: chroot itself, switch to the module's
+# ids (setgroups, setgid, setuid, all to 0), and keep owners and modes.
+_DAEMON_CAPS = (0, 1, 3, 4, 6, 7, 18)  # CHOWN DAC_OVERRIDE FOWNER FSETID SETGID SETUID SYS_CHROOT
+_PR_SET_PDEATHSIG = 1
+_PR_CAPBSET_DROP = 24
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+def limit_daemon_capabilities() -> None:
+    """Before exec of rsync's daemon (called in the child, between fork and
+    exec): as root, every capability it does not need leaves the bounding
+    set (``CAP_DAC_READ_SEARCH``, whose ``open_by_handle_at`` leaves any
+    chroot, ``CAP_SYS_ADMIN``, ``CAP_SYS_PTRACE``, ``CAP_MKNOD``...); and
+    no exec after this one gains privileges (``no_new_privs``)."""
+    libc = _libc()
+    # rsync runs in a process group of its own: if syncsup-target is killed,
+    # the kernel ends rsync too
+    _check(libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0), "PR_SET_PDEATHSIG")
+    if os.geteuid() == 0:
+        for cap in range(64):
+            if cap not in _DAEMON_CAPS and libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                if ctypes.get_errno() == errno.EINVAL:
+                    break  # past the last capability this kernel knows
+                _check(-1, "dropping capabilities")
+    _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+
+
+def _chroot_probe() -> str:
+    """Can rsync's daemon chroot here? Tried in a throw-away child so that
+    this process is unchanged."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
@@ -146,3 +179,19 @@ def describe() -> str:
     os.close(r)
     os.waitpid(pid, 0)
     return b"".join(chunks).decode(errors="replace") or "unavailable: probe failed"
+
+
+def describe(allow_without: frozenset[str] = frozenset()) -> str:
+    """How this target would be confined, for ``info`` and ``check``:
+    ``ok: agent: ...; rsync: ...`` or ``unavailable: ...`` saying what is
+    missing. A mechanism the administrator allowed to be missing shows as
+    ``NO ...`` in an ``ok`` answer."""
+    from syncsup.target._kernel import probe
+
+    agent = probe(allow_without)
+    rsync = _chroot_probe()
+    if agent.startswith("ok: ") and rsync.startswith("ok: "):
+        return f"ok: agent: {agent[4:]}; rsync: {rsync[4:]}"
+    problems = [text.removeprefix("unavailable: ") for text in (agent, rsync)
+                if not text.startswith("ok: ")]
+    return "unavailable: " + "; ".join(problems)

@@ -125,11 +125,13 @@ class AttackSshd(Sshd):
                  f"    AuthorizedKeysFile {self.authorized_keys}\n")
         self.config.write_text(text)
 
-    def confine(self, root: Path | str, forced: bool = True, prefix: str = "") -> None:
+    def confine(self, root: Path | str, forced: bool = True, prefix: str = "",
+                options: str = "") -> None:
         """authorized_keys: the key may only run ``syncsup-target ROOT``
-        (``prefix`` runs before it, e.g. to take user namespaces away)."""
+        (``prefix`` runs before it, e.g. to take user namespaces away;
+        ``options`` go before ROOT)."""
         pub = Path(f"{self.identity_file}.pub").read_text().strip()
-        cmd = f"{prefix}{shlex.quote(str(self.wrapper))} {shlex.quote(str(root))}"
+        cmd = f"{prefix}{shlex.quote(str(self.wrapper))} {options}{shlex.quote(str(root))}"
         assert '"' not in cmd and "\\" not in cmd
         line = f'command="{cmd}",restrict {pub}\n' if forced else f"restrict {pub}\n"
         self.authorized_keys.write_text(line)

@@ -84,7 +84,13 @@ def test_daemon_module_is_chrooted_write_only_and_refuses_devices() -> None:
     words = refuse.split(" = ", 1)[1].split()
     assert words[0] == "*" and words[-2:] == ["D", "devices"]
     assert "!temp-dir" not in words and "!T" not in words and "!sender" not in words
-    assert {"!a", "!delete", "!files-from"} <= set(words)
+    assert {"!a", "!delete"} <= set(words)
+    # a remote --files-from makes the receiving daemon read a file in ROOT
+    # and send its lines back in errors; --from0 only serves it
+    assert not {"!files-from", "!from0"} & set(words)
+    assert "timeout = 600" in lines and "max connections = 0" in lines
+    locked = [ln.strip() for ln in daemon_config("/srv", 0, 0, None, "/run/x/l").splitlines()]
+    assert "max connections = 16" in locked and "lock file = /run/x/l" in locked
     assert "uid = 0" in lines  # as root: keep owners, not "nobody"
     assert "uid = 1000" not in daemon_config("/srv", 1000, 1000, None)
     with pytest.raises(ValueError):
@@ -116,9 +122,9 @@ def test_daemon_module_keeps_directories_private_when_the_home_is_inside() -> No
 
 def test_home_exclude_rules_escape_wildcards() -> None:
     assert exclude_rules(None) == ""
-    assert exclude_rules("") == "/.*\n"
-    assert exclude_rules("home/backup") == "/home/backup/.*\n"
-    assert exclude_rules("a*b?[c]\\") == "/a\\*b\\?\\[c]\\\\/.*\n"
+    assert exclude_rules("") == "/.*\n/.*/***\n"
+    assert exclude_rules("home/backup") == "/home/backup/.*\n/home/backup/.*/***\n"
+    assert exclude_rules("a*b?[c]\\") == "/a\\*b\\?\\[c]\\\\/.*\n/a\\*b\\?\\[c]\\\\/.*/***\n"
 
 
 # ----------------------------------------------------------- the applier
