@@ -51,9 +51,9 @@ from tests.helpers.attack import (
     replies,
     ssh_run,
 )
-from tests.helpers.daemon import REPO
+from tests.helpers.daemon import REPO, sync_entry
 from tests.helpers.procs import pids_of_uid
-from tests.helpers.tree import b
+from tests.helpers.tree import b, wait_converged
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -336,10 +336,11 @@ def _interpreter_paths(w: World, s: AttackSshd) -> list[str]:
     return places
 
 
-def _plant(w: World, s: AttackSshd) -> None:
+def _plant(w: World, s: AttackSshd, top: Path | None = None) -> None:
     """The key's (or a source writer's) payload: every file of the agent
     with a coding cookie naming a codec, and that codec's module in every
-    ``encodings/``, as they would lie in ROOT for a chroot into ROOT."""
+    ``encodings/``, as they would lie in ROOT for a chroot into ROOT;
+    written below ``top`` (default ROOT)."""
     code = (f"for p in ({str(w.outside / 'escaped')!r}, {str(w.root / 'escaped-inside')!r}, "
             "'/escaped-chroot'):\n"
             "    try:\n"
@@ -348,7 +349,7 @@ def _plant(w: World, s: AttackSshd) -> None:
             "        pass\n"
             "raise LookupError('x')\n")
     for place in _interpreter_paths(w, s):
-        d = w.root / place.lstrip("/")
+        d = (top or w.root) / place.lstrip("/")
         d.mkdir(parents=True, exist_ok=True)
         if place.endswith("encodings"):
             (d / "syncsuppwn.py").write_text(code)
@@ -357,9 +358,16 @@ def _plant(w: World, s: AttackSshd) -> None:
             for name in ("_agent.py", "_apply.py", "_confined.py", "_protocol.py", "_kernel.py",
                          "__init__.py"):
                 (d / name).write_text("# -*- coding: syncsuppwn -*-\n" + code)
-    for dirpath, dirnames, filenames in os.walk(w.root):
+    for dirpath, dirnames, filenames in os.walk(top or w.root):
         for n in [*dirnames, *filenames, ""]:
             os.lchown(os.path.join(dirpath, n), w.uid, w.gid)
+
+
+def _markers(w: World) -> list[Path]:
+    found = [w.outside / "escaped", w.root / "escaped-inside", w.root / "escaped-chroot",
+             w.root / str(w.outside).lstrip("/") / "escaped", Path("/escaped-chroot"),
+             w.root / str(w.root).lstrip("/") / "escaped-inside"]
+    return [m for m in found if m.exists()]
 
 
 def _remove_deep(top: Path) -> None:
@@ -375,8 +383,8 @@ def _remove_deep(top: Path) -> None:
         top.unlink()
 
 
-def _deep(w: World, depth: int) -> None:
-    d = w.root / "deep"
+def _deep(w: World, depth: int, top: Path | None = None) -> None:
+    d = (top or w.root) / "deep"
     os.makedirs(d)
     fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -420,11 +428,35 @@ def _attack_with_crashes(w: World, s: AttackSshd) -> None:
             rc, err = session.close()
         assert answer is None or set(answer) <= {"ok", "error", "fatal"}, answer
         assert b"Traceback" not in err, err
-        markers = [w.outside / "escaped", w.root / "escaped-inside", w.root / "escaped-chroot",
-                   w.root / str(w.outside).lstrip("/") / "escaped", Path("/escaped-chroot"),
-                   w.root / str(w.root).lstrip("/") / "escaped-inside"]
-        assert not [m for m in markers if m.exists()], "the planted code ran"
+        assert not _markers(w), "the planted code ran"
         assert rc in (0, 2, 70), (rc, err)
+
+
+@pytest.mark.parametrize("world", ["root", "home-outside"], indirect=True)
+def test_a_source_writer_cannot_run_code_on_the_target(world, asshd, tmp_path, src,
+                                                       daemon_factory):
+    """Someone who can write at the top of a source plants the same files
+    there (the mirror puts them at the same places in ROOT) and a tree
+    about 1,000 directories deep, waits for the mirror, then replaces the
+    tree by a file: the syncer asks the agent to put a file over the tree.
+    The target treats all of it as data: the mirror is exact, and the
+    planted code never runs."""
+    w, s = world, asshd
+    _plant(w, s, src)
+    _deep(w, 995, src)
+    target = f"{w.login}:{w.root}"
+    d = daemon_factory([sync_entry(src, [target], mode="rsyncssh", delay=0.2,
+                                   ssh={**s.ssh_config(), "confined": True})])
+    try:
+        wait_converged(src, w.root, timeout=180, on_timeout=d.describe)
+        _remove_deep(src / "deep")
+        (src / "deep").write_bytes(b"a file where the tree was")
+        wait_converged(src, w.root, timeout=180, on_timeout=d.describe)
+        assert not _markers(w), "the planted code ran"
+        d.stop()
+    finally:
+        _remove_deep(w.root / "deep")
+    w.assert_unchanged()
 
 
 @pytest.mark.parametrize("world", ["home-inside", "home-is-root"], indirect=True)
