@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["BOOT", "CRASH_LINE", "start"]
+__all__ = ["BOOT", "CRASH_LINE", "NOT_SERVED", "start"]
 
 CRASH_LINE = b"syncsup-target: the agent stopped on an internal error\n"
 CRASH_EXIT = 70
@@ -92,8 +92,21 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+NOT_SERVED = "syncsup-target: agent not served"
+
+
 def _refuse(text: str) -> int:
-    os.write(2, f"syncsup-target: refused: {text}\n".encode(errors="replace"))
+    """The agent is not available here (rsync transfers still are): said on
+    stderr, where the source's syncer logs it and falls back to rsync, and
+    in syslog. Not "refused": that is for requests the key may not make."""
+    import syslog
+
+    msg = f"{NOT_SERVED}: {text}"
+    os.write(2, (msg + "\n").encode(errors="replace"))
+    try:
+        syslog.syslog(syslog.LOG_WARNING, msg)
+    except OSError:
+        pass  # no syslog here; stderr reached the client
     return 1
 
 

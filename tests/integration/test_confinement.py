@@ -39,7 +39,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.attack import (
-    REFUSED,
     SECRET,
     SYSTEM_PYTHON,
     AgentSession,
@@ -59,6 +58,7 @@ pytestmark = pytest.mark.timeout(300)
 
 NAIVE = Path(__file__).resolve().parents[1] / "helpers" / "naive_agent.py"
 MARK = b"PLANTED-CODE-RAN"
+NOT_SERVED = b"syncsup-target: agent not served"
 
 
 @pytest.fixture
@@ -466,7 +466,7 @@ def test_the_agent_is_not_served_where_the_home_is_inside_root(world, asshd):
     excludes them, serves the target)."""
     w, s = world, asshd
     r = ssh_run(s, w, f"syncsup-target {w.root} agent", stdin=hello())
-    assert r.returncode == 1 and REFUSED.encode() in r.stderr, r
+    assert r.returncode == 1 and NOT_SERVED in r.stderr, r
     assert b"home" in r.stderr and not replies(r.stdout), r
     w.assert_unchanged()
 
@@ -593,7 +593,7 @@ def test_a_kernel_without_landlock_gets_no_agent_unless_the_target_allows_it(wor
         s.confine(w.root, prefix=f"{sys.executable} {helper} ")
         r = ssh_run(s, w, f"syncsup-target {w.root} agent",
                     stdin=hello() + frame({"op": "rename", "src": b"a", "dst": b"moved"}))
-        assert r.returncode == 1 and REFUSED.encode() in r.stderr, r
+        assert r.returncode == 1 and NOT_SERVED in r.stderr, r
         assert b"Landlock" in r.stderr and b"--allow-without=landlock" in r.stderr, r.stderr
         assert not replies(r.stdout) and not (w.root / "moved").exists()
         # the key asking for it itself changes nothing
