@@ -196,7 +196,8 @@ def info(root: str, forced: bool, allow_without: frozenset[str] = frozenset()
          ) -> dict[str, object]:
     """What ``syncsup check`` shows about this target."""
     return {"syncsup": __version__, "root": root, "rsync": _rsync_version(),
-            "confinement": describe(allow_without), "uid": os.geteuid(), "forced": forced,
+            "confinement": describe(allow_without, home_inside(root) is not None),
+            "uid": os.geteuid(), "forced": forced,
             "home_protected": home_inside(root) is not None}
 
 

@@ -181,7 +181,7 @@ def _chroot_probe() -> str:
     return b"".join(chunks).decode(errors="replace") or "unavailable: probe failed"
 
 
-def describe(allow_without: frozenset[str] = frozenset()) -> str:
+def describe(allow_without: frozenset[str] = frozenset(), home_inside: bool = False) -> str:
     """How this target would be confined, for ``info`` and ``check``:
     ``ok: agent: ...; rsync: ...`` or ``unavailable: ...`` saying what is
     missing. A mechanism the administrator allowed to be missing shows as
@@ -189,6 +189,8 @@ def describe(allow_without: frozenset[str] = frozenset()) -> str:
     from syncsup.target._kernel import probe
 
     agent = probe(allow_without)
+    if home_inside:
+        agent = "ok: not served (the account's home is inside ROOT; rsync does all the work)"
     rsync = _chroot_probe()
     if agent.startswith("ok: ") and rsync.startswith("ok: "):
         return f"ok: agent: {agent[4:]}; rsync: {rsync[4:]}"
