@@ -9,6 +9,13 @@ nothing outside ROOT and can follow no symlink. Requests are answered in
 order; a failed operation is answered ``ok: false`` and the session goes on
 (the transfer that follows repairs what a rename could not do), while a
 malformed frame ends the session.
+
+Every request is checked against a schema (``_schema``) before anything
+is done, and every request is answered: whatever goes wrong while one is
+handled, of whatever kind, becomes ``ok: false`` with a fixed message. No
+exception leaves :func:`handle` or :func:`serve`, because the
+interpreter's way of reporting one (a traceback) opens source files by
+path, and a path is exactly what the peer may have planted.
 """
 
 from __future__ import annotations
@@ -21,24 +28,15 @@ import sys
 from typing import IO, Any
 
 from syncsup import __version__
-from syncsup.target._apply import Applier, ApplyError, Attrs
+from syncsup.target._apply import Applier, Attrs
 from syncsup.target._protocol import VERSION, FrameError, encode_frame, read_frame
+from syncsup.target._schema import Request, validate
 
-__all__ = ["Ids", "handle", "serve"]
+__all__ = ["FAILED", "Ids", "handle", "serve"]
 
-
-def _path(req: dict[str, Any], key: str) -> bytes:
-    value = req.get(key)
-    if not isinstance(value, bytes):
-        raise ApplyError(22, f"{key!r} must be bytes")
-    return value
-
-
-def _int(req: dict[str, Any], key: str, default: int | None = None) -> int:
-    value = req.get(key, default)
-    if type(value) is not int:
-        raise ApplyError(22, f"{key!r} must be an integer")
-    return value
+MAX_NAMES = 1024    # owner and group names remembered
+MAX_ERROR = 300     # characters of an error message sent back
+FAILED = "the agent failed on this request"  # what an unexpected exception is answered
 
 
 class Ids:
@@ -55,6 +53,8 @@ class Ids:
             return number
         key = (kind, name)
         if key not in self._cache:
+            if len(self._cache) >= MAX_NAMES:
+                self._cache.clear()  # names are the peer's: never an unbounded cache
             try:
                 found = pwd.getpwnam(name).pw_uid if kind == "user" else grp.getgrnam(name).gr_gid
             except KeyError:
@@ -63,10 +63,10 @@ class Ids:
         return self._cache[key]
 
 
-def _attrs(req: dict[str, Any], ids: Ids) -> Attrs:
-    return Attrs(mode=_int(req, "mode"), mtime_ns=_int(req, "mtime"),
-                 uid=ids.resolve("user", req.get("user"), _int(req, "uid", -1)),
-                 gid=ids.resolve("group", req.get("group"), _int(req, "gid", -1)))
+def _attrs(req: Request, ids: Ids) -> Attrs:
+    return Attrs(mode=req.mode, mtime_ns=req.mtime,
+                 uid=ids.resolve("user", req.user, req.uid),
+                 gid=ids.resolve("group", req.group, req.gid))
 
 
 def _peer_gone(out: IO[bytes]) -> bool:
@@ -81,70 +81,80 @@ def _peer_gone(out: IO[bytes]) -> bool:
     return any(ev & (select.POLLERR | select.POLLHUP) for _fd, ev in poller.poll(0))
 
 
-def _tree(req: dict[str, Any]) -> bool:
-    """``tree``: may a directory in the way go with what it holds (default)?"""
-    tree = req.get("tree", True)
-    if not isinstance(tree, bool):
-        raise ApplyError(22, "'tree' must be a boolean")
-    return tree
 
 
-def handle(applier: Applier, req: dict[str, Any], info: dict[str, Any],
+def _act(applier: Applier, req: Request, ids: Ids) -> None:
+    if req.op == "put":
+        applier.put(req.path, req.data, _attrs(req, ids), req.tree)
+    elif req.op == "mkdir":
+        applier.mkdir(req.path, _attrs(req, ids))
+    elif req.op == "symlink":
+        applier.symlink(req.path, req.target, _attrs(req, ids), req.tree)
+    elif req.op == "time":
+        applier.set_time(req.path, req.mtime)
+    elif req.op == "delete":
+        applier.delete(req.path, req.tree)
+    elif req.op == "rename":
+        applier.rename(req.src, req.dst)
+    elif req.op == "commit":
+        applier.commit()
+    # ping, bye: nothing to do
+
+
+def _error(exc: OSError) -> str:
+    """What a failed request is answered: the system's reason (or the
+    schema's, or the applier's own), cut short; a name in it is at most
+    one component, but nothing the peer sent is echoed at length."""
+    text = exc.strerror or (os.strerror(exc.errno) if exc.errno else FAILED)
+    return text[:MAX_ERROR]
+
+
+def handle(applier: Applier, req: dict[Any, Any], info: dict[str, Any],
            ids: Ids | None = None) -> dict[str, Any]:
-    """The answer to one request."""
-    ids = ids or Ids(by_name=False)
-    op = req.get("op")
+    """The answer to one request; never raises. The request is checked
+    whole against the schema first; any exception while it is acted on,
+    whatever its kind, is answered ``ok: false`` with a fixed message: an
+    exception that escaped would end the agent through the interpreter's
+    error printing, which reads files, and must never be reachable."""
     try:
-        if op == "hello":
-            if req.get("version") != VERSION:
-                return {"ok": False, "error": f"protocol version {req.get('version')!r} is "
-                        f"not supported (this agent speaks {VERSION})", "fatal": True}
+        request = validate(req)
+        if request.op == "hello":
+            if request.version != VERSION:
+                return {"ok": False, "error": f"protocol version not supported (this agent "
+                        f"speaks {VERSION})", "fatal": True}
             return {"ok": True, "version": VERSION, **info}
-        if op == "put":
-            data = req.get("data")
-            if not isinstance(data, bytes):
-                raise ApplyError(22, "'data' must be bytes")
-            applier.put(_path(req, "path"), data, _attrs(req, ids), _tree(req))
-        elif op == "mkdir":
-            applier.mkdir(_path(req, "path"), _attrs(req, ids))
-        elif op == "symlink":
-            applier.symlink(_path(req, "path"), _path(req, "target"), _attrs(req, ids),
-                            _tree(req))
-        elif op == "time":
-            rel = req.get("path")
-            if not isinstance(rel, bytes):
-                raise ApplyError(22, "'path' must be bytes")
-            applier.set_time(rel, _int(req, "mtime"))
-        elif op == "delete":
-            applier.delete(_path(req, "path"), _tree(req))
-        elif op == "rename":
-            applier.rename(_path(req, "src"), _path(req, "dst"))
-        elif op == "commit":
-            applier.commit()
-        elif op == "ping":
-            pass
-        else:
-            return {"ok": False, "error": f"unknown operation {op!r}"}
+        _act(applier, request, ids or Ids(by_name=False))
     except OSError as exc:
-        return {"ok": False, "error": exc.strerror or str(exc)}
+        return {"ok": False, "error": _error(exc)}
+    except Exception:  # the point: nothing escapes, whatever it is
+        return {"ok": False, "error": FAILED}
     return {"ok": True}
 
 
 def serve(applier: Applier, info: dict[str, Any], stdin: IO[bytes] | None = None,
           stdout: IO[bytes] | None = None, ids: Ids | None = None) -> int:
     """Answer requests until the client closes the stream. Exit codes: 0
-    after a clean end, 2 after a malformed frame or a fatal answer, 3 when the
-    client is gone (nothing more is applied)."""
-    ids = ids or Ids(by_name=False)
-    rin = stdin or sys.stdin.buffer
-    out = stdout or sys.stdout.buffer
+    after a clean end, 2 after a malformed frame, a fatal answer or a
+    failure outside any request, 3 when the client is gone (nothing more is
+    applied). Never raises: every way out is one of these."""
+    try:
+        return _serve(applier, info, stdin or sys.stdin.buffer, stdout or sys.stdout.buffer,
+                      ids or Ids(by_name=False))
+    except (BrokenPipeError, ConnectionError):
+        return 3  # the reader of our answers is gone
+    except Exception:  # as in handle(): nothing may escape
+        return 2
+
+
+def _serve(applier: Applier, info: dict[str, Any], rin: IO[bytes], out: IO[bytes],
+           ids: Ids) -> int:
     info = {"agent": __version__, "pid": os.getpid(), **info}
     greeted = False
     while True:
         try:
             req = read_frame(rin)
         except FrameError as exc:
-            out.write(encode_frame({"ok": False, "error": str(exc), "fatal": True}))
+            out.write(encode_frame({"ok": False, "error": str(exc)[:MAX_ERROR], "fatal": True}))
             out.flush()
             return 2
         if req is None or req.get("op") == "bye":

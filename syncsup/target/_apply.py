@@ -396,6 +396,18 @@ class Applier:
             os.close(fd)
 
     def _remove(self, parent: int, name: bytes, tree: bool = True) -> None:
+        """Remove ``name`` in ``parent``, with all it holds if ``tree``.
+
+        Iterative, holding two descriptors whatever the depth: the depth is
+        the peer's choice (a source may hold a chain of thousands of
+        directories), so neither recursion nor a descriptor per level may
+        follow it. Instead the tree is flattened into the directory being
+        removed: each child directory's own subdirectories are renamed up
+        into it (under a ``.syncsup.del.N`` name), its other entries
+        unlinked, and the emptied child removed; the moved ones are taken
+        next, until nothing is left. Every entry is moved or removed by
+        name in a directory already open, never through a path, and each
+        is checked against the protection as it was before."""
         self.protection.check(parent, name)
         try:
             st = os.lstat(name, dir_fd=parent)
@@ -407,13 +419,81 @@ class Applier:
         if not tree:
             os.rmdir(name, dir_fd=parent)
             return
-        fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+        top = os.open(name, DIR_FLAGS, dir_fd=parent)
         try:
-            for child in os.listdir(fd):
-                self._remove(fd, os.fsencode(child))
+            moved = 0
+            while True:
+                children = _entries(top)
+                if not children:
+                    break
+                for child, is_dir in children:
+                    moved = self._empty_into(top, child, is_dir, moved)
+        finally:
+            os.close(top)
+        os.rmdir(name, dir_fd=parent)
+
+    def _empty_into(self, top: int, child: bytes, is_dir: bool, moved: int) -> int:
+        """Remove ``child`` of ``top``: a non-directory at once; a directory
+        after unlinking its other entries and moving its subdirectories up
+        into ``top`` (to be taken in a later round). Returns the counter of
+        moved names."""
+        self.protection.check(top, child)
+        if not is_dir:
+            _unlink(top, child)
+            return moved
+        try:
+            fd = os.open(child, DIR_FLAGS, dir_fd=top)
+        except FileNotFoundError:
+            return moved
+        try:
+            for entry, entry_is_dir in _entries(fd):
+                self.protection.check(fd, entry)
+                if entry_is_dir:
+                    moved = self._move_up(fd, entry, top, moved)
+                else:
+                    _unlink(fd, entry)
         finally:
             os.close(fd)
-        os.rmdir(name, dir_fd=parent)
+        os.rmdir(child, dir_fd=top)
+        return moved
+
+    @staticmethod
+    def _move_up(fd: int, entry: bytes, top: int, moved: int) -> int:
+        """Rename the directory ``entry`` of ``fd`` into ``top`` under a
+        name not taken there (a rename onto an empty directory would
+        replace it, which is as good: it goes too)."""
+        while True:
+            moved += 1
+            try:
+                os.rename(entry, b".syncsup.del.%d" % moved, src_dir_fd=fd, dst_dir_fd=top)
+                return moved
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    continue  # the name is taken: the next one
+                if exc.errno in (errno.EACCES, errno.EPERM):
+                    # moving a directory rewrites its "..": not allowed in
+                    # one without write permission. Removable if empty.
+                    try:
+                        os.rmdir(entry, dir_fd=fd)
+                        return moved
+                    except OSError:
+                        pass
+                raise
+
+
+def _entries(fd: int) -> list[tuple[bytes, bool]]:
+    """The names in the open directory ``fd``, each with whether it is a
+    directory (not following symlinks; from the directory entry itself
+    where the filesystem says, saving a call per entry)."""
+    with os.scandir(fd) as it:
+        return [(os.fsencode(e.name), e.is_dir(follow_symlinks=False)) for e in it]
+
+
+def _unlink(fd: int, name: bytes) -> None:
+    try:
+        os.unlink(name, dir_fd=fd)
+    except FileNotFoundError:
+        pass  # gone already: as good
 
 
 def _durable(fds: list[int]) -> None:

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.daemon import LOG_LEVEL, run_cli
+from tests.helpers.daemon import LOG_LEVEL, run_cli, syncsup_env
 from tests.helpers.tree import diff_trees, snapshot, wait_converged
 
 pytestmark = pytest.mark.timeout(300)
@@ -345,3 +346,41 @@ def test_lsyncd_and_syncsup_leave_the_same_tree(tmp_path, daemon_factory, name, 
             assert a == b, "\n".join(diff_trees(a, b, names=("lsyncd", "syncsup")))
     finally:
         _stop(proc)
+
+
+MEASURE = """
+import io, resource, sys
+from syncsup.lsyncd import import_lsyncd
+out, err = io.StringIO(), io.StringIO()
+rc = import_lsyncd(sys.argv[1], out, err)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, this process alone
+sys.stdout.write(f"{rc} {peak} {len(out.getvalue())}\\n" + err.getvalue())
+"""
+
+
+@pytest.mark.parametrize("name,body,expect", [
+    # one 4 MiB string fifty times in a table: 200 MB of JSON from the child
+    ("huge_table.lua", 'local s = string.rep("y", 4 * 1024 * 1024)\nlocal t = {}\n'
+     'for i = 1, 50 do t[i] = s end\n', "built a result larger than 4 MiB of JSON"),
+    # a print's first call is written whole by the sandbox: 50 of them here
+    ("huge_print.lua", 'local s = string.rep("x", 4 * 1024 * 1024)\n'
+     "for i = 1, 50 do print(s) end\nlocal t = {}\n", "printed more than 1 MiB"),
+])
+def test_a_huge_output_of_the_sandbox_is_refused_with_the_importers_memory_bounded(
+        tmp_path, name, body, expect):
+    """The child's limits do not bound the importer itself: it reads the
+    child's output with caps, kills it past one and refuses the config in
+    one line (exit 78), its own peak memory far below what the child
+    produced (200 MB)."""
+    conf = tmp_path / name
+    conf.write_text(body + 'sync{default.rsync, source = "/tmp/a", target = "/tmp/b", '
+                    "huge = t}\n")
+    r = subprocess.run([sys.executable, "-c", MEASURE, str(conf)], capture_output=True,
+                       text=True, env=syncsup_env(), timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    first, *lines = r.stdout.splitlines()
+    rc, peak_kib, out_len = map(int, first.split())
+    assert rc == 78 and out_len == 0, r.stdout[:500]
+    assert len(lines) == 1 and expect in lines[0], lines[:3]
+    assert lines[0].startswith(f"syncsup import-lsyncd: {name}: "), lines[0]
+    assert peak_kib < 100 * 1024, f"the importer peaked at {peak_kib // 1024} MiB"
