@@ -163,12 +163,15 @@ def _config_error(exc: cfg.ConfigError) -> NoReturn:
     raise SystemExit(cfg.EX_CONFIG) from None
 
 
-def _load(path: str, sources: bool = False) -> cfg.Config:
+def _load(path: str, sources: bool = False, files: bool = False) -> cfg.Config:
     """The config, or exit 78 with one line; ``sources``: they must exist
     (start; ``check`` lists a missing source among its problems, and status
-    or stop must work while a source is away)."""
+    or stop must work while a source is away); ``files``: the directories of
+    ``log_file`` and ``status_file`` must exist (start and check)."""
     try:
         conf = cfg.load(path)
+        if files:
+            cfg.check_output_files(conf)
         if sources:
             cfg.check_sources(conf)
         return conf
@@ -180,7 +183,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     from syncsup.supervisor import StartError, Supervisor
 
     config = args.config if args.config is not None else _write_adhoc(args)
-    conf = _load(config, sources=True)
+    conf = _load(config, sources=True, files=True)
     setup_logging(conf.settings, "supervisor")
     try:
         sup = Supervisor(conf)
@@ -280,7 +283,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from syncsup.check import run_checks
 
-    conf = _load(args.config, sources=False)
+    conf = _load(args.config, sources=False, files=True)
     lines: list[str] = []
     problems = run_checks(conf, lines)
     print("\n".join(lines))

@@ -33,6 +33,7 @@ __all__ = [
     "SshOptions",
     "Sync",
     "Target",
+    "check_output_files",
     "check_private",
     "check_sources",
     "default_state_dir",
@@ -730,6 +731,31 @@ def check_sources(conf: Config) -> None:
         if not sync.source.is_dir():
             what = "is not a directory" if sync.source.exists() else "does not exist"
             raise ConfigError(f"sync[{i}].source", f"{sync.source} {what}")
+
+
+def check_output_files(conf: Config) -> None:
+    """``log_file`` and ``status_file`` must be creatable when the daemon
+    starts: their directory exists, is a directory and is writable. Checked
+    by ``check``, at start and on reload, not by every load: ``status`` and
+    ``stop`` must work, and a child restarted later must not be stopped for
+    good, if the directory goes away while the daemon runs (the daemon then
+    logs to stderr only, or keeps retrying the status file)."""
+    for key in ("log_file", "status_file"):
+        path: Path | None = getattr(conf.settings, key)
+        if path is None:
+            continue
+        parent = path.parent
+        if not parent.exists():
+            problem = f"{path}: its directory {parent} does not exist"
+        elif not parent.is_dir():
+            problem = f"{path}: {parent} is not a directory"
+        elif path.is_dir():
+            problem = f"{path} is a directory"
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            problem = f"{path}: its directory {parent} is not writable"
+        else:
+            continue
+        raise ConfigError(f"settings.{key}", problem)
 
 
 def load_for_child(path: str) -> Config:

@@ -331,6 +331,7 @@ class Supervisor:
         is refused and the old one keeps running."""
         try:
             new = cfg.load(self.conf.path)
+            cfg.check_output_files(new)
             cfg.check_sources(new)
         except cfg.ConfigError as exc:
             log.error("SIGHUP: config error, keeping the running config: %s", exc)
