@@ -21,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from syncsup import config_keys
 from syncsup.paths import is_within
 
 __all__ = [
@@ -276,6 +277,15 @@ def _default(cls: type, name: str) -> Any:
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
+def _known(table: dict[str, Any], section: str, where: str) -> None:
+    """Refuse a key that ``syncsup.config_keys`` does not list for
+    ``section``: the parser reads only documented keys."""
+    known = config_keys.names(section)
+    for key in sorted(table):
+        if key not in known:
+            raise ConfigError(f"{where}.{key}", config_keys.unknown_key_hint(section, key))
+
+
 def _no_extra(table: dict[str, Any], where: str) -> None:
     if table:
         key = sorted(table)[0]
@@ -341,6 +351,7 @@ def _parse_ssh(raw: Any, where: str, base: Path) -> tuple[SshOptions, str | None
     if not isinstance(raw, dict):
         raise ConfigError(where, "must be a table")
     table = dict(raw)
+    _known(table, "sync.ssh", where)
     host = _opt_str(table, "host", where)
     user = _opt_str(table, "user", where)
     for key, val in (("host", host), ("user", user)):
@@ -369,6 +380,7 @@ def _parse_rsync(raw: Any, where: str) -> RsyncOptions:
     if not isinstance(raw, dict):
         raise ConfigError(where, "must be a table")
     table = dict(raw)
+    _known(table, "sync.rsync", where)
     archive = _pop(table, "archive", bool, where, _default(RsyncOptions, "archive"))
     compress = _pop(table, "compress", bool, where, _default(RsyncOptions, "compress"))
     checksum = _pop(table, "checksum", bool, where, _default(RsyncOptions, "checksum"))
@@ -417,6 +429,7 @@ def _parse_target(raw: Any, key: str, base: Path, host: str | None,
             target = parse_target(f"{user + '@' if user else ''}{host}:{raw}", key, base)
     elif isinstance(raw, dict):
         table = dict(raw)
+        _known(table, "sync.targets", key)
         path = _pop(table, "path", str, key)
         t_host = _opt_str(table, "host", key) or host
         t_user = _opt_str(table, "user", key) or user
@@ -442,6 +455,7 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     if not isinstance(raw, dict):
         raise ConfigError(where, "must be a table")
     table = dict(raw)
+    _known(table, "sync", where)
     name = _pop(table, "name", str, where, f"sync{index}")
     if not valid_name(name):
         raise ConfigError(f"{where}.name", "use 1-64 letters, digits, '.', '_' or '-'")
@@ -656,6 +670,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     if not isinstance(raw_settings, dict):
         raise ConfigError("settings", "must be a table")
     settings_t = dict(raw_settings)
+    _known(settings_t, "settings", "settings")
     state_dir = _pop(settings_t, "state_dir", str, "settings", None)
     log_level = _pop(settings_t, "log_level", str, "settings", _default(Settings, "log_level"))
     max_processes = _pop(settings_t, "max_processes", int, "settings",
