@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what syncsup needs on a Debian/Ubuntu host: rsync, the OpenSSH
 # client and server (the tests run a real sshd on loopback), promtool (the
-# alert rules in deploy/prometheus are checked with it), groff and zsh (a
+# alert rules in deploy/prometheus are checked with it), systemd (for
+# systemd-analyze, which checks the unit), groff and zsh (a
 # test renders the man pages and loads the zsh completion), and the Python
 # package with its test extras (shtab among them, for the generated
 # completion scripts; lupa, the Lua runtime import-lsyncd uses, is a
@@ -27,6 +28,9 @@ command -v ssh >/dev/null || need+=(openssh-client)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v groff >/dev/null || need+=(groff-base)  # the man pages are rendered by a test
 command -v zsh >/dev/null || need+=(zsh)  # the zsh completion is loaded by a test
+# systemd-analyze checks the unit (verify, security --offline); it runs
+# without systemd as PID 1
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ "${1:-}" = "--with-lsyncd" ] && ! command -v lsyncd >/dev/null; then need+=(lsyncd); fi
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""

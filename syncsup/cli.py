@@ -43,7 +43,7 @@ EXIT_STATUS: tuple[tuple[int, str], ...] = (
     (1, "start cannot start (already running, unusable state_dir, rsync missing); "
         "check found a problem; the daemon did not answer or refused the request; "
         "stop: the daemon did not stop within 15 seconds; import-lsyncd cannot read "
-        "the file"),
+        "the file; unit cannot write a file"),
     (2, "a usage error on the command line; import-lsyncd: a partial import "
         "(what was not mapped is listed on stderr)"),
     (EX_NOT_RUNNING, "status, stop, resync, pause, resume: the daemon is not running "
@@ -306,11 +306,55 @@ def cmd_control(args: argparse.Namespace) -> int:
     return 0 if reply.ok else 1
 
 
+def cmd_unit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from syncsup import unit
+
+    conf = _load(args.config) if args.config is not None else None
+    binary = args.binary or unit.find_binary()
+    if not binary.startswith("/"):
+        print(f"syncsup: --binary must be an absolute path, not {binary!r}", file=sys.stderr)
+        return 1
+    docs, found = unit.documentation()
+    if not found:
+        print("syncsup: the man pages are not installed beside this syncsup (an editable "
+              "install?); Documentation= names man:syncsup(1)", file=sys.stderr)
+    if conf is not None and conf.path != Path("/etc/syncsup") / f"{conf.path.stem}.toml":
+        print(f"syncsup: note: syncsup@{conf.path.stem} runs /etc/syncsup/"
+              f"{conf.path.stem}.toml, not {conf.path}", file=sys.stderr)
+    text = unit.render_unit(binary, docs)
+    if args.output is None:
+        sys.stdout.write(unit.dropin(conf) if conf is not None else text)
+        return 0
+    try:
+        written = unit.write_files(Path(args.output), text, conf)
+    except OSError as exc:
+        print(f"syncsup: cannot write into {args.output}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 # import-lsyncd is imported lazily: the daemon never loads the importer or lupa
 def cmd_import_lsyncd(args: argparse.Namespace) -> int:
     from syncsup.lsyncd import import_lsyncd
 
     return import_lsyncd(args.config)
+
+
+UNIT_DESCRIPTION = """\
+Print the systemd unit syncsup@.service for this installation: ExecStart=
+names the syncsup command being run (wherever pip installed it), and
+Documentation= the man pages installed beside it. The unit is sandboxed
+(see docs/operations.md); with --config, print instead the drop-in that
+opens the sandbox to what that config needs: its local targets, log and
+status files, sources under /home, and an IP allow-list of its target hosts.
+With --output DIR (e.g. /etc/systemd/system) both are written there, the
+drop-in as syncsup@NAME.service.d/sandbox.conf (NAME: the config's file name
+without .toml). Exit 0, 1 if a file cannot be written, 78 for a bad config."""
 
 
 def _add_config(p: argparse.ArgumentParser, help: str = "the config file (TOML)") -> None:
@@ -382,6 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only this target (as written in the config)")
         _add_config(p)
         p.set_defaults(func=cmd_control)
+
+    p = _subparser(sub, "unit", "print or write the systemd unit for this installation",
+                   UNIT_DESCRIPTION)
+    p.add_argument("--config", metavar="CONFIG",
+                   help="the sandbox drop-in for this config instead (syncsup@NAME)")
+    p.add_argument("--output", metavar="DIR",
+                   help="write the unit (and the drop-in) into DIR instead of printing")
+    p.add_argument("--binary", metavar="PATH",
+                   help="the syncsup command ExecStart= runs (default: this one)")
+    p.set_defaults(func=cmd_unit)
 
     p = _subparser(sub, "import-lsyncd", "convert an Lsyncd Lua config to TOML on stdout",
                    IMPORT_DESCRIPTION)

@@ -5,6 +5,8 @@ parsers, the config schema (``syncsup.config_keys``) and docs/config.md:
 
 * the key tables of ``docs/config.md`` (between its ``<!-- keys SECTION -->``
   markers; the prose around them is kept);
+* ``deploy/syncsup@.service``, the unit ``syncsup unit`` writes, for a
+  system-wide pip (``/usr/local/bin/syncsup``);
 * ``man/syncsup.1``, ``man/syncsup-target.1``, ``man/syncsup.toml.5``;
 * ``completion/syncsup.bash`` and ``completion/_syncsup`` (zsh), with shtab.
 
@@ -28,12 +30,15 @@ REGENERATE = "PYTHONPATH=. python3 -m syncsup._docgen"
 def generate(root: Path) -> dict[str, str]:
     """Every generated file (path relative to the checkout -> content), from
     the checkout at ``root`` (its docs/config.md)."""
+    from syncsup import unit
     from syncsup._docgen.completion import SHELLS, completion
     from syncsup._docgen.keys import fill_key_tables
     from syncsup._docgen.pages import config_page, syncsup_page, target_page
 
     config_md = fill_key_tables((root / "docs" / "config.md").read_text("utf-8"))
     files = {
+        "deploy/syncsup@.service": unit.render_unit(unit.DEFAULT_BINARY,
+                                                    "man:syncsup(1) man:syncsup.toml(5)"),
         "docs/config.md": config_md,
         "man/syncsup.1": syncsup_page(),
         "man/syncsup-target.1": target_page(),
