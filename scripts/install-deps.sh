@@ -12,8 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-# syncsup needs rsync 3.5.0 or newer (its sender never follows a symlink
-# raced into a source directory): install it, or upgrade an older one.
+# rsync: prefer 3.5.0 or newer (its sender never follows a symlink raced
+# into a source directory; syncsup probes that at start, whatever the
+# version): install it, or upgrade an older one where the archive has one.
 rsync_ok() {
     local out
     out=$(rsync --version 2>/dev/null) || return 1
@@ -38,6 +39,6 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "installing with apt-get: ${need[*]}"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-    rsync_ok || echo "warning: this rsync is older than 3.5.0 (or missing); syncsup will refuse to start" >&2
+    rsync_ok || echo "warning: this rsync is older than 3.5.0 (or missing); syncsup start probes whether its sender follows raced symlinks" >&2
 fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'

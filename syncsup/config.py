@@ -83,6 +83,7 @@ class Settings:
     metrics: str | None = None
     status_file: Path | None = None
     status_interval: float = 10.0
+    strict_rsync: bool = False
 
 
 @dataclass(frozen=True)
@@ -691,6 +692,8 @@ def parse(data: dict[str, Any], path: Path) -> Config:
                                  _default(Settings, "status_interval")))
     if not 1 <= status_interval <= 86400:
         raise ConfigError("settings.status_interval", "must be between 1 and 86400 seconds")
+    strict_rsync = _pop(settings_t, "strict_rsync", bool, "settings",
+                        _default(Settings, "strict_rsync"))
     if log_level not in LOG_LEVELS:
         raise ConfigError("settings.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
     _no_extra(settings_t, "settings")
@@ -717,6 +720,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         metrics=metrics,
         status_file=status_file,
         status_interval=status_interval,
+        strict_rsync=strict_rsync,
     )
     return Config(path=path, settings=settings, syncs=syncs)
 

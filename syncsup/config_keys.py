@@ -60,6 +60,10 @@ SETTINGS = (
        symlink), for tools that read Lsyncd's status file. Its directory must exist."""),
     _k("status_interval", "number", """seconds between two writes of `status_file`,
        1-86400."""),
+    _k("strict_rsync", "bool", """at start, syncsup probes whether the local rsync's
+       sender follows a symlink raced into a parent directory of the source, and refuses
+       it only where another user can write in the source (docs/security.md); `true`
+       refuses such an rsync for every source."""),
 )
 
 SYNC = (

@@ -22,7 +22,8 @@ import zmq
 
 from syncsup import config as cfg
 from syncsup import proto
-from syncsup.rsync_version import MIN_SOURCE, format_version, rsync_version
+from syncsup.rsync_probe import judge, sender_follows
+from syncsup.rsync_version import rsync_version
 from syncsup.runtime import (
     HEARTBEAT_TIMEOUT,
     bind_private,
@@ -453,12 +454,22 @@ class Supervisor:
 
 
 def _check_rsync(conf: cfg.Config) -> None:
-    for binary in sorted({s.rsync.binary for s in conf.syncs}):
-        version = rsync_version(binary)
-        if version is None:
-            raise StartError(f"{binary} does not run (is rsync installed? apt-get install rsync)")
-        if version < MIN_SOURCE:
-            raise StartError(
-                f"{binary} is version {format_version(version)}; syncsup needs rsync "
-                f"{format_version(MIN_SOURCE)} or newer, whose sender never follows a symlink "
-                "raced into a parent directory of the source")
+    """Each sync's rsync must run; one whose sender follows a symlink raced
+    into the source (probed, not read from its version) is refused where
+    another user can write in that source, or everywhere with
+    ``strict_rsync``, and otherwise logged once as a warning."""
+    probed: dict[str, bool | None] = {}
+    for sync in conf.syncs:
+        binary = sync.rsync.binary
+        if binary not in probed:
+            if rsync_version(binary) is None:
+                raise StartError(f"{binary} does not run (is rsync installed? "
+                                 "apt-get install rsync)")
+            probed[binary] = sender_follows(binary)
+        if sync.runs_commands:
+            continue  # command mode runs no rsync on the source
+        verdict = judge(binary, probed[binary], sync.source, conf.settings.strict_rsync)
+        if verdict.refuse:
+            raise StartError(f"{sync.name}: {verdict.refuse}")
+        if verdict.warn:
+            log.warning("%s: %s", sync.name, verdict.warn)

@@ -24,7 +24,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "settings": {
         "state_dir": "/var/lib/x", "log_level": "debug", "log_file": "/var/log/x.log",
         "log_format": "json", "max_processes": 2, "metrics": "127.0.0.1:9473",
-        "status_file": "/var/log/x.status", "status_interval": 5,
+        "status_file": "/var/log/x.status", "status_interval": 5, "strict_rsync": True,
     },
     "sync": {
         "name": "www", "source": "/srv/www", "mode": "rsyncssh", "delay": 0.5,
