@@ -167,8 +167,9 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
     for i, sync in enumerate(conf.syncs):
         src = sync.source
         if not os.path.isdir(src):
-            what = "is not a directory" if os.path.lexists(src) else "does not exist"
-            report([f"sync[{i}].source: {src} {what} (syncsup start refuses it)"], "")
+            what = ("is not a directory (syncsup start refuses it)" if os.path.lexists(src)
+                    else "does not exist (syncsup start waits for it, deleting nothing)")
+            report([f"sync[{i}].source: {src} {what}"], "")
         elif not os.access(src, os.R_OK | os.X_OK):
             report([f"{sync.name}: source {src} is not readable"], "")
         else:

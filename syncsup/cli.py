@@ -164,16 +164,17 @@ def _config_error(exc: cfg.ConfigError) -> NoReturn:
 
 
 def _load(path: str, sources: bool = False, files: bool = False) -> cfg.Config:
-    """The config, or exit 78 with one line; ``sources``: they must exist
-    (start; ``check`` lists a missing source among its problems, and status
-    or stop must work while a source is away); ``files``: the directories of
+    """The config, or exit 78 with one line; ``sources``: each must be a
+    directory or not exist yet (start: a missing one is waited for; ``check``
+    lists it among its problems, and status or stop must work while a source
+    is away); ``files``: the directories of
     ``log_file`` and ``status_file`` must exist (start and check)."""
     try:
         conf = cfg.load(path)
         if files:
             cfg.check_output_files(conf)
         if sources:
-            cfg.check_sources(conf)
+            cfg.check_sources(conf, missing_ok=True)
         return conf
     except cfg.ConfigError as exc:
         _config_error(exc)

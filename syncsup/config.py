@@ -741,15 +741,21 @@ def load(path: str | os.PathLike[str]) -> Config:
     return conf
 
 
-def check_sources(conf: Config) -> None:
-    """Every source must be a directory when the daemon starts (or reloads):
-    a source that is missing then is a mistake in the config, reported as
-    one. (A source that vanishes while running is different: the daemon
-    halts that sync and waits, nothing is deleted on the targets.)"""
+def check_sources(conf: Config, missing_ok: bool = False) -> None:
+    """Every source must be a directory. ``missing_ok`` (``start`` and a
+    reload of a config file): a source that does not exist yet is fine,
+    since a network mount may come up after the daemon; its sync waits for
+    it, loudly, and deletes nothing on the targets. A path that exists but
+    is not a directory is a mistake in the config either way, and so is a
+    missing source given on the command line (most likely a typo)."""
     for i, sync in enumerate(conf.syncs):
-        if not sync.source.is_dir():
-            what = "is not a directory" if sync.source.exists() else "does not exist"
-            raise ConfigError(f"sync[{i}].source", f"{sync.source} {what}")
+        if sync.source.is_dir():
+            continue
+        if not sync.source.exists():
+            if missing_ok:
+                continue
+            raise ConfigError(f"sync[{i}].source", f"{sync.source} does not exist")
+        raise ConfigError(f"sync[{i}].source", f"{sync.source} is not a directory")
 
 
 def check_output_files(conf: Config) -> None:

@@ -69,9 +69,12 @@ SETTINGS = (
 SYNC = (
     _k("name", "string", """1-64 letters, digits, `.`, `_`, `-`; unique. Names the journal
        and sockets.""", "`sync<N>`"),
-    _k("source", "path", """the tree to watch. It must be a directory when the daemon
-       starts (`check` and `start` say so otherwise); if it goes away while the daemon
-       runs, the sync waits for it and deletes nothing.""", "required"),
+    _k("source", "path", """the tree to watch. If it does not exist (a network mount
+       that comes up late), `start` runs anyway and the sync waits for it: an error in
+       the log, `waiting for source` in systemd's status, nothing deleted on the targets,
+       the startup sync once it appears; the same if it goes away while the daemon runs.
+       `check` reports it. A path that is not a directory ends `start` with exit 78
+       (and so does a missing `--source`).""", "required"),
     _k("mode", "string", """`rsync`: everything by rsync (local or over ssh). `rsyncssh`:
        remote targets; renames are replayed on the target over ssh (no data resent), content
        by rsync. `direct`: local targets; renames replayed with rename(2), content by rsync.

@@ -333,7 +333,7 @@ class Supervisor:
         try:
             new = cfg.load(self.conf.path)
             cfg.check_output_files(new)
-            cfg.check_sources(new)
+            cfg.check_sources(new, missing_ok=True)
         except cfg.ConfigError as exc:
             log.error("SIGHUP: config error, keeping the running config: %s", exc)
             return
@@ -363,11 +363,21 @@ class Supervisor:
             self.ask_status(lambda: write_status_file(path, self.status()))
 
     def _notify(self) -> None:
-        ready, line = summary(self.status())
+        """READY=1 once every sync whose source is there finished its
+        initial sync (a missing source, say a network mount that is late,
+        does not hold the others up); STATUS= before and after, naming the
+        sources waited for."""
+        st = self.status()
+        _ready, line = summary(st)
+        waiting = [s for s in self.conf.syncs if not s.source.is_dir()]
+        ready = all(t.state != "startup" for s in st.syncs for t in s.targets
+                    if s.name not in {w.name for w in waiting})
+        if waiting:
+            line = (f"waiting for source {', '.join(str(w.source) for w in waiting)} "
+                    f"(nothing deleted); {line}")
         if ready:
             self.notifier.ready(line)
-        if self.notifier.ready_sent:
-            self.notifier.status(line)
+        self.notifier.status(line)
 
     def timeout(self, now: float) -> float:
         """Seconds until something is due: a restart, a heartbeat deadline,
