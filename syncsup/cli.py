@@ -68,6 +68,9 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
                                      "readiness, a one-line status and the watchdog"),
     ("JOURNAL_STREAM", "set by systemd when stderr goes to the journal: log lines carry "
                        "their priority and no time stamp"),
+    ("SYNCSUP_RUNTIME_DIR", "where running daemons record themselves for status without "
+                            "a config (default /run/syncsup for root, else "
+                            "$XDG_RUNTIME_DIR/syncsup)"),
 )
 
 # (path, what it is): for the man page
@@ -102,7 +105,13 @@ STATUS_DESCRIPTION = """\
 Ask the running daemon what it is doing: every process (role, pid, state,
 restarts, uptime) and every target (state, pending paths, lag, last sync,
 last error). Exit 0 if it answered, 3 if it is not running, 1 if it did
-not answer."""
+not answer.
+
+Without CONFIG, list the daemons running (name, pid, config): each records
+itself at start under the base name of its state_dir (www for
+/var/lib/syncsup/www, adhoc-... for start --source), and that NAME can
+stand for the config here and in stop, resync, pause and resume. Exit 3 if
+none runs."""
 
 CHECK_DESCRIPTION = """\
 Validate the config, the sources, the local and remote rsync (with their
@@ -111,8 +120,9 @@ Changes nothing. Exit 0, 1 if a problem was found, 78 for a bad config."""
 
 STOP_DESCRIPTION = """\
 Ask the running daemon to stop, as SIGTERM would, and wait up to 15
-seconds for it to exit. Exit 0 once stopped, 3 if it was not running, 1 if
-it is still running."""
+seconds for it to exit; without CONFIG or NAME, the only daemon running.
+Exit 0 once stopped, 3 if it was not running, 1 if it is still running, 2
+if several run and none was named."""
 
 RESYNC_DESCRIPTION = """\
 Compare everything again, with rsync --checksum (SIGUSR1 does it for every
@@ -254,8 +264,32 @@ def _ask(conf: cfg.Config, msg: proto.Message) -> proto.Message | int:
     return reply
 
 
+def _list_running(as_json: bool) -> int:
+    """``syncsup status`` without a config: the daemons running."""
+    from syncsup import registry
+    from syncsup.statedir import StateDir
+
+    rows = []
+    for entry in registry.running():
+        try:
+            pid = StateDir(_load(str(entry.config)).settings.state_dir).lock.read_text().strip()
+        except OSError:
+            pid = "?"
+        rows.append({"name": entry.name, "config": str(entry.config), "pid": pid})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no syncsup daemon is running (none recorded in {registry.registry_dir()})")
+    else:
+        print(f"{'NAME':<24} {'PID':>8}  CONFIG")
+        print("\n".join(f"{r['name']:<24} {r['pid']:>8}  {r['config']}" for r in rows))
+    return 0 if rows else EX_NOT_RUNNING
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    reply = _ask(_load(args.config), proto.StatusRequest())
+    if args.config is None:
+        return _list_running(args.json)
+    reply = _ask(_load(_daemon_config(args.config)), proto.StatusRequest())
     if isinstance(reply, int):
         return reply
     if not isinstance(reply, proto.StatusReply):
@@ -269,7 +303,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    conf = _load(args.config)
+    conf = _load(_daemon_config(args.config))
     try:
         request(conf, proto.Stop(reason="syncsup stop"))
     except NotRunning as exc:
@@ -297,7 +331,7 @@ def cmd_control(args: argparse.Namespace) -> int:
     msg = proto.Control(command=proto.Command(args.command),
                         sync=getattr(args, "sync", None) or "",
                         target_spec=getattr(args, "target", None) or "")
-    reply = _ask(_load(args.config), msg)
+    reply = _ask(_load(_daemon_config(args.config)), msg)
     if isinstance(reply, int):
         return reply
     if not isinstance(reply, proto.ControlReply):
@@ -362,6 +396,34 @@ def _add_config(p: argparse.ArgumentParser, help: str = "the config file (TOML)"
     p.add_argument("config", metavar="CONFIG", help=help)
 
 
+def _add_daemon(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    """CONFIG, or the NAME of a running daemon (``syncsup status`` lists
+    them); ``optional``: without either, the one running daemon."""
+    p.add_argument("config", metavar="CONFIG|NAME", nargs="?" if optional else None,
+                   help="the config file (TOML), or the name of a running daemon as "
+                        "syncsup status lists it" + (" (default: the only one running)"
+                                                     if optional else ""))
+
+
+def _daemon_config(arg: str | None) -> str:
+    """The config path for CONFIG|NAME; without one, the only daemon running
+    (exit 3 if none runs, 2 if several do: name one)."""
+    from syncsup import registry
+
+    if arg is not None:
+        return registry.resolve(arg)
+    found = registry.running()
+    if len(found) == 1:
+        return str(found[0].config)
+    if not found:
+        print(f"syncsup: no daemon is running (none recorded in {registry.registry_dir()})",
+              file=sys.stderr)
+        raise SystemExit(EX_NOT_RUNNING)
+    print(f"syncsup: {len(found)} daemons are running: name one of "
+          f"{', '.join(e.name for e in found)}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _subparser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
                help: str, description: str, usage: str | None = None) -> argparse.ArgumentParser:
     """A command; its description is kept as written (paragraphs)."""
@@ -405,11 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subparser(sub, "status", "show what the running daemon is doing", STATUS_DESCRIPTION)
     p.add_argument("--json", action="store_true",
                    help="machine-readable output (described in docs/status.md)")
-    _add_config(p)
+    p.add_argument("config", metavar="CONFIG|NAME", nargs="?",
+                   help="the config file (TOML), or the name of a running daemon; without "
+                        "it, list the daemons running")
     p.set_defaults(func=cmd_status)
 
     p = _subparser(sub, "stop", "stop the running daemon", STOP_DESCRIPTION)
-    _add_config(p)
+    _add_daemon(p, optional=True)
     p.set_defaults(func=cmd_stop)
 
     p = _subparser(sub, "check", "validate the config, sources and targets (changes nothing)",
@@ -425,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sync", metavar="SYNC", help="only this sync (its name)")
         p.add_argument("--target", metavar="TARGET",
                        help="only this target (as written in the config)")
-        _add_config(p)
+        _add_daemon(p)
         p.set_defaults(func=cmd_control)
 
     p = _subparser(sub, "unit", "print or write the systemd unit for this installation",

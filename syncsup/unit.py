@@ -75,6 +75,11 @@ RestartPreventExitStatus=78
 # directories hidden (the drop-in opens what a config names).
 StateDirectory=syncsup/%i
 StateDirectoryMode=0700
+# /run/syncsup: where each daemon records itself for `syncsup status`
+# without a config; shared by the instances, so kept when one stops.
+RuntimeDirectory=syncsup
+RuntimeDirectoryMode=0700
+RuntimeDirectoryPreserve=yes
 ReadWritePaths=/var/lib/syncsup
 CapabilityBoundingSet=CAP_CHOWN CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_FSETID
 ProtectSystem=strict

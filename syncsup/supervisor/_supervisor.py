@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from syncsup import config as cfg
-from syncsup import proto
+from syncsup import proto, registry
 from syncsup.rsync_probe import judge, sender_follows
 from syncsup.rsync_version import rsync_version
 from syncsup.runtime import (
@@ -407,6 +407,17 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         log.info("syncsup starting: %d sync(s), state in %s", len(self.conf.syncs),
                  self.state.path)
+        name = registry.register(self.conf)
+        if name is None:
+            log.warning("cannot record this daemon in %s: `syncsup status` without a config "
+                        "will not list it", registry.registry_dir())
+        try:
+            return self._run()
+        finally:
+            if name is not None:
+                registry.unregister(name, self.conf)
+
+    def _run(self) -> int:
         exits = child_exit_fd()
         now = self.clock()
         for c in self.components.values():
