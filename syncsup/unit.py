@@ -150,6 +150,18 @@ def render_unit(binary: str, docs: str) -> str:
     return TEMPLATE.format(binary=binary, documentation=docs)
 
 
+def _unit_word(word: str) -> str:
+    """``word`` as one word of a unit file value: ``%`` doubled (not a
+    specifier), quoted with C escapes if it has a space, quote, backslash
+    or control character."""
+    word = word.replace("%", "%%")
+    if not any(c.isspace() or c in "\"'\\" or ord(c) < 32 for c in word):
+        return word
+    escaped = "".join("\\" + c if c in "\"\\" else f"\\x{ord(c):02x}" if ord(c) < 32
+                      else c for c in word)
+    return f'"{escaped}"'
+
+
 def _under(path: Path | str, roots: tuple[str, ...]) -> bool:
     p = str(path)
     return any(p == r or p.startswith(r + "/") for r in roots)
@@ -197,14 +209,15 @@ def dropin(conf: cfg.Config) -> str:
             elif not sync.runs_commands:
                 writable.append(t.path)
                 used.append(t.path)
-    lines = [f"# The sandbox of syncsup@{conf.path.stem} opened to what {conf.path} needs.",
+    shown = str(conf.path).encode("unicode_escape").decode()
+    lines = [f"# The sandbox of syncsup@{conf.path.stem} opened to what {shown} needs.",
              "# Written by `syncsup unit --config`; write it again after changing the "
              "config's", "# paths or targets.", "[Service]"]
     if any(_under(p, _HOME) for p in used):
         lines.append("ProtectHome=read-only")
     # "-": a target that does not exist yet does not stop the unit; the
     # daemon creates it (its parent must be writable for that).
-    lines += [f"ReadWritePaths=-{p}" for p in dict.fromkeys(writable)]
+    lines += [f"ReadWritePaths={_unit_word('-' + p)}" for p in dict.fromkeys(writable)]
     lines += _network(conf, sorted(set(hosts)))
     return "\n".join(lines) + "\n"
 
