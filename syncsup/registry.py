@@ -69,9 +69,9 @@ def _runs(entry: Entry) -> bool:
     state_dir is locked)?"""
     try:
         conf = cfg.load(entry.config)
-    except cfg.ConfigError:
+        return is_running(conf.settings.state_dir)
+    except (cfg.ConfigError, OSError, ValueError):
         return False
-    return is_running(conf.settings.state_dir)
 
 
 def running(directory: Path | None = None) -> list[Entry]:
@@ -86,10 +86,15 @@ def register(conf: cfg.Config, directory: Path | None = None) -> str | None:
     directory = directory or registry_dir()
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        taken = {e.name: e for e in _entries(directory)}
+        taken = {}
+        for entry in _entries(directory):
+            if _runs(entry):
+                taken[entry.name] = entry
+            else:  # left by a daemon that was killed: prune it
+                _remove_if(directory / entry.name, entry.config)
         base = conf.settings.state_dir.name or "syncsup"
         name, n = base, 1
-        while name in taken and taken[name].config != conf.path and _runs(taken[name]):
+        while name in taken and taken[name].config != conf.path:
             n += 1
             name = f"{base}-{n}"
         tmp = directory / f".{name}.{os.urandom(4).hex()}"
@@ -100,14 +105,18 @@ def register(conf: cfg.Config, directory: Path | None = None) -> str | None:
     return name
 
 
-def unregister(name: str, conf: cfg.Config, directory: Path | None = None) -> None:
-    """Remove our entry, if it is still ours."""
-    path = (directory or registry_dir()) / name
+def _remove_if(path: Path, config: Path) -> None:
+    """Remove the entry at ``path`` if it still points to ``config``."""
     try:
-        if Path(os.readlink(path)) == conf.path:
+        if Path(os.readlink(path)) == config:
             path.unlink()
     except OSError:
         pass
+
+
+def unregister(name: str, conf: cfg.Config, directory: Path | None = None) -> None:
+    """Remove our entry, if it is still ours."""
+    _remove_if((directory or registry_dir()) / name, conf.path)
 
 
 def resolve(arg: str, directory: Path | None = None) -> str:

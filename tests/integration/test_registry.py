@@ -1,7 +1,7 @@
 """Running daemons are found without their config path: ``syncsup status``
 alone lists them (recorded in the runtime directory at start, removed at
 stop), ``status NAME`` shows one, ``stop NAME`` stops it, and an entry left
-by a killed daemon is not listed."""
+by a killed daemon is not listed, and pruned by the next start."""
 
 from __future__ import annotations
 
@@ -67,3 +67,12 @@ def test_status_and_stop_find_daemons_by_name(tmp_path, src, dst, daemon_factory
     assert r.returncode == 3 and "no syncsup daemon is running" in r.stdout, r.stdout
     r = cli(runtime, "stop")
     assert r.returncode == 3, r.stdout + r.stderr
+    # The next daemon to start prunes it.
+    third = daemon_factory([sync_entry(src, [tmp_path / "dst-third"], name="third")],
+                           settings_override={"state_dir": str(tmp_path / "third")},
+                           config=tmp_path / "etc" / "third.toml", start=False)
+    third.env["SYNCSUP_RUNTIME_DIR"] = str(runtime)
+    third.start()
+    assert sorted(os.listdir(runtime)) == ["third"]
+    assert third.stop() == 0
+    assert os.listdir(runtime) == []
