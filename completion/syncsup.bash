@@ -6,7 +6,7 @@
 #    source ~/.local/share/bash_completion/syncsup
 # See also: https://github.com/scop/bash-completion/blob/main/doc/configuration.md
 
-_shtab_syncsup_subparsers=(start status stop check resync pause resume import-lsyncd)
+_shtab_syncsup_subparsers=(start status stop check resync pause resume unit import-lsyncd)
 
 _shtab_syncsup_start_option_strings=(-h --help --source --target --mode --delay --name --state-dir)
 _shtab_syncsup_status_option_strings=(-h --help --json)
@@ -15,6 +15,7 @@ _shtab_syncsup_check_option_strings=(-h --help)
 _shtab_syncsup_resync_option_strings=(-h --help --sync --target)
 _shtab_syncsup_pause_option_strings=(-h --help --sync --target)
 _shtab_syncsup_resume_option_strings=(-h --help --sync --target)
+_shtab_syncsup_unit_option_strings=(-h --help --config --output --binary)
 _shtab_syncsup_import_lsyncd_option_strings=(-h --help)
 _shtab_syncsup_option_strings=(-h --help --version)
 
@@ -28,10 +29,11 @@ _shtab_syncsup_check_pos_0_COMPGEN=_shtab_compgen_files
 _shtab_syncsup_resync_pos_0_COMPGEN=_shtab_compgen_files
 _shtab_syncsup_pause_pos_0_COMPGEN=_shtab_compgen_files
 _shtab_syncsup_resume_pos_0_COMPGEN=_shtab_compgen_files
+_shtab_syncsup_unit___config_COMPGEN=_shtab_compgen_files
 _shtab_syncsup_import_lsyncd_pos_0_COMPGEN=_shtab_compgen_files
 
 _shtab_syncsup_start___mode_choices=(rsync rsyncssh direct)
-_shtab_syncsup_pos_0_choices=(start status stop check resync pause resume import-lsyncd)
+_shtab_syncsup_pos_0_choices=(start status stop check resync pause resume unit import-lsyncd)
 
 _shtab_syncsup_start__h_nargs=0
 _shtab_syncsup_start___help_nargs=0
@@ -48,6 +50,8 @@ _shtab_syncsup_pause__h_nargs=0
 _shtab_syncsup_pause___help_nargs=0
 _shtab_syncsup_resume__h_nargs=0
 _shtab_syncsup_resume___help_nargs=0
+_shtab_syncsup_unit__h_nargs=0
+_shtab_syncsup_unit___help_nargs=0
 _shtab_syncsup_import_lsyncd__h_nargs=0
 _shtab_syncsup_import_lsyncd___help_nargs=0
 _shtab_syncsup_pos_0_nargs=A...

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what syncsup needs on a Debian/Ubuntu host: rsync, the OpenSSH
 # client and server (the tests run a real sshd on loopback), promtool (the
-# alert rules in deploy/prometheus are checked with it), groff and zsh (a
+# alert rules in deploy/prometheus are checked with it), systemd (for
+# systemd-analyze, which checks the unit), groff and zsh (a
 # test renders the man pages and loads the zsh completion), and the Python
 # package with its test extras (shtab among them, for the generated
 # completion scripts; lupa, the Lua runtime import-lsyncd uses, is a
@@ -11,8 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-# syncsup needs rsync 3.5.0 or newer (its sender never follows a symlink
-# raced into a source directory): install it, or upgrade an older one.
+# rsync: prefer 3.5.0 or newer (its sender never follows a symlink raced
+# into a source directory; syncsup probes that at start, whatever the
+# version): install it, or upgrade an older one where the archive has one.
 rsync_ok() {
     local out
     out=$(rsync --version 2>/dev/null) || return 1
@@ -27,6 +29,9 @@ command -v ssh >/dev/null || need+=(openssh-client)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v groff >/dev/null || need+=(groff-base)  # the man pages are rendered by a test
 command -v zsh >/dev/null || need+=(zsh)  # the zsh completion is loaded by a test
+# systemd-analyze checks the unit (verify, security --offline); it runs
+# without systemd as PID 1
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ "${1:-}" = "--with-lsyncd" ] && ! command -v lsyncd >/dev/null; then need+=(lsyncd); fi
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""
@@ -34,6 +39,6 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "installing with apt-get: ${need[*]}"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-    rsync_ok || echo "warning: this rsync is older than 3.5.0 (or missing); syncsup will refuse to start" >&2
+    rsync_ok || echo "warning: this rsync is older than 3.5.0 (or missing); syncsup start probes whether its sender follows raced symlinks" >&2
 fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'

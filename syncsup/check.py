@@ -4,8 +4,10 @@ without changing anything.
 It validates the config, then checks that each source is a readable
 directory, that rsync runs locally, and for every target that it can be
 reached (ssh with the sync's own options), runs rsync (with its version) and
-is writable. It prints one line per check, ``ok:`` or ``problem:``, and
-returns the number of problems.
+is writable. The local rsync's sender is probed for following a symlink
+raced into the source, and judged against who can write in each source.
+It prints one line per check, ``ok:`` or ``problem:``, and returns the
+number of problems.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import subprocess
 
 from syncsup import config as cfg
 from syncsup.paths import is_within
+from syncsup.rsync_probe import judge, sender_follows
 from syncsup.rsync_version import (
-    MIN_SOURCE,
     MIN_TARGET,
     format_version,
     parse_version,
@@ -143,21 +145,31 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
             out.append(f"ok: {ok}")
 
     out.append(f"ok: config {conf.path} ({len(conf.syncs)} sync(s))")
+    probed: dict[str, bool | None] = {}
     for binary in sorted({s.rsync.binary for s in conf.syncs}):
         found = rsync_version(binary)
         if found is None:
             report([f"{binary} is not installed locally (apt-get install rsync)"], "")
-        elif found < MIN_SOURCE:
-            report([f"{binary} is {format_version(found)}; syncsup needs "
-                    f"{format_version(MIN_SOURCE)} or newer (older senders can follow a "
-                    "symlink raced into a source directory)"], "")
-        else:
-            report([], f"rsync {format_version(found)} (local)")
+            continue
+        probed[binary] = sender_follows(binary)
+        how = {False: "its sender does not follow a symlink raced into the source (probed)",
+               True: "its sender follows a symlink raced into the source (probed)",
+               None: "whether its sender follows a raced symlink could not be probed"}
+        report([], f"rsync {format_version(found)} (local): {how[probed[binary]]}")
+    for sync in conf.syncs:
+        binary = sync.rsync.binary
+        if binary in probed and not sync.runs_commands:
+            verdict = judge(binary, probed[binary], sync.source, conf.settings.strict_rsync)
+            if verdict.refuse:
+                report([f"{sync.name}: {verdict.refuse} (syncsup start refuses it)"], "")
+            elif verdict.warn:
+                report([], f"{sync.name}: {verdict.warn} (start warns)")
     for i, sync in enumerate(conf.syncs):
         src = sync.source
         if not os.path.isdir(src):
-            what = "is not a directory" if os.path.lexists(src) else "does not exist"
-            report([f"sync[{i}].source: {src} {what} (syncsup start refuses it)"], "")
+            what = ("is not a directory (syncsup start refuses it)" if os.path.lexists(src)
+                    else "does not exist (syncsup start waits for it, deleting nothing)")
+            report([f"sync[{i}].source: {src} {what}"], "")
         elif not os.access(src, os.R_OK | os.X_OK):
             report([f"{sync.name}: source {src} is not readable"], "")
         else:

@@ -43,7 +43,7 @@ EXIT_STATUS: tuple[tuple[int, str], ...] = (
     (1, "start cannot start (already running, unusable state_dir, rsync missing); "
         "check found a problem; the daemon did not answer or refused the request; "
         "stop: the daemon did not stop within 15 seconds; import-lsyncd cannot read "
-        "the file"),
+        "the file; unit cannot write a file"),
     (2, "a usage error on the command line; import-lsyncd: a partial import "
         "(what was not mapped is listed on stderr)"),
     (EX_NOT_RUNNING, "status, stop, resync, pause, resume: the daemon is not running "
@@ -68,6 +68,9 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
                                      "readiness, a one-line status and the watchdog"),
     ("JOURNAL_STREAM", "set by systemd when stderr goes to the journal: log lines carry "
                        "their priority and no time stamp"),
+    ("SYNCSUP_RUNTIME_DIR", "where running daemons record themselves for status without "
+                            "a config (default /run/syncsup for root, else "
+                            "$XDG_RUNTIME_DIR/syncsup)"),
 )
 
 # (path, what it is): for the man page
@@ -102,7 +105,13 @@ STATUS_DESCRIPTION = """\
 Ask the running daemon what it is doing: every process (role, pid, state,
 restarts, uptime) and every target (state, pending paths, lag, last sync,
 last error). Exit 0 if it answered, 3 if it is not running, 1 if it did
-not answer."""
+not answer.
+
+Without CONFIG, list the daemons running (name, pid, config): each records
+itself at start under the base name of its state_dir (www for
+/var/lib/syncsup/www, adhoc-... for start --source), and that NAME can
+stand for the config here and in stop, resync, pause and resume. Exit 3 if
+none runs."""
 
 CHECK_DESCRIPTION = """\
 Validate the config, the sources, the local and remote rsync (with their
@@ -111,8 +120,9 @@ Changes nothing. Exit 0, 1 if a problem was found, 78 for a bad config."""
 
 STOP_DESCRIPTION = """\
 Ask the running daemon to stop, as SIGTERM would, and wait up to 15
-seconds for it to exit. Exit 0 once stopped, 3 if it was not running, 1 if
-it is still running."""
+seconds for it to exit; without CONFIG or NAME, the only daemon running.
+Exit 0 once stopped, 3 if it was not running, 1 if it is still running, 2
+if several run and none was named."""
 
 RESYNC_DESCRIPTION = """\
 Compare everything again, with rsync --checksum (SIGUSR1 does it for every
@@ -163,14 +173,18 @@ def _config_error(exc: cfg.ConfigError) -> NoReturn:
     raise SystemExit(cfg.EX_CONFIG) from None
 
 
-def _load(path: str, sources: bool = False) -> cfg.Config:
-    """The config, or exit 78 with one line; ``sources``: they must exist
-    (start; ``check`` lists a missing source among its problems, and status
-    or stop must work while a source is away)."""
+def _load(path: str, sources: bool = False, files: bool = False) -> cfg.Config:
+    """The config, or exit 78 with one line; ``sources``: each must be a
+    directory or not exist yet (start: a missing one is waited for; ``check``
+    lists it among its problems, and status or stop must work while a source
+    is away); ``files``: the directories of
+    ``log_file`` and ``status_file`` must exist (start and check)."""
     try:
         conf = cfg.load(path)
+        if files:
+            cfg.check_output_files(conf)
         if sources:
-            cfg.check_sources(conf)
+            cfg.check_sources(conf, missing_ok=True)
         return conf
     except cfg.ConfigError as exc:
         _config_error(exc)
@@ -180,7 +194,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     from syncsup.supervisor import StartError, Supervisor
 
     config = args.config if args.config is not None else _write_adhoc(args)
-    conf = _load(config, sources=True)
+    conf = _load(config, sources=True, files=True)
     setup_logging(conf.settings, "supervisor")
     try:
         sup = Supervisor(conf)
@@ -250,8 +264,32 @@ def _ask(conf: cfg.Config, msg: proto.Message) -> proto.Message | int:
     return reply
 
 
+def _list_running(as_json: bool) -> int:
+    """``syncsup status`` without a config: the daemons running."""
+    from syncsup import registry
+    from syncsup.statedir import StateDir
+
+    rows = []
+    for entry in registry.running():
+        try:
+            pid = StateDir(_load(str(entry.config)).settings.state_dir).lock.read_text().strip()
+        except OSError:
+            pid = "?"
+        rows.append({"name": entry.name, "config": str(entry.config), "pid": pid})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no syncsup daemon is running (none recorded in {registry.registry_dir()})")
+    else:
+        print(f"{'NAME':<24} {'PID':>8}  CONFIG")
+        print("\n".join(f"{r['name']:<24} {r['pid']:>8}  {r['config']}" for r in rows))
+    return 0 if rows else EX_NOT_RUNNING
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    reply = _ask(_load(args.config), proto.StatusRequest())
+    if args.config is None:
+        return _list_running(args.json)
+    reply = _ask(_load(_daemon_config(args.config)), proto.StatusRequest())
     if isinstance(reply, int):
         return reply
     if not isinstance(reply, proto.StatusReply):
@@ -265,7 +303,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    conf = _load(args.config)
+    conf = _load(_daemon_config(args.config))
     try:
         request(conf, proto.Stop(reason="syncsup stop"))
     except NotRunning as exc:
@@ -280,7 +318,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from syncsup.check import run_checks
 
-    conf = _load(args.config, sources=False)
+    conf = _load(args.config, sources=False, files=True)
     lines: list[str] = []
     problems = run_checks(conf, lines)
     print("\n".join(lines))
@@ -293,7 +331,7 @@ def cmd_control(args: argparse.Namespace) -> int:
     msg = proto.Control(command=proto.Command(args.command),
                         sync=getattr(args, "sync", None) or "",
                         target_spec=getattr(args, "target", None) or "")
-    reply = _ask(_load(args.config), msg)
+    reply = _ask(_load(_daemon_config(args.config)), msg)
     if isinstance(reply, int):
         return reply
     if not isinstance(reply, proto.ControlReply):
@@ -303,6 +341,38 @@ def cmd_control(args: argparse.Namespace) -> int:
     return 0 if reply.ok else 1
 
 
+def cmd_unit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from syncsup import unit
+
+    conf = _load(args.config) if args.config is not None else None
+    binary = args.binary or unit.find_binary()
+    if not binary.startswith("/"):
+        print(f"syncsup: --binary must be an absolute path, not {binary!r}", file=sys.stderr)
+        return 1
+    docs, found = unit.documentation()
+    if not found:
+        print("syncsup: the man pages are not installed beside this syncsup (an editable "
+              "install?); Documentation= names man:syncsup(1)", file=sys.stderr)
+    if conf is not None and conf.path != Path("/etc/syncsup") / f"{conf.path.stem}.toml":
+        print(f"syncsup: note: syncsup@{conf.path.stem} runs /etc/syncsup/"
+              f"{conf.path.stem}.toml, not {conf.path}", file=sys.stderr)
+    text = unit.render_unit(binary, docs)
+    if args.output is None:
+        sys.stdout.write(unit.dropin(conf) if conf is not None else text)
+        return 0
+    try:
+        written = unit.write_files(Path(args.output), text, conf)
+    except OSError as exc:
+        print(f"syncsup: cannot write into {args.output}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 # import-lsyncd is imported lazily: the daemon never loads the importer or lupa
 def cmd_import_lsyncd(args: argparse.Namespace) -> int:
     from syncsup.lsyncd import import_lsyncd
@@ -310,8 +380,48 @@ def cmd_import_lsyncd(args: argparse.Namespace) -> int:
     return import_lsyncd(args.config)
 
 
+UNIT_DESCRIPTION = """\
+Print the systemd unit syncsup@.service for this installation: ExecStart=
+names the syncsup command being run (wherever pip installed it), and
+Documentation= the man pages installed beside it. The unit is sandboxed
+(see docs/operations.md); with --config, print instead the drop-in that
+opens the sandbox to what that config needs: its local targets, log and
+status files, sources under /home, and an IP allow-list of its target hosts.
+With --output DIR (e.g. /etc/systemd/system) both are written there, the
+drop-in as syncsup@NAME.service.d/sandbox.conf (NAME: the config's file name
+without .toml). Exit 0, 1 if a file cannot be written, 78 for a bad config."""
+
+
 def _add_config(p: argparse.ArgumentParser, help: str = "the config file (TOML)") -> None:
     p.add_argument("config", metavar="CONFIG", help=help)
+
+
+def _add_daemon(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    """CONFIG, or the NAME of a running daemon (``syncsup status`` lists
+    them); ``optional``: without either, the one running daemon."""
+    p.add_argument("config", metavar="CONFIG|NAME", nargs="?" if optional else None,
+                   help="the config file (TOML), or the name of a running daemon as "
+                        "syncsup status lists it" + (" (default: the only one running)"
+                                                     if optional else ""))
+
+
+def _daemon_config(arg: str | None) -> str:
+    """The config path for CONFIG|NAME; without one, the only daemon running
+    (exit 3 if none runs, 2 if several do: name one)."""
+    from syncsup import registry
+
+    if arg is not None:
+        return registry.resolve(arg)
+    found = registry.running()
+    if len(found) == 1:
+        return str(found[0].config)
+    if not found:
+        print(f"syncsup: no daemon is running (none recorded in {registry.registry_dir()})",
+              file=sys.stderr)
+        raise SystemExit(EX_NOT_RUNNING)
+    print(f"syncsup: {len(found)} daemons are running: name one of "
+          f"{', '.join(e.name for e in found)}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _subparser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
@@ -357,11 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subparser(sub, "status", "show what the running daemon is doing", STATUS_DESCRIPTION)
     p.add_argument("--json", action="store_true",
                    help="machine-readable output (described in docs/status.md)")
-    _add_config(p)
+    p.add_argument("config", metavar="CONFIG|NAME", nargs="?",
+                   help="the config file (TOML), or the name of a running daemon; without "
+                        "it, list the daemons running")
     p.set_defaults(func=cmd_status)
 
     p = _subparser(sub, "stop", "stop the running daemon", STOP_DESCRIPTION)
-    _add_config(p)
+    _add_daemon(p, optional=True)
     p.set_defaults(func=cmd_stop)
 
     p = _subparser(sub, "check", "validate the config, sources and targets (changes nothing)",
@@ -377,8 +489,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sync", metavar="SYNC", help="only this sync (its name)")
         p.add_argument("--target", metavar="TARGET",
                        help="only this target (as written in the config)")
-        _add_config(p)
+        _add_daemon(p)
         p.set_defaults(func=cmd_control)
+
+    p = _subparser(sub, "unit", "print or write the systemd unit for this installation",
+                   UNIT_DESCRIPTION)
+    p.add_argument("--config", metavar="CONFIG",
+                   help="the sandbox drop-in for this config instead (syncsup@NAME)")
+    p.add_argument("--output", metavar="DIR",
+                   help="write the unit (and the drop-in) into DIR instead of printing")
+    p.add_argument("--binary", metavar="PATH",
+                   help="the syncsup command ExecStart= runs (default: this one)")
+    p.set_defaults(func=cmd_unit)
 
     p = _subparser(sub, "import-lsyncd", "convert an Lsyncd Lua config to TOML on stdout",
                    IMPORT_DESCRIPTION)

@@ -21,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from syncsup import config_keys
 from syncsup.paths import is_within
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "SshOptions",
     "Sync",
     "Target",
+    "check_output_files",
     "check_private",
     "check_sources",
     "default_state_dir",
@@ -81,6 +83,7 @@ class Settings:
     metrics: str | None = None
     status_file: Path | None = None
     status_interval: float = 10.0
+    strict_rsync: bool = False
 
 
 @dataclass(frozen=True)
@@ -275,6 +278,15 @@ def _default(cls: type, name: str) -> Any:
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
+def _known(table: dict[str, Any], section: str, where: str) -> None:
+    """Refuse a key that ``syncsup.config_keys`` does not list for
+    ``section``: the parser reads only documented keys."""
+    known = config_keys.names(section)
+    for key in sorted(table):
+        if key not in known:
+            raise ConfigError(f"{where}.{key}", config_keys.unknown_key_hint(section, key))
+
+
 def _no_extra(table: dict[str, Any], where: str) -> None:
     if table:
         key = sorted(table)[0]
@@ -340,6 +352,7 @@ def _parse_ssh(raw: Any, where: str, base: Path) -> tuple[SshOptions, str | None
     if not isinstance(raw, dict):
         raise ConfigError(where, "must be a table")
     table = dict(raw)
+    _known(table, "sync.ssh", where)
     host = _opt_str(table, "host", where)
     user = _opt_str(table, "user", where)
     for key, val in (("host", host), ("user", user)):
@@ -368,6 +381,7 @@ def _parse_rsync(raw: Any, where: str) -> RsyncOptions:
     if not isinstance(raw, dict):
         raise ConfigError(where, "must be a table")
     table = dict(raw)
+    _known(table, "sync.rsync", where)
     archive = _pop(table, "archive", bool, where, _default(RsyncOptions, "archive"))
     compress = _pop(table, "compress", bool, where, _default(RsyncOptions, "compress"))
     checksum = _pop(table, "checksum", bool, where, _default(RsyncOptions, "checksum"))
@@ -416,6 +430,7 @@ def _parse_target(raw: Any, key: str, base: Path, host: str | None,
             target = parse_target(f"{user + '@' if user else ''}{host}:{raw}", key, base)
     elif isinstance(raw, dict):
         table = dict(raw)
+        _known(table, "sync.targets", key)
         path = _pop(table, "path", str, key)
         t_host = _opt_str(table, "host", key) or host
         t_user = _opt_str(table, "user", key) or user
@@ -441,6 +456,7 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     if not isinstance(raw, dict):
         raise ConfigError(where, "must be a table")
     table = dict(raw)
+    _known(table, "sync", where)
     name = _pop(table, "name", str, where, f"sync{index}")
     if not valid_name(name):
         raise ConfigError(f"{where}.name", "use 1-64 letters, digits, '.', '_' or '-'")
@@ -655,6 +671,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     if not isinstance(raw_settings, dict):
         raise ConfigError("settings", "must be a table")
     settings_t = dict(raw_settings)
+    _known(settings_t, "settings", "settings")
     state_dir = _pop(settings_t, "state_dir", str, "settings", None)
     log_level = _pop(settings_t, "log_level", str, "settings", _default(Settings, "log_level"))
     max_processes = _pop(settings_t, "max_processes", int, "settings",
@@ -675,6 +692,8 @@ def parse(data: dict[str, Any], path: Path) -> Config:
                                  _default(Settings, "status_interval")))
     if not 1 <= status_interval <= 86400:
         raise ConfigError("settings.status_interval", "must be between 1 and 86400 seconds")
+    strict_rsync = _pop(settings_t, "strict_rsync", bool, "settings",
+                        _default(Settings, "strict_rsync"))
     if log_level not in LOG_LEVELS:
         raise ConfigError("settings.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
     _no_extra(settings_t, "settings")
@@ -701,6 +720,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         metrics=metrics,
         status_file=status_file,
         status_interval=status_interval,
+        strict_rsync=strict_rsync,
     )
     return Config(path=path, settings=settings, syncs=syncs)
 
@@ -721,15 +741,46 @@ def load(path: str | os.PathLike[str]) -> Config:
     return conf
 
 
-def check_sources(conf: Config) -> None:
-    """Every source must be a directory when the daemon starts (or reloads):
-    a source that is missing then is a mistake in the config, reported as
-    one. (A source that vanishes while running is different: the daemon
-    halts that sync and waits, nothing is deleted on the targets.)"""
+def check_sources(conf: Config, missing_ok: bool = False) -> None:
+    """Every source must be a directory. ``missing_ok`` (``start`` and a
+    reload of a config file): a source that does not exist yet is fine,
+    since a network mount may come up after the daemon; its sync waits for
+    it, loudly, and deletes nothing on the targets. A path that exists but
+    is not a directory is a mistake in the config either way, and so is a
+    missing source given on the command line (most likely a typo)."""
     for i, sync in enumerate(conf.syncs):
-        if not sync.source.is_dir():
-            what = "is not a directory" if sync.source.exists() else "does not exist"
-            raise ConfigError(f"sync[{i}].source", f"{sync.source} {what}")
+        if sync.source.is_dir():
+            continue
+        if not sync.source.exists():
+            if missing_ok:
+                continue
+            raise ConfigError(f"sync[{i}].source", f"{sync.source} does not exist")
+        raise ConfigError(f"sync[{i}].source", f"{sync.source} is not a directory")
+
+
+def check_output_files(conf: Config) -> None:
+    """``log_file`` and ``status_file`` must be creatable when the daemon
+    starts: their directory exists, is a directory and is writable. Checked
+    by ``check``, at start and on reload, not by every load: ``status`` and
+    ``stop`` must work, and a child restarted later must not be stopped for
+    good, if the directory goes away while the daemon runs (the daemon then
+    logs to stderr only, or keeps retrying the status file)."""
+    for key in ("log_file", "status_file"):
+        path: Path | None = getattr(conf.settings, key)
+        if path is None:
+            continue
+        parent = path.parent
+        if not parent.exists():
+            problem = f"{path}: its directory {parent} does not exist"
+        elif not parent.is_dir():
+            problem = f"{path}: {parent} is not a directory"
+        elif path.is_dir():
+            problem = f"{path} is a directory"
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            problem = f"{path}: its directory {parent} is not writable"
+        else:
+            continue
+        raise ConfigError(f"settings.{key}", problem)
 
 
 def load_for_child(path: str) -> Config:

@@ -1,12 +1,9 @@
-"""Which rsync syncsup can trust, and asking one for its version.
+"""Asking an rsync for its version.
 
-rsync 3.5.0 is the oldest sender that opens file contents and scans
-directories through a walk anchored at the transfer root, refusing a
-symlink in any parent component (earlier senders opened by path, so a user
-who can write to the source could swap a directory for a symlink between
-the file-list scan and the read, and a privileged syncsup would copy a file
-from outside the source to the targets). syncsup refuses to start with an
-older one, and ``syncsup check`` reports it.
+On the source the version decides nothing: whether the sender follows a
+symlink raced into the source is probed (``syncsup.rsync_probe``), since
+distributions backport fixes without changing the number and a build may
+lack one whatever its number says. ``check`` shows the version.
 
 A confined target's rsync only has to serve a chrooted daemon module with
 an option allow-list (``refuse options`` with ``!`` terms): 3.2.0 or newer.
@@ -17,9 +14,8 @@ from __future__ import annotations
 import re
 import subprocess
 
-__all__ = ["MIN_SOURCE", "MIN_TARGET", "format_version", "parse_version", "rsync_version"]
+__all__ = ["MIN_TARGET", "format_version", "parse_version", "rsync_version"]
 
-MIN_SOURCE = (3, 5, 0)
 MIN_TARGET = (3, 2, 0)
 
 

@@ -3,7 +3,8 @@
 Only the subset the docs use: headings, paragraphs, tables (as lists of
 tagged paragraphs, see :func:`_table`), fenced code blocks, bullet and
 numbered lists, and inline code, emphasis and links. Anything else (a
-quote, raw HTML, a nested list) is an error naming the line: the page is
+quote, raw HTML other than a one-line comment, a nested list) is an error
+naming the line: the page is
 generated and checked in, so a construct this does not know must fail the
 generator rather than come out garbled.
 """
@@ -90,8 +91,8 @@ def convert(md: str, page: Page) -> None:
     while i < len(lines):
         line = lines[i]
         lineno = i + 1
-        if not line.strip():
-            i += 1
+        if not line.strip() or re.fullmatch(r"<!--.*-->", line.strip()):
+            i += 1  # blank, or a marker comment (see syncsup._docgen.keys)
             continue
         if line.startswith("```"):
             end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), None)

@@ -14,6 +14,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -57,6 +58,35 @@ class SyncQueues:
     specs: list[str] = field(default_factory=list)
     health: str = "ok"      # the journal's state, for status: ok, rebuilt..., error...
     idle_since: float | None = None  # monotonic: nothing pending since
+    recorded: RecentSeqs = field(default_factory=lambda: RecentSeqs())
+
+
+class RecentSeqs:
+    """The sequence numbers of the watcher messages recorded lately. The
+    watcher sends a message again when its ack is late (a collator held up
+    longer than the resend interval); recording it again would mark its
+    paths anew after their batch was already handed out, and each change
+    would be transferred, and logged, twice. Sequence numbers are unique
+    across watcher restarts; after a collator restart the set starts empty
+    and a resent message may be recorded once more, which costs a transfer,
+    never a change."""
+
+    KEEP = 4096
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.order: deque[int] = deque()
+
+    def __contains__(self, seq: int) -> bool:
+        return seq in self.seen
+
+    def add(self, seq: int) -> None:
+        if seq in self.seen:
+            return
+        self.seen.add(seq)
+        self.order.append(seq)
+        if len(self.order) > self.KEEP:
+            self.seen.discard(self.order.popleft())
 
 
 def _no_space(path: str) -> bool:
@@ -168,6 +198,10 @@ class Collator:
         if s is None:
             log.warning("dropped EVENTS for unknown sync %r", msg.sync)
             return
+        if msg.seq and msg.seq in s.recorded:
+            log.debug("%s: message %d sent again, already recorded", s.sync.name, msg.seq)
+            self.send("ingest", peer, proto.Ack(seq=msg.seq))
+            return
         changes = msg.changes
         if not s.sync.records_moves:
             changes.moves = []
@@ -183,6 +217,8 @@ class Collator:
 
         if not self._safely(s, record):
             return  # not acked: the watcher sends it again
+        if msg.seq:
+            s.recorded.add(msg.seq)
         # The batch first: the ack wakes the watcher, which would compete
         # for a CPU with the syncer starting on the change.
         self.dispatch_due()

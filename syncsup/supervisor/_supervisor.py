@@ -21,8 +21,9 @@ from typing import Any
 import zmq
 
 from syncsup import config as cfg
-from syncsup import proto
-from syncsup.rsync_version import MIN_SOURCE, format_version, rsync_version
+from syncsup import proto, registry
+from syncsup.rsync_probe import judge, sender_follows
+from syncsup.rsync_version import rsync_version
 from syncsup.runtime import (
     HEARTBEAT_TIMEOUT,
     bind_private,
@@ -331,7 +332,8 @@ class Supervisor:
         is refused and the old one keeps running."""
         try:
             new = cfg.load(self.conf.path)
-            cfg.check_sources(new)
+            cfg.check_output_files(new)
+            cfg.check_sources(new, missing_ok=True)
         except cfg.ConfigError as exc:
             log.error("SIGHUP: config error, keeping the running config: %s", exc)
             return
@@ -361,11 +363,21 @@ class Supervisor:
             self.ask_status(lambda: write_status_file(path, self.status()))
 
     def _notify(self) -> None:
-        ready, line = summary(self.status())
+        """READY=1 once every sync whose source is there finished its
+        initial sync (a missing source, say a network mount that is late,
+        does not hold the others up); STATUS= before and after, naming the
+        sources waited for."""
+        st = self.status()
+        _ready, line = summary(st)
+        waiting = [s for s in self.conf.syncs if not s.source.is_dir()]
+        ready = all(t.state != "startup" for s in st.syncs for t in s.targets
+                    if s.name not in {w.name for w in waiting})
+        if waiting:
+            line = (f"waiting for source {', '.join(str(w.source) for w in waiting)} "
+                    f"(nothing deleted); {line}")
         if ready:
             self.notifier.ready(line)
-        if self.notifier.ready_sent:
-            self.notifier.status(line)
+        self.notifier.status(line)
 
     def timeout(self, now: float) -> float:
         """Seconds until something is due: a restart, a heartbeat deadline,
@@ -395,6 +407,17 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         log.info("syncsup starting: %d sync(s), state in %s", len(self.conf.syncs),
                  self.state.path)
+        name = registry.register(self.conf)
+        if name is None:
+            log.warning("cannot record this daemon in %s: `syncsup status` without a config "
+                        "will not list it", registry.registry_dir())
+        try:
+            return self._run()
+        finally:
+            if name is not None:
+                registry.unregister(name, self.conf)
+
+    def _run(self) -> int:
         exits = child_exit_fd()
         now = self.clock()
         for c in self.components.values():
@@ -452,12 +475,22 @@ class Supervisor:
 
 
 def _check_rsync(conf: cfg.Config) -> None:
-    for binary in sorted({s.rsync.binary for s in conf.syncs}):
-        version = rsync_version(binary)
-        if version is None:
-            raise StartError(f"{binary} does not run (is rsync installed? apt-get install rsync)")
-        if version < MIN_SOURCE:
-            raise StartError(
-                f"{binary} is version {format_version(version)}; syncsup needs rsync "
-                f"{format_version(MIN_SOURCE)} or newer, whose sender never follows a symlink "
-                "raced into a parent directory of the source")
+    """Each sync's rsync must run; one whose sender follows a symlink raced
+    into the source (probed, not read from its version) is refused where
+    another user can write in that source, or everywhere with
+    ``strict_rsync``, and otherwise logged once as a warning."""
+    probed: dict[str, bool | None] = {}
+    for sync in conf.syncs:
+        binary = sync.rsync.binary
+        if binary not in probed:
+            if rsync_version(binary) is None:
+                raise StartError(f"{binary} does not run (is rsync installed? "
+                                 "apt-get install rsync)")
+            probed[binary] = sender_follows(binary)
+        if sync.runs_commands:
+            continue  # command mode runs no rsync on the source
+        verdict = judge(binary, probed[binary], sync.source, conf.settings.strict_rsync)
+        if verdict.refuse:
+            raise StartError(f"{sync.name}: {verdict.refuse}")
+        if verdict.warn:
+            log.warning("%s: %s", sync.name, verdict.warn)

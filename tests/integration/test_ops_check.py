@@ -193,3 +193,30 @@ def test_check_bad_config_exits_78(tmp_path, src, dst):
     assert r.returncode == 78, f"check exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
     assert "config error" in r.stderr, r.stderr
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("command", ["check", "start"])
+@pytest.mark.parametrize("key", ["log_file", "status_file"])
+def test_output_file_in_a_missing_directory_exits_78(command, key, tmp_path, src, dst):
+    """A ``log_file`` or ``status_file`` whose directory does not exist is a
+    config problem for both ``check`` and ``start``: one line naming the key,
+    exit 78, no state_dir made, nothing started (the daemon used to run on,
+    printing that it could not open the file once per process)."""
+    doc = _doc(tmp_path, [sync_entry(src, [dst])])
+    missing = tmp_path / "no-such-dir"
+    doc["settings"][key] = str(missing / "syncsup.out")
+    cfg = write_config(tmp_path / "syncsup.toml", doc)
+    r = run_cli(command, cfg, timeout=120)
+    assert r.returncode == 78, f"{command} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1, r.stderr
+    assert err[0].startswith(f"syncsup: config error: settings.{key}: "), err[0]
+    assert f"{missing} does not exist" in err[0], err[0]
+    assert not lines_of(r, "ok:"), r.stdout
+    assert not (tmp_path / "state").exists()
+    assert not missing.exists()
+    assert_no_leftovers(tmp_path)
+
+    missing.mkdir()  # the same config is fine once the directory is there
+    r = run_cli("check", cfg, timeout=120)
+    assert r.returncode == 0, f"check exited {r.returncode}:\n{r.stdout}\n{r.stderr}"

@@ -1,20 +1,37 @@
 """Operations: ``deploy/syncsup@.service`` has the settings the
-design relies on, and passes ``systemd-analyze verify`` when that tool is
-available."""
+design relies on, passes ``systemd-analyze verify`` and keeps its
+``systemd-analyze security`` exposure low when that tool is available; and
+``syncsup unit``, run from a virtual environment, writes a unit that names
+that installation and a drop-in for a config."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.daemon import sync_entry, write_config
+from tests.helpers.procs import assert_no_leftovers
+from tests.helpers.tree import wait_converged
+
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "syncsup@.service"
 INSTALLED_BINARY = "/usr/local/bin/syncsup"
+MAN_DOCS = "man:syncsup(1) man:syncsup.toml(5)"
+# `systemd-analyze security --offline=yes` of the unit as shipped, and of an
+# instance with the drop-in `syncsup unit --config` writes for a config whose
+# targets are local or on loopback (its IP allow-list: localhost only)
+MAX_EXPOSURE = 2.2
+MAX_EXPOSURE_WITH_DROPIN = 2.0
+needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                                   reason="systemd-analyze is not installed")
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -104,7 +121,10 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path):
     binary = shutil.which("syncsup")
     replacement = binary if binary and os.path.isabs(binary) else f"{sys.executable} -m syncsup"
     unit = tmp_path / "syncsup@www.service"
-    unit.write_text(text.replace(INSTALLED_BINARY, replacement))
+    # Nor are the man pages installed system-wide here: name the checkout's.
+    assert MAN_DOCS in text
+    docs = " ".join((REPO / "man" / page).as_uri() for page in ("syncsup.1", "syncsup.toml.5"))
+    unit.write_text(text.replace(INSTALLED_BINARY, replacement).replace(MAN_DOCS, docs))
     r = _verify(unit)
     out = (r.stdout + r.stderr).strip()
     about_unit = [ln for ln in out.splitlines() if "syncsup" in ln]
@@ -117,7 +137,7 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path):
     if not os.path.exists(INSTALLED_BINARY):
         original = tmp_path / "orig" / "syncsup@www.service"
         original.parent.mkdir()
-        original.write_text(text)
+        original.write_text(text.replace(MAN_DOCS, docs))
         r = _verify(original)
         out = r.stdout + r.stderr
         assert r.returncode != 0 and INSTALLED_BINARY in out, (
@@ -125,3 +145,117 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path):
         )
         other = [ln for ln in out.splitlines() if "syncsup" in ln and INSTALLED_BINARY not in ln]
         assert not other, "systemd-analyze found other problems:\n" + "\n".join(other)
+
+
+def _exposure(unit: Path, cwd: Path) -> float:
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)],
+                       capture_output=True, text=True, timeout=90, cwd=cwd,
+                       stdin=subprocess.DEVNULL)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout + r.stderr)
+    assert m, f"no exposure in the output of systemd-analyze security:\n{r.stdout}{r.stderr}"
+    return float(m.group(1))
+
+
+def _venv(tmp_path: Path, name: str = "syncsup", system_site: bool = True,
+          extra: tuple[str, ...] = ()) -> Path:
+    """syncsup installed (not editable) into a virtual environment, as
+    docs/operations.md installs it under /opt; its dependencies come from
+    this interpreter's site-packages (``system_site``) or ``extra``."""
+    venv = tmp_path / "opt" / name
+    subprocess.run([sys.executable, "-m", "venv", *(["--system-site-packages"] * system_site),
+                    str(venv)], check=True, timeout=120)
+    build = tmp_path / f"build-{name}"
+    shutil.copytree(REPO, build, ignore=shutil.ignore_patterns(
+        ".git", "__pycache__", "*.egg-info", "build", "tests", "bench", "demo"))
+    r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps",
+                        "--disable-pip-version-check", str(build), *extra],
+                       capture_output=True, text=True, timeout=300,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    return venv
+
+
+@needs_analyze
+def test_unit_exposure_is_low(tmp_path):
+    """The sandbox of the shipped unit, measured: every directive checked by
+    systemd's own analyzer (there is no systemd as PID 1 to run it here)."""
+    unit = tmp_path / "syncsup@.service"
+    unit.write_text(UNIT.read_text())
+    exposure = _exposure(unit, tmp_path)
+    assert exposure <= MAX_EXPOSURE, f"exposure {exposure} > {MAX_EXPOSURE}"
+    documented = (REPO / "docs" / "operations.md").read_text()
+    assert f"exposure {exposure}" in documented, \
+        f"docs/operations.md does not give the unit's exposure ({exposure})"
+
+
+def test_unit_command_from_a_venv(tmp_path, src, dst, sshd):
+    """``syncsup unit`` from a venv: ExecStart= is that venv's syncsup and
+    Documentation= its installed man pages; with --config, a drop-in that
+    makes the local target writable and allows only the ssh target's
+    address. systemd-analyze verifies both (when installed) and measures
+    the instance's exposure. The venv's syncsup then mirrors."""
+    venv = _venv(tmp_path)
+    binary = venv / "bin" / "syncsup"
+    assert (venv / "bin" / "syncsup-target").is_file()
+    doc = {"settings": {"state_dir": str(tmp_path / "state")},
+           "sync": [sync_entry(src, [dst, sshd.target(tmp_path / "remote")],
+                               ssh=sshd.ssh_config())]}
+    cfg = write_config(tmp_path / "etc" / "www.toml", doc)
+    units = tmp_path / "units"
+    units.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([str(binary), "unit", "--output", str(units), "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=120, env=env,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stdout + r.stderr
+    unit_file, dropin = units / "syncsup@.service", units / "syncsup@www.service.d/sandbox.conf"
+    assert r.stdout.split() == ["wrote", str(unit_file), "wrote", str(dropin)], r.stdout
+    svc = parse_unit(unit_file.read_text())
+    assert _one(svc["Service"], "ExecStart").split()[0] == str(binary)
+    docs = svc["Unit"]["Documentation"][-1].split()
+    assert docs and all(d.startswith("file://") for d in docs), docs
+    for d in docs:
+        assert Path(d.removeprefix("file://")).is_file(), f"{d} is not installed"
+    extra = parse_unit(dropin.read_text())["Service"]
+    assert f"-{dst}" in extra["ReadWritePaths"], extra
+    assert extra["IPAddressDeny"] == ["any"]
+    assert extra["IPAddressAllow"][-1].split() == ["localhost", "127.0.0.1"], extra
+
+    if shutil.which("systemd-analyze") is not None:
+        instance = units / "syncsup@www.service"  # the template with its drop-in
+        r = _verify(instance)
+        out = (r.stdout + r.stderr).strip()
+        assert r.returncode == 0 and "syncsup" not in out, out
+        dropped = _exposure(instance, units)
+        assert dropped <= MAX_EXPOSURE_WITH_DROPIN, f"exposure {dropped}"
+
+    (src / "a.txt").write_bytes(b"from the venv\n")
+    proc = subprocess.Popen([str(binary), "start", str(cfg)], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_converged(src, [dst, tmp_path / "remote"], timeout=120)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode(errors="replace")
+    assert_no_leftovers(tmp_path)
+
+
+def test_smallest_target_install(tmp_path):
+    """A target host needs only syncsup-target: a venv of its own with
+    syncsup and msgpack and nothing else (docs/operations.md) answers the
+    source's ``info`` probe."""
+    venv = _venv(tmp_path, "syncsup-target", system_site=False, extra=("msgpack",))
+    root = tmp_path / "root"
+    root.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([str(venv / "bin" / "syncsup-target"), str(root), "info"],
+                       capture_output=True, text=True, timeout=60, env=env,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stdout + r.stderr
+    info = json.loads(r.stdout)
+    assert info["root"] == str(root) and info["confinement"].startswith("ok"), info
+    r = subprocess.run([str(venv / "bin" / "python"), "-c", "import zmq"],
+                       capture_output=True, timeout=60, env=env)
+    assert r.returncode != 0, "the target's venv has pyzmq: not the smallest install"

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from syncsup.collator.journal import read_seen
-from tests.helpers.daemon import Daemon, run_cli, sync_entry, write_config
+from tests.helpers.daemon import Daemon, run_cli, sync_entry
 from tests.helpers.procs import assert_no_leftovers
 from tests.helpers.tree import wait_converged
 
@@ -358,21 +358,3 @@ def test_a_config_of_binary_garbage_is_exit_78(tmp_path):
         assert len(lines) == 1 and "config" in lines[0], (cmd, r.stderr)
         assert "Traceback" not in r.stderr
 
-
-def test_a_missing_source_at_start_is_a_config_error(tmp_path, dst, settings):
-    conf = write_config(tmp_path / "syncsup.toml", {
-        "settings": settings,
-        "sync": [sync_entry(tmp_path / "src-ok", [dst], name="a"),
-                 sync_entry(tmp_path / "nowhere", [tmp_path / "dst2"], name="b")]})
-    os.chmod(conf, 0o600)
-    (tmp_path / "src-ok").mkdir()
-    r = run_cli("start", conf)
-    assert r.returncode == 78, (r.returncode, r.stdout, r.stderr)
-    assert "sync[1].source" in r.stderr and "does not exist" in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    # check lists it among every problem it finds (exit 1), naming the key
-    r = run_cli("check", conf)
-    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
-    problems = [ln for ln in r.stdout.splitlines() if ln.startswith("problem:")]
-    assert len(problems) == 1, r.stdout
-    assert "sync[1].source" in problems[0] and "does not exist" in problems[0], r.stdout

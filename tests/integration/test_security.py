@@ -475,8 +475,8 @@ def test_source_symlink_race_never_copies_a_root_only_file(tmp_path, daemon_fact
     runs as root, for 25 s with delay 0 and many transfers, to a local
     target, an rsync-over-ssh target and a confined one. Not one byte of the
     root-only files may reach any target. (This machine's rsync is 3.5.0,
-    whose sender refuses a symlink in a parent; the old code's hole was
-    accepting an older rsync, see the next test.)"""
+    whose sender refuses a symlink in a parent; an rsync that follows one is
+    probed for at start, see tests/integration/test_rsync_probe.py.)"""
     uid, gid, _name = other_user
     base = make_public_dir()
     try:
@@ -511,30 +511,6 @@ def test_source_symlink_race_never_copies_a_root_only_file(tmp_path, daemon_fact
         d.stop()
     finally:
         remove_public(base)
-
-
-def test_an_rsync_older_than_3_5_0_is_refused(tmp_path, src, dst):
-    """Finding 6 (rsync version). Old code: any rsync was used; senders
-    before 3.5.0 open files by path and follow a symlink raced into a parent.
-    ``syncsup check`` and ``syncsup start`` must refuse one."""
-    fake = tmp_path / "old-rsync"
-    fake.write_text("#!/bin/sh\necho 'rsync  version 3.2.7  protocol version 31'\n"
-                    "exec rsync \"$@\"\n")
-    os.chmod(fake, 0o755)
-    sync = sync_entry(src, [dst])
-    sync["rsync"] = {"binary": str(fake)}
-    config = write_config(tmp_path / "old.toml", {
-        "settings": {"state_dir": str(tmp_path / "state")}, "sync": [sync]})
-    r = run_cli("check", config, timeout=60)
-    assert r.returncode != 0 and "3.5.0" in r.stdout + r.stderr, r.stdout + r.stderr
-    try:
-        r = run_cli("start", config, timeout=30)
-    except subprocess.TimeoutExpired:
-        raise AssertionError("syncsup start ran with rsync 3.2.7") from None
-    finally:
-        kill_leftovers(tmp_path)
-    assert r.returncode != 0 and "3.5.0" in r.stdout + r.stderr, r.stdout + r.stderr
-    assert os.listdir(dst) == []
 
 
 # ====================================================== 7. command-mode walks

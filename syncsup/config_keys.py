@@ -1,0 +1,225 @@
+"""Every key the config file accepts, with its type, default and meaning:
+the one list that both the parser and the documentation read.
+
+The parser (``syncsup.config``) refuses any key of a table that is not
+listed here, so a key cannot be accepted without being documented; the
+key tables of docs/config.md and of syncsup.toml(5) are generated from this
+list (``python -m syncsup._docgen``), and a unit test asks the parser which
+keys it reads and fails on any that is missing here. Defaults are not
+written twice: a key without an explicit ``default`` text shows the default
+of the dataclass field of the same name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["SECTIONS", "Key", "default_text", "names", "table_markdown", "unknown_key_hint"]
+
+
+@dataclass(frozen=True)
+class Key:
+    """One row of a key table: ``names`` (several keys that share a meaning
+    share a row), the TOML type, the meaning (markdown), and the default as
+    shown (None: taken from the section's dataclass)."""
+
+    names: tuple[str, ...]
+    type: str
+    meaning: str
+    default: str | None = None
+
+
+def _k(names: str, type_: str, meaning: str, default: str | None = None) -> Key:
+    return Key(tuple(names.split()), type_, " ".join(meaning.split()), default)
+
+
+SETTINGS = (
+    _k("state_dir", "path", """lock, sockets and the journal. Created mode 0700. Keep it
+       short: unix socket paths are limited to 107 bytes.""",
+       "`/var/lib/syncsup/<config name>` as root, else "
+       "`$XDG_STATE_HOME/syncsup/<config name>`"),
+    _k("log_level", "string", """`debug`, `info`, `warning` or `error`. `info` logs one
+       line per transfer; `debug` adds the rsync argv."""),
+    _k("log_file", "path", """also append every log line to this file (stderr is always
+       logged to). Created mode 0640, never opened through a symlink. Its directory must
+       exist: `check` and `start` refuse the config otherwise."""),
+    _k("log_format", "string", """`text`: one line per record (time, level, process);
+       `json`: one JSON object per line (`time`, `level`, `role`, `component`, `pid`,
+       `message`), on stderr and in `log_file`, for log shippers."""),
+    _k("max_processes", "integer", """cap on transfers running at once across all syncs
+       (0: no cap; each target runs at most one anyway). Example: `max_processes = 4`"""),
+    _k("metrics", "string", """`"host:port"` on which the supervisor serves Prometheus
+       metrics (`http://host:port/metrics`), e.g. `"127.0.0.1:9473"`; docs/operations.md
+       lists them. Unset: no metrics, no port."""),
+    _k("status_file", "path", """write the table `syncsup status` prints to this file
+       every `status_interval` seconds (mode 0644, replaced atomically, never through a
+       symlink), for tools that read Lsyncd's status file. Its directory must exist."""),
+    _k("status_interval", "number", """seconds between two writes of `status_file`,
+       1-86400."""),
+    _k("strict_rsync", "bool", """at start, syncsup probes whether the local rsync's
+       sender follows a symlink raced into a parent directory of the source, and refuses
+       it only where another user can write in the source (docs/security.md); `true`
+       refuses such an rsync for every source."""),
+)
+
+SYNC = (
+    _k("name", "string", """1-64 letters, digits, `.`, `_`, `-`; unique. Names the journal
+       and sockets.""", "`sync<N>`"),
+    _k("source", "path", """the tree to watch. If it does not exist (a network mount
+       that comes up late), `start` runs anyway and the sync waits for it: an error in
+       the log, `waiting for source` in systemd's status, nothing deleted on the targets,
+       the startup sync once it appears; the same if it goes away while the daemon runs.
+       `check` reports it. A path that is not a directory ends `start` with exit 78
+       (and so does a missing `--source`).""", "required"),
+    _k("mode", "string", """`rsync`: everything by rsync (local or over ssh). `rsyncssh`:
+       remote targets; renames are replayed on the target over ssh (no data resent), content
+       by rsync. `direct`: local targets; renames replayed with rename(2), content by rsync.
+       `command`: run your own actions (below)."""),
+    _k("delay", "number", """seconds a change may wait to be batched with others (from its
+       first event). `0` sends as soon as possible."""),
+    _k("delete", "bool or string", """`true`: the target mirrors deletes; `false`: never
+       delete on the target; `"startup"`: only the startup sync deletes extras;
+       `"running"`: only live deletes are mirrored."""),
+    _k("init", "bool", """`false` skips the startup sync (you vouch the targets are
+       current); rescans after lost events still run."""),
+    _k("max_delays", "integer", """this many changes flush a batch before `delay` has
+       passed."""),
+    _k("max_delete", "integer", """refuse to delete more than this many entries in one
+       transfer (`--max-delete`); hitting it halts the target (state `failed`) until
+       `syncsup resync` or `resume`. 0: no limit."""),
+    _k("full_sync_interval", "number", """seconds between full comparisons of source and
+       targets (with `--checksum`), to repair changes made behind the daemon's back. 0: off;
+       else at least 10."""),
+    _k("agent_max_size", "integer", """files up to this many bytes go through the target's
+       agent (a long-lived channel: no process per batch), larger ones through rsync (delta
+       transfer). 0: rsync for everything. At most 4194304. See "The agent" below."""),
+    _k("targets", "list", """each a string — a local path, or `[user@]host:/path` (a colon
+       before the first slash means remote, as in rsync); a plain path becomes remote when
+       `[sync.ssh] host` is set — or a table (keys below), e.g. `{ path = "/srv/www",
+       host = "h1", user = "backup", confined = true }`.""",
+       "required (optional in `command` mode)"),
+    _k("exclude", "list of strings", """rsync exclude patterns (`--exclude`), applied to
+       every transfer. Excluded files already on the target are left alone."""),
+    _k("exclude_from", "path", """a file of exclude patterns (`--exclude-from`)."""),
+    _k("filter", "list of strings", """rsync filter rules, e.g. `["- *.tmp", "+ /keep/",
+       "P /protected"]` (`--filter`)."""),
+    _k("filter_from", "path", """a file of filter rules (`--filter="merge FILE"`)."""),
+    _k("on_create on_modify on_delete on_move on_startup", "list of strings",
+       """`command` mode: argv templates, see below.""", "`[]`"),
+    _k("action", "string", """`command` mode: `"package.module:Class"`, a subclass of
+       `syncsup.syncer.actions.Action`.""", "none"),
+    _k("ssh", "table", """how rsync reaches remote targets: `[sync.ssh]`, below.""",
+       "`{}`"),
+    _k("rsync", "table", """how rsync is run: `[sync.rsync]`, below.""", "`{}`"),
+)
+
+TARGET = (
+    _k("path", "string", """the directory on the target (local, or on `host`).""",
+       "required"),
+    _k("host", "string", """makes the target remote on this host.""",
+       "`[sync.ssh] host`"),
+    _k("user", "string", """login for `host`.""", "`[sync.ssh] user`"),
+    _k("confined", "bool", """the key reaching this host runs only `syncsup-target ROOT`
+       (see `[sync.ssh] confined`); `path` must be that ROOT.""",
+       "`[sync.ssh] confined`"),
+)
+
+SSH = (
+    _k("host", "string", """makes plain target paths remote on this host (Lsyncd's `host` +
+       `targetdir`).""", "none"),
+    _k("user", "string", """login for `host`.""", "none"),
+    _k("port", "integer", """1-65535""", "ssh's"),
+    _k("identity_file", "path", """private key; `IdentitiesOnly=yes` is added with it.""",
+       "ssh's"),
+    _k("options", "list of strings", """extra `-o` options, each `Name=value`. They override
+       syncsup's defaults `BatchMode=yes`, `ConnectTimeout=10`, `ServerAliveInterval=15`,
+       `ServerAliveCountMax=3`. Host key checking stays as ssh configures it (on by
+       default): add the target to `known_hosts`, or point `UserKnownHostsFile=` at
+       one."""),
+    _k("confined", "bool", """the targets' key runs only `syncsup-target ROOT` (its forced
+       command, docs/security.md): transfers use rsync's daemon mode over ssh, renames and
+       small changes go through the agent, which the target's kernel confines to ROOT. The
+       target's path must be that ROOT. A table target may set its own `confined`."""),
+    _k("target_command", "string", """the command that starts the agent on a target whose
+       key is not confined (the path to it, if it is not on the remote `PATH`). Without it
+       there, that target uses rsync for everything."""),
+)
+
+RSYNC = (
+    _k("binary", "string", """the rsync program."""),
+    _k("archive", "bool", """`-a`. With `false`, only `-lt`: symlinks stay symlinks, times
+       kept; no permissions, owners, devices."""),
+    _k("compress", "bool", """`-z`, worth it over slow links."""),
+    _k("checksum", "bool", """`--checksum` on every subtree comparison (startup and
+       recoveries too). Without it, a recovery after lost events compares by content only
+       the files whose ctime says they changed (docs/operations.md, "After lost
+       events")."""),
+    _k("bwlimit", "int or string", """`--bwlimit`, KiB/s or with a suffix: `1000`,
+       `"10M"`."""),
+    _k("chown chmod usermap groupmap", "string", """passed as `--chown=` etc."""),
+    _k("extra", "list of strings", """more rsync options, each starting with `-`, e.g.
+       `["--acls", "--xattrs"]`."""),
+    _k("timeout", "integer", """seconds; rsync's `--timeout`, and the syncer kills (TERM, 2 s
+       grace, KILL of its process group) any transfer whose processes read or write nothing
+       for that long — a stopped rsync, a dead link — and retries it. 0: never."""),
+)
+
+# The section name (as used in docs/config.md's markers) -> its keys and the
+# dataclass whose field defaults they show.
+SECTIONS: dict[str, tuple[tuple[Key, ...], str]] = {
+    "settings": (SETTINGS, "Settings"),
+    "sync": (SYNC, "Sync"),
+    "sync.targets": (TARGET, "Target"),
+    "sync.ssh": (SSH, "SshOptions"),
+    "sync.rsync": (RSYNC, "RsyncOptions"),
+}
+
+
+def names(section: str) -> frozenset[str]:
+    """Every key ``section`` accepts."""
+    return frozenset(n for key in SECTIONS[section][0] for n in key.names)
+
+
+def unknown_key_hint(section: str, key: str) -> str:
+    """``unknown key`` and, if one is close, the key that was probably meant."""
+    close = difflib.get_close_matches(key, sorted(names(section)), n=1)
+    return f"unknown key (did you mean {close[0]}?)" if close else "unknown key"
+
+
+def _toml(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, str | Path):
+        return f'`"{value}"`'
+    if isinstance(value, tuple | list):
+        return "`[]`" if not value else f"`{list(value)}`"
+    return f"`{value}`"
+
+
+def default_text(section: str, key: Key) -> str:
+    """The default of ``key`` as the docs show it."""
+    if key.default is not None:
+        return key.default
+    from syncsup import config
+
+    cls = getattr(config, SECTIONS[section][1])
+    field = next(f for f in dataclasses.fields(cls) if f.name == key.names[0])
+    return _toml(field.default)
+
+
+def table_markdown(section: str) -> str:
+    """The markdown table of ``section``'s keys."""
+    rows = ["| key | type | default | meaning |", "|-----|------|---------|---------|"]
+    for key in SECTIONS[section][0]:
+        shown = ", ".join(f"`{n}`" for n in key.names)
+        rows.append(f"| {shown} | {key.type} | {default_text(section, key)} | "
+                    f"{key.meaning} |")
+    return "\n".join(rows)
