@@ -3,8 +3,9 @@ directories and symlinks written whole, deletes, renames, directory times),
 one request at a time, over its stdin and stdout; and, in-process, for a
 local target (the same :func:`handle`).
 
-It starts confined (a chroot of ROOT, see ``_confine``) and works only
-through :class:`~syncsup.target._apply.Applier`, so a request can name
+Behind a confined key it runs under the kernel layer (``_confined``,
+``_kernel``: Landlock, seccomp) and works only through
+:class:`~syncsup.target._apply.Applier`, so a request can name
 nothing outside ROOT and can follow no symlink. Requests are answered in
 order; a failed operation is answered ``ok: false`` and the session goes on
 (the transfer that follows repairs what a rename could not do), while a
