@@ -334,6 +334,13 @@ def _opt_file(table: dict[str, Any], key: str, where: str, base: Path) -> Path |
     return path.parent.resolve() / path.name
 
 
+def _unfollowed(path: Path) -> Path:
+    """``path`` absolute and normalized, its parent resolved and its last
+    name kept as it is (a symlink there stays visible as one)."""
+    path = Path(os.path.normpath(path))
+    return path if path.parent == path else path.parent.resolve() / path.name
+
+
 def _parse_ssh(raw: Any, where: str, base: Path) -> tuple[SshOptions, str | None, str | None]:
     """``[sync.ssh]``; also returns its ``host`` and ``user`` (used to turn
     plain target paths into remote ones)."""
@@ -444,7 +451,9 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     name = _pop(table, "name", str, where, f"sync{index}")
     if not valid_name(name):
         raise ConfigError(f"{where}.name", "use 1-64 letters, digits, '.', '_' or '-'")
-    source = (base / _pop(table, "source", str, where)).resolve()
+    # The parent is resolved, the root itself is not: a symlink there is
+    # never followed (syncsup.sourceroot), so it is refused at start.
+    source = _unfollowed(base / _pop(table, "source", str, where))
     mode_name = _pop(table, "mode", str, where, _default(Sync, "mode").value)
     if mode_name not in MODES:
         raise ConfigError(f"{where}.mode", f"must be one of {', '.join(MODES)}")
@@ -727,6 +736,10 @@ def check_sources(conf: Config) -> None:
     one. (A source that vanishes while running is different: the daemon
     halts that sync and waits, nothing is deleted on the targets.)"""
     for i, sync in enumerate(conf.syncs):
+        if sync.source.is_symlink():
+            raise ConfigError(f"sync[{i}].source", f"{sync.source} is a symlink (to "
+                              f"{os.readlink(sync.source)}): a source root is never followed; "
+                              f"set source to the directory itself ({sync.source.resolve()})")
         if not sync.source.is_dir():
             what = "is not a directory" if sync.source.exists() else "does not exist"
             raise ConfigError(f"sync[{i}].source", f"{sync.source} {what}")
