@@ -4,6 +4,13 @@ and what state does status show.
 One lease per target at a time (one rsync per target), so a slow or broken
 target only ever delays itself. Failures back off exponentially with jitter
 so that a dead host costs a retry every minute, not a busy loop.
+
+A failure that repeats identically (:data:`REPEATS` times, with no change
+recorded for the target in between) will fail again: rsync's depth limit
+on a tree, a file it can never read. Resending the same megabytes every
+half minute teaches nothing, so the target is shown ``failed`` (the same
+failure N times in a row) and tried again only when something changes for
+it, or every ``fatal_cap`` seconds.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from dataclasses import dataclass, field
 from syncsup.collator.journal import Row
 from syncsup.proto import Outcome
 
-__all__ = ["Backoff", "Lease", "TargetQueue"]
+__all__ = ["REPEATS", "Backoff", "Lease", "TargetQueue"]
+
+REPEATS = 3  # identical failures in a row, with no change between, before a target is stuck
 
 
 @dataclass
@@ -66,6 +75,10 @@ class TargetQueue:
     maybe_pending: bool = True  # False once the journal was seen empty for it
     outcomes: dict[str, int] = field(default_factory=dict)  # transfers by outcome value
     bytes_sent: int = 0
+    repeats: int = 0       # identical failures in a row with no change between them
+    stuck: bool = False    # repeats reached REPEATS: waiting for a change (or fatal_cap)
+    changed: bool = False  # a change was recorded since the last failure
+    _error: str = ""       # the last failure's error, as the syncer gave it
 
     def on_ready(self, peer: bytes, incarnation: str) -> Lease | None:
         """A credit from a syncer. Returns a lease that must go back to
@@ -110,13 +123,30 @@ class TargetQueue:
         if outcome is Outcome.OK:
             self.failures, self.fatal, self.next_try = 0, False, 0.0
             self.last_ok, self.last_error = now, None
+            self.repeats, self.stuck, self._error = 0, False, ""
             return lease
         self.failures += 1
         self.fatal = outcome in (Outcome.FATAL, Outcome.HALT)
         self.halted = outcome is Outcome.HALT
-        self.last_error = error or outcome.value
-        self.next_try = now + self.backoff.delay(self.failures, self.fatal)
+        error = error or outcome.value
+        same = error == self._error and not self.changed
+        self.repeats = self.repeats + 1 if same else 1
+        self._error, self.changed = error, False
+        self.stuck = self.repeats >= REPEATS and not self.fatal
+        self.last_error = error
+        if self.stuck:
+            self.last_error = (f"the same failure {self.repeats} times in a row: retried when "
+                               f"something changes, or every {self.backoff.fatal_cap:.0f}s: "
+                               f"{error}")
+        self.next_try = now + self.backoff.delay(self.failures, self.fatal or self.stuck)
         return None
+
+    def note_change(self, now: float) -> None:
+        """A change was recorded for this target: a stuck target is tried
+        again at once (the change may be the fix), with the usual backoff."""
+        self.changed = True
+        if self.stuck:
+            self.stuck, self.next_try = False, now
 
     def defer(self, now: float, error: str) -> None:
         """A batch that worked but could not be recorded as done (the
@@ -131,8 +161,8 @@ class TargetQueue:
             return "startup" if startup_pending and not self.synced_this_run else "syncing"
         if self.paused:
             return "paused"
-        if self.fatal:
-            return "failed"  # halted targets too: last_error says why
+        if self.fatal or self.stuck:
+            return "failed"  # halted and stuck targets too: last_error says why
         if self.failures:
             return "retrying"
         if not self.synced_this_run:
