@@ -153,6 +153,17 @@ class SyncWatch:
         changed, self.mounts = inside ^ self.mounts, inside
         if self.tree is None:
             return
+        if b"" in changed:
+            changed.discard(b"")
+            _, st = sourceroot.inspect(self.sync.source)
+            if st is None or (st.st_dev, st.st_ino) != self.root_id:
+                # Mounted over (or uncovered): the watches are on a directory
+                # nobody sees any more. Start again, as after a root that went.
+                log.info("%s: a filesystem was mounted or unmounted at the source root %s: "
+                         "watching it again", self.sync.name, self.sync.source)
+                self.stop()
+                self.next_root_poll = 0.0
+                return
         for rel in sorted(changed):
             if any(self.filter.excluded(p) for p in _ancestors(rel)):
                 continue

@@ -52,6 +52,9 @@ def mount_points(table: bytes) -> set[bytes]:
 
 
 def under(root: bytes, points: set[bytes]) -> set[bytes]:
-    """The mount points strictly inside ``root``, relative to it."""
-    prefix = root.rstrip(b"/") + b"/"
-    return {p[len(prefix):] for p in points if p.startswith(prefix)}
+    """The mount points at or inside ``root``, relative to it (the root
+    itself is ``b""``)."""
+    root = root.rstrip(b"/")
+    prefix = root + b"/"
+    return {p[len(prefix):] if p != root else b"" for p in points
+            if p == root or p.startswith(prefix)}

@@ -232,3 +232,89 @@ def test_a_mount_inside_a_source_is_reported_and_mirrored(tmp_path, settings, da
     others_keep_mirroring(d, paths, b"after")
     assert_watcher_never_restarted(d, pid)
     finish(d, tmp_path, paths, ("a", "b", "m"))
+
+
+def test_root_unmounted_and_mounted_again(tmp_path, settings, daemon_factory):
+    """Sync ``u``'s source is a filesystem of its own. Unmounted while
+    running: one line says the root went, one that it is back on another
+    filesystem; the empty mount point never empties the mirror (the target
+    says why it waits). Mounted again with its files: watched again, and
+    what changed is mirrored. The other syncs never notice."""
+    syncs, paths = three_syncs(tmp_path, "u")
+    u = paths["u"]
+    remove(u)
+    u.mkdir()
+    with tmpfs(u):
+        for i in range(5):
+            write(u / "dir" / f"f{i}", b"u %d\n" % i)
+        d = daemon_factory(syncs)
+        st = d.wait_idle()
+        pid = watcher(st)["pid"]
+        mirrored = snapshot(paths["u-dst"])
+    # unmounted (the context manager's exit): an empty directory is left
+    d.wait_for(lambda st: "source is empty" in (sync_st(st, "u")["targets"][0]["last_error"]
+                                                or ""), "u waiting for its source", 120)
+    # Said by whichever comes first: inotify's IN_UNMOUNT or the mount table.
+    assert (log_lines(d, "ERROR", f"source {u} of u is missing (moved, deleted or unmounted)")
+            or log_lines(d, "INFO", f"u: a filesystem was mounted or unmounted at the source "
+                         f"root {u}: watching it again"))
+    assert log_lines(d, "WARNING", f"source {u} of u is back on another filesystem")
+    others_keep_mirroring(d, paths, b"during")
+    assert snapshot(paths["u-dst"]) == mirrored, "an unmounted source emptied the mirror"
+
+    with tmpfs(u):
+        for i in range(5):
+            write(u / "dir" / f"f{i}", b"u %d\n" % i)
+        write(u / "new", b"written after the mount came back\n")
+        wait_converged(u, paths["u-dst"], timeout=180, on_timeout=d.describe)
+        write(u / "dir" / "later", b"and watched again\n")
+        wait_converged(u, paths["u-dst"], timeout=180, on_timeout=d.describe)
+        others_keep_mirroring(d, paths, b"after")
+        assert_watcher_never_restarted(d, pid)
+        d.stop()
+    assert_no_leftovers(tmp_path)
+
+
+def test_an_identical_failure_backs_off_until_something_changes(tmp_path, settings,
+                                                               daemon_factory):
+    """1,100 nested directories: inotify watches them, rsync cannot send
+    them (opendir fails: rc 23, the same error every time). After a few
+    identical tries the target shows ``failed`` and says so, instead of
+    resending the tree every 30 s; the other syncs go on; a change in the
+    sync is tried at once (and its file arrives: the partial tree transfer
+    no longer holds back the paths); once the tree is gone it converges."""
+    syncs, paths = three_syncs(tmp_path, "k")
+    d = daemon_factory(syncs)
+    st = d.wait_idle()
+    pid = watcher(st)["pid"]
+    k = paths["k"]
+
+    def target(st: dict[str, Any]) -> dict[str, Any]:
+        return sync_st(st, "k")["targets"][0]
+
+    try:
+        (k / "deep").mkdir()
+        nest(k / "deep", [b"d"] * 1100)
+        st = d.wait_for(lambda st: target(st)["state"] == "failed", "k stuck", 240)
+        error = target(st)["last_error"]
+        assert "times in a row" in error and "code 23" in error, error
+        tries = target(st)["transfers"].get("retry", 0)
+        assert log_lines(d, "ERROR", "the same failure 3 times in a row")
+        others_keep_mirroring(d, paths, b"during")
+        others_keep_mirroring(d, paths, b"during2")
+        st = d.status()
+        assert target(st)["state"] == "failed", target(st)
+        assert target(st)["transfers"].get("retry", 0) == tries, "retried with nothing changed"
+        text = d.status_raw(as_json=False).stdout
+        assert max(len(line) for line in text.splitlines()) < 400, text
+
+        write(k / "beside", b"a change is tried at once\n")
+        wait_until(lambda: (paths["k-dst"] / "beside").exists(), "k's new file", 120, 0.5,
+                   d.describe)
+        remove(k / "deep")
+        d.wait_for(lambda st: target(st)["state"] == "idle", "k idle again", 360)
+        assert_watcher_never_restarted(d, pid)
+        finish(d, tmp_path, paths, ("a", "b", "k"))
+    finally:
+        remove(k / "deep")
+        remove(paths["k-dst"] / "deep")
