@@ -212,8 +212,12 @@ class SyncWatch:
         rescan of a blind subtree: their changes are seen only by rescans."""
         point = Seen.now()
         assert self.tree is not None
-        if self.tree.blind:
-            held = min(x.mark for x in self.tree.blind.values()) + MARGIN
+        # Only the watch limit's subtrees: their rescans compare what changed
+        # since their mark. The others are not read at all while blind, and
+        # get a whole rescan when they can be read again.
+        marks = [x.mark for x in self.tree.blind.values() if x.reason == WATCH_LIMIT]
+        if marks:
+            held = min(marks) + MARGIN
             point = Seen(min(point.wall, held), point.boot, point.offset)
         self.seen, self.seen_sent = point, True
         return point
