@@ -16,14 +16,24 @@ it, or every ``fatal_cap`` seconds.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 
 from syncsup.collator.journal import Row
 from syncsup.proto import Outcome
 
-__all__ = ["REPEATS", "Backoff", "Lease", "TargetQueue"]
+__all__ = ["REPEATS", "Backoff", "Lease", "TargetQueue", "same_failure"]
 
 REPEATS = 3  # identical failures in a row, with no change between, before a target is stuck
+
+# rsync's temporary files (".NAME.XXXXXX", random each run) in its errors
+_TEMP_NAME = re.compile(r"(/\.[^/\"]+\.)[A-Za-z0-9]{6}(\")")
+
+
+def same_failure(error: str) -> str:
+    """``error`` with what differs between two runs of the same failure
+    (rsync's temporary file names) taken out."""
+    return _TEMP_NAME.sub(r"\1XXXXXX\2", error)
 
 
 @dataclass
@@ -129,9 +139,9 @@ class TargetQueue:
         self.fatal = outcome in (Outcome.FATAL, Outcome.HALT)
         self.halted = outcome is Outcome.HALT
         error = error or outcome.value
-        same = error == self._error and not self.changed
+        same = same_failure(error) == self._error and not self.changed
         self.repeats = self.repeats + 1 if same else 1
-        self._error, self.changed = error, False
+        self._error, self.changed = same_failure(error), False
         self.stuck = self.repeats >= REPEATS and not self.fatal
         self.last_error = error
         if self.stuck:

@@ -270,6 +270,9 @@ class SyncWatch:
             self.walk_started = 0.0
         self.report_blind()
 
+    def blind_reported(self) -> bool:
+        return any(self.reported.values())
+
     def report_blind(self) -> None:
         """One log line when a kind of blindness gets new subtrees, one when
         none is left; the subtrees it no longer covers are rescanned (what
@@ -448,6 +451,8 @@ class Watcher:
             w.walk(now)
         elif w.tree.blind and now >= w.next_unwatched:
             w.rescan_blind(now)
+        elif w.tree.blind or w.blind_reported():
+            w.report_blind()  # an event may have ended some (a blind subtree deleted)
         if w.tree is not None and w.tree.writing:
             w.tree.release(now, w.pending)
 

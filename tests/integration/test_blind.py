@@ -318,3 +318,61 @@ def test_an_identical_failure_backs_off_until_something_changes(tmp_path, settin
     finally:
         remove(k / "deep")
         remove(paths["k-dst"] / "deep")
+
+
+class CappedDaemon(Daemon):
+    """The daemon as root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH
+    (dropped from its bounding set, so from rsync's too): permissions apply
+    to it as to any user, and a directory can be unreadable for it."""
+
+    def start_argv(self) -> list[str]:
+        drop = "-dac_override,-dac_read_search"
+        return ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}",
+                *super().start_argv()]
+
+
+def test_an_unreadable_directory_is_reported_and_mirrored_once_readable(
+        request, tmp_path, settings):
+    """A directory the daemon cannot read moved into sync ``p``: status says
+    ``unreadable`` with the kernel's error (one WARNING), the other syncs go
+    on; made readable, it is watched and mirrored, and the state ends (one
+    line)."""
+    if subprocess.run(["setpriv", "--bounding-set=-dac_override", "true"],
+                      capture_output=True).returncode != 0:
+        pytest.skip("setpriv cannot drop capabilities here")
+    syncs, paths = three_syncs(tmp_path, "p")
+    d = CappedDaemon(tmp_path, {"settings": settings, "sync": syncs})
+    request.node._syncsup_daemons = [d]  # the conftest's report and traceback check
+    try:
+        d.start()
+        st = d.wait_idle()
+        pid = watcher(st)["pid"]
+        stage = tmp_path / "stage"
+        write(stage / "private" / "secret", b"readable later\n")
+        os.chown(stage / "private" / "secret", 65534, 65534)
+        os.chmod(stage / "private" / "secret", 0o600)
+        os.chown(stage / "private", 65534, 65534)
+        os.chmod(stage / "private", 0o700)
+        (stage / "private").rename(paths["p"] / "private")
+
+        st = d.wait_for(lambda st: sync_st(st, "p")["blind_counts"] == {"unreadable": 1},
+                        "p's unreadable directory reported", 120)
+        assert [(b["path"], b["error"]) for b in sync_st(st, "p")["blind"]] == [
+            ("private", os.strerror(13))]
+        assert len(log_lines(d, "WARNING", "p: 1 subtree(s) cannot be watched "
+                                           "(permission denied")) == 1
+        others_keep_mirroring(d, paths, b"during")
+        assert "BLIND: 1 unreadable" in d.status_raw(as_json=False).stdout
+
+        # given to the daemon's user (its copy must be writable for it too)
+        for p in (paths["p"] / "private" / "secret", paths["p"] / "private"):
+            os.chown(p, 0, 0)
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        d.wait_for(lambda st: not sync_st(st, "p")["blind_counts"], "readable again", 120)
+        assert log_lines(d, "INFO", "p: permission denied: every such subtree is watched "
+                                    "again")
+        assert_watcher_never_restarted(d, pid)
+        finish(d, tmp_path, paths, ("a", "b", "p"))
+    finally:
+        if d.running:
+            d.stop()

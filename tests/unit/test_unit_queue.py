@@ -7,7 +7,7 @@ import random
 import pytest
 
 from syncsup.collator.journal import PATH, TREE, Row
-from syncsup.collator.queue import REPEATS, Backoff, TargetQueue
+from syncsup.collator.queue import REPEATS, Backoff, TargetQueue, same_failure
 from syncsup.proto import Outcome
 
 ROWS = [Row(TREE, b"", 1), Row(PATH, b"a", 2)]
@@ -196,6 +196,19 @@ def test_an_identical_failure_repeated_is_stuck_until_something_changes() -> Non
     leased(q, batch_id=8, now=now + 2)
     q.finish(8, Outcome.OK, "", now + 2)
     assert q.repeats == 0 and not q.stuck and q.last_error is None
+
+
+def test_rsyncs_random_temporary_names_do_not_make_a_failure_different() -> None:
+    err = 'rsync: [receiver] mkstemp "/m/private/.secret.{}" failed: Permission denied (13)'
+    assert same_failure(err.format("Pu6jcK")) == same_failure(err.format("ziRJrL"))
+    assert same_failure(err.format("Pu6jcK")) != same_failure(err.replace("secret", "other"))
+    q = make()
+    now = 100.0
+    for i, name in enumerate(["Pu6jcK", "ziRJrL", "6cqbrF"]):
+        leased(q, batch_id=i, now=now)
+        q.finish(i, Outcome.RETRY, err.format(name), now)
+        now = q.next_try
+    assert q.stuck and q.last_error is not None and q.last_error.endswith(err.format("6cqbrF"))
 
 
 def test_different_failures_are_not_stuck() -> None:
