@@ -49,6 +49,7 @@ WALK_BUDGET = 2000         # watches placed per sync per turn
 ROOT_POLL = 2.0            # seconds between checks for a missing source root
 UNWATCHED_RESCAN = 10.0    # seconds between rescans of subtrees we could not watch
 MOUNT_RESCAN = 60.0        # seconds between rescans of filesystems mounted inside a source
+ROOT_CHECK = 10.0          # seconds between checks that each root is still the one watched
 SEEN_DELAY = 6.0           # seconds idle before a seen-point is sent (more than MARGIN)
 FINAL_ACK_WAIT = 2.0       # seconds a stopping watcher waits for its last acks
 
@@ -368,6 +369,7 @@ class Watcher:
         self.syncs = [SyncWatch(s, state) for s in conf.syncs]
         self.outbox = Outbox(int(time.time() * 1000) << 16)  # unique across restarts
         self.connections = 0
+        self.next_root_check = 0.0
         self.mountinfo = open_mountinfo()
         if self.mountinfo is not None:
             self.on_mounts()  # the mount points as they are now: nothing changed yet
@@ -496,6 +498,8 @@ class Watcher:
                 self.on_mounts()
             readable = [polled[fd] for fd in events if isinstance(fd, int) and fd in polled]
             self.turn(readable, busy, now)
+            if now >= self.next_root_check:
+                self.check_roots(now)
             self.send(self.outbox.due(now))
             self.send_seen(now, readable)
         self.flush_writing()
@@ -507,6 +511,20 @@ class Watcher:
         self.monitor.close()
         self.rt.close()
         return 0
+
+    def check_roots(self, now: float) -> None:
+        """Is each watched root still the directory at its path? A parent
+        renamed or a bind mount changed above it sends no event to the
+        root's watch. Checked at the pace of the heartbeat, which wakes the
+        loop anyway: no extra wake-up for an idle daemon."""
+        self.next_root_check = now + ROOT_CHECK
+        for w in self.syncs:
+            if w.tree is None:
+                continue
+            _, st = sourceroot.inspect(w.sync.source)
+            if st is None or (st.st_dev, st.st_ino) != w.root_id:
+                w.root_gone(now, "not the directory watched any more: a directory above it "
+                                 "moved, or it was replaced")
 
     def send_seen(self, now: float, readable: list[SyncWatch]) -> None:
         """Seen-points of the syncs that have been idle for SEEN_DELAY: their

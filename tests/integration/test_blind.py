@@ -376,3 +376,34 @@ def test_an_unreadable_directory_is_reported_and_mirrored_once_readable(
     finally:
         if d.running:
             d.stop()
+
+
+def test_a_directory_above_the_root_moved_away_and_back(tmp_path, settings, daemon_factory):
+    """The directory holding sync ``q``'s source is renamed: the root's own
+    watch hears nothing, yet the watcher notices that nothing is at the path
+    any more (status ``missing``, one ERROR) and waits; renamed back, the
+    same directory is watched again (one line), and a change made while it
+    was away arrives. The other syncs never notice."""
+    syncs, paths = three_syncs(tmp_path, "q")
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    q = parent / "q-src"
+    paths["q"].rename(q)
+    syncs[2]["source"] = os.fspath(q)
+    paths["q"] = q
+    d = daemon_factory(syncs)
+    st = d.wait_idle()
+    pid = watcher(st)["pid"]
+
+    parent.rename(tmp_path / "parent-away")
+    d.wait_for(lambda st: sync_st(st, "q")["root"] == "missing", "root: missing", 120)
+    assert log_lines(d, "ERROR", f"source {q} of q is missing (not the directory watched")
+    write(tmp_path / "parent-away" / "q-src" / "while-away", b"written while away\n")
+    others_keep_mirroring(d, paths, b"during")
+    assert "SOURCE ROOT missing" in d.status_raw(as_json=False).stdout
+
+    (tmp_path / "parent-away").rename(parent)
+    d.wait_for(lambda st: sync_st(st, "q")["root"] == "ok", "root: ok", 60)
+    assert log_lines(d, "INFO", f"source {q} of q is back")
+    assert_watcher_never_restarted(d, pid)
+    finish(d, tmp_path, paths, ("a", "b", "q"))
