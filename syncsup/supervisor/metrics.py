@@ -47,7 +47,7 @@ class StatusCollector(Collector):
         sent = CounterMetricFamily("syncsup_sent_bytes", "Bytes sent by rsync", labels=t_labels)
         watches = GaugeMetricFamily("syncsup_watches", "Directories watched", labels=["sync"])
         unwatched = GaugeMetricFamily("syncsup_unwatched_subtrees",
-                                      "Subtrees the watcher cannot see (every reason)",
+                                      "Subtrees not under inotify (every reason but mount)",
                                       labels=["sync"])
         blind = GaugeMetricFamily("syncsup_blind_subtrees",
                                   "Subtrees the watcher cannot see, by reason",

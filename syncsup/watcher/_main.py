@@ -353,7 +353,8 @@ class SyncWatch:
         listed = [BlindStatus(path=_show(rel), reason=x.reason, error=x.detail)
                   for rel, x in sorted(blind.items())[:MAX_BLIND_LISTED]]
         return WatchStatus(sync=self.sync.name, watches=len(tree.paths) if tree else 0,
-                           unwatched=len(blind), watch_limit_needed=self.needed or None,
+                           unwatched=sum(n for r, n in counts.items() if r != MOUNT),
+                           watch_limit_needed=self.needed or None,
                            overflows=self.overflows,
                            seen=self.seen.wall if self.seen is not None else None,
                            root=self.root, blind_counts=counts, blind=listed)
