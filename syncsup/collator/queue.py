@@ -9,8 +9,10 @@ A failure that repeats identically (:data:`REPEATS` times, with no change
 recorded for the target in between) will fail again: rsync's depth limit
 on a tree, a file it can never read. Resending the same megabytes every
 half minute teaches nothing, so the target is shown ``failed`` (the same
-failure N times in a row) and tried again only when something changes for
-it, or every ``fatal_cap`` seconds.
+failure N times in a row) and tried again at once when something changes
+for it (or an operator resumes it), else after a delay that doubles from
+``cap`` to ``fatal_cap``: a cause outside the tree (a target fixed, a
+command's dependency back) is still found, a few minutes later at most.
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ class Backoff:
         if failures <= 0:
             return 0.0
         raw = self.fatal_cap if fatal else min(self.cap, self.base * 2 ** (failures - 1))
+        return float(raw * self.rng.uniform(0.8, 1.2))
+
+    def stuck_delay(self, repeats: int) -> float:
+        """After the same failure ``repeats`` times (REPEATS or more): from
+        ``cap``, doubling, up to ``fatal_cap``."""
+        raw = min(self.fatal_cap, self.cap * 2 ** max(0, repeats - REPEATS))
         return float(raw * self.rng.uniform(0.8, 1.2))
 
 
@@ -112,7 +120,8 @@ class TargetQueue:
 
     def release_halt(self) -> None:
         """An operator's resync or resume: try again now."""
-        self.halted, self.next_try = False, 0.0
+        self.halted, self.stuck, self.next_try = False, False, 0.0
+        self.changed = True  # the operator says something changed
 
     def start(self, batch_id: int, rows: list[Row], now: float,
               moves: list[tuple[int, bytes, bytes]] | None = None) -> Lease:
@@ -146,9 +155,11 @@ class TargetQueue:
         self.last_error = error
         if self.stuck:
             self.last_error = (f"the same failure {self.repeats} times in a row: retried when "
-                               f"something changes, or every {self.backoff.fatal_cap:.0f}s: "
-                               f"{error}")
-        self.next_try = now + self.backoff.delay(self.failures, self.fatal or self.stuck)
+                               f"something changes, else after a growing delay (at most "
+                               f"{self.backoff.fatal_cap:.0f}s): {error}")
+            self.next_try = now + self.backoff.stuck_delay(self.repeats)
+        else:
+            self.next_try = now + self.backoff.delay(self.failures, self.fatal)
         return None
 
     def note_change(self, now: float) -> None:

@@ -187,9 +187,17 @@ def test_an_identical_failure_repeated_is_stuck_until_something_changes() -> Non
     leased(q, batch_id=7, now=now)
     q.finish(7, Outcome.RETRY, "too deep", now)
     assert q.stuck and q.state(1, False) == "failed"
-    assert q.next_try - now >= 0.8 * q.backoff.fatal_cap
+    assert q.next_try - now >= 0.8 * q.backoff.cap  # not the 0.5-2 s of the first retries
+    waits = []
+    for i in range(5):  # still the same: the delay doubles up to fatal_cap
+        now = q.next_try
+        leased(q, batch_id=20 + i, now=now)
+        q.finish(20 + i, Outcome.RETRY, "too deep", now)
+        waits.append(q.next_try - now)
+    want = [min(q.backoff.fatal_cap, q.backoff.cap * 2 ** n) for n in range(1, 6)]
+    assert all(0.8 * w <= got <= 1.2 * w for got, w in zip(waits, want, strict=True)), waits
     assert q.last_error is not None and q.last_error.endswith(": too deep")
-    assert "3 times in a row" in q.last_error
+    assert "8 times in a row" in q.last_error
     q.note_change(now + 1)
     assert not q.stuck and q.next_try == now + 1 and q.state(1, False) == "retrying"
     q.finish(7, Outcome.OK, "", now + 2)  # unknown batch: ignored
@@ -209,6 +217,14 @@ def test_rsyncs_random_temporary_names_do_not_make_a_failure_different() -> None
         q.finish(i, Outcome.RETRY, err.format(name), now)
         now = q.next_try
     assert q.stuck and q.last_error is not None and q.last_error.endswith(err.format("6cqbrF"))
+
+
+def test_an_operators_resume_releases_a_stuck_target() -> None:
+    q = make()
+    fail_same(q, REPEATS, 100.0)
+    assert q.stuck
+    q.release_halt()
+    assert not q.stuck and q.next_try == 0.0 and q.state(1, False) == "retrying"
 
 
 def test_different_failures_are_not_stuck() -> None:
