@@ -27,16 +27,24 @@ from syncsup.seen import MARGIN, Seen
 from syncsup.statedir import StateDir
 from syncsup.status import MAX_BLIND_LISTED, BlindStatus, StatusPart, WatchStatus, shorten
 from syncsup.watcher.filters import DirFilter, exclude_patterns
-from syncsup.watcher.mounts import mount_points, open_mountinfo, read_mountinfo, under
+from syncsup.watcher.mounts import (
+    ancestors,
+    mount_points,
+    open_mountinfo,
+    read_mountinfo,
+    under,
+)
 from syncsup.watcher.outbox import Outbox
 from syncsup.watcher.tree import (
     BLIND_REASONS,
     ERROR,
     MOUNT,
+    REASON_WORDS,
     TOO_LONG,
     UNREADABLE,
     WATCH_LIMIT,
     WatchTree,
+    show,
 )
 
 __all__ = ["SyncWatch", "Watcher", "main"]
@@ -166,11 +174,11 @@ class SyncWatch:
                 self.next_root_poll = 0.0
                 return
         for rel in sorted(changed):
-            if any(self.filter.excluded(p) for p in _ancestors(rel)):
+            if any(self.filter.excluded(p) for p in ancestors(rel)):
                 continue
             if os.path.isdir(self.tree.abspath(rel)):
                 log.info("%s: a filesystem was mounted or unmounted at %s: rescanning it",
-                         self.sync.name, shorten(_show(rel), 120))
+                         self.sync.name, shorten(show(rel), 120))
                 if (x := self.tree.blind.get(rel)) is not None and x.reason == MOUNT:
                     del self.tree.blind[rel]  # the walk says whether it still is one
                 self.tree.queue(rel, proto.Changes(trees={rel}))
@@ -297,7 +305,7 @@ class SyncWatch:
                 if reason == WATCH_LIMIT:
                     self.needed = 0
                 log.info("%s: %s: every such subtree is watched again", self.sync.name,
-                         _ENDED[reason])
+                         REASON_WORDS[reason])
 
     def log_blind(self, reason: str, subtrees: set[bytes], example: bytes) -> None:
         assert self.tree is not None
@@ -311,7 +319,7 @@ class SyncWatch:
                       "%.0fs", missing, self.sync.source, self.needed, self.needed,
                       UNWATCHED_RESCAN)
             return
-        where = shorten(_show(example) or ".", 120)
+        where = shorten(show(example) or ".", 120)
         if reason == MOUNT:
             log.warning("%s: %d filesystem(s) mounted inside the source, e.g. %s: changes made "
                         "there from elsewhere (another host, a FUSE daemon) are not seen; "
@@ -319,7 +327,7 @@ class SyncWatch:
             return
         detail = self.tree.blind[example].detail
         log.warning("%s: %d subtree(s) cannot be watched (%s: %s), e.g. %s: not mirrored; "
-                    "retried every %.0fs", name, len(subtrees), _ENDED[reason], detail, where,
+                    "retried every %.0fs", name, len(subtrees), REASON_WORDS[reason], detail, where,
                     UNWATCHED_RESCAN)
 
     def rescan_blind(self, now: float) -> None:
@@ -350,7 +358,7 @@ class SyncWatch:
         counts: dict[str, int] = {}
         for x in blind.values():
             counts[x.reason] = counts.get(x.reason, 0) + 1
-        listed = [BlindStatus(path=_show(rel), reason=x.reason, error=x.detail)
+        listed = [BlindStatus(path=show(rel), reason=x.reason, error=x.detail)
                   for rel, x in sorted(blind.items())[:MAX_BLIND_LISTED]]
         return WatchStatus(sync=self.sync.name, watches=len(tree.paths) if tree else 0,
                            unwatched=sum(n for r, n in counts.items() if r != MOUNT),
@@ -571,24 +579,6 @@ class Watcher:
         self.connections += made
         if made and reconnected:
             self.send(self.outbox.due(now, everything=True))
-
-
-# What each kind of blindness is, in the log.
-_ENDED = {WATCH_LIMIT: "inotify watch limit", TOO_LONG: "path too long",
-          UNREADABLE: "permission denied", MOUNT: "mounted filesystem",
-          ERROR: "error of the kernel"}
-
-
-def _ancestors(rel: bytes) -> list[bytes]:
-    """``a``, ``a/b``, ``a/b/c`` for ``a/b/c``."""
-    parts = rel.split(b"/")
-    return [b"/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-
-
-def _show(rel: bytes) -> str:
-    """A path for people and for status (bytes that are not UTF-8 as
-    ``\\xNN``: a status document must stay valid text)."""
-    return rel.decode("utf-8", "backslashreplace")
 
 
 def _current_watch_limit() -> int:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["MOUNTINFO", "mount_points", "open_mountinfo", "read_mountinfo", "under"]
+__all__ = ["MOUNTINFO", "ancestors", "mount_points", "open_mountinfo", "read_mountinfo",
+           "under"]
 
 MOUNTINFO = "/proc/self/mountinfo"
 
@@ -49,6 +50,13 @@ def mount_points(table: bytes) -> set[bytes]:
         if len(fields) > 4:
             out.add(_OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4]))
     return out
+
+
+def ancestors(rel: bytes) -> list[bytes]:
+    """``a``, ``a/b``, ``a/b/c`` for ``a/b/c`` (to ask whether a mount point
+    lies in an excluded directory)."""
+    parts = rel.split(b"/")
+    return [b"/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 def under(root: bytes, points: set[bytes]) -> set[bytes]:

@@ -39,7 +39,8 @@ from inotify_simple import flags as F
 from syncsup.proto import Changes
 from syncsup.seen import MARGIN
 
-__all__ = ["BLIND_REASONS", "MASK", "Blind", "Signals", "WatchTree", "join"]
+__all__ = ["BLIND_REASONS", "MASK", "REASON_WORDS", "Blind", "Signals", "WatchTree", "join",
+           "show"]
 
 log = logging.getLogger("syncsup.watcher")
 
@@ -60,6 +61,17 @@ UNREADABLE = "unreadable"    # permission denied (EACCES, EPERM)
 MOUNT = "mount"              # another filesystem is mounted there (watched, and rescanned)
 ERROR = "error"              # any other error of the kernel on that directory (EIO, ELOOP...)
 BLIND_REASONS = (WATCH_LIMIT, TOO_LONG, UNREADABLE, MOUNT, ERROR)
+# Each reason in words, for the log.
+REASON_WORDS = {WATCH_LIMIT: "inotify watch limit", TOO_LONG: "path too long",
+                UNREADABLE: "permission denied", MOUNT: "mounted filesystem",
+                ERROR: "error of the kernel"}
+
+
+def show(rel: bytes) -> str:
+    """A path for people and for status (bytes that are not UTF-8 as
+    ``\\xNN``: a status document must stay valid text, and msgpack
+    cannot carry lone surrogates)."""
+    return rel.decode("utf-8", "backslashreplace")
 
 
 def reason_of(exc: OSError) -> str:
