@@ -346,6 +346,13 @@ def _opt_file(table: dict[str, Any], key: str, where: str, base: Path) -> Path |
     return path.parent.resolve() / path.name
 
 
+def _unfollowed(path: Path) -> Path:
+    """``path`` absolute and normalized, its parent resolved and its last
+    name kept as it is (a symlink there stays visible as one)."""
+    path = Path(os.path.normpath(path))
+    return path if path.parent == path else path.parent.resolve() / path.name
+
+
 def _parse_ssh(raw: Any, where: str, base: Path) -> tuple[SshOptions, str | None, str | None]:
     """``[sync.ssh]``; also returns its ``host`` and ``user`` (used to turn
     plain target paths into remote ones)."""
@@ -460,7 +467,9 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     name = _pop(table, "name", str, where, f"sync{index}")
     if not valid_name(name):
         raise ConfigError(f"{where}.name", "use 1-64 letters, digits, '.', '_' or '-'")
-    source = (base / _pop(table, "source", str, where)).resolve()
+    # The parent is resolved, the root itself is not: a symlink there is
+    # never followed (syncsup.sourceroot), so it is refused at start.
+    source = _unfollowed(base / _pop(table, "source", str, where))
     mode_name = _pop(table, "mode", str, where, _default(Sync, "mode").value)
     if mode_name not in MODES:
         raise ConfigError(f"{where}.mode", f"must be one of {', '.join(MODES)}")
@@ -749,6 +758,10 @@ def check_sources(conf: Config, missing_ok: bool = False) -> None:
     is not a directory is a mistake in the config either way, and so is a
     missing source given on the command line (most likely a typo)."""
     for i, sync in enumerate(conf.syncs):
+        if sync.source.is_symlink():
+            raise ConfigError(f"sync[{i}].source", f"{sync.source} is a symlink (to "
+                              f"{os.readlink(sync.source)}): a source root is never followed; "
+                              f"set source to the directory itself ({sync.source.resolve()})")
         if sync.source.is_dir():
             continue
         if not sync.source.exists():

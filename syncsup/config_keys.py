@@ -74,7 +74,9 @@ SYNC = (
        the log, `waiting for source` in systemd's status, nothing deleted on the targets,
        the startup sync once it appears; the same if it goes away while the daemon runs.
        `check` reports it. A path that is not a directory ends `start` with exit 78
-       (and so does a missing `--source`).""", "required"),
+       (and so does a missing `--source`). The root itself is never followed: a symlink
+       there is a config error (give the directory it names); see docs/status.md, "The
+       source root".""", "required"),
     _k("mode", "string", """`rsync`: everything by rsync (local or over ssh). `rsyncssh`:
        remote targets; renames are replayed on the target over ssh (no data resent), content
        by rsync. `direct`: local targets; renames replayed with rename(2), content by rsync.

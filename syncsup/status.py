@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "BlindStatus",
     "ComponentStatus",
     "QueueStatus",
     "Status",
@@ -28,6 +29,7 @@ __all__ = [
     "WatchStatus",
     "assemble",
     "format_status",
+    "shorten",
     "summary",
     "to_json",
 ]
@@ -67,6 +69,20 @@ class TransportStatus:
     transport: str
 
 
+MAX_BLIND_LISTED = 100  # blind subtrees listed per sync (all are counted)
+
+
+@dataclass(frozen=True)
+class BlindStatus:
+    """A subtree the watcher cannot see (see docs/status.md for the
+    reasons): its path relative to the source (bytes that are not UTF-8
+    shown as ``\\xNN``), why, and the kernel's error."""
+
+    path: str
+    reason: str
+    error: str = ""
+
+
 @dataclass(frozen=True)
 class WatchStatus:
     """One sync's inotify state (from the watcher)."""
@@ -77,6 +93,9 @@ class WatchStatus:
     watch_limit_needed: int | None = None
     overflows: int = 0
     seen: float | None = None
+    root: str = "ok"
+    blind_counts: dict[str, int] = field(default_factory=dict)
+    blind: list[BlindStatus] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -128,6 +147,9 @@ class SyncStatus:
     watch_limit_needed: int | None = None
     overflows: int | None = None
     seen: float | None = None
+    root: str | None = None
+    blind_counts: dict[str, int] = field(default_factory=dict)
+    blind: list[BlindStatus] = field(default_factory=list)
     targets: list[TargetStatus] = field(default_factory=list)
 
 
@@ -165,7 +187,8 @@ def assemble(config: str, started: float, components: list[ComponentStatus],
             watches=w.watches if w else None, unwatched=w.unwatched if w else None,
             watch_limit_needed=(w.watch_limit_needed or None) if w else None,
             overflows=w.overflows if w else None, seen=w.seen if w else None,
-            targets=targets))
+            root=w.root if w else None, blind_counts=dict(w.blind_counts) if w else {},
+            blind=list(w.blind) if w else [], targets=targets))
     return Status(config=config, started=started, components=components, syncs=out)
 
 
@@ -191,6 +214,16 @@ def summary(status: Status) -> tuple[bool, str]:
     return starting == 0, ", ".join(parts)
 
 
+def shorten(text: str, limit: int = 160) -> str:
+    """``text`` in at most ``limit`` characters, cut in the middle: a path
+    of 4 KB keeps its start (which sync, which tree) and its end (which
+    file, which error)."""
+    if len(text) <= limit:
+        return text
+    keep = limit - 3
+    return text[:keep - keep // 2] + "..." + text[len(text) - keep // 2:]
+
+
 def _age(ts: float | None) -> str:
     if ts is None:
         return "never"
@@ -210,14 +243,45 @@ def format_status(status: Status) -> str:
         journal = "" if s.journal == "ok" else f", journal: {s.journal}"
         lines.append(f"sync {s.name}: {s.source} (mode {s.mode}, "
                      f"{s.watches or 0} directories watched{journal})")
+        lines.extend(_blind_lines(s))
         lines.append(f"  {'TARGET':<40} {'STATE':<9} {'PENDING':>7} {'LAG':>6} "
                      f"{'LAST SYNC':<10} LAST ERROR")
         for t in s.targets:
             lag = "-" if t.lag is None else f"{t.lag:.0f}s"
             lines.append(f"  {t.target:<40} {t.state:<9} {t.pending:>7} {lag:>6} "
-                         f"{_age(t.last_sync):<10} {t.last_error or '-'}")
+                         f"{_age(t.last_sync):<10} {_one_line(t.last_error)}")
             x = t.transfer
             if x is not None and x.seconds >= 5:
                 lines.append(f"    running: {x.phase} transfer for {x.seconds:.0f}s, "
                              f"{x.io_bytes / 1e6:.1f} MB read+written")
     return "\n".join(lines)
+
+
+def _one_line(error: str | None, limit: int = 160) -> str:
+    """LAST ERROR in the table: one bounded line (``--json`` has it all)."""
+    if not error:
+        return "-"
+    return shorten(" | ".join(error.splitlines()), limit)
+
+
+BLIND_SHOWN = 5  # blind subtrees named in the table per sync
+
+
+def _blind_lines(s: SyncStatus) -> list[str]:
+    """The source root's trouble and the blind subtrees, under the sync's
+    header line: what the mirror does not follow now."""
+    out = []
+    if s.root not in (None, "ok"):
+        out.append(f"  SOURCE ROOT {s.root}: nothing is watched or sent until a directory is "
+                   "there again")
+    counts = ", ".join(f"{n} {reason}" for reason, n in sorted(s.blind_counts.items()) if n)
+    if counts:
+        out.append(f"  BLIND: {counts} (not watched; see docs/status.md)")
+        for b in s.blind[:BLIND_SHOWN]:
+            err = f" ({b.error})" if b.error else ""
+            out.append(f"    {b.reason:<12} {shorten(b.path or '.', 100)}{err}")
+        more = sum(s.blind_counts.values()) - min(len(s.blind), BLIND_SHOWN)
+        if more > 0:
+            out.append(f"    ... and {more} more (syncsup status --json lists up to "
+                       f"{MAX_BLIND_LISTED})")
+    return out

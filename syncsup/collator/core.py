@@ -28,11 +28,11 @@ from syncsup.collator.journal import (
     move_aside,
     to_changes,
 )
-from syncsup.collator.queue import TargetQueue
+from syncsup.collator.queue import REPEATS, TargetQueue
 from syncsup.runtime import trim_memory
 from syncsup.seen import Seen
 from syncsup.statedir import StateDir
-from syncsup.status import QueueStatus, StatusPart, TargetStatus
+from syncsup.status import QueueStatus, StatusPart, TargetStatus, shorten
 
 __all__ = ["BATCH_BYTES", "BATCH_LIMIT", "MAX_PENDING", "Collator", "SyncQueues"]
 
@@ -97,6 +97,12 @@ def _no_space(path: str) -> bool:
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < 1024 * 1024
+
+
+def _brief(error: str) -> str:
+    """An error for a log line: one line, bounded, cut in the middle (status
+    --json keeps the whole text)."""
+    return shorten(" | ".join(error.splitlines()), 300)
 
 
 def _raise(exc: BaseException) -> Callable[[SyncQueues], None]:
@@ -227,7 +233,7 @@ class Collator:
         s.rescans += len(rescans)
         if rescans:
             log.info("%s: rescan requested: %s", s.sync.name, ", ".join(
-                repr(t.decode(errors="replace") or "/")
+                repr(shorten(t.decode(errors="replace"), 120) or "/")
                 + (" (verify)" if t in changes.verify else "") for t in rescans[:5]))
 
     def mark(self, s: SyncQueues, changes: proto.Changes, seq: int = 0,
@@ -236,9 +242,11 @@ class Collator:
         s.journal.mark((q.spec for q in targets), changes, self.clock(), seq=seq, seen=seen)
         if not changes:
             return
+        now = self.clock()
         for q in targets:
             q.marked += changes.size()
             q.maybe_pending = True
+            q.note_change(now)
 
     def _init_skipped(self, s: SyncQueues) -> bool:
         """``init = false``: the first full rescan of this run is dropped (the
@@ -320,10 +328,15 @@ class Collator:
             return
         if q.halted:
             log.error("target %s: transfer halted (rc %d): %s; not retrying until "
-                      "`syncsup resync` or `syncsup resume`", q.spec, msg.rc, msg.error)
-        else:
+                      "`syncsup resync` or `syncsup resume`", q.spec, msg.rc, _brief(msg.error))
+        elif q.stuck and q.repeats == REPEATS:
+            log.error("target %s: the same failure %d times in a row (rc %d): %s; retried "
+                      "only when something changes for it, or in %.0fs", q.spec, q.repeats,
+                      msg.rc, _brief(msg.error), max(0.0, q.next_try - now))
+        elif not q.stuck:
             log.warning("target %s: transfer %s (rc %d): %s; retrying in %.1fs", q.spec,
-                        msg.outcome.value, msg.rc, msg.error, max(0.0, q.next_try - now))
+                        msg.outcome.value, msg.rc, _brief(msg.error),
+                        max(0.0, q.next_try - now))
 
     def dispatch_due(self) -> float | None:
         """Hand out every batch that is due; return when the next one may

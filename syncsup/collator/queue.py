@@ -4,17 +4,38 @@ and what state does status show.
 One lease per target at a time (one rsync per target), so a slow or broken
 target only ever delays itself. Failures back off exponentially with jitter
 so that a dead host costs a retry every minute, not a busy loop.
+
+A failure that repeats identically (:data:`REPEATS` times, with no change
+recorded for the target in between) will fail again: rsync's depth limit
+on a tree, a file it can never read. Resending the same megabytes every
+half minute teaches nothing, so the target is shown ``failed`` (the same
+failure N times in a row) and tried again at once when something changes
+for it (or an operator resumes it), else after a delay that doubles from
+``cap`` to ``fatal_cap``: a cause outside the tree (a target fixed, a
+command's dependency back) is still found, a few minutes later at most.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 
 from syncsup.collator.journal import Row
 from syncsup.proto import Outcome
 
-__all__ = ["Backoff", "Lease", "TargetQueue"]
+__all__ = ["REPEATS", "Backoff", "Lease", "TargetQueue", "same_failure"]
+
+REPEATS = 3  # identical failures in a row, with no change between, before a target is stuck
+
+# rsync's temporary files (".NAME.XXXXXX", random each run) in its errors
+_TEMP_NAME = re.compile(r"(/\.[^/\"]+\.)[A-Za-z0-9]{6}(\")")
+
+
+def same_failure(error: str) -> str:
+    """``error`` with what differs between two runs of the same failure
+    (rsync's temporary file names) taken out."""
+    return _TEMP_NAME.sub(r"\1XXXXXX\2", error)
 
 
 @dataclass
@@ -30,6 +51,12 @@ class Backoff:
         if failures <= 0:
             return 0.0
         raw = self.fatal_cap if fatal else min(self.cap, self.base * 2 ** (failures - 1))
+        return float(raw * self.rng.uniform(0.8, 1.2))
+
+    def stuck_delay(self, repeats: int) -> float:
+        """After the same failure ``repeats`` times (REPEATS or more): from
+        ``cap``, doubling, up to ``fatal_cap``."""
+        raw = min(self.fatal_cap, self.cap * 2 ** max(0, repeats - REPEATS))
         return float(raw * self.rng.uniform(0.8, 1.2))
 
 
@@ -66,6 +93,10 @@ class TargetQueue:
     maybe_pending: bool = True  # False once the journal was seen empty for it
     outcomes: dict[str, int] = field(default_factory=dict)  # transfers by outcome value
     bytes_sent: int = 0
+    repeats: int = 0       # identical failures in a row with no change between them
+    stuck: bool = False    # repeats reached REPEATS: waiting for a change (or fatal_cap)
+    changed: bool = False  # a change was recorded since the last failure
+    _error: str = ""       # the last failure's error, as the syncer gave it
 
     def on_ready(self, peer: bytes, incarnation: str) -> Lease | None:
         """A credit from a syncer. Returns a lease that must go back to
@@ -89,7 +120,8 @@ class TargetQueue:
 
     def release_halt(self) -> None:
         """An operator's resync or resume: try again now."""
-        self.halted, self.next_try = False, 0.0
+        self.halted, self.stuck, self.next_try = False, False, 0.0
+        self.changed = True  # the operator says something changed
 
     def start(self, batch_id: int, rows: list[Row], now: float,
               moves: list[tuple[int, bytes, bytes]] | None = None) -> Lease:
@@ -110,13 +142,32 @@ class TargetQueue:
         if outcome is Outcome.OK:
             self.failures, self.fatal, self.next_try = 0, False, 0.0
             self.last_ok, self.last_error = now, None
+            self.repeats, self.stuck, self._error = 0, False, ""
             return lease
         self.failures += 1
         self.fatal = outcome in (Outcome.FATAL, Outcome.HALT)
         self.halted = outcome is Outcome.HALT
-        self.last_error = error or outcome.value
-        self.next_try = now + self.backoff.delay(self.failures, self.fatal)
+        error = error or outcome.value
+        same = same_failure(error) == self._error and not self.changed
+        self.repeats = self.repeats + 1 if same else 1
+        self._error, self.changed = same_failure(error), False
+        self.stuck = self.repeats >= REPEATS and not self.fatal
+        self.last_error = error
+        if self.stuck:
+            self.last_error = (f"the same failure {self.repeats} times in a row: retried when "
+                               f"something changes, else after a growing delay (at most "
+                               f"{self.backoff.fatal_cap:.0f}s): {error}")
+            self.next_try = now + self.backoff.stuck_delay(self.repeats)
+        else:
+            self.next_try = now + self.backoff.delay(self.failures, self.fatal)
         return None
+
+    def note_change(self, now: float) -> None:
+        """A change was recorded for this target: a stuck target is tried
+        again at once (the change may be the fix), with the usual backoff."""
+        self.changed = True
+        if self.stuck:
+            self.stuck, self.next_try = False, now
 
     def defer(self, now: float, error: str) -> None:
         """A batch that worked but could not be recorded as done (the
@@ -131,8 +182,8 @@ class TargetQueue:
             return "startup" if startup_pending and not self.synced_this_run else "syncing"
         if self.paused:
             return "paused"
-        if self.fatal:
-            return "failed"  # halted targets too: last_error says why
+        if self.fatal or self.stuck:
+            return "failed"  # halted and stuck targets too: last_error says why
         if self.failures:
             return "retrying"
         if not self.synced_this_run:

@@ -16,8 +16,10 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from syncsup.sourceroot import ROOT_STATES
 from syncsup.status import Status
 from syncsup.supervisor.policy import State
+from syncsup.watcher.tree import BLIND_REASONS
 
 __all__ = [
     "COMPONENT_STATES", "TARGET_STATES", "TRANSPORTS", "StatusCollector", "serve",
@@ -45,7 +47,14 @@ class StatusCollector(Collector):
         sent = CounterMetricFamily("syncsup_sent_bytes", "Bytes sent by rsync", labels=t_labels)
         watches = GaugeMetricFamily("syncsup_watches", "Directories watched", labels=["sync"])
         unwatched = GaugeMetricFamily("syncsup_unwatched_subtrees",
-                                      "Subtrees left unwatched (watch limit)", labels=["sync"])
+                                      "Subtrees not under inotify (every reason but mount)",
+                                      labels=["sync"])
+        blind = GaugeMetricFamily("syncsup_blind_subtrees",
+                                  "Subtrees the watcher cannot see, by reason",
+                                  labels=["sync", "reason"])
+        root = GaugeMetricFamily("syncsup_source_root_state",
+                                 "1 for the state of the source root (ok, missing, symlink, "
+                                 "not_directory)", labels=["sync", "state"])
         overflows = CounterMetricFamily("syncsup_inotify_overflows",
                                         "inotify queue overflows", labels=["sync"])
         rescans = CounterMetricFamily("syncsup_rescans", "Subtree rescans requested",
@@ -53,6 +62,11 @@ class StatusCollector(Collector):
         for s in doc.syncs:
             watches.add_metric([s.name], s.watches or 0)
             unwatched.add_metric([s.name], s.unwatched or 0)
+            for reason in BLIND_REASONS:
+                blind.add_metric([s.name, reason], s.blind_counts.get(reason, 0))
+            if s.root is not None:
+                for state in ROOT_STATES:
+                    root.add_metric([s.name, state], 1 if s.root == state else 0)
             overflows.add_metric([s.name], s.overflows or 0)
             rescans.add_metric([s.name], s.rescans)
             for t in s.targets:
@@ -73,8 +87,8 @@ class StatusCollector(Collector):
         for c in doc.components:
             restarts.add_metric([c.name, c.role], c.restarts)
             up.add_metric([c.name, c.role], 1 if c.state == "running" else 0)
-        yield from (lag, pending, last_ok, up_t, transfers, sent, watches, unwatched, overflows,
-                    rescans, restarts, up)
+        yield from (lag, pending, last_ok, up_t, transfers, sent, watches, unwatched, blind,
+                    root, overflows, rescans, restarts, up)
         yield from state_families(doc)
 
 

@@ -37,8 +37,9 @@ from syncsup.runtime import (
     send,
     stop_group,
 )
+from syncsup.sourceroot import root_problem
 from syncsup.statedir import StateDir
-from syncsup.status import StatusPart, TransferStatus, TransportStatus
+from syncsup.status import StatusPart, TransferStatus, TransportStatus, shorten
 from syncsup.syncer.agents import Channel, unusable
 from syncsup.syncer.argv import expand_rule_files, rsync_argv, ssh_argv
 from syncsup.syncer.moves import (
@@ -210,6 +211,12 @@ class Syncer:
 
     def start(self, slot: Slot, step: Step) -> None:
         """Start ``step`` (or, for renames on a local target, do it)."""
+        problem = root_problem(slot.sync.source)
+        if problem is not None:
+            # rsync would follow a symlink put at the root and mirror the
+            # tree it points to: never; the batch waits for the root.
+            self.finish(slot, Finished(proto.Outcome.RETRY, -1, problem))
+            return
         try:
             self._start(slot, step)
         except OSError as exc:
@@ -310,7 +317,7 @@ class Syncer:
                 "%s: batch %d, %d paths, %d trees, %d renames, %d bytes, %.2fs: %s%s",
                 slot.label, batch.batch_id, len(ch.paths), len(ch.trees | ch.verify),
                 plan.moves_done, slot.sent, seconds, end.outcome.value,
-                "" if ok else f" (rc {end.rc}: {error})")
+                "" if ok else f" (rc {end.rc}: {shorten(' | '.join(error.splitlines()), 300)})")
         send(self.sock, proto.Done(batch_id=batch.batch_id, sync=batch.sync, target=batch.target,
                                    outcome=end.outcome, rc=end.rc, error=error, seconds=seconds,
                                    moves_done=plan.moves_done, bytes=slot.sent,

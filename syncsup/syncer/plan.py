@@ -27,6 +27,10 @@ what each step's result means.
   ``paths`` step. An agent that dies or stalls is never the batch's
   outcome: all its paths go to rsync instead.
 * ``paths`` sends entries one by one (``-I``, ``--delete-missing-args``).
+* A ``tree`` step that ends in a partial transfer (rsync's 23: some files
+  could not be sent, e.g. a path longer than rsync takes) does not stop the
+  steps after it: one bad subtree must not hold back every other change of
+  the batch. The batch still ends in that failure (a retry).
 * A step that was killed for making no progress is a retry.
 
 :meth:`Plan.advance` takes the result of the step that ran and gives the
@@ -42,6 +46,8 @@ from syncsup.proto import Changes, Outcome
 from syncsup.syncer.exitcodes import classify
 
 __all__ = ["Finished", "Plan", "Result", "Step", "StepKind"]
+
+PARTIAL = 23  # rsync: partial transfer due to error
 
 
 class StepKind(StrEnum):
@@ -93,6 +99,7 @@ class Plan:
     steps: list[Step]
     moves: int = 0           # renames in the batch
     moves_done: int = 0      # renames attempted (never replayed again)
+    partial: Finished | None = None  # a tree step's partial transfer, reported at the end
     done: list[StepKind] = field(default_factory=list)
 
     @classmethod
@@ -156,10 +163,16 @@ class Plan:
                             "the source is empty: refusing to delete the mirror")
         outcome = classify(result.rc)
         if outcome is not Outcome.OK:
-            return Finished(outcome, result.rc,
-                            result.error or f"{step.kind.value} transfer exited with {result.rc}")
+            failed = Finished(outcome, result.rc,
+                              result.error or f"{step.kind.value} transfer exited with {result.rc}")
+            if step.kind is StepKind.TREE and result.rc == PARTIAL and self.partial is None:
+                self.partial = failed
+                return self._next(step)
+            return failed
         return self._next(step)
 
     def _next(self, step: Step) -> Step | Finished:
         i = self.steps.index(step)
-        return self.steps[i + 1] if i + 1 < len(self.steps) else Finished(Outcome.OK)
+        if i + 1 < len(self.steps):
+            return self.steps[i + 1]
+        return self.partial or Finished(Outcome.OK)

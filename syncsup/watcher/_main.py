@@ -19,16 +19,33 @@ import zmq
 from inotify_simple import INotify
 
 from syncsup import config as cfg
-from syncsup import proto
+from syncsup import proto, sourceroot
 from syncsup.collator.journal import read_seen
 from syncsup.logs import setup_logging
 from syncsup.runtime import ChildRuntime, connections_made, drain_fd, new_socket, receive, send
 from syncsup.seen import MARGIN, Seen
 from syncsup.statedir import StateDir
-from syncsup.status import StatusPart, WatchStatus
+from syncsup.status import MAX_BLIND_LISTED, BlindStatus, StatusPart, WatchStatus, shorten
 from syncsup.watcher.filters import DirFilter, exclude_patterns
+from syncsup.watcher.mounts import (
+    ancestors,
+    mount_points,
+    open_mountinfo,
+    read_mountinfo,
+    under,
+)
 from syncsup.watcher.outbox import Outbox
-from syncsup.watcher.tree import WatchTree
+from syncsup.watcher.tree import (
+    BLIND_REASONS,
+    ERROR,
+    MOUNT,
+    REASON_WORDS,
+    TOO_LONG,
+    UNREADABLE,
+    WATCH_LIMIT,
+    WatchTree,
+    show,
+)
 
 __all__ = ["SyncWatch", "Watcher", "main"]
 
@@ -39,6 +56,8 @@ READ_SIZE = 1 << 20        # bytes of inotify events read per sync per turn
 WALK_BUDGET = 2000         # watches placed per sync per turn
 ROOT_POLL = 2.0            # seconds between checks for a missing source root
 UNWATCHED_RESCAN = 10.0    # seconds between rescans of subtrees we could not watch
+MOUNT_RESCAN = 60.0        # seconds between rescans of filesystems mounted inside a source
+ROOT_CHECK = 10.0          # seconds between checks that each root is still the one watched
 SEEN_DELAY = 6.0           # seconds idle before a seen-point is sent (more than MARGIN)
 FINAL_ACK_WAIT = 2.0       # seconds a stopping watcher waits for its last acks
 
@@ -67,10 +86,16 @@ class SyncWatch:
         self.pending = proto.Changes()
         self.overflows = 0
         self.needed = 0                    # max_user_watches that would cover the tree
-        self.reported: set[bytes] = set()  # blind subtrees already logged
+        # Blind subtrees already logged, by reason: a line when a reason gets
+        # new subtrees, one when it has none left.
+        self.reported: dict[str, set[bytes]] = {r: set() for r in BLIND_REASONS}
         self.next_root_poll = 0.0
         self.next_unwatched = 0.0
-        self.missing_logged = False
+        self.next_mount_rescan = 0.0
+        self.root = sourceroot.OK           # the source root's state (sourceroot)
+        self.root_id: tuple[int, int] | None = None  # (st_dev, st_ino) last watched
+        self.failure: str | None = None     # the last error that stopped this watch
+        self.mounts: set[bytes] = set()     # mount points inside the source (relative)
         self.walk_started = 0.0
         self.seen: Seen | None = None      # the last seen-point sent to the journal
         self.idle_since: float | None = None
@@ -99,25 +124,81 @@ class SyncWatch:
 
     def start(self, now: float) -> bool:
         """Open the inotify instance and queue the walk of the whole tree;
-        its rescan follows the walk. False if the source root is not there
-        (retried every ROOT_POLL)."""
-        if not os.path.isdir(self.sync.source):
-            if not self.missing_logged:
-                log.error("source %s of %s is missing; waiting for it to come back, nothing "
-                          "is deleted on the targets", self.sync.source, self.sync.name)
-                self.missing_logged = True
-            self.next_root_poll = now + ROOT_POLL
+        its rescan follows the walk. False if the source root is not a
+        directory (retried every ROOT_POLL): the same rule at the first start
+        and after the root went away (syncsup.sourceroot)."""
+        state, st = sourceroot.inspect(self.sync.source)
+        if st is None:
+            self.wait_for_root(now, state, None)
             return False
-        self.missing_logged = False
+        ident = (st.st_dev, st.st_ino)
+        if self.root_id is not None and ident != self.root_id:
+            what = ("on another filesystem" if st.st_dev != self.root_id[0]
+                    else "as another directory")
+            log.warning("source %s of %s is back %s than before: treated as a fresh start, "
+                        "so the targets will mirror what it holds now (an empty root never "
+                        "empties them)", self.sync.source, self.sync.name, what)
+        elif self.root != sourceroot.OK:
+            log.info("source %s of %s is back", self.sync.source, self.sync.name)
         if self.seen is None:
             self.seen = read_seen(self.journal)
         self.ino = INotify(nonblocking=True)
+        if self.failure is not None:
+            log.info("%s: watching %s again", self.sync.name, self.sync.source)
+            self.failure = None
+        self.root, self.root_id = sourceroot.OK, ident
         self.tree = WatchTree(os.fsencode(self.sync.source), self.ino.add_watch,
                               self.ino.rm_watch, self.filter.excluded)
         self.rescan(b"", "start")
         self.walk_started = now
         self.next_unwatched = now + UNWATCHED_RESCAN
+        self.next_mount_rescan = now + MOUNT_RESCAN
         return True
+
+    def mounts_changed(self, points: set[bytes]) -> None:
+        """The mount table changed: walk and rescan each mount point inside
+        the source that came or went (inotify says nothing of either)."""
+        inside = under(os.fsencode(self.sync.source), points)
+        changed, self.mounts = inside ^ self.mounts, inside
+        if self.tree is None:
+            return
+        if b"" in changed:
+            changed.discard(b"")
+            _, st = sourceroot.inspect(self.sync.source)
+            if st is None or (st.st_dev, st.st_ino) != self.root_id:
+                # Mounted over (or uncovered): the watches are on a directory
+                # nobody sees any more. Start again, as after a root that went.
+                log.info("%s: a filesystem was mounted or unmounted at the source root %s: "
+                         "watching it again", self.sync.name, self.sync.source)
+                self.stop()
+                self.next_root_poll = 0.0
+                return
+        for rel in sorted(changed):
+            if any(self.filter.excluded(p) for p in ancestors(rel)):
+                continue
+            if os.path.isdir(self.tree.abspath(rel)):
+                log.info("%s: a filesystem was mounted or unmounted at %s: rescanning it",
+                         self.sync.name, shorten(show(rel), 120))
+                if (x := self.tree.blind.get(rel)) is not None and x.reason == MOUNT:
+                    del self.tree.blind[rel]  # the walk says whether it still is one
+                self.tree.queue(rel, proto.Changes(trees={rel}))
+
+    def wait_for_root(self, now: float, state: str, why: str | None) -> None:
+        """The root is not a directory we may watch: say so once (per state),
+        stop watching, and look again every ROOT_POLL."""
+        self.stop()
+        if state != self.root:
+            if state == sourceroot.SYMLINK:
+                log.error("source %s of %s is a symlink: a source root is never followed; "
+                          "waiting for a directory there, nothing is sent to the targets",
+                          self.sync.source, self.sync.name)
+            else:
+                log.error("source %s of %s is %s%s; waiting for it to come back, nothing is "
+                          "deleted on the targets", self.sync.source, self.sync.name,
+                          "missing" if state == sourceroot.MISSING else "not a directory",
+                          f" ({why})" if why else "")
+        self.root = state
+        self.next_root_poll = now + ROOT_POLL
 
     def idle(self, outbox: Outbox) -> bool:
         """Every change this sync's watcher saw is acknowledged."""
@@ -140,8 +221,12 @@ class SyncWatch:
         rescan of a blind subtree: their changes are seen only by rescans."""
         point = Seen.now()
         assert self.tree is not None
-        if self.tree.failed:
-            held = min(self.tree.failed.values()) + MARGIN
+        # Only the watch limit's subtrees: their rescans compare what changed
+        # since their mark. The others are not read at all while blind, and
+        # get a whole rescan when they can be read again.
+        marks = [x.mark for x in self.tree.blind.values() if x.reason == WATCH_LIMIT]
+        if marks:
+            held = min(marks) + MARGIN
             point = Seen(min(point.wall, held), point.boot, point.offset)
         self.seen, self.seen_sent = point, True
         return point
@@ -169,58 +254,118 @@ class SyncWatch:
             # yet: walk again (existing watches are kept), then rescan.
             self.rescan(b"", "events were lost")
         if signals.root_gone:
-            log.error("source %s of %s is missing (moved or deleted); waiting for it to "
-                      "come back, nothing is deleted on the targets", self.sync.source,
-                      self.sync.name)
-            self.stop()
-            self.missing_logged = True
-            self.next_root_poll = time.monotonic() + ROOT_POLL
+            self.root_gone(now, "moved, deleted or unmounted")
+
+    def root_gone(self, now: float, why: str) -> None:
+        """The watched root is gone (inotify said so, or the walk found no
+        directory there): wait for one, as at a start."""
+        state, _ = sourceroot.inspect(self.sync.source)
+        self.wait_for_root(now, sourceroot.MISSING if state == sourceroot.OK else state, why)
 
     def walk(self, now: float) -> None:
         assert self.tree is not None
         was = self.tree.walking
         self.tree.step(self.pending, WALK_BUDGET)
-        if was and not self.tree.walking and self.walk_started:
+        if self.tree.walking:
+            return
+        if self.tree.root_wd is None and b"" not in self.tree.blind:
+            # The root could not be watched and is not merely blind: it was
+            # replaced (by a symlink, a file) between our look and the walk.
+            self.root_gone(now, "replaced while it was being watched")
+            return
+        if was and self.walk_started:
             log.info("%s: watching %s: %d directories in %.1fs", self.sync.name,
                      self.sync.source, len(self.tree.paths), now - self.walk_started)
             self.walk_started = 0.0
-        if not self.tree.walking and not self.tree.failed.keys() <= self.reported:
-            self.report_watch_limit()
+        self.report_blind()
 
-    def report_watch_limit(self) -> None:
-        """One clear error when the watch limit left (new) parts of the tree
-        blind; not repeated while the same subtrees stay blind."""
+    def blind_reported(self) -> bool:
+        return any(self.reported.values())
+
+    def report_blind(self) -> None:
+        """One log line when a kind of blindness gets new subtrees, one when
+        none is left; the subtrees it no longer covers are rescanned (what
+        changed there while nobody could look). Called between walks only:
+        a subtree being walked again is neither blind nor watched yet."""
         assert self.tree is not None
-        self.reported = set(self.tree.failed)
-        if not self.tree.failed:
-            self.needed = 0
+        now_blind: dict[str, set[bytes]] = {r: set() for r in BLIND_REASONS}
+        for rel, x in self.tree.blind.items():
+            now_blind[x.reason].add(rel)
+        for reason in BLIND_REASONS:
+            cur, old = now_blind[reason], self.reported[reason]
+            if cur == old:
+                continue
+            self.reported[reason] = cur
+            if reason in (TOO_LONG, UNREADABLE, ERROR):
+                self.pending.trees.update(old - cur)  # watched again, or gone: look now
+            new = cur - old
+            if new:
+                self.log_blind(reason, cur, min(new, key=len))
+            elif not cur:
+                if reason == WATCH_LIMIT:
+                    self.needed = 0
+                log.info("%s: %s: every such subtree is watched again", self.sync.name,
+                         REASON_WORDS[reason])
+
+    def log_blind(self, reason: str, subtrees: set[bytes], example: bytes) -> None:
+        assert self.tree is not None
+        name = self.sync.name
+        if reason == WATCH_LIMIT:
+            missing = self.tree.unwatched_dirs()
+            self.needed = _current_watch_limit() + missing
+            log.error("inotify watch limit reached: %d directories of %s are not watched; "
+                      "raise fs.inotify.max_user_watches to at least %d (sysctl -w "
+                      "fs.inotify.max_user_watches=%d). Until then they are rescanned every "
+                      "%.0fs", missing, self.sync.source, self.needed, self.needed,
+                      UNWATCHED_RESCAN)
             return
+        where = shorten(show(example) or ".", 120)
+        if reason == MOUNT:
+            log.warning("%s: %d filesystem(s) mounted inside the source, e.g. %s: changes made "
+                        "there from elsewhere (another host, a FUSE daemon) are not seen; "
+                        "rescanned every %.0fs", name, len(subtrees), where, MOUNT_RESCAN)
+            return
+        detail = self.tree.blind[example].detail
+        log.warning("%s: %d subtree(s) cannot be watched (%s: %s), e.g. %s: not mirrored; "
+                    "retried every %.0fs", name, len(subtrees), REASON_WORDS[reason], detail, where,
+                    UNWATCHED_RESCAN)
 
-        missing = self.tree.unwatched_dirs()
-        self.needed = _current_watch_limit() + missing
-        log.error("inotify watch limit reached: %d directories of %s are not watched; "
-                  "raise fs.inotify.max_user_watches to at least %d (sysctl -w "
-                  "fs.inotify.max_user_watches=%d). Until then they are rescanned every %.0fs",
-                  missing, self.sync.source, self.needed, self.needed, UNWATCHED_RESCAN)
-
-    def rescan_unwatched(self, now: float) -> None:
-        """Try to watch the blind subtrees again (the limit may have been
-        raised), then rescan them: watch first, then scan, as always. Only
-        files changed since their previous scan are compared by content."""
+    def rescan_blind(self, now: float) -> None:
+        """Look at the blind subtrees again: watch first, then scan, as
+        always. Subtrees left out by the watch limit are rescanned (only
+        files changed since their previous scan are compared by content);
+        the others are only watched again (a path too long or unreadable
+        cannot be read by rsync either), and rescanned once they can be
+        (:meth:`report_blind`). Mounts are rescanned every MOUNT_RESCAN."""
         assert self.tree is not None
         self.next_unwatched = now + UNWATCHED_RESCAN
-        failed = dict(self.tree.failed)
-        self.tree.failed.clear()
+        reasons = [WATCH_LIMIT, TOO_LONG, UNREADABLE, ERROR]
+        if now >= self.next_mount_rescan:
+            self.next_mount_rescan = now + MOUNT_RESCAN
+            reasons.append(MOUNT)
         mark = time.time() - MARGIN
-        for rel, since in failed.items():
-            self.tree.queue(rel, proto.Changes(trees={rel}), since=since, mark=mark)
+        for rel, x in self.tree.take_blind(reasons).items():
+            if x.reason == WATCH_LIMIT:
+                self.tree.queue(rel, proto.Changes(trees={rel}), since=x.mark, mark=mark)
+            elif x.reason == MOUNT:
+                self.tree.queue(rel, proto.Changes(trees={rel}), mark=mark)
+            else:
+                self.tree.queue(rel, mark=x.mark)
 
     def status(self) -> WatchStatus:
         tree = self.tree
+        blind = tree.blind if tree is not None else {}
+        counts: dict[str, int] = {}
+        for x in blind.values():
+            counts[x.reason] = counts.get(x.reason, 0) + 1
+        listed = [BlindStatus(path=show(rel), reason=x.reason, error=x.detail)
+                  for rel, x in sorted(blind.items())[:MAX_BLIND_LISTED]]
         return WatchStatus(sync=self.sync.name, watches=len(tree.paths) if tree else 0,
-                           unwatched=len(tree.failed) if tree else 0,
-                           watch_limit_needed=self.needed or None, overflows=self.overflows,
-                           seen=self.seen.wall if self.seen is not None else None)
+                           unwatched=sum(n for r, n in counts.items() if r != MOUNT),
+                           watch_limit_needed=self.needed or None,
+                           overflows=self.overflows,
+                           seen=self.seen.wall if self.seen is not None else None,
+                           root=self.root, blind_counts=counts, blind=listed)
 
 
 class Watcher:
@@ -233,6 +378,21 @@ class Watcher:
         self.syncs = [SyncWatch(s, state) for s in conf.syncs]
         self.outbox = Outbox(int(time.time() * 1000) << 16)  # unique across restarts
         self.connections = 0
+        self.next_root_check = 0.0
+        self.mountinfo = open_mountinfo()
+        if self.mountinfo is not None:
+            self.on_mounts()  # the mount points as they are now: nothing changed yet
+
+    def on_mounts(self) -> None:
+        """The mount table changed (or is read for the first time)."""
+        assert self.mountinfo is not None
+        try:
+            points = mount_points(read_mountinfo(self.mountinfo))
+        except OSError as exc:
+            log.warning("cannot read the mount table: %s", exc)
+            return
+        for w in self.syncs:
+            w.mounts_changed(points)
 
     def send(self, msgs: list[proto.Events]) -> None:
         for msg in msgs:
@@ -246,7 +406,7 @@ class Watcher:
         blind subtrees): only these are looked at when no event came, so an
         idle turn costs the same for 1 sync or 100."""
         return [w for w in self.syncs
-                if w.tree is None or w.tree.walking or w.tree.failed or w.tree.writing]
+                if w.tree is None or w.tree.walking or w.tree.blind or w.tree.writing]
 
     def timeout(self, now: float, beat_in: float, busy: list[SyncWatch]) -> float:
         due = [now + beat_in]
@@ -263,7 +423,7 @@ class Watcher:
             elif w.tree.walking:
                 due.append(now)
             else:
-                if w.tree.failed:
+                if w.tree.blind:
                     due.append(w.next_unwatched)
                 if w.tree.writing:
                     due.append(min(w.tree.writing.values()))
@@ -271,34 +431,51 @@ class Watcher:
 
     def turn(self, readable: list[SyncWatch], busy: list[SyncWatch], now: float) -> None:
         """One round over the syncs that have something to do, each with
-        bounded work."""
+        bounded work. An error of the kernel that escapes a sync's own
+        handling stops that sync's watch only (logged in one line, started
+        again like a missing root): one tree never costs the others theirs."""
         for w in dict.fromkeys(readable + busy):
-            if w.tree is None:
-                if now >= w.next_root_poll and w.start(now):
-                    log.info("source %s of %s is back", w.sync.source, w.sync.name)
-                continue
-            if w in readable and not self.outbox.full(w.sync.name):
-                w.read(now)
-                if w.tree is None:
-                    continue
-            if w.tree.walking:
-                w.walk(now)
-            elif w.tree.failed and now >= w.next_unwatched:
-                w.rescan_unwatched(now)
-            if w.tree.writing:
-                w.tree.release(now, w.pending)
+            try:
+                self.serve(w, w in readable, now)
+            except OSError as exc:
+                if str(exc) != w.failure:  # once, not every ROOT_POLL
+                    log.error("%s: watching %s failed (%s); starting its watch again every "
+                              "%.0fs", w.sync.name, w.sync.source, shorten(str(exc), 300),
+                              ROOT_POLL)
+                w.failure = str(exc)
+                w.stop()
+                w.next_root_poll = now + ROOT_POLL
             if w.pending:
                 self.send(self.outbox.add(w.sync.name, w.pending, now))
                 w.pending = proto.Changes()
 
+    def serve(self, w: SyncWatch, readable: bool, now: float) -> None:
+        if w.tree is None:
+            if now >= w.next_root_poll:
+                w.start(now)
+            return
+        if readable and not self.outbox.full(w.sync.name):
+            w.read(now)
+            if w.tree is None:
+                return
+        if w.tree.walking:
+            w.walk(now)
+        elif w.tree.blind and now >= w.next_unwatched:
+            w.rescan_blind(now)
+        elif w.tree.blind or w.blind_reported():
+            w.report_blind()  # an event may have ended some (a blind subtree deleted)
+        if w.tree is not None and w.tree.writing:
+            w.tree.release(now, w.pending)
+
     def run(self) -> int:
         now = time.monotonic()
-        for w in self.syncs:
-            w.start(now)
+        self.turn([], list(self.syncs), now)  # every sync's first start, contained
         poller = zmq.Poller()
         for sock in (self.sock, self.monitor, self.rt.control):
             poller.register(sock, zmq.POLLIN)
         poller.register(self.rt.wakeup, zmq.POLLIN)  # a signal: TERM ends the loop at once
+        if self.mountinfo is not None:
+            poller.register(self.mountinfo, zmq.POLLPRI)  # the mount table changed
         polled: dict[int, SyncWatch] = {}
         while not self.rt.stopping:
             now = time.monotonic()
@@ -326,17 +503,37 @@ class Watcher:
                 self.on_connected(now)
             if self.rt.control in events:
                 self.rt.on_control(log, self.status)
+            if self.mountinfo is not None and self.mountinfo in events:
+                self.on_mounts()
             readable = [polled[fd] for fd in events if isinstance(fd, int) and fd in polled]
             self.turn(readable, busy, now)
+            if now >= self.next_root_check:
+                self.check_roots(now)
             self.send(self.outbox.due(now))
             self.send_seen(now, readable)
         self.flush_writing()
         self.final_seen()
         for w in self.syncs:
             w.stop()
+        if self.mountinfo is not None:
+            os.close(self.mountinfo)
         self.monitor.close()
         self.rt.close()
         return 0
+
+    def check_roots(self, now: float) -> None:
+        """Is each watched root still the directory at its path? A parent
+        renamed or a bind mount changed above it sends no event to the
+        root's watch. Checked at the pace of the heartbeat, which wakes the
+        loop anyway: no extra wake-up for an idle daemon."""
+        self.next_root_check = now + ROOT_CHECK
+        for w in self.syncs:
+            if w.tree is None:
+                continue
+            _, st = sourceroot.inspect(w.sync.source)
+            if st is None or (st.st_dev, st.st_ino) != w.root_id:
+                w.root_gone(now, "not the directory watched any more: a directory above it "
+                                 "moved, or it was replaced")
 
     def send_seen(self, now: float, readable: list[SyncWatch]) -> None:
         """Seen-points of the syncs that have been idle for SEEN_DELAY: their

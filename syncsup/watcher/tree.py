@@ -39,7 +39,8 @@ from inotify_simple import flags as F
 from syncsup.proto import Changes
 from syncsup.seen import MARGIN
 
-__all__ = ["MASK", "Signals", "WatchTree", "join"]
+__all__ = ["BLIND_REASONS", "MASK", "REASON_WORDS", "Blind", "Signals", "WatchTree", "join",
+           "show"]
 
 log = logging.getLogger("syncsup.watcher")
 
@@ -51,6 +52,47 @@ WRITE_HOLD = 0.5  # seconds a file open for writing is held back at most
 
 _WRITING = F.CREATE | F.MODIFY
 _DONE = F.CLOSE_WRITE | F.DELETE | F.MOVED_FROM | F.MOVED_TO
+
+
+# The ways a subtree can be out of sight (the ``reason`` of a Blind):
+WATCH_LIMIT = "watch_limit"  # fs.inotify.max_user_watches reached (ENOSPC)
+TOO_LONG = "too_long"        # its path is longer than the kernel takes (ENAMETOOLONG)
+UNREADABLE = "unreadable"    # permission denied (EACCES, EPERM)
+MOUNT = "mount"              # another filesystem is mounted there (watched, and rescanned)
+ERROR = "error"              # any other error of the kernel on that directory (EIO, ELOOP...)
+BLIND_REASONS = (WATCH_LIMIT, TOO_LONG, UNREADABLE, MOUNT, ERROR)
+# Each reason in words, for the log.
+REASON_WORDS = {WATCH_LIMIT: "inotify watch limit", TOO_LONG: "path too long",
+                UNREADABLE: "permission denied", MOUNT: "mounted filesystem",
+                ERROR: "error of the kernel"}
+
+
+def show(rel: bytes) -> str:
+    """A path for people and for status (bytes that are not UTF-8 as
+    ``\\xNN``: a status document must stay valid text, and msgpack
+    cannot carry lone surrogates)."""
+    return rel.decode("utf-8", "backslashreplace")
+
+
+def reason_of(exc: OSError) -> str:
+    """Which kind of blindness an error of add_watch or of a scan means."""
+    if exc.errno == errno.ENOSPC:
+        return WATCH_LIMIT
+    if exc.errno == errno.ENAMETOOLONG:
+        return TOO_LONG
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return UNREADABLE
+    return ERROR
+
+
+@dataclass
+class Blind:
+    """A subtree out of sight: ``mark`` is the ctime cutoff its next rescan
+    compares content from; ``detail`` the error as the kernel gave it."""
+
+    reason: str
+    mark: float
+    detail: str = ""
 
 
 def join(parent: bytes, name: bytes) -> bytes:
@@ -71,12 +113,14 @@ class _Walk:
     """A directory still to visit: ``since`` is the ctime cutoff of the
     candidate scan (None: no scan); ``mark`` what to remember for a subtree
     that cannot be watched (the cutoff of its next rescan); ``blind`` that it
-    lies below such a subtree (scanned, not watched)."""
+    lies below such a subtree (scanned, not watched); ``dev`` the device of
+    its parent (None: unknown), to find the mount points."""
 
     rel: bytes
     since: float | None
     mark: float
     blind: bool = False
+    dev: int | None = None
 
 
 class WatchTree:
@@ -94,9 +138,10 @@ class WatchTree:
         self._add = add_watch
         self._rm = rm_watch
         self.paths: dict[int, bytes] = {}
-        # Subtrees left unwatched (the watch limit): each with the ctime
-        # cutoff its next rescan must compare content from.
-        self.failed: dict[bytes, float] = {}
+        # Subtrees out of sight (see Blind), by their path. Only the top of
+        # such a subtree is recorded: its rescan covers what lies below.
+        self.blind: dict[bytes, Blind] = {}
+        self.root_wd: int | None = None  # the root's watch (None: not watched)
         self.watch_errors = 0
         self._stack: list[_Walk] = []
         self._after_walk = Changes()      # rescans waiting for the walk to finish
@@ -121,7 +166,9 @@ class WatchTree:
         (default: ``since``, or now minus the margin)."""
         if mark is None:
             mark = since if since is not None else self.clock() - MARGIN
-        self._stack.append(_Walk(rel, since, mark))
+        parent = rel.rpartition(b"/")[0]
+        dev = _device(self.abspath(parent)) if rel else None
+        self._stack.append(_Walk(rel, since, mark, dev=dev))
         if rescan is not None:
             self._after_walk.update(rescan)
 
@@ -144,42 +191,86 @@ class WatchTree:
             self._visit(self._stack.pop())
 
     def _visit(self, walk: _Walk) -> None:
+        """Watch one directory and queue its subdirectories. Every error of
+        the kernel on it is contained here: the directory becomes a blind
+        subtree (recorded, reported by the watcher, retried by its rescans)
+        and the walk goes on with the rest: a hostile tree must never stop
+        the watching of anything else."""
         d, blind = walk.rel, walk.blind
+        path = self.abspath(d)
+        dev = walk.dev
         if not blind:
             try:
-                wd = self._add(self.abspath(d), MASK)
-                self.paths[wd] = d
+                wd = self._add(path, MASK)
             except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
-                    return  # gone meanwhile (an event says so) or unreadable
-                if exc.errno != errno.ENOSPC:
-                    raise
-                self.failed[d] = min(walk.mark, self.failed.get(d, walk.mark))
-                self.watch_errors += 1
-                blind = True  # rescanned periodically by the watcher
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    return  # gone or replaced meanwhile: its parent's event says so
+                reason = reason_of(exc)
+                self._blind(d, reason, walk.mark, exc)
+                if reason != WATCH_LIMIT:
+                    return  # a scan cannot read it either; its retry covers it
+                blind = True  # scanned, not watched: rescanned periodically
+            else:
+                self.paths[wd] = d
+                if not d:
+                    self.root_wd = wd
+                dev = _device(path)
+                if walk.dev is not None and dev is not None and dev != walk.dev:
+                    # inotify sees local changes there, but not those made
+                    # from elsewhere (another host over NFS, a FUSE daemon):
+                    # watched, and rescanned periodically by the watcher.
+                    self._blind(d, MOUNT, walk.mark, None)
         if blind and walk.since is None:
             return  # nothing to look for below: its rescan covers it
         try:
-            with os.scandir(self.abspath(d)) as it:
+            with os.scandir(path) as it:
                 for entry in it:
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             sub = join(d, os.fsencode(entry.name))
                             if not self.excluded(sub):
-                                self._stack.append(_Walk(sub, walk.since, walk.mark, blind))
+                                self._stack.append(
+                                    _Walk(sub, walk.since, walk.mark, blind, dev))
                         elif walk.since is not None:
                             st = entry.stat(follow_symlinks=False)
                             if stat.S_ISREG(st.st_mode) and st.st_ctime >= walk.since:
                                 self._after_walk.paths.add(join(d, os.fsencode(entry.name)))
                     except OSError:
-                        continue
-        except OSError:
-            return
+                        continue  # this entry vanished or cannot be read: skip it
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                self._blind(d, reason_of(exc), walk.mark, exc)
+
+    def _blind(self, rel: bytes, reason: str, mark: float, exc: OSError | None) -> None:
+        old = self.blind.get(rel)
+        if old is not None and old.reason == reason:
+            mark = min(mark, old.mark)  # changes since the older cutoff are still unseen
+        detail = "" if exc is None else (exc.strerror or str(exc))
+        self.blind[rel] = Blind(reason, mark, detail)
+        if reason == WATCH_LIMIT:
+            self.watch_errors += 1
+
+    def drop_blind(self, rel: bytes) -> None:
+        """Forget the blind subtrees at or below ``rel`` (deleted or moved
+        away: nothing is left there to look at)."""
+        prefix = rel + b"/"
+        for p in [p for p in self.blind if p == rel or p.startswith(prefix)]:
+            del self.blind[p]
+
+    def take_blind(self, reasons: Iterable[str]) -> dict[bytes, Blind]:
+        """Remove and return the blind subtrees of these reasons (to be
+        walked again: those still blind come back)."""
+        wanted = set(reasons)
+        out = {p: x for p, x in self.blind.items() if x.reason in wanted}
+        for p in out:
+            del self.blind[p]
+        return out
 
     def unwatched_dirs(self) -> int:
-        """How many directories the failed subtrees hold (what a raised
-        watch limit would have to cover)."""
-        return sum(1 for rel in self.failed for _ in os.walk(self.abspath(rel)))
+        """How many directories the subtrees blind for the watch limit hold
+        (what a raised limit would have to cover)."""
+        return sum(1 for rel, x in self.blind.items() if x.reason == WATCH_LIMIT
+                   for _ in os.walk(self.abspath(rel)))
 
     def forget(self, rel: bytes) -> None:
         """Drop the watches of ``rel`` and below (moved out of sight)."""
@@ -193,6 +284,7 @@ class WatchTree:
                 pass  # the kernel dropped it already
         self._stack = [w for w in self._stack
                        if not (w.rel == rel or w.rel.startswith(prefix))]
+        self.drop_blind(rel)
 
     def apply(self, events: Iterable[tuple[int, int, int, bytes]], changes: Changes,
               now: float | None = None) -> Signals:
@@ -217,8 +309,13 @@ class WatchTree:
             parent = self.paths.get(wd)
             if parent is None:
                 continue  # a watch we dropped; its subtree is covered elsewhere
-            if mask & F.IGNORED:
-                del self.paths[wd]
+            if mask & (F.IGNORED | F.UNMOUNT):
+                if parent == b"" and mask & F.UNMOUNT:
+                    signals.root_gone = True  # its filesystem went: nothing is watched
+                if mask & F.IGNORED:
+                    del self.paths[wd]
+                    if wd == self.root_wd:
+                        self.root_wd = None
                 continue
             if not name:
                 if mask & (F.DELETE_SELF | F.MOVE_SELF):
@@ -229,6 +326,8 @@ class WatchTree:
                 continue
             path = join(parent, name)
             is_dir = bool(mask & F.ISDIR)
+            if is_dir and mask & F.DELETE:
+                self.drop_blind(path)  # nothing left there to be blind to
             if is_dir and mask & (F.CREATE | F.MOVED_TO) and self.excluded(path):
                 continue  # rsync never sends it: nothing to watch, replay or report
             if mask & F.CREATE and not is_dir and now is not None and self._hold(
@@ -288,3 +387,11 @@ class WatchTree:
                 self._new.discard(path)
                 changes.created.add(path)
         return min(self.writing.values(), default=None)
+
+
+def _device(path: bytes) -> int | None:
+    """The device of a directory (None: it cannot be stat'ed now)."""
+    try:
+        return os.lstat(path).st_dev
+    except OSError:
+        return None

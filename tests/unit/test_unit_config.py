@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,28 @@ def test_relative_paths_resolve_against_the_config_folder_not_cwd(
     conf2 = config.load(Path("..") / "conf" / "sync.toml")
     assert conf2.path == path.resolve()
     assert conf2.sync("www").source == conf.sync("www").source
+
+
+def test_a_source_root_that_is_a_symlink_is_refused_at_start(tmp_path: Path) -> None:
+    """The root is taken as it is, never followed (the watcher applies the
+    same rule while running): a symlink there is a config error naming the
+    directory to configure instead. A symlink above the root is resolved."""
+    real = tmp_path / "data" / "www"
+    real.mkdir(parents=True)
+    (tmp_path / "srv").symlink_to(tmp_path / "data")
+    doc = base()
+    doc["settings"]["state_dir"] = str(tmp_path / "state")
+    doc["sync"][0]["source"] = str(tmp_path / "srv" / "www")
+    conf = config.parse(doc, tmp_path / "c.toml")
+    assert conf.syncs[0].source == real  # the parent's symlink is resolved
+    config.check_sources(conf)
+    (tmp_path / "link").symlink_to(real)
+    doc["sync"][0]["source"] = str(tmp_path / "link")
+    conf = config.parse(doc, tmp_path / "c.toml")
+    assert conf.syncs[0].source == tmp_path / "link"  # the root itself is not
+    want = r"is a symlink .*never followed.*" + re.escape(str(real))
+    with pytest.raises(ConfigError, match=want):
+        config.check_sources(conf)
 
 
 @pytest.mark.parametrize(("spec", "user", "host", "path"), [

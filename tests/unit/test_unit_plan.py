@@ -109,7 +109,23 @@ def expected_after(steps: list[Step], i: int, r: Result, renames: int
         return Finished(Outcome.FATAL, r.rc, default), moved_before
     if r.rc == 25:
         return Finished(Outcome.HALT, 25, default), moved_before
+    if step.kind is TREE and r.rc == 23 and i + 1 < len(steps):
+        return nxt, moved_before  # a partial tree transfer holds back nothing after it
     return Finished(Outcome.RETRY, r.rc, default), moved_before
+
+
+def test_a_partial_tree_transfer_lets_the_paths_go_and_then_fails_the_batch() -> None:
+    """rsync's 23 on the tree step (one subtree it cannot send, such as a
+    path longer than it takes): the paths of the batch are still sent, and
+    the batch ends in that failure (retried), not in success."""
+    changes = Changes(trees={b"deep"}, paths={b"beside"})
+    plan = Plan.make(changes, commands=False, replay_moves=False, source_empty=False)
+    tree, paths = plan.steps
+    assert plan.advance(tree, Result(23, error="too long")) == paths
+    assert plan.advance(paths, Result(0)) == Finished(Outcome.RETRY, 23, "too long")
+    plan = Plan.make(changes, commands=False, replay_moves=False, source_empty=False)
+    plan.advance(tree, Result(23, error="too long"))
+    assert plan.advance(paths, Result(12, error="stream")) == Finished(Outcome.RETRY, 12, "stream")
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[shape_id(s) for s in SHAPES])
@@ -208,6 +224,9 @@ def test_a_stalled_step_keeps_its_own_error_text(kind: StepKind) -> None:
 def test_a_failed_transfer_reports_its_stderr(kind: StepKind, rc: int) -> None:
     plan = Plan([Step(kind), Step(PATHS if kind is TREE else TREE)])
     end = plan.advance(plan.steps[0], Result(rc, error="rsync: connection unexpectedly closed"))
+    if kind is TREE and rc == 23:  # the paths go first; the batch still ends in the failure
+        assert end == plan.steps[1]
+        end = plan.advance(plan.steps[1], Result(0))
     assert isinstance(end, Finished)
     assert end.error == "rsync: connection unexpectedly closed"
     assert end.rc == rc

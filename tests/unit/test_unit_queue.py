@@ -7,7 +7,7 @@ import random
 import pytest
 
 from syncsup.collator.journal import PATH, TREE, Row
-from syncsup.collator.queue import Backoff, TargetQueue
+from syncsup.collator.queue import REPEATS, Backoff, TargetQueue, same_failure
 from syncsup.proto import Outcome
 
 ROWS = [Row(TREE, b"", 1), Row(PATH, b"a", 2)]
@@ -159,12 +159,82 @@ def test_repeated_failures_back_off_further() -> None:
     now = 100.0
     for i in range(6):
         leased(q, batch_id=i, now=now)
+        q.note_change(now)  # something changes between the tries: never stuck
         q.finish(i, Outcome.RETRY, "x", now)
         waits.append(q.next_try - now)
         now = q.next_try
     assert q.failures == 6
+    assert not q.stuck
     for n, w in enumerate(waits, start=1):
         assert 0.5 * 2 ** (n - 1) * 0.8 <= w <= 0.5 * 2 ** (n - 1) * 1.2
+
+
+def fail_same(q: TargetQueue, times: int, now: float, error: str = "too deep") -> float:
+    for i in range(times):
+        leased(q, batch_id=100 + i, now=now)
+        q.finish(100 + i, Outcome.RETRY, error, now)
+        now = q.next_try
+    return now
+
+
+def test_an_identical_failure_repeated_is_stuck_until_something_changes() -> None:
+    """The same error REPEATS times with no change between: shown failed
+    (permanent, saying why), next try after the long cap, not the 0.5-30 s
+    retry loop; a change for the target makes it due at once."""
+    q = make()
+    now = fail_same(q, REPEATS - 1, 100.0)
+    assert not q.stuck and q.state(1, False) == "retrying"
+    leased(q, batch_id=7, now=now)
+    q.finish(7, Outcome.RETRY, "too deep", now)
+    assert q.stuck and q.state(1, False) == "failed"
+    assert q.next_try - now >= 0.8 * q.backoff.cap  # not the 0.5-2 s of the first retries
+    waits = []
+    for i in range(5):  # still the same: the delay doubles up to fatal_cap
+        now = q.next_try
+        leased(q, batch_id=20 + i, now=now)
+        q.finish(20 + i, Outcome.RETRY, "too deep", now)
+        waits.append(q.next_try - now)
+    want = [min(q.backoff.fatal_cap, q.backoff.cap * 2 ** n) for n in range(1, 6)]
+    assert all(0.8 * w <= got <= 1.2 * w for got, w in zip(waits, want, strict=True)), waits
+    assert q.last_error is not None and q.last_error.endswith(": too deep")
+    assert "8 times in a row" in q.last_error
+    q.note_change(now + 1)
+    assert not q.stuck and q.next_try == now + 1 and q.state(1, False) == "retrying"
+    q.finish(7, Outcome.OK, "", now + 2)  # unknown batch: ignored
+    leased(q, batch_id=8, now=now + 2)
+    q.finish(8, Outcome.OK, "", now + 2)
+    assert q.repeats == 0 and not q.stuck and q.last_error is None
+
+
+def test_rsyncs_random_temporary_names_do_not_make_a_failure_different() -> None:
+    err = 'rsync: [receiver] mkstemp "/m/private/.secret.{}" failed: Permission denied (13)'
+    assert same_failure(err.format("Pu6jcK")) == same_failure(err.format("ziRJrL"))
+    assert same_failure(err.format("Pu6jcK")) != same_failure(err.replace("secret", "other"))
+    q = make()
+    now = 100.0
+    for i, name in enumerate(["Pu6jcK", "ziRJrL", "6cqbrF"]):
+        leased(q, batch_id=i, now=now)
+        q.finish(i, Outcome.RETRY, err.format(name), now)
+        now = q.next_try
+    assert q.stuck and q.last_error is not None and q.last_error.endswith(err.format("6cqbrF"))
+
+
+def test_an_operators_resume_releases_a_stuck_target() -> None:
+    q = make()
+    fail_same(q, REPEATS, 100.0)
+    assert q.stuck
+    q.release_halt()
+    assert not q.stuck and q.next_try == 0.0 and q.state(1, False) == "retrying"
+
+
+def test_different_failures_are_not_stuck() -> None:
+    q = make()
+    now = 100.0
+    for i in range(2 * REPEATS):
+        leased(q, batch_id=i, now=now)
+        q.finish(i, Outcome.RETRY, f"error {i % 2}", now)
+        now = q.next_try
+    assert not q.stuck and q.repeats == 1
 
 
 def test_fatal_backs_off_beyond_normal_cap_and_ok_clears_it() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from syncsup.status import (
+    BlindStatus,
     ComponentStatus,
     QueueStatus,
     Status,
@@ -22,6 +23,7 @@ from syncsup.status import (
     WatchStatus,
     assemble,
     format_status,
+    shorten,
     summary,
     to_json,
 )
@@ -160,6 +162,46 @@ def test_format_status(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_format_status_of_a_healthy_sync_mentions_no_journal() -> None:
     text = format_status(doc_with(TargetStatus("/m/a", state="idle")))
     assert "sync www: /s (mode rsync, 0 directories watched)" in text.splitlines()
+
+
+def test_shorten_cuts_in_the_middle() -> None:
+    assert shorten("short", 10) == "short"
+    long = "/srv/www/" + "d/" * 2000 + "file: Permission denied (13)"
+    cut = shorten(long, 80)
+    assert len(cut) == 80 and "..." in cut
+    assert cut.startswith("/srv/www/d/") and cut.endswith("Permission denied (13)")
+
+
+def test_last_error_is_one_bounded_line_in_the_table_and_whole_in_json() -> None:
+    """rsync's error about a 4 KB path: the table keeps its start and end on
+    one line; --json keeps every byte."""
+    error = ("rsync: [sender] opendir \"/s/" + "d/" * 2000 + "\" failed: File name too long"
+             "\nrsync error: some files/attrs were not transferred (code 23)")
+    doc = doc_with(TargetStatus("/m/a", state="retrying", last_error=error))
+    row = next(ln for ln in format_status(doc).splitlines() if ln.startswith("  /m/a"))
+    assert len(row) < 250, row
+    assert "rsync: [sender] opendir" in row and row.endswith("(code 23)")
+    assert to_json(doc)["syncs"][0]["targets"][0]["last_error"] == error
+
+
+def test_the_table_shows_the_blind_subtrees_and_the_root() -> None:
+    blind = [BlindStatus(path=f"deep{i}/" + "x" * 300, reason="too_long",
+                         error="File name too long") for i in range(7)]
+    doc = Status(config="c", started=0.0, components=RUNNING, syncs=[SyncStatus(
+        name="www", source="/s", mode="rsync", root="symlink",
+        blind_counts={"too_long": 7, "unreadable": 2}, blind=blind)])
+    lines = format_status(doc).splitlines()
+    assert any(ln.startswith("  SOURCE ROOT symlink") for ln in lines), lines
+    assert "  BLIND: 7 too_long, 2 unreadable (not watched; see docs/status.md)" in lines
+    named = [ln for ln in lines if ln.startswith("    too_long")]
+    assert len(named) == 5 and all(len(ln) < 160 for ln in named), named
+    assert named[0].split()[1].startswith("deep0/xxx") and "File name too long" in named[0]
+    assert "    ... and 4 more (syncsup status --json lists up to 100)" in lines
+
+
+def test_a_healthy_sync_shows_no_blind_lines() -> None:
+    text = format_status(doc_with(TargetStatus("/m/a", state="idle")))
+    assert "BLIND" not in text and "SOURCE ROOT" not in text
 
 
 # ----------------------------------------------------------------------- JSON

@@ -90,7 +90,7 @@ def test_watch_registers_every_directory(src: Path) -> None:
     assert sorted(p for p, _ in fake.added) == sorted(
         [root, root + b"/a", root + b"/a/b", root + b"/ab", root + b"/c"])
     assert all(mask == MASK for _, mask in fake.added)
-    assert not tree.failed
+    assert not tree.blind
 
 
 def test_watch_does_not_follow_symlinks(src: Path) -> None:
@@ -133,7 +133,7 @@ def test_enospc_records_subtree_and_continues(src: Path) -> None:
     tree, fake = make(src)
     fake.fail[os.fsencode(src / "a")] = errno.ENOSPC
     tree.watch(b"")
-    assert tree.failed.keys() == {b"a"}
+    assert tree.blind.keys() == {b"a"}
     assert tree.watch_errors == 1
     # Everything else is still watched; below the failed one there is nothing to add.
     assert sorted(tree.paths.values()) == [b"", b"ab", b"c"]
@@ -144,18 +144,77 @@ def test_enospc_counted_per_failure(src: Path) -> None:
     fake.fail[os.fsencode(src / "a")] = errno.ENOSPC
     fake.fail[os.fsencode(src / "c")] = errno.ENOSPC
     tree.watch(b"")
-    assert tree.failed.keys() == {b"a", b"c"}
+    assert tree.blind.keys() == {b"a", b"c"}
     assert tree.watch_errors == 2
     assert sorted(tree.paths.values()) == [b"", b"ab"]
 
 
-@pytest.mark.parametrize("err", [errno.ENOENT, errno.ENOTDIR, errno.EACCES])
-def test_vanished_or_unreadable_dirs_are_skipped(src: Path, err: int) -> None:
+@pytest.mark.parametrize("err", [errno.ENOENT, errno.ENOTDIR])
+def test_vanished_dirs_are_skipped(src: Path, err: int) -> None:
     tree, fake = make(src)
     fake.fail[os.fsencode(src / "a")] = err
     tree.watch(b"")
-    assert not tree.failed
+    assert not tree.blind
     assert sorted(tree.paths.values()) == [b"", b"ab", b"c"]
+
+
+@pytest.mark.parametrize(("err", "reason"), [
+    (errno.ENAMETOOLONG, "too_long"), (errno.EACCES, "unreadable"), (errno.EPERM, "unreadable"),
+    (errno.EIO, "error"), (errno.ELOOP, "error"), (errno.ENOMEM, "error")])
+def test_any_error_of_add_watch_blinds_that_subtree_only(src: Path, err: int,
+                                                         reason: str) -> None:
+    """Every error the kernel can give for one directory is contained: that
+    subtree is recorded blind with its reason and error text, and the walk
+    goes on with the rest (an error that escaped would restart the watcher
+    and blind every sync)."""
+    tree, fake = make(src)
+    fake.fail[os.fsencode(src / "a")] = err
+    tree.watch(b"")
+    assert set(tree.blind) == {b"a"}
+    assert tree.blind[b"a"].reason == reason
+    assert tree.blind[b"a"].detail == os.strerror(err)
+    assert sorted(tree.paths.values()) == [b"", b"ab", b"c"]
+    assert tree.watch_errors == 0  # only the watch limit counts as a watch error
+
+
+def test_an_error_of_the_scan_blinds_that_subtree_only(src: Path, monkeypatch) -> None:
+    """add_watch worked but the directory cannot be listed (ENAMETOOLONG or
+    EACCES from the scan): that subtree is blind, the rest is walked."""
+    tree, _fake = make(src)
+    real = os.scandir
+    bad = os.fsencode(src / "a")
+
+    def scandir(path):
+        if path == bad:
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    tree.watch(b"")
+    assert {p: x.reason for p, x in tree.blind.items()} == {b"a": "too_long"}
+    assert sorted(tree.paths.values()) == [b"", b"a", b"ab", b"c"]
+
+
+def test_a_deleted_or_moved_blind_subtree_is_forgotten(src: Path) -> None:
+    tree, fake = make(src)
+    fake.fail[os.fsencode(src / "a")] = errno.EACCES
+    fake.fail[os.fsencode(src / "c")] = errno.EACCES
+    tree.watch(b"")
+    root = next(wd for wd, p in tree.paths.items() if p == b"")
+    ch = Changes()
+    tree.apply([(root, F.DELETE | F.ISDIR, 0, b"a"), (root, F.MOVED_FROM | F.ISDIR, 7, b"c")],
+               ch)
+    assert not tree.blind
+    assert b"a" in ch.paths and b"c" in ch.trees
+
+
+def test_unmount_of_the_root_is_the_root_gone(src: Path) -> None:
+    tree, _fake = make(src)
+    tree.watch(b"")
+    root = tree.root_wd
+    assert root is not None
+    sig = tree.apply([(root, F.UNMOUNT, 0, b""), (root, F.IGNORED, 0, b"")], Changes())
+    assert sig.root_gone and tree.root_wd is None
 
 
 def test_watch_of_missing_dir_is_harmless(src: Path) -> None:
