@@ -34,7 +34,7 @@ pytestmark = [
 STATIC_TESTS = RULES.parent / "alerts_test.yml"
 ALERTS = ("SyncsupTargetLagging", "SyncsupTargetFailing", "SyncsupTargetHalted",
           "SyncsupComponentDown", "SyncsupComponentDegraded", "SyncsupComponentRestarting",
-          "SyncsupWatchLimitReached")
+          "SyncsupWatchLimitReached", "SyncsupSubtreesBlind", "SyncsupSourceRootGone")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -162,7 +162,8 @@ def test_alerts_fire_on_series_from_a_failing_daemon(tmp_path, daemon_factory, s
             1.0 if state == "degraded" else 0.0
     last[("syncsup_component_up", frozenset({("component", "collator"),
                                              ("role", "collator")}))] = 0.0
-    last[("syncsup_unwatched_subtrees", frozenset({("sync", "halt")}))] = 2.0
+    last[("syncsup_blind_subtrees", frozenset({("sync", "halt"),
+                                               ("reason", "watch_limit")}))] = 2.0
     scrapes.append(last)
 
     def tl(sync: str, target) -> dict[str, str]:
@@ -176,6 +177,8 @@ def test_alerts_fire_on_series_from_a_failing_daemon(tmp_path, daemon_factory, s
         "SyncsupComponentDown": [collator],
         "SyncsupComponentDegraded": [{**collator, "state": "degraded"}],
         "SyncsupWatchLimitReached": [{"sync": "halt"}],
+        "SyncsupSubtreesBlind": [],
+        "SyncsupSourceRootGone": [],
         "SyncsupComponentRestarting": [],  # restarts stopped 25 minutes ago
     }
     checks = [{"eval_time": "30m", "alertname": a,
