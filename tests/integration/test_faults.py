@@ -455,6 +455,59 @@ def test_watch_limit_reported_and_blind_part_rescanned(request, tmp_path, src, d
     finish(d, tmp_path, src, dst)
 
 
+def test_watch_limit_reached_by_one_sync_blinds_only_what_it_must(request, tmp_path,
+                                                                 daemon_factory):
+    """Three syncs in one watcher; the last one's tree needs more watches
+    than the limit allows. The watch limit is the kernel's, per user, so
+    whichever directories are left over go blind: reported once, rescanned,
+    and every sync's mirror still converges, with no restart of the
+    watcher."""
+    limit = 30
+    roots: list[tuple[Path, Path]] = []
+    syncs = []
+    for name in ("calm1", "calm2", "big"):
+        s_dir, d_dir = tmp_path / f"{name}-src", tmp_path / f"{name}-dst"
+        s_dir.mkdir()
+        d_dir.mkdir()
+        roots.append((s_dir, d_dir))
+        syncs.append(sync_entry(s_dir, [d_dir], name=name))
+    for i in range(3):
+        for s_dir, _ in roots[:2]:
+            (s_dir / f"d{i}").mkdir()
+            write(s_dir / f"d{i}" / "f", b"calm %d\n" % i)
+    big = roots[2][0]
+    for i in range(60):
+        p = big / f"top{i // 6:02d}" / f"sub{i % 6}"
+        p.mkdir(parents=True)
+        write(p / "file", b"%d\n" % i)
+    doc = {"settings": request.getfixturevalue("settings"), "sync": syncs}
+    if not _userns_watch_limit_works():
+        pytest.skip("no user namespace with its own inotify watch limit here")
+    d = UsernsDaemon(tmp_path, doc, limit)
+    request.node._syncsup_daemons.append(d)  # daemon_factory's teardown stops it
+    d.start()
+    wait_log(d, "ERROR", "fs.inotify.max_user_watches", timeout=120)
+    st = d.wait_for(lambda st: sum(s.get("unwatched") or 0 for s in st["syncs"]) > 0,
+                    "unwatched > 0", 60)
+    watcher = comp_of(st, "watcher")
+    for s_dir, d_dir in roots:
+        wait_converged(s_dir, d_dir, timeout=120, on_timeout=d.describe)
+    # changes in every sync, in watched and blind directories alike
+    for n, (s_dir, _) in enumerate(roots):
+        for dirpath, _dirs, _files in os.walk(s_dir):
+            write(Path(dirpath) / f"new-{n}", os.urandom(100))
+    for s_dir, d_dir in roots:
+        wait_converged(s_dir, d_dir, timeout=120, on_timeout=d.describe)
+    st = d.status()
+    now = comp_of(st, "watcher")
+    assert (now["pid"], now["restarts"]) == (watcher["pid"], 0), (watcher, now)
+    errors = log_lines(d, "ERROR", "fs.inotify.max_user_watches")
+    assert len(errors) == 1, "the watch-limit error should be logged once:\n" + "\n".join(errors)
+    assert not log_lines(d, "Traceback"), d.log_tail(60)
+    d.stop()
+    assert_no_leftovers(tmp_path)
+
+
 # ============================================================ 5. targets down
 def test_ssh_target_down_backs_off_and_catches_up(tmp_path, src, dst, sshd, daemon_factory):
     """sshd stopped: the remote target is retried with exponential backoff (no
