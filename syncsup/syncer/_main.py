@@ -46,6 +46,7 @@ from syncsup.syncer.moves import (
     agent_requests,
     local_renames,
     remote_rename_command,
+    replayable,
 )
 from syncsup.syncer.plan import Finished, Plan, Result, Step, StepKind
 from syncsup.syncer.transfer import Transfer, spawn
@@ -175,8 +176,12 @@ class Syncer:
             return
         slot.batch = batch
         now = time.monotonic()
+        replay = None
+        if slot.sync.moves_on_target and not slot.sync.runs_commands:
+            replay = replayable(batch.changes.moves, slot.rules,
+                                os.fsencode(slot.sync.source))
         slot.plan = Plan.make(batch.changes, commands=slot.sync.runs_commands,
-                              replay_moves=slot.sync.moves_on_target,
+                              replay_moves=slot.sync.moves_on_target, replay=replay,
                               source_empty=b"" in batch.changes.trees | batch.changes.verify
                               and _empty(slot.sync.source),
                               agent=slot.channel is not None and slot.channel.available(now))
@@ -233,12 +238,12 @@ class Syncer:
         stdin: Path | None = None
         t = slot.target
         if step.kind is StepKind.MOVES and not t.is_remote:
-            applied = local_renames(t.path, [[a, b] for a, b in changes.moves])
-            log.debug("%s: %d of %d renames replayed", slot.label, applied, len(changes.moves))
+            applied = local_renames(t.path, [[a, b] for a, b in step.renames])
+            log.debug("%s: %d of %d renames replayed", slot.label, applied, len(step.renames))
             self.proceed(slot, slot.plan.advance(step, Result(rc=0)))
             return
         if step.kind is StepKind.MOVES:
-            moves = [[a, b] for a, b in changes.moves]
+            moves = [[a, b] for a, b in step.renames]
             if t.confined:
                 lst.write_bytes(agent_requests(moves))
                 command = agent_command(t.path)

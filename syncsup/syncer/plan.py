@@ -3,9 +3,9 @@ what each step's result means.
 
 ::
 
-    Batch ──> [moves] ──> [tree] ──> [agent] ──> [paths] ──> ok
-                 │          │                     │
-                 └──────────┴─────────────────────┴──> outcome (retry / fatal / halt)
+    Batch ──> [moves] ──> [tree] ──> [agent] ──> [paths] ──> [times] ──> ok
+                 │          │                     │           │
+                 └──────────┴─────────────────────┴───────────┴──> outcome (retry / fatal / halt)
 
     command mode:  Batch ──> [command] ──> ok | retry
 
@@ -27,6 +27,12 @@ what each step's result means.
   ``paths`` step. An agent that dies or stalls is never the batch's
   outcome: all its paths go to rsync instead.
 * ``paths`` sends entries one by one (``-I``, ``--delete-missing-args``).
+* ``times`` then sends the directories that hold the batch's entries
+  (outside its trees), the root too: making, deleting or renaming an entry
+  changed their modification times, which no event reports, and rsync sets
+  a directory's time only when it is in the list (and before it deletes a
+  missing name there, so not in the ``paths`` step). Without ``-I``: a
+  listed root is walked one level deep and its unchanged files skipped.
 * A step that was killed for making no progress is a retry.
 
 :meth:`Plan.advance` takes the result of the step that ran and gives the
@@ -35,6 +41,7 @@ next step or the batch's outcome; nothing else decides.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -49,6 +56,7 @@ class StepKind(StrEnum):
     TREE = "tree"
     AGENT = "agent"
     PATHS = "paths"
+    TIMES = "times"
     COMMAND = "command"
 
 
@@ -61,6 +69,7 @@ class Step:
     names: tuple[bytes, ...] = ()
     checksum: bool = False
     empty_guard: bool = False
+    renames: tuple[tuple[bytes, bytes], ...] = ()  # a moves step: (from, to) to replay
 
 
 @dataclass(frozen=True)
@@ -94,30 +103,44 @@ class Plan:
     moves: int = 0           # renames in the batch
     moves_done: int = 0      # renames attempted (never replayed again)
     done: list[StepKind] = field(default_factory=list)
+    parents: set[bytes] = field(default_factory=set)  # directories whose times are sent
 
     @classmethod
     def make(cls, changes: Changes, *, commands: bool, replay_moves: bool,
-             source_empty: bool, agent: bool = False) -> Plan:
+             source_empty: bool, agent: bool = False,
+             replay: Sequence[tuple[bytes, bytes]] | None = None) -> Plan:
         """The plan for ``changes``. ``replay_moves``: the mode renames on
-        the target; ``source_empty``: the source root has no entries now;
-        ``agent``: the target's agent takes the paths it can."""
+        the target; ``replay``: which of the renames (default: all; the
+        others count as done, their ends are dirty paths too);
+        ``source_empty``: the source root has no entries now; ``agent``: the
+        target's agent takes the paths it can."""
         if commands:
             return cls([Step(StepKind.COMMAND)], moves=len(changes.moves))
         steps = []
         moved_to: set[bytes] = set()
-        if replay_moves and changes.moves:
-            steps.append(Step(StepKind.MOVES))
-            moved_to = {dst for _src, dst in changes.moves}
+        renames = tuple(changes.moves if replay is None else replay)
+        if replay_moves and renames:
+            steps.append(Step(StepKind.MOVES, renames=renames))
+            moved_to = {dst for _src, dst in renames}
         trees = sorted(changes.trees | changes.verify)
         if trees:
             steps.append(Step(
                 StepKind.TREE, tuple(trees),
                 checksum=bool(changes.verify) or bool(moved_to & changes.trees),
                 empty_guard=b"" in trees and source_empty))
-        if changes.paths:
-            kind = StepKind.AGENT if agent else StepKind.PATHS
-            steps.append(Step(kind, tuple(sorted(changes.paths))))
-        return cls(steps, moves=len(changes.moves) if replay_moves else 0)
+        parents = _parents(changes, set(trees))
+        if agent and (changes.paths or parents):
+            # the agent sets its directories' times itself, after their entries
+            steps.append(Step(StepKind.AGENT, tuple(sorted(changes.paths | parents))))
+        else:
+            if changes.paths:
+                steps.append(Step(StepKind.PATHS, tuple(sorted(changes.paths))))
+            if parents:
+                steps.append(Step(StepKind.TIMES, tuple(sorted(parents))))
+        plan = cls(steps, moves=len(changes.moves) if replay_moves else 0, parents=parents)
+        if not renames:
+            plan.moves_done = plan.moves  # none to replay: none to replay again on a retry
+        return plan
 
     def first(self) -> Step | Finished:
         return self.steps[0] if self.steps else Finished(Outcome.OK)
@@ -148,8 +171,15 @@ class Plan:
             # hands over what it does not do.
             left = step.names if result.rc != 0 or result.stalled else result.fallback
             if left:
-                nxt = Step(StepKind.PATHS, tuple(sorted(set(left))))
-                self.steps.insert(self.steps.index(step) + 1, nxt)
+                # rsync's writes and deletes change their directories' times
+                # again: those are sent after them (a directory itself by
+                # name only, never with -I, which would send its content)
+                i = self.steps.index(step) + 1
+                paths = set(left) - self.parents
+                if self.parents:
+                    self.steps.insert(i, Step(StepKind.TIMES, tuple(sorted(self.parents))))
+                if paths:
+                    self.steps.insert(i, Step(StepKind.PATHS, tuple(sorted(paths))))
             return self._next(step)
         if step.empty_guard and result.rc == 25:
             return Finished(Outcome.RETRY, result.rc,
@@ -163,3 +193,33 @@ class Plan:
     def _next(self, step: Step) -> Step | Finished:
         i = self.steps.index(step)
         return self.steps[i + 1] if i + 1 < len(self.steps) else Finished(Outcome.OK)
+
+
+def _parents(changes: Changes, trees: set[bytes]) -> set[bytes]:
+    """The directories holding the batch's entries, outside its trees.
+
+    Creating, deleting or renaming an entry changes its directory's mtime,
+    and no event says so (inotify reports the entry, not the directory's
+    own change); rsync sets a directory's time only when the directory is
+    in its list, or inside a tree it walks. So each such directory is sent
+    too, the root as well: else the target's keeps the time of the last
+    change made there, not the source's."""
+    out: set[bytes] = set()
+    ends = {rel for move in changes.moves for rel in move}
+    for rel in changes.paths | trees | ends:
+        if not rel:
+            continue
+        parent = rel.rpartition(b"/")[0]
+        if parent not in out and not _inside(parent, trees):
+            out.add(parent)
+    return out
+
+
+def _inside(rel: bytes, trees: set[bytes]) -> bool:
+    """Is ``rel`` one of ``trees`` or below one (a walk there sets its time)?"""
+    while True:
+        if rel in trees:
+            return True
+        if not rel:
+            return False
+        rel = rel.rpartition(b"/")[0]
