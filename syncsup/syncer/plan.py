@@ -129,12 +129,14 @@ class Plan:
                 checksum=bool(changes.verify) or bool(moved_to & changes.trees),
                 empty_guard=b"" in trees and source_empty))
         parents = _parents(changes, set(trees))
+        if b"" in changes.paths:
+            parents.add(b"")  # rsync sends a listed root with its content: a times step
         if agent and (changes.paths or parents):
             # the agent sets its directories' times itself, after their entries
             steps.append(Step(StepKind.AGENT, tuple(sorted(changes.paths | parents))))
         else:
-            if changes.paths:
-                steps.append(Step(StepKind.PATHS, tuple(sorted(changes.paths))))
+            if changes.paths - {b""}:
+                steps.append(Step(StepKind.PATHS, tuple(sorted(changes.paths - {b""}))))
             if parents:
                 steps.append(Step(StepKind.TIMES, tuple(sorted(parents))))
         plan = cls(steps, moves=len(changes.moves) if replay_moves else 0, parents=parents)
@@ -174,8 +176,10 @@ class Plan:
                 # rsync's writes and deletes change their directories' times
                 # again: those are sent after them (a directory itself by
                 # name only, never with -I, which would send its content)
+                # (a directory in what is left is one the agent could not
+                # make or delete: it goes by name, which is only its entry)
                 i = self.steps.index(step) + 1
-                paths = set(left) - self.parents
+                paths = set(left) - {b""}
                 if self.parents:
                     self.steps.insert(i, Step(StepKind.TIMES, tuple(sorted(self.parents))))
                 if paths:

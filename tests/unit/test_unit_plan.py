@@ -297,3 +297,27 @@ def test_the_directories_holding_the_entries_are_sent_outside_trees() -> None:
                       agent=True)
     assert agent.steps[-1] == Step(StepKind.AGENT, tuple(sorted(
         changes.paths | {b"a/b", b"a", b"", b"n", b"m", b"k"})))
+
+
+def test_the_root_goes_to_the_times_step_never_by_paths() -> None:
+    """rsync sends a listed root with its whole content (and -I resends every
+    file there): the root's own attributes go by the times step."""
+    changes = Changes(paths={b"", b"a"})
+    plan = Plan.make(changes, commands=False, replay_moves=False, source_empty=False)
+    assert plan.steps == [Step(PATHS, (b"a",)), Step(TIMES, (b"",))]
+    agent = Plan.make(Changes(paths={b""}), commands=False, replay_moves=False,
+                      source_empty=False, agent=True)
+    assert agent.steps == [Step(StepKind.AGENT, (b"",))]
+    assert agent.advance(agent.steps[0], Result(255)) == Step(TIMES, (b"",))
+
+
+def test_a_directory_the_agent_left_goes_by_name() -> None:
+    """A directory gone from the source that the agent would not delete
+    (it may hold the target's excluded files) is also a parent: it still
+    goes to the paths step, where rsync deletes it, then the times."""
+    changes = Changes(paths={b"d/gone/f"})
+    plan = Plan.make(changes, commands=False, replay_moves=False, source_empty=False,
+                     agent=True)
+    nxt = plan.advance(plan.steps[0], Result(0, fallback=(b"d/gone",)))
+    assert nxt == Step(PATHS, (b"d/gone",))
+    assert plan.advance(nxt, Result(0)) == Step(TIMES, (b"d/gone",))
