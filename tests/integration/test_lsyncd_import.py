@@ -195,6 +195,23 @@ def test_bytecode_is_refused_by_load_itself(tmp_path):
     assert "binary chunk" in r.stderr, r.stderr
 
 
+def test_an_unset_variable_is_named(tmp_path):
+    """os.getenv returning nil makes the config fail on nil: the one line
+    says which variable the import's environment lacks."""
+    conf = tmp_path / "env.lua"
+    conf.write_text('local base = os.getenv("SYNCSUP_IMPORT_UNSET_BASE")\n'
+                    'for part in string.gmatch(base, "[^/]+") do end\n'
+                    f'sync {{ default.rsync, source = base, target = "{tmp_path}/dst" }}\n')
+    os.environ.pop("SYNCSUP_IMPORT_UNSET_BASE", None)
+    r = import_config(conf, tmp_path)
+    assert r.returncode == 78, f"{r.returncode}: {r.stderr}"
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "bad argument #1 to 'gmatch'" in lines[0], lines[0]
+    assert "os.getenv returned nil for SYNCSUP_IMPORT_UNSET_BASE" in lines[0], lines[0]
+    assert r.stdout == ""
+
+
 def test_print_goes_to_stderr_and_getenv_is_noted(tmp_path):
     conf = tmp_path / "p.lua"
     conf.write_text('print("hello from the config")\n'
