@@ -192,10 +192,12 @@ class RuleList:
         if not self.complete:
             return  # an unread rule came first: it may decide before this one
         pattern = text.encode("utf-8", "surrogateescape")
-        if pattern.strip(b"/"):
-            self.sender.append((excludes, _Rule(pattern)))
-        else:
-            self.complete = False  # "- /" and the like: too rare to model, so a doubt
+        if not pattern.strip(b"/") or b"\\" in pattern or pattern[:2] in (b"+ ", b"- "):
+            # "- /", an escaped wildcard, an exclude written "+ x" (rsync reads
+            # it as an include): not modelled here, so a doubt from here on
+            self.complete = False
+            return
+        self.sender.append((excludes, _Rule(pattern)))
 
     def _verdict(self, rel: bytes, is_dir: bool) -> bool | None:
         """Does the sender's first matching rule let ``rel`` through (None:

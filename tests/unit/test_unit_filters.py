@@ -175,3 +175,11 @@ def test_name_only_rules() -> None:
     for rule in ("sub/*.tmp", "/a/b", "**/x", "a/*/c"):
         assert not RuleList(_sync(exclude=(rule,))).name_only(), rule
     assert not RuleList(_sync(filter=("- *.tmp", "dir-merge .x"))).name_only()
+
+
+def test_patterns_it_does_not_model_are_a_doubt() -> None:
+    """An escaped wildcard, an exclude that rsync reads as an include: no
+    answer from there on, so no rename is replayed on a guess."""
+    for rule in ("a\\*b", "+ keep"):
+        rules = RuleList(_sync(exclude=(rule,)))
+        assert rules.sent(b"a*b") is None and rules.sent(b"other") is None, rule
