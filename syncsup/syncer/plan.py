@@ -174,10 +174,10 @@ class Plan:
             left = step.names if result.rc != 0 or result.stalled else result.fallback
             if left:
                 # rsync's writes and deletes change their directories' times
-                # again: those are sent after them (a directory itself by
-                # name only, never with -I, which would send its content)
-                # (a directory in what is left is one the agent could not
-                # make or delete: it goes by name, which is only its entry)
+                # again, so the times step follows. A directory in what is
+                # left is one the agent could not make or delete: it goes to
+                # the paths step by name (its entry only); the root never
+                # does (listed, it is its whole content).
                 i = self.steps.index(step) + 1
                 paths = set(left) - {b""}
                 if self.parents:
@@ -202,8 +202,9 @@ class Plan:
 def _parents(changes: Changes, trees: set[bytes]) -> set[bytes]:
     """The directories holding the batch's entries, outside its trees.
 
-    Creating, deleting or renaming an entry changes its directory's mtime,
-    and no event says so (inotify reports the entry, not the directory's
+    Creating, deleting or renaming an entry changes its directory's mtime
+    (on the target, so does rsync's temporary file for any write), and no
+    event says so (inotify reports the entry, not the directory's
     own change); rsync sets a directory's time only when the directory is
     in its list, or inside a tree it walks. So each such directory is sent
     too, the root as well: else the target's keeps the time of the last
