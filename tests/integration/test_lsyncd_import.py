@@ -307,6 +307,24 @@ def test_imported_rsyncssh_converges_over_the_test_sshd(tmp_path, daemon_factory
     converges_like_lsyncd(daemon_factory, doc, src, tmp_path)
 
 
+def test_imported_rsyncssh_login_from_rsh_converges(tmp_path, daemon_factory, sshd):
+    """rsync.rsh under default.rsyncssh gives the login user, port, key and
+    options; pidfile, nodaemon = false and maxDelays = 0 need nothing from
+    the user: a complete import (exit 0), the target's user and port set,
+    delay 0, and it mirrors over the test's sshd."""
+    src = tmp_path / "src"
+    seed(src)
+    doc = imported("rsyncssh_rsh.lua", tmp_path, HOST=sshd.host, USER=sshd.user,
+                   PORT=str(sshd.port), IDENTITY=str(sshd.identity_file),
+                   KNOWN_HOSTS=str(sshd.known_hosts))
+    (s,) = doc["sync"]
+    assert s["targets"] == [f"{sshd.user}@{sshd.host}:{tmp_path / 'dst'}"]
+    assert s["ssh"]["port"] == sshd.port and s["ssh"]["identity_file"] == str(
+        sshd.identity_file)
+    assert s["delay"] == 0
+    converges_like_lsyncd(daemon_factory, doc, src, tmp_path)
+
+
 # ------------------------------------------------- the same as real Lsyncd
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
