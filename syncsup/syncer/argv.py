@@ -5,7 +5,7 @@ File names never appear on a command line: they go NUL-separated into a
 shell (local or remote). The only strings on the command line come from the
 config file.
 
-Two kinds of transfer:
+Three kinds of transfer:
 
 * ``tree``: subtrees rescanned whole, recursively, with ``--delete``
   (startup, overflow, new directories). No ``-I``: rsync's quick check,
