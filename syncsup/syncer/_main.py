@@ -47,6 +47,7 @@ from syncsup.syncer.moves import (
     local_renames,
     remote_rename_command,
     replayable,
+    retyped_parents,
 )
 from syncsup.syncer.plan import Finished, Plan, Result, Step, StepKind
 from syncsup.syncer.transfer import Transfer, spawn
@@ -177,9 +178,11 @@ class Syncer:
         slot.batch = batch
         now = time.monotonic()
         replay = None
+        source = os.fsencode(slot.sync.source)
         if slot.sync.moves_on_target and not slot.sync.runs_commands:
-            replay = replayable(batch.changes.moves, slot.rules,
-                                os.fsencode(slot.sync.source))
+            replay = replayable(batch.changes.moves, slot.rules, source)
+        if not slot.sync.runs_commands:
+            batch.changes.trees |= retyped_parents(batch.changes.paths, slot.rules, source)
         slot.plan = Plan.make(batch.changes, commands=slot.sync.runs_commands,
                               replay_moves=slot.sync.moves_on_target, replay=replay,
                               source_empty=b"" in batch.changes.trees | batch.changes.verify

@@ -34,7 +34,7 @@ from syncsup.target._protocol import VERSION, encode_frame
 from syncsup.watcher.filters import RuleList
 
 __all__ = ["agent_command", "agent_requests", "local_renames", "remote_rename_command",
-           "replayable"]
+           "replayable", "retyped_parents"]
 
 log = logging.getLogger("syncsup.syncer")
 
@@ -58,6 +58,26 @@ def replayable(moves: Iterable[tuple[bytes, bytes]], rules: RuleList,
         if not rules.name_only() and _maybe_dir(source, dst):
             continue
         out.append((src, dst))
+    return out
+
+
+def retyped_parents(paths: Iterable[bytes], rules: RuleList, source: bytes) -> set[bytes]:
+    """The directories holding a path that a rule excludes only as its
+    present type: a file replaced by a directory ``cache`` under ``cache/``
+    leaves the target's file, which neither the agent nor rsync touches
+    when the name is sent alone (excluded now), but which ``rsync -a
+    --delete`` deletes. A rescan of the directory does it; such swaps are
+    rare, so the cost is too."""
+    out: set[bytes] = set()
+    if not rules.by_type:
+        return out  # every answer is the same for both types: nothing to look up
+    for rel in paths:
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(os.path.join(source, rel)).st_mode)
+        except OSError:
+            continue  # gone: deleted by name like any other path
+        if rel and rules.retyped(rel, is_dir):
+            out.add(rel.rpartition(b"/")[0])
     return out
 
 

@@ -220,6 +220,18 @@ class RuleList:
         as_file, as_dir = self._verdict(rel, False), self._verdict(rel, True)
         return as_file if as_file == as_dir else None
 
+    @property
+    def by_type(self) -> bool:
+        """Does a rule read decide by type (``cache/``: directories only)?"""
+        return any(rule.dir_only for _excl, rule in self.sender)
+
+    def retyped(self, rel: bytes, is_dir: bool) -> bool:
+        """Is ``rel``, being (or not being) a directory, excluded when the
+        other type would be sent (``cache/`` and a file named ``cache``)?
+        Then what the target holds there, if of the other type, is rsync's
+        to delete, and naming ``rel`` alone never does it."""
+        return self._verdict(rel, is_dir) is False and self._verdict(rel, not is_dir) is True
+
     def name_only(self) -> bool:
         """Does each rule decide by the last name alone, or by a top-level
         name (``/build``)? Then an entry below a directory is sent or not

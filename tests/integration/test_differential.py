@@ -68,3 +68,28 @@ def test_mirror_matches_rsync_under_rules(case, request, tmp_path: Path, src: Pa
         wait_like_oracle(src, dst, fresh, args,
                          on_timeout=lambda r=rnd: f"round {r}, seed {seed}\n{d.describe()}")
     finish(d, tmp_path, src)
+
+
+@pytest.mark.parametrize("mode", ["rsync", "direct"])
+def test_a_file_replaced_by_a_directory_the_rules_exclude(mode, tmp_path: Path, src: Path,
+                                                          dst: Path, daemon_factory):
+    """``cache/`` excludes directories only: a file named ``cache`` is
+    mirrored; replaced by a directory ``cache``, the target's file must go,
+    as ``rsync -a --delete`` deletes it (the name alone is excluded now, so
+    only a rescan of its directory does it). Found by bench/differential.py."""
+    (src / "sub").mkdir()
+    (src / "sub" / "cache").write_bytes(b"a file named cache")
+    (src / "sub" / "keep").write_bytes(b"k")
+    d = daemon_factory([sync_table(src, [dst], mode=mode, delay=0.2, exclude=["cache/"])])
+    fresh = tmp_path / "oracle"
+    args = ["--exclude=cache/"]
+    wait_like_oracle(src, dst, fresh, args, on_timeout=d.describe)
+    assert (dst / "sub" / "cache").is_file()
+    (src / "sub" / "cache").unlink()
+    (src / "sub" / "cache").mkdir()
+    (src / "sub" / "cache" / "inner").write_bytes(b"excluded")
+    wait_like_oracle(src, dst, fresh, args, on_timeout=d.describe)
+    d.wait_idle()
+    wait_like_oracle(src, dst, fresh, args, on_timeout=d.describe)
+    assert not (dst / "sub" / "cache").exists()
+    finish(d, tmp_path, src)

@@ -56,3 +56,18 @@ def test_protect_rules_stop_every_replay(tmp_path: Path) -> None:
 def test_rules_it_cannot_read_stop_the_replay_of_what_they_may_decide(tmp_path: Path) -> None:
     rules = _rules(filter=("- *.tmp", "dir-merge .rsync-filter"))
     assert replayable([(b"a", b"b"), (b"a.tmp", b"b")], rules, os.fsencode(tmp_path)) == []
+
+
+def test_a_name_excluded_only_as_its_new_type_rescans_its_directory(tmp_path: Path) -> None:
+    """``cache/``: a file named cache replaced by a directory cache. The
+    target's file is rsync's to delete, which only a rescan of the
+    directory does; a name excluded whatever its type, or sent, is not."""
+    from syncsup.syncer.moves import retyped_parents
+
+    (tmp_path / "obj" / "cache").mkdir(parents=True)
+    (tmp_path / "cache").write_text("a file: sent")
+    (tmp_path / "x.tmp").mkdir()
+    rules = _rules(exclude=("cache/", "*.tmp"))
+    src = os.fsencode(tmp_path)
+    assert retyped_parents([b"obj/cache", b"cache", b"x.tmp", b"gone"], rules, src) == {b"obj"}
+    assert retyped_parents([b"obj/cache"], _rules(exclude=("cache",)), src) == set()
