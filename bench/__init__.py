@@ -11,6 +11,7 @@ Layout (each module's docstring says why it is the way it is):
 - ``procs.py``      CPU (ticks and schedstat) and memory (RSS, PSS) of a process tree
 - ``iotrace.py``    bytes a process tree reads from given trees (strace), for recovery
 - ``stages.py``     a command of its own: each stage of one local change, timed with strace
+- ``differential.py`` a command of its own: the mirror under filter rules against rsync, many seeds
 - ``report.py``     medians, goals, the terminal and Markdown tables, result files
 - ``machine.py``    the machine a run happened on; Lsyncd installed when missing
 

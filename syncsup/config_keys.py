@@ -80,7 +80,9 @@ SYNC = (
     _k("mode", "string", """`rsync`: everything by rsync (local or over ssh). `rsyncssh`:
        remote targets; renames are replayed on the target over ssh (no data resent), content
        by rsync. `direct`: local targets; renames replayed with rename(2), content by rsync.
-       `command`: run your own actions (below)."""),
+       In both, a rename with an excluded end is not replayed: into an excluded name it
+       deletes the old name, out of one it creates the new one, as rsync does. `command`:
+       run your own actions (below)."""),
     _k("delay", "number", """seconds a change may wait to be batched with others (from its
        first event). `0` sends as soon as possible."""),
     _k("delete", "bool or string", """`true`: the target mirrors deletes; `false`: never

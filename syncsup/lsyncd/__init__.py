@@ -6,8 +6,9 @@ recording stand-ins for ``settings``, ``sync`` and the ``default`` layers;
 what it recorded is mapped key by key (:mod:`syncsup.lsyncd._mapping`).
 
 stdout carries only the TOML, so ``> sync.toml`` works; stderr carries one
-line per finding. Exit status: 0 complete import; 2 partial (TOML printed,
-something dropped, each listed); 78 the Lua config is broken (one line:
+line per finding. Exit status: 0 complete import (notes about settings with
+no meaning for syncsup included); 2 partial (TOML printed, something that
+changes behaviour dropped, each listed); 78 the Lua config is broken (one line:
 syntax error with its line, runtime error, sandbox limit); 1 the file
 cannot be read.
 """

@@ -182,6 +182,39 @@ def _targets(config: dict[Any, Any], mode: str, cwd: Path, msgs: Messages,
     return [_path(target, cwd, msgs, where, "target")]
 
 
+def _merge_rsh(ssh: dict[str, Any], rsh: dict[str, Any], msgs: Messages,
+               where: str) -> dict[str, Any]:
+    """default.rsyncssh: the ssh table (Lsyncd's renames and deletes) and
+    rsync.rsh (its transfers) as the one ``[sync.ssh]`` syncsup uses for
+    both. A value only one of them gives is taken; the same value in both is
+    a note; two different values cannot be one setting: rsh's is dropped,
+    named."""
+    out = dict(ssh)
+    for key, value in rsh.items():
+        if key == "options":
+            names = {o.split("=", 1)[0].lower(): o for o in out.get("options", [])}
+            for opt in value:
+                have = names.get(opt.split("=", 1)[0].lower())
+                if have is None:
+                    out.setdefault("options", []).append(opt)
+                elif have != opt:
+                    msgs.dropped(where, f"rsync.rsh -o {opt}: the ssh table sets {have}; "
+                                 "syncsup uses one ssh configuration for transfers and renames, "
+                                 "so the ssh table's is kept")
+        elif key not in out:
+            out[key] = value
+            if key != "user":
+                msgs.note(where, f"rsync.rsh: {key} = {value!r} is used for renames too "
+                          "(syncsup has one ssh configuration per sync)")
+        elif out[key] != value:
+            msgs.dropped(where, f"rsync.rsh gives {key} = {value!r} but the ssh table "
+                         f"{out[key]!r}: syncsup uses one ssh configuration for transfers and "
+                         "renames, so the ssh table's is kept")
+        else:
+            msgs.note(where, f"rsync.rsh: {key} = {value!r} is also in the ssh table")
+    return out
+
+
 def _map_sync(rec: RecordedSync, mode: str, cwd: Path, msgs: Messages,
               where: str) -> dict[str, Any] | None:
     """The [[sync]] table for one sync{} (without its name), or None."""
@@ -214,8 +247,15 @@ def _map_sync(rec: RecordedSync, mode: str, cwd: Path, msgs: Messages,
     if isinstance(max_delays, int) and max_delays >= 1:
         if max_delays != 1000:
             entry["max_delays"] = max_delays
+    elif max_delays == 0:
+        # Lsyncd delays an event only while fewer than maxDelays wait: with
+        # 0, never, so every change is sent at once, whatever delay says.
+        entry["delay"] = 0
+        if delay != 0:
+            msgs.note(where, f"maxDelays = 0: Lsyncd then syncs every change at once; "
+                      f"imported as delay = 0 (not {delay})")
     elif "maxDelays" in config:
-        msgs.dropped(where, f"maxDelays = {config.get('maxDelays')!r} is not a count >= 1")
+        msgs.dropped(where, f"maxDelays = {config.get('maxDelays')!r} is not a count >= 0")
     procs = config.get("maxProcesses")
     if "maxProcesses" not in rec.from_settings and procs not in (None, 1):
         msgs.note(where, f"maxProcesses = {procs!r}: syncsup runs one transfer per target at "
@@ -238,12 +278,18 @@ def _map_sync(rec: RecordedSync, mode: str, cwd: Path, msgs: Messages,
     rsync, rsh_ssh = map_rsync(config.get("rsync", {}), mode, msgs, where)
     ssh: dict[str, Any] = {}
     if mode == "rsyncssh":
-        ssh = map_ssh(config.get("ssh", {}), msgs, where)
-    elif config.get("ssh") is not None:
-        msgs.dropped(where, "ssh table: Lsyncd uses it with default.rsyncssh only; for "
-                     "default.rsync set ssh options in rsync.rsh or ~/.ssh/config")
-    ssh.update(rsh_ssh)
+        ssh = _merge_rsh(map_ssh(config.get("ssh", {}), msgs, where), rsh_ssh, msgs, where)
+    else:
+        if config.get("ssh") is not None:
+            msgs.dropped(where, "ssh table: Lsyncd uses it with default.rsyncssh only; for "
+                         "default.rsync set ssh options in rsync.rsh or ~/.ssh/config")
+        ssh.update(rsh_ssh)
     user = ssh.pop("user", None)
+    for t in entry["targets"]:
+        login = t.split(":", 1)[0]
+        if user and "@" in login and _is_remote(t) and login.split("@", 1)[0] != user:
+            msgs.dropped(where, f"ssh -l {user} (rsync.rsh or ssh._extra): the target {t!r} "
+                         "names its own user, which is kept")
     if user:
         entry["targets"] = [t if "@" in t.split(":", 1)[0] or not _is_remote(t)
                             else f"{user}@{t}" for t in entry["targets"]]
@@ -350,8 +396,8 @@ def _settings(rec: Recorded, cwd: Path, msgs: Messages) -> dict[str, Any]:
             msgs.note(where, "nodaemon: syncsup always runs in the foreground (under systemd: "
                       "deploy/syncsup@.service)")
         else:
-            msgs.dropped(where, "nodaemon = false: syncsup does not detach; run it as a "
-                         "service (deploy/syncsup@.service)")
+            msgs.note(where, "nodaemon = false: syncsup does not detach; run it as a "
+                      "service (deploy/syncsup@.service)")
     if "insist" in s:
         if _truthy(s.pop("insist")):
             msgs.note(where, "insist: syncsup always keeps retrying unreachable targets")
@@ -370,8 +416,8 @@ def _settings(rec: Recorded, cwd: Path, msgs: Messages) -> dict[str, Any]:
                          "or log_file; set SyslogFacility=/SyslogIdentifier= in the unit")
     if "pidfile" in s:
         s.pop("pidfile")
-        msgs.dropped(where, "pidfile: syncsup writes no pid file; systemd tracks its main "
-                     "process and `syncsup status` shows every pid")
+        msgs.note(where, "pidfile: syncsup writes no pid file; systemd tracks its main "
+                  "process and `syncsup status` shows every pid")
     for key in sorted(s, key=str):
         msgs.dropped(where, f"{key}: unknown setting, no syncsup equivalent (Lsyncd 2.2 "
                      "refuses it too)")

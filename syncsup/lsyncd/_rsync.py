@@ -261,11 +261,7 @@ def map_rsync(table: Any, mode: str, msgs: Messages, where: str
                      "does not support; use an ssh target (host:/path)")
     if "rsh" in t:
         value = t.pop("rsh")
-        if mode == "rsyncssh":
-            msgs.dropped(where, "rsync.rsh with default.rsyncssh: syncsup uses one ssh "
-                         "configuration for transfers and moves; put port, identityFile and "
-                         "options in the ssh table ([sync.ssh])")
-        elif mode == "direct":
+        if mode == "direct":
             msgs.note(where, "rsync.rsh ignored: default.direct targets are local")
         else:
             _rsh(str(value), ssh, msgs, where, "rsync.rsh")

@@ -329,6 +329,20 @@ return function(text, chunkname, limit)
     local ok, run_err = pcall(chunk)
     if not ok then
         if type(run_err) ~= "string" then run_err = "error object: " .. tostring(run_err) end
+        -- A variable the config reads but the import's environment lacks is
+        -- the usual cause of a nil error: name it.
+        local unset, seen = {}, {}
+        for _, pair in ipairs(result.getenv) do
+            if pair[2] == nil and not seen[pair[1]] then
+                seen[pair[1]] = true
+                unset[#unset + 1] = pair[1]
+            end
+        end
+        if #unset > 0 then
+            run_err = run_err .. " (os.getenv returned nil for " .. concat(unset, ", ")
+                .. ": not set in the environment of the import; set "
+                .. (#unset == 1 and "it" or "them") .. " and run it again)"
+        end
         return nil, run_err
     end
     if not rawequal(env.settings, settings_fn) then

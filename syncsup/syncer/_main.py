@@ -47,6 +47,8 @@ from syncsup.syncer.moves import (
     agent_requests,
     local_renames,
     remote_rename_command,
+    replayable,
+    retyped_parents,
 )
 from syncsup.syncer.plan import Finished, Plan, Result, Step, StepKind
 from syncsup.syncer.transfer import Transfer, spawn
@@ -176,8 +178,14 @@ class Syncer:
             return
         slot.batch = batch
         now = time.monotonic()
+        replay = None
+        source = os.fsencode(slot.sync.source)
+        if slot.sync.moves_on_target and not slot.sync.runs_commands:
+            replay = replayable(batch.changes.moves, slot.rules, source)
+        if not slot.sync.runs_commands:
+            batch.changes.trees |= retyped_parents(batch.changes.paths, slot.rules, source)
         slot.plan = Plan.make(batch.changes, commands=slot.sync.runs_commands,
-                              replay_moves=slot.sync.moves_on_target,
+                              replay_moves=slot.sync.moves_on_target, replay=replay,
                               source_empty=b"" in batch.changes.trees | batch.changes.verify
                               and _empty(slot.sync.source),
                               agent=slot.channel is not None and slot.channel.available(now))
@@ -240,12 +248,12 @@ class Syncer:
         stdin: Path | None = None
         t = slot.target
         if step.kind is StepKind.MOVES and not t.is_remote:
-            applied = local_renames(t.path, [[a, b] for a, b in changes.moves])
-            log.debug("%s: %d of %d renames replayed", slot.label, applied, len(changes.moves))
+            applied = local_renames(t.path, [[a, b] for a, b in step.renames])
+            log.debug("%s: %d of %d renames replayed", slot.label, applied, len(step.renames))
             self.proceed(slot, slot.plan.advance(step, Result(rc=0)))
             return
         if step.kind is StepKind.MOVES:
-            moves = [[a, b] for a, b in changes.moves]
+            moves = [[a, b] for a, b in step.renames]
             if t.confined:
                 lst.write_bytes(agent_requests(moves))
                 command = agent_command(t.path)

@@ -5,7 +5,7 @@ File names never appear on a command line: they go NUL-separated into a
 shell (local or remote). The only strings on the command line come from the
 config file.
 
-Two kinds of transfer:
+Three kinds of transfer:
 
 * ``tree``: subtrees rescanned whole, recursively, with ``--delete``
   (startup, overflow, new directories). No ``-I``: rsync's quick check,
@@ -14,6 +14,8 @@ Two kinds of transfer:
   watcher restart, a queue overflow); a lost same-size rewrite that kept its
   mtime would pass the quick check, so those add ``--checksum``, which costs
   a read only of files whose size matches on both sides.
+* ``times``: the directories holding a batch's entries, after them, for
+  their modification times (``-d``, no ``-I``, nothing deleted).
 * ``paths``: entries named by events, one by one (``-d``, no recursion).
   ``-I`` because the quick check would skip a same-size rewrite made within
   one timestamp tick; ``--delete-missing-args`` so that a path gone from
@@ -92,7 +94,7 @@ def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: 
     ``empty_guard`` adds ``--max-delete=0`` (an empty source root must never
     wipe the mirror: rsync then deletes nothing and exits 25)."""
     kind = step.kind.value
-    if kind not in ("tree", "paths"):
+    if kind not in ("tree", "paths", "times"):
         raise ValueError(f"not an rsync step: {kind!r}")
     verify = step.checksum
     opts = sync.rsync
@@ -104,15 +106,20 @@ def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: 
         # syncsup-target refuses device files (a device node written inside
         # ROOT would open the host's disks to its local users).
         argv.insert(2, "--no-devices")
+    # Times exact to the nanosecond: by default rsync takes times within the
+    # same second as equal, and leaves a directory's time stale.
+    argv += ["--modify-window=-1"]
     if kind == "tree":
-        argv += ["-r", "--modify-window=-1"]
+        argv += ["-r"]
         if verify or opts.checksum:
             argv += ["--checksum"]
         if deletes:
             argv += ["--delete"]
-    else:
+    elif kind == "paths":
         argv += ["-d", "-I"]
-    argv += ["--delete-missing-args" if deletes else "--ignore-missing-args"]
+    else:
+        argv += ["-d"]  # the quick check: a listed directory's unchanged entries cost nothing
+    argv += ["--delete-missing-args" if deletes and kind != "times" else "--ignore-missing-args"]
     if opts.compress:
         argv += ["-z"]
     for flag, value in (("--bwlimit", opts.bwlimit), ("--chown", opts.chown),

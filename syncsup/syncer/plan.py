@@ -3,9 +3,9 @@ what each step's result means.
 
 ::
 
-    Batch ──> [moves] ──> [tree] ──> [agent] ──> [paths] ──> ok
-                 │          │                     │
-                 └──────────┴─────────────────────┴──> outcome (retry / fatal / halt)
+    Batch ──> [moves] ──> [tree] ──> [agent] ──> [paths] ──> [times] ──> ok
+                 │          │                     │           │
+                 └──────────┴─────────────────────┴───────────┴──> outcome (retry / fatal / halt)
 
     command mode:  Batch ──> [command] ──> ok | retry
 
@@ -31,6 +31,12 @@ what each step's result means.
   could not be sent, e.g. a path longer than rsync takes) does not stop the
   steps after it: one bad subtree must not hold back every other change of
   the batch. The batch still ends in that failure (a retry).
+* ``times`` then sends the directories that hold the batch's entries
+  (outside its trees), the root too: making, deleting or renaming an entry
+  changed their modification times, which no event reports, and rsync sets
+  a directory's time only when it is in the list (and before it deletes a
+  missing name there, so not in the ``paths`` step). Without ``-I``: a
+  listed root is walked one level deep and its unchanged files skipped.
 * A step that was killed for making no progress is a retry.
 
 :meth:`Plan.advance` takes the result of the step that ran and gives the
@@ -39,6 +45,7 @@ next step or the batch's outcome; nothing else decides.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -55,6 +62,7 @@ class StepKind(StrEnum):
     TREE = "tree"
     AGENT = "agent"
     PATHS = "paths"
+    TIMES = "times"
     COMMAND = "command"
 
 
@@ -67,6 +75,7 @@ class Step:
     names: tuple[bytes, ...] = ()
     checksum: bool = False
     empty_guard: bool = False
+    renames: tuple[tuple[bytes, bytes], ...] = ()  # a moves step: (from, to) to replay
 
 
 @dataclass(frozen=True)
@@ -101,30 +110,46 @@ class Plan:
     moves_done: int = 0      # renames attempted (never replayed again)
     partial: Finished | None = None  # a tree step's partial transfer, reported at the end
     done: list[StepKind] = field(default_factory=list)
+    parents: set[bytes] = field(default_factory=set)  # directories whose times are sent
 
     @classmethod
     def make(cls, changes: Changes, *, commands: bool, replay_moves: bool,
-             source_empty: bool, agent: bool = False) -> Plan:
+             source_empty: bool, agent: bool = False,
+             replay: Sequence[tuple[bytes, bytes]] | None = None) -> Plan:
         """The plan for ``changes``. ``replay_moves``: the mode renames on
-        the target; ``source_empty``: the source root has no entries now;
-        ``agent``: the target's agent takes the paths it can."""
+        the target; ``replay``: which of the renames (default: all; the
+        others count as done, their ends are dirty paths too);
+        ``source_empty``: the source root has no entries now; ``agent``: the
+        target's agent takes the paths it can."""
         if commands:
             return cls([Step(StepKind.COMMAND)], moves=len(changes.moves))
         steps = []
         moved_to: set[bytes] = set()
-        if replay_moves and changes.moves:
-            steps.append(Step(StepKind.MOVES))
-            moved_to = {dst for _src, dst in changes.moves}
+        renames = tuple(changes.moves if replay is None else replay)
+        if replay_moves and renames:
+            steps.append(Step(StepKind.MOVES, renames=renames))
+            moved_to = {dst for _src, dst in renames}
         trees = sorted(changes.trees | changes.verify)
         if trees:
             steps.append(Step(
                 StepKind.TREE, tuple(trees),
                 checksum=bool(changes.verify) or bool(moved_to & changes.trees),
                 empty_guard=b"" in trees and source_empty))
-        if changes.paths:
-            kind = StepKind.AGENT if agent else StepKind.PATHS
-            steps.append(Step(kind, tuple(sorted(changes.paths))))
-        return cls(steps, moves=len(changes.moves) if replay_moves else 0)
+        parents = _parents(changes, set(trees))
+        if b"" in changes.paths:
+            parents.add(b"")  # rsync sends a listed root with its content: a times step
+        if agent and (changes.paths or parents):
+            # the agent sets its directories' times itself, after their entries
+            steps.append(Step(StepKind.AGENT, tuple(sorted(changes.paths | parents))))
+        else:
+            if changes.paths - {b""}:
+                steps.append(Step(StepKind.PATHS, tuple(sorted(changes.paths - {b""}))))
+            if parents:
+                steps.append(Step(StepKind.TIMES, tuple(sorted(parents))))
+        plan = cls(steps, moves=len(changes.moves) if replay_moves else 0, parents=parents)
+        if not renames:
+            plan.moves_done = plan.moves  # none to replay: none to replay again on a retry
+        return plan
 
     def first(self) -> Step | Finished:
         return self.steps[0] if self.steps else Finished(Outcome.OK)
@@ -155,8 +180,17 @@ class Plan:
             # hands over what it does not do.
             left = step.names if result.rc != 0 or result.stalled else result.fallback
             if left:
-                nxt = Step(StepKind.PATHS, tuple(sorted(set(left))))
-                self.steps.insert(self.steps.index(step) + 1, nxt)
+                # rsync's writes and deletes change their directories' times
+                # again, so the times step follows. A directory in what is
+                # left is one the agent could not make or delete: it goes to
+                # the paths step by name (its entry only); the root never
+                # does (listed, it is its whole content).
+                i = self.steps.index(step) + 1
+                paths = set(left) - {b""}
+                if self.parents:
+                    self.steps.insert(i, Step(StepKind.TIMES, tuple(sorted(self.parents))))
+                if paths:
+                    self.steps.insert(i, Step(StepKind.PATHS, tuple(sorted(paths))))
             return self._next(step)
         if step.empty_guard and result.rc == 25:
             return Finished(Outcome.RETRY, result.rc,
@@ -176,3 +210,34 @@ class Plan:
         if i + 1 < len(self.steps):
             return self.steps[i + 1]
         return self.partial or Finished(Outcome.OK)
+
+
+def _parents(changes: Changes, trees: set[bytes]) -> set[bytes]:
+    """The directories holding the batch's entries, outside its trees.
+
+    Creating, deleting or renaming an entry changes its directory's mtime
+    (on the target, so does rsync's temporary file for any write), and no
+    event says so (inotify reports the entry, not the directory's
+    own change); rsync sets a directory's time only when the directory is
+    in its list, or inside a tree it walks. So each such directory is sent
+    too, the root as well: else the target's keeps the time of the last
+    change made there, not the source's."""
+    out: set[bytes] = set()
+    ends = {rel for move in changes.moves for rel in move}
+    for rel in changes.paths | trees | ends:
+        if not rel:
+            continue
+        parent = rel.rpartition(b"/")[0]
+        if parent not in out and not _inside(parent, trees):
+            out.add(parent)
+    return out
+
+
+def _inside(rel: bytes, trees: set[bytes]) -> bool:
+    """Is ``rel`` one of ``trees`` or below one (a walk there sets its time)?"""
+    while True:
+        if rel in trees:
+            return True
+        if not rel:
+            return False
+        rel = rel.rpartition(b"/")[0]

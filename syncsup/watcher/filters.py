@@ -64,6 +64,7 @@ class _Rule:
             pattern = pattern[:-4]
         anchored = pattern.startswith(b"/")
         pattern = pattern.lstrip(b"/")
+        self.anchored, self.pattern = anchored, pattern
         self.whole = anchored or b"/" in pattern or b"**" in pattern
         if pattern.startswith(b"**/"):
             pattern = pattern[3:]  # a leading "**/" also matches no directory at all
@@ -72,6 +73,14 @@ class _Rule:
         self.regex = re.compile(b"^" + prefix + body + b"$", re.DOTALL)
 
     def matches(self, rel: bytes, is_dir: bool) -> bool:
+        if self.subtree:
+            # "dir/***": the directory and everything below it
+            parts = rel.split(b"/")
+            return any(self._matches(b"/".join(parts[:i]), True) for i in range(1, len(parts))
+                       ) or self._matches(rel, is_dir)
+        return self._matches(rel, is_dir)
+
+    def _matches(self, rel: bytes, is_dir: bool) -> bool:
         if self.dir_only and not is_dir:
             return False
         subject = rel if self.whole else rel.rsplit(b"/", 1)[-1]
@@ -105,6 +114,8 @@ def plain_excludes(sync: Sync) -> list[bytes] | None:
 # Rules that act on one side only (protect, risk, hide, show): they never
 # decide what the sender sends.
 _ONE_SIDED = re.compile(r"^[PRHS]( |,|$)|^(protect|risk|hide|show) ")
+# The same, with the kind and the pattern: ``H *.o``, ``protect /keep``.
+_SIDED = re.compile(r"^(?:([PRHS])|(protect|risk|hide|show)) (.+)$")
 
 
 def _rules(sync: Sync) -> list[str]:
@@ -144,17 +155,92 @@ class RuleList:
 
     def __init__(self, sync: Sync | None = None) -> None:
         self.rules: list[tuple[bool, _Rule]] = []  # (excludes, pattern)
+        # What the sender obeys (hide and show too), for :meth:`sent`; ends
+        # where ``rules`` ends. ``complete``: no rule was left unread.
+        self.sender: list[tuple[bool, _Rule]] = []
+        self.complete = True
+        self.receiver_rules = False  # protect or risk rules: deletes on the target differ
         if sync is None:
             return  # no rules
         for rule in _rules(sync):
             m = re.match(r"^(-|\+|exclude|include) (.+)$", rule)
             if m is None:
                 if _ONE_SIDED.match(rule):
+                    self._one_sided(rule)
                     continue  # receiver- or sender-only: says nothing about sending
+                self.complete = False
                 break
             pattern = m.group(2).encode("utf-8", "surrogateescape")
             if pattern.strip(b"/"):
                 self.rules.append((m.group(1) in ("-", "exclude"), _Rule(pattern)))
+            self._sender_rule(m.group(1) in ("-", "exclude"), m.group(2))
+
+    def _one_sided(self, rule: str) -> None:
+        """A hide or show rule is the sender's exclude or include; protect
+        and risk only change what the target deletes."""
+        side = _SIDED.match(rule)
+        if side is None:
+            self.complete = False  # with modifiers: not read
+            return
+        kind = (side.group(1) or side.group(2))[0].upper()
+        if kind in "HS":
+            self._sender_rule(kind == "H", side.group(3))
+        else:
+            self.receiver_rules = True
+
+    def _sender_rule(self, excludes: bool, text: str) -> None:
+        if not self.complete:
+            return  # an unread rule came first: it may decide before this one
+        pattern = text.encode("utf-8", "surrogateescape")
+        if not pattern.strip(b"/") or b"\\" in pattern or pattern[:2] in (b"+ ", b"- "):
+            # "- /", an escaped wildcard, an exclude written "+ x" (rsync reads
+            # it as an include): not modelled here, so a doubt from here on
+            self.complete = False
+            return
+        self.sender.append((excludes, _Rule(pattern)))
+
+    def _verdict(self, rel: bytes, is_dir: bool) -> bool | None:
+        """Does the sender's first matching rule let ``rel`` through (None:
+        no rule read says, and some were not read)?"""
+        for excludes, rule in self.sender:
+            if rule.matches(rel, is_dir):
+                return not excludes
+        return True if self.complete else None
+
+    def sent(self, rel: bytes) -> bool | None:
+        """Does rsync send the entry ``rel`` whatever its type, with every
+        directory above it? True for certain, False if certainly not, None
+        when it depends on the type (a rule for directories only) or on a
+        rule this module does not read."""
+        parts = rel.split(b"/")
+        for i in range(1, len(parts)):
+            up = self._verdict(b"/".join(parts[:i]), True)
+            if up is not True:
+                return up
+        as_file, as_dir = self._verdict(rel, False), self._verdict(rel, True)
+        return as_file if as_file == as_dir else None
+
+    @property
+    def by_type(self) -> bool:
+        """Does a rule read decide by type (``cache/``: directories only)?"""
+        return any(rule.dir_only for _excl, rule in self.sender)
+
+    def retyped(self, rel: bytes, is_dir: bool) -> bool:
+        """Is ``rel``, being (or not being) a directory, excluded when the
+        other type would be sent (``cache/`` and a file named ``cache``)?
+        Then what the target holds there, if of the other type, is rsync's
+        to delete, and naming ``rel`` alone never does it."""
+        return self._verdict(rel, is_dir) is False and self._verdict(rel, not is_dir) is True
+
+    def name_only(self) -> bool:
+        """Does each rule decide by the last name alone, or by a top-level
+        name (``/build``)? Then an entry below a directory is sent or not
+        whatever that directory is called, so renaming the directory on the
+        target moves nothing into or out of the rules' reach."""
+        return self.complete and all(
+            not rule.whole or (rule.anchored and b"/" not in rule.pattern
+                               and b"**" not in rule.pattern)
+            for _excl, rule in self.sender)
 
     def below_excluded(self, rel: bytes) -> bool:
         """Is a directory above ``rel`` excluded by the rules?"""

@@ -196,6 +196,23 @@ def test_bytecode_is_refused_by_load_itself(tmp_path):
     assert "binary chunk" in r.stderr, r.stderr
 
 
+def test_an_unset_variable_is_named(tmp_path):
+    """os.getenv returning nil makes the config fail on nil: the one line
+    says which variable the import's environment lacks."""
+    conf = tmp_path / "env.lua"
+    conf.write_text('local base = os.getenv("SYNCSUP_IMPORT_UNSET_BASE")\n'
+                    'for part in string.gmatch(base, "[^/]+") do end\n'
+                    f'sync {{ default.rsync, source = base, target = "{tmp_path}/dst" }}\n')
+    os.environ.pop("SYNCSUP_IMPORT_UNSET_BASE", None)
+    r = import_config(conf, tmp_path)
+    assert r.returncode == 78, f"{r.returncode}: {r.stderr}"
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "bad argument #1 to 'gmatch'" in lines[0], lines[0]
+    assert "os.getenv returned nil for SYNCSUP_IMPORT_UNSET_BASE" in lines[0], lines[0]
+    assert r.stdout == ""
+
+
 def test_print_goes_to_stderr_and_getenv_is_noted(tmp_path):
     conf = tmp_path / "p.lua"
     conf.write_text('print("hello from the config")\n'
@@ -288,6 +305,24 @@ def test_imported_rsyncssh_converges_over_the_test_sshd(tmp_path, daemon_factory
                    KNOWN_HOSTS=str(sshd.known_hosts))
     (s,) = doc["sync"]
     assert s["mode"] == "rsyncssh" and s["ssh"]["port"] == sshd.port
+    converges_like_lsyncd(daemon_factory, doc, src, tmp_path)
+
+
+def test_imported_rsyncssh_login_from_rsh_converges(tmp_path, daemon_factory, sshd):
+    """rsync.rsh under default.rsyncssh gives the login user, port, key and
+    options; pidfile, nodaemon = false and maxDelays = 0 need nothing from
+    the user: a complete import (exit 0), the target's user and port set,
+    delay 0, and it mirrors over the test's sshd."""
+    src = tmp_path / "src"
+    seed(src)
+    doc = imported("rsyncssh_rsh.lua", tmp_path, HOST=sshd.host, USER=sshd.user,
+                   PORT=str(sshd.port), IDENTITY=str(sshd.identity_file),
+                   KNOWN_HOSTS=str(sshd.known_hosts))
+    (s,) = doc["sync"]
+    assert s["targets"] == [f"{sshd.user}@{sshd.host}:{tmp_path / 'dst'}"]
+    assert s["ssh"]["port"] == sshd.port and s["ssh"]["identity_file"] == str(
+        sshd.identity_file)
+    assert s["delay"] == 0
     converges_like_lsyncd(daemon_factory, doc, src, tmp_path)
 
 

@@ -307,3 +307,15 @@ def test_fatal_codes(rc: int) -> None:
 
 def test_outcome_words_match_the_done_message() -> None:
     assert {o.value for o in Outcome} == {"ok", "retry", "fatal", "halt"}
+
+
+def test_times_transfer_flags() -> None:
+    """The directories' times after a batch: entries of a listed directory by
+    the quick check (no -I: a listed root must not resend its files), and
+    nothing deleted (a missing directory is its own event's business)."""
+    argv = rsync_argv(make_sync(exclude=("*.tmp",)), LOCAL, Step(StepKind.TIMES, (b"",)), LIST,
+                      False)
+    assert "-d" in argv and "-I" not in argv and "-r" not in argv
+    assert "--ignore-missing-args" in argv and "--delete-missing-args" not in argv
+    assert not any(a.startswith("--delete") for a in argv)
+    assert "--exclude=*.tmp" in argv

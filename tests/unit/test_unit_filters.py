@@ -131,3 +131,55 @@ def test_rules_it_cannot_read_end_the_list() -> None:
     assert rules.below_excluded(b"a/x") and not rules.below_excluded(b"b/x")
     assert not RuleList().below_excluded(b"a/b/c")
     assert not RuleList(_sync(filter=("P /a/", "- /z/"))).below_excluded(b"a/x")
+
+
+# ------------------------------------------------------------ sent (renames)
+SENT_SETS: list[list[str]] = [
+    ["- *.tmp", "- *.swp"],
+    ["+ keep/", "- cache", "- a/b*/c"],
+    ["- file", "+ */"],
+    ["+ q/", "- deep/", "+ */", "- cache/"],
+    ["H *.d", "S x/", "- node_modules/", "P /build"],
+    ["- /cache/", "+ keep/***", "- *"],
+]
+
+
+@pytest.mark.skipif(rsync is None, reason="rsync not installed")
+@pytest.mark.parametrize("filters", SENT_SETS)
+def test_sent_never_contradicts_a_recursive_rsync(tree: Path, filters: list[str]) -> None:
+    """``sent`` is True only for entries rsync sends and False only for
+    entries it does not: a wrong True replays a rename into an excluded name
+    (the stale entry stays on the target), so every answer is checked."""
+    (tree / "x.tmp").write_text("t")
+    (tree / "keep" / "f.swp").write_text("s")
+    sent = _rsync_sends(tree, [], filters)
+    rules = RuleList(_sync(filter=tuple(filters)))
+    every = {str(p.relative_to(tree)) for p in tree.rglob("*")}
+    said = {rel: rules.sent(rel.encode()) for rel in every}
+    assert {r for r, v in said.items() if v is True} <= sent, (filters, sent)
+    assert not {r for r, v in said.items() if v is False} & sent, (filters, sent)
+    assert any(v is False for v in said.values()), f"{filters} should exclude something"
+    assert any(v is True for v in said.values())
+
+
+def test_sent_is_a_doubt_after_a_rule_it_cannot_read() -> None:
+    rules = RuleList(_sync(filter=("- *.tmp", ": .rsync-filter", "- *.swp")))
+    assert rules.sent(b"a.tmp") is False
+    assert rules.sent(b"a.swp") is None and rules.sent(b"a.txt") is None
+    assert RuleList(_sync(exclude=("cache/",))).sent(b"cache") is None  # a dir only
+    assert RuleList().sent(b"a/b") is True
+
+
+def test_name_only_rules() -> None:
+    assert RuleList(_sync(exclude=("*.tmp", "/build", "cache/", "/c/***"))).name_only()
+    for rule in ("sub/*.tmp", "/a/b", "**/x", "a/*/c"):
+        assert not RuleList(_sync(exclude=(rule,))).name_only(), rule
+    assert not RuleList(_sync(filter=("- *.tmp", "dir-merge .x"))).name_only()
+
+
+def test_patterns_it_does_not_model_are_a_doubt() -> None:
+    """An escaped wildcard, an exclude that rsync reads as an include: no
+    answer from there on, so no rename is replayed on a guess."""
+    for rule in ("a\\*b", "+ keep"):
+        rules = RuleList(_sync(exclude=(rule,)))
+        assert rules.sent(b"a*b") is None and rules.sent(b"other") is None, rule

@@ -195,13 +195,50 @@ def test_rsyncssh_host_targetdir_and_ssh_table():
     assert conf.syncs[0].targets[0].host == "h1" and conf.syncs[0].ssh.port == 2222
 
 
-def test_rsyncssh_custom_ssh_binary_rsh_and_missing_host():
-    _, msgs = run(rsyncssh_layer(ssh={"binary": "/opt/ssh"}, rsync={"rsh": "ssh -p 2"}))
-    dropped = levels(msgs, "dropped")
-    assert any("ssh.binary" in d for d in dropped)
-    assert any("rsync.rsh with default.rsyncssh" in d for d in dropped)
+def test_rsyncssh_custom_ssh_binary_and_missing_host():
+    _, msgs = run(rsyncssh_layer(ssh={"binary": "/opt/ssh"}))
+    assert any("ssh.binary" in d for d in levels(msgs, "dropped"))
     doc, msgs = run(rsyncssh_layer(host=None))
     assert "sync" not in doc and msgs.partial
+
+
+def test_rsyncssh_rsh_becomes_the_targets_user_and_ssh_options():
+    """rsync.rsh under default.rsyncssh: its login user, port, key and
+    options are the target's (not the daemon's own user), exit 0."""
+    doc, msgs = run(rsyncssh_layer(host="h1", rsync={
+        "rsh": "/usr/bin/ssh -l backup -p 2222 -i /etc/lsyncd/id -o StrictHostKeyChecking=yes"}))
+    assert not msgs.partial, levels(msgs, "dropped")
+    s = doc["sync"][0]
+    assert s["targets"] == ["backup@h1:/srv/www"]
+    assert s["ssh"] == {"port": 2222, "identity_file": "/etc/lsyncd/id",
+                        "options": ["StrictHostKeyChecking=yes"]}
+    conf = parses(doc)
+    assert conf.syncs[0].targets[0].user == "backup" and conf.syncs[0].ssh.port == 2222
+
+
+def test_rsyncssh_rsh_agreeing_with_the_ssh_table_is_a_note():
+    doc, msgs = run(rsyncssh_layer(ssh={"binary": "/usr/bin/ssh", "port": 2222},
+                                   rsync={"rsh": "ssh -p 2222"}))
+    assert not msgs.partial, levels(msgs, "dropped")
+    assert any("port = 2222 is also in the ssh table" in n for n in levels(msgs, "note"))
+    assert doc["sync"][0]["ssh"] == {"port": 2222}
+
+
+def test_rsyncssh_rsh_that_cannot_be_mapped_is_named():
+    """Two ports, two values of one option, two users: one ssh configuration
+    cannot hold both; the ssh table's (and the target's) is kept, rsh's named."""
+    doc, msgs = run(rsyncssh_layer(
+        ssh={"binary": "/usr/bin/ssh", "port": 22, "options": {"Compression": "no"}},
+        rsync={"rsh": "ssh -p 2222 -l other -o Compression=yes -o BatchMode=yes"}))
+    dropped = levels(msgs, "dropped")
+    assert any("port = 2222" in d and "22" in d for d in dropped), dropped
+    assert any("Compression=yes" in d for d in dropped), dropped
+    assert any("ssh -l other" in d and "backup@h1" in d for d in dropped), dropped
+    s = doc["sync"][0]
+    assert s["ssh"] == {"port": 22, "options": ["Compression=no", "BatchMode=yes"]}
+    assert s["targets"] == ["backup@h1:/srv/www"]
+    _, msgs = run(rsyncssh_layer(rsync={"rsh": "ssh -F /etc/ssh/other"}))
+    assert any("-F" in d for d in levels(msgs, "dropped"))
 
 
 # ---------------------------------------------------------------- direct
@@ -367,9 +404,12 @@ def test_settings_without_equivalent():
         "pidfile": "/run/l.pid", "logfacility": "daemon", "logident": "l", "insist": False,
         "nodaemon": False, "statusInterval": 0, "bogus": 1}, assigned=True)
     dropped = " ".join(levels(msgs, "dropped"))
-    for key in ("pidfile", "logfacility", "logident", "insist = false", "nodaemon = false",
-                "statusInterval = 0", "bogus"):
+    for key in ("logfacility", "logident", "insist = false", "statusInterval = 0", "bogus"):
         assert key in dropped, key
+    # no meaning for syncsup, nothing for the user to do: notes, not drops
+    notes = " ".join(levels(msgs, "note"))
+    for key in ("pidfile", "nodaemon = false"):
+        assert key in notes and key not in dropped, key
     assert doc["settings"] == {"status_interval": 1}
     assert any("settings = {...}" in n for n in levels(msgs, "note"))
 
@@ -395,3 +435,23 @@ def test_toml_writer_escapes_hostile_names():
     doc, _ = run(rsync_layer(source='/srv/"quoted" $(x)\ttab', target="/m/x"))
     text = tomli_w.dumps(doc)
     assert tomllib.loads(text)["sync"][0]["source"] == '/srv/"quoted" $(x)\ttab'
+
+
+def test_only_meaningless_settings_import_completely():
+    """nodaemon = false and a pidfile change nothing syncsup does: exit 0."""
+    _, msgs = run(rsync_layer(), settings={"pidfile": "/run/l.pid", "nodaemon": False})
+    assert not msgs.partial, levels(msgs, "dropped")
+
+
+@pytest.mark.parametrize("delay", [15, 0])
+def test_maxdelays_zero_syncs_at_once(delay):
+    """Lsyncd delays an event only while fewer than maxDelays wait: 0 means
+    every change goes at once, so the import is delay = 0, complete."""
+    doc, msgs = run(rsync_layer(maxDelays=0, delay=delay))
+    assert not msgs.partial, levels(msgs, "dropped")
+    s = doc["sync"][0]
+    assert s["delay"] == 0 and "max_delays" not in s
+    assert any("maxDelays = 0" in n for n in levels(msgs, "note")) == (delay != 0)
+    assert parses(doc).syncs[0].delay == 0
+    doc, msgs = run(rsync_layer(maxDelays=-1))
+    assert msgs.partial and doc["sync"][0]["delay"] == 15

@@ -17,6 +17,7 @@ from syncsup.proto import Changes, Outcome
 from syncsup.syncer.plan import Finished, Plan, Result, Step, StepKind
 
 MOVES, TREE, PATHS, COMMAND = StepKind.MOVES, StepKind.TREE, StepKind.PATHS, StepKind.COMMAND
+TIMES = StepKind.TIMES
 
 RENAMES = [(b"src", b"dst"), (b"dst", b"dst2")]
 TREES = {"no-trees": set(), "sub": {b"sub"}, "root": {b""}, "rename-dst": {b"dst"}}
@@ -64,7 +65,7 @@ def expected_steps(commands: bool, replay: bool, renames: bool, trees: str, veri
         return [Step(COMMAND)]
     steps = []
     if replay and renames:
-        steps.append(Step(MOVES))
+        steps.append(Step(MOVES, renames=tuple(RENAMES)))
     names = TREES[trees] | VERIFY[verify]
     if names:
         # --checksum: events were lost (verify), or a replayed rename just
@@ -73,8 +74,12 @@ def expected_steps(commands: bool, replay: bool, renames: bool, trees: str, veri
         # --max-delete=0: only the root, only when the source is empty now
         guard = empty and (trees == "root" or verify == "verify-root")
         steps.append(Step(TREE, tuple(sorted(names)), checksum=checksum, empty_guard=guard))
+    # Every entry here is in the root: its time is sent after them (an entry
+    # made, deleted or renamed there changed it), unless a walk of the root does.
     if paths != "no-paths":
         steps.append(Step(PATHS, tuple(sorted(PATHS_SETS[paths]))))
+    if (paths != "no-paths" or renames or names - {b""}) and b"" not in names:
+        steps.append(Step(TIMES, (b"",)))
     return steps
 
 
@@ -186,7 +191,8 @@ def test_the_agent_step_never_decides_the_batch(renames: bool, trees: str, outco
     plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False, agent=True)
     kinds = [s.kind for s in plan.steps]
     assert kinds[-1] is StepKind.AGENT and PATHS not in kinds
-    assert plan.steps[-1].names == tuple(sorted(changes.paths))
+    parents = {b""} if trees == "no-trees" else set()
+    assert plan.steps[-1].names == tuple(sorted(changes.paths | parents))
     step: Step | Finished = plan.first()
     while isinstance(step, Step) and step.kind is not StepKind.AGENT:
         step = plan.advance(step, Result(0))
@@ -195,10 +201,13 @@ def test_the_agent_step_never_decides_the_batch(renames: bool, trees: str, outco
     nxt = plan.advance(step, result)
     expected = tuple(sorted(changes.paths)) if left == "all" else left
     if expected:
+        # what the agent left, then the directories' times (never by -I)
         assert nxt == Step(PATHS, expected)
-        assert plan.advance(nxt, Result(0)) == Finished(Outcome.OK)
-    else:
-        assert nxt == Finished(Outcome.OK)
+        nxt = plan.advance(nxt, Result(0))
+        if parents:
+            assert nxt == Step(TIMES, (b"",))
+            nxt = plan.advance(nxt, Result(0))
+    assert nxt == Finished(Outcome.OK)
     assert plan.moves_done == (len(RENAMES) if renames else 0)
 
 
@@ -206,7 +215,7 @@ def test_the_agent_step_never_decides_the_batch(renames: bool, trees: str, outco
 def test_a_stalled_moves_step_counts_its_renames_as_attempted(trees: str) -> None:
     changes = changes_of(True, trees, "no-verify", "paths")
     plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False)
-    assert plan.steps[0] == Step(MOVES)
+    assert plan.steps[0] == Step(MOVES, renames=tuple(RENAMES))
     end = plan.advance(plan.steps[0], Result(-15, stalled=True))
     assert end == Finished(Outcome.RETRY, -15, "no progress: transfer killed, will retry")
     assert plan.moves_done == len(RENAMES)
@@ -273,3 +282,61 @@ def test_checksum_only_for_trees_that_are_rename_destinations() -> None:
     changes = Changes(trees={b"a"}, moves=[(b"a", b"b")])
     plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False)
     assert plan.steps[1] == Step(TREE, (b"a",))
+
+
+# ------------------------------------------------- renames left to the transfers
+def test_only_the_renames_given_are_replayed_and_all_count_as_done() -> None:
+    """The renames the rules would not make (an end excluded) are left to
+    the transfers: not in the moves step, yet counted as done, so a retry
+    does not offer them again."""
+    changes = changes_of(True, "no-trees", "no-verify", "paths")
+    plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False,
+                     replay=RENAMES[1:])
+    assert plan.steps[0] == Step(MOVES, renames=tuple(RENAMES[1:]))
+    assert plan.advance(plan.steps[0], Result(0)) == plan.steps[1]
+    assert plan.moves_done == len(RENAMES)
+
+
+def test_no_moves_step_when_no_rename_is_replayed() -> None:
+    changes = changes_of(True, "no-trees", "no-verify", "paths")
+    plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False, replay=[])
+    assert [s.kind for s in plan.steps] == [PATHS, TIMES]
+    assert plan.moves_done == len(RENAMES)
+
+
+def test_the_directories_holding_the_entries_are_sent_outside_trees() -> None:
+    """Each entry's directory has its time sent (the root too), except a
+    directory inside a tree, whose walk sets it."""
+    changes = Changes(paths={b"a/b/c", b"a/d", b"t/in/x", b"top"}, trees={b"t", b"n/new"},
+                      moves=[(b"m/old", b"k/new")])
+    plan = Plan.make(changes, commands=False, replay_moves=False, source_empty=False)
+    assert plan.steps[-2:] == [Step(PATHS, tuple(sorted(changes.paths))), Step(TIMES, tuple(
+        sorted({b"a/b", b"a", b"", b"n", b"m", b"k"})))]
+    agent = Plan.make(changes, commands=False, replay_moves=False, source_empty=False,
+                      agent=True)
+    assert agent.steps[-1] == Step(StepKind.AGENT, tuple(sorted(
+        changes.paths | {b"a/b", b"a", b"", b"n", b"m", b"k"})))
+
+
+def test_the_root_goes_to_the_times_step_never_by_paths() -> None:
+    """rsync sends a listed root with its whole content (and -I resends every
+    file there): the root's own attributes go by the times step."""
+    changes = Changes(paths={b"", b"a"})
+    plan = Plan.make(changes, commands=False, replay_moves=False, source_empty=False)
+    assert plan.steps == [Step(PATHS, (b"a",)), Step(TIMES, (b"",))]
+    agent = Plan.make(Changes(paths={b""}), commands=False, replay_moves=False,
+                      source_empty=False, agent=True)
+    assert agent.steps == [Step(StepKind.AGENT, (b"",))]
+    assert agent.advance(agent.steps[0], Result(255)) == Step(TIMES, (b"",))
+
+
+def test_a_directory_the_agent_left_goes_by_name() -> None:
+    """A directory gone from the source that the agent would not delete
+    (it may hold the target's excluded files) is also a parent: it still
+    goes to the paths step, where rsync deletes it, then the times."""
+    changes = Changes(paths={b"d/gone/f"})
+    plan = Plan.make(changes, commands=False, replay_moves=False, source_empty=False,
+                     agent=True)
+    nxt = plan.advance(plan.steps[0], Result(0, fallback=(b"d/gone",)))
+    assert nxt == Step(PATHS, (b"d/gone",))
+    assert plan.advance(nxt, Result(0)) == Step(TIMES, (b"d/gone",))
