@@ -125,9 +125,11 @@ def test_a_partial_tree_transfer_lets_the_paths_go_and_then_fails_the_batch() ->
     the batch ends in that failure (retried), not in success."""
     changes = Changes(trees={b"deep"}, paths={b"beside"})
     plan = Plan.make(changes, commands=False, replay_moves=False, source_empty=False)
-    tree, paths = plan.steps
+    tree, paths, times = plan.steps  # times: the root holds "beside"
+    assert times.kind is StepKind.TIMES and times.names == (b"",)
     assert plan.advance(tree, Result(23, error="too long")) == paths
-    assert plan.advance(paths, Result(0)) == Finished(Outcome.RETRY, 23, "too long")
+    assert plan.advance(paths, Result(0)) == times
+    assert plan.advance(times, Result(0)) == Finished(Outcome.RETRY, 23, "too long")
     plan = Plan.make(changes, commands=False, replay_moves=False, source_empty=False)
     plan.advance(tree, Result(23, error="too long"))
     assert plan.advance(paths, Result(12, error="stream")) == Finished(Outcome.RETRY, 12, "stream")
