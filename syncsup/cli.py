@@ -44,8 +44,9 @@ EXIT_STATUS: tuple[tuple[int, str], ...] = (
         "check found a problem; the daemon did not answer or refused the request; "
         "stop: the daemon did not stop within 15 seconds; import-lsyncd cannot read "
         "the file; unit cannot write a file"),
-    (2, "a usage error on the command line; import-lsyncd: a partial import "
-        "(what was not mapped is listed on stderr)"),
+    (2, "a usage error on the command line; import-lsyncd: a partial import, where "
+        "something that changes behaviour was not mapped (listed on stderr; settings "
+        "with no meaning for syncsup are notes, with exit 0)"),
     (EX_NOT_RUNNING, "status, stop, resync, pause, resume: the daemon is not running "
         "(the LSB convention)"),
     (cfg.EX_CONFIG, "a bad config, with one line on stderr naming the key (EX_CONFIG; "
