@@ -300,7 +300,7 @@ class Collator:
             log.debug("ignored DONE for unknown batch %d", msg.batch_id)
             return
         q.bytes_sent += max(0, msg.bytes)
-        ok = q.finish(msg.batch_id, msg.outcome, msg.error, now)
+        ok = q.finish(msg.batch_id, msg.outcome, msg.error, now, msg.rc)
 
         def settle(s: SyncQueues) -> None:
             if lease.moves and msg.moves_done > 0:

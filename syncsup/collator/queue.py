@@ -13,6 +13,9 @@ failure N times in a row) and tried again at once when something changes
 for it (or an operator resumes it), else after a delay that doubles from
 ``cap`` to ``fatal_cap``: a cause outside the tree (a target fixed, a
 command's dependency back) is still found, a few minutes later at most.
+A target that cannot be reached (ssh could not connect) is never stuck:
+nothing in the tree causes that, the host may be back any moment, and the
+batch then goes within the usual backoff (at most ``cap``).
 """
 
 from __future__ import annotations
@@ -24,9 +27,18 @@ from dataclasses import dataclass, field
 from syncsup.collator.journal import Row
 from syncsup.proto import Outcome
 
-__all__ = ["REPEATS", "Backoff", "Lease", "TargetQueue", "same_failure"]
+__all__ = ["REPEATS", "Backoff", "Lease", "TargetQueue", "same_failure", "unreachable"]
 
 REPEATS = 3  # identical failures in a row, with no change between, before a target is stuck
+# rsync's exit codes for a connection that failed (ssh's own 255, socket I/O,
+# daemon connection timeout), and its protocol error when it is ssh that
+# could not connect (the ssh client's messages start with "ssh: ").
+UNREACHABLE_RCS = frozenset({255, 10, 35})
+
+
+def unreachable(rc: int, error: str) -> bool:
+    """Did this failure come from not reaching the target at all?"""
+    return rc in UNREACHABLE_RCS or (rc == 12 and "ssh: " in error)
 
 # rsync's temporary files (".NAME.XXXXXX", random each run) in its errors
 _TEMP_NAME = re.compile(r"(/\.[^/\"]+\.)[A-Za-z0-9]{6}(\")")
@@ -130,10 +142,12 @@ class TargetQueue:
         self.ready_peer = None
         return self.lease
 
-    def finish(self, batch_id: int, outcome: Outcome, error: str, now: float) -> Lease | None:
+    def finish(self, batch_id: int, outcome: Outcome, error: str, now: float,
+               rc: int = 0) -> Lease | None:
         """Record a DONE; returns the lease if ``outcome`` lets the journal
         forget its rows, else None. A DONE for an unknown batch (from before a
-        collator restart) is ignored."""
+        collator restart) is ignored. ``rc``: the transfer's exit code (an
+        unreachable target is never stuck)."""
         if self.lease is None or self.lease.batch_id != batch_id:
             return None
         lease, self.lease = self.lease, None
@@ -151,7 +165,7 @@ class TargetQueue:
         same = same_failure(error) == self._error and not self.changed
         self.repeats = self.repeats + 1 if same else 1
         self._error, self.changed = same_failure(error), False
-        self.stuck = self.repeats >= REPEATS and not self.fatal
+        self.stuck = self.repeats >= REPEATS and not self.fatal and not unreachable(rc, error)
         self.last_error = error
         if self.stuck:
             self.last_error = (f"the same failure {self.repeats} times in a row: retried when "

@@ -219,6 +219,32 @@ def test_rsyncs_random_temporary_names_do_not_make_a_failure_different() -> None
     assert q.stuck and q.last_error is not None and q.last_error.endswith(err.format("6cqbrF"))
 
 
+def test_an_unreachable_target_is_never_stuck() -> None:
+    """ssh cannot connect, again and again: the host is down, nothing in the
+    tree; the usual backoff (capped at ``cap``) goes on, so the mirror
+    catches up within it once the host is back."""
+    refused = ("ssh: connect to host 10.0.0.9 port 22: Connection refused | rsync: connection "
+               "unexpectedly closed (0 bytes received so far) [sender]")
+    for rc, error in ((255, refused), (12, refused), (10, "rsync: read error"),
+                      (35, "timeout waiting for daemon connection")):
+        q = make()
+        now = 100.0
+        for i in range(3 * REPEATS):
+            leased(q, batch_id=i, now=now)
+            q.finish(i, Outcome.RETRY, error, now, rc)
+            assert not q.stuck and q.state(1, False) == "retrying", (rc, i)
+            assert q.next_try - now <= 1.2 * q.backoff.cap
+            now = q.next_try
+    # a protocol error that ssh did not cause is the tree's: stuck as before
+    q = make()
+    now = 100.0
+    for i in range(REPEATS):
+        leased(q, batch_id=i, now=now)
+        q.finish(i, Outcome.RETRY, "rsync: [receiver] write error: Broken pipe", now, 12)
+        now = q.next_try
+    assert q.stuck
+
+
 def test_an_operators_resume_releases_a_stuck_target() -> None:
     q = make()
     fail_same(q, REPEATS, 100.0)
