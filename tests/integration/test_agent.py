@@ -961,8 +961,15 @@ def test_a_session_lost_while_starting_does_not_turn_a_working_agent_off(sshd, t
     slow = tmp_path / "slow-start"
     wrapper, started = write_target_command(tmp_path, slow_if=slow)
     d = daemon_factory([remote_sync(sshd, src, dst, wrapper, delay=0)])
+    # after the startup sync, so that "a" goes through the agent, which then
+    # has worked on this target (else a file written early went with the
+    # startup rsync, no session had answered yet, and losing one while it
+    # starts rightly means "no agent there")
+    d.wait_idle()
     (src / "a").write_bytes(b"a" * 100)
     converge(d, src, dst)
+    wait_until(lambda: started_agents(started, dst), "the first session", timeout=30,
+               context=d.describe)
     first = wait_agent(remote_agents, dst, d)
     slow.touch()
     kill_quietly(first, signal.SIGKILL)
