@@ -965,11 +965,13 @@ def test_a_session_lost_while_starting_does_not_turn_a_working_agent_off(sshd, t
     # has worked on this target (else a file written early went with the
     # startup rsync, no session had answered yet, and losing one while it
     # starts rightly means "no agent there")
+    wait_until(lambda: " 1 trees, " in d.log_text(), "the startup sync", timeout=60,
+               context=d.describe)
     d.wait_idle()
     (src / "a").write_bytes(b"a" * 100)
     converge(d, src, dst)
-    wait_until(lambda: started_agents(started, dst), "the first session", timeout=30,
-               context=d.describe)
+    wait_until(lambda: " 1 paths, 0 trees" in d.log_text(), "a batch of a's path",
+               timeout=30, context=d.describe)
     first = wait_agent(remote_agents, dst, d)
     slow.touch()
     kill_quietly(first, signal.SIGKILL)
