@@ -113,16 +113,12 @@ def _refuse(text: str) -> int:
 def run(root: str, allow_without: frozenset[str]) -> int:
     """The agent's whole life: prepare, confine, serve. Returns its exit
     code (see ``syncsup-target --help``)."""
-    import errno  # noqa: F401  (everything the session uses, imported now)
-    import grp  # noqa: F401
     import pwd
-    import select  # noqa: F401
     import signal
-    import stat  # noqa: F401
 
-    import msgpack  # noqa: F401
-
-    from syncsup.target import _agent, _apply, _kernel, _protocol  # noqa: F401
+    # Importing the agent imports everything a session uses (msgpack, the
+    # applier, the protocol): nothing is imported after the restriction.
+    from syncsup.target import _agent, _apply, _kernel
 
     readable = _readable_dirs()
     for path in readable:
