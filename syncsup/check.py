@@ -4,8 +4,9 @@ without changing anything.
 It validates the config, then checks that each source is a readable
 directory, that rsync runs locally, and for every target that it can be
 reached (ssh with the sync's own options), runs rsync (with its version) and
-is writable. The local rsync's sender is probed for following a symlink
-raced into the source, and judged against who can write in each source.
+is writable; for an rsync daemon's module, that it answers and takes
+writes. The local rsync's sender is probed for following a symlink raced
+into the source, and judged against who can write in each source.
 It prints one line per check, ``ok:`` or ``problem:``, and returns the
 number of problems.
 """
@@ -17,6 +18,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 
 from syncsup import config as cfg
 from syncsup.paths import is_within
@@ -27,7 +29,7 @@ from syncsup.rsync_version import (
     parse_version,
     rsync_version,
 )
-from syncsup.syncer.argv import ssh_argv
+from syncsup.syncer.argv import DAEMON_CONNECT_TIMEOUT, daemon_options, ssh_argv
 
 __all__ = ["run_checks"]
 
@@ -133,6 +135,47 @@ def _remote_target(sync: cfg.Sync, target: cfg.Target) -> tuple[list[str], str]:
     return [], version
 
 
+def _daemon_verdict(rc: int, stderr: str) -> str | None:
+    """What a dry-run push to an rsync daemon's module says (None: it took
+    it). rsync's messages are kept: they name the module."""
+    lines = [ln.strip() for ln in stderr.replace("Password: ", "").splitlines() if ln.strip()]
+    first = lines[0] if lines else f"rsync exited {rc}"
+    if rc == 0:
+        return None
+    if "auth failed" in stderr:
+        return (f"authentication failed ({first}): check [sync.rsyncd] password_file and the "
+                "module's auth users and secrets file")
+    if "Unknown module" in stderr:
+        return f"no such module on the daemon ({first})"
+    if rc in (10, 35) or "failed to connect" in stderr:
+        return f"the rsync daemon is unreachable ({first})"
+    if "read only" in stderr:
+        return f"the module is read only ({first})"
+    return first
+
+
+def _daemon_target(sync: cfg.Sync, target: cfg.Target) -> list[str]:
+    """Ask the daemon to take an empty directory, without writing
+    (``--dry-run``): that logs in to the module (the password, the module's
+    name, ``read only``), as every transfer will, and changes nothing. stdin
+    is not a terminal and there is none to open: with no password file
+    rsync gets no password rather than prompting."""
+    name = f"{sync.name} -> {target.spec}"
+    with tempfile.TemporaryDirectory(prefix="syncsup-check-") as empty:
+        argv = [sync.rsync.binary, "--dry-run", "-d", *daemon_options(sync),
+                f"--timeout={TIMEOUT}", empty + "/", target.rsync_dest()]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, errors="replace",
+                                  timeout=TIMEOUT + DAEMON_CONNECT_TIMEOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True, check=False)
+        except subprocess.TimeoutExpired:
+            return [f"{name}: the rsync daemon did not answer in {TIMEOUT}s"]
+        except OSError as exc:
+            return [f"{name}: cannot run {sync.rsync.binary}: {exc.strerror}"]
+    verdict = _daemon_verdict(proc.returncode, proc.stderr)
+    return [] if verdict is None else [f"{name}: {verdict}"]
+
+
 def run_checks(conf: cfg.Config, out: list[str]) -> int:
     """Append ``ok:``/``problem:`` lines to ``out``; return the problem count."""
     problems = 0
@@ -181,7 +224,10 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
                     report([f"{sync.name}: {kind}: {template[0]!r} is not an executable"], "")
             continue
         for target in sync.targets:
-            if target.is_remote:
+            if target.is_daemon:
+                report(_daemon_target(sync, target), f"{sync.name} -> {target.spec}: the rsync "
+                       "daemon's module answers and takes writes")
+            elif target.is_remote:
                 issues, version = _remote_target(sync, target)
                 writable = "" if "confined" in version else ", writable"
                 report(issues, f"{sync.name} -> {target.spec}: ssh works, rsync {version}"

@@ -30,6 +30,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "RsyncOptions",
+    "RsyncdOptions",
     "Settings",
     "SshOptions",
     "Sync",
@@ -120,6 +121,17 @@ class RsyncOptions:
 
 
 @dataclass(frozen=True)
+class RsyncdOptions:
+    """``[sync.rsyncd]``: how rsync reaches the sync's rsync daemon targets
+    (``host::module``, ``rsync://host/module``). The password is only ever
+    read by rsync itself from ``password_file`` (``--password-file``): never
+    on a command line or in an environment that could be logged."""
+
+    password_file: Path | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
 class Commands:
     """Command mode: argv templates per change kind, or a Python action."""
 
@@ -141,6 +153,13 @@ class Target:
     (its forced command), so transfers use rsync's daemon mode over ssh and
     renames go through syncsup's agent; ``path`` must then be the forced
     command's ROOT.
+
+    ``module`` is set for a target served by an rsync daemon
+    (``[user@]host::module[/path]`` or ``rsync://[user@]host[:port]/module[/path]``):
+    rsync talks to the daemon directly over TCP (``port``, None: rsync's
+    873), with no ssh, no agent and no rename replay; ``path`` is then the
+    directory inside the module ("" for its top) and ``user`` the daemon's
+    ``auth users`` name.
     """
 
     spec: str
@@ -148,10 +167,22 @@ class Target:
     host: str | None = None
     user: str | None = None
     confined: bool = False
+    module: str | None = None
+    port: int | None = None
 
     @property
     def is_remote(self) -> bool:
         return self.host is not None
+
+    @property
+    def is_daemon(self) -> bool:
+        """Served by an rsync daemon over TCP (not reached through ssh)."""
+        return self.module is not None
+
+    @property
+    def over_ssh(self) -> bool:
+        """Reached through ssh: a remote target that is not an rsync daemon's."""
+        return self.host is not None and self.module is None
 
     @property
     def login(self) -> str:
@@ -161,10 +192,18 @@ class Target:
 
     def rsync_dest(self) -> str:
         """The destination argument for rsync, always ending in ``/``: a
-        local path, ``login:/path/``, or for a confined target the module
-        that ``syncsup-target`` serves, ``login::syncsup/``."""
+        local path, ``login:/path/``, for a confined target the module
+        that ``syncsup-target`` serves, ``login::syncsup/``, and for an rsync
+        daemon's target always the URL form (it carries a port, and an IPv6
+        address in brackets), ``rsync://login[:port]/module/path/``."""
         if self.host is None:
             return self.path.rstrip("/") + "/"
+        if self.module is not None:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            login = f"{self.user}@{host}" if self.user else host
+            port = f":{self.port}" if self.port is not None else ""
+            path = f"{self.module}/{self.path}".rstrip("/")
+            return f"rsync://{login}{port}/{path}/"
         if self.confined:
             return f"{self.login}::syncsup/"
         return f"{self.login}:{self.path.rstrip('/')}/"
@@ -191,6 +230,7 @@ class Sync:
     filter_from: Path | None = None
     ssh: SshOptions = SshOptions()
     rsync: RsyncOptions = RsyncOptions()
+    rsyncd: RsyncdOptions = RsyncdOptions()
     commands: Commands = Commands()
 
     @property
@@ -224,17 +264,68 @@ class Config:
         raise KeyError(name)
 
 
+_MODULE_RE = re.compile(r"[^/\\\x00-\x1f\x7f]+")
+
+
+def _daemon_target(spec: str, key: str, login: str, rest: str, port: int | None) -> Target:
+    """A target of an rsync daemon: ``login`` is ``[user@]host``, ``rest``
+    ``module[/path]`` (any leading slash removed)."""
+    user, _, host = login.rpartition("@")
+    if not host or host.startswith("-") or (user and user.startswith("-")):
+        raise ConfigError(key, f"bad host in {spec!r}")
+    if ":" in user:
+        raise ConfigError(key, "a password does not belong in the target: put it in a file "
+                          "named by [sync.rsyncd] password_file")
+    module, _, path = rest.partition("/")
+    if not module or not _MODULE_RE.fullmatch(module) or module.startswith("-"):
+        raise ConfigError(key, f"missing or bad module name in {spec!r}: write "
+                          "host::module or rsync://host/module")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ConfigError(key, f"'..' in the path inside the module: {spec!r}")
+    return Target(spec=spec, path="/".join(parts), host=host, user=user or None,
+                  module=module, port=port)
+
+
+def _rsync_url(spec: str, key: str) -> Target:
+    """``rsync://[user@]host[:port]/module[/path]``, as rsync reads it."""
+    rest = spec[len("rsync://"):]
+    authority, slash, path = rest.partition("/")
+    if not slash:
+        raise ConfigError(key, f"missing module in {spec!r}: write rsync://host/module")
+    login, _, hostport = authority.rpartition("@")
+    port: int | None = None
+    if hostport.startswith("["):  # an IPv6 address: [addr] or [addr]:port
+        host, bracket, after = hostport[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise ConfigError(key, f"bad host in {spec!r}")
+        port_text = after[1:] if after else None
+    else:
+        host, colon, port_text_ = hostport.partition(":")
+        port_text = port_text_ if colon else None
+    if port_text is not None:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ConfigError(key, f"bad port in {spec!r}: 1-65535")
+        port = int(port_text)
+    return _daemon_target(spec, key, f"{login}@{host}" if login else host, path, port)
+
+
 def parse_target(spec: str, key: str, base: Path) -> Target:
     """Split ``[user@]host:/path`` from a local path, rsync's way: a colon
-    before the first slash means remote. Local paths resolve against the
-    config file's folder."""
+    before the first slash means remote, and two of them
+    (``[user@]host::module[/path]``), or an ``rsync://`` URL, an rsync
+    daemon's module. Local paths resolve against the config file's folder."""
     if not spec:
         raise ConfigError(key, "must not be empty")
     if "\0" in spec or "\n" in spec:
         raise ConfigError(key, "must not contain NUL or newline")
+    if spec.startswith("rsync://"):
+        return _rsync_url(spec, key)
     colon, slash = spec.find(":"), spec.find("/")
     if colon > 0 and (slash < 0 or colon < slash):
         login, path = spec[:colon], spec[colon + 1 :]
+        if path.startswith(":"):
+            return _daemon_target(spec, key, login, path[1:].lstrip("/"), None)
         user, _, host = login.rpartition("@")
         if not host or host.startswith("-") or (user and user.startswith("-")):
             raise ConfigError(key, f"bad host in {spec!r}")
@@ -242,8 +333,6 @@ def parse_target(spec: str, key: str, base: Path) -> Target:
             raise ConfigError(key, f"missing path after ':' in {spec!r}")
         if path.startswith("-"):
             raise ConfigError(key, f"a remote path must not start with '-': {spec!r}")
-        if "::" in spec or spec.startswith("rsync://"):
-            raise ConfigError(key, "rsync daemon targets are not supported; use host:/path")
         return Target(spec=spec, path=path, host=host, user=user or None)
     return Target(spec=spec, path=str((base / spec).resolve()))
 
@@ -450,12 +539,55 @@ def _parse_target(raw: Any, key: str, base: Path, host: str | None,
     else:
         raise ConfigError(key, "must be a string or a table with path (and host, user, "
                           "confined)")
+    if target.is_daemon:
+        if confined:
+            raise ConfigError(key, "an rsync daemon target cannot be confined: a confined "
+                              "target is reached over ssh through syncsup-target (write "
+                              "host:/ROOT), a daemon target over the rsync protocol (set "
+                              "confined = false for it)")
+        return target
     if not (confined and target.is_remote):
         return target
     if not target.path.startswith("/"):
         raise ConfigError(key, "a confined target needs an absolute path: the ROOT given to "
                           "syncsup-target on that host")
     return dataclasses.replace(target, confined=True, path=os.path.normpath(target.path))
+
+
+def _password_file(path: Path, key: str) -> None:
+    """Refuse a password file rsync would refuse at every transfer (it
+    checks the file the same way), or could not read at all."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(key, f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(key, f"{path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(key, f"{path} is not a regular file")
+    if st.st_mode & 0o077:
+        raise ConfigError(key, f"{path} is accessible by group or other users (mode "
+                          f"{stat.S_IMODE(st.st_mode):o}); rsync refuses it: chmod 600 it")
+    if os.geteuid() == 0 and st.st_uid != 0:
+        raise ConfigError(key, f"{path} belongs to uid {st.st_uid}; running as root, rsync "
+                          "refuses a password file not owned by root")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(key, f"{path}: permission denied")
+
+
+def _parse_rsyncd(raw: Any, where: str, base: Path) -> RsyncdOptions:
+    if not isinstance(raw, dict):
+        raise ConfigError(where, "must be a table")
+    table = dict(raw)
+    _known(table, "sync.rsyncd", where)
+    password_file = _opt_path(table, "password_file", where, base)
+    if password_file is not None:
+        _password_file(password_file, f"{where}.password_file")
+    port = _pop(table, "port", int, where, _default(RsyncdOptions, "port"))
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"{where}.port", "must be between 1 and 65535")
+    _no_extra(table, where)
+    return RsyncdOptions(password_file=password_file, port=port)
 
 
 def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
@@ -508,6 +640,8 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
             raise ConfigError(f"{where}.{key}", f"{p}: no such file")
     ssh, host, user = _parse_ssh(table.pop("ssh", {}), f"{where}.ssh", base)
     rsync = _parse_rsync(table.pop("rsync", {}), f"{where}.rsync")
+    has_rsyncd = "rsyncd" in table
+    rsyncd = _parse_rsyncd(table.pop("rsyncd", {}), f"{where}.rsyncd", base)
     commands = Commands(
         **{k: _template(table, k, where)
            for k in ("on_create", "on_modify", "on_delete", "on_move", "on_startup")},
@@ -522,7 +656,16 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
                for i, spec in enumerate(raw_targets)]
     if len({t.spec for t in targets}) != len(targets):
         raise ConfigError(f"{where}.targets", "lists the same target twice")
+    targets = [dataclasses.replace(t, port=rsyncd.port)
+               if t.is_daemon and t.port is None else t for t in targets]
+    if has_rsyncd and not any(t.is_daemon for t in targets):
+        raise ConfigError(f"{where}.rsyncd", "only used with rsync daemon targets "
+                          "(host::module or rsync://host/module)")
     for i, t in enumerate(targets):
+        if t.is_daemon and mode is not Mode.RSYNC:
+            raise ConfigError(f"{where}.targets[{i}]", f"an rsync daemon target needs mode = "
+                              f"\"rsync\", not {mode.value!r}: renames cannot be replayed "
+                              "on a daemon (rsync sends them as a delete and a create)")
         if mode is Mode.RSYNCSSH and not t.is_remote:
             raise ConfigError(f"{where}.targets[{i}]",
                               "rsyncssh needs a remote target: host:/path, or set ssh.host")
@@ -547,7 +690,7 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
         delete=delete, init=init, max_delays=max_delays, max_delete=max_delete,
         full_sync_interval=full_sync_interval, agent_max_size=agent_max_size, exclude=exclude,
         exclude_from=exclude_from, filter=filters, filter_from=filter_from, ssh=ssh,
-        rsync=rsync, commands=commands,
+        rsync=rsync, rsyncd=rsyncd, commands=commands,
     )
 
 
@@ -569,7 +712,10 @@ def _check_overlaps(syncs: tuple[Sync, ...]) -> None:
             key = f"sync[{i}].targets[{j}]"
             if sync.runs_commands and t.spec == "command":
                 continue
-            if t.is_remote:
+            if t.is_daemon:  # a module is a tree of its own: overlaps only within it
+                host = f"rsync://{t.user or ''}@{t.host}:{t.port or 873}/{t.module}"
+                path = os.path.normpath("/" + t.path)
+            elif t.is_remote:
                 host, path = f"{t.user or ''}@{t.host}", os.path.normpath(t.path)
             else:
                 host, path = "", os.path.realpath(t.path)

@@ -101,10 +101,12 @@ SYNC = (
     _k("agent_max_size", "integer", """files up to this many bytes go through the target's
        agent (a long-lived channel: no process per batch), larger ones through rsync (delta
        transfer). 0: rsync for everything. At most 4194304. See "The agent" below."""),
-    _k("targets", "list", """each a string — a local path, or `[user@]host:/path` (a colon
-       before the first slash means remote, as in rsync); a plain path becomes remote when
-       `[sync.ssh] host` is set — or a table (keys below), e.g. `{ path = "/srv/www",
-       host = "h1", user = "backup", confined = true }`.""",
+    _k("targets", "list", """each a string — a local path, `[user@]host:/path` (a colon
+       before the first slash means remote, as in rsync), or an rsync daemon's module,
+       `[user@]host::module[/dir]` or `rsync://[user@]host[:port]/module[/dir]` (`mode =
+       "rsync"` only: plain rsync over TCP, no ssh, no agent; see `[sync.rsyncd]`); a
+       plain path becomes remote when `[sync.ssh] host` is set — or a table (keys below),
+       e.g. `{ path = "/srv/www", host = "h1", user = "backup", confined = true }`.""",
        "required (optional in `command` mode)"),
     _k("exclude", "list of strings", """rsync exclude patterns (`--exclude`), applied to
        every transfer. Excluded files already on the target are left alone."""),
@@ -119,6 +121,8 @@ SYNC = (
     _k("ssh", "table", """how rsync reaches remote targets: `[sync.ssh]`, below.""",
        "`{}`"),
     _k("rsync", "table", """how rsync is run: `[sync.rsync]`, below.""", "`{}`"),
+    _k("rsyncd", "table", """how rsync reaches rsync daemon targets: `[sync.rsyncd]`,
+       below.""", "`{}`"),
 )
 
 TARGET = (
@@ -172,6 +176,15 @@ RSYNC = (
        for that long — a stopped rsync, a dead link — and retries it. 0: never."""),
 )
 
+RSYNCD = (
+    _k("password_file", "path", """the password for the daemon's `auth users`, read by rsync
+       itself (`--password-file`): never on a command line or in an environment. It must be
+       a regular file accessible by its owner only (`chmod 600`; owned by root when syncsup
+       runs as root), as rsync requires.""", "none"),
+    _k("port", "integer", """the daemon's TCP port, 1-65535, for targets written
+       `host::module`; an `rsync://host:port/module` target says its own.""", "rsync's 873"),
+)
+
 # The section name (as used in docs/config.md's markers) -> its keys and the
 # dataclass whose field defaults they show.
 SECTIONS: dict[str, tuple[tuple[Key, ...], str]] = {
@@ -180,6 +193,7 @@ SECTIONS: dict[str, tuple[tuple[Key, ...], str]] = {
     "sync.targets": (TARGET, "Target"),
     "sync.ssh": (SSH, "SshOptions"),
     "sync.rsync": (RSYNC, "RsyncOptions"),
+    "sync.rsyncd": (RSYNCD, "RsyncdOptions"),
 }
 
 

@@ -31,9 +31,10 @@ __all__ = ["REPEATS", "Backoff", "Lease", "TargetQueue", "same_failure", "unreac
 
 REPEATS = 3  # identical failures in a row, with no change between, before a target is stuck
 # rsync's exit codes for a connection that failed (ssh's own 255, socket I/O,
-# daemon connection timeout), and its protocol error when it is ssh that
-# could not connect (the ssh client's messages start with "ssh: ").
-UNREACHABLE_RCS = frozenset({255, 10, 35})
+# daemon connection timeout, an rsync daemon refusing the session: wrong
+# password, unknown module, too many connections), and its protocol error when
+# it is ssh that could not connect (the ssh client's messages start with "ssh: ").
+UNREACHABLE_RCS = frozenset({255, 5, 10, 35})
 
 
 def unreachable(rc: int, error: str) -> bool:

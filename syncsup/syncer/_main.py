@@ -149,12 +149,12 @@ class Syncer:
             sync = expand_rule_files(raw)
             rules = RuleList(sync)
             for i, t in enumerate(sync.targets):
-                cp = self.state.control_path(sync.name, i) if t.is_remote else None
+                cp = self.state.control_path(sync.name, i) if t.over_ssh else None
                 slot = self.slots[(sync.name, i)] = Slot(sync, i, t, cp, rules=rules)
-                why = unusable(sync)
+                why = unusable(sync, t)
                 if why is None:
                     slot.channel = Channel(sync, t, cp, self._agent_errfile(slot))
-                elif i == 0:
+                elif i == 0 or t.is_daemon:
                     log.info("%s: every change goes through rsync (%s)", sync.name, why)
         self.remote = [s for s in self.slots.values() if s.control_path is not None]
         self.agents = [s for s in self.remote if s.channel is not None]

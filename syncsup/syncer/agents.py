@@ -36,9 +36,12 @@ MAX_PATHS_REMOTE = 2048
 log = logging.getLogger("syncsup.syncer")
 
 
-def unusable(sync: cfg.Sync) -> str | None:
-    """Why the agent cannot mirror exactly what rsync would for ``sync``
-    (None: it can)."""
+def unusable(sync: cfg.Sync, target: cfg.Target | None = None) -> str | None:
+    """Why the agent cannot mirror exactly what rsync would for ``sync``, or
+    for its ``target`` (None: it can). An rsync daemon's target has no agent:
+    nothing runs there but the daemon."""
+    if target is not None and target.is_daemon:
+        return "an rsync daemon target"
     opts = sync.rsync
     if sync.agent_max_size == 0:
         return "agent_max_size = 0"

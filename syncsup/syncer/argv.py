@@ -32,7 +32,8 @@ from pathlib import Path
 from syncsup.config import Sync, Target, read_rule_file
 from syncsup.syncer.plan import Step
 
-__all__ = ["SSH_DEFAULTS", "expand_rule_files", "rsync_argv", "ssh_argv", "ssh_command"]
+__all__ = ["DAEMON_CONNECT_TIMEOUT", "SSH_DEFAULTS", "daemon_options", "expand_rule_files",
+           "rsync_argv", "ssh_argv", "ssh_command"]
 
 # Fail fast on a dead host and notice a dead connection, instead of hanging.
 SSH_DEFAULTS = ("BatchMode=yes", "ConnectTimeout=10", "ServerAliveInterval=15",
@@ -60,6 +61,21 @@ def ssh_argv(sync: Sync, control_path: str | None = None) -> list[str]:
     if control_path is not None:
         parts += ["-o", "ControlMaster=no", "-o", f"ControlPath={control_path}"]
     return parts
+
+
+# Seconds rsync waits for an rsync daemon to accept the connection (like
+# ssh's ConnectTimeout): a dead host fails with rsync's 35 instead of hanging.
+DAEMON_CONNECT_TIMEOUT = 10
+
+
+def daemon_options(sync: Sync) -> list[str]:
+    """rsync's options for a target served by an rsync daemon: the password
+    file (rsync reads it itself; no password is ever on a command line or in
+    an environment) and a connection timeout."""
+    opts = [f"--contimeout={DAEMON_CONNECT_TIMEOUT}"]
+    if sync.rsyncd.password_file is not None:
+        opts.append(f"--password-file={sync.rsyncd.password_file}")
+    return opts
 
 
 def ssh_command(sync: Sync, control_path: str | None = None) -> str:
@@ -138,7 +154,9 @@ def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: 
         raise ValueError("expand_rule_files() first: rule files cannot be read under --from0")
     argv += [f"--filter={rule}" for rule in sync.filter]
     argv += list(opts.extra)
-    if target.is_remote:
+    if target.is_daemon:
+        argv += daemon_options(sync)
+    elif target.is_remote:
         argv += ["-e", ssh_command(sync, control_path)]
     argv += [str(sync.source).rstrip("/") + "/", target.rsync_dest()]
     return argv

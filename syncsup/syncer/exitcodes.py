@@ -11,7 +11,9 @@ code   rsync's meaning                           class
 2      protocol incompatibility                  fatal
 3      errors selecting input/output files      retry
 4      requested action not supported           fatal
-5      error starting client-server protocol    retry
+5      error starting client-server protocol    retry (an rsync daemon refused:
+                                                 wrong password, unknown module;
+                                                 reported, never done)
 6      daemon unable to append to log file      fatal
 10     error in socket I/O                       retry
 11     error in file I/O (e.g. disk full)        retry

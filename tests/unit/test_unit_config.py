@@ -207,7 +207,7 @@ def test_local_targets(spec: str, path: str) -> None:
     assert t.spec == spec
 
 
-@pytest.mark.parametrize("spec", ["", "-oProxyCommand=x:/p", "-u@h:/p", "h:", "h::mod",
+@pytest.mark.parametrize("spec", ["", "-oProxyCommand=x:/p", "-u@h:/p", "h:", "h::", "h::/",
                                   "a\nb", "a\0b"])
 def test_bad_targets(spec: str) -> None:
     with pytest.raises(ConfigError) as exc:

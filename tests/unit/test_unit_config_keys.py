@@ -43,10 +43,12 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "bwlimit": "10M", "chown": "a:b", "chmod": "D755", "usermap": "1:2", "groupmap": "3:4",
         "extra": ["--acls"], "timeout": 60,
     },
+    "sync.rsyncd": {"port": 8730},
 }
 # Keys whose sample needs a file or another mode: parsed in their own configs.
-FILE_KEYS = {"exclude_from", "filter_from"}
+FILE_KEYS = {"exclude_from", "filter_from", "rsyncd"}
 COMMAND_KEYS = {"on_create", "on_modify", "on_delete", "on_move", "on_startup", "action"}
+RSYNCD_FILE_KEYS = {"password_file"}  # needs a private file and a daemon target
 
 
 def _section(where: str) -> str:
@@ -71,12 +73,23 @@ def _command_doc(tmp_path: Path) -> dict[str, Any]:
         **{k: ["/bin/true", "{path}"] for k in COMMAND_KEYS - {"action"}},
     }, {
         "name": "act", "source": "/srv/d", "mode": "command", "action": "pkg.mod:Act",
+    }, {
+        "name": "daemon", "source": "/srv/e", "targets": ["backup@h3::mirror/www"],
+        "rsyncd": {**SAMPLES["sync.rsyncd"], "password_file": str(_password_file(tmp_path))},
     }]}
+
+
+def _password_file(tmp_path: Path) -> Path:
+    pw = tmp_path / "rsync.password"
+    pw.write_text("secret\n")
+    pw.chmod(0o600)
+    return pw
 
 
 def test_samples_cover_every_documented_key() -> None:
     for section in config_keys.SECTIONS:
         extra = FILE_KEYS | COMMAND_KEYS if section == "sync" else set()
+        extra |= RSYNCD_FILE_KEYS if section == "sync.rsyncd" else set()
         assert config_keys.names(section) == set(SAMPLES[section]) | extra, section
 
 
@@ -86,6 +99,8 @@ def test_every_documented_key_is_accepted(tmp_path: Path) -> None:
     assert conf.syncs[0].targets[1].confined
     command = config.parse(_command_doc(tmp_path), FAKE)
     assert command.syncs[1].commands.action == "pkg.mod:Act"
+    assert command.syncs[2].rsyncd.password_file == _password_file(tmp_path)
+    assert command.syncs[2].targets[0].port == 8730
 
 
 def test_every_key_the_parser_reads_is_documented(tmp_path: Path,

@@ -226,7 +226,10 @@ def test_an_unreachable_target_is_never_stuck() -> None:
     refused = ("ssh: connect to host 10.0.0.9 port 22: Connection refused | rsync: connection "
                "unexpectedly closed (0 bytes received so far) [sender]")
     for rc, error in ((255, refused), (12, refused), (10, "rsync: read error"),
-                      (35, "timeout waiting for daemon connection")):
+                      (35, "timeout waiting for daemon connection"),
+                      (5, "@ERROR: auth failed on module mirror | rsync error: error starting "
+                          "client-server protocol (code 5)"),
+                      (5, "@ERROR: Unknown module 'nope'")):
         q = make()
         now = 100.0
         for i in range(3 * REPEATS):
