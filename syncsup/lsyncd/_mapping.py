@@ -76,8 +76,18 @@ def _path(value: str, cwd: Path, msgs: Messages, where: str, key: str) -> str:
 
 
 def _is_remote(spec: str) -> bool:
+    """Reached over ssh, rsync's way: a colon before the first slash, but
+    not two (that is an rsync daemon's module, like an ``rsync://`` URL)."""
     colon, slash = spec.find(":"), spec.find("/")
-    return colon > 0 and (slash < 0 or colon < slash)
+    return colon > 0 and (slash < 0 or colon < slash) and not _is_daemon(spec)
+
+
+def _is_daemon(spec: str) -> bool:
+    """``[user@]host::module[/path]`` or ``rsync://...``: an rsync daemon's module."""
+    if spec.startswith("rsync://"):
+        return True
+    colon, slash = spec.find(":"), spec.find("/")
+    return colon > 0 and (slash < 0 or colon < slash) and spec[colon:colon + 2] == "::"
 
 
 def _layer(config: dict[Any, Any]) -> str | None:
@@ -166,10 +176,13 @@ def _targets(config: dict[Any, Any], mode: str, cwd: Path, msgs: Messages,
         msgs.dropped(where, f"default.{mode} needs a target (Lsyncd refuses it too): sync "
                      "not imported")
         return None
-    if "::" in target or target.startswith("rsync://"):
-        msgs.dropped(where, f"target {target!r} is an rsync daemon: syncsup pushes over ssh "
-                     "only (host:/path); sync not imported")
-        return None
+    if _is_daemon(target):
+        if mode == "direct":
+            msgs.dropped(where, f"target {target!r} is an rsync daemon's module, default.direct "
+                         "is for local targets: sync not imported (default.rsync mirrors to a "
+                         "daemon)")
+            return None
+        return [target]
     if _is_remote(target):
         if mode == "direct":
             msgs.dropped(where, f"target {target!r} is remote, default.direct is for local "
@@ -275,7 +288,24 @@ def _map_sync(rec: RecordedSync, mode: str, cwd: Path, msgs: Messages,
             entry[skey] = _path(value, cwd, msgs, where, lkey)
         elif value is not None:
             msgs.dropped(where, f"{lkey} = {value!r} is not a file name")
-    rsync, rsh_ssh = map_rsync(config.get("rsync", {}), mode, msgs, where)
+    rsync_table = config.get("rsync", {})
+    if any(_is_daemon(t) for t in targets) and isinstance(rsync_table, dict):
+        rsync_table = dict(rsync_table)
+        password_file = rsync_table.pop("password_file", None)
+        if isinstance(password_file, str) and password_file:
+            entry["rsyncd"] = {"password_file": _path(password_file, cwd, msgs, where,
+                                                      "rsync.password_file")}
+        elif password_file is not None:
+            msgs.dropped(where, f"rsync.password_file = {password_file!r} is not a file name")
+    rsh = isinstance(rsync_table, dict) and rsync_table.get("rsh") is not None
+    rsync, rsh_ssh = map_rsync(rsync_table, mode, msgs, where)
+    if (rsh or rsh_ssh) and any(_is_daemon(t) for t in targets):
+        # rsync with --rsh and host::module runs a daemon over ssh: that is
+        # not a push to the daemon syncsup makes, nor a confined target.
+        msgs.dropped(where, f"rsync.rsh with the rsync daemon target {targets[0]!r} is rsync's "
+                     "daemon over ssh, which syncsup runs only for confined targets: sync not "
+                     "imported")
+        return None
     ssh: dict[str, Any] = {}
     if mode == "rsyncssh":
         ssh = _merge_rsh(map_ssh(config.get("ssh", {}), msgs, where), rsh_ssh, msgs, where)

@@ -257,8 +257,8 @@ def map_rsync(table: Any, mode: str, msgs: Messages, where: str
         msgs.dropped(where, "rsync.dry_run: syncsup has no dry-run mirror; `syncsup check` "
                      "validates config, sources and targets without changing anything")
     if "password_file" in t and t.pop("password_file") is not None:
-        msgs.dropped(where, "rsync.password_file is for rsync daemon targets, which syncsup "
-                     "does not support; use an ssh target (host:/path)")
+        msgs.dropped(where, "rsync.password_file is for rsync daemon targets (host::module, "
+                     "rsync://host/module), and this sync's target is not one")
     if "rsh" in t:
         value = t.pop("rsh")
         if mode == "direct":

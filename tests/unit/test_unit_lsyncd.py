@@ -294,11 +294,38 @@ def test_init_false_maxdelays_maxprocesses():
     parses(doc)
 
 
-def test_daemon_targets_are_not_imported():
-    for target in ("h1::module/path", "rsync://h1/module"):
-        doc, msgs = run(rsync_layer(target=target))
-        assert "sync" not in doc
-        assert any("rsync daemon" in d for d in levels(msgs, "dropped"))
+@pytest.mark.parametrize("target", ["h1::module/path", "backup@h1::module",
+                                    "rsync://h1/module", "rsync://u@h1:8873/module/d"])
+def test_daemon_targets_import_as_daemon_targets(target, tmp_path):
+    """default.rsync to an rsync daemon: the target as written, the password
+    file in [sync.rsyncd], exit 0."""
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    pw.chmod(0o600)
+    doc, msgs = run(rsync_layer(target=target, rsync={"password_file": str(pw)}))
+    s = doc["sync"][0]
+    assert s["targets"] == [target] and s["mode"] == "rsync"
+    assert s["rsyncd"] == {"password_file": str(pw)}
+    assert not msgs.partial, [m.line() for m in msgs]
+    conf = parses(doc).syncs[0]
+    assert conf.targets[0].is_daemon and conf.rsyncd.password_file == pw
+
+
+def test_daemon_targets_that_cannot_be_mapped_say_so():
+    """default.direct to a daemon, and a daemon over ssh (rsync.rsh with
+    host::module): one line each, no sync, exit 2."""
+    for layer, why in ((rsync_layer(target="h1::m", rsync={"rsh": "/usr/bin/ssh -p 2222"}),
+                        "rsync.rsh"),
+                       (rsync_layer(target="h1::m", rsync={"rsh": "ssh"}), "rsync.rsh"),
+                       (direct_layer(target="h1::m"), "default.direct")):
+        doc, msgs = run(layer)
+        assert "sync" not in doc and msgs.partial
+        dropped = levels(msgs, "dropped")
+        assert len([d for d in dropped if "rsync daemon" in d]) == 1, dropped
+        assert any(why in d for d in dropped), dropped
+    doc, msgs = run(rsync_layer(target="h1:/srv", rsync={"password_file": "/p"}))
+    assert any("rsync.password_file is for rsync daemon targets" in d
+               for d in levels(msgs, "dropped"))
 
 
 # ----------------------------------------------------------- custom code
