@@ -2,10 +2,12 @@
 daemon targets in tests.
 
 One module, ``mirror``, writable, behind ``auth users`` and a secrets file,
-served from ``DIR/module``. As root the daemon keeps owners (``uid = 0``);
-``use chroot = no`` (so symlinks are stored as they are: ``munge symlinks =
-no``). The client's password file is ``password_file``; ``set_password``
-changes the daemon's side (a wrong password, then fixed).
+served from ``DIR/module`` (and ``readonly``, the same directory, read
+only). As root the daemon chroots into the module and keeps owners (``uid =
+0``); otherwise ``use chroot = no``, where the daemon rewrites absolute
+symlinks. ``munge symlinks = no`` either way: links are stored as sent.
+The client's password file is ``password_file``; ``set_password`` changes
+the daemon's side (a wrong password, then fixed).
 """
 
 from __future__ import annotations
@@ -68,11 +70,14 @@ class RsyncDaemon:
         os.chmod(self.secrets, 0o600)
 
     def _write_config(self) -> None:
-        owner = ["uid = 0", "gid = 0"] if os.geteuid() == 0 else []
+        # As root: chroot into the module and keep owners. Without a chroot
+        # the daemon sanitizes paths, which strips the leading '/' of every
+        # absolute symlink it receives: an exact mirror needs the chroot.
+        root = os.geteuid() == 0
+        owner = ["use chroot = yes", "uid = 0", "gid = 0"] if root else ["use chroot = no"]
         self.config.write_text("\n".join([
             f"port = {self.port}",
             "address = 127.0.0.1",
-            "use chroot = no",
             "munge symlinks = no",
             "numeric ids = yes",
             "max connections = 0",
