@@ -264,68 +264,24 @@ class Config:
         raise KeyError(name)
 
 
-_MODULE_RE = re.compile(r"[^/\\\x00-\x1f\x7f]+")
-
-
-def _daemon_target(spec: str, key: str, login: str, rest: str, port: int | None) -> Target:
-    """A target of an rsync daemon: ``login`` is ``[user@]host``, ``rest``
-    ``module[/path]`` (any leading slash removed)."""
-    user, _, host = login.rpartition("@")
-    if not host or host.startswith("-") or (user and user.startswith("-")):
-        raise ConfigError(key, f"bad host in {spec!r}")
-    if ":" in user:
-        raise ConfigError(key, "a password does not belong in the target: put it in a file "
-                          "named by [sync.rsyncd] password_file")
-    module, _, path = rest.partition("/")
-    if not module or not _MODULE_RE.fullmatch(module) or module.startswith("-"):
-        raise ConfigError(key, f"missing or bad module name in {spec!r}: write "
-                          "host::module or rsync://host/module")
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise ConfigError(key, f"'..' in the path inside the module: {spec!r}")
-    return Target(spec=spec, path="/".join(parts), host=host, user=user or None,
-                  module=module, port=port)
-
-
-def _rsync_url(spec: str, key: str) -> Target:
-    """``rsync://[user@]host[:port]/module[/path]``, as rsync reads it."""
-    rest = spec[len("rsync://"):]
-    authority, slash, path = rest.partition("/")
-    if not slash:
-        raise ConfigError(key, f"missing module in {spec!r}: write rsync://host/module")
-    login, _, hostport = authority.rpartition("@")
-    port: int | None = None
-    if hostport.startswith("["):  # an IPv6 address: [addr] or [addr]:port
-        host, bracket, after = hostport[1:].partition("]")
-        if not bracket or (after and not after.startswith(":")):
-            raise ConfigError(key, f"bad host in {spec!r}")
-        port_text = after[1:] if after else None
-    else:
-        host, colon, port_text_ = hostport.partition(":")
-        port_text = port_text_ if colon else None
-    if port_text is not None:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ConfigError(key, f"bad port in {spec!r}: 1-65535")
-        port = int(port_text)
-    return _daemon_target(spec, key, f"{login}@{host}" if login else host, path, port)
-
-
 def parse_target(spec: str, key: str, base: Path) -> Target:
     """Split ``[user@]host:/path`` from a local path, rsync's way: a colon
     before the first slash means remote, and two of them
     (``[user@]host::module[/path]``), or an ``rsync://`` URL, an rsync
     daemon's module. Local paths resolve against the config file's folder."""
+    from syncsup.config_rsyncd import daemon_target, rsync_url  # it needs Target
+
     if not spec:
         raise ConfigError(key, "must not be empty")
     if "\0" in spec or "\n" in spec:
         raise ConfigError(key, "must not contain NUL or newline")
     if spec.startswith("rsync://"):
-        return _rsync_url(spec, key)
+        return rsync_url(spec, key)
     colon, slash = spec.find(":"), spec.find("/")
     if colon > 0 and (slash < 0 or colon < slash):
         login, path = spec[:colon], spec[colon + 1 :]
         if path.startswith(":"):
-            return _daemon_target(spec, key, login, path[1:].lstrip("/"), None)
+            return daemon_target(spec, key, login, path[1:].lstrip("/"), None)
         user, _, host = login.rpartition("@")
         if not host or host.startswith("-") or (user and user.startswith("-")):
             raise ConfigError(key, f"bad host in {spec!r}")
@@ -554,35 +510,16 @@ def _parse_target(raw: Any, key: str, base: Path, host: str | None,
     return dataclasses.replace(target, confined=True, path=os.path.normpath(target.path))
 
 
-def _password_file(path: Path, key: str) -> None:
-    """Refuse a password file rsync would refuse at every transfer (it
-    checks the file the same way), or could not read at all."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise ConfigError(key, f"{path}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(key, f"{path}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(key, f"{path} is not a regular file")
-    if st.st_mode & 0o077:
-        raise ConfigError(key, f"{path} is accessible by group or other users (mode "
-                          f"{stat.S_IMODE(st.st_mode):o}); rsync refuses it: chmod 600 it")
-    if os.geteuid() == 0 and st.st_uid != 0:
-        raise ConfigError(key, f"{path} belongs to uid {st.st_uid}; running as root, rsync "
-                          "refuses a password file not owned by root")
-    if not os.access(path, os.R_OK):
-        raise ConfigError(key, f"{path}: permission denied")
-
-
 def _parse_rsyncd(raw: Any, where: str, base: Path) -> RsyncdOptions:
     if not isinstance(raw, dict):
         raise ConfigError(where, "must be a table")
     table = dict(raw)
     _known(table, "sync.rsyncd", where)
+    from syncsup.config_rsyncd import check_password_file  # it needs ConfigError
+
     password_file = _opt_path(table, "password_file", where, base)
     if password_file is not None:
-        _password_file(password_file, f"{where}.password_file")
+        check_password_file(password_file, f"{where}.password_file")
     port = _pop(table, "port", int, where, _default(RsyncdOptions, "port"))
     if port is not None and not 0 < port < 65536:
         raise ConfigError(f"{where}.port", "must be between 1 and 65535")
