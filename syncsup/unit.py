@@ -201,7 +201,8 @@ def dropin(conf: cfg.Config) -> str:
     used: list[Path | str] = [s.state_dir, *writable]
     for sync in conf.syncs:
         used.append(sync.source)
-        used += [p for p in (sync.ssh.identity_file, sync.exclude_from, sync.filter_from) if p]
+        used += [p for p in (sync.ssh.identity_file, sync.exclude_from, sync.filter_from,
+                             sync.rsyncd.password_file) if p]
         for t in sync.targets:
             if t.is_remote:
                 assert t.host is not None

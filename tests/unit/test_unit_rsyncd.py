@@ -197,3 +197,21 @@ def test_check_tells_the_daemons_answers_apart(rc: int, stderr: str, want: str |
         assert got is None
     else:
         assert got is not None and got.startswith(want), got
+
+
+def test_the_unit_sandbox_opens_the_daemons_address_and_password_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``syncsup unit``: the daemon's host is allowed by address like an ssh
+    host, and a password file under a home directory keeps it readable."""
+    from syncsup import unit
+
+    _pwfile(tmp_path)
+    monkeypatch.setattr(unit, "_addresses", lambda host: {"h": ["192.0.2.7"]}[host])
+    monkeypatch.setattr(unit, "_HOME", (str(tmp_path),))
+    conf = config.parse({"settings": {"state_dir": "/var/lib/syncsup/www"},
+                         "sync": [{"source": "/srv/www", "targets": ["u@h::m/www"],
+                                   "rsyncd": {"password_file": "pw"}}]}, tmp_path / "c.toml")
+    text = unit.dropin(conf)
+    assert "IPAddressAllow=localhost 192.0.2.7" in text.splitlines()
+    assert "ProtectHome=read-only" in text.splitlines()
+    assert "ReadWritePaths" not in text
