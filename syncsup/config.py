@@ -264,6 +264,9 @@ class Config:
         raise KeyError(name)
 
 
+_BRACKETED_DAEMON = re.compile(r"([^/\[\]]*@)?\[([0-9A-Za-z:.%]+)\]::(.*)", re.DOTALL)
+
+
 def parse_target(spec: str, key: str, base: Path) -> Target:
     """Split ``[user@]host:/path`` from a local path, rsync's way: a colon
     before the first slash means remote, and two of them
@@ -277,6 +280,9 @@ def parse_target(spec: str, key: str, base: Path) -> Target:
         raise ConfigError(key, "must not contain NUL or newline")
     if spec.startswith("rsync://"):
         return rsync_url(spec, key)
+    v6 = _BRACKETED_DAEMON.fullmatch(spec)
+    if v6 is not None:  # [user@][v6addr]::module: the colons inside brackets are the host's
+        return daemon_target(spec, key, (v6[1] or "") + v6[2], v6[3].lstrip("/"), None)
     colon, slash = spec.find(":"), spec.find("/")
     if colon > 0 and (slash < 0 or colon < slash):
         login, path = spec[:colon], spec[colon + 1 :]

@@ -31,6 +31,8 @@ BASE = Path("/base")
     ("rsync://u@host:8873/mod/x", "u", "host", "mod", "x", 8873, "rsync://u@host:8873/mod/x/"),
     ("rsync://[::1]:874/m", None, "::1", "m", "", 874, "rsync://[::1]:874/m/"),
     ("rsync://[fe80::1]/m", None, "fe80::1", "m", "", None, "rsync://[fe80::1]/m/"),
+    ("[::1]::m/d", None, "::1", "m", "d", None, "rsync://[::1]/m/d/"),
+    ("u@[2001:db8::7]::m", "u", "2001:db8::7", "m", "", None, "rsync://u@[2001:db8::7]/m/"),
     ("rsync://a b@h/my mod/d ir", "a b", "h", "my mod", "d ir", None,
      "rsync://a b@h/my mod/d ir/"),
 ])
