@@ -13,6 +13,7 @@ number of problems.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -161,19 +162,38 @@ def _daemon_target(sync: cfg.Sync, target: cfg.Target) -> list[str]:
     is not a terminal and there is none to open: with no password file
     rsync gets no password rather than prompting."""
     name = f"{sync.name} -> {target.spec}"
-    with tempfile.TemporaryDirectory(prefix="syncsup-check-") as empty:
-        argv = [sync.rsync.binary, "--dry-run", "-d", *daemon_options(sync),
-                f"--timeout={TIMEOUT}", empty + "/", target.rsync_dest()]
+
+    def rsync(*args: str) -> subprocess.CompletedProcess[str] | str:
+        argv = [sync.rsync.binary, *daemon_options(sync), f"--timeout={TIMEOUT}", *args]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, errors="replace",
+            return subprocess.run(argv, capture_output=True, text=True, errors="replace",
                                   timeout=TIMEOUT + DAEMON_CONNECT_TIMEOUT,
                                   stdin=subprocess.DEVNULL, start_new_session=True, check=False)
         except subprocess.TimeoutExpired:
-            return [f"{name}: the rsync daemon did not answer in {TIMEOUT}s"]
+            return f"{name}: the rsync daemon did not answer in {TIMEOUT}s"
         except OSError as exc:
-            return [f"{name}: cannot run {sync.rsync.binary}: {exc.strerror}"]
+            return f"{name}: cannot run {sync.rsync.binary}: {exc.strerror}"
+
+    with tempfile.TemporaryDirectory(prefix="syncsup-check-") as empty:
+        proc = rsync("--dry-run", "-d", empty + "/", target.rsync_dest())
+    if isinstance(proc, str):
+        return [proc]
     verdict = _daemon_verdict(proc.returncode, proc.stderr)
-    return [] if verdict is None else [f"{name}: {verdict}"]
+    if verdict is not None:
+        return [f"{name}: {verdict}"]
+    parent = target.path.rpartition("/")[0]
+    if not parent:
+        return []
+    # rsync creates the target directory, not the ones above it
+    where = dataclasses.replace(target, path=parent).rsync_dest().rstrip("/")
+    listed = rsync("--list-only", "-d", where)
+    if isinstance(listed, str):
+        return [listed]
+    if listed.returncode != 0:
+        err = (listed.stderr.strip().splitlines() or [f"rsync exited {listed.returncode}"])[0]
+        return [f"{name}: {parent} is not a directory in module {target.module} (rsync "
+                f"creates only the last directory of the path): {err}"]
+    return []
 
 
 def run_checks(conf: cfg.Config, out: list[str]) -> int:

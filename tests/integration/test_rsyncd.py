@@ -147,13 +147,17 @@ def test_a_daemon_that_dies_is_retried_until_it_is_back(src, rsyncd, daemon_fact
 
 def test_check_tells_ok_auth_failure_unknown_module_and_unreachable(tmp_path, src, rsyncd):
     write(src / "x", b"x\n")
+    (rsyncd.module_path / "deep").mkdir()
+    ok = {rsyncd.url("www"), rsyncd.url("deep/www")}
     down = f"rsync://{USER}@127.0.0.1:{free_port()}/{MODULE}/www"
     targets = {rsyncd.url("www"): "the rsync daemon's module answers and takes writes",
+               rsyncd.url("deep/www"): "the rsync daemon's module answers and takes writes",
                rsyncd.url("other", user="intruder"): "authentication failed (@ERROR: auth "
                                                      f"failed on module {MODULE})",
                rsyncd.url(module="nope"): "no such module on the daemon (@ERROR: Unknown "
                                           "module 'nope')",
                rsyncd.url(module="readonly"): "the module is read only",
+               rsyncd.url("no/such/dir"): "no/such is not a directory in module mirror",
                down: "the rsync daemon is unreachable"}
     doc = {"settings": {"state_dir": str(tmp_path / "state")},
            "sync": [{**_daemon_sync(src, rsyncd), "targets": list(targets)}]}
@@ -164,9 +168,10 @@ def test_check_tells_ok_auth_failure_unknown_module_and_unreachable(tmp_path, sr
     for spec, says in targets.items():
         mine = [ln for ln in lines if f"-> {spec}:" in ln]
         assert len(mine) == 1, (spec, lines)
-        prefix = "ok: " if spec == rsyncd.url("www") else "problem: "
+        prefix = "ok: " if spec in ok else "problem: "
         assert mine[0].startswith(prefix) and says in mine[0], mine
-    assert not (rsyncd.module_path / "www").exists(), "check wrote to the module"
+    assert sorted(p.name for p in rsyncd.module_path.rglob("*")) == ["deep"], \
+        "check wrote to the module"
     assert_no_leftovers(tmp_path)
 
 
