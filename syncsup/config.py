@@ -502,11 +502,15 @@ def _parse_target(raw: Any, key: str, base: Path, host: str | None,
         raise ConfigError(key, "must be a string or a table with path (and host, user, "
                           "confined)")
     if target.is_daemon:
+        if isinstance(raw, dict):
+            raise ConfigError(f"{key}.path", "a target table is reached over ssh; write an "
+                              "rsync daemon target as a string, host::module[/dir]")
         if confined:
-            raise ConfigError(key, "an rsync daemon target cannot be confined: a confined "
-                              "target is reached over ssh through syncsup-target (write "
-                              "host:/ROOT), a daemon target over the rsync protocol (set "
-                              "confined = false for it)")
+            raise ConfigError(key, "an rsync daemon target cannot be confined ([sync.ssh] "
+                              "confined = true applies to every target of this sync): a "
+                              "confined target is reached over ssh through syncsup-target, a "
+                              "daemon target over the rsync protocol; put it in a [[sync]] of "
+                              "its own")
         return target
     if not (confined and target.is_remote):
         return target

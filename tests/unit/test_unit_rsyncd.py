@@ -109,6 +109,8 @@ def test_rsyncd_table(tmp_path: Path) -> None:
     ({"mode": "rsyncssh"}, "sync[0].targets[0]", "renames cannot be replayed"),
     ({"ssh": {"confined": True}}, "sync[0].targets[0]", "cannot be confined"),
     ({"targets": ["h::m", "h::m/sub"]}, "sync[0].targets[1]", "overlaps"),
+    ({"targets": [{"host": "h", "path": ":m"}]}, "sync[0].targets[0].path",
+     "write an rsync daemon target as a string"),
 ])
 def test_daemon_config_refusals(tmp_path: Path, sync: dict[str, Any], key: str,
                                 why: str) -> None:
