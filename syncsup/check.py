@@ -4,9 +4,10 @@ without changing anything.
 It validates the config, then checks that each source is a readable
 directory, that rsync runs locally, and for every target that it can be
 reached (ssh with the sync's own options), runs rsync (with its version) and
-is writable; for an rsync daemon's module, that it answers and takes
-writes. The local rsync's sender is probed for following a symlink raced
-into the source, and judged against who can write in each source.
+is writable; for an rsync daemon's module, that it answers, lets the
+sync's user in and is not read only. The local rsync's sender is probed
+for following a symlink raced into the source, and judged against who can
+write in each source.
 It prints one line per check, ``ok:`` or ``problem:``, and returns the
 number of problems.
 """
@@ -246,7 +247,7 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
         for target in sync.targets:
             if target.is_daemon:
                 report(_daemon_target(sync, target), f"{sync.name} -> {target.spec}: the rsync "
-                       "daemon's module answers and takes writes")
+                       "daemon's module answers, the login works and it is not read only")
             elif target.is_remote:
                 issues, version = _remote_target(sync, target)
                 writable = "" if "confined" in version else ", writable"

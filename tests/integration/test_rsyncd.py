@@ -150,8 +150,9 @@ def test_check_tells_ok_auth_failure_unknown_module_and_unreachable(tmp_path, sr
     (rsyncd.module_path / "deep").mkdir()
     ok = {rsyncd.url("www"), rsyncd.url("deep/www")}
     down = f"rsync://{USER}@127.0.0.1:{free_port()}/{MODULE}/www"
-    targets = {rsyncd.url("www"): "the rsync daemon's module answers and takes writes",
-               rsyncd.url("deep/www"): "the rsync daemon's module answers and takes writes",
+    works = "the rsync daemon's module answers, the login works and it is not read only"
+    targets = {rsyncd.url("www"): works,
+               rsyncd.url("deep/www"): works,
                rsyncd.url("other", user="intruder"): "authentication failed (@ERROR: auth "
                                                      f"failed on module {MODULE})",
                rsyncd.url(module="nope"): "no such module on the daemon (@ERROR: Unknown "
