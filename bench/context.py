@@ -28,6 +28,7 @@ from typing import Any
 
 from bench.tools import TOOL_CLASSES, SyncSpec, Target, Tool, target_path
 from bench.trees import rm_rf
+from tests.helpers.rsyncd import RsyncDaemon
 from tests.helpers.sshd import Sshd
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -35,6 +36,8 @@ SIZES: dict[str, dict[str, Any]] = {
         # every scenario at least once, small: CI runs this after the tests
         "latency_local": 8,
         "latency_ssh": 5,
+        "latency_rsyncd": 5,
+        "rsyncd_burst": 500,
         "bursts": [1000],
         "churn_s": 6.0,
         "overflow_files": 9000,  # Lsyncd: ~2 events a file; the queue holds 16 384
@@ -54,6 +57,8 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "latency_local": 100,
         "latency_ssh": 40,
+        "latency_rsyncd": 40,
+        "rsyncd_burst": 5000,
         "bursts": [20000, 100000],
         "overflow_files": 20000,
         "startup": (100000, 4000),
@@ -87,6 +92,7 @@ class Ctx:
         self.base = base
         self.timeout: float = self.size["timeout"]
         self._sshd: Sshd | None = None
+        self._rsyncd: RsyncDaemon | None = None
         self.shared: dict[str, Path] = {}
         self.stopping: list[Tool] = []
         self.deferred: list[Path] = []
@@ -99,11 +105,22 @@ class Ctx:
             self._sshd = s
         return self._sshd
 
+    def rsyncd(self) -> RsyncDaemon:
+        """The throw-away rsync daemon on 127.0.0.1 (started on first use)."""
+        if self._rsyncd is None:
+            d = RsyncDaemon(self.base / "rsyncd")
+            d.start()
+            self._rsyncd = d
+        return self._rsyncd
+
     def close(self) -> None:
         self.reap(block=True)
         if self._sshd is not None:
             self._sshd.close()
             self._sshd = None
+        if self._rsyncd is not None:
+            self._rsyncd.close()
+            self._rsyncd = None
 
     def dir(self, *parts: str) -> Path:
         """A fresh, empty directory under the run's temp dir (a tool still

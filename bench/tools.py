@@ -47,6 +47,7 @@ from tests.helpers.daemon import (
     syncsup_env,
     write_config,
 )
+from tests.helpers.rsyncd import RsyncDaemon
 from tests.helpers.sshd import Sshd
 
 
@@ -70,7 +71,17 @@ class Remote:
         self.path = path
 
 
-Target = Path | Remote
+class Daemon:
+    """A module of the throw-away rsync daemon: ``path`` is where its files
+    land on this machine, ``url`` the target both tools are given."""
+
+    def __init__(self, rsyncd: RsyncDaemon, sub: str) -> None:
+        self.rsyncd = rsyncd
+        self.url = rsyncd.url(sub)
+        self.path = rsyncd.module_path / sub
+
+
+Target = Path | Remote | Daemon
 SyncSpec = tuple[Path, list[Target]]
 
 LIVE: list[Tool] = []
@@ -79,7 +90,12 @@ LIVE: list[Tool] = []
 
 def target_path(t: Target) -> Path:
     """Where a target's files land on this machine."""
-    return t.path if isinstance(t, Remote) else t
+    return t.path if isinstance(t, Remote | Daemon) else t
+
+
+def _spec(t: Target) -> Path | str:
+    """What syncsup's config says for ``t``."""
+    return t.url if isinstance(t, Daemon) else target_path(t)
 
 
 class Tool:
@@ -244,12 +260,15 @@ class Syncsup(Tool):
                        "target_command": str(target_command(self.work))}
             block = sync_entry(
                 source,
-                [target_path(t) for t in targets],
+                [_spec(t) for t in targets],
                 name="b" if len(syncs) == 1 else f"s{i:03d}",
                 delay=0,
                 mode="rsyncssh" if remote else "rsync",
                 ssh=ssh,
             )
+            daemons = [t for t in targets if isinstance(t, Daemon)]
+            if daemons:
+                block["rsyncd"] = {"password_file": str(daemons[0].rsyncd.password_file)}
             if self.agent_max_size is not None:
                 block["agent_max_size"] = self.agent_max_size
             if self.rsync_binary is not None:
@@ -382,6 +401,8 @@ class Lsyncd(Tool):
 
 def _lsyncd_block(source: Path, t: Target, binary: str | None) -> list[str]:
     rsync = "  rsync = { archive = true"
+    if isinstance(t, Daemon):
+        rsync += f", password_file = {_lua_str(str(t.rsyncd.password_file))}"
     rsync += f", binary = {_lua_str(binary)} }}," if binary else " },"
     if isinstance(t, Remote):
         s = t.sshd
@@ -404,7 +425,7 @@ def _lsyncd_block(source: Path, t: Target, binary: str | None) -> list[str]:
         "sync {",
         "  default.rsync,",
         f"  source = {_lua_str(str(source))},",
-        f"  target = {_lua_str(str(t))},",
+        f"  target = {_lua_str(t.url if isinstance(t, Daemon) else str(t))},",
         "  delay = 0,",
         rsync,
         "}",

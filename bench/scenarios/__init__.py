@@ -18,6 +18,7 @@ from bench.scenarios import (
     overflow,
     recovery,
     rename,
+    rsyncd,
     startup,
     syncs,
 )
@@ -25,7 +26,8 @@ from bench.scenarios.base import Scenario
 
 REGISTRY: dict[str, Scenario] = {
     m.SCENARIO.name: m.SCENARIO
-    for m in (latency, burst, churn, overflow, startup, fanout, rename, recovery, idle, syncs)
+    for m in (latency, burst, churn, overflow, startup, fanout, rename, recovery, idle, syncs,
+              rsyncd)
 }
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 
