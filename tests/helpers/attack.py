@@ -393,11 +393,17 @@ def replies(data: bytes) -> list[dict]:
 
 class AgentSession:
     """``ssh login "syncsup-target ROOT agent"`` kept open: one request at a
-    time, so that the test can change the target between two requests."""
+    time, so that the test can change the target between two requests.
 
-    def __init__(self, sshd: AttackSshd, w: World) -> None:
+    ``by_path``: for a key without a forced command, name this checkout's
+    ``syncsup-target`` by its path, since the account's shell startup files
+    (root's ``.bashrc`` putting pyenv first, say) may put another one first
+    on its PATH. A forced command reads the command and wants the name."""
+
+    def __init__(self, sshd: AttackSshd, w: World, by_path: bool = False) -> None:
+        exe = shlex.quote(str(sshd.wrapper)) if by_path else "syncsup-target"
         self.proc = subprocess.Popen(
-            [*sshd.ssh_base(), w.login, f"syncsup-target {shlex.quote(str(w.root))} agent"],
+            [*sshd.ssh_base(), w.login, f"{exe} {shlex.quote(str(w.root))} agent"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def ask(self, doc: dict, timeout: float = 30) -> dict | None:

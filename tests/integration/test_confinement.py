@@ -308,7 +308,7 @@ def test_the_applier_alone_reaches_nothing_outside_root(world, asshd):
     kernel layer): every path trick of the corpus is refused."""
     w, s = world, asshd
     s.confine(w.root, forced=False)
-    session = AgentSession(s, w)
+    session = AgentSession(s, w, by_path=True)
     try:
         assert session.ask({"op": "hello", "version": 1})["ok"]
         for req in _request_corpus(w) + _crashers():
