@@ -11,6 +11,11 @@ local codes = {}
 for k, v in pairs(default.rsyncExitCodes) do codes[k] = v end
 codes[24] = "ok"
 codes[23] = "again"
+-- copied whole: a table written out ({ [0] = "ok", ... }) lacks the
+-- _verbatim marker, and Lsyncd then reads its codes as a list
+local ssh_codes = {}
+for k, v in pairs(default.sshExitCodes) do ssh_codes[k] = v end
+ssh_codes[1] = "die"
 
 sync {
     default.rsync,
@@ -28,7 +33,7 @@ sync {
     targetdir = "@BASE@/dst-ssh",
     delay = 1,
     rsyncExitCodes = codes,
-    sshExitCodes = { [0] = "ok", [255] = "again", [1] = "die" },
+    sshExitCodes = ssh_codes,
     ssh = {
         port = @PORT@,
         identityFile = "@IDENTITY@",
