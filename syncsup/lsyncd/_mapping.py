@@ -141,9 +141,17 @@ def _exit_codes(config: dict[Any, Any], mode: str, msgs: Messages, where: str) -
         table = config.get(key)
         if table is None or table == default:
             continue
-        if not isinstance(table, dict) or key == "sshExitCodes":
+        if not isinstance(table, dict) or (key == "sshExitCodes" and 0 in table):
             msgs.dropped(where, f"{key} is a custom exit code table: syncsup's classification "
                          "is fixed (docs/config.md, 'rsync exit codes')")
+            continue
+        if 0 not in table:
+            # Lsyncd reads an exit code table with no _verbatim marker (one
+            # written out, not copied from its default) as a list: no code 0.
+            msgs.dropped(where, f"{key} has no entry for exit code 0, so Lsyncd stopped at the "
+                         "first success (a table written out is read as a list: copy "
+                         f"default.{'sshExitCodes' if key == 'sshExitCodes' else 'rsyncExitCodes'}"
+                         " and change it); syncsup classifies exit codes itself")
             continue
         base = default if isinstance(default, dict) else RSYNC_EXIT
         changed = {c: v for c, v in table.items() if isinstance(c, int) and base.get(c) != v}

@@ -414,7 +414,20 @@ LOCAL_RULES: dict[str, list[Rule]] = {
 LOCAL = ["backups_append.lua", "copy_unsafe.lua", "delete_modes.lua", "direct_init.lua",
          "dry_run.lua", "filters.lua", "layers_loop.lua", "links_modes.lua",
          "mirror_settings.lua", "perms_owner.lua", "tuning.lua"]
-SSH = ["rsync_remote.lua", "rsyncssh.lua", "rsyncssh_xargs.lua", "syslog_exitcodes.lua"]
+SSH = ["rsync_remote.lua", "rsyncssh.lua", "rsyncssh_exitcodes.lua", "rsyncssh_xargs.lua",
+       "syslog_exitcodes.lua"]
+
+
+def lsyncd_stopped_on_exit_0(side: Side, describe: Callable[[], str]) -> None:
+    """An exit code table written out reaches Lsyncd as a list: it stops at
+    the first rename (exit 0 unknown); the import says so (exit 2) and
+    syncsup mirrors."""
+    assert any("no entry for exit code 0" in m for m in side.messages), side.messages
+    assert side.proc is not None
+    wait_for(lambda: side.proc is not None and side.proc.poll() is not None,
+             "lsyncd to stop", describe)
+    assert "Unknown exitcode" in lsyncd_out(side), lsyncd_out(side)
+    wait_for(lambda: mirrors_source(side), f"syncsup's mirror of {side.name}", describe)
 
 
 def test_every_corpus_config_is_run_or_said_why_not():
@@ -436,6 +449,7 @@ def test_local_configs_side_by_side_with_lsyncd(tmp_path, daemon_factory):
 def test_ssh_configs_side_by_side_with_lsyncd(tmp_path, daemon_factory, sshd):
     subs = {"HOST": sshd.host, "USER": sshd.user, "PORT": str(sshd.port),
             "IDENTITY": str(sshd.identity_file), "KNOWN_HOSTS": str(sshd.known_hosts)}
-    special = {"rsyncssh_xargs.lua": refused_by_lsyncd("xargs", mirrors_source)}
+    special = {"rsyncssh_xargs.lua": refused_by_lsyncd("xargs", mirrors_source),
+               "rsyncssh_exitcodes.lua": lsyncd_stopped_on_exit_0}
     rules = {"syslog_exitcodes/dst-ssh": NO_PERMS}
     run_side_by_side(tmp_path, daemon_factory, SSH, subs, special, rules, set(rules))

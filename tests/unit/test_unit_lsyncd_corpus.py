@@ -140,6 +140,15 @@ def test_an_exit_code_table_that_disagrees_names_the_codes():
     assert "rsync exit code 12, 24 otherwise" in line, line
 
 
+def test_an_exit_code_table_without_code_0_says_lsyncd_stopped():
+    """{ [0] = "ok", [1] = "die" } written out reaches Lsyncd as { "die" }
+    (no _verbatim marker): Lsyncd stops on the first exit 0."""
+    _doc, lines = _one({"sshExitCodes": {1: "die"}, "rsyncExitCodes": {1: "die"}})
+    dropped = [ln for ln in lines if ln.startswith("dropped")]
+    assert len(dropped) == 2 and all("no entry for exit code 0" in ln for ln in dropped), lines
+    assert "copy default.sshExitCodes" in dropped[1], dropped
+
+
 def test_xargs_of_lsyncd_2_1_is_a_note():
     doc, lines = _one({"xargs": {"binary": "/usr/bin/xargs"}})
     assert doc["sync"] and not [ln for ln in lines if ln.startswith("dropped")], lines
