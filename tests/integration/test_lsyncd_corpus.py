@@ -47,6 +47,11 @@ NEEDS_DAEMON_TARGETS = {"daemon_targets.lua": "rsync daemon targets (host::modul
 NOT_MIRRORED = {"custom_layers.lua": "layer 1-3 actions only: the import has no [[sync]]"}
 
 
+# Directories other than targets that both tools fill alike (rsync's
+# --backup-dir): compared like targets, without the churn's last file.
+ALSO_COMPARED = {"backups_append.lua": ["backup"]}
+
+
 @dataclass
 class Side:
     """One config run by both tools: its source, its imported document and
@@ -88,6 +93,9 @@ def seed(src: Path, outside: Path) -> None:
         p = src / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text * 40)
+    for raw in (b"latin1-\xe9t\xe9.txt", b"glob[ab]*?.txt", b"back\\slash.txt"):
+        with open(os.path.join(os.fsencode(src), raw), "wb") as fh:
+            fh.write(raw * 20)
     (src / "private.txt").write_text("0600\n")
     os.chmod(src / "private.txt", 0o600)
     (src / "run.sh").write_text("#!/bin/sh\n")
@@ -116,6 +124,8 @@ def churn(src: Path) -> None:
     (src / "x.txt").rename(src / "x.tmp")
     (src / "y.tmp").rename(src / "y.txt")
     (src / "n.swp").write_text("excluded\n")
+    os.rename(os.path.join(os.fsencode(src), b"glob[ab]*?.txt"),
+              os.path.join(os.fsencode(src), b"glob[ab]*?-moved\xff.txt"))
     (src / "empty2").mkdir()
     time.sleep(0.5)
     (src / SENTINEL).write_text("last\n")
@@ -156,6 +166,10 @@ def prepare(tmp_path: Path, names: list[str], subs: dict[str, str]) -> list[Side
                     t.mkdir(parents=True, exist_ok=True)
                     (t / STALE).write_text("the source never had this\n")
                 side.pairs.append((theirs, mine))
+        for extra in ALSO_COMPARED.get(name, []):
+            for base in bases.values():
+                (base / extra).mkdir()
+            side.pairs.append((bases["lsyncd"] / extra, bases["syncsup"] / extra))
         sides.append(side)
     return sides
 
@@ -324,7 +338,7 @@ def run_side_by_side(tmp_path: Path, daemon_factory, names: list[str], subs: dic
                          f"{lsyncd_out(s)}" for s in sides) + d.describe()
 
     pairs = [Pair(a, b, s.world, rules.get(f"{s.name}/{a.name}", []),
-                  sentinel=not a.name.endswith("existing"))
+                  sentinel=not a.name.endswith("existing") and a.name != "backup")
              for s in sides if s.name + ".lua" not in special for a, b in s.pairs]
     try:
         for side in sides:
