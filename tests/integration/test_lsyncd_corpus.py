@@ -467,3 +467,71 @@ def test_ssh_configs_side_by_side_with_lsyncd(tmp_path, daemon_factory, sshd):
                "rsyncssh_exitcodes.lua": lsyncd_stopped_on_exit_0}
     rules = {"syslog_exitcodes/dst-ssh": NO_PERMS}
     run_side_by_side(tmp_path, daemon_factory, SSH, subs, special, rules, set(rules))
+
+
+# ------------------------------------ the manual's list against Lsyncd itself
+def _lua_value(key: str) -> str:
+    strings = {"backup_dir": '"/tmp"', "binary": '"/usr/bin/rsync"', "bwlimit": "100",
+               "chown": '"root:root"', "chmod": '"u+rw"', "groupmap": '"*:root"',
+               "usermap": '"*:root"', "password_file": '"/etc/hostname"',
+               "rsh": '"/usr/bin/ssh -p 22"', "rsync_path": '"/usr/bin/rsync"',
+               "suffix": '".old"', "temp_dir": '"/tmp"', "timeout": "60",
+               "_extra": '{ "--human-readable" }'}
+    return strings.get(key, "true")
+
+
+def _lsyncd_check(tmp_path: Path, name: str, body: str) -> str:
+    """lsyncd's verdict on a config whose source does not exist: it checks
+    every key first ("Parameter ... unknown"), then the source."""
+    conf = tmp_path / name
+    conf.write_text(body)
+    r = subprocess.run([lsyncd_binary(), "-nodaemon", str(conf)], capture_output=True,
+                       text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+    assert r.returncode != 0, r.stdout + r.stderr
+    return r.stdout + r.stderr
+
+
+def test_lsyncd_2_2_3_takes_every_listed_key_and_refuses_the_ones_said(tmp_path):
+    """The manual's list (syncsup.lsyncd._manual) checked against the
+    checkgauge tables of the installed Lsyncd: every rsync, ssh and global
+    key it lists passes Lsyncd's own check, except the ones listed as
+    refused, which Lsyncd refuses by name (and so it does a key it has
+    never had)."""
+    from syncsup.lsyncd._manual import MANUAL, REFUSED_BY_2_2_3
+
+    gone = "/nonexistent/corpus-source"
+    names = {s.name for s in MANUAL}
+    rsync_keys = sorted(n.split(".", 1)[1] for n in names
+                        if n.startswith("rsync.") and n not in REFUSED_BY_2_2_3)
+    ssh_keys = {"binary": '"/usr/bin/ssh"', "identityFile": '"/etc/hostname"',
+                "options": "{ BatchMode = \"yes\" }", "port": "22", "_extra": '{ "-4" }'}
+    assert {f"ssh.{k}" for k in ssh_keys} == {n for n in names if n.startswith("ssh.")}
+    settings = {"logfile": f'"{tmp_path}/log"', "pidfile": f'"{tmp_path}/pid"',
+                "nodaemon": "true", "statusFile": f'"{tmp_path}/status"',
+                "statusInterval": "10", "logfacility": '"user"', "logident": '"corpus"',
+                "insist": "true", "inotifyMode": '"CloseWrite"', "maxProcesses": "1",
+                "maxDelays": "10"}
+    assert {f"settings.{k}" for k in settings} == {n for n in names
+                                                   if n.startswith("settings.")}
+    body = ("settings {\n" + "".join(f"    {k} = {v},\n" for k, v in settings.items()) + "}\n"
+            f'sync {{ default.rsync, source = "{gone}", target = "{tmp_path}/dst", delay = 1,\n'
+            '    maxDelays = 5, maxProcesses = 1, init = false, delete = "running",\n'
+            '    exclude = { "*.tmp" }, filter = { "- *.bak" },\n'
+            "    rsync = {\n" + "".join(f"        {k} = {_lua_value(k)},\n" for k in rsync_keys)
+            + "    },\n}\n"
+            f'sync {{ default.rsyncssh, source = "{gone}", host = "localhost",\n'
+            f'    targetdir = "{tmp_path}/dst2",\n'
+            "    ssh = {\n" + "".join(f"        {k} = {v},\n" for k, v in ssh_keys.items())
+            + "    },\n}\n")
+    out = _lsyncd_check(tmp_path, "every_key.lua", body)
+    assert "unknown" not in out and "Cannot access source directory" in out, out
+    refused = {"rsync.copy_unsafe_links": "rsync = { copy_unsafe_links = true }",
+               "rsyncssh.xargs": 'xargs = { binary = "/usr/bin/xargs" }',
+               "rsync.devices": "rsync = { devices = true }"}
+    assert set(refused) - {"rsync.devices"} == REFUSED_BY_2_2_3
+    for key, setting in refused.items():
+        layer = "default.rsyncssh, host = \"localhost\", targetdir = \"/x\"" \
+            if key.startswith("rsyncssh") else f'default.rsync, target = "{tmp_path}/d"'
+        out = _lsyncd_check(tmp_path, "refused.lua",
+                            f'sync {{ {layer}, source = "{gone}", {setting} }}\n')
+        assert f'Parameter "{key.removeprefix("rsyncssh.")}" unknown' in out, out
