@@ -257,7 +257,7 @@ def root_refreshed(follow: bool) -> Rule:
             if rel == top:
                 want = src.get(rel)
                 if follow and want is not None and want[0] == "symlink":
-                    want = b.get(rel) if b.get(rel, ("",))[0] != "symlink" else want
+                    want = src.get(want[1])  # a link within the tree: its referent's entry
                 if b.get(rel) == want and want is not None:
                     out.add(rel)
             elif a.get(top, ("",))[0] == "dir" and b.get(top, ("",))[0] == "symlink" \
