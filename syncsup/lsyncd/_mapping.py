@@ -141,12 +141,50 @@ def _custom_code(config: dict[Any, Any], mode: str | None, msgs: Messages, where
 
 
 def _exit_codes(config: dict[Any, Any], mode: str, msgs: Messages, where: str) -> None:
+    """A changed exit code table is dropped only where syncsup classifies a
+    code differently from what the table asks ("again" is retry, "die" is
+    fatal or halt): a table that only says what syncsup already does (the
+    usual one makes 23 "again", as syncsup has it) is a note."""
     expected = {"exitcodes": False if mode == "rsyncssh" else RSYNC_EXIT,
                 "rsyncExitCodes": RSYNC_EXIT, "sshExitCodes": SSH_EXIT}
     for key, default in expected.items():
-        if key in config and config[key] != default and config[key] is not None:
+        table = config.get(key)
+        if table is None or table == default:
+            continue
+        if not isinstance(table, dict) or (key == "sshExitCodes" and 0 in table):
             msgs.dropped(where, f"{key} is a custom exit code table: syncsup's classification "
                          "is fixed (docs/config.md, 'rsync exit codes')")
+            continue
+        if 0 not in table:
+            # Lsyncd reads an exit code table with no _verbatim marker (one
+            # written out, not copied from its default) as a list: no code 0.
+            msgs.dropped(where, f"{key} has no entry for exit code 0, so Lsyncd stopped at the "
+                         "first success (a table written out is read as a list: copy "
+                         f"default.{'sshExitCodes' if key == 'sshExitCodes' else 'rsyncExitCodes'}"
+                         " and change it); syncsup classifies exit codes itself")
+            continue
+        base = default if isinstance(default, dict) else RSYNC_EXIT
+        changed = {c: v for c, v in table.items() if isinstance(c, int) and base.get(c) != v}
+        changed.update({c: None for c in base if c not in table})
+        differ = sorted(str(c) for c, v in changed.items() if _SYNCSUP_CLASS.get(v)
+                        != _syncsup_class(c))
+        if differ:
+            msgs.dropped(where, f"{key} is a custom exit code table: syncsup classifies "
+                         f"rsync exit code {', '.join(differ)} otherwise, and its "
+                         "classification is fixed (docs/config.md, 'rsync exit codes')")
+        else:
+            msgs.note(where, f"{key}: the codes it changes ({', '.join(map(str, sorted(changed)))})"
+                      " are classified so by syncsup too")
+
+
+_SYNCSUP_CLASS = {"ok": "ok", "again": "retry", "die": "fatal"}
+
+
+def _syncsup_class(code: int) -> str:
+    from syncsup.syncer.exitcodes import Outcome, classify
+
+    outcome = classify(code)
+    return "fatal" if outcome in (Outcome.FATAL, Outcome.HALT) else str(outcome.value)
 
 
 def _str_list(value: Any, key: str, msgs: Messages, where: str) -> list[str]:
@@ -340,6 +378,9 @@ def _map_sync(rec: RecordedSync, mode: str, cwd: Path, msgs: Messages,
         if isinstance(key, int):
             msgs.dropped(where, f"positional value {value!r} in the sync table: not a layer, "
                          "ignored (Lsyncd ignores it too)")
+        elif key == "xargs":
+            msgs.note(where, "xargs: Lsyncd 2.1 batched its remote deletes and moves through "
+                      "xargs (Lsyncd 2.2 refuses the key); syncsup batches them itself")
         elif key == "tunnel":
             msgs.dropped(where, "tunnel: syncsup has no rsync-daemon tunnel; remote targets "
                          "use ssh directly (host:/path with [sync.ssh])")
@@ -383,10 +424,16 @@ def _merge(entries: list[tuple[RecordedSync, str, dict[str, Any]]], msgs: Messag
                 msgs.note(where, f"merged into the [[sync]] of {first_where} (same source, "
                           "mode and settings): one watcher, one more target")
                 break
-            diff = sorted(k for k in set(key) | set(other_key) if key.get(k) != other_key.get(k))
-            msgs.note(where, f"same source as {first_where} but different {', '.join(diff)}: "
-                      "kept as a separate [[sync]] (syncsup keeps these per sync)")
         else:
+            for _first, first_where, other in merged:
+                if other["source"] == entry["source"]:  # said once, against the first
+                    other_key = {k: v for k, v in other.items() if k != "targets"}
+                    diff = sorted(k for k in set(key) | set(other_key)
+                                  if key.get(k) != other_key.get(k))
+                    msgs.note(where, f"same source as {first_where} but different "
+                              f"{', '.join(diff)}: kept as a separate [[sync]] (syncsup keeps "
+                              "these per sync)")
+                    break
             merged.append((rec, where, entry))
     return [(rec, entry) for rec, _where, entry in merged]
 
@@ -458,7 +505,8 @@ def map_config(rec: Recorded, cwd: Path) -> Imported:
     """The TOML document for everything ``rec`` holds, and the findings."""
     msgs = Messages()
     for name, value in rec.getenv:
-        msgs.note("os.getenv", f"{name} was read at import time ({value!r}); that value is "
+        what = "unset" if value is None else repr(value)
+        msgs.note("os.getenv", f"{name} was read at import time ({what}); that value is "
                   "now fixed in the TOML")
     settings = _settings(rec, cwd, msgs)
     entries: list[tuple[RecordedSync, str, dict[str, Any]]] = []

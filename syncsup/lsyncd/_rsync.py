@@ -235,6 +235,9 @@ def map_rsync(table: Any, mode: str, msgs: Messages, where: str
             rsync["timeout"] = int(value)
         else:
             msgs.dropped(where, f"rsync.timeout = {value!r} is not a whole number of seconds")
+    if _truthy(t.get("copy_unsafe_links")):
+        msgs.note(where, "rsync.copy_unsafe_links: Lsyncd 2.2 refuses this key (newer Lsyncd "
+                  "pass --copy-unsafe-links, as the import does)")
     for key, option in FLAGS.items():
         if key in t and _truthy(t.pop(key)):
             extra.append(option)

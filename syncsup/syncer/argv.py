@@ -20,7 +20,12 @@ Three kinds of transfer:
   ``-I`` because the quick check would skip a same-size rewrite made within
   one timestamp tick; ``--delete-missing-args`` so that a path gone from
   the source is deleted on the target; ``--force`` so that this works for
-  non-empty directories too.
+  non-empty directories too. With rsync's ``--backup`` among the options,
+  ``--checksum`` instead of ``-I``: ``-I`` rewrites a file whose content
+  did not change (a chmod, a file the tree step already sent) and each
+  rewrite leaves a backup copy of identical content, which rsync driven
+  by Lsyncd (no ``-I``) never makes; the checksum still catches a same-size
+  rewrite within one timestamp tick.
 """
 
 from __future__ import annotations
@@ -102,6 +107,14 @@ def expand_rule_files(sync: Sync) -> Sync:
         filter_from=None)
 
 
+def _backs_up(extra: tuple[str, ...] | list[str]) -> bool:
+    """Whether rsync's own options ask it to keep backups (``--backup``,
+    ``--backup-dir``, or ``b`` in a cluster of short options)."""
+    return any(a == "--backup" or a.startswith("--backup-dir")
+               or (a.startswith("-") and not a.startswith("--") and "b" in a[1:])
+               for a in extra)
+
+
 def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: bool,
                control_path: str | None = None) -> list[str]:
     """argv for one ``tree`` or ``paths`` step of ``sync`` to ``target``,
@@ -132,7 +145,7 @@ def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: 
         if deletes:
             argv += ["--delete"]
     elif kind == "paths":
-        argv += ["-d", "-I"]
+        argv += ["-d", "--checksum" if _backs_up(opts.extra) else "-I"]
     else:
         argv += ["-d"]  # the quick check: a listed directory's unchanged entries cost nothing
     argv += ["--delete-missing-args" if deletes and kind != "times" else "--ignore-missing-args"]

@@ -76,6 +76,19 @@ def test_paths_transfer_flags(startup: bool) -> None:
     assert "--force" in argv
 
 
+@pytest.mark.parametrize("extra", [("--backup",), ("--backup-dir=/srv/old", "-b"),
+                                   ("-vb",)])
+def test_paths_compare_checksums_instead_of_rewriting_when_rsync_keeps_backups(
+        extra: tuple[str, ...]) -> None:
+    """-I rewrites an unchanged file, and with --backup each rewrite leaves a
+    backup copy of identical content."""
+    sync = dataclasses.replace(make_sync(), rsync=RsyncOptions(extra=extra))
+    argv = rsync_argv(sync, LOCAL, PATHS, LIST, startup=False)
+    assert "--checksum" in argv and "-I" not in argv
+    plain = dataclasses.replace(make_sync(), rsync=RsyncOptions(extra=("--bwlimit=5",)))
+    assert "-I" in rsync_argv(plain, LOCAL, PATHS, LIST, startup=False)
+
+
 def test_only_verifying_rescans_compare_checksums() -> None:
     sync = make_sync()
     assert "--checksum" not in rsync_argv(sync, LOCAL, TREE, LIST, startup=True)

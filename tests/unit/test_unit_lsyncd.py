@@ -361,12 +361,13 @@ def test_custom_action_on_a_layer_keeps_the_layer():
 
 def test_custom_exit_codes_and_unknown_keys():
     codes = dict(RSYNC_EXIT)
-    codes[23] = "again"
+    codes[12] = "die"  # syncsup retries 12
     config = rsync_layer(exitcodes=codes, tunnel={"x": 1}, frob=1)
     config[3] = "stray"
     _, msgs = run(config)
     dropped = levels(msgs, "dropped")
-    assert any("exitcodes is a custom exit code table" in d for d in dropped)
+    assert any("exitcodes is a custom exit code table" in d and "code 12 otherwise" in d
+               for d in dropped)
     assert any("tunnel" in d for d in dropped)
     assert any("frob = 1: unknown key" in d for d in dropped)
     assert any("positional value 'stray'" in d for d in dropped)
