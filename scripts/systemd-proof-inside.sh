@@ -111,6 +111,31 @@ cat /etc/systemd/system/syncsup@proof.service.d/sandbox.conf >&2
 systemd-analyze verify /etc/systemd/system/syncsup@proof.service >&2 || fail "systemd-analyze verify"
 systemctl daemon-reload
 
+step "the sandbox holds: a process in it cannot have systemd start a command outside it"
+# The unit and drop-in as written, with only the command and its type
+# changed: it asks systemd, through its private socket and through D-Bus,
+# to start a unit that would leave a mark.
+printf '[Service]\nType=oneshot\nExecStart=/bin/touch /var/lib/proof-escaped\n' \
+    > /etc/systemd/system/proof-escaped.service
+cat > /usr/local/sbin/proof-escape <<'PROBE'
+#!/bin/sh
+echo "visible in /run: $(ls -A /run | tr '\n' ' ')"
+systemctl start proof-escaped.service
+busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 \
+    org.freedesktop.systemd1.Manager StartUnit ss proof-escaped.service replace
+exit 0
+PROBE
+chmod 0755 /usr/local/sbin/proof-escape
+sed -e 's#^ExecStart=.*#ExecStart=/usr/local/sbin/proof-escape#' -e 's#^Type=notify#Type=oneshot#' \
+    -e '/^NotifyAccess=\|^WatchdogSec=\|^Restart/d' \
+    /etc/systemd/system/syncsup@.service > /etc/systemd/system/proof-escape@.service
+cp -r /etc/systemd/system/syncsup@proof.service.d /etc/systemd/system/proof-escape@proof.service.d
+systemctl daemon-reload
+systemctl start proof-escape@proof.service || fail "the escape probe did not run"
+journalctl -u proof-escape@proof.service --no-pager -o cat | grep -v '^$' >&2 || true
+[ ! -e /var/lib/proof-escaped ] || fail "a process in the sandbox had systemd start a command outside it"
+echo "refused: the probe could not reach systemd" >&2
+
 step "a tree with another user's files (0600: only root's DAC override reads them), then start"
 mkdir -p "$SRC/sub/deeper"
 head -c 100000 /dev/urandom > "$SRC/big.bin"

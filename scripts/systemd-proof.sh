@@ -84,7 +84,10 @@ python3 -m pip wheel --quiet --disable-pip-version-check --no-deps \
 python3 -m pip download --quiet --disable-pip-version-check -d "$CACHE/wheels" \
     --python-version 3.11 --only-binary=:all: "$WHEELS"/syncsup-*.whl >&2 \
     || skip "pip could not fetch syncsup's dependencies"
-cp "$CACHE"/wheels/*.whl "$WHEELS"/
+# pip download copies the syncsup wheel too: never keep it, or a later run
+# would install this one instead of its own.
+rm -f "$CACHE"/wheels/syncsup-*.whl
+cp -n "$CACHE"/wheels/*.whl "$WHEELS"/
 say "installing syncsup into /opt/syncsup inside the container, as docs/operations.md says"
 "${NSPAWN[@]}" --pipe --bind-ro="$WHEELS:/usr/src/wheels" \
     /bin/sh -ec 'python3 -m venv /opt/syncsup
