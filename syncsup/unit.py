@@ -85,10 +85,14 @@ ReadWritePaths=/var/lib/syncsup
 # engines), which trust any process of uid 0: through one, a process of this
 # unit could have a command started outside the sandbox (a read-only mount
 # does not stop a connect()). So /run is an empty tmpfs here but for
-# /run/syncsup, systemd's notify socket, and where /etc/resolv.conf may point.
+# /run/syncsup, systemd's notify socket, where /etc/resolv.conf may point,
+# and the sockets that look up user and host names (so that rsync maps
+# owners by name as it does outside).
 TemporaryFileSystem=/run:ro
-BindReadOnlyPaths=-/run/systemd/notify -/run/systemd/resolve -/run/resolvconf
+BindReadOnlyPaths=-/run/systemd/notify
+BindReadOnlyPaths=-/run/systemd/resolve -/run/resolvconf -/run/netconfig/resolv.conf
 BindReadOnlyPaths=-/run/NetworkManager/resolv.conf -/run/NetworkManager/no-stub-resolv.conf
+BindReadOnlyPaths=-/run/systemd/userdb -/run/nscd -/run/nslcd
 CapabilityBoundingSet=CAP_CHOWN CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_FSETID
 ProtectSystem=strict
 ProtectHome=yes
