@@ -13,6 +13,7 @@ SRC=/srv/src
 MIRROR=/srv/mirror
 REMOTE=/srv/remote
 SSH_ADDR=192.0.2.10
+OTHER_ADDR=192.0.2.11
 METRICS=127.0.0.1:9477
 PY=/usr/bin/python3
 
@@ -64,6 +65,7 @@ restarts() { systemctl show -P NRestarts "$UNIT"; }
 
 step "an ssh target at $SSH_ADDR: sshd in this container, a key for the daemon, the host key pinned"
 ip addr add "$SSH_ADDR/32" dev lo 2>/dev/null || true
+ip addr add "$OTHER_ADDR/32" dev lo 2>/dev/null || true
 ip link set lo up
 install -d -m 0755 /etc/syncsup
 [ -f /etc/syncsup/id_ed25519 ] || ssh-keygen -q -t ed25519 -N '' -f /etc/syncsup/id_ed25519
@@ -117,15 +119,20 @@ step "the sandbox holds: a process in it cannot have systemd start a command out
 # to start a unit that would leave a mark.
 printf '[Service]\nType=oneshot\nExecStart=/bin/touch /var/lib/proof-escaped\n' \
     > /etc/systemd/system/proof-escaped.service
-cat > /usr/local/sbin/proof-escape <<'PROBE'
+cat > /usr/local/sbin/proof-escape <<PROBE
 #!/bin/sh
-echo "visible in /run: $(ls -A /run | tr '\n' ' ')"
+echo "visible in /run: \$(ls -A /run | tr '\\n' ' ')"
+# an address the drop-in's IPAddressAllow= does not name
+python3 -c "import socket; socket.create_connection(('$OTHER_ADDR', 22), 5)" \
+    && echo "connected to $OTHER_ADDR" || echo "no connection to $OTHER_ADDR"
 systemctl start proof-escaped.service
 busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1 \
     org.freedesktop.systemd1.Manager StartUnit ss proof-escaped.service replace
 exit 0
 PROBE
 chmod 0755 /usr/local/sbin/proof-escape
+python3 -c "import socket; socket.create_connection(('$OTHER_ADDR', 22), 5)" \
+    || fail "$OTHER_ADDR:22 cannot be reached even outside the sandbox"
 sed -e 's#^ExecStart=.*#ExecStart=/usr/local/sbin/proof-escape#' -e 's#^Type=notify#Type=oneshot#' \
     -e '/^NotifyAccess=\|^WatchdogSec=\|^Restart/d' \
     /etc/systemd/system/syncsup@.service > /etc/systemd/system/proof-escape@.service
@@ -135,6 +142,12 @@ systemctl start proof-escape@proof.service || fail "the escape probe did not run
 journalctl -u proof-escape@proof.service --no-pager -o cat | grep -v '^$' >&2 || true
 [ ! -e /var/lib/proof-escaped ] || fail "a process in the sandbox had systemd start a command outside it"
 echo "refused: the probe could not reach systemd" >&2
+if ! journalctl -u proof-escape@proof.service --no-pager -o cat \
+        | grep -q "no connection to $OTHER_ADDR"; then
+    journalctl -b --no-pager -o cat | grep -i 'bpf\|cgroup' >&2 || true
+    stat -fc 'cgroup file system: %T' /sys/fs/cgroup >&2
+    fail "the sandbox reached $OTHER_ADDR, which IPAddressAllow= does not name"
+fi
 
 step "a tree with another user's files (0600: only root's DAC override reads them), then start"
 mkdir -p "$SRC/sub/deeper"

@@ -96,7 +96,10 @@ say "installing syncsup into /opt/syncsup inside the container, as docs/operatio
                  ln -sf /opt/syncsup/bin/syncsup /usr/local/bin/syncsup' </dev/null >&2
 
 say "booting the container (systemd as PID 1, a private network)"
-"${NSPAWN[@]}" -b --private-network --console=pipe </dev/null >"$WORK/console.log" 2>&1 &
+# A unified cgroup hierarchy and the bpf() call let the container's systemd
+# enforce IPAddressDeny=/IPAddressAllow= (its BPF firewall), which the proof
+# checks; without them systemd would silently run the unit unfiltered.
+SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 "${NSPAWN[@]}" -b --private-network --system-call-filter=bpf --console=pipe </dev/null >"$WORK/console.log" 2>&1 &
 NSPAWN_PID=$!
 LEADER=
 for _ in $(seq 60); do
