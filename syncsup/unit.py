@@ -107,6 +107,8 @@ ProtectControlGroups=true
 ProtectClock=true
 ProtectHostname=true
 ProtectProc=invisible
+# /proc shows processes only: the boot id then comes from /run/syncsup.
+ProcSubset=pid
 RestrictSUIDSGID=true
 LockPersonality=true
 MemoryDenyWriteExecute=true
