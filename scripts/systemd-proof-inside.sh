@@ -14,6 +14,7 @@ MIRROR=/srv/mirror
 REMOTE=/srv/remote
 SSH_ADDR=192.0.2.10
 OTHER_ADDR=192.0.2.11
+STATUS_FILE=/run/lsyncd/proof.status
 METRICS=127.0.0.1:9477
 PY=/usr/bin/python3
 
@@ -79,7 +80,7 @@ for _ in $(seq 30); do
 done
 [ -n "$keys" ] || fail "sshd does not answer on $SSH_ADDR"
 echo "$keys" >> /etc/ssh/ssh_known_hosts
-install -d -m 0755 "$SRC" "$MIRROR" "$REMOTE"
+install -d -m 0755 "$SRC" "$MIRROR" "$REMOTE" "$(dirname "$STATUS_FILE")"
 # The target side, as docs/operations.md sets up a target host: rsync and
 # the agent on the PATH of the ssh login.
 ln -sf /opt/syncsup/bin/syncsup-target /usr/local/bin/syncsup-target
@@ -90,6 +91,10 @@ cat > /etc/syncsup/proof.toml <<EOF
 state_dir = "/var/lib/syncsup/proof"
 log_level = "info"
 metrics = "$METRICS"
+# as an imported Lsyncd config may have it: under /run, which the unit
+# hides, so the drop-in binds its directory in
+status_file = "$STATUS_FILE"
+status_interval = 1
 
 [[sync]]
 name = "proof"
@@ -164,6 +169,10 @@ systemctl start "$UNIT" || fail "systemctl start (Type=notify: returns after REA
 systemctl is-active --quiet "$UNIT" || fail "not active after start"
 converged "$SRC" "$MIRROR" "$REMOTE" || fail "the startup sync did not converge"
 echo "startup sync converged (local and ssh targets, owners included)" >&2
+
+for _ in $(seq 60); do [ -s "$STATUS_FILE" ] && break; sleep 1; done
+[ -s "$STATUS_FILE" ] || fail "no status file at $STATUS_FILE (bound into the hidden /run)"
+echo "the status file under /run is written: $(head -n 1 "$STATUS_FILE")" >&2
 
 step "live changes"
 echo "changed while running" > "$SRC/sub/deeper/new.txt"
