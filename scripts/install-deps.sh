@@ -32,6 +32,10 @@ command -v zsh >/dev/null || need+=(zsh)  # the zsh completion is loaded by a te
 # systemd-analyze checks the unit (verify, security --offline); it runs
 # without systemd as PID 1
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# scripts/systemd-proof.sh (run by a test) boots a Debian container with
+# systemd as PID 1: systemd-nspawn, and debootstrap to make its root once
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+command -v debootstrap >/dev/null || need+=(debootstrap)
 if [ "${1:-}" = "--with-lsyncd" ] && ! command -v lsyncd >/dev/null; then need+=(lsyncd); fi
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""

@@ -20,22 +20,127 @@ a change.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["MARGIN", "REBOOT_MARGIN", "Seen", "boot_id"]
+__all__ = ["MARGIN", "REBOOT_MARGIN", "Seen", "boot_id", "marker_boot_id"]
 
 MARGIN = 5.0           # seconds: timestamp granularity, a coarse clock, small skews
 REBOOT_MARGIN = 600.0  # after a reboot: writes the page cache had not flushed, clock fixes
 
 
+KERNEL_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+MOUNTINFO = "/proc/self/mountinfo"
+MARKER = ".boot_id"  # in the runtime directory; the dot keeps it out of the registry
+_MEMORY_FS = frozenset({"tmpfs", "ramfs"})
+
+
 def boot_id() -> str:
+    """This boot's id: the kernel's, else (where /proc/sys is hidden, as
+    the unit's ``ProcSubset=pid`` does) one kept in the runtime directory,
+    else "" (unknown: every boot then counts as a new one)."""
+    global _known
+    if _known:
+        return _known  # a process never outlives its boot
     try:
-        with open("/proc/sys/kernel/random/boot_id") as fh:
-            return fh.read().strip()
+        with open(KERNEL_BOOT_ID) as fh:
+            kernel = fh.read().strip()
     except OSError:
+        kernel = ""
+    from syncsup.registry import registry_dir  # late: registry imports the config
+    _known = marker_boot_id(registry_dir(), kernel)
+    return _known
+
+
+_known = ""
+
+
+def marker_boot_id(directory: os.PathLike[str] | str, kernel: str = "",
+                   mountinfo: str = MOUNTINFO) -> str:
+    """The id in ``directory``'s marker, made now (the kernel's id if known,
+    else a random one) if missing; ``kernel`` itself wherever it is known.
+
+    Why a file in the runtime directory tells a reboot: that directory is
+    on a memory file system (checked here, in this process's mount table),
+    which a reboot empties; a marker found there was made in this boot. Any
+    doubt (not a memory file system, unreadable, a race lost twice) gives
+    "", which makes the next recovery compare as after a reboot: more work,
+    never a change missed."""
+    path = Path(directory) / MARKER
+    on_memory_fs = _on_memory_fs(Path(directory), mountinfo)
+    if kernel:
+        # so that a daemon that cannot read the kernel's id, started later
+        # in this boot, finds the same one
+        if on_memory_fs and not path.exists():
+            with contextlib.suppress(OSError):
+                _make_marker(Path(directory), kernel)
+        return kernel
+    if not on_memory_fs:
         return ""
+    for _ in range(2):
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            try:
+                _make_marker(Path(directory), uuid.uuid4().hex)
+            except OSError:
+                return ""
+            continue
+        except OSError:
+            return ""
+        return text if 0 < len(text) <= 64 else ""
+    return ""
+
+
+def _make_marker(directory: Path, text: str) -> None:
+    """Create the marker with ``text`` unless it exists (O_EXCL: of two
+    daemons starting together, one writes it and both read it)."""
+    if not directory.is_dir():
+        raise FileNotFoundError(directory)
+    tmp = directory / f"{MARKER}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text + "\n")
+        os.link(tmp, directory / MARKER)  # fails if it exists: the first one stays
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _on_memory_fs(directory: Path, mountinfo: str) -> bool:
+    """Is ``directory`` on tmpfs or ramfs, by the mount table of this
+    process (the innermost mount point above it)?"""
+    try:
+        real = os.path.realpath(directory)
+        with open(mountinfo, "rb") as fh:
+            lines = fh.read().decode("utf-8", "surrogateescape").splitlines()
+    except OSError:
+        return False
+    best, fstype = "", ""
+    for line in lines:
+        fields = line.split()
+        if "-" not in fields or len(fields) < 5:
+            continue
+        point = _unescape(fields[4])
+        kind = fields[fields.index("-") + 1] if fields.index("-") + 1 < len(fields) else ""
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, kind
+    return fstype in _MEMORY_FS
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: space, tab, newline and backslash come octal-escaped."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
 
 
 @dataclass(frozen=True)

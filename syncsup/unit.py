@@ -81,6 +81,18 @@ RuntimeDirectory=syncsup
 RuntimeDirectoryMode=0700
 RuntimeDirectoryPreserve=yes
 ReadWritePaths=/var/lib/syncsup
+# /run holds the sockets of root's services (systemd's own, D-Bus, container
+# engines), which trust any process of uid 0: through one, a process of this
+# unit could have a command started outside the sandbox (a read-only mount
+# does not stop a connect()). So /run is an empty tmpfs here but for
+# /run/syncsup, systemd's notify socket, where /etc/resolv.conf may point,
+# and the sockets that look up user and host names (so that rsync maps
+# owners by name as it does outside).
+TemporaryFileSystem=/run:ro
+BindReadOnlyPaths=-/run/systemd/notify
+BindReadOnlyPaths=-/run/systemd/resolve -/run/resolvconf -/run/netconfig/resolv.conf
+BindReadOnlyPaths=-/run/NetworkManager/resolv.conf -/run/NetworkManager/no-stub-resolv.conf
+BindReadOnlyPaths=-/run/systemd/userdb -/run/nscd -/run/nslcd
 CapabilityBoundingSet=CAP_CHOWN CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_FSETID
 ProtectSystem=strict
 ProtectHome=yes
@@ -95,6 +107,8 @@ ProtectControlGroups=true
 ProtectClock=true
 ProtectHostname=true
 ProtectProc=invisible
+# /proc shows processes only: the boot id then comes from /run/syncsup.
+ProcSubset=pid
 RestrictSUIDSGID=true
 LockPersonality=true
 MemoryDenyWriteExecute=true
@@ -217,8 +231,13 @@ def dropin(conf: cfg.Config) -> str:
     if any(_under(p, _HOME) for p in used):
         lines.append("ProtectHome=read-only")
     # "-": a target that does not exist yet does not stop the unit; the
-    # daemon creates it (its parent must be writable for that).
-    lines += [f"ReadWritePaths={_unit_word('-' + p)}" for p in dict.fromkeys(writable)]
+    # daemon creates it (its parent must be writable for that). Under /run,
+    # which the unit hides behind an empty tmpfs, a path is bound in instead.
+    for p in dict.fromkeys(writable):
+        key = "BindPaths" if _under(p, ("/run",)) else "ReadWritePaths"
+        lines.append(f"{key}={_unit_word('-' + p)}")
+    lines += [f"BindReadOnlyPaths={_unit_word('-' + str(p))}" for p in dict.fromkeys(used)
+              if _under(p, ("/run",)) and str(p) not in writable]
     lines += _network(conf, sorted(set(hosts)))
     return "\n".join(lines) + "\n"
 
@@ -240,7 +259,42 @@ def _network(conf: cfg.Config, hosts: list[str]) -> list[str]:
             return [f"# No IP allow-list: {host} is reached through a proxy, or does not "
                     "resolve now."]
         allowed += addresses
+    if any(not _is_address(h) for h in hosts):
+        # ssh looks a host name up again at each connection: the resolvers
+        # must stay reachable (a local one, such as systemd-resolved's, is
+        # localhost already).
+        allowed += nameservers()
     return ["IPAddressDeny=any", f"IPAddressAllow={' '.join(dict.fromkeys(allowed))}"]
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def nameservers(resolv_conf: str = "/etc/resolv.conf") -> list[str]:
+    """The resolvers' addresses in ``resolv_conf`` (a scope such as ``%eth0``
+    dropped, as ``IPAddressAllow=`` takes none); loopback ones left out."""
+    try:
+        with open(resolv_conf, encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return []
+    out: list[str] = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 2 or words[0] != "nameserver":
+            continue
+        try:
+            address = ipaddress.ip_address(words[1].split("%", 1)[0])
+        except ValueError:
+            continue
+        if not address.is_loopback:
+            out.append(str(address))
+    return out
 
 
 def _write(path: Path, text: str) -> None:

@@ -312,7 +312,16 @@ class SyncWatch:
         name = self.sync.name
         if reason == WATCH_LIMIT:
             missing = self.tree.unwatched_dirs()
-            self.needed = _current_watch_limit() + missing
+            limit = _current_watch_limit()
+            if limit is None:  # /proc/sys hidden, as the unit's ProcSubset=pid does
+                self.needed = 0
+                log.error("inotify watch limit reached: %d directories of %s are not watched; "
+                          "raise fs.inotify.max_user_watches by at least %d (its value "
+                          "cannot be read here: sysctl fs.inotify.max_user_watches shows "
+                          "it). Until then they are rescanned every %.0fs", missing,
+                          self.sync.source, missing, UNWATCHED_RESCAN)
+                return
+            self.needed = limit + missing
             log.error("inotify watch limit reached: %d directories of %s are not watched; "
                       "raise fs.inotify.max_user_watches to at least %d (sysctl -w "
                       "fs.inotify.max_user_watches=%d). Until then they are rescanned every "
@@ -581,12 +590,13 @@ class Watcher:
             self.send(self.outbox.due(now, everything=True))
 
 
-def _current_watch_limit() -> int:
+def _current_watch_limit() -> int | None:
+    """fs.inotify.max_user_watches, or None where it cannot be read."""
     try:
         with open("/proc/sys/fs/inotify/max_user_watches") as fh:
             return int(fh.read())
     except (OSError, ValueError):
-        return 0
+        return None
 
 
 def main(config_path: str, run_id: str) -> int:

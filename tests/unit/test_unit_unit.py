@@ -46,6 +46,7 @@ def test_remote_targets_are_allowed_by_address(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(unit, "_addresses",
                         lambda host: {"h1": ["192.0.2.1"], "h2": ["192.0.2.2", "2001:db8::2"]}
                         [host])
+    monkeypatch.setattr(unit, "nameservers", lambda: [])
     text = unit.dropin(_conf({}, ["h2:/srv/b", "backup@h1:/srv/a"]))
     assert _values(text, "IPAddressAllow") == ["localhost 192.0.2.1 192.0.2.2 2001:db8::2"]
     assert "ReadWritePaths" not in text
@@ -73,3 +74,41 @@ def test_the_unit_names_the_binary_and_documentation() -> None:
     text = unit.render_unit("/opt/syncsup/bin/syncsup", "file:///opt/x.1")
     assert "ExecStart=/opt/syncsup/bin/syncsup start /etc/syncsup/%i.toml" in text
     assert "Documentation=file:///opt/x.1" in text
+
+
+def test_paths_under_run_are_bound_into_the_hidden_run() -> None:
+    # The unit hides /run behind an empty tmpfs: ReadWritePaths= there would
+    # name a path that does not exist in the sandbox.
+    conf = config.parse({"settings": {"state_dir": "/var/lib/syncsup/www",
+                                      "status_file": "/run/lsyncd/lsyncd.status"},
+                         "sync": [{"source": "/run/media/src", "targets": ["/mnt/m"]}]}, FAKE)
+    text = unit.dropin(conf)
+    assert _values(text, "BindPaths") == ["-/run/lsyncd"]
+    assert _values(text, "BindReadOnlyPaths") == ["-/run/media/src"]
+    assert _values(text, "ReadWritePaths") == ["-/mnt/m"]
+
+
+def test_the_resolvers_stay_reachable_for_a_host_name(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("# comment\nsearch example.org\nnameserver 192.0.2.53\n"
+                      "nameserver fe80::1%eth0\nnameserver 127.0.0.53\nnameserver junk\n")
+    real = unit.nameservers
+    monkeypatch.setattr(unit, "nameservers", lambda: real(str(resolv)))
+    monkeypatch.setattr(unit, "_addresses", lambda host: ["192.0.2.1"])
+    by_name = unit.dropin(_conf({}, ["backup@h1:/srv/a"]))
+    assert _values(by_name, "IPAddressAllow") == ["localhost 192.0.2.1 192.0.2.53 fe80::1"]
+    by_address = unit.dropin(_conf({}, ["backup@192.0.2.1:/srv/a"]))
+    assert _values(by_address, "IPAddressAllow") == ["localhost 192.0.2.1"]
+
+
+def test_an_unreadable_resolv_conf_adds_nothing(tmp_path: Path) -> None:
+    assert unit.nameservers(str(tmp_path / "missing")) == []
+
+
+def test_the_unit_hides_run_but_what_it_needs() -> None:
+    text = unit.render_unit("/opt/syncsup/bin/syncsup", "man:syncsup(1)")
+    assert _values(text, "TemporaryFileSystem") == ["/run:ro"]
+    bound = " ".join(_values(text, "BindReadOnlyPaths")).split()
+    assert "-/run/systemd/notify" in bound
+    assert _values(text, "RuntimeDirectory") == ["syncsup"]
