@@ -25,7 +25,7 @@ from typing import Any
 
 from syncsup.lsyncd._lua import LuaFunction, LuaOther, Recorded, RecordedSync, array
 from syncsup.lsyncd._messages import Messages
-from syncsup.lsyncd._rsync import _truthy, map_rsync, map_ssh
+from syncsup.lsyncd._rsync import _text, _truthy, map_rsync, map_ssh
 
 __all__ = ["Imported", "map_config"]
 
@@ -88,6 +88,32 @@ def _is_daemon(spec: str) -> bool:
         return True
     colon, slash = spec.find(":"), spec.find("/")
     return colon > 0 and (slash < 0 or colon < slash) and spec[colon:colon + 2] == "::"
+
+
+def _daemon_port(rsync_table: dict[Any, Any]) -> int | None:
+    """rsync's ``--port=N`` (or ``--port``, ``N``) in ``rsync._extra``: the
+    port of the daemon for ``host::module`` targets (an ``rsync://`` URL
+    with its own port keeps it, as in rsync). Taken out of ``_extra`` into
+    ``[sync.rsyncd] port``, so that ``syncsup check`` probes the same port
+    the transfers use."""
+    raw = rsync_table.get("_extra")
+    values = array(raw) if isinstance(raw, dict) else [raw] if raw is not None else []
+    port: int | None = None
+    kept: list[Any] = []
+    i = 0
+    while i < len(values):
+        arg, after = values[i], values[i + 1] if i + 1 < len(values) else None
+        text = arg[len("--port="):] if isinstance(arg, str) and arg.startswith("--port=") \
+            else _text(after) if arg == "--port" else None
+        if text is not None and text.isdigit() and 0 < int(text) < 65536:
+            port = int(text)
+            i += 1 if arg != "--port" else 2
+            continue
+        kept.append(arg)
+        i += 1
+    if port is not None:
+        rsync_table["_extra"] = {n: v for n, v in enumerate(kept, start=1)}
+    return port
 
 
 def _layer(config: dict[Any, Any]) -> str | None:
@@ -335,6 +361,9 @@ def _map_sync(rec: RecordedSync, mode: str, cwd: Path, msgs: Messages,
                                                       "rsync.password_file")}
         elif password_file is not None:
             msgs.dropped(where, f"rsync.password_file = {password_file!r} is not a file name")
+        port = _daemon_port(rsync_table)
+        if port is not None:
+            entry.setdefault("rsyncd", {})["port"] = port
     rsh = isinstance(rsync_table, dict) and rsync_table.get("rsh") is not None
     rsync, rsh_ssh = map_rsync(rsync_table, mode, msgs, where)
     if (rsh or rsh_ssh) and any(_is_daemon(t) for t in targets):

@@ -7,7 +7,9 @@ only). As root the daemon chroots into the module and keeps owners (``uid =
 0``); otherwise ``use chroot = no``, where the daemon rewrites absolute
 symlinks. ``munge symlinks = no`` either way: links are stored as sent.
 The client's password file is ``password_file``; ``set_password`` changes
-the daemon's side (a wrong password, then fixed).
+the daemon's side (a wrong password, then fixed). ``modules`` adds writable
+modules of that name (``DIR/NAME``), ``user`` and ``password`` replace the
+login, for configs that name their own (the Lsyncd corpus).
 """
 
 from __future__ import annotations
@@ -39,8 +41,11 @@ class RsyncDaemon:
     """``rsync --daemon --no-detach`` on a free loopback port; ``stop()`` and
     ``start()`` (same port) simulate the daemon going down and coming back."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, modules: tuple[str, ...] = (), user: str = USER,
+                 password: str = PASSWORD) -> None:
         self.dir = Path(workdir)
+        self.user = user
+        self.modules = modules
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         self.module_path = self.dir / "module"
@@ -51,22 +56,24 @@ class RsyncDaemon:
         self.log = self.dir / "rsyncd.log"
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
-        self.password_file.write_text(PASSWORD + "\n")
+        for name in modules:
+            (self.dir / name).mkdir(exist_ok=True)
+        self.password_file.write_text(password + "\n")
         os.chmod(self.password_file, 0o600)
-        self.set_password(PASSWORD)
+        self.set_password(password)
 
     @property
     def host(self) -> str:
         return "127.0.0.1"
 
-    def url(self, path: str = "", user: str = USER, module: str = MODULE) -> str:
+    def url(self, path: str = "", user: str | None = None, module: str = MODULE) -> str:
         """``rsync://user@127.0.0.1:PORT/module[/path]``."""
         tail = f"/{path}" if path else ""
-        return f"rsync://{user}@{self.host}:{self.port}/{module}{tail}"
+        return f"rsync://{user or self.user}@{self.host}:{self.port}/{module}{tail}"
 
     def set_password(self, password: str) -> None:
-        """The password the daemon expects for :data:`USER`."""
-        self.secrets.write_text(f"{USER}:{password}\n")
+        """The password the daemon expects for its user."""
+        self.secrets.write_text(f"{self.user}:{password}\n")
         os.chmod(self.secrets, 0o600)
 
     def _write_config(self) -> None:
@@ -86,9 +93,12 @@ class RsyncDaemon:
             f"[{MODULE}]",
             f"    path = {self.module_path}",
             "    read only = no",
-            f"    auth users = {USER}",
+            f"    auth users = {self.user}",
             f"    secrets file = {self.secrets}",
             "    strict modes = yes",
+            *(line for name in self.modules for line in (
+                f"[{name}]", f"    path = {self.dir / name}", "    read only = no",
+                f"    auth users = {self.user}", f"    secrets file = {self.secrets}")),
             "[readonly]",
             f"    path = {self.module_path}",
             "    read only = yes",

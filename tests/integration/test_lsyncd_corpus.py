@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.daemon import LOG_LEVEL, run_cli
+from tests.helpers.rsyncd import RsyncDaemon
 from tests.helpers.tree import diff_trees, snapshot
 
 pytestmark = pytest.mark.timeout(400)
@@ -41,9 +42,6 @@ STALE = "stale-on-target.txt"
 SENTINEL = "zz-last-change.txt"
 SETTLE = 4.0
 
-# Entries the rsync daemon target kind will run once it exists (the import
-# drops these targets today, so there is nothing of syncsup's to compare).
-NEEDS_DAEMON_TARGETS = {"daemon_targets.lua": "rsync daemon targets (host::module, rsync://)"}
 # Configs with nothing to mirror on syncsup's side, by design: asserted here.
 NOT_MIRRORED = {"custom_layers.lua": "layer 1-3 actions only: the import has no [[sync]]"}
 
@@ -143,7 +141,31 @@ def lsyncd_binary() -> str:
     return path
 
 
-def prepare(tmp_path: Path, names: list[str], subs: dict[str, str]) -> list[Side]:
+def daemon_module_path(target: str) -> tuple[str, str]:
+    """(module, path inside it) of ``host::module/path`` or
+    ``rsync://host:port/module/path``."""
+    rest = target.split("::", 1)[1] if "::" in target else target.split("/", 3)[3]
+    module, _, path = rest.partition("/")
+    return module, path
+
+
+Locate = Callable[[str, str, Path], Path]
+
+
+def locate_local(side: str, target: str, base: Path) -> Path:
+    """A target's directory: a local path, or the path of an ssh target (on
+    this host), moved from syncsup's base to ``side``'s."""
+    mine = local_path(target)
+    return base / mine.relative_to(base.parent.parent / "syncsup" / base.name)
+
+
+def prepare(tmp_path: Path, names: list[str], subs: dict[str, str],
+            per_side: dict[str, dict[str, str]] | None = None,
+            locate: Locate = locate_local) -> list[Side]:
+    """Each config's source and both filled-in configs; ``per_side`` adds
+    placeholders that differ between the tools (each its own daemon), and
+    ``locate`` says where a target of the imported document is on disk
+    for either tool."""
     sides = []
     for name in names:
         stem = name.removesuffix(".lua")
@@ -153,16 +175,16 @@ def prepare(tmp_path: Path, names: list[str], subs: dict[str, str]) -> list[Side
         for base in bases.values():
             base.mkdir(parents=True)
             (base / "src").symlink_to(world)
-        lconf = fill(name, bases["lsyncd"], subs)
-        sconf = fill(name, bases["syncsup"], subs)
+        lconf = fill(name, bases["lsyncd"], {**subs, **(per_side or {}).get("lsyncd", {})})
+        sconf = fill(name, bases["syncsup"], {**subs, **(per_side or {}).get("syncsup", {})})
         r = run_cli("import-lsyncd", sconf, cwd=bases["syncsup"], timeout=120)
         assert r.returncode in (0, 2), r.stderr
         doc = tomllib.loads(r.stdout)
         side = Side(stem, world, lconf, doc, r.stderr.splitlines())
         for sync in doc.get("sync", []):
             for target in sync["targets"]:
-                mine = local_path(target)
-                theirs = bases["lsyncd"] / mine.relative_to(bases["syncsup"])
+                mine = locate("syncsup", target, bases["syncsup"])
+                theirs = locate("lsyncd", target, bases["lsyncd"])
                 for t in (mine, theirs):
                     t.mkdir(parents=True, exist_ok=True)
                     (t / STALE).write_text("the source never had this\n")
@@ -327,13 +349,15 @@ def settle(pairs: list[Pair], describe: Callable[[], str], sentinel: bool,
 
 def run_side_by_side(tmp_path: Path, daemon_factory, names: list[str], subs: dict[str, str],
                      special: dict[str, Callable[[Side, Callable[[], str]], None]],
-                     rules: dict[str, list[Rule]], expect_differences: set[str]) -> None:
+                     rules: dict[str, list[Rule]], expect_differences: set[str],
+                     per_side: dict[str, dict[str, str]] | None = None,
+                     locate: Locate = locate_local) -> None:
     """The whole run: prepare, start both, settle, churn, settle, compare.
     Targets of configs in ``special`` are not compared pair by pair: their
     checker asserts the documented difference instead. ``rules`` name the
     documented differences of a target (by its directory name under the
     config's base); those in ``expect_differences`` must have shown up."""
-    sides = prepare(tmp_path, names, subs)
+    sides = prepare(tmp_path, names, subs, per_side, locate)
     d = daemon_factory(syncs_of(sides), settings_override={
         "state_dir": str(tmp_path / "state"), "log_level": LOG_LEVEL}, start=False)
     r = run_cli("check", d.config, timeout=120)
@@ -432,6 +456,8 @@ LOCAL_RULES: dict[str, list[Rule]] = {
 LOCAL = ["backups_append.lua", "copy_unsafe.lua", "delete_modes.lua", "direct_init.lua",
          "dry_run.lua", "filters.lua", "layers_loop.lua", "links_modes.lua",
          "mirror_settings.lua", "perms_owner.lua", "tuning.lua"]
+DAEMON = ["daemon_targets.lua"]
+DAEMON_MODULES = ("www", "docs")
 SSH = ["rsync_remote.lua", "rsyncssh.lua", "rsyncssh_exitcodes.lua", "rsyncssh_xargs.lua",
        "syslog_exitcodes.lua"]
 
@@ -450,15 +476,7 @@ def lsyncd_stopped_on_exit_0(side: Side, describe: Callable[[], str]) -> None:
 
 def test_every_corpus_config_is_run_or_said_why_not():
     every = sorted(p.name for p in CORPUS.glob("*.lua"))
-    assert sorted([*LOCAL, *SSH, *NEEDS_DAEMON_TARGETS, *NOT_MIRRORED]) == every
-
-
-@pytest.mark.parametrize("name", sorted(NEEDS_DAEMON_TARGETS))
-def test_daemon_target_configs_side_by_side_with_lsyncd(name):
-    """Run these with an rsync daemon on loopback once syncsup has the
-    daemon target kind; until then its import drops them (exit 2, said per
-    target), which the unit test of the corpus checks."""
-    pytest.skip(f"{name}: needs {NEEDS_DAEMON_TARGETS[name]} in syncsup")
+    assert sorted([*LOCAL, *SSH, *DAEMON, *NOT_MIRRORED]) == every
 
 
 def test_not_mirrored_configs_import_no_sync(tmp_path):
@@ -479,6 +497,41 @@ def test_ssh_configs_side_by_side_with_lsyncd(tmp_path, daemon_factory, sshd):
                "rsyncssh_exitcodes.lua": lsyncd_stopped_on_exit_0}
     rules = {"syslog_exitcodes/dst-ssh": NO_PERMS}
     run_side_by_side(tmp_path, daemon_factory, SSH, subs, special, rules, set(rules))
+
+
+def test_daemon_target_configs_side_by_side_with_lsyncd(tmp_path, daemon_factory):
+    """Each tool pushes to its own ``rsync --daemon`` on loopback (the same
+    modules, each daemon on its own free port: the config's @PORT@), as the
+    user and with the password file the config names. The password file is
+    a mode 0600 copy of the corpus's (git does not keep modes; rsync
+    refuses a file others can read). As root the daemons chroot and keep
+    owners, so the modules are compared like local targets."""
+    secret = CORPUS / "rsyncd.secret"
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copyfile(secret, data / secret.name)
+    os.chmod(data / secret.name, 0o600)
+    daemons = {side: RsyncDaemon(tmp_path / f"rsyncd-{side}", modules=DAEMON_MODULES,
+                                 user="mirror", password=secret.read_text().strip())
+               for side in ("lsyncd", "syncsup")}
+
+    def locate(side: str, target: str, _base: Path) -> Path:
+        module, path = daemon_module_path(target)
+        assert module in DAEMON_MODULES, target
+        return daemons[side].dir / module / path
+
+    try:
+        for rsyncd in daemons.values():
+            rsyncd.start()
+        per_side = {side: {"PORT": str(rsyncd.port)} for side, rsyncd in daemons.items()}
+        run_side_by_side(tmp_path, daemon_factory, DAEMON, {"HOST": "127.0.0.1",
+                                                            "DATA": str(data)},
+                         {}, {}, set(), per_side, locate)
+    finally:
+        for rsyncd in daemons.values():
+            rsyncd.close()
+        for rsyncd in daemons.values():
+            assert not rsyncd.running
 
 
 # ------------------------------------ the manual's list against Lsyncd itself

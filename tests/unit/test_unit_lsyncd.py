@@ -483,3 +483,20 @@ def test_maxdelays_zero_syncs_at_once(delay):
     assert parses(doc).syncs[0].delay == 0
     doc, msgs = run(rsync_layer(maxDelays=-1))
     assert msgs.partial and doc["sync"][0]["delay"] == 15
+
+
+@pytest.mark.parametrize("extra", [{1: "--port=8873"}, {1: "-z", 2: "--port", 3: 8873.0},
+                                   "--port=8873"])
+def test_a_daemon_port_in_rsync_extra_is_the_rsyncd_port(extra):
+    """rsync._extra = { "--port=N" }: how Lsyncd reaches a daemon that does
+    not listen on 873 with host::module; imported as [sync.rsyncd] port (so
+    `syncsup check` probes that port too), not as an extra rsync option."""
+    doc, msgs = run(rsync_layer(target="h1::m/d", rsync={"_extra": extra}))
+    s = doc["sync"][0]
+    assert s["rsyncd"] == {"port": 8873}, s
+    assert "--port" not in " ".join(s.get("rsync", {}).get("extra", [])), s
+    assert not msgs.partial, [m.line() for m in msgs]
+    assert parses(doc).syncs[0].targets[0].port == 8873
+    # an ssh target's --port is rsync's own business: kept as written
+    doc, _ = run(rsync_layer(target="h1:/srv", rsync={"_extra": {1: "--port=8873"}}))
+    assert "rsyncd" not in doc["sync"][0] and "--port=8873" in doc["sync"][0]["rsync"]["extra"]
