@@ -184,6 +184,7 @@ class Sync:
     max_delays: int = 1000
     max_delete: int = 0
     full_sync_interval: float = 0.0
+    startup_checksum: bool = False
     agent_max_size: int = 1024 * 1024
     exclude: tuple[str, ...] = ()
     exclude_from: Path | None = None
@@ -488,6 +489,8 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
                                     _default(Sync, "full_sync_interval")))
     if full_sync_interval != 0 and full_sync_interval < 10:
         raise ConfigError(f"{where}.full_sync_interval", "must be 0 (off) or >= 10 seconds")
+    startup_checksum = _pop(table, "startup_checksum", bool, where,
+                            _default(Sync, "startup_checksum"))
     max_delays = _pop(table, "max_delays", int, where, _default(Sync, "max_delays"))
     agent_max_size = _pop(table, "agent_max_size", int, where, _default(Sync, "agent_max_size"))
     if not 0 <= agent_max_size <= AGENT_MAX_SIZE_LIMIT:
@@ -545,7 +548,8 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     return Sync(
         name=name, source=source, targets=tuple(targets), mode=mode, delay=delay,
         delete=delete, init=init, max_delays=max_delays, max_delete=max_delete,
-        full_sync_interval=full_sync_interval, agent_max_size=agent_max_size, exclude=exclude,
+        full_sync_interval=full_sync_interval, startup_checksum=startup_checksum,
+        agent_max_size=agent_max_size, exclude=exclude,
         exclude_from=exclude_from, filter=filters, filter_from=filter_from, ssh=ssh,
         rsync=rsync, commands=commands,
     )

@@ -98,6 +98,10 @@ SYNC = (
     _k("full_sync_interval", "number", """seconds between full comparisons of source and
        targets (with `--checksum`), to repair changes made behind the daemon's back. 0: off;
        else at least 10."""),
+    _k("startup_checksum", "bool", """`true`: a start with no seen-point (first start, lost
+       state) compares every file by content (`--checksum`), trusting no ctime. Default
+       `false`: files whose target copy the kernel's ctimes prove current are only
+       quick-checked (see "First start on a populated target" in docs/operations.md)."""),
     _k("agent_max_size", "integer", """files up to this many bytes go through the target's
        agent (a long-lived channel: no process per batch), larger ones through rsync (delta
        transfer). 0: rsync for everything. At most 4194304. See "The agent" below."""),

@@ -116,7 +116,9 @@ def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: 
         if deletes:
             argv += ["--delete"]
     elif kind == "paths":
-        argv += ["-d", "-I"]
+        # With ``checksum`` (files a proof left unproven): compared by
+        # content, sent only if they differ; else always sent.
+        argv += ["-d", "--checksum" if verify else "-I"]
     else:
         argv += ["-d"]  # the quick check: a listed directory's unchanged entries cost nothing
     argv += ["--delete-missing-args" if deletes and kind != "times" else "--ignore-missing-args"]

@@ -26,6 +26,7 @@ import os
 import pwd
 import select
 import sys
+import time
 from typing import IO, Any
 
 from syncsup import __version__
@@ -124,6 +125,12 @@ def handle(applier: Applier, req: dict[Any, Any], info: dict[str, Any],
                 return {"ok": False, "error": f"protocol version not supported (this agent "
                         f"speaks {VERSION})", "fatal": True}
             return {"ok": True, "version": VERSION, **info}
+        if request.op == "stats":
+            # "now": this host's clock, read while answering, so that the
+            # client can bound the skew between the two clocks.
+            found = applier.stats(list(request.paths))
+            return {"ok": True, "ctimes": [f[0] for f in found], "sizes": [f[1] for f in found],
+                    "mtimes": [f[2] for f in found], "now": time.time_ns()}
         _act(applier, request, ids or Ids(by_name=False))
     except OSError as exc:
         return {"ok": False, "error": _error(exc)}

@@ -1,0 +1,38 @@
+"""The first start's proof (syncer/prove.py): which target copies the
+kernel's ctimes prove current, pure, and the list it reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from syncsup.syncer.prove import MARGIN_NS, Clock, _subtrees, unproven
+
+S = 10**9
+SRC = (100 * S, 4096, 50 * S)  # ctime, size, mtime
+
+
+@pytest.mark.parametrize(("target", "clock", "expected"), [
+    # written well after the source file last changed: proven
+    ((100 * S + MARGIN_NS + 1, 4096, 50 * S), Clock(), False),
+    # within the margin, or before: compared
+    ((100 * S + MARGIN_NS, 4096, 50 * S), Clock(), True),
+    ((99 * S, 4096, 50 * S), Clock(), True),
+    # missing, another size or mtime: the quick check sends it, no comparison needed
+    ((-1, -1, -1), Clock(), False),
+    ((99 * S, 4095, 50 * S), Clock(), False),
+    ((99 * S, 4096, 50 * S + 1), Clock(), False),
+    # a target clock 10 s ahead: its ctime means 10 s earlier here
+    ((108 * S, 4096, 50 * S), Clock(offset=10 * S), True),
+    ((113 * S, 4096, 50 * S), Clock(offset=10 * S), False),
+    # a target clock 10 s behind: its ctime means 10 s later here
+    ((95 * S, 4096, 50 * S), Clock(offset=-10 * S), False),
+    # the measurement's error counts against the proof
+    ((103 * S, 4096, 50 * S), Clock(offset=0, error=2 * S), True),
+    ((105 * S, 4096, 50 * S), Clock(offset=0, error=2 * S), False),
+])
+def test_unproven(target: tuple[int, int, int], clock: Clock, expected: bool) -> None:
+    assert unproven(SRC, target, clock) is expected
+
+
+def test_the_list_is_read_as_the_syncer_writes_it() -> None:
+    assert _subtrees(b".\0./a\0./#b\n\0./\xff\0") == [b"", b"a", b"#b\n", b"\xff"]
