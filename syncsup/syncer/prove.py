@@ -39,11 +39,13 @@ import stat
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from syncsup import config as cfg
+from syncsup.runtime import set_pdeathsig
 from syncsup.syncer.argv import ssh_argv
 from syncsup.syncer.moves import agent_command
 from syncsup.syncer.plan import Result
@@ -63,6 +65,7 @@ SKEW_PROBES = 3
 log = logging.getLogger("syncsup.syncer")
 
 Stat = tuple[int, int, int]  # (ctime_ns, size, mtime_ns); -1s: not a regular file there
+Chunk = list[tuple[bytes, Stat]]  # source files (name, status), one request's worth
 
 
 class Clock:
@@ -116,7 +119,9 @@ class _Remote:
     """The target's agent over ssh, asked for ``stats`` (never to write)."""
 
     def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        # In our process group (a stall kill takes it too), and dying with us.
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     preexec_fn=set_pdeathsig)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.rin: IO[bytes] = self.proc.stdout
         self.out: IO[bytes] = self.proc.stdin
@@ -153,19 +158,17 @@ class _Remote:
         assert best is not None
         return best
 
-    def stats(self, chunks: Iterator[list[bytes]]) -> Iterator[list[Stat]]:
-        """The answers to ``chunks`` in order, one request ahead (the pipe
-        holds an answer while the next request is written)."""
-        waiting = 0
+    def stats(self, chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, list[Stat]]]:
+        """Each chunk with the target's answer, in order, one request ahead
+        (the pipe holds an answer while the next request is written)."""
+        sent: deque[Chunk] = deque()
         for chunk in chunks:
-            self._send({"op": "stats", "paths": chunk})
-            waiting += 1
-            if waiting > 1:
-                yield self._answer()
-                waiting -= 1
-        while waiting:
-            yield self._answer()
-            waiting -= 1
+            self._send({"op": "stats", "paths": [name for name, _ in chunk]})
+            sent.append(chunk)
+            if len(sent) > 1:
+                yield sent.popleft(), self._answer()
+        while sent:
+            yield sent.popleft(), self._answer()
 
     def _answer(self) -> list[Stat]:
         doc = self._read()
@@ -186,22 +189,31 @@ class _Remote:
             self.proc.wait()
 
 
-def _chunks(files: list[tuple[bytes, Stat]]) -> Iterator[list[bytes]]:
-    for i in range(0, len(files), MAX_STATS):
-        yield [name for name, _ in files[i:i + MAX_STATS]]
+def _chunks(root: bytes, subtrees: list[bytes]) -> Iterator[Chunk]:
+    """The files of ``subtrees``, a request's worth at a time: never the
+    whole list in memory."""
+    chunk: Chunk = []
+    for top in subtrees:
+        for f in _walk(root, top):
+            chunk.append(f)
+            if len(chunk) == MAX_STATS:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
 
 
-def _local(path: str, chunks: Iterator[list[bytes]]) -> Iterator[list[Stat]]:
+def _local(path: str, chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, list[Stat]]]:
     """A local target's answers, read the way its agent reads them."""
     try:
         applier = Applier.open(path)
     except FileNotFoundError:
         for chunk in chunks:
-            yield [(-1, -1, -1)] * len(chunk)  # nothing there: the quick check sends all
+            yield chunk, [(-1, -1, -1)] * len(chunk)  # nothing there: the quick check sends all
         return
     try:
         for chunk in chunks:
-            yield applier.stats(chunk)
+            yield chunk, applier.stats([name for name, _ in chunk])
     finally:
         applier.close()
 
@@ -209,10 +221,7 @@ def _local(path: str, chunks: Iterator[list[bytes]]) -> Iterator[list[Stat]]:
 def _prove(sync: cfg.Sync, target: cfg.Target, subtrees: list[bytes],
            progress: IO[bytes], control_path: str | None) -> tuple[list[bytes], int]:
     """The unproven files of ``subtrees`` and how many files were looked at."""
-    root = os.fsencode(sync.source)
-    files = [f for top in subtrees for f in _walk(root, top)]
-    progress.write(b"walked\n")  # output: progress for the syncer's stall check
-    progress.flush()
+    chunks = _chunks(os.fsencode(sync.source), subtrees)
     remote: _Remote | None = None
     clock = Clock()  # a local target: the same clock
     if target.is_remote:
@@ -220,26 +229,26 @@ def _prove(sync: cfg.Sync, target: cfg.Target, subtrees: list[bytes],
         remote = _Remote([*ssh_argv(sync, control_path), "--", target.login,
                           agent_command(target.path, program)])
     out: list[bytes] = []
+    looked = 0
     try:
         if remote is not None:
             clock = remote.clock()
             sys.stderr.write(f"prove: target clock {clock.offset / 1e9:+.3f}s "
                              f"(within {clock.error / 1e9:.3f}s)\n")
-            answers = remote.stats(_chunks(files))
+            answers = remote.stats(chunks)
         else:
-            answers = _local(target.path, _chunks(files))
-        i = 0
-        for found in answers:
-            for (name, s), t in zip(files[i:i + len(found)], found, strict=True):
+            answers = _local(target.path, chunks)
+        for chunk, found in answers:
+            for (name, s), t in zip(chunk, found, strict=True):
                 if unproven(s, t, clock):
                     out.append(name)
-            i += len(found)
-            progress.write(b".")
+            looked += len(chunk)
+            progress.write(b".")  # output: progress for the syncer's stall check
             progress.flush()
     finally:
         if remote is not None:
             remote.close()
-    return out, len(files)
+    return out, looked
 
 
 def _subtrees(data: bytes) -> list[bytes]:
