@@ -13,6 +13,7 @@ from bench.scenarios import (
     burst,
     churn,
     fanout,
+    firststart,
     idle,
     latency,
     overflow,
@@ -25,7 +26,8 @@ from bench.scenarios.base import Scenario
 
 REGISTRY: dict[str, Scenario] = {
     m.SCENARIO.name: m.SCENARIO
-    for m in (latency, burst, churn, overflow, startup, fanout, rename, recovery, idle, syncs)
+    for m in (latency, burst, churn, overflow, startup, fanout, rename, recovery, firststart,
+              idle, syncs)
 }
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 
