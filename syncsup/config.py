@@ -148,6 +148,7 @@ class Target:
     host: str | None = None
     user: str | None = None
     confined: bool = False
+    relay: bool = False
 
     @property
     def is_remote(self) -> bool:
@@ -443,14 +444,19 @@ def _parse_target(raw: Any, key: str, base: Path, host: str | None,
         t_host = _opt_str(table, "host", key) or host
         t_user = _opt_str(table, "user", key) or user
         confined = _pop(table, "confined", bool, key, confined)
+        relay = _pop(table, "relay", bool, key, False)
         _no_extra(table, key)
         if t_host is None:
+            if relay:
+                raise ConfigError(f"{key}.relay", "only a remote target can be a relay (its "
+                                  "status is asked for over ssh)")
             target = parse_target(path, f"{key}.path", base)
         else:
             target = parse_target(f"{t_user + '@' if t_user else ''}{t_host}:{path}", key, base)
+            target = dataclasses.replace(target, relay=relay)
     else:
         raise ConfigError(key, "must be a string or a table with path (and host, user, "
-                          "confined)")
+                          "confined, relay)")
     if not (confined and target.is_remote):
         return target
     if not target.path.startswith("/"):

@@ -57,7 +57,9 @@ SETTINGS = (
        lists them. Unset: no metrics, no port."""),
     _k("status_file", "path", """write the table `syncsup status` prints to this file
        every `status_interval` seconds (mode 0644, replaced atomically, never through a
-       symlink), for tools that read Lsyncd's status file. Its directory must exist."""),
+       symlink), for tools that read Lsyncd's status file. Its directory must exist. A name
+       ending in `.json` gets `syncsup status --json` instead (a relay's, for
+       `syncsup-target --relay-status`: see "Cascades" in docs/operations.md)."""),
     _k("status_interval", "number", """seconds between two writes of `status_file`,
        1-86400."""),
     _k("strict_rsync", "bool", """at start, syncsup probes whether the local rsync's
@@ -134,6 +136,9 @@ TARGET = (
     _k("confined", "bool", """the key reaching this host runs only `syncsup-target ROOT`
        (see `[sync.ssh] confined`); `path` must be that ROOT.""",
        "`[sync.ssh] confined`"),
+    _k("relay", "bool", """this host runs its own syncsup onward from `path` (a cascade):
+       `syncsup status --relays` asks its `syncsup-target` for that daemon's status (see
+       "Cascades" in docs/operations.md). Remote targets only.""", "false"),
 )
 
 SSH = (

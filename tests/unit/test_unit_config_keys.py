@@ -34,7 +34,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "filter": ["- *.tmp"], "ssh": {}, "rsync": {},
         "targets": ["h1:/srv/www"],
     },
-    "sync.targets": {"path": "/srv/b", "host": "h2", "user": "backup", "confined": True},
+    "sync.targets": {"path": "/srv/b", "host": "h2", "user": "backup", "confined": True,
+                     "relay": True},
     "sync.ssh": {
         "host": "h1", "user": "u", "port": 2222, "identity_file": "/id", "options": ["A=b"],
         "confined": False, "target_command": "/usr/local/bin/syncsup-target",
