@@ -20,7 +20,8 @@ So this step lists a target file only if it exists as a regular file, its
 size and mtime match the source's (else the quick check sends it anyway),
 and its ctime, taken to the source's clock, is not later than the source
 file's ctime plus :data:`MARGIN`. The target's ctimes come from a local
-``lstat`` (the same clock) or from the target's agent (``stats``), whose
+``lstat`` (the same clock) or from the target's agent (a session of
+``syncsup-target ROOT stats``, which answers only ``stats``), whose
 answers carry the target's clock: the skew is measured over the same
 channel, and the round trip bounds its error, which is counted against the
 proof. Symlinks, directories and special files need no proof: the quick
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -47,7 +49,6 @@ from typing import IO, Any
 from syncsup import config as cfg
 from syncsup.runtime import set_pdeathsig
 from syncsup.syncer.argv import ssh_argv
-from syncsup.syncer.moves import agent_command
 from syncsup.syncer.plan import Result
 from syncsup.target._apply import Applier
 from syncsup.target._protocol import VERSION, encode_frame, read_frame
@@ -226,8 +227,9 @@ def _prove(sync: cfg.Sync, target: cfg.Target, subtrees: list[bytes],
     clock = Clock()  # a local target: the same clock
     if target.is_remote:
         program = "syncsup-target" if target.confined else sync.ssh.target_command
-        remote = _Remote([*ssh_argv(sync, control_path), "--", target.login,
-                          agent_command(target.path, program)])
+        # A session that can only read (``stats``), not the agent that writes.
+        command = f"{shlex.quote(program)} {shlex.quote(target.path)} stats"
+        remote = _Remote([*ssh_argv(sync, control_path), "--", target.login, command])
     out: list[bytes] = []
     looked = 0
     try:

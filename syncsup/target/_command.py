@@ -14,7 +14,9 @@ written or where, so no parsing of it can be tricked:
   daemon mode with a generated module (``_daemon``): chrooted to ROOT,
   write-only, options on an allow-list that rsync itself enforces;
 * ``syncsup-target ROOT agent``: syncsup's agent (renames and deletes
-  through directory descriptors), chrooted to ROOT;
+  through directory descriptors), chrooted to ROOT; ``... stats``: the same
+  agent answering only the requests that read sizes and times (a first
+  start's proof);
 * ``syncsup-target ROOT info``, ``rsync --version``, ``true``: read-only
   answers for ``syncsup check``;
 * ``syncsup-target ROOT status``: on a relay (a host that runs its own
@@ -80,6 +82,9 @@ REQUESTS: tuple[tuple[str, str], ...] = (
      "syncsup's agent: small files, directories, symlinks, deletes and renames applied "
      "through directory descriptors that never follow a symlink, in an isolated interpreter "
      "that the kernel confines to ROOT (Landlock, seccomp, no capabilities)"),
+    ("syncsup-target ROOT stats",
+     "the agent confined the same way, answering only requests that read file sizes and "
+     "times (a first start's proof that the copies in ROOT are current)"),
     ("syncsup-target ROOT info",
      "a JSON line for syncsup check: versions, ROOT, how the account is confined"),
     ("syncsup-target ROOT status",
@@ -134,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="syncsup-target",
         usage="%(prog)s [--allow-without=MECHANISM] [--relay-status=FILE] ROOT "
-              "[agent|info|status]",
+              "[agent|stats|info|status]",
         description=DESCRIPTION,
         epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"syncsup-target {__version__}")
@@ -150,9 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("root", metavar="ROOT",
                         help="the mirror's directory on this host (an absolute path)")
     parser.add_argument("request", metavar="REQUEST", nargs="?",
-                        choices=("agent", "info", "status"),
-                        help="agent, info or status, when not run as a forced command")
+                        choices=SERVICES,
+                        help="agent, stats, info or status, when not run as a forced command")
     return parser
+
+
+SERVICES = ("agent", "stats", "info", "status")  # syncsup-target ROOT SERVICE
 
 
 class Refused(Exception):
@@ -171,8 +179,7 @@ def classify(root: str, words: list[str]) -> str:
             return "daemon"
         raise Refused("plain rsync is not served through this key: syncsup uses rsync's daemon "
                       "mode for confined targets; set confined = true for this target")
-    if len(words) == 3 and words[0] == "syncsup-target" and words[2] in ("agent", "info",
-                                                                          "status"):
+    if len(words) == 3 and words[0] == "syncsup-target" and words[2] in SERVICES:
         asked = os.path.normpath(words[1])
         if asked != root:
             raise Refused(f"this key is confined to {root}, not {asked}: make the target's "
@@ -219,7 +226,8 @@ def info(root: str, forced: bool, allow_without: frozenset[str] = frozenset()
             "home_protected": home_inside(root) is not None}
 
 
-def serve_agent(root: str, forced: bool, allow_without: frozenset[str]) -> int:
+def serve_agent(root: str, forced: bool, allow_without: frozenset[str],
+                read_only: bool = False) -> int:
     """The agent. Behind the forced command it is a fresh, isolated
     interpreter under the kernel layer (``_confined``: Landlock, seccomp, no
     capabilities but root's ownership ones), keeping numeric owners like the
@@ -231,8 +239,8 @@ def serve_agent(root: str, forced: bool, allow_without: frozenset[str]) -> int:
     if forced:
         from syncsup.target._confined import start
 
-        start(root, allow_without)
-    from syncsup.target._agent import Ids, serve
+        start(root, allow_without, read_only)
+    from syncsup.target._agent import READ_ONLY, Ids, serve
     from syncsup.target._apply import Applier, Protection
 
     protection = Protection()
@@ -241,7 +249,8 @@ def serve_agent(root: str, forced: bool, allow_without: frozenset[str]) -> int:
     applier = Applier(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), protection)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return serve(applier, {"root": root, "confinement": "descriptors only (no forced "
-                           "command)"}, ids=Ids(by_name=True))
+                           "command)"}, ids=Ids(by_name=True),
+                 ops=READ_ONLY if read_only else None)
 
 
 def parse_options(args: list[str]) -> tuple[frozenset[str], list[str]]:
@@ -355,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
                 return serve_status(status_file)
             except Refused as exc:
                 return _refuse(str(exc), command)
-        if service == "agent":
-            return serve_agent(root, forced, allow_without)
+        if service in ("agent", "stats"):
+            return serve_agent(root, forced, allow_without, read_only=service == "stats")
         from syncsup.target._daemon import run_daemon
 
         grant_chroot_for_exec()

@@ -40,6 +40,7 @@ def test_services(root: Path) -> None:
     assert classify(r, ["syncsup-target", r, "agent"]) == "agent"
     assert classify(r, ["syncsup-target", r + "/", "info"]) == "info"
     assert classify(r, ["syncsup-target", r, "status"]) == "status"
+    assert classify(r, ["syncsup-target", r, "stats"]) == "stats"
 
 
 @pytest.mark.parametrize("command", [
@@ -73,6 +74,30 @@ def test_request_as_arguments_without_a_forced_command(root: Path, capsys, monke
     info = json.loads(capsys.readouterr().out)
     assert info["forced"] is False and info["root"] == str(root)
     assert main([str(root), "sh"]) == 1
+
+
+def test_a_stats_session_only_reads(root: Path) -> None:
+    """``syncsup-target ROOT stats`` serves the agent with only the requests
+    that read: a write in such a session is refused and changes nothing."""
+    from syncsup.target._agent import READ_ONLY
+
+    (root / "f").write_bytes(b"old")
+    frames = [{"op": "hello", "version": VERSION}, {"op": "stats", "paths": [b"f"]},
+              {"op": "put", "path": b"f", "data": b"new", "mode": 0o644, "mtime": 0},
+              {"op": "delete", "path": b"f"}, {"op": "rename", "src": b"f", "dst": b"g"},
+              {"op": "bye"}]
+    out = io.BytesIO()
+    applier = Applier.open(str(root))
+    try:
+        assert serve(applier, {}, io.BytesIO(b"".join(encode_frame(f) for f in frames)), out,
+                     ops=READ_ONLY) == 0
+    finally:
+        applier.close()
+    out.seek(0)
+    answers = [read_frame(out) for _ in range(5)]
+    assert [a["ok"] for a in answers if a] == [True, True, False, False, False]
+    assert answers[1] is not None and answers[1]["sizes"] == [3]
+    assert (root / "f").read_bytes() == b"old" and not (root / "g").exists()
 
 
 def test_a_relay_status_is_the_file_the_forced_command_names(root: Path, tmp_path: Path,
