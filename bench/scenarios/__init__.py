@@ -11,6 +11,7 @@ from __future__ import annotations
 from bench.report import Figure
 from bench.scenarios import (
     burst,
+    cascade,
     churn,
     fanout,
     firststart,
@@ -27,7 +28,7 @@ from bench.scenarios.base import Scenario
 REGISTRY: dict[str, Scenario] = {
     m.SCENARIO.name: m.SCENARIO
     for m in (latency, burst, churn, overflow, startup, fanout, rename, recovery, firststart,
-              idle, syncs)
+              cascade, idle, syncs)
 }
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 
