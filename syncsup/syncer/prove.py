@@ -52,7 +52,7 @@ from syncsup.syncer.argv import ssh_argv
 from syncsup.syncer.plan import Result
 from syncsup.target._apply import Applier
 from syncsup.target._protocol import VERSION, encode_frame, read_frame
-from syncsup.target._schema import MAX_STATS
+from syncsup.target._schema import MAX_PATH, MAX_STATS
 
 __all__ = ["MARGIN_NS", "NO_PROOF", "Clock", "main", "proven", "unproven"]
 
@@ -190,12 +190,17 @@ class _Remote:
             self.proc.wait()
 
 
-def _chunks(root: bytes, subtrees: list[bytes]) -> Iterator[Chunk]:
+def _chunks(root: bytes, subtrees: list[bytes], too_long: list[bytes]) -> Iterator[Chunk]:
     """The files of ``subtrees``, a request's worth at a time: never the
-    whole list in memory."""
+    whole list in memory. A path longer than a request may carry (which
+    only a tree deeper than PATH_MAX holds) goes to ``too_long`` instead:
+    unproven, rather than a refused request failing the whole proof."""
     chunk: Chunk = []
     for top in subtrees:
         for f in _walk(root, top):
+            if len(f[0]) > MAX_PATH:
+                too_long.append(f[0])
+                continue
             chunk.append(f)
             if len(chunk) == MAX_STATS:
                 yield chunk
@@ -222,7 +227,8 @@ def _local(path: str, chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, list[Sta
 def _prove(sync: cfg.Sync, target: cfg.Target, subtrees: list[bytes],
            progress: IO[bytes], control_path: str | None) -> tuple[list[bytes], int]:
     """The unproven files of ``subtrees`` and how many files were looked at."""
-    chunks = _chunks(os.fsencode(sync.source), subtrees)
+    too_long: list[bytes] = []
+    chunks = _chunks(os.fsencode(sync.source), subtrees, too_long)
     remote: _Remote | None = None
     clock = Clock()  # a local target: the same clock
     if target.is_remote:
@@ -250,7 +256,7 @@ def _prove(sync: cfg.Sync, target: cfg.Target, subtrees: list[bytes],
     finally:
         if remote is not None:
             remote.close()
-    return out, looked
+    return out + too_long, looked + len(too_long)
 
 
 def _subtrees(data: bytes) -> list[bytes]:

@@ -36,3 +36,25 @@ def test_unproven(target: tuple[int, int, int], clock: Clock, expected: bool) ->
 
 def test_the_list_is_read_as_the_syncer_writes_it() -> None:
     assert _subtrees(b".\0./a\0./#b\n\0./\xff\0") == [b"", b"a", b"#b\n", b"\xff"]
+
+
+def test_a_path_too_long_for_a_request_is_unproven_not_a_failed_proof(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk hands over every regular file, symlinks not followed; one
+    whose path a request cannot carry is set aside (compared by content)
+    instead of failing the proof of every other file."""
+    import os
+
+    from syncsup.syncer import prove
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "short").write_bytes(b"1")
+    (tmp_path / "a" / "a-much-longer-name").write_bytes(b"2")
+    os.symlink(tmp_path / "a", tmp_path / "link")
+    os.symlink(tmp_path / "a" / "short", tmp_path / "flink")
+    monkeypatch.setattr(prove, "MAX_PATH", 12)
+    monkeypatch.setattr(prove, "MAX_STATS", 1)
+    too_long: list[bytes] = []
+    chunks = list(prove._chunks(os.fsencode(tmp_path), [b""], too_long))
+    assert [[name for name, _ in c] for c in chunks] == [[b"a/short"]]
+    assert too_long == [b"a/a-much-longer-name"]
