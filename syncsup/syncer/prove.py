@@ -54,7 +54,7 @@ from syncsup.target._apply import Applier
 from syncsup.target._protocol import VERSION, encode_frame, read_frame
 from syncsup.target._schema import MAX_PATH, MAX_STATS
 
-__all__ = ["MARGIN_NS", "NO_PROOF", "Clock", "main", "proven", "unproven"]
+__all__ = ["MARGIN_NS", "NO_PROOF", "Clock", "main", "proven", "unproven", "verdict"]
 
 # A target copy must be this much newer than its source file: the kernel's
 # coarse timestamps (a tick), filesystems that keep whole seconds (or two, as
@@ -81,15 +81,23 @@ class Clock:
         return target_ns - self.offset - self.error
 
 
-def unproven(source: Stat, target: Stat, clock: Clock) -> bool:
-    """Must this file's content be compared? Only if the target holds a
-    regular file that the quick check takes for the source's (same size, same
-    mtime to the nanosecond) and its ctime does not prove it written after
-    the source file last changed."""
+PROVEN, SENT, COMPARE = "proven", "sent", "compare"
+
+
+def verdict(source: Stat, target: Stat, clock: Clock) -> str:
+    """What this file needs: ``sent`` if the target has no regular file
+    there or one of another size or mtime (the quick check sends it);
+    ``proven`` if the target's copy has a ctime after the source file's
+    (written after it last changed); else ``compare`` (its content)."""
     t_ctime, t_size, t_mtime = target
     if t_ctime < 0 or t_size != source[1] or t_mtime != source[2]:
-        return False  # missing or different: the quick check sends it
-    return clock.to_source(t_ctime) <= source[0] + MARGIN_NS
+        return SENT
+    return COMPARE if clock.to_source(t_ctime) <= source[0] + MARGIN_NS else PROVEN
+
+
+def unproven(source: Stat, target: Stat, clock: Clock) -> bool:
+    """Must this file's content be compared?"""
+    return verdict(source, target, clock) == COMPARE
 
 
 def _walk(root: bytes, top: bytes) -> Iterator[tuple[bytes, Stat]]:
@@ -225,8 +233,10 @@ def _local(path: str, chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, list[Sta
 
 
 def _prove(sync: cfg.Sync, target: cfg.Target, subtrees: list[bytes],
-           progress: IO[bytes], control_path: str | None) -> tuple[list[bytes], int]:
-    """The unproven files of ``subtrees`` and how many files were looked at."""
+           progress: IO[bytes], control_path: str | None
+           ) -> tuple[list[bytes], dict[str, int]]:
+    """The unproven files of ``subtrees``, and how many files got which
+    :func:`verdict`."""
     too_long: list[bytes] = []
     chunks = _chunks(os.fsencode(sync.source), subtrees, too_long)
     remote: _Remote | None = None
@@ -237,7 +247,7 @@ def _prove(sync: cfg.Sync, target: cfg.Target, subtrees: list[bytes],
         command = f"{shlex.quote(program)} {shlex.quote(target.path)} stats"
         remote = _Remote([*ssh_argv(sync, control_path), "--", target.login, command])
     out: list[bytes] = []
-    looked = 0
+    counts = {PROVEN: 0, SENT: 0, COMPARE: len(too_long)}
     try:
         if remote is not None:
             clock = remote.clock()
@@ -248,15 +258,16 @@ def _prove(sync: cfg.Sync, target: cfg.Target, subtrees: list[bytes],
             answers = _local(target.path, chunks)
         for chunk, found in answers:
             for (name, s), t in zip(chunk, found, strict=True):
-                if unproven(s, t, clock):
+                v = verdict(s, t, clock)
+                counts[v] += 1
+                if v == COMPARE:
                     out.append(name)
-            looked += len(chunk)
             progress.write(b".")  # output: progress for the syncer's stall check
             progress.flush()
     finally:
         if remote is not None:
             remote.close()
-    return out + too_long, looked + len(too_long)
+    return out + too_long, counts
 
 
 def _subtrees(data: bytes) -> list[bytes]:
@@ -284,15 +295,16 @@ def main(argv: list[str]) -> int:
     with open(list_path, "rb") as fh:
         subtrees = _subtrees(fh.read())
     try:
-        names, looked = _prove(sync, target, subtrees, sys.stdout.buffer, control_path or None)
+        names, counts = _prove(sync, target, subtrees, sys.stdout.buffer, control_path or None)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"prove: cannot read the target's ctimes ({exc}): comparing every file's "
               "content", file=sys.stderr)
         return NO_PROOF
     with open(out_path, "wb") as fh:
         fh.write(b"".join(n + b"\0" for n in names))
-    print(f"prove: {looked - len(names)} of {looked} files proven current, {len(names)} to "
-          "compare by content", file=sys.stderr)
+    looked = sum(counts.values())
+    print(f"prove: {counts[PROVEN]} of {looked} files proven current, {counts[SENT]} missing "
+          f"or different (sent), {counts[COMPARE]} to compare by content", file=sys.stderr)
     return 0
 
 

@@ -78,8 +78,8 @@ def test_a_first_start_on_an_identical_copy_reads_next_to_nothing(
     copied(src, dst)
     d = started(daemon_factory, sync_entry(src, [dst], delay=0), counted)
     converged_cheaply(d, tmp_path, src, dst, [src, dst], changed=0)
-    assert "41 of 41 files proven current, 0 to compare by content" in d.log_tail(400), \
-        d.log_tail(60)
+    assert ("41 of 41 files proven current, 0 missing or different (sent), 0 to compare by "
+            "content") in d.log_tail(400), d.log_tail(60)
     finish(d, tmp_path, src, dst)
 
 
@@ -93,8 +93,8 @@ def test_a_first_start_on_a_copied_target_reads_little_and_finds_a_source_rewrit
     rewrite_keeping_mtime(src / "big07")
     d = started(daemon_factory, sync_entry(src, [dst], delay=0), counted)
     converged_cheaply(d, tmp_path, src, dst, [src, dst], changed=1)
-    assert "40 of 41 files proven current, 1 to compare by content" in d.log_tail(400), \
-        d.log_tail(60)
+    assert ("40 of 41 files proven current, 0 missing or different (sent), 1 to compare by "
+            "content") in d.log_tail(400), d.log_tail(60)
     finish(d, tmp_path, src, dst)
 
 
@@ -136,6 +136,8 @@ def test_an_empty_target_is_filled_with_one_read_of_the_source(
     content comparison)."""
     make_tree(src)
     d = started(daemon_factory, sync_entry(src, [dst], delay=0), counted)
+    d.wait_for(lambda st: "0 of 41 files proven current, 41 missing or different (sent), 0 to "
+               "compare by content" in d.log_text(), "the proof's line", 60)
     wait_converged(src, dst, timeout=120, on_timeout=d.describe)
     d.wait_idle()
     read = bytes_read(tmp_path / "io", [src, dst])

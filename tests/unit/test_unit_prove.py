@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from syncsup.syncer.prove import MARGIN_NS, Clock, _subtrees, unproven
+from syncsup.syncer.prove import MARGIN_NS, Clock, _subtrees, unproven, verdict
 
 S = 10**9
 SRC = (100 * S, 4096, 50 * S)  # ctime, size, mtime
@@ -32,6 +32,12 @@ SRC = (100 * S, 4096, 50 * S)  # ctime, size, mtime
 ])
 def test_unproven(target: tuple[int, int, int], clock: Clock, expected: bool) -> None:
     assert unproven(SRC, target, clock) is expected
+
+
+def test_verdicts() -> None:
+    assert verdict(SRC, (-1, -1, -1), Clock()) == "sent"
+    assert verdict(SRC, (99 * S, 4096, 50 * S), Clock()) == "compare"
+    assert verdict(SRC, (200 * S, 4096, 50 * S), Clock()) == "proven"
 
 
 def test_the_list_is_read_as_the_syncer_writes_it() -> None:
