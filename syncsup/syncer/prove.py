@@ -19,13 +19,16 @@ someone wrote to the target behind the daemon's back: ``full_sync_interval``,
 So this step lists a target file only if it exists as a regular file, its
 size and mtime match the source's (else the quick check sends it anyway),
 and its ctime, taken to the source's clock, is not later than the source
-file's ctime plus :data:`MARGIN`. The target's ctimes come from a local
+file's ctime plus :data:`MARGIN_NS`. The target's ctimes come from a local
 ``lstat`` (the same clock) or from the target's agent (a session of
 ``syncsup-target ROOT stats``, which answers only ``stats``), whose
 answers carry the target's clock: the skew is measured over the same
 channel, and the round trip bounds its error, which is counted against the
 proof. Symlinks, directories and special files need no proof: the quick
 check compares all they hold.
+
+Each target's proof walks the source again (metadata only, a child
+process per target): the targets of one sync may hold different copies.
 
 Exit codes: 0 and the NUL-separated list in OUT; 3 if the target's ctimes
 cannot be read (no agent there), which turns the tree step into a full
