@@ -187,7 +187,8 @@ class Syncer:
             batch.changes.trees |= retyped_parents(batch.changes.paths, slot.rules, source)
         slot.plan = Plan.make(batch.changes, commands=slot.sync.runs_commands,
                               replay_moves=slot.sync.moves_on_target, replay=replay,
-                              source_empty=b"" in batch.changes.trees | batch.changes.verify
+                              source_empty=b"" in (batch.changes.trees | batch.changes.verify
+                                                   | batch.changes.prove)
                               and _empty(slot.sync.source),
                               agent=slot.channel is not None and slot.channel.available(now))
         slot.started = now
