@@ -51,7 +51,7 @@ from syncsup.syncer.moves import (
     retyped_parents,
 )
 from syncsup.syncer.plan import Finished, Plan, Result, Step, StepKind
-from syncsup.syncer.prove import proven
+from syncsup.syncer.prove import nothing_to_prove, proven
 from syncsup.syncer.transfer import Transfer, spawn
 from syncsup.watcher.filters import RuleList
 
@@ -185,6 +185,7 @@ class Syncer:
             replay = replayable(batch.changes.moves, slot.rules, source)
         if not slot.sync.runs_commands:
             batch.changes.trees |= retyped_parents(batch.changes.paths, slot.rules, source)
+            nothing_to_prove(batch.changes, slot.target)
         slot.plan = Plan.make(batch.changes, commands=slot.sync.runs_commands,
                               replay_moves=slot.sync.moves_on_target, replay=replay,
                               source_empty=b"" in (batch.changes.trees | batch.changes.verify

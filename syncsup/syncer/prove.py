@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from syncsup import config as cfg
+from syncsup.proto import Changes
 from syncsup.runtime import set_pdeathsig
 from syncsup.syncer.argv import ssh_argv
 from syncsup.syncer.plan import Result
@@ -57,7 +58,8 @@ from syncsup.target._apply import Applier
 from syncsup.target._protocol import VERSION, encode_frame, read_frame
 from syncsup.target._schema import MAX_PATH, MAX_STATS
 
-__all__ = ["MARGIN_NS", "NO_PROOF", "Clock", "main", "proven", "unproven", "verdict"]
+__all__ = ["MARGIN_NS", "NO_PROOF", "Clock", "main", "nothing_to_prove", "proven", "unproven",
+           "verdict"]
 
 # A target copy must be this much newer than its source file: the kernel's
 # coarse timestamps (a tick), filesystems that keep whole seconds (or two, as
@@ -309,6 +311,28 @@ def main(argv: list[str]) -> int:
     print(f"prove: {counts[PROVEN]} of {looked} files proven current, {counts[SENT]} missing "
           f"or different (sent), {counts[COMPARE]} to compare by content", file=sys.stderr)
     return 0
+
+
+def nothing_to_prove(changes: Changes, target: cfg.Target) -> None:
+    """Turn ``changes.prove`` into plain quick-check rescans when a local
+    target holds nothing under them yet: every file there is missing, so
+    the quick check sends it, and no proof (a process and a walk of the
+    source) is needed. The usual first start, on an empty target, then
+    costs what it did before proofs existed."""
+    if not changes.prove or target.is_remote:
+        return
+    root = os.fsencode(target.path)
+    for rel in list(changes.prove):
+        try:
+            with os.scandir(os.path.join(root, rel) if rel else root) as it:
+                if next(it, None) is not None:
+                    continue
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue  # the proof step says what is wrong
+        changes.prove.discard(rel)
+        changes.trees.add(rel)
 
 
 def proven(result: Result, list_path: Path) -> Result:

@@ -64,3 +64,23 @@ def test_a_path_too_long_for_a_request_is_unproven_not_a_failed_proof(
     chunks = list(prove._chunks(os.fsencode(tmp_path), [b""], too_long))
     assert [[name for name, _ in c] for c in chunks] == [[b"a/short"]]
     assert too_long == [b"a/a-much-longer-name"]
+
+
+def test_an_empty_or_missing_local_target_needs_no_proof(tmp_path) -> None:
+    from syncsup.config import Target
+    from syncsup.proto import Changes
+    from syncsup.syncer.prove import nothing_to_prove
+
+    full, empty = tmp_path / "full", tmp_path / "empty"
+    (full / "sub").mkdir(parents=True)
+    (full / "sub" / "f").write_bytes(b"f")
+    (full / "bare").mkdir()
+    empty.mkdir()
+    for path, prove, left in [(empty, {b""}, set()), (tmp_path / "missing", {b""}, set()),
+                              (full, {b""}, {b""}), (full, {b"sub", b"bare", b"gone"}, {b"sub"})]:
+        changes = Changes(prove=set(prove))
+        nothing_to_prove(changes, Target(spec=str(path), path=str(path)))
+        assert changes.prove == left and changes.trees == prove - left, (path, prove)
+    remote = Changes(prove={b""})
+    nothing_to_prove(remote, Target(spec="h:/x", path="/x", host="h"))
+    assert remote.prove == {b""} and not remote.trees
