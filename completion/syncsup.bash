@@ -9,7 +9,7 @@
 _shtab_syncsup_subparsers=(start status stop check resync pause resume unit import-lsyncd)
 
 _shtab_syncsup_start_option_strings=(-h --help --source --target --mode --delay --name --state-dir)
-_shtab_syncsup_status_option_strings=(-h --help --json)
+_shtab_syncsup_status_option_strings=(-h --help --json --relays)
 _shtab_syncsup_stop_option_strings=(-h --help)
 _shtab_syncsup_check_option_strings=(-h --help)
 _shtab_syncsup_resync_option_strings=(-h --help --sync --target)
@@ -40,6 +40,7 @@ _shtab_syncsup_start___help_nargs=0
 _shtab_syncsup_status__h_nargs=0
 _shtab_syncsup_status___help_nargs=0
 _shtab_syncsup_status___json_nargs=0
+_shtab_syncsup_status___relays_nargs=0
 _shtab_syncsup_stop__h_nargs=0
 _shtab_syncsup_stop___help_nargs=0
 _shtab_syncsup_check__h_nargs=0

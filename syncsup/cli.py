@@ -112,7 +112,13 @@ Without CONFIG, list the daemons running (name, pid, config): each records
 itself at start under the base name of its state_dir (www for
 /var/lib/syncsup/www, adhoc-... for start --source), and that NAME can
 stand for the config here and in stop, resync, pause and resume. Exit 3 if
-none runs."""
+none runs.
+
+With --relays, each target marked relay = true is asked (over ssh, through
+its syncsup-target) for the status of the syncsup that runs onward from it:
+its targets' state, pending paths and lag behind the relay, added to the
+table (and as "relays" to --json). A relay that cannot be asked is shown as
+unavailable, with why; it does not change the exit status."""
 
 CHECK_DESCRIPTION = """\
 Validate the config, the sources, the local and remote rsync (with their
@@ -296,10 +302,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not isinstance(reply, proto.StatusReply):
         print(f"syncsup: unexpected answer {type(reply).__name__}", file=sys.stderr)
         return 1
+    relays = None
+    if args.relays:
+        from syncsup.relays import ask_relays, format_relays
+
+        relays = ask_relays(_load(_daemon_config(args.config)))
     if args.json:
-        print(json.dumps(to_json(reply.status), indent=2))
+        doc = to_json(reply.status)
+        if relays is not None:
+            doc["relays"] = [r.to_json() for r in relays]
+        print(json.dumps(doc, indent=2))
     else:
         print(format_status(reply.status))
+        if relays is not None:
+            print(f"\n{format_relays(relays)}")
     return 0
 
 
@@ -468,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subparser(sub, "status", "show what the running daemon is doing", STATUS_DESCRIPTION)
     p.add_argument("--json", action="store_true",
                    help="machine-readable output (described in docs/status.md)")
+    p.add_argument("--relays", action="store_true",
+                   help="also ask each target with relay = true for the status of the syncsup "
+                        "that runs onward from it (over ssh, through syncsup-target)")
     p.add_argument("config", metavar="CONFIG|NAME", nargs="?",
                    help="the config file (TOML), or the name of a running daemon; without "
                         "it, list the daemons running")

@@ -169,6 +169,7 @@ class Target:
     confined: bool = False
     module: str | None = None
     port: int | None = None
+    relay: bool = False
 
     @property
     def is_remote(self) -> bool:
@@ -223,6 +224,7 @@ class Sync:
     max_delays: int = 1000
     max_delete: int = 0
     full_sync_interval: float = 0.0
+    startup_checksum: bool = False
     agent_max_size: int = 1024 * 1024
     exclude: tuple[str, ...] = ()
     exclude_from: Path | None = None
@@ -493,14 +495,19 @@ def _parse_target(raw: Any, key: str, base: Path, host: str | None,
         t_host = _opt_str(table, "host", key) or host
         t_user = _opt_str(table, "user", key) or user
         confined = _pop(table, "confined", bool, key, confined)
+        relay = _pop(table, "relay", bool, key, False)
         _no_extra(table, key)
         if t_host is None:
+            if relay:
+                raise ConfigError(f"{key}.relay", "only a remote target can be a relay (its "
+                                  "status is asked for over ssh)")
             target = parse_target(path, f"{key}.path", base)
         else:
             target = parse_target(f"{t_user + '@' if t_user else ''}{t_host}:{path}", key, base)
+            target = dataclasses.replace(target, relay=relay)
     else:
         raise ConfigError(key, "must be a string or a table with path (and host, user, "
-                          "confined)")
+                          "confined, relay)")
     if target.is_daemon:
         if isinstance(raw, dict):
             raise ConfigError(f"{key}.path", "a target table is reached over ssh; write an "
@@ -567,6 +574,8 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
                                     _default(Sync, "full_sync_interval")))
     if full_sync_interval != 0 and full_sync_interval < 10:
         raise ConfigError(f"{where}.full_sync_interval", "must be 0 (off) or >= 10 seconds")
+    startup_checksum = _pop(table, "startup_checksum", bool, where,
+                            _default(Sync, "startup_checksum"))
     max_delays = _pop(table, "max_delays", int, where, _default(Sync, "max_delays"))
     agent_max_size = _pop(table, "agent_max_size", int, where, _default(Sync, "agent_max_size"))
     if not 0 <= agent_max_size <= AGENT_MAX_SIZE_LIMIT:
@@ -635,7 +644,8 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     return Sync(
         name=name, source=source, targets=tuple(targets), mode=mode, delay=delay,
         delete=delete, init=init, max_delays=max_delays, max_delete=max_delete,
-        full_sync_interval=full_sync_interval, agent_max_size=agent_max_size, exclude=exclude,
+        full_sync_interval=full_sync_interval, startup_checksum=startup_checksum,
+        agent_max_size=agent_max_size, exclude=exclude,
         exclude_from=exclude_from, filter=filters, filter_from=filter_from, ssh=ssh,
         rsync=rsync, rsyncd=rsyncd, commands=commands,
     )

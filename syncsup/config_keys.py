@@ -57,7 +57,9 @@ SETTINGS = (
        lists them. Unset: no metrics, no port."""),
     _k("status_file", "path", """write the table `syncsup status` prints to this file
        every `status_interval` seconds (mode 0644, replaced atomically, never through a
-       symlink), for tools that read Lsyncd's status file. Its directory must exist."""),
+       symlink), for tools that read Lsyncd's status file. Its directory must exist. A name
+       ending in `.json` gets `syncsup status --json` instead (a relay's, for
+       `syncsup-target --relay-status`: see "Cascades" in docs/operations.md)."""),
     _k("status_interval", "number", """seconds between two writes of `status_file`,
        1-86400."""),
     _k("strict_rsync", "bool", """at start, syncsup probes whether the local rsync's
@@ -98,6 +100,10 @@ SYNC = (
     _k("full_sync_interval", "number", """seconds between full comparisons of source and
        targets (with `--checksum`), to repair changes made behind the daemon's back. 0: off;
        else at least 10."""),
+    _k("startup_checksum", "bool", """`true`: a start with no seen-point (first start, lost
+       state) compares every file by content (`--checksum`), trusting no ctime. Default
+       `false`: files whose target copy the kernel's ctimes prove current are only
+       quick-checked (see "First start on a populated target" in docs/operations.md)."""),
     _k("agent_max_size", "integer", """files up to this many bytes go through the target's
        agent (a long-lived channel: no process per batch), larger ones through rsync (delta
        transfer). 0: rsync for everything. At most 4194304. See "The agent" below."""),
@@ -134,6 +140,9 @@ TARGET = (
     _k("confined", "bool", """the key reaching this host runs only `syncsup-target ROOT`
        (see `[sync.ssh] confined`); `path` must be that ROOT.""",
        "`[sync.ssh] confined`"),
+    _k("relay", "bool", """this host runs its own syncsup onward from `path` (a cascade):
+       `syncsup status --relays` asks its `syncsup-target` for that daemon's status (see
+       "Cascades" in docs/operations.md). Remote targets only.""", "false"),
 )
 
 SSH = (

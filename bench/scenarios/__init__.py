@@ -11,8 +11,10 @@ from __future__ import annotations
 from bench.report import Figure
 from bench.scenarios import (
     burst,
+    cascade,
     churn,
     fanout,
+    firststart,
     idle,
     latency,
     overflow,
@@ -26,8 +28,8 @@ from bench.scenarios.base import Scenario
 
 REGISTRY: dict[str, Scenario] = {
     m.SCENARIO.name: m.SCENARIO
-    for m in (latency, burst, churn, overflow, startup, fanout, rename, recovery, idle, syncs,
-              rsyncd)
+    for m in (latency, burst, churn, overflow, startup, fanout, rename, recovery, firststart,
+              cascade, idle, syncs, rsyncd)
 }
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 

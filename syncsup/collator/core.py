@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from syncsup import config as cfg
 from syncsup import proto
 from syncsup.collator.journal import (
+    PROVE,
     TREE,
     VERIFY,
     Journal,
@@ -215,10 +216,11 @@ class Collator:
             changes.created = set()
 
         def record(s: SyncQueues) -> None:
-            if b"" in changes.trees | changes.verify and not s.sync.init and (
+            if b"" in changes.trees | changes.verify | changes.prove and not s.sync.init and (
                     not self._init_skipped(s)):
                 changes.trees.discard(b"")
                 changes.verify.discard(b"")
+                changes.prove.discard(b"")
             self.mark(s, changes, seq=msg.seq, seen=msg.seen)
 
         if not self._safely(s, record):
@@ -229,12 +231,13 @@ class Collator:
         # for a CPU with the syncer starting on the change.
         self.dispatch_due()
         self.send("ingest", peer, proto.Ack(seq=msg.seq))
-        rescans = sorted(changes.verify) + sorted(changes.trees)
+        rescans = sorted(changes.verify) + sorted(changes.prove) + sorted(changes.trees)
         s.rescans += len(rescans)
         if rescans:
             log.info("%s: rescan requested: %s", s.sync.name, ", ".join(
                 repr(shorten(t.decode(errors="replace"), 120) or "/")
-                + (" (verify)" if t in changes.verify else "") for t in rescans[:5]))
+                + (" (verify)" if t in changes.verify else " (prove)" if t in changes.prove
+                   else "") for t in rescans[:5]))
 
     def mark(self, s: SyncQueues, changes: proto.Changes, seq: int = 0,
              queues: list[TargetQueue] | None = None, seen: Seen | None = None) -> None:
@@ -313,7 +316,7 @@ class Collator:
                     self.mark(s, proto.Changes(verify={dst for _, _, dst in done}), queues=[q])
             if ok is not None:
                 s.journal.complete(q.spec, ok.rows)
-                if any(r.kind in (TREE, VERIFY) and r.path == b"" for r in ok.rows):
+                if any(r.kind in (TREE, VERIFY, PROVE) and r.path == b"" for r in ok.rows):
                     q.synced_this_run = True
                     s.journal.set_meta(f"synced:{q.spec}", self.run_id)
 

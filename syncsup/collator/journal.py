@@ -24,8 +24,8 @@ from syncsup.proto import Changes
 from syncsup.seen import Seen
 
 __all__ = [
-    "CREATED", "PATH", "TREE", "VERIFY", "Journal", "JournalDamaged", "Kind", "Row", "is_damage",
-    "move_aside", "read_seen", "to_changes",
+    "CREATED", "PATH", "PROVE", "TREE", "VERIFY", "Journal", "JournalDamaged", "Kind", "Row",
+    "is_damage", "move_aside", "read_seen", "to_changes",
 ]
 
 
@@ -36,9 +36,11 @@ class Kind(IntEnum):
     TREE = 1     # changes.trees: this subtree, recursively, deleting extras
     CREATED = 2  # changes.created: command mode, this path appeared
     VERIFY = 3   # changes.verify: like TREE, comparing content: events were lost there
+    PROVE = 4    # changes.prove: like VERIFY, for the files the target's ctimes cannot vouch for
 
 
-PATH, TREE, CREATED, VERIFY = Kind.PATH, Kind.TREE, Kind.CREATED, Kind.VERIFY
+PATH, TREE, CREATED, VERIFY, PROVE = (Kind.PATH, Kind.TREE, Kind.CREATED, Kind.VERIFY,
+                                      Kind.PROVE)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dirty (
@@ -153,7 +155,7 @@ class Journal:
         moves = changes.moves
         items = ([(PATH, p) for p in changes.paths] + [(TREE, t) for t in changes.trees]
                  + [(CREATED, c) for c in changes.created]
-                 + [(VERIFY, v) for v in changes.verify])
+                 + [(VERIFY, v) for v in changes.verify] + [(PROVE, v) for v in changes.prove])
         rows = [(t, kind, p, gen, now) for t in targets for kind, p in items]
         with self._tx():
             db.executemany(
@@ -235,8 +237,8 @@ class Journal:
     def has_tree(self, target: str, path: bytes = b"") -> bool:
         """Is a rescan (plain or verifying) of ``path`` pending?"""
         row = self.db.execute(
-            "SELECT 1 FROM dirty WHERE target = ? AND kind IN (?, ?) AND path = ?",
-            (target, TREE, VERIFY, path)).fetchone()
+            "SELECT 1 FROM dirty WHERE target = ? AND kind IN (?, ?, ?) AND path = ?",
+            (target, TREE, VERIFY, PROVE, path)).fetchone()
         return row is not None
 
     def collapse(self, target: str, now: float) -> None:
@@ -315,7 +317,8 @@ def to_changes(rows: Iterable[Row], moves: Iterable[tuple[int, bytes, bytes]] = 
                ) -> Changes:
     """The Changes that leased ``rows`` and ``moves`` stand for."""
     out = Changes(moves=[(a, b) for _id, a, b in moves])
-    fields = {PATH: out.paths, TREE: out.trees, CREATED: out.created, VERIFY: out.verify}
+    fields = {PATH: out.paths, TREE: out.trees, CREATED: out.created, VERIFY: out.verify,
+              PROVE: out.prove}
     for r in rows:
         fields[r.kind].add(r.path)
     return out

@@ -70,7 +70,10 @@ class Changes:
     filesystem read at transfer time decides (present: sent, absent:
     deleted). ``trees`` are subtrees to rescan whole, with deletes (``b""``
     is the root); ``verify`` subtrees to rescan comparing content
-    (``--checksum``) because events were lost there. ``moves`` are renames
+    (``--checksum``) because events were lost there; ``prove`` subtrees to
+    rescan comparing the content of the files whose target copy the kernel's
+    ctimes cannot prove current (a start with no earlier state: see
+    :mod:`syncsup.syncer.prove`). ``moves`` are renames
     inside the tree in the order they happened, for the modes that replay
     them on the target; both ends are in ``paths`` or ``trees`` too, so a
     rename that cannot be replayed is repaired by the transfer. ``created``
@@ -81,15 +84,17 @@ class Changes:
     paths: set[bytes] = field(default_factory=set)
     trees: set[bytes] = field(default_factory=set)
     verify: set[bytes] = field(default_factory=set)
+    prove: set[bytes] = field(default_factory=set)
     created: set[bytes] = field(default_factory=set)
     moves: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.paths or self.trees or self.verify or self.moves)
+        return bool(self.paths or self.trees or self.verify or self.prove or self.moves)
 
     def size(self) -> int:
         """Entries in all, for batching limits."""
-        return (len(self.paths) + len(self.trees) + len(self.verify) + len(self.created)
+        return (len(self.paths) + len(self.trees) + len(self.verify) + len(self.prove)
+                + len(self.created)
                 + 2 * len(self.moves))
 
     def update(self, other: Changes) -> None:
@@ -97,6 +102,7 @@ class Changes:
         self.paths |= other.paths
         self.trees |= other.trees
         self.verify |= other.verify
+        self.prove |= other.prove
         self.created |= other.created
         self.moves += other.moves
 

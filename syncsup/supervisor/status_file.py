@@ -1,16 +1,19 @@
 """The optional status file (``[settings] status_file``), for tools that read
 Lsyncd's: the same table ``syncsup status`` prints, rewritten atomically
 (write a temporary file beside it, then rename) every ``status_interval``
-seconds, so a reader never sees half a file."""
+seconds, so a reader never sees half a file. A name ending in ``.json``
+gets what ``syncsup status --json`` prints instead: what a relay's
+``syncsup-target --relay-status`` serves to the source upstream."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from pathlib import Path
 
-from syncsup.status import Status, format_status
+from syncsup.status import Status, format_status, to_json
 
 __all__ = ["write_status_file"]
 
@@ -18,8 +21,11 @@ log = logging.getLogger("syncsup.supervisor")
 
 
 def write_status_file(path: Path, doc: Status) -> None:
-    text = (f"syncsup status, written {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n"
-            f"{format_status(doc)}\n")
+    if path.suffix == ".json":
+        text = json.dumps(to_json(doc)) + "\n"
+    else:
+        text = (f"syncsup status, written {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n"
+                f"{format_status(doc)}\n")
     # A random name created with O_EXCL and O_NOFOLLOW, and its mode set on
     # the descriptor: a symlink planted in the directory can neither be
     # opened for writing nor chmodded through. rename() replaces a symlink at

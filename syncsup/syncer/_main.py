@@ -51,6 +51,7 @@ from syncsup.syncer.moves import (
     retyped_parents,
 )
 from syncsup.syncer.plan import Finished, Plan, Result, Step, StepKind
+from syncsup.syncer.prove import nothing_to_prove, proven
 from syncsup.syncer.transfer import Transfer, spawn
 from syncsup.watcher.filters import RuleList
 
@@ -184,9 +185,11 @@ class Syncer:
             replay = replayable(batch.changes.moves, slot.rules, source)
         if not slot.sync.runs_commands:
             batch.changes.trees |= retyped_parents(batch.changes.paths, slot.rules, source)
+            nothing_to_prove(batch.changes, slot.target)
         slot.plan = Plan.make(batch.changes, commands=slot.sync.runs_commands,
                               replay_moves=slot.sync.moves_on_target, replay=replay,
-                              source_empty=b"" in batch.changes.trees | batch.changes.verify
+                              source_empty=b"" in (batch.changes.trees | batch.changes.verify
+                                                   | batch.changes.prove)
                               and _empty(slot.sync.source),
                               agent=slot.channel is not None and slot.channel.available(now))
         slot.started = now
@@ -262,6 +265,11 @@ class Syncer:
                 command = remote_rename_command(t.path)
             argv = [*ssh_argv(slot.sync, slot.control_path), "--", t.login, command]
             stdin = lst
+        elif step.kind is StepKind.PROVE:
+            lst.write_bytes(_names(list(step.names)))
+            argv = [sys.executable, "-P", "-m", "syncsup.syncer.prove", str(self.config_path),
+                    slot.sync.name, str(slot.index), str(lst), f"{lst}.out",
+                    slot.control_path or ""]
         elif step.kind is StepKind.COMMAND:
             lst.write_bytes(msgpack.packb({"changes": to_wire(changes),
                                            "startup": slot.batch.startup}, use_bin_type=True))
@@ -303,6 +311,8 @@ class Syncer:
         slot.sent += slot.transfer.sent_bytes()
         slot.transfer = None
         assert slot.plan is not None and slot.step is not None
+        if slot.step.kind is StepKind.PROVE:
+            result = proven(result, self.state.tmp / f"{slot.sync.name}-{slot.index}-prove.list")
         if result.stalled:
             result = Result(rc=result.rc, stalled=True,
                             error=f"no progress for {slot.sync.rsync.timeout}s: transfer "
@@ -323,7 +333,7 @@ class Syncer:
         error = end.error
         log.log(logging.INFO if ok else logging.WARNING,
                 "%s: batch %d, %d paths, %d trees, %d renames, %d bytes, %.2fs: %s%s",
-                slot.label, batch.batch_id, len(ch.paths), len(ch.trees | ch.verify),
+                slot.label, batch.batch_id, len(ch.paths), len(ch.trees | ch.verify | ch.prove),
                 plan.moves_done, slot.sent, seconds, end.outcome.value,
                 "" if ok else f" (rc {end.rc}: {shorten(' | '.join(error.splitlines()), 300)})")
         send(self.sock, proto.Done(batch_id=batch.batch_id, sync=batch.sync, target=batch.target,

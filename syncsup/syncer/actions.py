@@ -174,7 +174,7 @@ def _report(action: Action, changes: Changes, root_fd: int) -> None:
         for src, dst in changes.moves:
             action.on_move(src, dst)
             skip.update((src, dst))
-    for tree in sorted(changes.trees | changes.verify):
+    for tree in sorted(changes.trees | changes.verify | changes.prove):
         if tree == b"":
             action.on_startup()
             continue

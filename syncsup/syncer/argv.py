@@ -145,7 +145,10 @@ def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: 
         if deletes:
             argv += ["--delete"]
     elif kind == "paths":
-        argv += ["-d", "--checksum" if _backs_up(opts.extra) else "-I"]
+        # With ``checksum`` (files a proof left unproven), or when rsync keeps
+        # backups (a re-sent identical file would leave a backup copy):
+        # compared by content, sent only if they differ; else always sent.
+        argv += ["-d", "--checksum" if verify or _backs_up(opts.extra) else "-I"]
     else:
         argv += ["-d"]  # the quick check: a listed directory's unchanged entries cost nothing
     argv += ["--delete-missing-args" if deletes and kind != "times" else "--ignore-missing-args"]

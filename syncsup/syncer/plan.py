@@ -3,9 +3,11 @@ what each step's result means.
 
 ::
 
-    Batch ──> [moves] ──> [tree] ──> [agent] ──> [paths] ──> [times] ──> ok
-                 │          │                     │           │
-                 └──────────┴─────────────────────┴───────────┴──> outcome (retry / fatal / halt)
+    Batch ──> [moves] ──> [prove] ──> [tree] ──> [agent] ──> [paths] ──> [times] ──> ok
+                 │                      │                      │           │
+                 └──────────────────────┴──────────────────────┴───────────┴──> outcome
+
+    (outcome: retry / fatal / halt; the prove and agent steps never decide it)
 
     command mode:  Batch ──> [command] ──> ok | retry
 
@@ -15,6 +17,12 @@ what each step's result means.
   too), so only "could not reach the target" (ssh's 255) fails the batch,
   and a confined target that refuses us fails it for good. Once attempted,
   renames count as done (``moves_done``) whatever happens next.
+* ``prove`` (a start with no earlier state, :mod:`syncsup.syncer.prove`)
+  reads the ctimes of the ``prove`` subtrees' files on both sides and
+  names the files whose target copy they cannot prove current; the
+  ``tree`` step then stays a quick check and those files get their content
+  compared by a ``paths`` step with ``--checksum`` right after it. A proof
+  that cannot be made turns the tree step into a ``--checksum`` one.
 * ``tree`` rescans subtrees recursively with deletes; with ``--checksum``
   when events were lost there (``verify``) or when a replayed rename just
   moved the directory (content changed under the old name may have kept
@@ -59,6 +67,7 @@ PARTIAL = 23  # rsync: partial transfer due to error
 
 class StepKind(StrEnum):
     MOVES = "moves"
+    PROVE = "prove"
     TREE = "tree"
     AGENT = "agent"
     PATHS = "paths"
@@ -129,11 +138,13 @@ class Plan:
         if replay_moves and renames:
             steps.append(Step(StepKind.MOVES, renames=renames))
             moved_to = {dst for _src, dst in renames}
-        trees = sorted(changes.trees | changes.verify)
+        trees = sorted(changes.trees | changes.verify | changes.prove)
         if trees:
+            checksum = bool(changes.verify) or bool(moved_to & changes.trees)
+            if changes.prove and not checksum:
+                steps.append(Step(StepKind.PROVE, tuple(sorted(changes.prove))))
             steps.append(Step(
-                StepKind.TREE, tuple(trees),
-                checksum=bool(changes.verify) or bool(moved_to & changes.trees),
+                StepKind.TREE, tuple(trees), checksum=checksum,
                 empty_guard=b"" in trees and source_empty))
         parents = _parents(changes, set(trees))
         if b"" in changes.paths:
@@ -157,6 +168,8 @@ class Plan:
     def advance(self, step: Step, result: Result) -> Step | Finished:
         """The next step after ``step`` ended with ``result``, or the outcome."""
         self.done.append(step.kind)
+        if step.kind is StepKind.PROVE:
+            return self._proven(step, result)
         if result.stalled and step.kind is not StepKind.AGENT:
             if step.kind is StepKind.MOVES:
                 self.moves_done = self.moves  # some may have been applied: never replay
@@ -203,6 +216,22 @@ class Plan:
                 self.partial = failed
                 return self._next(step)
             return failed
+        return self._next(step)
+
+    def _proven(self, step: Step, result: Result) -> Step | Finished:
+        """After the proof: the tree step stays a quick check, and the files
+        left unproven (``fallback``) get their content compared in a paths
+        step after it. A proof that could not be made (no agent on a remote
+        target, an error, a stall) is never the batch's outcome: the tree
+        step compares every file's content instead, as without a proof."""
+        i = self.steps.index(step) + 1
+        tree = self.steps[i]
+        if result.rc != 0 or result.stalled:
+            self.steps[i] = Step(StepKind.TREE, tree.names, checksum=True,
+                                 empty_guard=tree.empty_guard)
+        elif result.fallback:
+            self.steps.insert(i + 1, Step(StepKind.PATHS, tuple(sorted(result.fallback)),
+                                          checksum=True))
         return self._next(step)
 
     def _next(self, step: Step) -> Step | Finished:

@@ -26,6 +26,7 @@ import os
 import pwd
 import select
 import sys
+import time
 from typing import IO, Any
 
 from syncsup import __version__
@@ -33,7 +34,7 @@ from syncsup.target._apply import Applier, Attrs
 from syncsup.target._protocol import VERSION, FrameError, encode_frame, read_frame
 from syncsup.target._schema import Request, validate
 
-__all__ = ["FAILED", "Ids", "handle", "serve"]
+__all__ = ["FAILED", "READ_ONLY", "Ids", "handle", "serve"]
 
 MAX_NAMES = 1024    # owner and group names remembered
 MAX_ERROR = 300     # characters of an error message sent back
@@ -110,8 +111,11 @@ def _error(exc: OSError) -> str:
     return text[:MAX_ERROR]
 
 
+READ_ONLY = frozenset({"hello", "stats", "ping", "bye"})  # a ``stats`` session's operations
+
+
 def handle(applier: Applier, req: dict[Any, Any], info: dict[str, Any],
-           ids: Ids | None = None) -> dict[str, Any]:
+           ids: Ids | None = None, ops: frozenset[str] | None = None) -> dict[str, Any]:
     """The answer to one request; never raises. The request is checked
     whole against the schema first; any exception while it is acted on,
     whatever its kind, is answered ``ok: false`` with a fixed message: an
@@ -119,11 +123,19 @@ def handle(applier: Applier, req: dict[Any, Any], info: dict[str, Any],
     error printing, which reads files, and must never be reachable."""
     try:
         request = validate(req)
+        if ops is not None and request.op not in ops:
+            return {"ok": False, "error": "not served in this session: it only reads"}
         if request.op == "hello":
             if request.version != VERSION:
                 return {"ok": False, "error": f"protocol version not supported (this agent "
                         f"speaks {VERSION})", "fatal": True}
             return {"ok": True, "version": VERSION, **info}
+        if request.op == "stats":
+            # "now": this host's clock, read while answering, so that the
+            # client can bound the skew between the two clocks.
+            found = applier.stats(list(request.paths))
+            return {"ok": True, "ctimes": [f[0] for f in found], "sizes": [f[1] for f in found],
+                    "mtimes": [f[2] for f in found], "now": time.time_ns()}
         _act(applier, request, ids or Ids(by_name=False))
     except OSError as exc:
         return {"ok": False, "error": _error(exc)}
@@ -133,14 +145,15 @@ def handle(applier: Applier, req: dict[Any, Any], info: dict[str, Any],
 
 
 def serve(applier: Applier, info: dict[str, Any], stdin: IO[bytes] | None = None,
-          stdout: IO[bytes] | None = None, ids: Ids | None = None) -> int:
+          stdout: IO[bytes] | None = None, ids: Ids | None = None,
+          ops: frozenset[str] | None = None) -> int:
     """Answer requests until the client closes the stream. Exit codes: 0
     after a clean end, 2 after a malformed frame, a fatal answer or a
     failure outside any request, 3 when the client is gone (nothing more is
     applied). Never raises: every way out is one of these."""
     try:
         return _serve(applier, info, stdin or sys.stdin.buffer, stdout or sys.stdout.buffer,
-                      ids or Ids(by_name=False))
+                      ids or Ids(by_name=False), ops)
     except (BrokenPipeError, ConnectionError):
         return 3  # the reader of our answers is gone
     except Exception:  # as in handle(): nothing may escape
@@ -148,7 +161,7 @@ def serve(applier: Applier, info: dict[str, Any], stdin: IO[bytes] | None = None
 
 
 def _serve(applier: Applier, info: dict[str, Any], rin: IO[bytes], out: IO[bytes],
-           ids: Ids) -> int:
+           ids: Ids, ops: frozenset[str] | None = None) -> int:
     info = {"agent": __version__, "pid": os.getpid(), **info}
     greeted = False
     while True:
@@ -168,7 +181,7 @@ def _serve(applier: Applier, info: dict[str, Any], rin: IO[bytes], out: IO[bytes
             return 3
         if not greeted and req.get("op") != "hello":
             req = {"op": "hello", "version": None}  # answered as a wrong version: fatal
-        answer = handle(applier, req, info, ids)
+        answer = handle(applier, req, info, ids, ops)
         out.write(encode_frame(answer))
         out.flush()
         if answer.get("fatal"):

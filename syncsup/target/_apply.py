@@ -357,6 +357,42 @@ class Applier:
                 pass
             raise
 
+    def stats(self, paths: list[bytes]) -> list[tuple[int, int, int]]:
+        """``(ctime_ns, size, mtime_ns)`` of each of ``paths`` that is a
+        regular file, ``(-1, -1, -1)`` for anything else (gone, another type,
+        reached through a symlink or a protected entry): only read, so that a
+        first start can prove which copies were written after their source
+        last changed."""
+        out: list[tuple[int, int, int]] = []
+        parent: tuple[bytes, ...] | None = None
+        fd = -1
+        try:
+            for rel in paths:
+                dirs, name = split_path(rel)
+                if tuple(dirs) != parent:
+                    if fd >= 0:
+                        os.close(fd)
+                        fd = -1
+                    parent = tuple(dirs)
+                    try:
+                        fd = self._open_dir(dirs)
+                    except OSError:
+                        fd = -1
+                try:
+                    if fd < 0:
+                        raise FileNotFoundError
+                    self.protection.check(fd, name)
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if not stat.S_ISREG(st.st_mode):
+                        raise FileNotFoundError
+                    out.append((st.st_ctime_ns, st.st_size, st.st_mtime_ns))
+                except OSError:
+                    out.append((-1, -1, -1))
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return out
+
     def _open_dir(self, parts: list[bytes]) -> int:
         """A new descriptor of the directory ``parts`` below ROOT, opened
         without following any symlink and never through a protected entry."""

@@ -14,9 +14,15 @@ written or where, so no parsing of it can be tricked:
   daemon mode with a generated module (``_daemon``): chrooted to ROOT,
   write-only, options on an allow-list that rsync itself enforces;
 * ``syncsup-target ROOT agent``: syncsup's agent (renames and deletes
-  through directory descriptors), chrooted to ROOT;
+  through directory descriptors), chrooted to ROOT; ``... stats``: the same
+  agent answering only the requests that read sizes and times (a first
+  start's proof);
 * ``syncsup-target ROOT info``, ``rsync --version``, ``true``: read-only
-  answers for ``syncsup check``.
+  answers for ``syncsup check``;
+* ``syncsup-target ROOT status``: on a relay (a host that runs its own
+  syncsup onward from ROOT), that daemon's JSON status file, named by the
+  forced command's ``--relay-status=FILE`` (never by the request), for
+  ``syncsup status --relays`` on the source.
 
 Anything else is refused on stderr and in syslog, exit 1. If the kernel
 cannot confine the account (see ``_confine``), nothing runs.
@@ -32,6 +38,7 @@ import shlex
 import subprocess
 import sys
 import syslog
+import time
 
 from syncsup import __version__
 from syncsup.paths import relative_to
@@ -39,7 +46,7 @@ from syncsup.target._confine import ConfineError, describe, grant_chroot_for_exe
 from syncsup.target._kernel import MECHANISMS
 
 __all__ = ["EXIT_STATUS", "REQUESTS", "Refused", "build_parser", "classify", "main",
-           "parse_options"]
+           "parse_options", "relay_status", "serve_status"]
 
 # What ``syncsup-target --help`` and its man page (generated from
 # build_parser() and these tables) say. The run-time path below does not use
@@ -75,10 +82,18 @@ REQUESTS: tuple[tuple[str, str], ...] = (
      "syncsup's agent: small files, directories, symlinks, deletes and renames applied "
      "through directory descriptors that never follow a symlink, in an isolated interpreter "
      "that the kernel confines to ROOT (Landlock, seccomp, no capabilities)"),
+    ("syncsup-target ROOT stats",
+     "the agent confined the same way, answering only requests that read file sizes and "
+     "times (a first start's proof that the copies in ROOT are current)"),
     ("syncsup-target ROOT info",
      "a JSON line for syncsup check: versions, ROOT, how the account is confined"),
+    ("syncsup-target ROOT status",
+     "on a relay: the JSON status file of the syncsup that runs onward from ROOT, as named "
+     "by --relay-status (refused without it), for syncsup status --relays"),
     ("rsync --version, true", "read-only answers for syncsup check"),
 )
+
+MAX_STATUS = 1024 * 1024  # bytes of a relay's status file served
 
 EXIT_STATUS: tuple[tuple[int, str], ...] = (
     (0, "the request was served (for rsync: rsync's own exit status)"),
@@ -122,7 +137,9 @@ def _epilog() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command line as ``--help``, ``--version`` and the man page show it."""
     parser = argparse.ArgumentParser(
-        prog="syncsup-target", usage="%(prog)s [--allow-without=MECHANISM] ROOT [agent|info]",
+        prog="syncsup-target",
+        usage="%(prog)s [--allow-without=MECHANISM] [--relay-status=FILE] ROOT "
+              "[agent|stats|info|status]",
         description=DESCRIPTION,
         epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"syncsup-target {__version__}")
@@ -131,11 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve the agent even where the kernel lacks MECHANISM (landlock or "
                              "seccomp), with the layers that remain; only in authorized_keys, "
                              "never needed on Linux 5.13+ with libseccomp")
+    parser.add_argument("--relay-status", metavar="FILE",
+                        help="on a relay: the status_file (ending in .json) of the syncsup "
+                             "that runs onward from ROOT, served for the status request; "
+                             "only in authorized_keys")
     parser.add_argument("root", metavar="ROOT",
                         help="the mirror's directory on this host (an absolute path)")
-    parser.add_argument("request", metavar="REQUEST", nargs="?", choices=("agent", "info"),
-                        help="agent or info, when not run as a forced command")
+    parser.add_argument("request", metavar="REQUEST", nargs="?",
+                        choices=SERVICES,
+                        help="agent, stats, info or status, when not run as a forced command")
     return parser
+
+
+SERVICES = ("agent", "stats", "info", "status")  # syncsup-target ROOT SERVICE
 
 
 class Refused(Exception):
@@ -154,7 +179,7 @@ def classify(root: str, words: list[str]) -> str:
             return "daemon"
         raise Refused("plain rsync is not served through this key: syncsup uses rsync's daemon "
                       "mode for confined targets; set confined = true for this target")
-    if len(words) == 3 and words[0] == "syncsup-target" and words[2] in ("agent", "info"):
+    if len(words) == 3 and words[0] == "syncsup-target" and words[2] in SERVICES:
         asked = os.path.normpath(words[1])
         if asked != root:
             raise Refused(f"this key is confined to {root}, not {asked}: make the target's "
@@ -201,7 +226,8 @@ def info(root: str, forced: bool, allow_without: frozenset[str] = frozenset()
             "home_protected": home_inside(root) is not None}
 
 
-def serve_agent(root: str, forced: bool, allow_without: frozenset[str]) -> int:
+def serve_agent(root: str, forced: bool, allow_without: frozenset[str],
+                read_only: bool = False) -> int:
     """The agent. Behind the forced command it is a fresh, isolated
     interpreter under the kernel layer (``_confined``: Landlock, seccomp, no
     capabilities but root's ownership ones), keeping numeric owners like the
@@ -213,8 +239,8 @@ def serve_agent(root: str, forced: bool, allow_without: frozenset[str]) -> int:
     if forced:
         from syncsup.target._confined import start
 
-        start(root, allow_without)
-    from syncsup.target._agent import Ids, serve
+        start(root, allow_without, read_only)
+    from syncsup.target._agent import READ_ONLY, Ids, serve
     from syncsup.target._apply import Applier, Protection
 
     protection = Protection()
@@ -223,13 +249,15 @@ def serve_agent(root: str, forced: bool, allow_without: frozenset[str]) -> int:
     applier = Applier(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), protection)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return serve(applier, {"root": root, "confinement": "descriptors only (no forced "
-                           "command)"}, ids=Ids(by_name=True))
+                           "command)"}, ids=Ids(by_name=True),
+                 ops=READ_ONLY if read_only else None)
 
 
 def parse_options(args: list[str]) -> tuple[frozenset[str], list[str]]:
     """``--allow-without=MECHANISM`` options before ROOT (only ever from the
     forced command in authorized_keys, which the key cannot change), and
-    the arguments after them. Raises Refused for an unknown one."""
+    the arguments after them. Raises Refused for an unknown one.
+    ``--relay-status`` is left in the arguments: :func:`relay_status`."""
     allowed: set[str] = set()
     rest = list(args)
     while rest and rest[0].startswith("--allow-without="):
@@ -238,6 +266,48 @@ def parse_options(args: list[str]) -> tuple[frozenset[str], list[str]]:
             raise Refused(f"--allow-without takes one of {', '.join(MECHANISMS)}, not {name!r}")
         allowed.add(name)
     return frozenset(allowed), rest
+
+
+def relay_status(args: list[str]) -> tuple[str | None, list[str]]:
+    """``--relay-status=FILE`` (an absolute path) before ROOT, and the
+    arguments after it. Raises Refused for a relative one."""
+    if not args or not args[0].startswith("--relay-status="):
+        return None, args
+    path = args[0].partition("=")[2]
+    if not path.startswith("/"):
+        raise Refused("--relay-status takes an absolute path")
+    return path, args[1:]
+
+
+def serve_status(path: str | None) -> int:
+    """A relay's status: the JSON status file the forced command names,
+    checked to be one JSON object and printed on one line with its age in
+    seconds (``{"age": ..., "status": ...}``). Nothing the client sent
+    chooses the file."""
+    if path is None:
+        raise Refused("this key may not read a relay's status: add --relay-status=FILE to its "
+                      "forced command")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            age = max(0.0, time.time() - os.fstat(fd).st_mtime)
+            data = fh.read(MAX_STATUS + 1)
+    except OSError as exc:
+        print(f"syncsup-target: cannot read the relay status {path}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    try:
+        doc = json.loads(data) if len(data) <= MAX_STATUS else None
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        print(f"syncsup-target: {path} is not a JSON status (set the relay's status_file to "
+              "a name ending in .json)", file=sys.stderr)
+        return 1
+    # With its age: the file outlives its daemon (it is not removed at a
+    # stop, as Lsyncd's is not), so a stale one must be told from a live one.
+    print(json.dumps({"age": round(age, 3), "status": doc}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(exc.code or 0)
     try:
         allow_without, args = parse_options(args)
+        status_file, args = relay_status(args)
     except Refused as exc:
         return _refuse(str(exc), shlex.join(args))
     if not args or not args[0].startswith("/"):
@@ -288,8 +359,13 @@ def main(argv: list[str] | None = None) -> int:
         if service == "info":
             print(json.dumps(info(root, forced, allow_without)))
             return 0
-        if service == "agent":
-            return serve_agent(root, forced, allow_without)
+        if service == "status":
+            try:
+                return serve_status(status_file)
+            except Refused as exc:
+                return _refuse(str(exc), command)
+        if service in ("agent", "stats"):
+            return serve_agent(root, forced, allow_without, read_only=service == "stats")
         from syncsup.target._daemon import run_daemon
 
         grant_chroot_for_exec()

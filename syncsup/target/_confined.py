@@ -37,7 +37,8 @@ CRASH_LINE = b"syncsup-target: the agent stopped on an internal error\n"
 CRASH_EXIT = 70
 
 # Run by ``python -I -S -B -c``; argv: ROOT, allowed-missing mechanisms
-# (comma-separated), then the directories to import syncsup and msgpack from.
+# (comma-separated), the service (``agent``, or ``stats``: reading only),
+# then the directories to import syncsup and msgpack from.
 BOOT = (
     "import os, sys\n"
     "def _crash(*_a):\n"
@@ -45,9 +46,10 @@ BOOT = (
     f"    os._exit({CRASH_EXIT})\n"
     "sys.excepthook = _crash\n"
     "sys.unraisablehook = _crash\n"
-    "sys.path[:0] = sys.argv[3:]\n"
+    "sys.path[:0] = sys.argv[4:]\n"
     "from syncsup.target._confined import run\n"
-    "os._exit(run(sys.argv[1], frozenset(filter(None, sys.argv[2].split(',')))))\n"
+    "os._exit(run(sys.argv[1], frozenset(filter(None, sys.argv[2].split(','))),\n"
+    "             sys.argv[3] == 'stats'))\n"
 )
 
 
@@ -69,13 +71,13 @@ def import_dirs() -> list[str]:
     return list(dict.fromkeys(dirs))
 
 
-def start(root: str, allow_without: frozenset[str]) -> None:
+def start(root: str, allow_without: frozenset[str], read_only: bool = False) -> None:
     """Replace this process by the confined agent serving ``root`` (never
-    returns)."""
+    returns); ``read_only``: a session that answers only ``stats``."""
     sys.stdout.flush()
     sys.stderr.flush()
     argv = [sys.executable, "-I", "-S", "-B", "-c", BOOT, root, ",".join(sorted(allow_without)),
-            *import_dirs()]
+            "stats" if read_only else "agent", *import_dirs()]
     os.execv(sys.executable, argv)
 
 
@@ -110,9 +112,10 @@ def _refuse(text: str) -> int:
     return 1
 
 
-def run(root: str, allow_without: frozenset[str]) -> int:
+def run(root: str, allow_without: frozenset[str], read_only: bool = False) -> int:
     """The agent's whole life: prepare, confine, serve. Returns its exit
-    code (see ``syncsup-target --help``)."""
+    code (see ``syncsup-target --help``). ``read_only``: only ``stats`` is
+    answered (a first start's proof needs nothing else)."""
     import pwd
     import signal
 
@@ -150,4 +153,5 @@ def run(root: str, allow_without: frozenset[str]) -> int:
     # The same mode rules as the rsync module beside it (its incoming chmod).
     applier = _apply.Applier(root_fd, protection, None, _apply.Clear(files=0o6000))
     return _agent.serve(applier, {"root": root, "confinement": how.describe()},
-                        ids=_agent.Ids(by_name=False))
+                        ids=_agent.Ids(by_name=False),
+                        ops=_agent.READ_ONLY if read_only else None)

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MAX_DATA", "MAX_NAME", "MAX_PATH", "MAX_TIME_NS", "MIN_TIME_NS", "OPS",
-           "BadRequest", "Request", "validate"]
+__all__ = ["MAX_DATA", "MAX_NAME", "MAX_PATH", "MAX_STATS", "MAX_TIME_NS", "MIN_TIME_NS",
+           "OPS", "BadRequest", "Request", "validate"]
 
 MAX_PATH = 4095              # bytes in a path (PATH_MAX less the terminating NUL)
 MAX_NAME = 255               # bytes in one component (NAME_MAX)
@@ -64,6 +64,7 @@ class Request:
     group: str = ""
     tree: bool = True
     version: object = None
+    paths: tuple[bytes, ...] = ()
 
 
 def _path(value: Any, key: str, *, root_ok: bool = False) -> bytes:
@@ -144,6 +145,17 @@ def _any(value: Any, key: str) -> object:
     return value  # ``hello``'s version: compared, never used
 
 
+MAX_STATS = 1024  # paths in one ``stats`` request (its answer: 3 numbers a path, < 4096 objects)
+
+
+def _paths(value: Any, key: str) -> list[bytes]:
+    if not isinstance(value, list):
+        raise BadRequest(f"{key!r} must be a list")
+    if len(value) > MAX_STATS:
+        raise BadRequest(f"{key!r} holds more than {MAX_STATS} paths")
+    return [_path(v, key) for v in value]
+
+
 _Check = Callable[[Any, str], Any]
 _ATTRS: dict[str, tuple[_Check, bool]] = {
     "mode": (_ranged(0, MAX_MODE), True), "mtime": (_ranged(MIN_TIME_NS, MAX_TIME_NS), True),
@@ -163,6 +175,7 @@ OPS: dict[str, dict[str, tuple[_Check, bool]]] = {
     "delete": {"path": (_path, True), **_TREE},
     "rename": {"src": (_path, True), "dst": (_path, True)},
     "commit": {},
+    "stats": {"paths": (_paths, True)},
     "ping": {},
     "bye": {},
 }
@@ -185,4 +198,6 @@ def validate(req: dict[Any, Any]) -> Request:
             values[key] = check(req[key], key)
         elif required:
             raise BadRequest(f"{key!r} is missing")
+    if "paths" in values:
+        values["paths"] = tuple(values["paths"])
     return Request(op=op, **values)

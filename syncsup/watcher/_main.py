@@ -109,13 +109,18 @@ class SyncWatch:
         """Queue a walk of ``rel`` that finds what changed while events were
         lost: a quick-check rescan plus the files whose ctime is not older
         than the last seen-point, or, with no seen-point, a rescan comparing
-        every file's content."""
+        the content of every file the targets cannot prove current (of
+        every file with ``startup_checksum``)."""
         assert self.tree is not None
         cutoff = self.seen.cutoff(Seen.now()) if self.seen is not None else None
-        if cutoff is None:
+        if cutoff is None and self.sync.startup_checksum:
             log.info("%s: %s: no earlier state is known, so the rescan compares content "
-                     "(--checksum)", self.sync.name, why)
+                     "(--checksum; startup_checksum = true)", self.sync.name, why)
             self.tree.queue(rel, proto.Changes(verify={rel}))
+        elif cutoff is None:
+            log.info("%s: %s: no earlier state is known, so the rescan compares the content "
+                     "of the files the targets' ctimes cannot prove current", self.sync.name, why)
+            self.tree.queue(rel, proto.Changes(prove={rel}))
         else:
             log.info("%s: %s: rescanning, comparing the content of files changed since %s",
                      self.sync.name, why,

@@ -46,6 +46,9 @@ def split(changes: Changes, max_items: int = MAX_PATHS,
     for v in sorted(changes.verify):
         room(1, len(v) + 1)
         cur.verify.add(v)
+    for v in sorted(changes.prove):
+        room(1, len(v) + 1)
+        cur.prove.add(v)
     for a, b in changes.moves:
         room(2, len(a) + len(b) + 2)
         cur.moves.append((a, b))

@@ -21,7 +21,7 @@ from syncsup.target import Applier, Protection
 from syncsup.target._agent import FAILED, MAX_ERROR, handle, serve
 from syncsup.target._apply import Attrs
 from syncsup.target._protocol import MAX_FRAME, VERSION, encode_frame, read_frame
-from syncsup.target._schema import MAX_DATA, OPS, BadRequest, validate
+from syncsup.target._schema import MAX_DATA, MAX_STATS, OPS, BadRequest, validate
 
 
 def snapshot(top: Path) -> dict[bytes, tuple[object, ...]]:
@@ -68,6 +68,7 @@ GOOD: dict[str, dict[str, Any]] = {
     "time": {"op": "time", "path": b"d", "mtime": 10**18},
     "delete": {"op": "delete", "path": b"d/gone", "tree": True},
     "rename": {"op": "rename", "src": b"f", "dst": b"d/f2"},
+    "stats": {"op": "stats", "paths": [b"f", b"d/f"]},
 }
 
 LONG = b"n" * 256
@@ -83,6 +84,8 @@ BAD: dict[str, list[Any]] = {
     "mtime": TIMES, "uid": IDS, "gid": IDS,
     "user": [b"root", 0, "x" * 256, "ro\0ot"], "group": [b"root", 0, "x" * 256, "ro\0ot"],
     "tree": [1, 0, "yes", None, b""],
+    "paths": [b"f", None, (b"f",), [b"f", b"/abs"], [b"a/../b"], [7], [b""],
+              [b"f"] * (MAX_STATS + 1)],
 }
 
 
@@ -139,7 +142,12 @@ def test_unknown_operations_are_refused_with_a_fixed_message(applier: Applier, o
 def test_the_good_requests_and_the_edges_of_each_range_pass(root: Path,
                                                             applier: Applier) -> None:
     for req in GOOD.values():
-        assert handle(applier, req, {}) == {"ok": True}, req
+        answer = handle(applier, req, {})
+        if req["op"] == "stats":  # answers with what it read
+            assert answer["ok"] is True and set(answer) == {"ok", "ctimes", "sizes", "mtimes",
+                                                            "now"}, answer
+        else:
+            assert answer == {"ok": True}, req
     edges: list[dict[str, Any]] = [
         {"op": "put", "path": b"n" * 255, "data": b"x" * MAX_DATA, "mode": 0o7777,
          "mtime": 2**63 - 1, "uid": 2**32 - 2, "gid": -1},
@@ -332,3 +340,22 @@ def test_the_home_inside_a_deleted_tree_stops_the_delete(root: Path) -> None:
     finally:
         a.close()
     assert (home / ".ssh" / "authorized_keys").read_text() == "key"
+
+
+def test_stats_reads_files_only_below_root_and_changes_nothing(tmp_path: Path, root: Path,
+                                                               applier: Applier) -> None:
+    """``stats`` answers (ctime, size, mtime) of regular files and -1 for
+    anything else, never through a symlink, with the agent's clock; it
+    writes nothing."""
+    os.symlink(tmp_path / "outside", root / "out")
+    os.symlink(tmp_path / "outside" / "secret", root / "s")
+    (root / "d" / "g").write_bytes(b"gg")
+    before = snapshot(root.parent)
+    ask = [b"f", b"d/g", b"d", b"gone", b"d/gone", b"out/secret", b"s", b"f/x"]
+    answer = handle(applier, {"op": "stats", "paths": ask}, {})
+    assert answer["ok"] is True and isinstance(answer["now"], int)
+    st_f, st_g = os.lstat(root / "f"), os.lstat(root / "d" / "g")
+    assert answer["ctimes"] == [st_f.st_ctime_ns, st_g.st_ctime_ns] + [-1] * 6
+    assert answer["sizes"] == [1, 2] + [-1] * 6
+    assert answer["mtimes"] == [st_f.st_mtime_ns, st_g.st_mtime_ns] + [-1] * 6
+    assert snapshot(root.parent) == before

@@ -94,9 +94,14 @@ def test_only_verifying_rescans_compare_checksums() -> None:
     assert "--checksum" not in rsync_argv(sync, LOCAL, TREE, LIST, startup=True)
     assert "--checksum" not in rsync_argv(sync, LOCAL, TREE, LIST, startup=False)
     assert "--checksum" in rsync_argv(sync, LOCAL, VERIFY, LIST, startup=False)
-    # A paths batch already uses -I; never a checksum pass over named entries.
-    paths = Step(StepKind.PATHS, (b"a",), checksum=True)
-    assert "--checksum" not in rsync_argv(sync, LOCAL, paths, LIST, startup=False)
+    # A paths batch sends each entry (-I); one of the files a first start's
+    # proof left unproven compares their content instead, sending only those
+    # that differ.
+    paths = rsync_argv(sync, LOCAL, Step(StepKind.PATHS, (b"a",)), LIST, startup=False)
+    assert "-I" in paths and "--checksum" not in paths
+    unproven = rsync_argv(sync, LOCAL, Step(StepKind.PATHS, (b"a",), checksum=True), LIST,
+                          startup=True)
+    assert "--checksum" in unproven and "-I" not in unproven and "-r" not in unproven
 
 
 @pytest.mark.parametrize("kind", ["tree", "paths"])

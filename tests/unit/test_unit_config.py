@@ -287,7 +287,21 @@ INVALID: list[tuple[str, Any, str]] = [
     ("ssh-identity-nul", _set([*S, "ssh", "identity_file"], "/id\0"),
      "sync[0].ssh.identity_file"),
     ("dup-sync-names", _dup_sync, "sync[1].name"),
+    ("relay-local", _set([*S, "targets"], ["/a", {"path": "/b", "relay": True}]),
+     "sync[0].targets[1].relay"),
+    ("relay-not-bool", _set([*S, "targets"], [{"path": "/b", "host": "h", "relay": "yes"}]),
+     "sync[0].targets[0].relay"),
+    ("startup-checksum-int", _set([*S, "startup_checksum"], 1), "sync[0].startup_checksum"),
 ]
+
+
+def test_a_relay_is_a_remote_target_table() -> None:
+    data = base()
+    data["sync"][0]["targets"] = [{"path": "/srv/r", "host": "relay1", "relay": True},
+                                  "u@h:/b"]
+    sync = config.parse(data, FAKE).syncs[0]
+    assert [t.relay for t in sync.targets] == [True, False]
+    assert sync.targets[0].login == "relay1" and not sync.startup_checksum
 
 
 @pytest.mark.parametrize(("mutate", "key"), [(m, k) for _, m, k in INVALID],

@@ -29,11 +29,13 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "sync": {
         "name": "www", "source": "/srv/www", "mode": "rsyncssh", "delay": 0.5,
         "delete": "running", "init": False, "max_delays": 10, "max_delete": 5,
-        "full_sync_interval": 60, "agent_max_size": 0, "exclude": ["*.swp"],
+        "full_sync_interval": 60, "startup_checksum": True, "agent_max_size": 0,
+        "exclude": ["*.swp"],
         "filter": ["- *.tmp"], "ssh": {}, "rsync": {},
         "targets": ["h1:/srv/www"],
     },
-    "sync.targets": {"path": "/srv/b", "host": "h2", "user": "backup", "confined": True},
+    "sync.targets": {"path": "/srv/b", "host": "h2", "user": "backup", "confined": True,
+                     "relay": True},
     "sync.ssh": {
         "host": "h1", "user": "u", "port": 2222, "identity_file": "/id", "options": ["A=b"],
         "confined": False, "target_command": "/usr/local/bin/syncsup-target",

@@ -157,7 +157,8 @@ def test_target_help_says_what_its_page_says() -> None:
 def test_target_without_root_is_a_usage_error() -> None:
     r = _run(sys.executable, "-P", "-m", "syncsup.target", "relative/root")
     assert r.returncode == 2
-    assert r.stderr.startswith("usage: syncsup-target [--allow-without=MECHANISM] ROOT"), r.stderr
+    assert r.stderr.startswith("usage: syncsup-target [--allow-without=MECHANISM] "
+                               "[--relay-status=FILE] ROOT"), r.stderr
 
 
 # ------------------------------------------------------------ completion

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from syncsup.collator.journal import CREATED, PATH, TREE, VERIFY, Journal, Kind, Row, to_changes
+from syncsup.collator.journal import (
+    CREATED,
+    PATH,
+    PROVE,
+    TREE,
+    VERIFY,
+    Journal,
+    Kind,
+    Row,
+    to_changes,
+)
 from syncsup.proto import Changes
 
 T1, T2 = "/mnt/a", "backup@host:/srv/b"
@@ -338,17 +348,20 @@ def test_collapse_and_forget_drop_moves(journal: Journal) -> None:
 
 # ------------------------------------------------- Changes in, Changes out
 def test_every_field_of_changes_is_a_kind_of_row(journal: Journal) -> None:
-    assert [k.name for k in Kind] == ["PATH", "TREE", "CREATED", "VERIFY"]
-    assert (PATH, TREE, CREATED, VERIFY) == (Kind.PATH, Kind.TREE, Kind.CREATED, Kind.VERIFY)
+    assert [k.name for k in Kind] == ["PATH", "TREE", "CREATED", "VERIFY", "PROVE"]
+    assert (PATH, TREE, CREATED, VERIFY, PROVE) == (Kind.PATH, Kind.TREE, Kind.CREATED,
+                                                    Kind.VERIFY, Kind.PROVE)
     journal.mark([T1], Changes(paths={b"p", b"n"}, trees={b"t"}, created={b"n"},
-                               verify={b"v", b""}), 1.0)
+                               verify={b"v", b""}, prove={b"w"}), 1.0)
     rows = everything(journal, T1)
     assert all(type(r.kind) is Kind for r in rows)
     assert keys(rows) == {(PATH, b"p"), (PATH, b"n"), (TREE, b"t"), (CREATED, b"n"),
-                          (VERIFY, b"v"), (VERIFY, b"")}
+                          (VERIFY, b"v"), (VERIFY, b""), (PROVE, b"w")}
+    assert to_changes(rows).prove == {b"w"}
     # A verifying rescan of the root counts as a pending rescan of it.
     assert journal.has_tree(T1)
     assert journal.has_tree(T1, b"t") and journal.has_tree(T1, b"v")
+    assert journal.has_tree(T1, b"w")
     assert not journal.has_tree(T1, b"p")
 
 

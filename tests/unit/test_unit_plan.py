@@ -169,7 +169,8 @@ def test_the_table_covers_every_combination() -> None:
     assert len(SHAPES) == 2 * 2 * 2 * 4 * 3 * 2 * 2
     assert len(set(SHAPES)) == len(SHAPES)
     kinds = {s.kind for shape in SHAPES for s in expected_steps(*shape)}
-    assert kinds == set(StepKind) - {StepKind.AGENT}  # the agent's own table is below
+    # the agent's and the proof's own tables are below
+    assert kinds == set(StepKind) - {StepKind.AGENT, StepKind.PROVE}
 
 
 # ------------------------------------------------------------------- the agent
@@ -342,3 +343,48 @@ def test_a_directory_the_agent_left_goes_by_name() -> None:
     nxt = plan.advance(plan.steps[0], Result(0, fallback=(b"d/gone",)))
     assert nxt == Step(PATHS, (b"d/gone",))
     assert plan.advance(nxt, Result(0)) == Step(TIMES, (b"d/gone",))
+
+
+# ------------------------------------------------------------------- the proof
+PROVE = StepKind.PROVE
+
+
+@pytest.mark.parametrize("paths", [False, True])
+def test_a_proof_comes_first_and_keeps_the_tree_a_quick_check(paths: bool) -> None:
+    changes = Changes(prove={b""}, paths={b"p"} if paths else set())
+    plan = Plan.make(changes, commands=False, replay_moves=False, source_empty=False)
+    assert plan.steps[:2] == [Step(PROVE, (b"",)), Step(TREE, (b"",))]
+    # the unproven files: their content compared, right after the tree
+    nxt = plan.advance(plan.steps[0], Result(0, fallback=(b"b", b"a")))
+    assert nxt == Step(TREE, (b"",))
+    assert plan.advance(nxt, Result(0)) == Step(PATHS, (b"a", b"b"), checksum=True)
+    assert plan.steps[2:] == [Step(PATHS, (b"a", b"b"), checksum=True)] + (
+        [Step(PATHS, (b"p",))] if paths else [])
+
+
+@pytest.mark.parametrize("result", [Result(3, error="prove: no agent"), Result(1),
+                                    Result(-9), Result(-15, stalled=True)])
+def test_a_proof_that_fails_turns_the_tree_into_a_content_comparison(result: Result) -> None:
+    plan = Plan.make(Changes(prove={b""}), commands=False, replay_moves=False,
+                     source_empty=True)
+    nxt = plan.advance(plan.steps[0], result)
+    assert nxt == Step(TREE, (b"",), checksum=True, empty_guard=True)
+    assert plan.advance(nxt, Result(0)) == Finished(Outcome.OK)
+
+
+def test_all_proven_adds_nothing() -> None:
+    plan = Plan.make(Changes(prove={b"sub"}), commands=False, replay_moves=False,
+                     source_empty=False)
+    nxt = plan.advance(plan.steps[0], Result(0))
+    assert nxt == Step(TREE, (b"sub",))
+    assert plan.advance(nxt, Result(0)) == Step(TIMES, (b"",))
+    assert [s.kind for s in plan.steps] == [PROVE, TREE, TIMES]
+
+
+def test_no_proof_when_the_tree_compares_content_anyway() -> None:
+    """A verifying rescan in the same batch (a resync) compares every file's
+    content: nothing to prove."""
+    plan = Plan.make(Changes(prove={b""}, verify={b"v"}), commands=False,
+                     replay_moves=False, source_empty=False)
+    assert [s.kind for s in plan.steps] == [TREE]
+    assert plan.steps[0].checksum

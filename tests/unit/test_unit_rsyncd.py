@@ -212,10 +212,12 @@ def test_the_unit_sandbox_opens_the_daemons_address_and_password_file(
     _pwfile(tmp_path)
     monkeypatch.setattr(unit, "_addresses", lambda host: {"h": ["192.0.2.7"]}[host])
     monkeypatch.setattr(unit, "_HOME", (str(tmp_path),))
+    monkeypatch.setattr(unit, "nameservers", lambda: ["192.0.2.53"])
     conf = config.parse({"settings": {"state_dir": "/var/lib/syncsup/www"},
                          "sync": [{"source": "/srv/www", "targets": ["u@h::m/www"],
                                    "rsyncd": {"password_file": "pw"}}]}, tmp_path / "c.toml")
     text = unit.dropin(conf)
-    assert "IPAddressAllow=localhost 192.0.2.7" in text.splitlines()
+    # (the resolvers too: the daemon's host is a name, looked up at each connection)
+    assert "IPAddressAllow=localhost 192.0.2.7 192.0.2.53" in text.splitlines()
     assert "ProtectHome=read-only" in text.splitlines()
     assert "ReadWritePaths" not in text

@@ -39,6 +39,8 @@ def test_services(root: Path) -> None:
     assert classify(r, ["rsync", "--server", "--daemon", "."]) == "daemon"
     assert classify(r, ["syncsup-target", r, "agent"]) == "agent"
     assert classify(r, ["syncsup-target", r + "/", "info"]) == "info"
+    assert classify(r, ["syncsup-target", r, "status"]) == "status"
+    assert classify(r, ["syncsup-target", r, "stats"]) == "stats"
 
 
 @pytest.mark.parametrize("command", [
@@ -50,6 +52,8 @@ def test_services(root: Path) -> None:
     ["syncsup-target", "/etc", "agent"],
     ["syncsup-target", "{root}", "shell"],
     ["syncsup-target", "{root}", "agent", "extra"],
+    ["syncsup-target", "{root}", "status", "/etc/shadow"],
+    ["syncsup-target", "--relay-status=/etc/shadow", "{root}", "status"],
     ["true", "&&", "sh"],
 ])
 def test_everything_else_is_refused(root: Path, command: list[str]) -> None:
@@ -70,6 +74,63 @@ def test_request_as_arguments_without_a_forced_command(root: Path, capsys, monke
     info = json.loads(capsys.readouterr().out)
     assert info["forced"] is False and info["root"] == str(root)
     assert main([str(root), "sh"]) == 1
+
+
+def test_a_stats_session_only_reads(root: Path) -> None:
+    """``syncsup-target ROOT stats`` serves the agent with only the requests
+    that read: a write in such a session is refused and changes nothing."""
+    from syncsup.target._agent import READ_ONLY
+
+    (root / "f").write_bytes(b"old")
+    frames = [{"op": "hello", "version": VERSION}, {"op": "stats", "paths": [b"f"]},
+              {"op": "put", "path": b"f", "data": b"new", "mode": 0o644, "mtime": 0},
+              {"op": "delete", "path": b"f"}, {"op": "rename", "src": b"f", "dst": b"g"},
+              {"op": "bye"}]
+    out = io.BytesIO()
+    applier = Applier.open(str(root))
+    try:
+        assert serve(applier, {}, io.BytesIO(b"".join(encode_frame(f) for f in frames)), out,
+                     ops=READ_ONLY) == 0
+    finally:
+        applier.close()
+    out.seek(0)
+    answers = [read_frame(out) for _ in range(5)]
+    assert [a["ok"] for a in answers if a] == [True, True, False, False, False]
+    assert answers[1] is not None and answers[1]["sizes"] == [3]
+    assert (root / "f").read_bytes() == b"old" and not (root / "g").exists()
+
+
+def test_a_relay_status_is_the_file_the_forced_command_names(root: Path, tmp_path: Path,
+                                                             capsys, monkeypatch) -> None:
+    """``status`` serves the JSON status file named by ``--relay-status`` in
+    the forced command, one JSON line; the request never chooses the file,
+    and without the option, or for a file that is not a JSON status, it is
+    refused or fails with a line on stderr."""
+    import json
+
+    from syncsup.target import main
+
+    good = tmp_path / "status.json"
+    good.write_text(json.dumps({"syncs": [{"targets": []}], "components": []}))
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", f"syncsup-target {root} status")
+    assert main([f"--relay-status={good}", str(root)]) == 0
+    served = json.loads(capsys.readouterr().out)
+    assert served["status"] == {"syncs": [{"targets": []}], "components": []}
+    assert 0 <= served["age"] < 60
+    assert main([str(root)]) == 1  # no --relay-status in the forced command
+    assert "add --relay-status=FILE" in capsys.readouterr().err
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND",
+                       f"syncsup-target --relay-status={tmp_path}/outside/secret {root} status")
+    assert main([f"--relay-status={good}", str(root)]) == 1
+    assert "refused" in capsys.readouterr().err
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", f"syncsup-target {root} status")
+    for bad in (tmp_path / "outside" / "secret", tmp_path / "missing.json"):
+        assert main([f"--relay-status={bad}", str(root)]) == 1
+        assert capsys.readouterr().out == ""
+    os.symlink(good, tmp_path / "link.json")
+    assert main([f"--relay-status={tmp_path / 'link.json'}", str(root)]) == 1
+    assert main(["--relay-status=relative.json", str(root)]) == 1
+    assert "absolute path" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------- daemon module

@@ -1,0 +1,354 @@
+"""``python -m syncsup.syncer.prove CONFIG SYNC TARGET LIST OUT CONTROL``: the proof
+step of a start with no earlier state: which files of the listed subtrees
+must have their content compared, because nothing proves their target copy
+current.
+
+Why: with no seen-point nothing says what changed while syncsup was not
+running, and rsync's quick check (size and mtime) misses a same-size
+rewrite whose mtime was put back. Comparing every file by content
+(``--checksum``) finds it, but reads both trees whole: hours of disk on a
+populated target. The kernel keeps a time no user can set: a file's ctime
+moves on every write, chmod, chown and rename. A target copy whose ctime is
+after its source file's ctime was written after the source file last
+changed, and if the quick check finds the two alike it holds that content
+(rsync sets the mtime it read before the data, so a source written during
+the copy shows a different mtime). Such a copy cannot be stale, unless
+someone wrote to the target behind the daemon's back: ``full_sync_interval``,
+``syncsup resync`` and ``startup_checksum`` are there for that.
+
+So this step lists a target file only if it exists as a regular file, its
+size and mtime match the source's (else the quick check sends it anyway),
+and its ctime, taken to the source's clock, is not later than the source
+file's ctime plus :data:`MARGIN_NS`. The target's ctimes come from a local
+``lstat`` (the same clock) or from the target's agent (a session of
+``syncsup-target ROOT stats``, which answers only ``stats``), whose
+answers carry the target's clock: the skew is measured over the same
+channel, and the round trip bounds its error, which is counted against the
+proof. Symlinks, directories and special files need no proof: the quick
+check compares all they hold.
+
+Each target's proof walks the source again (metadata only, a child
+process per target): the targets of one sync may hold different copies.
+
+Exit codes: 0 and the NUL-separated list in OUT; 3 if the target's ctimes
+cannot be read (no agent there), which turns the tree step into a full
+``--checksum`` one; anything else likewise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import stat
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from syncsup import config as cfg
+from syncsup.proto import Changes
+from syncsup.runtime import set_pdeathsig
+from syncsup.syncer.argv import ssh_argv
+from syncsup.syncer.plan import Result
+from syncsup.target._apply import Applier
+from syncsup.target._protocol import VERSION, encode_frame, read_frame
+from syncsup.target._schema import MAX_PATH, MAX_STATS
+
+__all__ = ["MARGIN_NS", "NO_PROOF", "Clock", "main", "nothing_to_prove", "proven", "unproven",
+           "verdict"]
+
+# A target copy must be this much newer than its source file: the kernel's
+# coarse timestamps (a tick), filesystems that keep whole seconds (or two, as
+# FAT), and a source file still being written when it was copied.
+MARGIN_NS = 2_000_000_000
+NO_PROOF = 3  # exit code: the target's ctimes cannot be read
+SKEW_PROBES = 3
+
+log = logging.getLogger("syncsup.syncer")
+
+Stat = tuple[int, int, int]  # (ctime_ns, size, mtime_ns); -1s: not a regular file there
+Chunk = list[tuple[bytes, Stat]]  # source files (name, status), one request's worth
+
+
+class Clock:
+    """The target's clock against ours: ``offset`` (target minus source, ns)
+    known to within ``error`` ns (half the round trip it was read in)."""
+
+    def __init__(self, offset: int = 0, error: int = 0) -> None:
+        self.offset, self.error = offset, error
+
+    def to_source(self, target_ns: int) -> int:
+        """The earliest source-clock time a target timestamp can stand for."""
+        return target_ns - self.offset - self.error
+
+
+PROVEN, SENT, COMPARE = "proven", "sent", "compare"
+
+
+def verdict(source: Stat, target: Stat, clock: Clock) -> str:
+    """What this file needs: ``sent`` if the target has no regular file
+    there or one of another size or mtime (the quick check sends it);
+    ``proven`` if the target's copy has a ctime after the source file's
+    (written after it last changed); else ``compare`` (its content)."""
+    t_ctime, t_size, t_mtime = target
+    if t_ctime < 0 or t_size != source[1] or t_mtime != source[2]:
+        return SENT
+    return COMPARE if clock.to_source(t_ctime) <= source[0] + MARGIN_NS else PROVEN
+
+
+def unproven(source: Stat, target: Stat, clock: Clock) -> bool:
+    """Must this file's content be compared?"""
+    return verdict(source, target, clock) == COMPARE
+
+
+def _walk(root: bytes, top: bytes) -> Iterator[tuple[bytes, Stat]]:
+    """The regular files below ``top`` (relative to ``root``), symlinks never
+    followed, with their status. A directory that cannot be read is skipped:
+    rsync reports it in the tree step."""
+    stack = [top]
+    while stack:
+        rel = stack.pop()
+        try:
+            with os.scandir(os.path.join(root, rel) if rel else root) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for e in entries:
+            name = os.path.join(rel, e.name) if rel else os.fsencode(e.name)
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(name)
+            elif stat.S_ISREG(st.st_mode):
+                yield name, (st.st_ctime_ns, st.st_size, st.st_mtime_ns)
+
+
+class _Remote:
+    """The target's agent over ssh, asked for ``stats`` (never to write)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        # In our process group (a stall kill takes it too), and dying with us.
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     preexec_fn=set_pdeathsig)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.rin: IO[bytes] = self.proc.stdout
+        self.out: IO[bytes] = self.proc.stdin
+        hello = self._ask({"op": "hello", "version": VERSION})
+        if not hello.get("ok"):
+            raise OSError(f"the agent refused: {hello.get('error', '?')}")
+
+    def _send(self, req: dict[str, Any]) -> None:
+        self.out.write(encode_frame(req))
+        self.out.flush()
+
+    def _read(self) -> dict[str, Any]:
+        doc = read_frame(self.rin)
+        if doc is None:
+            raise OSError("the agent's session ended")
+        return doc
+
+    def _ask(self, req: dict[str, Any]) -> dict[str, Any]:
+        self._send(req)
+        return self._read()
+
+    def clock(self) -> Clock:
+        """The skew, from the tightest of a few round trips."""
+        best: Clock | None = None
+        for _ in range(SKEW_PROBES):
+            t0 = time.time_ns()
+            doc = self._ask({"op": "stats", "paths": []})
+            t1 = time.time_ns()
+            if not doc.get("ok") or type(doc.get("now")) is not int:
+                raise OSError("the agent does not tell its clock (an older syncsup-target)")
+            c = Clock(doc["now"] - (t0 + t1) // 2, (t1 - t0) // 2 + 1)
+            if best is None or c.error < best.error:
+                best = c
+        assert best is not None
+        return best
+
+    def stats(self, chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, list[Stat]]]:
+        """Each chunk with the target's answer, in order, one request ahead
+        (the pipe holds an answer while the next request is written)."""
+        sent: deque[Chunk] = deque()
+        for chunk in chunks:
+            self._send({"op": "stats", "paths": [name for name, _ in chunk]})
+            sent.append(chunk)
+            if len(sent) > 1:
+                yield sent.popleft(), self._answer()
+        while sent:
+            yield sent.popleft(), self._answer()
+
+    def _answer(self) -> list[Stat]:
+        doc = self._read()
+        if not doc.get("ok"):
+            raise OSError(f"the agent refused: {doc.get('error', '?')}")
+        return list(zip(doc["ctimes"], doc["sizes"], doc["mtimes"], strict=True))
+
+    def close(self) -> None:
+        try:
+            self._send({"op": "bye"})
+            self.out.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _chunks(root: bytes, subtrees: list[bytes], too_long: list[bytes]) -> Iterator[Chunk]:
+    """The files of ``subtrees``, a request's worth at a time: never the
+    whole list in memory. A path longer than a request may carry (which
+    only a tree deeper than PATH_MAX holds) goes to ``too_long`` instead:
+    unproven, rather than a refused request failing the whole proof."""
+    chunk: Chunk = []
+    for top in subtrees:
+        for f in _walk(root, top):
+            if len(f[0]) > MAX_PATH:
+                too_long.append(f[0])
+                continue
+            chunk.append(f)
+            if len(chunk) == MAX_STATS:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def _local(path: str, chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, list[Stat]]]:
+    """A local target's answers, read the way its agent reads them."""
+    try:
+        applier = Applier.open(path)
+    except FileNotFoundError:
+        for chunk in chunks:
+            yield chunk, [(-1, -1, -1)] * len(chunk)  # nothing there: the quick check sends all
+        return
+    try:
+        for chunk in chunks:
+            yield chunk, applier.stats([name for name, _ in chunk])
+    finally:
+        applier.close()
+
+
+def _prove(sync: cfg.Sync, target: cfg.Target, subtrees: list[bytes],
+           progress: IO[bytes], control_path: str | None
+           ) -> tuple[list[bytes], dict[str, int]]:
+    """The unproven files of ``subtrees``, and how many files got which
+    :func:`verdict`."""
+    too_long: list[bytes] = []
+    chunks = _chunks(os.fsencode(sync.source), subtrees, too_long)
+    remote: _Remote | None = None
+    clock = Clock()  # a local target: the same clock
+    if target.is_remote:
+        program = "syncsup-target" if target.confined else sync.ssh.target_command
+        # A session that can only read (``stats``), not the agent that writes.
+        command = f"{shlex.quote(program)} {shlex.quote(target.path)} stats"
+        remote = _Remote([*ssh_argv(sync, control_path), "--", target.login, command])
+    out: list[bytes] = []
+    counts = {PROVEN: 0, SENT: 0, COMPARE: len(too_long)}
+    try:
+        if remote is not None:
+            clock = remote.clock()
+            sys.stderr.write(f"prove: target clock {clock.offset / 1e9:+.3f}s "
+                             f"(within {clock.error / 1e9:.3f}s)\n")
+            answers = remote.stats(chunks)
+        else:
+            answers = _local(target.path, chunks)
+        for chunk, found in answers:
+            for (name, s), t in zip(chunk, found, strict=True):
+                v = verdict(s, t, clock)
+                counts[v] += 1
+                if v == COMPARE:
+                    out.append(name)
+            progress.write(b".")  # output: progress for the syncer's stall check
+            progress.flush()
+    finally:
+        if remote is not None:
+            remote.close()
+    return out + too_long, counts
+
+
+def _subtrees(data: bytes) -> list[bytes]:
+    """The LIST file (the syncer's ``--files-from`` format: ``./`` before
+    each name, ``.`` for the root) as relative paths."""
+    out = []
+    for name in data.split(b"\0"):
+        if name == b".":
+            out.append(b"")
+        elif name.startswith(b"./"):
+            out.append(name[2:])
+    return out
+
+
+def main(argv: list[str]) -> int:
+    config_path, sync_name, index, list_path, out_path, control_path = argv
+    conf = cfg.load_for_child(config_path)
+    try:
+        sync = conf.sync(sync_name)
+        target = sync.targets[int(index)]
+    except (KeyError, IndexError, ValueError):
+        print(f"prove: sync {sync_name!r} target {index} is no longer in {config_path}",
+              file=sys.stderr)
+        return cfg.EX_CONFIG
+    with open(list_path, "rb") as fh:
+        subtrees = _subtrees(fh.read())
+    try:
+        names, counts = _prove(sync, target, subtrees, sys.stdout.buffer, control_path or None)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"prove: cannot read the target's ctimes ({exc}): comparing every file's "
+              "content", file=sys.stderr)
+        return NO_PROOF
+    with open(out_path, "wb") as fh:
+        fh.write(b"".join(n + b"\0" for n in names))
+    looked = sum(counts.values())
+    print(f"prove: {counts[PROVEN]} of {looked} files proven current, {counts[SENT]} missing "
+          f"or different (sent), {counts[COMPARE]} to compare by content", file=sys.stderr)
+    return 0
+
+
+def nothing_to_prove(changes: Changes, target: cfg.Target) -> None:
+    """Turn ``changes.prove`` into plain quick-check rescans when a local
+    target holds nothing under them yet: every file there is missing, so
+    the quick check sends it, and no proof (a process and a walk of the
+    source) is needed. The usual first start, on an empty target, then
+    costs what it did before proofs existed."""
+    if not changes.prove or target.is_remote:
+        return
+    root = os.fsencode(target.path)
+    for rel in list(changes.prove):
+        try:
+            with os.scandir(os.path.join(root, rel) if rel else root) as it:
+                if next(it, None) is not None:
+                    continue
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue  # the proof step says what is wrong
+        changes.prove.discard(rel)
+        changes.trees.add(rel)
+
+
+def proven(result: Result, list_path: Path) -> Result:
+    """The proof step's result for the plan: its unproven files (OUT, next
+    to LIST) as ``fallback``, and its stderr's last line in the log."""
+    for line in result.error.split(" | ") if result.error else ():
+        log.info("%s", line)  # the skew measured, the files proven
+    if result.rc != 0 or result.stalled:
+        return result
+    try:
+        with open(f"{list_path}.out", "rb") as fh:
+            names = tuple(n for n in fh.read().split(b"\0") if n)
+    except OSError as exc:
+        return Result(rc=NO_PROOF, error=f"prove: cannot read its list: {exc.strerror}")
+    return Result(rc=0, fallback=names)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
