@@ -26,6 +26,7 @@ import zmq
 
 from syncsup import config as cfg
 from syncsup import proto
+from syncsup.filters import RuleList
 from syncsup.logs import setup_logging
 from syncsup.proto._typed import to_wire
 from syncsup.runtime import (
@@ -52,7 +53,6 @@ from syncsup.syncer.moves import (
 )
 from syncsup.syncer.plan import Finished, Plan, Result, Step, StepKind
 from syncsup.syncer.transfer import Transfer, spawn
-from syncsup.watcher.filters import RuleList
 
 __all__ = ["Slot", "Syncer", "main"]
 

@@ -15,12 +15,12 @@ import os
 from typing import IO
 
 from syncsup import config as cfg
+from syncsup.filters import DirFilter, plain_excludes
 from syncsup.syncer.agent_ops import prepare
 from syncsup.syncer.agent_session import AGENT_RESTART, AGENT_RETRY, LocalAgent, RemoteAgent
 from syncsup.syncer.argv import ssh_argv
 from syncsup.syncer.moves import agent_command
 from syncsup.syncer.plan import Result
-from syncsup.watcher.filters import DirFilter, plain_excludes
 
 __all__ = ["MAX_PATHS_LOCAL", "MAX_PATHS_REMOTE", "Channel", "unusable"]
 

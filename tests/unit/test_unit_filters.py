@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from syncsup.config import Sync, Target
+from syncsup.filters import DirFilter, RuleList, exclude_patterns
 from syncsup.syncer.argv import expand_rule_files, rsync_argv
 from syncsup.syncer.plan import Step, StepKind
-from syncsup.watcher.filters import DirFilter, RuleList, exclude_patterns
 
 DIRS = ["cache", "a/cache", "a/b/cache", "node_modules", "x/node_modules/y", "build",
         "src/build", "tmp.d", "a/tmp.d", "a/bq/c", "z/a/bq/c", "a/bq/r/c", "deep/x", "q/deep/x",
