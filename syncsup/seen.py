@@ -21,10 +21,12 @@ a change.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["MARGIN", "REBOOT_MARGIN", "Seen", "boot_id"]
+__all__ = ["MARGIN", "REBOOT_MARGIN", "Seen", "boot_id", "read_seen"]
 
 MARGIN = 5.0           # seconds: timestamp granularity, a coarse clock, small skews
 REBOOT_MARGIN = 600.0  # after a reboot: writes the page cache had not flushed, clock fixes
@@ -76,3 +78,23 @@ class Seen:
             return cls(float(doc["wall"]), str(doc["boot"]), float(doc["offset"]))
         except (ValueError, KeyError, TypeError):
             return None
+
+
+def read_seen(path: Path | str) -> Seen | None:
+    """The seen-point committed in the journal at ``path``, read without
+    writing anything (the watcher reads it at start; the collator owns the
+    file, keeping it under the ``seen`` key of its ``meta`` table). Here,
+    not in the collator's package, because both roles need it and a role
+    never imports another. None if there is none, or the journal cannot be
+    read."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return None
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'seen'").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+    return Seen.from_json(None if row is None else str(row[0]))

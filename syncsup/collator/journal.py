@@ -25,7 +25,7 @@ from syncsup.seen import Seen
 
 __all__ = [
     "CREATED", "PATH", "TREE", "VERIFY", "Journal", "JournalDamaged", "Kind", "Row", "is_damage",
-    "move_aside", "read_seen", "to_changes",
+    "move_aside", "to_changes",
 ]
 
 
@@ -292,23 +292,6 @@ def move_aside(path: Path | str, stamp: str) -> Path:
         except FileNotFoundError:
             pass
     return aside
-
-
-def read_seen(path: Path | str) -> Seen | None:
-    """The seen-point committed in the journal at ``path``, read without
-    writing anything (the watcher reads it at start; the collator owns the
-    file). None if there is none, or the journal cannot be read."""
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error:
-        return None
-    try:
-        row = db.execute("SELECT value FROM meta WHERE key = 'seen'").fetchone()
-    except sqlite3.Error:
-        return None
-    finally:
-        db.close()
-    return Seen.from_json(None if row is None else str(row[0]))
 
 
 def to_changes(rows: Iterable[Row], moves: Iterable[tuple[int, bytes, bytes]] = ()

@@ -20,11 +20,10 @@ from inotify_simple import INotify
 
 from syncsup import config as cfg
 from syncsup import proto, sourceroot
-from syncsup.collator.journal import read_seen
 from syncsup.filters import DirFilter, exclude_patterns
 from syncsup.logs import setup_logging
 from syncsup.runtime import ChildRuntime, connections_made, drain_fd, new_socket, receive, send
-from syncsup.seen import MARGIN, Seen
+from syncsup.seen import MARGIN, Seen, read_seen
 from syncsup.statedir import StateDir
 from syncsup.status import MAX_BLIND_LISTED, BlindStatus, StatusPart, WatchStatus, shorten
 from syncsup.watcher.mounts import (

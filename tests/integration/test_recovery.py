@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from syncsup.collator.journal import read_seen
+from syncsup.seen import read_seen
 from tests.helpers.daemon import Daemon, run_cli, sync_entry
 from tests.helpers.procs import assert_no_leftovers
 from tests.helpers.tree import wait_converged
