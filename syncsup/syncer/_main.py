@@ -28,7 +28,6 @@ from syncsup import config as cfg
 from syncsup import proto
 from syncsup.filters import RuleList
 from syncsup.logs import setup_logging
-from syncsup.proto._typed import to_wire
 from syncsup.runtime import (
     ChildRuntime,
     connections_made,
@@ -263,7 +262,7 @@ class Syncer:
             argv = [*ssh_argv(slot.sync, slot.control_path), "--", t.login, command]
             stdin = lst
         elif step.kind is StepKind.COMMAND:
-            lst.write_bytes(msgpack.packb({"changes": to_wire(changes),
+            lst.write_bytes(msgpack.packb({"changes": proto.to_wire(changes),
                                            "startup": slot.batch.startup}, use_bin_type=True))
             argv = [sys.executable, "-P", "-m", "syncsup.syncer.action_runner",
                     str(self.config_path), slot.sync.name, str(slot.index), str(lst)]

@@ -26,14 +26,15 @@ from typing import IO, Any
 from syncsup.runtime import stop_group
 from syncsup.syncer.plan import Result
 from syncsup.syncer.transfer import spawn
-from syncsup.target import Applier
-from syncsup.target._agent import Ids, handle
-from syncsup.target._protocol import (
+from syncsup.target import (
     MAX_FRAME,
     VERSION,
+    Applier,
     FrameError,
+    Ids,
     decode_body,
     encode_frame,
+    handle,
 )
 
 __all__ = ["AGENT_RESTART", "AGENT_RETRY", "AGENT_TIMEOUT", "LocalAgent", "RemoteAgent"]

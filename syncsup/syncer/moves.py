@@ -30,8 +30,7 @@ import stat
 from collections.abc import Iterable
 
 from syncsup.filters import RuleList
-from syncsup.target import Applier
-from syncsup.target._protocol import VERSION, encode_frame
+from syncsup.target import VERSION, Applier, encode_frame
 
 __all__ = ["agent_command", "agent_requests", "local_renames", "remote_rename_command",
            "replayable", "retyped_parents"]

@@ -7,9 +7,14 @@ Kept free of the daemon's imports (no ZeroMQ): a target host needs only
 msgpack and rsync.
 """
 
+from syncsup.target._agent import Ids, handle
 from syncsup.target._apply import Applier, ApplyError, Protection, split_path
+from syncsup.target._protocol import MAX_FRAME, VERSION, FrameError, decode_body, encode_frame
 
-__all__ = ["Applier", "ApplyError", "Protection", "main", "split_path"]
+# What the syncer uses: the applier (local targets), the agent's request
+# handler (run in-process for a local target) and the agent's framing.
+__all__ = ["MAX_FRAME", "VERSION", "Applier", "ApplyError", "FrameError", "Ids", "Protection",
+           "decode_body", "encode_frame", "handle", "main", "split_path"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,3 +23,4 @@ def main(argv: list[str] | None = None) -> int:
     from syncsup.target._command import main as command
 
     return command(argv)
+

@@ -38,9 +38,10 @@ from inotify_simple import flags as F
 
 from syncsup.proto import Changes
 from syncsup.seen import MARGIN
+from syncsup.status import BLIND_REASONS, ERROR, MOUNT, TOO_LONG, UNREADABLE, WATCH_LIMIT
 
-__all__ = ["BLIND_REASONS", "MASK", "REASON_WORDS", "Blind", "Signals", "WatchTree", "join",
-           "show"]
+__all__ = ["BLIND_REASONS", "ERROR", "MASK", "MOUNT", "REASON_WORDS", "TOO_LONG", "UNREADABLE",
+           "WATCH_LIMIT", "Blind", "Signals", "WatchTree", "join", "show"]
 
 log = logging.getLogger("syncsup.watcher")
 
@@ -54,13 +55,8 @@ _WRITING = F.CREATE | F.MODIFY
 _DONE = F.CLOSE_WRITE | F.DELETE | F.MOVED_FROM | F.MOVED_TO
 
 
-# The ways a subtree can be out of sight (the ``reason`` of a Blind):
-WATCH_LIMIT = "watch_limit"  # fs.inotify.max_user_watches reached (ENOSPC)
-TOO_LONG = "too_long"        # its path is longer than the kernel takes (ENAMETOOLONG)
-UNREADABLE = "unreadable"    # permission denied (EACCES, EPERM)
-MOUNT = "mount"              # another filesystem is mounted there (watched, and rescanned)
-ERROR = "error"              # any other error of the kernel on that directory (EIO, ELOOP...)
-BLIND_REASONS = (WATCH_LIMIT, TOO_LONG, UNREADABLE, MOUNT, ERROR)
+# The ways a subtree can be out of sight (the ``reason`` of a Blind) are
+# defined with the status schema, which reports them.
 # Each reason in words, for the log.
 REASON_WORDS = {WATCH_LIMIT: "inotify watch limit", TOO_LONG: "path too long",
                 UNREADABLE: "permission denied", MOUNT: "mounted filesystem",
