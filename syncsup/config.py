@@ -41,6 +41,8 @@ __all__ = [
     "load",
     "load_for_child",
     "parse_target",
+    "read_rule_file",
+    "rule_file_lines",
     "valid_name",
 ]
 
@@ -506,6 +508,8 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     for key, p in (("exclude_from", exclude_from), ("filter_from", filter_from)):
         if p is not None and not p.is_file():
             raise ConfigError(f"{where}.{key}", f"{p}: no such file")
+        if p is not None:
+            read_rule_file(p, f"{where}.{key}")  # unreadable: refused now, not at the first batch
     ssh, host, user = _parse_ssh(table.pop("ssh", {}), f"{where}.ssh", base)
     rsync = _parse_rsync(table.pop("rsync", {}), f"{where}.rsync")
     commands = Commands(
@@ -551,12 +555,28 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     )
 
 
-def read_rule_file(path: Path) -> list[str]:
+def read_rule_file(path: Path, key: str) -> list[str]:
     """The rules of an ``exclude_from`` / ``filter_from`` file: one per line,
     blank lines and ``#`` or ``;`` comments skipped (as rsync reads them).
-    Raises OSError."""
-    text = path.read_text(errors="surrogateescape")
+
+    The one reader of rule files: the config check, the watcher (which
+    directories need no watch) and the syncer (what rsync is told) all read
+    them here, so they never disagree on the rules. A file that cannot be
+    read is a config error naming ``key``: guessing the rules instead would
+    send what the user excluded, or lose what they did not."""
+    try:
+        text = path.read_text(errors="surrogateescape")
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from None
     return [ln for ln in text.splitlines() if ln.strip() and ln[0] not in "#;"]
+
+
+def rule_file_lines(sync: Sync, name: str) -> list[str]:
+    """The rules of ``sync``'s ``exclude_from`` or ``filter_from`` file (as
+    ``name`` says); none without one. Read when a process starts, so an
+    error names the sync by name (its position in the config is not kept)."""
+    path: Path | None = getattr(sync, name)
+    return [] if path is None else read_rule_file(path, f"sync {sync.name!r}.{name}")
 
 
 def _check_overlaps(syncs: tuple[Sync, ...]) -> None:

@@ -108,10 +108,12 @@ SYNC = (
        "required (optional in `command` mode)"),
     _k("exclude", "list of strings", """rsync exclude patterns (`--exclude`), applied to
        every transfer. Excluded files already on the target are left alone."""),
-    _k("exclude_from", "path", """a file of exclude patterns (`--exclude-from`)."""),
+    _k("exclude_from", "path", """a file of exclude patterns (`--exclude-from`), read
+       when each process starts; a file that cannot be read is a config error."""),
     _k("filter", "list of strings", """rsync filter rules, e.g. `["- *.tmp", "+ /keep/",
        "P /protected"]` (`--filter`)."""),
-    _k("filter_from", "path", """a file of filter rules (`--filter="merge FILE"`)."""),
+    _k("filter_from", "path", """a file of filter rules (`--filter="merge FILE"`), read
+       like `exclude_from`."""),
     _k("on_create on_modify on_delete on_move on_startup", "list of strings",
        """`command` mode: argv templates, see below.""", "`[]`"),
     _k("action", "string", """`command` mode: `"package.module:Class"`, a subclass of

@@ -134,6 +134,12 @@ def _spawn(role: str, config_path: str, run_id: str, supervisor: int,
                 code = _run_child(role, config_path, run_id, supervisor)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
+            except config.ConfigError as exc:
+                # Found after the config was loaded (a rule file read at the
+                # role's start): one line, and the exit code that says
+                # "do not restart", as for a config the child could not load.
+                print(f"syncsup: config error: {exc}", file=sys.stderr)
+                code = config.EX_CONFIG
             except BaseException:
                 traceback.print_exc()
             finally:
