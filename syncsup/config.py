@@ -23,6 +23,7 @@ from typing import Any
 
 from syncsup import config_keys
 from syncsup.paths import is_within
+from syncsup.timings import TimingError, Timings
 
 __all__ = [
     "EX_CONFIG",
@@ -34,6 +35,7 @@ __all__ = [
     "SshOptions",
     "Sync",
     "Target",
+    "Timings",
     "check_output_files",
     "check_private",
     "check_sources",
@@ -218,6 +220,7 @@ class Config:
     path: Path
     settings: Settings
     syncs: tuple[Sync, ...]
+    timings: Timings = dataclasses.field(default_factory=Timings)
 
     def sync(self, name: str) -> Sync:
         for s in self.syncs:
@@ -733,6 +736,16 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         raise ConfigError("sync", "must be an array of tables: write [[sync]]")
     if not raw_syncs:
         raise ConfigError("sync", "at least one [[sync]] block is required")
+    timings_t = top.pop("timings", {})
+    if not isinstance(timings_t, dict):
+        raise ConfigError("timings", "must be a table")
+    _known(timings_t, "timings", "timings")
+    try:
+        timing = Timings(**{f.name: float(_pop(timings_t, f.name, (int, float), "timings",
+                                               f.default))
+                            for f in dataclasses.fields(Timings)})
+    except TimingError as exc:
+        raise ConfigError(f"timings.{exc.key}", exc.problem) from None
     _no_extra(top, "")
     syncs = tuple(_parse_sync(raw, i, base) for i, raw in enumerate(raw_syncs))
     names = [s.name for s in syncs]
@@ -751,7 +764,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         status_interval=status_interval,
         strict_rsync=strict_rsync,
     )
-    return Config(path=path, settings=settings, syncs=syncs)
+    return Config(path=path, settings=settings, syncs=syncs, timings=timing)
 
 
 def load(path: str | os.PathLike[str]) -> Config:

@@ -18,6 +18,8 @@ import enum
 from dataclasses import dataclass
 from pathlib import Path
 
+from syncsup.timings import Timings
+
 __all__ = ["SECTIONS", "Key", "default_text", "names", "table_markdown", "unknown_key_hint"]
 
 
@@ -174,6 +176,15 @@ RSYNC = (
        for that long — a stopped rsync, a dead link — and retries it. 0: never."""),
 )
 
+def _timings() -> tuple[Key, ...]:
+    """The ``[timings]`` keys: read from the fields of Timings, whose
+    metadata holds each one's meaning and floor."""
+    return tuple(_k(f.name, "number", f"{f.metadata['doc']} (floor: {f.metadata['floor']:g})")
+                 for f in dataclasses.fields(Timings))
+
+
+TIMINGS = _timings()
+
 # The section name (as used in docs/config.md's markers) -> its keys and the
 # dataclass whose field defaults they show.
 SECTIONS: dict[str, tuple[tuple[Key, ...], str]] = {
@@ -182,6 +193,7 @@ SECTIONS: dict[str, tuple[tuple[Key, ...], str]] = {
     "sync.targets": (TARGET, "Target"),
     "sync.ssh": (SSH, "SshOptions"),
     "sync.rsync": (RSYNC, "RsyncOptions"),
+    "timings": (TIMINGS, "Timings"),
 }
 
 
