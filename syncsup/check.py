@@ -31,7 +31,6 @@ from syncsup.syncer.argv import ssh_argv
 
 __all__ = ["run_checks"]
 
-TIMEOUT = 20  # seconds for each remote probe
 
 
 def _version(out: str) -> str:
@@ -87,19 +86,21 @@ def _confined_target(name: str, target: cfg.Target, proc: subprocess.CompletedPr
                    f"{how}{home})"
 
 
-def _remote_target(sync: cfg.Sync, target: cfg.Target) -> tuple[list[str], str]:
+def _remote_target(sync: cfg.Sync, target: cfg.Target, timeout: float
+                   ) -> tuple[list[str], str]:
     """Probe a remote target: ssh, rsync there, writable; a confined one
-    through ``syncsup-target``'s ``info`` answer."""
+    through ``syncsup-target``'s ``info`` answer. Each ssh call may take
+    ``timeout`` seconds."""
     login = target.login
     name = f"{sync.name} -> {target.spec}"
 
     def remote(command: str) -> subprocess.CompletedProcess[str] | str:
         try:
             return subprocess.run([*ssh_argv(sync), "--", login, command], capture_output=True,
-                                  text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+                                  text=True, timeout=timeout, stdin=subprocess.DEVNULL,
                                   check=False)
         except subprocess.TimeoutExpired:
-            return f"{name}: ssh did not answer in {TIMEOUT}s"
+            return f"{name}: ssh did not answer in {timeout:g}s"
         except OSError as exc:
             return f"{name}: cannot run ssh: {exc.strerror}"
 
@@ -151,7 +152,7 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
         if found is None:
             report([f"{binary} is not installed locally (apt-get install rsync)"], "")
             continue
-        probed[binary] = sender_follows(binary)
+        probed[binary] = sender_follows(binary, conf.timings.probe_timeout)
         how = {False: "its sender does not follow a symlink raced into the source (probed)",
                True: "its sender follows a symlink raced into the source (probed)",
                None: "whether its sender follows a raced symlink could not be probed"}
@@ -182,7 +183,7 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
             continue
         for target in sync.targets:
             if target.is_remote:
-                issues, version = _remote_target(sync, target)
+                issues, version = _remote_target(sync, target, conf.timings.check_timeout)
                 writable = "" if "confined" in version else ", writable"
                 report(issues, f"{sync.name} -> {target.spec}: ssh works, rsync {version}"
                                f"{writable}")

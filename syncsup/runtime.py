@@ -25,8 +25,6 @@ from syncsup.statedir import StateDir
 from syncsup.status import StatusPart
 
 __all__ = [
-    "HEARTBEAT_INTERVAL",
-    "HEARTBEAT_TIMEOUT",
     "ChildRuntime",
     "bind_private",
     "child_exit_fd",
@@ -43,14 +41,6 @@ __all__ = [
     "trim_memory",
 ]
 
-# Children beat every HEARTBEAT_INTERVAL; the supervisor kills one silent
-# for HEARTBEAT_TIMEOUT (two lost beats and a late one). No status travels
-# with a beat (status is asked for on demand), but each one still wakes two
-# processes and their ZeroMQ threads: about half a millisecond of CPU, which
-# is what an idle daemon spends. Ten seconds keeps that near 0.02 CPU
-# seconds a minute; a hung child is still replaced within half a minute.
-HEARTBEAT_INTERVAL = 10.0
-HEARTBEAT_TIMEOUT = 30.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -218,12 +208,19 @@ def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
 class ChildRuntime:
     """What every child of the supervisor shares: the ZeroMQ context, the
     control socket, heartbeats, status answers and the stop flag (set by
-    SIGTERM or SIGINT). ``clock`` is injectable for tests."""
+    SIGTERM or SIGINT).
 
-    def __init__(self, state: StateDir, role: str,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    Children beat every ``heartbeat_interval`` (``Timings``); the supervisor
+    kills one silent for ``heartbeat_timeout`` (by default two lost beats and
+    a late one). No status travels with a beat (status is asked for on
+    demand), but each one still wakes two processes and their ZeroMQ
+    threads: about half a millisecond of CPU, which is what an idle daemon
+    spends. The default ten seconds keeps that near 0.02 CPU seconds a
+    minute; a hung child is still replaced within half a minute."""
+
+    def __init__(self, state: StateDir, role: str, heartbeat_interval: float) -> None:
         self.role = role
-        self.clock = clock
+        self.heartbeat_interval = heartbeat_interval
         self.incarnation = new_incarnation()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.control = new_socket(self.ctx, zmq.DEALER)
@@ -251,7 +248,7 @@ class ChildRuntime:
         if now >= self.next_beat:
             if self.next_beat:
                 trim_memory()  # cheap, and what a busy stretch freed goes back
-            self.next_beat = now + HEARTBEAT_INTERVAL
+            self.next_beat = now + self.heartbeat_interval
             send(self.control, proto.Heartbeat(role=self.role, pid=os.getpid(),
                                                incarnation=self.incarnation))
         return max(0.0, self.next_beat - now)

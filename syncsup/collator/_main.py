@@ -28,7 +28,7 @@ log = logging.getLogger("syncsup.collator")
 
 def run(conf: cfg.Config, run_id: str) -> int:
     state = StateDir(conf.settings.state_dir)
-    rt = ChildRuntime(state, "collator")
+    rt = ChildRuntime(state, "collator", conf.timings.heartbeat_interval)
     sockets: dict[str, zmq.Socket[bytes]] = {}
     for name in ("ingest", "dispatch"):
         sock = new_socket(rt.ctx, zmq.ROUTER)

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -25,7 +25,6 @@ from syncsup import proto, registry
 from syncsup.rsync_probe import judge, sender_follows
 from syncsup.rsync_version import rsync_version
 from syncsup.runtime import (
-    HEARTBEAT_TIMEOUT,
     bind_private,
     child_exit_fd,
     drain_fd,
@@ -49,8 +48,6 @@ __all__ = ["ROLES_IN_START_ORDER", "StartError", "Supervisor"]
 log = logging.getLogger("syncsup.supervisor")
 
 ROLES_IN_START_ORDER = ("collator", "syncer", "watcher")
-STOP_GRACE = 6.0          # seconds between SIGTERM and SIGKILL at stop
-NOTIFY_INTERVAL = 2.0     # seconds between systemd STATUS= updates (under systemd only)
 
 
 class StartError(RuntimeError):
@@ -62,7 +59,7 @@ class Component:
     """One supervised child and what the supervisor knows of it."""
 
     role: str
-    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    policy: RestartPolicy
     pid: int | None = None
     spawned: float = 0.0
     last_beat: float = 0.0
@@ -90,15 +87,15 @@ class Supervisor:
         except OSError as exc:
             raise StartError(str(exc)) from None
         self.run_id = new_incarnation()
-        self.spawner = Spawner(conf.path, self.run_id)
+        self.spawner = Spawner(conf.path, self.run_id, conf.timings.spawn_answer_timeout)
         # Fork the template now, while this process has a single thread: the
         # children then share the supervisor's image (imports and all).
         self.spawner.fork(close=[self.lock.fileno()])
-        self.components = {role: Component(role) for role in ROLES_IN_START_ORDER}
+        self.components = self._components()
         self.pending_signal: str | None = None
         self.notifier = Notifier()
         self.metrics: Any = None
-        self.queries = Queries()
+        self.queries = Queries(conf.timings.status_query_timeout)
         self.next_notify = 0.0
         self.next_status_file = 0.0
         self.last_status: Status | None = None
@@ -110,6 +107,10 @@ class Supervisor:
         bind_private(self.control, self.state, "control")
 
     # -- children ----------------------------------------------------------------
+
+    def _components(self) -> dict[str, Component]:
+        return {role: Component(role, RestartPolicy(self.conf.timings))
+                for role in ROLES_IN_START_ORDER}
 
     def spawn(self, c: Component, now: float) -> None:
         c.policy.start(now)
@@ -147,7 +148,7 @@ class Supervisor:
             if c.pid is None:
                 continue
             if os.waitid(os.P_PID, c.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-                if now - c.last_beat > HEARTBEAT_TIMEOUT:
+                if now - c.last_beat > self.conf.timings.heartbeat_timeout:
                     log.error("%s (pid %d) sent no heartbeat for %.0fs: killing it", c.role,
                               c.pid, now - c.last_beat)
                     killpg(c.pid, signal.SIGKILL)
@@ -170,17 +171,18 @@ class Supervisor:
 
     def _silent(self, now: float) -> bool:
         """Has a running child missed its heartbeat deadline?"""
-        return any(c.pid is not None and now - c.last_beat > HEARTBEAT_TIMEOUT
+        limit = self.conf.timings.heartbeat_timeout
+        return any(c.pid is not None and now - c.last_beat > limit
                    for c in self.components.values())
 
     def stop_children(self) -> None:
-        """TERM in reverse start order, wait up to STOP_GRACE, then KILL.
+        """TERM in reverse start order, wait up to ``stop_grace``, then KILL.
         The watcher goes first, alone: at a clean stop it hands its last
         changes and a seen-point to the collator and waits for the ack,
         which needs the collator still running (without it the next start
         compares more than what changed while syncsup was stopped)."""
         live = [c for c in reversed(list(self.components.values())) if c.pid is not None]
-        deadline = time.monotonic() + STOP_GRACE
+        deadline = time.monotonic() + self.conf.timings.stop_grace
         first = [c for c in live if c.role == "watcher"]
         self._term_and_wait(first, deadline)
         self._term_and_wait([c for c in live if c not in first], deadline)
@@ -198,7 +200,8 @@ class Supervisor:
                     break
                 time.sleep(0.02)
             else:
-                log.warning("%s did not stop in %.0fs: killing it", c.role, STOP_GRACE)
+                log.warning("%s did not stop in %.1fs: killing it", c.role,
+                            self.conf.timings.stop_grace)
             killpg(c.pid, signal.SIGKILL)
             try:
                 os.waitpid(c.pid, 0)
@@ -344,7 +347,8 @@ class Supervisor:
         log.info("SIGHUP: reloading %s (%d sync(s))", new.path, len(new.syncs))
         self.stop_children()
         self.conf = new
-        self.components = {role: Component(role) for role in ROLES_IN_START_ORDER}
+        self.components = self._components()
+        self.queries.timeout = new.timings.status_query_timeout
         now = self.clock()
         for c in self.components.values():
             self.spawn(c, now)
@@ -354,7 +358,7 @@ class Supervisor:
         """systemd notifications and the status file, when they are due."""
         self.notifier.watchdog(now)
         if self.notifier.addr is not None and now >= self.next_notify:
-            self.next_notify = now + NOTIFY_INTERVAL
+            self.next_notify = now + self.conf.timings.notify_interval
             self.ask_status(self._notify)
         settings = self.conf.settings
         if settings.status_file is not None and now >= self.next_status_file:
@@ -386,7 +390,7 @@ class Supervisor:
         due = [now + 60.0]
         for c in self.components.values():
             if c.pid is not None:
-                due.append(c.last_beat + HEARTBEAT_TIMEOUT + 0.05)
+                due.append(c.last_beat + self.conf.timings.heartbeat_timeout + 0.05)
             elif c.policy.next_start is not None:
                 due.append(c.policy.next_start)
             if c.policy.state is State.DEGRADED and c.policy.started_at is not None:
@@ -486,7 +490,7 @@ def _check_rsync(conf: cfg.Config) -> None:
             if rsync_version(binary) is None:
                 raise StartError(f"{binary} does not run (is rsync installed? "
                                  "apt-get install rsync)")
-            probed[binary] = sender_follows(binary)
+            probed[binary] = sender_follows(binary, conf.timings.probe_timeout)
         if sync.runs_commands:
             continue  # command mode runs no rsync on the source
         verdict = judge(binary, probed[binary], sync.source, conf.settings.strict_rsync)

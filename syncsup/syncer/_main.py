@@ -137,7 +137,7 @@ class Syncer:
     def __init__(self, conf: cfg.Config) -> None:
         self.config_path = conf.path
         self.state = StateDir(conf.settings.state_dir)
-        self.rt = ChildRuntime(self.state, "syncer")
+        self.rt = ChildRuntime(self.state, "syncer", conf.timings.heartbeat_interval)
         self.state.tmp.mkdir(mode=0o700, exist_ok=True)
         self.max_processes = conf.settings.max_processes
         self.sock = new_socket(self.rt.ctx, zmq.DEALER)

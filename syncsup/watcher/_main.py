@@ -370,7 +370,7 @@ class SyncWatch:
 class Watcher:
     def __init__(self, conf: cfg.Config) -> None:
         state = StateDir(conf.settings.state_dir)
-        self.rt = ChildRuntime(state, "watcher")
+        self.rt = ChildRuntime(state, "watcher", conf.timings.heartbeat_interval)
         self.sock = new_socket(self.rt.ctx, zmq.DEALER)
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED)
         self.sock.connect(state.endpoint("ingest"))
