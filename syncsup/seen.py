@@ -26,10 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MARGIN", "REBOOT_MARGIN", "Seen", "boot_id", "read_seen"]
+from syncsup.timings import Timings
 
-MARGIN = 5.0           # seconds: timestamp granularity, a coarse clock, small skews
-REBOOT_MARGIN = 600.0  # after a reboot: writes the page cache had not flushed, clock fixes
+__all__ = ["Seen", "boot_id", "read_seen"]
 
 
 def boot_id() -> str:
@@ -55,15 +54,16 @@ class Seen:
         wall = time.time()
         return cls(wall, boot_id(), wall - time.clock_gettime(time.CLOCK_BOOTTIME))
 
-    def cutoff(self, current: Seen) -> float:
+    def cutoff(self, current: Seen, timings: Timings) -> float:
         """The ctime from which a file must be compared by content, judged at
-        ``current``: the seen-point minus the margin, minus any backward step
-        of the wall clock since (same boot), or minus a wider margin after a
-        reboot."""
+        ``current``: the seen-point minus ``seen_margin`` (timestamp
+        granularity, a coarse clock, small skews), minus any backward step
+        of the wall clock since (same boot), or minus the wider
+        ``reboot_margin`` after a reboot."""
         if current.boot != self.boot or not self.boot:
-            return self.wall - REBOOT_MARGIN
+            return self.wall - timings.reboot_margin
         stepped_back = max(0.0, self.offset - current.offset)
-        return self.wall - MARGIN - stepped_back
+        return self.wall - timings.seen_margin - stepped_back
 
     def to_json(self) -> str:
         return json.dumps({"wall": self.wall, "boot": self.boot, "offset": self.offset})

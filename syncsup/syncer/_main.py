@@ -26,6 +26,7 @@ import zmq
 
 from syncsup import config as cfg
 from syncsup import proto
+from syncsup.backoff import Backoff
 from syncsup.filters import RuleList
 from syncsup.logs import setup_logging
 from syncsup.runtime import (
@@ -56,8 +57,6 @@ from syncsup.syncer.transfer import Transfer, spawn
 __all__ = ["Slot", "Syncer", "main"]
 
 log = logging.getLogger("syncsup.syncer")
-
-MASTER_RETRY = (2.0, 60.0)  # backoff of the ssh master connection: first, cap
 
 
 @dataclass
@@ -136,6 +135,8 @@ def _empty(source: Path) -> bool:
 class Syncer:
     def __init__(self, conf: cfg.Config) -> None:
         self.config_path = conf.path
+        self.timings = conf.timings
+        self.master_backoff = Backoff(conf.timings.master_retry, conf.timings.master_retry_cap)
         self.state = StateDir(conf.settings.state_dir)
         self.rt = ChildRuntime(self.state, "syncer", conf.timings.heartbeat_interval)
         self.state.tmp.mkdir(mode=0o700, exist_ok=True)
@@ -152,7 +153,8 @@ class Syncer:
                 slot = self.slots[(sync.name, i)] = Slot(sync, i, t, cp, rules=rules)
                 why = unusable(sync)
                 if why is None:
-                    slot.channel = Channel(sync, t, cp, self._agent_errfile(slot))
+                    slot.channel = Channel(sync, t, cp, self._agent_errfile(slot),
+                                           conf.timings)
                 elif i == 0:
                     log.info("%s: every change goes through rsync (%s)", sync.name, why)
         self.remote = [s for s in self.slots.values() if s.control_path is not None]
@@ -279,7 +281,7 @@ class Syncer:
         err, out = self._files(slot)
         try:
             slot.transfer = Transfer(f"{slot.label}: {step.kind.value} transfer", argv, err, out,
-                                     time.monotonic(), stdin_path=stdin)
+                                     time.monotonic(), self.timings, stdin_path=stdin)
         except FileNotFoundError as exc:
             self.finish(slot, Finished(proto.Outcome.FATAL, 127, f"cannot run {argv[0]}: {exc}"))
 
@@ -345,8 +347,7 @@ class Syncer:
                 return
             slot.master = None
             slot.master_failures += 1
-            first, cap = MASTER_RETRY
-            slot.master_next = now + min(cap, first * 2 ** (slot.master_failures - 1))
+            slot.master_next = now + self.master_backoff.raw(slot.master_failures)
             log.info("%s: ssh master connection ended (rc %d); direct connections until it "
                      "is back", slot.label, rc)
             return
@@ -358,7 +359,7 @@ class Syncer:
             slot.master = spawn(argv)
         except OSError as exc:
             log.error("cannot run ssh: %s", exc)
-            slot.master_next = now + MASTER_RETRY[1]
+            slot.master_next = now + self.timings.master_retry_cap
 
     # -- loop --------------------------------------------------------------------------
 
@@ -467,7 +468,7 @@ class Syncer:
             if slot.transfer is not None:
                 slot.transfer.kill()
             if slot.master is not None:
-                stop_group(slot.master, 2.0)
+                stop_group(slot.master, self.timings.step_stop_grace)
 
 
 def main(config_path: str, run_id: str) -> int:

@@ -13,10 +13,11 @@ from syncsup.watcher.outbox import (
     MAX_INFLIGHT,
     MAX_PATH_BYTES,
     MAX_PATHS,
-    RESEND_AFTER,
     Outbox,
     split,
 )
+
+RESEND_AFTER = 3.0  # this test's own resend interval
 
 
 def cost(ch: Changes) -> tuple[int, int]:
@@ -141,7 +142,7 @@ def test_default_limits_fit_the_collators_budget() -> None:
 
 # --------------------------------------------------------------------- Outbox
 def test_add_numbers_messages_and_counts_them_per_sync() -> None:
-    box = Outbox(first_seq=1000)
+    box = Outbox(first_seq=1000, resend_after=RESEND_AFTER)
     [m1] = box.add("a", Changes(paths={b"x"}), now=1.0)
     [m2] = box.add("b", Changes(trees={b""}), now=1.0)
     assert (m1.seq, m1.sync, m1.changes) == (1001, "a", Changes(paths={b"x"}))
@@ -154,7 +155,7 @@ def test_add_numbers_messages_and_counts_them_per_sync() -> None:
 
 
 def test_each_sync_has_its_own_budget() -> None:
-    box = Outbox(0)
+    box = Outbox(0, RESEND_AFTER)
     for i in range(MAX_INFLIGHT - 1):
         box.add("busy", Changes(paths={b"%d" % i}), now=0.0)
     assert not box.full("busy")
@@ -168,7 +169,7 @@ def test_each_sync_has_its_own_budget() -> None:
 
 
 def test_ack() -> None:
-    box = Outbox(0)
+    box = Outbox(0, RESEND_AFTER)
     [m] = box.add("a", Changes(paths={b"x"}), now=0.0)
     box.ack(m.seq)
     assert box.pending("a") == 0
@@ -186,7 +187,7 @@ def test_a_seen_point_alone_is_not_unacked_activity() -> None:
     its ack would start the wait for the next one, every few seconds."""
     from syncsup.seen import Seen
 
-    box = Outbox(0)
+    box = Outbox(0, RESEND_AFTER)
     [m] = box.add("a", Changes(paths={b"x"}), now=0.0)
     assert box.unacked_changes("a") == 1
     [s] = box.add("a", Changes(), now=1.0, seen=Seen.now())
@@ -203,7 +204,7 @@ def test_a_seen_point_alone_is_not_unacked_activity() -> None:
 
 
 def test_unacked_messages_are_resent_after_a_while() -> None:
-    box = Outbox(0)
+    box = Outbox(0, RESEND_AFTER)
     [m1] = box.add("a", Changes(paths={b"x"}), now=10.0)
     [m2] = box.add("b", Changes(paths={b"y"}), now=12.0)
     assert box.next_resend() == 10.0 + RESEND_AFTER
@@ -219,7 +220,7 @@ def test_unacked_messages_are_resent_after_a_while() -> None:
 
 
 def test_everything_is_resent_on_a_new_connection() -> None:
-    box = Outbox(0)
+    box = Outbox(0, RESEND_AFTER)
     msgs = [box.add(name, Changes(paths={name.encode()}), now=float(i))[0]
             for i, name in enumerate("abc")]
     box.ack(msgs[1].seq)
