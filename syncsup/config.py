@@ -202,6 +202,12 @@ class Sync:
         """Modes that replay renames on the target instead of resending."""
         return self.mode in (Mode.RSYNCSSH, Mode.DIRECT)
 
+    def deletes(self, startup: bool) -> bool:
+        """Are deletions mirrored in a batch (``startup``: of the initial
+        sync)? ``delete`` is true, false, or says which of the two: the one
+        rule rsync's ``--delete`` and the agent's deletes both follow."""
+        return self.delete is True or self.delete == ("startup" if startup else "running")
+
     @property
     def runs_commands(self) -> bool:
         """Command mode: changes go to the user's actions, not to rsync."""

@@ -26,9 +26,9 @@ from syncsup.status import StatusPart
 
 __all__ = [
     "ChildRuntime",
+    "Reconnects",
     "bind_private",
     "child_exit_fd",
-    "connections_made",
     "drain_fd",
     "killpg",
     "new_incarnation",
@@ -130,17 +130,30 @@ def send(sock: zmq.Socket[bytes], msg: proto.Message, peer: bytes | None = None,
         return False
 
 
-def connections_made(monitor: zmq.Socket[bytes]) -> int:
-    """How many connections a socket monitor (``EVENT_CONNECTED``) reported
-    since it was last read; its queue is left empty. A child that connects
-    to the collator learns this way that a restarted collator is there."""
-    made = 0
-    while True:
-        try:
-            monitor.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return made
-        made += 1
+class Reconnects:
+    """Whether a socket's connection to the collator was made *again*: read
+    from its monitor (``EVENT_CONNECTED``). The first connection is the
+    start; any later one means a restarted collator, which knows nothing
+    unacknowledged (the watcher resends) and no credits (the syncer gives
+    them again). The one place both children ask it."""
+
+    def __init__(self, monitor: zmq.Socket[bytes]) -> None:
+        self.monitor = monitor
+        self.connections = 0
+
+    def again(self) -> bool:
+        """Did the monitor report a connection, not the first, since the last
+        call? Its queue is left empty."""
+        made = 0
+        while True:
+            try:
+                self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            made += 1
+        reconnected = made > 0 and self.connections + made > 1
+        self.connections += made
+        return reconnected
 
 
 def signal_fd() -> int:

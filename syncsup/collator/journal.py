@@ -24,7 +24,7 @@ from syncsup.proto import Changes
 from syncsup.seen import Seen
 
 __all__ = [
-    "CREATED", "PATH", "TREE", "VERIFY", "Journal", "JournalDamaged", "Kind", "Row", "is_damage",
+    "CREATED", "PATH", "TREE", "VERIFY", "Journal", "Kind", "Row", "is_damage",
     "move_aside", "to_changes",
 ]
 
@@ -263,11 +263,6 @@ class Journal:
 
     def _tx(self) -> _Tx:
         return _Tx(self.db)
-
-
-class JournalDamaged(Exception):
-    """The journal file is not a usable SQLite database (overwritten,
-    truncated, corrupt): it must be moved aside and rebuilt."""
 
 
 _DAMAGE = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}

@@ -31,7 +31,7 @@ from syncsup.filters import RuleList
 from syncsup.logs import setup_logging
 from syncsup.runtime import (
     ChildRuntime,
-    connections_made,
+    Reconnects,
     drain_fd,
     new_socket,
     receive,
@@ -161,7 +161,7 @@ class Syncer:
         self.agents = [s for s in self.remote if s.channel is not None]
         self.files: dict[tuple[str, int], tuple[IO[bytes], IO[bytes]]] = {}
         self.transfers = 0
-        self.connections = 0
+        self.reconnects = Reconnects(self.monitor)
 
     # -- collator ------------------------------------------------------------------
 
@@ -406,10 +406,7 @@ class Syncer:
 
     def on_connected(self) -> None:
         """(Re)connected to the collator: a restarted one knows no credits."""
-        made = connections_made(self.monitor)
-        reconnected = self.connections + made > 1  # not only the first connection
-        self.connections += made
-        if made and reconnected:
+        if self.reconnects.again():
             for slot in self.slots.values():
                 if slot.batch is None:
                     self.ready(slot)

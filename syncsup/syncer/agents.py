@@ -108,8 +108,7 @@ class Channel:
         self.sent = 0
         if len(names) > (MAX_PATHS_LOCAL if self.local is not None else MAX_PATHS_REMOTE):
             return Result(rc=0, fallback=tuple(names))
-        deletes = self.sync.delete is True or self.sync.delete == (
-            "startup" if startup else "running")
+        deletes = self.sync.deletes(startup)
         try:
             root_fd = os.open(self.sync.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:

@@ -92,7 +92,7 @@ def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: 
         raise ValueError(f"not an rsync step: {kind!r}")
     verify = step.checksum
     opts = sync.rsync
-    deletes = sync.delete is True or sync.delete == ("startup" if startup else "running")
+    deletes = sync.deletes(startup)
     # Without archive, keep symlinks as symlinks and times (for the quick check).
     argv = [opts.binary, "-a" if opts.archive else "-lt", "--from0",
             f"--files-from={list_file}", "--force", "--stats"]

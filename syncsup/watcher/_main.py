@@ -22,7 +22,7 @@ from syncsup import config as cfg
 from syncsup import proto, sourceroot
 from syncsup.filters import DirFilter, exclude_patterns
 from syncsup.logs import setup_logging
-from syncsup.runtime import ChildRuntime, connections_made, drain_fd, new_socket, receive, send
+from syncsup.runtime import ChildRuntime, Reconnects, drain_fd, new_socket, receive, send
 from syncsup.seen import Seen, read_seen
 from syncsup.statedir import StateDir
 from syncsup.status import MAX_BLIND_LISTED, BlindStatus, StatusPart, WatchStatus, shorten
@@ -374,7 +374,7 @@ class Watcher:
         self.syncs = [SyncWatch(s, state, conf.timings) for s in conf.syncs]
         self.outbox = Outbox(int(time.time() * 1000) << 16,  # unique across restarts
                              conf.timings.resend_after)
-        self.connections = 0
+        self.reconnects = Reconnects(self.monitor)
         self.next_root_check = 0.0
         self.mountinfo = open_mountinfo()
         if self.mountinfo is not None:
@@ -571,10 +571,7 @@ class Watcher:
     def on_connected(self, now: float) -> None:
         """The connection to the collator was made (again): a restarted
         collator lost nothing committed, but everything unacked must go now."""
-        made = connections_made(self.monitor)
-        reconnected = self.connections + made > 1  # not only the first connection
-        self.connections += made
-        if made and reconnected:
+        if self.reconnects.again():
             self.send(self.outbox.due(now, everything=True))
 
 

@@ -105,9 +105,6 @@ class Outbox:
     def full(self, sync: str) -> bool:
         return self.per_sync[sync] >= MAX_INFLIGHT
 
-    def pending(self, sync: str) -> int:
-        return self.per_sync[sync]
-
     def unacked_changes(self, sync: str) -> int:
         """Unacked messages of ``sync`` that carry changes (a seen-point
         alone is not activity: counting it would make every acknowledged

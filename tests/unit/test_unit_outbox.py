@@ -147,11 +147,11 @@ def test_add_numbers_messages_and_counts_them_per_sync() -> None:
     [m2] = box.add("b", Changes(trees={b""}), now=1.0)
     assert (m1.seq, m1.sync, m1.changes) == (1001, "a", Changes(paths={b"x"}))
     assert (m2.seq, m2.sync) == (1002, "b")
-    assert box.pending("a") == box.pending("b") == 1
-    assert box.pending("c") == 0
+    assert box.per_sync["a"] == box.per_sync["b"] == 1
+    assert box.per_sync["c"] == 0
     several = box.add("a", Changes(paths={b"%06d" % i for i in range(MAX_PATHS + 1)}), now=2.0)
     assert [m.seq for m in several] == [1003, 1004]
-    assert box.pending("a") == 3
+    assert box.per_sync["a"] == 3
 
 
 def test_each_sync_has_its_own_budget() -> None:
@@ -172,11 +172,11 @@ def test_ack() -> None:
     box = Outbox(0, RESEND_AFTER)
     [m] = box.add("a", Changes(paths={b"x"}), now=0.0)
     box.ack(m.seq)
-    assert box.pending("a") == 0
+    assert box.per_sync["a"] == 0
     assert box.inflight == {}
     box.ack(m.seq)  # a duplicate ACK
     box.ack(12345)  # an ACK for a message of a previous watcher
-    assert box.pending("a") == 0
+    assert box.per_sync["a"] == 0
     assert box.next_resend() is None
     assert box.due(1e9, everything=True) == []
 
@@ -191,12 +191,12 @@ def test_a_seen_point_alone_is_not_unacked_activity() -> None:
     [m] = box.add("a", Changes(paths={b"x"}), now=0.0)
     assert box.unacked_changes("a") == 1
     [s] = box.add("a", Changes(), now=1.0, seen=Seen.now())
-    assert box.pending("a") == 2 and box.unacked_changes("a") == 1
+    assert box.per_sync["a"] == 2 and box.unacked_changes("a") == 1
     box.ack(m.seq)
-    assert box.pending("a") == 1 and box.unacked_changes("a") == 0
+    assert box.per_sync["a"] == 1 and box.unacked_changes("a") == 0
     box.ack(s.seq)
     box.ack(s.seq)
-    assert box.pending("a") == 0 and box.unacked_changes("a") == 0
+    assert box.per_sync["a"] == 0 and box.unacked_changes("a") == 0
     # A split message: only its parts with changes count.
     parts = box.add("b", Changes(paths={b"%06d" % i for i in range(MAX_PATHS + 1)}), now=2.0,
                     seen=Seen.now())
@@ -216,7 +216,7 @@ def test_unacked_messages_are_resent_after_a_while() -> None:
     assert box.next_resend() == 10.0 + 2 * RESEND_AFTER
     box.ack(m1.seq)
     assert box.due(100.0) == [m2]
-    assert box.pending("b") == 1  # a resend is still one message
+    assert box.per_sync["b"] == 1  # a resend is still one message
 
 
 def test_everything_is_resent_on_a_new_connection() -> None:
