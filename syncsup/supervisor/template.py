@@ -36,7 +36,6 @@ from can be imported).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import importlib
 
@@ -55,6 +54,7 @@ import traceback
 
 import inotify_simple  # noqa: F401
 import msgpack  # noqa: F401
+import setproctitle
 import zmq  # noqa: F401
 
 from syncsup import config, logs, proto, runtime, status  # noqa: F401
@@ -62,31 +62,17 @@ from syncsup import config, logs, proto, runtime, status  # noqa: F401
 __all__ = ["ROLES", "main", "preload", "serve"]
 
 ROLES = ("collator", "syncer", "watcher")
-_PR_SET_NAME = 15
 
 
-def _set_name(name: str) -> None:
-    """The process name ``ps -o comm`` and ``top`` show (15 bytes)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
-
-
-def _set_cmdline(*args: str) -> None:
-    """Show ``args`` as this process's command line (``ps``, /proc/PID/cmdline)
-    instead of the template's: the argument area is rewritten in place, so
-    the new text must fit in the old one (it always does: the template's
-    arguments include the config path and more)."""
-    try:
-        with open("/proc/self/stat", "rb") as fh:
-            data = fh.read()
-        fields = data[data.rindex(b")") + 2:].split()
-        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end
-        text = b"\0".join(os.fsencode(a) for a in args)[:end - start - 1]
-        with open("/proc/self/mem", "r+b", buffering=0) as mem:
-            mem.seek(start)
-            mem.write(text + b"\0" * (end - start - len(text)))
-    except (OSError, ValueError, IndexError):
-        pass  # cosmetic only
+def _set_title(role: str, config_path: str) -> None:
+    """Name the child after its role: ``ps``, ``top`` and /proc/PID/cmdline
+    show ``syncsup.ROLE CONFIG`` instead of the template's command line, and
+    ``ps -o comm`` (15 bytes) ``syncsup-ROLE``. setproctitle does it the way
+    each platform allows (on Linux it rewrites the argument area and sets
+    the thread name), where writing our own memory would need more than a
+    cosmetic deserves."""
+    setproctitle.setproctitle(f"syncsup.{role} {config_path}")
+    setproctitle.setthreadtitle(f"syncsup-{role}")
 
 
 def _adopt(supervisor: int) -> None:
@@ -104,8 +90,7 @@ def _adopt(supervisor: int) -> None:
 
 def _run_child(role: str, config_path: str, run_id: str, supervisor: int) -> int:
     _adopt(supervisor)
-    _set_name(f"syncsup-{role}")
-    _set_cmdline(f"syncsup.{role}", config_path)
+    _set_title(role, config_path)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_DFL)
     gc.enable()
@@ -166,7 +151,7 @@ def preload() -> None:
 
 def serve(chan: socket.socket, config_path: str, run_id: str, supervisor: int) -> int:
     """Answer spawn requests until the supervisor closes its end."""
-    _set_name("syncsup-template")
+    setproctitle.setthreadtitle("syncsup-template")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     while True:
