@@ -29,7 +29,7 @@ from syncsup.collator.journal import (
     to_changes,
 )
 from syncsup.collator.queue import REPEATS, Retries, TargetQueue
-from syncsup.runtime import trim_memory
+from syncsup.processes import trim_memory
 from syncsup.seen import Seen
 from syncsup.statedir import StateDir
 from syncsup.status import QueueStatus, StatusPart, TargetStatus, shorten

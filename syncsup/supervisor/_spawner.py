@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from syncsup.runtime import killpg, set_pdeathsig
+from syncsup.processes import killpg, set_pdeathsig
 
 __all__ = ["SpawnError", "Spawner", "become_subreaper"]
 

@@ -21,18 +21,10 @@ import zmq
 
 from syncsup import config as cfg
 from syncsup import proto, registry
+from syncsup.processes import child_exit_fd, drain_fd, new_incarnation, trim_memory
 from syncsup.rsync_probe import judge, sender_follows
 from syncsup.rsync_version import rsync_version
-from syncsup.runtime import (
-    bind_private,
-    child_exit_fd,
-    drain_fd,
-    new_incarnation,
-    new_socket,
-    receive,
-    send,
-    trim_memory,
-)
+from syncsup.sockets import bind_private, new_socket, receive, send
 from syncsup.statedir import AlreadyRunning, StateDir
 from syncsup.status import ComponentStatus, Status, assemble, summary
 from syncsup.supervisor._spawner import Spawner, become_subreaper

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from syncsup.runtime import killpg
+from syncsup.processes import killpg
 from syncsup.supervisor._spawner import Spawner, SpawnError
 from syncsup.supervisor.policy import RestartPolicy, State
 from syncsup.timings import Timings

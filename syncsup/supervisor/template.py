@@ -57,7 +57,7 @@ import msgpack  # noqa: F401
 import setproctitle
 import zmq  # noqa: F401
 
-from syncsup import config, logs, proto, runtime, status  # noqa: F401
+from syncsup import config, logs, processes, proto, sockets, status  # noqa: F401
 
 __all__ = ["ROLES", "main", "preload", "serve"]
 
@@ -83,7 +83,7 @@ def _adopt(supervisor: int) -> None:
         if time.monotonic() > deadline:
             os._exit(1)
         time.sleep(0.0005)
-    runtime.set_pdeathsig(signal.SIGKILL)
+    processes.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != supervisor:  # it died between the check and the prctl
         os._exit(1)
 
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True)
     parser.add_argument("config")
     args = parser.parse_args(argv)
-    runtime.set_pdeathsig(signal.SIGKILL)
+    processes.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != args.supervisor:
         return 1
     preload()

@@ -27,17 +27,11 @@ import zmq
 from syncsup import config as cfg
 from syncsup import proto
 from syncsup.backoff import Backoff
+from syncsup.child import ChildRuntime
 from syncsup.filters import RuleList
 from syncsup.logs import setup_logging
-from syncsup.runtime import (
-    ChildRuntime,
-    Reconnects,
-    drain_fd,
-    new_socket,
-    receive,
-    send,
-    stop_group,
-)
+from syncsup.processes import drain_fd, stop_group
+from syncsup.sockets import Reconnects, new_socket, receive, send
 from syncsup.sourceroot import root_problem
 from syncsup.statedir import StateDir
 from syncsup.status import StatusPart, TransferStatus, TransportStatus, shorten
@@ -92,7 +86,7 @@ def _names(paths: list[bytes]) -> bytes:
     return b"".join((b"./" + p if p else b".") + b"\0" for p in paths)
 
 
-def _effective(root: bytes, paths: list[bytes]) -> list[bytes]:
+def _nearest_sendable(root: bytes, paths: list[bytes]) -> list[bytes]:
     """Replace each path whose parent is no longer a directory in the source
     by its first ancestor that is not one (a file, a symlink, or gone).
 
@@ -224,26 +218,26 @@ class Syncer:
         if problem is not None:
             # rsync would follow a symlink put at the root and mirror the
             # tree it points to: never; the batch waits for the root.
-            self.finish(slot, Finished(proto.Outcome.RETRY, -1, problem))
+            self.settle(slot, Result(rc=-1, error=problem, unstarted=True))
             return
         try:
             self._start(slot, step)
         except OSError as exc:
             # state_dir full or unwritable (the file lists live there): the
             # batch goes back to pending and is retried with backoff.
-            self.finish(slot, Finished(proto.Outcome.RETRY, -1,
-                                       f"cannot prepare the transfer: {exc.strerror or exc}"))
+            self.settle(slot, Result(rc=-1, unstarted=True,
+                                     error=f"cannot prepare the transfer: {exc.strerror or exc}"))
 
     def _start(self, slot: Slot, step: Step) -> None:
         assert slot.batch is not None and slot.plan is not None
         changes = slot.batch.changes
         if step.kind is StepKind.AGENT:
             assert slot.channel is not None
-            names = _effective(os.fsencode(slot.sync.source), list(step.names))
+            names = _nearest_sendable(os.fsencode(slot.sync.source), list(step.names))
             done = slot.channel.begin(names, slot.batch.startup, time.monotonic())
             slot.sent += slot.channel.sent
             if done is not None:
-                self.proceed(slot, slot.plan.advance(step, done))
+                self.settle(slot, done)
             return
         lst = self.state.tmp / f"{slot.sync.name}-{slot.index}-{step.kind.value}.list"
         stdin: Path | None = None
@@ -251,7 +245,7 @@ class Syncer:
         if step.kind is StepKind.MOVES and not t.is_remote:
             applied = local_renames(t.path, [[a, b] for a, b in step.renames])
             log.debug("%s: %d of %d renames replayed", slot.label, applied, len(step.renames))
-            self.proceed(slot, slot.plan.advance(step, Result(rc=0)))
+            self.settle(slot, Result(rc=0))
             return
         if step.kind is StepKind.MOVES:
             moves = [[a, b] for a, b in step.renames]
@@ -269,10 +263,10 @@ class Syncer:
             argv = [sys.executable, "-P", "-m", "syncsup.syncer.action_runner",
                     str(self.config_path), slot.sync.name, str(slot.index), str(lst)]
         else:
-            names = [n for n in _effective(os.fsencode(slot.sync.source), list(step.names))
+            names = [n for n in _nearest_sendable(os.fsencode(slot.sync.source), list(step.names))
                      if not slot.rules.below_excluded(n)]
             if not names:  # all below excluded directories: nothing rsync would send
-                self.proceed(slot, slot.plan.advance(step, Result(rc=0)))
+                self.settle(slot, Result(rc=0))
                 return
             lst.write_bytes(_names(names))
             argv = rsync_argv(slot.sync, t, step, str(lst), slot.batch.startup,
@@ -283,14 +277,14 @@ class Syncer:
             slot.transfer = Transfer(f"{slot.label}: {step.kind.value} transfer", argv, err, out,
                                      time.monotonic(), self.timings, stdin_path=stdin)
         except FileNotFoundError as exc:
-            self.finish(slot, Finished(proto.Outcome.FATAL, 127, f"cannot run {argv[0]}: {exc}"))
+            self.settle(slot, Result(rc=127, error=f"cannot run {argv[0]}: {exc}", unstarted=True))
 
     def poll(self, slot: Slot, now: float) -> None:
         if slot.step is not None and slot.step.kind is StepKind.AGENT and slot.plan is not None:
             assert slot.channel is not None
             done = slot.channel.poll(now)
             if done is not None:
-                self.proceed(slot, slot.plan.advance(slot.step, done))
+                self.settle(slot, done)
             return
         if slot.transfer is None:
             if slot.step is not None and slot.batch is not None and (
@@ -303,11 +297,12 @@ class Syncer:
             return
         slot.sent += slot.transfer.sent_bytes()
         slot.transfer = None
+        self.settle(slot, result)
+
+    def settle(self, slot: Slot, result: Result) -> None:
+        """The one place a step's result meets its plan: ``Plan.advance``
+        decides what it means (the next step, or the batch's outcome)."""
         assert slot.plan is not None and slot.step is not None
-        if result.stalled:
-            result = Result(rc=result.rc, stalled=True,
-                            error=f"no progress for {slot.sync.rsync.timeout}s: transfer "
-                                  "killed, will retry")
         if slot.step.empty_guard and result.rc == 25:
             log.error("source %s is empty but %s is not: refusing to delete the mirror (an "
                       "unmounted disk?); retrying until the source is back", slot.sync.source,

@@ -23,7 +23,7 @@ import subprocess
 from collections import deque
 from typing import IO, Any
 
-from syncsup.runtime import stop_group
+from syncsup.processes import stop_group
 from syncsup.syncer.plan import Result
 from syncsup.syncer.transfer import spawn, stderr_tail
 from syncsup.target import (

@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import IO, Any
 
-from syncsup.runtime import killpg, set_pdeathsig, stop_group
+from syncsup.processes import killpg, set_pdeathsig, stop_group
 from syncsup.syncer.plan import Result
 from syncsup.timings import Timings
 
@@ -104,6 +104,7 @@ class Transfer:
         self.io_checked = 0.0
         self.last_log = now
         self.killing = 0.0
+        self.stall = ""  # why it was killed, once it was
 
     def check(self, now: float, timeout: int) -> None:
         """Progress and stall handling, at most once a second."""
@@ -123,6 +124,7 @@ class Transfer:
             self.io_seen, self.io_changed = seen, now
         elif timeout and now - self.io_changed >= timeout:
             log.warning("%s made no progress for %ds: killing it", self.label, timeout)
+            self.stall = f"no progress for {timeout}s: transfer killed, will retry"
             self.killing = now
             self.terminate()
 
@@ -135,7 +137,7 @@ class Transfer:
         if rc is None:
             return None
         tail = stderr_tail(self.errfile)
-        return Result(rc=rc, stalled=bool(self.killing), error=tail,
+        return Result(rc=rc, stalled=bool(self.killing), error=self.stall or tail,
                       refused="syncsup-target: refused" in tail)
 
     def sent_bytes(self) -> int:

@@ -20,10 +20,12 @@ from inotify_simple import INotify
 
 from syncsup import config as cfg
 from syncsup import proto, sourceroot
+from syncsup.child import ChildRuntime
 from syncsup.filters import DirFilter, exclude_patterns
 from syncsup.logs import setup_logging
-from syncsup.runtime import ChildRuntime, Reconnects, drain_fd, new_socket, receive, send
+from syncsup.processes import drain_fd
 from syncsup.seen import Seen, read_seen
+from syncsup.sockets import Reconnects, new_socket, receive, send
 from syncsup.statedir import StateDir
 from syncsup.status import MAX_BLIND_LISTED, BlindStatus, StatusPart, WatchStatus, shorten
 from syncsup.timings import Timings

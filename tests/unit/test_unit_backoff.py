@@ -11,7 +11,7 @@ import zmq
 
 from syncsup.backoff import JITTER, Backoff
 from syncsup.config import Sync, Target
-from syncsup.runtime import Reconnects
+from syncsup.sockets import Reconnects
 
 
 def test_backoff_doubles_from_base_up_to_cap_with_jitter() -> None:
