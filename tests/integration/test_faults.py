@@ -550,12 +550,15 @@ def test_ssh_target_down_backs_off_and_catches_up(tmp_path, src, dst, sshd, daem
     finally:
         if not sshd.running:
             sshd.start()
-    # exponential: each delay about twice the one before (+-20 % jitter), capped at 30 s
+    # exponential: each delay about twice the one before (+-20 % jitter), capped at
+    # the daemon's retry_cap
+    base, cap = d.timings.retry_base, d.timings.retry_cap
     for a, b_ in itertools.pairwise(ds):
-        assert b_ >= min(a * 1.3, 30 * 0.8), f"backoff does not grow: {ds}"
-    assert max(ds) <= 30 * 1.2 + 0.1, f"backoff exceeds its 30 s cap: {ds}"
-    # no busy loop: attempts bounded by the doubling schedule over the time down
-    bound = math.log2(down_secs / 0.4 + 1) + 3
+        assert b_ >= min(a * 1.3, cap * 0.8), f"backoff does not grow: {ds}"
+    assert max(ds) <= cap * 1.2 + 0.1, f"backoff exceeds its {cap:g} s cap: {ds}"
+    # no busy loop: attempts bounded by the doubling schedule up to the cap, then
+    # one per capped delay, over the time down
+    bound = math.log2(cap / (0.8 * base)) + 3 + down_secs / (0.8 * cap)
     assert len(ds) <= bound, f"{len(ds)} attempts in {down_secs:.0f}s: {ds}"
     assert target_of(d.status(), spec)["pending"] > 0, "work was marked done on a dead target"
 
