@@ -35,7 +35,6 @@ from syncsup.syncer.argv import DAEMON_CONNECT_TIMEOUT, daemon_options, ssh_argv
 
 __all__ = ["run_checks"]
 
-TIMEOUT = 20  # seconds for each remote probe
 
 
 def _version(out: str) -> str:
@@ -91,19 +90,21 @@ def _confined_target(name: str, target: cfg.Target, proc: subprocess.CompletedPr
                    f"{how}{home})"
 
 
-def _remote_target(sync: cfg.Sync, target: cfg.Target) -> tuple[list[str], str]:
+def _remote_target(sync: cfg.Sync, target: cfg.Target, timeout: float
+                   ) -> tuple[list[str], str]:
     """Probe a remote target: ssh, rsync there, writable; a confined one
-    through ``syncsup-target``'s ``info`` answer."""
+    through ``syncsup-target``'s ``info`` answer. Each ssh call may take
+    ``timeout`` seconds."""
     login = target.login
     name = f"{sync.name} -> {target.spec}"
 
     def remote(command: str) -> subprocess.CompletedProcess[str] | str:
         try:
             return subprocess.run([*ssh_argv(sync), "--", login, command], capture_output=True,
-                                  text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+                                  text=True, timeout=timeout, stdin=subprocess.DEVNULL,
                                   check=False)
         except subprocess.TimeoutExpired:
-            return f"{name}: ssh did not answer in {TIMEOUT}s"
+            return f"{name}: ssh did not answer in {timeout:g}s"
         except OSError as exc:
             return f"{name}: cannot run ssh: {exc.strerror}"
 
@@ -156,7 +157,7 @@ def _daemon_verdict(rc: int, stderr: str) -> str | None:
     return first
 
 
-def _daemon_target(sync: cfg.Sync, target: cfg.Target) -> list[str]:
+def _daemon_target(sync: cfg.Sync, target: cfg.Target, timeout: float) -> list[str]:
     """Ask the daemon to take an empty directory, without writing
     (``--dry-run``): that logs in to the module (the password, the module's
     name, ``read only``), as every transfer will, and changes nothing. stdin
@@ -165,13 +166,13 @@ def _daemon_target(sync: cfg.Sync, target: cfg.Target) -> list[str]:
     name = f"{sync.name} -> {target.spec}"
 
     def rsync(*args: str) -> subprocess.CompletedProcess[str] | str:
-        argv = [sync.rsync.binary, *daemon_options(sync), f"--timeout={TIMEOUT}", *args]
+        argv = [sync.rsync.binary, *daemon_options(sync), f"--timeout={timeout:.0f}", *args]
         try:
             return subprocess.run(argv, capture_output=True, text=True, errors="replace",
-                                  timeout=TIMEOUT + DAEMON_CONNECT_TIMEOUT,
+                                  timeout=timeout + DAEMON_CONNECT_TIMEOUT,
                                   stdin=subprocess.DEVNULL, start_new_session=True, check=False)
         except subprocess.TimeoutExpired:
-            return f"{name}: the rsync daemon did not answer in {TIMEOUT}s"
+            return f"{name}: the rsync daemon did not answer in {timeout:.0f}s"
         except OSError as exc:
             return f"{name}: cannot run {sync.rsync.binary}: {exc.strerror}"
 
@@ -215,7 +216,7 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
         if found is None:
             report([f"{binary} is not installed locally (apt-get install rsync)"], "")
             continue
-        probed[binary] = sender_follows(binary)
+        probed[binary] = sender_follows(binary, conf.timings.probe_timeout)
         how = {False: "its sender does not follow a symlink raced into the source (probed)",
                True: "its sender follows a symlink raced into the source (probed)",
                None: "whether its sender follows a raced symlink could not be probed"}
@@ -246,10 +247,11 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
             continue
         for target in sync.targets:
             if target.is_daemon:
-                report(_daemon_target(sync, target), f"{sync.name} -> {target.spec}: the rsync "
-                       "daemon's module answers, the login works and it is not read only")
+                report(_daemon_target(sync, target, conf.timings.check_timeout),
+                       f"{sync.name} -> {target.spec}: the rsync daemon's module answers, the "
+                       "login works and it is not read only")
             elif target.is_remote:
-                issues, version = _remote_target(sync, target)
+                issues, version = _remote_target(sync, target, conf.timings.check_timeout)
                 writable = "" if "confined" in version else ", writable"
                 report(issues, f"{sync.name} -> {target.spec}: ssh works, rsync {version}"
                                f"{writable}")

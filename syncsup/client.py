@@ -7,7 +7,7 @@ import zmq
 
 from syncsup import config as cfg
 from syncsup import proto
-from syncsup.runtime import new_socket
+from syncsup.sockets import new_socket
 from syncsup.statedir import StateDir, is_running
 
 __all__ = ["NotRunning", "request"]

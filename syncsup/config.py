@@ -23,6 +23,7 @@ from typing import Any
 
 from syncsup import config_keys
 from syncsup.paths import is_within
+from syncsup.timings import TimingError, Timings
 
 __all__ = [
     "EX_CONFIG",
@@ -35,6 +36,7 @@ __all__ = [
     "SshOptions",
     "Sync",
     "Target",
+    "Timings",
     "check_output_files",
     "check_private",
     "check_sources",
@@ -42,6 +44,8 @@ __all__ = [
     "load",
     "load_for_child",
     "parse_target",
+    "read_rule_file",
+    "rule_file_lines",
     "valid_name",
 ]
 
@@ -240,6 +244,12 @@ class Sync:
         """Modes that replay renames on the target instead of resending."""
         return self.mode in (Mode.RSYNCSSH, Mode.DIRECT)
 
+    def deletes(self, startup: bool) -> bool:
+        """Are deletions mirrored in a batch (``startup``: of the initial
+        sync)? ``delete`` is true, false, or says which of the two: the one
+        rule rsync's ``--delete`` and the agent's deletes both follow."""
+        return self.delete is True or self.delete == ("startup" if startup else "running")
+
     @property
     def runs_commands(self) -> bool:
         """Command mode: changes go to the user's actions, not to rsync."""
@@ -258,6 +268,7 @@ class Config:
     path: Path
     settings: Settings
     syncs: tuple[Sync, ...]
+    timings: Timings = dataclasses.field(default_factory=Timings)
 
     def sync(self, name: str) -> Sync:
         for s in self.syncs:
@@ -594,6 +605,8 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     for key, p in (("exclude_from", exclude_from), ("filter_from", filter_from)):
         if p is not None and not p.is_file():
             raise ConfigError(f"{where}.{key}", f"{p}: no such file")
+        if p is not None:
+            read_rule_file(p, f"{where}.{key}")  # unreadable: refused now, not at the first batch
     ssh, host, user = _parse_ssh(table.pop("ssh", {}), f"{where}.ssh", base)
     rsync = _parse_rsync(table.pop("rsync", {}), f"{where}.rsync")
     has_rsyncd = "rsyncd" in table
@@ -651,12 +664,28 @@ def _parse_sync(raw: Any, index: int, base: Path) -> Sync:
     )
 
 
-def read_rule_file(path: Path) -> list[str]:
+def read_rule_file(path: Path, key: str) -> list[str]:
     """The rules of an ``exclude_from`` / ``filter_from`` file: one per line,
     blank lines and ``#`` or ``;`` comments skipped (as rsync reads them).
-    Raises OSError."""
-    text = path.read_text(errors="surrogateescape")
+
+    The one reader of rule files: the config check, the watcher (which
+    directories need no watch) and the syncer (what rsync is told) all read
+    them here, so they never disagree on the rules. A file that cannot be
+    read is a config error naming ``key``: guessing the rules instead would
+    send what the user excluded, or lose what they did not."""
+    try:
+        text = path.read_text(errors="surrogateescape")
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from None
     return [ln for ln in text.splitlines() if ln.strip() and ln[0] not in "#;"]
+
+
+def rule_file_lines(sync: Sync, name: str) -> list[str]:
+    """The rules of ``sync``'s ``exclude_from`` or ``filter_from`` file (as
+    ``name`` says); none without one. Read when a process starts, so an
+    error names the sync by name (its position in the config is not kept)."""
+    path: Path | None = getattr(sync, name)
+    return [] if path is None else read_rule_file(path, f"sync {sync.name!r}.{name}")
 
 
 def _check_overlaps(syncs: tuple[Sync, ...]) -> None:
@@ -816,6 +845,16 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         raise ConfigError("sync", "must be an array of tables: write [[sync]]")
     if not raw_syncs:
         raise ConfigError("sync", "at least one [[sync]] block is required")
+    timings_t = top.pop("timings", {})
+    if not isinstance(timings_t, dict):
+        raise ConfigError("timings", "must be a table")
+    _known(timings_t, "timings", "timings")
+    try:
+        timing = Timings(**{f.name: float(_pop(timings_t, f.name, (int, float), "timings",
+                                               f.default))
+                            for f in dataclasses.fields(Timings)})
+    except TimingError as exc:
+        raise ConfigError(f"timings.{exc.key}", exc.problem) from None
     _no_extra(top, "")
     syncs = tuple(_parse_sync(raw, i, base) for i, raw in enumerate(raw_syncs))
     names = [s.name for s in syncs]
@@ -834,7 +873,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         status_interval=status_interval,
         strict_rsync=strict_rsync,
     )
-    return Config(path=path, settings=settings, syncs=syncs)
+    return Config(path=path, settings=settings, syncs=syncs, timings=timing)
 
 
 def load(path: str | os.PathLike[str]) -> Config:

@@ -18,6 +18,8 @@ import enum
 from dataclasses import dataclass
 from pathlib import Path
 
+from syncsup.timings import Timings
+
 __all__ = ["SECTIONS", "Key", "default_text", "names", "table_markdown", "unknown_key_hint"]
 
 
@@ -116,10 +118,12 @@ SYNC = (
        "required (optional in `command` mode)"),
     _k("exclude", "list of strings", """rsync exclude patterns (`--exclude`), applied to
        every transfer. Excluded files already on the target are left alone."""),
-    _k("exclude_from", "path", """a file of exclude patterns (`--exclude-from`)."""),
+    _k("exclude_from", "path", """a file of exclude patterns (`--exclude-from`), read
+       when each process starts; a file that cannot be read is a config error."""),
     _k("filter", "list of strings", """rsync filter rules, e.g. `["- *.tmp", "+ /keep/",
        "P /protected"]` (`--filter`)."""),
-    _k("filter_from", "path", """a file of filter rules (`--filter="merge FILE"`)."""),
+    _k("filter_from", "path", """a file of filter rules (`--filter="merge FILE"`), read
+       like `exclude_from`."""),
     _k("on_create on_modify on_delete on_move on_startup", "list of strings",
        """`command` mode: argv templates, see below.""", "`[]`"),
     _k("action", "string", """`command` mode: `"package.module:Class"`, a subclass of
@@ -194,6 +198,16 @@ RSYNCD = (
        `host::module`; an `rsync://host:port/module` target says its own.""", "rsync's 873"),
 )
 
+
+def _timings() -> tuple[Key, ...]:
+    """The ``[timings]`` keys: read from the fields of Timings, whose
+    metadata holds each one's meaning and floor."""
+    return tuple(_k(f.name, "number", f"{f.metadata['doc']} (floor: {f.metadata['floor']:g})")
+                 for f in dataclasses.fields(Timings))
+
+
+TIMINGS = _timings()
+
 # The section name (as used in docs/config.md's markers) -> its keys and the
 # dataclass whose field defaults they show.
 SECTIONS: dict[str, tuple[tuple[Key, ...], str]] = {
@@ -203,6 +217,7 @@ SECTIONS: dict[str, tuple[tuple[Key, ...], str]] = {
     "sync.ssh": (SSH, "SshOptions"),
     "sync.rsync": (RSYNC, "RsyncOptions"),
     "sync.rsyncd": (RSYNCD, "RsyncdOptions"),
+    "timings": (TIMINGS, "Timings"),
 }
 
 

@@ -44,13 +44,13 @@ _INSIDE = b"inside!!"
 _OUTSIDE = b"OUTSIDE!"
 _BIG = 48 * 1024
 _BWLIMIT = "96"  # KiB/s: big takes ~0.5 s, the window in which dir is swapped
-PROBE_TIMEOUT = 30.0
 
 
-def sender_follows(binary: str = "rsync") -> bool | None:
+def sender_follows(binary: str, timeout: float) -> bool | None:
     """True if ``binary``'s sender follows a symlink raced into a parent
     directory of what it sends, False if it does not, None if the probe
-    could not tell (rsync did not run, or never opened the file)."""
+    could not tell (rsync did not run, or never opened the file, within
+    ``timeout`` seconds for each step)."""
     with tempfile.TemporaryDirectory(prefix="syncsup-rsync-probe-") as tmp:
         root = Path(tmp)
         src, dst, outside = root / "src", root / "dst", root / "outside"
@@ -69,11 +69,11 @@ def sender_follows(binary: str = "rsync") -> bool | None:
             except OSError:
                 return None
             try:
-                if not _wait_open(ino, b"big", proc):
+                if not _wait_open(ino, b"big", proc, timeout):
                     return None
                 os.rename(src / "dir", src / "dir.was")
                 os.symlink(outside, src / "dir")
-                proc.wait(PROBE_TIMEOUT)
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 return None
             finally:
@@ -88,8 +88,8 @@ def sender_follows(binary: str = "rsync") -> bool | None:
 
 
 def _wait_open(ino: inotify_simple.INotify, name: bytes,
-               proc: subprocess.Popen[bytes]) -> bool:
-    deadline = time.monotonic() + PROBE_TIMEOUT
+               proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for event in ino.read(timeout=100):
             if os.fsencode(event.name) == name:

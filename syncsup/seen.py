@@ -23,15 +23,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MARGIN", "REBOOT_MARGIN", "Seen", "boot_id", "marker_boot_id"]
+from syncsup.timings import Timings
 
-MARGIN = 5.0           # seconds: timestamp granularity, a coarse clock, small skews
-REBOOT_MARGIN = 600.0  # after a reboot: writes the page cache had not flushed, clock fixes
+__all__ = ["Seen", "boot_id", "marker_boot_id", "read_seen"]
 
 
 KERNEL_BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -158,15 +158,16 @@ class Seen:
         wall = time.time()
         return cls(wall, boot_id(), wall - time.clock_gettime(time.CLOCK_BOOTTIME))
 
-    def cutoff(self, current: Seen) -> float:
+    def cutoff(self, current: Seen, timings: Timings) -> float:
         """The ctime from which a file must be compared by content, judged at
-        ``current``: the seen-point minus the margin, minus any backward step
-        of the wall clock since (same boot), or minus a wider margin after a
-        reboot."""
+        ``current``: the seen-point minus ``seen_margin`` (timestamp
+        granularity, a coarse clock, small skews), minus any backward step
+        of the wall clock since (same boot), or minus the wider
+        ``reboot_margin`` after a reboot."""
         if current.boot != self.boot or not self.boot:
-            return self.wall - REBOOT_MARGIN
+            return self.wall - timings.reboot_margin
         stepped_back = max(0.0, self.offset - current.offset)
-        return self.wall - MARGIN - stepped_back
+        return self.wall - timings.seen_margin - stepped_back
 
     def to_json(self) -> str:
         return json.dumps({"wall": self.wall, "boot": self.boot, "offset": self.offset})
@@ -181,3 +182,23 @@ class Seen:
             return cls(float(doc["wall"]), str(doc["boot"]), float(doc["offset"]))
         except (ValueError, KeyError, TypeError):
             return None
+
+
+def read_seen(path: Path | str) -> Seen | None:
+    """The seen-point committed in the journal at ``path``, read without
+    writing anything (the watcher reads it at start; the collator owns the
+    file, keeping it under the ``seen`` key of its ``meta`` table). Here,
+    not in the collator's package, because both roles need it and a role
+    never imports another. None if there is none, or the journal cannot be
+    read."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return None
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'seen'").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+    return Seen.from_json(None if row is None else str(row[0]))

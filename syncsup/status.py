@@ -17,6 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "BLIND_REASONS",
+    "ERROR",
+    "MOUNT",
+    "TOO_LONG",
+    "UNREADABLE",
+    "WATCH_LIMIT",
     "BlindStatus",
     "ComponentStatus",
     "QueueStatus",
@@ -70,6 +76,15 @@ class TransportStatus:
 
 
 MAX_BLIND_LISTED = 100  # blind subtrees listed per sync (all are counted)
+
+# The ways a subtree can be out of sight to the watcher: the keys of
+# ``blind_counts`` and the ``reason`` of a BlindStatus (metrics list them all).
+WATCH_LIMIT = "watch_limit"  # fs.inotify.max_user_watches reached (ENOSPC)
+TOO_LONG = "too_long"        # its path is longer than the kernel takes (ENAMETOOLONG)
+UNREADABLE = "unreadable"    # permission denied (EACCES, EPERM)
+MOUNT = "mount"              # another filesystem is mounted there (watched, and rescanned)
+ERROR = "error"              # any other error of the kernel on that directory (EIO, ELOOP...)
+BLIND_REASONS = (WATCH_LIMIT, TOO_LONG, UNREADABLE, MOUNT, ERROR)
 
 
 @dataclass(frozen=True)

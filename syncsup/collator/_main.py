@@ -16,9 +16,11 @@ import zmq
 
 from syncsup import config as cfg
 from syncsup import proto
+from syncsup.child import ChildRuntime
 from syncsup.collator.core import Collator
 from syncsup.logs import setup_logging
-from syncsup.runtime import ChildRuntime, bind_private, drain_fd, new_socket, receive, send
+from syncsup.processes import drain_fd
+from syncsup.sockets import bind_private, new_socket, receive, send
 from syncsup.statedir import StateDir
 
 __all__ = ["main"]
@@ -28,7 +30,7 @@ log = logging.getLogger("syncsup.collator")
 
 def run(conf: cfg.Config, run_id: str) -> int:
     state = StateDir(conf.settings.state_dir)
-    rt = ChildRuntime(state, "collator")
+    rt = ChildRuntime(state, "collator", conf.timings.heartbeat_interval)
     sockets: dict[str, zmq.Socket[bytes]] = {}
     for name in ("ingest", "dispatch"):
         sock = new_socket(rt.ctx, zmq.ROUTER)

@@ -29,8 +29,8 @@ from syncsup.collator.journal import (
     move_aside,
     to_changes,
 )
-from syncsup.collator.queue import REPEATS, TargetQueue
-from syncsup.runtime import trim_memory
+from syncsup.collator.queue import REPEATS, Retries, TargetQueue
+from syncsup.processes import trim_memory
 from syncsup.seen import Seen
 from syncsup.statedir import StateDir
 from syncsup.status import QueueStatus, StatusPart, TargetStatus, shorten
@@ -42,7 +42,6 @@ log = logging.getLogger("syncsup.collator")
 BATCH_LIMIT = 20_000           # paths per transfer
 BATCH_BYTES = 4 * 1024 * 1024  # path bytes per transfer
 MAX_PENDING = 500_000          # rows per target before collapsing to a rescan
-JOURNAL_IDLE = 10.0            # seconds with nothing pending before a journal is closed
 
 Send = Callable[[str, bytes, proto.Message], bool]  # (socket, peer, message) -> sent
 
@@ -118,12 +117,14 @@ class Collator:
         self.run_id = run_id
         self.send = send
         self.clock = clock
+        self.journal_idle = conf.timings.journal_idle
         self.syncs: dict[str, SyncQueues] = {}
         now = clock()
         for sync in conf.syncs:
             journal = Journal(state.journal(sync.name))
             specs = [t.spec for t in sync.targets]
-            queues = [TargetQueue(spec=spec, delay=sync.delay) for spec in specs]
+            queues = [TargetQueue(spec=spec, delay=sync.delay,
+                                  backoff=Retries.of(conf.timings)) for spec in specs]
             s = self.syncs[sync.name] = SyncQueues(sync, journal, queues, specs=specs)
             self._safely(s, self._load)
         self.next_batch = int(now * 1000)  # unique across restarts
@@ -378,7 +379,7 @@ class Collator:
 
     def release_idle(self, now: float) -> float | None:
         """Close the journals of syncs with nothing pending for
-        JOURNAL_IDLE seconds (an open connection costs 0.2 MB; reopening one
+        ``journal_idle`` seconds (an open connection costs 0.2 MB; reopening one
         costs a millisecond, so not after every change). Returns when to look
         again (None: nothing open)."""
         released, wake = False, None
@@ -390,11 +391,11 @@ class Collator:
                 continue
             if s.idle_since is None:
                 s.idle_since = now
-            if now - s.idle_since >= JOURNAL_IDLE:
+            if now - s.idle_since >= self.journal_idle:
                 s.journal.release()  # empty: no need to hold a connection open
                 released = True
             else:
-                due = s.idle_since + JOURNAL_IDLE
+                due = s.idle_since + self.journal_idle
                 wake = due if wake is None else min(wake, due)
         if released:
             trim_memory()  # the closed connections' memory

@@ -24,8 +24,8 @@ from syncsup.proto import Changes
 from syncsup.seen import Seen
 
 __all__ = [
-    "CREATED", "PATH", "PROVE", "TREE", "VERIFY", "Journal", "JournalDamaged", "Kind", "Row",
-    "is_damage", "move_aside", "read_seen", "to_changes",
+    "CREATED", "PATH", "PROVE", "TREE", "VERIFY", "Journal", "Kind", "Row", "is_damage",
+    "move_aside", "to_changes",
 ]
 
 
@@ -267,11 +267,6 @@ class Journal:
         return _Tx(self.db)
 
 
-class JournalDamaged(Exception):
-    """The journal file is not a usable SQLite database (overwritten,
-    truncated, corrupt): it must be moved aside and rebuilt."""
-
-
 _DAMAGE = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 
 
@@ -294,23 +289,6 @@ def move_aside(path: Path | str, stamp: str) -> Path:
         except FileNotFoundError:
             pass
     return aside
-
-
-def read_seen(path: Path | str) -> Seen | None:
-    """The seen-point committed in the journal at ``path``, read without
-    writing anything (the watcher reads it at start; the collator owns the
-    file). None if there is none, or the journal cannot be read."""
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error:
-        return None
-    try:
-        row = db.execute("SELECT value FROM meta WHERE key = 'seen'").fetchone()
-    except sqlite3.Error:
-        return None
-    finally:
-        db.close()
-    return Seen.from_json(None if row is None else str(row[0]))
 
 
 def to_changes(rows: Iterable[Row], moves: Iterable[tuple[int, bytes, bytes]] = ()

@@ -24,10 +24,12 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from syncsup.backoff import Backoff
 from syncsup.collator.journal import Row
 from syncsup.proto import Outcome
+from syncsup.timings import Timings
 
-__all__ = ["REPEATS", "Backoff", "Lease", "TargetQueue", "same_failure", "unreachable"]
+__all__ = ["REPEATS", "Lease", "Retries", "TargetQueue", "same_failure", "unreachable"]
 
 REPEATS = 3  # identical failures in a row, with no change between, before a target is stuck
 # rsync's exit codes for a connection that failed (ssh's own 255, socket I/O,
@@ -52,25 +54,32 @@ def same_failure(error: str) -> str:
 
 
 @dataclass
-class Backoff:
-    """Exponential backoff with +-20% jitter: base * 2**(failures-1), capped."""
+class Retries:
+    """When a failed batch goes again, on the shared :class:`Backoff`:
+    ``base`` doubling up to ``cap`` (``Timings.retry_base``, ``retry_cap``);
+    a fatal failure waits ``fatal_cap`` (``stuck_cap``); a stuck target
+    from ``cap`` doubling up to ``fatal_cap``."""
 
-    base: float = 0.5
-    cap: float = 30.0
-    fatal_cap: float = 300.0
+    base: float = Timings.retry_base
+    cap: float = Timings.retry_cap
+    fatal_cap: float = Timings.stuck_cap
     rng: random.Random = field(default_factory=random.Random)
+
+    @classmethod
+    def of(cls, timings: Timings) -> Retries:
+        return cls(timings.retry_base, timings.retry_cap, timings.stuck_cap)
 
     def delay(self, failures: int, fatal: bool = False) -> float:
         if failures <= 0:
             return 0.0
-        raw = self.fatal_cap if fatal else min(self.cap, self.base * 2 ** (failures - 1))
-        return float(raw * self.rng.uniform(0.8, 1.2))
+        if fatal:
+            return Backoff(self.fatal_cap, self.fatal_cap, self.rng).delay(1)
+        return Backoff(self.base, self.cap, self.rng).delay(failures)
 
     def stuck_delay(self, repeats: int) -> float:
         """After the same failure ``repeats`` times (REPEATS or more): from
         ``cap``, doubling, up to ``fatal_cap``."""
-        raw = min(self.fatal_cap, self.cap * 2 ** max(0, repeats - REPEATS))
-        return float(raw * self.rng.uniform(0.8, 1.2))
+        return Backoff(self.cap, self.fatal_cap, self.rng).delay(max(1, repeats - REPEATS + 1))
 
 
 @dataclass
@@ -90,7 +99,7 @@ class TargetQueue:
 
     spec: str
     delay: float
-    backoff: Backoff = field(default_factory=Backoff)
+    backoff: Retries = field(default_factory=Retries)
     ready_peer: bytes | None = None
     ready_incarnation: str | None = None
     lease: Lease | None = None

@@ -35,6 +35,7 @@ from syncsup.proto._messages import (
     StatusRequest,
     Stop,
 )
+from syncsup.proto._typed import from_wire, to_wire
 
 __all__ = [
     "MAX_BODY",
@@ -61,5 +62,7 @@ __all__ = [
     "Stop",
     "decode",
     "encode",
+    "from_wire",
+    "to_wire",
     "warm_up",
 ]

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from syncsup.msgcheck import StructureError, check
 from syncsup.proto._messages import (
     Ack,
     Batch,
@@ -36,7 +37,6 @@ from syncsup.proto._messages import (
     StatusRequest,
     Stop,
 )
-from syncsup.proto._scan import StructureError, check
 from syncsup.proto._typed import WireError, from_wire, to_wire
 
 __all__ = [

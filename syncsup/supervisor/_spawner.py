@@ -18,14 +18,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from syncsup.runtime import killpg, set_pdeathsig
+from syncsup.processes import killpg, set_pdeathsig
 
 __all__ = ["SpawnError", "Spawner", "become_subreaper"]
 
 log = logging.getLogger("syncsup.supervisor")
 
 _PR_SET_CHILD_SUBREAPER = 36
-ANSWER_TIMEOUT = 10.0
 
 
 class SpawnError(OSError):
@@ -43,8 +42,9 @@ def become_subreaper() -> None:
 class Spawner:
     """The template process and the requests to it."""
 
-    def __init__(self, config: Path, run_id: str) -> None:
+    def __init__(self, config: Path, run_id: str, answer_timeout: float) -> None:
         self.config = config
+        self.answer_timeout = answer_timeout  # for each answer of the template
         self.run_id = run_id
         self.pid: int | None = None
         self.chan: socket.socket | None = None
@@ -78,7 +78,7 @@ class Spawner:
             finally:
                 os._exit(code)
         theirs.close()
-        mine.settimeout(ANSWER_TIMEOUT)
+        mine.settimeout(self.answer_timeout)
         self.pid, self.chan = pid, mine
 
     def start(self) -> None:
@@ -97,7 +97,7 @@ class Spawner:
             raise
         finally:
             theirs.close()
-        mine.settimeout(ANSWER_TIMEOUT)
+        mine.settimeout(self.answer_timeout)
         self.pid, self.chan = proc.pid, mine
 
     def release(self) -> None:

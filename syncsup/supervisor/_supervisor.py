@@ -15,32 +15,21 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
 from syncsup import config as cfg
 from syncsup import proto, registry
+from syncsup.processes import child_exit_fd, drain_fd, new_incarnation, trim_memory
 from syncsup.rsync_probe import judge, sender_follows
 from syncsup.rsync_version import rsync_version
-from syncsup.runtime import (
-    HEARTBEAT_TIMEOUT,
-    bind_private,
-    child_exit_fd,
-    drain_fd,
-    killpg,
-    new_incarnation,
-    new_socket,
-    receive,
-    send,
-    trim_memory,
-)
+from syncsup.sockets import bind_private, new_socket, receive, send
 from syncsup.statedir import AlreadyRunning, StateDir
 from syncsup.status import ComponentStatus, Status, assemble, summary
-from syncsup.supervisor._spawner import Spawner, SpawnError, become_subreaper
+from syncsup.supervisor._spawner import Spawner, become_subreaper
+from syncsup.supervisor.core import ROLES_IN_START_ORDER, Children, Component, ProcessPort
 from syncsup.supervisor.notify import Notifier
-from syncsup.supervisor.policy import RestartPolicy, State
 from syncsup.supervisor.queries import Queries
 from syncsup.supervisor.status_file import write_status_file
 
@@ -48,26 +37,10 @@ __all__ = ["ROLES_IN_START_ORDER", "StartError", "Supervisor"]
 
 log = logging.getLogger("syncsup.supervisor")
 
-ROLES_IN_START_ORDER = ("collator", "syncer", "watcher")
-STOP_GRACE = 6.0          # seconds between SIGTERM and SIGKILL at stop
-NOTIFY_INTERVAL = 2.0     # seconds between systemd STATUS= updates (under systemd only)
 
 
 class StartError(RuntimeError):
     """The daemon cannot start (already running, unusable state_dir, ...)."""
-
-
-@dataclass
-class Component:
-    """One supervised child and what the supervisor knows of it."""
-
-    role: str
-    policy: RestartPolicy = field(default_factory=RestartPolicy)
-    pid: int | None = None
-    spawned: float = 0.0
-    last_beat: float = 0.0
-    incarnation: str | None = None
-    peer: bytes | None = None  # its routing id on the control socket
 
 
 class Supervisor:
@@ -90,15 +63,15 @@ class Supervisor:
         except OSError as exc:
             raise StartError(str(exc)) from None
         self.run_id = new_incarnation()
-        self.spawner = Spawner(conf.path, self.run_id)
+        self.spawner = Spawner(conf.path, self.run_id, conf.timings.spawn_answer_timeout)
         # Fork the template now, while this process has a single thread: the
         # children then share the supervisor's image (imports and all).
         self.spawner.fork(close=[self.lock.fileno()])
-        self.components = {role: Component(role) for role in ROLES_IN_START_ORDER}
+        self.children = Children(conf.timings, ProcessPort(self.spawner))
         self.pending_signal: str | None = None
         self.notifier = Notifier()
         self.metrics: Any = None
-        self.queries = Queries()
+        self.queries = Queries(conf.timings.status_query_timeout)
         self.next_notify = 0.0
         self.next_status_file = 0.0
         self.last_status: Status | None = None
@@ -109,116 +82,21 @@ class Supervisor:
         self.control = new_socket(self.ctx, zmq.ROUTER)
         bind_private(self.control, self.state, "control")
 
-    # -- children ----------------------------------------------------------------
+    @property
+    def components(self) -> dict[str, Component]:
+        return self.children.components
 
-    def spawn(self, c: Component, now: float) -> None:
-        c.policy.start(now)
-        try:
-            c.pid = self.spawner.spawn(c.role)
-        except SpawnError as exc:
-            log.error("cannot start %s: %s", c.role, exc.strerror or exc)
-            c.policy.exited(127, now)
-            return
-        c.spawned = c.last_beat = now
-        c.incarnation = c.peer = None
-        log.debug("started %s (pid %d)", c.role, c.pid)
-
-    def _exited(self, c: Component, rc: int, now: float) -> None:
-        pid, c.pid, c.peer = c.pid, None, None
-        c.policy.exited(rc, now)
-        for consumer in self.queries.forget(c.role):
-            consumer()
-        if c.policy.state is State.FATAL:
-            log.error("%s exited with a configuration error (78): not restarting; "
-                      "fix the config and restart syncsup", c.role)
-        elif not self.stopping:
-            how = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
-            log.warning("%s (pid %s) died (%s); restart #%d in %.1fs%s", c.role, pid, how,
-                        c.policy.restarts, max(0.0, (c.policy.next_start or now) - now),
-                        " [degraded: restarting too often]"
-                        if c.policy.state is State.DEGRADED else "")
-
-    def reap(self, now: float) -> None:
-        """Collect exited children; kill the silent ones. A known child is
-        peeked at first (``WNOWAIT``): while its zombie exists its pid, and so
-        its process group id, cannot be reused, so killing the group is safe.
-        Then every other zombie (the template, orphans re-parented to us)."""
-        for c in self.components.values():
-            if c.pid is None:
-                continue
-            if os.waitid(os.P_PID, c.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-                if now - c.last_beat > HEARTBEAT_TIMEOUT:
-                    log.error("%s (pid %d) sent no heartbeat for %.0fs: killing it", c.role,
-                              c.pid, now - c.last_beat)
-                    killpg(c.pid, signal.SIGKILL)
-                continue
-            killpg(c.pid, signal.SIGKILL)  # anything it left in its group
-            _pid, status = os.waitpid(c.pid, 0)
-            self._exited(c, os.waitstatus_to_exitcode(status), now)
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if self.spawner.exited(pid):
-                continue
-            for c in self.components.values():
-                if c.pid == pid:
-                    self._exited(c, os.waitstatus_to_exitcode(status), now)
-
-    def _silent(self, now: float) -> bool:
-        """Has a running child missed its heartbeat deadline?"""
-        return any(c.pid is not None and now - c.last_beat > HEARTBEAT_TIMEOUT
-                   for c in self.components.values())
-
-    def stop_children(self) -> None:
-        """TERM in reverse start order, wait up to STOP_GRACE, then KILL.
-        The watcher goes first, alone: at a clean stop it hands its last
-        changes and a seen-point to the collator and waits for the ack,
-        which needs the collator still running (without it the next start
-        compares more than what changed while syncsup was stopped)."""
-        live = [c for c in reversed(list(self.components.values())) if c.pid is not None]
-        deadline = time.monotonic() + STOP_GRACE
-        first = [c for c in live if c.role == "watcher"]
-        self._term_and_wait(first, deadline)
-        self._term_and_wait([c for c in live if c not in first], deadline)
-
-    def _term_and_wait(self, live: list[Component], deadline: float) -> None:
-        for c in live:
-            c.policy.stop()
-            assert c.pid is not None
-            killpg(c.pid, signal.SIGTERM)
-            killpg(c.pid, signal.SIGCONT)  # a stopped child acts on TERM only once continued
-        for c in live:
-            assert c.pid is not None
-            while time.monotonic() < deadline:
-                if os.waitid(os.P_PID, c.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                    break
-                time.sleep(0.02)
-            else:
-                log.warning("%s did not stop in %.0fs: killing it", c.role, STOP_GRACE)
-            killpg(c.pid, signal.SIGKILL)
-            try:
-                os.waitpid(c.pid, 0)
-            except ChildProcessError:
-                pass
-            c.pid = c.peer = None
+    def _reap(self, now: float) -> None:
+        for role in self.children.reap(now):
+            for consumer in self.queries.forget(role):
+                consumer()
 
     # -- control socket --------------------------------------------------------------
 
     def on_control(self, peer: bytes | None, msg: proto.Message, now: float) -> None:
         assert peer is not None
         if isinstance(msg, proto.Heartbeat):
-            c = self.components.get(msg.role)
-            if c is None or c.pid != msg.pid:
-                return  # a stale incarnation, or a stranger
-            c.last_beat = now
-            c.peer = peer
-            if c.incarnation != msg.incarnation:
-                c.policy.up(now)
-            c.incarnation = msg.incarnation
+            self.children.heartbeat(msg.role, msg.pid, msg.incarnation, peer, now)
         elif isinstance(msg, proto.StatusAnswer):
             for consumer in self.queries.answer(msg.query, msg.part):
                 consumer()
@@ -342,19 +220,18 @@ class Supervisor:
                       "Keeping the running config")
             return
         log.info("SIGHUP: reloading %s (%d sync(s))", new.path, len(new.syncs))
-        self.stop_children()
+        self.children.stop_all()
         self.conf = new
-        self.components = {role: Component(role) for role in ROLES_IN_START_ORDER}
-        now = self.clock()
-        for c in self.components.values():
-            self.spawn(c, now)
+        self.children = Children(new.timings, self.children.port)
+        self.queries.timeout = new.timings.status_query_timeout
+        self.children.start_all(self.clock())
         self.spawner.release()
 
     def periodic(self, now: float) -> None:
         """systemd notifications and the status file, when they are due."""
         self.notifier.watchdog(now)
         if self.notifier.addr is not None and now >= self.next_notify:
-            self.next_notify = now + NOTIFY_INTERVAL
+            self.next_notify = now + self.conf.timings.notify_interval
             self.ask_status(self._notify)
         settings = self.conf.settings
         if settings.status_file is not None and now >= self.next_status_file:
@@ -383,14 +260,7 @@ class Supervisor:
         """Seconds until something is due: a restart, a heartbeat deadline,
         a status query's deadline, a periodic task. None of these exist in
         an idle daemon except the heartbeat deadlines (every few seconds)."""
-        due = [now + 60.0]
-        for c in self.components.values():
-            if c.pid is not None:
-                due.append(c.last_beat + HEARTBEAT_TIMEOUT + 0.05)
-            elif c.policy.next_start is not None:
-                due.append(c.policy.next_start)
-            if c.policy.state is State.DEGRADED and c.policy.started_at is not None:
-                due.append(c.policy.started_at + c.policy.stable_after)
+        due = [now + 60.0, *self.children.deadlines()]
         deadline = self.queries.next_deadline()
         if deadline is not None:
             due.append(deadline)
@@ -419,9 +289,7 @@ class Supervisor:
 
     def _run(self) -> int:
         exits = child_exit_fd()
-        now = self.clock()
-        for c in self.components.values():
-            self.spawn(c, now)
+        self.children.start_all(self.clock())
         self.spawner.release()
         if self.conf.settings.metrics:
             from syncsup.supervisor.metrics import serve
@@ -449,12 +317,10 @@ class Supervisor:
                         self.on_control(peer, msg, now)
                 if self.wake_r in events:
                     self._serve_waiters()
-                if exits in events or self._silent(now):
-                    self.reap(now)
-                for c in self.components.values():
-                    c.policy.tick(now)
-                    if c.pid is None and c.policy.due(now) and not self.stopping:
-                        self.spawn(c, now)
+                self.children.stopping = self.stopping
+                if exits in events or self.children.silent(now):
+                    self._reap(now)
+                self.children.restart_due(now)
                 self.spawner.release()  # the template is not needed until a restart
                 if exits in events:
                     trim_memory()
@@ -463,9 +329,10 @@ class Supervisor:
                 self.periodic(now)
         finally:
             self.notifier.stopping()
-            self.stop_children()
+            self.children.stopping = True
+            self.children.stop_all()
             self.spawner.stop()
-            self.reap(self.clock())
+            self._reap(self.clock())
             if self.metrics is not None:
                 self.metrics.shutdown()
             self.notifier.close()
@@ -486,7 +353,7 @@ def _check_rsync(conf: cfg.Config) -> None:
             if rsync_version(binary) is None:
                 raise StartError(f"{binary} does not run (is rsync installed? "
                                  "apt-get install rsync)")
-            probed[binary] = sender_follows(binary)
+            probed[binary] = sender_follows(binary, conf.timings.probe_timeout)
         if sync.runs_commands:
             continue  # command mode runs no rsync on the source
         verdict = judge(binary, probed[binary], sync.source, conf.settings.strict_rsync)

@@ -17,9 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from syncsup.sourceroot import ROOT_STATES
-from syncsup.status import Status
+from syncsup.status import BLIND_REASONS, Status
 from syncsup.supervisor.policy import State
-from syncsup.watcher.tree import BLIND_REASONS
 
 __all__ = [
     "COMPONENT_STATES", "TARGET_STATES", "TRANSPORTS", "StatusCollector", "serve",

@@ -8,7 +8,7 @@
        |                  |   exit(78) --> FATAL           | exit
        |                  v                                v
        +--stop--------- BACKOFF <---------------------- (restart due)
-                          | too many restarts in WINDOW
+                          | too many restarts in restart_window
                           v
                        DEGRADED (keeps retrying, slowly)
 
@@ -25,7 +25,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from syncsup.backoff import JITTER, Backoff
 from syncsup.config import EX_CONFIG
+from syncsup.timings import Timings
 
 __all__ = ["EX_CONFIG", "RestartPolicy", "State"]
 
@@ -41,14 +43,11 @@ class State(StrEnum):
 
 @dataclass
 class RestartPolicy:
-    """Decides when a component (re)starts. Times are monotonic seconds."""
+    """Decides when a component (re)starts. Times are monotonic seconds;
+    the delays, the stability time and the window come from ``timings``."""
 
-    base: float = 0.2           # first restart delay
-    cap: float = 10.0           # max delay while not degraded
-    degraded_cap: float = 60.0  # max delay once degraded
-    stable_after: float = 5.0   # up this long resets the backoff
-    window: float = 60.0        # restart intensity window
-    max_restarts: int = 10      # restarts in window before "degraded"
+    timings: Timings = field(default_factory=Timings)
+    max_restarts: int = 10      # restarts in the window before "degraded"
     rng: random.Random = field(default_factory=random.Random)
 
     state: State = State.STOPPED
@@ -58,6 +57,16 @@ class RestartPolicy:
     next_start: float | None = None
     last_exit: int | None = None
     _recent: deque[float] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        t = self.timings
+        self._backoff = Backoff(t.restart_base, t.restart_cap, self.rng)
+        self._degraded = Backoff(t.restart_base, t.degraded_cap, self.rng)
+
+    @property
+    def stable_after(self) -> float:
+        """Up this long, the backoff starts again from zero."""
+        return self.timings.restart_stable_after
 
     def start(self, now: float) -> None:
         """The process was spawned."""
@@ -81,7 +90,10 @@ class RestartPolicy:
                 self.state = State.RUNNING
 
     def exited(self, rc: int, now: float) -> None:
-        """The process exited with ``rc`` (negative: signal). Schedules a restart."""
+        """The process exited with ``rc`` (negative: signal). Schedules a
+        restart: at once after the first quick failure, then backing off
+        (``restart_base`` doubling up to ``restart_cap``; once degraded, at
+        least a quarter of ``degraded_cap`` and at most all of it)."""
         self.last_exit = rc
         if self.state is State.STOPPED:
             return
@@ -95,11 +107,10 @@ class RestartPolicy:
         self.restarts += 1
         self._recent.append(now)
         degraded = self._too_many(now)
-        cap = self.degraded_cap if degraded else self.cap
-        delay = 0.0 if self.failures == 1 else min(cap, self.base * 2 ** (self.failures - 2))
+        delay = (self._degraded if degraded else self._backoff).raw(self.failures - 1)
         if degraded:
-            delay = max(delay, self.degraded_cap / 4)
-        self.next_start = now + delay * self.rng.uniform(0.8, 1.2)
+            delay = max(delay, self.timings.degraded_cap / 4)
+        self.next_start = now + delay * self.rng.uniform(*JITTER)
         self.state = State.DEGRADED if degraded else State.BACKOFF
         self.started_at = None
 
@@ -112,6 +123,6 @@ class RestartPolicy:
         self.state, self.next_start = State.STOPPED, None
 
     def _too_many(self, now: float) -> bool:
-        while self._recent and now - self._recent[0] > self.window:
+        while self._recent and now - self._recent[0] > self.timings.restart_window:
             self._recent.popleft()
         return len(self._recent) > self.max_restarts

@@ -1,7 +1,7 @@
 """Status queries in flight, pure: the supervisor asks each running child
 for its part of the status and answers whoever asked (the CLI, the metrics
 thread, the status file, systemd) once every asked child answered or after
-:data:`QUERY_TIMEOUT`, with the last part it has from the silent ones.
+its ``timeout`` (``Timings.status_query_timeout``), with the last part it has from the silent ones.
 
 Nothing is pushed unasked: an idle daemon exchanges no status at all, and
 what ``syncsup status`` shows is at most a moment old.
@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 
 from syncsup.status import StatusPart
 
-__all__ = ["QUERY_TIMEOUT", "Queries"]
-
-QUERY_TIMEOUT = 1.0  # seconds to wait for the children's parts
+__all__ = ["Queries"]
 
 Consumer = Callable[[], None]
 
@@ -32,7 +30,8 @@ class _Query:
 class Queries:
     """The latest part of each role and the queries waiting for new ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout  # seconds to wait for the children's parts
         self.parts: dict[str, StatusPart] = {}
         self._open: dict[int, _Query] = {}
         self._ids = itertools.count(1)
@@ -45,7 +44,7 @@ class Queries:
             query.consumers.append(consumer)
             return None
         qid = next(self._ids)
-        self._open[qid] = _Query(now + (QUERY_TIMEOUT if roles else 0.0), set(roles),
+        self._open[qid] = _Query(now + (self.timeout if roles else 0.0), set(roles),
                                  [consumer])
         return qid
 

@@ -36,7 +36,6 @@ from can be imported).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import importlib
 
@@ -55,38 +54,25 @@ import traceback
 
 import inotify_simple  # noqa: F401
 import msgpack  # noqa: F401
+import setproctitle
 import zmq  # noqa: F401
 
-from syncsup import config, logs, proto, runtime, status  # noqa: F401
+from syncsup import config, logs, processes, proto, sockets, status  # noqa: F401
 
 __all__ = ["ROLES", "main", "preload", "serve"]
 
 ROLES = ("collator", "syncer", "watcher")
-_PR_SET_NAME = 15
 
 
-def _set_name(name: str) -> None:
-    """The process name ``ps -o comm`` and ``top`` show (15 bytes)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
-
-
-def _set_cmdline(*args: str) -> None:
-    """Show ``args`` as this process's command line (``ps``, /proc/PID/cmdline)
-    instead of the template's: the argument area is rewritten in place, so
-    the new text must fit in the old one (it always does: the template's
-    arguments include the config path and more)."""
-    try:
-        with open("/proc/self/stat", "rb") as fh:
-            data = fh.read()
-        fields = data[data.rindex(b")") + 2:].split()
-        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end
-        text = b"\0".join(os.fsencode(a) for a in args)[:end - start - 1]
-        with open("/proc/self/mem", "r+b", buffering=0) as mem:
-            mem.seek(start)
-            mem.write(text + b"\0" * (end - start - len(text)))
-    except (OSError, ValueError, IndexError):
-        pass  # cosmetic only
+def _set_title(role: str, config_path: str) -> None:
+    """Name the child after its role: ``ps``, ``top`` and /proc/PID/cmdline
+    show ``syncsup.ROLE CONFIG`` instead of the template's command line, and
+    ``ps -o comm`` (15 bytes) ``syncsup-ROLE``. setproctitle does it the way
+    each platform allows (on Linux it rewrites the argument area and sets
+    the thread name), where writing our own memory would need more than a
+    cosmetic deserves."""
+    setproctitle.setproctitle(f"syncsup.{role} {config_path}")
+    setproctitle.setthreadtitle(f"syncsup-{role}")
 
 
 def _adopt(supervisor: int) -> None:
@@ -97,15 +83,14 @@ def _adopt(supervisor: int) -> None:
         if time.monotonic() > deadline:
             os._exit(1)
         time.sleep(0.0005)
-    runtime.set_pdeathsig(signal.SIGKILL)
+    processes.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != supervisor:  # it died between the check and the prctl
         os._exit(1)
 
 
 def _run_child(role: str, config_path: str, run_id: str, supervisor: int) -> int:
     _adopt(supervisor)
-    _set_name(f"syncsup-{role}")
-    _set_cmdline(f"syncsup.{role}", config_path)
+    _set_title(role, config_path)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_DFL)
     gc.enable()
@@ -134,6 +119,12 @@ def _spawn(role: str, config_path: str, run_id: str, supervisor: int,
                 code = _run_child(role, config_path, run_id, supervisor)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
+            except config.ConfigError as exc:
+                # Found after the config was loaded (a rule file read at the
+                # role's start): one line, and the exit code that says
+                # "do not restart", as for a config the child could not load.
+                print(f"syncsup: config error: {exc}", file=sys.stderr)
+                code = config.EX_CONFIG
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -160,7 +151,7 @@ def preload() -> None:
 
 def serve(chan: socket.socket, config_path: str, run_id: str, supervisor: int) -> int:
     """Answer spawn requests until the supervisor closes its end."""
-    _set_name("syncsup-template")
+    setproctitle.setthreadtitle("syncsup-template")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     while True:
@@ -186,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True)
     parser.add_argument("config")
     args = parser.parse_args(argv)
-    runtime.set_pdeathsig(signal.SIGKILL)
+    processes.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != args.supervisor:
         return 1
     preload()

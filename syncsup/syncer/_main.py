@@ -26,17 +26,12 @@ import zmq
 
 from syncsup import config as cfg
 from syncsup import proto
+from syncsup.backoff import Backoff
+from syncsup.child import ChildRuntime
+from syncsup.filters import RuleList
 from syncsup.logs import setup_logging
-from syncsup.proto._typed import to_wire
-from syncsup.runtime import (
-    ChildRuntime,
-    connections_made,
-    drain_fd,
-    new_socket,
-    receive,
-    send,
-    stop_group,
-)
+from syncsup.processes import drain_fd, stop_group
+from syncsup.sockets import Reconnects, new_socket, receive, send
 from syncsup.sourceroot import root_problem
 from syncsup.statedir import StateDir
 from syncsup.status import StatusPart, TransferStatus, TransportStatus, shorten
@@ -53,13 +48,10 @@ from syncsup.syncer.moves import (
 from syncsup.syncer.plan import Finished, Plan, Result, Step, StepKind
 from syncsup.syncer.prove import nothing_to_prove, proven
 from syncsup.syncer.transfer import Transfer, spawn
-from syncsup.watcher.filters import RuleList
 
 __all__ = ["Slot", "Syncer", "main"]
 
 log = logging.getLogger("syncsup.syncer")
-
-MASTER_RETRY = (2.0, 60.0)  # backoff of the ssh master connection: first, cap
 
 
 @dataclass
@@ -95,7 +87,7 @@ def _names(paths: list[bytes]) -> bytes:
     return b"".join((b"./" + p if p else b".") + b"\0" for p in paths)
 
 
-def _effective(root: bytes, paths: list[bytes]) -> list[bytes]:
+def _nearest_sendable(root: bytes, paths: list[bytes]) -> list[bytes]:
     """Replace each path whose parent is no longer a directory in the source
     by its first ancestor that is not one (a file, a symlink, or gone).
 
@@ -138,8 +130,10 @@ def _empty(source: Path) -> bool:
 class Syncer:
     def __init__(self, conf: cfg.Config) -> None:
         self.config_path = conf.path
+        self.timings = conf.timings
+        self.master_backoff = Backoff(conf.timings.master_retry, conf.timings.master_retry_cap)
         self.state = StateDir(conf.settings.state_dir)
-        self.rt = ChildRuntime(self.state, "syncer")
+        self.rt = ChildRuntime(self.state, "syncer", conf.timings.heartbeat_interval)
         self.state.tmp.mkdir(mode=0o700, exist_ok=True)
         self.max_processes = conf.settings.max_processes
         self.sock = new_socket(self.rt.ctx, zmq.DEALER)
@@ -154,14 +148,15 @@ class Syncer:
                 slot = self.slots[(sync.name, i)] = Slot(sync, i, t, cp, rules=rules)
                 why = unusable(sync, t)
                 if why is None:
-                    slot.channel = Channel(sync, t, cp, self._agent_errfile(slot))
+                    slot.channel = Channel(sync, t, cp, self._agent_errfile(slot),
+                                           conf.timings)
                 elif i == 0 or t.is_daemon:
                     log.info("%s: every change goes through rsync (%s)", sync.name, why)
         self.remote = [s for s in self.slots.values() if s.control_path is not None]
         self.agents = [s for s in self.remote if s.channel is not None]
         self.files: dict[tuple[str, int], tuple[IO[bytes], IO[bytes]]] = {}
         self.transfers = 0
-        self.connections = 0
+        self.reconnects = Reconnects(self.monitor)
 
     # -- collator ------------------------------------------------------------------
 
@@ -226,26 +221,26 @@ class Syncer:
         if problem is not None:
             # rsync would follow a symlink put at the root and mirror the
             # tree it points to: never; the batch waits for the root.
-            self.finish(slot, Finished(proto.Outcome.RETRY, -1, problem))
+            self.settle(slot, Result(rc=-1, error=problem, unstarted=True))
             return
         try:
             self._start(slot, step)
         except OSError as exc:
             # state_dir full or unwritable (the file lists live there): the
             # batch goes back to pending and is retried with backoff.
-            self.finish(slot, Finished(proto.Outcome.RETRY, -1,
-                                       f"cannot prepare the transfer: {exc.strerror or exc}"))
+            self.settle(slot, Result(rc=-1, unstarted=True,
+                                     error=f"cannot prepare the transfer: {exc.strerror or exc}"))
 
     def _start(self, slot: Slot, step: Step) -> None:
         assert slot.batch is not None and slot.plan is not None
         changes = slot.batch.changes
         if step.kind is StepKind.AGENT:
             assert slot.channel is not None
-            names = _effective(os.fsencode(slot.sync.source), list(step.names))
+            names = _nearest_sendable(os.fsencode(slot.sync.source), list(step.names))
             done = slot.channel.begin(names, slot.batch.startup, time.monotonic())
             slot.sent += slot.channel.sent
             if done is not None:
-                self.proceed(slot, slot.plan.advance(step, done))
+                self.settle(slot, done)
             return
         lst = self.state.tmp / f"{slot.sync.name}-{slot.index}-{step.kind.value}.list"
         stdin: Path | None = None
@@ -253,7 +248,7 @@ class Syncer:
         if step.kind is StepKind.MOVES and not t.is_remote:
             applied = local_renames(t.path, [[a, b] for a, b in step.renames])
             log.debug("%s: %d of %d renames replayed", slot.label, applied, len(step.renames))
-            self.proceed(slot, slot.plan.advance(step, Result(rc=0)))
+            self.settle(slot, Result(rc=0))
             return
         if step.kind is StepKind.MOVES:
             moves = [[a, b] for a, b in step.renames]
@@ -271,15 +266,15 @@ class Syncer:
                     slot.sync.name, str(slot.index), str(lst), f"{lst}.out",
                     slot.control_path or ""]
         elif step.kind is StepKind.COMMAND:
-            lst.write_bytes(msgpack.packb({"changes": to_wire(changes),
+            lst.write_bytes(msgpack.packb({"changes": proto.to_wire(changes),
                                            "startup": slot.batch.startup}, use_bin_type=True))
             argv = [sys.executable, "-P", "-m", "syncsup.syncer.action_runner",
                     str(self.config_path), slot.sync.name, str(slot.index), str(lst)]
         else:
-            names = [n for n in _effective(os.fsencode(slot.sync.source), list(step.names))
+            names = [n for n in _nearest_sendable(os.fsencode(slot.sync.source), list(step.names))
                      if not slot.rules.below_excluded(n)]
             if not names:  # all below excluded directories: nothing rsync would send
-                self.proceed(slot, slot.plan.advance(step, Result(rc=0)))
+                self.settle(slot, Result(rc=0))
                 return
             lst.write_bytes(_names(names))
             argv = rsync_argv(slot.sync, t, step, str(lst), slot.batch.startup,
@@ -288,16 +283,16 @@ class Syncer:
         err, out = self._files(slot)
         try:
             slot.transfer = Transfer(f"{slot.label}: {step.kind.value} transfer", argv, err, out,
-                                     time.monotonic(), stdin_path=stdin)
+                                     time.monotonic(), self.timings, stdin_path=stdin)
         except FileNotFoundError as exc:
-            self.finish(slot, Finished(proto.Outcome.FATAL, 127, f"cannot run {argv[0]}: {exc}"))
+            self.settle(slot, Result(rc=127, error=f"cannot run {argv[0]}: {exc}", unstarted=True))
 
     def poll(self, slot: Slot, now: float) -> None:
         if slot.step is not None and slot.step.kind is StepKind.AGENT and slot.plan is not None:
             assert slot.channel is not None
             done = slot.channel.poll(now)
             if done is not None:
-                self.proceed(slot, slot.plan.advance(slot.step, done))
+                self.settle(slot, done)
             return
         if slot.transfer is None:
             if slot.step is not None and slot.batch is not None and (
@@ -310,13 +305,14 @@ class Syncer:
             return
         slot.sent += slot.transfer.sent_bytes()
         slot.transfer = None
+        self.settle(slot, result)
+
+    def settle(self, slot: Slot, result: Result) -> None:
+        """The one place a step's result meets its plan: ``Plan.advance``
+        decides what it means (the next step, or the batch's outcome)."""
         assert slot.plan is not None and slot.step is not None
         if slot.step.kind is StepKind.PROVE:
             result = proven(result, self.state.tmp / f"{slot.sync.name}-{slot.index}-prove.list")
-        if result.stalled:
-            result = Result(rc=result.rc, stalled=True,
-                            error=f"no progress for {slot.sync.rsync.timeout}s: transfer "
-                                  "killed, will retry")
         if slot.step.empty_guard and result.rc == 25:
             log.error("source %s is empty but %s is not: refusing to delete the mirror (an "
                       "unmounted disk?); retrying until the source is back", slot.sync.source,
@@ -356,8 +352,7 @@ class Syncer:
                 return
             slot.master = None
             slot.master_failures += 1
-            first, cap = MASTER_RETRY
-            slot.master_next = now + min(cap, first * 2 ** (slot.master_failures - 1))
+            slot.master_next = now + self.master_backoff.raw(slot.master_failures)
             log.info("%s: ssh master connection ended (rc %d); direct connections until it "
                      "is back", slot.label, rc)
             return
@@ -369,7 +364,7 @@ class Syncer:
             slot.master = spawn(argv)
         except OSError as exc:
             log.error("cannot run ssh: %s", exc)
-            slot.master_next = now + MASTER_RETRY[1]
+            slot.master_next = now + self.timings.master_retry_cap
 
     # -- loop --------------------------------------------------------------------------
 
@@ -416,10 +411,7 @@ class Syncer:
 
     def on_connected(self) -> None:
         """(Re)connected to the collator: a restarted one knows no credits."""
-        made = connections_made(self.monitor)
-        reconnected = self.connections + made > 1  # not only the first connection
-        self.connections += made
-        if made and reconnected:
+        if self.reconnects.again():
             for slot in self.slots.values():
                 if slot.batch is None:
                     self.ready(slot)
@@ -478,7 +470,7 @@ class Syncer:
             if slot.transfer is not None:
                 slot.transfer.kill()
             if slot.master is not None:
-                stop_group(slot.master, 2.0)
+                stop_group(slot.master, self.timings.step_stop_grace)
 
 
 def main(config_path: str, run_id: str) -> int:

@@ -49,8 +49,7 @@ import msgpack
 
 from syncsup import config as cfg
 from syncsup.dirfd import lstat_below, walk_below
-from syncsup.proto import Changes
-from syncsup.proto._typed import from_wire
+from syncsup.proto import Changes, from_wire
 
 __all__ = ["Action", "ActionError", "TemplateAction", "load_action", "run_batch"]
 

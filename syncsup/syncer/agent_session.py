@@ -8,7 +8,7 @@ target instead of a process (and, over ssh, a remote session) per batch.
   ssh master connection, fed framed requests on its stdin and answering on
   its stdout; non-blocking pipes in the syncer's poll loop, requests
   pipelined. A session that ends, answers garbage or says nothing for
-  :data:`AGENT_TIMEOUT` while answers are due is killed; the step's paths
+  ``Timings.agent_timeout`` while answers are due is killed; the step's paths
   then go to rsync, and a new session is tried for a later batch.
 
 Either way a step ends with a ``commit`` whose answer says the target made
@@ -23,26 +23,25 @@ import subprocess
 from collections import deque
 from typing import IO, Any
 
-from syncsup.runtime import stop_group
+from syncsup.processes import stop_group
 from syncsup.syncer.plan import Result
-from syncsup.syncer.transfer import spawn
-from syncsup.target import Applier
-from syncsup.target._agent import Ids, handle
-from syncsup.target._protocol import (
+from syncsup.syncer.transfer import spawn, stderr_tail
+from syncsup.target import (
     MAX_FRAME,
     VERSION,
+    Applier,
     FrameError,
+    Ids,
     decode_body,
     encode_frame,
+    handle,
 )
+from syncsup.timings import Timings
 
-__all__ = ["AGENT_RESTART", "AGENT_RETRY", "AGENT_TIMEOUT", "LocalAgent", "RemoteAgent"]
+__all__ = ["LocalAgent", "RemoteAgent"]
 
 log = logging.getLogger("syncsup.syncer")
 
-AGENT_TIMEOUT = 30.0   # seconds without an answer while answers are due: wedged
-AGENT_RETRY = 600.0    # seconds before a target whose agent failed to start is tried again
-AGENT_RESTART = 30.0   # first backoff where an agent has worked before (a lost connection)
 
 
 class LocalAgent:
@@ -81,8 +80,11 @@ class LocalAgent:
 class RemoteAgent:
     """One ``syncsup-target ROOT agent`` session over ssh."""
 
-    def __init__(self, label: str, argv: list[str], errfile: IO[bytes], now: float) -> None:
+    def __init__(self, label: str, argv: list[str], errfile: IO[bytes], now: float,
+                 timings: Timings) -> None:
         self.label = label
+        self.timeout = timings.agent_timeout  # no answer this long while one is due: wedged
+        self.grace = timings.step_stop_grace
         self.errfile = errfile
         errfile.seek(0)
         errfile.truncate()
@@ -99,7 +101,6 @@ class RemoteAgent:
         self.dead: str | None = None
         self.last_progress = now
         self.failed: list[bytes] = []
-        self.step_ops = 0
         self.commit_error: str | None = None
         self.request({"op": "hello", "version": VERSION})
 
@@ -111,13 +112,9 @@ class RemoteAgent:
 
     def start_step(self, ops: list[dict[str, Any]], now: float) -> None:
         self.failed, self.commit_error = [], None
-        self.step_ops = len(ops)
         self.last_progress = now
         for op in ops:
             self.request(op)
-
-    def busy(self) -> bool:
-        return bool(self.waiting)
 
     def flush(self) -> None:
         """Write what the pipe takes now."""
@@ -143,7 +140,7 @@ class RemoteAgent:
                 self.fail(f"cannot read from the agent: {exc.strerror}")
                 return
             if not chunk:
-                self.fail(self.stderr_tail() or "the agent ended")
+                self.fail(stderr_tail(self.errfile, lines=2) or "the agent ended")
                 return
             self.inbuf += chunk
             self.last_progress = now
@@ -190,10 +187,10 @@ class RemoteAgent:
         if self.dead:
             return Result(rc=255, error=self.dead)
         if self.waiting:
-            if now - self.last_progress >= AGENT_TIMEOUT:
-                log.warning("%s: the agent answered nothing for %.0fs: killing it",
-                            self.label, AGENT_TIMEOUT)
-                self.fail(f"no answer for {AGENT_TIMEOUT:.0f}s")
+            if now - self.last_progress >= self.timeout:
+                log.warning("%s: the agent answered nothing for %gs: killing it",
+                            self.label, self.timeout)
+                self.fail(f"no answer for {self.timeout:g}s")
                 return Result(rc=-9, stalled=True, error=self.dead or "")
             return None
         if self.commit_error is not None:
@@ -207,14 +204,8 @@ class RemoteAgent:
             self.dead = why
             self.kill()
 
-    def stderr_tail(self) -> str:
-        self.errfile.seek(0)
-        lines = [ln for ln in self.errfile.read()[-4096:].decode(errors="replace").splitlines()
-                 if ln.strip()]
-        return " | ".join(lines[-2:])
-
     def kill(self) -> None:
-        stop_group(self.proc, 2.0)
+        stop_group(self.proc, self.grace)
         for pipe in (self.proc.stdin, self.proc.stdout):
             try:
                 if pipe is not None:

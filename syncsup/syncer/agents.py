@@ -3,7 +3,7 @@
 A sync whose settings the agent cannot honour exactly (:func:`unusable`)
 uses rsync for everything; so does a remote target whose agent cannot be
 started (``syncsup-target`` missing there, refused, no confinement), tried
-again every :data:`~syncsup.syncer.agent_session.AGENT_RETRY` seconds.
+again every ``Timings.agent_retry`` seconds.
 What the agent does not take in a step (larger files, special files, what
 failed) goes to rsync in the same batch.
 """
@@ -15,12 +15,14 @@ import os
 from typing import IO
 
 from syncsup import config as cfg
+from syncsup.backoff import Backoff
+from syncsup.filters import DirFilter, plain_excludes
 from syncsup.syncer.agent_ops import prepare
-from syncsup.syncer.agent_session import AGENT_RESTART, AGENT_RETRY, LocalAgent, RemoteAgent
+from syncsup.syncer.agent_session import LocalAgent, RemoteAgent
 from syncsup.syncer.argv import ssh_argv
 from syncsup.syncer.moves import agent_command
 from syncsup.syncer.plan import Result
-from syncsup.watcher.filters import DirFilter, plain_excludes
+from syncsup.timings import Timings
 
 __all__ = ["MAX_PATHS_LOCAL", "MAX_PATHS_REMOTE", "Channel", "unusable"]
 
@@ -67,8 +69,10 @@ class Channel:
     """The agent of one target, local or remote."""
 
     def __init__(self, sync: cfg.Sync, target: cfg.Target, control_path: str | None,
-                 errfile: IO[bytes]) -> None:
+                 errfile: IO[bytes], timings: Timings) -> None:
         self.sync, self.target = sync, target
+        self.timings = timings
+        self.restarts = Backoff(timings.agent_restart, timings.agent_retry)
         self.control_path = control_path
         self.errfile = errfile
         excludes = plain_excludes(sync) or []
@@ -107,8 +111,7 @@ class Channel:
         self.sent = 0
         if len(names) > (MAX_PATHS_LOCAL if self.local is not None else MAX_PATHS_REMOTE):
             return Result(rc=0, fallback=tuple(names))
-        deletes = self.sync.delete is True or self.sync.delete == (
-            "startup" if startup else "running")
+        deletes = self.sync.deletes(startup)
         try:
             root_fd = os.open(self.sync.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
@@ -161,10 +164,11 @@ class Channel:
                 agent_command(self.target.path, "syncsup-target" if self.target.confined
                               else self.sync.ssh.target_command)]
         try:
-            self.remote = RemoteAgent(f"{self.label}: agent", argv, self.errfile, now)
+            self.remote = RemoteAgent(f"{self.label}: agent", argv, self.errfile, now,
+                                      self.timings)
         except OSError as exc:
             log.warning("%s: cannot start the agent (%s); using rsync", self.label, exc)
-            self.off_until = now + AGENT_RETRY
+            self.off_until = now + self.timings.agent_retry
             return None
         return self.remote
 
@@ -175,13 +179,13 @@ class Channel:
         was a lost connection: a new session soon."""
         if not r.ready and not self.ever_ready:
             log.warning("%s: no agent there (%s); rsync does everything, the agent is tried "
-                        "again in %.0f minutes", self.label, r.dead, AGENT_RETRY / 60)
-            self.off_until = now + AGENT_RETRY
+                        "again in %.0f minutes", self.label, r.dead,
+                        self.timings.agent_retry / 60)
+            self.off_until = now + self.timings.agent_retry
         elif not r.ready:
-            # Again at once the first time, then backing off up to AGENT_RETRY.
+            # Again at once the first time, then backing off up to agent_retry.
             self.start_failures += 1
-            wait = min(AGENT_RETRY, AGENT_RESTART * 2 ** (self.start_failures - 2)) \
-                if self.start_failures > 1 else 0.0
+            wait = self.restarts.raw(self.start_failures - 1)
             log.info("%s: an agent session ended before it started (%s); the next one starts "
                      "in %.0f s", self.label, r.dead, wait)
             self.off_until = now + wait

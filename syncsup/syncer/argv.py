@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-from pathlib import Path
 
-from syncsup.config import Sync, Target, read_rule_file
+from syncsup.config import Sync, Target, rule_file_lines
 from syncsup.syncer.plan import Step
 
 __all__ = ["DAEMON_CONNECT_TIMEOUT", "SSH_DEFAULTS", "daemon_options", "expand_rule_files",
@@ -89,10 +88,6 @@ def ssh_command(sync: Sync, control_path: str | None = None) -> str:
     return " ".join(shlex.quote(p) for p in ssh_argv(sync, control_path))
 
 
-def _rules(path: Path | None) -> tuple[str, ...]:
-    return tuple(read_rule_file(path)) if path is not None else ()
-
-
 def expand_rule_files(sync: Sync) -> Sync:
     """``exclude_from`` and ``filter_from`` read into ``exclude`` and
     ``filter``. rsync's ``--from0`` (needed for the file lists) also makes
@@ -102,9 +97,8 @@ def expand_rule_files(sync: Sync) -> Sync:
     if sync.exclude_from is None and sync.filter_from is None:
         return sync
     return dataclasses.replace(
-        sync, exclude=sync.exclude + _rules(sync.exclude_from), exclude_from=None,
-        filter=sync.filter + _rules(sync.filter_from),
-        filter_from=None)
+        sync, exclude=(*sync.exclude, *rule_file_lines(sync, "exclude_from")), exclude_from=None,
+        filter=(*sync.filter, *rule_file_lines(sync, "filter_from")), filter_from=None)
 
 
 def _backs_up(extra: tuple[str, ...] | list[str]) -> bool:
@@ -127,7 +121,7 @@ def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: 
         raise ValueError(f"not an rsync step: {kind!r}")
     verify = step.checksum
     opts = sync.rsync
-    deletes = sync.delete is True or sync.delete == ("startup" if startup else "running")
+    deletes = sync.deletes(startup)
     # Without archive, keep symlinks as symlinks and times (for the quick check).
     argv = [opts.binary, "-a" if opts.archive else "-lt", "--from0",
             f"--files-from={list_file}", "--force", "--stats"]

@@ -29,9 +29,8 @@ import shlex
 import stat
 from collections.abc import Iterable
 
-from syncsup.target import Applier
-from syncsup.target._protocol import VERSION, encode_frame
-from syncsup.watcher.filters import RuleList
+from syncsup.filters import RuleList
+from syncsup.target import VERSION, Applier, encode_frame
 
 __all__ = ["agent_command", "agent_requests", "local_renames", "remote_rename_command",
            "replayable", "retyped_parents"]

@@ -92,12 +92,15 @@ class Result:
     """How a step ended: ``rc`` its exit code (negative: the signal),
     ``stalled`` if the syncer killed it for making no progress, ``error``
     the last lines of its stderr, ``refused`` if a confined target refused
-    the request itself."""
+    the request itself, ``unstarted`` if it could not even start (its
+    program missing: rc 127; the source root unsafe or the list
+    unwritable: any other rc)."""
 
     rc: int
     stalled: bool = False
     error: str = ""
     refused: bool = False
+    unstarted: bool = False
     fallback: tuple[bytes, ...] = ()  # an agent step: the paths left to rsync
 
 
@@ -168,6 +171,11 @@ class Plan:
     def advance(self, step: Step, result: Result) -> Step | Finished:
         """The next step after ``step`` ended with ``result``, or the outcome."""
         self.done.append(step.kind)
+        if result.unstarted:
+            # nothing ran: a missing program will not appear by retrying;
+            # a root or a state_dir that is not usable now may be later
+            return Finished(Outcome.FATAL if result.rc == 127 else Outcome.RETRY, result.rc,
+                            result.error)
         if step.kind is StepKind.PROVE:
             return self._proven(step, result)
         if result.stalled and step.kind is not StepKind.AGENT:

@@ -50,13 +50,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from syncsup import config as cfg
+from syncsup.processes import set_pdeathsig
 from syncsup.proto import Changes
-from syncsup.runtime import set_pdeathsig
 from syncsup.syncer.argv import ssh_argv
 from syncsup.syncer.plan import Result
-from syncsup.target._apply import Applier
-from syncsup.target._protocol import VERSION, encode_frame, read_frame
-from syncsup.target._schema import MAX_PATH, MAX_STATS
+from syncsup.target import MAX_PATH, MAX_STATS, VERSION, Applier, encode_frame, read_frame
 
 __all__ = ["MARGIN_NS", "NO_PROOF", "Clock", "main", "nothing_to_prove", "proven", "unproven",
            "verdict"]

@@ -5,7 +5,7 @@ A transfer whose processes read and write nothing for ``rsync.timeout``
 seconds (a stopped rsync, a dead link) is stalled: it gets SIGTERM then
 SIGCONT (a stopped rsync acts on TERM only once continued, and then removes
 its temporary file on the way out, where a KILL would leave it on the
-target), and SIGKILL if it is still there :data:`STOP_GRACE` later.
+target), and SIGKILL if it is still there ``Timings.step_stop_grace`` later.
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ import subprocess
 from pathlib import Path
 from typing import IO, Any
 
-from syncsup.runtime import killpg, set_pdeathsig, stop_group
+from syncsup.processes import killpg, set_pdeathsig, stop_group
 from syncsup.syncer.plan import Result
+from syncsup.timings import Timings
 
-__all__ = ["STOP_GRACE", "Transfer", "spawn"]
+__all__ = ["Transfer", "spawn", "stderr_tail"]
 
 log = logging.getLogger("syncsup.syncer")
 
-STOP_GRACE = 2.0      # seconds between SIGTERM and SIGKILL of a stalled group
-PROGRESS_LOG = 30.0   # seconds between progress lines of a long transfer
 _SETPRIV = shutil.which("setpriv")
 
 
@@ -42,6 +41,17 @@ def spawn(argv: list[str], stdin: Any = subprocess.DEVNULL, stdout: Any = subpro
                                 close_fds=True)
     return subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
                             start_new_session=True, preexec_fn=set_pdeathsig, close_fds=True)
+
+
+def stderr_tail(errfile: IO[bytes], lines: int = 3) -> str:
+    """The last ``lines`` non-blank lines a child wrote to ``errfile``, on one
+    line: what a failure reports. rsync's "file has vanished" lines are left
+    out: a vanished file is normal in a live tree and has its own event."""
+    errfile.seek(0)
+    text = errfile.read()[-8192:].decode(errors="replace")
+    kept = [ln for ln in text.splitlines()
+            if ln.strip() and not ln.startswith("file has vanished")]
+    return " | ".join(kept[-lines:])
 
 
 def _io_bytes(pid: int) -> int:
@@ -75,8 +85,10 @@ class Transfer:
     """A running step. ``poll()`` gives its Result once it has ended."""
 
     def __init__(self, label: str, argv: list[str], errfile: IO[bytes], outfile: IO[bytes],
-                 now: float, stdin_path: Path | None = None) -> None:
+                 now: float, timings: Timings, stdin_path: Path | None = None) -> None:
         self.label = label
+        self.grace = timings.step_stop_grace
+        self.progress_log = timings.progress_log
         self.errfile, self.outfile = errfile, outfile
         for fh in (errfile, outfile):
             fh.seek(0)
@@ -92,18 +104,19 @@ class Transfer:
         self.io_checked = 0.0
         self.last_log = now
         self.killing = 0.0
+        self.stall = ""  # why it was killed, once it was
 
     def check(self, now: float, timeout: int) -> None:
         """Progress and stall handling, at most once a second."""
         if self.killing:
-            if now - self.killing >= STOP_GRACE:
+            if now - self.killing >= self.grace:
                 killpg(self.proc.pid, signal.SIGKILL)
             return
         if now - self.io_checked < 1.0:
             return
         self.io_checked = now
         seen = _io_bytes(self.proc.pid)
-        if now - self.last_log >= PROGRESS_LOG:
+        if now - self.last_log >= self.progress_log:
             self.last_log = now
             log.info("%s running for %.0fs, %s read+written so far", self.label,
                      now - self.started, _human(seen))
@@ -111,6 +124,7 @@ class Transfer:
             self.io_seen, self.io_changed = seen, now
         elif timeout and now - self.io_changed >= timeout:
             log.warning("%s made no progress for %ds: killing it", self.label, timeout)
+            self.stall = f"no progress for {timeout}s: transfer killed, will retry"
             self.killing = now
             self.terminate()
 
@@ -122,15 +136,9 @@ class Transfer:
         rc = self.proc.poll()
         if rc is None:
             return None
-        tail = self.stderr_tail()
-        return Result(rc=rc, stalled=bool(self.killing), error=tail,
+        tail = stderr_tail(self.errfile)
+        return Result(rc=rc, stalled=bool(self.killing), error=self.stall or tail,
                       refused="syncsup-target: refused" in tail)
-
-    def stderr_tail(self) -> str:
-        self.errfile.seek(0)
-        lines = [ln for ln in self.errfile.read()[-8192:].decode(errors="replace").splitlines()
-                 if ln.strip() and not ln.startswith("file has vanished")]
-        return " | ".join(lines[-3:])
 
     def sent_bytes(self) -> int:
         """'Total bytes sent: 1,234' from rsync's --stats output, or 0."""
@@ -144,5 +152,5 @@ class Transfer:
         return 0
 
     def kill(self) -> None:
-        """At stop: TERM the group, wait STOP_GRACE, KILL."""
-        stop_group(self.proc, STOP_GRACE)
+        """At stop: TERM the group, wait the grace, KILL."""
+        stop_group(self.proc, self.grace)

@@ -7,9 +7,23 @@ Kept free of the daemon's imports (no ZeroMQ): a target host needs only
 msgpack and rsync.
 """
 
+from syncsup.target._agent import Ids, handle
 from syncsup.target._apply import Applier, ApplyError, Protection, split_path
+from syncsup.target._protocol import (
+    MAX_FRAME,
+    VERSION,
+    FrameError,
+    decode_body,
+    encode_frame,
+    read_frame,
+)
+from syncsup.target._schema import MAX_PATH, MAX_STATS
 
-__all__ = ["Applier", "ApplyError", "Protection", "main", "split_path"]
+# What the syncer uses: the applier (local targets), the agent's request
+# handler (run in-process for a local target) and the agent's framing.
+__all__ = ["MAX_FRAME", "MAX_PATH", "MAX_STATS", "VERSION", "Applier", "ApplyError",
+           "FrameError", "Ids", "Protection", "decode_body", "encode_frame", "handle", "main",
+           "read_frame", "split_path"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,3 +32,4 @@ def main(argv: list[str] | None = None) -> int:
     from syncsup.target._command import main as command
 
     return command(argv)
+

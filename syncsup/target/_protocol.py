@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import msgpack
 
-from syncsup.proto._scan import StructureError, check
+from syncsup.msgcheck import StructureError, check
 
 __all__ = ["MAX_FRAME", "VERSION", "FrameError", "encode_frame", "read_frame"]
 

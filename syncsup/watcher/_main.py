@@ -20,13 +20,15 @@ from inotify_simple import INotify
 
 from syncsup import config as cfg
 from syncsup import proto, sourceroot
-from syncsup.collator.journal import read_seen
+from syncsup.child import ChildRuntime
+from syncsup.filters import DirFilter, exclude_patterns
 from syncsup.logs import setup_logging
-from syncsup.runtime import ChildRuntime, connections_made, drain_fd, new_socket, receive, send
-from syncsup.seen import MARGIN, Seen
+from syncsup.processes import drain_fd
+from syncsup.seen import Seen, read_seen
+from syncsup.sockets import Reconnects, new_socket, receive, send
 from syncsup.statedir import StateDir
 from syncsup.status import MAX_BLIND_LISTED, BlindStatus, StatusPart, WatchStatus, shorten
-from syncsup.watcher.filters import DirFilter, exclude_patterns
+from syncsup.timings import Timings
 from syncsup.watcher.mounts import (
     ancestors,
     mount_points,
@@ -54,12 +56,6 @@ log = logging.getLogger("syncsup.watcher")
 _EVENT = struct.Struct("iIII")
 READ_SIZE = 1 << 20        # bytes of inotify events read per sync per turn
 WALK_BUDGET = 2000         # watches placed per sync per turn
-ROOT_POLL = 2.0            # seconds between checks for a missing source root
-UNWATCHED_RESCAN = 10.0    # seconds between rescans of subtrees we could not watch
-MOUNT_RESCAN = 60.0        # seconds between rescans of filesystems mounted inside a source
-ROOT_CHECK = 10.0          # seconds between checks that each root is still the one watched
-SEEN_DELAY = 6.0           # seconds idle before a seen-point is sent (more than MARGIN)
-FINAL_ACK_WAIT = 2.0       # seconds a stopping watcher waits for its last acks
 
 
 def parse(data: bytes) -> list[tuple[int, int, int, bytes]]:
@@ -77,8 +73,9 @@ def parse(data: bytes) -> list[tuple[int, int, int, bytes]]:
 class SyncWatch:
     """One sync's inotify instance and watch table."""
 
-    def __init__(self, sync: cfg.Sync, state: StateDir) -> None:
+    def __init__(self, sync: cfg.Sync, state: StateDir, timings: Timings | None = None) -> None:
         self.sync = sync
+        self.t = timings or Timings()
         self.journal = state.journal(sync.name)
         self.filter = DirFilter(exclude_patterns(sync))
         self.ino: INotify | None = None
@@ -112,7 +109,7 @@ class SyncWatch:
         the content of every file the targets cannot prove current (of
         every file with ``startup_checksum``)."""
         assert self.tree is not None
-        cutoff = self.seen.cutoff(Seen.now()) if self.seen is not None else None
+        cutoff = self.seen.cutoff(Seen.now(), self.t) if self.seen is not None else None
         if cutoff is None and self.sync.startup_checksum:
             log.info("%s: %s: no earlier state is known, so the rescan compares content "
                      "(--checksum; startup_checksum = true)", self.sync.name, why)
@@ -130,7 +127,7 @@ class SyncWatch:
     def start(self, now: float) -> bool:
         """Open the inotify instance and queue the walk of the whole tree;
         its rescan follows the walk. False if the source root is not a
-        directory (retried every ROOT_POLL): the same rule at the first start
+        directory (retried every ``root_poll``): the same rule at the first start
         and after the root went away (syncsup.sourceroot)."""
         state, st = sourceroot.inspect(self.sync.source)
         if st is None:
@@ -153,11 +150,11 @@ class SyncWatch:
             self.failure = None
         self.root, self.root_id = sourceroot.OK, ident
         self.tree = WatchTree(os.fsencode(self.sync.source), self.ino.add_watch,
-                              self.ino.rm_watch, self.filter.excluded)
+                              self.ino.rm_watch, self.filter.excluded, timings=self.t)
         self.rescan(b"", "start")
         self.walk_started = now
-        self.next_unwatched = now + UNWATCHED_RESCAN
-        self.next_mount_rescan = now + MOUNT_RESCAN
+        self.next_unwatched = now + self.t.unwatched_rescan
+        self.next_mount_rescan = now + self.t.mount_rescan
         return True
 
     def mounts_changed(self, points: set[bytes]) -> None:
@@ -190,7 +187,7 @@ class SyncWatch:
 
     def wait_for_root(self, now: float, state: str, why: str | None) -> None:
         """The root is not a directory we may watch: say so once (per state),
-        stop watching, and look again every ROOT_POLL."""
+        stop watching, and look again every ``root_poll``."""
         self.stop()
         if state != self.root:
             if state == sourceroot.SYMLINK:
@@ -203,7 +200,7 @@ class SyncWatch:
                           "missing" if state == sourceroot.MISSING else "not a directory",
                           f" ({why})" if why else "")
         self.root = state
-        self.next_root_poll = now + ROOT_POLL
+        self.next_root_poll = now + self.t.root_poll
 
     def idle(self, outbox: Outbox) -> bool:
         """Every change this sync's watcher saw is acknowledged."""
@@ -211,14 +208,14 @@ class SyncWatch:
                 and not self.pending and outbox.unacked_changes(self.sync.name) == 0)
 
     def seen_due(self, now: float, outbox: Outbox) -> float | None:
-        """When a seen-point should be sent: SEEN_DELAY after the sync went
+        """When a seen-point should be sent: ``seen_delay`` after the sync went
         idle (once per stretch of idleness: nothing is sent while idle)."""
         if not self.idle(outbox):
             self.idle_since, self.seen_sent = None, False
             return None
         if self.idle_since is None:
             self.idle_since = now
-        return None if self.seen_sent else self.idle_since + SEEN_DELAY
+        return None if self.seen_sent else self.idle_since + self.t.seen_delay
 
     def next_seen(self) -> Seen:
         """A seen-point for now (called when the queue was just found empty),
@@ -231,7 +228,7 @@ class SyncWatch:
         # get a whole rescan when they can be read again.
         marks = [x.mark for x in self.tree.blind.values() if x.reason == WATCH_LIMIT]
         if marks:
-            held = min(marks) + MARGIN
+            held = min(marks) + self.t.seen_margin
             point = Seen(min(point.wall, held), point.boot, point.offset)
         self.seen, self.seen_sent = point, True
         return point
@@ -324,25 +321,25 @@ class SyncWatch:
                           "raise fs.inotify.max_user_watches by at least %d (its value "
                           "cannot be read here: sysctl fs.inotify.max_user_watches shows "
                           "it). Until then they are rescanned every %.0fs", missing,
-                          self.sync.source, missing, UNWATCHED_RESCAN)
+                          self.sync.source, missing, self.t.unwatched_rescan)
                 return
             self.needed = limit + missing
             log.error("inotify watch limit reached: %d directories of %s are not watched; "
                       "raise fs.inotify.max_user_watches to at least %d (sysctl -w "
                       "fs.inotify.max_user_watches=%d). Until then they are rescanned every "
                       "%.0fs", missing, self.sync.source, self.needed, self.needed,
-                      UNWATCHED_RESCAN)
+                      self.t.unwatched_rescan)
             return
         where = shorten(show(example) or ".", 120)
         if reason == MOUNT:
             log.warning("%s: %d filesystem(s) mounted inside the source, e.g. %s: changes made "
                         "there from elsewhere (another host, a FUSE daemon) are not seen; "
-                        "rescanned every %.0fs", name, len(subtrees), where, MOUNT_RESCAN)
+                        "rescanned every %.0fs", name, len(subtrees), where, self.t.mount_rescan)
             return
         detail = self.tree.blind[example].detail
         log.warning("%s: %d subtree(s) cannot be watched (%s: %s), e.g. %s: not mirrored; "
                     "retried every %.0fs", name, len(subtrees), REASON_WORDS[reason], detail, where,
-                    UNWATCHED_RESCAN)
+                    self.t.unwatched_rescan)
 
     def rescan_blind(self, now: float) -> None:
         """Look at the blind subtrees again: watch first, then scan, as
@@ -350,14 +347,14 @@ class SyncWatch:
         files changed since their previous scan are compared by content);
         the others are only watched again (a path too long or unreadable
         cannot be read by rsync either), and rescanned once they can be
-        (:meth:`report_blind`). Mounts are rescanned every MOUNT_RESCAN."""
+        (:meth:`report_blind`). Mounts are rescanned every ``mount_rescan``."""
         assert self.tree is not None
-        self.next_unwatched = now + UNWATCHED_RESCAN
+        self.next_unwatched = now + self.t.unwatched_rescan
         reasons = [WATCH_LIMIT, TOO_LONG, UNREADABLE, ERROR]
         if now >= self.next_mount_rescan:
-            self.next_mount_rescan = now + MOUNT_RESCAN
+            self.next_mount_rescan = now + self.t.mount_rescan
             reasons.append(MOUNT)
-        mark = time.time() - MARGIN
+        mark = time.time() - self.t.seen_margin
         for rel, x in self.tree.take_blind(reasons).items():
             if x.reason == WATCH_LIMIT:
                 self.tree.queue(rel, proto.Changes(trees={rel}), since=x.mark, mark=mark)
@@ -385,13 +382,15 @@ class SyncWatch:
 class Watcher:
     def __init__(self, conf: cfg.Config) -> None:
         state = StateDir(conf.settings.state_dir)
-        self.rt = ChildRuntime(state, "watcher")
+        self.rt = ChildRuntime(state, "watcher", conf.timings.heartbeat_interval)
         self.sock = new_socket(self.rt.ctx, zmq.DEALER)
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED)
         self.sock.connect(state.endpoint("ingest"))
-        self.syncs = [SyncWatch(s, state) for s in conf.syncs]
-        self.outbox = Outbox(int(time.time() * 1000) << 16)  # unique across restarts
-        self.connections = 0
+        self.t = conf.timings
+        self.syncs = [SyncWatch(s, state, conf.timings) for s in conf.syncs]
+        self.outbox = Outbox(int(time.time() * 1000) << 16,  # unique across restarts
+                             conf.timings.resend_after)
+        self.reconnects = Reconnects(self.monitor)
         self.next_root_check = 0.0
         self.mountinfo = open_mountinfo()
         if self.mountinfo is not None:
@@ -452,13 +451,13 @@ class Watcher:
             try:
                 self.serve(w, w in readable, now)
             except OSError as exc:
-                if str(exc) != w.failure:  # once, not every ROOT_POLL
+                if str(exc) != w.failure:  # once, not every root_poll
                     log.error("%s: watching %s failed (%s); starting its watch again every "
                               "%.0fs", w.sync.name, w.sync.source, shorten(str(exc), 300),
-                              ROOT_POLL)
+                              self.t.root_poll)
                 w.failure = str(exc)
                 w.stop()
-                w.next_root_poll = now + ROOT_POLL
+                w.next_root_poll = now + self.t.root_poll
             if w.pending:
                 self.send(self.outbox.add(w.sync.name, w.pending, now))
                 w.pending = proto.Changes()
@@ -540,7 +539,7 @@ class Watcher:
         renamed or a bind mount changed above it sends no event to the
         root's watch. Checked at the pace of the heartbeat, which wakes the
         loop anyway: no extra wake-up for an idle daemon."""
-        self.next_root_check = now + ROOT_CHECK
+        self.next_root_check = now + self.t.root_check
         for w in self.syncs:
             if w.tree is None:
                 continue
@@ -550,7 +549,7 @@ class Watcher:
                                  "moved, or it was replaced")
 
     def send_seen(self, now: float, readable: list[SyncWatch]) -> None:
-        """Seen-points of the syncs that have been idle for SEEN_DELAY: their
+        """Seen-points of the syncs that have been idle for ``seen_delay``: their
         inotify queue was just found empty, so everything before now is in
         the journal (or in messages on their way to it)."""
         for w in self.syncs:
@@ -578,7 +577,7 @@ class Watcher:
             if w.idle(self.outbox):
                 self.send(self.outbox.add(w.sync.name, proto.Changes(), now,
                                           seen=w.next_seen()))
-        deadline = time.monotonic() + FINAL_ACK_WAIT
+        deadline = time.monotonic() + self.t.final_ack_wait
         while self.outbox.inflight and time.monotonic() < deadline:
             if self.sock.poll(100, zmq.POLLIN):
                 for _peer, msg in receive(self.sock, log):
@@ -588,10 +587,7 @@ class Watcher:
     def on_connected(self, now: float) -> None:
         """The connection to the collator was made (again): a restarted
         collator lost nothing committed, but everything unacked must go now."""
-        made = connections_made(self.monitor)
-        reconnected = self.connections + made > 1  # not only the first connection
-        self.connections += made
-        if made and reconnected:
+        if self.reconnects.again():
             self.send(self.outbox.due(now, everything=True))
 
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from syncsup.proto import Changes, Events
 from syncsup.seen import Seen
+from syncsup.timings import Timings
 
-__all__ = ["MAX_INFLIGHT", "MAX_PATHS", "MAX_PATH_BYTES", "RESEND_AFTER", "Outbox", "split"]
+__all__ = ["MAX_INFLIGHT", "MAX_PATHS", "MAX_PATH_BYTES", "Outbox", "split"]
 
 MAX_INFLIGHT = 8           # unacked EVENTS per sync before its queue is left unread
-RESEND_AFTER = 5.0         # seconds without an ack before a resend
 MAX_PATHS = 20_000         # entries per message
 MAX_PATH_BYTES = 8 * 1024 * 1024  # path bytes per message
 
@@ -74,8 +74,9 @@ class Outbox:
     """Unacked messages by sequence number (unique across restarts: the
     first one is derived from the start time)."""
 
-    def __init__(self, first_seq: int) -> None:
+    def __init__(self, first_seq: int, resend_after: float = Timings.resend_after) -> None:
         self.seq = first_seq
+        self.resend_after = resend_after  # seconds without an ack before a resend
         self.inflight: dict[int, _Sent] = {}
         self.per_sync: Counter[str] = Counter()
         self.changing: Counter[str] = Counter()  # of those, the ones carrying changes
@@ -107,9 +108,6 @@ class Outbox:
     def full(self, sync: str) -> bool:
         return self.per_sync[sync] >= MAX_INFLIGHT
 
-    def pending(self, sync: str) -> int:
-        return self.per_sync[sync]
-
     def unacked_changes(self, sync: str) -> int:
         """Unacked messages of ``sync`` that carry changes (a seen-point
         alone is not activity: counting it would make every acknowledged
@@ -117,11 +115,11 @@ class Outbox:
         return self.changing[sync]
 
     def due(self, now: float, everything: bool = False) -> list[Events]:
-        """Messages to send again: unacked for RESEND_AFTER, or all of them
+        """Messages to send again: unacked for ``resend_after``, or all of them
         (``everything``: the connection to the collator was made again)."""
         out = []
         for sent in self.inflight.values():
-            if everything or now - sent.at >= RESEND_AFTER:
+            if everything or now - sent.at >= self.resend_after:
                 sent.at = now
                 out.append(sent.msg)
         return out
@@ -129,4 +127,4 @@ class Outbox:
     def next_resend(self) -> float | None:
         """When the oldest unacked message is due again (None: nothing unacked)."""
         oldest = min((s.at for s in self.inflight.values()), default=None)
-        return None if oldest is None else oldest + RESEND_AFTER
+        return None if oldest is None else oldest + self.resend_after

@@ -19,7 +19,7 @@ are sent as paths, compared by content; rsync's quick check is trusted for
 the rest (see :mod:`syncsup.seen`).
 
 A regular file being written is held back until it is closed (or for
-:data:`WRITE_HOLD` at most): a writer's CREATE or MODIFY often reaches us
+``Timings.write_hold`` at most): a writer's CREATE or MODIFY often reaches us
 before its data, and sending the path then costs a transfer of a partial
 file and a second batch right after it.
 """
@@ -37,10 +37,11 @@ from dataclasses import dataclass
 from inotify_simple import flags as F
 
 from syncsup.proto import Changes
-from syncsup.seen import MARGIN
+from syncsup.status import BLIND_REASONS, ERROR, MOUNT, TOO_LONG, UNREADABLE, WATCH_LIMIT
+from syncsup.timings import Timings
 
-__all__ = ["BLIND_REASONS", "MASK", "REASON_WORDS", "Blind", "Signals", "WatchTree", "join",
-           "show"]
+__all__ = ["BLIND_REASONS", "ERROR", "MASK", "MOUNT", "REASON_WORDS", "TOO_LONG", "UNREADABLE",
+           "WATCH_LIMIT", "Blind", "Signals", "WatchTree", "join", "show"]
 
 log = logging.getLogger("syncsup.watcher")
 
@@ -48,19 +49,12 @@ MASK = (F.MODIFY | F.ATTRIB | F.CLOSE_WRITE | F.MOVED_FROM | F.MOVED_TO | F.CREA
         | F.DELETE_SELF | F.MOVE_SELF | F.ONLYDIR | F.DONT_FOLLOW | F.EXCL_UNLINK)
 
 
-WRITE_HOLD = 0.5  # seconds a file open for writing is held back at most
-
 _WRITING = F.CREATE | F.MODIFY
 _DONE = F.CLOSE_WRITE | F.DELETE | F.MOVED_FROM | F.MOVED_TO
 
 
-# The ways a subtree can be out of sight (the ``reason`` of a Blind):
-WATCH_LIMIT = "watch_limit"  # fs.inotify.max_user_watches reached (ENOSPC)
-TOO_LONG = "too_long"        # its path is longer than the kernel takes (ENAMETOOLONG)
-UNREADABLE = "unreadable"    # permission denied (EACCES, EPERM)
-MOUNT = "mount"              # another filesystem is mounted there (watched, and rescanned)
-ERROR = "error"              # any other error of the kernel on that directory (EIO, ELOOP...)
-BLIND_REASONS = (WATCH_LIMIT, TOO_LONG, UNREADABLE, MOUNT, ERROR)
+# The ways a subtree can be out of sight (the ``reason`` of a Blind) are
+# defined with the status schema, which reports them.
 # Each reason in words, for the log.
 REASON_WORDS = {WATCH_LIMIT: "inotify watch limit", TOO_LONG: "path too long",
                 UNREADABLE: "permission denied", MOUNT: "mounted filesystem",
@@ -129,10 +123,12 @@ class WatchTree:
     def __init__(self, root: bytes, add_watch: Callable[[bytes, int], int],
                  rm_watch: Callable[[int], None],
                  excluded: Callable[[bytes], bool] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 timings: Timings | None = None) -> None:
         """``excluded(rel)`` says a directory needs no watch (rsync excludes
         it); ``clock`` is the wall clock ctimes are compared with."""
         self.root = root
+        self.timings = timings or Timings()
         self.excluded = excluded or (lambda rel: False)
         self.clock = clock
         self._add = add_watch
@@ -165,7 +161,7 @@ class WatchTree:
         paths. A subtree that cannot be watched is remembered with ``mark``
         (default: ``since``, or now minus the margin)."""
         if mark is None:
-            mark = since if since is not None else self.clock() - MARGIN
+            mark = since if since is not None else self.clock() - self.timings.seen_margin
         parent = rel.rpartition(b"/")[0]
         dev = _device(self.abspath(parent)) if rel else None
         self._stack.append(_Walk(rel, since, mark, dev=dev))
@@ -373,7 +369,7 @@ class WatchTree:
                 return False
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
                 return False  # no writer behind it: a link, a symlink, a fifo...
-        self.writing[path] = now + WRITE_HOLD
+        self.writing[path] = now + self.timings.write_hold
         return True
 
     def release(self, now: float, changes: Changes) -> float | None:

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from syncsup.timings import Timings
+
 from . import toml
 from .procs import cmdline_of
 
@@ -22,6 +24,36 @@ COMPONENT_ROLES = ("supervisor", "watcher", "collator", "syncer")
 TARGET_STATES = ("startup", "idle", "pending", "syncing", "retrying", "failed")
 COMPONENT_STATES = ("starting", "running", "backoff", "degraded", "fatal", "stopped")
 LOG_LEVEL = os.environ.get("SYNCSUP_TEST_LOG_LEVEL", "info")
+
+# The daemon's timers for the tests (the config's [timings] table): what a
+# test would otherwise wait out in production seconds (a missed heartbeat,
+# a wedged agent, a seen-point, a retry of an unreachable target) comes in
+# a few seconds. Generous still for a loaded two-core machine: a child that
+# is merely slow is never taken for a hung one (10 s without a beat, beats
+# every second). A test that needs other values writes its own table;
+# ``Daemon.timings`` says what a daemon runs on, so no test copies a number.
+TEST_TIMINGS: dict[str, float] = {
+    "heartbeat_interval": 1.0,
+    "heartbeat_timeout": 10.0,
+    "agent_timeout": 5.0,
+    "agent_restart": 1.0,
+    "seen_delay": 2.0,
+    "seen_margin": 1.0,
+    "root_poll": 0.5,
+    "root_check": 2.0,
+    "unwatched_rescan": 2.0,
+    "mount_rescan": 5.0,
+    "journal_idle": 2.0,
+    "resend_after": 2.0,
+    "retry_cap": 5.0,
+    "stuck_cap": 20.0,
+    "master_retry_cap": 5.0,
+}
+
+
+def with_test_timings(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with the tests' ``[timings]`` unless it has a table of its own."""
+    return doc if "timings" in doc else {**doc, "timings": dict(TEST_TIMINGS)}
 
 
 # --------------------------------------------------------------------- CLI
@@ -100,6 +132,8 @@ class Daemon:
         self.tmp_path = tmp_path
         self.doc = doc
         config = config or tmp_path / "syncsup.toml"
+        if doc is not None:
+            doc = self.doc = with_test_timings(doc)
         self.config = write_config(config, doc) if doc is not None else config
         self.env = syncsup_env()
         self.log_path = tmp_path / f"daemon-{self.config.stem}.log"
@@ -107,6 +141,11 @@ class Daemon:
         self.cwd.mkdir(exist_ok=True)
         self.proc: subprocess.Popen | None = None
         self.stopped_rc: int | None = None
+
+    @property
+    def timings(self) -> Timings:
+        """The timers this daemon runs on (its config's ``[timings]``)."""
+        return Timings(**(self.doc or {}).get("timings", {}))
 
     # lifecycle ------------------------------------------------------------
     def start_argv(self) -> list[str]:

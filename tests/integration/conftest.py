@@ -19,7 +19,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.helpers.attack import AttackSshd, public_dir, remove_public  # noqa: E402
-from tests.helpers.daemon import LOG_LEVEL, Daemon, sync_entry  # noqa: E402
+from tests.helpers.daemon import LOG_LEVEL, TEST_TIMINGS, Daemon, sync_entry  # noqa: E402
 from tests.helpers.procs import assert_no_leftovers, kill_leftovers  # noqa: E402
 from tests.helpers.sshd import Sshd  # noqa: E402
 
@@ -71,7 +71,9 @@ def dst(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def daemon_factory(tmp_path: Path, request, settings):
-    """``make(syncs, settings=None, start=True, wait=True, config=None) -> Daemon``.
+    """``make(syncs, settings=None, start=True, wait=True, config=None,
+    timings=None) -> Daemon``; ``timings``: values that replace the tests'
+    own (``TEST_TIMINGS``) for this daemon.
 
     Teardown always stops what is still running (SIGTERM, then SIGKILL of the
     group), and checks that no process mentioning tmp_path is left.
@@ -85,8 +87,10 @@ def daemon_factory(tmp_path: Path, request, settings):
         start: bool = True,
         wait: bool = True,
         config: Path | None = None,
+        timings: dict[str, float] | None = None,
     ) -> Daemon:
-        doc = {"settings": settings_override or settings, "sync": syncs}
+        doc = {"settings": settings_override or settings, "sync": syncs,
+               "timings": {**TEST_TIMINGS, **(timings or {})}}
         d = Daemon(tmp_path, doc, config)
         made.append(d)
         if start:

@@ -18,9 +18,10 @@ Every test ends with a byte-for-byte comparison of the trees (or, with
 excludes, with what rsync itself makes of the same target), no
 ``.syncsup.*`` temporary name left in the target and nothing left running.
 
-A wedged agent is given up after AGENT_TIMEOUT (30 s, a constant in
-syncsup/syncer/agent_session.py; no setting or environment variable
-shortens it), so the two tests that SIGSTOP an agent take over 30 s each.
+A wedged agent is given up after the daemon's ``agent_timeout`` (the
+tests' ``[timings]`` make it a few seconds instead of production's 30), so
+the tests that SIGSTOP an agent wait seconds, not half a minute; the one
+that needs the agent to stay wedged while it looks gives it a long one.
 
 Three tests guard against faults found here: a directory deleted through
 the agent must keep the target's excluded files (as rsync does); a wedged
@@ -44,6 +45,7 @@ from pathlib import Path
 
 import pytest
 
+from syncsup.timings import Timings
 from tests.helpers.attack import make_world
 from tests.helpers.churn import HOSTILE, Churn, ChurnThread, assert_not_pwned
 from tests.helpers.daemon import REPO, Daemon, run_cli, sync_entry
@@ -55,7 +57,6 @@ from ._modes_helpers import wait_until
 pytestmark = pytest.mark.timeout(300)
 
 RSYNC = shutil.which("rsync") or "/usr/bin/rsync"
-AGENT_TIMEOUT = 30.0  # syncsup/syncer/agent_session.py; no setting or env var shortens it
 CONVERGE = 150.0
 
 
@@ -825,11 +826,11 @@ def test_remote_agent_and_its_ssh_killed_during_churn(sshd, tmp_path, src, dst, 
 def test_remote_agent_stopped_past_the_deadline_during_churn(sshd, tmp_path, src, dst,
                                                              daemon_factory):
     """SIGSTOP the agent on the target under churn and keep it stopped: after
-    AGENT_TIMEOUT (30 s; no setting shortens it) without an answer the
-    syncer kills the session, the step's paths go to rsync and a new session
-    serves the next batches. The stopped process is then SIGKILLed by the
-    test (what it does when woken instead is the test of a wedged agent
-    woken after its replacement, below)."""
+    ``agent_timeout`` without an answer the syncer kills the session, the
+    step's paths go to rsync and a new session serves the next batches. The
+    stopped process is then SIGKILLed by the test (what it does when woken
+    instead is the test of a wedged agent woken after its replacement,
+    below)."""
     wrapper, started = write_target_command(tmp_path)
     c = SmallChurn(src, 83, hostile_ratio=0.3)
     c.populate(n_files=80, n_dirs=10)
@@ -842,8 +843,9 @@ def test_remote_agent_stopped_past_the_deadline_during_churn(sshd, tmp_path, src
         os.kill(stopped, signal.SIGSTOP)
         t.start()
         t.join_checked(120)
-        wait_until(lambda: "the agent answered nothing for 30s: killing it" in d.log_text(),
-                   "the wedged agent to be given up", timeout=AGENT_TIMEOUT + 60,
+        wedged = f"the agent answered nothing for {d.timings.agent_timeout:g}s: killing it"
+        wait_until(lambda: wedged in d.log_text(),
+                   "the wedged agent to be given up", timeout=d.timings.agent_timeout + 60,
                    context=d.describe)
         converge(d, src, dst, c)
         assert alive(stopped), "the test's stopped agent is gone: nothing was tested"
@@ -893,9 +895,11 @@ def test_remote_batch_is_acknowledged_only_once_the_agent_confirmed(sshd, tmp_pa
                                                                     daemon_factory):
     """A batch waiting on a stopped agent stays pending (not acknowledged,
     nothing written); the syncer SIGKILLed right then, the restarted one
-    sends the batch again through a new session."""
+    sends the batch again through a new session. The agent is given the
+    production timeout: it must still be waited on when the syncer dies."""
     wrapper, started = write_target_command(tmp_path)
-    d = daemon_factory([remote_sync(sshd, src, dst, wrapper, delay=0)])
+    d = daemon_factory([remote_sync(sshd, src, dst, wrapper, delay=0)],
+                       timings={"agent_timeout": Timings().agent_timeout})
     (src / "g").write_bytes(b"first")
     converge(d, src, dst)
     stopped = wait_agent(remote_agents, dst, d)
@@ -919,13 +923,15 @@ def test_remote_batch_is_acknowledged_only_once_the_agent_confirmed(sshd, tmp_pa
 def test_wedged_agent_woken_after_its_replacement_writes_nothing_stale(sshd, tmp_path, src, dst,
                                                                       daemon_factory):
     """f is v1 in a batch sent to a stopped agent, then v2; the syncer gives
-    the agent up after 30 s and rsync, then a new session, deliver v2. When
+    the agent up after ``agent_timeout`` and rsync, then a new session, deliver v2. When
     the stopped agent wakes (a wedge that clears: a hung NFS server back, a
     frozen cgroup thawed) its stdin still holds ``put f v1``: it must not
-    write it."""
+    write it. (The agent's timeout leaves room for the look at the target
+    while the batch waits on it.)"""
     wrapper, _started = write_target_command(tmp_path)
     (src / "f").write_bytes(b"v0" * 2000)
-    d = daemon_factory([remote_sync(sshd, src, dst, wrapper, delay=0)])
+    d = daemon_factory([remote_sync(sshd, src, dst, wrapper, delay=0)],
+                       timings={"agent_timeout": 10.0})
     (src / "g").write_bytes(b"first")
     converge(d, src, dst)
     agent = wait_agent(remote_agents, dst, d)
@@ -935,8 +941,9 @@ def test_wedged_agent_woken_after_its_replacement_writes_nothing_stale(sshd, tmp
         d.wait_for(in_agent_step(d), "the batch to wait on the stopped agent", timeout=30)
         assert read(dst / "f") == b"v0" * 2000
         (src / "f").write_bytes(b"v2" * 2000)
-        wait_until(lambda: "the agent answered nothing for 30s: killing it" in d.log_text(),
-                   "the wedged agent to be given up", timeout=AGENT_TIMEOUT + 60,
+        wedged = f"the agent answered nothing for {d.timings.agent_timeout:g}s: killing it"
+        wait_until(lambda: wedged in d.log_text(),
+                   "the wedged agent to be given up", timeout=d.timings.agent_timeout + 60,
                    context=d.describe)
         converge(d, src, dst)
         d.wait_idle(60)

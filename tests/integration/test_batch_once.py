@@ -17,7 +17,6 @@ from tests.helpers.tree import wait_converged
 
 pytestmark = pytest.mark.timeout(240)
 
-RESEND_AFTER = 5.0  # the watcher's resend interval (syncsup.watcher.outbox)
 BATCH = re.compile(r"batch (\d+), (\d+) paths, (\d+) trees")
 
 
@@ -30,7 +29,7 @@ def test_a_message_sent_again_is_recorded_once(tmp_path, src, dst, daemon_factor
     try:
         (src / "new.txt").write_bytes(b"one change\n")
         # The watcher sends the change, gets no ack, and sends it again.
-        time.sleep(RESEND_AFTER + 2.5)
+        time.sleep(d.timings.resend_after + 2.5)
     finally:
         os.kill(collator, signal.SIGCONT)
     wait_converged(src, dst, timeout=120, on_timeout=d.describe)

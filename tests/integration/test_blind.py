@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from syncsup.timings import Timings
 from tests.helpers.daemon import Daemon, sync_entry
 from tests.helpers.procs import assert_no_leftovers
 from tests.helpers.tree import snapshot, wait_converged, write
@@ -283,9 +284,12 @@ def test_an_identical_failure_backs_off_until_something_changes(tmp_path, settin
     and more instead of resending the tree every few seconds; the other
     syncs go on; a change in the sync is tried at once (and its file
     arrives: the partial tree transfer no longer holds back the paths); once
-    the tree is gone it converges."""
+    the tree is gone it converges. On the production retry delays: "one
+    try at most while the others converge" needs a stuck delay longer than
+    their convergence on a loaded machine."""
     syncs, paths = three_syncs(tmp_path, "k")
-    d = daemon_factory(syncs)
+    d = daemon_factory(syncs, timings={"retry_cap": Timings().retry_cap,
+                                       "stuck_cap": Timings().stuck_cap})
     st = d.wait_idle()
     pid = watcher(st)["pid"]
     k = paths["k"]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from syncsup.collator.journal import read_seen
+from syncsup.seen import read_seen
 from tests.helpers.daemon import Daemon, run_cli, sync_entry
 from tests.helpers.procs import assert_no_leftovers
 from tests.helpers.tree import wait_converged
@@ -222,7 +222,7 @@ def test_a_quiet_sync_commits_one_seen_point_per_quiet_stretch(tmp_path, src, ds
     wait_converged(src, dst, timeout=120, on_timeout=d.describe)
     wait_seen(d, started)
     first = d.status()["syncs"][0]["seen"]
-    time.sleep(20)  # more than three times the wait before a seen-point
+    time.sleep(3.5 * d.timings.seen_delay)  # more than three times the wait before one
     assert d.status()["syncs"][0]["seen"] == first, "a seen-point was written while quiet"
     changed = time.time()
     (src / "b").write_bytes(b"b")

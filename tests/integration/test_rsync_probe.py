@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from syncsup.rsync_probe import foreign_writer, sender_follows
+from syncsup.timings import Timings
 from tests.helpers.daemon import run_cli, sync_entry, write_config
 from tests.helpers.procs import assert_no_leftovers
 from tests.helpers.tree import wait_converged
@@ -73,10 +74,11 @@ def _config(tmp_path: Path, src: Path, dst: Path, binary: str, **settings) -> Pa
 
 
 def test_the_probe_judges_behaviour_not_the_version(tmp_path):
-    assert sender_follows("rsync") is False, "this machine's rsync follows a raced symlink"
-    assert sender_follows(fake_rsync(tmp_path, "3.5.0", follow=True)) is True
-    assert sender_follows(fake_rsync(tmp_path, "3.2.7", follow=False)) is False
-    assert sender_follows(str(tmp_path / "no-such-rsync")) is None
+    limit = Timings().probe_timeout  # what the daemon gives it
+    assert sender_follows("rsync", limit) is False, "this machine's rsync follows a raced symlink"
+    assert sender_follows(fake_rsync(tmp_path, "3.5.0", follow=True), limit) is True
+    assert sender_follows(fake_rsync(tmp_path, "3.2.7", follow=False), limit) is False
+    assert sender_follows(str(tmp_path / "no-such-rsync"), limit) is None
 
 
 def test_foreign_writer(tmp_path):

@@ -1241,7 +1241,7 @@ def _run_as(uid: int, gid: int, argv: list[str], env: dict[str, str], **kw):
                           stdin=subprocess.DEVNULL, **kw)
 
 
-_DEPENDENCIES = ("zmq", "msgpack", "inotify_simple", "prometheus_client")
+_DEPENDENCIES = ("zmq", "msgpack", "inotify_simple", "prometheus_client", "setproctitle")
 
 
 def python_for(uid: int, gid: int, home: Path, shared: Path) -> tuple[list[str], dict[str, str]]:

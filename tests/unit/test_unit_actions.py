@@ -121,13 +121,14 @@ def test_files_from_names_are_never_comments() -> None:
 
 
 def test_paths_below_a_non_directory_become_that_ancestor(tmp_path: Path) -> None:
-    from syncsup.syncer._main import _effective
+    from syncsup.syncer._main import _nearest_sendable
 
     (tmp_path / "d" / "e").mkdir(parents=True)
     (tmp_path / "file").write_text("now a file")
     os.symlink(tmp_path / "d", tmp_path / "link")
     root = os.fsencode(tmp_path)
-    got = _effective(root, [b"d/e/x", b"file/old/y", b"file/z", b"link/e", b"gone/q", b"top"])
+    got = _nearest_sendable(root, [b"d/e/x", b"file/old/y", b"file/z", b"link/e", b"gone/q",
+                                   b"top"])
     assert got == [b"d/e/x", b"file", b"link", b"gone", b"top"]
 
 

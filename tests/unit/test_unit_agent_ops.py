@@ -11,6 +11,7 @@ import pytest
 
 from syncsup.syncer.agent_ops import prepare
 from syncsup.syncer.agents import MAX_PATHS_LOCAL, Channel
+from syncsup.timings import Timings
 from tests.helpers.unit import make_config
 
 
@@ -68,7 +69,7 @@ def test_a_large_batch_goes_to_rsync_whole(tmp_path: Path, count: int) -> None:
         (tmp_path / "src" / name.decode()).write_bytes(name)
     sync = conf.syncs[0]
     with open(tmp_path / "err", "w+b") as err:
-        channel = Channel(sync, sync.targets[0], None, err)
+        channel = Channel(sync, sync.targets[0], None, err, Timings())
         try:
             result = channel.begin(names, startup=False, now=0.0)
         finally:

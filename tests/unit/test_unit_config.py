@@ -482,3 +482,15 @@ def test_parse_returns_config_or_raises_config_error(data: dict[str, Any]) -> No
         assert s.targets
         assert 0 <= s.delay <= 86400
         assert s.delete in (True, False, "startup", "running")
+
+
+def test_an_unreadable_rule_file_is_refused_naming_the_key(tmp_path: Path) -> None:
+    """A rule file that exists but cannot be read (here /proc/self/mem, a
+    regular file whose read fails even for root) is refused at load, not
+    guessed at by a child later."""
+    doc = base()
+    doc["sync"][0]["filter_from"] = "/proc/self/mem"
+    with pytest.raises(ConfigError) as exc:
+        config.parse(doc, tmp_path / "c.toml")
+    assert exc.value.key == "sync[0].filter_from"
+    assert "cannot read /proc/" in str(exc.value)  # resolved: /proc/PID/mem

@@ -5,6 +5,7 @@ undocumented key is refused, and the generated docs list every key."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from syncsup import config, config_keys
 from syncsup._docgen import generate
 from syncsup._docgen.keys import fill_key_tables
 from syncsup.config import ConfigError
+from syncsup.timings import Timings
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE = Path("/tmp/x.toml")
@@ -46,6 +48,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "extra": ["--acls"], "timeout": 60,
     },
     "sync.rsyncd": {"port": 8730},
+    # Each field twice its default: not the default, and the relations
+    # between fields (a timeout at least two heartbeats...) still hold.
+    "timings": {f.name: 2 * f.default for f in dataclasses.fields(Timings)},
 }
 # Keys whose sample needs a file or another mode: parsed in their own configs.
 FILE_KEYS = {"exclude_from", "filter_from", "rsyncd"}
@@ -63,7 +68,8 @@ def _full_doc() -> dict[str, Any]:
     sync["ssh"] = dict(SAMPLES["sync.ssh"])
     sync["rsync"] = dict(SAMPLES["sync.rsync"])
     sync["targets"] = ["h1:/srv/www", dict(SAMPLES["sync.targets"])]
-    return {"settings": dict(SAMPLES["settings"]), "sync": [sync]}
+    return {"settings": dict(SAMPLES["settings"]), "sync": [sync],
+            "timings": dict(SAMPLES["timings"])}
 
 
 def _command_doc(tmp_path: Path) -> dict[str, Any]:
@@ -98,6 +104,7 @@ def test_samples_cover_every_documented_key() -> None:
 def test_every_documented_key_is_accepted(tmp_path: Path) -> None:
     conf = config.parse(_full_doc(), FAKE)
     assert conf.settings.metrics == "127.0.0.1:9473"
+    assert conf.timings == Timings(**SAMPLES["timings"])
     assert conf.syncs[0].targets[1].confined
     command = config.parse(_command_doc(tmp_path), FAKE)
     assert command.syncs[1].commands.action == "pkg.mod:Act"

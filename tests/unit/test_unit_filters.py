@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from syncsup.config import Sync, Target
+from syncsup.config import ConfigError, Sync, Target
+from syncsup.filters import DirFilter, RuleList, exclude_patterns
 from syncsup.syncer.argv import expand_rule_files, rsync_argv
 from syncsup.syncer.plan import Step, StepKind
-from syncsup.watcher.filters import DirFilter, RuleList, exclude_patterns
 
 DIRS = ["cache", "a/cache", "a/b/cache", "node_modules", "x/node_modules/y", "build",
         "src/build", "tmp.d", "a/tmp.d", "a/bq/c", "z/a/bq/c", "a/bq/r/c", "deep/x", "q/deep/x",
@@ -79,6 +79,21 @@ def test_exclude_from_file(tmp_path: Path) -> None:
     f = tmp_path / "ex"
     f.write_text("# comment\n\ncache/\n*.o\n")
     assert exclude_patterns(_sync(exclude_from=f)) == [b"cache/", b"*.o"]
+
+
+@pytest.mark.parametrize("name", ["exclude_from", "filter_from"])
+def test_a_rule_file_gone_is_one_clear_error_for_watcher_and_syncer(tmp_path: Path,
+                                                                   name: str) -> None:
+    """The watcher's filter, the syncer's rule list and rsync's argv read
+    rule files through one reader: a file that cannot be read (removed after
+    the config was checked) is the same config error naming the key for
+    each, never a guess at the rules."""
+    sync = _sync(**{name: tmp_path / "gone"})
+    for read in (exclude_patterns, RuleList, expand_rule_files):
+        with pytest.raises(ConfigError) as exc:
+            read(sync)
+        assert exc.value.key == f"sync 's'.{name}"
+        assert f"cannot read {tmp_path / 'gone'}" in str(exc.value)
 
 
 def test_root_is_never_excluded() -> None:

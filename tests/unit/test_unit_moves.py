@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from syncsup.config import Sync, Target
+from syncsup.filters import RuleList
 from syncsup.syncer.moves import replayable
-from syncsup.watcher.filters import RuleList
 
 
 def _rules(**kw: object) -> RuleList:

@@ -13,10 +13,11 @@ from syncsup.watcher.outbox import (
     MAX_INFLIGHT,
     MAX_PATH_BYTES,
     MAX_PATHS,
-    RESEND_AFTER,
     Outbox,
     split,
 )
+
+RESEND_AFTER = 3.0  # this test's own resend interval
 
 
 def cost(ch: Changes) -> tuple[int, int]:
@@ -141,20 +142,20 @@ def test_default_limits_fit_the_collators_budget() -> None:
 
 # --------------------------------------------------------------------- Outbox
 def test_add_numbers_messages_and_counts_them_per_sync() -> None:
-    box = Outbox(first_seq=1000)
+    box = Outbox(first_seq=1000, resend_after=RESEND_AFTER)
     [m1] = box.add("a", Changes(paths={b"x"}), now=1.0)
     [m2] = box.add("b", Changes(trees={b""}), now=1.0)
     assert (m1.seq, m1.sync, m1.changes) == (1001, "a", Changes(paths={b"x"}))
     assert (m2.seq, m2.sync) == (1002, "b")
-    assert box.pending("a") == box.pending("b") == 1
-    assert box.pending("c") == 0
+    assert box.per_sync["a"] == box.per_sync["b"] == 1
+    assert box.per_sync["c"] == 0
     several = box.add("a", Changes(paths={b"%06d" % i for i in range(MAX_PATHS + 1)}), now=2.0)
     assert [m.seq for m in several] == [1003, 1004]
-    assert box.pending("a") == 3
+    assert box.per_sync["a"] == 3
 
 
 def test_each_sync_has_its_own_budget() -> None:
-    box = Outbox(0)
+    box = Outbox(0, RESEND_AFTER)
     for i in range(MAX_INFLIGHT - 1):
         box.add("busy", Changes(paths={b"%d" % i}), now=0.0)
     assert not box.full("busy")
@@ -168,14 +169,14 @@ def test_each_sync_has_its_own_budget() -> None:
 
 
 def test_ack() -> None:
-    box = Outbox(0)
+    box = Outbox(0, RESEND_AFTER)
     [m] = box.add("a", Changes(paths={b"x"}), now=0.0)
     box.ack(m.seq)
-    assert box.pending("a") == 0
+    assert box.per_sync["a"] == 0
     assert box.inflight == {}
     box.ack(m.seq)  # a duplicate ACK
     box.ack(12345)  # an ACK for a message of a previous watcher
-    assert box.pending("a") == 0
+    assert box.per_sync["a"] == 0
     assert box.next_resend() is None
     assert box.due(1e9, everything=True) == []
 
@@ -186,16 +187,16 @@ def test_a_seen_point_alone_is_not_unacked_activity() -> None:
     its ack would start the wait for the next one, every few seconds."""
     from syncsup.seen import Seen
 
-    box = Outbox(0)
+    box = Outbox(0, RESEND_AFTER)
     [m] = box.add("a", Changes(paths={b"x"}), now=0.0)
     assert box.unacked_changes("a") == 1
     [s] = box.add("a", Changes(), now=1.0, seen=Seen.now())
-    assert box.pending("a") == 2 and box.unacked_changes("a") == 1
+    assert box.per_sync["a"] == 2 and box.unacked_changes("a") == 1
     box.ack(m.seq)
-    assert box.pending("a") == 1 and box.unacked_changes("a") == 0
+    assert box.per_sync["a"] == 1 and box.unacked_changes("a") == 0
     box.ack(s.seq)
     box.ack(s.seq)
-    assert box.pending("a") == 0 and box.unacked_changes("a") == 0
+    assert box.per_sync["a"] == 0 and box.unacked_changes("a") == 0
     # A split message: only its parts with changes count.
     parts = box.add("b", Changes(paths={b"%06d" % i for i in range(MAX_PATHS + 1)}), now=2.0,
                     seen=Seen.now())
@@ -203,7 +204,7 @@ def test_a_seen_point_alone_is_not_unacked_activity() -> None:
 
 
 def test_unacked_messages_are_resent_after_a_while() -> None:
-    box = Outbox(0)
+    box = Outbox(0, RESEND_AFTER)
     [m1] = box.add("a", Changes(paths={b"x"}), now=10.0)
     [m2] = box.add("b", Changes(paths={b"y"}), now=12.0)
     assert box.next_resend() == 10.0 + RESEND_AFTER
@@ -215,11 +216,11 @@ def test_unacked_messages_are_resent_after_a_while() -> None:
     assert box.next_resend() == 10.0 + 2 * RESEND_AFTER
     box.ack(m1.seq)
     assert box.due(100.0) == [m2]
-    assert box.pending("b") == 1  # a resend is still one message
+    assert box.per_sync["b"] == 1  # a resend is still one message
 
 
 def test_everything_is_resent_on_a_new_connection() -> None:
-    box = Outbox(0)
+    box = Outbox(0, RESEND_AFTER)
     msgs = [box.add(name, Changes(paths={name.encode()}), now=float(i))[0]
             for i, name in enumerate("abc")]
     box.ack(msgs[1].seq)

@@ -388,3 +388,17 @@ def test_no_proof_when_the_tree_compares_content_anyway() -> None:
                      replay_moves=False, source_empty=False)
     assert [s.kind for s in plan.steps] == [TREE]
     assert plan.steps[0].checksum
+
+
+@pytest.mark.parametrize(("rc", "outcome"), [(127, Outcome.FATAL), (-1, Outcome.RETRY)])
+@pytest.mark.parametrize("kind", [StepKind.TREE, StepKind.PATHS, StepKind.MOVES,
+                                  StepKind.AGENT, StepKind.COMMAND])
+def test_a_step_that_could_not_start_ends_the_batch(rc: int, outcome: Outcome,
+                                                    kind: StepKind) -> None:
+    """Nothing ran: a missing program (127) will not appear by retrying, an
+    unsafe root or an unwritable list may be fine later. Decided by the plan
+    like every other result, whatever the step."""
+    plan = Plan([Step(kind), Step(StepKind.TIMES, (b"",))], moves=2)
+    end = plan.advance(plan.steps[0], Result(rc, error="cannot run rsync", unstarted=True))
+    assert end == Finished(outcome, rc, "cannot run rsync")
+    assert plan.moves_done == 0  # no rename was attempted: they stay to replay

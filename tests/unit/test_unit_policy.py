@@ -7,13 +7,23 @@ import random
 import pytest
 
 from syncsup.supervisor.policy import EX_CONFIG, RestartPolicy, State
+from syncsup.timings import Timings
 
 JITTER_LO, JITTER_HI = 0.8, 1.2
 
 
+# The policy's own names for its Timings fields, for short test lines.
+_TIMINGS = {"base": "restart_base", "cap": "restart_cap", "degraded_cap": "degraded_cap",
+            "stable_after": "restart_stable_after", "window": "restart_window"}
+
+
 def make(**kw: object) -> RestartPolicy:
+    """A policy on Timings built from ``kw`` (base, cap, degraded_cap,
+    stable_after, window; the defaults for the rest)."""
     kw.setdefault("rng", random.Random(1234))
-    return RestartPolicy(**kw)  # type: ignore[arg-type]
+    times = {_TIMINGS[k]: kw.pop(k) for k in list(kw) if k in _TIMINGS}
+    timings = Timings(**times)  # type: ignore[arg-type]
+    return RestartPolicy(timings=timings, **kw)  # type: ignore[arg-type]
 
 
 def crash(p: RestartPolicy, at: float, up: float = 0.1, rc: int = 1) -> float:

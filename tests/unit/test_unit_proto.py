@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from syncsup import proto
+from syncsup.msgcheck import check
 from syncsup.proto import (
     MAX_BODY,
     MAX_FRAME,
@@ -44,7 +45,6 @@ from syncsup.proto import (
     decode,
     encode,
 )
-from syncsup.proto._scan import check
 from syncsup.status import (
     ComponentStatus,
     QueueStatus,

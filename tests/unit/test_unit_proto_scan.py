@@ -1,4 +1,4 @@
-"""The structural pre-check of msgpack bodies (proto/_scan.py) on its own,
+"""The structural pre-check of msgpack bodies (msgcheck.py) on its own,
 against what msgpack-python's ``packb`` produces."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from syncsup.proto._scan import StructureError, check
+from syncsup.msgcheck import StructureError, check
 from tests.helpers.unit import msgpack_shape
 
 # One value per msgpack format family, with the type byte packb gives it.

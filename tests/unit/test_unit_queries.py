@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from syncsup.status import StatusPart, WatchStatus
-from syncsup.supervisor.queries import QUERY_TIMEOUT, Queries
+from syncsup.supervisor.queries import Queries
+
+QUERY_TIMEOUT = 0.7  # this test's own: any positive value
 
 ROLES = {"watcher", "collator", "syncer"}
 
@@ -33,7 +35,7 @@ def part(role: str, watches: int = 0) -> StatusPart:
 
 
 def test_a_query_is_answered_when_every_asked_role_answered() -> None:
-    qs, got = Queries(), Consumers()
+    qs, got = Queries(QUERY_TIMEOUT), Consumers()
     qid = qs.ask(set(ROLES), now=10.0, consumer=got("cli"))
     assert qid is not None
     assert qs.next_deadline() == 10.0 + QUERY_TIMEOUT
@@ -46,7 +48,7 @@ def test_a_query_is_answered_when_every_asked_role_answered() -> None:
 
 
 def test_a_second_asker_joins_the_query_in_flight() -> None:
-    qs, got = Queries(), Consumers()
+    qs, got = Queries(QUERY_TIMEOUT), Consumers()
     qid = qs.ask(set(ROLES), now=0.0, consumer=got("cli"))
     assert qid is not None
     assert qs.ask(set(ROLES), now=0.5, consumer=got("metrics")) is None  # nothing new sent
@@ -61,7 +63,7 @@ def test_a_second_asker_joins_the_query_in_flight() -> None:
 
 
 def test_a_dead_role_is_no_longer_awaited() -> None:
-    qs, got = Queries(), Consumers()
+    qs, got = Queries(QUERY_TIMEOUT), Consumers()
     qid = qs.ask({"watcher", "collator"}, now=0.0, consumer=got("cli"))
     assert qid is not None
     assert qs.answer(qid, part("collator")) == []
@@ -72,7 +74,7 @@ def test_a_dead_role_is_no_longer_awaited() -> None:
 
 
 def test_forgetting_a_role_that_others_still_wait_for() -> None:
-    qs, got = Queries(), Consumers()
+    qs, got = Queries(QUERY_TIMEOUT), Consumers()
     qid = qs.ask(set(ROLES), now=0.0, consumer=got("cli"))
     assert qid is not None
     qs.answer(qid, part("watcher", watches=5))
@@ -85,7 +87,7 @@ def test_forgetting_a_role_that_others_still_wait_for() -> None:
 
 
 def test_silent_roles_expire() -> None:
-    qs, got = Queries(), Consumers()
+    qs, got = Queries(QUERY_TIMEOUT), Consumers()
     qid = qs.ask(set(ROLES), now=100.0, consumer=got("cli"))
     assert qid is not None
     qs.answer(qid, part("collator"))
@@ -97,7 +99,7 @@ def test_silent_roles_expire() -> None:
 
 
 def test_a_late_answer_still_refreshes_the_part() -> None:
-    qs, got = Queries(), Consumers()
+    qs, got = Queries(QUERY_TIMEOUT), Consumers()
     old = qs.ask(set(ROLES), now=0.0, consumer=got("cli"))
     assert old is not None
     qs.answer(old, part("watcher", watches=1))
@@ -116,7 +118,7 @@ def test_a_late_answer_still_refreshes_the_part() -> None:
 
 
 def test_nobody_to_ask_answers_at_the_next_expiry() -> None:
-    qs, got = Queries(), Consumers()
+    qs, got = Queries(QUERY_TIMEOUT), Consumers()
     qid = qs.ask(set(), now=7.0, consumer=got("cli"))
     assert qid is not None
     assert qs.next_deadline() == 7.0
@@ -125,7 +127,7 @@ def test_nobody_to_ask_answers_at_the_next_expiry() -> None:
 
 
 def test_several_queries_expire_together() -> None:
-    qs, got = Queries(), Consumers()
+    qs, got = Queries(QUERY_TIMEOUT), Consumers()
     first = qs.ask({"watcher"}, now=0.0, consumer=got("a"))
     assert first is not None
     call(qs.answer(first, part("watcher")))

@@ -1,4 +1,4 @@
-"""TargetQueue and Backoff: per-target dispatch policy in the collator (pure)."""
+"""TargetQueue and Retries: per-target dispatch policy in the collator (pure)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import random
 import pytest
 
 from syncsup.collator.journal import PATH, TREE, Row
-from syncsup.collator.queue import REPEATS, Backoff, TargetQueue, same_failure
+from syncsup.collator.queue import REPEATS, Retries, TargetQueue, same_failure
 from syncsup.proto import Outcome
 
 ROWS = [Row(TREE, b"", 1), Row(PATH, b"a", 2)]
 
 
 def make(delay: float = 1.0, seed: int = 0) -> TargetQueue:
-    return TargetQueue(spec="/mnt/t", delay=delay, backoff=Backoff(rng=random.Random(seed)))
+    return TargetQueue(spec="/mnt/t", delay=delay, backoff=Retries(rng=random.Random(seed)))
 
 
 def leased(q: TargetQueue, batch_id: int = 1, now: float = 100.0,
@@ -25,20 +25,20 @@ def leased(q: TargetQueue, batch_id: int = 1, now: float = 100.0,
 
 # ----------------------------------------------------------------- Backoff
 def test_backoff_zero_without_failures() -> None:
-    b = Backoff(rng=random.Random(1))
+    b = Retries(rng=random.Random(1))
     assert b.delay(0) == 0.0
     assert b.delay(-3) == 0.0
 
 
 def test_backoff_exponential_with_jitter() -> None:
-    b = Backoff(base=0.5, cap=1e9, rng=random.Random(1))
+    b = Retries(base=0.5, cap=1e9, rng=random.Random(1))
     for n in range(1, 12):
         expected = 0.5 * 2 ** (n - 1)
         assert expected * 0.8 <= b.delay(n) <= expected * 1.2
 
 
 def test_backoff_caps_and_fatal_cap_is_larger() -> None:
-    b = Backoff(base=0.5, cap=30.0, fatal_cap=300.0, rng=random.Random(2))
+    b = Retries(base=0.5, cap=30.0, fatal_cap=300.0, rng=random.Random(2))
     normal = [b.delay(40) for _ in range(200)]
     fatal = [b.delay(40, fatal=True) for _ in range(200)]
     assert all(24.0 <= d <= 36.0 for d in normal)

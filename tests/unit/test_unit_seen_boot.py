@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from syncsup import seen
-from syncsup.seen import MARGIN, REBOOT_MARGIN, Seen, marker_boot_id
+from syncsup.seen import Seen, marker_boot_id
+from syncsup.timings import Timings
 
 
 def _mountinfo(tmp_path: Path, mounts: list[tuple[str, str]]) -> str:
@@ -85,7 +86,8 @@ def test_cutoff_narrow_within_a_boot_wide_after_a_reboot(tmp_path: Path) -> None
     table = _mountinfo(tmp_path, [(str(run), "tmpfs")])
     boot = marker_boot_id(run, mountinfo=table)
     point = Seen(1000.0, boot, 10.0)
-    assert point.cutoff(Seen(2000.0, boot, 10.0)) == 1000.0 - MARGIN
+    t = Timings(seen_margin=3.0, reboot_margin=400.0)
+    assert point.cutoff(Seen(2000.0, boot, 10.0), t) == 1000.0 - 3.0
     (run / seen.MARKER).unlink()
     after = Seen(2000.0, marker_boot_id(run, mountinfo=table), 10.0)
-    assert point.cutoff(after) == 1000.0 - REBOOT_MARGIN
+    assert point.cutoff(after, t) == 1000.0 - 400.0

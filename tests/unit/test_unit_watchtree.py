@@ -16,8 +16,12 @@ import pytest
 from inotify_simple import flags as F
 
 from syncsup.proto import Changes
-from syncsup.watcher.tree import MASK, WRITE_HOLD, Signals, WatchTree, join
+from syncsup.timings import Timings
+from syncsup.watcher.tree import MASK, Signals, WatchTree, join
 from tests.helpers.unit import b
+
+TIMINGS = Timings(write_hold=0.3)  # this test's own hold
+WRITE_HOLD = TIMINGS.write_hold
 
 
 class FakeInotify:
@@ -67,7 +71,7 @@ def src(tmp_path: Path) -> Path:
 def make(src: Path, excluded: Callable[[bytes], bool] | None = None
          ) -> tuple[WatchTree, FakeInotify]:
     fake = FakeInotify()
-    tree = WatchTree(b(src), fake.add_watch, fake.rm_watch, excluded)
+    tree = WatchTree(b(src), fake.add_watch, fake.rm_watch, excluded, timings=TIMINGS)
     return tree, fake
 
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from pathlib import Path
 
-from syncsup.config import Sync, read_rule_file
+from syncsup.config import Sync, rule_file_lines
 
 __all__ = ["DirFilter", "RuleList", "exclude_patterns", "plain_excludes"]
 
@@ -87,15 +86,6 @@ class _Rule:
         return bool(self.regex.match(subject))
 
 
-def _rule_lines(path: Path | None) -> list[str]:
-    if path is None:
-        return []
-    try:
-        return read_rule_file(path)
-    except OSError:
-        return ["?"]  # unreadable: stop trusting rules here
-
-
 def exclude_patterns(sync: Sync) -> list[bytes]:
     """The exclude patterns that rsync applies before any include rule, in
     the order rsync sees them (see ``syncsup.syncer.argv``)."""
@@ -120,11 +110,12 @@ _SIDED = re.compile(r"^(?:([PRHS])|(protect|risk|hide|show)) (.+)$")
 
 def _rules(sync: Sync) -> list[str]:
     """Every filter rule of ``sync`` in rsync's order: ``exclude``,
-    ``exclude_from``, ``filter``, ``filter_from``."""
+    ``exclude_from``, ``filter``, ``filter_from``. Raises ConfigError if a
+    rule file cannot be read."""
     rules: list[str] = [f"- {p}" for p in sync.exclude]
-    rules += [f"- {p}" for p in _rule_lines(sync.exclude_from)]
+    rules += [f"- {p}" for p in rule_file_lines(sync, "exclude_from")]
     rules += list(sync.filter)
-    rules += _rule_lines(sync.filter_from)
+    rules += rule_file_lines(sync, "filter_from")
     return rules
 
 

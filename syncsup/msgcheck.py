@@ -8,6 +8,10 @@ and refuses a body whose object count or nesting exceeds a budget. It stops
 at the first object over the budget, so refusing even a hostile 32 MiB body
 costs at most ``max_objects`` steps, and a well-formed message costs one
 step per object (strings and binaries are skipped in O(1)).
+
+A module of its own, outside ``proto/``: the target's agent checks its
+frames with it too, and a target host must not need the daemon's protocol
+package (nor ZeroMQ) to run ``syncsup-target``.
 """
 
 from __future__ import annotations
