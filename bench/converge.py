@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.tools import NotConverged, Tool
+from bench.tools import NotConverged, Syncsup, Tool
 from bench.trees import count_entries, diff_all, diff_pairs, write_file
 
 
@@ -93,3 +93,34 @@ def ready(tool: Tool, src: Path, dsts: list[Path], timeout: float) -> None:
     for i in (1, 2):
         write_file(os.fspath(src / f".ready{i}"), i)
         wait_converged(tool, src, dsts, timeout)
+
+
+def tool_idle(t: Tool, log_from: int = 0) -> bool:
+    """The tool has nothing left to do: syncsup's targets idle with nothing
+    pending; Lsyncd logged (since ``log_from``) that its startup sync
+    finished (it then only waits for events)."""
+    if isinstance(t, Syncsup):
+        ts = [x for s in t.status().get("syncs", []) for x in s.get("targets", [])]
+        return bool(ts) and all(x.get("state") == "idle" and not x.get("pending") for x in ts)
+    log = t.log_text()[log_from:]
+    return "Startup of" in log and "finished" in log.split("Startup of", 1)[1]
+
+
+def identical_but_for(t: Tool, src: Path, dst: Path, victim: str, grace: float = 2.0) -> bool:
+    """Once ``t`` is idle: True if ``dst`` is identical to ``src`` within
+    ``grace`` seconds, False if only the lines naming ``victim`` (a
+    scenario's same-size rewrite with its mtime put back) still differ, which
+    the tool missed; any other difference fails the scenario."""
+    until = time.monotonic() + grace
+    while True:
+        diff = diff_all(src, [dst])
+        if not diff:
+            return True
+        if time.monotonic() > until:
+            break
+        time.sleep(0.2)
+    if all(victim in line for line in diff):
+        print(f"    {t.name}: did not converge on the rewritten file ({diff[0].strip()})")
+        return False
+    raise NotConverged(f"{t.name}: differences besides the rewritten file: {diff[:5]}\n"
+                       f"{t.log_tail()}")

@@ -28,11 +28,10 @@ from pathlib import Path
 
 from bench import iotrace
 from bench.context import Ctx, Session, tag
+from bench.converge import identical_but_for, tool_idle
 from bench.report import Figure, Goal
 from bench.scenarios.base import Scenario
-from bench.scenarios.recovery import _idle
 from bench.tools import NotConverged, Tool
-from bench.trees import diff_all
 
 SIZE = 1_000_000
 SMALL = 65536
@@ -74,24 +73,12 @@ def _settle(t: Tool, src: Path, dst: Path, timeout: float) -> bool:
     """Wait for an idle tool; True if the target is identical, False if only
     the rewritten file differs (after 2 s more); anything else fails."""
     deadline = time.monotonic() + timeout
-    while not _idle(t, 0):
+    while not tool_idle(t):
         t.check()
         if time.monotonic() > deadline:
             raise NotConverged(f"{t.name}: its startup sync never ended\n{t.log_tail()}")
         time.sleep(0.1)
-    grace = time.monotonic() + 2.0
-    while True:
-        diff = diff_all(src, [dst])
-        if not diff:
-            return True
-        if time.monotonic() > grace:
-            break
-        time.sleep(0.2)
-    if all("small" in line for line in diff):
-        print(f"    {t.name}: did not converge on the rewritten file ({diff[0].strip()})")
-        return False
-    raise NotConverged(f"{t.name}: differences besides the rewritten file: {diff[:5]}\n"
-                       f"{t.log_tail()}")
+    return identical_but_for(t, src, dst, "small")
 
 
 def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:

@@ -40,12 +40,11 @@ from pathlib import Path
 
 from bench import iotrace
 from bench.context import Ctx, Session, tag
-from bench.converge import wait_converged
+from bench.converge import identical_but_for, tool_idle, wait_converged
 from bench.procs import tree_pids
 from bench.report import Figure
 from bench.scenarios.base import Scenario
 from bench.tools import BenchFailure, NotConverged, Syncsup, Tool
-from bench.trees import diff_all
 
 SIZE = 1_000_000
 VARIANTS = {"syncsup": ("restart", "kill"), "lsyncd": ("restart",)}
@@ -103,42 +102,19 @@ def _arrived(src: Path, dst: Path, n: int) -> bool:
         return False
 
 
-def _idle(t: Tool, log_from: int) -> bool:
-    """The tool has nothing left to do: syncsup's targets idle with nothing
-    pending; Lsyncd logged (since ``log_from``) that its startup sync
-    finished (it then only waits for events)."""
-    if isinstance(t, Syncsup):
-        ts = [x for s in t.status().get("syncs", []) for x in s.get("targets", [])]
-        return bool(ts) and all(x.get("state") == "idle" and not x.get("pending") for x in ts)
-    log = t.log_text()[log_from:]
-    return "Startup of" in log and "finished" in log.split("Startup of", 1)[1]
-
-
 def _settle(t: Tool, src: Path, dst: Path, n: int, victim: str, timeout: float,
             log_from: int = 0) -> bool:
     """Wait for the ordinary changes and an idle tool; then True if the
     target is identical, False if only the rewritten file differs (after 2 s
     more); any other difference fails the scenario."""
     deadline = time.monotonic() + timeout
-    while not (_arrived(src, dst, n) and _idle(t, log_from)):
+    while not (_arrived(src, dst, n) and tool_idle(t, log_from)):
         t.check()
         if time.monotonic() > deadline:
             raise NotConverged(f"{t.name}: the changes made while away never arrived\n"
                                f"{t.log_tail()}")
         time.sleep(0.1)
-    grace = time.monotonic() + 2.0
-    while True:
-        diff = diff_all(src, [dst])
-        if not diff:
-            return True
-        if time.monotonic() > grace:
-            break
-        time.sleep(0.2)
-    if all(victim in line for line in diff):
-        print(f"    {t.name}: did not converge on the rewritten file ({diff[0].strip()})")
-        return False
-    raise NotConverged(f"{t.name}: differences besides the rewritten file: {diff[:5]}\n"
-                       f"{t.log_tail()}")
+    return identical_but_for(t, src, dst, victim)
 
 
 def _wait_old(t: Tool, made: float, timeout: float) -> None:

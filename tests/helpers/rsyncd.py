@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-from tests.helpers.sshd import free_port
+from tests.helpers.sshd import banner_on, free_port
 
 USER = "mirroruser"
 PASSWORD = "s3cret-pass"
@@ -29,12 +28,7 @@ MODULE = "mirror"
 
 
 def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.settimeout(2.0)
-            return s.recv(10).startswith(b"@RSYNCD:")
-    except OSError:
-        return False
+    return banner_on(port, b"@RSYNCD:", wait=2.0)
 
 
 class RsyncDaemon:

@@ -26,13 +26,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _port_open(port: int) -> bool:
+def banner_on(port: int, banner: bytes, wait: float = 1.0) -> bool:
+    """A server on 127.0.0.1:``port`` greets with ``banner`` (sshd's
+    ``SSH-``, rsync's daemon ``@RSYNCD:``): it is up and it is ours."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.settimeout(1.0)
-            return s.recv(4).startswith(b"SSH-")
+            s.settimeout(wait)
+            return s.recv(len(banner) + 8).startswith(banner)
     except OSError:
         return False
+
+
+def _port_open(port: int) -> bool:
+    return banner_on(port, b"SSH-")
 
 
 class Sshd:
