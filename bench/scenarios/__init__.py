@@ -19,6 +19,7 @@ from bench.scenarios import (
     recovery,
     rename,
     startup,
+    steady,
     syncs,
 )
 from bench.scenarios.base import Scenario
@@ -27,6 +28,9 @@ REGISTRY: dict[str, Scenario] = {
     m.SCENARIO.name: m.SCENARIO
     for m in (latency, burst, churn, overflow, startup, fanout, rename, recovery, idle, syncs)
 }
+# Steady churn at a realistic delay, and its short variant, after the others
+# (the quick one is for iterating; a full run measures both).
+REGISTRY.update({s.name: s for s in (steady.SCENARIO, steady.QUICK)})
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 
 
