@@ -26,6 +26,7 @@ from syncsup.runtime import ChildRuntime, connections_made, drain_fd, new_socket
 from syncsup.seen import MARGIN, Seen
 from syncsup.statedir import StateDir
 from syncsup.status import MAX_BLIND_LISTED, BlindStatus, StatusPart, WatchStatus, shorten
+from syncsup.watcher.core import Coalescer, hold_window
 from syncsup.watcher.filters import DirFilter, exclude_patterns
 from syncsup.watcher.mounts import (
     ancestors,
@@ -60,6 +61,7 @@ MOUNT_RESCAN = 60.0        # seconds between rescans of filesystems mounted insi
 ROOT_CHECK = 10.0          # seconds between checks that each root is still the one watched
 SEEN_DELAY = 6.0           # seconds idle before a seen-point is sent (more than MARGIN)
 FINAL_ACK_WAIT = 2.0       # seconds a stopping watcher waits for its last acks
+ACK_LAZY = 0.25            # an ack wakes the loop only if it would sleep longer than this
 
 
 def parse(data: bytes) -> list[tuple[int, int, int, bytes]]:
@@ -84,6 +86,7 @@ class SyncWatch:
         self.ino: INotify | None = None
         self.tree: WatchTree | None = None
         self.pending = proto.Changes()
+        self.coalescer = Coalescer(hold_window(sync.delay))  # when to read, when to send
         self.overflows = 0
         self.needed = 0                    # max_user_watches that would cover the tree
         # Blind subtrees already logged, by reason: a line when a reason gets
@@ -243,7 +246,9 @@ class SyncWatch:
         try:
             data = os.read(self.ino.fileno(), READ_SIZE)
         except BlockingIOError:
+            self.coalescer.read_done(now, 0)
             return
+        self.coalescer.read_done(now, len(data))
         signals = self.tree.apply(parse(data), self.pending, now)
         if signals.overflow:
             self.overflows += 1
@@ -417,6 +422,9 @@ class Watcher:
             when = w.seen_due(now, self.outbox)
             if when is not None:
                 due.append(when)
+            when = w.coalescer.wake_at()
+            if when is not None:
+                due.append(when)
         for w in busy:
             if w.tree is None:
                 due.append(w.next_root_poll)
@@ -445,9 +453,16 @@ class Watcher:
                 w.failure = str(exc)
                 w.stop()
                 w.next_root_poll = now + ROOT_POLL
-            if w.pending:
-                self.send(self.outbox.add(w.sync.name, w.pending, now))
-                w.pending = proto.Changes()
+            self.send_held(w, now)
+
+    def send_held(self, w: SyncWatch, now: float, stopping: bool = False) -> None:
+        """Send what ``w`` holds if its window ran out (or it stops, or its
+        watch did): one message for every change read meanwhile."""
+        first = w.coalescer.take(w.pending, now, stopping or w.tree is None)
+        if first is not None:
+            wall = time.time() - (now - first)
+            self.send(self.outbox.add(w.sync.name, w.pending, now, first=wall))
+            w.pending = proto.Changes()
 
     def serve(self, w: SyncWatch, readable: bool, now: float) -> None:
         if w.tree is None:
@@ -471,8 +486,9 @@ class Watcher:
         now = time.monotonic()
         self.turn([], list(self.syncs), now)  # every sync's first start, contained
         poller = zmq.Poller()
-        for sock in (self.sock, self.monitor, self.rt.control):
+        for sock in (self.monitor, self.rt.control):
             poller.register(sock, zmq.POLLIN)
+        acks_polled = False
         poller.register(self.rt.wakeup, zmq.POLLIN)  # a signal: TERM ends the loop at once
         if self.mountinfo is not None:
             poller.register(self.mountinfo, zmq.POLLPRI)  # the mount table changed
@@ -482,8 +498,10 @@ class Watcher:
             beat_in = self.rt.heartbeat(now)
             # A sync's inotify fd is polled unless too much of it is unacked
             # (polling it without reading would spin).
+            # A queue read at the coalescer's pace is not polled meanwhile.
             wanted = {w.fd: w for w in self.syncs
-                      if w.fd is not None and not self.outbox.full(w.sync.name)}
+                      if w.fd is not None and not self.outbox.full(w.sync.name)
+                      and w.coalescer.polled()}
             if wanted.keys() != polled.keys():
                 for fd in polled.keys() - wanted.keys():
                     poller.unregister(fd)
@@ -491,14 +509,25 @@ class Watcher:
                     poller.register(fd, zmq.POLLIN)
                 polled = wanted
             busy = self.busy()
-            events = dict(poller.poll(int(self.timeout(now, beat_in, busy) * 1000) + 1))
+            timeout = self.timeout(now, beat_in, busy)
+            # Acks are read at every wake-up; one wakes the loop only when
+            # something waits for it: a full outbox, or a sleep long enough
+            # that an idle sync's seen-point would otherwise be late.
+            want_acks = timeout > ACK_LAZY or any(self.outbox.full(w.sync.name)
+                                                  for w in self.syncs)
+            if want_acks != acks_polled:
+                if want_acks:
+                    poller.register(self.sock, zmq.POLLIN)
+                else:
+                    poller.unregister(self.sock)
+                acks_polled = want_acks
+            events = dict(poller.poll(int(timeout * 1000) + 1))
             if self.rt.wakeup in events:
                 drain_fd(self.rt.wakeup)
             now = time.monotonic()
-            if self.sock in events:
-                for _peer, msg in receive(self.sock, log):
-                    if isinstance(msg, proto.Ack):
-                        self.outbox.ack(msg.seq)
+            for _peer, msg in receive(self.sock, log):
+                if isinstance(msg, proto.Ack):
+                    self.outbox.ack(msg.seq)
             if self.monitor in events:
                 self.on_connected(now)
             if self.rt.control in events:
@@ -506,12 +535,15 @@ class Watcher:
             if self.mountinfo is not None and self.mountinfo in events:
                 self.on_mounts()
             readable = [polled[fd] for fd in events if isinstance(fd, int) and fd in polled]
-            self.turn(readable, busy, now)
+            readable += [w for w in self.syncs if w.fd is not None and w.coalescer.read_due(now)
+                         and not self.outbox.full(w.sync.name)]
+            held = [w for w in self.syncs if w.pending]
+            self.turn(readable, busy + held, now)
             if now >= self.next_root_check:
                 self.check_roots(now)
             self.send(self.outbox.due(now))
             self.send_seen(now, readable)
-        self.flush_writing()
+        self.flush_held()
         self.final_seen()
         for w in self.syncs:
             w.stop()
@@ -545,26 +577,32 @@ class Watcher:
                 self.send(self.outbox.add(w.sync.name, proto.Changes(), now,
                                           seen=w.next_seen()))
 
-    def flush_writing(self) -> None:
-        """At a clean stop: files still held as being written go now (the
-        next start would find them by their ctime anyway; this is cheaper)."""
+    def flush_held(self) -> None:
+        """At a clean stop: files still held as being written, and changes
+        held to be sent together, go now (the next start would find them by
+        their ctime anyway; this is cheaper)."""
         now = time.monotonic()
         for w in self.syncs:
             if w.tree is not None and w.tree.writing:
                 w.tree.release(float("inf"), w.pending)
-                self.send(self.outbox.add(w.sync.name, w.pending, now))
-                w.pending = proto.Changes()
+            self.send_held(w, now, stopping=True)
 
     def final_seen(self) -> None:
         """At a clean stop: a seen-point for every idle sync, acknowledged
         before we go (a bounded wait), so that the next start compares only
-        what changes while syncsup is not running."""
+        what changes while syncsup is not running. What :meth:`flush_held`
+        just sent is acknowledged first: a sync is idle only then."""
+        deadline = time.monotonic() + FINAL_ACK_WAIT
+        self.wait_acks(deadline)
         now = time.monotonic()
         for w in self.syncs:
             if w.idle(self.outbox):
                 self.send(self.outbox.add(w.sync.name, proto.Changes(), now,
                                           seen=w.next_seen()))
-        deadline = time.monotonic() + FINAL_ACK_WAIT
+        self.wait_acks(deadline)
+
+    def wait_acks(self, deadline: float) -> None:
+        """Read acks until none is outstanding or ``deadline`` passes."""
         while self.outbox.inflight and time.monotonic() < deadline:
             if self.sock.poll(100, zmq.POLLIN):
                 for _peer, msg in receive(self.sock, log):
