@@ -17,10 +17,11 @@ from syncsup.watcher.core import (
 from tests.helpers.unit import FakeClock
 
 
-def test_the_window_is_a_tenth_of_the_delay_and_bounded() -> None:
+def test_the_window_is_a_fifth_of_the_delay_and_bounded() -> None:
     assert hold_window(0) == 0
-    assert hold_window(0.5) == pytest.approx(0.05)
+    assert hold_window(0.5) == pytest.approx(0.1)
     assert hold_window(15) == HOLD_MAX
+    assert hold_window(2) == pytest.approx(0.4)
     assert hold_window(3600) == HOLD_MAX
 
 
