@@ -26,7 +26,16 @@ from syncsup.runtime import ChildRuntime, connections_made, drain_fd, new_socket
 from syncsup.seen import MARGIN, Seen
 from syncsup.statedir import StateDir
 from syncsup.status import MAX_BLIND_LISTED, BlindStatus, StatusPart, WatchStatus, shorten
-from syncsup.watcher.core import Coalescer, hold_window
+from syncsup.watcher.core import (
+    ROOT_POLL,
+    BlindReports,
+    Coalescer,
+    RootVerdict,
+    RootWatch,
+    SeenPoints,
+    hold_window,
+    rewalk_blind,
+)
 from syncsup.watcher.filters import DirFilter, exclude_patterns
 from syncsup.watcher.mounts import (
     ancestors,
@@ -38,11 +47,8 @@ from syncsup.watcher.mounts import (
 from syncsup.watcher.outbox import Outbox
 from syncsup.watcher.tree import (
     BLIND_REASONS,
-    ERROR,
     MOUNT,
     REASON_WORDS,
-    TOO_LONG,
-    UNREADABLE,
     WATCH_LIMIT,
     WatchTree,
     show,
@@ -55,11 +61,9 @@ log = logging.getLogger("syncsup.watcher")
 _EVENT = struct.Struct("iIII")
 READ_SIZE = 1 << 20        # bytes of inotify events read per sync per turn
 WALK_BUDGET = 2000         # watches placed per sync per turn
-ROOT_POLL = 2.0            # seconds between checks for a missing source root
 UNWATCHED_RESCAN = 10.0    # seconds between rescans of subtrees we could not watch
 MOUNT_RESCAN = 60.0        # seconds between rescans of filesystems mounted inside a source
 ROOT_CHECK = 10.0          # seconds between checks that each root is still the one watched
-SEEN_DELAY = 6.0           # seconds idle before a seen-point is sent (more than MARGIN)
 FINAL_ACK_WAIT = 2.0       # seconds a stopping watcher waits for its last acks
 ACK_LAZY = 0.25            # an ack wakes the loop only if it would sleep longer than this
 
@@ -89,20 +93,14 @@ class SyncWatch:
         self.coalescer = Coalescer(hold_window(sync.delay))  # when to read, when to send
         self.overflows = 0
         self.needed = 0                    # max_user_watches that would cover the tree
-        # Blind subtrees already logged, by reason: a line when a reason gets
-        # new subtrees, one when it has none left.
-        self.reported: dict[str, set[bytes]] = {r: set() for r in BLIND_REASONS}
-        self.next_root_poll = 0.0
+        self.blind_reports = BlindReports()  # blind subtrees already logged
         self.next_unwatched = 0.0
         self.next_mount_rescan = 0.0
-        self.root = sourceroot.OK           # the source root's state (sourceroot)
-        self.root_id: tuple[int, int] | None = None  # (st_dev, st_ino) last watched
+        self.root = RootWatch(str(sync.source), sync.name)
         self.failure: str | None = None     # the last error that stopped this watch
         self.mounts: set[bytes] = set()     # mount points inside the source (relative)
         self.walk_started = 0.0
-        self.seen: Seen | None = None      # the last seen-point sent to the journal
-        self.idle_since: float | None = None
-        self.seen_sent = False             # a seen-point went out in this idle stretch
+        self.seen = SeenPoints()           # the last seen-point, and when the next one goes
 
     @property
     def fd(self) -> int | None:
@@ -114,7 +112,8 @@ class SyncWatch:
         than the last seen-point, or, with no seen-point, a rescan comparing
         every file's content."""
         assert self.tree is not None
-        cutoff = self.seen.cutoff(Seen.now()) if self.seen is not None else None
+        last = self.seen.last
+        cutoff = last.cutoff(Seen.now()) if last is not None else None
         if cutoff is None:
             log.info("%s: %s: no earlier state is known, so the rescan compares content "
                      "(--checksum)", self.sync.name, why)
@@ -131,25 +130,18 @@ class SyncWatch:
         directory (retried every ROOT_POLL): the same rule at the first start
         and after the root went away (syncsup.sourceroot)."""
         state, st = sourceroot.inspect(self.sync.source)
-        if st is None:
-            self.wait_for_root(now, state, None)
+        verdict = self.root.looked(now, state, None if st is None else (st.st_dev, st.st_ino))
+        if not verdict.watch:
+            self.stop()
+            _say(verdict)
             return False
-        ident = (st.st_dev, st.st_ino)
-        if self.root_id is not None and ident != self.root_id:
-            what = ("on another filesystem" if st.st_dev != self.root_id[0]
-                    else "as another directory")
-            log.warning("source %s of %s is back %s than before: treated as a fresh start, "
-                        "so the targets will mirror what it holds now (an empty root never "
-                        "empties them)", self.sync.source, self.sync.name, what)
-        elif self.root != sourceroot.OK:
-            log.info("source %s of %s is back", self.sync.source, self.sync.name)
-        if self.seen is None:
-            self.seen = read_seen(self.journal)
+        _say(verdict)
+        if self.seen.last is None:
+            self.seen.last = read_seen(self.journal)
         self.ino = INotify(nonblocking=True)
         if self.failure is not None:
             log.info("%s: watching %s again", self.sync.name, self.sync.source)
             self.failure = None
-        self.root, self.root_id = sourceroot.OK, ident
         self.tree = WatchTree(os.fsencode(self.sync.source), self.ino.add_watch,
                               self.ino.rm_watch, self.filter.excluded)
         self.rescan(b"", "start")
@@ -168,13 +160,13 @@ class SyncWatch:
         if b"" in changed:
             changed.discard(b"")
             _, st = sourceroot.inspect(self.sync.source)
-            if st is None or (st.st_dev, st.st_ino) != self.root_id:
+            if st is None or (st.st_dev, st.st_ino) != self.root.ident:
                 # Mounted over (or uncovered): the watches are on a directory
                 # nobody sees any more. Start again, as after a root that went.
                 log.info("%s: a filesystem was mounted or unmounted at the source root %s: "
                          "watching it again", self.sync.name, self.sync.source)
                 self.stop()
-                self.next_root_poll = 0.0
+                self.root.next_poll = 0.0
                 return
         for rel in sorted(changed):
             if any(self.filter.excluded(p) for p in ancestors(rel)):
@@ -186,53 +178,23 @@ class SyncWatch:
                     del self.tree.blind[rel]  # the walk says whether it still is one
                 self.tree.queue(rel, proto.Changes(trees={rel}))
 
-    def wait_for_root(self, now: float, state: str, why: str | None) -> None:
-        """The root is not a directory we may watch: say so once (per state),
-        stop watching, and look again every ROOT_POLL."""
-        self.stop()
-        if state != self.root:
-            if state == sourceroot.SYMLINK:
-                log.error("source %s of %s is a symlink: a source root is never followed; "
-                          "waiting for a directory there, nothing is sent to the targets",
-                          self.sync.source, self.sync.name)
-            else:
-                log.error("source %s of %s is %s%s; waiting for it to come back, nothing is "
-                          "deleted on the targets", self.sync.source, self.sync.name,
-                          "missing" if state == sourceroot.MISSING else "not a directory",
-                          f" ({why})" if why else "")
-        self.root = state
-        self.next_root_poll = now + ROOT_POLL
-
     def idle(self, outbox: Outbox) -> bool:
         """Every change this sync's watcher saw is acknowledged."""
         return (self.tree is not None and not self.tree.walking and not self.tree.writing
                 and not self.pending and outbox.unacked_changes(self.sync.name) == 0)
 
     def seen_due(self, now: float, outbox: Outbox) -> float | None:
-        """When a seen-point should be sent: SEEN_DELAY after the sync went
-        idle (once per stretch of idleness: nothing is sent while idle)."""
-        if not self.idle(outbox):
-            self.idle_since, self.seen_sent = None, False
-            return None
-        if self.idle_since is None:
-            self.idle_since = now
-        return None if self.seen_sent else self.idle_since + SEEN_DELAY
+        """When a seen-point should be sent (see SeenPoints)."""
+        return self.seen.due(now, self.idle(outbox))
 
     def next_seen(self) -> Seen:
-        """A seen-point for now (called when the queue was just found empty),
-        held back so that its cutoff is no later than that of the next
-        rescan of a blind subtree: their changes are seen only by rescans."""
-        point = Seen.now()
+        """A seen-point for now (called when the queue was just found empty)."""
         assert self.tree is not None
         # Only the watch limit's subtrees: their rescans compare what changed
         # since their mark. The others are not read at all while blind, and
         # get a whole rescan when they can be read again.
-        marks = [x.mark for x in self.tree.blind.values() if x.reason == WATCH_LIMIT]
-        if marks:
-            held = min(marks) + MARGIN
-            point = Seen(min(point.wall, held), point.boot, point.offset)
-        self.seen, self.seen_sent = point, True
-        return point
+        return self.seen.take(Seen.now(), (x.mark for x in self.tree.blind.values()
+                                           if x.reason == WATCH_LIMIT))
 
     def stop(self) -> None:
         if self.ino is not None:
@@ -265,7 +227,8 @@ class SyncWatch:
         """The watched root is gone (inotify said so, or the walk found no
         directory there): wait for one, as at a start."""
         state, _ = sourceroot.inspect(self.sync.source)
-        self.wait_for_root(now, sourceroot.MISSING if state == sourceroot.OK else state, why)
+        self.stop()
+        _say(self.root.gone(now, state, why))
 
     def walk(self, now: float) -> None:
         assert self.tree is not None
@@ -285,32 +248,22 @@ class SyncWatch:
         self.report_blind()
 
     def blind_reported(self) -> bool:
-        return any(self.reported.values())
+        return self.blind_reports.any()
 
     def report_blind(self) -> None:
-        """One log line when a kind of blindness gets new subtrees, one when
-        none is left; the subtrees it no longer covers are rescanned (what
-        changed there while nobody could look). Called between walks only:
-        a subtree being walked again is neither blind nor watched yet."""
+        """Log what changed among the blind subtrees, and look now at those
+        that can be read again (see BlindReports). Called between walks
+        only: a subtree being walked again is neither blind nor watched yet."""
         assert self.tree is not None
-        now_blind: dict[str, set[bytes]] = {r: set() for r in BLIND_REASONS}
-        for rel, x in self.tree.blind.items():
-            now_blind[x.reason].add(rel)
-        for reason in BLIND_REASONS:
-            cur, old = now_blind[reason], self.reported[reason]
-            if cur == old:
-                continue
-            self.reported[reason] = cur
-            if reason in (TOO_LONG, UNREADABLE, ERROR):
-                self.pending.trees.update(old - cur)  # watched again, or gone: look now
-            new = cur - old
-            if new:
-                self.log_blind(reason, cur, min(new, key=len))
-            elif not cur:
-                if reason == WATCH_LIMIT:
-                    self.needed = 0
-                log.info("%s: %s: every such subtree is watched again", self.sync.name,
-                         REASON_WORDS[reason])
+        news = self.blind_reports.update(self.tree.blind)
+        self.pending.update(news.rescan)
+        for reason, subtrees, example in news.new:
+            self.log_blind(reason, subtrees, example)
+        for reason in news.cleared:
+            if reason == WATCH_LIMIT:
+                self.needed = 0
+            log.info("%s: %s: every such subtree is watched again", self.sync.name,
+                     REASON_WORDS[reason])
 
     def log_blind(self, reason: str, subtrees: set[bytes], example: bytes) -> None:
         assert self.tree is not None
@@ -344,18 +297,13 @@ class SyncWatch:
         (:meth:`report_blind`). Mounts are rescanned every MOUNT_RESCAN."""
         assert self.tree is not None
         self.next_unwatched = now + UNWATCHED_RESCAN
-        reasons = [WATCH_LIMIT, TOO_LONG, UNREADABLE, ERROR]
-        if now >= self.next_mount_rescan:
+        mounts_due = now >= self.next_mount_rescan
+        if mounts_due:
             self.next_mount_rescan = now + MOUNT_RESCAN
-            reasons.append(MOUNT)
-        mark = time.time() - MARGIN
-        for rel, x in self.tree.take_blind(reasons).items():
-            if x.reason == WATCH_LIMIT:
-                self.tree.queue(rel, proto.Changes(trees={rel}), since=x.mark, mark=mark)
-            elif x.reason == MOUNT:
-                self.tree.queue(rel, proto.Changes(trees={rel}), mark=mark)
-            else:
-                self.tree.queue(rel, mark=x.mark)
+        blind = self.tree.take_blind(BLIND_REASONS if mounts_due else
+                                     [r for r in BLIND_REASONS if r != MOUNT])
+        for again in rewalk_blind(blind, mounts_due, time.time() - MARGIN):
+            self.tree.queue(again.rel, again.rescan, since=again.since, mark=again.mark)
 
     def status(self) -> WatchStatus:
         tree = self.tree
@@ -369,8 +317,8 @@ class SyncWatch:
                            unwatched=sum(n for r, n in counts.items() if r != MOUNT),
                            watch_limit_needed=self.needed or None,
                            overflows=self.overflows,
-                           seen=self.seen.wall if self.seen is not None else None,
-                           root=self.root, blind_counts=counts, blind=listed)
+                           seen=self.seen.last.wall if self.seen.last is not None else None,
+                           root=self.root.state, blind_counts=counts, blind=listed)
 
 
 class Watcher:
@@ -427,7 +375,7 @@ class Watcher:
                 due.append(when)
         for w in busy:
             if w.tree is None:
-                due.append(w.next_root_poll)
+                due.append(w.root.next_poll)
             elif w.tree.walking:
                 due.append(now)
             else:
@@ -452,7 +400,7 @@ class Watcher:
                               ROOT_POLL)
                 w.failure = str(exc)
                 w.stop()
-                w.next_root_poll = now + ROOT_POLL
+                w.root.next_poll = now + ROOT_POLL
             self.send_held(w, now)
 
     def send_held(self, w: SyncWatch, now: float, stopping: bool = False) -> None:
@@ -466,7 +414,7 @@ class Watcher:
 
     def serve(self, w: SyncWatch, readable: bool, now: float) -> None:
         if w.tree is None:
-            if now >= w.next_root_poll:
+            if now >= w.root.next_poll:
                 w.start(now)
             return
         if readable and not self.outbox.full(w.sync.name):
@@ -563,7 +511,7 @@ class Watcher:
             if w.tree is None:
                 continue
             _, st = sourceroot.inspect(w.sync.source)
-            if st is None or (st.st_dev, st.st_ino) != w.root_id:
+            if st is None or (st.st_dev, st.st_ino) != w.root.ident:
                 w.root_gone(now, "not the directory watched any more: a directory above it "
                                  "moved, or it was replaced")
 
@@ -617,6 +565,11 @@ class Watcher:
         self.connections += made
         if made and reconnected:
             self.send(self.outbox.due(now, everything=True))
+
+
+def _say(verdict: RootVerdict) -> None:
+    if verdict.say is not None:
+        log.log(verdict.level, "%s", verdict.say)
 
 
 def _current_watch_limit() -> int:

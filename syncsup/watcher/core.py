@@ -1,5 +1,13 @@
 """The watcher's decisions, pure: driven by what was read and by time,
-with no socket, no inotify instance and no clock of its own.
+with no socket, no inotify instance and no clock of its own. The loop in
+:mod:`syncsup.watcher._main` does the reading, the sending and the
+logging; these classes say when and what:
+
+* :class:`Coalescer`: when a queue is read and its changes are sent;
+* :class:`SeenPoints`: when an idle sync's seen-point goes, and its value;
+* :class:`RootWatch`: a source root that is missing, replaced or back;
+* :class:`BlindReports` and :func:`rewalk_blind`: the subtrees out of
+  sight, what to say of them and when to look at them again.
 
 :class:`Coalescer` decides when one sync's inotify queue is read and when
 the changes read from it go to the collator. Under steady churn the cost
@@ -30,10 +38,29 @@ Why this keeps every guarantee:
 
 from __future__ import annotations
 
-from syncsup.proto import Changes
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
-__all__ = ["FLOOD_BYTES", "HOLD_MAX", "HOLD_SHARE", "READ_EVERY", "SEND_NOW", "Coalescer",
-           "hold_window"]
+from syncsup import sourceroot
+from syncsup.proto import Changes
+from syncsup.seen import MARGIN, Seen
+from syncsup.watcher.tree import (
+    BLIND_REASONS,
+    ERROR,
+    MOUNT,
+    TOO_LONG,
+    UNREADABLE,
+    WATCH_LIMIT,
+    Blind,
+)
+
+__all__ = ["FLOOD_BYTES", "HOLD_MAX", "HOLD_SHARE", "READ_EVERY", "ROOT_POLL", "SEEN_DELAY",
+           "SEND_NOW", "BlindNews", "BlindReports", "Coalescer", "Rewalk", "RootVerdict",
+           "RootWatch", "SeenPoints", "hold_window", "rewalk_blind"]
+
+ROOT_POLL = 2.0     # seconds between checks for a missing source root
+SEEN_DELAY = 6.0    # seconds idle before a seen-point is sent (more than MARGIN)
 
 HOLD_SHARE = 0.2    # the window's share of the sync's delay
 HOLD_MAX = 1.0      # seconds changes are held at most, whatever the delay
@@ -103,3 +130,184 @@ class Coalescer:
                            None if self.held_since is None else self.held_since + self.window)
                if t is not None]
         return min(due) if due else None
+
+
+class SeenPoints:
+    """When an idle sync's seen-point is sent, and what it says.
+
+    A seen-point says "every change before this moment is in the journal";
+    a restart trusts rsync's quick check for files older than it. So it is
+    sent only once nothing is held, walked, written or unacknowledged, and
+    :data:`SEEN_DELAY` after that (once per stretch of idleness: an idle
+    watcher sends nothing more). It is held back to the oldest mark of the
+    subtrees blind for the watch limit, whose changes only their rescans
+    see.
+    """
+
+    def __init__(self, last: Seen | None = None) -> None:
+        self.last = last                   # the last seen-point sent (or read at start)
+        self.idle_since: float | None = None
+        self.sent = False                  # one went out in this stretch of idleness
+
+    def due(self, now: float, idle: bool) -> float | None:
+        """When the next seen-point goes (None: not while busy, nor twice)."""
+        if not idle:
+            self.idle_since, self.sent = None, False
+            return None
+        if self.idle_since is None:
+            self.idle_since = now
+        return None if self.sent else self.idle_since + SEEN_DELAY
+
+    def take(self, point: Seen, watch_limit_marks: Iterable[float]) -> Seen:
+        """The seen-point to send for ``point`` (now), held back so that its
+        cutoff is no later than that of the next rescan of a blind subtree."""
+        marks = list(watch_limit_marks)
+        if marks:
+            held = min(marks) + MARGIN
+            point = Seen(min(point.wall, held), point.boot, point.offset)
+        self.last, self.sent = point, True
+        return point
+
+
+@dataclass(frozen=True)
+class RootVerdict:
+    """What to do about the source root: ``watch`` it now (with ``say``,
+    a line to log, if any), or wait until ``retry`` (monotonic)."""
+
+    watch: bool
+    say: str | None = None
+    level: int = logging.INFO
+    retry: float = 0.0
+
+
+class RootWatch:
+    """The source root's rules: a root that is not a directory (missing,
+    a symlink, a file) is waited for and looked at again every
+    :data:`ROOT_POLL`, said once per state; one that comes back is watched
+    as at a fresh start, said as "back", or as "another directory" when its
+    identity (device, inode) changed."""
+
+    def __init__(self, source: str, name: str) -> None:
+        self.source, self.name = source, name
+        self.state = sourceroot.OK
+        self.ident: tuple[int, int] | None = None  # (st_dev, st_ino) last watched
+        self.next_poll = 0.0
+
+    def looked(self, now: float, state: str, ident: tuple[int, int] | None) -> RootVerdict:
+        """The root was inspected (``ident`` when it is a directory)."""
+        if ident is None:
+            return self.lost(now, state, None)
+        say, level = None, logging.INFO
+        if self.ident is not None and ident != self.ident:
+            what = "on another filesystem" if ident[0] != self.ident[0] else \
+                "as another directory"
+            say, level = (f"source {self.source} of {self.name} is back {what} than before: "
+                          "treated as a fresh start, so the targets will mirror what it holds "
+                          "now (an empty root never empties them)"), logging.WARNING
+        elif self.state != sourceroot.OK:
+            say = f"source {self.source} of {self.name} is back"
+        self.state, self.ident = sourceroot.OK, ident
+        return RootVerdict(True, say, level)
+
+    def lost(self, now: float, state: str, why: str | None) -> RootVerdict:
+        """The root is not a directory we may watch (``state``): stop
+        watching, say so once per state, look again in ROOT_POLL."""
+        say = None
+        if state != self.state:
+            if state == sourceroot.SYMLINK:
+                say = (f"source {self.source} of {self.name} is a symlink: a source root is "
+                       "never followed; waiting for a directory there, nothing is sent to the "
+                       "targets")
+            else:
+                what = "missing" if state == sourceroot.MISSING else "not a directory"
+                say = (f"source {self.source} of {self.name} is {what}"
+                       f"{f' ({why})' if why else ''}; waiting for it to come back, nothing "
+                       "is deleted on the targets")
+        self.state = state
+        self.next_poll = now + ROOT_POLL
+        return RootVerdict(False, say, logging.ERROR, self.next_poll)
+
+    def gone(self, now: float, state: str, why: str) -> RootVerdict:
+        """The watched root went away (an event said so, or a check found
+        something else there): missing, unless it is now a symlink or a file."""
+        return self.lost(now, sourceroot.MISSING if state == sourceroot.OK else state, why)
+
+
+@dataclass
+class BlindNews:
+    """What changed among the blind subtrees since the last report:
+    ``rescan`` the subtrees that can be read again (or are gone), to look at
+    now; ``new`` per reason the subtrees now blind and one example of the
+    newly blind ones; ``cleared`` the reasons with no subtree left."""
+
+    rescan: Changes = field(default_factory=Changes)
+    new: list[tuple[str, set[bytes], bytes]] = field(default_factory=list)
+    cleared: list[str] = field(default_factory=list)
+
+
+class BlindReports:
+    """The blind subtrees already reported, by reason: a line when a reason
+    gets new subtrees, one when it has none left; the subtrees that a
+    reason no longer covers are rescanned (what changed there while nobody
+    could look), except the watch limit's and mounts, whose rescans run
+    on their own schedule."""
+
+    def __init__(self) -> None:
+        self.reported: dict[str, set[bytes]] = {r: set() for r in BLIND_REASONS}
+
+    def any(self) -> bool:
+        return any(self.reported.values())
+
+    def update(self, blind: Mapping[bytes, Blind]) -> BlindNews:
+        """Compare the blind subtrees now with those last reported."""
+        now_blind: dict[str, set[bytes]] = {r: set() for r in BLIND_REASONS}
+        for rel, x in blind.items():
+            now_blind[x.reason].add(rel)
+        news = BlindNews()
+        for reason in BLIND_REASONS:
+            cur, old = now_blind[reason], self.reported[reason]
+            if cur == old:
+                continue
+            self.reported[reason] = cur
+            if reason in (TOO_LONG, UNREADABLE, ERROR):
+                news.rescan.trees.update(old - cur)  # watched again, or gone: look now
+            fresh = cur - old
+            if fresh:
+                news.new.append((reason, cur, min(fresh, key=len)))
+            elif not cur:
+                news.cleared.append(reason)
+        return news
+
+
+@dataclass(frozen=True)
+class Rewalk:
+    """One blind subtree to walk again: ``rescan`` what to release after
+    the walk (None: only watch it), ``since`` the ctime cutoff of its
+    content comparison, ``mark`` the cutoff to remember if it is still
+    blind."""
+
+    rel: bytes
+    rescan: Changes | None
+    since: float | None
+    mark: float
+
+
+def rewalk_blind(blind: Mapping[bytes, Blind], mounts_due: bool, mark: float) -> list[Rewalk]:
+    """The blind subtrees to look at again on their periodic retry (watch
+    first, then scan, as always). Those left out by the watch limit are
+    rescanned, comparing the content of files changed since their mark;
+    mounts (only when ``mounts_due``) are rescanned with the quick check;
+    the others (a path too long, unreadable, an error) are only watched
+    again: rsync cannot read them either, and they are rescanned once they
+    can be (:class:`BlindReports`). ``mark`` (wall clock, less the margin)
+    is the new cutoff of a subtree still blind after its rescan."""
+    out = []
+    for rel, x in blind.items():
+        if x.reason == WATCH_LIMIT:
+            out.append(Rewalk(rel, Changes(trees={rel}), x.mark, mark))
+        elif x.reason == MOUNT:
+            if mounts_due:
+                out.append(Rewalk(rel, Changes(trees={rel}), None, mark))
+        else:
+            out.append(Rewalk(rel, None, None, x.mark))
+    return out

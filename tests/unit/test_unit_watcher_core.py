@@ -1,19 +1,34 @@
 """The watcher's pure core (watcher/core.py) on a fake clock: when a
-sync's inotify queue is read and when what was read is sent."""
+sync's inotify queue is read and when what was read is sent; when an idle
+sync's seen-point goes and what it says; a source root missing, replaced
+or back; what is said of blind subtrees and when they are looked at again."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
+from syncsup import sourceroot
 from syncsup.proto import Changes
+from syncsup.seen import MARGIN, Seen
 from syncsup.watcher.core import (
     FLOOD_BYTES,
     HOLD_MAX,
     READ_EVERY,
+    ROOT_POLL,
+    SEEN_DELAY,
     SEND_NOW,
+    BlindNews,
+    BlindReports,
     Coalescer,
+    Rewalk,
+    RootWatch,
+    SeenPoints,
     hold_window,
+    rewalk_blind,
 )
+from syncsup.watcher.tree import ERROR, MOUNT, TOO_LONG, UNREADABLE, WATCH_LIMIT, Blind
 from tests.helpers.unit import FakeClock
 
 
@@ -90,3 +105,127 @@ def test_a_stop_sends_what_is_held() -> None:
     assert c.take(pending, clock()) is None
     clock.advance(0.1)
     assert c.take(pending, clock(), stopping=True) == clock.now - 0.1
+
+
+# ------------------------------------------------------------ seen-points
+def seen_at(wall: float) -> Seen:
+    return Seen(wall, "boot", 0.0)
+
+
+def test_a_seen_point_goes_once_after_the_idle_delay() -> None:
+    s, clock = SeenPoints(), FakeClock(100.0)
+    assert s.due(clock(), idle=True) == 100.0 + SEEN_DELAY
+    clock.advance(SEEN_DELAY)
+    assert s.due(clock(), idle=True) == 100.0 + SEEN_DELAY
+    point = s.take(seen_at(5000.0), [])
+    assert point == seen_at(5000.0) and s.last == point
+    clock.advance(100)
+    assert s.due(clock(), idle=True) is None  # once per stretch of idleness
+
+
+def test_work_restarts_the_idle_wait() -> None:
+    s, clock = SeenPoints(), FakeClock(100.0)
+    s.due(clock(), idle=True)
+    s.take(seen_at(5000.0), [])
+    clock.advance(3)
+    assert s.due(clock(), idle=False) is None  # something held, walked or unacked
+    clock.advance(1)
+    assert s.due(clock(), idle=True) == clock.now + SEEN_DELAY
+
+
+def test_a_seen_point_is_held_back_to_the_watch_limits_oldest_mark() -> None:
+    """Changes in a subtree left out by the watch limit are seen only by its
+    rescan, which compares from its mark: the seen-point must not pass it."""
+    s = SeenPoints()
+    point = s.take(seen_at(5000.0), [4000.0, 4500.0])
+    assert point.wall == 4000.0 + MARGIN
+    assert s.take(seen_at(5000.0), [4999.0]).wall == 5000.0  # never later than now
+
+
+# -------------------------------------------------------------- the root
+def test_a_missing_root_is_said_once_and_polled() -> None:
+    r, clock = RootWatch("/src", "www"), FakeClock(10.0)
+    v = r.looked(clock(), sourceroot.MISSING, None)
+    assert not v.watch and v.retry == 10.0 + ROOT_POLL and v.level == logging.ERROR
+    assert v.say is not None and "missing" in v.say and "nothing is deleted" in v.say
+    clock.advance(ROOT_POLL)
+    v = r.looked(clock(), sourceroot.MISSING, None)
+    assert not v.watch and v.say is None and r.next_poll == clock.now + ROOT_POLL
+    v = r.looked(clock(), sourceroot.SYMLINK, None)  # another state: said again
+    assert v.say is not None and "symlink" in v.say
+
+
+def test_a_root_that_comes_back_is_watched_and_said_back() -> None:
+    r = RootWatch("/src", "www")
+    first = r.looked(0.0, sourceroot.OK, (1, 2))
+    assert first.watch and first.say is None  # the first start says nothing
+    r.gone(1.0, sourceroot.OK, "moved, deleted or unmounted")
+    assert r.state == sourceroot.MISSING  # gone, though something is there again
+    v = r.looked(3.0, sourceroot.OK, (1, 2))
+    assert v.watch and v.say == "source /src of www is back"
+
+
+@pytest.mark.parametrize(("ident", "words"), [((1, 9), "as another directory"),
+                                              ((7, 2), "on another filesystem")])
+def test_a_root_back_as_another_directory_is_a_fresh_start(ident: tuple[int, int],
+                                                           words: str) -> None:
+    r = RootWatch("/src", "www")
+    r.looked(0.0, sourceroot.OK, (1, 2))
+    r.gone(1.0, sourceroot.MISSING, "gone")
+    v = r.looked(3.0, sourceroot.OK, ident)
+    assert v.watch and v.level == logging.WARNING
+    assert v.say is not None and words in v.say and "fresh start" in v.say
+    assert r.ident == ident
+
+
+def test_a_root_replaced_by_a_file_keeps_its_state() -> None:
+    r = RootWatch("/src", "www")
+    r.looked(0.0, sourceroot.OK, (1, 2))
+    v = r.gone(1.0, sourceroot.NOT_DIRECTORY, "replaced")
+    assert r.state == sourceroot.NOT_DIRECTORY
+    assert v.say is not None and "not a directory (replaced)" in v.say
+
+
+# ------------------------------------------------------- blind subtrees
+def test_blind_subtrees_are_reported_when_new_and_when_gone() -> None:
+    b = BlindReports()
+    news = b.update({b"a": Blind(UNREADABLE, 1.0), b"a/b/c": Blind(UNREADABLE, 1.0)})
+    assert news.new == [(UNREADABLE, {b"a", b"a/b/c"}, b"a")] and not news.rescan
+    assert b.any()
+    assert b.update({b"a": Blind(UNREADABLE, 1.0), b"a/b/c": Blind(UNREADABLE, 1.0)}) \
+        == BlindNews()  # nothing new: nothing said
+    news = b.update({})
+    assert news.cleared == [UNREADABLE] and news.new == []
+    assert news.rescan == Changes(trees={b"a", b"a/b/c"})  # readable again: look now
+    assert not b.any()
+
+
+@pytest.mark.parametrize("reason", [WATCH_LIMIT, MOUNT])
+def test_watch_limit_and_mounts_are_not_rescanned_when_they_end(reason: str) -> None:
+    """Their rescans run on their own schedule; the report only says so."""
+    b = BlindReports()
+    b.update({b"x": Blind(reason, 1.0)})
+    news = b.update({})
+    assert news.cleared == [reason] and not news.rescan
+
+
+@pytest.mark.parametrize("reason", [TOO_LONG, UNREADABLE, ERROR])
+def test_a_subtree_no_longer_blind_is_rescanned_even_if_others_stay(reason: str) -> None:
+    b = BlindReports()
+    b.update({b"x": Blind(reason, 1.0), b"y": Blind(reason, 1.0)})
+    news = b.update({b"y": Blind(reason, 1.0)})
+    assert news.rescan == Changes(trees={b"x"}) and news.cleared == [] and news.new == []
+
+
+def test_blind_subtrees_are_walked_again_by_their_reason() -> None:
+    blind = {b"w": Blind(WATCH_LIMIT, 10.0), b"m": Blind(MOUNT, 11.0),
+             b"t": Blind(TOO_LONG, 12.0), b"e": Blind(ERROR, 13.0)}
+    got = {r.rel: r for r in rewalk_blind(blind, mounts_due=True, mark=50.0)}
+    # the watch limit: rescanned, comparing content changed since its mark
+    assert got[b"w"] == Rewalk(b"w", Changes(trees={b"w"}), 10.0, 50.0)
+    # a mount: rescanned with the quick check
+    assert got[b"m"] == Rewalk(b"m", Changes(trees={b"m"}), None, 50.0)
+    # the others: only watched again, keeping their mark
+    assert got[b"t"] == Rewalk(b"t", None, None, 12.0)
+    assert got[b"e"] == Rewalk(b"e", None, None, 13.0)
+    assert b"m" not in {r.rel for r in rewalk_blind(blind, mounts_due=False, mark=50.0)}
