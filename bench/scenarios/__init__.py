@@ -28,10 +28,12 @@ REGISTRY: dict[str, Scenario] = {
     m.SCENARIO.name: m.SCENARIO
     for m in (latency, burst, churn, overflow, startup, fanout, rename, recovery, idle, syncs)
 }
-# Steady churn at a realistic delay, and its short variant, after the others
-# (the quick one is for iterating; a full run measures both).
+# Steady churn at a realistic delay after the others; its short variant is
+# for iterating on the code, run only when asked for (``--only steady-quick``).
 REGISTRY.update({s.name: s for s in (steady.SCENARIO, steady.QUICK)})
 NAMES: tuple[str, ...] = tuple(REGISTRY)
+DEFAULT: tuple[str, ...] = tuple(n for n in NAMES if n != steady.QUICK.name)
+"""What a run without ``--only`` runs (and what makes a run complete)."""
 
 
 def describe(scenario: str, key: str) -> Figure:
