@@ -211,7 +211,8 @@ class SyncWatch:
             self.coalescer.read_done(now, 0)
             return
         self.coalescer.read_done(now, len(data))
-        signals = self.tree.apply(parse(data), self.pending, now)
+        changes, signals = self.tree.apply(parse(data), now)
+        self.pending.update(changes)
         if signals.overflow:
             self.overflows += 1
             log.warning("%s: inotify queue overflowed (fs.inotify.max_queued_events): "
@@ -233,7 +234,7 @@ class SyncWatch:
     def walk(self, now: float) -> None:
         assert self.tree is not None
         was = self.tree.walking
-        self.tree.step(self.pending, WALK_BUDGET)
+        self.pending.update(self.tree.step(WALK_BUDGET).changes)
         if self.tree.walking:
             return
         if self.tree.root_wd is None and b"" not in self.tree.blind:
@@ -428,7 +429,7 @@ class Watcher:
         elif w.tree.blind or w.blind_reported():
             w.report_blind()  # an event may have ended some (a blind subtree deleted)
         if w.tree is not None and w.tree.writing:
-            w.tree.release(now, w.pending)
+            w.pending.update(w.tree.release(now)[0])
 
     def run(self) -> int:
         now = time.monotonic()
@@ -532,7 +533,7 @@ class Watcher:
         now = time.monotonic()
         for w in self.syncs:
             if w.tree is not None and w.tree.writing:
-                w.tree.release(float("inf"), w.pending)
+                w.pending.update(w.tree.release(float("inf"))[0])
             self.send_held(w, now, stopping=True)
 
     def final_seen(self) -> None:
