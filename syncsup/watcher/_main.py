@@ -27,7 +27,6 @@ from syncsup.seen import MARGIN, Seen
 from syncsup.statedir import StateDir
 from syncsup.status import MAX_BLIND_LISTED, BlindStatus, StatusPart, WatchStatus, shorten
 from syncsup.watcher.core import (
-    ROOT_POLL,
     BlindReports,
     Coalescer,
     RootVerdict,
@@ -61,9 +60,11 @@ log = logging.getLogger("syncsup.watcher")
 _EVENT = struct.Struct("iIII")
 READ_SIZE = 1 << 20        # bytes of inotify events read per sync per turn
 WALK_BUDGET = 2000         # watches placed per sync per turn
+ROOT_POLL = 2.0            # seconds between checks for a missing source root
 UNWATCHED_RESCAN = 10.0    # seconds between rescans of subtrees we could not watch
 MOUNT_RESCAN = 60.0        # seconds between rescans of filesystems mounted inside a source
 ROOT_CHECK = 10.0          # seconds between checks that each root is still the one watched
+SEEN_DELAY = 6.0           # seconds idle before a seen-point is sent (more than MARGIN)
 FINAL_ACK_WAIT = 2.0       # seconds a stopping watcher waits for its last acks
 ACK_LAZY = 0.25            # an ack wakes the loop only if it would sleep longer than this
 
@@ -96,11 +97,11 @@ class SyncWatch:
         self.blind_reports = BlindReports()  # blind subtrees already logged
         self.next_unwatched = 0.0
         self.next_mount_rescan = 0.0
-        self.root = RootWatch(str(sync.source), sync.name)
+        self.root = RootWatch(str(sync.source), sync.name, ROOT_POLL)
         self.failure: str | None = None     # the last error that stopped this watch
         self.mounts: set[bytes] = set()     # mount points inside the source (relative)
         self.walk_started = 0.0
-        self.seen = SeenPoints()           # the last seen-point, and when the next one goes
+        self.seen = SeenPoints(SEEN_DELAY)  # the last seen-point, and when the next one goes
 
     @property
     def fd(self) -> int | None:

@@ -55,12 +55,9 @@ from syncsup.watcher.tree import (
     Blind,
 )
 
-__all__ = ["FLOOD_BYTES", "HOLD_MAX", "HOLD_SHARE", "READ_EVERY", "ROOT_POLL", "SEEN_DELAY",
-           "SEND_NOW", "BlindNews", "BlindReports", "Coalescer", "Rewalk", "RootVerdict",
-           "RootWatch", "SeenPoints", "hold_window", "rewalk_blind"]
-
-ROOT_POLL = 2.0     # seconds between checks for a missing source root
-SEEN_DELAY = 6.0    # seconds idle before a seen-point is sent (more than MARGIN)
+__all__ = ["FLOOD_BYTES", "HOLD_MAX", "HOLD_SHARE", "READ_EVERY", "SEND_NOW", "BlindNews",
+           "BlindReports", "Coalescer", "Rewalk", "RootVerdict", "RootWatch", "SeenPoints",
+           "hold_window", "rewalk_blind"]
 
 HOLD_SHARE = 0.2    # the window's share of the sync's delay
 HOLD_MAX = 1.0      # seconds changes are held at most, whatever the delay
@@ -138,13 +135,14 @@ class SeenPoints:
     A seen-point says "every change before this moment is in the journal";
     a restart trusts rsync's quick check for files older than it. So it is
     sent only once nothing is held, walked, written or unacknowledged, and
-    :data:`SEEN_DELAY` after that (once per stretch of idleness: an idle
-    watcher sends nothing more). It is held back to the oldest mark of the
-    subtrees blind for the watch limit, whose changes only their rescans
-    see.
+    ``delay`` seconds after that (once per stretch of idleness: an idle
+    watcher sends nothing more; more than the margin of a seen-point). It
+    is held back to the oldest mark of the subtrees blind for the watch
+    limit, whose changes only their rescans see.
     """
 
-    def __init__(self, last: Seen | None = None) -> None:
+    def __init__(self, delay: float, last: Seen | None = None) -> None:
+        self.delay = delay
         self.last = last                   # the last seen-point sent (or read at start)
         self.idle_since: float | None = None
         self.sent = False                  # one went out in this stretch of idleness
@@ -156,7 +154,7 @@ class SeenPoints:
             return None
         if self.idle_since is None:
             self.idle_since = now
-        return None if self.sent else self.idle_since + SEEN_DELAY
+        return None if self.sent else self.idle_since + self.delay
 
     def take(self, point: Seen, watch_limit_marks: Iterable[float]) -> Seen:
         """The seen-point to send for ``point`` (now), held back so that its
@@ -182,13 +180,13 @@ class RootVerdict:
 
 class RootWatch:
     """The source root's rules: a root that is not a directory (missing,
-    a symlink, a file) is waited for and looked at again every
-    :data:`ROOT_POLL`, said once per state; one that comes back is watched
+    a symlink, a file) is waited for and looked at again every ``poll``
+    seconds, said once per state; one that comes back is watched
     as at a fresh start, said as "back", or as "another directory" when its
     identity (device, inode) changed."""
 
-    def __init__(self, source: str, name: str) -> None:
-        self.source, self.name = source, name
+    def __init__(self, source: str, name: str, poll: float) -> None:
+        self.source, self.name, self.poll = source, name, poll
         self.state = sourceroot.OK
         self.ident: tuple[int, int] | None = None  # (st_dev, st_ino) last watched
         self.next_poll = 0.0
@@ -211,7 +209,7 @@ class RootWatch:
 
     def lost(self, now: float, state: str, why: str | None) -> RootVerdict:
         """The root is not a directory we may watch (``state``): stop
-        watching, say so once per state, look again in ROOT_POLL."""
+        watching, say so once per state, look again in ``poll`` seconds."""
         say = None
         if state != self.state:
             if state == sourceroot.SYMLINK:
@@ -224,7 +222,7 @@ class RootWatch:
                        f"{f' ({why})' if why else ''}; waiting for it to come back, nothing "
                        "is deleted on the targets")
         self.state = state
-        self.next_poll = now + ROOT_POLL
+        self.next_poll = now + self.poll
         return RootVerdict(False, say, logging.ERROR, self.next_poll)
 
     def gone(self, now: float, state: str, why: str) -> RootVerdict:

@@ -16,8 +16,6 @@ from syncsup.watcher.core import (
     FLOOD_BYTES,
     HOLD_MAX,
     READ_EVERY,
-    ROOT_POLL,
-    SEEN_DELAY,
     SEND_NOW,
     BlindNews,
     BlindReports,
@@ -30,6 +28,8 @@ from syncsup.watcher.core import (
 )
 from syncsup.watcher.tree import ERROR, MOUNT, TOO_LONG, UNREADABLE, WATCH_LIMIT, Blind
 from tests.helpers.unit import FakeClock
+
+SEEN_DELAY, ROOT_POLL = 6.0, 2.0  # given to the core (production: watcher/_main.py)
 
 
 def test_the_window_is_a_fifth_of_the_delay_and_bounded() -> None:
@@ -113,7 +113,7 @@ def seen_at(wall: float) -> Seen:
 
 
 def test_a_seen_point_goes_once_after_the_idle_delay() -> None:
-    s, clock = SeenPoints(), FakeClock(100.0)
+    s, clock = SeenPoints(SEEN_DELAY), FakeClock(100.0)
     assert s.due(clock(), idle=True) == 100.0 + SEEN_DELAY
     clock.advance(SEEN_DELAY)
     assert s.due(clock(), idle=True) == 100.0 + SEEN_DELAY
@@ -124,7 +124,7 @@ def test_a_seen_point_goes_once_after_the_idle_delay() -> None:
 
 
 def test_work_restarts_the_idle_wait() -> None:
-    s, clock = SeenPoints(), FakeClock(100.0)
+    s, clock = SeenPoints(SEEN_DELAY), FakeClock(100.0)
     s.due(clock(), idle=True)
     s.take(seen_at(5000.0), [])
     clock.advance(3)
@@ -136,7 +136,7 @@ def test_work_restarts_the_idle_wait() -> None:
 def test_a_seen_point_is_held_back_to_the_watch_limits_oldest_mark() -> None:
     """Changes in a subtree left out by the watch limit are seen only by its
     rescan, which compares from its mark: the seen-point must not pass it."""
-    s = SeenPoints()
+    s = SeenPoints(SEEN_DELAY)
     point = s.take(seen_at(5000.0), [4000.0, 4500.0])
     assert point.wall == 4000.0 + MARGIN
     assert s.take(seen_at(5000.0), [4999.0]).wall == 5000.0  # never later than now
@@ -144,7 +144,7 @@ def test_a_seen_point_is_held_back_to_the_watch_limits_oldest_mark() -> None:
 
 # -------------------------------------------------------------- the root
 def test_a_missing_root_is_said_once_and_polled() -> None:
-    r, clock = RootWatch("/src", "www"), FakeClock(10.0)
+    r, clock = RootWatch("/src", "www", ROOT_POLL), FakeClock(10.0)
     v = r.looked(clock(), sourceroot.MISSING, None)
     assert not v.watch and v.retry == 10.0 + ROOT_POLL and v.level == logging.ERROR
     assert v.say is not None and "missing" in v.say and "nothing is deleted" in v.say
@@ -156,7 +156,7 @@ def test_a_missing_root_is_said_once_and_polled() -> None:
 
 
 def test_a_root_that_comes_back_is_watched_and_said_back() -> None:
-    r = RootWatch("/src", "www")
+    r = RootWatch("/src", "www", ROOT_POLL)
     first = r.looked(0.0, sourceroot.OK, (1, 2))
     assert first.watch and first.say is None  # the first start says nothing
     r.gone(1.0, sourceroot.OK, "moved, deleted or unmounted")
@@ -169,7 +169,7 @@ def test_a_root_that_comes_back_is_watched_and_said_back() -> None:
                                               ((7, 2), "on another filesystem")])
 def test_a_root_back_as_another_directory_is_a_fresh_start(ident: tuple[int, int],
                                                            words: str) -> None:
-    r = RootWatch("/src", "www")
+    r = RootWatch("/src", "www", ROOT_POLL)
     r.looked(0.0, sourceroot.OK, (1, 2))
     r.gone(1.0, sourceroot.MISSING, "gone")
     v = r.looked(3.0, sourceroot.OK, ident)
@@ -179,7 +179,7 @@ def test_a_root_back_as_another_directory_is_a_fresh_start(ident: tuple[int, int
 
 
 def test_a_root_replaced_by_a_file_keeps_its_state() -> None:
-    r = RootWatch("/src", "www")
+    r = RootWatch("/src", "www", ROOT_POLL)
     r.looked(0.0, sourceroot.OK, (1, 2))
     v = r.gone(1.0, sourceroot.NOT_DIRECTORY, "replaced")
     assert r.state == sourceroot.NOT_DIRECTORY
