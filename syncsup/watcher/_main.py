@@ -201,6 +201,7 @@ class SyncWatch:
         if self.ino is not None:
             self.ino.close()
         self.ino = self.tree = None
+        self.coalescer.reset()
 
     def read(self, now: float) -> None:
         """One read of the inotify queue into ``pending`` (files still being
@@ -372,7 +373,8 @@ class Watcher:
             when = w.seen_due(now, self.outbox)
             if when is not None:
                 due.append(when)
-            when = w.coalescer.wake_at()
+            when = w.coalescer.wake_at(reading=w.fd is not None
+                                       and not self.outbox.full(w.sync.name))
             if when is not None:
                 due.append(when)
         for w in busy:

@@ -121,12 +121,19 @@ class Coalescer:
         self.held_since = first
         return None
 
-    def wake_at(self) -> float | None:
-        """The next time this sync needs the loop (a read or a send), or None."""
-        due = [t for t in (self.next_read or None,
-                           None if self.held_since is None else self.held_since + self.window)
-               if t is not None]
+    def wake_at(self, reading: bool = True) -> float | None:
+        """The next time this sync needs the loop (a read or a send), or None.
+        ``reading`` False: its queue cannot be read now (no watch, or its
+        unacked messages are at their bound), so a read due is no reason to
+        wake (the loop would spin on it until the queue can be read)."""
+        read = self.next_read if reading and self.next_read else None
+        send = None if self.held_since is None else self.held_since + self.window
+        due = [t for t in (read, send) if t is not None]
         return min(due) if due else None
+
+    def reset(self) -> None:
+        """The queue is gone (the watch stopped): the next one is polled."""
+        self.next_read = 0.0
 
 
 class SeenPoints:

@@ -76,6 +76,21 @@ def test_a_busy_queue_is_read_at_a_pace_an_empty_one_is_polled() -> None:
     assert c.wake_at() is None  # no wake-up without work
 
 
+def test_a_read_that_cannot_happen_wakes_nothing() -> None:
+    """A queue that cannot be read now (its messages unacked at their bound,
+    or its watch stopped) must not make the loop wake for its read: the
+    read would not happen, and the loop would spin until it could."""
+    c, clock = Coalescer(1.0), FakeClock()
+    c.read_done(clock(), 200)
+    clock.advance(5 * READ_EVERY)
+    assert c.wake_at(reading=False) is None
+    pending = Changes(paths={b"a"})
+    c.take(pending, clock())
+    assert c.wake_at(reading=False) == clock.now + 1.0  # the send still wakes it
+    c.reset()  # the watch stopped: its next queue is polled
+    assert c.polled() and not c.read_due(clock())
+
+
 def test_the_read_pace_never_exceeds_the_window() -> None:
     c, clock = Coalescer(0.03), FakeClock()
     c.read_done(clock(), 200)
