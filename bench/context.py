@@ -40,6 +40,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "rsyncd_burst": 500,
         "bursts": [1000],
         "churn_s": 6.0,
+        "steady_s": 6.0,
         "overflow_files": 9000,  # Lsyncd: ~2 events a file; the queue holds 16 384
         "startup": (2000, 100),
         "fanout": [8],
@@ -73,6 +74,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "syncs_settle_s": 15.0,
         "syncs_idle_s": 60.0,
         "churn_s": 180.0,
+        "steady_s": 120.0,
         "recovery_files": 40,
         "firststart_files": 300,
         "cascade_files": 2000,

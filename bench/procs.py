@@ -224,3 +224,69 @@ def lo_rx_bytes() -> int:
             if name.strip() == "lo":
                 return int(rest.split()[0])
     return 0
+
+
+# ------------------------------------------------------------ CPU per process
+@dataclass
+class RoleCpu:
+    """One process of a tree: its label, its own CPU (nanosecond run time of
+    its threads, ``schedstat``) and the CPU of the children it reaped
+    (``cutime + cstime``, ticks)."""
+
+    label: str
+    own_s: float
+    reaped_s: float
+
+
+def _label(pid: int) -> str:
+    """``watcher``, ``collator``, ``syncer``... for syncsup's roles (``syncsup.ROLE``
+    in the command line), else the program's base name (``lsyncd``, ``rsync``,
+    ``python3`` for syncsup's supervisor)."""
+    argv = cmdline_of(pid)
+    for a in argv:
+        if a.startswith(b"syncsup.") and b" " not in a:
+            return a.split(b".", 1)[1].decode(errors="replace")
+    return os.path.basename(argv[0]).decode(errors="replace") if argv else "?"
+
+
+def role_cpu(root: int) -> dict[tuple[int, int], RoleCpu]:
+    """Every live process of the tree of ``root``, keyed by (pid, start time)
+    so that a reused pid is never taken for the process it replaced."""
+    out: dict[tuple[int, int], RoleCpu] = {}
+    for pid in tree_pids(root):
+        f = stat_fields(pid)
+        if f is None:
+            continue
+        ns = 0
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as fh:
+                    ns += int(fh.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+        out[(pid, int(f[19]))] = RoleCpu(_label(pid), ns / 1e9,
+                                         (int(f[13]) + int(f[14])) / CLK_TCK)
+    return out
+
+
+def role_cpu_between(a: dict[tuple[int, int], RoleCpu],
+                     b: dict[tuple[int, int], RoleCpu]) -> dict[str, float]:
+    """CPU seconds per label from sample ``a`` to sample ``b``: each process's
+    own time under its label, and what the processes reaped meanwhile (the
+    rsyncs, with their ssh) under ``"LABEL children"``; a process born in the
+    window counts whole, one gone by ``b`` counts in its reaper's children.
+    Live children (an rsync running at ``b``) count under their own name."""
+    out: dict[str, float] = {}
+    for k, v in b.items():
+        p = a.get(k)
+        own = v.own_s - (p.own_s if p else 0.0)
+        reaped = v.reaped_s - (p.reaped_s if p else 0.0)
+        out[v.label] = out.get(v.label, 0.0) + own
+        if reaped > 0:
+            key = f"{v.label} children"
+            out[key] = out.get(key, 0.0) + reaped
+    return out

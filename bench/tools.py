@@ -2,7 +2,8 @@
 
 A :class:`Tool` runs one daemon (``python3 -m syncsup start CONFIG`` or
 ``lsyncd -nodaemon CONFIG``) in its own session, with its output in
-``WORK/tool.log``.  All get the same settings for every sync: delay 0, rsync
+``WORK/tool.log``.  All get the same settings for every sync: delay 0 (or
+the scenario's :attr:`Tool.delay`), rsync
 in archive mode, one rsync at a time per target (both tools' default).  A
 sync is a source and its targets (:data:`SyncSpec`); syncsup takes one
 ``[[sync]]`` block per sync with all its targets, Lsyncd one ``sync {}``
@@ -116,6 +117,8 @@ class Tool:
         """Prepended to the command line (the recovery scenario runs the tool under strace)."""
         self.rsync_binary: str | None = None
         """The rsync program the tool runs, when not ``rsync`` from ``PATH``."""
+        self.delay = 0.0
+        """Every sync's ``delay`` (the steady scenario sets it; the others keep 0)."""
         self._terminated: float | None = None
         self._tree: list[tuple[int, int | None]] = []
 
@@ -262,7 +265,7 @@ class Syncsup(Tool):
                 source,
                 [_spec(t) for t in targets],
                 name="b" if len(syncs) == 1 else f"s{i:03d}",
-                delay=0,
+                delay=self.delay,
                 mode="rsyncssh" if remote else "rsync",
                 ssh=ssh,
             )
@@ -384,7 +387,7 @@ class Lsyncd(Tool):
         ]
         for source, targets in syncs:
             for t in targets:
-                out += _lsyncd_block(source, t, self.rsync_binary)
+                out += _lsyncd_block(source, t, self.rsync_binary, self.delay)
         config = self.work / "lsyncd.lua"
         config.write_text("\n".join(out) + "\n")
         return config
@@ -399,7 +402,7 @@ class Lsyncd(Tool):
         return super().log_text() + _read(self.work / "lsyncd.log")
 
 
-def _lsyncd_block(source: Path, t: Target, binary: str | None) -> list[str]:
+def _lsyncd_block(source: Path, t: Target, binary: str | None, delay: float) -> list[str]:
     rsync = "  rsync = { archive = true"
     if isinstance(t, Daemon):
         rsync += f", password_file = {_lua_str(str(t.rsyncd.password_file))}"
@@ -415,7 +418,7 @@ def _lsyncd_block(source: Path, t: Target, binary: str | None) -> list[str]:
             f"  source = {_lua_str(str(source))},",
             f"  host = {_lua_str(f'{s.user}@{s.host}')},",
             f"  targetdir = {_lua_str(str(t.path))},",
-            "  delay = 0,",
+            f"  delay = {delay:g},",
             rsync,
             f"  ssh = {{ port = {s.port}, identityFile = {_lua_str(str(s.identity_file))},"
             f" options = {{ {opts} }} }},",
@@ -426,7 +429,7 @@ def _lsyncd_block(source: Path, t: Target, binary: str | None) -> list[str]:
         "  default.rsync,",
         f"  source = {_lua_str(str(source))},",
         f"  target = {_lua_str(t.url if isinstance(t, Daemon) else str(t))},",
-        "  delay = 0,",
+        f"  delay = {delay:g},",
         rsync,
         "}",
     ]

@@ -22,6 +22,7 @@ from bench.scenarios import (
     rename,
     rsyncd,
     startup,
+    steady,
     syncs,
 )
 from bench.scenarios.base import Scenario
@@ -31,7 +32,12 @@ REGISTRY: dict[str, Scenario] = {
     for m in (latency, burst, churn, overflow, startup, fanout, rename, recovery, firststart,
               cascade, idle, syncs, rsyncd)
 }
+# Steady churn at a realistic delay after the others; its short variant is
+# for iterating on the code, run only when asked for (``--only steady-quick``).
+REGISTRY.update({s.name: s for s in (steady.SCENARIO, steady.QUICK)})
 NAMES: tuple[str, ...] = tuple(REGISTRY)
+DEFAULT: tuple[str, ...] = tuple(n for n in NAMES if n != steady.QUICK.name)
+"""What a run without ``--only`` runs (and what makes a run complete)."""
 
 
 def describe(scenario: str, key: str) -> Figure:

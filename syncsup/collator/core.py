@@ -222,7 +222,7 @@ class Collator:
                 changes.trees.discard(b"")
                 changes.verify.discard(b"")
                 changes.prove.discard(b"")
-            self.mark(s, changes, seq=msg.seq, seen=msg.seen)
+            self.mark(s, changes, seq=msg.seq, seen=msg.seen, first=msg.first)
 
         if not self._safely(s, record):
             return  # not acked: the watcher sends it again
@@ -241,12 +241,18 @@ class Collator:
                    else "") for t in rescans[:5]))
 
     def mark(self, s: SyncQueues, changes: proto.Changes, seq: int = 0,
-             queues: list[TargetQueue] | None = None, seen: Seen | None = None) -> None:
+             queues: list[TargetQueue] | None = None, seen: Seen | None = None,
+             first: float | None = None) -> None:
+        """Record ``changes`` for ``queues`` (default: every target). Their
+        ``delay`` counts from ``first`` (when the watcher read the oldest of
+        them, before holding them to send together), never from later than
+        now."""
+        now = self.clock()
+        stamp = now if first is None else min(now, first)
         targets = s.queues if queues is None else queues
-        s.journal.mark((q.spec for q in targets), changes, self.clock(), seq=seq, seen=seen)
+        s.journal.mark((q.spec for q in targets), changes, stamp, seq=seq, seen=seen)
         if not changes:
             return
-        now = self.clock()
         for q in targets:
             q.marked += changes.size()
             q.maybe_pending = True

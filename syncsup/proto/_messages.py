@@ -214,6 +214,9 @@ class Events(Message):
     ``seen``, when set, says that every change before that moment is in
     this message or an earlier one; the collator commits it with the
     changes, and a recovery trusts the quick check for files older than it.
+    ``first``, when set, is when the oldest change in it was read (wall
+    clock): the watcher may hold changes for a short window to send them
+    together, and the collator counts a batch's ``delay`` from then.
     """
 
     TYPE: ClassVar[bytes] = b"EVENTS"
@@ -224,6 +227,7 @@ class Events(Message):
     sync: str
     changes: Changes = field(default_factory=Changes)
     seen: Seen | None = None
+    first: float | None = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,15 @@ from syncsup.sockets import Reconnects, new_socket, receive, send
 from syncsup.statedir import StateDir
 from syncsup.status import MAX_BLIND_LISTED, BlindStatus, StatusPart, WatchStatus, shorten
 from syncsup.timings import Timings
+from syncsup.watcher.core import (
+    BlindReports,
+    Coalescer,
+    RootVerdict,
+    RootWatch,
+    SeenPoints,
+    hold_window,
+    rewalk_blind,
+)
 from syncsup.watcher.mounts import (
     ancestors,
     mount_points,
@@ -39,11 +48,8 @@ from syncsup.watcher.mounts import (
 from syncsup.watcher.outbox import Outbox
 from syncsup.watcher.tree import (
     BLIND_REASONS,
-    ERROR,
     MOUNT,
     REASON_WORDS,
-    TOO_LONG,
-    UNREADABLE,
     WATCH_LIMIT,
     WatchTree,
     show,
@@ -56,6 +62,7 @@ log = logging.getLogger("syncsup.watcher")
 _EVENT = struct.Struct("iIII")
 READ_SIZE = 1 << 20        # bytes of inotify events read per sync per turn
 WALK_BUDGET = 2000         # watches placed per sync per turn
+ACK_LAZY = 0.25            # an ack wakes the loop only if it would sleep longer than this
 
 
 def parse(data: bytes) -> list[tuple[int, int, int, bytes]]:
@@ -81,22 +88,18 @@ class SyncWatch:
         self.ino: INotify | None = None
         self.tree: WatchTree | None = None
         self.pending = proto.Changes()
+        self.coalescer = Coalescer(hold_window(sync.delay))  # when to read, when to send
         self.overflows = 0
         self.needed = 0                    # max_user_watches that would cover the tree
-        # Blind subtrees already logged, by reason: a line when a reason gets
-        # new subtrees, one when it has none left.
-        self.reported: dict[str, set[bytes]] = {r: set() for r in BLIND_REASONS}
-        self.next_root_poll = 0.0
+        self.blind_reports = BlindReports()  # blind subtrees already logged
         self.next_unwatched = 0.0
         self.next_mount_rescan = 0.0
-        self.root = sourceroot.OK           # the source root's state (sourceroot)
-        self.root_id: tuple[int, int] | None = None  # (st_dev, st_ino) last watched
+        self.root = RootWatch(str(sync.source), sync.name, self.t.root_poll)
         self.failure: str | None = None     # the last error that stopped this watch
         self.mounts: set[bytes] = set()     # mount points inside the source (relative)
         self.walk_started = 0.0
-        self.seen: Seen | None = None      # the last seen-point sent to the journal
-        self.idle_since: float | None = None
-        self.seen_sent = False             # a seen-point went out in this idle stretch
+        # the last seen-point, and when the next one goes
+        self.seen = SeenPoints(self.t.seen_delay, self.t.seen_margin)
 
     @property
     def fd(self) -> int | None:
@@ -109,7 +112,8 @@ class SyncWatch:
         the content of every file the targets cannot prove current (of
         every file with ``startup_checksum``)."""
         assert self.tree is not None
-        cutoff = self.seen.cutoff(Seen.now(), self.t) if self.seen is not None else None
+        last = self.seen.last
+        cutoff = last.cutoff(Seen.now(), self.t) if last is not None else None
         if cutoff is None and self.sync.startup_checksum:
             log.info("%s: %s: no earlier state is known, so the rescan compares content "
                      "(--checksum; startup_checksum = true)", self.sync.name, why)
@@ -130,25 +134,18 @@ class SyncWatch:
         directory (retried every ``root_poll``): the same rule at the first start
         and after the root went away (syncsup.sourceroot)."""
         state, st = sourceroot.inspect(self.sync.source)
-        if st is None:
-            self.wait_for_root(now, state, None)
+        verdict = self.root.looked(now, state, None if st is None else (st.st_dev, st.st_ino))
+        if not verdict.watch:
+            self.stop()
+            _say(verdict)
             return False
-        ident = (st.st_dev, st.st_ino)
-        if self.root_id is not None and ident != self.root_id:
-            what = ("on another filesystem" if st.st_dev != self.root_id[0]
-                    else "as another directory")
-            log.warning("source %s of %s is back %s than before: treated as a fresh start, "
-                        "so the targets will mirror what it holds now (an empty root never "
-                        "empties them)", self.sync.source, self.sync.name, what)
-        elif self.root != sourceroot.OK:
-            log.info("source %s of %s is back", self.sync.source, self.sync.name)
-        if self.seen is None:
-            self.seen = read_seen(self.journal)
+        _say(verdict)
+        if self.seen.last is None:
+            self.seen.last = read_seen(self.journal)
         self.ino = INotify(nonblocking=True)
         if self.failure is not None:
             log.info("%s: watching %s again", self.sync.name, self.sync.source)
             self.failure = None
-        self.root, self.root_id = sourceroot.OK, ident
         self.tree = WatchTree(os.fsencode(self.sync.source), self.ino.add_watch,
                               self.ino.rm_watch, self.filter.excluded, timings=self.t)
         self.rescan(b"", "start")
@@ -167,13 +164,13 @@ class SyncWatch:
         if b"" in changed:
             changed.discard(b"")
             _, st = sourceroot.inspect(self.sync.source)
-            if st is None or (st.st_dev, st.st_ino) != self.root_id:
+            if st is None or (st.st_dev, st.st_ino) != self.root.ident:
                 # Mounted over (or uncovered): the watches are on a directory
                 # nobody sees any more. Start again, as after a root that went.
                 log.info("%s: a filesystem was mounted or unmounted at the source root %s: "
                          "watching it again", self.sync.name, self.sync.source)
                 self.stop()
-                self.next_root_poll = 0.0
+                self.root.next_poll = 0.0
                 return
         for rel in sorted(changed):
             if any(self.filter.excluded(p) for p in ancestors(rel)):
@@ -185,58 +182,29 @@ class SyncWatch:
                     del self.tree.blind[rel]  # the walk says whether it still is one
                 self.tree.queue(rel, proto.Changes(trees={rel}))
 
-    def wait_for_root(self, now: float, state: str, why: str | None) -> None:
-        """The root is not a directory we may watch: say so once (per state),
-        stop watching, and look again every ``root_poll``."""
-        self.stop()
-        if state != self.root:
-            if state == sourceroot.SYMLINK:
-                log.error("source %s of %s is a symlink: a source root is never followed; "
-                          "waiting for a directory there, nothing is sent to the targets",
-                          self.sync.source, self.sync.name)
-            else:
-                log.error("source %s of %s is %s%s; waiting for it to come back, nothing is "
-                          "deleted on the targets", self.sync.source, self.sync.name,
-                          "missing" if state == sourceroot.MISSING else "not a directory",
-                          f" ({why})" if why else "")
-        self.root = state
-        self.next_root_poll = now + self.t.root_poll
-
     def idle(self, outbox: Outbox) -> bool:
         """Every change this sync's watcher saw is acknowledged."""
         return (self.tree is not None and not self.tree.walking and not self.tree.writing
                 and not self.pending and outbox.unacked_changes(self.sync.name) == 0)
 
     def seen_due(self, now: float, outbox: Outbox) -> float | None:
-        """When a seen-point should be sent: ``seen_delay`` after the sync went
-        idle (once per stretch of idleness: nothing is sent while idle)."""
-        if not self.idle(outbox):
-            self.idle_since, self.seen_sent = None, False
-            return None
-        if self.idle_since is None:
-            self.idle_since = now
-        return None if self.seen_sent else self.idle_since + self.t.seen_delay
+        """When a seen-point should be sent (see SeenPoints)."""
+        return self.seen.due(now, self.idle(outbox))
 
     def next_seen(self) -> Seen:
-        """A seen-point for now (called when the queue was just found empty),
-        held back so that its cutoff is no later than that of the next
-        rescan of a blind subtree: their changes are seen only by rescans."""
-        point = Seen.now()
+        """A seen-point for now (called when the queue was just found empty)."""
         assert self.tree is not None
         # Only the watch limit's subtrees: their rescans compare what changed
         # since their mark. The others are not read at all while blind, and
         # get a whole rescan when they can be read again.
-        marks = [x.mark for x in self.tree.blind.values() if x.reason == WATCH_LIMIT]
-        if marks:
-            held = min(marks) + self.t.seen_margin
-            point = Seen(min(point.wall, held), point.boot, point.offset)
-        self.seen, self.seen_sent = point, True
-        return point
+        return self.seen.take(Seen.now(), (x.mark for x in self.tree.blind.values()
+                                           if x.reason == WATCH_LIMIT))
 
     def stop(self) -> None:
         if self.ino is not None:
             self.ino.close()
         self.ino = self.tree = None
+        self.coalescer.reset()
 
     def read(self, now: float) -> None:
         """One read of the inotify queue into ``pending`` (files still being
@@ -245,8 +213,11 @@ class SyncWatch:
         try:
             data = os.read(self.ino.fileno(), READ_SIZE)
         except BlockingIOError:
+            self.coalescer.read_done(now, 0)
             return
-        signals = self.tree.apply(parse(data), self.pending, now)
+        self.coalescer.read_done(now, len(data))
+        changes, signals = self.tree.apply(parse(data), now)
+        self.pending.update(changes)
         if signals.overflow:
             self.overflows += 1
             log.warning("%s: inotify queue overflowed (fs.inotify.max_queued_events): "
@@ -262,12 +233,13 @@ class SyncWatch:
         """The watched root is gone (inotify said so, or the walk found no
         directory there): wait for one, as at a start."""
         state, _ = sourceroot.inspect(self.sync.source)
-        self.wait_for_root(now, sourceroot.MISSING if state == sourceroot.OK else state, why)
+        self.stop()
+        _say(self.root.gone(now, state, why))
 
     def walk(self, now: float) -> None:
         assert self.tree is not None
         was = self.tree.walking
-        self.tree.step(self.pending, WALK_BUDGET)
+        self.pending.update(self.tree.step(WALK_BUDGET).changes)
         if self.tree.walking:
             return
         if self.tree.root_wd is None and b"" not in self.tree.blind:
@@ -282,32 +254,22 @@ class SyncWatch:
         self.report_blind()
 
     def blind_reported(self) -> bool:
-        return any(self.reported.values())
+        return self.blind_reports.any()
 
     def report_blind(self) -> None:
-        """One log line when a kind of blindness gets new subtrees, one when
-        none is left; the subtrees it no longer covers are rescanned (what
-        changed there while nobody could look). Called between walks only:
-        a subtree being walked again is neither blind nor watched yet."""
+        """Log what changed among the blind subtrees, and look now at those
+        that can be read again (see BlindReports). Called between walks
+        only: a subtree being walked again is neither blind nor watched yet."""
         assert self.tree is not None
-        now_blind: dict[str, set[bytes]] = {r: set() for r in BLIND_REASONS}
-        for rel, x in self.tree.blind.items():
-            now_blind[x.reason].add(rel)
-        for reason in BLIND_REASONS:
-            cur, old = now_blind[reason], self.reported[reason]
-            if cur == old:
-                continue
-            self.reported[reason] = cur
-            if reason in (TOO_LONG, UNREADABLE, ERROR):
-                self.pending.trees.update(old - cur)  # watched again, or gone: look now
-            new = cur - old
-            if new:
-                self.log_blind(reason, cur, min(new, key=len))
-            elif not cur:
-                if reason == WATCH_LIMIT:
-                    self.needed = 0
-                log.info("%s: %s: every such subtree is watched again", self.sync.name,
-                         REASON_WORDS[reason])
+        news = self.blind_reports.update(self.tree.blind)
+        self.pending.update(news.rescan)
+        for reason, subtrees, example in news.new:
+            self.log_blind(reason, subtrees, example)
+        for reason in news.cleared:
+            if reason == WATCH_LIMIT:
+                self.needed = 0
+            log.info("%s: %s: every such subtree is watched again", self.sync.name,
+                     REASON_WORDS[reason])
 
     def log_blind(self, reason: str, subtrees: set[bytes], example: bytes) -> None:
         assert self.tree is not None
@@ -350,18 +312,13 @@ class SyncWatch:
         (:meth:`report_blind`). Mounts are rescanned every ``mount_rescan``."""
         assert self.tree is not None
         self.next_unwatched = now + self.t.unwatched_rescan
-        reasons = [WATCH_LIMIT, TOO_LONG, UNREADABLE, ERROR]
-        if now >= self.next_mount_rescan:
+        mounts_due = now >= self.next_mount_rescan
+        if mounts_due:
             self.next_mount_rescan = now + self.t.mount_rescan
-            reasons.append(MOUNT)
-        mark = time.time() - self.t.seen_margin
-        for rel, x in self.tree.take_blind(reasons).items():
-            if x.reason == WATCH_LIMIT:
-                self.tree.queue(rel, proto.Changes(trees={rel}), since=x.mark, mark=mark)
-            elif x.reason == MOUNT:
-                self.tree.queue(rel, proto.Changes(trees={rel}), mark=mark)
-            else:
-                self.tree.queue(rel, mark=x.mark)
+        blind = self.tree.take_blind(BLIND_REASONS if mounts_due else
+                                     [r for r in BLIND_REASONS if r != MOUNT])
+        for again in rewalk_blind(blind, mounts_due, time.time() - self.t.seen_margin):
+            self.tree.queue(again.rel, again.rescan, since=again.since, mark=again.mark)
 
     def status(self) -> WatchStatus:
         tree = self.tree
@@ -375,8 +332,8 @@ class SyncWatch:
                            unwatched=sum(n for r, n in counts.items() if r != MOUNT),
                            watch_limit_needed=self.needed or None,
                            overflows=self.overflows,
-                           seen=self.seen.wall if self.seen is not None else None,
-                           root=self.root, blind_counts=counts, blind=listed)
+                           seen=self.seen.last.wall if self.seen.last is not None else None,
+                           root=self.root.state, blind_counts=counts, blind=listed)
 
 
 class Watcher:
@@ -430,9 +387,13 @@ class Watcher:
             when = w.seen_due(now, self.outbox)
             if when is not None:
                 due.append(when)
+            when = w.coalescer.wake_at(reading=w.fd is not None
+                                       and not self.outbox.full(w.sync.name))
+            if when is not None:
+                due.append(when)
         for w in busy:
             if w.tree is None:
-                due.append(w.next_root_poll)
+                due.append(w.root.next_poll)
             elif w.tree.walking:
                 due.append(now)
             else:
@@ -457,14 +418,21 @@ class Watcher:
                               self.t.root_poll)
                 w.failure = str(exc)
                 w.stop()
-                w.next_root_poll = now + self.t.root_poll
-            if w.pending:
-                self.send(self.outbox.add(w.sync.name, w.pending, now))
-                w.pending = proto.Changes()
+                w.root.next_poll = now + self.t.root_poll
+            self.send_held(w, now)
+
+    def send_held(self, w: SyncWatch, now: float, stopping: bool = False) -> None:
+        """Send what ``w`` holds if its window ran out (or it stops, or its
+        watch did): one message for every change read meanwhile."""
+        first = w.coalescer.take(w.pending, now, stopping or w.tree is None)
+        if first is not None:
+            wall = time.time() - (now - first)
+            self.send(self.outbox.add(w.sync.name, w.pending, now, first=wall))
+            w.pending = proto.Changes()
 
     def serve(self, w: SyncWatch, readable: bool, now: float) -> None:
         if w.tree is None:
-            if now >= w.next_root_poll:
+            if now >= w.root.next_poll:
                 w.start(now)
             return
         if readable and not self.outbox.full(w.sync.name):
@@ -478,14 +446,15 @@ class Watcher:
         elif w.tree.blind or w.blind_reported():
             w.report_blind()  # an event may have ended some (a blind subtree deleted)
         if w.tree is not None and w.tree.writing:
-            w.tree.release(now, w.pending)
+            w.pending.update(w.tree.release(now)[0])
 
     def run(self) -> int:
         now = time.monotonic()
         self.turn([], list(self.syncs), now)  # every sync's first start, contained
         poller = zmq.Poller()
-        for sock in (self.sock, self.monitor, self.rt.control):
+        for sock in (self.monitor, self.rt.control):
             poller.register(sock, zmq.POLLIN)
+        acks_polled = False
         poller.register(self.rt.wakeup, zmq.POLLIN)  # a signal: TERM ends the loop at once
         if self.mountinfo is not None:
             poller.register(self.mountinfo, zmq.POLLPRI)  # the mount table changed
@@ -495,8 +464,10 @@ class Watcher:
             beat_in = self.rt.heartbeat(now)
             # A sync's inotify fd is polled unless too much of it is unacked
             # (polling it without reading would spin).
+            # A queue read at the coalescer's pace is not polled meanwhile.
             wanted = {w.fd: w for w in self.syncs
-                      if w.fd is not None and not self.outbox.full(w.sync.name)}
+                      if w.fd is not None and not self.outbox.full(w.sync.name)
+                      and w.coalescer.polled()}
             if wanted.keys() != polled.keys():
                 for fd in polled.keys() - wanted.keys():
                     poller.unregister(fd)
@@ -504,14 +475,25 @@ class Watcher:
                     poller.register(fd, zmq.POLLIN)
                 polled = wanted
             busy = self.busy()
-            events = dict(poller.poll(int(self.timeout(now, beat_in, busy) * 1000) + 1))
+            timeout = self.timeout(now, beat_in, busy)
+            # Acks are read at every wake-up; one wakes the loop only when
+            # something waits for it: a full outbox, or a sleep long enough
+            # that an idle sync's seen-point would otherwise be late.
+            want_acks = timeout > ACK_LAZY or any(self.outbox.full(w.sync.name)
+                                                  for w in self.syncs)
+            if want_acks != acks_polled:
+                if want_acks:
+                    poller.register(self.sock, zmq.POLLIN)
+                else:
+                    poller.unregister(self.sock)
+                acks_polled = want_acks
+            events = dict(poller.poll(int(timeout * 1000) + 1))
             if self.rt.wakeup in events:
                 drain_fd(self.rt.wakeup)
             now = time.monotonic()
-            if self.sock in events:
-                for _peer, msg in receive(self.sock, log):
-                    if isinstance(msg, proto.Ack):
-                        self.outbox.ack(msg.seq)
+            for _peer, msg in receive(self.sock, log):
+                if isinstance(msg, proto.Ack):
+                    self.outbox.ack(msg.seq)
             if self.monitor in events:
                 self.on_connected(now)
             if self.rt.control in events:
@@ -519,12 +501,15 @@ class Watcher:
             if self.mountinfo is not None and self.mountinfo in events:
                 self.on_mounts()
             readable = [polled[fd] for fd in events if isinstance(fd, int) and fd in polled]
-            self.turn(readable, busy, now)
+            readable += [w for w in self.syncs if w.fd is not None and w.coalescer.read_due(now)
+                         and not self.outbox.full(w.sync.name)]
+            held = [w for w in self.syncs if w.pending]
+            self.turn(readable, busy + held, now)
             if now >= self.next_root_check:
                 self.check_roots(now)
             self.send(self.outbox.due(now))
             self.send_seen(now, readable)
-        self.flush_writing()
+        self.flush_held()
         self.final_seen()
         for w in self.syncs:
             w.stop()
@@ -544,7 +529,7 @@ class Watcher:
             if w.tree is None:
                 continue
             _, st = sourceroot.inspect(w.sync.source)
-            if st is None or (st.st_dev, st.st_ino) != w.root_id:
+            if st is None or (st.st_dev, st.st_ino) != w.root.ident:
                 w.root_gone(now, "not the directory watched any more: a directory above it "
                                  "moved, or it was replaced")
 
@@ -558,26 +543,32 @@ class Watcher:
                 self.send(self.outbox.add(w.sync.name, proto.Changes(), now,
                                           seen=w.next_seen()))
 
-    def flush_writing(self) -> None:
-        """At a clean stop: files still held as being written go now (the
-        next start would find them by their ctime anyway; this is cheaper)."""
+    def flush_held(self) -> None:
+        """At a clean stop: files still held as being written, and changes
+        held to be sent together, go now (the next start would find them by
+        their ctime anyway; this is cheaper)."""
         now = time.monotonic()
         for w in self.syncs:
             if w.tree is not None and w.tree.writing:
-                w.tree.release(float("inf"), w.pending)
-                self.send(self.outbox.add(w.sync.name, w.pending, now))
-                w.pending = proto.Changes()
+                w.pending.update(w.tree.release(float("inf"))[0])
+            self.send_held(w, now, stopping=True)
 
     def final_seen(self) -> None:
         """At a clean stop: a seen-point for every idle sync, acknowledged
         before we go (a bounded wait), so that the next start compares only
-        what changes while syncsup is not running."""
+        what changes while syncsup is not running. What :meth:`flush_held`
+        just sent is acknowledged first: a sync is idle only then."""
+        deadline = time.monotonic() + self.t.final_ack_wait
+        self.wait_acks(deadline)
         now = time.monotonic()
         for w in self.syncs:
             if w.idle(self.outbox):
                 self.send(self.outbox.add(w.sync.name, proto.Changes(), now,
                                           seen=w.next_seen()))
-        deadline = time.monotonic() + self.t.final_ack_wait
+        self.wait_acks(deadline)
+
+    def wait_acks(self, deadline: float) -> None:
+        """Read acks until none is outstanding or ``deadline`` passes."""
         while self.outbox.inflight and time.monotonic() < deadline:
             if self.sock.poll(100, zmq.POLLIN):
                 for _peer, msg in receive(self.sock, log):
@@ -589,6 +580,11 @@ class Watcher:
         collator lost nothing committed, but everything unacked must go now."""
         if self.reconnects.again():
             self.send(self.outbox.due(now, everything=True))
+
+
+def _say(verdict: RootVerdict) -> None:
+    if verdict.say is not None:
+        log.log(verdict.level, "%s", verdict.say)
 
 
 def _current_watch_limit() -> int | None:

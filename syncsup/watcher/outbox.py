@@ -82,15 +82,16 @@ class Outbox:
         self.changing: Counter[str] = Counter()  # of those, the ones carrying changes
 
     def add(self, sync: str, changes: Changes, now: float,
-            seen: Seen | None = None) -> list[Events]:
+            seen: Seen | None = None, first: float | None = None) -> list[Events]:
         """Messages for ``changes`` of ``sync``, recorded as sent now; the
-        last one carries ``seen``."""
+        last one carries ``seen``, each one ``first`` (when the oldest
+        change was read, wall clock)."""
         msgs = []
         parts = split(changes)
         for i, part in enumerate(parts):
             self.seq += 1
             msg = Events(seq=self.seq, sync=sync, changes=part,
-                         seen=seen if i == len(parts) - 1 else None)
+                         seen=seen if i == len(parts) - 1 else None, first=first)
             self.inflight[self.seq] = _Sent(sync, now, msg)
             self.per_sync[sync] += 1
             if part:

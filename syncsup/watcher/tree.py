@@ -33,6 +33,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from inotify_simple import flags as F
 
@@ -41,7 +42,7 @@ from syncsup.status import BLIND_REASONS, ERROR, MOUNT, TOO_LONG, UNREADABLE, WA
 from syncsup.timings import Timings
 
 __all__ = ["BLIND_REASONS", "ERROR", "MASK", "MOUNT", "REASON_WORDS", "TOO_LONG", "UNREADABLE",
-           "WATCH_LIMIT", "Blind", "Signals", "WatchTree", "join", "show"]
+           "WATCH_LIMIT", "Blind", "Signals", "Walked", "WatchTree", "join", "show"]
 
 log = logging.getLogger("syncsup.watcher")
 
@@ -91,6 +92,14 @@ class Blind:
 
 def join(parent: bytes, name: bytes) -> bytes:
     return name if not parent else parent + b"/" + name
+
+
+class Walked(NamedTuple):
+    """What one step of a walk did: the rescans it released (once no walk
+    is left) and how many directories it visited."""
+
+    changes: Changes
+    visited: int
 
 
 @dataclass
@@ -168,17 +177,17 @@ class WatchTree:
         if rescan is not None:
             self._after_walk.update(rescan)
 
-    def step(self, out: Changes, budget: int = 2000) -> int:
-        """Visit up to ``budget`` directories; once no walk is left, move the
-        waiting rescans into ``out``. Returns the directories visited."""
+    def step(self, budget: int = 2000) -> Walked:
+        """Visit up to ``budget`` directories; once no walk is left, the
+        waiting rescans are released (returned)."""
         visited = 0
         while self._stack and visited < budget:
             self._visit(self._stack.pop())
             visited += 1
+        released = Changes()
         if not self._stack and self._after_walk:
-            out.update(self._after_walk)
-            self._after_walk = Changes()
-        return visited
+            released, self._after_walk = self._after_walk, Changes()
+        return Walked(released, visited)
 
     def watch(self, rel: bytes) -> None:
         """Watch ``rel`` and below, now (a whole walk in one call)."""
@@ -282,9 +291,10 @@ class WatchTree:
                        if not (w.rel == rel or w.rel.startswith(prefix))]
         self.drop_blind(rel)
 
-    def apply(self, events: Iterable[tuple[int, int, int, bytes]], changes: Changes,
-              now: float | None = None) -> Signals:
-        """Fold raw ``(wd, mask, cookie, name)`` events into ``changes``.
+    def apply(self, events: Iterable[tuple[int, int, int, bytes]],
+              now: float | None = None) -> tuple[Changes, Signals]:
+        """The changes raw ``(wd, mask, cookie, name)`` events make, and what
+        they say beyond paths.
 
         A MOVED_FROM and MOVED_TO with the same cookie in one read are a
         rename inside the tree and are recorded in ``changes.moves`` too; an
@@ -297,6 +307,7 @@ class WatchTree:
         follows them.
         """
         signals = Signals()
+        changes = Changes()
         moved_from: dict[int, bytes] = {}
         for wd, mask, cookie, name in events:
             if mask & F.Q_OVERFLOW:
@@ -351,7 +362,7 @@ class WatchTree:
                 if path in self._new:
                     self._new.discard(path)
                     changes.created.add(path)
-        return signals
+        return changes, signals
 
     def _hold(self, path: bytes, mask: int, now: float) -> bool:
         """Is ``path`` (not a directory) held back as being written?"""
@@ -372,9 +383,10 @@ class WatchTree:
         self.writing[path] = now + self.timings.write_hold
         return True
 
-    def release(self, now: float, changes: Changes) -> float | None:
-        """Move the held files whose hold ran out into ``changes``; returns
-        when the next one runs out (None: nothing held)."""
+    def release(self, now: float) -> tuple[Changes, float | None]:
+        """The held files whose hold ran out, and when the next one runs out
+        (None: nothing held)."""
+        changes = Changes()
         due = [p for p, until in self.writing.items() if until <= now]
         for path in due:
             del self.writing[path]
@@ -382,7 +394,7 @@ class WatchTree:
             if path in self._new:
                 self._new.discard(path)
                 changes.created.add(path)
-        return min(self.writing.values(), default=None)
+        return changes, min(self.writing.values(), default=None)
 
 
 def _device(path: bytes) -> int | None:

@@ -64,11 +64,12 @@ class Harness:
         self.core = Collator(self.conf, self.state, run_id, self.send, clock=self.clock)
 
     # -- messages in
-    def events(self, sync: str, changes: Changes, seq: int | None = None) -> int:
+    def events(self, sync: str, changes: Changes, seq: int | None = None,
+               first: float | None = None) -> int:
         if seq is None:
             self.seq += 1
             seq = self.seq
-        self.core.on_events(WATCHER, Events(seq=seq, sync=sync, changes=changes))
+        self.core.on_events(WATCHER, Events(seq=seq, sync=sync, changes=changes, first=first))
         return seq
 
     def ready(self, sync: str, target: int, incarnation: str = "inc1",
@@ -312,6 +313,28 @@ def test_the_delay_counts_from_the_oldest_change(h: Harness) -> None:
     assert h.core.dispatch_due() == t0 + 2.0
     h.clock.advance(0.5)
     assert h.batch().changes == Changes(paths={b"a", b"b"})
+
+
+def test_the_delay_counts_from_when_the_watcher_read_the_change(h: Harness) -> None:
+    """A message held by the watcher says when its oldest change was read:
+    the batch is due ``delay`` after that, not after the message came."""
+    h.synced()
+    h.ready("www", 0)
+    t0 = h.clock.now
+    h.clock.advance(0.2)
+    h.events("www", Changes(paths={b"a"}), first=t0)
+    assert h.core.dispatch_due() == t0 + 2.0
+    h.clock.advance(1.8)
+    assert h.batch().changes == Changes(paths={b"a"})
+
+
+def test_a_first_stamp_in_the_future_counts_as_now(h: Harness) -> None:
+    """A watcher's clock ahead of ours never pushes a batch past its delay."""
+    h.synced()
+    h.ready("www", 0)
+    t0 = h.clock.now
+    h.events("www", Changes(paths={b"a"}), first=t0 + 100.0)
+    assert h.core.dispatch_due() == t0 + 2.0
 
 
 def test_max_delays_flushes_before_the_delay(make: Callable[..., Harness],

@@ -24,6 +24,27 @@ TIMINGS = Timings(write_hold=0.3)  # this test's own hold
 WRITE_HOLD = TIMINGS.write_hold
 
 
+# The tree returns what it finds; these add it to an accumulated Changes,
+# as the watcher's loop does with what it holds to send.
+def step_into(tree: WatchTree, out: Changes, budget: int = 2000) -> int:
+    walked = tree.step(budget)
+    out.update(walked.changes)
+    return walked.visited
+
+
+def apply_into(tree: WatchTree, events: list[tuple[int, int, int, bytes]], out: Changes,
+               now: float | None = None) -> Signals:
+    got, signals = tree.apply(events, now)
+    out.update(got)
+    return signals
+
+
+def release_into(tree: WatchTree, now: float, out: Changes) -> float | None:
+    got, nxt = tree.release(now)
+    out.update(got)
+    return nxt
+
+
 class FakeInotify:
     def __init__(self) -> None:
         self.next_wd = 1
@@ -126,7 +147,7 @@ def test_step_places_at_most_budget_watches(src: Path) -> None:
     tree.queue(b"")
     assert tree.walking
     out = Changes()
-    assert [tree.step(out, budget=2) for _ in range(4)] == [2, 2, 1, 0]
+    assert [step_into(tree, out, budget=2) for _ in range(4)] == [2, 2, 1, 0]
     assert not tree.walking
     assert sorted(tree.paths.values()) == [b"", b"a", b"a/b", b"ab", b"c"]
     assert len(fake.added) == 5
@@ -206,7 +227,7 @@ def test_a_deleted_or_moved_blind_subtree_is_forgotten(src: Path) -> None:
     tree.watch(b"")
     root = next(wd for wd, p in tree.paths.items() if p == b"")
     ch = Changes()
-    tree.apply([(root, F.DELETE | F.ISDIR, 0, b"a"), (root, F.MOVED_FROM | F.ISDIR, 7, b"c")],
+    apply_into(tree, [(root, F.DELETE | F.ISDIR, 0, b"a"), (root, F.MOVED_FROM | F.ISDIR, 7, b"c")],
                ch)
     assert not tree.blind
     assert b"a" in ch.paths and b"c" in ch.trees
@@ -217,7 +238,7 @@ def test_unmount_of_the_root_is_the_root_gone(src: Path) -> None:
     tree.watch(b"")
     root = tree.root_wd
     assert root is not None
-    sig = tree.apply([(root, F.UNMOUNT, 0, b""), (root, F.IGNORED, 0, b"")], Changes())
+    sig = apply_into(tree, [(root, F.UNMOUNT, 0, b""), (root, F.IGNORED, 0, b"")], Changes())
     assert sig.root_gone and tree.root_wd is None
 
 
@@ -238,7 +259,7 @@ def test_non_utf8_directory_names(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ apply
 def apply(tree: WatchTree, *events: tuple[int, int, int, bytes]) -> tuple[Changes, Signals]:
     ch = Changes()
-    signals = tree.apply(list(events), ch)
+    signals = apply_into(tree, list(events), ch)
     return ch, signals
 
 
@@ -246,8 +267,8 @@ def walked(tree: WatchTree) -> Changes:
     """Finish every queued walk; what it released."""
     out = Changes()
     while tree.walking:
-        tree.step(out)
-    tree.step(out)
+        step_into(tree, out)
+    step_into(tree, out)
     return out
 
 
@@ -306,16 +327,16 @@ def test_rescan_is_released_only_after_the_walk(src: Path) -> None:
     tree, fake = make(src)
     tree.queue(b"", Changes(verify={b""}))
     out = Changes()
-    tree.step(out, budget=1)
+    step_into(tree, out, budget=1)
     assert not out and tree.walking
-    tree.step(out, budget=3)
+    step_into(tree, out, budget=3)
     assert not out and tree.walking  # one directory left
-    assert tree.step(out, budget=3) == 1
+    assert step_into(tree, out, budget=3) == 1
     assert out == Changes(verify={b""})
     assert len(fake.added) == 5
     # Released once: the next step adds nothing.
     again = Changes()
-    assert tree.step(again) == 0
+    assert step_into(tree, again) == 0
     assert not again
 
 
@@ -323,19 +344,19 @@ def test_a_rescan_waits_for_every_walk_in_progress(src: Path) -> None:
     tree, _ = make(src)
     tree.queue(b"")
     out = Changes()
-    tree.step(out, budget=1)
+    step_into(tree, out, budget=1)
     tree.queue(b"c", Changes(trees={b"c"}))  # asked for while the root walk runs
     tree.queue(b"a", Changes(trees={b"a"}))
     while tree.walking:
         assert not out
-        tree.step(out, budget=1)
+        step_into(tree, out, budget=1)
     assert out.trees == {b"c", b"a"}
 
 
 def test_step_with_nothing_queued(src: Path) -> None:
     tree, fake = make(src)
     out = Changes(paths={b"kept"})
-    assert tree.step(out) == 0
+    assert step_into(tree, out) == 0
     assert out == Changes(paths={b"kept"})
     assert fake.added == []
 
@@ -458,9 +479,9 @@ def test_unknown_wd_is_ignored(src: Path) -> None:
 def test_changes_accumulate_over_several_reads(src: Path) -> None:
     tree, _, wd = watched(src)
     ch = Changes()
-    tree.apply([(wd[b""], F.MODIFY, 0, b"f")], ch)
-    tree.apply([(wd[b"a"], F.DELETE, 0, b"file")], ch)
-    tree.apply([(wd[b"a"], F.DELETE, 0, b"file")], ch)
+    apply_into(tree, [(wd[b""], F.MODIFY, 0, b"f")], ch)
+    apply_into(tree, [(wd[b"a"], F.DELETE, 0, b"file")], ch)
+    apply_into(tree, [(wd[b"a"], F.DELETE, 0, b"file")], ch)
     assert ch.paths == {b"f", b"a/file"}
 
 
@@ -533,26 +554,26 @@ def test_unwatched_dirs_counts_the_blind_subtrees(src: Path) -> None:
 def test_a_file_being_written_is_held_until_closed(src: Path) -> None:
     tree, _, wd = watched(src)
     ch = Changes()
-    tree.apply([(wd[b""], F.CREATE, 0, b"f"), (wd[b""], F.MODIFY, 0, b"f")], ch, now=10.0)
+    apply_into(tree, [(wd[b""], F.CREATE, 0, b"f"), (wd[b""], F.MODIFY, 0, b"f")], ch, now=10.0)
     assert ch.paths == set() and ch.created == set()  # "created" waits with the path
     assert tree.writing == {b"f": 10.0 + WRITE_HOLD}
-    tree.apply([(wd[b""], F.ATTRIB, 0, b"f"), (wd[b""], F.MODIFY, 0, b"f")], ch, now=10.2)
+    apply_into(tree, [(wd[b""], F.ATTRIB, 0, b"f"), (wd[b""], F.MODIFY, 0, b"f")], ch, now=10.2)
     assert ch.paths == set() and tree.writing == {b"f": 10.0 + WRITE_HOLD}  # not extended
-    tree.apply([(wd[b""], F.CLOSE_WRITE, 0, b"f")], ch, now=10.3)
+    apply_into(tree, [(wd[b""], F.CLOSE_WRITE, 0, b"f")], ch, now=10.3)
     assert ch.paths == {b"f"} and tree.writing == {}
-    assert tree.release(11.0, ch) is None
+    assert release_into(tree, 11.0, ch) is None
 
 
 def test_a_file_never_closed_goes_when_its_hold_runs_out(src: Path) -> None:
     tree, _, wd = watched(src)
     ch = Changes()
-    tree.apply([(wd[b"a"], F.MODIFY, 0, b"file")], ch, now=5.0)  # an appending writer
-    tree.apply([(wd[b""], F.MODIFY, 0, b"f")], ch, now=5.1)
-    assert tree.release(5.0 + WRITE_HOLD - 0.01, ch) == 5.0 + WRITE_HOLD
+    apply_into(tree, [(wd[b"a"], F.MODIFY, 0, b"file")], ch, now=5.0)  # an appending writer
+    apply_into(tree, [(wd[b""], F.MODIFY, 0, b"f")], ch, now=5.1)
+    assert release_into(tree, 5.0 + WRITE_HOLD - 0.01, ch) == 5.0 + WRITE_HOLD
     assert ch.paths == set()
-    assert tree.release(5.0 + WRITE_HOLD, ch) == 5.1 + WRITE_HOLD
+    assert release_into(tree, 5.0 + WRITE_HOLD, ch) == 5.1 + WRITE_HOLD
     assert ch.paths == {b"a/file"}
-    assert tree.release(99.0, ch) is None
+    assert release_into(tree, 99.0, ch) is None
     assert ch.paths == {b"a/file", b"f"}
 
 
@@ -560,8 +581,8 @@ def test_a_file_never_closed_goes_when_its_hold_runs_out(src: Path) -> None:
 def test_a_held_file_goes_at_once_when_it_is_closed_or_moved(src: Path, mask: int) -> None:
     tree, _, wd = watched(src)
     ch = Changes()
-    tree.apply([(wd[b""], F.MODIFY, 0, b"f")], ch, now=1.0)
-    tree.apply([(wd[b""], mask, 0, b"f")], ch, now=1.1)
+    apply_into(tree, [(wd[b""], F.MODIFY, 0, b"f")], ch, now=1.0)
+    apply_into(tree, [(wd[b""], mask, 0, b"f")], ch, now=1.1)
     assert ch.paths == {b"f"} and tree.writing == {}
 
 
@@ -573,7 +594,7 @@ def test_links_symlinks_and_special_files_are_never_held(src: Path) -> None:
     os.mkfifo(src / "fifo")
     tree, _, wd = watched(src)
     ch = Changes()
-    tree.apply([(wd[b""], F.CREATE, 0, n) for n in (b"hard", b"sym", b"fifo", b"gone")], ch,
+    apply_into(tree, [(wd[b""], F.CREATE, 0, n) for n in (b"hard", b"sym", b"fifo", b"gone")], ch,
                now=1.0)
     assert ch.paths == {b"hard", b"sym", b"fifo", b"gone"} and tree.writing == {}
 
@@ -589,15 +610,15 @@ def test_a_held_new_file_is_still_created_when_it_is_released(src: Path) -> None
     only travels with its path: a held file keeps it until released."""
     tree, _, wd = watched(src)
     ch = Changes()
-    tree.apply([(wd[b""], F.CREATE, 0, b"f")], ch, now=1.0)
+    apply_into(tree, [(wd[b""], F.CREATE, 0, b"f")], ch, now=1.0)
     assert ch.created == set() and ch.paths == set()
-    tree.apply([(wd[b""], F.CLOSE_WRITE, 0, b"f")], ch, now=1.1)
+    apply_into(tree, [(wd[b""], F.CLOSE_WRITE, 0, b"f")], ch, now=1.1)
     assert ch.paths == {b"f"} and ch.created == {b"f"}
     later = Changes()
-    tree.apply([(wd[b""], F.MODIFY, 0, b"f")], later, now=2.0)
-    tree.apply([(wd[b""], F.CLOSE_WRITE, 0, b"f")], later, now=2.1)
+    apply_into(tree, [(wd[b""], F.MODIFY, 0, b"f")], later, now=2.0)
+    apply_into(tree, [(wd[b""], F.CLOSE_WRITE, 0, b"f")], later, now=2.1)
     assert later.paths == {b"f"} and later.created == set()  # a rewrite, not a create
     gone = Changes()
-    tree.apply([(wd[b"a"], F.CREATE, 0, b"file")], gone, now=3.0)
-    assert tree.release(3.0 + WRITE_HOLD, gone) is None
+    apply_into(tree, [(wd[b"a"], F.CREATE, 0, b"file")], gone, now=3.0)
+    assert release_into(tree, 3.0 + WRITE_HOLD, gone) is None
     assert gone.paths == gone.created == {b"a/file"}

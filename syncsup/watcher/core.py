@@ -1,0 +1,319 @@
+"""The watcher's decisions, pure: driven by what was read and by time,
+with no socket, no inotify instance and no clock of its own. The loop in
+:mod:`syncsup.watcher._main` does the reading, the sending and the
+logging; these classes say when and what:
+
+* :class:`Coalescer`: when a queue is read and its changes are sent;
+* :class:`SeenPoints`: when an idle sync's seen-point goes, and its value;
+* :class:`RootWatch`: a source root that is missing, replaced or back;
+* :class:`BlindReports` and :func:`rewalk_blind`: the subtrees out of
+  sight, what to say of them and when to look at them again.
+
+:class:`Coalescer` decides when one sync's inotify queue is read and when
+the changes read from it go to the collator. Under steady churn the cost
+of an event is almost all fixed cost per wake-up and per message (a poll,
+a ZeroMQ round trip, a journal transaction in the collator, an ack), not
+per path: a blocking poll that wakes costs 50 to 100 µs of CPU by itself
+on a virtual machine, more than the Python work for a few events. So
+with a ``delay`` the watcher holds what it read for a short window (a
+fifth of ``delay``, at most :data:`HOLD_MAX`) and sends it as one message,
+and reads its queue at most every :data:`READ_EVERY` meanwhile: one
+wake-up then covers every event that arrived in between.
+
+Why this keeps every guarantee:
+
+* nothing is lost if the watcher is killed while it holds changes: a
+  seen-point is only sent when nothing is held or unacknowledged, so the
+  next start rescans everything changed since a moment older than any held
+  change;
+* the message carries when its oldest change was read (``first``), and the
+  collator counts the delay from then, so a batch is not later than it was
+  without the window (the window is well below ``delay``);
+* ``delay = 0`` holds nothing and reads at once: the latency path is the
+  same as before;
+* the kernel queue absorbs what arrives while the queue is not read; a
+  read that comes back nearly full (a flood) is followed by the next read
+  at once, so the queue is never left unread for long while it fills.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from syncsup import sourceroot
+from syncsup.proto import Changes
+from syncsup.seen import Seen
+from syncsup.watcher.tree import (
+    BLIND_REASONS,
+    ERROR,
+    MOUNT,
+    TOO_LONG,
+    UNREADABLE,
+    WATCH_LIMIT,
+    Blind,
+)
+
+__all__ = ["FLOOD_BYTES", "HOLD_MAX", "HOLD_SHARE", "READ_EVERY", "SEND_NOW", "BlindNews",
+           "BlindReports", "Coalescer", "Rewalk", "RootVerdict", "RootWatch", "SeenPoints",
+           "hold_window", "rewalk_blind"]
+
+HOLD_SHARE = 0.2    # the window's share of the sync's delay
+HOLD_MAX = 1.0      # seconds changes are held at most, whatever the delay
+READ_EVERY = 0.1    # seconds between reads of a queue while changes keep coming
+FLOOD_BYTES = 64 * 1024  # a read this big is a flood: read again at once
+SEND_NOW = 5000     # entries held that go at once, window or not (memory, message size)
+
+
+def hold_window(delay: float) -> float:
+    """How long a sync with this ``delay`` holds changes before sending them."""
+    return max(0.0, min(delay * HOLD_SHARE, HOLD_MAX))
+
+
+class Coalescer:
+    """When one sync's queue is read and its held changes are sent.
+
+    ``held_since`` is when the oldest held change was read (``None``:
+    nothing held); ``next_read`` when the queue may be read again (0: at
+    once, by polling its descriptor). Times are the watcher's monotonic
+    clock; the caller passes ``now``.
+    """
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.read_every = min(window, READ_EVERY)
+        self.held_since: float | None = None
+        self.next_read = 0.0
+
+    def read_done(self, now: float, nbytes: int) -> None:
+        """A read of the queue returned ``nbytes`` (0: it was empty). An
+        empty queue is polled from now on, a busy one read again after
+        :attr:`read_every`, a flooded one at once."""
+        if nbytes == 0 or nbytes >= FLOOD_BYTES or self.read_every <= 0:
+            self.next_read = 0.0
+        else:
+            self.next_read = now + self.read_every
+
+    def polled(self) -> bool:
+        """Is the queue's descriptor to be polled (rather than read at a
+        time of our choosing)?"""
+        return self.next_read == 0.0
+
+    def read_due(self, now: float) -> bool:
+        """Is a deferred read due now?"""
+        return self.next_read != 0.0 and now >= self.next_read
+
+    def take(self, pending: Changes, now: float, stopping: bool = False) -> float | None:
+        """Do the changes in ``pending`` go now? If so, when the oldest of
+        them was read (for the message's ``first``); None while they are
+        held. They go when there is nothing to wait for: no window, the
+        window ran out, too much held, a rescan, or a stop. The window
+        starts with the first change held."""
+        if not pending:
+            self.held_since = None
+            return None
+        first = now if self.held_since is None else self.held_since
+        if (stopping or self.window <= 0 or now >= first + self.window
+                or pending.size() >= SEND_NOW or pending.trees or pending.verify):
+            self.held_since = None
+            return first
+        self.held_since = first
+        return None
+
+    def wake_at(self, reading: bool = True) -> float | None:
+        """The next time this sync needs the loop (a read or a send), or None.
+        ``reading`` False: its queue cannot be read now (no watch, or its
+        unacked messages are at their bound), so a read due is no reason to
+        wake (the loop would spin on it until the queue can be read)."""
+        read = self.next_read if reading and self.next_read else None
+        send = None if self.held_since is None else self.held_since + self.window
+        due = [t for t in (read, send) if t is not None]
+        return min(due) if due else None
+
+    def reset(self) -> None:
+        """The queue is gone (the watch stopped): the next one is polled."""
+        self.next_read = 0.0
+
+
+class SeenPoints:
+    """When an idle sync's seen-point is sent, and what it says.
+
+    A seen-point says "every change before this moment is in the journal";
+    a restart trusts rsync's quick check for files older than it. So it is
+    sent only once nothing is held, walked, written or unacknowledged, and
+    ``delay`` seconds after that (once per stretch of idleness: an idle
+    watcher sends nothing more; more than the margin of a seen-point). It
+    is held back to the oldest mark of the subtrees blind for the watch
+    limit, whose changes only their rescans see.
+    """
+
+    def __init__(self, delay: float, margin: float, last: Seen | None = None) -> None:
+        self.delay = delay
+        self.margin = margin               # Timings.seen_margin: a seen-point's own margin
+        self.last = last                   # the last seen-point sent (or read at start)
+        self.idle_since: float | None = None
+        self.sent = False                  # one went out in this stretch of idleness
+
+    def due(self, now: float, idle: bool) -> float | None:
+        """When the next seen-point goes (None: not while busy, nor twice)."""
+        if not idle:
+            self.idle_since, self.sent = None, False
+            return None
+        if self.idle_since is None:
+            self.idle_since = now
+        return None if self.sent else self.idle_since + self.delay
+
+    def take(self, point: Seen, watch_limit_marks: Iterable[float]) -> Seen:
+        """The seen-point to send for ``point`` (now), held back so that its
+        cutoff is no later than that of the next rescan of a blind subtree."""
+        marks = list(watch_limit_marks)
+        if marks:
+            held = min(marks) + self.margin
+            point = Seen(min(point.wall, held), point.boot, point.offset)
+        self.last, self.sent = point, True
+        return point
+
+
+@dataclass(frozen=True)
+class RootVerdict:
+    """What to do about the source root: ``watch`` it now (with ``say``,
+    a line to log, if any), or wait until ``retry`` (monotonic)."""
+
+    watch: bool
+    say: str | None = None
+    level: int = logging.INFO
+    retry: float = 0.0
+
+
+class RootWatch:
+    """The source root's rules: a root that is not a directory (missing,
+    a symlink, a file) is waited for and looked at again every ``poll``
+    seconds, said once per state; one that comes back is watched
+    as at a fresh start, said as "back", or as "another directory" when its
+    identity (device, inode) changed."""
+
+    def __init__(self, source: str, name: str, poll: float) -> None:
+        self.source, self.name, self.poll = source, name, poll
+        self.state = sourceroot.OK
+        self.ident: tuple[int, int] | None = None  # (st_dev, st_ino) last watched
+        self.next_poll = 0.0
+
+    def looked(self, now: float, state: str, ident: tuple[int, int] | None) -> RootVerdict:
+        """The root was inspected (``ident`` when it is a directory)."""
+        if ident is None:
+            return self.lost(now, state, None)
+        say, level = None, logging.INFO
+        if self.ident is not None and ident != self.ident:
+            what = "on another filesystem" if ident[0] != self.ident[0] else \
+                "as another directory"
+            say, level = (f"source {self.source} of {self.name} is back {what} than before: "
+                          "treated as a fresh start, so the targets will mirror what it holds "
+                          "now (an empty root never empties them)"), logging.WARNING
+        elif self.state != sourceroot.OK:
+            say = f"source {self.source} of {self.name} is back"
+        self.state, self.ident = sourceroot.OK, ident
+        return RootVerdict(True, say, level)
+
+    def lost(self, now: float, state: str, why: str | None) -> RootVerdict:
+        """The root is not a directory we may watch (``state``): stop
+        watching, say so once per state, look again in ``poll`` seconds."""
+        say = None
+        if state != self.state:
+            if state == sourceroot.SYMLINK:
+                say = (f"source {self.source} of {self.name} is a symlink: a source root is "
+                       "never followed; waiting for a directory there, nothing is sent to the "
+                       "targets")
+            else:
+                what = "missing" if state == sourceroot.MISSING else "not a directory"
+                say = (f"source {self.source} of {self.name} is {what}"
+                       f"{f' ({why})' if why else ''}; waiting for it to come back, nothing "
+                       "is deleted on the targets")
+        self.state = state
+        self.next_poll = now + self.poll
+        return RootVerdict(False, say, logging.ERROR, self.next_poll)
+
+    def gone(self, now: float, state: str, why: str) -> RootVerdict:
+        """The watched root went away (an event said so, or a check found
+        something else there): missing, unless it is now a symlink or a file."""
+        return self.lost(now, sourceroot.MISSING if state == sourceroot.OK else state, why)
+
+
+@dataclass
+class BlindNews:
+    """What changed among the blind subtrees since the last report:
+    ``rescan`` the subtrees that can be read again (or are gone), to look at
+    now; ``new`` per reason the subtrees now blind and one example of the
+    newly blind ones; ``cleared`` the reasons with no subtree left."""
+
+    rescan: Changes = field(default_factory=Changes)
+    new: list[tuple[str, set[bytes], bytes]] = field(default_factory=list)
+    cleared: list[str] = field(default_factory=list)
+
+
+class BlindReports:
+    """The blind subtrees already reported, by reason: a line when a reason
+    gets new subtrees, one when it has none left; the subtrees that a
+    reason no longer covers are rescanned (what changed there while nobody
+    could look), except the watch limit's and mounts, whose rescans run
+    on their own schedule."""
+
+    def __init__(self) -> None:
+        self.reported: dict[str, set[bytes]] = {r: set() for r in BLIND_REASONS}
+
+    def any(self) -> bool:
+        return any(self.reported.values())
+
+    def update(self, blind: Mapping[bytes, Blind]) -> BlindNews:
+        """Compare the blind subtrees now with those last reported."""
+        now_blind: dict[str, set[bytes]] = {r: set() for r in BLIND_REASONS}
+        for rel, x in blind.items():
+            now_blind[x.reason].add(rel)
+        news = BlindNews()
+        for reason in BLIND_REASONS:
+            cur, old = now_blind[reason], self.reported[reason]
+            if cur == old:
+                continue
+            self.reported[reason] = cur
+            if reason in (TOO_LONG, UNREADABLE, ERROR):
+                news.rescan.trees.update(old - cur)  # watched again, or gone: look now
+            fresh = cur - old
+            if fresh:
+                news.new.append((reason, cur, min(fresh, key=len)))
+            elif not cur:
+                news.cleared.append(reason)
+        return news
+
+
+@dataclass(frozen=True)
+class Rewalk:
+    """One blind subtree to walk again: ``rescan`` what to release after
+    the walk (None: only watch it), ``since`` the ctime cutoff of its
+    content comparison, ``mark`` the cutoff to remember if it is still
+    blind."""
+
+    rel: bytes
+    rescan: Changes | None
+    since: float | None
+    mark: float
+
+
+def rewalk_blind(blind: Mapping[bytes, Blind], mounts_due: bool, mark: float) -> list[Rewalk]:
+    """The blind subtrees to look at again on their periodic retry (watch
+    first, then scan, as always). Those left out by the watch limit are
+    rescanned, comparing the content of files changed since their mark;
+    mounts (only when ``mounts_due``) are rescanned with the quick check;
+    the others (a path too long, unreadable, an error) are only watched
+    again: rsync cannot read them either, and they are rescanned once they
+    can be (:class:`BlindReports`). ``mark`` (wall clock, less the margin)
+    is the new cutoff of a subtree still blind after its rescan."""
+    out = []
+    for rel, x in blind.items():
+        if x.reason == WATCH_LIMIT:
+            out.append(Rewalk(rel, Changes(trees={rel}), x.mark, mark))
+        elif x.reason == MOUNT:
+            if mounts_due:
+                out.append(Rewalk(rel, Changes(trees={rel}), None, mark))
+        else:
+            out.append(Rewalk(rel, None, None, x.mark))
+    return out

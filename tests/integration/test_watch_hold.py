@@ -1,0 +1,84 @@
+"""The watcher's hold window: with a ``delay``, changes read from inotify
+are held for a fifth of it (at most a second) and sent as one message.
+
+* A watcher SIGKILLed while it holds changes loses none of them: the next
+  start rescans what changed since the last seen-point, which is never
+  sent while anything is held.
+* A clean stop sends what is held, has it acknowledged, and then commits a
+  seen-point, so the next start compares only what changed since.
+
+Each test ends with a byte comparison and a check that no process is left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from syncsup.statedir import StateDir
+from tests.helpers.daemon import Daemon, sync_entry
+from tests.helpers.procs import assert_no_leftovers
+from tests.helpers.tree import wait_converged, write
+
+pytestmark = pytest.mark.timeout(300)
+
+DELAY = 10.0  # a hold window of 1 s
+NAME = "www"
+
+
+def journal_paths(d: Daemon) -> set[bytes]:
+    """The paths in the sync's journal (read while the daemon is stopped)."""
+    assert d.doc is not None
+    path = StateDir(d.doc["settings"]["state_dir"]).journal(NAME)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {bytes(r[0]) for r in db.execute("SELECT path FROM dirty")}
+    finally:
+        db.close()
+
+
+def test_a_watcher_killed_while_holding_changes_loses_none(tmp_path, src, dst,
+                                                         daemon_factory):
+    write(src / "old" / "a", b"a" * 100)
+    d = daemon_factory([sync_entry(src, [dst], name=NAME, delay=DELAY)])
+    wait_converged(src, dst, timeout=120, on_timeout=d.describe)
+    watcher = next(c for c in d.status()["components"] if c["role"] == "watcher")
+    pid = int(watcher["pid"])
+    # Several kinds of change within the window, then the kill inside it.
+    for i in range(20):
+        write(src / "new" / f"f{i:02d}", os.urandom(300))
+    os.rename(src / "old" / "a", src / "new" / "moved")
+    os.unlink(src / "new" / "f05")
+    time.sleep(0.3)  # read by now (an idle queue is read as soon as it is readable)
+    os.kill(pid, signal.SIGKILL)
+    d.wait_for(lambda st: any(c["role"] == "watcher" and c["restarts"] >= 1
+                              and c["state"] == "running" for c in st["components"]),
+               "the watcher to be restarted", timeout=90)
+    wait_converged(src, dst, timeout=120, on_timeout=d.describe)
+    d.stop()
+    assert_no_leftovers(tmp_path)
+
+
+def test_a_clean_stop_sends_what_is_held_then_a_seen_point(tmp_path, src, dst,
+                                                         daemon_factory):
+    write(src / "a", b"a")
+    d = daemon_factory([sync_entry(src, [dst], name=NAME, delay=DELAY)])
+    wait_converged(src, dst, timeout=120, on_timeout=d.describe)
+    names = {f"b{i}".encode() for i in range(10)}
+    for n in sorted(names):
+        write(src / n.decode(), os.urandom(200))
+    time.sleep(0.3)  # read, held (a batch is 10 s away)
+    d.stop()
+    assert names <= journal_paths(d)  # committed before the watcher went
+    before = len(d.log_text())
+    d.start()
+    wait_converged(src, dst, timeout=120, on_timeout=d.describe)
+    restart = d.log_text()[before:]
+    assert "comparing the content of files changed since" in restart, restart
+    assert "no earlier state is known" not in restart, restart
+    d.stop()
+    assert_no_leftovers(tmp_path)
