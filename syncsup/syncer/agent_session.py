@@ -36,13 +36,25 @@ from syncsup.target._protocol import (
     encode_frame,
 )
 
-__all__ = ["AGENT_RESTART", "AGENT_RETRY", "AGENT_TIMEOUT", "LocalAgent", "RemoteAgent"]
+__all__ = ["AGENT_RESTART", "AGENT_RETRY", "AGENT_TIMEOUT", "LocalAgent",
+           "RemoteAgent", "idle_for"]
 
 log = logging.getLogger("syncsup.syncer")
 
 AGENT_TIMEOUT = 30.0   # seconds without an answer while answers are due: wedged
 AGENT_RETRY = 600.0    # seconds before a target whose agent failed to start is tried again
 AGENT_RESTART = 30.0   # first backoff where an agent has worked before (a lost connection)
+# ``[sync.ssh] agent_idle``: a session with nothing to do for that long is
+# closed, and the next batch opens a new one over the target's ssh master (no
+# handshake: about 0.1 to 0.3 s, mostly the remote Python starting). At rest
+# a session costs a local ssh client and a remote Python process, several
+# times what the master costs, for every remote target; the default minute
+# keeps a session warm through the pauses of someone editing files.
+
+
+def idle_for(busy: bool, last_active: float, now: float) -> float:
+    """Seconds a session has had nothing to do (0 while it has work)."""
+    return 0.0 if busy else max(0.0, now - last_active)
 
 
 class LocalAgent:
@@ -117,7 +129,7 @@ class RemoteAgent:
             self.request(op)
 
     def busy(self) -> bool:
-        return bool(self.waiting)
+        return bool(self.waiting or self.out)
 
     def flush(self) -> None:
         """Write what the pipe takes now."""
