@@ -12,9 +12,10 @@ by default): one syncsup sync with K targets, K Lsyncd ``sync {}`` blocks
 * the PSS at rest, 2 s after convergence; over ssh also the PSS per target
   once the agent sessions are idle (:data:`IDLE_WAIT`): every process but
   the daemon's own, local and remote, divided by the number of targets;
-* the bytes the tree read (``rchar`` of ``/proc/PID/io``, pipes and sockets
-  included) from the start of the burst to convergence, against the
-  bytes written to the source: read once per target costs K times more.
+* the CPU seconds of the tree (reaped children included) and the bytes it
+  read (``rchar`` of ``/proc/PID/io``, pipes and sockets included), from
+  the start of the burst to convergence; the bytes read against the bytes
+  written to the source (read once per target: K times).
 
 ``--fanout-files`` sets the burst's size and ``--fanout-kb`` each file's
 (default ~100 bytes)."""
@@ -30,6 +31,7 @@ from bench.converge import ready, wait_converged
 from bench.procs import (
     children_map,
     pss_by_name,
+    tree_cpu,
     tree_memory,
     tree_memory_one,
     tree_pids,
@@ -75,13 +77,16 @@ def _case(ctx: Ctx, tool: str, run: int, k: int, ssh: bool) -> dict[str, float]:
     def rchar() -> int:
         return tree_rchar(t.pid) + sum(tree_rchar(p) for p in remote())
 
+    def cpu() -> float:
+        return tree_cpu(t.pid) + sum(tree_cpu(p) for p in remote())
+
     with Session(ctx, tool, root / "w", src, targets) as t:
         ready(t, src, dsts, ctx.timeout)
         t.expect_transport(dsts if ssh else None)
         time.sleep(0.5)
         steady = rss()
         peak: list[float] = [steady, pss(), 0.0]  # rss, pss, time of the last pss sample
-        read0 = rchar()
+        read0, cpu0 = rchar(), cpu()
 
         def sample() -> None:
             peak[0] = max(peak[0], rss())
@@ -97,7 +102,7 @@ def _case(ctx: Ctx, tool: str, run: int, k: int, ssh: bool) -> dict[str, float]:
                 sample()
         t_last = time.monotonic()
         t_conv = wait_converged(t, src, dsts, ctx.timeout, on_poll=sample, poll=0.02)
-        read = rchar() - read0
+        read, cpu_s = rchar() - read0, cpu() - cpu0
         time.sleep(2.0)
         rest = pss()
         idle = _per_target_at_rest(t.pid, remote, k) if ssh and tool != "lsyncd" else None
@@ -110,6 +115,7 @@ def _case(ctx: Ctx, tool: str, run: int, k: int, ssh: bool) -> dict[str, float]:
         f"{name}_steady_rss_mb": steady / 1024,
         f"{name}_rest_pss_mb": rest / 1024,
         f"{name}_read_x": read / max(1, written),
+        f"{name}_cpu_s": cpu_s,
     }
 
 
@@ -160,6 +166,8 @@ def describe(key: str) -> Figure:
                       Goal("max", 300.0) if big else Goal("ratio", 2.0))
     if key.endswith("pss_mb"):
         return Figure(group, "peak total PSS during the burst", "MB")
+    if key.endswith("cpu_s"):
+        return Figure(group, "CPU seconds of the tree, burst to identical", "s")
     if key.endswith("read_x"):
         return Figure(group, "bytes read by the tree / bytes written", "x")
     return Figure(group, "last write → all targets identical", "s", Goal("ratio", 1.0))
