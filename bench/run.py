@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"run only these: {' '.join(scenarios.NAMES)}",
     )
     ap.add_argument("--fanout", type=int, nargs="+", metavar="K",
-                    help="fan-out: numbers of local targets (default 8 32; smoke 8)")
+                    help="fan-out: numbers of local targets (default 8 32; smoke 8; 0: none)")
     ap.add_argument("--fanout-ssh", type=int, nargs="+", default=[], metavar="K",
                     help="fan-out: numbers of ssh targets (default none)")
     ap.add_argument("--fanout-files", type=int, help="fan-out: files in the burst")

@@ -73,18 +73,20 @@ class ConfigError(ValueError):
 
 
 def default_max_processes(cpus: int | None) -> int:
-    """The cap on transfers at once when the config sets none: twice the
-    CPUs, at least 4 and at most 16.
+    """The cap on transfers at once when the config sets none: four per CPU,
+    at most 16.
 
     Without a cap every target runs its transfer at once, so memory grows
-    with the number of targets (100 local targets, 100 rsyncs of three
-    processes each, near 1 GB) and so does the CPU contention: on two cores
-    100 rsyncs at once converge no sooner than 4 at a time. A local rsync
-    is CPU and disk bound, so a few per core keep both busy; over ssh a
-    transfer waits on the network, hence twice the CPUs; the ceiling keeps
-    the peak memory predictable on large machines (docs/config.md states
-    it), and ``max_processes`` raises it where the memory is there."""
-    return min(16, max(4, 2 * (cpus or 1)))
+    with the number of targets (100 local targets: 100 rsyncs of three
+    processes each, about 500 MB to 1 GB) for no gain in speed: the CPUs
+    are the limit. A local rsync is three processes passing data along a
+    pipeline, each waiting on the others part of the time, so about four
+    per core keep the cores busy: with 100 local targets on two cores, 8 at
+    once converged as fast as 100 at once and 4 took twice as long
+    (the fan-out benchmark, docs/benchmarks.md). The ceiling keeps the peak
+    memory predictable on large machines (docs/config.md states it);
+    ``max_processes`` raises it where the memory is there."""
+    return min(16, 4 * max(1, cpus or 1))
 
 
 @dataclass(frozen=True)

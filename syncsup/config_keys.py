@@ -55,7 +55,7 @@ SETTINGS = (
        runs at most one anyway, and agent steps do not count. `0`: no cap (every target at
        once: the memory then grows with the number of targets). The peak memory is about
        the daemon plus `max_processes` transfers: see "Memory" below. Example:
-       `max_processes = 4`""", "twice the CPUs, at least 4, at most 16"),
+       `max_processes = 4`""", "four per CPU, at most 16"),
     _k("metrics", "string", """`"host:port"` on which the supervisor serves Prometheus
        metrics (`http://host:port/metrics`), e.g. `"127.0.0.1:9473"`; docs/operations.md
        lists them. Unset: no metrics, no port."""),

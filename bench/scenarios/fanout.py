@@ -141,7 +141,7 @@ def _per_target_at_rest(root: int, remote: Callable[[], list[int]], k: int) -> f
 
 def run(ctx: Ctx, tool: str, run: int) -> dict[str, float]:
     out: dict[str, float] = {}
-    for k in ctx.size["fanout"]:
+    for k in (k for k in ctx.size["fanout"] if k > 0):  # --fanout 0: none
         out.update(_case(ctx, tool, run, k, ssh=False))
     for k in ctx.size.get("fanout_ssh", []):
         out.update(_case(ctx, tool, run, k, ssh=True))

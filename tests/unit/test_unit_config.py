@@ -144,7 +144,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert conf.settings.state_dir.name == "a"
 
 
-@pytest.mark.parametrize(("cpus", "cap"), [(None, 4), (1, 4), (2, 4), (3, 6), (8, 16),
+@pytest.mark.parametrize(("cpus", "cap"), [(None, 4), (1, 4), (2, 8), (3, 12), (4, 16),
                                            (64, 16)])
 def test_default_max_processes_follows_the_cpus_within_bounds(cpus: int | None,
                                                                cap: int) -> None:
@@ -155,7 +155,7 @@ def test_max_processes_defaults_to_a_cap_and_zero_still_means_none(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config.os, "cpu_count", lambda: 3)
     sync = {"source": "/s", "targets": ["/t"]}
-    assert config.parse({"sync": [sync]}, tmp_path / "a.toml").settings.max_processes == 6
+    assert config.parse({"sync": [sync]}, tmp_path / "a.toml").settings.max_processes == 12
     explicit = {"settings": {"max_processes": 0}, "sync": [sync]}
     assert config.parse(explicit, tmp_path / "a.toml").settings.max_processes == 0
 
