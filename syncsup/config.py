@@ -82,8 +82,9 @@ def default_max_processes(cpus: int | None) -> int:
     are the limit. A local rsync is three processes passing data along a
     pipeline, each waiting on the others part of the time, so about four
     per core keep the cores busy: with 100 local targets on two cores, 8 at
-    once converged as fast as 100 at once and 4 took twice as long
-    (the fan-out benchmark, docs/benchmarks.md). The ceiling keeps the peak
+    once used the same CPU time as 100 at once in a quarter to half of the
+    memory, and 4 at once took about twice as long (the fan-out benchmark,
+    docs/benchmarks.md). The ceiling keeps the peak
     memory predictable on large machines (docs/config.md states it);
     ``max_processes`` raises it where the memory is there."""
     return min(16, 4 * max(1, cpus or 1))
