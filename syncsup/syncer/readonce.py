@@ -10,7 +10,10 @@ leave the same ctime. So content is kept only if its read began a
 :data:`SETTLE` later than the file's ctime: a write the ctime does not show
 happened within the tick of that ctime, before the read began, and the read
 saw it; any later write moves the ctime past it. Content read sooner is used
-once and not kept (the next target reads again). A clock stepped back only
+once and not kept (the next target reads again). A ctime on a whole second
+is taken for a filesystem that keeps whole seconds (ext3's small inodes,
+FAT keeps two), whose tick is that long: :data:`COARSE_SETTLE`. A
+clock stepped back only
 makes reads look sooner; one stepped forward also moves the ctimes of the
 writes that follow.
 
@@ -27,9 +30,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-__all__ = ["MAX_BYTES", "SETTLE", "SHARED", "TTL", "ContentCache", "Identity", "identity"]
+__all__ = ["COARSE_SETTLE", "MAX_BYTES", "SETTLE", "SHARED", "TTL", "ContentCache", "Identity",
+           "identity"]
 
 SETTLE = 0.1   # seconds: far above a timestamp tick (1-10 ms), far below a batch's wait
+COARSE_SETTLE = 2.1  # seconds, for a ctime on a whole second: a coarse filesystem's tick
 TTL = 5.0      # seconds an entry is kept for the other targets
 MAX_BYTES = 16 * 1024 * 1024
 
@@ -68,7 +73,9 @@ class ContentCache:
         """Keep ``data``, read from the version ``st`` in a read that began at
         wall-clock ``read_began``, if that read was late enough to be sure
         of it (see the module's docstring) and it fits."""
-        if len(data) > self.max_bytes or read_began - st.st_ctime_ns / 1e9 < self.settle:
+        settle = self.settle if st.st_ctime_ns % 1_000_000_000 else max(self.settle,
+                                                                         COARSE_SETTLE)
+        if len(data) > self.max_bytes or read_began - st.st_ctime_ns / 1e9 < settle:
             return
         key = identity(st)
         if key in self.entries:

@@ -84,3 +84,23 @@ def test_prepare_reads_a_file_once_for_several_targets(tmp_path: Path) -> None:
         os.close(fd)
     assert all(p.ops[0]["data"] == b"content" for p in preps)
     assert c.hits == 2 and c.hit_bytes == 2 * len(b"content")
+
+
+def test_a_whole_second_ctime_means_a_coarse_filesystem_and_a_longer_settle(
+        tmp_path: Path) -> None:
+    """ext3's small inodes and FAT keep whole seconds: a second write in the
+    same second leaves the same ctime, so 0.1 s after it proves nothing."""
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    real = stat_of(f)
+    fields = list(real)
+    coarse = os.stat_result((*fields[:7], int(real.st_atime), int(real.st_mtime),
+                             int(real.st_ctime)), {
+        "st_atime_ns": int(real.st_atime) * 10**9, "st_mtime_ns": int(real.st_mtime) * 10**9,
+        "st_ctime_ns": int(real.st_ctime) * 10**9})
+    assert coarse.st_ctime_ns % 10**9 == 0
+    c = cache(Clock())
+    c.put(coarse, b"x", read_began=coarse.st_ctime_ns / 1e9 + 1.0)
+    assert c.get(coarse) is None
+    c.put(coarse, b"x", read_began=coarse.st_ctime_ns / 1e9 + 2.5)
+    assert c.get(coarse) == b"x"
