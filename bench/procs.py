@@ -195,6 +195,33 @@ class TreeMemory:
     pss_kb: int
 
 
+def pss_by_name(pids: list[int]) -> dict[str, int]:
+    """PSS in kB of ``pids``, summed by the name of their program (the first
+    word of the command line, or the Python module run with ``-m``)."""
+    out: dict[str, int] = {}
+    for pid in pids:
+        words = cmdline(pid).split(b"\0")
+        name = os.path.basename(words[0]).decode(errors="replace") if words[0] else "?"
+        if b"-m" in words[:-1]:
+            name = words[words.index(b"-m") + 1].decode(errors="replace")
+        elif name.startswith("python") and len(words) > 1:
+            name = os.path.basename(words[1]).decode(errors="replace")
+        out[name] = out.get(name, 0) + tree_memory_one(pid)
+    return out
+
+
+def tree_memory_one(pid: int) -> int:
+    """``Pss`` of one process in kB (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def tree_memory(root: int) -> TreeMemory:
     """Count the tree's processes and sum ``Rss``/``Pss`` from ``smaps_rollup``.
 
@@ -213,6 +240,27 @@ def tree_memory(root: int) -> TreeMemory:
         except OSError:
             pass
     return TreeMemory(len(pids), rss, pss)
+
+
+# ------------------------------------------------------------------------ i/o
+def tree_rchar(root: int) -> int:
+    """Bytes the tree's processes read with ``read()`` and kin (``rchar`` of
+    ``/proc/PID/io``), pipes and sockets included.
+
+    A process's counters include those of the children it has reaped, so
+    the sum over the live tree counts every transfer that came and went
+    under it; take it twice, while the tree lives, and subtract."""
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/io", "rb") as f:
+                for line in f:
+                    if line.startswith(b"rchar:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
 
 
 # -------------------------------------------------------------------- network

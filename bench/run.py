@@ -67,10 +67,10 @@ elif str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import scenarios  # noqa: E402
-from bench.context import SIZES, Ctx  # noqa: E402
+from bench.context import Ctx  # noqa: E402
 from bench.machine import check_prerequisites, machine  # noqa: E402
 from bench.report import Raw, summarize, table_md, table_text, write_results  # noqa: E402
-from bench.tools import LIVE, BenchFailure  # noqa: E402
+from bench.tools import LIVE, BenchFailure, Syncsup  # noqa: E402
 from bench.trees import rm_rf  # noqa: E402
 from tests.helpers.procs import kill_leftovers  # noqa: E402
 
@@ -97,6 +97,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SCENARIO",
         help=f"run only these: {' '.join(scenarios.NAMES)}",
     )
+    ap.add_argument("--fanout", type=int, nargs="+", metavar="K",
+                    help="fan-out: numbers of local targets (default 8 32; smoke 8; 0: none)")
+    ap.add_argument("--fanout-ssh", type=int, nargs="+", default=[], metavar="K",
+                    help="fan-out: numbers of ssh targets (default none)")
+    ap.add_argument("--fanout-files", type=int, help="fan-out: files in the burst")
+    ap.add_argument("--fanout-kb", type=int, help="fan-out: KiB per file (default ~100 bytes)")
+    ap.add_argument("--max-processes", type=int, metavar="N",
+                    help="syncsup's [settings] max_processes (default: its own)")
+    ap.add_argument("--tools", nargs="+", metavar="TOOL",
+                    help="run only these tools: syncsup syncsup-rsync lsyncd")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs) for inspection")
     return ap.parse_args(argv)
 
@@ -126,8 +136,9 @@ def run_all(ctx: Ctx, selected: list[str], args: argparse.Namespace,
     rotates from run to run)."""
     for scn in selected:
         runs = runs_for(scn, args)
-        tools = scenarios.REGISTRY[scn].tools
-        for run in range(runs):
+        tools = tuple(t for t in scenarios.REGISTRY[scn].tools
+                      if not args.tools or t in args.tools)
+        for run in range(runs if tools else 0):
             first = run % len(tools)
             for tool in tools[first:] + tools[:first]:
                 t0 = time.monotonic()
@@ -181,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
 
     base = Path(tempfile.mkdtemp(prefix="ssb-", dir="/tmp"))
     ctx = Ctx(mode, base)
+    overrides = {"fanout": args.fanout, "fanout_ssh": args.fanout_ssh,
+                 "fanout_files": args.fanout_files, "fanout_kb": args.fanout_kb}
+    Syncsup.max_processes = args.max_processes
+    ctx.size = {**ctx.size, **{k: v for k, v in overrides.items() if v}}
     mach = machine()
     started = _dt.datetime.now(_dt.UTC)
     runs = {scn: runs_for(scn, args) for scn in selected}
@@ -225,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": started.isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 1),
         "machine": mach,
-        "sizes": SIZES[mode],
+        "sizes": ctx.size,
         "rows": rows,
         "failures": failures,
     }

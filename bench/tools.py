@@ -250,6 +250,9 @@ class Syncsup(Tool):
     name = "syncsup"
     agent_max_size: int | None = None
     """``None``: syncsup's default (the agent for files up to 1 MiB)."""
+    max_processes: int | None = None
+    """``[settings] max_processes`` (``None``: syncsup's default; ``bench/run.py
+    --max-processes``)."""
 
     def write_config(self, syncs: list[SyncSpec]) -> Path:
         """One ``[[sync]]`` per source: ``b`` alone, ``s000``... for several."""
@@ -277,10 +280,10 @@ class Syncsup(Tool):
             if self.rsync_binary is not None:
                 block["rsync"] = {"binary": self.rsync_binary}
             blocks.append(block)
-        doc = {
-            "settings": {"state_dir": str(self.work / "st"), "log_level": "info"},
-            "sync": blocks,
-        }
+        settings: dict[str, Any] = {"state_dir": str(self.work / "st"), "log_level": "info"}
+        if self.max_processes is not None:
+            settings["max_processes"] = self.max_processes
+        doc = {"settings": settings, "sync": blocks}
         return write_config(self.work / "sync.toml", doc)
 
     def argv(self, config: Path) -> list[str]:

@@ -40,6 +40,7 @@ __all__ = [
     "check_output_files",
     "check_private",
     "check_sources",
+    "default_max_processes",
     "default_state_dir",
     "load",
     "load_for_child",
@@ -75,10 +76,29 @@ class ConfigError(ValueError):
         self.key = key
 
 
+def default_max_processes(cpus: int | None) -> int:
+    """The cap on transfers at once when the config sets none: four per CPU,
+    at most 16.
+
+    Without a cap every target runs its transfer at once, so memory grows
+    with the number of targets (100 local targets: 100 rsyncs of three
+    processes each, about 500 MB to 1 GB) for no gain in speed: the CPUs
+    are the limit. A local rsync is three processes passing data along a
+    pipeline, each waiting on the others part of the time, so about four
+    per core keep the cores busy: with 100 local targets on two cores, 8 at
+    once used the same CPU time as 100 at once in a quarter to half of the
+    memory, and 4 at once took about twice as long (the fan-out benchmark,
+    docs/benchmarks.md). The ceiling keeps the peak
+    memory predictable on large machines (docs/config.md states it);
+    ``max_processes`` raises it where the memory is there."""
+    return min(16, 4 * max(1, cpus or 1))
+
+
 @dataclass(frozen=True)
 class Settings:
     """``[settings]``: where the daemon keeps its state, how it logs, and the
-    global cap on concurrent transfers (0: no cap)."""
+    global cap on concurrent transfers (0: no cap; the parser's default is
+    :func:`default_max_processes`)."""
 
     state_dir: Path
     log_level: str = "info"
@@ -102,6 +122,9 @@ class SshOptions:
     # What runs the agent on a target whose key is not confined (a key that
     # is confined runs syncsup-target whatever the client asks for).
     target_command: str = "syncsup-target"
+    # Seconds an agent session may sit with nothing to do before it is
+    # closed (0: never); the next batch opens a new one over the master.
+    agent_idle: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -438,6 +461,10 @@ def _parse_ssh(raw: Any, where: str, base: Path) -> tuple[SshOptions, str | None
                           _default(SshOptions, "target_command"))
     if not target_command or any(c in target_command for c in "\0\n"):
         raise ConfigError(f"{where}.target_command", "must be a command (a path or a name)")
+    agent_idle = _pop(table, "agent_idle", (int, float), where,
+                      _default(SshOptions, "agent_idle"))
+    if isinstance(agent_idle, bool) or not 0 <= agent_idle <= 86400:
+        raise ConfigError(f"{where}.agent_idle", "must be seconds from 0 (never) to 86400")
     options = _str_list(_pop(table, "options", list, where, []), f"{where}.options")
     for i, opt in enumerate(options):
         name = opt.split("=", 1)[0]
@@ -445,7 +472,8 @@ def _parse_ssh(raw: Any, where: str, base: Path) -> tuple[SshOptions, str | None
             raise ConfigError(f"{where}.options[{i}]", "must look like 'Name=value'")
     _no_extra(table, where)
     return (SshOptions(port=port, identity_file=ident, options=options, confined=confined,
-                       target_command=target_command), host, user)
+                       target_command=target_command, agent_idle=float(agent_idle)),
+            host, user)
 
 
 def _parse_rsync(raw: Any, where: str) -> RsyncOptions:
@@ -816,7 +844,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     state_dir = _pop(settings_t, "state_dir", str, "settings", None)
     log_level = _pop(settings_t, "log_level", str, "settings", _default(Settings, "log_level"))
     max_processes = _pop(settings_t, "max_processes", int, "settings",
-                         _default(Settings, "max_processes"))
+                         default_max_processes(os.cpu_count()))
     if max_processes < 0:
         raise ConfigError("settings.max_processes", "must be >= 0 (0 = no limit)")
     log_file = _opt_file(settings_t, "log_file", "settings", base)

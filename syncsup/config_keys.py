@@ -52,8 +52,12 @@ SETTINGS = (
     _k("log_format", "string", """`text`: one line per record (time, level, process);
        `json`: one JSON object per line (`time`, `level`, `role`, `component`, `pid`,
        `message`), on stderr and in `log_file`, for log shippers."""),
-    _k("max_processes", "integer", """cap on transfers running at once across all syncs
-       (0: no cap; each target runs at most one anyway). Example: `max_processes = 4`"""),
+    _k("max_processes", "integer", """cap on transfers (rsync, ssh renames, commands)
+       running at once across all syncs; the others wait, oldest batch first. Each target
+       runs at most one anyway, and agent steps do not count. `0`: no cap (every target at
+       once: the memory then grows with the number of targets). The peak memory is about
+       the daemon plus `max_processes` transfers: see "Memory" below. Example:
+       `max_processes = 4`""", "four per CPU, at most 16"),
     _k("metrics", "string", """`"host:port"` on which the supervisor serves Prometheus
        metrics (`http://host:port/metrics`), e.g. `"127.0.0.1:9473"`; docs/operations.md
        lists them. Unset: no metrics, no port."""),
@@ -168,6 +172,10 @@ SSH = (
     _k("target_command", "string", """the command that starts the agent on a target whose
        key is not confined (the path to it, if it is not on the remote `PATH`). Without it
        there, that target uses rsync for everything."""),
+    _k("agent_idle", "number", """seconds an agent session may sit idle before it is
+       closed; the next change opens another over the ssh master (about 0.1-0.3 s more for
+       that change). An idle session costs a local ssh client and a Python process on the
+       target. 0: never closed."""),
 )
 
 RSYNC = (

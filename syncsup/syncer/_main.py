@@ -47,6 +47,7 @@ from syncsup.syncer.moves import (
 )
 from syncsup.syncer.plan import Finished, Plan, Result, Step, StepKind
 from syncsup.syncer.prove import nothing_to_prove, proven
+from syncsup.syncer.readonce import SHARED
 from syncsup.syncer.transfer import Transfer, spawn
 
 __all__ = ["Slot", "Syncer", "main"]
@@ -448,14 +449,17 @@ class Syncer:
             if self.rt.control in events:
                 self.rt.on_control(log, self.status)
             now = time.monotonic()
+            SHARED.prune()  # file content kept for other targets: not at rest
             for slot in self.agents:
                 if slot.batch is None and slot.channel is not None:
+                    slot.channel.rest(now)
                     rfd, _ = slot.channel.fds()
                     if rfd is not None and rfd in events:
                         slot.channel.read_ready(now)  # an idle session ended or spoke
-            for slot in self.slots.values():
-                if slot.batch is not None:
-                    self.poll(slot, now)
+            # oldest batch first: the free transfers go to who waited longest
+            for slot in sorted((s for s in self.slots.values() if s.batch is not None),
+                               key=lambda s: s.started):
+                self.poll(slot, now)
             for slot in self.remote:
                 self.tend_master(slot, now)
         self.kill_all()

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncsup.dirfd import open_below, split_path
+from syncsup.syncer.readonce import ContentCache, identity
 
 __all__ = ["STEP_BYTES", "Prepared", "prepare"]
 
@@ -66,9 +67,12 @@ def _attrs(st: os.stat_result) -> dict[str, Any]:
             "group": _name("group", st.st_gid)}
 
 
-def _read(dfd: int, name: bytes, max_size: int) -> tuple[bytes, os.stat_result] | None:
+def _read(dfd: int, name: bytes, max_size: int,
+          cache: ContentCache | None = None) -> tuple[bytes, os.stat_result] | None:
     """The content of regular file ``name`` and its status as read, or None
-    if it is no longer a regular file up to ``max_size``."""
+    if it is no longer a regular file up to ``max_size``. With ``cache``,
+    content another target's step read from this very version of the file
+    is taken from there, and what is read here is offered to it."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
                      dir_fd=dfd)
@@ -78,6 +82,11 @@ def _read(dfd: int, name: bytes, max_size: int) -> tuple[bytes, os.stat_result] 
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > max_size:
             return None
+        if cache is not None:
+            kept = cache.get(st)
+            if kept is not None:
+                return kept, st
+        began = cache.clock() if cache is not None else 0.0
         chunks, total = [], 0
         while True:
             chunk = os.read(fd, max_size + 1 - total)
@@ -90,14 +99,18 @@ def _read(dfd: int, name: bytes, max_size: int) -> tuple[bytes, os.stat_result] 
         after = os.fstat(fd)
         if after.st_size != total:
             return None  # changed while we read: rsync takes it, an event follows anyway
-        return b"".join(chunks), after
+        data = b"".join(chunks)
+        if cache is not None and identity(after) == identity(st):
+            cache.put(after, data, began)
+        return data, after
     finally:
         os.close(fd)
 
 
 def prepare(root_fd: int, paths: Iterable[bytes], *, max_size: int, deletes: bool,
             excluded: Callable[[bytes, bool], bool], keep_trees: bool = False,
-            max_bytes: int = STEP_BYTES, links: bool = True) -> Prepared:
+            max_bytes: int = STEP_BYTES, links: bool = True,
+            cache: ContentCache | None = None) -> Prepared:
     """Operations for ``paths`` (relative to the source open as ``root_fd``),
     with at most ``max_bytes`` of file content (the rest goes to rsync).
     ``keep_trees`` (the sync has excludes): no operation may remove a
@@ -105,7 +118,8 @@ def prepare(root_fd: int, paths: Iterable[bytes], *, max_size: int, deletes: boo
     rsync would keep; the agent refuses such a removal and the path goes to
     rsync. ``links`` false: symlinks go to rsync too (a confined agent
     cannot set a link's time or owner: it may change metadata only through
-    descriptors, and a symlink has none to open)."""
+    descriptors, and a symlink has none to open). ``cache``: file content
+    shared with the other targets' steps (:mod:`syncsup.syncer.readonce`)."""
     out = Prepared()
     tree = {"tree": False} if keep_trees else {}
     dirs_done: set[bytes] = set()
@@ -134,7 +148,7 @@ def prepare(root_fd: int, paths: Iterable[bytes], *, max_size: int, deletes: boo
                 continue  # rsync neither sends nor deletes it
             if stat.S_ISREG(st.st_mode):
                 room = min(max_size, max_bytes - out.size)
-                got = _read(dfd, name, room) if st.st_size <= room else None
+                got = _read(dfd, name, room, cache) if st.st_size <= room else None
                 if got is None:
                     out.fallback.append(path)
                     continue

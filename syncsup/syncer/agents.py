@@ -18,10 +18,11 @@ from syncsup import config as cfg
 from syncsup.backoff import Backoff
 from syncsup.filters import DirFilter, plain_excludes
 from syncsup.syncer.agent_ops import prepare
-from syncsup.syncer.agent_session import LocalAgent, RemoteAgent
+from syncsup.syncer.agent_session import LocalAgent, RemoteAgent, idle_for
 from syncsup.syncer.argv import ssh_argv
 from syncsup.syncer.moves import agent_command
 from syncsup.syncer.plan import Result
+from syncsup.syncer.readonce import SHARED
 from syncsup.timings import Timings
 
 __all__ = ["MAX_PATHS_LOCAL", "MAX_PATHS_REMOTE", "Channel", "unusable"]
@@ -119,7 +120,8 @@ class Channel:
         try:
             prep = prepare(root_fd, names, max_size=self.sync.agent_max_size, deletes=deletes,
                            excluded=self.filter.excluded, keep_trees=self.keep_trees,
-                           links=self.local is not None or not self.target.confined)
+                           links=self.local is not None or not self.target.confined,
+                           cache=SHARED)
         finally:
             os.close(root_fd)
         self._fallback = tuple(prep.fallback)
@@ -193,6 +195,19 @@ class Channel:
             log.info("%s: the agent session ended (%s); a new one starts with the next batch",
                      self.label, r.dead)
         self.remote = None
+
+    def rest(self, now: float) -> None:
+        """Between batches: close a remote session idle for ``[sync.ssh]
+        agent_idle`` seconds (the next batch opens another). Called on every
+        turn of the syncer's loop, which turns at least once a heartbeat."""
+        r, idle = self.remote, self.sync.ssh.agent_idle
+        if r is None or r.dead or not idle:
+            return
+        if idle_for(r.busy(), r.last_progress, now) >= idle:
+            log.debug("%s: the agent session was idle for %.0f s: closed", self.label,
+                      now - r.last_progress)
+            r.close()
+            self.remote = None
 
     def read_ready(self, now: float) -> None:
         """The agent's stdout is readable outside a step: an end, or garbage."""

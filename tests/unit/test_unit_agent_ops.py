@@ -80,3 +80,11 @@ def test_a_large_batch_goes_to_rsync_whole(tmp_path: Path, count: int) -> None:
         assert sorted(result.fallback) == sorted(names) and written == []
     else:
         assert result.fallback == () and written == sorted(n.decode() for n in names)
+
+
+def test_a_session_is_idle_only_without_work_and_counts_from_its_last_answer() -> None:
+    from syncsup.syncer.agent_session import idle_for
+
+    assert idle_for(False, 100.0, 160.5) == 60.5
+    assert idle_for(True, 100.0, 1000.0) == 0.0  # answers still due, or requests unsent
+    assert idle_for(False, 100.0, 99.0) == 0.0   # never negative

@@ -144,6 +144,22 @@ def test_defaults(tmp_path: Path) -> None:
     assert conf.settings.state_dir.name == "a"
 
 
+@pytest.mark.parametrize(("cpus", "cap"), [(None, 4), (1, 4), (2, 8), (3, 12), (4, 16),
+                                           (64, 16)])
+def test_default_max_processes_follows_the_cpus_within_bounds(cpus: int | None,
+                                                               cap: int) -> None:
+    assert config.default_max_processes(cpus) == cap
+
+
+def test_max_processes_defaults_to_a_cap_and_zero_still_means_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 3)
+    sync = {"source": "/s", "targets": ["/t"]}
+    assert config.parse({"sync": [sync]}, tmp_path / "a.toml").settings.max_processes == 12
+    explicit = {"settings": {"max_processes": 0}, "sync": [sync]}
+    assert config.parse(explicit, tmp_path / "a.toml").settings.max_processes == 0
+
+
 def test_relative_paths_resolve_against_the_config_folder_not_cwd(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_conf(tmp_path, VALID_TOML)
@@ -494,3 +510,20 @@ def test_an_unreadable_rule_file_is_refused_naming_the_key(tmp_path: Path) -> No
         config.parse(doc, tmp_path / "c.toml")
     assert exc.value.key == "sync[0].filter_from"
     assert "cannot read /proc/" in str(exc.value)  # resolved: /proc/PID/mem
+
+
+def test_agent_idle_defaults_to_a_minute_and_zero_means_never(tmp_path: Path) -> None:
+    def ssh(table: dict[str, Any]) -> config.SshOptions:
+        sync = {"source": "/s", "targets": ["h:/t"], "ssh": table}
+        return config.parse({"sync": [sync]}, tmp_path / "a.toml").syncs[0].ssh
+
+    assert ssh({}).agent_idle == 60.0
+    assert ssh({"agent_idle": 0}).agent_idle == 0.0
+    assert ssh({"agent_idle": 2.5}).agent_idle == 2.5
+
+
+@pytest.mark.parametrize("bad", [-1, 86401, "60", True])
+def test_agent_idle_out_of_range_names_the_key(tmp_path: Path, bad: Any) -> None:
+    sync = {"source": "/s", "targets": ["h:/t"], "ssh": {"agent_idle": bad}}
+    with pytest.raises(ConfigError, match=r"ssh\.agent_idle"):
+        config.parse({"sync": [sync]}, tmp_path / "a.toml")

@@ -40,7 +40,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
                      "relay": True},
     "sync.ssh": {
         "host": "h1", "user": "u", "port": 2222, "identity_file": "/id", "options": ["A=b"],
-        "confined": False, "target_command": "/usr/local/bin/syncsup-target",
+        "confined": False, "target_command": "/usr/local/bin/syncsup-target", "agent_idle": 30,
     },
     "sync.rsync": {
         "binary": "rsync", "archive": True, "compress": True, "checksum": True,

@@ -1,0 +1,56 @@
+"""An agent session with nothing to do is closed after ``[sync.ssh]
+agent_idle`` seconds, so a remote target at rest costs its ssh master only;
+the next change opens a new session over the master and still goes through
+the agent, not rsync. Real sshd on loopback, real agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.daemon import sync_entry
+from tests.integration.test_agent import (
+    agent_clients,
+    converge,
+    finish,
+    names_in,
+    remote_agents,
+    rsync_logger,
+    rsync_runs,
+    started_agents,
+    transports,
+    with_rsync,
+    write_target_command,
+)
+
+from ._modes_helpers import wait_until
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_an_idle_session_is_closed_and_the_next_change_opens_one(sshd, tmp_path: Path,
+                                                                  src: Path, dst: Path,
+                                                                  daemon_factory) -> None:
+    rsync_bin, runs = rsync_logger(tmp_path)
+    wrapper, started = write_target_command(tmp_path)
+    (src / "seed").write_bytes(b"s" * 100)
+    target = sshd.target(dst)
+    sync = sync_entry(src, [target], delay=0.1,
+                      ssh={**sshd.ssh_config(), "target_command": str(wrapper),
+                           "agent_idle": 1})
+    d = daemon_factory([with_rsync(sync, rsync_bin)])
+    converge(d, src, dst)
+    (src / "first").write_bytes(b"1" * 200)
+    converge(d, src, dst)
+    wait_until(lambda: len(started_agents(started, dst)) >= 1, "an agent session", 60,
+               context=d.log_tail)
+    # idle: the session ends, on both sides (the loop checks once a heartbeat)
+    wait_until(lambda: not remote_agents(dst) and not agent_clients(dst),
+               "the idle session closed on both sides", 90, context=d.log_tail)
+    assert transports(d) == {target: "agent"}, d.describe()
+    (src / "second").write_bytes(b"2" * 200)
+    converge(d, src, dst)
+    assert len(started_agents(started, dst)) == 2, started.read_text()
+    assert b"second" not in names_in(rsync_runs(runs)), "the change went by rsync"
+    finish(d, tmp_path, src, dst)
