@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import agent_fuzz
 from tests.helpers.agent_fuzz import World
 
@@ -40,6 +42,10 @@ def test_the_planted_payload_is_live_and_its_marker_is_found() -> None:
     assert not os.path.exists(w.base)
 
 
+# Directory chains 1,100 to 2,500 deep are made and removed from outside,
+# each step: minutes on a loaded 2-core machine. A slow machine is not a
+# failure (hypothesis replays a timed-out example and calls it flaky).
+@pytest.mark.timeout(1200)
 def test_generated_sessions_never_escape_root() -> None:
     """A short run: a few worlds, a few hundred steps, a few thousand
     requests; every request answered (or the agent's fixed line), nothing
