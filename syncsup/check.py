@@ -218,7 +218,8 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
         probed[binary] = sender_follows(binary)
         how = {False: "its sender does not follow a symlink raced into the source (probed)",
                True: "its sender follows a symlink raced into the source (probed)",
-               None: "whether its sender follows a raced symlink could not be probed"}
+               None: "whether its sender follows a raced symlink could not be probed"
+                     + ("" if os.geteuid() == 0 else " (the probe needs root)")}
         report([], f"rsync {format_version(found)} (local): {how[probed[binary]]}")
     for sync in conf.syncs:
         binary = sync.rsync.binary
