@@ -42,6 +42,7 @@ from syncsup.statedir import StateDir
 from syncsup.status import StatusPart, TransferStatus, TransportStatus, shorten
 from syncsup.syncer.agents import Channel, unusable
 from syncsup.syncer.argv import expand_rule_files, rsync_argv, ssh_argv
+from syncsup.syncer.deletions import receiver_takes_missing_args, with_contents
 from syncsup.syncer.moves import (
     agent_command,
     agent_requests,
@@ -81,6 +82,7 @@ class Slot:
     master_next: float = 0.0
     channel: Channel | None = None  # the target's agent, if the sync can use one
     rules: RuleList = field(default_factory=RuleList)
+    missing_args: bool = True  # the receiver takes --delete-missing-args
 
     @property
     def label(self) -> str:
@@ -151,6 +153,7 @@ class Syncer:
             for i, t in enumerate(sync.targets):
                 cp = self.state.control_path(sync.name, i) if t.over_ssh else None
                 slot = self.slots[(sync.name, i)] = Slot(sync, i, t, cp, rules=rules)
+                slot.missing_args = receiver_takes_missing_args(sync, t)
                 why = unusable(sync, t)
                 if why is None:
                     slot.channel = Channel(sync, t, cp, self._agent_errfile(slot))
@@ -186,9 +189,9 @@ class Syncer:
             batch.changes.trees |= retyped_parents(batch.changes.paths, slot.rules, source)
         slot.plan = Plan.make(batch.changes, commands=slot.sync.runs_commands,
                               replay_moves=slot.sync.moves_on_target, replay=replay,
-                              source_empty=b"" in batch.changes.trees | batch.changes.verify
-                              and _empty(slot.sync.source),
-                              agent=slot.channel is not None and slot.channel.available(now))
+                              source_empty=_empty(slot.sync.source),
+                              agent=slot.channel is not None and slot.channel.available(now),
+                              missing_args=slot.missing_args)
         slot.started = now
         slot.sent = 0
         self.proceed(slot, slot.plan.first())
@@ -273,9 +276,12 @@ class Syncer:
             if not names:  # all below excluded directories: nothing rsync would send
                 self.proceed(slot, slot.plan.advance(step, Result(rc=0)))
                 return
+            if step.kind is StepKind.TIMES and not slot.missing_args:
+                names = with_contents(os.fsencode(slot.sync.source),
+                                      changes.paths | changes.trees, names)
             lst.write_bytes(_names(names))
             argv = rsync_argv(slot.sync, t, step, str(lst), slot.batch.startup,
-                              slot.control_path)
+                              slot.control_path, slot.missing_args)
         log.debug("%s: %s", slot.label, argv)
         err, out = self._files(slot)
         try:

@@ -23,6 +23,7 @@ import pytest
 from syncsup import rsync_probe
 from syncsup.rsync_probe import foreign_writer, sender_follows
 from tests.helpers.daemon import run_cli, sync_entry, write_config
+from tests.helpers.old_rsync import debian12_rsync
 from tests.helpers.procs import assert_no_leftovers
 from tests.helpers.tree import wait_converged
 
@@ -33,27 +34,10 @@ if [ "$1" = --version ]; then echo "rsync  version {version}  protocol version 3
 exec {rsync} {extra} "$@"
 """
 
-BOOKWORM = Path(os.environ.get("SYNCSUP_PROOF_CACHE", "/var/cache/syncsup-proof")) / "bookworm"
-
-
 def fake_rsync(tmp_path: Path, version: str, follow: bool) -> str:
     path = tmp_path / f"rsync-{version}-{'follows' if follow else 'fixed'}"
     path.write_text(WRAPPER.format(version=version, rsync=shutil.which("rsync"),
                                    extra="--insecure-links" if follow else ""))
-    path.chmod(0o755)
-    return str(path)
-
-
-def debian12_rsync(tmp_path: Path) -> str:
-    """Debian 12's own rsync 3.2.7 (run with its own libraries), or skip."""
-    binary = BOOKWORM / "usr/bin/rsync"
-    loader = BOOKWORM / "lib64/ld-linux-x86-64.so.2"
-    if not binary.exists() or not loader.exists():
-        pytest.skip(f"no Debian 12 rootfs at {BOOKWORM} (scripts/systemd-proof.sh makes it)")
-    libs = ":".join(str(BOOKWORM / d) for d in ("usr/lib/x86_64-linux-gnu",
-                                                 "lib/x86_64-linux-gnu"))
-    path = tmp_path / "rsync-debian12"
-    path.write_text(f'#!/bin/sh\nexec {loader} --library-path {libs} {binary} "$@"\n')
     path.chmod(0o755)
     return str(path)
 

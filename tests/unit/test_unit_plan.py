@@ -79,7 +79,9 @@ def expected_steps(commands: bool, replay: bool, renames: bool, trees: str, veri
     if paths != "no-paths":
         steps.append(Step(PATHS, tuple(sorted(PATHS_SETS[paths]))))
     if (paths != "no-paths" or renames or names - {b""}) and b"" not in names:
-        steps.append(Step(TIMES, (b"",)))
+        # --max-delete=0 too: a times step deletes towards a receiver that
+        # rejects --delete-missing-args, and an empty root must not wipe it
+        steps.append(Step(TIMES, (b"",), empty_guard=empty))
     return steps
 
 
@@ -342,3 +344,24 @@ def test_a_directory_the_agent_left_goes_by_name() -> None:
     nxt = plan.advance(plan.steps[0], Result(0, fallback=(b"d/gone",)))
     assert nxt == Step(PATHS, (b"d/gone",))
     assert plan.advance(nxt, Result(0)) == Step(TIMES, (b"d/gone",))
+
+
+def test_a_receiver_without_delete_missing_args_gets_a_times_step_after_the_agent() -> None:
+    """A listed tree gone from the source is deleted through its directory's
+    listing there (the times step), the agent's step or not; an agent that
+    hands paths back adds no second times step (one run, no loop)."""
+    changes = Changes(trees={b"d"}, paths={b"a"})
+    plan = Plan.make(changes, commands=False, replay_moves=False, source_empty=False,
+                     agent=True, missing_args=False)
+    assert [s.kind for s in plan.steps] == [StepKind.TREE, StepKind.AGENT, StepKind.TIMES]
+    tree, agent, times = plan.steps
+    assert times.names == (b"",)
+    assert plan.advance(tree, Result(0)) == agent
+    assert plan.advance(agent, Result(0, fallback=(b"a",))) == Step(StepKind.PATHS, (b"a",))
+    assert [s.kind for s in plan.steps] == [StepKind.TREE, StepKind.AGENT, StepKind.PATHS,
+                                            StepKind.TIMES]
+    assert plan.advance(plan.steps[2], Result(0)) == times
+    assert plan.advance(times, Result(0)) == Finished(Outcome.OK)
+    normal = Plan.make(changes, commands=False, replay_moves=False, source_empty=False,
+                       agent=True)
+    assert [s.kind for s in normal.steps] == [StepKind.TREE, StepKind.AGENT]
