@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from tests.helpers.daemon import sync_entry
+from tests.helpers.daemon import run_cli, sync_entry, write_config
 from tests.helpers.old_rsync import debian12_rsync
 from tests.helpers.procs import assert_no_leftovers
 from tests.helpers.tree import wait_converged
@@ -78,3 +78,22 @@ def test_deletions_with_a_local_debian12_rsync(tmp_path, src, dst, daemon_factor
     _mirror_with_deletions(src, dst, d)
     assert d.stop() == 0
     assert_no_leftovers(tmp_path)
+
+
+def test_check_tells_a_remote_rsync_that_rejects_delete_missing_args(tmp_path, src, dst,
+                                                                     sshd):
+    """``check`` tries the target's receiver (writing nothing there) and
+    says how deletions will go; the real one takes the option."""
+    old = debian12_rsync(tmp_path)
+    (dst / "keep").write_bytes(b"k\n")
+    for extra, rejects in (([f"--rsync-path={old}"], True), ([], False)):
+        sync = sync_entry(src, [sshd.target(dst)], ssh=sshd.ssh_config())
+        sync["rsync"] = {"extra": extra}
+        config = write_config(tmp_path / "old.toml", {
+            "settings": {"state_dir": str(tmp_path / "state")}, "sync": [sync]})
+        r = run_cli("check", config, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        lines = [ln for ln in r.stdout.splitlines() if "ssh works" in ln]
+        assert len(lines) == 1, r.stdout
+        assert ("rejects --delete-missing-args" in lines[0]) is rejects, lines[0]
+    assert sorted(os.listdir(dst)) == ["keep"]
