@@ -173,7 +173,7 @@ def judge(binary: str, follows: bool | None, source: Path, strict: bool) -> Verd
         return Verdict()
     what = ("follows a symlink raced into a parent directory of the source (probed)"
             if follows else "could not be probed for following a symlink raced into the "
-            "source")
+            "source" + ("" if os.geteuid() == 0 else " (the probe needs root)"))
     if strict:
         return Verdict(refuse=f"{binary} {what}; settings.strict_rsync = true refuses it: "
                               "use an rsync whose sender does not follow (rsync 3.5.0 or a "

@@ -153,12 +153,13 @@ class Syncer:
             for i, t in enumerate(sync.targets):
                 cp = self.state.control_path(sync.name, i) if t.over_ssh else None
                 slot = self.slots[(sync.name, i)] = Slot(sync, i, t, cp, rules=rules)
-                slot.missing_args = receiver_takes_missing_args(sync, t)
                 why = unusable(sync, t)
                 if why is None:
                     slot.channel = Channel(sync, t, cp, self._agent_errfile(slot))
                 elif i == 0 or t.is_daemon:
                     log.info("%s: every change goes through rsync (%s)", sync.name, why)
+                if why is not None:  # an agent makes deletions itself
+                    slot.missing_args = receiver_takes_missing_args(sync, t)
         self.remote = [s for s in self.slots.values() if s.control_path is not None]
         self.agents = [s for s in self.remote if s.channel is not None]
         self.files: dict[tuple[str, int], tuple[IO[bytes], IO[bytes]]] = {}
@@ -190,8 +191,7 @@ class Syncer:
         slot.plan = Plan.make(batch.changes, commands=slot.sync.runs_commands,
                               replay_moves=slot.sync.moves_on_target, replay=replay,
                               source_empty=_empty(slot.sync.source),
-                              agent=slot.channel is not None and slot.channel.available(now),
-                              missing_args=slot.missing_args)
+                              agent=slot.channel is not None and slot.channel.available(now))
         slot.started = now
         slot.sent = 0
         self.proceed(slot, slot.plan.first())

@@ -16,10 +16,9 @@ The receiver's rsync is not asked for its version: a local target's is the
 local binary, which is tried once (a dry run); a remote target's is taken
 to be any version, as a remote receiver cannot be tried without a round
 trip on the syncer's loop, and the other way costs only a directory listing
-per batch with a deletion. Except a confined target: its
-``syncsup-target`` allows only the options syncsup sent when it was
-installed, and ``--delete`` with ``-d`` makes rsync send ``--no-r``, which
-it refuses; its agent makes most deletions itself.
+per batch with a deletion. Not for a target with an agent, which makes
+deletions itself (a confined target's ``syncsup-target`` also refuses the
+``--no-r`` that rsync sends for ``--delete`` with ``-d``).
 """
 
 from __future__ import annotations

@@ -116,18 +116,14 @@ class Plan:
     @classmethod
     def make(cls, changes: Changes, *, commands: bool, replay_moves: bool,
              source_empty: bool, agent: bool = False,
-             replay: Sequence[tuple[bytes, bytes]] | None = None,
-             missing_args: bool = True) -> Plan:
+             replay: Sequence[tuple[bytes, bytes]] | None = None) -> Plan:
         """The plan for ``changes``. ``replay_moves``: the mode renames on
         the target; ``replay``: which of the renames (default: all; the
         others count as done, their ends are dirty paths too);
         ``source_empty``: the source root has no entries now (a tree or
         times step of the root then deletes nothing: a times step deletes
         towards a receiver without ``--delete-missing-args``); ``agent``: the
-        target's agent takes the paths it can; ``missing_args``: the
-        target's receiver takes ``--delete-missing-args`` (if not, a listed
-        tree gone from the source is deleted by a times step listing its
-        directory, which follows the agent's step too)."""
+        target's agent takes the paths it can."""
         if commands:
             return cls([Step(StepKind.COMMAND)], moves=len(changes.moves))
         steps = []
@@ -148,9 +144,6 @@ class Plan:
         if agent and (changes.paths or parents):
             # the agent sets its directories' times itself, after their entries
             steps.append(Step(StepKind.AGENT, tuple(sorted(changes.paths | parents))))
-            if trees and parents and not missing_args:
-                steps.append(Step(StepKind.TIMES, tuple(sorted(parents)),
-                                  empty_guard=b"" in parents and source_empty))
         else:
             if changes.paths - {b""}:
                 steps.append(Step(StepKind.PATHS, tuple(sorted(changes.paths - {b""}))))
@@ -199,7 +192,7 @@ class Plan:
                 # does (listed, it is its whole content).
                 i = self.steps.index(step) + 1
                 paths = set(left) - {b""}
-                if self.parents and StepKind.TIMES not in (s.kind for s in self.steps[i:]):
+                if self.parents:
                     self.steps.insert(i, Step(StepKind.TIMES, tuple(sorted(self.parents)),
                                               empty_guard=b"" in self.parents
                                               and self.source_empty))

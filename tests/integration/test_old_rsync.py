@@ -69,11 +69,13 @@ def test_deletions_reach_a_remote_debian12_rsync(tmp_path, src, dst, sshd, daemo
 
 
 def test_deletions_with_a_local_debian12_rsync(tmp_path, src, dst, daemon_factory):
-    """The local rsync Debian 12's (the receiver of a local target too)."""
+    """The local rsync Debian 12's (the receiver of a local target too),
+    every change through rsync (no agent, which would delete by itself)."""
     old = debian12_rsync(tmp_path)
     _populate(src)
     sync = sync_entry(src, [dst])
     sync["rsync"] = {"binary": old}
+    sync["agent_max_size"] = 0
     d = daemon_factory([sync])
     _mirror_with_deletions(src, dst, d)
     assert d.stop() == 0

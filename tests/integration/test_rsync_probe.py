@@ -1,6 +1,7 @@
 """The local rsync is judged by what its sender does, not by its version:
-the start-up probe races a symlink into a parent directory of what the
-sender is about to read, and syncsup refuses a sender that follows it only
+the start-up probe names a file through another user's symlink in a parent
+directory, planted before rsync starts (no race, so the same answer every
+run), and syncsup refuses a sender that follows it only
 where another user can write in the source (or everywhere with
 ``strict_rsync``); elsewhere it warns once and runs.
 

@@ -345,23 +345,3 @@ def test_a_directory_the_agent_left_goes_by_name() -> None:
     assert nxt == Step(PATHS, (b"d/gone",))
     assert plan.advance(nxt, Result(0)) == Step(TIMES, (b"d/gone",))
 
-
-def test_a_receiver_without_delete_missing_args_gets_a_times_step_after_the_agent() -> None:
-    """A listed tree gone from the source is deleted through its directory's
-    listing there (the times step), the agent's step or not; an agent that
-    hands paths back adds no second times step (one run, no loop)."""
-    changes = Changes(trees={b"d"}, paths={b"a"})
-    plan = Plan.make(changes, commands=False, replay_moves=False, source_empty=False,
-                     agent=True, missing_args=False)
-    assert [s.kind for s in plan.steps] == [StepKind.TREE, StepKind.AGENT, StepKind.TIMES]
-    tree, agent, times = plan.steps
-    assert times.names == (b"",)
-    assert plan.advance(tree, Result(0)) == agent
-    assert plan.advance(agent, Result(0, fallback=(b"a",))) == Step(StepKind.PATHS, (b"a",))
-    assert [s.kind for s in plan.steps] == [StepKind.TREE, StepKind.AGENT, StepKind.PATHS,
-                                            StepKind.TIMES]
-    assert plan.advance(plan.steps[2], Result(0)) == times
-    assert plan.advance(times, Result(0)) == Finished(Outcome.OK)
-    normal = Plan.make(changes, commands=False, replay_moves=False, source_empty=False,
-                       agent=True)
-    assert [s.kind for s in normal.steps] == [StepKind.TREE, StepKind.AGENT]
