@@ -158,8 +158,7 @@ class Syncer:
                     slot.channel = Channel(sync, t, cp, self._agent_errfile(slot))
                 elif i == 0 or t.is_daemon:
                     log.info("%s: every change goes through rsync (%s)", sync.name, why)
-                if why is not None:  # an agent makes deletions itself
-                    slot.missing_args = receiver_takes_missing_args(sync, t)
+                slot.missing_args = receiver_takes_missing_args(sync, t)
         self.remote = [s for s in self.slots.values() if s.control_path is not None]
         self.agents = [s for s in self.remote if s.channel is not None]
         self.files: dict[tuple[str, int], tuple[IO[bytes], IO[bytes]]] = {}
@@ -276,12 +275,15 @@ class Syncer:
             if not names:  # all below excluded directories: nothing rsync would send
                 self.proceed(slot, slot.plan.advance(step, Result(rc=0)))
                 return
-            if step.kind is StepKind.TIMES and not slot.missing_args:
+            # a batch planned for the agent has no times step of its own
+            missing_args = slot.missing_args or any(s.kind is StepKind.AGENT
+                                                    for s in slot.plan.steps)
+            if step.kind is StepKind.TIMES and not missing_args:
                 names = with_contents(os.fsencode(slot.sync.source),
                                       changes.paths | changes.trees, names)
             lst.write_bytes(_names(names))
             argv = rsync_argv(slot.sync, t, step, str(lst), slot.batch.startup,
-                              slot.control_path, slot.missing_args)
+                              slot.control_path, missing_args)
         log.debug("%s: %s", slot.label, argv)
         err, out = self._files(slot)
         try:

@@ -16,9 +16,11 @@ The receiver's rsync is not asked for its version: a local target's is the
 local binary, which is tried once (a dry run); a remote target's is taken
 to be any version, as a remote receiver cannot be tried without a round
 trip on the syncer's loop, and the other way costs only a directory listing
-per batch with a deletion. Not for a target with an agent, which makes
-deletions itself (a confined target's ``syncsup-target`` also refuses the
-``--no-r`` that rsync sends for ``--delete`` with ``-d``).
+per batch with a deletion. Not in a batch planned for an agent, which
+makes deletions itself and whose plan has no times step (a confined
+target's ``syncsup-target`` also refuses the ``--no-r`` that rsync sends
+for ``--delete`` with ``-d``): what an agent leaves to rsync still uses
+``--delete-missing-args``.
 """
 
 from __future__ import annotations
