@@ -90,6 +90,33 @@ def _confined_target(name: str, target: cfg.Target, proc: subprocess.CompletedPr
                    f"{how}{home})"
 
 
+def rejects_missing_args(sync: cfg.Sync, target: cfg.Target, timeout: float) -> bool:
+    """Whether the target's rsync, as a receiver, rejects the entry that
+    ``--delete-missing-args`` lists for a name gone from the source (rsync
+    before 3.4.4 may: "invalid file mode 00"), tried, not read from its
+    version: a transfer from an empty directory naming one random name,
+    which exists on neither side, so nothing is written or deleted (a
+    failure to connect says nothing here: the ssh check reports it)."""
+    with tempfile.TemporaryDirectory(prefix="syncsup-check-") as tmp:
+        empty = os.path.join(tmp, "empty")
+        os.mkdir(empty)
+        with open(os.path.join(tmp, "list"), "wb") as fh:
+            fh.write(b"./.syncsup-check-" + os.urandom(16).hex().encode() + b"\0")
+        argv = [sync.rsync.binary, "-d", "--from0", f"--files-from={tmp}/list",
+                "--delete-missing-args", *sync.rsync.extra,
+                "-e", " ".join(shlex.quote(p) for p in ssh_argv(sync))]
+        try:
+            proc = subprocess.run([*argv, "--", f"{empty}/", target.rsync_dest()],
+                                  capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+    # rsync's 2 is "protocol incompatibility", the receiver's answer to that
+    # entry; its message comes over ssh's stderr and is sometimes lost when
+    # the connection closes first, so the code decides.
+    return proc.returncode == 2
+
+
 def _remote_target(sync: cfg.Sync, target: cfg.Target, timeout: float
                    ) -> tuple[list[str], str]:
     """Probe a remote target: ssh, rsync there, writable; a confined one
@@ -219,7 +246,8 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
         probed[binary] = sender_follows(binary, conf.timings.probe_timeout)
         how = {False: "its sender does not follow a symlink raced into the source (probed)",
                True: "its sender follows a symlink raced into the source (probed)",
-               None: "whether its sender follows a raced symlink could not be probed"}
+               None: "whether its sender follows a raced symlink could not be probed"
+                     + ("" if os.geteuid() == 0 else " (the probe needs root)")}
         report([], f"rsync {format_version(found)} (local): {how[probed[binary]]}")
     for sync in conf.syncs:
         binary = sync.rsync.binary
@@ -253,6 +281,15 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
             elif target.is_remote:
                 issues, version = _remote_target(sync, target, conf.timings.check_timeout)
                 writable = "" if "confined" in version else ", writable"
+                if not issues and rejects_missing_args(sync, target, conf.timings.check_timeout):
+                    if target.confined:
+                        issues = [f"{sync.name} -> {target.spec}: rsync {version.split()[0]} "
+                                  "there rejects --delete-missing-args (\"invalid file mode "
+                                  "00\"), which a confined target needs for the deletions its "
+                                  "agent leaves to rsync: install rsync 3.4.4 or newer there"]
+                    else:
+                        writable += (", its rsync rejects --delete-missing-args: deletions go "
+                                     "by directory listing")
                 report(issues, f"{sync.name} -> {target.spec}: ssh works, rsync {version}"
                                f"{writable}")
             else:

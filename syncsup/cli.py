@@ -50,7 +50,9 @@ EXIT_STATUS: tuple[tuple[int, str], ...] = (
     (EX_NOT_RUNNING, "status, stop, resync, pause, resume: the daemon is not running "
         "(the LSB convention)"),
     (cfg.EX_CONFIG, "a bad config, with one line on stderr naming the key (EX_CONFIG; "
-        "the systemd unit never restarts it); import-lsyncd: the Lua config is broken"),
+        "the systemd unit never restarts it); start: the source's rsync follows a raced "
+        "symlink where another user can write in the source, or strict_rsync refuses it "
+        "(one line naming what to change); import-lsyncd: the Lua config is broken"),
 )
 
 # (signals, effect) on a running `syncsup start`
@@ -207,7 +209,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         sup = Supervisor(conf)
     except (StartError, OSError) as exc:
         print(f"syncsup: cannot start: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code if isinstance(exc, StartError) else 1
     return sup.run()
 
 

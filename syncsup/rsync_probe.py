@@ -7,15 +7,24 @@ copies a file from outside the source to the targets. It needs two things:
 a user other than the daemon's (and not root) who can write in the source,
 to make the swap, and a daemon that can read what that user cannot.
 
-The probe (:func:`sender_follows`) makes that race happen, deterministically,
-in a private temporary directory: ``src/big`` is read slowly
-(``--bwlimit``), and the moment the sender opens it (an inotify IN_OPEN)
-``src/dir`` is swapped for a symlink to a directory outside ``src``. The
-sender then comes to ``dir/secret``: a sender that walks from the transfer
-root refusing symlinks does not send it; one that opens by path sends the
-outside file's content. So the answer is right for a distribution's patched
-3.2.7 and for a 3.5.0 built without the fix alike. It takes about half a
-second, once per rsync binary at start and in ``check``.
+The probe (:func:`sender_follows`) needs no race, so its answer does not
+depend on timing: in a private temporary directory, ``src/dir`` is planted
+*before* rsync starts as a symlink to a directory outside ``src``, owned by
+a user other than root and the daemon's (fixed senders trust a symlink of
+root's or their own user's, so a probe symlink of root's proves nothing),
+and ``dir/secret`` is named in a ``--files-from`` list, the way syncsup
+names paths. An rsync that resolves a listed name by path (its file list
+``stat`` and its content ``open``, both following a parent symlink) sends
+the outside file: that is the sender of rsync before 3.5.0, which also
+follows a parent raced in after its file-list scan. One that walks from the
+transfer root refusing another user's symlinks (rsync 3.5.0's
+``secure_relative_open``, or a distribution's backport) sends nothing for
+it. A control file listed beside it must arrive, or the probe tells
+nothing. So the answer is the same on every run, right for a patched 3.2.7
+and for a 3.5.0 built without the fix alike. Planting another user's
+symlink needs root (``lchown``); a daemon not running as root gets "could
+not be probed". ``check`` and start share the probe and its cache (one run
+per rsync binary, keyed by its path, inode, size and mtime).
 
 The judgement (:func:`foreign_writer`): a directory of the source writable
 by a user other than the daemon's and root (its owner, a group-writable
@@ -29,74 +38,81 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import inotify_simple
-
 __all__ = ["Verdict", "foreign_writer", "judge", "sender_follows"]
 
-_INSIDE = b"inside!!"
 _OUTSIDE = b"OUTSIDE!"
-_BIG = 48 * 1024
-_BWLIMIT = "96"  # KiB/s: big takes ~0.5 s, the window in which dir is swapped
+_CONTROL = b"control\n"
+# The owner of the planted symlink: anyone but root and the daemon's user.
+_STRANGER = 65534
+
+_cache: dict[tuple[object, ...], bool | None] = {}
 
 
-def sender_follows(binary: str, timeout: float) -> bool | None:
-    """True if ``binary``'s sender follows a symlink raced into a parent
-    directory of what it sends, False if it does not, None if the probe
-    could not tell (rsync did not run, or never opened the file, within
-    ``timeout`` seconds for each step)."""
+def _identity(binary: str) -> tuple[object, ...] | None:
+    path = shutil.which(binary)
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def sender_follows(binary: str = "rsync", timeout: float = 30.0) -> bool | None:
+    """True if ``binary``'s sender follows another user's symlink in a
+    parent directory of what it sends, False if it does not, None if the
+    probe could not tell (rsync did not run, the control file did not
+    arrive, or this process cannot plant another user's symlink).
+
+    Cached per binary identity, so ``check`` and start (and a restart)
+    share one answer for the same file."""
+    key = _identity(binary)
+    if key is not None and key in _cache:
+        return _cache[key]
+    answer = _probe(binary, timeout)
+    if key is not None:
+        _cache[key] = answer
+    return answer
+
+
+def _probe(binary: str, timeout: float) -> bool | None:
+    if os.geteuid() != 0:
+        return None
     with tempfile.TemporaryDirectory(prefix="syncsup-rsync-probe-") as tmp:
         root = Path(tmp)
         src, dst, outside = root / "src", root / "dst", root / "outside"
-        for d in (src / "dir", dst, outside):
+        for d in (src / "control", dst, outside):
             d.mkdir(parents=True)
-        (src / "big").write_bytes(os.urandom(_BIG))
-        (src / "dir" / "secret").write_bytes(_INSIDE)
+        (src / "control" / "file").write_bytes(_CONTROL)
         (outside / "secret").write_bytes(_OUTSIDE)
-        with inotify_simple.INotify() as ino:
-            ino.add_watch(src, inotify_simple.flags.OPEN)
-            try:
-                proc = subprocess.Popen(
-                    [binary, "-a", "--no-inc-recursive", f"--bwlimit={_BWLIMIT}", "--",
-                     f"{src}/", f"{dst}/"], stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            except OSError:
+        os.symlink(outside, src / "dir")
+        os.lchown(src / "dir", _STRANGER, _STRANGER)
+        (root / "list").write_bytes(b"control/file\0dir/secret\0")
+        try:
+            subprocess.run(
+                [binary, "-a", "-d", "--from0", f"--files-from={root / 'list'}", "--",
+                 f"{src}/", f"{dst}/"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        try:
+            if (dst / "control" / "file").read_bytes() != _CONTROL:
                 return None
-            try:
-                if not _wait_open(ino, b"big", proc, timeout):
-                    return None
-                os.rename(src / "dir", src / "dir.was")
-                os.symlink(outside, src / "dir")
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return None
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        except OSError:
+            return None
         sent = dst / "dir" / "secret"
         try:
-            return sent.is_file() and not sent.is_symlink() and sent.read_bytes() == _OUTSIDE
+            return not sent.is_symlink() and sent.read_bytes() == _OUTSIDE
         except OSError:
             return False
-
-
-def _wait_open(ino: inotify_simple.INotify, name: bytes,
-               proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for event in ino.read(timeout=100):
-            if os.fsencode(event.name) == name:
-                return True
-        if proc.poll() is not None:
-            return False
-    return False
 
 
 def _private_group(gid: int, uid: int) -> bool:
@@ -156,9 +172,11 @@ def judge(binary: str, follows: bool | None, source: Path, strict: bool) -> Verd
         return Verdict()
     what = ("follows a symlink raced into a parent directory of the source (probed)"
             if follows else "could not be probed for following a symlink raced into the "
-            "source")
+            "source" + ("" if os.geteuid() == 0 else " (the probe needs root)"))
     if strict:
-        return Verdict(refuse=f"{binary} {what}; settings.strict_rsync refuses it")
+        return Verdict(refuse=f"{binary} {what}; settings.strict_rsync = true refuses it: "
+                              "use an rsync whose sender does not follow (rsync 3.5.0 or a "
+                              "patched build), or set strict_rsync = false")
     writer = foreign_writer(source)
     if writer is not None:
         return Verdict(refuse=f"{binary} {what}, and another user can write in {source} "

@@ -11,10 +11,14 @@ an option allow-list (``refuse options`` with ``!`` terms): 3.2.0 or newer.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
+import tempfile
 
-__all__ = ["MIN_TARGET", "format_version", "parse_version", "rsync_version"]
+__all__ = ["MIN_TARGET", "format_version", "parse_version", "rsync_version",
+           "takes_missing_args"]
 
 MIN_TARGET = (3, 2, 0)
 
@@ -40,3 +44,46 @@ def rsync_version(binary: str = "rsync") -> tuple[int, int, int] | None:
         return None
     first = out.splitlines()[0] if out else ""
     return parse_version(first) if first.startswith("rsync") else None
+
+
+_missing_args: dict[tuple[object, ...], bool] = {}
+
+
+def takes_missing_args(binary: str = "rsync") -> bool:
+    """Whether ``binary``, as a receiver, accepts ``--delete-missing-args``.
+
+    A sender lists a name missing on its side as an entry of mode 0, and
+    receivers before rsync 3.4.4 may reject it (Debian 12's 3.2.7 does):
+    "invalid file mode 00 ... protocol incompatibility", exit 2, every time.
+    So this is asked of the binary itself, not of its version: a
+    dry run (nothing is written) whose list names a missing file that the
+    destination has. Exit 0: it takes the option; anything else: it does
+    not, or cannot tell, and deletions are sent another way (which works
+    with every receiver). Cached per binary (path, inode, size, mtime)."""
+    path = shutil.which(binary)
+    if path is None:
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _missing_args:
+        with tempfile.TemporaryDirectory(prefix="syncsup-rsync-probe-") as tmp:
+            src, dst = os.path.join(tmp, "src"), os.path.join(tmp, "dst")
+            os.mkdir(src)
+            os.mkdir(dst)
+            with open(os.path.join(dst, "gone"), "wb"):
+                pass
+            with open(os.path.join(tmp, "list"), "wb") as fh:
+                fh.write(b"./gone\0")
+            try:
+                rc = subprocess.run(
+                    [path, "-n", "-d", "--from0", f"--files-from={tmp}/list",
+                     "--delete-missing-args", "--", f"{src}/", f"{dst}/"],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, timeout=20, check=False).returncode
+            except (OSError, subprocess.TimeoutExpired):
+                rc = -1
+        _missing_args[key] = rc == 0
+    return _missing_args[key]

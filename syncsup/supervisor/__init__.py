@@ -7,6 +7,6 @@ silent ones, answers ``syncsup status`` from the children's parts, and on
 SIGTERM stops everything in reverse order and exits 0.
 """
 
-from syncsup.supervisor._supervisor import StartError, Supervisor
+from syncsup.supervisor._supervisor import StartError, StartRefused, Supervisor
 
-__all__ = ["StartError", "Supervisor"]
+__all__ = ["StartError", "StartRefused", "Supervisor"]

@@ -33,7 +33,7 @@ from syncsup.supervisor.notify import Notifier
 from syncsup.supervisor.queries import Queries
 from syncsup.supervisor.status_file import write_status_file
 
-__all__ = ["ROLES_IN_START_ORDER", "StartError", "Supervisor"]
+__all__ = ["ROLES_IN_START_ORDER", "StartError", "StartRefused", "Supervisor"]
 
 log = logging.getLogger("syncsup.supervisor")
 
@@ -41,6 +41,17 @@ log = logging.getLogger("syncsup.supervisor")
 
 class StartError(RuntimeError):
     """The daemon cannot start (already running, unusable state_dir, ...)."""
+
+    exit_code = 1
+
+
+class StartRefused(StartError):
+    """A refusal that a restart cannot change (the source's rsync follows a
+    raced symlink where another user can write, or ``strict_rsync``): a
+    configuration-class error, exit 78, so that a service manager that
+    never restarts on 78 does not restart it forever."""
+
+    exit_code = cfg.EX_CONFIG
 
 
 class Supervisor:
@@ -358,6 +369,6 @@ def _check_rsync(conf: cfg.Config) -> None:
             continue  # command mode runs no rsync on the source
         verdict = judge(binary, probed[binary], sync.source, conf.settings.strict_rsync)
         if verdict.refuse:
-            raise StartError(f"{sync.name}: {verdict.refuse}")
+            raise StartRefused(f"{sync.name}: {verdict.refuse}")
         if verdict.warn:
             log.warning("%s: %s", sync.name, verdict.warn)

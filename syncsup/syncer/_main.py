@@ -37,6 +37,7 @@ from syncsup.statedir import StateDir
 from syncsup.status import StatusPart, TransferStatus, TransportStatus, shorten
 from syncsup.syncer.agents import Channel, unusable
 from syncsup.syncer.argv import expand_rule_files, rsync_argv, ssh_argv
+from syncsup.syncer.deletions import receiver_takes_missing_args, with_contents
 from syncsup.syncer.moves import (
     agent_command,
     agent_requests,
@@ -75,6 +76,7 @@ class Slot:
     master_next: float = 0.0
     channel: Channel | None = None  # the target's agent, if the sync can use one
     rules: RuleList = field(default_factory=RuleList)
+    missing_args: bool = True  # the receiver takes --delete-missing-args
 
     @property
     def label(self) -> str:
@@ -153,6 +155,7 @@ class Syncer:
                                            conf.timings)
                 elif i == 0 or t.is_daemon:
                     log.info("%s: every change goes through rsync (%s)", sync.name, why)
+                slot.missing_args = receiver_takes_missing_args(sync, t)
         self.remote = [s for s in self.slots.values() if s.control_path is not None]
         self.agents = [s for s in self.remote if s.channel is not None]
         self.files: dict[tuple[str, int], tuple[IO[bytes], IO[bytes]]] = {}
@@ -184,9 +187,7 @@ class Syncer:
             nothing_to_prove(batch.changes, slot.target)
         slot.plan = Plan.make(batch.changes, commands=slot.sync.runs_commands,
                               replay_moves=slot.sync.moves_on_target, replay=replay,
-                              source_empty=b"" in (batch.changes.trees | batch.changes.verify
-                                                   | batch.changes.prove)
-                              and _empty(slot.sync.source),
+                              source_empty=_empty(slot.sync.source),
                               agent=slot.channel is not None and slot.channel.available(now))
         slot.started = now
         slot.sent = 0
@@ -277,9 +278,15 @@ class Syncer:
             if not names:  # all below excluded directories: nothing rsync would send
                 self.settle(slot, Result(rc=0))
                 return
+            # a batch planned for the agent has no times step of its own
+            missing_args = slot.missing_args or any(s.kind is StepKind.AGENT
+                                                    for s in slot.plan.steps)
+            if step.kind is StepKind.TIMES and not missing_args:
+                names = with_contents(os.fsencode(slot.sync.source),
+                                      changes.paths | changes.trees, names)
             lst.write_bytes(_names(names))
             argv = rsync_argv(slot.sync, t, step, str(lst), slot.batch.startup,
-                              slot.control_path)
+                              slot.control_path, missing_args)
         log.debug("%s: %s", slot.label, argv)
         err, out = self._files(slot)
         try:

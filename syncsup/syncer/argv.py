@@ -15,12 +15,16 @@ Three kinds of transfer:
   mtime would pass the quick check, so those add ``--checksum``, which costs
   a read only of files whose size matches on both sides.
 * ``times``: the directories holding a batch's entries, after them, for
-  their modification times (``-d``, no ``-I``, nothing deleted).
+  their modification times (``-d``, no ``-I``; deleting only towards a
+  receiver without ``--delete-missing-args``, see ``paths``).
 * ``paths``: entries named by events, one by one (``-d``, no recursion).
   ``-I`` because the quick check would skip a same-size rewrite made within
   one timestamp tick; ``--delete-missing-args`` so that a path gone from
   the source is deleted on the target; ``--force`` so that this works for
-  non-empty directories too. With rsync's ``--backup`` among the options,
+  non-empty directories too. Towards a receiver that may reject
+  ``--delete-missing-args`` (before rsync 3.4.4), ``--ignore-missing-args``
+  instead, and the times step deletes (``syncsup.syncer.deletions``). With
+  rsync's ``--backup`` among the options,
   ``--checksum`` instead of ``-I``: ``-I`` rewrites a file whose content
   did not change (a chmod, a file the tree step already sent) and each
   rewrite leaves a backup copy of identical content, which rsync driven
@@ -110,12 +114,15 @@ def _backs_up(extra: tuple[str, ...] | list[str]) -> bool:
 
 
 def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: bool,
-               control_path: str | None = None) -> list[str]:
+               control_path: str | None = None, missing_args: bool = True) -> list[str]:
     """argv for one ``tree`` or ``paths`` step of ``sync`` to ``target``,
     reading NUL-separated relative names from ``list_file``. A tree step's
     ``checksum`` adds ``--checksum`` (a rescan after lost events); its
     ``empty_guard`` adds ``--max-delete=0`` (an empty source root must never
-    wipe the mirror: rsync then deletes nothing and exits 25)."""
+    wipe the mirror: rsync then deletes nothing and exits 25).
+    ``missing_args``: the receiver takes ``--delete-missing-args``; if
+    not, a times step deletes instead (its directories that lost an entry
+    are listed with their entries)."""
     kind = step.kind.value
     if kind not in ("tree", "paths", "times"):
         raise ValueError(f"not an rsync step: {kind!r}")
@@ -145,7 +152,10 @@ def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: 
         argv += ["-d", "--checksum" if verify or _backs_up(opts.extra) else "-I"]
     else:
         argv += ["-d"]  # the quick check: a listed directory's unchanged entries cost nothing
-    argv += ["--delete-missing-args" if deletes and kind != "times" else "--ignore-missing-args"]
+        if deletes and not missing_args:
+            argv += ["--delete"]
+    argv += ["--delete-missing-args" if deletes and kind != "times" and missing_args
+             else "--ignore-missing-args"]
     if opts.compress:
         argv += ["-z"]
     for flag, value in (("--bwlimit", opts.bwlimit), ("--chown", opts.chown),

@@ -123,6 +123,7 @@ class Plan:
     partial: Finished | None = None  # a tree step's partial transfer, reported at the end
     done: list[StepKind] = field(default_factory=list)
     parents: set[bytes] = field(default_factory=set)  # directories whose times are sent
+    source_empty: bool = False  # the source root had no entries when the batch came
 
     @classmethod
     def make(cls, changes: Changes, *, commands: bool, replay_moves: bool,
@@ -131,7 +132,9 @@ class Plan:
         """The plan for ``changes``. ``replay_moves``: the mode renames on
         the target; ``replay``: which of the renames (default: all; the
         others count as done, their ends are dirty paths too);
-        ``source_empty``: the source root has no entries now; ``agent``: the
+        ``source_empty``: the source root has no entries now (a tree or
+        times step of the root then deletes nothing: a times step deletes
+        towards a receiver without ``--delete-missing-args``); ``agent``: the
         target's agent takes the paths it can."""
         if commands:
             return cls([Step(StepKind.COMMAND)], moves=len(changes.moves))
@@ -159,8 +162,10 @@ class Plan:
             if changes.paths - {b""}:
                 steps.append(Step(StepKind.PATHS, tuple(sorted(changes.paths - {b""}))))
             if parents:
-                steps.append(Step(StepKind.TIMES, tuple(sorted(parents))))
-        plan = cls(steps, moves=len(changes.moves) if replay_moves else 0, parents=parents)
+                steps.append(Step(StepKind.TIMES, tuple(sorted(parents)),
+                                  empty_guard=b"" in parents and source_empty))
+        plan = cls(steps, moves=len(changes.moves) if replay_moves else 0, parents=parents,
+                   source_empty=source_empty)
         if not renames:
             plan.moves_done = plan.moves  # none to replay: none to replay again on a retry
         return plan
@@ -209,7 +214,9 @@ class Plan:
                 i = self.steps.index(step) + 1
                 paths = set(left) - {b""}
                 if self.parents:
-                    self.steps.insert(i, Step(StepKind.TIMES, tuple(sorted(self.parents))))
+                    self.steps.insert(i, Step(StepKind.TIMES, tuple(sorted(self.parents)),
+                                              empty_guard=b"" in self.parents
+                                              and self.source_empty))
                 if paths:
                     self.steps.insert(i, Step(StepKind.PATHS, tuple(sorted(paths))))
             return self._next(step)

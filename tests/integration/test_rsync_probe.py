@@ -1,67 +1,45 @@
 """The local rsync is judged by what its sender does, not by its version:
-the start-up probe races a symlink into a parent directory of what the
-sender is about to read, and syncsup refuses a sender that follows it only
+the start-up probe names a file through another user's symlink in a parent
+directory, planted before rsync starts (no race, so the same answer every
+run), and syncsup refuses a sender that follows it only
 where another user can write in the source (or everywhere with
 ``strict_rsync``); elsewhere it warns once and runs.
 
-"rsync" builds stand in for the two cases the version cannot tell apart: a
-3.5.0 built without the fix (its probe-shaped run reads by path, as old
-senders did) and a distribution's 3.2.7 with the fix backported (it refuses
-a symlink in a parent, as 3.5.0 does). Every other run of theirs is the
-real rsync, so the daemon's transfers are real."""
+"rsync" wrappers stand in for the two cases the version cannot tell apart,
+both running this machine's real rsync (3.5.0, whose sender refuses another
+user's symlink in a parent): a 3.5.0 that follows (``--insecure-links``,
+rsync's switch back to the old open by path) and a "3.2.7" that does not
+(the fixed sender under an old version string, as a distribution's
+backport). Debian 12's real rsync 3.2.7, from the cached rootfs of the
+systemd proof when there is one, is the unfixed sender itself."""
 
 from __future__ import annotations
 
 import os
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 
+from syncsup import rsync_probe
 from syncsup.rsync_probe import foreign_writer, sender_follows
 from syncsup.timings import Timings
 from tests.helpers.daemon import run_cli, sync_entry, write_config
+from tests.helpers.old_rsync import debian12_rsync
 from tests.helpers.procs import assert_no_leftovers
 from tests.helpers.tree import wait_converged
 
 pytestmark = pytest.mark.timeout(240)
 
-# The sender part of an rsync run, for the probe's shape of command line
-# (``-a --no-inc-recursive --bwlimit=N -- SRC/ DST/``): the file list first,
-# then each file read, slowly enough for the probe's swap; FOLLOW says
-# whether a file is opened by path (through a symlinked parent) or refused.
-FAKE = """#!{python}
-import os, sys, time
-VERSION, FOLLOW = {version!r}, {follow!r}
-args = sys.argv[1:]
-if args == ["--version"]:
-    print(f"rsync  version {{VERSION}}  protocol version 32")
-    sys.exit(0)
-if not any(a.startswith("--bwlimit=") for a in args):
-    os.execvp("rsync", ["rsync", *args])
-src, dst = args[-2].rstrip("/"), args[-1].rstrip("/")
-names = sorted(os.path.relpath(os.path.join(d, f), src)
-               for d, _, files in os.walk(src) for f in files)
-rc = 0
-for rel in names:
-    parts = rel.split("/")
-    if not FOLLOW and any(os.path.islink(os.path.join(src, *parts[:i]))
-                          for i in range(1, len(parts))):
-        rc = 23
-        continue
-    with open(os.path.join(src, rel), "rb") as fh:
-        data = fh.read()
-        time.sleep(0.5)
-    os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
-    with open(os.path.join(dst, rel), "wb") as out:
-        out.write(data)
-sys.exit(rc)
+WRAPPER = """#!/bin/sh
+if [ "$1" = --version ]; then echo "rsync  version {version}  protocol version 32"; exit 0; fi
+exec {rsync} {extra} "$@"
 """
-
 
 def fake_rsync(tmp_path: Path, version: str, follow: bool) -> str:
     path = tmp_path / f"rsync-{version}-{'follows' if follow else 'fixed'}"
-    path.write_text(FAKE.format(python=sys.executable, version=version, follow=follow))
+    path.write_text(WRAPPER.format(version=version, rsync=shutil.which("rsync"),
+                                   extra="--insecure-links" if follow else ""))
     path.chmod(0o755)
     return str(path)
 
@@ -73,12 +51,26 @@ def _config(tmp_path: Path, src: Path, dst: Path, binary: str, **settings) -> Pa
         "settings": {"state_dir": str(tmp_path / "state"), **settings}, "sync": [sync]})
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting another user's symlink needs root")
 def test_the_probe_judges_behaviour_not_the_version(tmp_path):
     limit = Timings().probe_timeout  # what the daemon gives it
     assert sender_follows("rsync", limit) is False, "this machine's rsync follows a raced symlink"
     assert sender_follows(fake_rsync(tmp_path, "3.5.0", follow=True), limit) is True
     assert sender_follows(fake_rsync(tmp_path, "3.2.7", follow=False), limit) is False
     assert sender_follows(str(tmp_path / "no-such-rsync"), limit) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting another user's symlink needs root")
+def test_the_probe_gives_the_same_answer_every_run(tmp_path, monkeypatch):
+    """No timing in the answer: uncached, each binary gives one answer ten
+    times over, on a loaded machine too (Debian 12's unfixed 3.2.7 follows;
+    this machine's 3.5.0 does not, though it trusts a symlink of root's)."""
+    for binary, follows in ((debian12_rsync(tmp_path), True), ("rsync", False)):
+        answers = []
+        for _ in range(10):
+            monkeypatch.setattr(rsync_probe, "_cache", {}, raising=False)
+            answers.append(sender_follows(binary))
+        assert answers == [follows] * 10, (binary, answers)
 
 
 def test_foreign_writer(tmp_path):
@@ -105,9 +97,12 @@ def test_a_following_rsync_is_refused_where_another_user_can_write(tmp_path, src
     assert r.returncode == 1, r.stdout + r.stderr
     problems = [ln for ln in r.stdout.splitlines() if ln.startswith("problem:")]
     assert len(problems) == 1 and "belongs to uid 4321" in problems[0], r.stdout
+    # A refusal a restart cannot change: 78, which the unit never restarts.
     r = run_cli("start", config, timeout=120)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "cannot start" in r.stderr and "belongs to uid 4321" in r.stderr, r.stderr
+    assert r.returncode == 78, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot start" in lines[0], r.stderr
+    assert "belongs to uid 4321" in lines[0] and "keep others from writing" in lines[0]
     assert os.listdir(dst) == []
     assert_no_leftovers(tmp_path)
 
@@ -137,6 +132,7 @@ def test_a_following_rsync_warns_once_and_mirrors_where_only_we_write(tmp_path, 
     # strict_rsync: refused for this source too, one line, nothing started.
     config = _config(tmp_path, src, dst, binary, strict_rsync=True)
     r = run_cli("start", config, timeout=120)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "strict_rsync" in r.stderr, r.stderr
+    assert r.returncode == 78, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "strict_rsync" in lines[0], r.stderr
     assert_no_leftovers(tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 from pathlib import Path
 
@@ -337,3 +338,36 @@ def test_times_transfer_flags() -> None:
     assert "--ignore-missing-args" in argv and "--delete-missing-args" not in argv
     assert not any(a.startswith("--delete") for a in argv)
     assert "--exclude=*.tmp" in argv
+
+
+@pytest.mark.parametrize(("delete", "startup", "deletes"), [
+    (True, False, True), (False, False, False), ("startup", False, False),
+    ("running", False, True)])
+@pytest.mark.parametrize("kind", ["tree", "paths", "times"])
+def test_a_receiver_without_delete_missing_args(kind: str, delete: bool | str, startup: bool,
+                                               deletes: bool) -> None:
+    """Towards a receiver that rejects --delete-missing-args (exit 2 on any
+    batch with a deletion) it is never sent; the times step deletes instead,
+    in the directories it lists, as far as the delete setting allows."""
+    step = Step(StepKind(kind), (b"",))
+    argv = rsync_argv(make_sync(delete=delete), REMOTE, step, LIST, startup=startup,
+                      missing_args=False)
+    assert "--delete-missing-args" not in argv
+    assert "--ignore-missing-args" in argv
+    assert ("--delete" in argv) is (deletes and kind in ("tree", "times"))
+    normal = rsync_argv(make_sync(delete=delete), REMOTE, step, LIST, startup=startup)
+    assert ("--delete" in normal) is (deletes and kind == "tree")
+
+
+def test_times_step_lists_the_directories_that_lost_entries(tmp_path: Path) -> None:
+    from syncsup.syncer.deletions import with_contents
+
+    root = tmp_path / "src"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "kept").write_bytes(b"x")
+    (root / "a" / "b" / "new").write_bytes(b"y")
+    changed = {b"kept", b"a/gone", b"a/b/new", b"x/y/z", b"a/b"}
+    names = [b"", b"a", b"a/b", b"x/y"]
+    # "a" lost "gone"; "x" is gone whole: its parent, the root, lost it (the
+    # root is always listed with its entries); "a/b" only gained one
+    assert with_contents(os.fsencode(root), changed, names) == [b"", b"a/", b"a/b", b"x/y"]

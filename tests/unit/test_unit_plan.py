@@ -79,7 +79,9 @@ def expected_steps(commands: bool, replay: bool, renames: bool, trees: str, veri
     if paths != "no-paths":
         steps.append(Step(PATHS, tuple(sorted(PATHS_SETS[paths]))))
     if (paths != "no-paths" or renames or names - {b""}) and b"" not in names:
-        steps.append(Step(TIMES, (b"",)))
+        # --max-delete=0 too: a times step deletes towards a receiver that
+        # rejects --delete-missing-args, and an empty root must not wipe it
+        steps.append(Step(TIMES, (b"",), empty_guard=empty))
     return steps
 
 
