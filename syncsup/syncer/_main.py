@@ -284,6 +284,10 @@ class Syncer:
             if step.kind is StepKind.TIMES and not missing_args:
                 names = with_contents(os.fsencode(slot.sync.source),
                                       changes.paths | changes.trees, names)
+                if b"" in names and not step.empty_guard and _empty(slot.sync.source):
+                    # the root's entries go with ``--delete``: a source emptied
+                    # since the batch was planned deletes nothing (rsync's 25)
+                    step = slot.step = slot.plan.guard_empty(step)
             lst.write_bytes(_names(names))
             argv = rsync_argv(slot.sync, t, step, str(lst), slot.batch.startup,
                               slot.control_path, missing_args)

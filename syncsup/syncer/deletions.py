@@ -26,6 +26,7 @@ for ``--delete`` with ``-d``): what an agent leaves to rsync still uses
 from __future__ import annotations
 
 import os
+import stat
 
 from syncsup.config import Sync, Target
 from syncsup.rsync_version import takes_missing_args
@@ -40,11 +41,30 @@ def receiver_takes_missing_args(sync: Sync, target: Target) -> bool:
     return not target.is_remote and takes_missing_args(sync.rsync.binary)
 
 
+def _real_directory(root: bytes, rel: bytes) -> bool:
+    """``rel`` is a directory under ``root`` reached through directories
+    only: no component is a symlink. With a trailing slash, an rsync older
+    than 3.4.4 would send what a symlink there points to (another user's
+    symlink, planted by a writer of the source, to a directory only the
+    daemon may read)."""
+    path = root
+    for part in rel.split(b"/"):
+        path = os.path.join(path, part)
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
+
+
 def with_contents(root: bytes, changed: set[bytes], names: list[bytes]) -> list[bytes]:
     """``names`` (a times step's directories) with ``/`` added to each that
-    held an entry of ``changed`` now missing from the source under ``root``:
-    rsync then sends its entries, and ``--delete`` the ones gone. The root
-    is always sent with its entries (listed as ``.``)."""
+    held an entry of ``changed`` now missing from the source under ``root``
+    and is still a real directory there: rsync then sends its entries, and
+    ``--delete`` the ones gone. The root is always sent with its entries
+    (listed as ``.``): the caller checks, right before the step, that the
+    source root is not empty (an unmounted disk must never empty the mirror)."""
     lost: set[bytes] = set()
     for rel in changed:
         if rel and not os.path.lexists(os.path.join(root, rel)):
@@ -53,4 +73,4 @@ def with_contents(root: bytes, changed: set[bytes], names: list[bytes]) -> list[
             while parent and not os.path.lexists(os.path.join(root, parent)):
                 rel, parent = parent, parent.rpartition(b"/")[0]
             lost.add(parent)
-    return [n + b"/" if n and n in lost else n for n in names]
+    return [n + b"/" if n and n in lost and _real_directory(root, n) else n for n in names]

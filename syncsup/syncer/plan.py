@@ -53,6 +53,7 @@ next step or the batch's outcome; nothing else decides.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -248,6 +249,14 @@ class Plan:
             self.steps.insert(i + 1, Step(StepKind.PATHS, tuple(sorted(result.fallback)),
                                           checksum=True))
         return self._next(step)
+
+    def guard_empty(self, step: Step) -> Step:
+        """``step`` with ``empty_guard`` set, in its place in the plan: the
+        source root was found empty right before ``step`` started (it was
+        not when the batch was planned), so it must delete nothing."""
+        guarded = dataclasses.replace(step, empty_guard=True)
+        self.steps[self.steps.index(step)] = guarded
+        return guarded
 
     def _next(self, step: Step) -> Step | Finished:
         i = self.steps.index(step)

@@ -371,3 +371,21 @@ def test_times_step_lists_the_directories_that_lost_entries(tmp_path: Path) -> N
     # "a" lost "gone"; "x" is gone whole: its parent, the root, lost it (the
     # root is always listed with its entries); "a/b" only gained one
     assert with_contents(os.fsencode(root), changed, names) == [b"", b"a/", b"a/b", b"x/y"]
+
+
+def test_a_directory_swapped_for_a_symlink_is_never_listed_with_its_entries(
+        tmp_path: Path) -> None:
+    """``dir/`` where ``dir`` is now a symlink: an rsync older than 3.4.4
+    would send what it points to (a directory only the daemon may read).
+    Listed without the slash, rsync sends the symlink itself."""
+    from syncsup.syncer.deletions import with_contents
+
+    root, private = tmp_path / "src", tmp_path / "private"
+    (root / "real").mkdir(parents=True)
+    private.mkdir()
+    (private / "secret").write_bytes(b"s")
+    os.symlink(private, root / "dir")
+    os.symlink(root / "real", root / "dirlink")
+    changed = {b"dir/x", b"dirlink/y", b"real/z"}
+    names = [b"dir", b"dirlink", b"real"]
+    assert with_contents(os.fsencode(root), changed, names) == [b"dir", b"dirlink", b"real/"]

@@ -404,3 +404,19 @@ def test_a_step_that_could_not_start_ends_the_batch(rc: int, outcome: Outcome,
     end = plan.advance(plan.steps[0], Result(rc, error="cannot run rsync", unstarted=True))
     assert end == Finished(outcome, rc, "cannot run rsync")
     assert plan.moves_done == 0  # no rename was attempted: they stay to replay
+
+
+def test_a_source_found_empty_right_before_a_step_makes_it_delete_nothing() -> None:
+    """The root was not empty when the batch was planned, and is when its
+    times step (which may delete the root's entries) starts: the step gets
+    the empty guard in its place, and rsync's 25 is then a retry, never a
+    halt nor a deleted mirror."""
+    plan = Plan.make(Changes(paths={b"gone"}), commands=False, replay_moves=False,
+                     source_empty=False)
+    times = next(s for s in plan.steps if s.kind is StepKind.TIMES)
+    assert not times.empty_guard
+    guarded = plan.guard_empty(times)
+    assert guarded.empty_guard and guarded in plan.steps and times not in plan.steps
+    end = plan.advance(guarded, Result(25))
+    assert isinstance(end, Finished) and end.outcome is Outcome.RETRY
+    assert "empty" in (end.error or "")
