@@ -8,14 +8,22 @@ through the same ssh key and the same program that serves the mirror
 (``syncsup-target ROOT status``): nothing new listens on the relay, and
 behind a confined key the file served is the one the forced command names
 (``--relay-status=FILE``), never one the request chooses. The answer is
-bounded and must be one JSON object; it is shown, never acted on.
+bounded and must be one JSON object; it is shown, never acted on. A relay
+may be hostile (its host is not ours): what it says is read up to
+``MAX_ANSWER`` bytes (ssh is killed past it), parsed without NaN or
+Infinity, checked field by field, and every string it supplies is shown
+with its control characters replaced, so it cannot crash the command, fill
+the memory or write to the operator's terminal.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import shlex
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +32,68 @@ from syncsup import config as cfg
 __all__ = ["MAX_ANSWER", "Relay", "ask_relays", "format_relays"]
 
 MAX_ANSWER = 1024 * 1024
+MAX_ERROR = 64 * 1024  # bytes of ssh's stderr read (its last line is shown)
 TIMEOUT = 20.0  # seconds for one relay's answer (ssh's ConnectTimeout is 10)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: object, limit: int = 200) -> str:
+    """``text`` as one line that cannot drive a terminal: C0 and C1 control
+    characters (ESC, CSI, OSC, newline...) become ``?``; at most ``limit``."""
+    return _CONTROL.sub("?", str(text))[:limit]
+
+
+def _bounded(argv: list[str], timeout: float) -> tuple[int | None, bytes, bytes]:
+    """Run ``argv``; its return code (None: killed at ``timeout`` or past
+    ``MAX_ANSWER``), at most ``MAX_ANSWER + 1`` bytes of its output and
+    ``MAX_ERROR`` of its errors. A relay that streams without end is cut."""
+    import selectors
+
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = bytearray(), bytearray()
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, out)
+        sel.register(proc.stderr, selectors.EVENT_READ, err)
+        while sel.get_map() and len(out) <= MAX_ANSWER:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for key, _ in sel.select(left):
+                chunk = key.fileobj.read1(65536)  # type: ignore[union-attr]
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                elif key.data is out or len(err) < MAX_ERROR:
+                    key.data.extend(chunk)
+        unfinished = bool(sel.get_map())
+    if unfinished or len(out) > MAX_ANSWER:
+        proc.kill()
+        proc.wait()
+        return None, bytes(out[:MAX_ANSWER + 1]), bytes(err[:MAX_ERROR])
+    try:
+        rc = proc.wait(max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None, bytes(out), bytes(err[:MAX_ERROR])
+    return rc, bytes(out), bytes(err[:MAX_ERROR])
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _number(value: object) -> float | None:
+    """A finite number (never a boolean), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 @dataclass
@@ -53,33 +122,32 @@ def status_argv(sync: cfg.Sync, target: cfg.Target) -> list[str]:
     return [*ssh_argv(sync), "--", target.login, command]
 
 
-def ask(sync: cfg.Sync, target: cfg.Target) -> Relay:
+def ask(sync: cfg.Sync, target: cfg.Target, timeout: float = TIMEOUT) -> Relay:
     out = Relay(sync.name, target.spec)
     try:
-        done = subprocess.run(status_argv(sync, target), stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=TIMEOUT, check=False)
-    except subprocess.TimeoutExpired:
-        out.error = f"no answer within {TIMEOUT:.0f}s"
-        return out
+        rc, stdout, stderr = _bounded(status_argv(sync, target), timeout)
     except OSError as exc:
-        out.error = f"cannot run ssh: {exc.strerror or exc}"
+        out.error = f"cannot run ssh: {printable(exc.strerror or exc)}"
         return out
-    if done.returncode != 0:
-        lines = done.stderr.decode(errors="replace").strip().splitlines()
-        out.error = f"exit {done.returncode}" + (f": {lines[-1][:300]}" if lines else "")
+    if rc is None:
+        out.error = (f"an answer of more than {MAX_ANSWER} bytes" if len(stdout) > MAX_ANSWER
+                     else f"no answer within {timeout:.0f}s")
+        return out
+    if rc != 0:
+        lines = stderr.decode(errors="replace").strip().splitlines()
+        out.error = f"exit {rc}" + (f": {printable(lines[-1], 300)}" if lines else "")
         return out
     try:
-        doc = json.loads(done.stdout[:MAX_ANSWER + 1]) if len(done.stdout) <= MAX_ANSWER \
-            else None
-    except ValueError:
+        doc = json.loads(stdout, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         doc = None
     status = doc.get("status") if isinstance(doc, dict) else None
-    age = doc.get("age") if isinstance(doc, dict) else None
+    age = _number(doc.get("age")) if isinstance(doc, dict) else None
     if not isinstance(status, dict) or not isinstance(status.get("syncs"), list) or (
-            not isinstance(age, (int, float))):
+            age is None):
         out.error = "the answer is not a syncsup status"
         return out
-    out.status, out.age = status, float(age)
+    out.status, out.age = status, age
     return out
 
 
@@ -95,10 +163,10 @@ def _rows(status: dict[str, Any]) -> list[tuple[str, str, int, float | None]]:
         for t in s.get("targets", []) if isinstance(s, dict) else []:
             if not isinstance(t, dict):
                 continue
-            lag = t.get("lag")
-            rows.append((str(t.get("target", "?")), str(t.get("state", "?")),
-                         int(t.get("pending") or 0),
-                         float(lag) if isinstance(lag, (int, float)) else None))
+            pending = _number(t.get("pending"))
+            rows.append((printable(t.get("target", "?")), printable(t.get("state", "?"), 20),
+                         int(pending) if pending is not None and pending >= 0 else 0,
+                         _number(t.get("lag"))))
     return rows
 
 
@@ -109,7 +177,7 @@ def format_relays(relays: list[Relay]) -> str:
         return "relays: none (no target has relay = true)"
     lines = ["relays:"]
     for r in relays:
-        head = f"  {r.sync} -> {r.target}"
+        head = f"  {printable(r.sync)} -> {printable(r.target)}"
         if r.status is None:
             lines.append(f"{head}: unavailable ({r.error})")
             continue
