@@ -35,6 +35,7 @@ import json
 import os
 import pwd
 import shlex
+import stat
 import subprocess
 import sys
 import syslog
@@ -268,6 +269,10 @@ def parse_options(args: list[str]) -> tuple[frozenset[str], list[str]]:
     return frozenset(allowed), rest
 
 
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def relay_status(args: list[str]) -> tuple[str | None, list[str]]:
     """``--relay-status=FILE`` (an absolute path) before ROOT, and the
     arguments after it. Raises Refused for a relative one."""
@@ -279,26 +284,40 @@ def relay_status(args: list[str]) -> tuple[str | None, list[str]]:
     return path, args[1:]
 
 
-def serve_status(path: str | None) -> int:
+def serve_status(path: str | None, root: str = "/nonexistent") -> int:
     """A relay's status: the JSON status file the forced command names,
     checked to be one JSON object and printed on one line with its age in
     seconds (``{"age": ..., "status": ...}``). Nothing the client sent
-    chooses the file."""
+    chooses the file.
+
+    The file is read here, outside the agent's kernel confinement, so it
+    must not lie inside ROOT, where the key writes (and could, with a
+    symlink in a parent directory, point it at any file of that name), and
+    it must be a regular file (a FIFO or a device could block or stream)."""
     if path is None:
         raise Refused("this key may not read a relay's status: add --relay-status=FILE to its "
                       "forced command")
+    real = os.path.realpath(path)
+    if relative_to(real, os.path.realpath(root)) is not None:
+        raise Refused(f"--relay-status={path} lies inside ROOT {root}, which the key writes: "
+                      "write the relay's status_file outside it")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as fh:
-            age = max(0.0, time.time() - os.fstat(fd).st_mtime)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                print(f"syncsup-target: the relay status {path} is not a regular file",
+                      file=sys.stderr)
+                return 1
+            age = max(0.0, time.time() - st.st_mtime)
             data = fh.read(MAX_STATUS + 1)
     except OSError as exc:
         print(f"syncsup-target: cannot read the relay status {path}: {exc.strerror}",
               file=sys.stderr)
         return 1
     try:
-        doc = json.loads(data) if len(data) <= MAX_STATUS else None
-    except ValueError:
+        doc = json.loads(data, parse_constant=_not_json) if len(data) <= MAX_STATUS else None
+    except (ValueError, RecursionError):
         doc = None
     if not isinstance(doc, dict):
         print(f"syncsup-target: {path} is not a JSON status (set the relay's status_file to "
@@ -361,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if service == "status":
             try:
-                return serve_status(status_file)
+                return serve_status(status_file, root)
             except Refused as exc:
                 return _refuse(str(exc), command)
         if service in ("agent", "stats"):

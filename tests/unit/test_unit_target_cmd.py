@@ -442,3 +442,32 @@ def test_commit_makes_every_write_durable_and_keeps_no_descriptor(
     finally:
         b.close()
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_relay_status_inside_root_or_not_a_file_is_refused(root: Path, tmp_path: Path,
+                                                             capsys, monkeypatch) -> None:
+    """The status file is read outside the agent's confinement: one inside
+    ROOT (which the key writes: a symlink planted in a parent directory
+    would make it any file of that name) is refused, and so is a FIFO (it
+    would block), a directory, or a JSON document with NaN or nested too
+    deep."""
+    import json
+
+    from syncsup.target import main
+
+    monkeypatch.setenv("SSH_ORIGINAL_COMMAND", f"syncsup-target {root} status")
+    inside = root / "sub" / "status.json"
+    inside.write_text(json.dumps({"syncs": []}))
+    assert main([f"--relay-status={inside}", str(root)]) == 1
+    assert "inside ROOT" in capsys.readouterr().err
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    assert main([f"--relay-status={fifo}", str(root)]) == 1
+    assert "not a regular file" in capsys.readouterr().err
+    assert main([f"--relay-status={tmp_path / 'outside'}", str(root)]) == 1
+    for text in ('{"syncs": [], "lag": NaN}', "[" * 100000 + "]" * 100000):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        assert main([f"--relay-status={bad}", str(root)]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == "" and "Traceback" not in captured.err
