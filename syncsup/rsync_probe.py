@@ -83,10 +83,16 @@ def sender_follows(binary: str = "rsync", timeout: float = 30.0) -> bool | None:
     return answer
 
 
+_SAFE_TMP = "/tmp"
+
+
 def _probe(binary: str, timeout: float) -> bool | None:
     if os.geteuid() != 0:
         return None
-    with tempfile.TemporaryDirectory(prefix="syncsup-rsync-probe-") as tmp:
+    # In /tmp (sticky, root's), never $TMPDIR: as root, a directory made
+    # inside one that another user owns could be renamed away by that user
+    # and a symlink put in its place, sending root's writes elsewhere.
+    with tempfile.TemporaryDirectory(prefix="syncsup-rsync-probe-", dir=_SAFE_TMP) as tmp:
         root = Path(tmp)
         src, dst, outside = root / "src", root / "dst", root / "outside"
         for d in (src / "control", dst, outside):
