@@ -100,7 +100,12 @@ def _probe(binary: str, timeout: float) -> bool | None:
         (src / "control" / "file").write_bytes(_CONTROL)
         (outside / "secret").write_bytes(_OUTSIDE)
         os.symlink(outside, src / "dir")
-        os.lchown(src / "dir", _STRANGER, _STRANGER)
+        try:
+            os.lchown(src / "dir", _STRANGER, _STRANGER)
+        except OSError:
+            # e.g. root of a user namespace that maps no such user (EINVAL):
+            # another user's symlink cannot be made here, so no answer
+            return None
         (root / "list").write_bytes(b"control/file\0dir/secret\0")
         try:
             subprocess.run(

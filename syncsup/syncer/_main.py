@@ -11,6 +11,7 @@ once across all syncs; a slot waiting for one is served in turn.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import stat
@@ -325,6 +326,19 @@ class Syncer:
         assert slot.plan is not None and slot.step is not None
         if slot.step.kind is StepKind.PROVE:
             result = proven(result, self.state.tmp / f"{slot.sync.name}-{slot.index}-prove.list")
+        if (result.rc == 2 and slot.missing_args and slot.target.is_remote
+                and not slot.target.confined and slot.step.kind in (StepKind.PATHS, StepKind.TREE)
+                and slot.batch is not None and slot.sync.deletes(slot.batch.startup)):
+            # rsync's 2 ("protocol incompatibility") to a step that asked for
+            # --delete-missing-args: what receivers before 3.4.4 answer
+            slot.missing_args = False
+            log.warning("%s: its rsync rejects --delete-missing-args (rsync before 3.4.4, "
+                        "exit 2): deletions go through directory listings from now on",
+                        slot.label)
+            result = dataclasses.replace(
+                result, old_receiver=True,
+                error="the target's rsync rejects --delete-missing-args (before 3.4.4): "
+                      "retrying with deletions through directory listings")
         if slot.step.empty_guard and result.rc == 25:
             log.error("source %s is empty but %s is not: refusing to delete the mirror (an "
                       "unmounted disk?); retrying until the source is back", slot.sync.source,

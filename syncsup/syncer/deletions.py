@@ -13,14 +13,17 @@ step that follows it lists each directory that lost an entry with a
 trailing slash, so rsync sends that directory's entries (one level, the
 quick check) and ``--delete`` removes what the source no longer has there.
 The receiver's rsync is not asked for its version: a local target's is the
-local binary, which is tried once (a dry run); a remote target's is taken
-to be any version, as a remote receiver cannot be tried without a round
-trip on the syncer's loop, and the other way costs only a directory listing
-per batch with a deletion. Not in a batch planned for an agent, which
-makes deletions itself and whose plan has no times step (a confined
-target's ``syncsup-target`` also refuses the ``--no-r`` that rsync sends
-for ``--delete`` with ``-d``): what an agent leaves to rsync still uses
-``--delete-missing-args``.
+local binary, which is tried once (a dry run); a remote target's is
+learned from its answer: the first step that asked for
+``--delete-missing-args`` and ended with rsync's 2 switches that target to
+the other way, and the batch is retried. The other way is not the default
+because a directory listed with its entries also loses what the target
+holds there and the source never had (the root is always listed so), where
+``--delete-missing-args`` deletes only the names the batch named. Not in
+a batch planned for an agent, which makes deletions itself and whose
+plan has no times step (a confined target's ``syncsup-target`` also
+refuses the ``--no-r`` that rsync sends for ``--delete`` with ``-d``):
+what an agent leaves to rsync still uses ``--delete-missing-args``.
 """
 
 from __future__ import annotations
@@ -36,9 +39,9 @@ __all__ = ["receiver_takes_missing_args", "with_contents"]
 
 def receiver_takes_missing_args(sync: Sync, target: Target) -> bool:
     """Whether ``--delete-missing-args`` can be used towards ``target``."""
-    if target.confined:
-        return True
-    return not target.is_remote and takes_missing_args(sync.rsync.binary)
+    if target.is_remote:
+        return True  # until its answer says otherwise (rsync's 2: see the syncer)
+    return takes_missing_args(sync.rsync.binary)
 
 
 def _real_directory(root: bytes, rel: bytes) -> bool:

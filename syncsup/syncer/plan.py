@@ -103,6 +103,9 @@ class Result:
     refused: bool = False
     unstarted: bool = False
     fallback: tuple[bytes, ...] = ()  # an agent step: the paths left to rsync
+    # the receiver rejected --delete-missing-args (an rsync before 3.4.4):
+    # the next try deletes through directory listings instead
+    old_receiver: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,8 @@ class Plan:
             # a root or a state_dir that is not usable now may be later
             return Finished(Outcome.FATAL if result.rc == 127 else Outcome.RETRY, result.rc,
                             result.error)
+        if result.old_receiver:
+            return Finished(Outcome.RETRY, result.rc, result.error)
         if step.kind is StepKind.PROVE:
             return self._proven(step, result)
         if result.stalled and step.kind is not StepKind.AGENT:

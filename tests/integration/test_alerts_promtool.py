@@ -103,8 +103,12 @@ def test_alerts_fire_on_series_from_a_failing_daemon(tmp_path, daemon_factory, s
     for p in t.values():
         p.mkdir()
         (p / "f.txt").write_text("data\n")
-    (tmp_path / "a-file").write_text("a regular file: nothing can be created below it\n")
-    fail_target = tmp_path / "a-file" / "dst"
+    # A target that cannot be reached (ssh to a port where nothing listens:
+    # rc 255) is retried for as long as it takes, never "stuck": it stays
+    # "retrying". (A target that fails the same way each time, a local path
+    # below a regular file, becomes "failed" after a few tries, and with the
+    # tests' short timings that comes within seconds.)
+    fail_target = f"127.0.0.1:{tmp_path}/dst-fail"
     halt_dst = tmp_path / "dst-halt"
     halt_dst.mkdir()
     for i in range(3):
@@ -115,7 +119,8 @@ def test_alerts_fire_on_series_from_a_failing_daemon(tmp_path, daemon_factory, s
     d = daemon_factory(
         [sync_entry(t["ok"], [tmp_path / "dst-ok"], name="ok"),
          sync_entry(t["lag"], [lag_dst], name="lag"),
-         sync_entry(t["fail"], [fail_target], name="fail"), halt],
+         {**sync_entry(t["fail"], [fail_target], name="fail"),
+          "ssh": {"port": free_port(), "options": ["ConnectTimeout=5"]}}, halt],
         settings_override={**settings, "metrics": f"127.0.0.1:{port}"})
 
     def states(st) -> dict[str, str]:

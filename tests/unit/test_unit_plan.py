@@ -420,3 +420,16 @@ def test_a_source_found_empty_right_before_a_step_makes_it_delete_nothing() -> N
     end = plan.advance(guarded, Result(25))
     assert isinstance(end, Finished) and end.outcome is Outcome.RETRY
     assert "empty" in (end.error or "")
+
+
+def test_a_receiver_that_rejects_delete_missing_args_is_a_retry_not_fatal() -> None:
+    """rsync's 2 is fatal, but not when the syncer knows it as a receiver
+    before 3.4.4 refusing --delete-missing-args: the batch is retried, the
+    next try deleting through directory listings."""
+    plan = Plan.make(Changes(paths={b"gone"}), commands=False, replay_moves=False,
+                     source_empty=False)
+    assert plan.advance(plan.steps[0], Result(2)).outcome is Outcome.FATAL  # type: ignore[union-attr]
+    plan = Plan.make(Changes(paths={b"gone"}), commands=False, replay_moves=False,
+                     source_empty=False)
+    end = plan.advance(plan.steps[0], Result(2, error="rejects it", old_receiver=True))
+    assert end == Finished(Outcome.RETRY, 2, "rejects it")
