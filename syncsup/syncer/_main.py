@@ -1,12 +1,13 @@
 """The syncer process: one slot per target of every sync, each running at
 most one step of one batch at a time, as decided by its :class:`Plan`.
+Which slot may take a batch or start a transfer, and when an ssh master is
+started again, is decided in ``core.py``; this loop does the I/O.
 
 Single-threaded: children are polled, never waited on, so one hung transfer
 cannot stall the other targets, the heartbeats or a stop request; SIGCHLD
 wakes the loop when a child ends. Every child runs in its own process group
 with PR_SET_PDEATHSIG, so killing the syncer (or its whole group) never
-leaves a transfer behind. ``max_processes`` caps the transfers running at
-once across all syncs; a slot waiting for one is served in turn.
+leaves a transfer behind.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ from syncsup.processes import drain_fd, stop_group
 from syncsup.sockets import Reconnects, new_socket, receive, send
 from syncsup.sourceroot import root_problem
 from syncsup.statedir import StateDir
-from syncsup.status import StatusPart, TransferStatus, TransportStatus, shorten
+from syncsup.status import StatusPart, TransferStatus, TransportStatus
 from syncsup.syncer.agents import Channel, unusable
 from syncsup.syncer.argv import expand_rule_files, rsync_argv, ssh_argv
+from syncsup.syncer.core import Key, Lanes, Masters, Phase, Process, done_message, summary
 from syncsup.syncer.deletions import receiver_takes_missing_args, with_contents
 from syncsup.syncer.moves import (
     agent_command,
@@ -59,8 +61,8 @@ log = logging.getLogger("syncsup.syncer")
 
 @dataclass
 class Slot:
-    """One target of one sync: its batch, plan and running step, and its
-    ssh master connection."""
+    """One target of one sync: its batch, plan and running step (its phase
+    is :class:`~.core.Lanes`'s)."""
 
     sync: cfg.Sync
     index: int
@@ -70,11 +72,7 @@ class Slot:
     plan: Plan | None = None
     step: Step | None = None
     transfer: Transfer | None = None
-    started: float = 0.0
     sent: int = 0
-    master: subprocess.Popen[bytes] | None = None
-    master_failures: int = 0
-    master_next: float = 0.0
     channel: Channel | None = None  # the target's agent, if the sync can use one
     rules: RuleList = field(default_factory=RuleList)
     missing_args: bool = True  # the receiver takes --delete-missing-args
@@ -82,6 +80,29 @@ class Slot:
     @property
     def label(self) -> str:
         return f"target {self.target.spec}"
+
+    @property
+    def key(self) -> Key:
+        return (self.sync.name, self.index)
+
+
+class SshMasters:
+    """The real :class:`~.core.MasterPort`: ``ssh -M`` in its own process
+    group, ended with the step grace."""
+
+    def __init__(self, slots: dict[Key, Slot], grace: float) -> None:
+        self.slots, self.grace = slots, grace
+
+    def start(self, key: Key) -> Process:
+        slot = self.slots[key]
+        assert slot.control_path is not None
+        return spawn([*ssh_argv(slot.sync), "-M", "-N", "-o",
+                      f"ControlPath={slot.control_path}", "-o", "ControlPersist=no", "--",
+                      slot.target.login])
+
+    def stop(self, process: Process) -> None:
+        assert isinstance(process, subprocess.Popen)
+        stop_group(process, self.grace)
 
 
 def _names(paths: list[bytes]) -> bytes:
@@ -135,15 +156,13 @@ class Syncer:
     def __init__(self, conf: cfg.Config) -> None:
         self.config_path = conf.path
         self.timings = conf.timings
-        self.master_backoff = Backoff(conf.timings.master_retry, conf.timings.master_retry_cap)
         self.state = StateDir(conf.settings.state_dir)
         self.rt = ChildRuntime(self.state, "syncer", conf.timings.heartbeat_interval)
         self.state.tmp.mkdir(mode=0o700, exist_ok=True)
-        self.max_processes = conf.settings.max_processes
         self.sock = new_socket(self.rt.ctx, zmq.DEALER)
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED)
         self.sock.connect(self.state.endpoint("dispatch"))
-        self.slots: dict[tuple[str, int], Slot] = {}
+        self.slots: dict[Key, Slot] = {}
         for raw in conf.syncs:
             sync = expand_rule_files(raw)
             rules = RuleList(sync)
@@ -157,8 +176,15 @@ class Syncer:
                 elif i == 0 or t.is_daemon:
                     log.info("%s: every change goes through rsync (%s)", sync.name, why)
                 slot.missing_args = receiver_takes_missing_args(sync, t)
-        self.remote = [s for s in self.slots.values() if s.control_path is not None]
-        self.agents = [s for s in self.remote if s.channel is not None]
+        self.lanes = Lanes(self.slots, conf.settings.max_processes)
+        self.masters = Masters(SshMasters(self.slots, conf.timings.step_stop_grace),
+                               Backoff(conf.timings.master_retry, conf.timings.master_retry_cap),
+                               conf.timings.master_retry_cap)
+        for slot in self.slots.values():
+            if slot.control_path is not None:
+                self.masters.add(slot.key, slot.label)
+        self.agents = [s for s in self.slots.values()
+                       if s.control_path is not None and s.channel is not None]
         self.files: dict[tuple[str, int], tuple[IO[bytes], IO[bytes]]] = {}
         self.transfers = 0
         self.reconnects = Reconnects(self.monitor)
@@ -170,15 +196,14 @@ class Syncer:
                                     incarnation=self.rt.incarnation), log=log)
 
     def on_batch(self, batch: proto.Batch) -> None:
-        slot = self.slots.get((batch.sync, batch.target))
-        if slot is None:
-            log.warning("dropped batch for unknown target %s/%d", batch.sync, batch.target)
-            return
-        if slot.batch is not None:
-            log.warning("%s busy, dropped batch %d", slot.label, batch.batch_id)
-            return
-        slot.batch = batch
         now = time.monotonic()
+        why = self.lanes.accept((batch.sync, batch.target), now)
+        if why is not None:
+            log.warning("dropped batch %d for %s/%d: %s", batch.batch_id, batch.sync,
+                        batch.target, why)
+            return
+        slot = self.slots[(batch.sync, batch.target)]
+        slot.batch = batch
         replay = None
         source = os.fsencode(slot.sync.source)
         if slot.sync.moves_on_target and not slot.sync.runs_commands:
@@ -190,23 +215,18 @@ class Syncer:
                               replay_moves=slot.sync.moves_on_target, replay=replay,
                               source_empty=_empty(slot.sync.source),
                               agent=slot.channel is not None and slot.channel.available(now))
-        slot.started = now
         slot.sent = 0
         self.proceed(slot, slot.plan.first())
 
     def proceed(self, slot: Slot, nxt: Step | Finished) -> None:
-        """Start ``nxt`` or report the batch's outcome. A step waits (the
-        slot keeps it, with no transfer) while max_processes is reached."""
+        """Start ``nxt`` or report the batch's outcome. A step the lanes
+        hold back waits (the slot keeps it) until the loop is given it."""
         if isinstance(nxt, Finished):
             self.finish(slot, nxt)
             return
         slot.step = nxt
-        if self.max_processes and self.running() >= self.max_processes:
-            return  # started from the loop when a transfer ends
-        self.start(slot, nxt)
-
-    def running(self) -> int:
-        return sum(1 for s in self.slots.values() if s.transfer is not None)
+        if self.lanes.may_start(slot.key, agent=nxt.kind is StepKind.AGENT):
+            self.start(slot, nxt)
 
     def _agent_errfile(self, slot: Slot) -> IO[bytes]:
         return open(self.state.tmp / f"{slot.sync.name}-{slot.index}.agent.err", "w+b")
@@ -299,18 +319,19 @@ class Syncer:
                                      time.monotonic(), self.timings, stdin_path=stdin)
         except FileNotFoundError as exc:
             self.settle(slot, Result(rc=127, error=f"cannot run {argv[0]}: {exc}", unstarted=True))
+            return
+        self.lanes.transfer_started(slot.key)
 
     def poll(self, slot: Slot, now: float) -> None:
-        if slot.step is not None and slot.step.kind is StepKind.AGENT and slot.plan is not None:
+        """Look at the step running in ``slot``, if one is."""
+        phase = self.lanes.phase(slot.key)
+        if phase is Phase.AGENT:
             assert slot.channel is not None
             done = slot.channel.poll(now)
             if done is not None:
                 self.settle(slot, done)
             return
-        if slot.transfer is None:
-            if slot.step is not None and slot.batch is not None and (
-                    not self.max_processes or self.running() < self.max_processes):
-                self.start(slot, slot.step)  # was waiting for a free transfer
+        if phase is not Phase.TRANSFER or slot.transfer is None:
             return
         result = slot.transfer.poll()
         if result is None:
@@ -324,6 +345,7 @@ class Syncer:
         """The one place a step's result meets its plan: ``Plan.advance``
         decides what it means (the next step, or the batch's outcome)."""
         assert slot.plan is not None and slot.step is not None
+        self.lanes.step_ended(slot.key)
         if slot.step.kind is StepKind.PROVE:
             result = proven(result, self.state.tmp / f"{slot.sync.name}-{slot.index}-prove.list")
         if (result.rc == 2 and slot.missing_args and slot.target.is_remote
@@ -348,49 +370,14 @@ class Syncer:
     def finish(self, slot: Slot, end: Finished) -> None:
         batch, plan = slot.batch, slot.plan
         assert batch is not None and plan is not None
-        seconds = time.monotonic() - slot.started
+        seconds = self.lanes.finish(slot.key, time.monotonic())
         self.transfers += 1
-        ch = batch.changes
-        ok = end.outcome is proto.Outcome.OK
-        error = end.error
-        log.log(logging.INFO if ok else logging.WARNING,
-                "%s: batch %d, %d paths, %d trees, %d renames, %d bytes, %.2fs: %s%s",
-                slot.label, batch.batch_id, len(ch.paths), len(ch.trees | ch.verify | ch.prove),
-                plan.moves_done, slot.sent, seconds, end.outcome.value,
-                "" if ok else f" (rc {end.rc}: {shorten(' | '.join(error.splitlines()), 300)})")
-        send(self.sock, proto.Done(batch_id=batch.batch_id, sync=batch.sync, target=batch.target,
-                                   outcome=end.outcome, rc=end.rc, error=error, seconds=seconds,
-                                   moves_done=plan.moves_done, bytes=slot.sent,
-                                   incarnation=self.rt.incarnation), log=log)  # and a credit
+        level, line = summary(slot.label, batch, end, moves_done=plan.moves_done,
+                              sent=slot.sent, seconds=seconds)
+        log.log(level, "%s", line)
+        send(self.sock, done_message(batch, end, moves_done=plan.moves_done, sent=slot.sent,
+                                     seconds=seconds, incarnation=self.rt.incarnation), log=log)
         slot.batch = slot.plan = slot.step = None
-
-    # -- ssh masters -----------------------------------------------------------------
-
-    def tend_master(self, slot: Slot, now: float) -> None:
-        """Keep one multiplexing ssh connection per remote target, so a
-        transfer costs no handshake; if it is down, transfers connect
-        directly (ControlMaster=no falls back) and it is retried with backoff."""
-        if slot.control_path is None:
-            return
-        if slot.master is not None:
-            rc = slot.master.poll()
-            if rc is None:
-                return
-            slot.master = None
-            slot.master_failures += 1
-            slot.master_next = now + self.master_backoff.raw(slot.master_failures)
-            log.info("%s: ssh master connection ended (rc %d); direct connections until it "
-                     "is back", slot.label, rc)
-            return
-        if now < slot.master_next:
-            return
-        argv = [*ssh_argv(slot.sync), "-M", "-N", "-o", f"ControlPath={slot.control_path}",
-                "-o", "ControlPersist=no", "--", slot.target.login]
-        try:
-            slot.master = spawn(argv)
-        except OSError as exc:
-            log.error("cannot run ssh: %s", exc)
-            slot.master_next = now + self.timings.master_retry_cap
 
     # -- loop --------------------------------------------------------------------------
 
@@ -398,7 +385,7 @@ class Syncer:
         now = time.monotonic()
         running = [TransferStatus(sync=s.sync.name, target=s.target.spec,
                                   phase=s.step.kind.value if s.step else "",
-                                  seconds=now - s.started,
+                                  seconds=now - self.lanes.started(s.key),
                                   io_bytes=max(0, s.transfer.io_seen) if s.transfer else 0)
                    for s in self.slots.values() if s.batch is not None]
         transports = [TransportStatus(sync=s.sync.name, target=s.target.spec,
@@ -409,13 +396,8 @@ class Syncer:
     def timeout(self, now: float, beat_in: float) -> float:
         """Idle, only the heartbeat and the ssh masters' retries wake us (a
         master that ends wakes us through SIGCHLD)."""
-        due = [beat_in]
-        if any(s.batch is not None for s in self.slots.values()):
-            due.append(1.0)  # progress checks, steps waiting for a free transfer or an agent
-        for s in self.remote:
-            if s.master is None:
-                due.append(max(0.0, s.master_next - now))
-        return min(due)
+        due = [beat_in, self.lanes.wake_in(), self.masters.wake_in(now)]
+        return min(d for d in due if d is not None)
 
     def _poll_agents(self, poller: zmq.Poller, polled: dict[int, int]) -> dict[int, int]:
         """Keep the poller watching the remote agents' pipes: stdout always,
@@ -438,14 +420,12 @@ class Syncer:
     def on_connected(self) -> None:
         """(Re)connected to the collator: a restarted one knows no credits."""
         if self.reconnects.again():
-            for slot in self.slots.values():
-                if slot.batch is None:
-                    self.ready(slot)
+            for key in self.lanes.idle():
+                self.ready(self.slots[key])
 
     def run(self) -> int:
-        now = time.monotonic()
+        self.masters.tend(time.monotonic())
         for slot in self.slots.values():
-            self.tend_master(slot, now)
             self.ready(slot)
         exits = self.rt.watch_children()
         poller = zmq.Poller()
@@ -481,12 +461,14 @@ class Syncer:
                     rfd, _ = slot.channel.fds()
                     if rfd is not None and rfd in events:
                         slot.channel.read_ready(now)  # an idle session ended or spoke
-            # oldest batch first: the free transfers go to who waited longest
-            for slot in sorted((s for s in self.slots.values() if s.batch is not None),
-                               key=lambda s: s.started):
-                self.poll(slot, now)
-            for slot in self.remote:
-                self.tend_master(slot, now)
+            for key in self.lanes.busy():
+                self.poll(self.slots[key], now)
+            # the transfers freed go to the steps waiting, the oldest batch's first
+            while (due := self.lanes.take()) is not None:
+                slot = self.slots[due]
+                assert slot.step is not None
+                self.start(slot, slot.step)
+            self.masters.tend(now)
         self.kill_all()
         self.monitor.close()
         self.rt.close()
@@ -498,8 +480,7 @@ class Syncer:
                 slot.channel.close()
             if slot.transfer is not None:
                 slot.transfer.kill()
-            if slot.master is not None:
-                stop_group(slot.master, self.timings.step_stop_grace)
+        self.masters.stop_all()
 
 
 def main(config_path: str, run_id: str) -> int:

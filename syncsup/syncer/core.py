@@ -1,0 +1,261 @@
+"""The syncer's decisions about its slots, behind small ports.
+
+A slot is one target of one sync. Which slot may take a batch (its credit
+with the collator), which may start a transfer now (``max_processes``, the
+oldest batch first), when a remote target's ssh master is (re)started and
+what a finished batch reports: every such decision is made here, from what
+the loop tells and the ``now`` it passes. Nothing here spawns, reads a
+socket or talks to an agent: :class:`Lanes` only keeps each slot's phase,
+and :class:`Masters` reaches its ssh processes through a :class:`MasterPort`
+(the real one is in ``_main.py``; a unit test gives a fake one and a fake
+clock, so queueing, credits and the master's backoff run with no process).
+
+What a step's result means for its batch is :class:`~.plan.Plan`'s alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from syncsup import proto
+from syncsup.backoff import Backoff
+from syncsup.status import shorten
+from syncsup.syncer.plan import Finished
+
+__all__ = ["Key", "Lanes", "MasterPort", "Masters", "Phase", "Process", "done_message",
+           "summary"]
+
+log = logging.getLogger("syncsup.syncer")
+
+Key = tuple[str, int]  # (sync name, target index)
+
+PROGRESS_CHECK = 1.0  # seconds between loop turns while any batch is in hand
+
+
+class Phase(StrEnum):
+    """Where one slot is. Only TRANSFER counts against ``max_processes``:
+    an agent step speaks to a session that outlives it, and a slot between
+    steps runs nothing."""
+
+    IDLE = "idle"          # no batch: its credit is with the collator
+    BETWEEN = "between"    # a batch, no step running (one is being started or settled)
+    WAITING = "waiting"    # its next step waits for a free transfer
+    TRANSFER = "transfer"  # a step's process runs
+    AGENT = "agent"        # an agent step runs
+
+
+@dataclass
+class Lane:
+    phase: Phase = Phase.IDLE
+    started: float = 0.0  # when its batch came
+
+
+class Lanes:
+    """Every slot's phase: its credit, its place in the queue for a transfer.
+
+    The collator sends a target a batch only for a credit (a READY, or the
+    DONE of its previous batch), so a slot holds at most one batch; one
+    that comes anyway is dropped, never queued. ``max_processes`` (0: no
+    cap) bounds the transfers running at once across all syncs; a slot
+    whose step finds them all taken waits, and the free ones go to the
+    slot whose batch came first."""
+
+    def __init__(self, keys: Iterable[Key], max_processes: int) -> None:
+        self.lanes = {k: Lane() for k in keys}
+        self.max_processes = max_processes
+
+    def phase(self, key: Key) -> Phase:
+        return self.lanes[key].phase
+
+    def started(self, key: Key) -> float:
+        return self.lanes[key].started
+
+    # -- credits ----------------------------------------------------------------------
+
+    def accept(self, key: Key, now: float) -> str | None:
+        """Take a batch for ``key``: None, or why it is dropped."""
+        lane = self.lanes.get(key)
+        if lane is None:
+            return "unknown target"
+        if lane.phase is not Phase.IDLE:
+            return "busy"
+        lane.phase, lane.started = Phase.BETWEEN, now
+        return None
+
+    def finish(self, key: Key, now: float) -> float:
+        """The batch of ``key`` is over (its DONE gives the credit back):
+        the seconds it took."""
+        lane = self.lanes[key]
+        lane.phase = Phase.IDLE
+        return now - lane.started
+
+    def idle(self) -> list[Key]:
+        """The slots whose credit a (re)started collator must be given."""
+        return [k for k, lane in self.lanes.items() if lane.phase is Phase.IDLE]
+
+    def busy(self) -> list[Key]:
+        """The slots holding a batch, the oldest batch first: the loop serves
+        them in this order."""
+        held = [(lane.started, k) for k, lane in self.lanes.items() if lane.phase is not Phase.IDLE]
+        return [k for _, k in sorted(held)]
+
+    # -- transfers --------------------------------------------------------------------
+
+    def running(self) -> int:
+        return sum(1 for lane in self.lanes.values() if lane.phase is Phase.TRANSFER)
+
+    def _free(self) -> bool:
+        return not self.max_processes or self.running() < self.max_processes
+
+    def may_start(self, key: Key, *, agent: bool) -> bool:
+        """The slot has its next step: may it start now? An agent step
+        always may; any other waits (WAITING) while every transfer is taken,
+        and one that waits already keeps its place behind the older."""
+        lane = self.lanes[key]
+        if agent:
+            lane.phase = Phase.AGENT
+            return True
+        if self._free() and not any(self._ahead(key)):
+            lane.phase = Phase.BETWEEN
+            return True
+        lane.phase = Phase.WAITING
+        return False
+
+    def _ahead(self, key: Key) -> Iterable[Key]:
+        mine = self.lanes[key].started
+        return (k for k, lane in self.lanes.items()
+                if k != key and lane.phase is Phase.WAITING and lane.started < mine)
+
+    def take(self) -> Key | None:
+        """The slot that may start its waiting step now: the oldest batch's,
+        while a transfer is free; None when none may."""
+        if not self._free():
+            return None
+        waiting = [(lane.started, k) for k, lane in self.lanes.items()
+                   if lane.phase is Phase.WAITING]
+        if not waiting:
+            return None
+        key = min(waiting)[1]
+        self.lanes[key].phase = Phase.BETWEEN
+        return key
+
+    def transfer_started(self, key: Key) -> None:
+        self.lanes[key].phase = Phase.TRANSFER
+
+    def step_ended(self, key: Key) -> None:
+        """Its step (transfer or agent) ended: the transfer is free again."""
+        self.lanes[key].phase = Phase.BETWEEN
+
+    def wake_in(self) -> float | None:
+        """With a batch in hand, the loop turns at least every second (a
+        transfer's progress check, a step waiting, an agent's answer)."""
+        return PROGRESS_CHECK if any(lane.phase is not Phase.IDLE
+                                     for lane in self.lanes.values()) else None
+
+
+# -- ssh masters ---------------------------------------------------------------------
+
+
+class Process(Protocol):
+    def poll(self) -> int | None:
+        """Its exit code once it has ended, else None."""
+
+
+class MasterPort(Protocol):
+    """What :class:`Masters` asks of the operating system."""
+
+    def start(self, key: Key) -> Process:
+        """Start the ssh master of ``key``'s target. Raises OSError."""
+
+    def stop(self, process: Process) -> None:
+        """End it and its process group."""
+
+
+@dataclass
+class Master:
+    label: str
+    process: Process | None = None
+    failures: int = 0     # ends so far; each one waits longer, up to the cap
+    next_start: float = 0.0
+
+
+class Masters:
+    """One multiplexing ssh connection per remote target, so a transfer
+    costs no handshake. One that is down is no error: transfers connect
+    directly (ControlMaster=no falls back), and it is started again after
+    the :class:`~syncsup.backoff.Backoff` of its ends, so a target that
+    cannot be reached costs one ssh now and then, never a tight loop."""
+
+    def __init__(self, port: MasterPort, backoff: Backoff, spawn_retry: float) -> None:
+        self.port = port
+        self.backoff = backoff
+        self.spawn_retry = spawn_retry  # after ssh itself could not be run
+        self.masters: dict[Key, Master] = {}
+
+    def add(self, key: Key, label: str) -> None:
+        self.masters[key] = Master(label)
+
+    def up(self, key: Key) -> bool:
+        m = self.masters.get(key)
+        return m is not None and m.process is not None
+
+    def tend(self, now: float) -> None:
+        """Notice each master that ended; start each one that is due."""
+        for key, m in self.masters.items():
+            if m.process is not None:
+                rc = m.process.poll()
+                if rc is None:
+                    continue
+                m.process = None
+                m.failures += 1
+                m.next_start = now + self.backoff.raw(m.failures)
+                log.info("%s: ssh master connection ended (rc %d); direct connections until "
+                         "it is back", m.label, rc)
+                continue
+            if now < m.next_start:
+                continue
+            try:
+                m.process = self.port.start(key)
+            except OSError as exc:
+                log.error("cannot run ssh: %s", exc)
+                m.next_start = now + self.spawn_retry
+
+    def wake_in(self, now: float) -> float | None:
+        """Seconds until the next master is due to start (an ending one
+        wakes the loop through SIGCHLD)."""
+        due = [max(0.0, m.next_start - now) for m in self.masters.values() if m.process is None]
+        return min(due) if due else None
+
+    def stop_all(self) -> None:
+        for m in self.masters.values():
+            if m.process is not None:
+                self.port.stop(m.process)
+                m.process = None
+
+
+# -- what a finished batch reports -----------------------------------------------------
+
+
+def done_message(batch: proto.Batch, end: Finished, *, moves_done: int, sent: int,
+                 seconds: float, incarnation: str) -> proto.Done:
+    """The DONE for ``batch`` (which is also the slot's next credit)."""
+    return proto.Done(batch_id=batch.batch_id, sync=batch.sync, target=batch.target,
+                      outcome=end.outcome, rc=end.rc, error=end.error, seconds=seconds,
+                      moves_done=moves_done, bytes=sent, incarnation=incarnation)
+
+
+def summary(label: str, batch: proto.Batch, end: Finished, *, moves_done: int, sent: int,
+            seconds: float) -> tuple[int, str]:
+    """The log level and line for a finished batch: INFO when it went
+    through, WARNING with the error's first 300 characters when not."""
+    ch = batch.changes
+    ok = end.outcome is proto.Outcome.OK
+    why = "" if ok else f" (rc {end.rc}: {shorten(' | '.join(end.error.splitlines()), 300)})"
+    line = (f"{label}: batch {batch.batch_id}, {len(ch.paths)} paths, "
+            f"{len(ch.trees | ch.verify | ch.prove)} trees, {moves_done} renames, {sent} bytes, "
+            f"{seconds:.2f}s: {end.outcome.value}{why}")
+    return (logging.INFO if ok else logging.WARNING), line

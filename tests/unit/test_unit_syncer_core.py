@@ -1,0 +1,286 @@
+"""The syncer's slot decisions (syncer/core.py) on a fake clock and a fake
+master port: credits, ``max_processes`` queueing (the oldest batch first,
+the cap held, agent steps not counted), the ssh master's loss and backoff,
+and what a finished batch reports, with no process at all."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import pytest
+
+from syncsup import proto
+from syncsup.backoff import Backoff
+from syncsup.syncer.core import Key, Lanes, Masters, Phase, Process, done_message, summary
+from syncsup.syncer.plan import Finished
+
+A, B, C, D = ("a", 0), ("a", 1), ("b", 0), ("c", 0)
+
+
+def lanes(cap: int) -> Lanes:
+    return Lanes([A, B, C, D], cap)
+
+
+# -- credits ------------------------------------------------------------------------------
+
+
+def test_a_batch_is_taken_only_against_a_credit() -> None:
+    ln = lanes(0)
+    assert ln.idle() == [A, B, C, D]  # every slot's READY at start
+    assert ln.accept(A, 10.0) is None
+    assert ln.accept(A, 11.0) == "busy"  # a second batch before the DONE: dropped
+    assert ln.accept(("x", 0), 11.0) == "unknown target"
+    assert ln.idle() == [B, C, D]  # a restarted collator is given these credits again
+    assert ln.finish(A, 12.5) == 2.5  # the DONE, and its seconds since the batch came
+    assert ln.idle() == [A, B, C, D]
+    assert ln.accept(A, 13.0) is None
+
+
+def test_an_idle_syncer_does_not_turn_every_second() -> None:
+    ln = lanes(0)
+    assert ln.wake_in() is None
+    ln.accept(A, 0.0)
+    assert ln.wake_in() == 1.0
+
+
+# -- max_processes -----------------------------------------------------------------------
+
+
+def test_the_cap_holds_and_the_oldest_batch_is_served_first() -> None:
+    ln = lanes(2)
+    for t, key in enumerate([A, B, C, D]):
+        ln.accept(key, float(t))
+    assert ln.busy() == [A, B, C, D]
+    # D's batch came last but its step is ready first: the cap is not reached
+    assert ln.may_start(D, agent=False)
+    ln.transfer_started(D)
+    assert ln.may_start(C, agent=False)
+    ln.transfer_started(C)
+    assert ln.running() == 2
+    assert not ln.may_start(B, agent=False)
+    assert not ln.may_start(A, agent=False)
+    assert ln.phase(A) is Phase.WAITING and ln.phase(B) is Phase.WAITING
+    assert ln.take() is None  # both taken
+    ln.step_ended(D)
+    assert ln.running() == 1
+    assert ln.take() == A  # the oldest batch, although B asked first
+    ln.transfer_started(A)
+    assert ln.take() is None and ln.running() == 2
+    ln.step_ended(C)
+    assert ln.take() == B
+    ln.transfer_started(B)
+    assert ln.running() == 2 and ln.take() is None
+
+
+def test_a_younger_step_does_not_pass_an_older_one_waiting() -> None:
+    """A transfer freed in the loop's turn goes to the slot waiting longest,
+    not to a younger slot whose own step happens to end first."""
+    ln = lanes(1)
+    ln.accept(A, 0.0)
+    ln.accept(B, 1.0)
+    assert ln.may_start(B, agent=False)
+    ln.transfer_started(B)
+    assert not ln.may_start(A, agent=False)
+    ln.step_ended(B)  # B's step ends: its next step asks
+    assert not ln.may_start(B, agent=False)
+    assert ln.take() == A
+    ln.transfer_started(A)
+    assert ln.take() is None
+    ln.step_ended(A)
+    assert ln.take() == B
+
+
+def test_agent_steps_neither_count_nor_wait() -> None:
+    ln = lanes(1)
+    ln.accept(A, 0.0)
+    ln.accept(B, 1.0)
+    ln.accept(C, 2.0)
+    assert ln.may_start(A, agent=False)
+    ln.transfer_started(A)
+    assert ln.may_start(B, agent=True)  # the cap is reached, yet the agent step runs
+    assert ln.phase(B) is Phase.AGENT
+    assert ln.running() == 1
+    assert not ln.may_start(C, agent=False)
+    ln.step_ended(B)  # the agent step's end frees no transfer
+    assert ln.take() is None
+    ln.step_ended(A)
+    assert ln.take() == C
+
+
+def test_no_cap_starts_everything() -> None:
+    ln = lanes(0)
+    for t, key in enumerate([A, B, C, D]):
+        ln.accept(key, float(t))
+        assert ln.may_start(key, agent=False)
+        ln.transfer_started(key)
+    assert ln.running() == 4
+
+
+def test_a_finished_batch_leaves_the_queue() -> None:
+    ln = lanes(1)
+    ln.accept(A, 0.0)
+    ln.accept(B, 1.0)
+    assert ln.may_start(A, agent=False)
+    ln.transfer_started(A)
+    assert not ln.may_start(B, agent=False)
+    ln.step_ended(A)
+    ln.finish(A, 5.0)
+    assert ln.busy() == [B]
+    assert ln.take() == B
+
+
+# -- ssh masters ---------------------------------------------------------------------------
+
+
+@dataclass
+class FakeProcess:
+    rc: int | None = None
+
+    def poll(self) -> int | None:
+        return self.rc
+
+
+@dataclass
+class FakeMasterPort:
+    procs: list[tuple[Key, FakeProcess]] = field(default_factory=list)
+    stopped: list[Process] = field(default_factory=list)
+    broken: bool = False  # ssh cannot be run at all
+
+    def start(self, key: Key) -> FakeProcess:
+        if self.broken:
+            raise OSError(2, "No such file or directory: 'ssh'")
+        p = FakeProcess()
+        self.procs.append((key, p))
+        return p
+
+    def stop(self, process: Process) -> None:
+        assert isinstance(process, FakeProcess)
+        self.stopped.append(process)
+        process.rc = -15
+
+    def starts(self, key: Key) -> int:
+        return sum(1 for k, _ in self.procs if k == key)
+
+    def last(self, key: Key) -> FakeProcess:
+        return [p for k, p in self.procs if k == key][-1]
+
+
+def masters(port: FakeMasterPort) -> Masters:
+    m = Masters(port, Backoff(2.0, 16.0), spawn_retry=30.0)
+    m.add(A, "target A")
+    m.add(B, "target B")
+    return m
+
+
+def test_a_target_with_no_master_yet_has_one_started_at_once() -> None:
+    port = FakeMasterPort()
+    m = masters(port)
+    assert not m.up(A)
+    assert m.wake_in(100.0) == 0.0  # due now: the loop does not sleep past it
+    m.tend(100.0)
+    assert m.up(A) and m.up(B)
+    assert port.starts(A) == 1
+    assert m.wake_in(100.0) is None  # all up: only SIGCHLD wakes the loop
+    m.tend(101.0)
+    assert port.starts(A) == 1  # a live master is left alone
+    assert not m.up(C)  # a local target has none
+
+
+def test_a_lost_master_backs_off_without_a_tight_loop_and_comes_back() -> None:
+    port = FakeMasterPort()
+    m = masters(port)
+    now = 100.0
+    m.tend(now)
+    delays = []
+    for _ in range(5):
+        port.last(A).rc = 255  # the connection ended (the target unreachable)
+        m.tend(now)
+        assert not m.up(A)
+        wait = m.wake_in(now)
+        assert wait is not None
+        delays.append(wait)
+        # many loop turns before it is due start nothing
+        for step in range(10):
+            m.tend(now + wait * step / 10)
+        starts = port.starts(A)
+        now += wait
+        m.tend(now)
+        assert port.starts(A) == starts + 1  # started again once due
+        assert m.up(A)
+    assert delays == [2.0, 4.0, 8.0, 16.0, 16.0]  # doubling, capped
+    assert port.starts(B) == 1  # another target's master is not disturbed
+    m.tend(now + 1000)
+    assert m.up(A) and port.starts(A) == 6  # back: nothing more is started
+
+
+def test_ssh_that_cannot_run_is_tried_again_after_the_spawn_retry() -> None:
+    port = FakeMasterPort(broken=True)
+    m = masters(port)
+    m.tend(100.0)
+    assert not m.up(A) and port.starts(A) == 0
+    assert m.wake_in(100.0) == 30.0
+    m.tend(129.0)
+    port.broken = False
+    m.tend(129.5)
+    assert not m.up(A)
+    m.tend(130.0)
+    assert m.up(A)
+
+
+def test_stop_all_ends_every_live_master() -> None:
+    port = FakeMasterPort()
+    m = masters(port)
+    m.tend(0.0)
+    port.last(B).rc = 0
+    m.tend(0.0)  # B ended
+    m.stop_all()
+    assert port.stopped == [port.last(A)]
+    assert not m.up(A)
+
+
+# -- what a finished batch reports -------------------------------------------------------------
+
+
+def batch() -> proto.Batch:
+    ch = proto.Changes(paths={b"a", b"b"}, trees={b"d"})
+    return proto.Batch(batch_id=7, sync="s", target=1, changes=ch)
+
+
+def test_done_carries_the_outcome_and_the_counts() -> None:
+    end = Finished(proto.Outcome.RETRY, 23, "some files vanished")
+    done = done_message(batch(), end, moves_done=3, sent=1234, seconds=1.5, incarnation="x")
+    assert (done.batch_id, done.sync, done.target) == (7, "s", 1)
+    assert (done.outcome, done.rc, done.error) == (proto.Outcome.RETRY, 23, "some files vanished")
+    assert (done.moves_done, done.bytes, done.seconds, done.incarnation) == (3, 1234, 1.5, "x")
+
+
+@pytest.mark.parametrize(("end", "level", "tail"), [
+    (Finished(proto.Outcome.OK), logging.INFO, ": ok"),
+    (Finished(proto.Outcome.FATAL, 2, "line one\nline two"), logging.WARNING,
+     ": fatal (rc 2: line one | line two)"),
+])
+def test_the_summary_line(end: Finished, level: int, tail: str) -> None:
+    got_level, line = summary("target t", batch(), end, moves_done=0, sent=10, seconds=0.25)
+    assert got_level == level
+    assert line.startswith("target t: batch 7, 2 paths, 1 trees, 0 renames, 10 bytes, 0.25s")
+    assert line.endswith(tail)
+
+
+def test_a_batch_for_a_target_with_no_master_yet_is_not_held_for_it():
+    """Transfers connect directly while the master is down (ControlMaster=no
+    falls back): the batch starts at once, and the master comes when due."""
+    port = FakeMasterPort()
+    m = masters(port)
+    m.tend(100.0)
+    port.last(A).rc = 255
+    m.tend(100.0)  # lost: next start in 2 s
+    ln = lanes(1)
+    ln.accept(A, 100.5)
+    assert not m.up(A)
+    assert ln.may_start(A, agent=False)  # not held for the master
+    ln.transfer_started(A)
+    m.tend(101.0)
+    assert not m.up(A)
+    m.tend(102.0)
+    assert m.up(A) and ln.phase(A) is Phase.TRANSFER
