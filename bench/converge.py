@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.tools import NotConverged, Syncsup, Tool
+from bench.tools import BenchFailure, NotConverged, Syncsup, Tool
 from bench.trees import count_entries, diff_all, diff_pairs, write_file
 
 
@@ -100,7 +100,11 @@ def tool_idle(t: Tool, log_from: int = 0) -> bool:
     pending; Lsyncd logged (since ``log_from``) that its startup sync
     finished (it then only waits for events)."""
     if isinstance(t, Syncsup):
-        ts = [x for s in t.status().get("syncs", []) for x in s.get("targets", [])]
+        try:
+            st = t.status()
+        except BenchFailure:
+            return False  # not answering yet (just started, e.g. under strace)
+        ts = [x for s in st.get("syncs", []) for x in s.get("targets", [])]
         return bool(ts) and all(x.get("state") == "idle" and not x.get("pending") for x in ts)
     log = t.log_text()[log_from:]
     return "Startup of" in log and "finished" in log.split("Startup of", 1)[1]
