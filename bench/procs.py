@@ -171,19 +171,25 @@ def cpu_seconds_between(a: CpuSample, b: CpuSample) -> float:
 
 
 # --------------------------------------------------------------------- memory
-def tree_rss_kb(root: int) -> int:
-    """Sum of ``VmRSS`` over the tree, in kB."""
+def _tree_field(root: int, name: str, key: bytes) -> int:
+    """Sum over the tree of the first number after ``key`` in
+    ``/proc/PID/name`` (a process gone meanwhile counts 0)."""
     total = 0
     for pid in tree_pids(root):
         try:
-            with open(f"/proc/{pid}/status", "rb") as f:
+            with open(f"/proc/{pid}/{name}", "rb") as f:
                 for line in f:
-                    if line.startswith(b"VmRSS:"):
+                    if line.startswith(key):
                         total += int(line.split()[1])
                         break
         except OSError:
             pass
     return total
+
+
+def tree_rss_kb(root: int) -> int:
+    """Sum of ``VmRSS`` over the tree, in kB."""
+    return _tree_field(root, "status", b"VmRSS:")
 
 
 @dataclass(frozen=True)
@@ -250,17 +256,7 @@ def tree_rchar(root: int) -> int:
     A process's counters include those of the children it has reaped, so
     the sum over the live tree counts every transfer that came and went
     under it; take it twice, while the tree lives, and subtract."""
-    total = 0
-    for pid in tree_pids(root):
-        try:
-            with open(f"/proc/{pid}/io", "rb") as f:
-                for line in f:
-                    if line.startswith(b"rchar:"):
-                        total += int(line.split()[1])
-                        break
-        except OSError:
-            pass
-    return total
+    return _tree_field(root, "io", b"rchar:")
 
 
 # -------------------------------------------------------------------- network
