@@ -38,12 +38,13 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import shutil
 import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from syncsup.rsync_version import binary_identity
 
 __all__ = ["Verdict", "foreign_writer", "judge", "sender_follows"]
 
@@ -55,17 +56,6 @@ _STRANGER = 65534
 _cache: dict[tuple[object, ...], bool | None] = {}
 
 
-def _identity(binary: str) -> tuple[object, ...] | None:
-    path = shutil.which(binary)
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 def sender_follows(binary: str = "rsync", timeout: float = 30.0) -> bool | None:
     """True if ``binary``'s sender follows another user's symlink in a
     parent directory of what it sends, False if it does not, None if the
@@ -74,7 +64,7 @@ def sender_follows(binary: str = "rsync", timeout: float = 30.0) -> bool | None:
 
     Cached per binary identity, so ``check`` and start (and a restart)
     share one answer for the same file."""
-    key = _identity(binary)
+    key = binary_identity(binary)
     if key is not None and key in _cache:
         return _cache[key]
     answer = _probe(binary, timeout)

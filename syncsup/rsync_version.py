@@ -17,8 +17,8 @@ import shutil
 import subprocess
 import tempfile
 
-__all__ = ["MIN_TARGET", "format_version", "parse_version", "rsync_version",
-           "takes_missing_args"]
+__all__ = ["MIN_TARGET", "binary_identity", "format_version", "parse_version",
+           "rsync_version", "takes_missing_args"]
 
 MIN_TARGET = (3, 2, 0)
 
@@ -49,6 +49,20 @@ def rsync_version(binary: str = "rsync") -> tuple[int, int, int] | None:
 _missing_args: dict[tuple[object, ...], bool] = {}
 
 
+def binary_identity(binary: str) -> tuple[object, ...] | None:
+    """What an answer about ``binary`` is cached under: the file found on
+    PATH (real path, device, inode, size, mtime), so that an rsync replaced
+    in place is asked again; None if there is none."""
+    path = shutil.which(binary)
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def takes_missing_args(binary: str = "rsync") -> bool:
     """Whether ``binary``, as a receiver, accepts ``--delete-missing-args``.
 
@@ -60,14 +74,9 @@ def takes_missing_args(binary: str = "rsync") -> bool:
     destination has. Exit 0: it takes the option; anything else: it does
     not, or cannot tell, and deletions are sent another way (which works
     with every receiver). Cached per binary (path, inode, size, mtime)."""
-    path = shutil.which(binary)
-    if path is None:
+    key = binary_identity(binary)
+    if key is None:
         return False
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     if key not in _missing_args:
         with tempfile.TemporaryDirectory(prefix="syncsup-rsync-probe-") as tmp:
             src, dst = os.path.join(tmp, "src"), os.path.join(tmp, "dst")
@@ -79,7 +88,7 @@ def takes_missing_args(binary: str = "rsync") -> bool:
                 fh.write(b"./gone\0")
             try:
                 rc = subprocess.run(
-                    [path, "-n", "-d", "--from0", f"--files-from={tmp}/list",
+                    [str(key[0]), "-n", "-d", "--from0", f"--files-from={tmp}/list",
                      "--delete-missing-args", "--", f"{src}/", f"{dst}/"],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL, timeout=20, check=False).returncode
