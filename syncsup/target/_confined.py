@@ -147,7 +147,7 @@ def run(root: str, allow_without: frozenset[str], read_only: bool = False) -> in
     os.chdir("/")
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a hang-up ends the session at end of input
     try:
-        how = _kernel.restrict(root_fd, readable, allow_without)
+        how = _kernel.restrict(root_fd, readable, allow_without, read_only=read_only)
     except OSError as exc:
         return _refuse(f"cannot confine the agent to {root}: {exc.strerror}")
     # The same mode rules as the rsync module beside it (its incoming chmod).

@@ -98,8 +98,11 @@ _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _CAP_VERSION_3 = 0x20080522
-CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID = 0, 1, 3, 4
+CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID = 0, 1, 2, 3, 4
 ROOT_KEEPS = (CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID)
+# A session that only reads (``stats``) keeps root's right to look into
+# every directory and nothing that writes or changes an owner or a mode.
+ROOT_KEEPS_READING = (CAP_DAC_READ_SEARCH,)
 _CAP_LAST = 63  # PR_CAPBSET_DROP of an unknown capability is EINVAL: ignored
 
 # -- seccomp (seccomp.h of libseccomp) ----------------------------------------
@@ -138,6 +141,17 @@ DENIED_CALLS: tuple[str, ...] = (
     "iopl", "ioperm", "personality", "settimeofday", "clock_settime", "clock_adjtime",
     "adjtimex", "sethostname", "setdomainname", "lookup_dcookie", "nfsservctl",
 )
+# A session that only reads (``stats``) is refused, besides, every call
+# that changes the tree by descriptor, and opening a file to write or create:
+# these hold without Landlock.
+WRITING_CALLS: tuple[str, ...] = (
+    "unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2", "mkdir", "mkdirat",
+    "link", "linkat", "symlink", "symlinkat", "creat", "fchmod", "fchown", "ftruncate",
+    "fallocate", "utimensat", "copy_file_range", "splice", "sendfile", "sendfile64",
+)
+# Flags of open/openat that write or create; each is refused on its own
+# (a seccomp rule compares one masked value).
+WRITING_OPEN_FLAGS = (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC, os.O_APPEND)
 # Numbers for calls newer than the libseccomp a host may have (the same on
 # x86_64 and arm64: calls added since 5.x share one number everywhere).
 _NEW_CALLS = {"fchmodat2": 452, "setxattrat": 463, "removexattrat": 466}
@@ -245,7 +259,8 @@ def close_other_descriptors(keep: Iterable[int]) -> None:
                 pass  # the listing's own descriptor, closed already
 
 
-def _landlock_ruleset(abi: int, root_fd: int, readable: Iterable[str]) -> int:
+def _landlock_ruleset(abi: int, root_fd: int, readable: Iterable[str],
+                      read_only: bool = False) -> int:
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
     fs = _FS_BY_ABI.get(abi, _FS_BY_ABI[5])
@@ -269,7 +284,7 @@ def _landlock_ruleset(abi: int, root_fd: int, readable: Iterable[str]) -> int:
             raise _fail("landlock_add_rule")
 
     try:
-        add(fs & ~ROOT_DENIED, root_fd)
+        add(READ_ONLY if read_only else fs & ~ROOT_DENIED, root_fd)
         for path in readable:
             try:
                 fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -327,7 +342,7 @@ class _ArgCmp(ctypes.Structure):
                 ("datum_b", ctypes.c_uint64)]
 
 
-def _seccomp_filter(lib: ctypes.CDLL) -> None:
+def _seccomp_filter(lib: ctypes.CDLL, read_only: bool = False) -> None:
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_init.argtypes = [ctypes.c_uint32]
     lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
@@ -339,7 +354,7 @@ def _seccomp_filter(lib: ctypes.CDLL) -> None:
     if not ctx:
         raise OSError(errno.ENOMEM, "seccomp_init failed")
     try:
-        for name in DENIED_CALLS:
+        for name in DENIED_CALLS + (WRITING_CALLS if read_only else ()):
             nr = lib.seccomp_syscall_resolve_name(name.encode())
             if nr == -1:  # unknown to this libseccomp
                 if name not in _NEW_CALLS or platform.machine() not in _UNIFIED_ARCHES:
@@ -348,26 +363,38 @@ def _seccomp_filter(lib: ctypes.CDLL) -> None:
             rc = lib.seccomp_rule_add_array(ctx, _SCMP_ACT_ERRNO_EPERM, nr, 0, None)
             if rc != 0 and nr >= 0:
                 raise OSError(-rc, f"seccomp rule for {name}: {os.strerror(-rc)}")
-        # utimensat with a path (argument 1 not NULL) changes a file by name;
-        # with NULL it is futimens on a descriptor we opened.
-        cmp = (_ArgCmp * 1)(_ArgCmp(1, _SCMP_CMP_NE, 0, 0))
-        nr = lib.seccomp_syscall_resolve_name(b"utimensat")
-        rc = lib.seccomp_rule_add_array(ctx, _SCMP_ACT_ERRNO_EPERM, nr, 1, cmp)
-        if rc != 0:
-            raise OSError(-rc, f"seccomp rule for utimensat: {os.strerror(-rc)}")
+        if not read_only:  # (reading: utimensat is refused whole, above)
+            # utimensat with a path (argument 1 not NULL) changes a file by
+            # name; with NULL it is futimens on a descriptor we opened.
+            cmp = (_ArgCmp * 1)(_ArgCmp(1, _SCMP_CMP_NE, 0, 0))
+            nr = lib.seccomp_syscall_resolve_name(b"utimensat")
+            rc = lib.seccomp_rule_add_array(ctx, _SCMP_ACT_ERRNO_EPERM, nr, 1, cmp)
+            if rc != 0:
+                raise OSError(-rc, f"seccomp rule for utimensat: {os.strerror(-rc)}")
         # open with O_PATH is not checked by Landlock; nothing here needs it
         # after the restriction, and a descriptor it gives could name
         # places outside ROOT for the calls above.
-        o_path = (_ArgCmp * 1)(_ArgCmp(2, _SCMP_CMP_MASKED_EQ, os.O_PATH, os.O_PATH))
+        refused_flags = (os.O_PATH, *(WRITING_OPEN_FLAGS if read_only else ()))
         for name in ("open", "openat"):
             nr = lib.seccomp_syscall_resolve_name(name.encode())
             if nr < 0:
                 continue
             arg = 1 if name == "open" else 2
-            o_path[0].arg = arg
-            rc = lib.seccomp_rule_add_array(ctx, _SCMP_ACT_ERRNO_EPERM, nr, 1, o_path)
+            for flag in refused_flags:
+                if flag == 0:
+                    continue  # (O_RDONLY: never a flag to refuse)
+                rule = (_ArgCmp * 1)(_ArgCmp(arg, _SCMP_CMP_MASKED_EQ, flag, flag))
+                rc = lib.seccomp_rule_add_array(ctx, _SCMP_ACT_ERRNO_EPERM, nr, 1, rule)
+                if rc != 0:
+                    raise OSError(-rc, f"seccomp rule for {name}: {os.strerror(-rc)}")
+        # openat2 takes its flags in a structure seccomp cannot read, so the
+        # rules above could not hold for it: refused whole (Python's own
+        # opens are open/openat).
+        nr = lib.seccomp_syscall_resolve_name(b"openat2")
+        if nr >= 0:
+            rc = lib.seccomp_rule_add_array(ctx, _SCMP_ACT_ERRNO_EPERM, nr, 0, None)
             if rc != 0:
-                raise OSError(-rc, f"seccomp rule for {name}: {os.strerror(-rc)}")
+                raise OSError(-rc, f"seccomp rule for openat2: {os.strerror(-rc)}")
         # a terminal's input queue (TIOCSTI, TIOCLINUX) is another process's
         # command line, if the agent ever runs on one
         nr = lib.seccomp_syscall_resolve_name(b"ioctl")
@@ -384,12 +411,14 @@ def _seccomp_filter(lib: ctypes.CDLL) -> None:
 
 
 def restrict(root_fd: int, readable: Iterable[str], allow_without: frozenset[str],
-             keep_fds: Iterable[int] = (0, 1, 2)) -> Confinement:
+             keep_fds: Iterable[int] = (0, 1, 2), read_only: bool = False) -> Confinement:
     """Confine this process to ``root_fd`` for good (see the module's
     docstring). ``readable`` are directories the interpreter may still read
     (its own files). Raises KernelError if a mechanism not in
     ``allow_without`` is missing, OSError if a step fails: either way the
-    caller serves nothing."""
+    caller serves nothing. ``read_only``: ROOT may only be read (Landlock
+    grants reading alone, seccomp refuses every call that writes, root keeps
+    only ``CAP_DAC_READ_SEARCH``), for a session that answers ``stats``."""
     abi = landlock_abi()
     lib = _load_libseccomp()
     missing = [m for m, ok in (("landlock", abi > 0), ("seccomp", lib is not None)) if not ok]
@@ -397,8 +426,8 @@ def restrict(root_fd: int, readable: Iterable[str], allow_without: frozenset[str
     if refused:
         raise KernelError(errno.ENOSYS, _missing_text(refused))
     close_other_descriptors([*keep_fds, root_fd])
-    ruleset = _landlock_ruleset(abi, root_fd, readable) if abi else -1
-    kept = ROOT_KEEPS if os.geteuid() == 0 else ()
+    ruleset = _landlock_ruleset(abi, root_fd, readable, read_only) if abi else -1
+    kept = (ROOT_KEEPS_READING if read_only else ROOT_KEEPS) if os.geteuid() == 0 else ()
     libc = _libc()
     try:
         drop_capabilities(kept)
@@ -415,5 +444,5 @@ def restrict(root_fd: int, readable: Iterable[str], allow_without: frozenset[str
         if ruleset >= 0:
             os.close(ruleset)
     if lib is not None:
-        _seccomp_filter(lib)
+        _seccomp_filter(lib, read_only)
     return Confinement(abi, lib is not None, kept)

@@ -5,11 +5,14 @@ checks nothing, and runs any Python it is sent (``op: python``): the state
 of an agent whose code layer has failed completely and whose process runs
 the attacker's code. Only :func:`syncsup.target._kernel.restrict` stands
 between it and the host; ``--no-kernel`` leaves even that out, so that a
-test can show its attacks really do escape without it.
+test can show its attacks really do escape without it. ``--read-only``
+applies the kernel layer of a session that only reads (``stats``);
+``--no-landlock`` applies it as on a kernel without Landlock (seccomp and
+capabilities alone).
 
-Run as ``python -I -S -B naive_agent.py ROOT [--no-kernel] DIR...`` (DIRs
-are added to the module path: syncsup's and msgpack's); it speaks the
-agent's frames on stdin and stdout.
+Run as ``python -I -S -B naive_agent.py ROOT [--no-kernel] [--read-only]
+[--no-landlock] DIR...`` (DIRs are added to the module path: syncsup's and
+msgpack's); it speaks the agent's frames on stdin and stdout.
 """
 
 import os
@@ -17,6 +20,8 @@ import sys
 
 ROOT = sys.argv[1]
 KERNEL = "--no-kernel" not in sys.argv[2:]
+READ_ONLY = "--read-only" in sys.argv[2:]
+NO_LANDLOCK = "--no-landlock" in sys.argv[2:]
 sys.path[:0] = [a for a in sys.argv[2:] if not a.startswith("--")]
 
 import ctypes  # noqa: E402
@@ -32,8 +37,11 @@ root_fd = os.open(ROOT, os.O_RDONLY | os.O_DIRECTORY)
 how = "none"
 if KERNEL:
     paths = sysconfig.get_paths()
+    if NO_LANDLOCK:
+        _kernel.landlock_abi = lambda: 0  # as on a kernel without it
     how = _kernel.restrict(root_fd, [paths["stdlib"], paths["platstdlib"]],
-                           frozenset()).describe()
+                           frozenset({"landlock"} if NO_LANDLOCK else ()),
+                           read_only=READ_ONLY).describe()
 
 
 def at(rel: bytes) -> bytes:
