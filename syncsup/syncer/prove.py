@@ -37,8 +37,10 @@ cannot be read (no agent there), which turns the tree step into a full
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import resource
 import shlex
 import stat
 import subprocess
@@ -103,28 +105,95 @@ def unproven(source: Stat, target: Stat, clock: Clock) -> bool:
     return verdict(source, target, clock) == COMPARE
 
 
-def _walk(root: bytes, top: bytes) -> Iterator[tuple[bytes, Stat]]:
-    """The regular files below ``top`` (relative to ``root``), symlinks never
-    followed, with their status. A directory that cannot be read is skipped:
-    rsync reports it in the tree step."""
-    stack = [top]
-    while stack:
-        rel = stack.pop()
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_dir(name: bytes, dir_fd: int | None = None) -> int | None:
+    """A directory opened without following a symlink, or None if ``name``
+    is not one now (gone, swapped for a symlink or a file, unreadable).
+    Out of descriptors is an error: a walk that skipped on it would leave
+    files out of the proof, so the whole proof falls back to comparing."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise
+        return None
+
+
+def _open_below(root: bytes, top: bytes) -> int | None:
+    """``top`` (relative to ``root``) opened one component at a time."""
+    fd = _open_dir(root)
+    for part in (p for p in top.split(b"/") if p):
+        if fd is None:
+            return None
+        sub = _open_dir(part, fd)
+        os.close(fd)
+        fd = sub
+    return fd
+
+
+def _listing(fd: int) -> tuple[list[tuple[bytes, Stat]], list[bytes]]:
+    """The regular files (with their status) and the subdirectories of the
+    directory open as ``fd``; an entry that vanished is left out."""
+    files, dirs = [], []
+    try:
+        with os.scandir(fd) as it:
+            entries = list(it)
+    except OSError:
+        return [], []
+    for e in entries:
         try:
-            with os.scandir(os.path.join(root, rel) if rel else root) as it:
-                entries = list(it)
+            st = e.stat(follow_symlinks=False)
         except OSError:
             continue
-        for e in entries:
-            name = os.path.join(rel, e.name) if rel else os.fsencode(e.name)
-            try:
-                st = e.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(name)
-            elif stat.S_ISREG(st.st_mode):
-                yield name, (st.st_ctime_ns, st.st_size, st.st_mtime_ns)
+        if stat.S_ISDIR(st.st_mode):
+            dirs.append(os.fsencode(e.name))
+        elif stat.S_ISREG(st.st_mode):
+            files.append((os.fsencode(e.name), (st.st_ctime_ns, st.st_size, st.st_mtime_ns)))
+    return files, dirs
+
+
+def _walk(root: bytes, top: bytes) -> Iterator[tuple[bytes, Stat]]:
+    """The regular files below ``top`` (relative to ``root``), with their
+    status. A directory that cannot be read is skipped: rsync reports it
+    in the tree step.
+
+    Through directory descriptors only: each directory is opened relative
+    to its parent's descriptor with ``O_NOFOLLOW | O_DIRECTORY``. A source
+    writer who swaps a directory for a symlink during the walk makes it
+    skip that directory, never list (nor open) what the symlink points to,
+    so nothing about files outside the source reaches the target's stats
+    session. Descriptors held: one per level of depth."""
+    top_fd = _open_below(root, top)
+    if top_fd is None:
+        return
+    stack: list[tuple[bytes, int, Iterator[bytes]]] = []
+    try:
+        rel, fd = top, top_fd
+        while True:
+            files, dirs = _listing(fd)
+            stack.append((rel, fd, iter(dirs)))  # held by the stack from here
+            fd = -1
+            for name, st in files:
+                yield (rel + b"/" + name if rel else name), st
+            while stack:
+                parent_rel, parent_fd, rest = stack[-1]
+                sub_name = next(rest, None)
+                if sub_name is None:
+                    os.close(parent_fd)
+                    stack.pop()
+                    continue
+                sub = _open_dir(sub_name, parent_fd)
+                if sub is not None:
+                    rel = parent_rel + b"/" + sub_name if parent_rel else sub_name
+                    fd = sub
+                    break
+            if fd == -1:
+                return
+    finally:
+        for _rel, held, _rest in stack:
+            os.close(held)
 
 
 class _Remote:
@@ -297,6 +366,10 @@ def main(argv: list[str]) -> int:
         return cfg.EX_CONFIG
     with open(list_path, "rb") as fh:
         subtrees = _subtrees(fh.read())
+    # the walk holds a descriptor per level of depth
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         names, counts = _prove(sync, target, subtrees, sys.stdout.buffer, control_path or None)
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -3,8 +3,12 @@ kernel's ctimes prove current, pure, and the list it reads."""
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 
+from syncsup.syncer import prove as proof
 from syncsup.syncer.prove import MARGIN_NS, Clock, _subtrees, unproven, verdict
 
 S = 10**9
@@ -84,3 +88,55 @@ def test_an_empty_or_missing_local_target_needs_no_proof(tmp_path) -> None:
     remote = Changes(prove={b""})
     nothing_to_prove(remote, Target(spec="h:/x", path="/x", host="h"))
     assert remote.prove == {b""} and not remote.trees
+
+
+def test_the_walk_never_lists_what_a_directory_swapped_for_a_symlink_points_to(
+        tmp_path) -> None:
+    """A source writer swaps a directory for a symlink to a tree outside the
+    source while the proof walks: the walk skips it, and no name, size or
+    time from outside reaches the target's stats session."""
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    (src / "a").mkdir(parents=True)
+    (src / "z").mkdir()
+    (outside / "secret-dir").mkdir(parents=True)
+    (outside / "secret").write_bytes(b"x" * 12345)
+    (outside / "secret-dir" / "deeper").write_bytes(b"y")
+    (src / "a" / "f").write_bytes(b"1")
+    (src / "z" / "g").write_bytes(b"2")
+    root = os.fsencode(src)
+    walk = proof._walk(root, b"")
+    first = next(walk)  # the top was listed, "a" or "z" entered
+    for name in (b"a", b"z"):
+        if not first[0].startswith(name + b"/"):
+            shutil.rmtree(src / os.fsdecode(name))
+            os.symlink(outside, src / os.fsdecode(name))
+    rest = list(walk)
+    names = [first[0], *(n for n, _ in rest)]
+    assert all(not n.endswith((b"secret", b"deeper")) for n in names), names
+    assert all(st[1] != 12345 for _, st in rest), rest
+    assert len(names) == 1, names  # the directory not yet entered was skipped
+
+
+def test_a_subtree_reached_through_a_symlinked_parent_is_not_walked(tmp_path) -> None:
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    src.mkdir()
+    (outside / "d").mkdir(parents=True)
+    (outside / "d" / "secret").write_bytes(b"s")
+    os.symlink(outside, src / "link")
+    assert list(proof._walk(os.fsencode(src), b"link/d")) == []
+    assert list(proof._walk(os.fsencode(src), b"link")) == []
+    (src / "real" / "d").mkdir(parents=True)
+    (src / "real" / "d" / "f").write_bytes(b"f")
+    assert [n for n, _ in proof._walk(os.fsencode(src), b"real/d")] == [b"real/d/f"]
+
+
+def test_a_walk_stopped_early_or_finished_leaves_no_descriptor_open(tmp_path) -> None:
+    for i in range(5):
+        (tmp_path / "d" / str(i) / "e").mkdir(parents=True)
+        (tmp_path / "d" / str(i) / "e" / "f").write_bytes(b"f")
+    before = len(os.listdir("/proc/self/fd"))
+    walk = proof._walk(os.fsencode(tmp_path), b"d")
+    next(walk)
+    walk.close()
+    assert len(list(proof._walk(os.fsencode(tmp_path), b"d"))) == 5
+    assert len(os.listdir("/proc/self/fd")) == before
