@@ -23,6 +23,7 @@ from syncsup.client import NotRunning, request
 from syncsup.logs import setup_logging
 from syncsup.statedir import is_running
 from syncsup.status import format_status, to_json
+from syncsup.text import printable
 
 __all__ = ["ENVIRONMENT", "EXIT_STATUS", "FILES", "SIGNALS", "SUMMARY", "build_parser",
            "main"]
@@ -340,7 +341,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     conf = _load(args.config, sources=False, files=True)
     lines: list[str] = []
     problems = run_checks(conf, lines)
-    print("\n".join(lines))
+    # what a remote or an rsync daemon said (its MOTD, an @ERROR line) is
+    # in these lines: no control character reaches the terminal
+    print("\n".join(printable(line, 2000) for line in lines))
     if problems:
         print(f"{problems} problem(s)", file=sys.stderr)
     return 1 if problems else 0

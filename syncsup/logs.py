@@ -12,13 +12,26 @@ import sys
 from typing import Any
 
 from syncsup.config import Settings
+from syncsup.text import escaped
 
 __all__ = ["setup_logging"]
 
 _JOURNAL_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
 
-class _JournalFormatter(logging.Formatter):
+class _LineFormatter(logging.Formatter):
+    """One record, one line: control characters in the message (a file
+    name's newline, a remote's escape sequences) are written as escapes,
+    so nothing a source writer or a target names can forge a line of the
+    log or drive the terminal that shows it. (A traceback, ours, keeps its
+    lines.)"""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escaped(record.message)
+        return super().formatMessage(record)
+
+
+class _JournalFormatter(_LineFormatter):
     """Under systemd: ``<N>`` priority prefixes that journald understands,
     no timestamp (journald adds its own)."""
 
@@ -28,7 +41,8 @@ class _JournalFormatter(logging.Formatter):
 
 
 class _JsonFormatter(logging.Formatter):
-    """One JSON object per line."""
+    """One JSON object per line (``json.dumps`` escapes every control and
+    non-ASCII character)."""
 
     def __init__(self, role: str) -> None:
         super().__init__()
@@ -65,12 +79,12 @@ def setup_logging(settings: Settings | None, role: str) -> None:
     elif os.environ.get("JOURNAL_STREAM"):
         err.setFormatter(_JournalFormatter(text))
     else:
-        err.setFormatter(logging.Formatter(stamped))
+        err.setFormatter(_LineFormatter(stamped))
     handlers: list[logging.Handler] = [err]
     if settings is not None and settings.log_file is not None:
         try:
             fh = _NoFollowFileHandler(settings.log_file)
-            fh.setFormatter(_JsonFormatter(role) if json_format else logging.Formatter(stamped))
+            fh.setFormatter(_JsonFormatter(role) if json_format else _LineFormatter(stamped))
             handlers.append(fh)
         except OSError as exc:
             print(f"syncsup: cannot open log_file {settings.log_file}: {exc}", file=sys.stderr)

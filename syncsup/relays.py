@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shlex
 import subprocess
 import time
@@ -28,19 +27,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncsup import config as cfg
+from syncsup.text import printable
 
 __all__ = ["MAX_ANSWER", "Relay", "ask_relays", "format_relays"]
 
 MAX_ANSWER = 1024 * 1024
 MAX_ERROR = 64 * 1024  # bytes of ssh's stderr read (its last line is shown)
 TIMEOUT = 20.0  # seconds for one relay's answer (ssh's ConnectTimeout is 10)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def printable(text: object, limit: int = 200) -> str:
-    """``text`` as one line that cannot drive a terminal: C0 and C1 control
-    characters (ESC, CSI, OSC, newline...) become ``?``; at most ``limit``."""
-    return _CONTROL.sub("?", str(text))[:limit]
 
 
 def _bounded(argv: list[str], timeout: float) -> tuple[int | None, bytes, bytes]:

@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from syncsup.processes import killpg, set_pdeathsig, stop_group
 from syncsup.syncer.plan import Result
+from syncsup.text import printable
 from syncsup.timings import Timings
 
 __all__ = ["Transfer", "spawn", "stderr_tail"]
@@ -51,7 +52,9 @@ def stderr_tail(errfile: IO[bytes], lines: int = 3) -> str:
     text = errfile.read()[-8192:].decode(errors="replace")
     kept = [ln for ln in text.splitlines()
             if ln.strip() and not ln.startswith("file has vanished")]
-    return " | ".join(kept[-lines:])
+    # shown in status and on terminals: a remote's (or a file name's)
+    # control characters never reach them
+    return " | ".join(printable(ln, 1000) for ln in kept[-lines:])
 
 
 def _io_bytes(pid: int) -> int:

@@ -1554,3 +1554,42 @@ def test_a_root_key_confined_to_a_tree_holding_roots_home_is_refused(tmp_path):
             assert r.returncode != 0, (root, request, r.stdout)
             assert b"refused" in r.stderr and b"root's home" in r.stderr, (root, r.stderr)
             assert r.stdout == b"", r.stdout
+
+
+# ---------------------------------------------- a hostile target's messages
+HOSTILE_MESSAGE = (b"2026-01-01 00:00:00,000 ERROR   syncer 1: forged line\n"
+                   b"\x1b]0;pwned\x07\x1b[2J\xc2\x9b31mred\n")
+
+
+def test_a_hostile_targets_messages_reach_the_log_and_status_defused(sshd, tmp_path, src, dst,
+                                                                      daemon_factory):
+    """A target host (or what runs there for the key) answers the agent's
+    start with a line that looks like the daemon's log and one of terminal
+    escapes (a window title, a screen clear, a C1 CSI). The daemon reports
+    the failure, with the text, but every line of its log is its own (a
+    record per line, with its prefix) and holds no control character, and
+    ``status`` shows none either."""
+    hostile = tmp_path / "hostile-target"
+    hostile.write_bytes(b"#!/bin/sh\nprintf '%s' '" + HOSTILE_MESSAGE.replace(b"'", b"") +
+                        b"' >&2\nexit 1\n")
+    os.chmod(hostile, 0o755)
+    (src / "f").write_bytes(b"x\n")
+    target = sshd.target(dst)
+    sync = sync_entry(src, [target], delay=0.2,
+                      ssh={**sshd.ssh_config(), "target_command": str(hostile)})
+    d = daemon_factory([sync])
+    wait_converged(src, dst, timeout=120, on_timeout=d.describe)  # rsync carries on
+    deadline = time.monotonic() + 120
+    while b"pwned" not in d.log_path.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    raw = d.log_path.read_bytes()
+    assert b"pwned" in raw, d.log_tail(40)  # reported ...
+    assert not any(c in raw for c in (b"\x1b", b"\x07", b"\xc2\x9b", b"\r")), raw[-3000:]
+    assert b"\nforged" not in raw and not any(
+        ln.startswith(b"2026-01-01") for ln in raw.splitlines()), raw[-3000:]  # ... defused
+    status = run_cli("status", d.config, "--json", timeout=60)
+    shown = run_cli("status", d.config, timeout=60)
+    for text in (status.stdout, shown.stdout, shown.stderr):
+        assert not any(c in text for c in "\x1b\x07\x9b\r"), repr(text)
+    d.stop()
+    assert_no_leftovers(tmp_path)
