@@ -30,7 +30,8 @@ from typing import Any
 __all__ = ["LuaBroken", "LuaFunction", "LuaOther", "Recorded", "RecordedSync", "decode",
            "run_config"]
 
-# Generous: a config needs milliseconds; the child's own CPU limit is 20 s.
+# Generous: a config needs milliseconds; the child's own CPU limit is 5 s, so
+# even a machine twelve times overloaded reports the CPU limit, not this one.
 TIMEOUT = 60.0
 # What this process reads from the child. A real config's result is a few
 # KiB; print output is cut at 64 KiB by the sandbox's own print.
