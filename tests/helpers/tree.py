@@ -153,17 +153,24 @@ def wait_converged(
 ) -> Snapshot:
     """Poll until ``dst`` (one path or several) equals ``src`` byte for byte.
 
-    ``src`` should be quiescent.  Raises AssertionError with the diff after
-    ``timeout`` seconds.  ``on_timeout`` (optional callable returning str) adds
-    context such as daemon status to the error.  Returns the source snapshot.
+    ``src`` should be quiescent: it is read once, and once more when the
+    targets match it (a source that changed meanwhile is compared again).
+    A poll waits at least twice as long as the last comparison took, so a
+    huge tree is not read back to back by the test while the daemon works.
+    Raises AssertionError with the diff after ``timeout`` seconds.
+    ``on_timeout`` (optional callable returning str) adds context such as
+    daemon status to the error.  Returns the source snapshot.
     """
     __tracebackhide__ = True
     dsts = [dst] if isinstance(dst, (bytes, str, os.PathLike)) else list(dst)
     deadline = time.monotonic() + timeout
     last: list[str] = []
+    s: Snapshot | None = None
     while True:
+        began = time.monotonic()
         try:
-            s = snapshot(src)
+            if s is None:
+                s = snapshot(src)
             diffs: list[str] = []
             for d in dsts:
                 dd = diff_trees(s, snapshot(d, tolerate_vanish=True))
@@ -171,9 +178,13 @@ def wait_converged(
                     diffs.append(f"--- {os.fsdecode(_as_bytes(d))}:")
                     diffs.extend(dd)
             if not diffs:
-                return s
+                again = snapshot(src)
+                if not diff_trees(s, again):
+                    return s
+                s, diffs = again, ["the source changed while the targets were read"]
             last = diffs
         except FileNotFoundError as e:
+            s = None
             last = [f"snapshot failed: {e!r}"]
         if time.monotonic() >= deadline:
             extra = ""
@@ -187,7 +198,7 @@ def wait_converged(
                 + "\n".join(last)
                 + extra
             )
-        time.sleep(interval)
+        time.sleep(max(interval, 2 * (time.monotonic() - began)))
 
 
 def assert_same_tree(src, dst) -> None:

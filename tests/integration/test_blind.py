@@ -108,11 +108,12 @@ def finish(d: Daemon, tmp_path: Path, paths: dict[str, Path], names: tuple[str, 
 # ------------------------------------------------------------------ tests
 
 def test_paths_too_long_blind_one_subtree_and_nothing_else(tmp_path, settings, daemon_factory):
-    """17 nested 255-byte names (a path over 4,095 bytes) and 5,000 nested
-    ``d/`` in one sync: that sync reports the subtrees as ``too_long`` (one
-    WARNING), the other syncs keep mirroring, the watcher is never restarted
-    and logs no traceback; once the trees are removed the blindness ends
-    (one line), and every mirror is identical to its source."""
+    """17 nested 255-byte names (a path over 4,095 bytes) and 2,100 nested
+    ``d/`` (past 4,095 bytes at depth 2,048) in one sync: that sync reports
+    the subtrees as ``too_long`` (one WARNING), the other syncs keep
+    mirroring, the watcher is never restarted and logs no traceback; once
+    the trees are removed the blindness ends (one line), and every mirror is
+    identical to its source."""
     syncs, paths = three_syncs(tmp_path, "h")
     d = daemon_factory(syncs)
     st = d.wait_idle()
@@ -123,7 +124,7 @@ def test_paths_too_long_blind_one_subtree_and_nothing_else(tmp_path, settings, d
         (h / "long").mkdir()
         nest(h / "long", [bytes([ord("a") + i % 26]) * 255 for i in range(17)])
         (h / "deep").mkdir()
-        nest(h / "deep", [b"d"] * 5000)
+        nest(h / "deep", [b"d"] * 2100)
         write(h / "beside", b"a file beside the hostile trees\n")
 
         st = d.wait_for(lambda st: set(sync_st(st, "h")["blind_counts"]) == {"too_long"}
