@@ -23,7 +23,7 @@ from typing import Any
 
 from syncsup import config_keys
 from syncsup.paths import is_within
-from syncsup.privilege import can_access
+from syncsup.privilege import can_access, service_uid
 from syncsup.timings import TimingError, Timings
 
 __all__ = [
@@ -802,8 +802,16 @@ def _check_private_stat(st: os.stat_result, path: Path, key: str) -> None:
     if st.st_mode & 0o022:
         raise ConfigError(key, f"{path} is writable by other users (mode "
                           f"{stat.S_IMODE(st.st_mode):o}); chmod go-w it")
-    if not _owned_safely(st):
+    if not _owned_safely(st) and not _service_state(st, key):
         raise ConfigError(key, f"{path} belongs to uid {st.st_uid}, not to us or root")
+
+
+def _service_state(st: os.stat_result, key: str) -> bool:
+    """Root reading the config of the unit's daemon, which runs as the
+    service user in the state directory systemd made for it: root trusts
+    that account (its own unit runs it), so its state_dir is accepted."""
+    return (key == "settings.state_dir" and os.geteuid() == 0
+            and st.st_uid == service_uid())
 
 
 def check_private(path: Path, key: str) -> None:

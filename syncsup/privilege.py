@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 
 __all__ = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
-           "MIRROR_CAPS", "can_access", "can_chown", "effective", "names", "super_receiver"]
+           "MIRROR_CAPS", "SERVICE_USER", "can_access", "can_chown", "effective", "names",
+           "service_uid", "super_receiver"]
 
 CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID = 0, 1, 2, 3, 4
 # What mirroring every user's files with their owners takes: the unit's
@@ -30,6 +31,9 @@ _NAMES = {CAP_CHOWN: "CAP_CHOWN", CAP_DAC_OVERRIDE: "CAP_DAC_OVERRIDE",
           CAP_DAC_READ_SEARCH: "CAP_DAC_READ_SEARCH", CAP_FOWNER: "CAP_FOWNER",
           CAP_FSETID: "CAP_FSETID"}
 _ALL = (1 << 64) - 1
+# The system account the unit runs the daemon as (``User=``); the
+# sysusers.d file ``syncsup unit`` writes creates it.
+SERVICE_USER = "syncsup"
 
 
 def parse_status(text: str) -> int | None:
@@ -91,3 +95,18 @@ def can_access(path: str | os.PathLike[str], mode: int) -> bool:
     so it would call a root-owned 0755 directory read-only for a service
     user that holds ``CAP_DAC_OVERRIDE``."""
     return os.access(path, mode, effective_ids=True)
+
+
+def service_uid() -> int | None:
+    """The uid of the unit's service user (``$SYNCSUP_SERVICE_USER``, for a
+    unit whose ``User=`` names another account, else ``syncsup``), or None
+    where there is no such account. Root's CLI accepts a state_dir of this
+    uid: systemd made it (``StateDirectory=``) for the daemon that root's
+    unit runs as that user."""
+    import pwd
+
+    name = os.environ.get("SYNCSUP_SERVICE_USER") or SERVICE_USER
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
