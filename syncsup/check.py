@@ -89,9 +89,11 @@ def owner_warning(sync: cfg.Sync) -> str | None:
         return None
     path, uid = found
     me = os.geteuid()
+    what = (f"such files get uid {me}" if me != 0
+            else "setting their owners fails (rsync exit 23)")
     return (f"{sync.name}: {path} belongs to uid {uid}, but this process (uid {me}) has "
-            f"no CAP_CHOWN: on local targets such files get uid {me} (run as root, or as "
-            "the unit's service user with its capabilities, to keep owners)")
+            f"no CAP_CHOWN: on local targets {what} (run as root, or as the unit's service "
+            "user with its capabilities, to keep owners)")
 
 
 def _version(out: str) -> str:
