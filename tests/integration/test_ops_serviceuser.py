@@ -8,7 +8,8 @@ reach it while another user is refused. Without ``CAP_CHOWN`` the same
 daemon runs as any non-root user does: contents and modes arrive, owners
 become its own, and ``syncsup check`` says so in one line; where other
 users own directories of the source, start refuses, as the rsync probe
-cannot run without ``CAP_CHOWN``."""
+cannot run without ``CAP_CHOWN``. The rsync probe itself runs as the
+service user, and tells a following sender from a fixed one."""
 
 from __future__ import annotations
 
@@ -199,3 +200,36 @@ def test_without_chown_owners_become_the_daemons_and_check_says_so(
         assert mode == want[rel][2], rel
     assert d.stop() == 0
     assert_no_leftovers(tmp_path)
+
+
+PROBE = """
+import sys
+from syncsup.rsync_probe import sender_follows
+print(sender_follows(sys.argv[1]))
+"""
+FOLLOWING_RSYNC = """#!/bin/sh
+exec {rsync} --insecure-links "$@"
+"""
+
+
+@pytest.mark.parametrize(("caps", "following", "expected"), [
+    (MIRROR_CAPS, False, "False"),     # this machine's rsync (3.5.0) does not follow
+    (MIRROR_CAPS, True, "True"),       # rsync's switch back to the old open by path
+    (NO_CHOWN_CAPS, False, "None"),    # another user's symlink cannot be planted
+])
+def test_the_rsync_probe_runs_as_the_service_user(tmp_path, caps, following, expected):
+    """The probe plants a symlink of a user other than the daemon's and
+    root: run as uid 65534, the one it plants for root, it picks another
+    (a fixed sender trusts its own user's symlinks, and would be taken for
+    one that follows)."""
+    binary = shutil.which("rsync")
+    assert binary is not None
+    if following:
+        wrapper = tmp_path / "rsync-follows"
+        wrapper.write_text(FOLLOWING_RSYNC.format(rsync=binary))
+        wrapper.chmod(0o755)
+        binary = str(wrapper)
+    r = subprocess.run(as_user(SERVICE_UID, caps, [sys.executable, "-c", PROBE, binary]),
+                       env=syncsup_env(), capture_output=True, text=True, timeout=120,
+                       stdin=subprocess.DEVNULL)
+    assert r.stdout.strip() == expected, r.stdout + r.stderr
