@@ -18,18 +18,16 @@ as every capability and any other uid as none: what syncsup assumed before.
 from __future__ import annotations
 
 import os
+import pwd
 
 __all__ = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
-           "MIRROR_CAPS", "SERVICE_USER", "can_access", "can_chown", "effective", "names",
+           "MIRROR_CAPS", "SERVICE_USER", "can_access", "can_chown", "effective", "has",
            "service_uid", "super_receiver"]
 
 CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID = 0, 1, 2, 3, 4
 # What mirroring every user's files with their owners takes: the unit's
 # CapabilityBoundingSet= and AmbientCapabilities=.
 MIRROR_CAPS = (CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID)
-_NAMES = {CAP_CHOWN: "CAP_CHOWN", CAP_DAC_OVERRIDE: "CAP_DAC_OVERRIDE",
-          CAP_DAC_READ_SEARCH: "CAP_DAC_READ_SEARCH", CAP_FOWNER: "CAP_FOWNER",
-          CAP_FSETID: "CAP_FSETID"}
 _ALL = (1 << 64) - 1
 # The system account the unit runs the daemon as (``User=``); the
 # sysusers.d file ``syncsup unit`` writes creates it.
@@ -70,16 +68,6 @@ def can_chown(mask: int | None = None) -> bool:
     return has(CAP_CHOWN, mask)
 
 
-def names(caps: tuple[int, ...]) -> str:
-    return ", ".join(_NAMES.get(c, str(c)) for c in caps)
-
-
-def missing(mask: int | None = None) -> tuple[int, ...]:
-    """The capabilities of :data:`MIRROR_CAPS` this process lacks."""
-    mask = effective() if mask is None else mask
-    return tuple(c for c in MIRROR_CAPS if not has(c, mask))
-
-
 def super_receiver(mask: int | None = None, euid: int | None = None) -> bool:
     """Must a local rsync receiver be told ``--super`` to keep owners? rsync
     decides by uid: as root it sets owners by itself; any other uid skips
@@ -103,8 +91,6 @@ def service_uid() -> int | None:
     where there is no such account. Root's CLI accepts a state_dir of this
     uid: systemd made it (``StateDirectory=``) for the daemon that root's
     unit runs as that user."""
-    import pwd
-
     name = os.environ.get("SYNCSUP_SERVICE_USER") or SERVICE_USER
     try:
         return pwd.getpwnam(name).pw_uid
