@@ -172,8 +172,10 @@ chown -h 4321:4322 "$SRC/sub/link"
 echo "second user" > "$SRC/sub/deeper/other.txt"
 chmod 0640 "$SRC/sub/deeper/other.txt"
 chown 4331:4332 "$SRC/sub/deeper/other.txt"
-# as a unit that ran as root left its state: handed to syncsup at start
+# as a unit that ran as root left its state (the escape probe's run made
+# the directory syncsup's already): handed to syncsup at start
 install -d -m 0700 /var/lib/syncsup/proof
+chown root:root /var/lib/syncsup/proof
 touch /var/lib/syncsup/proof/left-by-root
 systemctl start "$UNIT" || fail "systemctl start (Type=notify: returns after READY=1)"
 owner=$(stat -c %U /var/lib/syncsup/proof/left-by-root)
