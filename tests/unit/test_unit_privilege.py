@@ -114,3 +114,27 @@ def test_the_service_user_takes_systemds_directories(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/other")
     assert config.default_state_dir("www") == tmp_path / "state" / "syncsup" / "www"
     assert registry.registry_dir() == tmp_path / "run" / "syncsup"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another uid needs root")
+def test_root_trusts_the_state_dir_of_the_service_user_only(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """Root's CLI reads the config of the unit's daemon, whose state_dir
+    belongs to the service user; a state_dir of any other user stays
+    refused (its owner could plant what root then trusts)."""
+    import pwd
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, 65534, 65534)
+    conf = tmp_path / "www.toml"
+    conf.write_text(f'[settings]\nstate_dir = "{state}"\n'
+                    f'[[sync]]\nsource = "{tmp_path}"\ntargets = ["/mnt/m"]\n')
+    conf.chmod(0o600)
+    nobody = pwd.getpwuid(65534).pw_name
+    monkeypatch.setenv("SYNCSUP_SERVICE_USER", "no-such-user-here")
+    with pytest.raises(config.ConfigError, match="belongs to uid 65534"):
+        config.load(conf)
+    monkeypatch.setenv("SYNCSUP_SERVICE_USER", nobody)
+    assert config.load(conf).settings.state_dir == state
