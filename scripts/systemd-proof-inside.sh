@@ -114,6 +114,10 @@ step "the unit and its drop-in written by syncsup unit, verified"
 /opt/syncsup/bin/syncsup unit --config /etc/syncsup/proof.toml --output /etc/systemd/system >&2
 grep -q '^ExecStart=/opt/syncsup/bin/syncsup start' /etc/systemd/system/syncsup@.service \
     || fail "the unit does not name /opt/syncsup/bin/syncsup"
+# the unit's user: its sysusers.d file written, and the user created from it
+[ -f /etc/sysusers.d/syncsup.conf ] || fail "no /etc/sysusers.d/syncsup.conf"
+getent passwd syncsup >&2 || fail "syncsup unit did not create the service user"
+SERVICE_UID=$(id -u syncsup)
 cat /etc/systemd/system/syncsup@proof.service.d/sandbox.conf >&2
 systemd-analyze verify /etc/systemd/system/syncsup@proof.service >&2 || fail "systemd-analyze verify"
 systemctl daemon-reload
@@ -154,7 +158,7 @@ if ! journalctl -u proof-escape@proof.service --no-pager -o cat \
     fail "the sandbox reached $OTHER_ADDR, which IPAddressAllow= does not name"
 fi
 
-step "a tree with another user's files (0600: only root's DAC override reads them), then start"
+step "a tree with two other users' files (0600: only a DAC override reads them), then start"
 mkdir -p "$SRC/sub/deeper"
 head -c 100000 /dev/urandom > "$SRC/big.bin"
 echo "secret" > "$SRC/sub/private.txt"
@@ -165,10 +169,40 @@ ln -s ../big.bin "$SRC/sub/link"
 # whose directories another user can write.
 chown 4321:4322 "$SRC/sub/private.txt"
 chown -h 4321:4322 "$SRC/sub/link"
+echo "second user" > "$SRC/sub/deeper/other.txt"
+chmod 0640 "$SRC/sub/deeper/other.txt"
+chown 4331:4332 "$SRC/sub/deeper/other.txt"
+# as a unit that ran as root left its state (the escape probe's run made
+# the directory syncsup's already): handed to syncsup at start
+install -d -m 0700 /var/lib/syncsup/proof
+chown root:root /var/lib/syncsup/proof
+touch /var/lib/syncsup/proof/left-by-root
 systemctl start "$UNIT" || fail "systemctl start (Type=notify: returns after READY=1)"
+owner=$(stat -c %U /var/lib/syncsup/proof/left-by-root)
+[ "$owner" = syncsup ] || fail "the state root left belongs to $owner, not syncsup, after start"
 systemctl is-active --quiet "$UNIT" || fail "not active after start"
 converged "$SRC" "$MIRROR" "$REMOTE" || fail "the startup sync did not converge"
-echo "startup sync converged (local and ssh targets, owners included)" >&2
+echo "startup sync converged (local and ssh targets, owners of two users included)" >&2
+
+step "the service runs as the user syncsup, with the mirroring capabilities only"
+pid=$(main_pid)
+uid=$(awk '/^Uid:/ {print $3}' "/proc/$pid/status")
+capeff=$(awk '/^CapEff:/ {print $2}' "/proc/$pid/status")
+echo "MainPID $pid: effective uid $uid, CapEff $capeff" >&2
+[ "$uid" = "$SERVICE_UID" ] || fail "the daemon runs as uid $uid, not syncsup ($SERVICE_UID)"
+[ "$capeff" = 000000000000001f ] || fail "CapEff $capeff, not CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID"
+procs=$(cat "/sys/fs/cgroup$(systemctl show -P ControlGroup "$UNIT")/cgroup.procs")
+for p in $procs; do
+    puid=$(awk '/^Uid:/ {print $3}' "/proc/$p/status" 2>/dev/null || true)
+    [ -z "$puid" ] || [ "$puid" = "$SERVICE_UID" ] \
+        || fail "process $p of the unit runs as uid $puid: $(tr '\0' ' ' < "/proc/$p/cmdline")"
+done
+echo "all $(echo "$procs" | wc -w) processes of the unit run as syncsup" >&2
+
+step "root's syncsup status finds the service's daemon without a config"
+syncsup status >&2 || fail "syncsup status (no config) as root"
+syncsup status | grep -q "^proof " || fail "syncsup status does not list proof"
+syncsup status proof >/dev/null || fail "syncsup status proof"
 
 for _ in $(seq 60); do [ -s "$STATUS_FILE" ] && break; sleep 1; done
 [ -s "$STATUS_FILE" ] || fail "no status file at $STATUS_FILE (bound into the hidden /run)"
@@ -227,6 +261,9 @@ journalctl -u "$UNIT" --no-pager -n 8 >&2
 step "systemd-analyze security of the loaded unit"
 systemd-analyze security --no-pager "$UNIT" | grep -v '^  ✓\|^✓' >&2 || true
 systemd-analyze security --no-pager "$UNIT" | tail -n 1
+exposure=$(systemd-analyze security --no-pager "$UNIT" | tail -n 1 | grep -o '[0-9]\+\.[0-9]' | head -n 1)
+"$PY" -c "import sys; sys.exit(0 if float('$exposure') <= 2.0 else 1)" \
+    || fail "the loaded unit's exposure is $exposure, above 2.0"
 
 step "stop: nothing left running"
 cgroup=$(systemctl show -P ControlGroup "$UNIT")

@@ -9,7 +9,11 @@ sync's user in and is not read only. The local rsync's sender is probed
 for following a symlink raced into the source, and judged against who can
 write in each source.
 It prints one line per check, ``ok:`` or ``problem:``, and returns the
-number of problems.
+number of problems. A ``warning:`` line (not a problem) says that this
+process cannot keep other users' owners on a local target: not root, and
+no ``CAP_CHOWN`` (as the systemd unit's service user holds), while the
+source holds files of another user; rsync then gives them the daemon's
+uid, as it does for any user who is not root.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import tempfile
 
 from syncsup import config as cfg
 from syncsup.paths import is_within
+from syncsup.privilege import can_access, can_chown
 from syncsup.rsync_probe import judge, sender_follows
 from syncsup.rsync_version import (
     MIN_TARGET,
@@ -37,6 +42,60 @@ __all__ = ["run_checks"]
 
 
 
+# How many entries of a source the owner warning looks at, at most: enough
+# for a tree of several users, and a bound on the time ``check`` spends.
+_OWNER_SCAN = 20000
+
+
+def _foreign_owner(source: str) -> tuple[str, int] | None:
+    """An entry of ``source`` (itself included) owned by a uid other than
+    ours, with that uid, among the first :data:`_OWNER_SCAN`; or None."""
+    me = os.geteuid()
+    try:
+        uid = os.lstat(source).st_uid
+    except OSError:
+        return None
+    if uid != me:
+        return source, uid
+    seen, stack = 0, [source]
+    while stack and seen < _OWNER_SCAN:
+        try:
+            with os.scandir(stack.pop()) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for entry in entries:
+            seen += 1
+            try:
+                uid = entry.stat(follow_symlinks=False).st_uid
+                if uid != me:
+                    return entry.path, uid
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+            except OSError:
+                continue
+    return None
+
+
+def owner_warning(sync: cfg.Sync) -> str | None:
+    """One line if the daemon, run as this process, would give other users'
+    files its own uid on ``sync``'s local targets; else None."""
+    if (can_chown() or sync.runs_commands or not sync.rsync.archive
+            or sync.rsync.chown is not None
+            or all(t.is_remote for t in sync.targets)):
+        return None
+    found = _foreign_owner(str(sync.source))
+    if found is None:
+        return None
+    path, uid = found
+    me = os.geteuid()
+    what = (f"such files get uid {me}" if me != 0
+            else "setting their owners fails (rsync exit 23)")
+    return (f"{sync.name}: {path} belongs to uid {uid}, but this process (uid {me}) has "
+            f"no CAP_CHOWN: on local targets {what} (run as root, or as the unit's service "
+            "user with its capabilities, to keep owners)")
+
+
 def _version(out: str) -> str:
     first = out.splitlines()[0] if out else ""
     parts = first.split()
@@ -48,7 +107,7 @@ def _local_target(sync: cfg.Sync, target: cfg.Target) -> list[str]:
     probe = path if os.path.isdir(path) else os.path.dirname(path.rstrip("/"))
     if not os.path.isdir(probe):
         return [f"{sync.name} -> {target.spec}: neither it nor its parent directory exists"]
-    if not os.access(probe, os.W_OK | os.X_OK):
+    if not can_access(probe, os.W_OK | os.X_OK):
         return [f"{sync.name} -> {target.spec}: {probe} is not writable"]
     real_src = os.path.realpath(sync.source)
     real_dst = os.path.realpath(path)
@@ -247,7 +306,7 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
         how = {False: "its sender does not follow a symlink raced into the source (probed)",
                True: "its sender follows a symlink raced into the source (probed)",
                None: "whether its sender follows a raced symlink could not be probed"
-                     + ("" if os.geteuid() == 0 else " (the probe needs root)")}
+                     + ("" if can_chown() else " (the probe needs root or CAP_CHOWN)")}
         report([], f"rsync {format_version(found)} (local): {how[probed[binary]]}")
     for sync in conf.syncs:
         binary = sync.rsync.binary
@@ -263,10 +322,13 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
             what = ("is not a directory (syncsup start refuses it)" if os.path.lexists(src)
                     else "does not exist (syncsup start waits for it, deleting nothing)")
             report([f"sync[{i}].source: {src} {what}"], "")
-        elif not os.access(src, os.R_OK | os.X_OK):
+        elif not can_access(src, os.R_OK | os.X_OK):
             report([f"{sync.name}: source {src} is not readable"], "")
         else:
             report([], f"{sync.name}: source {src}")
+            warning = owner_warning(sync)
+            if warning is not None:
+                out.append(f"warning: {warning}")
         if sync.runs_commands:
             for kind in ("on_create", "on_modify", "on_delete", "on_move", "on_startup"):
                 template = getattr(sync.commands, kind)

@@ -392,6 +392,9 @@ def cmd_unit(args: argparse.Namespace) -> int:
         return 1
     for path in written:
         print(f"wrote {path}")
+    note = unit.ensure_user(written[1])
+    if note is not None:
+        print(f"syncsup: {note}", file=sys.stderr)
     return 0
 
 
@@ -411,7 +414,11 @@ opens the sandbox to what that config needs: its local targets, log and
 status files, sources under /home, and an IP allow-list of its target hosts.
 With --output DIR (e.g. /etc/systemd/system) both are written there, the
 drop-in as syncsup@NAME.service.d/sandbox.conf (NAME: the config's file name
-without .toml). Exit 0, 1 if a file cannot be written, 78 for a bad config."""
+without .toml), and the sysusers.d file of the unit's user, syncsup, into
+/etc/sysusers.d (beside the unit for a DIR that is not the system's); as
+root, with that file in /etc/sysusers.d, a missing user is created with
+systemd-sysusers. Exit 0, 1 if a file cannot be written, 78 for a bad
+config."""
 
 
 def _add_config(p: argparse.ArgumentParser, help: str = "the config file (TOML)") -> None:

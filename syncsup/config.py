@@ -23,6 +23,7 @@ from typing import Any
 
 from syncsup import config_keys
 from syncsup.paths import is_within
+from syncsup.privilege import can_access, service_uid
 from syncsup.timings import TimingError, Timings
 
 __all__ = [
@@ -391,11 +392,17 @@ def _str_list(value: Any, key: str) -> tuple[str, ...]:
 
 def default_state_dir(name: str) -> Path:
     """Where the state of the config called ``name`` goes when it does not
-    say: ``/var/lib/syncsup/NAME`` for root, else under the user's
+    say: ``/var/lib/syncsup/NAME`` for root, and for the systemd unit's
+    service user (systemd names that directory in ``$STATE_DIRECTORY``, its
+    ``StateDirectory=syncsup/%i``), so that root's ``syncsup status`` finds
+    the service's daemon where it looks for its own; else under the user's
     ``$XDG_STATE_HOME`` (``~/.local/state``). Short on purpose: unix socket
     paths inside it are limited to 107 bytes."""
     if os.geteuid() == 0:
         return Path("/var/lib/syncsup") / name
+    for given in os.environ.get("STATE_DIRECTORY", "").split(":"):
+        if given and Path(given) == Path("/var/lib/syncsup") / name:
+            return Path(given)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "syncsup" / name
 
@@ -795,8 +802,16 @@ def _check_private_stat(st: os.stat_result, path: Path, key: str) -> None:
     if st.st_mode & 0o022:
         raise ConfigError(key, f"{path} is writable by other users (mode "
                           f"{stat.S_IMODE(st.st_mode):o}); chmod go-w it")
-    if not _owned_safely(st):
+    if not _owned_safely(st) and not _service_state(st, key):
         raise ConfigError(key, f"{path} belongs to uid {st.st_uid}, not to us or root")
+
+
+def _service_state(st: os.stat_result, key: str) -> bool:
+    """Root reading the config of the unit's daemon, which runs as the
+    service user in the state directory systemd made for it: root trusts
+    that account (its own unit runs it), so its state_dir is accepted."""
+    return (key == "settings.state_dir" and os.geteuid() == 0
+            and st.st_uid == service_uid())
 
 
 def check_private(path: Path, key: str) -> None:
@@ -959,7 +974,8 @@ def check_output_files(conf: Config) -> None:
             problem = f"{path}: {parent} is not a directory"
         elif path.is_dir():
             problem = f"{path} is a directory"
-        elif not os.access(parent, os.W_OK | os.X_OK):
+        # by capability too: the unit's service user writes root's /var/log
+        elif not can_access(parent, os.W_OK | os.X_OK):
             problem = f"{path}: its directory {parent} is not writable"
         else:
             continue

@@ -42,8 +42,8 @@ def _k(names: str, type_: str, meaning: str, default: str | None = None) -> Key:
 SETTINGS = (
     _k("state_dir", "path", """lock, sockets and the journal. Created mode 0700. Keep it
        short: unix socket paths are limited to 107 bytes.""",
-       "`/var/lib/syncsup/<config name>` as root, else "
-       "`$XDG_STATE_HOME/syncsup/<config name>`"),
+       "`/var/lib/syncsup/<config name>` as root and for the systemd unit's user "
+       "(its `StateDirectory=`), else `$XDG_STATE_HOME/syncsup/<config name>`"),
     _k("log_level", "string", """`debug`, `info`, `warning` or `error`. `info` logs one
        line per transfer; `debug` adds the rsync argv."""),
     _k("log_file", "path", """also append every log line to this file (stderr is always

@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 
 from syncsup.config import ConfigError, Target
+from syncsup.privilege import can_access
 
 __all__ = ["check_password_file", "daemon_target", "rsync_url"]
 
@@ -77,5 +78,6 @@ def check_password_file(path: Path, key: str) -> None:
     if os.geteuid() == 0 and st.st_uid != 0:
         raise ConfigError(key, f"{path} belongs to uid {st.st_uid}; running as root, rsync "
                           "refuses a password file not owned by root")
-    if not os.access(path, os.R_OK):
+    # by capability too: the unit's service user reads root's 0600 file
+    if not can_access(path, os.R_OK):
         raise ConfigError(key, f"{path}: permission denied")

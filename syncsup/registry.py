@@ -11,7 +11,8 @@ lists the entries whose daemon runs; ``status NAME``, ``stop NAME`` and the
 other commands take a NAME instead of a config path.
 
 The directory: ``$SYNCSUP_RUNTIME_DIR`` if set, else ``/run/syncsup`` for
-root (the unit's ``RuntimeDirectory=syncsup``), else
+root and for the unit's service user (the unit's ``RuntimeDirectory=syncsup``,
+which systemd names in ``$RUNTIME_DIRECTORY``), else
 ``$XDG_RUNTIME_DIR/syncsup`` (or, with no such variable,
 ``$XDG_STATE_HOME/syncsup/run``). Mode 0700: only the
 user whose daemons they are can talk to them anyway.
@@ -35,6 +36,9 @@ def registry_dir() -> Path:
         return Path(override)
     if os.geteuid() == 0:
         return Path("/run/syncsup")
+    for given in os.environ.get("RUNTIME_DIRECTORY", "").split(":"):
+        if given and Path(given) == Path("/run/syncsup"):
+            return Path(given)  # the unit's service user: where root's CLI looks
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / "syncsup"

@@ -22,8 +22,9 @@ transfer root refusing another user's symlinks (rsync 3.5.0's
 it. A control file listed beside it must arrive, or the probe tells
 nothing. So the answer is the same on every run, right for a patched 3.2.7
 and for a 3.5.0 built without the fix alike. Planting another user's
-symlink needs root (``lchown``); a daemon not running as root gets "could
-not be probed". ``check`` and start share the probe and its cache (one run
+symlink needs ``CAP_CHOWN`` (``lchown``): root has it, and so does the
+systemd unit's service user; a daemon without it gets "could not be
+probed". ``check`` and start share the probe and its cache (one run
 per rsync binary, keyed by its path, inode, size and mtime).
 
 The judgement (:func:`foreign_writer`): a directory of the source writable
@@ -44,14 +45,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from syncsup.privilege import can_chown
 from syncsup.rsync_version import binary_identity
 
 __all__ = ["Verdict", "foreign_writer", "judge", "sender_follows"]
 
 _OUTSIDE = b"OUTSIDE!"
 _CONTROL = b"control\n"
-# The owner of the planted symlink: anyone but root and the daemon's user.
-_STRANGER = 65534
+# The owner of the planted symlink: anyone but root and the daemon's user
+# (the second when the daemon runs as the first).
+_STRANGERS = (65534, 65533)
 
 _cache: dict[tuple[object, ...], bool | None] = {}
 
@@ -77,8 +80,9 @@ _SAFE_TMP = "/tmp"
 
 
 def _probe(binary: str, timeout: float) -> bool | None:
-    if os.geteuid() != 0:
+    if not can_chown():
         return None
+    stranger = next(u for u in _STRANGERS if u != os.geteuid())
     # In /tmp (sticky, root's), never $TMPDIR: as root, a directory made
     # inside one that another user owns could be renamed away by that user
     # and a symlink put in its place, sending root's writes elsewhere.
@@ -91,7 +95,7 @@ def _probe(binary: str, timeout: float) -> bool | None:
         (outside / "secret").write_bytes(_OUTSIDE)
         os.symlink(outside, src / "dir")
         try:
-            os.lchown(src / "dir", _STRANGER, _STRANGER)
+            os.lchown(src / "dir", stranger, stranger)
         except OSError:
             # e.g. root of a user namespace that maps no such user (EINVAL):
             # another user's symlink cannot be made here, so no answer
@@ -173,7 +177,7 @@ def judge(binary: str, follows: bool | None, source: Path, strict: bool) -> Verd
         return Verdict()
     what = ("follows a symlink raced into a parent directory of the source (probed)"
             if follows else "could not be probed for following a symlink raced into the "
-            "source" + ("" if os.geteuid() == 0 else " (the probe needs root)"))
+            "source" + ("" if can_chown() else " (the probe needs root or CAP_CHOWN)"))
     if strict:
         return Verdict(refuse=f"{binary} {what}; settings.strict_rsync = true refuses it: "
                               "use an rsync whose sender does not follow (rsync 3.5.0 or a "

@@ -29,10 +29,20 @@ import sysconfig
 from pathlib import Path
 
 from syncsup import config as cfg
+from syncsup import privilege
 
-__all__ = ["UNIT_NAME", "documentation", "dropin", "find_binary", "render_unit", "write_files"]
+__all__ = ["SYSUSERS", "UNIT_NAME", "documentation", "dropin", "ensure_user", "find_binary",
+           "render_unit", "sysusers_dir", "write_files"]
 
 UNIT_NAME = "syncsup@.service"
+SYSUSERS_NAME = "syncsup.conf"
+# The unit's User=: a system account with no login, its home the state
+# directory (ssh looks there for what it does not find in /etc/ssh).
+SYSUSERS = f"""\
+# The system user syncsup@.service runs as. Written by `syncsup unit`;
+# systemd-sysusers creates it (at boot, or when run with this file).
+u {privilege.SERVICE_USER} - "syncsup live mirror" /var/lib/syncsup /usr/sbin/nologin
+"""
 DEFAULT_BINARY = "/usr/local/bin/syncsup"
 # Where the unit's sandbox hides or freezes files: a path under one of these
 # needs a drop-in line before the daemon can use it.
@@ -69,10 +79,15 @@ RestartSec=5
 # 78 = configuration error: restarting cannot fix it.
 RestartPreventExitStatus=78
 
-# Sandbox. Root, because mirroring owners (chown) and reading every user's
-# files need it, but with only the capabilities that takes; the state in
-# /var/lib/syncsup is writable, the rest of the system read-only, home
-# directories hidden (the drop-in opens what a config names).
+# Sandbox. A system user, not root (`syncsup unit` writes the sysusers.d
+# file that creates it), holding as ambient capabilities exactly what
+# mirroring every user's files takes: reading past permissions, writing
+# local targets, setting others' owners (chown), modes and setgid bits. The
+# state in /var/lib/syncsup is writable, the rest of the system read-only,
+# home directories hidden (the drop-in opens what a config names).
+User=syncsup
+Group=syncsup
+AmbientCapabilities=CAP_CHOWN CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_FSETID
 StateDirectory=syncsup/%i
 StateDirectoryMode=0700
 # /run/syncsup: where each daemon records itself for `syncsup status`
@@ -312,14 +327,52 @@ def _write(path: Path, text: str) -> None:
         raise
 
 
+def sysusers_dir(units: Path) -> Path:
+    """Where the sysusers.d file goes for units written into ``units``: the
+    system's directory for the system's unit directories, else beside the
+    unit (for the operator to install)."""
+    real = os.path.realpath(units)
+    if real == "/etc/systemd/system":
+        return Path("/etc/sysusers.d")
+    if real in ("/usr/lib/systemd/system", "/lib/systemd/system"):
+        return Path("/usr/lib/sysusers.d")
+    return units
+
+
+def ensure_user(sysusers: Path) -> str | None:
+    """Create the service user from ``sysusers`` (``systemd-sysusers``) if it
+    does not exist yet, when that file is in the system's sysusers.d and we
+    are root; a line to print, or None if the user exists. Elsewhere, the
+    line says what to run."""
+    if privilege.service_uid() is not None:
+        return None
+    manual = (f"create the service user before starting the unit: systemd-sysusers "
+              f"{sysusers} (or useradd --system --user-group --home-dir /var/lib/syncsup "
+              f"--shell /usr/sbin/nologin {privilege.SERVICE_USER})")
+    tool = shutil.which("systemd-sysusers")
+    system = str(sysusers.parent) in ("/etc/sysusers.d", "/usr/lib/sysusers.d")
+    if not system or tool is None or os.geteuid() != 0:
+        return manual
+    r = subprocess.run([tool, str(sysusers)], capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL, check=False)
+    if r.returncode != 0 or privilege.service_uid() is None:
+        return f"{tool} failed ({r.stderr.strip() or r.returncode}): {manual}"
+    return f"created the service user {privilege.SERVICE_USER} ({sysusers})"
+
+
 def write_files(directory: Path, unit: str, conf: cfg.Config | None) -> list[Path]:
-    """Write the unit (and ``conf``'s drop-in) into ``directory``; the paths
-    written."""
+    """Write the unit, the sysusers.d file of its user (see
+    :func:`sysusers_dir`) and ``conf``'s drop-in into ``directory``; the
+    paths written."""
     written = [directory / UNIT_NAME]
     _write(written[0], unit)
+    users = sysusers_dir(directory)
+    users.mkdir(mode=0o755, exist_ok=True)
+    written.append(users / SYSUSERS_NAME)
+    _write(written[-1], SYSUSERS)
     if conf is not None:
         sub = directory / f"syncsup@{conf.path.stem}.service.d"
         sub.mkdir(mode=0o755, exist_ok=True)
         written.append(sub / "sandbox.conf")
-        _write(written[1], dropin(conf))
+        _write(written[-1], dropin(conf))
     return written

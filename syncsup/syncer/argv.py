@@ -38,6 +38,7 @@ import dataclasses
 import shlex
 
 from syncsup.config import Sync, Target, rule_file_lines
+from syncsup.privilege import super_receiver
 from syncsup.syncer.plan import Step
 
 __all__ = ["DAEMON_CONNECT_TIMEOUT", "SSH_DEFAULTS", "daemon_options", "expand_rule_files",
@@ -136,6 +137,11 @@ def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: 
         # syncsup-target refuses device files (a device node written inside
         # ROOT would open the host's disks to its local users).
         argv.insert(2, "--no-devices")
+    if opts.archive and not target.is_remote and super_receiver():
+        # A local receiver running as a service user with CAP_CHOWN: rsync
+        # keeps owners only as uid 0 or with --super. Never towards a remote
+        # login, whose rsync would fail on every chown (rc 23).
+        argv.insert(2, "--super")
     # Times exact to the nanosecond: by default rsync takes times within the
     # same second as equal, and leaves a directory's time stale.
     argv += ["--modify-window=-1"]

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from syncsup.dirfd import DIR_FLAGS, open_below, split_path
 from syncsup.paths import is_within
+from syncsup.privilege import can_chown
 
 __all__ = ["Applier", "ApplyError", "Attrs", "Clear", "Protection", "split_path"]
 
@@ -145,7 +146,10 @@ class Applier:
         self.protection = protection or Protection()
         self.proc_fd = proc_fd
         self.clear = clear or Clear()
-        self.privileged = os.geteuid() == 0
+        # Sets any owner: root, or the unit's service user, which holds
+        # CAP_CHOWN without being uid 0 (decided by capability, as the kernel
+        # does).
+        self.privileged = can_chown()
         self.unnamed = True  # O_TMPFILE until the filesystem or the kernel says no
         self.touched: set[bytes] = set()  # directories written into, made durable by commit()
         self.pending: list[int] = []      # files written, made durable by commit()

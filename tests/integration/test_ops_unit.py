@@ -28,8 +28,10 @@ MAN_DOCS = "man:syncsup(1) man:syncsup.toml(5)"
 # `systemd-analyze security --offline=yes` of the unit as shipped, and of an
 # instance with the drop-in `syncsup unit --config` writes for a config whose
 # targets are local or on loopback (its IP allow-list: localhost only)
-MAX_EXPOSURE = 2.2
-MAX_EXPOSURE_WITH_DROPIN = 2.0
+MAX_EXPOSURE = 1.9
+MAX_EXPOSURE_WITH_DROPIN = 1.8
+MIRROR_CAPS = {"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER",
+               "CAP_FSETID"}
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                    reason="systemd-analyze is not installed")
 
@@ -89,6 +91,10 @@ def test_unit_file_settings():
     assert _one(svc, "Restart") == "on-failure"
     assert "78" in " ".join(svc.get("RestartPreventExitStatus", [])).split()
     assert _one(svc, "ProtectSystem") in ("strict", "full", "yes", "true")
+    # a system user, not root, holding exactly what mirroring owners takes
+    assert _one(svc, "User") == "syncsup" and "DynamicUser" not in svc
+    assert set(_one(svc, "AmbientCapabilities").split()) == MIRROR_CAPS
+    assert set(_one(svc, "CapabilityBoundingSet").split()) == MIRROR_CAPS
     assert _true(_one(svc, "PrivateTmp"))
     assert _true(_one(svc, "NoNewPrivileges"))
     assert any(v.strip() for v in svc.get("ReadWritePaths", [])), "ReadWritePaths= is missing"
@@ -145,6 +151,16 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path):
         )
         other = [ln for ln in out.splitlines() if "syncsup" in ln and INSTALLED_BINARY not in ln]
         assert not other, "systemd-analyze found other problems:\n" + "\n".join(other)
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _exposure(unit: Path, cwd: Path) -> float:
@@ -209,7 +225,13 @@ def test_unit_command_from_a_venv(tmp_path, src, dst, sshd):
                        stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stdout + r.stderr
     unit_file, dropin = units / "syncsup@.service", units / "syncsup@www.service.d/sandbox.conf"
-    assert r.stdout.split() == ["wrote", str(unit_file), "wrote", str(dropin)], r.stdout
+    users = units / "syncsup.conf"  # not the system's unit directory: beside the unit
+    assert r.stdout.split() == ["wrote", str(unit_file), "wrote", str(users),
+                                "wrote", str(dropin)], r.stdout
+    assert users.read_text().splitlines()[-1].split()[:2] == ["u", "syncsup"]
+    if not _has_user("syncsup"):  # not in /etc/sysusers.d: not created, the command named
+        assert f"systemd-sysusers {users}" in r.stderr, r.stderr
+        assert not _has_user("syncsup")
     svc = parse_unit(unit_file.read_text())
     assert _one(svc["Service"], "ExecStart").split()[0] == str(binary)
     docs = svc["Unit"]["Documentation"][-1].split()

@@ -112,3 +112,17 @@ def test_the_unit_hides_run_but_what_it_needs() -> None:
     bound = " ".join(_values(text, "BindReadOnlyPaths")).split()
     assert "-/run/systemd/notify" in bound
     assert _values(text, "RuntimeDirectory") == ["syncsup"]
+
+
+def test_the_sysusers_file_goes_where_systemd_reads_it(tmp_path: Path) -> None:
+    """The unit's User= comes with the sysusers.d line that creates it: in
+    the system's directory for the system's unit directories, else beside
+    the unit."""
+    assert unit.sysusers_dir(Path("/etc/systemd/system")) == Path("/etc/sysusers.d")
+    assert unit.sysusers_dir(Path("/usr/lib/systemd/system")) == Path("/usr/lib/sysusers.d")
+    assert unit.sysusers_dir(tmp_path) == tmp_path
+    line = unit.SYSUSERS.splitlines()[-1].split()
+    assert line[:2] == ["u", "syncsup"] and line[-2:] == ["/var/lib/syncsup",
+                                                          "/usr/sbin/nologin"]
+    user = [ln for ln in unit.TEMPLATE.splitlines() if ln.startswith("User=")]
+    assert user == ["User=syncsup"]
