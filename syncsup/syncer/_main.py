@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,15 +34,16 @@ from syncsup.backoff import Backoff
 from syncsup.child import ChildRuntime
 from syncsup.filters import RuleList
 from syncsup.logs import setup_logging
-from syncsup.processes import drain_fd, stop_group
+from syncsup.processes import drain_fd
 from syncsup.sockets import Reconnects, new_socket, receive, send
 from syncsup.sourceroot import root_problem
 from syncsup.statedir import StateDir
 from syncsup.status import StatusPart, TransferStatus, TransportStatus
-from syncsup.syncer.agents import Channel, unusable
-from syncsup.syncer.argv import expand_rule_files, rsync_argv, ssh_argv
-from syncsup.syncer.core import Key, Lanes, Masters, Phase, Process, done_message, summary
+from syncsup.syncer.agents import Channel, agent_use, watched_fds
+from syncsup.syncer.argv import expand_rule_files, rsync_argv
+from syncsup.syncer.core import Key, Lanes, Masters, Phase, done_message, summary
 from syncsup.syncer.deletions import receiver_takes_missing_args
+from syncsup.syncer.masters import SshMasters
 from syncsup.syncer.plan import Finished, Plan, Result, Step, StepKind
 from syncsup.syncer.prove import proven
 from syncsup.syncer.readonce import SHARED
@@ -56,7 +56,7 @@ from syncsup.syncer.steps import (
     rsync_names,
     source_empty,
 )
-from syncsup.syncer.transfer import Transfer, spawn
+from syncsup.syncer.transfer import Transfer
 
 __all__ = ["Slot", "Syncer", "main"]
 
@@ -92,25 +92,6 @@ class Slot:
         return (self.sync.name, self.index)
 
 
-class SshMasters:
-    """The real :class:`~.core.MasterPort`: ``ssh -M`` in its own process
-    group, ended with the step grace."""
-
-    def __init__(self, slots: dict[Key, Slot], grace: float) -> None:
-        self.slots, self.grace = slots, grace
-
-    def start(self, key: Key) -> Process:
-        slot = self.slots[key]
-        assert slot.control_path is not None
-        return spawn([*ssh_argv(slot.sync), "-M", "-N", "-o",
-                      f"ControlPath={slot.control_path}", "-o", "ControlPersist=no", "--",
-                      slot.target.login])
-
-    def stop(self, process: Process) -> None:
-        assert isinstance(process, subprocess.Popen)
-        stop_group(process, self.grace)
-
-
 class Syncer:
     def __init__(self, conf: cfg.Config) -> None:
         self.config_path = conf.path
@@ -130,16 +111,15 @@ class Syncer:
                 slot = self.slots[(sync.name, i)] = Slot(
                     sync, i, t, cp, rules=rules,
                     receiver=Receiver(receiver_takes_missing_args(sync, t)))
-                why = unusable(sync, t)
-                if why is None or (sync.moves_on_target and not t.is_daemon):
-                    slot.channel = Channel(sync, t, cp, self._agent_errfile(slot),
-                                           conf.timings, writes=why is None)
-                if why is not None and (i == 0 or t.is_daemon):
-                    renames = " but renames" if slot.channel is not None else ""
-                    log.info("%s: every change%s goes through rsync (%s)", sync.name, renames,
-                             why)
+                use = agent_use(sync, t)
+                if use.wanted:
+                    errfile = open(self.state.tmp / f"{sync.name}-{i}.agent.err", "w+b")  # noqa: SIM115
+                    slot.channel = Channel(sync, t, cp, errfile, conf.timings, writes=use.writes)
+                if use.why is not None and (i == 0 or t.is_daemon):
+                    log.info("%s: every change%s goes through rsync (%s)", sync.name,
+                             " but renames" if use.renames else "", use.why)
         self.lanes = Lanes(self.slots, conf.settings.max_processes)
-        self.masters = Masters(SshMasters(self.slots, conf.timings.step_stop_grace),
+        self.masters = Masters(SshMasters(self._master_of, conf.timings.step_stop_grace),
                                Backoff(conf.timings.master_retry, conf.timings.master_retry_cap),
                                conf.timings.master_retry_cap)
         for slot in self.slots.values():
@@ -148,8 +128,12 @@ class Syncer:
         self.agents = [s for s in self.slots.values()
                        if s.control_path is not None and s.channel is not None]
         self.files: dict[tuple[str, int], tuple[IO[bytes], IO[bytes]]] = {}
-        self.transfers = 0
         self.reconnects = Reconnects(self.monitor)
+
+    def _master_of(self, key: Key) -> tuple[cfg.Sync, cfg.Target, str]:
+        slot = self.slots[key]
+        assert slot.control_path is not None
+        return slot.sync, slot.target, slot.control_path
 
     # -- collator ------------------------------------------------------------------
 
@@ -183,9 +167,6 @@ class Syncer:
         if self.lanes.may_start(slot.key, agent=nxt.kind in AGENT_STEPS):
             self.start(slot, nxt)
 
-    def _agent_errfile(self, slot: Slot) -> IO[bytes]:
-        return open(self.state.tmp / f"{slot.sync.name}-{slot.index}.agent.err", "w+b")
-
     def _files(self, slot: Slot) -> tuple[IO[bytes], IO[bytes]]:
         key = (slot.sync.name, slot.index)
         if key not in self.files:
@@ -194,7 +175,7 @@ class Syncer:
         return self.files[key]
 
     def start(self, slot: Slot, step: Step) -> None:
-        """Start ``step`` (or, for renames on a local target, do it)."""
+        """Start ``step`` (an agent step on a local target is done at once)."""
         problem = root_problem(slot.sync.source)
         if problem is not None:
             # rsync would follow a symlink put at the root and mirror the
@@ -290,7 +271,6 @@ class Syncer:
         batch, plan = slot.batch, slot.plan
         assert batch is not None and plan is not None
         seconds = self.lanes.finish(slot.key, time.monotonic())
-        self.transfers += 1
         level, line = summary(slot.label, batch, end, moves_done=plan.moves_done,
                               sent=slot.sent, seconds=seconds)
         log.log(level, "%s", line)
@@ -319,16 +299,10 @@ class Syncer:
         return min(d for d in due if d is not None)
 
     def _poll_agents(self, poller: zmq.Poller, polled: dict[int, int]) -> dict[int, int]:
-        """Keep the poller watching the remote agents' pipes: stdout always,
-        stdin while there is something to write."""
-        wanted: dict[int, int] = {}
-        for slot in self.agents:
-            assert slot.channel is not None
-            rfd, wfd = slot.channel.fds()
-            if rfd is not None:
-                wanted[rfd] = zmq.POLLIN
-            if wfd is not None:
-                wanted[wfd] = zmq.POLLOUT
+        """Keep the poller watching the remote agents' pipes."""
+        reads, writes = watched_fds(s.channel for s in self.agents if s.channel is not None)
+        wanted: dict[int, int] = {**dict.fromkeys(reads, int(zmq.POLLIN)),
+                                  **dict.fromkeys(writes, int(zmq.POLLOUT))}
         for fd in polled.keys() - wanted.keys():
             poller.unregister(fd)
         for fd, flags in wanted.items():

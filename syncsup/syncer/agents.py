@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import IO
 
 from syncsup import config as cfg
@@ -34,7 +36,8 @@ from syncsup.syncer.plan import Result
 from syncsup.syncer.readonce import SHARED
 from syncsup.timings import Timings
 
-__all__ = ["MAX_PATHS_LOCAL", "MAX_PATHS_REMOTE", "Channel", "agent_command", "unusable"]
+__all__ = ["MAX_PATHS_LOCAL", "MAX_PATHS_REMOTE", "AgentUse", "Channel", "agent_command",
+           "agent_use", "unusable", "watched_fds"]
 
 # Past this many paths in a batch, one rsync is quicker than the agent: the
 # agent costs about 0.2 ms a path in Python (read, write, name, attributes),
@@ -75,6 +78,30 @@ def unusable(sync: cfg.Sync, target: cfg.Target | None = None) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class AgentUse:
+    """What a target's agent is for: ``writes`` (its sync's paths go to
+    it), ``renames`` (it replays the sync's renames); ``why`` the agent may
+    not write, if it may not."""
+
+    writes: bool
+    renames: bool
+    why: str | None
+
+    @property
+    def wanted(self) -> bool:
+        return self.writes or self.renames
+
+
+def agent_use(sync: cfg.Sync, target: cfg.Target) -> AgentUse:
+    """What ``target``'s agent is for. Renames depend on no rsync option:
+    every target of a mode that replays them has an agent for them, but an
+    rsync daemon's, which has none."""
+    why = unusable(sync, target)
+    return AgentUse(writes=why is None,
+                    renames=sync.moves_on_target and not target.is_daemon, why=why)
+
+
 def agent_command(target: cfg.Target, program: str) -> str:
     """The remote command that starts syncsup's agent for ``target``'s
     path: ``program`` for an unconfined login (``[sync.ssh]
@@ -83,6 +110,20 @@ def agent_command(target: cfg.Target, program: str) -> str:
     ``syncsup-target``."""
     program = "syncsup-target" if target.confined else program
     return f"{shlex.quote(program)} {shlex.quote(target.path)} agent"
+
+
+def watched_fds(channels: Iterable[Channel]) -> tuple[set[int], set[int]]:
+    """The remote sessions' pipes the poll loop watches: (to read: stdout,
+    always; to write: stdin, while there is something to write)."""
+    reads: set[int] = set()
+    writes: set[int] = set()
+    for channel in channels:
+        rfd, wfd = channel.fds()
+        if rfd is not None:
+            reads.add(rfd)
+        if wfd is not None:
+            writes.add(wfd)
+    return reads, writes
 
 
 class Channel:

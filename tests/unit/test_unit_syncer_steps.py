@@ -15,7 +15,7 @@ import pytest
 from syncsup.config import Mode, RsyncOptions, Sync, Target
 from syncsup.filters import RuleList
 from syncsup.proto import Batch, Changes
-from syncsup.syncer.agents import Channel, agent_command
+from syncsup.syncer.agents import Channel, agent_command, agent_use
 from syncsup.syncer.plan import Plan, Result, Step, StepKind
 from syncsup.syncer.steps import (
     Receiver,
@@ -317,3 +317,19 @@ def test_the_agent_command_quotes_and_a_confined_key_always_names_syncsup_target
     assert agent_command(weird, "/opt/my tools/syncsup-target") == (
         "'/opt/my tools/syncsup-target' '/d ir' agent")
     assert agent_command(CONFINED, "/opt/x") == "syncsup-target /dst agent"
+
+
+@pytest.mark.parametrize("mode,target,rsync,want", [
+    (Mode.RSYNC, REMOTE, {}, (True, False)),
+    (Mode.RSYNC, REMOTE, {"compress": True}, (False, False)),  # rsync does everything
+    (Mode.RSYNCSSH, REMOTE, {"compress": True}, (False, True)),  # renames still replayed
+    (Mode.RSYNCSSH, CONFINED, {}, (True, True)),
+    (Mode.DIRECT, LOCAL, {"extra": ("--inplace",)}, (False, True)),
+    (Mode.RSYNC, Target("h::m", "", host="h", module="m"), {}, (False, False)),
+])
+def test_what_a_targets_agent_is_for(mode: Mode, target: Target, rsync: dict[str, Any],
+                                     want: tuple[bool, bool]) -> None:
+    use = agent_use(sync_of(Path("/src"), target, mode=mode, rsync=RsyncOptions(**rsync)),
+                    target)
+    assert (use.writes, use.renames) == want and use.wanted == any(want)
+    assert (use.why is None) == use.writes
