@@ -267,11 +267,14 @@ class Channel:
         return self.remote
 
     def _lost(self, r: RemoteAgent, now: float) -> None:
-        """A session ended. One that never answered its hello, on a target
-        where no session ever did, means no agent there (not installed,
-        refused): rsync only, tried again later. Where one worked before it
-        was a lost connection: a new session soon."""
-        if not r.ready and not self.ever_ready:
+        """A session ended. One that never answered its hello, where the
+        target itself ended it (``syncsup-target`` not installed, refused),
+        or where no session ever worked and ssh's code is unknown, means no
+        agent there: rsync only, tried again later. A connection that failed
+        (ssh's 255, the client killed), or one lost where a session worked
+        before: a new session soon, then backing off."""
+        transient = r.exit_code is not None and not r.answered
+        if not r.ready and (r.answered or (not self.ever_ready and not transient)):
             if not self.told:  # once, not at every try
                 log.warning("%s: no agent there (%s); rsync does everything, the agent is "
                             "tried again in %.0f minutes; %s", self.label, r.dead,

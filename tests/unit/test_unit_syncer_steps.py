@@ -234,8 +234,10 @@ def test_an_agent_that_may_not_write_still_renames(tmp_path: Path) -> None:
 class FakeSession:
     """What Channel asks of a remote session."""
 
-    def __init__(self, *, ready: bool, dead: str | None, result: Result | None) -> None:
+    def __init__(self, *, ready: bool, dead: str | None, result: Result | None,
+                 exit_code: int | None = None) -> None:
         self.ready, self.dead, self._result = ready, dead, result
+        self.exit_code = exit_code
         self.steps: list[list[dict[str, Any]]] = []
         self.closed = False
 
@@ -253,6 +255,10 @@ class FakeSession:
 
     def close(self) -> None:
         self.closed = True
+
+    @property
+    def answered(self) -> bool:
+        return self.exit_code is not None and 0 <= self.exit_code < 255
 
 
 def remote_channel(tmp_path: Path, session: FakeSession, **kw: Any) -> Channel:
@@ -288,7 +294,8 @@ def test_a_session_that_never_answered_renamed_nothing(tmp_path: Path,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     """Its batch is retried; the target has no agent for now (said once,
     with the remedy), so the retry plans no replay: a delete and a create."""
-    s = FakeSession(ready=False, dead="sh: 1: syncsup-target: not found", result=Result(255))
+    s = FakeSession(ready=False, dead="sh: 1: syncsup-target: not found", result=Result(255),
+                    exit_code=127)
     ch = remote_channel(tmp_path, s, writes=False)
     ch.rename([(b"a", b"b")], 0.0)
     with caplog.at_level(logging.WARNING, "syncsup.syncer"):
@@ -296,7 +303,7 @@ def test_a_session_that_never_answered_renamed_nothing(tmp_path: Path,
         assert got is not None and got.rc == 255
         assert not ch.available(2.0)
         ch.off_until = 0.0  # the retry period is over, and the agent is still missing
-        s2 = FakeSession(ready=False, dead="not found", result=Result(255))
+        s2 = FakeSession(ready=False, dead="not found", result=Result(255), exit_code=127)
         ch.remote = s2  # type: ignore[assignment]
         ch.read_ready(3.0)
     lines = [r.getMessage() for r in caplog.records if "no agent there" in r.getMessage()]
@@ -333,3 +340,21 @@ def test_what_a_targets_agent_is_for(mode: Mode, target: Target, rsync: dict[str
                     target)
     assert (use.writes, use.renames) == want and use.wanted == any(want)
     assert (use.why is None) == use.writes
+
+
+@pytest.mark.parametrize("exit_code", [255, -9])
+def test_a_target_not_reached_is_not_one_without_an_agent(exit_code: int, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    """ssh's 255 (the host down, the login refused) or a killed client:
+    the target said nothing about its agent. No "install syncsup-target"
+    then, and a new session is tried at once, then backing off."""
+    s = FakeSession(ready=False, dead="ssh: connect to host h: Connection refused",
+                    result=Result(255), exit_code=exit_code)
+    ch = remote_channel(tmp_path, s)
+    ch.rename([(b"a", b"b")], 0.0)
+    with caplog.at_level(logging.INFO, "syncsup.syncer"):
+        got = ch.poll(1.0)
+    assert got is not None and got.rc == 255  # nothing renamed: the batch is retried
+    assert "no agent there" not in caplog.text and "ended before it started" in caplog.text
+    assert ch.available(1.0)  # the first restart is immediate
