@@ -62,8 +62,6 @@ __all__ = ["Slot", "Syncer", "main"]
 
 log = logging.getLogger("syncsup.syncer")
 
-AGENT_STEPS = (StepKind.AGENT, StepKind.MOVES)  # steps the target's agent runs: no process
-
 
 @dataclass
 class Slot:
@@ -164,7 +162,7 @@ class Syncer:
             self.finish(slot, nxt)
             return
         slot.step = nxt
-        if self.lanes.may_start(slot.key, agent=nxt.kind in AGENT_STEPS):
+        if self.lanes.may_start(slot.key, agent=nxt.by_agent):
             self.start(slot, nxt)
 
     def _files(self, slot: Slot) -> tuple[IO[bytes], IO[bytes]]:
@@ -193,7 +191,7 @@ class Syncer:
     def _start(self, slot: Slot, step: Step) -> None:
         assert slot.batch is not None and slot.plan is not None
         changes = slot.batch.changes
-        if step.kind in AGENT_STEPS:
+        if step.by_agent:
             assert slot.channel is not None
             now = time.monotonic()
             done = (slot.channel.rename(list(step.renames), now) if step.kind is StepKind.MOVES

@@ -90,6 +90,12 @@ class Step:
     empty_guard: bool = False
     renames: tuple[tuple[bytes, bytes], ...] = ()  # a moves step: (from, to) to replay
 
+    @property
+    def by_agent(self) -> bool:
+        """Run by the target's agent (no process of its own: it neither
+        counts against ``max_processes`` nor waits for a free transfer)."""
+        return self.kind in (StepKind.AGENT, StepKind.MOVES)
+
 
 @dataclass(frozen=True)
 class Result:

@@ -358,3 +358,7 @@ def test_a_target_not_reached_is_not_one_without_an_agent(exit_code: int, tmp_pa
     assert got is not None and got.rc == 255  # nothing renamed: the batch is retried
     assert "no agent there" not in caplog.text and "ended before it started" in caplog.text
     assert ch.available(1.0)  # the first restart is immediate
+
+
+def test_only_agent_and_moves_steps_run_by_the_agent() -> None:
+    assert {k for k in StepKind if Step(k).by_agent} == {StepKind.AGENT, StepKind.MOVES}
