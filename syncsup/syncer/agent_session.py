@@ -65,6 +65,10 @@ class LocalAgent:
     def apply(self, ops: list[dict[str, Any]]) -> Result:
         """Apply ``ops`` now. Paths whose operation failed are handed back
         for rsync (which repairs or reports them)."""
+        if self.applier is not None and not self._same_root(self.applier):
+            # the target directory was replaced (or removed) since it was
+            # opened: the descriptor leads to a directory no one sees
+            self.close()
         if self.applier is None:
             try:
                 self.applier = Applier.open(self.root)
@@ -81,6 +85,15 @@ class LocalAgent:
                 elif op["op"] == "commit":
                     return Result(rc=1, error=f"commit failed: {reply.get('error')}")
         return Result(rc=0, fallback=tuple(failed))
+
+    def _same_root(self, applier: Applier) -> bool:
+        """Is the directory held open still the one at the target's path?
+        (One stat a step: the path is the user's, the descriptor ours.)"""
+        try:
+            now, held = os.stat(self.root), os.fstat(applier.root_fd)
+        except OSError:
+            return False
+        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
     def close(self) -> None:
         if self.applier is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -362,3 +363,21 @@ def test_a_target_not_reached_is_not_one_without_an_agent(exit_code: int, tmp_pa
 
 def test_only_agent_and_moves_steps_run_by_the_agent() -> None:
     assert {k for k in StepKind if Step(k).by_agent} == {StepKind.AGENT, StepKind.MOVES}
+
+
+def test_a_local_target_replaced_while_held_open_is_opened_again(tmp_path: Path) -> None:
+    """The channel keeps the target directory open between batches; one
+    replaced since (a new disk mounted there, the directory made again)
+    must get the renames, not the old directory that no one sees."""
+    dst = tmp_path / "dst"
+    (dst / "a").mkdir(parents=True)
+    ch = channel(Target(str(dst), str(dst)), tmp_path, writes=False)
+    assert ch.rename([(b"a", b"b")], 0.0) == Result(0) and (dst / "b").is_dir()
+    dst.rename(tmp_path / "old")
+    (dst / "c").mkdir(parents=True)
+    assert ch.rename([(b"c", b"d")], 1.0) == Result(0)
+    assert (dst / "d").is_dir() and not (dst / "c").exists()
+    shutil.rmtree(dst)  # gone: an error for this step (the transfers make the directory)
+    got = ch.rename([(b"d", b"e")], 2.0)
+    assert got is not None and got.rc == 1 and not (tmp_path / "old" / "e").exists()
+    ch.close()
