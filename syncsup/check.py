@@ -4,7 +4,9 @@ without changing anything.
 It validates the config, then checks that each source is a readable
 directory, that rsync runs locally, and for every target that it can be
 reached (ssh with the sync's own options), runs rsync (with its version) and
-is writable; for an rsync daemon's module, that it answers, lets the
+is writable, and for a mode that replays renames (``rsyncssh``) that
+``syncsup-target`` runs there (renames go only through its agent); for an
+rsync daemon's module, that it answers, lets the
 sync's user in and is not read only. The local rsync's sender is probed
 for following a symlink raced into the source, and judged against who can
 write in each source.
@@ -221,6 +223,18 @@ def _remote_target(sync: cfg.Sync, target: cfg.Target, timeout: float
                 "for this target"], version
     if "WRITABLE" not in probe.stdout:
         return [f"{name}: {target.path} is not writable"], version
+    if sync.moves_on_target:
+        # renames are replayed only by the agent: without it, each is a
+        # delete and a create (the data sent again)
+        program = sync.ssh.target_command
+        agent = remote(f"{shlex.quote(program)} --version")
+        if isinstance(agent, str):
+            return [agent], version
+        if not agent.stdout.startswith("syncsup-target"):
+            return [f"{name}: {program} does not run on {target.host}, so renames cannot be "
+                    "replayed there (each travels as a delete and a create): install "
+                    f"syncsup-target on {target.host} (pip install syncsup) or set "
+                    "[sync.ssh] target_command"], version
     return [], version
 
 

@@ -86,8 +86,11 @@ SYNC = (
        there is a config error (give the directory it names); see docs/status.md, "The
        source root".""", "required"),
     _k("mode", "string", """`rsync`: everything by rsync (local or over ssh). `rsyncssh`:
-       remote targets; renames are replayed on the target over ssh (no data resent), content
-       by rsync. `direct`: local targets; renames replayed with rename(2), content by rsync.
+       remote targets; renames are replayed on the target by syncsup's agent over ssh (no
+       data resent; `syncsup-target` must be installed there, see `[sync.ssh]
+       target_command`, else each rename is a delete and a create, and the log and `check`
+       say so), content by rsync. `direct`: local targets; renames replayed with rename(2),
+       content by rsync.
        In both, a rename with an excluded end is not replayed: into an excluded name it
        deletes the old name, out of one it creates the new one, as rsync does. `command`:
        run your own actions (below)."""),

@@ -1,7 +1,13 @@
 """The syncer process: one slot per target of every sync, each running at
 most one step of one batch at a time, as decided by its :class:`Plan`.
-Which slot may take a batch or start a transfer, and when an ssh master is
-started again, is decided in ``core.py``; this loop does the I/O.
+
+This loop only does the I/O: it receives batches, spawns steps, polls them
+and the agents, and sends DONEs. Every decision is made elsewhere, from
+what it observed: which slot may take a batch or start a transfer, and
+when an ssh master is started again, in ``core.py``; a batch's plan, the
+names a step sends and what a result says, in ``steps.py``; what a result
+means for the batch, in ``plan.py`` (:meth:`Plan.advance`, called only from
+:meth:`Syncer.settle`).
 
 Single-threaded: children are polled, never waited on, so one hung transfer
 cannot stall the other targets, the heartbeats or a stop request; SIGCHLD
@@ -12,15 +18,11 @@ leaves a transfer behind.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import stat
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO
 
 import msgpack
@@ -32,27 +34,29 @@ from syncsup.backoff import Backoff
 from syncsup.child import ChildRuntime
 from syncsup.filters import RuleList
 from syncsup.logs import setup_logging
-from syncsup.processes import drain_fd, stop_group
+from syncsup.processes import drain_fd
 from syncsup.sockets import Reconnects, new_socket, receive, send
 from syncsup.sourceroot import root_problem
 from syncsup.statedir import StateDir
 from syncsup.status import StatusPart, TransferStatus, TransportStatus
-from syncsup.syncer.agents import Channel, unusable
-from syncsup.syncer.argv import expand_rule_files, rsync_argv, ssh_argv
-from syncsup.syncer.core import Key, Lanes, Masters, Phase, Process, done_message, summary
-from syncsup.syncer.deletions import receiver_takes_missing_args, with_contents
-from syncsup.syncer.moves import (
-    agent_command,
-    agent_requests,
-    local_renames,
-    remote_rename_command,
-    replayable,
-    retyped_parents,
-)
+from syncsup.syncer.agents import Channel, agent_use, watched_fds
+from syncsup.syncer.argv import expand_rule_files, rsync_argv
+from syncsup.syncer.core import Key, Lanes, Masters, Phase, done_message, summary
+from syncsup.syncer.deletions import receiver_takes_missing_args
+from syncsup.syncer.masters import SshMasters
 from syncsup.syncer.plan import Finished, Plan, Result, Step, StepKind
-from syncsup.syncer.prove import nothing_to_prove, proven
+from syncsup.syncer.prove import proven
 from syncsup.syncer.readonce import SHARED
-from syncsup.syncer.transfer import Transfer, spawn
+from syncsup.syncer.steps import (
+    Receiver,
+    agent_names,
+    files_from,
+    interpret,
+    plan_batch,
+    rsync_names,
+    source_empty,
+)
+from syncsup.syncer.transfer import Transfer
 
 __all__ = ["Slot", "Syncer", "main"]
 
@@ -73,9 +77,9 @@ class Slot:
     step: Step | None = None
     transfer: Transfer | None = None
     sent: int = 0
-    channel: Channel | None = None  # the target's agent, if the sync can use one
+    channel: Channel | None = None  # the target's agent: for writes, renames or both
     rules: RuleList = field(default_factory=RuleList)
-    missing_args: bool = True  # the receiver takes --delete-missing-args
+    receiver: Receiver = field(default_factory=Receiver)
 
     @property
     def label(self) -> str:
@@ -84,72 +88,6 @@ class Slot:
     @property
     def key(self) -> Key:
         return (self.sync.name, self.index)
-
-
-class SshMasters:
-    """The real :class:`~.core.MasterPort`: ``ssh -M`` in its own process
-    group, ended with the step grace."""
-
-    def __init__(self, slots: dict[Key, Slot], grace: float) -> None:
-        self.slots, self.grace = slots, grace
-
-    def start(self, key: Key) -> Process:
-        slot = self.slots[key]
-        assert slot.control_path is not None
-        return spawn([*ssh_argv(slot.sync), "-M", "-N", "-o",
-                      f"ControlPath={slot.control_path}", "-o", "ControlPersist=no", "--",
-                      slot.target.login])
-
-    def stop(self, process: Process) -> None:
-        assert isinstance(process, subprocess.Popen)
-        stop_group(process, self.grace)
-
-
-def _names(paths: list[bytes]) -> bytes:
-    """The ``--files-from`` list. Every name gets a ``./`` prefix: rsync
-    skips list entries starting with ``#`` or ``;`` as comments, even with
-    ``--from0``, and ``./`` is harmless for every other name."""
-    return b"".join((b"./" + p if p else b".") + b"\0" for p in paths)
-
-
-def _nearest_sendable(root: bytes, paths: list[bytes]) -> list[bytes]:
-    """Replace each path whose parent is no longer a directory in the source
-    by its first ancestor that is not one (a file, a symlink, or gone).
-
-    rsync fails on ``a/b`` when ``a`` became a file ("Not a directory", exit
-    23, retried forever); sending ``a`` itself is what the target needs: it
-    replaces the old directory (``--force``) or deletes it. (A symlinked
-    ``a`` is never followed either way: rsync's sender refuses symlinks in
-    parent components.)"""
-    is_dir: dict[bytes, bool] = {b"": True}
-    out: dict[bytes, None] = {}
-    for path in paths:
-        parts = path.split(b"/")
-        prefix = b""
-        chosen = path
-        for part in parts[:-1]:
-            prefix = prefix + b"/" + part if prefix else part
-            known = is_dir.get(prefix)
-            if known is None:
-                try:
-                    known = stat.S_ISDIR(os.lstat(os.path.join(root, prefix)).st_mode)
-                except OSError:
-                    known = False
-                is_dir[prefix] = known
-            if not known:
-                chosen = prefix
-                break
-        out[chosen] = None
-    return list(out)
-
-
-def _empty(source: Path) -> bool:
-    """True if the source root has no entries (or is not there at all)."""
-    try:
-        with os.scandir(source) as it:
-            return next(it, None) is None
-    except OSError:
-        return True
 
 
 class Syncer:
@@ -168,16 +106,18 @@ class Syncer:
             rules = RuleList(sync)
             for i, t in enumerate(sync.targets):
                 cp = self.state.control_path(sync.name, i) if t.over_ssh else None
-                slot = self.slots[(sync.name, i)] = Slot(sync, i, t, cp, rules=rules)
-                why = unusable(sync, t)
-                if why is None:
-                    slot.channel = Channel(sync, t, cp, self._agent_errfile(slot),
-                                           conf.timings)
-                elif i == 0 or t.is_daemon:
-                    log.info("%s: every change goes through rsync (%s)", sync.name, why)
-                slot.missing_args = receiver_takes_missing_args(sync, t)
+                slot = self.slots[(sync.name, i)] = Slot(
+                    sync, i, t, cp, rules=rules,
+                    receiver=Receiver(receiver_takes_missing_args(sync, t)))
+                use = agent_use(sync, t)
+                if use.wanted:
+                    errfile = open(self.state.tmp / f"{sync.name}-{i}.agent.err", "w+b")  # noqa: SIM115
+                    slot.channel = Channel(sync, t, cp, errfile, conf.timings, writes=use.writes)
+                if use.why is not None and (i == 0 or t.is_daemon):
+                    log.info("%s: every change%s goes through rsync (%s)", sync.name,
+                             " but renames" if use.renames else "", use.why)
         self.lanes = Lanes(self.slots, conf.settings.max_processes)
-        self.masters = Masters(SshMasters(self.slots, conf.timings.step_stop_grace),
+        self.masters = Masters(SshMasters(self._master_of, conf.timings.step_stop_grace),
                                Backoff(conf.timings.master_retry, conf.timings.master_retry_cap),
                                conf.timings.master_retry_cap)
         for slot in self.slots.values():
@@ -186,8 +126,12 @@ class Syncer:
         self.agents = [s for s in self.slots.values()
                        if s.control_path is not None and s.channel is not None]
         self.files: dict[tuple[str, int], tuple[IO[bytes], IO[bytes]]] = {}
-        self.transfers = 0
         self.reconnects = Reconnects(self.monitor)
+
+    def _master_of(self, key: Key) -> tuple[cfg.Sync, cfg.Target, str]:
+        slot = self.slots[key]
+        assert slot.control_path is not None
+        return slot.sync, slot.target, slot.control_path
 
     # -- collator ------------------------------------------------------------------
 
@@ -203,18 +147,11 @@ class Syncer:
                         batch.target, why)
             return
         slot = self.slots[(batch.sync, batch.target)]
-        slot.batch = batch
-        replay = None
-        source = os.fsencode(slot.sync.source)
-        if slot.sync.moves_on_target and not slot.sync.runs_commands:
-            replay = replayable(batch.changes.moves, slot.rules, source)
-        if not slot.sync.runs_commands:
-            batch.changes.trees |= retyped_parents(batch.changes.paths, slot.rules, source)
-            nothing_to_prove(batch.changes, slot.target)
-        slot.plan = Plan.make(batch.changes, commands=slot.sync.runs_commands,
-                              replay_moves=slot.sync.moves_on_target, replay=replay,
-                              source_empty=_empty(slot.sync.source),
-                              agent=slot.channel is not None and slot.channel.available(now))
+        slot.batch, ch = batch, slot.channel
+        slot.plan = plan_batch(batch, slot.sync, slot.target, slot.rules,
+                               empty=source_empty(slot.sync.source),
+                               agent_writes=ch is not None and ch.may_write(now),
+                               agent_renames=ch is not None and ch.available(now))
         slot.sent = 0
         self.proceed(slot, slot.plan.first())
 
@@ -225,11 +162,8 @@ class Syncer:
             self.finish(slot, nxt)
             return
         slot.step = nxt
-        if self.lanes.may_start(slot.key, agent=nxt.kind is StepKind.AGENT):
+        if self.lanes.may_start(slot.key, agent=nxt.by_agent):
             self.start(slot, nxt)
-
-    def _agent_errfile(self, slot: Slot) -> IO[bytes]:
-        return open(self.state.tmp / f"{slot.sync.name}-{slot.index}.agent.err", "w+b")
 
     def _files(self, slot: Slot) -> tuple[IO[bytes], IO[bytes]]:
         key = (slot.sync.name, slot.index)
@@ -239,7 +173,7 @@ class Syncer:
         return self.files[key]
 
     def start(self, slot: Slot, step: Step) -> None:
-        """Start ``step`` (or, for renames on a local target, do it)."""
+        """Start ``step`` (an agent step on a local target is done at once)."""
         problem = root_problem(slot.sync.source)
         if problem is not None:
             # rsync would follow a symlink put at the root and mirror the
@@ -257,34 +191,19 @@ class Syncer:
     def _start(self, slot: Slot, step: Step) -> None:
         assert slot.batch is not None and slot.plan is not None
         changes = slot.batch.changes
-        if step.kind is StepKind.AGENT:
+        if step.by_agent:
             assert slot.channel is not None
-            names = _nearest_sendable(os.fsencode(slot.sync.source), list(step.names))
-            done = slot.channel.begin(names, slot.batch.startup, time.monotonic())
+            now = time.monotonic()
+            done = (slot.channel.rename(list(step.renames), now) if step.kind is StepKind.MOVES
+                    else slot.channel.begin(agent_names(slot.sync, step), slot.batch.startup,
+                                            now))
             slot.sent += slot.channel.sent
             if done is not None:
                 self.settle(slot, done)
             return
         lst = self.state.tmp / f"{slot.sync.name}-{slot.index}-{step.kind.value}.list"
-        stdin: Path | None = None
-        t = slot.target
-        if step.kind is StepKind.MOVES and not t.is_remote:
-            applied = local_renames(t.path, [[a, b] for a, b in step.renames])
-            log.debug("%s: %d of %d renames replayed", slot.label, applied, len(step.renames))
-            self.settle(slot, Result(rc=0))
-            return
-        if step.kind is StepKind.MOVES:
-            moves = [[a, b] for a, b in step.renames]
-            if t.confined:
-                lst.write_bytes(agent_requests(moves))
-                command = agent_command(t.path)
-            else:
-                lst.write_bytes(b"".join(a + b"\0" + b + b"\0" for a, b in moves))
-                command = remote_rename_command(t.path)
-            argv = [*ssh_argv(slot.sync, slot.control_path), "--", t.login, command]
-            stdin = lst
-        elif step.kind is StepKind.PROVE:
-            lst.write_bytes(_names(list(step.names)))
+        if step.kind is StepKind.PROVE:
+            lst.write_bytes(files_from(list(step.names)))
             argv = [sys.executable, "-P", "-m", "syncsup.syncer.prove", str(self.config_path),
                     slot.sync.name, str(slot.index), str(lst), f"{lst}.out",
                     slot.control_path or ""]
@@ -294,29 +213,22 @@ class Syncer:
             argv = [sys.executable, "-P", "-m", "syncsup.syncer.action_runner",
                     str(self.config_path), slot.sync.name, str(slot.index), str(lst)]
         else:
-            names = [n for n in _nearest_sendable(os.fsencode(slot.sync.source), list(step.names))
-                     if not slot.rules.below_excluded(n)]
-            if not names:  # all below excluded directories: nothing rsync would send
+            sends = rsync_names(slot.plan, step, changes, slot.rules,
+                                os.fsencode(slot.sync.source),
+                                missing_args=slot.receiver.missing_args,
+                                empty=lambda: source_empty(slot.sync.source))
+            if not sends.names:  # all below excluded directories: nothing rsync would send
                 self.settle(slot, Result(rc=0))
                 return
-            # a batch planned for the agent has no times step of its own
-            missing_args = slot.missing_args or any(s.kind is StepKind.AGENT
-                                                    for s in slot.plan.steps)
-            if step.kind is StepKind.TIMES and not missing_args:
-                names = with_contents(os.fsencode(slot.sync.source),
-                                      changes.paths | changes.trees, names)
-                if b"" in names and not step.empty_guard and _empty(slot.sync.source):
-                    # the root's entries go with ``--delete``: a source emptied
-                    # since the batch was planned deletes nothing (rsync's 25)
-                    step = slot.step = slot.plan.guard_empty(step)
-            lst.write_bytes(_names(names))
-            argv = rsync_argv(slot.sync, t, step, str(lst), slot.batch.startup,
-                              slot.control_path, missing_args)
+            step = slot.step = sends.step
+            lst.write_bytes(files_from(sends.names))
+            argv = rsync_argv(slot.sync, slot.target, step, str(lst), slot.batch.startup,
+                              slot.control_path, sends.missing_args)
         log.debug("%s: %s", slot.label, argv)
         err, out = self._files(slot)
         try:
             slot.transfer = Transfer(f"{slot.label}: {step.kind.value} transfer", argv, err, out,
-                                     time.monotonic(), self.timings, stdin_path=stdin)
+                                     time.monotonic(), self.timings)
         except FileNotFoundError as exc:
             self.settle(slot, Result(rc=127, error=f"cannot run {argv[0]}: {exc}", unstarted=True))
             return
@@ -339,39 +251,24 @@ class Syncer:
             return
         slot.sent += slot.transfer.sent_bytes()
         slot.transfer = None
+        if slot.step is not None and slot.step.kind is StepKind.PROVE:
+            # its answer is a file it wrote: read here, judged by the plan
+            result = proven(result, self.state.tmp / f"{slot.sync.name}-{slot.index}-prove.list")
         self.settle(slot, result)
 
     def settle(self, slot: Slot, result: Result) -> None:
         """The one place a step's result meets its plan: ``Plan.advance``
         decides what it means (the next step, or the batch's outcome)."""
-        assert slot.plan is not None and slot.step is not None
+        assert slot.plan is not None and slot.step is not None and slot.batch is not None
         self.lanes.step_ended(slot.key)
-        if slot.step.kind is StepKind.PROVE:
-            result = proven(result, self.state.tmp / f"{slot.sync.name}-{slot.index}-prove.list")
-        if (result.rc == 2 and slot.missing_args and slot.target.is_remote
-                and not slot.target.confined and slot.step.kind in (StepKind.PATHS, StepKind.TREE)
-                and slot.batch is not None and slot.sync.deletes(slot.batch.startup)):
-            # rsync's 2 ("protocol incompatibility") to a step that asked for
-            # --delete-missing-args: what receivers before 3.4.4 answer
-            slot.missing_args = False
-            log.warning("%s: its rsync rejects --delete-missing-args (rsync before 3.4.4, "
-                        "exit 2): deletions go through directory listings from now on",
-                        slot.label)
-            result = dataclasses.replace(
-                result, old_receiver=True,
-                error="the target's rsync rejects --delete-missing-args (before 3.4.4): "
-                      "retrying with deletions through directory listings")
-        if slot.step.empty_guard and result.rc == 25:
-            log.error("source %s is empty but %s is not: refusing to delete the mirror (an "
-                      "unmounted disk?); retrying until the source is back", slot.sync.source,
-                      slot.label)
+        result = interpret(slot.step, result, receiver=slot.receiver, sync=slot.sync,
+                           target=slot.target, startup=slot.batch.startup, label=slot.label)
         self.proceed(slot, slot.plan.advance(slot.step, result))
 
     def finish(self, slot: Slot, end: Finished) -> None:
         batch, plan = slot.batch, slot.plan
         assert batch is not None and plan is not None
         seconds = self.lanes.finish(slot.key, time.monotonic())
-        self.transfers += 1
         level, line = summary(slot.label, batch, end, moves_done=plan.moves_done,
                               sent=slot.sent, seconds=seconds)
         log.log(level, "%s", line)
@@ -400,16 +297,10 @@ class Syncer:
         return min(d for d in due if d is not None)
 
     def _poll_agents(self, poller: zmq.Poller, polled: dict[int, int]) -> dict[int, int]:
-        """Keep the poller watching the remote agents' pipes: stdout always,
-        stdin while there is something to write."""
-        wanted: dict[int, int] = {}
-        for slot in self.agents:
-            assert slot.channel is not None
-            rfd, wfd = slot.channel.fds()
-            if rfd is not None:
-                wanted[rfd] = zmq.POLLIN
-            if wfd is not None:
-                wanted[wfd] = zmq.POLLOUT
+        """Keep the poller watching the remote agents' pipes."""
+        reads, writes = watched_fds(s.channel for s in self.agents if s.channel is not None)
+        wanted: dict[int, int] = {**dict.fromkeys(reads, int(zmq.POLLIN)),
+                                  **dict.fromkeys(writes, int(zmq.POLLOUT))}
         for fd in polled.keys() - wanted.keys():
             poller.unregister(fd)
         for fd, flags in wanted.items():

@@ -65,6 +65,10 @@ class LocalAgent:
     def apply(self, ops: list[dict[str, Any]]) -> Result:
         """Apply ``ops`` now. Paths whose operation failed are handed back
         for rsync (which repairs or reports them)."""
+        if self.applier is not None and not self._same_root(self.applier):
+            # the target directory was replaced (or removed) since it was
+            # opened: the descriptor leads to a directory no one sees
+            self.close()
         if self.applier is None:
             try:
                 self.applier = Applier.open(self.root)
@@ -81,6 +85,15 @@ class LocalAgent:
                 elif op["op"] == "commit":
                     return Result(rc=1, error=f"commit failed: {reply.get('error')}")
         return Result(rc=0, fallback=tuple(failed))
+
+    def _same_root(self, applier: Applier) -> bool:
+        """Is the directory held open still the one at the target's path?
+        (One stat a step: the path is the user's, the descriptor ours.)"""
+        try:
+            now, held = os.stat(self.root), os.fstat(applier.root_fd)
+        except OSError:
+            return False
+        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
     def close(self) -> None:
         if self.applier is not None:
@@ -110,6 +123,7 @@ class RemoteAgent:
         self.waiting: deque[dict[str, Any]] = deque()  # requests whose answer is due
         self.ready = False        # hello answered
         self.dead: str | None = None
+        self.exit_code: int | None = None  # ssh's, once it ended by itself (see read)
         self.last_progress = now
         self.failed: list[bytes] = []
         self.commit_error: str | None = None
@@ -154,11 +168,29 @@ class RemoteAgent:
                 self.fail(f"cannot read from the agent: {exc.strerror}")
                 return
             if not chunk:
-                self.fail(stderr_tail(self.errfile, lines=2) or "the agent ended")
+                self._ended()
                 return
             self.inbuf += chunk
             self.last_progress = now
             self._consume()
+
+    def _ended(self) -> None:
+        """Its stdout closed: the session is over. ssh exits right after, and
+        its code tells a target that answered (the program missing: 127,
+        refused: 1) from one that was not reached (255) or a client that
+        was killed (negative); a client that does not exit in a moment is
+        ended without one."""
+        try:
+            self.exit_code = self.proc.wait(min(self.grace, 1.0))
+        except subprocess.TimeoutExpired:
+            pass
+        self.fail(stderr_tail(self.errfile, lines=2) or "the agent ended")
+
+    @property
+    def answered(self) -> bool:
+        """The target itself ended the session (its program ran, or the
+        shell said it is missing): not a connection that failed."""
+        return self.exit_code is not None and 0 <= self.exit_code < 255
 
     def _consume(self) -> None:
         while len(self.inbuf) >= 4:

@@ -1,9 +1,18 @@
-"""Which targets get an agent, and the agent step of a batch.
+"""Which targets get an agent, and the agent steps of a batch.
 
-A sync whose settings the agent cannot honour exactly (:func:`unusable`)
-uses rsync for everything; so does a remote target whose agent cannot be
-started (``syncsup-target`` missing there, refused, no confinement), tried
-again every ``Timings.agent_retry`` seconds.
+Every target but an rsync daemon's has an agent channel when its sync
+writes through the agent or replays renames (modes ``rsyncssh`` and
+``direct``): renames are the agent's only way to the target (in-process
+for a local target, the long-lived session over ssh for a remote one,
+confined or not), so a rename batch costs no process of its own. Writing
+through the agent is a separate permission: a sync whose settings the
+agent cannot honour exactly (:func:`unusable`) writes everything with
+rsync, but still replays its renames through the agent, since a rename
+does not depend on rsync's options.
+
+A remote target whose agent cannot be started (``syncsup-target`` missing
+there, refused, no confinement) uses rsync for everything, renames too (a
+delete and a create), tried again every ``Timings.agent_retry`` seconds.
 What the agent does not take in a step (larger files, special files, what
 failed) goes to rsync in the same batch.
 """
@@ -12,6 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import IO
 
 from syncsup import config as cfg
@@ -20,12 +32,12 @@ from syncsup.filters import DirFilter, plain_excludes
 from syncsup.syncer.agent_ops import prepare
 from syncsup.syncer.agent_session import LocalAgent, RemoteAgent, idle_for
 from syncsup.syncer.argv import ssh_argv
-from syncsup.syncer.moves import agent_command
 from syncsup.syncer.plan import Result
 from syncsup.syncer.readonce import SHARED
 from syncsup.timings import Timings
 
-__all__ = ["MAX_PATHS_LOCAL", "MAX_PATHS_REMOTE", "Channel", "unusable"]
+__all__ = ["MAX_PATHS_LOCAL", "MAX_PATHS_REMOTE", "AgentUse", "Channel", "agent_command",
+           "agent_use", "unusable", "watched_fds"]
 
 # Past this many paths in a batch, one rsync is quicker than the agent: the
 # agent costs about 0.2 ms a path in Python (read, write, name, attributes),
@@ -66,12 +78,65 @@ def unusable(sync: cfg.Sync, target: cfg.Target | None = None) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class AgentUse:
+    """What a target's agent is for: ``writes`` (its sync's paths go to
+    it), ``renames`` (it replays the sync's renames); ``why`` the agent may
+    not write, if it may not."""
+
+    writes: bool
+    renames: bool
+    why: str | None
+
+    @property
+    def wanted(self) -> bool:
+        return self.writes or self.renames
+
+
+def agent_use(sync: cfg.Sync, target: cfg.Target) -> AgentUse:
+    """What ``target``'s agent is for. Renames depend on no rsync option:
+    every target of a mode that replays them has an agent for them, but an
+    rsync daemon's, which has none."""
+    why = unusable(sync, target)
+    return AgentUse(writes=why is None,
+                    renames=sync.moves_on_target and not target.is_daemon, why=why)
+
+
+def agent_command(target: cfg.Target, program: str) -> str:
+    """The remote command that starts syncsup's agent for ``target``'s
+    path: ``program`` for an unconfined login (``[sync.ssh]
+    target_command``); for a confined key sshd runs the forced command
+    instead and reads this as the request, so there it is always
+    ``syncsup-target``."""
+    program = "syncsup-target" if target.confined else program
+    return f"{shlex.quote(program)} {shlex.quote(target.path)} agent"
+
+
+def watched_fds(channels: Iterable[Channel]) -> tuple[set[int], set[int]]:
+    """The remote sessions' pipes the poll loop watches: (to read: stdout,
+    always; to write: stdin, while there is something to write)."""
+    reads: set[int] = set()
+    writes: set[int] = set()
+    for channel in channels:
+        rfd, wfd = channel.fds()
+        if rfd is not None:
+            reads.add(rfd)
+        if wfd is not None:
+            writes.add(wfd)
+    return reads, writes
+
+
 class Channel:
-    """The agent of one target, local or remote."""
+    """The agent of one target, local or remote. ``writes``: the sync may
+    write through it (:func:`unusable` says nothing against it); without,
+    it only replays renames."""
 
     def __init__(self, sync: cfg.Sync, target: cfg.Target, control_path: str | None,
-                 errfile: IO[bytes], timings: Timings) -> None:
+                 errfile: IO[bytes], timings: Timings, *, writes: bool = True) -> None:
         self.sync, self.target = sync, target
+        self.writes = writes
+        self.renaming = False  # the step running is a rename replay
+        self.told = False      # "no agent there" was logged since the last session that worked
         self.timings = timings
         self.restarts = Backoff(timings.agent_restart, timings.agent_retry)
         self.control_path = control_path
@@ -94,8 +159,14 @@ class Channel:
     def available(self, now: float) -> bool:
         return self.local is not None or now >= self.off_until
 
+    def may_write(self, now: float) -> bool:
+        """May the batch planned now hand its paths to the agent?"""
+        return self.writes and self.available(now)
+
     def transport(self, now: float) -> str:
-        return "agent" if self.available(now) else "rsync"
+        """How the target's content travels now (status): renames are not
+        content."""
+        return "agent" if self.may_write(now) else "rsync"
 
     def fds(self) -> tuple[int | None, int | None]:
         """(fd to read, fd to write) for the poll loop; None when idle."""
@@ -137,6 +208,24 @@ class Channel:
         session.flush()
         return None
 
+    def rename(self, renames: list[tuple[bytes, bytes]], now: float) -> Result | None:
+        """Start replaying ``renames`` (in order): the result now (local,
+        or no session to be had), or None if the answers are awaited (see
+        poll). A rename that fails is no error: the transfers that follow
+        repair it. Without a session now (no agent there, or one being
+        waited for) nothing is replayed: the renames travel as a delete
+        and a create, by the transfers (rc 0)."""
+        self.sent, self.renaming, self._fallback = 0, True, ()
+        ops = [{"op": "rename", "src": a, "dst": b} for a, b in renames]
+        if self.local is not None:
+            return self._merge(self.local.apply(ops))
+        session = self._session(now)
+        if session is None:
+            return Result(rc=0, error="no agent session: renames not replayed")
+        session.start_step(ops, now)
+        session.flush()
+        return None
+
     def poll(self, now: float) -> Result | None:
         r = self.remote
         if r is None:
@@ -148,8 +237,12 @@ class Channel:
             return None
         if r.dead:
             self._lost(r, now)
+            if self.renaming and r.ready and not result.stalled:
+                # some renames may have been applied: never replayed again
+                # (rsync's 255 is for a session that renamed nothing)
+                result = Result(rc=1, error=result.error)
         elif r.ready:
-            self.ever_ready, self.start_failures = True, 0
+            self.ever_ready, self.start_failures, self.told = True, 0, False
         return self._merge(result)
 
     def _merge(self, result: Result) -> Result:
@@ -163,8 +256,7 @@ class Channel:
         if now < self.off_until:
             return None
         argv = [*ssh_argv(self.sync, self.control_path), "--", self.target.login,
-                agent_command(self.target.path, "syncsup-target" if self.target.confined
-                              else self.sync.ssh.target_command)]
+                agent_command(self.target, self.sync.ssh.target_command)]
         try:
             self.remote = RemoteAgent(f"{self.label}: agent", argv, self.errfile, now,
                                       self.timings)
@@ -175,14 +267,19 @@ class Channel:
         return self.remote
 
     def _lost(self, r: RemoteAgent, now: float) -> None:
-        """A session ended. One that never answered its hello, on a target
-        where no session ever did, means no agent there (not installed,
-        refused): rsync only, tried again later. Where one worked before it
-        was a lost connection: a new session soon."""
-        if not r.ready and not self.ever_ready:
-            log.warning("%s: no agent there (%s); rsync does everything, the agent is tried "
-                        "again in %.0f minutes", self.label, r.dead,
-                        self.timings.agent_retry / 60)
+        """A session ended. One that never answered its hello, where the
+        target itself ended it (``syncsup-target`` not installed, refused),
+        or where no session ever worked and ssh's code is unknown, means no
+        agent there: rsync only, tried again later. A connection that failed
+        (ssh's 255, the client killed), or one lost where a session worked
+        before: a new session soon, then backing off."""
+        transient = r.exit_code is not None and not r.answered
+        if not r.ready and (r.answered or (not self.ever_ready and not transient)):
+            if not self.told:  # once, not at every try
+                log.warning("%s: no agent there (%s); rsync does everything, the agent is "
+                            "tried again in %.0f minutes; %s", self.label, r.dead,
+                            self.timings.agent_retry / 60, self._remedy())
+                self.told = True
             self.off_until = now + self.timings.agent_retry
         elif not r.ready:
             # Again at once the first time, then backing off up to agent_retry.
@@ -195,6 +292,15 @@ class Channel:
             log.info("%s: the agent session ended (%s); a new one starts with the next batch",
                      self.label, r.dead)
         self.remote = None
+
+    def _remedy(self) -> str:
+        """What to do about a target with no agent, in the log line."""
+        what = ("renames travel as a delete and a create" if self.sync.moves_on_target
+                else "small changes cost an rsync each")
+        if self.target.confined:
+            return f"{what} until the confined key serves it (run syncsup check)"
+        return (f"{what} until syncsup-target is installed on {self.target.host} (or "
+                "[sync.ssh] target_command names it)")
 
     def rest(self, now: float) -> None:
         """Between batches: close a remote session idle for ``[sync.ssh]

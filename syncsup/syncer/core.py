@@ -7,7 +7,7 @@ what a finished batch reports: every such decision is made here, from what
 the loop tells and the ``now`` it passes. Nothing here spawns, reads a
 socket or talks to an agent: :class:`Lanes` only keeps each slot's phase,
 and :class:`Masters` reaches its ssh processes through a :class:`MasterPort`
-(the real one is in ``_main.py``; a unit test gives a fake one and a fake
+(the real one is in ``masters.py``; a unit test gives a fake one and a fake
 clock, so queueing, credits and the master's backoff run with no process).
 
 What a step's result means for its batch is :class:`~.plan.Plan`'s alone.

@@ -14,28 +14,24 @@ excluded name is a create of the new one (the target has nothing under the
 old name, or something of its own that rsync leaves alone). Both ends are
 dirty paths anyway, so leaving a rename out is always exact.
 
-Three ways, by target: a local target is renamed in-process through
-directory descriptors (:class:`syncsup.target.Applier`, no symlink ever
-followed); a confined remote target through syncsup's agent behind
-``syncsup-target``; any other remote target with ``mv`` over ssh, names on
-stdin.
+One way, whatever the target: the target's agent channel
+(:class:`~syncsup.syncer.agents.Channel`), in-process through directory
+descriptors for a local target (no symlink ever followed), the long-lived
+``syncsup-target ROOT agent`` session over ssh for a remote one, confined or
+not. A target without an agent (an rsync daemon, or a host where
+``syncsup-target`` cannot be started) gets no replay: its renames travel
+as a delete of the old name and a create of the new one, by the transfers.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import shlex
 import stat
 from collections.abc import Iterable
 
 from syncsup.filters import RuleList
-from syncsup.target import VERSION, Applier, encode_frame
 
-__all__ = ["agent_command", "agent_requests", "local_renames", "remote_rename_command",
-           "replayable", "retyped_parents"]
-
-log = logging.getLogger("syncsup.syncer")
+__all__ = ["replayable", "retyped_parents"]
 
 
 def replayable(moves: Iterable[tuple[bytes, bytes]], rules: RuleList,
@@ -85,49 +81,3 @@ def _maybe_dir(source: bytes, rel: bytes) -> bool:
         return stat.S_ISDIR(os.lstat(os.path.join(source, rel)).st_mode)
     except OSError:
         return True  # gone meanwhile: it may have been a directory
-
-
-def local_renames(target_root: str, moves: list[list[bytes]]) -> int:
-    """Apply ``moves`` (relative ``[from, to]`` pairs) under ``target_root``
-    with renameat(2) on directories opened without following symlinks, which
-    keeps inodes and costs no data. Returns how many were applied."""
-    applier = Applier.open(target_root)
-    done = 0
-    try:
-        for src_rel, dst_rel in moves:
-            try:
-                applier.rename(src_rel, dst_rel)
-                done += 1
-            except OSError as exc:
-                log.debug("rename %r -> %r not replayed (%s); the transfer repairs it",
-                          src_rel, dst_rel, exc.strerror)
-    finally:
-        applier.close()
-    return done
-
-
-def agent_command(target_path: str, program: str = "syncsup-target") -> str:
-    """The remote command that starts syncsup's agent for ``target_path``
-    (for a confined key, sshd runs the forced command instead and passes
-    this as the request: there the program is always ``syncsup-target``)."""
-    return f"{shlex.quote(program)} {shlex.quote(target_path)} agent"
-
-
-def agent_requests(moves: list[list[bytes]]) -> bytes:
-    """The agent's input for a rename replay: hello, one rename per move, bye."""
-    frames = [encode_frame({"op": "hello", "version": VERSION})]
-    frames += [encode_frame({"op": "rename", "src": a, "dst": b}) for a, b in moves]
-    frames.append(encode_frame({"op": "bye"}))
-    return b"".join(frames)
-
-
-def remote_rename_command(target_path: str) -> str:
-    """The remote command that renames NUL-separated ``from\\0to\\0`` pairs read
-    from stdin, relative to ``target_path``.
-
-    File names travel on stdin, never on a command line, so the remote shell
-    never sees them; ``--`` keeps a name starting with ``-`` from being read
-    as an option; ``-T`` makes ``mv`` rename onto the destination instead of
-    moving into it when it is a directory.
-    """
-    return f"cd -- {shlex.quote(target_path)} && xargs -0 -r -n 2 mv -f -T --"

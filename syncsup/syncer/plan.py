@@ -12,11 +12,14 @@ what each step's result means.
     command mode:  Batch ──> [command] ──> ok | retry
 
 * ``moves`` (modes that replay renames: rsyncssh, direct) renames on the
-  target first, so that what follows finds the data where it now belongs.
-  A rename that fails is repaired by the transfers (both ends are dirty
-  too), so only "could not reach the target" (ssh's 255) fails the batch,
-  and a confined target that refuses us fails it for good. Once attempted,
-  renames count as done (``moves_done``) whatever happens next.
+  target first, through the target's agent, so that what follows finds the
+  data where it now belongs. A rename that fails is repaired by the
+  transfers (both ends are dirty too), so only "nothing was renamed, the
+  target could not be reached" (255: the agent's session ended before it
+  answered) fails the batch. Once attempted, renames count as done
+  (``moves_done``) whatever happens next. A batch planned while the target
+  has no agent has no ``moves`` step: its renames travel as a delete and
+  a create, by the transfers.
 * ``prove`` (a start with no earlier state, :mod:`syncsup.syncer.prove`)
   reads the ctimes of the ``prove`` subtrees' files on both sides and
   names the files whose target copy they cannot prove current; the
@@ -87,20 +90,24 @@ class Step:
     empty_guard: bool = False
     renames: tuple[tuple[bytes, bytes], ...] = ()  # a moves step: (from, to) to replay
 
+    @property
+    def by_agent(self) -> bool:
+        """Run by the target's agent (no process of its own: it neither
+        counts against ``max_processes`` nor waits for a free transfer)."""
+        return self.kind in (StepKind.AGENT, StepKind.MOVES)
+
 
 @dataclass(frozen=True)
 class Result:
     """How a step ended: ``rc`` its exit code (negative: the signal),
     ``stalled`` if the syncer killed it for making no progress, ``error``
-    the last lines of its stderr, ``refused`` if a confined target refused
-    the request itself, ``unstarted`` if it could not even start (its
-    program missing: rc 127; the source root unsafe or the list
+    the last lines of its stderr, ``unstarted`` if it could not even start
+    (its program missing: rc 127; the source root unsafe or the list
     unwritable: any other rc)."""
 
     rc: int
     stalled: bool = False
     error: str = ""
-    refused: bool = False
     unstarted: bool = False
     fallback: tuple[bytes, ...] = ()  # an agent step: the paths left to rsync
     # the receiver rejected --delete-missing-args (an rsync before 3.4.4):
@@ -201,10 +208,8 @@ class Plan:
             return Finished(Outcome.RETRY, result.rc,
                             result.error or f"command exited with {result.rc}")
         if step.kind is StepKind.MOVES:
-            if result.rc == 255:  # ssh could not reach the target: nothing was renamed
+            if result.rc == 255:  # the target was not reached: nothing was renamed
                 return Finished(Outcome.RETRY, result.rc, result.error or "ssh failed")
-            if result.refused:  # wrong ROOT, no confinement there: retrying cannot help
-                return Finished(Outcome.FATAL, result.rc, result.error)
             self.moves_done = self.moves
             return self._next(step)
         if step.kind is StepKind.AGENT:

@@ -14,7 +14,6 @@ import logging
 import shutil
 import signal
 import subprocess
-from pathlib import Path
 from typing import IO, Any
 
 from syncsup.processes import killpg, set_pdeathsig, stop_group
@@ -88,7 +87,7 @@ class Transfer:
     """A running step. ``poll()`` gives its Result once it has ended."""
 
     def __init__(self, label: str, argv: list[str], errfile: IO[bytes], outfile: IO[bytes],
-                 now: float, timings: Timings, stdin_path: Path | None = None) -> None:
+                 now: float, timings: Timings) -> None:
         self.label = label
         self.grace = timings.step_stop_grace
         self.progress_log = timings.progress_log
@@ -96,11 +95,7 @@ class Transfer:
         for fh in (errfile, outfile):
             fh.seek(0)
             fh.truncate()
-        if stdin_path is not None:
-            with open(stdin_path, "rb") as stdin:
-                self.proc = spawn(argv, stdin=stdin, stderr=errfile, stdout=outfile)
-        else:
-            self.proc = spawn(argv, stderr=errfile, stdout=outfile)
+        self.proc = spawn(argv, stderr=errfile, stdout=outfile)
         self.started = now
         self.io_seen = -1
         self.io_changed = now
@@ -140,8 +135,7 @@ class Transfer:
         if rc is None:
             return None
         tail = stderr_tail(self.errfile)
-        return Result(rc=rc, stalled=bool(self.killing), error=self.stall or tail,
-                      refused="syncsup-target: refused" in tail)
+        return Result(rc=rc, stalled=bool(self.killing), error=self.stall or tail)
 
     def sent_bytes(self) -> int:
         """'Total bytes sent: 1,234' from rsync's --stats output, or 0."""

@@ -7,7 +7,7 @@ of range would not reach the filesystem but a Python exception of a kind
 no one catches on purpose (``ValueError`` for a NUL, ``OverflowError`` for
 a uid of 2**32, ``RecursionError``...). So every field is checked here
 first, against exactly what syncsup's own client sends
-(``syncsup.syncer.agent_ops`` and ``syncsup.syncer.moves``), and a request
+(``syncsup.syncer.agent_ops`` and ``syncsup.syncer.agents``), and a request
 that does not fit is refused whole, with a message that names the field
 (ours) and never repeats the value (the peer's).
 

@@ -891,6 +891,29 @@ def test_local_change_survives_a_syncer_killed_around_its_batch(tmp_path, src, d
     finish(d, tmp_path, src, dst)
 
 
+def test_a_local_target_made_again_gets_the_changes_that_follow(tmp_path, src, dst,
+                                                                daemon_factory):
+    """The local agent holds the target directory open. Replaced while the
+    daemon runs (moved away and made again: a disk mounted there), the new
+    one gets the next changes, never the old one that nobody sees; a resync
+    then brings the rest."""
+    (src / "old").write_bytes(b"o" * 3000)
+    d = daemon_factory([sync_entry(src, [dst], delay=0)])
+    converge(d, src, dst)
+    d.wait_idle()
+    (src / "first").write_bytes(b"f" * 3000)  # through the agent, which opens the target
+    converge(d, src, dst)
+    assert transports(d, d.wait_idle()) == {str(dst): "agent"}, d.describe()
+    dst.rename(tmp_path / "dst-away")
+    dst.mkdir()
+    (src / "new").write_bytes(b"n" * 3000)
+    wait_until(lambda: read(dst / "new") == b"n" * 3000, "the change in the new target",
+               timeout=60, context=d.describe)
+    assert not (tmp_path / "dst-away" / "new").exists()
+    control(d, "resync")
+    finish(d, tmp_path, src, dst)
+
+
 def test_remote_batch_is_acknowledged_only_once_the_agent_confirmed(sshd, tmp_path, src, dst,
                                                                     daemon_factory):
     """A batch waiting on a stopped agent stays pending (not acknowledged,

@@ -13,6 +13,7 @@ from tests.helpers.churn import HOSTILE, Churn, ChurnThread
 from tests.helpers.tree import snapshot
 
 from ._modes_helpers import b, converge, finish, sync_table, write
+from .test_agent import write_target_command
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -20,10 +21,13 @@ MODES = ["rsyncssh", "direct"]
 
 
 def mode_sync(mode: str, request, src, dst, **kw):
-    """A sync of ``mode`` from src to dst (over the session sshd for rsyncssh)."""
+    """A sync of ``mode`` from src to dst (over the session sshd for rsyncssh,
+    whose renames go through this checkout's ``syncsup-target`` there)."""
     if mode == "rsyncssh":
         sshd = request.getfixturevalue("sshd")
-        return sync_table(src, [sshd.target(dst)], mode=mode, ssh=sshd.ssh_config(), **kw)
+        wrapper, _log = write_target_command(request.getfixturevalue("tmp_path"))
+        return sync_table(src, [sshd.target(dst)], mode=mode,
+                          ssh={**sshd.ssh_config(), "target_command": str(wrapper)}, **kw)
     return sync_table(src, [dst], mode=mode, **kw)
 
 
@@ -57,7 +61,7 @@ def test_hostile_churn_converges(mode, seed, tmp_path, src, dst, request, daemon
     t.join_checked(150)
     converge(d, src, dst)
 
-    # renames between hostile names (replayed on the target: mv over ssh / rename(2))
+    # renames between hostile names (replayed on the target by its agent)
     pairs = list(zip(HOSTILE, HOSTILE[1:] + HOSTILE[:1], strict=True))
     renamed = 0
     for i, (a, z) in enumerate(pairs):

@@ -16,7 +16,6 @@ from syncsup.proto import Changes
 from syncsup.proto._typed import to_wire
 from syncsup.syncer.actions import Action, ActionError, TemplateAction, load_action, run_batch
 from syncsup.syncer.actions import main as actions_main
-from syncsup.syncer.moves import local_renames
 from tests.helpers.toml import dumps
 from tests.helpers.unit import fd_count, write
 
@@ -100,36 +99,6 @@ def test_failing_template_raises(tmp_path: Path) -> None:
     sync = _sync(tmp_path, Commands(on_delete=("/bin/false",)))
     with pytest.raises(RuntimeError, match="on_delete exited with 1"):
         run_batch(TemplateAction(sync, sync.targets[0]), Changes(paths={b"gone"}))
-
-
-def test_local_renames_keep_inodes_and_refuse_symlinked_parents(tmp_path: Path) -> None:
-    dst = tmp_path / "dst"
-    (dst / "d").mkdir(parents=True)
-    (dst / "d" / "f").write_text("x")
-    (tmp_path / "outside").mkdir()
-    os.symlink(tmp_path / "outside", dst / "link")
-    ino = (dst / "d" / "f").stat().st_ino
-    assert local_renames(str(dst), [[b"d", b"e"], [b"e/f", b"link/f"], [b"nope", b"x"]]) == 1
-    assert (dst / "e" / "f").stat().st_ino == ino
-    assert not (tmp_path / "outside" / "f").exists()
-
-
-def test_files_from_names_are_never_comments() -> None:
-    from syncsup.syncer._main import _names
-
-    assert _names([b"", b"#hash", b";semi", b"a/b"]) == b".\0./#hash\0./;semi\0./a/b\0"
-
-
-def test_paths_below_a_non_directory_become_that_ancestor(tmp_path: Path) -> None:
-    from syncsup.syncer._main import _nearest_sendable
-
-    (tmp_path / "d" / "e").mkdir(parents=True)
-    (tmp_path / "file").write_text("now a file")
-    os.symlink(tmp_path / "d", tmp_path / "link")
-    root = os.fsencode(tmp_path)
-    got = _nearest_sendable(root, [b"d/e/x", b"file/old/y", b"file/z", b"link/e", b"gone/q",
-                                   b"top"])
-    assert got == [b"d/e/x", b"file", b"link", b"gone", b"top"]
 
 
 def test_verify_trees_are_reported_like_trees_and_sorted(tmp_path: Path) -> None:

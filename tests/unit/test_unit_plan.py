@@ -39,8 +39,8 @@ REFUSAL = "syncsup-target: refused: not the configured ROOT"
 RESULTS = {
     "rc0": Result(0), "rc24": Result(24), "rc23": Result(23), "rc25": Result(25),
     "rc1": Result(1), "rc2": Result(2), "rc4": Result(4), "rc6": Result(6), "rc13": Result(13),
-    "rc255": Result(255), "refused": Result(1, error=REFUSAL, refused=True),
-    "refused255": Result(255, error=REFUSAL, refused=True),
+    "rc255": Result(255), "refused": Result(1, error=REFUSAL),
+    "refused255": Result(255, error=REFUSAL),
     "signal": Result(-9), "stalled": Result(-15, stalled=True),
 }
 
@@ -103,9 +103,8 @@ def expected_after(steps: list[Step], i: int, r: Result, renames: int
     if step.kind is MOVES:
         if r.rc == 255:
             return Finished(Outcome.RETRY, 255, r.error or "ssh failed"), 0
-        if r.refused:
-            return Finished(Outcome.FATAL, r.rc, r.error), 0
-        return nxt, renames  # a failed rename is repaired by the transfers
+        # a failed rename (a refused session too) is repaired by the transfers
+        return nxt, renames
     if step.empty_guard and r.rc == 25:
         return Finished(Outcome.RETRY, 25,
                         "the source is empty: refusing to delete the mirror"), moved_before
@@ -181,7 +180,7 @@ AGENT_RESULTS = {
     "some left": (Result(0, fallback=(b"\xff\n", b"p")), (b"p", b"\xff\n")),
     "dead": (Result(255, error="agent gone"), "all"),
     "stalled": (Result(-9, stalled=True), "all"),
-    "refused": (Result(1, refused=True, error=REFUSAL), "all"),
+    "refused": (Result(1, error=REFUSAL), "all"),
 }
 
 

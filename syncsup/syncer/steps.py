@@ -1,0 +1,189 @@
+"""What the syncer's loop asks around each step, answered here from what it
+observed, so that the loop itself decides nothing:
+
+* before a batch, :func:`plan_batch`: which renames are replayed (those the
+  rules send, and only while the target's agent can take them), which
+  directories a retyped entry makes rescanned, which proofs a local target
+  makes needless, and whether the paths go to the agent;
+* before a step, :func:`agent_names` and :func:`rsync_names`: the names it
+  sends (a name under a path that is no longer a directory becomes that
+  path; names below an excluded directory are dropped; the times step of
+  an old receiver lists directories with their entries), and whether the
+  step must delete nothing (the source root was found empty);
+* after a step, :func:`interpret`: what its result says beyond its exit
+  code (an old receiver's 2 to ``--delete-missing-args``; an empty source
+  refused), before :meth:`~syncsup.syncer.plan.Plan.advance`, the only
+  place an outcome is decided, sees it.
+
+They read the source tree (a name's type, whether the root is empty: what
+rsync will find there), never a socket or a process; the source root's
+emptiness is asked through a callable, so that it is looked at only when
+it matters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from syncsup import config as cfg
+from syncsup import proto
+from syncsup.filters import RuleList
+from syncsup.syncer.deletions import with_contents
+from syncsup.syncer.moves import replayable, retyped_parents
+from syncsup.syncer.plan import Plan, Result, Step, StepKind
+from syncsup.syncer.prove import nothing_to_prove
+
+__all__ = ["Receiver", "agent_names", "files_from", "interpret", "nearest_sendable",
+           "plan_batch", "rsync_names", "source_empty"]
+
+log = logging.getLogger("syncsup.syncer")
+
+OLD_RECEIVER_RC = 2  # rsync's "protocol incompatibility": a receiver before 3.4.4
+REFUSED_EMPTY_RC = 25  # rsync's --max-delete stop: the empty source guard held
+
+
+def source_empty(source: str | os.PathLike[str]) -> bool:
+    """True if the source root has no entries (or is not there at all)."""
+    try:
+        with os.scandir(source) as it:
+            return next(it, None) is None
+    except OSError:
+        return True
+
+
+def plan_batch(batch: proto.Batch, sync: cfg.Sync, target: cfg.Target, rules: RuleList, *,
+               empty: bool, agent_writes: bool, agent_renames: bool) -> Plan:
+    """The plan of ``batch`` for ``target``. ``empty``: the source root has
+    no entries now; ``agent_writes``: the target's agent takes the paths it
+    can; ``agent_renames``: it can replay renames now (without, they travel
+    as a delete and a create: the plan has no moves step and counts them
+    done). May add to ``batch.changes`` (rescans a rule makes necessary,
+    proofs made needless), which are the batch's own."""
+    changes = batch.changes
+    if sync.runs_commands:
+        return Plan.make(changes, commands=True, replay_moves=False, source_empty=empty)
+    source = os.fsencode(sync.source)
+    replay: list[tuple[bytes, bytes]] = []
+    if sync.moves_on_target and agent_renames:
+        replay = replayable(changes.moves, rules, source)
+    changes.trees |= retyped_parents(changes.paths, rules, source)
+    nothing_to_prove(changes, target)
+    return Plan.make(changes, commands=False, replay_moves=sync.moves_on_target, replay=replay,
+                     source_empty=empty, agent=agent_writes)
+
+
+def nearest_sendable(root: bytes, paths: list[bytes]) -> list[bytes]:
+    """Replace each path whose parent is no longer a directory in the source
+    by its first ancestor that is not one (a file, a symlink, or gone).
+
+    rsync fails on ``a/b`` when ``a`` became a file ("Not a directory", exit
+    23, retried forever); sending ``a`` itself is what the target needs: it
+    replaces the old directory (``--force``) or deletes it. (A symlinked
+    ``a`` is never followed either way: rsync's sender refuses symlinks in
+    parent components.)"""
+    is_dir: dict[bytes, bool] = {b"": True}
+    out: dict[bytes, None] = {}
+    for path in paths:
+        parts = path.split(b"/")
+        prefix = b""
+        chosen = path
+        for part in parts[:-1]:
+            prefix = prefix + b"/" + part if prefix else part
+            known = is_dir.get(prefix)
+            if known is None:
+                try:
+                    known = stat.S_ISDIR(os.lstat(os.path.join(root, prefix)).st_mode)
+                except OSError:
+                    known = False
+                is_dir[prefix] = known
+            if not known:
+                chosen = prefix
+                break
+        out[chosen] = None
+    return list(out)
+
+
+def agent_names(sync: cfg.Sync, step: Step) -> list[bytes]:
+    """The names an agent step reads from the source."""
+    return nearest_sendable(os.fsencode(sync.source), list(step.names))
+
+
+@dataclass(frozen=True)
+class RsyncNames:
+    """What an rsync step sends: ``step`` as it runs (guarded if the source
+    root was found empty right before), its ``names`` (none: nothing rsync
+    would send, the step is done), and whether deletions go through
+    ``--delete-missing-args``."""
+
+    step: Step
+    names: list[bytes]
+    missing_args: bool
+
+
+def rsync_names(plan: Plan, step: Step, changes: proto.Changes, rules: RuleList, source: bytes,
+                *, missing_args: bool, empty: Callable[[], bool]) -> RsyncNames:
+    """The names of a tree, paths or times ``step`` of ``plan``.
+    ``missing_args``: the receiver takes ``--delete-missing-args``;
+    ``empty`` tells whether the source root is empty now (asked only when
+    the root's entries would be deleted by a listing)."""
+    names = [n for n in nearest_sendable(source, list(step.names))
+             if not rules.below_excluded(n)]
+    # a batch planned for the agent has no times step of its own: what it
+    # leaves to rsync keeps --delete-missing-args
+    missing_args = missing_args or any(s.kind is StepKind.AGENT for s in plan.steps)
+    if names and step.kind is StepKind.TIMES and not missing_args:
+        names = with_contents(source, changes.paths | changes.trees, names)
+        if b"" in names and not step.empty_guard and empty():
+            # the root's entries go with ``--delete``: a source emptied
+            # since the batch was planned deletes nothing (rsync's 25)
+            step = plan.guard_empty(step)
+    return RsyncNames(step, names, missing_args)
+
+
+def files_from(paths: list[bytes]) -> bytes:
+    """The ``--files-from`` list. Every name gets a ``./`` prefix: rsync
+    skips list entries starting with ``#`` or ``;`` as comments, even with
+    ``--from0``, and ``./`` is harmless for every other name."""
+    return b"".join((b"./" + p if p else b".") + b"\0" for p in paths)
+
+
+@dataclass
+class Receiver:
+    """What the syncer has learned of one target's rsync receiver: whether
+    it takes ``--delete-missing-args`` (a local one is probed at start; a
+    remote one is assumed to until it answers 2 to it)."""
+
+    missing_args: bool = True
+
+
+def interpret(step: Step, result: Result, *, receiver: Receiver, sync: cfg.Sync,
+              target: cfg.Target, startup: bool, label: str) -> Result:
+    """``result`` of ``step`` with what it says beyond its exit code, for
+    :meth:`Plan.advance`; ``receiver`` learns from it.
+
+    rsync's 2 ("protocol incompatibility") to a paths or tree step that
+    asked a remote unconfined receiver for ``--delete-missing-args`` is
+    what receivers before 3.4.4 answer: from now on deletions go through
+    directory listings, and the batch is retried that way (a confined
+    target's rsync is checked at ``syncsup check`` instead: its
+    ``syncsup-target`` refuses the listings). An empty-guarded step's 25
+    is the mirror kept from an empty source: said loudly, once a try."""
+    if (result.rc == OLD_RECEIVER_RC and receiver.missing_args and target.is_remote
+            and not target.confined and step.kind in (StepKind.PATHS, StepKind.TREE)
+            and sync.deletes(startup)):
+        receiver.missing_args = False
+        log.warning("%s: its rsync rejects --delete-missing-args (rsync before 3.4.4, "
+                    "exit 2): deletions go through directory listings from now on", label)
+        return dataclasses.replace(
+            result, old_receiver=True,
+            error="the target's rsync rejects --delete-missing-args (before 3.4.4): "
+                  "retrying with deletions through directory listings")
+    if step.empty_guard and result.rc == REFUSED_EMPTY_RC:
+        log.error("source %s is empty but %s is not: refusing to delete the mirror (an "
+                  "unmounted disk?); retrying until the source is back", sync.source, label)
+    return result

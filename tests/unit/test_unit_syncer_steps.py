@@ -1,0 +1,383 @@
+"""The syncer's decisions around each step (syncer/steps.py) and the agent
+channel's rename replay (syncer/agents.py), with no process: real trees in
+tmp_path for what the source holds, a fake session for a remote agent."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncsup.config import Mode, RsyncOptions, Sync, Target
+from syncsup.filters import RuleList
+from syncsup.proto import Batch, Changes
+from syncsup.syncer.agents import Channel, agent_command, agent_use
+from syncsup.syncer.plan import Plan, Result, Step, StepKind
+from syncsup.syncer.steps import (
+    Receiver,
+    files_from,
+    interpret,
+    nearest_sendable,
+    plan_batch,
+    rsync_names,
+)
+from syncsup.timings import Timings
+
+LOCAL = Target("/dst", "/dst")
+REMOTE = Target("h:/dst", "/dst", host="h")
+CONFINED = Target("h:/dst", "/dst", host="h", confined=True)
+
+
+def sync_of(src: Path, target: Target = LOCAL, **kw: Any) -> Sync:
+    return Sync(name="s", source=src, targets=(target,), **kw)
+
+
+def batch_of(**changes: Any) -> Batch:
+    return Batch(batch_id=1, sync="s", target=0, changes=Changes(**changes))
+
+
+def kinds(plan: Plan) -> list[StepKind]:
+    return [s.kind for s in plan.steps]
+
+
+# ------------------------------------------------------------------ names sent
+def test_files_from_names_are_never_comments() -> None:
+    assert files_from([b"", b"#hash", b";semi", b"a/b"]) == b".\0./#hash\0./;semi\0./a/b\0"
+
+
+def test_paths_below_a_non_directory_become_that_ancestor(tmp_path: Path) -> None:
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "file").write_text("now a file")
+    os.symlink(tmp_path / "d", tmp_path / "link")
+    root = os.fsencode(tmp_path)
+    got = nearest_sendable(root, [b"d/e/x", b"file/old/y", b"file/z", b"link/e", b"gone/q",
+                                  b"top"])
+    assert got == [b"d/e/x", b"file", b"link", b"gone", b"top"]
+
+
+def never_asked() -> bool:
+    raise AssertionError("the source root's emptiness was asked when it cannot matter")
+
+
+def test_names_below_an_excluded_directory_are_not_sent(tmp_path: Path) -> None:
+    (tmp_path / "cache").mkdir()
+    sync = sync_of(tmp_path, exclude=("cache/",))
+    plan = Plan([Step(StepKind.PATHS, (b"cache/x", b"y"))])
+    got = rsync_names(plan, plan.steps[0], Changes(paths={b"cache/x", b"y"}), RuleList(sync),
+                      os.fsencode(tmp_path), missing_args=True, empty=never_asked)
+    assert got.names == [b"y"] and got.missing_args and got.step is plan.steps[0]
+
+
+def test_an_old_receivers_times_step_lists_directories_with_their_entries(tmp_path: Path
+                                                                          ) -> None:
+    """A directory that lost an entry is listed with a slash (rsync then
+    deletes what is gone there); the root, listed, is guarded when the
+    source is empty right before the step."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "kept").mkdir()
+    sync = sync_of(tmp_path)
+    step = Step(StepKind.TIMES, (b"", b"d", b"kept"))
+    plan = Plan([Step(StepKind.PATHS, (b"d/gone", b"kept/x")), step])
+    (tmp_path / "kept" / "x").write_text("x")
+    asked: list[bool] = []
+
+    def empty() -> bool:
+        asked.append(True)
+        return True
+
+    got = rsync_names(plan, step, Changes(paths={b"d/gone", b"kept/x"}), RuleList(sync),
+                      os.fsencode(tmp_path), missing_args=False, empty=empty)
+    assert got.names == [b"", b"d/", b"kept"] and not got.missing_args
+    assert asked and got.step.empty_guard and plan.steps[1] is got.step
+
+
+def test_a_receiver_taking_missing_args_lists_directories_alone(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    step = Step(StepKind.TIMES, (b"", b"d"))
+    plan = Plan([step])
+    got = rsync_names(plan, step, Changes(paths={b"d/gone"}), RuleList(sync_of(tmp_path)),
+                      os.fsencode(tmp_path), missing_args=True, empty=never_asked)
+    assert got.names == [b"", b"d"] and not got.step.empty_guard
+
+
+def test_what_an_agent_leaves_keeps_missing_args(tmp_path: Path) -> None:
+    """A batch planned for the agent has no times step of its own: its
+    rsync steps delete with --delete-missing-args even for an old receiver."""
+    step = Step(StepKind.TIMES, (b"",))
+    plan = Plan([Step(StepKind.AGENT, (b"x",)), step])
+    got = rsync_names(plan, step, Changes(paths={b"x"}), RuleList(sync_of(tmp_path)),
+                      os.fsencode(tmp_path), missing_args=False, empty=never_asked)
+    assert got.missing_args and got.names == [b""]
+
+
+# ---------------------------------------------------------------- batch plans
+def test_renames_are_replayed_only_while_the_agent_can_take_them(tmp_path: Path) -> None:
+    (tmp_path / "new").write_text("x")
+    sync = sync_of(tmp_path, mode=Mode.DIRECT)
+    moves = [(b"old", b"new")]
+    with_agent = plan_batch(batch_of(paths={b"old", b"new"}, moves=list(moves)), sync, LOCAL,
+                            RuleList(sync), empty=False, agent_writes=False, agent_renames=True)
+    assert kinds(with_agent)[0] is StepKind.MOVES and with_agent.steps[0].renames == (
+        (b"old", b"new"),)
+    assert with_agent.moves_done == 0
+    without = plan_batch(batch_of(paths={b"old", b"new"}, moves=list(moves)), sync, LOCAL,
+                         RuleList(sync), empty=False, agent_writes=False, agent_renames=False)
+    # a delete and a create, by the paths step; the rename is never replayed later
+    assert kinds(without) == [StepKind.PATHS, StepKind.TIMES]
+    assert without.moves == without.moves_done == 1
+
+
+def test_a_mode_that_does_not_replay_renames_has_no_moves_step(tmp_path: Path) -> None:
+    sync = sync_of(tmp_path)
+    plan = plan_batch(batch_of(paths={b"a", b"b"}, moves=[(b"a", b"b")]), sync, LOCAL,
+                      RuleList(sync), empty=False, agent_writes=True, agent_renames=True)
+    assert kinds(plan) == [StepKind.AGENT] and plan.moves == 0
+
+
+def test_a_rename_into_an_excluded_name_is_not_replayed(tmp_path: Path) -> None:
+    sync = sync_of(tmp_path, mode=Mode.DIRECT, exclude=("*.tmp",))
+    plan = plan_batch(batch_of(paths={b"a", b"a.tmp"}, moves=[(b"a", b"a.tmp")]), sync, LOCAL,
+                      RuleList(sync), empty=False, agent_writes=False, agent_renames=True)
+    assert StepKind.MOVES not in kinds(plan) and plan.moves_done == 1
+
+
+def test_command_mode_runs_the_actions_whatever_the_agent(tmp_path: Path) -> None:
+    sync = Sync(name="s", source=tmp_path, targets=(Target("command", ""),), mode=Mode.COMMAND)
+    plan = plan_batch(batch_of(paths={b"a"}, moves=[(b"x", b"a")]), sync, sync.targets[0],
+                      RuleList(sync), empty=False, agent_writes=False, agent_renames=False)
+    assert kinds(plan) == [StepKind.COMMAND] and plan.moves == 1
+
+
+def test_an_empty_local_target_needs_no_proof(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    target = Target(str(tmp_path / "dst"), str(tmp_path / "dst"))
+    sync = sync_of(tmp_path / "src", target)
+    plan = plan_batch(batch_of(prove={b""}), sync, target, RuleList(sync), empty=False,
+                      agent_writes=False, agent_renames=False)
+    assert kinds(plan) == [StepKind.TREE]
+
+
+# ------------------------------------------------------------ results, judged
+def judged(step: StepKind, rc: int, receiver: Receiver, target: Target = REMOTE,
+           **kw: Any) -> Result:
+    sync = sync_of(Path("/src"), target, **kw)
+    return interpret(Step(step), Result(rc, error="x"), receiver=receiver, sync=sync,
+                     target=target, startup=False, label="target t")
+
+
+def test_an_old_receivers_2_retries_the_batch_with_listings_once() -> None:
+    receiver = Receiver()
+    got = judged(StepKind.PATHS, 2, receiver)
+    assert got.old_receiver and "before 3.4.4" in got.error and not receiver.missing_args
+    assert Plan([Step(StepKind.PATHS)]).advance(Step(StepKind.PATHS), got).outcome.value == (
+        "retry")
+    # learned once: a later 2 is rsync's own
+    again = judged(StepKind.PATHS, 2, receiver)
+    assert not again.old_receiver and again.error == "x"
+
+
+@pytest.mark.parametrize("case", ["local", "confined", "times", "rc1", "no-deletes"])
+def test_a_2_that_is_not_an_old_receivers_is_left_as_it_is(case: str) -> None:
+    receiver = Receiver()
+    target = {"local": LOCAL, "confined": CONFINED}.get(case, REMOTE)
+    step = StepKind.TIMES if case == "times" else StepKind.TREE
+    kw: dict[str, Any] = {"delete": False} if case == "no-deletes" else {}
+    got = judged(step, 1 if case == "rc1" else 2, receiver, target, **kw)
+    assert not got.old_receiver and receiver.missing_args
+
+
+def test_the_empty_source_guard_is_said_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    sync = sync_of(Path("/src"), LOCAL)
+    step = Step(StepKind.TREE, (b"",), empty_guard=True)
+    with caplog.at_level(logging.ERROR, "syncsup.syncer"):
+        got = interpret(step, Result(25), receiver=Receiver(), sync=sync, target=LOCAL,
+                        startup=False, label="target t")
+    assert got == Result(25)
+    assert "refusing to delete the mirror" in caplog.text
+
+
+# ------------------------------------------------------------- the agent renames
+def channel(target: Target, src: Path, *, writes: bool = True, **kw: Any) -> Channel:
+    sync = sync_of(src, target, mode=Mode.DIRECT if not target.is_remote else Mode.RSYNCSSH,
+                   **kw)
+    return Channel(sync, target, None, io.BytesIO(), Timings(), writes=writes)
+
+
+def test_a_local_target_is_renamed_in_process_without_following_symlinks(tmp_path: Path
+                                                                         ) -> None:
+    dst = tmp_path / "dst"
+    (dst / "d").mkdir(parents=True)
+    (dst / "d" / "f").write_text("x")
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", dst / "link")
+    ino = (dst / "d" / "f").stat().st_ino
+    ch = channel(Target(str(dst), str(dst)), tmp_path, writes=False)
+    got = ch.rename([(b"d", b"e"), (b"e/f", b"link/f"), (b"nope", b"x")], 0.0)
+    ch.close()
+    assert got == Result(rc=0)  # a rename that fails is the transfers' to repair
+    assert (dst / "e" / "f").stat().st_ino == ino
+    assert not (tmp_path / "outside" / "f").exists()
+
+
+def test_an_agent_that_may_not_write_still_renames(tmp_path: Path) -> None:
+    """Settings only rsync honours (compress here) keep content off the
+    agent, not renames: it is there, says rsync as the transport."""
+    ch = channel(REMOTE, tmp_path, writes=False, rsync=RsyncOptions(compress=True))
+    assert ch.available(0.0) and not ch.may_write(0.0) and ch.transport(0.0) == "rsync"
+    assert channel(REMOTE, tmp_path).transport(0.0) == "agent"
+
+
+class FakeSession:
+    """What Channel asks of a remote session."""
+
+    def __init__(self, *, ready: bool, dead: str | None, result: Result | None,
+                 exit_code: int | None = None) -> None:
+        self.ready, self.dead, self._result = ready, dead, result
+        self.exit_code = exit_code
+        self.steps: list[list[dict[str, Any]]] = []
+        self.closed = False
+
+    def start_step(self, ops: list[dict[str, Any]], now: float) -> None:
+        self.steps.append(ops)
+
+    def flush(self) -> None:
+        pass
+
+    def read(self, now: float) -> None:
+        pass
+
+    def result(self, now: float) -> Result | None:
+        return self._result
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def answered(self) -> bool:
+        return self.exit_code is not None and 0 <= self.exit_code < 255
+
+
+def remote_channel(tmp_path: Path, session: FakeSession, **kw: Any) -> Channel:
+    ch = channel(REMOTE, tmp_path, **kw)
+    ch._session = lambda now: session  # type: ignore[assignment,method-assign,return-value]
+    ch.remote = session  # type: ignore[assignment]
+    return ch
+
+
+def test_remote_renames_go_to_the_session_in_order(tmp_path: Path) -> None:
+    s = FakeSession(ready=True, dead=None, result=Result(0, fallback=()))
+    ch = remote_channel(tmp_path, s)
+    assert ch.rename([(b"a", b"b"), (b"b", b"c")], 0.0) is None  # answers awaited
+    assert s.steps == [[{"op": "rename", "src": b"a", "dst": b"b"},
+                        {"op": "rename", "src": b"b", "dst": b"c"}]]
+    assert ch.poll(1.0) == Result(0)
+
+
+def test_a_session_lost_after_its_hello_has_renamed_some(tmp_path: Path) -> None:
+    """rsync's 255 means "nothing renamed": the batch is retried and the
+    renames replayed again. A session that answered hello may have applied
+    some: not 255, so they count as done and the transfers repair."""
+    s = FakeSession(ready=True, dead="connection lost", result=Result(255, error="lost"))
+    ch = remote_channel(tmp_path, s)
+    ch.rename([(b"a", b"b")], 0.0)
+    got = ch.poll(1.0)
+    assert got is not None and got.rc == 1
+    plan = Plan([Step(StepKind.MOVES, renames=((b"a", b"b"),)), Step(StepKind.PATHS)], moves=1)
+    assert plan.advance(plan.steps[0], got) == plan.steps[1] and plan.moves_done == 1
+
+
+def test_a_session_that_never_answered_renamed_nothing(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Its batch is retried; the target has no agent for now (said once,
+    with the remedy), so the retry plans no replay: a delete and a create."""
+    s = FakeSession(ready=False, dead="sh: 1: syncsup-target: not found", result=Result(255),
+                    exit_code=127)
+    ch = remote_channel(tmp_path, s, writes=False)
+    ch.rename([(b"a", b"b")], 0.0)
+    with caplog.at_level(logging.WARNING, "syncsup.syncer"):
+        got = ch.poll(1.0)
+        assert got is not None and got.rc == 255
+        assert not ch.available(2.0)
+        ch.off_until = 0.0  # the retry period is over, and the agent is still missing
+        s2 = FakeSession(ready=False, dead="not found", result=Result(255), exit_code=127)
+        ch.remote = s2  # type: ignore[assignment]
+        ch.read_ready(3.0)
+    lines = [r.getMessage() for r in caplog.records if "no agent there" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "renames travel as a delete and a create until syncsup-target is installed on h" \
+        in lines[0]
+
+
+def test_no_session_now_replays_nothing_and_fails_nothing(tmp_path: Path) -> None:
+    ch = channel(REMOTE, tmp_path, writes=False)
+    ch.off_until = 100.0
+    got = ch.rename([(b"a", b"b")], 0.0)
+    assert got is not None and got.rc == 0
+
+
+def test_the_agent_command_quotes_and_a_confined_key_always_names_syncsup_target() -> None:
+    weird = Target("h:/d ir", "/d ir", host="h")
+    assert agent_command(weird, "/opt/my tools/syncsup-target") == (
+        "'/opt/my tools/syncsup-target' '/d ir' agent")
+    assert agent_command(CONFINED, "/opt/x") == "syncsup-target /dst agent"
+
+
+@pytest.mark.parametrize("mode,target,rsync,want", [
+    (Mode.RSYNC, REMOTE, {}, (True, False)),
+    (Mode.RSYNC, REMOTE, {"compress": True}, (False, False)),  # rsync does everything
+    (Mode.RSYNCSSH, REMOTE, {"compress": True}, (False, True)),  # renames still replayed
+    (Mode.RSYNCSSH, CONFINED, {}, (True, True)),
+    (Mode.DIRECT, LOCAL, {"extra": ("--inplace",)}, (False, True)),
+    (Mode.RSYNC, Target("h::m", "", host="h", module="m"), {}, (False, False)),
+])
+def test_what_a_targets_agent_is_for(mode: Mode, target: Target, rsync: dict[str, Any],
+                                     want: tuple[bool, bool]) -> None:
+    use = agent_use(sync_of(Path("/src"), target, mode=mode, rsync=RsyncOptions(**rsync)),
+                    target)
+    assert (use.writes, use.renames) == want and use.wanted == any(want)
+    assert (use.why is None) == use.writes
+
+
+@pytest.mark.parametrize("exit_code", [255, -9])
+def test_a_target_not_reached_is_not_one_without_an_agent(exit_code: int, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    """ssh's 255 (the host down, the login refused) or a killed client:
+    the target said nothing about its agent. No "install syncsup-target"
+    then, and a new session is tried at once, then backing off."""
+    s = FakeSession(ready=False, dead="ssh: connect to host h: Connection refused",
+                    result=Result(255), exit_code=exit_code)
+    ch = remote_channel(tmp_path, s)
+    ch.rename([(b"a", b"b")], 0.0)
+    with caplog.at_level(logging.INFO, "syncsup.syncer"):
+        got = ch.poll(1.0)
+    assert got is not None and got.rc == 255  # nothing renamed: the batch is retried
+    assert "no agent there" not in caplog.text and "ended before it started" in caplog.text
+    assert ch.available(1.0)  # the first restart is immediate
+
+
+def test_only_agent_and_moves_steps_run_by_the_agent() -> None:
+    assert {k for k in StepKind if Step(k).by_agent} == {StepKind.AGENT, StepKind.MOVES}
+
+
+def test_a_local_target_replaced_while_held_open_is_opened_again(tmp_path: Path) -> None:
+    """The channel keeps the target directory open between batches; one
+    replaced since (a new disk mounted there, the directory made again)
+    must get the renames, not the old directory that no one sees."""
+    dst = tmp_path / "dst"
+    (dst / "a").mkdir(parents=True)
+    ch = channel(Target(str(dst), str(dst)), tmp_path, writes=False)
+    assert ch.rename([(b"a", b"b")], 0.0) == Result(0) and (dst / "b").is_dir()
+    dst.rename(tmp_path / "old")
+    (dst / "c").mkdir(parents=True)
+    assert ch.rename([(b"c", b"d")], 1.0) == Result(0)
+    assert (dst / "d").is_dir() and not (dst / "c").exists()
+    shutil.rmtree(dst)  # gone: an error for this step (the transfers make the directory)
+    got = ch.rename([(b"d", b"e")], 2.0)
+    assert got is not None and got.rc == 1 and not (tmp_path / "old" / "e").exists()
+    ch.close()
