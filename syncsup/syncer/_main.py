@@ -34,6 +34,7 @@ from syncsup.backoff import Backoff
 from syncsup.child import ChildRuntime
 from syncsup.filters import RuleList
 from syncsup.logs import setup_logging
+from syncsup.privilege import super_receiver
 from syncsup.processes import drain_fd
 from syncsup.sockets import Reconnects, new_socket, receive, send
 from syncsup.sourceroot import root_problem
@@ -94,6 +95,7 @@ class Syncer:
     def __init__(self, conf: cfg.Config) -> None:
         self.config_path = conf.path
         self.timings = conf.timings
+        self.super_receiver = super_receiver()  # the capabilities do not change
         self.state = StateDir(conf.settings.state_dir)
         self.rt = ChildRuntime(self.state, "syncer", conf.timings.heartbeat_interval)
         self.state.tmp.mkdir(mode=0o700, exist_ok=True)
@@ -223,7 +225,7 @@ class Syncer:
             step = slot.step = sends.step
             lst.write_bytes(files_from(sends.names))
             argv = rsync_argv(slot.sync, slot.target, step, str(lst), slot.batch.startup,
-                              slot.control_path, sends.missing_args)
+                              slot.control_path, sends.missing_args, self.super_receiver)
         log.debug("%s: %s", slot.label, argv)
         err, out = self._files(slot)
         try:

@@ -38,7 +38,6 @@ import dataclasses
 import shlex
 
 from syncsup.config import Sync, Target, rule_file_lines
-from syncsup.privilege import super_receiver
 from syncsup.syncer.plan import Step
 
 __all__ = ["DAEMON_CONNECT_TIMEOUT", "SSH_DEFAULTS", "daemon_options", "expand_rule_files",
@@ -115,7 +114,8 @@ def _backs_up(extra: tuple[str, ...] | list[str]) -> bool:
 
 
 def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: bool,
-               control_path: str | None = None, missing_args: bool = True) -> list[str]:
+               control_path: str | None = None, missing_args: bool = True,
+               super_receiver: bool = False) -> list[str]:
     """argv for one ``tree`` or ``paths`` step of ``sync`` to ``target``,
     reading NUL-separated relative names from ``list_file``. A tree step's
     ``checksum`` adds ``--checksum`` (a rescan after lost events); its
@@ -123,7 +123,9 @@ def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: 
     wipe the mirror: rsync then deletes nothing and exits 25).
     ``missing_args``: the receiver takes ``--delete-missing-args``; if
     not, a times step deletes instead (its directories that lost an entry
-    are listed with their entries)."""
+    are listed with their entries). ``super_receiver``: this process is not
+    uid 0 but may set owners (``privilege.super_receiver``, asked once by
+    the caller): a local receiver gets ``--super``."""
     kind = step.kind.value
     if kind not in ("tree", "paths", "times"):
         raise ValueError(f"not an rsync step: {kind!r}")
@@ -137,7 +139,7 @@ def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: 
         # syncsup-target refuses device files (a device node written inside
         # ROOT would open the host's disks to its local users).
         argv.insert(2, "--no-devices")
-    if opts.archive and not target.is_remote and super_receiver():
+    if opts.archive and not target.is_remote and super_receiver:
         # A local receiver running as a service user with CAP_CHOWN: rsync
         # keeps owners only as uid 0 or with --super. Never towards a remote
         # login, whose rsync would fail on every chown (rc 23).

@@ -82,17 +82,17 @@ PATHS = Step(StepKind.PATHS, (b"a",))
 
 
 @pytest.mark.parametrize("step", [TREE, PATHS])
-def test_super_goes_to_the_local_receiver_only(monkeypatch: pytest.MonkeyPatch,
-                                               step: Step) -> None:
+def test_super_goes_to_the_local_receiver_only(step: Step) -> None:
     sync = Sync(name="www", source=Path("/srv/www"), targets=(LOCAL, REMOTE, DAEMON))
-    monkeypatch.setattr(argv, "super_receiver", lambda: True)
-    assert "--super" in argv.rsync_argv(sync, LOCAL, step, "/l", startup=True)
+    def rsync(s: Sync, t: config.Target, su: bool = True) -> list[str]:
+        return argv.rsync_argv(s, t, step, "/l", startup=True, super_receiver=su)
+
+    assert "--super" in rsync(sync, LOCAL)
     for remote in (REMOTE, DAEMON, dataclasses.replace(REMOTE, confined=True)):
-        assert "--super" not in argv.rsync_argv(sync, remote, step, "/l", startup=True)
+        assert "--super" not in rsync(sync, remote)
     plain = dataclasses.replace(sync, rsync=config.RsyncOptions(archive=False))
-    assert "--super" not in argv.rsync_argv(plain, LOCAL, step, "/l", startup=True)
-    monkeypatch.setattr(argv, "super_receiver", lambda: False)
-    assert "--super" not in argv.rsync_argv(sync, LOCAL, step, "/l", startup=True)
+    assert "--super" not in rsync(plain, LOCAL)
+    assert "--super" not in rsync(sync, LOCAL, su=False)
 
 
 def test_the_service_user_takes_systemds_directories(monkeypatch: pytest.MonkeyPatch,
