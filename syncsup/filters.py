@@ -13,16 +13,21 @@ anchors at the source root, a trailing ``/`` matches only directories,
 ``*`` stays within one path component, ``**`` crosses ``/``, a pattern with a
 ``/`` in it (or ``**``) is matched against the whole path's tail, otherwise
 against the last component; ``dir/***`` matches ``dir`` and all below it.
+
+The rule files a sync names (``exclude_from``, ``filter_from``) are read
+here too, once (:func:`expand_rule_files`), so that building command lines
+(``syncer/argv.py``) stays pure.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 
 from syncsup.config import Sync, rule_file_lines
 
-__all__ = ["DirFilter", "RuleList", "exclude_patterns", "plain_excludes"]
+__all__ = ["DirFilter", "RuleList", "exclude_patterns", "expand_rule_files", "plain_excludes"]
 
 
 def _translate(pattern: bytes) -> bytes:
@@ -255,3 +260,16 @@ class DirFilter:
 
     def excluded(self, rel: bytes, is_dir: bool = True) -> bool:
         return bool(rel) and any(r.matches(rel, is_dir) for r in self.rules)
+
+
+def expand_rule_files(sync: Sync) -> Sync:
+    """``exclude_from`` and ``filter_from`` read into ``exclude`` and
+    ``filter``. rsync's ``--from0`` (needed for the file lists) also makes
+    it read rule files as NUL-separated, so newline-separated rule files
+    cannot be passed as they are. Read once when the syncer starts: edits
+    take effect at the next restart or SIGHUP."""
+    if sync.exclude_from is None and sync.filter_from is None:
+        return sync
+    return dataclasses.replace(
+        sync, exclude=(*sync.exclude, *rule_file_lines(sync, "exclude_from")), exclude_from=None,
+        filter=(*sync.filter, *rule_file_lines(sync, "filter_from")), filter_from=None)

@@ -32,7 +32,7 @@ from syncsup import config as cfg
 from syncsup import proto
 from syncsup.backoff import Backoff
 from syncsup.child import ChildRuntime
-from syncsup.filters import RuleList
+from syncsup.filters import RuleList, expand_rule_files
 from syncsup.logs import setup_logging
 from syncsup.privilege import super_receiver
 from syncsup.processes import drain_fd
@@ -41,7 +41,7 @@ from syncsup.sourceroot import root_problem
 from syncsup.statedir import StateDir
 from syncsup.status import StatusPart, TransferStatus, TransportStatus
 from syncsup.syncer.agents import Channel, agent_use, watched_fds
-from syncsup.syncer.argv import expand_rule_files, rsync_argv
+from syncsup.syncer.argv import rsync_argv
 from syncsup.syncer.core import Key, Lanes, Masters, Phase, done_message, summary
 from syncsup.syncer.deletions import receiver_takes_missing_args
 from syncsup.syncer.masters import SshMasters

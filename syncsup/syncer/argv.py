@@ -34,14 +34,13 @@ Three kinds of transfer:
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 
-from syncsup.config import Sync, Target, rule_file_lines
+from syncsup.config import Sync, Target
 from syncsup.syncer.plan import Step
 
-__all__ = ["DAEMON_CONNECT_TIMEOUT", "SSH_DEFAULTS", "daemon_options", "expand_rule_files",
-           "rsync_argv", "ssh_argv", "ssh_command"]
+__all__ = ["DAEMON_CONNECT_TIMEOUT", "SSH_DEFAULTS", "daemon_options", "rsync_argv", "ssh_argv",
+           "ssh_command"]
 
 # Fail fast on a dead host and notice a dead connection, instead of hanging.
 SSH_DEFAULTS = ("BatchMode=yes", "ConnectTimeout=10", "ServerAliveInterval=15",
@@ -90,19 +89,6 @@ def ssh_command(sync: Sync, control_path: str | None = None) -> str:
     """The ``-e`` argument for rsync. rsync splits it itself (spaces, with
     single or double quotes), so every part is quoted."""
     return " ".join(shlex.quote(p) for p in ssh_argv(sync, control_path))
-
-
-def expand_rule_files(sync: Sync) -> Sync:
-    """``exclude_from`` and ``filter_from`` read into ``exclude`` and
-    ``filter``. rsync's ``--from0`` (needed for the file lists) also makes
-    it read rule files as NUL-separated, so newline-separated rule files
-    cannot be passed as they are. Read once when the syncer starts: edits
-    take effect at the next restart or SIGHUP."""
-    if sync.exclude_from is None and sync.filter_from is None:
-        return sync
-    return dataclasses.replace(
-        sync, exclude=(*sync.exclude, *rule_file_lines(sync, "exclude_from")), exclude_from=None,
-        filter=(*sync.filter, *rule_file_lines(sync, "filter_from")), filter_from=None)
 
 
 def _backs_up(extra: tuple[str, ...] | list[str]) -> bool:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from syncsup.config import ConfigError, Sync, Target
-from syncsup.filters import DirFilter, RuleList, exclude_patterns
-from syncsup.syncer.argv import expand_rule_files, rsync_argv
+from syncsup.filters import DirFilter, RuleList, exclude_patterns, expand_rule_files
+from syncsup.syncer.argv import rsync_argv
 from syncsup.syncer.plan import Step, StepKind
 
 DIRS = ["cache", "a/cache", "a/b/cache", "node_modules", "x/node_modules/y", "build",
