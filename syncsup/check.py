@@ -179,10 +179,11 @@ def rejects_missing_args(sync: cfg.Sync, target: cfg.Target, timeout: float) -> 
 
 
 def _remote_target(sync: cfg.Sync, target: cfg.Target, timeout: float
-                   ) -> tuple[list[str], str]:
+                   ) -> tuple[list[str], str, list[str]]:
     """Probe a remote target: ssh, rsync there, writable; a confined one
     through ``syncsup-target``'s ``info`` answer. Each ssh call may take
-    ``timeout`` seconds."""
+    ``timeout`` seconds. Returns the problems, rsync's version there, and
+    warnings (what works, at a cost)."""
     login = target.login
     name = f"{sync.name} -> {target.spec}"
 
@@ -199,43 +200,44 @@ def _remote_target(sync: cfg.Sync, target: cfg.Target, timeout: float
     if target.confined:
         answer = remote(f"syncsup-target {shlex.quote(target.path)} info")
         if isinstance(answer, str):
-            return [answer], ""
+            return [answer], "", []
         if answer.returncode == 255:
             err = (answer.stderr.strip().splitlines() or ["ssh failed"])[-1]
-            return [f"{name}: ssh failed: {err}"], ""
-        return _confined_target(name, target, answer)
+            return [f"{name}: ssh failed: {err}"], "", []
+        return (*_confined_target(name, target, answer), [])
     proc = remote("rsync --version")
     if isinstance(proc, str):
-        return [proc], ""
+        return [proc], "", []
     if proc.returncode == 255:
         err = (proc.stderr.strip().splitlines() or ["ssh failed"])[-1]
-        return [f"{name}: ssh failed: {err}"], ""
+        return [f"{name}: ssh failed: {err}"], "", []
     if not proc.stdout.startswith("rsync"):
-        return [f"{name}: rsync is not installed on {target.host}"], ""
+        return [f"{name}: rsync is not installed on {target.host}"], "", []
     version = _version(proc.stdout)
     q = shlex.quote(target.path)
     probe = remote(f"if test -d {q}; then test -w {q}; else test -w \"$(dirname -- {q})\"; fi "
                    "&& echo WRITABLE")
     if isinstance(probe, str):
-        return [probe], version
+        return [probe], version, []
     if "syncsup-target: refused" in probe.stderr:
         return [f"{name}: the key is confined by syncsup-target there: set confined = true "
-                "for this target"], version
+                "for this target"], version, []
     if "WRITABLE" not in probe.stdout:
-        return [f"{name}: {target.path} is not writable"], version
+        return [f"{name}: {target.path} is not writable"], version, []
     if sync.moves_on_target:
         # renames are replayed only by the agent: without it, each is a
         # delete and a create (the data sent again)
         program = sync.ssh.target_command
         agent = remote(f"{shlex.quote(program)} --version")
         if isinstance(agent, str):
-            return [agent], version
+            return [agent], version, []
         if not agent.stdout.startswith("syncsup-target"):
-            return [f"{name}: {program} does not run on {target.host}, so renames cannot be "
-                    "replayed there (each travels as a delete and a create): install "
-                    f"syncsup-target on {target.host} (pip install syncsup) or set "
-                    "[sync.ssh] target_command"], version
-    return [], version
+            # it mirrors all the same: a warning, not a problem
+            return [], version, [f"{name}: {program} does not run on {target.host}, so "
+                                 "renames cannot be replayed there (each travels as a delete "
+                                 f"and a create): install syncsup-target on {target.host} "
+                                 "(pip install syncsup) or set [sync.ssh] target_command"]
+    return [], version, []
 
 
 def _daemon_verdict(rc: int, stderr: str) -> str | None:
@@ -355,7 +357,8 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
                        f"{sync.name} -> {target.spec}: the rsync daemon's module answers, the "
                        "login works and it is not read only")
             elif target.is_remote:
-                issues, version = _remote_target(sync, target, conf.timings.check_timeout)
+                issues, version, warnings = _remote_target(sync, target,
+                                                           conf.timings.check_timeout)
                 writable = "" if "confined" in version else ", writable"
                 if not issues and rejects_missing_args(sync, target, conf.timings.check_timeout):
                     if target.confined:
@@ -368,6 +371,7 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
                                      "by directory listing")
                 report(issues, f"{sync.name} -> {target.spec}: ssh works, rsync {version}"
                                f"{writable}")
+                out.extend(f"warning: {w}" for w in warnings)
             else:
                 report(_local_target(sync, target), f"{sync.name} -> {target.spec}: writable")
     return problems
