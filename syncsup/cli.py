@@ -183,14 +183,16 @@ def _config_error(exc: cfg.ConfigError) -> NoReturn:
     raise SystemExit(cfg.EX_CONFIG) from None
 
 
-def _load(path: str, sources: bool = False, files: bool = False) -> cfg.Config:
+def _load(path: str, sources: bool = False, files: bool = False,
+          client: bool = False) -> cfg.Config:
     """The config, or exit 78 with one line; ``sources``: each must be a
     directory or not exist yet (start: a missing one is waited for; ``check``
     lists it among its problems, and status or stop must work while a source
     is away); ``files``: the directories of
-    ``log_file`` and ``status_file`` must exist (start and check)."""
+    ``log_file`` and ``status_file`` must exist (start and check);
+    ``client``: the command only talks to the running daemon."""
     try:
-        conf = cfg.load(path)
+        conf = cfg.load(path, client=client)
         if files:
             cfg.check_output_files(conf)
         if sources:
@@ -277,12 +279,12 @@ def _ask(conf: cfg.Config, msg: proto.Message) -> proto.Message | int:
 def _list_running(as_json: bool) -> int:
     """``syncsup status`` without a config: the daemons running."""
     from syncsup import registry
-    from syncsup.statedir import StateDir
+    from syncsup.statedir import read_pid
 
     rows = []
     for entry in registry.running():
         try:
-            pid = StateDir(_load(str(entry.config)).settings.state_dir).lock.read_text().strip()
+            pid = read_pid(_load(str(entry.config), client=True).settings.state_dir) or "?"
         except OSError:
             pid = "?"
         rows.append({"name": entry.name, "config": str(entry.config), "pid": pid})
@@ -299,7 +301,7 @@ def _list_running(as_json: bool) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     if args.config is None:
         return _list_running(args.json)
-    reply = _ask(_load(_daemon_config(args.config)), proto.StatusRequest())
+    reply = _ask(_load(_daemon_config(args.config), client=True), proto.StatusRequest())
     if isinstance(reply, int):
         return reply
     if not isinstance(reply, proto.StatusReply):
@@ -309,7 +311,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.relays:
         from syncsup.relays import ask_relays, format_relays
 
-        relays = ask_relays(_load(_daemon_config(args.config)))
+        relays = ask_relays(_load(_daemon_config(args.config), client=True))
     if args.json:
         doc = to_json(reply.status)
         if relays is not None:
@@ -323,7 +325,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    conf = _load(_daemon_config(args.config))
+    conf = _load(_daemon_config(args.config), client=True)
     try:
         request(conf, proto.Stop(reason="syncsup stop"))
     except NotRunning as exc:
@@ -353,7 +355,7 @@ def cmd_control(args: argparse.Namespace) -> int:
     msg = proto.Control(command=proto.Command(args.command),
                         sync=getattr(args, "sync", None) or "",
                         target_spec=getattr(args, "target", None) or "")
-    reply = _ask(_load(_daemon_config(args.config)), msg)
+    reply = _ask(_load(_daemon_config(args.config), client=True), msg)
     if isinstance(reply, int):
         return reply
     if not isinstance(reply, proto.ControlReply):

@@ -23,7 +23,7 @@ from typing import Any
 
 from syncsup import config_keys
 from syncsup.paths import is_within
-from syncsup.privilege import can_access, service_uid
+from syncsup.privilege import SERVICE_USER, can_access, service_uid
 from syncsup.timings import TimingError, Timings
 
 __all__ = [
@@ -796,32 +796,44 @@ def _check_ancestors(path: Path, key: str) -> None:
                               f"{st.st_gid}; chmod g-w it")
 
 
-def _check_private_stat(st: os.stat_result, path: Path, key: str) -> None:
+def _check_private_stat(st: os.stat_result, path: Path, key: str, client: bool = False
+                        ) -> None:
     """A config or state_dir others can write would let them run commands
     as us (command mode) or redirect the mirror: refuse it."""
     if st.st_mode & 0o022:
         raise ConfigError(key, f"{path} is writable by other users (mode "
                           f"{stat.S_IMODE(st.st_mode):o}); chmod go-w it")
-    if not _owned_safely(st) and not _service_state(st, key):
-        raise ConfigError(key, f"{path} belongs to uid {st.st_uid}, not to us or root")
+    if _owned_safely(st):
+        return
+    if _service_state(st, key):
+        if client:
+            return
+        raise ConfigError(key, f"{path} belongs to the service user {SERVICE_USER}, whose "
+                          "daemon runs it: start it with systemctl (root never runs a "
+                          "daemon in a directory a less trusted account can change)")
+    raise ConfigError(key, f"{path} belongs to uid {st.st_uid}, not to us or root")
 
 
 def _service_state(st: os.stat_result, key: str) -> bool:
-    """Root reading the config of the unit's daemon, which runs as the
-    service user in the state directory systemd made for it: root trusts
-    that account (its own unit runs it), so its state_dir is accepted."""
+    """A state_dir of the unit's daemon, which runs as the service user in
+    the directory systemd made for it, seen by root."""
     return (key == "settings.state_dir" and os.geteuid() == 0
             and st.st_uid == service_uid())
 
 
-def check_private(path: Path, key: str) -> None:
+def check_private(path: Path, key: str, client: bool = False) -> None:
     """``path`` (a state_dir), if it exists, and every directory above it
-    must be ours or root's and not writable by others."""
+    must be ours or root's and not writable by others. ``client``: root
+    asks a daemon (status, stop, reload...): a state_dir of the service
+    user is then accepted, since only the daemon's socket and lock are
+    read there (the lock without following a link, never written). Root
+    never runs a daemon there: the service user (or code it ran) could
+    have put a symlink in it that root would write through."""
     try:
         st = path.stat()
     except FileNotFoundError:
         return
-    _check_private_stat(st, path, key)
+    _check_private_stat(st, path, key, client)
     _check_ancestors(path, key)
 
 
@@ -919,8 +931,10 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     return Config(path=path, settings=settings, syncs=syncs, timings=timing)
 
 
-def load(path: str | os.PathLike[str]) -> Config:
-    """Read and validate the TOML file at ``path``."""
+def load(path: str | os.PathLike[str], client: bool = False) -> Config:
+    """Read and validate the TOML file at ``path``; ``client``: for a
+    command that only talks to the running daemon (see
+    :func:`check_private`)."""
     p = Path(path).resolve()
     raw = read_private(p, "config")
     try:
@@ -931,7 +945,7 @@ def load(path: str | os.PathLike[str]) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{p}: invalid TOML: {exc}") from None
     conf = parse(data, p)
-    check_private(conf.settings.state_dir, "settings.state_dir")
+    check_private(conf.settings.state_dir, "settings.state_dir", client)
     return conf
 
 

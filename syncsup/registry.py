@@ -72,7 +72,8 @@ def _runs(entry: Entry) -> bool:
     """Does the daemon of ``entry`` still run (its config loads and its
     state_dir is locked)?"""
     try:
-        conf = cfg.load(entry.config)
+        # only its lock is read, safely: the service user's state_dir is fine
+        conf = cfg.load(entry.config, client=True)
         return is_running(conf.settings.state_dir)
     except (cfg.ConfigError, OSError, ValueError):
         return False

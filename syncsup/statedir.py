@@ -18,13 +18,15 @@ early with a clear message.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import time
 from pathlib import Path
 from typing import IO
 
-__all__ = ["AlreadyRunning", "StateDir", "is_running"]
+__all__ = ["AlreadyRunning", "StateDir", "is_running", "read_pid"]
 
 _SUN_PATH_MAX = 107
 
@@ -74,7 +76,8 @@ class StateDir:
     def acquire_lock(self) -> IO[str]:
         """Hold an exclusive flock on ``lock`` for the life of the process;
         the kernel drops it however we die, so no stale lock is possible."""
-        fh = open(self.lock, "a+")  # noqa: SIM115 - held until exit
+        fd = _open_lock(self.lock, os.O_RDWR | os.O_CREAT)
+        fh = open(fd, "r+")  # noqa: SIM115 - held until exit
         # `syncsup status` takes a shared lock for an instant to see whether
         # we run; retry briefly so that a status poll never makes a start fail.
         for attempt in range(20):
@@ -96,13 +99,42 @@ class StateDir:
         return fh
 
 
+def _open_lock(path: Path, flags: int) -> int:
+    """The lock file, never through a symlink, never blocking on a fifo,
+    and only a regular file: a state_dir another account can write (the
+    service user's, read by root's CLI) must not make root write, read or
+    hang on anything else."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path} is not a regular file")
+    return fd
+
+
 def is_running(state_dir: Path) -> bool:
     """True if a supervisor holds the lock of ``state_dir``."""
     try:
-        with open(StateDir(state_dir).lock) as fh:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-    except FileNotFoundError:
+        fd = _open_lock(StateDir(state_dir).lock, os.O_RDONLY)
+    except OSError:
+        return False  # none, or not a lock a daemon of ours made
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return False
     except BlockingIOError:
         return True
+    finally:
+        os.close(fd)
+
+
+def read_pid(state_dir: Path) -> str | None:
+    """The pid the running supervisor wrote in its lock (a short string, as
+    written), or None."""
+    try:
+        fd = _open_lock(StateDir(state_dir).lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    return text if text.isdigit() else None

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from syncsup.text import printable
+
 __all__ = [
     "BLIND_REASONS",
     "ERROR",
@@ -269,7 +271,9 @@ def format_status(status: Status) -> str:
             if x is not None and x.seconds >= 5:
                 lines.append(f"    running: {x.phase} transfer for {x.seconds:.0f}s, "
                              f"{x.io_bytes / 1e6:.1f} MB read+written")
-    return "\n".join(lines)
+    # Every field can hold text from outside (a source's name, a target's
+    # or its agent's error): no control character reaches the terminal.
+    return "\n".join(printable(line, 1 << 16) for line in lines)
 
 
 def _one_line(error: str | None, limit: int = 160) -> str:

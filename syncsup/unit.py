@@ -83,8 +83,10 @@ RestartPreventExitStatus=78
 # file that creates it), holding as ambient capabilities exactly what
 # mirroring every user's files takes: reading past permissions, writing
 # local targets, setting others' owners (chown), modes and setgid bits. The
-# state in /var/lib/syncsup is writable, the rest of the system read-only,
-# home directories hidden (the drop-in opens what a config names).
+# instance's state in /var/lib/syncsup/INSTANCE is writable (systemd makes it
+# the user's; /var/lib/syncsup itself is root's and read-only here), the rest
+# of the system read-only, home directories hidden (the drop-in opens what a
+# config names).
 User=syncsup
 Group=syncsup
 AmbientCapabilities=CAP_CHOWN CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_FSETID
@@ -95,7 +97,6 @@ StateDirectoryMode=0700
 RuntimeDirectory=syncsup
 RuntimeDirectoryMode=0700
 RuntimeDirectoryPreserve=yes
-ReadWritePaths=/var/lib/syncsup
 # /run holds the sockets of root's services (systemd's own, D-Bus, container
 # engines), which trust any process of uid 0: through one, a process of this
 # unit could have a command started outside the sandbox (a read-only mount
@@ -223,8 +224,16 @@ def dropin(conf: cfg.Config) -> str:
     the network limited to the target hosts."""
     s = conf.settings
     writable: list[str] = []
-    if not _under(s.state_dir, ("/var/lib/syncsup",)):
-        writable.append(str(s.state_dir))
+    state_dirs: list[str] = []
+    # systemd makes /var/lib/syncsup/INSTANCE (StateDirectory=) the service
+    # user's; /var/lib/syncsup itself stays root's and read-only in the
+    # unit, so that the service user cannot put links beside the states.
+    # Another state_dir under /var/lib is made by systemd the same way.
+    if s.state_dir != Path("/var/lib/syncsup") / conf.path.stem:
+        if _under(s.state_dir, ("/var/lib",)) and s.state_dir != Path("/var/lib"):
+            state_dirs.append(str(s.state_dir.relative_to("/var/lib")))
+        else:
+            writable.append(str(s.state_dir))
     writable += [str(f.parent) for f in (s.log_file, s.status_file) if f is not None]
     hosts: list[str] = []
     used: list[Path | str] = [s.state_dir, *writable]
@@ -245,6 +254,7 @@ def dropin(conf: cfg.Config) -> str:
              "config's", "# paths or targets.", "[Service]"]
     if any(_under(p, _HOME) for p in used):
         lines.append("ProtectHome=read-only")
+    lines += [f"StateDirectory={_unit_word(d)}" for d in state_dirs]
     # "-": a target that does not exist yet does not stop the unit; the
     # daemon creates it (its parent must be writable for that). Under /run,
     # which the unit hides behind an empty tmpfs, a path is bound in instead.

@@ -11,8 +11,10 @@ target instead of a process (and, over ssh, a remote session) per batch.
   ``Timings.agent_timeout`` while answers are due is killed; the step's paths
   then go to rsync, and a new session is tried for a later batch.
 
-Either way a step ends with a ``commit`` whose answer says the target made
-the batch durable; only then is the batch acknowledged.
+Either way a step of writes ends with a ``commit`` whose answer says the
+target made the batch durable; only then is the batch acknowledged. A
+rename step sends no commit: the transfers of its batch, which follow it,
+end with theirs (or with rsync's own exit).
 """
 
 from __future__ import annotations

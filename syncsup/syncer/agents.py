@@ -180,7 +180,7 @@ class Channel:
         nothing to do), or None if the answers are awaited (see poll). A
         batch of more than :data:`MAX_PATHS_LOCAL` (:data:`MAX_PATHS_REMOTE`)
         paths goes to rsync whole."""
-        self.sent = 0
+        self.sent, self.renaming = 0, False
         if len(names) > (MAX_PATHS_LOCAL if self.local is not None else MAX_PATHS_REMOTE):
             return Result(rc=0, fallback=tuple(names))
         deletes = self.sync.deletes(startup)
@@ -236,11 +236,18 @@ class Channel:
         if result is None:
             return None
         if r.dead:
+            answered = r.answered and not r.ready
             self._lost(r, now)
             if self.renaming and r.ready and not result.stalled:
                 # some renames may have been applied: never replayed again
                 # (rsync's 255 is for a session that renamed nothing)
                 result = Result(rc=1, error=result.error)
+            elif self.renaming and answered:
+                # the target answered that it has no agent (not installed,
+                # refused): nothing was renamed, and retrying would only
+                # find the same; the transfers carry the renames, as a
+                # delete and a create
+                result = Result(rc=0, error="no agent there: renames not replayed")
         elif r.ready:
             self.ever_ready, self.start_failures, self.told = True, 0, False
         return self._merge(result)

@@ -18,8 +18,10 @@ what each step's result means.
   target could not be reached" (255: the agent's session ended before it
   answered) fails the batch. Once attempted, renames count as done
   (``moves_done``) whatever happens next. A batch planned while the target
-  has no agent has no ``moves`` step: its renames travel as a delete and
-  a create, by the transfers.
+  has no agent has no ``moves`` step, and one whose target answers that it
+  has none (``syncsup-target`` not installed there, refused) ends its
+  ``moves`` step with 0: either way its renames travel as a delete and a
+  create, by the transfers.
 * ``prove`` (a start with no earlier state, :mod:`syncsup.syncer.prove`)
   reads the ctimes of the ``prove`` subtrees' files on both sides and
   names the files whose target copy they cannot prove current; the

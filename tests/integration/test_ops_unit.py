@@ -97,7 +97,10 @@ def test_unit_file_settings():
     assert set(_one(svc, "CapabilityBoundingSet").split()) == MIRROR_CAPS
     assert _true(_one(svc, "PrivateTmp"))
     assert _true(_one(svc, "NoNewPrivileges"))
-    assert any(v.strip() for v in svc.get("ReadWritePaths", [])), "ReadWritePaths= is missing"
+    # the instance's state alone is writable: systemd makes it the user's,
+    # /var/lib/syncsup stays root's (no link the user could put beside it)
+    assert _one(svc, "StateDirectory") == "syncsup/%i"
+    assert not any("/var/lib" in v for v in svc.get("ReadWritePaths", [])), svc
     # the supervisor (main pid) sends the notifications, nobody else
     assert svc.get("NotifyAccess", ["main"])[-1] == "main"
     exec_start = _one(svc, "ExecStart").split()

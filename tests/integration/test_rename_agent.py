@@ -174,6 +174,10 @@ def test_a_target_without_syncsup_target_converges_by_delete_and_create(sshd, tm
     assert (f"renames travel as a delete and a create until syncsup-target is installed on "
             f"{sshd.host}") in lines[0], lines[0]
     assert (dst / "a2" / "b" / "f").is_file() and not (dst / "a").exists()
+    # the target answered that it has no agent: no batch failed for it
+    (target,) = d.targets()
+    assert not target["transfers"].get("retry"), target
+    assert "rename" not in (target.get("last_error") or ""), target
     finish(d, tmp_path, src, dst)
 
 

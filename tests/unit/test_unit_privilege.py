@@ -120,9 +120,11 @@ def test_the_service_user_takes_systemds_directories(monkeypatch: pytest.MonkeyP
 def test_root_trusts_the_state_dir_of_the_service_user_only(tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
-    """Root's CLI reads the config of the unit's daemon, whose state_dir
+    """Root's CLI asks the unit's daemon (status, stop...), whose state_dir
     belongs to the service user; a state_dir of any other user stays
-    refused (its owner could plant what root then trusts)."""
+    refused (its owner could plant what root then trusts), and root never
+    starts a daemon in the service user's (it would write through what the
+    user put there)."""
     import pwd
 
     state = tmp_path / "state"
@@ -135,6 +137,38 @@ def test_root_trusts_the_state_dir_of_the_service_user_only(tmp_path: Path,
     nobody = pwd.getpwuid(65534).pw_name
     monkeypatch.setenv("SYNCSUP_SERVICE_USER", "no-such-user-here")
     with pytest.raises(config.ConfigError, match="belongs to uid 65534"):
-        config.load(conf)
+        config.load(conf, client=True)
     monkeypatch.setenv("SYNCSUP_SERVICE_USER", nobody)
-    assert config.load(conf).settings.state_dir == state
+    assert config.load(conf, client=True).settings.state_dir == state
+    with pytest.raises(config.ConfigError, match="start it with systemctl"):
+        config.load(conf)
+
+
+def test_a_lock_swapped_for_a_link_or_a_fifo_is_never_followed(tmp_path: Path) -> None:
+    """What another account could leave in a state_dir root reads: a
+    symlink at ``lock`` to a file root owns, or a fifo. Root's status
+    neither follows nor hangs, a start does not write through it."""
+    from syncsup.statedir import AlreadyRunning, StateDir, is_running, read_pid
+
+    victim = tmp_path / "shadow"
+    victim.write_text("root's file\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "lock").symlink_to(victim)
+    assert not is_running(state) and read_pid(state) is None
+    with pytest.raises(OSError):
+        StateDir(state).acquire_lock()
+    assert victim.read_text() == "root's file\n"
+    (state / "lock").unlink()
+    os.mkfifo(state / "lock")
+    assert not is_running(state) and read_pid(state) is None  # returns, no hang
+    with pytest.raises(OSError):
+        StateDir(state).acquire_lock()
+    (state / "lock").unlink()
+    held = StateDir(state).acquire_lock()
+    try:
+        assert is_running(state) and read_pid(state) == str(os.getpid())
+        with pytest.raises(AlreadyRunning):
+            StateDir(state).acquire_lock()
+    finally:
+        held.close()

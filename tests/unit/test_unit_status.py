@@ -253,3 +253,20 @@ def test_json_is_plain_data() -> None:
     target: dict[str, Any] = doc["syncs"][0]["targets"][0]
     assert target["lag"] is None and target["transfer"]["phase"] == "tree"
     assert target["transfers"] == {"ok": 1}
+
+
+def test_the_table_shows_text_from_outside_without_control_characters() -> None:
+    """A target's error (its agent's answer, ssh's stderr), a source or a
+    target named with escapes: the table keeps its lines and has no
+    control character a terminal would obey."""
+    evil = "\x1b]0;pwned\x07\x1b[2J\x9bred\rback\nforged line"
+    status = Status(
+        config="/etc/syncsup/www.toml", started=1.0e9,
+        components=[ComponentStatus(name="supervisor", role="supervisor", pid=1,
+                                    state="running")],
+        syncs=[SyncStatus(name="www", source=f"/srv/{evil}", mode="rsync", targets=[
+            TargetStatus(target=f"h:/{evil}", state="retrying", last_error=evil)])])
+    text = format_status(status)
+    assert "pwned" in text and "forged line" in text
+    assert not any(c in text for c in "\x1b\x07\x9b\r"), repr(text)
+    assert not any(line.startswith("forged") for line in text.splitlines()), text
