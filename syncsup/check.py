@@ -11,11 +11,13 @@ sync's user in and is not read only. The local rsync's sender is probed
 for following a symlink raced into the source, and judged against who can
 write in each source.
 It prints one line per check, ``ok:`` or ``problem:``, and returns the
-number of problems. A ``warning:`` line (not a problem) says that this
-process cannot keep other users' owners on a local target: not root, and
-no ``CAP_CHOWN`` (as the systemd unit's service user holds), while the
-source holds files of another user; rsync then gives them the daemon's
-uid, as it does for any user who is not root.
+number of problems. A ``warning:`` line is not a problem: it says what
+works at a cost. Two say so: this process cannot keep other users' owners
+on a local target (not root, and no ``CAP_CHOWN`` as the systemd unit's
+service user holds, while the source holds files of another user; rsync
+then gives them the daemon's uid, as it does for any user who is not
+root); and an ``rsyncssh`` target where ``syncsup-target`` does not run
+(renames travel as a delete and a create).
 """
 
 from __future__ import annotations

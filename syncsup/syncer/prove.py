@@ -138,9 +138,11 @@ def _listing(fd: int) -> tuple[list[tuple[bytes, Stat]], list[bytes]]:
     directory open as ``fd``; an entry that vanished is left out."""
     files, dirs = [], []
     try:
-        with os.scandir(fd) as it:
+        with os.scandir(fd) as it:  # (scandir duplicates the descriptor)
             entries = list(it)
-    except OSError:
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise  # see _open_dir: never a silent gap in the proof
         return [], []
     for e in entries:
         try:

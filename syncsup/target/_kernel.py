@@ -398,7 +398,15 @@ def _seccomp_filter(lib: ctypes.CDLL, read_only: bool = False) -> None:
         # a terminal's input queue (TIOCSTI, TIOCLINUX) is another process's
         # command line, if the agent ever runs on one
         nr = lib.seccomp_syscall_resolve_name(b"ioctl")
-        for request in (0x5412, 0x541C):
+        if read_only:
+            # and a session that only reads needs no ioctl at all: some
+            # change a file through a read-only descriptor (FS_IOC_SETFLAGS,
+            # FS_IOC_FSSETXATTR, a btrfs snapshot), which Landlock does not
+            # cover (Python's isatty then answers "no": harmless)
+            rc = lib.seccomp_rule_add_array(ctx, _SCMP_ACT_ERRNO_EPERM, nr, 0, None)
+            if rc != 0:
+                raise OSError(-rc, f"seccomp rule for ioctl: {os.strerror(-rc)}")
+        for request in () if read_only else (0x5412, 0x541C):
             tty = (_ArgCmp * 1)(_ArgCmp(1, _SCMP_CMP_MASKED_EQ, 0xFFFFFFFF, request))
             rc = lib.seccomp_rule_add_array(ctx, _SCMP_ACT_ERRNO_EPERM, nr, 1, tty)
             if rc != 0:

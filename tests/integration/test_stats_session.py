@@ -46,6 +46,10 @@ ATTACKS = {
     "utime": "os.utime(ROOT + '/file', ns=(1, 1))",
     "futimens": "fd = os.open(ROOT + '/file', os.O_RDONLY); os.utime(fd, ns=(1, 1))",
     "setxattr": "os.setxattr(ROOT + '/file', 'user.x', b'1')",
+    "ioctl-setflags": (
+        "import fcntl, struct\n"
+        "fd = os.open(ROOT + '/file', os.O_RDONLY)\n"
+        "fcntl.ioctl(fd, 0x40086602, struct.pack('l', 0x40))  # FS_IOC_SETFLAGS: nodump"),
     "openat2": (
         "import ctypes\n"
         "how = (ctypes.c_uint64 * 3)(os.O_WRONLY | os.O_CREAT, 0o644, 0)\n"
