@@ -126,6 +126,10 @@ class SshOptions:
     # Seconds an agent session may sit with nothing to do before it is
     # closed (0: never); the next batch opens a new one over the master.
     agent_idle: float = 60.0
+    # Seconds the ssh master connection of a target may sit unused (no
+    # batch) before it is closed (0: never); the next batch opens another.
+    # At least agent_idle: the agent's session runs over it.
+    master_idle: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -472,6 +476,17 @@ def _parse_ssh(raw: Any, where: str, base: Path) -> tuple[SshOptions, str | None
                       _default(SshOptions, "agent_idle"))
     if isinstance(agent_idle, bool) or not 0 <= agent_idle <= 86400:
         raise ConfigError(f"{where}.agent_idle", "must be seconds from 0 (never) to 86400")
+    given = "master_idle" in table
+    master_idle = _pop(table, "master_idle", (int, float), where,
+                       _default(SshOptions, "master_idle"))
+    if isinstance(master_idle, bool) or not 0 <= master_idle <= 86400:
+        raise ConfigError(f"{where}.master_idle", "must be seconds from 0 (never) to 86400")
+    if not given and (agent_idle == 0 or agent_idle > master_idle):
+        master_idle = agent_idle  # sessions kept for ever (or long): so is the master
+    if master_idle and (agent_idle == 0 or master_idle < agent_idle):
+        raise ConfigError(f"{where}.master_idle", f"must be at least agent_idle "
+                          f"({agent_idle:g}; 0 = never): the agent's session runs over the "
+                          "master connection")
     options = _str_list(_pop(table, "options", list, where, []), f"{where}.options")
     for i, opt in enumerate(options):
         name = opt.split("=", 1)[0]
@@ -479,7 +494,8 @@ def _parse_ssh(raw: Any, where: str, base: Path) -> tuple[SshOptions, str | None
             raise ConfigError(f"{where}.options[{i}]", "must look like 'Name=value'")
     _no_extra(table, where)
     return (SshOptions(port=port, identity_file=ident, options=options, confined=confined,
-                       target_command=target_command, agent_idle=float(agent_idle)),
+                       target_command=target_command, agent_idle=float(agent_idle),
+                       master_idle=float(master_idle)),
             host, user)
 
 

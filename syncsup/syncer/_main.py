@@ -122,9 +122,10 @@ class Syncer:
         self.masters = Masters(SshMasters(self._master_of, conf.timings.step_stop_grace),
                                Backoff(conf.timings.master_retry, conf.timings.master_retry_cap),
                                conf.timings.master_retry_cap)
+        started = time.monotonic()
         for slot in self.slots.values():
             if slot.control_path is not None:
-                self.masters.add(slot.key, slot.label)
+                self.masters.add(slot.key, slot.label, slot.sync.ssh.master_idle, started)
         self.agents = [s for s in self.slots.values()
                        if s.control_path is not None and s.channel is not None]
         self.files: dict[tuple[str, int], tuple[IO[bytes], IO[bytes]]] = {}
@@ -148,6 +149,7 @@ class Syncer:
             log.warning("dropped batch %d for %s/%d: %s", batch.batch_id, batch.sync,
                         batch.target, why)
             return
+        self.masters.use((batch.sync, batch.target), now, busy=True)
         slot = self.slots[(batch.sync, batch.target)]
         slot.batch, ch = batch, slot.channel
         slot.plan = plan_batch(batch, slot.sync, slot.target, slot.rules,
@@ -270,7 +272,9 @@ class Syncer:
     def finish(self, slot: Slot, end: Finished) -> None:
         batch, plan = slot.batch, slot.plan
         assert batch is not None and plan is not None
-        seconds = self.lanes.finish(slot.key, time.monotonic())
+        now = time.monotonic()
+        seconds = self.lanes.finish(slot.key, now)
+        self.masters.use(slot.key, now, busy=False)
         level, line = summary(slot.label, batch, end, moves_done=plan.moves_done,
                               sent=slot.sent, seconds=seconds)
         log.log(level, "%s", line)

@@ -178,9 +178,12 @@ class MasterPort(Protocol):
 @dataclass
 class Master:
     label: str
+    idle: float = 0.0     # seconds unused before it is closed (0: never)
     process: Process | None = None
     failures: int = 0     # ends so far; each one waits longer, up to the cap
     next_start: float = 0.0
+    used: float = 0.0     # when a batch last came or ended
+    busy: bool = False    # a batch is in hand
 
 
 class Masters:
@@ -188,7 +191,12 @@ class Masters:
     costs no handshake. One that is down is no error: transfers connect
     directly (ControlMaster=no falls back), and it is started again after
     the :class:`~syncsup.backoff.Backoff` of its ends, so a target that
-    cannot be reached costs one ssh now and then, never a tight loop."""
+    cannot be reached costs one ssh now and then, never a tight loop.
+
+    A master unused (no batch in hand) for its ``idle`` seconds is closed,
+    which is no failure, and opened again by the next batch (:meth:`use`):
+    a target at rest costs no process on either side. Invariant: a master
+    is wanted while its target has a batch or had one within ``idle``."""
 
     def __init__(self, port: MasterPort, backoff: Backoff, spawn_retry: float) -> None:
         self.port = port
@@ -196,19 +204,45 @@ class Masters:
         self.spawn_retry = spawn_retry  # after ssh itself could not be run
         self.masters: dict[Key, Master] = {}
 
-    def add(self, key: Key, label: str) -> None:
-        self.masters[key] = Master(label)
+    def add(self, key: Key, label: str, idle: float = 0.0, now: float = 0.0) -> None:
+        self.masters[key] = Master(label, idle, used=now)
 
     def up(self, key: Key) -> bool:
         m = self.masters.get(key)
         return m is not None and m.process is not None
 
+    def use(self, key: Key, now: float, *, busy: bool) -> None:
+        """A batch came (``busy``) or ended for ``key``'s target: its
+        master is wanted, and started now if it is down and due."""
+        m = self.masters.get(key)
+        if m is None:
+            return
+        m.used, m.busy = now, busy
+        if busy and m.process is None and now >= m.next_start:
+            self._start(key, m, now)
+
+    def _wanted(self, m: Master, now: float) -> bool:
+        return not m.idle or m.busy or now - m.used < m.idle
+
+    def _start(self, key: Key, m: Master, now: float) -> None:
+        try:
+            m.process = self.port.start(key)
+        except OSError as exc:
+            log.error("cannot run ssh: %s", exc)
+            m.next_start = now + self.spawn_retry
+
     def tend(self, now: float) -> None:
-        """Notice each master that ended; start each one that is due."""
+        """Notice each master that ended; close each one unused for its
+        idle time; start each one that is due and wanted."""
         for key, m in self.masters.items():
             if m.process is not None:
                 rc = m.process.poll()
                 if rc is None:
+                    if not self._wanted(m, now):
+                        self.port.stop(m.process)
+                        m.process = None
+                        log.debug("%s: ssh master connection closed after %.0f s unused",
+                                  m.label, m.idle)
                     continue
                 m.process = None
                 m.failures += 1
@@ -216,18 +250,19 @@ class Masters:
                 log.info("%s: ssh master connection ended (rc %d); direct connections until "
                          "it is back", m.label, rc)
                 continue
-            if now < m.next_start:
+            if now < m.next_start or not self._wanted(m, now):
                 continue
-            try:
-                m.process = self.port.start(key)
-            except OSError as exc:
-                log.error("cannot run ssh: %s", exc)
-                m.next_start = now + self.spawn_retry
+            self._start(key, m, now)
 
     def wake_in(self, now: float) -> float | None:
-        """Seconds until the next master is due to start (an ending one
-        wakes the loop through SIGCHLD)."""
-        due = [max(0.0, m.next_start - now) for m in self.masters.values() if m.process is None]
+        """Seconds until the next master is due to start or to close (an
+        ending one wakes the loop through SIGCHLD)."""
+        due = []
+        for m in self.masters.values():
+            if m.process is None and self._wanted(m, now):
+                due.append(max(0.0, m.next_start - now))
+            elif m.process is not None and m.idle and not m.busy:
+                due.append(max(0.0, m.used + m.idle - now))
         return min(due) if due else None
 
     def stop_all(self) -> None:

@@ -54,3 +54,44 @@ def test_an_idle_session_is_closed_and_the_next_change_opens_one(sshd, tmp_path:
     assert len(started_agents(started, dst)) == 2, started.read_text()
     assert b"second" not in names_in(rsync_runs(runs)), "the change went by rsync"
     finish(d, tmp_path, src, dst)
+
+
+def _masters(state: Path) -> list[int]:
+    """Live ``ssh -M`` processes whose control path is in ``state``."""
+    from tests.helpers.procs import processes_mentioning
+
+    return [pid for pid, cmd in processes_mentioning(state)
+            if cmd.split(" ", 1)[0].endswith("ssh") and " -M " in f" {cmd} "]
+
+
+def test_an_unused_master_is_closed_and_the_next_change_opens_it(sshd, tmp_path: Path,
+                                                                 src: Path, dst: Path,
+                                                                 daemon_factory) -> None:
+    """A target at rest keeps no ssh process at all: after ``master_idle``
+    with no batch its master closes too (after the agent's session); the
+    next change opens both again, converges, and still goes through the
+    agent."""
+    rsync_bin, runs = rsync_logger(tmp_path)
+    wrapper, started = write_target_command(tmp_path)
+    (src / "seed").write_bytes(b"s" * 100)
+    target = sshd.target(dst)
+    sync = sync_entry(src, [target], delay=0.1,
+                      ssh={**sshd.ssh_config(), "target_command": str(wrapper),
+                           "agent_idle": 1, "master_idle": 2})
+    d = daemon_factory([with_rsync(sync, rsync_bin)])
+    state = tmp_path / "state"
+    converge(d, src, dst)
+    assert _masters(state), "no ssh master while the first batches ran"
+    wait_until(lambda: not _masters(state) and not remote_agents(dst)
+               and not agent_clients(dst), "the master and the session closed", 90,
+               context=d.log_tail)
+    sessions = len(started_agents(started, dst))
+    (src / "after-rest").write_bytes(b"r" * 200)
+    converge(d, src, dst)
+    wait_until(lambda: bool(_masters(state)), "the master open again", 60,
+               context=d.log_tail)
+    assert b"after-rest" not in names_in(rsync_runs(runs)), "the change went by rsync"
+    assert len(started_agents(started, dst)) > sessions, "no new agent session"
+    assert transports(d) == {target: "agent"}, d.describe()
+    assert "ssh master connection ended" not in d.log_text(), d.log_tail(20)  # no failure
+    finish(d, tmp_path, src, dst)

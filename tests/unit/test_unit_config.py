@@ -522,6 +522,22 @@ def test_agent_idle_defaults_to_a_minute_and_zero_means_never(tmp_path: Path) ->
     assert ssh({"agent_idle": 2.5}).agent_idle == 2.5
 
 
+def test_master_idle_defaults_to_five_minutes_and_never_ends_before_the_agent(
+        tmp_path: Path) -> None:
+    def ssh(table: dict[str, Any]) -> config.SshOptions:
+        sync = {"source": "/s", "targets": ["h:/t"], "ssh": table}
+        return config.parse({"sync": [sync]}, tmp_path / "a.toml").syncs[0].ssh
+
+    assert ssh({}).master_idle == 300.0
+    assert ssh({"master_idle": 0}).master_idle == 0.0
+    assert ssh({"agent_idle": 0}).master_idle == 0.0      # sessions for ever: the master too
+    assert ssh({"agent_idle": 600}).master_idle == 600.0  # never before the session
+    for bad in ({"master_idle": 30}, {"agent_idle": 0, "master_idle": 300},
+                {"master_idle": -1}, {"master_idle": True}):
+        with pytest.raises(ConfigError, match=r"ssh\.master_idle"):
+            ssh(bad)
+
+
 @pytest.mark.parametrize("bad", [-1, 86401, "60", True])
 def test_agent_idle_out_of_range_names_the_key(tmp_path: Path, bad: Any) -> None:
     sync = {"source": "/s", "targets": ["h:/t"], "ssh": {"agent_idle": bad}}

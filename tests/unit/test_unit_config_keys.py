@@ -41,6 +41,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "sync.ssh": {
         "host": "h1", "user": "u", "port": 2222, "identity_file": "/id", "options": ["A=b"],
         "confined": False, "target_command": "/usr/local/bin/syncsup-target", "agent_idle": 30,
+        "master_idle": 120,
     },
     "sync.rsync": {
         "binary": "rsync", "archive": True, "compress": True, "checksum": True,

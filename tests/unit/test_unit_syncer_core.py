@@ -228,6 +228,46 @@ def test_ssh_that_cannot_run_is_tried_again_after_the_spawn_retry() -> None:
     assert m.up(A)
 
 
+def test_an_unused_master_is_closed_after_its_idle_time_and_opened_by_the_next_batch(
+        ) -> None:
+    """A target at rest keeps no ssh process: its master closes once no
+    batch came or ended for ``idle`` seconds (no failure, no backoff), the
+    loop is woken for it, and the next batch opens it at once."""
+    port = FakeMasterPort()
+    m = Masters(port, Backoff(2.0, 16.0), spawn_retry=30.0)
+    m.add(A, "target A", idle=300.0, now=0.0)
+    m.add(B, "target B", now=0.0)  # idle 0: never closed
+    m.tend(0.0)
+    assert m.up(A) and m.up(B)
+    m.use(A, 10.0, busy=True)     # a batch in hand: wanted however long it runs
+    m.tend(1000.0)
+    assert m.up(A) and m.wake_in(1000.0) is None
+    m.use(A, 1000.0, busy=False)  # its end: idle from now
+    assert m.wake_in(1000.0) == 300.0
+    m.tend(1299.0)
+    assert m.up(A)
+    m.tend(1300.0)
+    assert not m.up(A) and port.stopped == [port.last(A)]
+    assert m.up(B)
+    m.tend(5000.0)  # unused: not started again, nothing to wake for
+    assert not m.up(A) and port.starts(A) == 1 and m.wake_in(5000.0) is None
+    m.use(A, 5000.0, busy=True)   # the next batch: opened at once, no backoff
+    assert m.up(A) and port.starts(A) == 2
+
+
+def test_a_batch_for_a_master_backing_off_does_not_start_it_early() -> None:
+    port = FakeMasterPort()
+    m = Masters(port, Backoff(2.0, 16.0), spawn_retry=30.0)
+    m.add(A, "target A", idle=300.0, now=0.0)
+    m.tend(0.0)
+    port.last(A).rc = 255
+    m.tend(1.0)  # ended: backing off 2 s
+    m.use(A, 1.5, busy=True)
+    assert not m.up(A) and port.starts(A) == 1
+    m.tend(3.0)
+    assert m.up(A) and port.starts(A) == 2
+
+
 def test_stop_all_ends_every_live_master() -> None:
     port = FakeMasterPort()
     m = masters(port)
