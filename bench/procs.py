@@ -284,12 +284,15 @@ class RoleCpu:
 
 def _label(pid: int) -> str:
     """``watcher``, ``collator``, ``syncer``... for syncsup's roles (``syncsup.ROLE``
-    in the command line), else the program's base name (``lsyncd``, ``rsync``,
+    first in the command line), else the program's base name (``lsyncd``, ``rsync``,
     ``python3`` for syncsup's supervisor)."""
     argv = cmdline_of(pid)
     for a in argv:
-        if a.startswith(b"syncsup.") and b" " not in a:
-            return a.split(b".", 1)[1].decode(errors="replace")
+        # setproctitle makes a child's command line one string,
+        # ``syncsup.ROLE CONFIG``: the role is its first word
+        word = a.split(b" ", 1)[0]
+        if word.startswith(b"syncsup."):
+            return word.split(b".", 1)[1].decode(errors="replace")
     return os.path.basename(argv[0]).decode(errors="replace") if argv else "?"
 
 
