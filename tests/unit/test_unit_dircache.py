@@ -144,7 +144,7 @@ def _flatten(top: Path) -> None:
 @pytest.fixture
 def applier(tmp_path: Path) -> Iterator[Applier]:
     (tmp_path / "dst").mkdir()
-    a = Applier.open(tmp_path / "dst", keep_dirs=True)
+    a = Applier.open(str(tmp_path / "dst"), keep_dirs=True)
     yield a
     a.close()
 
@@ -223,7 +223,7 @@ def test_without_keep_dirs_every_operation_looks_its_directories_up_again(
     dst, outside = tmp_path / "dst", tmp_path / "outside"
     (dst / "d").mkdir(parents=True)
     outside.mkdir()
-    a = Applier.open(dst)
+    a = Applier.open(str(dst))
     try:
         a.put(b"d/f", b"1", ATTRS)
         os.rename(dst / "d", dst / "aside")
