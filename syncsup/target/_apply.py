@@ -331,17 +331,30 @@ class Applier:
         return b".syncsup." + name[:180] + b"." + os.urandom(4).hex().encode()
 
     def _fattrs(self, fd: int, attrs: Attrs, clear: int) -> None:
+        """Owner, mode and time of the open entry ``fd``. An owner or mode
+        it has already is not set again: each change is a metadata update
+        the filesystem journals, and most entries a batch writes are made
+        by the owner they should have (a directory written again usually
+        has all of them already)."""
+        st = os.fstat(fd)
+        mode = attrs.mode & 0o7777 & ~clear
+        chowned = False
         if self.privileged and attrs.uid >= 0:
-            os.fchown(fd, attrs.uid, attrs.gid)
-        elif attrs.gid >= 0:
+            if (st.st_uid, st.st_gid) != (attrs.uid, attrs.gid):
+                os.fchown(fd, attrs.uid, attrs.gid)
+                chowned = True
+        elif attrs.gid >= 0 and st.st_gid != attrs.gid:
             try:
                 os.fchown(fd, -1, attrs.gid)  # a group we belong to, as rsync does
+                chowned = True
             except OSError as exc:
                 # not ours (EPERM), or not mapped in the user namespace of
                 # an unprivileged confinement (EINVAL): kept, as rsync does
                 if exc.errno not in (errno.EPERM, errno.EINVAL):
                     raise
-        os.fchmod(fd, attrs.mode & 0o7777 & ~clear)
+        # a change of owner may clear set-user-ID and set-group-ID bits
+        if chowned or stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(fd, mode)
         os.utime(fd, ns=(attrs.mtime_ns, attrs.mtime_ns))
 
     def _replace(self, dirs: list[bytes], dfd: int, tmp: bytes, name: bytes,

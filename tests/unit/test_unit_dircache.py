@@ -10,6 +10,7 @@ import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -236,3 +237,43 @@ def test_without_keep_dirs_every_operation_looks_its_directories_up_again(
         a.close()
     assert sorted(os.listdir(dst / "aside")) == ["f"]
     assert os.listdir(outside) == []
+
+
+# ------------------------------------------------------- owner and mode set only if they differ
+def _counting(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    calls = {"fchown": 0, "fchmod": 0}
+    for name in calls:
+        real = getattr(os, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            calls[_name] += 1
+            return _real(*args)
+        monkeypatch.setattr(os, name, counted)
+    return calls
+
+
+def test_an_owner_and_mode_already_right_are_not_set_again(
+        tmp_path: Path, applier: Applier, monkeypatch: pytest.MonkeyPatch) -> None:
+    dst = tmp_path / "dst"
+    (dst / "d").mkdir(mode=0o755)
+    os.chmod(dst / "d", 0o755)
+    st = os.stat(dst / "d")
+    calls = _counting(monkeypatch)
+    same = Attrs(mode=0o755, mtime_ns=DIR_ATTRS.mtime_ns, uid=st.st_uid, gid=st.st_gid)
+    applier.mkdir(b"d", same)
+    assert calls == {"fchown": 0, "fchmod": 0}
+    applier.mkdir(b"d", Attrs(mode=0o700, mtime_ns=1, uid=st.st_uid, gid=st.st_gid))
+    assert calls == {"fchown": 0, "fchmod": 1}
+    assert os.stat(dst / "d").st_mode & 0o7777 == 0o700
+    applier.commit()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sets another owner: needs root")
+def test_a_new_owner_is_set_and_the_mode_after_it(tmp_path: Path, applier: Applier) -> None:
+    """chown clears set-user-ID: the mode is set after the owner, always."""
+    applier.put(b"f", b"x", Attrs(mode=0o4755, mtime_ns=1, uid=1234, gid=1234))
+    applier.put(b"g", b"y", Attrs(mode=0o640, mtime_ns=1, uid=0, gid=0))
+    applier.commit()
+    st, sg = os.stat(tmp_path / "dst" / "f"), os.stat(tmp_path / "dst" / "g")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 1234, 0o4755)
+    assert (sg.st_uid, sg.st_gid, sg.st_mode & 0o7777) == (0, 0, 0o640)
