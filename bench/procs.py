@@ -274,22 +274,27 @@ def lo_rx_bytes() -> int:
 @dataclass
 class RoleCpu:
     """One process of a tree: its label, its own CPU (nanosecond run time of
-    its threads, ``schedstat``) and the CPU of the children it reaped
-    (``cutime + cstime``, ticks)."""
+    its threads, ``schedstat``), the CPU of the children it reaped
+    (``cutime + cstime``, ticks) and how many times its threads were put
+    on a CPU (``schedstat``'s third field: its wake-ups, near enough)."""
 
     label: str
     own_s: float
     reaped_s: float
+    runs: int = 0
 
 
 def _label(pid: int) -> str:
     """``watcher``, ``collator``, ``syncer``... for syncsup's roles (``syncsup.ROLE``
-    in the command line), else the program's base name (``lsyncd``, ``rsync``,
+    first in the command line), else the program's base name (``lsyncd``, ``rsync``,
     ``python3`` for syncsup's supervisor)."""
     argv = cmdline_of(pid)
     for a in argv:
-        if a.startswith(b"syncsup.") and b" " not in a:
-            return a.split(b".", 1)[1].decode(errors="replace")
+        # setproctitle makes a child's command line one string,
+        # ``syncsup.ROLE CONFIG``: the role is its first word
+        word = a.split(b" ", 1)[0]
+        if word.startswith(b"syncsup."):
+            return word.split(b".", 1)[1].decode(errors="replace")
     return os.path.basename(argv[0]).decode(errors="replace") if argv else "?"
 
 
@@ -301,7 +306,7 @@ def role_cpu(root: int) -> dict[tuple[int, int], RoleCpu]:
         f = stat_fields(pid)
         if f is None:
             continue
-        ns = 0
+        ns = runs = 0
         try:
             tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
@@ -309,11 +314,25 @@ def role_cpu(root: int) -> dict[tuple[int, int], RoleCpu]:
         for tid in tids:
             try:
                 with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as fh:
-                    ns += int(fh.read().split()[0])
+                    fields = fh.read().split()
+                ns += int(fields[0])
+                runs += int(fields[2])
             except (OSError, ValueError, IndexError):
                 continue
         out[(pid, int(f[19]))] = RoleCpu(_label(pid), ns / 1e9,
-                                         (int(f[13]) + int(f[14])) / CLK_TCK)
+                                         (int(f[13]) + int(f[14])) / CLK_TCK, runs)
+    return out
+
+
+def role_runs_between(a: dict[tuple[int, int], RoleCpu],
+                      b: dict[tuple[int, int], RoleCpu]) -> dict[str, int]:
+    """Times each label's threads were put on a CPU from sample ``a`` to
+    ``b`` (live processes only): what a change to a loop's wake-ups moves
+    even when the machine's load blurs its CPU time."""
+    out: dict[str, int] = {}
+    for k, v in b.items():
+        p = a.get(k)
+        out[v.label] = out.get(v.label, 0) + v.runs - (p.runs if p else 0)
     return out
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from bench.context import Ctx, Session, tag
 from bench.converge import ready, wait_converged
-from bench.procs import role_cpu, role_cpu_between
+from bench.procs import role_cpu, role_cpu_between, role_runs_between
 from bench.report import Figure, Goal
 from bench.scenarios.base import BOTH_TRANSPORTS, Scenario
 from bench.scenarios.churn import SEED, Churner
@@ -81,6 +81,11 @@ def _one(ctx: Ctx, tool: str, run: int, delay: float, secs: float) -> dict[str, 
     by = role_cpu_between(c0, c1)
     shown = ", ".join(f"{k} {v * 1000 / n:.3f}" for k, v in sorted(by.items()) if v > 0)
     print(f"    {t.name} delay {delay:g}: CPU ms per operation by process: {shown}", flush=True)
+    secs_run = t_conv - t0
+    runs = ", ".join(f"{k} {v / secs_run:.1f}" for k, v in
+                     sorted(role_runs_between(c0, c1).items()) if v > 0)
+    print(f"    {t.name} delay {delay:g}: times on a CPU per second (all threads): {runs}",
+          flush=True)
     out = {
         _key(delay, "cpu_ms_per_change"): sum(by.values()) * 1000 / n,
         _key(delay, "settle_s"): t_conv - t_last,

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncsup.dirfd import open_below, split_path
+from syncsup.dirfd import DirCache, split_path
 from syncsup.syncer.readonce import ContentCache, identity
 
 __all__ = ["STEP_BYTES", "Prepared", "prepare"]
@@ -121,75 +121,98 @@ def prepare(root_fd: int, paths: Iterable[bytes], *, max_size: int, deletes: boo
     descriptors, and a symlink has none to open). ``cache``: file content
     shared with the other targets' steps (:mod:`syncsup.syncer.readonce`)."""
     out = Prepared()
-    tree = {"tree": False} if keep_trees else {}
-    dirs_done: set[bytes] = set()
-    parents: set[bytes] = set()
-    for path in sorted(paths):
-        if path == b"":
-            parents.add(b"")
-            continue
-        if _below_excluded(path, excluded):
-            continue
-        parts, name = split_path(path)
-        parents.add(b"/".join(parts))
-        try:
-            dfd = open_below(root_fd, parts)
-        except OSError:
-            out.fallback.append(path)  # the parent changed under us: rsync decides
-            continue
-        try:
-            try:
-                st = os.lstat(name, dir_fd=dfd)
-            except FileNotFoundError:
-                if deletes and not excluded(path, False):
-                    out.ops.append({"op": "delete", "path": path, **tree})
-                continue
-            if excluded(path, stat.S_ISDIR(st.st_mode)):
-                continue  # rsync neither sends nor deletes it
-            if stat.S_ISREG(st.st_mode):
-                room = min(max_size, max_bytes - out.size)
-                got = _read(dfd, name, room, cache) if st.st_size <= room else None
-                if got is None:
-                    out.fallback.append(path)
-                    continue
-                data, st = got
-                out.ops.append({"op": "put", "path": path, "data": data, **_attrs(st), **tree})
-                out.size += len(data)
-            elif stat.S_ISDIR(st.st_mode):
-                out.ops.append({"op": "mkdir", "path": path, **_attrs(st)})
-                dirs_done.add(path)
-            elif stat.S_ISLNK(st.st_mode) and not links:
-                out.fallback.append(path)
-            elif stat.S_ISLNK(st.st_mode):
-                target = os.readlink(name, dir_fd=dfd)
-                out.ops.append({"op": "symlink", "path": path, "target": os.fsencode(target),
-                                **_attrs(st), **tree})
-            else:
-                out.fallback.append(path)  # devices, fifos, sockets: rsync's job
-        finally:
-            os.close(dfd)
-    for rel in sorted(dirs_done | parents, reverse=True):  # children's times first
-        dst = _dir_stat(root_fd, rel)
-        if dst is not None and not (rel and (_below_excluded(rel, excluded)
-                                             or excluded(rel, True))):
-            out.ops.append({"op": "time", "path": rel, "mtime": dst.st_mtime_ns})
+    dirs = DirCache(root_fd)  # each source directory opened once for the batch, not per path
+    try:
+        _prepare(out, dirs, paths, max_size=max_size, deletes=deletes, excluded=excluded,
+                 keep_trees=keep_trees, max_bytes=max_bytes, links=links, cache=cache)
+    finally:
+        dirs.clear()
     if out.ops:
         out.ops.append({"op": "commit"})
     return out
 
 
-def _dir_stat(root_fd: int, rel: bytes) -> os.stat_result | None:
-    try:
-        fd = open_below(root_fd, rel.split(b"/")) if rel else os.dup(root_fd)
-    except OSError:
-        return None
-    try:
-        return os.fstat(fd)
-    finally:
-        os.close(fd)
+def _prepare(out: Prepared, dirs: DirCache, paths: Iterable[bytes], *, max_size: int,
+             deletes: bool, excluded: Callable[[bytes, bool], bool], keep_trees: bool,
+             max_bytes: int, links: bool, cache: ContentCache | None) -> None:
+    tree = {"tree": False} if keep_trees else {}
+    dirs_done: set[bytes] = set()
+    parents: set[bytes] = set()
+    below = _Below(excluded)
+    for path in sorted(paths):
+        if path == b"":
+            parents.add(b"")
+            continue
+        if below(path):
+            continue
+        parts, name = split_path(path)
+        parents.add(b"/".join(parts))
+        dirs.trim()
+        try:
+            dfd = dirs.get(parts)
+        except OSError:
+            out.fallback.append(path)  # the parent changed under us: rsync decides
+            continue
+        try:
+            st = os.lstat(name, dir_fd=dfd)
+        except FileNotFoundError:
+            if deletes and not excluded(path, False):
+                out.ops.append({"op": "delete", "path": path, **tree})
+            continue
+        if excluded(path, stat.S_ISDIR(st.st_mode)):
+            continue  # rsync neither sends nor deletes it
+        if stat.S_ISREG(st.st_mode):
+            room = min(max_size, max_bytes - out.size)
+            got = _read(dfd, name, room, cache) if st.st_size <= room else None
+            if got is None:
+                out.fallback.append(path)
+                continue
+            data, st = got
+            out.ops.append({"op": "put", "path": path, "data": data, **_attrs(st), **tree})
+            out.size += len(data)
+        elif stat.S_ISDIR(st.st_mode):
+            out.ops.append({"op": "mkdir", "path": path, **_attrs(st)})
+            dirs_done.add(path)
+        elif stat.S_ISLNK(st.st_mode) and not links:
+            out.fallback.append(path)
+        elif stat.S_ISLNK(st.st_mode):
+            target = os.readlink(name, dir_fd=dfd)
+            out.ops.append({"op": "symlink", "path": path, "target": os.fsencode(target),
+                            **_attrs(st), **tree})
+        else:
+            out.fallback.append(path)  # devices, fifos, sockets: rsync's job
+    for rel in sorted(dirs_done | parents, reverse=True):  # children's times first
+        if rel and (below(rel) or excluded(rel, True)):
+            continue
+        dirs.trim()
+        try:
+            dst = os.fstat(dirs.get(rel.split(b"/") if rel else []))
+        except OSError:
+            continue
+        out.ops.append({"op": "time", "path": rel, "mtime": dst.st_mtime_ns})
 
 
-def _below_excluded(path: bytes, excluded: Callable[[bytes, bool], bool]) -> bool:
-    """Is a directory above ``path`` excluded (rsync sends nothing below it)?"""
-    parts = path.split(b"/")
-    return any(excluded(b"/".join(parts[:i]), True) for i in range(1, len(parts)))
+class _Below:
+    """Is a directory above a path excluded (rsync sends nothing below
+    it)? Asked of every path of a batch, whose paths share a few parents:
+    each directory's answer is kept for the batch."""
+
+    def __init__(self, excluded: Callable[[bytes, bool], bool]) -> None:
+        self.excluded = excluded
+        self.known: dict[bytes, bool] = {b"": False}
+
+    def __call__(self, path: bytes) -> bool:
+        parent = path.rpartition(b"/")[0]
+        known = self.known.get(parent)
+        if known is not None:
+            return known
+        # up to the nearest directory already answered (iterative: a path
+        # may have thousands of components), then down again
+        todo = [parent]
+        while (up := todo[-1].rpartition(b"/")[0]) not in self.known:
+            todo.append(up)
+        known = self.known[up]
+        for rel in reversed(todo):
+            known = known or self.excluded(rel, True)
+            self.known[rel] = known
+        return known

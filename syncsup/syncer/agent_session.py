@@ -73,13 +73,15 @@ class LocalAgent:
             self.close()
         if self.applier is None:
             try:
-                self.applier = Applier.open(self.root)
+                # the whole batch is applied here at once: each directory
+                # is opened once for it, not once per path
+                self.applier = Applier.open(self.root, keep_dirs=True)
             except OSError as exc:
                 return Result(rc=1, error=f"cannot open the target: {exc.strerror}")
         failed: list[bytes] = []
         ids = Ids(by_name=False)
         for op in ops:
-            reply = handle(self.applier, op, {}, ids)
+            reply = handle(self.applier, op, {}, ids, own=True)  # built by prepare(), here
             if not reply["ok"]:
                 path = op.get("path")
                 if isinstance(path, bytes):

@@ -8,7 +8,9 @@ anywhere on the way is never followed, whatever it points to and whenever it
 appeared. The final operation (``renameat``, ``unlinkat``) acts on a name in
 a directory that is already open, so no later change of a path string can
 redirect it. A path is validated once, as a list of plain names; it is never
-resolved again as a string.
+resolved again as a string. The syncer's local agent, which applies a whole
+batch at once, keeps each directory open for the batch (``keep_dirs``):
+one ``openat`` per directory per batch instead of two or three per path.
 
 On a remote target this runs inside the kernel confinement of ``_kernel``
 as well (Landlock, seccomp): two independent mechanisms, each enough on its
@@ -35,7 +37,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from syncsup.dirfd import DIR_FLAGS, open_below, split_path
+from syncsup.dirfd import DIR_FLAGS, DirCache, open_below, split_path
 from syncsup.paths import is_within
 from syncsup.privilege import can_chown
 
@@ -43,6 +45,7 @@ __all__ = ["Applier", "ApplyError", "Attrs", "Clear", "Protection", "split_path"
 
 MAX_UNSYNCED = 256  # written files kept open until commit()
 FSYNC_MAX = 4       # more entries to make durable than this: one syncfs per filesystem
+DIRS_KEPT = 64      # directories kept open within a batch (keep_dirs)
 
 # Loaded now: the remote agent runs this after its chroot, where no library
 # can be opened any more (dlopen(NULL) names the running program).
@@ -138,10 +141,20 @@ class Applier:
     an unnamed file a name on kernels that refuse ``linkat(AT_EMPTY_PATH)``
     to an unprivileged caller (before 6.10). The confined agent never holds
     one (it would be a directory outside ROOT): there a file that cannot be
-    named that way is written under a temporary name instead."""
+    named that way is written under a temporary name instead.
+
+    ``keep_dirs``: the directories a batch works in stay open from one
+    operation to the next until :meth:`commit` (:class:`DirCache`), for a
+    caller that applies a whole batch at once (the syncer's local agent).
+    A directory moved away meanwhile is still written through the
+    descriptor opened before (never through a symlink put in its place).
+    Without it, as for a remote session whose requests arrive one at a
+    time, every operation looks its directories up again from ROOT: one
+    that follows a swap of a directory for a symlink fails."""
 
     def __init__(self, root_fd: int, protection: Protection | None = None,
-                 proc_fd: int | None = None, clear: Clear | None = None) -> None:
+                 proc_fd: int | None = None, clear: Clear | None = None,
+                 keep_dirs: bool = False) -> None:
         self.root_fd = root_fd
         self.protection = protection or Protection()
         self.proc_fd = proc_fd
@@ -153,21 +166,26 @@ class Applier:
         self.unnamed = True  # O_TMPFILE until the filesystem or the kernel says no
         self.touched: set[bytes] = set()  # directories written into, made durable by commit()
         self.pending: list[int] = []      # files written, made durable by commit()
+        # the directories an operation (keep_dirs: the batch) works in
+        self.dirs = DirCache(root_fd, self.protection.check_enter,
+                             limit=DIRS_KEPT if keep_dirs else 0)
 
     @classmethod
-    def open(cls, root: str | bytes, protection: Protection | None = None) -> Applier:
+    def open(cls, root: str | bytes, protection: Protection | None = None,
+             keep_dirs: bool = False) -> Applier:
         try:
             proc_fd: int | None = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY
                                           | os.O_CLOEXEC)
         except OSError:
             proc_fd = None
         return cls(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), protection,
-                   proc_fd)
+                   proc_fd, keep_dirs=keep_dirs)
 
     def close(self) -> None:
         for fd in self.pending:
             os.close(fd)
         self.pending = []
+        self.dirs.clear()
         os.close(self.root_fd)
         if self.proc_fd is not None:
             os.close(self.proc_fd)
@@ -179,77 +197,71 @@ class Applier:
         was there (a directory too, as rsync's ``--force``; with ``tree``
         false only an empty one)."""
         dirs, name = split_path(rel)
-        dfd = self._open_dir(dirs)
+        self.dirs.trim()
+        dfd = self._dir(dirs)
+        self.protection.check(dfd, name)
+        fd, tmp = self._new_file(dfd, name)
         try:
-            self.protection.check(dfd, name)
-            fd, tmp = self._new_file(dfd, name)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                self._fattrs(fd, attrs, self.clear.files)
-                if tmp is None:  # unnamed: give it a name now that it is complete
-                    tmp = self._name_unnamed(fd, dfd, name)
-                    if tmp is None:  # refused: write it again under a temporary name
-                        self.unnamed = False
-                        os.close(fd)
-                        fd, tmp = self._new_file(dfd, name)
-                        view = memoryview(data)
-                        while view:
-                            view = view[os.write(fd, view):]
-                        self._fattrs(fd, attrs, self.clear.files)
-                assert tmp is not None
-                self._replace(dfd, tmp, name, tree)
-            except BaseException:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            self._fattrs(fd, attrs, self.clear.files)
+            if tmp is None:  # unnamed: give it a name now that it is complete
+                tmp = self._name_unnamed(fd, dfd, name)
+                if tmp is None:  # refused: write it again under a temporary name
+                    self.unnamed = False
+                    os.close(fd)
+                    fd = -1  # never closed twice: the number may be reused at once
+                    fd, tmp = self._new_file(dfd, name)
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    self._fattrs(fd, attrs, self.clear.files)
+            assert tmp is not None
+            self._replace(dirs, dfd, tmp, name, tree)
+        except BaseException:
+            if fd >= 0:
                 os.close(fd)
-                raise
-            self._unsynced(fd)
-            self.touched.add(b"/".join(dirs))
-        finally:
-            os.close(dfd)
+            raise
+        self._unsynced(fd)
+        self.touched.add(b"/".join(dirs))
 
     def mkdir(self, rel: bytes, attrs: Attrs) -> None:
         """Make ``rel`` a directory (keeping its contents if it is one)."""
         dirs, name = split_path(rel)
-        dfd = self._open_dir(dirs)
+        self.dirs.trim()
+        dfd = self._dir(dirs)
+        self.protection.check(dfd, name)
         try:
-            self.protection.check(dfd, name)
-            try:
-                st = os.lstat(name, dir_fd=dfd)
-                if not stat.S_ISDIR(st.st_mode):
-                    os.unlink(name, dir_fd=dfd)
-                    raise FileNotFoundError
-            except FileNotFoundError:
-                os.mkdir(name, 0o700, dir_fd=dfd)
-            fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
-            try:
-                self._fattrs(fd, attrs, self.clear.dirs)
-            finally:
-                os.close(fd)
-            self.touched.add(b"/".join(dirs))
-        finally:
-            os.close(dfd)
+            st = os.lstat(name, dir_fd=dfd)
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(name, dir_fd=dfd)
+                raise FileNotFoundError
+        except FileNotFoundError:
+            self.dirs.forget([*dirs, name])
+            os.mkdir(name, 0o700, dir_fd=dfd)
+        # kept open: its entries and its time are what usually follows
+        self._fattrs(self._dir([*dirs, name]), attrs, self.clear.dirs)
+        self.touched.add(b"/".join(dirs))
 
     def symlink(self, rel: bytes, target: bytes, attrs: Attrs, tree: bool = True) -> None:
         """Make ``rel`` a symlink to ``target``, exactly (never resolved);
         ``tree`` as for :meth:`put`."""
         dirs, name = split_path(rel)
-        dfd = self._open_dir(dirs)
+        self.dirs.trim()
+        dfd = self._dir(dirs)
+        self.protection.check(dfd, name)
+        tmp = self._tmp_name(name)
+        os.symlink(target, tmp, dir_fd=dfd)
         try:
-            self.protection.check(dfd, name)
-            tmp = self._tmp_name(name)
-            os.symlink(target, tmp, dir_fd=dfd)
-            try:
-                if self.privileged and attrs.uid >= 0:
-                    os.chown(tmp, attrs.uid, attrs.gid, dir_fd=dfd, follow_symlinks=False)
-                os.utime(tmp, ns=(attrs.mtime_ns, attrs.mtime_ns), dir_fd=dfd,
-                         follow_symlinks=False)
-            except OSError:
-                pass  # a symlink's owner and time are best effort, as for rsync
-            self._replace(dfd, tmp, name, tree)
-            self.touched.add(b"/".join(dirs))
-        finally:
-            os.close(dfd)
+            if self.privileged and attrs.uid >= 0:
+                os.chown(tmp, attrs.uid, attrs.gid, dir_fd=dfd, follow_symlinks=False)
+            os.utime(tmp, ns=(attrs.mtime_ns, attrs.mtime_ns), dir_fd=dfd,
+                     follow_symlinks=False)
+        except OSError:
+            pass  # a symlink's owner and time are best effort, as for rsync
+        self._replace(dirs, dfd, tmp, name, tree)
+        self.touched.add(b"/".join(dirs))
 
     def set_time(self, rel: bytes, mtime_ns: int) -> None:
         """A directory's modification time, once its entries are written
@@ -258,18 +270,11 @@ class Applier:
             os.utime(self.root_fd, ns=(mtime_ns, mtime_ns))
             return
         dirs, name = split_path(rel)
-        dfd = self._open_dir(dirs)
-        try:
-            self.protection.check(dfd, name)
-            # Through a descriptor, never by name: the confined agent may not
-            # change metadata by path at all (see _kernel).
-            fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
-            try:
-                os.utime(fd, ns=(mtime_ns, mtime_ns))
-            finally:
-                os.close(fd)
-        finally:
-            os.close(dfd)
+        self.dirs.trim()
+        self.protection.check(self._dir(dirs), name)
+        # Through a descriptor, never by name: the confined agent may not
+        # change metadata by path at all (see _kernel).
+        os.utime(self._dir([*dirs, name]), ns=(mtime_ns, mtime_ns))
 
     def _unsynced(self, fd: int) -> None:
         """Keep a written file's descriptor for commit(); past a bound, make
@@ -288,11 +293,11 @@ class Applier:
         try:
             for rel in sorted(touched):
                 try:
-                    fds.append(self._open_dir(rel.split(b"/")) if rel
-                               else os.dup(self.root_fd))
+                    fds.append(self.dirs.take(rel.split(b"/") if rel else []))
                 except OSError:
                     continue  # gone since: nothing of ours to make durable there
         finally:
+            self.dirs.clear()  # the batch is over: a directory is looked up afresh
             _durable(fds)
 
     def _new_file(self, dfd: int, name: bytes) -> tuple[int, bytes | None]:
@@ -330,28 +335,44 @@ class Applier:
         return b".syncsup." + name[:180] + b"." + os.urandom(4).hex().encode()
 
     def _fattrs(self, fd: int, attrs: Attrs, clear: int) -> None:
+        """Owner, mode and time of the open entry ``fd``. An owner or mode
+        it has already is not set again: each change is a metadata update
+        the filesystem journals, and most entries a batch writes are made
+        by the owner they should have (a directory written again usually
+        has all of them already)."""
+        st = os.fstat(fd)
+        mode = attrs.mode & 0o7777 & ~clear
+        chowned = False
         if self.privileged and attrs.uid >= 0:
-            os.fchown(fd, attrs.uid, attrs.gid)
-        elif attrs.gid >= 0:
+            if (st.st_uid, st.st_gid) != (attrs.uid, attrs.gid):
+                os.fchown(fd, attrs.uid, attrs.gid)
+                chowned = True
+        elif attrs.gid >= 0 and st.st_gid != attrs.gid:
             try:
                 os.fchown(fd, -1, attrs.gid)  # a group we belong to, as rsync does
+                chowned = True
             except OSError as exc:
                 # not ours (EPERM), or not mapped in the user namespace of
                 # an unprivileged confinement (EINVAL): kept, as rsync does
                 if exc.errno not in (errno.EPERM, errno.EINVAL):
                     raise
-        os.fchmod(fd, attrs.mode & 0o7777 & ~clear)
+        # a change of owner may clear set-user-ID and set-group-ID bits
+        if chowned or stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(fd, mode)
         os.utime(fd, ns=(attrs.mtime_ns, attrs.mtime_ns))
 
-    def _replace(self, dfd: int, tmp: bytes, name: bytes, tree: bool) -> None:
-        """Rename ``tmp`` over ``name``; a directory in the way is removed
-        first (rsync's ``--force``), if ``tree`` with all it holds."""
+    def _replace(self, dirs: list[bytes], dfd: int, tmp: bytes, name: bytes,
+                 tree: bool) -> None:
+        """Rename ``tmp`` over ``name`` in ``dfd`` (the directory ``dirs``); a
+        directory in the way is removed first (rsync's ``--force``), if
+        ``tree`` with all it holds."""
         try:
             try:
                 os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except (IsADirectoryError, OSError) as exc:
                 if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
                     raise
+                self.dirs.forget([*dirs, name])
                 self._remove(dfd, name, tree)
                 os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         except OSError:
@@ -379,7 +400,8 @@ class Applier:
                         fd = -1
                     parent = tuple(dirs)
                     try:
-                        fd = self._open_dir(dirs)
+                        # not through the cache: a stats session never commits
+                        fd = open_below(self.root_fd, dirs, self.protection.check_enter)
                     except OSError:
                         fd = -1
                 try:
@@ -397,27 +419,26 @@ class Applier:
                 os.close(fd)
         return out
 
-    def _open_dir(self, parts: list[bytes]) -> int:
-        """A new descriptor of the directory ``parts`` below ROOT, opened
-        without following any symlink and never through a protected entry."""
-        return open_below(self.root_fd, parts, self.protection.check_enter)
+    def _dir(self, parts: list[bytes]) -> int:
+        """The directory ``parts`` below ROOT, opened without following any
+        symlink and never through a protected entry; borrowed from the
+        batch's :class:`DirCache` (not to be closed)."""
+        return self.dirs.get(parts)
 
     def rename(self, src: bytes, dst: bytes) -> None:
         """Rename ``src`` onto ``dst`` (both relative), replacing a file or an
         empty directory there, like ``mv -f -T``."""
         sdirs, sname = split_path(src)
         ddirs, dname = split_path(dst)
-        sfd = self._open_dir(sdirs)
-        try:
-            dfd = self._open_dir(ddirs)
-            try:
-                self.protection.check(sfd, sname)
-                self.protection.check(dfd, dname)
-                os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
-            finally:
-                os.close(dfd)
-        finally:
-            os.close(sfd)
+        self.dirs.trim()
+        # both names change what they lead to: before any descriptor is borrowed
+        self.dirs.forget([*sdirs, sname])
+        self.dirs.forget([*ddirs, dname])
+        sfd = self._dir(sdirs)
+        dfd = self._dir(ddirs)
+        self.protection.check(sfd, sname)
+        self.protection.check(dfd, dname)
+        os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
 
     def delete(self, rel: bytes, tree: bool = True) -> None:
         """Remove ``rel`` and everything below it; gone already is fine.
@@ -426,14 +447,13 @@ class Applier:
         rsync, which keeps the excluded files and the directories holding
         them."""
         dirs, name = split_path(rel)
+        self.dirs.trim()
+        self.dirs.forget([*dirs, name])
         try:
-            fd = self._open_dir(dirs)
+            fd = self._dir(dirs)
         except FileNotFoundError:
             return
-        try:
-            self._remove(fd, name, tree)
-        finally:
-            os.close(fd)
+        self._remove(fd, name, tree)
 
     def _remove(self, parent: int, name: bytes, tree: bool = True) -> None:
         """Remove ``name`` in ``parent``, with all it holds if ``tree``.

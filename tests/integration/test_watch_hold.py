@@ -1,5 +1,5 @@
 """The watcher's hold window: with a ``delay``, changes read from inotify
-are held for a fifth of it (at most a second) and sent as one message.
+are held for a share of it (at most a second) and sent as one message.
 
 * A watcher SIGKILLed while it holds changes loses none of them: the next
   start rescans what changed since the last seen-point, which is never

@@ -34,11 +34,11 @@ T = Timings(seen_delay=2.0, seen_margin=1.0, root_poll=0.5)  # small, as the tes
 SEEN_DELAY, ROOT_POLL, MARGIN = T.seen_delay, T.root_poll, T.seen_margin
 
 
-def test_the_window_is_a_fifth_of_the_delay_and_bounded() -> None:
+def test_the_window_is_a_share_of_the_delay_and_bounded() -> None:
     assert hold_window(0) == 0
-    assert hold_window(0.5) == pytest.approx(0.1)
+    assert hold_window(0.5) == pytest.approx(0.2)
     assert hold_window(15) == HOLD_MAX
-    assert hold_window(2) == pytest.approx(0.4)
+    assert hold_window(2) == pytest.approx(0.8)
     assert hold_window(3600) == HOLD_MAX
 
 
@@ -84,11 +84,12 @@ def test_a_read_that_cannot_happen_wakes_nothing() -> None:
     read would not happen, and the loop would spin until it could."""
     c, clock = Coalescer(1.0), FakeClock()
     c.read_done(clock(), 200)
-    clock.advance(5 * READ_EVERY)
+    read_at = clock.now
+    clock.advance(2 * READ_EVERY)
     assert c.wake_at(reading=False) is None
     pending = Changes(paths={b"a"})
     c.take(pending, clock())
-    assert c.wake_at(reading=False) == clock.now + 1.0  # the send still wakes it
+    assert c.wake_at(reading=False) == read_at + 1.0  # the send still wakes it
     c.reset()  # the watch stopped: its next queue is polled
     assert c.polled() and not c.read_due(clock())
 
@@ -114,6 +115,43 @@ def test_a_flood_is_read_again_at_once() -> None:
 def test_a_rescan_or_too_much_held_goes_at_once(pending: Changes) -> None:
     c, clock = Coalescer(1.0), FakeClock()
     assert c.take(pending, clock()) == clock.now
+
+
+def test_under_steady_changes_every_read_at_the_pace_sends_what_it_read() -> None:
+    """One turn of the loop per message: a queue read at the pace holds
+    only what arrived since the previous read, so it is counted from that
+    read, whose window has run out by then. Nothing is sent later than a
+    window after it arrived, and ``first`` is never later than the change."""
+    c, clock = Coalescer(hold_window(0.5)), FakeClock()
+    assert c.read_every == c.window
+    pending = Changes(paths={b"a"})
+    t0 = clock()
+    c.read_done(t0, 200)  # polled: it arrived just now
+    assert c.take(pending, t0) is None
+    assert c.wake_at() == t0 + c.window  # the send and the next read: one wake-up
+    sends = []
+    for i in range(1, 6):
+        clock.advance(c.read_every)
+        assert c.read_due(clock())
+        arrived = clock.now - c.read_every / 2  # anywhere since the last read
+        c.read_done(clock(), 200)
+        pending.paths.add(b"f%d" % i)
+        first = c.take(pending, clock())
+        assert first is not None and first <= arrived
+        sends.append(first)
+        pending = Changes()
+    assert sends == pytest.approx([t0 + i * c.read_every for i in range(5)])
+
+
+def test_a_polled_read_counts_from_itself() -> None:
+    """An idle queue is polled: what it returns arrived just now, and is
+    held for the window from then."""
+    c, clock = Coalescer(1.0), FakeClock()
+    c.read_done(clock(), 0)
+    clock.advance(30)
+    c.read_done(clock(), 100)
+    assert c.take(Changes(paths={b"a"}), clock()) is None
+    assert c.held_since == clock.now
 
 
 def test_a_stop_sends_what_is_held() -> None:
