@@ -29,17 +29,23 @@ from ._modes_helpers import wait_until
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_an_idle_session_is_closed_and_the_next_change_opens_one(sshd, tmp_path: Path,
-                                                                  src: Path, dst: Path,
-                                                                  daemon_factory) -> None:
+def _start(sshd, tmp_path: Path, src: Path, dst: Path, daemon_factory, **idle: float):
+    """A daemon mirroring ``src`` to ``dst`` over the test's sshd, through
+    this checkout's agent, with the ``[sync.ssh]`` idle times given; its
+    rsync runs and agent starts logged."""
     rsync_bin, runs = rsync_logger(tmp_path)
     wrapper, started = write_target_command(tmp_path)
     (src / "seed").write_bytes(b"s" * 100)
     target = sshd.target(dst)
     sync = sync_entry(src, [target], delay=0.1,
-                      ssh={**sshd.ssh_config(), "target_command": str(wrapper),
-                           "agent_idle": 1})
-    d = daemon_factory([with_rsync(sync, rsync_bin)])
+                      ssh={**sshd.ssh_config(), "target_command": str(wrapper), **idle})
+    return daemon_factory([with_rsync(sync, rsync_bin)]), runs, started, target
+
+
+def test_an_idle_session_is_closed_and_the_next_change_opens_one(sshd, tmp_path: Path,
+                                                                  src: Path, dst: Path,
+                                                                  daemon_factory) -> None:
+    d, runs, started, target = _start(sshd, tmp_path, src, dst, daemon_factory, agent_idle=1)
     converge(d, src, dst)
     (src / "first").write_bytes(b"1" * 200)
     converge(d, src, dst)
@@ -71,14 +77,8 @@ def test_an_unused_master_is_closed_and_the_next_change_opens_it(sshd, tmp_path:
     with no batch its master closes too (after the agent's session); the
     next change opens both again, converges, and still goes through the
     agent."""
-    rsync_bin, runs = rsync_logger(tmp_path)
-    wrapper, started = write_target_command(tmp_path)
-    (src / "seed").write_bytes(b"s" * 100)
-    target = sshd.target(dst)
-    sync = sync_entry(src, [target], delay=0.1,
-                      ssh={**sshd.ssh_config(), "target_command": str(wrapper),
-                           "agent_idle": 1, "master_idle": 2})
-    d = daemon_factory([with_rsync(sync, rsync_bin)])
+    d, runs, started, target = _start(sshd, tmp_path, src, dst, daemon_factory,
+                                      agent_idle=1, master_idle=2)
     state = tmp_path / "state"
     converge(d, src, dst)
     assert _masters(state), "no ssh master while the first batches ran"

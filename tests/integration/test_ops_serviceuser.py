@@ -25,6 +25,7 @@ import pytest
 from tests.helpers.daemon import run_cli, sync_entry, syncsup_argv, syncsup_env
 from tests.helpers.procs import assert_no_leftovers
 from tests.helpers.tree import snapshot, wait_converged
+from tests.integration.test_security import STATUS_CLIENT
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -38,17 +39,6 @@ MIRROR_CAPS = "+chown,+dac_override,+dac_read_search,+fowner,+fsetid"
 # Reaching the interpreter and the checkout (under root's 0700 home) takes
 # reading past permissions; only CAP_CHOWN is left out.
 NO_CHOWN_CAPS = "+dac_override,+dac_read_search,+fowner,+fsetid"
-CLIENT = r"""
-import sys, zmq
-from syncsup import proto
-ctx = zmq.Context()
-sock = ctx.socket(zmq.DEALER)
-sock.setsockopt(zmq.LINGER, 0)
-sock.connect("ipc://" + sys.argv[1])
-sock.send_multipart(proto.encode(proto.StatusRequest()))
-print("REPLY" if sock.poll(3000, zmq.POLLIN) else "NO-REPLY")
-ctx.destroy(linger=0)
-"""
 
 
 def as_user(uid: int, caps: str, argv: list[str]) -> list[str]:
@@ -145,14 +135,14 @@ def test_service_user_with_capabilities_mirrors_owners_like_root(
     # another non-root user, even one who can reach the socket, is refused
     control = Path(settings["state_dir"]) / "control.sock"
     client = tmp_path / "client.py"
-    client.write_text(CLIENT)
+    client.write_text(STATUS_CLIENT)  # prints REPLY StatusReply or NO-REPLY
     other = subprocess.run(as_user(OWNERS[0][0], "+dac_override,+dac_read_search",
                                    [sys.executable, str(client), str(control)]),
                            env=syncsup_env(), capture_output=True, text=True, timeout=60)
     assert other.stdout.strip() == "NO-REPLY", other.stdout + other.stderr
     mine = subprocess.run([sys.executable, str(client), str(control)], env=syncsup_env(),
                           capture_output=True, text=True, timeout=60)
-    assert mine.stdout.strip() == "REPLY", mine.stdout + mine.stderr
+    assert mine.stdout.strip() == "REPLY StatusReply", mine.stdout + mine.stderr
 
     assert d.stop() == 0
     assert snapshot(dst) == snapshot(src) == snapshot(remote)
