@@ -103,6 +103,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="fan-out: numbers of ssh targets (default none)")
     ap.add_argument("--fanout-files", type=int, help="fan-out: files in the burst")
     ap.add_argument("--fanout-kb", type=int, help="fan-out: KiB per file (default ~100 bytes)")
+    ap.add_argument("--fanout-rest", type=int, metavar="S",
+                    help="fan-out over ssh: also the PSS per target S seconds after convergence "
+                         "(past [sync.ssh] master_idle, 300 s: the masters closed)")
     ap.add_argument("--max-processes", type=int, metavar="N",
                     help="syncsup's [settings] max_processes (default: its own)")
     ap.add_argument("--tools", nargs="+", metavar="TOOL",
@@ -193,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="ssb-", dir="/tmp"))
     ctx = Ctx(mode, base)
     overrides = {"fanout": args.fanout, "fanout_ssh": args.fanout_ssh,
-                 "fanout_files": args.fanout_files, "fanout_kb": args.fanout_kb}
+                 "fanout_files": args.fanout_files, "fanout_kb": args.fanout_kb,
+                 "fanout_rest": args.fanout_rest}
     Syncsup.max_processes = args.max_processes
     ctx.size = {**ctx.size, **{k: v for k, v in overrides.items() if v}}
     mach = machine()
