@@ -145,13 +145,13 @@ def _communicate(proc: subprocess.Popen[bytes], text: bytes,
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     caps = {proc.stdout.fileno(): MAX_RESULT, proc.stderr.fileno(): MAX_PRINTED}
     got: dict[int, bytearray] = {fd: bytearray() for fd in caps}
-    pending = memoryview(text)
+    unwritten = memoryview(text)
     with selectors.DefaultSelector() as sel:
         for fd in caps:
             sel.register(fd, selectors.EVENT_READ)
         stdin_fd = proc.stdin.fileno()
         os.set_blocking(stdin_fd, False)
-        if pending:
+        if unwritten:
             sel.register(stdin_fd, selectors.EVENT_WRITE)
         else:
             proc.stdin.close()
@@ -163,10 +163,10 @@ def _communicate(proc: subprocess.Popen[bytes], text: bytes,
                 fd = key.fd
                 if fd == stdin_fd:
                     try:
-                        pending = pending[os.write(fd, pending[:65536]):]
+                        unwritten = unwritten[os.write(fd, unwritten[:65536]):]
                     except BrokenPipeError:
-                        pending = pending[:0]  # it stopped reading: its answer says why
-                    if not pending:
+                        unwritten = unwritten[:0]  # it stopped reading: its answer says why
+                    if not unwritten:
                         sel.unregister(fd)
                         proc.stdin.close()
                     continue

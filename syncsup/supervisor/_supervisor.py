@@ -79,7 +79,7 @@ class Supervisor:
         # children then share the supervisor's image (imports and all).
         self.spawner.fork(close=[self.lock.fileno()])
         self.children = Children(conf.timings, ProcessPort(self.spawner))
-        self.pending_signal: str | None = None
+        self.requested: str | None = None
         self.notifier = Notifier()
         self.metrics: Any = None
         self.queries = Queries(conf.timings.status_query_timeout)
@@ -199,16 +199,16 @@ class Supervisor:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if signum == signal.SIGHUP:
-            self.pending_signal = "reload"
+            self.requested = "reload"
         elif signum == signal.SIGUSR1:
-            self.pending_signal = "resync"
+            self.requested = "resync"
         else:
             if not self.stopping:
                 log.info("received %s: stopping", signal.Signals(signum).name)
             self.stopping = True
 
     def handle_signal(self) -> None:
-        what, self.pending_signal = self.pending_signal, None
+        what, self.requested = self.requested, None
         if what == "resync":
             log.info("SIGUSR1: resync of every target")
             self.relay(proto.Control(command=proto.Command.RESYNC))
@@ -317,7 +317,7 @@ class Supervisor:
         poller.register(self.wake_r, zmq.POLLIN)
         try:
             while not self.stopping:
-                if self.pending_signal:
+                if self.requested:
                     self.handle_signal()
                 events = dict(poller.poll(int(self.timeout(self.clock()) * 1000) + 1))
                 now = self.clock()

@@ -165,7 +165,7 @@ class Applier:
         self.privileged = can_chown()
         self.unnamed = True  # O_TMPFILE until the filesystem or the kernel says no
         self.touched: set[bytes] = set()  # directories written into, made durable by commit()
-        self.pending: list[int] = []      # files written, made durable by commit()
+        self.unsynced: list[int] = []      # files written, made durable by commit()
         # the directories an operation (keep_dirs: the batch) works in
         self.dirs = DirCache(root_fd, self.protection.check_enter,
                              limit=DIRS_KEPT if keep_dirs else 0)
@@ -182,9 +182,9 @@ class Applier:
                    proc_fd, keep_dirs=keep_dirs)
 
     def close(self) -> None:
-        for fd in self.pending:
+        for fd in self.unsynced:
             os.close(fd)
-        self.pending = []
+        self.unsynced = []
         self.dirs.clear()
         os.close(self.root_fd)
         if self.proc_fd is not None:
@@ -279,16 +279,16 @@ class Applier:
     def _unsynced(self, fd: int) -> None:
         """Keep a written file's descriptor for commit(); past a bound, make
         them durable now (a batch may write thousands of files)."""
-        self.pending.append(fd)
-        if len(self.pending) > MAX_UNSYNCED:
-            pending, self.pending = self.pending, []
-            _durable(pending)
+        self.unsynced.append(fd)
+        if len(self.unsynced) > MAX_UNSYNCED:
+            fds, self.unsynced = self.unsynced, []
+            _durable(fds)
 
     def commit(self) -> None:
         """Make what was written durable: every file written (they became
         visible at once; durability is what the batch's acknowledgement
         waits for) and every directory written into."""
-        fds, self.pending = self.pending, []
+        fds, self.unsynced = self.unsynced, []
         touched, self.touched = self.touched, set()
         try:
             for rel in sorted(touched):

@@ -87,7 +87,7 @@ class SyncWatch:
         self.filter = DirFilter(exclude_patterns(sync))
         self.ino: INotify | None = None
         self.tree: WatchTree | None = None
-        self.pending = proto.Changes()
+        self.held = proto.Changes()
         self.coalescer = Coalescer(hold_window(sync.delay))  # when to read, when to send
         self.overflows = 0
         self.needed = 0                    # max_user_watches that would cover the tree
@@ -185,7 +185,7 @@ class SyncWatch:
     def idle(self, outbox: Outbox) -> bool:
         """Every change this sync's watcher saw is acknowledged."""
         return (self.tree is not None and not self.tree.walking and not self.tree.writing
-                and not self.pending and outbox.unacked_changes(self.sync.name) == 0)
+                and not self.held and outbox.unacked_changes(self.sync.name) == 0)
 
     def seen_due(self, now: float, outbox: Outbox) -> float | None:
         """When a seen-point should be sent (see SeenPoints)."""
@@ -207,7 +207,7 @@ class SyncWatch:
         self.coalescer.reset()
 
     def read(self, now: float) -> None:
-        """One read of the inotify queue into ``pending`` (files still being
+        """One read of the inotify queue into ``held`` (files still being
         written are held in the tree until closed)."""
         assert self.ino is not None and self.tree is not None
         try:
@@ -217,7 +217,7 @@ class SyncWatch:
             return
         self.coalescer.read_done(now, len(data))
         changes, signals = self.tree.apply(parse(data), now)
-        self.pending.update(changes)
+        self.held.update(changes)
         if signals.overflow:
             self.overflows += 1
             log.warning("%s: inotify queue overflowed (fs.inotify.max_queued_events): "
@@ -239,7 +239,7 @@ class SyncWatch:
     def walk(self, now: float) -> None:
         assert self.tree is not None
         was = self.tree.walking
-        self.pending.update(self.tree.step(WALK_BUDGET).changes)
+        self.held.update(self.tree.step(WALK_BUDGET).changes)
         if self.tree.walking:
             return
         if self.tree.root_wd is None and b"" not in self.tree.blind:
@@ -262,7 +262,7 @@ class SyncWatch:
         only: a subtree being walked again is neither blind nor watched yet."""
         assert self.tree is not None
         news = self.blind_reports.update(self.tree.blind)
-        self.pending.update(news.rescan)
+        self.held.update(news.rescan)
         for reason, subtrees, example in news.new:
             self.log_blind(reason, subtrees, example)
         for reason in news.cleared:
@@ -424,11 +424,11 @@ class Watcher:
     def send_held(self, w: SyncWatch, now: float, stopping: bool = False) -> None:
         """Send what ``w`` holds if its window ran out (or it stops, or its
         watch did): one message for every change read meanwhile."""
-        first = w.coalescer.take(w.pending, now, stopping or w.tree is None)
+        first = w.coalescer.take(w.held, now, stopping or w.tree is None)
         if first is not None:
             wall = time.time() - (now - first)
-            self.send(self.outbox.add(w.sync.name, w.pending, now, first=wall))
-            w.pending = proto.Changes()
+            self.send(self.outbox.add(w.sync.name, w.held, now, first=wall))
+            w.held = proto.Changes()
 
     def serve(self, w: SyncWatch, readable: bool, now: float) -> None:
         if w.tree is None:
@@ -446,7 +446,7 @@ class Watcher:
         elif w.tree.blind or w.blind_reported():
             w.report_blind()  # an event may have ended some (a blind subtree deleted)
         if w.tree is not None and w.tree.writing:
-            w.pending.update(w.tree.release(now)[0])
+            w.held.update(w.tree.release(now)[0])
 
     def run(self) -> int:
         now = time.monotonic()
@@ -503,7 +503,7 @@ class Watcher:
             readable = [polled[fd] for fd in events if isinstance(fd, int) and fd in polled]
             readable += [w for w in self.syncs if w.fd is not None and w.coalescer.read_due(now)
                          and not self.outbox.full(w.sync.name)]
-            held = [w for w in self.syncs if w.pending]
+            held = [w for w in self.syncs if w.held]
             self.turn(readable, busy + held, now)
             if now >= self.next_root_check:
                 self.check_roots(now)
@@ -550,7 +550,7 @@ class Watcher:
         now = time.monotonic()
         for w in self.syncs:
             if w.tree is not None and w.tree.writing:
-                w.pending.update(w.tree.release(float("inf"))[0])
+                w.held.update(w.tree.release(float("inf"))[0])
             self.send_held(w, now, stopping=True)
 
     def final_seen(self) -> None:

@@ -118,14 +118,14 @@ class Coalescer:
         """Is a deferred read due now?"""
         return self.next_read != 0.0 and now >= self.next_read
 
-    def take(self, pending: Changes, now: float, stopping: bool = False) -> float | None:
-        """Do the changes in ``pending`` go now? If so, a moment no later
+    def take(self, held: Changes, now: float, stopping: bool = False) -> float | None:
+        """Do the changes in ``held`` go now? If so, a moment no later
         than the oldest of them (for the message's ``first``); None while
         they are held. They go when there is nothing to wait for: no
         window, the window ran out, too much held, a rescan, or a stop. The
         window starts with the first change held, counted from when it
         arrived (at the latest), not from when it was read."""
-        if not pending:
+        if not held:
             self.held_since = None
             return None
         first = self.held_since
@@ -133,7 +133,7 @@ class Coalescer:
             since = self.arrived_after
             first = now if since is None else min(now, since)
         if (stopping or self.window <= 0 or now >= first + self.window
-                or pending.size() >= SEND_NOW or pending.trees or pending.verify):
+                or held.size() >= SEND_NOW or held.trees or held.verify):
             self.held_since = self.arrived_after = None
             return first
         self.held_since = first

@@ -85,17 +85,17 @@ def test_a_blind_subtree_is_reported_once_retried_and_rescanned_when_it_ends(
         ("a", reason, os.strerror(err)), ("c", reason, os.strerror(err))]
     started = lines(caplog, "subtree(s) cannot be watched")
     assert len(started) == 1 and said in started[0] and "2 subtree(s)" in started[0]
-    w.pending.trees.clear()
+    w.held.trees.clear()
     w.rescan_blind(50.0)  # nothing changed: still blind, said nothing more
     walk(w)
     assert len(lines(caplog, "subtree(s) cannot be watched")) == 1
-    assert not w.pending.trees  # a subtree nobody can read is not sent to rsync
+    assert not w.held.trees  # a subtree nobody can read is not sent to rsync
     fake.fail.clear()
     w.rescan_blind(100.0)
     walk(w)
     assert w.status().blind_counts == {}
     assert lines(caplog, f"{said}: every such subtree is watched again")
-    assert w.pending.trees == {b"a", b"c"}  # what changed there while blind
+    assert w.held.trees == {b"a", b"c"}  # what changed there while blind
 
 
 def test_the_mount_table_is_read_as_the_kernel_writes_it() -> None:

@@ -417,7 +417,7 @@ def test_commit_makes_every_write_durable_and_keeps_no_descriptor(
         for i in range(files):
             a.put(b"d/f%d" % i, b"x" * i, Attrs(mode=0o644, mtime_ns=10**18))
         a.commit()
-        assert not a.pending and not a.touched
+        assert not a.unsynced and not a.touched
     finally:
         a.close()
     assert set(os.listdir("/proc/self/fd")) <= before

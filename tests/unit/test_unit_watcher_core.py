@@ -53,14 +53,14 @@ def test_no_delay_sends_at_once_and_always_polls() -> None:
 def test_changes_are_held_for_the_window_from_the_first_one() -> None:
     c, clock = Coalescer(1.0), FakeClock()
     t0 = clock.now
-    pending = Changes(paths={b"a"})
-    assert c.take(pending, t0) is None
+    held = Changes(paths={b"a"})
+    assert c.take(held, t0) is None
     assert c.wake_at() == t0 + 1.0
     clock.advance(0.6)
-    pending.paths.add(b"b")
-    assert c.take(pending, clock()) is None  # the window started with the first
+    held.paths.add(b"b")
+    assert c.take(held, clock()) is None  # the window started with the first
     clock.advance(0.4)
-    assert c.take(pending, clock()) == t0  # the message says when the oldest was read
+    assert c.take(held, clock()) == t0  # the message says when the oldest was read
     assert c.wake_at() is None
     assert c.take(Changes(), clock()) is None  # nothing held: nothing sent
 
@@ -87,8 +87,8 @@ def test_a_read_that_cannot_happen_wakes_nothing() -> None:
     read_at = clock.now
     clock.advance(2 * READ_EVERY)
     assert c.wake_at(reading=False) is None
-    pending = Changes(paths={b"a"})
-    c.take(pending, clock())
+    held = Changes(paths={b"a"})
+    c.take(held, clock())
     assert c.wake_at(reading=False) == read_at + 1.0  # the send still wakes it
     c.reset()  # the watch stopped: its next queue is polled
     assert c.polled() and not c.read_due(clock())
@@ -107,14 +107,14 @@ def test_a_flood_is_read_again_at_once() -> None:
     assert c.polled()
 
 
-@pytest.mark.parametrize("pending", [
+@pytest.mark.parametrize("held", [
     Changes(paths={f"f{i}".encode() for i in range(SEND_NOW)}),
     Changes(trees={b"d"}),
     Changes(verify={b""}),
 ])
-def test_a_rescan_or_too_much_held_goes_at_once(pending: Changes) -> None:
+def test_a_rescan_or_too_much_held_goes_at_once(held: Changes) -> None:
     c, clock = Coalescer(1.0), FakeClock()
-    assert c.take(pending, clock()) == clock.now
+    assert c.take(held, clock()) == clock.now
 
 
 def test_under_steady_changes_every_read_at_the_pace_sends_what_it_read() -> None:
@@ -124,10 +124,10 @@ def test_under_steady_changes_every_read_at_the_pace_sends_what_it_read() -> Non
     window after it arrived, and ``first`` is never later than the change."""
     c, clock = Coalescer(hold_window(0.5)), FakeClock()
     assert c.read_every == c.window
-    pending = Changes(paths={b"a"})
+    held = Changes(paths={b"a"})
     t0 = clock()
     c.read_done(t0, 200)  # polled: it arrived just now
-    assert c.take(pending, t0) is None
+    assert c.take(held, t0) is None
     assert c.wake_at() == t0 + c.window  # the send and the next read: one wake-up
     sends = []
     for i in range(1, 6):
@@ -135,11 +135,11 @@ def test_under_steady_changes_every_read_at_the_pace_sends_what_it_read() -> Non
         assert c.read_due(clock())
         arrived = clock.now - c.read_every / 2  # anywhere since the last read
         c.read_done(clock(), 200)
-        pending.paths.add(b"f%d" % i)
-        first = c.take(pending, clock())
+        held.paths.add(b"f%d" % i)
+        first = c.take(held, clock())
         assert first is not None and first <= arrived
         sends.append(first)
-        pending = Changes()
+        held = Changes()
     assert sends == pytest.approx([t0 + i * c.read_every for i in range(5)])
 
 
@@ -156,10 +156,10 @@ def test_a_polled_read_counts_from_itself() -> None:
 
 def test_a_stop_sends_what_is_held() -> None:
     c, clock = Coalescer(1.0), FakeClock()
-    pending = Changes(paths={b"a"})
-    assert c.take(pending, clock()) is None
+    held = Changes(paths={b"a"})
+    assert c.take(held, clock()) is None
     clock.advance(0.1)
-    assert c.take(pending, clock(), stopping=True) == clock.now - 0.1
+    assert c.take(held, clock(), stopping=True) == clock.now - 0.1
 
 
 # ------------------------------------------------------------ seen-points
