@@ -60,9 +60,6 @@ class StateDir:
     def journal(self, sync: str) -> Path:
         return self.path / f"journal-{sync}.db"
 
-    def clean_mark(self, sync: str) -> Path:
-        return self.path / f"clean-{sync}"
-
     def control_path(self, sync: str, target: int) -> str | None:
         """The ssh ControlPath for a remote target, or None if too long for
         a unix socket (ssh then connects directly every time)."""

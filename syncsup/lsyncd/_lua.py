@@ -84,7 +84,6 @@ class Recorded:
     """Everything the config did that the importer maps."""
 
     settings: dict[Any, Any] = field(default_factory=dict)
-    unknown_settings: frozenset[str] = frozenset()
     settings_assigned: bool = False
     syncs: list[RecordedSync] = field(default_factory=list)
     getenv: list[tuple[str, str | None]] = field(default_factory=list)
@@ -128,7 +127,6 @@ def _recorded(raw: dict[Any, Any]) -> Recorded:
         getenv.append((str(pair.get(1)), value if isinstance(value, str) else None))
     settings = raw.get("settings") or {}
     return Recorded(settings=settings if isinstance(settings, dict) else {},
-                    unknown_settings=frozenset(str(k) for k in raw.get("unknown_settings") or {}),
                     settings_assigned=bool(raw.get("settings_assigned")),
                     syncs=syncs, getenv=getenv)
 

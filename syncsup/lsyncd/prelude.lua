@@ -169,11 +169,6 @@ inherit = function(dst, src, verbatim)
     end
 end
 
-local SETTINGS_KEYS = {
-    logfile = true, pidfile = true, nodaemon = true, statusFile = true, statusInterval = true,
-    logfacility = true, logident = true, insist = true, inotifyMode = true, maxProcesses = true,
-    maxDelays = true,
-}
 local FROM_SETTINGS = { "delay", "maxDelays", "maxProcesses" }
 local PRINT_LIMIT = 65536
 
@@ -182,7 +177,6 @@ local LIMIT_MESSAGE = "instruction limit exceeded"
 return function(text, chunkname, limit)
     local result = {
         settings = {},        -- what settings{...} set, as Lsyncd's uSettings
-        unknown_settings = {}, -- keys Lsyncd would refuse
         syncs = {},           -- { config = resolved table, line = n, from_settings = {...} }
         getenv = {},          -- { name, value } read at import time
         settings_assigned = false,
@@ -219,7 +213,6 @@ return function(text, chunkname, limit)
             if type(key) ~= "string" then
                 error("settings: keys must be names, got " .. type(key), 2)
             end
-            if not SETTINGS_KEYS[key] then result.unknown_settings[key] = value end
             result.settings[key] = value
         end
     end

@@ -197,12 +197,11 @@ class SeenPoints:
 @dataclass(frozen=True)
 class RootVerdict:
     """What to do about the source root: ``watch`` it now (with ``say``,
-    a line to log, if any), or wait until ``retry`` (monotonic)."""
+    a line to log, if any), or not yet."""
 
     watch: bool
     say: str | None = None
     level: int = logging.INFO
-    retry: float = 0.0
 
 
 class RootWatch:
@@ -250,7 +249,7 @@ class RootWatch:
                        "is deleted on the targets")
         self.state = state
         self.next_poll = now + self.poll
-        return RootVerdict(False, say, logging.ERROR, self.next_poll)
+        return RootVerdict(False, say, logging.ERROR)
 
     def gone(self, now: float, state: str, why: str) -> RootVerdict:
         """The watched root went away (an event said so, or a check found

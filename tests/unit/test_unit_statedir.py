@@ -15,7 +15,6 @@ def test_paths(tmp_path: Path) -> None:
     sd = StateDir(tmp_path / "state")
     assert sd.endpoint("control") == f"ipc://{tmp_path}/state/control.sock"
     assert sd.journal("www") == tmp_path / "state" / "journal-www.db"
-    assert sd.clean_mark("www") == tmp_path / "state" / "clean-www"
     assert sd.tmp == tmp_path / "state" / "tmp"
     assert sd.lock == tmp_path / "state" / "lock"
     assert sd.control_path("www", 2) == f"{tmp_path}/state/cm-www-2"

@@ -201,7 +201,7 @@ def test_a_seen_point_is_held_back_to_the_watch_limits_oldest_mark() -> None:
 def test_a_missing_root_is_said_once_and_polled() -> None:
     r, clock = RootWatch("/src", "www", ROOT_POLL), FakeClock(10.0)
     v = r.looked(clock(), sourceroot.MISSING, None)
-    assert not v.watch and v.retry == 10.0 + ROOT_POLL and v.level == logging.ERROR
+    assert not v.watch and r.next_poll == 10.0 + ROOT_POLL and v.level == logging.ERROR
     assert v.say is not None and "missing" in v.say and "nothing is deleted" in v.say
     clock.advance(ROOT_POLL)
     v = r.looked(clock(), sourceroot.MISSING, None)
