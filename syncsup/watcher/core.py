@@ -1,7 +1,8 @@
 """The watcher's decisions, pure: driven by what was read and by time,
-with no socket, no inotify instance and no clock of its own. The loop in
-:mod:`syncsup.watcher._main` does the reading, the sending and the
-logging; these classes say when and what:
+with no socket, no inotify instance and no clock of its own. Each sync's
+watch (:mod:`syncsup.watcher.sync`) does the reading and the logging,
+the loop (:mod:`syncsup.watcher._main`) the sending; these classes say
+when and what:
 
 * :class:`Coalescer`: when a queue is read and its changes are sent;
 * :class:`SeenPoints`: when an idle sync's seen-point goes, and its value;

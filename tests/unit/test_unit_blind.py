@@ -15,8 +15,8 @@ import pytest
 
 from syncsup import config as cfg
 from syncsup.statedir import StateDir
-from syncsup.watcher._main import SyncWatch
 from syncsup.watcher.mounts import mount_points, under
+from syncsup.watcher.sync import SyncWatch
 from syncsup.watcher.tree import WatchTree
 from tests.unit.test_unit_watchtree import FakeInotify
 
