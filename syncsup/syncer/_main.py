@@ -22,7 +22,6 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import IO
 
 import msgpack
@@ -32,7 +31,6 @@ from syncsup import config as cfg
 from syncsup import proto
 from syncsup.backoff import Backoff
 from syncsup.child import ChildRuntime
-from syncsup.filters import RuleList, expand_rule_files
 from syncsup.logs import setup_logging
 from syncsup.privilege import super_receiver
 from syncsup.processes import drain_fd
@@ -40,16 +38,15 @@ from syncsup.sockets import Reconnects, new_socket, receive, send
 from syncsup.sourceroot import root_problem
 from syncsup.statedir import StateDir
 from syncsup.status import StatusPart, TransferStatus, TransportStatus
-from syncsup.syncer.agents import Channel, agent_use, watched_fds
+from syncsup.syncer.agents import watched_fds
 from syncsup.syncer.argv import rsync_argv
 from syncsup.syncer.core import Key, Lanes, Masters, Phase, done_message, summary
-from syncsup.syncer.deletions import receiver_takes_missing_args
 from syncsup.syncer.masters import SshMasters
-from syncsup.syncer.plan import Finished, Plan, Result, Step, StepKind
+from syncsup.syncer.plan import Finished, Result, Step, StepKind
 from syncsup.syncer.prove import proven
 from syncsup.syncer.readonce import SHARED
+from syncsup.syncer.slots import Slot, make_slots
 from syncsup.syncer.steps import (
-    Receiver,
     agent_names,
     files_from,
     interpret,
@@ -59,36 +56,9 @@ from syncsup.syncer.steps import (
 )
 from syncsup.syncer.transfer import Transfer
 
-__all__ = ["Slot", "Syncer", "main"]
+__all__ = ["Syncer", "main"]
 
 log = logging.getLogger("syncsup.syncer")
-
-
-@dataclass
-class Slot:
-    """One target of one sync: its batch, plan and running step (its phase
-    is :class:`~.core.Lanes`'s)."""
-
-    sync: cfg.Sync
-    index: int
-    target: cfg.Target
-    control_path: str | None
-    batch: proto.Batch | None = None
-    plan: Plan | None = None
-    step: Step | None = None
-    transfer: Transfer | None = None
-    sent: int = 0
-    channel: Channel | None = None  # the target's agent: for writes, renames or both
-    rules: RuleList = field(default_factory=RuleList)
-    receiver: Receiver = field(default_factory=Receiver)
-
-    @property
-    def label(self) -> str:
-        return f"target {self.target.spec}"
-
-    @property
-    def key(self) -> Key:
-        return (self.sync.name, self.index)
 
 
 class Syncer:
@@ -102,22 +72,7 @@ class Syncer:
         self.sock = new_socket(self.rt.ctx, zmq.DEALER)
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED)
         self.sock.connect(self.state.endpoint("dispatch"))
-        self.slots: dict[Key, Slot] = {}
-        for raw in conf.syncs:
-            sync = expand_rule_files(raw)
-            rules = RuleList(sync)
-            for i, t in enumerate(sync.targets):
-                cp = self.state.control_path(sync.name, i) if t.over_ssh else None
-                slot = self.slots[(sync.name, i)] = Slot(
-                    sync, i, t, cp, rules=rules,
-                    receiver=Receiver(receiver_takes_missing_args(sync, t)))
-                use = agent_use(sync, t)
-                if use.wanted:
-                    errfile = open(self.state.tmp / f"{sync.name}-{i}.agent.err", "w+b")  # noqa: SIM115
-                    slot.channel = Channel(sync, t, cp, errfile, conf.timings, writes=use.writes)
-                if use.why is not None and (i == 0 or t.is_daemon):
-                    log.info("%s: every change%s goes through rsync (%s)", sync.name,
-                             " but renames" if use.renames else "", use.why)
+        self.slots = make_slots(conf, self.state)
         self.lanes = Lanes(self.slots, conf.settings.max_processes)
         self.masters = Masters(SshMasters(self._master_of, conf.timings.step_stop_grace),
                                Backoff(conf.timings.master_retry, conf.timings.master_retry_cap),
