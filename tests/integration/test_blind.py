@@ -159,6 +159,12 @@ def test_paths_too_long_blind_one_subtree_and_nothing_else(tmp_path, settings, d
         assert log_lines(d, "INFO", "h: path too long: every such subtree is watched again")
         others_keep_mirroring(d, paths, b"after")
         assert_watcher_never_restarted(d, pid)
+        # rsync's partial copies reach as deep as its relative paths allow:
+        # past PATH_MAX once the mirror's own path is put before them, where
+        # no path-based snapshot can read. Their deletion comes first.
+        for name in ("long", "deep"):
+            wait_until(lambda name=name: not os.path.lexists(paths["h-dst"] / name),
+                       f"h's mirror rid of {name}", 180, 0.5, d.describe)
         finish(d, tmp_path, paths, ("a", "b", "h"))  # h's mirror lost them too
     finally:
         # pytest's own clean-up of tmp_path recurses: it cannot remove these

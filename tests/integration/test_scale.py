@@ -105,7 +105,7 @@ def test_twice_the_inotify_queue_created_and_deleted_in_one_directory(tmp_path, 
     wait_converged(small, small_dst, timeout=300, on_timeout=d.describe)
     # a cheap count first, then the byte comparison once
     wait_until(lambda: len(os.listdir(big_dst / "one")) == ENTRIES, "every entry there",
-               600, 2.0, d.describe)
+               600, 0.5, d.describe)
     wait_converged(big, big_dst, timeout=600, interval=5, on_timeout=d.describe)
 
     with stopped(watcher["pid"]):
@@ -115,7 +115,7 @@ def test_twice_the_inotify_queue_created_and_deleted_in_one_directory(tmp_path, 
                120)
     write(small / "during-delete", b"y\n")
     wait_converged(small, small_dst, timeout=300, on_timeout=d.describe)
-    wait_until(lambda: not os.listdir(big_dst / "one"), "every entry gone", 600, 2.0,
+    wait_until(lambda: not os.listdir(big_dst / "one"), "every entry gone", 600, 0.5,
                d.describe)
     wait_converged(big, big_dst, timeout=600, interval=5, on_timeout=d.describe)
 
