@@ -37,10 +37,11 @@ pytestmark = pytest.mark.timeout(900)
 QUEUE = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
 ENTRIES = 2 * QUEUE
 # Peak resident memory allowed per process (MiB). Measured: 28-34 MiB for
-# every process at 300,000 short-named entries (the watcher's queue
-# overflows, and a rescan of one directory replaces them all); a process
-# holding the directory's paths twice more (about 15 MiB a copy in Python,
-# for 100,000 short names as for these 32,768 long ones) would pass 60.
+# every process at 300,000 short-named entries, 29-35 MiB here (the
+# watcher's queue overflows, and a rescan of one directory replaces them
+# all). A copy of the directory's paths weighs the same for these 32,768
+# long names as for 100,000 short ones (8 MiB as a set of bytes, more in
+# any richer structure): a process holding them a few times more passes 60.
 PEAK_MIB = 60
 
 
