@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from syncsup.timings import Timings
-from tests.helpers.daemon import Daemon, sync_entry
+from tests.helpers.daemon import TEST_TIMINGS, Daemon, sync_entry
 from tests.helpers.procs import assert_no_leftovers
 from tests.helpers.tree import snapshot, wait_converged, write
 
@@ -108,8 +108,15 @@ def finish(d: Daemon, tmp_path: Path, paths: dict[str, Path], names: tuple[str, 
 # ------------------------------------------------------------------ tests
 
 def test_paths_too_long_blind_one_subtree_and_nothing_else(tmp_path, settings, daemon_factory):
-    """17 nested 255-byte names (a path over 4,095 bytes) and 2,100 nested
-    ``d/`` (past 4,095 bytes at depth 2,048) in one sync: that sync reports
+    """17 nested 255-byte names (a path over 4,095 bytes) and 520 nested
+    7-byte names (past 4,095 bytes, with the source's own path, at a depth
+    near 500) in one sync: PATH_MAX crossed by a few long names and by many
+    short levels. 520 levels cross it as the 2,100 one-byte levels did, at a
+    sixth of the cost: every rsync try walks the tree with a path lookup per
+    level of every directory's path (kernel time growing with the square of
+    the depth), and a tree deeper than Python's recursion limit, for the
+    watcher's walk, costs milliseconds in tests/unit/test_unit_watch_depth.py,
+    with no rsync. That sync reports
     the subtrees as ``too_long`` (one WARNING), the other syncs keep
     mirroring, the watcher is never restarted and logs no traceback; once
     the trees are removed the blindness ends (one line), and every mirror is
@@ -124,7 +131,7 @@ def test_paths_too_long_blind_one_subtree_and_nothing_else(tmp_path, settings, d
         (h / "long").mkdir()
         nest(h / "long", [bytes([ord("a") + i % 26]) * 255 for i in range(17)])
         (h / "deep").mkdir()
-        nest(h / "deep", [b"d"] * 2100)
+        nest(h / "deep", [b"ddddddd"] * 520)
         write(h / "beside", b"a file beside the hostile trees\n")
 
         st = d.wait_for(lambda st: set(sync_st(st, "h")["blind_counts"]) == {"too_long"}
@@ -152,6 +159,12 @@ def test_paths_too_long_blind_one_subtree_and_nothing_else(tmp_path, settings, d
         assert log_lines(d, "INFO", "h: path too long: every such subtree is watched again")
         others_keep_mirroring(d, paths, b"after")
         assert_watcher_never_restarted(d, pid)
+        # rsync's partial copies reach as deep as its relative paths allow:
+        # past PATH_MAX once the mirror's own path is put before them, where
+        # no path-based snapshot can read. Their deletion comes first.
+        for name in ("long", "deep"):
+            wait_until(lambda name=name: not os.path.lexists(paths["h-dst"] / name),
+                       f"h's mirror rid of {name}", 180, 0.5, d.describe)
         finish(d, tmp_path, paths, ("a", "b", "h"))  # h's mirror lost them too
     finally:
         # pytest's own clean-up of tmp_path recurses: it cannot remove these
@@ -277,19 +290,68 @@ def test_root_unmounted_and_mounted_again(tmp_path, settings, daemon_factory):
     assert_no_leftovers(tmp_path)
 
 
-def test_an_identical_failure_backs_off_until_something_changes(tmp_path, settings,
-                                                               daemon_factory):
-    """1,100 nested directories: inotify watches them, rsync cannot send
-    them (opendir fails: rc 23, the same error every time). After a few
-    identical tries the target shows ``failed`` and says so, and waits 30 s
-    and more instead of resending the tree every few seconds; the other
-    syncs go on; a change in the sync is tried at once (and its file
-    arrives: the partial tree transfer no longer holds back the paths); once
-    the tree is gone it converges. On the production retry delays: "one
-    try at most while the others converge" needs a stuck delay longer than
-    their convergence on a loaded machine."""
+class CappedDaemon(Daemon):
+    """The daemon as root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH
+    (dropped from its bounding set, so from rsync's too): permissions apply
+    to it as to any user, and a file or directory can be unreadable for it."""
+
+    def start_argv(self) -> list[str]:
+        drop = "-dac_override,-dac_read_search"
+        return ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}",
+                *super().start_argv()]
+
+
+@pytest.fixture
+def capped_factory(request, tmp_path, settings):
+    """``make(syncs, timings=None) -> CappedDaemon``, started, on the tests'
+    timings (``timings`` replaces some); stopped at the end if still
+    running."""
+    if subprocess.run(["setpriv", "--bounding-set=-dac_override", "true"],
+                      capture_output=True).returncode != 0:
+        pytest.skip("setpriv cannot drop capabilities here")
+    made: list[Daemon] = []
+    request.node._syncsup_daemons = made  # the conftest's report and traceback check
+
+    def make(syncs: list[dict[str, Any]], timings: dict[str, float] | None = None
+             ) -> CappedDaemon:
+        d = CappedDaemon(tmp_path, {"settings": settings, "sync": syncs,
+                                    "timings": {**TEST_TIMINGS, **(timings or {})}})
+        made.append(d)
+        d.start()
+        return d
+
+    yield make
+    for d in made:
+        if d.running:
+            try:
+                d.stop()
+            finally:
+                d._kill_hard()
+
+
+def unreadable(path: Path, data: bytes) -> None:
+    """A file at ``path`` that only uid 65534 may read."""
+    write(path, data)
+    os.chown(path, 65534, 65534)
+    os.chmod(path, 0o600)
+
+
+def test_an_identical_failure_backs_off_until_something_changes(tmp_path, capped_factory):
+    """A file the daemon cannot read (it runs without CAP_DAC_OVERRIDE):
+    inotify watches its directory, rsync cannot send it (rc 23, the same
+    error every time). After a few identical tries the target shows
+    ``failed`` and says so, and waits 30 s and more instead of resending
+    the tree every few seconds; the other syncs go on; a change in the sync
+    is tried at once (and its file arrives: the partial tree transfer no
+    longer holds back the paths); once the file is gone it converges. What
+    fails does not matter here, only that it fails the same way until
+    something changes: one unreadable file costs rsync milliseconds a try,
+    where a tree too deep for rsync's receiver (1,100 levels) cost seconds
+    of path lookups at each. On the production retry delays: "one try at
+    most while the others converge" needs a stuck delay longer than their
+    convergence on a loaded machine."""
     syncs, paths = three_syncs(tmp_path, "k")
-    d = daemon_factory(syncs, timings={"retry_cap": Timings().retry_cap,
+    d = capped_factory(syncs, timings={"retry_cap": Timings().retry_cap,
                                        "stuck_cap": Timings().stuck_cap})
     st = d.wait_idle()
     pid = watcher(st)["pid"]
@@ -298,93 +360,67 @@ def test_an_identical_failure_backs_off_until_something_changes(tmp_path, settin
     def target(st: dict[str, Any]) -> dict[str, Any]:
         return sync_st(st, "k")["targets"][0]
 
-    try:
-        (k / "deep").mkdir()
-        nest(k / "deep", [b"d"] * 1100)
-        st = d.wait_for(lambda st: target(st)["state"] == "failed", "k stuck", 240)
-        error = target(st)["last_error"]
-        assert "times in a row" in error and "code 23" in error, error
-        tries = target(st)["transfers"].get("retry", 0)
-        assert log_lines(d, "ERROR", "the same failure 3 times in a row")
-        others_keep_mirroring(d, paths, b"during")
-        others_keep_mirroring(d, paths, b"during2")
-        st = d.status()
-        assert target(st)["state"] == "failed", target(st)
-        # 24 s at least before the next try, 48 more before the one after:
-        # one try at most while the others converge (seconds), where the
-        # old 0.5-30 s backoff made several
-        assert target(st)["transfers"].get("retry", 0) <= tries + 1, target(st)
-        text = d.status_raw(as_json=False).stdout
-        assert max(len(line) for line in text.splitlines()) < 400, text
+    unreadable(k / "deep" / "secret", b"only uid 65534 reads this\n")
+    st = d.wait_for(lambda st: target(st)["state"] == "failed", "k stuck", 240)
+    error = target(st)["last_error"]
+    assert "times in a row" in error and "code 23" in error, error
+    assert "Permission denied" in error, error
+    tries = target(st)["transfers"].get("retry", 0)
+    assert log_lines(d, "ERROR", "the same failure 3 times in a row")
+    others_keep_mirroring(d, paths, b"during")
+    others_keep_mirroring(d, paths, b"during2")
+    st = d.status()
+    assert target(st)["state"] == "failed", target(st)
+    # 24 s at least before the next try, 48 more before the one after:
+    # one try at most while the others converge (seconds), where the
+    # old 0.5-30 s backoff made several
+    assert target(st)["transfers"].get("retry", 0) <= tries + 1, target(st)
+    text = d.status_raw(as_json=False).stdout
+    assert max(len(line) for line in text.splitlines()) < 400, text
 
-        write(k / "beside", b"a change is tried at once\n")
-        wait_until(lambda: (paths["k-dst"] / "beside").exists(), "k's new file", 120, 0.5,
-                   d.describe)
-        remove(k / "deep")
-        d.wait_for(lambda st: target(st)["state"] == "idle", "k idle again", 360)
-        assert_watcher_never_restarted(d, pid)
-        finish(d, tmp_path, paths, ("a", "b", "k"))
-    finally:
-        remove(k / "deep")
-        remove(paths["k-dst"] / "deep")
+    write(k / "beside", b"a change is tried at once\n")
+    wait_until(lambda: (paths["k-dst"] / "beside").exists(), "k's new file", 120, 0.5,
+               d.describe)
+    remove(k / "deep")
+    d.wait_for(lambda st: target(st)["state"] == "idle", "k idle again", 360)
+    assert_watcher_never_restarted(d, pid)
+    finish(d, tmp_path, paths, ("a", "b", "k"))
 
 
-class CappedDaemon(Daemon):
-    """The daemon as root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH
-    (dropped from its bounding set, so from rsync's too): permissions apply
-    to it as to any user, and a directory can be unreadable for it."""
-
-    def start_argv(self) -> list[str]:
-        drop = "-dac_override,-dac_read_search"
-        return ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}",
-                *super().start_argv()]
-
-
-def test_an_unreadable_directory_is_reported_and_mirrored_once_readable(
-        request, tmp_path, settings):
+def test_an_unreadable_directory_is_reported_and_mirrored_once_readable(tmp_path,
+                                                                       capped_factory):
     """A directory the daemon cannot read moved into sync ``p``: status says
     ``unreadable`` with the kernel's error (one WARNING), the other syncs go
     on; made readable, it is watched and mirrored, and the state ends (one
     line)."""
-    if subprocess.run(["setpriv", "--bounding-set=-dac_override", "true"],
-                      capture_output=True).returncode != 0:
-        pytest.skip("setpriv cannot drop capabilities here")
     syncs, paths = three_syncs(tmp_path, "p")
-    d = CappedDaemon(tmp_path, {"settings": settings, "sync": syncs})
-    request.node._syncsup_daemons = [d]  # the conftest's report and traceback check
-    try:
-        d.start()
-        st = d.wait_idle()
-        pid = watcher(st)["pid"]
-        stage = tmp_path / "stage"
-        write(stage / "private" / "secret", b"readable later\n")
-        os.chown(stage / "private" / "secret", 65534, 65534)
-        os.chmod(stage / "private" / "secret", 0o600)
-        os.chown(stage / "private", 65534, 65534)
-        os.chmod(stage / "private", 0o700)
-        (stage / "private").rename(paths["p"] / "private")
+    d = capped_factory(syncs)
+    st = d.wait_idle()
+    pid = watcher(st)["pid"]
+    stage = tmp_path / "stage"
+    unreadable(stage / "private" / "secret", b"readable later\n")
+    os.chown(stage / "private", 65534, 65534)
+    os.chmod(stage / "private", 0o700)
+    (stage / "private").rename(paths["p"] / "private")
 
-        st = d.wait_for(lambda st: sync_st(st, "p")["blind_counts"] == {"unreadable": 1},
-                        "p's unreadable directory reported", 120)
-        assert [(b["path"], b["error"]) for b in sync_st(st, "p")["blind"]] == [
-            ("private", os.strerror(13))]
-        assert len(log_lines(d, "WARNING", "p: 1 subtree(s) cannot be watched "
-                                           "(permission denied")) == 1
-        others_keep_mirroring(d, paths, b"during")
-        assert "BLIND: 1 unreadable" in d.status_raw(as_json=False).stdout
+    st = d.wait_for(lambda st: sync_st(st, "p")["blind_counts"] == {"unreadable": 1},
+                    "p's unreadable directory reported", 120)
+    assert [(b["path"], b["error"]) for b in sync_st(st, "p")["blind"]] == [
+        ("private", os.strerror(13))]
+    assert len(log_lines(d, "WARNING", "p: 1 subtree(s) cannot be watched "
+                                       "(permission denied")) == 1
+    others_keep_mirroring(d, paths, b"during")
+    assert "BLIND: 1 unreadable" in d.status_raw(as_json=False).stdout
 
-        # given to the daemon's user (its copy must be writable for it too)
-        for p in (paths["p"] / "private" / "secret", paths["p"] / "private"):
-            os.chown(p, 0, 0)
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        d.wait_for(lambda st: not sync_st(st, "p")["blind_counts"], "readable again", 120)
-        assert log_lines(d, "INFO", "p: permission denied: every such subtree is watched "
-                                    "again")
-        assert_watcher_never_restarted(d, pid)
-        finish(d, tmp_path, paths, ("a", "b", "p"))
-    finally:
-        if d.running:
-            d.stop()
+    # given to the daemon's user (its copy must be writable for it too)
+    for p in (paths["p"] / "private" / "secret", paths["p"] / "private"):
+        os.chown(p, 0, 0)
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    d.wait_for(lambda st: not sync_st(st, "p")["blind_counts"], "readable again", 120)
+    assert log_lines(d, "INFO", "p: permission denied: every such subtree is watched "
+                                "again")
+    assert_watcher_never_restarted(d, pid)
+    finish(d, tmp_path, paths, ("a", "b", "p"))
 
 
 def test_a_directory_above_the_root_moved_away_and_back(tmp_path, settings, daemon_factory):

@@ -90,7 +90,7 @@ def test_a_slow_sync_never_delays_another(tmp_path, settings, daemon_factory):
 
 class Killer(threading.Thread):
     """SIGKILL the roles in turn (each round in a random order), one every
-    1-2.5 s, until stopped."""
+    0.7-1.4 s, until stopped."""
 
     def __init__(self, daemon, seed: int) -> None:
         super().__init__(daemon=True, name="killer")
@@ -103,7 +103,7 @@ class Killer(threading.Thread):
     def run(self) -> None:
         try:
             order: list[str] = []
-            while not self.stop_event.wait(self.rng.uniform(1.0, 2.5)):
+            while not self.stop_event.wait(self.rng.uniform(0.7, 1.4)):
                 if not order:
                     order = self.rng.sample(KILLABLE, len(KILLABLE))
                 role = order[0]
@@ -135,7 +135,8 @@ def test_chaos_with_many_busy_syncs(tmp_path, sshd, settings, daemon_factory):
         churns.append(c)
     d = daemon_factory(syncs)
     killer = Killer(d, seed=99)
-    threads = [ChurnThread(c, 250, sleep_prob=1.0, max_sleep=0.1) for c in churns]
+    # ~150 ops a sync over ~7 s: every role killed twice or more meanwhile
+    threads = [ChurnThread(c, 150, sleep_prob=1.0, max_sleep=0.1) for c in churns]
     killer.start()
     for t in threads:
         t.start()
