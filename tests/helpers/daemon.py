@@ -86,6 +86,28 @@ def run_cli(*args: str | os.PathLike, timeout: float = 30, cwd: os.PathLike | st
     )
 
 
+def query_status(config: os.PathLike | str, timeout: float = 5.0) -> dict[str, Any]:
+    """What ``syncsup status --json CONFIG`` prints, asked from this process:
+    the same config load, request on the control socket and JSON form as
+    the command. Raises what the command reports as an error (not running,
+    no answer in ``timeout`` seconds, a bad config).
+
+    Why not the command itself: status is what the tests poll while they
+    wait, hundreds of times a run, and each command is a Python start and
+    its imports (more than a tenth of a CPU-second) on a two-core machine
+    the whole suite shares. The command is still tested as such: through
+    :meth:`Daemon.status_raw` and :func:`run_cli`."""
+    from syncsup import config as cfg
+    from syncsup import proto
+    from syncsup.client import request
+    from syncsup.status import to_json
+
+    reply = request(cfg.load(os.fspath(config), client=True), proto.StatusRequest(), timeout)
+    if not isinstance(reply, proto.StatusReply):
+        raise RuntimeError(f"unexpected answer {type(reply).__name__}")
+    return json.loads(json.dumps(to_json(reply.status)))
+
+
 def write_config(path: Path, doc: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(toml.dumps(doc))
@@ -220,23 +242,17 @@ class Daemon:
         return run_cli(*args, timeout=timeout)
 
     def status(self) -> dict[str, Any]:
-        r = self.status_raw()
-        assert r.returncode == 0, f"status --json exited {r.returncode}: {r.stdout}{r.stderr}"
+        """What ``syncsup status --json`` prints (asked in this process:
+        :func:`query_status`)."""
         try:
-            return json.loads(r.stdout)
-        except json.JSONDecodeError as e:
-            raise AssertionError(f"status --json printed no JSON ({e}): {r.stdout!r}") from None
+            return query_status(self.config)
+        except Exception as e:  # what the CLI would have printed, as the failure
+            raise AssertionError(f"status --json failed: {type(e).__name__}: {e}") from None
 
     def try_status(self) -> dict[str, Any] | None:
         try:
-            r = self.status_raw(timeout=15)
-        except subprocess.TimeoutExpired:
-            return None
-        if r.returncode != 0:
-            return None
-        try:
-            return json.loads(r.stdout)
-        except json.JSONDecodeError:
+            return query_status(self.config)
+        except Exception:  # not running (yet, or any more), no answer: the caller polls
             return None
 
     def targets(self, st: dict[str, Any] | None = None) -> list[dict[str, Any]]:
