@@ -717,9 +717,9 @@ def test_config_error_is_fatal_and_never_restarted(tmp_path, src, dst, daemon_fa
     assert log_lines(d, name, "configuration error (78)"), "no log line about the exit 78"
 
     c.run(30, sleep_prob=0.2, max_sleep=0.01)  # changes while the sync is halted
-    # a fatal component stays down: it is not restarted, ever (a crash
-    # would be restarted within restart_base * 2 * 1.2 = 0.48 s; this
-    # waits three times that)
+    # a fatal component stays down: it is not restarted, ever (were its
+    # exit a crash, the restart would come at once or after restart_base,
+    # 0.2 s +- 20 %; this waits six times that)
     time.sleep(1.5)
     again = comp_of(d.status(), name)
     assert again["state"] == "fatal" and again["pid"] is None, again
