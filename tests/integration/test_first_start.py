@@ -48,18 +48,24 @@ def aged(tmp_path_factory):
     directory into place keeps the ctimes of everything inside it (only
     the renamed directory's own changes, and directories are not proven)."""
     pool = tmp_path_factory.mktemp("aged")
-    trees = []
-    for i in range(AGED_TREES):
-        t = pool / f"tree{i}"
+    trees: list[tuple[Path, float]] = []  # (tree, when a copy of it is provably newer)
+
+    def made() -> None:
+        t = pool / f"tree{len(list(pool.iterdir()))}"
         t.mkdir()
         make_tree(t)
-        trees.append(t)
-    ready = time.time() + MARGIN_NS / 1e9 + 0.5
+        trees.append((t, time.time() + MARGIN_NS / 1e9 + 0.5))
+
+    for _ in range(AGED_TREES):
+        made()
 
     def take(src: Path) -> None:
+        if not trees:  # more takers than trees: one more, aged now
+            made()
+        tree, ready = trees.pop()
         time.sleep(max(0.0, ready - time.time()))
         src.rmdir()
-        os.rename(trees.pop(), src)
+        os.rename(tree, src)
 
     return take
 
