@@ -305,9 +305,13 @@ def test_delay_zero(tmp_path, src, dst, daemon_factory):
 
 @pytest.mark.timeout(400)
 def test_changes_during_initial_sync_are_not_lost(tmp_path, src, dst, daemon_factory):
-    """Churn starts right after ``start``, while the initial sync is still copying."""
+    """Churn starts right after ``start``, while the initial sync is still copying.
+
+    The churn (seconds of it) begins before the daemon is up, so it spans
+    the whole initial sync: a tree of ~20 MB in 2,000 files takes long
+    enough to copy for many changes to land during it."""
     c = Churn(src, seed=11)
-    c.populate(n_files=4000, n_dirs=200, big_every=400, max_size=16 * 1024)
+    c.populate(n_files=2000, n_dirs=100, big_every=200, max_size=16 * 1024)
     d = daemon_factory([sync_entry(src, [dst])], wait=False)
     t = ChurnThread(c, 400, sleep_prob=0.5, max_sleep=0.04)
     t.start()

@@ -21,7 +21,10 @@ BATCH = re.compile(r"batch (\d+), (\d+) paths, (\d+) trees")
 
 
 def test_a_message_sent_again_is_recorded_once(tmp_path, src, dst, daemon_factory):
-    d = daemon_factory([sync_entry(src, [dst], delay=0)])
+    # A short resend interval: the collator is held up for a few of them,
+    # so the change is sent again more than once (and never for as long
+    # as the heartbeat timeout, which would restart it).
+    d = daemon_factory([sync_entry(src, [dst], delay=0)], timings={"resend_after": 0.5})
     d.wait_idle()
     collator = d.components("collator")[0]["pid"]
     before = len(BATCH.findall(d.log_text()))
@@ -29,12 +32,12 @@ def test_a_message_sent_again_is_recorded_once(tmp_path, src, dst, daemon_factor
     try:
         (src / "new.txt").write_bytes(b"one change\n")
         # The watcher sends the change, gets no ack, and sends it again.
-        time.sleep(d.timings.resend_after + 2.5)
+        time.sleep(3 * d.timings.resend_after + 1.0)
     finally:
         os.kill(collator, signal.SIGCONT)
     wait_converged(src, dst, timeout=120, on_timeout=d.describe)
     d.wait_idle()
-    time.sleep(2)  # a second batch, if one were queued, would start now
+    time.sleep(1)  # a second batch, if one were queued, would start now (delay 0)
     d.wait_idle()
     batches = BATCH.findall(d.log_text())[before:]
     assert len(batches) == 1 and batches[0][1:] == ("1", "0"), (

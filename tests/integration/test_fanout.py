@@ -29,8 +29,12 @@ def test_unreachable_target_does_not_delay_others(tmp_path, src, own_sshd, daemo
     c = Churn(src, 50, hostile_ratio=0.3)
     c.populate(n_files=80, n_dirs=10, big_every=40)
     ssh_spec = own_sshd.target(dst3)
+    # retries of the unreachable target at most a second apart: it catches
+    # up within a second of its host's return (the backoff's growth is the
+    # retry queue's unit tests' and the dead ssh target's fault test's)
     d = daemon_factory([sync_table(src, [dst1, dst2, ssh_spec], delay=0.2,
-                                   ssh=own_sshd.ssh_config())])
+                                   ssh=own_sshd.ssh_config())],
+                       timings={"retry_cap": 1.0})
     converge(d, src, dst1, dst2, dst3)
 
     # the ssh target's host goes down (listener and open sessions, incl. the ssh master)

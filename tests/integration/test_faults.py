@@ -35,6 +35,12 @@ pytestmark = pytest.mark.timeout(300)
 
 NAME = "www"  # sync_entry's default sync name
 
+# Heartbeats for the tests that freeze a component: the freeze is found
+# after ``heartbeat_timeout`` (not the tests' general 10 s), while a child
+# that is merely slow on a loaded machine still has 4 s, eight beats, to
+# send one (the other components' restart counts are asserted to stay 0).
+FAST_BEATS = {"heartbeat_interval": 0.5, "heartbeat_timeout": 4.0}
+
 
 # ------------------------------------------------------------------ helpers
 
@@ -143,10 +149,12 @@ def big_file(tmp_path: Path, dest: Path, size: int) -> None:
 def test_sigstopped_component_is_killed_and_restarted(role, tmp_path, src, dst, daemon_factory):
     """A component that stops answering (SIGSTOP) is detected by its missing
     heartbeats, killed with its process group (SIGKILL, last_exit -9) and
-    restarted; what changed meanwhile still arrives."""
+    restarted; what changed meanwhile still arrives. (The heartbeat-loss
+    decision itself is the supervisor core's unit tests'; here the real
+    process is frozen, found silent, and its group killed.)"""
     c = Churn(src, seed={"watcher": 11, "collator": 12, "syncer": 13}[role])
     c.populate(n_files=60, n_dirs=8)
-    d = daemon_factory([sync_entry(src, [dst], delay=0.2)])
+    d = daemon_factory([sync_entry(src, [dst], delay=0.2)], timings=FAST_BEATS)
     converge(d, src, dst, churn=c)
 
     name = role
@@ -183,16 +191,21 @@ def test_sigstopped_component_is_killed_and_restarted(role, tmp_path, src, dst, 
 
 # ========================================================= 2. hung transfer
 def test_frozen_rsync_is_killed_and_retried(tmp_path, src, dst, daemon_factory):
-    """An rsync that reads and writes nothing for ``[sync.rsync] timeout``
+    """An rsync that reads and writes nothing for ``[sync.rsync] timeout`` (2)
     seconds is TERMed, then KILLed with its group, and the batch is retried
-    with backoff; the syncer itself stays responsive (no restart)."""
+    with backoff; the syncer itself stays responsive (no restart).
+
+    The file takes ~3 s at the bandwidth limit: long enough to be caught
+    and frozen mid-transfer, and its retry after the kill costs no more
+    than that; the TERM that a stopped rsync cannot act on is followed by
+    the KILL after a short ``step_stop_grace``."""
     write(src / "small", b"small\n")
     entry = sync_entry(src, [dst], delay=0)
-    entry["rsync"] = {"bwlimit": 1000, "timeout": 3}  # 8 MB take ~8 s
-    d = daemon_factory([entry])
+    entry["rsync"] = {"bwlimit": 1000, "timeout": 2}  # 3 MB take ~3 s
+    d = daemon_factory([entry], timings={"step_stop_grace": 0.5})
     converge(d, src, dst)
 
-    big_file(tmp_path, src / "big", 8_000_000)
+    big_file(tmp_path, src / "big", 3_000_000)
     pids = wait_until(lambda: rsync_pids(dst), "the transfer of the big file to start", 60)
     # local rsync forks its receiver (and generator): freeze all of them
     time.sleep(0.5)
@@ -205,7 +218,7 @@ def test_frozen_rsync_is_killed_and_retried(tmp_path, src, dst, daemon_factory):
         # the daemon answers while the transfer hangs
         st = d.status()
         assert comp_of(st, "syncer")["state"] == "running", st["components"]
-        wait_log(d, "made no progress for 3s", timeout=90)
+        wait_log(d, "made no progress for 2s", timeout=90)
         wait_until(
             lambda: not any(alive(p) for p in pids),
             f"the frozen rsync processes {pids} to be killed",
@@ -218,7 +231,7 @@ def test_frozen_rsync_is_killed_and_retried(tmp_path, src, dst, daemon_factory):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p, signal.SIGCONT)
     print(f"frozen rsync killed {time.monotonic() - stopped_at:.1f}s after SIGSTOP")
-    retry = wait_log(d, "no progress for 3s: transfer killed, will retry", timeout=30)
+    retry = wait_log(d, "no progress for 2s: transfer killed, will retry", timeout=30)
     assert retry, "the killed transfer was not reported as a retry"
 
     write(src / "after", b"written while the big file is retried\n")
@@ -513,13 +526,18 @@ def test_watch_limit_reached_by_one_sync_blinds_only_what_it_must(request, tmp_p
 def test_ssh_target_down_backs_off_and_catches_up(tmp_path, src, dst, sshd, daemon_factory):
     """sshd stopped: the remote target is retried with exponential backoff (no
     busy loop) and reported, the local target is not held up, and everything
-    catches up when sshd is back."""
+    catches up when sshd is back. The backoff runs on short timers (a
+    tenth of a second doubling up to one): five attempts cross the whole
+    schedule, doubling and then capped, in a few seconds. (Each delay's
+    value is the retry queue's unit tests'; here it is a real ssh that
+    cannot connect, and the real collator that waits.)"""
     dst_ssh = tmp_path / "dst_ssh"
     dst_ssh.mkdir()
     spec = sshd.target(dst_ssh)
     c = Churn(src, seed=51)
     c.populate(n_files=60, n_dirs=8)
-    d = daemon_factory([sync_entry(src, [dst, spec], ssh=sshd.ssh_config(), delay=0.2)])
+    d = daemon_factory([sync_entry(src, [dst, spec], ssh=sshd.ssh_config(), delay=0.2)],
+                       timings={"retry_base": 0.1, "retry_cap": 1.0})
     converge(d, src, [dst, dst_ssh], churn=c)
 
     sshd.stop()
@@ -622,12 +640,14 @@ def test_flapping_component_becomes_degraded(tmp_path, src, dst, daemon_factory)
     """More than 10 restarts in the window mark the component degraded
     (status and log) and slow its restarts down; it still comes back and
     nothing is lost. On short restart timers (the backoff itself is the
-    unit tests' of supervisor/core.py): the flapping takes seconds, and a
-    degraded restart waits at least a quarter of ``degraded_cap``."""
+    unit tests' of the supervisor's policy): the flapping takes seconds, and a
+    degraded restart waits at least a quarter of ``degraded_cap`` (at 4 s,
+    still more than twice the slowest normal restart, and a few seconds
+    of status polls to see it waiting)."""
     c = Churn(src, seed=61)
     c.populate(n_files=40, n_dirs=6)
     d = daemon_factory([sync_entry(src, [dst], delay=0.2)],
-                       timings={"restart_base": 0.01, "restart_cap": 0.5, "degraded_cap": 12.0})
+                       timings={"restart_base": 0.01, "restart_cap": 0.2, "degraded_cap": 4.0})
     converge(d, src, dst, churn=c)
 
     name = "collator"
@@ -697,7 +717,10 @@ def test_config_error_is_fatal_and_never_restarted(tmp_path, src, dst, daemon_fa
     assert log_lines(d, name, "configuration error (78)"), "no log line about the exit 78"
 
     c.run(30, sleep_prob=0.2, max_sleep=0.01)  # changes while the sync is halted
-    time.sleep(3)  # a fatal component stays down: it is not restarted, ever
+    # a fatal component stays down: it is not restarted, ever (were its
+    # exit a crash, the restart would come at once or after restart_base,
+    # 0.2 s +- 20 %; this waits six times that)
+    time.sleep(1.5)
     again = comp_of(d.status(), name)
     assert again["state"] == "fatal" and again["pid"] is None, again
     assert again["restarts"] == comp["restarts"], (comp, again)
@@ -725,7 +748,7 @@ def test_supervisor_sigkill_then_start_again(tmp_path, src, dst, daemon_factory)
     d = daemon_factory([entry])
     converge(d, src, dst, churn=c)
 
-    big_file(tmp_path, src / "big-in-flight", 8_000_000)
+    big_file(tmp_path, src / "big-in-flight", 4_000_000)  # ~2 s at 2000 KiB/s
     rs = wait_until(lambda: rsync_pids(dst), "the big transfer to start", 60)
     st = d.status()
     children = [int(x["pid"]) for x in st["components"] if x["role"] != "supervisor" and x["pid"]]
@@ -816,7 +839,9 @@ def test_max_delete_stops_mass_deletion(tmp_path, src, dst, daemon_factory):
     assert t["pending"] > 0, t
     left = [p for p in (dst / "victims").iterdir()]
     assert len(left) >= 8 - 3, f"more than max_delete entries were deleted: {left}"
-    time.sleep(3)  # failed means: not retried right away
+    # failed means: not retried right away (a retry would come after
+    # retry_base, 0.5 s; this waits three times that)
+    time.sleep(1.5)
     assert target_of(d.status(), dst)["state"] == "failed"
 
     # the operator looks, decides the deletes are wanted and lifts the limit

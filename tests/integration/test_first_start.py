@@ -35,11 +35,45 @@ pytestmark = pytest.mark.timeout(300)
 TREE = FILES * SIZE
 
 
-def copied(src: Path, dst: Path) -> None:
+AGED_TREES = 7  # the tests below that copy a tree before the first start
+
+
+@pytest.fixture(scope="module")
+def aged(tmp_path_factory):
+    """``aged(src)``: ``src`` becomes a tree made when the module began, at
+    least the proof's margin ago, so that a copy made now is provably newer.
+
+    The margin is a wait of seconds that every such test would spend
+    itself; made once for the module, it is spent once. Renaming a tree's
+    directory into place keeps the ctimes of everything inside it (only
+    the renamed directory's own changes, and directories are not proven)."""
+    pool = tmp_path_factory.mktemp("aged")
+    trees: list[tuple[Path, float]] = []  # (tree, when a copy of it is provably newer)
+
+    def made() -> None:
+        t = pool / f"tree{len(list(pool.iterdir()))}"
+        t.mkdir()
+        make_tree(t)
+        trees.append((t, time.time() + MARGIN_NS / 1e9 + 0.5))
+
+    for _ in range(AGED_TREES):
+        made()
+
+    def take(src: Path) -> None:
+        if not trees:  # more takers than trees: one more, aged now
+            made()
+        tree, ready = trees.pop()
+        time.sleep(max(0.0, ready - time.time()))
+        src.rmdir()
+        os.rename(tree, src)
+
+    return take
+
+
+def copied(aged, src: Path, dst: Path) -> None:
     """The tree made, then copied as a user would before the first start:
     later than the proof's margin, so the copy is provably newer."""
-    make_tree(src)
-    time.sleep(MARGIN_NS / 1e9 + 0.5)
+    aged(src)
     subprocess.run(["rsync", "-a", f"{src}/", f"{dst}/"], check=True)
 
 
@@ -74,8 +108,8 @@ def finish(d, tmp_path: Path, src: Path, dst: Path) -> None:
 
 
 def test_a_first_start_on_an_identical_copy_reads_next_to_nothing(
-        tmp_path, src, dst, counted, daemon_factory):
-    copied(src, dst)
+        tmp_path, src, dst, counted, aged, daemon_factory):
+    copied(aged, src, dst)
     d = started(daemon_factory, sync_entry(src, [dst], delay=0), counted)
     converged_cheaply(d, tmp_path, src, dst, [src, dst], changed=0)
     assert ("41 of 41 files proven current, 0 missing or different (sent), 0 to compare by "
@@ -84,12 +118,12 @@ def test_a_first_start_on_an_identical_copy_reads_next_to_nothing(
 
 
 def test_a_first_start_on_a_copied_target_reads_little_and_finds_a_source_rewrite(
-        tmp_path, src, dst, counted, daemon_factory):
+        tmp_path, src, dst, counted, aged, daemon_factory):
     """A same-size rewrite of a source file, its mtime put back, after the
     copy: the source file's ctime is then after its copy's, so it is
     compared by content and sent; every other file is proven current and
     only quick-checked."""
-    copied(src, dst)
+    copied(aged, src, dst)
     rewrite_keeping_mtime(src / "big07")
     d = started(daemon_factory, sync_entry(src, [dst], delay=0), counted)
     converged_cheaply(d, tmp_path, src, dst, [src, dst], changed=1)
@@ -99,12 +133,12 @@ def test_a_first_start_on_a_copied_target_reads_little_and_finds_a_source_rewrit
 
 
 def test_a_target_rewritten_behind_the_back_is_found_when_not_proven(
-        tmp_path, src, dst, counted, daemon_factory):
+        tmp_path, src, dst, counted, aged, daemon_factory):
     """A target file rewritten behind the daemon's back (same size, mtime
     put back) whose source file changed afterwards (a chmod back and forth:
     the ctime moves, nothing else) cannot be proven current: compared, and
     repaired."""
-    copied(src, dst)
+    copied(aged, src, dst)
     rewrite_target_behind_the_back(dst / "big03")
     time.sleep(0.05)
     os.chmod(src / "big03", 0o600)
@@ -114,11 +148,11 @@ def test_a_target_rewritten_behind_the_back_is_found_when_not_proven(
     finish(d, tmp_path, src, dst)
 
 
-def test_startup_checksum_compares_every_file(tmp_path, src, dst, counted, daemon_factory):
+def test_startup_checksum_compares_every_file(tmp_path, src, dst, counted, aged, daemon_factory):
     """``startup_checksum = true`` trusts no ctime: a target rewritten behind
     the back, which the ctimes would vouch for, is found, at the cost of
     reading both trees."""
-    copied(src, dst)
+    copied(aged, src, dst)
     rewrite_target_behind_the_back(dst / "big05")
     d = started(daemon_factory, sync_entry(src, [dst], delay=0), counted,
                 startup_checksum=True)
@@ -145,12 +179,12 @@ def test_an_empty_target_is_filled_with_one_read_of_the_source(
 
 
 def test_over_ssh_the_agent_reports_target_ctimes_and_the_skew_is_measured(
-        tmp_path, src, dst, counted, sshd, daemon_factory):
+        tmp_path, src, dst, counted, sshd, aged, daemon_factory):
     """A remote target: the ctimes come from the target's agent, with its
     clock read over the same channel. The source side reads little, and a
     source rewrite after the copy is found."""
     wrapper, _log = write_target_command(tmp_path)
-    copied(src, dst)
+    copied(aged, src, dst)
     rewrite_keeping_mtime(src / "big11")
     entry = sync_entry(src, [sshd.target(dst)],
                        ssh={**sshd.ssh_config(), "target_command": str(wrapper)}, delay=0)
@@ -163,11 +197,11 @@ def test_over_ssh_the_agent_reports_target_ctimes_and_the_skew_is_measured(
 
 
 def test_over_ssh_without_an_agent_every_file_is_compared(
-        tmp_path, src, dst, counted, sshd, daemon_factory):
+        tmp_path, src, dst, counted, sshd, aged, daemon_factory):
     """No ``syncsup-target`` on the target: nothing can prove a copy there,
     so the startup sync compares every file's content, and a target
     rewritten behind the back is found."""
-    copied(src, dst)
+    copied(aged, src, dst)
     rewrite_target_behind_the_back(dst / "big13")
     entry = sync_entry(src, [sshd.target(dst)],
                        ssh={**sshd.ssh_config(),
@@ -187,12 +221,11 @@ def world(asshd):
 
 
 def test_through_a_confined_key_the_confined_agent_reports_target_ctimes(
-        world, asshd, tmp_path, src, counted, daemon_factory):
+        world, asshd, tmp_path, src, counted, aged, daemon_factory):
     """The forced command's agent answers ``stats`` too (reading only, under
     its confinement), so a confined target gets the same proof."""
     w = world
-    make_tree(src)
-    time.sleep(MARGIN_NS / 1e9 + 0.5)
+    aged(src)
     subprocess.run(["rsync", "-a", "--delete", f"{src}/", f"{w.root}/"], check=True)
     rewrite_keeping_mtime(src / "big17")
     entry = sync_entry(src, [f"{w.login}:{w.root}"], delay=0,

@@ -20,13 +20,17 @@ import time
 import pytest
 
 from syncsup.statedir import StateDir
+from syncsup.watcher.core import HOLD_MAX, HOLD_SHARE
 from tests.helpers.daemon import Daemon, sync_entry
 from tests.helpers.procs import assert_no_leftovers
 from tests.helpers.tree import wait_converged, write
 
 pytestmark = pytest.mark.timeout(300)
 
-DELAY = 10.0  # a hold window of 1 s
+# The shortest delay with the longest hold window (1 s): the changes are
+# held as long as they can be, and the batch after a restart's rescan
+# waits no longer than it must.
+DELAY = HOLD_MAX / HOLD_SHARE
 NAME = "www"
 
 
@@ -71,7 +75,7 @@ def test_a_clean_stop_sends_what_is_held_then_a_seen_point(tmp_path, src, dst,
     names = {f"b{i}".encode() for i in range(10)}
     for n in sorted(names):
         write(src / n.decode(), os.urandom(200))
-    time.sleep(0.3)  # read, held (a batch is 10 s away)
+    time.sleep(0.3)  # read, held (the window is 1 s, a batch further away)
     d.stop()
     assert names <= journal_paths(d)  # committed before the watcher went
     before = len(d.log_text())
