@@ -19,7 +19,7 @@ someone wrote to the target behind the daemon's back: ``full_sync_interval``,
 So this step lists a target file only if it exists as a regular file, its
 size and mtime match the source's (else the quick check sends it anyway),
 and its ctime, taken to the source's clock, is not later than the source
-file's ctime plus :data:`MARGIN_NS`. The target's ctimes come from a local
+file's ctime plus ``Timings.proof_margin``. The target's ctimes come from a local
 ``lstat`` (the same clock) or from the target's agent (a session of
 ``syncsup-target ROOT stats``, which answers only ``stats``), whose
 answers carry the target's clock: the skew is measured over the same
@@ -58,13 +58,9 @@ from syncsup.syncer.argv import ssh_argv
 from syncsup.syncer.plan import Result
 from syncsup.target import MAX_PATH, MAX_STATS, VERSION, Applier, encode_frame, read_frame
 
-__all__ = ["MARGIN_NS", "NO_PROOF", "Clock", "main", "nothing_to_prove", "proven", "unproven",
+__all__ = ["NO_PROOF", "Clock", "main", "nothing_to_prove", "proven", "unproven",
            "verdict"]
 
-# A target copy must be this much newer than its source file: the kernel's
-# coarse timestamps (a tick), filesystems that keep whole seconds (or two, as
-# FAT), and a source file still being written when it was copied.
-MARGIN_NS = 2_000_000_000
 NO_PROOF = 3  # exit code: the target's ctimes cannot be read
 SKEW_PROBES = 3
 
@@ -89,20 +85,23 @@ class Clock:
 PROVEN, SENT, COMPARE = "proven", "sent", "compare"
 
 
-def verdict(source: Stat, target: Stat, clock: Clock) -> str:
+def verdict(source: Stat, target: Stat, clock: Clock, margin_ns: int) -> str:
     """What this file needs: ``sent`` if the target has no regular file
     there or one of another size or mtime (the quick check sends it);
-    ``proven`` if the target's copy has a ctime after the source file's
-    (written after it last changed); else ``compare`` (its content)."""
+    ``proven`` if the target's copy has a ctime more than ``margin_ns``
+    after the source file's (written after it last changed: the margin
+    covers the kernel's coarse timestamps, filesystems that keep whole
+    seconds, and a source file still being written when it was copied);
+    else ``compare`` (its content)."""
     t_ctime, t_size, t_mtime = target
     if t_ctime < 0 or t_size != source[1] or t_mtime != source[2]:
         return SENT
-    return COMPARE if clock.to_source(t_ctime) <= source[0] + MARGIN_NS else PROVEN
+    return COMPARE if clock.to_source(t_ctime) <= source[0] + margin_ns else PROVEN
 
 
-def unproven(source: Stat, target: Stat, clock: Clock) -> bool:
+def unproven(source: Stat, target: Stat, clock: Clock, margin_ns: int) -> bool:
     """Must this file's content be compared?"""
-    return verdict(source, target, clock) == COMPARE
+    return verdict(source, target, clock, margin_ns) == COMPARE
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -307,7 +306,7 @@ def _local(path: str, chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, list[Sta
 
 
 def _prove(sync: cfg.Sync, target: cfg.Target, subtrees: list[bytes],
-           progress: IO[bytes], control_path: str | None
+           progress: IO[bytes], control_path: str | None, margin: float
            ) -> tuple[list[bytes], dict[str, int]]:
     """The unproven files of ``subtrees``, and how many files got which
     :func:`verdict`."""
@@ -321,6 +320,7 @@ def _prove(sync: cfg.Sync, target: cfg.Target, subtrees: list[bytes],
         command = f"{shlex.quote(program)} {shlex.quote(target.path)} stats"
         remote = _Remote([*ssh_argv(sync, control_path), "--", target.login, command])
     out: list[bytes] = []
+    margin_ns = int(margin * 1e9)
     counts = {PROVEN: 0, SENT: 0, COMPARE: len(too_long)}
     try:
         if remote is not None:
@@ -332,7 +332,7 @@ def _prove(sync: cfg.Sync, target: cfg.Target, subtrees: list[bytes],
             answers = _local(target.path, chunks)
         for chunk, found in answers:
             for (name, s), t in zip(chunk, found, strict=True):
-                v = verdict(s, t, clock)
+                v = verdict(s, t, clock, margin_ns)
                 counts[v] += 1
                 if v == COMPARE:
                     out.append(name)
@@ -373,7 +373,8 @@ def main(argv: list[str]) -> int:
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
-        names, counts = _prove(sync, target, subtrees, sys.stdout.buffer, control_path or None)
+        names, counts = _prove(sync, target, subtrees, sys.stdout.buffer, control_path or None,
+                              conf.timings.proof_margin)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"prove: cannot read the target's ctimes ({exc}): comparing every file's "
               "content", file=sys.stderr)

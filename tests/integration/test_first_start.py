@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from syncsup.syncer.prove import MARGIN_NS
+from syncsup.timings import Timings
 from tests.helpers.attack import make_world
 from tests.helpers.daemon import sync_entry
 from tests.helpers.procs import assert_no_leftovers
@@ -54,7 +54,7 @@ def aged(tmp_path_factory):
         t = pool / f"tree{len(list(pool.iterdir()))}"
         t.mkdir()
         make_tree(t)
-        trees.append((t, time.time() + MARGIN_NS / 1e9 + 0.5))
+        trees.append((t, time.time() + Timings().proof_margin + 0.5))
 
     for _ in range(AGED_TREES):
         made()

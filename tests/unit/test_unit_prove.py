@@ -9,9 +9,11 @@ import shutil
 import pytest
 
 from syncsup.syncer import prove as proof
-from syncsup.syncer.prove import MARGIN_NS, Clock, _subtrees, unproven, verdict
+from syncsup.syncer.prove import Clock, _subtrees, unproven, verdict
+from syncsup.timings import Timings
 
 S = 10**9
+MARGIN_NS = int(Timings().proof_margin * S)  # the default
 SRC = (100 * S, 4096, 50 * S)  # ctime, size, mtime
 
 
@@ -35,13 +37,13 @@ SRC = (100 * S, 4096, 50 * S)  # ctime, size, mtime
     ((105 * S, 4096, 50 * S), Clock(offset=0, error=2 * S), False),
 ])
 def test_unproven(target: tuple[int, int, int], clock: Clock, expected: bool) -> None:
-    assert unproven(SRC, target, clock) is expected
+    assert unproven(SRC, target, clock, MARGIN_NS) is expected
 
 
 def test_verdicts() -> None:
-    assert verdict(SRC, (-1, -1, -1), Clock()) == "sent"
-    assert verdict(SRC, (99 * S, 4096, 50 * S), Clock()) == "compare"
-    assert verdict(SRC, (200 * S, 4096, 50 * S), Clock()) == "proven"
+    assert verdict(SRC, (-1, -1, -1), Clock(), MARGIN_NS) == "sent"
+    assert verdict(SRC, (99 * S, 4096, 50 * S), Clock(), MARGIN_NS) == "compare"
+    assert verdict(SRC, (200 * S, 4096, 50 * S), Clock(), MARGIN_NS) == "proven"
 
 
 def test_the_list_is_read_as_the_syncer_writes_it() -> None:
