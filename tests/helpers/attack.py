@@ -320,9 +320,15 @@ def rsync(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
 def push(sshd: AttackSshd, w: World, src: Path | str, dest: str = "", *opts: str,
          devices: bool = False) -> subprocess.CompletedProcess:
     """What syncsup's client does: ``rsync -a --no-devices -e SSH SRC/ login::syncsup/DEST``."""
+    return rsync(*push_args(sshd, w, src, dest, *opts, devices=devices))
+
+
+def push_args(sshd: AttackSshd, w: World, src: Path | str, dest: str = "", *opts: str,
+              devices: bool = False) -> list[str]:
+    """The arguments to rsync of :func:`push`."""
     base = ["-a"] if devices else ["-a", "--no-devices"]
-    return rsync(*base, *opts, "-e", sshd.rsync_e(), f"{os.fspath(src).rstrip('/')}/",
-                 f"{w.login.split('@')[0]}@{sshd.host}::syncsup/{dest}")
+    return [*base, *opts, "-e", sshd.rsync_e(), f"{os.fspath(src).rstrip('/')}/",
+            f"{w.login.split('@')[0]}@{sshd.host}::syncsup/{dest}"]
 
 
 def rewriting_ssh(path: Path, sshd: AttackSshd, append: list[str] | None = None,
