@@ -120,9 +120,17 @@ class AttackSshd(Sshd):
         text = self.config.read_text()
         text = text.replace(f"AuthorizedKeysFile {self.authorized_keys}",
                             f"AuthorizedKeysFile {self.authorized_keys} .ssh/authorized_keys")
-        text += (f"SetEnv PATH={self.bindir}:/usr/local/bin:/usr/bin:/bin\n"
+        path = f"PATH={self.bindir}:/usr/local/bin:/usr/bin:/bin"
+        # Root's sessions start as SHLVL=1, so bash (which runs the forced
+        # command) does not read root's own ~/.bashrc as it does for a
+        # command over ssh: that file belongs to the test host, not to any
+        # attack (on a developer's machine a `pyenv init` costing 0.1 CPU-s
+        # per session, five times sshd's own share). The throw-away
+        # accounts' start-up files are read as ever.
+        text += (f"SetEnv {path}\n"
                  "Match User root\n"
-                 f"    AuthorizedKeysFile {self.authorized_keys}\n")
+                 f"    AuthorizedKeysFile {self.authorized_keys}\n"
+                 f"    SetEnv {path} SHLVL=1\n")
         self.config.write_text(text)
 
     def confine(self, root: Path | str, forced: bool = True, prefix: str = "",
@@ -320,9 +328,15 @@ def rsync(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
 def push(sshd: AttackSshd, w: World, src: Path | str, dest: str = "", *opts: str,
          devices: bool = False) -> subprocess.CompletedProcess:
     """What syncsup's client does: ``rsync -a --no-devices -e SSH SRC/ login::syncsup/DEST``."""
+    return rsync(*push_args(sshd, w, src, dest, *opts, devices=devices))
+
+
+def push_args(sshd: AttackSshd, w: World, src: Path | str, dest: str = "", *opts: str,
+              devices: bool = False) -> list[str]:
+    """The arguments to rsync of :func:`push`."""
     base = ["-a"] if devices else ["-a", "--no-devices"]
-    return rsync(*base, *opts, "-e", sshd.rsync_e(), f"{os.fspath(src).rstrip('/')}/",
-                 f"{w.login.split('@')[0]}@{sshd.host}::syncsup/{dest}")
+    return [*base, *opts, "-e", sshd.rsync_e(), f"{os.fspath(src).rstrip('/')}/",
+            f"{w.login.split('@')[0]}@{sshd.host}::syncsup/{dest}"]
 
 
 def rewriting_ssh(path: Path, sshd: AttackSshd, append: list[str] | None = None,

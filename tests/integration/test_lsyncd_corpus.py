@@ -22,6 +22,7 @@ import subprocess
 import time
 import tomllib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ FAST = ("local corpus_sync = sync\n"
         "sync = function(t) t.delay = 1; return corpus_sync(t) end\n")
 STALE = "stale-on-target.txt"
 SENTINEL = "zz-last-change.txt"
-SETTLE = 4.0
+# Both trees unchanged this long (twice the syncs' 1 s delay) counts as
+# settled: each tool has had a full delay to act on anything still coming.
+SETTLE = 2.0
 
 # Configs with nothing to mirror on syncsup's side, by design: asserted here.
 NOT_MIRRORED = {"custom_layers.lua": "layer 1-3 actions only: the import has no [[sync]]"}
@@ -109,7 +112,8 @@ def seed(src: Path, outside: Path) -> None:
 
 def churn(src: Path) -> None:
     """Each path changes once, so batching cannot change the outcome of
-    options such as append or backup."""
+    options such as append or backup. The sentinel comes after, from
+    :func:`churn_all`."""
     (src / "tree" / "deep").mkdir(parents=True)
     (src / "tree" / "deep" / "f.txt").write_bytes(os.urandom(3000))
     (src / "new.bin").write_bytes(os.urandom(20000))
@@ -126,8 +130,17 @@ def churn(src: Path) -> None:
     os.rename(os.path.join(os.fsencode(src), b"glob[ab]*?.txt"),
               os.path.join(os.fsencode(src), b"glob[ab]*?-moved\xff.txt"))
     (src / "empty2").mkdir()
+
+
+def churn_all(worlds: list[Path]) -> None:
+    """The churn in every world, then, half a second later (one wait for
+    all), the sentinel in each: the last change, in a later event than the
+    rest."""
+    for world in worlds:
+        churn(world)
     time.sleep(0.5)
-    (src / SENTINEL).write_text("last\n")
+    for world in worlds:
+        (world / SENTINEL).write_text("last\n")
 
 
 def local_path(target: str) -> Path:
@@ -166,7 +179,7 @@ def prepare(tmp_path: Path, names: list[str], subs: dict[str, str],
     placeholders that differ between the tools (each its own daemon), and
     ``locate`` says where a target of the imported document is on disk
     for either tool."""
-    sides = []
+    filled = []
     for name in names:
         stem = name.removesuffix(".lua")
         world = tmp_path / "world" / stem
@@ -177,7 +190,13 @@ def prepare(tmp_path: Path, names: list[str], subs: dict[str, str],
             (base / "src").symlink_to(world)
         lconf = fill(name, bases["lsyncd"], {**subs, **(per_side or {}).get("lsyncd", {})})
         sconf = fill(name, bases["syncsup"], {**subs, **(per_side or {}).get("syncsup", {})})
-        r = run_cli("import-lsyncd", sconf, cwd=bases["syncsup"], timeout=120)
+        filled.append((name, stem, world, bases, lconf, sconf))
+    # the imports are independent processes: run side by side
+    with ThreadPoolExecutor(4) as pool:
+        imported = list(pool.map(lambda f: run_cli("import-lsyncd", f[5], cwd=f[3]["syncsup"],
+                                                   timeout=120), filled))
+    sides = []
+    for (name, stem, world, bases, lconf, _sconf), r in zip(filled, imported, strict=True):
         assert r.returncode in (0, 2), r.stderr
         doc = tomllib.loads(r.stdout)
         side = Side(stem, world, lconf, doc, r.stderr.splitlines())
@@ -375,8 +394,7 @@ def run_side_by_side(tmp_path: Path, daemon_factory, names: list[str], subs: dic
             start_lsyncd(side)
         d.start()
         settle(pairs, describe, sentinel=False)
-        for side in sides:
-            churn(side.world)
+        churn_all([side.world for side in sides])
         settle(pairs, describe, sentinel=True)
         for p in pairs:
             key = f"{p.lsyncd.parent.name}/{p.lsyncd.name}"

@@ -175,20 +175,39 @@ def _exposure(unit: Path, cwd: Path) -> float:
     return float(m.group(1))
 
 
-def _venv(tmp_path: Path, name: str = "syncsup", system_site: bool = True,
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """syncsup built once as a wheel, from a copy of this checkout: what
+    ``pip install DIR`` builds and installs each time, built here once for
+    the module's venvs."""
+    base = tmp_path_factory.mktemp("wheel")
+    build = base / "build"
+    shutil.copytree(REPO, build, ignore=shutil.ignore_patterns(
+        ".git", "__pycache__", "*.egg-info", "build", "tests", "bench", "demo"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                        "--disable-pip-version-check", "-w", str(base / "dist"), str(build)],
+                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    (built,) = (base / "dist").glob("syncsup-*.whl")
+    return built
+
+
+def _venv(tmp_path: Path, wheel: Path, name: str = "syncsup", system_site: bool = True,
           extra: tuple[str, ...] = ()) -> Path:
     """syncsup installed (not editable) into a virtual environment, as
     docs/operations.md installs it under /opt; its dependencies come from
-    this interpreter's site-packages (``system_site``) or ``extra``."""
+    this interpreter's site-packages (``system_site``) or ``extra``. The
+    venv gets no pip of its own: this interpreter's pip installs into it
+    (``--python``), which saves seeding one per venv."""
     venv = tmp_path / "opt" / name
-    subprocess.run([sys.executable, "-m", "venv", *(["--system-site-packages"] * system_site),
-                    str(venv)], check=True, timeout=120)
-    build = tmp_path / f"build-{name}"
-    shutil.copytree(REPO, build, ignore=shutil.ignore_patterns(
-        ".git", "__pycache__", "*.egg-info", "build", "tests", "bench", "demo"))
-    r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps",
-                        "--disable-pip-version-check", str(build), *extra],
-                       capture_output=True, text=True, timeout=300,
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip",
+                    *(["--system-site-packages"] * system_site), str(venv)],
+                   check=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
+                        "install", "-q", "--no-deps", "--disable-pip-version-check", str(wheel),
+                        *extra], capture_output=True, text=True, timeout=300,
+                       stdin=subprocess.DEVNULL,
                        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert r.returncode == 0, r.stdout + r.stderr
     return venv
@@ -207,13 +226,13 @@ def test_unit_exposure_is_low(tmp_path):
         f"docs/operations.md does not give the unit's exposure ({exposure})"
 
 
-def test_unit_command_from_a_venv(tmp_path, src, dst, sshd):
+def test_unit_command_from_a_venv(tmp_path, src, dst, sshd, wheel):
     """``syncsup unit`` from a venv: ExecStart= is that venv's syncsup and
     Documentation= its installed man pages; with --config, a drop-in that
     makes the local target writable and allows only the ssh target's
     address. systemd-analyze verifies both (when installed) and measures
     the instance's exposure. The venv's syncsup then mirrors."""
-    venv = _venv(tmp_path)
+    venv = _venv(tmp_path, wheel)
     binary = venv / "bin" / "syncsup"
     assert (venv / "bin" / "syncsup-target").is_file()
     doc = {"settings": {"state_dir": str(tmp_path / "state")},
@@ -267,11 +286,11 @@ def test_unit_command_from_a_venv(tmp_path, src, dst, sshd):
     assert_no_leftovers(tmp_path)
 
 
-def test_smallest_target_install(tmp_path):
+def test_smallest_target_install(tmp_path, wheel):
     """A target host needs only syncsup-target: a venv of its own with
     syncsup and msgpack and nothing else (docs/operations.md) answers the
     source's ``info`` probe."""
-    venv = _venv(tmp_path, "syncsup-target", system_site=False, extra=("msgpack",))
+    venv = _venv(tmp_path, wheel, "syncsup-target", system_site=False, extra=("msgpack",))
     root = tmp_path / "root"
     root.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from syncsup.collator.queue import REPEATS
 from tests.helpers.churn import Churn, ChurnThread, assert_not_pwned
 from tests.helpers.daemon import run_cli, sync_entry, write_config
 from tests.helpers.procs import assert_no_leftovers, cmdline_of, processes_mentioning
@@ -26,6 +27,11 @@ pytestmark = pytest.mark.timeout(300)
 
 HOSTILE = [b"new\nline", b"back\\slash", b"it's \"quoted\"", b"$(touch pwned)", b"-leading",
            b"--delete", b"\xff\xfe-not-utf8", b"sp ace", b"#hash", b"host::module"]
+
+# Failed transfers retried after 0.05 s, doubling to 0.5 s: the tests of a
+# refusing or dead daemon see many retries without waiting out the usual
+# backoff (which the collator's unit tests prove).
+FAST_RETRIES = {"retry_base": 0.05, "retry_cap": 0.5}
 
 
 @pytest.fixture
@@ -104,21 +110,25 @@ def test_a_wrong_password_is_reported_retried_and_never_done(src, rsyncd, daemon
     done, never stuck), status shows rsync's "auth failed", and once the
     secrets file is fixed it converges without a restart."""
     write(src / "a.txt", b"first\n")
+    write(src / "b.txt", b"second\n")
     rsyncd.set_password("not-what-the-client-sends")
     target = rsyncd.module_path / "www"
-    d = daemon_factory([_daemon_sync(src, rsyncd)], wait=False)
+    # Retries come within a fraction of a second: what is proved is how a
+    # refusal is classed (retried, never stuck, never done), not the pace.
+    d = daemon_factory([_daemon_sync(src, rsyncd)], wait=False, timings=FAST_RETRIES)
     spec = rsyncd.url("www")
     d.wait_for(lambda st: "auth failed" in (_target(d, spec).get("last_error") or ""),
                "rsync's auth failure in status", 120)
-    write(src / "b.txt", b"second\n")
-    # More failures than make a target 'stuck' (waiting minutes between
-    # tries): a daemon that refuses is unreachable, retried within the
-    # usual backoff; nothing is done, nothing arrived.
-    d.wait_for(lambda st: _target(d, spec)["transfers"].get("retry", 0) >= 5,
+    # More identical failures, with no change in between, than make a target
+    # 'stuck' (shown failed, waiting ever longer between tries; a change
+    # would end that, so the tree is written before the start): a daemon
+    # that refuses is unreachable, retried within the usual backoff;
+    # nothing is done, nothing arrived.
+    d.wait_for(lambda st: _target(d, spec)["transfers"].get("retry", 0) >= REPEATS + 2,
                "repeated failures", 150)
     t = _target(d, spec)
     assert t["state"] in ("retrying", "startup", "syncing"), t
-    assert "auth failed" in t["last_error"], t
+    assert "auth failed" in t["last_error"] and "the same failure" not in t["last_error"], t
     assert t["transfers"].get("ok", 0) == 0, t
     assert not target.exists() or not any(target.iterdir())
     rsyncd.set_password(PASSWORD)
@@ -132,7 +142,7 @@ def test_a_wrong_password_is_reported_retried_and_never_done(src, rsyncd, daemon
 def test_a_daemon_that_dies_is_retried_until_it_is_back(src, rsyncd, daemon_factory, tmp_path):
     write(src / "a.txt", b"before\n")
     target = rsyncd.module_path / "www"
-    d = daemon_factory([_daemon_sync(src, rsyncd)])
+    d = daemon_factory([_daemon_sync(src, rsyncd)], timings=FAST_RETRIES)
     wait_converged(src, target, timeout=120, on_timeout=d.describe)
     rsyncd.stop()
     write(src / "b.txt", b"while the daemon is down\n")
