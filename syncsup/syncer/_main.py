@@ -81,8 +81,10 @@ class Syncer:
         for slot in self.slots.values():
             if slot.control_path is not None:
                 self.masters.add(slot.key, slot.label, slot.sync.ssh.master_idle, started)
+        # the remote agents (with or without an ssh master: a state_dir
+        # path too long for a control socket has none)
         self.agents = [s for s in self.slots.values()
-                       if s.control_path is not None and s.channel is not None]
+                       if s.channel is not None and s.channel.local is None]
         self.files: dict[tuple[str, int], tuple[IO[bytes], IO[bytes]]] = {}
         self.reconnects = Reconnects(self.monitor)
 
@@ -121,8 +123,19 @@ class Syncer:
             self.finish(slot, nxt)
             return
         slot.step = nxt
-        if self.lanes.may_start(slot.key, agent=nxt.by_agent):
+        remote = slot.channel is not None and slot.channel.local is None
+        may = self.lanes.may_start(slot.key, agent=nxt.by_agent, session=remote,
+                                   now=time.monotonic())
+        self._close_sessions()
+        if may:
             self.start(slot, nxt)
+
+    def _close_sessions(self) -> None:
+        """End the idle agent sessions the lanes closed to free a process."""
+        for key in self.lanes.take_closing():
+            channel = self.slots[key].channel
+            if channel is not None:
+                channel.end_session()
 
     def _files(self, slot: Slot) -> tuple[IO[bytes], IO[bytes]]:
         key = (slot.sync.name, slot.index)
@@ -313,10 +326,13 @@ class Syncer:
                     rfd, _ = slot.channel.fds()
                     if rfd is not None and rfd in events:
                         slot.channel.read_ready(now)  # an idle session ended or spoke
+                if slot.channel is not None and not slot.channel.session_open():
+                    self.lanes.session_ended(slot.key)
             for key in self.lanes.busy():
                 self.poll(self.slots[key], now)
             # the transfers freed go to the steps waiting, the oldest batch's first
-            while (due := self.lanes.take()) is not None:
+            while (due := self.lanes.take(now)) is not None:
+                self._close_sessions()
                 slot = self.slots[due]
                 assert slot.step is not None
                 self.start(slot, slot.step)

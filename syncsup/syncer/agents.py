@@ -322,6 +322,19 @@ class Channel:
             r.close()
             self.remote = None
 
+    def session_open(self) -> bool:
+        """Does a remote session of this target live (it counts against
+        ``max_processes``)?"""
+        return self.remote is not None and not self.remote.dead
+
+    def end_session(self) -> None:
+        """Close the remote session between steps, to free its process for
+        another target (the next agent step opens a new one)."""
+        if self.remote is not None:
+            log.debug("%s: the agent session was closed for another target", self.label)
+            self.remote.close()
+            self.remote = None
+
     def read_ready(self, now: float) -> None:
         """The agent's stdout is readable outside a step: an end, or garbage."""
         r = self.remote

@@ -37,13 +37,13 @@ PROGRESS_CHECK = 1.0  # seconds between loop turns while any batch is in hand
 
 
 class Phase(StrEnum):
-    """Where one slot is. Only TRANSFER counts against ``max_processes``:
-    an agent step speaks to a session that outlives it, and a slot between
-    steps runs nothing."""
+    """Where one slot is. A TRANSFER runs a process of its own; an AGENT
+    step speaks to a session that outlives it (see :class:`Lanes` for what
+    counts against ``max_processes``)."""
 
     IDLE = "idle"          # no batch: its credit is with the collator
     BETWEEN = "between"    # a batch, no step running (one is being started or settled)
-    WAITING = "waiting"    # its next step waits for a free transfer
+    WAITING = "waiting"    # its next step waits for a process to be free
     TRANSFER = "transfer"  # a step's process runs
     AGENT = "agent"        # an agent step runs
 
@@ -52,21 +52,36 @@ class Phase(StrEnum):
 class Lane:
     phase: Phase = Phase.IDLE
     started: float = 0.0  # when its batch came
+    session: bool = False  # a remote agent session of this target is open
+    used: float = 0.0     # when its session last had a step
+    wants: tuple[bool, bool] = (False, False)  # WAITING: (an agent step, on a session)
 
 
 class Lanes:
-    """Every slot's phase: its credit, its place in the queue for a transfer.
+    """Every slot's phase: its credit, its place in the queue for a process.
 
     The collator sends a target a batch only for a credit (a READY, or the
     DONE of its previous batch), so a slot holds at most one batch; one
-    that comes anyway is dropped, never queued. ``max_processes`` (0: no
-    cap) bounds the transfers running at once across all syncs; a slot
-    whose step finds them all taken waits, and the free ones go to the
-    slot whose batch came first."""
+    that comes anyway is dropped, never queued.
+
+    ``max_processes`` (0: no cap) bounds the processes a batch needs at
+    once across all syncs: each running transfer, and each open session of
+    a remote target's agent (an ssh client here, an sshd session and a
+    Python agent there, for as long as the session lives), count one. A
+    local agent runs in the syncer and counts nothing; an agent step on a
+    session already open needs no new process. A step that needs one when
+    all are taken first closes an open session that runs no step (its
+    target's next agent step opens another), the one unused longest, a
+    target with no batch first; with none to close it waits, and the free
+    ones go to the slot whose batch came first. So the peak is the daemon
+    plus ``max_processes`` such processes, whatever the number of targets.
+    Invariant: ``running() + sessions() <= max_processes`` after every
+    decision, when capped."""
 
     def __init__(self, keys: Iterable[Key], max_processes: int) -> None:
         self.lanes = {k: Lane() for k in keys}
         self.max_processes = max_processes
+        self.closing: list[Key] = []  # sessions to close now (see take_closing)
 
     def phase(self, key: Key) -> Phase:
         return self.lanes[key].phase
@@ -103,51 +118,89 @@ class Lanes:
         held = [(lane.started, k) for k, lane in self.lanes.items() if lane.phase is not Phase.IDLE]
         return [k for _, k in sorted(held)]
 
-    # -- transfers --------------------------------------------------------------------
+    # -- processes --------------------------------------------------------------------
 
     def running(self) -> int:
         return sum(1 for lane in self.lanes.values() if lane.phase is Phase.TRANSFER)
 
-    def _free(self) -> bool:
-        return not self.max_processes or self.running() < self.max_processes
+    def sessions(self) -> int:
+        return sum(1 for lane in self.lanes.values() if lane.session)
 
-    def may_start(self, key: Key, *, agent: bool) -> bool:
-        """The slot has its next step: may it start now? An agent step
-        always may; any other waits (WAITING) while every transfer is taken,
-        and one that waits already keeps its place behind the older."""
+    def session_ended(self, key: Key) -> None:
+        """``key``'s remote agent session ended (idle, lost, closed)."""
+        self.lanes[key].session = False
+
+    def _room(self, key: Key) -> bool:
+        """Is a process free for ``key``, or can one be freed by closing
+        an idle session (recorded in :attr:`closing`)?"""
+        if not self.max_processes or self.running() + self.sessions() < self.max_processes:
+            return True
+        idle = [(lane.phase is not Phase.IDLE, k == key, lane.used, k)
+                for k, lane in self.lanes.items() if lane.session and lane.phase is not Phase.AGENT]
+        if not idle:
+            return False
+        victim = min(idle)[3]
+        self.lanes[victim].session = False
+        self.closing.append(victim)
+        return True
+
+    def take_closing(self) -> list[Key]:
+        """The sessions the decisions since the last call closed: the loop
+        ends each (none of them runs a step)."""
+        out, self.closing = self.closing, []
+        return out
+
+    def may_start(self, key: Key, *, agent: bool, session: bool = False,
+                  now: float = 0.0) -> bool:
+        """The slot has its next step: may it start now? ``agent``: an
+        agent step; ``session``: on a remote target's session (open now,
+        or opened by the step). One that needs no new process always may;
+        any other waits (WAITING) while every process is taken and no idle
+        session can be closed, and one that waits already keeps its place
+        behind the older."""
+        lane = self.lanes[key]
+        if agent and (not session or lane.session):
+            lane.phase, lane.used = Phase.AGENT, now
+            return True
+        if not any(self._ahead(key)) and self._room(key):
+            self._begin(key, agent, session, now)
+            return True
+        lane.phase, lane.wants = Phase.WAITING, (agent, session)
+        return False
+
+    def _begin(self, key: Key, agent: bool, session: bool, now: float) -> None:
         lane = self.lanes[key]
         if agent:
-            lane.phase = Phase.AGENT
-            return True
-        if self._free() and not any(self._ahead(key)):
+            lane.phase, lane.used = Phase.AGENT, now
+            lane.session = lane.session or session
+        else:
             lane.phase = Phase.BETWEEN
-            return True
-        lane.phase = Phase.WAITING
-        return False
 
     def _ahead(self, key: Key) -> Iterable[Key]:
         mine = self.lanes[key].started
         return (k for k, lane in self.lanes.items()
                 if k != key and lane.phase is Phase.WAITING and lane.started < mine)
 
-    def take(self) -> Key | None:
+    def take(self, now: float = 0.0) -> Key | None:
         """The slot that may start its waiting step now: the oldest batch's,
-        while a transfer is free; None when none may."""
-        if not self._free():
-            return None
+        while a process is free or an idle session can be closed; None when
+        none may. The loop then starts its step."""
         waiting = [(lane.started, k) for k, lane in self.lanes.items()
                    if lane.phase is Phase.WAITING]
         if not waiting:
             return None
         key = min(waiting)[1]
-        self.lanes[key].phase = Phase.BETWEEN
+        if not self._room(key):
+            return None
+        self._begin(key, *self.lanes[key].wants, now)
         return key
 
     def transfer_started(self, key: Key) -> None:
         self.lanes[key].phase = Phase.TRANSFER
 
     def step_ended(self, key: Key) -> None:
-        """Its step (transfer or agent) ended: the transfer is free again."""
+        """Its step (transfer or agent) ended: its process is free again
+        (a session stays open, and counted, until it is closed)."""
         self.lanes[key].phase = Phase.BETWEEN
 
     def wake_in(self) -> float | None:

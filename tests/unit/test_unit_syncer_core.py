@@ -1,6 +1,8 @@
 """The syncer's slot decisions (syncer/core.py) on a fake clock and a fake
 master port: credits, ``max_processes`` queueing (the oldest batch first,
-the cap held, agent steps not counted), the ssh master's loss and backoff,
+the cap held, a local agent's steps not counted, a remote agent's open
+sessions counted and the idle ones closed for others), the ssh master's
+loss and backoff,
 and what a finished batch reports, with no process at all."""
 
 from __future__ import annotations
@@ -128,6 +130,114 @@ def test_a_finished_batch_leaves_the_queue() -> None:
     ln.finish(A, 5.0)
     assert ln.busy() == [B]
     assert ln.take() == B
+
+
+def test_remote_sessions_count_and_an_idle_one_is_closed_for_another_target() -> None:
+    ln = lanes(2)
+    for t, key in enumerate([A, B, C, D]):
+        ln.accept(key, float(t))
+    assert ln.may_start(A, agent=True, session=True, now=10.0)
+    assert ln.may_start(B, agent=True, session=True, now=11.0)
+    assert ln.sessions() == 2
+    # both sessions run a step: C's agent step waits, nothing is closed
+    assert not ln.may_start(C, agent=True, session=True, now=12.0)
+    assert ln.phase(C) is Phase.WAITING and ln.take_closing() == []
+    assert ln.take(12.5) is None
+    # A's step ends; its session stays open (and counted) until closed
+    ln.step_ended(A)
+    assert ln.sessions() == 2
+    assert ln.take(13.0) == C  # A's idle session is closed for it
+    assert ln.take_closing() == [A]
+    assert ln.phase(C) is Phase.AGENT and ln.sessions() == 2
+    # an agent step on a session open already needs no new process
+    ln.step_ended(B)
+    assert ln.may_start(B, agent=True, session=True, now=14.0)
+    assert ln.take_closing() == [] and ln.sessions() == 2
+
+
+def test_the_session_closed_is_of_a_target_with_no_batch_then_the_one_unused_longest() -> None:
+    ln = lanes(3)
+    for key, t in ((A, 0.0), (B, 1.0), (C, 2.0)):
+        ln.accept(key, t)
+        assert ln.may_start(key, agent=True, session=True, now=10.0 + t)
+        ln.step_ended(key)
+    ln.finish(C, 20.0)  # C's batch is over: its session is the first to go
+    ln.accept(D, 21.0)
+    assert ln.may_start(D, agent=False)
+    assert ln.take_closing() == [C]
+    ln.transfer_started(D)
+    ln.accept(C, 22.0)
+    assert ln.may_start(C, agent=False)  # A's session was unused longer than B's
+    assert ln.take_closing() == [A]
+    ln.transfer_started(C)
+    assert ln.running() + ln.sessions() == 3
+
+
+def test_a_slot_may_close_its_own_idle_session_for_its_transfer() -> None:
+    ln = lanes(1)
+    ln.accept(A, 0.0)
+    assert ln.may_start(A, agent=True, session=True, now=1.0)
+    ln.step_ended(A)
+    assert ln.may_start(A, agent=False)  # what the agent did not take goes to rsync
+    assert ln.take_closing() == [A]
+    ln.transfer_started(A)
+    assert ln.running() == 1 and ln.sessions() == 0
+
+
+def test_a_session_that_ended_by_itself_frees_its_process() -> None:
+    ln = lanes(1)
+    ln.accept(A, 0.0)
+    ln.accept(B, 1.0)
+    assert ln.may_start(A, agent=True, session=True, now=1.0)
+    assert not ln.may_start(B, agent=False)
+    ln.step_ended(A)
+    ln.session_ended(A)  # lost, or closed after agent_idle
+    assert ln.take(2.0) == B and ln.take_closing() == []
+
+
+def test_the_cap_holds_for_transfers_and_sessions_under_random_steps() -> None:
+    """Whatever the order of steps, ends and sessions lost, the processes
+    a decision lets run never pass the cap, and every step waiting runs
+    once processes are free."""
+    import random
+
+    rng = random.Random(7)
+    keys = [(f"s{i}", 0) for i in range(8)]
+    for cap in (1, 2, 3):
+        ln = Lanes(keys, cap)
+        now = 0.0
+        for _ in range(3000):
+            now += 0.1
+            key = rng.choice(keys)
+            phase = ln.phase(key)
+            move = rng.random()
+            if phase is Phase.IDLE:
+                ln.accept(key, now)
+            elif phase is Phase.BETWEEN:
+                if move < 0.2:
+                    ln.finish(key, now)
+                elif (ln.may_start(key, agent=move < 0.6, session=move < 0.5, now=now)
+                      and move >= 0.6):
+                    ln.transfer_started(key)
+            elif phase in (Phase.TRANSFER, Phase.AGENT):
+                ln.step_ended(key)
+                if move < 0.1:
+                    ln.session_ended(key)
+            while (due := ln.take(now)) is not None:
+                if ln.phase(due) is Phase.BETWEEN:
+                    ln.transfer_started(due)
+            ln.take_closing()
+            assert ln.running() + ln.sessions() <= cap
+        # drain: every step ends, and what waited gets to run
+        for _ in range(100):
+            for key in keys:
+                if ln.phase(key) in (Phase.TRANSFER, Phase.AGENT):
+                    ln.step_ended(key)
+            while (due := ln.take(now)) is not None:
+                if ln.phase(due) is Phase.BETWEEN:
+                    ln.transfer_started(due)
+            assert ln.running() + ln.sessions() <= cap
+        assert all(ln.phase(k) is not Phase.WAITING for k in keys)
 
 
 # -- ssh masters ---------------------------------------------------------------------------

@@ -1,0 +1,92 @@
+"""``max_processes`` bounds the remote agent sessions too: five ssh targets
+of one sync, a cap of two, changes to all of them at once. At no moment do
+more than two agent sessions run on the source side (the ssh clients the
+syncer holds; a session's target side ends a moment after its client), yet
+every target converges byte for byte through its agent, which means idle
+sessions were closed and opened again for the others. Real sshd on
+loopback, real agents, real rsync for what the agent does not take."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.daemon import Daemon, sync_entry
+from tests.helpers.procs import assert_no_leftovers
+from tests.helpers.tree import wait_converged
+from tests.integration.test_agent import (
+    CONVERGE,
+    agent_clients,
+    started_agents,
+    temp_names,
+    write_target_command,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+TARGETS = 5
+CAP = 2
+ROUNDS = 4
+
+
+def converge(d: Daemon, src: Path, dsts: list[Path]) -> None:
+    wait_converged(src, dsts, timeout=CONVERGE, on_timeout=d.describe)
+    for dst in dsts:
+        assert not temp_names(dst), f"agent temp files left in {dst}: {temp_names(dst)}"
+
+
+class Sampler(threading.Thread):
+    """The most agent-session ssh clients alive at once for ``roots``, and
+    every such client's pid. A look at /proc is no instant: a session
+    closed and another opened while it reads would both be seen. So only
+    the clients seen by two looks in a row are counted: each was alive
+    from the first look to the second, so all of them at once."""
+
+    def __init__(self, roots: list[Path]) -> None:
+        super().__init__(daemon=True)
+        self.roots = roots
+        self.most = 0
+        self.pids: set[int] = set()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        before: set[int] = set()
+        while not self.stop.wait(0.005):
+            now = {pid for root in self.roots for pid in agent_clients(root)}
+            self.pids |= now
+            self.most = max(self.most, len(before & now))
+            before = now
+
+
+def test_remote_agent_sessions_never_pass_max_processes(sshd, tmp_path: Path, src: Path,
+                                                        daemon_factory, settings) -> None:
+    wrapper, started = write_target_command(tmp_path)
+    dsts = [tmp_path / f"dst{i}" for i in range(TARGETS)]
+    for d_ in dsts:
+        d_.mkdir()
+    (src / "seed").write_bytes(b"s" * 100)
+    sync = sync_entry(src, [sshd.target(d_) for d_ in dsts], delay=0.2,
+                      ssh={**sshd.ssh_config(), "target_command": str(wrapper)})
+    sampler = Sampler(dsts)
+    sampler.start()
+    try:
+        d = daemon_factory([sync], {**settings, "max_processes": CAP})
+        converge(d, src, dsts)
+        for r in range(ROUNDS):
+            # a change for every target at once: each wants its session
+            (src / f"round{r}").write_bytes(b"%d" % r * 300)
+            converge(d, src, dsts)
+    finally:
+        sampler.stop.set()
+        sampler.join()
+    assert 0 < sampler.most <= CAP, (
+        f"{sampler.most} agent sessions at once with max_processes = {CAP}\n{d.log_tail()}")
+    # every target got its changes through an agent session at some point,
+    # so sessions were closed for others and opened again
+    served = [d_ for d_ in dsts if started_agents(started, d_)]
+    assert len(served) == TARGETS, started.read_text()
+    assert len(sampler.pids) > CAP, "no session was ever closed for another target"
+    d.stop()
+    assert_no_leftovers(tmp_path)
