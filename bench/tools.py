@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.procs import children_map, cmdline, is_dead, start_time, tree_pids
+from syncsup.config import default_max_processes
 from tests.helpers.daemon import (
     REPO,
     run_cli,
@@ -312,9 +313,11 @@ class Syncsup(Tool):
         about: ``agent`` for ``syncsup``, ``rsync`` for ``syncsup-rsync``.
 
         For remote targets status alone is not proof (a remote agent that
-        has not been tried yet also reads ``agent``), so an agent process
-        for each remote root must be running too (the sshd is on this
-        machine), and the log must not say the agent was missing."""
+        has not been tried yet also reads ``agent``), so agent processes
+        must be running too (the sshd is on this machine): one for each
+        remote root, or as many as ``max_processes`` lets be open at once
+        (it bounds the sessions), and the log must not say the agent was
+        missing."""
         want = "rsync" if self.agent_max_size == 0 else "agent"
         got = self.transports()
         if not got or any(t != want for t in got):
@@ -325,11 +328,17 @@ class Syncsup(Tool):
         if "no agent there" in self.log_text():
             raise BenchFailure(f"{self.name}: the remote agent did not start\n{self.log_tail()}")
         cmds = [cmdline(p) for p in _all_pids()]
-        for root in remote_roots:
-            needle = os.fsencode(root) + b"\0agent"
-            if not any(b"syncsup.target" in c and needle in c for c in cmds):
-                raise BenchFailure(f"{self.name}: no agent process for {root} "
-                                   f"(syncsup.target ... {root} agent)\n{self.log_tail()}")
+        cap = (self.max_processes if self.max_processes is not None
+               else default_max_processes(os.cpu_count()))
+        served = [root for root in remote_roots
+                  if any(b"syncsup.target" in c and os.fsencode(root) + b"\0agent" in c
+                         for c in cmds)]
+        want = len(remote_roots) if not cap else min(cap, len(remote_roots))
+        if len(served) < want:
+            missing = sorted(set(remote_roots) - set(served))[:3]
+            raise BenchFailure(f"{self.name}: agent processes for {len(served)} of "
+                               f"{len(remote_roots)} remote roots, {want} expected; none for "
+                               f"{', '.join(map(str, missing))}\n{self.log_tail()}")
 
     def freeze_pid(self) -> int:
         return self.component_pid("watcher")
