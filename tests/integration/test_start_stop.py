@@ -95,3 +95,23 @@ def test_the_receiver_is_probed_once_per_start_and_the_syncer_inherits_it(
     probes = [c for c in calls if c.startswith("-n -d --from0") and "--delete-missing-args" in c]
     assert len(probes) == 1, calls
     assert_no_leftovers(tmp_path)
+
+
+def test_waiting_for_a_child_returns_when_it_exits_and_leaves_it_to_reap() -> None:
+    """The stop waits for each child through a pidfd: it must return at the
+    exit, not at the end of the wait, and leave the zombie for ``waitpid``
+    (so that its pid, and its process group id, are not reused meanwhile)."""
+    import subprocess
+
+    from syncsup.supervisor._spawner import wait_exited
+
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        assert not wait_exited(proc.pid, 0.05)  # still running: the wait ran out
+        proc.send_signal(signal.SIGTERM)
+        # woken by the exit: a wait that ran its hour would hit the test's timeout
+        assert wait_exited(proc.pid, 3600)
+        assert os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    finally:
+        proc.kill()
+        assert proc.wait() == -signal.SIGTERM
