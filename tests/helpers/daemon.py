@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -135,6 +136,23 @@ def sync_entry(
     return d
 
 
+def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
+    """``proc.wait(timeout)``, woken by the exit itself (a pidfd): Popen's
+    own wait with a timeout polls, up to 50 ms late, at every stop."""
+    deadline = time.monotonic() + timeout
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:  # reaped already, or no pidfd: Popen's way
+        return proc.wait(timeout)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.poll(int(timeout * 1000) + 1)
+    finally:
+        os.close(fd)
+    return proc.wait(max(0.0, deadline - time.monotonic()))
+
+
 # ------------------------------------------------------------------ daemon
 class Daemon:
     """A ``syncsup start CONFIG`` process running in the foreground, as systemd would run it.
@@ -204,7 +222,7 @@ class Daemon:
         t0 = time.monotonic()
         self.proc.send_signal(sig)
         try:
-            rc = self.proc.wait(timeout)
+            rc = wait_exit(self.proc, timeout)
         except subprocess.TimeoutExpired:
             self._kill_hard()
             raise AssertionError(
@@ -273,7 +291,13 @@ class Daemon:
     def wait_for(
         self, pred, what: str, timeout: float = READY_TIMEOUT, interval: float = 0.3
     ) -> dict:
+        """The status once ``pred`` holds for it. Asked soon, then less and
+        less often, up to every ``interval`` seconds: most waits (a start's
+        initial sync, most of all) end within a few tenths of a second, and
+        a fixed 0.3 s pace added 0.15 s on average to each, where a status
+        costs about a millisecond of CPU on either side."""
         deadline = time.monotonic() + timeout
+        pause = min(interval, 0.02)
         last: dict | None = None
         while True:
             self._fail_if_exited(f"waiting for {what}")
@@ -287,7 +311,8 @@ class Daemon:
                     f"timed out after {timeout:.0f}s waiting for {what}; last status:\n"
                     f"{json.dumps(last, indent=1)}\n{self.log_tail()}"
                 )
-            time.sleep(interval)
+            time.sleep(pause)
+            pause = min(interval, pause * 1.5)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> dict:
         """Status answers and no target is still in its initial sync ("startup")."""
