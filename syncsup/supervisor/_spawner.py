@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def wait_exited(pid: int, timeout: float) -> bool:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return True
+    except OSError:  # no pidfd (a kernel before 5.3, no descriptor left): a short nap
+        time.sleep(min(max(0.0, timeout), 0.02))
+        return False
     try:
         poller = select.poll()
         poller.register(fd, select.POLLIN)

@@ -115,3 +115,23 @@ def test_waiting_for_a_child_returns_when_it_exits_and_leaves_it_to_reap() -> No
     finally:
         proc.kill()
         assert proc.wait() == -signal.SIGTERM
+
+
+def test_waiting_for_a_child_without_pidfd_naps_and_reports_it_running(monkeypatch) -> None:
+    """A kernel without pidfd_open (before 5.3): the wait is a short nap, the
+    stop's loop asks again; nothing raises."""
+    import errno
+    import subprocess
+
+    from syncsup.supervisor import _spawner
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "pidfd_open")
+
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        monkeypatch.setattr(_spawner.os, "pidfd_open", no_pidfd)
+        assert not _spawner.wait_exited(proc.pid, 5)
+    finally:
+        proc.kill()
+        proc.wait()
