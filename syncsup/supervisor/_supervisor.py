@@ -88,7 +88,8 @@ class Supervisor:
 
     def _init_after_fork(self, conf: cfg.Config) -> None:
         """The rest of the start, with the template running: a refusal or a
-        failure here is the caller's to clean up (the template is killed)."""
+        failure here is the caller's to clean up (the template is let go and
+        reaped)."""
         _check_rsync(conf)
         self.children = Children(conf.timings, ProcessPort(self.spawner))
         self.requested: str | None = None
