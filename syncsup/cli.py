@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -325,16 +326,54 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    from syncsup.statedir import read_pid
+
     conf = _load(_daemon_config(args.config), client=True)
+    pid = read_pid(conf.settings.state_dir)
     try:
         request(conf, proto.Stop(reason="syncsup stop"))
     except NotRunning as exc:
         print(exc, file=sys.stderr)
         return EX_NOT_RUNNING
-    deadline = time.monotonic() + 15
-    while is_running(conf.settings.state_dir) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return 1 if is_running(conf.settings.state_dir) else 0
+    return 0 if _wait_stopped(conf, pid, 15.0) else 1
+
+
+def _wait_stopped(conf: cfg.Config, pid: str | None, timeout: float) -> bool:
+    """Wait until no daemon holds the lock of ``conf``'s state_dir; False
+    after ``timeout`` seconds. The supervisor's exit, which releases the
+    lock, wakes us through a pidfd of the pid it wrote there (read before it
+    was asked to stop), so the command returns as it stops, not at the next
+    tenth of a second; without a pidfd (a pid reused, say) it checks ten
+    times a second."""
+    import select
+
+    state_dir = conf.settings.state_dir
+    deadline = time.monotonic() + timeout
+    fd: int | None = None
+    if pid is not None:
+        try:
+            fd = os.pidfd_open(int(pid))
+        except OSError:
+            fd = None
+    try:
+        while is_running(state_dir):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if fd is None:
+                time.sleep(min(left, 0.1))
+                continue
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            if poller.poll(int(min(left, 0.1) * 1000) + 1):
+                # gone: the lock is released with it; if it is still held,
+                # that was not the supervisor's pid, so stop listening to it
+                os.close(fd)
+                fd = None
+        return True
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

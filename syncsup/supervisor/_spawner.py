@@ -12,19 +12,42 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from syncsup.processes import killpg, set_pdeathsig
 
-__all__ = ["SpawnError", "Spawner", "become_subreaper"]
+__all__ = ["SpawnError", "Spawner", "become_subreaper", "wait_exited"]
 
 log = logging.getLogger("syncsup.supervisor")
 
 _PR_SET_CHILD_SUBREAPER = 36
+
+
+def wait_exited(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for our child ``pid`` to exit, without
+    reaping it: True once it has (or is gone), False if it still runs. A
+    pidfd wakes us the moment it exits, where polling would add up to a
+    poll interval to every wait."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:  # no pidfd (a kernel before 5.3, no descriptor left): a short nap
+        time.sleep(min(max(0.0, timeout), 0.02))
+        return False
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout * 1000) + 1)))
+    finally:
+        os.close(fd)
 
 
 class SpawnError(OSError):
@@ -49,10 +72,13 @@ class Spawner:
         self.pid: int | None = None
         self.chan: socket.socket | None = None
 
-    def fork(self, close: list[int]) -> None:
+    def fork(self, close: list[int], warm: Callable[[], None] | None = None) -> None:
         """Start the template by forking this process. Only while it has a
         single thread (before any ZeroMQ context or metrics thread); the
-        child closes ``close`` (the state_dir lock, say) first."""
+        child closes ``close`` (the state_dir lock, say) first. ``warm``
+        runs in the template after its imports, before it answers: what it
+        computes (a cached answer about rsync, say) is inherited by every
+        child, and it runs while the supervisor does its own start-up work."""
         import gc
 
         from syncsup.supervisor import template
@@ -74,6 +100,8 @@ class Spawner:
                 set_pdeathsig()
                 if os.getppid() == supervisor:
                     template.preload()
+                    if warm is not None:
+                        template.warm(warm)
                     code = template.serve(theirs, str(self.config), self.run_id, supervisor)
             finally:
                 os._exit(code)
@@ -111,6 +139,23 @@ class Spawner:
         self.release()
         if self.pid is not None:
             killpg(self.pid, signal.SIGKILL)
+
+    def abandon(self) -> None:
+        """A start that failed after the fork: let the template finish what
+        it is doing (a probe of rsync in a temporary directory, which a
+        SIGKILL would leave behind) and exit, as it does once its channel is
+        closed; kill it if it does not within ``answer_timeout``. It is
+        reaped here, since no loop will: nothing is left, not even a zombie."""
+        pid, self.pid = self.pid, None
+        self.release()
+        if pid is None:
+            return
+        if not wait_exited(pid, self.answer_timeout):
+            killpg(pid, signal.SIGKILL)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
 
     def exited(self, pid: int) -> bool:
         """Called for every reaped pid: True (and forgotten) if it was the

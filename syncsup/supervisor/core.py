@@ -4,7 +4,7 @@ Which child to start, when a silent one is killed, what an exit means
 (restart now, later, slowly, never) and how a stop ends them all: every
 such decision is made here, by :class:`Children`, from what the port
 reports and the time it tells. The port is the only way out to the kernel
-(spawn, ``waitid``, ``waitpid``, ``killpg``, the clock, a sleep), as
+(spawn, ``waitid``, ``waitpid``, ``killpg``, the clock, a wait for an exit), as
 supervisord's ``options`` object is for its process states: the real one is
 :class:`ProcessPort`, and a unit test gives a fake one and a fake clock,
 so restart, backoff, degrade, heartbeat loss and the stop grace run there
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from syncsup.processes import killpg
-from syncsup.supervisor._spawner import Spawner, SpawnError
+from syncsup.supervisor._spawner import Spawner, SpawnError, wait_exited
 from syncsup.supervisor.policy import RestartPolicy, State
 from syncsup.timings import Timings
 
@@ -59,13 +59,16 @@ class OsPort(Protocol):
     def clock(self) -> float:
         """Monotonic seconds."""
 
-    def sleep(self, seconds: float) -> None:
-        """Wait (only while stopping: the loop itself never sleeps)."""
+    def wait(self, pid: int, seconds: float) -> None:
+        """Wait up to ``seconds`` for child ``pid`` to exit, returning as
+        soon as it has, without reaping it (only while stopping: the loop
+        itself never waits)."""
 
 
 class ProcessPort:
     """The real port: children come from the template (``Spawner``), exits
-    from ``waitid``/``waitpid``, time from ``time.monotonic``."""
+    from ``waitid``/``waitpid`` (waited for through a pidfd), time from
+    ``time.monotonic``."""
 
     def __init__(self, spawner: Spawner) -> None:
         self.spawner = spawner
@@ -103,8 +106,8 @@ class ProcessPort:
     def clock(self) -> float:
         return time.monotonic()
 
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
+    def wait(self, pid: int, seconds: float) -> None:
+        wait_exited(pid, seconds)
 
 
 @dataclass
@@ -249,10 +252,10 @@ class Children:
             self.port.killpg(c.pid, signal.SIGCONT)  # a stopped child acts on TERM once continued
         for c in live:
             assert c.pid is not None
-            while self.port.clock() < deadline:
+            while (now := self.port.clock()) < deadline:
                 if self.port.exited(c.pid):
                     break
-                self.port.sleep(0.02)
+                self.port.wait(c.pid, deadline - now)
             else:
                 log.warning("%s did not stop in %.1fs: killing it", c.role,
                             self.timings.stop_grace)

@@ -36,13 +36,14 @@ from can be imported).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import importlib
 
 # What the roles use: imported once here, shared by all children (a module
 # imported after the fork costs each child that imports it private memory;
 # inotify_simple and subprocess alone cost ~3 MB each).
-import logging  # noqa: F401
+import logging
 import os
 import signal
 import socket
@@ -51,15 +52,16 @@ import subprocess  # noqa: F401
 import sys
 import time
 import traceback
+from collections.abc import Callable
 
-import inotify_simple  # noqa: F401
+import inotify_simple
 import msgpack  # noqa: F401
 import setproctitle
 import zmq  # noqa: F401
 
 from syncsup import config, logs, processes, proto, sockets, status  # noqa: F401
 
-__all__ = ["ROLES", "main", "preload", "serve"]
+__all__ = ["ROLES", "main", "preload", "serve", "warm"]
 
 ROLES = ("collator", "syncer", "watcher")
 
@@ -140,13 +142,37 @@ def _spawn(role: str, config_path: str, run_id: str, supervisor: int,
     return f"pid {int(data)}" if data.isdigit() else "error fork failed"
 
 
+def _hand_libc_to_inotify() -> None:
+    """inotify_simple finds libc with ``ctypes.util.find_library`` at its
+    first call, which runs ``ldconfig -p`` in a subprocess: in the watcher,
+    at every start, before its first watch (on the way to the first sync).
+    This interpreter has libc loaded already, so it is handed over once
+    here, for every watcher forked from the template. Left alone where the
+    library resolved it itself or no longer keeps it there."""
+    if getattr(inotify_simple, "_libc", False) is None:
+        inotify_simple._libc = ctypes.CDLL(None, use_errno=True)
+
+
 def preload() -> None:
     """Import what the children run, so that they share it."""
     for role in ROLES:
         importlib.import_module(f"syncsup.{role}._main")
+    _hand_libc_to_inotify()
     proto.warm_up()  # the schema of every message, resolved once for all children
     gc.collect()
     gc.freeze()  # inherited objects stay in shared pages: the GC never writes to them
+
+
+def warm(task: Callable[[], None]) -> None:
+    """Run ``task`` (the supervisor's, see ``Spawner.fork``) for the
+    children's sake: a failure only means each child does that work itself,
+    so it is never fatal here."""
+    try:
+        task()
+    except Exception as exc:  # an optimisation that failed, nothing more
+        logging.getLogger("syncsup.supervisor").warning(
+            "the template could not prepare the children's start (%s); each child "
+            "does that work itself", exc)
 
 
 def serve(chan: socket.socket, config_path: str, run_id: str, supervisor: int) -> int:

@@ -31,7 +31,7 @@ class Proc:
 @dataclass
 class FakeOs:
     """Processes that live until signalled; a clock that moves only when
-    told (``sleep`` moves it too)."""
+    told (``wait`` moves it too)."""
 
     now: float = 1000.0
     procs: dict[int, Proc] = field(default_factory=dict)
@@ -71,7 +71,7 @@ class FakeOs:
     def clock(self) -> float:
         return self.now
 
-    def sleep(self, seconds: float) -> None:
+    def wait(self, pid: int, seconds: float) -> None:
         self.now += seconds
 
     # the test's hand on the processes
