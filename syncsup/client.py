@@ -17,10 +17,13 @@ class NotRunning(RuntimeError):
     """No supervisor holds the lock of this state_dir."""
 
 
-def request(conf: cfg.Config, msg: proto.Message, timeout: float = 5.0) -> proto.Message | None:
+def request(conf: cfg.Config, msg: proto.Message,
+            timeout: float | None = None) -> proto.Message | None:
     """Send ``msg`` to the running supervisor and return its reply (None for
     a Stop, which has none). Raises NotRunning, or TimeoutError if it does
-    not answer in ``timeout`` seconds."""
+    not answer in ``timeout`` seconds (``[timings] command_timeout``)."""
+    if timeout is None:
+        timeout = conf.timings.command_timeout
     state = StateDir(conf.settings.state_dir)
     if not is_running(state.path):
         raise NotRunning(f"syncsup is not running (state_dir {state.path})")

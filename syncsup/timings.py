@@ -48,6 +48,9 @@ class Timings:
         process that forks its children to answer.""")
     status_query_timeout: float = _t(1.0, 0.05, """how long `syncsup status` waits for each
         process's part before it shows the last one known.""")
+    command_timeout: float = _t(5.0, 0.1, """how long a command to the running daemon
+        (`status`, `pause`, `resume`, `resync`) waits for its answer before it exits 1;
+        more than `status_query_timeout`.""")
     restart_base: float = _t(0.2, 0.01, """a crashing process restarts at once, then after
         this, doubling at each crash.""")
     restart_cap: float = _t(10.0, 0.05, """the longest wait before a restart.""")
@@ -128,6 +131,8 @@ class Timings:
                 return f.name, f"must be at least {f.metadata['floor']:g} seconds"
         if self.heartbeat_timeout < 2 * self.heartbeat_interval:
             return "heartbeat_timeout", "must be at least twice heartbeat_interval"
+        if self.command_timeout <= self.status_query_timeout:
+            return "command_timeout", "must be more than status_query_timeout"
         if self.seen_delay <= self.seen_margin:
             return "seen_delay", "must be more than seen_margin"
         if self.restart_cap < self.restart_base:

@@ -50,6 +50,7 @@ def test_not_a_number_of_seconds_is_refused(value: object) -> None:
 @pytest.mark.parametrize(("values", "key"), [
     ({"heartbeat_interval": 1.0, "heartbeat_timeout": 1.5}, "heartbeat_timeout"),
     ({"seen_delay": 2.0, "seen_margin": 2.0}, "seen_delay"),
+    ({"command_timeout": 1.0, "status_query_timeout": 1.0}, "command_timeout"),
     ({"restart_base": 2.0, "restart_cap": 1.0}, "restart_cap"),
     ({"retry_cap": 400.0}, "retry_cap"),
     ({"agent_restart": 5.0, "agent_retry": 1.0}, "agent_retry"),
