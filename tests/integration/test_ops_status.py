@@ -303,7 +303,7 @@ def test_pause_survives_component_restarts(tmp_path, src, dst, daemon_factory):
 def test_status_exits_1_when_the_daemon_does_not_answer(tmp_path, src, dst, daemon_factory):
     (src / "f").write_bytes(b"x")
     # the command waits [timings] command_timeout for the answer
-    d = daemon_factory([sync_entry(src, [dst])], timings={"command_timeout": 1.0})
+    d = daemon_factory([sync_entry(src, [dst])], timings={"command_timeout": 2.0})
     converge(d, src, dst)
     d.wait_idle()
     os.kill(d.pid, signal.SIGSTOP)
