@@ -29,6 +29,8 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from syncsup import config as cfg
 from syncsup.paths import is_within
@@ -49,6 +51,7 @@ __all__ = ["run_checks"]
 # How many entries of a source the owner warning looks at, at most: enough
 # for a tree of several users, and a bound on the time ``check`` spends.
 _OWNER_SCAN = 20000
+CHECKS_AT_ONCE = 8  # targets checked side by side (each is a few ssh logins)
 
 
 def _foreign_owner(source: str) -> tuple[str, int] | None:
@@ -302,6 +305,51 @@ def _daemon_target(sync: cfg.Sync, target: cfg.Target, timeout: float) -> list[s
     return []
 
 
+def _target(sync: cfg.Sync, target: cfg.Target, timeout: float
+            ) -> tuple[list[str], str, list[str]]:
+    """One target's check: (problems, the ``ok:`` text, warnings)."""
+    if target.is_daemon:
+        return (_daemon_target(sync, target, timeout),
+                f"{sync.name} -> {target.spec}: the rsync daemon's module answers, the login "
+                "works and it is not read only", [])
+    if not target.is_remote:
+        return _local_target(sync, target), f"{sync.name} -> {target.spec}: writable", []
+    issues, version, warnings = _remote_target(sync, target, timeout)
+    writable = "" if "confined" in version else ", writable"
+    if not issues and rejects_missing_args(sync, target, timeout):
+        if target.confined:
+            issues = [f"{sync.name} -> {target.spec}: rsync {version.split()[0]} there "
+                      "rejects --delete-missing-args (\"invalid file mode 00\"), which a "
+                      "confined target needs for the deletions its agent leaves to rsync: "
+                      "install rsync 3.4.4 or newer there"]
+        else:
+            writable += (", its rsync rejects --delete-missing-args: deletions go by "
+                         "directory listing")
+    return issues, f"{sync.name} -> {target.spec}: ssh works, rsync {version}{writable}", warnings
+
+
+def _source(i: int, sync: cfg.Sync, report: Callable[[list[str], str], None],
+            out: list[str]) -> None:
+    """The lines about one sync's source (and its commands, in command mode)."""
+    src = sync.source
+    if not os.path.isdir(src):
+        what = ("is not a directory (syncsup start refuses it)" if os.path.lexists(src)
+                else "does not exist (syncsup start waits for it, deleting nothing)")
+        report([f"sync[{i}].source: {src} {what}"], "")
+    elif not can_access(src, os.R_OK | os.X_OK):
+        report([f"{sync.name}: source {src} is not readable"], "")
+    else:
+        report([], f"{sync.name}: source {src}")
+        warning = owner_warning(sync)
+        if warning is not None:
+            out.append(f"warning: {warning}")
+    if sync.runs_commands:
+        for kind in ("on_create", "on_modify", "on_delete", "on_move", "on_startup"):
+            template = getattr(sync.commands, kind)
+            if template and shutil.which(template[0]) is None:
+                report([f"{sync.name}: {kind}: {template[0]!r} is not an executable"], "")
+
+
 def run_checks(conf: cfg.Config, out: list[str]) -> int:
     """Append ``ok:``/``problem:`` lines to ``out``; return the problem count."""
     problems = 0
@@ -334,46 +382,22 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
                 report([f"{sync.name}: {verdict.refuse} (syncsup start refuses it)"], "")
             elif verdict.warn:
                 report([], f"{sync.name}: {verdict.warn} (start warns)")
-    for i, sync in enumerate(conf.syncs):
-        src = sync.source
-        if not os.path.isdir(src):
-            what = ("is not a directory (syncsup start refuses it)" if os.path.lexists(src)
-                    else "does not exist (syncsup start waits for it, deleting nothing)")
-            report([f"sync[{i}].source: {src} {what}"], "")
-        elif not can_access(src, os.R_OK | os.X_OK):
-            report([f"{sync.name}: source {src} is not readable"], "")
-        else:
-            report([], f"{sync.name}: source {src}")
-            warning = owner_warning(sync)
-            if warning is not None:
-                out.append(f"warning: {warning}")
-        if sync.runs_commands:
-            for kind in ("on_create", "on_modify", "on_delete", "on_move", "on_startup"):
-                template = getattr(sync.commands, kind)
-                if template and shutil.which(template[0]) is None:
-                    report([f"{sync.name}: {kind}: {template[0]!r} is not an executable"], "")
-            continue
-        for target in sync.targets:
-            if target.is_daemon:
-                report(_daemon_target(sync, target, conf.timings.check_timeout),
-                       f"{sync.name} -> {target.spec}: the rsync daemon's module answers, the "
-                       "login works and it is not read only")
-            elif target.is_remote:
-                issues, version, warnings = _remote_target(sync, target,
-                                                           conf.timings.check_timeout)
-                writable = "" if "confined" in version else ", writable"
-                if not issues and rejects_missing_args(sync, target, conf.timings.check_timeout):
-                    if target.confined:
-                        issues = [f"{sync.name} -> {target.spec}: rsync {version.split()[0]} "
-                                  "there rejects --delete-missing-args (\"invalid file mode "
-                                  "00\"), which a confined target needs for the deletions its "
-                                  "agent leaves to rsync: install rsync 3.4.4 or newer there"]
-                    else:
-                        writable += (", its rsync rejects --delete-missing-args: deletions go "
-                                     "by directory listing")
-                report(issues, f"{sync.name} -> {target.spec}: ssh works, rsync {version}"
-                               f"{writable}")
+    # Each remote target costs a few ssh logins and waits on the network:
+    # every target is checked at once, side by side, and reported in the
+    # config's order, after its sync's source.
+    todo = {(i, j): (sync, target) for i, sync in enumerate(conf.syncs)
+            if not sync.runs_commands for j, target in enumerate(sync.targets)}
+    pool = ThreadPoolExecutor(max_workers=max(1, min(CHECKS_AT_ONCE, len(todo))))
+    timeout = conf.timings.check_timeout
+    checks = {key: pool.submit(_target, sync, target, timeout)
+              for key, (sync, target) in todo.items()}
+    try:
+        for i, sync in enumerate(conf.syncs):
+            _source(i, sync, report, out)
+            for j in range(0 if sync.runs_commands else len(sync.targets)):
+                issues, ok, warnings = checks[(i, j)].result()
+                report(issues, ok)
                 out.extend(f"warning: {w}" for w in warnings)
-            else:
-                report(_local_target(sync, target), f"{sync.name} -> {target.spec}: writable")
+    finally:
+        pool.shutdown(cancel_futures=True)
     return problems
