@@ -52,14 +52,14 @@ SETTINGS = (
     _k("log_format", "string", """`text`: one line per record (time, level, process);
        `json`: one JSON object per line (`time`, `level`, `role`, `component`, `pid`,
        `message`), on stderr and in `log_file`, for log shippers."""),
-    _k("max_processes", "integer", """cap on the processes batches run at once across
-       all syncs: each transfer (rsync, a proof, a command) and each open agent session of
-       a remote target counts one; a local target's agent runs inside the daemon and counts
-       nothing. A step that needs one when all are taken first closes an agent session that
-       has nothing to do (the one unused longest), else waits, oldest batch first. `0`: no
-       cap (every target at once: the memory then grows with the number of targets). The
-       peak memory is about the daemon plus `max_processes` such processes: see "Memory"
-       below. Example: `max_processes = 4`""", "four per CPU, at most 16"),
+    _k("max_processes", "integer", """cap on the targets at work at once across all
+       syncs: a target running a transfer (rsync, a proof, a command), or holding an open
+       agent session (remote targets; a local target's agent runs inside the daemon), or
+       both, counts one. A step that needs room when all is taken first closes an agent
+       session that has nothing to do (the one unused longest), else waits, oldest batch
+       first. `0`: no cap (every target at once: the memory then grows with the number of
+       targets). The peak memory is about the daemon plus `max_processes` targets' processes:
+       see "Memory" below. Example: `max_processes = 4`""", "four per CPU, at most 16"),
     _k("metrics", "string", """`"host:port"` on which the supervisor serves Prometheus
        metrics (`http://host:port/metrics`), e.g. `"127.0.0.1:9473"`; docs/operations.md
        lists them. Unset: no metrics, no port."""),

@@ -563,6 +563,14 @@ def map_config(rec: Recorded, cwd: Path) -> Imported:
     syncs = []
     for sync, entry in _merge(entries, msgs):
         syncs.append({"name": _name(sync.config, entry["source"], taken), **entry})
+    cap = settings.get("max_processes")
+    remote = sum(1 for s in syncs for t in s.get("targets", [])
+                 if _over_ssh(t, bool((s.get("ssh") or {}).get("host"))))
+    if isinstance(cap, int) and 0 < cap < remote:
+        msgs.note("settings", f"maxProcesses = {cap}: syncsup's max_processes also counts "
+                  f"each open agent session of an ssh target ({remote} here), so they are "
+                  "closed and opened again in turn; raise it to the number of ssh targets "
+                  "to keep every session open")
     doc: dict[str, Any] = {}
     if settings:
         doc["settings"] = settings
@@ -572,3 +580,15 @@ def map_config(rec: Recorded, cwd: Path) -> Imported:
         msgs.dropped("", "no sync could be imported: the TOML has no [[sync]] and syncsup "
                      "will refuse it until you add one")
     return Imported(doc=doc, messages=msgs)
+
+
+def _over_ssh(target: Any, sync_host: bool) -> bool:
+    """Is an imported target (a string or a table) reached over ssh (not a
+    local path, not an rsync daemon's module)? ``sync_host``: its sync's
+    ``[sync.ssh] host`` makes plain paths remote."""
+    spec = target.get("path") if isinstance(target, dict) else target
+    if isinstance(target, dict) and target.get("host"):
+        return True
+    if not isinstance(spec, str) or spec.startswith("rsync://") or "::" in spec:
+        return False
+    return sync_host or (not spec.startswith("/") and ":" in spec.split("/", 1)[0])

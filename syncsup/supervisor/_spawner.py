@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from syncsup.processes import killpg, set_pdeathsig
@@ -72,13 +71,10 @@ class Spawner:
         self.pid: int | None = None
         self.chan: socket.socket | None = None
 
-    def fork(self, close: list[int], warm: Callable[[], None] | None = None) -> None:
+    def fork(self, close: list[int]) -> None:
         """Start the template by forking this process. Only while it has a
         single thread (before any ZeroMQ context or metrics thread); the
-        child closes ``close`` (the state_dir lock, say) first. ``warm``
-        runs in the template after its imports, before it answers: what it
-        computes (a cached answer about rsync, say) is inherited by every
-        child, and it runs while the supervisor does its own start-up work."""
+        child closes ``close`` (the state_dir lock, say) first."""
         import gc
 
         from syncsup.supervisor import template
@@ -100,8 +96,6 @@ class Spawner:
                 set_pdeathsig()
                 if os.getppid() == supervisor:
                     template.preload()
-                    if warm is not None:
-                        template.warm(warm)
                     code = template.serve(theirs, str(self.config), self.run_id, supervisor)
             finally:
                 os._exit(code)
@@ -141,11 +135,10 @@ class Spawner:
             killpg(self.pid, signal.SIGKILL)
 
     def abandon(self) -> None:
-        """A start that failed after the fork: let the template finish what
-        it is doing (a probe of rsync in a temporary directory, which a
-        SIGKILL would leave behind) and exit, as it does once its channel is
-        closed; kill it if it does not within ``answer_timeout``. It is
-        reaped here, since no loop will: nothing is left, not even a zombie."""
+        """A start that failed after the fork: let the template finish its
+        imports and exit, as it does once its channel is closed; kill it if
+        it does not within ``answer_timeout``. It is reaped here, since no
+        loop will: nothing is left, not even a zombie."""
         pid, self.pid = self.pid, None
         self.release()
         if pid is None:

@@ -23,7 +23,7 @@ from syncsup import config as cfg
 from syncsup import proto, registry
 from syncsup.processes import child_exit_fd, drain_fd, new_incarnation, trim_memory
 from syncsup.rsync_probe import judge, sender_follows
-from syncsup.rsync_version import rsync_version, takes_missing_args
+from syncsup.rsync_version import rsync_version
 from syncsup.sockets import bind_private, new_socket, receive, send
 from syncsup.statedir import AlreadyRunning, StateDir
 from syncsup.status import ComponentStatus, Status, assemble, summary
@@ -76,10 +76,9 @@ class Supervisor:
         self.spawner = Spawner(conf.path, self.run_id, conf.timings.spawn_answer_timeout)
         # Fork the template now, while this process has a single thread: the
         # children then share the supervisor's image (imports and all). Its
-        # imports, and the receiver's probe it runs for the syncer, overlap
-        # with the check of rsync below: most of each is waiting for rsync,
-        # and the two were most of the time from start to the first sync.
-        self.spawner.fork(close=[self.lock.fileno()], warm=lambda: _warm_receivers(conf))
+        # imports overlap with the check of rsync below, which is mostly
+        # waiting for rsync.
+        self.spawner.fork(close=[self.lock.fileno()])
         try:
             self._init_after_fork(conf)
         except BaseException:
@@ -363,20 +362,6 @@ class Supervisor:
             self.ctx.destroy(linger=0)
             log.info("syncsup stopped")
         return 0
-
-
-def _warm_receivers(conf: cfg.Config) -> None:
-    """In the template: ask the local rsync, for each local target, what the
-    syncer asks it at its start (whether it takes ``--delete-missing-args``,
-    a dry run of about a tenth of a second, mostly rsync's own waits). The
-    answer is cached per binary (path, inode, size, mtime), so the syncer
-    forked from the template finds it and starts its first transfer at once;
-    an rsync replaced meanwhile is asked again. Remote targets are not asked
-    (their receiver is the remote's rsync, whose refusal the syncer learns
-    from its first transfer)."""
-    for sync in conf.syncs:
-        if any(not target.is_remote for target in sync.targets):
-            takes_missing_args(sync.rsync.binary)
 
 
 def _check_rsync(conf: cfg.Config) -> None:

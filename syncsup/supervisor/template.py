@@ -43,7 +43,7 @@ import importlib
 # What the roles use: imported once here, shared by all children (a module
 # imported after the fork costs each child that imports it private memory;
 # inotify_simple and subprocess alone cost ~3 MB each).
-import logging
+import logging  # noqa: F401
 import os
 import signal
 import socket
@@ -52,7 +52,6 @@ import subprocess  # noqa: F401
 import sys
 import time
 import traceback
-from collections.abc import Callable
 
 import inotify_simple
 import msgpack  # noqa: F401
@@ -61,7 +60,7 @@ import zmq  # noqa: F401
 
 from syncsup import config, logs, processes, proto, sockets, status  # noqa: F401
 
-__all__ = ["ROLES", "main", "preload", "serve", "warm"]
+__all__ = ["ROLES", "main", "preload", "serve"]
 
 ROLES = ("collator", "syncer", "watcher")
 
@@ -161,18 +160,6 @@ def preload() -> None:
     proto.warm_up()  # the schema of every message, resolved once for all children
     gc.collect()
     gc.freeze()  # inherited objects stay in shared pages: the GC never writes to them
-
-
-def warm(task: Callable[[], None]) -> None:
-    """Run ``task`` (the supervisor's, see ``Spawner.fork``) for the
-    children's sake: a failure only means each child does that work itself,
-    so it is never fatal here."""
-    try:
-        task()
-    except Exception as exc:  # an optimisation that failed, nothing more
-        logging.getLogger("syncsup.supervisor").warning(
-            "the template could not prepare the children's start (%s); each child "
-            "does that work itself", exc)
 
 
 def serve(chan: socket.socket, config_path: str, run_id: str, supervisor: int) -> int:

@@ -64,19 +64,20 @@ class Lanes:
     DONE of its previous batch), so a slot holds at most one batch; one
     that comes anyway is dropped, never queued.
 
-    ``max_processes`` (0: no cap) bounds the processes a batch needs at
-    once across all syncs: each running transfer, and each open session of
-    a remote target's agent (an ssh client here, an sshd session and a
-    Python agent there, for as long as the session lives), count one. A
-    local agent runs in the syncer and counts nothing; an agent step on a
-    session already open needs no new process. A step that needs one when
-    all are taken first closes an open session that runs no step (its
-    target's next agent step opens another), the one unused longest, a
-    target with no batch first; with none to close it waits, and the free
-    ones go to the slot whose batch came first. So the peak is the daemon
-    plus ``max_processes`` such processes, whatever the number of targets.
-    Invariant: ``running() + sessions() <= max_processes`` after every
-    decision, when capped."""
+    ``max_processes`` (0: no cap) bounds the targets at work at once
+    across all syncs: a target running a transfer, or holding an open
+    session of its remote agent (an ssh client here, an sshd session and a
+    Python agent there, for as long as the session lives), or both, counts
+    one. A local agent runs in the syncer and counts nothing; an agent step
+    on a session already open, or a transfer beside it, needs no more room.
+    A step that needs room when all of it is taken first closes a session
+    that runs nothing (its target's next agent step opens another), the
+    one unused longest, a target with no batch first; with none to close
+    it waits, and the room freed goes to the slot whose batch came first.
+    So the peak is the daemon plus ``max_processes`` targets' processes (a
+    session and a transfer each at most), plus one ssh master per remote
+    target in use (:class:`Masters`). Invariant: ``at_work() <=
+    max_processes`` after every decision, when capped."""
 
     def __init__(self, keys: Iterable[Key], max_processes: int) -> None:
         self.lanes = {k: Lane() for k in keys}
@@ -126,20 +127,28 @@ class Lanes:
     def sessions(self) -> int:
         return sum(1 for lane in self.lanes.values() if lane.session)
 
+    @staticmethod
+    def _works(lane: Lane) -> bool:
+        return lane.session or lane.phase is Phase.TRANSFER
+
+    def at_work(self) -> int:
+        """The targets that count against the cap: a transfer, a session, or both."""
+        return sum(1 for lane in self.lanes.values() if self._works(lane))
+
     def session_ended(self, key: Key) -> None:
         """``key``'s remote agent session ended (idle, lost, closed)."""
         self.lanes[key].session = False
 
     def _room(self, key: Key) -> bool:
-        """Is a process free for ``key``, or can one be freed by closing
-        an idle session (recorded in :attr:`closing`)?"""
-        if not self.max_processes or self.running() + self.sessions() < self.max_processes:
+        """Is there room for ``key`` to start a process, or can some be made
+        by closing a session that runs nothing (recorded in :attr:`closing`)?"""
+        if not self.max_processes or self.at_work() < self.max_processes:
             return True
-        idle = [(lane.phase is not Phase.IDLE, k == key, lane.used, k)
-                for k, lane in self.lanes.items() if lane.session and lane.phase is not Phase.AGENT]
+        idle = [(lane.phase is not Phase.IDLE, lane.used, k) for k, lane in self.lanes.items()
+                if k != key and lane.session and lane.phase not in (Phase.AGENT, Phase.TRANSFER)]
         if not idle:
             return False
-        victim = min(idle)[3]
+        victim = min(idle)[2]
         self.lanes[victim].session = False
         self.closing.append(victim)
         return True
@@ -161,6 +170,9 @@ class Lanes:
         lane = self.lanes[key]
         if agent and (not session or lane.session):
             lane.phase, lane.used = Phase.AGENT, now
+            return True
+        if not agent and lane.session:  # beside its own session: no more room
+            lane.phase = Phase.BETWEEN
             return True
         if not any(self._ahead(key)) and self._room(key):
             self._begin(key, agent, session, now)
@@ -190,7 +202,7 @@ class Lanes:
         if not waiting:
             return None
         key = min(waiting)[1]
-        if not self._room(key):
+        if not self.lanes[key].session and not self._room(key):
             return None
         self._begin(key, *self.lanes[key].wants, now)
         return key

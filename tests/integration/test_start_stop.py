@@ -1,9 +1,7 @@
 """What one start and one stop do, with real processes: the template that
 forks the children starts while the supervisor checks rsync, so a start
 refused by that check must still leave nothing behind (no template, a free
-lock); the answer the template asks rsync for the
-syncer is asked once per start and inherited; SIGTERM stops everything,
-exits 0, and leaves nothing running."""
+lock); SIGTERM stops everything, exits 0, and leaves nothing running."""
 
 from __future__ import annotations
 
@@ -59,41 +57,6 @@ def test_a_start_that_cannot_run_rsync_leaves_nothing(tmp_path, src, dst):
         wait_converged(src, dst, timeout=120, on_timeout=d.describe)
     finally:
         assert d.stop() == 0
-    assert_no_leftovers(tmp_path)
-
-
-def test_the_receiver_is_probed_once_per_start_and_the_syncer_inherits_it(
-        tmp_path, src, daemon_factory):
-    """Two syncs, two local targets each, one rsync binary: its receiver is
-    asked about --delete-missing-args once (in the template, before the
-    children are forked), and every target's transfers use the answer."""
-    binary, log = logging_rsync(tmp_path)
-    other = tmp_path / "src2"
-    other.mkdir()
-    for tree in (src, other):
-        (tree / "sub").mkdir()
-        (tree / "sub" / "f").write_bytes(os.urandom(3000))
-        (tree / "gone").write_bytes(b"deleted later\n")
-    dsts = [tmp_path / f"dst{i}" for i in range(4)]
-    for d in dsts:
-        d.mkdir()
-    syncs = []
-    for i, tree in enumerate((src, other)):
-        s = sync_entry(tree, dsts[2 * i:2 * i + 2], name=f"s{i}")
-        s["rsync"] = {"binary": binary}
-        syncs.append(s)
-    d = daemon_factory(syncs)
-    wait_converged(src, dsts[:2], timeout=120, on_timeout=d.describe)
-    wait_converged(other, dsts[2:], timeout=120, on_timeout=d.describe)
-    # a deletion goes through the path the answer decides
-    (src / "gone").unlink()
-    (other / "gone").unlink()
-    wait_converged(src, dsts[:2], timeout=120, on_timeout=d.describe)
-    wait_converged(other, dsts[2:], timeout=120, on_timeout=d.describe)
-    assert d.stop(signal.SIGTERM) == 0
-    calls = log.read_text().splitlines()
-    probes = [c for c in calls if c.startswith("-n -d --from0") and "--delete-missing-args" in c]
-    assert len(probes) == 1, calls
     assert_no_leftovers(tmp_path)
 
 

@@ -195,6 +195,18 @@ def test_rsyncssh_host_targetdir_and_ssh_table():
     assert conf.syncs[0].targets[0].host == "h1" and conf.syncs[0].ssh.port == 2222
 
 
+def test_a_process_cap_below_the_ssh_targets_is_said_with_its_cost():
+    """syncsup's max_processes also counts each open agent session of an
+    ssh target: a cap below their number closes and reopens them in turn."""
+    two = [rsyncssh_layer(source=f"/srv/s{i}", targetdir=f"/srv/t{i}") for i in range(3)]
+    doc, msgs = run(*two, rsync_layer(source="/srv/local", target="/srv/l"),
+                    settings={"maxProcesses": 2})
+    notes = [n for n in levels(msgs, "note") if "maxProcesses = 2" in n]
+    assert len(notes) == 1 and "(3 here)" in notes[0], levels(msgs, "note")
+    doc, msgs = run(*two, settings={"maxProcesses": 3})
+    assert not [n for n in levels(msgs, "note") if "agent session" in n]
+
+
 def test_rsyncssh_custom_ssh_binary_and_missing_host():
     _, msgs = run(rsyncssh_layer(ssh={"binary": "/opt/ssh"}))
     assert any("ssh.binary" in d for d in levels(msgs, "dropped"))

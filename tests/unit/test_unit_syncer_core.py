@@ -170,18 +170,24 @@ def test_the_session_closed_is_of_a_target_with_no_batch_then_the_one_unused_lon
     assert ln.may_start(C, agent=False)  # A's session was unused longer than B's
     assert ln.take_closing() == [A]
     ln.transfer_started(C)
-    assert ln.running() + ln.sessions() == 3
+    assert ln.at_work() == 3
 
 
-def test_a_slot_may_close_its_own_idle_session_for_its_transfer() -> None:
+def test_a_transfer_runs_beside_its_own_session_and_takes_no_more_room() -> None:
     ln = lanes(1)
     ln.accept(A, 0.0)
+    ln.accept(B, 1.0)
     assert ln.may_start(A, agent=True, session=True, now=1.0)
+    assert not ln.may_start(B, agent=True, session=True, now=1.5)  # the cap: one target
     ln.step_ended(A)
     assert ln.may_start(A, agent=False)  # what the agent did not take goes to rsync
-    assert ln.take_closing() == [A]
+    assert ln.take_closing() == []  # its own session stays open
     ln.transfer_started(A)
-    assert ln.running() == 1 and ln.sessions() == 0
+    assert ln.running() == 1 and ln.sessions() == 1 and ln.at_work() == 1
+    assert ln.take(2.0) is None  # A's session runs nothing, but A is at work
+    ln.step_ended(A)
+    ln.finish(A, 3.0)
+    assert ln.take(3.0) == B and ln.take_closing() == [A]
 
 
 def test_a_session_that_ended_by_itself_frees_its_process() -> None:
@@ -196,9 +202,9 @@ def test_a_session_that_ended_by_itself_frees_its_process() -> None:
 
 
 def test_the_cap_holds_for_transfers_and_sessions_under_random_steps() -> None:
-    """Whatever the order of steps, ends and sessions lost, the processes
-    a decision lets run never pass the cap, and every step waiting runs
-    once processes are free."""
+    """Whatever the order of steps, ends and sessions lost, the targets at
+    work never pass the cap, and every step waiting runs once room is
+    free."""
     import random
 
     rng = random.Random(7)
@@ -227,7 +233,7 @@ def test_the_cap_holds_for_transfers_and_sessions_under_random_steps() -> None:
                 if ln.phase(due) is Phase.BETWEEN:
                     ln.transfer_started(due)
             ln.take_closing()
-            assert ln.running() + ln.sessions() <= cap
+            assert ln.at_work() <= cap
         # drain: every step ends, and what waited gets to run
         for _ in range(100):
             for key in keys:
@@ -236,7 +242,7 @@ def test_the_cap_holds_for_transfers_and_sessions_under_random_steps() -> None:
             while (due := ln.take(now)) is not None:
                 if ln.phase(due) is Phase.BETWEEN:
                     ln.transfer_started(due)
-            assert ln.running() + ln.sessions() <= cap
+            assert ln.at_work() <= cap
         assert all(ln.phase(k) is not Phase.WAITING for k in keys)
 
 
