@@ -51,7 +51,7 @@ __all__ = ["run_checks"]
 # How many entries of a source the owner warning looks at, at most: enough
 # for a tree of several users, and a bound on the time ``check`` spends.
 _OWNER_SCAN = 20000
-CHECKS_AT_ONCE = 8  # targets checked side by side (each is a few ssh logins)
+CHECKS_AT_ONCE = 8  # hosts checked side by side (each target is a few ssh logins)
 
 
 def _foreign_owner(source: str) -> tuple[str, int] | None:
@@ -305,8 +305,10 @@ def _daemon_target(sync: cfg.Sync, target: cfg.Target, timeout: float) -> list[s
     return []
 
 
-def _target(sync: cfg.Sync, target: cfg.Target, timeout: float
-            ) -> tuple[list[str], str, list[str]]:
+Checked = tuple[list[str], str, list[str]]  # (problems, the ``ok:`` text, warnings)
+
+
+def _target(sync: cfg.Sync, target: cfg.Target, timeout: float) -> Checked:
     """One target's check: (problems, the ``ok:`` text, warnings)."""
     if target.is_daemon:
         return (_daemon_target(sync, target, timeout),
@@ -383,19 +385,30 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
             elif verdict.warn:
                 report([], f"{sync.name}: {verdict.warn} (start warns)")
     # Each remote target costs a few ssh logins and waits on the network:
-    # every target is checked at once, side by side, and reported in the
-    # config's order, after its sync's source.
-    todo = {(i, j): (sync, target) for i, sync in enumerate(conf.syncs)
-            if not sync.runs_commands for j, target in enumerate(sync.targets)}
-    pool = ThreadPoolExecutor(max_workers=max(1, min(CHECKS_AT_ONCE, len(todo))))
+    # the hosts are checked side by side, each host's targets one after
+    # another (a host may limit its logins or an rsync daemon its
+    # connections), and every line is reported in the config's order,
+    # after its sync's source.
+    hosts: dict[str | None, list[tuple[int, int]]] = {}
+    for i, sync in enumerate(conf.syncs):
+        if not sync.runs_commands:
+            for j, target in enumerate(sync.targets):
+                hosts.setdefault(target.host, []).append((i, j))
     timeout = conf.timings.check_timeout
-    checks = {key: pool.submit(_target, sync, target, timeout)
-              for key, (sync, target) in todo.items()}
+
+    def check_host(keys: list[tuple[int, int]]) -> dict[tuple[int, int], Checked]:
+        return {(i, j): _target(conf.syncs[i], conf.syncs[i].targets[j], timeout)
+                for i, j in keys}
+
+    pool = ThreadPoolExecutor(max_workers=max(1, min(CHECKS_AT_ONCE, len(hosts))))
+    checks = {key: future for future, keys in
+              ((pool.submit(check_host, keys), keys) for keys in hosts.values())
+              for key in keys}
     try:
         for i, sync in enumerate(conf.syncs):
             _source(i, sync, report, out)
             for j in range(0 if sync.runs_commands else len(sync.targets)):
-                issues, ok, warnings = checks[(i, j)].result()
+                issues, ok, warnings = checks[(i, j)].result()[(i, j)]
                 report(issues, ok)
                 out.extend(f"warning: {w}" for w in warnings)
     finally:
