@@ -75,7 +75,7 @@ class Timings:
         master connection again.""")
     agent_retry: float = _t(600.0, 0.1, """a target whose agent cannot start is tried
         again this much later (rsync carries everything meanwhile).""")
-    proof_margin: float = _t(2.0, 1.0, """a first start takes a target file for current
+    proof_margin: float = _t(2.0, 2.0, """a first start takes a target file for current
         without reading it only if the target's copy changed at least this long after the
         source file did (coarse timestamps, filesystems that keep whole seconds, a file
         still being written when it was copied).""")
