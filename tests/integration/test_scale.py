@@ -9,10 +9,12 @@ overflows, and one directory of tens of thousands of paths is rescanned
 and sent whole. The watcher is stopped (SIGSTOP, as a descheduled process
 on a loaded host would be) while the entries are made, so the queue
 overflows for certain, and the test checks that it did; twice the queue
-then crosses the limit with a margin, at a third of the cost of the
+crosses the limit with a margin, at a third of the cost of the
 100,000 entries this test used to make (and a tenth of 300,000, which
-showed the same behaviour and peaks of 28-34 MiB per process). It is the
-one test of a single huge directory, so it runs with the suite.
+showed the same behaviour and peaks of 28-34 MiB per process). The
+deletes are made with the watcher running: a stream of events read as
+they come. It is the one test of a single huge directory, so it runs with
+the suite.
 """
 
 from __future__ import annotations
@@ -109,11 +111,11 @@ def test_twice_the_inotify_queue_created_and_deleted_in_one_directory(tmp_path, 
                600, 0.5, d.describe)
     wait_converged(big, big_dst, timeout=600, interval=5, on_timeout=d.describe)
 
-    with stopped(watcher["pid"]):
-        for name in os.listdir(one):
-            os.unlink(one / name)
-    d.wait_for(lambda st: sync_of(st, "big")["overflows"] >= 2, "the queue overflowed again",
-               120)
+    # The deletes with the watcher running: a stream of tens of thousands
+    # of events read as they come (whether the queue overflows now depends
+    # on the machine, so only the mirror is checked).
+    for name in os.listdir(one):
+        os.unlink(one / name)
     write(small / "during-delete", b"y\n")
     wait_converged(small, small_dst, timeout=300, on_timeout=d.describe)
     wait_until(lambda: not os.listdir(big_dst / "one"), "every entry gone", 600, 0.5,
