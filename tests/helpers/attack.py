@@ -489,12 +489,13 @@ class OutsideWatch:
 
 
 # ------------------------------------------------------------ memory
-def rss(pid: int) -> int:
-    """Resident set size of one process in bytes (0 if gone)."""
+def rss(pid: int, field: str = "VmRSS") -> int:
+    """Resident set size of one process in bytes (0 if gone); ``VmHWM``:
+    its peak since it started or since :func:`reset_peaks`."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -503,6 +504,24 @@ def rss(pid: int) -> int:
 
 def tree_rss(pid: int) -> int:
     return sum(rss(p) for p in tree_pids(pid))
+
+
+def reset_peaks(pid: int) -> None:
+    """Each process's peak resident size (``VmHWM``) set back to what it
+    holds now (``clear_refs`` 5), so that :func:`tree_peak` tells the peak
+    of what follows, however briefly it lasted."""
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
+def tree_peak(pid: int) -> int:
+    """The sum of each process's peak since :func:`reset_peaks` (at least
+    the peak of the sum: a bound that no short spike slips past)."""
+    return sum(rss(p, "VmHWM") for p in tree_pids(pid))
 
 
 def is_socket(p: Path) -> bool:

@@ -199,11 +199,11 @@ def test_a_process_cap_below_the_ssh_targets_is_said_with_its_cost():
     """syncsup's max_processes also counts each open agent session of an
     ssh target: a cap below their number closes and reopens them in turn."""
     two = [rsyncssh_layer(source=f"/srv/s{i}", targetdir=f"/srv/t{i}") for i in range(3)]
-    doc, msgs = run(*two, rsync_layer(source="/srv/local", target="/srv/l"),
+    _, msgs = run(*two, rsync_layer(source="/srv/local", target="/srv/l"),
                     settings={"maxProcesses": 2})
     notes = [n for n in levels(msgs, "note") if "maxProcesses = 2" in n]
     assert len(notes) == 1 and "(3 here)" in notes[0], levels(msgs, "note")
-    doc, msgs = run(*two, settings={"maxProcesses": 3})
+    _, msgs = run(*two, settings={"maxProcesses": 3})
     assert not [n for n in levels(msgs, "note") if "agent session" in n]
 
 
