@@ -36,6 +36,20 @@ def write(path: os.PathLike[str] | str | bytes, data: bytes | str = b"x",
     return Path(os.fsdecode(raw))
 
 
+def nest(root: os.PathLike[str] | str, depth: int) -> None:
+    """``root/d/d/.../d``, ``depth`` levels, made through descriptors: as
+    deep as wanted, past anything a path can name."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    finally:
+        os.close(fd)
+
+
 def _as_bytes(path: bytes | str | os.PathLike) -> bytes:
     return os.fsencode(path)
 

@@ -52,7 +52,7 @@ from tests.helpers.attack import (
 )
 from tests.helpers.daemon import REPO, sync_entry
 from tests.helpers.procs import pids_of_uid
-from tests.helpers.tree import b, wait_converged
+from tests.helpers.tree import b, nest, wait_converged
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -381,15 +381,7 @@ def _remove_deep(top: Path) -> None:
 def _deep(w: World, depth: int, top: Path | None = None) -> None:
     d = (top or w.root) / "deep"
     os.makedirs(d)
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(depth):
-            os.mkdir("d", dir_fd=fd)
-            nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-    finally:
-        os.close(fd)
+    nest(d, depth)
 
 
 @pytest.mark.parametrize("world", ["root", "home-outside"], indirect=True)

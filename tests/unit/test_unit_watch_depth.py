@@ -22,23 +22,11 @@ import pytest
 
 from syncsup.proto import Changes
 from syncsup.watcher.tree import WatchTree
+from tests.helpers.tree import nest
 from tests.helpers.unit import b
 from tests.unit.test_unit_watchtree import TIMINGS, FakeInotify, walked
 
 DEPTH = 1100
-
-
-def nest(root: Path, depth: int) -> None:
-    """``root/d/d/.../d`` (``depth`` levels), by descriptors."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(depth):
-            os.mkdir("d", dir_fd=fd)
-            nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    finally:
-        os.close(fd)
 
 
 @pytest.fixture
