@@ -88,14 +88,22 @@ def _read(dfd: int, name: bytes, max_size: int,
                 return kept, st
         began = cache.clock() if cache is not None else 0.0
         chunks, total = [], 0
+        # one byte more than its size, so that one read finds the end: a
+        # buffer of max_size for a small file cost a map, a remap and an
+        # unmap of a megabyte, and a second read for the end
+        want = st.st_size + 1
         while True:
-            chunk = os.read(fd, max_size + 1 - total)
+            chunk = os.read(fd, min(want, max_size + 1) - total)
             if not chunk:
                 break
             chunks.append(chunk)
             total += len(chunk)
             if total > max_size:
                 return None  # it grew while we read: rsync takes it
+            if total == want:
+                want = total + (1 << 16)  # more than its size: it grew, read on
+            elif total == st.st_size:
+                break  # all it held: the size is checked again below
         after = os.fstat(fd)
         if after.st_size != total:
             return None  # changed while we read: rsync takes it, an event follows anyway

@@ -144,6 +144,8 @@ class Channel:
         excludes = plain_excludes(sync) or []
         self.filter = DirFilter(excludes)
         self.keep_trees = bool(excludes)
+        if writes:
+            SHARED.join()
         self.local = LocalAgent(target.path) if not target.is_remote else None
         self.remote: RemoteAgent | None = None
         self.off_until = 0.0
@@ -194,7 +196,7 @@ class Channel:
             prep = prepare(root_fd, names, max_size=self.sync.agent_max_size, deletes=deletes,
                            excluded=self.filter.excluded, keep_trees=self.keep_trees,
                            links=self.local is not None or not self.target.confined,
-                           cache=SHARED, times=times)
+                           cache=SHARED if SHARED.worth else None, times=times)
         finally:
             os.close(root_fd)
         self._fallback = tuple(prep.fallback)
