@@ -3,9 +3,7 @@
 It binds ``ingest`` (watcher EVENTS -> ACK after commit) and ``dispatch``
 (syncer READY -> BATCH -> DONE) and sleeps until a message arrives or a
 batch's delay or backoff runs out; an idle collator makes no query and
-wakes only for its heartbeat. The syncer's messages wake it only when
-something waits for them (:meth:`Collator.syncer_wanted`); otherwise they
-are read at its next wake-up, and before it answers a status request.
+wakes only for its heartbeat.
 """
 
 from __future__ import annotations
@@ -52,27 +50,15 @@ def run(conf: cfg.Config, run_id: str) -> int:
     wake: float | None = time.time()
     full: float | None = None
     idle: float | None = None
-    listening = True  # the dispatch socket is in the poller
     while not rt.stopping:
         mono = time.monotonic()
         due = [rt.heartbeat(mono)]
-        wall = time.time()
         if wake is not None:
-            due.append(wake - wall)
+            due.append(wake - time.time())
         if full is not None:
             due.append(full - mono)
         if idle is not None:
             due.append(idle - mono)
-        wanted = core.syncer_wanted(wall)
-        listen = wanted is not None and wanted <= wall
-        if listen != listening:
-            if listen:
-                poller.register(sockets["dispatch"], zmq.POLLIN)
-            else:
-                poller.unregister(sockets["dispatch"])
-            listening = listen
-        if wanted is not None and not listen:
-            due.append(wanted - wall)
         events = dict(poller.poll(int(max(0.0, min(due)) * 1000) + 1))
         if rt.wakeup in events:
             drain_fd(rt.wakeup)
@@ -82,28 +68,22 @@ def run(conf: cfg.Config, run_id: str) -> int:
                     core.on_events(peer, msg)
                 else:
                     log.warning("dropped unexpected %s on ingest", type(msg).__name__)
-        if sockets["dispatch"] in events or not listening:
-            _from_syncer(core, sockets["dispatch"])  # not polled: what came meanwhile
+        if sockets["dispatch"] in events:
+            for peer, msg in receive(sockets["dispatch"], log):
+                if isinstance(msg, proto.Ready) and peer is not None:
+                    core.on_ready(peer, msg)
+                elif isinstance(msg, proto.Done):
+                    core.on_done(msg, peer)
+                else:
+                    log.warning("dropped unexpected %s on dispatch", type(msg).__name__)
         if rt.control in events:
             rt.on_control(log, core.status, _control(core))
         full = core.periodic(time.monotonic())
         wake = core.dispatch_due()
         idle = core.release_idle(time.monotonic())
-    _from_syncer(core, sockets["dispatch"])  # the outcomes in: not sent again next start
     core.close()
     rt.close()
     return 0
-
-
-def _from_syncer(core: Collator, sock: zmq.Socket[bytes]) -> None:
-    """Act on every READY and DONE the syncer sent (none: nothing done)."""
-    for peer, msg in receive(sock, log):
-        if isinstance(msg, proto.Ready) and peer is not None:
-            core.on_ready(peer, msg)
-        elif isinstance(msg, proto.Done):
-            core.on_done(msg, peer)
-        else:
-            log.warning("dropped unexpected %s on dispatch", type(msg).__name__)
 
 
 def _control(core: Collator) -> Callable[[proto.Message], None]:

@@ -256,7 +256,7 @@ class Collator:
         for q in targets:
             q.marked += changes.size()
             q.maybe_pending = True
-            q.note_change(now, stamp)
+            q.note_change(now)
 
     def _init_skipped(self, s: SyncQueues) -> bool:
         """``init = false``: the first full rescan of this run is dropped (the
@@ -382,31 +382,6 @@ class Collator:
                     continue
                 self._safely(s, self._hand_out, index, q, now, heals=False)
         return wake
-
-    def syncer_wanted(self, now: float) -> float | None:
-        """By when a message of the syncer must be acted on: ``now`` (or
-        earlier) means at once, and its socket is polled; a later time, the
-        collator wakes then and reads what came meanwhile; None, nothing
-        waits for one. A target without a credit (a syncer starting) wants
-        its READY at once; a batch out, its DONE when
-        :meth:`TargetQueue.outcome_wanted` says. Why: under steady changes
-        each batch's DONE was a wake-up of its own, a third of the
-        collator's, where reading it at the next wake-up (the watcher's
-        next message, or the next batch's delay running out) costs nothing
-        and delays no batch."""
-        at: float | None = None
-        for s in self.syncs.values():
-            for q in s.queues:
-                if q.lease is None:
-                    if q.ready_peer is None:
-                        return now
-                    continue
-                want = q.outcome_wanted(now, s.sync.max_delays)
-                if want is not None and want <= now:
-                    return now
-                if want is not None:
-                    at = want if at is None else min(at, want)
-        return at
 
     def release_idle(self, now: float) -> float | None:
         """Close the journals of syncs with nothing pending for

@@ -110,7 +110,6 @@ class TargetQueue:
     last_error: str | None = None
     synced_this_run: bool = False
     marked: int = 0  # changes recorded since the last batch (for max_delays)
-    marked_since: float | None = None  # the oldest change recorded while a batch is out
     paused: bool = False
     halted: bool = False  # "halt" outcome: no retry until an operator says so
     maybe_pending: bool = True  # False once the journal was seen empty for it
@@ -151,7 +150,6 @@ class TargetQueue:
         assert self.ready_incarnation is not None
         self.lease = Lease(batch_id, self.ready_incarnation, rows, now, moves or [])
         self.ready_peer = None
-        self.marked_since = None
         return self.lease
 
     def finish(self, batch_id: int, outcome: Outcome, error: str, now: float,
@@ -188,34 +186,12 @@ class TargetQueue:
             self.next_try = now + self.backoff.delay(self.failures, self.fatal)
         return None
 
-    def note_change(self, now: float, stamp: float | None = None) -> None:
-        """A change was recorded for this target (its delay counting from
-        ``stamp``): a stuck target is tried again at once (the change may be
-        the fix), with the usual backoff."""
+    def note_change(self, now: float) -> None:
+        """A change was recorded for this target: a stuck target is tried
+        again at once (the change may be the fix), with the usual backoff."""
         self.changed = True
-        if self.lease is not None:
-            at = now if stamp is None else stamp
-            self.marked_since = at if self.marked_since is None else min(self.marked_since, at)
         if self.stuck:
             self.stuck, self.next_try = False, now
-
-    def outcome_wanted(self, now: float, max_delays: int) -> float | None:
-        """By when the outcome of the batch out (its DONE) must be acted on
-        (``now``: at once; None: no batch out). Until then the collator need
-        not wake for it and reads it at its next wake-up: nothing waits for
-        it before the target's next batch would be due (``delay`` after the
-        oldest change recorded since), and a failure's retry or status learns
-        of it at most ``delay`` late. At once while the target's first batch
-        of the run is out, with ``delay = 0``, and once ``max_delays``
-        changes wait."""
-        if self.lease is None:
-            return None
-        if self.delay <= 0 or not self.synced_this_run or self.marked >= max_delays:
-            return now
-        at = self.lease.started + self.delay
-        if self.marked_since is not None:
-            at = min(at, self.marked_since + self.delay)
-        return at
 
     def defer(self, now: float, error: str) -> None:
         """A batch that worked but could not be recorded as done (the
