@@ -168,7 +168,7 @@ class Syncer:
             now = time.monotonic()
             done = (slot.channel.rename(list(step.renames), now) if step.kind is StepKind.MOVES
                     else slot.channel.begin(agent_names(slot.sync, step), slot.batch.startup,
-                                            now))
+                                            now, step.times))
             slot.sent += slot.channel.sent
             if done is not None:
                 self.settle(slot, done)

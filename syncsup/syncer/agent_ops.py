@@ -22,7 +22,7 @@ import grp
 import os
 import pwd
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,14 +88,22 @@ def _read(dfd: int, name: bytes, max_size: int,
                 return kept, st
         began = cache.clock() if cache is not None else 0.0
         chunks, total = [], 0
+        # one byte more than its size, so that one read finds the end: a
+        # buffer of max_size for a small file cost a map, a remap and an
+        # unmap of a megabyte, and a second read for the end
+        want = st.st_size + 1
         while True:
-            chunk = os.read(fd, max_size + 1 - total)
+            chunk = os.read(fd, min(want, max_size + 1) - total)
             if not chunk:
                 break
             chunks.append(chunk)
             total += len(chunk)
             if total > max_size:
                 return None  # it grew while we read: rsync takes it
+            if total == want:
+                want = total + (1 << 16)  # more than its size: it grew, read on
+            elif total == st.st_size:
+                break  # all it held: the size is checked again below
         after = os.fstat(fd)
         if after.st_size != total:
             return None  # changed while we read: rsync takes it, an event follows anyway
@@ -110,7 +118,8 @@ def _read(dfd: int, name: bytes, max_size: int,
 def prepare(root_fd: int, paths: Iterable[bytes], *, max_size: int, deletes: bool,
             excluded: Callable[[bytes, bool], bool], keep_trees: bool = False,
             max_bytes: int = STEP_BYTES, links: bool = True,
-            cache: ContentCache | None = None) -> Prepared:
+            cache: ContentCache | None = None,
+            times: Collection[bytes] = frozenset()) -> Prepared:
     """Operations for ``paths`` (relative to the source open as ``root_fd``),
     with at most ``max_bytes`` of file content (the rest goes to rsync).
     ``keep_trees`` (the sync has excludes): no operation may remove a
@@ -119,12 +128,18 @@ def prepare(root_fd: int, paths: Iterable[bytes], *, max_size: int, deletes: boo
     rsync. ``links`` false: symlinks go to rsync too (a confined agent
     cannot set a link's time or owner: it may change metadata only through
     descriptors, and a symlink has none to open). ``cache``: file content
-    shared with the other targets' steps (:mod:`syncsup.syncer.readonce`)."""
+    shared with the other targets' steps (:mod:`syncsup.syncer.readonce`).
+    ``times``: paths that are there only for their directory's time (the
+    parents of the batch's entries): one still a directory in the source
+    gets a ``time`` operation and no ``mkdir``, which would look at and set
+    again a mode, owner and time that nothing changed (two thirds of an
+    agent step's operations under steady churn were such directories)."""
     out = Prepared()
     dirs = DirCache(root_fd)  # each source directory opened once for the batch, not per path
     try:
         _prepare(out, dirs, paths, max_size=max_size, deletes=deletes, excluded=excluded,
-                 keep_trees=keep_trees, max_bytes=max_bytes, links=links, cache=cache)
+                 keep_trees=keep_trees, max_bytes=max_bytes, links=links, cache=cache,
+                 times=times)
     finally:
         dirs.clear()
     if out.ops:
@@ -134,7 +149,8 @@ def prepare(root_fd: int, paths: Iterable[bytes], *, max_size: int, deletes: boo
 
 def _prepare(out: Prepared, dirs: DirCache, paths: Iterable[bytes], *, max_size: int,
              deletes: bool, excluded: Callable[[bytes, bool], bool], keep_trees: bool,
-             max_bytes: int, links: bool, cache: ContentCache | None) -> None:
+             max_bytes: int, links: bool, cache: ContentCache | None,
+             times: Collection[bytes]) -> None:
     tree = {"tree": False} if keep_trees else {}
     dirs_done: set[bytes] = set()
     parents: set[bytes] = set()
@@ -161,6 +177,9 @@ def _prepare(out: Prepared, dirs: DirCache, paths: Iterable[bytes], *, max_size:
             continue
         if excluded(path, stat.S_ISDIR(st.st_mode)):
             continue  # rsync neither sends nor deletes it
+        if stat.S_ISDIR(st.st_mode) and path in times:
+            dirs_done.add(path)  # its time, below; a missing one fails there, for rsync
+            continue
         if stat.S_ISREG(st.st_mode):
             room = min(max_size, max_bytes - out.size)
             got = _read(dfd, name, room, cache) if st.st_size <= room else None

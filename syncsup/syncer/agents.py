@@ -144,6 +144,8 @@ class Channel:
         excludes = plain_excludes(sync) or []
         self.filter = DirFilter(excludes)
         self.keep_trees = bool(excludes)
+        if writes:
+            SHARED.join()
         self.local = LocalAgent(target.path) if not target.is_remote else None
         self.remote: RemoteAgent | None = None
         self.off_until = 0.0
@@ -175,11 +177,13 @@ class Channel:
             return None, None
         return r.stdout_fd, (r.stdin_fd if r.out else None)
 
-    def begin(self, names: list[bytes], startup: bool, now: float) -> Result | None:
+    def begin(self, names: list[bytes], startup: bool, now: float,
+              times: frozenset[bytes] = frozenset()) -> Result | None:
         """Start the agent step for ``names``: its result now (local, or
         nothing to do), or None if the answers are awaited (see poll). A
         batch of more than :data:`MAX_PATHS_LOCAL` (:data:`MAX_PATHS_REMOTE`)
-        paths goes to rsync whole."""
+        paths goes to rsync whole. ``times``: the names sent only for their
+        directory's time (:func:`~.agent_ops.prepare`)."""
         self.sent, self.renaming = 0, False
         if len(names) > (MAX_PATHS_LOCAL if self.local is not None else MAX_PATHS_REMOTE):
             return Result(rc=0, fallback=tuple(names))
@@ -192,7 +196,7 @@ class Channel:
             prep = prepare(root_fd, names, max_size=self.sync.agent_max_size, deletes=deletes,
                            excluded=self.filter.excluded, keep_trees=self.keep_trees,
                            links=self.local is not None or not self.target.confined,
-                           cache=SHARED)
+                           cache=SHARED if SHARED.worth else None, times=times)
         finally:
             os.close(root_fd)
         self._fallback = tuple(prep.fallback)

@@ -91,6 +91,9 @@ class Step:
     checksum: bool = False
     empty_guard: bool = False
     renames: tuple[tuple[bytes, bytes], ...] = ()  # a moves step: (from, to) to replay
+    # an agent step: the directories among ``names`` that are there only for
+    # their time (holding an entry of the batch, not changed themselves)
+    times: frozenset[bytes] = frozenset()
 
     @property
     def by_agent(self) -> bool:
@@ -169,8 +172,12 @@ class Plan:
         if b"" in changes.paths:
             parents.add(b"")  # rsync sends a listed root with its content: a times step
         if agent and (changes.paths or parents):
-            # the agent sets its directories' times itself, after their entries
-            steps.append(Step(StepKind.AGENT, tuple(sorted(changes.paths | parents))))
+            # the agent sets its directories' times itself, after their
+            # entries; a directory that is only a parent gets its time and
+            # nothing else: a change of its own mode or owner is an event,
+            # which puts it in the paths
+            steps.append(Step(StepKind.AGENT, tuple(sorted(changes.paths | parents)),
+                              times=frozenset(parents - changes.paths)))
         else:
             if changes.paths - {b""}:
                 steps.append(Step(StepKind.PATHS, tuple(sorted(changes.paths - {b""}))))

@@ -58,6 +58,19 @@ class ContentCache:
         self.entries: OrderedDict[Identity, tuple[float, bytes]] = OrderedDict()
         self.size = 0
         self.hits = self.hit_bytes = 0
+        self.readers = 0  # agent channels that write through this cache
+
+    def join(self) -> None:
+        """One more target's agent reads through this cache."""
+        self.readers += 1
+
+    @property
+    def worth(self) -> bool:
+        """Is keeping content of use? With one target's agent in the
+        process no other step reads the same version of a file (a retry
+        reads again), and every file read would pay a lookup, a clock read
+        and a prune for nothing."""
+        return self.readers > 1
 
     def get(self, st: os.stat_result) -> bytes | None:
         """The content of this version of the file, if another target read it."""

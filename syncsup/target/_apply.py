@@ -200,7 +200,7 @@ class Applier:
         self.dirs.trim()
         dfd = self._dir(dirs)
         self.protection.check(dfd, name)
-        fd, tmp = self._new_file(dfd, name)
+        fd, tmp = self._new_file(dfd, name, attrs.mode & 0o777 & ~self.clear.files)
         try:
             view = memoryview(data)
             while view:
@@ -300,11 +300,15 @@ class Applier:
             self.dirs.clear()  # the batch is over: a directory is looked up afresh
             _durable(fds)
 
-    def _new_file(self, dfd: int, name: bytes) -> tuple[int, bytes | None]:
-        """An unnamed file in ``dfd`` (None), or a named temporary one."""
+    def _new_file(self, dfd: int, name: bytes, mode: int = 0o600) -> tuple[int, bytes | None]:
+        """An unnamed file in ``dfd`` (None), or a named temporary one.
+        The unnamed one is made with the permission bits ``mode`` it is
+        to have, which saves an ``fchmod`` for most files: no one can open
+        it before it is named, and by then its owner and mode are set. A
+        named one is made private (0600) until then."""
         if self.unnamed:
             try:
-                return os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600,
+                return os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, mode,
                                dir_fd=dfd), None
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):

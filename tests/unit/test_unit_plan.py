@@ -318,8 +318,9 @@ def test_the_directories_holding_the_entries_are_sent_outside_trees() -> None:
         sorted({b"a/b", b"a", b"", b"n", b"m", b"k"})))]
     agent = Plan.make(changes, commands=False, replay_moves=False, source_empty=False,
                       agent=True)
-    assert agent.steps[-1] == Step(StepKind.AGENT, tuple(sorted(
-        changes.paths | {b"a/b", b"a", b"", b"n", b"m", b"k"})))
+    parents = {b"a/b", b"a", b"", b"n", b"m", b"k"}
+    assert agent.steps[-1] == Step(StepKind.AGENT, tuple(sorted(changes.paths | parents)),
+                                   times=frozenset(parents))
 
 
 def test_the_root_goes_to_the_times_step_never_by_paths() -> None:
