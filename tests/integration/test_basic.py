@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 import warnings
@@ -316,11 +317,31 @@ def test_changes_during_initial_sync_are_not_lost(tmp_path, src, dst, daemon_fac
     t = ChurnThread(c, 400, sleep_prob=0.5, max_sleep=0.04)
     t.start()
     t.join_checked(120)
+    churn_ended = time.time()
     d.wait_ready()
     converge(d, src, dst, timeout=180)
+    # the churn began before the start: it overlapped the initial sync if
+    # it still ran when the first transfer began
+    began = first_batch_began(d.log_text())
+    assert began is not None and began < churn_ended, (
+        f"the first batch began at {began}, after the churn ended at {churn_ended}")
     d.stop()
     assert_no_leftovers(tmp_path)
     assert_not_pwned(tmp_path, src, dst)
+
+
+_BATCH_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \w+\s+syncer \d+: "
+                         r"target .*: batch \d+, .*, ([\d.]+)s: ", re.MULTILINE)
+
+
+def first_batch_began(log: str) -> float | None:
+    """When the first batch the syncer logged began (its end, the line's
+    time, minus the seconds it says it took), as a wall-clock time."""
+    m = _BATCH_LINE.search(log)
+    if m is None:
+        return None
+    end = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+    return end - float(m.group(3))
 
 
 def test_snapshot_sanity(tmp_path):
