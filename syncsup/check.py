@@ -401,9 +401,8 @@ def run_checks(conf: cfg.Config, out: list[str]) -> int:
                 for i, j in keys}
 
     pool = ThreadPoolExecutor(max_workers=max(1, min(CHECKS_AT_ONCE, len(hosts))))
-    checks = {key: future for future, keys in
-              ((pool.submit(check_host, keys), keys) for keys in hosts.values())
-              for key in keys}
+    futures = {host: pool.submit(check_host, keys) for host, keys in hosts.items()}
+    checks = {key: futures[host] for host, keys in hosts.items() for key in keys}
     try:
         for i, sync in enumerate(conf.syncs):
             _source(i, sync, report, out)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -342,38 +341,22 @@ def _wait_stopped(conf: cfg.Config, pid: str | None, timeout: float) -> bool:
     """Wait until no daemon holds the lock of ``conf``'s state_dir; False
     after ``timeout`` seconds. The supervisor's exit, which releases the
     lock, wakes us through a pidfd of the pid it wrote there (read before it
-    was asked to stop), so the command returns as it stops, not at the next
-    tenth of a second; without a pidfd (a pid reused, say) it checks ten
-    times a second."""
-    import select
+    was asked to stop), so the command returns as it stops; once that pid is
+    gone with the lock still held (it was not the supervisor's), or without
+    one, it checks ten times a second."""
+    from syncsup.processes import wait_exited
 
-    state_dir = conf.settings.state_dir
+    watched = int(pid) if pid is not None and pid.isdigit() else None
     deadline = time.monotonic() + timeout
-    fd: int | None = None
-    if pid is not None:
-        try:
-            fd = os.pidfd_open(int(pid))
-        except OSError:
-            fd = None
-    try:
-        while is_running(state_dir):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            if fd is None:
-                time.sleep(min(left, 0.1))
-                continue
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            if poller.poll(int(min(left, 0.1) * 1000) + 1):
-                # gone: the lock is released with it; if it is still held,
-                # that was not the supervisor's pid, so stop listening to it
-                os.close(fd)
-                fd = None
-        return True
-    finally:
-        if fd is not None:
-            os.close(fd)
+    while is_running(conf.settings.state_dir):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if watched is None:
+            time.sleep(min(left, 0.1))
+        elif wait_exited(watched, min(left, 0.1)):
+            watched = None
+    return True
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import select
 import signal
 import subprocess
+import time
 
 __all__ = ["child_exit_fd", "drain_fd", "killpg", "new_incarnation", "set_pdeathsig",
            "signal_fd", "stop_group", "trim_memory"]
@@ -84,3 +86,24 @@ def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:  # pragma: no cover - kernel refused
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def wait_exited(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for process ``pid`` to exit, without
+    reaping it if it is our child: True once it has (or is gone), False if
+    it still runs. A pidfd wakes us the moment it exits, where polling
+    would add up to a poll interval to every wait; without one (a kernel
+    before 5.3, no descriptor left) it is a short nap and False."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        time.sleep(min(max(0.0, timeout), 0.02))
+        return False
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout * 1000) + 1)))
+    finally:
+        os.close(fd)

@@ -12,41 +12,19 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import select
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from syncsup.processes import killpg, set_pdeathsig
+from syncsup.processes import killpg, set_pdeathsig, wait_exited
 
-__all__ = ["SpawnError", "Spawner", "become_subreaper", "wait_exited"]
+__all__ = ["SpawnError", "Spawner", "become_subreaper"]
 
 log = logging.getLogger("syncsup.supervisor")
 
 _PR_SET_CHILD_SUBREAPER = 36
-
-
-def wait_exited(pid: int, timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for our child ``pid`` to exit, without
-    reaping it: True once it has (or is gone), False if it still runs. A
-    pidfd wakes us the moment it exits, where polling would add up to a
-    poll interval to every wait."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    except OSError:  # no pidfd (a kernel before 5.3, no descriptor left): a short nap
-        time.sleep(min(max(0.0, timeout), 0.02))
-        return False
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(max(0, int(timeout * 1000) + 1)))
-    finally:
-        os.close(fd)
 
 
 class SpawnError(OSError):

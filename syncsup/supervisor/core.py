@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from syncsup.processes import killpg
-from syncsup.supervisor._spawner import Spawner, SpawnError, wait_exited
+from syncsup.processes import killpg, wait_exited
+from syncsup.supervisor._spawner import Spawner, SpawnError
 from syncsup.supervisor.policy import RestartPolicy, State
 from syncsup.timings import Timings
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import select
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 from syncsup import config as cfg
 from syncsup import proto
 from syncsup.client import NotRunning, request
+from syncsup.processes import wait_exited
 from syncsup.status import to_json
 from syncsup.timings import Timings
 
@@ -140,16 +140,7 @@ def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
     """``proc.wait(timeout)``, woken by the exit itself (a pidfd): Popen's
     own wait with a timeout polls, up to 50 ms late, at every stop."""
     deadline = time.monotonic() + timeout
-    try:
-        fd = os.pidfd_open(proc.pid)
-    except OSError:  # reaped already, or no pidfd: Popen's way
-        return proc.wait(timeout)
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poller.poll(int(timeout * 1000) + 1)
-    finally:
-        os.close(fd)
+    wait_exited(proc.pid, timeout)
     return proc.wait(max(0.0, deadline - time.monotonic()))
 
 

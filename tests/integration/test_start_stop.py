@@ -6,9 +6,7 @@ lock); SIGTERM stops everything, exits 0, and leaves nothing running."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-from pathlib import Path
 
 import pytest
 
@@ -17,20 +15,6 @@ from tests.helpers.procs import assert_no_leftovers
 from tests.helpers.tree import wait_converged
 
 pytestmark = pytest.mark.timeout(240)
-
-LOGGING_RSYNC = """#!/bin/sh
-printf '%s\\n' "$*" >> {log}
-exec {rsync} "$@"
-"""
-
-
-def logging_rsync(tmp_path: Path) -> tuple[str, Path]:
-    """An rsync that records each command line (one per line) and runs the real one."""
-    log = tmp_path / "rsync-calls"
-    path = tmp_path / "rsync-logging"
-    path.write_text(LOGGING_RSYNC.format(log=log, rsync=shutil.which("rsync")))
-    path.chmod(0o755)
-    return str(path), log
 
 
 def test_a_start_that_cannot_run_rsync_leaves_nothing(tmp_path, src, dst):
@@ -66,7 +50,7 @@ def test_waiting_for_a_child_returns_when_it_exits_and_leaves_it_to_reap() -> No
     (so that its pid, and its process group id, are not reused meanwhile)."""
     import subprocess
 
-    from syncsup.supervisor._spawner import wait_exited
+    from syncsup.processes import wait_exited
 
     proc = subprocess.Popen(["sleep", "60"])
     try:
@@ -86,15 +70,15 @@ def test_waiting_for_a_child_without_pidfd_naps_and_reports_it_running(monkeypat
     import errno
     import subprocess
 
-    from syncsup.supervisor import _spawner
+    from syncsup import processes
 
     def no_pidfd(pid: int, flags: int = 0) -> int:
         raise OSError(errno.ENOSYS, "pidfd_open")
 
     proc = subprocess.Popen(["sleep", "60"])
     try:
-        monkeypatch.setattr(_spawner.os, "pidfd_open", no_pidfd)
-        assert not _spawner.wait_exited(proc.pid, 5)
+        monkeypatch.setattr(processes.os, "pidfd_open", no_pidfd)
+        assert not processes.wait_exited(proc.pid, 5)
     finally:
         proc.kill()
         proc.wait()
