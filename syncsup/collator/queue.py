@@ -201,8 +201,14 @@ class TargetQueue:
         self.next_try = now + self.backoff.delay(self.failures)
 
     def state(self, pending: int, startup_pending: bool) -> str:
-        """The word status shows for this target."""
-        if self.lease is not None:
+        """The word status shows for this target.
+
+        A retry in flight still reads ``retrying`` (or ``failed``): the last
+        transfer failed until one succeeds. Were an attempt shown as
+        ``syncing``, an unreachable target would flap between the two at
+        every try, and an alert that needs the failure to last (Prometheus'
+        ``for:``) would restart its clock at every scrape that met one."""
+        if self.lease is not None and not (self.failures or self.fatal or self.stuck):
             return "startup" if startup_pending and not self.synced_this_run else "syncing"
         if self.paused:
             return "paused"

@@ -346,6 +346,28 @@ def test_state_startup_before_first_full_sync() -> None:
     assert q.state(pending=5, startup_pending=False) == "syncing"
 
 
+def test_a_retry_in_flight_still_reads_as_the_failure() -> None:
+    """An unreachable target is tried again and again; while a try is in
+    flight it still reads ``retrying`` (a halted or stuck one ``failed``),
+    so ``syncsup_target_healthy`` stays 0 for as long as nothing has
+    worked, and an alert waiting for ten minutes of it can fire. Only a
+    success turns it back."""
+    q = make()
+    leased(q, batch_id=1, now=100.0)
+    q.finish(1, Outcome.RETRY, "ssh: connect: Connection refused", 100.0)
+    for startup_pending in (True, False):
+        assert q.state(1, startup_pending) == "retrying"
+    leased(q, batch_id=2, now=q.next_try)
+    for startup_pending in (True, False):
+        assert q.state(1, startup_pending) == "retrying"
+    q.finish(2, Outcome.FATAL, "max-delete", q.next_try)
+    leased(q, batch_id=3, now=q.next_try)
+    assert q.state(1, False) == "failed"
+    q.finish(3, Outcome.OK, "", q.next_try)
+    leased(q, batch_id=4, now=q.next_try)
+    assert q.state(1, False) == "syncing"
+
+
 def test_state_syncing_idle_pending() -> None:
     q = make()
     q.synced_this_run = True
@@ -364,7 +386,7 @@ def test_state_retrying_and_failed() -> None:
     q.finish(1, Outcome.RETRY, "x", 101.0)
     assert q.state(pending=3, startup_pending=False) == "retrying"
     leased(q, batch_id=2)
-    assert q.state(pending=3, startup_pending=False) == "syncing"
+    assert q.state(pending=3, startup_pending=False) == "retrying"  # until one works
     q.finish(2, Outcome.FATAL, "x", 102.0)
     assert q.state(pending=3, startup_pending=False) == "failed"
     # Failure words win over "startup" too.
