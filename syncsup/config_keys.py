@@ -181,11 +181,12 @@ SSH = (
        closed; the next change opens another over the ssh master (about 0.1-0.3 s more for
        that change). An idle session costs a local ssh client and a Python process on the
        target. 0: never closed."""),
-    _k("master_idle", "number", """seconds a target's ssh master connection may sit with no
-       batch before it is closed; the next batch opens it again (one ssh handshake more
-       for that batch, as every transfer costs without a master). An idle master costs an
-       ssh process on each side. At least `agent_idle` (the agent's session runs over it).
-       0: never closed."""),
+    _k("master_idle", "number", """seconds an ssh master connection may sit with no batch
+       for any of its targets before it is closed (the targets reached with the same login
+       and ssh settings share one master; the longest `master_idle` among them applies); the
+       next batch opens it again (one ssh handshake more for that batch, as every transfer
+       costs without a master). An idle master costs an ssh process on each side. At least
+       `agent_idle` (the agent's session runs over it). 0: never closed."""),
 )
 
 RSYNC = (

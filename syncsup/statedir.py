@@ -10,7 +10,7 @@
       journal-NAME.db          one sync's journal (SQLite, WAL)
       clean-NAME               the watcher of NAME stopped with nothing unacked
       tmp/                     the syncer's file lists and stderr captures
-      cm-NAME-I                ssh ControlPath of target I of sync NAME
+      cm-HASH                  ssh ControlPath of one login (user, host, port, key, options)
 
 Unix socket paths are limited to 107 bytes, so a long ``state_dir`` fails
 early with a clear message.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import stat
 import time
@@ -60,10 +61,13 @@ class StateDir:
     def journal(self, sync: str) -> Path:
         return self.path / f"journal-{sync}.db"
 
-    def control_path(self, sync: str, target: int) -> str | None:
-        """The ssh ControlPath for a remote target, or None if too long for
-        a unix socket (ssh then connects directly every time)."""
-        path = f"{self.path}/cm-{sync}-{target}"
+    def control_path(self, login: bytes) -> str | None:
+        """The ssh ControlPath for the connection ``login`` names (the whole
+        ssh command of a remote target: every target with the same one
+        shares it), or None if too long for a unix socket (ssh then
+        connects directly every time). A hash, since a command has no
+        length limit and may hold any byte."""
+        path = f"{self.path}/cm-{hashlib.sha256(login).hexdigest()[:16]}"
         return path if len(path) < 100 else None
 
     def create(self) -> None:

@@ -68,9 +68,10 @@ class Timings:
         answers are due is wedged: it is killed and its paths go by rsync.""")
     agent_restart: float = _t(30.0, 0.05, """an agent lost after it worked starts again at
         once, then after this, doubling up to `agent_retry`.""")
-    master_retry: float = _t(2.0, 0.05, """an ssh master connection (shared by a remote
-        target's transfers) that ended is started again after this, doubling up to
-        `master_retry_cap`; transfers connect directly meanwhile.""")
+    master_retry: float = _t(2.0, 0.05, """an ssh master connection (shared by the
+        transfers and agent sessions of every remote target with the same login) that
+        ended is started again after this, doubling up to `master_retry_cap`; transfers
+        connect directly meanwhile.""")
     master_retry_cap: float = _t(60.0, 0.05, """the longest wait before starting an ssh
         master connection again.""")
     agent_retry: float = _t(600.0, 0.1, """a target whose agent cannot start is tried

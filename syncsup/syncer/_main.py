@@ -40,7 +40,7 @@ from syncsup.statedir import StateDir
 from syncsup.status import StatusPart, TransferStatus, TransportStatus
 from syncsup.syncer.agents import watched_fds
 from syncsup.syncer.argv import rsync_argv
-from syncsup.syncer.core import Key, Lanes, Masters, Phase, done_message, summary
+from syncsup.syncer.core import Conn, Lanes, Masters, Phase, done_message, summary
 from syncsup.syncer.masters import SshMasters
 from syncsup.syncer.plan import Finished, Result, Step, StepKind
 from syncsup.syncer.prove import proven
@@ -80,7 +80,8 @@ class Syncer:
         started = time.monotonic()
         for slot in self.slots.values():
             if slot.control_path is not None:
-                self.masters.add(slot.key, slot.label, slot.sync.ssh.master_idle, started)
+                self.masters.add(slot.key, slot.control_path, f"ssh {slot.target.login}",
+                                 slot.sync.ssh.master_idle, started)
         # the remote agents (with or without an ssh master: a state_dir
         # path too long for a control socket has none)
         self.agents = [s for s in self.slots.values()
@@ -88,10 +89,11 @@ class Syncer:
         self.files: dict[tuple[str, int], tuple[IO[bytes], IO[bytes]]] = {}
         self.reconnects = Reconnects(self.monitor)
 
-    def _master_of(self, key: Key) -> tuple[cfg.Sync, cfg.Target, str]:
-        slot = self.slots[key]
-        assert slot.control_path is not None
-        return slot.sync, slot.target, slot.control_path
+    def _master_of(self, conn: Conn) -> tuple[cfg.Sync, cfg.Target]:
+        """A target that reaches its host through ``conn`` (all of them
+        share one ssh command)."""
+        slot = next(s for s in self.slots.values() if s.control_path == conn)
+        return slot.sync, slot.target
 
     # -- collator ------------------------------------------------------------------
 

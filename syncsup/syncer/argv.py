@@ -34,13 +34,14 @@ Three kinds of transfer:
 
 from __future__ import annotations
 
+import os
 import shlex
 
 from syncsup.config import Sync, Target
 from syncsup.syncer.plan import Step
 
-__all__ = ["DAEMON_CONNECT_TIMEOUT", "SSH_DEFAULTS", "daemon_options", "rsync_argv", "ssh_argv",
-           "ssh_command"]
+__all__ = ["DAEMON_CONNECT_TIMEOUT", "SSH_DEFAULTS", "daemon_options", "login_of", "rsync_argv",
+           "ssh_argv", "ssh_command"]
 
 # Fail fast on a dead host and notice a dead connection, instead of hanging.
 SSH_DEFAULTS = ("BatchMode=yes", "ConnectTimeout=10", "ServerAliveInterval=15",
@@ -68,6 +69,14 @@ def ssh_argv(sync: Sync, control_path: str | None = None) -> list[str]:
     if control_path is not None:
         parts += ["-o", "ControlMaster=no", "-o", f"ControlPath={control_path}"]
     return parts
+
+
+def login_of(sync: Sync, target: Target) -> bytes:
+    """What one ssh connection is: the ssh command of ``sync`` (port, key,
+    options) and ``target``'s login. Targets with the same one share an ssh
+    master; any difference (another key, another option) gets its own, so
+    no target ever rides on a connection made with another's authority."""
+    return b"\0".join(os.fsencode(p) for p in [*ssh_argv(sync), "--", target.login])
 
 
 # Seconds rsync waits for an rsync daemon to accept the connection (like

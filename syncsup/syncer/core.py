@@ -2,7 +2,7 @@
 
 A slot is one target of one sync. Which slot may take a batch (its credit
 with the collator), which may start a transfer now (``max_processes``, the
-oldest batch first), when a remote target's ssh master is (re)started and
+oldest batch first), when an ssh master (one per login) is (re)started and
 what a finished batch reports: every such decision is made here, from what
 the loop tells and the ``now`` it passes. Nothing here spawns, reads a
 socket or talks to an agent: :class:`Lanes` only keeps each slot's phase,
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -26,7 +26,7 @@ from syncsup.backoff import Backoff
 from syncsup.status import shorten
 from syncsup.syncer.plan import Finished
 
-__all__ = ["Key", "Lanes", "MasterPort", "Masters", "Phase", "Process", "done_message",
+__all__ = ["Conn", "Key", "Lanes", "MasterPort", "Masters", "Phase", "Process", "done_message",
            "summary"]
 
 log = logging.getLogger("syncsup.syncer")
@@ -75,8 +75,8 @@ class Lanes:
     one unused longest, a target with no batch first; with none to close
     it waits, and the room freed goes to the slot whose batch came first.
     So the peak is the daemon plus ``max_processes`` targets' processes (a
-    session and a transfer each at most), plus one ssh master per remote
-    target in use (:class:`Masters`). Invariant: ``at_work() <=
+    session and a transfer each at most), plus one ssh master per login
+    in use (:class:`Masters`). Invariant: ``at_work() <=
     max_processes`` after every decision, when capped."""
 
     def __init__(self, keys: Iterable[Key], max_processes: int) -> None:
@@ -230,11 +230,14 @@ class Process(Protocol):
         """Its exit code once it has ended, else None."""
 
 
+Conn = str  # one ssh connection: its control path, the same for every target that shares it
+
+
 class MasterPort(Protocol):
     """What :class:`Masters` asks of the operating system."""
 
-    def start(self, key: Key) -> Process:
-        """Start the ssh master of ``key``'s target. Raises OSError."""
+    def start(self, conn: Conn) -> Process:
+        """Start the ssh master of the connection ``conn``. Raises OSError."""
 
     def stop(self, process: Process) -> None:
         """End it and its process group."""
@@ -247,51 +250,71 @@ class Master:
     process: Process | None = None
     failures: int = 0     # ends so far; each one waits longer, up to the cap
     next_start: float = 0.0
-    used: float = 0.0     # when a batch last came or ended
-    busy: bool = False    # a batch is in hand
+    used: float = 0.0     # when a batch of one of its targets last came or ended
+    busy: set[Key] = field(default_factory=set)  # its targets with a batch in hand
 
 
 class Masters:
-    """One multiplexing ssh connection per remote target, so a transfer
-    costs no handshake. One that is down is no error: transfers connect
-    directly (ControlMaster=no falls back), and it is started again after
-    the :class:`~syncsup.backoff.Backoff` of its ends, so a target that
-    cannot be reached costs one ssh now and then, never a tight loop.
+    """One multiplexing ssh connection per login, shared by every remote
+    target reached with the same ssh command (user, host, port, key and
+    options; ``StateDir.control_path`` names it), so a transfer costs no
+    handshake and 32 targets on one host keep one ssh process and one sshd
+    session, not 32. One that is down is no error: transfers connect
+    directly (ControlMaster=no falls back, as it does for a session the
+    server's ``MaxSessions`` refuses), and it is started again after the
+    :class:`~syncsup.backoff.Backoff` of its ends, so a host that cannot be
+    reached costs one ssh now and then, never a tight loop.
 
-    A master unused (no batch in hand) for its ``idle`` seconds is closed,
-    which is no failure, and opened again by the next batch (:meth:`use`):
-    a target at rest costs no process on either side. Invariant: a master
-    is wanted while its target has a batch or had one within ``idle``."""
+    A master none of whose targets has a batch in hand, or had one within
+    its ``idle`` seconds, is closed, which is no failure, and opened again
+    by the next batch (:meth:`use`): targets at rest cost no process on
+    either side. Invariant: a master is wanted while one of its targets has
+    a batch or had one within ``idle``."""
 
     def __init__(self, port: MasterPort, backoff: Backoff, spawn_retry: float) -> None:
         self.port = port
         self.backoff = backoff
         self.spawn_retry = spawn_retry  # after ssh itself could not be run
-        self.masters: dict[Key, Master] = {}
+        self.masters: dict[Conn, Master] = {}
+        self.conn_of: dict[Key, Conn] = {}
 
-    def add(self, key: Key, label: str, idle: float = 0.0, now: float = 0.0) -> None:
-        self.masters[key] = Master(label, idle, used=now)
+    def add(self, key: Key, conn: Conn, label: str, idle: float = 0.0,
+            now: float = 0.0) -> None:
+        """``key``'s target reaches its host through ``conn``. Targets that
+        share it keep it open for as long as the one that wants it longest
+        (an idle of 0, never closed, wins)."""
+        self.conn_of[key] = conn
+        m = self.masters.get(conn)
+        if m is None:
+            self.masters[conn] = Master(label, idle, used=now)
+        elif m.idle and (not idle or idle > m.idle):
+            m.idle = idle
 
     def up(self, key: Key) -> bool:
-        m = self.masters.get(key)
-        return m is not None and m.process is not None
+        conn = self.conn_of.get(key)
+        return conn is not None and self.masters[conn].process is not None
 
     def use(self, key: Key, now: float, *, busy: bool) -> None:
         """A batch came (``busy``) or ended for ``key``'s target: its
         master is wanted, and started now if it is down and due."""
-        m = self.masters.get(key)
-        if m is None:
+        conn = self.conn_of.get(key)
+        if conn is None:
             return
-        m.used, m.busy = now, busy
+        m = self.masters[conn]
+        m.used = now
+        if busy:
+            m.busy.add(key)
+        else:
+            m.busy.discard(key)
         if busy and m.process is None and now >= m.next_start:
-            self._start(key, m, now)
+            self._start(conn, m, now)
 
     def _wanted(self, m: Master, now: float) -> bool:
-        return not m.idle or m.busy or now - m.used < m.idle
+        return not m.idle or bool(m.busy) or now - m.used < m.idle
 
-    def _start(self, key: Key, m: Master, now: float) -> None:
+    def _start(self, conn: Conn, m: Master, now: float) -> None:
         try:
-            m.process = self.port.start(key)
+            m.process = self.port.start(conn)
         except OSError as exc:
             log.error("cannot run ssh: %s", exc)
             m.next_start = now + self.spawn_retry
@@ -299,7 +322,7 @@ class Masters:
     def tend(self, now: float) -> None:
         """Notice each master that ended; close each one unused for its
         idle time; start each one that is due and wanted."""
-        for key, m in self.masters.items():
+        for conn, m in self.masters.items():
             if m.process is not None:
                 rc = m.process.poll()
                 if rc is None:
@@ -317,7 +340,7 @@ class Masters:
                 continue
             if now < m.next_start or not self._wanted(m, now):
                 continue
-            self._start(key, m, now)
+            self._start(conn, m, now)
 
     def wake_in(self, now: float) -> float | None:
         """Seconds until the next master is due to start or to close (an

@@ -16,6 +16,7 @@ from syncsup import proto
 from syncsup.filters import RuleList, expand_rule_files
 from syncsup.statedir import StateDir
 from syncsup.syncer.agents import Channel, agent_use
+from syncsup.syncer.argv import login_of
 from syncsup.syncer.core import Key
 from syncsup.syncer.deletions import receiver_takes_missing_args
 from syncsup.syncer.plan import Plan, Step
@@ -62,7 +63,7 @@ def make_slots(conf: cfg.Config, state: StateDir) -> dict[Key, Slot]:
         sync = expand_rule_files(raw)
         rules = RuleList(sync)
         for i, t in enumerate(sync.targets):
-            cp = state.control_path(sync.name, i) if t.over_ssh else None
+            cp = state.control_path(login_of(sync, t)) if t.over_ssh else None
             slot = slots[(sync.name, i)] = Slot(
                 sync, i, t, cp, rules=rules,
                 receiver=Receiver(receiver_takes_missing_args(sync, t)))

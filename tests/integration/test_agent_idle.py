@@ -5,11 +5,15 @@ the agent, not rsync. Real sshd on loopback, real agent."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.churn import assert_not_pwned
 from tests.helpers.daemon import sync_entry
+from tests.helpers.tree import wait_converged
 from tests.integration.test_agent import (
     agent_clients,
     converge,
@@ -21,6 +25,7 @@ from tests.integration.test_agent import (
     started_agents,
     transports,
     with_rsync,
+    write_all,
     write_target_command,
 )
 
@@ -95,3 +100,48 @@ def test_an_unused_master_is_closed_and_the_next_change_opens_it(sshd, tmp_path:
     assert transports(d) == {target: "agent"}, d.describe()
     assert "ssh master connection ended" not in d.log_text(), d.log_tail(20)  # no failure
     finish(d, tmp_path, src, dst)
+
+
+def test_targets_on_one_login_share_one_master(sshd, tmp_path: Path, src: Path,
+                                               daemon_factory) -> None:
+    """Three remote targets on one host with one ssh command (two of one
+    sync, one of another) keep one ssh master between them, not three. When
+    it is killed, every target goes on (direct connections) and one master
+    comes back; all three end identical to their source."""
+    other_src = tmp_path / "src2"
+    other_src.mkdir()
+    dsts = [tmp_path / f"dst-{n}" for n in ("a", "b", "c")]
+    write_all(src, {"one": b"1" * 300, "d/two": b"2"})
+    write_all(other_src, {"three": b"3" * 50})
+    ssh = {**sshd.ssh_config(), "master_idle": 0}
+    d = daemon_factory([sync_entry(src, [sshd.target(dsts[0]), sshd.target(dsts[1])],
+                                   delay=0.1, ssh=ssh),
+                        sync_entry(other_src, [sshd.target(dsts[2])], name="other",
+                                   delay=0.1, ssh=ssh)])
+
+    def all_converged() -> None:
+        wait_converged(src, dsts[:2], timeout=120, on_timeout=d.describe)
+        wait_converged(other_src, dsts[2], timeout=120, on_timeout=d.describe)
+
+    all_converged()
+    state = tmp_path / "state"
+    first = wait_until(lambda: _masters(state), "the ssh master", 60, context=d.log_tail)
+    assert len(first) == 1, first
+    write_all(src, {"after": b"a" * 100})
+    write_all(other_src, {"after": b"b" * 100})
+    all_converged()
+    assert _masters(state) == first, "a second master for the same login"
+    os.kill(first[0], signal.SIGKILL)
+    write_all(src, {"while-down": b"w" * 100})
+    write_all(other_src, {"while-down": b"x" * 100})
+    all_converged()
+    again = wait_until(lambda: [p for p in _masters(state) if p != first[0]],
+                       "the master started again", 60, context=d.log_tail)
+    assert len(_masters(state)) == 1, _masters(state)
+    assert "ssh master connection ended" in d.log_text(), d.log_tail(20)
+    write_all(src, {"last": b"l"})
+    write_all(other_src, {"last": b"m"})
+    all_converged()
+    assert _masters(state) == again
+    finish(d, tmp_path, src, dsts[0])
+    assert_not_pwned(tmp_path, other_src, dsts[2])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from syncsup.config import RsyncOptions, SshOptions, Sync, Target
-from syncsup.syncer.argv import SSH_DEFAULTS, rsync_argv, ssh_command
+from syncsup.syncer.argv import SSH_DEFAULTS, login_of, rsync_argv, ssh_command
 from syncsup.syncer.exitcodes import Outcome, classify
 from syncsup.syncer.plan import Step, StepKind
 
@@ -245,6 +245,20 @@ def test_control_path_reuses_the_master_connection() -> None:
     # A local target has no ssh at all.
     assert "-e" not in rsync_argv(make_sync(), LOCAL, PATHS, LIST, startup=False,
                                   control_path="/state/cm-www-0")
+
+
+def test_one_login_is_the_whole_ssh_command_and_the_host() -> None:
+    """Targets share an ssh master only when everything that makes the
+    connection is the same: another path on the same host shares; another
+    user, port, key or option does not."""
+    here = login_of(make_sync(), REMOTE)
+    other_path = dataclasses.replace(REMOTE, spec="backup@host1:/srv/other", path="/srv/other")
+    assert login_of(make_sync(exclude=("*.tmp",)), other_path) == here
+    assert login_of(make_sync(), dataclasses.replace(REMOTE, user="root")) != here
+    for ssh in (SshOptions(port=2222), SshOptions(identity_file=Path("/etc/syncsup/other")),
+                SshOptions(options=("Compression=yes",))):
+        assert login_of(make_sync(ssh=ssh), REMOTE) != here, ssh
+    assert here.split(b"\0")[-2:] == [b"--", REMOTE.login.encode()]
 
 
 # ------------------------------------------------------------------ ssh

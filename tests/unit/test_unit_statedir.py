@@ -17,14 +17,18 @@ def test_paths(tmp_path: Path) -> None:
     assert sd.journal("www") == tmp_path / "state" / "journal-www.db"
     assert sd.tmp == tmp_path / "state" / "tmp"
     assert sd.lock == tmp_path / "state" / "lock"
-    assert sd.control_path("www", 2) == f"{tmp_path}/state/cm-www-2"
+    one = sd.control_path(b"ssh\0-p\0022\0--\0backup@host1")
+    assert one is not None and one.startswith(f"{tmp_path}/state/cm-")
+    assert len(one) == len(f"{tmp_path}/state/cm-") + 16
+    assert sd.control_path(b"ssh\0-p\0022\0--\0backup@host1") == one  # shared
+    assert sd.control_path(b"ssh\0-p\0023\0--\0backup@host1") != one  # another port
 
 
 def test_long_state_dirs(tmp_path: Path) -> None:
     sd = StateDir(tmp_path / ("x" * 120))
     with pytest.raises(OSError, match="too long for a unix socket"):
         sd.endpoint("dispatch")
-    assert sd.control_path("www", 0) is None  # ssh then connects directly
+    assert sd.control_path(b"ssh\0--\0host1") is None  # ssh then connects directly
 
 
 def test_create_is_private(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from syncsup import proto
 from syncsup.backoff import Backoff
-from syncsup.syncer.core import Key, Lanes, Masters, Phase, Process, done_message, summary
+from syncsup.syncer.core import Conn, Key, Lanes, Masters, Phase, Process, done_message, summary
 from syncsup.syncer.plan import Finished
 
 A, B, C, D = ("a", 0), ("a", 1), ("b", 0), ("c", 0)
@@ -259,15 +259,15 @@ class FakeProcess:
 
 @dataclass
 class FakeMasterPort:
-    procs: list[tuple[Key, FakeProcess]] = field(default_factory=list)
+    procs: list[tuple[Conn, FakeProcess]] = field(default_factory=list)
     stopped: list[Process] = field(default_factory=list)
     broken: bool = False  # ssh cannot be run at all
 
-    def start(self, key: Key) -> FakeProcess:
+    def start(self, conn: Conn) -> FakeProcess:
         if self.broken:
             raise OSError(2, "No such file or directory: 'ssh'")
         p = FakeProcess()
-        self.procs.append((key, p))
+        self.procs.append((conn, p))
         return p
 
     def stop(self, process: Process) -> None:
@@ -276,16 +276,22 @@ class FakeMasterPort:
         process.rc = -15
 
     def starts(self, key: Key) -> int:
-        return sum(1 for k, _ in self.procs if k == key)
+        """Masters started for ``key``'s connection (each target of these
+        tests has its own unless a test says otherwise)."""
+        return sum(1 for c, _ in self.procs if c == conn(key))
 
     def last(self, key: Key) -> FakeProcess:
-        return [p for k, p in self.procs if k == key][-1]
+        return [p for c, p in self.procs if c == conn(key)][-1]
+
+
+def conn(key: Key) -> Conn:
+    return f"/state/cm-{key[0]}-{key[1]}"
 
 
 def masters(port: FakeMasterPort) -> Masters:
     m = Masters(port, Backoff(2.0, 16.0), spawn_retry=30.0)
-    m.add(A, "target A")
-    m.add(B, "target B")
+    m.add(A, conn(A), "target A")
+    m.add(B, conn(B), "target B")
     return m
 
 
@@ -351,8 +357,8 @@ def test_an_unused_master_is_closed_after_its_idle_time_and_opened_by_the_next_b
     loop is woken for it, and the next batch opens it at once."""
     port = FakeMasterPort()
     m = Masters(port, Backoff(2.0, 16.0), spawn_retry=30.0)
-    m.add(A, "target A", idle=300.0, now=0.0)
-    m.add(B, "target B", now=0.0)  # idle 0: never closed
+    m.add(A, conn(A), "target A", idle=300.0, now=0.0)
+    m.add(B, conn(B), "target B", now=0.0)  # idle 0: never closed
     m.tend(0.0)
     assert m.up(A) and m.up(B)
     m.use(A, 10.0, busy=True)     # a batch in hand: wanted however long it runs
@@ -374,7 +380,7 @@ def test_an_unused_master_is_closed_after_its_idle_time_and_opened_by_the_next_b
 def test_a_batch_for_a_master_backing_off_does_not_start_it_early() -> None:
     port = FakeMasterPort()
     m = Masters(port, Backoff(2.0, 16.0), spawn_retry=30.0)
-    m.add(A, "target A", idle=300.0, now=0.0)
+    m.add(A, conn(A), "target A", idle=300.0, now=0.0)
     m.tend(0.0)
     port.last(A).rc = 255
     m.tend(1.0)  # ended: backing off 2 s
@@ -382,6 +388,51 @@ def test_a_batch_for_a_master_backing_off_does_not_start_it_early() -> None:
     assert not m.up(A) and port.starts(A) == 1
     m.tend(3.0)
     assert m.up(A) and port.starts(A) == 2
+
+
+def test_targets_on_one_login_share_one_master_kept_while_any_of_them_wants_it() -> None:
+    """Three targets reached with the same ssh command start one master,
+    not three; it stays open while any of them has a batch or had one
+    within the longest idle time, closes only when all are at rest, and a
+    loss backs off once for all of them."""
+    port = FakeMasterPort()
+    m = Masters(port, Backoff(2.0, 16.0), spawn_retry=30.0)
+    shared = "/state/cm-host1"
+    m.add(A, shared, "ssh host1", idle=100.0, now=0.0)
+    m.add(B, shared, "ssh host1", idle=300.0, now=0.0)  # the longer idle wins
+    m.add(C, conn(C), "ssh host2", idle=100.0, now=0.0)
+    m.tend(0.0)
+    assert [c for c, _ in port.procs] == [shared, conn(C)]
+    assert m.up(A) and m.up(B)
+    m.use(A, 10.0, busy=True)
+    m.use(B, 10.0, busy=True)
+    m.use(B, 20.0, busy=False)     # B at rest, A still busy: wanted
+    m.tend(1000.0)
+    assert m.up(B) and not m.up(C)  # C's own master, at rest 1000 s, closed
+    assert m.wake_in(1000.0) is None  # the shared one is in use: nothing to wake for
+    m.use(A, 1000.0, busy=False)  # both at rest: idle from now, for 300 s
+    assert m.wake_in(1000.0) == 300.0
+    m.tend(1299.0)
+    assert m.up(A)
+    m.tend(1300.0)
+    assert not m.up(A) and not m.up(B) and len(port.stopped) == 2  # C's, then the shared
+    m.use(B, 2000.0, busy=True)   # either target's batch opens it for both
+    assert m.up(A) and len([c for c, _ in port.procs if c == shared]) == 2
+    port.procs[-1][1].rc = 255
+    m.tend(2001.0)
+    assert not m.up(A) and not m.up(B) and m.wake_in(2001.0) == 2.0  # one backoff
+    m.tend(2003.0)
+    assert m.up(A) and m.up(B) and len([c for c, _ in port.procs if c == shared]) == 3
+
+
+def test_an_idle_of_zero_on_one_target_keeps_the_shared_master_open() -> None:
+    port = FakeMasterPort()
+    m = Masters(port, Backoff(2.0, 16.0), spawn_retry=30.0)
+    m.add(A, "/state/cm-h", "ssh h", idle=10.0, now=0.0)
+    m.add(B, "/state/cm-h", "ssh h", idle=0.0, now=0.0)
+    m.tend(0.0)
+    m.tend(10_000.0)
+    assert m.up(A) and not port.stopped and m.wake_in(10_000.0) is None
 
 
 def test_stop_all_ends_every_live_master() -> None:
