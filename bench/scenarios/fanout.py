@@ -68,17 +68,29 @@ def _case(ctx: Ctx, tool: str, run: int, k: int, ssh: bool) -> dict[str, float]:
     targets: list[Target] = [Remote(ctx.sshd(), d) if ssh else d for d in dsts]
     remote: Callable[[], list[int]] = ctx.sshd().session_pids if ssh else list
 
+    def logins() -> list[int]:
+        """The target side's per-connection sshd processes: each the root of
+        one login's tree, so a sum of trees over them counts every remote
+        process once (a sum over all of ``remote()`` would count an agent
+        once for itself and once more for each of its ancestors)."""
+        listener = ctx.sshd().proc if ssh else None
+        return children_map().get(listener.pid, []) if listener is not None else []
+
     def rss() -> int:
-        return tree_rss_kb(t.pid) + sum(tree_rss_kb(p) for p in remote())
+        return tree_rss_kb(t.pid) + sum(tree_rss_kb(p) for p in logins())
 
     def pss() -> int:
-        return tree_memory(t.pid).pss_kb + sum(tree_memory(p).pss_kb for p in remote())
+        return tree_memory(t.pid).pss_kb + sum(tree_memory(p).pss_kb for p in logins())
 
+    # Differences over the burst: the listener's tree, whose reaped
+    # sessions' CPU and reads stay in its counters after they end.
     def rchar() -> int:
-        return tree_rchar(t.pid) + sum(tree_rchar(p) for p in remote())
+        listener = ctx.sshd().proc if ssh else None
+        return tree_rchar(t.pid) + (tree_rchar(listener.pid) if listener is not None else 0)
 
     def cpu() -> float:
-        return tree_cpu(t.pid) + sum(tree_cpu(p) for p in remote())
+        listener = ctx.sshd().proc if ssh else None
+        return tree_cpu(t.pid) + (tree_cpu(listener.pid) if listener is not None else 0.0)
 
     with Session(ctx, tool, root / "w", src, targets) as t:
         ready(t, src, dsts, ctx.timeout)
