@@ -325,8 +325,8 @@ class Syncer:
             for slot in self.agents:
                 if slot.batch is None and slot.channel is not None:
                     slot.channel.rest(now)
-                    rfd, _ = slot.channel.fds()
-                    if rfd is not None and rfd in events:
+                    rfds, _ = slot.channel.fds()
+                    if any(fd in events for fd in rfds):
                         slot.channel.read_ready(now)  # an idle session ended or spoke
                 if slot.channel is not None and not slot.channel.session_open():
                     self.lanes.session_ended(slot.key)

@@ -25,9 +25,9 @@ import subprocess
 from collections import deque
 from typing import IO, Any
 
-from syncsup.processes import stop_group
+from syncsup.syncer.mux import MuxSession
 from syncsup.syncer.plan import Result
-from syncsup.syncer.transfer import spawn, stderr_tail
+from syncsup.syncer.transfer import stderr_tail
 from syncsup.target import (
     MAX_FRAME,
     VERSION,
@@ -106,20 +106,23 @@ class LocalAgent:
 
 
 class RemoteAgent:
-    """One ``syncsup-target ROOT agent`` session over ssh."""
+    """One ``syncsup-target ROOT agent`` session over ssh: ``command`` over
+    the master at ``control_path`` with no ssh process of its own
+    (:class:`~.mux.MuxSession`), or ``argv`` (an ssh that connects by
+    itself) where there is no master or it will not carry the session."""
 
     def __init__(self, label: str, argv: list[str], errfile: IO[bytes], now: float,
-                 timings: Timings) -> None:
+                 timings: Timings, *, control_path: str | None = None,
+                 command: str = "") -> None:
         self.label = label
         self.timeout = timings.agent_timeout  # no answer this long while one is due: wedged
         self.grace = timings.step_stop_grace
         self.errfile = errfile
         errfile.seek(0)
         errfile.truncate()
-        self.proc = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errfile)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.stdin_fd = self.proc.stdin.fileno()
-        self.stdout_fd = self.proc.stdout.fileno()
+        self.link = MuxSession(control_path, command, argv, errfile)
+        self.stdin_fd = self.link.stdin_fd
+        self.stdout_fd = self.link.stdout_fd
         os.set_blocking(self.stdin_fd, False)
         os.set_blocking(self.stdout_fd, False)
         self.out = bytearray()
@@ -162,7 +165,10 @@ class RemoteAgent:
         del self.out[:n]
 
     def read(self, now: float) -> None:
-        """Read and consume what the agent answered."""
+        """Read and consume what the agent answered (and what the ssh
+        master said, while the session waits for it to open)."""
+        if self.link.pending:
+            self.link.poll()
         while not self.dead:
             try:
                 chunk = os.read(self.stdout_fd, 1 << 16)
@@ -185,7 +191,7 @@ class RemoteAgent:
         was killed (negative); a client that does not exit in a moment is
         ended without one."""
         try:
-            self.exit_code = self.proc.wait(min(self.grace, 1.0))
+            self.exit_code = self.link.wait(min(self.grace, 1.0))
         except subprocess.TimeoutExpired:
             pass
         self.fail(stderr_tail(self.errfile, lines=2) or "the agent ended")
@@ -255,13 +261,7 @@ class RemoteAgent:
             self.kill()
 
     def kill(self) -> None:
-        stop_group(self.proc, self.grace)
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            try:
-                if pipe is not None:
-                    pipe.close()
-            except OSError:
-                pass
+        self.link.kill(self.grace)
 
     def close(self) -> None:
         """A clean end: close stdin, the agent sees the end of its input."""

@@ -118,9 +118,8 @@ def watched_fds(channels: Iterable[Channel]) -> tuple[set[int], set[int]]:
     reads: set[int] = set()
     writes: set[int] = set()
     for channel in channels:
-        rfd, wfd = channel.fds()
-        if rfd is not None:
-            reads.add(rfd)
+        rfds, wfd = channel.fds()
+        reads.update(rfds)
         if wfd is not None:
             writes.add(wfd)
     return reads, writes
@@ -170,12 +169,16 @@ class Channel:
         content."""
         return "agent" if self.may_write(now) else "rsync"
 
-    def fds(self) -> tuple[int | None, int | None]:
-        """(fd to read, fd to write) for the poll loop; None when idle."""
+    def fds(self) -> tuple[tuple[int, ...], int | None]:
+        """(fds to read, fd to write) for the poll loop; none when idle.
+        To read: the session's stdout, and the ssh master's control socket
+        while its answer to the session's opening is due."""
         r = self.remote
         if r is None or r.dead:
-            return None, None
-        return r.stdout_fd, (r.stdin_fd if r.out else None)
+            return (), None
+        control = r.link.control_fd
+        reads = (r.stdout_fd,) if control is None else (r.stdout_fd, control)
+        return reads, (r.stdin_fd if r.out else None)
 
     def begin(self, names: list[bytes], startup: bool, now: float,
               times: frozenset[bytes] = frozenset()) -> Result | None:
@@ -266,11 +269,12 @@ class Channel:
             return self.remote
         if now < self.off_until:
             return None
-        argv = [*ssh_argv(self.sync, self.control_path), "--", self.target.login,
-                agent_command(self.target, self.sync.ssh.target_command)]
+        command = agent_command(self.target, self.sync.ssh.target_command)
+        direct = [*ssh_argv(self.sync), "--", self.target.login, command]
         try:
-            self.remote = RemoteAgent(f"{self.label}: agent", argv, self.errfile, now,
-                                      self.timings)
+            self.remote = RemoteAgent(f"{self.label}: agent", direct, self.errfile, now,
+                                      self.timings, control_path=self.control_path,
+                                      command=command)
         except OSError as exc:
             log.warning("%s: cannot start the agent (%s); using rsync", self.label, exc)
             self.off_until = now + self.timings.agent_retry

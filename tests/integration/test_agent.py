@@ -49,7 +49,7 @@ from syncsup.timings import Timings
 from tests.helpers.attack import make_world
 from tests.helpers.churn import HOSTILE, Churn, ChurnThread, assert_not_pwned
 from tests.helpers.daemon import REPO, Daemon, run_cli, sync_entry
-from tests.helpers.procs import alive, assert_no_leftovers, cmdline_of
+from tests.helpers.procs import alive, assert_no_leftovers, cmdline_of, processes_mentioning
 from tests.helpers.tree import b, diff_trees, snapshot, wait_converged
 
 from ._modes_helpers import wait_until
@@ -258,13 +258,62 @@ def remote_agents(root: Path) -> list[int]:
 
 def agent_clients(root: Path) -> list[int]:
     """Source side: the ssh processes of the agent sessions for ``root``
-    (``ssh ... -- LOGIN 'PROGRAM ROOT agent'``)."""
+    (``ssh ... -- LOGIN 'PROGRAM ROOT agent'``). A session over an ssh
+    master has none: the syncer speaks to the master itself; these are the
+    sessions that connect directly (no master, or one that refused)."""
     out = []
     for pid in _pids():
         argv = cmdline_of(pid)
         if argv and os.path.basename(argv[0]) == b"ssh" and argv[-1].endswith(b" agent") \
                 and b(root) in argv[-1]:
             out.append(pid)
+    return out
+
+
+def ssh_masters(state: Path) -> list[int]:
+    """The live ``ssh -M`` processes whose control path is in ``state``."""
+    return [pid for pid, cmd in processes_mentioning(state)
+            if cmd.split(" ", 1)[0].endswith("ssh") and " -M " in f" {cmd} "]
+
+
+def _fd_targets(pid: int, write_only: bool = False) -> set[str]:
+    """What ``pid``'s descriptors point at (``pipe:[N]`` and so on); with
+    ``write_only``, only those it holds open for writing."""
+    out = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            what = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if write_only:
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    flags = int(next(ln for ln in f if ln.startswith("flags:")).split()[1], 8)
+                if flags & os.O_ACCMODE != os.O_WRONLY:
+                    continue
+        except (OSError, StopIteration):
+            continue
+        out.add(what)
+    return out
+
+
+def multiplexed_sessions(state: Path) -> set[str]:
+    """The agent sessions a syncer holds over its ssh masters (state dir
+    ``state``), one name each: the pipe that carries the agent's answers,
+    written by the master and read by the syncer. The syncer closes its end
+    the moment it ends a session, so this is its own count, not the
+    target's (whose agent exits a moment later)."""
+    out: set[str] = set()
+    for master in ssh_masters(state):
+        try:
+            with open(f"/proc/{master}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        syncer = int(data[data.rindex(b")") + 2:].split()[1])
+        out |= {w for w in _fd_targets(master, write_only=True) if w.startswith("pipe:")} \
+            & _fd_targets(syncer)
     return out
 
 
@@ -287,13 +336,16 @@ def age(pid: int) -> float:
     return up - started / os.sysconf("SC_CLK_TCK")
 
 
-def established_session(root: Path, settled: float = 2.0) -> tuple[int, int] | None:
+def established_session(root: Path, state: Path,
+                        settled: float = 2.0) -> tuple[int, int] | None:
     """(target-side agent, source-side ssh) of a session whose agent has run
-    for ``settled`` seconds (its hello long answered), or None."""
+    for ``settled`` seconds (its hello long answered), or None. The source
+    side is the session's own ssh client where it connected directly, else
+    the ssh master that carries it."""
     agents = [p for p in remote_agents(root) if age(p) >= settled]
-    clients = agent_clients(root)
-    if len(agents) == 1 and len(clients) == 1:
-        return agents[0], clients[0]
+    links = agent_clients(root) or ssh_masters(state)
+    if len(agents) == 1 and len(links) == 1:
+        return agents[0], links[0]
     return None
 
 
@@ -796,8 +848,10 @@ def test_local_agent_killed_with_the_syncer_during_churn(tmp_path, src, dst, dae
 
 def test_remote_agent_and_its_ssh_killed_during_churn(sshd, tmp_path, src, dst, daemon_factory):
     """SIGKILL, in turn, the agent on the target (``syncsup-target ROOT
-    agent``) and the ssh process of its session on the source: each time
-    the step's paths go to rsync and the next batch starts a new session."""
+    agent``) and the ssh process of its session on the source (the ssh
+    master that carries it, or its own client while the master is down):
+    each time the step's paths go to rsync and the next batch starts a new
+    session."""
     wrapper, started = write_target_command(tmp_path)
     c = SmallChurn(src, 82, hostile_ratio=0.3)
     c.populate(n_files=100, n_dirs=12)
@@ -818,7 +872,7 @@ def test_remote_agent_and_its_ssh_killed_during_churn(sshd, tmp_path, src, dst, 
             (src / "nudge").write_bytes(b"%d" % nudges)
         # only sessions past their hello (a session lost while starting is
         # the test of its own below)
-        session = established_session(dst, settled=1.5)
+        session = established_session(dst, tmp_path / "state", settled=1.5)
         if session is not None:
             name = ("target-side agent", "source-side ssh")[turn % 2]
             kill_quietly(session[turn % 2], signal.SIGKILL)
@@ -1002,9 +1056,9 @@ def test_wedged_agent_woken_after_its_replacement_writes_nothing_stale(sshd, tmp
 def test_a_session_lost_while_starting_does_not_turn_a_working_agent_off(sshd, tmp_path, src,
                                                                          dst, daemon_factory):
     """The agent works on this target; then one session's ssh dies while the
-    agent is starting (a network drop, the connection killed): that is a
-    session that ended, not a target without an agent. The next batch
-    should start a new session."""
+    agent is starting (a network drop, the connection killed: here the ssh
+    master that carries the session): that is a session that ended, not a
+    target without an agent. The next batch should start a new session."""
     slow = tmp_path / "slow-start"
     wrapper, started = write_target_command(tmp_path, slow_if=slow)
     d = daemon_factory([remote_sync(sshd, src, dst, wrapper, delay=0)])
@@ -1027,7 +1081,9 @@ def test_a_session_lost_while_starting_does_not_turn_a_working_agent_off(sshd, t
     (src / "b").write_bytes(b"b" * 100)  # a new session, slow to start
     wait_until(lambda: len(started_agents(started, dst)) == 2, "a second session", timeout=30,
                context=d.describe)
-    kill_quietly(wait_agent(agent_clients, dst, d), signal.SIGKILL)
+    kill_quietly(wait_until(lambda: agent_clients(dst) or ssh_masters(tmp_path / "state"),
+                            "the second session's ssh", timeout=60, context=d.describe)[0],
+                 signal.SIGKILL)
     converge(d, src, dst)  # b by rsync: the batch falls back
     slow.unlink()
     time.sleep(SLOW_START)  # the abandoned wrapper's sleep

@@ -13,15 +13,19 @@ import pytest
 
 from tests.helpers.churn import assert_not_pwned
 from tests.helpers.daemon import sync_entry
+from tests.helpers.procs import assert_no_leftovers
+from tests.helpers.sshd import Sshd
 from tests.helpers.tree import wait_converged
 from tests.integration.test_agent import (
     agent_clients,
     converge,
     finish,
+    multiplexed_sessions,
     names_in,
     remote_agents,
     rsync_logger,
     rsync_runs,
+    ssh_masters,
     started_agents,
     transports,
     with_rsync,
@@ -57,7 +61,9 @@ def test_an_idle_session_is_closed_and_the_next_change_opens_one(sshd, tmp_path:
     wait_until(lambda: len(started_agents(started, dst)) >= 1, "an agent session", 60,
                context=d.log_tail)
     # idle: the session ends, on both sides (the loop checks once a heartbeat)
-    wait_until(lambda: not remote_agents(dst) and not agent_clients(dst),
+    state = tmp_path / "state"
+    wait_until(lambda: not remote_agents(dst) and not agent_clients(dst)
+               and not multiplexed_sessions(state),
                "the idle session closed on both sides", 90, context=d.log_tail)
     assert transports(d) == {target: "agent"}, d.describe()
     (src / "second").write_bytes(b"2" * 200)
@@ -65,14 +71,6 @@ def test_an_idle_session_is_closed_and_the_next_change_opens_one(sshd, tmp_path:
     assert len(started_agents(started, dst)) == 2, started.read_text()
     assert b"second" not in names_in(rsync_runs(runs)), "the change went by rsync"
     finish(d, tmp_path, src, dst)
-
-
-def _masters(state: Path) -> list[int]:
-    """Live ``ssh -M`` processes whose control path is in ``state``."""
-    from tests.helpers.procs import processes_mentioning
-
-    return [pid for pid, cmd in processes_mentioning(state)
-            if cmd.split(" ", 1)[0].endswith("ssh") and " -M " in f" {cmd} "]
 
 
 def test_an_unused_master_is_closed_and_the_next_change_opens_it(sshd, tmp_path: Path,
@@ -86,14 +84,15 @@ def test_an_unused_master_is_closed_and_the_next_change_opens_it(sshd, tmp_path:
                                       agent_idle=1, master_idle=2)
     state = tmp_path / "state"
     converge(d, src, dst)
-    assert _masters(state), "no ssh master while the first batches ran"
-    wait_until(lambda: not _masters(state) and not remote_agents(dst)
-               and not agent_clients(dst), "the master and the session closed", 90,
+    assert ssh_masters(state), "no ssh master while the first batches ran"
+    wait_until(lambda: not ssh_masters(state) and not remote_agents(dst)
+               and not agent_clients(dst) and not multiplexed_sessions(state),
+               "the master and the session closed", 90,
                context=d.log_tail)
     sessions = len(started_agents(started, dst))
     (src / "after-rest").write_bytes(b"r" * 200)
     converge(d, src, dst)
-    wait_until(lambda: bool(_masters(state)), "the master open again", 60,
+    wait_until(lambda: bool(ssh_masters(state)), "the master open again", 60,
                context=d.log_tail)
     assert b"after-rest" not in names_in(rsync_runs(runs)), "the change went by rsync"
     assert len(started_agents(started, dst)) > sessions, "no new agent session"
@@ -125,23 +124,74 @@ def test_targets_on_one_login_share_one_master(sshd, tmp_path: Path, src: Path,
 
     all_converged()
     state = tmp_path / "state"
-    first = wait_until(lambda: _masters(state), "the ssh master", 60, context=d.log_tail)
+    first = wait_until(lambda: ssh_masters(state), "the ssh master", 60, context=d.log_tail)
     assert len(first) == 1, first
     write_all(src, {"after": b"a" * 100})
     write_all(other_src, {"after": b"b" * 100})
     all_converged()
-    assert _masters(state) == first, "a second master for the same login"
+    assert ssh_masters(state) == first, "a second master for the same login"
     os.kill(first[0], signal.SIGKILL)
     write_all(src, {"while-down": b"w" * 100})
     write_all(other_src, {"while-down": b"x" * 100})
     all_converged()
-    again = wait_until(lambda: [p for p in _masters(state) if p != first[0]],
+    again = wait_until(lambda: [p for p in ssh_masters(state) if p != first[0]],
                        "the master started again", 60, context=d.log_tail)
-    assert len(_masters(state)) == 1, _masters(state)
+    assert len(ssh_masters(state)) == 1, ssh_masters(state)
     assert "ssh master connection ended" in d.log_text(), d.log_tail(20)
     write_all(src, {"last": b"l"})
     write_all(other_src, {"last": b"m"})
     all_converged()
-    assert _masters(state) == again
+    assert ssh_masters(state) == again
     finish(d, tmp_path, src, dsts[0])
     assert_not_pwned(tmp_path, other_src, dsts[2])
+
+
+class _OneSessionSshd(Sshd):
+    """An sshd that lets one connection carry one session (``MaxSessions
+    1``; OpenSSH's default is 10)."""
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        self.config.write_text(self.config.read_text().replace("MaxSessions 200",
+                                                               "MaxSessions 1"))
+
+
+def test_sessions_ride_the_master_and_one_it_refuses_connects_directly(
+        tmp_path: Path, src: Path, daemon_factory) -> None:
+    """Two targets on one login, a server that allows one session per
+    connection: the first agent session goes over the ssh master with no ssh
+    process of its own; the master refuses the second, which then connects
+    directly on the same pipes (what the syncer had written to it is not
+    lost). Both targets get their changes through their agents, not rsync,
+    and end identical."""
+    server = _OneSessionSshd(tmp_path / "sshd1")
+    server.start()
+    try:
+        rsync_bin, runs = rsync_logger(tmp_path)
+        wrapper, started = write_target_command(tmp_path)
+        dsts = [tmp_path / "dst-a", tmp_path / "dst-b"]
+        write_all(src, {"seed": b"s" * 100})
+        sync = sync_entry(src, [server.target(p) for p in dsts], delay=0.1,
+                          ssh={**server.ssh_config(), "target_command": str(wrapper)})
+        d = daemon_factory([with_rsync(sync, rsync_bin)])
+        state = tmp_path / "state"
+        wait_converged(src, dsts, timeout=120, on_timeout=d.describe)
+        write_all(src, {"by-agent": b"a" * 200})
+        wait_converged(src, dsts, timeout=120, on_timeout=d.describe)
+        wait_until(lambda: all(started_agents(started, p) for p in dsts),
+                   "a session for each target", 60, context=d.log_tail)
+        assert len(ssh_masters(state)) == 1
+        # one session rides the master; the other has its own ssh client
+        wait_until(lambda: len(multiplexed_sessions(state)) == 1
+                   and sum(len(agent_clients(p)) for p in dsts) == 1,
+                   "one multiplexed session and one direct", 60, context=d.log_tail)
+        assert "the session was refused" in d.log_text(), d.log_tail(20)
+        assert b"by-agent" not in names_in(rsync_runs(runs)), "the change went by rsync"
+        assert transports(d) == {server.target(p): "agent" for p in dsts}, d.describe()
+        write_all(src, {"later": b"l" * 50})
+        wait_converged(src, dsts, timeout=120, on_timeout=d.describe)
+        d.stop()
+        server.close()
+        assert_no_leftovers(tmp_path)
+    finally:
+        server.close()

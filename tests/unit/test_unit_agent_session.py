@@ -60,7 +60,8 @@ def session() -> Iterator[Callable[..., RemoteAgent]]:
         yield make
         for a in made:
             a.close()
-            a.proc.wait(10)
+            assert a.link.proc is not None
+            a.link.proc.wait(10)
 
 
 def answered(a: RemoteAgent, now: float) -> None:
@@ -76,7 +77,7 @@ def test_a_hello_unanswered_for_the_timeout_is_a_wedge(session: Callable[..., Re
     r = a.result(T0 + TIMEOUT)
     assert r is not None and r.stalled and r.rc == -9, r
     assert a.dead == f"no answer for {TIMEOUT:g}s"
-    assert a.proc.wait(10) is not None  # killed with its group
+    assert a.link.proc is not None and a.link.proc.wait(10) is not None  # killed, its group too
 
 
 def test_an_agent_with_nothing_due_is_never_wedged(session: Callable[..., RemoteAgent]) -> None:
@@ -86,7 +87,7 @@ def test_an_agent_with_nothing_due_is_never_wedged(session: Callable[..., Remote
     assert a.ready and not a.busy()
     r = a.result(T0 + 100 * TIMEOUT)
     assert r is not None and r.rc == 0 and not r.stalled, r
-    assert a.dead is None and a.proc.poll() is None
+    assert a.dead is None and a.link.poll() is None
 
 
 def test_a_step_unanswered_for_the_timeout_is_a_wedge_counted_from_its_start(
