@@ -179,8 +179,8 @@ SSH = (
        there, that target uses rsync for everything."""),
     _k("agent_idle", "number", """seconds an agent session may sit idle before it is
        closed; the next change opens another over the ssh master (about 0.1-0.3 s more for
-       that change). An idle session costs a local ssh client and a Python process on the
-       target. 0: never closed."""),
+       that change). An idle session costs a Python process on the target (and, where it
+       could not go over the master, an ssh client here). 0: never closed."""),
     _k("master_idle", "number", """seconds an ssh master connection may sit with no batch
        for any of its targets before it is closed (the targets reached with the same login
        and ssh settings share one master; the longest `master_idle` among them applies); the

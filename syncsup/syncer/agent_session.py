@@ -47,8 +47,9 @@ log = logging.getLogger("syncsup.syncer")
 # ``[sync.ssh] agent_idle``: a session with nothing to do for that long is
 # closed, and the next batch opens a new one over the target's ssh master (no
 # handshake: about 0.1 to 0.3 s, mostly the remote Python starting). At rest
-# a session costs a local ssh client and a remote Python process, several
-# times what the master costs, for every remote target; the default minute
+# a session costs a remote Python process (over the master the syncer holds
+# no ssh client for it: see mux.py), several times what the master costs,
+# for every remote target at work; the default minute
 # keeps a session warm through the pauses of someone editing files.
 
 

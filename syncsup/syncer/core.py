@@ -66,8 +66,9 @@ class Lanes:
 
     ``max_processes`` (0: no cap) bounds the targets at work at once
     across all syncs: a target running a transfer, or holding an open
-    session of its remote agent (an ssh client here, an sshd session and a
-    Python agent there, for as long as the session lives), or both, counts
+    session of its remote agent (a channel of the ssh master, or an ssh
+    client where the master would not carry it, and a Python agent there,
+    for as long as the session lives), or both, counts
     one. A local agent runs in the syncer and counts nothing; an agent step
     on a session already open, or a transfer beside it, needs no more room.
     A step that needs room when all of it is taken first closes a session
