@@ -115,6 +115,8 @@ class AttackSshd(Sshd):
         # the attacker's public key, to be planted by an attack
         self.attacker_pub = Path(f"{self.attacker_key}.pub").read_text().strip()
 
+    session_env = ()  # its own SetEnv lines below: root's, and the PATH of every account
+
     def _write_config(self) -> None:
         super()._write_config()
         text = self.config.read_text()

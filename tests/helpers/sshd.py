@@ -44,6 +44,16 @@ def _port_open(port: int) -> bool:
 class Sshd:
     """sshd -D -e on a free loopback port; ``stop()``/``start()`` simulate a target going down."""
 
+    # Set in every session: SHLVL=1 keeps bash, which runs each session's
+    # command, from reading the test host's ~/.bashrc, as bash does for a
+    # command over ssh. That file is the machine's, not the target's a test
+    # means: on a developer's machine a `pyenv init` there costs 0.08 CPU-s
+    # and several processes per session, for every transfer, agent session
+    # and proof, and in the benchmark it was paid by every one of Lsyncd's
+    # rsyncs over ssh. (A distribution's default ~/.bashrc returns at once
+    # for a non-interactive shell.) Empty in a subclass that sets its own.
+    session_env: tuple[str, ...] = ("SHLVL=1",)
+
     def __init__(self, workdir: Path) -> None:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -100,6 +110,7 @@ class Sshd:
                     "LoginGraceTime 30",
                     "LogLevel INFO",
                     "Subsystem sftp internal-sftp",
+                    *([f"SetEnv {' '.join(self.session_env)}"] if self.session_env else []),
                     "",
                 ]
             )
