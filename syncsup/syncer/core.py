@@ -249,8 +249,9 @@ class Master:
     label: str
     idle: float = 0.0     # seconds unused before it is closed (0: never)
     process: Process | None = None
-    failures: int = 0     # ends so far; each one waits longer, up to the cap
+    failures: int = 0     # ends in a row; each one waits longer, up to the cap
     next_start: float = 0.0
+    started: float = 0.0  # when the process running now was started
     used: float = 0.0     # when a batch of one of its targets last came or ended
     busy: set[Key] = field(default_factory=set)  # its targets with a batch in hand
 
@@ -316,6 +317,7 @@ class Masters:
     def _start(self, conn: Conn, m: Master, now: float) -> None:
         try:
             m.process = self.port.start(conn)
+            m.started = now
         except OSError as exc:
             log.error("cannot run ssh: %s", exc)
             m.next_start = now + self.spawn_retry
@@ -327,6 +329,8 @@ class Masters:
             if m.process is not None:
                 rc = m.process.poll()
                 if rc is None:
+                    if m.failures and now - m.started >= self.backoff.cap:
+                        m.failures = 0  # up as long as the longest wait: the next loss waits little
                     if not self._wanted(m, now):
                         self.port.stop(m.process)
                         m.process = None

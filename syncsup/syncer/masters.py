@@ -5,6 +5,7 @@ started again is :class:`~syncsup.syncer.core.Masters`' decision."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable
 
@@ -27,6 +28,17 @@ class SshMasters:
 
     def start(self, conn: Conn) -> Process:
         sync, target = self.where(conn)
+        # A master that was killed leaves its socket behind, and a new one
+        # will not listen where a file is ("ControlSocket ... already
+        # exists, disabling multiplexing"): it would run, and every session
+        # of the login would connect directly for as long as it lives. The
+        # path is ours alone (state_dir is 0700, its lock keeps one daemon
+        # to it) and no master of it runs now (this is called only once
+        # the last one ended).
+        try:
+            os.unlink(conn)
+        except FileNotFoundError:
+            pass
         return spawn([*ssh_argv(sync), "-M", "-N", "-o", f"ControlPath={conn}", "-o",
                       "ControlPersist=no", "--", target.login])
 

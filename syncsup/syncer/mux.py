@@ -24,7 +24,6 @@ fuzzed); :class:`MuxSession` does the I/O, with the small part of
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import select
@@ -95,13 +94,17 @@ class Reply:
 
 
 class Replies:
-    """The master's messages, fed as they arrive. Anything it would not
-    send (an oversized or short packet, an unknown type, an answer to
-    another request, a version other than 4) raises :class:`MuxError`:
-    the caller then gives up on the master, never guesses."""
+    """The master's messages, fed as they arrive, checked against the order
+    OpenSSH's master sends them in: one hello, then the session opened or
+    refused, then (only once opened) a tty notice and the exit. Anything
+    else (an oversized or short packet, an unknown type, an answer to
+    another request, a version other than 4, a message out of its order)
+    raises :class:`MuxError`: the caller then gives up on the master, never
+    guesses."""
 
     def __init__(self) -> None:
         self.buf = bytearray()
+        self.seen: set[str] = set()
 
     def feed(self, data: bytes) -> list[Reply]:
         self.buf += data
@@ -114,8 +117,18 @@ class Replies:
                 break
             body = bytes(self.buf[4:4 + size])
             del self.buf[:4 + size]
-            out.append(self._one(body))
+            reply = self._one(body)
+            self._in_order(reply.kind)
+            out.append(reply)
         return out
+
+    def _in_order(self, kind: str) -> None:
+        after = {"hello": set(), "opened": {"hello"}, "refused": {"hello"},
+                 "tty": {"opened"}, "exit": {"opened"}}[kind]
+        if kind in self.seen or not after <= self.seen or (
+                kind in ("opened", "refused") and self.seen & {"opened", "refused"}):
+            raise MuxError(f"{kind} out of order")
+        self.seen.add(kind)
 
     @staticmethod
     def _one(body: bytes) -> Reply:
@@ -148,6 +161,14 @@ class Replies:
         raise MuxError(f"message type {kind:#x}")
 
 
+CONNECT_TIMEOUT = 0.2
+"""Seconds the syncer's loop may wait to hand a session to the master: a
+local socket takes the request at once unless the master is stopped with a
+full backlog, and then connecting directly is the better way anyway."""
+
+READS_PER_POLL = 4  # the master's answers fit in one read; a flood waits its turn
+
+
 class MuxSession:
     """``command`` run over the master at ``control_path``, or, if that
     master cannot be reached or will not open it, by ``direct`` (an ssh
@@ -156,7 +177,8 @@ class MuxSession:
     ``stdin_fd`` (to write) and ``stdout_fd`` (to read) are the session's;
     ``control_fd`` is to be watched while :attr:`pending` (the master's
     answer is due). Popen's ``wait`` and the exit codes of ssh: the
-    command's own, or 255 where the connection failed."""
+    command's own, or 255 where the connection failed. Raises OSError,
+    with nothing left open, where not even the direct ssh can be run."""
 
     def __init__(self, control_path: str | None, command: str, direct: list[str],
                  errfile: IO[bytes]) -> None:
@@ -164,15 +186,22 @@ class MuxSession:
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
         self.replies = Replies()
-        in_r, self.stdin_fd = os.pipe2(os.O_CLOEXEC)
-        self.stdout_fd, out_w = os.pipe2(os.O_CLOEXEC)
-        self.far: tuple[int, int] | None = (in_r, out_w)  # held until the master opens
         self.sock: socket.socket | None = None
         self.opened = False
-        if control_path is not None:
-            self.sock = self._connect(control_path, command)
-        if self.sock is None:
-            self._fall_back("")
+        self.far: tuple[int, int] | None = None  # held until the master opens
+        self.stdin_fd = self.stdout_fd = -1
+        try:
+            in_r, self.stdin_fd = os.pipe2(os.O_CLOEXEC)
+            self.far = (in_r, -1)
+            self.stdout_fd, out_w = os.pipe2(os.O_CLOEXEC)
+            self.far = (in_r, out_w)
+            if control_path is not None:
+                self.sock = self._connect(control_path, command)
+            if self.sock is None:
+                self._fall_back("", raising=True)
+        except BaseException:
+            self.kill(0.0)
+            raise
 
     @property
     def control_fd(self) -> int | None:
@@ -184,21 +213,36 @@ class MuxSession:
 
     def _connect(self, path: str, command: str) -> socket.socket | None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+
+        def step() -> None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the master did not take the session in time")
+            sock.settimeout(left)
+
         try:
-            sock.settimeout(1.0)  # a local socket: the request fits its buffer
+            step()
             sock.connect(path)
+            step()
             sock.sendall(hello() + new_session(os.fsencode(command)))
             assert self.far is not None
             for fd in (*self.far, self.errfile.fileno()):
+                step()
                 socket.send_fds(sock, [b"\0"], [fd])
             sock.setblocking(False)
-        except OSError:
+        except OSError as exc:
             sock.close()
+            if not isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+                log.info("ssh master: %s; this session connects directly", exc)
             return None  # no master (yet): ssh connects by itself
         return sock
 
-    def _fall_back(self, why: str) -> None:
-        """The master will not carry it: a direct ssh on the held pipes."""
+    def _fall_back(self, why: str, raising: bool = False) -> None:
+        """The master will not carry it: a direct ssh on the held pipes.
+        Where ssh cannot be run, the constructor raises (the caller says so
+        and leaves the agent alone for a while); later, the session ends as
+        a connection that failed (255)."""
         if why:
             log.info("ssh master: %s; this session connects directly", why)
         self._close_sock()
@@ -206,15 +250,18 @@ class MuxSession:
         in_r, out_w = self.far
         try:
             self.proc = spawn(self.direct, stdin=in_r, stdout=out_w, stderr=self.errfile)
-        except OSError:
-            self.returncode = 255  # as ssh's own failure to connect would
+        except (OSError, subprocess.SubprocessError):
+            if raising:
+                raise
+            self.returncode = 255
         finally:
             self._release_far()
 
     def _release_far(self) -> None:
         if self.far is not None:
             for fd in self.far:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
             self.far = None
 
     def _close_sock(self) -> None:
@@ -226,7 +273,9 @@ class MuxSession:
         """Read what the master said; the exit code once there is one."""
         if self.proc is not None:
             return self.proc.poll()
-        while self.sock is not None and self.returncode is None:
+        for _ in range(READS_PER_POLL):
+            if self.sock is None or self.returncode is not None or self.proc is not None:
+                break
             try:
                 data = self.sock.recv(4096)
             except (BlockingIOError, InterruptedError):
@@ -246,20 +295,24 @@ class MuxSession:
         return self.proc.poll() if self.proc is not None else self.returncode
 
     def _on(self, reply: Reply) -> None:
-        if reply.kind == "opened" and self.far is not None:
+        if reply.kind == "opened":
             self.opened = True
             self._release_far()  # the master's copies are the far ends now
-        elif reply.kind == "refused" and not self.opened:
+        elif reply.kind == "refused":
             self._fall_back(f"the session was refused ({reply.reason})")
         elif reply.kind == "exit":
             self.returncode = reply.value
             self._close_sock()
 
     def _lost(self, why: str) -> None:
+        """The control connection ended or went wrong: before the session
+        opened, it connects directly; after, it has ended as ssh's sessions
+        do when their connection is gone (255: the master closes the
+        channel, and the agent's stdout ends)."""
         if self.opened:
-            self.returncode = 255  # ssh's code for a connection that ended
+            self.returncode = 255
             self._close_sock()
-        else:
+        elif self.far is not None:
             self._fall_back(why)
 
     def wait(self, timeout: float) -> int:
@@ -275,11 +328,9 @@ class MuxSession:
             if self.proc is not None:
                 return self.proc.wait(left)
             if self.sock is not None:
-                try:
-                    select.select([self.sock], [], [], left)
-                except OSError as exc:  # pragma: no cover - EINTR is retried by Python
-                    if exc.errno != errno.EINTR:
-                        raise
+                waiter = select.poll()  # not select(): any descriptor number
+                waiter.register(self.sock, select.POLLIN)
+                waiter.poll(left * 1000)
 
     def kill(self, grace: float) -> None:
         """End the session: the direct ssh and its group, or the control
@@ -291,8 +342,9 @@ class MuxSession:
         self._close_sock()
         self._release_far()
         for fd in (self.stdin_fd, self.stdout_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
         self.stdin_fd = self.stdout_fd = -1

@@ -276,6 +276,18 @@ def ssh_masters(state: Path) -> list[int]:
             if cmd.split(" ", 1)[0].endswith("ssh") and " -M " in f" {cmd} "]
 
 
+def masters_listening(state: Path) -> int:
+    """How many control sockets in ``state`` a live master answers on
+    (``ssh -O check``): a master that runs but could not listen (a stale
+    socket file in its way) multiplexes nothing."""
+    n = 0
+    for path in state.glob("cm-*"):
+        r = subprocess.run(["ssh", "-O", "check", "-o", f"ControlPath={path}", "any"],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+        n += r.returncode == 0
+    return n
+
+
 def _fd_targets(pid: int, write_only: bool = False) -> set[str]:
     """What ``pid``'s descriptors point at (``pipe:[N]`` and so on); with
     ``write_only``, only those it holds open for writing."""

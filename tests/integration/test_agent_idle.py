@@ -20,6 +20,7 @@ from tests.integration.test_agent import (
     agent_clients,
     converge,
     finish,
+    masters_listening,
     multiplexed_sessions,
     names_in,
     remote_agents,
@@ -137,6 +138,9 @@ def test_targets_on_one_login_share_one_master(sshd, tmp_path: Path, src: Path,
     again = wait_until(lambda: [p for p in ssh_masters(state) if p != first[0]],
                        "the master started again", 60, context=d.log_tail)
     assert len(ssh_masters(state)) == 1, ssh_masters(state)
+    # and it listens: the killed one's socket file was not left in its way
+    wait_until(lambda: masters_listening(state) == 1, "the new master listening", 30,
+               context=d.log_tail)
     assert "ssh master connection ended" in d.log_text(), d.log_tail(20)
     write_all(src, {"last": b"l"})
     write_all(other_src, {"last": b"m"})

@@ -97,5 +97,7 @@ def test_remote_agent_sessions_never_pass_max_processes(sshd, tmp_path: Path, sr
     served = [d_ for d_ in dsts if started_agents(started, d_)]
     assert len(served) == TARGETS, started.read_text()
     assert len(sampler.seen) > CAP, "no session was ever closed for another target"
+    # the test's sshd allows 200 sessions a connection: every one rode the master
+    assert sampler.direct == 0, f"{sampler.direct} sessions connected directly"
     d.stop()
     assert_no_leftovers(tmp_path)

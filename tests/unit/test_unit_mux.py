@@ -81,7 +81,8 @@ def test_each_answer_of_the_master() -> None:
     assert [(x.kind, x.value) for x in got] == [("hello", 0), ("opened", 0), ("tty", 0),
                                                 ("exit", 3)]
     for kind in (mux.S_FAILURE, mux.S_PERMISSION_DENIED):
-        (refused,) = Replies().feed(packet(u32(kind), u32(1), string(b"Session open refused")))
+        _, refused = Replies().feed(HELLO + packet(u32(kind), u32(1),
+                                                    string(b"Session open refused")))
         assert refused.kind == "refused" and refused.reason == "Session open refused"
 
 
@@ -106,6 +107,26 @@ def test_an_answer_split_anywhere_is_the_same_answer() -> None:
 def test_what_no_master_sends_is_refused_not_guessed(data: bytes) -> None:
     with pytest.raises(MuxError):
         Replies().feed(data)
+
+
+EXIT = packet(u32(mux.S_EXIT_MESSAGE), u32(5), u32(0))
+TTY = packet(u32(mux.S_TTY_ALLOC_FAIL), u32(5))
+REFUSED = packet(u32(mux.S_FAILURE), u32(1), string(b"no"))
+
+
+@pytest.mark.parametrize("stream", [
+    OPENED,                   # before the hello
+    HELLO + HELLO,            # a second hello
+    HELLO + EXIT,             # an exit for a session never opened
+    HELLO + TTY,              # a tty notice likewise
+    HELLO + OPENED + OPENED,  # opened twice
+    HELLO + REFUSED + OPENED,  # opened after it was refused
+    HELLO + OPENED + REFUSED,  # refused after it was opened
+    HELLO + OPENED + EXIT + EXIT,  # two exits
+])
+def test_a_message_out_of_its_order_is_refused(stream: bytes) -> None:
+    with pytest.raises(MuxError, match="out of order"):
+        Replies().feed(stream)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -236,6 +257,7 @@ def test_a_session_the_master_opens_runs_over_it_with_no_process(
     packet(u32(mux.S_FAILURE), u32(1), string(b"Session open refused by peer")),
     packet(u32(mux.S_PERMISSION_DENIED), u32(1), string(b"confirmation refused")),
     b"\xff\xff\xff\xffgarbage",
+    EXIT,  # an exit for a session never opened: would leave it stuck if believed
     b"",  # the master closes without a word
 ])
 def test_a_session_the_master_will_not_carry_connects_directly_losing_nothing(

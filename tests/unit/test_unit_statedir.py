@@ -17,11 +17,11 @@ def test_paths(tmp_path: Path) -> None:
     assert sd.journal("www") == tmp_path / "state" / "journal-www.db"
     assert sd.tmp == tmp_path / "state" / "tmp"
     assert sd.lock == tmp_path / "state" / "lock"
-    one = sd.control_path(b"ssh\0-p\0022\0--\0backup@host1")
+    one = sd.control_path(b"\0".join([b"ssh", b"-p", b"22", b"--", b"backup@host1"]))
     assert one is not None and one.startswith(f"{tmp_path}/state/cm-")
     assert len(one) == len(f"{tmp_path}/state/cm-") + 16
-    assert sd.control_path(b"ssh\0-p\0022\0--\0backup@host1") == one  # shared
-    assert sd.control_path(b"ssh\0-p\0023\0--\0backup@host1") != one  # another port
+    assert sd.control_path(b"\0".join([b"ssh", b"-p", b"22", b"--", b"backup@host1"])) == one
+    assert sd.control_path(b"\0".join([b"ssh", b"-p", b"23", b"--", b"backup@host1"])) != one
 
 
 def test_long_state_dirs(tmp_path: Path) -> None:

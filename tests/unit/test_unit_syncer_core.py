@@ -336,6 +336,39 @@ def test_a_lost_master_backs_off_without_a_tight_loop_and_comes_back() -> None:
     assert m.up(A) and port.starts(A) == 6  # back: nothing more is started
 
 
+def test_a_master_up_as_long_as_the_longest_wait_starts_its_backoff_over() -> None:
+    """Losses in a row wait longer and longer; a master that then stays up
+    for the longest wait has recovered, and its next loss waits the
+    shortest time again, not the cap (a login shared by many targets would
+    otherwise go without a master for a minute at every later blip)."""
+    port = FakeMasterPort()
+    m = masters(port)
+    now = 100.0
+    m.tend(now)
+    for _ in range(4):
+        port.last(A).rc = 255
+        m.tend(now)
+        wait = m.wake_in(now)
+        assert wait is not None
+        now += wait
+        m.tend(now)
+    port.last(A).rc = 255
+    m.tend(now)
+    assert m.wake_in(now) == 16.0  # the fifth loss in a row: the cap
+    now += 16.0
+    m.tend(now)
+    m.tend(now + 15.9)  # up, not yet as long as the cap
+    port.last(A).rc = 255
+    m.tend(now + 15.9)
+    assert m.wake_in(now + 15.9) == 16.0
+    now += 15.9 + 16.0
+    m.tend(now)
+    m.tend(now + 16.0)  # up for the cap: recovered
+    port.last(A).rc = 255
+    m.tend(now + 16.0)
+    assert m.wake_in(now + 16.0) == 2.0
+
+
 def test_ssh_that_cannot_run_is_tried_again_after_the_spawn_retry() -> None:
     port = FakeMasterPort(broken=True)
     m = masters(port)
