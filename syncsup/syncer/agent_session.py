@@ -160,6 +160,12 @@ class RemoteAgent:
             n = os.write(self.stdin_fd, self.out)
         except BlockingIOError:
             return
+        except BrokenPipeError:
+            # the far end is gone: the session ended (a program missing on
+            # the target ends it before its hello is read); its exit code
+            # and stderr say why, not the pipe
+            self._ended()
+            return
         except OSError as exc:
             self.fail(f"cannot write to the agent: {exc.strerror}")
             return

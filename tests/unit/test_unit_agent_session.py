@@ -110,3 +110,21 @@ def test_an_answer_starts_the_wait_again(session: Callable[..., RemoteAgent]) ->
     assert a.result(T0 + 10 + TIMEOUT) is None  # the commit is still due, not yet late
     r = a.result(T0 + 10 + 2 * TIMEOUT - 1)
     assert r is not None and r.stalled, r
+
+
+def test_a_session_ended_before_its_hello_is_read_says_why_not_broken_pipe() -> None:
+    """A program missing on the target ends the session before it reads a
+    byte: writing the hello then meets a closed pipe. What the session
+    reports is its stderr and its exit code (the target answered: 127),
+    which "no agent there" needs, not the pipe."""
+    with tempfile.TemporaryFile() as err:
+        a = RemoteAgent("target t: agent",
+                        [sys.executable, "-c", "import os, sys; os.close(0); "
+                         "sys.stderr.write('sh: 1: syncsup-target: not found\\n'); sys.exit(127)"],
+                        err, T0, Timings(agent_timeout=TIMEOUT))
+        assert a.link.proc is not None
+        a.link.proc.wait(30)
+        a.flush()
+        assert a.dead is not None and "syncsup-target: not found" in a.dead, a.dead
+        assert a.exit_code == 127 and a.answered
+        a.close()
