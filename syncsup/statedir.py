@@ -10,7 +10,8 @@
       journal-NAME.db          one sync's journal (SQLite, WAL)
       clean-NAME               the watcher of NAME stopped with nothing unacked
       tmp/                     the syncer's file lists and stderr captures
-      cm-HASH                  ssh ControlPath of one login (user, host, port, key, options)
+      cm-N                     ssh ControlPath of the config's N-th login (user, host, port,
+                               key, options)
 
 Unix socket paths are limited to 107 bytes, so a long ``state_dir`` fails
 early with a clear message.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import stat
 import time
@@ -61,14 +61,14 @@ class StateDir:
     def journal(self, sync: str) -> Path:
         return self.path / f"journal-{sync}.db"
 
-    def control_path(self, login: bytes) -> str | None:
-        """The ssh ControlPath for the connection ``login`` names (the whole
-        ssh command of a remote target: every target with the same one
-        shares it), or None if too long for a unix socket (ssh then
-        connects directly every time). A hash, since a command has no
-        length limit and may hold any byte."""
-        path = f"{self.path}/cm-{hashlib.sha256(login).hexdigest()[:16]}"
-        return path if len(path) < 100 else None
+    def control_path(self, login: int) -> str | None:
+        """The ssh ControlPath of the ``login``-th login of the config (the
+        syncer numbers them: every target with the same ssh command shares
+        one), or None if too long for a unix socket (ssh then connects
+        directly every time). ssh binds a temporary name first, the path
+        and 17 characters more, and a socket's path holds 107 bytes."""
+        path = f"{self.path}/cm-{login}"
+        return path if len(os.fsencode(path)) + 17 <= 107 else None
 
     def create(self) -> None:
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -59,11 +59,13 @@ def make_slots(conf: cfg.Config, state: StateDir) -> dict[Key, Slot]:
     """A slot for each target of each sync, with its agent channel where
     the target gets one (said once per sync where it does not)."""
     slots: dict[Key, Slot] = {}
+    logins: dict[bytes, int] = {}  # each ssh command, numbered as first met
     for raw in conf.syncs:
         sync = expand_rule_files(raw)
         rules = RuleList(sync)
         for i, t in enumerate(sync.targets):
-            cp = state.control_path(login_of(sync, t)) if t.over_ssh else None
+            cp = (state.control_path(logins.setdefault(login_of(sync, t), len(logins)))
+                  if t.over_ssh else None)
             slot = slots[(sync.name, i)] = Slot(
                 sync, i, t, cp, rules=rules,
                 receiver=Receiver(receiver_takes_missing_args(sync, t)))
