@@ -168,6 +168,11 @@ full backlog, and then connecting directly is the better way anyway."""
 
 READS_PER_POLL = 4  # the master's answers fit in one read; a flood waits its turn
 
+# Control paths whose master has been said to refuse or fail a session: said
+# at INFO once a run, then at DEBUG. A stock sshd carries 10 sessions a
+# connection, and a busy login past that would log every session it refuses.
+_TOLD: set[str] = set()
+
 
 class MuxSession:
     """``command`` run over the master at ``control_path``, or, if that
@@ -183,6 +188,7 @@ class MuxSession:
     def __init__(self, control_path: str | None, command: str, direct: list[str],
                  errfile: IO[bytes]) -> None:
         self.direct, self.errfile = direct, errfile
+        self.control_path = control_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
         self.replies = Replies()
@@ -234,7 +240,7 @@ class MuxSession:
         except OSError as exc:
             sock.close()
             if not isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
-                log.info("ssh master: %s; this session connects directly", exc)
+                self._say(str(exc))
             return None  # no master (yet): ssh connects by itself
         return sock
 
@@ -244,7 +250,7 @@ class MuxSession:
         and leaves the agent alone for a while); later, the session ends as
         a connection that failed (255)."""
         if why:
-            log.info("ssh master: %s; this session connects directly", why)
+            self._say(why)
         self._close_sock()
         assert self.far is not None
         in_r, out_w = self.far
@@ -256,6 +262,15 @@ class MuxSession:
             self.returncode = 255
         finally:
             self._release_far()
+
+    def _say(self, why: str) -> None:
+        key = self.control_path or ""
+        first = key not in _TOLD
+        _TOLD.add(key)
+        log.log(logging.INFO if first else logging.DEBUG,
+                "ssh master %s: %s; this session connects directly%s", self.control_path, why,
+                " (said once; the server's MaxSessions bounds the sessions of one connection)"
+                if first else "")
 
     def _release_far(self) -> None:
         if self.far is not None:

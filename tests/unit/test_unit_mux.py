@@ -301,17 +301,14 @@ def test_kill_ends_the_control_connection_and_closes_every_descriptor(
         conn.sendall(OPENED)
         seen.append(conn.recv(10))  # b"": the syncer closed the session
 
-    master(script)
     before = set(os.listdir("/proc/self/fd"))
+    m = master(script)
     s, err = session(tmp_path / "cm-0")
     while s.pending:
         s.poll()
     s.kill(1.0)
     assert s.returncode == -9
     err.close()
-    for _ in range(100):
-        if seen:
-            break
-        threading.Event().wait(0.05)
+    m.join(10)  # the stand-in's own descriptors closed too
     assert seen == [b""]
     assert set(os.listdir("/proc/self/fd")) <= before, "a descriptor was left open"
