@@ -18,10 +18,8 @@ leaves a transfer behind.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import stat
 import sys
 import time
 from typing import IO
@@ -79,13 +77,6 @@ class Syncer:
         self.masters = Masters(SshMasters(self._master_of, conf.timings.step_stop_grace),
                                Backoff(conf.timings.master_retry, conf.timings.master_retry_cap),
                                conf.timings.master_retry_cap)
-        # Every control socket left in state_dir is stale: the masters of an
-        # earlier syncer died with it (PR_SET_PDEATHSIG), and a file there
-        # would keep a new master from listening.
-        for stale in self.state.path.glob("cm-*"):
-            with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(stale.lstat().st_mode):
-                    stale.unlink()
         started = time.monotonic()
         for slot in self.slots.values():
             if slot.control_path is not None:

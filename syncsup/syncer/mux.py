@@ -193,7 +193,6 @@ class MuxSession:
         self.returncode: int | None = None
         self.replies = Replies()
         self.sock: socket.socket | None = None
-        self.opened = False
         self.far: tuple[int, int] | None = None  # held until the master opens
         self.stdin_fd = self.stdout_fd = -1
         try:
@@ -212,6 +211,11 @@ class MuxSession:
     @property
     def control_fd(self) -> int | None:
         return self.sock.fileno() if self.sock is not None and self.pending else None
+
+    @property
+    def opened(self) -> bool:
+        """The master said the session is open."""
+        return "opened" in self.replies.seen
 
     @property
     def pending(self) -> bool:
@@ -311,7 +315,6 @@ class MuxSession:
 
     def _on(self, reply: Reply) -> None:
         if reply.kind == "opened":
-            self.opened = True
             self._release_far()  # the master's copies are the far ends now
         elif reply.kind == "refused":
             self._fall_back(f"the session was refused ({reply.reason})")

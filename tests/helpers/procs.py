@@ -28,19 +28,22 @@ def alive(pid: int) -> bool:
     return _state(pid) not in ("?", "Z", "X")
 
 
+def parent_of(pid: int) -> int | None:
+    """``pid``'s parent, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rindex(b")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def children_map() -> dict[int, list[int]]:
     """Every live process's children (zombies included), from /proc."""
     kids: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat", "rb") as f:
-                data = f.read()
-            ppid = int(data[data.rindex(b")") + 2 :].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        kids.setdefault(ppid, []).append(int(d))
+        if d.isdigit() and (ppid := parent_of(int(d))) is not None:
+            kids.setdefault(ppid, []).append(int(d))
     return kids
 
 

@@ -49,7 +49,13 @@ from syncsup.timings import Timings
 from tests.helpers.attack import make_world
 from tests.helpers.churn import HOSTILE, Churn, ChurnThread, assert_not_pwned
 from tests.helpers.daemon import REPO, Daemon, run_cli, sync_entry
-from tests.helpers.procs import alive, assert_no_leftovers, cmdline_of, processes_mentioning
+from tests.helpers.procs import (
+    alive,
+    assert_no_leftovers,
+    cmdline_of,
+    parent_of,
+    processes_mentioning,
+)
 from tests.helpers.tree import b, diff_trees, snapshot, wait_converged
 
 from ._modes_helpers import wait_until
@@ -318,14 +324,10 @@ def multiplexed_sessions(state: Path) -> set[str]:
     target's (whose agent exits a moment later)."""
     out: set[str] = set()
     for master in ssh_masters(state):
-        try:
-            with open(f"/proc/{master}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        syncer = int(data[data.rindex(b")") + 2:].split()[1])
-        out |= {w for w in _fd_targets(master, write_only=True) if w.startswith("pipe:")} \
-            & _fd_targets(syncer)
+        syncer = parent_of(master)
+        if syncer is not None:
+            out |= {w for w in _fd_targets(master, write_only=True)
+                    if w.startswith("pipe:")} & _fd_targets(syncer)
     return out
 
 
