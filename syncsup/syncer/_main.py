@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import sys
 import time
 from typing import IO
@@ -43,7 +44,7 @@ from syncsup.syncer.argv import rsync_argv
 from syncsup.syncer.core import Conn, Lanes, Masters, Phase, done_message, summary
 from syncsup.syncer.masters import SshMasters
 from syncsup.syncer.plan import Finished, Result, Step, StepKind
-from syncsup.syncer.prove import proven
+from syncsup.syncer.proof_step import ProofStep
 from syncsup.syncer.readonce import SHARED
 from syncsup.syncer.slots import Slot, make_slots
 from syncsup.syncer.steps import (
@@ -175,13 +176,15 @@ class Syncer:
             if done is not None:
                 self.settle(slot, done)
             return
-        lst = self.state.tmp / f"{slot.sync.name}-{slot.index}-{step.kind.value}.list"
         if step.kind is StepKind.PROVE:
-            lst.write_bytes(files_from(list(step.names)))
-            argv = [sys.executable, "-P", "-m", "syncsup.syncer.prove", str(self.config_path),
-                    slot.sync.name, str(slot.index), str(lst), f"{lst}.out",
-                    slot.control_path or ""]
-        elif step.kind is StepKind.COMMAND:
+            slot.transfer = ProofStep(slot.label, slot.sync, slot.target,
+                                      step.names, slot.control_path, self._files(slot)[0],
+                                      time.monotonic(), self.timings,
+                                      master_up=self.masters.up(slot.key))
+            self.lanes.transfer_started(slot.key)
+            return
+        lst = self.state.tmp / f"{slot.sync.name}-{slot.index}-{step.kind.value}.list"
+        if step.kind is StepKind.COMMAND:
             lst.write_bytes(msgpack.packb({"changes": proto.to_wire(changes),
                                            "startup": slot.batch.startup}, use_bin_type=True))
             argv = [sys.executable, "-P", "-m", "syncsup.syncer.action_runner",
@@ -225,9 +228,6 @@ class Syncer:
             return
         slot.sent += slot.transfer.sent_bytes()
         slot.transfer = None
-        if slot.step is not None and slot.step.kind is StepKind.PROVE:
-            # its answer is a file it wrote: read here, judged by the plan
-            result = proven(result, self.state.tmp / f"{slot.sync.name}-{slot.index}-prove.list")
         self.settle(slot, result)
 
     def settle(self, slot: Slot, result: Result) -> None:
@@ -357,4 +357,10 @@ def main(config_path: str, run_id: str) -> int:
     """Run the whole process; ``run_id`` names this run of the supervisor."""
     conf = cfg.load_for_child(config_path)
     setup_logging(conf.settings, "syncer")
+    # A proof's walk holds a descriptor per level of depth (a tree may be
+    # 2,000 deep), beside each target's pipes and sessions: the soft limit
+    # (often 1,024) is raised to the hard one, which the system granted.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return Syncer(conf).run()

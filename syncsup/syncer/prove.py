@@ -1,7 +1,6 @@
-"""``python -m syncsup.syncer.prove CONFIG SYNC TARGET LIST OUT CONTROL``: the proof
-step of a start with no earlier state: which files of the listed subtrees
-must have their content compared, because nothing proves their target copy
-current.
+"""The proof step of a start with no earlier state: which files of the
+listed subtrees must have their content compared, because nothing proves
+their target copy current.
 
 Why: with no seen-point nothing says what changed while syncsup was not
 running, and rsync's quick check (size and mtime) misses a same-size
@@ -27,44 +26,38 @@ channel, and the round trip bounds its error, which is counted against the
 proof. Symlinks, directories and special files need no proof: the quick
 check compares all they hold.
 
-Each target's proof walks the source again (metadata only, a child
-process per target): the targets of one sync may hold different copies.
+Each target's proof walks the source again (metadata only): the targets of
+one sync may hold different copies. It runs in a thread of the syncer
+(:mod:`syncsup.syncer.proof_step`), its remote session over the ssh master
+like the agent's: a first start with many targets costs no interpreter
+and no ssh client per target.
 
-Exit codes: 0 and the NUL-separated list in OUT; 3 if the target's ctimes
-cannot be read (no agent there), which turns the tree step into a full
-``--checksum`` one; anything else likewise.
+A proof that cannot be made (no agent there, an error, a stall) turns the
+tree step into a full ``--checksum`` one.
 """
 
 from __future__ import annotations
 
 import errno
-import logging
 import os
-import resource
+import select
 import shlex
 import stat
-import subprocess
-import sys
 import time
 from collections import deque
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 from syncsup import config as cfg
-from syncsup.processes import set_pdeathsig
 from syncsup.proto import Changes
-from syncsup.syncer.argv import ssh_argv
-from syncsup.syncer.plan import Result
+from syncsup.syncer.mux import MuxSession
 from syncsup.target import MAX_PATH, MAX_STATS, VERSION, Applier, encode_frame, read_frame
 
-__all__ = ["NO_PROOF", "Clock", "main", "nothing_to_prove", "proven", "unproven",
+__all__ = ["NO_PROOF", "Clock", "nothing_to_prove", "prove", "stats_command", "unproven",
            "verdict"]
 
-NO_PROOF = 3  # exit code: the target's ctimes cannot be read
+NO_PROOF = 3  # the step's rc where the target's ctimes cannot be read
 SKEW_PROBES = 3
-
-log = logging.getLogger("syncsup.syncer")
 
 Stat = tuple[int, int, int]  # (ctime_ns, size, mtime_ns); -1s: not a regular file there
 Chunk = list[tuple[bytes, Stat]]  # source files (name, status), one request's worth
@@ -132,30 +125,30 @@ def _open_below(root: bytes, top: bytes) -> int | None:
     return fd
 
 
-def _listing(fd: int) -> tuple[list[tuple[bytes, Stat]], list[bytes]]:
-    """The regular files (with their status) and the subdirectories of the
-    directory open as ``fd``; an entry that vanished is left out."""
-    files, dirs = [], []
+def _listing(fd: int, dirs: list[bytes]) -> Iterator[tuple[bytes, Stat]]:
+    """The regular files (with their status) of the directory open as
+    ``fd``, as they are read; its subdirectories go to ``dirs``. An entry
+    that vanished is left out. Never the whole directory in memory: the
+    proof runs in the syncer, and one directory may hold millions."""
     try:
         with os.scandir(fd) as it:  # (scandir duplicates the descriptor)
-            entries = list(it)
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    dirs.append(os.fsencode(e.name))
+                elif stat.S_ISREG(st.st_mode):
+                    yield os.fsencode(e.name), (st.st_ctime_ns, st.st_size, st.st_mtime_ns)
     except OSError as exc:
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             raise  # see _open_dir: never a silent gap in the proof
-        return [], []
-    for e in entries:
-        try:
-            st = e.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            dirs.append(os.fsencode(e.name))
-        elif stat.S_ISREG(st.st_mode):
-            files.append((os.fsencode(e.name), (st.st_ctime_ns, st.st_size, st.st_mtime_ns)))
-    return files, dirs
+        return  # unreadable (now): the rest of it is skipped
 
 
-def _walk(root: bytes, top: bytes) -> Iterator[tuple[bytes, Stat]]:
+def _walk(root: bytes, top: bytes, listed: Callable[[], None] = lambda: None
+          ) -> Iterator[tuple[bytes, Stat]]:
     """The regular files below ``top`` (relative to ``root``), with their
     status. A directory that cannot be read is skipped: rsync reports it
     in the tree step.
@@ -165,7 +158,8 @@ def _walk(root: bytes, top: bytes) -> Iterator[tuple[bytes, Stat]]:
     writer who swaps a directory for a symlink during the walk makes it
     skip that directory, never list (nor open) what the symlink points to,
     so nothing about files outside the source reaches the target's stats
-    session. Descriptors held: one per level of depth."""
+    session. Descriptors held: one per level of depth. ``listed`` is
+    called after each directory is read (progress)."""
     top_fd = _open_below(root, top)
     if top_fd is None:
         return
@@ -173,11 +167,12 @@ def _walk(root: bytes, top: bytes) -> Iterator[tuple[bytes, Stat]]:
     try:
         rel, fd = top, top_fd
         while True:
-            files, dirs = _listing(fd)
+            dirs: list[bytes] = []
             stack.append((rel, fd, iter(dirs)))  # held by the stack from here
             fd = -1
-            for name, st in files:
+            for name, st in _listing(stack[-1][1], dirs):
                 yield (rel + b"/" + name if rel else name), st
+            listed()
             while stack:
                 parent_rel, parent_fd, rest = stack[-1]
                 sub_name = next(rest, None)
@@ -198,18 +193,23 @@ def _walk(root: bytes, top: bytes) -> Iterator[tuple[bytes, Stat]]:
 
 
 class _Remote:
-    """The target's agent over ssh, asked for ``stats`` (never to write)."""
+    """The target's agent, asked for ``stats`` (never to write), over a
+    session that :class:`~syncsup.syncer.mux.MuxSession` opened: blocking
+    reads and writes on its pipes, from the proof's own thread."""
 
-    def __init__(self, argv: list[str]) -> None:
-        # In our process group (a stall kill takes it too), and dying with us.
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     preexec_fn=set_pdeathsig)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.rin: IO[bytes] = self.proc.stdout
-        self.out: IO[bytes] = self.proc.stdin
-        hello = self._ask({"op": "hello", "version": VERSION})
-        if not hello.get("ok"):
-            raise OSError(f"the agent refused: {hello.get('error', '?')}")
+    def __init__(self, link: MuxSession, cancelled: Callable[[], bool]) -> None:
+        self.link = link
+        _opened(link, cancelled)
+        # our own descriptors: the link's are closed by the link
+        self.rin: IO[bytes] = open(os.dup(link.stdout_fd), "rb")  # noqa: SIM115
+        self.out: IO[bytes] = open(os.dup(link.stdin_fd), "wb")  # noqa: SIM115
+        try:
+            hello = self._ask({"op": "hello", "version": VERSION})
+            if not hello.get("ok"):
+                raise OSError(f"the agent refused: {hello.get('error', '?')}")
+        except BaseException:
+            self.close()
+            raise
 
     def _send(self, req: dict[str, Any]) -> None:
         self.out.write(encode_frame(req))
@@ -259,26 +259,50 @@ class _Remote:
         return list(zip(doc["ctimes"], doc["sizes"], doc["mtimes"], strict=True))
 
     def close(self) -> None:
+        """Say goodbye; the session itself is ended by its owner."""
         try:
             self._send({"op": "bye"})
-            self.out.close()
         except OSError:
             pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        for fh in (self.out, self.rin):
+            try:
+                fh.close()
+            except OSError:
+                pass
 
 
-def _chunks(root: bytes, subtrees: list[bytes], too_long: list[bytes]) -> Iterator[Chunk]:
+def _opened(link: MuxSession, cancelled: Callable[[], bool]) -> None:
+    """Wait until the master has opened the session, or refused it and a
+    direct ssh runs on its pipes instead: until then the far ends are ours,
+    and a read would never see the end of a session that never began."""
+    while link.pending and not cancelled():
+        if link.poll() is not None:
+            break
+        fd = link.control_fd
+        if fd is not None:
+            waiter = select.poll()  # not select(): any descriptor number
+            waiter.register(fd, select.POLLIN)
+            waiter.poll(100)
+    if cancelled():
+        raise OSError("stopped")
+
+
+def _chunks(root: bytes, subtrees: Sequence[bytes], too_long: list[bytes],
+            tick: Callable[[], None], cancelled: Callable[[], bool]) -> Iterator[Chunk]:
     """The files of ``subtrees``, a request's worth at a time: never the
     whole list in memory. A path longer than a request may carry (which
     only a tree deeper than PATH_MAX holds) goes to ``too_long`` instead:
-    unproven, rather than a refused request failing the whole proof."""
+    unproven, rather than a refused request failing the whole proof.
+    Raises OSError once ``cancelled``."""
+
+    def listed() -> None:
+        tick()
+        if cancelled():
+            raise OSError("stopped")
+
     chunk: Chunk = []
     for top in subtrees:
-        for f in _walk(root, top):
+        for f in _walk(root, top, listed):
             if len(f[0]) > MAX_PATH:
                 too_long.append(f[0])
                 continue
@@ -305,28 +329,36 @@ def _local(path: str, chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, list[Sta
         applier.close()
 
 
-def _prove(sync: cfg.Sync, target: cfg.Target, subtrees: list[bytes],
-           progress: IO[bytes], control_path: str | None, margin: float
-           ) -> tuple[list[bytes], dict[str, int]]:
-    """The unproven files of ``subtrees``, and how many files got which
-    :func:`verdict`."""
+def stats_command(sync: cfg.Sync, target: cfg.Target) -> str:
+    """The remote command of a session that can only read (``stats``),
+    not the agent that writes."""
+    program = "syncsup-target" if target.confined else sync.ssh.target_command
+    return f"{shlex.quote(program)} {shlex.quote(target.path)} stats"
+
+
+def prove(sync: cfg.Sync, target: cfg.Target, subtrees: Sequence[bytes],
+          link: MuxSession | None, margin: float, tick: Callable[[], None],
+          cancelled: Callable[[], bool]) -> tuple[list[bytes], dict[str, int], str]:
+    """The unproven files of ``subtrees`` (relative paths, ``b""`` for the
+    root), how many files got which :func:`verdict`, and what was measured
+    of the target's clock. ``link`` is the stats session of a remote
+    target (None for a local one); ``tick`` is called after each chunk,
+    the progress a stall check watches; ``cancelled`` stops the walk.
+    Raises OSError (and ValueError, KeyError, TypeError on a garbled
+    answer) where the target's ctimes cannot be read."""
     too_long: list[bytes] = []
-    chunks = _chunks(os.fsencode(sync.source), subtrees, too_long)
-    remote: _Remote | None = None
+    chunks = _chunks(os.fsencode(sync.source), subtrees, too_long, tick, cancelled)
     clock = Clock()  # a local target: the same clock
-    if target.is_remote:
-        program = "syncsup-target" if target.confined else sync.ssh.target_command
-        # A session that can only read (``stats``), not the agent that writes.
-        command = f"{shlex.quote(program)} {shlex.quote(target.path)} stats"
-        remote = _Remote([*ssh_argv(sync, control_path), "--", target.login, command])
+    said = ""
     out: list[bytes] = []
     margin_ns = int(margin * 1e9)
     counts = {PROVEN: 0, SENT: 0, COMPARE: len(too_long)}
+    remote = _Remote(link, cancelled) if link is not None else None
     try:
         if remote is not None:
             clock = remote.clock()
-            sys.stderr.write(f"prove: target clock {clock.offset / 1e9:+.3f}s "
-                             f"(within {clock.error / 1e9:.3f}s)\n")
+            said = (f"target clock {clock.offset / 1e9:+.3f}s "
+                    f"(within {clock.error / 1e9:.3f}s)")
             answers = remote.stats(chunks)
         else:
             answers = _local(target.path, chunks)
@@ -336,55 +368,11 @@ def _prove(sync: cfg.Sync, target: cfg.Target, subtrees: list[bytes],
                 counts[v] += 1
                 if v == COMPARE:
                     out.append(name)
-            progress.write(b".")  # output: progress for the syncer's stall check
-            progress.flush()
+            tick()
     finally:
         if remote is not None:
             remote.close()
-    return out + too_long, counts
-
-
-def _subtrees(data: bytes) -> list[bytes]:
-    """The LIST file (the syncer's ``--files-from`` format: ``./`` before
-    each name, ``.`` for the root) as relative paths."""
-    out = []
-    for name in data.split(b"\0"):
-        if name == b".":
-            out.append(b"")
-        elif name.startswith(b"./"):
-            out.append(name[2:])
-    return out
-
-
-def main(argv: list[str]) -> int:
-    config_path, sync_name, index, list_path, out_path, control_path = argv
-    conf = cfg.load_for_child(config_path)
-    try:
-        sync = conf.sync(sync_name)
-        target = sync.targets[int(index)]
-    except (KeyError, IndexError, ValueError):
-        print(f"prove: sync {sync_name!r} target {index} is no longer in {config_path}",
-              file=sys.stderr)
-        return cfg.EX_CONFIG
-    with open(list_path, "rb") as fh:
-        subtrees = _subtrees(fh.read())
-    # the walk holds a descriptor per level of depth
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:
-        names, counts = _prove(sync, target, subtrees, sys.stdout.buffer, control_path or None,
-                              conf.timings.proof_margin)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"prove: cannot read the target's ctimes ({exc}): comparing every file's "
-              "content", file=sys.stderr)
-        return NO_PROOF
-    with open(out_path, "wb") as fh:
-        fh.write(b"".join(n + b"\0" for n in names))
-    looked = sum(counts.values())
-    print(f"prove: {counts[PROVEN]} of {looked} files proven current, {counts[SENT]} missing "
-          f"or different (sent), {counts[COMPARE]} to compare by content", file=sys.stderr)
-    return 0
+    return out + too_long, counts, said
 
 
 def nothing_to_prove(changes: Changes, target: cfg.Target) -> None:
@@ -407,22 +395,3 @@ def nothing_to_prove(changes: Changes, target: cfg.Target) -> None:
             continue  # the proof step says what is wrong
         changes.prove.discard(rel)
         changes.trees.add(rel)
-
-
-def proven(result: Result, list_path: Path) -> Result:
-    """The proof step's result for the plan: its unproven files (OUT, next
-    to LIST) as ``fallback``, and its stderr's last line in the log."""
-    for line in result.error.split(" | ") if result.error else ():
-        log.info("%s", line)  # the skew measured, the files proven
-    if result.rc != 0 or result.stalled:
-        return result
-    try:
-        with open(f"{list_path}.out", "rb") as fh:
-            names = tuple(n for n in fh.read().split(b"\0") if n)
-    except OSError as exc:
-        return Result(rc=NO_PROOF, error=f"prove: cannot read its list: {exc.strerror}")
-    return Result(rc=0, fallback=names)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -20,6 +20,7 @@ from syncsup.syncer.argv import login_of
 from syncsup.syncer.core import Key
 from syncsup.syncer.deletions import receiver_takes_missing_args
 from syncsup.syncer.plan import Plan, Step
+from syncsup.syncer.proof_step import ProofStep
 from syncsup.syncer.steps import Receiver
 from syncsup.syncer.transfer import Transfer
 
@@ -40,7 +41,7 @@ class Slot:
     batch: proto.Batch | None = None
     plan: Plan | None = None
     step: Step | None = None
-    transfer: Transfer | None = None
+    transfer: Transfer | ProofStep | None = None
     sent: int = 0
     channel: Channel | None = None  # the target's agent: for writes, renames or both
     rules: RuleList = field(default_factory=RuleList)

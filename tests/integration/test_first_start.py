@@ -193,6 +193,9 @@ def test_over_ssh_the_agent_reports_target_ctimes_and_the_skew_is_measured(
     log = d.log_tail(400)
     assert "prove: target clock" in log and "40 of 41 files proven current" in log, \
         d.log_tail(60)
+    # in the syncer's thread, its session over the master that was still
+    # connecting when the proof began: no ssh client of its own
+    assert "over the ssh master" in log, d.log_tail(60)
     finish(d, tmp_path, src, dst)
 
 

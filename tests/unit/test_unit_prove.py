@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from syncsup.syncer import prove as proof
-from syncsup.syncer.prove import Clock, _subtrees, unproven, verdict
+from syncsup.syncer.prove import Clock, unproven, verdict
 from syncsup.timings import Timings
 
 S = 10**9
@@ -46,8 +46,30 @@ def test_verdicts() -> None:
     assert verdict(SRC, (200 * S, 4096, 50 * S), Clock(), MARGIN_NS) == "proven"
 
 
-def test_the_list_is_read_as_the_syncer_writes_it() -> None:
-    assert _subtrees(b".\0./a\0./#b\n\0./\xff\0") == [b"", b"a", b"#b\n", b"\xff"]
+def test_a_cancelled_walk_stops_at_the_next_directory(tmp_path) -> None:
+    """The proof runs in a thread of the syncer, which cannot be killed:
+    a stop is seen between directories, and every directory listed is
+    progress (what the stall check watches)."""
+    for i in range(5):
+        (tmp_path / f"d{i}").mkdir()
+        (tmp_path / f"d{i}" / "f").write_bytes(b"x")
+    ticks: list[int] = []
+    stop = False
+
+    def tick() -> None:
+        ticks.append(1)
+
+    def cancelled() -> bool:
+        return stop
+
+    it = proof._chunks(os.fsencode(tmp_path), [b""], [], tick, cancelled)
+    assert [len(c) for c in it] == [5]
+    assert len(ticks) == 6  # the root and five directories
+    ticks.clear()
+    stop = True
+    with pytest.raises(OSError, match="stopped"):
+        list(proof._chunks(os.fsencode(tmp_path), [b""], [], tick, cancelled))
+    assert len(ticks) == 1
 
 
 def test_a_path_too_long_for_a_request_is_unproven_not_a_failed_proof(
@@ -67,7 +89,8 @@ def test_a_path_too_long_for_a_request_is_unproven_not_a_failed_proof(
     monkeypatch.setattr(prove, "MAX_PATH", 12)
     monkeypatch.setattr(prove, "MAX_STATS", 1)
     too_long: list[bytes] = []
-    chunks = list(prove._chunks(os.fsencode(tmp_path), [b""], too_long))
+    chunks = list(prove._chunks(os.fsencode(tmp_path), [b""], too_long, lambda: None,
+                                 lambda: False))
     assert [[name for name, _ in c] for c in chunks] == [[b"a/short"]]
     assert too_long == [b"a/a-much-longer-name"]
 

@@ -1,0 +1,215 @@
+"""The proof step (:mod:`syncsup.syncer.prove`) run in a thread of the
+syncer, looked after by the poll loop as a transfer's process is.
+
+Why a thread and not a process: a proof is a walk of the source's
+metadata and a few requests to the target's agent, not a transfer. As a
+process it cost a Python interpreter (about 20 MB and 0.1 CPU-s to start)
+and an ssh client per target, eight at once under ``max_processes``: at a
+first start with 32 ssh targets, more memory than all the rest of the
+daemon. In the syncer it costs a thread, and its remote session rides the
+login's ssh master (:class:`~syncsup.syncer.mux.MuxSession`) as the
+agent's do.
+
+What a thread cannot be is killed. The invariants that make up for it:
+
+* The thread alone owns the session and its descriptors (it opens,
+  reads, writes and closes them). The loop only ever sends signals to a
+  direct ssh's process group, or shuts the control connection down
+  (``shutdown``, never ``close``: a descriptor number is never reused
+  under the thread); either ends the session, and with it any read or
+  write the thread is blocked in.
+* The walk checks ``cancelled`` between directories and between
+  requests, so a stopped proof of a local target ends at the next one.
+* Progress is counted in directories listed and answers read; no
+  progress for ``rsync.timeout`` seconds is a stall, handled like a
+  stalled transfer's: the proof is stopped and the batch falls back to
+  comparing every file's content. A thread still blocked after the
+  grace (a hung filesystem) is left behind, as a daemon thread that ends
+  with the syncer; its late result is never read.
+* The thread ends by waking the loop as a child's exit does (SIGCHLD to
+  the main thread, whose handler writes to the wakeup descriptor).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from typing import IO
+
+from syncsup import config as cfg
+from syncsup.processes import killpg
+from syncsup.syncer.argv import ssh_argv
+from syncsup.syncer.mux import MuxSession
+from syncsup.syncer.plan import Result
+from syncsup.syncer.prove import COMPARE, NO_PROOF, PROVEN, SENT, prove, stats_command
+from syncsup.syncer.transfer import stderr_tail
+from syncsup.timings import Timings
+
+__all__ = ["ProofStep"]
+
+log = logging.getLogger("syncsup.syncer")
+
+# How long a proof waits for the login's master to listen, where it was
+# started and is still connecting (a first start): longer than ssh's own
+# ConnectTimeout, after which the master has failed and the session
+# connects by itself.
+MASTER_WAIT = 15.0
+
+
+class ProofStep:
+    """A running proof; ``poll()`` gives its Result once it has ended: rc 0
+    and the unproven files as ``fallback``, or rc :data:`NO_PROOF`."""
+
+    def __init__(self, label: str, sync: cfg.Sync, target: cfg.Target,
+                 subtrees: tuple[bytes, ...], control_path: str | None, errfile: IO[bytes],
+                 now: float, timings: Timings, *, master_up: bool = False) -> None:
+        """``master_up``: the master at ``control_path`` runs (it may still
+        be connecting)."""
+        self.label = label
+        self.master_up = master_up
+        self.sync, self.target = sync, target
+        self.subtrees = subtrees
+        self.control_path = control_path
+        self.errfile = errfile
+        errfile.seek(0)
+        errfile.truncate()
+        self.grace = timings.step_stop_grace
+        self.margin = timings.proof_margin
+        self.progress_log = timings.progress_log
+        self.io_seen = 0  # (status shows bytes for a process: a thread has none)
+        self.started = self.last_log = self.progress_at = now
+        self.progress = 0     # directories listed and answers read: written by the thread
+        self.progress_seen = 0
+        self.checked = 0.0
+        self.killing = 0.0
+        self.stall = ""
+        self.cancel = threading.Event()
+        self.link: MuxSession | None = None  # set by the thread; the loop only signals it
+        self.result: Result | None = None    # set by the thread, last
+        self.main_ident = threading.main_thread().ident
+        self.thread = threading.Thread(target=self._run, name=f"prove {label}", daemon=True)
+        self.thread.start()
+
+    # -- the thread ------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self.progress += 1
+
+    def _run(self) -> None:
+        link: MuxSession | None = None
+        try:
+            if self.target.is_remote:
+                if self.control_path is not None and self.master_up:
+                    self._await_master(self.control_path)
+                command = stats_command(self.sync, self.target)
+                direct = [*ssh_argv(self.sync), "--", self.target.login, command]
+                link = self.link = MuxSession(self.control_path, command, direct, self.errfile)
+            names, counts, said = prove(self.sync, self.target, self.subtrees, link,
+                                        self.margin, self._tick, self.cancel.is_set)
+            if said and link is not None:
+                log.info("%s: prove: %s, %s", self.label, said,
+                         "over the ssh master" if link.opened else "over a connection of its own")
+            looked = sum(counts.values())
+            log.info("%s: prove: %d of %d files proven current, %d missing or different "
+                     "(sent), %d to compare by content", self.label, counts[PROVEN], looked,
+                     counts[SENT], counts[COMPARE])
+            result = Result(rc=0, fallback=tuple(names))
+        except Exception as exc:  # any failure: compare instead, never hang
+            if link is not None:
+                try:  # the session's end comes after all it wrote to stderr
+                    link.wait(self.grace)
+                except (subprocess.TimeoutExpired, OSError):
+                    pass
+            why = str(exc) or type(exc).__name__
+            tail = stderr_tail(self.errfile)
+            result = Result(rc=NO_PROOF, error=f"prove: cannot read the target's ctimes "
+                                               f"({why}{': ' + tail if tail else ''}): "
+                                               "comparing every file's content")
+            log.info("%s: %s", self.label, result.error)
+        finally:
+            if link is not None:
+                link.kill(self.grace)
+        self.result = result
+        if self.main_ident is not None:
+            signal.pthread_kill(self.main_ident, signal.SIGCHLD)  # wakes the loop
+
+    def _await_master(self, path: str) -> None:
+        """At a first start the master is still connecting when the proofs
+        begin: without this wait, each would connect by itself, an ssh
+        client per target. The master listens once it has connected."""
+        deadline = time.monotonic() + MASTER_WAIT
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            if self.cancel.wait(0.05):
+                return
+
+    # -- the loop's side -------------------------------------------------------------
+
+    def check(self, now: float, timeout: int) -> None:
+        """Progress and stall handling, at most once a second."""
+        if self.killing:
+            if now - self.killing >= self.grace:
+                self._signal(signal.SIGKILL)
+            return
+        if now - self.checked < 1.0:
+            return
+        self.checked = now
+        if now - self.last_log >= self.progress_log:
+            self.last_log = now
+            log.info("%s: the proof has run for %.0fs, %d directories and answers so far",
+                     self.label,
+                     now - self.started, self.progress)
+        if self.progress != self.progress_seen:
+            self.progress_seen, self.progress_at = self.progress, now
+        elif timeout and now - self.progress_at >= timeout:
+            log.warning("%s: the proof made no progress for %ds: stopping it", self.label,
+                        timeout)
+            self.stall = f"no progress for {timeout}s: proof stopped, comparing instead"
+            self.killing = now
+            self.terminate()
+
+    def _signal(self, sig: int) -> None:
+        link = self.link
+        proc = link.proc if link is not None else None
+        if proc is not None:
+            killpg(proc.pid, sig)
+            killpg(proc.pid, signal.SIGCONT)
+
+    def terminate(self) -> None:
+        """Stop the walk and end the session (see the invariants above)."""
+        self.cancel.set()
+        self._signal(signal.SIGTERM)
+        link = self.link
+        sock = link.sock if link is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed by the thread meanwhile: the session is ending anyway
+
+    def poll(self) -> Result | None:
+        result = self.result
+        if result is not None:
+            if self.killing:
+                return Result(rc=result.rc or NO_PROOF, stalled=True, error=self.stall)
+            return result
+        if self.killing and time.monotonic() - self.killing >= 2 * self.grace:
+            log.warning("%s: the proof's thread is still blocked: left behind", self.label)
+            return Result(rc=NO_PROOF, stalled=True, error=self.stall)
+        return None
+
+    def sent_bytes(self) -> int:
+        return 0
+
+    def kill(self) -> None:
+        """At stop: end it, waiting at most the grace (then twice more,
+        after a KILL to a direct ssh)."""
+        self.terminate()
+        self.thread.join(self.grace)
+        if self.thread.is_alive():
+            self._signal(signal.SIGKILL)
+            self.thread.join(self.grace)
