@@ -9,11 +9,13 @@ names a step sends and what a result says, in ``steps.py``; what a result
 means for the batch, in ``plan.py`` (:meth:`Plan.advance`, called only from
 :meth:`Syncer.settle`).
 
-Single-threaded: children are polled, never waited on, so one hung transfer
+One loop thread: children are polled, never waited on, so one hung transfer
 cannot stall the other targets, the heartbeats or a stop request; SIGCHLD
 wakes the loop when a child ends. Every child runs in its own process group
 with PR_SET_PDEATHSIG, so killing the syncer (or its whole group) never
-leaves a transfer behind.
+leaves a transfer behind. The one other thread is a first start's proof
+(``proof_step.py``): it shares nothing with the loop but its result, and
+wakes the loop as a child's end does.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ from syncsup.syncer.transfer import Transfer
 
 __all__ = ["Syncer", "main"]
 
+HOLD_POLL = 0.05  # s: how often a step held for its master looks for it
+
 log = logging.getLogger("syncsup.syncer")
 
 
@@ -89,6 +93,8 @@ class Syncer:
                        if s.channel is not None and s.channel.local is None]
         self.files: dict[tuple[str, int], tuple[IO[bytes], IO[bytes]]] = {}
         self.reconnects = Reconnects(self.monitor)
+        # slots whose next step waits for their login's master to listen
+        self.held: set[tuple[str, int]] = set()
 
     def _master_of(self, conn: Conn) -> tuple[cfg.Sync, cfg.Target]:
         """A target that reaches its host through ``conn`` (all of them
@@ -126,12 +132,20 @@ class Syncer:
             self.finish(slot, nxt)
             return
         slot.step = nxt
+        if self._master_coming(slot, time.monotonic()):
+            self.held.add(slot.key)  # taken up again by the loop (see run)
+            return
         remote = slot.channel is not None and slot.channel.local is None
         may = self.lanes.may_start(slot.key, agent=nxt.by_agent, session=remote,
                                    now=time.monotonic())
         self._close_sessions()
         if may:
             self.start(slot, nxt)
+
+    def _master_coming(self, slot: Slot, now: float) -> bool:
+        path = slot.control_path
+        return path is not None and self.masters.connecting(
+            slot.key, now, listening=os.path.exists(path), wait=self.timings.master_wait)
 
     def _close_sessions(self) -> None:
         """End the idle agent sessions the lanes closed to free a process."""
@@ -179,8 +193,7 @@ class Syncer:
         if step.kind is StepKind.PROVE:
             slot.transfer = ProofStep(slot.label, slot.sync, slot.target,
                                       step.names, slot.control_path, self._files(slot)[0],
-                                      time.monotonic(), self.timings,
-                                      master_up=self.masters.up(slot.key))
+                                      time.monotonic(), self.timings)
             self.lanes.transfer_started(slot.key)
             return
         lst = self.state.tmp / f"{slot.sync.name}-{slot.index}-{step.kind.value}.list"
@@ -269,7 +282,8 @@ class Syncer:
     def timeout(self, now: float, beat_in: float) -> float:
         """Idle, only the heartbeat and the ssh masters' retries wake us (a
         master that ends wakes us through SIGCHLD)."""
-        due = [beat_in, self.lanes.wake_in(), self.masters.wake_in(now)]
+        due = [beat_in, self.lanes.wake_in(), self.masters.wake_in(now),
+               HOLD_POLL if self.held else None]
         return min(d for d in due if d is not None)
 
     def _poll_agents(self, poller: zmq.Poller, polled: dict[int, int]) -> dict[int, int]:
@@ -332,6 +346,11 @@ class Syncer:
                     self.lanes.session_ended(slot.key)
             for key in self.lanes.busy():
                 self.poll(self.slots[key], now)
+            for key in sorted(self.held, key=self.lanes.started):
+                slot = self.slots[key]
+                if slot.step is not None and not self._master_coming(slot, now):
+                    self.held.discard(key)
+                    self.proceed(slot, slot.step)
             # the transfers freed go to the steps waiting, the oldest batch's first
             while (due := self.lanes.take(now)) is not None:
                 self._close_sessions()

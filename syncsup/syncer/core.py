@@ -296,6 +296,19 @@ class Masters:
         conn = self.conn_of.get(key)
         return conn is not None and self.masters[conn].process is not None
 
+    def connecting(self, key: Key, now: float, *, listening: bool, wait: float) -> bool:
+        """Is ``key``'s master started but not listening yet, for less than
+        ``wait`` seconds? A step started meanwhile would make a connection
+        of its own (a handshake on both ends, an ssh client here, a session
+        process there): at a start, one per target beside the master. It
+        waits instead, and a master that fails or stalls past ``wait``
+        lets it connect by itself."""
+        conn = self.conn_of.get(key)
+        if conn is None or listening:
+            return False
+        m = self.masters[conn]
+        return m.process is not None and now - m.started < wait
+
     def use(self, key: Key, now: float, *, busy: bool) -> None:
         """A batch came (``busy``) or ended for ``key``'s target: its
         master is wanted, and started now if it is down and due."""

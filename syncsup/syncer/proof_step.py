@@ -33,7 +33,6 @@ What a thread cannot be is killed. The invariants that make up for it:
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -54,12 +53,6 @@ __all__ = ["ProofStep"]
 
 log = logging.getLogger("syncsup.syncer")
 
-# How long a proof waits for the login's master to listen, where it was
-# started and is still connecting (a first start): longer than ssh's own
-# ConnectTimeout, after which the master has failed and the session
-# connects by itself.
-MASTER_WAIT = 15.0
-
 
 class ProofStep:
     """A running proof; ``poll()`` gives its Result once it has ended: rc 0
@@ -67,11 +60,8 @@ class ProofStep:
 
     def __init__(self, label: str, sync: cfg.Sync, target: cfg.Target,
                  subtrees: tuple[bytes, ...], control_path: str | None, errfile: IO[bytes],
-                 now: float, timings: Timings, *, master_up: bool = False) -> None:
-        """``master_up``: the master at ``control_path`` runs (it may still
-        be connecting)."""
+                 now: float, timings: Timings) -> None:
         self.label = label
-        self.master_up = master_up
         self.sync, self.target = sync, target
         self.subtrees = subtrees
         self.control_path = control_path
@@ -104,8 +94,6 @@ class ProofStep:
         link: MuxSession | None = None
         try:
             if self.target.is_remote:
-                if self.control_path is not None and self.master_up:
-                    self._await_master(self.control_path)
                 command = stats_command(self.sync, self.target)
                 direct = [*ssh_argv(self.sync), "--", self.target.login, command]
                 link = self.link = MuxSession(self.control_path, command, direct, self.errfile)
@@ -137,15 +125,6 @@ class ProofStep:
         self.result = result
         if self.main_ident is not None:
             signal.pthread_kill(self.main_ident, signal.SIGCHLD)  # wakes the loop
-
-    def _await_master(self, path: str) -> None:
-        """At a first start the master is still connecting when the proofs
-        begin: without this wait, each would connect by itself, an ssh
-        client per target. The master listens once it has connected."""
-        deadline = time.monotonic() + MASTER_WAIT
-        while not os.path.exists(path) and time.monotonic() < deadline:
-            if self.cancel.wait(0.05):
-                return
 
     # -- the loop's side -------------------------------------------------------------
 

@@ -102,6 +102,35 @@ def test_an_unused_master_is_closed_and_the_next_change_opens_it(sshd, tmp_path:
     finish(d, tmp_path, src, dst)
 
 
+def _connections(sshd: Sshd) -> int:
+    """Connections the sshd has accepted so far (each a handshake on both
+    ends, an ssh client here and a session process there)."""
+    return sshd.log.read_bytes().count(b"Accepted publickey")
+
+
+def test_a_start_makes_one_connection_per_login_not_one_per_target(
+        sshd, tmp_path: Path, src: Path, daemon_factory) -> None:
+    """At a start the login's master is still connecting when the first
+    steps are ready: the rescan's rsync, the agents' sessions and the
+    proofs of three targets wait for it instead of each connecting by
+    itself, so the sshd sees one connection, the master's."""
+    dsts = [tmp_path / f"dst-{n}" for n in ("a", "b", "c")]
+    for p in dsts:
+        p.mkdir()
+    write_all(src, {"one": b"1" * 300, "d/two": b"2", "d/three": b"3" * 5000})
+    wrapper, _started = write_target_command(tmp_path)
+    before = _connections(sshd)
+    d = daemon_factory([sync_entry(src, [sshd.target(p) for p in dsts], delay=0.1,
+                                   ssh={**sshd.ssh_config(), "target_command": str(wrapper)})])
+    wait_converged(src, dsts, timeout=120, on_timeout=d.describe)
+    write_all(src, {"after": b"a" * 100, "d/two": b"22"})
+    wait_converged(src, dsts, timeout=120, on_timeout=d.describe)
+    log = d.log_text()
+    assert log.count("over the ssh master") == 3, d.log_tail(30)  # the three proofs
+    assert _connections(sshd) - before == 1, sshd.log_tail(20)
+    finish(d, tmp_path, src, dsts[0])
+
+
 def test_targets_on_one_login_share_one_master(sshd, tmp_path: Path, src: Path,
                                                daemon_factory) -> None:
     """Three remote targets on one host with one ssh command (two of one
