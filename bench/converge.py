@@ -88,11 +88,13 @@ def wait_pairs(
         time.sleep(poll)
 
 
-def ready(tool: Tool, src: Path, dsts: list[Path], timeout: float) -> None:
-    """Startup sync done and an event-driven change flowed (two probes in turn)."""
+def ready(tool: Tool, src: Path, dsts: list[Path], timeout: float,
+          on_poll: Callable[[], None] | None = None) -> None:
+    """Startup sync done and an event-driven change flowed (two probes in
+    turn); ``on_poll`` is called at each look, as for :func:`wait_converged`."""
     for i in (1, 2):
         write_file(os.fspath(src / f".ready{i}"), i)
-        wait_converged(tool, src, dsts, timeout)
+        wait_converged(tool, src, dsts, timeout, on_poll=on_poll)
 
 
 def tool_idle(t: Tool, log_from: int = 0) -> bool:

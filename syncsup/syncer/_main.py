@@ -133,6 +133,8 @@ class Syncer:
             return
         slot.step = nxt
         if self._master_coming(slot, time.monotonic()):
+            if slot.key not in self.held:
+                log.debug("%s: waits for its ssh master to listen", slot.label)
             self.held.add(slot.key)  # taken up again by the loop (see run)
             return
         remote = slot.channel is not None and slot.channel.local is None
