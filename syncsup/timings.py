@@ -68,11 +68,12 @@ class Timings:
         answers are due is wedged: it is killed and its paths go by rsync.""")
     agent_restart: float = _t(30.0, 0.05, """an agent lost after it worked starts again at
         once, then after this, doubling up to `agent_retry`.""")
-    master_wait: float = _t(15.0, 0.0, """a step over ssh waits this long at most for its
-        login's ssh master, started and still connecting (a start, a master started
-        again), instead of connecting by itself: one handshake and one ssh client
-        fewer a target. Longer than ssh's ConnectTimeout, after which the master has
-        failed and steps connect directly.""")
+    master_wait: float = _t(15.0, 0.0, """a step over ssh that would open a connection
+        waits this long at most for its login's ssh master, started and still
+        connecting (a start, a master started again), instead of connecting by
+        itself: one handshake and one ssh client fewer a target. A master still not
+        listening by then (a slow login, a hung server) is passed by: steps connect
+        directly. `0`: never wait.""")
     master_retry: float = _t(2.0, 0.05, """an ssh master connection (shared by the
         transfers and agent sessions of every remote target with the same login) that
         ended is started again after this, doubling up to `master_retry_cap`; transfers

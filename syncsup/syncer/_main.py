@@ -14,8 +14,9 @@ cannot stall the other targets, the heartbeats or a stop request; SIGCHLD
 wakes the loop when a child ends. Every child runs in its own process group
 with PR_SET_PDEATHSIG, so killing the syncer (or its whole group) never
 leaves a transfer behind. The one other thread is a first start's proof
-(``proof_step.py``): it shares nothing with the loop but its result, and
-wakes the loop as a child's end does.
+(``proof_step.py``): the loop reads its result and progress, and may only
+signal its session (the rules are in that module); it wakes the loop as a
+child's end does.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from syncsup.syncer.core import Conn, Lanes, Masters, Phase, done_message, summa
 from syncsup.syncer.masters import SshMasters
 from syncsup.syncer.plan import Finished, Result, Step, StepKind
 from syncsup.syncer.proof_step import ProofStep
+from syncsup.syncer.prove import NO_PROOF
 from syncsup.syncer.readonce import SHARED
 from syncsup.syncer.slots import Slot, make_slots
 from syncsup.syncer.steps import (
@@ -132,7 +134,9 @@ class Syncer:
             self.finish(slot, nxt)
             return
         slot.step = nxt
-        if self._master_coming(slot, time.monotonic()):
+        on_open_session = (nxt.by_agent and slot.channel is not None
+                           and slot.channel.session_open())
+        if not on_open_session and self._master_coming(slot, time.monotonic()):
             if slot.key not in self.held:
                 log.debug("%s: waits for its ssh master to listen", slot.label)
             self.held.add(slot.key)  # taken up again by the loop (see run)
@@ -193,9 +197,14 @@ class Syncer:
                 self.settle(slot, done)
             return
         if step.kind is StepKind.PROVE:
-            slot.transfer = ProofStep(slot.label, slot.sync, slot.target,
-                                      step.names, slot.control_path, self._files(slot)[0],
-                                      time.monotonic(), self.timings)
+            try:
+                slot.transfer = ProofStep(slot.label, slot.sync, slot.target,
+                                          step.names, slot.control_path, self._files(slot)[0],
+                                          time.monotonic(), self.timings)
+            except RuntimeError as exc:  # no thread to be had (a cgroup's pids.max)
+                self.settle(slot, Result(rc=NO_PROOF, error=f"prove: cannot start: {exc}: "
+                                                            "comparing every file's content"))
+                return
             self.lanes.transfer_started(slot.key)
             return
         lst = self.state.tmp / f"{slot.sync.name}-{slot.index}-{step.kind.value}.list"

@@ -195,6 +195,7 @@ class MuxSession:
         self.sock: socket.socket | None = None
         self.far: tuple[int, int] | None = None  # held until the master opens
         self.stdin_fd = self.stdout_fd = -1
+        self.given_up = False  # see give_up
         try:
             in_r, self.stdin_fd = os.pipe2(os.O_CLOEXEC)
             self.far = (in_r, -1)
@@ -248,11 +249,29 @@ class MuxSession:
             return None  # no master (yet): ssh connects by itself
         return sock
 
+    def give_up(self) -> None:
+        """End the session from another thread than its owner's: its control
+        connection is shut down (never closed, so no descriptor number is
+        freed under the owner), and it will not connect directly instead.
+        The owner then sees it end, as a connection that failed (255)."""
+        self.given_up = True
+        sock = self.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed by the owner meanwhile: ending anyway
+
     def _fall_back(self, why: str, raising: bool = False) -> None:
         """The master will not carry it: a direct ssh on the held pipes.
         Where ssh cannot be run, the constructor raises (the caller says so
         and leaves the agent alone for a while); later, the session ends as
-        a connection that failed (255)."""
+        a connection that failed (255). Not once given up."""
+        if self.given_up:
+            self.returncode = 255
+            self._close_sock()
+            self._release_far()
+            return
         if why:
             self._say(why)
         self._close_sock()

@@ -19,7 +19,8 @@ What a thread cannot be is killed. The invariants that make up for it:
   under the thread); either ends the session, and with it any read or
   write the thread is blocked in.
 * The walk checks ``cancelled`` between directories and between
-  requests, so a stopped proof of a local target ends at the next one.
+  requests, so a stopped proof of a local target ends at the next one;
+  a stopped session never connects directly instead of over the master.
 * Progress is counted in directories listed and answers read; no
   progress for ``rsync.timeout`` seconds is a stall, handled like a
   stalled transfer's: the proof is stopped and the batch falls back to
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -92,6 +92,10 @@ class ProofStep:
 
     def _run(self) -> None:
         link: MuxSession | None = None
+        # what the batch gets however this ends (even on an error below):
+        # comparing every file, never files taken for proven
+        result = Result(rc=NO_PROOF, error="prove: ended on an internal error: comparing "
+                                           "every file's content")
         try:
             if self.target.is_remote:
                 command = stats_command(self.sync, self.target)
@@ -108,23 +112,29 @@ class ProofStep:
                      counts[SENT], counts[COMPARE])
             result = Result(rc=0, fallback=tuple(names))
         except Exception as exc:  # any failure: compare instead, never hang
-            if link is not None:
+            if link is not None and not self.cancel.is_set():
                 try:  # the session's end comes after all it wrote to stderr
                     link.wait(self.grace)
                 except (subprocess.TimeoutExpired, OSError):
                     pass
             why = str(exc) or type(exc).__name__
-            tail = stderr_tail(self.errfile)
+            try:
+                tail = stderr_tail(self.errfile)
+            except (OSError, ValueError):
+                tail = ""
             result = Result(rc=NO_PROOF, error=f"prove: cannot read the target's ctimes "
                                                f"({why}{': ' + tail if tail else ''}): "
                                                "comparing every file's content")
             log.info("%s: %s", self.label, result.error)
         finally:
-            if link is not None:
-                link.kill(self.grace)
-        self.result = result
-        if self.main_ident is not None:
-            signal.pthread_kill(self.main_ident, signal.SIGCHLD)  # wakes the loop
+            try:
+                if link is not None:
+                    self.link = None  # reaped below: the loop signals it no more
+                    link.kill(self.grace)
+            finally:
+                self.result = result
+                if self.main_ident is not None:
+                    signal.pthread_kill(self.main_ident, signal.SIGCHLD)  # wakes the loop
 
     # -- the loop's side -------------------------------------------------------------
 
@@ -152,9 +162,12 @@ class ProofStep:
             self.terminate()
 
     def _signal(self, sig: int) -> None:
+        """Signal a direct ssh's group, unless the thread has reaped it (or
+        is about to: it lets go of the link first), so a pid used again is
+        never signalled."""
         link = self.link
         proc = link.proc if link is not None else None
-        if proc is not None:
+        if proc is not None and proc.returncode is None and self.result is None:
             killpg(proc.pid, sig)
             killpg(proc.pid, signal.SIGCONT)
 
@@ -163,12 +176,8 @@ class ProofStep:
         self.cancel.set()
         self._signal(signal.SIGTERM)
         link = self.link
-        sock = link.sock if link is not None else None
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # closed by the thread meanwhile: the session is ending anyway
+        if link is not None:
+            link.give_up()
 
     def poll(self) -> Result | None:
         result = self.result

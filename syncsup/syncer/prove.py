@@ -369,6 +369,8 @@ def prove(sync: cfg.Sync, target: cfg.Target, subtrees: Sequence[bytes],
                 if v == COMPARE:
                     out.append(name)
             tick()
+            if cancelled():
+                raise OSError("stopped")
     finally:
         if remote is not None:
             remote.close()

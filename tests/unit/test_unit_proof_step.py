@@ -105,6 +105,8 @@ def test_a_stalled_proof_is_stopped_and_the_batch_compares_instead(
     result = _wait(step)
     assert result.stalled and result.rc == NO_PROOF
     assert "no progress for 1s" in result.error
+    if honour_cancel:
+        step.thread.join(5)  # (it sets its result a moment before it ends)
     assert step.thread.is_alive() is (not honour_cancel)
     fake.release.set()
     step.thread.join(5)
@@ -139,3 +141,52 @@ def test_kill_at_stop_ends_a_proof_that_honours_the_stop(
     assert not step.thread.is_alive()
     assert time.monotonic() - began < GRACE + 1
     assert step.poll() is not None
+
+
+def test_a_stalled_remote_proof_waiting_on_its_master_never_connects_directly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A master that takes the session and never answers (wedged): the
+    stall ends the session, and the proof ends compared, without starting
+    a direct ssh to the same host (a stopped session is given up, not
+    handed to a fallback)."""
+    import socket
+
+    from syncsup.syncer import mux
+
+    path = tmp_path / "cm-0"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(os.fspath(path))
+    listener.listen(1)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        conn, _ = listener.accept()
+        held.append(conn)  # and never a word
+
+    threading.Thread(target=accept, daemon=True).start()
+    spawned: list[Any] = []
+
+    def spawn(*args: Any, **kw: Any) -> Any:
+        spawned.append(args)
+        raise OSError("no direct ssh in this test")
+
+    monkeypatch.setattr(mux, "spawn", spawn)
+    (tmp_path / "src").mkdir()
+    conf = make_config(tmp_path, [{"name": "s", "source": str(tmp_path / "src"),
+                                   "targets": ["h:/x"]}])
+    sync = conf.syncs[0]
+    errfile = tempfile.TemporaryFile()  # noqa: SIM115
+    step = ProofStep("target h:/x", sync, sync.targets[0], (b"",), os.fspath(path), errfile,
+                     time.monotonic(), TIMINGS)
+    deadline = time.monotonic() + 5
+    while step.link is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    step.check(time.monotonic() + 1.5, timeout=1)
+    result = _wait(step)
+    assert result.stalled and result.rc == NO_PROOF
+    step.thread.join(5)
+    assert not step.thread.is_alive()
+    assert spawned == []
+    for c in held:
+        c.close()
+    listener.close()
