@@ -380,8 +380,8 @@ def prove(sync: cfg.Sync, target: cfg.Target, subtrees: Sequence[bytes],
 def nothing_to_prove(changes: Changes, target: cfg.Target) -> None:
     """Turn ``changes.prove`` into plain quick-check rescans when a local
     target holds nothing under them yet: every file there is missing, so
-    the quick check sends it, and no proof (a process and a walk of the
-    source) is needed. The usual first start, on an empty target, then
+    the quick check sends it, and no proof (a walk of the source) is
+    needed. The usual first start, on an empty target, then
     costs what it did before proofs existed."""
     if not changes.prove or target.is_remote:
         return
