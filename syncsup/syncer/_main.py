@@ -359,7 +359,9 @@ class Syncer:
                 self.poll(self.slots[key], now)
             for key in sorted(self.held, key=self.lanes.started):
                 slot = self.slots[key]
-                if slot.step is not None and not self._master_coming(slot, now):
+                if slot.step is None or slot.batch is None:
+                    self.held.discard(key)  # (never: a held batch waits for this loop)
+                elif not self._master_coming(slot, now):
                     self.held.discard(key)
                     self.proceed(slot, slot.step)
             # the transfers freed go to the steps waiting, the oldest batch's first
