@@ -149,9 +149,12 @@ class Syncer:
             self.start(slot, nxt)
 
     def _master_coming(self, slot: Slot, now: float) -> bool:
+        """Its login's master started moments ago and does not listen yet
+        (the socket is looked for only then, not at every step)."""
         path = slot.control_path
-        return path is not None and self.masters.connecting(
-            slot.key, now, listening=os.path.exists(path), wait=self.timings.master_wait)
+        return (path is not None
+                and self.masters.starting(slot.key, now, self.timings.master_wait)
+                and not os.path.exists(path))
 
     def _close_sessions(self) -> None:
         """End the idle agent sessions the lanes closed to free a process."""

@@ -296,15 +296,16 @@ class Masters:
         conn = self.conn_of.get(key)
         return conn is not None and self.masters[conn].process is not None
 
-    def connecting(self, key: Key, now: float, *, listening: bool, wait: float) -> bool:
-        """Is ``key``'s master started but not listening yet, for less than
-        ``wait`` seconds? A step started meanwhile would make a connection
-        of its own (a handshake on both ends, an ssh client here, a session
-        process there): at a start, one per target beside the master. It
-        waits instead, and a master that fails or stalls past ``wait``
-        lets it connect by itself."""
+    def starting(self, key: Key, now: float, wait: float) -> bool:
+        """Is ``key``'s master running, started less than ``wait`` seconds
+        ago? If it does not listen yet, a step started now would make a
+        connection of its own (a handshake on both ends, an ssh client
+        here, a session process there): at a start, one per target beside
+        the master. The step waits instead (the loop looks for the socket),
+        and a master that fails or stalls past ``wait`` lets it connect by
+        itself. False for a target with no master, or one backing off."""
         conn = self.conn_of.get(key)
-        if conn is None or listening:
+        if conn is None:
             return False
         m = self.masters[conn]
         return m.process is not None and now - m.started < wait

@@ -30,6 +30,7 @@ import select
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
@@ -351,6 +352,21 @@ class MuxSession:
             self._close_sock()
         elif self.far is not None:
             self._fall_back(why)
+
+    def settle(self, cancelled: Callable[[], bool]) -> None:
+        """Block until the master has opened the session, or refused it and
+        a direct ssh runs on its pipes instead (or it ended, or
+        ``cancelled()``): until then the far ends are ours, and a blocking
+        read would never see the end of a session that never began. For an
+        owner that reads and writes the pipes blocking, in a thread."""
+        while self.pending and not cancelled():
+            if self.poll() is not None:
+                return
+            fd = self.control_fd
+            if fd is not None:
+                waiter = select.poll()  # not select(): any descriptor number
+                waiter.register(fd, select.POLLIN)
+                waiter.poll(100)
 
     def wait(self, timeout: float) -> int:
         """The exit code within ``timeout`` seconds, or TimeoutExpired."""

@@ -46,7 +46,7 @@ from syncsup.syncer.argv import ssh_argv
 from syncsup.syncer.mux import MuxSession
 from syncsup.syncer.plan import Result
 from syncsup.syncer.prove import COMPARE, NO_PROOF, PROVEN, SENT, prove, stats_command
-from syncsup.syncer.transfer import stderr_tail
+from syncsup.syncer.transfer import Watched, stderr_tail
 from syncsup.timings import Timings
 
 __all__ = ["ProofStep"]
@@ -54,30 +54,28 @@ __all__ = ["ProofStep"]
 log = logging.getLogger("syncsup.syncer")
 
 
-class ProofStep:
+class ProofStep(Watched):
     """A running proof; ``poll()`` gives its Result once it has ended: rc 0
-    and the unproven files as ``fallback``, or rc :data:`NO_PROOF`."""
+    and the unproven files as ``fallback``, or rc :data:`NO_PROOF`. Its
+    progress (for the stall check): directories listed and answers read."""
+
+    stopping = "proof stopped, comparing instead"
+    io_seen = 0  # (status shows bytes for a process: a thread has none)
 
     def __init__(self, label: str, sync: cfg.Sync, target: cfg.Target,
                  subtrees: tuple[bytes, ...], control_path: str | None, errfile: IO[bytes],
                  now: float, timings: Timings) -> None:
-        self.label = label
+        self.slot_label = label  # its own lines say "prove:" after it
+        self.label = f"{label}: the proof"  # the stall check's
         self.sync, self.target = sync, target
         self.subtrees = subtrees
         self.control_path = control_path
         self.errfile = errfile
         errfile.seek(0)
         errfile.truncate()
-        self.grace = timings.step_stop_grace
         self.margin = timings.proof_margin
-        self.progress_log = timings.progress_log
-        self.io_seen = 0  # (status shows bytes for a process: a thread has none)
-        self.started = self.last_log = self.progress_at = now
-        self.progress = 0     # directories listed and answers read: written by the thread
-        self.progress_seen = 0
-        self.checked = 0.0
-        self.killing = 0.0
-        self.stall = ""
+        self._watch(now, timings)
+        self.progress = 0  # directories listed and answers read: written by the thread
         self.cancel = threading.Event()
         self.link: MuxSession | None = None  # set by the thread; the loop only signals it
         self.result: Result | None = None    # set by the thread, last
@@ -104,11 +102,11 @@ class ProofStep:
             names, counts, said = prove(self.sync, self.target, self.subtrees, link,
                                         self.margin, self._tick, self.cancel.is_set)
             if said and link is not None:
-                log.info("%s: prove: %s, %s", self.label, said,
+                log.info("%s: prove: %s, %s", self.slot_label, said,
                          "over the ssh master" if link.opened else "over a connection of its own")
             looked = sum(counts.values())
             log.info("%s: prove: %d of %d files proven current, %d missing or different "
-                     "(sent), %d to compare by content", self.label, counts[PROVEN], looked,
+                     "(sent), %d to compare by content", self.slot_label, counts[PROVEN], looked,
                      counts[SENT], counts[COMPARE])
             result = Result(rc=0, fallback=tuple(names))
         except Exception as exc:  # any failure: compare instead, never hang
@@ -125,7 +123,7 @@ class ProofStep:
             result = Result(rc=NO_PROOF, error=f"prove: cannot read the target's ctimes "
                                                f"({why}{': ' + tail if tail else ''}): "
                                                "comparing every file's content")
-            log.info("%s: %s", self.label, result.error)
+            log.info("%s: %s", self.slot_label, result.error)
         finally:
             try:
                 if link is not None:
@@ -138,28 +136,14 @@ class ProofStep:
 
     # -- the loop's side -------------------------------------------------------------
 
-    def check(self, now: float, timeout: int) -> None:
-        """Progress and stall handling, at most once a second."""
-        if self.killing:
-            if now - self.killing >= self.grace:
-                self._signal(signal.SIGKILL)
-            return
-        if now - self.checked < 1.0:
-            return
-        self.checked = now
-        if now - self.last_log >= self.progress_log:
-            self.last_log = now
-            log.info("%s: the proof has run for %.0fs, %d directories and answers so far",
-                     self.label,
-                     now - self.started, self.progress)
-        if self.progress != self.progress_seen:
-            self.progress_seen, self.progress_at = self.progress, now
-        elif timeout and now - self.progress_at >= timeout:
-            log.warning("%s: the proof made no progress for %ds: stopping it", self.label,
-                        timeout)
-            self.stall = f"no progress for {timeout}s: proof stopped, comparing instead"
-            self.killing = now
-            self.terminate()
+    def _progress(self) -> int:
+        return self.progress
+
+    def _described(self, progress: int) -> str:
+        return f"{progress} directories and answers so far"
+
+    def _force(self) -> None:
+        self._signal(signal.SIGKILL)
 
     def _signal(self, sig: int) -> None:
         """Signal a direct ssh's group, unless the thread has reaped it (or
@@ -186,7 +170,7 @@ class ProofStep:
                 return Result(rc=result.rc or NO_PROOF, stalled=True, error=self.stall)
             return result
         if self.killing and time.monotonic() - self.killing >= 2 * self.grace:
-            log.warning("%s: the proof's thread is still blocked: left behind", self.label)
+            log.warning("%s's thread is still blocked: left behind", self.label)
             return Result(rc=NO_PROOF, stalled=True, error=self.stall)
         return None
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import shlex
 import stat
 import time
@@ -199,7 +198,9 @@ class _Remote:
 
     def __init__(self, link: MuxSession, cancelled: Callable[[], bool]) -> None:
         self.link = link
-        _opened(link, cancelled)
+        link.settle(cancelled)
+        if cancelled():
+            raise OSError("stopped")
         # our own descriptors: the link's are closed by the link
         self.rin: IO[bytes] = open(os.dup(link.stdout_fd), "rb")  # noqa: SIM115
         self.out: IO[bytes] = open(os.dup(link.stdin_fd), "wb")  # noqa: SIM115
@@ -269,22 +270,6 @@ class _Remote:
                 fh.close()
             except OSError:
                 pass
-
-
-def _opened(link: MuxSession, cancelled: Callable[[], bool]) -> None:
-    """Wait until the master has opened the session, or refused it and a
-    direct ssh runs on its pipes instead: until then the far ends are ours,
-    and a read would never see the end of a session that never began."""
-    while link.pending and not cancelled():
-        if link.poll() is not None:
-            break
-        fd = link.control_fd
-        if fd is not None:
-            waiter = select.poll()  # not select(): any descriptor number
-            waiter.register(fd, select.POLLIN)
-            waiter.poll(100)
-    if cancelled():
-        raise OSError("stopped")
 
 
 def _chunks(root: bytes, subtrees: Sequence[bytes], too_long: list[bytes],

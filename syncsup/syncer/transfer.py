@@ -21,7 +21,7 @@ from syncsup.syncer.plan import Result
 from syncsup.text import printable
 from syncsup.timings import Timings
 
-__all__ = ["Transfer", "spawn", "stderr_tail"]
+__all__ = ["Transfer", "Watched", "spawn", "stderr_tail"]
 
 log = logging.getLogger("syncsup.syncer")
 
@@ -83,52 +83,93 @@ def _human(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-class Transfer:
-    """A running step. ``poll()`` gives its Result once it has ended."""
+class Watched:
+    """A running step watched for progress: a number that grows while it
+    works (:meth:`_progress`). No growth for ``timeout`` seconds is a
+    stall: the step is asked to stop (:meth:`terminate`), then forced
+    (:meth:`_force`) ``Timings.step_stop_grace`` later; ``stall`` says why
+    for its result. One rule for every kind of step, whatever it counts."""
 
-    def __init__(self, label: str, argv: list[str], errfile: IO[bytes], outfile: IO[bytes],
-                 now: float, timings: Timings) -> None:
-        self.label = label
+    label = ""
+    stopping = "stopped"  # what a stall means for the step, in its result
+
+    def _watch(self, now: float, timings: Timings) -> None:
         self.grace = timings.step_stop_grace
         self.progress_log = timings.progress_log
-        self.errfile, self.outfile = errfile, outfile
-        for fh in (errfile, outfile):
-            fh.seek(0)
-            fh.truncate()
-        self.proc = spawn(argv, stderr=errfile, stdout=outfile)
-        self.started = now
-        self.io_seen = -1
-        self.io_changed = now
-        self.io_checked = 0.0
-        self.last_log = now
+        self.started = self.last_log = self.progress_at = now
+        self.progress_seen = -1
+        self.checked = 0.0
         self.killing = 0.0
-        self.stall = ""  # why it was killed, once it was
+        self.stall = ""  # why it was stopped, once it was
+
+    def _progress(self) -> int:
+        raise NotImplementedError
+
+    def _described(self, progress: int) -> str:
+        return f"{progress} so far"
+
+    def terminate(self) -> None:
+        raise NotImplementedError
+
+    def _force(self) -> None:
+        raise NotImplementedError
 
     def check(self, now: float, timeout: int) -> None:
         """Progress and stall handling, at most once a second."""
         if self.killing:
             if now - self.killing >= self.grace:
-                killpg(self.proc.pid, signal.SIGKILL)
+                self._force()
             return
-        if now - self.io_checked < 1.0:
+        if now - self.checked < 1.0:
             return
-        self.io_checked = now
-        seen = _io_bytes(self.proc.pid)
+        self.checked = now
+        seen = self._progress()
         if now - self.last_log >= self.progress_log:
             self.last_log = now
-            log.info("%s running for %.0fs, %s read+written so far", self.label,
-                     now - self.started, _human(seen))
-        if seen != self.io_seen:
-            self.io_seen, self.io_changed = seen, now
-        elif timeout and now - self.io_changed >= timeout:
-            log.warning("%s made no progress for %ds: killing it", self.label, timeout)
-            self.stall = f"no progress for {timeout}s: transfer killed, will retry"
+            log.info("%s running for %.0fs, %s", self.label, now - self.started,
+                     self._described(seen))
+        if seen != self.progress_seen:
+            self.progress_seen, self.progress_at = seen, now
+        elif timeout and now - self.progress_at >= timeout:
+            log.warning("%s made no progress for %ds: stopping it", self.label, timeout)
+            self.stall = f"no progress for {timeout}s: {self.stopping}"
             self.killing = now
             self.terminate()
+
+
+class Transfer(Watched):
+    """A running step's process. ``poll()`` gives its Result once it has
+    ended. Its progress: the bytes its processes read and wrote."""
+
+    stopping = "transfer killed, will retry"
+
+    def __init__(self, label: str, argv: list[str], errfile: IO[bytes], outfile: IO[bytes],
+                 now: float, timings: Timings) -> None:
+        self.label = label
+        self.errfile, self.outfile = errfile, outfile
+        for fh in (errfile, outfile):
+            fh.seek(0)
+            fh.truncate()
+        self.proc = spawn(argv, stderr=errfile, stdout=outfile)
+        self._watch(now, timings)
+
+    @property
+    def io_seen(self) -> int:
+        """Bytes read and written at the last look (status shows it)."""
+        return max(0, self.progress_seen)
+
+    def _progress(self) -> int:
+        return _io_bytes(self.proc.pid)
+
+    def _described(self, progress: int) -> str:
+        return f"{_human(progress)} read+written so far"
 
     def terminate(self) -> None:
         killpg(self.proc.pid, signal.SIGTERM)
         killpg(self.proc.pid, signal.SIGCONT)
+
+    def _force(self) -> None:
+        killpg(self.proc.pid, signal.SIGKILL)
 
     def poll(self) -> Result | None:
         rc = self.proc.poll()

@@ -181,7 +181,8 @@ def test_a_stalled_remote_proof_waiting_on_its_master_never_connects_directly(
     deadline = time.monotonic() + 5
     while step.link is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    step.check(time.monotonic() + 1.5, timeout=1)
+    step.check(time.monotonic(), timeout=1)  # the first look: no progress since the start
+    step.check(time.monotonic() + 1.5, timeout=1)  # nor a second later: a stall
     result = _wait(step)
     assert result.stalled and result.rc == NO_PROOF
     step.thread.join(5)

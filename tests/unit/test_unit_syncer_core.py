@@ -526,25 +526,25 @@ def test_a_batch_for_a_target_with_no_master_yet_is_not_held_for_it():
     assert m.up(A) and ln.phase(A) is Phase.TRANSFER
 
 
-def test_a_step_waits_for_a_master_still_connecting_but_never_past_the_wait() -> None:
-    """A master started and not listening yet: a step would make a
-    connection of its own beside it (at a start, one per target), so it
-    waits. Not for a master that listens, one that is down (it backs off:
-    steps connect directly meanwhile), a target with none, or past the
-    wait (the master is failing: the step's own connection says how)."""
+def test_a_step_waits_for_a_master_still_starting_but_never_past_the_wait() -> None:
+    """A master started moments ago may not listen yet: a step would make
+    a connection of its own beside it (at a start, one per target), so the
+    loop looks for its socket then, and only then. Not for a master that is
+    down (it backs off: steps connect directly meanwhile), a target with
+    none, or past the wait (the master is failing: the step's own
+    connection says how)."""
     port = FakeMasterPort()
     m = masters(port)
-    assert not m.connecting(A, 100.0, listening=False, wait=15.0)  # none started yet
+    assert not m.starting(A, 100.0, 15.0)  # none started yet
     m.tend(100.0)
-    assert m.connecting(A, 100.1, listening=False, wait=15.0)
-    assert not m.connecting(A, 100.1, listening=True, wait=15.0)
-    assert m.connecting(A, 114.9, listening=False, wait=15.0)
-    assert not m.connecting(A, 115.0, listening=False, wait=15.0)
-    assert not m.connecting(A, 100.1, listening=False, wait=0.0)
-    assert not m.connecting(C, 100.1, listening=False, wait=15.0)  # local: no master
+    assert m.starting(A, 100.1, 15.0)
+    assert m.starting(A, 114.9, 15.0)
+    assert not m.starting(A, 115.0, 15.0)
+    assert not m.starting(A, 100.1, 0.0)
+    assert not m.starting(C, 100.1, 15.0)  # local: no master
     port.last(A).rc = 255
     m.tend(101.0)
-    assert not m.connecting(A, 101.0, listening=False, wait=15.0)
+    assert not m.starting(A, 101.0, 15.0)
     m.tend(103.0)  # started again: the wait counts from then
-    assert m.connecting(A, 117.9, listening=False, wait=15.0)
-    assert not m.connecting(A, 118.0, listening=False, wait=15.0)
+    assert m.starting(A, 117.9, 15.0)
+    assert not m.starting(A, 118.0, 15.0)
