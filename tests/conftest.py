@@ -44,3 +44,46 @@ if _REPORT:
         with out.open("a") as fh:
             fh.write(f"{item.nodeid}\t{own1 - own0:.2f}\t{reaped1 - reaped0:.2f}\t"
                      f"{time.monotonic() - t0:.2f}\n")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "long(seconds): a test that takes about this many seconds on its own "
+        "(two cores, the rest of the suite beside it); each starts a worker's share")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``-n N`` the long tests go first, one at the head of each
+    worker's share.
+
+    Why: the suite keeps both cores busy until its last minute, so its end
+    is set by the tests still running there. xdist's work stealing first
+    gives each worker a contiguous share of the collected order; a long
+    test near the end of a share starts late and runs on alone (a module of
+    three 20-second tests ran its last 30 seconds beside nothing else).
+    Put at the head of the shares, the long tests start at once, side by
+    side, and the short ones fill in around them. Every worker computes
+    the same order, as xdist requires."""
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    if workers < 2:
+        return
+
+    def seconds(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("long")
+        return float(mark.args[0]) if mark is not None else 0.0
+
+    long = sorted((i for i in items if seconds(i) > 0), key=seconds, reverse=True)
+    if not long:
+        return
+    rest = iter([i for i in items if seconds(i) == 0])
+    # the shares as xdist's work stealing cuts them: what is left, divided
+    # by the workers still to serve, rounded down
+    left = len(items)
+    ordered: list[pytest.Item] = []
+    for w in range(workers):
+        share = left // (workers - w)
+        left -= share
+        head = long[w::workers]
+        ordered += head
+        ordered += [next(rest) for _ in range(share - len(head))]
+    items[:] = ordered

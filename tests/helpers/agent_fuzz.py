@@ -610,20 +610,32 @@ class AgentSessions(RuleBasedStateMachine):
                 self.world.remove()
 
 
-def run(steps: int, examples: int) -> Stats:
+def run(steps: int, examples: int, seed: int | None = None) -> Stats:
     """One Hypothesis run of ``examples`` worlds of up to ``steps`` steps.
     No shrinking: a failure is reported as found (with the blob to replay
-    it), not minimised for minutes; no example database in the tree."""
-    from hypothesis.stateful import run_state_machine_as_test
+    it), not minimised for minutes; no example database in the tree.
+    ``seed``: the same worlds and steps every time (the suite's short run,
+    whose cost and coverage must not change from one run to the next);
+    None draws new ones (the long fuzzer's)."""
+    from hypothesis import seed as fixed_seed
+    from hypothesis.stateful import get_state_machine_test
 
-    run_state_machine_as_test(AgentSessions, settings=settings(
+    test = get_state_machine_test(AgentSessions, settings=settings(
         max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
         phases=[Phase.generate], suppress_health_check=list(HealthCheck), print_blob=True))
+    if seed is not None:
+        test = fixed_seed(seed)(test)
+    test()
     return STATS
 
 
-def iter_runs(requests: int, steps: int = 100, examples: int = 10) -> Iterator[Stats]:
-    """Runs until ``requests`` requests were sent; yields the totals after each."""
+def iter_runs(requests: int, steps: int = 100, examples: int = 10,
+              seed: int | None = None) -> Iterator[Stats]:
+    """Runs until ``requests`` requests were sent; yields the totals after
+    each. With a ``seed``, run N uses ``seed + N``: fixed, and not the same
+    worlds again."""
+    n = 0
     while STATS.requests < requests:
-        yield run(steps, examples)
+        yield run(steps, examples, None if seed is None else seed + n)
+        n += 1
 

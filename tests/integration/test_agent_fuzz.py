@@ -45,6 +45,7 @@ def test_the_planted_payload_is_live_and_its_marker_is_found() -> None:
 # Directory chains 1,100 to 2,500 deep are made and removed from outside,
 # each step: minutes on a loaded 2-core machine. A slow machine is not a
 # failure (hypothesis replays a timed-out example and calls it flaky).
+@pytest.mark.long(40)
 @pytest.mark.timeout(1200)
 def test_generated_sessions_never_escape_root() -> None:
     """A short run: a few worlds, a few hundred steps, a few thousand
@@ -52,9 +53,14 @@ def test_generated_sessions_never_escape_root() -> None:
     outside ROOT changed, nothing read back, no payload run."""
     before = agent_fuzz.STATS.requests
     # Hypothesis chooses how long each session runs: runs follow one another
-    # until a thousand requests were sent, however the steps fell.
+    # until a thousand requests were sent, however the steps fell. Fixed
+    # seeds: the same sessions every run of the suite, so a failure here
+    # replays and the suite's time does not swing with the draw (on a disk,
+    # one draw of chains thousands deep cost six times another's CPU); the
+    # long run (bench/fuzz_agent.py) draws new ones. Seed 2: the first
+    # whose sessions run every one of the eight rules.
     stats = agent_fuzz.STATS
-    for stats in agent_fuzz.iter_runs(before + 1000, steps=40, examples=5):
+    for stats in agent_fuzz.iter_runs(before + 1000, steps=40, examples=5, seed=2):
         assert not stats.escapes, stats.escapes
     assert not stats.escapes, stats.escapes
     assert stats.requests - before >= 1000, stats
