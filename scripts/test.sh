@@ -15,11 +15,14 @@ python3 -m mypy
 # test module and syncsup module again (4 CPU-s each, against 1).
 export PYTHONPYCACHEPREFIX="${PYTHONPYCACHEPREFIX:-$HOME/.cache/syncsup-tests}"
 unset PYTHONDONTWRITEBYTECODE
-# One process fills that cache first (collecting imports every test module,
-# the helpers and the syncsup modules they use): from a cold cache, eight
+# Collecting fills that cache first (it imports every test module, the
+# helpers and the syncsup modules they use): from a cold cache, eight
 # workers starting at once would each compile all of it (about 3 CPU-s
-# each). A collection error is reported by the run below.
-python3 -m pytest -q -p no:cacheprovider --collect-only "$@" >/dev/null 2>&1 || true
+# each). Two collections side by side, one per core: the unit tests' and
+# the rest's. A collection error is reported by the run below.
+python3 -m pytest -q -p no:cacheprovider --collect-only tests/unit >/dev/null 2>&1 &
+python3 -m pytest -q -p no:cacheprovider --collect-only tests/integration >/dev/null 2>&1 || true
+wait || true
 # Integration tests mostly wait on real processes (daemons converging,
 # deadlines running out): eight workers keep two cores busy through the
 # waits (each test has its own tmp dir, state_dir and sshd), and work

@@ -46,9 +46,13 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 
 # ------------------------------------------------------------ public places
 def public_dir(prefix: str = "syncsup-atk-") -> Path:
-    """A fresh directory in /tmp that every user can traverse (pytest's
-    tmp_path is private to root)."""
-    p = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    """A fresh directory that every user can traverse (pytest's tmp_path is
+    private to root): in the temporary directory (a tmpfs in the suite) if
+    every user can traverse its way there, else in /tmp."""
+    base = Path(tempfile.gettempdir()).resolve()
+    if not all(os.stat(d).st_mode & 0o001 for d in (base, *base.parents)):
+        base = Path("/tmp")
+    p = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     os.chmod(p, 0o755)
     return p
 
