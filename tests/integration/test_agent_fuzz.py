@@ -45,7 +45,6 @@ def test_the_planted_payload_is_live_and_its_marker_is_found() -> None:
 # Directory chains 1,100 to 2,500 deep are made and removed from outside,
 # each step: minutes on a loaded 2-core machine. A slow machine is not a
 # failure (hypothesis replays a timed-out example and calls it flaky).
-@pytest.mark.long(40)
 @pytest.mark.timeout(1200)
 def test_generated_sessions_never_escape_root() -> None:
     """A short run: a few worlds, a few hundred steps, a few thousand

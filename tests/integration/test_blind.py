@@ -107,7 +107,6 @@ def finish(d: Daemon, tmp_path: Path, paths: dict[str, Path], names: tuple[str, 
 
 # ------------------------------------------------------------------ tests
 
-@pytest.mark.long(17)
 def test_paths_too_long_blind_one_subtree_and_nothing_else(tmp_path, settings, daemon_factory):
     """17 nested 255-byte names (a path over 4,095 bytes) and 520 nested
     7-byte names (past 4,095 bytes, with the source's own path, at a depth

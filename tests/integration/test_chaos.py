@@ -43,7 +43,6 @@ class Killer(threading.Thread):
             self.error = e
 
 
-@pytest.mark.long(19)
 @pytest.mark.timeout(420)
 def test_chaos_kill_components_during_churn(tmp_path, src, dst, sshd, daemon_factory):
     dst_ssh = tmp_path / "dst_ssh"

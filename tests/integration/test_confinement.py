@@ -419,7 +419,6 @@ def _attack_with_crashes(w: World, s: AttackSshd) -> None:
         assert rc in (0, 2, 70), (rc, err)
 
 
-@pytest.mark.long(14)
 @pytest.mark.parametrize("world", ["root", "home-outside"], indirect=True)
 def test_a_source_writer_cannot_run_code_on_the_target(world, asshd, tmp_path, src,
                                                        daemon_factory):

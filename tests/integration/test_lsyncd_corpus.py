@@ -503,13 +503,11 @@ def test_not_mirrored_configs_import_no_sync(tmp_path):
         assert r.returncode == 2 and "sync" not in tomllib.loads(r.stdout), r.stderr
 
 
-@pytest.mark.long(18)
 def test_local_configs_side_by_side_with_lsyncd(tmp_path, daemon_factory):
     run_side_by_side(tmp_path, daemon_factory, LOCAL, {}, LOCAL_SPECIAL, LOCAL_RULES,
                      set(LOCAL_RULES))
 
 
-@pytest.mark.long(22)
 def test_ssh_configs_side_by_side_with_lsyncd(tmp_path, daemon_factory, sshd):
     subs = {"HOST": sshd.host, "USER": sshd.user, "PORT": str(sshd.port),
             "IDENTITY": str(sshd.identity_file), "KNOWN_HOSTS": str(sshd.known_hosts)}

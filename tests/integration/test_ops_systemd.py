@@ -39,7 +39,6 @@ pytestmark = [
 ]
 
 
-@pytest.mark.long(45)
 def test_the_unit_under_systemd_as_pid_1() -> None:
     r = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=1100,
                        stdin=subprocess.DEVNULL)

@@ -226,7 +226,6 @@ def test_unit_exposure_is_low(tmp_path):
         f"docs/operations.md does not give the unit's exposure ({exposure})"
 
 
-@pytest.mark.long(25)
 def test_unit_command_from_a_venv(tmp_path, src, dst, sshd, wheel):
     """``syncsup unit`` from a venv: ExecStart= is that venv's syncsup and
     Documentation= its installed man pages; with --config, a drop-in that

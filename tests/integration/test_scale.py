@@ -75,7 +75,6 @@ def sync_of(st: dict[str, Any], name: str) -> dict[str, Any]:
     return next(s for s in st["syncs"] if s["name"] == name)
 
 
-@pytest.mark.long(30)
 def test_twice_the_inotify_queue_created_and_deleted_in_one_directory(tmp_path, settings,
                                                                       daemon_factory):
     big, small = tmp_path / "big", tmp_path / "small"

@@ -498,7 +498,6 @@ while time.monotonic() < end:
 """.replace("FILES", str(RACE_FILES)).replace("SIZE", str(RACE_SIZE))
 
 
-@pytest.mark.long(28)
 def test_source_symlink_race_never_copies_a_root_only_file(tmp_path, daemon_factory, other_user,
                                                            sshd, asshd):
     """Finding 6. A user who can write to the source flips a directory to a
