@@ -39,7 +39,7 @@ wait || true
 # next run starts, and removed after a run that passed.
 if [ -z "${SYNCSUP_TEST_TMP:-}" ] && [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ] \
         && [ "$(df -Pk /dev/shm | awk 'NR == 2 {print $4}')" -ge $((8 * 1024 * 1024)) ]; then
-    SYNCSUP_TEST_TMP=/dev/shm/syncsup-tests
+    SYNCSUP_TEST_TMP=/dev/shm/syncsup-tests-$(id -u)
 fi
 tmp=()
 if [ -n "${SYNCSUP_TEST_TMP:-}" ]; then
