@@ -26,32 +26,63 @@ wait || true
 # Integration tests mostly wait on real processes (daemons converging,
 # deadlines running out): eight workers keep two cores busy through the
 # waits (each test has its own tmp dir, state_dir and sshd), and work
-# stealing keeps the long tests from ending on one worker. (On two cores,
-# with the bytecode kept: 4 workers 4 min 14 s, 8 workers 3 min 16-29 s.)
-# The tests' trees (sources, targets, state dirs: 1.8 GB created and
-# deleted in a run) go to a tmpfs when /dev/shm is one with room to spare:
-# on this project's 2-core CI machine a directory made on its ext4 root
-# costs 0.5 ms of CPU (130 times a tmpfs's) and a small file 0.13 ms (11
-# times), and the kernel's share was over a third of the suite's CPU. The
-# tests need nothing of a disk's (inotify, rsync, xattrs, ctimes and
-# sockets are the same); the benchmark stays on the disk. SYNCSUP_TEST_TMP
-# chooses the directory; the run's own (--basetemp) is emptied when the
-# next run starts, and removed after a run that passed.
-if [ -z "${SYNCSUP_TEST_TMP:-}" ] && [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ] \
-        && [ "$(df -Pk /dev/shm | awk 'NR == 2 {print $4}')" -ge $((8 * 1024 * 1024)) ]; then
-    SYNCSUP_TEST_TMP=/dev/shm/syncsup-tests-$(id -u)
+# stealing keeps the long tests from ending on one worker. More workers
+# were no faster (docs/testing.md has the figures).
+#
+# The tests' trees (sources, targets, state dirs: 1.8 GB made and deleted
+# in a run) go to a tmpfs where one serves: on this project's 2-core CI
+# machine a directory made on its ext4 root costs 0.5 ms of CPU (over 100
+# times a tmpfs's) and a small file 0.13 ms (11 times), and the kernel's
+# share was over a third of the suite's CPU. The tests need nothing of a
+# disk's there: inotify, rsync, ctimes and sockets behave the same, and
+# the probe below asks for what a tmpfs may lack (user xattrs, which the
+# attacks on setxattr need before Linux 6.6; exec, which the forced
+# commands' wrappers need). The benchmark stays on the disk.
+# SYNCSUP_TEST_TMP=DIR puts them under DIR instead (a short path: a
+# daemon's socket inside a test's directory must fit a unix socket's 108
+# bytes).
+parent=${SYNCSUP_TEST_TMP:-}
+if [ -z "$parent" ] && [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ] && python3 - <<'PROBE'
+import os, sys, tempfile
+d = "/dev/shm"
+st = os.statvfs(d)
+if st.f_bavail * st.f_frsize < 8 << 30 or st.f_flag & os.ST_NOEXEC:
+    sys.exit(1)
+with tempfile.NamedTemporaryFile(dir=d) as f:
+    try:
+        os.setxattr(f.name, "user.syncsup-probe", b"1")
+    except OSError:
+        sys.exit(1)
+PROBE
+then
+    parent=/dev/shm
 fi
-tmp=()
-if [ -n "${SYNCSUP_TEST_TMP:-}" ]; then
-    # short: a daemon's socket path (state dir inside a test's directory)
-    # must stay within the 108 bytes of a unix socket address
-    mkdir -p -m 0755 "$SYNCSUP_TEST_TMP"
-    tmp=(env TMPDIR="$SYNCSUP_TEST_TMP")
-    set -- --basetemp="$SYNCSUP_TEST_TMP/run" "$@"
+tmpdir=""
+tmpenv=()
+if [ -n "$parent" ]; then
+    tmpdir="$(realpath -m -- "$parent")/syncsup-tests-$(id -u)"
+    if [ ${#tmpdir} -gt 28 ]; then
+        echo "error: SYNCSUP_TEST_TMP: $tmpdir is too long for the daemons' sockets (28 bytes at most)" >&2
+        exit 2
+    fi
+    mkdir -p -m 0700 "$tmpdir"
+    # ours alone: a directory someone else made or can write could be
+    # swapped for a symlink under the tests, which run as this user
+    if [ -L "$tmpdir" ] || [ "$(stat -c %u "$tmpdir")" != "$(id -u)" ] \
+            || [ $((0$(stat -c %a "$tmpdir") & 022)) -ne 0 ]; then
+        echo "error: $tmpdir is not a directory of this user's that others cannot write" >&2
+        exit 2
+    fi
+    chmod 0755 "$tmpdir"  # the attacks' throw-away accounts reach their places in it
+    # what an interrupted run left (pytest's own cleanup of --basetemp
+    # recurses, and fails on a tree a thousand levels deep)
+    find "$tmpdir" -mindepth 1 -maxdepth 1 -exec rm -rf --one-file-system -- {} +
+    set -- --basetemp="$tmpdir/run" "$@"
+    tmpenv=(env TMPDIR="$tmpdir")
 fi
-${tmp[@]+"${tmp[@]}"} python3 -m pytest -q -p no:cacheprovider -n 8 --dist worksteal "$@"
-if [ -n "${SYNCSUP_TEST_TMP:-}" ]; then
-    rm -rf --one-file-system -- "$SYNCSUP_TEST_TMP/run"
+${tmpenv[@]+"${tmpenv[@]}"} python3 -m pytest -q -p no:cacheprovider -n 8 --dist worksteal "$@"
+if [ -n "$tmpdir" ]; then
+    rm -rf --one-file-system -- "$tmpdir/run"
 fi
 if [ "${SYNCSUP_SKIP_BENCH:-}" != 1 ]; then
     python3 bench/run.py --smoke

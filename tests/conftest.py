@@ -44,4 +44,3 @@ if _REPORT:
         with out.open("a") as fh:
             fh.write(f"{item.nodeid}\t{own1 - own0:.2f}\t{reaped1 - reaped0:.2f}\t"
                      f"{time.monotonic() - t0:.2f}\n")
-

@@ -629,6 +629,14 @@ def run(steps: int, examples: int, seed: int | None = None) -> Stats:
     return STATS
 
 
+def rules() -> set[str]:
+    """The names of the state machine's rules (each counts its steps in
+    ``STATS.steps`` under its own name)."""
+    from hypothesis.stateful import RULE_MARKER
+
+    return {name for name, f in vars(AgentSessions).items() if hasattr(f, RULE_MARKER)}
+
+
 def iter_runs(requests: int, steps: int = 100, examples: int = 10,
               seed: int | None = None) -> Iterator[Stats]:
     """Runs until ``requests`` requests were sent; yields the totals after

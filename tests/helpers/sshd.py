@@ -57,8 +57,8 @@ class Sshd:
     # The key exchange offered: OpenSSH 9's default,
     # sntrup761x25519-sha512, costs the client about 60 ms of CPU per
     # connection (the post-quantum key pair it makes), curve25519-sha256
-    # about 10 ms. The suite and the benchmark open some thousand
-    # connections (attacks, agent sessions, masters, Lsyncd's rsyncs), all
+    # about 10 ms. The suite opens some 500 connections a run (the attacks'
+    # sessions, masters, Lsyncd's rsyncs; the benchmark more), all
     # to this server: the choice of cipher is ssh's, not syncsup's, and
     # nothing here depends on it.
     kex: str = "curve25519-sha256,curve25519-sha256@libssh.org"

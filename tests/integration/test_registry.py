@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+from syncsup.seen import MARKER
 from tests.helpers.daemon import sync_entry, syncsup_argv, syncsup_env
 from tests.helpers.procs import assert_no_leftovers
 from tests.helpers.tree import wait_converged
@@ -26,9 +27,9 @@ def cli(runtime, *args, cwd=None):
 
 
 def entries(runtime) -> list[str]:
-    """The daemons' entries: a dot-file there is not one (the boot marker,
-    made where the directory is on a memory file system)."""
-    return sorted(n for n in os.listdir(runtime) if not n.startswith("."))
+    """What the runtime directory holds but the boot marker, which a daemon
+    makes there where the directory is on a memory file system."""
+    return sorted(n for n in os.listdir(runtime) if n != MARKER)
 
 
 def test_status_and_stop_find_daemons_by_name(tmp_path, src, dst, daemon_factory):
