@@ -37,7 +37,7 @@ from syncsup.syncer.readonce import SHARED
 from syncsup.timings import Timings
 
 __all__ = ["MAX_PATHS_LOCAL", "MAX_PATHS_REMOTE", "AgentUse", "Channel", "agent_command",
-           "agent_use", "unusable", "watched_fds"]
+           "agent_session_argv", "agent_use", "unusable", "watched_fds"]
 
 # Past this many paths in a batch, one rsync is quicker than the agent: the
 # agent costs about 0.2 ms a path in Python (read, write, name, attributes),
@@ -102,14 +102,24 @@ def agent_use(sync: cfg.Sync, target: cfg.Target) -> AgentUse:
                     renames=sync.moves_on_target and not target.is_daemon, why=why)
 
 
-def agent_command(target: cfg.Target, program: str) -> str:
+def agent_command(target: cfg.Target, program: str, verb: str = "agent") -> str:
     """The remote command that starts syncsup's agent for ``target``'s
-    path: ``program`` for an unconfined login (``[sync.ssh]
+    path (``verb``: ``agent``, which writes, or ``stats``, which only
+    reads): ``program`` for an unconfined login (``[sync.ssh]
     target_command``); for a confined key sshd runs the forced command
     instead and reads this as the request, so there it is always
     ``syncsup-target``."""
     program = "syncsup-target" if target.confined else program
-    return f"{shlex.quote(program)} {shlex.quote(target.path)} agent"
+    return f"{shlex.quote(program)} {shlex.quote(target.path)} {verb}"
+
+
+def agent_session_argv(sync: cfg.Sync, target: cfg.Target,
+                       verb: str = "agent") -> tuple[str, list[str]]:
+    """A remote session with ``target``'s agent: its command (what the
+    ssh master is asked to run) and the direct ssh that runs it where no
+    master carries it."""
+    command = agent_command(target, sync.ssh.target_command, verb)
+    return command, [*ssh_argv(sync), "--", target.login, command]
 
 
 def watched_fds(channels: Iterable[Channel]) -> tuple[set[int], set[int]]:
@@ -269,8 +279,7 @@ class Channel:
             return self.remote
         if now < self.off_until:
             return None
-        command = agent_command(self.target, self.sync.ssh.target_command)
-        direct = [*ssh_argv(self.sync), "--", self.target.login, command]
+        command, direct = agent_session_argv(self.sync, self.target)
         try:
             self.remote = RemoteAgent(f"{self.label}: agent", direct, self.errfile, now,
                                       self.timings, control_path=self.control_path,

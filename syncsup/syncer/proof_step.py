@@ -42,10 +42,10 @@ from typing import IO
 
 from syncsup import config as cfg
 from syncsup.processes import killpg
-from syncsup.syncer.argv import ssh_argv
+from syncsup.syncer.agents import agent_session_argv
 from syncsup.syncer.mux import MuxSession
 from syncsup.syncer.plan import Result
-from syncsup.syncer.prove import COMPARE, NO_PROOF, PROVEN, SENT, prove, stats_command
+from syncsup.syncer.prove import COMPARE, NO_PROOF, PROVEN, SENT, prove
 from syncsup.syncer.transfer import Watched, stderr_tail
 from syncsup.timings import Timings
 
@@ -96,8 +96,7 @@ class ProofStep(Watched):
                                            "every file's content")
         try:
             if self.target.is_remote:
-                command = stats_command(self.sync, self.target)
-                direct = [*ssh_argv(self.sync), "--", self.target.login, command]
+                command, direct = agent_session_argv(self.sync, self.target, "stats")
                 link = self.link = MuxSession(self.control_path, command, direct, self.errfile)
             names, counts, said = prove(self.sync, self.target, self.subtrees, link,
                                         self.margin, self._tick, self.cancel.is_set)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shlex
 import stat
 import time
 from collections import deque
@@ -52,7 +51,7 @@ from syncsup.proto import Changes
 from syncsup.syncer.mux import MuxSession
 from syncsup.target import MAX_PATH, MAX_STATS, VERSION, Applier, encode_frame, read_frame
 
-__all__ = ["NO_PROOF", "Clock", "nothing_to_prove", "prove", "stats_command", "unproven",
+__all__ = ["NO_PROOF", "Clock", "nothing_to_prove", "prove", "unproven",
            "verdict"]
 
 NO_PROOF = 3  # the step's rc where the target's ctimes cannot be read
@@ -312,13 +311,6 @@ def _local(path: str, chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, list[Sta
             yield chunk, applier.stats([name for name, _ in chunk])
     finally:
         applier.close()
-
-
-def stats_command(sync: cfg.Sync, target: cfg.Target) -> str:
-    """The remote command of a session that can only read (``stats``),
-    not the agent that writes."""
-    program = "syncsup-target" if target.confined else sync.ssh.target_command
-    return f"{shlex.quote(program)} {shlex.quote(target.path)} stats"
 
 
 def prove(sync: cfg.Sync, target: cfg.Target, subtrees: Sequence[bytes],

@@ -327,6 +327,8 @@ def test_the_agent_command_quotes_and_a_confined_key_always_names_syncsup_target
     assert agent_command(weird, "/opt/my tools/syncsup-target") == (
         "'/opt/my tools/syncsup-target' '/d ir' agent")
     assert agent_command(CONFINED, "/opt/x") == "syncsup-target /dst agent"
+    # the proof's read-only session: the same command but for its verb
+    assert agent_command(CONFINED, "/opt/x", "stats") == "syncsup-target /dst stats"
 
 
 @pytest.mark.parametrize("mode,target,rsync,want", [
