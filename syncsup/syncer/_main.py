@@ -44,12 +44,14 @@ from syncsup.statedir import StateDir
 from syncsup.status import StatusPart, TransferStatus, TransportStatus
 from syncsup.syncer.agents import watched_fds
 from syncsup.syncer.argv import rsync_argv
-from syncsup.syncer.core import Conn, Lanes, Masters, Phase, done_message, summary
+from syncsup.syncer.core import Conn, Key, Lanes, Masters, Phase, done_message, summary
 from syncsup.syncer.masters import SshMasters
 from syncsup.syncer.plan import Finished, Result, Step, StepKind
 from syncsup.syncer.proof_step import ProofStep
 from syncsup.syncer.prove import NO_PROOF
 from syncsup.syncer.readonce import SHARED
+from syncsup.syncer.sharedbatch import WAIT, SharedBatches, Use, batch_key, shares
+from syncsup.syncer.sharedbatch import Key as BatchKey
 from syncsup.syncer.slots import Slot, make_slots
 from syncsup.syncer.steps import (
     agent_names,
@@ -63,7 +65,7 @@ from syncsup.syncer.transfer import Transfer
 
 __all__ = ["Syncer", "main"]
 
-HOLD_POLL = 0.05  # s: how often a step held for its master looks for it
+HOLD_POLL = 0.05  # s: how often a step held (for its master, or for its batch) looks again
 
 log = logging.getLogger("syncsup.syncer")
 
@@ -94,6 +96,10 @@ class Syncer:
         self.agents = [s for s in self.slots.values()
                        if s.channel is not None and s.channel.local is None]
         self.files: dict[tuple[str, int], tuple[IO[bytes], IO[bytes]]] = {}
+        # one rsync batch file replayed to the other local targets of a step
+        self.shared = SharedBatches(self.state.tmp)
+        self.sharing = {sync.name for sync in conf.syncs if shares(sync)}
+        self.awaiting: dict[Key, tuple[float, BatchKey]] = {}  # until when, for which batch
         self.reconnects = Reconnects(self.monitor)
         # slots whose next step waits for their login's master to listen
         self.held: set[tuple[str, int]] = set()
@@ -156,6 +162,11 @@ class Syncer:
                 and self.masters.starting(slot.key, now, self.timings.master_wait)
                 and not os.path.exists(path))
 
+    def _awaits(self, key: Key, now: float) -> bool:
+        """Does the slot still wait for the recording of its step's batch?"""
+        until, batch = self.awaiting.get(key, (0.0, None))
+        return now < until and batch is not None and self.shared.writing(batch)
+
     def _close_sessions(self) -> None:
         """End the idle agent sessions the lanes closed to free a process."""
         for key in self.lanes.take_closing():
@@ -211,6 +222,7 @@ class Syncer:
             self.lanes.transfer_started(slot.key)
             return
         lst = self.state.tmp / f"{slot.sync.name}-{slot.index}-{step.kind.value}.list"
+        key = None
         if step.kind is StepKind.COMMAND:
             lst.write_bytes(msgpack.packb({"changes": proto.to_wire(changes),
                                            "startup": slot.batch.startup}, use_bin_type=True))
@@ -225,17 +237,36 @@ class Syncer:
                 self.settle(slot, Result(rc=0))
                 return
             step = slot.step = sends.step
-            lst.write_bytes(files_from(sends.names))
+            listed = files_from(sends.names)
+            lst.write_bytes(listed)
             argv = rsync_argv(slot.sync, slot.target, step, str(lst), slot.batch.startup,
                               slot.control_path, sends.missing_args, self.super_receiver)
-        log.debug("%s: %s", slot.label, argv)
+            if slot.sync.name in self.sharing:
+                key = batch_key(step, slot.target, argv, listed)
+        now = time.monotonic()
+        use = self.shared.use(key, argv, os.fsencode(slot.sync.source), now,
+                              wait=slot.key not in self.awaiting)
+        if use.waits and use.key is not None:
+            # its batch is being recorded by another target: taken up again
+            # by the loop when that ends (or after WAIT), holding no process
+            self.awaiting[slot.key] = (now + WAIT, use.key)
+            self.held.add(slot.key)
+            return
+        self.awaiting.pop(slot.key, None)
+        self._spawn(slot, step, use)
+
+    def _spawn(self, slot: Slot, step: Step, use: Use) -> None:
+        """Run ``step``'s process (``use.argv``: plain, or a shared batch's)."""
+        log.debug("%s: %s", slot.label, use.argv)
         err, out = self._files(slot)
         try:
-            slot.transfer = Transfer(f"{slot.label}: {step.kind.value} transfer", argv, err, out,
-                                     time.monotonic(), self.timings)
+            slot.transfer = Transfer(f"{slot.label}: {step.kind.value} transfer", use.argv, err,
+                                     out, time.monotonic(), self.timings)
         except FileNotFoundError as exc:
-            self.settle(slot, Result(rc=127, error=f"cannot run {argv[0]}: {exc}", unstarted=True))
+            self.settle(slot, Result(rc=127, error=f"cannot run {use.argv[0]}: {exc}",
+                                     unstarted=True))
             return
+        slot.use = use
         self.lanes.transfer_started(slot.key)
 
     def poll(self, slot: Slot, now: float) -> None:
@@ -255,6 +286,19 @@ class Syncer:
             return
         slot.sent += slot.transfer.sent_bytes()
         slot.transfer = None
+        use, slot.use = slot.use, None
+        if use is not None and use.shared and slot.step is not None:
+            ok = result.rc == 0 and not result.stalled
+            self.shared.ended(use, ok, now)
+            if not ok and not result.stalled:
+                # the plain run's result is the step's, whatever sharing did
+                if use.writes is None:
+                    self.shared.failed(use)
+                log.info("%s: the %s batch failed (rsync exit %d: %s); sending directly",
+                         slot.label, "recorded" if use.writes else "shared", result.rc,
+                         result.error or "no message")
+                self._spawn(slot, slot.step, Use(use.plain, use.plain))
+                return
         self.settle(slot, result)
 
     def settle(self, slot: Slot, result: Result) -> None:
@@ -350,6 +394,7 @@ class Syncer:
                 self.rt.on_control(log, self.status)
             now = time.monotonic()
             SHARED.prune()  # file content kept for other targets: not at rest
+            self.shared.expire(now)  # and batch files
             for slot in self.agents:
                 if slot.batch is None and slot.channel is not None:
                     slot.channel.rest(now)
@@ -364,7 +409,7 @@ class Syncer:
                 slot = self.slots[key]
                 if slot.step is None or slot.batch is None:
                     self.held.discard(key)  # (never: a held batch waits for this loop)
-                elif not self._master_coming(slot, now):
+                elif not self._master_coming(slot, now) and not self._awaits(key, now):
                     self.held.discard(key)
                     self.proceed(slot, slot.step)
             # the transfers freed go to the steps waiting, the oldest batch's first
@@ -385,6 +430,7 @@ class Syncer:
                 slot.channel.close()
             if slot.transfer is not None:
                 slot.transfer.kill()
+        self.shared.clear()
         self.masters.stop_all()
 
 

@@ -21,6 +21,7 @@ from syncsup.syncer.core import Key
 from syncsup.syncer.deletions import receiver_takes_missing_args
 from syncsup.syncer.plan import Plan, Step
 from syncsup.syncer.proof_step import ProofStep
+from syncsup.syncer.sharedbatch import Use
 from syncsup.syncer.steps import Receiver
 from syncsup.syncer.transfer import Transfer
 
@@ -42,6 +43,7 @@ class Slot:
     plan: Plan | None = None
     step: Step | None = None
     transfer: Transfer | ProofStep | None = None
+    use: Use | None = None  # how the transfer runs (plain, or a shared batch)
     sent: int = 0
     channel: Channel | None = None  # the target's agent: for writes, renames or both
     rules: RuleList = field(default_factory=RuleList)

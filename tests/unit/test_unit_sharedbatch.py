@@ -1,0 +1,187 @@
+"""Which steps share an rsync batch, the command lines that record and
+replay one, and the life of a batch file (pure, with a temp directory)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from syncsup.config import RsyncOptions, Sync, Target
+from syncsup.syncer import sharedbatch as sb
+from syncsup.syncer.argv import rsync_argv
+from syncsup.syncer.plan import Step, StepKind
+
+A = Target(spec="/mnt/a", path="/mnt/a")
+B = Target(spec="/mnt/b", path="/mnt/b")
+REMOTE = Target(spec="h:/srv/www", path="/srv/www", host="h")
+PATHS = Step(StepKind.PATHS, (b"x",))
+LISTED = b"x\0y/z\0"
+
+
+def sync(*targets: Target, extra: tuple[str, ...] = ()) -> Sync:
+    return Sync(name="www", source=Path("/srv/www"), targets=targets,
+                rsync=RsyncOptions(extra=extra))
+
+
+def argv(target: Target, step: Step = PATHS, lst: str = "/st/tmp/www-0-paths.list") -> list[str]:
+    return rsync_argv(sync(A, B), target, step, lst, startup=False)
+
+
+def test_only_syncs_with_two_local_targets_and_no_extra_options_share() -> None:
+    assert sb.shares(sync(A, B))
+    assert not sb.shares(sync(A, REMOTE))
+    assert not sb.shares(sync(A, B, extra=("--inplace",)))
+
+
+def test_the_key_ignores_the_list_file_and_the_destination_only() -> None:
+    ka = sb.batch_key(PATHS, A, argv(A), LISTED)
+    kb = sb.batch_key(PATHS, B, argv(B, lst="/st/tmp/www-1-paths.list"), LISTED)
+    assert ka is not None and ka == kb
+    assert sb.batch_key(PATHS, B, argv(B), b"x\0") != ka  # other names
+
+
+@pytest.mark.parametrize("step", [Step(StepKind.TREE, (b"",)), Step(StepKind.TIMES, (b"",)),
+                                  Step(StepKind.PATHS, (b"x",), checksum=True)])
+def test_quick_checks_and_checksums_never_share(step: Step) -> None:
+    # a batch would hold only what the recording target lacked
+    assert sb.batch_key(step, A, argv(A, step), LISTED) is None
+
+
+def test_remote_targets_and_huge_lists_never_share() -> None:
+    assert sb.batch_key(PATHS, REMOTE, argv(REMOTE), LISTED) is None
+    huge = b"n\0" * (sb.MAX_NAMES + 1)
+    assert sb.batch_key(PATHS, A, argv(A), huge) is None
+
+
+def test_record_and_replay_command_lines(tmp_path: Path) -> None:
+    plain = argv(A)
+    batch = tmp_path / "shared-1.batch"
+    w = sb.write_argv(plain, batch)
+    assert w[-2:] == plain[-2:] and "--whole-file" in w and f"--write-batch={batch}" in w
+    r = sb.read_argv(argv(B), batch)
+    assert r[-1] == plain[-1].replace("/mnt/a", "/mnt/b")
+    assert "/srv/www/" not in r  # no source: the batch is the sender
+    assert not any(a.startswith("--files-from=") for a in r) and "--from0" not in r
+    assert f"--read-batch={batch}" in r and "--whole-file" in r and "-I" in r
+
+
+def make(tmp_path: Path, size: int | None = 10) -> sb.SharedBatches:
+    return sb.SharedBatches(tmp_path, sizes=lambda _root, _listed, _limit: size)
+
+
+def finish_writing(shared: sb.SharedBatches, use: sb.Use, ok: bool = True,
+                   now: float = 1.0, data: bytes = b"batch") -> None:
+    assert use.writes is not None
+    use.writes.write_bytes(data)
+    use.writes.with_name(use.writes.name + ".sh").write_bytes(b"#!/bin/sh\n")
+    shared.ended(use, ok, now)
+
+
+def test_the_first_records_the_others_replay_after_it_ends(tmp_path: Path) -> None:
+    shared = make(tmp_path)
+    key = sb.batch_key(PATHS, A, argv(A), LISTED)
+    first = shared.use(key, argv(A), b"/srv/www", 0.0)
+    assert first.writes is not None and first.plain == argv(A)
+    during = shared.use(key, argv(B), b"/srv/www", 0.5)
+    assert not during.shared and during.argv == argv(B)  # not until it is whole
+    finish_writing(shared, first)
+    after = shared.use(key, argv(B), b"/srv/www", 1.5)
+    assert after.shared and after.writes is None
+    assert after.argv == sb.read_argv(argv(B), first.writes)
+    assert after.plain == argv(B)
+
+
+def test_a_failed_recording_is_removed_and_the_next_target_records(tmp_path: Path) -> None:
+    shared = make(tmp_path)
+    key = sb.batch_key(PATHS, A, argv(A), LISTED)
+    first = shared.use(key, argv(A), b"/srv/www", 0.0)
+    finish_writing(shared, first, ok=False)
+    assert list(tmp_path.iterdir()) == []
+    assert shared.use(key, argv(B), b"/srv/www", 1.0).writes is not None
+
+
+def test_a_failed_replay_drops_the_batch(tmp_path: Path) -> None:
+    shared = make(tmp_path)
+    key = sb.batch_key(PATHS, A, argv(A), LISTED)
+    finish_writing(shared, shared.use(key, argv(A), b"/srv/www", 0.0))
+    replay = shared.use(key, argv(B), b"/srv/www", 1.0)
+    shared.failed(replay)
+    assert list(tmp_path.iterdir()) == []
+    assert shared.use(key, argv(B), b"/srv/www", 1.0).writes is not None
+
+
+def test_too_large_before_or_after_writing_is_not_kept(tmp_path: Path) -> None:
+    key = sb.batch_key(PATHS, A, argv(A), LISTED)
+    big = make(tmp_path, size=None)  # the listed files add up to more
+    assert not big.use(key, argv(A), b"/srv/www", 0.0).shared
+    assert not big.use(key, argv(B), b"/srv/www", 0.1).shared  # nobody tries again
+    shared = make(tmp_path)
+    first = shared.use(key, argv(A), b"/srv/www", 0.0)
+    assert first.writes is not None
+    with open(first.writes, "wb") as fh:  # grew past the bound while it was sent
+        fh.truncate(sb.MAX_BYTES + 1)
+    shared.ended(first, True, 1.0)
+    assert not first.writes.exists()
+    assert not shared.use(key, argv(B), b"/srv/www", 1.0).shared
+
+
+def test_batches_expire_and_at_most_keep_are_kept(tmp_path: Path) -> None:
+    shared = make(tmp_path)
+    uses = []
+    for i in range(sb.KEEP + 1):
+        listed = b"n%d\0" % i
+        use = shared.use(sb.batch_key(PATHS, A, argv(A), listed), argv(A), b"/", float(i))
+        finish_writing(shared, use, now=float(i))
+        uses.append(use)
+    assert uses[0].writes is not None and not uses[0].writes.exists()  # the oldest went
+    assert len(list(tmp_path.glob("*.batch"))) == sb.KEEP
+    shared.expire(sb.KEEP + sb.TTL + 1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_leftovers_of_a_killed_syncer_are_removed_and_clear_removes_all(tmp_path: Path) -> None:
+    (tmp_path / "shared-9.batch").write_bytes(b"old")
+    (tmp_path / "shared-9.batch.sh").write_bytes(b"old")
+    (tmp_path / "www-0-paths.list").write_bytes(b"kept")
+    shared = make(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["www-0-paths.list"]
+    finish_writing(shared, shared.use(sb.batch_key(PATHS, A, argv(A), LISTED), argv(A),
+                                      b"/", 0.0))
+    shared.clear()
+    assert [p.name for p in tmp_path.iterdir()] == ["www-0-paths.list"]
+
+
+def test_list_sizes_counts_regular_files_without_following_symlinks(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "f").write_bytes(b"x" * 100)
+    (root / "g").write_bytes(b"y" * 50)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "big").write_bytes(b"z" * 10_000)
+    os.symlink(outside, root / "link")
+    listed = b"d/f\0g\0d\0link/big\0gone\0"
+    assert sb.list_sizes(os.fsencode(root), listed, 1_000) == 150
+    assert sb.list_sizes(os.fsencode(root), listed, 120) is None
+
+
+def test_use_without_a_key_is_the_plain_run(tmp_path: Path) -> None:
+    use = make(tmp_path).use(None, argv(A), b"/", 0.0)
+    assert use == sb.Use(argv(A), argv(A)) and not use.shared
+
+
+def test_a_step_may_wait_for_the_recording_of_its_batch(tmp_path: Path) -> None:
+    shared = make(tmp_path)
+    key = sb.batch_key(PATHS, A, argv(A), LISTED)
+    assert key is not None
+    first = shared.use(key, argv(A), b"/", 0.0, wait=True)
+    assert first.writes is not None and not first.waits
+    waiting = shared.use(key, argv(B), b"/", 0.1, wait=True)
+    assert waiting.waits and waiting.key == key and shared.writing(key)
+    assert not shared.use(key, argv(B), b"/", 0.2).shared  # waited long enough: plainly
+    finish_writing(shared, first)
+    assert not shared.writing(key)
+    again = shared.use(key, argv(B), b"/", 1.5, wait=True)
+    assert not again.waits and again.argv == sb.read_argv(argv(B), first.writes)
