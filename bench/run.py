@@ -106,6 +106,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--fanout-rest", type=int, metavar="S",
                     help="fan-out over ssh: also the PSS per target S seconds after convergence "
                          "(past [sync.ssh] master_idle, 300 s: the masters closed)")
+    ap.add_argument("--fanout-delay", type=float, metavar="S",
+                    help="every sync's delay in the fan-out scenario (default 0, as the others)")
     ap.add_argument("--max-processes", type=int, metavar="N",
                     help="syncsup's [settings] max_processes (default: its own)")
     ap.add_argument("--tools", nargs="+", metavar="TOOL",
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Ctx(mode, base)
     overrides = {"fanout": args.fanout, "fanout_ssh": args.fanout_ssh,
                  "fanout_files": args.fanout_files, "fanout_kb": args.fanout_kb,
-                 "fanout_rest": args.fanout_rest}
+                 "fanout_rest": args.fanout_rest, "fanout_delay": args.fanout_delay}
     Syncsup.max_processes = args.max_processes
     ctx.size = {**ctx.size, **{k: v for k, v in overrides.items() if v}}
     mach = machine()

@@ -95,7 +95,9 @@ def _case(ctx: Ctx, tool: str, run: int, k: int, ssh: bool) -> dict[str, float]:
         listener = ctx.sshd().proc if ssh else None
         return tree_cpu(t.pid) + (tree_cpu(listener.pid) if listener is not None else 0.0)
 
-    with Session(ctx, tool, root / "w", src, targets) as t:
+    session = Session(ctx, tool, root / "w", src, targets)
+    session.tool.delay = float(ctx.size.get("fanout_delay") or 0.0)
+    with session as t:
         # the first start: its startup sync (and syncsup's proofs, every
         # remote target having no seen-point) into empty targets
         start_peak = [0, 0.0]  # rss, time of the last sample
