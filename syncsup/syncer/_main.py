@@ -183,6 +183,7 @@ class Syncer:
 
     def start(self, slot: Slot, step: Step) -> None:
         """Start ``step`` (an agent step on a local target is done at once)."""
+        waited = self.awaiting.pop(slot.key, None) is not None  # for its batch: not again
         problem = root_problem(slot.sync.source)
         if problem is not None:
             # rsync would follow a symlink put at the root and mirror the
@@ -190,14 +191,14 @@ class Syncer:
             self.settle(slot, Result(rc=-1, error=problem, unstarted=True))
             return
         try:
-            self._start(slot, step)
+            self._start(slot, step, may_wait=not waited)
         except OSError as exc:
             # state_dir full or unwritable (the file lists live there): the
             # batch goes back to pending and is retried with backoff.
             self.settle(slot, Result(rc=-1, unstarted=True,
                                      error=f"cannot prepare the transfer: {exc.strerror or exc}"))
 
-    def _start(self, slot: Slot, step: Step) -> None:
+    def _start(self, slot: Slot, step: Step, may_wait: bool) -> None:
         assert slot.batch is not None and slot.plan is not None
         changes = slot.batch.changes
         if step.by_agent:
@@ -244,25 +245,29 @@ class Syncer:
             if slot.sync.name in self.sharing:
                 key = batch_key(step, slot.target, argv, listed)
         now = time.monotonic()
-        use = self.shared.use(key, argv, os.fsencode(slot.sync.source), now,
-                              wait=slot.key not in self.awaiting)
+        use = self.shared.use(key, argv, os.fsencode(slot.sync.source), now, wait=may_wait)
         if use.waits and use.key is not None:
             # its batch is being recorded by another target: taken up again
             # by the loop when that ends (or after WAIT), holding no process
             self.awaiting[slot.key] = (now + WAIT, use.key)
             self.held.add(slot.key)
             return
-        self.awaiting.pop(slot.key, None)
         self._spawn(slot, step, use)
 
     def _spawn(self, slot: Slot, step: Step, use: Use) -> None:
         """Run ``step``'s process (``use.argv``: plain, or a shared batch's)."""
         log.debug("%s: %s", slot.label, use.argv)
-        err, out = self._files(slot)
         try:
+            err, out = self._files(slot)
             slot.transfer = Transfer(f"{slot.label}: {step.kind.value} transfer", use.argv, err,
                                      out, time.monotonic(), self.timings)
-        except FileNotFoundError as exc:
+        except OSError as exc:
+            self.shared.ended(use, False, time.monotonic())  # a recording that never ran
+            if not isinstance(exc, FileNotFoundError):
+                raise
+            if use.argv != use.plain:
+                self._spawn(slot, step, Use(use.plain, use.plain))
+                return
             self.settle(slot, Result(rc=127, error=f"cannot run {use.argv[0]}: {exc}",
                                      unstarted=True))
             return
@@ -297,7 +302,11 @@ class Syncer:
                 log.info("%s: the %s batch failed (rsync exit %d: %s); sending directly",
                          slot.label, "recorded" if use.writes else "shared", result.rc,
                          result.error or "no message")
-                self._spawn(slot, slot.step, Use(use.plain, use.plain))
+                try:
+                    self._spawn(slot, slot.step, Use(use.plain, use.plain))
+                except OSError as exc:
+                    self.settle(slot, Result(rc=-1, unstarted=True, error="cannot start the "
+                                             f"transfer: {exc.strerror or exc}"))
                 return
         self.settle(slot, result)
 

@@ -2,44 +2,59 @@
 rsync is read from the source once, not once per target.
 
 When several local targets of a sync get the same ``paths`` step (the same
-names and the same options: the usual case when a burst reaches every
-target at once), the first runs rsync with ``--write-batch``, which records
-what it sends (the file list and every file's data) while it updates its
-own target; the others replay that record with ``--read-batch``: no sender
-process, no read of the source. A target whose step comes while its batch
-is being recorded waits for the recording (without taking one of
-``max_processes``), at most :data:`WAIT` seconds, then runs plainly.
+names, the same options: the usual case when a burst reaches every target),
+the first runs rsync with ``--write-batch``, which records what it sends
+(the file list and every file's data) while it updates its own target; the
+others replay that record with ``--read-batch``: no sender process, no read
+of the source. A target whose step comes while its batch is being recorded
+waits for the recording (holding none of ``max_processes``), at most
+:data:`WAIT` seconds, then runs plainly.
+
+**A batch is a version, not a list of names.** The same names come again
+with the next change of the same files (a large file appended to, batch
+after batch), and a replay of the earlier recording would put the earlier
+content back with rsync exiting 0. So a recording keeps the version of
+every listed name as it found it before the run (device, inode, mode,
+size, mtime and ctime, or "nothing there"), and a replay is allowed only
+while every name still has that version. ctime moves with every write,
+chmod, chown, rename or unlink and no user can set it; a name whose ctime
+is younger than a timestamp tick (:data:`~syncsup.syncer.readonce.SETTLE`)
+is not recorded at all, since a write within that tick would leave it as
+it is. A name changed after the versions were read makes the recording
+newer than its versions, never older: a replay then writes content at
+least as new as a plain run started at that moment, and the change's own
+events bring the next batch, whose versions no longer match.
 
 Why only ``paths`` steps with ``-I``, only to local targets, and always
-``--whole-file``: a batch records what the writer's receiver asked for.
-With ``-I`` that is every listed entry, sent whole, whatever the writer's
-target held, so a replay leaves any target as a plain run would (its
-generator still makes the directories and links, deletes what is gone and
-sets every attribute itself). A ``tree`` or ``times`` step (the quick check)
-or ``--checksum`` would record only what the writer's target lacked, and a
-reader lacking something else would be left behind without an error; so
-those steps never share. Deltas (rsync's default over a network) would be
-computed against the writer's copies. Remote targets have the agent,
-which reads once already. (rsync checks this too: a replay whose
-receiver asks for a file the batch does not hold says "No batched update
-for" it and exits 23; see below.) A sync with options of its own
-(``[sync.rsync] extra``) never shares: an option there may change what a
-batch records.
+``--whole-file``: a batch records what the recording target's receiver
+asked for. With ``-I`` that is every listed entry, sent whole, whatever
+that target held, so a replay leaves any target as a plain run would (its
+own generator makes the directories on the way, deletes what is gone and
+sets every attribute). A ``tree`` or ``times`` step (the quick check) or
+``--checksum`` would record only what the recording target lacked; rsync
+notices a replay that asks for a file the batch does not hold ("No batched
+update for", exit 23), but those steps never share. Deltas (rsync's default
+over a network) would be against the recording target's copies. Remote
+targets have the agent, which reads once already. A sync with options of
+its own (``[sync.rsync] extra``) never shares: one may change what a batch
+records.
 
-Any run of a shared batch that does not exit 0 (the batch file cut short or
-gone, the disk full while writing it, anything else) is run again at once
-the plain way, and that run's result is the step's: sharing can cost a
-second run, never a different outcome. A batch is kept :data:`TTL` seconds
-after it was written, at most :data:`KEEP` of them; one larger than
-:data:`MAX_BYTES`, or whose files add up to more before it is written, is
-not kept (the files are counted with ``lstat`` first, so a tree of large
-files is never copied into the state directory).
+Any shared run that does not exit 0 (the batch cut short or gone, the disk
+full, the recording past its size limit, anything else) is run again at
+once the plain way, and that run's result is the step's: sharing can cost
+a second run, never a different outcome. A batch is kept :data:`TTL`
+seconds, at most :data:`KEEP` of them, each at most :data:`MAX_BYTES`: the
+listed files are counted before, and the recording runs under that file
+size limit (``prlimit``), so a source that grows meanwhile fails the
+recording instead of filling the state directory's file system.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,9 +64,10 @@ from stat import S_ISREG
 from syncsup import config as cfg
 from syncsup.dirfd import DIR_FLAGS, DirCache, split_path
 from syncsup.syncer.plan import Step, StepKind
+from syncsup.syncer.readonce import COARSE_SETTLE, SETTLE
 
-__all__ = ["KEEP", "MAX_BYTES", "MAX_NAMES", "TTL", "WAIT", "SharedBatches", "Use", "batch_key",
-           "read_argv", "shares", "write_argv"]
+__all__ = ["KEEP", "MAX_BYTES", "MAX_NAMES", "TTL", "WAIT", "Fingerprint", "SharedBatches", "Use",
+           "batch_key", "read_argv", "shares", "versions_of", "write_argv"]
 
 log = logging.getLogger("syncsup.syncer")
 
@@ -63,13 +79,21 @@ WAIT = 10.0  # s a step may wait for its batch's recording
 PREFIX = "shared-"
 
 Key = tuple[tuple[str, ...], bytes]
+# One listed name's version: (device, inode, mode, size, mtime, ctime), or
+# None where nothing is there. ctime moves with every write, chmod, chown,
+# rename and unlink of a name, and no user can set it.
+Version = tuple[int, int, int, int, int, int] | None
+Fingerprint = tuple[Version, ...]
+
+_PRLIMIT = shutil.which("prlimit")
 
 
 def shares(sync: cfg.Sync) -> bool:
     """May ``sync``'s local targets share batches? Two of them at least,
-    and no option the batch might not carry exactly."""
+    no option the batch might not carry exactly, and a way to bound the
+    recording's size (util-linux's ``prlimit``)."""
     local = sum(1 for t in sync.targets if not t.is_remote)
-    return local >= 2 and not sync.rsync.extra
+    return local >= 2 and not sync.rsync.extra and _PRLIMIT is not None
 
 
 def batch_key(step: Step, target: cfg.Target, argv: Sequence[str], listed: bytes) -> Key | None:
@@ -84,22 +108,31 @@ def batch_key(step: Step, target: cfg.Target, argv: Sequence[str], listed: bytes
 
 
 def write_argv(argv: Sequence[str], batch: Path) -> list[str]:
-    """The plain command that also records its batch (data whole)."""
-    return [*argv[:-2], "--whole-file", f"--write-batch={batch}", *argv[-2:]]
+    """The plain command that also records its batch (data whole), under a
+    file size limit of :data:`MAX_BYTES`: a source that grew after it was
+    counted makes the run fail (and be sent again plainly), never fills
+    the state directory's file system."""
+    assert _PRLIMIT is not None
+    return [_PRLIMIT, f"--fsize={MAX_BYTES}", "--", *argv[:-2], "--whole-file",
+            f"--write-batch={batch}", *argv[-2:]]
 
 
 def read_argv(argv: Sequence[str], batch: Path) -> list[str]:
     """The same step replayed from ``batch``: no list, no source; the file
-    list comes from the batch, every option as the writer had it."""
+    list comes from the batch, every option as the writer had it, and
+    ``--relative``, which ``--files-from`` implies (without it a target
+    that lacks a listed name's directory cannot take it, and the
+    directories on the way get no time)."""
     keep = [a for a in argv[:-2] if not a.startswith("--files-from=") and a != "--from0"]
-    return [*keep, "--whole-file", f"--read-batch={batch}", argv[-1]]
+    return [*keep, "--relative", "--whole-file", f"--read-batch={batch}", argv[-1]]
 
 
 @dataclass
 class _Entry:
-    path: Path | None  # the batch, once written and kept
-    at: float          # when it was written (or its writer started)
-    writing: bool = False
+    version: Fingerprint  # the listed names as the recording found them
+    at: float             # when it was recorded (or its recording started)
+    writing: Path | None = None  # the file its recording writes, until it ends
+    path: Path | None = None     # the batch, once recorded and kept
 
 
 @dataclass(frozen=True)
@@ -119,14 +152,18 @@ class Use:
         return self.key is not None
 
 
-class SharedBatches:
-    """The batches written and being written, by key. ``sizes`` counts the
-    bytes of a step's regular files (``lstat``; None: more than allowed)."""
+Versions = Callable[[bytes, bytes, int], Fingerprint | None]
 
-    def __init__(self, directory: Path,
-                 sizes: Callable[[bytes, bytes, int], int | None] | None = None) -> None:
+
+class SharedBatches:
+    """The batches recorded and being recorded, by key, each with the
+    version of its names it holds. ``versions`` reads those versions
+    (:func:`versions`: None past a size, or for a name changed too
+    recently to be sure of)."""
+
+    def __init__(self, directory: Path, versions: Versions | None = None) -> None:
         self.directory = directory
-        self.sizes = sizes or list_sizes
+        self.versions = versions or versions_of
         self.entries: OrderedDict[Key, _Entry] = OrderedDict()
         self.serial = 0
         self.clear()  # a killed syncer's
@@ -134,43 +171,44 @@ class SharedBatches:
     def use(self, key: Key | None, argv: list[str], source: bytes, now: float,
             wait: bool = False) -> Use:
         """How to run a step whose plain command is ``argv`` (``source``:
-        its sync's root, where the listed files are counted). ``wait``:
+        its sync's root, where the listed names are looked at). ``wait``:
         rather than run it plainly beside the run that is recording its
         batch, say so (``waits``), to be asked again when that ends."""
         self.expire(now)
         if key is None:
             return Use(argv, argv)
         entry = self.entries.get(key)
-        if entry is not None:
-            if entry.writing and wait:
-                return Use(argv, argv, key, waits=True)
-            if entry.path is None:  # being written, or too large to keep
-                return Use(argv, argv)
+        if entry is not None and entry.writing is not None:
+            return Use(argv, argv, key, waits=True) if wait else Use(argv, argv)
+        version = self.versions(source, key[1], MAX_BYTES)
+        if entry is not None and entry.path is not None and version == entry.version:
             self.entries.move_to_end(key)
             return Use(read_argv(argv, entry.path), argv, key)
-        if self.sizes(source, key[1], MAX_BYTES) is None:
-            self._add(key, _Entry(None, now))  # too large: no other target tries either
+        if entry is not None:  # the names changed since: a new version to record
+            self._drop(key)
+        if version is None:  # too large, or not settled: plainly
             return Use(argv, argv)
         self.serial += 1
         path = self.directory / f"{PREFIX}{self.serial}.batch"
-        self._add(key, _Entry(None, now, writing=True))
+        self._add(key, _Entry(version, now, writing=path))
         return Use(write_argv(argv, path), argv, key, writes=path)
 
     def writing(self, key: Key) -> bool:
         """Is the batch of ``key`` being recorded now?"""
         entry = self.entries.get(key)
-        return entry is not None and entry.writing
+        return entry is not None and entry.writing is not None
 
     def ended(self, use: Use, ok: bool, now: float) -> None:
-        """A shared run ended (``ok``: exit 0, not stalled)."""
+        """A shared run ended (``ok``: exit 0, not stalled), or never
+        started (not ``ok``)."""
         path = use.writes
         if use.key is None or path is None:
             return
         entry = self.entries.get(use.key)
-        if entry is None or not entry.writing:  # evicted meanwhile
+        if entry is None or entry.writing != path:  # dropped meanwhile
             _remove(path)
             return
-        entry.writing, entry.at = False, now
+        entry.writing, entry.at = None, now
         try:
             kept = ok and path.stat().st_size <= MAX_BYTES
         except OSError:
@@ -179,30 +217,30 @@ class SharedBatches:
             entry.path = path
         else:
             _remove(path)
-            if not ok:
-                del self.entries[use.key]  # the next target of the step may write it
+            self._drop(use.key)  # the next target of the step may record it
 
     def failed(self, use: Use) -> None:
         """A replay of ``use.key``'s batch failed: not used again."""
-        entry = self.entries.pop(use.key, None) if use.key is not None else None
+        if use.key is not None and use.writes is None:
+            self._drop(use.key)
+
+    def _drop(self, key: Key) -> None:
+        entry = self.entries.pop(key, None)
         if entry is not None and entry.path is not None:
             _remove(entry.path)
 
     def _add(self, key: Key, entry: _Entry) -> None:
         self.entries[key] = entry
         while len(self.entries) > KEEP:
-            _key, old = self.entries.popitem(last=False)
-            if old.path is not None:
-                _remove(old.path)
+            old = next(iter(self.entries))
+            self._drop(old)  # one being recorded: its run's end removes its file
 
     def expire(self, now: float) -> None:
-        """Forget batches written more than :data:`TTL` ago (one being
-        written stays: its run's end says what becomes of it)."""
+        """Forget batches recorded more than :data:`TTL` ago (one being
+        recorded stays: its run's end says what becomes of it)."""
         for key, entry in list(self.entries.items()):
-            if not entry.writing and now - entry.at > TTL:
-                del self.entries[key]
-                if entry.path is not None:
-                    _remove(entry.path)
+            if entry.writing is None and now - entry.at > TTL:
+                self._drop(key)
 
     def clear(self) -> None:
         """At stop: every batch file, those being written too (their runs
@@ -221,32 +259,48 @@ def _remove(batch: Path) -> None:
             log.warning("cannot remove %s: %s", p, exc.strerror)
 
 
-def list_sizes(root: bytes, listed: bytes, limit: int) -> int | None:
-    """The bytes of the regular files named in ``listed`` (NUL-separated,
-    relative to ``root``), or None past ``limit``. Each name is looked up
-    below ``root`` without following a symlink (:class:`~syncsup.dirfd.DirCache`);
-    names gone, or not regular files, count nothing (a ``paths`` step does
-    not recurse into a directory)."""
+def versions_of(root: bytes, listed: bytes, limit: int) -> Fingerprint | None:
+    """The version of every name in ``listed`` (a ``--files-from`` list as
+    :func:`~syncsup.syncer.steps.files_from` writes it), each looked up below ``root`` without following a symlink
+    (:class:`~syncsup.dirfd.DirCache`); None if the regular files among
+    them add up to more than ``limit`` bytes, or if one of them changed
+    too recently to be sure of: a write within the timestamp tick of the
+    last one leaves the same ctime, so a version counts only once its
+    ctime is :data:`~syncsup.syncer.readonce.SETTLE` old (two seconds on
+    a file system that keeps whole seconds), when any later write shows."""
+    began = time.time_ns()
     total = 0
+    out: list[Version] = []
     try:
         root_fd = os.open(root, DIR_FLAGS)
     except OSError:
-        return 0  # the run that follows says what is wrong
+        return None
     dirs = DirCache(root_fd)
     try:
-        for name in listed.split(b"\0"):
+        for entry in listed.split(b"\0")[:-1]:
+            # the list's own form (steps.files_from): "./NAME", "." the root
+            name = entry[2:] if entry.startswith(b"./") else entry
             try:
-                parts, last = split_path(name)
-                st = os.lstat(last, dir_fd=dirs.get(parts))
+                if name == b".":
+                    st = os.fstat(root_fd)
+                else:
+                    parts, last = split_path(name)
+                    st = os.lstat(last, dir_fd=dirs.get(parts))
             except OSError:
+                out.append(None)
                 continue
             finally:
                 dirs.trim()
+            settle = SETTLE if st.st_ctime_ns % 1_000_000_000 else COARSE_SETTLE
+            if began - st.st_ctime_ns < settle * 1e9:
+                return None
             if S_ISREG(st.st_mode):
                 total += st.st_size
                 if total > limit:
                     return None
+            out.append((st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns,
+                        st.st_ctime_ns))
     finally:
         dirs.clear()
         os.close(root_fd)
-    return total
+    return tuple(out)

@@ -5,12 +5,16 @@ replay it (``--read-batch``) without reading the source again.
 What these tests hold the daemon to, with real inotify, real rsync and
 hostile names: every target ends byte for byte equal to the source, even
 a target whose copy differs from the recording target's in a way the
-quick check cannot see; a replay, or a recording, that fails is sent
-again the plain way at once; and no batch file is left behind."""
+quick check cannot see, or that lacks the directories of a listed name;
+the same names changed again are recorded again, never replayed from the
+earlier recording; a replay, or a recording, that fails is sent again the
+plain way at once; and no batch file is left behind."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,13 +53,15 @@ def _leftovers(settings: dict[str, str]) -> list[str]:
     return sorted(p.name for p in tmp.glob("shared-*")) if tmp.exists() else []
 
 
-def test_local_targets_replay_one_recorded_batch(tmp_path, src, daemon_factory, settings):
+@pytest.mark.parametrize("cap", [1, 8])
+def test_local_targets_replay_one_recorded_batch(tmp_path, src, daemon_factory, settings, cap):
     dsts = _targets(tmp_path)
     churn = Churn(src, seed=23, hostile_ratio=0.4)
     churn.populate(n_files=60, n_dirs=8)
     (src / "same").write_bytes(b"old content!")
-    # one target at work at a time: every target after the first replays
-    conf = {**settings, "log_level": "debug", "max_processes": 1}
+    # 1: one target at work at a time, every target after the first replays
+    # when its turn comes; 8: all at once, the others wait for the recording
+    conf = {**settings, "log_level": "debug", "max_processes": cap}
     d = daemon_factory([_sync(src, dsts)], settings_override=conf)
     wait_converged(src, dsts, timeout=CONVERGE, on_timeout=d.describe)
 
@@ -111,3 +117,52 @@ def test_a_failed_shared_run_is_sent_again_plainly(tmp_path, src, daemon_factory
     assert " failed" not in d.log_text().replace("batch failed", ""), d.log_tail()
     d.stop()
     assert _leftovers(settings) == []
+
+
+def test_the_same_names_changed_again_are_recorded_again(tmp_path, src, daemon_factory,
+                                                          settings):
+    # one large file changed batch after batch (appended to, rewritten at
+    # the same size, deleted, made again): every batch lists the same name,
+    # and a replay of an earlier recording would put earlier content back
+    dsts = _targets(tmp_path)
+    log = src / "app.log"
+    log.write_bytes(b"start\n")
+    conf = {**settings, "log_level": "debug", "max_processes": 1}
+    d = daemon_factory([_sync(src, dsts)], settings_override=conf)
+    wait_converged(src, dsts, timeout=CONVERGE, on_timeout=d.describe)
+    for i in range(8):
+        if i == 5:
+            log.unlink()
+        elif i % 3 == 2:
+            data = log.read_bytes() if log.exists() else b""
+            log.write_bytes(bytes(reversed(data)))  # same size, new content
+        else:
+            with open(log, "ab") as fh:
+                fh.write(b"line %d\n" % i * 50)
+        wait_converged(src, dsts, timeout=CONVERGE, on_timeout=d.describe)
+    assert _count(d, "read-batch") >= 2 * (TARGETS - 1), d.log_tail()  # it did share
+    # each change recorded anew (a few may come too soon after a write to
+    # be sure of, and go plainly): never one recording replayed throughout
+    recorded = set(re.findall(r"--write-batch=[^']*/(shared-\d+)\.batch", d.log_text()))
+    assert len(recorded) >= 5, d.log_tail()
+    assert "batch failed" not in d.log_text(), d.log_tail()
+
+
+def test_a_target_missing_the_directories_of_a_listed_name(tmp_path, src, daemon_factory,
+                                                            settings):
+    dsts = _targets(tmp_path)
+    deep = src / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (deep / "f").write_bytes(b"one")
+    conf = {**settings, "log_level": "debug", "max_processes": 1}
+    d = daemon_factory([_sync(src, dsts)], settings_override=conf)
+    wait_converged(src, dsts, timeout=CONVERGE, on_timeout=d.describe)
+    replays = _count(d, "read-batch")
+    # behind the daemon's back, the last targets lose the directories;
+    # the next batch lists only the file below them
+    for dst in dsts[1:]:
+        shutil.rmtree(dst / "a")
+    (deep / "f").write_bytes(b"two")
+    wait_converged(src, dsts, timeout=CONVERGE, on_timeout=d.describe)
+    assert _count(d, "read-batch") > replays, d.log_tail()
+    assert "batch failed" not in d.log_text(), d.log_tail()

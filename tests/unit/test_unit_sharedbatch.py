@@ -4,6 +4,7 @@ replay one, and the life of a batch file (pure, with a temp directory)."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from syncsup.config import RsyncOptions, Sync, Target
 from syncsup.syncer import sharedbatch as sb
 from syncsup.syncer.argv import rsync_argv
 from syncsup.syncer.plan import Step, StepKind
+from syncsup.syncer.steps import files_from
 
 A = Target(spec="/mnt/a", path="/mnt/a")
 B = Target(spec="/mnt/b", path="/mnt/b")
@@ -30,7 +32,7 @@ def argv(target: Target, step: Step = PATHS, lst: str = "/st/tmp/www-0-paths.lis
 
 
 def test_only_syncs_with_two_local_targets_and_no_extra_options_share() -> None:
-    assert sb.shares(sync(A, B))
+    assert sb.shares(sync(A, B))  # (prlimit is installed where the tests run)
     assert not sb.shares(sync(A, REMOTE))
     assert not sb.shares(sync(A, B, extra=("--inplace",)))
 
@@ -60,15 +62,28 @@ def test_record_and_replay_command_lines(tmp_path: Path) -> None:
     batch = tmp_path / "shared-1.batch"
     w = sb.write_argv(plain, batch)
     assert w[-2:] == plain[-2:] and "--whole-file" in w and f"--write-batch={batch}" in w
+    assert w[1:3] == [f"--fsize={sb.MAX_BYTES}", "--"] and w[3:-4] == plain[:-2]
     r = sb.read_argv(argv(B), batch)
     assert r[-1] == plain[-1].replace("/mnt/a", "/mnt/b")
     assert "/srv/www/" not in r  # no source: the batch is the sender
     assert not any(a.startswith("--files-from=") for a in r) and "--from0" not in r
     assert f"--read-batch={batch}" in r and "--whole-file" in r and "-I" in r
+    assert "--relative" in r  # what --files-from implies: the directories on the way
 
 
-def make(tmp_path: Path, size: int | None = 10) -> sb.SharedBatches:
-    return sb.SharedBatches(tmp_path, sizes=lambda _root, _listed, _limit: size)
+class Source:
+    """What :func:`sb.versions_of` would say: ``version`` (None: too large
+    or not settled)."""
+
+    def __init__(self) -> None:
+        self.version: sb.Fingerprint | None = ((1, 2, 0o100644, 10, 5, 5),)
+
+    def __call__(self, _root: bytes, _listed: bytes, _limit: int) -> sb.Fingerprint | None:
+        return self.version
+
+
+def make(tmp_path: Path, source: Source | None = None) -> sb.SharedBatches:
+    return sb.SharedBatches(tmp_path, versions=source or Source())
 
 
 def finish_writing(shared: sb.SharedBatches, use: sb.Use, ok: bool = True,
@@ -112,18 +127,41 @@ def test_a_failed_replay_drops_the_batch(tmp_path: Path) -> None:
     assert shared.use(key, argv(B), b"/srv/www", 1.0).writes is not None
 
 
-def test_too_large_before_or_after_writing_is_not_kept(tmp_path: Path) -> None:
+def test_a_batch_is_replayed_only_while_its_names_keep_their_version(tmp_path: Path) -> None:
+    # the same names changed again (a large file appended to): the
+    # earlier recording must never be replayed for the later change
+    source = Source()
+    shared = make(tmp_path, source)
     key = sb.batch_key(PATHS, A, argv(A), LISTED)
-    big = make(tmp_path, size=None)  # the listed files add up to more
+    first = shared.use(key, argv(A), b"/srv/www", 0.0)
+    finish_writing(shared, first)
+    source.version = ((1, 2, 0o100644, 20, 6, 6),)
+    second = shared.use(key, argv(B), b"/srv/www", 1.0)
+    assert second.writes is not None and second.writes != first.writes  # a new recording
+    assert first.writes is not None and not first.writes.exists()
+    finish_writing(shared, second, now=2.0)
+    assert shared.use(key, argv(A), b"/srv/www", 2.0).argv == sb.read_argv(argv(A), second.writes)
+    source.version = ((1, 2, 0o100644, 20, 6, 7),)  # a chmod, a same-size rewrite: the ctime
+    assert shared.use(key, argv(B), b"/srv/www", 3.0).writes is not None
+
+
+def test_too_large_or_unsettled_names_are_sent_plainly(tmp_path: Path) -> None:
+    key = sb.batch_key(PATHS, A, argv(A), LISTED)
+    source = Source()
+    source.version = None  # the listed files add up to more, or one just changed
+    big = make(tmp_path, source)
     assert not big.use(key, argv(A), b"/srv/www", 0.0).shared
-    assert not big.use(key, argv(B), b"/srv/www", 0.1).shared  # nobody tries again
-    shared = make(tmp_path)
+    assert not big.use(key, argv(B), b"/srv/www", 0.1).shared
+    assert list(tmp_path.iterdir()) == []
+    source = Source()
+    shared = make(tmp_path, source)
     first = shared.use(key, argv(A), b"/srv/www", 0.0)
     assert first.writes is not None
     with open(first.writes, "wb") as fh:  # grew past the bound while it was sent
         fh.truncate(sb.MAX_BYTES + 1)
     shared.ended(first, True, 1.0)
-    assert not first.writes.exists()
+    assert list(tmp_path.iterdir()) == []
+    source.version = None  # as it now is: too large
     assert not shared.use(key, argv(B), b"/srv/www", 1.0).shared
 
 
@@ -153,7 +191,7 @@ def test_leftovers_of_a_killed_syncer_are_removed_and_clear_removes_all(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["www-0-paths.list"]
 
 
-def test_list_sizes_counts_regular_files_without_following_symlinks(tmp_path: Path) -> None:
+def test_versions_of_listed_names_without_following_symlinks(tmp_path: Path) -> None:
     root = tmp_path / "src"
     (root / "d").mkdir(parents=True)
     (root / "d" / "f").write_bytes(b"x" * 100)
@@ -162,9 +200,44 @@ def test_list_sizes_counts_regular_files_without_following_symlinks(tmp_path: Pa
     outside.mkdir()
     (outside / "big").write_bytes(b"z" * 10_000)
     os.symlink(outside, root / "link")
-    listed = b"d/f\0g\0d\0link/big\0gone\0"
-    assert sb.list_sizes(os.fsencode(root), listed, 1_000) == 150
-    assert sb.list_sizes(os.fsencode(root), listed, 120) is None
+    listed = files_from([b"d/f", b"g", b"d", b"link/big", b"gone", b""])
+    old = time.time_ns() - 10**10  # changed 10 s ago: settled
+    for p in (root / "d" / "f", root / "g", root / "d"):
+        os.utime(p, ns=(old, old))
+    rootb = os.fsencode(root)
+    assert sb.versions_of(rootb, listed, 1_000) is None  # just made: ctimes too young
+    time.sleep(sb.SETTLE + 0.05)
+    v = sb.versions_of(rootb, listed, 1_000)
+    assert v is not None and len(v) == 6
+    assert v[3] is None and v[4] is None  # through a symlink, and gone: nothing there
+    f, root_version = v[0], v[5]
+    assert f is not None and f[3] == 100 and f[4] == old
+    assert root_version is not None and root_version[1] == os.stat(root).st_ino
+    assert sb.versions_of(rootb, listed, 120) is None  # 150 bytes of files: past the limit
+    os.chmod(root / "g", 0o600)  # the ctime moves: another version (once settled)
+    time.sleep(sb.SETTLE + 0.05)
+    assert sb.versions_of(rootb, listed, 1_000) != v
+
+
+def test_a_recording_that_never_ran_or_was_dropped_is_released(tmp_path: Path) -> None:
+    shared = make(tmp_path)
+    key = sb.batch_key(PATHS, A, argv(A), LISTED)
+    first = shared.use(key, argv(A), b"/", 0.0)
+    shared.ended(first, False, 0.0)  # could not be spawned
+    assert not shared.writing(key)
+    second = shared.use(key, argv(B), b"/", 0.0)
+    assert second.writes is not None
+    # evicted while it was recorded, then recorded again by another target:
+    # the first recording's end must not finish the second's entry
+    for i in range(sb.KEEP):
+        shared.use(sb.batch_key(PATHS, A, argv(A), b"o%d\0" % i), argv(A), b"/", 0.1)
+    third = shared.use(key, argv(A), b"/", 0.2)
+    assert third.writes is not None
+    finish_writing(shared, second, now=0.3)
+    assert shared.writing(key) and not second.writes.exists()
+    finish_writing(shared, third, now=0.4)
+    assert not shared.writing(key)
+    assert shared.use(key, argv(B), b"/", 0.5).argv == sb.read_argv(argv(B), third.writes)
 
 
 def test_use_without_a_key_is_the_plain_run(tmp_path: Path) -> None:
