@@ -50,7 +50,7 @@ from syncsup.syncer.plan import Finished, Result, Step, StepKind
 from syncsup.syncer.proof_step import ProofStep
 from syncsup.syncer.prove import NO_PROOF
 from syncsup.syncer.readonce import SHARED
-from syncsup.syncer.sharedbatch import WAIT, SharedBatches, Use, batch_key, shares
+from syncsup.syncer.sharedbatch import MAX_WAITS, SharedBatches, Use, batch_key, shares
 from syncsup.syncer.sharedbatch import Key as BatchKey
 from syncsup.syncer.slots import Slot, make_slots
 from syncsup.syncer.steps import (
@@ -65,6 +65,7 @@ from syncsup.syncer.transfer import Transfer
 
 __all__ = ["Syncer", "main"]
 
+VANISHED = 24  # rsync: some files vanished before they could be transferred
 HOLD_POLL = 0.05  # s: how often a step held (for its master, or for its batch) looks again
 
 log = logging.getLogger("syncsup.syncer")
@@ -100,6 +101,7 @@ class Syncer:
         self.shared = SharedBatches(self.state.tmp)
         self.sharing = {sync.name for sync in conf.syncs if shares(sync)}
         self.awaiting: dict[Key, tuple[float, BatchKey]] = {}  # until when, for which batch
+        self.waited: dict[Key, int] = {}  # how often the slot's step waited so
         self.reconnects = Reconnects(self.monitor)
         # slots whose next step waits for their login's master to listen
         self.held: set[tuple[str, int]] = set()
@@ -125,6 +127,7 @@ class Syncer:
             return
         self.masters.use((batch.sync, batch.target), now, busy=True)
         slot = self.slots[(batch.sync, batch.target)]
+        self.waited.pop(slot.key, None)
         slot.batch, ch = batch, slot.channel
         slot.plan = plan_batch(batch, slot.sync, slot.target, slot.rules,
                                empty=source_empty(slot.sync.source),
@@ -163,9 +166,10 @@ class Syncer:
                 and not os.path.exists(path))
 
     def _awaits(self, key: Key, now: float) -> bool:
-        """Does the slot still wait for the recording of its step's batch?"""
+        """Does the slot still wait for its step's batch (its recording, or
+        its files to be old enough to record)?"""
         until, batch = self.awaiting.get(key, (0.0, None))
-        return now < until and batch is not None and self.shared.writing(batch)
+        return now < until and batch is not None and not self.shared.due(batch, now)
 
     def _close_sessions(self) -> None:
         """End the idle agent sessions the lanes closed to free a process."""
@@ -183,7 +187,7 @@ class Syncer:
 
     def start(self, slot: Slot, step: Step) -> None:
         """Start ``step`` (an agent step on a local target is done at once)."""
-        waited = self.awaiting.pop(slot.key, None) is not None  # for its batch: not again
+        self.awaiting.pop(slot.key, None)
         problem = root_problem(slot.sync.source)
         if problem is not None:
             # rsync would follow a symlink put at the root and mirror the
@@ -191,14 +195,14 @@ class Syncer:
             self.settle(slot, Result(rc=-1, error=problem, unstarted=True))
             return
         try:
-            self._start(slot, step, may_wait=not waited)
+            self._start(slot, step)
         except OSError as exc:
             # state_dir full or unwritable (the file lists live there): the
             # batch goes back to pending and is retried with backoff.
             self.settle(slot, Result(rc=-1, unstarted=True,
                                      error=f"cannot prepare the transfer: {exc.strerror or exc}"))
 
-    def _start(self, slot: Slot, step: Step, may_wait: bool) -> None:
+    def _start(self, slot: Slot, step: Step) -> None:
         assert slot.batch is not None and slot.plan is not None
         changes = slot.batch.changes
         if step.by_agent:
@@ -245,11 +249,15 @@ class Syncer:
             if slot.sync.name in self.sharing:
                 key = batch_key(step, slot.target, argv, listed)
         now = time.monotonic()
-        use = self.shared.use(key, argv, os.fsencode(slot.sync.source), now, wait=may_wait)
+        waited = self.waited.pop(slot.key, 0)
+        use = self.shared.use(key, argv, os.fsencode(slot.sync.source), now,
+                              wait=waited < MAX_WAITS)
         if use.waits and use.key is not None:
-            # its batch is being recorded by another target: taken up again
-            # by the loop when that ends (or after WAIT), holding no process
-            self.awaiting[slot.key] = (now + WAIT, use.key)
+            # its batch is being recorded by another target, or its files
+            # are a moment too young to record: taken up again by the loop
+            # then, holding no process
+            self.waited[slot.key] = waited + 1
+            self.awaiting[slot.key] = (use.waits, use.key)
             self.held.add(slot.key)
             return
         self._spawn(slot, step, use)
@@ -295,7 +303,11 @@ class Syncer:
         if use is not None and use.shared and slot.step is not None:
             ok = result.rc == 0 and not result.stalled
             self.shared.ended(use, ok, now)
-            if not ok and not result.stalled:
+            # A recording is a plain run that also writes the batch: files
+            # that vanished meanwhile (24, ok in a live tree) end it as they
+            # end a plain run; any other failure may be the batch's own.
+            vanished = use.writes is not None and result.rc == VANISHED
+            if not ok and not result.stalled and not vanished:
                 # the plain run's result is the step's, whatever sharing did
                 if use.writes is None:
                     self.shared.failed(use)

@@ -18,12 +18,14 @@ every listed name as it found it before the run (device, inode, mode,
 size, mtime and ctime, or "nothing there"), and a replay is allowed only
 while every name still has that version. ctime moves with every write,
 chmod, chown, rename or unlink and no user can set it; a name whose ctime
-is younger than a timestamp tick (:data:`~syncsup.syncer.readonce.SETTLE`)
-is not recorded at all, since a write within that tick would leave it as
-it is. A name changed after the versions were read makes the recording
-newer than its versions, never older: a replay then writes content at
-least as new as a plain run started at that moment, and the change's own
-events bring the next batch, whose versions no longer match.
+is younger than a timestamp tick (:data:`~syncsup.syncer.readonce.SETTLE`,
+0.1 s) is not recorded until it is older (the steps wait that long, a
+burst's last files having been written a moment before its batch), since
+a write within that tick would leave it as it is. A name changed after
+the versions were read makes the recording newer than its versions, never
+older: a replay then writes content at least as new as a plain run
+started at that moment, and the change's own events bring the next
+batch, whose versions no longer match.
 
 Why only ``paths`` steps with ``-I``, only to local targets, and always
 ``--whole-file``: a batch records what the recording target's receiver
@@ -66,8 +68,8 @@ from syncsup.dirfd import DIR_FLAGS, DirCache, split_path
 from syncsup.syncer.plan import Step, StepKind
 from syncsup.syncer.readonce import COARSE_SETTLE, SETTLE
 
-__all__ = ["KEEP", "MAX_BYTES", "MAX_NAMES", "TTL", "WAIT", "Fingerprint", "SharedBatches", "Use",
-           "batch_key", "read_argv", "shares", "versions_of", "write_argv"]
+__all__ = ["KEEP", "MAX_BYTES", "MAX_NAMES", "MAX_WAITS", "TTL", "WAIT", "Fingerprint",
+           "SharedBatches", "Use", "batch_key", "read_argv", "shares", "versions_of", "write_argv"]
 
 log = logging.getLogger("syncsup.syncer")
 
@@ -76,6 +78,7 @@ MAX_BYTES = 64 << 20  # one batch file: the data of its files, and their list
 MAX_NAMES = 20_000  # names in a shareable step (each is counted with lstat first)
 TTL = 120.0  # s a batch is kept after it was written
 WAIT = 10.0  # s a step may wait for its batch's recording
+MAX_WAITS = 3  # times a step may wait (for its files to be old enough, then the recording)
 PREFIX = "shared-"
 
 Key = tuple[tuple[str, ...], bytes]
@@ -145,26 +148,31 @@ class Use:
     plain: list[str]
     key: Key | None = None
     writes: Path | None = None  # the batch this run writes
-    waits: bool = False  # not to be run yet: the batch of ``key`` is being written
+    # not to be run before this moment (monotonic), unless the batch of
+    # ``key`` is recorded sooner: it is being recorded, or its files are
+    # about to be old enough to record
+    waits: float = 0.0
 
     @property
     def shared(self) -> bool:
         return self.key is not None
 
 
-Versions = Callable[[bytes, bytes, int], Fingerprint | None]
+# (the versions, or None; and if None, how long until the names are old
+# enough to be sure of, 0.0 if they never will be: too large, unreadable)
+Versions = Callable[[bytes, bytes, int], tuple[Fingerprint | None, float]]
 
 
 class SharedBatches:
     """The batches recorded and being recorded, by key, each with the
     version of its names it holds. ``versions`` reads those versions
-    (:func:`versions`: None past a size, or for a name changed too
-    recently to be sure of)."""
+    (:func:`versions_of`)."""
 
     def __init__(self, directory: Path, versions: Versions | None = None) -> None:
         self.directory = directory
         self.versions = versions or versions_of
         self.entries: OrderedDict[Key, _Entry] = OrderedDict()
+        self.settling: dict[Key, float] = {}  # until when a key's names are too young
         self.serial = 0
         self.clear()  # a killed syncer's
 
@@ -173,25 +181,38 @@ class SharedBatches:
         """How to run a step whose plain command is ``argv`` (``source``:
         its sync's root, where the listed names are looked at). ``wait``:
         rather than run it plainly beside the run that is recording its
-        batch, say so (``waits``), to be asked again when that ends."""
+        batch, or just before its files are old enough to record, say so
+        (``waits``), to be asked again then."""
         self.expire(now)
         if key is None:
             return Use(argv, argv)
         entry = self.entries.get(key)
         if entry is not None and entry.writing is not None:
-            return Use(argv, argv, key, waits=True) if wait else Use(argv, argv)
-        version = self.versions(source, key[1], MAX_BYTES)
+            return Use(argv, argv, key, waits=now + WAIT) if wait else Use(argv, argv)
+        until = self.settling.get(key, 0.0)
+        if now < until:
+            return Use(argv, argv, key, waits=until) if wait else Use(argv, argv)
+        self.settling.pop(key, None)
+        version, young = self.versions(source, key[1], MAX_BYTES)
         if entry is not None and entry.path is not None and version == entry.version:
             self.entries.move_to_end(key)
             return Use(read_argv(argv, entry.path), argv, key)
         if entry is not None:  # the names changed since: a new version to record
             self._drop(key)
-        if version is None:  # too large, or not settled: plainly
-            return Use(argv, argv)
+        if version is None:
+            if wait and 0 < young <= SETTLE:  # written a moment ago: soon sure of
+                self.settling[key] = now + young
+                return Use(argv, argv, key, waits=now + young)
+            return Use(argv, argv)  # too large, or not to be sure of soon: plainly
         self.serial += 1
         path = self.directory / f"{PREFIX}{self.serial}.batch"
         self._add(key, _Entry(version, now, writing=path))
         return Use(write_argv(argv, path), argv, key, writes=path)
+
+    def due(self, key: Key, now: float) -> bool:
+        """May a step that waits for ``key``'s batch ask again now (its
+        recording ended, or its files are old enough)?"""
+        return not self.writing(key) and now >= self.settling.get(key, 0.0)
 
     def writing(self, key: Key) -> bool:
         """Is the batch of ``key`` being recorded now?"""
@@ -259,22 +280,26 @@ def _remove(batch: Path) -> None:
             log.warning("cannot remove %s: %s", p, exc.strerror)
 
 
-def versions_of(root: bytes, listed: bytes, limit: int) -> Fingerprint | None:
+def versions_of(root: bytes, listed: bytes, limit: int) -> tuple[Fingerprint | None, float]:
     """The version of every name in ``listed`` (a ``--files-from`` list as
-    :func:`~syncsup.syncer.steps.files_from` writes it), each looked up below ``root`` without following a symlink
-    (:class:`~syncsup.dirfd.DirCache`); None if the regular files among
-    them add up to more than ``limit`` bytes, or if one of them changed
-    too recently to be sure of: a write within the timestamp tick of the
-    last one leaves the same ctime, so a version counts only once its
-    ctime is :data:`~syncsup.syncer.readonce.SETTLE` old (two seconds on
-    a file system that keeps whole seconds), when any later write shows."""
+    :func:`~syncsup.syncer.steps.files_from` writes it), each looked up
+    below ``root`` without following a symlink
+    (:class:`~syncsup.dirfd.DirCache`), and 0.0. None and the seconds until
+    they are old enough if one of them changed too recently to be sure of:
+    a write within the timestamp tick of the last one leaves the same
+    ctime, so a version counts only once its ctime is
+    :data:`~syncsup.syncer.readonce.SETTLE` old (two seconds on a file
+    system that keeps whole seconds), when any later write shows. None
+    and 0.0 if the regular files among them add up to more than ``limit``
+    bytes, or the root cannot be opened."""
     began = time.time_ns()
     total = 0
+    young = 0.0
     out: list[Version] = []
     try:
         root_fd = os.open(root, DIR_FLAGS)
     except OSError:
-        return None
+        return None, 0.0
     dirs = DirCache(root_fd)
     try:
         for entry in listed.split(b"\0")[:-1]:
@@ -292,15 +317,16 @@ def versions_of(root: bytes, listed: bytes, limit: int) -> Fingerprint | None:
             finally:
                 dirs.trim()
             settle = SETTLE if st.st_ctime_ns % 1_000_000_000 else COARSE_SETTLE
-            if began - st.st_ctime_ns < settle * 1e9:
-                return None
+            young = max(young, settle - (began - st.st_ctime_ns) / 1e9)
             if S_ISREG(st.st_mode):
                 total += st.st_size
                 if total > limit:
-                    return None
+                    return None, 0.0
             out.append((st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns,
                         st.st_ctime_ns))
     finally:
         dirs.clear()
         os.close(root_fd)
-    return tuple(out)
+    if young > 0:
+        return None, young
+    return tuple(out), 0.0

@@ -13,6 +13,7 @@ from syncsup.config import RsyncOptions, Sync, Target
 from syncsup.syncer import sharedbatch as sb
 from syncsup.syncer.argv import rsync_argv
 from syncsup.syncer.plan import Step, StepKind
+from syncsup.syncer.readonce import SETTLE
 from syncsup.syncer.steps import files_from
 
 A = Target(spec="/mnt/a", path="/mnt/a")
@@ -77,9 +78,11 @@ class Source:
 
     def __init__(self) -> None:
         self.version: sb.Fingerprint | None = ((1, 2, 0o100644, 10, 5, 5),)
+        self.young = 0.0
 
-    def __call__(self, _root: bytes, _listed: bytes, _limit: int) -> sb.Fingerprint | None:
-        return self.version
+    def __call__(self, _root: bytes, _listed: bytes,
+                 _limit: int) -> tuple[sb.Fingerprint | None, float]:
+        return self.version, self.young
 
 
 def make(tmp_path: Path, source: Source | None = None) -> sb.SharedBatches:
@@ -205,23 +208,26 @@ def test_versions_of_listed_names_without_following_symlinks(tmp_path: Path) -> 
     for p in (root / "d" / "f", root / "g", root / "d"):
         os.utime(p, ns=(old, old))
     rootb = os.fsencode(root)
-    assert sb.versions_of(rootb, listed, 1_000) is None  # just made: ctimes too young
-    time.sleep(sb.SETTLE + 0.05)
-    v = sb.versions_of(rootb, listed, 1_000)
+    young, wait = sb.versions_of(rootb, listed, 1_000)  # just made: ctimes too young
+    assert young is None and 0 < wait <= SETTLE
+    time.sleep(wait + 0.01)
+    v, wait = sb.versions_of(rootb, listed, 1_000)
+    assert wait == 0.0
     assert v is not None and len(v) == 6
     assert v[3] is None and v[4] is None  # through a symlink, and gone: nothing there
     f, root_version = v[0], v[5]
     assert f is not None and f[3] == 100 and f[4] == old
     assert root_version is not None and root_version[1] == os.stat(root).st_ino
-    assert sb.versions_of(rootb, listed, 120) is None  # 150 bytes of files: past the limit
+    assert sb.versions_of(rootb, listed, 120) == (None, 0.0)  # 150 bytes: past the limit
     os.chmod(root / "g", 0o600)  # the ctime moves: another version (once settled)
-    time.sleep(sb.SETTLE + 0.05)
-    assert sb.versions_of(rootb, listed, 1_000) != v
+    time.sleep(SETTLE + 0.05)
+    assert sb.versions_of(rootb, listed, 1_000)[0] not in (None, v)
 
 
 def test_a_recording_that_never_ran_or_was_dropped_is_released(tmp_path: Path) -> None:
     shared = make(tmp_path)
     key = sb.batch_key(PATHS, A, argv(A), LISTED)
+    assert key is not None
     first = shared.use(key, argv(A), b"/", 0.0)
     shared.ended(first, False, 0.0)  # could not be spawned
     assert not shared.writing(key)
@@ -252,9 +258,33 @@ def test_a_step_may_wait_for_the_recording_of_its_batch(tmp_path: Path) -> None:
     first = shared.use(key, argv(A), b"/", 0.0, wait=True)
     assert first.writes is not None and not first.waits
     waiting = shared.use(key, argv(B), b"/", 0.1, wait=True)
-    assert waiting.waits and waiting.key == key and shared.writing(key)
+    assert waiting.waits == 0.1 + sb.WAIT and waiting.key == key and shared.writing(key)
+    assert not shared.due(key, 0.2)
     assert not shared.use(key, argv(B), b"/", 0.2).shared  # waited long enough: plainly
     finish_writing(shared, first)
-    assert not shared.writing(key)
+    assert not shared.writing(key) and shared.due(key, 1.0)
     again = shared.use(key, argv(B), b"/", 1.5, wait=True)
     assert not again.waits and again.argv == sb.read_argv(argv(B), first.writes)
+
+
+def test_files_a_moment_too_young_are_waited_for_then_recorded(tmp_path: Path) -> None:
+    # a burst's last files were written just before its batch: rather than
+    # send every target plainly, the steps wait until they can be sure
+    source = Source()
+    source.version, source.young = None, 0.04
+    shared = make(tmp_path, source)
+    key = sb.batch_key(PATHS, A, argv(A), LISTED)
+    assert key is not None
+    assert not shared.use(key, argv(A), b"/", 0.0).shared  # may not wait: plainly
+    first = shared.use(key, argv(A), b"/", 0.0, wait=True)
+    assert first.waits == pytest.approx(0.04) and first.argv == argv(A)
+    other = shared.use(key, argv(B), b"/", 0.01, wait=True)
+    assert other.waits == pytest.approx(0.04) and not shared.due(key, 0.02)
+    assert shared.due(key, 0.05)
+    source.version, source.young = ((1, 2, 0o100644, 10, 5, 5),), 0.0
+    writer = shared.use(key, argv(A), b"/", 0.05, wait=True)
+    assert writer.writes is not None
+    assert shared.use(key, argv(B), b"/", 0.06, wait=True).waits == 0.06 + sb.WAIT
+    source.version, source.young = None, 2.0  # a coarse file system: not soon
+    other_key = sb.batch_key(PATHS, A, argv(A), b"./other\0")
+    assert not shared.use(other_key, argv(A), b"/", 0.1, wait=True).waits
