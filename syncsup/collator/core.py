@@ -428,7 +428,8 @@ class Collator:
         lease = q.start(self.next_batch, rows, now, moves)
         q.marked = 0
         batch = proto.Batch(batch_id=lease.batch_id, sync=s.sync.name, target=index,
-                            startup=not q.synced_this_run, changes=to_changes(rows, moves))
+                            startup=not q.synced_this_run, changes=to_changes(rows, moves),
+                            generation=max((r.gen for r in rows), default=0))
         if not self.send("dispatch", peer, batch):
             q.lease = None  # syncer gone; wait for its next READY
 

@@ -261,7 +261,11 @@ class Batch(Message):
     """collator -> syncer: transfer ``changes`` to a target.
 
     ``batch_id`` names the lease. ``startup`` is true until the initial full
-    sync of this run succeeded.
+    sync of this run succeeded. ``generation`` is the journal's generation
+    of the newest change it carries (0: unknown): a change recorded later
+    has a higher one. The syncer replays an rsync batch recorded for
+    another target only for a batch no newer than the recording's own
+    (``syncsup.syncer.sharedbatch``).
     """
 
     TYPE: ClassVar[bytes] = b"BATCH"
@@ -273,6 +277,7 @@ class Batch(Message):
     target: int
     startup: bool = False
     changes: Changes = field(default_factory=Changes)
+    generation: int = 0
 
 
 @dataclass(frozen=True)

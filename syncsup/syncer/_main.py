@@ -166,10 +166,9 @@ class Syncer:
                 and not os.path.exists(path))
 
     def _awaits(self, key: Key, now: float) -> bool:
-        """Does the slot still wait for its step's batch (its recording, or
-        its files to be old enough to record)?"""
+        """Does the slot still wait for the recording of its step's batch?"""
         until, batch = self.awaiting.get(key, (0.0, None))
-        return now < until and batch is not None and not self.shared.due(batch, now)
+        return now < until and batch is not None and not self.shared.due(batch)
 
     def _close_sessions(self) -> None:
         """End the idle agent sessions the lanes closed to free a process."""
@@ -251,11 +250,10 @@ class Syncer:
         now = time.monotonic()
         waited = self.waited.pop(slot.key, 0)
         use = self.shared.use(key, argv, os.fsencode(slot.sync.source), now,
-                              wait=waited < MAX_WAITS)
+                              generation=slot.batch.generation, wait=waited < MAX_WAITS)
         if use.waits and use.key is not None:
-            # its batch is being recorded by another target, or its files
-            # are a moment too young to record: taken up again by the loop
-            # then, holding no process
+            # its batch is being recorded by another target: taken up again
+            # by the loop when that ends (or after WAIT), holding no process
             self.waited[slot.key] = waited + 1
             self.awaiting[slot.key] = (use.waits, use.key)
             self.held.add(slot.key)

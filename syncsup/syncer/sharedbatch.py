@@ -10,22 +10,30 @@ of the source. A target whose step comes while its batch is being recorded
 waits for the recording (holding none of ``max_processes``), at most
 :data:`WAIT` seconds, then runs plainly.
 
-**A batch is a version, not a list of names.** The same names come again
-with the next change of the same files (a large file appended to, batch
-after batch), and a replay of the earlier recording would put the earlier
-content back with rsync exiting 0. So a recording keeps the version of
-every listed name as it found it before the run (device, inode, mode,
-size, mtime and ctime, or "nothing there"), and a replay is allowed only
-while every name still has that version. ctime moves with every write,
-chmod, chown, rename or unlink and no user can set it; a name whose ctime
-is younger than a timestamp tick (:data:`~syncsup.syncer.readonce.SETTLE`,
-0.1 s) is not recorded until it is older (the steps wait that long, a
-burst's last files having been written a moment before its batch), since
-a write within that tick would leave it as it is. A name changed after
-the versions were read makes the recording newer than its versions, never
-older: a replay then writes content at least as new as a plain run
-started at that moment, and the change's own events bring the next
-batch, whose versions no longer match.
+**A recording is for the changes it was made for, not for a list of
+names.** The same names come again with the next change of the same files
+(a large file appended to, batch after batch), and a replay of the earlier
+recording would put the earlier content back with rsync exiting 0. The
+rule: a batch may replay a recording only if its newest change is no
+newer than the newest change of the batch the recording was made for
+(``Batch.generation``, the collator journal's counter, which grows with
+every change recorded). That batch was handed out after its changes, and
+its recording started after that and read the source after that, so a
+replay writes the source as it was at least as late as every change of
+the batch replaying it: what a plain run started at that moment could
+have read. Any change made after the recording started (a write still in
+progress when it read, a file made and deleted again) has its own event,
+a higher generation, and a later batch for every target, which never
+replays this recording.
+
+A second, independent check, for a journal rebuilt from nothing (its
+counter starts again): the recording keeps the version of every listed
+name as it found it before the run (device, inode, mode, size, mtime and
+ctime, or "nothing there"), and a replay is allowed only while every name
+still has it. ctime moves with every write, chmod, chown, rename or
+unlink on the file systems a source is normally on (not on FAT, whose
+ctime is its mtime), so a version that changed is a change that came
+after the recording began.
 
 Why only ``paths`` steps with ``-I``, only to local targets, and always
 ``--whole-file``: a batch records what the recording target's receiver
@@ -56,7 +64,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,7 +73,6 @@ from stat import S_ISREG
 from syncsup import config as cfg
 from syncsup.dirfd import DIR_FLAGS, DirCache, split_path
 from syncsup.syncer.plan import Step, StepKind
-from syncsup.syncer.readonce import COARSE_SETTLE, SETTLE
 
 __all__ = ["KEEP", "MAX_BYTES", "MAX_NAMES", "MAX_WAITS", "TTL", "WAIT", "Fingerprint",
            "SharedBatches", "Use", "batch_key", "read_argv", "shares", "versions_of", "write_argv"]
@@ -78,7 +84,7 @@ MAX_BYTES = 64 << 20  # one batch file: the data of its files, and their list
 MAX_NAMES = 20_000  # names in a shareable step (each is counted with lstat first)
 TTL = 120.0  # s a batch is kept after it was written
 WAIT = 10.0  # s a step may wait for its batch's recording
-MAX_WAITS = 3  # times a step may wait (for its files to be old enough, then the recording)
+MAX_WAITS = 3  # times a step may wait for a recording (a recording of the same names can follow)
 PREFIX = "shared-"
 
 Key = tuple[tuple[str, ...], bytes]
@@ -112,11 +118,12 @@ def batch_key(step: Step, target: cfg.Target, argv: Sequence[str], listed: bytes
 
 def write_argv(argv: Sequence[str], batch: Path) -> list[str]:
     """The plain command that also records its batch (data whole), under a
-    file size limit of :data:`MAX_BYTES`: a source that grew after it was
-    counted makes the run fail (and be sent again plainly), never fills
-    the state directory's file system."""
+    file size limit of twice :data:`MAX_BYTES` (the files were counted
+    within it; the batch adds its list and framing): a source that grew
+    after it was counted makes the run fail (and be sent again plainly),
+    never fills the state directory's file system."""
     assert _PRLIMIT is not None
-    return [_PRLIMIT, f"--fsize={MAX_BYTES}", "--", *argv[:-2], "--whole-file",
+    return [_PRLIMIT, f"--fsize={2 * MAX_BYTES}", "--", *argv[:-2], "--whole-file",
             f"--write-batch={batch}", *argv[-2:]]
 
 
@@ -132,10 +139,11 @@ def read_argv(argv: Sequence[str], batch: Path) -> list[str]:
 
 @dataclass
 class _Entry:
+    generation: int       # the newest change of the batch it was recorded for
     version: Fingerprint  # the listed names as the recording found them
     at: float             # when it was recorded (or its recording started)
     writing: Path | None = None  # the file its recording writes, until it ends
-    path: Path | None = None     # the batch, once recorded and kept
+    path: Path | None = None     # the batch, once recorded and kept (None: failed)
 
 
 @dataclass(frozen=True)
@@ -148,9 +156,8 @@ class Use:
     plain: list[str]
     key: Key | None = None
     writes: Path | None = None  # the batch this run writes
-    # not to be run before this moment (monotonic), unless the batch of
-    # ``key`` is recorded sooner: it is being recorded, or its files are
-    # about to be old enough to record
+    # not to be run before this moment (monotonic), unless the recording
+    # of ``key``'s batch ends sooner
     waits: float = 0.0
 
     @property
@@ -158,9 +165,7 @@ class Use:
         return self.key is not None
 
 
-# (the versions, or None; and if None, how long until the names are old
-# enough to be sure of, 0.0 if they never will be: too large, unreadable)
-Versions = Callable[[bytes, bytes, int], tuple[Fingerprint | None, float]]
+Versions = Callable[[bytes, bytes, int], Fingerprint | None]
 
 
 class SharedBatches:
@@ -172,47 +177,47 @@ class SharedBatches:
         self.directory = directory
         self.versions = versions or versions_of
         self.entries: OrderedDict[Key, _Entry] = OrderedDict()
-        self.settling: dict[Key, float] = {}  # until when a key's names are too young
         self.serial = 0
         self.clear()  # a killed syncer's
 
     def use(self, key: Key | None, argv: list[str], source: bytes, now: float,
-            wait: bool = False) -> Use:
-        """How to run a step whose plain command is ``argv`` (``source``:
-        its sync's root, where the listed names are looked at). ``wait``:
-        rather than run it plainly beside the run that is recording its
-        batch, or just before its files are old enough to record, say so
-        (``waits``), to be asked again then."""
+            generation: int = 0, wait: bool = False) -> Use:
+        """How to run a step whose plain command is ``argv``, of a batch
+        whose newest change is ``generation`` (``source``: its sync's root,
+        where the listed names are looked at). ``wait``: rather than run it
+        plainly beside the run that is recording its batch, say so
+        (``waits``), to be asked again when that ends."""
         self.expire(now)
-        if key is None:
+        if key is None or generation <= 0:
             return Use(argv, argv)
         entry = self.entries.get(key)
+        if entry is not None and generation > entry.generation:
+            # a later change of these names: not what was recorded (or failed)
+            if entry.writing is not None:
+                return Use(argv, argv)
+            self._drop(key)
+            entry = None
         if entry is not None and entry.writing is not None:
             return Use(argv, argv, key, waits=now + WAIT) if wait else Use(argv, argv)
-        until = self.settling.get(key, 0.0)
-        if now < until:
-            return Use(argv, argv, key, waits=until) if wait else Use(argv, argv)
-        self.settling.pop(key, None)
-        version, young = self.versions(source, key[1], MAX_BYTES)
-        if entry is not None and entry.path is not None and version == entry.version:
-            self.entries.move_to_end(key)
-            return Use(read_argv(argv, entry.path), argv, key)
-        if entry is not None:  # the names changed since: a new version to record
-            self._drop(key)
-        if version is None:
-            if wait and 0 < young <= SETTLE:  # written a moment ago: soon sure of
-                self.settling[key] = now + young
-                return Use(argv, argv, key, waits=now + young)
-            return Use(argv, argv)  # too large, or not to be sure of soon: plainly
+        if entry is not None and entry.path is None:
+            return Use(argv, argv)  # its recording failed: not again for these changes
+        version = self.versions(source, key[1], MAX_BYTES)
+        if entry is not None and entry.path is not None:
+            if version == entry.version:
+                self.entries.move_to_end(key)
+                return Use(read_argv(argv, entry.path), argv, key)
+            self._drop(key)  # changed since it was recorded: recorded again below
+        if version is None:  # too large
+            return Use(argv, argv)
         self.serial += 1
         path = self.directory / f"{PREFIX}{self.serial}.batch"
-        self._add(key, _Entry(version, now, writing=path))
+        self._add(key, _Entry(generation, version, now, writing=path))
         return Use(write_argv(argv, path), argv, key, writes=path)
 
-    def due(self, key: Key, now: float) -> bool:
-        """May a step that waits for ``key``'s batch ask again now (its
-        recording ended, or its files are old enough)?"""
-        return not self.writing(key) and now >= self.settling.get(key, 0.0)
+    def due(self, key: Key) -> bool:
+        """May a step that waits for the recording of ``key``'s batch ask
+        again (the recording ended)?"""
+        return not self.writing(key)
 
     def writing(self, key: Key) -> bool:
         """Is the batch of ``key`` being recorded now?"""
@@ -237,13 +242,17 @@ class SharedBatches:
         if kept:
             entry.path = path
         else:
+            # the others of these changes go plainly (a recording that fails
+            # for one, an unreadable file, fails for all: never N of them)
             _remove(path)
-            self._drop(use.key)  # the next target of the step may record it
 
     def failed(self, use: Use) -> None:
-        """A replay of ``use.key``'s batch failed: not used again."""
-        if use.key is not None and use.writes is None:
-            self._drop(use.key)
+        """A replay of ``use.key``'s batch failed: not used again (the
+        others of its changes go plainly)."""
+        entry = self.entries.get(use.key) if use.key is not None else None
+        if entry is not None and use.writes is None and entry.path is not None:
+            _remove(entry.path)
+            entry.path = None
 
     def _drop(self, key: Key) -> None:
         entry = self.entries.pop(key, None)
@@ -280,26 +289,19 @@ def _remove(batch: Path) -> None:
             log.warning("cannot remove %s: %s", p, exc.strerror)
 
 
-def versions_of(root: bytes, listed: bytes, limit: int) -> tuple[Fingerprint | None, float]:
+def versions_of(root: bytes, listed: bytes, limit: int) -> Fingerprint | None:
     """The version of every name in ``listed`` (a ``--files-from`` list as
     :func:`~syncsup.syncer.steps.files_from` writes it), each looked up
     below ``root`` without following a symlink
-    (:class:`~syncsup.dirfd.DirCache`), and 0.0. None and the seconds until
-    they are old enough if one of them changed too recently to be sure of:
-    a write within the timestamp tick of the last one leaves the same
-    ctime, so a version counts only once its ctime is
-    :data:`~syncsup.syncer.readonce.SETTLE` old (two seconds on a file
-    system that keeps whole seconds), when any later write shows. None
-    and 0.0 if the regular files among them add up to more than ``limit``
-    bytes, or the root cannot be opened."""
-    began = time.time_ns()
+    (:class:`~syncsup.dirfd.DirCache`); None if the regular files among
+    them add up to more than ``limit`` bytes, or the root cannot be
+    opened."""
     total = 0
-    young = 0.0
     out: list[Version] = []
     try:
         root_fd = os.open(root, DIR_FLAGS)
     except OSError:
-        return None, 0.0
+        return None
     dirs = DirCache(root_fd)
     try:
         for entry in listed.split(b"\0")[:-1]:
@@ -316,17 +318,13 @@ def versions_of(root: bytes, listed: bytes, limit: int) -> tuple[Fingerprint | N
                 continue
             finally:
                 dirs.trim()
-            settle = SETTLE if st.st_ctime_ns % 1_000_000_000 else COARSE_SETTLE
-            young = max(young, settle - (began - st.st_ctime_ns) / 1e9)
             if S_ISREG(st.st_mode):
                 total += st.st_size
                 if total > limit:
-                    return None, 0.0
+                    return None
             out.append((st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns,
                         st.st_ctime_ns))
     finally:
         dirs.clear()
         os.close(root_fd)
-    if young > 0:
-        return None, young
-    return tuple(out), 0.0
+    return tuple(out)

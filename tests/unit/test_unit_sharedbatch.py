@@ -4,7 +4,6 @@ replay one, and the life of a batch file (pure, with a temp directory)."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from syncsup.config import RsyncOptions, Sync, Target
 from syncsup.syncer import sharedbatch as sb
 from syncsup.syncer.argv import rsync_argv
 from syncsup.syncer.plan import Step, StepKind
-from syncsup.syncer.readonce import SETTLE
 from syncsup.syncer.steps import files_from
 
 A = Target(spec="/mnt/a", path="/mnt/a")
@@ -63,7 +61,7 @@ def test_record_and_replay_command_lines(tmp_path: Path) -> None:
     batch = tmp_path / "shared-1.batch"
     w = sb.write_argv(plain, batch)
     assert w[-2:] == plain[-2:] and "--whole-file" in w and f"--write-batch={batch}" in w
-    assert w[1:3] == [f"--fsize={sb.MAX_BYTES}", "--"] and w[3:-4] == plain[:-2]
+    assert w[1:3] == [f"--fsize={2 * sb.MAX_BYTES}", "--"] and w[3:-4] == plain[:-2]
     r = sb.read_argv(argv(B), batch)
     assert r[-1] == plain[-1].replace("/mnt/a", "/mnt/b")
     assert "/srv/www/" not in r  # no source: the batch is the sender
@@ -73,16 +71,13 @@ def test_record_and_replay_command_lines(tmp_path: Path) -> None:
 
 
 class Source:
-    """What :func:`sb.versions_of` would say: ``version`` (None: too large
-    or not settled)."""
+    """What :func:`sb.versions_of` would say: ``version`` (None: too large)."""
 
     def __init__(self) -> None:
         self.version: sb.Fingerprint | None = ((1, 2, 0o100644, 10, 5, 5),)
-        self.young = 0.0
 
-    def __call__(self, _root: bytes, _listed: bytes,
-                 _limit: int) -> tuple[sb.Fingerprint | None, float]:
-        return self.version, self.young
+    def __call__(self, _root: bytes, _listed: bytes, _limit: int) -> sb.Fingerprint | None:
+        return self.version
 
 
 def make(tmp_path: Path, source: Source | None = None) -> sb.SharedBatches:
@@ -97,85 +92,105 @@ def finish_writing(shared: sb.SharedBatches, use: sb.Use, ok: bool = True,
     shared.ended(use, ok, now)
 
 
+KEY = sb.batch_key(PATHS, A, argv(A), LISTED)
+
+
+def use(shared: sb.SharedBatches, target: Target, gen: int, now: float = 0.0,
+        wait: bool = False, key: sb.Key | None = KEY) -> sb.Use:
+    return shared.use(key, argv(target), b"/srv/www", now, generation=gen, wait=wait)
+
+
 def test_the_first_records_the_others_replay_after_it_ends(tmp_path: Path) -> None:
     shared = make(tmp_path)
-    key = sb.batch_key(PATHS, A, argv(A), LISTED)
-    first = shared.use(key, argv(A), b"/srv/www", 0.0)
+    first = use(shared, A, 7)
     assert first.writes is not None and first.plain == argv(A)
-    during = shared.use(key, argv(B), b"/srv/www", 0.5)
+    during = use(shared, B, 7, 0.5)
     assert not during.shared and during.argv == argv(B)  # not until it is whole
     finish_writing(shared, first)
-    after = shared.use(key, argv(B), b"/srv/www", 1.5)
+    after = use(shared, B, 7, 1.5)
     assert after.shared and after.writes is None
     assert after.argv == sb.read_argv(argv(B), first.writes)
     assert after.plain == argv(B)
+    older = use(shared, B, 5, 1.6)  # a target behind: its changes are older still
+    assert older.argv == after.argv
 
 
-def test_a_failed_recording_is_removed_and_the_next_target_records(tmp_path: Path) -> None:
+def test_a_later_change_of_the_same_names_is_never_replayed(tmp_path: Path) -> None:
+    # a large file appended to, batch after batch: the names are the same,
+    # the versions may even look the same (a write still in progress when
+    # it was read, a file made and deleted again): only the generation says
     shared = make(tmp_path)
-    key = sb.batch_key(PATHS, A, argv(A), LISTED)
-    first = shared.use(key, argv(A), b"/srv/www", 0.0)
-    finish_writing(shared, first, ok=False)
-    assert list(tmp_path.iterdir()) == []
-    assert shared.use(key, argv(B), b"/srv/www", 1.0).writes is not None
+    first = use(shared, A, 7)
+    finish_writing(shared, first)
+    later = use(shared, B, 8, 2.0)
+    assert later.writes is not None and later.writes != first.writes  # recorded anew
+    assert first.writes is not None and not first.writes.exists()
+    finish_writing(shared, later, now=2.5)
+    assert use(shared, A, 8, 3.0).argv == sb.read_argv(argv(A), later.writes)
+    assert not use(shared, A, 0, 3.0).shared  # a batch of no known generation: plainly
 
 
-def test_a_failed_replay_drops_the_batch(tmp_path: Path) -> None:
-    shared = make(tmp_path)
-    key = sb.batch_key(PATHS, A, argv(A), LISTED)
-    finish_writing(shared, shared.use(key, argv(A), b"/srv/www", 0.0))
-    replay = shared.use(key, argv(B), b"/srv/www", 1.0)
-    shared.failed(replay)
-    assert list(tmp_path.iterdir()) == []
-    assert shared.use(key, argv(B), b"/srv/www", 1.0).writes is not None
-
-
-def test_a_batch_is_replayed_only_while_its_names_keep_their_version(tmp_path: Path) -> None:
-    # the same names changed again (a large file appended to): the
-    # earlier recording must never be replayed for the later change
+def test_a_version_changed_since_the_recording_is_recorded_again(tmp_path: Path) -> None:
+    # the second check, for a journal whose counter started again
     source = Source()
     shared = make(tmp_path, source)
-    key = sb.batch_key(PATHS, A, argv(A), LISTED)
-    first = shared.use(key, argv(A), b"/srv/www", 0.0)
+    first = use(shared, A, 7)
     finish_writing(shared, first)
     source.version = ((1, 2, 0o100644, 20, 6, 6),)
-    second = shared.use(key, argv(B), b"/srv/www", 1.0)
-    assert second.writes is not None and second.writes != first.writes  # a new recording
+    again = use(shared, B, 3, 2.0)
+    assert again.writes is not None and again.writes != first.writes
     assert first.writes is not None and not first.writes.exists()
-    finish_writing(shared, second, now=2.0)
-    assert shared.use(key, argv(A), b"/srv/www", 2.0).argv == sb.read_argv(argv(A), second.writes)
+    finish_writing(shared, again, now=2.5)
     source.version = ((1, 2, 0o100644, 20, 6, 7),)  # a chmod, a same-size rewrite: the ctime
-    assert shared.use(key, argv(B), b"/srv/www", 3.0).writes is not None
+    assert use(shared, A, 3, 3.0).writes is not None
 
 
-def test_too_large_or_unsettled_names_are_sent_plainly(tmp_path: Path) -> None:
-    key = sb.batch_key(PATHS, A, argv(A), LISTED)
+def test_a_failed_recording_sends_the_others_of_its_changes_plainly(tmp_path: Path) -> None:
+    # an unreadable file, a full disk: it would fail for every target
+    shared = make(tmp_path)
+    first = use(shared, A, 7)
+    finish_writing(shared, first, ok=False)
+    assert list(tmp_path.iterdir()) == []
+    assert not use(shared, B, 7, 1.0).shared
+    assert use(shared, B, 8, 1.0).writes is not None  # a later change may try again
+
+
+def test_a_failed_replay_sends_the_others_plainly(tmp_path: Path) -> None:
+    shared = make(tmp_path)
+    finish_writing(shared, use(shared, A, 7))
+    replay = use(shared, B, 7, 1.0)
+    assert replay.shared
+    shared.failed(replay)
+    assert list(tmp_path.iterdir()) == []
+    assert not use(shared, B, 7, 1.0).shared
+
+
+def test_too_large_is_sent_plainly(tmp_path: Path) -> None:
     source = Source()
-    source.version = None  # the listed files add up to more, or one just changed
+    source.version = None  # the listed files add up to more
     big = make(tmp_path, source)
-    assert not big.use(key, argv(A), b"/srv/www", 0.0).shared
-    assert not big.use(key, argv(B), b"/srv/www", 0.1).shared
+    assert not use(big, A, 7).shared
+    assert not use(big, B, 7, 0.1).shared
     assert list(tmp_path.iterdir()) == []
     source = Source()
     shared = make(tmp_path, source)
-    first = shared.use(key, argv(A), b"/srv/www", 0.0)
+    first = use(shared, A, 7)
     assert first.writes is not None
     with open(first.writes, "wb") as fh:  # grew past the bound while it was sent
         fh.truncate(sb.MAX_BYTES + 1)
     shared.ended(first, True, 1.0)
     assert list(tmp_path.iterdir()) == []
-    source.version = None  # as it now is: too large
-    assert not shared.use(key, argv(B), b"/srv/www", 1.0).shared
+    assert not use(shared, B, 7, 1.0).shared
 
 
 def test_batches_expire_and_at_most_keep_are_kept(tmp_path: Path) -> None:
     shared = make(tmp_path)
     uses = []
     for i in range(sb.KEEP + 1):
-        listed = b"n%d\0" % i
-        use = shared.use(sb.batch_key(PATHS, A, argv(A), listed), argv(A), b"/", float(i))
-        finish_writing(shared, use, now=float(i))
-        uses.append(use)
+        key = sb.batch_key(PATHS, A, argv(A), b"./n%d\0" % i)
+        u = use(shared, A, 7, float(i), key=key)
+        finish_writing(shared, u, now=float(i))
+        uses.append(u)
     assert uses[0].writes is not None and not uses[0].writes.exists()  # the oldest went
     assert len(list(tmp_path.glob("*.batch"))) == sb.KEEP
     shared.expire(sb.KEEP + sb.TTL + 1)
@@ -188,8 +203,10 @@ def test_leftovers_of_a_killed_syncer_are_removed_and_clear_removes_all(tmp_path
     (tmp_path / "www-0-paths.list").write_bytes(b"kept")
     shared = make(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["www-0-paths.list"]
-    finish_writing(shared, shared.use(sb.batch_key(PATHS, A, argv(A), LISTED), argv(A),
-                                      b"/", 0.0))
+    finish_writing(shared, use(shared, A, 7))
+    being_written = use(shared, A, 1, key=sb.batch_key(PATHS, A, argv(A), b"./o\0"))
+    assert being_written.writes is not None
+    being_written.writes.write_bytes(b"half")
     shared.clear()
     assert [p.name for p in tmp_path.iterdir()] == ["www-0-paths.list"]
 
@@ -204,87 +221,55 @@ def test_versions_of_listed_names_without_following_symlinks(tmp_path: Path) -> 
     (outside / "big").write_bytes(b"z" * 10_000)
     os.symlink(outside, root / "link")
     listed = files_from([b"d/f", b"g", b"d", b"link/big", b"gone", b""])
-    old = time.time_ns() - 10**10  # changed 10 s ago: settled
-    for p in (root / "d" / "f", root / "g", root / "d"):
-        os.utime(p, ns=(old, old))
     rootb = os.fsencode(root)
-    young, wait = sb.versions_of(rootb, listed, 1_000)  # just made: ctimes too young
-    assert young is None and 0 < wait <= SETTLE
-    time.sleep(wait + 0.01)
-    v, wait = sb.versions_of(rootb, listed, 1_000)
-    assert wait == 0.0
+    v = sb.versions_of(rootb, listed, 1_000)
     assert v is not None and len(v) == 6
     assert v[3] is None and v[4] is None  # through a symlink, and gone: nothing there
     f, root_version = v[0], v[5]
-    assert f is not None and f[3] == 100 and f[4] == old
+    assert f is not None and f[3] == 100
     assert root_version is not None and root_version[1] == os.stat(root).st_ino
-    assert sb.versions_of(rootb, listed, 120) == (None, 0.0)  # 150 bytes: past the limit
-    os.chmod(root / "g", 0o600)  # the ctime moves: another version (once settled)
-    time.sleep(SETTLE + 0.05)
-    assert sb.versions_of(rootb, listed, 1_000)[0] not in (None, v)
+    assert sb.versions_of(rootb, listed, 120) is None  # 150 bytes of files: past the limit
+    os.chmod(root / "g", 0o600)  # the ctime moves: another version
+    assert sb.versions_of(rootb, listed, 1_000) != v
 
 
 def test_a_recording_that_never_ran_or_was_dropped_is_released(tmp_path: Path) -> None:
     shared = make(tmp_path)
-    key = sb.batch_key(PATHS, A, argv(A), LISTED)
-    assert key is not None
-    first = shared.use(key, argv(A), b"/", 0.0)
+    assert KEY is not None
+    first = use(shared, A, 7)
     shared.ended(first, False, 0.0)  # could not be spawned
-    assert not shared.writing(key)
-    second = shared.use(key, argv(B), b"/", 0.0)
+    assert not shared.writing(KEY)
+    second = use(shared, B, 8)
     assert second.writes is not None
     # evicted while it was recorded, then recorded again by another target:
     # the first recording's end must not finish the second's entry
     for i in range(sb.KEEP):
-        shared.use(sb.batch_key(PATHS, A, argv(A), b"o%d\0" % i), argv(A), b"/", 0.1)
-    third = shared.use(key, argv(A), b"/", 0.2)
+        use(shared, A, 8, 0.1, key=sb.batch_key(PATHS, A, argv(A), b"./o%d\0" % i))
+    third = use(shared, A, 8, 0.2)
     assert third.writes is not None
     finish_writing(shared, second, now=0.3)
-    assert shared.writing(key) and not second.writes.exists()
+    assert shared.writing(KEY) and not second.writes.exists()
     finish_writing(shared, third, now=0.4)
-    assert not shared.writing(key)
-    assert shared.use(key, argv(B), b"/", 0.5).argv == sb.read_argv(argv(B), third.writes)
+    assert not shared.writing(KEY)
+    assert use(shared, B, 8, 0.5).argv == sb.read_argv(argv(B), third.writes)
 
 
 def test_use_without_a_key_is_the_plain_run(tmp_path: Path) -> None:
-    use = make(tmp_path).use(None, argv(A), b"/", 0.0)
-    assert use == sb.Use(argv(A), argv(A)) and not use.shared
+    u = make(tmp_path).use(None, argv(A), b"/", 0.0, generation=7)
+    assert u == sb.Use(argv(A), argv(A)) and not u.shared
 
 
 def test_a_step_may_wait_for_the_recording_of_its_batch(tmp_path: Path) -> None:
     shared = make(tmp_path)
-    key = sb.batch_key(PATHS, A, argv(A), LISTED)
-    assert key is not None
-    first = shared.use(key, argv(A), b"/", 0.0, wait=True)
+    assert KEY is not None
+    first = use(shared, A, 7, 0.0, wait=True)
     assert first.writes is not None and not first.waits
-    waiting = shared.use(key, argv(B), b"/", 0.1, wait=True)
-    assert waiting.waits == 0.1 + sb.WAIT and waiting.key == key and shared.writing(key)
-    assert not shared.due(key, 0.2)
-    assert not shared.use(key, argv(B), b"/", 0.2).shared  # waited long enough: plainly
+    waiting = use(shared, B, 7, 0.1, wait=True)
+    assert waiting.waits == 0.1 + sb.WAIT and waiting.key == KEY and shared.writing(KEY)
+    assert not shared.due(KEY)
+    assert not use(shared, B, 7, 0.2).shared  # waited long enough: plainly
+    assert not use(shared, B, 8, 0.2, wait=True).waits  # a later change: its own way
     finish_writing(shared, first)
-    assert not shared.writing(key) and shared.due(key, 1.0)
-    again = shared.use(key, argv(B), b"/", 1.5, wait=True)
+    assert not shared.writing(KEY) and shared.due(KEY)
+    again = use(shared, B, 7, 1.5, wait=True)
     assert not again.waits and again.argv == sb.read_argv(argv(B), first.writes)
-
-
-def test_files_a_moment_too_young_are_waited_for_then_recorded(tmp_path: Path) -> None:
-    # a burst's last files were written just before its batch: rather than
-    # send every target plainly, the steps wait until they can be sure
-    source = Source()
-    source.version, source.young = None, 0.04
-    shared = make(tmp_path, source)
-    key = sb.batch_key(PATHS, A, argv(A), LISTED)
-    assert key is not None
-    assert not shared.use(key, argv(A), b"/", 0.0).shared  # may not wait: plainly
-    first = shared.use(key, argv(A), b"/", 0.0, wait=True)
-    assert first.waits == pytest.approx(0.04) and first.argv == argv(A)
-    other = shared.use(key, argv(B), b"/", 0.01, wait=True)
-    assert other.waits == pytest.approx(0.04) and not shared.due(key, 0.02)
-    assert shared.due(key, 0.05)
-    source.version, source.young = ((1, 2, 0o100644, 10, 5, 5),), 0.0
-    writer = shared.use(key, argv(A), b"/", 0.05, wait=True)
-    assert writer.writes is not None
-    assert shared.use(key, argv(B), b"/", 0.06, wait=True).waits == 0.06 + sb.WAIT
-    source.version, source.young = None, 2.0  # a coarse file system: not soon
-    other_key = sb.batch_key(PATHS, A, argv(A), b"./other\0")
-    assert not shared.use(other_key, argv(A), b"/", 0.1, wait=True).waits
