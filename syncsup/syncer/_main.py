@@ -65,7 +65,8 @@ from syncsup.syncer.transfer import Transfer
 
 __all__ = ["Syncer", "main"]
 
-VANISHED = 24  # rsync: some files vanished before they could be transferred
+# rsync: some files not transferred (23), some vanished before they could be (24)
+AS_PLAIN = frozenset({23, 24})
 HOLD_POLL = 0.05  # s: how often a step held (for its master, or for its batch) looks again
 
 log = logging.getLogger("syncsup.syncer")
@@ -302,10 +303,11 @@ class Syncer:
             ok = result.rc == 0 and not result.stalled
             self.shared.ended(use, ok, now)
             # A recording is a plain run that also writes the batch: files
-            # that vanished meanwhile (24, ok in a live tree) end it as they
-            # end a plain run; any other failure may be the batch's own.
-            vanished = use.writes is not None and result.rc == VANISHED
-            if not ok and not result.stalled and not vanished:
+            # that vanished or changed while it read them (24, 23) end it as
+            # they end a plain run, whose result it then is; any other
+            # failure may be the batch's own (its file: 11, 12, SIGXFSZ).
+            as_plain = use.writes is not None and result.rc in AS_PLAIN
+            if not ok and not result.stalled and not as_plain:
                 # the plain run's result is the step's, whatever sharing did
                 if use.writes is None:
                     self.shared.failed(use)

@@ -52,7 +52,9 @@ records.
 Any shared run that does not exit 0 (the batch cut short or gone, the disk
 full, the recording past its size limit, anything else) is run again at
 once the plain way, and that run's result is the step's: sharing can cost
-a second run, never a different outcome. A batch is kept :data:`TTL`
+a second run, never a different outcome. (A recording that ends in 23 or
+24, files that changed or vanished while it read them, ended as the plain
+run it also is: that is its result, and nothing is replayed from it.) A batch is kept :data:`TTL`
 seconds, at most :data:`KEEP` of them, each at most :data:`MAX_BYTES`: the
 listed files are counted before, and the recording runs under that file
 size limit (``prlimit``), so a source that grows meanwhile fails the
