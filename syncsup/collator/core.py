@@ -429,7 +429,8 @@ class Collator:
         q.marked = 0
         batch = proto.Batch(batch_id=lease.batch_id, sync=s.sync.name, target=index,
                             startup=not q.synced_this_run, changes=to_changes(rows, moves),
-                            generation=max((r.gen for r in rows), default=0))
+                            generation=max((r.gen for r in rows), default=0),
+                            journal=s.journal.epoch)
         if not self.send("dispatch", peer, batch):
             q.lease = None  # syncer gone; wait for its next READY
 

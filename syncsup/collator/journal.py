@@ -14,6 +14,7 @@ not move are deleted, so a change that lands while rsync runs is never lost.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -87,6 +88,11 @@ class Journal:
         self.path = str(path)
         self._db: sqlite3.Connection | None = None
         self._gen = 0
+        # Names this journal's generations for this process: a rebuilt
+        # journal, or one reopened by a restarted collator, gets another, so
+        # the generations of two are never compared (a rebuilt one counts
+        # again from 1). Never 0 (BATCH's "unknown").
+        self.epoch = int.from_bytes(os.urandom(8), "big") >> 2 | 1
 
     @property
     def gen(self) -> int:

@@ -263,9 +263,11 @@ class Batch(Message):
     ``batch_id`` names the lease. ``startup`` is true until the initial full
     sync of this run succeeded. ``generation`` is the journal's generation
     of the newest change it carries (0: unknown): a change recorded later
-    has a higher one. The syncer replays an rsync batch recorded for
-    another target only for a batch no newer than the recording's own
-    (``syncsup.syncer.sharedbatch``).
+    has a higher one. ``journal`` names the journal those generations come
+    from, for this run of the collator (0: unknown); generations of two
+    journals are never compared. The syncer replays an rsync batch
+    recorded for another target only for a batch of the same journal no
+    newer than the recording's own (``syncsup.syncer.sharedbatch``).
     """
 
     TYPE: ClassVar[bytes] = b"BATCH"
@@ -278,6 +280,7 @@ class Batch(Message):
     startup: bool = False
     changes: Changes = field(default_factory=Changes)
     generation: int = 0
+    journal: int = 0
 
 
 @dataclass(frozen=True)

@@ -247,7 +247,8 @@ class Syncer:
             argv = rsync_argv(slot.sync, slot.target, step, str(lst), slot.batch.startup,
                               slot.control_path, sends.missing_args, self.super_receiver)
             if slot.sync.name in self.sharing:
-                key = batch_key(step, slot.target, argv, listed)
+                key = batch_key(step, slot.target, argv, listed,
+                                (slot.sync.name, slot.batch.journal))
         now = time.monotonic()
         waited = self.waited.pop(slot.key, 0)
         use = self.shared.use(key, argv, os.fsencode(slot.sync.source), now,

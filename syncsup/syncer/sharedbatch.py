@@ -16,24 +16,27 @@ names.** The same names come again with the next change of the same files
 recording would put the earlier content back with rsync exiting 0. The
 rule: a batch may replay a recording only if its newest change is no
 newer than the newest change of the batch the recording was made for
-(``Batch.generation``, the collator journal's counter, which grows with
-every change recorded). That batch was handed out after its changes, and
-its recording started after that and read the source after that, so a
-replay writes the source as it was at least as late as every change of
-the batch replaying it: what a plain run started at that moment could
-have read. Any change made after the recording started (a write still in
-progress when it read, a file made and deleted again) has its own event,
-a higher generation, and a later batch for every target, which never
-replays this recording.
+(``Batch.generation``, the counter of the sync's collator journal, which
+grows with every change recorded; ``Batch.journal`` names that journal
+for one run of the collator, so that two syncs on one source, a rebuilt
+journal or a restarted collator never have their counters compared).
+That batch was handed out after its changes, and its recording started
+after that and read the source after that, so a replay writes the source
+as it was at least as late as every change of the batch replaying it:
+what a plain run started at that moment could have read. Any change made
+after the recording started (a write still in progress when it read, a
+file made and deleted again) has its own event, a higher generation, and
+a later batch for every target, which never replays this recording.
 
-A second, independent check, for a journal rebuilt from nothing (its
-counter starts again): the recording keeps the version of every listed
+A second, independent check: the recording keeps the version of every listed
 name as it found it before the run (device, inode, mode, size, mtime and
 ctime, or "nothing there"), and a replay is allowed only while every name
 still has it. ctime moves with every write, chmod, chown, rename or
 unlink on the file systems a source is normally on (not on FAT, whose
 ctime is its mtime), so a version that changed is a change that came
-after the recording began.
+after the recording began. Alone it is likely, not certain: before Linux
+6.13 a ctime has the clock tick's resolution, and a same-size rewrite
+within the tick of the ``lstat`` keeps it.
 
 Why only ``paths`` steps with ``-I``, only to local targets, and always
 ``--whole-file``: a batch records what the recording target's receiver
@@ -107,15 +110,19 @@ def shares(sync: cfg.Sync) -> bool:
     return local >= 2 and not sync.rsync.extra and _PRLIMIT is not None
 
 
-def batch_key(step: Step, target: cfg.Target, argv: Sequence[str], listed: bytes) -> Key | None:
-    """What two targets' steps must share to share a batch: the command
-    line but for the list file's path and the destination, and the list
-    itself. None where the step may not share (see the module's doc)."""
+def batch_key(step: Step, target: cfg.Target, argv: Sequence[str], listed: bytes,
+              journal: tuple[str, int] = ("", 0)) -> Key | None:
+    """What two targets' steps must share to share a batch: the journal
+    their batches' generations come from (the sync's name and
+    ``Batch.journal``: two syncs may have one source), the command line
+    but for the list file's path and the destination, and the list itself.
+    None where the step may not share (see the module's doc)."""
     if target.is_remote or step.kind is not StepKind.PATHS or "-I" not in argv:
         return None
-    if listed.count(b"\0") > MAX_NAMES:
+    if listed.count(b"\0") > MAX_NAMES or not journal[1]:
         return None
-    return tuple(a for a in argv[:-1] if not a.startswith("--files-from=")), listed
+    return (journal[0], str(journal[1]),
+            *(a for a in argv[:-1] if not a.startswith("--files-from="))), listed
 
 
 def write_argv(argv: Sequence[str], batch: Path) -> list[str]:

@@ -975,3 +975,29 @@ def test_a_journal_that_cannot_forget_backs_off_and_reports_once(
     h.clock.advance(60.0)
     h.done(h.batch())
     assert h.rows() == set() and h.s().health == "ok" and h.q().failures == 0
+
+
+def test_a_batch_carries_the_generation_of_its_newest_change_and_its_journal(
+        h: Harness) -> None:
+    # what lets the syncer replay an rsync recording only for changes that
+    # came before it (syncer/sharedbatch.py)
+    h.synced()
+    h.synced(target=1)
+    h.ready("www", 0)
+    h.events("www", Changes(paths={b"a"}))
+    gen_a = h.journal().gen
+    h.events("www", Changes(paths={b"b"}))
+    gen_b = h.journal().gen
+    assert gen_b > gen_a
+    h.clock.advance(2.0)
+    first = h.batch()
+    assert first.generation == gen_b and first.journal == h.journal().epoch != 0
+    h.events("www", Changes(paths={b"a"}))  # the same name again: a newer change
+    h.ready("www", 1)
+    h.clock.advance(2.0)
+    second = h.batch()  # target 1: both changes, the newest of them counts
+    assert second.target == 1 and second.generation > gen_b
+    h.restart()  # another run of the collator: another name for the journal
+    h.ready("www", 1)
+    later = h.batch()
+    assert later.target == 1 and later.journal not in (0, first.journal)

@@ -19,6 +19,7 @@ B = Target(spec="/mnt/b", path="/mnt/b")
 REMOTE = Target(spec="h:/srv/www", path="/srv/www", host="h")
 PATHS = Step(StepKind.PATHS, (b"x",))
 LISTED = b"x\0y/z\0"
+J = ("www", 9)  # the sync and its journal (Batch.journal)
 
 
 def sync(*targets: Target, extra: tuple[str, ...] = ()) -> Sync:
@@ -37,23 +38,28 @@ def test_only_syncs_with_two_local_targets_and_no_extra_options_share() -> None:
 
 
 def test_the_key_ignores_the_list_file_and_the_destination_only() -> None:
-    ka = sb.batch_key(PATHS, A, argv(A), LISTED)
-    kb = sb.batch_key(PATHS, B, argv(B, lst="/st/tmp/www-1-paths.list"), LISTED)
+    ka = sb.batch_key(PATHS, A, argv(A), LISTED, J)
+    kb = sb.batch_key(PATHS, B, argv(B, lst="/st/tmp/www-1-paths.list"), LISTED, J)
     assert ka is not None and ka == kb
-    assert sb.batch_key(PATHS, B, argv(B), b"x\0") != ka  # other names
+    assert sb.batch_key(PATHS, B, argv(B), b"x\0", J) != ka  # other names
+    # another journal (another sync on the same source, a rebuilt one, a
+    # restarted collator): generations that cannot be compared
+    assert sb.batch_key(PATHS, B, argv(B), LISTED, ("www", 10)) != ka
+    assert sb.batch_key(PATHS, B, argv(B), LISTED, ("mirror2", 9)) != ka
+    assert sb.batch_key(PATHS, B, argv(B), LISTED, ("www", 0)) is None  # unknown
 
 
 @pytest.mark.parametrize("step", [Step(StepKind.TREE, (b"",)), Step(StepKind.TIMES, (b"",)),
                                   Step(StepKind.PATHS, (b"x",), checksum=True)])
 def test_quick_checks_and_checksums_never_share(step: Step) -> None:
     # a batch would hold only what the recording target lacked
-    assert sb.batch_key(step, A, argv(A, step), LISTED) is None
+    assert sb.batch_key(step, A, argv(A, step), LISTED, J) is None
 
 
 def test_remote_targets_and_huge_lists_never_share() -> None:
-    assert sb.batch_key(PATHS, REMOTE, argv(REMOTE), LISTED) is None
+    assert sb.batch_key(PATHS, REMOTE, argv(REMOTE), LISTED, J) is None
     huge = b"n\0" * (sb.MAX_NAMES + 1)
-    assert sb.batch_key(PATHS, A, argv(A), huge) is None
+    assert sb.batch_key(PATHS, A, argv(A), huge, J) is None
 
 
 def test_record_and_replay_command_lines(tmp_path: Path) -> None:
@@ -92,7 +98,7 @@ def finish_writing(shared: sb.SharedBatches, use: sb.Use, ok: bool = True,
     shared.ended(use, ok, now)
 
 
-KEY = sb.batch_key(PATHS, A, argv(A), LISTED)
+KEY = sb.batch_key(PATHS, A, argv(A), LISTED, J)
 
 
 def use(shared: sb.SharedBatches, target: Target, gen: int, now: float = 0.0,
@@ -187,7 +193,7 @@ def test_batches_expire_and_at_most_keep_are_kept(tmp_path: Path) -> None:
     shared = make(tmp_path)
     uses = []
     for i in range(sb.KEEP + 1):
-        key = sb.batch_key(PATHS, A, argv(A), b"./n%d\0" % i)
+        key = sb.batch_key(PATHS, A, argv(A), b"./n%d\0" % i, J)
         u = use(shared, A, 7, float(i), key=key)
         finish_writing(shared, u, now=float(i))
         uses.append(u)
@@ -204,7 +210,7 @@ def test_leftovers_of_a_killed_syncer_are_removed_and_clear_removes_all(tmp_path
     shared = make(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["www-0-paths.list"]
     finish_writing(shared, use(shared, A, 7))
-    being_written = use(shared, A, 1, key=sb.batch_key(PATHS, A, argv(A), b"./o\0"))
+    being_written = use(shared, A, 1, key=sb.batch_key(PATHS, A, argv(A), b"./o\0", J))
     assert being_written.writes is not None
     being_written.writes.write_bytes(b"half")
     shared.clear()
@@ -244,7 +250,7 @@ def test_a_recording_that_never_ran_or_was_dropped_is_released(tmp_path: Path) -
     # evicted while it was recorded, then recorded again by another target:
     # the first recording's end must not finish the second's entry
     for i in range(sb.KEEP):
-        use(shared, A, 8, 0.1, key=sb.batch_key(PATHS, A, argv(A), b"./o%d\0" % i))
+        use(shared, A, 8, 0.1, key=sb.batch_key(PATHS, A, argv(A), b"./o%d\0" % i, J))
     third = use(shared, A, 8, 0.2)
     assert third.writes is not None
     finish_writing(shared, second, now=0.3)
