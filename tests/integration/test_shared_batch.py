@@ -29,7 +29,7 @@ TARGETS = 4
 CONVERGE = 120
 
 
-def _sync(src: Path, dsts: list[Path], **rsync: str) -> dict[str, object]:
+def _sync(src: Path, dsts: list[Path], **rsync: str | int) -> dict[str, object]:
     s = sync_entry(src, dsts, delay=0.3)
     s["agent_max_size"] = 0  # every path goes to rsync, so every batch has a paths step
     if rsync:
@@ -166,3 +166,32 @@ def test_a_target_missing_the_directories_of_a_listed_name(tmp_path, src, daemon
     wait_converged(src, dsts, timeout=CONVERGE, on_timeout=d.describe)
     assert _count(d, "read-batch") > replays, d.log_tail()
     assert "batch failed" not in d.log_text(), d.log_tail()
+
+
+def test_a_recording_that_hangs_holds_the_others_back_only_so_long(tmp_path, src,
+                                                                   daemon_factory, settings):
+    # The recording rsync stops itself (SIGSTOP) before it starts: the
+    # targets waiting for it go plainly once WAIT has passed, the stalled
+    # recording is killed for making no progress, and its own target
+    # catches up; nothing is left running, and no batch file stays.
+    wrapper = tmp_path / "rsync-wrapper"
+    wrapper.write_text("#!/bin/sh\n"
+                       "for a in \"$@\"; do\n"
+                       "  case \"$a\" in --write-batch=*) kill -STOP $$;; esac\n"
+                       "done\n"
+                       "exec rsync \"$@\"\n")
+    wrapper.chmod(0o755)
+    dsts = _targets(tmp_path)
+    (src / "seed").write_bytes(b"seed")
+    conf = {**settings, "log_level": "debug", "max_processes": 8}
+    d = daemon_factory([_sync(src, dsts, binary=str(wrapper), timeout=5)],
+                       settings_override=conf)
+    wait_converged(src, dsts, timeout=CONVERGE, on_timeout=d.describe)
+    for i in range(5):
+        (src / f"f{i}").write_bytes(b"x" * (1000 + i))
+    wait_converged(src, dsts, timeout=CONVERGE, on_timeout=d.describe)
+    assert _count(d, "write-batch") >= 1, d.log_tail()
+    assert "no progress" in d.log_text(), d.log_tail()
+    assert _count(d, "read-batch") == 0, d.log_tail()  # nothing whole to replay
+    d.stop()
+    assert _leftovers(settings) == []
