@@ -84,8 +84,10 @@ def nearest_sendable(root: bytes, paths: list[bytes]) -> list[bytes]:
     rsync fails on ``a/b`` when ``a`` became a file ("Not a directory", exit
     23, retried forever); sending ``a`` itself is what the target needs: it
     replaces the old directory (``--force``) or deletes it. (A symlinked
-    ``a`` is never followed either way: rsync's sender refuses symlinks in
-    parent components.)"""
+    ``a`` is not followed either way where it matters: rsync 3.5.0's
+    sender refuses another user's symlinks in parent components; it trusts
+    root's and its own user's, who could read the file anyway. Whether the
+    rsync in use does is probed at start: ``syncsup.rsync_probe``.)"""
     is_dir: dict[bytes, bool] = {b"": True}
     out: dict[bytes, None] = {}
     for path in paths:
