@@ -57,11 +57,13 @@ full, the recording past its size limit, anything else) is run again at
 once the plain way, and that run's result is the step's: sharing can cost
 a second run, never a different outcome. (A recording that ends in 23 or
 24, files that changed or vanished while it read them, ended as the plain
-run it also is: that is its result, and nothing is replayed from it.) A batch is kept :data:`TTL`
-seconds, at most :data:`KEEP` of them, each at most :data:`MAX_BYTES`: the
-listed files are counted before, and the recording runs under that file
-size limit (``prlimit``), so a source that grows meanwhile fails the
-recording instead of filling the state directory's file system.
+run it also is: that is its result, and nothing is replayed from it.)
+
+A batch is kept :data:`TTL` seconds, at most :data:`KEEP` of them besides
+those being recorded, each at most :data:`MAX_BYTES` of files: they are
+counted before the recording, which runs under a file size limit of twice
+that (``prlimit``), so a source that grows meanwhile fails the recording
+instead of filling the state directory's file system.
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ PREFIX = "shared-"
 Key = tuple[tuple[str, ...], bytes]
 # One listed name's version: (device, inode, mode, size, mtime, ctime), or
 # None where nothing is there. ctime moves with every write, chmod, chown,
-# rename and unlink of a name, and no user can set it.
+# rename and unlink of a name, and no user can set it (but on FAT, whose
+# ctime is its mtime).
 Version = tuple[int, int, int, int, int, int] | None
 Fingerprint = tuple[Version, ...]
 
