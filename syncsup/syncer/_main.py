@@ -101,8 +101,9 @@ class Syncer:
         # one rsync batch file replayed to the other local targets of a step
         self.shared = SharedBatches(self.state.tmp)
         self.sharing = {sync.name for sync in conf.syncs if shares(sync)}
-        self.awaiting: dict[Key, tuple[float, BatchKey]] = {}  # until when, for which batch
-        self.waited: dict[Key, int] = {}  # how often the slot's step waited so
+        # slots whose step waits for its batch's recording: until when, for
+        # which batch, how many times the step has waited so far
+        self.awaiting: dict[Key, tuple[float, BatchKey, int]] = {}
         self.reconnects = Reconnects(self.monitor)
         # slots whose next step waits for their login's master to listen
         self.held: set[tuple[str, int]] = set()
@@ -128,7 +129,6 @@ class Syncer:
             return
         self.masters.use((batch.sync, batch.target), now, busy=True)
         slot = self.slots[(batch.sync, batch.target)]
-        self.waited.pop(slot.key, None)
         slot.batch, ch = batch, slot.channel
         slot.plan = plan_batch(batch, slot.sync, slot.target, slot.rules,
                                empty=source_empty(slot.sync.source),
@@ -168,8 +168,8 @@ class Syncer:
 
     def _awaits(self, key: Key, now: float) -> bool:
         """Does the slot still wait for the recording of its step's batch?"""
-        until, batch = self.awaiting.get(key, (0.0, None))
-        return now < until and batch is not None and not self.shared.due(batch)
+        waits = self.awaiting.get(key)
+        return waits is not None and now < waits[0] and self.shared.writing(waits[1])
 
     def _close_sessions(self) -> None:
         """End the idle agent sessions the lanes closed to free a process."""
@@ -187,7 +187,7 @@ class Syncer:
 
     def start(self, slot: Slot, step: Step) -> None:
         """Start ``step`` (an agent step on a local target is done at once)."""
-        self.awaiting.pop(slot.key, None)
+        waits = self.awaiting.pop(slot.key, None)
         problem = root_problem(slot.sync.source)
         if problem is not None:
             # rsync would follow a symlink put at the root and mirror the
@@ -195,14 +195,14 @@ class Syncer:
             self.settle(slot, Result(rc=-1, error=problem, unstarted=True))
             return
         try:
-            self._start(slot, step)
+            self._start(slot, step, waited=waits[2] if waits is not None else 0)
         except OSError as exc:
             # state_dir full or unwritable (the file lists live there): the
             # batch goes back to pending and is retried with backoff.
             self.settle(slot, Result(rc=-1, unstarted=True,
                                      error=f"cannot prepare the transfer: {exc.strerror or exc}"))
 
-    def _start(self, slot: Slot, step: Step) -> None:
+    def _start(self, slot: Slot, step: Step, waited: int = 0) -> None:
         assert slot.batch is not None and slot.plan is not None
         changes = slot.batch.changes
         if step.by_agent:
@@ -227,7 +227,7 @@ class Syncer:
             self.lanes.transfer_started(slot.key)
             return
         lst = self.state.tmp / f"{slot.sync.name}-{slot.index}-{step.kind.value}.list"
-        key = None
+        key, names = None, []
         if step.kind is StepKind.COMMAND:
             lst.write_bytes(msgpack.packb({"changes": proto.to_wire(changes),
                                            "startup": slot.batch.startup}, use_bin_type=True))
@@ -249,15 +249,14 @@ class Syncer:
             if slot.sync.name in self.sharing:
                 key = batch_key(step, slot.target, argv, listed,
                                 (slot.sync.name, slot.batch.journal))
+                names = sends.names
         now = time.monotonic()
-        waited = self.waited.pop(slot.key, 0)
-        use = self.shared.use(key, argv, os.fsencode(slot.sync.source), now,
+        use = self.shared.use(key, argv, os.fsencode(slot.sync.source), names, now,
                               generation=slot.batch.generation, wait=waited < MAX_WAITS)
         if use.waits and use.key is not None:
             # its batch is being recorded by another target: taken up again
             # by the loop when that ends (or after WAIT), holding no process
-            self.waited[slot.key] = waited + 1
-            self.awaiting[slot.key] = (use.waits, use.key)
+            self.awaiting[slot.key] = (use.waits, use.key, waited + 1)
             self.held.add(slot.key)
             return
         self._spawn(slot, step, use)

@@ -177,7 +177,7 @@ class Use:
         return self.key is not None
 
 
-Versions = Callable[[bytes, bytes, int], Fingerprint | None]
+Versions = Callable[[bytes, Sequence[bytes], int], Fingerprint | None]
 
 
 class SharedBatches:
@@ -192,11 +192,11 @@ class SharedBatches:
         self.serial = 0
         self.clear()  # a killed syncer's
 
-    def use(self, key: Key | None, argv: list[str], source: bytes, now: float,
-            generation: int = 0, wait: bool = False) -> Use:
+    def use(self, key: Key | None, argv: list[str], source: bytes, names: Sequence[bytes],
+            now: float, generation: int = 0, wait: bool = False) -> Use:
         """How to run a step whose plain command is ``argv``, of a batch
-        whose newest change is ``generation`` (``source``: its sync's root,
-        where the listed names are looked at). ``wait``: rather than run it
+        whose newest change is ``generation``, sending ``names`` (relative
+        to ``source``, its sync's root). ``wait``: rather than run it
         plainly beside the run that is recording its batch, say so
         (``waits``), to be asked again when that ends."""
         self.expire(now)
@@ -213,7 +213,7 @@ class SharedBatches:
             return Use(argv, argv, key, waits=now + WAIT) if wait else Use(argv, argv)
         if entry is not None and entry.path is None:
             return Use(argv, argv)  # its recording failed: not again for these changes
-        version = self.versions(source, key[1], MAX_BYTES)
+        version = self.versions(source, names, MAX_BYTES)
         if entry is not None and entry.path is not None:
             if version == entry.version:
                 self.entries.move_to_end(key)
@@ -225,11 +225,6 @@ class SharedBatches:
         path = self.directory / f"{PREFIX}{self.serial}.batch"
         self._add(key, _Entry(generation, version, now, writing=path))
         return Use(write_argv(argv, path), argv, key, writes=path)
-
-    def due(self, key: Key) -> bool:
-        """May a step that waits for the recording of ``key``'s batch ask
-        again (the recording ended)?"""
-        return not self.writing(key)
 
     def writing(self, key: Key) -> bool:
         """Is the batch of ``key`` being recorded now?"""
@@ -301,12 +296,11 @@ def _remove(batch: Path) -> None:
             log.warning("cannot remove %s: %s", p, exc.strerror)
 
 
-def versions_of(root: bytes, listed: bytes, limit: int) -> Fingerprint | None:
-    """The version of every name in ``listed`` (a ``--files-from`` list as
-    :func:`~syncsup.syncer.steps.files_from` writes it), each looked up
-    below ``root`` without following a symlink
-    (:class:`~syncsup.dirfd.DirCache`); None if the regular files among
-    them add up to more than ``limit`` bytes, or the root cannot be
+def versions_of(root: bytes, names: Sequence[bytes], limit: int) -> Fingerprint | None:
+    """The version of every one of ``names`` (relative to ``root``, ``b""``
+    the root itself), each looked up below ``root`` without following a
+    symlink (:class:`~syncsup.dirfd.DirCache`); None if the regular files
+    among them add up to more than ``limit`` bytes, or the root cannot be
     opened."""
     total = 0
     out: list[Version] = []
@@ -316,11 +310,9 @@ def versions_of(root: bytes, listed: bytes, limit: int) -> Fingerprint | None:
         return None
     dirs = DirCache(root_fd)
     try:
-        for entry in listed.split(b"\0")[:-1]:
-            # the list's own form (steps.files_from): "./NAME", "." the root
-            name = entry[2:] if entry.startswith(b"./") else entry
+        for name in names:
             try:
-                if name == b".":
+                if not name:
                     st = os.fstat(root_fd)
                 else:
                     parts, last = split_path(name)

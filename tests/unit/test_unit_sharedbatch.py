@@ -4,6 +4,7 @@ replay one, and the life of a batch file (pure, with a temp directory)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,13 @@ from syncsup.config import RsyncOptions, Sync, Target
 from syncsup.syncer import sharedbatch as sb
 from syncsup.syncer.argv import rsync_argv
 from syncsup.syncer.plan import Step, StepKind
-from syncsup.syncer.steps import files_from
 
 A = Target(spec="/mnt/a", path="/mnt/a")
 B = Target(spec="/mnt/b", path="/mnt/b")
 REMOTE = Target(spec="h:/srv/www", path="/srv/www", host="h")
 PATHS = Step(StepKind.PATHS, (b"x",))
 LISTED = b"x\0y/z\0"
+NAMES = [b"x", b"y/z"]
 J = ("www", 9)  # the sync and its journal (Batch.journal)
 
 
@@ -82,7 +83,8 @@ class Source:
     def __init__(self) -> None:
         self.version: sb.Fingerprint | None = ((1, 2, 0o100644, 10, 5, 5),)
 
-    def __call__(self, _root: bytes, _listed: bytes, _limit: int) -> sb.Fingerprint | None:
+    def __call__(self, _root: bytes, _names: Sequence[bytes],
+                 _limit: int) -> sb.Fingerprint | None:
         return self.version
 
 
@@ -103,7 +105,7 @@ KEY = sb.batch_key(PATHS, A, argv(A), LISTED, J)
 
 def use(shared: sb.SharedBatches, target: Target, gen: int, now: float = 0.0,
         wait: bool = False, key: sb.Key | None = KEY) -> sb.Use:
-    return shared.use(key, argv(target), b"/srv/www", now, generation=gen, wait=wait)
+    return shared.use(key, argv(target), b"/srv/www", NAMES, now, generation=gen, wait=wait)
 
 
 def test_the_first_records_the_others_replay_after_it_ends(tmp_path: Path) -> None:
@@ -226,7 +228,7 @@ def test_versions_of_listed_names_without_following_symlinks(tmp_path: Path) -> 
     outside.mkdir()
     (outside / "big").write_bytes(b"z" * 10_000)
     os.symlink(outside, root / "link")
-    listed = files_from([b"d/f", b"g", b"d", b"link/big", b"gone", b""])
+    listed = [b"d/f", b"g", b"d", b"link/big", b"gone", b""]
     rootb = os.fsencode(root)
     v = sb.versions_of(rootb, listed, 1_000)
     assert v is not None and len(v) == 6
@@ -261,7 +263,7 @@ def test_a_recording_that_never_ran_or_was_dropped_is_released(tmp_path: Path) -
 
 
 def test_use_without_a_key_is_the_plain_run(tmp_path: Path) -> None:
-    u = make(tmp_path).use(None, argv(A), b"/", 0.0, generation=7)
+    u = make(tmp_path).use(None, argv(A), b"/", NAMES, 0.0, generation=7)
     assert u == sb.Use(argv(A), argv(A)) and not u.shared
 
 
@@ -272,10 +274,9 @@ def test_a_step_may_wait_for_the_recording_of_its_batch(tmp_path: Path) -> None:
     assert first.writes is not None and not first.waits
     waiting = use(shared, B, 7, 0.1, wait=True)
     assert waiting.waits == 0.1 + sb.WAIT and waiting.key == KEY and shared.writing(KEY)
-    assert not shared.due(KEY)
     assert not use(shared, B, 7, 0.2).shared  # waited long enough: plainly
     assert not use(shared, B, 8, 0.2, wait=True).waits  # a later change: its own way
     finish_writing(shared, first)
-    assert not shared.writing(KEY) and shared.due(KEY)
+    assert not shared.writing(KEY)
     again = use(shared, B, 7, 1.5, wait=True)
     assert not again.waits and again.argv == sb.read_argv(argv(B), first.writes)
