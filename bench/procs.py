@@ -26,7 +26,9 @@ forked from one parent) once, which RSS sums count once per process.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 from dataclasses import dataclass, field
 
 from tests.helpers.procs import cmdline_of
@@ -171,11 +173,45 @@ def cpu_seconds_between(a: CpuSample, b: CpuSample) -> float:
 
 
 # --------------------------------------------------------------------- memory
+_KCMP = {"x86_64": 312, "aarch64": 272}.get(platform.machine())
+_KCMP_VM = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def borrows_memory(pid: int, parent: int) -> bool:
+    """Does ``pid`` run in its parent's memory (a ``vfork`` child between
+    the fork and its exec)? Its ``VmRSS`` and ``smaps_rollup`` then describe
+    the parent's pages, which a sum would count twice: every spawn of a
+    child by Python's ``subprocess`` (vfork) shows, for a moment, a second
+    process as large as the spawner. ``kcmp(KCMP_VM)`` says whether two
+    processes share one address space; False where it cannot be asked."""
+    if _KCMP is None:
+        return False
+    same: int = _libc.syscall(_KCMP, pid, parent, _KCMP_VM, 0, 0)
+    return same == 0
+
+
+def memory_pids(root: int) -> list[int]:
+    """The tree's processes whose memory is their own: ``root`` and its
+    descendants, less those that borrow their parent's (see
+    :func:`borrows_memory`)."""
+    kids = children_map()
+    out, todo = [root], [root]
+    while todo:
+        p = todo.pop()
+        for kid in kids.get(p, []):
+            todo.append(kid)
+            if not borrows_memory(kid, p):
+                out.append(kid)
+    return out
+
+
 def _tree_field(root: int, name: str, key: bytes) -> int:
     """Sum over the tree of the first number after ``key`` in
-    ``/proc/PID/name`` (a process gone meanwhile counts 0)."""
+    ``/proc/PID/name`` (a process gone meanwhile counts 0; one that borrows
+    its parent's memory is not counted again)."""
     total = 0
-    for pid in tree_pids(root):
+    for pid in memory_pids(root):
         try:
             with open(f"/proc/{pid}/{name}", "rb") as f:
                 for line in f:
@@ -232,10 +268,11 @@ def tree_memory(root: int) -> TreeMemory:
     """Count the tree's processes and sum ``Rss``/``Pss`` from ``smaps_rollup``.
 
     Zombies and processes that vanish while being read count as processes
-    with no memory (a zombie has none)."""
+    with no memory (a zombie has none); a ``vfork`` child before its exec
+    counts as a process whose memory is its parent's (counted there)."""
     pids = tree_pids(root)
     rss = pss = 0
-    for pid in pids:
+    for pid in memory_pids(root):
         try:
             with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
                 for line in f:
