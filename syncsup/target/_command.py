@@ -40,6 +40,7 @@ import subprocess
 import sys
 import syslog
 import time
+from typing import NoReturn
 
 from syncsup import __version__
 from syncsup.paths import relative_to
@@ -228,30 +229,21 @@ def info(root: str, forced: bool, allow_without: frozenset[str] = frozenset()
 
 
 def serve_agent(root: str, forced: bool, allow_without: frozenset[str],
-                read_only: bool = False) -> int:
-    """The agent. Behind the forced command it is a fresh, isolated
-    interpreter under the kernel layer (``_confined``: Landlock, seccomp, no
+                read_only: bool = False) -> NoReturn:
+    """The agent, in a fresh, isolated interpreter that replaces this
+    process (this call never returns). Behind the forced command it runs
+    under the kernel layer (``_confined``: Landlock, seccomp, no
     capabilities but root's ownership ones), keeping numeric owners like the
-    rsync daemon beside it; this call then never returns. Run directly (a
-    key that can run any command anyway) it is confined by its descriptors
-    alone and maps owners by name, like a plain ``rsync -a`` over ssh."""
-    import signal
-
+    rsync daemon beside it. Run directly (a key that can run any command
+    anyway) it is confined by its descriptors alone and maps owners by name,
+    like a plain ``rsync -a`` over ssh (``_plain``)."""
     if forced:
         from syncsup.target._confined import start
 
         start(root, allow_without, read_only)
-    from syncsup.target._agent import READ_ONLY, Ids, serve
-    from syncsup.target._apply import Applier, Protection
+    from syncsup.target._plain import start as start_plain
 
-    protection = Protection()
-    if home_inside(root) is not None:
-        protection = Protection.for_home(root, pwd.getpwuid(os.geteuid()).pw_dir)
-    applier = Applier(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), protection)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    return serve(applier, {"root": root, "confinement": "descriptors only (no forced "
-                           "command)"}, ids=Ids(by_name=True),
-                 ops=READ_ONLY if read_only else None)
+    start_plain(root, read_only)
 
 
 def parse_options(args: list[str]) -> tuple[frozenset[str], list[str]]:

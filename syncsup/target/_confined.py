@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 __all__ = ["BOOT", "CRASH_LINE", "NOT_SERVED", "start"]
 
@@ -71,7 +72,7 @@ def import_dirs() -> list[str]:
     return list(dict.fromkeys(dirs))
 
 
-def start(root: str, allow_without: frozenset[str], read_only: bool = False) -> None:
+def start(root: str, allow_without: frozenset[str], read_only: bool = False) -> NoReturn:
     """Replace this process by the confined agent serving ``root`` (never
     returns); ``read_only``: a session that answers only ``stats``."""
     sys.stdout.flush()

@@ -253,11 +253,12 @@ def remote_agents(root: Path) -> list[int]:
     out = []
     for pid in _pids():
         argv = cmdline_of(pid)
-        # "-m syncsup.target ROOT", or the confined agent's "-c BOOT ROOT"
+        # "-m syncsup.target ROOT agent", or either agent's "-c BOOT ROOT ..."
         if not any(b"syncsup.target" in a for a in argv) or b(root) not in argv:
             continue
-        if argv[-1] == b"agent" or any(e.startswith(b"SSH_ORIGINAL_COMMAND=")
-                                       and e.endswith(b" agent") for e in _environ(pid)):
+        after = argv[argv.index(b(root)) + 1:]
+        if after[:1] == [b"agent"] or any(e.startswith(b"SSH_ORIGINAL_COMMAND=")
+                                          and e.endswith(b" agent") for e in _environ(pid)):
             out.append(pid)
     return out
 
