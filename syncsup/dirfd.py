@@ -26,8 +26,10 @@ def split_path(rel: bytes) -> tuple[list[bytes], bytes]:
     """``a/b/c`` -> (``[a, b]``, ``c``). Raises OSError(EINVAL) for anything
     but plain names: empty, absolute, ``.``, ``..`` or NUL."""
     parts = rel.split(b"/")
-    if not rel or rel.startswith(b"/") or any(p in (b"", b".", b"..") or b"\0" in p
-                                              for p in parts):
+    # list membership rather than a generator over the parts: this runs for
+    # every path of every batch, on both sides (an absolute or empty path
+    # has an empty part)
+    if b"\0" in rel or b"" in parts or b"." in parts or b".." in parts:
         raise OSError(errno.EINVAL, f"not a plain relative path: {rel!r}")
     return parts[:-1], parts[-1]
 
