@@ -138,15 +138,14 @@ _PR_SET_NO_NEW_PRIVS = 38
 
 
 def limit_daemon_capabilities() -> None:
-    """Just before exec of rsync's daemon (in a child between fork and exec,
-    or in this process when it becomes rsync): as root, every capability it
-    does not need leaves the bounding set (``CAP_DAC_READ_SEARCH``, whose
-    ``open_by_handle_at`` leaves any chroot, ``CAP_SYS_ADMIN``,
-    ``CAP_SYS_PTRACE``, ``CAP_MKNOD``...); and no exec after this one gains
-    privileges (``no_new_privs``)."""
+    """Before exec of rsync's daemon (called in the child, between fork and
+    exec): as root, every capability it does not need leaves the bounding
+    set (``CAP_DAC_READ_SEARCH``, whose ``open_by_handle_at`` leaves any
+    chroot, ``CAP_SYS_ADMIN``, ``CAP_SYS_PTRACE``, ``CAP_MKNOD``...); and
+    no exec after this one gains privileges (``no_new_privs``)."""
     libc = _libc()
-    # rsync ends with its parent: syncsup-target when it waits beside rsync,
-    # else the ssh session's process (a connection that is gone)
+    # rsync runs in a process group of its own: if syncsup-target is killed,
+    # the kernel ends rsync too
     _check(libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0), "PR_SET_PDEATHSIG")
     if os.geteuid() == 0:
         for cap in range(64):

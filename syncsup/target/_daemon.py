@@ -33,26 +33,14 @@ module's rules to the arguments it actually receives:
   write inside ROOT" into root on the host for every local user who can
   reach the file.
 
-The configuration goes to rsync in a file: rsync (since 3.5.0) opens its
-``--config`` through a symlink-refusing walk, so a ``/proc/self/fd`` memory
-file cannot be used. Where the account has a private runtime directory
-outside ROOT (:func:`lock_dir`), the file is kept there, named by a digest
-of its text (:func:`kept_file`), and this process *becomes* rsync (exec):
-nothing of syncsup stays beside a transfer. A Python process waiting for
-its rsync cost about 16 MB for as long as the transfer ran, which at a
-first start to many targets was the largest part of the target's memory.
-rsync then ends by itself when its client goes away (the channel's end
-closes its input and output; the module's ``timeout`` bounds the rest),
-and gets the signals sent to the session directly. Otherwise (no private
-directory, or one inside ROOT, where the module could rewrite a kept file
-for the next connection) the file is written to a private temporary
-directory and this process waits for rsync, ends it when the client goes
-away, and removes the directory.
+The configuration goes to rsync in a file in a private temporary directory
+(0700), removed when rsync ends: rsync (since 3.5.0) opens its ``--config``
+through a symlink-refusing walk, so a ``/proc/self/fd`` memory file cannot
+be used.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import select
 import shutil
@@ -65,8 +53,7 @@ from types import FrameType
 
 from syncsup.target._confine import limit_daemon_capabilities
 
-__all__ = ["ALLOWED_OPTIONS", "MODULE", "daemon_config", "exclude_rules", "kept_file",
-           "lock_dir", "run_daemon"]
+__all__ = ["ALLOWED_OPTIONS", "MODULE", "daemon_config", "exclude_rules", "run_daemon"]
 
 MODULE = "syncsup"
 
@@ -214,81 +201,12 @@ def _end(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait()
 
 
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def _holds(dfd: int, name: str, data: bytes) -> bool:
-    """Is ``name`` in ``dfd`` a regular file of ours alone (one link, no
-    group or other bits) holding exactly ``data``?"""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                     dir_fd=dfd)
-    except OSError:
-        return False
-    try:
-        st = os.fstat(fd)
-        if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077
-                or st.st_nlink != 1 or st.st_size != len(data)):
-            return False
-        return os.read(fd, len(data) + 1) == data
-    finally:
-        os.close(fd)
-
-
-def kept_file(directory: str, kind: str, text: str) -> str:
-    """The path of a file in ``directory`` (private: see :func:`lock_dir`)
-    holding ``text``, named ``KIND-DIGEST`` after its content. Written once
-    (a new name, then renamed into place, so that a concurrent connection
-    never reads half of it) and used by every later connection with the same
-    settings; a file of that name holding anything else is replaced. One
-    file per ROOT and account, in a runtime directory: nothing to remove."""
-    data = text.encode("utf-8", "surrogateescape")
-    name = f"{kind}-{hashlib.sha256(data).hexdigest()[:32]}"
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if not _holds(dfd, name, data):
-            tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600, dir_fd=dfd)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-            except BaseException:
-                os.unlink(tmp, dir_fd=dfd)
-                raise
-    finally:
-        os.close(dfd)
-    return os.path.join(directory, name)
-
-
 def run_daemon(root: str, home_rel: str | None, rsync: str = "rsync",
                poll_interval: float = 1.0) -> int:
-    """Serve ROOT with ``rsync --server --daemon`` on our stdin and stdout.
-    The caller has made chroot possible (see ``_confine``). With a private
-    runtime directory outside ROOT, this process becomes rsync (never
-    returns); otherwise see :func:`_run_beside`."""
-    locks = lock_dir()
-    if locks is None or _inside(os.path.realpath(locks), root):
-        return _run_beside(root, home_rel, locks, rsync, poll_interval)
-    rules = exclude_rules(home_rel)
-    exclude_file = kept_file(locks, "exclude", rules) if rules else None
-    conf = kept_file(locks, "rsyncd.conf", daemon_config(
-        root, os.geteuid(), os.getegid(), exclude_file, os.path.join(locks, "rsyncd.lock")))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    limit_daemon_capabilities()
-    os.execvp(rsync, [rsync, "--server", "--daemon", f"--config={conf}", "."])
-    raise AssertionError("unreachable")  # pragma: no cover - execvp returns only by raising
-
-
-def _run_beside(root: str, home_rel: str | None, locks: str | None, rsync: str,
-                poll_interval: float) -> int:
-    """rsync as our child, its configuration in a private temporary
-    directory removed when it ends; return its exit code. SIGTERM, SIGINT
-    and SIGHUP are passed on to rsync; if the client goes away first, rsync
-    is ended."""
+    """Run ``rsync --server --daemon`` serving ROOT on our stdin and stdout
+    and return its exit code. The caller has made chroot possible (see
+    ``_confine``). SIGTERM, SIGINT and SIGHUP are passed on to rsync; if the
+    client goes away first, rsync is ended."""
     tmp = tempfile.mkdtemp(prefix="syncsup-target-")
     try:
         exclude_file = None
@@ -297,6 +215,7 @@ def _run_beside(root: str, home_rel: str | None, locks: str | None, rsync: str,
             exclude_file = os.path.join(tmp, "exclude")
             with open(exclude_file, "w", encoding="utf-8", errors="surrogateescape") as fh:
                 fh.write(rules)
+        locks = lock_dir()
         conf = os.path.join(tmp, "rsyncd.conf")
         with open(conf, "w", encoding="utf-8", errors="surrogateescape") as fh:
             fh.write(daemon_config(root, os.geteuid(), os.getegid(), exclude_file,

@@ -504,13 +504,6 @@ def _target_processes(w: World) -> list[int]:
     return out
 
 
-def _comm(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return None
-
-
 def _wait_gone(w: World, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while (left := _target_processes(w)) and time.monotonic() < deadline:
@@ -553,9 +546,6 @@ def test_a_client_that_goes_away_leaves_nothing_running(world, asshd, tmp_path):
         time.sleep(0.1)
     assert _target_processes(w), "the transfer never started"
     time.sleep(1)
-    # syncsup-target became rsync: nothing of it waits beside the transfer
-    names = {_comm(pid) for pid in _target_processes(w)} - {"sshd", "sshd-session", None}
-    assert names == {"rsync"}, names
     os.killpg(client.pid, signal.SIGKILL)
     client.wait()
     assert not _wait_gone(w, 30), "processes left on the target"

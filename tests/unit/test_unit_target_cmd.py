@@ -9,7 +9,6 @@ import ctypes
 import errno
 import io
 import os
-import stat
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from syncsup.target import Applier, Protection
 from syncsup.target._agent import serve
 from syncsup.target._apply import Attrs, Clear
 from syncsup.target._command import Refused, classify
-from syncsup.target._daemon import ALLOWED_OPTIONS, daemon_config, exclude_rules, kept_file
+from syncsup.target._daemon import ALLOWED_OPTIONS, daemon_config, exclude_rules
 from syncsup.target._protocol import MAX_FRAME, VERSION, encode_frame, read_frame
 
 
@@ -187,43 +186,6 @@ def test_home_exclude_rules_escape_wildcards() -> None:
     assert exclude_rules("") == "/.*\n/.*/***\n"
     assert exclude_rules("home/backup") == "/home/backup/.*\n/home/backup/.*/***\n"
     assert exclude_rules("a*b?[c]\\") == "/a\\*b\\?\\[c]\\\\/.*\n/a\\*b\\?\\[c]\\\\/.*/***\n"
-
-
-def test_a_kept_module_file_is_written_once_and_replaced_when_it_is_not_exactly_ours(
-        tmp_path: Path) -> None:
-    """The module's file is kept in the account's private directory, named
-    by a digest of its text: a later connection with the same settings uses
-    it as it is, and anything else found under that name (other text, a
-    symlink, a second link, bits for group or others) is replaced, never
-    followed or written through."""
-    d = tmp_path / "private"
-    d.mkdir(mode=0o700)
-    text = daemon_config("/srv/m", 0, 0, None, str(d / "rsyncd.lock"))
-    path = Path(kept_file(str(d), "rsyncd.conf", text))
-    assert path.parent == d and path.name.startswith("rsyncd.conf-")
-    assert path.read_text() == text and path.stat().st_mode & 0o777 == 0o600
-    ino = path.stat().st_ino
-    assert kept_file(str(d), "rsyncd.conf", text) == str(path)
-    assert path.stat().st_ino == ino  # used as it is
-    assert kept_file(str(d), "rsyncd.conf", text + "#") != str(path)  # other text, other name
-
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.write_text("theirs")
-    tampered = [
-        lambda: path.write_text(text.replace("write only = yes", "write only = no")),
-        lambda: path.write_text(text[:-1] + "X"),  # same size, other text
-        lambda: (path.unlink(), os.symlink(elsewhere, path)),
-        lambda: (path.unlink(), os.link(elsewhere, path)),
-        lambda: path.chmod(0o644),
-    ]
-    for tamper in tampered:
-        tamper()
-        assert kept_file(str(d), "rsyncd.conf", text) == str(path)
-        st = path.lstat()
-        assert stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_mode & 0o777 == 0o600
-        assert path.read_text() == text
-        assert elsewhere.read_text() == "theirs"
-    assert sorted(p.name for p in d.iterdir() if p.name.startswith(".")) == []  # no temp left
 
 
 # ----------------------------------------------------------- the applier
