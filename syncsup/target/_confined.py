@@ -40,6 +40,8 @@ CRASH_EXIT = 70
 # Run by ``python -I -S -B -c``; argv: ROOT, allowed-missing mechanisms
 # (comma-separated), the service (``agent``, or ``stats``: reading only),
 # then the directories to import syncsup and msgpack from.
+# They go after the standard library's: a package installed beside syncsup
+# (a backport named like a standard module) cannot stand in for one.
 BOOT = (
     "import os, sys\n"
     "def _crash(*_a):\n"
@@ -47,7 +49,7 @@ BOOT = (
     f"    os._exit({CRASH_EXIT})\n"
     "sys.excepthook = _crash\n"
     "sys.unraisablehook = _crash\n"
-    "sys.path[:0] = sys.argv[4:]\n"
+    "sys.path.extend(sys.argv[4:])\n"
     "from syncsup.target._confined import run\n"
     "os._exit(run(sys.argv[1], frozenset(filter(None, sys.argv[2].split(','))),\n"
     "             sys.argv[3] == 'stats'))\n"

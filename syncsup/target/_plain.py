@@ -25,9 +25,11 @@ __all__ = ["BOOT", "run", "start"]
 
 # Run by ``python -I -S -B -c``; argv: ROOT, the service (``agent``, or
 # ``stats``: reading only), then the directories to import from.
+# They go after the standard library's: a package installed beside syncsup
+# (a backport named like a standard module) cannot stand in for one.
 BOOT = (
     "import sys\n"
-    "sys.path[:0] = sys.argv[3:]\n"
+    "sys.path.extend(sys.argv[3:])\n"
     "from syncsup.target._plain import run\n"
     "sys.exit(run(sys.argv[1], sys.argv[2] == 'stats'))\n"
 )
