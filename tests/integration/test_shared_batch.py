@@ -113,8 +113,11 @@ def test_a_failed_shared_run_is_sent_again_plainly(tmp_path, src, daemon_factory
     assert _count(d, refused) >= 1, d.log_tail()
     assert "batch failed (rsync exit 11: refused); sending directly" in d.log_text(), \
         d.log_tail()
-    # the plain runs succeeded: no batch ended in an error
-    assert " failed" not in d.log_text().replace("batch failed", ""), d.log_tail()
+    # the refusal never became a step's result: every shared run that
+    # failed was run again plainly at once (a run may still fail on its own
+    # under churn, rc 23 or 24, a file gone while rsync read it, and retry:
+    # rsync's "send_files failed to open" is that, not this)
+    assert "(rc 11)" not in d.log_text(), d.log_tail()
     d.stop()
     assert _leftovers(settings) == []
 
