@@ -31,9 +31,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 
 __all__ = ["ConfineError", "chroot_self", "describe", "grant_chroot_for_exec",
-           "limit_daemon_capabilities"]
+           "limit_daemon_capabilities", "private_dir"]
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
@@ -92,6 +93,57 @@ def _enter_user_namespace() -> None:
     except OSError as exc:
         raise ConfineError(exc.errno or errno.EPERM,
                            f"cannot map ids in the user namespace: {exc.strerror}") from None
+
+
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
+_MS_REC, _MS_PRIVATE = 0x4000, 0x40000
+# Where a private tmpfs may be mounted: directories directly below "/",
+# whose names only a process that may write "/" can change (root with a
+# ROOT of "/", which is refused, or an unconfined login).
+PRIVATE_MOUNTPOINTS = ("/mnt", "/media", "/srv", "/opt", "/tmp")
+
+
+def _inside(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def private_dir(keep_visible: list[str]) -> str | None:
+    """A directory that only this process and its children can see: a fresh
+    tmpfs (0700), mounted in a mount namespace of this process's own on one
+    of :data:`PRIVATE_MOUNTPOINTS` that holds none of ``keep_visible`` (ROOT,
+    the lock directory). None where none can be had (no namespace, no
+    mount allowed): the caller falls back to a temporary directory.
+
+    Why: rsync opens the module's file by its path, after it was written.
+    A file in a directory the account can reach (``/tmp``) could be
+    replaced in between by any process of the same account, such as code
+    in the agent of another key whose ROOT holds that directory, and a
+    module's ``early exec`` runs a command. A mount seen only in our
+    namespace is out of every other process's reach, and the mountpoint
+    cannot be renamed from outside by the account (its parent is ``/``).
+    As root a new mount namespace is made here (mounts propagate nowhere);
+    an unprivileged account is already in its own user and mount namespace
+    (:func:`grant_chroot_for_exec`). The tmpfs goes with the namespace when
+    rsync and this process have ended."""
+    libc = _libc()
+    if os.geteuid() == 0:
+        if libc.unshare(_CLONE_NEWNS) != 0:
+            return None
+        if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+            return None
+    for point in PRIVATE_MOUNTPOINTS:
+        if any(_inside(os.path.realpath(p), point) for p in keep_visible):
+            continue
+        try:
+            st = os.lstat(point)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        if libc.mount(b"tmpfs", point.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+                      b"size=1m,mode=0700") == 0:
+            return point
+    return None
 
 
 def chroot_self(root: str) -> str:

@@ -51,7 +51,7 @@ import sys
 import tempfile
 from types import FrameType
 
-from syncsup.target._confine import limit_daemon_capabilities
+from syncsup.target._confine import limit_daemon_capabilities, private_dir
 
 __all__ = ["ALLOWED_OPTIONS", "MODULE", "daemon_config", "exclude_rules", "run_daemon"]
 
@@ -207,7 +207,9 @@ def run_daemon(root: str, home_rel: str | None, rsync: str = "rsync",
     and return its exit code. The caller has made chroot possible (see
     ``_confine``). SIGTERM, SIGINT and SIGHUP are passed on to rsync; if the
     client goes away first, rsync is ended."""
-    tmp = tempfile.mkdtemp(prefix="syncsup-target-")
+    locks = lock_dir()
+    private = private_dir([root, *([locks] if locks else [])])
+    tmp = private if private is not None else tempfile.mkdtemp(prefix="syncsup-target-")
     try:
         exclude_file = None
         rules = exclude_rules(home_rel)
@@ -215,7 +217,6 @@ def run_daemon(root: str, home_rel: str | None, rsync: str = "rsync",
             exclude_file = os.path.join(tmp, "exclude")
             with open(exclude_file, "w", encoding="utf-8", errors="surrogateescape") as fh:
                 fh.write(rules)
-        locks = lock_dir()
         conf = os.path.join(tmp, "rsyncd.conf")
         with open(conf, "w", encoding="utf-8", errors="surrogateescape") as fh:
             fh.write(daemon_config(root, os.geteuid(), os.getegid(), exclude_file,
@@ -239,4 +240,5 @@ def run_daemon(root: str, home_rel: str | None, rsync: str = "rsync",
                 if _client_gone(out):
                     return _end(proc)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if private is None:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,117 @@
+"""The rsync module of a confined key's transfer cannot be replaced between
+``syncsup-target`` writing it and rsync reading it.
+
+rsync opens the module's file by its path. Any process of the same account
+that can reach the directory holding it (code in the agent of another key
+whose ROOT holds ``/tmp``, say) could rename a file of its own over it in
+between, and a module's ``early exec`` runs a command as the account:
+root's, for a root key. The attacker here is such a process: it watches
+for the module's directory and file with inotify and renames a planted
+module over the file the moment it is written. Against a module written
+to a temporary directory (the control) it wins; against the module in a
+tmpfs that only rsync's mount namespace sees, it never finds the file.
+
+Real parts: rsync in daemon mode over a remote-shell stand-in that runs
+``syncsup-target ROOT`` as an sshd forced command would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from inotify_simple import INotify, flags
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attack plays a root key")
+
+SERVE = """
+import sys
+import syncsup.target._daemon as d
+if sys.argv[2] == "control":
+    d.private_dir = lambda keep: None  # the module in a temporary directory
+from syncsup.target._command import main
+sys.exit(main([sys.argv[1]]))
+"""
+
+
+class Attacker(threading.Thread):
+    """Renames ``planted`` over every ``rsyncd.conf`` written in a new
+    ``syncsup-target-*`` directory of ``top``."""
+
+    def __init__(self, top: str, planted: str) -> None:
+        super().__init__(daemon=True)
+        self.top, self.planted = top, planted
+        self.stop = threading.Event()
+        self.swaps = 0
+
+    def run(self) -> None:
+        ino = INotify()
+        ino.add_watch(self.top, flags.CREATE | flags.ONLYDIR)
+        dirs: dict[int, str] = {}
+        while not self.stop.is_set():
+            for ev in ino.read(timeout=100):
+                if ev.wd in dirs:
+                    if ev.name == "rsyncd.conf":
+                        tmp = os.path.join(dirs[ev.wd], ".planted")
+                        try:
+                            Path(tmp).write_text(self.planted)
+                            os.rename(tmp, os.path.join(dirs[ev.wd], "rsyncd.conf"))
+                            self.swaps += 1
+                        except OSError:
+                            pass
+                elif ev.name.startswith("syncsup-target-"):
+                    path = os.path.join(self.top, ev.name)
+                    try:
+                        dirs[ino.add_watch(path, flags.CLOSE_WRITE)] = path
+                    except OSError:
+                        pass
+        ino.close()
+
+
+def _transfers(tmp_path: Path, mode: str, n: int) -> tuple[Path, Path, list[int], int]:
+    src, root = tmp_path / "src", tmp_path / "root"
+    src.mkdir()
+    root.mkdir()
+    mark = tmp_path / "pwned"
+    rsh = tmp_path / "rsh"
+    rsh.write_text("#!/bin/sh\n"
+                   "shift\n"  # the host; the rest is the request, as sshd would give it
+                   'export SSH_ORIGINAL_COMMAND="$*"\n'
+                   f"exec {sys.executable} -P -c '{SERVE}' {root} {mode}\n")
+    rsh.chmod(0o755)
+    planted = ("use chroot = no\n[syncsup]\n"
+               f"    path = {root}\n    read only = no\n    uid = 0\n    gid = 0\n"
+               f'    early exec = /bin/sh -c "echo pwned >> {mark}"\n')
+    attacker = Attacker(tempfile.gettempdir(), planted)
+    attacker.start()
+    codes = []
+    try:
+        for i in range(n):
+            (src / "f").write_text("x" * (i + 1))  # a new size each time: no quick-check skip
+            r = subprocess.run(["rsync", "-a", "--no-devices", "-e", str(rsh), f"{src}/",
+                                "x::syncsup/"], stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=60)
+            codes.append(r.returncode)
+    finally:
+        attacker.stop.set()
+        attacker.join(10)
+    return root, mark, codes, attacker.swaps
+
+
+def test_the_module_is_out_of_reach_of_the_accounts_other_processes(tmp_path: Path) -> None:
+    root, mark, codes, swaps = _transfers(tmp_path, "private", 20)
+    assert not mark.exists(), f"the planted module ran: {mark.read_text()!r}"
+    assert swaps == 0
+    assert codes == [0] * 20
+    assert (root / "f").read_text() == "x" * 20
+
+
+def test_control_a_module_in_a_temporary_directory_is_replaced(tmp_path: Path) -> None:
+    """Without the private mount the same attack wins: the test above can fail."""
+    _root, mark, _codes, swaps = _transfers(tmp_path, "control", 20)
+    assert swaps > 0 and mark.exists()
