@@ -96,7 +96,7 @@ def _enter_user_namespace() -> None:
 
 
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
-_MS_REC, _MS_PRIVATE = 0x4000, 0x40000
+_MS_REC, _MS_SLAVE = 0x4000, 0x80000
 # Where a private tmpfs may be mounted: directories directly below "/",
 # whose names only a process that may write "/" can change (root with a
 # ROOT of "/", which is refused, or an unconfined login).
@@ -108,11 +108,13 @@ def _inside(path: str, top: str) -> bool:
 
 
 def private_dir(keep_visible: list[str]) -> str | None:
-    """A directory that only this process and its children can see: a fresh
+    """A directory that only this process and its children can see (and
+    whoever may ptrace them, who controls the account anyway): a fresh
     tmpfs (0700), mounted in a mount namespace of this process's own on one
-    of :data:`PRIVATE_MOUNTPOINTS` that holds none of ``keep_visible`` (ROOT,
-    the lock directory). None where none can be had (no namespace, no
-    mount allowed): the caller falls back to a temporary directory.
+    of :data:`PRIVATE_MOUNTPOINTS` that neither holds nor lies inside any of
+    ``keep_visible`` (ROOT, the lock directory, the rsync program). None
+    where none can be had (no namespace, no mount allowed, ROOT ``/``): the
+    caller falls back to a temporary directory.
 
     Why: rsync opens the module's file by its path, after it was written.
     A file in a directory the account can reach (``/tmp``) could be
@@ -121,7 +123,9 @@ def private_dir(keep_visible: list[str]) -> str | None:
     module's ``early exec`` runs a command. A mount seen only in our
     namespace is out of every other process's reach, and the mountpoint
     cannot be renamed from outside by the account (its parent is ``/``).
-    As root a new mount namespace is made here (mounts propagate nowhere);
+    As root a new mount namespace is made here, a slave of the host's (our
+    mounts propagate nowhere; the host's still reach us, so a filesystem
+    unmounted there is not kept alive here);
     an unprivileged account is already in its own user and mount namespace
     (:func:`grant_chroot_for_exec`). The tmpfs goes with the namespace when
     rsync and this process have ended."""
@@ -129,11 +133,12 @@ def private_dir(keep_visible: list[str]) -> str | None:
     if os.geteuid() == 0:
         if libc.unshare(_CLONE_NEWNS) != 0:
             return None
-        if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        if libc.mount(b"none", b"/", None, _MS_REC | _MS_SLAVE, None) != 0:
             return None
+    visible = [os.path.realpath(p) for p in keep_visible]
     for point in PRIVATE_MOUNTPOINTS:
-        if any(_inside(os.path.realpath(p), point) for p in keep_visible):
-            continue
+        if any(_inside(p, point) or _inside(point, p) for p in visible):
+            continue  # it would hide one of them, or write into ROOT
         try:
             st = os.lstat(point)
         except OSError:

@@ -201,6 +201,16 @@ def _end(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait()
 
 
+def _warn(msg: str) -> None:
+    """To syslog only: stderr goes to the client, whose rsync shows it."""
+    import syslog
+
+    try:
+        syslog.syslog(syslog.LOG_WARNING, msg)
+    except OSError:
+        pass
+
+
 def run_daemon(root: str, home_rel: str | None, rsync: str = "rsync",
                poll_interval: float = 1.0) -> int:
     """Run ``rsync --server --daemon`` serving ROOT on our stdin and stdout
@@ -208,7 +218,12 @@ def run_daemon(root: str, home_rel: str | None, rsync: str = "rsync",
     ``_confine``). SIGTERM, SIGINT and SIGHUP are passed on to rsync; if the
     client goes away first, rsync is ended."""
     locks = lock_dir()
-    private = private_dir([root, *([locks] if locks else [])])
+    program = shutil.which(rsync)
+    private = private_dir([root, *(p for p in (locks, program) if p)])
+    if private is None:
+        _warn(f"syncsup-target: the rsync module for {root} is in a temporary directory: no "
+              "private mount could be had here (see the security guide: one confined ROOT "
+              "per account, holding neither /tmp nor $TMPDIR)")
     tmp = private if private is not None else tempfile.mkdtemp(prefix="syncsup-target-")
     try:
         exclude_file = None

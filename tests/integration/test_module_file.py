@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 from inotify_simple import INotify, flags
 
+from syncsup.target._confine import PRIVATE_MOUNTPOINTS
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attack plays a root key")
 
 SERVE = """
@@ -41,18 +43,23 @@ sys.exit(main([sys.argv[1]]))
 
 class Attacker(threading.Thread):
     """Renames ``planted`` over every ``rsyncd.conf`` written in a new
-    ``syncsup-target-*`` directory of ``top``."""
+    ``syncsup-target-*`` directory of ``top``, or in any of the directories
+    a private tmpfs may be mounted on, as this process sees them."""
 
     def __init__(self, top: str, planted: str) -> None:
         super().__init__(daemon=True)
         self.top, self.planted = top, planted
         self.stop = threading.Event()
         self.swaps = 0
+        self.dirs_seen = 0
 
     def run(self) -> None:
         ino = INotify()
-        ino.add_watch(self.top, flags.CREATE | flags.ONLYDIR)
+        top = ino.add_watch(self.top, flags.CREATE | flags.ONLYDIR)
         dirs: dict[int, str] = {}
+        for point in PRIVATE_MOUNTPOINTS:
+            if os.path.isdir(point) and not os.path.islink(point):
+                dirs[ino.add_watch(point, flags.CLOSE_WRITE | flags.MOVED_TO)] = point
         while not self.stop.is_set():
             for ev in ino.read(timeout=100):
                 if ev.wd in dirs:
@@ -64,7 +71,8 @@ class Attacker(threading.Thread):
                             self.swaps += 1
                         except OSError:
                             pass
-                elif ev.name.startswith("syncsup-target-"):
+                elif ev.wd == top and ev.name.startswith("syncsup-target-"):
+                    self.dirs_seen += 1
                     path = os.path.join(self.top, ev.name)
                     try:
                         dirs[ino.add_watch(path, flags.CLOSE_WRITE)] = path
@@ -73,7 +81,7 @@ class Attacker(threading.Thread):
         ino.close()
 
 
-def _transfers(tmp_path: Path, mode: str, n: int) -> tuple[Path, Path, list[int], int]:
+def _transfers(tmp_path: Path, mode: str, n: int) -> tuple[Path, Path, list[int], Attacker]:
     src, root = tmp_path / "src", tmp_path / "root"
     src.mkdir()
     root.mkdir()
@@ -100,18 +108,26 @@ def _transfers(tmp_path: Path, mode: str, n: int) -> tuple[Path, Path, list[int]
     finally:
         attacker.stop.set()
         attacker.join(10)
-    return root, mark, codes, attacker.swaps
+    return root, mark, codes, attacker
+
+
+def _mounts() -> list[str]:
+    return [line.split(" - ")[0].split(" ", 4)[4] for line in
+            Path("/proc/self/mountinfo").read_text().splitlines()]
 
 
 def test_the_module_is_out_of_reach_of_the_accounts_other_processes(tmp_path: Path) -> None:
-    root, mark, codes, swaps = _transfers(tmp_path, "private", 20)
+    before = _mounts()
+    root, mark, codes, attacker = _transfers(tmp_path, "private", 20)
     assert not mark.exists(), f"the planted module ran: {mark.read_text()!r}"
-    assert swaps == 0
+    assert attacker.swaps == 0
+    assert attacker.dirs_seen == 0, "the module went to a temporary directory"
+    assert _mounts() == before, "the private tmpfs showed in this namespace"
     assert codes == [0] * 20
     assert (root / "f").read_text() == "x" * 20
 
 
 def test_control_a_module_in_a_temporary_directory_is_replaced(tmp_path: Path) -> None:
     """Without the private mount the same attack wins: the test above can fail."""
-    _root, mark, _codes, swaps = _transfers(tmp_path, "control", 20)
-    assert swaps > 0 and mark.exists()
+    _root, mark, _codes, attacker = _transfers(tmp_path, "control", 20)
+    assert attacker.swaps > 0 and mark.exists()
