@@ -121,14 +121,14 @@ def private_dir(keep_visible: list[str]) -> str | None:
     replaced in between by any process of the same account, such as code
     in the agent of another key whose ROOT holds that directory, and a
     module's ``early exec`` runs a command. A mount seen only in our
-    namespace is out of every other process's reach, and the mountpoint
-    cannot be renamed from outside by the account (its parent is ``/``).
-    As root a new mount namespace is made here, a slave of the host's (our
-    mounts propagate nowhere; the host's still reach us, so a filesystem
-    unmounted there is not kept alive here);
-    an unprivileged account is already in its own user and mount namespace
-    (:func:`grant_chroot_for_exec`). The tmpfs goes with the namespace when
-    rsync and this process have ended."""
+    namespace is out of their reach (a confined agent cannot follow
+    ``/proc/PID/root``), and the account cannot rename the mountpoint from
+    outside (its parent is ``/``). As root a new mount namespace is made
+    here, a slave of the host's (our mounts propagate nowhere; the host's
+    still reach us, so a filesystem unmounted there is not kept alive
+    here); an unprivileged account is already in its own user and mount
+    namespace (:func:`grant_chroot_for_exec`). The tmpfs goes with the
+    namespace when rsync and this process have ended."""
     libc = _libc()
     if os.geteuid() == 0:
         if libc.unshare(_CLONE_NEWNS) != 0:
