@@ -60,9 +60,10 @@ def children_map() -> dict[int, list[int]]:
     return kids
 
 
-def tree_pids(root: int) -> list[int]:
-    """``root`` and all its live descendants (zombies included)."""
-    kids = children_map()
+def tree_pids(root: int, kids: dict[int, list[int]] | None = None) -> list[int]:
+    """``root`` and all its live descendants (zombies included); ``kids``: a
+    :func:`children_map` already read."""
+    kids = children_map() if kids is None else kids
     out, todo = [], [root]
     while todo:
         p = todo.pop()
@@ -191,11 +192,11 @@ def borrows_memory(pid: int, parent: int) -> bool:
     return same == 0
 
 
-def memory_pids(root: int) -> list[int]:
+def memory_pids(root: int, kids: dict[int, list[int]] | None = None) -> list[int]:
     """The tree's processes whose memory is their own: ``root`` and its
     descendants, less those that borrow their parent's (see
-    :func:`borrows_memory`)."""
-    kids = children_map()
+    :func:`borrows_memory`). ``kids``: a :func:`children_map` already read."""
+    kids = children_map() if kids is None else kids
     out, todo = [root], [root]
     while todo:
         p = todo.pop()
@@ -270,9 +271,10 @@ def tree_memory(root: int) -> TreeMemory:
     Zombies and processes that vanish while being read count as processes
     with no memory (a zombie has none); a ``vfork`` child before its exec
     counts as a process whose memory is its parent's (counted there)."""
-    pids = tree_pids(root)
+    kids = children_map()
+    pids = tree_pids(root, kids)
     rss = pss = 0
-    for pid in memory_pids(root):
+    for pid in memory_pids(root, kids):
         try:
             with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
                 for line in f:

@@ -38,7 +38,6 @@ import shlex
 import stat
 import subprocess
 import sys
-import syslog
 import time
 from typing import NoReturn
 
@@ -201,11 +200,10 @@ def home_inside(root: str) -> str | None:
 
 def _refuse(reason: str, command: str) -> int:
     msg = f"syncsup-target: refused: {reason} (command: {command[:200]!r})"
+    from syncsup.target._daemon import syslog_warning
+
     print(msg, file=sys.stderr)
-    try:
-        syslog.syslog(syslog.LOG_WARNING, msg)
-    except OSError:
-        pass  # no syslog here; stderr reached the client
+    syslog_warning(msg)  # and stderr reached the client
     return 1
 
 

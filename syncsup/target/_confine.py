@@ -33,6 +33,8 @@ import errno
 import os
 import stat
 
+from syncsup.paths import is_within
+
 __all__ = ["ConfineError", "chroot_self", "describe", "grant_chroot_for_exec",
            "limit_daemon_capabilities", "private_dir"]
 
@@ -103,10 +105,6 @@ _MS_REC, _MS_SLAVE = 0x4000, 0x80000
 PRIVATE_MOUNTPOINTS = ("/mnt", "/media", "/srv", "/opt", "/tmp")
 
 
-def _inside(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
-
-
 def private_dir(keep_visible: list[str]) -> str | None:
     """A directory that only this process and its children can see (and
     whoever may ptrace them, who controls the account anyway): a fresh
@@ -137,7 +135,7 @@ def private_dir(keep_visible: list[str]) -> str | None:
             return None
     visible = [os.path.realpath(p) for p in keep_visible]
     for point in PRIVATE_MOUNTPOINTS:
-        if any(_inside(p, point) or _inside(point, p) for p in visible):
+        if any(is_within(p, point) or is_within(point, p) for p in visible):
             continue  # it would hide one of them, or write into ROOT
         try:
             st = os.lstat(point)

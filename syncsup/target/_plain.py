@@ -52,17 +52,15 @@ def run(root: str, read_only: bool) -> int:
     import pwd
     import signal
 
-    from syncsup.paths import relative_to
     from syncsup.target._agent import READ_ONLY, Ids, serve
     from syncsup.target._apply import Applier, Protection
 
-    protection = Protection()
     try:
         home = pwd.getpwuid(os.geteuid()).pw_dir
     except KeyError:
         home = ""
-    if home and relative_to(os.path.realpath(home), root) is not None:
-        protection = Protection.for_home(root, home)
+    # empty unless the home is ROOT or inside it
+    protection = Protection.for_home(root, home) if home else Protection()
     applier = Applier(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), protection)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return serve(applier, {"root": root, "confinement": "descriptors only (no forced "
