@@ -59,18 +59,20 @@ class Attacker(threading.Thread):
         dirs: dict[int, str] = {}
         for point in PRIVATE_MOUNTPOINTS:
             if os.path.isdir(point) and not os.path.islink(point):
-                dirs[ino.add_watch(point, flags.CLOSE_WRITE | flags.MOVED_TO)] = point
+                # MASK_ADD: one of them may be ``top`` itself (/tmp), whose
+                # watch (the same wd) must keep reporting CREATE too.
+                wd = ino.add_watch(point, flags.CLOSE_WRITE | flags.MOVED_TO | flags.MASK_ADD)
+                dirs[wd] = point
         while not self.stop.is_set():
             for ev in ino.read(timeout=100):
-                if ev.wd in dirs:
-                    if ev.name == "rsyncd.conf":
-                        tmp = os.path.join(dirs[ev.wd], ".planted")
-                        try:
-                            Path(tmp).write_text(self.planted)
-                            os.rename(tmp, os.path.join(dirs[ev.wd], "rsyncd.conf"))
-                            self.swaps += 1
-                        except OSError:
-                            pass
+                if ev.wd in dirs and ev.name == "rsyncd.conf":
+                    tmp = os.path.join(dirs[ev.wd], ".planted")
+                    try:
+                        Path(tmp).write_text(self.planted)
+                        os.rename(tmp, os.path.join(dirs[ev.wd], "rsyncd.conf"))
+                        self.swaps += 1
+                    except OSError:
+                        pass
                 elif ev.wd == top and ev.name.startswith("syncsup-target-"):
                     self.dirs_seen += 1
                     path = os.path.join(self.top, ev.name)
@@ -112,8 +114,15 @@ def _transfers(tmp_path: Path, mode: str, n: int) -> tuple[Path, Path, list[int]
 
 
 def _mounts() -> list[str]:
-    return [line.split(" - ")[0].split(" ", 4)[4] for line in
-            Path("/proc/self/mountinfo").read_text().splitlines()]
+    """This namespace's mounts on or below the private tmpfs's candidate
+    mountpoints. Only those: other tests running beside this one mount
+    elsewhere (the systemd proof's container root under /var/tmp)."""
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split(" ")[4]  # octal-escaped; the candidates need no escapes
+        if any(point == p or point.startswith(p + "/") for p in PRIVATE_MOUNTPOINTS):
+            points.append(line.split(" - ")[0].split(" ", 4)[4])
+    return points
 
 
 def test_the_module_is_out_of_reach_of_the_accounts_other_processes(tmp_path: Path) -> None:
