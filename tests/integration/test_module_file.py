@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -89,15 +88,21 @@ def _transfers(tmp_path: Path, mode: str, n: int) -> tuple[Path, Path, list[int]
     root.mkdir()
     mark = tmp_path / "pwned"
     rsh = tmp_path / "rsh"
+    # A temporary directory of this test's own: the control's module is
+    # written there, where no other test's attacker watches (the two tests
+    # may run at once).
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     rsh.write_text("#!/bin/sh\n"
                    "shift\n"  # the host; the rest is the request, as sshd would give it
                    'export SSH_ORIGINAL_COMMAND="$*"\n'
+                   f"export TMPDIR={tmp}\n"
                    f"exec {sys.executable} -P -c '{SERVE}' {root} {mode}\n")
     rsh.chmod(0o755)
     planted = ("use chroot = no\n[syncsup]\n"
                f"    path = {root}\n    read only = no\n    uid = 0\n    gid = 0\n"
                f'    early exec = /bin/sh -c "echo pwned >> {mark}"\n')
-    attacker = Attacker(tempfile.gettempdir(), planted)
+    attacker = Attacker(str(tmp), planted)
     attacker.start()
     codes = []
     try:
