@@ -11,26 +11,38 @@ module over the file the moment it is written. Against a module written
 to a temporary directory (the control) it wins; against the module in a
 tmpfs that only rsync's mount namespace sees, it never finds the file.
 
-Real parts: rsync in daemon mode over a remote-shell stand-in that runs
-``syncsup-target ROOT`` as an sshd forced command would.
+Played twice: by root against a root key (the mount namespace made for
+the module), and by a throw-away account against its own key (the user
+namespace the account enters, with its mount namespace). Real parts: rsync
+in daemon mode over a remote-shell stand-in that runs ``syncsup-target
+ROOT`` as an sshd forced command would.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
+import secrets
 import select
+import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from inotify_simple import INotify, flags
 
 from syncsup.target._confine import PRIVATE_MOUNTPOINTS
+from tests.helpers.attack import SYSTEM_PYTHON, make_site, public_dir, remove_public
+from tests.helpers.procs import pids_of_uid
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attack plays a root key")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="root plays the attacks (a root key, useradd)")
 
 # Runs inside single quotes in a shell script: never a quote in it.
 SERVE = """
@@ -177,3 +189,183 @@ def test_control_a_module_in_a_temporary_directory_is_replaced(tmp_path: Path) -
     """Without the private mount the same attack wins: the test above can fail."""
     _root, mark, _codes, attacker = _transfers(tmp_path, "control", 20)
     assert attacker.swaps > 0 and mark.exists()
+
+
+# ------------------------------------------------ the same attack, unprivileged
+# An account other than root has no mount namespace of its own to make: it
+# enters a user namespace first (with its own mount namespace), and the
+# private tmpfs is mounted there. The attacker is another process of that
+# account, in the host's namespaces, run by the system interpreter (the
+# test's may live under a private /root): inotify through ctypes, and the
+# mount table polled, as above.
+ATTACKER = r"""
+import ctypes, os, select, struct, sys
+top, planted_path, ready, stop, out, points = sys.argv[1:7]
+points = points.split(":")
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(os.O_NONBLOCK)
+def watch(path, mask):
+    return libc.inotify_add_watch(fd, os.fsencode(path), mask)
+def mounts():
+    return {(f[0], f[4]) for f in (line.split() for line in open("/proc/self/mountinfo"))
+            if f[4] in points}
+CLOSE_WRITE, CREATE, ONLYDIR = 0x8, 0x100, 0x01000000
+top_wd = watch(top, CREATE | ONLYDIR)
+dirs = {}
+for p in points:
+    if os.path.isdir(p) and not os.path.islink(p):
+        wd = watch(p, CLOSE_WRITE)
+        if wd >= 0:
+            dirs[wd] = p
+planted = open(planted_path).read()
+baseline, seen, swaps, found, placed = mounts(), set(), 0, 0, []
+table = open("/proc/self/mountinfo", "rb")
+poller = select.poll()
+poller.register(fd, select.POLLIN)
+poller.register(table.fileno(), select.POLLPRI | select.POLLERR)
+open(ready, "w").close()
+while not os.path.exists(stop):
+    for rfd, _ in poller.poll(100):
+        if rfd == table.fileno():
+            table.seek(0)
+            table.read()
+            seen |= mounts() - baseline
+            continue
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            continue
+        i = 0
+        while i < len(data):
+            wd, _mask, _cookie, n = struct.unpack_from("iIII", data, i)
+            name = data[i + 16:i + 16 + n].rstrip(b"\0").decode(errors="replace")
+            i += 16 + n
+            if wd in dirs and name == "rsyncd.conf":
+                conf = os.path.join(dirs[wd], name)
+                tmp = os.path.join(dirs[wd], ".planted")
+                try:
+                    with open(tmp, "w") as f:
+                        f.write(planted)
+                    os.rename(tmp, conf)
+                    swaps += 1
+                    placed.append(conf)
+                except OSError:
+                    pass
+            elif wd == top_wd and name.startswith("syncsup-target-"):
+                found += 1
+                wd2 = watch(os.path.join(top, name), CLOSE_WRITE)
+                if wd2 >= 0:
+                    dirs[wd2] = os.path.join(top, name)
+for conf in placed:
+    try:
+        os.unlink(conf)
+    except OSError:
+        pass
+with open(out, "w") as f:
+    f.write(f"{swaps} {found} {len(seen)}")
+"""
+
+
+@pytest.fixture
+def account() -> Iterator[tuple[Path, int, int]]:
+    """A throw-away account and a directory every user can traverse, owned
+    by root (the account owns what it needs inside)."""
+    if shutil.which("useradd") is None or shutil.which("setpriv") is None:
+        pytest.skip("useradd and setpriv make the throw-away account")
+    if not os.path.exists(SYSTEM_PYTHON):
+        pytest.skip(f"{SYSTEM_PYTHON} runs syncsup-target as another account")
+    base = public_dir("syncsup-modfile-")
+    name = f"smf-{secrets.token_hex(4)}"
+    try:
+        subprocess.run(["useradd", "-M", "-d", str(base / "home"), "-s", "/bin/sh", name],
+                       check=True, capture_output=True)
+        pw = pwd.getpwnam(name)
+        yield base, pw.pw_uid, pw.pw_gid
+    finally:
+        with contextlib.suppress(KeyError):
+            uid = pwd.getpwnam(name).pw_uid
+            for _ in range(50):
+                pids = pids_of_uid(uid)
+                if not pids:
+                    break
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.1)
+            subprocess.run(["userdel", name], capture_output=True)
+        remove_public(base)
+
+
+def _account_transfers(base: Path, uid: int, gid: int, mode: str,
+                       n: int) -> tuple[Path, Path, list[int], tuple[int, int, int]]:
+    site = make_site(base / "site")
+    src = base / "src"
+    src.mkdir()
+    owned = {d: base / d for d in ("root", "tmp", "locks", "home", "attack")}
+    for d in owned.values():
+        d.mkdir(mode=0o700)
+        os.chown(d, uid, gid)
+    mark = owned["attack"] / "pwned"
+    planted = owned["attack"] / "planted.conf"
+    planted.write_text("use chroot = no\n[syncsup]\n"
+                       f"    path = {owned['root']}\n    read only = no\n"
+                       f'    early exec = /bin/sh -c "echo pwned >> {mark}"\n')
+    script = owned["attack"] / "attacker.py"
+    script.write_text(ATTACKER)
+    for f in (planted, script):
+        os.chown(f, uid, gid)
+    ready, stop, out = (owned["attack"] / x for x in ("ready", "stop", "out"))
+    as_account = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+    rsh = base / "rsh"
+    rsh.write_text(
+        "#!/bin/sh\n"
+        "shift\n"  # the host; the rest is the request, as sshd would give it
+        f'exec {" ".join(as_account)} /usr/bin/env -i PATH=/usr/bin:/bin '
+        f"HOME={owned['home']} TMPDIR={owned['tmp']} PYTHONPATH={site} "
+        f'SSH_ORIGINAL_COMMAND="$*" {SYSTEM_PYTHON} -P -c \'{SERVE}\' '
+        f"{owned['root']} {mode} {owned['locks']}\n")
+    rsh.chmod(0o755)
+    attacker = subprocess.Popen(
+        [*as_account, SYSTEM_PYTHON, "-I", str(script), str(owned["tmp"]), str(planted),
+         str(ready), str(stop), str(out), ":".join(PRIVATE_MOUNTPOINTS)],
+        stdin=subprocess.DEVNULL)
+    codes = []
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert attacker.poll() is None and time.monotonic() < deadline, "no attacker"
+            time.sleep(0.05)
+        for i in range(n):
+            (src / "f").write_text("x" * (i + 1))  # a new size each time: no quick-check skip
+            r = subprocess.run(["rsync", "-a", "--no-devices", "-e", str(rsh), f"{src}/",
+                                "x::syncsup/"], stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=60)
+            codes.append(r.returncode)
+    finally:
+        stop.touch()
+        attacker.wait(30)
+    swaps, found, mounts_seen = (int(x) for x in out.read_text().split())
+    return owned["root"], mark, codes, (swaps, found, mounts_seen)
+
+
+def test_an_accounts_module_is_out_of_reach_of_its_other_processes(
+        account: tuple[Path, int, int]) -> None:
+    base, uid, gid = account
+    root, mark, codes, (swaps, found, mounts_seen) = _account_transfers(
+        base, uid, gid, "private", 20)
+    assert not mark.exists(), f"the planted module ran: {mark.read_text()!r}"
+    assert swaps == 0
+    assert found == 0, "the module went to a temporary directory"
+    assert mounts_seen == 0, "the private tmpfs showed in the account's namespace"
+    assert codes == [0] * 20
+    assert (root / "f").read_text() == "x" * 20
+
+
+def test_control_an_accounts_module_in_a_temporary_directory_is_replaced(
+        account: tuple[Path, int, int]) -> None:
+    """Without the private mount the same attack wins as the account: the
+    test above can fail."""
+    base, uid, gid = account
+    _root, mark, _codes, (swaps, _found, _mounts) = _account_transfers(
+        base, uid, gid, "control", 20)
+    assert swaps > 0 and mark.exists()
