@@ -25,6 +25,7 @@ import os
 import pwd
 import secrets
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -48,14 +49,35 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0,
 SERVE = """
 import sys
 import syncsup.target._daemon as d
+chose = d.private_dir
 if sys.argv[2] == "control":
-    d.private_dir = lambda keep: None  # the module in a temporary directory
+    chose = lambda keep: None  # the module in a temporary directory
+def private_dir(keep):
+    # where the module went, for the test to check: a candidate mountpoint
+    point = chose(keep)
+    with open(sys.argv[4], "a") as log:
+        log.write(f"{point}\\n")
+    return point
+d.private_dir = private_dir
 # rsync connection limit counted in a lock directory of this test alone:
 # the other root transfers of the suite (16 at once) share the default one.
 d.lock_dir = lambda: sys.argv[3]
 from syncsup.target._command import main
 sys.exit(main([sys.argv[1]]))
 """
+assert "'" not in SERVE
+
+
+def test_every_candidate_mountpoint_sits_directly_below_the_root() -> None:
+    """Only a process that may write "/" can rename such a directory: an
+    account could rename one it may write (its home, /var/tmp, a temporary
+    directory) and put a directory of its own at the path, which the
+    namespace's path lookups would then find instead of the tmpfs."""
+    assert all(os.path.dirname(p) == "/" for p in PRIVATE_MOUNTPOINTS)
+
+
+def _chosen(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
 
 
 def _mounts() -> set[tuple[str, str]]:
@@ -91,7 +113,7 @@ class Attacker(threading.Thread):
 
     def run(self) -> None:
         ino = INotify()
-        top = ino.add_watch(self.top, flags.CREATE | flags.ONLYDIR)
+        top = ino.add_watch(self.top, flags.CREATE)
         dirs: dict[int, str] = {}
         for point in PRIVATE_MOUNTPOINTS:
             if os.path.isdir(point) and not os.path.islink(point):
@@ -126,8 +148,9 @@ class Attacker(threading.Thread):
                     self.swaps += 1
                     self.planted_at.add(conf)
                 except OSError:
-                    pass
-            elif ev.wd == top and ev.name.startswith("syncsup-target-"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+            elif ev.wd == top:  # anything made in the temporary directory
                 self.dirs_seen += 1
                 path = os.path.join(self.top, ev.name)
                 try:
@@ -136,7 +159,10 @@ class Attacker(threading.Thread):
                     pass
 
 
-def _transfers(tmp_path: Path, mode: str, n: int) -> tuple[Path, Path, list[int], Attacker]:
+def _transfers(tmp_path: Path, mode: str,
+               n: int) -> tuple[Path, Path, list[int], Attacker, list[str]]:
+    """``n`` transfers under attack (the control: until the planted module
+    ran, at most ``n``)."""
     src, root = tmp_path / "src", tmp_path / "root"
     src.mkdir()
     root.mkdir()
@@ -149,11 +175,14 @@ def _transfers(tmp_path: Path, mode: str, n: int) -> tuple[Path, Path, list[int]
     tmp.mkdir()
     locks = tmp_path / "locks"
     locks.mkdir(mode=0o700)
+    chosen = tmp_path / "chosen"
+    q = shlex.quote
     rsh.write_text("#!/bin/sh\n"
                    "shift\n"  # the host; the rest is the request, as sshd would give it
                    'export SSH_ORIGINAL_COMMAND="$*"\n'
-                   f"export TMPDIR={tmp}\n"
-                   f"exec {sys.executable} -P -c '{SERVE}' {root} {mode} {locks}\n")
+                   f"export TMPDIR={q(str(tmp))}\n"
+                   f"exec {q(sys.executable)} -P -c '{SERVE}' {q(str(root))} {mode} "
+                   f"{q(str(locks))} {q(str(chosen))}\n")
     rsh.chmod(0o755)
     planted = ("use chroot = no\n[syncsup]\n"
                f"    path = {root}\n    read only = no\n    uid = 0\n    gid = 0\n"
@@ -164,18 +193,24 @@ def _transfers(tmp_path: Path, mode: str, n: int) -> tuple[Path, Path, list[int]
     try:
         for i in range(n):
             (src / "f").write_text("x" * (i + 1))  # a new size each time: no quick-check skip
-            r = subprocess.run(["rsync", "-a", "--no-devices", "-e", str(rsh), f"{src}/",
-                                "x::syncsup/"], stdin=subprocess.DEVNULL,
+            r = subprocess.run(["rsync", "-a", "--no-devices", "-e", shlex.quote(str(rsh)),
+                                f"{src}/", "x::syncsup/"], stdin=subprocess.DEVNULL,
                                capture_output=True, timeout=60)
             codes.append(r.returncode)
+            if mode == "control" and mark.exists():
+                break
     finally:
         attacker.stop.set()
         attacker.join(10)
-    return root, mark, codes, attacker
+    return root, mark, codes, attacker, _chosen(chosen)
 
 
 def test_the_module_is_out_of_reach_of_the_accounts_other_processes(tmp_path: Path) -> None:
-    root, mark, codes, attacker = _transfers(tmp_path, "private", 20)
+    """Out of reach by any path. A process that may ptrace syncsup-target
+    or rsync still reaches the tmpfs through /proc/PID/root: such a process
+    controls the account already (docs/security.md says so)."""
+    root, mark, codes, attacker, chosen = _transfers(tmp_path, "private", 20)
+    assert chosen and all(c in PRIVATE_MOUNTPOINTS for c in chosen), chosen
     assert not mark.exists(), f"the planted module ran: {mark.read_text()!r}"
     assert attacker.swaps == 0
     assert attacker.dirs_seen == 0, "the module went to a temporary directory"
@@ -187,7 +222,8 @@ def test_the_module_is_out_of_reach_of_the_accounts_other_processes(tmp_path: Pa
 
 def test_control_a_module_in_a_temporary_directory_is_replaced(tmp_path: Path) -> None:
     """Without the private mount the same attack wins: the test above can fail."""
-    _root, mark, _codes, attacker = _transfers(tmp_path, "control", 20)
+    _root, mark, _codes, attacker, chosen = _transfers(tmp_path, "control", 50)
+    assert attacker.dirs_seen > 0 and set(chosen) == {"None"}
     assert attacker.swaps > 0 and mark.exists()
 
 
@@ -209,8 +245,8 @@ def watch(path, mask):
 def mounts():
     return {(f[0], f[4]) for f in (line.split() for line in open("/proc/self/mountinfo"))
             if f[4] in points}
-CLOSE_WRITE, CREATE, ONLYDIR = 0x8, 0x100, 0x01000000
-top_wd = watch(top, CREATE | ONLYDIR)
+CLOSE_WRITE, CREATE = 0x8, 0x100
+top_wd = watch(top, CREATE)
 dirs = {}
 for p in points:
     if os.path.isdir(p) and not os.path.islink(p):
@@ -250,8 +286,11 @@ while not os.path.exists(stop):
                     swaps += 1
                     placed.append(conf)
                 except OSError:
-                    pass
-            elif wd == top_wd and name.startswith("syncsup-target-"):
+                    try:
+                        os.unlink(tmp)
+                    except OSError:
+                        pass
+            elif wd == top_wd:  # anything made in the temporary directory
                 found += 1
                 wd2 = watch(os.path.join(top, name), CLOSE_WRITE)
                 if wd2 >= 0:
@@ -282,22 +321,32 @@ def account() -> Iterator[tuple[Path, int, int]]:
         pw = pwd.getpwnam(name)
         yield base, pw.pw_uid, pw.pw_gid
     finally:
+        # Its processes, then its files, then the account: a uid freed
+        # first could be given to another test's account meanwhile.
+        uid = None
         with contextlib.suppress(KeyError):
             uid = pwd.getpwnam(name).pw_uid
-            for _ in range(50):
-                pids = pids_of_uid(uid)
-                if not pids:
-                    break
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                time.sleep(0.1)
-            subprocess.run(["userdel", name], capture_output=True)
+        for _ in range(50):
+            pids = pids_of_uid(uid) if uid is not None else []
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
         remove_public(base)
+        if uid is not None:
+            for _ in range(20):  # userdel waits for the passwd lock other tests take
+                if subprocess.run(["userdel", name], capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.25)
+            else:
+                pytest.fail(f"userdel {name} failed: the account is left behind")
 
 
-def _account_transfers(base: Path, uid: int, gid: int, mode: str,
-                       n: int) -> tuple[Path, Path, list[int], tuple[int, int, int]]:
+def _account_transfers(base: Path, uid: int, gid: int, mode: str, n: int
+                       ) -> tuple[Path, Path, list[int], tuple[int, int, int], list[str]]:
+    """:func:`_transfers`, as the account."""
     site = make_site(base / "site")
     src = base / "src"
     src.mkdir()
@@ -314,16 +363,18 @@ def _account_transfers(base: Path, uid: int, gid: int, mode: str,
     script.write_text(ATTACKER)
     for f in (planted, script):
         os.chown(f, uid, gid)
-    ready, stop, out = (owned["attack"] / x for x in ("ready", "stop", "out"))
+    ready, stop, out, chosen = (owned["attack"] / x for x in ("ready", "stop", "out", "chosen"))
     as_account = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
     rsh = base / "rsh"
+    q = shlex.quote
     rsh.write_text(
         "#!/bin/sh\n"
         "shift\n"  # the host; the rest is the request, as sshd would give it
         f'exec {" ".join(as_account)} /usr/bin/env -i PATH=/usr/bin:/bin '
-        f"HOME={owned['home']} TMPDIR={owned['tmp']} PYTHONPATH={site} "
+        f"HOME={q(str(owned['home']))} TMPDIR={q(str(owned['tmp']))} "
+        f"PYTHONPATH={q(str(site))} "
         f'SSH_ORIGINAL_COMMAND="$*" {SYSTEM_PYTHON} -P -c \'{SERVE}\' '
-        f"{owned['root']} {mode} {owned['locks']}\n")
+        f"{q(str(owned['root']))} {mode} {q(str(owned['locks']))} {q(str(chosen))}\n")
     rsh.chmod(0o755)
     attacker = subprocess.Popen(
         [*as_account, SYSTEM_PYTHON, "-I", str(script), str(owned["tmp"]), str(planted),
@@ -337,22 +388,33 @@ def _account_transfers(base: Path, uid: int, gid: int, mode: str,
             time.sleep(0.05)
         for i in range(n):
             (src / "f").write_text("x" * (i + 1))  # a new size each time: no quick-check skip
-            r = subprocess.run(["rsync", "-a", "--no-devices", "-e", str(rsh), f"{src}/",
-                                "x::syncsup/"], stdin=subprocess.DEVNULL,
+            r = subprocess.run(["rsync", "-a", "--no-devices", "-e", shlex.quote(str(rsh)),
+                                f"{src}/", "x::syncsup/"], stdin=subprocess.DEVNULL,
                                capture_output=True, timeout=60)
             codes.append(r.returncode)
+            if mode == "control" and mark.exists():
+                break
     finally:
         stop.touch()
-        attacker.wait(30)
+        try:
+            attacker.wait(30)
+        except subprocess.TimeoutExpired:
+            attacker.kill()
+            attacker.wait()
+    assert out.exists(), f"the attacker ended without its counts (rc {attacker.returncode})"
     swaps, found, mounts_seen = (int(x) for x in out.read_text().split())
-    return owned["root"], mark, codes, (swaps, found, mounts_seen)
+    return owned["root"], mark, codes, (swaps, found, mounts_seen), _chosen(chosen)
 
 
 def test_an_accounts_module_is_out_of_reach_of_its_other_processes(
         account: tuple[Path, int, int]) -> None:
     base, uid, gid = account
-    root, mark, codes, (swaps, found, mounts_seen) = _account_transfers(
+    """As for root, by any path (not through /proc/PID/root). The mount
+    table check cannot fail here (an account cannot mount in the host's
+    namespace); it is kept so that both attackers are the same."""
+    root, mark, codes, (swaps, found, mounts_seen), chosen = _account_transfers(
         base, uid, gid, "private", 20)
+    assert chosen and all(c in PRIVATE_MOUNTPOINTS for c in chosen), chosen
     assert not mark.exists(), f"the planted module ran: {mark.read_text()!r}"
     assert swaps == 0
     assert found == 0, "the module went to a temporary directory"
@@ -366,6 +428,7 @@ def test_control_an_accounts_module_in_a_temporary_directory_is_replaced(
     """Without the private mount the same attack wins as the account: the
     test above can fail."""
     base, uid, gid = account
-    _root, mark, _codes, (swaps, _found, _mounts) = _account_transfers(
-        base, uid, gid, "control", 20)
+    _root, mark, _codes, (swaps, found, _mounts), chosen = _account_transfers(
+        base, uid, gid, "control", 50)
+    assert found > 0 and set(chosen) == {"None"}
     assert swaps > 0 and mark.exists()
