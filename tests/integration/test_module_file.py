@@ -159,6 +159,20 @@ class Attacker(threading.Thread):
                     pass
 
 
+def _push(src: Path, rsh: Path, codes: list[int], n: int, until: Path | None) -> None:
+    """``n`` transfers of ``src`` over ``rsh``, each with new content (a new
+    size: no quick-check skip), their exit codes appended to ``codes``;
+    stopping early once ``until`` exists."""
+    for i in range(n):
+        (src / "f").write_text("x" * (i + 1))
+        r = subprocess.run(["rsync", "-a", "--no-devices", "-e", shlex.quote(str(rsh)),
+                            f"{src}/", "x::syncsup/"], stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=60)
+        codes.append(r.returncode)
+        if until is not None and until.exists():
+            return
+
+
 def _transfers(tmp_path: Path, mode: str,
                n: int) -> tuple[Path, Path, list[int], Attacker, list[str]]:
     """``n`` transfers under attack (the control: until the planted module
@@ -189,16 +203,9 @@ def _transfers(tmp_path: Path, mode: str,
                f'    early exec = /bin/sh -c "echo pwned >> {mark}"\n')
     attacker = Attacker(str(tmp), planted)
     attacker.start()
-    codes = []
+    codes: list[int] = []
     try:
-        for i in range(n):
-            (src / "f").write_text("x" * (i + 1))  # a new size each time: no quick-check skip
-            r = subprocess.run(["rsync", "-a", "--no-devices", "-e", shlex.quote(str(rsh)),
-                                f"{src}/", "x::syncsup/"], stdin=subprocess.DEVNULL,
-                               capture_output=True, timeout=60)
-            codes.append(r.returncode)
-            if mode == "control" and mark.exists():
-                break
+        _push(src, rsh, codes, n, until=mark if mode == "control" else None)
     finally:
         attacker.stop.set()
         attacker.join(10)
@@ -380,20 +387,13 @@ def _account_transfers(base: Path, uid: int, gid: int, mode: str, n: int
         [*as_account, SYSTEM_PYTHON, "-I", str(script), str(owned["tmp"]), str(planted),
          str(ready), str(stop), str(out), ":".join(PRIVATE_MOUNTPOINTS)],
         stdin=subprocess.DEVNULL)
-    codes = []
+    codes: list[int] = []
     try:
         deadline = time.monotonic() + 30
         while not ready.exists():
             assert attacker.poll() is None and time.monotonic() < deadline, "no attacker"
             time.sleep(0.05)
-        for i in range(n):
-            (src / "f").write_text("x" * (i + 1))  # a new size each time: no quick-check skip
-            r = subprocess.run(["rsync", "-a", "--no-devices", "-e", shlex.quote(str(rsh)),
-                                f"{src}/", "x::syncsup/"], stdin=subprocess.DEVNULL,
-                               capture_output=True, timeout=60)
-            codes.append(r.returncode)
-            if mode == "control" and mark.exists():
-                break
+        _push(src, rsh, codes, n, until=mark if mode == "control" else None)
     finally:
         stop.touch()
         try:
