@@ -95,11 +95,13 @@ def _mounts() -> set[tuple[str, str]]:
 
 
 class Attacker(threading.Thread):
-    """Renames ``planted`` over every ``rsyncd.conf`` written in a new
-    ``syncsup-target-*`` directory of ``top``, or in any of the directories
+    """Renames ``planted`` over every ``rsyncd.conf`` written in anything
+    new in ``top`` (the temporary directory), or in any of the directories
     a private tmpfs may be mounted on, as this process sees them; and
     records every mount that appears on one of those directories in this
-    namespace while it runs, even one gone again before the end."""
+    namespace while it runs: the table is read again at every change the
+    kernel reports, so a mount gone before the end still counts (one made
+    and undone between two reads would not)."""
 
     def __init__(self, top: str, planted: str) -> None:
         super().__init__(daemon=True)
