@@ -4,7 +4,9 @@ Figures from a 2-core virtual machine and from a workstation are not
 comparable, so every result file records cores, CPU, memory, kernel, the
 versions of rsync and Lsyncd, the syncsup commit (marked when ``syncsup/``
 had uncommitted changes), the load average at the start and the inotify
-queue size (the overflow scenario depends on it).
+queue size (the overflow scenario depends on it), and the filesystem the
+trees live on: what creating, replacing and deleting a file costs depends
+on it more than on anything in either tool (see :func:`filesystem`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,53 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def machine() -> dict[str, Any]:
+def _mount_of(path: Path) -> tuple[str, str, str]:
+    """(mount point, type, source) of the mount holding ``path``: the last
+    line of ``/proc/self/mountinfo`` whose point is ``path`` or above it."""
+    best = ("/", "?", "?")
+    real = os.path.realpath(path)
+    for line in _read("/proc/self/mountinfo").splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        point = fields[4].replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[0]):
+            best = (point, fields[sep + 1], fields[sep + 2])
+    return best
+
+
+def _has_journal(path: Path) -> bool | None:
+    """Does the ext3/ext4 filesystem holding ``path`` have a journal? The
+    kernel lists each journal it runs as ``/proc/fs/jbd2/DEVICE-INODE``.
+    None when the device cannot be named."""
+    dev = os.stat(path).st_dev
+    try:
+        name = os.path.basename(os.readlink(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"))
+    except OSError:
+        return None
+    try:
+        return any(e.startswith(name + "-") for e in os.listdir("/proc/fs/jbd2"))
+    except FileNotFoundError:
+        return False
+
+
+def filesystem(path: Path) -> str:
+    """The filesystem of ``path``, for the record: type, source and mount
+    point, and for ext4 whether it has a journal. Without one, ext4 does not
+    hand out an inode freed in the last 60 s (360 s while its inode-table
+    block is unwritten) and checks each candidate as it looks for a free one:
+    under churn, creating a file costs both tools ten to forty times what it
+    costs on a journaled ext4 (docs/benchmarks.md, eighth pass)."""
+    point, kind, source = _mount_of(path)
+    text = f"{kind} {source} on {point}"
+    if kind in ("ext3", "ext4"):
+        journal = _has_journal(path)
+        if journal is not None:
+            text += " (journal)" if journal else " (no journal)"
+    return text
+
+
+def machine(trees: Path | None = None) -> dict[str, Any]:
     mem = 0
     for line in _read("/proc/meminfo").splitlines():
         if line.startswith("MemTotal:"):
@@ -60,6 +108,7 @@ def machine() -> dict[str, Any]:
         "syncsup_commit": commit + (" (+ uncommitted changes in syncsup/)" if dirty else ""),
         "loadavg_at_start": _read("/proc/loadavg").split()[:3],
         "max_queued_events": int(_read("/proc/sys/fs/inotify/max_queued_events")),
+        "filesystem": filesystem(trees) if trees is not None else "?",
     }
 
 

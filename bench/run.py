@@ -113,6 +113,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tools", nargs="+", metavar="TOOL",
                     help="run only these tools: syncsup syncsup-rsync lsyncd")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs) for inspection")
+    ap.add_argument("--dir", type=Path, default=Path("/tmp"), metavar="DIR",
+                    help="where the run's trees and tool state go (default /tmp): the "
+                         "filesystem weighs on every figure and is recorded")
     return ap.parse_args(argv)
 
 
@@ -195,14 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     selected = args.only or list(scenarios.DEFAULT)
     check_prerequisites()
 
-    base = Path(tempfile.mkdtemp(prefix="ssb-", dir="/tmp"))
+    if not args.dir.is_dir():
+        sys.exit(f"bench: --dir {args.dir}: not a directory")
+    base = Path(tempfile.mkdtemp(prefix="ssb-", dir=args.dir))
     ctx = Ctx(mode, base)
     overrides = {"fanout": args.fanout, "fanout_ssh": args.fanout_ssh,
                  "fanout_files": args.fanout_files, "fanout_kb": args.fanout_kb,
                  "fanout_rest": args.fanout_rest, "fanout_delay": args.fanout_delay}
     Syncsup.max_processes = args.max_processes
     ctx.size = {**ctx.size, **{k: v for k, v in overrides.items() if v}}
-    mach = machine()
+    mach = machine(base)
     started = _dt.datetime.now(_dt.UTC)
     runs = {scn: runs_for(scn, args) for scn in selected}
     runs_txt = describe_runs(runs)
@@ -211,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  {mach['cores']} cores, {mach['memory_gb']} GB, kernel {mach['kernel']}, "
         f"{mach['rsync']}, {mach['lsyncd']}, load {' '.join(mach['loadavg_at_start'])}"
     )
+    print(f"  trees on {mach['filesystem']}")
 
     raw: Raw = {}
     failures: list[str] = []
@@ -253,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     md = (
         f"{mode} run of {_dt.date.today().isoformat()}, {runs_txt} per scenario (medians), "
         f"{mach['cores']} cores, {mach['memory_gb']} GB, kernel {mach['kernel']}, "
-        f"{mach['rsync']}, {mach['lsyncd']}, syncsup {mach['syncsup_commit']}\n\n"
+        f"{mach['rsync']}, {mach['lsyncd']}, syncsup {mach['syncsup_commit']}, "
+        f"trees on {mach['filesystem']}\n\n"
         + table_md(rows)
         + "\n"
     )
