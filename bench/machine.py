@@ -68,7 +68,7 @@ def _has_journal(path: Path) -> bool | None:
 def filesystem(path: Path) -> str:
     """The filesystem of ``path``, for the record: type, source and mount
     point, and for ext4 whether it has a journal. Without one, ext4 does not
-    hand out an inode freed in the last 60 s (360 s while its inode-table
+    hand out an inode freed in the last 60 s (6 minutes while its inode-table
     block is unwritten) and checks each candidate as it looks for a free one:
     under churn, creating a file costs both tools ten to forty times what it
     costs on a journaled ext4 (docs/benchmarks.md, eighth pass)."""
