@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -35,25 +36,37 @@ def _read(path: str) -> str:
         return f.read()
 
 
+def _unescape(field: str) -> str:
+    """A mountinfo field with the kernel's octal escapes (space, tab,
+    newline, backslash) decoded."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def _mount_of(path: Path) -> tuple[str, str, str]:
-    """(mount point, type, source) of the mount holding ``path``: the last
-    line of ``/proc/self/mountinfo`` whose point is ``path`` or above it."""
+    """(mount point, type, source) of the mount holding ``path``: the line
+    of ``/proc/self/mountinfo`` with the deepest mount point at or above
+    it, the later line where a point is mounted twice (the later mount
+    hides the earlier). A child mount hidden by its parent mounted again
+    over it would be named wrongly: not a case the bench meets."""
     best = ("/", "?", "?")
     real = os.path.realpath(path)
     for line in _read("/proc/self/mountinfo").splitlines():
         fields = line.split()
-        sep = fields.index("-")
-        point = fields[4].replace("\\040", " ")
+        sep = fields.index("-")  # optional fields (shared:N, master:N) come before it
+        point = _unescape(fields[4])
         inside = real == point or real.startswith(point.rstrip("/") + "/")
         if inside and len(point) >= len(best[0]):
-            best = (point, fields[sep + 1], fields[sep + 2])
+            best = (point, fields[sep + 1], _unescape(fields[sep + 2]))
     return best
 
 
 def _has_journal(path: Path) -> bool | None:
     """Does the ext3/ext4 filesystem holding ``path`` have a journal? The
-    kernel lists each journal it runs as ``/proc/fs/jbd2/DEVICE-INODE``.
-    None when the device cannot be named."""
+    kernel lists each journal it runs as ``/proc/fs/jbd2/DEVICE-INODE``
+    (no such directory: no journal runs). None when it cannot be told: the
+    device has no name under ``/sys/dev/block``, or ``/proc`` refuses. A
+    journal on a device of its own is listed under that device's name, and
+    reads as none."""
     dev = os.stat(path).st_dev
     try:
         name = os.path.basename(os.readlink(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"))
@@ -63,6 +76,8 @@ def _has_journal(path: Path) -> bool | None:
         return any(e.startswith(name + "-") for e in os.listdir("/proc/fs/jbd2"))
     except FileNotFoundError:
         return False
+    except OSError:
+        return None
 
 
 def filesystem(path: Path) -> str:
@@ -70,7 +85,7 @@ def filesystem(path: Path) -> str:
     point, and for ext4 whether it has a journal. Without one, ext4 does not
     hand out an inode freed in the last 60 s (6 minutes while its inode-table
     block is unwritten) and checks each candidate as it looks for a free one:
-    under churn, creating a file costs both tools ten to forty times what it
+    under churn, creating a file costs both tools ten to sixty times what it
     costs on a journaled ext4 (docs/benchmarks.md, eighth pass)."""
     point, kind, source = _mount_of(path)
     text = f"{kind} {source} on {point}"

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 import signal
 import sys
 import tempfile
@@ -113,7 +114,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tools", nargs="+", metavar="TOOL",
                     help="run only these tools: syncsup syncsup-rsync lsyncd")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs) for inspection")
-    ap.add_argument("--dir", type=Path, default=Path("/tmp"), metavar="DIR",
+    ap.add_argument("--dir", type=lambda d: Path(d).resolve(), default=Path("/tmp"), metavar="DIR",
                     help="where the run's trees and tool state go (default /tmp): the "
                          "filesystem weighs on every figure and is recorded")
     return ap.parse_args(argv)
@@ -200,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.dir.is_dir():
         sys.exit(f"bench: --dir {args.dir}: not a directory")
+    if os.statvfs(args.dir).f_flag & os.ST_NOEXEC:
+        # the ssh scenarios run a script from the tool's work directory
+        sys.exit(f"bench: --dir {args.dir}: mounted noexec; choose another filesystem")
     base = Path(tempfile.mkdtemp(prefix="ssb-", dir=args.dir))
     ctx = Ctx(mode, base)
     overrides = {"fanout": args.fanout, "fanout_ssh": args.fanout_ssh,
