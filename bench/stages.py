@@ -57,6 +57,7 @@ elif str(REPO) not in sys.path:
 from bench.context import Ctx, Session  # noqa: E402
 from bench.converge import ready  # noqa: E402
 from bench.iotrace import STRACE  # noqa: E402
+from bench.machine import filesystem  # noqa: E402
 from bench.tools import Syncsup  # noqa: E402
 from bench.trees import rm_rf  # noqa: E402
 
@@ -157,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=50)
+    ap.add_argument("--dir", type=lambda d: Path(d).resolve(), default=Path("/tmp"),
+                    metavar="DIR", help="where the trees go (default /tmp)")
     args = ap.parse_args(argv)
-    base = Path(tempfile.mkdtemp(prefix="ssb-stages-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="ssb-stages-", dir=args.dir))
+    print(f"trees on {filesystem(base)}", flush=True)
     ctx = Ctx("smoke", base)
     src, dst = base / "src", base / "dst"
     (src / "s").mkdir(parents=True)
