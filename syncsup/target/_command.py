@@ -43,6 +43,7 @@ from typing import NoReturn
 
 from syncsup import __version__
 from syncsup.paths import relative_to
+from syncsup.target import _syslog
 from syncsup.target._confine import ConfineError, describe, grant_chroot_for_exec
 from syncsup.target._kernel import MECHANISMS
 
@@ -200,10 +201,8 @@ def home_inside(root: str) -> str | None:
 
 def _refuse(reason: str, command: str) -> int:
     msg = f"syncsup-target: refused: {reason} (command: {command[:200]!r})"
-    from syncsup.target._daemon import syslog_warning
-
     print(msg, file=sys.stderr)
-    syslog_warning(msg)  # and stderr reached the client
+    _syslog.warn(msg)  # and stderr reached the client
     return 1
 
 

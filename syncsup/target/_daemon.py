@@ -48,14 +48,13 @@ import signal
 import stat
 import subprocess
 import sys
-import syslog
 import tempfile
 from types import FrameType
 
+from syncsup.target import _syslog
 from syncsup.target._confine import limit_daemon_capabilities, private_dir
 
-__all__ = ["ALLOWED_OPTIONS", "MODULE", "daemon_config", "exclude_rules", "run_daemon",
-           "syslog_warning"]
+__all__ = ["ALLOWED_OPTIONS", "MODULE", "daemon_config", "exclude_rules", "run_daemon"]
 
 MODULE = "syncsup"
 
@@ -203,14 +202,6 @@ def _end(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait()
 
 
-def syslog_warning(msg: str) -> None:
-    """``msg`` to syslog at warning priority, if there is a syslog."""
-    try:
-        syslog.syslog(syslog.LOG_WARNING, msg)
-    except OSError:
-        pass  # no syslog here
-
-
 def run_daemon(root: str, home_rel: str | None, rsync: str = "rsync",
                poll_interval: float = 1.0) -> int:
     """Run ``rsync --server --daemon`` serving ROOT on our stdin and stdout
@@ -221,9 +212,9 @@ def run_daemon(root: str, home_rel: str | None, rsync: str = "rsync",
     program = shutil.which(rsync)
     private = private_dir([root, *(p for p in (locks, program) if p)])
     if private is None:
-        syslog_warning(f"syncsup-target: the rsync module for {root} is in a temporary "
-                       "directory: no private mount could be had here (see the security "
-                       "guide: one confined ROOT per account, holding neither /tmp nor $TMPDIR)")
+        _syslog.warn(f"syncsup-target: the rsync module for {root} is in a temporary "
+                     "directory: no private mount could be had here (see the security "
+                     "guide: one confined ROOT per account, holding neither /tmp nor $TMPDIR)")
     tmp = private if private is not None else tempfile.mkdtemp(prefix="syncsup-target-")
     try:
         exclude_file = None
