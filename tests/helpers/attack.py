@@ -20,7 +20,6 @@ import pwd
 import secrets
 import shlex
 import shutil
-import signal
 import stat
 import struct
 import subprocess
@@ -35,7 +34,7 @@ from pathlib import Path
 import msgpack
 
 from tests.helpers.daemon import REPO
-from tests.helpers.procs import assert_no_leftovers, kill_leftovers, pids_of_uid, tree_pids
+from tests.helpers.procs import assert_no_leftovers, end_account, kill_leftovers, tree_pids
 from tests.helpers.sshd import Sshd
 from tests.helpers.tree import b, snapshot
 
@@ -304,19 +303,9 @@ def make_world(kind: str, sshd: AttackSshd) -> Iterator[World]:
         assert_no_leftovers(base)
     finally:
         if name is not None:
-            pw = pwd.getpwnam(name)
-            for _ in range(50):
-                pids = pids_of_uid(pw.pw_uid)
-                if not pids:
-                    break
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.1)
-            subprocess.run(["userdel", name], capture_output=True)
-        remove_public(base)
+            end_account(name, before_delete=lambda: remove_public(base))
+        else:
+            remove_public(base)
 
 
 # ---------------------------------------------------------- talking to it

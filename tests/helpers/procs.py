@@ -1,9 +1,15 @@
-"""Find processes a test left behind, by the test's unique tmp dir in their command line."""
+"""Find processes a test left behind, by the test's unique tmp dir in their command line,
+and end the throw-away accounts of the attack tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
+import signal
+import subprocess
 import time
+from collections.abc import Callable
 
 
 def _cmdline(pid: int) -> bytes | None:
@@ -74,6 +80,39 @@ def pids_of_uid(uid: int) -> list[int]:
             except OSError:
                 pass
     return out
+
+
+def end_account(name: str, before_delete: Callable[[], None] | None = None) -> None:
+    """End a throw-away account: kill its processes (until none is left:
+    userdel refuses an account that runs), run ``before_delete`` (its
+    files: a uid freed first could be handed to another test's account
+    meanwhile), then delete it. AssertionError if it cannot be deleted, for
+    an account left behind outlives the test run."""
+    try:
+        uid: int | None = pwd.getpwnam(name).pw_uid
+    except KeyError:
+        uid = None
+    for _ in range(50):
+        pids = pids_of_uid(uid) if uid is not None else []
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    try:
+        if before_delete is not None:
+            before_delete()
+    finally:
+        if uid is not None:
+            for _ in range(50):  # userdel waits for the passwd lock other tests take
+                r = subprocess.run(["userdel", name], capture_output=True, text=True)
+                if r.returncode == 0:
+                    break
+                time.sleep(0.2)
+            else:
+                raise AssertionError(f"userdel {name}: {r.stderr.strip()}; the account is "
+                                     "left behind")
 
 
 def processes_mentioning(

@@ -27,7 +27,6 @@ import secrets
 import select
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -40,7 +39,7 @@ from inotify_simple import INotify, flags
 
 from syncsup.target._confine import PRIVATE_MOUNTPOINTS
 from tests.helpers.attack import SYSTEM_PYTHON, make_site, public_dir, remove_public
-from tests.helpers.procs import pids_of_uid
+from tests.helpers.procs import end_account
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="root plays the attacks (a root key, useradd)")
@@ -330,27 +329,7 @@ def account() -> Iterator[tuple[Path, int, int]]:
         pw = pwd.getpwnam(name)
         yield base, pw.pw_uid, pw.pw_gid
     finally:
-        # Its processes, then its files, then the account: a uid freed
-        # first could be given to another test's account meanwhile.
-        uid = None
-        with contextlib.suppress(KeyError):
-            uid = pwd.getpwnam(name).pw_uid
-        for _ in range(50):
-            pids = pids_of_uid(uid) if uid is not None else []
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
-        remove_public(base)
-        if uid is not None:
-            for _ in range(20):  # userdel waits for the passwd lock other tests take
-                if subprocess.run(["userdel", name], capture_output=True).returncode == 0:
-                    break
-                time.sleep(0.25)
-            else:
-                pytest.fail(f"userdel {name} failed: the account is left behind")
+        end_account(name, before_delete=lambda: remove_public(base))
 
 
 def _account_transfers(base: Path, uid: int, gid: int, mode: str, n: int

@@ -69,6 +69,7 @@ from tests.helpers.daemon import REPO, Daemon, run_cli, sync_entry, syncsup_env,
 from tests.helpers.procs import (
     assert_no_leftovers,
     cmdline_of,
+    end_account,
     kill_leftovers,
     pids_of_uid,
     tree_pids,
@@ -1263,18 +1264,7 @@ def other_user():
     try:
         yield pw.pw_uid, pw.pw_gid, name
     finally:
-        for pid in pids_of_uid(pw.pw_uid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        r = subprocess.run(["userdel", name], capture_output=True, text=True)
-        for _ in range(50):
-            if r.returncode == 0:
-                break
-            time.sleep(0.2)  # its processes may take a moment to be reaped
-            r = subprocess.run(["userdel", name], capture_output=True, text=True)
-        assert r.returncode == 0, f"userdel {name}: {r.stderr}"
+        end_account(name)
 
 
 @pytest.fixture
