@@ -29,6 +29,10 @@ from syncsup.config import Sync, rule_file_lines
 
 __all__ = ["DirFilter", "RuleList", "exclude_patterns", "expand_rule_files", "plain_excludes"]
 
+# How many directories' verdicts :meth:`RuleList.below_excluded` keeps: a
+# batch's paths share a few directories, asked once per target and step.
+_VERDICTS = 4096
+
 
 def _translate(pattern: bytes) -> bytes:
     out = b""
@@ -156,6 +160,9 @@ class RuleList:
         self.sender: list[tuple[bool, _Rule]] = []
         self.complete = True
         self.receiver_rules = False  # protect or risk rules: deletes on the target differ
+        # directory -> is it or a directory above it excluded? The rules never
+        # change once read, so a verdict holds for as long as this list lives.
+        self._dirs: dict[bytes, bool] = {}
         if sync is None:
             return  # no rules
         for rule in _rules(sync):
@@ -239,9 +246,27 @@ class RuleList:
             for _excl, rule in self.sender)
 
     def below_excluded(self, rel: bytes) -> bool:
-        """Is a directory above ``rel`` excluded by the rules?"""
-        parts = rel.split(b"/")
-        for i in range(1, len(parts)):
+        """Is a directory above ``rel`` excluded by the rules?
+
+        Asked for every name of every step of every target, and the names of
+        a batch share a few directories: the answer is kept per directory
+        (it depends on nothing else)."""
+        parent = rel.rpartition(b"/")[0]
+        if not parent or not self.rules:
+            return False
+        known = self._dirs.get(parent)
+        if known is None:
+            known = self._excluded_dir(parent)
+            if len(self._dirs) >= _VERDICTS:
+                self._dirs.clear()
+            self._dirs[parent] = known
+        return known
+
+    def _excluded_dir(self, directory: bytes) -> bool:
+        """Is ``directory``, or one above it, excluded? Top down, first
+        match wins at each level, as rsync descends."""
+        parts = directory.split(b"/")
+        for i in range(1, len(parts) + 1):
             ancestor = b"/".join(parts[:i])
             for excludes, rule in self.rules:
                 if rule.matches(ancestor, True):

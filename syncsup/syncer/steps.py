@@ -89,25 +89,39 @@ def nearest_sendable(root: bytes, paths: list[bytes]) -> list[bytes]:
     root's and its own user's, who could read the file anyway. Whether the
     rsync in use does is probed at start: ``syncsup.rsync_probe``.)"""
     is_dir: dict[bytes, bool] = {b"": True}
+    # parent -> its first ancestor (itself included) that is not a
+    # directory, or None: the answer depends on the parent alone, and a
+    # batch's names share a few parents
+    stop: dict[bytes, bytes | None] = {b"": None}
     out: dict[bytes, None] = {}
     for path in paths:
-        parts = path.split(b"/")
-        prefix = b""
-        chosen = path
-        for part in parts[:-1]:
-            prefix = prefix + b"/" + part if prefix else part
-            known = is_dir.get(prefix)
-            if known is None:
-                try:
-                    known = stat.S_ISDIR(os.lstat(os.path.join(root, prefix)).st_mode)
-                except OSError:
-                    known = False
-                is_dir[prefix] = known
-            if not known:
-                chosen = prefix
-                break
-        out[chosen] = None
+        parent = path.rpartition(b"/")[0]
+        if parent in stop:
+            chosen = stop[parent]
+        else:
+            chosen = stop[parent] = _first_non_directory(root, parent, is_dir)
+        out[path if chosen is None else chosen] = None
     return list(out)
+
+
+def _first_non_directory(root: bytes, directory: bytes, is_dir: dict[bytes, bool]
+                         ) -> bytes | None:
+    """The first of ``directory`` and its ancestors, top down, that is not a
+    directory in the source (``lstat``: a symlink is not one), or None;
+    ``is_dir`` keeps what was looked up."""
+    prefix = b""
+    for part in directory.split(b"/"):
+        prefix = prefix + b"/" + part if prefix else part
+        known = is_dir.get(prefix)
+        if known is None:
+            try:
+                known = stat.S_ISDIR(os.lstat(os.path.join(root, prefix)).st_mode)
+            except OSError:
+                known = False
+            is_dir[prefix] = known
+        if not known:
+            return prefix
+    return None
 
 
 def agent_names(sync: cfg.Sync, step: Step) -> list[bytes]:

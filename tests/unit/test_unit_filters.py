@@ -5,6 +5,7 @@ something rsync excludes — only costs a watch)."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -138,6 +139,35 @@ def test_below_excluded_is_what_a_recursive_rsync_leaves_out(tree: Path,
     for d in DIRS:  # a recursive rsync sends d only if it sends every directory above
         rel = f"{d}/file"
         assert rules.below_excluded(rel.encode()) == (d not in sent), (filters, rel, sent)
+
+
+@pytest.mark.skipif(rsync is None, reason="rsync not installed")
+@pytest.mark.parametrize("filters", FILTER_SETS)
+def test_below_excluded_keeps_its_answer_per_directory_in_any_order(
+        tree: Path, filters: list[str]) -> None:
+    """One RuleList asked many names (as a target's steps ask, batch after
+    batch) answers each as a fresh one would, whatever came before: names
+    of one directory, of the directories above and below it, in shuffled
+    order, and past the number of directories it keeps."""
+    import syncsup.filters as filters_module
+
+    sent = _rsync_sends(tree, [], filters)
+    rules = RuleList(_sync(filter=tuple(filters)))
+    names = [f"{d}/{leaf}".encode() for d in DIRS for leaf in ("file", "other", "x/deeper")]
+    rng = random.Random(7)
+    for _round in range(3):
+        rng.shuffle(names)
+        for name in names:
+            expect = RuleList(_sync(filter=tuple(filters))).below_excluded(name)
+            assert rules.below_excluded(name) == expect, (filters, name)
+            if name.endswith(b"/file"):  # and what rsync itself does
+                assert expect == (name[:-5].decode() not in sent), (filters, name)
+    many = [b"%s/n%d/f" % (d.encode(), i) for i in range(filters_module._VERDICTS // 8 + 1)
+            for d in DIRS[:9]]
+    for name in many + many[:50]:
+        assert rules.below_excluded(name) == RuleList(
+            _sync(filter=tuple(filters))).below_excluded(name), (filters, name)
+    assert len(rules._dirs) <= filters_module._VERDICTS
 
 
 def test_rules_it_cannot_read_end_the_list() -> None:

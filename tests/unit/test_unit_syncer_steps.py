@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,41 @@ def test_paths_below_a_non_directory_become_that_ancestor(tmp_path: Path) -> Non
     got = nearest_sendable(root, [b"d/e/x", b"file/old/y", b"file/z", b"link/e", b"gone/q",
                                   b"top"])
     assert got == [b"d/e/x", b"file", b"link", b"gone", b"top"]
+
+
+def _nearest_one_by_one(root: bytes, paths: list[bytes]) -> list[bytes]:
+    """What nearest_sendable answers, path by path with nothing kept."""
+    out: dict[bytes, None] = {}
+    for path in paths:
+        parts, chosen = path.split(b"/"), path
+        for i in range(1, len(parts)):
+            prefix = b"/".join(parts[:i])
+            if not os.path.isdir(os.path.join(root, prefix)) or os.path.islink(
+                    os.path.join(root, prefix)):
+                chosen = prefix
+                break
+        out[chosen] = None
+    return list(out)
+
+
+def test_nearest_sendable_answers_as_each_path_asked_alone(tmp_path: Path) -> None:
+    """The answer is kept per parent directory: shuffled names of the same
+    and of nested directories, below files, symlinks and missing entries,
+    get what each would get alone, in the order first seen."""
+    for d in ("a/b/c", "a/d", "e"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "a" / "f").write_text("file")
+    (tmp_path / "g").write_text("file")
+    os.symlink(tmp_path / "a", tmp_path / "lnk")
+    root = os.fsencode(tmp_path)
+    parents = [b"", b"a", b"a/b", b"a/b/c", b"a/d", b"a/f", b"a/f/x", b"g", b"g/h", b"lnk",
+               b"lnk/b", b"gone", b"gone/deeper", b"e", b"a/gone/x"]
+    paths = [b"/".join(p for p in (parent, leaf) if p) for parent in parents
+             for leaf in (b"x", b"y", b"")]
+    rng = random.Random(3)
+    for _ in range(20):
+        rng.shuffle(paths)
+        assert nearest_sendable(root, paths) == _nearest_one_by_one(root, paths)
 
 
 def never_asked() -> bool:
