@@ -33,6 +33,7 @@ __all__ = ["Watcher", "main"]
 log = logging.getLogger("syncsup.watcher")
 
 ACK_LAZY = 0.25  # an ack wakes the loop only if it would sleep longer than this
+STOP_READS = 16  # reads of a queue at a clean stop (1 MiB each) before it counts as filling
 
 
 class Watcher:
@@ -48,6 +49,7 @@ class Watcher:
                              conf.timings.resend_after)
         self.reconnects = Reconnects(self.monitor)
         self.next_root_check = 0.0
+        self.unread: set[str] = set()  # syncs whose queue a clean stop could not empty
         self.mountinfo = open_mountinfo()
         if self.mountinfo is not None:
             self.on_mounts()  # the mount points as they are now: nothing changed yet
@@ -243,11 +245,20 @@ class Watcher:
                                           seen=w.next_seen()))
 
     def flush_held(self) -> None:
-        """At a clean stop: files still held as being written, and changes
-        held to be sent together, go now (the next start would find them by
-        their ctime anyway; this is cheaper)."""
+        """At a clean stop: what the kernel queue still holds is read (a
+        queue read at the coalescer's pace holds what came since its last
+        read), then files still held as being written, and changes held to
+        be sent together, go now (the next start would find them by their
+        ctime anyway; this is cheaper). A queue still not empty after
+        :data:`STOP_READS` reads keeps filling: its sync gets no final
+        seen-point."""
         now = time.monotonic()
         for w in self.syncs:
+            for _ in range(STOP_READS):
+                if w.tree is None or w.ino is None or w.read(now) == 0:
+                    break
+            else:
+                self.unread.add(w.sync.name)
             if w.tree is not None and w.tree.writing:
                 w.held.update(w.tree.release(float("inf"))[0])
             self.send_held(w, now, stopping=True)
@@ -261,7 +272,7 @@ class Watcher:
         self.wait_acks(deadline)
         now = time.monotonic()
         for w in self.syncs:
-            if w.idle(self.outbox):
+            if w.idle(self.outbox) and w.sync.name not in self.unread:
                 self.send(self.outbox.add(w.sync.name, proto.Changes(), now,
                                           seen=w.next_seen()))
         self.wait_acks(deadline)

@@ -192,15 +192,16 @@ class SyncWatch:
         self.ino = self.tree = None
         self.coalescer.reset()
 
-    def read(self, now: float) -> None:
+    def read(self, now: float) -> int:
         """One read of the inotify queue into ``held`` (files still being
-        written are held in the tree until closed)."""
+        written are held in the tree until closed); the bytes read (0: the
+        queue was empty)."""
         assert self.ino is not None and self.tree is not None
         try:
             data = os.read(self.ino.fileno(), READ_SIZE)
         except BlockingIOError:
             self.coalescer.read_done(now, 0)
-            return
+            return 0
         self.coalescer.read_done(now, len(data))
         changes, signals = self.tree.apply(parse(data), now)
         self.held.update(changes)
@@ -214,6 +215,7 @@ class SyncWatch:
             self.rescan(b"", "events were lost")
         if signals.root_gone:
             self.root_gone(now, "moved, deleted or unmounted")
+        return len(data)
 
     def root_gone(self, now: float, why: str) -> None:
         """The watched root is gone (inotify said so, or the walk found no

@@ -36,10 +36,24 @@ SEEN_DELAY, ROOT_POLL, MARGIN = T.seen_delay, T.root_poll, T.seen_margin
 
 def test_the_window_is_a_share_of_the_delay_and_bounded() -> None:
     assert hold_window(0) == 0
-    assert hold_window(0.5) == pytest.approx(0.2)
+    assert hold_window(0.5) == pytest.approx(0.4)
     assert hold_window(15) == HOLD_MAX
-    assert hold_window(2) == pytest.approx(0.8)
+    assert hold_window(1) == pytest.approx(0.8)
+    assert hold_window(2) == HOLD_MAX
     assert hold_window(3600) == HOLD_MAX
+
+
+def test_a_paced_queue_holds_less_than_a_seen_points_margin() -> None:
+    """What a queue read at the pace holds unread when an idle sync's
+    seen-point is taken is at most READ_EVERY old; the next start compares
+    by content what changed within seen_margin of it, which can never be
+    set below its floor."""
+    import dataclasses
+
+    floor = next(f.metadata["floor"] for f in dataclasses.fields(Timings)
+                 if f.name == "seen_margin")
+    assert floor > READ_EVERY
+    assert max(hold_window(d) for d in (0.1, 0.5, 1, 15)) <= HOLD_MAX
 
 
 def test_no_delay_sends_at_once_and_always_polls() -> None:
