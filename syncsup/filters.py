@@ -251,9 +251,9 @@ class RuleList:
         Asked for every name of every step of every target, and the names of
         a batch share a few directories: the answer is kept per directory
         (it depends on nothing else)."""
-        parent = rel.rpartition(b"/")[0]
-        if not parent or not self.rules:
+        if b"/" not in rel or not self.rules:
             return False
+        parent = rel.rpartition(b"/")[0]
         known = self._dirs.get(parent)
         if known is None:
             known = self._excluded_dir(parent)

@@ -249,32 +249,56 @@ class Watcher:
         queue read at the coalescer's pace holds what came since its last
         read), then files still held as being written, and changes held to
         be sent together, go now (the next start would find them by their
-        ctime anyway; this is cheaper). A queue still not empty after
-        :data:`STOP_READS` reads keeps filling: its sync gets no final
-        seen-point."""
+        ctime anyway; this is cheaper)."""
         now = time.monotonic()
         for w in self.syncs:
-            for _ in range(STOP_READS):
-                if w.tree is None or w.ino is None or w.read(now) == 0:
-                    break
-            else:
+            if not self.read_at_stop(w, now):
                 self.unread.add(w.sync.name)
             if w.tree is not None and w.tree.writing:
                 w.held.update(w.tree.release(float("inf"))[0])
             self.send_held(w, now, stopping=True)
 
+    def read_at_stop(self, w: SyncWatch, now: float) -> bool:
+        """Read what ``w``'s kernel queue holds into ``w.held``, at most
+        :data:`STOP_READS` times; True when it was found empty (or ``w``
+        has no queue). After each read the coalescer dates what was read,
+        so that a message never says its changes came later than they did."""
+        for _ in range(STOP_READS):
+            if w.tree is None or w.ino is None:
+                return True
+            try:
+                if w.read(now) == 0:
+                    return True
+            except OSError as exc:
+                log.warning("%s: reading its inotify queue at the stop failed: %s", w.sync.name,
+                            exc)
+                return False
+            self.send_held(w, now)
+        return False  # still filling
+
     def final_seen(self) -> None:
         """At a clean stop: a seen-point for every idle sync, acknowledged
         before we go (a bounded wait), so that the next start compares only
         what changes while syncsup is not running. What :meth:`flush_held`
-        just sent is acknowledged first: a sync is idle only then."""
+        just sent is acknowledged first: a sync is idle only then. Its queue
+        is read once more right before: what came during that wait goes
+        instead, and that sync gets no seen-point. A sync that gets none
+        (changes still coming, a walk a read asked for, unacknowledged
+        messages) is compared from its previous seen-point at the next
+        start, as after a crash."""
         deadline = time.monotonic() + self.t.final_ack_wait
         self.wait_acks(deadline)
         now = time.monotonic()
         for w in self.syncs:
-            if w.idle(self.outbox) and w.sync.name not in self.unread:
+            if (w.idle(self.outbox) and w.sync.name not in self.unread
+                    and self.read_at_stop(w, now) and not w.held):
                 self.send(self.outbox.add(w.sync.name, proto.Changes(), now,
                                           seen=w.next_seen()))
+                continue
+            self.send_held(w, now, stopping=True)
+            if w.tree is not None:
+                log.info("%s: still busy at the stop: no seen-point; the next start "
+                         "compares what changed since the previous one", w.sync.name)
         self.wait_acks(deadline)
 
     def wait_acks(self, deadline: float) -> None:

@@ -32,8 +32,11 @@ Why this keeps every guarantee:
 * the message carries a moment no later than its oldest change
   (``first``): for a queue read at the pace, the previous read (everything
   the queue holds arrived after it), else the read itself; the collator
-  counts the delay from then, so holding never makes a batch later than
-  ``delay`` after a change;
+  counts the delay from then, so holding does not make a batch later than
+  ``delay`` after a change, as long as the message reaches the journal in
+  what the window leaves of ``delay`` (:func:`hold_window`: at least 0.1 s,
+  or 0.6 of a delay under 0.25 s); one that comes later makes its batch go
+  out as it arrives;
 * a queue read at the pace may hold, unread, what came since its last
   read (at most :data:`READ_EVERY` old) when an idle sync's seen-point is
   taken; the next start compares by content every file changed within
@@ -55,9 +58,8 @@ message per batch the collator hands out, where 0.4 of ``delay`` read
 every 0.2 s sent two; measured under steady churn, the watcher's and the
 collator's CPU per event fell by a third and the whole tree's by a fifth.
 A window that is also read twice (0.8, every 0.2 s) costs more than it
-saves. What is left of ``delay`` (0.1 s at 0.5) is for the message to
-be journaled before the batch is due; a late message only makes that
-batch go out as it arrives, since ``first`` still dates its changes.
+saves. At ``delay = 1`` (the default) the window is 0.8 s and the queue is
+read twice in it.
 """
 
 from __future__ import annotations
@@ -79,11 +81,13 @@ from syncsup.watcher.tree import (
     Blind,
 )
 
-__all__ = ["FLOOD_BYTES", "HOLD_MAX", "HOLD_SHARE", "READ_EVERY", "SEND_NOW", "BlindNews",
-           "BlindReports", "Coalescer", "Rewalk", "RootVerdict", "RootWatch", "SeenPoints",
-           "hold_window", "rewalk_blind"]
+__all__ = ["FLOOD_BYTES", "HOLD_LEAVE", "HOLD_MAX", "HOLD_MIN_SHARE", "HOLD_SHARE",
+           "READ_EVERY", "SEND_NOW", "BlindNews", "BlindReports", "Coalescer", "Rewalk",
+           "RootVerdict", "RootWatch", "SeenPoints", "hold_window", "rewalk_blind"]
 
 HOLD_SHARE = 0.8    # the window's share of the sync's delay
+HOLD_LEAVE = 0.1    # seconds of the delay left after the window, where it allows
+HOLD_MIN_SHARE = 0.4  # the window's share of a delay too short to leave HOLD_LEAVE
 HOLD_MAX = 1.0      # seconds changes are held at most, whatever the delay
 READ_EVERY = 0.4    # seconds between reads of a queue while changes keep coming
 FLOOD_BYTES = 64 * 1024  # a read this big is a flood: read again at once
@@ -91,8 +95,15 @@ SEND_NOW = 5000     # entries held that go at once, window or not (memory, messa
 
 
 def hold_window(delay: float) -> float:
-    """How long a sync with this ``delay`` holds changes before sending them."""
-    return max(0.0, min(delay * HOLD_SHARE, HOLD_MAX))
+    """How long a sync with this ``delay`` holds changes before sending them:
+    :data:`HOLD_SHARE` of it, leaving :data:`HOLD_LEAVE` for the message to
+    reach the journal before its batch is due; a delay too short for both
+    gets :data:`HOLD_MIN_SHARE` of it, or what leaves that, whichever is more
+    (0.4 s at ``delay = 0.5``, 0.1 s at 0.2, 0.02 s at 0.05)."""
+    if delay <= 0:
+        return 0.0
+    leaving = max(delay * HOLD_MIN_SHARE, delay - HOLD_LEAVE)
+    return min(delay * HOLD_SHARE, leaving, HOLD_MAX)
 
 
 class Coalescer:

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from syncsup.statedir import StateDir
-from syncsup.watcher.core import HOLD_MAX, HOLD_SHARE
+from syncsup.watcher.core import HOLD_MAX, HOLD_SHARE, READ_EVERY
 from tests.helpers.daemon import Daemon, sync_entry
 from tests.helpers.procs import assert_no_leftovers
 from tests.helpers.tree import wait_converged, write
@@ -58,7 +58,9 @@ def test_a_watcher_killed_while_holding_changes_loses_none(tmp_path, src, dst,
         write(src / "new" / f"f{i:02d}", os.urandom(300))
     os.rename(src / "old" / "a", src / "new" / "moved")
     os.unlink(src / "new" / "f05")
-    time.sleep(0.3)  # read by now (an idle queue is read as soon as it is readable)
+    # Read by now (the first at once, the others at the pace), held: the
+    # window of 1 s started with the first.
+    time.sleep(READ_EVERY + 0.2)
     os.kill(pid, signal.SIGKILL)
     d.wait_for(lambda st: any(c["role"] == "watcher" and c["restarts"] >= 1
                               and c["state"] == "running" for c in st["components"]),

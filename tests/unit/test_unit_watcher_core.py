@@ -15,7 +15,9 @@ from syncsup.seen import Seen
 from syncsup.timings import Timings
 from syncsup.watcher.core import (
     FLOOD_BYTES,
+    HOLD_LEAVE,
     HOLD_MAX,
+    HOLD_MIN_SHARE,
     READ_EVERY,
     SEND_NOW,
     BlindNews,
@@ -40,6 +42,20 @@ def test_the_window_is_a_share_of_the_delay_and_bounded() -> None:
     assert hold_window(15) == HOLD_MAX
     assert hold_window(1) == pytest.approx(0.8)
     assert hold_window(2) == HOLD_MAX
+    assert hold_window(0.2) == pytest.approx(0.1)  # leaves 0.1 s
+    assert hold_window(0.05) == pytest.approx(0.02)  # too short for that: 0.4 of it
+    assert hold_window(-1) == 0
+
+
+def test_the_window_leaves_time_for_the_journal() -> None:
+    """What the window leaves of the delay is when the message must reach
+    the journal for its batch not to be late: 0.1 s, or 0.6 of a delay
+    too short for that, never less."""
+    for ms in range(1, 3001):
+        delay = ms / 1000
+        left = delay - hold_window(delay)
+        assert left >= min(HOLD_LEAVE, delay * (1 - HOLD_MIN_SHARE)) - 1e-9, delay
+        assert hold_window(delay) >= min(delay * HOLD_MIN_SHARE, HOLD_MAX) - 1e-9, delay
     assert hold_window(3600) == HOLD_MAX
 
 
@@ -53,7 +69,6 @@ def test_a_paced_queue_holds_less_than_a_seen_points_margin() -> None:
     floor = next(f.metadata["floor"] for f in dataclasses.fields(Timings)
                  if f.name == "seen_margin")
     assert floor > READ_EVERY
-    assert max(hold_window(d) for d in (0.1, 0.5, 1, 15)) <= HOLD_MAX
 
 
 def test_no_delay_sends_at_once_and_always_polls() -> None:
