@@ -16,12 +16,14 @@ of an event is almost all fixed cost per wake-up and per message (a poll,
 a ZeroMQ round trip, a journal transaction in the collator, an ack), not
 per path: a blocking poll that wakes costs 50 to 100 µs of CPU by itself
 on a virtual machine, more than the Python work for a few events. So
-with a ``delay`` the watcher holds what it read for a short window
-(:data:`HOLD_SHARE` of ``delay``, at most :data:`HOLD_MAX`) and sends it as
-one message, and reads a busy queue only every :data:`READ_EVERY` (or the
-window, if shorter): one wake-up then covers every event that arrived in
-between, and, the pace being the window, every paced read sends what it
-read at once (one turn of the loop per message, not two).
+with a ``delay`` the watcher holds what it read for the delay itself (at
+most :data:`HOLD_MAX`) and sends it as one message, and reads a busy queue
+only every :data:`READ_EVERY` (or the window, if shorter): one wake-up
+then covers every event that arrived in between, and, the pace being the
+window, every paced read sends what it read at once (one turn of the loop
+per message, not two). The message reaches the collator when its batch
+is due, so the collator records it and hands the batch out in the same
+turn: one read, one message and one wake-up of each process per batch.
 
 Why this keeps every guarantee:
 
@@ -32,11 +34,12 @@ Why this keeps every guarantee:
 * the message carries a moment no later than its oldest change
   (``first``): for a queue read at the pace, the previous read (everything
   the queue holds arrived after it), else the read itself; the collator
-  counts the delay from then, so holding does not make a batch later than
-  ``delay`` after a change, as long as the message reaches the journal in
-  what the window leaves of ``delay`` (:func:`hold_window`: at least 0.1 s,
-  or 0.6 of a delay under 0.25 s); one that comes later makes its batch go
-  out as it arrives;
+  counts the delay from then, so a batch goes out ``delay`` after its
+  oldest change plus the time its message takes to reach the journal (a
+  millisecond or two on an idle machine);
+* enough changes go at once, window or not: ``max_delays`` of the sync
+  (the collator flushes a batch at that many, as Lsyncd does), at most
+  :data:`SEND_NOW`; so do rescans;
 * a queue read at the pace may hold, unread, what came since its last
   read (at most :data:`READ_EVERY` old) when an idle sync's seen-point is
   taken; the next start compares by content every file changed within
@@ -45,21 +48,21 @@ Why this keeps every guarantee:
 * ``delay = 0`` holds nothing and reads at once: the latency path is the
   same as before;
 * the kernel queue absorbs what arrives while the queue is not read
-  (``max_queued_events``, 16 384 by default: 0.4 s of 40 000 events a
+  (``max_queued_events``, 16 384 by default: 0.5 s of 32 000 events a
   second); a read that comes back big (a flood) is followed by the next
   read at once, so the queue is never left unread for long while it
   fills, and a queue that overflows anyway is rescanned.
 
-Why the window is most of ``delay`` and the pace the window: each read
-and each message wakes the watcher, the collator (a transaction, an ack)
-and their ZeroMQ threads, whatever it carries. A window of 0.8 of
-``delay`` with a read per window (0.4 s at ``delay = 0.5``) sends one
-message per batch the collator hands out, where 0.4 of ``delay`` read
-every 0.2 s sent two; measured under steady churn, the watcher's and the
-collator's CPU per event fell by a third and the whole tree's by a fifth.
-A window that is also read twice (0.8, every 0.2 s) costs more than it
-saves. At ``delay = 1`` (the default) the window is 0.8 s and the queue is
-read twice in it.
+Why the whole delay: each read and each message wakes the watcher, the
+collator (a transaction, an ack, then a timer for the batch) and their
+ZeroMQ threads, whatever it carries. Measured under steady churn at
+``delay = 0.5`` (docs/benchmarks.md), against a window of 0.4 of the delay
+read every 0.2 s: the collator woke 15 times a second instead of 32, its
+CPU per event fell by half, the whole tree's by a third, and the last
+change reached the target in 0.1 s instead of 0.25 (the batch no longer
+waits for a timer after its message). A window shorter than the delay
+makes a message arrive before its batch is due, and the collator wakes
+again for it; a window read twice costs a second wake-up.
 """
 
 from __future__ import annotations
@@ -81,29 +84,20 @@ from syncsup.watcher.tree import (
     Blind,
 )
 
-__all__ = ["FLOOD_BYTES", "HOLD_LEAVE", "HOLD_MAX", "HOLD_MIN_SHARE", "HOLD_SHARE",
-           "READ_EVERY", "SEND_NOW", "BlindNews", "BlindReports", "Coalescer", "Rewalk",
-           "RootVerdict", "RootWatch", "SeenPoints", "hold_window", "rewalk_blind"]
+__all__ = ["FLOOD_BYTES", "HOLD_MAX", "READ_EVERY", "SEND_NOW", "BlindNews", "BlindReports",
+           "Coalescer", "Rewalk", "RootVerdict", "RootWatch", "SeenPoints", "hold_window",
+           "rewalk_blind"]
 
-HOLD_SHARE = 0.8    # the window's share of the sync's delay
-HOLD_LEAVE = 0.1    # seconds of the delay left after the window, where it allows
-HOLD_MIN_SHARE = 0.4  # the window's share of a delay too short to leave HOLD_LEAVE
 HOLD_MAX = 1.0      # seconds changes are held at most, whatever the delay
-READ_EVERY = 0.4    # seconds between reads of a queue while changes keep coming
+READ_EVERY = 0.5    # seconds between reads of a queue while changes keep coming
 FLOOD_BYTES = 64 * 1024  # a read this big is a flood: read again at once
 SEND_NOW = 5000     # entries held that go at once, window or not (memory, message size)
 
 
 def hold_window(delay: float) -> float:
     """How long a sync with this ``delay`` holds changes before sending them:
-    :data:`HOLD_SHARE` of it, leaving :data:`HOLD_LEAVE` for the message to
-    reach the journal before its batch is due; a delay too short for both
-    gets :data:`HOLD_MIN_SHARE` of it, or what leaves that, whichever is more
-    (0.4 s at ``delay = 0.5``, 0.1 s at 0.2, 0.02 s at 0.05)."""
-    if delay <= 0:
-        return 0.0
-    leaving = max(delay * HOLD_MIN_SHARE, delay - HOLD_LEAVE)
-    return min(delay * HOLD_SHARE, leaving, HOLD_MAX)
+    the delay itself, at most :data:`HOLD_MAX`."""
+    return max(0.0, min(delay, HOLD_MAX))
 
 
 class Coalescer:
@@ -116,8 +110,9 @@ class Coalescer:
     watcher's monotonic clock; the caller passes ``now``.
     """
 
-    def __init__(self, window: float) -> None:
+    def __init__(self, window: float, send_now: int = SEND_NOW) -> None:
         self.window = window
+        self.send_now = min(send_now, SEND_NOW)  # this many held go at once
         self.read_every = min(window, READ_EVERY)
         self.held_since: float | None = None
         self.next_read = 0.0
@@ -162,7 +157,7 @@ class Coalescer:
             since = self.arrived_after
             first = now if since is None else min(now, since)
         if (stopping or self.window <= 0 or now >= first + self.window
-                or held.size() >= SEND_NOW or held.trees or held.verify):
+                or held.size() >= self.send_now or held.trees or held.verify):
             self.held_since = self.arrived_after = None
             return first
         self.held_since = first

@@ -74,7 +74,9 @@ class SyncWatch:
         self.ino: INotify | None = None
         self.tree: WatchTree | None = None
         self.held = proto.Changes()
-        self.coalescer = Coalescer(hold_window(sync.delay))  # when to read, when to send
+        # when to read, when to send (max_delays changes flush a batch: they
+        # go at once)
+        self.coalescer = Coalescer(hold_window(sync.delay), sync.max_delays)
         self.overflows = 0
         self.needed = 0                    # max_user_watches that would cover the tree
         self.blind_reports = BlindReports()  # blind subtrees already logged

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from syncsup.statedir import StateDir
-from syncsup.watcher.core import HOLD_MAX, HOLD_SHARE, READ_EVERY
+from syncsup.watcher.core import HOLD_MAX, READ_EVERY
 from tests.helpers.daemon import Daemon, sync_entry
 from tests.helpers.procs import assert_no_leftovers
 from tests.helpers.tree import wait_converged, write
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(300)
 # The shortest delay with the longest hold window (1 s): the changes are
 # held as long as they can be, and the batch after a restart's rescan
 # waits no longer than it must.
-DELAY = HOLD_MAX / HOLD_SHARE
+DELAY = HOLD_MAX
 NAME = "www"
 
 

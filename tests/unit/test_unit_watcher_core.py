@@ -15,9 +15,7 @@ from syncsup.seen import Seen
 from syncsup.timings import Timings
 from syncsup.watcher.core import (
     FLOOD_BYTES,
-    HOLD_LEAVE,
     HOLD_MAX,
-    HOLD_MIN_SHARE,
     READ_EVERY,
     SEND_NOW,
     BlindNews,
@@ -36,27 +34,24 @@ T = Timings(seen_delay=2.0, seen_margin=1.0, root_poll=0.5)  # small, as the tes
 SEEN_DELAY, ROOT_POLL, MARGIN = T.seen_delay, T.root_poll, T.seen_margin
 
 
-def test_the_window_is_a_share_of_the_delay_and_bounded() -> None:
+def test_the_window_is_the_delay_and_bounded() -> None:
     assert hold_window(0) == 0
-    assert hold_window(0.5) == pytest.approx(0.4)
-    assert hold_window(15) == HOLD_MAX
-    assert hold_window(1) == pytest.approx(0.8)
-    assert hold_window(2) == HOLD_MAX
-    assert hold_window(0.2) == pytest.approx(0.1)  # leaves 0.1 s
-    assert hold_window(0.05) == pytest.approx(0.02)  # too short for that: 0.4 of it
     assert hold_window(-1) == 0
-
-
-def test_the_window_leaves_time_for_the_journal() -> None:
-    """What the window leaves of the delay is when the message must reach
-    the journal for its batch not to be late: 0.1 s, or 0.6 of a delay
-    too short for that, never less."""
-    for ms in range(1, 3001):
-        delay = ms / 1000
-        left = delay - hold_window(delay)
-        assert left >= min(HOLD_LEAVE, delay * (1 - HOLD_MIN_SHARE)) - 1e-9, delay
-        assert hold_window(delay) >= min(delay * HOLD_MIN_SHARE, HOLD_MAX) - 1e-9, delay
+    assert hold_window(0.05) == pytest.approx(0.05)
+    assert hold_window(0.5) == pytest.approx(0.5)
+    assert hold_window(1) == HOLD_MAX
+    assert hold_window(15) == HOLD_MAX
     assert hold_window(3600) == HOLD_MAX
+
+
+def test_max_delays_changes_go_at_once() -> None:
+    """The collator flushes a batch at ``max_delays`` changes: the watcher
+    must not hold that many for its window."""
+    c, clock = Coalescer(1.0, send_now=3), FakeClock()
+    assert c.take(Changes(paths={b"a", b"b"}), clock()) is None
+    assert c.take(Changes(paths={b"a", b"b", b"c"}), clock()) is not None
+    big = Coalescer(1.0, send_now=SEND_NOW * 10)
+    assert big.send_now == SEND_NOW  # never more held than a message carries
 
 
 def test_a_paced_queue_holds_less_than_a_seen_points_margin() -> None:
@@ -114,7 +109,8 @@ def test_a_read_that_cannot_happen_wakes_nothing() -> None:
     c, clock = Coalescer(1.0), FakeClock()
     c.read_done(clock(), 200)
     read_at = clock.now
-    clock.advance(2 * READ_EVERY)
+    clock.advance(1.5 * READ_EVERY)  # a read is due, the window not out
+    assert c.read_due(clock())
     assert c.wake_at(reading=False) is None
     held = Changes(paths={b"a"})
     c.take(held, clock())
