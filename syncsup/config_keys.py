@@ -104,7 +104,8 @@ SYNC = (
     _k("init", "bool", """`false` skips the startup sync (you vouch the targets are
        current); rescans after lost events still run."""),
     _k("max_delays", "integer", """this many changes flush a batch before `delay` has
-       passed."""),
+       passed (counted as the watcher reads them: within 0.5 s while changes keep
+       coming)."""),
     _k("max_delete", "integer", """refuse to delete more than this many entries in one
        transfer (`--max-delete`); hitting it halts the target (state `failed`) until
        `syncsup resync` or `resume`. 0: no limit."""),

@@ -127,7 +127,9 @@ class Watcher:
         watch did): one message for every change read meanwhile."""
         first = w.coalescer.take(w.held, now, stopping or w.tree is None)
         if first is not None:
-            wall = time.time() - (now - first)
+            # the wall clock of ``first``: ``now`` may be the start of a
+            # turn that served other syncs first
+            wall = time.time() - (time.monotonic() - first)
             self.send(self.outbox.add(w.sync.name, w.held, now, first=wall))
             w.held = proto.Changes()
 
@@ -290,8 +292,11 @@ class Watcher:
         self.wait_acks(deadline)
         now = time.monotonic()
         for w in self.syncs:
+            # idle before the read and after it: what the read found may
+            # have been sent at once (unacknowledged), or asked for a walk,
+            # or stopped the watch
             if (w.idle(self.outbox) and w.sync.name not in self.unread
-                    and self.read_at_stop(w, now) and not w.held):
+                    and self.read_at_stop(w, now) and w.idle(self.outbox)):
                 self.send(self.outbox.add(w.sync.name, proto.Changes(), now,
                                           seen=w.next_seen()))
                 continue

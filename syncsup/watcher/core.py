@@ -118,16 +118,24 @@ class Coalescer:
         self.next_read = 0.0
         self.last_read: float | None = None
         self.arrived_after: float | None = None
+        # after a flood read: what it read arrived after this, and so did
+        # what it left in the queue (the queue keeps the order of events)
+        self.flood_after: float | None = None
 
     def read_done(self, now: float, nbytes: int) -> None:
         """A read of the queue returned ``nbytes`` (0: it was empty). An
         empty queue is polled from now on, a busy one read again after
         :attr:`read_every`, a flooded one at once. What a read at the pace
         returns arrived after the previous read; what a polled queue
-        returns, just now."""
+        returns, just now; what a read right after a flood returns, after
+        what the flood read."""
         paced = self.next_read != 0.0 and self.last_read is not None
-        self.arrived_after = self.last_read if paced else now
+        if self.flood_after is not None:
+            self.arrived_after = self.flood_after
+        else:
+            self.arrived_after = self.last_read if paced else now
         self.last_read = now
+        self.flood_after = self.arrived_after if nbytes >= FLOOD_BYTES else None
         if nbytes == 0 or nbytes >= FLOOD_BYTES or self.read_every <= 0:
             self.next_read = 0.0
         else:
@@ -176,7 +184,7 @@ class Coalescer:
     def reset(self) -> None:
         """The queue is gone (the watch stopped): the next one is polled."""
         self.next_read = 0.0
-        self.last_read = self.arrived_after = None
+        self.last_read = self.arrived_after = self.flood_after = None
 
 
 class SeenPoints:

@@ -1,5 +1,5 @@
 """The watcher's hold window: with a ``delay``, changes read from inotify
-are held for a share of it (at most a second) and sent as one message.
+are held for the delay (at most a second) and sent as one message.
 
 * A watcher SIGKILLed while it holds changes loses none of them: the next
   start rescans what changed since the last seen-point, which is never
@@ -13,6 +13,7 @@ Each test ends with a byte comparison and a check that no process is left.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -42,6 +43,18 @@ def journal_paths(d: Daemon) -> set[bytes]:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return {bytes(r[0]) for r in db.execute("SELECT path FROM dirty")}
+    finally:
+        db.close()
+
+
+def journal_meta(d: Daemon, key: str) -> str | None:
+    """A value of the sync journal's meta table (read while stopped)."""
+    assert d.doc is not None
+    path = StateDir(d.doc["settings"]["state_dir"]).journal(NAME)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
     finally:
         db.close()
 
@@ -79,11 +92,15 @@ def test_a_clean_stop_sends_what_is_held_then_a_seen_point(tmp_path, src, dst,
     for n in sorted(names):
         write(src / n.decode(), os.urandom(200))
     # Some read and held (the window is 1 s, a batch further away), the
-    # rest still in the kernel queue, which is read at a pace of 0.4 s: the
-    # stop reads the queue, then sends everything.
-    time.sleep(0.3)
+    # rest still in the kernel queue, read at the pace (READ_EVERY, longer
+    # than this sleep): the stop reads the queue, then sends everything.
+    time.sleep(min(0.3, READ_EVERY / 2))
+    written = time.time()
     d.stop()
     assert names <= journal_paths(d)  # committed before the watcher went
+    # and the last seen-point was taken after them: not one from before
+    seen = journal_meta(d, "seen")
+    assert seen is not None and json.loads(seen)["wall"] > written, seen
     before = len(d.log_text())
     d.start()
     wait_converged(src, dst, timeout=120, on_timeout=d.describe)

@@ -132,6 +132,28 @@ def test_a_flood_is_read_again_at_once() -> None:
     assert c.polled()
 
 
+def test_what_a_flood_leaves_is_dated_from_before_the_flood() -> None:
+    """A read that comes back big is followed by another at once; what that
+    one returns was left behind by the flood, so it arrived no earlier than
+    what the flood read, not just now: the message's ``first`` must not
+    make its batch later than ``delay`` after those changes."""
+    c, clock = Coalescer(hold_window(0.5)), FakeClock()
+    c.read_done(clock(), 200)  # polled: arrived just now
+    before_flood = clock.now
+    clock.advance(c.read_every)
+    c.read_done(clock(), FLOOD_BYTES)  # at the pace: after the previous read
+    assert c.arrived_after == before_flood and c.polled()
+    clock.advance(0.05)
+    c.read_done(clock(), 300)  # the rest of the flood
+    assert c.arrived_after == before_flood
+    # its window counts from before the flood: it ran out, they go now
+    assert c.take(Changes(paths={b"a"}), clock()) == before_flood
+    last = clock.now
+    clock.advance(c.read_every)
+    c.read_done(clock(), 300)  # at the pace again
+    assert c.arrived_after == last
+
+
 @pytest.mark.parametrize("held", [
     Changes(paths={f"f{i}".encode() for i in range(SEND_NOW)}),
     Changes(trees={b"d"}),
