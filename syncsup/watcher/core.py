@@ -58,11 +58,10 @@ collator (a transaction, an ack, then a timer for the batch) and their
 ZeroMQ threads, whatever it carries. Measured under steady churn at
 ``delay = 0.5`` (docs/benchmarks.md), against a window of 0.4 of the delay
 read every 0.2 s: the collator woke 15 times a second instead of 32, its
-CPU per event fell by half, the whole tree's by a third, and the last
-change reached the target in 0.1 s instead of 0.25 (the batch no longer
-waits for a timer after its message). A window shorter than the delay
-makes a message arrive before its batch is due, and the collator wakes
-again for it; a window read twice costs a second wake-up.
+CPU per event fell by half and the whole tree's by a third. A window
+shorter than the delay makes a message arrive before its batch is due,
+and the collator wakes again, on a timer, to hand the batch out; a window
+read twice costs a second wake-up.
 """
 
 from __future__ import annotations
