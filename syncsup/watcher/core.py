@@ -37,9 +37,9 @@ Why this keeps every guarantee:
   counts the delay from then, so a batch goes out ``delay`` after its
   oldest change plus the time its message takes to reach the journal (a
   millisecond or two on an idle machine);
-* enough changes go at once, window or not: ``max_delays`` of the sync
-  (the collator flushes a batch at that many, as Lsyncd does), at most
-  :data:`SEND_NOW`; so do rescans;
+* enough changes go at once, window or not: ``max_delays`` of the sync,
+  counted as the collator counts them (it flushes a batch at that many,
+  as Lsyncd does), or :data:`SEND_NOW` entries in all; so do rescans;
 * a queue read at the pace may hold, unread, what came since its last
   read (at most :data:`READ_EVERY` old) when an idle sync's seen-point is
   taken; the next start compares by content every file changed within
@@ -111,7 +111,10 @@ class Coalescer:
 
     def __init__(self, window: float, send_now: int = SEND_NOW) -> None:
         self.window = window
-        self.send_now = min(send_now, SEND_NOW)  # this many held go at once
+        # this many changes held go at once (the sync's max_delays: counted
+        # as the collator counts them, without command mode's ``created``,
+        # which goes with its path); SEND_NOW entries in all, whatever
+        self.send_now = send_now
         self.read_every = min(window, READ_EVERY)
         self.held_since: float | None = None
         self.next_read = 0.0
@@ -164,7 +167,8 @@ class Coalescer:
             since = self.arrived_after
             first = now if since is None else min(now, since)
         if (stopping or self.window <= 0 or now >= first + self.window
-                or held.size() >= self.send_now or held.trees or held.verify):
+                or held.size() >= SEND_NOW or held.size() - len(held.created) >= self.send_now
+                or held.trees or held.verify):
             self.held_since = self.arrived_after = None
             return first
         self.held_since = first

@@ -48,10 +48,12 @@ def test_max_delays_changes_go_at_once() -> None:
     """The collator flushes a batch at ``max_delays`` changes: the watcher
     must not hold that many for its window."""
     c, clock = Coalescer(1.0, send_now=3), FakeClock()
-    assert c.take(Changes(paths={b"a", b"b"}), clock()) is None
+    # a new file is its path and a ``created`` mark: one change, as the
+    # collator counts it
+    assert c.take(Changes(paths={b"a", b"b"}, created={b"a", b"b"}), clock()) is None
     assert c.take(Changes(paths={b"a", b"b", b"c"}), clock()) is not None
-    big = Coalescer(1.0, send_now=SEND_NOW * 10)
-    assert big.send_now == SEND_NOW  # never more held than a message carries
+    big, many = Coalescer(1.0, send_now=SEND_NOW * 10), {b"%d" % i for i in range(SEND_NOW)}
+    assert big.take(Changes(paths=many), clock()) is not None  # never more than a message
 
 
 def test_a_paced_queue_holds_less_than_a_seen_points_margin() -> None:
