@@ -109,12 +109,15 @@ class Coalescer:
     watcher's monotonic clock; the caller passes ``now``.
     """
 
-    def __init__(self, window: float, send_now: int = SEND_NOW) -> None:
+    def __init__(self, window: float, send_now: int = SEND_NOW,
+                 count_created: bool = False) -> None:
         self.window = window
-        # this many changes held go at once (the sync's max_delays: counted
-        # as the collator counts them, without command mode's ``created``,
-        # which goes with its path); SEND_NOW entries in all, whatever
+        # this many changes held go at once (the sync's max_delays), counted
+        # as the collator counts them: the ``created`` mark a new file
+        # carries beside its path only in command mode (elsewhere the
+        # collator drops it); SEND_NOW entries in all, whatever
         self.send_now = send_now
+        self.count_created = count_created
         self.read_every = min(window, READ_EVERY)
         self.held_since: float | None = None
         self.next_read = 0.0
@@ -167,12 +170,15 @@ class Coalescer:
             since = self.arrived_after
             first = now if since is None else min(now, since)
         if (stopping or self.window <= 0 or now >= first + self.window
-                or held.size() >= SEND_NOW or held.size() - len(held.created) >= self.send_now
+                or held.size() >= SEND_NOW or self._changes(held) >= self.send_now
                 or held.trees or held.verify):
             self.held_since = self.arrived_after = None
             return first
         self.held_since = first
         return None
+
+    def _changes(self, held: Changes) -> int:
+        return held.size() if self.count_created else held.size() - len(held.created)
 
     def wake_at(self, reading: bool = True) -> float | None:
         """The next time this sync needs the loop (a read or a send), or None.

@@ -76,7 +76,8 @@ class SyncWatch:
         self.held = proto.Changes()
         # when to read, when to send (max_delays changes flush a batch: they
         # go at once)
-        self.coalescer = Coalescer(hold_window(sync.delay), sync.max_delays)
+        self.coalescer = Coalescer(hold_window(sync.delay), sync.max_delays,
+                                   count_created=sync.runs_commands)
         self.overflows = 0
         self.needed = 0                    # max_user_watches that would cover the tree
         self.blind_reports = BlindReports()  # blind subtrees already logged

@@ -52,6 +52,9 @@ def test_max_delays_changes_go_at_once() -> None:
     # collator counts it
     assert c.take(Changes(paths={b"a", b"b"}, created={b"a", b"b"}), clock()) is None
     assert c.take(Changes(paths={b"a", b"b", b"c"}), clock()) is not None
+    # in command mode the collator counts the mark too
+    commands = Coalescer(1.0, send_now=3, count_created=True)
+    assert commands.take(Changes(paths={b"a", b"b"}, created={b"a"}), clock()) is not None
     big, many = Coalescer(1.0, send_now=SEND_NOW * 10), {b"%d" % i for i in range(SEND_NOW)}
     assert big.take(Changes(paths=many), clock()) is not None  # never more than a message
 
