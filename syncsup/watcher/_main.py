@@ -49,7 +49,6 @@ class Watcher:
                              conf.timings.resend_after)
         self.reconnects = Reconnects(self.monitor)
         self.next_root_check = 0.0
-        self.unread: set[str] = set()  # syncs whose queue a clean stop could not empty
         self.mountinfo = open_mountinfo()
         if self.mountinfo is not None:
             self.on_mounts()  # the mount points as they are now: nothing changed yet
@@ -212,8 +211,7 @@ class Watcher:
                 self.check_roots(now)
             self.send(self.outbox.due(now))
             self.send_seen(now, readable)
-        self.flush_held()
-        self.final_seen()
+        self.final_seen(unread=self.flush_held())
         for w in self.syncs:
             w.stop()
         if self.mountinfo is not None:
@@ -246,19 +244,22 @@ class Watcher:
                 self.send(self.outbox.add(w.sync.name, proto.Changes(), now,
                                           seen=w.next_seen()))
 
-    def flush_held(self) -> None:
+    def flush_held(self) -> set[str]:
         """At a clean stop: what the kernel queue still holds is read (a
         queue read at the coalescer's pace holds what came since its last
         read), then files still held as being written, and changes held to
         be sent together, go now (the next start would find them by their
-        ctime anyway; this is cheaper)."""
+        ctime anyway; this is cheaper). Returns the syncs whose queue could
+        not be emptied."""
         now = time.monotonic()
+        unread = set()
         for w in self.syncs:
             if not self.read_at_stop(w, now):
-                self.unread.add(w.sync.name)
+                unread.add(w.sync.name)
             if w.tree is not None and w.tree.writing:
                 w.held.update(w.tree.release(float("inf"))[0])
             self.send_held(w, now, stopping=True)
+        return unread
 
     def read_at_stop(self, w: SyncWatch, now: float) -> bool:
         """Read what ``w``'s kernel queue holds into ``w.held``, at most
@@ -278,7 +279,7 @@ class Watcher:
             self.send_held(w, now)
         return False  # still filling
 
-    def final_seen(self) -> None:
+    def final_seen(self, unread: set[str]) -> None:
         """At a clean stop: a seen-point for every idle sync, acknowledged
         before we go (a bounded wait), so that the next start compares only
         what changes while syncsup is not running. What :meth:`flush_held`
@@ -295,7 +296,7 @@ class Watcher:
             # idle before the read and after it: what the read found may
             # have been sent at once (unacknowledged), or asked for a walk,
             # or stopped the watch
-            if (w.idle(self.outbox) and w.sync.name not in self.unread
+            if (w.idle(self.outbox) and w.sync.name not in unread
                     and self.read_at_stop(w, now) and w.idle(self.outbox)):
                 self.send(self.outbox.add(w.sync.name, proto.Changes(), now,
                                           seen=w.next_seen()))

@@ -52,7 +52,6 @@ def watcher() -> tuple[Watcher, list[proto.Events]]:
     sent: list[proto.Events] = []
     w.outbox = Outbox(1)
     w.send = sent.extend  # type: ignore[method-assign]
-    w.unread = set()
     return w, sent
 
 
