@@ -18,6 +18,7 @@ import os
 import signal
 import sqlite3
 import time
+from typing import Any
 
 import pytest
 
@@ -36,27 +37,24 @@ DELAY = HOLD_MAX
 NAME = "www"
 
 
-def journal_paths(d: Daemon) -> set[bytes]:
-    """The paths in the sync's journal (read while the daemon is stopped)."""
+def journal_rows(d: Daemon, query: str, *args: str) -> list[tuple[Any, ...]]:
+    """Rows of the sync's journal (read while the daemon is stopped)."""
     assert d.doc is not None
     path = StateDir(d.doc["settings"]["state_dir"]).journal(NAME)
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return {bytes(r[0]) for r in db.execute("SELECT path FROM dirty")}
+        return list(db.execute(query, args))
     finally:
         db.close()
+
+
+def journal_paths(d: Daemon) -> set[bytes]:
+    return {bytes(r[0]) for r in journal_rows(d, "SELECT path FROM dirty")}
 
 
 def journal_meta(d: Daemon, key: str) -> str | None:
-    """A value of the sync journal's meta table (read while stopped)."""
-    assert d.doc is not None
-    path = StateDir(d.doc["settings"]["state_dir"]).journal(NAME)
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-    finally:
-        db.close()
+    rows = journal_rows(d, "SELECT value FROM meta WHERE key = ?", key)
+    return str(rows[0][0]) if rows else None
 
 
 def test_a_watcher_killed_while_holding_changes_loses_none(tmp_path, src, dst,
