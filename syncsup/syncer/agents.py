@@ -32,21 +32,12 @@ from syncsup.filters import DirFilter, plain_excludes
 from syncsup.syncer.agent_ops import prepare
 from syncsup.syncer.agent_session import LocalAgent, RemoteAgent, idle_for
 from syncsup.syncer.argv import ssh_argv
-from syncsup.syncer.plan import Result
+from syncsup.syncer.plan import MAX_PATHS_LOCAL, MAX_PATHS_REMOTE, Result
 from syncsup.syncer.readonce import SHARED
 from syncsup.timings import Timings
 
 __all__ = ["MAX_PATHS_LOCAL", "MAX_PATHS_REMOTE", "AgentUse", "Channel", "agent_command",
            "agent_session_argv", "agent_use", "unusable", "watched_fds"]
-
-# Past this many paths in a batch, one rsync is quicker than the agent: the
-# agent costs about 0.2 ms a path in Python (read, write, name, attributes),
-# rsync about 0.1 ms in C once started, and starting it costs about 30 ms
-# locally and 300 ms over ssh (a remote session and a remote rsync). It also
-# runs beside the syncer, which goes on serving the other targets. Measured
-# with the burst and fan-out benchmarks (docs/benchmarks.md).
-MAX_PATHS_LOCAL = 256
-MAX_PATHS_REMOTE = 2048
 
 log = logging.getLogger("syncsup.syncer")
 

@@ -50,6 +50,9 @@ what each step's result means.
   a directory's time only when it is in the list (and before it deletes a
   missing name there, so not in the ``paths`` step). Without ``-I``: a
   listed root is walked one level deep and its unchanged files skipped.
+  After rsync took what a working agent left (a burst larger than one
+  agent step), the agent sets those times instead: a second step of its
+  own, not another rsync.
 * A step that was killed for making no progress is a retry.
 
 :meth:`Plan.advance` takes the result of the step that ran and gives the
@@ -66,9 +69,21 @@ from enum import StrEnum
 from syncsup.proto import Changes, Outcome
 from syncsup.syncer.exitcodes import classify
 
-__all__ = ["Finished", "Plan", "Result", "Step", "StepKind"]
+__all__ = ["MAX_PATHS_LOCAL", "MAX_PATHS_REMOTE", "Finished", "Plan", "Result", "Step",
+           "StepKind"]
 
 PARTIAL = 23  # rsync: partial transfer due to error
+
+# The most names one agent step takes, on a local target and a remote one.
+# Past this many paths in a batch, one rsync is quicker than the agent: the
+# agent costs about 0.2 ms a path in Python (read, write, name, attributes),
+# rsync about 0.1 ms in C once started, and starting it costs about 30 ms
+# locally and 300 ms over ssh (a remote session and a remote rsync). It also
+# runs beside the syncer, which goes on serving the other targets (a local
+# agent works in the syncer's own thread). Measured with the burst and
+# fan-out benchmarks (docs/benchmarks.md).
+MAX_PATHS_LOCAL = 256
+MAX_PATHS_REMOTE = 2048
 
 
 class StepKind(StrEnum):
@@ -224,19 +239,21 @@ class Plan:
         if step.kind is StepKind.AGENT:
             # A dead or wedged agent hands everything to rsync; a working one
             # hands over what it does not do.
-            left = step.names if result.rc != 0 or result.stalled else result.fallback
+            working = result.rc == 0 and not result.stalled
+            left = result.fallback if working else step.names
             if left:
                 # rsync's writes and deletes change their directories' times
-                # again, so the times step follows. A directory in what is
+                # again, so a times step follows. A directory in what is
                 # left is one the agent could not make or delete: it goes to
                 # the paths step by name (its entry only); the root never
-                # does (listed, it is its whole content).
+                # does (listed, it is its whole content). What a step of
+                # times alone leaves is rsync's times step's, whole (which
+                # makes a listed directory that is missing): never a second
+                # paths step, equal to the one before it.
                 i = self.steps.index(step) + 1
-                paths = set(left) - {b""}
+                paths = set() if _times_only(step) else set(left) - {b""}
                 if self.parents:
-                    self.steps.insert(i, Step(StepKind.TIMES, tuple(sorted(self.parents)),
-                                              empty_guard=b"" in self.parents
-                                              and self.source_empty))
+                    self.steps.insert(i, self._times(step, working))
                 if paths:
                     self.steps.insert(i, Step(StepKind.PATHS, tuple(sorted(paths))))
             return self._next(step)
@@ -252,6 +269,19 @@ class Plan:
                 return self._next(step)
             return failed
         return self._next(step)
+
+    def _times(self, agent_step: Step, working: bool) -> Step:
+        """The times step after rsync took what ``agent_step`` left: by the
+        agent, if it answered and the directories fit in one of its steps
+        (it sets a directory's time in place, where an rsync is a process,
+        or over ssh a login, for a handful of ``utime`` calls; a
+        burst past the agent's size reached every target this way); else
+        by rsync. Never by the agent after an agent times step: what that
+        left goes to rsync, so this cannot repeat."""
+        names = tuple(sorted(self.parents))
+        if working and not _times_only(agent_step) and len(names) <= MAX_PATHS_LOCAL:
+            return Step(StepKind.AGENT, names, times=frozenset(names))
+        return Step(StepKind.TIMES, names, empty_guard=b"" in self.parents and self.source_empty)
 
     def _proven(self, step: Step, result: Result) -> Step | Finished:
         """After the proof: the tree step stays a quick check, and the files
@@ -282,6 +312,11 @@ class Plan:
         if i + 1 < len(self.steps):
             return self.steps[i + 1]
         return self.partial or Finished(Outcome.OK)
+
+
+def _times_only(step: Step) -> bool:
+    """Is ``step`` an agent step that sets directories' times and nothing else?"""
+    return bool(step.times) and step.times >= set(step.names)
 
 
 def _parents(changes: Changes, trees: set[bytes]) -> set[bytes]:

@@ -10,11 +10,12 @@ from the documented rules, not from the code.
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 
 from syncsup.proto import Changes, Outcome
-from syncsup.syncer.plan import Finished, Plan, Result, Step, StepKind
+from syncsup.syncer.plan import MAX_PATHS_LOCAL, Finished, Plan, Result, Step, StepKind
 
 MOVES, TREE, PATHS, COMMAND = StepKind.MOVES, StepKind.TREE, StepKind.PATHS, StepKind.COMMAND
 TIMES = StepKind.TIMES
@@ -205,11 +206,13 @@ def test_the_agent_step_never_decides_the_batch(renames: bool, trees: str, outco
     nxt = plan.advance(step, result)
     expected = tuple(sorted(changes.paths)) if left == "all" else left
     if expected:
-        # what the agent left, then the directories' times (never by -I)
+        # what the agent left, then the directories' times (never by -I):
+        # by the agent if it answered, else by rsync
         assert nxt == Step(PATHS, expected)
         nxt = plan.advance(nxt, Result(0))
         if parents:
-            assert nxt == Step(TIMES, (b"",))
+            assert nxt == (Step(StepKind.AGENT, (b"",), times=frozenset({b""}))
+                           if result.rc == 0 else Step(TIMES, (b"",)))
             nxt = plan.advance(nxt, Result(0))
     assert nxt == Finished(Outcome.OK)
     assert plan.moves_done == (len(RENAMES) if renames else 0)
@@ -344,7 +347,101 @@ def test_a_directory_the_agent_left_goes_by_name() -> None:
                      agent=True)
     nxt = plan.advance(plan.steps[0], Result(0, fallback=(b"d/gone",)))
     assert nxt == Step(PATHS, (b"d/gone",))
-    assert plan.advance(nxt, Result(0)) == Step(TIMES, (b"d/gone",))
+    assert plan.advance(nxt, Result(0)) == Step(StepKind.AGENT, (b"d/gone",),
+                                                times=frozenset({b"d/gone"}))
+
+
+def burst_plan(files: int, dirs: int) -> tuple[Plan, Step, tuple[bytes, ...]]:
+    """A plan for ``files`` new files spread over ``dirs`` directories,
+    for a target with an agent; its agent step and the parents."""
+    paths = {b"d%d/f%d" % (i % dirs, i) for i in range(files)}
+    plan = Plan.make(Changes(paths=paths), commands=False, replay_moves=False,
+                     source_empty=False, agent=True)
+    parents = tuple(sorted({b"d%d" % j for j in range(min(files, dirs))}))
+    return plan, plan.steps[0], parents
+
+
+def test_after_a_burst_past_the_agent_the_agent_sets_the_times() -> None:
+    """A burst larger than one agent step goes to rsync whole; the
+    directories' times that rsync's writes changed are then set by the
+    agent, not by a second rsync (a process, or a login over ssh, for a
+    few ``utime`` calls), and the batch ends when it answers."""
+    plan, agent, parents = burst_plan(MAX_PATHS_LOCAL + 1, 10)
+    paths = plan.advance(agent, Result(0, fallback=agent.names))
+    assert paths == Step(PATHS, tuple(n for n in agent.names if n))
+    times = plan.advance(paths, Result(0))
+    assert times == Step(StepKind.AGENT, parents, times=frozenset(parents))
+    assert plan.advance(times, Result(0)) == Finished(Outcome.OK)
+
+
+@pytest.mark.parametrize("answer", ["some left", "dead", "stalled", "refused"])
+def test_what_an_agent_times_step_leaves_goes_to_rsync_once(answer: str) -> None:
+    """What the agent's times step leaves (a directory it could not find on
+    the target, or all of it if it did not answer) goes to rsync's times
+    step, which makes a listed directory that is missing: never to another
+    agent step or paths step, so the plan cannot go round."""
+    plan, agent, parents = burst_plan(MAX_PATHS_LOCAL + 1, 10)
+    times = plan.advance(plan.advance(agent, Result(0, fallback=agent.names)), Result(0))
+    assert times.kind is StepKind.AGENT
+    result = {"some left": Result(0, fallback=(b"d3",)), "dead": Result(255),
+              "stalled": Result(-9, stalled=True), "refused": Result(1, error=REFUSAL)}[answer]
+    nxt = plan.advance(times, result)
+    assert nxt == Step(TIMES, parents)
+    assert plan.advance(Step(TIMES, parents), Result(0)) == Finished(Outcome.OK)
+
+
+def test_a_directory_gone_that_neither_can_delete_ends_the_batch() -> None:
+    """A directory deleted in the source that still holds the target's
+    excluded files: the agent will not delete it, nor will rsync ("cannot
+    delete non-empty directory"). Each step leaves it again, and the plan
+    still ends (equal steps in one plan once sent it round forever)."""
+    plan = Plan.make(Changes(paths={b"d", b"d/y"}), commands=False, replay_moves=False,
+                     source_empty=False, agent=True)
+    step: Step | Finished = plan.first()
+    ran = []
+    while isinstance(step, Step):
+        ran.append(step.kind)
+        assert len(ran) < 10, ran
+        left = (b"d",) if step.by_agent else ()
+        step = plan.advance(step, Result(0, fallback=left))
+    assert step == Finished(Outcome.OK)
+    assert ran == [StepKind.AGENT, PATHS, StepKind.AGENT, TIMES]
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_every_plan_ends_whatever_each_step_leaves(seed: int) -> None:
+    """Any batch, whatever each agent step answers (nothing left, some of
+    its names, all of them, no answer) and whatever rsync exits with,
+    ends in a bounded number of steps."""
+    rng = random.Random(seed)
+    names = [b"", b"a", b"a/b", b"a/b/c", b"d", b"d/e", b"f"]
+    changes = Changes(paths=set(rng.sample(names, rng.randint(1, 5))),
+                      trees=set(rng.sample(names[1:], rng.randint(0, 1))))
+    plan = Plan.make(changes, commands=False, replay_moves=False, source_empty=False,
+                     agent=rng.random() < 0.8)
+    step: Step | Finished = plan.first()
+    for _ in range(12):
+        if not isinstance(step, Step):
+            break
+        if step.by_agent:
+            result = rng.choice([Result(0), Result(255), Result(0, fallback=step.names),
+                                 Result(0, fallback=tuple(rng.sample(step.names, 1)))])
+        else:
+            result = Result(rng.choice([0, 0, 0, 23, 24]))
+        step = plan.advance(step, result)
+    assert isinstance(step, Finished), plan.steps
+
+
+def test_too_many_directories_for_one_agent_step_go_to_rsync() -> None:
+    """Past what one local agent step takes, the times go by rsync (an
+    agent step that large would go to rsync whole anyway, by name)."""
+    plan, agent, parents = burst_plan(2 * MAX_PATHS_LOCAL, MAX_PATHS_LOCAL + 1)
+    assert len(parents) == MAX_PATHS_LOCAL + 1
+    paths = plan.advance(agent, Result(0, fallback=agent.names))
+    assert plan.advance(paths, Result(0)) == Step(TIMES, parents)
+    plan, agent, parents = burst_plan(2 * MAX_PATHS_LOCAL, MAX_PATHS_LOCAL)
+    paths = plan.advance(agent, Result(0, fallback=agent.names))
+    assert plan.advance(paths, Result(0)).kind is StepKind.AGENT
 
 
 # ------------------------------------------------------------------- the proof
