@@ -78,7 +78,7 @@ from pathlib import Path
 from stat import S_ISREG
 
 from syncsup import config as cfg
-from syncsup.dirfd import DIR_FLAGS, DirCache, split_path
+from syncsup.dirfd import DIR_FLAGS, DirCache
 from syncsup.syncer.plan import Step, StepKind
 
 __all__ = ["KEEP", "MAX_BYTES", "MAX_NAMES", "MAX_WAITS", "TTL", "WAIT", "Fingerprint",
@@ -301,7 +301,12 @@ def versions_of(root: bytes, names: Sequence[bytes], limit: int) -> Fingerprint 
     the root itself), each looked up below ``root`` without following a
     symlink (:class:`~syncsup.dirfd.DirCache`); None if the regular files
     among them add up to more than ``limit`` bytes, or the root cannot be
-    opened."""
+    opened.
+
+    It runs before the recording and before every replay (a hundred
+    targets: a hundred times for each burst), in the syncer's one thread,
+    so a name's directory is looked up once for the run of names that
+    share it (a step's names come sorted), not once per name."""
     total = 0
     out: list[Version] = []
     try:
@@ -309,19 +314,35 @@ def versions_of(root: bytes, names: Sequence[bytes], limit: int) -> Fingerprint 
     except OSError:
         return None
     dirs = DirCache(root_fd)
+    parent: bytes | None = None  # the directory ``where`` is (None: the root)
+    where: int | None = root_fd  # None: not a directory below the root
     try:
         for name in names:
+            up, sep, last = name.rpartition(b"/")
+            if (up if sep else None) != parent:
+                parent = up if sep else None
+                parts = up.split(b"/")
+                dirs.trim()
+                try:
+                    if not sep:
+                        where = root_fd
+                    elif b"\0" in up or not _NOT_NAMES.isdisjoint(parts):
+                        where = None
+                    else:
+                        where = dirs.get(parts)
+                except OSError:
+                    where = None
             try:
                 if not name:
                     st = os.fstat(root_fd)
+                elif where is None or last in _NOT_NAMES or b"\0" in last:
+                    out.append(None)  # not a name below the root (split_path's rule)
+                    continue
                 else:
-                    parts, last = split_path(name)
-                    st = os.lstat(last, dir_fd=dirs.get(parts))
+                    st = os.lstat(last, dir_fd=where)
             except OSError:
                 out.append(None)
                 continue
-            finally:
-                dirs.trim()
             if S_ISREG(st.st_mode):
                 total += st.st_size
                 if total > limit:
@@ -332,3 +353,6 @@ def versions_of(root: bytes, names: Sequence[bytes], limit: int) -> Fingerprint 
         dirs.clear()
         os.close(root_fd)
     return tuple(out)
+
+
+_NOT_NAMES = frozenset({b"", b".", b".."})

@@ -4,12 +4,15 @@ replay one, and the life of a batch file (pure, with a temp directory)."""
 from __future__ import annotations
 
 import os
+import random
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from syncsup.config import RsyncOptions, Sync, Target
+from syncsup.dirfd import DIR_FLAGS, lstat_below
 from syncsup.syncer import sharedbatch as sb
 from syncsup.syncer.argv import rsync_argv
 from syncsup.syncer.plan import Step, StepKind
@@ -239,6 +242,60 @@ def test_versions_of_listed_names_without_following_symlinks(tmp_path: Path) -> 
     assert sb.versions_of(rootb, listed, 120) is None  # 150 bytes of files: past the limit
     os.chmod(root / "g", 0o600)  # the ctime moves: another version
     assert sb.versions_of(rootb, listed, 1_000) != v
+
+
+def _version_one_by_one(root: bytes, names: Sequence[bytes], limit: int) -> sb.Fingerprint | None:
+    """What :func:`sb.versions_of` must say, each name looked up on its own
+    (``lstat_below``: no symlink followed, only plain relative names)."""
+    fd = os.open(root, DIR_FLAGS)
+    out: list[sb.Version] = []
+    total = 0
+    try:
+        for name in names:
+            try:
+                st = lstat_below(fd, name)
+            except OSError:
+                st = None
+            if st is None:
+                out.append(None)
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+                if total > limit:
+                    return None
+            out.append((st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns,
+                        st.st_ctime_ns))
+    finally:
+        os.close(fd)
+    return tuple(out)
+
+
+def test_versions_of_looks_a_directory_up_once_and_says_what_name_by_name_would(
+        tmp_path: Path) -> None:
+    """The lookup kept per directory gives the name-by-name answer for any
+    list: sorted or not, the root between other directories, names through
+    a symlink or a file, and names that are not plain (a leading or double
+    slash, ``.``, ``..``, NUL), whose directory's other names still count."""
+    root = tmp_path / "src"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "c").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "o").write_bytes(b"o")
+    for name in ("a/x", "a/b/y", "c/z", "top", "file"):
+        (root / name).write_bytes(b"q" * 10)
+    os.symlink(tmp_path / "out", root / "a" / "ln")
+    pool = [b"", b"a", b"a/x", b"a/b", b"a/b/y", b"c/z", b"c", b"top", b"gone", b"a/gone",
+            b"a/ln", b"a/ln/o", b"file/x", b"/top", b"a//x", b"a/./x", b"a/../top", b"a/..",
+            b"a/.", b"a/x\0", b"..", b".", b"x/", b"a/b/", b"nope/x"]
+    rootb = os.fsencode(root)
+    rng = random.Random(5)
+    for _ in range(5_000):
+        names = [rng.choice(pool) for _ in range(rng.randint(0, 12))]
+        if rng.random() < 0.5:
+            names.sort()
+        limit = rng.choice([1_000, 25])
+        assert sb.versions_of(rootb, names, limit) == _version_one_by_one(rootb, names, limit), \
+            names
 
 
 def test_a_recording_that_never_ran_or_was_dropped_is_released(tmp_path: Path) -> None:
