@@ -421,3 +421,22 @@ def test_a_local_target_replaced_while_held_open_is_opened_again(tmp_path: Path)
     got = ch.rename([(b"d", b"e")], 2.0)
     assert got is not None and got.rc == 1 and not (tmp_path / "old" / "e").exists()
     ch.close()
+
+
+def test_a_list_is_written_as_a_new_file(tmp_path: Path) -> None:
+    """A step's list replaces the last one as a new file (a file truncated
+    and written again is flushed at its close on ext4), whole, and one that
+    was not there is made."""
+    from syncsup.syncer._main import write_new
+
+    lst = tmp_path / "www-0-paths.list"
+    write_new(lst, b"./a\0./b\0")
+    first = os.stat(lst).st_ino
+    keep = os.open(lst, os.O_RDONLY)  # the inode stays in use: a new one is another
+    try:
+        write_new(lst, b"./c\0")
+        assert lst.read_bytes() == b"./c\0"
+        assert os.stat(lst).st_ino != first
+        assert os.read(keep, 100) == b"./a\0./b\0"
+    finally:
+        os.close(keep)
