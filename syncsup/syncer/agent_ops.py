@@ -7,7 +7,8 @@ the source. Each path becomes one operation, in order (parents before their
 entries): a regular file up to ``max_size`` is sent whole (``put``), a
 directory is made (``mkdir``), a symlink made exactly (``symlink``; not to
 a confined target, whose agent cannot set a link's time), a path gone from
-the source deleted (``delete``, when the sync deletes). Anything else (a
+the source deleted (``delete``, when the sync deletes; not a directory
+listed only for its time). Anything else (a
 larger file, a device, a fifo, a socket, a file that grew while it was
 read) is left to rsync, which does it exactly. Directory times come
 last (writing their entries changed them), then ``commit``.
@@ -18,6 +19,7 @@ Owners travel as numbers and names: the agent maps names when it can, as
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
@@ -172,7 +174,12 @@ def _prepare(out: Prepared, dirs: DirCache, paths: Iterable[bytes], *, max_size:
         try:
             st = os.lstat(name, dir_fd=dfd)
         except FileNotFoundError:
-            if deletes and not excluded(path, False):
+            # A name there only for its directory's time is no change of its
+            # own: gone, it is left alone as rsync's times step leaves it
+            # (its deletion is an event, with its batch). Deleted here, a
+            # source root emptied (unmounted) between a burst's rsync run and
+            # this step would take every listed directory with it.
+            if deletes and path not in times and not excluded(path, False):
                 out.ops.append({"op": "delete", "path": path, **tree})
             continue
         if excluded(path, stat.S_ISDIR(st.st_mode)):
@@ -206,8 +213,13 @@ def _prepare(out: Prepared, dirs: DirCache, paths: Iterable[bytes], *, max_size:
         dirs.trim()
         try:
             dst = os.fstat(dirs.get(rel.split(b"/") if rel else []))
-        except OSError:
-            continue
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                # not ours to open (a drop-box directory, mode 0311, for a
+                # syncer that is not root): rsync's times step reads its
+                # time by name
+                out.fallback.append(rel)
+            continue  # gone, or no longer a directory: an event of its own
         out.ops.append({"op": "time", "path": rel, "mtime": dst.st_mtime_ns})
 
 

@@ -191,6 +191,11 @@ class Channel:
         self.sent, self.renaming = 0, False
         if len(names) > (MAX_PATHS_LOCAL if self.local is not None else MAX_PATHS_REMOTE):
             return Result(rc=0, fallback=tuple(names))
+        if (self.local is None and times and times.issuperset(names)
+                and not self.session_open()):
+            # directories' times alone, and no session to say them on: one
+            # rsync costs less than opening a session (a login and an agent)
+            return Result(rc=0, fallback=tuple(names))
         deletes = self.sync.deletes(startup)
         try:
             root_fd = os.open(self.sync.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

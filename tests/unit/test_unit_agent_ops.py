@@ -4,7 +4,7 @@ content up to the per-file and per-step bounds, the rest left to rsync."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -88,3 +88,78 @@ def test_a_session_is_idle_only_without_work_and_counts_from_its_last_answer() -
     assert idle_for(False, 100.0, 160.5) == 60.5
     assert idle_for(True, 100.0, 1000.0) == 0.0  # answers still due, or requests unsent
     assert idle_for(False, 100.0, 99.0) == 0.0   # never negative
+
+
+def test_a_directory_there_only_for_its_time_is_never_deleted(src: int) -> None:
+    """A parent sent for its time that is gone from the source is left
+    alone, as rsync's times step leaves it (its deletion is an event of its
+    own): a source root emptied between a burst's rsync run and the agent's
+    times step must not take the listed directories with it. A changed
+    name that is gone is still deleted."""
+    prep = prepare(src, [b"gone-dir", b"d", b"gone-file"], max_size=4096, deletes=True,
+                   excluded=_never, times=frozenset({b"gone-dir", b"d"}))
+    assert [op for op in prep.ops if op["op"] == "delete"] == [
+        {"op": "delete", "path": b"gone-file"}]
+    assert {op["path"] for op in prep.ops if op["op"] == "time"} == {b"d", b""}
+
+
+def _as_nobody(work: Callable[[], object]) -> object:
+    """``work()`` in a child process running as uid and gid 65534 (this one
+    as is when it is not root); its repr comes back."""
+    if os.getuid() != 0:
+        return repr(work())
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(w, repr(work()).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read().decode()
+    os.waitpid(pid, 0)
+    return out
+
+
+def test_a_directory_the_syncer_may_not_open_gets_its_time_from_rsync(tmp_path: Path) -> None:
+    """A drop-box directory (mode 0311) that the syncer, not root, may
+    enter but not read: its file and its own time go to rsync, which
+    reads the time by name; the agent never skips it in silence."""
+    root = tmp_path / "src"
+    (root / "box").mkdir(parents=True)
+    (root / "box" / "f").write_bytes(b"f")
+    os.chmod(root, 0o755)
+    os.chmod(root / "box", 0o311)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        def work() -> tuple[list[bytes], list[bytes]]:
+            prep = prepare(fd, [b"box/f"], max_size=4096, deletes=True, excluded=_never)
+            return sorted(prep.fallback), sorted(
+                op["path"] for op in prep.ops if op["op"] == "time")  # type: ignore[misc]
+        assert _as_nobody(work) == repr(([b"box", b"box/f"], []))
+    finally:
+        os.close(fd)
+
+
+def test_times_alone_on_a_remote_target_open_no_session(tmp_path: Path) -> None:
+    """Directories' times alone, with no session open to the remote target:
+    handed back to rsync's times step (one rsync costs less than a login
+    and an agent), no session started."""
+    conf = make_config(tmp_path, [{"name": "s", "source": str(tmp_path / "src"),
+                                   "targets": ["nowhere.invalid:/dst"]}])
+    (tmp_path / "src" / "d").mkdir()
+    sync = conf.syncs[0]
+    with open(tmp_path / "err", "w+b") as err:
+        channel = Channel(sync, sync.targets[0], None, err, Timings())
+        try:
+            names = [b"", b"d"]
+            result = channel.begin(names, startup=False, now=0.0, times=frozenset(names))
+            assert result is not None and result.rc == 0 and result.fallback == (b"", b"d")
+            assert not channel.session_open()
+        finally:
+            channel.close()
