@@ -160,6 +160,10 @@ def _prepare(out: Prepared, dirs: DirCache, paths: Iterable[bytes], *, max_size:
     for path in sorted(paths):
         if path == b"":
             parents.add(b"")
+            if b"" not in times:
+                # the root changed itself (its mode or owner): no operation
+                # sets those on the target's root, rsync's times step does
+                out.fallback.append(b"")
             continue
         if below(path):
             continue

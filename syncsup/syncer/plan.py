@@ -253,7 +253,7 @@ class Plan:
                 i = self.steps.index(step) + 1
                 paths = set() if _times_only(step) else set(left) - {b""}
                 if self.parents:
-                    self.steps.insert(i, self._times(step, working))
+                    self.steps.insert(i, self._times(step, working, left))
                 if paths:
                     self.steps.insert(i, Step(StepKind.PATHS, tuple(sorted(paths))))
             return self._next(step)
@@ -270,16 +270,20 @@ class Plan:
             return failed
         return self._next(step)
 
-    def _times(self, agent_step: Step, working: bool) -> Step:
+    def _times(self, agent_step: Step, working: bool, left: Sequence[bytes]) -> Step:
         """The times step after rsync took what ``agent_step`` left: by the
         agent, if it answered and the directories fit in one of its steps
         (it sets a directory's time in place, where an rsync is a process,
         or over ssh a login, for a handful of ``utime`` calls; a
         burst past the agent's size reached every target this way); else
-        by rsync. Never by the agent after an agent times step: what that
-        left goes to rsync, so this cannot repeat."""
+        by rsync. By rsync too when the agent handed back the root for its
+        own attributes (a mode or an owner the agent cannot set there: rsync
+        sends the listed root whole). Never by the agent after an agent
+        times step: what that left goes to rsync, so this cannot repeat."""
         names = tuple(sorted(self.parents))
-        if working and not _times_only(agent_step) and len(names) <= MAX_PATHS_LOCAL:
+        root_itself = b"" in left and b"" not in agent_step.times
+        if (working and not _times_only(agent_step) and not root_itself
+                and len(names) <= MAX_PATHS_LOCAL):
             return Step(StepKind.AGENT, names, times=frozenset(names))
         return Step(StepKind.TIMES, names, empty_guard=b"" in self.parents and self.source_empty)
 

@@ -99,3 +99,16 @@ def test_a_parent_whose_time_alone_changed_gets_it(tmp_path: Path, src: int) -> 
     assert os.stat(dst / "a").st_mtime_ns == 10**18
     # its mode is not looked at: a change of it would have been an event
     assert os.stat(dst / "a").st_mode & 0o777 == 0o700
+
+
+def test_the_root_changed_itself_goes_to_rsync_for_its_attributes(src: int) -> None:
+    """No agent operation sets the mode or owner of the target's root: a
+    root that changed itself (it is among the paths, not only a parent) is
+    handed back for rsync's times step, which sends the listed root whole.
+    A root that is only a parent gets its time, nothing handed back."""
+    changed = prepare(src, [b"", b"a/x"], max_size=1 << 20, deletes=True, excluded=_never,
+                      times={b"a"})
+    assert changed.fallback == [b""]
+    parent = prepare(src, [b"", b"a/x"], max_size=1 << 20, deletes=True, excluded=_never,
+                     times={b"", b"a"})
+    assert parent.fallback == [] and ("time", b"") in _ops(parent.ops)

@@ -338,6 +338,26 @@ def test_the_root_goes_to_the_times_step_never_by_paths() -> None:
     assert agent.advance(agent.steps[0], Result(255)) == Step(TIMES, (b"",))
 
 
+def test_a_root_handed_back_for_its_attributes_gets_rsyncs_times_step() -> None:
+    """The agent hands back a root that changed itself (a chmod: no agent
+    operation sets a root's mode): the times step is then rsync's, which
+    sends the listed root whole, not the agent's, which would set its time
+    alone. A root that is only a parent in a burst past the agent leaves
+    the times to the agent."""
+    plan = Plan.make(Changes(paths={b"", b"a"}), commands=False, replay_moves=False,
+                     source_empty=False, agent=True)
+    (agent,) = plan.steps
+    assert plan.advance(agent, Result(0, fallback=(b"",))) == Step(TIMES, (b"",))
+    plan, agent, parents = burst_plan(MAX_PATHS_LOCAL + 1, 10)
+    assert b"" not in agent.names
+    root_file = Plan.make(Changes(paths=set(agent.names) - set(parents) | {b"top"}),
+                          commands=False, replay_moves=False, source_empty=False, agent=True)
+    (whole,) = root_file.steps
+    assert b"" in whole.names and b"" in whole.times  # the root: a parent only
+    paths = root_file.advance(whole, Result(0, fallback=whole.names))
+    assert root_file.advance(paths, Result(0)).kind is StepKind.AGENT
+
+
 def test_a_directory_the_agent_left_goes_by_name() -> None:
     """A directory gone from the source that the agent would not delete
     (it may hold the target's excluded files) is also a parent: it still
