@@ -418,12 +418,19 @@ class Syncer:
             SHARED.prune()  # file content kept for other targets: not at rest
             self.shared.expire(now)  # and batch files
             for slot in self.agents:
-                if slot.batch is None and slot.channel is not None:
+                if slot.channel is None:
+                    continue
+                if slot.batch is None:
                     slot.channel.rest(now)
+                # A session speaks or ends outside an agent step (between
+                # batches, or during the slot's rsync step): read it now.
+                # Left unread, its readable pipe would wake this poll at
+                # once, turn after turn, a core spent until the step ends.
+                if self.lanes.phase(slot.key) is not Phase.AGENT:
                     rfds, _ = slot.channel.fds()
                     if any(fd in events for fd in rfds):
-                        slot.channel.read_ready(now)  # an idle session ended or spoke
-                if slot.channel is not None and not slot.channel.session_open():
+                        slot.channel.read_ready(now)
+                if not slot.channel.session_open():
                     self.lanes.session_ended(slot.key)
             for key in self.lanes.busy():
                 self.poll(self.slots[key], now)
