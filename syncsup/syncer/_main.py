@@ -209,9 +209,11 @@ class Syncer:
         if step.by_agent:
             assert slot.channel is not None
             now = time.monotonic()
-            done = (slot.channel.rename(list(step.renames), now) if step.kind is StepKind.MOVES
-                    else slot.channel.begin(agent_names(slot.sync, step), slot.batch.startup,
-                                            now, step.times))
+            if step.kind is StepKind.MOVES:
+                done = slot.channel.rename(list(step.renames), now)
+            else:
+                names, times = agent_names(slot.sync, step)
+                done = slot.channel.begin(names, slot.batch.startup, now, times)
             slot.sent += slot.channel.sent
             if done is not None:
                 self.settle(slot, done)

@@ -159,10 +159,12 @@ def _prepare(out: Prepared, dirs: DirCache, paths: Iterable[bytes], *, max_size:
     below = _Below(excluded)
     for path in sorted(paths):
         if path == b"":
-            parents.add(b"")
-            if b"" not in times:
+            if b"" in times:
+                parents.add(b"")
+            else:
                 # the root changed itself (its mode or owner): no operation
-                # sets those on the target's root, rsync's times step does
+                # sets those on the target's root; rsync's times step sends
+                # it whole, its time too
                 out.fallback.append(b"")
             continue
         if below(path):
@@ -172,12 +174,19 @@ def _prepare(out: Prepared, dirs: DirCache, paths: Iterable[bytes], *, max_size:
         dirs.trim()
         try:
             dfd = dirs.get(parts)
-        except OSError:
+        except OSError as exc:
+            if path in times and exc.errno not in (errno.EACCES, errno.EPERM):
+                continue  # its parent is gone or replaced: an event of its own
             out.fallback.append(path)  # the parent changed under us: rsync decides
             continue
         try:
             st = os.lstat(name, dir_fd=dfd)
-        except FileNotFoundError:
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError):
+                # not ours to look at (a directory readable but not
+                # searchable): rsync's turn, the rest of the step goes on
+                out.fallback.append(path)
+                continue
             # A name there only for its directory's time is no change of its
             # own: gone, it is left alone as rsync's times step leaves it
             # (its deletion is an event, with its batch). Deleted here, a

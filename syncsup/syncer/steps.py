@@ -124,9 +124,19 @@ def _first_non_directory(root: bytes, directory: bytes, is_dir: dict[bytes, bool
     return None
 
 
-def agent_names(sync: cfg.Sync, step: Step) -> list[bytes]:
-    """The names an agent step reads from the source."""
-    return nearest_sendable(os.fsencode(sync.source), list(step.names))
+def agent_names(sync: cfg.Sync, step: Step) -> tuple[list[bytes], frozenset[bytes]]:
+    """The names an agent step reads from the source, and those among them
+    there only for their directory's time. A changed name under a path that
+    is no longer a directory becomes that path (:func:`nearest_sendable`),
+    which is then a change of its own; a name there for its time stays as
+    it is, whatever became of its parents: it is never made a deletion of
+    an ancestor (a source emptied under a burst's rsync run would have had
+    a parent's parent deleted on the target)."""
+    changed = nearest_sendable(os.fsencode(sync.source),
+                               [n for n in step.names if n not in step.times])
+    names = dict.fromkeys(changed)
+    times = frozenset(n for n in step.times if n not in names)
+    return [*names, *sorted(times)], times
 
 
 @dataclass(frozen=True)

@@ -163,3 +163,35 @@ def test_times_alone_on_a_remote_target_open_no_session(tmp_path: Path) -> None:
             assert not channel.session_open()
         finally:
             channel.close()
+
+
+def test_a_name_the_syncer_may_not_look_at_goes_to_rsync_and_the_rest_goes_on(
+        tmp_path: Path) -> None:
+    """A directory the syncer, not root, may read but not search (mode
+    0644): its entries cannot even be looked at. They go to rsync (which
+    says what it can and cannot do); the rest of the step is still the
+    agent's, not lost to an error that would retry the batch for ever."""
+    root = tmp_path / "src"
+    (root / "shut").mkdir(parents=True)
+    (root / "shut" / "f").write_bytes(b"f")
+    (root / "open").write_bytes(b"o")
+    os.chmod(root, 0o755)
+    os.chmod(root / "shut", 0o644)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        def work() -> tuple[list[bytes], list[bytes]]:
+            prep = prepare(fd, [b"shut/f", b"open"], max_size=4096, deletes=True,
+                           excluded=_never)
+            return sorted(prep.fallback), _puts(prep.ops)
+        assert _as_nobody(work) == repr(([b"shut/f"], [b"open"]))
+    finally:
+        os.close(fd)
+
+
+def test_a_name_there_for_its_time_under_a_parent_gone_is_left_alone(src: int) -> None:
+    """Its parent went (an event of its own): neither an operation nor a
+    hand-back to rsync."""
+    prep = prepare(src, [b"gone/a/b", b"d/f0"], max_size=4096, deletes=True,
+                   excluded=_never, times=frozenset({b"gone/a/b"}))
+    assert prep.fallback == []
+    assert [op["path"] for op in prep.ops if op["op"] not in ("time", "commit")] == [b"d/f0"]

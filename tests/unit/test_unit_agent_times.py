@@ -109,6 +109,8 @@ def test_the_root_changed_itself_goes_to_rsync_for_its_attributes(src: int) -> N
     changed = prepare(src, [b"", b"a/x"], max_size=1 << 20, deletes=True, excluded=_never,
                       times={b"a"})
     assert changed.fallback == [b""]
+    alone = prepare(src, [b""], max_size=1 << 20, deletes=True, excluded=_never)
+    assert alone.fallback == [b""] and alone.ops == []  # rsync sets its time too
     parent = prepare(src, [b"", b"a/x"], max_size=1 << 20, deletes=True, excluded=_never,
                      times={b"", b"a"})
     assert parent.fallback == [] and ("time", b"") in _ops(parent.ops)

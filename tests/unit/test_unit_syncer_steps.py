@@ -21,6 +21,7 @@ from syncsup.syncer.agents import Channel, agent_command, agent_use
 from syncsup.syncer.plan import Plan, Result, Step, StepKind
 from syncsup.syncer.steps import (
     Receiver,
+    agent_names,
     files_from,
     interpret,
     nearest_sendable,
@@ -440,3 +441,52 @@ def test_a_list_is_written_as_a_new_file(tmp_path: Path) -> None:
         assert os.read(keep, 100) == b"./a\0./b\0"
     finally:
         os.close(keep)
+
+
+def test_a_name_there_for_its_time_is_never_made_an_ancestors_deletion(tmp_path: Path
+                                                                       ) -> None:
+    """A changed name under a path that is no longer a directory becomes
+    that path; a name there only for its directory's time stays itself,
+    and counts as a change only when a changed name also became it."""
+    src = tmp_path / "src"
+    (src / "kept" / "x").mkdir(parents=True)
+    (src / "file").write_bytes(b"was a directory")
+    step = Step(StepKind.AGENT, (b"file", b"file/in", b"gone/a/b", b"gone/c", b"kept/x",
+                                 b"kept/x/y"),
+                times=frozenset({b"file", b"gone/a/b", b"kept/x"}))
+    names, times = agent_names(sync_of(src), step)
+    # "file/in" became "file" (a change: "file" is no time-only name now);
+    # "gone/c" became "gone"; the times-only "gone/a/b" stays itself
+    assert sorted(names) == [b"file", b"gone", b"gone/a/b", b"kept/x", b"kept/x/y"]
+    assert times == {b"gone/a/b", b"kept/x"}
+
+
+def test_a_source_emptied_before_an_agent_times_step_deletes_nothing(tmp_path: Path
+                                                                     ) -> None:
+    """The directories' times after a burst's rsync run, the source root
+    emptied meanwhile (a disk unmounted under its mount point): the agent
+    deletes none of the listed directories, nested ones neither, nor any
+    of their ancestors; it has nothing to set, and hands nothing back."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for top in (src, dst):
+        for d in ("a/b0", "a/b1", "c"):
+            (top / d).mkdir(parents=True)
+            (top / d / "f").write_bytes(b"f")
+    names = (b"a/b0", b"a/b1", b"c")
+    plan = Plan.make(Changes(paths={b"%s/f" % n for n in names}), commands=False,
+                     replay_moves=False, source_empty=False, agent=True)
+    (agent,) = plan.steps
+    paths = plan.advance(agent, Result(0, fallback=agent.names))  # a burst: all to rsync
+    times_step = plan.advance(paths, Result(0))
+    assert times_step == Step(StepKind.AGENT, names, times=frozenset(names))
+    shutil.rmtree(src)
+    src.mkdir()
+    ch = channel(Target(str(dst), str(dst)), src)
+    try:
+        got, times = agent_names(ch.sync, times_step)
+        result = ch.begin(got, startup=False, now=0.0, times=times)
+    finally:
+        ch.close()
+    assert result == Result(rc=0)
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*")) == [
+        "a", "a/b0", "a/b0/f", "a/b1", "a/b1/f", "c", "c/f"]
