@@ -246,28 +246,24 @@ def test_versions_of_listed_names_without_following_symlinks(tmp_path: Path) -> 
 
 def _version_one_by_one(root: bytes, names: Sequence[bytes], limit: int) -> sb.Fingerprint | None:
     """What :func:`sb.versions_of` must say, each name looked up on its own
-    (``lstat_below``: no symlink followed, only plain relative names)."""
+    (``lstat_below``: no symlink followed, only plain relative names), the
+    size limit checked on the whole."""
     fd = os.open(root, DIR_FLAGS)
-    out: list[sb.Version] = []
-    total = 0
+
+    def look(name: bytes) -> os.stat_result | None:
+        try:
+            return lstat_below(fd, name)
+        except OSError:
+            return None
+
     try:
-        for name in names:
-            try:
-                st = lstat_below(fd, name)
-            except OSError:
-                st = None
-            if st is None:
-                out.append(None)
-                continue
-            if stat.S_ISREG(st.st_mode):
-                total += st.st_size
-                if total > limit:
-                    return None
-            out.append((st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns,
-                        st.st_ctime_ns))
+        found = [look(name) for name in names]
     finally:
         os.close(fd)
-    return tuple(out)
+    if sum(st.st_size for st in found if st is not None and stat.S_ISREG(st.st_mode)) > limit:
+        return None
+    return tuple(None if st is None else (st.st_dev, st.st_ino, st.st_mode, st.st_size,
+                                          st.st_mtime_ns, st.st_ctime_ns) for st in found)
 
 
 def test_versions_of_looks_a_directory_up_once_and_says_what_name_by_name_would(
