@@ -78,7 +78,7 @@ from pathlib import Path
 from stat import S_ISREG
 
 from syncsup import config as cfg
-from syncsup.dirfd import DIR_FLAGS, DirCache
+from syncsup.dirfd import DIR_FLAGS, DirCache, split_path
 from syncsup.syncer.plan import Step, StepKind
 
 __all__ = ["KEEP", "MAX_BYTES", "MAX_NAMES", "MAX_WAITS", "TTL", "WAIT", "Fingerprint",
@@ -314,31 +314,22 @@ def versions_of(root: bytes, names: Sequence[bytes], limit: int) -> Fingerprint 
     except OSError:
         return None
     dirs = DirCache(root_fd)
-    parent: bytes | None = None  # the directory ``where`` is (None: the root)
-    where: int | None = root_fd  # None: not a directory below the root
+    # the directory ``where`` is open on (the root first); None while a
+    # lookup is under way (a trim may close ``where``, the lookup may fail)
+    parent: list[bytes] | None = []
+    where = root_fd
     try:
         for name in names:
-            up, sep, last = name.rpartition(b"/")
-            if (up if sep else None) != parent:
-                parent = up if sep else None
-                parts = up.split(b"/")
-                dirs.trim()
-                try:
-                    if not sep:
-                        where = root_fd
-                    elif b"\0" in up or not _NOT_NAMES.isdisjoint(parts):
-                        where = None
-                    else:
-                        where = dirs.get(parts)
-                except OSError:
-                    where = None
             try:
                 if not name:
                     st = os.fstat(root_fd)
-                elif where is None or last in _NOT_NAMES or b"\0" in last:
-                    out.append(None)  # not a name below the root (split_path's rule)
-                    continue
                 else:
+                    parts, last = split_path(name)
+                    if parts != parent:
+                        parent = None
+                        dirs.trim()
+                        where = dirs.get(parts)
+                        parent = parts
                     st = os.lstat(last, dir_fd=where)
             except OSError:
                 out.append(None)
@@ -353,6 +344,3 @@ def versions_of(root: bytes, names: Sequence[bytes], limit: int) -> Fingerprint 
         dirs.clear()
         os.close(root_fd)
     return tuple(out)
-
-
-_NOT_NAMES = frozenset({b"", b".", b".."})

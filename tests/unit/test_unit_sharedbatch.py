@@ -291,6 +291,13 @@ def test_versions_of_looks_a_directory_up_once_and_says_what_name_by_name_would(
         (root / "m" / str(i) / "g").write_bytes(b"m")
     many = [b"m/%d%s" % (i, n) for i in range(100) for n in (b"/f", b"/g", b"")]
     rootb = os.fsencode(root)
+    # a failed lookup between two names of one directory, at every filling
+    # of the cache: the first directory's descriptor may have been closed
+    # by the emptying on the way
+    for k in range(1, 100):
+        names = [b"m/%d/f" % i for i in range(k)] + [b"nope/x", b"m/%d/g" % (k - 1)]
+        assert sb.versions_of(rootb, names, 100_000) == _version_one_by_one(
+            rootb, names, 100_000), k
     rng = random.Random(5)
     for _ in range(5_000):
         names = [rng.choice(pool) for _ in range(rng.randint(0, 12))]
