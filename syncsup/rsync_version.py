@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 
 __all__ = ["MIN_TARGET", "binary_identity", "format_version", "parse_version",
-           "rsync_version", "takes_missing_args"]
+           "rsync_version", "sets_implied_dirs", "takes_missing_args"]
 
 MIN_TARGET = (3, 2, 0)
 
@@ -46,7 +46,8 @@ def rsync_version(binary: str = "rsync") -> tuple[int, int, int] | None:
     return parse_version(first) if first.startswith("rsync") else None
 
 
-_missing_args: dict[tuple[object, ...], bool] = {}
+# binary -> (takes --delete-missing-args, sets implied directories): one probe
+_receiver: dict[tuple[object, ...], tuple[bool, bool]] = {}
 
 
 def binary_identity(binary: str) -> tuple[object, ...] | None:
@@ -69,30 +70,76 @@ def takes_missing_args(binary: str = "rsync") -> bool:
     A sender lists a name missing on its side as an entry of mode 0, and
     receivers before rsync 3.4.4 may reject it (Debian 12's 3.2.7 does):
     "invalid file mode 00 ... protocol incompatibility", exit 2, every time.
-    So this is asked of the binary itself, not of its version: a
-    dry run (nothing is written) whose list names a missing file that the
-    destination has. Exit 0: it takes the option; anything else: it does
-    not, or cannot tell, and deletions are sent another way (which works
-    with every receiver). Cached per binary (path, inode, size, mtime)."""
+    So this is asked of the binary itself, not of its version: a transfer
+    between two private temporary trees whose list names a file missing
+    from the source that the destination has (:func:`_probe`). Exit 0: it
+    takes the option; anything else: it does not, or cannot tell, and
+    deletions are sent another way (which works with every receiver).
+    Cached per binary (path, inode, size, mtime)."""
+    return _receiver_probe(binary)[0]
+
+
+def sets_implied_dirs(binary: str = "rsync") -> bool:
+    """Whether a step of ``binary`` sending names from a list sets the mode
+    and the modification time of every directory above them on the
+    receiver (the transfer's root too), and of every directory it names,
+    after the step's own writes and deletions there.
+
+    rsync's ``--files-from`` implies ``--relative``, whose implied
+    directories travel with their attributes, and a name written ``./name``
+    makes the sender list the root (``.``) the same way; the receiver sets
+    a directory's time last, after what it created or deleted in it. Then
+    a separate step sending those directories for their times would change
+    nothing, and the syncer leaves it out. Asked of the binary, not of its
+    version, by the same transfer as :func:`takes_missing_args`: anything
+    but every attribute matching is False, and the step stays."""
+    return _receiver_probe(binary)[1]
+
+
+def _receiver_probe(binary: str) -> tuple[bool, bool]:
     key = binary_identity(binary)
     if key is None:
-        return False
-    if key not in _missing_args:
+        return False, False
+    if key not in _receiver:
         with tempfile.TemporaryDirectory(prefix="syncsup-rsync-probe-") as tmp:
-            src, dst = os.path.join(tmp, "src"), os.path.join(tmp, "dst")
-            os.mkdir(src)
-            os.mkdir(dst)
-            with open(os.path.join(dst, "gone"), "wb"):
-                pass
-            with open(os.path.join(tmp, "list"), "wb") as fh:
-                fh.write(b"./gone\0")
-            try:
-                rc = subprocess.run(
-                    [str(key[0]), "-n", "-d", "--from0", f"--files-from={tmp}/list",
-                     "--delete-missing-args", "--", f"{src}/", f"{dst}/"],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, timeout=20, check=False).returncode
-            except (OSError, subprocess.TimeoutExpired):
-                rc = -1
-        _missing_args[key] = rc == 0
-    return _missing_args[key]
+            _receiver[key] = _probe(str(key[0]), tmp)
+    return _receiver[key]
+
+
+def _probe(binary: str, tmp: str) -> tuple[bool, bool]:
+    """One transfer in ``tmp`` with the syncer's paths-step options: ``a``
+    named (it lost ``gone``), ``a/b/f`` new, ``a/b/gone`` missing from the
+    source; the root, ``a`` and ``a/b`` given distinct modes and times
+    (nanoseconds included) on the source only."""
+    src, dst = os.path.join(tmp, "src"), os.path.join(tmp, "dst")
+    dirs = ("", "a", "a/b")
+    for top in (src, dst):
+        os.makedirs(os.path.join(top, "a", "b"))
+    with open(os.path.join(src, "a", "b", "f"), "wb") as fh:
+        fh.write(b"new\n")
+    for gone in ("a/gone", "a/b/gone"):
+        with open(os.path.join(dst, gone), "wb"):
+            pass
+    for i, rel in enumerate(dirs):
+        os.chmod(os.path.join(src, rel), 0o750 - 0o10 * i)
+        os.utime(os.path.join(src, rel), ns=(0, 1_000_000_000 * (1000 + i) + 123_456_789))
+    with open(os.path.join(tmp, "list"), "wb") as fh:
+        fh.write(b"./a\0./a/gone\0./a/b/f\0./a/b/gone\0")
+    try:
+        rc = subprocess.run(
+            [binary, "-a", "--from0", f"--files-from={tmp}/list", "--force",
+             "--modify-window=-1", "-d", "-I", "--delete-missing-args", "--",
+             f"{src}/", f"{dst}/"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            timeout=20, check=False).returncode
+    except (OSError, subprocess.TimeoutExpired):
+        return False, False
+    if rc != 0:
+        return False, False
+    if any(os.path.lexists(os.path.join(dst, gone)) for gone in ("a/gone", "a/b/gone")):
+        return True, False
+    for rel in dirs:
+        want, got = os.lstat(os.path.join(src, rel)), os.lstat(os.path.join(dst, rel))
+        if (want.st_mode, want.st_mtime_ns) != (got.st_mode, got.st_mtime_ns):
+            return True, False
+    return True, True

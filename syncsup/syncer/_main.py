@@ -212,7 +212,10 @@ class Syncer:
             if step.kind is StepKind.MOVES:
                 done = slot.channel.rename(list(step.renames), now)
             else:
-                names, times = agent_names(slot.sync, step)
+                names, times = agent_names(slot.sync, slot.plan, step)
+                if not names:  # times alone, all set by the rsync step before it
+                    self.settle(slot, Result(rc=0))
+                    return
                 done = slot.channel.begin(names, slot.batch.startup, now, times)
             slot.sent += slot.channel.sent
             if done is not None:
@@ -240,8 +243,9 @@ class Syncer:
             sends = rsync_names(slot.plan, step, changes, slot.rules,
                                 os.fsencode(slot.sync.source),
                                 missing_args=slot.receiver.missing_args,
-                                empty=lambda: source_empty(slot.sync.source))
-            if not sends.names:  # all below excluded directories: nothing rsync would send
+                                empty=lambda: source_empty(slot.sync.source),
+                                implied_dirs=slot.receiver.implied_dirs)
+            if not sends.names:  # nothing rsync would send, or nothing left to set
                 self.settle(slot, Result(rc=0))
                 return
             step = slot.step = sends.step

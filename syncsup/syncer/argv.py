@@ -16,7 +16,8 @@ Three kinds of transfer:
   a read only of files whose size matches on both sides.
 * ``times``: the directories holding a batch's entries, after them, for
   their modification times (``-d``, no ``-I``; deleting only towards a
-  receiver without ``--delete-missing-args``, see ``paths``).
+  receiver without ``--delete-missing-args``, see ``paths``); only those
+  the paths step did not set (``syncsup.syncer.steps.covered``).
 * ``paths``: entries named by events, one by one (``-d``, no recursion).
   ``-I`` because the quick check would skip a same-size rewrite made within
   one timestamp tick; ``--delete-missing-args`` so that a path gone from
@@ -29,7 +30,10 @@ Three kinds of transfer:
   did not change (a chmod, a file the tree step already sent) and each
   rewrite leaves a backup copy of identical content, which rsync driven
   by Lsyncd (no ``-I``) never makes; the checksum still catches a same-size
-  rewrite within one timestamp tick.
+  rewrite within one timestamp tick. With ``--append``, neither: ``-I
+  --append`` skips a file whose size did not change whole, a new mode or
+  owner too, where the quick check sets them (``--append`` never sends a
+  same-size rewrite anyway).
 """
 
 from __future__ import annotations
@@ -108,6 +112,11 @@ def _backs_up(extra: tuple[str, ...] | list[str]) -> bool:
                for a in extra)
 
 
+def _appends(extra: tuple[str, ...] | list[str]) -> bool:
+    """Does rsync append to files (``--append``, ``--append-verify``)?"""
+    return any(a in ("--append", "--append-verify") for a in extra)
+
+
 def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: bool,
                control_path: str | None = None, missing_args: bool = True,
                super_receiver: bool = False) -> list[str]:
@@ -151,8 +160,13 @@ def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: 
     elif kind == "paths":
         # With ``checksum`` (files a proof left unproven), or when rsync keeps
         # backups (a re-sent identical file would leave a backup copy):
-        # compared by content, sent only if they differ; else always sent.
-        argv += ["-d", "--checksum" if verify or _backs_up(opts.extra) else "-I"]
+        # compared by content, sent only if they differ; with ``--append``,
+        # by the quick check; else always sent.
+        argv += ["-d"]
+        if verify or _backs_up(opts.extra):
+            argv += ["--checksum"]
+        elif not _appends(opts.extra):
+            argv += ["-I"]
     else:
         argv += ["-d"]  # the quick check: a listed directory's unchanged entries cost nothing
         if deletes and not missing_args:

@@ -46,10 +46,15 @@ what each step's result means.
   the batch. The batch still ends in that failure (a retry).
 * ``times`` then sends the directories that hold the batch's entries
   (outside its trees), the root too: making, deleting or renaming an entry
-  changed their modification times, which no event reports, and rsync sets
-  a directory's time only when it is in the list (and before it deletes a
-  missing name there, so not in the ``paths`` step). Without ``-I``: a
-  listed root is walked one level deep and its unchanged files skipped.
+  changed their modification times, which no event reports. Without
+  ``-I``: a listed root is walked one level deep and its unchanged files
+  skipped. A ``paths`` step right before it has set most of them already
+  (rsync's implied directories, the root for a ``./`` name, after its
+  writes and deletions there: probed at start, ``Plan.implied``): the step
+  sends only the rest, and runs only if some are left (a directory whose
+  only change is a name the rules exclude; every directory with an rsync
+  that does not set them, or a receiver without
+  ``--delete-missing-args``, whose times step makes the deletions).
   After rsync took what a working agent left (a burst larger than one
   agent step), the agent sets those times instead: a second step of its
   own, not another rsync.
@@ -155,6 +160,10 @@ class Plan:
     done: list[StepKind] = field(default_factory=list)
     parents: set[bytes] = field(default_factory=set)  # directories whose times are sent
     source_empty: bool = False  # the source root had no entries when the batch came
+    # the directories the last step that wrote on the target set itself at
+    # its end (an rsync paths step's implied directories, the root too): a
+    # times step right after it leaves them out (set by the steps' helpers)
+    implied: frozenset[bytes] = frozenset()
 
     @classmethod
     def make(cls, changes: Changes, *, commands: bool, replay_moves: bool,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from syncsup import config as cfg
 from syncsup import proto
 from syncsup.filters import RuleList, expand_rule_files
+from syncsup.rsync_version import sets_implied_dirs
 from syncsup.statedir import StateDir
 from syncsup.syncer.agents import Channel, agent_use
 from syncsup.syncer.argv import login_of
@@ -71,7 +72,9 @@ def make_slots(conf: cfg.Config, state: StateDir) -> dict[Key, Slot]:
                   if t.over_ssh else None)
             slot = slots[(sync.name, i)] = Slot(
                 sync, i, t, cp, rules=rules,
-                receiver=Receiver(receiver_takes_missing_args(sync, t)))
+                receiver=Receiver(receiver_takes_missing_args(sync, t),
+                                  implied_dirs=not sync.runs_commands
+                                  and sets_implied_dirs(sync.rsync.binary)))
             use = agent_use(sync, t)
             if use.wanted:
                 errfile = open(state.tmp / f"{sync.name}-{i}.agent.err", "w+b")  # noqa: SIM115

@@ -38,7 +38,7 @@ from syncsup.syncer.moves import replayable, retyped_parents
 from syncsup.syncer.plan import Plan, Result, Step, StepKind
 from syncsup.syncer.prove import nothing_to_prove
 
-__all__ = ["Receiver", "agent_names", "files_from", "interpret", "nearest_sendable",
+__all__ = ["Receiver", "agent_names", "covered", "files_from", "interpret", "nearest_sendable",
            "plan_batch", "rsync_names", "source_empty"]
 
 log = logging.getLogger("syncsup.syncer")
@@ -124,19 +124,54 @@ def _first_non_directory(root: bytes, directory: bytes, is_dir: dict[bytes, bool
     return None
 
 
-def agent_names(sync: cfg.Sync, step: Step) -> tuple[list[bytes], frozenset[bytes]]:
+def agent_names(sync: cfg.Sync, plan: Plan, step: Step) -> tuple[list[bytes], frozenset[bytes]]:
     """The names an agent step reads from the source, and those among them
     there only for their directory's time. A changed name under a path that
     is no longer a directory becomes that path (:func:`nearest_sendable`),
     which is then a change of its own; a name there for its time stays as
     it is, whatever became of its parents: it is never made a deletion of
     an ancestor (a source emptied under a burst's rsync run would have had
-    a parent's parent deleted on the target)."""
+    a parent's parent deleted on the target). A step of times alone leaves
+    out the directories the rsync step before it set (``plan.implied``);
+    any other agent step writes, and what rsync set before it no longer
+    holds."""
+    if step.times and step.times >= set(step.names):
+        times = frozenset(n for n in step.times if n not in plan.implied)
+        return sorted(times), times
+    plan.implied = frozenset()
     changed = nearest_sendable(os.fsencode(sync.source),
                                [n for n in step.names if n not in step.times])
     names = dict.fromkeys(changed)
     times = frozenset(n for n in step.times if n not in names)
     return [*names, *sorted(times)], times
+
+
+def covered(names: list[bytes], rules: RuleList) -> frozenset[bytes]:
+    """The directories a paths step sending ``names`` sets itself: each
+    name that rsync sends for certain and every directory above it, the
+    root too.
+
+    ``--files-from`` implies ``--relative``: rsync lists the directories
+    above each name it sends (its implied directories, and the root for a
+    ``./`` name) with their attributes, and its receiver sets a listed
+    directory's time after the step's writes and deletions there, so a
+    times step after it would change nothing for them; a name itself is
+    made the source's (or deleted: nothing is left to set). A name the
+    rules exclude brings no directory of its own (rsync drops it before its
+    parents), nor does one whose fate they leave in doubt
+    (``RuleList.sent``); its directory keeps its place in the times step."""
+    out: set[bytes] = set()
+    for name in names:
+        if name in out or rules.sent(name) is not True:
+            continue
+        out.add(name)
+        parent = name.rpartition(b"/")[0]
+        while parent not in out:
+            out.add(parent)
+            if not parent:
+                break
+            parent = parent.rpartition(b"/")[0]
+    return frozenset(out)
 
 
 @dataclass(frozen=True)
@@ -152,16 +187,28 @@ class RsyncNames:
 
 
 def rsync_names(plan: Plan, step: Step, changes: proto.Changes, rules: RuleList, source: bytes,
-                *, missing_args: bool, empty: Callable[[], bool]) -> RsyncNames:
+                *, missing_args: bool, empty: Callable[[], bool],
+                implied_dirs: bool = False) -> RsyncNames:
     """The names of a tree, paths or times ``step`` of ``plan``.
     ``missing_args``: the receiver takes ``--delete-missing-args``;
     ``empty`` tells whether the source root is empty now (asked only when
-    the root's entries would be deleted by a listing)."""
+    the root's entries would be deleted by a listing); ``implied_dirs``: a
+    paths step sets the directories above its names (:func:`covered`),
+    which the times step right after it then leaves out; with
+    ``--delete-missing-args`` only, else the times step is where
+    deletions are made."""
     names = [n for n in nearest_sendable(source, list(step.names))
              if not rules.below_excluded(n)]
     # a batch planned for the agent has no times step of its own: what it
     # leaves to rsync keeps --delete-missing-args
     missing_args = missing_args or any(s.kind is StepKind.AGENT for s in plan.steps)
+    if step.kind is StepKind.PATHS:
+        plan.implied = (covered(names, rules) if implied_dirs and missing_args
+                        else frozenset())
+    elif step.kind is StepKind.TREE:
+        plan.implied = frozenset()
+    elif missing_args:
+        names = [n for n in names if n not in plan.implied]
     if names and step.kind is StepKind.TIMES and not missing_args:
         names = with_contents(source, changes.paths | changes.trees, names)
         if b"" in names and not step.empty_guard and empty():
@@ -182,9 +229,12 @@ def files_from(paths: list[bytes]) -> bytes:
 class Receiver:
     """What the syncer has learned of one target's rsync receiver: whether
     it takes ``--delete-missing-args`` (a local one is probed at start; a
-    remote one is assumed to until it answers 2 to it)."""
+    remote one is assumed to until it answers 2 to it), and whether a paths
+    step sets the directories above its names (``implied_dirs``: probed at
+    start with the local rsync, see :func:`covered`)."""
 
     missing_args: bool = True
+    implied_dirs: bool = False
 
 
 def interpret(step: Step, result: Result, *, receiver: Receiver, sync: cfg.Sync,

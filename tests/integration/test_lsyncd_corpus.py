@@ -283,12 +283,13 @@ def direct_symlink_copied(a: Snap, b: Snap, src: Snap) -> set[bytes]:
 
 
 def root_refreshed(follow: bool) -> Rule:
-    """syncsup lists the source root in every batch (to set directory
-    times, one level deep, without -I): a root entry that changed without
-    an event of its own (a symlink's referent, under copy_links or
-    copy_dirlinks) or that an init = false target lacks is brought up to
-    date; Lsyncd leaves it. syncsup's entry is then the source's (the
-    referent's, with ``follow``)."""
+    """A batch whose rsync times step lists the source root (one level
+    deep, without -I: a root that changed itself, a root-level name the
+    rules exclude) brings up to date a root entry that changed without an
+    event of its own (a symlink's referent, under copy_links or
+    copy_dirlinks) or that an init = false target lacks; Lsyncd leaves it.
+    syncsup's entry is then the source's (the referent's, with
+    ``follow``)."""
     def rule(a: Snap, b: Snap, src: Snap) -> set[bytes]:
         out = set()
         for rel in set(a) | set(b):
@@ -471,6 +472,9 @@ LOCAL_RULES: dict[str, list[Rule]] = {
     "links_modes/dst-copy": [root_refreshed(follow=True)],
     "links_modes/dst-dirlinks": [root_refreshed(follow=False)],
 }
+# differences that show only when a batch happens to send the root for its
+# time (a root that changed itself, a root-level name the rules exclude)
+MAY_SHOW = {"direct_init/dst-noinit", "links_modes/dst-copy", "links_modes/dst-dirlinks"}
 LOCAL = ["backups_append.lua", "copy_unsafe.lua", "delete_modes.lua", "direct_init.lua",
          "dry_run.lua", "filters.lua", "layers_loop.lua", "links_modes.lua",
          "mirror_settings.lua", "perms_owner.lua", "tuning.lua"]
@@ -505,7 +509,7 @@ def test_not_mirrored_configs_import_no_sync(tmp_path):
 
 def test_local_configs_side_by_side_with_lsyncd(tmp_path, daemon_factory):
     run_side_by_side(tmp_path, daemon_factory, LOCAL, {}, LOCAL_SPECIAL, LOCAL_RULES,
-                     set(LOCAL_RULES))
+                     set(LOCAL_RULES) - MAY_SHOW)
 
 
 def test_ssh_configs_side_by_side_with_lsyncd(tmp_path, daemon_factory, sshd):

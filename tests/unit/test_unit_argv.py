@@ -90,6 +90,18 @@ def test_paths_compare_checksums_instead_of_rewriting_when_rsync_keeps_backups(
     assert "-I" in rsync_argv(plain, LOCAL, PATHS, LIST, startup=False)
 
 
+@pytest.mark.parametrize("flag", ["--append", "--append-verify"])
+def test_paths_use_the_quick_check_when_rsync_appends(flag: str) -> None:
+    """rsync's ``-I --append`` skips a file whose size did not change, its
+    new mode or owner too; the quick check sets them."""
+    sync = dataclasses.replace(make_sync(), rsync=RsyncOptions(extra=("-v", flag)))
+    argv = rsync_argv(sync, LOCAL, PATHS, LIST, startup=False)
+    assert "-d" in argv and "-I" not in argv and "--checksum" not in argv
+    unproven = rsync_argv(sync, LOCAL, Step(StepKind.PATHS, (b"a",), checksum=True), LIST,
+                          startup=True)
+    assert "--checksum" in unproven
+
+
 def test_only_verifying_rescans_compare_checksums() -> None:
     sync = make_sync()
     assert "--checksum" not in rsync_argv(sync, LOCAL, TREE, LIST, startup=True)

@@ -22,6 +22,7 @@ from syncsup.syncer.plan import Plan, Result, Step, StepKind
 from syncsup.syncer.steps import (
     Receiver,
     agent_names,
+    covered,
     files_from,
     interpret,
     nearest_sendable,
@@ -140,6 +141,85 @@ def test_a_receiver_taking_missing_args_lists_directories_alone(tmp_path: Path) 
     got = rsync_names(plan, step, Changes(paths={b"d/gone"}), RuleList(sync_of(tmp_path)),
                       os.fsencode(tmp_path), missing_args=True, empty=never_asked)
     assert got.names == [b"", b"d"] and not got.step.empty_guard
+
+
+def test_covered_is_each_sent_name_with_every_directory_above_it(tmp_path: Path) -> None:
+    """What rsync's paths step sets itself: the names it sends and their
+    implied directories, the root too; a name the rules exclude, or leave
+    in doubt, brings none of its directories."""
+    plain = RuleList(sync_of(tmp_path))
+    assert covered([b"a/b/c", b"a/x", b"top"], plain) == {
+        b"", b"a", b"a/b", b"a/b/c", b"a/x", b"top"}
+    assert covered([], plain) == frozenset()
+    rules = RuleList(sync_of(tmp_path, exclude=("*.tmp",)))
+    assert covered([b"d/e/f.tmp", b"g/h"], rules) == {b"", b"g", b"g/h"}
+    assert covered([b"d/e/f.tmp"], rules) == frozenset()
+    doubt = RuleList(sync_of(tmp_path, filter=(": .rules",)))  # a merge file: not read
+    assert covered([b"a/b"], doubt) == frozenset()
+
+
+def test_covered_matches_a_walk_of_every_name(tmp_path: Path) -> None:
+    """The early stops (a name or directory already in) change nothing:
+    the same set as every name's ancestors, over random lists."""
+    rules = RuleList(sync_of(tmp_path, exclude=("x*",)))
+    rng = random.Random(5)
+    for _ in range(300):
+        names = [b"/".join(rng.choice([b"a", b"b", b"xa"]) for _ in range(rng.randint(1, 4)))
+                 for _ in range(rng.randint(0, 8))]
+        want: set[bytes] = set()
+        for n in names:
+            if b"x" in n:  # a component starting with x: excluded, or below one
+                continue
+            parts = n.split(b"/")
+            want |= {b"/".join(parts[:i]) for i in range(len(parts) + 1)}
+        assert covered(names, rules) == want, names
+
+
+def test_a_times_step_after_a_paths_step_leaves_out_what_it_set(tmp_path: Path) -> None:
+    """With a receiver that sets implied directories and takes
+    --delete-missing-args, the times step lists only what the paths step
+    did not set; a tree step in between, or an old receiver, keeps all."""
+    for d in ("a/b", "c", "e"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "a/b/f").write_text("f")
+    source = os.fsencode(tmp_path)
+    rules = RuleList(sync_of(tmp_path, exclude=("*.tmp",)))
+    changes = Changes(paths={b"a/b/f", b"c/gone", b"e/x.tmp"})
+    parents = (b"", b"a/b", b"c", b"e")
+
+    def run(plan: Plan, implied: bool, missing: bool = True) -> list[bytes]:
+        got: list[bytes] = []
+        for step in plan.steps:
+            sends = rsync_names(plan, step, changes, rules, source, missing_args=missing,
+                                empty=lambda: False, implied_dirs=implied)
+            got = sends.names
+        return got
+
+    def plan() -> Plan:
+        return Plan([Step(StepKind.PATHS, tuple(sorted(changes.paths))),
+                     Step(StepKind.TIMES, parents)])
+
+    assert run(plan(), implied=True) == [b"e"]  # only the excluded name's directory
+    assert run(plan(), implied=False) == list(parents)
+    assert run(plan(), implied=True, missing=False) == [b"", b"a/b", b"c/", b"e/"]
+    rescanned = Plan([Step(StepKind.PATHS, tuple(sorted(changes.paths))),
+                      Step(StepKind.TREE, (b"a",)), Step(StepKind.TIMES, parents)])
+    assert run(rescanned, implied=True) == list(parents)
+
+
+def test_an_agent_times_step_leaves_out_what_rsync_set_and_a_writing_one_forgets_it(
+        tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    sync = sync_of(tmp_path)
+    times = Step(StepKind.AGENT, (b"", b"a", b"c"), times=frozenset({b"", b"a", b"c"}))
+    plan = Plan([Step(StepKind.PATHS, (b"a/f",)), times])
+    plan.implied = frozenset({b"", b"a", b"a/f"})
+    assert agent_names(sync, plan, times) == ([b"c"], frozenset({b"c"}))
+    plan.implied = frozenset({b"", b"a", b"c"})
+    assert agent_names(sync, plan, times) == ([], frozenset())
+    writes = Step(StepKind.AGENT, (b"a", b"a/g"), times=frozenset({b"a"}))
+    assert agent_names(sync, plan, writes) == ([b"a/g", b"a"], frozenset({b"a"}))
+    assert plan.implied == frozenset()
 
 
 def test_what_an_agent_leaves_keeps_missing_args(tmp_path: Path) -> None:
@@ -454,7 +534,7 @@ def test_a_name_there_for_its_time_is_never_made_an_ancestors_deletion(tmp_path:
     step = Step(StepKind.AGENT, (b"file", b"file/in", b"gone/a/b", b"gone/c", b"kept/x",
                                  b"kept/x/y"),
                 times=frozenset({b"file", b"gone/a/b", b"kept/x"}))
-    names, times = agent_names(sync_of(src), step)
+    names, times = agent_names(sync_of(src), Plan([step]), step)
     # "file/in" became "file" (a change: "file" is no time-only name now);
     # "gone/c" became "gone"; the times-only "gone/a/b" stays itself
     assert sorted(names) == [b"file", b"gone", b"gone/a/b", b"kept/x", b"kept/x/y"]
@@ -483,7 +563,7 @@ def test_a_source_emptied_before_an_agent_times_step_deletes_nothing(tmp_path: P
     src.mkdir()
     ch = channel(Target(str(dst), str(dst)), src)
     try:
-        got, times = agent_names(ch.sync, times_step)
+        got, times = agent_names(ch.sync, plan, times_step)
         result = ch.begin(got, startup=False, now=0.0, times=times)
     finally:
         ch.close()
