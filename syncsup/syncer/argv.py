@@ -91,8 +91,18 @@ DAEMON_CONNECT_TIMEOUT = 10
 def daemon_options(sync: Sync) -> list[str]:
     """rsync's options for a target served by an rsync daemon: the password
     file (rsync reads it itself; no password is ever on a command line or in
-    an environment) and a connection timeout."""
+    an environment), a connection timeout, and ``TCP_NODELAY`` unless the
+    options set socket options of their own.
+
+    Without ``TCP_NODELAY`` the connection's handshake stalls twice: the
+    client writes two small messages back to back, Nagle's algorithm holds
+    the second until the first is acknowledged, and the daemon, waiting for
+    both, delays that acknowledgement (40 ms on Linux). Measured on
+    loopback: 92 ms for one small file, 5 ms with it. rsync buffers its
+    data itself, so only those handshake writes go out sooner."""
     opts = [f"--contimeout={DAEMON_CONNECT_TIMEOUT}"]
+    if not any(a.startswith("--sockopts") for a in sync.rsync.extra):
+        opts.append("--sockopts=TCP_NODELAY")
     if sync.rsyncd.password_file is not None:
         opts.append(f"--password-file={sync.rsyncd.password_file}")
     return opts
