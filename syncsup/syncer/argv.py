@@ -44,7 +44,8 @@ import shlex
 from syncsup.config import Sync, Target
 from syncsup.syncer.plan import Step
 
-__all__ = ["DAEMON_CONNECT_TIMEOUT", "SSH_DEFAULTS", "daemon_options", "login_of", "rsync_argv",
+__all__ = ["DAEMON_CONNECT_TIMEOUT", "SSH_DEFAULTS", "daemon_options", "login_of",
+           "names_imply_dirs", "rsync_argv",
            "ssh_argv", "ssh_command"]
 
 # Fail fast on a dead host and notice a dead connection, instead of hanging.
@@ -120,6 +121,28 @@ def _backs_up(extra: tuple[str, ...] | list[str]) -> bool:
     return any(a == "--backup" or a.startswith("--backup-dir")
                or (a.startswith("-") and not a.startswith("--") and "b" in a[1:])
                for a in extra)
+
+
+# Options that take names out of rsync's list (filters the syncer's own
+# rules never read) or stop it listing the directories above a name.
+_NOT_IMPLYING = ("--exclude", "--exclude-from", "--include", "--include-from", "--filter",
+                 "--cvs-exclude", "--no-implied-dirs", "--no-relative", "--no-R")
+
+
+def names_imply_dirs(extra: tuple[str, ...] | list[str]) -> bool:
+    """With these extra options, does every name rsync is given bring the
+    directories above it, with their attributes (``steps.covered``)? Not
+    if they hold filters (``--exclude``, ``-F``, ``-C``...: an excluded
+    name brings none, and only the sync's own rules are read to know which
+    are) or turn implied directories off. A doubt (a short option cluster
+    holding F or C) answers no: the times step then stays whole."""
+    for a in extra:
+        if a.startswith("--"):
+            if a.partition("=")[0] in _NOT_IMPLYING:
+                return False
+        elif a.startswith("-") and ("F" in a[1:] or "C" in a[1:]):
+            return False
+    return True
 
 
 def _appends(extra: tuple[str, ...] | list[str]) -> bool:

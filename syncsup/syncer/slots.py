@@ -17,7 +17,7 @@ from syncsup.filters import RuleList, expand_rule_files
 from syncsup.rsync_version import sets_implied_dirs
 from syncsup.statedir import StateDir
 from syncsup.syncer.agents import Channel, agent_use
-from syncsup.syncer.argv import login_of
+from syncsup.syncer.argv import login_of, names_imply_dirs
 from syncsup.syncer.core import Key
 from syncsup.syncer.deletions import receiver_takes_missing_args
 from syncsup.syncer.plan import Plan, Step
@@ -74,6 +74,7 @@ def make_slots(conf: cfg.Config, state: StateDir) -> dict[Key, Slot]:
                 sync, i, t, cp, rules=rules,
                 receiver=Receiver(receiver_takes_missing_args(sync, t),
                                   implied_dirs=not sync.runs_commands
+                                  and names_imply_dirs(sync.rsync.extra)
                                   and sets_implied_dirs(sync.rsync.binary)))
             use = agent_use(sync, t)
             if use.wanted:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from syncsup.config import RsyncOptions, SshOptions, Sync, Target
-from syncsup.syncer.argv import SSH_DEFAULTS, login_of, rsync_argv, ssh_command
+from syncsup.syncer.argv import SSH_DEFAULTS, login_of, names_imply_dirs, rsync_argv, ssh_command
 from syncsup.syncer.exitcodes import Outcome, classify
 from syncsup.syncer.plan import Step, StepKind
 
@@ -88,6 +88,24 @@ def test_paths_compare_checksums_instead_of_rewriting_when_rsync_keeps_backups(
     assert "--checksum" in argv and "-I" not in argv
     plain = dataclasses.replace(make_sync(), rsync=RsyncOptions(extra=("--bwlimit=5",)))
     assert "-I" in rsync_argv(plain, LOCAL, PATHS, LIST, startup=False)
+
+
+@pytest.mark.parametrize(("extra", "implies"), [
+    ((), True),
+    (("--bwlimit=5", "-v", "--append", "--max-size=1M", "-z"), True),
+    (("--exclude=*.o",), False),
+    (("--exclude", "*.o"), False),
+    (("--filter=- core",), False),
+    (("--include-from=/etc/keep",), False),
+    (("-F",), False),
+    (("-vC",), False),
+    (("--cvs-exclude",), False),
+    (("--no-implied-dirs",), False),
+    (("--no-R",), False),
+])
+def test_extra_options_that_drop_names_or_implied_dirs_keep_the_times_step(
+        extra: tuple[str, ...], implies: bool) -> None:
+    assert names_imply_dirs(extra) is implies
 
 
 @pytest.mark.parametrize("flag", ["--append", "--append-verify"])
