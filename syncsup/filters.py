@@ -215,6 +215,8 @@ class RuleList:
         directory above it? True for certain, False if certainly not, None
         when it depends on the type (a rule for directories only) or on a
         rule this module does not read."""
+        if not self.sender:  # no rule for the sender: asked per name of a step
+            return True if self.complete else None
         parts = rel.split(b"/")
         for i in range(1, len(parts)):
             up = self._verdict(b"/".join(parts[:i]), True)
