@@ -210,6 +210,11 @@ class RuleList:
                 return not excludes
         return True if self.complete else None
 
+    @property
+    def sends_everything(self) -> bool:
+        """No rule is the sender's: rsync sends every name it is given."""
+        return self.complete and not self.sender
+
     def sent(self, rel: bytes) -> bool | None:
         """Does rsync send the entry ``rel`` whatever its type, with every
         directory above it? True for certain, False if certainly not, None

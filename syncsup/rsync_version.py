@@ -101,30 +101,42 @@ def _receiver_probe(binary: str) -> tuple[bool, bool]:
     if key is None:
         return False, False
     if key not in _receiver:
-        with tempfile.TemporaryDirectory(prefix="syncsup-rsync-probe-") as tmp:
-            _receiver[key] = _probe(str(key[0]), tmp)
+        try:
+            with tempfile.TemporaryDirectory(prefix="syncsup-rsync-probe-") as tmp:
+                _receiver[key] = _probe(str(key[0]), tmp)
+        except OSError:  # the temporary trees could not be made: no answer
+            _receiver[key] = False, False
     return _receiver[key]
+
+
+# the probe's directories, each given its own mode and time on the source:
+# the root and "a/b" implied by names, "a" named itself, "c" implied by a
+# missing name alone
+_DIRS = ("", "a", "a/b", "c")
+_GONE = ("a/gone", "a/b/gone", "c/gone")
 
 
 def _probe(binary: str, tmp: str) -> tuple[bool, bool]:
     """One transfer in ``tmp`` with the syncer's paths-step options: ``a``
-    named (it lost ``gone``), ``a/b/f`` new, ``a/b/gone`` missing from the
-    source; the root, ``a`` and ``a/b`` given distinct modes and times
-    (nanoseconds included) on the source only."""
+    named (it lost ``gone``), ``a/b/f`` new, ``a/b/gone`` and ``c/gone``
+    missing from the source. The first answer: the missing names were
+    deleted (whatever the exit code: a receiver that rejects them fails
+    with 2 and deletes nothing); the second: rsync also ended with 0 and
+    every directory has the source's mode and time."""
     src, dst = os.path.join(tmp, "src"), os.path.join(tmp, "dst")
-    dirs = ("", "a", "a/b")
     for top in (src, dst):
-        os.makedirs(os.path.join(top, "a", "b"))
+        for rel in _DIRS[1:]:
+            os.makedirs(os.path.join(top, rel))
     with open(os.path.join(src, "a", "b", "f"), "wb") as fh:
         fh.write(b"new\n")
-    for gone in ("a/gone", "a/b/gone"):
+    for gone in _GONE:
         with open(os.path.join(dst, gone), "wb"):
             pass
-    for i, rel in enumerate(dirs):
+    for i, rel in enumerate(_DIRS):
         os.chmod(os.path.join(src, rel), 0o750 - 0o10 * i)
         os.utime(os.path.join(src, rel), ns=(0, 1_000_000_000 * (1000 + i) + 123_456_789))
     with open(os.path.join(tmp, "list"), "wb") as fh:
-        fh.write(b"./a\0./a/gone\0./a/b/f\0./a/b/gone\0")
+        fh.write(b"./a\0./a/gone\0./a/b/f\0./a/b/gone\0./c/gone\0")
     try:
         rc = subprocess.run(
             [binary, "-a", "--from0", f"--files-from={tmp}/list", "--force",
@@ -134,11 +146,11 @@ def _probe(binary: str, tmp: str) -> tuple[bool, bool]:
             timeout=20, check=False).returncode
     except (OSError, subprocess.TimeoutExpired):
         return False, False
-    if rc != 0:
+    if any(os.path.lexists(os.path.join(dst, gone)) for gone in _GONE):
         return False, False
-    if any(os.path.lexists(os.path.join(dst, gone)) for gone in ("a/gone", "a/b/gone")):
+    if rc != 0:
         return True, False
-    for rel in dirs:
+    for rel in _DIRS:
         want, got = os.lstat(os.path.join(src, rel)), os.lstat(os.path.join(dst, rel))
         if (want.st_mode, want.st_mtime_ns) != (got.st_mode, got.st_mtime_ns):
             return True, False

@@ -244,7 +244,11 @@ class Syncer:
                                 os.fsencode(slot.sync.source),
                                 missing_args=slot.receiver.missing_args,
                                 empty=lambda: source_empty(slot.sync.source),
-                                implied_dirs=slot.receiver.implied_dirs)
+                                # only when its missing names travel too: with
+                                # --ignore-missing-args, rsync drops one with its
+                                # directories
+                                implied_dirs=slot.receiver.implied_dirs
+                                and slot.sync.deletes(slot.batch.startup))
             if not sends.names:  # nothing rsync would send, or nothing left to set
                 self.settle(slot, Result(rc=0))
                 return

@@ -32,8 +32,10 @@ Three kinds of transfer:
   by Lsyncd (no ``-I``) never makes; the checksum still catches a same-size
   rewrite within one timestamp tick. With ``--append``, neither: ``-I
   --append`` skips a file whose size did not change whole, a new mode or
-  owner too, where the quick check sets them (``--append`` never sends a
-  same-size rewrite anyway).
+  owner too, which the quick check sets when the file's time did not change
+  either. (A file of the same size and a new time keeps its old content,
+  time and mode with ``--append`` whatever else is passed: rsync's own
+  limit, which appending asks for.)
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def daemon_options(sync: Sync) -> list[str]:
     loopback: 92 ms for one small file, 5 ms with it. rsync buffers its
     data itself, so only those handshake writes go out sooner."""
     opts = [f"--contimeout={DAEMON_CONNECT_TIMEOUT}"]
-    if not any(a.startswith("--sockopts") for a in sync.rsync.extra):
+    if "sockopts" not in _options(sync.rsync.extra)[0]:
         opts.append("--sockopts=TCP_NODELAY")
     if sync.rsyncd.password_file is not None:
         opts.append(f"--password-file={sync.rsyncd.password_file}")
@@ -115,39 +117,70 @@ def ssh_command(sync: Sync, control_path: str | None = None) -> str:
     return " ".join(shlex.quote(p) for p in ssh_argv(sync, control_path))
 
 
+def _options(extra: tuple[str, ...] | list[str]) -> tuple[set[str], set[str]]:
+    """The long options of ``extra`` (their names, without dashes or value)
+    and the letters of its short option clusters. An element not starting
+    with ``-`` is a value given on its own and is skipped; a value attached
+    to a short option counts as letters, which can only make a caller more
+    careful."""
+    longs: set[str] = set()
+    shorts: set[str] = set()
+    for a in extra:
+        if a.startswith("--"):
+            longs.add(a[2:].partition("=")[0])
+        elif a.startswith("-"):
+            shorts.update(a[1:])
+    return longs, shorts
+
+
 def _backs_up(extra: tuple[str, ...] | list[str]) -> bool:
     """Whether rsync's own options ask it to keep backups (``--backup``,
     ``--backup-dir``, or ``b`` in a cluster of short options)."""
-    return any(a == "--backup" or a.startswith("--backup-dir")
-               or (a.startswith("-") and not a.startswith("--") and "b" in a[1:])
-               for a in extra)
-
-
-# Options that take names out of rsync's list (filters the syncer's own
-# rules never read) or stop it listing the directories above a name.
-_NOT_IMPLYING = ("--exclude", "--exclude-from", "--include", "--include-from", "--filter",
-                 "--cvs-exclude", "--no-implied-dirs", "--no-relative", "--no-R")
-
-
-def names_imply_dirs(extra: tuple[str, ...] | list[str]) -> bool:
-    """With these extra options, does every name rsync is given bring the
-    directories above it, with their attributes (``steps.covered``)? Not
-    if they hold filters (``--exclude``, ``-F``, ``-C``...: an excluded
-    name brings none, and only the sync's own rules are read to know which
-    are) or turn implied directories off. A doubt (a short option cluster
-    holding F or C) answers no: the times step then stays whole."""
-    for a in extra:
-        if a.startswith("--"):
-            if a.partition("=")[0] in _NOT_IMPLYING:
-                return False
-        elif a.startswith("-") and ("F" in a[1:] or "C" in a[1:]):
-            return False
-    return True
+    longs, shorts = _options(extra)
+    return bool({"backup", "backup-dir"} & longs) or "b" in shorts
 
 
 def _appends(extra: tuple[str, ...] | list[str]) -> bool:
     """Does rsync append to files (``--append``, ``--append-verify``)?"""
-    return any(a in ("--append", "--append-verify") for a in extra)
+    return bool({"append", "append-verify"} & _options(extra)[0])
+
+
+# rsync options known neither to take a name out of the list nor to stop
+# it listing the directories above a name (and their ``no-`` forms).
+_IMPLYING_LONG = frozenset((
+    "8-bit-output", "acls", "address", "append", "append-verify", "archive", "atimes",
+    "backup", "backup-dir", "block-size", "blocking-io", "bwlimit", "checksum",
+    "checksum-choice", "chmod", "chown", "compress", "compress-choice", "compress-level",
+    "contimeout", "copy-devices", "copy-dirlinks", "copy-links", "copy-unsafe-links",
+    "crtimes", "debug", "delay-updates", "delete", "delete-after", "delete-before",
+    "delete-delay", "delete-during", "delete-excluded", "delete-missing-args", "devices",
+    "dirs", "dry-run", "executability", "fake-super", "force", "fsync", "fuzzy", "group",
+    "groupmap", "hard-links", "human-readable", "ignore-errors", "ignore-existing",
+    "ignore-times", "info", "inplace", "ipv4", "ipv6",
+    "itemize-changes", "keep-dirlinks", "links", "log-file", "log-file-format", "max-alloc",
+    "max-delete", "max-size", "min-size", "modify-window", "msgs2stderr", "munge-links",
+    "numeric-ids", "omit-dir-times", "omit-link-times", "one-file-system", "open-noatime",
+    "out-format", "outbuf", "owner", "partial", "partial-dir", "password-file", "perms",
+    "port", "preallocate", "progress", "protect-args", "quiet", "recursive", "rsync-path",
+    "safe-links", "secluded-args", "size-only", "skip-compress", "sockopts", "sparse",
+    "specials", "stats", "suffix", "super", "temp-dir", "timeout", "times", "trust-sender",
+    "update", "usermap", "verbose", "whole-file", "write-devices"))
+_IMPLYING_SHORT = frozenset("vqcarlLkKHpEAXogDtOJUNSzPWxuhibsd0468Iyn")
+
+
+def names_imply_dirs(extra: tuple[str, ...] | list[str]) -> bool:
+    """With these extra options, does every name rsync is given bring the
+    directories above it, with their attributes (``steps.covered``)?
+
+    Only if every option is one known to leave the list alone: a filter
+    (``--exclude``, ``-f``, ``-F``, ``-C``...) takes a name out of it with
+    its directories, and only the sync's own rules are read to know which;
+    ``--no-implied-dirs`` (``--no-i-d``) and ``--no-relative`` stop rsync
+    listing them. An option not known here answers no, and the times step
+    then stays whole."""
+    longs, shorts = _options(extra)
+    return (all(name.removeprefix("no-") in _IMPLYING_LONG for name in longs)
+            and shorts <= _IMPLYING_SHORT)
 
 
 def rsync_argv(sync: Sync, target: Target, step: Step, list_file: str, startup: bool,

@@ -13,7 +13,8 @@ step that follows it lists each directory that lost an entry with a
 trailing slash, so rsync sends that directory's entries (one level, the
 quick check) and ``--delete`` removes what the source no longer has there.
 The receiver's rsync is not asked for its version: a local target's is the
-local binary, which is tried once (a dry run); a remote target's is
+local binary, which is tried once (``rsync_version.takes_missing_args``:
+a transfer between two temporary trees); a remote target's is
 learned from its answer: the first step that asked for
 ``--delete-missing-args`` and ended with rsync's 2 switches that target to
 the other way, and the batch is retried. The other way is not the default

@@ -53,8 +53,9 @@ what each step's result means.
   writes and deletions there: probed at start, ``Plan.implied``): the step
   sends only the rest, and runs only if some are left (a directory whose
   only change is a name the rules exclude; every directory with an rsync
-  that does not set them, or a receiver without
-  ``--delete-missing-args``, whose times step makes the deletions).
+  that does not set them, with deletions off, or towards a receiver
+  without ``--delete-missing-args``, whose times step makes the
+  deletions).
   After rsync took what a working agent left (a burst larger than one
   agent step), the agent sets those times instead: a second step of its
   own, not another rsync.
@@ -114,6 +115,11 @@ class Step:
     # an agent step: the directories among ``names`` that are there only for
     # their time (holding an entry of the batch, not changed themselves)
     times: frozenset[bytes] = frozenset()
+
+    @property
+    def times_only(self) -> bool:
+        """An agent step that sets directories' times and nothing else?"""
+        return bool(self.times) and self.times >= set(self.names)
 
     @property
     def by_agent(self) -> bool:
@@ -260,7 +266,7 @@ class Plan:
                 # makes a listed directory that is missing): never a second
                 # paths step, equal to the one before it.
                 i = self.steps.index(step) + 1
-                paths = set() if _times_only(step) else set(left) - {b""}
+                paths = set() if step.times_only else set(left) - {b""}
                 if self.parents:
                     self.steps.insert(i, self._times(step, working, left))
                 if paths:
@@ -291,7 +297,7 @@ class Plan:
         times step: what that left goes to rsync, so this cannot repeat."""
         names = tuple(sorted(self.parents))
         root_itself = b"" in left and b"" not in agent_step.times
-        if (working and not _times_only(agent_step) and not root_itself
+        if (working and not agent_step.times_only and not root_itself
                 and len(names) <= MAX_PATHS_LOCAL):
             return Step(StepKind.AGENT, names, times=frozenset(names))
         return Step(StepKind.TIMES, names, empty_guard=b"" in self.parents and self.source_empty)
@@ -325,11 +331,6 @@ class Plan:
         if i + 1 < len(self.steps):
             return self.steps[i + 1]
         return self.partial or Finished(Outcome.OK)
-
-
-def _times_only(step: Step) -> bool:
-    """Is ``step`` an agent step that sets directories' times and nothing else?"""
-    return bool(step.times) and step.times >= set(step.names)
 
 
 def _parents(changes: Changes, trees: set[bytes]) -> set[bytes]:

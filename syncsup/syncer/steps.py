@@ -135,7 +135,7 @@ def agent_names(sync: cfg.Sync, plan: Plan, step: Step) -> tuple[list[bytes], fr
     out the directories the rsync step before it set (``plan.implied``);
     any other agent step writes, and what rsync set before it no longer
     holds."""
-    if step.times and step.times >= set(step.names):
+    if step.times_only:
         times = frozenset(n for n in step.times if n not in plan.implied)
         return sorted(times), times
     plan.implied = frozenset()
@@ -160,12 +160,9 @@ def covered(names: list[bytes], rules: RuleList) -> frozenset[bytes]:
     rules exclude brings no directory of its own (rsync drops it before its
     parents), nor does one whose fate they leave in doubt
     (``RuleList.sent``); its directory keeps its place in the times step."""
-    out: set[bytes] = set()
-    for name in names:
-        if name in out or rules.sent(name) is not True:
-            continue
-        out.add(name)
-        parent = name.rpartition(b"/")[0]
+    sent = names if rules.sends_everything else [n for n in names if rules.sent(n) is True]
+    out = set(sent)
+    for parent in {name.rpartition(b"/")[0] for name in sent}:
         while parent not in out:
             out.add(parent)
             if not parent:
@@ -194,9 +191,11 @@ def rsync_names(plan: Plan, step: Step, changes: proto.Changes, rules: RuleList,
     ``empty`` tells whether the source root is empty now (asked only when
     the root's entries would be deleted by a listing); ``implied_dirs``: a
     paths step sets the directories above its names (:func:`covered`),
-    which the times step right after it then leaves out; with
-    ``--delete-missing-args`` only, else the times step is where
-    deletions are made."""
+    which the times step right after it then leaves out. The caller says so
+    only when the step deletes: with ``--ignore-missing-args`` rsync drops
+    a missing name together with its directories. And only with
+    ``--delete-missing-args``: without, the times step makes the
+    deletions."""
     names = [n for n in nearest_sendable(source, list(step.names))
              if not rules.below_excluded(n)]
     # a batch planned for the agent has no times step of its own: what it

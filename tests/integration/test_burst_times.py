@@ -10,10 +10,13 @@ bursts are a little past each.
 
 rsync 3.5.0 also sets the time of every directory above a name it is
 given as ``./name`` (the paths step's list), after its writes and deletes
-there; an older receiver may not. So the paths runs here get
-``--omit-dir-times``: the directories' times, the root's among them, come
-out right only if the times step that follows sets them, and the runs
-recorded show that no rsync times step ran.
+there, and the syncer then leaves those directories out of the times step
+(``tests/integration/test_implied_dirs.py``). So the paths runs here get
+``--omit-dir-times`` (but in the ``*-implied`` cases, where rsync's paths
+step is what sets them), which the syncer's probe at start sees: the
+directories' times, the root's among them, come out right only if the
+times step that follows sets them, and the runs recorded show that no
+rsync times step ran.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ def times_run(run: RsyncRun) -> bool:
             and b"-I" not in run.argv and b"-r" not in run.argv)
 
 
-@pytest.mark.parametrize("where", ["local", "ssh", "ssh-no-session"])
+@pytest.mark.parametrize("where", ["local", "ssh", "ssh-no-session", "local-implied",
+                                   "ssh-implied"])
 def test_a_burst_past_one_agent_step_gets_its_directory_times_from_the_agent(
         where, request, tmp_path: Path, src: Path, dst: Path, daemon_factory) -> None:
     rsync_bin, runs = rsync_logger(tmp_path)
@@ -78,18 +82,20 @@ def test_a_burst_past_one_agent_step_gets_its_directory_times_from_the_agent(
         for i in range(3):
             with open(os.path.join(s, d, b"old%d" % i), "wb") as f:
                 f.write(b"old %d\n" % i)
-    if where == "local":
+    if where.startswith("local"):
         spec, limit, extra = str(dst), MAX_PATHS_LOCAL, {}
     else:
         sshd = request.getfixturevalue("sshd")
         spec, limit = sshd.target(dst), MAX_PATHS_REMOTE
         command = write_target_command(tmp_path)[0]
         extra = {"ssh": {**sshd.ssh_config(), "target_command": str(command)}}
-    rsync_bin = omitting_dir_times(tmp_path, rsync_bin)
+    if not where.endswith("implied"):
+        # else rsync's paths step sets them and the times step leaves them out
+        rsync_bin = omitting_dir_times(tmp_path, rsync_bin)
     d = daemon_factory([with_rsync(sync_entry(src, [spec], delay=0.2, **extra), rsync_bin)])
     converge(d, src, dst)
     assert transports(d, d.wait_idle()) == {spec: "agent"}, d.describe()
-    if where == "ssh":
+    if where.startswith("ssh") and where != "ssh-no-session":
         # a small change first, through the agent: its session stays open
         (src / "warm").write_bytes(b"w")
         converge(d, src, dst)

@@ -207,3 +207,25 @@ def test_an_rsync_that_leaves_directory_times_keeps_the_times_step(
     d.wait_idle(60)
     assert [r for r in rsync_runs(runs)[mark:] if times_run(r)], describe(
         rsync_runs(runs)[mark:])
+
+
+def test_with_deletions_off_a_directory_that_lost_a_name_gets_a_times_step(
+        tmp_path: Path, src: Path, dst: Path, daemon_factory) -> None:
+    """With ``delete = false`` the paths step passes ``--ignore-missing-args``,
+    and rsync drops a missing name with the directories above it: the times
+    step sets the directory that lost it."""
+    rsync_bin, runs = rsync_logger(tmp_path)
+    s = os.fsencode(src)
+    populate(s)
+    d = daemon_factory([with_rsync(sync_entry(src, [dst], delay=0.2, delete=False), rsync_bin,
+                                   compress=True)])
+    converge(d, src, dst)
+    mark = len(rsync_runs(runs))
+    one_round(d, lambda: os.unlink(os.path.join(s, b"a/b/old")))
+    wait_until(lambda: not mtime_diffs(src, dst), "the directories' times", timeout=60,
+               context=lambda: "\n".join(mtime_diffs(src, dst))
+               + describe(rsync_runs(runs)[mark:]) + d.describe())
+    d.wait_idle(60)
+    done = rsync_runs(runs)[mark:]
+    assert [r.names for r in done if times_run(r)] == [(b"a/b",)], describe(done)
+    assert (dst / "a/b/old").exists()  # not deleted: deletions are off

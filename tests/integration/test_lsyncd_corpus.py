@@ -284,8 +284,8 @@ def direct_symlink_copied(a: Snap, b: Snap, src: Snap) -> set[bytes]:
 
 def root_refreshed(follow: bool) -> Rule:
     """A batch whose rsync times step lists the source root (one level
-    deep, without -I: a root that changed itself, a root-level name the
-    rules exclude) brings up to date a root entry that changed without an
+    deep, without -I: its paths step sent no name for certain, or
+    deletions are off) brings up to date a root entry that changed without an
     event of its own (a symlink's referent, under copy_links or
     copy_dirlinks) or that an init = false target lacks; Lsyncd leaves it.
     syncsup's entry is then the source's (the referent's, with
@@ -473,7 +473,7 @@ LOCAL_RULES: dict[str, list[Rule]] = {
     "links_modes/dst-dirlinks": [root_refreshed(follow=False)],
 }
 # differences that show only when a batch happens to send the root for its
-# time (a root that changed itself, a root-level name the rules exclude)
+# time (see root_refreshed): how the churn's events fall into batches decides
 MAY_SHOW = {"direct_init/dst-noinit", "links_modes/dst-copy", "links_modes/dst-dirlinks"}
 LOCAL = ["backups_append.lua", "copy_unsafe.lua", "delete_modes.lua", "direct_init.lua",
          "dry_run.lua", "filters.lua", "layers_loop.lua", "links_modes.lua",

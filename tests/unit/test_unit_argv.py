@@ -101,7 +101,15 @@ def test_paths_compare_checksums_instead_of_rewriting_when_rsync_keeps_backups(
     (("-vC",), False),
     (("--cvs-exclude",), False),
     (("--no-implied-dirs",), False),
+    (("--no-i-d",), False),
     (("--no-R",), False),
+    (("-f", "- *.tmp"), False),
+    (("-f- *.tmp",), False),
+    (("-vf",), False),
+    (("-m",), False),  # prune-empty-dirs
+    (("--some-future-option",), False),
+    (("--no-perms", "--bwlimit", "5", "-T/tmp/x"), False),  # T: a value follows
+    (("--no-perms", "--bwlimit", "5", "-avz", "--info=progress2"), True),
 ])
 def test_extra_options_that_drop_names_or_implied_dirs_keep_the_times_step(
         extra: tuple[str, ...], implies: bool) -> None:
