@@ -60,7 +60,9 @@ a second run, never a different outcome. (A recording that ends in 23 or
 run it also is: that is its result, and nothing is replayed from it.)
 
 A batch is kept :data:`TTL` seconds, at most :data:`KEEP` of them besides
-those being recorded, each at most :data:`MAX_BYTES` of files: they are
+those being recorded (one dropped while a replay of it has started, which
+may not have opened it yet, is removed when its last replay ends), each at
+most :data:`MAX_BYTES` of files: they are
 counted before the recording, which runs under a file size limit of twice
 that (``prlimit``), so a source that grows meanwhile fails the recording
 instead of filling the state directory's file system.
@@ -168,6 +170,7 @@ class Use:
     plain: list[str]
     key: Key | None = None
     writes: Path | None = None  # the batch this run writes
+    reads: Path | None = None  # the batch this run replays
     # not to be run before this moment (monotonic), unless the recording
     # of ``key``'s batch ends sooner
     waits: float = 0.0
@@ -190,6 +193,11 @@ class SharedBatches:
         self.versions = versions or versions_of
         self.entries: OrderedDict[Key, _Entry] = OrderedDict()
         self.serial = 0
+        # batch file -> replays started and not yet ended: a batch dropped
+        # meanwhile (past KEEP, expired, a failed replay) is removed when its
+        # last replay ends, not under a replay that has yet to open it
+        self.reading: dict[Path, int] = {}
+        self.retired: set[Path] = set()
         self.clear()  # a killed syncer's
 
     def use(self, key: Key | None, argv: list[str], source: bytes, names: Sequence[bytes],
@@ -217,7 +225,8 @@ class SharedBatches:
         if entry is not None and entry.path is not None:
             if version == entry.version:
                 self.entries.move_to_end(key)
-                return Use(read_argv(argv, entry.path), argv, key)
+                self.reading[entry.path] = self.reading.get(entry.path, 0) + 1
+                return Use(read_argv(argv, entry.path), argv, key, reads=entry.path)
             self._drop(key)  # changed since it was recorded: recorded again below
         if version is None:  # too large
             return Use(argv, argv)
@@ -234,6 +243,8 @@ class SharedBatches:
     def ended(self, use: Use, ok: bool, now: float) -> None:
         """A shared run ended (``ok``: exit 0, not stalled), or never
         started (not ``ok``)."""
+        if use.reads is not None:
+            self._release(use.reads)
         path = use.writes
         if use.key is None or path is None:
             return
@@ -258,13 +269,28 @@ class SharedBatches:
         others of its changes go plainly)."""
         entry = self.entries.get(use.key) if use.key is not None else None
         if entry is not None and use.writes is None and entry.path is not None:
-            _remove(entry.path)
+            self._discard(entry.path)
             entry.path = None
+
+    def _release(self, path: Path) -> None:
+        left = self.reading.pop(path, 0) - 1
+        if left > 0:
+            self.reading[path] = left
+        elif path in self.retired:
+            self.retired.discard(path)
+            _remove(path)
+
+    def _discard(self, path: Path) -> None:
+        """Remove a kept batch now, or once the replays reading it end."""
+        if self.reading.get(path):
+            self.retired.add(path)
+        else:
+            _remove(path)
 
     def _drop(self, key: Key) -> None:
         entry = self.entries.pop(key, None)
         if entry is not None and entry.path is not None:
-            _remove(entry.path)
+            self._discard(entry.path)
 
     def _add(self, key: Key, entry: _Entry) -> None:
         self.entries[key] = entry
@@ -283,6 +309,8 @@ class SharedBatches:
         """At stop: every batch file, those being written too (their runs
         were stopped first)."""
         self.entries.clear()
+        self.reading.clear()
+        self.retired.clear()
         for leftover in self.directory.glob(f"{PREFIX}*"):
             leftover.unlink(missing_ok=True)
 

@@ -171,6 +171,7 @@ def test_a_failed_replay_sends_the_others_plainly(tmp_path: Path) -> None:
     finish_writing(shared, use(shared, A, 7))
     replay = use(shared, B, 7, 1.0)
     assert replay.shared
+    shared.ended(replay, False, 1.0)  # the syncer's order: its end, then the failure
     shared.failed(replay)
     assert list(tmp_path.iterdir()) == []
     assert not use(shared, B, 7, 1.0).shared
@@ -206,6 +207,44 @@ def test_batches_expire_and_at_most_keep_are_kept(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.batch"))) == sb.KEEP
     shared.expire(sb.KEEP + sb.TTL + 1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_batch_dropped_while_a_replay_of_it_runs_stays_until_that_ends(tmp_path: Path
+                                                                        ) -> None:
+    """A replay started just before its batch is dropped (past KEEP here;
+    expired or failed alike) has yet to open the file: it is removed when
+    the last such replay ends, never under it."""
+    shared = make(tmp_path)
+    first = use(shared, A, 7)
+    finish_writing(shared, first)
+    assert first.writes is not None
+    replays = [use(shared, B, 7, 1.5), use(shared, B, 7, 1.6)]
+    assert all(r.reads == first.writes for r in replays)
+    for i in range(sb.KEEP):  # newer batches push the first one out
+        key = sb.batch_key(PATHS, A, argv(A), b"./n%d\0" % i, J)
+        finish_writing(shared, use(shared, A, 7, 2.0 + i, key=key), now=2.0 + i)
+    assert KEY not in shared.entries and first.writes.exists()
+    shared.ended(replays[0], True, 9.0)
+    assert first.writes.exists()
+    shared.ended(replays[1], False, 9.1)
+    assert not first.writes.exists()
+    assert not first.writes.with_name(first.writes.name + ".sh").exists()
+    assert shared.reading == {} and shared.retired == set()
+
+
+def test_a_failed_replay_leaves_the_batch_to_the_replays_still_reading_it(tmp_path: Path
+                                                                         ) -> None:
+    shared = make(tmp_path)
+    first = use(shared, A, 7)
+    finish_writing(shared, first)
+    assert first.writes is not None
+    bad, other = use(shared, B, 7, 1.5), use(shared, B, 7, 1.6)
+    shared.ended(bad, False, 2.0)
+    shared.failed(bad)
+    assert first.writes.exists()  # "other" has yet to open it
+    assert not use(shared, B, 7, 2.1).shared  # but no new replay of it starts
+    shared.ended(other, True, 2.2)
+    assert not first.writes.exists()
 
 
 def test_leftovers_of_a_killed_syncer_are_removed_and_clear_removes_all(tmp_path: Path) -> None:
