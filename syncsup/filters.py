@@ -220,8 +220,8 @@ class RuleList:
         directory above it? True for certain, False if certainly not, None
         when it depends on the type (a rule for directories only) or on a
         rule this module does not read."""
-        if not self.sender:  # no rule for the sender: asked per name of a step
-            return True if self.complete else None
+        if self.sends_everything:  # asked per name of a step: answered at once
+            return True
         parts = rel.split(b"/")
         for i in range(1, len(parts)):
             up = self._verdict(b"/".join(parts[:i]), True)

@@ -244,11 +244,8 @@ class Syncer:
                                 os.fsencode(slot.sync.source),
                                 missing_args=slot.receiver.missing_args,
                                 empty=lambda: source_empty(slot.sync.source),
-                                # only when its missing names travel too: with
-                                # --ignore-missing-args, rsync drops one with its
-                                # directories
-                                implied_dirs=slot.receiver.implied_dirs
-                                and slot.sync.deletes(slot.batch.startup))
+                                deletes=slot.sync.deletes(slot.batch.startup),
+                                implied_dirs=slot.receiver.implied_dirs)
             if not sends.names:  # nothing rsync would send, or nothing left to set
                 self.settle(slot, Result(rc=0))
                 return

@@ -197,7 +197,6 @@ class SharedBatches:
         # meanwhile (past KEEP, expired, a failed replay) is removed when its
         # last replay ends, not under a replay that has yet to open it
         self.reading: dict[Path, int] = {}
-        self.retired: set[Path] = set()
         self.clear()  # a killed syncer's
 
     def use(self, key: Key | None, argv: list[str], source: bytes, names: Sequence[bytes],
@@ -276,15 +275,13 @@ class SharedBatches:
         left = self.reading.pop(path, 0) - 1
         if left > 0:
             self.reading[path] = left
-        elif path in self.retired:
-            self.retired.discard(path)
-            _remove(path)
+        elif all(e.path != path for e in self.entries.values()):
+            _remove(path)  # dropped while it was read
 
     def _discard(self, path: Path) -> None:
-        """Remove a kept batch now, or once the replays reading it end."""
-        if self.reading.get(path):
-            self.retired.add(path)
-        else:
+        """Remove a batch no entry keeps now, or when the replays reading it
+        end (:meth:`_release`)."""
+        if not self.reading.get(path):
             _remove(path)
 
     def _drop(self, key: Key) -> None:
@@ -310,7 +307,6 @@ class SharedBatches:
         were stopped first)."""
         self.entries.clear()
         self.reading.clear()
-        self.retired.clear()
         for leftover in self.directory.glob(f"{PREFIX}*"):
             leftover.unlink(missing_ok=True)
 

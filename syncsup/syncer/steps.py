@@ -184,25 +184,26 @@ class RsyncNames:
 
 
 def rsync_names(plan: Plan, step: Step, changes: proto.Changes, rules: RuleList, source: bytes,
-                *, missing_args: bool, empty: Callable[[], bool],
+                *, missing_args: bool, empty: Callable[[], bool], deletes: bool = True,
                 implied_dirs: bool = False) -> RsyncNames:
     """The names of a tree, paths or times ``step`` of ``plan``.
     ``missing_args``: the receiver takes ``--delete-missing-args``;
     ``empty`` tells whether the source root is empty now (asked only when
-    the root's entries would be deleted by a listing); ``implied_dirs``: a
-    paths step sets the directories above its names (:func:`covered`),
-    which the times step right after it then leaves out. The caller says so
-    only when the step deletes: with ``--ignore-missing-args`` rsync drops
-    a missing name together with its directories. And only with
-    ``--delete-missing-args``: without, the times step makes the
-    deletions."""
+    the root's entries would be deleted by a listing); ``deletes``: the
+    batch deletes on the target; ``implied_dirs``: rsync was found to set
+    the directories above the names of a paths step (:func:`covered`),
+    which the times step right after it then leaves out. Only when that
+    step passes ``--delete-missing-args`` (deletes, towards a receiver
+    that takes it): with ``--ignore-missing-args`` rsync drops a missing
+    name together with its directories, and without the option the times
+    step is where deletions are made."""
     names = [n for n in nearest_sendable(source, list(step.names))
              if not rules.below_excluded(n)]
     # a batch planned for the agent has no times step of its own: what it
     # leaves to rsync keeps --delete-missing-args
     missing_args = missing_args or any(s.kind is StepKind.AGENT for s in plan.steps)
     if step.kind is StepKind.PATHS:
-        plan.implied = (covered(names, rules) if implied_dirs and missing_args
+        plan.implied = (covered(names, rules) if implied_dirs and deletes and missing_args
                         else frozenset())
     elif step.kind is StepKind.TREE:
         plan.implied = frozenset()

@@ -187,11 +187,12 @@ def test_a_times_step_after_a_paths_step_leaves_out_what_it_set(tmp_path: Path) 
     changes = Changes(paths={b"a/b/f", b"c/gone", b"e/x.tmp"})
     parents = (b"", b"a/b", b"c", b"e")
 
-    def run(plan: Plan, implied: bool, missing: bool = True) -> list[bytes]:
+    def run(plan: Plan, implied: bool, missing: bool = True, deletes: bool = True
+            ) -> list[bytes]:
         got: list[bytes] = []
         for step in plan.steps:
             sends = rsync_names(plan, step, changes, rules, source, missing_args=missing,
-                                empty=lambda: False, implied_dirs=implied)
+                                empty=lambda: False, deletes=deletes, implied_dirs=implied)
             got = sends.names
         return got
 
@@ -201,6 +202,8 @@ def test_a_times_step_after_a_paths_step_leaves_out_what_it_set(tmp_path: Path) 
 
     assert run(plan(), implied=True) == [b"e"]  # only the excluded name's directory
     assert run(plan(), implied=False) == list(parents)
+    # deletions off: --ignore-missing-args drops c/gone with its directory
+    assert run(plan(), implied=True, deletes=False) == list(parents)
     assert run(plan(), implied=True, missing=False) == [b"", b"a/b", b"c/", b"e/"]
     rescanned = Plan([Step(StepKind.PATHS, tuple(sorted(changes.paths))),
                       Step(StepKind.TREE, (b"a",)), Step(StepKind.TIMES, parents)])
