@@ -16,7 +16,6 @@ journal again after a restart, wherever it is run from.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,8 @@ class AdHoc:
 def default_name(source: str, targets: list[str]) -> str:
     """``adhoc-`` and a short hash of the absolute source and targets: stable
     for one mirror, distinct for two (and a valid sync name)."""
+    import hashlib  # here, not at the top: it loads libcrypto (3 MB) into the supervisor
+
     digest = hashlib.sha256(b"\0".join(os.fsencode(p) for p in (source, *targets)))
     return f"adhoc-{digest.hexdigest()[:10]}"
 

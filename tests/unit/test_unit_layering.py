@@ -139,3 +139,24 @@ def test_the_target_loads_no_daemon_code() -> None:
     daemon = [m for m in loaded if m.split(".")[0] == "zmq" or (
         m.startswith("syncsup.") and _top(m) in ("proto", "config", *ROLES))]
     assert daemon == []
+
+
+def test_the_daemon_loads_no_crypto_library() -> None:
+    """What the supervisor and the template import (the CLI, the supervisor,
+    every role) must not load ``_hashlib``/``_ssl``: they map libcrypto, and
+    the pages its initialisation touches (3 MB) are private to the first
+    process that loaded it, the supervisor, for as long as the daemon runs.
+    Code that needs a digest imports ``hashlib`` where it computes one."""
+    script = (
+        "import json, sys\n"
+        "import syncsup.cli, syncsup.supervisor._supervisor\n"
+        "from syncsup.supervisor import template\n"
+        "template.preload()  # every role, as the children get them\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-P", "-c", script], cwd=ROOT, check=True,
+                         capture_output=True, text=True,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}).stdout
+    loaded = json.loads(out)
+    assert "syncsup.syncer._main" in loaded  # the imports really happened
+    assert [m for m in loaded if m in ("_hashlib", "_ssl", "hashlib", "ssl")] == []
