@@ -16,7 +16,9 @@ other.
 A walk after lost events (``since``: a ctime) also lists the regular files
 whose ctime is not older than it: they changed while nobody was looking and
 are sent as paths, compared by content; rsync's quick check is trusted for
-the rest (see :mod:`syncsup.seen`).
+the rest (see :mod:`syncsup.seen`). The walk of a directory that appears
+(created, moved in, renamed) does the same from a moment before the event
+that announced it: until its watch is placed, nobody looks there either.
 
 A regular file being written is held back until it is closed (or for
 ``Timings.write_hold`` at most): a writer's CREATE or MODIFY often reaches us
@@ -292,7 +294,8 @@ class WatchTree:
         self.drop_blind(rel)
 
     def apply(self, events: Iterable[tuple[int, int, int, bytes]],
-              now: float | None = None) -> tuple[Changes, Signals]:
+              now: float | None = None, since: float | None = None
+              ) -> tuple[Changes, Signals]:
         """The changes raw ``(wd, mask, cookie, name)`` events make, and what
         they say beyond paths.
 
@@ -300,6 +303,19 @@ class WatchTree:
         rename inside the tree and are recorded in ``changes.moves`` too; an
         unpaired one is just a delete or a create. A new directory is queued
         for watching; its rescan comes out of :meth:`step` after the walk.
+
+        ``since`` (a ctime, None: unknown) is a moment before every event
+        of this read. A directory that appears (created, or moved in or
+        within the tree) is out of sight from then until its walk places
+        its watch: what is written in it meanwhile makes no event we see
+        (a moved directory's own watch follows it, but its events come
+        under the old name, whose watches are dropped here). Its rescan
+        relies on rsync's quick check, and that is enough only where the
+        target has no older copy of a file. It may have one: a transfer
+        of an enclosing directory can copy a file there after the move and
+        before a rewrite that keeps its size and puts its mtime back. So
+        the walk of a new directory also lists, as paths (compared by
+        content), the regular files whose ctime is ``since`` or later.
 
         With ``now`` (monotonic), a regular file created or modified and not
         yet closed is held in :attr:`writing` instead (see :meth:`release`);
@@ -348,8 +364,9 @@ class WatchTree:
             elif mask & F.MOVED_TO and cookie in moved_from:
                 changes.moves.append((moved_from.pop(cookie), path))
             if is_dir and mask & (F.CREATE | F.MOVED_TO):
-                # Watch first, then rescan: a change in between is seen by one.
-                self.queue(path, Changes(trees={path}))
+                # Watch first, then rescan: a change in between is seen by one,
+                # and one before it (since ``since``) by its ctime.
+                self.queue(path, Changes(trees={path}), since=since)
             elif is_dir and mask & F.MOVED_FROM:
                 # A tree, not a path: if something comes back at this name
                 # its whole content must be compared, not just the entry.

@@ -33,8 +33,8 @@ def step_into(tree: WatchTree, out: Changes, budget: int = 2000) -> int:
 
 
 def apply_into(tree: WatchTree, events: list[tuple[int, int, int, bytes]], out: Changes,
-               now: float | None = None) -> Signals:
-    got, signals = tree.apply(events, now)
+               now: float | None = None, since: float | None = None) -> Signals:
+    got, signals = tree.apply(events, now, since)
     out.update(got)
     return signals
 
@@ -622,3 +622,55 @@ def test_a_held_new_file_is_still_created_when_it_is_released(src: Path) -> None
     apply_into(tree, [(wd[b"a"], F.CREATE, 0, b"file")], gone, now=3.0)
     assert release_into(tree, 3.0 + WRITE_HOLD, gone) is None
     assert gone.paths == gone.created == {b"a/file"}
+
+
+def test_a_file_rewritten_in_a_renamed_directory_before_its_walk_is_a_path(src: Path) -> None:
+    """A directory renamed within the tree, then a file in it rewritten at
+    the same size with its mtime put back, all in one read: the rewrite's
+    events come on the moved directory's old watch, which the rename
+    dropped. The walk of the new name lists the file as a path (compared by
+    content) by its ctime: the tree alone is compared by rsync's quick
+    check, which a copy an enclosing transfer made meanwhile would pass."""
+    tree, _, wd = watched(src)
+    (src / "a").rename(src / "c" / "moved")
+    since = os.stat(src / "c" / "moved" / "file").st_ctime  # a moment before the read
+    ch = Changes()
+    apply_into(tree, [(wd[b""], F.MOVED_FROM | F.ISDIR, 7, b"a"),
+                      (wd[b"c"], F.MOVED_TO | F.ISDIR, 7, b"moved"),
+                      (wd[b"a"], F.MODIFY, 0, b"file"),
+                      (wd[b"a"], F.CLOSE_WRITE, 0, b"file"),
+                      (wd[b"a"], F.ATTRIB, 0, b"file")], ch, since=since)
+    ch.update(walked(tree))
+    assert b"c/moved" in ch.trees
+    assert b"c/moved/file" in ch.paths
+    # a file that did not change since then is left to the quick check
+    (src / "c" / "moved" / "b" / "old").write_text("z")
+    tree2, _, wd2 = watched(src)
+    (src / "c" / "moved").rename(src / "ab" / "again")
+    ch2 = Changes()
+    apply_into(tree2, [(wd2[b"c"], F.MOVED_FROM | F.ISDIR, 8, b"moved"),
+                       (wd2[b"ab"], F.MOVED_TO | F.ISDIR, 8, b"again")], ch2,
+               since=os.stat(src / "ab" / "again" / "b" / "old").st_ctime + 3600)
+    ch2.update(walked(tree2))
+    assert b"ab/again" in ch2.trees
+    assert not {p for p in ch2.paths if p.startswith(b"ab/again/")}
+
+
+def test_files_written_in_a_new_directory_before_its_watch_are_paths(src: Path) -> None:
+    """A directory created and filled before its walk (nobody watched it):
+    its regular files changed since the read's moment are paths, its
+    subdirectories' too; a symlink is left to the tree (rsync compares its
+    target whatever its size and time)."""
+    tree, _, wd = watched(src)
+    since = os.stat(src / "c").st_ctime
+    (src / "c" / "new" / "deep").mkdir(parents=True)
+    (src / "c" / "new" / "f").write_text("1")
+    (src / "c" / "new" / "deep" / "g").write_text("2")
+    (src / "c" / "new" / "l").symlink_to("f")
+    ch = Changes()
+    apply_into(tree, [(wd[b"c"], F.CREATE | F.ISDIR, 0, b"new")], ch, since=since)
+    ch.update(walked(tree))
+    assert b"c/new" in ch.trees
+    assert {b"c/new/f", b"c/new/deep/g"} <= ch.paths
+    assert b"c/new/l" not in ch.paths
+    assert b"c/new/deep" in tree.paths.values()
