@@ -24,6 +24,7 @@ from syncsup.processes import drain_fd
 from syncsup.sockets import Reconnects, new_socket, receive, send
 from syncsup.statedir import StateDir
 from syncsup.status import StatusPart, shorten
+from syncsup.watcher.core import HELD_MAX
 from syncsup.watcher.mounts import mount_points, open_mountinfo, read_mountinfo
 from syncsup.watcher.outbox import Outbox
 from syncsup.watcher.sync import SyncWatch
@@ -87,8 +88,8 @@ class Watcher:
             when = w.seen_due(now, self.outbox)
             if when is not None:
                 due.append(when)
-            when = w.coalescer.wake_at(reading=w.fd is not None
-                                       and not self.outbox.full(w.sync.name))
+            when = w.coalescer.wake_at(reading=self.reads(w),
+                                       sending=not self.outbox.full(w.sync.name))
             if when is not None:
                 due.append(when)
         for w in busy:
@@ -121,9 +122,25 @@ class Watcher:
                 w.root.next_poll = now + self.t.root_poll
             self.send_held(w, now)
 
+    def reads(self, w: SyncWatch) -> bool:
+        """Is ``w``'s inotify queue read now? While the collator is behind
+        (its unacked messages at their bound), what is read is held here
+        rather than left in the kernel's queue: that queue holds a fraction
+        of a second of a burst (``max_queued_events``), and an overflow
+        costs a rescan of the whole source, where a held path costs about
+        a hundred bytes and merges with the next change of the same path.
+        Past :data:`HELD_MAX` entries held, the queue is left unread."""
+        return w.fd is not None and (not self.outbox.full(w.sync.name)
+                                     or w.held.size() < HELD_MAX)
+
     def send_held(self, w: SyncWatch, now: float, stopping: bool = False) -> None:
         """Send what ``w`` holds if its window ran out (or it stops, or its
-        watch did): one message for every change read meanwhile."""
+        watch did): one message for every change read meanwhile. Not while
+        its unacked messages are at their bound (the acks that free them
+        wake the loop), unless it stops."""
+        if not stopping and w.tree is not None and self.outbox.full(w.sync.name):
+            w.coalescer.hold(w.held, now)
+            return
         first = w.coalescer.take(w.held, now, stopping or w.tree is None)
         if first is not None:
             # the wall clock of ``first``: ``now`` may be the start of a
@@ -137,7 +154,7 @@ class Watcher:
             if now >= w.root.next_poll:
                 w.start(now)
             return
-        if readable and not self.outbox.full(w.sync.name):
+        if readable and self.reads(w):
             w.read(now)
             if w.tree is None:
                 return
@@ -168,8 +185,7 @@ class Watcher:
             # (polling it without reading would spin).
             # A queue read at the coalescer's pace is not polled meanwhile.
             wanted = {w.fd: w for w in self.syncs
-                      if w.fd is not None and not self.outbox.full(w.sync.name)
-                      and w.coalescer.polled()}
+                      if self.reads(w) and w.coalescer.polled()}
             if wanted.keys() != polled.keys():
                 for fd in polled.keys() - wanted.keys():
                     poller.unregister(fd)
@@ -203,8 +219,7 @@ class Watcher:
             if self.mountinfo is not None and self.mountinfo in events:
                 self.on_mounts()
             readable = [polled[fd] for fd in events if isinstance(fd, int) and fd in polled]
-            readable += [w for w in self.syncs if w.fd is not None and w.coalescer.read_due(now)
-                         and not self.outbox.full(w.sync.name)]
+            readable += [w for w in self.syncs if w.coalescer.read_due(now) and self.reads(w)]
             held = [w for w in self.syncs if w.held]
             self.turn(readable, busy + held, now)
             if now >= self.next_root_check:

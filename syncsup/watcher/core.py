@@ -83,14 +83,18 @@ from syncsup.watcher.tree import (
     Blind,
 )
 
-__all__ = ["FLOOD_BYTES", "HOLD_MAX", "READ_EVERY", "SEND_NOW", "BlindNews", "BlindReports",
-           "Coalescer", "Rewalk", "RootVerdict", "RootWatch", "SeenPoints", "hold_window",
-           "rewalk_blind"]
+__all__ = ["FLOOD_BYTES", "HELD_MAX", "HOLD_MAX", "READ_EVERY", "SEND_NOW", "BlindNews",
+           "BlindReports", "Coalescer", "Rewalk", "RootVerdict", "RootWatch", "SeenPoints",
+           "hold_window", "rewalk_blind"]
 
 HOLD_MAX = 1.0      # seconds changes are held at most, whatever the delay
 READ_EVERY = 0.5    # seconds between reads of a queue while changes keep coming
 FLOOD_BYTES = 64 * 1024  # a read this big is a flood: read again at once
 SEND_NOW = 5000     # entries held that go at once, window or not (memory, message size)
+# entries held while the collator is behind (its acks late: a journal
+# checkpoint on a busy disk), past which a sync's inotify queue is left
+# unread: a 100 000-file burst held whole, about 15 MB
+HELD_MAX = 100_000
 
 
 def hold_window(delay: float) -> float:
@@ -177,16 +181,27 @@ class Coalescer:
         self.held_since = first
         return None
 
+    def hold(self, held: Changes, now: float) -> None:
+        """``held`` cannot go now, whatever the window says (the collator is
+        behind): the moment its oldest change is counted from is kept for
+        the :meth:`take` that sends it."""
+        if held and self.held_since is None:
+            since = self.arrived_after
+            self.held_since = now if since is None else min(now, since)
+
     def _changes(self, held: Changes) -> int:
         return held.size() if self.count_created else held.size() - len(held.created)
 
-    def wake_at(self, reading: bool = True) -> float | None:
+    def wake_at(self, reading: bool = True, sending: bool = True) -> float | None:
         """The next time this sync needs the loop (a read or a send), or None.
-        ``reading`` False: its queue cannot be read now (no watch, or its
-        unacked messages are at their bound), so a read due is no reason to
-        wake (the loop would spin on it until the queue can be read)."""
+        ``reading`` False: its queue cannot be read now (no watch, or too
+        much held while the collator is behind), so a read due is no reason
+        to wake (the loop would spin on it until the queue can be read);
+        ``sending`` False: what is held cannot go now (its unacked messages
+        are at their bound: an ack wakes the loop), the same for a send."""
         read = self.next_read if reading and self.next_read else None
-        send = None if self.held_since is None else self.held_since + self.window
+        send = (None if self.held_since is None or not sending
+                else self.held_since + self.window)
         due = [t for t in (read, send) if t is not None]
         return min(due) if due else None
 

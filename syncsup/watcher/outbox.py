@@ -3,9 +3,11 @@ them, resent when the ack does not come, split so that no message exceeds
 what the collator accepts.
 
 Each sync has its own budget of unacked messages (:data:`MAX_INFLIGHT`):
-when one sync's flood fills it, the watcher stops reading that sync's
-inotify queue only (the kernel queue absorbs the burst, and an overflow
-becomes a rescan); the other syncs go on.
+when one sync's flood fills it, the watcher holds what it reads of that
+sync's inotify queue until acks come, and past a bound of changes held
+(``watcher.core.HELD_MAX``) stops reading that queue only (the kernel
+queue absorbs the rest of the burst, and an overflow becomes a rescan);
+the other syncs go on.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from syncsup.timings import Timings
 
 __all__ = ["MAX_INFLIGHT", "MAX_PATHS", "MAX_PATH_BYTES", "Outbox", "split"]
 
-MAX_INFLIGHT = 8           # unacked EVENTS per sync before its queue is left unread
+MAX_INFLIGHT = 8           # unacked EVENTS per sync before what is read is held
 MAX_PATHS = 20_000         # entries per message
 MAX_PATH_BYTES = 8 * 1024 * 1024  # path bytes per message
 

@@ -324,6 +324,40 @@ def test_inotify_overflow_while_watcher_frozen(tmp_path, src, dst, daemon_factor
     finish(d, tmp_path, src, dst)
 
 
+def test_a_frozen_collator_costs_no_overflow(tmp_path, src, dst, daemon_factory):
+    """The collator stops answering (SIGSTOP: a journal checkpoint stuck on a
+    busy disk looks the same to the watcher) while more events than
+    fs.inotify.max_queued_events come. The watcher's unacked messages reach
+    their bound at once (``delay = 0``: a message per read), and from then
+    on it must hold what it reads rather than leave it in the kernel's
+    queue: no overflow, so no rescan of the source, and everything arrives
+    once the collator runs again."""
+    max_q = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    bulk = src / "bulk"
+    bulk.mkdir()
+    write(src / "seed", b"seed\n")
+    d = daemon_factory([sync_entry(src, [dst], delay=0)], timings={"heartbeat_timeout": 120.0})
+    converge(d, src, dst)
+    collator = int(comp_of(d.status(), "collator")["pid"])
+    n_files = max_q // 3 + 3000  # CREATE + MODIFY + CLOSE_WRITE each: twice the queue or more
+    with frozen(collator, d.config):
+        for i in range(n_files):
+            write(os.path.join(b(bulk), b"f%05d" % i), b"%d\n" % i)
+        # the watcher has read it all (the kernel's queue alone would have
+        # overflowed): what it holds is the paths
+        wait_until(lambda: comp_of(d.status(), "watcher")["state"] == "running",
+                   "the watcher to answer", 30)
+        time.sleep(1.0)
+    converge(d, src, dst, timeout=180)
+    st = d.status()
+    assert (sync_of(st).get("overflows") or 0) == 0, sync_of(st)
+    assert not log_lines(d, "inotify queue overflowed"), d.log_tail()
+    assert not log_lines(d, "rescan requested: '/'", "events were lost"), d.log_tail()
+    for name in ("watcher", "collator", "syncer"):
+        assert comp_of(st, name)["restarts"] == 0, st["components"]
+    finish(d, tmp_path, src, dst)
+
+
 # ============================================================ 4. watch limit
 class UsernsDaemon(Daemon):
     """``syncsup start`` inside a new user namespace with its own, tiny inotify

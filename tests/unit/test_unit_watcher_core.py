@@ -107,6 +107,28 @@ def test_a_busy_queue_is_read_at_a_pace_an_empty_one_is_polled() -> None:
     assert c.wake_at() is None  # no wake-up without work
 
 
+def test_changes_held_while_the_collator_is_behind_keep_their_first_moment() -> None:
+    """Changes that cannot go (the unacked messages at their bound) are held
+    whatever the window says: no wake-up for a send that cannot happen
+    (the ack that frees a slot wakes the loop), and the message that
+    finally carries them is dated from the read of the oldest."""
+    c, clock = Coalescer(0.0), FakeClock()  # delay 0: everything goes at once
+    c.read_done(clock(), 64)
+    first = clock.now
+    held = Changes(paths={b"a"})
+    c.hold(held, clock())
+    assert c.wake_at(sending=False) is None
+    assert c.wake_at() == first  # once it can go: now
+    clock.advance(2.0)
+    c.read_done(clock(), 64)  # more read meanwhile
+    held.paths.add(b"b")
+    c.hold(held, clock())
+    assert c.take(held, clock()) == first
+    assert c.held_since is None
+    c.hold(Changes(), clock())  # nothing held: nothing to date
+    assert c.held_since is None
+
+
 def test_a_read_that_cannot_happen_wakes_nothing() -> None:
     """A queue that cannot be read now (its messages unacked at their bound,
     or its watch stopped) must not make the loop wake for its read: the
