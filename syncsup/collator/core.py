@@ -250,7 +250,8 @@ class Collator:
         now = self.clock()
         stamp = now if first is None else min(now, first)
         targets = s.queues if queues is None else queues
-        s.journal.mark((q.spec for q in targets), changes, stamp, seq=seq, seen=seen)
+        s.journal.mark((q.spec for q in targets), changes, stamp, seq=seq, seen=seen,
+                       follow_moves=not s.sync.runs_commands)
         if not changes:
             return
         for q in targets:

@@ -145,7 +145,7 @@ class Journal:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
     def mark(self, targets: Iterable[str], changes: Changes, now: float, seq: int = 0,
-             seen: Seen | None = None) -> int:
+             seen: Seen | None = None, follow_moves: bool = False) -> int:
         """Mark ``changes`` dirty for every target in one transaction;
         returns the new generation. ``seen`` (the watcher's seen-point) is
         committed in the same transaction.
@@ -153,6 +153,9 @@ class Journal:
         ``changes.moves`` (renames to replay, in order) are the one part that
         is a log rather than a set; ``seq`` (the sender's message number)
         makes their insert idempotent, so a resent message adds nothing.
+
+        ``follow_moves``: what is dirty under a renamed directory is dirty
+        under its new name too (see :meth:`_follow`).
         """
         db = self.db  # opened first: it knows the last generation
         self._gen += 1
@@ -172,10 +175,43 @@ class Journal:
                     "INSERT OR IGNORE INTO moves (target, seq, idx, src, dst) "
                     "VALUES (?, ?, ?, ?, ?)",
                     [(t, seq, i, m[0], m[1]) for t in targets for i, m in enumerate(moves)])
+                if follow_moves:
+                    self._follow(targets, changes, gen, now)
             self.set_meta("gen", str(gen))
             if seen is not None:
                 self.set_meta("seen", seen.to_json())
         return gen
+
+    def _follow(self, targets: list[str], changes: Changes, gen: int, now: float) -> None:
+        """Copy the rows under each renamed directory to its new name, in
+        the order of the renames.
+
+        Why: a file changed, still dirty (its target slow or down, or its
+        transfer under way), and then its directory renamed. The target
+        renames its older copy along (replayed renames), or an enclosing
+        transfer copies it meanwhile, and the new name's tree is compared
+        by rsync's quick check, which a rewrite that kept the size and put
+        the mtime back passes; its walk lists by ctime only what changed
+        just before the rename. The row under the new name sends the file
+        by content. A rename whose new name is among the message's paths is
+        a file's (the watcher sends a renamed file as a path), not looked
+        up: an editor's save-by-rename costs no query."""
+        db = self.db
+        for t in targets:
+            for src, dst in changes.moves:
+                if dst in changes.paths or src == dst or not src:
+                    continue
+                found: list[tuple[int, bytes]] = []
+                for kind in (PATH, TREE, VERIFY, PROVE):
+                    found += db.execute(
+                        "SELECT kind, path FROM dirty WHERE target = ? AND kind = ? AND "
+                        "(path = ? OR (path >= ? AND path < ?))",
+                        (t, int(kind), src, src + b"/", src + b"0")).fetchall()
+                db.executemany(
+                    "INSERT INTO dirty (target, kind, path, gen, first_seen) "
+                    "VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (target, kind, path) DO UPDATE SET gen = excluded.gen",
+                    [(t, k, dst + p[len(src):], gen, now) for k, p in found])
 
     def take_moves(self, target: str, limit: int, max_bytes: int = 1 << 62
                    ) -> list[tuple[int, bytes, bytes]]:

@@ -185,7 +185,7 @@ class Watcher:
             # (polling it without reading would spin).
             # A queue read at the coalescer's pace is not polled meanwhile.
             wanted = {w.fd: w for w in self.syncs
-                      if self.reads(w) and w.coalescer.polled()}
+                      if w.fd is not None and self.reads(w) and w.coalescer.polled()}
             if wanted.keys() != polled.keys():
                 for fd in polled.keys() - wanted.keys():
                     poller.unregister(fd)

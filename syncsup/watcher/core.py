@@ -379,7 +379,8 @@ def rewalk_blind(blind: Mapping[bytes, Blind], mounts_due: bool, mark: float) ->
     mounts (only when ``mounts_due``) are rescanned with the quick check;
     the others (a path too long, unreadable, an error) are only watched
     again: rsync cannot read them either, and they are rescanned once they
-    can be (:class:`BlindReports`). ``mark`` (wall clock, less the margin)
+    can be (:class:`BlindReports`), with the files changed since their mark
+    among the paths. ``mark`` (wall clock, less the margin)
     is the new cutoff of a subtree still blind after its rescan."""
     out = []
     for rel, x in blind.items():
@@ -389,5 +390,8 @@ def rewalk_blind(blind: Mapping[bytes, Blind], mounts_due: bool, mark: float) ->
             if mounts_due:
                 out.append(Rewalk(rel, Changes(trees={rel}), None, mark))
         else:
-            out.append(Rewalk(rel, None, None, x.mark))
+            # what changed there while it could not be read: by content (its
+            # rescan, once it is no longer blind, is a tree, and the target
+            # holds the copy from before it went blind)
+            out.append(Rewalk(rel, None, x.mark, x.mark))
     return out

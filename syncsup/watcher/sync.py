@@ -90,9 +90,9 @@ class SyncWatch:
         self.failure: str | None = None     # the last error that stopped this watch
         self.mounts: set[bytes] = set()     # mount points inside the source (relative)
         self.walk_started = 0.0
-        # (wall clock) when a read of the queue last found it empty or
-        # emptied it: every event still queued came after it
-        self.drained = 0.0
+        # when a read of the queue last found it empty or emptied it: every
+        # event still queued came after it
+        self.drained = Seen.now()
         # the last seen-point, and when the next one goes
         self.seen = SeenPoints(self.t.seen_delay, self.t.seen_margin)
 
@@ -137,7 +137,7 @@ class SyncWatch:
         say(verdict)
         if self.seen.last is None:
             self.seen.last = read_seen(self.journal)
-        self.drained = time.time()  # nothing is queued before the instance exists
+        self.drained = Seen.now()  # nothing is queued before the instance exists
         self.ino = INotify(nonblocking=True)
         if self.failure is not None:
             log.info("%s: watching %s again", self.sync.name, self.sync.source)
@@ -207,20 +207,21 @@ class SyncWatch:
         written are held in the tree until closed); the bytes read (0: the
         queue was empty)."""
         assert self.ino is not None and self.tree is not None
-        wall = time.time()
+        before = Seen.now()
         try:
             data = os.read(self.ino.fileno(), READ_SIZE)
         except BlockingIOError:
             self.coalescer.read_done(now, 0)
-            self.drained = wall
+            self.drained = before
             return 0
         self.coalescer.read_done(now, len(data))
         # Every event read now was queued after the last read that emptied
         # the queue began: the new directories' walks look for files changed
-        # since then (less the margin of coarse timestamps and clocks).
-        since = self.drained - self.t.seen_margin
+        # since then (less the margin of coarse timestamps and clocks, and
+        # any backward step of the wall clock since).
+        since = self.drained.cutoff(before, self.t)
         if len(data) <= READ_SIZE - _EVENT_MAX:
-            self.drained = wall  # the whole queue fitted: it was empty after this read
+            self.drained = before  # the whole queue fitted: it was empty after this read
         changes, signals = self.tree.apply(parse(data), now, since=since)
         self.held.update(changes)
         if signals.overflow:

@@ -17,8 +17,9 @@ A walk after lost events (``since``: a ctime) also lists the regular files
 whose ctime is not older than it: they changed while nobody was looking and
 are sent as paths, compared by content; rsync's quick check is trusted for
 the rest (see :mod:`syncsup.seen`). The walk of a directory that appears
-(created, moved in, renamed) does the same from a moment before the event
-that announced it: until its watch is placed, nobody looks there either.
+(created, moved in from outside) does the same from a moment before the
+event that announced it: until its watch is placed, nobody looks there
+either. A directory renamed within the tree keeps its watches.
 
 A regular file being written is held back until it is closed (or for
 ``Timings.write_hold`` at most): a writer's CREATE or MODIFY often reaches us
@@ -34,7 +35,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from inotify_simple import flags as F
@@ -126,6 +127,37 @@ class _Walk:
     mark: float
     blind: bool = False
     dev: int | None = None
+
+
+@dataclass
+class _Moving:
+    """A watched directory whose MOVED_FROM came and whose MOVED_TO has not
+    (yet) in the same read: its watches, walks to do and blind subtrees
+    (by their path below it, ``b""`` for itself), set aside with the
+    events that came on those watches meanwhile. A MOVED_TO puts them
+    back under the new name and replays the events there; at the end of
+    the read, what is left moved out of sight and is dropped."""
+
+    rel: bytes
+    watches: dict[int, bytes] = field(default_factory=dict)
+    walks: list[_Walk] = field(default_factory=list)
+    blind: dict[bytes, Blind] = field(default_factory=dict)
+    events: list[tuple[int, int, int, bytes]] = field(default_factory=list)
+
+    def watched(self) -> bool:
+        """Was the directory itself in sight (watched, about to be, or
+        blind with a rescan of its own)? An excluded one was not."""
+        return (b"" in self.watches.values() or b"" in self.blind
+                or any(w.rel == self.rel for w in self.walks))
+
+
+def _below(path: bytes, rel: bytes) -> bytes | None:
+    """``path`` relative to ``rel`` (``b""``: itself; None: not under it)."""
+    if path == rel:
+        return b""
+    if path.startswith(rel + b"/"):
+        return path[len(rel) + 1:]
+    return None
 
 
 class WatchTree:
@@ -279,19 +311,65 @@ class WatchTree:
         return sum(1 for rel, x in self.blind.items() if x.reason == WATCH_LIMIT
                    for _ in os.walk(self.abspath(rel)))
 
-    def forget(self, rel: bytes) -> None:
-        """Drop the watches of ``rel`` and below (moved out of sight)."""
-        prefix = rel + b"/"
-        gone = [wd for wd, p in self.paths.items() if p == rel or p.startswith(prefix)]
-        for wd in gone:
-            del self.paths[wd]
+    def _detach(self, rel: bytes) -> _Moving:
+        """Set aside the watches, walks and blind subtrees of ``rel`` and
+        below (a MOVED_FROM: whether it stays in the tree is not known yet)."""
+        m = _Moving(rel)
+        for wd, p in list(self.paths.items()):
+            sub = _below(p, rel)
+            if sub is not None:
+                m.watches[wd] = sub
+                del self.paths[wd]
+        kept: list[_Walk] = []
+        for w in self._stack:
+            (kept if _below(w.rel, rel) is None else m.walks).append(w)
+        self._stack = kept
+        for p in [p for p in self.blind if _below(p, rel) is not None]:
+            m.blind[_below(p, rel) or b""] = self.blind.pop(p)
+        return m
+
+    def _attach(self, m: _Moving, new: bytes) -> None:
+        """Put what :meth:`_detach` set aside back under ``new``: the kernel's
+        watches followed the directory, so nothing there was out of sight.
+        A subdirectory that rules bound to its path exclude under the new
+        name loses its watch, and what lies below it; one they excluded
+        under the old name is for the walk that follows."""
+        def moved(sub: bytes) -> bytes:
+            return join(new, sub) if sub else new
+
+        gone: list[bytes] = []  # now excluded: these and below are not watched
+        for wd, sub in sorted(m.watches.items(), key=lambda x: (x[1] != b"", x[1].count(b"/"))):
+            p = moved(sub)
+            if sub and (self.excluded(p) or any(_below(p, g) is not None for g in gone)):
+                gone.append(p)
+                try:
+                    self._rm(wd)
+                except OSError:
+                    pass  # the kernel dropped it already
+                continue
+            self.paths[wd] = p
+        for w in m.walks:
+            p = moved(_below(w.rel, m.rel) or b"")
+            if not any(_below(p, g) is not None for g in gone):
+                self._stack.append(replace(w, rel=p))
+        for sub, x in m.blind.items():
+            p = moved(sub)
+            if not any(_below(p, g) is not None for g in gone):
+                self.blind[p] = x
+        # files being written in it: their close comes under the new name
+        for p in [p for p in self.writing if _below(p, m.rel)]:
+            self.writing[join(new, _below(p, m.rel) or b"")] = self.writing.pop(p)
+        for p in [p for p in self._new if _below(p, m.rel)]:
+            self._new.discard(p)
+            self._new.add(join(new, _below(p, m.rel) or b""))
+
+    def _drop(self, m: _Moving) -> None:
+        """What :meth:`_detach` set aside left the tree: its watches go."""
+        for wd in m.watches:
             try:
                 self._rm(wd)
             except OSError:
                 pass  # the kernel dropped it already
-        self._stack = [w for w in self._stack
-                       if not (w.rel == rel or w.rel.startswith(prefix))]
-        self.drop_blind(rel)
 
     def apply(self, events: Iterable[tuple[int, int, int, bytes]],
               now: float | None = None, since: float | None = None
@@ -304,15 +382,18 @@ class WatchTree:
         unpaired one is just a delete or a create. A new directory is queued
         for watching; its rescan comes out of :meth:`step` after the walk.
 
+        A directory renamed within the tree (both halves in this read)
+        keeps its watches, walks to do and blind subtrees under its new
+        name: the kernel's watches follow the inode, so nothing there was
+        out of sight, and events on them, even one between the two halves,
+        are read under the new name.
+
         ``since`` (a ctime, None: unknown) is a moment before every event
-        of this read. A directory that appears (created, or moved in or
-        within the tree) is out of sight from then until its walk places
-        its watch: what is written in it meanwhile makes no event we see
-        (a moved directory's own watch follows it, but its events come
-        under the old name, whose watches are dropped here). Its rescan
-        relies on rsync's quick check, and that is enough only where the
-        target has no older copy of a file. It may have one: a transfer
-        of an enclosing directory can copy a file there after the move and
+        of this read. A directory that appears (created, or moved in from
+        outside) is out of sight from then until its walk places its
+        watch. Its rescan relies on rsync's quick check, which is enough
+        only where the target has no older copy of a file. It may have
+        one: a transfer of an enclosing directory can copy a file there
         before a rewrite that keeps its size and puts its mtime back. So
         the walk of a new directory also lists, as paths (compared by
         content), the regular files whose ctime is ``since`` or later.
@@ -325,12 +406,17 @@ class WatchTree:
         signals = Signals()
         changes = Changes()
         moved_from: dict[int, bytes] = {}
-        for wd, mask, cookie, name in events:
+        moving: dict[int, _Moving] = {}  # by cookie
+        aside: dict[int, _Moving] = {}   # by the watches set aside
+        for event in events:
+            wd, mask, cookie, name = event
             if mask & F.Q_OVERFLOW:
                 signals.overflow = True  # the watcher re-walks, then verifies the root
                 continue
             parent = self.paths.get(wd)
             if parent is None:
+                if wd in aside:
+                    aside[wd].events.append(event)  # its name comes with its MOVED_TO
                 continue  # a watch we dropped; its subtree is covered elsewhere
             if mask & (F.IGNORED | F.UNMOUNT):
                 if parent == b"" and mask & F.UNMOUNT:
@@ -363,6 +449,25 @@ class WatchTree:
                 moved_from[cookie] = path
             elif mask & F.MOVED_TO and cookie in moved_from:
                 changes.moves.append((moved_from.pop(cookie), path))
+                m = moving.pop(cookie, None)
+                for w in m.watches if m is not None else ():
+                    del aside[w]
+                if is_dir and m is not None and m.watched():
+                    # Renamed within the tree: its watches follow it (the
+                    # kernel's did), with no moment out of sight; what came
+                    # on them meanwhile is read under the new name. A walk
+                    # without a ctime scan (nothing was out of sight) watches
+                    # what rules bound to the old path left unwatched, then
+                    # its content is rescanned at the new name.
+                    self._attach(m, path)
+                    more, also = self.apply(m.events, now, since)
+                    changes.update(more)
+                    signals.overflow |= also.overflow
+                    signals.root_gone |= also.root_gone
+                    self.queue(path, Changes(trees={path}))
+                    continue
+                if m is not None:
+                    self._drop(m)  # not in sight there (excluded): it arrives as from outside
             if is_dir and mask & (F.CREATE | F.MOVED_TO):
                 # Watch first, then rescan: a change in between is seen by one,
                 # and one before it (since ``since``) by its ctime.
@@ -370,7 +475,10 @@ class WatchTree:
             elif is_dir and mask & F.MOVED_FROM:
                 # A tree, not a path: if something comes back at this name
                 # its whole content must be compared, not just the entry.
-                self.forget(path)
+                m = self._detach(path)
+                moving[cookie] = m
+                for w in m.watches:
+                    aside[w] = m
                 changes.trees.add(path)
             elif now is not None and not is_dir and self._hold(path, mask, now):
                 continue
@@ -379,6 +487,8 @@ class WatchTree:
                 if path in self._new:
                     self._new.discard(path)
                     changes.created.add(path)
+        for m in moving.values():
+            self._drop(m)  # moved out of the tree (or its MOVED_TO is in the next read)
         return changes, signals
 
     def _hold(self, path: bytes, mask: int, now: float) -> bool:

@@ -1,22 +1,25 @@
-"""A directory that appears (renamed within the source, created, moved in)
-is out of sight until the watcher's walk places its watch: what is written
-in it meanwhile makes no event the watcher can use. Its rescan is a tree
-step, compared by rsync's quick check (size and mtime), which is enough
-only where the target holds no older copy of a file. Here it does: a
-transfer of an enclosing directory, run by hand between the rename and the
-rewrite (as the daemon's own transfer of a directory created just before
-could), copies the file under its new name; the file is then rewritten at
-the same size with its mtime put back. All of it falls into one read of
-the queue (``delay = 0.2``: the read after a change waits 0.2 s).
+"""A rewrite that keeps a file's size and puts its mtime back, in a
+directory that has just come into the source (renamed within it, created,
+moved in from outside), while the target already holds an older copy under
+the new name: a transfer of an enclosing directory, done by hand here (as
+the daemon's own transfer of a directory created just before could),
+copied it between the directory's arrival and the rewrite. rsync's quick
+check (size and mtime) passes that copy, so the new name's rescan alone
+cannot see the rewrite. All of it happens while the watcher is stopped
+(SIGSTOP, as a descheduled process on a loaded host would be), so that it
+falls into one read of the queue.
 
-The daemon must still converge: the walk of the new name lists the files
-changed since just before the read as paths, compared by content.
+A renamed directory keeps its watches (the rewrite's events are read under
+the new name); the walk of a created or moved-in one lists the files
+changed since just before the read as paths, compared by content. Either
+way the mirror must converge byte for byte.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
+import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -39,27 +42,43 @@ def rewrite_same_size_keep_mtime(path: Path) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def watcher_pid(d) -> int:
+    return next(int(c["pid"]) for c in d.status()["components"] if c["name"] == "watcher")
+
+
+@pytest.mark.parametrize("arrival", ["renamed", "created", "moved-in"])
 @pytest.mark.parametrize("way", ["agent", "rsync"])
-def test_a_rewrite_in_a_renamed_directory_is_not_hidden_by_an_early_copy(
-        way, tmp_path, src, dst, daemon_factory):
+def test_a_rewrite_in_a_directory_just_arrived_is_not_hidden_by_an_early_copy(
+        way, arrival, tmp_path, src, dst, daemon_factory):
     entry = sync_entry(src, [dst], delay=0.2)
     if way == "rsync":
         entry["agent_max_size"] = 0
-    rounds = 5
+    rounds = 3
+    outside = tmp_path / "outside"
     for i in range(rounds):
-        write(src / f"a{i}" / "x" / "f", os.urandom(8192))
-        write(src / f"a{i}" / "x" / "g", os.urandom(8192))
+        write((src if arrival == "renamed" else outside) / f"a{i}" / "x" / "f",
+              os.urandom(8192))
+        write((src if arrival == "renamed" else outside) / f"a{i}" / "x" / "g",
+              os.urandom(8192))
     (src / "b").mkdir()
     d = daemon_factory([entry])
     wait_converged(src, [dst], timeout=120, on_timeout=d.describe)
     time.sleep(1.1)  # the files' mtimes are well before the rewrite's moment
     for i in range(rounds):
-        # a change read at once makes the watcher read the next ones 0.2 s later
-        write(src / f"pace{i}", b"p")
-        time.sleep(0.05)
-        os.rename(src / f"a{i}" / "x", src / "b" / f"y{i}")
-        subprocess.run(["rsync", "-a", "--", f"{src}/b/", f"{dst}/b/"], check=True)
-        rewrite_same_size_keep_mtime(src / "b" / f"y{i}" / "f")
-        assert (src / "b" / f"y{i}" / "f").stat().st_size == 8192
+        new = src / "b" / f"y{i}"
+        watcher = watcher_pid(d)
+        os.kill(watcher, signal.SIGSTOP)
+        try:
+            if arrival == "renamed":
+                os.rename(src / f"a{i}" / "x", new)
+            elif arrival == "moved-in":
+                os.rename(outside / f"a{i}" / "x", new)
+            else:
+                shutil.copytree(outside / f"a{i}" / "x", new, copy_function=shutil.copy2)
+            # the enclosing transfer: the target gets the files as they are now
+            shutil.copytree(new, dst / "b" / f"y{i}", copy_function=shutil.copy2)
+            rewrite_same_size_keep_mtime(new / "f")
+        finally:
+            os.kill(watcher, signal.SIGCONT)
         wait_converged(src, [dst], timeout=60, on_timeout=d.describe)
     d.stop()

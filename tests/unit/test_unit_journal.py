@@ -402,3 +402,34 @@ def test_an_empty_mark_adds_no_rows_but_moves_the_generation(journal: Journal) -
     assert journal.oldest(T1) is None
     assert journal.mark([], Changes(paths={b"a"}), 2.0) == g + 1  # no target: no rows
     assert journal.pending(T1) == 0
+
+
+def test_what_is_dirty_under_a_renamed_directory_is_dirty_under_its_new_name(
+        journal: Journal) -> None:
+    """A file changed and still dirty, then its directory renamed: its row
+    is copied under the new name (the rename's tree is compared by the
+    quick check alone), in the order of the renames, for every target;
+    names that only share the prefix are not."""
+    journal.mark([T1, T2], Changes(paths={b"d/f", b"d/sub/g", b"d", b"d-x", b"d.y", b"d0"},
+                                   trees={b"d/sub"}), 1.0)
+    journal.mark([T1, T2], Changes(moves=[(b"d", b"e"), (b"e", b"z/e")],
+                                   trees={b"z/e"}), 2.0, seq=7, follow_moves=True)
+    for t in (T1, T2):
+        got = {(r.kind, r.path) for r in everything(journal, t)}
+        for name in (b"e", b"z/e"):
+            assert {(PATH, name + b"/f"), (PATH, name + b"/sub/g"), (PATH, name),
+                    (TREE, name + b"/sub")} <= got
+        under_new = {p for _k, p in got if p.startswith((b"e", b"z/"))}
+        assert under_new == {b"e", b"e/f", b"e/sub/g", b"e/sub", b"z/e", b"z/e/f",
+                             b"z/e/sub/g", b"z/e/sub"}
+
+
+def test_a_renamed_file_and_command_mode_copy_nothing(journal: Journal) -> None:
+    """A rename whose new name is among the paths is a file's (no lookup);
+    without ``follow_moves`` (command mode: a path runs a command) nothing
+    is copied."""
+    journal.mark([T1], Changes(paths={b"a/f", b"b/g"}), 1.0)
+    journal.mark([T1], Changes(moves=[(b"a", b"a2")], paths={b"a2"}), 2.0, seq=1,
+                 follow_moves=True)
+    journal.mark([T1], Changes(moves=[(b"b", b"b2")]), 3.0, seq=2)
+    assert {r.path for r in everything(journal, T1)} == {b"a/f", b"a2", b"b/g"}

@@ -52,6 +52,7 @@ class FakeInotify:
         self.removed: list[int] = []
         self.fail: dict[bytes, int] = {}  # absolute path -> errno
         self.rm_errno: int | None = None
+        self.by_inode: dict[int, int] = {}
 
     def add_watch(self, path: bytes, mask: int) -> int:
         assert isinstance(path, bytes)
@@ -64,12 +65,17 @@ class FakeInotify:
         if err is not None:
             raise OSError(err, os.strerror(err))
         self.added.append((path, mask))
+        ino = os.lstat(path).st_ino
+        if ino in self.by_inode:  # like the kernel: one watch per inode
+            return self.by_inode[ino]
         wd = self.next_wd
         self.next_wd += 1
+        self.by_inode[ino] = wd
         return wd
 
     def rm_watch(self, wd: int) -> None:
         self.removed.append(wd)
+        self.by_inode = {i: w for i, w in self.by_inode.items() if w != wd}
         if self.rm_errno is not None:
             raise OSError(self.rm_errno, os.strerror(self.rm_errno))
 
@@ -402,27 +408,30 @@ def test_moved_from_dir_tolerates_rm_watch_errors(src: Path) -> None:
     assert b"a/b" not in tree.paths.values()
 
 
-def test_forget_drops_walks_not_yet_done(src: Path) -> None:
-    tree, _ = make(src)
-    tree.watch(b"")
+def test_a_directory_moved_out_drops_its_walks_not_yet_done(src: Path) -> None:
+    tree, _, wd = watched(src)
     tree.queue(b"a")
-    tree.forget(b"a")
+    apply(tree, (wd[b""], F.MOVED_FROM | F.ISDIR, 5, b"a"))
     assert not tree.walking
-    tree.forget(b"never-watched")  # harmless
     assert sorted(tree.paths.values()) == [b"", b"ab", b"c"]
 
 
-def test_move_within_tree_rewatches_under_new_name(src: Path) -> None:
-    tree, _, wd = watched(src)
+def test_move_within_tree_keeps_its_watches_under_the_new_name(src: Path) -> None:
+    tree, fake, wd = watched(src)
     (src / "a").rename(src / "c" / "moved")
     ch, _ = apply(tree, (wd[b""], F.MOVED_FROM | F.ISDIR, 7, b"a"),
                   (wd[b"c"], F.MOVED_TO | F.ISDIR, 7, b"moved"))
     assert b"a" in ch.paths | ch.trees  # the old name is marked
     assert ch.moves == [(b"a", b"c/moved")]
-    assert b"c/moved" in walked(tree).trees
+    assert b"c/moved" in ch.trees | walked(tree).trees
+    assert not fake.removed  # the kernel's watches followed it
+    assert {p: w for w, p in tree.paths.items() if p.startswith(b"c/moved")} == {
+        b"c/moved": wd[b"a"], b"c/moved/b": wd[b"a/b"]}
     names = set(tree.paths.values())
-    assert {b"c/moved", b"c/moved/b"} <= names
     assert not {b"a", b"a/b"} & names
+    # events on its watches, after the rename, are under the new name
+    later, _ = apply(tree, (wd[b"a/b"], F.CLOSE_WRITE, 0, b"x"))
+    assert later.paths == {b"c/moved/b/x"}
 
 
 def test_queue_overflow_is_flagged_for_the_watcher(src: Path) -> None:
@@ -674,3 +683,83 @@ def test_files_written_in_a_new_directory_before_its_watch_are_paths(src: Path) 
     assert {b"c/new/f", b"c/new/deep/g"} <= ch.paths
     assert b"c/new/l" not in ch.paths
     assert b"c/new/deep" in tree.paths.values()
+
+
+def test_a_directory_renamed_before_its_walk_keeps_the_older_since(src: Path) -> None:
+    """A new directory renamed (again) before its walk looked: the walk of
+    the new name looks from the older read's moment, not the rename's."""
+    tree, _, wd = watched(src)
+    (src / "c" / "new").mkdir()
+    (src / "c" / "new" / "f").write_text("1")
+    older = os.stat(src / "c" / "new" / "f").st_ctime
+    ch = Changes()
+    apply_into(tree, [(wd[b"c"], F.CREATE | F.ISDIR, 0, b"new")], ch, since=older)
+    assert tree.walking  # not walked yet
+    (src / "c" / "new").rename(src / "c" / "newer")
+    apply_into(tree, [(wd[b"c"], F.MOVED_FROM | F.ISDIR, 9, b"new"),
+                      (wd[b"c"], F.MOVED_TO | F.ISDIR, 9, b"newer")], ch, since=older + 3600)
+    ch.update(walked(tree))
+    assert b"c/newer" in ch.trees
+    assert b"c/newer/f" in ch.paths
+    assert b"c/new" not in tree.paths.values()
+
+
+def test_events_between_a_rename_and_its_other_half_are_read_under_the_new_name(
+        src: Path) -> None:
+    """Another writer's event can reach the queue between a directory's
+    MOVED_FROM and MOVED_TO: it is kept aside and read under the new name;
+    a file being written there is released under the new name too."""
+    tree, fake, wd = watched(src)
+    ch = Changes()
+    apply_into(tree, [(wd[b"a"], F.MODIFY, 0, b"file")], ch, now=100.0)
+    assert tree.writing.keys() == {b"a/file"}  # held: open for writing
+    (src / "a").rename(src / "c" / "moved")
+    apply_into(tree, [(wd[b""], F.MOVED_FROM | F.ISDIR, 3, b"a"),
+                      (wd[b"a/b"], F.CLOSE_WRITE, 0, b"x"),
+                      (wd[b"c"], F.MOVED_TO | F.ISDIR, 3, b"moved"),
+                      (wd[b"a"], F.CLOSE_WRITE, 0, b"file")], ch, now=100.1)
+    assert {b"c/moved/b/x", b"c/moved/file"} <= ch.paths
+    assert not {p for p in ch.paths if p.startswith(b"a/")}
+    assert not tree.writing and not fake.removed
+
+
+def test_a_directory_moved_to_an_excluded_name_loses_its_watches(src: Path) -> None:
+    tree, fake = make(src, excluded=lambda rel: rel.endswith(b".tmp"))
+    tree.watch(b"")
+    wd = {p: w for w, p in tree.paths.items()}
+    ch, _ = apply(tree, (wd[b""], F.MOVED_FROM | F.ISDIR, 4, b"a"),
+                  (wd[b"a"], F.CREATE, 0, b"late"),
+                  (wd[b""], F.MOVED_TO | F.ISDIR, 4, b"a.tmp"))
+    assert ch.trees == {b"a"} and not ch.moves
+    assert not {p for p in ch.paths if p.startswith((b"a/", b"a.tmp"))}
+    assert sorted(fake.removed) == sorted([wd[b"a"], wd[b"a/b"]])
+    assert not {p for p in tree.paths.values() if p.startswith((b"a", b"a.tmp"))} - {b"ab"}
+
+
+def test_a_directory_renamed_out_of_an_excluded_name_is_walked(src: Path) -> None:
+    """Renamed from a name the rules exclude (never watched) to one they do
+    not: nothing of it was in sight, so it is walked as if it came from
+    outside, files changed since the read's moment listed; and a rename
+    whose rules depend on the path watches what the new path includes."""
+    (src / "obj" / "sub").mkdir(parents=True)
+    (src / "obj" / "sub" / "f").write_text("f")
+    tree, fake = make(src, excluded=lambda rel: rel == b"obj" or rel == b"c/moved/b")
+    tree.watch(b"")
+    wd = {p: w for w, p in tree.paths.items()}
+    assert b"obj" not in wd
+    (src / "obj").rename(src / "src140")
+    since = os.stat(src / "src140" / "sub" / "f").st_ctime
+    ch = Changes()
+    apply_into(tree, [(wd[b""], F.MOVED_FROM | F.ISDIR, 6, b"obj"),
+                      (wd[b""], F.MOVED_TO | F.ISDIR, 6, b"src140")], ch, since=since)
+    ch.update(walked(tree))
+    assert {b"src140", b"src140/sub"} <= set(tree.paths.values())
+    assert b"src140" in ch.trees and b"src140/sub/f" in ch.paths
+    # a/b is watched; renamed to c/moved, its b is excluded there: unwatched
+    (src / "a").rename(src / "c" / "moved")
+    apply(tree, (wd[b""], F.MOVED_FROM | F.ISDIR, 7, b"a"),
+          (wd[b"c"], F.MOVED_TO | F.ISDIR, 7, b"moved"))
+    walked(tree)
+    names = set(tree.paths.values())
+    assert b"c/moved" in names and b"c/moved/b" not in names
+    assert wd[b"a/b"] in fake.removed and wd[b"a"] not in fake.removed
