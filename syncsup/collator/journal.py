@@ -193,13 +193,14 @@ class Journal:
         by rsync's quick check, which a rewrite that kept the size and put
         the mtime back passes; its walk lists by ctime only what changed
         just before the rename. The row under the new name sends the file
-        by content. A rename whose new name is among the message's paths is
-        a file's (the watcher sends a renamed file as a path), not looked
-        up: an editor's save-by-rename costs no query."""
+        by content. Only a directory's rename is looked up: the watcher
+        sends the old name of a renamed directory as a tree, in the same
+        message (rescans and renames go first), and a file's as a path, so
+        an editor's save-by-rename costs no query."""
         db = self.db
         for t in targets:
             for src, dst in changes.moves:
-                if dst in changes.paths or src == dst or not src:
+                if src not in changes.trees or src == dst or not src:
                     continue
                 found: list[tuple[int, bytes]] = []
                 for kind in (PATH, TREE, VERIFY, PROVE):

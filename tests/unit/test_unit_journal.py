@@ -413,7 +413,8 @@ def test_what_is_dirty_under_a_renamed_directory_is_dirty_under_its_new_name(
     journal.mark([T1, T2], Changes(paths={b"d/f", b"d/sub/g", b"d", b"d-x", b"d.y", b"d0"},
                                    trees={b"d/sub"}), 1.0)
     journal.mark([T1, T2], Changes(moves=[(b"d", b"e"), (b"e", b"z/e")],
-                                   trees={b"z/e"}), 2.0, seq=7, follow_moves=True)
+                                   trees={b"d", b"e"}, paths={b"z/e"}),  # z/e: an ATTRIB
+                 2.0, seq=7, follow_moves=True)
     for t in (T1, T2):
         got = {(r.kind, r.path) for r in everything(journal, t)}
         for name in (b"e", b"z/e"):
@@ -425,11 +426,11 @@ def test_what_is_dirty_under_a_renamed_directory_is_dirty_under_its_new_name(
 
 
 def test_a_renamed_file_and_command_mode_copy_nothing(journal: Journal) -> None:
-    """A rename whose new name is among the paths is a file's (no lookup);
+    """A rename whose old name is not a tree is a file's (no lookup);
     without ``follow_moves`` (command mode: a path runs a command) nothing
     is copied."""
     journal.mark([T1], Changes(paths={b"a/f", b"b/g"}), 1.0)
-    journal.mark([T1], Changes(moves=[(b"a", b"a2")], paths={b"a2"}), 2.0, seq=1,
+    journal.mark([T1], Changes(moves=[(b"a", b"a2")], paths={b"a", b"a2"}), 2.0, seq=1,
                  follow_moves=True)
-    journal.mark([T1], Changes(moves=[(b"b", b"b2")]), 3.0, seq=2)
-    assert {r.path for r in everything(journal, T1)} == {b"a/f", b"a2", b"b/g"}
+    journal.mark([T1], Changes(moves=[(b"b", b"b2")], trees={b"b"}), 3.0, seq=2)
+    assert {r.path for r in everything(journal, T1)} == {b"a", b"a/f", b"a2", b"b", b"b/g"}
