@@ -342,10 +342,18 @@ def _parents(changes: Changes, trees: set[bytes]) -> set[bytes]:
     own change); rsync sets a directory's time only when the directory is
     in its list, or inside a tree it walks. So each such directory is sent
     too, the root as well: else the target's keeps the time of the last
-    change made there, not the source's."""
+    change made there, not the source's.
+
+    A path's directory is sent even inside a tree: the paths step runs
+    after the tree step, and its write there (a file listed by the
+    watcher's ctime scan of a new directory, or changed again since) comes
+    after the time the tree step set."""
     out: set[bytes] = set()
     ends = {rel for move in changes.moves for rel in move}
-    for rel in changes.paths | trees | ends:
+    for rel in changes.paths:
+        if rel:
+            out.add(rel.rpartition(b"/")[0])
+    for rel in trees | ends:
         if not rel:
             continue
         parent = rel.rpartition(b"/")[0]

@@ -76,10 +76,12 @@ def expected_steps(commands: bool, replay: bool, renames: bool, trees: str, veri
         guard = empty and (trees == "root" or verify == "verify-root")
         steps.append(Step(TREE, tuple(sorted(names)), checksum=checksum, empty_guard=guard))
     # Every entry here is in the root: its time is sent after them (an entry
-    # made, deleted or renamed there changed it), unless a walk of the root does.
+    # made, deleted or renamed there changed it), unless a walk of the root
+    # does, before any path is written there.
     if paths != "no-paths":
         steps.append(Step(PATHS, tuple(sorted(PATHS_SETS[paths]))))
-    if (paths != "no-paths" or renames or names - {b""}) and b"" not in names:
+    if (paths != "no-paths" and PATHS_SETS[paths] - {b""}) or (
+            (renames or names - {b""}) and b"" not in names):
         # --max-delete=0 too: a times step deletes towards a receiver that
         # rejects --delete-missing-args, and an empty root must not wipe it
         steps.append(Step(TIMES, (b"",), empty_guard=empty))
@@ -196,7 +198,7 @@ def test_the_agent_step_never_decides_the_batch(renames: bool, trees: str, outco
     plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False, agent=True)
     kinds = [s.kind for s in plan.steps]
     assert kinds[-1] is StepKind.AGENT and PATHS not in kinds
-    parents = {b""} if trees == "no-trees" else set()
+    parents = {b""}  # the paths' directory: written after any tree step
     assert plan.steps[-1].names == tuple(sorted(changes.paths | parents))
     step: Step | Finished = plan.first()
     while isinstance(step, Step) and step.kind is not StepKind.AGENT:
@@ -313,15 +315,16 @@ def test_no_moves_step_when_no_rename_is_replayed() -> None:
 
 def test_the_directories_holding_the_entries_are_sent_outside_trees() -> None:
     """Each entry's directory has its time sent (the root too), except a
-    directory inside a tree, whose walk sets it."""
-    changes = Changes(paths={b"a/b/c", b"a/d", b"t/in/x", b"top"}, trees={b"t", b"n/new"},
-                      moves=[(b"m/old", b"k/new")])
+    directory inside a tree, whose walk sets it; a path's directory is sent
+    even inside one: the paths step writes there after the tree step."""
+    changes = Changes(paths={b"a/b/c", b"a/d", b"t/in/x", b"top"},
+                      trees={b"t", b"n/new", b"u"}, moves=[(b"m/old", b"k/new")])
     plan = Plan.make(changes, commands=False, replay_moves=False, source_empty=False)
-    assert plan.steps[-2:] == [Step(PATHS, tuple(sorted(changes.paths))), Step(TIMES, tuple(
-        sorted({b"a/b", b"a", b"", b"n", b"m", b"k"})))]
+    parents = {b"a/b", b"a", b"", b"n", b"m", b"k", b"t/in"}
+    assert plan.steps[-2:] == [Step(PATHS, tuple(sorted(changes.paths))),
+                               Step(TIMES, tuple(sorted(parents)))]
     agent = Plan.make(changes, commands=False, replay_moves=False, source_empty=False,
                       agent=True)
-    parents = {b"a/b", b"a", b"", b"n", b"m", b"k"}
     assert agent.steps[-1] == Step(StepKind.AGENT, tuple(sorted(changes.paths | parents)),
                                    times=frozenset(parents))
 
@@ -478,7 +481,7 @@ def test_a_proof_comes_first_and_keeps_the_tree_a_quick_check(paths: bool) -> No
     assert nxt == Step(TREE, (b"",))
     assert plan.advance(nxt, Result(0)) == Step(PATHS, (b"a", b"b"), checksum=True)
     assert plan.steps[2:] == [Step(PATHS, (b"a", b"b"), checksum=True)] + (
-        [Step(PATHS, (b"p",))] if paths else [])
+        [Step(PATHS, (b"p",)), Step(TIMES, (b"",))] if paths else [])
 
 
 @pytest.mark.parametrize("result", [Result(3, error="prove: no agent"), Result(1),
