@@ -30,6 +30,11 @@ __all__ = [
 ]
 
 
+# rows under a renamed directory copied to its new name; past it, one
+# verifying rescan of the new name (the copies must not reach MAX_PENDING)
+FOLLOW_MAX = 10_000
+
+
 class Kind(IntEnum):
     """How a journal row stores one field of :class:`~syncsup.proto.Changes`."""
 
@@ -193,26 +198,27 @@ class Journal:
         by rsync's quick check, which a rewrite that kept the size and put
         the mtime back passes; its walk lists by ctime only what changed
         just before the rename. The row under the new name sends the file
-        by content. Only a directory's rename is looked up: the watcher
-        sends the old name of a renamed directory as a tree, in the same
-        message (rescans and renames go first), and a file's as a path, so
-        an editor's save-by-rename costs no query."""
+        by content. One indexed range query per rename and target (a
+        file's finds its own row at most); past :data:`FOLLOW_MAX` rows,
+        the new name gets one verifying rescan instead (the copies must
+        not push the target past the collator's bound on pending rows)."""
         db = self.db
         for t in targets:
             for src, dst in changes.moves:
-                if src not in changes.trees or src == dst or not src:
+                if src == dst or not src:
                     continue
-                found: list[tuple[int, bytes]] = []
-                for kind in (PATH, TREE, VERIFY, PROVE):
-                    found += db.execute(
-                        "SELECT kind, path FROM dirty WHERE target = ? AND kind = ? AND "
-                        "(path = ? OR (path >= ? AND path < ?))",
-                        (t, int(kind), src, src + b"/", src + b"0")).fetchall()
+                found = db.execute(
+                    "SELECT kind, path FROM dirty WHERE target = ? AND kind IN (?, ?, ?, ?) AND "
+                    "(path = ? OR (path >= ? AND path < ?)) LIMIT ?",
+                    (t, int(PATH), int(TREE), int(VERIFY), int(PROVE), src, src + b"/",
+                     src + b"0", FOLLOW_MAX + 1)).fetchall()
+                rows = ([(int(VERIFY), dst)] if len(found) > FOLLOW_MAX
+                        else [(k, dst + bytes(p)[len(src):]) for k, p in found])
                 db.executemany(
                     "INSERT INTO dirty (target, kind, path, gen, first_seen) "
                     "VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT (target, kind, path) DO UPDATE SET gen = excluded.gen",
-                    [(t, k, dst + p[len(src):], gen, now) for k, p in found])
+                    [(t, k, p, gen, now) for k, p in rows])
 
     def take_moves(self, target: str, limit: int, max_bytes: int = 1 << 62
                    ) -> list[tuple[int, bytes, bytes]]:

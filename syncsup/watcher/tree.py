@@ -34,6 +34,7 @@ import logging
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -131,8 +132,9 @@ class _Walk:
 
 @dataclass
 class _Moving:
-    """A watched directory whose MOVED_FROM came and whose MOVED_TO has not
-    (yet) in the same read: its watches, walks to do and blind subtrees
+    """A directory whose MOVED_FROM came and whose MOVED_TO has not (yet)
+    in the same read: its watches, walks to do and blind subtrees (none if
+    the rules exclude it)
     (by their path below it, ``b""`` for itself), set aside with the
     events that came on those watches meanwhile. A MOVED_TO puts them
     back under the new name and replays the events there; at the end of
@@ -315,11 +317,10 @@ class WatchTree:
         """Set aside the watches, walks and blind subtrees of ``rel`` and
         below (a MOVED_FROM: whether it stays in the tree is not known yet)."""
         m = _Moving(rel)
-        for wd, p in list(self.paths.items()):
-            sub = _below(p, rel)
-            if sub is not None:
-                m.watches[wd] = sub
-                del self.paths[wd]
+        prefix = rel + b"/"
+        for wd, p in [(wd, p) for wd, p in self.paths.items() if p == rel or p.startswith(prefix)]:
+            m.watches[wd] = _below(p, rel) or b""
+            del self.paths[wd]
         kept: list[_Walk] = []
         for w in self._stack:
             (kept if _below(w.rel, rel) is None else m.walks).append(w)
@@ -348,13 +349,20 @@ class WatchTree:
                     pass  # the kernel dropped it already
                 continue
             self.paths[wd] = p
+        def out(p: bytes) -> bool:
+            """Excluded under the new name, or below a directory that is (a
+            walk not done yet, or a blind subtree, has no watch to test)."""
+            parts = p[len(new) + 1:].split(b"/") if p != new else []
+            return any(self.excluded(b"/".join([new, *parts[:k + 1]]))
+                       for k in range(len(parts)))
+
         for w in m.walks:
             p = moved(_below(w.rel, m.rel) or b"")
-            if not any(_below(p, g) is not None for g in gone):
+            if not any(_below(p, g) is not None for g in gone) and not out(p):
                 self._stack.append(replace(w, rel=p))
         for sub, x in m.blind.items():
             p = moved(sub)
-            if not any(_below(p, g) is not None for g in gone):
+            if not any(_below(p, g) is not None for g in gone) and not out(p):
                 self.blind[p] = x
         # files being written in it: their close comes under the new name
         for p in [p for p in self.writing if _below(p, m.rel)]:
@@ -408,7 +416,10 @@ class WatchTree:
         moved_from: dict[int, bytes] = {}
         moving: dict[int, _Moving] = {}  # by cookie
         aside: dict[int, _Moving] = {}   # by the watches set aside
-        for event in events:
+        redo: set[bytes] = set()  # names whose watches clashed: walked at the end
+        pending = deque(events)
+        while pending:
+            event = pending.popleft()
             wd, mask, cookie, name = event
             if mask & F.Q_OVERFLOW:
                 signals.overflow = True  # the watcher re-walks, then verifies the root
@@ -445,13 +456,29 @@ class WatchTree:
                 continue
             if mask & (F.CREATE | F.MOVED_TO):
                 changes.created.add(path)
+            clashed = False
+            if is_dir and mask & F.MOVED_TO:
+                clash = self._detach(path)
+                if clash.watches or clash.walks or clash.blind:
+                    # Renamed over a directory (empty, dying) or exchanged with
+                    # one (RENAME_EXCHANGE): which watch is which is not known
+                    # by name. Both sides are dropped, and walked again at the
+                    # end of the read, listing what changed since ``since``.
+                    self._drop(clash)
+                    redo.add(path)
+                    clashed = True
             if mask & F.MOVED_FROM:
                 moved_from[cookie] = path
             elif mask & F.MOVED_TO and cookie in moved_from:
-                changes.moves.append((moved_from.pop(cookie), path))
+                src = moved_from.pop(cookie)
+                changes.moves.append((src, path))
                 m = moving.pop(cookie, None)
                 for w in m.watches if m is not None else ():
                     del aside[w]
+                if clashed and m is not None and m.watched():
+                    self._drop(m)
+                    redo.add(src)
+                    continue
                 if is_dir and m is not None and m.watched():
                     # Renamed within the tree: its watches follow it (the
                     # kernel's did), with no moment out of sight; what came
@@ -460,15 +487,16 @@ class WatchTree:
                     # what rules bound to the old path left unwatched, then
                     # its content is rescanned at the new name.
                     self._attach(m, path)
-                    more, also = self.apply(m.events, now, since)
-                    changes.update(more)
-                    signals.overflow |= also.overflow
-                    signals.root_gone |= also.root_gone
+                    # next, in this same loop: a rename's halves split between
+                    # them and the rest of the read still pair
+                    pending.extendleft(reversed(m.events))
                     self.queue(path, Changes(trees={path}))
                     continue
                 if m is not None:
                     self._drop(m)  # not in sight there (excluded): it arrives as from outside
             if is_dir and mask & (F.CREATE | F.MOVED_TO):
+                if clashed:
+                    continue
                 # Watch first, then rescan: a change in between is seen by one,
                 # and one before it (since ``since``) by its ctime.
                 self.queue(path, Changes(trees={path}), since=since)
@@ -489,6 +517,8 @@ class WatchTree:
                     changes.created.add(path)
         for m in moving.values():
             self._drop(m)  # moved out of the tree (or its MOVED_TO is in the next read)
+        for p in sorted(redo):
+            self.queue(p, Changes(trees={p}), since=since)
         return changes, signals
 
     def _hold(self, path: bytes, mask: int, now: float) -> bool:

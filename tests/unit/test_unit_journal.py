@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from syncsup.collator import journal as journal_module
 from syncsup.collator.journal import (
     CREATED,
     PATH,
@@ -425,12 +426,26 @@ def test_what_is_dirty_under_a_renamed_directory_is_dirty_under_its_new_name(
                              b"z/e/sub/g", b"z/e/sub"}
 
 
-def test_a_renamed_file_and_command_mode_copy_nothing(journal: Journal) -> None:
-    """A rename whose old name is not a tree is a file's (no lookup);
-    without ``follow_moves`` (command mode: a path runs a command) nothing
-    is copied."""
-    journal.mark([T1], Changes(paths={b"a/f", b"b/g"}), 1.0)
-    journal.mark([T1], Changes(moves=[(b"a", b"a2")], paths={b"a", b"a2"}), 2.0, seq=1,
+def test_a_renamed_file_copies_its_own_row_and_command_mode_nothing(
+        journal: Journal) -> None:
+    """A file's rename finds its own row at most (its new name is a path
+    anyway); without ``follow_moves`` (command mode: a path runs a command)
+    nothing is copied."""
+    journal.mark([T1], Changes(paths={b"a", b"b/g"}), 1.0)
+    journal.mark([T1], Changes(moves=[(b"a", b"a2")], paths={b"a2"}), 2.0, seq=1,
                  follow_moves=True)
     journal.mark([T1], Changes(moves=[(b"b", b"b2")], trees={b"b"}), 3.0, seq=2)
-    assert {r.path for r in everything(journal, T1)} == {b"a", b"a/f", b"a2", b"b", b"b/g"}
+    assert {r.path for r in everything(journal, T1)} == {b"a", b"a2", b"b", b"b/g"}
+
+
+def test_a_rename_over_many_dirty_rows_verifies_the_new_name_instead(
+        journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past FOLLOW_MAX rows under a renamed directory, one verifying rescan
+    of the new name, not a copy of each (the pending rows stay bounded)."""
+    monkeypatch.setattr(journal_module, "FOLLOW_MAX", 3)
+    journal.mark([T1], Changes(paths={b"d/%d" % i for i in range(5)}), 1.0)
+    journal.mark([T1], Changes(moves=[(b"d", b"e")], trees={b"d"}), 2.0, seq=3,
+                 follow_moves=True)
+    got = {(r.kind, r.path) for r in everything(journal, T1)}
+    assert (VERIFY, b"e") in got
+    assert not {p for _k, p in got if p.startswith(b"e/")}

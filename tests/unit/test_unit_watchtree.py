@@ -7,6 +7,7 @@ temporary tree.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 from collections.abc import Callable
@@ -763,3 +764,84 @@ def test_a_directory_renamed_out_of_an_excluded_name_is_walked(src: Path) -> Non
     names = set(tree.paths.values())
     assert b"c/moved" in names and b"c/moved/b" not in names
     assert wd[b"a/b"] in fake.removed and wd[b"a"] not in fake.removed
+
+
+def _renameat2_exchange(a: Path, b: Path) -> None:
+    """renameat2(RENAME_EXCHANGE): swap two names atomically."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _consistent(tree: WatchTree, fake: FakeInotify, src: Path) -> None:
+    """Every watch names the directory it is on (by inode), and every
+    directory of the tree is watched."""
+    ino_of = {w: i for i, w in fake.by_inode.items()}
+    for wd, rel in tree.paths.items():
+        assert os.lstat(tree.abspath(rel)).st_ino == ino_of[wd], (wd, rel)
+    dirs = {b(os.path.relpath(d, src)) for d, _, _ in os.walk(src)}
+    assert {b"" if d == b"." else d for d in dirs} == set(tree.paths.values())
+
+
+def test_two_directories_exchanged_are_watched_under_their_right_names(src: Path) -> None:
+    """RENAME_EXCHANGE (two renames' halves interleaved, each onto a name
+    that has a watch): which watch is which cannot be told by name, so
+    both names are walked again, listing what changed since the read."""
+    tree, fake, wd = watched(src)
+    (src / "c" / "y").mkdir()
+    tree.watch(b"c")
+    wd = {p: w for w, p in tree.paths.items()}
+    try:
+        _renameat2_exchange(src / "a", src / "c")
+    except OSError as exc:
+        pytest.skip(f"no RENAME_EXCHANGE here: {exc}")
+    ch = Changes()
+    apply_into(tree, [(wd[b""], F.MOVED_FROM | F.ISDIR, 1, b"a"),
+                      (wd[b""], F.MOVED_TO | F.ISDIR, 1, b"c"),
+                      (wd[b""], F.MOVED_FROM | F.ISDIR, 2, b"c"),
+                      (wd[b""], F.MOVED_TO | F.ISDIR, 2, b"a")], ch, since=0.0)
+    ch.update(walked(tree))
+    _consistent(tree, fake, src)
+    assert {b"a", b"c"} <= ch.trees
+    assert b"c/file" in ch.paths  # a's file, now under c: compared by content
+
+
+def test_a_walk_not_done_is_not_carried_into_a_name_the_rules_exclude(src: Path) -> None:
+    """A new directory renamed before its walk reached a subdirectory that
+    a path-bound rule excludes at the new name: the walk is not carried
+    there."""
+    tree, _ = make(src, excluded=lambda rel: rel == b"d1/src" or rel.startswith(b"d1/src/"))
+    tree.watch(b"")
+    wd = {p: w for w, p in tree.paths.items()}
+    (src / "e1" / "src" / "deeper").mkdir(parents=True)
+    apply(tree, (wd[b""], F.CREATE | F.ISDIR, 0, b"e1"))
+    tree.step(1)  # e1 watched; e1/src still to visit
+    assert b"e1" in tree.paths.values() and tree.walking
+    (src / "e1").rename(src / "d1")
+    apply(tree, (wd[b""], F.MOVED_FROM | F.ISDIR, 3, b"e1"),
+          (wd[b""], F.MOVED_TO | F.ISDIR, 3, b"d1"))
+    walked(tree)
+    names = set(tree.paths.values())
+    assert b"d1" in names and not {n for n in names if n.startswith(b"d1/src")}
+
+
+def test_halves_of_a_rename_inside_a_renamed_directory_still_pair(src: Path) -> None:
+    """Two renames' halves interleaved: p->q (the root's) and p/c->p/d
+    (p's), the second's MOVED_FROM on p's watch while p is set aside. Its
+    MOVED_TO still pairs with it: the move is reported, nothing is
+    unwatched or walked again."""
+    (src / "p" / "c" / "e").mkdir(parents=True)
+    tree, fake, wd = watched(src)
+    (src / "p").rename(src / "q")
+    (src / "q" / "c").rename(src / "q" / "d")
+    ch, _ = apply(tree, (wd[b""], F.MOVED_FROM | F.ISDIR, 1, b"p"),
+                  (wd[b"p"], F.MOVED_FROM | F.ISDIR, 2, b"c"),
+                  (wd[b""], F.MOVED_TO | F.ISDIR, 1, b"q"),
+                  (wd[b"p"], F.MOVED_TO | F.ISDIR, 2, b"d"))
+    assert ch.moves == [(b"p", b"q"), (b"q/c", b"q/d")]
+    assert not fake.removed
+    walked(tree)
+    _consistent(tree, fake, src)
+    assert tree.paths[wd[b"p/c/e"]] == b"q/d/e"
