@@ -120,21 +120,24 @@ def test_the_walk_sees_a_forbidden_import(tmp_path: Path, monkeypatch: pytest.Mo
     assert len(found) == 1 and bad in found[0] and "planted.py" in found[0]
 
 
+def loaded_by(script: str) -> list[str]:
+    """The modules a fresh interpreter has loaded after ``script``."""
+    out = subprocess.run(
+        [sys.executable, "-P", "-c",
+         "import json, sys\n" + script + "\nprint(json.dumps(sorted(sys.modules)))\n"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}).stdout
+    return list(json.loads(out))
+
+
 def test_the_target_loads_no_daemon_code() -> None:
     """Import every module of ``syncsup.target`` in a fresh interpreter: none
     of the daemon's packages (nor ZeroMQ) may come along."""
     names = sorted(_module(p) for p in (PKG / "target").glob("*.py")
                    if p.name != "__main__.py")  # that one runs the command
-    script = (
-        "import importlib, json, sys\n"
-        f"for name in {names!r}:\n"
-        "    importlib.import_module(name)\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
-    )
-    out = subprocess.run([sys.executable, "-P", "-c", script], cwd=ROOT, check=True,
-                         capture_output=True, text=True,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}).stdout
-    loaded = json.loads(out)
+    loaded = loaded_by("import importlib\n"
+                       f"for name in {names!r}:\n"
+                       "    importlib.import_module(name)")
     assert "syncsup.target._agent" in loaded  # the import really happened
     daemon = [m for m in loaded if m.split(".")[0] == "zmq" or (
         m.startswith("syncsup.") and _top(m) in ("proto", "config", *ROLES))]
@@ -147,16 +150,8 @@ def test_the_daemon_loads_no_crypto_library() -> None:
     the pages its initialisation touches (3 MB) are private to the first
     process that loaded it, the supervisor, for as long as the daemon runs.
     Code that needs a digest imports ``hashlib`` where it computes one."""
-    script = (
-        "import json, sys\n"
-        "import syncsup.cli, syncsup.supervisor._supervisor\n"
-        "from syncsup.supervisor import template\n"
-        "template.preload()  # every role, as the children get them\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
-    )
-    out = subprocess.run([sys.executable, "-P", "-c", script], cwd=ROOT, check=True,
-                         capture_output=True, text=True,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}).stdout
-    loaded = json.loads(out)
+    loaded = loaded_by("import syncsup.cli, syncsup.supervisor._supervisor\n"
+                       "from syncsup.supervisor import template\n"
+                       "template.preload()  # every role, as the children get them")
     assert "syncsup.syncer._main" in loaded  # the imports really happened
     assert [m for m in loaded if m in ("_hashlib", "_ssl", "hashlib", "ssl")] == []
