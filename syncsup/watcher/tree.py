@@ -133,12 +133,11 @@ class _Walk:
 @dataclass
 class _Moving:
     """A directory whose MOVED_FROM came and whose MOVED_TO has not (yet)
-    in the same read: its watches, walks to do and blind subtrees (none if
-    the rules exclude it)
-    (by their path below it, ``b""`` for itself), set aside with the
-    events that came on those watches meanwhile. A MOVED_TO puts them
-    back under the new name and replays the events there; at the end of
-    the read, what is left moved out of sight and is dropped."""
+    in the same read: its watches, walks to do and blind subtrees (by their
+    path below it, ``b""`` for itself; none if the rules exclude it), set
+    aside with the events that came on those watches meanwhile. A MOVED_TO
+    puts them back under the new name and replays the events there; at the
+    end of the read, what is left moved out of sight and is dropped."""
 
     rel: bytes
     watches: dict[int, bytes] = field(default_factory=dict)
