@@ -16,10 +16,10 @@ other.
 A walk after lost events (``since``: a ctime) also lists the regular files
 whose ctime is not older than it: they changed while nobody was looking and
 are sent as paths, compared by content; rsync's quick check is trusted for
-the rest (see :mod:`syncsup.seen`). The walk of a directory that appears
-(created, moved in from outside) does the same from a moment before the
-event that announced it: until its watch is placed, nobody looks there
-either. A directory renamed within the tree keeps its watches.
+the rest (see :mod:`syncsup.seen`). The walk of a directory moved in from
+outside does the same from a moment before the event that announced it:
+until its watch is placed, nobody looks there either. A directory renamed
+within the tree keeps its watches.
 
 A regular file being written is held back until it is closed (or for
 ``Timings.write_hold`` at most): a writer's CREATE or MODIFY often reaches us
@@ -396,14 +396,16 @@ class WatchTree:
         are read under the new name.
 
         ``since`` (a ctime, None: unknown) is a moment before every event
-        of this read. A directory that appears (created, or moved in from
-        outside) is out of sight from then until its walk places its
-        watch. Its rescan relies on rsync's quick check, which is enough
-        only where the target has no older copy of a file. It may have
-        one: a transfer of an enclosing directory can copy a file there
-        before a rewrite that keeps its size and puts its mtime back. So
-        the walk of a new directory also lists, as paths (compared by
-        content), the regular files whose ctime is ``since`` or later.
+        of this read. A directory moved in from outside is out of sight
+        from then until its walk places its watch. Its rescan relies on
+        rsync's quick check, which is enough only where the target has no
+        older copy of a file. It may have one: a transfer of an enclosing
+        directory can copy a file there before a rewrite that keeps its
+        size and puts its mtime back. So its walk also lists, as paths
+        (compared by content), the regular files whose ctime is ``since``
+        or later. A created directory's walk does not: all its files are
+        new, and each would be sent twice (the same race there is left
+        open; see docs/architecture.md).
 
         With ``now`` (monotonic), a regular file created or modified and not
         yet closed is held in :attr:`writing` instead (see :meth:`release`);
@@ -496,9 +498,13 @@ class WatchTree:
             if is_dir and mask & (F.CREATE | F.MOVED_TO):
                 if clashed:
                     continue
-                # Watch first, then rescan: a change in between is seen by one,
-                # and one before it (since ``since``) by its ctime.
-                self.queue(path, Changes(trees={path}), since=since)
+                # Watch first, then rescan: a change in between is seen by one.
+                # One before it in a directory moved in (since ``since``) by
+                # its ctime; not in a created one, whose files are all new:
+                # listed, each would be sent twice (by the tree step, then
+                # as a path), as tar or cp -r into the source makes them.
+                self.queue(path, Changes(trees={path}),
+                           since=since if mask & F.MOVED_TO else None)
             elif is_dir and mask & F.MOVED_FROM:
                 # A tree, not a path: if something comes back at this name
                 # its whole content must be compared, not just the entry.

@@ -666,35 +666,47 @@ def test_a_file_rewritten_in_a_renamed_directory_before_its_walk_is_a_path(src: 
     assert not {p for p in ch2.paths if p.startswith(b"ab/again/")}
 
 
-def test_files_written_in_a_new_directory_before_its_watch_are_paths(src: Path) -> None:
-    """A directory created and filled before its walk (nobody watched it):
-    its regular files changed since the read's moment are paths, its
-    subdirectories' too; a symlink is left to the tree (rsync compares its
-    target whatever its size and time)."""
+def test_files_in_a_directory_moved_in_before_its_watch_are_paths(src: Path) -> None:
+    """A directory moved in from outside (nobody watched it): its regular
+    files changed since the read's moment are paths, its subdirectories'
+    too; a symlink is left to the tree (rsync compares its target whatever
+    its size and time). A created directory lists none: its files are all
+    new, and each would be sent twice."""
     tree, _, wd = watched(src)
     since = os.stat(src / "c").st_ctime
-    (src / "c" / "new" / "deep").mkdir(parents=True)
-    (src / "c" / "new" / "f").write_text("1")
-    (src / "c" / "new" / "deep" / "g").write_text("2")
-    (src / "c" / "new" / "l").symlink_to("f")
+    outside = src.parent / "elsewhere"
+    (outside / "new" / "deep").mkdir(parents=True)
+    (outside / "new" / "f").write_text("1")
+    (outside / "new" / "deep" / "g").write_text("2")
+    (outside / "new" / "l").symlink_to("f")
+    (outside / "new").rename(src / "c" / "new")
     ch = Changes()
-    apply_into(tree, [(wd[b"c"], F.CREATE | F.ISDIR, 0, b"new")], ch, since=since)
+    apply_into(tree, [(wd[b"c"], F.MOVED_TO | F.ISDIR, 77, b"new")], ch, since=since)
     ch.update(walked(tree))
     assert b"c/new" in ch.trees
     assert {b"c/new/f", b"c/new/deep/g"} <= ch.paths
     assert b"c/new/l" not in ch.paths
     assert b"c/new/deep" in tree.paths.values()
+    (src / "c" / "made" / "deep").mkdir(parents=True)
+    (src / "c" / "made" / "f").write_text("1")
+    made = Changes()
+    apply_into(tree, [(wd[b"c"], F.CREATE | F.ISDIR, 0, b"made")], made, since=since)
+    made.update(walked(tree))
+    assert b"c/made" in made.trees and not made.paths
+    assert b"c/made/deep" in tree.paths.values()
 
 
 def test_a_directory_renamed_before_its_walk_keeps_the_older_since(src: Path) -> None:
-    """A new directory renamed (again) before its walk looked: the walk of
-    the new name looks from the older read's moment, not the rename's."""
+    """A directory moved in, renamed (again) before its walk looked: the
+    walk of the new name looks from the older read's moment, not the
+    rename's."""
     tree, _, wd = watched(src)
-    (src / "c" / "new").mkdir()
-    (src / "c" / "new" / "f").write_text("1")
+    (src.parent / "elsewhere" / "new").mkdir(parents=True)
+    (src.parent / "elsewhere" / "new" / "f").write_text("1")
+    (src.parent / "elsewhere" / "new").rename(src / "c" / "new")
     older = os.stat(src / "c" / "new" / "f").st_ctime
     ch = Changes()
-    apply_into(tree, [(wd[b"c"], F.CREATE | F.ISDIR, 0, b"new")], ch, since=older)
+    apply_into(tree, [(wd[b"c"], F.MOVED_TO | F.ISDIR, 8, b"new")], ch, since=older)
     assert tree.walking  # not walked yet
     (src / "c" / "new").rename(src / "c" / "newer")
     apply_into(tree, [(wd[b"c"], F.MOVED_FROM | F.ISDIR, 9, b"new"),
