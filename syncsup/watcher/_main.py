@@ -21,6 +21,7 @@ from syncsup import proto, sourceroot
 from syncsup.child import ChildRuntime
 from syncsup.logs import setup_logging
 from syncsup.processes import drain_fd
+from syncsup.seen import Seen
 from syncsup.sockets import Reconnects, new_socket, receive, send
 from syncsup.statedir import StateDir
 from syncsup.status import StatusPart, shorten
@@ -205,7 +206,13 @@ class Watcher:
                 else:
                     poller.unregister(self.sock)
                 acks_polled = want_acks
+            polled_at = Seen.now()
             events = dict(poller.poll(int(timeout * 1000) + 1))
+            for fd, w in polled.items():
+                if fd not in events:
+                    # found empty by this poll: what comes later came after
+                    # (a directory moved in lists what changed since then)
+                    w.drained = polled_at
             if self.rt.wakeup in events:
                 drain_fd(self.rt.wakeup)
             now = time.monotonic()
