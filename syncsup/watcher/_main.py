@@ -206,10 +206,10 @@ class Watcher:
                 else:
                     poller.unregister(self.sock)
                 acks_polled = want_acks
-            polled_at = Seen.now()
+            polled_at = Seen.now() if polled else None
             events = dict(poller.poll(int(timeout * 1000) + 1))
             for fd, w in polled.items():
-                if fd not in events:
+                if fd not in events and polled_at is not None:
                     # found empty by this poll: what comes later came after
                     # (a directory moved in lists what changed since then)
                     w.drained = polled_at

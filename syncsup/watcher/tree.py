@@ -337,31 +337,39 @@ class WatchTree:
         def moved(sub: bytes) -> bytes:
             return join(new, sub) if sub else new
 
-        gone: list[bytes] = []  # now excluded: these and below are not watched
-        for wd, sub in sorted(m.watches.items(), key=lambda x: (x[1] != b"", x[1].count(b"/"))):
+        # excluded under the new name, or below a directory that is: each
+        # path asked once (``new`` itself is in the tree: its MOVED_TO
+        # passed the rules), without recursion (a tree may be deeper than
+        # Python's stack)
+        verdicts = {new: False}
+
+        def out(p: bytes) -> bool:
+            chain = []
+            while p not in verdicts:
+                chain.append(p)
+                p = p.rpartition(b"/")[0]
+            verdict = verdicts[p]
+            for q in reversed(chain):
+                verdict = verdict or self.excluded(q)
+                verdicts[q] = verdict
+            return verdict
+
+        for wd, sub in m.watches.items():
             p = moved(sub)
-            if sub and (self.excluded(p) or any(_below(p, g) is not None for g in gone)):
-                gone.append(p)
+            if out(p):
                 try:
                     self._rm(wd)
                 except OSError:
                     pass  # the kernel dropped it already
                 continue
             self.paths[wd] = p
-        def out(p: bytes) -> bool:
-            """Excluded under the new name, or below a directory that is (a
-            walk not done yet, or a blind subtree, has no watch to test)."""
-            parts = p[len(new) + 1:].split(b"/") if p != new else []
-            return any(self.excluded(b"/".join([new, *parts[:k + 1]]))
-                       for k in range(len(parts)))
-
         for w in m.walks:
             p = moved(_below(w.rel, m.rel) or b"")
-            if not any(_below(p, g) is not None for g in gone) and not out(p):
+            if not out(p):
                 self._stack.append(replace(w, rel=p))
         for sub, x in m.blind.items():
             p = moved(sub)
-            if not any(_below(p, g) is not None for g in gone) and not out(p):
+            if not out(p):
                 self.blind[p] = x
         # files being written in it: their close comes under the new name
         for p in [p for p in self.writing if _below(p, m.rel)]:
