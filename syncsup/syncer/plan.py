@@ -3,11 +3,12 @@ what each step's result means.
 
 ::
 
-    Batch ──> [moves] ──> [prove] ──> [tree] ──> [agent] ──> [paths] ──> [times] ──> ok
-                 │                      │                      │           │
-                 └──────────────────────┴──────────────────────┴───────────┴──> outcome
+    Batch ──> [moves] ──> [tree --checksum] ──> [prove] ──> [tree] ──┐
+      ┌──────────────────────────────────────────────────────────────┘
+      └──> [agent] ──> [paths] ──> [times] ──> ok
 
-    (outcome: retry / fatal / halt; the prove and agent steps never decide it)
+    (any step but prove and agent may end the batch instead: retry /
+    fatal / halt)
 
     command mode:  Batch ──> [command] ──> ok | retry
 
@@ -28,10 +29,12 @@ what each step's result means.
   ``tree`` step then stays a quick check and those files get their content
   compared by a ``paths`` step with ``--checksum`` right after it. A proof
   that cannot be made turns the tree step into a ``--checksum`` one.
-* ``tree`` rescans subtrees recursively with deletes; with ``--checksum``
-  when events were lost there (``verify``) or when a replayed rename just
-  moved the directory (content changed under the old name may have kept
-  size and mtime). An empty source root looks like an unmounted disk: the
+* ``tree`` rescans subtrees recursively with deletes. Those whose content
+  is compared (``--checksum``: events were lost there, ``verify``, or a
+  replayed rename just moved the directory, and content changed under the
+  old name may have kept size and mtime) go first, in a step of their
+  own; the rest, by the quick check, in a second one (after their proof,
+  if they have one). An empty source root looks like an unmounted disk: the
   step then deletes nothing (``--max-delete=0``), and rsync's 25 means
   "refused to wipe the mirror", a retry, not a halt.
 * ``agent`` applies the paths through the target's agent (small files,
@@ -191,13 +194,22 @@ class Plan:
             steps.append(Step(StepKind.MOVES, renames=renames))
             moved_to = {dst for _src, dst in renames}
         trees = sorted(changes.trees | changes.verify | changes.prove)
-        if trees:
-            checksum = bool(changes.verify) or bool(moved_to & changes.trees)
-            if changes.prove and not checksum:
-                steps.append(Step(StepKind.PROVE, tuple(sorted(changes.prove))))
-            steps.append(Step(
-                StepKind.TREE, tuple(trees), checksum=checksum,
-                empty_guard=b"" in trees and source_empty))
+        # Content-compared subtrees in a step of their own, first: the
+        # quick-check step after them finds their files alike and skips
+        # them, and a verifying rescan of one directory (or a replayed
+        # rename's destination) never makes the batch's other trees, the
+        # root's rescan among them, read every file on both sides.
+        sums = changes.verify | (moved_to & (changes.trees | changes.prove))
+        if sums:
+            steps.append(Step(StepKind.TREE, tuple(sorted(sums)), checksum=True,
+                              empty_guard=b"" in sums and source_empty))
+        quick = [t for t in trees if not _inside(t, sums)]
+        if quick:
+            prove = tuple(t for t in quick if t in changes.prove)
+            if prove:
+                steps.append(Step(StepKind.PROVE, prove))
+            steps.append(Step(StepKind.TREE, tuple(quick),
+                              empty_guard=b"" in quick and source_empty))
         parents = _parents(changes, set(trees))
         if b"" in changes.paths:
             parents.add(b"")  # rsync sends a listed root with its content: a times step

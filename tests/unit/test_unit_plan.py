@@ -68,13 +68,19 @@ def expected_steps(commands: bool, replay: bool, renames: bool, trees: str, veri
     if replay and renames:
         steps.append(Step(MOVES, renames=tuple(RENAMES)))
     names = TREES[trees] | VERIFY[verify]
-    if names:
-        # --checksum: events were lost (verify), or a replayed rename just
-        # moved a directory whose content may have changed under the old name
-        checksum = verify != "no-verify" or (trees == "rename-dst" and replay and renames)
-        # --max-delete=0: only the root, only when the source is empty now
-        guard = empty and (trees == "root" or verify == "verify-root")
-        steps.append(Step(TREE, tuple(sorted(names)), checksum=checksum, empty_guard=guard))
+    # --checksum, in a step of its own first: events were lost (verify), or
+    # a replayed rename just moved a directory whose content may have
+    # changed under the old name
+    sums = set(VERIFY[verify])
+    if trees == "rename-dst" and replay and renames:
+        sums |= TREES[trees]
+    # the rest by the quick check, unless inside one compared already
+    quick = {t for t in TREES[trees] if t not in sums and b"" not in sums}
+    # --max-delete=0: only the root, only when the source is empty now
+    for group, checksum in ((sums, True), (quick, False)):
+        if group:
+            steps.append(Step(TREE, tuple(sorted(group)), checksum=checksum,
+                              empty_guard=empty and b"" in group))
     # Every entry here is in the root: its time is sent after them (an entry
     # made, deleted or renamed there changed it), unless a walk of the root
     # does, before any path is written there.
@@ -275,9 +281,9 @@ def test_the_empty_guard_is_only_for_the_root() -> None:
         step = Plan.make(Changes(trees=trees), commands=False, replay_moves=False,
                          source_empty=True).steps[0]
         assert not step.empty_guard
-    step = Plan.make(Changes(trees={b"sub"}, verify={b""}), commands=False,
-                     replay_moves=False, source_empty=True).steps[0]
-    assert step == Step(TREE, (b"", b"sub"), checksum=True, empty_guard=True)
+    steps = Plan.make(Changes(trees={b"sub"}, verify={b""}), commands=False,
+                      replay_moves=False, source_empty=True).steps
+    assert steps == [Step(TREE, (b"",), checksum=True, empty_guard=True)]
 
 
 def test_checksum_only_for_trees_that_are_rename_destinations() -> None:
@@ -286,7 +292,11 @@ def test_checksum_only_for_trees_that_are_rename_destinations() -> None:
     assert plan.steps[1] == Step(TREE, (b"other",))  # b is a path here, not a tree
     changes.trees.add(b"b")
     plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False)
-    assert plan.steps[1] == Step(TREE, (b"b", b"other"), checksum=True)
+    assert plan.steps[1:3] == [Step(TREE, (b"b",), checksum=True), Step(TREE, (b"other",))]
+    # a directory that arrived there (proven elsewhere) is compared too
+    changes = Changes(prove={b"b"}, moves=[(b"a", b"b")])
+    plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False)
+    assert plan.steps[1:] == [Step(TREE, (b"b",), checksum=True), Step(TIMES, (b"",))]
     # The source of a rename is no reason: nothing new arrived there.
     changes = Changes(trees={b"a"}, moves=[(b"a", b"b")])
     plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False)
@@ -503,13 +513,30 @@ def test_all_proven_adds_nothing() -> None:
     assert [s.kind for s in plan.steps] == [PROVE, TREE, TIMES]
 
 
-def test_no_proof_when_the_tree_compares_content_anyway() -> None:
-    """A verifying rescan in the same batch (a resync) compares every file's
-    content: nothing to prove."""
-    plan = Plan.make(Changes(prove={b""}, verify={b"v"}), commands=False,
+def test_no_proof_where_the_tree_compares_content_anyway() -> None:
+    """A verifying rescan of the root in the same batch (a resync) compares
+    every file's content: nothing to prove, and no second walk."""
+    plan = Plan.make(Changes(prove={b"", b"p"}, trees={b"t"}, verify={b""}), commands=False,
                      replay_moves=False, source_empty=False)
-    assert [s.kind for s in plan.steps] == [TREE]
-    assert plan.steps[0].checksum
+    assert plan.steps == [Step(TREE, (b"",), checksum=True)]
+
+
+def test_a_verifying_rescan_of_one_directory_leaves_the_others_to_the_quick_check() -> None:
+    """Lost events in one directory (or a small directory that arrived,
+    compared whole) must not make the root's proof or rescan read every
+    file: the compared subtree goes first, in a step of its own, and the
+    rest keep their proof and quick check (a proven or rescanned subtree
+    inside the compared one is covered by it)."""
+    plan = Plan.make(Changes(prove={b"", b"v/in"}, trees={b"t", b"v/sub"}, verify={b"v"}),
+                     commands=False, replay_moves=False, source_empty=True)
+    assert plan.steps[:3] == [Step(TREE, (b"v",), checksum=True),
+                              Step(PROVE, (b"",)),
+                              Step(TREE, (b"", b"t"), empty_guard=True)]
+    nxt = plan.advance(plan.steps[0], Result(0))
+    assert nxt == plan.steps[1]
+    # a failed proof turns only the quick step into a comparison
+    nxt = plan.advance(nxt, Result(3, error="prove: no agent"))
+    assert nxt == Step(TREE, (b"", b"t"), checksum=True, empty_guard=True)
 
 
 @pytest.mark.parametrize(("rc", "outcome"), [(127, Outcome.FATAL), (-1, Outcome.RETRY)])
