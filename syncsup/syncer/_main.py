@@ -134,7 +134,8 @@ class Syncer:
         slot.plan = plan_batch(batch, slot.sync, slot.target, slot.rules,
                                empty=source_empty(slot.sync.source),
                                agent_writes=ch is not None and ch.may_write(now),
-                               agent_renames=ch is not None and ch.available(now))
+                               agent_renames=ch is not None and ch.available(now),
+                               provable=ch is None or ch.available(now))
         slot.sent = 0
         self.proceed(slot, slot.plan.first())
 

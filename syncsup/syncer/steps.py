@@ -36,7 +36,7 @@ from syncsup.filters import RuleList
 from syncsup.syncer.deletions import with_contents
 from syncsup.syncer.moves import replayable, retyped_parents
 from syncsup.syncer.plan import Plan, Result, Step, StepKind
-from syncsup.syncer.prove import nothing_to_prove
+from syncsup.syncer.prove import cheaper_compared, nothing_to_prove
 
 __all__ = ["Receiver", "agent_names", "covered", "files_from", "interpret", "nearest_sendable",
            "plan_batch", "rsync_names", "source_empty"]
@@ -57,13 +57,17 @@ def source_empty(source: str | os.PathLike[str]) -> bool:
 
 
 def plan_batch(batch: proto.Batch, sync: cfg.Sync, target: cfg.Target, rules: RuleList, *,
-               empty: bool, agent_writes: bool, agent_renames: bool) -> Plan:
+               empty: bool, agent_writes: bool, agent_renames: bool,
+               provable: bool = True) -> Plan:
     """The plan of ``batch`` for ``target``. ``empty``: the source root has
     no entries now; ``agent_writes``: the target's agent takes the paths it
     can; ``agent_renames``: it can replay renames now (without, they travel
     as a delete and a create: the plan has no moves step and counts them
-    done). May add to ``batch.changes`` (rescans a rule makes necessary,
-    proofs made needless), which are the batch's own."""
+    done); ``provable``: the target's ctimes may be read now (not an rsync
+    daemon, not a remote agent known to be off): else its proofs are
+    content comparisons from the start, as a failed proof would make them.
+    May add to ``batch.changes`` (rescans a rule makes necessary, proofs
+    made needless or impossible), which are the batch's own."""
     changes = batch.changes
     if sync.runs_commands:
         return Plan.make(changes, commands=True, replay_moves=False, source_empty=empty)
@@ -73,6 +77,11 @@ def plan_batch(batch: proto.Batch, sync: cfg.Sync, target: cfg.Target, rules: Ru
         replay = replayable(changes.moves, rules, source)
     changes.trees |= retyped_parents(changes.paths, rules, source)
     nothing_to_prove(changes, target)
+    if changes.prove and (target.is_daemon or not provable):
+        changes.verify |= changes.prove
+        changes.prove.clear()
+    elif not batch.startup:  # (the start's proofs are the start's)
+        cheaper_compared(changes, target, source)
     return Plan.make(changes, commands=False, replay_moves=sync.moves_on_target, replay=replay,
                      source_empty=empty, agent=agent_writes)
 

@@ -175,7 +175,7 @@ class Coalescer:
             first = now if since is None else min(now, since)
         if (stopping or self.window <= 0 or now >= first + self.window
                 or held.size() >= SEND_NOW or self._changes(held) >= self.send_now
-                or held.trees or held.verify):
+                or held.trees or held.verify or held.prove):
             self.held_since = self.arrived_after = None
             return first
         self.held_since = first

@@ -19,7 +19,10 @@ are sent as paths, compared by content; rsync's quick check is trusted for
 the rest (see :mod:`syncsup.seen`). The walk of a directory moved in from
 outside does the same from a moment before the event that announced it:
 until its watch is placed, nobody looks there either. A directory renamed
-within the tree keeps its watches.
+within the tree keeps its watches. Every directory that arrives at a name
+is rescanned as a proof (``Changes.prove``): what the target holds at that
+name belonged to another directory, and the quick check proves nothing
+about it.
 
 A regular file being written is held back until it is closed (or for
 ``Timings.write_hold`` at most): a writer's CREATE or MODIFY often reaches us
@@ -403,17 +406,21 @@ class WatchTree:
         out of sight, and events on them, even one between the two halves,
         are read under the new name.
 
+        A directory that arrives at a name (created, moved in from outside,
+        renamed within the tree) is rescanned as a ``prove`` subtree, not a
+        plain one: whatever the target holds at that name came from another
+        directory (one deleted or renamed away, not yet mirrored) or was
+        copied by a transfer of an enclosing directory before a rewrite that
+        kept the size and put the mtime back, and rsync's quick check vouches
+        for neither. The proof (:mod:`syncsup.syncer.prove`) compares the
+        content of the target's copies not written after both the source
+        file's last change and the directory's arrival; where the target
+        holds nothing there it costs a look at an empty directory.
+
         ``since`` (a ctime, None: unknown) is a moment before every event
         of this read. A directory moved in from outside is out of sight
-        from then until its walk places its watch. Its rescan relies on
-        rsync's quick check, which is enough only where the target has no
-        older copy of a file. It may have one: a transfer of an enclosing
-        directory can copy a file there before a rewrite that keeps its
-        size and puts its mtime back. So its walk also lists, as paths
-        (compared by content), the regular files whose ctime is ``since``
-        or later. A created directory's walk does not: all its files are
-        new, and each would be sent twice (the same race there is left
-        open; see docs/architecture.md).
+        from then until its walk places its watch: its walk also lists, as
+        paths, the regular files whose ctime is ``since`` or later.
 
         With ``now`` (monotonic), a regular file created or modified and not
         yet closed is held in :attr:`writing` instead (see :meth:`release`);
@@ -499,7 +506,7 @@ class WatchTree:
                     # next, in this same loop: a rename's halves split between
                     # them and the rest of the read still pair
                     pending.extendleft(reversed(m.events))
-                    self.queue(path, Changes(trees={path}))
+                    self.queue(path, Changes(prove={path}))
                     continue
                 if m is not None:
                     self._drop(m)  # not in sight there (excluded): it arrives as from outside
@@ -507,11 +514,11 @@ class WatchTree:
                 if clashed:
                     continue
                 # Watch first, then rescan: a change in between is seen by one.
-                # One before it in a directory moved in (since ``since``) by
-                # its ctime; not in a created one, whose files are all new:
-                # listed, each would be sent twice (by the tree step, then
-                # as a path), as tar or cp -r into the source makes them.
-                self.queue(path, Changes(trees={path}),
+                # One before it in a directory moved in (since ``since``) is
+                # listed by its ctime; a created one's files are all new (as
+                # tar or cp -r into the source makes them): its proof finds
+                # what the target holds there, with no file sent twice.
+                self.queue(path, Changes(prove={path}),
                            since=since if mask & F.MOVED_TO else None)
             elif is_dir and mask & F.MOVED_FROM:
                 # A tree, not a path: if something comes back at this name
@@ -531,7 +538,7 @@ class WatchTree:
         for m in moving.values():
             self._drop(m)  # moved out of the tree (or its MOVED_TO is in the next read)
         for p in sorted(redo):
-            self.queue(p, Changes(trees={p}), since=since)
+            self.queue(p, Changes(prove={p}), since=since)
         return changes, signals
 
     def _hold(self, path: bytes, mask: int, now: float) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -165,3 +166,50 @@ def test_a_walk_stopped_early_or_finished_leaves_no_descriptor_open(tmp_path) ->
     walk.close()
     assert len(list(proof._walk(os.fsencode(tmp_path), b"d"))) == 5
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_below_an_arrived_directory_a_file_is_no_older_than_the_arrival(tmp_path) -> None:
+    """A subtree other than the root: each file's ctime counts from no
+    earlier than the top directory's own (moved by its rename), so a target
+    copy written between the file's last change and the rename (another
+    directory's file, at this name then) is not taken for proven."""
+    (tmp_path / "app.new" / "sub").mkdir(parents=True)
+    (tmp_path / "app.new" / "sub" / "f").write_bytes(b"f")
+    file_ctime = os.stat(tmp_path / "app.new" / "sub" / "f").st_ctime_ns
+    time.sleep(0.05)  # past the kernel's coarse clock
+    os.rename(tmp_path / "app.new", tmp_path / "app")
+    top = os.stat(tmp_path / "app").st_ctime_ns
+    assert top > file_ctime
+    [(name, st)] = list(proof._walk(os.fsencode(tmp_path), b"app"))
+    assert name == b"app/sub/f" and st[0] == top
+    # the root has no floor: the start's proof trusts each file's own ctime
+    (tmp_path / "late").write_bytes(b"x")  # moves the root's ctime past the file's
+    root = dict(proof._walk(os.fsencode(tmp_path), b""))
+    assert root[b"app/sub/f"][0] == file_ctime
+
+
+def test_small_directories_are_told_from_large_ones_counted_together(tmp_path) -> None:
+    root = os.fsencode(tmp_path)
+    (tmp_path / "s" / "d").mkdir(parents=True)
+    (tmp_path / "s" / "d" / "f").write_bytes(b"f")
+    assert proof.small(root, [b"s"])
+    (tmp_path / "big").mkdir()
+    with open(tmp_path / "big" / "f", "wb") as f:
+        f.truncate(proof.SMALL_BYTES + 1)
+    assert not proof.small(root, [b"big"])
+    for i in range(proof.SMALL_FILES + 1):
+        (tmp_path / "many" / str(i)).parent.mkdir(exist_ok=True)
+        (tmp_path / "many" / str(i)).write_bytes(b"")
+    assert not proof.small(root, [b"many"])
+    for i in range(proof.SMALL_DIRS + 1):
+        (tmp_path / "dirs" / str(i)).mkdir(parents=True)
+    assert not proof.small(root, [b"dirs"])
+    before = len(os.listdir("/proc/self/fd"))
+    assert not proof.small(root, [b"dirs"]) and len(os.listdir("/proc/self/fd")) == before
+    # each small, too many together: one proof covers them all
+    half = proof.SMALL_DIRS // 2 + 1
+    for name in ("h1", "h2"):
+        for i in range(half):
+            (tmp_path / name / str(i)).mkdir(parents=True)
+    assert proof.small(root, [b"h1"]) and proof.small(root, [b"h2"])
+    assert not proof.small(root, [b"h1", b"h2"])

@@ -4,6 +4,7 @@ tmp_path for what the source holds, a fake session for a remote agent."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -17,6 +18,7 @@ import pytest
 from syncsup.config import Mode, RsyncOptions, Sync, Target
 from syncsup.filters import RuleList
 from syncsup.proto import Batch, Changes
+from syncsup.syncer import prove as prove_module
 from syncsup.syncer.agents import Channel, agent_command, agent_use
 from syncsup.syncer.plan import Plan, Result, Step, StepKind
 from syncsup.syncer.steps import (
@@ -573,3 +575,39 @@ def test_a_source_emptied_before_an_agent_times_step_deletes_nothing(tmp_path: P
     assert result == Result(rc=0)
     assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*")) == [
         "a", "a/b0", "a/b0/f", "a/b1", "a/b1/f", "c", "c/f"]
+
+
+def test_an_arrived_directory_is_proven_compared_whole_or_left_to_the_quick_check(
+        tmp_path: Path) -> None:
+    """Where the target's ctimes cannot be read (an rsync daemon, a remote
+    agent known to be off), a proof is a content comparison from the
+    start; a small arrived directory on a remote target is compared whole
+    (no session), large ones proven; a local target that holds nothing
+    there needs neither."""
+    src = tmp_path / "src"
+    (src / "small" / "d").mkdir(parents=True)
+    (src / "small" / "d" / "f").write_bytes(b"f")
+    (src / "small2").mkdir()
+    for i in range(prove_module.SMALL_DIRS + 1):
+        (src / "large" / str(i)).mkdir(parents=True)
+    daemon = Target("h::m", "", host="h", module="m")
+    local = Target(str(tmp_path / "dst"), str(tmp_path / "dst"))
+    both, smalls = {b"small", b"large"}, {b"small", b"small2"}
+    cases: list[tuple[Target, bool, bool, set[bytes], set[bytes], set[bytes]]] = [
+        # target, provable, startup, proven -> what stays proven, what is compared
+        (daemon, True, False, both, set(), both),
+        (REMOTE, False, False, both, set(), both),
+        (REMOTE, True, False, both, both, set()),  # one proof for all
+        (REMOTE, True, False, smalls, set(), smalls),
+        (REMOTE, True, False, smalls | {b""}, smalls | {b""}, set()),  # the root's
+        (REMOTE, True, True, smalls, smalls, set()),  # the start's: proven
+        (local, True, False, both, set(), set()),
+    ]
+    for target, provable, startup, asked, proven, compared in cases:
+        sync = sync_of(src, target)
+        batch = batch_of(prove=set(asked))
+        batch = dataclasses.replace(batch, startup=startup)
+        plan_batch(batch, sync, target, RuleList(sync), empty=False, agent_writes=False,
+                   agent_renames=False, provable=provable)
+        assert batch.changes.prove == proven, target
+        assert batch.changes.verify == compared, target

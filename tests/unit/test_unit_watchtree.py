@@ -320,7 +320,7 @@ def test_new_directory_is_watched_and_rescanned(src: Path, mask: int) -> None:
     assert ch.created == {b"c/new"}
     assert len(fake.added) == before
     out = walked(tree)
-    assert out.trees == {b"c/new"}
+    assert out.prove == {b"c/new"} and not out.trees
     assert not out.paths
     new = [p for p, _ in fake.added[before:]]
     assert sorted(new) == [b(src / "c" / "new"), b(src / "c" / "new" / "deep")]
@@ -372,7 +372,7 @@ def test_new_directory_already_gone_is_still_rescanned(src: Path) -> None:
     tree, _, wd = watched(src)
     ch, _ = apply(tree, (wd[b"c"], F.CREATE | F.ISDIR, 0, b"ghost"))
     assert ch.created == {b"c/ghost"}
-    assert walked(tree).trees == {b"c/ghost"}
+    assert walked(tree).prove == {b"c/ghost"}
     assert b"c/ghost" not in tree.paths.values()
 
 
@@ -380,7 +380,7 @@ def test_new_directory_replaced_by_a_symlink_is_not_followed(src: Path, tmp_path
     tree, fake, wd = watched(src)
     (src / "c" / "sneaky").symlink_to(tmp_path / "outside")  # was a directory a moment ago
     apply(tree, (wd[b"c"], F.CREATE | F.ISDIR, 0, b"sneaky"))
-    assert walked(tree).trees == {b"c/sneaky"}  # rsync sends the link itself
+    assert walked(tree).prove == {b"c/sneaky"}  # rsync sends the link itself
     assert not any(b"outside" in p or p.endswith(b"sneaky") for p, _ in fake.added)
     assert b"c/sneaky" not in tree.paths.values()
 
@@ -424,7 +424,7 @@ def test_move_within_tree_keeps_its_watches_under_the_new_name(src: Path) -> Non
                   (wd[b"c"], F.MOVED_TO | F.ISDIR, 7, b"moved"))
     assert b"a" in ch.paths | ch.trees  # the old name is marked
     assert ch.moves == [(b"a", b"c/moved")]
-    assert b"c/moved" in ch.trees | walked(tree).trees
+    assert b"c/moved" in ch.prove | walked(tree).prove
     assert not fake.removed  # the kernel's watches followed it
     assert {p: w for w, p in tree.paths.items() if p.startswith(b"c/moved")} == {
         b"c/moved": wd[b"a"], b"c/moved/b": wd[b"a/b"]}
@@ -651,7 +651,7 @@ def test_a_file_rewritten_in_a_renamed_directory_before_its_walk_is_a_path(src: 
                       (wd[b"a"], F.CLOSE_WRITE, 0, b"file"),
                       (wd[b"a"], F.ATTRIB, 0, b"file")], ch, since=since)
     ch.update(walked(tree))
-    assert b"c/moved" in ch.trees
+    assert b"c/moved" in ch.prove
     assert b"c/moved/file" in ch.paths
     # a file that did not change since then is left to the quick check
     (src / "c" / "moved" / "b" / "old").write_text("z")
@@ -662,7 +662,7 @@ def test_a_file_rewritten_in_a_renamed_directory_before_its_walk_is_a_path(src: 
                        (wd2[b"ab"], F.MOVED_TO | F.ISDIR, 8, b"again")], ch2,
                since=os.stat(src / "ab" / "again" / "b" / "old").st_ctime + 3600)
     ch2.update(walked(tree2))
-    assert b"ab/again" in ch2.trees
+    assert b"ab/again" in ch2.prove
     assert not {p for p in ch2.paths if p.startswith(b"ab/again/")}
 
 
@@ -671,7 +671,8 @@ def test_files_in_a_directory_moved_in_before_its_watch_are_paths(src: Path) -> 
     files changed since the read's moment are paths, its subdirectories'
     too; a symlink is left to the tree (rsync compares its target whatever
     its size and time). A created directory lists none: its files are all
-    new, and each would be sent twice."""
+    new, and each would be sent twice (its proof finds what the target
+    holds there)."""
     tree, _, wd = watched(src)
     since = os.stat(src / "c").st_ctime
     outside = src.parent / "elsewhere"
@@ -683,7 +684,7 @@ def test_files_in_a_directory_moved_in_before_its_watch_are_paths(src: Path) -> 
     ch = Changes()
     apply_into(tree, [(wd[b"c"], F.MOVED_TO | F.ISDIR, 77, b"new")], ch, since=since)
     ch.update(walked(tree))
-    assert b"c/new" in ch.trees
+    assert b"c/new" in ch.prove
     assert {b"c/new/f", b"c/new/deep/g"} <= ch.paths
     assert b"c/new/l" not in ch.paths
     assert b"c/new/deep" in tree.paths.values()
@@ -692,7 +693,7 @@ def test_files_in_a_directory_moved_in_before_its_watch_are_paths(src: Path) -> 
     made = Changes()
     apply_into(tree, [(wd[b"c"], F.CREATE | F.ISDIR, 0, b"made")], made, since=since)
     made.update(walked(tree))
-    assert b"c/made" in made.trees and not made.paths
+    assert b"c/made" in made.prove and not made.paths
     assert b"c/made/deep" in tree.paths.values()
 
 
@@ -712,7 +713,7 @@ def test_a_directory_renamed_before_its_walk_keeps_the_older_since(src: Path) ->
     apply_into(tree, [(wd[b"c"], F.MOVED_FROM | F.ISDIR, 9, b"new"),
                       (wd[b"c"], F.MOVED_TO | F.ISDIR, 9, b"newer")], ch, since=older + 3600)
     ch.update(walked(tree))
-    assert b"c/newer" in ch.trees
+    assert b"c/newer" in ch.prove
     assert b"c/newer/f" in ch.paths
     assert b"c/new" not in tree.paths.values()
 
@@ -767,7 +768,7 @@ def test_a_directory_renamed_out_of_an_excluded_name_is_walked(src: Path) -> Non
                       (wd[b""], F.MOVED_TO | F.ISDIR, 6, b"src140")], ch, since=since)
     ch.update(walked(tree))
     assert {b"src140", b"src140/sub"} <= set(tree.paths.values())
-    assert b"src140" in ch.trees and b"src140/sub/f" in ch.paths
+    assert b"src140" in ch.prove and b"src140/sub/f" in ch.paths
     # a/b is watched; renamed to c/moved, its b is excluded there: unwatched
     (src / "a").rename(src / "c" / "moved")
     apply(tree, (wd[b""], F.MOVED_FROM | F.ISDIR, 7, b"a"),
