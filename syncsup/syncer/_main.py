@@ -135,7 +135,8 @@ class Syncer:
                                empty=source_empty(slot.sync.source),
                                agent_writes=ch is not None and ch.may_write(now),
                                agent_renames=ch is not None and ch.available(now),
-                               provable=ch is None or ch.available(now))
+                               provable=(ch is None or ch.available(now))
+                               and now >= slot.unprovable_until)
         slot.sent = 0
         self.proceed(slot, slot.plan.first())
 
@@ -338,6 +339,8 @@ class Syncer:
         self.lanes.step_ended(slot.key)
         result = interpret(slot.step, result, receiver=slot.receiver, sync=slot.sync,
                            target=slot.target, startup=slot.batch.startup, label=slot.label)
+        if slot.step.kind is StepKind.PROVE and result.rc == NO_PROOF and not result.stalled:
+            slot.unprovable_until = time.monotonic() + self.timings.agent_retry
         self.proceed(slot, slot.plan.advance(slot.step, result))
 
     def finish(self, slot: Slot, end: Finished) -> None:

@@ -194,22 +194,30 @@ class Plan:
             steps.append(Step(StepKind.MOVES, renames=renames))
             moved_to = {dst for _src, dst in renames}
         trees = sorted(changes.trees | changes.verify | changes.prove)
+        # An empty source's rescan of the root deletes nothing, in every
+        # tree step of the batch (a subtree's step would delete its part).
+        guard = b"" in trees and source_empty
         # Content-compared subtrees in a step of their own, first: the
         # quick-check step after them finds their files alike and skips
         # them, and a verifying rescan of one directory (or a replayed
         # rename's destination) never makes the batch's other trees, the
         # root's rescan among them, read every file on both sides.
         sums = changes.verify | (moved_to & (changes.trees | changes.prove))
-        if sums:
-            steps.append(Step(StepKind.TREE, tuple(sorted(sums)), checksum=True,
-                              empty_guard=b"" in sums and source_empty))
         quick = [t for t in trees if not _inside(t, sums)]
+        if sums:
+            # A rename's old name goes with them: gone from the source, it
+            # has nothing to read, and a second rsync (over ssh, a login)
+            # for its deletion alone is what a renamed directory cost.
+            gone = {src for src, _dst in changes.moves} - changes.prove
+            sums |= {t for t in quick if t in gone}
+            quick = [t for t in quick if t not in gone]
+            steps.append(Step(StepKind.TREE, tuple(sorted(sums)), checksum=True,
+                              empty_guard=guard))
         if quick:
-            prove = tuple(t for t in quick if t in changes.prove)
+            prove = _tops([t for t in quick if t in changes.prove])
             if prove:
                 steps.append(Step(StepKind.PROVE, prove))
-            steps.append(Step(StepKind.TREE, tuple(quick),
-                              empty_guard=b"" in quick and source_empty))
+            steps.append(Step(StepKind.TREE, tuple(quick), empty_guard=guard))
         parents = _parents(changes, set(trees))
         if b"" in changes.paths:
             parents.add(b"")  # rsync sends a listed root with its content: a times step
@@ -323,8 +331,15 @@ class Plan:
         i = self.steps.index(step) + 1
         tree = self.steps[i]
         if result.rc != 0 or result.stalled:
-            self.steps[i] = Step(StepKind.TREE, tree.names, checksum=True,
+            # the proven subtrees alone compared, first; the other trees
+            # of the step (a restart's rescan of the root) stay quick
+            proven = set(step.names)
+            rest = tuple(t for t in tree.names if not _inside(t, proven))
+            self.steps[i] = Step(StepKind.TREE, step.names, checksum=True,
                                  empty_guard=tree.empty_guard)
+            if rest:
+                self.steps.insert(i + 1, Step(StepKind.TREE, rest,
+                                              empty_guard=tree.empty_guard))
         elif result.fallback:
             self.steps.insert(i + 1, Step(StepKind.PATHS, tuple(sorted(result.fallback)),
                                           checksum=True))
@@ -372,6 +387,23 @@ def _parents(changes: Changes, trees: set[bytes]) -> set[bytes]:
         if parent not in out and not _inside(parent, trees):
             out.add(parent)
     return out
+
+
+def _tops(names: Sequence[bytes]) -> tuple[bytes, ...]:
+    """``names`` (sorted: a directory before what is below it) without
+    those below another one, the root aside. A proof walks each name
+    whole, with the floors of the directories on its way
+    (:func:`syncsup.syncer.prove._walk`); the root's walk has none, so a
+    subtree below it keeps its own walk."""
+    out: list[bytes] = []
+    kept: set[bytes] = set()
+    for name in names:
+        if name and _inside(name.rpartition(b"/")[0], kept):
+            continue
+        out.append(name)
+        if name:
+            kept.add(name)
+    return tuple(out)
 
 
 def _inside(rel: bytes, trees: set[bytes]) -> bool:

@@ -125,14 +125,17 @@ def _open_below(root: bytes, top: bytes) -> int | None:
     return fd
 
 
-def _listing(fd: int, dirs: list[bytes]) -> Iterator[tuple[bytes, Stat]]:
+def _listing(fd: int, dirs: list[bytes], entry: Callable[[], None]
+             ) -> Iterator[tuple[bytes, Stat]]:
     """The regular files (with their status) of the directory open as
-    ``fd``, as they are read; its subdirectories go to ``dirs``. An entry
-    that vanished is left out. Never the whole directory in memory: the
-    proof runs in the syncer, and one directory may hold millions."""
+    ``fd``, as they are read; its subdirectories go to ``dirs``; ``entry``
+    is called for every entry read. An entry that vanished is left out.
+    Never the whole directory in memory: the proof runs in the syncer, and
+    one directory may hold millions."""
     try:
         with os.scandir(fd) as it:  # (scandir duplicates the descriptor)
             for e in it:
+                entry()
                 try:
                     st = e.stat(follow_symlinks=False)
                 except OSError:
@@ -147,8 +150,12 @@ def _listing(fd: int, dirs: list[bytes]) -> Iterator[tuple[bytes, Stat]]:
         return  # unreadable (now): the rest of it is skipped
 
 
-def _walk(root: bytes, top: bytes, listed: Callable[[], None] = lambda: None
-          ) -> Iterator[tuple[bytes, Stat]]:
+def _nothing() -> None:
+    pass
+
+
+def _walk(root: bytes, top: bytes, listed: Callable[[], None] = _nothing,
+          entry: Callable[[], None] = _nothing) -> Iterator[tuple[bytes, Stat]]:
     """The regular files below ``top`` (relative to ``root``), with their
     status. A directory that cannot be read is skipped: rsync reports it
     in the tree step.
@@ -159,38 +166,46 @@ def _walk(root: bytes, top: bytes, listed: Callable[[], None] = lambda: None
     skip that directory, never list (nor open) what the symlink points to,
     so nothing about files outside the source reaches the target's stats
     session. Descriptors held: one per level of depth. ``listed`` is
-    called after each directory is read (progress).
+    called after each directory is read (progress), ``entry`` for each
+    entry.
 
     Below a subtree other than the root, a file's ctime is taken as no
-    earlier than the ctime of ``top`` itself (the floor). Such a subtree is
-    a directory that arrived at its name (created, moved in, renamed: each
-    moves the directory's own ctime), and what the target holds there may
-    have been copied from another directory before that, however late that
-    was after the file's own last change (two release directories built in
-    turn, swapped by renames). A target copy counts as current only if it
-    was written after both."""
+    earlier than its directory's floor: the latest ctime of that directory
+    and of each one above it up to ``top``. Such a subtree is a directory
+    that arrived at its name (created, moved in, renamed: each moves the
+    directory's own ctime; so does a directory swapped in deeper while
+    nobody watched), and what the target holds there may have been copied
+    from another directory before that, however late that was after the
+    file's own last change (two release directories built in turn, swapped
+    by renames). A target copy counts as current only if it was written
+    after both. (A floor is a directory's ctime now, not its arrival: any
+    later entry made there moves it too, and its copies made before that
+    are compared, never wrongly proven.) The root's walk, a start's, has
+    no floor: its files' own ctimes are what the start's proof trusts."""
     top_fd = _open_below(root, top)
     if top_fd is None:
         return
-    stack: list[tuple[bytes, int, Iterator[bytes]]] = []
+    floors = bool(top)
+    # (relative path, descriptor, subdirectories to visit, floor)
+    stack: list[tuple[bytes, int, Iterator[bytes], int]] = []
     try:
         try:
-            floor = os.fstat(top_fd).st_ctime_ns if top else 0
+            floor = os.fstat(top_fd).st_ctime_ns if floors else 0
         except BaseException:
             os.close(top_fd)
             raise
         rel, fd = top, top_fd
         while True:
             dirs: list[bytes] = []
-            stack.append((rel, fd, iter(dirs)))  # held by the stack from here
+            stack.append((rel, fd, iter(dirs), floor))  # held by the stack from here
             fd = -1
-            for name, st in _listing(stack[-1][1], dirs):
+            for name, st in _listing(stack[-1][1], dirs, entry):
                 if st[0] < floor:
                     st = (floor, st[1], st[2])
                 yield (rel + b"/" + name if rel else name), st
             listed()
             while stack:
-                parent_rel, parent_fd, rest = stack[-1]
+                parent_rel, parent_fd, rest, parent_floor = stack[-1]
                 sub_name = next(rest, None)
                 if sub_name is None:
                     os.close(parent_fd)
@@ -200,11 +215,18 @@ def _walk(root: bytes, top: bytes, listed: Callable[[], None] = lambda: None
                 if sub is not None:
                     rel = parent_rel + b"/" + sub_name if parent_rel else sub_name
                     fd = sub
+                    floor = parent_floor
+                    if floors:
+                        try:
+                            floor = max(floor, os.fstat(sub).st_ctime_ns)
+                        except BaseException:
+                            os.close(sub)
+                            raise
                     break
             if fd == -1:
                 return
     finally:
-        for _rel, held, _rest in stack:
+        for _rel, held, _rest, _floor in stack:
             os.close(held)
 
 
@@ -385,16 +407,18 @@ def prove(sync: cfg.Sync, target: cfg.Target, subtrees: Sequence[bytes],
 SMALL_FILES = 1000
 SMALL_BYTES = 8 << 20
 SMALL_DIRS = 100
+SMALL_ENTRIES = 2 * SMALL_FILES  # of any type, read (a directory of symlinks)
 
 
 class _Large(Exception):
-    """Raised out of :func:`_walk` past :data:`SMALL_DIRS`."""
+    """Raised out of :func:`_walk` past :data:`SMALL_DIRS` or
+    :data:`SMALL_ENTRIES`."""
 
 
 def small(root: bytes, subtrees: Sequence[bytes]) -> bool:
     """Do ``subtrees`` hold, together, few enough files, bytes and
     directories to be compared whole?"""
-    files = size = dirs = 0
+    files = size = dirs = entries = 0
 
     def listed() -> None:
         nonlocal dirs
@@ -402,9 +426,15 @@ def small(root: bytes, subtrees: Sequence[bytes]) -> bool:
         if dirs > SMALL_DIRS:
             raise _Large
 
+    def entry() -> None:
+        nonlocal entries
+        entries += 1
+        if entries > SMALL_ENTRIES:
+            raise _Large
+
     try:
         for rel in subtrees:
-            for _name, st in _walk(root, rel, listed):
+            for _name, st in _walk(root, rel, listed, entry):
                 files += 1
                 size += st[1]
                 if files > SMALL_FILES or size > SMALL_BYTES:

@@ -49,6 +49,9 @@ class Slot:
     channel: Channel | None = None  # the target's agent: for writes, renames or both
     rules: RuleList = field(default_factory=RuleList)
     receiver: Receiver = field(default_factory=Receiver)
+    # a proof failed (no agent there to read ctimes): until then, arrived
+    # directories are compared instead of tried again at every batch
+    unprovable_until: float = 0.0
 
     @property
     def label(self) -> str:

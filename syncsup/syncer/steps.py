@@ -63,9 +63,10 @@ def plan_batch(batch: proto.Batch, sync: cfg.Sync, target: cfg.Target, rules: Ru
     no entries now; ``agent_writes``: the target's agent takes the paths it
     can; ``agent_renames``: it can replay renames now (without, they travel
     as a delete and a create: the plan has no moves step and counts them
-    done); ``provable``: the target's ctimes may be read now (not an rsync
-    daemon, not a remote agent known to be off): else its proofs are
-    content comparisons from the start, as a failed proof would make them.
+    done); ``provable``: the target's ctimes may be read now (not a remote
+    agent known to be off, no proof failed lately): else the proofs of
+    arrived directories are content comparisons from the start, as a
+    failed proof would make them (an rsync daemon's, all of them).
     May add to ``batch.changes`` (rescans a rule makes necessary, proofs
     made needless or impossible), which are the batch's own."""
     changes = batch.changes
@@ -77,9 +78,12 @@ def plan_batch(batch: proto.Batch, sync: cfg.Sync, target: cfg.Target, rules: Ru
         replay = replayable(changes.moves, rules, source)
     changes.trees |= retyped_parents(changes.paths, rules, source)
     nothing_to_prove(changes, target)
-    if changes.prove and (target.is_daemon or not provable):
-        changes.verify |= changes.prove
-        changes.prove.clear()
+    if target.is_daemon or not provable:
+        # the root's proof (a start's) is tried all the same, but where
+        # nothing runs to answer it (an rsync daemon)
+        unprovable = {p for p in changes.prove if p or target.is_daemon}
+        changes.verify |= unprovable
+        changes.prove -= unprovable
     elif not batch.startup:  # (the start's proofs are the start's)
         cheaper_compared(changes, target, source)
     return Plan.make(changes, commands=False, replay_moves=sync.moves_on_target, replay=replay,

@@ -74,13 +74,19 @@ def expected_steps(commands: bool, replay: bool, renames: bool, trees: str, veri
     sums = set(VERIFY[verify])
     if trees == "rename-dst" and replay and renames:
         sums |= TREES[trees]
-    # the rest by the quick check, unless inside one compared already
+    # the rest by the quick check, unless inside one compared already; a
+    # rename's old name (gone) goes with the compared ones, if any
     quick = {t for t in TREES[trees] if t not in sums and b"" not in sums}
-    # --max-delete=0: only the root, only when the source is empty now
+    if sums and renames:
+        gone = quick & {a for a, _b in RENAMES}
+        sums |= gone
+        quick -= gone
+    # --max-delete=0: every tree step of a batch rescanning the root, only
+    # when the source is empty now
     for group, checksum in ((sums, True), (quick, False)):
         if group:
             steps.append(Step(TREE, tuple(sorted(group)), checksum=checksum,
-                              empty_guard=empty and b"" in group))
+                              empty_guard=empty and b"" in names))
     # Every entry here is in the root: its time is sent after them (an entry
     # made, deleted or renamed there changed it), unless a walk of the root
     # does, before any path is written there.
@@ -526,17 +532,56 @@ def test_a_verifying_rescan_of_one_directory_leaves_the_others_to_the_quick_chec
     compared whole) must not make the root's proof or rescan read every
     file: the compared subtree goes first, in a step of its own, and the
     rest keep their proof and quick check (a proven or rescanned subtree
-    inside the compared one is covered by it)."""
+    inside the compared one is covered by it). With the source empty,
+    every tree step deletes nothing: the compared one would delete its
+    part of the mirror."""
     plan = Plan.make(Changes(prove={b"", b"v/in"}, trees={b"t", b"v/sub"}, verify={b"v"}),
                      commands=False, replay_moves=False, source_empty=True)
-    assert plan.steps[:3] == [Step(TREE, (b"v",), checksum=True),
+    assert plan.steps[:3] == [Step(TREE, (b"v",), checksum=True, empty_guard=True),
                               Step(PROVE, (b"",)),
                               Step(TREE, (b"", b"t"), empty_guard=True)]
     nxt = plan.advance(plan.steps[0], Result(0))
     assert nxt == plan.steps[1]
-    # a failed proof turns only the quick step into a comparison
     nxt = plan.advance(nxt, Result(3, error="prove: no agent"))
-    assert nxt == Step(TREE, (b"", b"t"), checksum=True, empty_guard=True)
+    assert nxt == Step(TREE, (b"",), checksum=True, empty_guard=True)
+
+
+def test_a_failed_proof_compares_only_the_proven_subtrees() -> None:
+    """A restart's rescan of the root (a quick check) with a directory that
+    arrived meanwhile, whose proof fails (an older agent, a stall): the
+    arrived directory alone is compared, first, and the root's rescan
+    stays a quick check, never a read of the whole mirror."""
+    plan = Plan.make(Changes(trees={b""}, prove={b"app", b"app/sub", b"lib"}),
+                     commands=False, replay_moves=False, source_empty=False)
+    # nested arrivals are walked once, from the top (the floors on the way)
+    assert plan.steps[:2] == [Step(PROVE, (b"app", b"lib")),
+                              Step(TREE, (b"", b"app", b"app/sub", b"lib"))]
+    nxt = plan.advance(plan.steps[0], Result(3, error="prove: cannot read"))
+    assert nxt == Step(TREE, (b"app", b"lib"), checksum=True)
+    assert plan.advance(nxt, Result(0)) == Step(TREE, (b"",))
+    assert plan.steps[1:3] == [nxt, Step(TREE, (b"",))]
+    # the root's own proof failing: the whole tree compared, as before
+    plan = Plan.make(Changes(prove={b"", b"app"}), commands=False, replay_moves=False,
+                     source_empty=False)
+    assert plan.steps[0] == Step(PROVE, (b"", b"app"))  # the root's walk has no floors
+    nxt = plan.advance(plan.steps[0], Result(-15, stalled=True))
+    assert nxt == Step(TREE, (b"", b"app"), checksum=True)
+    assert plan.advance(nxt, Result(0)) == Finished(Outcome.OK)
+
+
+def test_a_renamed_directory_costs_one_tree_step() -> None:
+    """A replayed rename compares its destination's content; the old name,
+    gone from the source, goes in the same step (a second rsync, over ssh
+    a login, for its deletion alone is what the split would cost). A name
+    that arrived again after the rename keeps its proof."""
+    changes = Changes(trees={b"a"}, prove={b"b"}, moves=[(b"a", b"b")])
+    plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False)
+    assert [s.kind for s in plan.steps] == [MOVES, TREE, TIMES]
+    assert plan.steps[1] == Step(TREE, (b"a", b"b"), checksum=True)
+    changes = Changes(trees={b"x"}, prove={b"a", b"b"}, moves=[(b"a", b"b")])
+    plan = Plan.make(changes, commands=False, replay_moves=True, source_empty=False)
+    assert plan.steps[1:4] == [Step(TREE, (b"b",), checksum=True), Step(PROVE, (b"a",)),
+                               Step(TREE, (b"a", b"x"))]
 
 
 @pytest.mark.parametrize(("rc", "outcome"), [(127, Outcome.FATAL), (-1, Outcome.RETRY)])

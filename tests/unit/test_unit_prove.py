@@ -182,10 +182,22 @@ def test_below_an_arrived_directory_a_file_is_no_older_than_the_arrival(tmp_path
     assert top > file_ctime
     [(name, st)] = list(proof._walk(os.fsencode(tmp_path), b"app"))
     assert name == b"app/sub/f" and st[0] == top
+    # a directory swapped in deeper (while the top was out of sight) moves
+    # the floor below it
+    (tmp_path / "app" / "sub" / "x.new").mkdir()
+    (tmp_path / "app" / "sub" / "x.new" / "g").write_bytes(b"g")
+    g_ctime = os.stat(tmp_path / "app" / "sub" / "x.new" / "g").st_ctime_ns
+    time.sleep(0.05)
+    os.rename(tmp_path / "app" / "sub" / "x.new", tmp_path / "app" / "sub" / "x")
+    deep = os.stat(tmp_path / "app" / "sub" / "x").st_ctime_ns
+    walked = dict(proof._walk(os.fsencode(tmp_path), b"app"))
+    assert walked[b"app/sub/x/g"][0] == deep > g_ctime
+    assert walked[b"app/sub/f"][0] >= top  # its own directory's later entries count
     # the root has no floor: the start's proof trusts each file's own ctime
     (tmp_path / "late").write_bytes(b"x")  # moves the root's ctime past the file's
     root = dict(proof._walk(os.fsencode(tmp_path), b""))
     assert root[b"app/sub/f"][0] == file_ctime
+    assert root[b"app/sub/x/g"][0] == g_ctime
 
 
 def test_small_directories_are_told_from_large_ones_counted_together(tmp_path) -> None:
@@ -206,6 +218,11 @@ def test_small_directories_are_told_from_large_ones_counted_together(tmp_path) -
     assert not proof.small(root, [b"dirs"])
     before = len(os.listdir("/proc/self/fd"))
     assert not proof.small(root, [b"dirs"]) and len(os.listdir("/proc/self/fd")) == before
+    # entries of any kind count, and the count stops at the bound
+    (tmp_path / "links").mkdir()
+    for i in range(proof.SMALL_ENTRIES + 1):
+        os.symlink("x", tmp_path / "links" / str(i))
+    assert not proof.small(root, [b"links"])
     # each small, too many together: one proof covers them all
     half = proof.SMALL_DIRS // 2 + 1
     for name in ("h1", "h2"):

@@ -580,10 +580,12 @@ def test_a_source_emptied_before_an_agent_times_step_deletes_nothing(tmp_path: P
 def test_an_arrived_directory_is_proven_compared_whole_or_left_to_the_quick_check(
         tmp_path: Path) -> None:
     """Where the target's ctimes cannot be read (an rsync daemon, a remote
-    agent known to be off), a proof is a content comparison from the
-    start; a small arrived directory on a remote target is compared whole
-    (no session), large ones proven; a local target that holds nothing
-    there needs neither."""
+    agent known to be off or a proof that failed lately), the proof of an
+    arrived directory is a content comparison from the start (a start's
+    proof of the root is tried all the same but on an rsync daemon); small
+    arrived directories on a remote target are compared whole (no
+    session), large ones proven; a local target that holds nothing there
+    needs neither."""
     src = tmp_path / "src"
     (src / "small" / "d").mkdir(parents=True)
     (src / "small" / "d" / "f").write_bytes(b"f")
@@ -596,7 +598,9 @@ def test_an_arrived_directory_is_proven_compared_whole_or_left_to_the_quick_chec
     cases: list[tuple[Target, bool, bool, set[bytes], set[bytes], set[bytes]]] = [
         # target, provable, startup, proven -> what stays proven, what is compared
         (daemon, True, False, both, set(), both),
+        (daemon, True, True, {b""}, set(), {b""}),  # nothing there to answer
         (REMOTE, False, False, both, set(), both),
+        (REMOTE, False, True, both | {b""}, {b""}, both),  # the start's root: tried
         (REMOTE, True, False, both, both, set()),  # one proof for all
         (REMOTE, True, False, smalls, set(), smalls),
         (REMOTE, True, False, smalls | {b""}, smalls | {b""}, set()),  # the root's
