@@ -230,6 +230,14 @@ class RuleList:
         as_file, as_dir = self._verdict(rel, False), self._verdict(rel, True)
         return as_file if as_file == as_dir else None
 
+    def hidden(self, rel: bytes, is_dir: bool) -> bool:
+        """Is the entry ``rel`` (a directory or not) certainly kept from the
+        target by the sender's rules, by the first rule that matches it?
+        Asked by a walk that goes down from a directory the rules let
+        through, so the directories above ``rel`` were asked first; a
+        doubt (a rule not read) is never hidden."""
+        return self._verdict(rel, is_dir) is False
+
     @property
     def by_type(self) -> bool:
         """Does a rule read decide by type (``cache/``: directories only)?"""

@@ -136,7 +136,7 @@ class Syncer:
                                agent_writes=ch is not None and ch.may_write(now),
                                agent_renames=ch is not None and ch.available(now),
                                provable=(ch is None or ch.available(now))
-                               and now >= slot.unprovable_until)
+                               and now >= slot.unprovable_until, now=now)
         slot.sent = 0
         self.proceed(slot, slot.plan.first())
 

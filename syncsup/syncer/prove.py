@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 from syncsup import config as cfg
+from syncsup.filters import RuleList
 from syncsup.proto import Changes
 from syncsup.syncer.mux import MuxSession
 from syncsup.target import MAX_PATH, MAX_STATS, VERSION, Applier, encode_frame, read_frame
@@ -154,8 +155,12 @@ def _nothing() -> None:
     pass
 
 
+Skip = Callable[[bytes, bool], bool]  # (relative path, is a directory) -> left out
+
+
 def _walk(root: bytes, top: bytes, listed: Callable[[], None] = _nothing,
-          entry: Callable[[], None] = _nothing) -> Iterator[tuple[bytes, Stat]]:
+          entry: Callable[[], None] = _nothing, skip: Skip | None = None
+          ) -> Iterator[tuple[bytes, Stat]]:
     """The regular files below ``top`` (relative to ``root``), with their
     status. A directory that cannot be read is skipped: rsync reports it
     in the tree step.
@@ -167,7 +172,9 @@ def _walk(root: bytes, top: bytes, listed: Callable[[], None] = _nothing,
     so nothing about files outside the source reaches the target's stats
     session. Descriptors held: one per level of depth. ``listed`` is
     called after each directory is read (progress), ``entry`` for each
-    entry.
+    entry. What ``skip`` says the sync's rules keep from the target (a
+    file, or a directory and all below it) is left out: never compared,
+    and its name never sent to the target's agent.
 
     Below a subtree other than the root, a file's ctime is taken as no
     earlier than its directory's floor: the latest ctime of that directory
@@ -200,9 +207,12 @@ def _walk(root: bytes, top: bytes, listed: Callable[[], None] = _nothing,
             stack.append((rel, fd, iter(dirs), floor))  # held by the stack from here
             fd = -1
             for name, st in _listing(stack[-1][1], dirs, entry):
+                path = rel + b"/" + name if rel else name
+                if skip is not None and skip(path, False):
+                    continue
                 if st[0] < floor:
                     st = (floor, st[1], st[2])
-                yield (rel + b"/" + name if rel else name), st
+                yield path, st
             listed()
             while stack:
                 parent_rel, parent_fd, rest, parent_floor = stack[-1]
@@ -211,9 +221,12 @@ def _walk(root: bytes, top: bytes, listed: Callable[[], None] = _nothing,
                     os.close(parent_fd)
                     stack.pop()
                     continue
+                sub_rel = parent_rel + b"/" + sub_name if parent_rel else sub_name
+                if skip is not None and skip(sub_rel, True):
+                    continue
                 sub = _open_dir(sub_name, parent_fd)
                 if sub is not None:
-                    rel = parent_rel + b"/" + sub_name if parent_rel else sub_name
+                    rel = sub_rel
                     fd = sub
                     floor = parent_floor
                     if floors:
@@ -312,7 +325,8 @@ class _Remote:
 
 
 def _chunks(root: bytes, subtrees: Sequence[bytes], too_long: list[bytes],
-            tick: Callable[[], None], cancelled: Callable[[], bool]) -> Iterator[Chunk]:
+            tick: Callable[[], None], cancelled: Callable[[], bool],
+            skip: Skip | None = None) -> Iterator[Chunk]:
     """The files of ``subtrees``, a request's worth at a time: never the
     whole list in memory. A path longer than a request may carry (which
     only a tree deeper than PATH_MAX holds) goes to ``too_long`` instead:
@@ -326,7 +340,7 @@ def _chunks(root: bytes, subtrees: Sequence[bytes], too_long: list[bytes],
 
     chunk: Chunk = []
     for top in subtrees:
-        for f in _walk(root, top, listed):
+        for f in _walk(root, top, listed, skip=skip):
             if len(f[0]) > MAX_PATH:
                 too_long.append(f[0])
                 continue
@@ -364,7 +378,8 @@ def prove(sync: cfg.Sync, target: cfg.Target, subtrees: Sequence[bytes],
     Raises OSError (and ValueError, KeyError, TypeError on a garbled
     answer) where the target's ctimes cannot be read."""
     too_long: list[bytes] = []
-    chunks = _chunks(os.fsencode(sync.source), subtrees, too_long, tick, cancelled)
+    chunks = _chunks(os.fsencode(sync.source), subtrees, too_long, tick, cancelled,
+                     hidden(RuleList(sync)))
     clock = Clock()  # a local target: the same clock
     said = ""
     out: list[bytes] = []
@@ -397,17 +412,21 @@ def prove(sync: cfg.Sync, target: cfg.Target, subtrees: Sequence[bytes],
 # Directories that arrived (not the root) holding at most this much in all
 # are compared whole (``--checksum``) on a remote target rather than proven:
 # a proof there is a session of the target's agent (a channel of the login
-# and an interpreter started on the target: about 0.2 s before the tree
-# step may start, measured over loopback), where reading a few megabytes
-# twice on the source (rsync's sender sums every file, then sends the
-# missing ones) costs milliseconds. A bulk copy into the source (``cp -a``
-# of a dataset) is proven instead: its files are not read twice. One proof
-# covers every subtree of a batch, so they are counted together; the
-# count stops at the first bound passed (it runs in the syncer's loop).
-SMALL_FILES = 1000
-SMALL_BYTES = 8 << 20
-SMALL_DIRS = 100
+# and an interpreter started on the target: about 0.2 s of the target's CPU
+# before the tree step may start, measured over loopback, for each target
+# of a fan-out), where reading some megabytes twice on the source (rsync's
+# sender sums every file, then sends the missing ones) costs milliseconds.
+# A bulk copy into the source (``cp -a`` of a dataset) is proven instead:
+# its files are not read twice. One proof covers every subtree of a batch,
+# so they are counted together; the count stops at the first bound passed
+# (it runs in the syncer's loop, about 2 us an entry), and its verdict is
+# kept a moment for the other targets of the sync, whose batches name the
+# same directories (a heuristic: either way the mirror is exact).
+SMALL_FILES = 10_000
+SMALL_BYTES = 64 << 20
+SMALL_DIRS = 1_000
 SMALL_ENTRIES = 2 * SMALL_FILES  # of any type, read (a directory of symlinks)
+SMALL_KEPT = 5.0  # seconds a verdict is reused
 
 
 class _Large(Exception):
@@ -415,9 +434,15 @@ class _Large(Exception):
     :data:`SMALL_ENTRIES`."""
 
 
-def small(root: bytes, subtrees: Sequence[bytes]) -> bool:
+def hidden(rules: RuleList) -> Skip | None:
+    """What the proof leaves out: what ``rules`` certainly keep from the
+    target (None: the rules send everything)."""
+    return None if rules.sends_everything else rules.hidden
+
+
+def small(root: bytes, subtrees: Sequence[bytes], skip: Skip | None = None) -> bool:
     """Do ``subtrees`` hold, together, few enough files, bytes and
-    directories to be compared whole?"""
+    directories (what ``skip`` leaves out aside) to be compared whole?"""
     files = size = dirs = entries = 0
 
     def listed() -> None:
@@ -434,7 +459,7 @@ def small(root: bytes, subtrees: Sequence[bytes]) -> bool:
 
     try:
         for rel in subtrees:
-            for _name, st in _walk(root, rel, listed, entry):
+            for _name, st in _walk(root, rel, listed, entry, skip):
                 files += 1
                 size += st[1]
                 if files > SMALL_FILES or size > SMALL_BYTES:
@@ -444,15 +469,28 @@ def small(root: bytes, subtrees: Sequence[bytes]) -> bool:
     return True
 
 
-def cheaper_compared(changes: Changes, target: cfg.Target, root: bytes) -> None:
+_verdicts: dict[tuple[bytes, tuple[bytes, ...]], tuple[float, bool]] = {}
+
+
+def cheaper_compared(changes: Changes, target: cfg.Target, root: bytes,
+                     rules: RuleList, now: float) -> None:
     """Turn ``changes.prove`` into content comparisons on a remote target
     when they are small together (see :data:`SMALL_FILES`). Never with the
-    root among them: its proof is the start's."""
-    if (not changes.prove or not target.is_remote or b"" in changes.prove
-            or not small(root, sorted(changes.prove))):
+    root among them: its proof is the start's. ``now``: monotonic."""
+    if not changes.prove or not target.is_remote or b"" in changes.prove:
         return
-    changes.verify |= changes.prove
-    changes.prove.clear()
+    key = (root, tuple(sorted(changes.prove)))
+    kept = _verdicts.get(key)
+    if kept is not None and now - kept[0] <= SMALL_KEPT:
+        cheap = kept[1]
+    else:
+        cheap = small(root, key[1], hidden(rules))
+        for old in [k for k, (t, _v) in _verdicts.items() if now - t > SMALL_KEPT]:
+            del _verdicts[old]
+        _verdicts[key] = (now, cheap)
+    if cheap:
+        changes.verify |= changes.prove
+        changes.prove.clear()
 
 
 def nothing_to_prove(changes: Changes, target: cfg.Target) -> None:

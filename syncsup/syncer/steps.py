@@ -58,7 +58,7 @@ def source_empty(source: str | os.PathLike[str]) -> bool:
 
 def plan_batch(batch: proto.Batch, sync: cfg.Sync, target: cfg.Target, rules: RuleList, *,
                empty: bool, agent_writes: bool, agent_renames: bool,
-               provable: bool = True) -> Plan:
+               provable: bool = True, now: float = 0.0) -> Plan:
     """The plan of ``batch`` for ``target``. ``empty``: the source root has
     no entries now; ``agent_writes``: the target's agent takes the paths it
     can; ``agent_renames``: it can replay renames now (without, they travel
@@ -66,7 +66,8 @@ def plan_batch(batch: proto.Batch, sync: cfg.Sync, target: cfg.Target, rules: Ru
     done); ``provable``: the target's ctimes may be read now (not a remote
     agent known to be off, no proof failed lately): else the proofs of
     arrived directories are content comparisons from the start, as a
-    failed proof would make them (an rsync daemon's, all of them).
+    failed proof would make them (an rsync daemon's, all of them); ``now``
+    (monotonic) dates what is learned of the source's arrived directories.
     May add to ``batch.changes`` (rescans a rule makes necessary, proofs
     made needless or impossible), which are the batch's own."""
     changes = batch.changes
@@ -85,7 +86,7 @@ def plan_batch(batch: proto.Batch, sync: cfg.Sync, target: cfg.Target, rules: Ru
         changes.verify |= unprovable
         changes.prove -= unprovable
     elif not batch.startup:  # (the start's proofs are the start's)
-        cheaper_compared(changes, target, source)
+        cheaper_compared(changes, target, source, rules, now)
     return Plan.make(changes, commands=False, replay_moves=sync.moves_on_target, replay=replay,
                      source_empty=empty, agent=agent_writes)
 

@@ -230,3 +230,37 @@ def test_small_directories_are_told_from_large_ones_counted_together(tmp_path) -
             (tmp_path / name / str(i)).mkdir(parents=True)
     assert proof.small(root, [b"h1"]) and proof.small(root, [b"h2"])
     assert not proof.small(root, [b"h1", b"h2"])
+
+
+def test_what_the_rules_keep_from_the_target_is_never_named_to_it(tmp_path) -> None:
+    """A file or directory the sync's rules exclude is not sent: the proof
+    leaves it out too, so its name never reaches the target's stats
+    session, and it counts for nothing in a directory's size."""
+    from syncsup.config import Sync, Target
+    from syncsup.filters import RuleList
+
+    src = tmp_path / "src"
+    for rel in ("app/keep", "app/secret.key", "app/cache/blob", "app/sub/cache",
+                "app/sub/ok"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(b"x")
+    sync = Sync(name="s", source=src, targets=(Target("/d", "/d"),),
+                exclude=("*.key", "cache/"))
+    root = os.fsencode(src)
+    skip = proof.hidden(RuleList(sync))
+    assert skip is not None
+    names = sorted(n for n, _ in proof._walk(root, b"app", skip=skip))
+    # "cache/" is for directories only: the file app/sub/cache is sent
+    assert names == [b"app/keep", b"app/sub/cache", b"app/sub/ok"]
+    chunks = proof._chunks(root, [b"app"], [], lambda: None, lambda: False, skip)
+    assert sorted(n for chunk in chunks for n, _ in chunk) == names
+    assert proof.hidden(RuleList(Sync(name="s", source=src, targets=(Target("/d", "/d"),)))) \
+        is None
+    (src / "app" / "cache" / "big").write_bytes(b"")
+    os.truncate(src / "app" / "cache" / "big", proof.SMALL_BYTES + 1)
+    assert proof.small(root, [b"app"], skip) and not proof.small(root, [b"app"])
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    out, counts, _ = proof.prove(sync, Target(str(dst), str(dst)), [b"app"], None, 2.0,
+                                 lambda: None, lambda: False)
+    assert out == [] and sum(counts.values()) == len(names) == counts["sent"]
