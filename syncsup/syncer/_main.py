@@ -227,7 +227,7 @@ class Syncer:
             try:
                 slot.transfer = ProofStep(slot.label, slot.sync, slot.target,
                                           step.names, slot.control_path, self._files(slot)[0],
-                                          time.monotonic(), self.timings)
+                                          time.monotonic(), self.timings, slot.rules)
             except RuntimeError as exc:  # no thread to be had (a cgroup's pids.max)
                 self.settle(slot, Result(rc=NO_PROOF, error=f"prove: cannot start: {exc}: "
                                                             "comparing every file's content"))
@@ -339,8 +339,12 @@ class Syncer:
         self.lanes.step_ended(slot.key)
         result = interpret(slot.step, result, receiver=slot.receiver, sync=slot.sync,
                            target=slot.target, startup=slot.batch.startup, label=slot.label)
-        if slot.step.kind is StepKind.PROVE and result.rc == NO_PROOF and not result.stalled:
-            slot.unprovable_until = time.monotonic() + self.timings.agent_retry
+        if slot.step.kind is StepKind.PROVE and slot.target.is_remote:
+            # a remote target whose ctimes could not be read (no agent, an
+            # older one, a wedged one): its arrived directories are compared
+            # for a while rather than tried again at every batch
+            slot.unprovable_until = (time.monotonic() + self.timings.agent_retry
+                                     if result.rc == NO_PROOF else 0.0)
         self.proceed(slot, slot.plan.advance(slot.step, result))
 
     def finish(self, slot: Slot, end: Finished) -> None:

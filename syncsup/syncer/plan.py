@@ -71,7 +71,7 @@ next step or the batch's outcome; nothing else decides.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -177,14 +177,16 @@ class Plan:
     @classmethod
     def make(cls, changes: Changes, *, commands: bool, replay_moves: bool,
              source_empty: bool, agent: bool = False,
-             replay: Sequence[tuple[bytes, bytes]] | None = None) -> Plan:
+             replay: Sequence[tuple[bytes, bytes]] | None = None,
+             gone: frozenset[bytes] = frozenset()) -> Plan:
         """The plan for ``changes``. ``replay_moves``: the mode renames on
         the target; ``replay``: which of the renames (default: all; the
         others count as done, their ends are dirty paths too);
         ``source_empty``: the source root has no entries now (a tree or
         times step of the root then deletes nothing: a times step deletes
         towards a receiver without ``--delete-missing-args``); ``agent``: the
-        target's agent takes the paths it can."""
+        target's agent takes the paths it can; ``gone``: names no longer in
+        the source (a rename's old name, looked at when the batch came)."""
         if commands:
             return cls([Step(StepKind.COMMAND)], moves=len(changes.moves))
         steps = []
@@ -205,16 +207,16 @@ class Plan:
         sums = changes.verify | (moved_to & (changes.trees | changes.prove))
         quick = [t for t in trees if not _inside(t, sums)]
         if sums:
-            # A rename's old name goes with them: gone from the source, it
-            # has nothing to read, and a second rsync (over ssh, a login)
-            # for its deletion alone is what a renamed directory cost.
-            gone = {src for src, _dst in changes.moves} - changes.prove
-            sums |= {t for t in quick if t in gone}
-            quick = [t for t in quick if t not in gone]
+            # What is gone from the source (a rename's old name) goes with
+            # them: nothing to read there, and a second rsync (over ssh, a
+            # login) for its deletion alone is what a renamed directory cost.
+            folded = [t for t in quick if _inside(t, gone)]
+            sums |= set(folded)
+            quick = [t for t in quick if t not in sums]
             steps.append(Step(StepKind.TREE, tuple(sorted(sums)), checksum=True,
                               empty_guard=guard))
         if quick:
-            prove = _tops([t for t in quick if t in changes.prove])
+            prove = tuple(t for t in quick if t in changes.prove)
             if prove:
                 steps.append(Step(StepKind.PROVE, prove))
             steps.append(Step(StepKind.TREE, tuple(quick), empty_guard=guard))
@@ -389,24 +391,7 @@ def _parents(changes: Changes, trees: set[bytes]) -> set[bytes]:
     return out
 
 
-def _tops(names: Sequence[bytes]) -> tuple[bytes, ...]:
-    """``names`` (sorted: a directory before what is below it) without
-    those below another one, the root aside. A proof walks each name
-    whole, with the floors of the directories on its way
-    (:func:`syncsup.syncer.prove._walk`); the root's walk has none, so a
-    subtree below it keeps its own walk."""
-    out: list[bytes] = []
-    kept: set[bytes] = set()
-    for name in names:
-        if name and _inside(name.rpartition(b"/")[0], kept):
-            continue
-        out.append(name)
-        if name:
-            kept.add(name)
-    return tuple(out)
-
-
-def _inside(rel: bytes, trees: set[bytes]) -> bool:
+def _inside(rel: bytes, trees: Set[bytes]) -> bool:
     """Is ``rel`` one of ``trees`` or below one (a walk there sets its time)?"""
     while True:
         if rel in trees:

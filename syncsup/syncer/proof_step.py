@@ -41,6 +41,7 @@ import time
 from typing import IO
 
 from syncsup import config as cfg
+from syncsup.filters import RuleList
 from syncsup.processes import killpg
 from syncsup.syncer.agents import agent_session_argv
 from syncsup.syncer.mux import MuxSession
@@ -64,11 +65,12 @@ class ProofStep(Watched):
 
     def __init__(self, label: str, sync: cfg.Sync, target: cfg.Target,
                  subtrees: tuple[bytes, ...], control_path: str | None, errfile: IO[bytes],
-                 now: float, timings: Timings) -> None:
+                 now: float, timings: Timings, rules: RuleList | None = None) -> None:
         self.slot_label = label  # its own lines say "prove:" after it
         self.label = f"{label}: the proof"  # the stall check's
         self.sync, self.target = sync, target
         self.subtrees = subtrees
+        self.rules = rules  # the sync's: read by the thread only
         self.control_path = control_path
         self.errfile = errfile
         errfile.seek(0)
@@ -99,7 +101,8 @@ class ProofStep(Watched):
                 command, direct = agent_session_argv(self.sync, self.target, "stats")
                 link = self.link = MuxSession(self.control_path, command, direct, self.errfile)
             names, counts, said = prove(self.sync, self.target, self.subtrees, link,
-                                        self.margin, self._tick, self.cancel.is_set)
+                                        self.margin, self._tick, self.cancel.is_set,
+                                        self.rules)
             if said and link is not None:
                 log.info("%s: prove: %s, %s", self.slot_label, said,
                          "over the ssh master" if link.opened else "over a connection of its own")

@@ -324,9 +324,43 @@ class _Remote:
                 pass
 
 
+def _walk_tops(root: bytes, subtrees: Sequence[bytes], rules: RuleList | None,
+               listed: Callable[[], None] = _nothing, entry: Callable[[], None] = _nothing
+               ) -> Iterator[tuple[bytes, Stat]]:
+    """:func:`_walk` of each of ``subtrees`` as rsync's tree step sends it
+    under ``rules``: not one below a directory the rules exclude (the step
+    leaves it out) nor one the rules exclude itself; nothing twice. A name
+    below another one (``mkdir -p a/b/c``: three arrivals) is walked with
+    it, unless a directory between them is hidden: rsync, given the nested
+    name, sends it all the same (it asks the listed name, not the
+    directories above it)."""
+    skip = hidden(rules) if rules is not None else None
+    walked: list[bytes] = []
+    for top in sorted(set(subtrees)):
+        if skip is not None and rules is not None and top and (
+                rules.below_excluded(top) or skip(top, True)):
+            continue
+        if top and any(_covered(top, a, skip) for a in walked):
+            continue
+        walked.append(top)
+        yield from _walk(root, top, listed, entry, skip)
+
+
+def _covered(name: bytes, above: bytes, skip: Skip | None) -> bool:
+    """Does the walk of ``above`` reach ``name`` (below it, nothing between
+    hidden; the root's walk has no floors, so not that one)?"""
+    if not above or not name.startswith(above + b"/"):
+        return False
+    if skip is None:
+        return True
+    parts = name[len(above) + 1:].split(b"/")
+    return not any(skip(above + b"/" + b"/".join(parts[:i + 1]), True)
+                   for i in range(len(parts)))
+
+
 def _chunks(root: bytes, subtrees: Sequence[bytes], too_long: list[bytes],
             tick: Callable[[], None], cancelled: Callable[[], bool],
-            skip: Skip | None = None) -> Iterator[Chunk]:
+            rules: RuleList | None = None) -> Iterator[Chunk]:
     """The files of ``subtrees``, a request's worth at a time: never the
     whole list in memory. A path longer than a request may carry (which
     only a tree deeper than PATH_MAX holds) goes to ``too_long`` instead:
@@ -339,15 +373,14 @@ def _chunks(root: bytes, subtrees: Sequence[bytes], too_long: list[bytes],
             raise OSError("stopped")
 
     chunk: Chunk = []
-    for top in subtrees:
-        for f in _walk(root, top, listed, skip=skip):
-            if len(f[0]) > MAX_PATH:
-                too_long.append(f[0])
-                continue
-            chunk.append(f)
-            if len(chunk) == MAX_STATS:
-                yield chunk
-                chunk = []
+    for f in _walk_tops(root, subtrees, rules, listed):
+        if len(f[0]) > MAX_PATH:
+            too_long.append(f[0])
+            continue
+        chunk.append(f)
+        if len(chunk) == MAX_STATS:
+            yield chunk
+            chunk = []
     if chunk:
         yield chunk
 
@@ -369,17 +402,20 @@ def _local(path: str, chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, list[Sta
 
 def prove(sync: cfg.Sync, target: cfg.Target, subtrees: Sequence[bytes],
           link: MuxSession | None, margin: float, tick: Callable[[], None],
-          cancelled: Callable[[], bool]) -> tuple[list[bytes], dict[str, int], str]:
+          cancelled: Callable[[], bool], rules: RuleList | None = None
+          ) -> tuple[list[bytes], dict[str, int], str]:
     """The unproven files of ``subtrees`` (relative paths, ``b""`` for the
     root), how many files got which :func:`verdict`, and what was measured
     of the target's clock. ``link`` is the stats session of a remote
     target (None for a local one); ``tick`` is called after each chunk,
-    the progress a stall check watches; ``cancelled`` stops the walk.
+    the progress a stall check watches; ``cancelled`` stops the walk;
+    ``rules`` (the sync's, read again if not given) keep what rsync does
+    not send out of the proof.
     Raises OSError (and ValueError, KeyError, TypeError on a garbled
     answer) where the target's ctimes cannot be read."""
     too_long: list[bytes] = []
     chunks = _chunks(os.fsencode(sync.source), subtrees, too_long, tick, cancelled,
-                     hidden(RuleList(sync)))
+                     RuleList(sync) if rules is None else rules)
     clock = Clock()  # a local target: the same clock
     said = ""
     out: list[bytes] = []
@@ -415,7 +451,9 @@ def prove(sync: cfg.Sync, target: cfg.Target, subtrees: Sequence[bytes],
 # and an interpreter started on the target: about 0.2 s of the target's CPU
 # before the tree step may start, measured over loopback, for each target
 # of a fan-out), where reading some megabytes twice on the source (rsync's
-# sender sums every file, then sends the missing ones) costs milliseconds.
+# sender sums every file, then sends the missing ones) costs milliseconds;
+# the target reads only its copies of the same size, the ones a proof
+# would have most likely sent to be compared anyway.
 # A bulk copy into the source (``cp -a`` of a dataset) is proven instead:
 # its files are not read twice. One proof covers every subtree of a batch,
 # so they are counted together; the count stops at the first bound passed
@@ -440,9 +478,9 @@ def hidden(rules: RuleList) -> Skip | None:
     return None if rules.sends_everything else rules.hidden
 
 
-def small(root: bytes, subtrees: Sequence[bytes], skip: Skip | None = None) -> bool:
+def small(root: bytes, subtrees: Sequence[bytes], rules: RuleList | None = None) -> bool:
     """Do ``subtrees`` hold, together, few enough files, bytes and
-    directories (what ``skip`` leaves out aside) to be compared whole?"""
+    directories (what ``rules`` leave out aside) to be compared whole?"""
     files = size = dirs = entries = 0
 
     def listed() -> None:
@@ -458,36 +496,35 @@ def small(root: bytes, subtrees: Sequence[bytes], skip: Skip | None = None) -> b
             raise _Large
 
     try:
-        for rel in subtrees:
-            for _name, st in _walk(root, rel, listed, entry, skip):
-                files += 1
-                size += st[1]
-                if files > SMALL_FILES or size > SMALL_BYTES:
-                    return False
+        for _name, st in _walk_tops(root, subtrees, rules, listed, entry):
+            files += 1
+            size += st[1]
+            if files > SMALL_FILES or size > SMALL_BYTES:
+                return False
     except (_Large, OSError):
         return False  # large, or out of descriptors: the proof decides
     return True
 
 
-_verdicts: dict[tuple[bytes, tuple[bytes, ...]], tuple[float, bool]] = {}
+# (sync, its source, the names) -> (when, small or not)
+_verdicts: dict[tuple[str, bytes, tuple[bytes, ...]], tuple[float, bool]] = {}
 
 
-def cheaper_compared(changes: Changes, target: cfg.Target, root: bytes,
+def cheaper_compared(changes: Changes, target: cfg.Target, sync: str, root: bytes,
                      rules: RuleList, now: float) -> None:
     """Turn ``changes.prove`` into content comparisons on a remote target
     when they are small together (see :data:`SMALL_FILES`). Never with the
     root among them: its proof is the start's. ``now``: monotonic."""
     if not changes.prove or not target.is_remote or b"" in changes.prove:
         return
-    key = (root, tuple(sorted(changes.prove)))
+    for old in [k for k, (t, _v) in _verdicts.items() if not 0 <= now - t <= SMALL_KEPT]:
+        del _verdicts[old]
+    key = (sync, root, tuple(sorted(changes.prove)))
     kept = _verdicts.get(key)
-    if kept is not None and now - kept[0] <= SMALL_KEPT:
+    if kept is not None:
         cheap = kept[1]
     else:
-        cheap = small(root, key[1], hidden(rules))
-        for old in [k for k, (t, _v) in _verdicts.items() if now - t > SMALL_KEPT]:
-            del _verdicts[old]
-        _verdicts[key] = (now, cheap)
+        cheap = _verdicts.setdefault(key, (now, small(root, key[2], rules)))[1]
     if cheap:
         changes.verify |= changes.prove
         changes.prove.clear()

@@ -49,8 +49,8 @@ class Slot:
     channel: Channel | None = None  # the target's agent: for writes, renames or both
     rules: RuleList = field(default_factory=RuleList)
     receiver: Receiver = field(default_factory=Receiver)
-    # a proof failed (no agent there to read ctimes): until then, arrived
-    # directories are compared instead of tried again at every batch
+    # a remote target's proof failed (no agent there to read ctimes): until
+    # then, arrived directories are compared instead of tried at every batch
     unprovable_until: float = 0.0
 
     @property

@@ -86,9 +86,21 @@ def plan_batch(batch: proto.Batch, sync: cfg.Sync, target: cfg.Target, rules: Ru
         changes.verify |= unprovable
         changes.prove -= unprovable
     elif not batch.startup:  # (the start's proofs are the start's)
-        cheaper_compared(changes, target, source, rules, now)
+        cheaper_compared(changes, target, sync.name, source, rules, now)
     return Plan.make(changes, commands=False, replay_moves=sync.moves_on_target, replay=replay,
-                     source_empty=empty, agent=agent_writes)
+                     source_empty=empty, agent=agent_writes,
+                     gone=frozenset(src for src, _dst in changes.moves
+                                    if not _exists(os.path.join(source, src))))
+
+
+def _exists(path: bytes) -> bool:
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        pass  # (unreadable: not known to be gone)
+    return True
 
 
 def nearest_sendable(root: bytes, paths: list[bytes]) -> list[bytes]:

@@ -184,20 +184,21 @@ def test_below_an_arrived_directory_a_file_is_no_older_than_the_arrival(tmp_path
     assert name == b"app/sub/f" and st[0] == top
     # a directory swapped in deeper (while the top was out of sight) moves
     # the floor below it
-    (tmp_path / "app" / "sub" / "x.new").mkdir()
-    (tmp_path / "app" / "sub" / "x.new" / "g").write_bytes(b"g")
-    g_ctime = os.stat(tmp_path / "app" / "sub" / "x.new" / "g").st_ctime_ns
+    (tmp_path / "app" / "sub" / "x.new" / "y").mkdir(parents=True)
+    (tmp_path / "app" / "sub" / "x.new" / "y" / "g").write_bytes(b"g")
+    g_ctime = os.stat(tmp_path / "app" / "sub" / "x.new" / "y" / "g").st_ctime_ns
     time.sleep(0.05)
     os.rename(tmp_path / "app" / "sub" / "x.new", tmp_path / "app" / "sub" / "x")
     deep = os.stat(tmp_path / "app" / "sub" / "x").st_ctime_ns
     walked = dict(proof._walk(os.fsencode(tmp_path), b"app"))
-    assert walked[b"app/sub/x/g"][0] == deep > g_ctime
-    assert walked[b"app/sub/f"][0] >= top  # its own directory's later entries count
+    # two levels below the swapped directory: its floor, not its own
+    # directory's (y kept its ctime) nor the top's
+    assert walked[b"app/sub/x/y/g"][0] == deep > g_ctime
     # the root has no floor: the start's proof trusts each file's own ctime
     (tmp_path / "late").write_bytes(b"x")  # moves the root's ctime past the file's
     root = dict(proof._walk(os.fsencode(tmp_path), b""))
     assert root[b"app/sub/f"][0] == file_ctime
-    assert root[b"app/sub/x/g"][0] == g_ctime
+    assert root[b"app/sub/x/y/g"][0] == g_ctime
 
 
 def test_small_directories_are_told_from_large_ones_counted_together(tmp_path) -> None:
@@ -247,20 +248,74 @@ def test_what_the_rules_keep_from_the_target_is_never_named_to_it(tmp_path) -> N
     sync = Sync(name="s", source=src, targets=(Target("/d", "/d"),),
                 exclude=("*.key", "cache/"))
     root = os.fsencode(src)
-    skip = proof.hidden(RuleList(sync))
+    rules = RuleList(sync)
+    skip = proof.hidden(rules)
     assert skip is not None
     names = sorted(n for n, _ in proof._walk(root, b"app", skip=skip))
     # "cache/" is for directories only: the file app/sub/cache is sent
     assert names == [b"app/keep", b"app/sub/cache", b"app/sub/ok"]
-    chunks = proof._chunks(root, [b"app"], [], lambda: None, lambda: False, skip)
+    chunks = proof._chunks(root, [b"app"], [], lambda: None, lambda: False, rules)
     assert sorted(n for chunk in chunks for n, _ in chunk) == names
     assert proof.hidden(RuleList(Sync(name="s", source=src, targets=(Target("/d", "/d"),)))) \
         is None
     (src / "app" / "cache" / "big").write_bytes(b"")
     os.truncate(src / "app" / "cache" / "big", proof.SMALL_BYTES + 1)
-    assert proof.small(root, [b"app"], skip) and not proof.small(root, [b"app"])
+    assert proof.small(root, [b"app"], rules) and not proof.small(root, [b"app"])
     dst = tmp_path / "dst"
     dst.mkdir()
     out, counts, _ = proof.prove(sync, Target(str(dst), str(dst)), [b"app"], None, 2.0,
                                  lambda: None, lambda: False)
     assert out == [] and sum(counts.values()) == len(names) == counts["sent"]
+
+
+def test_the_proof_walks_what_the_tree_step_sends_under_the_rules(tmp_path) -> None:
+    """A nested arrival below a directory a hide rule keeps from the target
+    is walked on its own: rsync, given its name, sends it (it asks the
+    listed name, not the directories above it), so its stale copies must
+    be compared. An arrival the rules exclude itself, or one below an
+    excluded directory (the tree step leaves it out), is not walked: its
+    names never reach the target."""
+    from syncsup.config import Sync, Target
+    from syncsup.filters import RuleList
+
+    src = tmp_path / "src"
+    for rel in ("app/f", "app/cache/new/f", "secrets/new/id_rsa", "pub/x.keep"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(b"x")
+    root = os.fsencode(src)
+
+    def walked(subtrees: list[bytes], **rules: tuple[str, ...]) -> list[bytes]:
+        sync = Sync(name="s", source=src, targets=(Target("/d", "/d"),), **rules)
+        return sorted(n for n, _ in proof._walk_tops(root, subtrees, RuleList(sync)))
+
+    tops = [b"app", b"app/cache", b"app/cache/new"]
+    assert walked(tops, filter=("H cache/",)) == [b"app/cache/new/f", b"app/f"]
+    assert walked(tops) == [b"app/cache/new/f", b"app/f"]  # each file once
+    assert walked([b"secrets/new", b"pub"], filter=("+ *.keep", "- secrets/")) == [
+        b"pub/x.keep"]
+    assert walked([b"secrets", b"app"], exclude=("secrets",)) == [b"app/cache/new/f",
+                                                                  b"app/f"]
+
+
+def test_the_small_verdict_is_kept_a_moment_for_the_other_targets(tmp_path) -> None:
+    from syncsup.config import Sync, Target
+    from syncsup.filters import RuleList
+    from syncsup.proto import Changes
+
+    (tmp_path / "new").mkdir()
+    remote = Target(spec="h:/x", path="/x", host="h")
+    rules = RuleList(Sync(name="s", source=tmp_path, targets=(remote,)))
+    root = os.fsencode(tmp_path)
+
+    def compared(now: float, sync: str = "s") -> bool:
+        changes = Changes(prove={b"new"})
+        proof.cheaper_compared(changes, remote, sync, root, rules, now)
+        return changes.verify == {b"new"} and not changes.prove
+
+    assert compared(1000.0)
+    for i in range(proof.SMALL_DIRS + 1):
+        (tmp_path / "new" / str(i)).mkdir()
+    assert compared(1000.0 + proof.SMALL_KEPT)  # the other targets' batches: kept
+    assert not compared(1000.0 + proof.SMALL_KEPT, sync="other")  # another sync's own
+    assert not compared(1001.0 + proof.SMALL_KEPT)  # then looked at again
+    assert len(proof._verdicts) <= 2

@@ -615,3 +615,22 @@ def test_an_arrived_directory_is_proven_compared_whole_or_left_to_the_quick_chec
                    agent_renames=False, provable=provable)
         assert batch.changes.prove == proven, target
         assert batch.changes.verify == compared, target
+
+
+def test_a_renames_old_name_goes_with_the_compared_step_only_if_gone(tmp_path: Path) -> None:
+    """The old name of a replayed rename is rescanned in the compared step
+    when it is gone from the source; made again there (a staging directory
+    refilled), it keeps its quick check rather than being read twice."""
+    src = tmp_path / "src"
+    (src / "b").mkdir(parents=True)
+    sync = sync_of(src, REMOTE, mode=Mode.RSYNCSSH)
+    for again in (False, True):
+        if again:
+            (src / "a").mkdir()
+        plan = plan_batch(batch_of(trees={b"a"}, prove={b"b"}, moves=[(b"a", b"b")]), sync,
+                          REMOTE, RuleList(sync), empty=False, agent_writes=False,
+                          agent_renames=True)
+        trees = [s for s in plan.steps if s.kind is StepKind.TREE]
+        assert trees == ([Step(StepKind.TREE, (b"b",), checksum=True),
+                          Step(StepKind.TREE, (b"a",))] if again
+                         else [Step(StepKind.TREE, (b"a", b"b"), checksum=True)])

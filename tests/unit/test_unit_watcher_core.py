@@ -185,6 +185,7 @@ def test_what_a_flood_leaves_is_dated_from_before_the_flood() -> None:
     Changes(paths={f"f{i}".encode() for i in range(SEND_NOW)}),
     Changes(trees={b"d"}),
     Changes(verify={b""}),
+    Changes(prove={b"d"}),  # a directory that arrived
 ])
 def test_a_rescan_or_too_much_held_goes_at_once(held: Changes) -> None:
     c, clock = Coalescer(1.0), FakeClock()
