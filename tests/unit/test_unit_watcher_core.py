@@ -15,6 +15,7 @@ from syncsup.seen import Seen
 from syncsup.timings import Timings
 from syncsup.watcher.core import (
     FLOOD_BYTES,
+    HELD_MAX,
     HOLD_MAX,
     READ_EVERY,
     SEND_NOW,
@@ -360,3 +361,24 @@ def test_blind_subtrees_are_walked_again_by_their_reason() -> None:
     assert got[b"t"] == Rewalk(b"t", None, 12.0, 12.0)
     assert got[b"e"] == Rewalk(b"e", None, 13.0, 13.0)
     assert b"m" not in {r.rel for r in rewalk_blind(blind, mounts_due=False, mark=50.0)}
+
+
+def test_a_queue_is_read_while_the_collator_is_behind_until_too_much_is_held() -> None:
+    """While a sync's unacked messages are at their bound, its queue is read
+    and what is read held (an overflow costs a rescan of the whole source),
+    up to :data:`HELD_MAX` entries; past it the kernel's queue holds the
+    rest. A sync with no watch is never read."""
+    from types import SimpleNamespace
+
+    from syncsup.watcher._main import Watcher
+
+    def reads(full: bool, held: int, fd: int | None = 3) -> bool:
+        me = SimpleNamespace(outbox=SimpleNamespace(full=lambda name: full))
+        w = SimpleNamespace(fd=fd, sync=SimpleNamespace(name="s"),
+                            held=Changes(paths={b"%d" % i for i in range(held)}))
+        return bool(Watcher.reads(me, w))  # type: ignore[arg-type]
+
+    assert reads(full=False, held=HELD_MAX + 1)  # sends go: reading is what sends them
+    assert reads(full=True, held=HELD_MAX - 1)
+    assert not reads(full=True, held=HELD_MAX)
+    assert not reads(full=False, held=0, fd=None)
