@@ -195,9 +195,12 @@ class RuleList:
         if not self.complete:
             return  # an unread rule came first: it may decide before this one
         pattern = text.encode("utf-8", "surrogateescape")
-        if not pattern.strip(b"/") or b"\\" in pattern or pattern[:2] in (b"+ ", b"- "):
+        if (not pattern.strip(b"/") or b"\\" in pattern or pattern[:2] in (b"+ ", b"- ")
+                or b"//" in pattern or pattern.startswith(b"/**")):
             # "- /", an escaped wildcard, an exclude written "+ x" (rsync reads
-            # it as an include): not modelled here, so a doubt from here on
+            # it as an include), "cache//" or "/**/cache" (which rsync matches
+            # otherwise than this module would): not modelled here, so a
+            # doubt from here on
             self.complete = False
             return
         self.sender.append((excludes, _Rule(pattern)))

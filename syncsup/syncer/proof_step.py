@@ -70,7 +70,7 @@ class ProofStep(Watched):
         self.label = f"{label}: the proof"  # the stall check's
         self.sync, self.target = sync, target
         self.subtrees = subtrees
-        self.rules = rules  # the sync's: read by the thread only
+        self.rules = rules  # the sync's (their verdicts cached by both threads: a cache)
         self.control_path = control_path
         self.errfile = errfile
         errfile.seek(0)

@@ -328,34 +328,49 @@ def _walk_tops(root: bytes, subtrees: Sequence[bytes], rules: RuleList | None,
                listed: Callable[[], None] = _nothing, entry: Callable[[], None] = _nothing
                ) -> Iterator[tuple[bytes, Stat]]:
     """:func:`_walk` of each of ``subtrees`` as rsync's tree step sends it
-    under ``rules``: not one below a directory the rules exclude (the step
-    leaves it out) nor one the rules exclude itself; nothing twice. A name
-    below another one (``mkdir -p a/b/c``: three arrivals) is walked with
-    it, unless a directory between them is hidden: rsync, given the nested
-    name, sends it all the same (it asks the listed name, not the
-    directories above it)."""
+    under ``rules``.
+
+    rsync asks the rules about a listed name itself, not about the
+    directories above it, and recurses from any listed directory into what
+    its rules let through. So a name is left out only when the rules hide
+    it, or when the tree step leaves it out (below a directory the rules
+    exclude) and no recursion can reach it either (a directory above it is
+    hidden by the sender's rules, which the recursion obeys). A name below
+    another one (``mkdir -p a/b/c``: three arrivals) is walked with it,
+    unless a directory between them is hidden; below the root, whose walk
+    has no floors, it is walked on its own too."""
     skip = hidden(rules) if rules is not None else None
-    walked: list[bytes] = []
+    walked: set[bytes] = set()
     for top in sorted(set(subtrees)):
-        if skip is not None and rules is not None and top and (
-                rules.below_excluded(top) or skip(top, True)):
+        if top and skip is not None and rules is not None and (
+                skip(top, True) or (rules.below_excluded(top) and _above_hidden(top, skip))):
             continue
-        if top and any(_covered(top, a, skip) for a in walked):
+        if top and _covered(top, walked, skip):
             continue
-        walked.append(top)
+        walked.add(top)
         yield from _walk(root, top, listed, entry, skip)
 
 
-def _covered(name: bytes, above: bytes, skip: Skip | None) -> bool:
-    """Does the walk of ``above`` reach ``name`` (below it, nothing between
-    hidden; the root's walk has no floors, so not that one)?"""
-    if not above or not name.startswith(above + b"/"):
-        return False
-    if skip is None:
-        return True
-    parts = name[len(above) + 1:].split(b"/")
-    return not any(skip(above + b"/" + b"/".join(parts[:i + 1]), True)
-                   for i in range(len(parts)))
+def _above_hidden(name: bytes, skip: Skip) -> bool:
+    """Is a directory above ``name`` hidden by the sender's rules?"""
+    parts = name.split(b"/")
+    return any(skip(b"/".join(parts[:i]), True) for i in range(1, len(parts)))
+
+
+def _covered(name: bytes, walked: set[bytes], skip: Skip | None) -> bool:
+    """Does the walk of a directory above ``name`` among ``walked`` reach it
+    (nothing hidden between; not the root's, which has no floors)? Up the
+    chain of parents: a batch of many sibling arrivals costs each its depth."""
+    rel = name
+    while True:
+        parent = rel.rpartition(b"/")[0]
+        if not parent:
+            return False
+        if parent in walked:
+            return True
+        if skip is not None and skip(parent, True):
+            return False  # the walk above stops there; rsync sends the name itself
+        rel = parent
 
 
 def _chunks(root: bytes, subtrees: Sequence[bytes], too_long: list[bytes],

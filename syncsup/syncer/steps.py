@@ -90,12 +90,16 @@ def plan_batch(batch: proto.Batch, sync: cfg.Sync, target: cfg.Target, rules: Ru
     return Plan.make(changes, commands=False, replay_moves=sync.moves_on_target, replay=replay,
                      source_empty=empty, agent=agent_writes,
                      gone=frozenset(src for src, _dst in changes.moves
-                                    if not _exists(os.path.join(source, src))))
+                                    if not _exists(source, src)))
 
 
-def _exists(path: bytes) -> bool:
+def _exists(root: bytes, rel: bytes) -> bool:
+    """Is ``rel`` in the source, below real directories (a parent swapped
+    for a symlink is never followed: the name is gone)?"""
+    if _first_non_directory(root, rel.rpartition(b"/")[0], {b"": True}) is not None:
+        return False
     try:
-        os.lstat(path)
+        os.lstat(os.path.join(root, rel))
     except (FileNotFoundError, NotADirectoryError):
         return False
     except OSError:

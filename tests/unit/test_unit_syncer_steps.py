@@ -634,3 +634,12 @@ def test_a_renames_old_name_goes_with_the_compared_step_only_if_gone(tmp_path: P
         assert trees == ([Step(StepKind.TREE, (b"b",), checksum=True),
                           Step(StepKind.TREE, (b"a",))] if again
                          else [Step(StepKind.TREE, (b"a", b"b"), checksum=True)])
+    # an old name below a directory swapped for a symlink is gone, whatever
+    # the symlink points to (never followed)
+    (tmp_path / "elsewhere" / "a").mkdir(parents=True)
+    os.symlink(tmp_path / "elsewhere", src / "p")
+    plan = plan_batch(batch_of(trees={b"p/a"}, prove={b"b"}, moves=[(b"p/a", b"b")]), sync,
+                      REMOTE, RuleList(sync), empty=False, agent_writes=False,
+                      agent_renames=True)
+    assert [s for s in plan.steps if s.kind is StepKind.TREE] == [
+        Step(StepKind.TREE, (b"b", b"p/a"), checksum=True)]
