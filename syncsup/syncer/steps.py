@@ -89,14 +89,19 @@ def plan_batch(batch: proto.Batch, sync: cfg.Sync, target: cfg.Target, rules: Ru
         cheaper_compared(changes, target, sync.name, source, rules, now)
     return Plan.make(changes, commands=False, replay_moves=sync.moves_on_target, replay=replay,
                      source_empty=empty, agent=agent_writes,
-                     gone=frozenset(src for src, _dst in changes.moves
-                                    if not _exists(source, src)))
+                     gone=_gone(source, [src for src, _dst in changes.moves]))
 
 
-def _exists(root: bytes, rel: bytes) -> bool:
+def _gone(root: bytes, names: list[bytes]) -> frozenset[bytes]:
+    """Those of ``names`` no longer in the source."""
+    is_dir: dict[bytes, bool] = {b"": True}  # shared: the names share directories
+    return frozenset(n for n in names if not _exists(root, n, is_dir))
+
+
+def _exists(root: bytes, rel: bytes, is_dir: dict[bytes, bool]) -> bool:
     """Is ``rel`` in the source, below real directories (a parent swapped
     for a symlink is never followed: the name is gone)?"""
-    if _first_non_directory(root, rel.rpartition(b"/")[0], {b"": True}) is not None:
+    if _first_non_directory(root, rel.rpartition(b"/")[0], is_dir) is not None:
         return False
     try:
         os.lstat(os.path.join(root, rel))
