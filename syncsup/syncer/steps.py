@@ -79,7 +79,12 @@ def plan_batch(batch: proto.Batch, sync: cfg.Sync, target: cfg.Target, rules: Ru
         replay = replayable(changes.moves, rules, source)
     changes.trees |= retyped_parents(changes.paths, rules, source)
     nothing_to_prove(changes, target)
-    if target.is_daemon or not provable:
+    if sync.rsync.checksum:
+        # every tree step compares content already: a proof would be a walk
+        # (over ssh, a session) for nothing
+        changes.verify |= changes.prove
+        changes.prove.clear()
+    elif target.is_daemon or not provable:
         # the root's proof (a start's) is tried all the same, but where
         # nothing runs to answer it (an rsync daemon)
         unprovable = {p for p in changes.prove if p or target.is_daemon}

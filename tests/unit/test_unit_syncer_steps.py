@@ -643,3 +643,16 @@ def test_a_renames_old_name_goes_with_the_compared_step_only_if_gone(tmp_path: P
                       agent_renames=True)
     assert [s for s in plan.steps if s.kind is StepKind.TREE] == [
         Step(StepKind.TREE, (b"b", b"p/a"), checksum=True)]
+
+
+def test_no_proof_where_every_tree_step_compares_content(tmp_path: Path) -> None:
+    """``[sync.rsync] checksum = true``: a proof would be a walk (over ssh,
+    a session) for nothing."""
+    src = tmp_path / "src"
+    src.mkdir()
+    sync = sync_of(src, REMOTE, rsync=RsyncOptions(checksum=True))
+    batch = batch_of(prove={b"", b"new"})
+    plan = plan_batch(batch, sync, REMOTE, RuleList(sync), empty=False, agent_writes=False,
+                      agent_renames=False)
+    assert StepKind.PROVE not in kinds(plan)
+    assert batch.changes.verify == {b"", b"new"} and not batch.changes.prove
