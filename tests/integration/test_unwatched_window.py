@@ -152,3 +152,24 @@ def test_a_directory_arriving_where_the_target_holds_another_is_compared_by_cont
     if way == "ssh-large":  # proven, the same-size copies found for comparing
         assert "3 to compare by content" in d.log_text(), d.log_tail(40)
     d.stop()
+
+
+def test_a_target_that_cannot_be_proven_is_not_asked_again_for_a_while(
+        tmp_path, src, dst, daemon_factory, sshd):
+    """No ``syncsup-target`` on the target and no agent channel (rsync for
+    everything): the start's proof fails, and the large directories that
+    arrive later are compared whole at once, without a session that fails
+    again at every batch. Each still mirrors byte for byte."""
+    entry = sync_entry(src, [sshd.target(dst)], delay=0.2,
+                       ssh={**sshd.ssh_config(),
+                            "target_command": str(tmp_path / "no-such-program")})
+    entry["agent_max_size"] = 0
+    write(src / "seed", b"1")
+    d = daemon_factory([entry])
+    wait_converged(src, [dst], timeout=120, on_timeout=d.describe)
+    for name in ("one", "two"):
+        release(src / name, name.encode(), 1_500_000_000 * 10**9, dirs=SMALL_DIRS + 1)
+        wait_converged(src, [dst], timeout=120, on_timeout=d.describe)
+    failed = d.log_text().count("prove: cannot read the target's ctimes")
+    assert failed == 1, d.log_tail(40)  # the start's, then remembered
+    d.stop()
