@@ -81,11 +81,14 @@ class Timings:
     master_retry_cap: float = _t(60.0, 0.05, """the longest wait before starting an ssh
         master connection again.""")
     agent_retry: float = _t(600.0, 0.1, """a target whose agent cannot start is tried
-        again this much later (rsync carries everything meanwhile).""")
-    proof_margin: float = _t(2.0, 2.0, """a first start takes a target file for current
-        without reading it only if the target's copy changed at least this long after the
-        source file did (coarse timestamps, filesystems that keep whole seconds, a file
-        still being written when it was copied).""")
+        again this much later (rsync carries everything meanwhile); so is the proof of a
+        remote target whose ctimes could not be read (the directories that arrive
+        meanwhile are compared by content).""")
+    proof_margin: float = _t(2.0, 2.0, """a proof (a first start, a directory that
+        arrived) takes a target file for current without reading it only if the target's
+        copy changed at least this long after the source file did (coarse timestamps,
+        filesystems that keep whole seconds, a file still being written when it was
+        copied).""")
     # -- collator ---------------------------------------------------------
     retry_base: float = _t(0.5, 0.01, """a failed transfer is retried after this, doubling
         at each failure in a row.""")
