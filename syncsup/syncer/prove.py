@@ -54,8 +54,8 @@ from syncsup.proto import Changes
 from syncsup.syncer.mux import MuxSession
 from syncsup.target import MAX_PATH, MAX_STATS, VERSION, Applier, encode_frame, read_frame
 
-__all__ = ["NO_PROOF", "Clock", "cheaper_compared", "nothing_to_prove", "prove", "small",
-           "unproven", "verdict"]
+__all__ = ["NO_PROOF", "Clock", "cheaper_compared", "how_proven", "nothing_to_prove", "prove",
+           "small", "unproven", "verdict"]
 
 NO_PROOF = 3  # the step's rc where the target's ctimes cannot be read
 SKEW_PROBES = 3
@@ -523,6 +523,34 @@ def small(root: bytes, subtrees: Sequence[bytes], rules: RuleList | None = None)
 
 # (sync, its source, the names) -> (when, small or not)
 _verdicts: dict[tuple[str, bytes, tuple[bytes, ...]], tuple[float, bool]] = {}
+
+
+def how_proven(changes: Changes, sync: cfg.Sync, target: cfg.Target, rules: RuleList, *,
+               provable: bool, startup: bool, now: float) -> None:
+    """Settle, for one target's batch, which of ``changes.prove`` get a
+    proof: the rest become plain rescans (nothing there to prove) or
+    content comparisons (``verify``). In order:
+
+    * a local target that holds nothing there: a plain rescan
+      (:func:`nothing_to_prove`);
+    * ``[sync.rsync] checksum``: every tree step compares content already,
+      a proof would be a walk (over ssh, a session) for nothing;
+    * an rsync daemon (nothing there answers), or a target not
+      ``provable`` now (its agent off, a proof failed lately): compared,
+      but for the start's proof of the root, which is tried all the same
+      where an agent may answer;
+    * outside the start, on a remote target, arrivals small together:
+      compared (:func:`cheaper_compared`)."""
+    nothing_to_prove(changes, target)
+    if not changes.prove:
+        return
+    if sync.rsync.checksum or target.is_daemon or not provable:
+        compared = {p for p in changes.prove
+                    if p or target.is_daemon or sync.rsync.checksum}
+        changes.verify |= compared
+        changes.prove -= compared
+    elif not startup:
+        cheaper_compared(changes, target, sync.name, os.fsencode(sync.source), rules, now)
 
 
 def cheaper_compared(changes: Changes, target: cfg.Target, sync: str, root: bytes,

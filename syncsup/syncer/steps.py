@@ -36,7 +36,7 @@ from syncsup.filters import RuleList
 from syncsup.syncer.deletions import with_contents
 from syncsup.syncer.moves import replayable, retyped_parents
 from syncsup.syncer.plan import Plan, Result, Step, StepKind
-from syncsup.syncer.prove import cheaper_compared, nothing_to_prove
+from syncsup.syncer.prove import how_proven
 
 __all__ = ["Receiver", "agent_names", "covered", "files_from", "interpret", "nearest_sendable",
            "plan_batch", "rsync_names", "source_empty"]
@@ -78,20 +78,7 @@ def plan_batch(batch: proto.Batch, sync: cfg.Sync, target: cfg.Target, rules: Ru
     if sync.moves_on_target and agent_renames:
         replay = replayable(changes.moves, rules, source)
     changes.trees |= retyped_parents(changes.paths, rules, source)
-    nothing_to_prove(changes, target)
-    if sync.rsync.checksum:
-        # every tree step compares content already: a proof would be a walk
-        # (over ssh, a session) for nothing
-        changes.verify |= changes.prove
-        changes.prove.clear()
-    elif target.is_daemon or not provable:
-        # the root's proof (a start's) is tried all the same, but where
-        # nothing runs to answer it (an rsync daemon)
-        unprovable = {p for p in changes.prove if p or target.is_daemon}
-        changes.verify |= unprovable
-        changes.prove -= unprovable
-    elif not batch.startup:  # (the start's proofs are the start's)
-        cheaper_compared(changes, target, sync.name, source, rules, now)
+    how_proven(changes, sync, target, rules, provable=provable, startup=batch.startup, now=now)
     return Plan.make(changes, commands=False, replay_moves=sync.moves_on_target, replay=replay,
                      source_empty=empty, agent=agent_writes,
                      gone=_gone(source, [src for src, _dst in changes.moves]))
